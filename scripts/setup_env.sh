@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates .venv with ofrnn_tf and its test tools, and (as root) installs the Debian
+# package that holds Fashion-MNIST, the source of the embedded benchmark.
+# Idempotent: a second run only checks that everything is in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "[setup] installing Debian package dataset-fashion-mnist" >&2
+  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }) \
+    || echo "[setup] dataset-fashion-mnist not installable; falling back to keras.datasets at run time" >&2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ofrnn_tf-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  echo "[setup] installing ofrnn_tf[dev] into .venv (first time: a few minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip check
+  touch "$stamp"
+fi
