@@ -1,0 +1,143 @@
+"""M_pred: the confidence-ranked LSTM cell with its candidate pool (paper Eq. 6–10)."""
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from ofrnn_tf.modeling.layers.visual_attention import VisualAttention
+
+
+class CellState(NamedTuple):
+    """The recurrent state `(h, c, ỹ, p)` of paper Fig. 2.
+
+    h, c: `[B, units]` LSTM state. y_tilde: `[B, C]` hard label vector ỹ_{t-1} (1 for
+    every label chosen so far; its complement is the candidate pool C'_t of Eq. 10).
+    p: `[B, C]` soft confidence vector v_pred (v_prob at t = 1, sigmoid(p_{t-1}) after).
+    """
+
+    h: tf.Tensor
+    c: tf.Tensor
+    y_tilde: tf.Tensor
+    p: tf.Tensor
+
+
+def mask_chosen(logits: tf.Tensor, y_tilde: tf.Tensor) -> tf.Tensor:
+    """Removes already chosen labels from the candidate pool (Eq. 9–10).
+
+    Chosen labels get -inf, so `argmax` never returns them again; no arithmetic is
+    done on the -inf entries, so no NaN can appear.
+    """
+    return tf.where(y_tilde > 0, tf.constant(float("-inf"), logits.dtype), logits)
+
+
+@keras.saving.register_keras_serializable(package="ofrnn_tf")
+class ConfidenceRankedLSTMCell(keras.layers.Layer):
+    """One decoding step of the confidence-ranked LSTM (paper Eq. 4–10).
+
+    `z_t = M_att(v, h_{t-1})` (Eq. 4–5), `h_t = LSTM([v_pred, z_t, ỹ_{t-1}], h_{t-1})`
+    (Eq. 6), `p_t = FC2(FC1([v_pred, z_t, ỹ_{t-1}, h_t]))` (Eq. 7),
+    `l_t = argmax_{c ∉ ỹ_{t-1}} p_t` (Eq. 9), `ỹ_t = ỹ_{t-1} + onehot(l_t)` (Eq. 10),
+    and the next v_pred is `sigmoid(p_t)`.
+
+    Keras 3's `keras.layers.RNN` has no `constants=`, so the per-image feature maps
+    travel in a `context` dict made once by `prepare` and passed to every step; the
+    decoder loops (training, greedy, beam search) live in `OrderFreeRNN` and
+    `ofrnn_tf.decoding`.
+
+    Args:
+        num_classes: C.
+        units: LSTM width.
+        attention_units: width of the attention MLP.
+        fc_units: width of FC1.
+        dropout: dropout rate on FC1 while training (the paper keeps 0.8, i.e. 0.2).
+        use_attention: False gives the "w/o attention" ablation: `z_t = mean_i v_i`.
+
+    Example:
+    >>> cell = ConfidenceRankedLSTMCell(num_classes=5, units=8, attention_units=8, fc_units=8)
+    >>> v = tf.random.normal([2, 49, 16])
+    >>> context = cell.prepare(v)
+    >>> state = cell.zero_state(2, p=tf.fill([2, 5], 0.5))
+    >>> logits, alpha, state = cell(context, state)
+    >>> logits.shape, alpha.shape, int(tf.reduce_sum(state.y_tilde))
+    (TensorShape([2, 5]), TensorShape([2, 49]), 2)
+    """
+
+    def __init__(self, num_classes: int, units: int = 256, attention_units: int = 256,
+                 fc_units: int = 512, dropout: float = 0.2, use_attention: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.units = units
+        self.attention_units = attention_units
+        self.fc_units = fc_units
+        self.dropout = dropout
+        self.use_attention = use_attention
+        self.attention = VisualAttention(attention_units, name="attention") if use_attention else None
+        self.lstm = keras.layers.LSTMCell(units, name="lstm")
+        self.fc1 = keras.layers.Dense(fc_units, activation="relu", name="fc1")
+        self.fc1_dropout = keras.layers.Dropout(dropout, name="fc1_dropout")
+        self.fc2 = keras.layers.Dense(num_classes, dtype="float32", name="fc2")
+
+    @property
+    def state_size(self):
+        return CellState(self.units, self.units, self.num_classes, self.num_classes)
+
+    def build(self, features_shape):
+        k = features_shape[-1]
+        if self.attention is not None:
+            self.attention.build((None, None, self.attention_units), features_shape, (None, self.units))
+        step_input = 2 * self.num_classes + k
+        self.lstm.build((None, step_input))
+        self.fc1.build((None, step_input + self.units))
+        self.fc2.build((None, self.fc_units))
+
+    def prepare(self, features):
+        """Per-image work done once before the steps: the projection `W_v v_i + b`."""
+        if not self.built:
+            self.build(features.shape)
+        if self.attention is None:
+            return {"features": features, "projected": tf.reduce_mean(features, axis=1)}
+        return {"features": features, "projected": self.attention.project_features(features)}
+
+    def zero_state(self, batch_size, p):
+        zeros_h = tf.zeros([batch_size, self.units])
+        return CellState(zeros_h, zeros_h, tf.zeros([batch_size, self.num_classes]), p)
+
+    def predict(self, context, state: CellState, training=False):
+        """Eq. 4–7: returns `(p_t logits [B, C] float32, α_t [B, m], h_t, c_t)`."""
+        features = context["features"]
+        if self.attention is None:
+            z = context["projected"]
+            m = tf.shape(features)[1]
+            alpha = tf.fill(tf.stack([tf.shape(features)[0], m]), 1.0 / tf.cast(m, tf.float32))
+        else:
+            z, alpha = self.attention(context["projected"], features, state.h)
+        dtype = z.dtype
+        step_input = tf.concat(
+            [tf.cast(state.p, dtype), z, tf.cast(state.y_tilde, dtype)], axis=-1)
+        h, (_, c) = self.lstm(step_input, [state.h, state.c], training=training)
+        hidden = self.fc1(tf.concat([step_input, h], axis=-1))
+        logits = self.fc2(self.fc1_dropout(hidden, training=training))
+        return logits, tf.cast(alpha, tf.float32), h, c
+
+    @staticmethod
+    def advance(state: CellState, h, c, logits, chosen) -> CellState:
+        """Eq. 10: adds the chosen labels to ỹ; the next v_pred is sigmoid(p_t)."""
+        onehot = tf.one_hot(chosen, tf.shape(logits)[-1], dtype=state.y_tilde.dtype)
+        return CellState(h, c, state.y_tilde + onehot, tf.sigmoid(logits))
+
+    def call(self, context, state: CellState, training=False):
+        """One greedy step: Eq. 4–7, then the most confident label left in the pool."""
+        logits, alpha, h, c = self.predict(context, state, training=training)
+        chosen = tf.argmax(mask_chosen(logits, state.y_tilde), axis=-1, output_type=tf.int32)
+        return logits, alpha, self.advance(state, h, c, logits, chosen)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_classes": self.num_classes, "units": self.units,
+            "attention_units": self.attention_units, "fc_units": self.fc_units,
+            "dropout": self.dropout, "use_attention": self.use_attention,
+        })
+        return config

@@ -1,0 +1,63 @@
+"""M_att: soft visual attention over feature-map positions (paper Eq. 4–5)."""
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="ofrnn_tf")
+class VisualAttention(keras.layers.Layer):
+    """Additive (Bahdanau / Show-Attend-Tell) attention of paper Eq. 4–5.
+
+    `e_{i,t} = w · tanh(W_v v_i + W_h h_{t-1} + b)`, `α_t = softmax_i(e_t)`,
+    `z_t = Σ_i α_{i,t} v_i`.
+
+    `W_v v_i + b` does not depend on t, so `project_features` computes it once per
+    image and every decoding step (and every beam) reuses it.
+
+    Args:
+        units: width of the attention MLP (the rows of W_v and W_h).
+
+    Call args:
+        projected: `[B, m, units]`, the output of `project_features(features)`.
+        features: `[B, m, k]` the feature maps v_1..v_m.
+        hidden: `[B, d]` the previous LSTM state h_{t-1}.
+
+    Returns:
+        `(z_t [B, k], α_t [B, m])`.
+
+    Example:
+    >>> att = VisualAttention(units=8)
+    >>> v = tf.random.normal([2, 49, 16])
+    >>> z, alpha = att(att.project_features(v), v, tf.zeros([2, 4]))
+    >>> z.shape, alpha.shape
+    (TensorShape([2, 16]), TensorShape([2, 49]))
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self._feature_proj = keras.layers.Dense(units, name="feature_proj")  # W_v, b
+        self._hidden_proj = keras.layers.Dense(units, use_bias=False, name="hidden_proj")  # W_h
+        self._score = keras.layers.Dense(1, use_bias=False, name="score")  # w
+
+    def build(self, projected_shape, features_shape=None, hidden_shape=None):
+        if features_shape is not None:
+            self._feature_proj.build(features_shape)
+        if hidden_shape is not None:
+            self._hidden_proj.build(hidden_shape)
+        self._score.build((None, None, self.units))
+
+    def project_features(self, features):
+        """`W_v v_i + b` for every position i: `[B, m, k] -> [B, m, units]`."""
+        return self._feature_proj(features)
+
+    def call(self, projected, features, hidden):
+        scores = self._score(tf.tanh(projected + self._hidden_proj(hidden)[:, None, :]))
+        alpha = tf.nn.softmax(tf.squeeze(scores, -1), axis=-1)
+        context = tf.einsum("bm,bmk->bk", alpha, tf.cast(features, alpha.dtype))
+        return context, alpha
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"units": self.units})
+        return config

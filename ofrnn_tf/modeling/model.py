@@ -1,0 +1,221 @@
+"""OrderFreeRNN: M_map + initial state + the confidence-ranked decoder, and its ablations."""
+
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from ofrnn_tf.modeling.layers.confidence_ranked_cell import (
+    CellState, ConfidenceRankedLSTMCell, mask_chosen)
+from ofrnn_tf.modeling.layers.label_map_head import LabelMapHead
+
+MODES = ("order_free", "baseline", "no_attention", "frequency_first", "rare_first")
+TRAIN_STEPS = ("gt_count", "max")
+# Finite stand-in for -inf inside the softmax losses: 0 · -inf would be NaN.
+_LARGE_NEGATIVE = -1e9
+
+
+@keras.saving.register_keras_serializable(package="ofrnn_tf")
+class OrderFreeRNN(keras.Model):
+    """The paper's network (Fig. 2) over precomputed frozen-CNN feature maps.
+
+    Parts: M_map (`LabelMapHead`, Eq. 1–3) gives v_prob; the initial LSTM state is
+    `h_0, c_0 = tanh(Dense(mean_i v_i))` (Xu et al.); `ConfidenceRankedLSTMCell`
+    (Eq. 4–10) runs the decoding steps. `call` returns the M_map logits; decoding
+    goes through `start` / `step` / `step_log_probs` / `advance`, which the training
+    loss below, greedy decoding and beam search all share.
+
+    Args:
+        num_classes: C.
+        mode: one of `MODES` — `order_free` (the full model), `baseline` (M_map alone),
+            `no_attention` (`z_t = mean_i v_i`), `frequency_first` / `rare_first`
+            (teacher-forced fixed label order, softmax over the remaining labels).
+        lstm_units, attention_units, fc_units, dropout: see `ConfidenceRankedLSTMCell`.
+        feature_dropout: dropout on the feature maps (and on M_map's pooled vector)
+            while training; the features come from a frozen CNN and overfit quickly.
+        label_order: for the fixed-order modes, every class id once, in the order the
+            labels are fed (most frequent first for `frequency_first`, the reverse
+            for `rare_first`). Ignored by the other modes.
+
+    Example:
+    >>> model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8)
+    >>> v = tf.random.normal([2, 49, 16])
+    >>> model(v).shape
+    TensorShape([2, 5])
+    """
+
+    def __init__(self, num_classes: int, mode: str = "order_free", lstm_units: int = 256,
+                 attention_units: int = 256, fc_units: int = 512, dropout: float = 0.2,
+                 feature_dropout: float = 0.2, label_order: Optional[Sequence[int]] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode in ("frequency_first", "rare_first"):
+            if label_order is None or sorted(label_order) != list(range(num_classes)):
+                raise ValueError(
+                    f"mode {mode!r} needs label_order, a permutation of 0..{num_classes - 1}; "
+                    f"got {label_order!r}")
+        self.num_classes = num_classes
+        self.mode = mode
+        self.lstm_units = lstm_units
+        self.attention_units = attention_units
+        self.fc_units = fc_units
+        self.dropout = dropout
+        self.feature_dropout = feature_dropout
+        self.label_order = None if label_order is None else [int(c) for c in label_order]
+
+        self.label_map_head = LabelMapHead(num_classes, dropout=feature_dropout, name="label_map_head")
+        if self.uses_decoder:
+            self.features_dropout = keras.layers.Dropout(feature_dropout, name="features_dropout")
+            self.init_h = keras.layers.Dense(lstm_units, activation="tanh", name="init_h")
+            self.init_c = keras.layers.Dense(lstm_units, activation="tanh", name="init_c")
+            self.cell = ConfidenceRankedLSTMCell(
+                num_classes, units=lstm_units, attention_units=attention_units,
+                fc_units=fc_units, dropout=dropout, use_attention=(mode != "no_attention"),
+                name="cell")
+
+    @property
+    def uses_decoder(self) -> bool:
+        return self.mode != "baseline"
+
+    @property
+    def teacher_forced(self) -> bool:
+        return self.mode in ("frequency_first", "rare_first")
+
+    def build(self, features_shape):
+        self.label_map_head.build(features_shape)
+        if self.uses_decoder:
+            pooled = (None, features_shape[-1])
+            self.init_h.build(pooled)
+            self.init_c.build(pooled)
+            self.cell.build(features_shape)
+        self.built = True
+
+    @property
+    def map_variables(self):
+        """Stage 1 trains these (M_map); stage 2 keeps them frozen (Alg. 1)."""
+        return self.label_map_head.trainable_variables
+
+    @property
+    def decoder_variables(self):
+        """Stage 2 trains these: attention, LSTM, prediction layers, initial state."""
+        if not self.uses_decoder:
+            return []
+        return (self.init_h.trainable_variables + self.init_c.trainable_variables
+                + self.cell.trainable_variables)
+
+    def call(self, features, training=False):
+        """M_map logits `[B, C]` (v_prob = sigmoid of them)."""
+        return self.label_map_head(features, training=training)
+
+    # -- the decoder interface shared by training, greedy and beam search ----------
+    def start(self, features, training=False):
+        """Per-image context and the state before step 1 (`ỹ_0 = 0`, `v_pred = v_prob`)."""
+        v_prob = tf.sigmoid(self.label_map_head(features, training=False))
+        features = self.features_dropout(features, training=training)
+        pooled = tf.reduce_mean(features, axis=1)
+        state = CellState(self.init_h(pooled), self.init_c(pooled),
+                          tf.zeros_like(v_prob), v_prob)
+        return self.cell.prepare(features), state
+
+    def step(self, context, state: CellState, training=False):
+        """Eq. 4–7 for one step: `(logits [B, C], attention [B, m], h, c)`."""
+        return self.cell.predict(context, state, training=training)
+
+    def step_log_probs(self, logits, state: CellState):
+        """Log-probability of choosing each label at this step; chosen ones are -inf.
+
+        `log sigmoid(p_t)` for the order-free modes (Eq. 11 multiplies them); the
+        fixed-order modes were trained with a softmax over the remaining labels, so
+        that softmax is their step probability.
+        """
+        masked = mask_chosen(logits, state.y_tilde)
+        if self.teacher_forced:
+            return tf.nn.log_softmax(masked, axis=-1)
+        return mask_chosen(tf.math.log_sigmoid(logits), state.y_tilde)
+
+    def advance(self, state: CellState, h, c, logits, chosen) -> CellState:
+        """Eq. 10: puts `chosen [B]` into ỹ and carries `sigmoid(p_t)` as v_pred."""
+        return ConfidenceRankedLSTMCell.advance(state, h, c, logits, chosen)
+
+    # -- losses of Algorithm 1 ------------------------------------------------------
+    def map_loss(self, features, labels, training=True):
+        """Stage 1: per-example binary cross-entropy of M_map, `[B]`."""
+        logits = self.label_map_head(features, training=training)
+        return tf.reduce_mean(
+            tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
+
+    def sequence_loss(self, features, labels, max_steps: int, train_steps: str = "gt_count",
+                      training=True):
+        """Stage 2 loss (Eq. 8, Alg. 1) unrolled in a graph loop over `max_steps` steps.
+
+        Order-free modes: at each step the full label vector is the BCE target and the
+        model feeds back its own choice `l_t` (Eq. 9–10) — no teacher forcing. The
+        fixed-order modes feed the t-th true label in `label_order` and score it with
+        a softmax over the labels not yet fed.
+
+        Returns:
+            `(per_example [B], per_step [max_steps])`: the mean over each image's steps
+            (its label count with `gt_count`, all `max_steps` with `max`), and the mean
+            loss of each step over the images that take it.
+        """
+        if train_steps not in TRAIN_STEPS:
+            raise ValueError(f"train_steps must be one of {TRAIN_STEPS}, got {train_steps!r}")
+        labels = tf.cast(labels, tf.float32)
+        counts = tf.reduce_sum(labels, axis=-1)
+        if train_steps == "max" and not self.teacher_forced:
+            counts = tf.fill(tf.shape(counts), float(max_steps))
+        if self.teacher_forced:
+            rank = tf.argsort(tf.constant(self.label_order, tf.int32))  # position of each class
+            key = tf.where(labels > 0, rank[None, :], rank[None, :] + self.num_classes)
+            ordered_labels = tf.argsort(key, axis=-1, stable=True)
+
+        context, state = self.start(features, training=training)
+        batch = tf.shape(labels)[0]
+
+        def body(t, state, total, per_step):
+            logits, _, h, c = self.step(context, state, training=training)
+            active = tf.cast(tf.cast(t, tf.float32) < counts, tf.float32)
+            if self.teacher_forced:
+                target = ordered_labels[:, t]
+                masked = tf.where(state.y_tilde > 0, _LARGE_NEGATIVE, logits)
+                step_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=target, logits=masked)
+                chosen = target
+            else:
+                step_loss = tf.reduce_mean(
+                    tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), -1)
+                chosen = tf.argmax(mask_chosen(logits, state.y_tilde), -1, output_type=tf.int32)
+            step_loss = step_loss * active
+            per_step = per_step.write(
+                t, tf.math.divide_no_nan(tf.reduce_sum(step_loss), tf.reduce_sum(active)))
+            return t + 1, self.advance(state, h, c, logits, chosen), total + step_loss, per_step
+
+        _, _, total, per_step = tf.while_loop(
+            lambda t, *_: t < max_steps, body,
+            (tf.constant(0), state, tf.zeros([batch]), tf.TensorArray(tf.float32, size=max_steps)))
+        per_example = total / tf.maximum(tf.minimum(counts, float(max_steps)), 1.0)
+        return per_example, per_step.stack()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_classes": self.num_classes, "mode": self.mode, "lstm_units": self.lstm_units,
+            "attention_units": self.attention_units, "fc_units": self.fc_units,
+            "dropout": self.dropout, "feature_dropout": self.feature_dropout,
+            "label_order": self.label_order,
+        })
+        return config
+
+
+def fixed_label_order(label_counts: Sequence[int], mode: str) -> Optional[list]:
+    """The label order of the fixed-order ablations from training-set label counts.
+
+    `frequency_first`: most frequent first (ties by class id); `rare_first`: its reverse.
+    Other modes need no order and get None.
+    """
+    if mode not in ("frequency_first", "rare_first"):
+        return None
+    order = sorted(range(len(label_counts)), key=lambda c: (-label_counts[c], c))
+    return order if mode == "frequency_first" else order[::-1]

@@ -1,0 +1,289 @@
+"""The custom training loop of Algorithm 1, under any tf.distribute strategy.
+
+Stage 1 trains M_map with binary cross-entropy; stage 2 freezes it and trains the
+attention, LSTM and prediction layers with the per-step loss of Eq. 8. The loop is
+a `tf.function` around `strategy.run`, so the same code runs on one CPU, on several
+GPUs (MirroredStrategy) and on several machines (MultiWorkerMirroredStrategy, where
+Keras 3 `fit` fails).
+
+Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
+and the position (stage, epoch, step in epoch). The data order of every epoch is a
+function of the seed alone, so a run killed at any point and restarted ends with the
+same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from ofrnn_tf.modeling.model import OrderFreeRNN
+from ofrnn_tf.training.distribute import is_chief
+from ofrnn_tf.training.run_config import RunConfig
+
+BEST_DIRNAME = "best"
+BEST_INFO_FILENAME = "best.json"
+
+# input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
+ExamplesFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+# model -> metrics dict on the validation split; must contain the selection key.
+ValidateFn = Callable[[OrderFreeRNN], dict]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def build_model(config: RunConfig, feature_shape) -> OrderFreeRNN:
+    """The model a run config describes, built for `[m, k]` feature maps."""
+    model = OrderFreeRNN(
+        num_classes=len(config.label_names), mode=config.variant,
+        lstm_units=config.lstm_units, attention_units=config.attention_units,
+        fc_units=config.fc_units, dropout=config.dropout,
+        feature_dropout=config.feature_dropout, label_order=config.label_order)
+    model.build((None,) + tuple(feature_shape))
+    return model
+
+
+def selection_metric(variant: str) -> str:
+    """The validation metric that picks the best checkpoint: mAP for M_map alone."""
+    return "mAP" if variant == "baseline" else "C-F1"
+
+
+class Trainer:
+    """Runs Algorithm 1 in a work directory, resuming from its last checkpoint.
+
+    Args:
+        config: the run's configuration (see `RunConfig`).
+        workdir: where checkpoints, summaries and the best checkpoint go.
+        strategy: a `tf.distribute.Strategy` (see `make_strategy`).
+        feature_shape: `(m, k)` of the feature maps.
+        num_train: training examples per epoch.
+        train_examples_fn: the training examples, unbatched, in a fixed order.
+        validate_fn: scores the model on the validation split after each stage-2
+            epoch (stage 1 for `baseline`); the best epoch is kept in `workdir/best`.
+    """
+
+    def __init__(self, config: RunConfig, workdir: str, strategy: tf.distribute.Strategy,
+                 feature_shape, num_train: int, train_examples_fn: ExamplesFn,
+                 validate_fn: Optional[ValidateFn] = None, progress: bool = True):
+        self.config = config
+        self.workdir = workdir
+        self.strategy = strategy
+        self.num_train = num_train
+        self.train_examples_fn = train_examples_fn
+        self.validate_fn = validate_fn
+        self.progress = progress
+        self.chief = is_chief(strategy)
+        self.global_batch = config.batch_size
+        if self.global_batch % strategy.num_replicas_in_sync:
+            raise ValueError(f"--batch_size={self.global_batch} is not divisible by the "
+                             f"{strategy.num_replicas_in_sync} replicas")
+        self.steps_per_epoch = num_train // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{num_train} training examples give no full batch of "
+                             f"{self.global_batch}")
+
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        with strategy.scope():
+            self.model = build_model(config, feature_shape)
+            self.optimizers = {1: self._optimizer(), 2: self._optimizer()}
+            self.optimizers[1].build(self.model.map_variables)
+            if self.model.uses_decoder:
+                self.optimizers[2].build(self.model.decoder_variables)
+            self.stage = tf.Variable(1, dtype=tf.int64, trainable=False, name="stage")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.best_metric = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_metric")
+        # Keras keeps dropout RNG state outside the checkpointable graph; add it so a
+        # resumed run draws the same dropout masks as an uninterrupted one.
+        rng = {f"rng_{i}": v.value for i, v in enumerate(self.model.non_trainable_variables)
+               if "seed_generator" in v.path}
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer_stage1=self.optimizers[1],
+            optimizer_stage2=self.optimizers[2], stage=self.stage, epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+            best_metric=self.best_metric, dropout_rng=tf.train.Checkpoint(**rng))
+        # Every worker must take part in a save; only the chief's copy is kept.
+        own_dir = workdir if self.chief else os.path.join(
+            workdir, "tmp_worker", str(strategy.cluster_resolver.task_id))
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(own_dir, "checkpoints"), max_to_keep=3)
+        self.best_manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.model), os.path.join(own_dir, BEST_DIRNAME), max_to_keep=1)
+        self.writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+                       if self.chief else tf.summary.create_noop_writer())
+        self._train_steps = {}
+
+    def _optimizer(self):
+        optimizer = keras.optimizers.Adam(self.config.learning_rate)
+        if self.config.mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    # -- one step ---------------------------------------------------------------
+    def _make_train_step(self, stage: int):
+        model, config = self.model, self.config
+        optimizer = self.optimizers[stage]
+        variables = model.map_variables if stage == 1 else model.decoder_variables
+        per_step_len = 1 if stage == 1 else config.max_steps
+
+        def losses(features, labels):
+            if stage == 1:
+                per_example = model.map_loss(features, labels, training=True)
+                return per_example, tf.reduce_mean(per_example)[None]
+            return model.sequence_loss(features, labels, config.max_steps,
+                                       config.train_steps, training=True)
+
+        @tf.function(jit_compile=config.jit_compile)
+        def gradients(features, labels):
+            with tf.GradientTape() as tape:
+                per_example, per_step = losses(features, labels)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+                scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
+            return loss, per_step, tape.gradient(scaled, variables)
+
+        def replica_step(batch):
+            loss, per_step, grads = gradients(batch["features"], batch["labels"])
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss, per_step
+
+        @tf.function
+        def train_step(iterator):
+            loss, per_step = self.strategy.run(replica_step, args=(next(iterator),))
+            loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            per_step = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_step, axis=None)
+            return loss, tf.reshape(per_step, [per_step_len])
+
+        return train_step
+
+    # -- data -------------------------------------------------------------------
+    def _epoch_dataset(self, stage: int, epoch: int, skip_steps: int):
+        seed = self.config.seed * 1000 + stage * 100 + epoch
+
+        def dataset_fn(ctx: tf.distribute.InputContext):
+            ds = self.train_examples_fn(ctx)
+            ds = ds.shuffle(self.num_train, seed=seed, reshuffle_each_iteration=False)
+            ds = ds.batch(ctx.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
+            local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+            return ds.skip(skip_steps * local_replicas).prefetch(tf.data.AUTOTUNE)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # -- the run ----------------------------------------------------------------
+    def restore(self) -> bool:
+        """Restores the latest checkpoint; returns whether there was one."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            print(f"[train] resuming from {latest}: stage {int(self.stage)}, epoch "
+                  f"{int(self.epoch)}, step {int(self.step_in_epoch)}", file=sys.stderr)
+        return bool(latest)
+
+    def epochs(self, stage: int) -> int:
+        return self.config.epochs_stage1 if stage == 1 else self.config.epochs_stage2
+
+    def stages(self) -> list[int]:
+        return [1, 2] if self.model.uses_decoder else [1]
+
+    def train(self) -> OrderFreeRNN:
+        """Runs (or resumes) both stages; returns the model with the best weights."""
+        self.restore()
+        for stage in self.stages():
+            if int(self.stage) > stage:
+                continue
+            while int(self.epoch) < self.epochs(stage):
+                self._train_epoch(stage)
+            self.stage.assign(stage + 1)
+            self.epoch.assign(0)
+            self.manager.save(checkpoint_number=int(self.global_step))
+        self.writer.flush()
+        if self.validate_fn is not None and self.best_manager.latest_checkpoint:
+            self.best_manager.checkpoint.restore(self.best_manager.latest_checkpoint).expect_partial()
+        return self.model
+
+    def _train_epoch(self, stage: int):
+        epoch, start_step = int(self.epoch), int(self.step_in_epoch)
+        if stage not in self._train_steps:
+            self._train_steps[stage] = self._make_train_step(stage)
+        train_step = self._train_steps[stage]
+        iterator = iter(self._epoch_dataset(stage, epoch, start_step))
+        bar = tqdm(total=self.steps_per_epoch, initial=start_step, unit="step",
+                   desc=f"stage {stage} epoch {epoch + 1}/{self.epochs(stage)}",
+                   disable=not (self.progress and self.chief), file=sys.stderr, dynamic_ncols=True)
+        started, done = time.perf_counter(), 0
+        with self.writer.as_default():
+            for _ in range(start_step, self.steps_per_epoch):
+                loss, per_step = train_step(iterator)
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"non-finite loss {loss} at stage {stage}, epoch {epoch + 1}, step "
+                        f"{int(self.step_in_epoch) + 1} (global step {int(self.global_step) + 1}); "
+                        f"the last checkpoint is kept. Lower --learning_rate or check the features.")
+                self.step_in_epoch.assign_add(1)
+                self.global_step.assign_add(1)
+                done += 1
+                step = int(self.global_step)
+                if step % self.config.log_every == 0:
+                    tf.summary.scalar(f"loss/stage{stage}", loss, step=step)
+                    if stage == 2:
+                        for t, value in enumerate(per_step.numpy()):
+                            tf.summary.scalar(f"loss_per_decoding_step/t{t + 1}", value, step=step)
+                    tf.summary.scalar("learning_rate", self.config.learning_rate, step=step)
+                    rate = done * self.global_batch / (time.perf_counter() - started)
+                    tf.summary.scalar("examples_per_second", rate, step=step)
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{done * self.global_batch / (time.perf_counter() - started):.0f}")
+                bar.update(1)
+                if step % self.config.checkpoint_every == 0:
+                    self.manager.save(checkpoint_number=step)
+            bar.close()
+            self.epoch.assign_add(1)
+            self.step_in_epoch.assign(0)
+            if self.validate_fn is not None and stage == self.stages()[-1]:
+                self._validate(stage)
+        self.manager.save(checkpoint_number=int(self.global_step))
+
+    def _validate(self, stage: int):
+        metrics = self.validate_fn(self.model)
+        key = selection_metric(self.config.variant)
+        step = int(self.global_step)
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)):
+                tf.summary.scalar(f"validation/{name}", value, step=step)
+        print(f"[train] validation after stage {stage} epoch {int(self.epoch)}: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)),
+              file=sys.stderr)
+        if metrics[key] > float(self.best_metric):
+            self.best_metric.assign(metrics[key])
+            self.best_manager.save(checkpoint_number=step)
+            if self.chief:
+                with open(os.path.join(self.workdir, BEST_INFO_FILENAME), "w") as f:
+                    json.dump({"stage": stage, "epoch": int(self.epoch), "global_step": step,
+                               "selection_metric": key, "validation": metrics}, f, indent=1)
+
+
+def load_best_model(workdir: str, feature_shape) -> tuple[OrderFreeRNN, RunConfig]:
+    """The best (else the latest) weights of a finished run, with its config."""
+    config = RunConfig.load(workdir)
+    model = build_model(config, feature_shape)
+    best = tf.train.latest_checkpoint(os.path.join(workdir, BEST_DIRNAME))
+    if best:
+        tf.train.Checkpoint(model=model).restore(best).expect_partial()
+    else:
+        latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+        if not latest:
+            raise FileNotFoundError(f"no checkpoint in {workdir}: train first")
+        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return model, config
