@@ -1,0 +1,1 @@
+"""Evaluation: multi-label metrics (CNN-RNN / ML-GCN convention) and result tables."""
