@@ -95,6 +95,7 @@ class Trainer:
 
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.utils.set_random_seed(config.seed)  # same initial weights on every worker and rerun
         with strategy.scope():
             self.model = build_model(config, feature_shape)
             self.optimizers = {1: self._optimizer(), 2: self._optimizer()}

@@ -1,0 +1,194 @@
+"""MS-COCO style ``instances_*.json`` files, read through pycocotools.
+
+Also reads the embedded benchmark (its canvases are written in the same format) and
+COCO files written by other tools: image ids may start at 0, categories may have no
+annotation, and images without any annotation are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from pycocotools.coco import COCO
+from tqdm import tqdm
+
+from ofrnn_tf.data.example import Box, Example, LoadStats
+from ofrnn_tf.labels import LabelMap
+
+
+def load_coco(annotation_file: str,
+              image_dir: str,
+              label_map: LabelMap | None = None,
+              *,
+              check_files: bool = True,
+              progress: bool = True) -> tuple[list[Example], LabelMap, LoadStats]:
+    """Reads a COCO instances file into `Example` records.
+
+    The label map is the category names ordered by category id, every category
+    included (also those no annotation uses), so a model trained on one split of a
+    data set reads the other split with the same ids.
+
+    `Example.label_areas` holds, per label, the bounding-box area (``w * h``) of the
+    largest object of that class divided by the image area. The bounding box is used
+    rather than the ``area`` field (the segment area in MS-COCO) because every
+    instances file has boxes, while segment areas depend on how masks were drawn; the
+    ``area`` field is used only for objects that have no ``bbox``.
+
+    Args:
+        annotation_file: path of the ``instances_*.json`` file.
+        image_dir: folder the images' ``file_name`` entries are relative to.
+        label_map: the label map the caller expects; a file whose categories differ
+            is refused with an error naming both.
+        check_files: drop (and count) images whose file does not exist.
+        progress: show a progress bar on large files.
+
+    Returns:
+        (examples in file order, label map, load statistics).
+
+    Raises:
+        FileNotFoundError: the annotation file does not exist.
+        ValueError: the file is not valid COCO JSON, or an annotation refers to an
+            unknown image or category (the message names the annotation id).
+        LabelMapMismatchError: the categories differ from `label_map`.
+    """
+    dataset = _read_json(annotation_file)
+    _check_structure(dataset, annotation_file)
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+
+    cat_ids = sorted(coco.cats)
+    try:
+        file_map = LabelMap([coco.cats[c]["name"] for c in cat_ids], source=annotation_file)
+    except ValueError as e:
+        raise ValueError(f"{annotation_file}: categories: {e}") from None
+    if label_map is not None:
+        label_map.check_same(file_map)
+    else:
+        label_map = file_map
+    label_of_cat = {c: i for i, c in enumerate(cat_ids)}
+    _check_references(dataset, coco, annotation_file)
+
+    stats = LoadStats()
+    examples: list[Example] = []
+    images = dataset.get("images", [])
+    for img in tqdm(images, desc=f"coco {os.path.basename(annotation_file)}",
+                    unit="img", disable=not progress or len(images) < 20000,
+                    file=sys.stderr):
+        anns = coco.imgToAnns.get(img["id"], [])
+        if not anns:
+            stats.dropped_unlabeled += 1
+            continue
+        path = os.path.join(image_dir, img["file_name"])
+        if check_files and not os.path.exists(path):
+            stats.dropped_missing += 1
+            continue
+        examples.append(_example(img, anns, label_of_cat, path))
+    stats.images = len(examples)
+
+    if stats.dropped_unlabeled or stats.dropped_missing:
+        print(f"{annotation_file}: {stats} (of {len(images)} listed)", file=sys.stderr)
+    if images and not examples and stats.dropped_missing:
+        raise FileNotFoundError(
+            f"{annotation_file}: none of the {stats.dropped_missing} labelled images "
+            f"exists under image_dir {image_dir!r} (first: "
+            f"{os.path.join(image_dir, images[0]['file_name'])})")
+    return examples, label_map, stats
+
+
+def _read_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON file ({e})") from None
+    except OSError as e:
+        raise OSError(f"cannot read COCO annotation file {path}: {e}") from None
+
+
+def _check_structure(dataset: Any, path: str) -> None:
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations' "
+                         f"and 'categories', got {type(dataset).__name__}")
+    for key in ("images", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise ValueError(f"{path}: missing or malformed '{key}' list")
+    if not isinstance(dataset.get("annotations", []), list):
+        raise ValueError(f"{path}: malformed 'annotations' (expected a list)")
+    if not dataset["categories"]:
+        raise ValueError(f"{path}: no categories")
+
+    seen: set = set()
+    for i, img in enumerate(dataset["images"]):
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise ValueError(f"{path}: images[{i}] needs 'id' and 'file_name'")
+        if img["id"] in seen:
+            raise ValueError(f"{path}: duplicate image id {img['id']!r}")
+        seen.add(img["id"])
+    seen = set()
+    for i, cat in enumerate(dataset["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise ValueError(f"{path}: categories[{i}] needs 'id' and 'name'")
+        if cat["id"] in seen:
+            raise ValueError(f"{path}: duplicate category id {cat['id']!r}")
+        seen.add(cat["id"])
+    for i, ann in enumerate(dataset.get("annotations", [])):
+        if not isinstance(ann, dict):
+            raise ValueError(f"{path}: annotations[{i}] is not an object")
+        for key in ("image_id", "category_id"):
+            if key not in ann:
+                raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has no '{key}'")
+        # pycocotools indexes annotations by id; some writers leave it out.
+        ann.setdefault("id", f"#{i}")
+
+
+def _check_references(dataset: dict, coco: COCO, path: str) -> None:
+    for i, ann in enumerate(dataset.get("annotations", [])):
+        if ann["image_id"] not in coco.imgs:
+            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} refers to unknown "
+                             f"image id {ann['image_id']!r}")
+        if ann["category_id"] not in coco.cats:
+            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} refers to unknown "
+                             f"category id {ann['category_id']!r}")
+        bbox = ann.get("bbox")
+        if bbox is not None and (not isinstance(bbox, (list, tuple)) or len(bbox) != 4):
+            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has a malformed "
+                             f"bbox {bbox!r} (expected [x, y, width, height])")
+
+
+def _ann_name(ann: dict, index: int) -> str:
+    if "id" in ann and not str(ann["id"]).startswith("#"):
+        return f"id {ann['id']!r}"
+    return f"#{index} (no id)"
+
+
+def _example(img: dict, anns: Sequence[dict], label_of_cat: dict, path: str) -> Example:
+    width, height = img.get("width"), img.get("height")
+    image_area = float(width) * float(height) if width and height else None
+    areas_of: dict[int, list[float | None]] = {}
+    boxes: list[tuple[int, Box]] = []
+    for ann in anns:
+        label = label_of_cat[ann["category_id"]]
+        bbox = ann.get("bbox")
+        if bbox is not None:
+            x, y, w, h = (float(v) for v in bbox)
+            boxes.append((label, (x, y, w, h)))
+            area = w * h
+        else:
+            area = float(ann["area"]) if "area" in ann else None
+        areas_of.setdefault(label, []).append(area)
+    label_ids = tuple(sorted(areas_of))
+    label_areas = None
+    if image_area and all(a is not None for v in areas_of.values() for a in v):
+        label_areas = tuple(max(areas_of[k]) / image_area for k in label_ids)
+    boxes.sort(key=lambda b: (b[0], b[1]))
+    return Example(image_id=str(img["id"]), image=path, label_ids=label_ids,
+                   label_areas=label_areas, boxes=tuple(boxes) if boxes else None)

@@ -1,0 +1,139 @@
+"""NUS-WIDE (81 concepts) in the layout of its standard release.
+
+::
+
+    root/Concepts81.txt                                   concept names, one a line
+    root/ImageList/TrainImagelist.txt                     actor\\0001_2124494179.jpg ...
+    root/ImageList/TestImagelist.txt
+    root/Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt   one 0/1 a line,
+    root/Groundtruth/TrainTestLabels/Labels_<concept>_Test.txt    aligned with the list
+    root/Flickr/actor/0001_2124494179.jpg                 the images
+
+Images with no positive concept are dropped and counted (about a fifth of the
+release), as are listed images missing from ``Flickr/`` (many Flickr downloads of the
+original release failed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+from ofrnn_tf.data.example import Example, LoadStats
+from ofrnn_tf.labels import LabelMap
+
+SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
+
+
+def load_nuswide(root: str,
+                 split: str,
+                 label_map: LabelMap | None = None,
+                 *,
+                 check_files: bool = True,
+                 progress: bool = True) -> tuple[list[Example], LabelMap, LoadStats]:
+    """Reads one split of NUS-WIDE.
+
+    The label map is the concept list in the order of ``Concepts81.txt``.
+
+    Args:
+        root: the release folder (holding ``Concepts81.txt``).
+        split: "train" or "test".
+        label_map: the label map the caller expects; a different concept list is
+            refused with an error naming both.
+        check_files: drop (and count) listed images missing under ``root/Flickr``.
+        progress: show a progress bar while reading the label files.
+
+    Returns:
+        (examples in image-list order, label map, load statistics). `image_id` is
+        the image's path relative to ``Flickr/`` with forward slashes.
+
+    Raises:
+        FileNotFoundError: a file of the layout is missing (named in the message).
+        ValueError: a label file's length differs from the image list, or holds a
+            value other than 0/1 (file and line named).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"NUS-WIDE split must be one of {sorted(SPLITS)}, got {split!r}")
+    list_name, suffix = SPLITS[split]
+    concepts_file = os.path.join(root, "Concepts81.txt")
+    concepts = [c.strip() for c in _read_lines(concepts_file) if c.strip()]
+    try:
+        file_map = LabelMap(concepts, source=concepts_file)
+    except ValueError as e:
+        raise ValueError(f"{concepts_file}: {e}") from None
+    if label_map is not None:
+        label_map.check_same(file_map)
+    else:
+        label_map = file_map
+
+    list_file = os.path.join(root, "ImageList", list_name)
+    paths = [_relative_path(p) for p in _read_lines(list_file) if p.strip()]
+    if not paths:
+        raise ValueError(f"{list_file}: empty image list")
+
+    labels = np.zeros((len(paths), len(concepts)), dtype=bool)
+    label_dir = os.path.join(root, "Groundtruth", "TrainTestLabels")
+    for k, concept in enumerate(tqdm(concepts, desc=f"nus-wide {split} labels",
+                                     unit="concept", disable=not progress,
+                                     file=sys.stderr)):
+        label_file = os.path.join(label_dir, f"Labels_{concept}_{suffix}.txt")
+        labels[:, k] = _read_label_file(label_file, len(paths), list_file)
+
+    stats = LoadStats()
+    examples: list[Example] = []
+    flickr = os.path.join(root, "Flickr")
+    for i, rel in enumerate(paths):
+        ids = np.flatnonzero(labels[i])
+        if ids.size == 0:
+            stats.dropped_unlabeled += 1
+            continue
+        path = os.path.join(flickr, *rel.split("/"))
+        if check_files and not os.path.exists(path):
+            stats.dropped_missing += 1
+            continue
+        examples.append(Example(image_id=rel, image=path,
+                                label_ids=tuple(int(j) for j in ids)))
+    stats.images = len(examples)
+    if stats.dropped_unlabeled or stats.dropped_missing:
+        print(f"{list_file}: {stats} (of {len(paths)} listed)", file=sys.stderr)
+    if not examples and stats.dropped_missing:
+        raise FileNotFoundError(
+            f"{list_file}: none of the {stats.dropped_missing} labelled images exists "
+            f"under {flickr} (first: {os.path.join(flickr, paths[0])})")
+    return examples, label_map, stats
+
+
+def _read_lines(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"NUS-WIDE file not found: {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read().splitlines()
+
+
+def _relative_path(line: str) -> str:
+    """``actor\\0001_2124494179.jpg`` (or a full ``C:\\...\\Flickr\\actor\\...`` path)
+    → ``actor/0001_2124494179.jpg``."""
+    rel = line.strip().replace("\\", "/")
+    marker = "Flickr/"
+    if marker in rel:
+        rel = rel[rel.rindex(marker) + len(marker):]
+    return rel.lstrip("/")
+
+
+def _read_label_file(path: str, expected: int, list_file: str) -> np.ndarray:
+    values = [v.strip() for v in _read_lines(path)]
+    while values and not values[-1]:
+        values.pop()
+    if len(values) != expected:
+        raise ValueError(f"{path}: {len(values)} labels but {list_file} lists "
+                         f"{expected} images")
+    arr = np.asarray(values)
+    ones, zeros = arr == "1", arr == "0"
+    bad = np.flatnonzero(~(ones | zeros))
+    if bad.size:
+        raise ValueError(f"{path}: line {bad[0] + 1}: expected 0 or 1, got "
+                         f"{values[bad[0]]!r}")
+    return ones

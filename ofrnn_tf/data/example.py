@@ -1,0 +1,49 @@
+"""The record every data adapter yields."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple, Union
+
+# (x, y, width, height) in pixels of the original image, COCO convention.
+Box = Tuple[float, float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One image with its label set.
+
+    Attributes:
+        image_id: unique id within its split (string form of the source id).
+        image: a file path, or the encoded image bytes.
+        label_ids: sorted unique label ids (indices into the data set's `LabelMap`).
+        label_areas: for each entry of `label_ids`, the area of that class's largest
+            object as a fraction of the image area, or None when boxes are unknown.
+            The benchmark's small-object AP splits on it.
+        boxes: optional ((label_id, box), ...) pairs.
+    """
+
+    image_id: str
+    image: Union[str, bytes]
+    label_ids: Tuple[int, ...]
+    label_areas: Optional[Tuple[float, ...]] = None
+    boxes: Optional[Tuple[Tuple[int, Box], ...]] = None
+
+    def __post_init__(self):
+        if self.label_areas is not None and len(self.label_areas) != len(self.label_ids):
+            raise ValueError(
+                f"image {self.image_id}: {len(self.label_areas)} label areas for "
+                f"{len(self.label_ids)} labels")
+
+
+@dataclasses.dataclass
+class LoadStats:
+    """What an adapter kept and dropped, printed at the end of a load."""
+
+    images: int = 0
+    dropped_unlabeled: int = 0
+    dropped_missing: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.images} images kept, {self.dropped_unlabeled} dropped with no "
+                f"label, {self.dropped_missing} dropped with a missing file")

@@ -1,0 +1,512 @@
+"""The embedded benchmark: multi-object canvases of real Fashion-MNIST items.
+
+Each canvas holds 1–4 non-overlapping Fashion-MNIST items of varied size (a share of
+them small), tinted and pasted onto a smoothly textured background; its labels are
+the set of classes present. Train canvases draw items from one part of the
+Fashion-MNIST training images, validation canvases from the disjoint rest, and test
+canvases only from the Fashion-MNIST test images. Every split is written as image
+files plus a COCO instances file with boxes, so the benchmark is read through the
+same COCO adapter as MS-COCO.
+
+Layout of ``out_dir``::
+
+    images/{train,val,test}/000000.jpg ...
+    {train,val,test}.json     COCO instances; each annotation also carries
+                              "source_split" and "source_index" (the Fashion-MNIST
+                              image used) and "item_size" (the pasted square's side)
+    label_map.json
+    benchmark.json            the build configuration, written last
+
+A build is cached: calling again with the same configuration returns at once. A
+different configuration rebuilds the folder in place (a message says so), and an
+interrupted build leaves no ``benchmark.json``, so it is never taken as finished.
+Downstream caches can key on the returned ``fingerprint``.
+
+Build the default size (10k/1k/2k canvases of 224×224, about a minute on 2 cores)::
+
+    python -m ofrnn_tf.data.fashion_canvases --out_dir=/tmp/fashion_canvases
+
+Source: the Debian package ``dataset-fashion-mnist`` (IDX files under
+``/usr/share/datasets/fashion-mnist``), else ``keras.datasets.fashion_mnist``
+(downloads). Fashion-MNIST: Xiao, Rasul, Vollgraf 2017, MIT licence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import sys
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ofrnn_tf.data.example import Example, LoadStats
+from ofrnn_tf.labels import LabelMap
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
+SPLITS = ("train", "val", "test")
+BENCHMARK_FILENAME = "benchmark.json"
+FORMAT_VERSION = 1
+# Pixels of a resized item whose intensity is above this fraction count as the object
+# (its tight box and its mask area).
+_OBJECT_THRESHOLD = 0.1
+_PLACEMENT_TRIES = 40
+_IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+@dataclasses.dataclass(frozen=True)
+class CanvasConfig:
+    """Everything that determines the canvases (recorded in ``benchmark.json``).
+
+    Attributes:
+        num_train, num_val, num_test: canvases per split.
+        canvas_size: side of the square RGB canvas in pixels.
+        min_items, max_items: items per canvas, drawn uniformly. An item that cannot
+            be placed without overlap after shrinking is left out, so a crowded
+            canvas may hold fewer than drawn (never fewer than one).
+        item_size_range: (min, max) side in pixels of an ordinary item.
+        small_item_share: probability that an item is drawn from the small range.
+        small_item_size_range: (min, max) side in pixels of a small item.
+        val_source_fraction: share of the Fashion-MNIST training images reserved
+            for the validation canvases.
+        image_format: "jpg" (quality 90) or "png".
+        seed: the seed of every random choice.
+    """
+
+    num_train: int = 10000
+    num_val: int = 1000
+    num_test: int = 2000
+    canvas_size: int = 224
+    min_items: int = 1
+    max_items: int = 4
+    item_size_range: tuple[int, int] = (40, 100)
+    small_item_share: float = 0.3
+    small_item_size_range: tuple[int, int] = (20, 36)
+    val_source_fraction: float = 0.1
+    image_format: str = "jpg"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_train", "num_val", "num_test"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.min_items <= self.max_items:
+            raise ValueError(f"need 1 <= min_items <= max_items, got "
+                             f"{self.min_items}, {self.max_items}")
+        for name in ("item_size_range", "small_item_size_range"):
+            lo, hi = getattr(self, name)
+            if not 4 <= lo <= hi <= self.canvas_size:
+                raise ValueError(f"{name} must satisfy 4 <= min <= max <= canvas_size "
+                                 f"({self.canvas_size}), got {(lo, hi)}")
+        if not 0.0 <= self.small_item_share <= 1.0:
+            raise ValueError(f"small_item_share must be in [0, 1], got "
+                             f"{self.small_item_share}")
+        if not 0.0 < self.val_source_fraction < 1.0:
+            raise ValueError(f"val_source_fraction must be in (0, 1), got "
+                             f"{self.val_source_fraction}")
+        if self.image_format not in ("jpg", "png"):
+            raise ValueError(f"image_format must be 'jpg' or 'png', got "
+                             f"{self.image_format!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def small_area_fraction(self) -> float:
+        """Image-area fraction below which an object counts as small (the area of the
+        largest small item's square)."""
+        return (self.small_item_size_range[1] / self.canvas_size) ** 2
+
+
+# -- source ------------------------------------------------------------------------
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads a (gzipped) IDX file of unsigned bytes into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise OSError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    if data[2] != 0x08:
+        raise ValueError(f"{path}: IDX element type 0x{data[2]:02x}, expected unsigned "
+                         f"bytes (0x08)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} ({int(np.prod(shape))} "
+                         f"bytes) but the file holds {len(data) - header} bytes")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
+                       allow_download: bool = True
+                       ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """Returns ``({"train": (images, labels), "test": ...}, description of the source)``.
+
+    Images are uint8 [N, 28, 28], labels uint8 [N] in 0..9. Reads the IDX files of
+    ``source_dir``; when they are absent and `allow_download`, falls back to
+    ``keras.datasets.fashion_mnist.load_data()``.
+    """
+    paths = {split: [os.path.join(source_dir, n) for n in names]
+             for split, names in _IDX_FILES.items()}
+    if all(os.path.exists(p) for ps in paths.values() for p in ps):
+        data = {}
+        for split, (img_path, lab_path) in paths.items():
+            images, labels = read_idx(img_path), read_idx(lab_path)
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise ValueError(f"{img_path} / {lab_path}: shapes {images.shape} and "
+                                 f"{labels.shape} do not form an image set")
+            if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+                raise ValueError(f"{lab_path}: label {labels.max()} outside 0..9")
+            data[split] = (images, labels)
+        return data, source_dir
+
+    missing = [p for ps in paths.values() for p in ps if not os.path.exists(p)]
+    if not allow_download:
+        raise FileNotFoundError(
+            f"Fashion-MNIST IDX files missing: {missing}. Install the Debian package "
+            f"dataset-fashion-mnist or point source_dir at the four *-ubyte.gz files.")
+    try:
+        import keras  # deferred: importing keras starts TensorFlow
+
+        (x_tr, y_tr), (x_te, y_te) = keras.datasets.fashion_mnist.load_data()
+    except Exception as e:  # noqa: BLE001 - any failure gets the same advice
+        raise RuntimeError(
+            f"Fashion-MNIST is not available: the IDX files are missing ({missing[0]} "
+            f"and others; install the Debian package dataset-fashion-mnist) and "
+            f"keras.datasets.fashion_mnist.load_data() failed: {e}") from e
+    print(f"Fashion-MNIST: {source_dir} lacks the IDX files, used keras.datasets",
+          file=sys.stderr)
+    data = {"train": (np.asarray(x_tr, np.uint8), np.asarray(y_tr, np.uint8)),
+            "test": (np.asarray(x_te, np.uint8), np.asarray(y_te, np.uint8))}
+    return data, "keras.datasets.fashion_mnist"
+
+
+# -- layout ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    source_index: int
+    x: int
+    y: int
+    size: int
+
+
+def _cycle(pool: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
+    """Source images in shuffled passes over the pool, so each is used about equally."""
+    while True:
+        for i in rng.permutation(pool):
+            yield int(i)
+
+
+def _layout(cfg: CanvasConfig, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """(x, y, size) squares that do not overlap, largest placed first."""
+    n = int(rng.integers(cfg.min_items, cfg.max_items + 1))
+    sizes = []
+    for _ in range(n):
+        lo, hi = (cfg.small_item_size_range if rng.random() < cfg.small_item_share
+                  else cfg.item_size_range)
+        sizes.append(int(rng.integers(lo, hi + 1)))
+    floor = min(cfg.small_item_size_range[0], cfg.item_size_range[0])
+    placed: list[tuple[int, int, int]] = []
+    for size in sorted(sizes, reverse=True):
+        while True:
+            spot = _place(size, placed, cfg.canvas_size, rng)
+            if spot is not None:
+                placed.append((*spot, size))
+                break
+            if size <= floor:
+                break
+            size = max(floor, int(size * 0.8))
+    return placed
+
+
+def _place(size: int, placed: Sequence[tuple[int, int, int]], canvas: int,
+           rng: np.random.Generator) -> tuple[int, int] | None:
+    for _ in range(_PLACEMENT_TRIES):
+        x, y = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
+        if all(x + size <= px or px + ps <= x or y + size <= py or py + ps <= y
+               for px, py, ps in placed):
+            return x, y
+    return None
+
+
+# -- rendering ---------------------------------------------------------------------
+
+def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
+            rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[list[int], int]]]:
+    """Paints the items; returns the RGB canvas and per item (tight box, mask area)."""
+    c = canvas_size
+    level = rng.uniform(0, 255)
+    base = np.clip(level + rng.uniform(-40, 40, size=3), 0, 255)
+    # Smooth colour blotches (an 8x8 grid upsampled) plus faint pixel noise.
+    coarse = np.clip(128 + rng.normal(0, 22, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+    blotches = np.asarray(Image.fromarray(coarse).resize((c, c), Image.BILINEAR),
+                          np.float32) - 128.0
+    canvas = base.astype(np.float32) + blotches + rng.normal(0, 4, size=(c, c, 1))
+    canvas = np.clip(canvas, 0, 255).astype(np.float32)
+
+    boxes = []
+    for item in items:
+        patch = Image.fromarray(sources[item.source_index]).resize(
+            (item.size, item.size), Image.BILINEAR)
+        alpha = np.asarray(patch, np.float32)[..., None] / 255.0
+        # A tint that stands out from the background level.
+        tint = (rng.uniform(150, 255, size=3) if level < 128
+                else rng.uniform(0, 105, size=3)).astype(np.float32)
+        region = canvas[item.y:item.y + item.size, item.x:item.x + item.size]
+        region *= 1.0 - alpha
+        region += tint * alpha
+        mask = alpha[..., 0] > _OBJECT_THRESHOLD
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size:
+            box = [item.x + int(cols[0]), item.y + int(rows[0]),
+                   int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+        else:  # an all-dark source image: fall back to its square
+            box = [item.x, item.y, item.size, item.size]
+        boxes.append((box, int(mask.sum()) or box[2] * box[3]))
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes
+
+
+def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
+                 images: np.ndarray, labels: np.ndarray, cfg: CanvasConfig,
+                 image_dir: str, progress: bool) -> dict[str, Any]:
+    """Writes one split's canvases into `image_dir`; returns its COCO dict."""
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
+    sampler = _cycle(pool, rng)
+    coco_images, annotations = [], []
+    for image_id in tqdm(range(num), desc=f"canvases {split}", unit="img",
+                         disable=not progress, file=sys.stderr):
+        canvas_rng = np.random.default_rng(rng.integers(2**63))
+        items = [_Item(next(sampler), x, y, s) for x, y, s in _layout(cfg, canvas_rng)]
+        pixels, boxes = _render(items, images, cfg.canvas_size, canvas_rng)
+        file_name = f"{image_id:06d}.{cfg.image_format}"
+        save_kwargs = {"quality": 90} if cfg.image_format == "jpg" else {}
+        Image.fromarray(pixels).save(os.path.join(image_dir, file_name), **save_kwargs)
+        coco_images.append({"id": image_id, "file_name": file_name,
+                            "width": cfg.canvas_size, "height": cfg.canvas_size})
+        for item, (box, area) in zip(items, boxes):
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id,
+                "category_id": int(labels[item.source_index]) + 1,
+                "bbox": box, "area": area, "iscrowd": 0, "item_size": item.size,
+                "source_split": source_split, "source_index": item.source_index})
+    return {
+        "info": {"description": f"Fashion-MNIST canvases, {split} split",
+                 "config": cfg.to_dict()},
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": [{"id": k + 1, "name": name, "supercategory": "fashion"}
+                       for k, name in enumerate(FASHION_MNIST_CLASSES)],
+    }
+
+
+# -- build -------------------------------------------------------------------------
+
+def fingerprint(config: dict[str, Any]) -> str:
+    blob = json.dumps({"format_version": FORMAT_VERSION, **config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_fashion_canvases(out_dir: str, *,
+                           num_train: int = 10000,
+                           num_val: int = 1000,
+                           num_test: int = 2000,
+                           canvas_size: int = 224,
+                           min_items: int = 1,
+                           max_items: int = 4,
+                           item_size_range: tuple[int, int] = (40, 100),
+                           small_item_share: float = 0.3,
+                           small_item_size_range: tuple[int, int] = (20, 36),
+                           val_source_fraction: float = 0.1,
+                           image_format: str = "jpg",
+                           seed: int = 0,
+                           source_dir: str = DEFAULT_SOURCE_DIR,
+                           allow_download: bool = True,
+                           progress: bool = True) -> dict[str, Any]:
+    """Builds (or finds already built) the canvases in `out_dir`.
+
+    Arguments other than `out_dir`, `source_dir`, `allow_download` and `progress`
+    are the fields of `CanvasConfig`.
+
+    Returns:
+        ``{"out_dir", "label_map", "fingerprint", "config", "cached",
+        "small_area_fraction", "source", "splits": {split: {"annotation_file",
+        "image_dir", "images", "annotations"}}}``.
+    """
+    cfg = CanvasConfig(
+        num_train=num_train, num_val=num_val, num_test=num_test, canvas_size=canvas_size,
+        min_items=min_items, max_items=max_items,
+        item_size_range=tuple(item_size_range), small_item_share=small_item_share,
+        small_item_size_range=tuple(small_item_size_range),
+        val_source_fraction=val_source_fraction, image_format=image_format, seed=seed)
+    config = cfg.to_dict()
+    out_dir = os.path.abspath(out_dir)
+    marker = os.path.join(out_dir, BENCHMARK_FILENAME)
+
+    previous = _read_marker(marker)
+    if previous is not None:
+        if previous.get("config") == config and previous.get(
+                "format_version") == FORMAT_VERSION and _complete(out_dir, previous):
+            return _summary(out_dir, previous, cached=True)
+        print(f"{marker}: built with a different configuration; rebuilding "
+              f"{out_dir}", file=sys.stderr)
+        os.remove(marker)
+
+    data, source = load_fashion_mnist(source_dir, allow_download)
+    train_images, train_labels = data["train"]
+    test_images, test_labels = data["test"]
+    perm = np.random.default_rng(cfg.seed).permutation(len(train_images))
+    n_val_pool = int(round(len(perm) * cfg.val_source_fraction))
+    n_val_pool = min(max(n_val_pool, 1), len(perm) - 1)
+    if len(perm) < 2 or len(test_images) < 1:
+        raise ValueError(f"{source}: too few Fashion-MNIST images "
+                         f"({len(train_images)} train, {len(test_images)} test)")
+    pools = {"train": (np.sort(perm[n_val_pool:]), "train", train_images, train_labels),
+             "val": (np.sort(perm[:n_val_pool]), "train", train_images, train_labels),
+             "test": (np.arange(len(test_images)), "test", test_images, test_labels)}
+    counts = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
+
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    splits = {}
+    for split in SPLITS:
+        pool, source_split, images, labels = pools[split]
+        final_dir = os.path.join(out_dir, "images", split)
+        partial_dir = os.path.join(out_dir, "images", f".{split}.partial")
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        os.makedirs(partial_dir)
+        coco = _build_split(split, counts[split], pool, source_split, images, labels,
+                            cfg, partial_dir, progress)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(partial_dir, final_dir)
+        _write_json(os.path.join(out_dir, f"{split}.json"), coco)
+        splits[split] = {"images": len(coco["images"]),
+                         "annotations": len(coco["annotations"])}
+
+    LabelMap(FASHION_MNIST_CLASSES).save(out_dir)
+    record = {"format_version": FORMAT_VERSION, "config": config,
+              "fingerprint": fingerprint(config), "source": source,
+              "small_area_fraction": cfg.small_area_fraction, "splits": splits}
+    _write_json(marker, record)
+    return _summary(out_dir, record, cached=False)
+
+
+def _read_marker(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        return record if isinstance(record, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _complete(out_dir: str, record: dict[str, Any]) -> bool:
+    return os.path.exists(os.path.join(out_dir, "label_map.json")) and all(
+        os.path.exists(os.path.join(out_dir, f"{s}.json"))
+        and os.path.isdir(os.path.join(out_dir, "images", s))
+        for s in record.get("splits", {}))
+
+
+def _summary(out_dir: str, record: dict[str, Any], cached: bool) -> dict[str, Any]:
+    return {
+        "out_dir": out_dir,
+        "label_map": os.path.join(out_dir, "label_map.json"),
+        "fingerprint": record["fingerprint"],
+        "config": record["config"],
+        "source": record["source"],
+        "small_area_fraction": record["small_area_fraction"],
+        "cached": cached,
+        "splits": {s: {"annotation_file": os.path.join(out_dir, f"{s}.json"),
+                       "image_dir": os.path.join(out_dir, "images", s), **counts}
+                   for s, counts in record["splits"].items()},
+    }
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def load_benchmark_split(out_dir: str, split: str, *, check_files: bool = True
+                         ) -> tuple[list[Example], LabelMap, LoadStats]:
+    """Reads one split of a built benchmark through the COCO adapter, checking the
+    COCO categories against the ``label_map.json`` beside them."""
+    from ofrnn_tf.data.adapters.coco import load_coco
+
+    if split not in SPLITS:
+        raise ValueError(f"benchmark split must be one of {SPLITS}, got {split!r}")
+    marker = os.path.join(out_dir, BENCHMARK_FILENAME)
+    if not os.path.exists(marker):
+        raise FileNotFoundError(
+            f"no finished benchmark in {out_dir} ({BENCHMARK_FILENAME} missing); build "
+            f"it with: python -m ofrnn_tf.data.fashion_canvases --out_dir={out_dir}")
+    return load_coco(os.path.join(out_dir, f"{split}.json"),
+                     os.path.join(out_dir, "images", split),
+                     label_map=LabelMap.load(out_dir), check_files=check_files)
+
+
+# -- command line ------------------------------------------------------------------
+
+def _main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    result = build_fashion_canvases(
+        f.out_dir, num_train=f.num_train, num_val=f.num_val, num_test=f.num_test,
+        canvas_size=f.canvas_size, min_items=f.min_items, max_items=f.max_items,
+        item_size_range=tuple(int(v) for v in f.item_size_range),
+        small_item_share=f.small_item_share,
+        small_item_size_range=tuple(int(v) for v in f.small_item_size_range),
+        val_source_fraction=f.val_source_fraction, image_format=f.image_format,
+        seed=f.seed, source_dir=f.source_dir)
+    print(json.dumps(result, indent=1))
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    d = CanvasConfig()
+    flags.DEFINE_string("out_dir", None, "Folder to write the benchmark into.", required=True)
+    flags.DEFINE_integer("num_train", d.num_train, "Training canvases.")
+    flags.DEFINE_integer("num_val", d.num_val, "Validation canvases.")
+    flags.DEFINE_integer("num_test", d.num_test, "Test canvases.")
+    flags.DEFINE_integer("canvas_size", d.canvas_size, "Canvas side in pixels.")
+    flags.DEFINE_integer("min_items", d.min_items, "Fewest items per canvas.")
+    flags.DEFINE_integer("max_items", d.max_items, "Most items per canvas.")
+    flags.DEFINE_list("item_size_range", [str(v) for v in d.item_size_range],
+                      "min,max side of an ordinary item in pixels.")
+    flags.DEFINE_float("small_item_share", d.small_item_share,
+                       "Probability that an item is small.")
+    flags.DEFINE_list("small_item_size_range", [str(v) for v in d.small_item_size_range],
+                      "min,max side of a small item in pixels.")
+    flags.DEFINE_float("val_source_fraction", d.val_source_fraction,
+                       "Share of Fashion-MNIST training images kept for validation canvases.")
+    flags.DEFINE_enum("image_format", d.image_format, ["jpg", "png"], "Image file format.")
+    flags.DEFINE_integer("seed", d.seed, "Random seed.")
+    flags.DEFINE_string("source_dir", DEFAULT_SOURCE_DIR,
+                        "Folder holding the Fashion-MNIST *-ubyte.gz IDX files.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(_main)

@@ -1,0 +1,101 @@
+"""One entry point from a data-set name and a split to `Example` records.
+
+========================  ===========================  ================================
+dataset                   paths                        splits
+========================  ===========================  ================================
+``fashion_canvases``      ``data_dir`` (built by        train, val, test
+                          ``build_fashion_canvases``)
+``coco``                  ``data_dir`` holding          train, val (``test`` reads
+                          ``annotations/instances_      val2014, the usual protocol);
+                          {train,val}2014.json`` and    or ``annotation_file`` +
+                          ``{train,val}2014/``          ``image_dir`` for any split name
+``nuswide``               ``data_dir`` (the release)    train, test
+``manifest``              ``manifest`` (a file), or     any: ``data_dir/<split>.csv``
+                          ``data_dir``                  or ``.jsonl``
+========================  ===========================  ================================
+
+Every data set also takes ``label_map`` (a `LabelMap`: data whose classes differ is
+refused, naming both) and ``check_files`` (drop and count listed images that are
+missing; default True).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ofrnn_tf.data.adapters.coco import load_coco
+from ofrnn_tf.data.adapters.manifest import load_manifest
+from ofrnn_tf.data.adapters.nuswide import load_nuswide
+from ofrnn_tf.data.example import Example, LoadStats
+from ofrnn_tf.data.fashion_canvases import load_benchmark_split
+from ofrnn_tf.labels import LabelMap
+
+DATASETS = ("fashion_canvases", "coco", "nuswide", "manifest")
+_COCO_SPLITS = {"train": "train2014", "val": "val2014", "test": "val2014"}
+
+
+def load_split(dataset: str, split: str, **paths: Any
+               ) -> tuple[list[Example], LabelMap, LoadStats]:
+    """Loads one split of a named data set.
+
+    Args:
+        dataset: one of `DATASETS`.
+        split: the split name (see the module table).
+        **paths: ``data_dir``, ``annotation_file``, ``image_dir``, ``manifest``,
+            ``label_map``, ``check_files`` as the data set needs.
+
+    Returns:
+        (examples, label map, load statistics).
+    """
+    label_map = paths.pop("label_map", None)
+    check_files = paths.pop("check_files", True)
+    data_dir = paths.pop("data_dir", None)
+    annotation_file = paths.pop("annotation_file", None)
+    image_dir = paths.pop("image_dir", None)
+    manifest = paths.pop("manifest", None)
+    if paths:
+        raise TypeError(f"load_split: unknown arguments {sorted(paths)}")
+
+    if dataset == "fashion_canvases":
+        _need(dataset, data_dir=data_dir)
+        examples, lm, stats = load_benchmark_split(data_dir, split, check_files=check_files)
+        if label_map is not None:
+            label_map.check_same(lm)
+        return examples, lm, stats
+
+    if dataset == "coco":
+        if annotation_file is None:
+            _need(dataset, data_dir=data_dir)
+            if split not in _COCO_SPLITS:
+                raise ValueError(f"coco split must be one of {sorted(_COCO_SPLITS)}, "
+                                 f"got {split!r} (or pass annotation_file and image_dir)")
+            name = _COCO_SPLITS[split]
+            annotation_file = os.path.join(data_dir, "annotations", f"instances_{name}.json")
+            image_dir = image_dir or os.path.join(data_dir, name)
+        _need(dataset, image_dir=image_dir)
+        return load_coco(annotation_file, image_dir, label_map, check_files=check_files)
+
+    if dataset == "nuswide":
+        _need(dataset, data_dir=data_dir)
+        return load_nuswide(data_dir, split, label_map, check_files=check_files)
+
+    if dataset == "manifest":
+        if manifest is None:
+            _need(dataset, data_dir=data_dir)
+            candidates = [os.path.join(data_dir, f"{split}.{ext}")
+                          for ext in ("csv", "jsonl", "json")]
+            found = [c for c in candidates if os.path.exists(c)]
+            if not found:
+                raise FileNotFoundError(f"no manifest for split {split!r}: none of "
+                                        f"{candidates} exists")
+            manifest = found[0]
+        return load_manifest(manifest, label_map, check_files=check_files)
+
+    raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
+
+
+def _need(dataset: str, **values: Any) -> None:
+    for name, value in values.items():
+        if not value:
+            raise ValueError(f"dataset {dataset!r} needs {name}")

@@ -1,0 +1,258 @@
+"""COCO, NUS-WIDE and manifest adapters on tiny fixtures of each layout."""
+
+import json
+import os
+
+import pytest
+
+from ofrnn_tf.data.adapters import load_coco, load_manifest, load_nuswide
+from ofrnn_tf.data.registry import load_split
+from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
+
+
+def _touch(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"\xff\xd8not really a jpeg")
+    return str(path)
+
+
+# -- COCO ----------------------------------------------------------------------------
+
+def _coco_dict():
+    return {
+        "images": [
+            {"id": 0, "file_name": "a.jpg", "width": 100, "height": 50},
+            {"id": 1, "file_name": "b.jpg", "width": 10, "height": 10},
+            {"id": 2, "file_name": "c.jpg", "width": 20, "height": 20},  # no label
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 0, "category_id": 7, "bbox": [0, 0, 10, 10], "area": 3},
+            {"id": 11, "image_id": 0, "category_id": 7, "bbox": [5, 5, 20, 10], "area": 3},
+            {"id": 12, "image_id": 0, "category_id": 3, "bbox": [1, 2, 5, 4], "area": 3},
+            {"id": 13, "image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5], "area": 3},
+        ],
+        # Unsorted ids; "unused" has no annotation.
+        "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"},
+                       {"id": 5, "name": "unused"}],
+    }
+
+
+def _write_coco(tmp_path, data, name="instances.json"):
+    for img in data["images"]:
+        _touch(tmp_path / "images" / img["file_name"])
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path), str(tmp_path / "images")
+
+
+def test_coco_loads_ids_from_zero_unused_category_and_drops_unlabeled(tmp_path, capsys):
+    ann, img_dir = _write_coco(tmp_path, _coco_dict())
+    examples, label_map, stats = load_coco(ann, img_dir)
+
+    assert label_map.names == ("cat", "unused", "dog")  # sorted by category id
+    assert [e.image_id for e in examples] == ["0", "1"]
+    assert stats.images == 2 and stats.dropped_unlabeled == 1
+    assert "1 dropped with no label" in capsys.readouterr().err
+
+    first = examples[0]
+    assert first.image == os.path.join(img_dir, "a.jpg")
+    assert first.label_ids == (0, 2)
+    # largest object of each class / (100 * 50); bbox area, not the "area" field
+    assert first.label_areas == pytest.approx((20 / 5000, 200 / 5000))
+    assert first.boxes == ((0, (1.0, 2.0, 5.0, 4.0)), (2, (0.0, 0.0, 10.0, 10.0)),
+                           (2, (5.0, 5.0, 20.0, 10.0)))
+    assert examples[1].label_ids == (0,) and examples[1].label_areas == (0.25,)
+
+
+def test_coco_missing_image_file_is_dropped_and_counted(tmp_path):
+    ann, img_dir = _write_coco(tmp_path, _coco_dict())
+    os.remove(os.path.join(img_dir, "b.jpg"))
+    examples, _, stats = load_coco(ann, img_dir)
+    assert [e.image_id for e in examples] == ["0"] and stats.dropped_missing == 1
+    with pytest.raises(FileNotFoundError, match="none of the 2 labelled images"):
+        load_coco(ann, str(tmp_path / "wrong_dir"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("image_id", 99, "annotation id 12 refers to unknown image id 99"),
+    ("category_id", 42, "annotation id 12 refers to unknown category id 42"),
+])
+def test_coco_bad_annotation_reference_names_the_annotation(tmp_path, field, value, message):
+    data = _coco_dict()
+    data["annotations"][2][field] = value
+    ann, img_dir = _write_coco(tmp_path, data)
+    with pytest.raises(ValueError, match=message):
+        load_coco(ann, img_dir)
+
+
+def test_coco_missing_or_broken_file_is_named(tmp_path):
+    missing = str(tmp_path / "nope.json")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_coco(missing, str(tmp_path))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json: not a valid JSON"):
+        load_coco(str(broken), str(tmp_path))
+    no_images = tmp_path / "no_images.json"
+    no_images.write_text(json.dumps({"categories": [{"id": 1, "name": "a"}]}))
+    with pytest.raises(ValueError, match="'images'"):
+        load_coco(str(no_images), str(tmp_path))
+
+
+def test_coco_label_map_mismatch_names_both(tmp_path):
+    ann, img_dir = _write_coco(tmp_path, _coco_dict())
+    expected = LabelMap(["cat", "unused", "horse"], source="/models/run1/label_map.json")
+    with pytest.raises(LabelMapMismatchError) as err:
+        load_coco(ann, img_dir, label_map=expected)
+    assert "/models/run1/label_map.json" in str(err.value)
+    assert ann in str(err.value) and "'horse' vs 'dog'" in str(err.value)
+    # The same map passes.
+    examples, _, _ = load_coco(ann, img_dir, label_map=LabelMap(["cat", "unused", "dog"]))
+    assert len(examples) == 2
+
+
+def test_coco_annotations_without_id_or_bbox(tmp_path):
+    data = _coco_dict()
+    for a in data["annotations"]:
+        del a["id"]
+    del data["annotations"][3]["bbox"]
+    ann, img_dir = _write_coco(tmp_path, data)
+    examples, _, _ = load_coco(ann, img_dir)
+    assert examples[1].boxes is None and examples[1].label_areas == (0.03,)
+    data["annotations"][0]["image_id"] = 77
+    ann, img_dir = _write_coco(tmp_path, data)
+    with pytest.raises(ValueError, match=r"annotation #0 \(no id\)"):
+        load_coco(ann, img_dir)
+
+
+def test_registry_reads_coco_2014_layout(tmp_path):
+    data = _coco_dict()
+    os.makedirs(tmp_path / "annotations")
+    (tmp_path / "annotations" / "instances_val2014.json").write_text(json.dumps(data))
+    for img in data["images"]:
+        _touch(tmp_path / "val2014" / img["file_name"])
+    examples, label_map, stats = load_split("coco", "val", data_dir=str(tmp_path))
+    assert len(examples) == 2 and label_map.num_classes == 3
+    assert examples[0].image == os.path.join(str(tmp_path), "val2014", "a.jpg")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_split("imagenet", "train", data_dir=str(tmp_path))
+
+
+# -- NUS-WIDE ------------------------------------------------------------------------
+
+def _write_nuswide(root, concepts=("animal", "sky", "water")):
+    (root / "ImageList").mkdir(parents=True)
+    (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
+    (root / "Concepts81.txt").write_text("\r\n".join(concepts) + "\r\n")
+    lists = {"Train": ["actor\\0001_11.jpg", "sky\\0002_22.jpg", "sky\\0003_33.jpg",
+                       "water\\0004_44.jpg"],
+             "Test": ["actor\\0005_55.jpg", "water\\0006_66.jpg"]}
+    labels = {"Train": {"animal": [1, 0, 0, 0], "sky": [1, 1, 0, 0], "water": [0, 0, 0, 1]},
+              "Test": {"animal": [0, 0], "sky": [0, 1], "water": [1, 1]}}
+    for split, names in lists.items():
+        (root / "ImageList" / f"{split}Imagelist.txt").write_text("\n".join(names) + "\n")
+        for rel in names:
+            _touch(root / "Flickr" / rel.replace("\\", "/"))
+        for concept in concepts:
+            values = labels[split][concept]
+            (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_{split}.txt"
+             ).write_text("".join(f"{v} \n" for v in values))
+
+
+def test_nuswide_standard_layout(tmp_path):
+    _write_nuswide(tmp_path)
+    examples, label_map, stats = load_nuswide(str(tmp_path), "train")
+    assert label_map.names == ("animal", "sky", "water")
+    assert [e.image_id for e in examples] == ["actor/0001_11.jpg", "sky/0002_22.jpg",
+                                              "water/0004_44.jpg"]
+    assert [e.label_ids for e in examples] == [(0, 1), (1,), (2,)]
+    assert examples[0].image == os.path.join(str(tmp_path), "Flickr", "actor", "0001_11.jpg")
+    assert os.path.exists(examples[0].image)
+    assert stats.images == 3 and stats.dropped_unlabeled == 1
+
+    test_examples, _, test_stats = load_split("nuswide", "test", data_dir=str(tmp_path))
+    assert [e.label_ids for e in test_examples] == [(2,), (1, 2)]
+    assert test_stats.dropped_unlabeled == 0
+
+
+def test_nuswide_wrong_length_label_file_is_named(tmp_path):
+    _write_nuswide(tmp_path)
+    bad = tmp_path / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Train.txt"
+    bad.write_text("1\n0\n1\n")
+    with pytest.raises(ValueError, match=r"Labels_sky_Train.txt: 3 labels but .*"
+                                         r"TrainImagelist.txt lists 4 images"):
+        load_nuswide(str(tmp_path), "train")
+    bad.write_text("1\n0\nyes\n0\n")
+    with pytest.raises(ValueError, match=r"Labels_sky_Train.txt: line 3: expected 0 or 1"):
+        load_nuswide(str(tmp_path), "train")
+    os.remove(bad)
+    with pytest.raises(FileNotFoundError, match="Labels_sky_Train.txt"):
+        load_nuswide(str(tmp_path), "train")
+
+
+def test_nuswide_label_map_mismatch_and_bad_split(tmp_path):
+    _write_nuswide(tmp_path)
+    with pytest.raises(LabelMapMismatchError, match="Concepts81.txt"):
+        load_nuswide(str(tmp_path), "train",
+                     LabelMap(["animal", "sky"], source="expected.json"))
+    with pytest.raises(ValueError, match="split"):
+        load_nuswide(str(tmp_path), "val")
+
+
+# -- manifest ------------------------------------------------------------------------
+
+def test_manifest_csv(tmp_path, capsys):
+    _touch(tmp_path / "img" / "1.jpg")
+    _touch(tmp_path / "img" / "2.jpg")
+    _touch(tmp_path / "img" / "3.jpg")
+    (tmp_path / "m.csv").write_text(
+        "path,labels\nimg/1.jpg,dog;cat\nimg/2.jpg,person|dog\nimg/3.jpg,\n")
+    examples, label_map, stats = load_manifest(str(tmp_path / "m.csv"))
+    assert label_map.names == ("cat", "dog", "person")
+    assert [e.label_ids for e in examples] == [(0, 1), (1, 2)]
+    assert examples[0].image == os.path.join(str(tmp_path), "img", "1.jpg")
+    assert examples[0].image_id == "img/1.jpg"
+    assert stats.dropped_unlabeled == 1 and "1 dropped with no label" in capsys.readouterr().err
+
+
+def test_manifest_jsonl_with_ids_and_given_label_map(tmp_path):
+    _touch(tmp_path / "a.png")
+    absolute = _touch(tmp_path / "elsewhere" / "b.png")
+    lines = [{"path": "a.png", "labels": ["sky"], "id": "first"},
+             {"path": absolute, "labels": ["sea", "sky"]}]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    label_map = LabelMap(["sea", "sky", "tree"], source="lm.json")
+    examples, got_map, _ = load_manifest(str(path), label_map)
+    assert got_map is label_map
+    assert [(e.image_id, e.label_ids) for e in examples] == [("first", (1,)),
+                                                            (absolute, (0, 1))]
+    assert examples[1].image == absolute
+
+    with pytest.raises(LabelMapMismatchError, match=r"line 1: .*'sky'.*lm.json"):
+        load_manifest(str(path), LabelMap(["sea"], source="lm.json"))
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("bad.jsonl", '{"path": "a.png", "labels": ["x"]}\n{"path": "b.png", "labels": [\n',
+     r"bad.jsonl: line 2: not valid JSON"),
+    ("bad2.jsonl", '{"path": "a.png", "labels": "x"}\n\n{"labels": ["x"]}\n',
+     r"bad2.jsonl: line 3: missing or empty 'path'"),
+    ("bad.csv", "path,labels\na.png,x\nb.png,x,extra\n", r"bad.csv: line 3: 3 fields"),
+    ("nohead.csv", "a.png,x\n", r"nohead.csv: line 1: header"),
+    ("dup.csv", "path,labels\na.png,x\na.png,y\n", r"dup.csv: line 3: duplicate id"),
+])
+def test_manifest_bad_line_names_file_and_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_manifest(str(tmp_path / name))
+
+
+def test_registry_manifest_by_split_name(tmp_path):
+    _touch(tmp_path / "x.jpg")
+    (tmp_path / "val.jsonl").write_text(json.dumps({"path": "x.jpg", "labels": ["a"]}))
+    examples, _, _ = load_split("manifest", "val", data_dir=str(tmp_path))
+    assert examples[0].label_ids == (0,)
+    with pytest.raises(FileNotFoundError, match="train.csv"):
+        load_split("manifest", "train", data_dir=str(tmp_path))
