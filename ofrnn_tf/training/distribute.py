@@ -37,3 +37,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type == "chief" or (
         resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Machines taking part (1 unless MultiWorkerMirroredStrategy spans several)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(spec.get(job, [])) for job in ("chief", "worker")))

@@ -42,6 +42,7 @@ class RunConfig:
     max_steps: int = 4
     label_order: Optional[tuple] = None
     batch_size: int = 64
+    shuffle_buffer: int = 4096
     learning_rate: float = 3e-4
     epochs_stage1: int = 8
     epochs_stage2: int = 8
@@ -54,6 +55,7 @@ class RunConfig:
     beam_size: int = 3
     min_labels: int = 1
     calibration_objective: str = "mean_f1"
+    small_area: Optional[float] = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)

@@ -67,7 +67,7 @@ class Trainer:
         workdir: where checkpoints, summaries and the best checkpoint go.
         strategy: a `tf.distribute.Strategy` (see `make_strategy`).
         feature_shape: `(m, k)` of the feature maps.
-        num_train: training examples per epoch.
+        num_train: training examples per epoch, over all workers.
         train_examples_fn: the training examples, unbatched, in a fixed order.
         validate_fn: scores the model on the validation split after each stage-2
             epoch (stage 1 for `baseline`); the best epoch is kept in `workdir/best`.
@@ -175,8 +175,11 @@ class Trainer:
 
         def dataset_fn(ctx: tf.distribute.InputContext):
             ds = self.train_examples_fn(ctx)
-            ds = ds.shuffle(self.num_train, seed=seed, reshuffle_each_iteration=False)
-            ds = ds.batch(ctx.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
+            ds = ds.shuffle(min(self.num_train, self.config.shuffle_buffer), seed=seed,
+                            reshuffle_each_iteration=False)
+            # Workers' shards may differ by a few examples; repeating lets every worker
+            # take exactly `steps_per_epoch` steps, so none waits on the others forever.
+            ds = ds.repeat().batch(ctx.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
             local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
             return ds.skip(skip_steps * local_replicas).prefetch(tf.data.AUTOTUNE)
 
