@@ -1,0 +1,585 @@
+"""A small model server over the TensorFlow Serving gRPC protos.
+
+For development and tests where the ``tensorflow_model_server`` binary is not
+available (it ships only in Docker images and Google's apt repository). It serves
+the newest integer version under ``--model_base_path`` and implements the parts of
+the TF Serving API the client uses, with the same protos, field names and status
+codes, so a client written against it works unchanged against TF Serving:
+
+- ``PredictionService.Predict``: one model call per request (the whole batch),
+  ``output_filter`` honoured; the response carries ``model_spec`` with the version.
+- ``PredictionService.GetModelMetadata``: the ``signature_def`` map of the
+  SavedModel, packed into ``Any`` as a ``SignatureDefMap``, as TF Serving does.
+- ``ModelService.GetModelStatus``: the served version, ``AVAILABLE``.
+
+Requests are validated before the model runs, so errors name the input and the
+offending batch index: unknown model, version or signature (NOT_FOUND); missing,
+extra or ill-typed inputs, wrong shapes, empty batches, empty strings, bytes that
+are not a JPEG/PNG/GIF/BMP image, images whose header says width*height is above
+``--max_image_pixels`` (read from the header, nothing is decompressed), non-finite
+floats (INVALID_ARGUMENT). Corrupt image data behind a sound header shows when the
+model's decoder fails; the images are then decoded one by one to name the index
+(INVALID_ARGUMENT). Any other failure inside the model is INTERNAL; either way the
+server keeps serving. Loaded concrete functions are called from many threads at
+once (TensorFlow's runtime is thread-safe), as TF Serving runs concurrent sessions.
+
+If the version holds ``assets.extra/tf_serving_warmup_requests``, its Predict
+requests are replayed before the port opens, as TF Serving does.
+
+Usage::
+
+    python -m serving.local_server --model_base_path=exports/ofrnn --port=8500
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
+
+DEFAULT_MODEL_NAME = "ofrnn"
+DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
+IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
+LISTENING_PREFIX = "LISTENING "
+
+
+class RequestError(Exception):
+    """A request the server refuses, with the gRPC status code to answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------
+# Image headers: width and height without decoding anything.
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            raise ValueError(f"corrupt JPEG: no marker at byte {i}")
+        while i < n and data[i] == 0xFF:  # fill bytes may precede a marker code
+            i += 1
+        if i >= n:
+            break
+        code = data[i]
+        i += 1
+        if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a length field
+            continue
+        if code in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            raise ValueError("corrupt JPEG: no frame header before the image data")
+        if i + 2 > n:
+            break
+        (length,) = struct.unpack(">H", data[i:i + 2])
+        if length < 2:
+            raise ValueError(f"corrupt JPEG: segment length {length} at byte {i}")
+        if code in _JPEG_SOF:
+            if i + 7 > n:
+                break
+            height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            return width, height
+        i += length
+    raise ValueError(f"truncated JPEG: header ends after {n} bytes without a frame header")
+
+
+def image_size(data: bytes) -> tuple[str, int, int]:
+    """Returns ``(format, width, height)`` from an encoded image's header.
+
+    Only the first bytes are parsed (PNG IHDR, GIF logical screen, BMP info header,
+    JPEG SOF segment), so a small file that declares a huge image costs nothing.
+    Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
+    image or the header is truncated or corrupt.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        fmt, (width, height) = "JPEG", _jpeg_size(data)
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ValueError("truncated or corrupt PNG: no IHDR chunk")
+        fmt, (width, height) = "PNG", struct.unpack(">II", data[16:24])
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        if len(data) < 10:
+            raise ValueError("truncated GIF header")
+        fmt, (width, height) = "GIF", struct.unpack("<HH", data[6:10])
+    elif data[:2] == b"BM":
+        if len(data) < 26:
+            raise ValueError("truncated BMP header")
+        (info_size,) = struct.unpack("<I", data[14:18])
+        if info_size == 12:
+            width, height = struct.unpack("<HH", data[18:22])
+        elif 40 <= info_size <= 124:
+            width, height = struct.unpack("<ii", data[18:26])
+            height = abs(height)  # negative height: rows stored top-down
+        else:
+            raise ValueError(f"corrupt BMP header (info header size {info_size})")
+        fmt = "BMP"
+    else:
+        raise ValueError(f"not a {IMAGE_FORMATS} image (starts with {data[:8]!r})")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{fmt} header gives an empty image ({width}x{height})")
+    return fmt, width, height
+
+
+_TF_ERROR_NOISE = re.compile(
+    r"^(Graph execution error:|Detected at node .*|<stack traces unavailable>|\s*\[\[\{\{node .*)$")
+
+
+def _op_error_text(error: tf.errors.OpError) -> str:
+    """The reason in a TensorFlow error message, without node names and stack notes."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    text = re.sub(r"\s*\[Op:[\w.]+\]\s*$", "", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _TF_ERROR_NOISE.match(ln)]
+    return " ".join(lines) or type(error).__name__
+
+
+def find_undecodable(key: str, images: np.ndarray) -> str | None:
+    """Names the first image TensorFlow's decoder refuses, or None if all decode."""
+    for i, encoded in enumerate(images):
+        try:
+            tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        except tf.errors.OpError as e:
+            return f"{key}[{i}]: image cannot be decoded: {_op_error_text(e)}"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def find_latest_version(model_base_path: str) -> tuple[int, str]:
+    """Returns ``(version, path)`` of the highest integer-named subdirectory."""
+    if not os.path.isdir(model_base_path):
+        raise FileNotFoundError(f"model base path {model_base_path!r} is not a directory")
+    versions = [int(name) for name in os.listdir(model_base_path)
+                if name.isdigit() and os.path.isdir(os.path.join(model_base_path, name))]
+    if not versions:
+        raise FileNotFoundError(
+            f"no version directories under {model_base_path!r}: expected "
+            f"{os.path.join(model_base_path, '<integer version>', 'saved_model.pb')}")
+    version = max(versions)
+    path = os.path.join(model_base_path, str(version))
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+        raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb")
+    return version, path
+
+
+def read_signature_defs(saved_model_dir: str) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The ``signature_def`` map of the SavedModel's (single) serving meta graph."""
+    model = saved_model_pb2.SavedModel()
+    pb = os.path.join(saved_model_dir, "saved_model.pb")
+    if os.path.isfile(pb):
+        with open(pb, "rb") as f:
+            model.ParseFromString(f.read())
+    else:
+        from google.protobuf import text_format
+
+        with open(os.path.join(saved_model_dir, "saved_model.pbtxt")) as f:
+            text_format.Parse(f.read(), model)
+    for graph in model.meta_graphs:
+        if "serve" in graph.meta_info_def.tags or len(model.meta_graphs) == 1:
+            return dict(graph.signature_def)
+    raise ValueError(f"{saved_model_dir!r} has no meta graph tagged 'serve'")
+
+
+@dataclass
+class Servable:
+    """One loaded model version: its callable signatures and their SignatureDefs."""
+
+    name: str
+    version: int
+    path: str
+    signatures: Mapping[str, Any]
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+    _loaded: Any = field(default=None, repr=False)  # keeps the functions' variables alive
+
+    @classmethod
+    def load(cls, model_base_path: str, name: str) -> "Servable":
+        version, path = find_latest_version(model_base_path)
+        loaded = tf.saved_model.load(path)
+        signatures = dict(loaded.signatures)
+        defs = {k: v for k, v in read_signature_defs(path).items() if k in signatures}
+        return cls(name, version, path, signatures, defs, loaded)
+
+
+# ---------------------------------------------------------------------------
+# Request handling.
+
+
+def _shape_text(dims: Sequence[int]) -> str:
+    return "[" + ", ".join("None" if d < 0 else str(d) for d in dims) + "]"
+
+
+def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int) -> None:
+    # tf.make_ndarray fills a shape that has fewer values than elements by repeating
+    # the last value, so a tiny request could ask for an enormous array: bound it.
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: negative dimension in shape {dims}")
+    n = int(np.prod(dims, dtype=object)) if dims else 1
+    if dtype == tf.string:
+        if n != len(proto.string_val):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {key!r}: shape {_shape_text(dims)} has {n} elements "
+                               f"but the tensor holds {len(proto.string_val)} strings")
+    elif n * dtype.size > max_bytes:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: shape {_shape_text(dims)} is {n * dtype.size} bytes, "
+                           f"more than a request may carry ({max_bytes})")
+
+
+def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pixels: int,
+                 max_bytes: int) -> np.ndarray:
+    want = tf.dtypes.as_dtype(info.dtype)
+    try:
+        got = tf.dtypes.as_dtype(proto.dtype)
+    except TypeError:
+        got = None
+    if got != want:
+        got_name = got.name if got is not None else f"enum {proto.dtype}"
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: expected dtype {want.name}, got {got_name}")
+    _check_declared_size(key, proto, want, max_bytes)
+    try:
+        value = tf.make_ndarray(proto)
+    except Exception as e:  # malformed TensorProto (content size does not match the shape)
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r}: malformed tensor: {e}")
+    want_dims = [d.size for d in info.tensor_shape.dim]
+    if not info.tensor_shape.unknown_rank and (
+            value.ndim != len(want_dims)
+            or any(w >= 0 and w != g for w, g in zip(want_dims, value.shape))):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: expected shape {_shape_text(want_dims)}, "
+                           f"got {_shape_text(value.shape)}")
+    if value.ndim == 0 or value.shape[0] == 0:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: empty batch (shape {_shape_text(value.shape)})")
+    if want == tf.string:
+        for flat, item in enumerate(value.reshape(-1)):
+            i = flat if value.ndim == 1 else ", ".join(map(str, np.unravel_index(flat, value.shape)))
+            if not item:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"{key}[{i}]: empty string (no image bytes)")
+            try:
+                fmt, width, height = image_size(item)
+            except ValueError as e:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {e}")
+            if width * height > max_image_pixels:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{key}[{i}]: {fmt} image is {width}x{height} = {width * height} pixels, "
+                    f"above the limit of {max_image_pixels} (--max_image_pixels)")
+    elif want.is_floating:
+        finite = np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: contains NaN or Inf")
+    return value
+
+
+class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
+                  model_service_pb2_grpc.ModelServiceServicer):
+    """PredictionService and ModelService for one servable.
+
+    Args:
+        servable: the loaded model version.
+        max_image_pixels: largest width*height accepted for an encoded image.
+        max_message_bytes: largest request; no input tensor may declare more bytes.
+    """
+
+    def __init__(self, servable: Servable, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.servable = servable
+        self.max_image_pixels = int(max_image_pixels)
+        self.max_message_bytes = int(max_message_bytes)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _check_spec(self, spec) -> None:
+        s = self.servable
+        if spec.name != s.name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"model {spec.name!r} is not served (this server serves {s.name!r})")
+        if spec.HasField("version") and spec.version.value != s.version:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"model {s.name!r} has no version {spec.version.value} "
+                               f"(available: [{s.version}])")
+        if spec.version_label:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"model {s.name!r} has no version label {spec.version_label!r}")
+
+    def predict(self, request: predict_pb2.PredictRequest, check_spec: bool = True) -> predict_pb2.PredictResponse:
+        """Validates and runs one PredictRequest; raises RequestError."""
+        s = self.servable
+        if check_spec:
+            self._check_spec(request.model_spec)
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        if name not in s.signatures:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"signature {name!r} not found in model {s.name!r} "
+                               f"(available: {sorted(s.signatures)})")
+        sig = s.signature_defs[name]
+        missing = sorted(set(sig.inputs) - set(request.inputs))
+        extra = sorted(set(request.inputs) - set(sig.inputs))
+        if missing or extra:
+            parts = ([f"missing input(s) {missing}"] if missing else []) + (
+                [f"unexpected input(s) {extra}"] if extra else [])
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"signature {name!r}: {'; '.join(parts)}; it takes {sorted(sig.inputs)}")
+        unknown = sorted(set(request.output_filter) - set(sig.outputs))
+        if unknown:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"output_filter names unknown output(s) {unknown}; "
+                               f"signature {name!r} has {sorted(sig.outputs)}")
+        inputs = {k: _check_input(k, sig.inputs[k], request.inputs[k], self.max_image_pixels,
+                                  self.max_message_bytes)
+                  for k in sorted(sig.inputs)}
+        sizes = {k: v.shape[0] for k, v in inputs.items()}
+        if len(set(sizes.values())) > 1:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs differ in batch size: {sizes}")
+
+        try:
+            outputs = s.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        except tf.errors.OpError as e:
+            for k, v in inputs.items():
+                if v.dtype == object and v.ndim == 1:
+                    culprit = find_undecodable(k, v)
+                    if culprit:
+                        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, culprit)
+            raise RequestError(grpc.StatusCode.INTERNAL,
+                               f"model {s.name!r} version {s.version} failed: "
+                               f"{type(e).__name__}: {_op_error_text(e)}")
+
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = s.name
+        response.model_spec.version.value = s.version
+        response.model_spec.signature_name = name
+        for key in request.output_filter or sig.outputs:
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+        return response
+
+    def _answer(self, context, fn, *args):
+        try:
+            return fn(*args)
+        except RequestError as e:
+            error = e
+        except Exception as e:  # the server must outlive any single request
+            logging.exception("request failed")
+            error = RequestError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        logging.warning("%s: %s", error.code.name, error.message)
+        context.abort(error.code, error.message)
+
+    # -- PredictionService -----------------------------------------------------
+
+    def Predict(self, request, context):
+        return self._answer(context, self.predict, request)
+
+    def GetModelMetadata(self, request, context):
+        return self._answer(context, self._metadata, request)
+
+    def _metadata(self, request):
+        self._check_spec(request.model_spec)
+        if not request.metadata_field:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "GetModelMetadataRequest must specify at least one metadata_field")
+        unsupported = [f for f in request.metadata_field if f != "signature_def"]
+        if unsupported:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"metadata field(s) {unsupported} not supported (supported: ['signature_def'])")
+        s = self.servable
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = s.name
+        response.model_spec.version.value = s.version
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        for key, sig in s.signature_defs.items():
+            defs.signature_def[key].CopyFrom(sig)
+        response.metadata["signature_def"].Pack(defs)
+        return response
+
+    # -- ModelService ----------------------------------------------------------
+
+    def GetModelStatus(self, request, context):
+        return self._answer(context, self._status, request)
+
+    def _status(self, request):
+        self._check_spec(request.model_spec)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        status = response.model_version_status.add()
+        status.version = self.servable.version
+        status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return response
+
+    # -- warm-up ---------------------------------------------------------------
+
+    def warm_up(self) -> int:
+        """Replays the version's warm-up Predict requests; returns how many ran."""
+        path = os.path.join(self.servable.path, WARMUP_FILE)
+        if not os.path.isfile(path):
+            return 0
+        count = 0
+        for i, record in enumerate(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS)):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if not log.HasField("predict_log"):
+                continue  # classify/regress/multi_inference logs: not served here
+            try:
+                self.predict(log.predict_log.request, check_spec=False)
+            except RequestError as e:
+                raise RuntimeError(f"{path}: warm-up record {i} failed: {e.code.name}: {e.message}") from None
+            count += 1
+        return count
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str = "127.0.0.1",
+          port: int = 0, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_workers: int = 16,
+          max_concurrent_rpcs: int | None = None, warmup: bool = True) -> tuple[grpc.Server, int]:
+    """Loads the newest version under ``model_base_path`` and starts serving it.
+
+    Args:
+        model_base_path: directory holding integer-named SavedModel version directories.
+        model_name: the name clients put in ``model_spec.name``.
+        host: interface to bind; loopback unless told otherwise.
+        port: TCP port; 0 picks a free one.
+        max_message_bytes: largest request or response message, in bytes.
+        max_image_pixels: largest width*height of an encoded input image.
+        max_workers: threads answering requests.
+        max_concurrent_rpcs: further requests get RESOURCE_EXHAUSTED (None: no limit).
+        warmup: replay ``assets.extra/tf_serving_warmup_requests`` before serving.
+
+    Returns:
+        The started ``grpc.Server`` and the bound port.
+    """
+    servable = Servable.load(model_base_path, model_name)
+    service = ModelServer(servable, max_image_pixels, max_message_bytes)
+    if warmup:
+        start = time.perf_counter()
+        n = service.warm_up()
+        logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
+        options=[("grpc.max_receive_message_length", int(max_message_bytes)),
+                 ("grpc.max_send_message_length", int(max_message_bytes))],
+        maximum_concurrent_rpcs=max_concurrent_rpcs)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
+    try:
+        bound = server.add_insecure_port(_address(host, port))
+    except RuntimeError as e:
+        raise OSError(f"cannot bind {_address(host, port)}: {e}") from None
+    if not bound:
+        raise OSError(f"cannot bind {_address(host, port)}")
+    server.start()
+    logging.info("serving %r version %d from %s on %s", model_name, servable.version,
+                 servable.path, _address(host, bound))
+    return server, bound
+
+
+def start_subprocess(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
+                     extra_args: Sequence[str] = (), *, stderr=None,
+                     timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Runs this server in a child process on a free loopback port.
+
+    Returns the process and its ``host:port`` target once it is listening; raises
+    RuntimeError with the child's exit status if it stops before that.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.local_server", f"--model_base_path={model_base_path}",
+         f"--model_name={model_name}", "--port=0", *extra_args],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    deadline = time.monotonic() + timeout
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(timeout=1.0):
+                line = proc.stdout.readline()
+                if line.startswith(LISTENING_PREFIX):
+                    return proc, line[len(LISTENING_PREFIX):].strip()
+                if not line and proc.poll() is not None:
+                    break
+            elif proc.poll() is not None:
+                break
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"local server did not listen within {timeout:.0f} s")
+    raise RuntimeError(f"local server exited with status {proc.returncode} before listening")
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program, so importing this module defines no flags.
+    flags.DEFINE_string("model_base_path", None, "directory of integer-named SavedModel versions")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name clients ask for")
+    flags.DEFINE_string("host", "127.0.0.1", "interface to bind (0.0.0.0 exposes the server)")
+    flags.DEFINE_integer("port", 8500, "gRPC port; 0 picks a free one")
+    flags.DEFINE_integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message")
+    flags.DEFINE_float("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
+                       "largest width*height of an input image")
+    flags.DEFINE_integer("max_workers", 16, "request threads")
+    flags.DEFINE_integer("max_concurrent_rpcs", None,
+                         "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: no limit)")
+    flags.DEFINE_bool("warmup", True, "replay assets.extra/tf_serving_warmup_requests before serving")
+
+
+def main(argv: Sequence[str]) -> None:
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.model_base_path:
+        raise app.UsageError("--model_base_path is required")
+    try:
+        server, port = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.host, FLAGS.port,
+                             max_message_bytes=FLAGS.max_message_bytes,
+                             max_image_pixels=int(FLAGS.max_image_pixels),
+                             max_workers=FLAGS.max_workers,
+                             max_concurrent_rpcs=FLAGS.max_concurrent_rpcs, warmup=FLAGS.warmup)
+    except (OSError, ValueError, RuntimeError) as e:
+        sys.exit(f"local_server: {e}")
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2.0))
+    print(f"{LISTENING_PREFIX}{_address(FLAGS.host, port)}", flush=True)
+    try:
+        server.wait_for_termination()
+    except KeyboardInterrupt:
+        server.stop(grace=2.0).wait()
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

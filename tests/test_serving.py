@@ -1,0 +1,349 @@
+"""Tests for serving/: header parsing, version selection, configs, and the local server
+(run as a child process against a stand-in SavedModel) through the gRPC client."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from PIL import Image
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import client
+from serving.local_server import find_latest_version, image_size, start_subprocess
+from serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIXEL_LIMIT = 1_000_000
+MESSAGE_LIMIT = 4 * 1024 * 1024
+OUTPUTS = {"labels", "label_names", "num_labels", "scores", "log_prob", "attention"}
+
+
+def encode(rgb, size=(8, 8), fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, rgb).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+# --- no server ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
+                                    ("GIF", {}), ("BMP", {})])
+def test_image_size_reads_header(fmt, kw):
+    data = encode((10, 200, 30), size=(37, 21), fmt=fmt, **kw)
+    assert image_size(data) == (fmt, 37, 21)
+
+
+def test_image_size_huge_declared_size_costs_nothing():
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 100_000, 100_000)
+    assert image_size(png) == ("PNG", 100_000, 100_000)
+    jpeg = b"\xff\xd8\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 50_000) + b"\x03" + b"\x00" * 9
+    assert image_size(jpeg) == ("JPEG", 50_000, 60_000)
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"hello, this is a text file\n", "not a JPEG/PNG/GIF/BMP image (starts with b'hello, t')"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "no IHDR chunk"),
+    (b"\xff\xd8\xff\xd9", "no frame header"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF", "truncated JPEG"),
+    (b"GIF89a\x00\x00\x00\x00", "empty image (0x0)"),
+    (b"BM" + b"\x00" * 40, "corrupt BMP header"),
+])
+def test_image_size_refuses(data, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        image_size(data)
+
+
+def test_find_latest_version(tmp_path):
+    for name in ("1", "10", "9", "tmp-export"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "11").write_text("a file, not a version")
+    assert find_latest_version(str(tmp_path)) == (10, str(tmp_path / "10"))
+    (tmp_path / "12").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no saved_model.pb"):
+        find_latest_version(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no version directories"):
+        find_latest_version(str(tmp_path / "tmp-export"))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        find_latest_version(str(tmp_path / "missing"))
+
+
+def test_model_config_parses():
+    with open(os.path.join(ROOT, "serving", "models.config")) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == "ofrnn" and model.model_platform == "tensorflow"
+    assert model.model_version_policy.latest.num_versions == 1
+
+
+def test_batching_config_fields():
+    known = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
+             "allowed_batch_sizes", "pad_variable_length_inputs", "thread_pool_name"}
+    with open(os.path.join(ROOT, "serving", "batching.config")) as f:
+        lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    fields = {}
+    for line in lines:
+        m = re.fullmatch(r"(\w+) \{ value: (\d+) \}", line)
+        assert m, f"unexpected line in batching.config: {line!r}"
+        fields[m[1]] = int(m[2])
+    assert set(fields) <= known
+    assert fields["max_batch_size"] >= 1 and fields["num_batch_threads"] >= 1
+
+
+# --- local server in a child process -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    write_stand_in_model(str(base), 1, class_names=("old_r", "old_g", "old_b"))
+    write_stand_in_model(str(base), 2)
+    (base / "tmp-upload").mkdir()  # not a version: ignored
+    return str(base)
+
+
+@pytest.fixture(scope="module")
+def server(model_base, tmp_path_factory):
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+    proc, target = start_subprocess(
+        model_base, extra_args=[f"--max_image_pixels={PIXEL_LIMIT}",
+                                f"--max_message_bytes={MESSAGE_LIMIT}", "--max_workers=8"],
+        stderr=log)
+    yield target
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with client.make_channel(server) as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def raw_predict(stub, inputs, signature="serving_default", model="ofrnn", version=None, output_filter=()):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    for key, proto in inputs.items():
+        request.inputs[key].CopyFrom(proto)
+    request.output_filter.extend(output_filter)
+    return stub.Predict(request, timeout=30)
+
+
+def strings(items):
+    return tf.make_tensor_proto(items, dtype=tf.string, shape=[len(items)])
+
+
+RED, YELLOW, BLUE = encode((250, 10, 10)), encode((250, 250, 10)), encode((10, 10, 250))
+
+
+def assert_good_request_works(server):
+    results = client.predict_images(server, [RED, YELLOW])
+    assert [r["label_names"] for r in results] == [["red"], ["red", "green"]]
+
+
+slow = pytest.mark.slow  # these share one server child process (SavedModel write + TF start)
+
+
+@slow
+def test_predict_images_newest_version(server):
+    results = client.predict_images(server, [RED, YELLOW, BLUE])
+    assert [r["label_names"] for r in results] == [["red"], ["red", "green"], ["blue"]]
+    assert [r["label_ids"] for r in results] == [[0], [0, 1], [2]]
+    red = results[0]
+    assert red["scores"][0] == pytest.approx(250 / 255, abs=1e-3)
+    assert red["log_prob"] == pytest.approx(np.log(250 / 255), abs=1e-3)
+    assert client.predict_images(server, [RED], version=2)[0]["label_names"] == ["red"]
+
+
+@slow
+def test_response_carries_all_outputs_and_version(stub):
+    response = raw_predict(stub, {"images": strings([RED, BLUE])})
+    assert set(response.outputs) == OUTPUTS
+    assert response.model_spec.version.value == 2
+    assert response.model_spec.signature_name == "serving_default"
+    assert tf.make_ndarray(response.outputs["attention"]).shape == (2, 3, 4, 4)
+    assert tf.make_ndarray(response.outputs["label_names"])[1].tolist() == [b"blue", b"", b""]
+    filtered = raw_predict(stub, {"images": strings([RED])}, output_filter=["num_labels"])
+    assert set(filtered.outputs) == {"num_labels"}
+
+
+@slow
+def test_predict_features_signature(stub):
+    features = np.zeros([2, 4, 4, 3], np.float32)
+    features[0, ..., 2] = 0.9
+    features[1, ..., :2] = 0.8
+    response = raw_predict(stub, {"features": tf.make_tensor_proto(features)}, signature="predict_features")
+    results = client.parse_predict_response(response)
+    assert [r["label_names"] for r in results] == [["blue"], ["red", "green"]]
+
+
+@slow
+def test_model_status_and_metadata(server, stub):
+    assert client.get_model_status(server) == [
+        {"version": 2, "state": "AVAILABLE", "error_code": 0, "error_message": ""}]
+    version, defs = client.get_model_metadata(server)
+    assert version == 2
+    assert set(defs) == {"serving_default", "predict_features"}
+    images = defs["serving_default"].inputs["images"]
+    assert images.dtype == tf.string.as_datatype_enum
+    assert [d.size for d in images.tensor_shape.dim] == [-1]
+    assert set(defs["serving_default"].outputs) == OUTPUTS
+    assert set(defs["predict_features"].outputs) == OUTPUTS
+    assert [d.size for d in defs["predict_features"].inputs["features"].tensor_shape.dim] == [-1, 4, 4, 3]
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = "ofrnn"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetModelMetadata(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "metadata_field" in err.value.details()
+
+
+def big_png():
+    return encode((250, 10, 10), size=(1200, 1000))  # 1.2 Mpx, a few kB
+
+
+def bomb_jpeg():
+    return b"\xff\xd8\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 60_000) + b"\x03" + b"\x00" * 9
+
+
+def shape_only(dtype, shape):
+    proto = tf.make_tensor_proto(np.zeros([0], dtype.as_numpy_dtype if dtype != tf.string else object),
+                                 dtype=dtype)
+    proto.tensor_shape.Clear()
+    for d in shape:
+        proto.tensor_shape.dim.add(size=d)
+    return proto
+
+
+BAD_REQUESTS = {
+    # name: (inputs, signature, model, version, code, message fragments)
+    "corrupt bytes": ({"images": strings([RED, RED[:len(RED) // 2], BLUE])}, None, None, None,
+                      "INVALID_ARGUMENT", ["images[1]: image cannot be decoded", "PNG"]),
+    "random bytes": ({"images": strings([RED, BLUE, bytes(range(7, 40))])}, None, None, None,
+                     "INVALID_ARGUMENT", ["images[2]: not a JPEG/PNG/GIF/BMP image"]),
+    "empty string": ({"images": strings([RED, b""])}, None, None, None,
+                     "INVALID_ARGUMENT", ["images[1]: empty string"]),
+    "empty batch": ({"images": strings([])}, None, None, None,
+                    "INVALID_ARGUMENT", ["input 'images': empty batch"]),
+    "text file": ({"images": strings([b"hello, this is a text file\n"])}, None, None, None,
+                  "INVALID_ARGUMENT", ["images[0]: not a JPEG/PNG/GIF/BMP image (starts with b'hello, t')"]),
+    "above pixel limit": ({"images": strings([RED, big_png()])}, None, None, None,
+                          "INVALID_ARGUMENT", ["images[1]: PNG image is 1200x1000 = 1200000 pixels",
+                                               f"limit of {PIXEL_LIMIT}"]),
+    "decompression bomb header": ({"images": strings([bomb_jpeg()])}, None, None, None,
+                                  "INVALID_ARGUMENT", ["images[0]: JPEG image is 60000x60000"]),
+    "wrong signature": ({"images": strings([RED])}, "nope", None, None,
+                        "NOT_FOUND", ["signature 'nope' not found", "predict_features"]),
+    "wrong dtype": ({"images": tf.make_tensor_proto(np.zeros([2], np.float32))}, None, None, None,
+                    "INVALID_ARGUMENT", ["input 'images': expected dtype string, got float32"]),
+    "wrong shape": ({"images": tf.make_tensor_proto([[RED], [BLUE]], dtype=tf.string)}, None, None, None,
+                    "INVALID_ARGUMENT", ["input 'images': expected shape [None], got [2, 1]"]),
+    "wrong feature shape": ({"features": tf.make_tensor_proto(np.zeros([1, 5, 4, 3], np.float32))},
+                            "predict_features", None, None, "INVALID_ARGUMENT",
+                            ["input 'features': expected shape [None, 4, 4, 3], got [1, 5, 4, 3]"]),
+    "non-finite features": ({"features": tf.make_tensor_proto(
+        np.stack([np.zeros([4, 4, 3]), np.full([4, 4, 3], np.nan)]).astype(np.float32))},
+        "predict_features", None, None, "INVALID_ARGUMENT", ["features[1]: contains NaN or Inf"]),
+    "shape without data": ({"features": shape_only(tf.float32, [100_000, 4, 4, 3])},
+                           "predict_features", None, None, "INVALID_ARGUMENT",
+                           ["input 'features': shape [100000, 4, 4, 3] is 19200000 bytes"]),
+    "strings fewer than shape": ({"images": shape_only(tf.string, [10**9])}, None, None, None,
+                                 "INVALID_ARGUMENT", ["has 1000000000 elements but the tensor holds 0"]),
+    "missing input key": ({"image": strings([RED])}, None, None, None,
+                          "INVALID_ARGUMENT", ["missing input(s) ['images']", "unexpected input(s) ['image']"]),
+    "unknown model": ({"images": strings([RED])}, None, "resnet", None,
+                      "NOT_FOUND", ["model 'resnet' is not served"]),
+    "unknown version": ({"images": strings([RED])}, None, None, 1,
+                        "NOT_FOUND", ["no version 1", "available: [2]"]),
+    "model failure": ({"features": tf.make_tensor_proto(np.full([1, 4, 4, 3], FAULT_SENTINEL, np.float32))},
+                      "predict_features", None, None, "INTERNAL", ["fault sentinel"]),
+}
+
+
+@slow
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_request_is_refused_and_server_keeps_serving(case, server, stub):
+    inputs, signature, model, version, code, fragments = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as err:
+        raw_predict(stub, inputs, signature=signature or "serving_default",
+                    model=model or "ofrnn", version=version)
+    assert err.value.code().name == code, err.value.details()
+    for fragment in fragments:
+        assert fragment in err.value.details()
+    assert_good_request_works(server)
+
+
+@slow
+def test_message_above_limit_is_refused(server, stub):
+    blob = RED + b"\x00" * (MESSAGE_LIMIT + 1024)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_predict(stub, {"images": strings([blob])})
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert_good_request_works(server)
+
+
+@slow
+def test_concurrent_requests_agree(server):
+    batches = [[RED], [YELLOW, BLUE], [BLUE, RED, YELLOW], [RED, RED, BLUE, YELLOW]]
+    expected = {"red": ["red"], "yellow": ["red", "green"], "blue": ["blue"]}
+    names = {RED: "red", YELLOW: "yellow", BLUE: "blue"}
+    failures, done = [], []
+
+    def worker(seed):
+        with client.make_channel(server) as channel:
+            for i in range(10):
+                batch = batches[(seed + i) % len(batches)]
+                try:
+                    results = client.predict_images(server, batch, channel=channel)
+                    got = [r["label_names"] for r in results]
+                    want = [expected[names[img]] for img in batch]
+                    if got != want:
+                        failures.append((seed, i, got, want))
+                    done.append(1)
+                except grpc.RpcError as e:
+                    failures.append((seed, i, e.code(), e.details()))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures
+    assert len(done) == 40
+
+
+@slow
+def test_client_cli(server, tmp_path):
+    (tmp_path / "red.png").write_bytes(RED)
+    (tmp_path / "yellow.png").write_bytes(YELLOW)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "serving", "client.py"), f"--server={server}",
+         "--model_name=ofrnn", str(tmp_path / "red.png"), str(tmp_path / "yellow.png")],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(str(tmp_path / "red.png")) and "red 0.980" in lines[0]
+    assert "red 0.980, green 0.980" in lines[1] and "log_prob=" in lines[1]
