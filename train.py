@@ -133,6 +133,7 @@ def main(argv):
                                                   recalibrate=FLAGS.mode == "train")
     columns = ["C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "AP-large", "tau"]
     print(format_table({config.variant: metrics}, columns=[c for c in columns if c in metrics]))
+    timer.save(os.path.join(FLAGS.workdir, f"timing_{FLAGS.mode}.json"))
     pipeline.log(f"test metrics written to {FLAGS.workdir}; time: {timer.summary()}")
 
 

@@ -50,6 +50,9 @@ class Timer:
 
         return _Part()
 
+    def save(self, path: str) -> None:
+        evaluation.save_json({k: round(v, 1) for k, v in self.parts.items()}, path)
+
     def summary(self) -> str:
         total = sum(self.parts.values())
         parts = ", ".join(f"{k} {v:.0f}s" for k, v in self.parts.items())
