@@ -67,6 +67,8 @@ flags.DEFINE_integer("beam_size", 3, "Beam width K at test time (1 = greedy).")
 flags.DEFINE_integer("min_labels", 1, "Labels every image gets at least.")
 flags.DEFINE_enum("calibration_objective", "mean_f1", ["mean_f1", "c_f1", "o_f1"],
                   "What τ maximises on validation.")
+flags.DEFINE_bool("calibrate_baseline", False, "Choose the baseline's v_prob threshold on "
+                  "validation too (default: the paper's fixed 0.5).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -130,7 +132,8 @@ def main(argv):
         model, _ = load_best_model(FLAGS.workdir, pipeline.feature_shape(config.features_dir))
     with timer("evaluation"):
         metrics = pipeline.calibrate_and_evaluate(model, config, FLAGS.workdir, "test",
-                                                  recalibrate=FLAGS.mode == "train")
+                                                  recalibrate=FLAGS.mode == "train",
+                                                  calibrate_baseline=FLAGS.calibrate_baseline)
     columns = ["C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "AP-large", "tau"]
     print(format_table({config.variant: metrics}, columns=[c for c in columns if c in metrics]))
     timer.save(os.path.join(FLAGS.workdir, f"timing_{FLAGS.mode}.json"))

@@ -180,17 +180,27 @@ def train(config: RunConfig, workdir: str, strategy):
 
 
 def calibrate_and_evaluate(model, config: RunConfig, workdir: str, split: str = "test",
-                           recalibrate: bool = False) -> dict:
-    """τ on validation (cached in calibration.json), then every metric on `split`."""
+                           recalibrate: bool = False, calibrate_baseline: bool = False) -> dict:
+    """τ on validation (cached in calibration.json), then every metric on `split`.
+
+    The `baseline` variant keeps the paper's fixed 0.5 threshold on v_prob unless
+    `calibrate_baseline`.
+    """
     path = os.path.join(workdir, evaluation.CALIBRATION_FILENAME)
     calibration = None
     if os.path.exists(path) and not recalibrate:
         import json
         with open(path) as f:
             calibration = json.load(f)
-        if (calibration.get("beam_size") != config.beam_size
-                or calibration.get("objective") != config.calibration_objective):
+        wanted = ("fixed" if config.variant == "baseline" and not calibrate_baseline
+                  else config.calibration_objective)
+        if calibration.get("beam_size") != config.beam_size or calibration.get("objective") != wanted:
             calibration = None
+    if calibration is None and config.variant == "baseline" and not calibrate_baseline:
+        # DESIGN §1: M_map alone is the paper's "ResNet-baseline" row, thresholded at 0.5.
+        calibration = {"tau": 0.5, "objective": "fixed", "beam_size": config.beam_size,
+                       "max_steps": config.max_steps, "min_labels": config.min_labels}
+        evaluation.save_json(calibration, path)
     if calibration is None:
         log(f"calibrating τ on the validation split (beam {config.beam_size}, "
             f"objective {config.calibration_objective})")

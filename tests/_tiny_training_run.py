@@ -1,15 +1,21 @@
 """Trains a tiny model on synthetic features; used by the resume and multi-worker tests.
 
-Usage: python tests/_tiny_training_run.py WORKDIR [--strategy=default|multi_worker]
+Usage: python tests/_tiny_training_run.py WORKDIR [--strategy=default|multi_worker] [--epochs=3]
 Prints `FINAL <checksum>` of the final weights.
+
+Environment: DROP sets both dropout rates (default 0.3); PAUSE_AFTER_SAVE=<seconds>
+sleeps after every checkpoint save, which gives a test a wide window to kill the run
+right after a given checkpoint (it changes timing only, never the result).
 """
 
+import os
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
 
-from ofrnn_tf.training.distribute import make_strategy
+from ofrnn_tf.training.distribute import is_chief, make_strategy
 from ofrnn_tf.training.run_config import RunConfig, save_or_check
 from ofrnn_tf.training.trainer import Trainer
 
@@ -28,28 +34,36 @@ def synthetic_examples():
 def main(workdir: str, strategy_name: str = "default", epochs: int = 3):
     tf.config.experimental.enable_op_determinism()
     data = synthetic_examples()
+    drop = float(os.environ.get("DROP", 0.3))
     config = RunConfig(label_names=tuple("abcde"), lstm_units=16, attention_units=16,
                        fc_units=16, batch_size=32, epochs_stage1=epochs, epochs_stage2=epochs,
-                       dropout=float(__import__("os").environ.get("DROP", 0.3)), feature_dropout=float(__import__("os").environ.get("DROP", 0.3)), max_steps=3, checkpoint_every=2, log_every=1, strategy=strategy_name)
+                       dropout=drop, feature_dropout=drop, max_steps=3, checkpoint_every=2,
+                       log_every=1, strategy=strategy_name)
     strategy = make_strategy(strategy_name)
-    save_or_check(config, workdir)
+    if is_chief(strategy):  # workers sharing a work directory must not race on its config
+        save_or_check(config, workdir)
 
     def examples_fn(ctx):
         ds = tf.data.Dataset.from_tensor_slices(data)
         return ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
 
-    trainer = Trainer(config, workdir, strategy, (M, K), N // max(1, _workers(strategy)),
-                      examples_fn, progress=False)
+    # num_train counts the examples of all workers: one epoch is N // batch_size global
+    # steps, each worker taking batch_size / workers examples of its shard per step.
+    trainer = Trainer(config, workdir, strategy, (M, K), N, examples_fn, progress=False)
+    pause = float(os.environ.get("PAUSE_AFTER_SAVE", 0))
+    if pause:
+        save = trainer.manager.save
+
+        def save_then_pause(*args, **kwargs):
+            path = save(*args, **kwargs)
+            print(f"SAVED {path}", file=sys.stderr, flush=True)
+            time.sleep(pause)
+            return path
+
+        trainer.manager.save = save_then_pause
     model = trainer.train()
     checksum = sum(float(np.sum(np.abs(v.numpy()))) for v in model.trainable_variables)
     print(f"FINAL {checksum:.10f}", flush=True)
-
-
-def _workers(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1
-    return sum(len(v) for v in resolver.cluster_spec().as_dict().values())
 
 
 if __name__ == "__main__":
