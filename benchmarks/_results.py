@@ -1,0 +1,66 @@
+"""Appends a benchmark's numbers to benchmarks/RESULTS.md with the machine they ran on."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+_HEADER = ("# Benchmark results\n\nEach section is appended by a script under "
+           "`benchmarks/`, with the command that produced it and the machine it ran on.\n")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_info() -> str:
+    """One line: CPU model, usable cores, GPUs, TensorFlow version."""
+    import tensorflow as tf
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    parts = [f"CPU {cpu_model()}, {cores} cores"]
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(g).get("device_name", "GPU")
+                 for g in gpus]
+        parts.append("GPU " + ", ".join(names))
+    parts.append(f"TensorFlow {tf.__version__}, Python {platform.python_version()}")
+    return "; ".join(parts)
+
+
+def append_result(title: str, command: str, lines_or_markdown: Sequence[str] | str,
+                  path: str | os.PathLike | None = None) -> Path:
+    """Appends a dated section ``## title`` to RESULTS.md and returns the file path.
+
+    Args:
+        title: section title.
+        command: the command line that produced the numbers.
+        lines_or_markdown: markdown text, or lines of it.
+        path: another results file (default benchmarks/RESULTS.md).
+    """
+    target = Path(path) if path is not None else RESULTS_PATH
+    body = lines_or_markdown if isinstance(lines_or_markdown, str) else "\n".join(
+        lines_or_markdown)
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    section = (f"\n## {title}\n\n{stamp} — {machine_info()}\n\n"
+               f"```\n{command}\n```\n\n{body.rstrip()}\n")
+    new = not target.exists() or target.stat().st_size == 0
+    with open(target, "a") as f:
+        if new:
+            f.write(_HEADER)
+        f.write(section)
+    return target

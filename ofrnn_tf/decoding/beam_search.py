@@ -1,0 +1,374 @@
+"""Batched beam search over the confidence-ranked decoder (paper Eq. 11, DESIGN §2).
+
+One `tf.while_loop` over decoding steps advances the K beams of every image of a
+batch together. A path's probability is the product of its step probabilities
+(Eq. 11), kept as a sum of logs. A successor is admissible only while its path
+probability is at least τ (the first `min_labels` steps are admissible whatever τ);
+decoding stops when no image has an admissible successor or after `max_steps`
+steps, and returns, per image, the best beam of the last step that had one.
+
+Running once with τ = 0 and recording the best beam of every step
+(`all_steps=True`) gives the result for any τ: path probabilities only decrease
+along a path, so a beam pruned by τ has no admissible descendant, and taking the
+top K before or after dropping the candidates below τ keeps the same beams.
+`select_for_threshold` applies a τ to such a recording; τ calibration relies on it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+NEG_INF = float("-inf")
+# Keys of the per-step recording that `all_steps=True` adds.
+STEP_KEYS = ("step_labels", "step_log_prob", "step_scores")
+BASELINE_THRESHOLD = 0.5
+
+
+def _check_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold τ is a path probability and must be in [0, 1]; got {threshold}")
+    return threshold
+
+
+def log_threshold(threshold: float) -> np.float32:
+    """`log τ` as the float32 both the graph and `select_for_threshold` compare against."""
+    threshold = _check_threshold(threshold)
+    with np.errstate(divide="ignore"):
+        return np.float32(np.log(np.float32(threshold)))
+
+
+def _check_args(model, beam_size: int, max_steps: int, min_labels: int) -> None:
+    for name, value, low in (("beam_size", beam_size, 1), ("max_steps", max_steps, 1),
+                             ("min_labels", min_labels, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
+    limit = min(max_steps, model.num_classes)
+    if model.uses_decoder and min_labels > limit:
+        raise ValueError(
+            f"min_labels={min_labels} cannot hold: a path has at most min(max_steps={max_steps}, "
+            f"num_classes={model.num_classes}) = {limit} labels")
+    if not model.uses_decoder and min_labels > model.num_classes:
+        raise ValueError(f"min_labels={min_labels} exceeds num_classes={model.num_classes}")
+
+
+def _check_features(features: tf.Tensor) -> tf.Tensor:
+    if features.shape.rank is not None and features.shape.rank != 3:
+        raise ValueError(f"features must be [batch, m, k] feature maps; got shape {features.shape}")
+    return tf.cast(features, tf.float32)
+
+
+def baseline_decode(model, features: tf.Tensor, *, max_steps: int,
+                    threshold: Optional[float] = None, min_labels: int = 1) -> Dict[str, tf.Tensor]:
+    """Decoding of the `baseline` mode (M_map alone, paper Tables 1–2 "ResNet-baseline").
+
+    The labels are the classes with `v_prob ≥ threshold` (0.5 by default) in
+    decreasing `v_prob` order, at least the `min_labels` most probable ones (pass 0
+    for the plain thresholded baseline). `labels` is `[B, C]` (-1 padded): M_map has
+    no step limit. `scores = v_prob`; `log_prob` is the sum of `log v_prob` over the
+    chosen labels; `attention` is zeros `[B, max_steps, m]` (no attention).
+    """
+    threshold = BASELINE_THRESHOLD if threshold is None else _check_threshold(threshold)
+    features = _check_features(features)
+    v_prob = tf.sigmoid(tf.cast(model(features, training=False), tf.float32))
+    num_classes = model.num_classes
+    order = tf.argsort(v_prob, axis=-1, direction="DESCENDING", stable=True)
+    sorted_prob = tf.gather(v_prob, order, batch_dims=1)
+    keep = (sorted_prob >= threshold) | (tf.range(num_classes)[None, :] < min_labels)
+    labels = tf.where(keep, tf.cast(order, tf.int32), -1)
+    log_prob = tf.reduce_sum(tf.where(keep, tf.math.log(sorted_prob), 0.0), axis=-1)
+    batch, m = tf.shape(features)[0], tf.shape(features)[1]
+    return {
+        "labels": labels,
+        "num_labels": tf.reduce_sum(tf.cast(keep, tf.int32), axis=-1),
+        "log_prob": log_prob,
+        "scores": v_prob,
+        "attention": tf.zeros(tf.stack([batch, max_steps, m]), tf.float32),
+        "v_prob": v_prob,
+    }
+
+
+def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: int,
+                threshold: Optional[float] = None, min_labels: int = 1,
+                all_steps: bool = False) -> Dict[str, tf.Tensor]:
+    """Beam search of DESIGN §2 for a batch of images (one graph loop over steps).
+
+    Args:
+        model: an `OrderFreeRNN` (built). Mode `baseline` goes to `baseline_decode`.
+        features: `[B, m, k]` feature maps, any B.
+        beam_size: K; 1 is greedy decoding.
+        max_steps: T_max, the most labels a path may hold.
+        threshold: τ on the path probability (Eq. 11), compared in log space;
+            default 0.0 (only T_max and the candidate pool stop a path). For the
+            `baseline` mode it is the threshold on `v_prob` (default 0.5).
+        min_labels: steps 1..min_labels are admissible whatever τ.
+        all_steps: also return, for every step t, the best beam as if decoding had
+            stopped at t (`step_labels [B, T, T]`, `step_log_prob [B, T]` — -inf where
+            step t had no admissible beam — and `step_scores [B, T, C]`).
+
+    Returns:
+        dict: `labels` int32 `[B, T]` (decoding order, -1 padded), `num_labels` int32
+        `[B]`, `log_prob` `[B]` (path log-probability; 0 for an empty path), `scores`
+        `[B, C]` (per label, the largest step probability seen along the best path —
+        `sigmoid(p_t)` for the order-free modes, the softmax over the remaining labels
+        for the fixed-order modes — or `v_prob` if the path is empty), `attention`
+        `[B, T, m]` (α_t of each step of the best path, zeros past its end), `v_prob`
+        `[B, C]`. For the `baseline` mode see `baseline_decode` (`labels` is `[B, C]`).
+    """
+    _check_args(model, beam_size, max_steps, min_labels)
+    if not model.uses_decoder:
+        return baseline_decode(model, features, max_steps=max_steps, threshold=threshold,
+                               min_labels=min_labels)
+    log_tau = tf.constant(log_threshold(0.0 if threshold is None else threshold))
+    features = _check_features(features)
+    K, T, C = beam_size, max_steps, model.num_classes
+
+    context, state = model.start(features, training=False)
+    v_prob = tf.cast(state.p, tf.float32)
+    batch, m = tf.shape(features)[0], tf.shape(features)[1]
+    tile = lambda x: tf.repeat(x, K, axis=0)  # image b's beams are rows b*K .. b*K+K-1
+    context = tf.nest.map_structure(tile, context)
+    state = tf.nest.map_structure(tile, state)
+    # One live beam per image at step 1, so the K beams do not start as copies.
+    log_prob = tf.tile(tf.concat([[0.0], tf.fill([K - 1], NEG_INF)], 0)[None, :],
+                       tf.stack([batch, 1]))
+    beam_offsets = (tf.range(batch) * K)[:, None]
+    steps = tf.range(T)
+
+    loop_vars = {
+        "t": tf.constant(0),
+        "log_prob": log_prob,
+        "state": state,
+        "labels": tf.fill(tf.stack([batch, K, T]), -1),
+        "attention": tf.zeros(tf.stack([batch, K, T, m])),
+        "scores": tf.zeros(tf.stack([batch, K, C])),
+        "alive": tf.ones(tf.stack([batch]), tf.bool),
+        "best_labels": tf.fill(tf.stack([batch, T]), -1),
+        "best_num": tf.zeros(tf.stack([batch]), tf.int32),
+        "best_log_prob": tf.zeros(tf.stack([batch])),
+        "best_scores": v_prob,
+        "best_attention": tf.zeros(tf.stack([batch, T, m])),
+    }
+    if all_steps:
+        loop_vars.update({
+            "step_labels": tf.fill(tf.stack([batch, T, T]), -1),
+            "step_log_prob": tf.fill(tf.stack([batch, T]), NEG_INF),
+            "step_scores": tf.zeros(tf.stack([batch, T, C])),
+        })
+
+    def cond(v):
+        return tf.logical_and(v["t"] < T, tf.reduce_any(v["alive"]))
+
+    def body(v):
+        t, state = v["t"], v["state"]
+        logits, alpha, h, c = model.step(context, state, training=False)
+        logits = tf.cast(logits, tf.float32)
+        step_log_prob = model.step_log_probs(logits, state)
+        # A softmax over an empty pool (every label chosen) is NaN; such a pool has no successor.
+        step_log_prob = tf.where(tf.math.is_nan(step_log_prob), NEG_INF, step_log_prob)
+        step_prob = tf.exp(step_log_prob) if model.teacher_forced else tf.sigmoid(logits)
+
+        candidates = tf.reshape(v["log_prob"][:, :, None] + tf.reshape(step_log_prob, [-1, K, C]),
+                                [-1, K * C])
+        admissible = (candidates > NEG_INF) & ((t < min_labels) | (candidates >= log_tau))
+        new_log_prob, index = tf.math.top_k(tf.where(admissible, candidates, NEG_INF), k=K)
+        parent, label = index // C, index % C
+        found = tf.reduce_any(admissible, axis=-1)
+        rows = tf.reshape(parent + beam_offsets, [-1])
+        pick = lambda x: tf.gather(x, rows)
+        pick_beam = lambda x: tf.gather(x, parent, batch_dims=1)
+
+        new_state = model.advance(tf.nest.map_structure(pick, state), pick(h), pick(c),
+                                  pick(logits), tf.reshape(label, [-1]))
+        at_t = tf.equal(steps, t)
+        labels = tf.where(at_t[None, None, :], label[:, :, None], pick_beam(v["labels"]))
+        attention = tf.where(at_t[None, None, :, None],
+                             tf.reshape(pick(alpha), [-1, K, 1, tf.shape(alpha)[-1]]),
+                             pick_beam(v["attention"]))
+        scores = tf.maximum(pick_beam(v["scores"]),
+                            tf.reshape(pick(step_prob), [-1, K, C]))
+
+        keep = found[:, None]
+        out = dict(v)
+        out.update({
+            "t": t + 1,
+            "log_prob": new_log_prob,
+            "state": new_state,
+            "labels": labels,
+            "attention": attention,
+            "scores": scores,
+            "alive": found,
+            "best_labels": tf.where(keep, labels[:, 0], v["best_labels"]),
+            "best_num": tf.where(found, t + 1, v["best_num"]),
+            "best_log_prob": tf.where(found, new_log_prob[:, 0], v["best_log_prob"]),
+            "best_scores": tf.where(keep, scores[:, 0], v["best_scores"]),
+            "best_attention": tf.where(keep[:, :, None], attention[:, 0], v["best_attention"]),
+        })
+        if all_steps:
+            at_step = at_t[None, :] & keep
+            out["step_labels"] = tf.where(at_step[:, :, None], labels[:, 0][:, None, :],
+                                          v["step_labels"])
+            out["step_log_prob"] = tf.where(at_step, new_log_prob[:, :1], v["step_log_prob"])
+            out["step_scores"] = tf.where(at_step[:, :, None], scores[:, 0][:, None, :],
+                                          v["step_scores"])
+        return (out,)
+
+    (final,) = tf.while_loop(cond, body, (loop_vars,), maximum_iterations=T)
+    result = {
+        "labels": final["best_labels"],
+        "num_labels": final["best_num"],
+        "log_prob": final["best_log_prob"],
+        "scores": final["best_scores"],
+        "attention": final["best_attention"],
+        "v_prob": v_prob,
+    }
+    if all_steps:
+        result.update({key: final[key] for key in STEP_KEYS})
+    return result
+
+
+def greedy_decode(model, features: tf.Tensor, *, max_steps: int,
+                  threshold: Optional[float] = None, min_labels: int = 1,
+                  all_steps: bool = False) -> Dict[str, tf.Tensor]:
+    """Greedy decoding (Eq. 9 at test time): `beam_search` with K = 1."""
+    return beam_search(model, features, beam_size=1, max_steps=max_steps, threshold=threshold,
+                       min_labels=min_labels, all_steps=all_steps)
+
+
+def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Optional[float] = None,
+                 min_labels: int = 1, all_steps: bool = False, jit_compile: bool = False,
+                 feature_shape: Optional[tuple] = None) -> tf.types.experimental.GenericFunction:
+    """`beam_search` with its settings baked in, as one `tf.function` over `features`.
+
+    The input signature is `float32 [None, m, k]` (`feature_shape = (m, k)`, or
+    unknown when None), so the function traces once for every batch size.
+    `jit_compile=True` compiles it with XLA.
+
+    Example:
+    >>> decode = make_decoder(model, beam_size=3, max_steps=4, threshold=0.2)
+    >>> out = decode(features)  # dict of tensors, see `beam_search`
+    """
+    _check_args(model, beam_size, max_steps, min_labels)
+    if threshold is not None:
+        _check_threshold(threshold)
+    if not model.built:
+        raise ValueError("the model is not built: call model.build((None, m, k)) or restore "
+                         "its weights before making a decoder")
+    m, k = (None, None) if feature_shape is None else feature_shape
+
+    @tf.function(input_signature=[tf.TensorSpec([None, m, k], tf.float32, name="features")],
+                 jit_compile=jit_compile)
+    def decode(features):
+        return beam_search(model, features, beam_size=beam_size, max_steps=max_steps,
+                           threshold=threshold, min_labels=min_labels, all_steps=all_steps)
+
+    return decode
+
+
+def labels_to_multi_hot(labels, num_classes: int) -> np.ndarray:
+    """`[N, L]` label ids padded with -1 → int64 multi-hot `[N, C]`."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be [N, L] (-1 padded); got shape {labels.shape}")
+    bad = (labels < -1) | (labels >= num_classes)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"labels[{i}, {j}] = {labels[i, j]} is not a class id in "
+                         f"[0, {num_classes}) nor the padding -1")
+    out = np.zeros((labels.shape[0], num_classes + 1), np.int64)
+    np.put_along_axis(out, np.where(labels < 0, num_classes, labels), 1, axis=1)
+    return out[:, :num_classes]
+
+
+def select_for_threshold(step_outputs: Mapping[str, np.ndarray], threshold: float,
+                         min_labels: int = 1) -> Dict[str, np.ndarray]:
+    """What `beam_search` returns for τ = `threshold`, from a τ = 0 `all_steps` run.
+
+    Per image, picks the last step t whose best path is admissible (t ≤ min_labels,
+    or path probability ≥ τ); an image with none gets the empty path (scores =
+    v_prob). Exact (see the module docstring), so τ can be grid-searched without
+    decoding again.
+
+    Args:
+        step_outputs: numpy (or tensor) outputs of a τ = 0 run with `all_steps=True`
+            (needs `step_labels`, `step_log_prob`, `step_scores`, `v_prob`).
+        threshold: τ in [0, 1].
+        min_labels: as in `beam_search`.
+
+    Returns:
+        dict of numpy arrays `labels`, `num_labels`, `log_prob`, `scores`, as `beam_search`.
+    """
+    missing = [key for key in STEP_KEYS + ("v_prob",) if key not in step_outputs]
+    if missing:
+        raise ValueError(f"step_outputs lacks {missing}: decode with all_steps=True and threshold 0")
+    step_labels = np.asarray(step_outputs["step_labels"])
+    step_log_prob = np.asarray(step_outputs["step_log_prob"], np.float32)
+    step_scores = np.asarray(step_outputs["step_scores"], np.float32)
+    v_prob = np.asarray(step_outputs["v_prob"], np.float32)
+    n, num_steps = step_log_prob.shape
+    t = np.arange(1, num_steps + 1)[None, :]
+    ok = np.isfinite(step_log_prob) & ((t <= min_labels) | (step_log_prob >= log_threshold(threshold)))
+    # Best-path probabilities never increase with t, so `ok` is a prefix: its length is the count.
+    num = ok.sum(axis=1).astype(np.int32)
+    last = np.maximum(num - 1, 0)
+    rows = np.arange(n)
+    empty = num == 0
+    labels = np.where(empty[:, None], -1, step_labels[rows, last]).astype(np.int32)
+    return {
+        "labels": labels,
+        "num_labels": num,
+        "log_prob": np.where(empty, np.float32(0.0), step_log_prob[rows, last]).astype(np.float32),
+        "scores": np.where(empty[:, None], v_prob, step_scores[rows, last]).astype(np.float32),
+    }
+
+
+def select_baseline(v_prob, threshold: float, min_labels: int = 1) -> np.ndarray:
+    """Multi-hot `[N, C]` of `baseline_decode` at `threshold`, from its `v_prob`."""
+    v_prob = np.asarray(v_prob, np.float32)
+    threshold = np.float32(_check_threshold(threshold))
+    order = np.argsort(-v_prob, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(v_prob.shape[1])[None, :].repeat(len(v_prob), 0), 1)
+    return ((v_prob >= threshold) | (ranks < min_labels)).astype(np.int64)
+
+
+def decode_dataset(decoder, dataset, progress: bool = True) -> Dict[str, np.ndarray]:
+    """Runs `decoder` over a `tf.data` dataset of batches and concatenates the results.
+
+    Args:
+        decoder: from `make_decoder` (features `[B, m, k]` → dict of tensors).
+        dataset: yields dicts with `features` and, when present, `labels` (multi-hot
+            `[B, C]`), `label_areas` and `image_id`.
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        the decoder's outputs as numpy arrays, plus `y_true`, `label_areas` and
+        `image_ids` where the dataset has them.
+    """
+    passthrough = {"labels": "y_true", "label_areas": "label_areas", "image_id": "image_ids"}
+    collected: Dict[str, list] = {}
+    total = None
+    cardinality = getattr(dataset, "cardinality", None)
+    if cardinality is not None:
+        total = int(cardinality())
+        total = total if total >= 0 else None
+    for i, batch in enumerate(tqdm(dataset, total=total, desc="decoding", unit="batch",
+                                   file=sys.stderr, disable=not progress)):
+        if not isinstance(batch, Mapping) or "features" not in batch:
+            raise ValueError(f"batch {i} of the dataset must be a dict with a 'features' entry; "
+                             f"got {type(batch).__name__}"
+                             + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
+        outputs = decoder(tf.cast(batch["features"], tf.float32))
+        for key, value in outputs.items():
+            collected.setdefault(key, []).append(np.asarray(value))
+        for key, name in passthrough.items():
+            if key in batch:
+                collected.setdefault(name, []).append(np.asarray(batch[key]))
+    if not collected:
+        raise ValueError("the dataset yielded no batch")
+    return {key: np.concatenate(parts, axis=0) for key, parts in collected.items()}

@@ -1,0 +1,112 @@
+"""Choosing the beam-search stopping threshold τ on a validation split (paper §"Beam search").
+
+The paper stops a prediction path when its probability (Eq. 11) falls below a
+threshold "determined by cross-validation". `calibrate_threshold` decodes the
+validation set once with τ = 0, recording the best beam of every step, and then
+grid-searches τ with `select_for_threshold`, which is exact (see
+`ofrnn_tf.decoding.beam_search`). For the `baseline` mode (no decoder) the grid
+runs over the one threshold on `v_prob` shared by every class.
+"""
+
+from __future__ import annotations
+
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ofrnn_tf.decoding.beam_search import (
+    STEP_KEYS, decode_dataset, labels_to_multi_hot, make_decoder, select_baseline,
+    select_for_threshold)
+from ofrnn_tf.evaluation.metrics import label_set_metrics
+
+OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
+
+
+def default_grid() -> np.ndarray:
+    """0, 41 log-spaced probabilities from 1e-4 to 0.9, and 0.05, 0.10, …, 0.95."""
+    grid = np.concatenate([[0.0], np.logspace(-4, np.log10(0.9), 41), np.linspace(0.05, 0.95, 19)])
+    return np.unique(np.round(grid, 10))
+
+
+def objective_value(metrics: Mapping[str, float], objective: str) -> float:
+    """`mean_f1` = (C-F1 + O-F1) / 2, `c_f1` = C-F1, `o_f1` = O-F1 (percent)."""
+    if objective == "mean_f1":
+        return 0.5 * (metrics["C-F1"] + metrics["O-F1"])
+    if objective == "c_f1":
+        return metrics["C-F1"]
+    if objective == "o_f1":
+        return metrics["O-F1"]
+    raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+
+
+def _check_grid(grid: Optional[Sequence[float]]) -> np.ndarray:
+    values = default_grid() if grid is None else np.asarray(list(grid), np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"grid must be a non-empty list of thresholds; got {grid!r}")
+    bad = ~((values >= 0.0) & (values <= 1.0))
+    if bad.any():
+        i = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"grid[{i}] = {values[i]} is not a probability in [0, 1]")
+    return np.unique(values)
+
+
+def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int = 1,
+                           objective: str = "mean_f1", grid: Optional[Sequence[float]] = None,
+                           ) -> Tuple[float, List[Tuple[float, float]]]:
+    """Grid search of τ over decoded validation outputs.
+
+    Args:
+        outputs: `decode_dataset` results with `y_true`: for a decoder mode, of a
+            τ = 0 run with `all_steps=True`; for `baseline`, any run (only `v_prob`
+            is used).
+        min_labels, objective, grid: see `calibrate_threshold`.
+
+    Returns:
+        `(best_tau, [(tau, objective), ...])` in increasing τ; ties go to the smallest τ.
+    """
+    objective_value({"C-F1": 0.0, "O-F1": 0.0}, objective)  # validates the name
+    if "y_true" not in outputs:
+        raise ValueError("outputs lack 'y_true': the validation dataset must yield 'labels'")
+    y_true = np.asarray(outputs["y_true"])
+    num_classes = y_true.shape[-1]
+    decoder_mode = all(key in outputs for key in STEP_KEYS)
+    if not decoder_mode and "v_prob" not in outputs:
+        raise ValueError(f"outputs need either {STEP_KEYS} (decode with all_steps=True, τ = 0) "
+                         "or 'v_prob' (baseline)")
+    table = []
+    for tau in _check_grid(grid):
+        if decoder_mode:
+            selected = select_for_threshold(outputs, float(tau), min_labels)
+            y_pred = labels_to_multi_hot(selected["labels"], num_classes)
+        else:
+            y_pred = select_baseline(outputs["v_prob"], float(tau), min_labels)
+        table.append((float(tau), objective_value(label_set_metrics(y_true, y_pred), objective)))
+    best = max(range(len(table)), key=lambda i: (table[i][1], -i))
+    return table[best][0], table
+
+
+def calibrate_threshold(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
+                        objective: str = "mean_f1", grid: Optional[Sequence[float]] = None,
+                        jit_compile: bool = False, progress: bool = True,
+                        ) -> Tuple[float, List[Tuple[float, float]]]:
+    """Chooses τ on a validation dataset by grid search (one decoding pass).
+
+    Args:
+        model: a built `OrderFreeRNN`.
+        dataset: `tf.data` batches of dicts with `features` and multi-hot `labels`.
+        beam_size, max_steps, min_labels: the decoding settings τ is chosen for.
+        objective: `mean_f1` (mean of C-F1 and O-F1, default), `c_f1` or `o_f1`.
+        grid: candidate τ values in [0, 1]; default `default_grid()`.
+        jit_compile: decode with XLA.
+        progress: tqdm bar on stderr while decoding.
+
+    Returns:
+        `(best_tau, [(tau, objective), ...])`; for the `baseline` mode τ is the
+        threshold on `v_prob`.
+    """
+    objective_value({"C-F1": 0.0, "O-F1": 0.0}, objective)
+    decoder = make_decoder(model, beam_size=beam_size, max_steps=max_steps, threshold=0.0,
+                           min_labels=min_labels, all_steps=model.uses_decoder,
+                           jit_compile=jit_compile)
+    outputs = decode_dataset(decoder, dataset, progress=progress)
+    return calibrate_from_outputs(outputs, min_labels=min_labels, objective=objective, grid=grid)

@@ -1,0 +1,288 @@
+"""Beam search (DESIGN §2) against plain-Python greedy and exhaustive references."""
+
+import itertools
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.decoding.beam_search import (
+    beam_search, decode_dataset, greedy_decode, labels_to_multi_hot, make_decoder,
+    select_baseline, select_for_threshold)
+from ofrnn_tf.modeling.model import OrderFreeRNN, fixed_label_order
+
+C, M, K_FEAT = 5, 4, 6
+NUM_IMAGES = 5
+FLOAT_KEYS = ("log_prob", "scores", "attention", "v_prob")
+
+
+def make_model(mode: str = "order_free", seed: int = 0) -> OrderFreeRNN:
+    keras.utils.set_random_seed(seed)
+    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=8, attention_units=8, fc_units=8,
+                         label_order=fixed_label_order([5, 3, 8, 1, 2], mode))
+    model.build((None, M, K_FEAT))
+    if model.uses_decoder:  # random weights give step probabilities near 0.5: sharpen them
+        model.cell.fc2.kernel.assign(model.cell.fc2.kernel * 10.0)
+    return model
+
+
+def make_features(n: int = NUM_IMAGES, seed: int = 1) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).normal(size=(n, M, K_FEAT)), tf.float32)
+
+
+_MODELS = {}
+
+
+def model_for(mode: str) -> OrderFreeRNN:
+    if mode not in _MODELS:
+        _MODELS[mode] = make_model(mode)
+    return _MODELS[mode]
+
+
+def to_numpy(outputs):
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def _step_one(model, context, state):
+    logits, alpha, h, c = model.step(context, state)
+    step_lp = model.step_log_probs(logits, state).numpy()[0]
+    probs = np.exp(step_lp) if model.teacher_forced else tf.sigmoid(logits).numpy()[0]
+    return logits, alpha.numpy()[0], h, c, step_lp, probs
+
+
+def greedy_reference(model, x, max_steps, tau, min_labels):
+    """One image, a Python loop over steps: take the best label while admissible."""
+    log_tau = -math.inf if tau == 0 else math.log(tau)
+    context, state = model.start(x)
+    v_prob = state.p.numpy()[0]
+    labels, lp, scores, attention = [], 0.0, np.zeros(C), []
+    for t in range(max_steps):
+        logits, alpha, h, c, step_lp, probs = _step_one(model, context, state)
+        best = int(np.argmax(step_lp))
+        cand = lp + step_lp[best]
+        if not np.isfinite(cand) or (t + 1 > min_labels and cand < log_tau):
+            break
+        labels.append(best)
+        lp = cand
+        scores = np.maximum(scores, probs)
+        attention.append(alpha)
+        state = model.advance(state, h, c, logits, tf.constant([best]))
+    return labels, lp, (scores if labels else v_prob), attention
+
+
+def enumerate_paths(model, x, max_steps):
+    """Every label sequence without repetition up to max_steps, model called on one image."""
+    context, state = model.start(x)
+    paths = []
+
+    def visit(state, labels, lp, scores, attention):
+        if len(labels) == max_steps:
+            return
+        logits, alpha, h, c, step_lp, probs = _step_one(model, context, state)
+        for label in range(C):
+            if not np.isfinite(step_lp[label]):
+                continue
+            path = (labels + [label], lp + float(step_lp[label]), np.maximum(scores, probs),
+                    attention + [alpha])
+            paths.append(path)
+            visit(model.advance(state, h, c, logits, tf.constant([label])), *path)
+
+    visit(state, [], 0.0, np.zeros(C), [])
+    return paths, state.p.numpy()[0]
+
+
+def exhaustive_reference(paths, v_prob, tau, min_labels):
+    """The rule of DESIGN §2: the longest admissible length, then the best path of it."""
+    log_tau = -math.inf if tau == 0 else math.log(tau)
+    admissible = [p for p in paths if len(p[0]) <= min_labels or p[1] >= log_tau]
+    if not admissible:
+        return [], 0.0, v_prob, []
+    longest = max(len(p[0]) for p in admissible)
+    return max((p for p in admissible if len(p[0]) == longest), key=lambda p: p[1])
+
+
+def assert_matches(out, i, reference, max_steps):
+    labels, lp, scores, attention = reference
+    n = len(labels)
+    assert out["num_labels"][i] == n
+    np.testing.assert_array_equal(out["labels"][i], labels + [-1] * (max_steps - n))
+    np.testing.assert_allclose(out["log_prob"][i], lp, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["scores"][i], scores, rtol=1e-4, atol=1e-5)
+    if n:
+        np.testing.assert_allclose(out["attention"][i, :n], np.stack(attention), atol=1e-5)
+    np.testing.assert_array_equal(out["attention"][i, n:], 0.0)
+
+
+def taus_between(log_probs, count=5):
+    """Thresholds in the middle of gaps between path probabilities (no borderline case)."""
+    values = np.unique(np.round(np.asarray(log_probs), 4))
+    picks = np.linspace(0, len(values) - 2, count).astype(int)
+    return [0.0] + [float(np.exp(0.5 * (values[j] + values[j + 1]))) for j in picks] + [1.0]
+
+
+@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first"])
+def test_k1_equals_python_greedy(mode):
+    model = model_for(mode)
+    x = make_features()
+    for tau, min_labels in ((0.0, 1), (0.6, 1), (0.3, 2), (0.9, 0)):
+        out = to_numpy(greedy_decode(model, x, max_steps=3, threshold=tau, min_labels=min_labels))
+        for i in range(x.shape[0]):
+            assert_matches(out, i, greedy_reference(model, x[i:i + 1], 3, tau, min_labels), 3)
+
+
+@pytest.mark.parametrize("mode", ["order_free", "frequency_first"])
+def test_large_beam_equals_exhaustive_search(mode):
+    model = model_for(mode)
+    x = make_features(4)
+    max_steps = 3
+    enumerated = [enumerate_paths(model, x[i:i + 1], max_steps) for i in range(4)]
+    taus = taus_between([p[1] for paths, _ in enumerated for p in paths])
+    lengths = set()
+    for tau in taus:
+        for min_labels in (0, 1):
+            out = to_numpy(beam_search(model, x, beam_size=5 * 4 * 3, max_steps=max_steps,
+                                       threshold=tau, min_labels=min_labels))
+            for i, (paths, v_prob) in enumerate(enumerated):
+                assert_matches(out, i, exhaustive_reference(paths, v_prob, tau, min_labels),
+                               max_steps)
+            lengths.update(out["num_labels"].tolist())
+    assert len(lengths) >= 3, f"the τ values did not change the path lengths: {lengths}"
+
+
+def test_threshold_selection_equals_decoding_at_that_threshold():
+    model = model_for("order_free")
+    x = make_features(8, seed=3)
+    for beam_size in (1, 3):
+        recorded = to_numpy(beam_search(model, x, beam_size=beam_size, max_steps=4,
+                                        threshold=0.0, all_steps=True))
+        for tau in taus_between(recorded["step_log_prob"][np.isfinite(recorded["step_log_prob"])]):
+            for min_labels in (0, 1, 2):
+                direct = to_numpy(beam_search(model, x, beam_size=beam_size, max_steps=4,
+                                              threshold=tau, min_labels=min_labels))
+                selected = select_for_threshold(recorded, tau, min_labels)
+                for key in ("labels", "num_labels"):
+                    np.testing.assert_array_equal(selected[key], direct[key], err_msg=f"{key} τ={tau}")
+                for key in ("log_prob", "scores"):
+                    np.testing.assert_allclose(selected[key], direct[key], rtol=1e-5, atol=1e-6)
+
+
+def test_result_does_not_depend_on_batch_composition():
+    model = model_for("order_free")
+    x = make_features(6, seed=5)
+    decode = make_decoder(model, beam_size=3, max_steps=3, threshold=0.5, feature_shape=(M, K_FEAT))
+    together = to_numpy(decode(x))
+    shuffled = to_numpy(decode(tf.gather(x, [4, 1, 5, 0, 3, 2])))
+    for pos, i in enumerate([4, 1, 5, 0, 3, 2]):
+        alone = to_numpy(decode(x[i:i + 1]))
+        for other, row in ((together, i), (shuffled, pos)):
+            np.testing.assert_array_equal(alone["labels"][0], other["labels"][row])
+            assert alone["num_labels"][0] == other["num_labels"][row]
+            for key in FLOAT_KEYS:
+                np.testing.assert_allclose(alone[key][0], other[key][row], rtol=1e-5, atol=1e-6)
+    assert decode.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first"])
+def test_padding_min_labels_and_no_nan(mode):
+    model = model_for(mode)
+    x = make_features(4, seed=7)
+    # max_steps > C: the pool empties (a softmax over nothing must not leak NaN).
+    for tau, min_labels, max_steps in ((1.0, 1, 3), (1.0, 2, 3), (0.0, 1, C + 2), (0.5, 0, 4)):
+        out = to_numpy(beam_search(model, x, beam_size=3, max_steps=max_steps, threshold=tau,
+                                   min_labels=min_labels))
+        assert out["labels"].shape == (4, max_steps) and out["labels"].dtype == np.int32
+        assert out["attention"].shape == (4, max_steps, M)
+        for key in FLOAT_KEYS:
+            assert np.isfinite(out[key]).all(), key
+        for i, n in enumerate(out["num_labels"]):
+            assert min_labels <= n <= min(max_steps, C)
+            row = out["labels"][i]
+            assert (row[n:] == -1).all() and (row[:n] >= 0).all()
+            assert len(set(row[:n].tolist())) == n
+            np.testing.assert_allclose(out["attention"][i, :n].sum(-1), 1.0, rtol=1e-5)
+            assert (out["attention"][i, n:] == 0).all()
+            assert out["log_prob"][i] <= 0
+            if n == 0:
+                np.testing.assert_array_equal(out["scores"][i], out["v_prob"][i])
+        if tau == 0.0 and max_steps > C:
+            assert (out["num_labels"] == C).all()
+
+
+def test_baseline_thresholds_v_prob():
+    model = model_for("baseline")
+    x = make_features(6, seed=9)
+    v_prob = tf.sigmoid(model(x)).numpy()
+    for tau, min_labels in ((None, 1), (0.5, 0), (0.45, 2), (1.0, 1)):
+        decode = make_decoder(model, max_steps=3, threshold=tau, min_labels=min_labels)
+        out = to_numpy(decode(x))
+        expected = select_baseline(v_prob, 0.5 if tau is None else tau, min_labels)
+        np.testing.assert_array_equal(labels_to_multi_hot(out["labels"], C), expected)
+        np.testing.assert_allclose(out["scores"], v_prob, rtol=1e-6)
+        for i, n in enumerate(out["num_labels"]):
+            chosen = out["labels"][i, :n]
+            assert (out["labels"][i, n:] == -1).all() and n >= min_labels
+            assert (np.diff(v_prob[i, chosen]) <= 0).all()  # most probable first
+        assert out["attention"].shape == (6, 3, M)
+
+
+def test_xla_matches_graph():
+    model = model_for("order_free")
+    x = make_features(4, seed=11)
+    kwargs = dict(beam_size=3, max_steps=3, threshold=0.4, all_steps=True)
+    plain = to_numpy(make_decoder(model, **kwargs)(x))
+    xla = to_numpy(make_decoder(model, jit_compile=True, **kwargs)(x))
+    assert plain.keys() == xla.keys()
+    for key in plain:
+        if plain[key].dtype.kind == "f":
+            np.testing.assert_allclose(xla[key], plain[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        else:
+            np.testing.assert_array_equal(xla[key], plain[key], err_msg=key)
+
+
+def test_decode_dataset_concatenates_batches():
+    model = model_for("order_free")
+    x = make_features(7, seed=13).numpy()
+    y = (np.random.default_rng(0).random((7, C)) < 0.4).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices({
+        "features": x.astype(np.float16), "labels": y, "label_areas": y * 0.1,
+        "image_id": np.arange(7, dtype=np.int64) + 100}).batch(3)
+    decode = make_decoder(model, beam_size=2, max_steps=3, threshold=0.3)
+    out = decode_dataset(decode, data, progress=False)
+    direct = to_numpy(decode(tf.cast(tf.cast(x, tf.float16), tf.float32)))
+    np.testing.assert_array_equal(out["labels"], direct["labels"])
+    np.testing.assert_array_equal(out["y_true"], y)
+    np.testing.assert_array_equal(out["image_ids"], np.arange(7) + 100)
+    assert out["label_areas"].shape == (7, C)
+
+
+def test_bad_arguments_are_named():
+    model = model_for("order_free")
+    x = make_features(2)
+    with pytest.raises(ValueError, match="threshold"):
+        beam_search(model, x, max_steps=3, threshold=1.5)
+    with pytest.raises(ValueError, match="min_labels"):
+        beam_search(model, x, max_steps=2, min_labels=3)
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(model, x, max_steps=2, beam_size=0)
+    with pytest.raises(ValueError, match="features"):
+        beam_search(model, tf.zeros([2, M]), max_steps=2)
+    with pytest.raises(ValueError, match=r"labels\[0, 1\]"):
+        labels_to_multi_hot(np.array([[0, 7]]), C)
+    with pytest.raises(ValueError, match="all_steps"):
+        select_for_threshold({"labels": np.zeros((1, 2))}, 0.5)
+    unbuilt = OrderFreeRNN(num_classes=C, lstm_units=8, attention_units=8, fc_units=8)
+    with pytest.raises(ValueError, match="not built"):
+        make_decoder(unbuilt, max_steps=2)
+
+
+def test_exhaustive_reference_rule_sanity():
+    """The reference itself: longest admissible length wins over a better shorter path."""
+    paths = [([0], math.log(0.9), None, []), ([1], math.log(0.8), None, []),
+             ([1, 0], math.log(0.5), None, []), ([0, 1], math.log(0.4), None, [])]
+    assert exhaustive_reference(paths, None, 0.45, 1)[0] == [1, 0]
+    assert exhaustive_reference(paths, None, 0.6, 1)[0] == [0]
+    assert exhaustive_reference(paths, None, 0.95, 0)[0] == []
+    assert exhaustive_reference(paths, None, 0.95, 2)[0] == [1, 0]
+    assert len(list(itertools.permutations(range(C), 3))) == 60  # K used above holds them all

@@ -1,0 +1,103 @@
+"""τ calibration: grid search over one τ = 0 decoding pass of the validation set."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.decoding.beam_search import labels_to_multi_hot, make_decoder, select_baseline
+from ofrnn_tf.decoding.calibration import (
+    calibrate_from_outputs, calibrate_threshold, default_grid, objective_value)
+from ofrnn_tf.evaluation.metrics import label_set_metrics
+from ofrnn_tf.modeling.model import OrderFreeRNN
+
+C, M, K_FEAT = 4, 3, 5
+
+
+def recorded_outputs():
+    """Two images whose best path per step is known; τ in (0.3, 0.6) gets both exactly right."""
+    lp = np.log
+    return {
+        "step_labels": np.array([[[0, -1, -1], [0, 1, -1], [0, 1, 2]],
+                                 [[2, -1, -1], [2, 0, -1], [2, 0, 3]]], np.int32),
+        "step_log_prob": np.array([[lp(0.9), lp(0.6), lp(0.2)],
+                                   [lp(0.8), lp(0.3), lp(0.1)]], np.float32),
+        "step_scores": np.full((2, 3, C), 0.5, np.float32),
+        "v_prob": np.full((2, C), 0.5, np.float32),
+        "y_true": np.array([[1, 1, 0, 0], [0, 0, 1, 0]], np.float32),
+    }
+
+
+def test_grid_search_finds_the_known_best_threshold():
+    outputs = recorded_outputs()
+    grid = [0.0, 0.1, 0.25, 0.35, 0.5, 0.55, 0.7, 0.95]
+    best, table = calibrate_from_outputs(outputs, grid=grid)
+    assert best == 0.35  # the smallest τ of the perfect plateau (0.3, 0.6)
+    values = dict(table)
+    perfect = objective_value(label_set_metrics(outputs["y_true"], outputs["y_true"]), "mean_f1")
+    assert values[0.35] == values[0.5] == values[0.55] == perfect
+    assert max(values[0.0], values[0.25], values[0.7]) < perfect
+    # τ = 0.95: min_labels keeps one label per image.
+    assert values[0.95] == objective_value(
+        label_set_metrics(outputs["y_true"], [[1, 0, 0, 0], [0, 0, 1, 0]]), "mean_f1")
+    best0, table0 = calibrate_from_outputs(outputs, grid=[0.95], min_labels=0)
+    assert table0[0][1] == 0.0  # no label predicted at all
+
+
+def test_objectives_differ_and_are_validated():
+    outputs = recorded_outputs()
+    outputs["y_true"] = np.array([[1, 1, 1, 0], [0, 0, 1, 1]], np.float32)
+    grid = [0.0, 0.15, 0.5, 0.95]
+    for objective in ("mean_f1", "c_f1", "o_f1"):
+        best, table = calibrate_from_outputs(outputs, grid=grid, objective=objective)
+        assert dict(table)[best] == max(v for _, v in table)
+    assert calibrate_from_outputs(outputs, grid=grid, objective="o_f1")[0] == 0.0
+    with pytest.raises(ValueError, match="objective"):
+        calibrate_from_outputs(outputs, objective="f1")
+    with pytest.raises(ValueError, match=r"grid\[1\]"):
+        calibrate_from_outputs(outputs, grid=[0.1, 1.5])
+    del outputs["y_true"]
+    with pytest.raises(ValueError, match="y_true"):
+        calibrate_from_outputs(outputs)
+
+
+def test_default_grid():
+    grid = default_grid()
+    assert grid[0] == 0.0 and grid.max() <= 0.95 and np.isclose(grid[1], 1e-4)
+    assert (np.diff(grid) > 0).all() and 0.5 in np.round(grid, 6)
+
+
+def _model_and_data(mode: str):
+    keras.utils.set_random_seed(0)
+    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=8, attention_units=8, fc_units=8)
+    model.build((None, M, K_FEAT))
+    if model.uses_decoder:
+        model.cell.fc2.kernel.assign(model.cell.fc2.kernel * 10.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, M, K_FEAT)).astype(np.float32)
+    y = (rng.random((20, C)) < 0.5).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices({"features": x, "labels": y}).batch(8)
+    return model, x, y, data
+
+
+@pytest.mark.parametrize("mode", ["order_free", "baseline"])
+def test_calibrated_threshold_reproduces_its_score_when_decoding(mode):
+    model, x, y, data = _model_and_data(mode)
+    grid = [0.0, 0.01, 0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 0.95]
+    best, table = calibrate_threshold(model, data, beam_size=2, max_steps=3, grid=grid,
+                                      progress=False)
+    assert [t for t, _ in table] == grid
+    assert dict(table)[best] == max(v for _, v in table)
+    assert len({round(v, 6) for _, v in table}) > 1, "τ made no difference on this data"
+    # Decoding afresh at each τ scores exactly what the grid search reported.
+    for tau, value in table:
+        out = make_decoder(model, beam_size=2, max_steps=3, threshold=tau)(tf.constant(x))
+        if model.uses_decoder:
+            y_pred = labels_to_multi_hot(out["labels"].numpy(), C)
+        else:
+            y_pred = select_baseline(out["v_prob"].numpy(), tau)
+            np.testing.assert_array_equal(labels_to_multi_hot(out["labels"].numpy(), C), y_pred)
+        assert math.isclose(objective_value(label_set_metrics(y, y_pred), "mean_f1"), value,
+                            rel_tol=1e-9), f"τ={tau}"
