@@ -134,6 +134,10 @@ def main(argv):
         metrics = pipeline.calibrate_and_evaluate(model, config, FLAGS.workdir, "test",
                                                   recalibrate=FLAGS.mode == "train",
                                                   calibrate_baseline=FLAGS.calibrate_baseline)
+    if FLAGS.mode == "train":
+        from ofrnn_tf.evaluation.attention_maps import render_test_examples
+        with timer("attention pictures"):
+            render_test_examples(FLAGS.workdir, FLAGS.dataset, paths, num=6)
     columns = ["C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "AP-large", "tau"]
     print(format_table({config.variant: metrics}, columns=[c for c in columns if c in metrics]))
     timer.save(os.path.join(FLAGS.workdir, f"timing_{FLAGS.mode}.json"))

@@ -1,0 +1,221 @@
+"""Attention pictures in the style of the paper's Fig. 3.
+
+One PNG per image: the image on the left, then one panel per decoding step with
+that step's attention map α_t (Eq. 5) upsampled bilinearly onto the image and
+overlaid with a colour map, titled with the label chosen at the step and its
+probability at that step (`sigmoid(p_t[l_t])`, one factor of Eq. 11). The figure
+title names the image, the path probability and, when known, the true labels.
+
+Drawing uses matplotlib's Agg canvas directly (no pyplot), so it needs no display
+and leaves the global matplotlib state alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Mapping, Optional, Sequence, Union
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from ofrnn_tf.labels import LabelMap
+
+ATTENTION_DIRNAME = "attention"
+DPI = 100
+PANEL_PIXELS = 256  # width of one panel (the image and each step)
+_MARGIN = 6  # pixels inside each panel cell, around the picture
+_STEP_TITLE_PIXELS = 26
+_TITLE_LINE_PIXELS = 20
+
+
+def _as_rgb(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"image must be [H, W, 3] (or a PIL image); got shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB; got dtype {array.dtype}")
+    return array[..., :3]
+
+
+def upsample(attention_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One `[h, w]` attention map → `[height, width]` by bilinear interpolation."""
+    source = Image.fromarray(np.asarray(attention_map, np.float32), mode="F")
+    return np.asarray(source.resize((width, height), Image.Resampling.BILINEAR), np.float32)
+
+
+def figure_pixels(num_steps: int, image_height: int, image_width: int,
+                  title_lines: int = 0, panel_pixels: int = PANEL_PIXELS) -> tuple[int, int]:
+    """`(width, height)` in pixels of the PNG `draw_attention` writes."""
+    picture_height = round((panel_pixels - 2 * _MARGIN) * image_height / image_width)
+    height = (title_lines * _TITLE_LINE_PIXELS + (_MARGIN if title_lines else 0)
+              + _STEP_TITLE_PIXELS + picture_height + 2 * _MARGIN)
+    return (num_steps + 1) * panel_pixels, height
+
+
+def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
+                   label_names: Sequence[str], probabilities: Sequence[float], path: str,
+                   title: Optional[str] = None, *, ground_truth: Optional[Sequence[str]] = None,
+                   panel_pixels: int = PANEL_PIXELS, cmap: str = "jet", alpha: float = 0.7) -> str:
+    """Writes one PNG: the image, then α_t over the image for each decoding step t.
+
+    Args:
+        image: uint8 RGB `[H, W, 3]` or a PIL image (any size; the attention grid is
+            stretched over the whole image, as the image was stretched to the
+            backbone's input).
+        attention: `[T, h, w]` attention of each step (rows sum to 1 over h·w).
+        label_names: the label chosen at each of the T steps.
+        probabilities: each label's probability at its step.
+        path: the PNG to write (folders are created).
+        title: first line of the figure title.
+        ground_truth: true label names, shown as a second title line.
+        panel_pixels: width of each of the T + 1 panels.
+        cmap, alpha: colour map and largest opacity of the overlay. Each map is
+            scaled to its own maximum, so the colours show where a step looks, not
+            how sharply.
+
+    Returns:
+        `path`.
+    """
+    rgb = _as_rgb(image)
+    attention = np.asarray(attention, np.float32)
+    if attention.ndim != 3:
+        raise ValueError(f"attention must be [T, h, w]; got shape {attention.shape}")
+    steps = attention.shape[0]
+    if len(label_names) != steps or len(probabilities) != steps:
+        raise ValueError(f"attention has {steps} steps but {len(label_names)} label names and "
+                         f"{len(probabilities)} probabilities were given")
+    if not np.all(np.isfinite(attention)):
+        raise ValueError("attention holds NaN or infinite values")
+
+    lines = [line for line in (title, None if ground_truth is None else
+                               "ground truth: " + (", ".join(ground_truth) or "(none)"))
+             if line]
+    height_px, width_px = rgb.shape[:2]
+    fig_w, fig_h = figure_pixels(steps, height_px, width_px, len(lines), panel_pixels)
+    picture_w = panel_pixels - 2 * _MARGIN
+    picture_h = round(picture_w * height_px / width_px)
+
+    figure = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(figure)
+    for i, line in enumerate(lines):
+        y = fig_h - _MARGIN - (i + 0.5) * _TITLE_LINE_PIXELS
+        figure.text(0.5, y / fig_h, line, ha="center", va="center",
+                    fontsize=11 if i == 0 else 10, weight="bold" if i == 0 else "normal")
+
+    def panel(index: int, heading: str):
+        axes = figure.add_axes([(index * panel_pixels + _MARGIN) / fig_w, _MARGIN / fig_h,
+                                picture_w / fig_w, picture_h / fig_h])
+        axes.set_axis_off()
+        axes.imshow(rgb, extent=(0, width_px, height_px, 0), interpolation="bilinear")
+        axes.set_title(heading, fontsize=10, pad=4)
+        return axes
+
+    colormap = matplotlib.colormaps[cmap]
+    panel(0, "image")
+    for t in range(steps):
+        axes = panel(t + 1, f"{t + 1}. {label_names[t]}  {float(probabilities[t]):.2f}")
+        heat = upsample(attention[t], height_px, width_px)
+        peak = float(heat.max())
+        heat = heat / peak if peak > 0 else heat
+        overlay = colormap(heat)
+        # Opacity grows with attention: weakly attended regions keep the image visible.
+        overlay[..., 3] = alpha * (0.25 + 0.75 * heat)
+        axes.imshow(overlay, extent=(0, width_px, height_px, 0), interpolation="bilinear")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=DPI, format="png", facecolor="white")
+    return path
+
+
+def _display_size(image: Image.Image, longest: int = 448) -> Image.Image:
+    scale = longest / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.LANCZOS)
+
+
+def render_examples(workdir: str, image_paths: Sequence[str], out_dir: str,
+                    ground_truth: Optional[Mapping[str, Sequence[str]]] = None,
+                    max_images: int = 8, *, predictor=None) -> list[str]:
+    """Predicts images with the run in `workdir` and draws one attention PNG each.
+
+    Args:
+        workdir: a finished run (see `Predictor.from_workdir`).
+        image_paths: image files; the first `max_images` are drawn.
+        out_dir: where `<index>_<file stem>.png` go.
+        ground_truth: true label names per image, keyed by the path as given (or its
+            file name).
+        max_images: at most this many pictures.
+        predictor: an existing `Predictor` to use instead of loading the run again.
+
+    Returns:
+        the PNG paths written. Images that cannot be read are reported on stderr and
+        skipped.
+    """
+    from ofrnn_tf.evaluation.predictor import Predictor
+
+    predictor = predictor or Predictor.from_workdir(workdir)
+    if not predictor.has_attention:
+        raise ValueError(f"the run in {workdir} ({predictor.model.mode}) has no attention to draw")
+    paths = list(image_paths)[:max_images]
+    written = []
+    for index, result in enumerate(predictor.predict_files(paths, all_scores=False)):
+        if "error" in result:
+            print(f"[attention] skipped {result['error']}", file=sys.stderr)
+            continue
+        image_path = paths[index]
+        truth = None
+        if ground_truth is not None:
+            truth = ground_truth.get(image_path, ground_truth.get(os.path.basename(image_path)))
+        log_prob = result["log_prob"]
+        probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
+        with Image.open(image_path) as opened:
+            picture = _display_size(opened.convert("RGB"))
+        stem = os.path.splitext(os.path.basename(image_path))[0]
+        written.append(draw_attention(
+            picture, result["attention"], result["labels"], result["step_probabilities"],
+            os.path.join(out_dir, f"{index:03d}_{stem}.png"),
+            title=os.path.basename(image_path) + probability, ground_truth=truth))
+    return written
+
+
+def render_test_examples(workdir: str, dataset: str, paths: Mapping[str, str], num: int = 6,
+                         split: str = "test", predictor=None) -> list[str]:
+    """Attention PNGs of the first `num` images of a data set's split in `workdir/attention`.
+
+    Args:
+        workdir: the finished run.
+        dataset, paths: as `ofrnn_tf.data.registry.load_split` takes them (for the
+            benchmark: `"fashion_canvases"`, `{"data_dir": <cache_dir>/fashion_canvases}`).
+        num: how many images.
+        split: which split.
+        predictor: an existing `Predictor` of the run.
+
+    Returns:
+        the PNG paths; empty for the variants without attention (`baseline`,
+        `no_attention`).
+    """
+    from ofrnn_tf.data.registry import load_split
+    from ofrnn_tf.training.run_config import RunConfig
+
+    config = RunConfig.load(workdir)
+    if config.variant in ("baseline", "no_attention"):
+        print(f"[attention] the {config.variant} variant has no attention; no pictures drawn",
+              file=sys.stderr)
+        return []
+    examples, label_map, _ = load_split(dataset, split, label_map=LabelMap(config.label_names),
+                                        **dict(paths))
+    chosen = [e for e in examples if isinstance(e.image, str)][:num]
+    truth = {e.image: label_map.names_of(e.label_ids) for e in chosen}
+    return render_examples(workdir, [e.image for e in chosen],
+                           os.path.join(workdir, ATTENTION_DIRNAME), ground_truth=truth,
+                           max_images=num, predictor=predictor)

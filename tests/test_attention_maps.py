@@ -1,0 +1,118 @@
+"""Tests for ofrnn_tf/evaluation/attention_maps.py (Fig. 3 pictures)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ofrnn_tf.evaluation import attention_maps
+from ofrnn_tf.evaluation.attention_maps import (
+    PANEL_PIXELS, draw_attention, figure_pixels, render_examples, render_test_examples, upsample)
+from ofrnn_tf.evaluation.predictor import Predictor
+from test_predictor import NAMES, TINY_BACKBONE, make_run, tiny_backbone, write_images
+
+
+def gray_image(height=120, width=160) -> np.ndarray:
+    return np.full((height, width, 3), 128, np.uint8)
+
+
+def panel_columns(png: np.ndarray, row: int) -> int:
+    """Runs of non-white columns along one pixel row (the panels it crosses)."""
+    inked = (png[row, :, :3].astype(int).sum(-1) < 3 * 250)
+    return int(np.sum(inked[1:] & ~inked[:-1]) + inked[0])
+
+
+def test_draw_attention_writes_one_panel_per_step_plus_the_image(tmp_path):
+    steps = 3
+    attention = np.random.default_rng(0).random((steps, 7, 7)).astype(np.float32)
+    attention /= attention.sum(axis=(1, 2), keepdims=True)
+    path = draw_attention(gray_image(), attention, ["a", "b", "c"], [0.9, 0.5, 0.3],
+                          str(tmp_path / "sub" / "fig.png"), title="img.jpg",
+                          ground_truth=["a", "c"])
+    with Image.open(path) as opened:
+        assert opened.format == "PNG"
+        png = np.asarray(opened.convert("RGB"))
+    width, height = figure_pixels(steps, 120, 160, title_lines=2)
+    assert png.shape[:2] == (height, width) and width == (steps + 1) * PANEL_PIXELS
+    assert png.std() > 20  # not blank
+    middle = height - 6 - (PANEL_PIXELS - 12) * 120 // 160 // 2
+    assert panel_columns(png, middle) == steps + 1
+    # The image panel is the plain gray picture; the step panels are coloured by the map.
+    left = png[middle, 6 + 10]
+    assert np.all(np.abs(left.astype(int) - 128) <= 2)
+    assert all(np.ptp(png[middle, (t + 1) * PANEL_PIXELS + 16].astype(int)) > 20
+               for t in range(steps))
+
+
+def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
+    attention = np.zeros((1, 7, 7), np.float32)
+    attention[0, 1, 5] = 1.0  # top right
+    path = draw_attention(gray_image(140, 140), attention, ["x"], [0.7], str(tmp_path / "p.png"))
+    png = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    width, height = figure_pixels(1, 140, 140)
+    side = PANEL_PIXELS - 12
+    top = height - 6 - side
+    panel = png[top:top + side, PANEL_PIXELS + 6:PANEL_PIXELS + 6 + side]
+    y, x = int(side * 1.5 / 7), int(side * 5.5 / 7)
+    peak, far = panel[y, x], panel[side - y, side - x]
+    # jet: the peak is red; zero attention is dark blue at low opacity over the gray.
+    assert peak[0] - peak[2] > 60 and peak[0] - peak[1] > 60
+    assert far[2] - far[0] > 10
+
+
+def test_draw_attention_checks_its_inputs(tmp_path):
+    with pytest.raises(ValueError, match="2 steps but 1 label names and 2 probabilities"):
+        draw_attention(gray_image(), np.ones((2, 7, 7)), ["a"], [0.1, 0.2], str(tmp_path / "x.png"))
+    with pytest.raises(ValueError, match=r"attention must be \[T, h, w\]"):
+        draw_attention(gray_image(), np.ones((7, 7)), [], [], str(tmp_path / "x.png"))
+    with pytest.raises(ValueError, match="must be uint8"):
+        draw_attention(gray_image().astype(float), np.ones((0, 7, 7)), [], [],
+                       str(tmp_path / "x.png"))
+
+
+def test_upsample_is_smooth_and_keeps_orientation():
+    grid = np.zeros((2, 2), np.float32)
+    grid[0, 1] = 1.0
+    big = upsample(grid, 40, 40)
+    assert big.shape == (40, 40)
+    assert big[0, -1] == pytest.approx(1.0) and big[-1, 0] == pytest.approx(0.0)
+    assert 0.0 < big[20, 20] < 1.0  # interpolated, not blocky
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    backbone = tiny_backbone()
+    workdir = make_run(tmp_path_factory.mktemp("run"), TINY_BACKBONE, backbone.feature_shape)
+    return workdir, Predictor.from_workdir(str(workdir), backbone=backbone)
+
+
+def test_render_examples_one_png_per_readable_image(tiny_run, tmp_path):
+    workdir, predictor = tiny_run
+    images = write_images(tmp_path / "images")  # 3 JPEGs + a corrupt one at index 1
+    truth = {images[0].name: ["circle"], str(images[2]): ["dot", "ring"]}
+    written = render_examples(str(workdir), [str(p) for p in images], str(tmp_path / "out"),
+                              ground_truth=truth, max_images=3, predictor=predictor)
+    assert [p.rsplit("/", 1)[1] for p in written] == ["000_img0.png", "002_img1.png"]
+    results = predictor.predict_files(images[:3:2])
+    for path, result in zip(written, results):
+        with Image.open(path) as opened:
+            assert opened.width == (len(result["labels"]) + 1) * PANEL_PIXELS
+
+
+def test_render_test_examples_reads_the_split(tiny_run, tmp_path):
+    workdir, predictor = tiny_run
+    images = write_images(tmp_path / "data")
+    manifest = tmp_path / "data" / "test.csv"
+    manifest.write_text("path,labels\n" + "".join(
+        f"{p.name},{NAMES[i]};{NAMES[-1]}\n" for i, p in enumerate(images) if p.name != "broken.jpg"))
+    written = render_test_examples(str(workdir), "manifest", {"data_dir": str(tmp_path / "data")},
+                                   num=2, predictor=predictor)
+    assert [p.rsplit("/", 1)[1] for p in written] == ["000_img0.png", "001_img1.png"]
+    assert all(p.startswith(str(workdir / attention_maps.ATTENTION_DIRNAME)) for p in written)
+
+
+def test_render_test_examples_skips_variants_without_attention(tmp_path):
+    backbone = tiny_backbone()
+    workdir = make_run(tmp_path / "run", TINY_BACKBONE, backbone.feature_shape, variant="baseline")
+    assert render_test_examples(str(workdir), "manifest", {"data_dir": str(tmp_path)}) == []
