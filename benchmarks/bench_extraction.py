@@ -1,0 +1,183 @@
+"""Feature extraction throughput: the full pipeline vs. the bare backbone, and the reader.
+
+On N benchmark canvases (JPEG files built by ``ofrnn_tf.data.fashion_canvases``;
+random-texture JPEGs of the same size if that builder is unavailable) it measures,
+in one run:
+
+- ``predict``: ``backbone.feature_model.predict`` on the already decoded and
+  preprocessed images (the bare backbone, nothing else);
+- ``extract``: `extract_split` end to end (read, decode, resize, backbone,
+  float16, serialise, write shards);
+- their ratio (goal: ≥ 0.9, i.e. decoding and writing hide behind the backbone);
+- ``reader``: examples/s of `make_dataset` over the written shards.
+
+Each timed phase runs after an untimed warm-up (tracing). Predict and extraction
+alternate for ``--repeats`` pairs; the ratio is the median over pairs (each pair
+sees about the same load when the CPU is shared), and is also given in process CPU
+time per image, which other work on the machine disturbs less. Prints the numbers
+and appends them to benchmarks/RESULTS.md.
+
+    python benchmarks/bench_extraction.py                      # 256 images, lite0, batch 32
+    python benchmarks/bench_extraction.py --num_images=1024 --batch_size=64
+
+About a minute on two CPU cores with the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from ofrnn_tf.data.example import Example  # noqa: E402
+from ofrnn_tf.features import tfrecords  # noqa: E402
+from ofrnn_tf.features.backbones import get_backbone  # noqa: E402
+from ofrnn_tf.features.extract import extract_split  # noqa: E402
+from ofrnn_tf.features.images import decode_and_resize  # noqa: E402
+from ofrnn_tf.labels import LabelMap  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("num_images", 256, "Images to extract.")
+flags.DEFINE_integer("batch_size", 32, "Batch size of both the pipeline and predict.")
+flags.DEFINE_string("backbone", "efficientnet_lite0", "Backbone name.")
+flags.DEFINE_string("feature_layer", None, "Feature layer (default: the backbone's).")
+flags.DEFINE_integer("num_shards", 4, "Shards written by the extraction.")
+flags.DEFINE_integer("repeats", 2, "Timed repeats of each phase (best counts).")
+flags.DEFINE_string("work_dir", None, "Scratch directory (default: a temporary one).")
+flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
+
+
+def _canvases(work_dir: str, n: int) -> tuple[list[Example], LabelMap, str]:
+    try:
+        from ofrnn_tf.data.fashion_canvases import build_fashion_canvases, load_benchmark_split
+    except ImportError:
+        return _random_jpegs(work_dir, n) + ("random-texture JPEGs 224x224",)
+    out = os.path.join(work_dir, "canvases")
+    build_fashion_canvases(out, num_train=n, num_val=0, num_test=0, progress=False)
+    examples, label_map, _ = load_benchmark_split(out, "train")
+    return examples, label_map, "fashion-canvas JPEGs 224x224"
+
+
+def _random_jpegs(work_dir: str, n: int) -> tuple[list[Example], LabelMap]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = os.path.join(work_dir, "images")
+    os.makedirs(folder, exist_ok=True)
+    examples = []
+    for i in range(n):
+        small = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+        path = os.path.join(folder, f"{i:06d}.jpg")
+        Image.fromarray(small).resize((224, 224), Image.BILINEAR).save(path, quality=90)
+        examples.append(Example(str(i), path, (int(rng.integers(10)),)))
+    return examples, LabelMap([f"class{c}" for c in range(10)])
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="bench_extraction_")
+    os.makedirs(work_dir, exist_ok=True)
+    n, bs = FLAGS.num_images, FLAGS.batch_size
+
+    examples, label_map, source = _canvases(work_dir, n)
+    examples = examples[:n]
+    backbone = get_backbone(FLAGS.backbone, FLAGS.feature_layer)
+    print(f"{len(examples)} {source}; {backbone}", file=sys.stderr)
+
+    # The same images, decoded and preprocessed up front for the bare backbone.
+    decoded = np.stack([decode_and_resize(tf.io.read_file(e.image), backbone.image_size).numpy()
+                        for e in examples])
+    inputs = backbone.preprocess(tf.constant(decoded)).numpy()
+
+    def run_predict() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        backbone.feature_model.predict(inputs, batch_size=bs, verbose=0)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def run_extract(tag: str) -> tuple[float, float, str]:
+        out = os.path.join(work_dir, f"features_{tag}")
+        shutil.rmtree(out, ignore_errors=True)
+        wall, cpu = time.perf_counter(), time.process_time()
+        summary = extract_split(examples, label_map, backbone, out, "train", batch_size=bs,
+                                num_shards=FLAGS.num_shards, progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if summary.examples_written != len(examples):
+            raise RuntimeError(f"extraction wrote {summary.examples_written} of "
+                               f"{len(examples)} examples: {summary.skipped[:3]}")
+        return wall, cpu, out
+
+    # Warm-up: trace predict and the extraction function, start tf.data machinery.
+    backbone.feature_model.predict(inputs[:bs], batch_size=bs, verbose=0)
+    warm = examples[: min(len(examples), 2 * bs)]
+    extract_split(warm, label_map, backbone, os.path.join(work_dir, "features_warmup"),
+                  "train", batch_size=bs, num_shards=1, progress=False)
+
+    # Interleaved pairs: each pair's ratio sees about the same load from other work.
+    pred, extr, out = [], [], None
+    for r in range(FLAGS.repeats):
+        pred.append(run_predict())
+        wall, cpu, out = run_extract(str(r))
+        extr.append((wall, cpu))
+    n_img = len(examples)
+    predict_ips = [n_img / w for w, _ in pred]
+    extract_ips = [n_img / w for w, _ in extr]
+    wall_ratio = float(np.median([e / p for e, p in zip(extract_ips, predict_ips)]))
+    cpu_ratio = float(np.median([pc / ec for (_, pc), (_, ec) in zip(pred, extr)]))
+
+    # Reader: whole epochs over the written shards; the first one is warm-up.
+    reader_times = []
+    for _ in range(FLAGS.repeats + 1):
+        ds = tfrecords.make_dataset(out, "train", bs, label_map=label_map)
+        start = time.perf_counter()
+        count = sum(int(b["labels"].shape[0]) for b in ds)
+        reader_times.append(time.perf_counter() - start)
+        assert count == n_img, count
+    reader_eps = n_img / min(reader_times[1:])
+    shard_mb = sum(os.path.getsize(p) for p in tfrecords.shard_files(out, "train")) / 2 ** 20
+
+    h, w, k = backbone.feature_shape
+    lines = [
+        f"{n_img} {source}, backbone {backbone.name} ({backbone.feature_layer}, "
+        f"{h}x{w}x{k} float16), batch {bs}, {FLAGS.num_shards} shards, {FLAGS.repeats} "
+        f"interleaved repeats. The CPU was shared with other work (load average "
+        f"{os.getloadavg()[0]:.1f} at the end): throughput varies between repeats; the "
+        f"per-pair ratio and the CPU-time ratio are the steadier figures.",
+        "",
+        "| measure | best | median |",
+        "|---|---|---|",
+        f"| bare backbone `feature_model.predict`, images/s | {max(predict_ips):.1f} | "
+        f"{np.median(predict_ips):.1f} |",
+        f"| full extraction pipeline `extract_split`, images/s | {max(extract_ips):.1f} | "
+        f"{np.median(extract_ips):.1f} |",
+        f"| ratio extraction / predict, wall time per interleaved pair (goal ≥ 0.9) | "
+        f"{max(e / p for e, p in zip(extract_ips, predict_ips)):.2f} | {wall_ratio:.2f} |",
+        f"| ratio extraction / predict, process CPU time per image | "
+        f"{max(pc / ec for (_, pc), (_, ec) in zip(pred, extr)):.2f} | {cpu_ratio:.2f} |",
+        f"| reader `make_dataset`, examples/s | {reader_eps:.0f} | "
+        f"{n_img / np.median(reader_times[1:]):.0f} |",
+        f"| shards on disk | {shard_mb:.1f} MiB | "
+        f"{shard_mb * 2 ** 20 / n_img / 1024:.0f} KiB/example |",
+    ]
+    print("\n".join(lines))
+    if FLAGS.append:
+        from benchmarks._results import append_result
+
+        command = "python benchmarks/bench_extraction.py " + " ".join(sys.argv[1:])
+        path = append_result("Feature extraction throughput", command.strip(), lines)
+        print(f"appended to {path}", file=sys.stderr)
+    if not FLAGS.work_dir:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

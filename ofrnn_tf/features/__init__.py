@@ -1,0 +1,1 @@
+"""Frozen CNN feature maps: image decoding, backbones, extraction into a TFRecord cache."""

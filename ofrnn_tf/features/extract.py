@@ -1,0 +1,450 @@
+"""Images → sharded TFRecords of frozen feature maps (the feature cache).
+
+Pipeline: a ``tf.data`` generator of (position, path, bytes) → parallel
+read + `decode_and_resize` → ``ignore_errors`` → batch → prefetch; the backbone
+runs on each batch in a ``tf.function`` on the main thread while a writer thread
+serialises the previous batch. An image that cannot be read or decoded is dropped
+by ``ignore_errors`` alone (the rest of its batch goes on); the writer sees the gap
+in positions, finds the reason, prints it with the path and records it in the
+summary and ``meta.json``.
+
+Examples are split into ``num_shards`` contiguous shards. Each shard is written
+under a temporary name and renamed when complete, after its ``.json`` record, so a
+rerun skips finished shards and an interrupted extraction resumes. With
+``--shard_index`` several machines extract disjoint shards into one directory.
+
+Extract the embedded benchmark (built by ``ofrnn_tf.data.fashion_canvases``)::
+
+    python -m ofrnn_tf.features.extract --dataset=fashion_canvases \\
+        --data_dir=/tmp/fashion_canvases --out_dir=/tmp/features_lite0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import weakref
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from ofrnn_tf.data.example import Example
+from ofrnn_tf.features import tfrecords
+from ofrnn_tf.features.backbones import Backbone
+from ofrnn_tf.features.images import clean_tf_error, decode_and_resize
+from ofrnn_tf.labels import LabelMap
+
+_INCOMPLETE_SUFFIX = ".incomplete"
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    """What one `extract_split` call did.
+
+    Attributes:
+        split, out_dir, num_shards: as requested.
+        shards_written: shard indices written by this call.
+        shards_already_done: requested shards that were finished before and skipped.
+        examples_written: records written by this call.
+        skipped: images skipped by this call, ``{"path", "image_id", "reason"}``.
+        seconds: wall time of the extraction loop.
+    """
+
+    split: str
+    out_dir: str
+    num_shards: int
+    shards_written: list[int] = dataclasses.field(default_factory=list)
+    shards_already_done: list[int] = dataclasses.field(default_factory=list)
+    examples_written: int = 0
+    skipped: list[dict] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.examples_written + len(self.skipped)
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.split}: {self.examples_written} examples written in "
+                f"{len(self.shards_written)} shard(s) ({self.images_per_second:.1f} img/s), "
+                f"{len(self.skipped)} image(s) skipped, {len(self.shards_already_done)} "
+                f"shard(s) already done, of {self.num_shards} → {self.out_dir}")
+
+
+def _backbone_info(backbone: Backbone) -> dict:
+    return {"backbone": backbone.name, "feature_layer": backbone.feature_layer,
+            "image_size": backbone.image_size, "feature_shape": list(backbone.feature_shape)}
+
+
+def _check_compatible(out_dir: str, info: dict) -> None:
+    path = os.path.join(out_dir, tfrecords.META_FILENAME)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        existing = json.load(f)
+    diffs = [f"{k}: {existing.get(k)!r} there vs {v!r} now" for k, v in info.items()
+             if k in existing and existing[k] != v]
+    if diffs:
+        raise ValueError(f"{out_dir} already holds features of another backbone "
+                         f"({'; '.join(diffs)}); use a new output directory")
+
+
+def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size: int) -> None:
+    """Refuses to resume a split sharded differently or from another image list."""
+    pattern = os.path.join(glob.escape(out_dir), f"{glob.escape(split)}-?????-of-?????.*")
+    for path in sorted(glob.glob(pattern)):
+        name = os.path.basename(path)
+        if not (name.endswith(".tfrecord") or name.endswith(".json")):
+            continue
+        count = int(name.split("-of-")[1][:5])
+        if count != num_shards:
+            raise ValueError(
+                f"{out_dir} already holds split {split!r} in {count} shards ({name}); "
+                f"pass num_shards={count} to resume it, or use a new directory")
+        if name.endswith(".json"):
+            with open(path) as f:
+                before = json.load(f).get("split_size")
+            if before is not None and before != split_size:
+                raise ValueError(
+                    f"{path}: split {split!r} had {before} images when this shard was "
+                    f"written, now {split_size}; the shards would not line up. Extract the "
+                    f"changed split into a new directory")
+
+
+def _describe(example: Example) -> str:
+    if isinstance(example.image, (bytes, bytearray)):
+        return f"<{len(example.image)} encoded bytes of image {example.image_id}>"
+    return str(example.image)
+
+
+def _diagnose(example: Example, image_size: int) -> str:
+    """Why an image was dropped by the pipeline (rerun eagerly, rare)."""
+    try:
+        if isinstance(example.image, (bytes, bytearray)):
+            data = tf.constant(bytes(example.image))
+        else:
+            if not os.path.exists(example.image):
+                return "file not found"
+            data = tf.io.read_file(example.image)
+        decode_and_resize(data, image_size)
+    except (tf.errors.OpError, OSError, ValueError) as e:
+        return clean_tf_error(e)
+    return "could not be read or decoded"
+
+
+@dataclasses.dataclass
+class _PendingShard:
+    index: int
+    start: int  # position in the extraction order
+    end: int
+    example_ids: Sequence[int]  # indices into the example list
+    written: int = 0
+    skipped: list = dataclasses.field(default_factory=list)
+    writer: tf.io.TFRecordWriter | None = None
+
+
+class _ShardWriter(threading.Thread):
+    """Serialises feature batches into the pending shards and finalises them."""
+
+    def __init__(self, out_dir: str, split: str, num_shards: int,
+                 shards: list[_PendingShard], examples: Sequence[Example], image_size: int,
+                 summary: ExtractSummary, bar: tqdm):
+        super().__init__(daemon=True, name="shard-writer")
+        self.out_dir, self.split, self.num_shards = out_dir, split, num_shards
+        self.shards, self.examples, self.image_size = shards, examples, image_size
+        self.summary, self.bar = summary, bar
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self._shard_pos = 0
+        self._next = 0  # next extraction position not yet written or skipped
+        self._total = shards[-1].end if shards else 0
+        self._aborted = False
+
+    # -- called from the main thread --
+    def put(self, positions: np.ndarray, features: np.ndarray) -> None:
+        self._send((positions, features))
+
+    def finish(self) -> None:
+        self._send(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """Stops without finalising the open shard (it stays a temporary file)."""
+        self._aborted = True
+        while self.is_alive():
+            try:
+                self.queue.put(None, timeout=0.5)
+            except queue.Full:
+                continue
+            self.join()
+
+    def _send(self, item) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if not self.is_alive():
+                raise RuntimeError("the shard writer thread stopped unexpectedly")
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # -- writer thread --
+    def run(self) -> None:
+        try:
+            while True:
+                item = self.queue.get()
+                if self._aborted:
+                    return
+                if item is None:
+                    self._advance_to(self._total)
+                    self.bar.update(self._total - self.bar.n)
+                    return
+                positions, features = item
+                for row, pos in enumerate(positions):
+                    self._advance_to(int(pos))
+                    self._write(int(pos), features[row])
+                self.bar.update(int(positions[-1]) + 1 - self.bar.n if len(positions) else 0)
+        except BaseException as e:  # surfaced in the main thread by put/finish
+            self.error = e
+        finally:
+            for shard in self.shards:  # an unfinished shard stays a temporary file
+                if shard.writer is not None:
+                    shard.writer.close()
+
+    def _current(self) -> _PendingShard:
+        return self.shards[self._shard_pos]
+
+    def _advance_to(self, pos: int) -> None:
+        """Marks positions before `pos` as skipped and closes the shards they end."""
+        while self._shard_pos < len(self.shards):
+            shard = self._current()
+            while self._next < min(pos, shard.end):
+                self._skip(shard, self._next)
+                self._next += 1
+            if self._next >= shard.end:
+                self._finalize(shard)
+                self._shard_pos += 1
+                continue
+            return
+
+    def _skip(self, shard: _PendingShard, pos: int) -> None:
+        example = self.examples[shard.example_ids[pos - shard.start]]
+        record = {"path": _describe(example), "image_id": example.image_id,
+                  "reason": _diagnose(example, self.image_size)}
+        shard.skipped.append(record)
+        self.summary.skipped.append(record)
+        tqdm.write(f"skipped image {record['path']}: {record['reason']}", file=sys.stderr)
+
+    def _write(self, pos: int, features: np.ndarray) -> None:
+        shard = self._current()
+        if not shard.start <= pos < shard.end or pos != self._next:
+            raise RuntimeError(f"extraction out of order: position {pos}, expected "
+                               f"{self._next} in shard {shard.index}")
+        example = self.examples[shard.example_ids[pos - shard.start]]
+        if shard.writer is None:
+            shard.writer = tf.io.TFRecordWriter(self._path(shard) + _INCOMPLETE_SUFFIX)
+        shard.writer.write(tfrecords.serialize_example(
+            example.image_id, features, example.label_ids, example.label_areas))
+        shard.written += 1
+        self.summary.examples_written += 1
+        self._next += 1
+
+    def _path(self, shard: _PendingShard) -> str:
+        return os.path.join(self.out_dir,
+                            tfrecords.shard_filename(self.split, shard.index, self.num_shards))
+
+    def _finalize(self, shard: _PendingShard) -> None:
+        final = self._path(shard)
+        if shard.writer is None:  # every image skipped, or an empty shard
+            shard.writer = tf.io.TFRecordWriter(final + _INCOMPLETE_SUFFIX)
+        shard.writer.close()
+        shard.writer = None
+        tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
+                                    shard.written, shard.skipped, len(self.examples))
+        os.replace(final + _INCOMPLETE_SUFFIX, final)
+        self.summary.shards_written.append(shard.index)
+
+
+_COMPUTE_FNS: "weakref.WeakKeyDictionary[Backbone, tf.types.experimental.GenericFunction]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _compute_fn(backbone: Backbone):
+    """The traced float16 feature function of a backbone, reused across splits."""
+    if backbone not in _COMPUTE_FNS:
+        size = backbone.image_size
+        ref = weakref.ref(backbone)  # the cached function must not keep its key alive
+        _COMPUTE_FNS[backbone] = tf.function(
+            lambda images: tf.cast(ref()(images), tf.float16),
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+    return _COMPUTE_FNS[backbone]
+
+
+def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size: int,
+                   batch_size: int) -> tf.data.Dataset:
+    def generate():
+        for pos, i in enumerate(order):
+            image = examples[i].image
+            if isinstance(image, (bytes, bytearray)):
+                yield pos, "", bytes(image)
+            else:
+                yield pos, os.fspath(image), b""
+
+    def load(pos, path, data):
+        image_bytes = tf.cond(tf.strings.length(path) > 0,
+                              lambda: tf.io.read_file(path), lambda: data)
+        return pos, decode_and_resize(image_bytes, image_size)
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
+        tf.TensorSpec([], tf.string)))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbone,
+                  out_dir: str, split: str, *, batch_size: int = 32, num_shards: int = 4,
+                  shard_index: int | None = None, progress: bool = True) -> ExtractSummary:
+    """Writes the feature shards of one split (see the module docstring).
+
+    Args:
+        examples: the split's records (paths or encoded bytes, label ids, areas).
+        label_map: written to ``out_dir/label_map.json``; an existing different one
+            is refused (`LabelMapMismatchError`).
+        backbone: the frozen feature extractor.
+        out_dir: features directory (created).
+        split: split name used in the shard file names.
+        batch_size: images per backbone call.
+        num_shards: shards of this split (must match an earlier partial run).
+        shard_index: None = every shard; else only that one.
+        progress: show a tqdm bar (images/s) on stderr.
+    """
+    if not split or "/" in split or os.sep in split:
+        raise ValueError(f"bad split name {split!r}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if shard_index is not None and not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for i, ex in enumerate(examples):
+        bad = [c for c in ex.label_ids if not 0 <= c < label_map.num_classes]
+        if bad:
+            raise ValueError(f"example {i} (image {ex.image_id}): label ids {bad} outside "
+                             f"the label map's {label_map.num_classes} classes")
+
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(os.path.join(out_dir, "label_map.json")):
+        label_map.check_same(LabelMap.load(out_dir))
+    else:
+        label_map.save(out_dir)
+    info = _backbone_info(backbone)
+    _check_compatible(out_dir, info)
+    _check_existing_shards(out_dir, split, num_shards, len(examples))
+    tfrecords.write_meta(out_dir, info)
+
+    summary = ExtractSummary(split=split, out_dir=out_dir, num_shards=num_shards)
+    n = len(examples)
+    wanted = range(num_shards) if shard_index is None else [shard_index]
+    pending: list[_PendingShard] = []
+    order: list[int] = []
+    for i in wanted:
+        final = os.path.join(out_dir, tfrecords.shard_filename(split, i, num_shards))
+        if os.path.exists(final):
+            summary.shards_already_done.append(i)
+            continue
+        ids = range(i * n // num_shards, (i + 1) * n // num_shards)
+        pending.append(_PendingShard(i, len(order), len(order) + len(ids), ids))
+        order.extend(ids)
+    if not pending:
+        tfrecords.write_meta(out_dir)
+        return summary
+
+    compute = _compute_fn(backbone)
+    bar = tqdm(total=len(order), unit="img", desc=f"features {split}", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    writer = _ShardWriter(out_dir, split, num_shards, pending, examples, backbone.image_size,
+                          summary, bar)
+    writer.start()
+    start = time.perf_counter()
+    try:
+        for positions, images in _image_dataset(examples, order, backbone.image_size,
+                                                batch_size):
+            writer.put(positions.numpy(), compute(images).numpy())
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - start
+        bar.close()
+        tfrecords.write_meta(out_dir)
+    return summary
+
+
+# -- command line ------------------------------------------------------------------
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("dataset", "fashion_canvases",
+                        "fashion_canvases (alias: benchmark), coco, nuswide or manifest.")
+    flags.DEFINE_string("data_dir", None, "Data set directory (see ofrnn_tf.data.registry).")
+    flags.DEFINE_string("annotation_file", None, "COCO instances JSON (instead of data_dir).")
+    flags.DEFINE_string("image_dir", None, "Image directory for annotation_file.")
+    flags.DEFINE_string("manifest", None, "CSV/JSONL manifest (dataset=manifest).")
+    flags.DEFINE_list("splits", ["train", "val", "test"], "Splits to extract.")
+    flags.DEFINE_string("out_dir", None, "Features directory.")
+    flags.DEFINE_string("backbone", "efficientnet_lite0", "Backbone name.")
+    flags.DEFINE_string("feature_layer", None, "Feature layer (default: the backbone's).")
+    flags.DEFINE_integer("batch_size", 32, "Images per backbone call.")
+    flags.DEFINE_integer("num_shards", 4, "Shards per split.")
+    flags.DEFINE_integer("shard_index", None, "Only this shard (several machines); "
+                         "default all.")
+    flags.mark_flag_as_required("out_dir")
+
+
+def _main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    from ofrnn_tf.data import registry
+    from ofrnn_tf.features.backbones import get_backbone
+
+    del argv
+    FLAGS = flags.FLAGS
+    dataset = FLAGS.dataset
+    if dataset == "benchmark" and "benchmark" not in registry.DATASETS:
+        dataset = "fashion_canvases"
+    paths = {k: getattr(FLAGS, k) for k in ("data_dir", "annotation_file", "image_dir",
+                                            "manifest") if getattr(FLAGS, k)}
+    backbone = get_backbone(FLAGS.backbone, FLAGS.feature_layer)
+    print(f"backbone: {backbone}", file=sys.stderr)
+    label_map = None
+    for split in FLAGS.splits:
+        examples, label_map, stats = registry.load_split(dataset, split, label_map=label_map,
+                                                         **paths)
+        print(f"{dataset} {split}: {stats}", file=sys.stderr)
+        summary = extract_split(examples, label_map, backbone, FLAGS.out_dir, split,
+                                batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,
+                                shard_index=FLAGS.shard_index)
+        print(summary, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(_main)

@@ -1,0 +1,343 @@
+"""The TFRecord feature cache: record schema, shard bookkeeping and the reader.
+
+A features directory holds, per split, ``{split}-{i:05d}-of-{n:05d}.tfrecord``
+shards of ``tf.train.Example`` records
+
+=============  ==========================================================
+image_id       bytes
+features       bytes: float16, row-major ``[H*W, k]`` (the m region vectors)
+labels         int64 list: label ids
+label_areas    float list aligned with ``labels``: area fraction of the
+               class's largest object, -1 when unknown
+=============  ==========================================================
+
+beside each finished shard a ``.json`` with its counts and skipped images, and
+``label_map.json`` and ``meta.json`` (backbone, feature layer, image size,
+feature shape, dtype, per-split shard counts and skipped images) for the directory.
+
+`make_dataset` is the ``tf.data`` reader: deterministic file listing, per-worker
+file sharding, ``interleave`` over files, batched ``parse_example``, prefetch.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import struct
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ofrnn_tf.labels import LabelMap
+
+META_FILENAME = "meta.json"
+FEATURE_DTYPE = "float16"
+_SHARD_RE = re.compile(
+    r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.(?P<ext>tfrecord|json)$")
+
+
+class CorruptShardError(IOError):
+    """A shard file is truncated or garbled."""
+
+
+def shard_filename(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def shard_stats_filename(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}.json"
+
+
+# -- writing -----------------------------------------------------------------
+
+def serialize_example(image_id: str, features: np.ndarray, label_ids: Sequence[int],
+                      label_areas: Sequence[float] | None = None) -> bytes:
+    """One record. ``features`` is ``[H, W, k]`` or ``[m, k]``; stored as float16."""
+    if label_areas is None:
+        label_areas = [-1.0] * len(label_ids)
+    if len(label_areas) != len(label_ids):
+        raise ValueError(f"image {image_id}: {len(label_areas)} label areas for "
+                         f"{len(label_ids)} labels")
+    raw = np.ascontiguousarray(features, dtype="<f2").tobytes()
+    feature = {
+        "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+        "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw])),
+        "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=list(label_ids))),
+        "label_areas": tf.train.Feature(float_list=tf.train.FloatList(value=list(label_areas))),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int,
+                      examples: int, skipped: Sequence[dict],
+                      split_size: int | None = None) -> None:
+    """The per-shard record that `read_meta` merges (written before the shard is final).
+
+    ``split_size`` is the number of input images of the whole split, so that a later
+    run on a changed image list does not mix two shardings.
+    """
+    _write_json(os.path.join(features_dir, shard_stats_filename(split, index, num_shards)), {
+        "split": split, "shard": index, "num_shards": num_shards,
+        "file": shard_filename(split, index, num_shards), "split_size": split_size,
+        "examples": int(examples), "skipped": list(skipped)})
+
+
+def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
+    """Rewrites ``meta.json`` from the backbone info and the per-shard records on disk."""
+    path = os.path.join(features_dir, META_FILENAME)
+    meta = _load_meta_file(path) if os.path.exists(path) else {}
+    if backbone_info is not None:
+        meta.update(backbone_info)
+    meta["dtype"] = FEATURE_DTYPE
+    meta = _merge_shard_stats(features_dir, meta)
+    _write_json(path, meta)
+    return meta
+
+
+# -- metadata ----------------------------------------------------------------
+
+def _load_meta_file(path: str) -> dict:
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return meta
+
+
+def _merge_shard_stats(features_dir: str, meta: dict) -> dict:
+    splits: dict[str, dict] = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(features_dir), "*.json"))):
+        m = _SHARD_RE.match(os.path.basename(path))
+        if not m:
+            continue
+        stats = _load_meta_file(path)
+        split, count = m["split"], int(m["count"])
+        entry = splits.setdefault(split, {"num_shards": count, "shards": {}})
+        if entry["num_shards"] != count:
+            raise ValueError(f"{features_dir}: split {split!r} has shards of both "
+                             f"{entry['num_shards']} and {count} shard runs; remove one set")
+        if os.path.exists(os.path.join(features_dir, stats["file"])):
+            entry["shards"][str(int(m["index"]))] = {
+                "file": stats["file"], "examples": stats["examples"], "skipped": stats["skipped"]}
+    for split, entry in splits.items():
+        shards = entry["shards"]
+        entry["shards"] = {k: shards[k] for k in sorted(shards, key=int)}
+        entry["finished_shards"] = len(shards)
+        entry["complete"] = len(shards) == entry["num_shards"]
+        entry["num_examples"] = sum(s["examples"] for s in shards.values())
+        entry["skipped"] = [s for k in entry["shards"] for s in shards[k]["skipped"]]
+    meta["splits"] = splits
+    return meta
+
+
+def read_meta(features_dir: str) -> dict:
+    """``meta.json`` of a features directory, with per-split shard counts up to date.
+
+    Keys: ``backbone``, ``feature_layer``, ``image_size``, ``feature_shape``
+    ``[H, W, k]``, ``dtype``, and ``splits[split]`` with ``num_shards``,
+    ``finished_shards``, ``complete``, ``num_examples``, ``shards`` and
+    ``skipped`` (``{"path", "image_id", "reason"}`` per image).
+    """
+    path = os.path.join(features_dir, META_FILENAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no {META_FILENAME} in {features_dir}: not a features directory (create one "
+            f"with `python -m ofrnn_tf.features.extract`)")
+    return _merge_shard_stats(features_dir, _load_meta_file(path))
+
+
+def _split_meta(meta: dict, features_dir: str, split: str) -> dict:
+    splits = meta.get("splits", {})
+    if split not in splits:
+        raise ValueError(f"{features_dir} has no finished shard of split {split!r} "
+                         f"(splits there: {sorted(splits)})")
+    return splits[split]
+
+
+def num_examples(features_dir: str, split: str) -> int:
+    """Examples written for ``split`` (over the finished shards)."""
+    return int(_split_meta(read_meta(features_dir), features_dir, split)["num_examples"])
+
+
+def shard_files(features_dir: str, split: str) -> list[str]:
+    """The shard paths of a complete split, in shard order."""
+    meta = read_meta(features_dir)
+    entry = _split_meta(meta, features_dir, split)
+    n = entry["num_shards"]
+    if not entry["complete"]:
+        missing = [shard_filename(split, i, n) for i in range(n) if str(i) not in entry["shards"]]
+        raise ValueError(f"{features_dir}: split {split!r} is incomplete, missing shards "
+                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; rerun the "
+                         f"extraction to finish them")
+    return [os.path.join(features_dir, shard_filename(split, i, n)) for i in range(n)]
+
+
+# -- shard integrity -----------------------------------------------------------
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def check_shard(path: str, full: bool = False) -> int:
+    """Checks a TFRecord file and returns its record count.
+
+    By default walks only the 12-byte record headers (length and its CRC): cheap,
+    and it finds truncated files and garbled headers. ``full=True`` also reads every
+    record with its data CRC (the whole file), which finds garbled payloads too.
+    Raises `CorruptShardError` naming the file.
+    """
+    if full:
+        try:
+            return int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
+        except tf.errors.DataLossError as e:
+            raise CorruptShardError(f"corrupt feature shard {path}: {e.message}") from None
+    size = os.path.getsize(path)
+    count, offset = 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise CorruptShardError(f"corrupt feature shard {path}: truncated record "
+                                        f"header at byte {offset}")
+            length, crc = struct.unpack("<QI", header)
+            if _masked_crc32c(header[:8]) != crc:
+                raise CorruptShardError(f"corrupt feature shard {path}: bad record header "
+                                        f"at byte {offset} (garbled or not a TFRecord file)")
+            offset += 12 + length + 4
+            if offset > size:
+                raise CorruptShardError(f"corrupt feature shard {path}: record at byte "
+                                        f"{offset - length - 16} runs past the end of the "
+                                        f"file (truncated)")
+            f.seek(offset)
+            count += 1
+    return count
+
+
+# -- reading -----------------------------------------------------------------
+
+def _parse_fn(num_positions: int, depth: int, num_classes: int):
+    spec = {
+        "image_id": tf.io.FixedLenFeature([], tf.string),
+        "features": tf.io.FixedLenFeature([], tf.string),
+        "labels": tf.io.VarLenFeature(tf.int64),
+        "label_areas": tf.io.VarLenFeature(tf.float32),
+    }
+
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(serialized, spec)
+        batch = tf.shape(serialized, out_type=tf.int64)[0]
+        features = tf.io.decode_raw(parsed["features"], tf.float16)
+        features = tf.cast(tf.reshape(features, [batch, num_positions, depth]), tf.float32)
+        labels, areas = parsed["labels"], parsed["label_areas"]
+        index = tf.stack([labels.indices[:, 0], labels.values], axis=1)
+        shape = tf.stack([batch, tf.constant(num_classes, tf.int64)])
+        multi_hot = tf.scatter_nd(index, tf.ones_like(labels.values, tf.float32), shape)
+        area_map = tf.scatter_nd(index, areas.values, shape)
+        return {"features": features, "labels": tf.minimum(multi_hot, 1.0),
+                "label_areas": area_map, "image_id": parsed["image_id"]}
+
+    return parse
+
+
+def make_dataset(features_dir: str, split: str, batch_size: int, *,
+                 label_map: LabelMap | None = None, shuffle: bool = False,
+                 repeat: bool = False, seed: int | None = None,
+                 input_context: tf.distribute.InputContext | None = None,
+                 drop_remainder: bool = False, cache: bool = False,
+                 shuffle_buffer: int = 1024,
+                 verify_shards: bool | str = True) -> tf.data.Dataset:
+    """Batches of cached features as a ``tf.data.Dataset``.
+
+    Elements: ``{"features": float32 [B, m, k], "labels": float32 [B, C] multi-hot,
+    "label_areas": float32 [B, C] (largest-object area fraction; 0 absent, -1
+    unknown), "image_id": string [B]}``.
+
+    Args:
+        features_dir: a directory written by `ofrnn_tf.features.extract`.
+        split: split name (``train``, ``val``, ``test`` ...).
+        batch_size: global batch size; with ``input_context`` each worker's dataset
+            batches ``input_context.get_per_replica_batch_size(batch_size)``.
+        label_map: the map the caller expects; a features directory built with
+            another one is refused (`LabelMapMismatchError`).
+        shuffle: shuffle file order and records (``shuffle_buffer`` records, each
+            m·k·2 bytes, so keep it moderate); otherwise the order is deterministic.
+        repeat: repeat forever.
+        seed: shuffle seed.
+        input_context: from ``distribute_datasets_from_function``; files (or, with
+            fewer files than workers, records) are split between input pipelines.
+        drop_remainder: drop the last partial batch.
+        cache: keep the serialized records in memory after the first pass.
+        verify_shards: True: walk the record headers of each local shard first, so
+            a truncated file or garbled header fails here with the file's name;
+            ``"full"``: read every record and its checksum once (garbled payloads
+            too; costs a pass over the data); False: no check.
+    """
+    dir_map = LabelMap.load(features_dir)
+    if label_map is not None:
+        label_map.check_same(dir_map)
+    meta = read_meta(features_dir)
+    height, width, depth = (int(d) for d in meta["feature_shape"])
+    files = shard_files(features_dir, split)
+    if verify_shards:
+        for path in files:
+            if verify_shards == "full" or "://" not in path:
+                check_shard(path, full=verify_shards == "full")
+
+    per_worker_batch = batch_size
+    shard_records = None
+    if input_context is not None:
+        per_worker_batch = input_context.get_per_replica_batch_size(batch_size)
+        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if n > 1:
+            if len(files) >= n:
+                files = files[i::n]
+            else:
+                shard_records = (n, i)
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    if shard_records is not None:
+        ds = ds.shard(*shard_records)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(per_worker_batch, drop_remainder=drop_remainder)
+    ds = ds.map(_parse_fn(height * width, depth, dir_map.num_classes),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,133 @@
+"""Frozen backbones: EfficientNet-Lite0 weights, feature layers, saving, offline errors."""
+
+import os
+import socket
+import time
+
+import keras
+import matplotlib
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.features.backbones import (Backbone, BackboneWeightsUnavailableError,
+                                         efficientnet_lite, get_backbone,
+                                         keras_applications)
+from ofrnn_tf.features.images import decode_and_resize
+
+MILITARY_UNIFORM = 652  # ImageNet class of matplotlib's photo of Grace Hopper
+
+
+def _grace_hopper() -> tf.Tensor:
+    path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+    return decode_and_resize(tf.io.read_file(path), efficientnet_lite.IMAGE_SIZE)
+
+
+def test_efficientnet_lite0_classifies_a_real_photo():
+    model = efficientnet_lite.build_efficientnet_lite0_classifier()
+    logits = model(efficientnet_lite.preprocess(_grace_hopper()[None]), training=False)
+    probs = tf.nn.softmax(logits).numpy()[0]
+    assert int(np.argmax(probs)) == MILITARY_UNIFORM
+    assert probs[MILITARY_UNIFORM] > 0.2  # confident, not a lucky argmax over noise
+
+
+def test_efficientnet_lite0_default_features_match_the_classifier_trunk():
+    backbone = get_backbone("efficientnet_lite0")
+    assert backbone.feature_shape == (7, 7, 1280)
+    assert backbone.feature_layer == "top_activation"
+    assert backbone.image_size == 224
+    image = _grace_hopper()[None]
+    features = backbone(image)
+    assert features.dtype == tf.float32 and features.shape == (1, 7, 7, 1280)
+    # ReLU6 head: features in [0, 6]; the pooled features through the head give 652.
+    assert float(tf.reduce_min(features)) >= 0.0 and float(tf.reduce_max(features)) <= 6.0
+    classifier = efficientnet_lite.build_efficientnet_lite0_classifier()
+    head = classifier.get_layer("predictions")
+    logits = head(tf.reduce_mean(features, axis=[1, 2]))
+    assert int(tf.argmax(logits[0])) == MILITARY_UNIFORM
+
+
+@pytest.mark.parametrize("layer,shape", [("stage6", (7, 7, 192)), ("stage5", (14, 14, 112)),
+                                         ("block3b_out", (28, 28, 40))])
+def test_efficientnet_lite0_feature_layers(layer, shape):
+    backbone = get_backbone("efficientnet_lite0", layer, weights=None)
+    assert backbone.feature_shape == shape
+    out = backbone(tf.zeros([2, 224, 224, 3], tf.uint8))
+    assert out.shape == (2, *shape)
+
+
+def test_unknown_layer_and_backbone_are_named():
+    with pytest.raises(ValueError, match="no layer 'conv9'.*stage6"):
+        get_backbone("efficientnet_lite0", "conv9", weights=None)
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9'.*resnet152"):
+        get_backbone("resnet9")
+
+
+def test_efficientnet_lite0_preprocessing():
+    x = tf.constant([[[[0, 127, 255]]]], tf.uint8)
+    np.testing.assert_allclose(efficientnet_lite.preprocess(x).numpy().ravel(),
+                               [-127 / 128, 0.0, 1.0])
+
+
+def test_caffe_preprocessing_matches_keras():
+    images = np.random.RandomState(0).randint(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    expected = keras.applications.resnet.preprocess_input(images.copy())
+    got = keras_applications.SPECS["resnet152"].preprocess(tf.constant(images.astype(np.uint8)))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_backbone_inside_a_saved_module_reloads_with_the_same_features(tmp_path):
+    backbone = get_backbone("efficientnet_lite0", "stage5", image_size=96)
+
+    class Holder(tf.Module):
+        def __init__(self, backbone: Backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 96, 96, 3], tf.uint8)])
+        def features(self, images):
+            return self.backbone(images)
+
+    images = tf.constant(np.random.RandomState(1).randint(0, 256, (2, 96, 96, 3)), tf.uint8)
+    holder = Holder(backbone)
+    before = holder.features(images).numpy()
+    tf.saved_model.save(holder, str(tmp_path / "saved"))
+    reloaded = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(reloaded.features(images).numpy(), before, rtol=1e-5, atol=1e-5)
+
+
+def test_mobilenet_v2_feature_layers_without_weights():
+    backbone = get_backbone("mobilenet_v2", weights=None)
+    assert backbone.feature_shape == (7, 7, 1280)
+    assert get_backbone("mobilenet_v2", "stage14", weights=None).feature_shape == (14, 14, 576)
+
+
+def test_resnet152_feature_layers_without_weights():
+    backbone = get_backbone("resnet152", weights=None)
+    assert backbone.feature_layer == "conv5_block3_out"
+    assert backbone.feature_shape == (7, 7, 2048)
+    assert get_backbone("resnet152", "conv4", weights=None).feature_shape == (14, 14, 1024)
+
+
+def _online(host: str = "storage.googleapis.com") -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def test_keras_applications_offline_fails_fast_and_clearly():
+    cache = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models")
+    if os.path.isdir(cache) and any(f.startswith("mobilenet_v2") for f in os.listdir(cache)):
+        pytest.skip("mobilenet_v2 ImageNet weights are cached here")
+    if _online():
+        pytest.skip("the weights host resolves: this machine is online")
+    start = time.monotonic()
+    with pytest.raises(BackboneWeightsUnavailableError) as info:
+        get_backbone("mobilenet_v2")
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    assert "mobilenet_v2" in message
+    assert "~/.keras/models" in message
+    assert "efficientnet_lite0" in message

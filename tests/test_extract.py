@@ -1,0 +1,229 @@
+"""Feature extraction into TFRecord shards: bad images, resume, shard selection, CLI."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ofrnn_tf.data.example import Example
+from ofrnn_tf.features import extract, tfrecords
+from ofrnn_tf.features.backbones import get_backbone
+from ofrnn_tf.features.images import decode_and_resize
+from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
+
+LABELS = LabelMap(["red", "green", "blue"])
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return get_backbone("efficientnet_lite0", "stage5", image_size=SIZE)
+
+
+def _image(rng, mode="RGB", size=(40, 56)):
+    array = rng.randint(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(array).convert(mode)
+
+
+def _good_examples(directory, n=8, seed=0):
+    rng = np.random.RandomState(seed)
+    formats = [("jpg", "RGB"), ("png", "RGBA"), ("bmp", "RGB"), ("gif", "P"), ("png", "L")]
+    examples = []
+    for i in range(n):
+        ext, mode = formats[i % len(formats)]
+        path = os.path.join(directory, f"good{i}.{ext}")
+        _image(rng, mode, size=(30 + 7 * i, 50)).save(path)
+        labels = tuple(sorted({i % 3, (i + 1) % 3})) if i % 2 else (i % 3,)
+        areas = None if i % 3 == 0 else tuple(0.1 * (j + 1) for j in range(len(labels)))
+        examples.append(Example(f"g{i}", path, labels, areas))
+    return examples
+
+
+def _bad_examples(directory, rng):
+    garbage = os.path.join(directory, "garbage.jpg")
+    with open(garbage, "wb") as f:
+        f.write(b"this is not an image")
+    buf = io.BytesIO()
+    _image(rng, size=(120, 90)).save(buf, "JPEG")
+    truncated = os.path.join(directory, "truncated.jpg")
+    with open(truncated, "wb") as f:
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 3])
+    return [Example("bad_garbage", garbage, (0,)),
+            Example("bad_truncated", truncated, (1,)),
+            Example("bad_missing", os.path.join(directory, "missing.png"), (2,))]
+
+
+def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, capsys):
+    rng = np.random.RandomState(1)
+    good = _good_examples(str(tmp_path))
+    buf = io.BytesIO()
+    _image(rng, size=(33, 33)).save(buf, "PNG")
+    in_memory = Example("bytes0", buf.getvalue(), (0, 2), (0.25, 0.5))
+    bad = _bad_examples(str(tmp_path), rng)
+    # Bad images in the middle of a batch and at a shard's end.
+    examples = good[:2] + [bad[0]] + good[2:5] + [bad[1], in_memory] + good[5:] + [bad[2]]
+    out = str(tmp_path / "features")
+    summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=4,
+                                    num_shards=3, progress=False)
+
+    assert summary.examples_written == len(good) + 1
+    assert summary.shards_written == [0, 1, 2]
+    reasons = {s["image_id"]: s for s in summary.skipped}
+    assert set(reasons) == {"bad_garbage", "bad_truncated", "bad_missing"}
+    assert reasons["bad_missing"]["reason"] == "file not found"
+    assert "Unknown image file format" in reasons["bad_garbage"]["reason"]
+    assert "JPEG" in reasons["bad_truncated"]["reason"]
+    err = capsys.readouterr().err
+    for b in bad:
+        assert b.image in err
+
+    names = sorted(os.listdir(out))
+    assert [n for n in names if n.endswith(".tfrecord")] == [
+        tfrecords.shard_filename("train", i, 3) for i in range(3)]
+    assert not [n for n in names if "incomplete" in n or ".tmp" in n]
+    meta = tfrecords.read_meta(out)
+    assert meta["backbone"] == "efficientnet_lite0"
+    assert meta["feature_layer"] == "block5c_out"
+    assert meta["image_size"] == SIZE
+    assert meta["feature_shape"] == [4, 4, 112]
+    assert meta["dtype"] == "float16"
+    train = meta["splits"]["train"]
+    assert train["complete"] and train["num_shards"] == 3
+    assert train["num_examples"] == len(good) + 1
+    assert {s["path"] for s in train["skipped"]} == {b.image for b in bad}
+    assert LabelMap.load(out) == LABELS
+
+    # What the reader gives back is what the backbone computes on the decoded image.
+    got = {}
+    for batch in tfrecords.make_dataset(out, "train", 4, label_map=LABELS):
+        for j, image_id in enumerate(batch["image_id"].numpy()):
+            got[image_id.decode()] = {k: v[j].numpy() for k, v in batch.items()}
+    assert set(got) == {e.image_id for e in good} | {"bytes0"}
+    for ex in good + [in_memory]:
+        data = ex.image if isinstance(ex.image, bytes) else open(ex.image, "rb").read()
+        expected = backbone(decode_and_resize(tf.constant(data), SIZE)[None])[0].numpy()
+        np.testing.assert_allclose(got[ex.image_id]["features"], expected.reshape(16, 112),
+                                   rtol=2e-3, atol=2e-3)
+        multi_hot = np.zeros(3, np.float32)
+        multi_hot[list(ex.label_ids)] = 1
+        np.testing.assert_array_equal(got[ex.image_id]["labels"], multi_hot)
+        areas = np.zeros(3, np.float32)
+        areas[list(ex.label_ids)] = ex.label_areas if ex.label_areas else -1
+        np.testing.assert_allclose(got[ex.image_id]["label_areas"], areas, rtol=1e-6)
+
+    # A rerun finds every shard finished and rewrites nothing.
+    mtimes = {n: os.path.getmtime(os.path.join(out, n)) for n in names}
+    again = extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=3,
+                                  progress=False)
+    assert again.shards_already_done == [0, 1, 2] and again.shards_written == []
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in names
+            if n.endswith(".tfrecord")} == {n: t for n, t in mtimes.items()
+                                            if n.endswith(".tfrecord")}
+
+
+def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
+    examples = _good_examples(str(tmp_path), n=8)
+    out = str(tmp_path / "features")
+    real = tfrecords.serialize_example
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tfrecords, "serialize_example", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
+                              num_shards=4, progress=False)
+    monkeypatch.setattr(tfrecords, "serialize_example", real)
+    finished = [n for n in os.listdir(out) if n.endswith(".tfrecord")]
+    assert finished == [tfrecords.shard_filename("train", 0, 4)]
+    assert not tfrecords.read_meta(out)["splits"]["train"]["complete"]
+
+    summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
+                                    num_shards=4, progress=False)
+    assert summary.shards_already_done == [0] and summary.shards_written == [1, 2, 3]
+    ids = [i.decode() for b in tfrecords.make_dataset(out, "train", 8) for i in
+           b["image_id"].numpy()]
+    assert sorted(ids) == sorted(e.image_id for e in examples)
+    assert not [n for n in os.listdir(out) if "incomplete" in n]
+
+
+def test_shard_index_lets_several_machines_share_a_split(tmp_path, backbone):
+    examples = _good_examples(str(tmp_path), n=7)
+    out = str(tmp_path / "features")
+    s1 = extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=3,
+                               shard_index=1, progress=False)
+    assert s1.shards_written == [1] and s1.examples_written == 2  # examples 2..3
+    with pytest.raises(ValueError, match="val-00000-of-00003"):
+        tfrecords.make_dataset(out, "val", 4)
+    for i in (2, 0):
+        extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=3,
+                              shard_index=i, progress=False)
+    assert tfrecords.num_examples(out, "val") == 7
+    assert tfrecords.read_meta(out)["splits"]["val"]["complete"]
+
+
+def test_more_shards_than_images_gives_empty_shards(tmp_path, backbone):
+    examples = _good_examples(str(tmp_path), n=2)
+    out = str(tmp_path / "features")
+    summary = extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=4,
+                                    progress=False)
+    assert summary.shards_written == [0, 1, 2, 3] and summary.examples_written == 2
+    assert "2 examples written in 4 shard(s)" in str(summary)
+    ids = [i for b in tfrecords.make_dataset(out, "train", 4) for i in b["image_id"].numpy()]
+    assert sorted(ids) == [b"g0", b"g1"]
+
+
+def test_mismatches_are_refused(tmp_path, backbone):
+    examples = _good_examples(str(tmp_path), n=3)
+    out = str(tmp_path / "features")
+    extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
+                          progress=False)
+    with pytest.raises(LabelMapMismatchError):
+        extract.extract_split(examples, LabelMap(["red", "green", "cyan"]), backbone, out,
+                              "test", num_shards=1, progress=False)
+    with pytest.raises(ValueError, match="in 1 shards.*num_shards=1"):
+        extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=2,
+                              progress=False)
+    with pytest.raises(ValueError, match="had 3 images.*now 2"):
+        extract.extract_split(examples[:2], LABELS, backbone, out, "train", num_shards=1,
+                              progress=False)
+    other = get_backbone("efficientnet_lite0", "stage6", image_size=SIZE, weights=None)
+    with pytest.raises(ValueError, match="another backbone.*feature_layer"):
+        extract.extract_split(examples, LABELS, other, out, "test", num_shards=1,
+                              progress=False)
+    with pytest.raises(ValueError, match=r"label ids \[5\]"):
+        extract.extract_split([Example("x", examples[0].image, (5,))], LABELS, backbone, out,
+                              "test", num_shards=1, progress=False)
+    with pytest.raises(ValueError, match="shard_index"):
+        extract.extract_split(examples, LABELS, backbone, out, "test", num_shards=2,
+                              shard_index=2, progress=False)
+
+
+@pytest.mark.slow
+def test_command_line_on_a_manifest(tmp_path):
+    examples = _good_examples(str(tmp_path), n=5)
+    with open(tmp_path / "train.csv", "w") as f:
+        f.write("path,labels\n")
+        for e in examples:
+            f.write(f"{os.path.basename(e.image)},{';'.join(LABELS.names_of(e.label_ids))}\n")
+    out = tmp_path / "features"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-m", "ofrnn_tf.features.extract", "--dataset=manifest",
+         f"--data_dir={tmp_path}", "--splits=train", f"--out_dir={out}", "--num_shards=2",
+         "--batch_size=2"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "5 examples written in 2 shard(s)" in result.stderr
+    meta = json.load(open(out / "meta.json"))
+    assert meta["feature_shape"] == [7, 7, 1280]
+    assert tfrecords.num_examples(str(out), "train") == 5

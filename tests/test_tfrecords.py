@@ -1,0 +1,158 @@
+"""The feature-cache reader: schema, batching, label maps, sharding, corrupt files."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.features import tfrecords
+from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
+
+SHAPE = (2, 3, 4)  # H, W, k
+LABELS = LabelMap(["cat", "dog", "bird", "fish"])
+
+
+def _records(n: int):
+    rng = np.random.RandomState(0)
+    out = []
+    for i in range(n):
+        labels = sorted(rng.choice(4, size=1 + i % 3, replace=False).tolist())
+        areas = None if i % 4 == 0 else [round(0.1 * (j + 1), 3) for j in range(len(labels))]
+        out.append((f"img{i}", rng.randn(*SHAPE).astype(np.float32), labels, areas))
+    return out
+
+
+def _write_dir(path, records, num_shards=3, split="train", label_map=LABELS):
+    os.makedirs(path, exist_ok=True)
+    label_map.save(str(path))
+    bounds = [i * len(records) // num_shards for i in range(num_shards + 1)]
+    for s in range(num_shards):
+        name = os.path.join(path, tfrecords.shard_filename(split, s, num_shards))
+        with tf.io.TFRecordWriter(name) as w:
+            for r in records[bounds[s]:bounds[s + 1]]:
+                w.write(tfrecords.serialize_example(*r))
+        tfrecords.write_shard_stats(str(path), split, s, num_shards,
+                                    bounds[s + 1] - bounds[s], [])
+    tfrecords.write_meta(str(path), {"backbone": "test", "feature_layer": "x",
+                                     "image_size": 32, "feature_shape": list(SHAPE)})
+    return str(path)
+
+
+def _collect(ds):
+    out = {}
+    for batch in ds:
+        for j, image_id in enumerate(batch["image_id"].numpy()):
+            out[image_id.decode()] = {k: v[j].numpy() for k, v in batch.items()
+                                      if k != "image_id"}
+    return out
+
+
+def test_round_trip_of_features_labels_and_areas(tmp_path):
+    records = _records(10)
+    d = _write_dir(tmp_path / "f", records)
+    ds = tfrecords.make_dataset(d, "train", batch_size=4, label_map=LABELS)
+    first = next(iter(ds))
+    assert first["features"].shape == (4, 6, 4) and first["features"].dtype == tf.float32
+    assert first["labels"].shape == (4, 4) and first["label_areas"].shape == (4, 4)
+    got = _collect(ds)
+    assert sorted(got) == sorted(r[0] for r in records)
+    for image_id, feats, labels, areas in records:
+        item = got[image_id]
+        np.testing.assert_allclose(item["features"], feats.reshape(6, 4), rtol=1e-3, atol=1e-3)
+        expected = np.zeros(4, np.float32)
+        expected[labels] = 1
+        np.testing.assert_array_equal(item["labels"], expected)
+        expected_areas = np.zeros(4, np.float32)
+        expected_areas[labels] = -1 if areas is None else areas
+        np.testing.assert_allclose(item["label_areas"], expected_areas, rtol=1e-6)
+    assert tfrecords.num_examples(d, "train") == 10
+
+
+def test_order_is_deterministic_without_shuffle(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(11))
+    ids = [list(_collect(tfrecords.make_dataset(d, "train", 3))) for _ in range(2)]
+    assert ids[0] == ids[1] and len(ids[0]) == 11
+
+
+def test_shuffle_repeat_and_drop_remainder(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(10))
+    ds = tfrecords.make_dataset(d, "train", 4, shuffle=True, repeat=True, seed=3,
+                                drop_remainder=True)
+    assert ds.element_spec["features"].shape == (4, 6, 4)
+    ids = [i.decode() for b in ds.take(5) for i in b["image_id"].numpy()]
+    assert len(ids) == 20 and set(ids) == {f"img{i}" for i in range(10)}
+    once = tfrecords.make_dataset(d, "train", 4, shuffle=True, seed=3, cache=True)
+    assert sorted(_collect(once)) == sorted(f"img{i}" for i in range(10))
+
+
+@pytest.mark.parametrize("num_shards", [1, 4])
+def test_input_context_splits_the_data_between_workers(tmp_path, num_shards):
+    d = _write_dir(tmp_path / "f", _records(12), num_shards=num_shards)
+    seen = []
+    for worker in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                         num_replicas_in_sync=2)
+        ds = tfrecords.make_dataset(d, "train", batch_size=4, input_context=ctx)
+        assert ds.element_spec["features"].shape[0] in (None, 2)
+        seen.append(set(_collect(ds)))
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == {f"img{i}" for i in range(12)}
+
+
+def test_a_different_label_map_is_refused_naming_both(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(4))
+    other = LabelMap(["cat", "dog", "bird", "cow"], source="/elsewhere/label_map.json")
+    with pytest.raises(LabelMapMismatchError, match="label_map.json.*elsewhere|elsewhere.*f/"):
+        tfrecords.make_dataset(d, "train", 2, label_map=other)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "garbage_header"])
+def test_a_corrupt_shard_is_named(tmp_path, damage):
+    d = _write_dir(tmp_path / "f", _records(9))
+    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    data = open(shard, "rb").read()
+    if damage == "garbage":
+        data = os.urandom(len(data))
+    elif damage == "truncate":
+        data = data[: len(data) - 7]
+    else:  # overwrite the length field of the second record
+        second = 12 + int.from_bytes(data[:8], "little") + 4
+        data = data[:second] + b"\xff" * 8 + data[second + 8:]
+    with open(shard, "wb") as f:
+        f.write(data)
+    with pytest.raises(tfrecords.CorruptShardError, match=os.path.basename(shard)):
+        tfrecords.make_dataset(d, "train", 2)
+
+
+def test_a_garbled_payload_is_named_by_the_full_check(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(9))
+    shard = os.path.join(d, tfrecords.shard_filename("train", 0, 3))
+    data = bytearray(open(shard, "rb").read())
+    data[30:40] = b"0123456789"  # inside the first record's payload
+    with open(shard, "wb") as f:
+        f.write(bytes(data))
+    tfrecords.make_dataset(d, "train", 2)  # headers are intact
+    with pytest.raises(tfrecords.CorruptShardError, match=os.path.basename(shard)):
+        tfrecords.make_dataset(d, "train", 2, verify_shards="full")
+
+
+def test_an_incomplete_split_is_refused_listing_the_missing_shards(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(6))
+    os.remove(os.path.join(d, tfrecords.shard_filename("train", 2, 3)))
+    assert tfrecords.read_meta(d)["splits"]["train"]["complete"] is False
+    with pytest.raises(ValueError, match="train-00002-of-00003"):
+        tfrecords.make_dataset(d, "train", 2)
+
+
+def test_unknown_split_and_missing_meta(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(3))
+    with pytest.raises(ValueError, match="no finished shard of split 'val'"):
+        tfrecords.make_dataset(d, "val", 2)
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        tfrecords.read_meta(str(tmp_path))
+
+
+def test_check_shard_counts_records(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(7), num_shards=1)
+    assert tfrecords.check_shard(os.path.join(d, tfrecords.shard_filename("train", 0, 1))) == 7

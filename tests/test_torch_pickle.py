@@ -1,0 +1,199 @@
+"""The torch-free, restricted reader of PyTorch state-dict files."""
+
+import collections
+import io
+import os
+import pickle
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+
+from ofrnn_tf.features.backbones import efficientnet_lite
+from ofrnn_tf.features.backbones.torch_pickle import UnsafePickleError, load_state_dict
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+# -- writing real-format files without torch: stand-in torch modules --------------
+
+class _FakeStorage:
+    def __init__(self, key, values):
+        self.key, self.values = key, values
+
+
+class _FakeTensor:
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def __reduce__(self):
+        rebuild = sys.modules["torch._utils"]._rebuild_tensor_v2
+        return (rebuild, (self.storage, self.offset, self.size, self.stride, False,
+                          collections.OrderedDict()))
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    """Registers modules named torch / torch._utils so pickle can emit their globals."""
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    class LongStorage:
+        pass
+
+    FloatStorage.__module__ = LongStorage.__module__ = "torch"
+    FloatStorage.__qualname__, LongStorage.__qualname__ = "FloatStorage", "LongStorage"
+    torch.FloatStorage, torch.LongStorage = FloatStorage, LongStorage
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while writing")
+
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    torch._utils = utils
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    return torch
+
+
+def _storage_type(torch, values):
+    return torch.LongStorage if values.dtype == np.int64 else torch.FloatStorage
+
+
+def _state_dict_objects():
+    base = np.arange(24, dtype=np.float32)
+    shared = _FakeStorage("0", base)
+    counts = _FakeStorage("1", np.array([7], dtype=np.int64))
+    sd = collections.OrderedDict()
+    sd["a.weight"] = _FakeTensor(shared, 0, (2, 3, 4), (12, 4, 1))
+    sd["a.transposed"] = _FakeTensor(shared, 0, (4, 6), (1, 4))  # non-contiguous view
+    sd["b.bias"] = _FakeTensor(shared, 20, (4,), (1,))  # storage offset
+    sd["bn.num_batches_tracked"] = _FakeTensor(counts, 0, (), ())
+    expected = {
+        "a.weight": base.reshape(2, 3, 4),
+        "a.transposed": base.reshape(6, 4).T,
+        "b.bias": base[20:24],
+        "bn.num_batches_tracked": np.array(7, dtype=np.int64),
+    }
+    return sd, [shared, counts], expected
+
+
+def _write_zip(path, torch, sd, storages):
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _FakeStorage):
+                return ("storage", _storage_type(torch, obj.values), obj.key, "cpu",
+                        obj.values.size)
+            return None
+
+    buf = io.BytesIO()
+    Writer(buf, protocol=2).dump(sd)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/byteorder", "little")
+        for s in storages:
+            z.writestr(f"archive/data/{s.key}", s.values.astype(s.values.dtype.newbyteorder("<"))
+                       .tobytes())
+
+
+def _write_legacy(path, torch, sd, storages):
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _FakeStorage):
+                return ("storage", _storage_type(torch, obj.values), obj.key, "cpu",
+                        obj.values.size, None)
+            return None
+
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC, 1001, {"protocol_version": 1001, "little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        Writer(f, protocol=2).dump(sd)
+        pickle.dump([s.key for s in storages], f, protocol=2)
+        for s in storages:
+            f.write(np.int64(s.values.size).tobytes())
+            f.write(s.values.tobytes())
+
+
+@pytest.mark.parametrize("writer", [_write_zip, _write_legacy], ids=["zip", "legacy"])
+def test_reads_both_formats_with_views_and_offsets(tmp_path, fake_torch, writer):
+    sd, storages, expected = _state_dict_objects()
+    path = str(tmp_path / "weights.pth")
+    writer(path, fake_torch, sd, storages)
+    loaded = load_state_dict(path)
+    assert list(loaded) == list(expected)
+    for key, value in expected.items():
+        assert loaded[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+def test_reads_the_shipped_efficientnet_lite0_weights():
+    sd = load_state_dict(efficientnet_lite.weights_path())
+    assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert sd["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert sd["_fc.weight"].shape == (1000, 1280)
+    assert sd["_conv_stem.weight"].dtype == np.float32
+    assert np.all(sd["_bn1.running_var"] > 0)
+    assert np.isfinite(sd["_conv_head.weight"]).all()
+
+
+# -- refusing everything else --------------------------------------------------------
+
+def _malicious(module: str, name: str, arg: str) -> bytes:
+    """A protocol-0 pickle calling module.name(arg)."""
+    return f"c{module}\n{name}\n(S'{arg}'\ntR.".encode()
+
+
+@pytest.mark.parametrize("module,name", [("os", "system"), ("builtins", "eval"),
+                                         ("posix", "system"), ("subprocess", "call")])
+def test_refuses_other_globals_in_a_legacy_file(tmp_path, module, name):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    payload = f"open({str(marker)!r}, 'w')" if name == "eval" else f"touch {marker}"
+    path.write_bytes(_malicious(module, name, payload))
+    with pytest.raises(UnsafePickleError, match=f"{module}.{name}"):
+        load_state_dict(str(path))
+    assert not marker.exists()
+
+
+def test_refuses_a_global_hidden_inside_a_state_dict(tmp_path):
+    marker = tmp_path / "pwned"
+    # An OrderedDict whose value is os.system(...): the allowed global comes first.
+    evil = (b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00k"
+            + f"cos\nsystem\n(S'touch {marker}'\ntR".encode() + b"u.")
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(evil)
+    with pytest.raises(UnsafePickleError, match="os.system"):
+        load_state_dict(str(path))
+    assert not marker.exists()
+
+
+def test_refuses_other_globals_in_a_zip_file(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", _malicious("os", "system", f"touch {marker}"))
+    with pytest.raises(UnsafePickleError, match="os.system"):
+        load_state_dict(str(path))
+    assert not marker.exists()
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    data = open(efficientnet_lite.weights_path(), "rb").read()
+    path = tmp_path / "truncated.pth"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load_state_dict(str(path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        load_state_dict(os.path.join(tmp_path, "nothing.pth"))
