@@ -3,9 +3,10 @@
 Usage: python tests/_tiny_training_run.py WORKDIR [--strategy=default|multi_worker] [--epochs=3]
 Prints `FINAL <checksum>` of the final weights.
 
-Environment: DROP sets both dropout rates (default 0.3); PAUSE_AFTER_SAVE=<seconds>
-sleeps after every checkpoint save, which gives a test a wide window to kill the run
-right after a given checkpoint (it changes timing only, never the result).
+Environment: DROP sets both dropout rates (default 0.3). PAUSE_BEFORE_CHECKPOINT=<n>
+creates WORKDIR/paused_before_ckpt-<n> and sleeps just before checkpoint n is saved,
+so a test can kill the run at a known point, with the steps since the previous
+checkpoint done but not saved (it changes timing only, never the result).
 """
 
 import os
@@ -50,17 +51,18 @@ def main(workdir: str, strategy_name: str = "default", epochs: int = 3):
     # num_train counts the examples of all workers: one epoch is N // batch_size global
     # steps, each worker taking batch_size / workers examples of its shard per step.
     trainer = Trainer(config, workdir, strategy, (M, K), N, examples_fn, progress=False)
-    pause = float(os.environ.get("PAUSE_AFTER_SAVE", 0))
-    if pause:
+    pause_at = int(os.environ.get("PAUSE_BEFORE_CHECKPOINT", 0))
+    if pause_at:
         save = trainer.manager.save
 
-        def save_then_pause(*args, **kwargs):
-            path = save(*args, **kwargs)
-            print(f"SAVED {path}", file=sys.stderr, flush=True)
-            time.sleep(pause)
-            return path
+        def pause_then_save(checkpoint_number=None, **kwargs):
+            if checkpoint_number == pause_at:
+                with open(os.path.join(workdir, f"paused_before_ckpt-{pause_at}"), "w"):
+                    pass
+                time.sleep(120)
+            return save(checkpoint_number=checkpoint_number, **kwargs)
 
-        trainer.manager.save = save_then_pause
+        trainer.manager.save = pause_then_save
     model = trainer.train()
     checksum = sum(float(np.sum(np.abs(v.numpy()))) for v in model.trainable_variables)
     print(f"FINAL {checksum:.10f}", flush=True)

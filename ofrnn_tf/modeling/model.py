@@ -112,7 +112,8 @@ class OrderFreeRNN(keras.Model):
     # -- the decoder interface shared by training, greedy and beam search ----------
     def start(self, features, training=False):
         """Per-image context and the state before step 1 (`ỹ_0 = 0`, `v_pred = v_prob`)."""
-        v_prob = tf.sigmoid(self.label_map_head(features, training=False))
+        # M_map is frozen in stage 2 (Alg. 1): no gradient flows back into it.
+        v_prob = tf.stop_gradient(tf.sigmoid(self.label_map_head(features, training=False)))
         features = self.features_dropout(features, training=training)
         pooled = tf.reduce_mean(features, axis=1)
         state = CellState(self.init_h(pooled), self.init_c(pooled),
@@ -160,6 +161,8 @@ class OrderFreeRNN(keras.Model):
             (its label count with `gt_count`, all `max_steps` with `max`), and the mean
             loss of each step over the images that take it.
         """
+        if not self.uses_decoder:
+            raise ValueError("the baseline variant has no decoder: train it with map_loss")
         if train_steps not in TRAIN_STEPS:
             raise ValueError(f"train_steps must be one of {TRAIN_STEPS}, got {train_steps!r}")
         labels = tf.cast(labels, tf.float32)

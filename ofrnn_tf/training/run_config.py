@@ -1,8 +1,9 @@
 """The configuration of a training run, saved in its work directory.
 
 Rerunning in the same work directory resumes; it must describe the same model and
-data. Fields in `RESUMABLE_FIELDS` may change between runs (more epochs, another
-logging interval); any other difference is refused with an error naming it.
+data. Fields in `RESUMABLE_FIELDS` may change between runs (another logging
+interval, more epochs for a run that has not finished that stage yet); any other
+difference is refused with an error naming it. A finished stage is not reopened.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class RunConfig:
     def save(self, workdir: str) -> None:
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, RUN_CONFIG_FILENAME)
-        with open(path + ".tmp", "w") as f:
+        tmp = f"{path}.tmp{os.getpid()}"  # workers sharing a workdir must not share it
+        with open(tmp, "w") as f:
             f.write(self.to_json())
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
 
     def differences(self, other: "RunConfig") -> list[str]:
         """Fields outside `RESUMABLE_FIELDS` whose values differ."""

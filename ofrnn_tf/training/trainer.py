@@ -102,11 +102,13 @@ class Trainer:
             self.optimizers[1].build(self.model.map_variables)
             if self.model.uses_decoder:
                 self.optimizers[2].build(self.model.decoder_variables)
-            self.stage = tf.Variable(1, dtype=tf.int64, trainable=False, name="stage")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            self.best_metric = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_metric")
+        # Host-side counters live outside the scope: under MultiWorkerMirroredStrategy a
+        # MirroredVariable does not convert with int().
+        self.stage = tf.Variable(1, dtype=tf.int64, trainable=False, name="stage")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.best_metric = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_metric")
         # Keras keeps dropout RNG state outside the checkpointable graph; add it so a
         # resumed run draws the same dropout masks as an uninterrupted one.
         rng = {f"rng_{i}": v.value for i, v in enumerate(self.model.non_trainable_variables)

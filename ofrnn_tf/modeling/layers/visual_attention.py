@@ -41,11 +41,13 @@ class VisualAttention(keras.layers.Layer):
         self._score = keras.layers.Dense(1, use_bias=False, name="score")  # w
 
     def build(self, projected_shape, features_shape=None, hidden_shape=None):
-        if features_shape is not None:
+        # `project_features` may already have built the feature projection.
+        if features_shape is not None and not self._feature_proj.built:
             self._feature_proj.build(features_shape)
-        if hidden_shape is not None:
+        if hidden_shape is not None and not self._hidden_proj.built:
             self._hidden_proj.build(hidden_shape)
-        self._score.build((None, None, self.units))
+        if not self._score.built:
+            self._score.build((None, None, self.units))
 
     def project_features(self, features):
         """`W_v v_i + b` for every position i: `[B, m, k] -> [B, m, units]`."""

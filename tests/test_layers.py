@@ -1,0 +1,232 @@
+"""The layers of paper Eq. 1–10: shapes, numpy references, the candidate pool, configs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.modeling.layers import ConfidenceRankedLSTMCell, LabelMapHead, VisualAttention
+from ofrnn_tf.modeling.layers.confidence_ranked_cell import CellState, mask_chosen
+
+B, M, K, C, UNITS = 3, 4, 6, 5, 8
+
+
+def features(seed: int = 0, batch: int = B) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).normal(size=(batch, M, K)), tf.float32)
+
+
+def make_cell(use_attention: bool = True, seed: int = 0) -> ConfidenceRankedLSTMCell:
+    keras.utils.set_random_seed(seed)
+    cell = ConfidenceRankedLSTMCell(num_classes=C, units=UNITS, attention_units=UNITS,
+                                    fc_units=UNITS, dropout=0.2, use_attention=use_attention)
+    cell.build((None, M, K))
+    return cell
+
+
+def first_state(cell: ConfidenceRankedLSTMCell, batch: int = B) -> CellState:
+    return cell.zero_state(batch, p=tf.fill([batch, C], 0.5))
+
+
+# -- M_map ----------------------------------------------------------------------------
+def test_label_map_head_is_dense_of_mean_features():
+    head = LabelMapHead(num_classes=C)
+    x = features()
+    logits = head(x)
+    assert logits.shape == (B, C) and logits.dtype == tf.float32
+    expected = x.numpy().mean(axis=1) @ head._dense.kernel.numpy() + head._dense.bias.numpy()
+    np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_label_map_head_dropout_only_while_training():
+    head = LabelMapHead(num_classes=C, dropout=0.5)
+    x = features()
+    np.testing.assert_array_equal(head(x).numpy(), head(x, training=False).numpy())
+    assert not np.allclose(head(x, training=True).numpy(), head(x).numpy())
+
+
+# -- M_att ----------------------------------------------------------------------------
+def make_attention(**kwargs) -> VisualAttention:
+    att = VisualAttention(units=UNITS, **kwargs)
+    att.build((None, M, UNITS), (None, M, K), (None, UNITS))
+    return att
+
+
+def test_visual_attention_docstring_usage_builds_lazily():
+    att = VisualAttention(units=UNITS)
+    v = features()
+    z, alpha = att(att.project_features(v), v, tf.zeros([B, UNITS]))
+    assert z.shape == (B, K) and alpha.shape == (B, M)
+
+
+def attention_reference(att: VisualAttention, v: np.ndarray, h: np.ndarray):
+    """Eq. 4–5 in numpy: e = w·tanh(W_v v_i + W_h h + b), α = softmax_i e, z = Σ α_i v_i."""
+    projected = v @ att._feature_proj.kernel.numpy() + att._feature_proj.bias.numpy()
+    hidden = h @ att._hidden_proj.kernel.numpy()
+    e = (np.tanh(projected + hidden[:, None, :]) @ att._score.kernel.numpy())[..., 0]
+    alpha = np.exp(e - e.max(-1, keepdims=True))
+    alpha /= alpha.sum(-1, keepdims=True)
+    return np.einsum("bm,bmk->bk", alpha, v), alpha
+
+
+def test_visual_attention_matches_numpy_reference():
+    att = make_attention()
+    v = features()
+    h = tf.constant(np.random.default_rng(1).normal(size=(B, UNITS)), tf.float32)
+    z, alpha = att(att.project_features(v), v, h)
+    assert z.shape == (B, K) and alpha.shape == (B, M)
+    np.testing.assert_allclose(alpha.numpy().sum(-1), np.ones(B), rtol=1e-6)
+    assert np.all(alpha.numpy() > 0)
+    np.testing.assert_allclose(z.numpy(), np.einsum("bm,bmk->bk", alpha.numpy(), v.numpy()),
+                               rtol=1e-5, atol=1e-6)
+    z_ref, alpha_ref = attention_reference(att, v.numpy(), h.numpy())
+    np.testing.assert_allclose(alpha.numpy(), alpha_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z.numpy(), z_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_visual_attention_depends_on_hidden_state():
+    att = make_attention()
+    v = features()
+    projected = att.project_features(v)
+    _, a0 = att(projected, v, tf.zeros([B, UNITS]))
+    _, a1 = att(projected, v, tf.ones([B, UNITS]))
+    assert not np.allclose(a0.numpy(), a1.numpy())
+
+
+# -- M_pred and the candidate pool -----------------------------------------------------
+@pytest.mark.parametrize("use_attention", [True, False])
+def test_cell_step_shapes(use_attention):
+    cell = make_cell(use_attention)
+    context = cell.prepare(features())
+    state = first_state(cell)
+    logits, alpha, new_state = cell(context, state)
+    assert logits.shape == (B, C) and logits.dtype == tf.float32
+    assert alpha.shape == (B, M)
+    np.testing.assert_allclose(alpha.numpy().sum(-1), np.ones(B), rtol=1e-6)
+    assert isinstance(new_state, CellState)
+    assert new_state.h.shape == (B, UNITS) and new_state.c.shape == (B, UNITS)
+    assert new_state.y_tilde.shape == (B, C) and new_state.p.shape == (B, C)
+    np.testing.assert_allclose(new_state.p.numpy(), tf.sigmoid(logits).numpy(), rtol=1e-6)
+    if not use_attention:
+        np.testing.assert_allclose(alpha.numpy(), np.full((B, M), 1 / M), rtol=1e-6)
+
+
+def test_cell_chooses_each_label_once_over_c_steps():
+    cell = make_cell()
+    # Make label 0 the most confident at every step: without the candidate pool the
+    # cell would choose it again and again.
+    cell.fc2.bias.assign([50.0] + [0.0] * (C - 1))
+    context = cell.prepare(features())
+    state = first_state(cell)
+    chosen_order = []
+    for t in range(C):
+        logits, _, new_state = cell(context, state)
+        gained = new_state.y_tilde.numpy() - state.y_tilde.numpy()
+        np.testing.assert_array_equal(gained.sum(-1), np.ones(B))  # exactly one label per step
+        assert set(np.unique(gained)) <= {0.0, 1.0}
+        chosen = gained.argmax(-1)
+        expected = np.where(state.y_tilde.numpy() > 0, -np.inf, logits.numpy()).argmax(-1)
+        np.testing.assert_array_equal(chosen, expected)
+        chosen_order.append(chosen)
+        state = new_state
+    assert chosen_order[0].tolist() == [0] * B
+    np.testing.assert_array_equal(state.y_tilde.numpy(), np.ones((B, C)))  # never twice
+    for row in np.stack(chosen_order, 1):
+        assert sorted(row.tolist()) == list(range(C))
+
+
+def test_mask_chosen_gives_minus_inf_and_never_nan():
+    logits = tf.constant([[3.0, -1e30, 2.0, 1e30, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    y_tilde = tf.constant([[1.0, 1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0]])  # all but one
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        masked = mask_chosen(logits, y_tilde)
+        log_probs = tf.nn.log_softmax(masked, axis=-1)
+        picked = tf.reduce_sum(tf.where(y_tilde > 0, 0.0, log_probs))
+    masked = masked.numpy()
+    assert np.all(masked[y_tilde.numpy() > 0] == -np.inf)
+    np.testing.assert_array_equal(masked[y_tilde.numpy() == 0], [2.0, 1.0])
+    np.testing.assert_array_equal(tf.argmax(masked, -1).numpy(), [2, 0])
+    assert not np.any(np.isnan(masked))
+    assert not np.any(np.isnan(log_probs.numpy()))
+    np.testing.assert_allclose(log_probs.numpy()[y_tilde.numpy() == 0], [0.0, 0.0])
+    grad = tape.gradient(picked, logits).numpy()
+    assert np.all(np.isfinite(grad))
+
+
+def test_cell_all_but_one_chosen_has_no_nan():
+    cell = make_cell()
+    context = cell.prepare(features())
+    y_tilde = np.ones((B, C), "float32")
+    y_tilde[np.arange(B), [1, 3, 4]] = 0.0
+    state = CellState(tf.zeros([B, UNITS]), tf.zeros([B, UNITS]), tf.constant(y_tilde),
+                      tf.fill([B, C], 0.5))
+    logits, alpha, new_state = cell(context, state)
+    for tensor in (logits, alpha, *new_state):
+        assert not np.any(np.isnan(tensor.numpy()))
+    np.testing.assert_array_equal(new_state.y_tilde.numpy(), np.ones((B, C)))
+
+
+@pytest.mark.parametrize("use_attention", [True, False])
+def test_cell_gradients_reach_every_variable(use_attention):
+    cell = make_cell(use_attention)
+    v = features()
+    h0 = tf.constant(np.random.default_rng(2).normal(size=(B, UNITS)), tf.float32)
+    with tf.GradientTape() as tape:
+        context = cell.prepare(v)
+        state = CellState(h0, h0, tf.zeros([B, C]), tf.fill([B, C], 0.5))
+        loss = 0.0
+        for _ in range(2):
+            logits, _, state = cell(context, state, training=True)
+            loss += tf.reduce_mean(tf.square(logits))
+    grads = tape.gradient(loss, cell.trainable_variables)
+    assert len(grads) == len(cell.trainable_variables) > 0
+    for var, grad in zip(cell.trainable_variables, grads):
+        assert grad is not None, var.path
+        assert np.any(grad.numpy() != 0), var.path
+
+
+# -- config round trips -------------------------------------------------------------
+def _copy_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    return clone
+
+
+def test_label_map_head_config_round_trip():
+    head = LabelMapHead(num_classes=C, dropout=0.3, name="m_map")
+    x = features()
+    head(x)
+    clone = _copy_round_trip(head)
+    assert (clone.num_classes, clone.dropout, clone.name) == (C, 0.3, "m_map")
+    clone(x)
+    clone.set_weights(head.get_weights())
+    np.testing.assert_array_equal(clone(x).numpy(), head(x).numpy())
+
+
+def test_visual_attention_config_round_trip():
+    att = make_attention(name="m_att")
+    v, h = features(), tf.ones([B, UNITS])
+    out = att(att.project_features(v), v, h)
+    clone = _copy_round_trip(att)
+    assert clone.units == UNITS
+    clone.build((None, M, UNITS), (None, M, K), (None, UNITS))
+    clone.set_weights(att.get_weights())
+    for a, b in zip(clone(clone.project_features(v), v, h), out):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("use_attention", [True, False])
+def test_cell_config_round_trip(use_attention):
+    cell = make_cell(use_attention)
+    clone = _copy_round_trip(cell)
+    assert clone.use_attention == use_attention and clone.dropout == 0.2
+    clone.build((None, M, K))
+    assert len(clone.weights) == len(cell.weights)
+    clone.set_weights(cell.get_weights())
+    v = features()
+    out = cell(cell.prepare(v), first_state(cell))
+    out_clone = clone(clone.prepare(v), first_state(clone))
+    np.testing.assert_array_equal(out[0].numpy(), out_clone[0].numpy())
+    for a, b in zip(out[2], out_clone[2]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -1,0 +1,301 @@
+"""OrderFreeRNN (paper Fig. 2, Eq. 8–10, Alg. 1): modes, the stage-2 loss, config and saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.modeling.layers.confidence_ranked_cell import mask_chosen
+from ofrnn_tf.modeling.model import MODES, OrderFreeRNN, fixed_label_order
+
+B, M, K, C, UNITS = 4, 4, 6, 5, 8
+LABEL_COUNTS = [5, 3, 8, 1, 3]
+# Counts 1, 2, 0, 2: no image takes step 3 of 3.
+LABELS = np.array([[0, 0, 1, 0, 0],
+                   [1, 0, 0, 1, 0],
+                   [0, 0, 0, 0, 0],
+                   [0, 1, 0, 0, 1]], "float32")
+# Counts 4, 1, 3, 5: steps beyond max_steps are cut off.
+MANY_LABELS = np.array([[1, 1, 0, 1, 1],
+                        [0, 0, 0, 1, 0],
+                        [1, 0, 1, 1, 0],
+                        [1, 1, 1, 1, 1]], "float32")
+
+
+def make_model(mode: str = "order_free", seed: int = 0, label_order=None, **kwargs) -> OrderFreeRNN:
+    keras.utils.set_random_seed(seed)
+    if label_order is None:
+        label_order = fixed_label_order(LABEL_COUNTS, mode)
+    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=UNITS, attention_units=UNITS,
+                         fc_units=UNITS, label_order=label_order, **kwargs)
+    model.build((None, M, K))
+    if model.uses_decoder:  # random weights give logits near 0: spread them out
+        model.cell.fc2.kernel.assign(model.cell.fc2.kernel * 10.0)
+    return model
+
+
+def features(seed: int = 1, batch: int = B) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).normal(size=(batch, M, K)), tf.float32)
+
+
+def bce(labels, logits) -> np.ndarray:
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.constant(labels), logits=logits), -1).numpy()
+
+
+def reference_losses(model, x, labels, max_steps, train_steps="gt_count"):
+    """Eq. 8 step by step through the public start/step/advance interface.
+
+    Returns `(per_example [B], per_step [T], chosen [B, T])`.
+    """
+    counts = labels.sum(-1)
+    if train_steps == "max" and not model.teacher_forced:
+        counts = np.full_like(counts, max_steps)
+    if model.teacher_forced:
+        rank = np.argsort(model.label_order)
+        ordered = [sorted(np.flatnonzero(row), key=lambda c: rank[c]) for row in labels]
+    context, state = model.start(x, training=False)
+    step_losses, chosen_steps = [], []
+    for t in range(max_steps):
+        logits, _, h, c = model.step(context, state, training=False)
+        if model.teacher_forced:
+            target = np.array([o[t] if t < len(o) else 0 for o in ordered], "int32")
+            log_probs = tf.nn.log_softmax(mask_chosen(logits, state.y_tilde), -1).numpy()
+            loss = np.where(t < counts, -log_probs[np.arange(len(labels)), target], 0.0)
+            chosen = target
+        else:
+            loss = bce(labels, logits)
+            chosen = tf.argmax(mask_chosen(logits, state.y_tilde), -1, output_type=tf.int32).numpy()
+        step_losses.append(loss)
+        chosen_steps.append(chosen)
+        state = model.advance(state, h, c, logits, tf.constant(chosen))
+    step_losses = np.stack(step_losses, 1)
+    active = np.arange(max_steps)[None, :] < counts[:, None]
+    per_example = (step_losses * active).sum(1) / np.maximum(np.minimum(counts, max_steps), 1)
+    per_step = (step_losses * active).sum(0) / np.maximum(active.sum(0), 1)
+    return per_example, per_step, np.stack(chosen_steps, 1)
+
+
+class Recorder:
+    """Wraps `model.advance` to see what `sequence_loss` feeds back at each step."""
+
+    def __init__(self, model):
+        self.chosen, self.y_tilde, self.logits = [], [], []
+        self._advance = model.advance
+
+    def __call__(self, state, h, c, logits, chosen):
+        new_state = self._advance(state, h, c, logits, chosen)
+        self.chosen.append(chosen.numpy())
+        self.logits.append(logits.numpy())
+        self.y_tilde.append(new_state.y_tilde.numpy())
+        return new_state
+
+
+def record(monkeypatch, model, *args, **kwargs):
+    recorder = Recorder(model)
+    monkeypatch.setattr(model, "advance", recorder)
+    losses = model.sequence_loss(*args, **kwargs)
+    monkeypatch.undo()
+    return losses, recorder
+
+
+# -- modes ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_builds_and_has_a_finite_loss(mode):
+    model = make_model(mode)
+    x = features()
+    assert model(x).shape == (B, C)
+    map_loss = model.map_loss(x, LABELS)
+    assert map_loss.shape == (B,) and np.all(np.isfinite(map_loss.numpy()))
+    if mode == "baseline":
+        assert not model.uses_decoder and model.decoder_variables == []
+        return
+    for train_steps in ("gt_count", "max"):
+        per_example, per_step = model.sequence_loss(x, MANY_LABELS, max_steps=3,
+                                                    train_steps=train_steps, training=True)
+        assert per_example.shape == (B,) and per_step.shape == (3,)
+        assert np.all(np.isfinite(per_example.numpy())) and np.all(np.isfinite(per_step.numpy()))
+        assert np.all(per_example.numpy() > 0)
+
+
+def test_map_and_decoder_variables_split_the_model():
+    model = make_model()
+    map_ids = {id(v) for v in model.map_variables}
+    decoder_ids = {id(v) for v in model.decoder_variables}
+    assert map_ids and decoder_ids and not map_ids & decoder_ids
+    assert map_ids | decoder_ids == {id(v) for v in model.trainable_variables}
+    assert all("/label_map_head/" in v.path for v in model.map_variables)
+    assert not any("label_map_head" in v.path for v in model.decoder_variables)
+
+
+@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first"])
+def test_stage2_loss_reaches_every_decoder_variable(mode):
+    model = make_model(mode)
+    with tf.GradientTape() as tape:
+        per_example, _ = model.sequence_loss(features(), MANY_LABELS, max_steps=3)
+        loss = tf.reduce_mean(per_example)
+    grads = tape.gradient(loss, model.decoder_variables)
+    for var, grad in zip(model.decoder_variables, grads):
+        assert grad is not None, var.path
+        assert np.any(grad.numpy() != 0), var.path
+
+
+def test_step2_loss_has_gradient_through_v_pred():
+    """v_pred = sigmoid(p_1) carries step 1's confidence into step 2 (Eq. 6–7)."""
+    model = make_model()
+    x = features()
+    context, state = model.start(x)
+    logits1, _, h, c = model.step(context, state)
+    chosen = tf.argmax(mask_chosen(logits1, state.y_tilde), -1, output_type=tf.int32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits1)
+        state2 = model.advance(state, h, c, logits1, chosen)
+        p2 = state2.p
+        logits2, _, _, _ = model.step(context, state2)
+        loss2 = tf.reduce_sum(
+            tf.nn.sigmoid_cross_entropy_with_logits(labels=LABELS, logits=logits2))
+    np.testing.assert_allclose(p2.numpy(), tf.sigmoid(logits1).numpy(), rtol=1e-6)
+    d_logits1 = tape.gradient(loss2, logits1).numpy()
+    d_p2 = tape.gradient(loss2, p2).numpy()
+    assert np.all(np.abs(d_p2).sum(-1) > 0) and np.all(np.abs(d_logits1).sum(-1) > 0)
+    sig = tf.sigmoid(logits1).numpy()
+    np.testing.assert_allclose(d_logits1, d_p2 * sig * (1 - sig), rtol=1e-4, atol=1e-7)
+    assert tape.gradient(logits2, state2.p) is not None
+
+
+# -- the stage-2 loss (Eq. 8) ----------------------------------------------------------
+@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first", "rare_first"])
+@pytest.mark.parametrize("labels", [LABELS, MANY_LABELS], ids=["few", "many"])
+def test_sequence_loss_matches_step_by_step_reference(mode, labels):
+    model = make_model(mode)
+    x = features()
+    per_example, per_step = model.sequence_loss(x, labels, max_steps=3, training=False)
+    ref_example, ref_step, _ = reference_losses(model, x, labels, max_steps=3)
+    np.testing.assert_allclose(per_example.numpy(), ref_example, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(per_step.numpy(), ref_step, rtol=1e-5, atol=1e-6)
+
+
+def test_gt_count_masks_steps_beyond_the_label_count():
+    model = make_model()
+    x = features()
+    per_example, per_step = model.sequence_loss(x, LABELS, max_steps=3, train_steps="gt_count",
+                                                training=False)
+    assert per_step.numpy()[2] == 0.0  # no image has 3 labels
+    assert per_example.numpy()[2] == 0.0  # no labels, no steps
+    _, _, chosen = reference_losses(model, x, LABELS, max_steps=3)
+    context, state = model.start(x)
+    step_loss = []
+    for t in range(2):
+        logits, _, h, c = model.step(context, state)
+        step_loss.append(bce(LABELS, logits))
+        state = model.advance(state, h, c, logits, tf.constant(chosen[:, t]))
+    np.testing.assert_allclose(per_example.numpy()[[0, 1, 3]],
+                               [step_loss[0][0], np.mean([s[1] for s in step_loss]),
+                                np.mean([s[3] for s in step_loss])], rtol=1e-5)
+    np.testing.assert_allclose(per_step.numpy()[1], np.mean([step_loss[1][1], step_loss[1][3]]),
+                               rtol=1e-5)
+
+
+def test_max_train_steps_uses_every_step():
+    model = make_model()
+    x = features()
+    per_example, per_step = model.sequence_loss(x, LABELS, max_steps=3, train_steps="max",
+                                                training=False)
+    ref_example, ref_step, _ = reference_losses(model, x, LABELS, max_steps=3, train_steps="max")
+    np.testing.assert_allclose(per_example.numpy(), ref_example, rtol=1e-5)
+    np.testing.assert_allclose(per_step.numpy(), ref_step, rtol=1e-5)
+    assert np.all(per_step.numpy() > 0) and np.all(per_example.numpy() > 0)
+
+
+def test_order_free_feeds_back_its_own_argmax(monkeypatch):
+    model = make_model()
+    x = features()
+    _, seen = record(monkeypatch, model, x, MANY_LABELS, 3, training=False)
+    np.testing.assert_array_equal(seen.chosen[0], seen.logits[0].argmax(-1))
+    for t in range(1, 3):
+        masked = np.where(seen.y_tilde[t - 1] > 0, -np.inf, seen.logits[t])
+        np.testing.assert_array_equal(seen.chosen[t], masked.argmax(-1))
+    # Labels that never contain the model's choice: a teacher-forced decoder would feed
+    # them; the order-free one still feeds back its own path.
+    wrong = np.eye(C, dtype="float32")[(seen.chosen[0] + 1) % C]
+    _, seen_wrong = record(monkeypatch, model, x, wrong, 3, train_steps="max", training=False)
+    np.testing.assert_array_equal(np.stack(seen_wrong.chosen), np.stack(seen.chosen))
+    assert not np.any(wrong[np.arange(B), seen_wrong.chosen[0]])
+
+
+def test_order_free_ignores_label_order():
+    x = features()
+    a = make_model(label_order=[0, 1, 2, 3, 4]).sequence_loss(x, MANY_LABELS, 3, training=False)
+    b = make_model(label_order=[4, 2, 0, 3, 1]).sequence_loss(x, MANY_LABELS, 3, training=False)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u.numpy(), v.numpy())
+
+
+@pytest.mark.parametrize("mode", ["frequency_first", "rare_first"])
+def test_fixed_order_feeds_the_true_labels_in_label_order(monkeypatch, mode):
+    model = make_model(mode)
+    order = model.label_order
+    assert order == fixed_label_order(LABEL_COUNTS, mode)
+    _, seen = record(monkeypatch, model, features(), MANY_LABELS, 3, training=False)
+    for i, row in enumerate(MANY_LABELS):
+        true_in_order = [c for c in order if row[c]]
+        for t in range(min(3, len(true_in_order))):
+            assert seen.chosen[t][i] == true_in_order[t]
+            expected = np.zeros(C)
+            expected[true_in_order[:t + 1]] = 1
+            np.testing.assert_array_equal(seen.y_tilde[t][i], expected)
+
+
+def test_fixed_label_order_from_counts():
+    assert fixed_label_order(LABEL_COUNTS, "frequency_first") == [2, 0, 1, 4, 3]  # ties by id
+    assert fixed_label_order(LABEL_COUNTS, "rare_first") == [3, 4, 1, 0, 2]
+    for mode in ("order_free", "baseline", "no_attention"):
+        assert fixed_label_order(LABEL_COUNTS, mode) is None
+
+
+def test_invalid_arguments_are_named():
+    with pytest.raises(ValueError, match="mode must be one of .*'bogus'"):
+        OrderFreeRNN(num_classes=C, mode="bogus")
+    with pytest.raises(ValueError, match="'frequency_first' needs label_order"):
+        OrderFreeRNN(num_classes=C, mode="frequency_first")
+    with pytest.raises(ValueError, match="'rare_first' needs label_order.*0..4"):
+        OrderFreeRNN(num_classes=C, mode="rare_first", label_order=[0, 0, 1, 2, 3])
+    with pytest.raises(ValueError, match="train_steps must be one of"):
+        make_model().sequence_loss(features(), LABELS, 3, train_steps="all")
+
+
+# -- config and saving -----------------------------------------------------------------
+def _outputs(model, x):
+    per_example, per_step = model.sequence_loss(x, MANY_LABELS, 3, training=False)
+    return [model(x).numpy(), per_example.numpy(), per_step.numpy()]
+
+
+@pytest.mark.parametrize("mode", ["order_free", "no_attention", "rare_first"])
+def test_model_config_round_trip(mode):
+    model = make_model(mode, dropout=0.1, feature_dropout=0.25)
+    config = model.get_config()
+    clone = OrderFreeRNN.from_config(config)
+    assert clone.get_config() == config
+    assert (clone.mode, clone.label_order, clone.dropout) == (mode, model.label_order, 0.1)
+    clone.build((None, M, K))
+    assert [v.path for v in clone.weights] == [v.path for v in model.weights]
+    clone.set_weights(model.get_weights())
+    x = features()
+    for a, b in zip(_outputs(clone, x), _outputs(model, x)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["order_free", "frequency_first"])
+def test_model_keras_file_round_trip(tmp_path, mode):
+    model = make_model(mode)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, OrderFreeRNN)
+    assert loaded.get_config() == model.get_config()
+    for a, b in zip(loaded.weights, model.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    x = features()
+    for a, b in zip(_outputs(loaded, x), _outputs(model, x)):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,294 @@
+"""Algorithm 1 under tf.distribute: stages, checkpoints, summaries, resuming, workers."""
+
+import dataclasses
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.training.run_config import (
+    RUN_CONFIG_FILENAME, IncompatibleRunError, RunConfig, save_or_check)
+from ofrnn_tf.training.trainer import (
+    BEST_INFO_FILENAME, NonFiniteLossError, Trainer, load_best_model)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "tests", "_tiny_training_run.py")
+SUBPROCESS_TIMEOUT_S = 240
+N, M, K, C, BATCH = 64, 4, 6, 4, 16
+STEPS_PER_EPOCH = N // BATCH
+SCRIPTED_F1 = [0.30, 0.70, 0.50]  # validation C-F1 after stage-2 epochs 1, 2, 3
+
+
+def synthetic_data(nan: bool = False) -> dict:
+    rng = np.random.default_rng(0)
+    labels = (rng.random((N, C)) < 0.4).astype("float32")
+    labels[labels.sum(1) == 0, 0] = 1
+    class_vectors = 2.0 * rng.normal(size=(C, K))
+    features = rng.normal(size=(N, M, K)) + (labels @ class_vectors)[:, None, :]
+    if nan:
+        features[:] = np.nan
+    return {"features": features.astype("float32"), "labels": labels}
+
+
+def tiny_config(**overrides) -> RunConfig:
+    fields = dict(label_names=tuple("abcd"), lstm_units=8, attention_units=8, fc_units=8,
+                  dropout=0.0, feature_dropout=0.0, batch_size=BATCH, learning_rate=1e-2,
+                  epochs_stage1=2, epochs_stage2=len(SCRIPTED_F1), max_steps=3,
+                  checkpoint_every=100, log_every=1)
+    fields.update(overrides)
+    return RunConfig(**fields)
+
+
+def make_trainer(workdir: str, config: RunConfig, data: dict, validate_fn=None) -> Trainer:
+    def examples_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices(data).shard(
+            ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+    save_or_check(config, workdir)
+    return Trainer(config, workdir, tf.distribute.get_strategy(), (M, K), N, examples_fn,
+                   validate_fn=validate_fn, progress=False)
+
+
+def weights(variables) -> dict:
+    """Values by path below the model (the model's own name differs between instances)."""
+    return {v.path.split("/", 1)[1]: v.numpy().copy() for v in variables}
+
+
+def changed(before: dict, after: dict) -> set:
+    return {path for path in before if not np.array_equal(before[path], after[path])}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny run of both stages, with snapshots of the weights around every epoch."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    validated = []
+
+    def validate_fn(model):
+        validated.append(weights(model.trainable_variables))
+        return {"C-F1": SCRIPTED_F1[len(validated) - 1], "O-F1": 0.5}
+
+    trainer = make_trainer(workdir, tiny_config(), synthetic_data(), validate_fn)
+    epochs = []
+    train_epoch = trainer._train_epoch
+
+    def recording_train_epoch(stage):
+        before = weights(trainer.model.weights)
+        train_epoch(stage)
+        epochs.append((stage, before, weights(trainer.model.weights)))
+
+    trainer._train_epoch = recording_train_epoch
+    model = trainer.train()
+    return dict(workdir=workdir, trainer=trainer, model=model, epochs=epochs,
+                validated=validated, final=weights(model.trainable_variables))
+
+
+def scalars(workdir: str) -> dict:
+    """{tag: [(step, value), ...]} from the run's TensorBoard event files."""
+    found = {}
+    for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(
+                    (event.step, float(tf.make_ndarray(value.tensor))))
+    return {tag: sorted(points) for tag, points in found.items()}
+
+
+# -- Algorithm 1 ---------------------------------------------------------------------
+def test_stage1_trains_only_m_map_and_stage2_leaves_it_frozen(run):
+    model = run["model"]
+    map_paths = set(weights(model.map_variables))
+    decoder_paths = set(weights(model.decoder_variables))
+    stages = [stage for stage, _, _ in run["epochs"]]
+    assert stages == [1, 1, 2, 2, 2]
+    for stage, before, after in run["epochs"]:
+        moved = changed(before, after) & (map_paths | decoder_paths)
+        if stage == 1:
+            assert moved == map_paths
+        else:
+            assert moved == decoder_paths, decoder_paths - moved
+
+
+def test_stage2_loss_decreases(run):
+    losses = [value for _, value in scalars(run["workdir"])["loss/stage2"]]
+    assert len(losses) == STEPS_PER_EPOCH * len(SCRIPTED_F1)
+    first, last = np.mean(losses[:STEPS_PER_EPOCH]), np.mean(losses[-STEPS_PER_EPOCH:])
+    assert np.all(np.isfinite(losses))
+    assert last < 0.8 * first, (first, last)
+
+
+def test_tensorboard_has_the_documented_tags(run):
+    found = scalars(run["workdir"])
+    expected = {"loss/stage1", "loss/stage2", "learning_rate", "examples_per_second",
+                "validation/C-F1", "validation/O-F1"} | {
+                    f"loss_per_decoding_step/t{t}" for t in (1, 2, 3)}
+    assert expected <= set(found), expected - set(found)
+    assert len(found["loss/stage1"]) == 2 * STEPS_PER_EPOCH
+    assert [v for _, v in found["validation/C-F1"]] == pytest.approx(SCRIPTED_F1)
+    # Stage 2 starts after stage 1's global steps; validation follows each stage-2 epoch.
+    assert found["loss/stage2"][0][0] == 2 * STEPS_PER_EPOCH + 1
+    assert [s for s, _ in found["validation/C-F1"]] == [
+        (2 + e) * STEPS_PER_EPOCH for e in (1, 2, 3)]
+
+
+def test_best_checkpoint_is_the_epoch_with_highest_validation_metric(run):
+    best_epoch = int(np.argmax(SCRIPTED_F1)) + 1
+    with open(os.path.join(run["workdir"], BEST_INFO_FILENAME)) as f:
+        info = json.load(f)
+    assert info["stage"] == 2 and info["epoch"] == best_epoch
+    assert info["global_step"] == (2 + best_epoch) * STEPS_PER_EPOCH
+    assert info["selection_metric"] == "C-F1"
+    assert info["validation"]["C-F1"] == pytest.approx(max(SCRIPTED_F1))
+    assert float(run["trainer"].best_metric) == pytest.approx(max(SCRIPTED_F1))
+    saved = run["validated"][best_epoch - 1]
+    assert changed(saved, run["validated"][-1])  # the last epoch is different ...
+    assert not changed(saved, run["final"])  # ... and train() returns the best one
+    loaded, config = load_best_model(run["workdir"], (M, K))
+    assert config == run["trainer"].config
+    assert not changed(saved, weights(loaded.trainable_variables))
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    config = tiny_config(epochs_stage1=1, epochs_stage2=1)
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(nan=True))
+    with pytest.raises(NonFiniteLossError,
+                       match=r"non-finite loss nan at stage 1, epoch 1, step 1 \(global step 1\)"):
+        trainer.train()
+    assert trainer.manager.latest_checkpoint is None  # nothing was saved after the NaN
+
+
+def test_non_finite_loss_in_stage2_stops_the_run(tmp_path):
+    config = tiny_config(epochs_stage1=0, epochs_stage2=1)
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(nan=True))
+    # Graph-mode fused MatMul+BiasAdd+Relu (FC1) maps NaN to 0, so the first stage-2
+    # loss can still be finite; the NaN gradients it applies make the next one NaN.
+    with pytest.raises(NonFiniteLossError,
+                       match=r"non-finite loss nan at stage 2, epoch 1, step ([12]) "
+                             r"\(global step \1\)"):
+        trainer.train()
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-0")  # the end of stage 1 is kept
+
+
+# -- the run configuration -------------------------------------------------------------
+def test_run_config_refuses_incompatible_rerun_and_accepts_resumable_change(tmp_path):
+    workdir = str(tmp_path)
+    config = tiny_config()
+    save_or_check(config, workdir)
+    assert RunConfig.load(workdir) == config
+    save_or_check(tiny_config(), workdir)  # the same flags again
+    with pytest.raises(IncompatibleRunError, match=r"lstm_units: 8 in the work directory vs 16"):
+        save_or_check(tiny_config(lstm_units=16), workdir)
+    with pytest.raises(IncompatibleRunError, match="label_names"):
+        save_or_check(tiny_config(label_names=tuple("abce")), workdir)
+    assert RunConfig.load(workdir) == config  # a refused rerun leaves the file alone
+    more = tiny_config(epochs_stage2=10, log_every=5)
+    save_or_check(more, workdir)
+    assert RunConfig.load(workdir) == more
+
+
+def test_run_config_file_names_unknown_fields(tmp_path):
+    data = dataclasses.asdict(tiny_config())
+    data["lstm_unit"] = 3
+    (tmp_path / RUN_CONFIG_FILENAME).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="lstm_unit"):
+        RunConfig.load(str(tmp_path))
+
+
+# -- separate processes: SIGKILL and resume, two workers -----------------------------------
+def _env(**extra) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), REPO) if p)
+    return env
+
+
+def _start(workdir, *flags, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, SCRIPT, str(workdir), *flags], cwd=REPO,
+                            env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT_S) -> tuple:
+    """Waits for a run; returns its `FINAL ...` line and its stderr."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{err[-3000:]}"
+    finals = [line for line in out.splitlines() if line.startswith("FINAL ")]
+    assert len(finals) == 1, out
+    return finals[0], err
+
+
+def _kill(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.communicate(timeout=30)
+        except Exception:  # already reaped or pipes closed
+            pass
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_ends_with_identical_weights(tmp_path):
+    # 6 global steps an epoch, 2 epochs a stage, a checkpoint every 2 steps. Pausing
+    # before checkpoint 16 kills the run in stage-2 epoch 1 with steps 15-16 done but
+    # never saved; the rerun resumes from checkpoint 14 and must redo them exactly.
+    workdir_a, workdir_b = tmp_path / "a", tmp_path / "b"
+    procs = []
+    try:
+        procs.append(_start(workdir_a, "--epochs=2"))
+        procs.append(_start(workdir_b, "--epochs=2", PAUSE_BEFORE_CHECKPOINT="16"))
+        marker = workdir_b / "paused_before_ckpt-16"
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+        while not marker.exists():
+            assert procs[1].poll() is None, procs[1].communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint 16 in time"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL)
+        out, _ = procs[1].communicate(timeout=30)
+        assert procs[1].returncode == -signal.SIGKILL and "FINAL" not in out
+        assert tf.train.latest_checkpoint(str(workdir_b / "checkpoints")).endswith("ckpt-14")
+
+        procs.append(_start(workdir_b, "--epochs=2"))
+        final_b, err = _finish(procs[2])
+        assert "ckpt-14: stage 2, epoch 0, step 2" in err
+        final_a, _ = _finish(procs[0])
+        assert final_b == final_a
+    finally:
+        _kill(procs)
+
+
+def _free_ports(n: int) -> list:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.slow
+def test_two_workers_stay_in_sync(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    try:
+        for index in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            procs.append(_start(tmp_path, "--strategy=multi_worker", "--epochs=1",
+                                TF_CONFIG=tf_config))
+        finals = [_finish(proc)[0] for proc in procs]
+        assert finals[0] == finals[1]
+        # The chief keeps the checkpoints; the other worker's copies go to tmp_worker/.
+        assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-12")
+        assert os.path.isdir(tmp_path / "tmp_worker" / "1" / "checkpoints")
+    finally:
+        _kill(procs)
