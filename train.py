@@ -89,6 +89,8 @@ def run_config():
 
 def main(argv):
     del argv
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)  # keep TF's per-checkpoint INFO lines out of the progress
     from ofrnn_tf import pipeline
     from ofrnn_tf.evaluation.metrics import format_table
     from ofrnn_tf.training.distribute import make_strategy

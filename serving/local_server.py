@@ -58,11 +58,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from ofrnn_tf.export.warmup import WARMUP_FILE
+
 DEFAULT_MODEL_NAME = "ofrnn"
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
 IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
 LISTENING_PREFIX = "LISTENING "

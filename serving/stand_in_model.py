@@ -20,9 +20,10 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from ofrnn_tf.export.warmup import WARMUP_FILE, write_warmup_requests  # noqa: F401 (re-exported)
+
 STAND_IN_CLASSES = ("red", "green", "blue")
 STAND_IN_GRID = 4  # H = W of the stand-in "feature map"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # A features tensor holding this value makes the stand-in raise inside the graph, so
 # tests can check how a server reports a failure of the model itself.
 FAULT_SENTINEL = -12345.0
@@ -99,25 +100,19 @@ def solid_png(rgb: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> byte
 def write_stand_in_model(base_path: str, version: int = 1,
                          class_names: Sequence[str] = STAND_IN_CLASSES,
                          model_name: str = "ofrnn") -> str:
-    """Writes ``base_path/<version>/`` (SavedModel + warm-up requests); returns that path."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    """Writes ``base_path/<version>/`` (SavedModel + warm-up requests); returns that path.
 
+    The warm-up file (``WARMUP_FILE``) holds one request of two images, written by the
+    same function a real export uses.
+    """
     path = os.path.join(base_path, str(int(version)))
     model = StandInModel(class_names)
     tf.saved_model.save(model, path, signatures={
         "serving_default": model.serve_images.get_concrete_function(),
         "predict_features": model.predict_features.get_concrete_function(),
     })
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto(
-        [solid_png((200, 30, 30)), solid_png((20, 20, 220))], dtype=tf.string))
-    log = prediction_log_pb2.PredictionLog(
-        predict_log=prediction_log_pb2.PredictLog(request=request))
-    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
-    with tf.io.TFRecordWriter(os.path.join(path, WARMUP_FILE)) as writer:
-        writer.write(log.SerializeToString())
+    write_warmup_requests(path, [solid_png((200, 30, 30)), solid_png((20, 20, 220))],
+                          model_name=model_name, batch_sizes=(2,))
     return path
 
 

@@ -253,6 +253,8 @@ def _parse_fn(num_positions: int, depth: int, num_classes: int):
         "label_areas": tf.io.VarLenFeature(tf.float32),
     }
 
+    # Plain graph code: AutoGraph has nothing to convert and only warns about the closure.
+    @tf.autograph.experimental.do_not_convert
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(serialized, spec)
         batch = tf.shape(serialized, out_type=tf.int64)[0]
