@@ -155,28 +155,41 @@ def make_run_config(base: RunConfig, train_examples: list[Example], label_map: L
 
 
 # -- training and evaluation -----------------------------------------------------------
-def train(config: RunConfig, workdir: str, strategy):
-    """Algorithm 1 with validation after every epoch; returns the best model."""
+def make_trainer(config: RunConfig, workdir: str, strategy, validate: bool = True):
+    """The `Trainer` of a run: training records of `config.features_dir`, and (with
+    `validate`) greedy decoding of the validation split after every epoch."""
     from ofrnn_tf.training.trainer import Trainer
 
     label_map = LabelMap(config.label_names)
 
     def train_examples(ctx: tf.distribute.InputContext):
-        ds = tfrecords.make_dataset(config.features_dir, "train", 256, label_map=label_map,
-                                    input_context=ctx)
-        return ds.unbatch().map(lambda e: {"features": e["features"], "labels": e["labels"]})
+        return tfrecords.record_dataset(config.features_dir, "train", label_map=label_map,
+                                        input_context=ctx)
 
-    val = eval_dataset(config, "val")
+    parse = tfrecords.parse_batch_fn(config.features_dir)
 
-    def validate(model):
-        return evaluation.validate(model, val, beam_size=1, max_steps=config.max_steps,
-                                   min_labels=config.min_labels,
-                                   objective=config.calibration_objective)
+    def parse_batch(serialized: tf.Tensor) -> dict:
+        batch = parse(serialized)
+        return {"features": batch["features"], "labels": batch["labels"]}
+
+    validate_fn = None
+    if validate:
+        val = eval_dataset(config, "val")
+
+        def validate_fn(model):
+            return evaluation.validate(model, val, beam_size=1, max_steps=config.max_steps,
+                                       min_labels=config.min_labels,
+                                       objective=config.calibration_objective)
 
     num_train = tfrecords.num_examples(config.features_dir, "train")
-    trainer = Trainer(config, workdir, strategy, feature_shape(config.features_dir),
-                      num_train, train_examples, validate_fn=validate)
-    return trainer.train()
+    return Trainer(config, workdir, strategy, feature_shape(config.features_dir),
+                   num_train, train_examples, validate_fn=validate_fn,
+                   parse_batch_fn=parse_batch, progress=validate)
+
+
+def train(config: RunConfig, workdir: str, strategy):
+    """Algorithm 1 with validation after every epoch; returns the best model."""
+    return make_trainer(config, workdir, strategy).train()
 
 
 def calibrate_and_evaluate(model, config: RunConfig, workdir: str, split: str = "test",

@@ -271,6 +271,49 @@ def _parse_fn(num_positions: int, depth: int, num_classes: int):
     return parse
 
 
+def parse_batch_fn(features_dir: str):
+    """Parses a batch of serialized records of ``features_dir`` into `make_dataset`'s dict."""
+    height, width, depth = (int(d) for d in read_meta(features_dir)["feature_shape"])
+    return _parse_fn(height * width, depth, LabelMap.load(features_dir).num_classes)
+
+
+def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None = None,
+                   shuffle: bool = False, seed: int | None = None,
+                   input_context: tf.distribute.InputContext | None = None,
+                   verify_shards: bool | str = True) -> tf.data.Dataset:
+    """This worker's serialized records of ``split``, unparsed; arguments as `make_dataset`.
+
+    Shuffling these before `parse_batch_fn` keeps the compact float16 records in the
+    shuffle buffer and parses whole batches in parallel, after the shuffle.
+    """
+    dir_map = LabelMap.load(features_dir)
+    if label_map is not None:
+        label_map.check_same(dir_map)
+    files = shard_files(features_dir, split)
+    if verify_shards:
+        for path in files:
+            if verify_shards == "full" or "://" not in path:
+                check_shard(path, full=verify_shards == "full")
+
+    shard_records = None
+    if input_context is not None:
+        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+        if n > 1:
+            if len(files) >= n:
+                files = files[i::n]
+            else:
+                shard_records = (n, i)
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    if shard_records is not None:
+        ds = ds.shard(*shard_records)
+    return ds
+
+
 def make_dataset(features_dir: str, split: str, batch_size: int, *,
                  label_map: LabelMap | None = None, shuffle: bool = False,
                  repeat: bool = False, seed: int | None = None,
@@ -304,35 +347,10 @@ def make_dataset(features_dir: str, split: str, batch_size: int, *,
             ``"full"``: read every record and its checksum once (garbled payloads
             too; costs a pass over the data); False: no check.
     """
-    dir_map = LabelMap.load(features_dir)
-    if label_map is not None:
-        label_map.check_same(dir_map)
-    meta = read_meta(features_dir)
-    height, width, depth = (int(d) for d in meta["feature_shape"])
-    files = shard_files(features_dir, split)
-    if verify_shards:
-        for path in files:
-            if verify_shards == "full" or "://" not in path:
-                check_shard(path, full=verify_shards == "full")
-
-    per_worker_batch = batch_size
-    shard_records = None
-    if input_context is not None:
-        per_worker_batch = input_context.get_per_replica_batch_size(batch_size)
-        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
-        if n > 1:
-            if len(files) >= n:
-                files = files[i::n]
-            else:
-                shard_records = (n, i)
-
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
-    if shard_records is not None:
-        ds = ds.shard(*shard_records)
+    ds = record_dataset(features_dir, split, label_map=label_map, shuffle=shuffle, seed=seed,
+                        input_context=input_context, verify_shards=verify_shards)
+    per_worker_batch = (input_context.get_per_replica_batch_size(batch_size)
+                        if input_context is not None else batch_size)
     if cache:
         ds = ds.cache()
     if shuffle:
@@ -340,6 +358,6 @@ def make_dataset(features_dir: str, split: str, batch_size: int, *,
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(per_worker_batch, drop_remainder=drop_remainder)
-    ds = ds.map(_parse_fn(height * width, depth, dir_map.num_classes),
+    ds = ds.map(parse_batch_fn(features_dir),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -71,17 +71,23 @@ class Trainer:
         train_examples_fn: the training examples, unbatched, in a fixed order.
         validate_fn: scores the model on the validation split after each stage-2
             epoch (stage 1 for `baseline`); the best epoch is kept in `workdir/best`.
+        parse_batch_fn: when given, `train_examples_fn` yields serialized records and
+            this parses a batch of them into `{"features", "labels"}`: the shuffle
+            buffer then holds the compact records, and parsing runs on whole batches,
+            in parallel with training, instead of while the buffer fills.
     """
 
     def __init__(self, config: RunConfig, workdir: str, strategy: tf.distribute.Strategy,
                  feature_shape, num_train: int, train_examples_fn: ExamplesFn,
-                 validate_fn: Optional[ValidateFn] = None, progress: bool = True):
+                 validate_fn: Optional[ValidateFn] = None, progress: bool = True,
+                 parse_batch_fn: Optional[Callable[[tf.Tensor], dict]] = None):
         self.config = config
         self.workdir = workdir
         self.strategy = strategy
         self.num_train = num_train
         self.train_examples_fn = train_examples_fn
         self.validate_fn = validate_fn
+        self.parse_batch_fn = parse_batch_fn
         self.progress = progress
         self.chief = is_chief(strategy)
         self.global_batch = config.batch_size
@@ -183,7 +189,12 @@ class Trainer:
             # take exactly `steps_per_epoch` steps, so none waits on the others forever.
             ds = ds.repeat().batch(ctx.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
             local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-            return ds.skip(skip_steps * local_replicas).prefetch(tf.data.AUTOTUNE)
+            # `take` ends the input where the epoch ends; without it the prefetch starts
+            # refilling the shuffle buffer for a pass no step reads.
+            ds = ds.take(self.steps_per_epoch * local_replicas).skip(skip_steps * local_replicas)
+            if self.parse_batch_fn is not None:
+                ds = ds.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
+            return ds.prefetch(tf.data.AUTOTUNE)
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 

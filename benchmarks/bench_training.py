@@ -1,0 +1,331 @@
+"""Stage-2 training throughput on cached features, and how long steps wait for input.
+
+Builds the `Trainer` of `ofrnn_tf.pipeline.make_trainer` (serialized records
+shuffled, batched, parsed in parallel and prefetched in `Trainer._epoch_dataset`)
+over a features directory: N synthetic examples
+(random float16 ``[m, k]`` maps with a weak label signal, 1–4 of C labels each, written
+as sharded TFRecords) or a real extraction given with ``--features_dir``. For XLA off
+and on (`RunConfig.jit_compile`) it times the stage-2 step function of
+`Trainer._make_train_step`:
+
+- ``pipeline``: whole epochs fed by the trainer's input pipeline, from building the
+  epoch's dataset to the last step (so the shuffle buffer's fill at the start of
+  every epoch counts, as it does in training);
+- ``compute``: the same number of steps fed from a few batches of that pipeline held
+  in memory (`Dataset.from_tensors`), i.e. the step alone;
+- input-wait share = 1 − t_compute / t_pipeline per step (0 when negative; goal ≤ 5%),
+  over the whole epoch and after its first step (the first step waits for the fill);
+- ``reader``: examples/s of the trainer's input pipeline with no training, and of the
+  bare `make_dataset` reader (batches of 256, no shuffle).
+
+Tracing and XLA compilation are untimed warm-up; every step waits for its loss as the
+trainer's loop does (``float(loss)``). Each measure is repeated; medians count (shares
+are taken per repeat, from a compute block timed right before its pipeline epoch).
+The CPU may be shared with other work: compare the numbers as ratios within one run.
+Prints a markdown table and appends it to benchmarks/RESULTS.md.
+
+    python benchmarks/bench_training.py                          # 2048 examples, m=49, k=1280, C=10
+    python benchmarks/bench_training.py --num_examples=1024 --repeats=1
+    python benchmarks/bench_training.py --features_dir=data/features/<run> --max_steps=4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.features import tfrecords  # noqa: E402
+from ofrnn_tf.labels import LabelMap  # noqa: E402
+from ofrnn_tf.training.run_config import RunConfig  # noqa: E402
+from ofrnn_tf.training.trainer import Trainer  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("num_examples", 2048, "Synthetic training examples to write.")
+flags.DEFINE_list("feature_shape", ["7", "7", "1280"],
+                  "H, W, k of the synthetic maps (m = H·W; EfficientNet-Lite0: 7,7,1280).")
+flags.DEFINE_integer("num_classes", 10, "C of the synthetic data.")
+flags.DEFINE_integer("num_shards", 8, "Shards of the synthetic data (as ensure_features).")
+flags.DEFINE_string("features_dir", None,
+                    "A real features directory (its train split) instead of synthetic data.")
+flags.DEFINE_integer("max_steps", 4, "T_max.")
+flags.DEFINE_integer("batch_size", RunConfig.batch_size, "Global batch size.")
+flags.DEFINE_integer("shuffle_buffer", RunConfig.shuffle_buffer, "RunConfig.shuffle_buffer.")
+flags.DEFINE_list("xla", ["off", "on"], "XLA settings to time (off, on).")
+flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per setting (tracing, compilation).")
+flags.DEFINE_integer("memory_batches", 4, "Distinct batches held in memory for `compute`.")
+flags.DEFINE_integer("repeats", 3, "Timed repeats of each measure (medians count).")
+flags.DEFINE_string("work_dir", None, "Scratch directory, kept (default: a temporary one).")
+flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
+
+
+# -- data ----------------------------------------------------------------------------
+def write_synthetic_features(features_dir: str, num_examples: int, shape: tuple[int, int, int],
+                             num_classes: int, num_shards: int, seed: int = 0) -> LabelMap:
+    """A features directory of random float16 maps whose mean shifts with the labels."""
+    height, width, depth = shape
+    rng = np.random.default_rng(seed)
+    label_map = LabelMap([f"class{c}" for c in range(num_classes)])
+    os.makedirs(features_dir, exist_ok=True)
+    label_map.save(features_dir)
+    class_vectors = 0.3 * rng.standard_normal((num_classes, depth), dtype=np.float32)
+    bounds = [i * num_examples // num_shards for i in range(num_shards + 1)]
+    with tqdm(total=num_examples, desc="writing synthetic features", unit="ex",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for s in range(num_shards):
+            path = os.path.join(features_dir, tfrecords.shard_filename("train", s, num_shards))
+            with tf.io.TFRecordWriter(path) as writer:
+                for i in range(bounds[s], bounds[s + 1]):
+                    count = int(rng.integers(1, min(4, num_classes) + 1))
+                    labels = sorted(rng.choice(num_classes, size=count, replace=False).tolist())
+                    maps = rng.standard_normal((height * width, depth), dtype=np.float32)
+                    maps += class_vectors[labels].sum(0)
+                    writer.write(tfrecords.serialize_example(f"synthetic{i:07d}", maps, labels))
+                    bar.update(1)
+            tfrecords.write_shard_stats(features_dir, "train", s, num_shards,
+                                        bounds[s + 1] - bounds[s], [])
+    tfrecords.write_meta(features_dir, {"backbone": "synthetic", "feature_layer": "random",
+                                        "image_size": 0, "feature_shape": [height, width, depth]})
+    return label_map
+
+
+def make_trainer(config: RunConfig, workdir: str) -> Trainer:
+    """The `Trainer` `train.py` builds over `config.features_dir` (without validation)."""
+    return pipeline.make_trainer(config, workdir, tf.distribute.get_strategy(), validate=False)
+
+
+# -- timing --------------------------------------------------------------------------
+def run_steps(train_step: Callable, iterator, steps: int) -> list[float]:
+    """Seconds of each step, each waiting for its loss like the trainer's loop."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss, _ = train_step(iterator)
+        if not np.isfinite(float(loss)):
+            raise FloatingPointError(f"non-finite loss {float(loss)} in the benchmark")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_pipeline_epoch(trainer: Trainer, train_step: Callable, epoch: int) -> list[float]:
+    """Per-step seconds of one epoch; the first includes building the dataset and its fill."""
+    start = time.perf_counter()
+    iterator = iter(trainer._epoch_dataset(2, epoch, 0))
+    setup = time.perf_counter() - start
+    times = run_steps(train_step, iterator, trainer.steps_per_epoch)
+    times[0] += setup
+    return times
+
+
+def memory_iterator(trainer: Trainer, batches: list[dict]):
+    """The same batches, repeated, from memory (through the strategy like the real input)."""
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensors(batches[0])
+        for batch in batches[1:]:
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(batch))
+        return ds.repeat()
+
+    return iter(trainer.strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def time_reader(dataset, batches: int) -> tuple[float, int]:
+    """Seconds to draw `batches` batches (all of them if fewer) and the examples drawn."""
+    start, examples = time.perf_counter(), 0
+    for i, batch in enumerate(dataset):
+        examples += int(batch["labels"].shape[0])
+        if i + 1 == batches:
+            break
+    return time.perf_counter() - start, examples
+
+
+def measure(trainer: Trainer, repeats: int) -> dict:
+    """Per-step seconds of compute and of whole pipeline epochs, medians over `repeats`.
+
+    Each repeat times a block of compute-only steps right before a pipeline epoch, and
+    the input-wait shares are taken per repeat, so a change in the machine's load
+    between repeats moves both sides of a ratio alike.
+    """
+    train_step = trainer._make_train_step(2)
+    steps = trainer.steps_per_epoch
+    try:
+        run_steps(train_step, iter(trainer._epoch_dataset(2, 0, 0)), min(FLAGS.warmup_steps, steps))
+    except tf.errors.OpError as error:  # e.g. the step does not compile with XLA
+        return {"error": compile_error_summary(error)}
+    held = list(itertools.islice(iter(trainer._epoch_dataset(2, 0, 0)),
+                                 min(FLAGS.memory_batches, steps)))
+    memory = memory_iterator(trainer, held)
+    run_steps(train_step, memory, 2)  # a new input signature may retrace
+
+    per_repeat = []
+    for r in range(repeats):
+        compute = sum(run_steps(train_step, memory, steps)) / steps
+        epoch = time_pipeline_epoch(trainer, train_step, epoch=1 + r)
+        pipeline = sum(epoch) / steps
+        after_first = sum(epoch[1:]) / (steps - 1) if steps > 1 else float("nan")
+        per_repeat.append({"compute": compute, "pipeline": pipeline, "first_step": epoch[0],
+                           "after_first": after_first,
+                           "share": wait_share(compute, pipeline),
+                           "share_after_first": wait_share(compute, after_first)})
+    return {key: statistics.median(r[key] for r in per_repeat) for key in per_repeat[0]}
+
+
+def buffered_bytes_per_example(trainer: Trainer, record_bytes: float) -> float:
+    """What one example takes in the shuffle buffer: its tensors, or its serialized record."""
+    spec = trainer.train_examples_fn(tf.distribute.InputContext()).element_spec
+    total = 0.0
+    for leaf in tf.nest.flatten(spec):
+        if leaf.dtype == tf.string or not leaf.shape.is_fully_defined():
+            return record_bytes
+        total += leaf.shape.num_elements() * leaf.dtype.size
+    return total
+
+
+def compile_error_summary(error: tf.errors.OpError) -> str:
+    """The telling line of a (long, multi-line) step failure."""
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+    telling = next((line for line in lines if "XLA" in line or "requires" in line), lines[0])
+    return f"{type(error).__name__}: {telling[:320]}"
+
+
+def wait_share(compute: float, pipeline: float) -> float:
+    return max(0.0, 1.0 - compute / pipeline)
+
+
+# -- main ----------------------------------------------------------------------------
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    bad = [x for x in FLAGS.xla if x not in ("off", "on")]
+    if bad or not FLAGS.xla:
+        raise app.UsageError(f"--xla takes off and/or on; got {FLAGS.xla}")
+    if FLAGS.repeats < 1 or FLAGS.memory_batches < 1 or FLAGS.warmup_steps < 1:
+        raise app.UsageError("--repeats, --memory_batches and --warmup_steps must be ≥ 1")
+    work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="bench_training_")
+    os.makedirs(work_dir, exist_ok=True)
+    try:
+        run(work_dir)
+    finally:
+        if not FLAGS.work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def run(work_dir: str) -> None:
+    """Writes or opens the features, times every XLA setting, prints and appends."""
+    if FLAGS.features_dir:
+        features_dir = FLAGS.features_dir
+        label_map = LabelMap.load(features_dir)
+        source = f"features of {features_dir}"
+    else:
+        try:
+            shape = tuple(int(d) for d in FLAGS.feature_shape)
+        except ValueError:
+            raise app.UsageError(f"--feature_shape must be three integers H,W,k; got "
+                                 f"{FLAGS.feature_shape}") from None
+        if len(shape) != 3 or min(shape) < 1:
+            raise app.UsageError(f"--feature_shape must be three positive integers H,W,k; "
+                                 f"got {FLAGS.feature_shape}")
+        if FLAGS.num_examples < FLAGS.batch_size or FLAGS.num_classes < 1:
+            raise app.UsageError(f"--num_examples={FLAGS.num_examples} gives no batch of "
+                                 f"{FLAGS.batch_size} (or --num_classes < 1)")
+        features_dir = os.path.join(work_dir, "features")
+        shutil.rmtree(features_dir, ignore_errors=True)
+        label_map = write_synthetic_features(features_dir, FLAGS.num_examples, shape,
+                                             FLAGS.num_classes, FLAGS.num_shards)
+        source = "synthetic float16 features (1–4 labels, weak label signal)"
+    meta = tfrecords.read_meta(features_dir)
+    height, width, depth = (int(d) for d in meta["feature_shape"])
+    num_train = tfrecords.num_examples(features_dir, "train")
+    files = tfrecords.shard_files(features_dir, "train")
+    shard_mib = sum(os.path.getsize(p) for p in files) / 2 ** 20
+
+    base = RunConfig(features_dir=features_dir, label_names=label_map.names,
+                     max_steps=FLAGS.max_steps, batch_size=FLAGS.batch_size,
+                     shuffle_buffer=FLAGS.shuffle_buffer)
+    rows, results, reader, buffered = [], {}, None, 0.0
+    load_before = os.getloadavg()[0]
+    for xla in FLAGS.xla:
+        config = dataclasses.replace(base, jit_compile=xla == "on")
+        trainer = make_trainer(config, os.path.join(work_dir, f"workdir_xla_{xla}"))
+        print(f"timing XLA {xla}: {trainer.steps_per_epoch} steps/epoch ...", file=sys.stderr,
+              flush=True)
+        results[xla] = measure(trainer, FLAGS.repeats)
+        if reader is None:
+            buffered = buffered_bytes_per_example(trainer, shard_mib * 2 ** 20 / num_train)
+            steps = trainer.steps_per_epoch
+            own, bare = [], []
+            for r in range(FLAGS.repeats):
+                own.append(time_reader(trainer._epoch_dataset(2, 100 + r, 0), steps))
+                bare.append(time_reader(tfrecords.make_dataset(features_dir, "train", 256,
+                                                               label_map=label_map), 10 ** 9))
+            reader = {"own": statistics.median(n / t for t, n in own),
+                      "bare": statistics.median(n / t for t, n in bare)}
+        del trainer
+
+    load_after = os.getloadavg()[0]
+    batch = FLAGS.batch_size
+    buffer = min(num_train, FLAGS.shuffle_buffer)
+    lines = [
+        f"{num_train} {source}: m={height * width} ({height}x{width}), k={depth}, "
+        f"C={label_map.num_classes}, T_max={FLAGS.max_steps}, batch {batch}, LSTM "
+        f"{base.lstm_units}, attention {base.attention_units}, FC {base.fc_units}; "
+        f"{len(files)} shards, {shard_mib:.0f} MiB; shuffle buffer {buffer} examples "
+        f"({buffer * buffered / 2 ** 20:.0f} MiB). Stage-2 step of "
+        f"`Trainer._make_train_step`; medians of {FLAGS.repeats} repeats. The CPU may be "
+        f"shared with other work (1-minute load average {load_before:.1f} before, "
+        f"{load_after:.1f} after on {os.cpu_count()} cores): compare the numbers as ratios "
+        f"within this run.",
+        "",
+        "| XLA | ex/s with pipeline | ex/s compute only | input-wait share | "
+        "ms/step pipeline | ms/step compute | first step of epoch (s) | "
+        "wait share after first step |",
+        "|:---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    failures = []
+    for xla, r in results.items():
+        if "error" in r:
+            rows.append(f"| {xla} | fails | fails | — | — | — | — | — |")
+            failures.append(f"XLA {xla}: the stage-2 step fails: {r['error']}")
+            continue
+        rows.append(
+            f"| {xla} | {batch / r['pipeline']:,.0f} | {batch / r['compute']:,.0f} | "
+            f"{100 * r['share']:.1f}% | "
+            f"{1000 * r['pipeline']:.1f} | {1000 * r['compute']:.1f} | {r['first_step']:.2f} | "
+            f"{100 * r['share_after_first']:.1f}% |")
+    lines += rows
+    lines += [""] + failures + [""] * bool(failures) + [
+        f"Reader alone: the trainer's input pipeline (`_epoch_dataset`, batches of {batch}, "
+        f"shuffle fill included) {reader['own']:,.0f} examples/s; the bare `make_dataset` "
+        f"reader (batches of 256) {reader['bare']:,.0f} examples/s.",
+        "Input-wait share = 1 − t_compute / t_pipeline per step (goal ≤ 5%); a pipeline "
+        "epoch is timed from building its dataset to its last step.",
+    ]
+    if num_train <= FLAGS.shuffle_buffer:
+        lines.append(f"The shuffle buffer ({FLAGS.shuffle_buffer}) holds the whole epoch "
+                     f"({num_train} examples): every example is read before the epoch's "
+                     f"first step, the worst case for the fill.")
+    print("\n".join(lines))
+    if FLAGS.append:
+        from benchmarks._results import append_result
+
+        command = "python benchmarks/bench_training.py " + " ".join(sys.argv[1:])
+        path = append_result("Stage-2 training throughput and input wait", command.strip(), lines)
+        print(f"appended to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app.run(main)
