@@ -15,7 +15,6 @@ recomputes the test metrics of a finished run.
 """
 
 import os
-import sys
 
 from absl import app, flags
 

@@ -16,7 +16,6 @@ Takes about a minute on two CPU cores with the defaults.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks._results import append_result, machine_info  # noqa: E402
 from ofrnn_tf.decoding.beam_search import make_decoder  # noqa: E402
 from ofrnn_tf.modeling.model import OrderFreeRNN  # noqa: E402
 
@@ -69,28 +69,9 @@ def time_decoder(decode, features: tf.Tensor) -> tuple[float, int]:
     return (time.perf_counter() - start) / calls, calls
 
 
-def device_line() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-        where = f"GPU {name}"
-    else:
-        where = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    return f"{where}; TensorFlow {tf.__version__}"
-
-
 def append_results(title: str, command: str, lines: list[str]) -> None:
-    if FLAGS.results == FLAGS["results"].default:
-        try:
-            from benchmarks._results import append_result
-        except ImportError:
-            pass
-        else:
-            append_result(title, command, lines)
-            return
-    with open(FLAGS.results, "a") as f:
-        f.write(f"\n## {title}\n\n{device_line()}\n\n`{command}`\n\n" + "\n".join(lines) + "\n")
-
+    default = FLAGS.results == FLAGS["results"].default
+    append_result(title, command, lines, path=None if default else FLAGS.results)
 
 def main(argv) -> None:
     if len(argv) > 1:
@@ -116,7 +97,7 @@ def main(argv) -> None:
         "| batch | K | XLA | images/s | ms/batch | timed calls |",
         "|---:|---:|:---:|---:|---:|---:|",
     ]
-    print(device_line())
+    print(machine_info())
     print("\n".join(lines), flush=True)
     for xla in FLAGS.xla:
         for beam_size in beam_sizes:

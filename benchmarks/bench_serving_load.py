@@ -31,6 +31,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks._results import append_result  # noqa: E402
 from serving import client  # noqa: E402
 from serving.local_server import start_subprocess  # noqa: E402
 
@@ -123,18 +124,8 @@ def run_load(target: str, images: list[bytes]) -> dict:
 
 
 def append_results(title: str, command: str, lines: list[str]) -> None:
-    if FLAGS.results == FLAGS["results"].default:
-        try:
-            from benchmarks._results import append_result
-        except ImportError:
-            pass
-        else:
-            append_result(title, command, lines)
-            return
-    path = Path(FLAGS.results)
-    with open(path, "a") as f:
-        f.write(f"\n## {title}\n\n`{command}`\n\n" + "\n".join(lines) + "\n")
-
+    default = FLAGS.results == FLAGS["results"].default
+    append_result(title, command, lines, path=None if default else FLAGS.results)
 
 def main(argv) -> None:
     if len(argv) > 1:

@@ -172,19 +172,22 @@ def make_trainer(config: RunConfig, workdir: str, strategy, validate: bool = Tru
         batch = parse(serialized)
         return {"features": batch["features"], "labels": batch["labels"]}
 
-    validate_fn = None
-    if validate:
-        val = eval_dataset(config, "val")
-
-        def validate_fn(model):
-            return evaluation.validate(model, val, beam_size=1, max_steps=config.max_steps,
-                                       min_labels=config.min_labels,
-                                       objective=config.calibration_objective)
-
     num_train = tfrecords.num_examples(config.features_dir, "train")
     return Trainer(config, workdir, strategy, feature_shape(config.features_dir),
-                   num_train, train_examples, validate_fn=validate_fn,
+                   num_train, train_examples, validate_fn=validator(config) if validate else None,
                    parse_batch_fn=parse_batch, progress=validate)
+
+
+def validator(config: RunConfig):
+    """Greedy decoding of the validation split at its best τ: picks the best epoch."""
+    val = eval_dataset(config, "val")
+
+    def validate(model):
+        return evaluation.validate(model, val, beam_size=1, max_steps=config.max_steps,
+                                   min_labels=config.min_labels,
+                                   objective=config.calibration_objective)
+
+    return validate
 
 
 def train(config: RunConfig, workdir: str, strategy):

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from ofrnn_tf.export.warmup import WARMUP_FILE, write_warmup_requests  # noqa: F401 (re-exported)
+from ofrnn_tf.export.warmup import write_warmup_requests
 
 STAND_IN_CLASSES = ("red", "green", "blue")
 STAND_IN_GRID = 4  # H = W of the stand-in "feature map"

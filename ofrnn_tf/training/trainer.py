@@ -22,7 +22,6 @@ import time
 from typing import Callable, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
