@@ -151,6 +151,36 @@ def test_large_beam_equals_exhaustive_search(mode):
     assert len(lengths) >= 3, f"the τ values did not change the path lengths: {lengths}"
 
 
+@pytest.mark.parametrize("mode", ["order_free", "no_attention"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_beam_shaped_step_equals_step_on_repeated_context(mode, batch):
+    """`step(..., beam_size=K)` reads each image's context once; same as repeating it K times."""
+    model = model_for(mode)
+    beams = 4
+    context, state = model.start(make_features(batch, seed=21))
+    rng = np.random.default_rng(2)
+    repeat = lambda x: tf.repeat(x, beams, axis=0)
+    # Beams of one image differ in h, c, ỹ and v_pred, as they do after step 1.
+    tiled = state._replace(
+        h=repeat(state.h) + tf.constant(rng.normal(size=(batch * beams, 8)), tf.float32),
+        c=repeat(state.c) + tf.constant(rng.normal(size=(batch * beams, 8)), tf.float32),
+        y_tilde=tf.constant(rng.random((batch * beams, C)) < 0.3, tf.float32),
+        p=tf.constant(rng.random((batch * beams, C)), tf.float32))
+    expected = model.step(tf.nest.map_structure(repeat, context), tiled)
+    got = model.step(context, tiled, beam_size=beams)
+    for name, want, have in zip(("logits", "attention", "h", "c"), expected, got):
+        assert have.shape == want.shape, name
+        np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_one_step_beam_search_is_the_most_probable_label():
+    model = model_for("order_free")
+    x = make_features(4, seed=23)
+    out = to_numpy(beam_search(model, x, beam_size=3, max_steps=1, threshold=0.0))
+    for i in range(x.shape[0]):
+        assert_matches(out, i, greedy_reference(model, x[i:i + 1], 1, 0.0, 1), 1)
+
+
 def test_threshold_selection_equals_decoding_at_that_threshold():
     model = model_for("order_free")
     x = make_features(8, seed=3)

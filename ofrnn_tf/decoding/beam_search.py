@@ -1,7 +1,8 @@
 """Batched beam search over the confidence-ranked decoder (paper Eq. 11, DESIGN §2).
 
 One `tf.while_loop` over decoding steps advances the K beams of every image of a
-batch together. A path's probability is the product of its step probabilities
+batch together (step 1, where an image has a single beam, runs before it on one
+row per image). A path's probability is the product of its step probabilities
 (Eq. 11), kept as a sum of logs. A successor is admissible only while its path
 probability is at least τ (the first `min_labels` steps are admissible whatever τ);
 decoding stops when no image has an admissible successor or after `max_steps`
@@ -128,31 +129,98 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     features = _check_features(features)
     K, T, C = beam_size, max_steps, model.num_classes
 
+    # The context keeps one row per image. Beams are rows: image b's are b*K .. b*K+K-1,
+    # and each row carries its path so far (labels, attention, scores). An image that
+    # finds no admissible successor is frozen: its rows are kept as they are, so its
+    # beam 0 ends as the best beam of the last step that had one.
     context, state = model.start(features, training=False)
     v_prob = tf.cast(state.p, tf.float32)
-    batch, m = tf.shape(features)[0], tf.shape(features)[1]
-    tile = lambda x: tf.repeat(x, K, axis=0)  # image b's beams are rows b*K .. b*K+K-1
-    context = tf.nest.map_structure(tile, context)
-    state = tf.nest.map_structure(tile, state)
-    # One live beam per image at step 1, so the K beams do not start as copies.
-    log_prob = tf.tile(tf.concat([[0.0], tf.fill([K - 1], NEG_INF)], 0)[None, :],
-                       tf.stack([batch, 1]))
+    batch = tf.shape(features)[0]
+    own_rows = tf.range(batch * K)
+    image_rows = own_rows // K
     beam_offsets = (tf.range(batch) * K)[:, None]
+    best = lambda x: tf.gather(x, beam_offsets[:, 0])  # every image's beam 0
     steps = tf.range(T)
+
+    def step(v, first: bool):
+        t, state = v["t"], v["state"]
+        # At step 1 every beam of an image starts from the same state: the model runs
+        # on one row per image.
+        logits, alpha, h, c = model.step(context, state, training=False,
+                                         beam_size=1 if first else K)
+        logits = tf.cast(logits, tf.float32)
+        step_log_prob = model.step_log_probs(logits, state)
+        if model.teacher_forced:
+            # A softmax over an empty pool (every label chosen) is NaN: no successor there.
+            step_log_prob = tf.where(tf.math.is_nan(step_log_prob), NEG_INF, step_log_prob)
+            step_prob = tf.exp(step_log_prob)
+        else:
+            step_prob = tf.sigmoid(logits)
+
+        if first:
+            candidates = tf.concat(
+                [step_log_prob, tf.fill(tf.stack([batch, (K - 1) * C]), NEG_INF)], axis=1)
+        else:
+            candidates = tf.reshape(v["log_prob"][:, :, None] + tf.reshape(step_log_prob, [-1, K, C]),
+                                    [-1, K * C])
+        # NaN never compares true, so a NaN candidate is never admissible either.
+        admissible = (candidates > NEG_INF) & ((t < min_labels) | (candidates >= log_tau))
+        if not first:
+            admissible &= v["alive"][:, None]
+        new_log_prob, index = tf.math.top_k(tf.where(admissible, candidates, NEG_INF), k=K)
+        found = tf.reduce_any(admissible, axis=-1)
+        found_rows = tf.gather(found, image_rows)
+        label = tf.reshape(index % C, [-1])
+        if first:
+            source = image_rows
+        else:
+            source = tf.reshape(index // C + beam_offsets, [-1])
+            source = tf.where(found_rows, source, own_rows)
+        pick = lambda x: tf.gather(x, source)
+
+        new_state = model.advance(state._replace(y_tilde=pick(state.y_tilde)), pick(h), pick(c),
+                                  pick(logits), label)
+        write = tf.equal(steps, t)[None, :] & found_rows[:, None]
+        new_alpha = pick(alpha)[:, None, :]
+        new_scores = pick(step_prob)
+        if first:
+            labels = tf.where(write, label[:, None], -1)
+            attention = tf.where(write[:, :, None], new_alpha, 0.0)
+            scores = tf.where(found_rows[:, None], new_scores, 0.0)
+        else:
+            labels = tf.where(write, label[:, None], pick(v["labels"]))
+            attention = tf.where(write[:, :, None], new_alpha, pick(v["attention"]))
+            old_scores = pick(v["scores"])
+            scores = tf.where(found_rows[:, None], tf.maximum(old_scores, new_scores), old_scores)
+
+        out = dict(v)
+        out.update({
+            "t": t + 1,
+            "log_prob": tf.where(found[:, None], new_log_prob, v["log_prob"]),
+            "state": new_state,
+            "labels": labels,
+            "attention": attention,
+            "scores": scores,
+            "alive": found,
+            "num_labels": tf.where(found, t + 1, v["num_labels"]),
+        })
+        if all_steps:
+            at_step = tf.equal(steps, t)[None, :] & found[:, None]
+            out["step_labels"] = tf.where(at_step[:, :, None], best(labels)[:, None, :],
+                                          v["step_labels"])
+            out["step_log_prob"] = tf.where(at_step, new_log_prob[:, :1], v["step_log_prob"])
+            out["step_scores"] = tf.where(at_step[:, :, None], best(scores)[:, None, :],
+                                          v["step_scores"])
+        return out
 
     loop_vars = {
         "t": tf.constant(0),
-        "log_prob": log_prob,
+        # One live beam per image at step 1, so the K beams do not start as copies.
+        "log_prob": tf.tile(tf.concat([[0.0], tf.fill([K - 1], NEG_INF)], 0)[None, :],
+                            tf.stack([batch, 1])),
         "state": state,
-        "labels": tf.fill(tf.stack([batch, K, T]), -1),
-        "attention": tf.zeros(tf.stack([batch, K, T, m])),
-        "scores": tf.zeros(tf.stack([batch, K, C])),
         "alive": tf.ones(tf.stack([batch]), tf.bool),
-        "best_labels": tf.fill(tf.stack([batch, T]), -1),
-        "best_num": tf.zeros(tf.stack([batch]), tf.int32),
-        "best_log_prob": tf.zeros(tf.stack([batch])),
-        "best_scores": v_prob,
-        "best_attention": tf.zeros(tf.stack([batch, T, m])),
+        "num_labels": tf.zeros(tf.stack([batch]), tf.int32),
     }
     if all_steps:
         loop_vars.update({
@@ -161,70 +229,18 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
             "step_scores": tf.zeros(tf.stack([batch, T, C])),
         })
 
-    def cond(v):
-        return tf.logical_and(v["t"] < T, tf.reduce_any(v["alive"]))
-
-    def body(v):
-        t, state = v["t"], v["state"]
-        logits, alpha, h, c = model.step(context, state, training=False)
-        logits = tf.cast(logits, tf.float32)
-        step_log_prob = model.step_log_probs(logits, state)
-        # A softmax over an empty pool (every label chosen) is NaN; such a pool has no successor.
-        step_log_prob = tf.where(tf.math.is_nan(step_log_prob), NEG_INF, step_log_prob)
-        step_prob = tf.exp(step_log_prob) if model.teacher_forced else tf.sigmoid(logits)
-
-        candidates = tf.reshape(v["log_prob"][:, :, None] + tf.reshape(step_log_prob, [-1, K, C]),
-                                [-1, K * C])
-        admissible = (candidates > NEG_INF) & ((t < min_labels) | (candidates >= log_tau))
-        new_log_prob, index = tf.math.top_k(tf.where(admissible, candidates, NEG_INF), k=K)
-        parent, label = index // C, index % C
-        found = tf.reduce_any(admissible, axis=-1)
-        rows = tf.reshape(parent + beam_offsets, [-1])
-        pick = lambda x: tf.gather(x, rows)
-        pick_beam = lambda x: tf.gather(x, parent, batch_dims=1)
-
-        new_state = model.advance(tf.nest.map_structure(pick, state), pick(h), pick(c),
-                                  pick(logits), tf.reshape(label, [-1]))
-        at_t = tf.equal(steps, t)
-        labels = tf.where(at_t[None, None, :], label[:, :, None], pick_beam(v["labels"]))
-        attention = tf.where(at_t[None, None, :, None],
-                             tf.reshape(pick(alpha), [-1, K, 1, tf.shape(alpha)[-1]]),
-                             pick_beam(v["attention"]))
-        scores = tf.maximum(pick_beam(v["scores"]),
-                            tf.reshape(pick(step_prob), [-1, K, C]))
-
-        keep = found[:, None]
-        out = dict(v)
-        out.update({
-            "t": t + 1,
-            "log_prob": new_log_prob,
-            "state": new_state,
-            "labels": labels,
-            "attention": attention,
-            "scores": scores,
-            "alive": found,
-            "best_labels": tf.where(keep, labels[:, 0], v["best_labels"]),
-            "best_num": tf.where(found, t + 1, v["best_num"]),
-            "best_log_prob": tf.where(found, new_log_prob[:, 0], v["best_log_prob"]),
-            "best_scores": tf.where(keep, scores[:, 0], v["best_scores"]),
-            "best_attention": tf.where(keep[:, :, None], attention[:, 0], v["best_attention"]),
-        })
-        if all_steps:
-            at_step = at_t[None, :] & keep
-            out["step_labels"] = tf.where(at_step[:, :, None], labels[:, 0][:, None, :],
-                                          v["step_labels"])
-            out["step_log_prob"] = tf.where(at_step, new_log_prob[:, :1], v["step_log_prob"])
-            out["step_scores"] = tf.where(at_step[:, :, None], scores[:, 0][:, None, :],
-                                          v["step_scores"])
-        return (out,)
-
-    (final,) = tf.while_loop(cond, body, (loop_vars,), maximum_iterations=T)
+    final = step(loop_vars, first=True)
+    if T > 1:
+        (final,) = tf.while_loop(
+            lambda v: tf.logical_and(v["t"] < T, tf.reduce_any(v["alive"])),
+            lambda v: (step(v, first=False),), (final,), maximum_iterations=T - 1)
+    num_labels = final["num_labels"]
     result = {
-        "labels": final["best_labels"],
-        "num_labels": final["best_num"],
-        "log_prob": final["best_log_prob"],
-        "scores": final["best_scores"],
-        "attention": final["best_attention"],
+        "labels": best(final["labels"]),
+        "num_labels": num_labels,
+        "log_prob": final["log_prob"][:, 0],
+        "scores": tf.where((num_labels > 0)[:, None], best(final["scores"]), v_prob),
+        "attention": best(final["attention"]),
         "v_prob": v_prob,
     }
     if all_steps:

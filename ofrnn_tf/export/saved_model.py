@@ -120,7 +120,8 @@ def save_serving_module(module: ServingModule, export_base: str, version: Option
     LabelMap([n.decode() for n in module.label_names.numpy()]).save(
         os.path.join(tmp, "assets.extra"))
     if warmup_images:
-        write_warmup_requests(tmp, list(warmup_images), model_name=model_name)
+        write_warmup_requests(tmp, list(warmup_images), model_name=model_name,
+                              batch_sizes=(1, 8))
     os.replace(tmp, final)
     return final
 

@@ -120,9 +120,13 @@ class OrderFreeRNN(keras.Model):
                           tf.zeros_like(v_prob), v_prob)
         return self.cell.prepare(features), state
 
-    def step(self, context, state: CellState, training=False):
-        """Eq. 4–7 for one step: `(logits [B, C], attention [B, m], h, c)`."""
-        return self.cell.predict(context, state, training=training)
+    def step(self, context, state: CellState, training=False, beam_size: Optional[int] = None):
+        """Eq. 4–7 for one step: `(logits [B, C], attention [B, m], h, c)`.
+
+        `beam_size=K`: the state holds K beams per image of `context` (see
+        `ConfidenceRankedLSTMCell.predict`); the outputs have B·K rows.
+        """
+        return self.cell.predict(context, state, training=training, beam_size=beam_size)
 
     def step_log_probs(self, logits, state: CellState):
         """Log-probability of choosing each label at this step; chosen ones are -inf.
@@ -197,7 +201,8 @@ class OrderFreeRNN(keras.Model):
 
         _, _, total, per_step = tf.while_loop(
             lambda t, *_: t < max_steps, body,
-            (tf.constant(0), state, tf.zeros([batch]), tf.TensorArray(tf.float32, size=max_steps)))
+            (tf.constant(0), state, tf.zeros([batch]), tf.TensorArray(tf.float32, size=max_steps)),
+            maximum_iterations=max_steps)  # a fixed bound lets XLA compile the loop
         per_example = total / tf.maximum(tf.minimum(counts, float(max_steps)), 1.0)
         return per_example, per_step.stack()
 

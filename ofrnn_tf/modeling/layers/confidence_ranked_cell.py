@@ -1,6 +1,6 @@
 """M_pred: the confidence-ranked LSTM cell with its candidate pool (paper Eq. 6–10)."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import keras
 import tensorflow as tf
@@ -29,6 +29,11 @@ def mask_chosen(logits: tf.Tensor, y_tilde: tf.Tensor) -> tf.Tensor:
     done on the -inf entries, so no NaN can appear.
     """
     return tf.where(y_tilde > 0, tf.constant(float("-inf"), logits.dtype), logits)
+
+
+def _dim(x: tf.Tensor, axis: int):
+    """Static size of `axis` when known, else the dynamic one (keeps shapes inferable)."""
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
 
 
 @keras.saving.register_keras_serializable(package="ofrnn_tf")
@@ -104,15 +109,27 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         zeros_h = tf.zeros([batch_size, self.units])
         return CellState(zeros_h, zeros_h, tf.zeros([batch_size, self.num_classes]), p)
 
-    def predict(self, context, state: CellState, training=False):
-        """Eq. 4–7: returns `(p_t logits [B, C] float32, α_t [B, m], h_t, c_t)`."""
+    def predict(self, context, state: CellState, training=False, beam_size: Optional[int] = None):
+        """Eq. 4–7: returns `(p_t logits [B, C] float32, α_t [B, m], h_t, c_t)`.
+
+        With `beam_size=K` the state has K rows per image of `context` (rows
+        b·K .. b·K+K-1 belong to image b) and every output has B·K rows; the
+        context is not repeated per beam.
+        """
         features = context["features"]
         if self.attention is None:
             z = context["projected"]
             m = tf.shape(features)[1]
-            alpha = tf.fill(tf.stack([tf.shape(features)[0], m]), 1.0 / tf.cast(m, tf.float32))
-        else:
+            if beam_size is not None:
+                z = tf.repeat(z, beam_size, axis=0)
+            alpha = tf.fill(tf.stack([tf.shape(z)[0], m]), 1.0 / tf.cast(m, tf.float32))
+        elif beam_size is None:
             z, alpha = self.attention(context["projected"], features, state.h)
+        else:
+            h = tf.reshape(state.h, [-1, beam_size, _dim(state.h, -1)])
+            z, alpha = self.attention(context["projected"], features, h)
+            z = tf.reshape(z, [-1, _dim(z, -1)])
+            alpha = tf.reshape(alpha, [-1, _dim(alpha, -1)])
         dtype = z.dtype
         step_input = tf.concat(
             [tf.cast(state.p, dtype), z, tf.cast(state.y_tilde, dtype)], axis=-1)

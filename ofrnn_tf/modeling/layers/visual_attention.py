@@ -12,7 +12,9 @@ class VisualAttention(keras.layers.Layer):
     `z_t = Σ_i α_{i,t} v_i`.
 
     `W_v v_i + b` does not depend on t, so `project_features` computes it once per
-    image and every decoding step (and every beam) reuses it.
+    image and every decoding step (and every beam) reuses it. Beam search passes the
+    K hidden states of an image as `[B, K, d]`: all K attend over that image's
+    features, which are then read once per image instead of once per beam.
 
     Args:
         units: width of the attention MLP (the rows of W_v and W_h).
@@ -20,10 +22,12 @@ class VisualAttention(keras.layers.Layer):
     Call args:
         projected: `[B, m, units]`, the output of `project_features(features)`.
         features: `[B, m, k]` the feature maps v_1..v_m.
-        hidden: `[B, d]` the previous LSTM state h_{t-1}.
+        hidden: `[B, d]` the previous LSTM state h_{t-1}, or `[B, K, d]` for K
+            states (beams) per image.
 
     Returns:
-        `(z_t [B, k], α_t [B, m])`.
+        `(z_t [B, k], α_t [B, m])`, or `(z_t [B, K, k], α_t [B, K, m])` for a
+        `[B, K, d]` hidden.
 
     Example:
     >>> att = VisualAttention(units=8)
@@ -54,9 +58,36 @@ class VisualAttention(keras.layers.Layer):
         return self._feature_proj(features)
 
     def call(self, projected, features, hidden):
+        if len(hidden.shape) == 3:
+            return self._attend_beams(projected, features, hidden)
         scores = self._score(tf.tanh(projected + self._hidden_proj(hidden)[:, None, :]))
         alpha = tf.nn.softmax(tf.squeeze(scores, -1), axis=-1)
         context = tf.einsum("bm,bmk->bk", alpha, tf.cast(features, alpha.dtype))
+        return context, alpha
+
+    def _attend_beams(self, projected, features, hidden):
+        """Eq. 4–5 for `[B, K, d]` hidden states against each image's `[B, m, ·]` maps.
+
+        Built from plain ops: at beam-search sizes (a few rows of m ≈ 49) the fused
+        softmax and batched-matmul kernels cost more in per-call overhead than the
+        arithmetic, and the decoder runs them at every step.
+        """
+        beams = tf.shape(hidden)[:2]
+        depth = hidden.shape[-1] if hidden.shape[-1] is not None else tf.shape(hidden)[-1]
+        hidden_proj = self._hidden_proj(tf.reshape(hidden, [-1, depth]))
+        hidden_proj = tf.reshape(hidden_proj, tf.concat([beams, [1, self.units]], 0))
+        energy = tf.tanh(projected[:, None, :, :] + hidden_proj)  # [B, K, m, units]
+        w = tf.cast(self._score.kernel, energy.dtype)  # [units, 1]
+        scores = tf.reshape(tf.matmul(tf.reshape(energy, [-1, self.units]), w),
+                            tf.shape(energy)[:3])
+        scores = tf.exp(scores - tf.reduce_max(scores, axis=-1, keepdims=True))
+        alpha = scores / tf.reduce_sum(scores, axis=-1, keepdims=True)
+        features = tf.cast(features, alpha.dtype)
+        # One image (serving at batch 1) takes a plain matmul: much cheaper than a batched one.
+        context = tf.cond(
+            tf.equal(tf.shape(alpha)[0], 1),
+            lambda: tf.matmul(alpha[0], features[0])[None],
+            lambda: tf.matmul(alpha, features))
         return context, alpha
 
     def get_config(self):
