@@ -65,7 +65,8 @@ def main(argv):
                      f"{'yes' if len(beaten) == len(others) else 'no (not above: ' + ', '.join(sorted(set(others) - set(beaten))) + ')'}.")
     lines.append("Train time: both stages with validation after every epoch (features cached).")
     append_result("Paper table on the embedded benchmark (Tables 1–2 ablations)",
-                  " ".join(["python benchmarks/paper_table.py", f"--root={FLAGS.root}", *extra]),
+                  " ".join(["python benchmarks/paper_table.py", f"--root={FLAGS.root}",
+                            f"--cache_dir={FLAGS.cache_dir}", *extra]),
                   lines)
 
 
