@@ -69,10 +69,6 @@ def time_decoder(decode, features: tf.Tensor) -> tuple[float, int]:
     return (time.perf_counter() - start) / calls, calls
 
 
-def append_results(title: str, command: str, lines: list[str]) -> None:
-    default = FLAGS.results == FLAGS["results"].default
-    append_result(title, command, lines, path=None if default else FLAGS.results)
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -112,7 +108,7 @@ def main(argv) -> None:
                 lines.append(row)
     if FLAGS.results:
         command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
-        append_results("Beam-search decoding throughput", command, lines)
+        append_result("Beam-search decoding throughput", command, lines, path=FLAGS.results)
 
 
 if __name__ == "__main__":

@@ -123,10 +123,6 @@ def run_load(target: str, images: list[bytes]) -> dict:
     }
 
 
-def append_results(title: str, command: str, lines: list[str]) -> None:
-    default = FLAGS.results == FLAGS["results"].default
-    append_result(title, command, lines, path=None if default else FLAGS.results)
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -185,7 +181,7 @@ def main(argv) -> None:
     print("\n".join(lines))
     if FLAGS.results:
         command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
-        append_results("Serving load test (gRPC, loopback)", command, lines)
+        append_result("Serving load test (gRPC, loopback)", command, lines, path=FLAGS.results)
     if r["errors"]:
         sys.exit(1)
 

@@ -111,6 +111,15 @@ class LabelMap:
         self.check_same(LabelMap.load(directory))
 
 
+def reconcile(expected: "LabelMap | None", found: LabelMap) -> LabelMap:
+    """The label map to use: `found` when nothing was expected, else `expected` once
+    `found` is checked to be the same (`LabelMapMismatchError` naming both otherwise)."""
+    if expected is None:
+        return found
+    expected.check_same(found)
+    return expected
+
+
 def _as_file(directory_or_file: str) -> str:
     if directory_or_file.endswith(".json"):
         return directory_or_file

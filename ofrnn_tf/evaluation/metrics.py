@@ -70,16 +70,20 @@ def _first_bad(name: str, arr: np.ndarray, bad: np.ndarray, what: str) -> ValueE
         f"first at [{index}] = {arr[where]!r}")
 
 
+def _check_nd(name: str, a, ndim: int) -> np.ndarray:
+    if ndim == 2:
+        return _check_2d(name, a)
+    arr = np.asarray(a)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D [N]; got shape {arr.shape}")
+    if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must be numeric; got dtype {arr.dtype}")
+    return arr
+
+
 def _as_binary(name: str, a, ndim: int = 2) -> np.ndarray:
     """Returns a boolean copy of a 0/1 (or bool) array, or raises naming `name`."""
-    if ndim == 2:
-        arr = _check_2d(name, a)
-    else:
-        arr = np.asarray(a)
-        if arr.ndim != 1:
-            raise ValueError(f"{name} must be 1-D [N]; got shape {arr.shape}")
-        if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"{name} must be numeric; got dtype {arr.dtype}")
+    arr = _check_nd(name, a, ndim)
     if arr.dtype == bool:
         return arr.copy()
     bad = (arr != 0) & (arr != 1)  # NaN is bad too
@@ -89,15 +93,7 @@ def _as_binary(name: str, a, ndim: int = 2) -> np.ndarray:
 
 
 def _as_scores(name: str, a, ndim: int = 2) -> np.ndarray:
-    if ndim == 2:
-        arr = _check_2d(name, a)
-    else:
-        arr = np.asarray(a)
-        if arr.ndim != 1:
-            raise ValueError(f"{name} must be 1-D [N]; got shape {arr.shape}")
-        if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"{name} must be numeric; got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
+    arr = _check_nd(name, a, ndim).astype(np.float64)
     bad = ~np.isfinite(arr)
     if bad.any():
         raise _first_bad(name, arr, bad, "be finite")

@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from ofrnn_tf.data.example import Box, Example, LoadStats
-from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.labels import LabelMap, reconcile
 
 
 def load_coco(annotation_file: str,
@@ -68,10 +68,7 @@ def load_coco(annotation_file: str,
         file_map = LabelMap([coco.cats[c]["name"] for c in cat_ids], source=annotation_file)
     except ValueError as e:
         raise ValueError(f"{annotation_file}: categories: {e}") from None
-    if label_map is not None:
-        label_map.check_same(file_map)
-    else:
-        label_map = file_map
+    label_map = reconcile(label_map, file_map)
     label_of_cat = {c: i for i, c in enumerate(cat_ids)}
     _check_references(dataset, coco, annotation_file)
 

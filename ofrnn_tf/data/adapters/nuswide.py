@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ofrnn_tf.data.example import Example, LoadStats
-from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.labels import LabelMap, reconcile
 
 SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
 
@@ -64,10 +64,7 @@ def load_nuswide(root: str,
         file_map = LabelMap(concepts, source=concepts_file)
     except ValueError as e:
         raise ValueError(f"{concepts_file}: {e}") from None
-    if label_map is not None:
-        label_map.check_same(file_map)
-    else:
-        label_map = file_map
+    label_map = reconcile(label_map, file_map)
 
     list_file = os.path.join(root, "ImageList", list_name)
     paths = [_relative_path(p) for p in _read_lines(list_file) if p.strip()]
