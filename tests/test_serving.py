@@ -98,13 +98,19 @@ def test_batching_config_fields():
              "allowed_batch_sizes", "pad_variable_length_inputs", "thread_pool_name"}
     with open(os.path.join(ROOT, "serving", "batching.config")) as f:
         lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    fields = {}
+    fields, allowed = {}, []
     for line in lines:
         m = re.fullmatch(r"(\w+) \{ value: (\d+) \}", line)
-        assert m, f"unexpected line in batching.config: {line!r}"
-        fields[m[1]] = int(m[2])
+        repeated = re.fullmatch(r"allowed_batch_sizes: (\d+)", line)
+        assert m or repeated, f"unexpected line in batching.config: {line!r}"
+        if repeated:
+            allowed.append(int(repeated[1]))
+        else:
+            fields[m[1]] = int(m[2])
     assert set(fields) <= known
     assert fields["max_batch_size"] >= 1 and fields["num_batch_threads"] >= 1
+    # TF Serving requires increasing sizes ending at max_batch_size.
+    assert allowed == sorted(set(allowed)) and allowed[-1] == fields["max_batch_size"]
 
 
 # --- local server in a child process -------------------------------------------
