@@ -60,26 +60,33 @@ class Timer:
 
 
 # -- data ---------------------------------------------------------------------------
+# Data sets whose validation split is held out of train: COCO's val2014 is the test
+# split of the paper's protocol, and NUS-WIDE has only train and test.
+HOLD_OUT_VAL = ("coco", "nuswide")
+
+
 def load_examples(dataset: str, paths: dict, val_fraction: float = 0.05
                   ) -> tuple[dict[str, list[Example]], LabelMap]:
     """Examples of train/val/test; data sets without a val split hold one out of train.
 
     The hold-out is a deterministic function of each image id (a hash), so it does
-    not change between runs or when images are added.
+    not change between runs or when images are added. τ is never chosen on the test
+    images.
     """
     splits, label_map = {}, None
-    for split in SPLITS:
+    for split in ("train", "test", "val"):
+        if split == "val" and dataset in HOLD_OUT_VAL:
+            break
         try:
             examples, split_map, stats = load_split(dataset, split, label_map=label_map, **paths)
-        except (ValueError, FileNotFoundError) as error:
-            if split == "val":
-                splits["val"] = None
-                continue
-            raise error
+        except FileNotFoundError:
+            if split != "val":  # a manifest folder may have no val file
+                raise
+            break
         label_map = label_map or split_map
         log(f"{dataset} {split}: {stats}")
         splits[split] = examples
-    if splits["val"] is None:
+    if "val" not in splits:
         def held_out(example: Example) -> bool:
             digest = hashlib.sha1(example.image_id.encode()).digest()
             return int.from_bytes(digest[:4], "big") / 2**32 < val_fraction
@@ -88,7 +95,7 @@ def load_examples(dataset: str, paths: dict, val_fraction: float = 0.05
         splits["val"] = [e for e in train if held_out(e)]
         splits["train"] = [e for e in train if not held_out(e)]
         log(f"held out {len(splits['val'])} training images as the validation split")
-    return splits, label_map
+    return {split: splits[split] for split in SPLITS}, label_map
 
 
 def label_statistics(examples: list[Example], num_classes: int) -> tuple[list[int], int]:
