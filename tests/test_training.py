@@ -292,3 +292,20 @@ def test_two_workers_stay_in_sync(tmp_path):
         assert os.path.isdir(tmp_path / "tmp_worker" / "1" / "checkpoints")
     finally:
         _kill(procs)
+
+
+def test_mixed_precision_trains_with_float32_weights_and_logits(tmp_path):
+    import keras
+
+    config = tiny_config(epochs_stage1=1, epochs_stage2=2, mixed_precision=True)
+    try:
+        trainer = make_trainer(str(tmp_path), config, synthetic_data())
+        model = trainer.train()
+        assert isinstance(trainer.optimizers[2], keras.optimizers.LossScaleOptimizer)
+        assert all(v.dtype == "float32" for v in model.trainable_variables)
+        logits = model.step(*model.start(tf.constant(synthetic_data()["features"][:2])))[0]
+        assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()
+        losses = scalars(str(tmp_path))["loss/stage2"]
+        assert losses and all(np.isfinite(value) for _, value in losses)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
