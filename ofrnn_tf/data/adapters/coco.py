@@ -111,6 +111,17 @@ def _read_json(path: str) -> Any:
         raise OSError(f"cannot read COCO annotation file {path}: {e}") from None
 
 
+def _check_records(path: str, records: list, key: str, kind: str, field: str) -> None:
+    """Each of `records` is an object with an `id` and `field`; ids are unique."""
+    seen: set = set()
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or "id" not in record or field not in record:
+            raise ValueError(f"{path}: {key}[{i}] needs 'id' and '{field}'")
+        if record["id"] in seen:
+            raise ValueError(f"{path}: duplicate {kind} id {record['id']!r}")
+        seen.add(record["id"])
+
+
 def _check_structure(dataset: Any, path: str) -> None:
     if not isinstance(dataset, dict):
         raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations' "
@@ -123,20 +134,8 @@ def _check_structure(dataset: Any, path: str) -> None:
     if not dataset["categories"]:
         raise ValueError(f"{path}: no categories")
 
-    seen: set = set()
-    for i, img in enumerate(dataset["images"]):
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise ValueError(f"{path}: images[{i}] needs 'id' and 'file_name'")
-        if img["id"] in seen:
-            raise ValueError(f"{path}: duplicate image id {img['id']!r}")
-        seen.add(img["id"])
-    seen = set()
-    for i, cat in enumerate(dataset["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            raise ValueError(f"{path}: categories[{i}] needs 'id' and 'name'")
-        if cat["id"] in seen:
-            raise ValueError(f"{path}: duplicate category id {cat['id']!r}")
-        seen.add(cat["id"])
+    _check_records(path, dataset["images"], "images", "image", "file_name")
+    _check_records(path, dataset["categories"], "categories", "category", "name")
     for i, ann in enumerate(dataset.get("annotations", [])):
         if not isinstance(ann, dict):
             raise ValueError(f"{path}: annotations[{i}] is not an object")
