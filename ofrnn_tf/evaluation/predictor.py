@@ -78,6 +78,70 @@ def _read_json(path: str) -> dict:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
+def load_run(workdir: str, beam_size: Optional[int] = None, tau: Optional[float] = None, *,
+             min_labels: Optional[int] = None, backbone=None) -> dict:
+    """What a finished run decodes with: the keyword arguments of `Predictor` (and of
+    the export's `ServingModule`) — `model` (best weights), `backbone`, `label_map`,
+    `tau`, `beam_size`, `max_steps`, `min_labels`.
+
+    τ, K and `min_labels` come from the run's `calibration.json` (written by
+    train.py) unless given. `backbone` may pass an already built backbone of the run
+    (it must be the run's backbone); by default the run's `config.backbone` /
+    `config.feature_layer` is built, at the image size its features were extracted at
+    when the feature cache is present. A backbone whose maps differ from the cached
+    features, or a label map that differs from the run's, is refused.
+    """
+    from ofrnn_tf.evaluation.evaluate import CALIBRATION_FILENAME
+    from ofrnn_tf.features.backbones import get_backbone
+    from ofrnn_tf.training.run_config import RUN_CONFIG_FILENAME, RunConfig
+    from ofrnn_tf.training.trainer import load_best_model
+
+    if not os.path.exists(os.path.join(workdir, RUN_CONFIG_FILENAME)):
+        raise FileNotFoundError(f"{workdir} is not a run directory ({RUN_CONFIG_FILENAME} "
+                                f"missing): pass the --workdir of a train.py run")
+    config = RunConfig.load(workdir)
+    calibration_path = os.path.join(workdir, CALIBRATION_FILENAME)
+    calibration = _read_json(calibration_path) if os.path.exists(calibration_path) else None
+    if tau is None:
+        if calibration is None:
+            raise FileNotFoundError(
+                f"{calibration_path} is missing: run train.py (it calibrates τ on "
+                f"validation) first, or pass tau explicitly")
+        if "tau" not in calibration:
+            raise FileNotFoundError(f"{calibration_path} has no 'tau': rerun train.py "
+                                    f"--mode=eval, or pass tau explicitly")
+        tau = float(calibration["tau"])
+    calibration = calibration or {}
+    if beam_size is None:
+        beam_size = int(calibration.get("beam_size", config.beam_size))
+    if min_labels is None:
+        min_labels = int(calibration.get("min_labels", config.min_labels))
+
+    meta = _feature_meta(config.features_dir)
+    if backbone is None:
+        backbone = get_backbone(config.backbone, config.feature_layer or None,
+                                image_size=meta.get("image_size"))
+    elif backbone.name != config.backbone:
+        raise ValueError(f"the run {workdir} was trained on {config.backbone} features; "
+                         f"got a {backbone.name} backbone")
+    if "feature_shape" in meta and list(backbone.feature_shape) != [
+            int(d) for d in meta["feature_shape"]]:
+        raise ValueError(f"backbone {backbone!r} gives {backbone.feature_shape} feature maps but "
+                         f"the run was trained on {meta['feature_shape']} "
+                         f"({config.features_dir})")
+    if meta.get("feature_layer") and meta["feature_layer"] != backbone.feature_layer:
+        raise ValueError(f"backbone {backbone!r} stops at layer {backbone.feature_layer!r} but "
+                         f"the run's features come from {meta['feature_layer']!r} "
+                         f"({config.features_dir})")
+    height, width, depth = backbone.feature_shape
+    model, config = load_best_model(workdir, (height * width, depth))
+    label_map = LabelMap(config.label_names)
+    if os.path.exists(os.path.join(workdir, LABEL_MAP_FILENAME)):
+        LabelMap.load(workdir).check_same(label_map)
+    return dict(model=model, backbone=backbone, label_map=label_map, tau=tau,
+                beam_size=beam_size, max_steps=config.max_steps, min_labels=min_labels)
+
+
 class Predictor:
     """Backbone + `OrderFreeRNN` + beam search with fixed settings, in this process.
 
@@ -149,61 +213,9 @@ class Predictor:
                      tau: Optional[float] = None, *, min_labels: Optional[int] = None,
                      batch_size: int = DEFAULT_BATCH_SIZE, backbone=None,
                      jit_compile: bool = False) -> "Predictor":
-        """A predictor for the best weights of the run in `workdir`.
-
-        τ, K and `min_labels` come from the run's `calibration.json` (written by
-        train.py) unless given. `backbone` may pass an already built backbone of
-        the run (it must be the run's backbone); by default the run's
-        `config.backbone` / `config.feature_layer` is built, at the image size its
-        features were extracted at when the feature cache is present.
-        """
-        from ofrnn_tf.evaluation.evaluate import CALIBRATION_FILENAME
-        from ofrnn_tf.features.backbones import get_backbone
-        from ofrnn_tf.training.run_config import RUN_CONFIG_FILENAME, RunConfig
-        from ofrnn_tf.training.trainer import load_best_model
-
-        if not os.path.exists(os.path.join(workdir, RUN_CONFIG_FILENAME)):
-            raise FileNotFoundError(f"{workdir} is not a run directory ({RUN_CONFIG_FILENAME} "
-                                    f"missing): pass the --workdir of a train.py run")
-        config = RunConfig.load(workdir)
-        calibration_path = os.path.join(workdir, CALIBRATION_FILENAME)
-        calibration = _read_json(calibration_path) if os.path.exists(calibration_path) else None
-        if tau is None:
-            if calibration is None or "tau" not in calibration:
-                raise FileNotFoundError(
-                    f"{calibration_path} is missing or has no 'tau': finish the run with "
-                    f"train.py (it calibrates τ on validation), or pass tau explicitly")
-            tau = float(calibration["tau"])
-        calibration = calibration or {}
-        if beam_size is None:
-            beam_size = int(calibration.get("beam_size", config.beam_size))
-        if min_labels is None:
-            min_labels = int(calibration.get("min_labels", config.min_labels))
-
-        meta = _feature_meta(config.features_dir)
-        if backbone is None:
-            backbone = get_backbone(config.backbone, config.feature_layer or None,
-                                    image_size=meta.get("image_size"))
-        elif backbone.name != config.backbone:
-            raise ValueError(f"the run {workdir} was trained on {config.backbone} features; "
-                             f"got a {backbone.name} backbone")
-        if "feature_shape" in meta and list(backbone.feature_shape) != [
-                int(d) for d in meta["feature_shape"]]:
-            raise ValueError(f"backbone {backbone!r} gives {backbone.feature_shape} feature maps but "
-                             f"the run was trained on {meta['feature_shape']} "
-                             f"({config.features_dir})")
-        if meta.get("feature_layer") and meta["feature_layer"] != backbone.feature_layer:
-            raise ValueError(f"backbone {backbone!r} stops at layer {backbone.feature_layer!r} but "
-                             f"the run's features come from {meta['feature_layer']!r} "
-                             f"({config.features_dir})")
-        height, width, depth = backbone.feature_shape
-        model, config = load_best_model(workdir, (height * width, depth))
-        label_map = LabelMap(config.label_names)
-        if os.path.exists(os.path.join(workdir, LABEL_MAP_FILENAME)):
-            LabelMap.load(workdir).check_same(label_map)
-        return cls(model, backbone, label_map, tau=tau, beam_size=beam_size,
-                   max_steps=config.max_steps, min_labels=min_labels, batch_size=batch_size,
-                   jit_compile=jit_compile)
+        """A predictor for the best weights of the run in `workdir` (see `load_run`)."""
+        return cls(**load_run(workdir, beam_size, tau, min_labels=min_labels, backbone=backbone),
+                   batch_size=batch_size, jit_compile=jit_compile)
 
     # -- prediction ---------------------------------------------------------------------
     def decode_image(self, data: bytes) -> np.ndarray:

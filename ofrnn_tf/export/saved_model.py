@@ -130,35 +130,12 @@ def export_run(workdir: str, export_base: str, *, version: Optional[int] = None,
                warmup_images: Sequence[bytes] = (), jit_compile: bool = False,
                model_name: str = "ofrnn") -> str:
     """Exports a finished run: best weights, its backbone, the calibrated τ."""
-    import json
+    from ofrnn_tf.evaluation.predictor import load_run
 
-    from ofrnn_tf.evaluation.evaluate import CALIBRATION_FILENAME
-    from ofrnn_tf.features.backbones import get_backbone
-    from ofrnn_tf.features.tfrecords import read_meta
-    from ofrnn_tf.training.trainer import load_best_model
-
-    calibration_path = os.path.join(workdir, CALIBRATION_FILENAME)
-    if not os.path.exists(calibration_path):
-        raise FileNotFoundError(f"{calibration_path} is missing: run train.py (it calibrates τ "
-                                f"on validation) before exporting")
-    with open(calibration_path) as f:
-        calibration = json.load(f)
-    from ofrnn_tf.training.run_config import RunConfig
-    config = RunConfig.load(workdir)
-    meta = read_meta(config.features_dir)
-    backbone = get_backbone(config.backbone, config.feature_layer or None)
-    if list(backbone.feature_shape) != [int(d) for d in meta["feature_shape"]]:
-        raise ValueError(f"backbone {config.backbone} gives {backbone.feature_shape} but the run "
-                         f"was trained on {meta['feature_shape']} features")
-    height, width, depth = backbone.feature_shape
-    model, config = load_best_model(workdir, (height * width, depth))
-    label_map = LabelMap(config.label_names)
-    LabelMap.load(workdir).check_same(label_map)
-    module = ServingModule(model, backbone, label_map, tau=calibration["tau"],
-                           beam_size=calibration["beam_size"], max_steps=config.max_steps,
-                           min_labels=calibration["min_labels"], jit_compile=jit_compile)
+    run = load_run(workdir)
+    module = ServingModule(**run, jit_compile=jit_compile)
     if not warmup_images:
-        warmup_images = [_gray_jpeg(backbone.image_size)]
+        warmup_images = [_gray_jpeg(module.image_size)]
     return save_serving_module(module, export_base, version, warmup_images, model_name)
 
 
