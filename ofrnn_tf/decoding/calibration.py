@@ -50,6 +50,16 @@ def _check_grid(grid: Optional[Sequence[float]]) -> np.ndarray:
     return np.unique(values)
 
 
+def predictions_at(outputs: Mapping[str, np.ndarray], tau: float, min_labels: int = 1):
+    """`(y_pred [N, C] multi-hot, scores [N, C])` at threshold τ, read from a τ = 0
+    `all_steps` pass (or, for `baseline`, from its `v_prob`)."""
+    if all(key in outputs for key in STEP_KEYS):
+        selected = select_for_threshold(outputs, tau, min_labels)
+        num_classes = np.asarray(outputs["v_prob"]).shape[-1]
+        return labels_to_multi_hot(selected["labels"], num_classes), selected["scores"]
+    return select_baseline(outputs["v_prob"], tau, min_labels), np.asarray(outputs["v_prob"])
+
+
 def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int = 1,
                            objective: str = "mean_f1", grid: Optional[Sequence[float]] = None,
                            ) -> Tuple[float, List[Tuple[float, float]]]:
@@ -68,18 +78,13 @@ def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int
     if "y_true" not in outputs:
         raise ValueError("outputs lack 'y_true': the validation dataset must yield 'labels'")
     y_true = np.asarray(outputs["y_true"])
-    num_classes = y_true.shape[-1]
     decoder_mode = all(key in outputs for key in STEP_KEYS)
     if not decoder_mode and "v_prob" not in outputs:
         raise ValueError(f"outputs need either {STEP_KEYS} (decode with all_steps=True, τ = 0) "
                          "or 'v_prob' (baseline)")
     table = []
     for tau in _check_grid(grid):
-        if decoder_mode:
-            selected = select_for_threshold(outputs, float(tau), min_labels)
-            y_pred = labels_to_multi_hot(selected["labels"], num_classes)
-        else:
-            y_pred = select_baseline(outputs["v_prob"], float(tau), min_labels)
+        y_pred, _ = predictions_at(outputs, float(tau), min_labels)
         table.append((float(tau), objective_value(label_set_metrics(y_true, y_pred), objective)))
     best = max(range(len(table)), key=lambda i: (table[i][1], -i))
     return table[best][0], table
@@ -105,8 +110,16 @@ def calibrate_threshold(model, dataset, *, beam_size: int, max_steps: int, min_l
         threshold on `v_prob`.
     """
     objective_value({"C-F1": 0.0, "O-F1": 0.0}, objective)
+    outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,
+                               min_labels=min_labels, jit_compile=jit_compile, progress=progress)
+    return calibrate_from_outputs(outputs, min_labels=min_labels, objective=objective, grid=grid)
+
+
+def decode_all_steps(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
+                     jit_compile: bool = False, progress: bool = True) -> dict:
+    """One τ = 0 decoding pass recording every step, from which any τ can be read
+    (`select_for_threshold`); for `baseline` a plain pass (only `v_prob` is needed)."""
     decoder = make_decoder(model, beam_size=beam_size, max_steps=max_steps, threshold=0.0,
                            min_labels=min_labels, all_steps=model.uses_decoder,
                            jit_compile=jit_compile)
-    outputs = decode_dataset(decoder, dataset, progress=progress)
-    return calibrate_from_outputs(outputs, min_labels=min_labels, objective=objective, grid=grid)
+    return decode_dataset(decoder, dataset, progress=progress)

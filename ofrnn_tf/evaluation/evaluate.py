@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping, Optional
+from typing import Optional
 
 import numpy as np
 
-from ofrnn_tf.decoding.beam_search import (
-    decode_dataset, labels_to_multi_hot, make_decoder, select_baseline, select_for_threshold)
-from ofrnn_tf.decoding.calibration import calibrate_from_outputs
+from ofrnn_tf.decoding.calibration import (
+    calibrate_from_outputs, calibrate_threshold, decode_all_steps, predictions_at)
 from ofrnn_tf.evaluation.metrics import evaluate_all, label_set_metrics, mean_average_precision
 
 CALIBRATION_FILENAME = "calibration.json"
-
-
-def decode_all_steps(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
-                     jit_compile: bool = False, progress: bool = True) -> dict:
-    """One τ = 0 decoding pass recording every step, from which any τ can be read."""
-    decoder = make_decoder(model, beam_size=beam_size, max_steps=max_steps, threshold=0.0,
-                           min_labels=min_labels, all_steps=model.uses_decoder,
-                           jit_compile=jit_compile)
-    return decode_dataset(decoder, dataset, progress=progress)
-
-
-def predictions_at(outputs: Mapping[str, np.ndarray], tau: float, min_labels: int = 1):
-    """`(y_pred [N, C], scores [N, C])` of the decoder at threshold τ."""
-    num_classes = np.asarray(outputs["v_prob"]).shape[-1]
-    if "step_labels" in outputs:
-        selected = select_for_threshold(outputs, tau, min_labels)
-        return labels_to_multi_hot(selected["labels"], num_classes), selected["scores"]
-    return select_baseline(outputs["v_prob"], tau, min_labels), np.asarray(outputs["v_prob"])
 
 
 def validate(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
@@ -50,9 +31,9 @@ def validate(model, dataset, *, beam_size: int, max_steps: int, min_labels: int 
 def calibrate(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
               objective: str = "mean_f1", progress: bool = True) -> dict:
     """Chooses τ on the validation split; returns what `calibration.json` stores."""
-    outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,
-                               min_labels=min_labels, progress=progress)
-    tau, table = calibrate_from_outputs(outputs, min_labels=min_labels, objective=objective)
+    tau, table = calibrate_threshold(model, dataset, beam_size=beam_size, max_steps=max_steps,
+                                     min_labels=min_labels, objective=objective,
+                                     progress=progress)
     return {"tau": tau, "objective": objective, "beam_size": beam_size,
             "max_steps": max_steps, "min_labels": min_labels,
             "grid": [[t, v] for t, v in table]}
