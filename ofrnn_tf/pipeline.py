@@ -7,7 +7,9 @@ last one stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import sys
 import time
@@ -38,17 +40,13 @@ class Timer:
     def __init__(self):
         self.parts: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Part:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.parts[name] = timer.parts.get(name, 0.0) + time.perf_counter() - self.start
-
-        return _Part()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - start
 
     def save(self, path: str) -> None:
         evaluation.save_json({k: round(v, 1) for k, v in self.parts.items()}, path)
@@ -210,16 +208,15 @@ def calibrate_and_evaluate(model, config: RunConfig, workdir: str, split: str = 
     `calibrate_baseline`.
     """
     path = os.path.join(workdir, evaluation.CALIBRATION_FILENAME)
+    fixed = config.variant == "baseline" and not calibrate_baseline
     calibration = None
     if os.path.exists(path) and not recalibrate:
-        import json
         with open(path) as f:
             calibration = json.load(f)
-        wanted = ("fixed" if config.variant == "baseline" and not calibrate_baseline
-                  else config.calibration_objective)
+        wanted = "fixed" if fixed else config.calibration_objective
         if calibration.get("beam_size") != config.beam_size or calibration.get("objective") != wanted:
             calibration = None
-    if calibration is None and config.variant == "baseline" and not calibrate_baseline:
+    if calibration is None and fixed:
         # DESIGN §1: M_map alone is the paper's "ResNet-baseline" row, thresholded at 0.5.
         calibration = {"tau": 0.5, "objective": "fixed", "beam_size": config.beam_size,
                        "max_steps": config.max_steps, "min_labels": config.min_labels}
