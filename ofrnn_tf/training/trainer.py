@@ -298,12 +298,9 @@ def load_best_model(workdir: str, feature_shape) -> tuple[OrderFreeRNN, RunConfi
     """The best (else the latest) weights of a finished run, with its config."""
     config = RunConfig.load(workdir)
     model = build_model(config, feature_shape)
-    best = tf.train.latest_checkpoint(os.path.join(workdir, BEST_DIRNAME))
-    if best:
-        tf.train.Checkpoint(model=model).restore(best).expect_partial()
-    else:
-        latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-        if not latest:
-            raise FileNotFoundError(f"no checkpoint in {workdir}: train first")
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    path = (tf.train.latest_checkpoint(os.path.join(workdir, BEST_DIRNAME))
+            or tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")))
+    if not path:
+        raise FileNotFoundError(f"no checkpoint in {workdir}: train first")
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
     return model, config
