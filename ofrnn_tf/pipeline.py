@@ -1,33 +1,41 @@
 """The whole path of a run: data → cached features → Algorithm 1 → τ → test metrics.
 
-`train.py` is a thin flag layer over these functions; each step is cached on disk
-(canvases, feature shards, checkpoints), so rerunning a command resumes where the
-last one stopped.
+`run` is what ``ofrnn-train`` (train.py) does. Every step is cached on disk (canvases,
+feature shards, checkpoints, calibration), so rerunning a command resumes where the
+last one stopped; a run folder moved elsewhere finds its feature cache again by
+content fingerprint (`ofrnn_tf.features.cache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import dataclasses
 import os
+import shutil
 import sys
 import time
 from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.data import fashion_canvases
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.data.registry import load_split
+from ofrnn_tf.data.splits import check_split_sizes, label_statistics, load_examples
 from ofrnn_tf.evaluation import evaluate as evaluation
-from ofrnn_tf.features import tfrecords
+from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.features.backbones import describe_backbone
+from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
-from ofrnn_tf.training.run_config import RunConfig
+from ofrnn_tf.run_dir import RunDir, RunFacts
+from ofrnn_tf.training.distribute import make_strategy
+from ofrnn_tf.training.trainer import Trainer
+from ofrnn_tf.visualization.attention_maps import render_examples
 
-SPLITS = ("train", "val", "test")
-METRICS_FILENAME = "metrics_{split}.json"
+NUM_EXAMPLE_IMAGES = 6
+RESULT_COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "AP-large", "tau")
 
 
 def log(message: str) -> None:
@@ -35,7 +43,7 @@ def log(message: str) -> None:
 
 
 class Timer:
-    """Collects how long each part of a run took (printed at the end of train.py)."""
+    """Collects how long each part of a run took (printed at the end of a run)."""
 
     def __init__(self):
         self.parts: dict[str, float] = {}
@@ -48,8 +56,8 @@ class Timer:
         finally:
             self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - start
 
-    def save(self, path: str) -> None:
-        evaluation.save_json({k: round(v, 1) for k, v in self.parts.items()}, path)
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.parts.items()}
 
     def summary(self) -> str:
         total = sum(self.parts.values())
@@ -57,182 +65,187 @@ class Timer:
         return f"{parts}; total {total:.0f}s ({total / 60:.1f} min)"
 
 
-# -- data ---------------------------------------------------------------------------
-# Data sets whose validation split is held out of train: COCO's val2014 is the test
-# split of the paper's protocol, and NUS-WIDE has only train and test.
-HOLD_OUT_VAL = ("coco", "nuswide")
+# -- data -----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Data:
+    """The examples of a run and what was learned loading them."""
+
+    splits: dict[str, list[Example]]
+    label_map: LabelMap
+    small_area: Optional[float] = None
 
 
-def load_examples(dataset: str, paths: dict, val_fraction: float = 0.05
-                  ) -> tuple[dict[str, list[Example]], LabelMap]:
-    """Examples of train/val/test; data sets without a val split hold one out of train.
-
-    The hold-out is a deterministic function of each image id (a hash), so it does
-    not change between runs or when images are added. τ is never chosen on the test
-    images.
-    """
-    splits, label_map = {}, None
-    for split in ("train", "test", "val"):
-        if split == "val" and dataset in HOLD_OUT_VAL:
-            break
-        try:
-            examples, split_map, stats = load_split(dataset, split, label_map=label_map, **paths)
-        except FileNotFoundError:
-            if split != "val":  # a manifest folder may have no val file
-                raise
-            break
-        label_map = label_map or split_map
-        log(f"{dataset} {split}: {stats}")
-        splits[split] = examples
-    if "val" not in splits:
-        def held_out(example: Example) -> bool:
-            digest = hashlib.sha1(example.image_id.encode()).digest()
-            return int.from_bytes(digest[:4], "big") / 2**32 < val_fraction
-
-        train = splits["train"]
-        splits["val"] = [e for e in train if held_out(e)]
-        splits["train"] = [e for e in train if not held_out(e)]
-        log(f"held out {len(splits['val'])} training images as the validation split")
-    return {split: splits[split] for split in SPLITS}, label_map
+def benchmark_dir(config: ExperimentConfig) -> str:
+    """Where the embedded benchmark of `config` is built: one folder per configuration."""
+    data = config.data
+    canvas = fashion_canvases.CanvasConfig(num_train=data.num_train, num_val=data.num_val,
+                                           num_test=data.num_test, seed=data.seed,
+                                           scenes=data.scenes)
+    key = fashion_canvases.fingerprint(canvas.to_dict())[:12]
+    return os.path.join(config.runtime.cache_dir, "fashion_canvases", key)
 
 
-def label_statistics(examples: list[Example], num_classes: int) -> tuple[list[int], int]:
-    """Per-class counts and the largest label count of an image (T_max)."""
-    counts = np.zeros(num_classes, np.int64)
-    longest = 0
-    for example in examples:
-        counts[list(example.label_ids)] += 1
-        longest = max(longest, len(example.label_ids))
-    return counts.tolist(), longest
+def load_data(config: ExperimentConfig) -> Data:
+    """The train / val / test examples (building the benchmark first if it is the data),
+    checked to be large enough for the run before any other work."""
+    data = config.data
+    paths = {"data_dir": data.data_dir or None}
+    if data.manifest:
+        paths["manifest"] = data.manifest
+    small_area = None
+    if data.dataset == "fashion_canvases":
+        built = fashion_canvases.build_fashion_canvases(
+            benchmark_dir(config), num_train=data.num_train, num_val=data.num_val,
+            num_test=data.num_test, seed=data.seed, scenes=data.scenes)
+        paths = {"data_dir": built["out_dir"]}
+        small_area = float(built["small_area_fraction"])
+    splits, label_map = load_examples(data.dataset, paths, data.val_fraction)
+    check_split_sizes(splits, config.train.batch_size)
+    return Data(splits, label_map, small_area)
 
 
-# -- features -----------------------------------------------------------------------
-def ensure_features(splits: dict[str, list[Example]], label_map: LabelMap, features_dir: str,
-                    backbone_name: str, feature_layer: Optional[str], batch_size: int = 32,
-                    num_shards: int = 8) -> str:
-    """Extracts each split's features unless its shards are all there already."""
-    from ofrnn_tf.features.backbones import get_backbone
-    from ofrnn_tf.features.extract import extract_split
-
-    backbone = None
-    for split, examples in splits.items():
-        if _split_complete(features_dir, split):
-            log(f"features {split}: cached in {features_dir}")
-            continue
-        if backbone is None:
-            backbone = get_backbone(backbone_name, feature_layer or None)
-        summary = extract_split(examples, label_map, backbone, features_dir, split,
-                                batch_size=batch_size, num_shards=num_shards)
-        log(f"features {split}: {summary}")
-    return features_dir
+# -- features -------------------------------------------------------------------------
+def feature_cache_name(config: ExperimentConfig, data: Data) -> tuple[str, str]:
+    """`(folder name, content fingerprint)` of the feature cache of `config` on `data`."""
+    features = config.features
+    fingerprint = cache.content_fingerprint(data.splits, data.label_map, features.backbone,
+                                            features.layer)
+    name = cache.cache_name(config.data.dataset, features.backbone, features.layer, fingerprint)
+    return name, fingerprint
 
 
-def _split_complete(features_dir: str, split: str) -> bool:
-    try:
-        meta = tfrecords.read_meta(features_dir)
-        info = meta["splits"][split]
-        files = tfrecords.shard_files(features_dir, split)
-    except (FileNotFoundError, KeyError, ValueError):
-        return False
-    return len(files) == int(info["num_shards"])
+def prepare_features(config: ExperimentConfig, data: Data) -> tuple[str, RunFacts]:
+    """Extracts (or finds) the run's feature cache; returns it and the run's facts."""
+    features = config.features
+    name, fingerprint = feature_cache_name(config, data)
+    layer = describe_backbone(features.backbone, features.layer)["feature_layer"]
+    directory = cache.features_dir(config.runtime.cache_dir, name)
+    meta = cache.ensure_features(data.splits, data.label_map, directory, features.backbone,
+                                 features.layer, fingerprint,
+                                 batch_size=features.extract_batch_size,
+                                 num_shards=features.num_shards)
+    counts, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
+    order = fixed_label_order(counts, config.model.variant)
+    facts = RunFacts(
+        label_names=data.label_map.names, max_steps=min(longest, data.label_map.num_classes),
+        label_order=None if order is None else tuple(order), small_area=data.small_area,
+        features_name=name, features_fingerprint=fingerprint,
+        feature_shape=tuple(int(d) for d in meta["feature_shape"]),
+        image_size=int(meta["image_size"]), feature_layer=layer)
+    return directory, facts
 
 
-def feature_shape(features_dir: str) -> tuple[int, int]:
-    """`(m, k)` of the cached maps (m = H·W positions)."""
-    height, width, depth = (int(d) for d in tfrecords.read_meta(features_dir)["feature_shape"])
-    return height * width, depth
+def locate_features(config: ExperimentConfig, facts: RunFacts) -> str:
+    """The feature cache a run was trained on, under this run's ``runtime.cache_dir``."""
+    directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
+    cache.check_fingerprint(directory, facts.features_fingerprint)
+    return directory
 
 
-def eval_dataset(config: RunConfig, split: str, batch_size: int = 256):
-    return tfrecords.make_dataset(config.features_dir, split, batch_size,
-                                  label_map=LabelMap(config.label_names))
+def eval_dataset(features_dir: str, facts: RunFacts, split: str, batch_size: int = 256):
+    return tfrecords.make_dataset(features_dir, split, batch_size,
+                                  label_map=LabelMap(facts.label_names))
 
 
-def make_run_config(base: RunConfig, train_examples: list[Example], label_map: LabelMap
-                    ) -> RunConfig:
-    """Fills in what the data decides: class names, T_max and the fixed label order."""
-    counts, longest = label_statistics(train_examples, label_map.num_classes)
-    base.label_names = label_map.names
-    base.max_steps = min(longest, label_map.num_classes)
-    order = fixed_label_order(counts, base.variant)
-    base.label_order = None if order is None else tuple(order)
-    return base
-
-
-# -- training and evaluation -----------------------------------------------------------
-def make_trainer(config: RunConfig, workdir: str, strategy, validate: bool = True):
-    """The `Trainer` of a run: training records of `config.features_dir`, and (with
-    `validate`) greedy decoding of the validation split after every epoch."""
-    from ofrnn_tf.training.trainer import Trainer
-
-    label_map = LabelMap(config.label_names)
+# -- training and evaluation ------------------------------------------------------------
+def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, features_dir: str,
+                 strategy=None, validate: bool = True) -> Trainer:
+    """The `Trainer` of a run: the training records of its feature cache and, with
+    `validate`, validation after every epoch (see `evaluation.validate`)."""
+    label_map = LabelMap(facts.label_names)
 
     def train_examples(ctx: tf.distribute.InputContext):
-        return tfrecords.record_dataset(config.features_dir, "train", label_map=label_map,
+        return tfrecords.record_dataset(features_dir, "train", label_map=label_map,
                                         input_context=ctx)
 
-    parse = tfrecords.parse_batch_fn(config.features_dir)
+    parse = tfrecords.parse_batch_fn(features_dir)
 
     def parse_batch(serialized: tf.Tensor) -> dict:
         batch = parse(serialized)
         return {"features": batch["features"], "labels": batch["labels"]}
 
-    num_train = tfrecords.num_examples(config.features_dir, "train")
-    return Trainer(config, workdir, strategy, feature_shape(config.features_dir),
-                   num_train, train_examples, validate_fn=validator(config) if validate else None,
-                   parse_batch_fn=parse_batch, progress=validate)
+    validate_fn = None
+    if validate:
+        val = eval_dataset(features_dir, facts, "val")
+        validate_fn = lambda model, stage: evaluation.validate(
+            model, val, stage, config.decoding, facts.max_steps)
+    strategy = strategy or make_strategy(config.runtime.strategy)
+    return Trainer(config, facts, run_dir, strategy, tfrecords.num_examples(features_dir, "train"),
+                   train_examples, validate_fn=validate_fn, parse_batch_fn=parse_batch,
+                   progress=validate)
 
 
-def validator(config: RunConfig):
-    """Greedy decoding of the validation split at its best τ: picks the best epoch."""
-    val = eval_dataset(config, "val")
-
-    def validate(model):
-        return evaluation.validate(model, val, beam_size=1, max_steps=config.max_steps,
-                                   min_labels=config.min_labels,
-                                   objective=config.calibration_objective)
-
-    return validate
-
-
-def train(config: RunConfig, workdir: str, strategy):
-    """Algorithm 1 with validation after every epoch; returns the best model."""
-    return make_trainer(config, workdir, strategy).train()
-
-
-def calibrate_and_evaluate(model, config: RunConfig, workdir: str, split: str = "test",
-                           recalibrate: bool = False, calibrate_baseline: bool = False) -> dict:
-    """τ on validation (cached in calibration.json), then every metric on `split`.
-
-    The `baseline` variant keeps the paper's fixed 0.5 threshold on v_prob unless
-    `calibrate_baseline`.
-    """
-    path = os.path.join(workdir, evaluation.CALIBRATION_FILENAME)
-    fixed = config.variant == "baseline" and not calibrate_baseline
-    calibration = None
-    if os.path.exists(path) and not recalibrate:
-        with open(path) as f:
-            calibration = json.load(f)
-        wanted = "fixed" if fixed else config.calibration_objective
-        if calibration.get("beam_size") != config.beam_size or calibration.get("objective") != wanted:
-            calibration = None
-    if calibration is None and fixed:
-        # DESIGN §1: M_map alone is the paper's "ResNet-baseline" row, thresholded at 0.5.
-        calibration = {"tau": 0.5, "objective": "fixed", "beam_size": config.beam_size,
-                       "max_steps": config.max_steps, "min_labels": config.min_labels}
-        evaluation.save_json(calibration, path)
+def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
+                           features_dir: str, split: str = "test",
+                           recalibrate: bool = False) -> dict:
+    """τ for the configured beam width on validation (kept in calibration.json), then
+    every metric on `split` (saved as metrics_<split>.json)."""
+    decoding = config.decoding
+    calibration = None if recalibrate else run_dir.calibration(decoding.beam_size)
+    if calibration is not None and (calibration.get("objective") != decoding.calibration_objective
+                                    or calibration.get("min_labels") != decoding.min_labels):
+        calibration = None
     if calibration is None:
-        log(f"calibrating τ on the validation split (beam {config.beam_size}, "
-            f"objective {config.calibration_objective})")
-        calibration = evaluation.calibrate(
-            model, eval_dataset(config, "val"), beam_size=config.beam_size,
-            max_steps=config.max_steps, min_labels=config.min_labels,
-            objective=config.calibration_objective)
-        evaluation.save_json(calibration, path)
-    log(f"τ = {calibration['tau']:.4g}")
+        calibration = evaluation.calibrate(model, eval_dataset(features_dir, facts, "val"),
+                                           decoding, facts.max_steps)
+        run_dir.save_calibration(calibration)
+    log(f"τ = {calibration['tau']:.4g} (beam width {decoding.beam_size})")
     metrics = evaluation.evaluate(
-        model, eval_dataset(config, split), tau=calibration["tau"], beam_size=config.beam_size,
-        max_steps=config.max_steps, min_labels=config.min_labels, small_area=config.small_area)
-    metrics["variant"] = config.variant
-    evaluation.save_json(metrics, os.path.join(workdir, METRICS_FILENAME.format(split=split)))
+        model, eval_dataset(features_dir, facts, split), tau=calibration["tau"],
+        beam_size=decoding.beam_size, max_steps=facts.max_steps,
+        min_labels=decoding.min_labels, small_area=facts.small_area)
+    metrics["variant"] = config.model.variant
+    run_dir.save_metrics(split, metrics)
+    return metrics
+
+
+def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) -> list[str]:
+    """Copies the first test images into the run folder (export warm-up, demos) and draws
+    their attention pictures; returns the copied paths."""
+    chosen = [e for e in data.splits["test"] if isinstance(e.image, str)][:num]
+    os.makedirs(run_dir.examples_dir, exist_ok=True)
+    copies, truth = [], {}
+    for example in chosen:
+        target = os.path.join(run_dir.examples_dir, os.path.basename(example.image))
+        shutil.copyfile(example.image, target)
+        copies.append(target)
+        truth[target] = data.label_map.names_of(example.label_ids)
+    render_examples(Predictor.from_run(run_dir), copies, run_dir.attention_dir,
+                    ground_truth=truth, max_images=num)
+    return copies
+
+
+def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
+    """Trains (or resumes) and evaluates a run (``mode="train"``), or only recalibrates τ
+    and evaluates a finished one (``mode="eval"``); returns the test metrics."""
+    run_dir = RunDir(workdir)
+    timer = Timer()
+    data = None
+    if mode == "train":
+        with timer("data"):
+            data = load_data(config)
+        with timer("features"):
+            features_dir, facts = prepare_features(config, data)
+        run_dir.save(config, facts)
+        with timer("training"):
+            model = make_trainer(config, facts, run_dir, features_dir).train()
+    elif mode == "eval":
+        saved_config, facts = run_dir.load()
+        # The run's own settings, with this invocation's resumable ones (paths, decoding).
+        run_dir.save(config, facts)
+        features_dir = locate_features(config, facts)
+        model, _, _ = run_dir.load_model()
+        del saved_config
+    else:
+        raise ValueError(f"mode must be 'train' or 'eval'; got {mode!r}")
+    with timer("evaluation"):
+        metrics = calibrate_and_evaluate(model, config, facts, run_dir, features_dir, "test",
+                                         recalibrate=True)
+    if data is not None:
+        with timer("examples and attention pictures"):
+            save_examples(run_dir, data)
+    print(format_table({config.model.variant: metrics},
+                       columns=[c for c in RESULT_COLUMNS if c in metrics]))
+    run_dir.save_timing(mode, timer.rounded())
+    log(f"test metrics written to {run_dir.metrics_file('test')}; time: {timer.summary()}")
     return metrics

@@ -8,8 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL=2
 WORKDIR=${WORKDIR:-runs/order_free}
 EXPORT_DIR=${EXPORT_DIR:-exports/ofrnn}
 CACHE_DIR=${CACHE_DIR:-data}
-.venv/bin/python train.py --workdir="$WORKDIR" --cache_dir="$CACHE_DIR" "$@"
-SAMPLE_GLOB="$CACHE_DIR/fashion_canvases/images/test/00000[0-3].jpg"  # 4 test canvases
-.venv/bin/python export.py --workdir="$WORKDIR" --export_dir="$EXPORT_DIR" --warmup_images="$SAMPLE_GLOB"
-# shellcheck disable=SC2086  # the glob is meant to expand here
-.venv/bin/python scripts/grpc_demo.py --export_dir="$EXPORT_DIR" $SAMPLE_GLOB
+.venv/bin/python train.py --workdir="$WORKDIR" --runtime.cache_dir="$CACHE_DIR" "$@"
+# export.py uses the run's example images (copied from its test split) as warm-up requests.
+.venv/bin/python export.py --workdir="$WORKDIR" --export_dir="$EXPORT_DIR"
+.venv/bin/python scripts/grpc_demo.py --export_dir="$EXPORT_DIR" "$WORKDIR"/examples/*.jpg

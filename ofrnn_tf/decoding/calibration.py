@@ -14,12 +14,11 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ofrnn_tf.config.experiment import OBJECTIVES
 from ofrnn_tf.decoding.beam_search import (
     STEP_KEYS, decode_dataset, labels_to_multi_hot, make_decoder, select_baseline,
     select_for_threshold)
-from ofrnn_tf.evaluation.metrics import label_set_metrics
-
-OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
+from ofrnn_tf.metrics import label_set_metrics
 
 
 def default_grid() -> np.ndarray:

@@ -1,67 +1,107 @@
-"""Scores a model on a split: decode, calibrate τ (on validation), compute metrics."""
+"""Scores a trained model: validation during training, τ calibration, test metrics.
+
+Decoding follows the rule of paper Eq. 11 (`ofrnn_tf.decoding.beam_search`), τ is
+chosen on the validation split (`ofrnn_tf.decoding.calibration`) and the metrics are
+those of `ofrnn_tf.metrics` (see docs/model.md for the conventions). M_map alone (the
+`baseline` variant) is scored both at the paper's fixed threshold 0.5 on v_prob and at
+a threshold chosen on validation like τ.
+"""
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
+from ofrnn_tf.config.experiment import DecodingConfig
+from ofrnn_tf.decoding.beam_search import BASELINE_THRESHOLD
 from ofrnn_tf.decoding.calibration import (
-    calibrate_from_outputs, calibrate_threshold, decode_all_steps, predictions_at)
-from ofrnn_tf.evaluation.metrics import evaluate_all, label_set_metrics, mean_average_precision
+    calibrate_from_outputs, decode_all_steps, objective_value, predictions_at)
+from ofrnn_tf.metrics import evaluate_all, label_set_metrics, mean_average_precision
 
-CALIBRATION_FILENAME = "calibration.json"
+FIXED_THRESHOLD_KEY = "at_fixed_0.5"
 
 
-def validate(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
-             objective: str = "mean_f1", progress: bool = False) -> dict:
-    """Validation metrics at the best τ for this model (used to pick the best epoch)."""
-    outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,
-                               min_labels=min_labels, progress=progress)
-    tau, _ = calibrate_from_outputs(outputs, min_labels=min_labels, objective=objective)
-    y_pred, scores = predictions_at(outputs, tau, min_labels)
+def _log(message: str) -> None:
+    print(f"[ofrnn_tf] {message}", file=sys.stderr, flush=True)
+
+
+def map_scores(model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
+    """`v_prob` (sigmoid of M_map's logits) and the true labels of every example."""
+    scores, truth = [], []
+    for batch in dataset:
+        scores.append(tf.sigmoid(model(batch["features"], training=False)).numpy())
+        truth.append(batch["labels"].numpy())
+    return {"v_prob": np.concatenate(scores), "y_true": np.concatenate(truth)}
+
+
+def validate(model, dataset: tf.data.Dataset, stage: int, decoding: DecodingConfig,
+             max_steps: int) -> dict:
+    """Validation scores after an epoch; ``score`` (higher is better) picks the best epoch.
+
+    Stage 1 (and the `baseline` variant) is scored by the mAP of M_map's v_prob. Stage 2
+    decodes as at test time (beam width K, τ calibrated on this split) and is scored
+    by the calibration objective at that τ.
+    """
+    if stage == 1 or not model.uses_decoder:
+        outputs = map_scores(model, dataset)
+        value = mean_average_precision(outputs["y_true"], outputs["v_prob"])
+        return {"mAP": value, "score": value}
+    outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
+                               max_steps=max_steps, min_labels=decoding.min_labels,
+                               progress=False)
+    tau, _ = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
+                                    objective=decoding.calibration_objective)
+    y_pred, scores = predictions_at(outputs, tau, decoding.min_labels)
     metrics = label_set_metrics(outputs["y_true"], y_pred)
     metrics["mAP"] = mean_average_precision(outputs["y_true"], scores)
     metrics["tau"] = float(tau)
+    metrics["score"] = objective_value(metrics, decoding.calibration_objective)
     return metrics
 
 
-def calibrate(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
-              objective: str = "mean_f1", progress: bool = True) -> dict:
-    """Chooses τ on the validation split; returns what `calibration.json` stores."""
-    tau, table = calibrate_threshold(model, dataset, beam_size=beam_size, max_steps=max_steps,
-                                     min_labels=min_labels, objective=objective,
-                                     progress=progress)
-    return {"tau": tau, "objective": objective, "beam_size": beam_size,
-            "max_steps": max_steps, "min_labels": min_labels,
-            "grid": [[t, v] for t, v in table]}
+def calibrate(model, dataset: tf.data.Dataset, decoding: DecodingConfig, max_steps: int) -> dict:
+    """τ for beam width K chosen on the validation split: what `calibration.json` stores."""
+    _log(f"calibrating τ on the validation split (beam {decoding.beam_size}, "
+         f"objective {decoding.calibration_objective})")
+    outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
+                               max_steps=max_steps, min_labels=decoding.min_labels)
+    tau, table = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
+                                        objective=decoding.calibration_objective)
+    return {"tau": tau, "objective": decoding.calibration_objective,
+            "beam_size": decoding.beam_size, "max_steps": max_steps,
+            "min_labels": decoding.min_labels, "grid": [[t, v] for t, v in table]}
 
 
-def evaluate(model, dataset, *, tau: float, beam_size: int, max_steps: int, min_labels: int = 1,
-             small_area: Optional[float] = None, progress: bool = True) -> dict:
-    """All metrics of DESIGN §6 on one split, decoding with the calibrated τ."""
+def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max_steps: int,
+             min_labels: int = 1, small_area: Optional[float] = None,
+             progress: bool = True) -> dict:
+    """Every metric on one split, decoding with threshold τ (docs/model.md, Metrics).
+
+    For the `baseline` variant the result also holds, under ``"at_fixed_0.5"``, the
+    label-set metrics at the paper's fixed threshold 0.5 on v_prob.
+    """
     outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,
                                min_labels=min_labels, progress=progress)
-    y_pred, scores = predictions_at(outputs, tau, min_labels)
-    areas = outputs.get("label_areas")
-    use_areas = small_area is not None and areas is not None and not np.any(
-        (areas < 0) & (outputs["y_true"] > 0))
-    metrics = evaluate_all(outputs["y_true"], y_pred, scores,
-                           label_areas=areas if use_areas else None,
-                           small_area=small_area if use_areas else None,
-                           k=min(3, y_pred.shape[1]))
-    metrics["images"] = int(y_pred.shape[0])
-    metrics["mean_labels_predicted"] = float(y_pred.sum(1).mean())
-    metrics["tau"] = float(tau)
-    metrics["beam_size"] = int(beam_size)
+
+    def scored(threshold: float) -> dict:
+        y_pred, scores = predictions_at(outputs, threshold, min_labels)
+        areas = outputs.get("label_areas")
+        use_areas = small_area is not None and areas is not None and not np.any(
+            (areas < 0) & (outputs["y_true"] > 0))
+        metrics = evaluate_all(outputs["y_true"], y_pred, scores,
+                               label_areas=areas if use_areas else None,
+                               small_area=small_area if use_areas else None,
+                               k=min(3, y_pred.shape[1]))
+        metrics["images"] = int(y_pred.shape[0])
+        metrics["mean_labels_predicted"] = float(y_pred.sum(1).mean())
+        metrics["tau"] = float(threshold)
+        metrics["beam_size"] = int(beam_size)
+        return metrics
+
+    metrics = scored(tau)
+    if not model.uses_decoder:
+        metrics[FIXED_THRESHOLD_KEY] = scored(BASELINE_THRESHOLD)
     return metrics
-
-
-def save_json(data: dict, path: str) -> str:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return path

@@ -11,12 +11,8 @@ summary and ``meta.json``.
 Examples are split into ``num_shards`` contiguous shards. Each shard is written
 under a temporary name and renamed when complete, after its ``.json`` record, so a
 rerun skips finished shards and an interrupted extraction resumes. With
-``--shard_index`` several machines extract disjoint shards into one directory.
-
-Extract the embedded benchmark (built by ``ofrnn_tf.data.fashion_canvases``)::
-
-    python -m ofrnn_tf.features.extract --dataset=fashion_canvases \\
-        --data_dir=/tmp/fashion_canvases --out_dir=/tmp/features_lite0
+``shard_index`` several machines extract disjoint shards into one directory
+(``ofrnn-extract --shard_index=i``, see `ofrnn_tf.cli.extract`).
 """
 
 from __future__ import annotations
@@ -393,58 +389,3 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
         bar.close()
         tfrecords.write_meta(out_dir)
     return summary
-
-
-# -- command line ------------------------------------------------------------------
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("dataset", "fashion_canvases",
-                        "fashion_canvases (alias: benchmark), coco, nuswide or manifest.")
-    flags.DEFINE_string("data_dir", None, "Data set directory (see ofrnn_tf.data.registry).")
-    flags.DEFINE_string("annotation_file", None, "COCO instances JSON (instead of data_dir).")
-    flags.DEFINE_string("image_dir", None, "Image directory for annotation_file.")
-    flags.DEFINE_string("manifest", None, "CSV/JSONL manifest (dataset=manifest).")
-    flags.DEFINE_list("splits", ["train", "val", "test"], "Splits to extract.")
-    flags.DEFINE_string("out_dir", None, "Features directory.")
-    flags.DEFINE_string("backbone", "efficientnet_lite0", "Backbone name.")
-    flags.DEFINE_string("feature_layer", None, "Feature layer (default: the backbone's).")
-    flags.DEFINE_integer("batch_size", 32, "Images per backbone call.")
-    flags.DEFINE_integer("num_shards", 4, "Shards per split.")
-    flags.DEFINE_integer("shard_index", None, "Only this shard (several machines); "
-                         "default all.")
-    flags.mark_flag_as_required("out_dir")
-
-
-def _main(argv: Sequence[str]) -> None:
-    from absl import flags
-
-    from ofrnn_tf.data import registry
-    from ofrnn_tf.features.backbones import get_backbone
-
-    del argv
-    FLAGS = flags.FLAGS
-    dataset = FLAGS.dataset
-    if dataset == "benchmark" and "benchmark" not in registry.DATASETS:
-        dataset = "fashion_canvases"
-    paths = {k: getattr(FLAGS, k) for k in ("data_dir", "annotation_file", "image_dir",
-                                            "manifest") if getattr(FLAGS, k)}
-    backbone = get_backbone(FLAGS.backbone, FLAGS.feature_layer)
-    print(f"backbone: {backbone}", file=sys.stderr)
-    label_map = None
-    for split in FLAGS.splits:
-        examples, label_map, stats = registry.load_split(dataset, split, label_map=label_map,
-                                                         **paths)
-        print(f"{dataset} {split}: {stats}", file=sys.stderr)
-        summary = extract_split(examples, label_map, backbone, FLAGS.out_dir, split,
-                                batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,
-                                shard_index=FLAGS.shard_index)
-        print(summary, file=sys.stderr)
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(_main)

@@ -5,12 +5,13 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import TRAIN_STEPS, VARIANTS, ModelConfig
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import (
     CellState, ConfidenceRankedLSTMCell, mask_chosen)
 from ofrnn_tf.modeling.layers.label_map_head import LabelMapHead
 
-MODES = ("order_free", "baseline", "no_attention", "frequency_first", "rare_first")
-TRAIN_STEPS = ("gt_count", "max")
+MODES = VARIANTS
+_DEFAULTS = ModelConfig()
 # Finite stand-in for -inf inside the softmax losses: 0 · -inf would be NaN.
 _LARGE_NEGATIVE = -1e9
 
@@ -31,6 +32,7 @@ class OrderFreeRNN(keras.Model):
             `no_attention` (`z_t = mean_i v_i`), `frequency_first` / `rare_first`
             (teacher-forced fixed label order, softmax over the remaining labels).
         lstm_units, attention_units, fc_units, dropout: see `ConfidenceRankedLSTMCell`.
+            Defaults of these and `feature_dropout` are `ModelConfig`'s.
         feature_dropout: dropout on the feature maps (and on M_map's pooled vector)
             while training; the features come from a frozen CNN and overfit quickly.
         label_order: for the fixed-order modes, every class id once, in the order the
@@ -44,10 +46,12 @@ class OrderFreeRNN(keras.Model):
     TensorShape([2, 5])
     """
 
-    def __init__(self, num_classes: int, mode: str = "order_free", lstm_units: int = 256,
-                 attention_units: int = 256, fc_units: int = 512, dropout: float = 0.2,
-                 feature_dropout: float = 0.2, label_order: Optional[Sequence[int]] = None,
-                 **kwargs):
+    def __init__(self, num_classes: int, mode: str = _DEFAULTS.variant,
+                 lstm_units: int = _DEFAULTS.lstm_units,
+                 attention_units: int = _DEFAULTS.attention_units,
+                 fc_units: int = _DEFAULTS.fc_units, dropout: float = _DEFAULTS.dropout,
+                 feature_dropout: float = _DEFAULTS.feature_dropout,
+                 label_order: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -227,3 +231,15 @@ def fixed_label_order(label_counts: Sequence[int], mode: str) -> Optional[list]:
         return None
     order = sorted(range(len(label_counts)), key=lambda c: (-label_counts[c], c))
     return order if mode == "frequency_first" else order[::-1]
+
+
+def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[int],
+                label_order: Optional[Sequence[int]] = None) -> OrderFreeRNN:
+    """The built model a `ModelConfig` describes, over `(m, k)` feature maps."""
+    model = OrderFreeRNN(
+        num_classes=num_classes, mode=config.variant, lstm_units=config.lstm_units,
+        attention_units=config.attention_units, fc_units=config.fc_units,
+        dropout=config.dropout, feature_dropout=config.feature_dropout,
+        label_order=label_order)
+    model.build((None,) + tuple(feature_shape))
+    return model

@@ -14,9 +14,7 @@ same weights as one that was never interrupted.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from typing import Callable, Optional
@@ -25,63 +23,52 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
-from ofrnn_tf.modeling.model import OrderFreeRNN
+from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
+from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
+from ofrnn_tf.run_dir import RunDir, RunFacts
 from ofrnn_tf.training.distribute import is_chief
-from ofrnn_tf.training.run_config import RunConfig
-
-BEST_DIRNAME = "best"
-BEST_INFO_FILENAME = "best.json"
 
 # input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
 ExamplesFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
-# model -> metrics dict on the validation split; must contain the selection key.
-ValidateFn = Callable[[OrderFreeRNN], dict]
+# (model, stage) -> validation metrics; "score" (higher is better) picks the best epoch.
+ValidateFn = Callable[[OrderFreeRNN, int], dict]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def build_model(config: RunConfig, feature_shape) -> OrderFreeRNN:
-    """The model a run config describes, built for `[m, k]` feature maps."""
-    model = OrderFreeRNN(
-        num_classes=len(config.label_names), mode=config.variant,
-        lstm_units=config.lstm_units, attention_units=config.attention_units,
-        fc_units=config.fc_units, dropout=config.dropout,
-        feature_dropout=config.feature_dropout, label_order=config.label_order)
-    model.build((None,) + tuple(feature_shape))
-    return model
-
-
-def selection_metric(variant: str) -> str:
-    """The validation metric that picks the best checkpoint: mAP for M_map alone."""
-    return "mAP" if variant == "baseline" else "C-F1"
-
-
 class Trainer:
-    """Runs Algorithm 1 in a work directory, resuming from its last checkpoint.
+    """Runs Algorithm 1 in a run folder, resuming from its last checkpoint.
+
+    Each stage trains for at most its ``epochs`` (`StageConfig`), is validated after
+    every epoch when `validate_fn` is given, keeps its best epoch (higher ``score``) in
+    the run folder's ``best/`` and stops early after ``patience`` epochs without a better
+    one. Stage 2 starts from stage 1's best M_map, which it keeps frozen.
 
     Args:
-        config: the run's configuration (see `RunConfig`).
-        workdir: where checkpoints, summaries and the best checkpoint go.
+        config: the run's `ExperimentConfig`.
+        facts: what the data decided (`RunFacts`: classes, T_max, label order, shape).
+        run_dir: where checkpoints, summaries and the best weights go.
         strategy: a `tf.distribute.Strategy` (see `make_strategy`).
-        feature_shape: `(m, k)` of the feature maps.
         num_train: training examples per epoch, over all workers.
         train_examples_fn: the training examples, unbatched, in a fixed order.
-        validate_fn: scores the model on the validation split after each stage-2
-            epoch (stage 1 for `baseline`); the best epoch is kept in `workdir/best`.
+        validate_fn: scores the model after each epoch (see `ValidateFn`).
         parse_batch_fn: when given, `train_examples_fn` yields serialized records and
             this parses a batch of them into `{"features", "labels"}`: the shuffle
             buffer then holds the compact records, and parsing runs on whole batches,
             in parallel with training, instead of while the buffer fills.
+        progress: show a tqdm bar per epoch.
     """
 
-    def __init__(self, config: RunConfig, workdir: str, strategy: tf.distribute.Strategy,
-                 feature_shape, num_train: int, train_examples_fn: ExamplesFn,
-                 validate_fn: Optional[ValidateFn] = None, progress: bool = True,
-                 parse_batch_fn: Optional[Callable[[tf.Tensor], dict]] = None):
+    def __init__(self, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
+                 strategy: tf.distribute.Strategy, num_train: int,
+                 train_examples_fn: ExamplesFn, validate_fn: Optional[ValidateFn] = None,
+                 parse_batch_fn: Optional[Callable[[tf.Tensor], dict]] = None,
+                 progress: bool = True):
         self.config = config
-        self.workdir = workdir
+        self.facts = facts
+        self.run_dir = run_dir
         self.strategy = strategy
         self.num_train = num_train
         self.train_examples_fn = train_examples_fn
@@ -89,31 +76,36 @@ class Trainer:
         self.parse_batch_fn = parse_batch_fn
         self.progress = progress
         self.chief = is_chief(strategy)
-        self.global_batch = config.batch_size
+        self.global_batch = config.train.batch_size
         if self.global_batch % strategy.num_replicas_in_sync:
-            raise ValueError(f"--batch_size={self.global_batch} is not divisible by the "
+            raise ValueError(f"--train.batch_size={self.global_batch} is not divisible by the "
                              f"{strategy.num_replicas_in_sync} replicas")
         self.steps_per_epoch = num_train // self.global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(f"{num_train} training examples give no full batch of "
-                             f"{self.global_batch}")
+                             f"{self.global_batch}: lower --train.batch_size")
 
-        if config.mixed_precision:
+        runtime = config.runtime
+        if runtime.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
-        keras.utils.set_random_seed(config.seed)  # same initial weights on every worker and rerun
+        keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         with strategy.scope():
-            self.model = build_model(config, feature_shape)
-            self.optimizers = {1: self._optimizer(), 2: self._optimizer()}
+            self.model = build_model(config.model, facts.num_classes,
+                                     facts.positions_and_depth, facts.label_order)
+            self.optimizers = {1: self._optimizer(config.stage1), 2: self._optimizer(config.stage2)}
             self.optimizers[1].build(self.model.map_variables)
             if self.model.uses_decoder:
                 self.optimizers[2].build(self.model.decoder_variables)
         # Host-side counters live outside the scope: under MultiWorkerMirroredStrategy a
         # MirroredVariable does not convert with int().
-        self.stage = tf.Variable(1, dtype=tf.int64, trainable=False, name="stage")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        self.best_metric = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_metric")
+        counter = lambda name, value=0, dtype=tf.int64: tf.Variable(
+            value, dtype=dtype, trainable=False, name=name)
+        self.stage = counter("stage", 1)
+        self.epoch = counter("epoch")
+        self.step_in_epoch = counter("step_in_epoch")
+        self.global_step = counter("global_step")
+        self.best_metric = counter("best_metric", -1.0, tf.float64)
+        self.epochs_since_best = counter("epochs_since_best")
         # Keras keeps dropout RNG state outside the checkpointable graph; add it so a
         # resumed run draws the same dropout masks as an uninterrupted one.
         rng = {f"rng_{i}": v.value for i, v in enumerate(self.model.non_trainable_variables)
@@ -122,44 +114,48 @@ class Trainer:
             model=self.model, optimizer_stage1=self.optimizers[1],
             optimizer_stage2=self.optimizers[2], stage=self.stage, epoch=self.epoch,
             step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-            best_metric=self.best_metric, dropout_rng=tf.train.Checkpoint(**rng))
+            best_metric=self.best_metric, epochs_since_best=self.epochs_since_best,
+            dropout_rng=tf.train.Checkpoint(**rng))
         # Every worker must take part in a save; only the chief's copy is kept.
-        own_dir = workdir if self.chief else os.path.join(
-            workdir, "tmp_worker", str(strategy.cluster_resolver.task_id))
+        worker = None if self.chief else strategy.cluster_resolver.task_id
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(own_dir, "checkpoints"), max_to_keep=3)
+            self.checkpoint, run_dir.checkpoints_dir(worker), max_to_keep=3)
         self.best_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model), os.path.join(own_dir, BEST_DIRNAME), max_to_keep=1)
-        self.writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            tf.train.Checkpoint(model=self.model), run_dir.best_dir(worker), max_to_keep=1)
+        self.writer = (tf.summary.create_file_writer(run_dir.tensorboard_dir)
                        if self.chief else tf.summary.create_noop_writer())
         self._train_steps = {}
 
-    def _optimizer(self):
-        optimizer = keras.optimizers.Adam(self.config.learning_rate)
-        if self.config.mixed_precision:
+    def _optimizer(self, stage: StageConfig):
+        optimizer = keras.optimizers.Adam(stage.learning_rate)
+        if self.config.runtime.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
 
+    def stage_config(self, stage: int) -> StageConfig:
+        return self.config.stage1 if stage == 1 else self.config.stage2
+
     # -- one step ---------------------------------------------------------------
     def _make_train_step(self, stage: int):
-        model, config = self.model, self.config
+        model, max_steps = self.model, self.facts.max_steps
+        train_steps = self.config.train.train_steps
+        mixed_precision = self.config.runtime.mixed_precision
         optimizer = self.optimizers[stage]
         variables = model.map_variables if stage == 1 else model.decoder_variables
-        per_step_len = 1 if stage == 1 else config.max_steps
+        per_step_len = 1 if stage == 1 else max_steps
 
         def losses(features, labels):
             if stage == 1:
                 per_example = model.map_loss(features, labels, training=True)
                 return per_example, tf.reduce_mean(per_example)[None]
-            return model.sequence_loss(features, labels, config.max_steps,
-                                       config.train_steps, training=True)
+            return model.sequence_loss(features, labels, max_steps, train_steps, training=True)
 
-        @tf.function(jit_compile=config.jit_compile)
+        @tf.function(jit_compile=self.config.runtime.jit_compile)
         def gradients(features, labels):
             with tf.GradientTape() as tape:
                 per_example, per_step = losses(features, labels)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
-                scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
+                scaled = optimizer.scale_loss(loss) if mixed_precision else loss
             return loss, per_step, tape.gradient(scaled, variables)
 
         def replica_step(batch):
@@ -178,12 +174,12 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------
     def _epoch_dataset(self, stage: int, epoch: int, skip_steps: int):
-        seed = self.config.seed * 1000 + stage * 100 + epoch
+        seed = self.config.train.seed * 1000 + stage * 100 + epoch
+        shuffle_buffer = min(self.num_train, self.config.train.shuffle_buffer)
 
         def dataset_fn(ctx: tf.distribute.InputContext):
             ds = self.train_examples_fn(ctx)
-            ds = ds.shuffle(min(self.num_train, self.config.shuffle_buffer), seed=seed,
-                            reshuffle_each_iteration=False)
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
             # Workers' shards may differ by a few examples; repeating lets every worker
             # take exactly `steps_per_epoch` steps, so none waits on the others forever.
             ds = ds.repeat().batch(ctx.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
@@ -211,37 +207,57 @@ class Trainer:
                   f"{int(self.epoch)}, step {int(self.step_in_epoch)}", file=sys.stderr)
         return bool(latest)
 
-    def epochs(self, stage: int) -> int:
-        return self.config.epochs_stage1 if stage == 1 else self.config.epochs_stage2
-
     def stages(self) -> list[int]:
         return [1, 2] if self.model.uses_decoder else [1]
 
+    def _stage_done(self, stage: int) -> bool:
+        stage_config = self.stage_config(stage)
+        if int(self.epoch) >= stage_config.epochs:
+            return True
+        return (self.validate_fn is not None and stage_config.patience > 0
+                and int(self.epochs_since_best) >= stage_config.patience)
+
     def train(self) -> OrderFreeRNN:
-        """Runs (or resumes) both stages; returns the model with the best weights."""
+        """Runs (or resumes) both stages; returns the model with the best weights.
+
+        A finished run given more epochs for its last stage (and not stopped there by
+        its patience) goes on training that stage.
+        """
         self.restore()
+        last = self.stages()[-1]
+        if int(self.stage) == last + 1 and not self._stage_done(last):
+            self.stage.assign(last)
         for stage in self.stages():
             if int(self.stage) > stage:
                 continue
-            while int(self.epoch) < self.epochs(stage):
+            while not self._stage_done(stage):
                 self._train_epoch(stage)
+            self._restore_best()  # stage 2 starts from stage 1's best M_map
             self.stage.assign(stage + 1)
-            self.epoch.assign(0)
+            if stage != self.stages()[-1]:
+                self.epoch.assign(0)
+                self.best_metric.assign(-1.0)
+                self.epochs_since_best.assign(0)
             self.manager.save(checkpoint_number=int(self.global_step))
         self.writer.flush()
+        self._restore_best()
+        return self.model
+
+    def _restore_best(self) -> None:
         if self.validate_fn is not None and self.best_manager.latest_checkpoint:
             self.best_manager.checkpoint.restore(self.best_manager.latest_checkpoint).expect_partial()
-        return self.model
 
     def _train_epoch(self, stage: int):
         epoch, start_step = int(self.epoch), int(self.step_in_epoch)
+        stage_config = self.stage_config(stage)
         if stage not in self._train_steps:
             self._train_steps[stage] = self._make_train_step(stage)
         train_step = self._train_steps[stage]
         iterator = iter(self._epoch_dataset(stage, epoch, start_step))
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, unit="step",
-                   desc=f"stage {stage} epoch {epoch + 1}/{self.epochs(stage)}",
+                   desc=f"stage {stage} epoch {epoch + 1}/{stage_config.epochs}",
                    disable=not (self.progress and self.chief), file=sys.stderr, dynamic_ncols=True)
+        runtime = self.config.runtime
         started, done = time.perf_counter(), 0
         with self.writer.as_default():
             for _ in range(start_step, self.steps_per_epoch):
@@ -251,56 +267,47 @@ class Trainer:
                     raise NonFiniteLossError(
                         f"non-finite loss {loss} at stage {stage}, epoch {epoch + 1}, step "
                         f"{int(self.step_in_epoch) + 1} (global step {int(self.global_step) + 1}); "
-                        f"the last checkpoint is kept. Lower --learning_rate or check the features.")
+                        f"the last checkpoint is kept. Lower --stage{stage}.learning_rate or "
+                        f"check the features.")
                 self.step_in_epoch.assign_add(1)
                 self.global_step.assign_add(1)
                 done += 1
                 step = int(self.global_step)
-                if step % self.config.log_every == 0:
+                rate = done * self.global_batch / (time.perf_counter() - started)
+                if step % runtime.log_every == 0:
                     tf.summary.scalar(f"loss/stage{stage}", loss, step=step)
                     if stage == 2:
                         for t, value in enumerate(per_step.numpy()):
                             tf.summary.scalar(f"loss_per_decoding_step/t{t + 1}", value, step=step)
-                    tf.summary.scalar("learning_rate", self.config.learning_rate, step=step)
-                    rate = done * self.global_batch / (time.perf_counter() - started)
+                    tf.summary.scalar(f"learning_rate/stage{stage}", stage_config.learning_rate,
+                                      step=step)
                     tf.summary.scalar("examples_per_second", rate, step=step)
-                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{done * self.global_batch / (time.perf_counter() - started):.0f}")
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}")
                 bar.update(1)
-                if step % self.config.checkpoint_every == 0:
+                if step % runtime.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=step)
             bar.close()
             self.epoch.assign_add(1)
             self.step_in_epoch.assign(0)
-            if self.validate_fn is not None and stage == self.stages()[-1]:
+            if self.validate_fn is not None:
                 self._validate(stage)
         self.manager.save(checkpoint_number=int(self.global_step))
 
     def _validate(self, stage: int):
-        metrics = self.validate_fn(self.model)
-        key = selection_metric(self.config.variant)
+        metrics = self.validate_fn(self.model, stage)
         step = int(self.global_step)
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
-                tf.summary.scalar(f"validation/{name}", value, step=step)
+                tf.summary.scalar(f"validation_stage{stage}/{name}", value, step=step)
         print(f"[train] validation after stage {stage} epoch {int(self.epoch)}: "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)),
               file=sys.stderr)
-        if metrics[key] > float(self.best_metric):
-            self.best_metric.assign(metrics[key])
+        if metrics["score"] > float(self.best_metric):
+            self.best_metric.assign(metrics["score"])
+            self.epochs_since_best.assign(0)
             self.best_manager.save(checkpoint_number=step)
             if self.chief:
-                with open(os.path.join(self.workdir, BEST_INFO_FILENAME), "w") as f:
-                    json.dump({"stage": stage, "epoch": int(self.epoch), "global_step": step,
-                               "selection_metric": key, "validation": metrics}, f, indent=1)
-
-
-def load_best_model(workdir: str, feature_shape) -> tuple[OrderFreeRNN, RunConfig]:
-    """The best (else the latest) weights of a finished run, with its config."""
-    config = RunConfig.load(workdir)
-    model = build_model(config, feature_shape)
-    path = (tf.train.latest_checkpoint(os.path.join(workdir, BEST_DIRNAME))
-            or tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")))
-    if not path:
-        raise FileNotFoundError(f"no checkpoint in {workdir}: train first")
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
-    return model, config
+                self.run_dir.save_best_info({"stage": stage, "epoch": int(self.epoch),
+                                             "global_step": step, "validation": metrics})
+        else:
+            self.epochs_since_best.assign_add(1)

@@ -13,10 +13,11 @@ attention of Eq. 4–5 looks at. `get_backbone` builds one by name:
   `BackboneWeightsUnavailableError`).
 
 Example:
-    >>> backbone = get_backbone("efficientnet_lite0")
-    >>> backbone.feature_shape
-    (7, 7, 1280)
-    >>> features = backbone(images_uint8)  # [B, 7, 7, 1280] float32
+>>> backbone = get_backbone("efficientnet_lite0", "stage5")
+>>> backbone.feature_shape
+(14, 14, 112)
+>>> backbone(tf.zeros([2, 224, 224, 3], tf.uint8)).shape
+TensorShape([2, 14, 14, 112])
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavai
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 __all__ = ["Backbone", "BackboneWeightsUnavailableError", "DEFAULT_BACKBONE",
-           "available_backbones", "get_backbone"]
+           "available_backbones", "describe_backbone", "get_backbone"]
 
 
 class Backbone(tf.Module):
@@ -82,6 +83,26 @@ class Backbone(tf.Module):
 
 def available_backbones() -> list[str]:
     return [DEFAULT_BACKBONE] + sorted(keras_applications.SPECS)
+
+
+def _layer_table(name: str) -> tuple[dict[str, str], str, int]:
+    """(named layers, default layer, input side) of a backbone, without building it."""
+    if name == "efficientnet_lite0":
+        return (efficientnet_lite.FEATURE_LAYERS, efficientnet_lite.DEFAULT_FEATURE_LAYER,
+                efficientnet_lite.IMAGE_SIZE)
+    if name in keras_applications.SPECS:
+        spec = keras_applications.SPECS[name]
+        return spec.aliases, spec.default_layer, spec.image_size
+    raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
+
+
+def describe_backbone(name: str, feature_layer: str) -> dict:
+    """``{"backbone", "feature_layer", "image_size"}`` for a backbone and a layer given by its
+    short name (``stage5``) or Keras name (``block5c_out``), without building anything.
+    The Keras name is what the feature cache and the run record."""
+    aliases, _, image_size = _layer_table(name)
+    return {"backbone": name, "feature_layer": aliases.get(feature_layer, feature_layer),
+            "image_size": image_size}
 
 
 def _resolve_layer(model: keras.Model, backbone: str, requested: str | None,

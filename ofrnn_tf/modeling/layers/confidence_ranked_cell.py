@@ -5,7 +5,10 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import ModelConfig
 from ofrnn_tf.modeling.layers.visual_attention import VisualAttention
+
+_DEFAULTS = ModelConfig()
 
 
 class CellState(NamedTuple):
@@ -68,9 +71,10 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
     (TensorShape([2, 5]), TensorShape([2, 49]), 2)
     """
 
-    def __init__(self, num_classes: int, units: int = 256, attention_units: int = 256,
-                 fc_units: int = 512, dropout: float = 0.2, use_attention: bool = True,
-                 **kwargs):
+    def __init__(self, num_classes: int, units: int = _DEFAULTS.lstm_units,
+                 attention_units: int = _DEFAULTS.attention_units,
+                 fc_units: int = _DEFAULTS.fc_units, dropout: float = _DEFAULTS.dropout,
+                 use_attention: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.units = units

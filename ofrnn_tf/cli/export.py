@@ -1,0 +1,66 @@
+"""ofrnn-export: a finished run as a SavedModel for TensorFlow Serving.
+
+    ofrnn-export --workdir=runs/order_free --export_dir=exports/ofrnn
+
+writes ``exports/ofrnn/<version>/`` (the next free integer unless --version is given)
+with the ``serving_default`` (image bytes) and ``predict_features`` signatures, the
+calibrated τ, K and T_max inside, and ``assets.extra/tf_serving_warmup_requests``.
+Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
+"""
+
+import glob
+import sys
+
+from absl import app, flags
+
+from ofrnn_tf.export.saved_model import export_run
+from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS
+from ofrnn_tf.run_dir import RunDir
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("workdir", None, "A finished training run folder.")
+    flags.DEFINE_string("export_dir", None, "Model base path: versions go in numbered sub-folders.")
+    flags.DEFINE_integer("version", None, "Version number (default: the next free one).")
+    flags.DEFINE_integer("beam_size", None, "Beam width K (default: the run's; another K must "
+                         "have been calibrated: ofrnn-train --mode=eval --decoding.beam_size=K).")
+    flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
+                         "Images whose header declares more pixels are refused unread.")
+    flags.DEFINE_string("warmup_images", None, "Glob of images for the warm-up requests "
+                        "(default: the run's example images).")
+    flags.DEFINE_integer("num_warmup_images", 4, "At most this many warm-up images.")
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the beam search. TensorFlow Serving runs "
+                      "XLA only with its experimental --xla_cpu_compilation_enabled / "
+                      "--xla_gpu_compilation_enabled flag: leave off for a portable export.")
+    flags.DEFINE_string("model_name", "ofrnn", "Model name written into the warm-up requests.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.workdir or not FLAGS.export_dir:
+        raise app.UsageError("--workdir and --export_dir are required")
+    run_dir = RunDir(FLAGS.workdir).require()
+    paths = (sorted(glob.glob(FLAGS.warmup_images)) if FLAGS.warmup_images
+             else run_dir.example_images())
+    images = []
+    for path in paths[:FLAGS.num_warmup_images]:
+        with open(path, "rb") as f:
+            images.append(f.read())
+    path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version, warmup_images=images,
+                      model_name=FLAGS.model_name, beam_size=FLAGS.beam_size,
+                      max_image_pixels=FLAGS.max_image_pixels, jit_compile=FLAGS.jit_compile)
+    print(path)
+    return 0
+
+
+def run():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,64 @@
+"""ofrnn-extract: builds a run's feature cache without training.
+
+Takes the same ``--config`` and ``--section.field`` flags as ofrnn-train and writes
+the feature shards exactly where training will look for them, so extraction can run
+ahead, or on several machines at once (``--shard_index``):
+
+    ofrnn-extract --config=coco --data.data_dir=/data/coco2014 --shard_index=0   # machine 1
+    ofrnn-extract --config=coco --data.data_dir=/data/coco2014 --shard_index=1   # machine 2
+    ofrnn-extract --config=coco --data.data_dir=/data/coco2014                   # the rest
+
+Each split is cut into ``--features.num_shards`` shards; finished shards are skipped.
+"""
+
+import sys
+
+from absl import app, flags
+
+from ofrnn_tf.config.flags import config_from_flags, define_config_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so importing this module defines none)."""
+    flags.DEFINE_integer("shard_index", None, "Extract only this shard of every split "
+                         "(default: every shard, then record the cache as complete).")
+    define_config_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = config_from_flags()
+    # TensorFlow takes seconds to import; --help does without it.
+    from ofrnn_tf import pipeline
+    from ofrnn_tf.features import cache
+    from ofrnn_tf.features.backbones import get_backbone
+    from ofrnn_tf.features.extract import extract_split
+
+    data = pipeline.load_data(config)
+    if FLAGS.shard_index is None:
+        directory, _ = pipeline.prepare_features(config, data)
+        print(directory)
+        return 0
+    features = config.features
+    name, fingerprint = pipeline.feature_cache_name(config, data)
+    directory = cache.features_dir(config.runtime.cache_dir, name)
+    backbone = get_backbone(features.backbone, features.layer)
+    for split, examples in data.splits.items():
+        summary = extract_split(examples, data.label_map, backbone, directory, split,
+                                batch_size=features.extract_batch_size,
+                                num_shards=features.num_shards, shard_index=FLAGS.shard_index)
+        print(summary, file=sys.stderr)
+    print(directory)
+    return 0
+
+
+def run():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

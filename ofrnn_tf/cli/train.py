@@ -1,0 +1,76 @@
+"""ofrnn-train: trains (or resumes) and evaluates Order-Free RNN with Visual Attention.
+
+With no flag it runs the main job, the embedded benchmark end to end: canvases,
+EfficientNet-Lite0 features, stage 1 (M_map), stage 2 (attention + LSTM), τ on
+validation, test metrics, attention pictures:
+
+    ofrnn-train --workdir=runs/order_free
+
+``--config=NAME`` picks a preset of ofrnn_tf/configs (``paper``, ``coco``, ...);
+``--section.field=value`` flags change single settings (``--helpfull`` lists them all
+with the main job's defaults; ``--print_config`` shows what a command would run).
+Rerunning on an existing run folder resumes it with its saved settings; flags may
+change only the resumable ones (paths, epochs, logging, decoding). ``--mode=eval``
+recalibrates τ and recomputes the test metrics of a finished run.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
+from ofrnn_tf.config.flags import (
+    CONFIG_FLAG, config_from_flags, define_config_flags, describe, overrides_from_flags)
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("workdir", None, "Run folder: config, checkpoints, TensorBoard, metrics.")
+    flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train (or resume), calibrate τ, "
+                      "evaluate; eval: recalibrate τ and evaluate a finished run.")
+    flags.DEFINE_bool("print_config", False, "Print the settings this command would use and exit.")
+    define_config_flags()
+
+
+def resolve_config(workdir: str) -> ExperimentConfig:
+    """The flags' config for a new run folder; for an existing one its saved config with
+    the flags given on the command line (a changed ``--config`` must agree with it)."""
+    from ofrnn_tf.run_dir import RunDir  # TensorFlow is imported here, not for --help
+
+    run_dir = RunDir(workdir)
+    if not run_dir.exists():
+        return config_from_flags()
+    saved, _ = run_dir.load()
+    if FLAGS[CONFIG_FLAG].present:
+        diffs = identity_differences(saved, config_from_flags())
+        if diffs:
+            raise app.UsageError(f"{workdir} was trained with other settings than "
+                                 f"--config={FLAGS[CONFIG_FLAG].value}: {'; '.join(diffs)}")
+    return saved.replace(**overrides_from_flags())
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required")
+    logging.set_verbosity(logging.WARNING)  # keep TF's per-checkpoint INFO lines out of the progress
+    config = resolve_config(FLAGS.workdir)
+    if FLAGS.print_config:
+        print(describe(config))
+        return 0
+    from ofrnn_tf import pipeline
+
+    pipeline.run(config, FLAGS.workdir, FLAGS.mode)
+    return 0
+
+
+def run():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

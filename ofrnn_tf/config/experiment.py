@@ -1,0 +1,259 @@
+"""The experiment configuration: every setting of a run and its default, in one tree.
+
+`ExperimentConfig` is a tree of dataclasses, one per part of the run (data, features,
+model, the two training stages of Algorithm 1, decoding, runtime). Its defaults are
+the main job's (the embedded benchmark); the presets in `ofrnn_tf.configs` change a
+few of them, and the command-line flags of every entry point are derived from these
+fields (`ofrnn_tf.config.flags`), never restated.
+
+Each field's metadata holds its help text and, for the fields that may change between
+two invocations on the same run folder (paths, logging, epochs of a stage not yet
+finished, decoding), ``resumable=True``. Every other field is part of the run's
+identity: a rerun that changes one is refused, naming it.
+
+Example:
+>>> config = ExperimentConfig()
+>>> config.model.variant, config.features.layer
+('order_free', 'stage5')
+>>> ExperimentConfig.from_dict(config.to_dict()) == config
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Iterator, Optional
+
+DATASETS = ("fashion_canvases", "coco", "nuswide", "manifest")
+VARIANTS = ("order_free", "baseline", "no_attention", "frequency_first", "rare_first")
+TRAIN_STEPS = ("gt_count", "max")
+OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+SCENES = ("none", "outfits")  # ofrnn_tf.data.fashion_canvases.SCENE_TABLES
+
+
+def setting(default, help: str, *, choices: Optional[tuple] = None, resumable: bool = False):
+    """A config field: its default, help text, allowed values and whether it may change
+    on a rerun in the same run folder."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "resumable": resumable})
+
+
+def section(cls):
+    """A sub-config field whose default is `cls()`."""
+    return dataclasses.field(default_factory=cls)
+
+
+def _check_choices(obj) -> None:
+    for field in dataclasses.fields(obj):
+        choices = field.metadata.get("choices")
+        value = getattr(obj, field.name)
+        if choices and value not in choices:
+            raise ValueError(f"{type(obj).__name__}.{field.name} must be one of {list(choices)}; "
+                             f"got {value!r}")
+
+
+def _check_positive(obj, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = "≥ 0" if allow_zero else "> 0"
+            raise ValueError(f"{type(obj).__name__}.{name} must be {bound}; got {value!r}")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which images and labels (paper §Experiments; the benchmark is this project's)."""
+
+    dataset: str = setting("fashion_canvases", "Data set: the embedded Fashion-MNIST canvas "
+                           "benchmark, MS-COCO 2014, NUS-WIDE or a CSV/JSONL manifest.",
+                           choices=DATASETS)
+    data_dir: str = setting("", "Root of coco/nuswide, or a folder of <split>.csv manifests; "
+                            "the benchmark is built under --runtime.cache_dir.", resumable=True)
+    manifest: str = setting("", "One CSV/JSONL manifest file (dataset=manifest).",
+                            resumable=True)
+    val_fraction: float = setting(0.05, "Share of train held out (by image-id hash) for τ and "
+                                  "epoch selection where a data set has no validation split.")
+    num_train: int = setting(10000, "Benchmark: training canvases.")
+    num_val: int = setting(1000, "Benchmark: validation canvases.")
+    num_test: int = setting(2000, "Benchmark: test canvases.")
+    seed: int = setting(0, "Benchmark: seed of the canvases (the data seed).")
+    scenes: str = setting("none", "Benchmark: none (items drawn independently) or outfits "
+                          "(each canvas draws a scene, each scene its own classes and item "
+                          "count: labels co-occur).", choices=SCENES)
+
+    def __post_init__(self):
+        _check_choices(self)
+        _check_positive(self, "num_train", "num_val", "num_test")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"DataConfig.val_fraction must be in (0, 1); got {self.val_fraction}")
+
+
+@dataclasses.dataclass
+class FeaturesConfig:
+    """The frozen CNN whose maps `V_feat = [v_1..v_m]` the model reads (Eq. 2)."""
+
+    backbone: str = setting("efficientnet_lite0", "Frozen CNN: efficientnet_lite0 (offline "
+                            "ImageNet weights) or a keras.applications name such as resnet152.")
+    layer: str = setting("stage5", "Feature layer: a named layer of the backbone (efficientnet_"
+                         "lite0: stage5 14x14x112, stage6, top 7x7x1280; resnet*: conv4, conv5) "
+                         "or any Keras layer name.")
+    extract_batch_size: int = setting(32, "Images per backbone call during extraction.",
+                                      resumable=True)
+    num_shards: int = setting(8, "TFRecord shards per split in the feature cache.",
+                              resumable=True)
+
+    def __post_init__(self):
+        _check_positive(self, "extract_batch_size", "num_shards")
+        if not self.backbone or not self.layer:
+            raise ValueError("FeaturesConfig needs a backbone and a layer name")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network of paper Fig. 2 and its ablations (Tables 1–2)."""
+
+    variant: str = setting("order_free", "order_free (the full model) or an ablation of the "
+                           "paper's Tables 1-2: baseline (M_map alone), no_attention, "
+                           "frequency_first, rare_first.", choices=VARIANTS)
+    lstm_units: int = setting(256, "LSTM width (Eq. 6).")
+    attention_units: int = setting(256, "Width of the attention MLP (Eq. 4).")
+    fc_units: int = setting(512, "Width of FC1 in the prediction layer (Eq. 7).")
+    dropout: float = setting(0.3, "Dropout on FC1 while training (the paper keeps 0.8, i.e. 0.2).")
+    feature_dropout: float = setting(0.3, "Dropout on the feature maps while training the decoder.")
+
+    def __post_init__(self):
+        _check_choices(self)
+        _check_positive(self, "lstm_units", "attention_units", "fc_units")
+        for name in ("dropout", "feature_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"ModelConfig.{name} must be in [0, 1); got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class StageConfig:
+    """Optimiser and schedule of one training stage of Algorithm 1."""
+
+    learning_rate: float = setting(3e-4, "Adam learning rate (paper: 3e-4).")
+    epochs: int = setting(8, "Most epochs of this stage.", resumable=True)
+    patience: int = setting(0, "Stop after this many epochs without a better validation "
+                            "score (0: run every epoch); the best epoch is kept.",
+                            resumable=True)
+
+    def __post_init__(self):
+        _check_positive(self, "learning_rate", "epochs")
+        _check_positive(self, "patience", allow_zero=True)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What both stages share."""
+
+    batch_size: int = setting(64, "Global batch size.")
+    shuffle_buffer: int = setting(4096, "Serialized records in the shuffle buffer.")
+    seed: int = setting(0, "Seed of initial weights, data order and dropout.")
+    train_steps: str = setting("gt_count", "Decoding steps per image in stage 2: its label "
+                               "count (paper), or T_max.", choices=TRAIN_STEPS)
+
+    def __post_init__(self):
+        _check_choices(self)
+        _check_positive(self, "batch_size", "shuffle_buffer")
+
+
+@dataclasses.dataclass
+class DecodingConfig:
+    """Test-time decoding (paper Eq. 11): beam search with a threshold τ chosen on validation."""
+
+    beam_size: int = setting(3, "Beam width K at test time (1 = greedy).", resumable=True)
+    min_labels: int = setting(1, "Labels every image gets at least.", resumable=True)
+    calibration_objective: str = setting(
+        "mean_f1", "What τ maximises on validation: (C-F1 + O-F1) / 2, C-F1 or O-F1.",
+        choices=OBJECTIVES, resumable=True)
+
+    def __post_init__(self):
+        _check_choices(self)
+        _check_positive(self, "beam_size")
+        _check_positive(self, "min_labels", allow_zero=True)
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Where and how a run executes; never part of its identity."""
+
+    cache_dir: str = setting("data", "Cache of built benchmarks and feature shards.",
+                             resumable=True)
+    strategy: str = setting("default", "tf.distribute strategy: one device, all local GPUs "
+                            "(mirrored) or several machines (multi_worker, reads TF_CONFIG).",
+                            choices=STRATEGIES, resumable=True)
+    mixed_precision: bool = setting(False, "mixed_float16 compute (GPUs).", resumable=True)
+    jit_compile: bool = setting(False, "XLA-compile the training step.", resumable=True)
+    checkpoint_every: int = setting(200, "Steps between checkpoints (also every epoch).",
+                                    resumable=True)
+    log_every: int = setting(20, "Steps between TensorBoard summaries.", resumable=True)
+
+    def __post_init__(self):
+        _check_choices(self)
+        _check_positive(self, "checkpoint_every", "log_every")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Every setting of a run. The defaults are the main job (embedded benchmark)."""
+
+    data: DataConfig = section(DataConfig)
+    features: FeaturesConfig = section(FeaturesConfig)
+    model: ModelConfig = section(ModelConfig)
+    stage1: StageConfig = section(StageConfig)
+    stage2: StageConfig = section(StageConfig)
+    train: TrainConfig = section(TrainConfig)
+    decoding: DecodingConfig = section(DecodingConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExperimentConfig":
+        """The config a `to_dict` result describes; unknown sections or fields are refused."""
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config sections {unknown}; known: {sorted(sections)}")
+        parts = {}
+        for name, values in data.items():
+            section_cls = sections[name].default_factory
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            extra = sorted(set(values) - known)
+            if extra:
+                raise ValueError(f"unknown fields {extra} in config section {name!r}")
+            parts[name] = section_cls(**values)
+        return cls(**parts)
+
+    def replace(self, **sections: dict) -> "ExperimentConfig":
+        """A copy with some fields changed: ``config.replace(model={"variant": "baseline"})``."""
+        data = self.to_dict()
+        for name, values in sections.items():
+            if name not in data:
+                raise ValueError(f"unknown config section {name!r}")
+            data[name] = {**data[name], **values}
+        return ExperimentConfig.from_dict(data)
+
+
+def fields(config: ExperimentConfig) -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """Every leaf setting as ``("section.name", field, value)``, in definition order."""
+    for part in dataclasses.fields(config):
+        sub = getattr(config, part.name)
+        for field in dataclasses.fields(sub):
+            yield f"{part.name}.{field.name}", field, getattr(sub, field.name)
+
+
+def identity_differences(saved: ExperimentConfig, now: ExperimentConfig) -> list[str]:
+    """The settings, outside the resumable ones, in which two configs differ."""
+    current = {name: value for name, _, value in fields(now)}
+    return [f"{name}: {value!r} in the run folder vs {current[name]!r} now"
+            for name, field, value in fields(saved)
+            if not field.metadata["resumable"] and value != current[name]]

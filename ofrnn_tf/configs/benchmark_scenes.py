@@ -1,0 +1,22 @@
+"""The main job's model on the benchmark's scene mode, where labels co-occur.
+
+Each canvas first draws a scene — casual, beach, office, winter, sport, evening or
+laundry, with unequal shares — and each scene has its own class distribution (3–4
+main classes) and item count (2–3 up to 3–5 items); see
+`ofrnn_tf.data.fashion_canvases.OUTFIT_SCENES`. Labels then predict one another
+(Coat with Ankle boot: lift 3.4; Sandal never with Trouser), as on MS-COCO or
+NUS-WIDE, which is what the paper's recurrent decoder is meant to exploit.
+
+Command:
+    ofrnn-train --config=benchmark_scenes --workdir=runs/scenes
+
+Run time on 2 CPU cores: about 6 minutes (like the main job).
+
+Expected test result: see the scene-mode paper table in benchmarks/RESULTS.md.
+"""
+
+from ofrnn_tf.configs import benchmark
+
+
+def get_config():
+    return benchmark.get_config().replace(data={"scenes": "outfits"})

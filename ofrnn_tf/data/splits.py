@@ -1,0 +1,108 @@
+"""The train / val / test examples of a run, and the checks that they can make one.
+
+Data sets without a validation split (MS-COCO's val2014 is the test split of the
+paper's protocol; NUS-WIDE has train and test only) hold one out of train. A single
+manifest file holds all three. The hold-out is a deterministic function of each
+image id (a hash), so it does not move between runs or when images are added, and
+τ is never chosen on test images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import Callable
+
+from ofrnn_tf.data.example import Example
+from ofrnn_tf.data.registry import load_split
+from ofrnn_tf.labels import LabelMap
+
+SPLITS = ("train", "val", "test")
+# Data sets whose validation split is held out of train.
+HOLD_OUT_VAL = ("coco", "nuswide")
+
+
+class SplitTooSmallError(ValueError):
+    """A split cannot serve the run (empty validation, less than one training batch)."""
+
+
+def _hash_fraction(image_id: str, salt: str = "") -> float:
+    digest = hashlib.sha1((salt + image_id).encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32
+
+
+def hold_out(examples: list[Example], fraction: float, salt: str = ""
+             ) -> tuple[list[Example], list[Example]]:
+    """`(kept, held_out)`: each example goes by the hash of its image id."""
+    chosen: Callable[[Example], bool] = lambda e: _hash_fraction(e.image_id, salt) < fraction
+    return [e for e in examples if not chosen(e)], [e for e in examples if chosen(e)]
+
+
+def _log(message: str) -> None:
+    print(f"[ofrnn_tf] {message}", file=sys.stderr, flush=True)
+
+
+def load_examples(dataset: str, paths: dict, val_fraction: float
+                  ) -> tuple[dict[str, list[Example]], LabelMap]:
+    """The examples of train, val and test, and their label map.
+
+    Args:
+        dataset: a name of `ofrnn_tf.data.registry.DATASETS`.
+        paths: `load_split` path arguments (``data_dir`` or ``manifest``).
+        val_fraction: share of train held out as validation where there is no val split
+            (and, for a single manifest file, as test too).
+    """
+    if dataset == "manifest" and paths.get("manifest"):
+        examples, label_map, stats = load_split(dataset, "train", **paths)
+        _log(f"manifest {paths['manifest']}: {stats}")
+        rest, test = hold_out(examples, val_fraction, salt="test:")
+        train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))
+        _log(f"one manifest file: {len(val)} images held out for validation and "
+             f"{len(test)} for test")
+        return {"train": train, "val": val, "test": test}, label_map
+
+    splits: dict[str, list[Example]] = {}
+    label_map = None
+    for split in ("train", "test", "val"):
+        if split == "val" and dataset in HOLD_OUT_VAL:
+            break
+        try:
+            examples, split_map, stats = load_split(dataset, split, label_map=label_map, **paths)
+        except FileNotFoundError:
+            if split != "val":  # a manifest folder may have no val file
+                raise
+            break
+        label_map = label_map or split_map
+        _log(f"{dataset} {split}: {stats}")
+        splits[split] = examples
+    if "val" not in splits:
+        splits["train"], splits["val"] = hold_out(splits["train"], val_fraction)
+        _log(f"held out {len(splits['val'])} training images as the validation split")
+    return {split: splits[split] for split in SPLITS}, label_map
+
+
+def check_split_sizes(splits: dict[str, list[Example]], batch_size: int) -> None:
+    """Refuses, before any work, splits too small for the run, naming the fix."""
+    train, val = len(splits["train"]), len(splits["val"])
+    if train < batch_size:
+        raise SplitTooSmallError(
+            f"the train split has {train} image(s), fewer than one batch of {batch_size}: "
+            f"lower --train.batch_size (to at most {max(train, 1)}) or add training images")
+    if val == 0:
+        raise SplitTooSmallError(
+            f"the validation split is empty (train has {train} image(s)): raise "
+            f"--data.val_fraction so that at least one image is held out, or give a val split")
+    if not splits["test"]:
+        raise SplitTooSmallError("the test split is empty: give test images (a test manifest, "
+                                 "or the data set's test split)")
+
+
+def label_statistics(examples: list[Example], num_classes: int) -> tuple[list[int], int]:
+    """Per-class counts and the largest label count of an image (T_max)."""
+    counts = [0] * num_classes
+    longest = 0
+    for example in examples:
+        for c in example.label_ids:
+            counts[c] += 1
+        longest = max(longest, len(example.label_ids))
+    return counts, longest

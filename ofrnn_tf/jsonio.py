@@ -1,0 +1,28 @@
+"""JSON files written atomically and read with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def write_json(path: str, data: Any, indent: int | None = 1) -> str:
+    """Writes `data` to `path` through a temporary file, so readers never see half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"  # processes sharing a folder must not share it
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=indent)
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str) -> Any:
+    """The JSON value in `path`; FileNotFoundError or ValueError naming the file."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None

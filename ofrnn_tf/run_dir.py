@@ -1,0 +1,268 @@
+"""The run folder: every file a run writes, named in this one module.
+
+A run folder holds everything needed to evaluate, export or resume a run, and only
+relative names, so it can be moved or copied to another machine:
+
+==========================  =========================================================
+``run.json``                the `ExperimentConfig` (without its runtime section) and the
+                            `RunFacts` the data decided
+                            (class names, T_max, label order, the feature cache's
+                            content fingerprint and shape)
+``label_map.json``          class names (beside every artefact, see `ofrnn_tf.labels`)
+``checkpoints/``            the latest training checkpoints (resume)
+``best/``, ``best.json``    the best epoch's weights and its validation scores
+``calibration.json``        τ chosen on validation, per beam width K
+``metrics_<split>.json``    metrics of an evaluation
+``timing_<mode>.json``      how long each part of a run took
+``tensorboard/``            training curves
+``attention/``              attention pictures of test images (paper Fig. 3)
+``examples/``               those test images (export warm-up, demos)
+==========================  =========================================================
+
+The feature cache is not part of the folder: it is found again by its content
+fingerprint under any ``--runtime.cache_dir`` (see `ofrnn_tf.features.cache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
+from ofrnn_tf.jsonio import read_json, write_json
+from ofrnn_tf.labels import LABEL_MAP_FILENAME, LabelMap
+from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
+
+RUN_FILENAME = "run.json"
+CALIBRATION_FILENAME = "calibration.json"
+BEST_INFO_FILENAME = "best.json"
+
+
+class IncompatibleRunError(ValueError):
+    """A rerun's settings describe another model or data than the run folder holds."""
+
+
+@dataclasses.dataclass
+class RunFacts:
+    """What the data decided for a run (saved beside its config).
+
+    Attributes:
+        label_names: class names in label-id order (C of them).
+        max_steps: T_max, the largest label count of a training image (≤ C).
+        label_order: the fixed label order of `frequency_first` / `rare_first`, else None.
+        small_area: image-area fraction under which an object counts as small (the
+            benchmark's size split of AP), else None.
+        features_name: the feature cache's folder name under ``<cache_dir>/features``.
+        features_fingerprint: the feature cache's content fingerprint.
+        feature_shape: ``(H, W, k)`` of the maps.
+        image_size: the side the backbone saw images at.
+        feature_layer: the backbone's Keras layer the maps come from.
+    """
+
+    label_names: tuple
+    max_steps: int
+    label_order: Optional[tuple]
+    small_area: Optional[float]
+    features_name: str
+    features_fingerprint: str
+    feature_shape: tuple
+    image_size: int
+    feature_layer: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def positions_and_depth(self) -> tuple[int, int]:
+        """`(m, k)`: m = H·W positions of k channels, as the model reads them."""
+        height, width, depth = self.feature_shape
+        return height * width, depth
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunFacts":
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ValueError(f"unknown run facts {extra}")
+        data = dict(data)
+        for key in ("label_names", "label_order", "feature_shape"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+class RunDir:
+    """A run folder (see the module docstring) and the files in it.
+
+    Args:
+        path: the folder (need not exist yet).
+    """
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # -- names ---------------------------------------------------------------------
+    @property
+    def run_file(self) -> str:
+        return self.file(RUN_FILENAME)
+
+    @property
+    def label_map_file(self) -> str:
+        return self.file(LABEL_MAP_FILENAME)
+
+    @property
+    def calibration_file(self) -> str:
+        return self.file(CALIBRATION_FILENAME)
+
+    @property
+    def best_info_file(self) -> str:
+        return self.file(BEST_INFO_FILENAME)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.file("tensorboard")
+
+    @property
+    def attention_dir(self) -> str:
+        return self.file("attention")
+
+    @property
+    def examples_dir(self) -> str:
+        """A few test images of the run's data (export warm-up requests, demos)."""
+        return self.file("examples")
+
+    def example_images(self) -> list[str]:
+        if not os.path.isdir(self.examples_dir):
+            return []
+        return sorted(os.path.join(self.examples_dir, name)
+                      for name in os.listdir(self.examples_dir))
+
+    def checkpoints_dir(self, worker: Optional[int] = None) -> str:
+        """Training checkpoints; a non-chief worker writes its own copy elsewhere."""
+        return self._own(worker, "checkpoints")
+
+    def best_dir(self, worker: Optional[int] = None) -> str:
+        return self._own(worker, "best")
+
+    def _own(self, worker: Optional[int], name: str) -> str:
+        if worker is None:
+            return self.file(name)
+        return os.path.join(self.path, "tmp_worker", str(worker), name)
+
+    def metrics_file(self, split: str) -> str:
+        return self.file(f"metrics_{split}.json")
+
+    def timing_file(self, mode: str) -> str:
+        return self.file(f"timing_{mode}.json")
+
+    # -- config and facts ----------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.exists(self.run_file)
+
+    def require(self) -> "RunDir":
+        """Raises FileNotFoundError unless this is a run folder."""
+        if not self.exists():
+            raise FileNotFoundError(f"{self.path} is not a run folder ({RUN_FILENAME} missing): "
+                                    f"pass the --workdir of a training run")
+        return self
+
+    def load(self) -> tuple[ExperimentConfig, RunFacts]:
+        """The run's config (runtime settings at their defaults) and facts."""
+        data = read_json(self.require().run_file)
+        try:
+            return ExperimentConfig.from_dict(data["config"]), RunFacts.from_dict(data["facts"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{self.run_file}: not a run description ({error})") from None
+
+    def save(self, config: ExperimentConfig, facts: RunFacts) -> None:
+        """Writes the run's config and facts, or checks them against the saved ones.
+
+        A rerun may change the resumable settings (paths, epochs, logging, decoding);
+        any other difference, or other data, is refused with `IncompatibleRunError`.
+        """
+        if self.exists():
+            saved_config, saved_facts = self.load()
+            diffs = identity_differences(saved_config, config)
+            for name in ("label_names", "max_steps", "label_order", "features_fingerprint",
+                         "feature_shape", "feature_layer"):
+                before, now = getattr(saved_facts, name), getattr(facts, name)
+                if before != now:
+                    diffs.append(f"{name}: {before!r} in the run folder vs {now!r} now")
+            if diffs:
+                raise IncompatibleRunError(
+                    f"{self.run_file} describes another run; refusing to resume with different "
+                    f"settings ({'; '.join(diffs)}). Use a new --workdir or the saved settings.")
+        settings = config.to_dict()
+        # Where and how this invocation runs (cache folder, strategy, logging) is not the
+        # run's: a moved run takes them from the command that uses it.
+        del settings["runtime"]
+        write_json(self.run_file, {"config": settings, "facts": facts.to_dict()})
+        LabelMap(facts.label_names).save(self.path)
+
+    def label_map(self) -> LabelMap:
+        """The run's label map, checked against the copy in ``run.json``."""
+        _, facts = self.load()
+        expected = LabelMap(facts.label_names, source=self.run_file)
+        if os.path.exists(self.label_map_file):
+            expected.check_same(LabelMap.load(self.label_map_file))
+        return expected
+
+    # -- weights -------------------------------------------------------------------
+    def weights_path(self) -> str:
+        """The best epoch's checkpoint, else the latest one."""
+        path = (tf.train.latest_checkpoint(self.best_dir())
+                or tf.train.latest_checkpoint(self.checkpoints_dir()))
+        if not path:
+            raise FileNotFoundError(f"no checkpoint in {self.path}: train first")
+        return path
+
+    def load_model(self) -> tuple[OrderFreeRNN, ExperimentConfig, RunFacts]:
+        """The trained model (best weights, else the latest), its config and facts."""
+        config, facts = self.load()
+        model = build_model(config.model, facts.num_classes, facts.positions_and_depth,
+                            facts.label_order)
+        tf.train.Checkpoint(model=model).restore(self.weights_path()).expect_partial()
+        return model, config, facts
+
+    # -- calibration, metrics, timing ----------------------------------------------
+    def calibration(self, beam_size: int) -> Optional[dict]:
+        """What τ calibration stored for beam width K, or None."""
+        if not os.path.exists(self.calibration_file):
+            return None
+        return read_json(self.calibration_file).get("by_beam_size", {}).get(str(beam_size))
+
+    def calibrated_beam_sizes(self) -> list[int]:
+        if not os.path.exists(self.calibration_file):
+            return []
+        return sorted(int(k) for k in read_json(self.calibration_file).get("by_beam_size", {}))
+
+    def save_calibration(self, entry: dict) -> None:
+        """Stores a calibration (a dict with ``tau`` and ``beam_size``) for its K."""
+        data = read_json(self.calibration_file) if os.path.exists(self.calibration_file) else {}
+        data.setdefault("by_beam_size", {})[str(int(entry["beam_size"]))] = entry
+        write_json(self.calibration_file, data)
+
+    def save_metrics(self, split: str, metrics: dict) -> str:
+        return write_json(self.metrics_file(split), metrics)
+
+    def load_metrics(self, split: str) -> dict:
+        return read_json(self.metrics_file(split))
+
+    def save_timing(self, mode: str, parts: dict) -> str:
+        return write_json(self.timing_file(mode), parts)
+
+    def save_best_info(self, info: dict) -> str:
+        return write_json(self.best_info_file, info)

@@ -1,0 +1,291 @@
+"""The in-graph image guards: header checks, decode-failure indices, SavedModel paths."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ofrnn_tf.export.image_guards import check_encoded_images, decode_images
+from ofrnn_tf.features.images import decode_and_resize
+
+SIZE = 32
+LIMIT = 1_000_000  # pixels
+BAD_AT = 2  # index of the image under test in a batch of good ones
+STRINGS = tf.TensorSpec([None], tf.string)
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def picture(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(seed).integers(0, 40, (height, width, 3))
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1) + noise
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+JPEG = encode(picture(), "JPEG", quality=90)
+PNG = encode(picture(), "PNG")
+
+
+def with_sof_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its SOF0 frame header declaring another size (data untouched)."""
+    at = jpeg.index(b"\xff\xc0")
+    patched = bytearray(jpeg)
+    patched[at + 5:at + 9] = struct.pack(">HH", height, width)
+    return bytes(patched)
+
+
+def jpeg_with_exif(description_bytes: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010E] = "x" * description_bytes  # ImageDescription: a long APP1 segment
+    return encode(picture(seed=1), "JPEG", exif=exif.tobytes())
+
+
+def top_down_bmp(image: Image.Image) -> bytes:
+    """A BMP whose negative height stores the rows top to bottom."""
+    data = bytearray(encode(image, "BMP"))
+    offset, = struct.unpack_from("<I", data, 10)
+    height, = struct.unpack_from("<i", data, 22)
+    stride = (image.width * 3 + 3) // 4 * 4
+    rows = [bytes(data[offset + r * stride:offset + (r + 1) * stride]) for r in range(height)]
+    data[offset:] = b"".join(reversed(rows))
+    struct.pack_into("<i", data, 22, -height)
+    return bytes(data)
+
+
+def garble_scan(jpeg: bytes) -> bytes:
+    """Random bytes in the middle of the scan data; the EOI at the end stays."""
+    rng = np.random.default_rng(3)
+    start = jpeg.index(b"\xff\xda") + 20
+    data = bytearray(jpeg)
+    end = len(jpeg) - 50
+    data[start:end] = rng.integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+GOOD = {
+    "jpeg": JPEG,
+    "jpeg with 60 KB EXIF before the frame header": jpeg_with_exif(60_000),
+    "jpeg with an ICC profile and fill bytes": (lambda j: j[:2] + b"\xff" * 3 + j[2:])(
+        encode(picture(seed=2), "JPEG", icc_profile=bytes(5000))),
+    "progressive jpeg": encode(picture(seed=3), "JPEG", progressive=True),
+    "grayscale jpeg": encode(picture(seed=4).convert("L"), "JPEG"),
+    "jpeg with bytes after EOI": JPEG + bytes(64),
+    "png": PNG,
+    "grayscale png": encode(picture(seed=5).convert("L"), "PNG"),
+    "png with alpha": encode(picture(seed=6).convert("RGBA"), "PNG"),
+    "gif": encode(picture(seed=7), "GIF"),
+    "bmp": encode(picture(seed=8), "BMP"),
+    "top-down bmp": top_down_bmp(picture(seed=9)),
+    "image already at the output size": encode(picture(SIZE, SIZE), "PNG"),
+}
+
+# (bytes, what the message must say after "images[2]")
+BAD = {
+    "empty string": (b"", "is empty"),
+    "garbage": (b"\x00\x01 definitely not an image", "is not a JPEG, PNG, GIF or BMP file: it "
+                                                     "starts with 00 01 20 64"),
+    "webp": (encode(picture(), "WEBP"), "starts with 52 49 46 46"),
+    "tiff": (encode(picture(), "TIFF"), "looks like TIFF"),
+    "base64 text": (b"/9j/4AAQSkZJRgABAQAAAQABAAD", "looks like base64"),
+    "20000x20000 1-bit png": (encode(Image.new("1", (20000, 20000)), "PNG"),
+                              "is a PNG of 20000x20000 = 400000000 pixels, above the limit of "
+                              "1000000 pixels"),
+    "jpeg declaring 30000x30000": (with_sof_size(JPEG, 30000, 30000),
+                                   "is a JPEG of 30000x30000 = 900000000 pixels"),
+    "gif over the limit": (encode(Image.new("P", (1200, 1000)), "GIF"),
+                           "is a GIF of 1200x1000 = 1200000 pixels, above the limit"),
+    "bmp over the limit": (encode(Image.new("1", (1100, 1000)), "BMP"),
+                           "is a BMP of 1100x1000 = 1100000 pixels"),
+    "jpeg declaring no rows": (with_sof_size(JPEG, 64, 0), "is a JPEG of 64x0 pixels: an empty"),
+    "jpeg cut off in its header": (JPEG[:100], "is a JPEG cut off inside its header (100 bytes)"),
+    "jpeg with EOI before the frame header": (b"\xff\xd8\xff\xd9",
+                                              "marker ff d9 (EOI) at byte 2 comes before any "
+                                              "frame header"),
+    "jpeg with a broken segment chain": (JPEG[:2] + b"\xff\xe0\x00\x04ab\x12\x34" + JPEG[2:],
+                                         "expected a marker (FF xx) at byte 8, found 12 34"),
+    "jpeg made of fill bytes": (b"\xff\xd8" + b"\xff" * 3000,
+                                "no frame header (SOFn) in its first 1024 marker segments"),
+    "png without IHDR": (PNG[:12] + b"XXXX" + PNG[16:], "first chunk is not IHDR"),
+    "bmp with an unknown header size": (
+        (lambda b: b[:14] + struct.pack("<I", 20) + b[18:])(encode(picture(), "BMP")),
+        "its DIB header size is 20"),
+    # Sound headers, data that does not decode: named by the tf.data path.
+    "truncated jpeg": (JPEG[:len(JPEG) // 2], "could not be decoded: its JPEG header (64x48) is "
+                                              "sound but the data behind it is truncated or "
+                                              "corrupt"),
+    "png with garbled data behind IHDR": (
+        PNG[:33] + np.random.default_rng(4).integers(0, 256, 400, dtype=np.uint8).tobytes(),
+        "could not be decoded: its PNG header (64x48)"),
+}
+
+
+def assertion_message(error: tf.errors.InvalidArgumentError) -> str:
+    found = re.search(r"assertion failed: \[(.*?)\]\n", error.message, re.S)
+    assert found, error.message
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def limit():
+    return tf.Variable(LIMIT, dtype=tf.int64, trainable=False)
+
+
+@pytest.fixture(scope="module")
+def decode(limit):
+    return tf.function(lambda images: decode_images(images, SIZE, limit),
+                       input_signature=[STRINGS])
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_good_images_decode_to_the_pixels_of_decode_and_resize(decode, name):
+    batch = [JPEG, GOOD[name], PNG]
+    pixels = decode(tf.constant(batch)).numpy()
+    assert pixels.shape == (3, SIZE, SIZE, 3) and pixels.dtype == np.uint8
+    for got, data in zip(pixels, batch):
+        np.testing.assert_array_equal(got, decode_and_resize(tf.constant(data), SIZE).numpy())
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_image_is_refused_by_index(decode, name):
+    data, expected = BAD[name]
+    batch = [JPEG, PNG, JPEG]
+    batch.insert(BAD_AT, data)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        decode(tf.constant(batch))
+    message = assertion_message(raised.value)
+    assert message.startswith(f"images[{BAD_AT}] "), message
+    assert expected in message, message
+
+
+def test_first_bad_image_is_the_one_named(decode):
+    batch = [JPEG, JPEG, JPEG, b"", b"garbage", JPEG]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images\[3\] is empty"):
+        decode(tf.constant(batch))
+
+
+def test_empty_batch_is_refused(decode):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+        decode(tf.constant([], tf.string))
+
+
+def test_headers_alone_refuse_the_pixel_bomb(limit):
+    """check_encoded_images has no decoder at all: the 1.2 GB PNG is refused unread."""
+    check = tf.function(lambda images: check_encoded_images(images, limit),
+                        input_signature=[STRINGS])
+    graph = check.get_concrete_function().graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    ops.update(node.op for function in graph.library.function for node in function.node_def)
+    image_decoders = {"DecodeImage", "DecodeJpeg", "DecodeAndCropJpeg", "DecodePng",
+                      "DecodeGif", "DecodeBmp", "DecodeWebP"}
+    assert "Substr" in ops and not ops & image_decoders
+    bomb, expected = BAD["20000x20000 1-bit png"]
+    assert len(bomb) < 100_000
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"images[1] {expected}")):
+        check(tf.constant([JPEG, bomb]))
+    assert check(tf.constant([JPEG, PNG])).numpy().tolist() == [JPEG, PNG]
+
+
+def test_limit_is_read_when_the_graph_runs(decode, limit):
+    image = encode(picture(100, 100), "PNG")  # 10000 pixels
+    try:
+        limit.assign(9_999)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit of 9999"):
+            decode(tf.constant([image]))
+        limit.assign(10_000)
+        assert decode(tf.constant([image])).shape == (1, SIZE, SIZE, 3)
+    finally:
+        limit.assign(LIMIT)
+
+
+def test_damage_that_keeps_the_end_of_the_file_is_named_only_by_always(limit):
+    """The trade-off of "auto": a garbled scan behind an intact EOI takes the fast path."""
+    batch = tf.constant([JPEG, garble_scan(JPEG)])
+    modes = {mode: tf.function(lambda images, mode=mode: decode_images(
+        images, SIZE, limit, name_decode_failures=mode), input_signature=[STRINGS])
+        for mode in ("auto", "always", "never")}
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        modes["always"](batch)
+    assert assertion_message(raised.value).startswith("images[1] could not be decoded")
+    for mode in ("auto", "never"):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            modes[mode](batch)
+        assert "images[" not in raised.value.message
+    # "never" also leaves a truncated file to TensorFlow's message.
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        modes["never"](tf.constant([JPEG, JPEG[:len(JPEG) // 2]]))
+    assert "images[" not in raised.value.message
+    for mode, run in modes.items():
+        assert run(tf.constant([JPEG, PNG])).shape == (2, SIZE, SIZE, 3), mode
+
+
+def test_unknown_mode_is_a_value_error():
+    with pytest.raises(ValueError, match="name_decode_failures"):
+        decode_images(tf.constant([JPEG]), SIZE, LIMIT, name_decode_failures="sometimes")
+
+
+class _MeanPixels(tf.Module):
+    """A serving module in miniature: the limit is a variable of the SavedModel."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_image_pixels = tf.Variable(LIMIT, dtype=tf.int64, trainable=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve(self, images):
+        pixels = decode_images(images, SIZE, self.max_image_pixels)
+        return {"mean": tf.reduce_mean(tf.cast(pixels, tf.float32), axis=[1, 2, 3])}
+
+
+@pytest.mark.slow
+def test_saved_model_guards_work_in_the_session_loader_and_tf2_loader(tmp_path):
+    module = _MeanPixels()
+    export_dir = str(tmp_path / "guarded")
+    tf.saved_model.save(module, export_dir,
+                        signatures={"serving_default": module.serve.get_concrete_function()})
+    good = [JPEG, PNG]
+    expected = module.serve(tf.constant(good))["mean"].numpy()
+    requests = [  # (batch, index and text of the refusal or None)
+        (good, None),
+        ([JPEG, BAD["20000x20000 1-bit png"][0]], "images[1] is a PNG of 20000x20000"),
+        (good, None),
+        ([PNG, PNG, BAD["truncated jpeg"][0]], "images[2] could not be decoded"),
+        (good, None),
+        ([], "images is an empty batch"),
+        (good, None),
+    ]
+
+    # TensorFlow Serving's way: the C++ session loader and the SignatureDef names.
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+        signature = meta_graph.signature_def["serving_default"]
+        images_name = signature.inputs["images"].name
+        mean_name = signature.outputs["mean"].name
+        for batch, refusal in requests:
+            feed = {images_name: np.array(batch, dtype=object)}
+            if refusal is None:
+                np.testing.assert_allclose(session.run(mean_name, feed_dict=feed), expected)
+            else:
+                with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+                    session.run(mean_name, feed_dict=feed)
+                assert refusal in assertion_message(raised.value)
+
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    for batch, refusal in requests:
+        images = tf.constant(batch, tf.string)
+        if refusal is None:
+            np.testing.assert_allclose(serve(images=images)["mean"].numpy(), expected)
+        else:
+            with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+                serve(images=images)
+            assert refusal in assertion_message(raised.value)
