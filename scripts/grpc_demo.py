@@ -1,8 +1,8 @@
 """Serves an export over gRPC for a moment and classifies a few images through it.
 
-Starts ``serving.local_server`` on the export's model base path in a child process
+Starts ``ofrnn_tf.serving.local_server`` on the export's model base path in a child process
 (it loads the newest version and replays its warm-up requests), sends the images in
-one Predict request with ``serving.client.predict_images``, prints one line per image
+one Predict request with ``ofrnn_tf.serving.client.predict_images``, prints one line per image
 (path, label names with their scores, path log-probability) and stops the server.
 
     python scripts/grpc_demo.py --export_dir=exports/ofrnn img1.jpg img2.png
@@ -16,13 +16,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import grpc
+from absl import app, flags
 
-import grpc  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from serving.client import format_result, predict_images  # noqa: E402
-from serving.local_server import find_latest_version, start_subprocess  # noqa: E402
+from ofrnn_tf.serving.client import format_result, predict_images
+from ofrnn_tf.serving.local_server import find_latest_version, start_subprocess
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories); a "
@@ -43,7 +41,7 @@ def model_base_path(export_dir: str) -> str:
 def demo(export_dir: str, image_paths: Sequence[str], model_name: str = "ofrnn",
          timeout: float = 120.0) -> list[dict]:
     """Starts the server, classifies the images over gRPC, stops the server; returns the
-    results of `serving.client.predict_images`, one per image."""
+    results of `ofrnn_tf.serving.client.predict_images`, one per image."""
     images = []
     for path in image_paths:
         try:
@@ -51,7 +49,7 @@ def demo(export_dir: str, image_paths: Sequence[str], model_name: str = "ofrnn",
         except OSError as e:
             raise ValueError(f"cannot read image {path!r}: {e.strerror}") from None
     base = model_base_path(export_dir)
-    print(f"starting serving.local_server on {base} ...", file=sys.stderr, flush=True)
+    print(f"starting the local server on {base} ...", file=sys.stderr, flush=True)
     proc, target = start_subprocess(base, model_name, timeout=timeout)
     try:
         print(f"serving on {target}; sending {len(images)} image(s)", file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""Batched beam search over the confidence-ranked decoder (paper Eq. 11, DESIGN §2).
+"""Batched beam search over the confidence-ranked decoder (paper Eq. 11; docs/model.md).
 
 One `tf.while_loop` over decoding steps advances the K beams of every image of a
 batch together (step 1, where an image has a single beam, runs before it on one
@@ -44,6 +44,14 @@ def log_threshold(threshold: float) -> np.float32:
         return np.float32(np.log(np.float32(threshold)))
 
 
+def _log_threshold_tensor(threshold) -> tf.Tensor:
+    """`log τ` for a τ given as a Python number (checked now) or a tensor (read at run time,
+    e.g. a variable of the SavedModel or a request's input)."""
+    if isinstance(threshold, (tf.Tensor, tf.Variable)):
+        return tf.math.log(tf.cast(threshold, tf.float32))
+    return tf.constant(log_threshold(0.0 if threshold is None else threshold))
+
+
 def _check_args(model, beam_size: int, max_steps: int, min_labels: int) -> None:
     for name, value, low in (("beam_size", beam_size, 1), ("max_steps", max_steps, 1),
                              ("min_labels", min_labels, 0)):
@@ -74,7 +82,10 @@ def baseline_decode(model, features: tf.Tensor, *, max_steps: int,
     no step limit. `scores = v_prob`; `log_prob` is the sum of `log v_prob` over the
     chosen labels; `attention` is zeros `[B, max_steps, m]` (no attention).
     """
-    threshold = BASELINE_THRESHOLD if threshold is None else _check_threshold(threshold)
+    if threshold is None:
+        threshold = BASELINE_THRESHOLD
+    elif not isinstance(threshold, (tf.Tensor, tf.Variable)):
+        threshold = _check_threshold(threshold)
     features = _check_features(features)
     v_prob = tf.sigmoid(tf.cast(model(features, training=False), tf.float32))
     num_classes = model.num_classes
@@ -96,21 +107,24 @@ def baseline_decode(model, features: tf.Tensor, *, max_steps: int,
 
 def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: int,
                 threshold: Optional[float] = None, min_labels: int = 1,
-                all_steps: bool = False) -> Dict[str, tf.Tensor]:
-    """Beam search of DESIGN §2 for a batch of images (one graph loop over steps).
+                all_steps: bool = False, unroll: bool = False) -> Dict[str, tf.Tensor]:
+    """Beam search (paper Eq. 11, docs/model.md) for a batch of images, one graph loop over steps.
 
     Args:
         model: an `OrderFreeRNN` (built). Mode `baseline` goes to `baseline_decode`.
         features: `[B, m, k]` feature maps, any B.
         beam_size: K; 1 is greedy decoding.
         max_steps: T_max, the most labels a path may hold.
-        threshold: τ on the path probability (Eq. 11), compared in log space;
-            default 0.0 (only T_max and the candidate pool stop a path). For the
+        threshold: τ on the path probability (Eq. 11), compared in log space: a
+            number, or a scalar tensor read at run time; default 0.0 (only T_max and the candidate pool stop a path). For the
             `baseline` mode it is the threshold on `v_prob` (default 0.5).
         min_labels: steps 1..min_labels are admissible whatever τ.
         all_steps: also return, for every step t, the best beam as if decoding had
             stopped at t (`step_labels [B, T, T]`, `step_log_prob [B, T]` — -inf where
             step t had no admissible beam — and `step_scores [B, T, C]`).
+        unroll: write the steps out instead of a `tf.while_loop` (same results; fewer
+            ops per step, as served models want; the loop stops early when no image
+            has a successor left).
 
     Returns:
         dict: `labels` int32 `[B, T]` (decoding order, -1 padded), `num_labels` int32
@@ -125,7 +139,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     if not model.uses_decoder:
         return baseline_decode(model, features, max_steps=max_steps, threshold=threshold,
                                min_labels=min_labels)
-    log_tau = tf.constant(log_threshold(0.0 if threshold is None else threshold))
+    log_tau = _log_threshold_tensor(threshold)
     features = _check_features(features)
     K, T, C = beam_size, max_steps, model.num_classes
 
@@ -230,7 +244,12 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         })
 
     final = step(loop_vars, first=True)
-    if T > 1:
+    if unroll:
+        # T_max is static: the steps written out one after the other, no loop ops. An
+        # image with no admissible successor stays frozen in the steps that follow.
+        for _ in range(T - 1):
+            final = step(final, first=False)
+    elif T > 1:
         (final,) = tf.while_loop(
             lambda v: tf.logical_and(v["t"] < T, tf.reduce_any(v["alive"])),
             lambda v: (step(v, first=False),), (final,), maximum_iterations=T - 1)
@@ -266,8 +285,13 @@ def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Option
     `jit_compile=True` compiles it with XLA.
 
     Example:
+    >>> from ofrnn_tf.modeling.model import OrderFreeRNN
+    >>> model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8)
+    >>> model.build((None, 49, 16))
     >>> decode = make_decoder(model, beam_size=3, max_steps=4, threshold=0.2)
-    >>> out = decode(features)  # dict of tensors, see `beam_search`
+    >>> out = decode(tf.random.normal([2, 49, 16]))
+    >>> out["labels"].shape, out["scores"].shape
+    (TensorShape([2, 4]), TensorShape([2, 5]))
     """
     _check_args(model, beam_size, max_steps, min_labels)
     if threshold is not None:
@@ -284,6 +308,41 @@ def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Option
                            threshold=threshold, min_labels=min_labels, all_steps=all_steps)
 
     return decode
+
+
+def path_step_probabilities(model, features: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Probability of each label of a given path at the step it was chosen (Eq. 11's factors).
+
+    Replays the decoder (`start` / `step` / `step_log_probs` / `advance`) feeding
+    `labels` in order, so `sum_t log(result[:, t])` is the path log-probability that
+    beam search reports for that path.
+
+    Args:
+        model: a built `OrderFreeRNN`.
+        features: `[B, m, k]` feature maps.
+        labels: int32 `[B, T]` label ids in decoding order, -1 padded.
+
+    Returns:
+        float32 `[B, T]`, 0 at the padding. For the `baseline` mode (no decoder) it
+        is `v_prob` of each label.
+    """
+    labels = tf.convert_to_tensor(labels, tf.int32)
+    valid = labels >= 0
+    safe = tf.maximum(labels, 0)
+    if not model.uses_decoder:
+        v_prob = tf.sigmoid(tf.cast(model(features, training=False), tf.float32))
+        return tf.where(valid, tf.gather(v_prob, safe, batch_dims=1), 0.0)
+    context, state = model.start(features, training=False)
+    probabilities = []
+    for t in range(labels.shape[1]):
+        logits, _, h, c = model.step(context, state, training=False)
+        step_log_prob = model.step_log_probs(tf.cast(logits, tf.float32), state)
+        chosen = tf.gather(step_log_prob, safe[:, t], batch_dims=1)
+        probabilities.append(tf.where(valid[:, t], tf.exp(chosen), 0.0))
+        state = model.advance(state, h, c, logits, safe[:, t])
+    if not probabilities:
+        return tf.zeros(tf.shape(labels), tf.float32)
+    return tf.stack(probabilities, axis=1)
 
 
 def labels_to_multi_hot(labels, num_classes: int) -> np.ndarray:

@@ -1,1 +1,1 @@
-"""SavedModel export for TensorFlow Serving (DESIGN §5)."""
+"""SavedModel export for TensorFlow Serving (docs/serving.md)."""

@@ -12,8 +12,11 @@ exported SavedModel, so cached features and served predictions see identical pix
 from __future__ import annotations
 
 import re
+import struct
 
 import tensorflow as tf
+
+IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
 
 
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -54,3 +57,72 @@ def clean_tf_error(error: BaseException) -> str:
     message = _TF_FUNCTION_NODE.sub("", message)
     message = _TF_OP_SUFFIX.sub("", message)
     return message.strip() or type(error).__name__
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            raise ValueError(f"corrupt JPEG: no marker at byte {i}")
+        while i < n and data[i] == 0xFF:  # fill bytes may precede a marker code
+            i += 1
+        if i >= n:
+            break
+        code = data[i]
+        i += 1
+        if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a length field
+            continue
+        if code in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            raise ValueError("corrupt JPEG: no frame header before the image data")
+        if i + 2 > n:
+            break
+        (length,) = struct.unpack(">H", data[i:i + 2])
+        if length < 2:
+            raise ValueError(f"corrupt JPEG: segment length {length} at byte {i}")
+        if code in _JPEG_SOF:
+            if i + 7 > n:
+                break
+            height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            return width, height
+        i += length
+    raise ValueError(f"truncated JPEG: header ends after {n} bytes without a frame header")
+
+
+def read_image_header(data: bytes) -> tuple[str, int, int]:
+    """Returns ``(format, width, height)`` from an encoded image's header.
+
+    Only the first bytes are parsed (PNG IHDR, GIF logical screen, BMP info header,
+    JPEG SOF segment), so a small file that declares a huge image costs nothing.
+    Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
+    image or the header is truncated or corrupt.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        fmt, (width, height) = "JPEG", _jpeg_size(data)
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ValueError("truncated or corrupt PNG: no IHDR chunk")
+        fmt, (width, height) = "PNG", struct.unpack(">II", data[16:24])
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        if len(data) < 10:
+            raise ValueError("truncated GIF header")
+        fmt, (width, height) = "GIF", struct.unpack("<HH", data[6:10])
+    elif data[:2] == b"BM":
+        if len(data) < 26:
+            raise ValueError("truncated BMP header")
+        (info_size,) = struct.unpack("<I", data[14:18])
+        if info_size == 12:
+            width, height = struct.unpack("<HH", data[18:22])
+        elif 40 <= info_size <= 124:
+            width, height = struct.unpack("<ii", data[18:26])
+            height = abs(height)  # negative height: rows stored top-down
+        else:
+            raise ValueError(f"corrupt BMP header (info header size {info_size})")
+        fmt = "BMP"
+    else:
+        raise ValueError(f"not a {IMAGE_FORMATS} image (starts with {data[:8]!r})")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{fmt} header gives an empty image ({width}x{height})")
+    return fmt, width, height

@@ -1,24 +1,22 @@
 """In-process prediction from a finished run: image files or bytes → label sets.
 
-`Predictor` holds the run's frozen backbone, its best weights and the decoding
-settings calibrated after training (τ, K, `min_labels` from `calibration.json`).
-One `tf.function` runs backbone + beam search (DESIGN §2) on a batch of decoded
-images; decoding of the files happens image by image first, so a corrupt or
-unreadable file costs only its own entry (an ``error`` field), never its batch.
+`Predictor` runs a run's `InferenceModule` (backbone + best weights + the decoding
+settings calibrated after training) on batches of images. Files are decoded one by
+one first, so a corrupt or unreadable file costs only its own entry (an ``error``
+field), never its batch; an image whose header declares more than the module's
+``max_image_pixels`` is refused before it is decoded.
 
-Each result also carries the probability of every chosen label at the step it
-was chosen (`sigmoid(p_t[l_t])`, Eq. 11's factors), obtained by replaying the
-decoder along the best path: beam search itself returns the path total only.
+Each result also carries the probability of every chosen label at the step it was
+chosen (`sigmoid(p_t[l_t])`, Eq. 11's factors).
 
-Example:
-    >>> predictor = Predictor.from_workdir("runs/order_free")
-    >>> predictor.predict_files(["a.jpg"])[0]["labels"]
-    ['Bag', 'Sneaker']
+Usage::
+
+    predictor = Predictor.from_run("runs/order_free")
+    predictor.predict_files(["a.jpg"])[0]["labels"]  # e.g. ['Bag', 'Sneaker']
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -28,140 +26,23 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ofrnn_tf.decoding.beam_search import make_decoder
-from ofrnn_tf.features.images import clean_tf_error, decode_and_resize
-from ofrnn_tf.labels import LABEL_MAP_FILENAME, LabelMap
+from ofrnn_tf.features.images import clean_tf_error, decode_and_resize, read_image_header
+from ofrnn_tf.inference.module import InferenceModule
 
 DEFAULT_BATCH_SIZE = 32
 
 
-def path_step_probabilities(model, features: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """Probability of each label of a given path at the step it was chosen.
-
-    Replays the decoder (`start` / `step` / `step_log_probs` / `advance`) feeding
-    `labels` in order, so `sum_t log(result[:, t])` is the path log-probability
-    that beam search reports for that path (Eq. 11).
-
-    Args:
-        model: a built `OrderFreeRNN`.
-        features: `[B, m, k]` feature maps.
-        labels: int32 `[B, T]` label ids in decoding order, -1 padded.
-
-    Returns:
-        float32 `[B, T]`, 0 at the padding. For the `baseline` mode (no decoder) it
-        is `v_prob` of each label.
-    """
-    labels = tf.convert_to_tensor(labels, tf.int32)
-    valid = labels >= 0
-    safe = tf.maximum(labels, 0)
-    if not model.uses_decoder:
-        v_prob = tf.sigmoid(tf.cast(model(features, training=False), tf.float32))
-        return tf.where(valid, tf.gather(v_prob, safe, batch_dims=1), 0.0)
-    context, state = model.start(features, training=False)
-    probabilities = []
-    for t in range(labels.shape[1]):
-        logits, _, h, c = model.step(context, state, training=False)
-        step_log_prob = model.step_log_probs(tf.cast(logits, tf.float32), state)
-        chosen = tf.gather(step_log_prob, safe[:, t], batch_dims=1)
-        probabilities.append(tf.where(valid[:, t], tf.exp(chosen), 0.0))
-        state = model.advance(state, h, c, logits, safe[:, t])
-    if not probabilities:
-        return tf.zeros(tf.shape(labels), tf.float32)
-    return tf.stack(probabilities, axis=1)
-
-
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
-
-
-def load_run(workdir: str, beam_size: Optional[int] = None, tau: Optional[float] = None, *,
-             min_labels: Optional[int] = None, backbone=None) -> dict:
-    """What a finished run decodes with: the keyword arguments of `Predictor` (and of
-    the export's `ServingModule`) — `model` (best weights), `backbone`, `label_map`,
-    `tau`, `beam_size`, `max_steps`, `min_labels`.
-
-    τ, K and `min_labels` come from the run's `calibration.json` (written by
-    train.py) unless given. `backbone` may pass an already built backbone of the run
-    (it must be the run's backbone); by default the run's `config.backbone` /
-    `config.feature_layer` is built, at the image size its features were extracted at
-    when the feature cache is present. A backbone whose maps differ from the cached
-    features, or a label map that differs from the run's, is refused.
-    """
-    from ofrnn_tf.evaluation.evaluate import CALIBRATION_FILENAME
-    from ofrnn_tf.features.backbones import get_backbone
-    from ofrnn_tf.training.run_config import RUN_CONFIG_FILENAME, RunConfig
-    from ofrnn_tf.training.trainer import load_best_model
-
-    if not os.path.exists(os.path.join(workdir, RUN_CONFIG_FILENAME)):
-        raise FileNotFoundError(f"{workdir} is not a run directory ({RUN_CONFIG_FILENAME} "
-                                f"missing): pass the --workdir of a train.py run")
-    config = RunConfig.load(workdir)
-    calibration_path = os.path.join(workdir, CALIBRATION_FILENAME)
-    calibration = _read_json(calibration_path) if os.path.exists(calibration_path) else None
-    if tau is None:
-        if calibration is None:
-            raise FileNotFoundError(
-                f"{calibration_path} is missing: run train.py (it calibrates τ on "
-                f"validation) first, or pass tau explicitly")
-        if "tau" not in calibration:
-            raise FileNotFoundError(f"{calibration_path} has no 'tau': rerun train.py "
-                                    f"--mode=eval, or pass tau explicitly")
-        tau = float(calibration["tau"])
-    calibration = calibration or {}
-    if beam_size is None:
-        beam_size = int(calibration.get("beam_size", config.beam_size))
-    if min_labels is None:
-        min_labels = int(calibration.get("min_labels", config.min_labels))
-
-    meta = _feature_meta(config.features_dir)
-    if backbone is None:
-        backbone = get_backbone(config.backbone, config.feature_layer or None,
-                                image_size=meta.get("image_size"))
-    elif backbone.name != config.backbone:
-        raise ValueError(f"the run {workdir} was trained on {config.backbone} features; "
-                         f"got a {backbone.name} backbone")
-    if "feature_shape" in meta and list(backbone.feature_shape) != [
-            int(d) for d in meta["feature_shape"]]:
-        raise ValueError(f"backbone {backbone!r} gives {backbone.feature_shape} feature maps but "
-                         f"the run was trained on {meta['feature_shape']} "
-                         f"({config.features_dir})")
-    if meta.get("feature_layer") and meta["feature_layer"] != backbone.feature_layer:
-        raise ValueError(f"backbone {backbone!r} stops at layer {backbone.feature_layer!r} but "
-                         f"the run's features come from {meta['feature_layer']!r} "
-                         f"({config.features_dir})")
-    height, width, depth = backbone.feature_shape
-    model, config = load_best_model(workdir, (height * width, depth))
-    label_map = LabelMap(config.label_names)
-    if os.path.exists(os.path.join(workdir, LABEL_MAP_FILENAME)):
-        LabelMap.load(workdir).check_same(label_map)
-    return dict(model=model, backbone=backbone, label_map=label_map, tau=tau,
-                beam_size=beam_size, max_steps=config.max_steps, min_labels=min_labels)
-
-
 class Predictor:
-    """Backbone + `OrderFreeRNN` + beam search with fixed settings, in this process.
+    """An `InferenceModule` applied to image files or bytes, batch by batch.
 
     Args:
-        model: a trained, built `OrderFreeRNN` over `[m, k]` maps, m = H·W of the
-            backbone.
-        backbone: the frozen `Backbone` the run's features were extracted with.
-        label_map: class names in label-id order.
-        tau: threshold τ on the path probability (on `v_prob` for `baseline`).
-        beam_size: K (1 = greedy).
-        max_steps: T_max.
-        min_labels: labels every image gets at least.
+        module: the run's `InferenceModule` (see `InferenceModule.from_run`).
         batch_size: images per backbone + decoder call.
-        jit_compile: XLA-compile backbone + decoder.
 
     Results (`predict_bytes`, `predict_files`) are dicts, one per input, in order:
         image: the path (or the given name).
         labels, label_ids: the predicted labels in decoding order.
-        scores: per predicted label, its score (the largest step probability of that
-            label along the best path; the ranking score mAP uses).
+        scores: per predicted label, its score (the ranking score mAP uses).
         step_probabilities: per predicted label, its probability at the step that
             chose it.
         log_prob: the path log-probability.
@@ -172,54 +53,30 @@ class Predictor:
     ``error = "<path>: <reason>"``.
     """
 
-    def __init__(self, model, backbone, label_map: LabelMap, *, tau: float, beam_size: int,
-                 max_steps: int, min_labels: int = 1, batch_size: int = DEFAULT_BATCH_SIZE,
-                 jit_compile: bool = False):
-        if label_map.num_classes != model.num_classes:
-            raise ValueError(f"label map has {label_map.num_classes} classes but the model "
-                             f"{model.num_classes}")
+    def __init__(self, module: InferenceModule, batch_size: int = DEFAULT_BATCH_SIZE):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer ≥ 1; got {batch_size!r}")
-        self.model = model
-        self.backbone = backbone
-        self.label_map = label_map
-        self.tau = float(tau)
-        self.beam_size = int(beam_size)
-        self.max_steps = int(max_steps)
-        self.min_labels = int(min_labels)
+        self.module = module
         self.batch_size = batch_size
-        self.image_size = int(backbone.image_size)
-        height, width, depth = backbone.feature_shape
-        self.attention_shape = (int(height), int(width))
-        self.has_attention = model.mode not in ("baseline", "no_attention")
-        decoder = make_decoder(model, beam_size=self.beam_size, max_steps=self.max_steps,
-                               threshold=self.tau, min_labels=self.min_labels,
-                               feature_shape=(height * width, depth))
-        size = self.image_size
+        self.label_map = module.label_map
+        self.image_size = module.image_size
+        height, width, _ = module.feature_shape
+        self.attention_shape = (height, width)
 
-        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")],
-                     jit_compile=jit_compile)
-        def run(pixels):
-            features = tf.reshape(backbone(pixels), [-1, height * width, depth])
-            out = dict(decoder(features))
-            out["step_probabilities"] = path_step_probabilities(model, features, out["labels"])
-            return out
-
-        self._run = run
-
-    # -- construction from a run -------------------------------------------------------
     @classmethod
-    def from_workdir(cls, workdir: str, beam_size: Optional[int] = None,
-                     tau: Optional[float] = None, *, min_labels: Optional[int] = None,
-                     batch_size: int = DEFAULT_BATCH_SIZE, backbone=None,
-                     jit_compile: bool = False) -> "Predictor":
-        """A predictor for the best weights of the run in `workdir` (see `load_run`)."""
-        return cls(**load_run(workdir, beam_size, tau, min_labels=min_labels, backbone=backbone),
-                   batch_size=batch_size, jit_compile=jit_compile)
+    def from_run(cls, run_dir, *, batch_size: int = DEFAULT_BATCH_SIZE, **kwargs) -> "Predictor":
+        """A predictor for a finished run (keyword arguments: `InferenceModule.from_run`)."""
+        return cls(InferenceModule.from_run(run_dir, **kwargs), batch_size=batch_size)
 
     # -- prediction ---------------------------------------------------------------------
     def decode_image(self, data: bytes) -> np.ndarray:
-        """Encoded bytes → uint8 `[S, S, 3]` as the model sees them (raises on bad bytes)."""
+        """Encoded bytes → uint8 `[S, S, 3]` as the model sees them (ValueError or a TF
+        error naming the problem for bytes that are not a decodable image, or too large)."""
+        image_format, width, height = read_image_header(data)
+        limit = int(self.module.max_image_pixels.numpy())
+        if width * height > limit:
+            raise ValueError(f"{image_format} of {width}x{height} = {width * height} pixels is "
+                             f"above the limit of {limit}")
         return decode_and_resize(tf.constant(data), self.image_size).numpy()
 
     def predict_pixels(self, pixels) -> dict[str, np.ndarray]:
@@ -230,7 +87,7 @@ class Predictor:
                 self.image_size, self.image_size, 3):
             raise ValueError(f"pixels must be uint8 [N, {self.image_size}, {self.image_size}, 3]; "
                              f"got {pixels.dtype.name} {pixels.shape}")
-        return {key: value.numpy() for key, value in self._run(pixels).items()}
+        return {key: value.numpy() for key, value in self.module.predict_pixels(pixels).items()}
 
     def predict_bytes(self, images: Sequence[bytes], names: Optional[Sequence[str]] = None, *,
                       attention: bool = True, all_scores: bool = True,
@@ -299,7 +156,7 @@ class Predictor:
             "step_probabilities": [float(p) for p in outputs["step_probabilities"][row][:count]],
             "log_prob": log_prob if math.isfinite(log_prob) else None,
         }
-        if attention and self.has_attention:
+        if attention and self.module.has_attention:
             steps = outputs["attention"][row][:count]
             result["attention"] = steps.reshape((len(steps),) + self.attention_shape)
         if all_scores:
@@ -310,14 +167,3 @@ class Predictor:
 def _error(name: str, reason: str) -> dict:
     return {"image": name, "error": f"{name}: {reason}"}
 
-
-def _feature_meta(features_dir: str) -> dict:
-    """The feature cache's meta.json, or {} when the cache is not on this machine."""
-    from ofrnn_tf.features import tfrecords
-
-    if not features_dir:
-        return {}
-    try:
-        return tfrecords.read_meta(features_dir)
-    except FileNotFoundError:
-        return {}

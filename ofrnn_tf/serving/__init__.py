@@ -1,7 +1,8 @@
-"""Serving: TensorFlow Serving configs, a gRPC client and a local model server.
+"""Serving clients and a local model server over the TensorFlow Serving gRPC protos.
 
-``serving.client`` talks to any server that implements the TensorFlow Serving
-``PredictionService`` (real ``tensorflow_model_server`` or ``serving.local_server``);
-``serving.local_server`` serves a SavedModel export over the same protos where the
-``tensorflow_model_server`` binary is not available.
+`ofrnn_tf.serving.client` talks to any server that implements TensorFlow Serving's
+``PredictionService`` (``tensorflow_model_server`` or `ofrnn_tf.serving.local_server`);
+`ofrnn_tf.serving.local_server` serves an export through TF Serving's own loading path
+where the ``tensorflow_model_server`` binary is not available. The TF Serving configs
+and the documented ``docker run`` commands are in the repository's ``serving/`` folder.
 """

@@ -2,15 +2,16 @@
 
 Built only on the standard ``tensorflow-serving-api`` protos, so it works the same
 against ``tensorflow_model_server`` (Docker ``tensorflow/serving``) and against
-``serving.local_server``.
+``ofrnn_tf.serving.local_server`` (``ofrnn-serve``).
 
 Usage::
 
-    python serving/client.py --server=127.0.0.1:8500 --model_name=ofrnn cat.jpg dog.png
+    ofrnn-client --server=127.0.0.1:8500 --model_name=ofrnn cat.jpg dog.png
+    ofrnn-client --server=127.0.0.1:8500 --threshold=0.05 cat.jpg   # more labels
 
 Python::
 
-    from serving.client import predict_images
+    from ofrnn_tf.serving.client import predict_images
     results = predict_images("127.0.0.1:8500", [open("cat.jpg", "rb").read()])
     results[0]["label_names"], results[0]["scores"]
 """
@@ -76,15 +77,23 @@ def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
     return results
 
 
+THRESHOLD_SIGNATURE = "predict_with_threshold"
+
+
 def predict_images(target: str, images: Sequence[bytes], *, model_name: str = "ofrnn",
-                   signature_name: str = "serving_default", version: int | None = None,
-                   timeout: float = 30.0, channel: grpc.Channel | None = None) -> list[dict]:
-    """Classifies encoded JPEG/PNG images in one Predict request.
+                   signature_name: str | None = None, version: int | None = None,
+                   threshold: float | None = None, timeout: float = 30.0,
+                   channel: grpc.Channel | None = None) -> list[dict]:
+    """Classifies encoded JPEG/PNG/GIF/BMP images in one Predict request.
 
     Args:
         target: ``host:port`` of the gRPC server (ignored when ``channel`` is given).
         images: encoded image bytes, one per image; all go in one batch.
-        model_name, signature_name, version: the ``ModelSpec`` (version None: newest).
+        model_name, signature_name, version: the ``ModelSpec`` (version None: newest;
+            signature None: ``serving_default``, or ``predict_with_threshold`` when a
+            threshold is given).
+        threshold: decode with this τ in [0, 1] instead of the calibrated one: lower
+            gives more labels per image (recall), higher fewer (precision).
         timeout: seconds before the call fails with DEADLINE_EXCEEDED.
         channel: an open channel to reuse (e.g. from ``make_channel``); by default a
             channel is opened and closed for this call.
@@ -99,9 +108,13 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = "o
     images = list(images)
     if not images:
         return []
+    if signature_name is None:
+        signature_name = "serving_default" if threshold is None else THRESHOLD_SIGNATURE
     request = predict_pb2.PredictRequest()
     _model_spec(request.model_spec, model_name, signature_name, version)
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string, shape=[len(images)]))
+    if threshold is not None:
+        request.inputs["threshold"].CopyFrom(tf.make_tensor_proto(float(threshold), tf.float32))
     request.output_filter.extend(PREDICT_OUTPUTS)
 
     def run(ch):
@@ -169,7 +182,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         results = predict_images(FLAGS.server, images, model_name=FLAGS.model_name,
                                  signature_name=FLAGS.signature_name, version=FLAGS.version,
-                                 timeout=FLAGS.timeout)
+                                 threshold=FLAGS.threshold, timeout=FLAGS.timeout)
     except grpc.RpcError as e:
         print(f"error from {FLAGS.server}: {e.code().name}: {e.details()}", file=sys.stderr)
         sys.exit(1)
@@ -177,12 +190,20 @@ def main(argv: Sequence[str]) -> None:
         print(format_result(path, result))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``ofrnn-client`` console script (flags are defined only when run as a program)."""
     from absl import app, flags
 
     flags.DEFINE_string("server", "127.0.0.1:8500", "gRPC host:port of the model server")
     flags.DEFINE_string("model_name", "ofrnn", "model name in the server's config")
-    flags.DEFINE_string("signature_name", "serving_default", "signature taking `images`")
+    flags.DEFINE_string("signature_name", None, "signature taking `images` (default: "
+                        "serving_default, or predict_with_threshold with --threshold)")
+    flags.DEFINE_float("threshold", None, "decode with this τ in [0, 1] instead of the "
+                       "calibrated one: lower for more labels (recall), higher for fewer")
     flags.DEFINE_integer("version", None, "model version (default: the newest)")
     flags.DEFINE_float("timeout", 30.0, "seconds per request")
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

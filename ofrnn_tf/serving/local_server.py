@@ -28,7 +28,7 @@ requests are replayed before the port opens, as TF Serving does.
 
 Usage::
 
-    python -m serving.local_server --model_base_path=exports/ofrnn --port=8500
+    ofrnn-serve --model_base_path=exports/ofrnn --port=8500
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -59,13 +58,13 @@ from tensorflow_serving.apis import (
 )
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
+from ofrnn_tf.features.images import IMAGE_FORMATS, read_image_header
 
 DEFAULT_MODEL_NAME = "ofrnn"
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
-IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
 LISTENING_PREFIX = "LISTENING "
 
 
@@ -76,78 +75,6 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-# ---------------------------------------------------------------------------
-# Image headers: width and height without decoding anything.
-
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    i, n = 2, len(data)
-    while i < n:
-        if data[i] != 0xFF:
-            raise ValueError(f"corrupt JPEG: no marker at byte {i}")
-        while i < n and data[i] == 0xFF:  # fill bytes may precede a marker code
-            i += 1
-        if i >= n:
-            break
-        code = data[i]
-        i += 1
-        if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a length field
-            continue
-        if code in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            raise ValueError("corrupt JPEG: no frame header before the image data")
-        if i + 2 > n:
-            break
-        (length,) = struct.unpack(">H", data[i:i + 2])
-        if length < 2:
-            raise ValueError(f"corrupt JPEG: segment length {length} at byte {i}")
-        if code in _JPEG_SOF:
-            if i + 7 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 3:i + 7])
-            return width, height
-        i += length
-    raise ValueError(f"truncated JPEG: header ends after {n} bytes without a frame header")
-
-
-def image_size(data: bytes) -> tuple[str, int, int]:
-    """Returns ``(format, width, height)`` from an encoded image's header.
-
-    Only the first bytes are parsed (PNG IHDR, GIF logical screen, BMP info header,
-    JPEG SOF segment), so a small file that declares a huge image costs nothing.
-    Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
-    image or the header is truncated or corrupt.
-    """
-    if data[:3] == b"\xff\xd8\xff":
-        fmt, (width, height) = "JPEG", _jpeg_size(data)
-    elif data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ValueError("truncated or corrupt PNG: no IHDR chunk")
-        fmt, (width, height) = "PNG", struct.unpack(">II", data[16:24])
-    elif data[:6] in (b"GIF87a", b"GIF89a"):
-        if len(data) < 10:
-            raise ValueError("truncated GIF header")
-        fmt, (width, height) = "GIF", struct.unpack("<HH", data[6:10])
-    elif data[:2] == b"BM":
-        if len(data) < 26:
-            raise ValueError("truncated BMP header")
-        (info_size,) = struct.unpack("<I", data[14:18])
-        if info_size == 12:
-            width, height = struct.unpack("<HH", data[18:22])
-        elif 40 <= info_size <= 124:
-            width, height = struct.unpack("<ii", data[18:26])
-            height = abs(height)  # negative height: rows stored top-down
-        else:
-            raise ValueError(f"corrupt BMP header (info header size {info_size})")
-        fmt = "BMP"
-    else:
-        raise ValueError(f"not a {IMAGE_FORMATS} image (starts with {data[:8]!r})")
-    if width <= 0 or height <= 0:
-        raise ValueError(f"{fmt} header gives an empty image ({width}x{height})")
-    return fmt, width, height
 
 
 _TF_ERROR_NOISE = re.compile(
@@ -213,22 +140,50 @@ def read_signature_defs(saved_model_dir: str) -> dict[str, meta_graph_pb2.Signat
 
 @dataclass
 class Servable:
-    """One loaded model version: its callable signatures and their SignatureDefs."""
+    """One loaded model version, run the way TensorFlow Serving runs it.
+
+    TF Serving loads a SavedModel with the C++ ``LoadSavedModel``: a session over the
+    graph, fed and fetched through the tensor names of each SignatureDef. This is the
+    same loader from Python (`tf.compat.v1.saved_model.loader.load`), so a model that
+    serves here restores its variables and runs its signatures as TF Serving would.
+    """
 
     name: str
     version: int
     path: str
-    signatures: Mapping[str, Any]
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
-    _loaded: Any = field(default=None, repr=False)  # keeps the functions' variables alive
+    session: Any = field(repr=False)
 
     @classmethod
     def load(cls, model_base_path: str, name: str) -> "Servable":
         version, path = find_latest_version(model_base_path)
-        loaded = tf.saved_model.load(path)
-        signatures = dict(loaded.signatures)
-        defs = {k: v for k, v in read_signature_defs(path).items() if k in signatures}
-        return cls(name, version, path, signatures, defs, loaded)
+        session, signature_defs = load_session(path)
+        return cls(name, version, path, signature_defs, session)
+
+    @property
+    def signatures(self) -> list[str]:
+        return sorted(self.signature_defs)
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
+            output_keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Runs one signature: inputs and outputs by their SignatureDef keys."""
+        signature = self.signature_defs[signature_name]
+        feed = {signature.inputs[key].name: value for key, value in inputs.items()}
+        fetches = {key: signature.outputs[key].name for key in output_keys}
+        return self.session.run(fetches, feed_dict=feed)
+
+
+def load_session(saved_model_dir: str, tags: Sequence[str] = ("serve",)
+                 ) -> tuple[tf.compat.v1.Session, dict[str, meta_graph_pb2.SignatureDef]]:
+    """A session holding the SavedModel's serving graph with its variables restored, and
+    its SignatureDefs: TensorFlow Serving's loading path (``SavedModelBundle``)."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), saved_model_dir)
+    # `__saved_model_init_op` runs at load time; it is not a signature to call.
+    return session, {name: sig for name, sig in meta_graph.signature_def.items()
+                     if not name.startswith("__")}
 
 
 # ---------------------------------------------------------------------------
@@ -281,7 +236,11 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pix
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: expected shape {_shape_text(want_dims)}, "
                            f"got {_shape_text(value.shape)}")
-    if value.ndim == 0 or value.shape[0] == 0:
+    if value.ndim == 0:
+        if want.is_floating and not np.isfinite(value):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r}: NaN or Inf")
+        return value  # a scalar input (e.g. predict_with_threshold's threshold)
+    if value.shape[0] == 0:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: empty batch (shape {_shape_text(value.shape)})")
     if want == tf.string:
@@ -291,7 +250,7 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pix
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"{key}[{i}]: empty string (no image bytes)")
             try:
-                fmt, width, height = image_size(item)
+                fmt, width, height = read_image_header(item)
             except ValueError as e:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {e}")
             if width * height > max_image_pixels:
@@ -344,7 +303,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         if check_spec:
             self._check_spec(request.model_spec)
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        if name not in s.signatures:
+        if name not in s.signature_defs:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"signature {name!r} not found in model {s.name!r} "
                                f"(available: {sorted(s.signatures)})")
@@ -364,29 +323,42 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         inputs = {k: _check_input(k, sig.inputs[k], request.inputs[k], self.max_image_pixels,
                                   self.max_message_bytes)
                   for k in sorted(sig.inputs)}
-        sizes = {k: v.shape[0] for k, v in inputs.items()}
+        sizes = {k: v.shape[0] for k, v in inputs.items() if v.ndim}
         if len(set(sizes.values())) > 1:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs differ in batch size: {sizes}")
 
+        keys = list(request.output_filter or sig.outputs)
         try:
-            outputs = s.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+            outputs = s.run(name, inputs, keys)
         except tf.errors.OpError as e:
-            for k, v in inputs.items():
-                if v.dtype == object and v.ndim == 1:
-                    culprit = find_undecodable(k, v)
-                    if culprit:
-                        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, culprit)
-            raise RequestError(grpc.StatusCode.INTERNAL,
-                               f"model {s.name!r} version {s.version} failed: "
-                               f"{type(e).__name__}: {_op_error_text(e)}")
+            raise self._model_error(e, inputs) from None
 
         response = predict_pb2.PredictResponse()
         response.model_spec.name = s.name
         response.model_spec.version.value = s.version
         response.model_spec.signature_name = name
-        for key in request.output_filter or sig.outputs:
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+        for key in keys:
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
         return response
+
+    def _model_error(self, error: tf.errors.OpError, inputs: Mapping[str, np.ndarray]) -> RequestError:
+        """The status for a failed model run. The model's own guards name the input at
+        fault (as under TF Serving, whose status codes pass through); where its message
+        names none, the images are decoded one by one here to name it."""
+        text = _op_error_text(error)
+        invalid = isinstance(error, tf.errors.InvalidArgumentError)
+        if invalid and re.search(r"\w\[\d+\]", text):
+            return RequestError(grpc.StatusCode.INVALID_ARGUMENT, text)
+        for key, value in inputs.items():
+            if value.dtype == object and value.ndim == 1:
+                culprit = find_undecodable(key, value)
+                if culprit:
+                    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, culprit)
+        if invalid:
+            return RequestError(grpc.StatusCode.INVALID_ARGUMENT, text)
+        s = self.servable
+        return RequestError(grpc.StatusCode.INTERNAL, f"model {s.name!r} version {s.version} "
+                                                      f"failed: {type(error).__name__}: {text}")
 
     def _answer(self, context, fn, *args):
         try:
@@ -516,11 +488,11 @@ def start_subprocess(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
     Returns the process and its ``host:port`` target once it is listening; raises
     RuntimeError with the child's exit status if it stops before that.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.local_server", f"--model_base_path={model_base_path}",
+        [sys.executable, "-m", "ofrnn_tf.serving.local_server", f"--model_base_path={model_base_path}",
          f"--model_name={model_name}", "--port=0", *extra_args],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     deadline = time.monotonic() + timeout
@@ -581,6 +553,11 @@ def main(argv: Sequence[str]) -> None:
         server.stop(grace=2.0).wait()
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``ofrnn-serve`` console script."""
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,7 +1,7 @@
 """A tiny SavedModel that follows the export contract, for exercising the serving stack.
 
 It has the same signatures, input and output names, dtypes and shapes as a real
-``ofrnn_tf`` export (DESIGN.md §5), and writes the same warm-up file, but its
+``ofrnn_tf`` export (docs/serving.md), and writes the same warm-up file, but its
 "model" is arithmetic: the score of class c (C = 3: red, green, blue) is the mean of
 colour channel c over the image. Labels are the classes scoring above 0.5 in
 descending score order (at least one), so results are deterministic and easy to check.
@@ -9,7 +9,7 @@ It lets the server, client and load test run without a trained model.
 
 Usage::
 
-    python -m serving.stand_in_model --out=/tmp/stand_in --version=1
+    python -m ofrnn_tf.serving.stand_in_model --out=/tmp/stand_in --version=1
 """
 
 from __future__ import annotations

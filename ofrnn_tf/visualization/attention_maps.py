@@ -23,9 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ofrnn_tf.labels import LabelMap
 
-ATTENTION_DIRNAME = "attention"
 DPI = 100
 PANEL_PIXELS = 256  # width of one panel (the image and each step)
 _MARGIN = 6  # pixels inside each panel cell, around the picture
@@ -143,29 +141,27 @@ def _display_size(image: Image.Image, longest: int = 448) -> Image.Image:
                         Image.Resampling.LANCZOS)
 
 
-def render_examples(workdir: str, image_paths: Sequence[str], out_dir: str,
+def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
                     ground_truth: Optional[Mapping[str, Sequence[str]]] = None,
-                    max_images: int = 8, *, predictor=None) -> list[str]:
-    """Predicts images with the run in `workdir` and draws one attention PNG each.
+                    max_images: int = 8) -> list[str]:
+    """Predicts images with a run's `Predictor` and draws one attention PNG each.
 
     Args:
-        workdir: a finished run (see `Predictor.from_workdir`).
+        predictor: a `ofrnn_tf.inference.Predictor` of a run whose model attends.
         image_paths: image files; the first `max_images` are drawn.
         out_dir: where `<index>_<file stem>.png` go.
         ground_truth: true label names per image, keyed by the path as given (or its
             file name).
         max_images: at most this many pictures.
-        predictor: an existing `Predictor` to use instead of loading the run again.
 
     Returns:
-        the PNG paths written. Images that cannot be read are reported on stderr and
-        skipped.
+        the PNG paths written; none for the variants without attention (`baseline`,
+        `no_attention`). Images that cannot be read are reported on stderr and skipped.
     """
-    from ofrnn_tf.evaluation.predictor import Predictor
-
-    predictor = predictor or Predictor.from_workdir(workdir)
-    if not predictor.has_attention:
-        raise ValueError(f"the run in {workdir} ({predictor.model.mode}) has no attention to draw")
+    if not predictor.module.has_attention:
+        print(f"[attention] the {predictor.module.model.mode} variant has no attention; "
+              f"no pictures drawn", file=sys.stderr)
+        return []
     paths = list(image_paths)[:max_images]
     written = []
     for index, result in enumerate(predictor.predict_files(paths, all_scores=False)):
@@ -186,36 +182,3 @@ def render_examples(workdir: str, image_paths: Sequence[str], out_dir: str,
             os.path.join(out_dir, f"{index:03d}_{stem}.png"),
             title=os.path.basename(image_path) + probability, ground_truth=truth))
     return written
-
-
-def render_test_examples(workdir: str, dataset: str, paths: Mapping[str, str], num: int = 6,
-                         split: str = "test", predictor=None) -> list[str]:
-    """Attention PNGs of the first `num` images of a data set's split in `workdir/attention`.
-
-    Args:
-        workdir: the finished run.
-        dataset, paths: as `ofrnn_tf.data.registry.load_split` takes them (for the
-            benchmark: `"fashion_canvases"`, `{"data_dir": <cache_dir>/fashion_canvases}`).
-        num: how many images.
-        split: which split.
-        predictor: an existing `Predictor` of the run.
-
-    Returns:
-        the PNG paths; empty for the variants without attention (`baseline`,
-        `no_attention`).
-    """
-    from ofrnn_tf.data.registry import load_split
-    from ofrnn_tf.training.run_config import RunConfig
-
-    config = RunConfig.load(workdir)
-    if config.variant in ("baseline", "no_attention"):
-        print(f"[attention] the {config.variant} variant has no attention; no pictures drawn",
-              file=sys.stderr)
-        return []
-    examples, label_map, _ = load_split(dataset, split, label_map=LabelMap(config.label_names),
-                                        **dict(paths))
-    chosen = [e for e in examples if isinstance(e.image, str)][:num]
-    truth = {e.image: label_map.names_of(e.label_ids) for e in chosen}
-    return render_examples(workdir, [e.image for e in chosen],
-                           os.path.join(workdir, ATTENTION_DIRNAME), ground_truth=truth,
-                           max_images=num, predictor=predictor)

@@ -1,0 +1,209 @@
+"""`InferenceModule`: a finished run as one `tf.Module`, in process and in the SavedModel.
+
+It holds the run's frozen backbone, its trained `OrderFreeRNN` (best weights) and the
+decoding settings calibrated after training (τ for the beam width K, T_max,
+``min_labels``, label names), and exposes one `tf.function` per input type:
+
+- `serve_images`: encoded image bytes ``string [N]`` → decode, resize, backbone,
+  beam search (the export's ``serving_default``);
+- `serve_images_with_threshold`: the same with a request's own threshold τ instead of
+  the calibrated one (``predict_with_threshold``), to trade precision for recall;
+- `serve_features`: feature maps ``float32 [N, H, W, k]`` → beam search
+  (``predict_features``);
+- `predict_pixels`: decoded ``uint8 [N, S, S, 3]`` images → the same outputs plus
+  each chosen label's step probability (`Predictor`, in process);
+- `image_features`: encoded images → the backbone's maps (what `serve_images` costs
+  without the decoder; the serving benchmark's baseline).
+
+`predict.py`, `export.py`, the serving benchmark and the tests all build it with
+`InferenceModule.from_run`, so they decode with the same model, backbone and settings.
+What the SavedModel records is what its graph uses: τ and the label names are
+variables the graph reads; K, T_max and ``min_labels`` shape the graph and are
+returned, as the constants built into it, by `decoding_settings`.
+
+The module tracks the underlying ``tf.Variable`` of every Keras weight itself, not
+the Keras objects: TensorFlow Serving loads a SavedModel through the session-based
+loader, which restores only variables tracked that way (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+from ofrnn_tf.decoding.beam_search import beam_search, path_step_probabilities
+from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
+from ofrnn_tf.features.backbones import Backbone, get_backbone
+from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.run_dir import RunDir
+
+OUTPUT_KEYS = ("labels", "label_names", "num_labels", "scores", "log_prob", "attention")
+
+
+class UncalibratedBeamSizeError(ValueError):
+    """τ was not chosen on validation for the requested beam width."""
+
+
+class _KerasParts:
+    """Holds the Keras objects out of `tf.Module` tracking (see the module docstring)."""
+
+    def __init__(self, model, backbone: Backbone):
+        self.model = model
+        self.backbone = backbone
+
+
+class InferenceModule(tf.Module):
+    """Backbone + decoder + calibrated settings (see the module docstring).
+
+    Args:
+        model: a trained, built `OrderFreeRNN` over `[H·W, k]` maps of `backbone`.
+        backbone: the frozen `Backbone` the run's features were extracted with.
+        label_map: class names in label-id order.
+        tau: the threshold τ on the path probability (on v_prob for `baseline`).
+        beam_size: K (1 = greedy).
+        max_steps: T_max.
+        min_labels: labels every image gets at least.
+        max_image_pixels: width × height above which an image is refused unread.
+        jit_compile: XLA-compile the decoder (TF Serving runs XLA only with an
+            experimental flag: docs/serving.md).
+        unroll: write the T_max decoding steps out rather than loop over them
+            (`beam_search`); the same results, less graph overhead per request.
+    """
+
+    def __init__(self, model, backbone: Backbone, label_map: LabelMap, *, tau: float,
+                 beam_size: int, max_steps: int, min_labels: int = 1,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, jit_compile: bool = False,
+                 unroll: bool = True):
+        super().__init__(name="ofrnn")
+        if label_map.num_classes != model.num_classes:
+            raise ValueError(f"label map has {label_map.num_classes} classes but the model "
+                             f"{model.num_classes}")
+        self._keras = _KerasParts(model, backbone)
+        self.weights = [v.value for v in backbone.feature_model.weights + model.weights]
+        self.label_map = label_map
+        self.tau = tf.Variable(float(tau), trainable=False, name="tau")
+        self.label_names = tf.Variable(list(label_map.names), trainable=False, name="label_names")
+        self.max_image_pixels = tf.Variable(int(max_image_pixels), dtype=tf.int64,
+                                            trainable=False, name="max_image_pixels")
+        self.beam_size, self.max_steps, self.min_labels = int(beam_size), int(max_steps), int(min_labels)
+        self.unroll = bool(unroll)
+        self.feature_shape = tuple(int(d) for d in backbone.feature_shape)
+        self.image_size = int(backbone.image_size)
+        self.has_attention = model.mode not in ("baseline", "no_attention")
+        height, width, depth = self.feature_shape
+        size = self.image_size
+        self._decode = tf.function(self._decode_features, jit_compile=jit_compile)
+        self.serve_images = tf.function(
+            self._serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        self.serve_images_with_threshold = tf.function(
+            self._serve_images_with_threshold,
+            input_signature=[tf.TensorSpec([None], tf.string, name="images"),
+                             tf.TensorSpec([], tf.float32, name="threshold")])
+        self.serve_features = tf.function(
+            self._serve_features,
+            input_signature=[tf.TensorSpec([None, height, width, depth], tf.float32, name="features")])
+        self.predict_pixels = tf.function(
+            self._predict_pixels,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
+        self.image_features = tf.function(
+            self._image_features, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        self.decoding_settings = tf.function(self._decoding_settings, input_signature=[])
+
+    @property
+    def model(self):
+        return self._keras.model
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._keras.backbone
+
+    # -- construction from a run ------------------------------------------------------
+    @classmethod
+    def from_run(cls, run_dir: RunDir | str, *, beam_size: Optional[int] = None,
+                 tau: Optional[float] = None, min_labels: Optional[int] = None,
+                 backbone: Optional[Backbone] = None, **kwargs) -> "InferenceModule":
+        """The module of a finished run (best weights, its backbone, calibrated τ).
+
+        τ is the one calibrated on validation for the beam width K (the run's own K by
+        default); a K that was never calibrated is refused unless `tau` is given.
+        `backbone` may pass an already built backbone of the run. Other keyword
+        arguments go to the constructor.
+        """
+        run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        model, config, facts = run_dir.load_model()
+        beam_size = config.decoding.beam_size if beam_size is None else int(beam_size)
+        calibration = run_dir.calibration(beam_size)
+        if tau is None:
+            if calibration is None:
+                known = run_dir.calibrated_beam_sizes()
+                raise UncalibratedBeamSizeError(
+                    f"{run_dir.calibration_file} has no τ for beam width K={beam_size} "
+                    f"(calibrated: {known or 'none'}). Calibrate it on validation with "
+                    f"`ofrnn-train --workdir={run_dir.path} --mode=eval "
+                    f"--decoding.beam_size={beam_size}`, or pass τ explicitly.")
+            tau = float(calibration["tau"])
+        if min_labels is None:
+            min_labels = int(calibration["min_labels"] if calibration else config.decoding.min_labels)
+        if backbone is None:
+            backbone = get_backbone(config.features.backbone, facts.feature_layer,
+                                    image_size=facts.image_size)
+        if tuple(backbone.feature_shape) != tuple(facts.feature_shape):
+            raise ValueError(f"backbone {backbone!r} gives {backbone.feature_shape} maps but the "
+                             f"run {run_dir.path} was trained on {facts.feature_shape} "
+                             f"({config.features.backbone} at {facts.feature_layer})")
+        return cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
+                   max_steps=facts.max_steps, min_labels=min_labels, **kwargs)
+
+    # -- graph functions --------------------------------------------------------------
+    def _decode_features(self, flat_features, threshold):
+        return beam_search(self.model, flat_features, beam_size=self.beam_size,
+                           max_steps=self.max_steps, threshold=threshold,
+                           min_labels=self.min_labels, unroll=self.unroll)
+
+    def _outputs(self, features, threshold) -> dict:
+        height, width, depth = self.feature_shape
+        flat = tf.reshape(features, [-1, height * width, depth])
+        out = self._decode(flat, threshold)
+        labels = out["labels"]
+        names = tf.where(labels >= 0, tf.gather(self.label_names, tf.maximum(labels, 0)), "")
+        attention = tf.reshape(out["attention"], [-1, self.max_steps, height, width])
+        return {"labels": labels, "label_names": names, "num_labels": out["num_labels"],
+                "scores": out["scores"], "log_prob": out["log_prob"], "attention": attention}
+
+    def _pixels(self, images):
+        """The guards of `ofrnn_tf.features.image_guards`, then the pixels extraction saw."""
+        return decode_images(images, self.image_size, self.max_image_pixels)
+
+    def _image_features(self, images):
+        """The backbone's maps of encoded images (the first half of `serve_images`)."""
+        return {"features": self.backbone(self._pixels(images))}
+
+    def _serve_images(self, images):
+        return self._outputs(self.backbone(self._pixels(images)), self.tau.read_value())
+
+    def _serve_images_with_threshold(self, images, threshold):
+        check = tf.debugging.Assert(
+            (threshold >= 0.0) & (threshold <= 1.0),
+            [tf.strings.format("threshold must be a probability in [0, 1]; got {}", threshold)])
+        with tf.control_dependencies([check]):
+            threshold = tf.identity(threshold)
+        return self._outputs(self.backbone(self._pixels(images)), threshold)
+
+    def _serve_features(self, features):
+        return self._outputs(features, self.tau.read_value())
+
+    def _predict_pixels(self, pixels):
+        features = self.backbone(pixels)
+        out = self._outputs(features, self.tau.read_value())
+        height, width, depth = self.feature_shape
+        out["step_probabilities"] = path_step_probabilities(
+            self.model, tf.reshape(features, [-1, height * width, depth]), out["labels"])
+        return out
+
+    def _decoding_settings(self):
+        return {"tau": self.tau.read_value(), "beam_size": tf.constant(self.beam_size),
+                "max_steps": tf.constant(self.max_steps),
+                "min_labels": tf.constant(self.min_labels),
+                "max_image_pixels": self.max_image_pixels.read_value(),
+                "label_names": self.label_names.read_value()}
