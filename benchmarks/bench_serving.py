@@ -1,29 +1,25 @@
-"""Latency of the exported `serving_default` against its backbone alone: what the decoder adds.
+"""Serving latency of the exported model against its backbone alone, as TF Serving runs it.
 
-Both sides are loaded SavedModels called in process on the same encoded images, and
-both include decoding (JPEG/PNG → pixels) and resizing:
+From one finished run (`--workdir`), this writes three SavedModels of its
+`InferenceModule` and loads each through TensorFlow Serving's loading path (a session
+over the SignatureDef, `ofrnn_tf.serving.local_server.load_session`):
 
-- `full`: the export's `serving_default` (decode + resize + backbone + beam search).
-- `backbone`: a SavedModel of decode + resize + backbone only, written to a temporary
-  folder by this script with the same ops as the export's image path
-  (`ofrnn_tf.features.images.decode_and_resize` under `tf.map_fn`, then the backbone).
+- `portable`: the default export (no XLA; the decoding steps unrolled);
+- `loop`: the same with the decoding steps in a `tf.while_loop` (what unrolling saves);
+- `xla`: `--jit_compile` (XLA-compiled beam search; TF Serving needs an experimental
+  flag to run it);
+- `backbone`: the same module's `image_features` (guards, decode, resize, backbone):
+  what serving would cost with no decoder at all.
 
-Comparing against the bare backbone on pre-decoded pixels would leave image decoding
-out of the denominator only and make the ratio look worse than what a client sees;
-comparing two loaded SavedModels keeps the runtime (graph optimisation, function
-call overhead) the same on both sides, so the ratio isolates the decoder. The
-decoder alone (`predict_features` on the backbone's features) is timed as well.
-Before timing, `predict_features(backbone(images))` is checked to give the labels
-of `serving_default(images)`.
+Every variant decodes the same encoded images. Calls alternate between the variants
+(order rotated every repeat) after untimed warm-up calls; medians count. The ratio
+`variant / backbone` per batch size is what the decoder adds. Before timing, the
+labels of every variant are checked to be equal. Goals for the portable export:
+≤ 1.10 at batch 1 and ≤ 1.05 at batch 32.
 
-Calls alternate between the models (order swapped every repeat) after untimed
-warm-up calls; the median of the repeats is reported, per batch size. Goals:
-ratio ≤ 1.15 at batch 1 and ≤ 1.10 at batch 32.
+    python benchmarks/bench_serving.py --workdir=runs/order_free
 
-    python benchmarks/bench_serving.py --export_dir=exports/ofrnn \
-        --images='data/fashion_canvases/images/test/*.jpg'
-
-About 1-2 minutes on 2 CPU cores for the default 15 repeats (batch 32 dominates).
+About 2–4 minutes on 2 CPU cores for the default 25 repeats.
 """
 
 from __future__ import annotations
@@ -36,89 +32,72 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from ofrnn_tf.export.saved_model import save_inference_module, signatures
+from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.serving.local_server import load_session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._results import append_result  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("export_dir", None, "model base path (newest version used) or a version folder")
-flags.DEFINE_string("images", None, "glob of JPEG/PNG images (cycled to fill a batch)")
-flags.DEFINE_string("backbone", "efficientnet_lite0", "backbone the export was made with")
-flags.DEFINE_string("feature_layer", None, "its feature layer (default: the backbone's)")
-flags.DEFINE_list("batch_sizes", ["1", "32"], "batch sizes to time")
-flags.DEFINE_integer("repeats", 15, "timed calls per model and batch size")
-flags.DEFINE_integer("warmup", 2, "untimed calls per model and batch size")
-flags.DEFINE_bool("append", True, "append the results to benchmarks/RESULTS.md")
+flags.DEFINE_string("workdir", "runs/order_free", "A finished training run.")
+flags.DEFINE_string("images", None, "Glob of images (default: the run's example images), "
+                    "cycled to fill a batch.")
+flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
+flags.DEFINE_list("variants", ["portable", "loop", "xla"], "Exports to time against the backbone.")
+flags.DEFINE_integer("repeats", 25, "Timed calls per variant and batch size.")
+flags.DEFINE_integer("warmup", 3, "Untimed calls per variant and batch size.")
+flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
 
-GOALS = {1: 1.15, 32: 1.10}
-
-
-class DecodeAndBackbone(tf.Module):
-    """Image bytes → backbone features, with the export's decode and resize ops."""
-
-    def __init__(self, backbone):
-        super().__init__(name="decode_and_backbone")
-        self.backbone = backbone
-        self.serve = tf.function(self._serve,
-                                 input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-
-    def _serve(self, images):
-        from ofrnn_tf.features.images import decode_and_resize
-
-        size = self.backbone.image_size
-        pixels = tf.map_fn(lambda encoded: decode_and_resize(encoded, size), images,
-                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
-        return {"features": self.backbone(pixels)}
+GOALS = {1: 1.10, 32: 1.05}
+VARIANTS = {"portable": {}, "loop": {"unroll": False}, "xla": {"jit_compile": True}}
 
 
-def resolve_export(export_dir: str) -> str:
-    if os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
-        return export_dir
-    from serving.local_server import find_latest_version
+class SessionModel:
+    """One signature of a SavedModel, run as TF Serving runs it."""
 
-    return find_latest_version(export_dir)[1]
+    def __init__(self, path: str, signature: str):
+        self.session, defs = load_session(path)
+        sig = defs[signature]
+        self.input = sig.inputs["images"].name
+        self.fetches = {k: v.name for k, v in sig.outputs.items()}
 
-
-def xla_compiled(fn) -> bool:
-    """Whether a loaded signature contains a function compiled with `jit_compile=True`."""
-    graph = fn.graph.as_graph_def()
-    attrs = [n.attr for n in graph.node] + [f.attr for f in graph.library.function] + [
-        n.attr for f in graph.library.function for n in f.node_def]
-    return any("_XlaMustCompile" in a and a["_XlaMustCompile"].b for a in attrs)
+    def __call__(self, images: np.ndarray) -> dict:
+        return self.session.run(self.fetches, {self.input: images})
 
 
-def load_backbone_only(export_features_shape, workdir: str):
-    """Writes and loads the decode + resize + backbone SavedModel; returns its signature."""
-    from ofrnn_tf.features.backbones import get_backbone
-
-    backbone = get_backbone(FLAGS.backbone, FLAGS.feature_layer)
-    if list(backbone.feature_shape) != list(export_features_shape):
-        raise app.UsageError(
-            f"--backbone={FLAGS.backbone} gives features {list(backbone.feature_shape)} but the "
-            f"export's predict_features takes {list(export_features_shape)}: pass the backbone "
-            f"(and --feature_layer) the run was trained with")
-    module = DecodeAndBackbone(backbone)
-    path = os.path.join(workdir, "decode_and_backbone")
-    tf.saved_model.save(module, path,
-                        signatures={"serving_default": module.serve.get_concrete_function()})
-    return tf.saved_model.load(path).signatures["serving_default"]
+def write_variants(run_dir: RunDir, out: str) -> dict[str, SessionModel]:
+    models = {}
+    for name in FLAGS.variants:
+        module = InferenceModule.from_run(run_dir, **VARIANTS[name])
+        path = save_inference_module(module, os.path.join(out, name), version=1)
+        models[name] = SessionModel(path, "serving_default")
+        if name == "portable":
+            backbone = os.path.join(out, "backbone")
+            tf.saved_model.save(module, backbone, signatures={
+                **signatures(module), "image_features": module.image_features.get_concrete_function()})
+            models["backbone"] = SessionModel(backbone, "image_features")
+    return models
 
 
-def time_models(models: dict, inputs: dict, repeats: int, warmup: int, desc: str) -> dict:
-    """Median seconds per call of each model, calls interleaved (order swapped per repeat)."""
+def time_models(models: dict, images: np.ndarray, repeats: int, warmup: int, desc: str) -> dict:
+    """Median seconds per call of each model, calls interleaved (order rotated per repeat)."""
     names = list(models)
     for name in names:
         for _ in range(warmup):
-            tf.nest.map_structure(lambda t: t.numpy(), models[name](**inputs[name]))
+            models[name](images)
     times = {name: [] for name in names}
     for r in tqdm(range(repeats), desc=desc, file=sys.stderr):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            out = models[name](**inputs[name])
-            tf.nest.map_structure(lambda t: t.numpy(), out)  # wait for every output
+            models[name](images)
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
@@ -126,76 +105,60 @@ def time_models(models: dict, inputs: dict, repeats: int, warmup: int, desc: str
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.export_dir or not FLAGS.images:
-        raise app.UsageError("--export_dir and --images are required")
-    paths = sorted(glob.glob(FLAGS.images))
+    unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
+    if unknown or "portable" not in FLAGS.variants:
+        raise app.UsageError(f"--variants takes {sorted(VARIANTS)} and must hold portable")
+    run_dir = RunDir(FLAGS.workdir).require()
+    paths = sorted(glob.glob(FLAGS.images)) if FLAGS.images else run_dir.example_images()
     if not paths:
-        raise app.UsageError(f"--images={FLAGS.images!r} matches no file")
+        raise app.UsageError("no images: pass --images or use a run with example images")
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-    encoded = [Path(p).read_bytes() for p in paths[:max(batch_sizes)]]
+    encoded = [Path(p).read_bytes() for p in paths]
+    config, facts = run_dir.load()
     load_before = os.getloadavg()
-
-    export_path = resolve_export(FLAGS.export_dir)
-    export = tf.saved_model.load(export_path)
-    full = export.signatures["serving_default"]
-    decoder = export.signatures["predict_features"]
-    features_shape = decoder.structured_input_signature[1]["features"].shape[1:]
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
-        backbone_only = load_backbone_only(features_shape, tmp)
-
-        check = tf.constant([encoded[i % len(encoded)] for i in range(min(4, len(encoded)))])
-        served = full(images=check)
-        recomposed = decoder(features=backbone_only(images=check)["features"])
-        if not np.array_equal(served["labels"].numpy(), recomposed["labels"].numpy()):
-            sys.exit("the export's serving_default and predict_features(decode + backbone) "
-                     "disagree: the --backbone given is not the export's")
-
+        models = write_variants(run_dir, tmp)
+        check = np.array(encoded[:4] * (4 // len(encoded[:4])), object)
+        reference = models["portable"](check)["labels"]
+        for name in FLAGS.variants:
+            if not np.array_equal(models[name](check)["labels"], reference):
+                sys.exit(f"the {name} export decodes other labels than the portable one")
         rows = []
         for batch in batch_sizes:
-            images = tf.constant([encoded[i % len(encoded)] for i in range(batch)])
-            features = backbone_only(images=images)["features"]
-            medians = time_models(
-                {"full": full, "backbone": backbone_only, "decoder": decoder},
-                {"full": {"images": images}, "backbone": {"images": images},
-                 "decoder": {"features": features}},
-                FLAGS.repeats, FLAGS.warmup, f"batch {batch}")
-            rows.append((batch, medians))
+            images = np.array([encoded[i % len(encoded)] for i in range(batch)], object)
+            rows.append((batch, time_models(models, images, FLAGS.repeats, FLAGS.warmup,
+                                            f"batch {batch}")))
     load_after = os.getloadavg()
 
-    settings = (f"K={int(export.beam_size.numpy())}, T_max={int(export.max_steps.numpy())}, "
-                f"tau={float(export.tau.numpy()):.4g}, C={len(export.label_names.numpy())}, "
-                f"decoder XLA {'on' if xla_compiled(decoder) else 'off'}")
+    height, width, depth = facts.feature_shape
     lines = [
-        f"Export `{export_path}` ({settings}); backbone {FLAGS.backbone}, features "
-        f"{list(features_shape)}; {len(paths)} image(s) from `{FLAGS.images}` cycled to fill "
-        f"a batch. Both sides are loaded SavedModels called in process and both decode + "
-        f"resize the encoded images; median of {FLAGS.repeats} interleaved calls after "
-        f"{FLAGS.warmup} warm-up calls each. `decoder` = `predict_features` on precomputed "
-        f"features (beam search alone).",
+        f"Run `{FLAGS.workdir}` ({config.model.variant}; K={config.decoding.beam_size}, "
+        f"T_max={facts.max_steps}, C={facts.num_classes}; {config.features.backbone} "
+        f"{facts.feature_layer} maps {height}x{width}x{depth}); {len(encoded)} image(s) cycled "
+        f"to fill a batch. Every model is a SavedModel loaded through TF Serving's session "
+        f"loader; `backbone` is the same module's guards + decode + resize + backbone. Median "
+        f"of {FLAGS.repeats} interleaved calls after {FLAGS.warmup} warm-up calls.",
         "",
-        "| batch | decode+backbone ms | serving_default ms | ratio | goal | decoder alone ms "
-        "| 1 + decoder/backbone |",
-        "|---:|---:|---:|---:|:---|---:|---:|",
+        "| batch | backbone ms | " + " | ".join(f"{v} ms | {v} / backbone" for v in FLAGS.variants)
+        + " | goal (portable) |",
+        "|---:|---:|" + "---:|---:|" * len(FLAGS.variants) + ":---|",
     ]
     for batch, m in rows:
-        ratio = m["full"] / m["backbone"]
+        cells = [f"{m[v] * 1e3:.1f} | {m[v] / m['backbone']:.3f}" for v in FLAGS.variants]
         goal = GOALS.get(batch)
+        ratio = m["portable"] / m["backbone"]
         verdict = "—" if goal is None else f"≤ {goal:.2f}: {'met' if ratio <= goal else 'missed'}"
-        lines.append(f"| {batch} | {m['backbone'] * 1e3:.1f} | {m['full'] * 1e3:.1f} | "
-                     f"{ratio:.3f} | {verdict} | {m['decoder'] * 1e3:.1f} | "
-                     f"{1 + m['decoder'] / m['backbone']:.3f} |")
-    lines += ["", f"The CPU is shared with other jobs: load average {load_before[0]:.1f} before, "
-                  f"{load_after[0]:.1f} after (1-minute), so absolute times are noisy. Calls "
-                  f"are interleaved so both sides see the same load; the last column "
-                  f"(decoder timed alone, added to the backbone) cross-checks the ratio."]
+        lines.append(f"| {batch} | {m['backbone'] * 1e3:.1f} | " + " | ".join(cells)
+                     + f" | {verdict} |")
+    lines += ["", f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+                  f"on {os.cpu_count()} cores: compare the ratios, which share the load, rather "
+                  f"than absolute times."]
     text = "\n".join(lines)
     print(text)
     if FLAGS.append:
-        from benchmarks._results import append_result
-
         command = "python " + shlex.join([os.path.relpath(__file__)] + sys.argv[1:])
-        print(f"appended to {append_result('Serving latency: export vs backbone alone', command, text)}",
-              file=sys.stderr)
+        append_result("Serving latency: portable and XLA exports against the backbone alone",
+                      command, text)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks._results import append_result  # noqa: E402
-from serving import client  # noqa: E402
-from serving.local_server import start_subprocess  # noqa: E402
+from ofrnn_tf.serving import client  # noqa: E402
+from ofrnn_tf.serving.local_server import start_subprocess  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories) to serve")
@@ -147,7 +147,7 @@ def main(argv) -> None:
     else:
         base = FLAGS.export_dir
         if FLAGS.stand_in:
-            from serving.stand_in_model import write_stand_in_model
+            from ofrnn_tf.serving.stand_in_model import write_stand_in_model
 
             tmp = tempfile.TemporaryDirectory(prefix="stand_in_model_")
             base = tmp.name

@@ -49,7 +49,7 @@ def run_variant(variant: str, extra: list[str]) -> dict:
 
 
 def main(argv):
-    from ofrnn_tf.evaluation.metrics import format_table
+    from ofrnn_tf.metrics import format_table
 
     extra = argv[1:]
     rows = {variant: run_variant(variant, extra) for variant in FLAGS.variants}

@@ -16,8 +16,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.run_dir import RunDir, RunFacts
 from ofrnn_tf.training.distribute import is_chief, make_strategy
-from ofrnn_tf.training.run_config import RunConfig, save_or_check
 from ofrnn_tf.training.trainer import Trainer
 
 N, M, K, C = 192, 9, 16, 5
@@ -36,13 +37,18 @@ def main(workdir: str, strategy_name: str = "default", epochs: int = 3):
     tf.config.experimental.enable_op_determinism()
     data = synthetic_examples()
     drop = float(os.environ.get("DROP", 0.3))
-    config = RunConfig(label_names=tuple("abcde"), lstm_units=16, attention_units=16,
-                       fc_units=16, batch_size=32, epochs_stage1=epochs, epochs_stage2=epochs,
-                       dropout=drop, feature_dropout=drop, max_steps=3, checkpoint_every=2,
-                       log_every=1, strategy=strategy_name)
+    config = ExperimentConfig().replace(
+        model={"lstm_units": 16, "attention_units": 16, "fc_units": 16, "dropout": drop,
+               "feature_dropout": drop},
+        stage1={"epochs": epochs}, stage2={"epochs": epochs}, train={"batch_size": 32},
+        runtime={"checkpoint_every": 2, "log_every": 1, "strategy": strategy_name})
+    facts = RunFacts(label_names=tuple("abcde"), max_steps=3, label_order=None, small_area=None,
+                     features_name="synthetic", features_fingerprint="f" * 64,
+                     feature_shape=(3, 3, K), image_size=32, feature_layer="maps")
     strategy = make_strategy(strategy_name)
-    if is_chief(strategy):  # workers sharing a work directory must not race on its config
-        save_or_check(config, workdir)
+    run_dir = RunDir(workdir)
+    if is_chief(strategy):  # workers sharing a run folder must not race on its config
+        run_dir.save(config, facts)
 
     def examples_fn(ctx):
         ds = tf.data.Dataset.from_tensor_slices(data)
@@ -50,7 +56,7 @@ def main(workdir: str, strategy_name: str = "default", epochs: int = 3):
 
     # num_train counts the examples of all workers: one epoch is N // batch_size global
     # steps, each worker taking batch_size / workers examples of its shard per step.
-    trainer = Trainer(config, workdir, strategy, (M, K), N, examples_fn, progress=False)
+    trainer = Trainer(config, facts, run_dir, strategy, N, examples_fn, progress=False)
     pause_at = int(os.environ.get("PAUSE_BEFORE_CHECKPOINT", 0))
     if pause_at:
         save = trainer.manager.save

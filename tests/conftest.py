@@ -1,129 +1,170 @@
-"""Shared fixtures: one tiny finished run + export, and in-process decoding of it.
+"""Shared fixtures and helpers of the test suite.
 
-`tiny_export_run` trains the embedded benchmark at toy size with `train.py` and
-exports it with `export.py` (both as child processes, as a user runs them), once
-per test session (about a minute), so every test that needs a real export shares it.
-`in_process_decoder` decodes images of that run without the export: the best
-checkpoint, the run's backbone and `make_decoder` with the calibrated τ, K and T_max,
-which is what the export must reproduce.
+- `tiny_backbone`: a random two-layer CNN `Backbone` (4x4x8 maps of 32x32 images).
+- `make_fake_run`: writes a finished-looking run folder by hand (config, facts, a freshly
+  initialised checkpoint, a calibration) — fast, no training.
+- `sample_images`: three real JPEGs of different sizes and one truncated file.
+- `tiny_export_run`: the embedded benchmark trained at toy size with `train.py` and
+  exported with `export.py` (child processes, as a user runs them), once per session
+  (about a minute); `tiny_module` is its `InferenceModule` in this process.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.features.backbones import Backbone
+from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.modeling.model import build_model
+from ofrnn_tf.run_dir import RunDir, RunFacts
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_TRAIN_FLAGS = ("--num_train=64", "--num_val=32", "--num_test=16", "--epochs_stage1=1",
-                    "--epochs_stage2=1", "--batch_size=32", "--lstm_units=32",
-                    "--attention_units=32", "--fc_units=32")
+TINY_TRAIN_FLAGS = ("--data.num_train=64", "--data.num_val=32", "--data.num_test=16",
+                    "--stage1.epochs=1", "--stage2.epochs=1", "--train.batch_size=32",
+                    "--model.lstm_units=32", "--model.attention_units=32",
+                    "--model.fc_units=32")
+
+# The hand-made runs of `make_fake_run`.
+FAKE_NAMES = ("circle", "square", "stripe", "dot", "ring")
+FAKE_BACKBONE = "tiny_test_cnn"
+FAKE_TAU, FAKE_BEAM, FAKE_MAX_STEPS = 0.05, 2, 3
 
 
-def run_checked(args: list[str], timeout: float = 600.0, **kwargs) -> subprocess.CompletedProcess:
-    """Runs a child process from the repository root; fails the test with its output's tail."""
+def run_checked(args: list[str], timeout: float = 600.0, cwd=ROOT,
+                expect_failure: bool = False) -> subprocess.CompletedProcess:
+    """Runs a child process (from the repository root by default); fails the test with
+    its output's tail unless it exits 0 (or, with `expect_failure`, unless it fails)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
-    if done.returncode != 0:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if (done.returncode != 0) != expect_failure:
         pytest.fail(f"{' '.join(args)} exited with {done.returncode}:\n"
                     f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     return done
 
 
+def to_png(jpeg: bytes) -> bytes:
+    """The same pixels as TensorFlow decodes them from `jpeg`, as PNG."""
+    return tf.io.encode_png(tf.io.decode_jpeg(jpeg, channels=3)).numpy()
+
+
+def make_tiny_backbone(image_size: int = 32) -> Backbone:
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu", name="maps")(x)
+    return Backbone(FAKE_BACKBONE, "maps", keras.Model(inputs, x),
+                    lambda images: tf.cast(images, tf.float32) / 127.5 - 1.0, image_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone() -> Backbone:
+    """A random two-layer CNN giving 4x4x8 maps from 32x32 images."""
+    return make_tiny_backbone()
+
+
+@pytest.fixture(scope="session")
+def make_fake_run():
+    """`make(path, backbone=..., feature_shape=..., variant=..., tau=..., calibrate=...)`
+    writes a finished-looking run folder with freshly initialised weights."""
+
+    def make(path: Path, *, backbone: str = FAKE_BACKBONE, feature_shape=(4, 4, 8),
+             variant: str = "order_free", tau: float = FAKE_TAU, calibrate: bool = True,
+             image_size: int = 32, feature_layer: str = "maps") -> Path:
+        config = ExperimentConfig().replace(
+            features={"backbone": backbone},
+            model={"variant": variant, "lstm_units": 16, "attention_units": 16, "fc_units": 16},
+            decoding={"beam_size": FAKE_BEAM})
+        facts = RunFacts(label_names=FAKE_NAMES, max_steps=FAKE_MAX_STEPS, label_order=None,
+                         small_area=None, features_name="unused", features_fingerprint="0" * 64,
+                         feature_shape=tuple(feature_shape), image_size=image_size,
+                         feature_layer=feature_layer)
+        run_dir = RunDir(str(path))
+        run_dir.save(config, facts)
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model, facts.num_classes, facts.positions_and_depth)
+        tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
+                                   run_dir.checkpoints_dir(), max_to_keep=1).save()
+        if calibrate:
+            run_dir.save_calibration({"tau": tau, "beam_size": FAKE_BEAM, "min_labels": 1,
+                                      "max_steps": FAKE_MAX_STEPS, "objective": "mean_f1"})
+        return path
+
+    return make
+
+
+def write_sample_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (size, mode) in enumerate([((64, 48), "RGB"), ((40, 40), "L"), ((90, 30), "RGB")]):
+        pixels = rng.integers(0, 256, size=(size[1], size[0], 3 if mode == "RGB" else 1),
+                              dtype=np.uint8)
+        path = folder / f"img{i}.jpg"
+        Image.fromarray(pixels.squeeze()).convert(mode).save(path, quality=90)
+        paths.append(path)
+    corrupt = folder / "broken.jpg"
+    corrupt.write_bytes(paths[0].read_bytes()[:300])  # a JPEG cut short
+    return paths[:1] + [corrupt] + paths[1:]
+
+
+@pytest.fixture(scope="module")
+def sample_images(tmp_path_factory) -> list[Path]:
+    """Three real JPEGs of different sizes (one grayscale), the second entry a JPEG cut
+    short after 300 bytes."""
+    return write_sample_images(tmp_path_factory.mktemp("images"))
+
+
 @dataclass(frozen=True)
 class TinyRun:
-    """Paths and settings of the shared tiny run."""
+    """Paths of the shared tiny trained run and its export."""
 
     workdir: Path
     cache_dir: Path
     export_base: Path
     export_dir: Path  # version 1
     test_images: tuple[Path, ...]  # JPEG canvases of the test split
-    calibration: dict
-    run_config: dict
 
     def jpeg_bytes(self, n: int) -> list[bytes]:
         return [p.read_bytes() for p in self.test_images[:n]]
-
-
-def to_png(jpeg: bytes) -> bytes:
-    """The same pixels as TensorFlow decodes them from `jpeg`, as PNG."""
-    import tensorflow as tf
-
-    return tf.io.encode_png(tf.io.decode_jpeg(jpeg, channels=3)).numpy()
 
 
 @pytest.fixture(scope="session")
 def tiny_export_run(tmp_path_factory) -> TinyRun:
     base = tmp_path_factory.mktemp("tiny_run")
     workdir, cache, export_base = base / "run", base / "cache", base / "export"
-    run_checked([sys.executable, "train.py", f"--workdir={workdir}", f"--cache_dir={cache}",
-                 *TINY_TRAIN_FLAGS])
-    images_glob = str(cache / "fashion_canvases" / "images" / "test" / "*.jpg")
+    run_checked([sys.executable, "train.py", f"--workdir={workdir}",
+                 f"--runtime.cache_dir={cache}", *TINY_TRAIN_FLAGS])
     done = run_checked([sys.executable, "export.py", f"--workdir={workdir}",
-                        f"--export_dir={export_base}", f"--warmup_images={images_glob}"])
+                        f"--export_dir={export_base}"])
     export_dir = Path(done.stdout.strip().splitlines()[-1])
     assert export_dir == export_base / "1", done.stdout
-    with open(workdir / "calibration.json") as f:
-        calibration = json.load(f)
-    with open(workdir / "run_config.json") as f:
-        run_config = json.load(f)
-    images = tuple(Path(p) for p in sorted(glob.glob(images_glob)))
-    assert len(images) >= 8, f"expected test canvases under {images_glob}"
-    return TinyRun(workdir, cache, export_base, export_dir, images, calibration, run_config)
-
-
-class InProcessDecoder:
-    """The run decoded without its export: best weights + backbone + `make_decoder`."""
-
-    def __init__(self, run: TinyRun):
-        from ofrnn_tf.decoding.beam_search import make_decoder
-        from ofrnn_tf.features.backbones import get_backbone
-        from ofrnn_tf.training.trainer import load_best_model
-
-        config = run.run_config
-        self.backbone = get_backbone(config["backbone"], config["feature_layer"] or None)
-        height, width, depth = self.backbone.feature_shape
-        self.model, _ = load_best_model(str(run.workdir), (height * width, depth))
-        self.label_names = list(config["label_names"])
-        self.decoder = make_decoder(
-            self.model, beam_size=run.calibration["beam_size"], max_steps=config["max_steps"],
-            threshold=run.calibration["tau"], min_labels=run.calibration["min_labels"])
-
-    def features(self, images: list[bytes]) -> np.ndarray:
-        """float32 `[N, H, W, k]` backbone maps of encoded images."""
-        import tensorflow as tf
-
-        from ofrnn_tf.features.images import decode_and_resize
-
-        pixels = tf.stack([decode_and_resize(tf.constant(b), self.backbone.image_size)
-                           for b in images])
-        return self.backbone(pixels).numpy()
-
-    def decode_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        n, height, width, depth = features.shape
-        out = self.decoder(features.reshape(n, height * width, depth))
-        return {k: v.numpy() for k, v in out.items()}
-
-    def decode_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        return self.decode_features(self.features(images))
-
-    def names(self, out: dict[str, np.ndarray]) -> list[list[str]]:
-        """Per image, the decoded label names in decoding order."""
-        return [[self.label_names[c] for c in row[:n]]
-                for row, n in zip(out["labels"], out["num_labels"])]
+    images = tuple(Path(p) for p in sorted(glob.glob(
+        str(cache / "fashion_canvases" / "*" / "images" / "test" / "*.jpg"))))
+    assert len(images) >= 8, f"expected test canvases under {cache}"
+    return TinyRun(workdir, cache, export_base, export_dir, images)
 
 
 @pytest.fixture(scope="session")
-def in_process_decoder(tiny_export_run) -> InProcessDecoder:
-    return InProcessDecoder(tiny_export_run)
+def tiny_module(tiny_export_run) -> InferenceModule:
+    """The tiny run's `InferenceModule`, in this process (what the export must reproduce)."""
+    return InferenceModule.from_run(str(tiny_export_run.workdir))
+
+
+def label_names(outputs: dict) -> list[list[str]]:
+    """Per image, the decoded label names in decoding order (`label_names` output)."""
+    return [[n.decode() if isinstance(n, bytes) else str(n) for n in row[:k]]
+            for row, k in zip(np.asarray(outputs["label_names"]), np.asarray(outputs["num_labels"]))]

@@ -176,6 +176,19 @@ def test_nuswide_standard_layout(tmp_path):
     assert test_stats.dropped_unlabeled == 0
 
 
+def test_nuswide_concept_list_as_distributed_in_concepts_list(tmp_path):
+    _write_nuswide(tmp_path)
+    (tmp_path / "ConceptsList").mkdir()
+    os.replace(tmp_path / "Concepts81.txt", tmp_path / "ConceptsList" / "Concepts81.txt")
+    examples, label_map, _ = load_nuswide(str(tmp_path), "train")
+    assert label_map.names == ("animal", "sky", "water") and len(examples) == 3
+    assert label_map.source == os.path.join(str(tmp_path), "ConceptsList", "Concepts81.txt")
+    os.remove(tmp_path / "ConceptsList" / "Concepts81.txt")
+    with pytest.raises(FileNotFoundError, match=r"looked for .*Concepts81.txt and "
+                                                r".*ConceptsList/Concepts81.txt"):
+        load_nuswide(str(tmp_path), "train")
+
+
 def test_nuswide_wrong_length_label_file_is_named(tmp_path):
     _write_nuswide(tmp_path)
     bad = tmp_path / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Train.txt"

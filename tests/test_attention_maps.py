@@ -1,4 +1,4 @@
-"""Tests for ofrnn_tf/evaluation/attention_maps.py (Fig. 3 pictures)."""
+"""Tests for ofrnn_tf/visualization/attention_maps.py (Fig. 3 pictures)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ofrnn_tf.evaluation import attention_maps
-from ofrnn_tf.evaluation.attention_maps import (
-    PANEL_PIXELS, draw_attention, figure_pixels, render_examples, render_test_examples, upsample)
-from ofrnn_tf.evaluation.predictor import Predictor
-from test_predictor import NAMES, TINY_BACKBONE, make_run, tiny_backbone, write_images
+from ofrnn_tf.inference import Predictor
+from ofrnn_tf.visualization.attention_maps import (
+    PANEL_PIXELS, draw_attention, figure_pixels, render_examples, upsample)
 
 
 def gray_image(height=120, width=160) -> np.ndarray:
@@ -81,18 +79,16 @@ def test_upsample_is_smooth_and_keeps_orientation():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    backbone = tiny_backbone()
-    workdir = make_run(tmp_path_factory.mktemp("run"), TINY_BACKBONE, backbone.feature_shape)
-    return workdir, Predictor.from_workdir(str(workdir), backbone=backbone)
+def predictor(tmp_path_factory, make_fake_run, tiny_backbone):
+    workdir = make_fake_run(tmp_path_factory.mktemp("run"))
+    return Predictor.from_run(str(workdir), backbone=tiny_backbone)
 
 
-def test_render_examples_one_png_per_readable_image(tiny_run, tmp_path):
-    workdir, predictor = tiny_run
-    images = write_images(tmp_path / "images")  # 3 JPEGs + a corrupt one at index 1
+def test_render_examples_one_png_per_readable_image(predictor, sample_images, tmp_path):
+    images = sample_images  # 3 JPEGs + a corrupt one at index 1
     truth = {images[0].name: ["circle"], str(images[2]): ["dot", "ring"]}
-    written = render_examples(str(workdir), [str(p) for p in images], str(tmp_path / "out"),
-                              ground_truth=truth, max_images=3, predictor=predictor)
+    written = render_examples(predictor, [str(p) for p in images], str(tmp_path / "out"),
+                              ground_truth=truth, max_images=3)
     assert [p.rsplit("/", 1)[1] for p in written] == ["000_img0.png", "002_img1.png"]
     results = predictor.predict_files(images[:3:2])
     for path, result in zip(written, results):
@@ -100,19 +96,9 @@ def test_render_examples_one_png_per_readable_image(tiny_run, tmp_path):
             assert opened.width == (len(result["labels"]) + 1) * PANEL_PIXELS
 
 
-def test_render_test_examples_reads_the_split(tiny_run, tmp_path):
-    workdir, predictor = tiny_run
-    images = write_images(tmp_path / "data")
-    manifest = tmp_path / "data" / "test.csv"
-    manifest.write_text("path,labels\n" + "".join(
-        f"{p.name},{NAMES[i]};{NAMES[-1]}\n" for i, p in enumerate(images) if p.name != "broken.jpg"))
-    written = render_test_examples(str(workdir), "manifest", {"data_dir": str(tmp_path / "data")},
-                                   num=2, predictor=predictor)
-    assert [p.rsplit("/", 1)[1] for p in written] == ["000_img0.png", "001_img1.png"]
-    assert all(p.startswith(str(workdir / attention_maps.ATTENTION_DIRNAME)) for p in written)
-
-
-def test_render_test_examples_skips_variants_without_attention(tmp_path):
-    backbone = tiny_backbone()
-    workdir = make_run(tmp_path / "run", TINY_BACKBONE, backbone.feature_shape, variant="baseline")
-    assert render_test_examples(str(workdir), "manifest", {"data_dir": str(tmp_path)}) == []
+def test_render_examples_skips_variants_without_attention(tmp_path, make_fake_run,
+                                                          tiny_backbone, sample_images):
+    workdir = make_fake_run(tmp_path / "run", variant="baseline")
+    predictor = Predictor.from_run(str(workdir), backbone=tiny_backbone)
+    assert render_examples(predictor, [str(sample_images[0])], str(tmp_path / "out")) == []
+    assert not (tmp_path / "out").exists()

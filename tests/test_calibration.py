@@ -10,7 +10,7 @@ import tensorflow as tf
 from ofrnn_tf.decoding.beam_search import labels_to_multi_hot, make_decoder, select_baseline
 from ofrnn_tf.decoding.calibration import (
     calibrate_from_outputs, calibrate_threshold, default_grid, objective_value)
-from ofrnn_tf.evaluation.metrics import label_set_metrics
+from ofrnn_tf.metrics import label_set_metrics
 from ofrnn_tf.modeling.model import OrderFreeRNN
 
 C, M, K_FEAT = 4, 3, 5

@@ -1,17 +1,24 @@
-"""Tiny training → export → local gRPC server → client: the served label names are the
-ones in-process decoding gives, and a bad request does not break the real export."""
+"""Tiny training → export → gRPC server → client: the served label names are the ones
+in-process decoding gives, bad requests are refused naming the image and the server
+keeps serving; also against a real `tensorflow_model_server` where one is installed."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
 
 import grpc
 import numpy as np
 import pytest
-from conftest import run_checked, to_png
 
-from serving import client
-from serving.local_server import start_subprocess
+from conftest import label_names, run_checked, to_png
+from ofrnn_tf.features.images import read_image_header
+from ofrnn_tf.serving import client
+from ofrnn_tf.serving.local_server import start_subprocess
 
 pytestmark = pytest.mark.slow  # shares the session's tiny train.py + export.py run
 
@@ -28,18 +35,36 @@ def server(tiny_export_run, tmp_path_factory):
     log.close()
 
 
+def expected_names(module, images: list[bytes], threshold=None) -> list[list[str]]:
+    import tensorflow as tf
+
+    if threshold is None:
+        return label_names(module.serve_images(tf.constant(images)))
+    return label_names(module.serve_images_with_threshold(tf.constant(images), threshold))
+
+
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
-def test_served_labels_match_in_process(fmt, server, tiny_export_run, in_process_decoder):
+def test_served_labels_match_in_process(fmt, server, tiny_export_run, tiny_module):
     images = tiny_export_run.jpeg_bytes(NUM_IMAGES)
     if fmt == "png":
         images = [to_png(b) for b in images]
     results = client.predict_images(server, images)
-    want = in_process_decoder.decode_images(images)
-    assert [r["label_names"] for r in results] == in_process_decoder.names(want)
-    assert [r["label_ids"] for r in results] == [list(row[:n]) for row, n in
-                                                 zip(want["labels"], want["num_labels"])]
-    np.testing.assert_allclose([r["log_prob"] for r in results], want["log_prob"], atol=1e-5)
+    assert [r["label_names"] for r in results] == expected_names(tiny_module, images)
     assert client.get_model_status(server)[0]["state"] == "AVAILABLE"
+
+
+def test_threshold_trades_precision_for_recall(server, tiny_export_run, tiny_module):
+    images = tiny_export_run.jpeg_bytes(NUM_IMAGES)
+    counts = {}
+    for threshold in (0.0, 1.0):
+        results = client.predict_images(server, images, threshold=threshold)
+        assert [r["label_names"] for r in results] == expected_names(tiny_module, images, threshold)
+        counts[threshold] = [len(r["label_ids"]) for r in results]
+    assert counts[1.0] == [1] * NUM_IMAGES and max(counts[0.0]) > 1
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict_images(server, images[:1], threshold=1.5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "threshold must be a probability in [0, 1]; got 1.5" in err.value.details()
 
 
 def corrupt_scan(jpeg: bytes) -> bytes:
@@ -49,32 +74,68 @@ def corrupt_scan(jpeg: bytes) -> bytes:
     return jpeg[:start + 20] + body + b"\xff\xd9"
 
 
-def test_corrupt_jpeg_is_refused_then_good_request_succeeds(server, tiny_export_run,
-                                                           in_process_decoder):
-    from serving.local_server import image_size
-
+def test_corrupt_jpeg_is_refused_then_good_request_succeeds(server, tiny_export_run, tiny_module):
     good = tiny_export_run.jpeg_bytes(2)
     bad = corrupt_scan(good[0])
-    assert image_size(bad) == image_size(good[0])  # only the decoder can tell
+    assert read_image_header(bad) == read_image_header(good[0])  # only the decoder can tell
     with pytest.raises(grpc.RpcError) as err:
         client.predict_images(server, [good[0], good[1], bad])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "images[2]: image cannot be decoded" in err.value.details()
+    assert "images[2]" in err.value.details()
     results = client.predict_images(server, good)
-    assert [r["label_names"] for r in results] == in_process_decoder.names(
-        in_process_decoder.decode_images(good))
+    assert [r["label_names"] for r in results] == expected_names(tiny_module, good)
 
 
-def test_grpc_demo_script(tiny_export_run, in_process_decoder):
+def test_grpc_demo_script(tiny_export_run, tiny_module):
     paths = tiny_export_run.test_images[:2]
     done = run_checked([sys.executable, "scripts/grpc_demo.py",
                         f"--export_dir={tiny_export_run.export_base}", *map(str, paths)])
     lines = done.stdout.strip().splitlines()
     assert len(lines) == len(paths), done.stdout
-    names = in_process_decoder.names(in_process_decoder.decode_images(
-        tiny_export_run.jpeg_bytes(len(paths))))
+    names = expected_names(tiny_module, tiny_export_run.jpeg_bytes(len(paths)))
     for line, path, want in zip(lines, paths, names):
         source, labels, log_prob = line.split("\t")
         assert source == str(path)
         assert [item.rsplit(" ", 1)[0] for item in labels.split(", ")] == want
         assert log_prob.startswith("log_prob=")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
+                    reason="no tensorflow_model_server on PATH (it ships in the tensorflow/serving "
+                           "Docker image and Google's apt repository, neither reachable here)")
+def test_stock_tensorflow_model_server_serves_the_export(tiny_export_run, tiny_module, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "tfs.log", "w+")
+    proc = subprocess.Popen(
+        ["tensorflow_model_server", f"--port={port}", "--model_name=ofrnn",
+         f"--model_base_path={os.path.abspath(tiny_export_run.export_base)}"],
+        stdout=log, stderr=subprocess.STDOUT)
+    target = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if client.get_model_status(target, timeout=2)[0]["state"] == "AVAILABLE":
+                    break
+            except grpc.RpcError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read()
+            time.sleep(1)
+        images = tiny_export_run.jpeg_bytes(NUM_IMAGES)
+        results = client.predict_images(target, images)
+        assert [r["label_names"] for r in results] == expected_names(tiny_module, images)
+        with pytest.raises(grpc.RpcError) as err:
+            client.predict_images(target, [images[0], b"not an image"])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "images[1]" in err.value.details()
+        assert len(client.predict_images(target, images[:1])) == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

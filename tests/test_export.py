@@ -1,5 +1,6 @@
-"""The SavedModel export of a real (tiny) run: signatures, baked-in constants, warm-up
-requests, fresh-process reload against in-process decoding, versions, bad workdirs."""
+"""The SavedModel export of a real (tiny) run: signatures, the settings its graph reads,
+warm-up requests, TensorFlow Serving's session loader against in-process decoding, no
+XLA unless asked, versions, runs that cannot be exported."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
 from conftest import ROOT, run_checked, to_png
+from ofrnn_tf.export.saved_model import export_run
+from ofrnn_tf.export.warmup import WARMUP_FILE
+from ofrnn_tf.inference import UncalibratedBeamSizeError
+from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.serving.local_server import find_latest_version, load_session
 
 pytestmark = pytest.mark.slow  # all share one tiny train.py + export.py run (~1 min)
 
@@ -36,17 +44,22 @@ def tensor_info(block: str, kind: str, key: str) -> tuple[str, str]:
     return m[1], m[2]
 
 
-def test_saved_model_cli_lists_both_signatures(tiny_export_run):
+@pytest.fixture(scope="module")
+def facts(tiny_export_run):
+    return RunDir(str(tiny_export_run.workdir)).load()[1]
+
+
+def test_saved_model_cli_lists_the_signatures(tiny_export_run, facts):
     cli = Path(sys.executable).with_name("saved_model_cli")
     done = run_checked([str(cli), "show", "--all", "--dir", str(tiny_export_run.export_dir)])
     blocks = signature_blocks(done.stdout)
-    assert {"serving_default", "predict_features"} <= set(blocks), sorted(blocks)
-    t_max = tiny_export_run.run_config["max_steps"]
-    num_classes = len(tiny_export_run.run_config["label_names"])
+    assert {"serving_default", "predict_with_threshold", "predict_features"} <= set(blocks)
+    t_max, num_classes = facts.max_steps, facts.num_classes
+    height, width, depth = facts.feature_shape
     assert tensor_info(blocks["serving_default"], "inputs", "images") == ("DT_STRING", "(-1)")
-    dtype, shape = tensor_info(blocks["predict_features"], "inputs", "features")
-    assert dtype == "DT_FLOAT" and re.fullmatch(r"\(-1, \d+, \d+, \d+\)", shape), shape
-    height, width = (int(d) for d in shape[1:-1].split(", ")[1:3])
+    assert tensor_info(blocks["predict_with_threshold"], "inputs", "threshold") == ("DT_FLOAT", "()")
+    assert tensor_info(blocks["predict_features"], "inputs", "features") == (
+        "DT_FLOAT", f"(-1, {height}, {width}, {depth})")
     expected = {
         "labels": ("DT_INT32", f"(-1, {t_max})"),
         "label_names": ("DT_STRING", f"(-1, {t_max})"),
@@ -55,7 +68,7 @@ def test_saved_model_cli_lists_both_signatures(tiny_export_run):
         "log_prob": ("DT_FLOAT", "(-1)"),
         "attention": ("DT_FLOAT", f"(-1, {t_max}, {height}, {width})"),
     }
-    for name in ("serving_default", "predict_features"):
+    for name in ("serving_default", "predict_with_threshold", "predict_features"):
         block = blocks[name]
         assert "Method name is: tensorflow/serving/predict" in block
         listed = set(re.findall(r"outputs\['([^']+)'\]", block))
@@ -69,103 +82,119 @@ def loaded(tiny_export_run):
     return tf.saved_model.load(str(tiny_export_run.export_dir))
 
 
-def test_export_holds_decoding_constants(tiny_export_run, loaded):
-    calibration, config = tiny_export_run.calibration, tiny_export_run.run_config
-    assert float(loaded.tau.numpy()) == pytest.approx(calibration["tau"], rel=1e-6)
-    assert int(loaded.beam_size.numpy()) == calibration["beam_size"] == config["beam_size"]
-    assert int(loaded.max_steps.numpy()) == config["max_steps"] == calibration["max_steps"]
-    assert int(loaded.min_labels.numpy()) == calibration["min_labels"]
-    names = [n.decode() for n in loaded.label_names.numpy()]
-    assert names == config["label_names"]
-    with open(tiny_export_run.workdir / "label_map.json") as f:
-        workdir_map = json.load(f)
+def test_export_records_the_run_settings(tiny_export_run, loaded, facts):
+    run_dir = RunDir(str(tiny_export_run.workdir))
+    config, _ = run_dir.load()
+    calibration = run_dir.calibration(config.decoding.beam_size)
+    settings = {k: v.numpy() for k, v in loaded.decoding_settings().items()}
+    assert float(settings["tau"]) == pytest.approx(calibration["tau"], rel=1e-6)
+    assert int(settings["beam_size"]) == calibration["beam_size"] == config.decoding.beam_size
+    assert int(settings["max_steps"]) == facts.max_steps
+    assert int(settings["min_labels"]) == calibration["min_labels"]
+    assert [n.decode() for n in settings["label_names"]] == list(facts.label_names)
+    with open(run_dir.label_map_file) as f:
+        run_map = json.load(f)
     with open(tiny_export_run.export_dir / "assets.extra" / "label_map.json") as f:
-        export_map = json.load(f)
-    assert export_map == workdir_map
+        assert json.load(f) == run_map
+
+
+def test_the_graph_reads_the_recorded_threshold(tiny_export_run, loaded, facts):
+    images = tf.constant(tiny_export_run.jpeg_bytes(NUM_IMAGES))
+    serve = loaded.signatures["serving_default"]
+    saved = float(loaded.tau.numpy())
+    try:
+        loaded.tau.assign(1.0)  # no path reaches probability 1: min_labels only
+        assert (serve(images=images)["num_labels"].numpy() == 1).all()
+        loaded.tau.assign(0.0)  # every path runs to T_max
+        assert (serve(images=images)["num_labels"].numpy() == facts.max_steps).all()
+    finally:
+        loaded.tau.assign(saved)
 
 
 def test_warmup_requests_parse_and_run(tiny_export_run, loaded):
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from ofrnn_tf.export.warmup import WARMUP_FILE
-
     path = tiny_export_run.export_dir / WARMUP_FILE
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
                for r in tf.data.TFRecordDataset(str(path))]
-    assert records, f"{path} holds no records"
-    first_canvas = tiny_export_run.test_images[0].read_bytes()
+    assert [len(tf.make_ndarray(r.predict_log.request.inputs["images"])) for r in records] == [1, 8]
+    example = RunDir(str(tiny_export_run.workdir)).example_images()[0]
     for log in records:
         request = log.predict_log.request
         assert request.model_spec.name == "ofrnn"
         assert request.model_spec.signature_name == "serving_default"
-        assert set(request.inputs) == {"images"}
         images = tf.make_ndarray(request.inputs["images"])
-        assert images[0] == first_canvas  # export.py took the sorted glob's first images
-        out = loaded.signatures[request.model_spec.signature_name](images=tf.constant(images))
-        assert set(out) == set(OUTPUTS)
-        assert out["num_labels"].shape == (len(images),)
-        assert int(tf.reduce_min(out["num_labels"])) >= 1
+        assert images[0] == Path(example).read_bytes()  # the run's first example image
+        out = loaded.signatures["serving_default"](images=tf.constant(images))
+        assert set(out) == set(OUTPUTS) and out["num_labels"].shape == (len(images),)
 
 
-FRESH_PROCESS = """
-import sys
-import numpy as np
-import tensorflow as tf
-
-export_dir, inputs_path, out_path = sys.argv[1:]
-inputs = np.load(inputs_path, allow_pickle=True)
-model = tf.saved_model.load(export_dir)
-results = {}
-for kind in ("jpeg", "png"):
-    out = model.signatures["serving_default"](images=tf.constant(list(inputs[kind])))
-    results.update({f"{kind}/{k}": v.numpy() for k, v in out.items()})
-out = model.signatures["predict_features"](features=tf.constant(inputs["features"]))
-results.update({f"features/{k}": v.numpy() for k, v in out.items()})
-np.savez(out_path, **{k: v.astype(bytes) if v.dtype == object else v for k, v in results.items()})
-"""
+def session_outputs(export_dir: Path, signature: str, feeds: dict) -> dict:
+    """Runs one signature the way TensorFlow Serving does (session over the SignatureDef)."""
+    session, signature_defs = load_session(str(export_dir))
+    try:
+        sig = signature_defs[signature]
+        return session.run({k: v.name for k, v in sig.outputs.items()},
+                           {sig.inputs[k].name: v for k, v in feeds.items()})
+    finally:
+        session.close()
 
 
-def assert_same_decoding(got: dict, want: dict, label_names: list[str], what: str):
+def assert_same_decoding(got: dict, want: dict, what: str):
+    want = {k: np.asarray(v) for k, v in want.items()}
     np.testing.assert_array_equal(got["labels"], want["labels"], err_msg=what)
     np.testing.assert_array_equal(got["num_labels"], want["num_labels"], err_msg=what)
-    np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5, rtol=0, err_msg=what)
-    np.testing.assert_allclose(got["log_prob"], want["log_prob"], atol=1e-5, rtol=0, err_msg=what)
-    expected_names = [[label_names[c] if c >= 0 else "" for c in row] for row in want["labels"]]
-    assert [[s.decode() for s in row] for row in got["label_names"]] == expected_names, what
+    np.testing.assert_array_equal(got["label_names"], want["label_names"], err_msg=what)
+    for key in ("scores", "log_prob", "attention"):
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, rtol=0, err_msg=f"{what} {key}")
 
 
-def test_fresh_process_reload_matches_in_process_decoding(tiny_export_run, in_process_decoder,
-                                                          tmp_path):
+def test_session_loader_matches_in_process_decoding(tiny_export_run, tiny_module, tmp_path):
+    """TF Serving's loading path, on an export without assets.extra (nothing but the
+    SavedModel), gives what the run's InferenceModule gives in this process."""
     jpegs = tiny_export_run.jpeg_bytes(NUM_IMAGES)
     pngs = [to_png(b) for b in jpegs]
-    features = in_process_decoder.features(jpegs)
-    # Without assets.extra: label names, τ, K and T_max must come from the SavedModel alone.
     bare = tmp_path / "bare_export"
     shutil.copytree(tiny_export_run.export_dir, bare, ignore=shutil.ignore_patterns("assets.extra"))
-    inputs = tmp_path / "inputs.npz"
-    np.savez(inputs, jpeg=np.array(jpegs, dtype=object), png=np.array(pngs, dtype=object),
-             features=features)
-    outputs = tmp_path / "outputs.npz"
-    run_checked([sys.executable, "-c", FRESH_PROCESS, str(bare), str(inputs), str(outputs)])
-    fresh = np.load(outputs)
+    features = tiny_module.backbone(tf.stack(
+        [tf.io.decode_jpeg(b, channels=3) for b in jpegs])).numpy()
+    cases = {
+        "jpeg": ("serving_default", {"images": np.array(jpegs, object)},
+                 tiny_module.serve_images(tf.constant(jpegs))),
+        "png": ("serving_default", {"images": np.array(pngs, object)},
+                tiny_module.serve_images(tf.constant(pngs))),
+        "threshold": ("predict_with_threshold",
+                      {"images": np.array(jpegs, object), "threshold": np.float32(0.02)},
+                      tiny_module.serve_images_with_threshold(tf.constant(jpegs), 0.02)),
+        "features": ("predict_features", {"features": features},
+                     tiny_module.serve_features(tf.constant(features))),
+    }
+    for what, (signature, feeds, want) in cases.items():
+        got = session_outputs(bare, signature, feeds)
+        assert_same_decoding(got, want, what)
 
-    names = in_process_decoder.label_names
-    want_features = in_process_decoder.decode_features(features)
-    decoded = {"jpeg": in_process_decoder.decode_images(jpegs),
-               "png": in_process_decoder.decode_images(pngs), "features": want_features}
-    for kind, want in decoded.items():
-        got = {k: fresh[f"{kind}/{k}"] for k in OUTPUTS}
-        assert_same_decoding(got, want, names, kind)
-        height, width = features.shape[1:3]
-        assert got["attention"].shape == (NUM_IMAGES, tiny_export_run.run_config["max_steps"],
-                                          height, width)
-    assert (want_features["num_labels"] >= 1).all()
+
+def xla_must_compile(saved_model_dir: Path) -> list[str]:
+    """Functions of a SavedModel marked `_XlaMustCompile = true` (jit_compile=True)."""
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    marked = []
+    for graph in proto.meta_graphs:
+        for function in graph.graph_def.library.function:
+            attrs = [function.attr] + [node.attr for node in function.node_def]
+            if any("_XlaMustCompile" in a and a["_XlaMustCompile"].b for a in attrs):
+                marked.append(function.signature.name)
+    return marked
+
+
+def test_default_export_holds_no_xla_function_and_jit_compile_adds_them(tiny_export_run,
+                                                                         tmp_path):
+    assert xla_must_compile(tiny_export_run.export_dir) == []
+    xla = Path(export_run(str(tiny_export_run.workdir), str(tmp_path / "xla"), jit_compile=True))
+    assert xla_must_compile(xla)
 
 
 def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_export_run, tmp_path):
-    from ofrnn_tf.export.saved_model import export_run
-    from serving.local_server import find_latest_version
-
     base = tmp_path / "export"
     shutil.copytree(tiny_export_run.export_base, base)
     second = subprocess.Popen(
@@ -188,11 +217,69 @@ def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_ex
 
 
 def test_export_without_calibration_fails_clearly(tiny_export_run, tmp_path):
-    from ofrnn_tf.export.saved_model import export_run
-
     workdir = tmp_path / "run"
     shutil.copytree(tiny_export_run.workdir, workdir,
                     ignore=shutil.ignore_patterns("calibration.json", "tensorboard"))
-    with pytest.raises(FileNotFoundError, match="calibration.json is missing: run train.py"):
+    with pytest.raises(UncalibratedBeamSizeError, match="has no τ for beam width K=3"):
         export_run(str(workdir), str(tmp_path / "export"))
+    with pytest.raises(UncalibratedBeamSizeError, match="K=5"):
+        export_run(str(tiny_export_run.workdir), str(tmp_path / "export"), beam_size=5)
     assert not (tmp_path / "export").exists()
+
+
+def huge_png() -> bytes:
+    """A 20000x20000 1-bit PNG: about 48 KB that decodes to 1.2 GB of RGB."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_session_loader_refuses_bad_images_naming_them_and_keeps_serving(tiny_export_run,
+                                                                        tmp_path):
+    """As TF Serving runs the main job's export: a good request gives predict.py's labels,
+    every bad kind is an InvalidArgument naming the image, then a good request works."""
+    from ofrnn_tf.inference import Predictor
+
+    good = tiny_export_run.jpeg_bytes(3)
+    truncated = good[1][:len(good[1]) // 2]
+    sof = good[0].index(b"\xff\xc0")
+    giant_header = good[0][:sof + 5] + (40000).to_bytes(2, "big") * 2 + good[0][sof + 9:]
+    bad = {
+        "garbage": (b"certainly not an image", r"images\[1\].*JPEG, PNG, GIF or BMP"),
+        "empty string": (b"", r"images\[1\] is empty"),
+        "truncated JPEG": (truncated, r"images\[1\]"),
+        "huge PNG": (huge_png(), r"images\[1\] is a PNG of 20000x20000 = 400000000 pixels, "
+                                 r"above the limit of 40000000"),
+        "huge JPEG header": (giant_header, r"images\[1\] is a JPEG of 40000x40000"),
+        "WebP": (b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 16, r"images\[1\].*WebP"),
+    }
+    session, signature_defs = load_session(str(tiny_export_run.export_dir))
+    sig = signature_defs["serving_default"]
+    fetches = {k: v.name for k, v in sig.outputs.items()}
+
+    def run(images):
+        return session.run(fetches, {sig.inputs["images"].name: np.array(images, object)})
+
+    try:
+        paths = []
+        for i, data in enumerate(good):
+            paths.append(tmp_path / f"{i}.jpg")
+            paths[-1].write_bytes(data)
+        predicted = Predictor.from_run(str(tiny_export_run.workdir)).predict_files(paths)
+        served = run(good)
+        assert [[n.decode() for n in row[:k]] for row, k in
+                zip(served["label_names"], served["num_labels"])] == [
+            p["labels"] for p in predicted]
+        for what, (data, message) in bad.items():
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                run([good[0], data, good[2]])
+            assert run(good[:1])["num_labels"].shape == (1,), f"not serving after {what}"
+        with pytest.raises(tf.errors.InvalidArgumentError, match="empty"):
+            run([])
+        np.testing.assert_array_equal(run(good)["labels"], served["labels"])
+    finally:
+        session.close()

@@ -210,20 +210,28 @@ def test_mismatches_are_refused(tmp_path, backbone):
 
 
 @pytest.mark.slow
-def test_command_line_on_a_manifest(tmp_path):
+def test_command_line_builds_the_cache_training_reads(tmp_path):
     examples = _good_examples(str(tmp_path), n=5)
-    with open(tmp_path / "train.csv", "w") as f:
-        f.write("path,labels\n")
-        for e in examples:
-            f.write(f"{os.path.basename(e.image)},{';'.join(LABELS.names_of(e.label_ids))}\n")
-    out = tmp_path / "features"
+    for split, chosen in (("train", examples[:3]), ("val", examples[3:4]), ("test", examples[4:])):
+        with open(tmp_path / f"{split}.csv", "w") as f:
+            f.write("path,labels\n")
+            for e in chosen:
+                f.write(f"{os.path.basename(e.image)},{';'.join(LABELS.names_of(e.label_ids))}\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-m", "ofrnn_tf.features.extract", "--dataset=manifest",
-         f"--data_dir={tmp_path}", "--splits=train", f"--out_dir={out}", "--num_shards=2",
-         "--batch_size=2"], capture_output=True, text=True, env=env, timeout=300)
+    command = [sys.executable, "-m", "ofrnn_tf.cli.extract", "--config=manifest",
+               f"--data.data_dir={tmp_path}", f"--runtime.cache_dir={tmp_path / 'cache'}",
+               "--features.layer=top", "--features.num_shards=2",
+               "--features.extract_batch_size=2", "--train.batch_size=2"]
+    first = subprocess.run(command + ["--shard_index=1"], capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "train: 2 examples written in 1 shard(s)" in first.stderr
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "5 examples written in 2 shard(s)" in result.stderr
-    meta = json.load(open(out / "meta.json"))
-    assert meta["feature_shape"] == [7, 7, 1280]
-    assert tfrecords.num_examples(str(out), "train") == 5
+    out = result.stdout.strip().splitlines()[-1]
+    assert out == first.stdout.strip().splitlines()[-1]
+    assert os.path.dirname(out) == str(tmp_path / "cache" / "features")
+    assert os.path.basename(out).startswith("manifest-efficientnet_lite0-top-")
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["feature_shape"] == [7, 7, 1280] and len(meta["content_fingerprint"]) == 64
+    assert [tfrecords.num_examples(out, s) for s in ("train", "val", "test")] == [3, 1, 1]

@@ -1,6 +1,7 @@
 """The embedded Fashion-MNIST canvas benchmark, built from a tiny fake IDX set."""
 
 import gzip
+import hashlib
 import json
 import os
 
@@ -185,3 +186,172 @@ def test_real_fashion_mnist_small_build(tmp_path):
     assert result["source"] == fc.DEFAULT_SOURCE_DIR
     examples, label_map, _ = fc.load_benchmark_split(result["out_dir"], "test")
     assert len(examples) == 3 and label_map.num_classes == 10
+
+
+# -- scenes --------------------------------------------------------------------------
+
+# Taken from the builder before scene mode existed: the default configuration's
+# fingerprint, and the annotations and decoded pixels of a tiny PNG build of CONFIG.
+DEFAULT_FINGERPRINT = "ff5ccbea4c01ef69"
+TINY_FINGERPRINT = "772d27130e2527a5"
+TINY_PNG_ANNOTATIONS_SHA = "daf7097f6342b4a0"
+TINY_PNG_PIXELS_SHA = "9fd5aab6ac9f01a7"
+
+
+@pytest.fixture()
+def scene_source(tmp_path):
+    """Enough fake images that every split's pool holds every class."""
+    return _fake_fashion_mnist(tmp_path / "fmnist_large", n_train=300, n_test=60)
+
+
+def _label_matrix(coco):
+    y = np.zeros((len(coco["images"]), len(fc.FASHION_MNIST_CLASSES)), bool)
+    for ann in coco["annotations"]:
+        y[ann["image_id"], ann["category_id"] - 1] = True
+    return y
+
+
+def _lifts(coco):
+    """P(a, b) / (P(a) P(b)) for every pair of classes that both occur."""
+    y = _label_matrix(coco)
+    p = y.mean(axis=0)
+    return {(a, b): (y[:, a] & y[:, b]).mean() / (p[a] * p[b])
+            for a in range(y.shape[1]) for b in range(a + 1, y.shape[1]) if p[a] and p[b]}
+
+
+def _split_hashes(out):
+    annotations, pixels = hashlib.sha256(), hashlib.sha256()
+    for split in fc.SPLITS:
+        with open(os.path.join(out, f"{split}.json"), "rb") as f:
+            annotations.update(f.read())
+        image_dir = os.path.join(out, "images", split)
+        for name in sorted(os.listdir(image_dir)):
+            with Image.open(os.path.join(image_dir, name)) as im:
+                pixels.update(np.asarray(im).tobytes())
+    return annotations.hexdigest()[:16], pixels.hexdigest()[:16]
+
+
+def test_default_config_keeps_its_fingerprint_and_output(tmp_path, source):
+    config = fc.CanvasConfig().to_dict()
+    assert "scenes" not in config and "scene_table" not in config
+    assert fc.fingerprint(config) == DEFAULT_FINGERPRINT
+
+    source_dir, _ = source
+    assert _build(tmp_path / "jpg", source_dir)["fingerprint"] == TINY_FINGERPRINT
+    result = _build(tmp_path / "png", source_dir, image_format="png")
+    assert _split_hashes(result["out_dir"]) == (TINY_PNG_ANNOTATIONS_SHA,
+                                                TINY_PNG_PIXELS_SHA)
+    assert not any("scene" in im for im in _coco(result["out_dir"], "train")["images"])
+
+
+def test_scene_table_is_well_formed():
+    assert set(fc.SCENE_TABLES) == {"outfits"}
+    scenes = fc.SCENE_TABLES["outfits"]
+    assert 6 <= len(scenes) <= 8 and len({s.name for s in scenes}) == len(scenes)
+    frequencies = [s.frequency for s in scenes]
+    assert sum(frequencies) == pytest.approx(1.0) and len(set(frequencies)) > 1
+    assert len({s.item_range for s in scenes}) > 1
+    for scene in scenes:
+        lo, hi = scene.item_range
+        assert 1 <= lo <= hi <= 5, scene.name
+        assert set(scene.classes) <= set(fc.FASHION_MNIST_CLASSES), scene.name
+        assert sum(scene.classes.values()) == pytest.approx(1.0), scene.name
+        # Concentrated: 3-4 main classes hold most of the mass, several classes absent.
+        main = [p for p in scene.classes.values() if p >= 0.15]
+        assert 3 <= len(main) <= 4 and sum(main) >= 0.75, scene.name
+        assert len(scene.classes) <= 6, scene.name
+        np.testing.assert_allclose(
+            scene.class_probabilities(),
+            [scene.classes.get(c, 0.0) for c in fc.FASHION_MNIST_CLASSES])
+
+
+def test_scene_config_is_recorded_and_fingerprinted(tmp_path, scene_source):
+    with pytest.raises(ValueError, match="scenes must be 'none' or one of"):
+        fc.CanvasConfig(scenes="picnic")
+    config = fc.CanvasConfig(scenes="outfits").to_dict()
+    assert config["scenes"] == "outfits"
+    assert config["scene_table"] == [s.to_dict() for s in fc.OUTFIT_SCENES]
+    assert fc.fingerprint(config) != DEFAULT_FINGERPRINT
+
+    source_dir, _ = scene_source
+    out = str(tmp_path / "bench")
+    first = _build(out, source_dir, scenes="outfits")
+    sizes = {k: v for k, v in CONFIG.items() if k != "progress"}
+    assert first["config"] == fc.CanvasConfig(scenes="outfits", **sizes).to_dict()
+    with open(os.path.join(out, fc.BENCHMARK_FILENAME)) as f:
+        assert json.load(f)["config"]["scene_table"] == config["scene_table"]
+    for split in fc.SPLITS:
+        coco = _coco(out, split)
+        assert coco["info"]["config"]["scene_table"] == config["scene_table"]
+        assert all(im["scene"] in {s.name for s in fc.OUTFIT_SCENES}
+                   for im in coco["images"])
+    assert _build(out, source_dir, scenes="outfits")["cached"]
+    plain = _build(out, source_dir)
+    assert not plain["cached"] and plain["fingerprint"] == TINY_FINGERPRINT
+    assert not any("scene" in im for im in _coco(out, "val")["images"])
+
+
+def test_scene_mode_is_seeded_disjoint_and_follows_its_scenes(tmp_path, scene_source):
+    source_dir, data = scene_source
+    a = _build(tmp_path / "a", source_dir, scenes="outfits")["out_dir"]
+    b = _build(tmp_path / "b", source_dir, scenes="outfits")["out_dir"]
+    c = _build(tmp_path / "c", source_dir, scenes="outfits", seed=4)["out_dir"]
+    for split in fc.SPLITS:
+        assert _coco(a, split) == _coco(b, split)
+        names = sorted(os.listdir(os.path.join(a, "images", split)))
+        assert names == sorted(os.listdir(os.path.join(b, "images", split)))
+        for name in names:
+            with open(os.path.join(a, "images", split, name), "rb") as fa, \
+                    open(os.path.join(b, "images", split, name), "rb") as fb:
+                assert fa.read() == fb.read()
+    assert _coco(a, "train")["annotations"] != _coco(c, "train")["annotations"]
+
+    used = {s: {(x["source_split"], x["source_index"]) for x in _coco(a, s)["annotations"]}
+            for s in fc.SPLITS}
+    assert {sp for sp, _ in used["train"] | used["val"]} == {"train"}
+    assert {sp for sp, _ in used["test"]} == {"test"}
+    assert used["train"] and used["val"] and not used["train"] & used["val"]
+
+    scenes = {s.name: s for s in fc.OUTFIT_SCENES}
+    counts, reached_min = [], 0
+    for split in fc.SPLITS:
+        coco = _coco(a, split)
+        src_labels = data["t10k" if split == "test" else "train"][1]
+        items = {im["id"]: [] for im in coco["images"]}
+        for ann in coco["annotations"]:
+            assert ann["category_id"] - 1 == src_labels[ann["source_index"]]
+            items[ann["image_id"]].append(fc.FASHION_MNIST_CLASSES[ann["category_id"] - 1])
+        for im in coco["images"]:
+            scene = scenes[im["scene"]]
+            classes = items[im["id"]]
+            assert all(scene.classes.get(name, 0) > 0 for name in classes), (im, classes)
+            # Placement may leave out items that do not fit, never add any.
+            lo, hi = scene.item_range
+            assert 1 <= len(classes) <= hi, (im, classes)
+            reached_min += len(classes) >= lo
+            counts.append(len(classes))
+    assert reached_min >= 0.9 * len(counts)
+    assert max(counts) > 4, "no canvas beyond the plain maximum"
+
+
+def test_scene_mode_creates_label_co_occurrence(tmp_path, scene_source):
+    source_dir, _ = scene_source
+    sizes = dict(num_train=500, num_val=0, num_test=0)
+    plain = _coco(_build(tmp_path / "plain", source_dir, **sizes)["out_dir"], "train")
+    outfits = _coco(_build(tmp_path / "outfits", source_dir, scenes="outfits",
+                           **sizes)["out_dir"], "train")
+    plain_lifts, scene_lifts = _lifts(plain), _lifts(outfits)
+    # Independent classes: every pair near (slightly below) 1. Scenes: some pair
+    # appears together at least twice as often as independence predicts, and pairs
+    # that share no scene never appear together.
+    assert len(plain_lifts) == 45 and max(plain_lifts.values()) < 1.5
+    assert max(scene_lifts.values()) > 2.0
+    assert min(scene_lifts.values()) == 0.0 and min(plain_lifts.values()) > 0.0
+
+
+def test_scene_mode_refuses_a_pool_missing_a_class(tmp_path, source):
+    source_dir, _ = source
+    out = tmp_path / "bench"
+    with pytest.raises(ValueError, match="the val split's source images hold no"):
+        _build(out, source_dir, scenes="outfits", val_source_fraction=0.02)
+    assert not out.exists()

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ofrnn_tf.export.image_guards import check_encoded_images, decode_images
+from ofrnn_tf.features.image_guards import check_encoded_images, decode_images
 from ofrnn_tf.features.images import decode_and_resize
 
 SIZE = 32
@@ -208,18 +208,23 @@ def test_limit_is_read_when_the_graph_runs(decode, limit):
         limit.assign(LIMIT)
 
 
-def test_damage_that_keeps_the_end_of_the_file_is_named_only_by_always(limit):
-    """The trade-off of "auto": a garbled scan behind an intact EOI takes the fast path."""
-    batch = tf.constant([JPEG, garble_scan(JPEG)])
+def test_damage_that_keeps_the_end_of_the_file(limit):
+    """The trade-off of "auto": a garbled scan behind an intact EOI is named in a batch of
+    several images; alone, it takes the fast path and TensorFlow's message."""
+    garbled = garble_scan(JPEG)
     modes = {mode: tf.function(lambda images, mode=mode: decode_images(
         images, SIZE, limit, name_decode_failures=mode), input_signature=[STRINGS])
         for mode in ("auto", "always", "never")}
-    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
-        modes["always"](batch)
-    assert assertion_message(raised.value).startswith("images[1] could not be decoded")
-    for mode in ("auto", "never"):
+    for mode in ("auto", "always"):
         with pytest.raises(tf.errors.InvalidArgumentError) as raised:
-            modes[mode](batch)
+            modes[mode](tf.constant([JPEG, garbled]))
+        assert assertion_message(raised.value).startswith("images[1] could not be decoded")
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        modes["always"](tf.constant([garbled]))
+    assert assertion_message(raised.value).startswith("images[0] could not be decoded")
+    for mode, batch in (("auto", [garbled]), ("never", [JPEG, garbled])):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            modes[mode](tf.constant(batch))
         assert "images[" not in raised.value.message
     # "never" also leaves a truncated file to TensorFlow's message.
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
@@ -227,6 +232,7 @@ def test_damage_that_keeps_the_end_of_the_file_is_named_only_by_always(limit):
     assert "images[" not in raised.value.message
     for mode, run in modes.items():
         assert run(tf.constant([JPEG, PNG])).shape == (2, SIZE, SIZE, 3), mode
+        assert run(tf.constant([JPEG])).shape == (1, SIZE, SIZE, 3), mode
 
 
 def test_unknown_mode_is_a_value_error():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ofrnn_tf.evaluation import metrics as M
+from ofrnn_tf import metrics as M
 
 # Shared hand case: 4 images, 4 classes.
 #   class 0: true in images 0,1,3; predicted in 0,2,3  -> Nc=2 Np=3 Ng=3  P=2/3 R=2/3

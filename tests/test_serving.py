@@ -1,5 +1,7 @@
-"""Tests for serving/: header parsing, version selection, configs, and the local server
-(run as a child process against a stand-in SavedModel) through the gRPC client."""
+"""Tests for the serving code and configs: header parsing, version selection, the TF
+Serving configs parsed with their protos, and the local server (run as a child process
+against a stand-in SavedModel, loaded through TF Serving's session path) through the
+gRPC client."""
 
 from __future__ import annotations
 
@@ -24,9 +26,12 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import client
-from serving.local_server import find_latest_version, image_size, start_subprocess
-from serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from ofrnn_tf.features.images import read_image_header as image_size
+from ofrnn_tf.serving import client
+from ofrnn_tf.serving.local_server import find_latest_version, start_subprocess
+from ofrnn_tf.serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXEL_LIMIT = 1_000_000
@@ -93,24 +98,44 @@ def test_model_config_parses():
     assert model.model_version_policy.latest.num_versions == 1
 
 
-def test_batching_config_fields():
-    known = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
-             "allowed_batch_sizes", "pad_variable_length_inputs", "thread_pool_name"}
+def batching_parameters_class():
+    """TF Serving's `tensorflow.serving.BatchingParameters` message (session_bundle_config
+    .proto; not shipped in tensorflow-serving-api), declared field for field."""
+    wrappers = "google/protobuf/wrappers.proto"
+    pool = descriptor_pool.DescriptorPool()
+    from google.protobuf import wrappers_pb2
+
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    file = descriptor_pb2.FileDescriptorProto(
+        name="batching_parameters.proto", package="tensorflow.serving", syntax="proto3",
+        dependency=[wrappers])
+    message = file.message_type.add(name="BatchingParameters")
+    F = descriptor_pb2.FieldDescriptorProto
+    for number, name, kind, type_name, label in [
+            (1, "max_batch_size", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+            (2, "batch_timeout_micros", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+            (3, "max_enqueued_batches", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+            (4, "num_batch_threads", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+            (5, "thread_pool_name", F.TYPE_MESSAGE, ".google.protobuf.StringValue", F.LABEL_OPTIONAL),
+            (6, "allowed_batch_sizes", F.TYPE_INT64, None, F.LABEL_REPEATED),
+            (7, "pad_variable_length_inputs", F.TYPE_BOOL, None, F.LABEL_OPTIONAL)]:
+        field = message.field.add(name=name, number=number, type=kind, label=label)
+        if type_name:
+            field.type_name = type_name
+    pool.Add(file)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+def test_batching_config_parses_with_its_proto():
     with open(os.path.join(ROOT, "serving", "batching.config")) as f:
-        lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    fields, allowed = {}, []
-    for line in lines:
-        m = re.fullmatch(r"(\w+) \{ value: (\d+) \}", line)
-        repeated = re.fullmatch(r"allowed_batch_sizes: (\d+)", line)
-        assert m or repeated, f"unexpected line in batching.config: {line!r}"
-        if repeated:
-            allowed.append(int(repeated[1]))
-        else:
-            fields[m[1]] = int(m[2])
-    assert set(fields) <= known
-    assert fields["max_batch_size"] >= 1 and fields["num_batch_threads"] >= 1
+        params = text_format.Parse(f.read(), batching_parameters_class()())  # unknown field: error
+    assert params.max_batch_size.value >= 1 and params.num_batch_threads.value >= 1
+    allowed = list(params.allowed_batch_sizes)
     # TF Serving requires increasing sizes ending at max_batch_size.
-    assert allowed == sorted(set(allowed)) and allowed[-1] == fields["max_batch_size"]
+    assert allowed == sorted(set(allowed)) and allowed[-1] == params.max_batch_size.value
+    with pytest.raises(text_format.ParseError, match="max_batch_sizes"):
+        text_format.Parse("max_batch_sizes { value: 8 }", batching_parameters_class()())
 
 
 # --- local server in a child process -------------------------------------------
@@ -283,7 +308,7 @@ BAD_REQUESTS = {
     "unknown version": ({"images": strings([RED])}, None, None, 1,
                         "NOT_FOUND", ["no version 1", "available: [2]"]),
     "model failure": ({"features": tf.make_tensor_proto(np.full([1, 4, 4, 3], FAULT_SENTINEL, np.float32))},
-                      "predict_features", None, None, "INTERNAL", ["fault sentinel"]),
+                      "predict_features", None, None, "INVALID_ARGUMENT", ["fault sentinel"]),
 }
 
 
@@ -345,7 +370,7 @@ def test_client_cli(server, tmp_path):
     (tmp_path / "yellow.png").write_bytes(YELLOW)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "serving", "client.py"), f"--server={server}",
+        [sys.executable, "-m", "ofrnn_tf.serving.client", f"--server={server}",
          "--model_name=ofrnn", str(tmp_path / "red.png"), str(tmp_path / "yellow.png")],
         capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr

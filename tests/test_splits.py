@@ -1,12 +1,15 @@
-"""The run pipeline's data step: splits, and τ never calibrated on test images."""
+"""The splits of a run (ofrnn_tf/data/splits.py): τ never calibrated on test images, and
+splits too small for a run refused before any work."""
 
 import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from ofrnn_tf import pipeline
+from ofrnn_tf.data.example import Example
+from ofrnn_tf.data.splits import SplitTooSmallError, check_split_sizes, load_examples
 
 
 def _write_coco(root, name, image_ids, classes=("cat", "dog")):
@@ -27,7 +30,7 @@ def _write_coco(root, name, image_ids, classes=("cat", "dog")):
 def test_coco_validation_is_held_out_of_train_not_taken_from_test(tmp_path):
     _write_coco(str(tmp_path), "train2014", range(0, 200))
     _write_coco(str(tmp_path), "val2014", range(500, 540))
-    splits, label_map = pipeline.load_examples("coco", {"data_dir": str(tmp_path)},
+    splits, label_map = load_examples("coco", {"data_dir": str(tmp_path)},
                                                val_fraction=0.2)
     ids = {split: {e.image_id for e in examples} for split, examples in splits.items()}
     assert ids["test"] == {str(i) for i in range(500, 540)}
@@ -40,8 +43,8 @@ def test_coco_validation_is_held_out_of_train_not_taken_from_test(tmp_path):
 def test_hold_out_is_stable_between_runs(tmp_path):
     _write_coco(str(tmp_path), "train2014", range(0, 100))
     _write_coco(str(tmp_path), "val2014", range(500, 510))
-    first, _ = pipeline.load_examples("coco", {"data_dir": str(tmp_path)})
-    again, _ = pipeline.load_examples("coco", {"data_dir": str(tmp_path)})
+    first, _ = load_examples("coco", {"data_dir": str(tmp_path)}, 0.05)
+    again, _ = load_examples("coco", {"data_dir": str(tmp_path)}, 0.05)
     assert [e.image_id for e in first["val"]] == [e.image_id for e in again["val"]]
 
 
@@ -51,9 +54,40 @@ def test_manifest_without_val_file_holds_out_and_with_one_uses_it(tmp_path):
     rows = lambda ids: "path,labels\n" + "".join(f"{i}.png,{'a' if i % 2 else 'b'}\n" for i in ids)
     (tmp_path / "train.csv").write_text(rows(range(0, 40)))
     (tmp_path / "test.csv").write_text(rows(range(40, 50)))
-    splits, _ = pipeline.load_examples("manifest", {"data_dir": str(tmp_path)}, val_fraction=0.3)
+    splits, _ = load_examples("manifest", {"data_dir": str(tmp_path)}, val_fraction=0.3)
     assert len(splits["val"]) + len(splits["train"]) == 40 and splits["val"]
 
     (tmp_path / "val.csv").write_text(rows(range(50, 60)))
-    splits, _ = pipeline.load_examples("manifest", {"data_dir": str(tmp_path)})
+    splits, _ = load_examples("manifest", {"data_dir": str(tmp_path)}, 0.05)
     assert len(splits["train"]) == 40 and len(splits["val"]) == 10
+
+
+def test_one_manifest_file_holds_out_val_and_test(tmp_path):
+    for i in range(400):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    manifest = tmp_path / "all.csv"
+    manifest.write_text("path,labels\n" + "".join(f"{i}.png,{'ab'[i % 2]}\n" for i in range(400)))
+    splits, _ = load_examples("manifest", {"manifest": str(manifest)}, 0.1)
+    ids = {name: {e.image_id for e in examples} for name, examples in splits.items()}
+    assert sum(len(v) for v in ids.values()) == 400
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
+    assert not ids["val"] & ids["test"]
+    assert 20 <= len(ids["val"]) <= 60 and 20 <= len(ids["test"]) <= 60
+
+
+def _examples(n: int) -> list:
+    return [Example(str(i), f"{i}.png", (0,)) for i in range(n)]
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ((3, 1, 1), r"the train split has 3 image\(s\), fewer than one batch of 8: lower "
+                r"--train.batch_size \(to at most 3\)"),
+    ((20, 0, 1), r"the validation split is empty \(train has 20 image\(s\)\): raise "
+                 r"--data.val_fraction"),
+    ((20, 2, 0), r"the test split is empty"),
+])
+def test_split_too_small_for_the_run_is_refused_naming_the_fix(sizes, message):
+    splits = dict(zip(("train", "val", "test"), (_examples(n) for n in sizes)))
+    with pytest.raises(SplitTooSmallError, match=message):
+        check_split_sizes(splits, batch_size=8)
+    check_split_sizes(dict(zip(("train", "val", "test"), (_examples(n) for n in (8, 1, 1)))), 8)

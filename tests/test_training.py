@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ofrnn_tf.training.run_config import (
-    RUN_CONFIG_FILENAME, IncompatibleRunError, RunConfig, save_or_check)
-from ofrnn_tf.training.trainer import (
-    BEST_INFO_FILENAME, NonFiniteLossError, Trainer, load_best_model)
+from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.training.trainer import NonFiniteLossError, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "_tiny_training_run.py")
 SUBPROCESS_TIMEOUT_S = 240
 N, M, K, C, BATCH = 64, 4, 6, 4, 16
 STEPS_PER_EPOCH = N // BATCH
-SCRIPTED_F1 = [0.30, 0.70, 0.50]  # validation C-F1 after stage-2 epochs 1, 2, 3
+SCRIPTED_MAP = [0.40, 0.60]  # validation score after stage-1 epochs 1, 2
+SCRIPTED_F1 = [0.30, 0.70, 0.50]  # validation score after stage-2 epochs 1, 2, 3
 
 
 def synthetic_data(nan: bool = False) -> dict:
@@ -38,23 +38,47 @@ def synthetic_data(nan: bool = False) -> dict:
     return {"features": features.astype("float32"), "labels": labels}
 
 
-def tiny_config(**overrides) -> RunConfig:
-    fields = dict(label_names=tuple("abcd"), lstm_units=8, attention_units=8, fc_units=8,
-                  dropout=0.0, feature_dropout=0.0, batch_size=BATCH, learning_rate=1e-2,
-                  epochs_stage1=2, epochs_stage2=len(SCRIPTED_F1), max_steps=3,
-                  checkpoint_every=100, log_every=1)
-    fields.update(overrides)
-    return RunConfig(**fields)
+def tiny_config(model=None, stage1=None, stage2=None, runtime=None) -> ExperimentConfig:
+    return ExperimentConfig().replace(
+        model={"lstm_units": 8, "attention_units": 8, "fc_units": 8, "dropout": 0.0,
+               "feature_dropout": 0.0, **(model or {})},
+        stage1={"learning_rate": 1e-2, "epochs": len(SCRIPTED_MAP), **(stage1 or {})},
+        stage2={"learning_rate": 1e-2, "epochs": len(SCRIPTED_F1), **(stage2 or {})},
+        train={"batch_size": BATCH},
+        runtime={"checkpoint_every": 100, "log_every": 1, **(runtime or {})})
 
 
-def make_trainer(workdir: str, config: RunConfig, data: dict, validate_fn=None) -> Trainer:
+def tiny_facts(**changes) -> RunFacts:
+    facts = dict(label_names=tuple("abcd"), max_steps=3, label_order=None, small_area=None,
+                 features_name="synthetic", features_fingerprint="f" * 64,
+                 feature_shape=(2, 2, K), image_size=32, feature_layer="maps")
+    facts.update(changes)
+    return RunFacts(**facts)
+
+
+def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn=None) -> Trainer:
     def examples_fn(ctx):
         return tf.data.Dataset.from_tensor_slices(data).shard(
             ctx.num_input_pipelines, ctx.input_pipeline_id)
 
-    save_or_check(config, workdir)
-    return Trainer(config, workdir, tf.distribute.get_strategy(), (M, K), N, examples_fn,
+    run_dir = RunDir(workdir)
+    run_dir.save(config, tiny_facts())
+    return Trainer(config, tiny_facts(), run_dir, tf.distribute.get_strategy(), N, examples_fn,
                    validate_fn=validate_fn, progress=False)
+
+
+def scripted_validation(validated: list):
+    """A validate_fn returning the scripted scores, recording the weights it saw."""
+    counts = {1: 0, 2: 0}
+
+    def validate_fn(model, stage):
+        validated.append((stage, weights(model.trainable_variables)))
+        script = SCRIPTED_MAP if stage == 1 else SCRIPTED_F1
+        value = script[counts[stage]]
+        counts[stage] += 1
+        return {"C-F1": value, "score": value}
+
+    return validate_fn
 
 
 def weights(variables) -> dict:
@@ -71,12 +95,7 @@ def run(tmp_path_factory):
     """One tiny run of both stages, with snapshots of the weights around every epoch."""
     workdir = str(tmp_path_factory.mktemp("run"))
     validated = []
-
-    def validate_fn(model):
-        validated.append(weights(model.trainable_variables))
-        return {"C-F1": SCRIPTED_F1[len(validated) - 1], "O-F1": 0.5}
-
-    trainer = make_trainer(workdir, tiny_config(), synthetic_data(), validate_fn)
+    trainer = make_trainer(workdir, tiny_config(), synthetic_data(), scripted_validation(validated))
     epochs = []
     train_epoch = trainer._train_epoch
 
@@ -127,79 +146,117 @@ def test_stage2_loss_decreases(run):
 
 def test_tensorboard_has_the_documented_tags(run):
     found = scalars(run["workdir"])
-    expected = {"loss/stage1", "loss/stage2", "learning_rate", "examples_per_second",
-                "validation/C-F1", "validation/O-F1"} | {
-                    f"loss_per_decoding_step/t{t}" for t in (1, 2, 3)}
+    expected = {"loss/stage1", "loss/stage2", "learning_rate/stage1", "learning_rate/stage2",
+                "examples_per_second", "validation_stage1/score", "validation_stage2/score",
+                "validation_stage2/C-F1"} | {f"loss_per_decoding_step/t{t}" for t in (1, 2, 3)}
     assert expected <= set(found), expected - set(found)
     assert len(found["loss/stage1"]) == 2 * STEPS_PER_EPOCH
-    assert [v for _, v in found["validation/C-F1"]] == pytest.approx(SCRIPTED_F1)
-    # Stage 2 starts after stage 1's global steps; validation follows each stage-2 epoch.
+    assert [v for _, v in found["validation_stage1/score"]] == pytest.approx(SCRIPTED_MAP)
+    assert [v for _, v in found["validation_stage2/score"]] == pytest.approx(SCRIPTED_F1)
+    # Stage 2 starts after stage 1's global steps; validation follows every epoch.
     assert found["loss/stage2"][0][0] == 2 * STEPS_PER_EPOCH + 1
-    assert [s for s, _ in found["validation/C-F1"]] == [
+    assert [s for s, _ in found["validation_stage2/score"]] == [
         (2 + e) * STEPS_PER_EPOCH for e in (1, 2, 3)]
 
 
 def test_best_checkpoint_is_the_epoch_with_highest_validation_metric(run):
     best_epoch = int(np.argmax(SCRIPTED_F1)) + 1
-    with open(os.path.join(run["workdir"], BEST_INFO_FILENAME)) as f:
+    with open(RunDir(run["workdir"]).best_info_file) as f:
         info = json.load(f)
     assert info["stage"] == 2 and info["epoch"] == best_epoch
     assert info["global_step"] == (2 + best_epoch) * STEPS_PER_EPOCH
-    assert info["selection_metric"] == "C-F1"
-    assert info["validation"]["C-F1"] == pytest.approx(max(SCRIPTED_F1))
+    assert info["validation"]["score"] == pytest.approx(max(SCRIPTED_F1))
     assert float(run["trainer"].best_metric) == pytest.approx(max(SCRIPTED_F1))
-    saved = run["validated"][best_epoch - 1]
-    assert changed(saved, run["validated"][-1])  # the last epoch is different ...
+    stage2 = [w for stage, w in run["validated"] if stage == 2]
+    saved = stage2[best_epoch - 1]
+    assert changed(saved, stage2[-1])  # the last epoch is different ...
     assert not changed(saved, run["final"])  # ... and train() returns the best one
-    loaded, config = load_best_model(run["workdir"], (M, K))
-    assert config == run["trainer"].config
+    loaded, config, _ = RunDir(run["workdir"]).load_model()
+    assert config.replace(runtime=run["trainer"].config.to_dict()["runtime"]) == run["trainer"].config
     assert not changed(saved, weights(loaded.trainable_variables))
 
 
+def test_stage2_starts_from_the_best_stage1_epoch(tmp_path):
+    validated = []
+    scores = iter([0.9, 0.1, 0.5, 0.6, 0.7])  # stage 1 is best after its first epoch
+
+    def validate_fn(model, stage):
+        validated.append((stage, weights(model.map_variables)))
+        value = next(scores)
+        return {"score": value}
+
+    trainer = make_trainer(str(tmp_path), tiny_config(), synthetic_data(), validate_fn)
+    model = trainer.train()
+    stage1 = [w for stage, w in validated if stage == 1]
+    assert changed(stage1[0], stage1[1])  # the second epoch moved M_map ...
+    assert not changed(stage1[0], weights(model.map_variables))  # ... but the first is kept
+
+
+def test_patience_stops_a_stage_early(tmp_path):
+    calls = []
+
+    def validate_fn(model, stage):
+        calls.append(stage)
+        return {"score": 1.0 if len(calls) == 1 else 0.5}  # never better after the first
+
+    config = tiny_config(stage1={"epochs": 5, "patience": 2}, stage2={"epochs": 4, "patience": 1})
+    make_trainer(str(tmp_path), config, synthetic_data(), validate_fn).train()
+    assert calls == [1, 1, 1, 2, 2]
+
+
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
-    config = tiny_config(epochs_stage1=1, epochs_stage2=1)
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
     trainer = make_trainer(str(tmp_path), config, synthetic_data(nan=True))
     with pytest.raises(NonFiniteLossError,
-                       match=r"non-finite loss nan at stage 1, epoch 1, step 1 \(global step 1\)"):
+                       match=r"non-finite loss nan at stage 1, epoch 1, step 1 \(global step 1\)"
+                             r".*--stage1.learning_rate"):
         trainer.train()
     assert trainer.manager.latest_checkpoint is None  # nothing was saved after the NaN
 
 
 def test_non_finite_loss_in_stage2_stops_the_run(tmp_path):
-    config = tiny_config(epochs_stage1=0, epochs_stage2=1)
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
     trainer = make_trainer(str(tmp_path), config, synthetic_data(nan=True))
+    trainer.stage.assign(2)  # as a run resumed after stage 1
     # Graph-mode fused MatMul+BiasAdd+Relu (FC1) maps NaN to 0, so the first stage-2
     # loss can still be finite; the NaN gradients it applies make the next one NaN.
     with pytest.raises(NonFiniteLossError,
                        match=r"non-finite loss nan at stage 2, epoch 1, step ([12]) "
-                             r"\(global step \1\)"):
+                             r"\(global step \1\).*--stage2.learning_rate"):
         trainer.train()
-    assert trainer.manager.latest_checkpoint.endswith("ckpt-0")  # the end of stage 1 is kept
 
 
-# -- the run configuration -------------------------------------------------------------
-def test_run_config_refuses_incompatible_rerun_and_accepts_resumable_change(tmp_path):
-    workdir = str(tmp_path)
-    config = tiny_config()
-    save_or_check(config, workdir)
-    assert RunConfig.load(workdir) == config
-    save_or_check(tiny_config(), workdir)  # the same flags again
-    with pytest.raises(IncompatibleRunError, match=r"lstm_units: 8 in the work directory vs 16"):
-        save_or_check(tiny_config(lstm_units=16), workdir)
+# -- the run folder's configuration ---------------------------------------------------------
+def test_run_folder_refuses_incompatible_rerun_and_accepts_resumable_change(tmp_path):
+    run_dir = RunDir(str(tmp_path))
+    config = tiny_config(runtime={"log_every": 20, "checkpoint_every": 200})  # the defaults
+    run_dir.save(config, tiny_facts())
+    assert run_dir.load() == (config, tiny_facts())
+    run_dir.save(tiny_config(), tiny_facts())  # the same settings again
+    with pytest.raises(IncompatibleRunError,
+                       match=r"model.lstm_units: 8 in the run folder vs 16 now"):
+        run_dir.save(tiny_config(model={"lstm_units": 16}), tiny_facts())
     with pytest.raises(IncompatibleRunError, match="label_names"):
-        save_or_check(tiny_config(label_names=tuple("abce")), workdir)
-    assert RunConfig.load(workdir) == config  # a refused rerun leaves the file alone
-    more = tiny_config(epochs_stage2=10, log_every=5)
-    save_or_check(more, workdir)
-    assert RunConfig.load(workdir) == more
+        run_dir.save(config, tiny_facts(label_names=tuple("abce")))
+    with pytest.raises(IncompatibleRunError, match="features_fingerprint"):
+        run_dir.save(config, tiny_facts(features_fingerprint="e" * 64))
+    assert run_dir.load() == (config, tiny_facts())  # a refused rerun leaves the file alone
+    more = tiny_config(stage2={"epochs": 10}, runtime={"log_every": 5, "cache_dir": "/elsewhere"})
+    run_dir.save(more, tiny_facts())
+    assert run_dir.load()[0] == more.replace(runtime=dataclasses.asdict(RuntimeConfig()))
+    assert "/elsewhere" not in open(run_dir.run_file).read()  # runtime settings are not the run's
 
 
-def test_run_config_file_names_unknown_fields(tmp_path):
-    data = dataclasses.asdict(tiny_config())
-    data["lstm_unit"] = 3
-    (tmp_path / RUN_CONFIG_FILENAME).write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="lstm_unit"):
-        RunConfig.load(str(tmp_path))
+def test_run_file_names_unknown_fields(tmp_path):
+    run_dir = RunDir(str(tmp_path))
+    run_dir.save(tiny_config(), tiny_facts())
+    data = json.loads(open(run_dir.run_file).read())
+    data["config"]["model"]["lstm_unit"] = 3
+    with open(run_dir.run_file, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match=r"run.json: not a run description \(unknown fields "
+                                         r"\['lstm_unit'\] in config section 'model'\)"):
+        run_dir.load()
 
 
 # -- separate processes: SIGKILL and resume, two workers -----------------------------------
@@ -294,18 +351,20 @@ def test_two_workers_stay_in_sync(tmp_path):
         _kill(procs)
 
 
-def test_mixed_precision_trains_with_float32_weights_and_logits(tmp_path):
+def test_mixed_precision_computes_in_float16_and_trains(tmp_path):
     import keras
 
-    config = tiny_config(epochs_stage1=1, epochs_stage2=2, mixed_precision=True)
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 2},
+                         runtime={"mixed_precision": True})
     try:
         trainer = make_trainer(str(tmp_path), config, synthetic_data())
         model = trainer.train()
         assert isinstance(trainer.optimizers[2], keras.optimizers.LossScaleOptimizer)
-        assert all(v.dtype == "float32" for v in model.trainable_variables)
-        logits = model.step(*model.start(tf.constant(synthetic_data()["features"][:2])))[0]
-        assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()
-        losses = scalars(str(tmp_path))["loss/stage2"]
-        assert losses and all(np.isfinite(value) for _, value in losses)
+        logits, alpha, h, _ = model.step(*model.start(tf.constant(synthetic_data()["features"][:2])))
+        assert h.dtype == tf.float16  # the LSTM really runs in half precision ...
+        assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()  # ... its logits not
+        losses = [value for _, value in scalars(str(tmp_path))["loss/stage2"]]
+        assert np.all(np.isfinite(losses))
+        assert np.mean(losses[-STEPS_PER_EPOCH:]) < np.mean(losses[:STEPS_PER_EPOCH])
     finally:
         keras.mixed_precision.set_global_policy("float32")

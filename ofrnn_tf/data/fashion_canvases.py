@@ -1,19 +1,56 @@
 """The embedded benchmark: multi-object canvases of real Fashion-MNIST items.
 
-Each canvas holds 1–4 non-overlapping Fashion-MNIST items of varied size (a share of
-them small), tinted and pasted onto a smoothly textured background; its labels are
-the set of classes present. Train canvases draw items from one part of the
-Fashion-MNIST training images, validation canvases from the disjoint rest, and test
-canvases only from the Fashion-MNIST test images. Every split is written as image
-files plus a COCO instances file with boxes, so the benchmark is read through the
-same COCO adapter as MS-COCO.
+Each canvas holds a few (by default 1–4) non-overlapping Fashion-MNIST items of
+varied size (a share of them small), tinted and pasted onto a smoothly textured
+background; its labels are the set of classes present. By default each item is the
+next source image of an evenly cycled pool, so its class is independent of the
+others' and no label predicts another. Train canvases draw items from one part of
+the Fashion-MNIST training images, validation canvases from the disjoint rest, and
+test canvases only from the Fashion-MNIST test images. Every split is written as
+image files plus a COCO instances file with boxes, so the benchmark is read through
+the same COCO adapter as MS-COCO.
+
+Scenes. Real multi-label data is full of label co-occurrence, which a recurrent label
+decoder can exploit. With ``scenes="outfits"`` each canvas first draws a scene (an
+outfit or occasion) from `OUTFIT_SCENES`; the scene sets the canvas's item count and
+the class distribution of its items, and each item's source image is then the next
+one of its class in the split's pool (cycled per class, so sources are still used
+about equally and the splits' sources stay disjoint). Each scene is centred on 3–4
+classes with a little mass on 1–2 others; classes it leaves out never appear in it::
+
+    scene    share  items  item classes
+    casual   0.20   3-5    Pullover .28, Trouser .26, Sneaker .26, Bag .10,
+                           Shirt .05, T-shirt/top .05
+    beach    0.18   2-4    Sandal .30, T-shirt/top .30, Dress .20, Bag .12,
+                           Sneaker .04, Shirt .04
+    office   0.17   2-4    Shirt .32, Trouser .30, Bag .20, Ankle boot .10,
+                           Coat .04, Pullover .04
+    winter   0.15   3-5    Coat .32, Pullover .26, Ankle boot .26, Trouser .10, Bag .06
+    sport    0.12   2-3    Sneaker .38, T-shirt/top .32, Trouser .20, Bag .06,
+                           Pullover .04
+    evening  0.10   2-3    Dress .42, Bag .28, Sandal .20, Coat .06, Ankle boot .04
+    laundry  0.08   3-5    T-shirt/top .32, Shirt .30, Trouser .28, Dress .05,
+                           Pullover .05
+
+On 2,000 canvases this gives 3.3 items and 2.4 labels per canvas (2.5 and 2.3
+without scenes); Coat and Ankle boot appear together 3.4 times as often as
+independent labels would (Dress and Sandal 2.7 times), 19 of the 45 class pairs
+appear together less than half as often (6 never: Coat with Sneaker or T-shirt/top,
+Sandal with Trouser or Pullover, Ankle boot with Sneaker or T-shirt/top), and the
+scene can be told from the label set for about 3 canvases in 4. Sizes, the small-item
+share and placement are as without scenes (at 224×224 five items still fit). Each
+COCO image record carries its ``"scene"``, and the table is part of the recorded
+configuration (``config.scene_table``, also in each COCO file's ``info``), so
+editing it changes the fingerprint. Without scenes the configuration, fingerprint
+and files are exactly those of builds made before scenes existed.
 
 Layout of ``out_dir``::
 
     images/{train,val,test}/000000.jpg ...
     {train,val,test}.json     COCO instances; each annotation also carries
                               "source_split" and "source_index" (the Fashion-MNIST
-                              image used) and "item_size" (the pasted square's side)
+                              image used) and "item_size" (the pasted square's side);
+                              with scenes each image also carries "scene"
     label_map.json
     benchmark.json            the build configuration, written last
 
@@ -25,6 +62,11 @@ Downstream caches can key on the returned ``fingerprint``.
 Build the default size (10k/1k/2k canvases of 224×224, about a minute on 2 cores)::
 
     python -m ofrnn_tf.data.fashion_canvases --out_dir=/tmp/fashion_canvases
+
+and the same with scenes (the item counts of a scene replace --min_items/--max_items)::
+
+    python -m ofrnn_tf.data.fashion_canvases --out_dir=/tmp/fashion_outfits \\
+        --scenes=outfits
 
 Source: the Debian package ``dataset-fashion-mnist`` (IDX files under
 ``/usr/share/datasets/fashion-mnist``), else ``keras.datasets.fashion_mnist``
@@ -40,7 +82,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -64,15 +106,65 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.g
 
 
 @dataclasses.dataclass(frozen=True)
+class Scene:
+    """One scene of a scene table.
+
+    Attributes:
+        name: recorded as the ``"scene"`` of each canvas that shows it.
+        frequency: share of canvases that show this scene.
+        item_range: (min, max) items on such a canvas, drawn uniformly.
+        classes: class name -> probability of each item being of that class; classes
+            left out never appear in this scene.
+    """
+
+    name: str
+    frequency: float
+    item_range: tuple[int, int]
+    classes: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "frequency": self.frequency,
+                "item_range": list(self.item_range), "classes": dict(self.classes)}
+
+    def class_probabilities(self) -> np.ndarray:
+        """The item-class distribution over `FASHION_MNIST_CLASSES`."""
+        p = np.array([self.classes.get(name, 0.0) for name in FASHION_MNIST_CLASSES])
+        return p / p.sum()
+
+
+# Outfits: each scene is centred on 3-4 classes that are worn or carried together,
+# with a little mass on 1-2 others, so labels predict one another (Sandal with Dress,
+# Coat with Ankle boot, Shirt with Trouser) and some pairs rarely meet (Sandal and Coat).
+OUTFIT_SCENES = (
+    Scene("casual", 0.20, (3, 5), {"Pullover": 0.28, "Trouser": 0.26, "Sneaker": 0.26,
+                                   "Bag": 0.10, "Shirt": 0.05, "T-shirt/top": 0.05}),
+    Scene("beach", 0.18, (2, 4), {"Sandal": 0.30, "T-shirt/top": 0.30, "Dress": 0.20,
+                                  "Bag": 0.12, "Sneaker": 0.04, "Shirt": 0.04}),
+    Scene("office", 0.17, (2, 4), {"Shirt": 0.32, "Trouser": 0.30, "Bag": 0.20,
+                                   "Ankle boot": 0.10, "Coat": 0.04, "Pullover": 0.04}),
+    Scene("winter", 0.15, (3, 5), {"Coat": 0.32, "Pullover": 0.26, "Ankle boot": 0.26,
+                                   "Trouser": 0.10, "Bag": 0.06}),
+    Scene("sport", 0.12, (2, 3), {"Sneaker": 0.38, "T-shirt/top": 0.32, "Trouser": 0.20,
+                                  "Bag": 0.06, "Pullover": 0.04}),
+    Scene("evening", 0.10, (2, 3), {"Dress": 0.42, "Bag": 0.28, "Sandal": 0.20,
+                                    "Coat": 0.06, "Ankle boot": 0.04}),
+    Scene("laundry", 0.08, (3, 5), {"T-shirt/top": 0.32, "Shirt": 0.30, "Trouser": 0.28,
+                                    "Dress": 0.05, "Pullover": 0.05}),
+)
+SCENE_TABLES = {"outfits": OUTFIT_SCENES}
+
+
+@dataclasses.dataclass(frozen=True)
 class CanvasConfig:
     """Everything that determines the canvases (recorded in ``benchmark.json``).
 
     Attributes:
         num_train, num_val, num_test: canvases per split.
         canvas_size: side of the square RGB canvas in pixels.
-        min_items, max_items: items per canvas, drawn uniformly. An item that cannot
-            be placed without overlap after shrinking is left out, so a crowded
-            canvas may hold fewer than drawn (never fewer than one).
+        min_items, max_items: items per canvas, drawn uniformly (without scenes; a
+            scene sets its own range). An item that cannot be placed without overlap
+            after shrinking is left out, so a crowded canvas may hold fewer than
+            drawn (never fewer than one).
         item_size_range: (min, max) side in pixels of an ordinary item.
         small_item_share: probability that an item is drawn from the small range.
         small_item_size_range: (min, max) side in pixels of a small item.
@@ -80,6 +172,10 @@ class CanvasConfig:
             for the validation canvases.
         image_format: "jpg" (quality 90) or "png".
         seed: the seed of every random choice.
+        scenes: "none" (every item's class is that of an evenly cycled source image,
+            independent of the others) or the name of a table in `SCENE_TABLES`: each
+            canvas first draws a scene, which sets its item count and its items'
+            class distribution.
     """
 
     num_train: int = 10000
@@ -94,6 +190,7 @@ class CanvasConfig:
     val_source_fraction: float = 0.1
     image_format: str = "jpg"
     seed: int = 0
+    scenes: str = "none"
 
     def __post_init__(self):
         for name in ("num_train", "num_val", "num_test"):
@@ -116,9 +213,29 @@ class CanvasConfig:
         if self.image_format not in ("jpg", "png"):
             raise ValueError(f"image_format must be 'jpg' or 'png', got "
                              f"{self.image_format!r}")
+        if self.scenes != "none" and self.scenes not in SCENE_TABLES:
+            raise ValueError(f"scenes must be 'none' or one of {sorted(SCENE_TABLES)}, "
+                             f"got {self.scenes!r}")
+
+    @property
+    def scene_table(self) -> tuple[Scene, ...]:
+        """The scenes drawn from; empty without scenes."""
+        return SCENE_TABLES.get(self.scenes, ())
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The JSON form recorded in ``benchmark.json`` and fingerprinted.
+
+        Without scenes the ``scenes`` field is left out, so such a configuration has
+        the dict (and fingerprint) it had before scenes existed. With scenes the
+        table's contents are added as ``scene_table``, so editing a table changes
+        the fingerprint of the builds that use it.
+        """
+        config = json.loads(json.dumps(dataclasses.asdict(self)))
+        if self.scenes == "none":
+            del config["scenes"]
+        else:
+            config["scene_table"] = [scene.to_dict() for scene in self.scene_table]
+        return config
 
     @property
     def small_area_fraction(self) -> float:
@@ -212,9 +329,12 @@ def _cycle(pool: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
             yield int(i)
 
 
-def _layout(cfg: CanvasConfig, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    """(x, y, size) squares that do not overlap, largest placed first."""
-    n = int(rng.integers(cfg.min_items, cfg.max_items + 1))
+def _layout(cfg: CanvasConfig, rng: np.random.Generator,
+            item_range: tuple[int, int] | None = None) -> list[tuple[int, int, int]]:
+    """(x, y, size) squares that do not overlap, largest placed first; their number is
+    drawn from `item_range` (default: the config's min_items, max_items)."""
+    lo, hi = item_range or (cfg.min_items, cfg.max_items)
+    n = int(rng.integers(lo, hi + 1))
     sizes = []
     for _ in range(n):
         lo, hi = (cfg.small_item_size_range if rng.random() < cfg.small_item_share
@@ -281,23 +401,74 @@ def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes
 
 
+# A drawer turns a canvas's generator into (scene name or None, the items to paint).
+_Drawer = Callable[[np.random.Generator], tuple[str | None, list[_Item]]]
+
+
+def _plain_drawer(cfg: CanvasConfig, pool: np.ndarray,
+                  rng: np.random.Generator) -> _Drawer:
+    """Canvases without scenes: each item is the next source image of the pool."""
+    sampler = _cycle(pool, rng)
+
+    def draw(canvas_rng: np.random.Generator) -> tuple[None, list[_Item]]:
+        spots = _layout(cfg, canvas_rng)
+        return None, [_Item(next(sampler), x, y, s) for x, y, s in spots]
+    return draw
+
+
+def _scene_drawer(cfg: CanvasConfig, pool: np.ndarray, labels: np.ndarray,
+                  rng: np.random.Generator) -> _Drawer:
+    """Canvases with scenes: a scene, then each item's class from the scene, then the
+    next source image of that class (cycling per class, within the pool)."""
+    table = cfg.scene_table
+    frequencies = np.array([scene.frequency for scene in table])
+    frequencies = frequencies / frequencies.sum()
+    class_probabilities = [scene.class_probabilities() for scene in table]
+    samplers = [_cycle(pool[labels[pool] == k], rng)
+                for k in range(len(FASHION_MNIST_CLASSES))]
+
+    def draw(canvas_rng: np.random.Generator) -> tuple[str, list[_Item]]:
+        k = int(canvas_rng.choice(len(table), p=frequencies))
+        spots = _layout(cfg, canvas_rng, table[k].item_range)
+        classes = canvas_rng.choice(len(FASHION_MNIST_CLASSES), size=len(spots),
+                                    p=class_probabilities[k])
+        return table[k].name, [_Item(next(samplers[c]), x, y, s)
+                               for c, (x, y, s) in zip(classes, spots)]
+    return draw
+
+
+def _check_scene_sources(cfg: CanvasConfig, split: str, pool: np.ndarray,
+                         labels: np.ndarray) -> None:
+    """Refuses a split whose source pool lacks a class that its scenes can draw."""
+    needed = {name for scene in cfg.scene_table
+              for name, p in scene.classes.items() if p > 0}
+    present = {FASHION_MNIST_CLASSES[k] for k in np.unique(labels[pool])}
+    missing = sorted(needed - present, key=FASHION_MNIST_CLASSES.index)
+    if missing:
+        raise ValueError(f"scenes {cfg.scenes!r}: the {split} split's source images hold "
+                         f"no {', '.join(missing)}")
+
+
 def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
                  images: np.ndarray, labels: np.ndarray, cfg: CanvasConfig,
                  image_dir: str, progress: bool) -> dict[str, Any]:
     """Writes one split's canvases into `image_dir`; returns its COCO dict."""
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
-    sampler = _cycle(pool, rng)
+    draw = (_scene_drawer(cfg, pool, labels, rng) if cfg.scene_table
+            else _plain_drawer(cfg, pool, rng))
     coco_images, annotations = [], []
     for image_id in tqdm(range(num), desc=f"canvases {split}", unit="img",
                          disable=not progress, file=sys.stderr):
         canvas_rng = np.random.default_rng(rng.integers(2**63))
-        items = [_Item(next(sampler), x, y, s) for x, y, s in _layout(cfg, canvas_rng)]
+        scene, items = draw(canvas_rng)
         pixels, boxes = _render(items, images, cfg.canvas_size, canvas_rng)
         file_name = f"{image_id:06d}.{cfg.image_format}"
         save_kwargs = {"quality": 90} if cfg.image_format == "jpg" else {}
         Image.fromarray(pixels).save(os.path.join(image_dir, file_name), **save_kwargs)
         coco_images.append({"id": image_id, "file_name": file_name,
                             "width": cfg.canvas_size, "height": cfg.canvas_size})
+        if scene is not None:
+            coco_images[-1]["scene"] = scene
         for item, (box, area) in zip(items, boxes):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,
@@ -334,6 +505,7 @@ def build_fashion_canvases(out_dir: str, *,
                            val_source_fraction: float = 0.1,
                            image_format: str = "jpg",
                            seed: int = 0,
+                           scenes: str = "none",
                            source_dir: str = DEFAULT_SOURCE_DIR,
                            allow_download: bool = True,
                            progress: bool = True) -> dict[str, Any]:
@@ -352,7 +524,8 @@ def build_fashion_canvases(out_dir: str, *,
         min_items=min_items, max_items=max_items,
         item_size_range=tuple(item_size_range), small_item_share=small_item_share,
         small_item_size_range=tuple(small_item_size_range),
-        val_source_fraction=val_source_fraction, image_format=image_format, seed=seed)
+        val_source_fraction=val_source_fraction, image_format=image_format, seed=seed,
+        scenes=scenes)
     config = cfg.to_dict()
     out_dir = os.path.abspath(out_dir)
     marker = os.path.join(out_dir, BENCHMARK_FILENAME)
@@ -379,6 +552,10 @@ def build_fashion_canvases(out_dir: str, *,
              "val": (np.sort(perm[:n_val_pool]), "train", train_images, train_labels),
              "test": (np.arange(len(test_images)), "test", test_images, test_labels)}
     counts = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
+    if cfg.scene_table:
+        for split in SPLITS:
+            if counts[split]:
+                _check_scene_sources(cfg, split, pools[split][0], pools[split][3])
 
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     splits = {}
@@ -476,7 +653,7 @@ def _main(argv: Sequence[str]) -> None:
         small_item_share=f.small_item_share,
         small_item_size_range=tuple(int(v) for v in f.small_item_size_range),
         val_source_fraction=f.val_source_fraction, image_format=f.image_format,
-        seed=f.seed, source_dir=f.source_dir)
+        seed=f.seed, scenes=f.scenes, source_dir=f.source_dir)
     print(json.dumps(result, indent=1))
 
 
@@ -501,6 +678,9 @@ def _define_flags() -> None:
                        "Share of Fashion-MNIST training images kept for validation canvases.")
     flags.DEFINE_enum("image_format", d.image_format, ["jpg", "png"], "Image file format.")
     flags.DEFINE_integer("seed", d.seed, "Random seed.")
+    flags.DEFINE_enum("scenes", d.scenes, ["none", *SCENE_TABLES],
+                      "Scene table: each canvas draws a scene that sets its item count "
+                      "and class distribution (none: independent classes).")
     flags.DEFINE_string("source_dir", DEFAULT_SOURCE_DIR,
                         "Folder holding the Fashion-MNIST *-ubyte.gz IDX files.")
 

@@ -3,6 +3,8 @@
 ::
 
     root/Concepts81.txt                                   concept names, one a line
+                                                          (or root/ConceptsList/Concepts81.txt,
+                                                          where the release keeps it)
     root/ImageList/TrainImagelist.txt                     actor\\0001_2124494179.jpg ...
     root/ImageList/TestImagelist.txt
     root/Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt   one 0/1 a line,
@@ -26,6 +28,17 @@ from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap, reconcile
 
 SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
+CONCEPTS_LOCATIONS = ("Concepts81.txt", os.path.join("ConceptsList", "Concepts81.txt"))
+
+
+def concepts_file(root: str) -> str:
+    """The concept list: at the release root, or in ``ConceptsList/`` as distributed."""
+    for relative in CONCEPTS_LOCATIONS:
+        path = os.path.join(root, relative)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"NUS-WIDE concept list not found: looked for "
+                            f"{' and '.join(os.path.join(root, r) for r in CONCEPTS_LOCATIONS)}")
 
 
 def load_nuswide(root: str,
@@ -39,7 +52,8 @@ def load_nuswide(root: str,
     The label map is the concept list in the order of ``Concepts81.txt``.
 
     Args:
-        root: the release folder (holding ``Concepts81.txt``).
+        root: the release folder (holding ``Concepts81.txt`` or
+            ``ConceptsList/Concepts81.txt``).
         split: "train" or "test".
         label_map: the label map the caller expects; a different concept list is
             refused with an error naming both.
@@ -58,12 +72,12 @@ def load_nuswide(root: str,
     if split not in SPLITS:
         raise ValueError(f"NUS-WIDE split must be one of {sorted(SPLITS)}, got {split!r}")
     list_name, suffix = SPLITS[split]
-    concepts_file = os.path.join(root, "Concepts81.txt")
-    concepts = [c.strip() for c in _read_lines(concepts_file) if c.strip()]
+    concepts_path = concepts_file(root)
+    concepts = [c.strip() for c in _read_lines(concepts_path) if c.strip()]
     try:
-        file_map = LabelMap(concepts, source=concepts_file)
+        file_map = LabelMap(concepts, source=concepts_path)
     except ValueError as e:
-        raise ValueError(f"{concepts_file}: {e}") from None
+        raise ValueError(f"{concepts_path}: {e}") from None
     label_map = reconcile(label_map, file_map)
 
     list_file = os.path.join(root, "ImageList", list_name)

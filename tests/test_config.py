@@ -1,0 +1,108 @@
+"""One experiment config: flags derived from it, presets, what a rerun may change."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from conftest import ROOT
+from ofrnn_tf import configs
+from ofrnn_tf.config.experiment import (
+    SCENES, ExperimentConfig, fields, identity_differences)
+from ofrnn_tf.config.flags import config_from_flags, define_config_flags, overrides_from_flags
+from ofrnn_tf.data.fashion_canvases import SCENE_TABLES
+
+
+def parse(*argv: str) -> flags.FlagValues:
+    values = flags.FlagValues()
+    define_config_flags(values)
+    values(["prog", *argv])
+    return values
+
+
+def test_every_setting_has_one_flag_with_its_default_and_help():
+    values = parse()
+    for name, field, default in fields(ExperimentConfig()):
+        assert values[name].default == default, name
+        assert field.metadata["help"] and values[name].help.endswith(field.metadata["help"]), name
+    assert config_from_flags(values) == ExperimentConfig() == configs.get_config("benchmark")
+
+
+def test_helpfull_shows_the_main_job_defaults():
+    done = subprocess.run([sys.executable, "train.py", "--helpfull"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert "--model.lstm_units" in done.stdout, done.stderr  # absl exits 1 after --helpfull
+    shown = {}
+    for block in re.split(r"\n(?=  --)", done.stdout):
+        match = re.match(r"\s*--(?:\[no\])?([\w.]+):.*\(default: '([^']*)'\)", block, re.S)
+        if match:
+            shown[match[1]] = match[2]
+    for name, _, default in fields(ExperimentConfig()):
+        want = str(default).lower() if isinstance(default, bool) else str(default)
+        assert shown.get(name) == want, (name, shown.get(name), want)
+
+
+def test_flags_override_only_what_they_name():
+    values = parse("--config=paper", "--stage2.epochs=3", "--data.seed=2")
+    config = config_from_flags(values)
+    paper = configs.get_config("paper")
+    assert overrides_from_flags(values) == {"stage2": {"epochs": 3}, "data": {"seed": 2}}
+    assert config == paper.replace(stage2={"epochs": 3}, data={"seed": 2})
+    assert config.model.dropout == paper.model.dropout != ExperimentConfig().model.dropout
+
+
+def test_invalid_values_are_refused_naming_the_setting():
+    with pytest.raises(flags.IllegalFlagValueError, match="model.variant"):
+        parse("--model.variant=transformer")
+    with pytest.raises(ValueError, match=r"DataConfig.val_fraction must be in \(0, 1\); got 1.5"):
+        config_from_flags(parse("--data.val_fraction=1.5"))
+    with pytest.raises(ValueError, match=r"unknown fields \['lstm'\] in config section 'model'"):
+        ExperimentConfig.from_dict({"model": {"lstm": 3}})
+
+
+@pytest.mark.parametrize("name", configs.PRESETS)
+def test_each_preset_says_how_to_run_it_how_long_and_what_it_reaches(name):
+    module = importlib.import_module(f"ofrnn_tf.configs.{name}")
+    doc = module.__doc__
+    assert re.search(r"^Command", doc, re.M) and "ofrnn-train" in doc or "main.sh" in doc
+    assert re.search(r"^Run time on 2 CPU cores:", doc, re.M), name
+    assert re.search(r"^Expected", doc, re.M), name
+    config = configs.get_config(name)
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+    if name != "benchmark" and "--config=" in doc:
+        assert f"--config={name}" in doc
+
+
+def test_scene_choices_are_the_generators_tables():
+    assert SCENES == ("none", *SCENE_TABLES)
+
+
+def test_only_resumable_settings_may_change_in_a_run_folder():
+    base = ExperimentConfig()
+    resumable = base.replace(stage2={"epochs": 30}, runtime={"cache_dir": "/elsewhere"},
+                             decoding={"beam_size": 5}, data={"data_dir": "/moved"})
+    assert identity_differences(base, resumable) == []
+    changed = base.replace(model={"lstm_units": 64}, data={"seed": 1})
+    assert identity_differences(base, changed) == [
+        "data.seed: 0 in the run folder vs 1 now",
+        "model.lstm_units: 256 in the run folder vs 64 now"]
+    for name, field, _ in fields(base):
+        section = name.split(".")[0]
+        if section == "runtime":
+            assert field.metadata["resumable"], name
+
+
+def test_print_config_shows_the_resolved_settings():
+    done = subprocess.run([sys.executable, "train.py", "--config=benchmark_scenes",
+                           "--workdir=/nonexistent/run", "--model.lstm_units=64",
+                           "--print_config"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "--data.scenes=outfits" in lines and "--model.lstm_units=64" in lines
+    assert len([ln for ln in lines if ln.startswith("--")]) == len(list(fields(ExperimentConfig())))
