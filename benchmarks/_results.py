@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -64,3 +66,13 @@ def append_result(title: str, command: str, lines_or_markdown: Sequence[str] | s
             f.write(_HEADER)
         f.write(section)
     return target
+
+
+def publish(title: str, text: str, append: bool = True) -> None:
+    """Prints a benchmark's markdown and, with `append`, adds it to RESULTS.md under `title`
+    with the command line that ran it."""
+    print(text, flush=True)
+    if append:
+        script = os.path.relpath(sys.argv[0], Path(__file__).resolve().parents[1])
+        path = append_result(title, "python " + shlex.join([script] + sys.argv[1:]), text)
+        print(f"appended to {path}", file=sys.stderr)

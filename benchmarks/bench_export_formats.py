@@ -23,7 +23,6 @@ the module's labels), and the median latency of `serving_default` at batch 1 the
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.local_server import load_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import append_result  # noqa: E402
+from benchmarks._results import publish  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished training run.")
@@ -127,11 +126,7 @@ def main(argv) -> None:
     for name, size, ok, latency in rows:
         shown = f"{latency * 1e3:.1f} ms" if isinstance(latency, float) else latency
         lines.append(f"| `{name}` | {size:.1f} | {'yes' if ok else 'no'} | {shown} |")
-    text = "\n".join(lines)
-    print(text)
-    if FLAGS.append:
-        command = "python " + shlex.join([os.path.relpath(__file__)] + sys.argv[1:])
-        append_result("Export formats through TF Serving's loader", command, text)
+    publish("Export formats through TF Serving's loader", "\n".join(lines), FLAGS.append)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.data.example import Example  # noqa: E402
 from ofrnn_tf.features import tfrecords  # noqa: E402
 from ofrnn_tf.features.backbones import get_backbone  # noqa: E402
@@ -168,13 +169,7 @@ def main(argv) -> None:
         f"| shards on disk | {shard_mb:.1f} MiB | "
         f"{shard_mb * 2 ** 20 / n_img / 1024:.0f} KiB/example |",
     ]
-    print("\n".join(lines))
-    if FLAGS.append:
-        from benchmarks._results import append_result
-
-        command = "python benchmarks/bench_extraction.py " + " ".join(sys.argv[1:])
-        path = append_result("Feature extraction throughput", command.strip(), lines)
-        print(f"appended to {path}", file=sys.stderr)
+    publish("Feature extraction throughput", "\n".join(lines), FLAGS.append)
     if not FLAGS.work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.local_server import load_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import append_result  # noqa: E402
+from benchmarks._results import publish  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished training run.")
@@ -153,12 +152,8 @@ def main(argv) -> None:
     lines += ["", f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
                   f"on {os.cpu_count()} cores: compare the ratios, which share the load, rather "
                   f"than absolute times."]
-    text = "\n".join(lines)
-    print(text)
-    if FLAGS.append:
-        command = "python " + shlex.join([os.path.relpath(__file__)] + sys.argv[1:])
-        append_result("Serving latency: portable and XLA exports against the backbone alone",
-                      command, text)
+    publish("Serving latency: portable and XLA exports against the backbone alone",
+            "\n".join(lines), FLAGS.append)
 
 
 if __name__ == "__main__":

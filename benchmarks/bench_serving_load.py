@@ -31,7 +31,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks._results import append_result  # noqa: E402
+from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
 from ofrnn_tf.serving.local_server import start_subprocess  # noqa: E402
 
@@ -48,8 +48,7 @@ flags.DEFINE_multi_string("image", [], "image files to send instead of synthetic
 flags.DEFINE_integer("warmup_requests", 5, "untimed requests per client before the run")
 flags.DEFINE_integer("server_workers", 16, "request threads of the started local server")
 flags.DEFINE_float("timeout", 60.0, "seconds per request")
-flags.DEFINE_string("results", str(Path(__file__).resolve().parent / "RESULTS.md"),
-                    "markdown file the results are appended to ('' to skip)")
+flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
 
 
 def synthetic_images(n: int, side: int) -> list[bytes]:
@@ -178,10 +177,7 @@ def main(argv) -> None:
         f"- errors: {r['errors']} of {FLAGS.clients * FLAGS.requests}"
         + (f" (first: {r['first_errors']})" if r["errors"] else ""),
     ]
-    print("\n".join(lines))
-    if FLAGS.results:
-        command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
-        append_result("Serving load test (gRPC, loopback)", command, lines, path=FLAGS.results)
+    publish("Serving load test (gRPC, loopback)", "\n".join(lines), FLAGS.append)
     if r["errors"]:
         sys.exit(1)
 

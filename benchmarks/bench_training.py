@@ -2,11 +2,11 @@
 
 Builds the `Trainer` of `ofrnn_tf.pipeline.make_trainer` (serialized records
 shuffled, batched, parsed in parallel and prefetched in `Trainer._epoch_dataset`)
-over a features directory: N synthetic examples
-(random float16 ``[m, k]`` maps with a weak label signal, 1–4 of C labels each, written
-as sharded TFRecords) or a real extraction given with ``--features_dir``. For XLA off
-and on (`RunConfig.jit_compile`) it times the stage-2 step function of
-`Trainer._make_train_step`:
+over a features directory: the one of a finished run (``--workdir``, the default the
+main job's `runs/order_free`, with its model and settings) or N synthetic examples
+(``--synthetic``: random float16 ``[m, k]`` maps with a weak label signal, 1–4 of C
+labels each, the main job's model). For XLA off and on (``runtime.jit_compile``) it
+times the stage-2 step function of `Trainer._make_train_step`:
 
 - ``pipeline``: whole epochs fed by the trainer's input pipeline, from building the
   epoch's dataset to the last step (so the shuffle buffer's fill at the start of
@@ -24,14 +24,12 @@ are taken per repeat, from a compute block timed right before its pipeline epoch
 The CPU may be shared with other work: compare the numbers as ratios within one run.
 Prints a markdown table and appends it to benchmarks/RESULTS.md.
 
-    python benchmarks/bench_training.py                          # 2048 examples, m=49, k=1280, C=10
-    python benchmarks/bench_training.py --num_examples=1024 --repeats=1
-    python benchmarks/bench_training.py --features_dir=data/features/<run> --max_steps=4
+    python benchmarks/bench_training.py --workdir=runs/order_free --xla=off
+    python benchmarks/bench_training.py --synthetic --num_examples=2048
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import shutil
@@ -49,23 +47,23 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.config.experiment import ExperimentConfig  # noqa: E402
 from ofrnn_tf.features import tfrecords  # noqa: E402
 from ofrnn_tf.labels import LabelMap  # noqa: E402
-from ofrnn_tf.training.run_config import RunConfig  # noqa: E402
+from ofrnn_tf.run_dir import RunDir, RunFacts  # noqa: E402
 from ofrnn_tf.training.trainer import Trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "runs/order_free", "A finished run: its features and settings.")
+flags.DEFINE_bool("synthetic", False, "Time on synthetic features instead of a run's.")
 flags.DEFINE_integer("num_examples", 2048, "Synthetic training examples to write.")
-flags.DEFINE_list("feature_shape", ["7", "7", "1280"],
-                  "H, W, k of the synthetic maps (m = H·W; EfficientNet-Lite0: 7,7,1280).")
+flags.DEFINE_list("feature_shape", ["14", "14", "112"],
+                  "H, W, k of the synthetic maps (m = H·W; the main job's: 14,14,112).")
 flags.DEFINE_integer("num_classes", 10, "C of the synthetic data.")
-flags.DEFINE_integer("num_shards", 8, "Shards of the synthetic data (as ensure_features).")
-flags.DEFINE_string("features_dir", None,
-                    "A real features directory (its train split) instead of synthetic data.")
-flags.DEFINE_integer("max_steps", 4, "T_max.")
-flags.DEFINE_integer("batch_size", RunConfig.batch_size, "Global batch size.")
-flags.DEFINE_integer("shuffle_buffer", RunConfig.shuffle_buffer, "RunConfig.shuffle_buffer.")
+flags.DEFINE_integer("num_shards", 8, "Shards of the synthetic data.")
+flags.DEFINE_integer("max_steps", 4, "T_max of the synthetic data.")
 flags.DEFINE_list("xla", ["off", "on"], "XLA settings to time (off, on).")
 flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per setting (tracing, compilation).")
 flags.DEFINE_integer("memory_batches", 4, "Distinct batches held in memory for `compute`.")
@@ -104,9 +102,11 @@ def write_synthetic_features(features_dir: str, num_examples: int, shape: tuple[
     return label_map
 
 
-def make_trainer(config: RunConfig, workdir: str) -> Trainer:
-    """The `Trainer` `train.py` builds over `config.features_dir` (without validation)."""
-    return pipeline.make_trainer(config, workdir, tf.distribute.get_strategy(), validate=False)
+def make_trainer(config: ExperimentConfig, facts: RunFacts, features_dir: str,
+                 workdir: str) -> Trainer:
+    """The `Trainer` `train.py` builds over `features_dir` (without validation)."""
+    return pipeline.make_trainer(config, facts, RunDir(workdir), features_dir,
+                                 tf.distribute.get_strategy(), validate=False)
 
 
 # -- timing --------------------------------------------------------------------------
@@ -226,10 +226,11 @@ def main(argv) -> None:
 
 def run(work_dir: str) -> None:
     """Writes or opens the features, times every XLA setting, prints and appends."""
-    if FLAGS.features_dir:
-        features_dir = FLAGS.features_dir
-        label_map = LabelMap.load(features_dir)
-        source = f"features of {features_dir}"
+    if not FLAGS.synthetic:
+        config, facts = RunDir(FLAGS.workdir).load()
+        features_dir = pipeline.locate_features(config, facts)
+        label_map = LabelMap(facts.label_names)
+        source = f"features of the run {FLAGS.workdir} ({features_dir})"
     else:
         try:
             shape = tuple(int(d) for d in FLAGS.feature_shape)
@@ -239,13 +240,18 @@ def run(work_dir: str) -> None:
         if len(shape) != 3 or min(shape) < 1:
             raise app.UsageError(f"--feature_shape must be three positive integers H,W,k; "
                                  f"got {FLAGS.feature_shape}")
-        if FLAGS.num_examples < FLAGS.batch_size or FLAGS.num_classes < 1:
+        config = ExperimentConfig()
+        if FLAGS.num_examples < config.train.batch_size or FLAGS.num_classes < 1:
             raise app.UsageError(f"--num_examples={FLAGS.num_examples} gives no batch of "
-                                 f"{FLAGS.batch_size} (or --num_classes < 1)")
+                                 f"{config.train.batch_size} (or --num_classes < 1)")
         features_dir = os.path.join(work_dir, "features")
         shutil.rmtree(features_dir, ignore_errors=True)
         label_map = write_synthetic_features(features_dir, FLAGS.num_examples, shape,
                                              FLAGS.num_classes, FLAGS.num_shards)
+        facts = RunFacts(label_names=label_map.names, max_steps=FLAGS.max_steps,
+                         label_order=None, small_area=None, features_name="synthetic",
+                         features_fingerprint="synthetic", feature_shape=shape, image_size=0,
+                         feature_layer="synthetic")
         source = "synthetic float16 features (1–4 labels, weak label signal)"
     meta = tfrecords.read_meta(features_dir)
     height, width, depth = (int(d) for d in meta["feature_shape"])
@@ -253,14 +259,11 @@ def run(work_dir: str) -> None:
     files = tfrecords.shard_files(features_dir, "train")
     shard_mib = sum(os.path.getsize(p) for p in files) / 2 ** 20
 
-    base = RunConfig(features_dir=features_dir, label_names=label_map.names,
-                     max_steps=FLAGS.max_steps, batch_size=FLAGS.batch_size,
-                     shuffle_buffer=FLAGS.shuffle_buffer)
     rows, results, reader, buffered = [], {}, None, 0.0
     load_before = os.getloadavg()[0]
     for xla in FLAGS.xla:
-        config = dataclasses.replace(base, jit_compile=xla == "on")
-        trainer = make_trainer(config, os.path.join(work_dir, f"workdir_xla_{xla}"))
+        trainer = make_trainer(config.replace(runtime={"jit_compile": xla == "on"}), facts,
+                               features_dir, os.path.join(work_dir, f"workdir_xla_{xla}"))
         print(f"timing XLA {xla}: {trainer.steps_per_epoch} steps/epoch ...", file=sys.stderr,
               flush=True)
         results[xla] = measure(trainer, FLAGS.repeats)
@@ -277,12 +280,14 @@ def run(work_dir: str) -> None:
         del trainer
 
     load_after = os.getloadavg()[0]
-    batch = FLAGS.batch_size
-    buffer = min(num_train, FLAGS.shuffle_buffer)
+    batch = config.train.batch_size
+    buffer = min(num_train, config.train.shuffle_buffer)
+    model = config.model
     lines = [
         f"{num_train} {source}: m={height * width} ({height}x{width}), k={depth}, "
-        f"C={label_map.num_classes}, T_max={FLAGS.max_steps}, batch {batch}, LSTM "
-        f"{base.lstm_units}, attention {base.attention_units}, FC {base.fc_units}; "
+        f"C={label_map.num_classes}, T_max={facts.max_steps}, batch {batch}; model "
+        f"{model.variant} (head {model.head}, decoder {model.decoder}, LSTM "
+        f"{model.lstm_units}, FC {model.fc_units}), stage-2 steps {config.train.train_steps}; "
         f"{len(files)} shards, {shard_mib:.0f} MiB; shuffle buffer {buffer} examples "
         f"({buffer * buffered / 2 ** 20:.0f} MiB). Stage-2 step of "
         f"`Trainer._make_train_step`; medians of {FLAGS.repeats} repeats. The CPU may be "
@@ -314,17 +319,11 @@ def run(work_dir: str) -> None:
         "Input-wait share = 1 − t_compute / t_pipeline per step (goal ≤ 5%); a pipeline "
         "epoch is timed from building its dataset to its last step.",
     ]
-    if num_train <= FLAGS.shuffle_buffer:
-        lines.append(f"The shuffle buffer ({FLAGS.shuffle_buffer}) holds the whole epoch "
+    if num_train <= config.train.shuffle_buffer:
+        lines.append(f"The shuffle buffer ({config.train.shuffle_buffer}) holds the whole epoch "
                      f"({num_train} examples): every example is read before the epoch's "
                      f"first step, the worst case for the fill.")
-    print("\n".join(lines))
-    if FLAGS.append:
-        from benchmarks._results import append_result
-
-        command = "python benchmarks/bench_training.py " + " ".join(sys.argv[1:])
-        path = append_result("Stage-2 training throughput and input wait", command.strip(), lines)
-        print(f"appended to {path}", file=sys.stderr)
+    publish("Stage-2 training throughput and input wait", "\n".join(lines), FLAGS.append)
 
 
 if __name__ == "__main__":

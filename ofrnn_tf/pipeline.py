@@ -193,7 +193,8 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
     metrics = evaluation.evaluate(
         model, eval_dataset(features_dir, facts, split), tau=calibration["tau"],
         beam_size=decoding.beam_size, max_steps=facts.max_steps,
-        min_labels=decoding.min_labels, small_area=facts.small_area)
+        min_labels=decoding.min_labels, score_mix=calibration.get("score_mix", 0.0),
+        small_area=facts.small_area)
     metrics["variant"] = config.model.variant
     run_dir.save_metrics(split, metrics)
     return metrics

@@ -233,7 +233,7 @@ class RunDir:
         """The trained model (best weights, else the latest), its config and facts."""
         config, facts = self.load()
         model = build_model(config.model, facts.num_classes, facts.positions_and_depth,
-                            facts.label_order)
+                            facts.label_order, stage2_loss=config.train.loss)
         tf.train.Checkpoint(model=model).restore(self.weights_path()).expect_partial()
         return model, config, facts
 

@@ -86,7 +86,8 @@ def make_fake_run():
              image_size: int = 32, feature_layer: str = "maps") -> Path:
         config = ExperimentConfig().replace(
             features={"backbone": backbone},
-            model={"variant": variant, "lstm_units": 16, "attention_units": 16, "fc_units": 16},
+            model={"variant": variant, "lstm_units": 16, "attention_units": 16, "fc_units": 16,
+                   "head_units": 16},
             decoding={"beam_size": FAKE_BEAM})
         facts = RunFacts(label_names=FAKE_NAMES, max_steps=FAKE_MAX_STEPS, label_order=None,
                          small_area=None, features_name="unused", features_fingerprint="0" * 64,
@@ -96,6 +97,11 @@ def make_fake_run():
         run_dir.save(config, facts)
         keras.utils.set_random_seed(0)
         model = build_model(config.model, facts.num_classes, facts.positions_and_depth)
+        if model.uses_decoder:
+            # A fresh residual decoder only repeats M_map (its last layer starts at zero), and
+            # repeated logits tie paths exactly: give it a correction of its own.
+            kernel = model.cell.fc2.kernel
+            kernel.assign(np.random.default_rng(0).normal(0, 0.5, kernel.shape).astype("float32"))
         tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
                                    run_dir.checkpoints_dir(), max_to_keep=1).save()
         if calibrate:

@@ -18,13 +18,19 @@ NUM_IMAGES = 5
 FLOAT_KEYS = ("log_prob", "scores", "attention", "v_prob")
 
 
-def make_model(mode: str = "order_free", seed: int = 0) -> OrderFreeRNN:
+def make_model(mode: str = "order_free", seed: int = 0, decoder: str = "paper",
+               loss: str = "bce") -> OrderFreeRNN:
     keras.utils.set_random_seed(seed)
+    parts = (dict(head="mean_linear", decoder="paper", standardize=False) if decoder == "paper"
+             else dict(head="spatial", decoder="residual", head_units=8))
     model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=8, attention_units=8, fc_units=8,
-                         label_order=fixed_label_order([5, 3, 8, 1, 2], mode))
+                         stage2_loss=loss, label_order=fixed_label_order([5, 3, 8, 1, 2], mode),
+                         **parts)
     model.build((None, M, K_FEAT))
     if model.uses_decoder:  # random weights give step probabilities near 0.5: sharpen them
-        model.cell.fc2.kernel.assign(model.cell.fc2.kernel * 10.0)
+        kernel = model.cell.fc2.kernel
+        kernel.assign(kernel * 10.0 if decoder == "paper" else
+                      np.random.default_rng(seed).normal(0, 2.0, kernel.shape).astype("float32"))
     return model
 
 
@@ -33,12 +39,18 @@ def make_features(n: int = NUM_IMAGES, seed: int = 1) -> tf.Tensor:
 
 
 _MODELS = {}
+# (mode, decoder, stage-2 loss) of the models the references check.
+CASES = {"order_free": ("order_free", "paper", "bce"), "no_attention": ("no_attention", "paper", "bce"),
+         "frequency_first": ("frequency_first", "paper", "bce"),
+         "residual": ("order_free", "residual", "bce"), "pla": ("order_free", "residual", "pla"),
+         "baseline": ("baseline", "paper", "bce")}
 
 
-def model_for(mode: str) -> OrderFreeRNN:
-    if mode not in _MODELS:
-        _MODELS[mode] = make_model(mode)
-    return _MODELS[mode]
+def model_for(case: str) -> OrderFreeRNN:
+    if case not in _MODELS:
+        mode, decoder, loss = CASES[case]
+        _MODELS[case] = make_model(mode, decoder=decoder, loss=loss)
+    return _MODELS[case]
 
 
 def to_numpy(outputs):
@@ -48,28 +60,30 @@ def to_numpy(outputs):
 def _step_one(model, context, state):
     logits, alpha, h, c = model.step(context, state)
     step_lp = model.step_log_probs(logits, state).numpy()[0]
-    probs = np.exp(step_lp) if model.teacher_forced else tf.sigmoid(logits).numpy()[0]
+    probs = np.exp(step_lp) if model.softmax_steps else tf.sigmoid(logits).numpy()[0]
     return logits, alpha.numpy()[0], h, c, step_lp, probs
 
 
 def greedy_reference(model, x, max_steps, tau, min_labels):
-    """One image, a Python loop over steps: take the best label while admissible."""
+    """One image, a Python loop over steps: the best label at every step, T_max steps; the
+    answer is the longest admissible prefix, the scores those of the whole path."""
     log_tau = -math.inf if tau == 0 else math.log(tau)
     context, state = model.start(x)
-    v_prob = state.p.numpy()[0]
-    labels, lp, scores, attention = [], 0.0, np.zeros(C), []
+    labels, lps, scores, attention = [], [], np.zeros(C), []
+    lp = 0.0
     for t in range(max_steps):
         logits, alpha, h, c, step_lp, probs = _step_one(model, context, state)
         best = int(np.argmax(step_lp))
-        cand = lp + step_lp[best]
-        if not np.isfinite(cand) or (t + 1 > min_labels and cand < log_tau):
+        if not np.isfinite(step_lp[best]):
             break
+        lp += float(step_lp[best])
         labels.append(best)
-        lp = cand
+        lps.append(lp)
         scores = np.maximum(scores, probs)
         attention.append(alpha)
         state = model.advance(state, h, c, logits, tf.constant([best]))
-    return labels, lp, (scores if labels else v_prob), attention
+    n = sum(1 for t, v in enumerate(lps) if t < min_labels or v >= log_tau)
+    return labels[:n], (lps[n - 1] if n else 0.0), scores, attention[:n]
 
 
 def enumerate_paths(model, x, max_steps):
@@ -93,14 +107,49 @@ def enumerate_paths(model, x, max_steps):
     return paths, state.p.numpy()[0]
 
 
-def exhaustive_reference(paths, v_prob, tau, min_labels):
-    """The decoding rule: the longest admissible length, then the best path of it."""
+def exhaustive_reference(paths, v_prob, tau, min_labels, max_steps=None):
+    """The decoding rule: the longest admissible length, then the best path of it; the
+    scores are those of the best path of full length."""
     log_tau = -math.inf if tau == 0 else math.log(tau)
+    full = max((p for p in paths if len(p[0]) == max_steps), key=lambda p: p[1],
+               default=None) if max_steps else None
+    scores = full[2] if full is not None else v_prob
     admissible = [p for p in paths if len(p[0]) <= min_labels or p[1] >= log_tau]
     if not admissible:
-        return [], 0.0, v_prob, []
+        return [], 0.0, scores, []
     longest = max(len(p[0]) for p in admissible)
-    return max((p for p in admissible if len(p[0]) == longest), key=lambda p: p[1])
+    labels, lp, _, attention = max((p for p in admissible if len(p[0]) == longest),
+                                   key=lambda p: p[1])
+    return labels, lp, scores, attention
+
+
+def python_beam_search(model, x, beam_size, max_steps, tau, min_labels):
+    """Beam search for one image as plain Python: beams are objects, every successor of
+    every beam is scored with its own `model.step` call, ties keep generation order."""
+    log_tau = -math.inf if tau == 0 else math.log(tau)
+    context, state = model.start(x)
+    beams = [{"labels": [], "lp": 0.0, "state": state, "scores": np.zeros(C), "attention": []}]
+    best_per_step = []
+    for _ in range(max_steps):
+        candidates = []
+        for beam in beams:
+            logits, alpha, h, c, step_lp, probs = _step_one(model, context, beam["state"])
+            for label in range(C):
+                if np.isfinite(step_lp[label]):
+                    candidates.append((beam, label, beam["lp"] + float(step_lp[label]), logits,
+                                       h, c, alpha, probs))
+        if not candidates:
+            break
+        candidates.sort(key=lambda cand: -cand[2])  # stable: generation order breaks ties
+        beams = [{"labels": beam["labels"] + [label], "lp": lp,
+                  "state": model.advance(beam["state"], h, c, logits, tf.constant([label])),
+                  "scores": np.maximum(beam["scores"], probs),
+                  "attention": beam["attention"] + [alpha]}
+                 for beam, label, lp, logits, h, c, alpha, probs in candidates[:beam_size]]
+        best_per_step.append(beams[0])
+    n = sum(1 for t, b in enumerate(best_per_step) if t < min_labels or b["lp"] >= log_tau)
+    chosen = best_per_step[n - 1] if n else {"labels": [], "lp": 0.0, "attention": []}
+    return chosen["labels"], chosen["lp"], best_per_step[-1]["scores"], chosen["attention"]
 
 
 def assert_matches(out, i, reference, max_steps):
@@ -122,9 +171,10 @@ def taus_between(log_probs, count=5):
     return [0.0] + [float(np.exp(0.5 * (values[j] + values[j + 1]))) for j in picks] + [1.0]
 
 
-@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first"])
-def test_k1_equals_python_greedy(mode):
-    model = model_for(mode)
+@pytest.mark.parametrize("case", ["order_free", "no_attention", "frequency_first", "residual",
+                                  "pla"])
+def test_k1_equals_python_greedy(case):
+    model = model_for(case)
     x = make_features()
     for tau, min_labels in ((0.0, 1), (0.6, 1), (0.3, 2), (0.9, 0)):
         out = to_numpy(greedy_decode(model, x, max_steps=3, threshold=tau, min_labels=min_labels))
@@ -132,9 +182,9 @@ def test_k1_equals_python_greedy(mode):
             assert_matches(out, i, greedy_reference(model, x[i:i + 1], 3, tau, min_labels), 3)
 
 
-@pytest.mark.parametrize("mode", ["order_free", "frequency_first"])
-def test_large_beam_equals_exhaustive_search(mode):
-    model = model_for(mode)
+@pytest.mark.parametrize("case", ["order_free", "frequency_first", "residual"])
+def test_large_beam_equals_exhaustive_search(case):
+    model = model_for(case)
     x = make_features(4)
     max_steps = 3
     enumerated = [enumerate_paths(model, x[i:i + 1], max_steps) for i in range(4)]
@@ -147,17 +197,17 @@ def test_large_beam_equals_exhaustive_search(mode):
             out = to_numpy(beam_search(model, x, beam_size=full_width, max_steps=max_steps,
                                        threshold=tau, min_labels=min_labels))
             for i, (paths, v_prob) in enumerate(enumerated):
-                assert_matches(out, i, exhaustive_reference(paths, v_prob, tau, min_labels),
-                               max_steps)
+                assert_matches(out, i, exhaustive_reference(paths, v_prob, tau, min_labels,
+                                                            max_steps), max_steps)
             lengths.update(out["num_labels"].tolist())
     assert len(lengths) >= 3, f"the τ values did not change the path lengths: {lengths}"
 
 
-@pytest.mark.parametrize("mode", ["order_free", "no_attention"])
+@pytest.mark.parametrize("case", ["order_free", "no_attention", "residual"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_beam_shaped_step_equals_step_on_repeated_context(mode, batch):
+def test_beam_shaped_step_equals_step_on_repeated_context(case, batch):
     """`step(..., beam_size=K)` reads each image's context once; same as repeating it K times."""
-    model = model_for(mode)
+    model = model_for(case)
     beams = 4
     context, state = model.start(make_features(batch, seed=21))
     rng = np.random.default_rng(2)
@@ -168,11 +218,43 @@ def test_beam_shaped_step_equals_step_on_repeated_context(mode, batch):
         c=repeat(state.c) + tf.constant(rng.normal(size=(batch * beams, 8)), tf.float32),
         y_tilde=tf.constant(rng.random((batch * beams, C)) < 0.3, tf.float32),
         p=tf.constant(rng.random((batch * beams, C)), tf.float32))
-    expected = model.step(tf.nest.map_structure(repeat, context), tiled)
+    per_image = {k: v for k, v in context.items() if k != "weights"}  # "weights": shared
+    repeated = dict(tf.nest.map_structure(repeat, per_image), **{
+        k: v for k, v in context.items() if k == "weights"})
+    expected = model.step(repeated, tiled)
     got = model.step(context, tiled, beam_size=beams)
     for name, want, have in zip(("logits", "attention", "h", "c"), expected, got):
         assert have.shape == want.shape, name
         np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["order_free", "frequency_first", "residual", "pla"])
+@pytest.mark.parametrize("beam_size", [2, 3])
+def test_pruned_beam_equals_plain_python_beam_search(case, beam_size):
+    """K smaller than the number of paths: the batched search keeps the same K beams as a
+    plain-Python search over beam objects."""
+    model = model_for(case)
+    x = make_features(4, seed=31)
+    max_steps = 3
+    recorded = to_numpy(beam_search(model, x, beam_size=beam_size, max_steps=max_steps,
+                                    all_steps=True))
+    taus = taus_between(recorded["step_log_prob"][np.isfinite(recorded["step_log_prob"])], 3)
+    for tau in taus:
+        for min_labels in (0, 1):
+            out = to_numpy(beam_search(model, x, beam_size=beam_size, max_steps=max_steps,
+                                       threshold=tau, min_labels=min_labels))
+            for i in range(x.shape[0]):
+                assert_matches(out, i, python_beam_search(model, x[i:i + 1], beam_size,
+                                                          max_steps, tau, min_labels), max_steps)
+
+
+def test_pruning_changes_the_answer_somewhere():
+    """The K=2 search is not the exhaustive one: the pruned-beam test can tell them apart."""
+    model = model_for("order_free")
+    x = make_features(12, seed=33)
+    pruned = to_numpy(beam_search(model, x, beam_size=2, max_steps=3))
+    full = to_numpy(beam_search(model, x, beam_size=math.perm(C, 3), max_steps=3))
+    assert (pruned["log_prob"] < full["log_prob"] - 1e-6).any()
 
 
 def test_one_step_beam_search_is_the_most_probable_label():
@@ -216,9 +298,9 @@ def test_result_does_not_depend_on_batch_composition():
     assert decode.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first"])
-def test_padding_min_labels_and_no_nan(mode):
-    model = model_for(mode)
+@pytest.mark.parametrize("case", ["order_free", "no_attention", "frequency_first", "pla"])
+def test_padding_min_labels_and_no_nan(case):
+    model = model_for(case)
     x = make_features(4, seed=7)
     # max_steps > C: the pool empties (a softmax over nothing must not leak NaN).
     for tau, min_labels, max_steps in ((1.0, 1, 3), (1.0, 2, 3), (0.0, 1, C + 2), (0.5, 0, 4)):
@@ -236,8 +318,7 @@ def test_padding_min_labels_and_no_nan(mode):
             np.testing.assert_allclose(out["attention"][i, :n].sum(-1), 1.0, rtol=1e-5)
             assert (out["attention"][i, n:] == 0).all()
             assert out["log_prob"][i] <= 0
-            if n == 0:
-                np.testing.assert_array_equal(out["scores"][i], out["v_prob"][i])
+            assert ((out["scores"][i] >= 0) & (out["scores"][i] <= 1)).all()
         if tau == 0.0 and max_steps > C:
             assert (out["num_labels"] == C).all()
 
@@ -319,7 +400,7 @@ def test_exhaustive_reference_rule_sanity():
     assert exhaustive_reference(paths, None, 0.95, 2)[0] == [1, 0]
 
 
-@pytest.mark.parametrize("mode", ["order_free", "frequency_first", "no_attention"])
+@pytest.mark.parametrize("mode", ["order_free", "frequency_first", "no_attention", "residual"])
 def test_unrolled_steps_equal_the_loop(mode):
     model = model_for(mode)
     x = make_features()

@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from ofrnn_tf.decoding.beam_search import labels_to_multi_hot, make_decoder, select_baseline
 from ofrnn_tf.decoding.calibration import (
-    calibrate_from_outputs, calibrate_threshold, default_grid, objective_value)
-from ofrnn_tf.metrics import label_set_metrics
+    calibrate_from_outputs, calibrate_threshold, choose_score_mix, default_grid, objective_value,
+    predictions_at)
+from ofrnn_tf.metrics import label_set_metrics, mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN
 
 C, M, K_FEAT = 4, 3, 5
@@ -24,7 +25,7 @@ def recorded_outputs():
                                  [[2, -1, -1], [2, 0, -1], [2, 0, 3]]], np.int32),
         "step_log_prob": np.array([[lp(0.9), lp(0.6), lp(0.2)],
                                    [lp(0.8), lp(0.3), lp(0.1)]], np.float32),
-        "step_scores": np.full((2, 3, C), 0.5, np.float32),
+        "path_scores": np.full((2, C), 0.5, np.float32),
         "v_prob": np.full((2, C), 0.5, np.float32),
         "y_true": np.array([[1, 1, 0, 0], [0, 0, 1, 0]], np.float32),
     }
@@ -63,6 +64,27 @@ def test_objectives_differ_and_are_validated():
         calibrate_from_outputs(outputs)
 
 
+def test_score_mix_ranks_validation_at_least_as_well_as_m_map():
+    rng = np.random.default_rng(4)
+    y = (rng.random((200, C)) < 0.4).astype(np.float32)
+    noisy = np.clip(y * 0.3 + rng.random((200, C)) * 0.7, 0, 1).astype(np.float32)  # overlapping
+    outputs = dict(recorded_outputs(), y_true=y, v_prob=noisy,
+                   step_labels=np.zeros((200, 3, 3), np.int32),
+                   step_log_prob=np.zeros((200, 3), np.float32))
+    # A decoder that ranks perfectly gets all the weight; one that ranks at random none.
+    mix, table = choose_score_mix(dict(outputs, path_scores=y * 0.9 + 0.05))
+    assert dict(table)[mix] == 100.0 > dict(table)[1.0] and mix < 1.0
+    mix, table = choose_score_mix(dict(outputs, path_scores=rng.random((200, C), np.float32)))
+    assert mix == 1.0 and dict(table)[1.0] == mean_average_precision(y, noisy)
+    # Whatever the decoder's scores, the chosen mix is never below M_map on this split.
+    for seed in range(3):
+        scores = np.clip(noisy + np.random.default_rng(seed).normal(0, 0.3, noisy.shape), 0, 1)
+        mix, _ = choose_score_mix(dict(outputs, path_scores=scores.astype(np.float32)))
+        _, mixed = predictions_at(dict(outputs, path_scores=scores.astype(np.float32)), 0.5,
+                                  score_mix=mix)
+        assert mean_average_precision(y, mixed) >= mean_average_precision(y, noisy)
+
+
 def test_default_grid():
     grid = default_grid()
     assert grid[0] == 0.0 and grid.max() <= 0.95 and np.isclose(grid[1], 1e-4)
@@ -71,7 +93,8 @@ def test_default_grid():
 
 def _model_and_data(mode: str):
     keras.utils.set_random_seed(0)
-    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=8, attention_units=8, fc_units=8)
+    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=8, attention_units=8, fc_units=8,
+                         head="mean_linear", decoder="paper", standardize=False)
     model.build((None, M, K_FEAT))
     if model.uses_decoder:
         model.cell.fc2.kernel.assign(model.cell.fc2.kernel * 10.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import re
 import subprocess
@@ -54,7 +53,7 @@ def test_flags_override_only_what_they_name():
     paper = configs.get_config("paper")
     assert overrides_from_flags(values) == {"stage2": {"epochs": 3}, "data": {"seed": 2}}
     assert config == paper.replace(stage2={"epochs": 3}, data={"seed": 2})
-    assert config.model.dropout == paper.model.dropout != ExperimentConfig().model.dropout
+    assert config.model.decoder == paper.model.decoder != ExperimentConfig().model.decoder
 
 
 def test_invalid_values_are_refused_naming_the_setting():

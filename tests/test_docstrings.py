@@ -13,6 +13,8 @@ MODULES = [
     "ofrnn_tf.modeling.model", "ofrnn_tf.modeling.layers.label_map_head",
     "ofrnn_tf.modeling.layers.visual_attention",
     "ofrnn_tf.modeling.layers.confidence_ranked_cell",
+    "ofrnn_tf.modeling.layers.feature_standardizer", "ofrnn_tf.modeling.layers.spatial_label_head",
+    "ofrnn_tf.modeling.layers.residual_decoder_cell",
 ]
 
 

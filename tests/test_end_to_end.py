@@ -12,7 +12,6 @@ import sys
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from conftest import label_names, run_checked, to_png

@@ -230,3 +230,66 @@ def test_cell_config_round_trip(use_attention):
     np.testing.assert_array_equal(out[0].numpy(), out_clone[0].numpy())
     for a, b in zip(out[2], out_clone[2]):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# -- the main job's layers: standardisation, spatial M_map, residual decoder cell -------
+def test_spatial_head_pools_position_scores_between_mean_and_max():
+    from ofrnn_tf.modeling.layers import SpatialLabelHead
+
+    keras.utils.set_random_seed(0)
+    head = SpatialLabelHead(num_classes=C, units=UNITS, dropout=0.0, sharpness=5.0)
+    x = features()
+    hidden, scores = head.per_position(x)
+    assert hidden.shape == (B, M, UNITS) and scores.shape == (B, M, C)
+    s = scores.numpy()
+    expected = (np.log(np.mean(np.exp(5.0 * s), axis=1))) / 5.0
+    np.testing.assert_allclose(head(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert (head(x).numpy() <= s.max(1) + 1e-6).all() and (head(x).numpy() >= s.mean(1) - 1e-6).all()
+    np.testing.assert_allclose(hidden.numpy(), np.maximum(
+        x.numpy() @ head._hidden.kernel.numpy() + head._hidden.bias.numpy(), 0.0), rtol=1e-5,
+        atol=1e-6)
+
+
+def test_residual_cell_matches_numpy_lstm_reference():
+    """Fused products, gates and the residual: one step against plain numpy."""
+    from ofrnn_tf.modeling.layers import ResidualDecoderCell
+
+    keras.utils.set_random_seed(1)
+    cell = ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=UNITS, dropout=0.0)
+    rng = np.random.default_rng(3)
+    hidden = rng.normal(size=(B, M, K)).astype("float32")
+    scores = rng.normal(size=(B, M, C)).astype("float32")
+    base = rng.normal(size=(B, C)).astype("float32")
+    cell.build((None, M, K))
+    cell.fc2.kernel.assign(rng.normal(size=cell.fc2.kernel.shape).astype("float32"))
+    state = CellState(*(tf.constant(rng.normal(size=(B, n)), tf.float32) for n in (UNITS, UNITS)),
+                      tf.constant(rng.random((B, C)) < 0.4, tf.float32),
+                      tf.constant(rng.random((B, C)), tf.float32))
+    logits, alpha, h, c = cell.predict(cell.prepare(hidden, scores, base), state)
+
+    w = {v.path.split("/")[-1]: v.numpy() for v in cell.weights}
+    sig = lambda z: 1 / (1 + np.exp(-z))
+    q = state.h.numpy() @ w["query_kernel"] + w["query_bias"]
+    e = np.einsum("bmd,bd->bm", hidden, q) / np.sqrt(K)
+    a = np.exp(e - e.max(1, keepdims=True))
+    a /= a.sum(1, keepdims=True)
+    u = np.concatenate([state.p.numpy(), state.y_tilde.numpy(), np.einsum("bm,bmd->bd", a, hidden),
+                        np.einsum("bm,bmc->bc", a, scores)], 1)
+    z = u @ w["input_kernel"] + state.h.numpy() @ w["recurrent_kernel"] + w["lstm_bias"]
+    i, f, g, o = np.split(z, 4, axis=1)
+    c_ref = sig(f) * state.c.numpy() + sig(i) * np.tanh(g)
+    h_ref = sig(o) * np.tanh(c_ref)
+    fc1 = np.maximum(u @ w["fc1_input_kernel"] + h_ref @ w["fc1_hidden_kernel"] + w["fc1_bias"], 0)
+    p_ref = base + fc1 @ cell.fc2.kernel.numpy() + cell.fc2.bias.numpy()
+    for got, want in ((alpha, a), (c, c_ref), (h, h_ref), (logits, p_ref)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_new_layers_config_round_trip():
+    from ofrnn_tf.modeling.layers import FeatureStandardizer, ResidualDecoderCell, SpatialLabelHead
+
+    for layer in (SpatialLabelHead(num_classes=C, units=UNITS, dropout=0.1, sharpness=3.0),
+                  ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=4, dropout=0.3),
+                  FeatureStandardizer(depth=K, epsilon=1e-2)):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()

@@ -1,4 +1,5 @@
-"""OrderFreeRNN (paper Fig. 2, Eq. 8–10, Alg. 1): modes, the stage-2 loss, config and saving."""
+"""OrderFreeRNN (paper Fig. 2, Eq. 8–10, Alg. 1): modes, both decoders, the stage-2 losses,
+config and saving."""
 
 import keras
 import numpy as np
@@ -22,15 +23,27 @@ MANY_LABELS = np.array([[1, 1, 0, 1, 1],
                         [1, 1, 1, 1, 1]], "float32")
 
 
-def make_model(mode: str = "order_free", seed: int = 0, label_order=None, **kwargs) -> OrderFreeRNN:
+DECODERS = ["paper", "residual"]
+PAPER = dict(head="mean_linear", decoder="paper", standardize=False)
+RESIDUAL = dict(head="spatial", decoder="residual", head_units=UNITS, standardize=True)
+
+
+def make_model(mode: str = "order_free", seed: int = 0, label_order=None, decoder="paper",
+               sharpen: bool = True, **kwargs) -> OrderFreeRNN:
     keras.utils.set_random_seed(seed)
     if label_order is None:
         label_order = fixed_label_order(LABEL_COUNTS, mode)
+    parts = dict(PAPER if decoder == "paper" else RESIDUAL, **kwargs)
     model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=UNITS, attention_units=UNITS,
-                         fc_units=UNITS, label_order=label_order, **kwargs)
+                         fc_units=UNITS, label_order=label_order, **parts)
     model.build((None, M, K))
-    if model.uses_decoder:  # random weights give logits near 0: spread them out
-        model.cell.fc2.kernel.assign(model.cell.fc2.kernel * 10.0)
+    if model.uses_decoder and sharpen:
+        # Random weights give logits near 0 (and the residual decoder starts at exactly
+        # M_map's): spread the steps' logits out.
+        kernel = model.cell.fc2.kernel
+        rng = np.random.default_rng(seed + 7)
+        kernel.assign(kernel * 10.0 if model.decoder == "paper"
+                      else rng.normal(0, 1.0, kernel.shape).astype("float32"))
     return model
 
 
@@ -49,8 +62,11 @@ def reference_losses(model, x, labels, max_steps, train_steps="gt_count"):
     Returns `(per_example [B], per_step [T], chosen [B, T])`.
     """
     counts = labels.sum(-1)
-    if train_steps == "max" and not model.teacher_forced:
+    if train_steps == "max" and not model.softmax_steps:
         counts = np.full_like(counts, max_steps)
+    if train_steps == "gt_count_plus_one" and not model.softmax_steps:
+        counts = counts + 1
+    counts = np.minimum(counts, max_steps)
     if model.teacher_forced:
         rank = np.argsort(model.label_order)
         ordered = [sorted(np.flatnonzero(row), key=lambda c: rank[c]) for row in labels]
@@ -58,11 +74,18 @@ def reference_losses(model, x, labels, max_steps, train_steps="gt_count"):
     step_losses, chosen_steps = [], []
     for t in range(max_steps):
         logits, _, h, c = model.step(context, state, training=False)
-        if model.teacher_forced:
-            target = np.array([o[t] if t < len(o) else 0 for o in ordered], "int32")
+        if model.softmax_steps:
+            masked = mask_chosen(logits, state.y_tilde).numpy()
+            if model.teacher_forced:
+                target = np.array([o[t] if t < len(o) else 0 for o in ordered], "int32")
+            else:  # PLA: the model's own choice if true, else the best true label left
+                own = masked.argmax(-1)
+                left = (labels > 0) & (state.y_tilde.numpy() <= 0)
+                best_true = np.where(left, masked, -np.inf).argmax(-1)
+                target = np.where(labels[np.arange(len(labels)), own] > 0, own, best_true)
             log_probs = tf.nn.log_softmax(mask_chosen(logits, state.y_tilde), -1).numpy()
             loss = np.where(t < counts, -log_probs[np.arange(len(labels)), target], 0.0)
-            chosen = target
+            chosen = target.astype("int32")
         else:
             loss = bce(labels, logits)
             chosen = tf.argmax(mask_chosen(logits, state.y_tilde), -1, output_type=tf.int32).numpy()
@@ -128,9 +151,10 @@ def test_map_and_decoder_variables_split_the_model():
     assert not any("label_map_head" in v.path for v in model.decoder_variables)
 
 
-@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first"])
-def test_stage2_loss_reaches_every_decoder_variable(mode):
-    model = make_model(mode)
+@pytest.mark.parametrize("mode, decoder", [("order_free", "paper"), ("no_attention", "paper"),
+                                           ("frequency_first", "paper"), ("order_free", "residual")])
+def test_stage2_loss_reaches_every_decoder_variable(mode, decoder):
+    model = make_model(mode, decoder=decoder)
     with tf.GradientTape() as tape:
         per_example, _ = model.sequence_loss(features(), MANY_LABELS, max_steps=3)
         loss = tf.reduce_mean(per_example)
@@ -164,13 +188,20 @@ def test_step2_loss_has_gradient_through_v_pred():
 
 
 # -- the stage-2 loss (Eq. 8) ----------------------------------------------------------
-@pytest.mark.parametrize("mode", ["order_free", "no_attention", "frequency_first", "rare_first"])
+@pytest.mark.parametrize("mode, decoder, loss", [
+    ("order_free", "paper", "bce"), ("no_attention", "paper", "bce"),
+    ("frequency_first", "paper", "bce"), ("rare_first", "paper", "bce"),
+    ("order_free", "residual", "bce"), ("order_free", "residual", "pla"),
+    ("order_free", "paper", "pla")])
+@pytest.mark.parametrize("train_steps", ["gt_count", "gt_count_plus_one"])
 @pytest.mark.parametrize("labels", [LABELS, MANY_LABELS], ids=["few", "many"])
-def test_sequence_loss_matches_step_by_step_reference(mode, labels):
-    model = make_model(mode)
+def test_sequence_loss_matches_step_by_step_reference(mode, decoder, loss, train_steps, labels):
+    model = make_model(mode, decoder=decoder, stage2_loss=loss)
     x = features()
-    per_example, per_step = model.sequence_loss(x, labels, max_steps=3, training=False)
-    ref_example, ref_step, _ = reference_losses(model, x, labels, max_steps=3)
+    per_example, per_step = model.sequence_loss(x, labels, max_steps=3, train_steps=train_steps,
+                                                training=False)
+    ref_example, ref_step, _ = reference_losses(model, x, labels, max_steps=3,
+                                                train_steps=train_steps)
     np.testing.assert_allclose(per_example.numpy(), ref_example, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(per_step.numpy(), ref_step, rtol=1e-5, atol=1e-6)
 
@@ -262,6 +293,10 @@ def test_invalid_arguments_are_named():
         OrderFreeRNN(num_classes=C, mode="rare_first", label_order=[0, 0, 1, 2, 3])
     with pytest.raises(ValueError, match="train_steps must be one of"):
         make_model().sequence_loss(features(), LABELS, 3, train_steps="all")
+    with pytest.raises(ValueError, match="needs head='spatial'"):
+        OrderFreeRNN(num_classes=C, head="mean_linear", decoder="residual")
+    with pytest.raises(ValueError, match="no_attention ablation is of the paper's decoder"):
+        OrderFreeRNN(num_classes=C, mode="no_attention", decoder="residual")
 
 
 # -- config and saving -----------------------------------------------------------------
@@ -270,9 +305,10 @@ def _outputs(model, x):
     return [model(x).numpy(), per_example.numpy(), per_step.numpy()]
 
 
-@pytest.mark.parametrize("mode", ["order_free", "no_attention", "rare_first"])
-def test_model_config_round_trip(mode):
-    model = make_model(mode, dropout=0.1, feature_dropout=0.25)
+@pytest.mark.parametrize("mode, decoder", [("order_free", "paper"), ("no_attention", "paper"),
+                                           ("rare_first", "paper"), ("order_free", "residual")])
+def test_model_config_round_trip(mode, decoder):
+    model = make_model(mode, decoder=decoder, dropout=0.1, feature_dropout=0.25)
     config = model.get_config()
     clone = OrderFreeRNN.from_config(config)
     assert clone.get_config() == config
@@ -285,9 +321,10 @@ def test_model_config_round_trip(mode):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("mode", ["order_free", "frequency_first"])
-def test_model_keras_file_round_trip(tmp_path, mode):
-    model = make_model(mode)
+@pytest.mark.parametrize("mode, decoder", [("order_free", "paper"), ("frequency_first", "paper"),
+                                           ("order_free", "residual")])
+def test_model_keras_file_round_trip(tmp_path, mode, decoder):
+    model = make_model(mode, decoder=decoder)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -299,3 +336,52 @@ def test_model_keras_file_round_trip(tmp_path, mode):
     x = features()
     for a, b in zip(_outputs(loaded, x), _outputs(model, x)):
         np.testing.assert_array_equal(a, b)
+
+
+
+# -- the residual decoder --------------------------------------------------------------
+def test_untrained_residual_decoder_reproduces_m_map_at_every_step():
+    model = make_model(decoder="residual", sharpen=False)
+    x = features()
+    context, state = model.start(x)
+    m_map = model(x).numpy()
+    for _ in range(3):
+        logits, _, h, c = model.step(context, state)
+        np.testing.assert_allclose(logits.numpy(), m_map, rtol=1e-6, atol=1e-6)
+        state = model.advance(state, h, c, logits, tf.argmax(
+            mask_chosen(logits, state.y_tilde), -1, output_type=tf.int32))
+
+
+def test_untrained_residual_decoder_learns_through_its_last_layer_first():
+    """At zero FC2 only FC2 gets a gradient; the rest follows once FC2 moves."""
+    model = make_model(decoder="residual", sharpen=False)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model.sequence_loss(features(), MANY_LABELS, max_steps=3)[0])
+    grads = dict(zip([v.path for v in model.decoder_variables],
+                     tape.gradient(loss, model.decoder_variables)))
+    moving = {path for path, grad in grads.items() if grad is not None and np.any(grad.numpy())}
+    assert moving == {path for path in grads if "/fc2/" in path}
+
+
+def test_residual_decoder_reads_the_frozen_spatial_head():
+    model = make_model(decoder="residual")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model.sequence_loss(features(), MANY_LABELS, max_steps=3)[0])
+    grads = tape.gradient(loss, model.map_variables)
+    assert all(g is None or not np.any(g.numpy()) for g in grads)  # M_map stays frozen
+    assert model.softmax_steps is False
+    assert make_model(decoder="residual", stage2_loss="pla").softmax_steps
+
+
+def test_feature_standardisation_is_adapted_once_and_saved():
+    model = make_model(decoder="residual")
+    x = features(batch=16)
+    assert model.needs_adapting
+    model.adapt([x])
+    assert not model.needs_adapting
+    standardized = model.standardizer(x).numpy().reshape(-1, K)
+    np.testing.assert_allclose(standardized.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(standardized.std(0), 1.0, atol=1e-2)
+    clone = make_model(decoder="residual")
+    clone.set_weights(model.get_weights())
+    assert not clone.needs_adapting

@@ -39,9 +39,11 @@ def synthetic_data(nan: bool = False) -> dict:
 
 
 def tiny_config(model=None, stage1=None, stage2=None, runtime=None) -> ExperimentConfig:
+    # Algorithm 1's mechanics on the paper's model; the main job's has a test of its own.
     return ExperimentConfig().replace(
         model={"lstm_units": 8, "attention_units": 8, "fc_units": 8, "dropout": 0.0,
-               "feature_dropout": 0.0, **(model or {})},
+               "feature_dropout": 0.0, "head": "mean_linear", "decoder": "paper",
+               "head_dropout": 0.0, "standardize_features": False, **(model or {})},
         stage1={"learning_rate": 1e-2, "epochs": len(SCRIPTED_MAP), **(stage1 or {})},
         stage2={"learning_rate": 1e-2, "epochs": len(SCRIPTED_F1), **(stage2 or {})},
         train={"batch_size": BATCH},
@@ -190,6 +192,31 @@ def test_stage2_starts_from_the_best_stage1_epoch(tmp_path):
     stage1 = [w for stage, w in validated if stage == 1]
     assert changed(stage1[0], stage1[1])  # the second epoch moved M_map ...
     assert not changed(stage1[0], weights(model.map_variables))  # ... but the first is kept
+
+
+def test_main_job_model_standardises_its_features_then_trains(tmp_path):
+    """The spatial head and residual decoder: feature statistics set once before stage 1
+    (kept in the checkpoint), the cosine schedule decays, and both stages learn."""
+    config = tiny_config(model={"head": "spatial", "decoder": "residual", "head_units": 8,
+                                "standardize_features": True},
+                         stage1={"schedule": "cosine", "epochs": 3},
+                         stage2={"epochs": 3})
+    data = synthetic_data()
+    trainer = make_trainer(str(tmp_path), config, data)
+    assert trainer.model.needs_adapting
+    model = trainer.train()
+    assert not model.needs_adapting
+    flat = data["features"].reshape(-1, K)
+    np.testing.assert_allclose(model.standardizer.mean.numpy(), flat.mean(0), rtol=1e-4, atol=1e-4)
+    found = scalars(str(tmp_path))
+    rates = [v for _, v in found["learning_rate/stage1"]]
+    assert rates[0] > rates[-1] >= 0 and rates == sorted(rates, reverse=True)
+    for stage in (1, 2):
+        losses = [v for _, v in found[f"loss/stage{stage}"]]
+        assert np.mean(losses[-STEPS_PER_EPOCH:]) < np.mean(losses[:STEPS_PER_EPOCH]), stage
+    again = make_trainer(str(tmp_path), config, data)
+    again.restore()
+    assert not again.model.needs_adapting  # the statistics came back with the checkpoint
 
 
 def test_patience_stops_a_stage_early(tmp_path):

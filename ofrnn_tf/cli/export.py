@@ -9,10 +9,10 @@ Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 """
 
 import glob
-import sys
 
 from absl import app, flags
 
+from ofrnn_tf.cli import runner
 from ofrnn_tf.export.saved_model import export_run
 from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.run_dir import RunDir
@@ -57,10 +57,7 @@ def main(argv):
     return 0
 
 
-def run():
-    define_flags()
-    app.run(main)
-
+run = runner(define_flags, main)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags
 
+from ofrnn_tf.cli import runner
 from ofrnn_tf.config.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -55,10 +56,7 @@ def main(argv):
     return 0
 
 
-def run():
-    define_flags()
-    app.run(main)
-
+run = runner(define_flags, main)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from ofrnn_tf.cli import runner
 from ofrnn_tf.inference.predictor import Predictor
 
 FLAGS = flags.FLAGS
@@ -89,10 +90,7 @@ def main(argv):
     return 0 if num_predicted else 1
 
 
-def run():
-    define_flags()
-    app.run(main)
-
+run = runner(define_flags, main)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

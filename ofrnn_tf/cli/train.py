@@ -14,10 +14,9 @@ change only the resumable ones (paths, epochs, logging, decoding). ``--mode=eval
 recalibrates τ and recomputes the test metrics of a finished run.
 """
 
-import sys
-
 from absl import app, flags, logging
 
+from ofrnn_tf.cli import runner
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
     CONFIG_FLAG, config_from_flags, define_config_flags, describe, overrides_from_flags)
@@ -67,10 +66,7 @@ def main(argv):
     return 0
 
 
-def run():
-    define_flags()
-    app.run(main)
-
+run = runner(define_flags, main)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

@@ -23,11 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from typing import Any, Iterator, Optional
 
 DATASETS = ("fashion_canvases", "coco", "nuswide", "manifest")
 VARIANTS = ("order_free", "baseline", "no_attention", "frequency_first", "rare_first")
-TRAIN_STEPS = ("gt_count", "max")
+TRAIN_STEPS = ("gt_count", "gt_count_plus_one", "max")
+HEADS = ("mean_linear", "spatial")
+DECODERS = ("paper", "residual")
+STAGE2_LOSSES = ("bce", "pla")
+SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCENES = ("none", "outfits")  # ofrnn_tf.data.fashion_canvases.SCENE_TABLES
@@ -112,36 +117,61 @@ class FeaturesConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The network of paper Fig. 2 and its ablations (Tables 1–2)."""
+    """The network of paper Fig. 2, its ablations (Tables 1–2) and this project's decoder.
+
+    The defaults are the main job's model (docs/model.md, "The main job's model"): the
+    spatial M_map and the residual decoder. ``--config=paper`` sets the paper's:
+    ``head=mean_linear``, ``decoder=paper``.
+    """
 
     variant: str = setting("order_free", "order_free (the full model) or an ablation of the "
                            "paper's Tables 1-2: baseline (M_map alone), no_attention, "
                            "frequency_first, rare_first.", choices=VARIANTS)
+    head: str = setting("spatial", "M_map: mean_linear (the paper's Eq. 1-3: a linear layer on "
+                        "mean-pooled maps) or spatial (a per-position MLP, class scores pooled "
+                        "over positions by log-sum-exp).", choices=HEADS)
+    head_units: int = setting(256, "Width of the spatial head's per-position hidden layer.")
+    head_dropout: float = setting(0.3, "Dropout on M_map's input features while training it.")
+    standardize_features: bool = setting(
+        True, "Standardise every feature channel (mean and std of the training set) before M_map "
+        "and the decoder.")
+    decoder: str = setting("residual", "paper (Eq. 4-7: attention over the CNN maps, p_t from "
+                           "FC2) or residual (attention over the spatial head's per-position "
+                           "features and class scores; p_t = M_map's logits + a correction).",
+                           choices=DECODERS)
     lstm_units: int = setting(256, "LSTM width (Eq. 6).")
-    attention_units: int = setting(256, "Width of the attention MLP (Eq. 4).")
+    attention_units: int = setting(256, "Width of the attention MLP (Eq. 4; decoder=paper).")
     fc_units: int = setting(512, "Width of FC1 in the prediction layer (Eq. 7).")
-    dropout: float = setting(0.3, "Dropout on FC1 while training (the paper keeps 0.8, i.e. 0.2).")
-    feature_dropout: float = setting(0.3, "Dropout on the feature maps while training the decoder.")
+    dropout: float = setting(0.2, "Dropout on FC1 while training (the paper keeps 0.8, i.e. 0.2).")
+    feature_dropout: float = setting(0.0, "Dropout on the feature maps the decoder reads while "
+                                     "training it.")
 
     def __post_init__(self):
         _check_choices(self)
-        _check_positive(self, "lstm_units", "attention_units", "fc_units")
-        for name in ("dropout", "feature_dropout"):
+        _check_positive(self, "lstm_units", "attention_units", "fc_units", "head_units")
+        for name in ("dropout", "feature_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1); got {getattr(self, name)}")
+        if self.decoder == "residual" and self.head != "spatial":
+            raise ValueError("ModelConfig.decoder=residual reads the spatial head's per-position "
+                             "features: it needs head=spatial")
 
 
 @dataclasses.dataclass
 class StageConfig:
-    """Optimiser and schedule of one training stage of Algorithm 1."""
+    """Optimiser and schedule of one training stage of Algorithm 1 (stage 1: M_map, selected
+    by validation mAP; stage 2: the decoder, selected by the decoding used at test time)."""
 
-    learning_rate: float = setting(3e-4, "Adam learning rate (paper: 3e-4).")
-    epochs: int = setting(8, "Most epochs of this stage.", resumable=True)
-    patience: int = setting(0, "Stop after this many epochs without a better validation "
+    learning_rate: float = setting(1e-3, "Adam learning rate (the paper's: 3e-4).")
+    schedule: str = setting("constant", "Learning rate over the stage: constant, or cosine "
+                            "(decaying to 0 at the stage's last epoch).", choices=SCHEDULES)
+    epochs: int = setting(6, "Most epochs of this stage.", resumable=True)
+    patience: int = setting(2, "Stop after this many epochs without a better validation "
                             "score (0: run every epoch); the best epoch is kept.",
                             resumable=True)
 
     def __post_init__(self):
+        _check_choices(self)
         _check_positive(self, "learning_rate", "epochs")
         _check_positive(self, "patience", allow_zero=True)
 
@@ -153,8 +183,13 @@ class TrainConfig:
     batch_size: int = setting(64, "Global batch size.")
     shuffle_buffer: int = setting(4096, "Serialized records in the shuffle buffer.")
     seed: int = setting(0, "Seed of initial weights, data order and dropout.")
-    train_steps: str = setting("gt_count", "Decoding steps per image in stage 2: its label "
-                               "count (paper), or T_max.", choices=TRAIN_STEPS)
+    train_steps: str = setting("gt_count_plus_one", "Decoding steps per image in stage 2: its "
+                               "label count (the paper), one more (so the step after the last "
+                               "label learns to stop), or T_max.", choices=TRAIN_STEPS)
+    loss: str = setting("bce", "Stage-2 loss: bce (Eq. 8, every step against the full label "
+                        "vector) or pla (Orderless RNN's predicted-label alignment: a softmax "
+                        "over the labels left, the target aligned to the model's own choice).",
+                        choices=STAGE2_LOSSES)
 
     def __post_init__(self):
         _check_choices(self)
@@ -204,7 +239,8 @@ class ExperimentConfig:
     data: DataConfig = section(DataConfig)
     features: FeaturesConfig = section(FeaturesConfig)
     model: ModelConfig = section(ModelConfig)
-    stage1: StageConfig = section(StageConfig)
+    stage1: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(
+        learning_rate=3e-3, schedule="cosine", epochs=16, patience=5))
     stage2: StageConfig = section(StageConfig)
     train: TrainConfig = section(TrainConfig)
     decoding: DecodingConfig = section(DecodingConfig)
@@ -219,13 +255,13 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ExperimentConfig":
         """The config a `to_dict` result describes; unknown sections or fields are refused."""
-        sections = {f.name: f for f in dataclasses.fields(cls)}
+        sections = typing.get_type_hints(cls)
         unknown = sorted(set(data) - set(sections))
         if unknown:
             raise ValueError(f"unknown config sections {unknown}; known: {sorted(sections)}")
         parts = {}
         for name, values in data.items():
-            section_cls = sections[name].default_factory
+            section_cls = sections[name]
             known = {f.name for f in dataclasses.fields(section_cls)}
             extra = sorted(set(values) - known)
             if extra:

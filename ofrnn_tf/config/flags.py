@@ -12,8 +12,8 @@ Example (in a script run with absl.app):
 >>> define_config_flags(values)
 >>> _ = values(["prog", "--config=paper", "--stage2.epochs=3"])
 >>> config = config_from_flags(values)
->>> config.stage2.epochs, config.model.dropout
-(3, 0.2)
+>>> config.stage2.epochs, config.model.decoder
+(3, 'paper')
 """
 
 from __future__ import annotations

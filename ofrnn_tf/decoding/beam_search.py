@@ -1,18 +1,20 @@
 """Batched beam search over the confidence-ranked decoder (paper Eq. 11; docs/model.md).
 
-One `tf.while_loop` over decoding steps advances the K beams of every image of a
-batch together (step 1, where an image has a single beam, runs before it on one
-row per image). A path's probability is the product of its step probabilities
-(Eq. 11), kept as a sum of logs. A successor is admissible only while its path
-probability is at least τ (the first `min_labels` steps are admissible whatever τ);
-decoding stops when no image has an admissible successor or after `max_steps`
-steps, and returns, per image, the best beam of the last step that had one.
+The K beams of every image of a batch advance together (step 1, where an image has a
+single beam, runs on one row per image). A path's probability is the product of its
+step probabilities (Eq. 11), kept as a sum of logs. A successor is admissible only
+while its path probability is at least τ (the first `min_labels` steps are admissible
+whatever τ); decoding returns, per image, the best beam of the last step that had an
+admissible one, after at most `max_steps` steps.
 
-Running once with τ = 0 and recording the best beam of every step
-(`all_steps=True`) gives the result for any τ: path probabilities only decrease
-along a path, so a beam pruned by τ has no admissible descendant, and taking the
-top K before or after dropping the candidates below τ keeps the same beams.
-`select_for_threshold` applies a τ to such a recording; τ calibration relies on it.
+That rule is computed from one search at τ = 0 that records the best beam of every
+step: path probabilities only fall along a path, so a beam below τ has no admissible
+descendant, and taking the top K before or after dropping the candidates below τ
+keeps the same admissible beams. The best beams of steps 1..T therefore have
+decreasing probabilities, and the answer for τ is the last of them still ≥ τ
+(`select_for_threshold` does the same in numpy; τ calibration relies on it). It also
+makes the per-class ranking scores independent of τ: they come from the full-length
+best path (docs/model.md, Decoding).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 NEG_INF = float("-inf")
 # Keys of the per-step recording that `all_steps=True` adds.
-STEP_KEYS = ("step_labels", "step_log_prob", "step_scores")
+STEP_KEYS = ("step_labels", "step_log_prob", "path_scores")
 BASELINE_THRESHOLD = 0.5
 
 
@@ -105,10 +107,20 @@ def baseline_decode(model, features: tf.Tensor, *, max_steps: int,
     }
 
 
+def mix_scores(v_prob, path_scores, score_mix):
+    """Per-class ranking scores: ``score_mix · v_prob + (1 − score_mix) · path_scores``.
+
+    `path_scores` are the decoder's (the largest step probability of each class along
+    the full-length best path); `score_mix` is chosen on validation (0 keeps the
+    decoder's, 1 M_map's), so the ranking is never worse there than M_map's.
+    """
+    return score_mix * v_prob + (1.0 - score_mix) * path_scores
+
+
 def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: int,
-                threshold: Optional[float] = None, min_labels: int = 1,
+                threshold: Optional[float] = None, min_labels: int = 1, score_mix=0.0,
                 all_steps: bool = False, unroll: bool = False) -> Dict[str, tf.Tensor]:
-    """Beam search (paper Eq. 11, docs/model.md) for a batch of images, one graph loop over steps.
+    """Beam search (paper Eq. 11, docs/model.md) for a batch of images.
 
     Args:
         model: an `OrderFreeRNN` (built). Mode `baseline` goes to `baseline_decode`.
@@ -116,24 +128,27 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         beam_size: K; 1 is greedy decoding.
         max_steps: T_max, the most labels a path may hold.
         threshold: τ on the path probability (Eq. 11), compared in log space: a
-            number, or a scalar tensor read at run time; default 0.0 (only T_max and the candidate pool stop a path). For the
-            `baseline` mode it is the threshold on `v_prob` (default 0.5).
+            number, or a scalar tensor read at run time; default 0.0 (only T_max and
+            the candidate pool stop a path). For the `baseline` mode it is the
+            threshold on `v_prob` (default 0.5).
         min_labels: steps 1..min_labels are admissible whatever τ.
-        all_steps: also return, for every step t, the best beam as if decoding had
-            stopped at t (`step_labels [B, T, T]`, `step_log_prob [B, T]` — -inf where
-            step t had no admissible beam — and `step_scores [B, T, C]`).
+        score_mix: weight of M_map's v_prob in the ranking scores (`mix_scores`); a
+            number or a scalar tensor.
+        all_steps: also return the recording τ is read from: `step_labels [B, T, T]`
+            (the best path of every step, -1 padded), `step_log_prob [B, T]` (its
+            log-probability, -inf where no path reached the step) and `path_scores
+            [B, C]` (the decoder's scores before mixing).
         unroll: write the steps out instead of a `tf.while_loop` (same results; fewer
-            ops per step, as served models want; the loop stops early when no image
-            has a successor left).
+            ops, as served models want).
 
     Returns:
         dict: `labels` int32 `[B, T]` (decoding order, -1 padded), `num_labels` int32
         `[B]`, `log_prob` `[B]` (path log-probability; 0 for an empty path), `scores`
-        `[B, C]` (per label, the largest step probability seen along the best path —
-        `sigmoid(p_t)` for the order-free modes, the softmax over the remaining labels
-        for the fixed-order modes — or `v_prob` if the path is empty), `attention`
-        `[B, T, m]` (α_t of each step of the best path, zeros past its end), `v_prob`
-        `[B, C]`. For the `baseline` mode see `baseline_decode` (`labels` is `[B, C]`).
+        `[B, C]` (τ-independent ranking scores, see `mix_scores`; the step
+        probability is `sigmoid(p_t)`, or the softmax over the labels left for the
+        fixed-order and PLA-trained models), `attention` `[B, T, m]` (α_t of each step
+        of the returned path, zeros past its end), `v_prob` `[B, C]`. For the
+        `baseline` mode see `baseline_decode` (`labels` is `[B, C]`).
     """
     _check_args(model, beam_size, max_steps, min_labels)
     if not model.uses_decoder:
@@ -143,15 +158,12 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     features = _check_features(features)
     K, T, C = beam_size, max_steps, model.num_classes
 
-    # The context keeps one row per image. Beams are rows: image b's are b*K .. b*K+K-1,
-    # and each row carries its path so far (labels, attention, scores). An image that
-    # finds no admissible successor is frozen: its rows are kept as they are, so its
-    # beam 0 ends as the best beam of the last step that had one.
+    # Beams are rows: image b's are b*K .. b*K+K-1, each carrying its path so far
+    # (labels, attention, the running maximum of every class's step probability).
     context, state = model.start(features, training=False)
     v_prob = tf.cast(state.p, tf.float32)
     batch = tf.shape(features)[0]
-    own_rows = tf.range(batch * K)
-    image_rows = own_rows // K
+    image_rows = tf.range(batch * K) // K
     beam_offsets = (tf.range(batch) * K)[:, None]
     best = lambda x: tf.gather(x, beam_offsets[:, 0])  # every image's beam 0
     steps = tf.range(T)
@@ -164,120 +176,99 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
                                          beam_size=1 if first else K)
         logits = tf.cast(logits, tf.float32)
         step_log_prob = model.step_log_probs(logits, state)
-        if model.teacher_forced:
+        if model.softmax_steps:
             # A softmax over an empty pool (every label chosen) is NaN: no successor there.
             step_log_prob = tf.where(tf.math.is_nan(step_log_prob), NEG_INF, step_log_prob)
             step_prob = tf.exp(step_log_prob)
         else:
             step_prob = tf.sigmoid(logits)
-
         if first:
             candidates = tf.concat(
                 [step_log_prob, tf.fill(tf.stack([batch, (K - 1) * C]), NEG_INF)], axis=1)
         else:
             candidates = tf.reshape(v["log_prob"][:, :, None] + tf.reshape(step_log_prob, [-1, K, C]),
                                     [-1, K * C])
-        # NaN never compares true, so a NaN candidate is never admissible either.
-        admissible = (candidates > NEG_INF) & ((t < min_labels) | (candidates >= log_tau))
-        if not first:
-            admissible &= v["alive"][:, None]
-        new_log_prob, index = tf.math.top_k(tf.where(admissible, candidates, NEG_INF), k=K)
-        found = tf.reduce_any(admissible, axis=-1)
-        found_rows = tf.gather(found, image_rows)
+        new_log_prob, index = tf.math.top_k(candidates, k=K)
         label = tf.reshape(index % C, [-1])
-        if first:
-            source = image_rows
-        else:
-            source = tf.reshape(index // C + beam_offsets, [-1])
-            source = tf.where(found_rows, source, own_rows)
+        source = image_rows if first else tf.reshape(index // C + beam_offsets, [-1])
         pick = lambda x: tf.gather(x, source)
 
         new_state = model.advance(state._replace(y_tilde=pick(state.y_tilde)), pick(h), pick(c),
                                   pick(logits), label)
-        write = tf.equal(steps, t)[None, :] & found_rows[:, None]
+        write = tf.equal(steps, t)[None, :]
         new_alpha = pick(alpha)[:, None, :]
         new_scores = pick(step_prob)
         if first:
             labels = tf.where(write, label[:, None], -1)
             attention = tf.where(write[:, :, None], new_alpha, 0.0)
-            scores = tf.where(found_rows[:, None], new_scores, 0.0)
+            scores = new_scores
         else:
             labels = tf.where(write, label[:, None], pick(v["labels"]))
             attention = tf.where(write[:, :, None], new_alpha, pick(v["attention"]))
-            old_scores = pick(v["scores"])
-            scores = tf.where(found_rows[:, None], tf.maximum(old_scores, new_scores), old_scores)
+            scores = tf.maximum(pick(v["scores"]), new_scores)
+        at_step = tf.equal(steps, t)[None, :]
+        return {
+            "t": t + 1, "log_prob": new_log_prob, "state": new_state, "labels": labels,
+            "attention": attention, "scores": scores,
+            "step_labels": tf.where(at_step[:, :, None], best(labels)[:, None, :],
+                                    v["step_labels"]),
+            "step_log_prob": tf.where(at_step, new_log_prob[:, :1], v["step_log_prob"]),
+            "step_attention": tf.where(at_step[:, :, None, None], best(attention)[:, None],
+                                       v["step_attention"]),
+        }
 
-        out = dict(v)
-        out.update({
-            "t": t + 1,
-            "log_prob": tf.where(found[:, None], new_log_prob, v["log_prob"]),
-            "state": new_state,
-            "labels": labels,
-            "attention": attention,
-            "scores": scores,
-            "alive": found,
-            "num_labels": tf.where(found, t + 1, v["num_labels"]),
-        })
-        if all_steps:
-            at_step = tf.equal(steps, t)[None, :] & found[:, None]
-            out["step_labels"] = tf.where(at_step[:, :, None], best(labels)[:, None, :],
-                                          v["step_labels"])
-            out["step_log_prob"] = tf.where(at_step, new_log_prob[:, :1], v["step_log_prob"])
-            out["step_scores"] = tf.where(at_step[:, :, None], best(scores)[:, None, :],
-                                          v["step_scores"])
-        return out
-
-    loop_vars = {
+    m = tf.shape(features)[1]
+    recording = {
         "t": tf.constant(0),
-        # One live beam per image at step 1, so the K beams do not start as copies.
-        "log_prob": tf.tile(tf.concat([[0.0], tf.fill([K - 1], NEG_INF)], 0)[None, :],
-                            tf.stack([batch, 1])),
         "state": state,
-        "alive": tf.ones(tf.stack([batch]), tf.bool),
-        "num_labels": tf.zeros(tf.stack([batch]), tf.int32),
+        "step_labels": tf.fill(tf.stack([batch, T, T]), -1),
+        "step_log_prob": tf.fill(tf.stack([batch, T]), NEG_INF),
+        "step_attention": tf.zeros(tf.stack([batch, T, T, m])),
     }
-    if all_steps:
-        loop_vars.update({
-            "step_labels": tf.fill(tf.stack([batch, T, T]), -1),
-            "step_log_prob": tf.fill(tf.stack([batch, T]), NEG_INF),
-            "step_scores": tf.zeros(tf.stack([batch, T, C])),
-        })
-
-    final = step(loop_vars, first=True)
+    final = step(recording, first=True)
     if unroll:
-        # T_max is static: the steps written out one after the other, no loop ops. An
-        # image with no admissible successor stays frozen in the steps that follow.
+        # T_max is static: the steps written out one after the other, no loop ops.
         for _ in range(T - 1):
             final = step(final, first=False)
     elif T > 1:
-        (final,) = tf.while_loop(
-            lambda v: tf.logical_and(v["t"] < T, tf.reduce_any(v["alive"])),
-            lambda v: (step(v, first=False),), (final,), maximum_iterations=T - 1)
-    num_labels = final["num_labels"]
+        (final,) = tf.while_loop(lambda v: v["t"] < T, lambda v: (step(v, first=False),),
+                                 (final,), maximum_iterations=T - 1)
+
+    # The answer for τ: the last step whose best path is admissible (a prefix of steps).
+    step_log_prob = final["step_log_prob"]
+    admissible = tf.math.is_finite(step_log_prob) & (
+        (steps[None, :] < min_labels) | (step_log_prob >= log_tau))
+    num_labels = tf.reduce_sum(tf.cast(admissible, tf.int32), axis=1)
+    last = tf.maximum(num_labels - 1, 0)
+    found = num_labels > 0
+    path_scores = best(final["scores"])
     result = {
-        "labels": best(final["labels"]),
+        "labels": tf.where(found[:, None], tf.gather(final["step_labels"], last, batch_dims=1), -1),
         "num_labels": num_labels,
-        "log_prob": final["log_prob"][:, 0],
-        "scores": tf.where((num_labels > 0)[:, None], best(final["scores"]), v_prob),
-        "attention": best(final["attention"]),
+        "log_prob": tf.where(found, tf.gather(step_log_prob, last, batch_dims=1), 0.0),
+        "scores": mix_scores(v_prob, path_scores, tf.cast(score_mix, tf.float32)),
+        "attention": tf.where(found[:, None, None],
+                              tf.gather(final["step_attention"], last, batch_dims=1), 0.0),
         "v_prob": v_prob,
     }
     if all_steps:
-        result.update({key: final[key] for key in STEP_KEYS})
+        result.update({"step_labels": final["step_labels"], "step_log_prob": step_log_prob,
+                       "path_scores": path_scores})
     return result
 
 
 def greedy_decode(model, features: tf.Tensor, *, max_steps: int,
-                  threshold: Optional[float] = None, min_labels: int = 1,
+                  threshold: Optional[float] = None, min_labels: int = 1, score_mix=0.0,
                   all_steps: bool = False) -> Dict[str, tf.Tensor]:
     """Greedy decoding (Eq. 9 at test time): `beam_search` with K = 1."""
     return beam_search(model, features, beam_size=1, max_steps=max_steps, threshold=threshold,
-                       min_labels=min_labels, all_steps=all_steps)
+                       min_labels=min_labels, score_mix=score_mix, all_steps=all_steps)
 
 
 def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Optional[float] = None,
-                 min_labels: int = 1, all_steps: bool = False, jit_compile: bool = False,
-                 feature_shape: Optional[tuple] = None) -> tf.types.experimental.GenericFunction:
+                 min_labels: int = 1, score_mix: float = 0.0, all_steps: bool = False,
+                 jit_compile: bool = False, feature_shape: Optional[tuple] = None
+                 ) -> tf.types.experimental.GenericFunction:
     """`beam_search` with its settings baked in, as one `tf.function` over `features`.
 
     The input signature is `float32 [None, m, k]` (`feature_shape = (m, k)`, or
@@ -305,7 +296,8 @@ def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Option
                  jit_compile=jit_compile)
     def decode(features):
         return beam_search(model, features, beam_size=beam_size, max_steps=max_steps,
-                           threshold=threshold, min_labels=min_labels, all_steps=all_steps)
+                           threshold=threshold, min_labels=min_labels, score_mix=score_mix,
+                           all_steps=all_steps)
 
     return decode
 
@@ -361,30 +353,28 @@ def labels_to_multi_hot(labels, num_classes: int) -> np.ndarray:
 
 
 def select_for_threshold(step_outputs: Mapping[str, np.ndarray], threshold: float,
-                         min_labels: int = 1) -> Dict[str, np.ndarray]:
-    """What `beam_search` returns for τ = `threshold`, from a τ = 0 `all_steps` run.
+                         min_labels: int = 1, score_mix: float = 0.0) -> Dict[str, np.ndarray]:
+    """What `beam_search` returns for τ = `threshold`, from an `all_steps` recording.
 
     Per image, picks the last step t whose best path is admissible (t ≤ min_labels,
-    or path probability ≥ τ); an image with none gets the empty path (scores =
-    v_prob). Exact (see the module docstring), so τ can be grid-searched without
-    decoding again.
+    or path probability ≥ τ); an image with none gets the empty path. Exact (see the
+    module docstring), so τ can be grid-searched without decoding again.
 
     Args:
-        step_outputs: numpy (or tensor) outputs of a τ = 0 run with `all_steps=True`
-            (needs `step_labels`, `step_log_prob`, `step_scores`, `v_prob`).
+        step_outputs: numpy (or tensor) outputs of a run with `all_steps=True`
+            (needs `step_labels`, `step_log_prob`, `path_scores`, `v_prob`).
         threshold: τ in [0, 1].
         min_labels: as in `beam_search`.
+        score_mix: as in `beam_search`.
 
     Returns:
         dict of numpy arrays `labels`, `num_labels`, `log_prob`, `scores`, as `beam_search`.
     """
     missing = [key for key in STEP_KEYS + ("v_prob",) if key not in step_outputs]
     if missing:
-        raise ValueError(f"step_outputs lacks {missing}: decode with all_steps=True and threshold 0")
+        raise ValueError(f"step_outputs lacks {missing}: decode with all_steps=True")
     step_labels = np.asarray(step_outputs["step_labels"])
     step_log_prob = np.asarray(step_outputs["step_log_prob"], np.float32)
-    step_scores = np.asarray(step_outputs["step_scores"], np.float32)
-    v_prob = np.asarray(step_outputs["v_prob"], np.float32)
     n, num_steps = step_log_prob.shape
     t = np.arange(1, num_steps + 1)[None, :]
     ok = np.isfinite(step_log_prob) & ((t <= min_labels) | (step_log_prob >= log_threshold(threshold)))
@@ -394,11 +384,13 @@ def select_for_threshold(step_outputs: Mapping[str, np.ndarray], threshold: floa
     rows = np.arange(n)
     empty = num == 0
     labels = np.where(empty[:, None], -1, step_labels[rows, last]).astype(np.int32)
+    scores = mix_scores(np.asarray(step_outputs["v_prob"], np.float32),
+                        np.asarray(step_outputs["path_scores"], np.float32), np.float32(score_mix))
     return {
         "labels": labels,
         "num_labels": num,
         "log_prob": np.where(empty, np.float32(0.0), step_log_prob[rows, last]).astype(np.float32),
-        "scores": np.where(empty[:, None], v_prob, step_scores[rows, last]).astype(np.float32),
+        "scores": scores.astype(np.float32),
     }
 
 

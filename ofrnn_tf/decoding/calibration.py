@@ -5,7 +5,8 @@ threshold "determined by cross-validation". `calibrate_threshold` decodes the
 validation set once with τ = 0, recording the best beam of every step, and then
 grid-searches τ with `select_for_threshold`, which is exact (see
 `ofrnn_tf.decoding.beam_search`). For the `baseline` mode (no decoder) the grid
-runs over the one threshold on `v_prob` shared by every class.
+runs over the one threshold on `v_prob` shared by every class. The same pass chooses
+the weight of M_map's scores in the ranking scores (`choose_score_mix`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 
 from ofrnn_tf.config.experiment import OBJECTIVES
 from ofrnn_tf.decoding.beam_search import (
-    STEP_KEYS, decode_dataset, labels_to_multi_hot, make_decoder, select_baseline,
+    STEP_KEYS, decode_dataset, labels_to_multi_hot, make_decoder, mix_scores, select_baseline,
     select_for_threshold)
-from ofrnn_tf.metrics import label_set_metrics
+from ofrnn_tf.metrics import label_set_metrics, mean_average_precision
 
 
 def default_grid() -> np.ndarray:
@@ -49,14 +50,40 @@ def _check_grid(grid: Optional[Sequence[float]]) -> np.ndarray:
     return np.unique(values)
 
 
-def predictions_at(outputs: Mapping[str, np.ndarray], tau: float, min_labels: int = 1):
-    """`(y_pred [N, C] multi-hot, scores [N, C])` at threshold τ, read from a τ = 0
+SCORE_MIX_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+def predictions_at(outputs: Mapping[str, np.ndarray], tau: float, min_labels: int = 1,
+                   score_mix: float = 0.0):
+    """`(y_pred [N, C] multi-hot, scores [N, C])` at threshold τ, read from an
     `all_steps` pass (or, for `baseline`, from its `v_prob`)."""
     if all(key in outputs for key in STEP_KEYS):
-        selected = select_for_threshold(outputs, tau, min_labels)
+        selected = select_for_threshold(outputs, tau, min_labels, score_mix)
         num_classes = np.asarray(outputs["v_prob"]).shape[-1]
         return labels_to_multi_hot(selected["labels"], num_classes), selected["scores"]
     return select_baseline(outputs["v_prob"], tau, min_labels), np.asarray(outputs["v_prob"])
+
+
+def choose_score_mix(outputs: Mapping[str, np.ndarray], grid: Sequence[float] = SCORE_MIX_GRID
+                     ) -> Tuple[float, List[Tuple[float, float]]]:
+    """The weight of M_map's v_prob in the ranking scores that maximises validation mAP.
+
+    The grid holds 1 (M_map's own scores), so the chosen scores rank the validation
+    images at least as well as M_map does; ties go to the larger weight. The `baseline`
+    mode has only v_prob: its weight is 1.
+
+    Returns:
+        `(best_mix, [(mix, mAP), ...])`.
+    """
+    if not all(key in outputs for key in STEP_KEYS):
+        return 1.0, [(1.0, mean_average_precision(outputs["y_true"], outputs["v_prob"]))]
+    y_true = np.asarray(outputs["y_true"])
+    v_prob = np.asarray(outputs["v_prob"], np.float32)
+    path_scores = np.asarray(outputs["path_scores"], np.float32)
+    table = [(float(mix), mean_average_precision(y_true, mix_scores(v_prob, path_scores, mix)))
+             for mix in grid]
+    best = max(range(len(table)), key=lambda i: (table[i][1], table[i][0]))
+    return table[best][0], table
 
 
 def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int = 1,
@@ -116,7 +143,7 @@ def calibrate_threshold(model, dataset, *, beam_size: int, max_steps: int, min_l
 
 def decode_all_steps(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
                      jit_compile: bool = False, progress: bool = True) -> dict:
-    """One τ = 0 decoding pass recording every step, from which any τ can be read
+    """One decoding pass recording every step, from which any τ can be read
     (`select_for_threshold`); for `baseline` a plain pass (only `v_prob` is needed)."""
     decoder = make_decoder(model, beam_size=beam_size, max_steps=max_steps, threshold=0.0,
                            min_labels=min_labels, all_steps=model.uses_decoder,

@@ -18,7 +18,7 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import DecodingConfig
 from ofrnn_tf.decoding.beam_search import BASELINE_THRESHOLD
 from ofrnn_tf.decoding.calibration import (
-    calibrate_from_outputs, decode_all_steps, objective_value, predictions_at)
+    calibrate_from_outputs, choose_score_mix, decode_all_steps, objective_value, predictions_at)
 from ofrnn_tf.metrics import evaluate_all, label_set_metrics, mean_average_precision
 
 FIXED_THRESHOLD_KEY = "at_fixed_0.5"
@@ -54,29 +54,34 @@ def validate(model, dataset: tf.data.Dataset, stage: int, decoding: DecodingConf
                                progress=False)
     tau, _ = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
                                     objective=decoding.calibration_objective)
-    y_pred, scores = predictions_at(outputs, tau, decoding.min_labels)
+    mix, _ = choose_score_mix(outputs)
+    y_pred, scores = predictions_at(outputs, tau, decoding.min_labels, mix)
     metrics = label_set_metrics(outputs["y_true"], y_pred)
     metrics["mAP"] = mean_average_precision(outputs["y_true"], scores)
     metrics["tau"] = float(tau)
+    metrics["score_mix"] = float(mix)
     metrics["score"] = objective_value(metrics, decoding.calibration_objective)
     return metrics
 
 
 def calibrate(model, dataset: tf.data.Dataset, decoding: DecodingConfig, max_steps: int) -> dict:
-    """τ for beam width K chosen on the validation split: what `calibration.json` stores."""
+    """τ for beam width K, and the weight of M_map's scores in the ranking scores, chosen on
+    the validation split: what `calibration.json` stores."""
     _log(f"calibrating τ on the validation split (beam {decoding.beam_size}, "
          f"objective {decoding.calibration_objective})")
     outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
                                max_steps=max_steps, min_labels=decoding.min_labels)
     tau, table = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
                                         objective=decoding.calibration_objective)
-    return {"tau": tau, "objective": decoding.calibration_objective,
+    mix, mix_table = choose_score_mix(outputs)
+    return {"tau": tau, "score_mix": mix, "objective": decoding.calibration_objective,
             "beam_size": decoding.beam_size, "max_steps": max_steps,
-            "min_labels": decoding.min_labels, "grid": [[t, v] for t, v in table]}
+            "min_labels": decoding.min_labels, "grid": [[t, v] for t, v in table],
+            "score_mix_grid": [[m, v] for m, v in mix_table]}
 
 
 def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max_steps: int,
-             min_labels: int = 1, small_area: Optional[float] = None,
+             min_labels: int = 1, score_mix: float = 0.0, small_area: Optional[float] = None,
              progress: bool = True) -> dict:
     """Every metric on one split, decoding with threshold τ (docs/model.md, Metrics).
 
@@ -87,7 +92,7 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
                                min_labels=min_labels, progress=progress)
 
     def scored(threshold: float) -> dict:
-        y_pred, scores = predictions_at(outputs, threshold, min_labels)
+        y_pred, scores = predictions_at(outputs, threshold, min_labels, score_mix)
         areas = outputs.get("label_areas")
         use_areas = small_area is not None and areas is not None and not np.any(
             (areas < 0) & (outputs["y_true"] > 0))
@@ -98,6 +103,7 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
         metrics["images"] = int(y_pred.shape[0])
         metrics["mean_labels_predicted"] = float(y_pred.sum(1).mean())
         metrics["tau"] = float(threshold)
+        metrics["score_mix"] = float(score_mix)
         metrics["beam_size"] = int(beam_size)
         return metrics
 

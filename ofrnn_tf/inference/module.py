@@ -17,9 +17,10 @@ decoding settings calibrated after training (τ for the beam width K, T_max,
 
 `predict.py`, `export.py`, the serving benchmark and the tests all build it with
 `InferenceModule.from_run`, so they decode with the same model, backbone and settings.
-What the SavedModel records is what its graph uses: τ and the label names are
-variables the graph reads; K, T_max and ``min_labels`` shape the graph and are
-returned, as the constants built into it, by `decoding_settings`.
+What the SavedModel records is what its graph uses: τ, the weight of M_map's scores
+in the ranking scores, the label names and the image-size limit are variables the
+graph reads; K, T_max and ``min_labels`` shape the graph and are returned, as the
+constants built into it, by `decoding_settings`.
 
 The module tracks the underlying ``tf.Variable`` of every Keras weight itself, not
 the Keras objects: TensorFlow Serving loads a SavedModel through the session-based
@@ -61,6 +62,8 @@ class InferenceModule(tf.Module):
         backbone: the frozen `Backbone` the run's features were extracted with.
         label_map: class names in label-id order.
         tau: the threshold τ on the path probability (on v_prob for `baseline`).
+        score_mix: the weight of M_map's v_prob in the ranking scores (chosen on
+            validation with τ; `ofrnn_tf.decoding.beam_search.mix_scores`).
         beam_size: K (1 = greedy).
         max_steps: T_max.
         min_labels: labels every image gets at least.
@@ -72,7 +75,7 @@ class InferenceModule(tf.Module):
     """
 
     def __init__(self, model, backbone: Backbone, label_map: LabelMap, *, tau: float,
-                 beam_size: int, max_steps: int, min_labels: int = 1,
+                 beam_size: int, max_steps: int, min_labels: int = 1, score_mix: float = 0.0,
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, jit_compile: bool = False,
                  unroll: bool = True):
         super().__init__(name="ofrnn")
@@ -83,6 +86,7 @@ class InferenceModule(tf.Module):
         self.weights = [v.value for v in backbone.feature_model.weights + model.weights]
         self.label_map = label_map
         self.tau = tf.Variable(float(tau), trainable=False, name="tau")
+        self.score_mix = tf.Variable(float(score_mix), trainable=False, name="score_mix")
         self.label_names = tf.Variable(list(label_map.names), trainable=False, name="label_names")
         self.max_image_pixels = tf.Variable(int(max_image_pixels), dtype=tf.int64,
                                             trainable=False, name="max_image_pixels")
@@ -145,6 +149,7 @@ class InferenceModule(tf.Module):
             tau = float(calibration["tau"])
         if min_labels is None:
             min_labels = int(calibration["min_labels"] if calibration else config.decoding.min_labels)
+        score_mix = float(calibration.get("score_mix", 0.0)) if calibration else 0.0
         if backbone is None:
             backbone = get_backbone(config.features.backbone, facts.feature_layer,
                                     image_size=facts.image_size)
@@ -153,13 +158,15 @@ class InferenceModule(tf.Module):
                              f"run {run_dir.path} was trained on {facts.feature_shape} "
                              f"({config.features.backbone} at {facts.feature_layer})")
         return cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
-                   max_steps=facts.max_steps, min_labels=min_labels, **kwargs)
+                   max_steps=facts.max_steps, min_labels=min_labels, score_mix=score_mix,
+                   **kwargs)
 
     # -- graph functions --------------------------------------------------------------
     def _decode_features(self, flat_features, threshold):
         return beam_search(self.model, flat_features, beam_size=self.beam_size,
                            max_steps=self.max_steps, threshold=threshold,
-                           min_labels=self.min_labels, unroll=self.unroll)
+                           min_labels=self.min_labels, score_mix=self.score_mix.read_value(),
+                           unroll=self.unroll)
 
     def _outputs(self, features, threshold) -> dict:
         height, width, depth = self.feature_shape
@@ -202,7 +209,8 @@ class InferenceModule(tf.Module):
         return out
 
     def _decoding_settings(self):
-        return {"tau": self.tau.read_value(), "beam_size": tf.constant(self.beam_size),
+        return {"tau": self.tau.read_value(), "score_mix": self.score_mix.read_value(),
+                "beam_size": tf.constant(self.beam_size),
                 "max_steps": tf.constant(self.max_steps),
                 "min_labels": tf.constant(self.min_labels),
                 "max_image_pixels": self.max_image_pixels.read_value(),

@@ -5,10 +5,14 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-from ofrnn_tf.config.experiment import TRAIN_STEPS, VARIANTS, ModelConfig
+from ofrnn_tf.config.experiment import (
+    DECODERS, HEADS, STAGE2_LOSSES, TRAIN_STEPS, VARIANTS, ModelConfig)
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import (
     CellState, ConfidenceRankedLSTMCell, mask_chosen)
+from ofrnn_tf.modeling.layers.feature_standardizer import FeatureStandardizer
 from ofrnn_tf.modeling.layers.label_map_head import LabelMapHead
+from ofrnn_tf.modeling.layers.residual_decoder_cell import ResidualDecoderCell
+from ofrnn_tf.modeling.layers.spatial_label_head import SpatialLabelHead
 
 MODES = VARIANTS
 _DEFAULTS = ModelConfig()
@@ -20,81 +24,145 @@ _LARGE_NEGATIVE = -1e9
 class OrderFreeRNN(keras.Model):
     """The paper's network (Fig. 2) over precomputed frozen-CNN feature maps.
 
-    Parts: M_map (`LabelMapHead`, Eq. 1–3) gives v_prob; the initial LSTM state is
-    `h_0, c_0 = tanh(Dense(mean_i v_i))` (Xu et al.); `ConfidenceRankedLSTMCell`
-    (Eq. 4–10) runs the decoding steps. `call` returns the M_map logits; decoding
-    goes through `start` / `step` / `step_log_probs` / `advance`, which the training
-    loss below, greedy decoding and beam search all share.
+    Parts: M_map gives v_prob — the paper's `LabelMapHead` (Eq. 1–3) or the stronger
+    `SpatialLabelHead`; the initial LSTM state is `h_0, c_0 = tanh(Dense(mean_i ·))`
+    (Xu et al.); the decoder cell runs the steps — the paper's
+    `ConfidenceRankedLSTMCell` (Eq. 4–10), or `ResidualDecoderCell`, which attends over
+    the spatial head's per-position features and refines M_map's logits
+    (docs/model.md). `call` returns the M_map logits; decoding goes through `start` /
+    `step` / `step_log_probs` / `advance`, which the training losses below, greedy
+    decoding and beam search all share.
 
     Args:
         num_classes: C.
         mode: one of `MODES` — `order_free` (the full model), `baseline` (M_map alone),
             `no_attention` (`z_t = mean_i v_i`), `frequency_first` / `rare_first`
             (teacher-forced fixed label order, softmax over the remaining labels).
-        lstm_units, attention_units, fc_units, dropout: see `ConfidenceRankedLSTMCell`.
-            Defaults of these and `feature_dropout` are `ModelConfig`'s.
-        feature_dropout: dropout on the feature maps (and on M_map's pooled vector)
-            while training; the features come from a frozen CNN and overfit quickly.
+        head: `mean_linear` (the paper's M_map) or `spatial`.
+        head_units, head_dropout: the spatial head's width, and the dropout on M_map's
+            input while training it.
+        standardize: standardise the feature channels (`FeatureStandardizer`) before
+            M_map and the decoder; its statistics are set by `adapt`.
+        decoder: `paper` or `residual` (needs `head="spatial"`).
+        lstm_units, attention_units, fc_units, dropout: see the cells.
+        feature_dropout: dropout on the maps the decoder reads while training it.
+        stage2_loss: `bce` (Eq. 8) or `pla`; a PLA-trained decoder scores a step with a
+            softmax over the labels left, as the fixed-order modes do.
         label_order: for the fixed-order modes, every class id once, in the order the
             labels are fed (most frequent first for `frequency_first`, the reverse
             for `rare_first`). Ignored by the other modes.
+    The defaults of these are `ModelConfig`'s.
 
     Example:
-    >>> model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8)
+    >>> model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8,
+    ...                      head_units=8)
     >>> v = tf.random.normal([2, 49, 16])
     >>> model(v).shape
     TensorShape([2, 5])
     """
 
     def __init__(self, num_classes: int, mode: str = _DEFAULTS.variant,
+                 head: str = _DEFAULTS.head, head_units: int = _DEFAULTS.head_units,
+                 head_dropout: float = _DEFAULTS.head_dropout,
+                 standardize: bool = _DEFAULTS.standardize_features,
+                 decoder: str = _DEFAULTS.decoder,
                  lstm_units: int = _DEFAULTS.lstm_units,
                  attention_units: int = _DEFAULTS.attention_units,
                  fc_units: int = _DEFAULTS.fc_units, dropout: float = _DEFAULTS.dropout,
                  feature_dropout: float = _DEFAULTS.feature_dropout,
+                 stage2_loss: str = "bce",
                  label_order: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value, choices in (("mode", mode, MODES), ("head", head, HEADS),
+                                     ("decoder", decoder, DECODERS),
+                                     ("stage2_loss", stage2_loss, STAGE2_LOSSES)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         if mode in ("frequency_first", "rare_first"):
             if label_order is None or sorted(label_order) != list(range(num_classes)):
                 raise ValueError(
                     f"mode {mode!r} needs label_order, a permutation of 0..{num_classes - 1}; "
                     f"got {label_order!r}")
+        if decoder == "residual" and head != "spatial":
+            raise ValueError("decoder='residual' reads the spatial head: it needs head='spatial'")
+        if decoder == "residual" and mode == "no_attention":
+            raise ValueError("the no_attention ablation is of the paper's decoder: use "
+                             "decoder='paper'")
         self.num_classes = num_classes
         self.mode = mode
+        self.head = head
+        self.head_units = head_units
+        self.head_dropout = head_dropout
+        self.standardize = standardize
+        self.decoder = decoder
         self.lstm_units = lstm_units
         self.attention_units = attention_units
         self.fc_units = fc_units
         self.dropout = dropout
         self.feature_dropout = feature_dropout
+        self.stage2_loss = stage2_loss
         self.label_order = None if label_order is None else [int(c) for c in label_order]
 
-        self.label_map_head = LabelMapHead(num_classes, dropout=feature_dropout, name="label_map_head")
+        self.standardizer = None  # made in build, when the depth k is known
+        if head == "spatial":
+            self.label_map_head = SpatialLabelHead(num_classes, units=head_units,
+                                                   dropout=head_dropout, name="label_map_head")
+        else:
+            self.label_map_head = LabelMapHead(num_classes, dropout=head_dropout,
+                                               name="label_map_head")
         if self.uses_decoder:
             self.features_dropout = keras.layers.Dropout(feature_dropout, name="features_dropout")
             self.init_h = keras.layers.Dense(lstm_units, activation="tanh", name="init_h")
             self.init_c = keras.layers.Dense(lstm_units, activation="tanh", name="init_c")
-            self.cell = ConfidenceRankedLSTMCell(
-                num_classes, units=lstm_units, attention_units=attention_units,
-                fc_units=fc_units, dropout=dropout, use_attention=(mode != "no_attention"),
-                name="cell")
+            if self.residual:
+                self.cell = ResidualDecoderCell(num_classes, units=lstm_units, fc_units=fc_units,
+                                                dropout=dropout, name="cell")
+            else:
+                self.cell = ConfidenceRankedLSTMCell(
+                    num_classes, units=lstm_units, attention_units=attention_units,
+                    fc_units=fc_units, dropout=dropout, use_attention=(mode != "no_attention"),
+                    name="cell")
 
     @property
     def uses_decoder(self) -> bool:
         return self.mode != "baseline"
 
     @property
+    def residual(self) -> bool:
+        return self.decoder == "residual"
+
+    @property
     def teacher_forced(self) -> bool:
         return self.mode in ("frequency_first", "rare_first")
 
+    @property
+    def softmax_steps(self) -> bool:
+        """Whether a step's probabilities are a softmax over the labels left (the
+        fixed-order modes and PLA training) rather than `sigmoid(p_t)`."""
+        return self.teacher_forced or self.stage2_loss == "pla"
+
     def build(self, features_shape):
+        depth = features_shape[-1]
+        if self.standardize:
+            self.standardizer = FeatureStandardizer(depth, name="standardizer")
+            self.standardizer.build(features_shape)
         self.label_map_head.build(features_shape)
         if self.uses_decoder:
-            pooled = (None, features_shape[-1])
-            self.init_h.build(pooled)
-            self.init_c.build(pooled)
-            self.cell.build(features_shape)
+            read = self.head_units if self.residual else depth
+            self.init_h.build((None, read))
+            self.init_c.build((None, read))
+            self.cell.build(tuple(features_shape[:-1]) + (read,))
         self.built = True
+
+    @property
+    def needs_adapting(self) -> bool:
+        """Whether the feature statistics still have to be set (`adapt`) before training."""
+        return self.standardizer is not None and not self.standardizer.is_adapted
+
+    def adapt(self, feature_batches) -> None:
+        """Sets the feature standardisation from `[B, m, k]` training batches."""
+        if self.standardizer is not None:
+            self.standardizer.adapt(feature_batches)
 
     @property
     def map_variables(self):
@@ -109,38 +177,50 @@ class OrderFreeRNN(keras.Model):
         return (self.init_h.trainable_variables + self.init_c.trainable_variables
                 + self.cell.trainable_variables)
 
+    def _standardized(self, features):
+        return features if self.standardizer is None else self.standardizer(features)
+
     def call(self, features, training=False):
         """M_map logits `[B, C]` (v_prob = sigmoid of them)."""
-        return self.label_map_head(features, training=training)
+        return self.label_map_head(self._standardized(features), training=training)
 
     # -- the decoder interface shared by training, greedy and beam search ----------
     def start(self, features, training=False):
         """Per-image context and the state before step 1 (`ỹ_0 = 0`, `v_pred = v_prob`)."""
-        # M_map is frozen in stage 2 (Alg. 1): no gradient flows back into it.
-        v_prob = tf.stop_gradient(tf.sigmoid(self.label_map_head(features, training=False)))
-        features = self.features_dropout(features, training=training)
-        pooled = tf.reduce_mean(features, axis=1)
-        state = CellState(self.init_h(pooled), self.init_c(pooled),
-                          tf.zeros_like(v_prob), v_prob)
-        return self.cell.prepare(features), state
+        features = self._standardized(features)
+        if self.residual:
+            # M_map is frozen in stage 2 (Alg. 1): no gradient flows back into it.
+            hidden, scores = self.label_map_head.per_position(features, training=False)
+            hidden, scores = tf.stop_gradient(hidden), tf.stop_gradient(scores)
+            logits = self.label_map_head.pool(scores)
+            read = self.features_dropout(hidden, training=training)
+            context = self.cell.prepare(read, scores, logits)
+        else:
+            logits = tf.stop_gradient(self.label_map_head(features, training=False))
+            read = self.features_dropout(features, training=training)
+            context = self.cell.prepare(read)
+        v_prob = tf.sigmoid(tf.cast(logits, tf.float32))
+        pooled = tf.reduce_mean(read, axis=1)
+        state = CellState(self.init_h(pooled), self.init_c(pooled), tf.zeros_like(v_prob), v_prob)
+        return context, state
 
     def step(self, context, state: CellState, training=False, beam_size: Optional[int] = None):
         """Eq. 4–7 for one step: `(logits [B, C], attention [B, m], h, c)`.
 
-        `beam_size=K`: the state holds K beams per image of `context` (see
-        `ConfidenceRankedLSTMCell.predict`); the outputs have B·K rows.
+        `beam_size=K`: the state holds K beams per image of `context` (see the cells'
+        `predict`); the outputs have B·K rows.
         """
         return self.cell.predict(context, state, training=training, beam_size=beam_size)
 
     def step_log_probs(self, logits, state: CellState):
         """Log-probability of choosing each label at this step; chosen ones are -inf.
 
-        `log sigmoid(p_t)` for the order-free modes (Eq. 11 multiplies them); the
-        fixed-order modes were trained with a softmax over the remaining labels, so
-        that softmax is their step probability.
+        `log sigmoid(p_t)` for the order-free modes trained with BCE (Eq. 11 multiplies
+        them); a model trained with a softmax over the remaining labels (fixed order,
+        PLA) has that softmax as its step probability.
         """
         masked = mask_chosen(logits, state.y_tilde)
-        if self.teacher_forced:
+        if self.softmax_steps:
             return tf.nn.log_softmax(masked, axis=-1)
         return mask_chosen(tf.math.log_sigmoid(logits), state.y_tilde)
 
@@ -151,7 +231,7 @@ class OrderFreeRNN(keras.Model):
     # -- losses of Algorithm 1 ------------------------------------------------------
     def map_loss(self, features, labels, training=True):
         """Stage 1: per-example binary cross-entropy of M_map, `[B]`."""
-        logits = self.label_map_head(features, training=training)
+        logits = self(features, training=training)
         return tf.reduce_mean(
             tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
 
@@ -159,24 +239,36 @@ class OrderFreeRNN(keras.Model):
                       training=True):
         """Stage 2 loss (Eq. 8, Alg. 1) unrolled in a graph loop over `max_steps` steps.
 
-        Order-free modes: at each step the full label vector is the BCE target and the
-        model feeds back its own choice `l_t` (Eq. 9–10) — no teacher forcing. The
-        fixed-order modes feed the t-th true label in `label_order` and score it with
-        a softmax over the labels not yet fed.
+        Order-free modes with BCE: at each step the full label vector is the target and
+        the model feeds back its own choice `l_t` (Eq. 9–10) — no teacher forcing.
+        With PLA (Orderless RNN's predicted-label alignment), each step is a softmax over
+        the labels not yet chosen whose target is the model's own choice when that is a
+        true label, else the true label left with the highest score, and that target is
+        fed back. The fixed-order modes feed the t-th true label in `label_order` and
+        score it with a softmax over the labels not yet fed.
+
+        Steps per image: its label count T_i (`gt_count`), T_i + 1 (`gt_count_plus_one`:
+        the step after the last label learns to score every label left low, which is
+        what stops a path) or all `max_steps` (`max`); never more than `max_steps`. The
+        softmax losses take T_i steps (they have no "stop" to learn).
 
         Returns:
             `(per_example [B], per_step [max_steps])`: the mean over each image's steps
-            (its label count with `gt_count`, all `max_steps` with `max`), and the mean
-            loss of each step over the images that take it.
+            and the mean loss of each step over the images that take it.
         """
         if not self.uses_decoder:
             raise ValueError("the baseline variant has no decoder: train it with map_loss")
         if train_steps not in TRAIN_STEPS:
             raise ValueError(f"train_steps must be one of {TRAIN_STEPS}, got {train_steps!r}")
         labels = tf.cast(labels, tf.float32)
-        counts = tf.reduce_sum(labels, axis=-1)
-        if train_steps == "max" and not self.teacher_forced:
-            counts = tf.fill(tf.shape(counts), float(max_steps))
+        truth = tf.reduce_sum(labels, axis=-1)
+        counts = truth
+        if not self.softmax_steps:
+            if train_steps == "gt_count_plus_one":
+                counts = truth + 1.0
+            elif train_steps == "max":
+                counts = tf.fill(tf.shape(truth), float(max_steps))
+        counts = tf.minimum(counts, float(max_steps))
         if self.teacher_forced:
             rank = tf.argsort(tf.constant(self.label_order, tf.int32))  # position of each class
             key = tf.where(labels > 0, rank[None, :], rank[None, :] + self.num_classes)
@@ -188,9 +280,17 @@ class OrderFreeRNN(keras.Model):
         def body(t, state, total, per_step):
             logits, _, h, c = self.step(context, state, training=training)
             active = tf.cast(tf.cast(t, tf.float32) < counts, tf.float32)
+            masked = tf.where(state.y_tilde > 0, _LARGE_NEGATIVE, logits)
             if self.teacher_forced:
                 target = ordered_labels[:, t]
-                masked = tf.where(state.y_tilde > 0, _LARGE_NEGATIVE, logits)
+            elif self.softmax_steps:  # PLA
+                choice = tf.argmax(masked, -1, output_type=tf.int32)
+                correct = tf.gather(labels, choice, batch_dims=1) > 0
+                left = (labels > 0) & (state.y_tilde <= 0)
+                best_true = tf.argmax(tf.where(left, masked, _LARGE_NEGATIVE * 2.0), -1,
+                                      output_type=tf.int32)
+                target = tf.where(correct, choice, best_true)
+            if self.softmax_steps:
                 step_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
                     labels=target, logits=masked)
                 chosen = target
@@ -207,18 +307,37 @@ class OrderFreeRNN(keras.Model):
             lambda t, *_: t < max_steps, body,
             (tf.constant(0), state, tf.zeros([batch]), tf.TensorArray(tf.float32, size=max_steps)),
             maximum_iterations=max_steps)  # a fixed bound lets XLA compile the loop
-        per_example = total / tf.maximum(tf.minimum(counts, float(max_steps)), 1.0)
+        per_example = total / tf.maximum(counts, 1.0)
         return per_example, per_step.stack()
 
     def get_config(self):
         config = super().get_config()
         config.update({
-            "num_classes": self.num_classes, "mode": self.mode, "lstm_units": self.lstm_units,
-            "attention_units": self.attention_units, "fc_units": self.fc_units,
-            "dropout": self.dropout, "feature_dropout": self.feature_dropout,
+            "num_classes": self.num_classes, "mode": self.mode, "head": self.head,
+            "head_units": self.head_units, "head_dropout": self.head_dropout,
+            "standardize": self.standardize, "decoder": self.decoder,
+            "lstm_units": self.lstm_units, "attention_units": self.attention_units,
+            "fc_units": self.fc_units, "dropout": self.dropout,
+            "feature_dropout": self.feature_dropout, "stage2_loss": self.stage2_loss,
             "label_order": self.label_order,
         })
         return config
+
+
+def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[int],
+                label_order: Optional[Sequence[int]] = None,
+                stage2_loss: str = "bce") -> OrderFreeRNN:
+    """The built model a `ModelConfig` describes, over `(m, k)` feature maps."""
+    model = OrderFreeRNN(
+        num_classes=num_classes, mode=config.variant, head=config.head,
+        head_units=config.head_units, head_dropout=config.head_dropout,
+        standardize=config.standardize_features, decoder=config.decoder,
+        lstm_units=config.lstm_units, attention_units=config.attention_units,
+        fc_units=config.fc_units, dropout=config.dropout,
+        feature_dropout=config.feature_dropout, stage2_loss=stage2_loss,
+        label_order=label_order)
+    model.build((None,) + tuple(feature_shape))
+    return model
 
 
 def fixed_label_order(label_counts: Sequence[int], mode: str) -> Optional[list]:
@@ -231,15 +350,3 @@ def fixed_label_order(label_counts: Sequence[int], mode: str) -> Optional[list]:
         return None
     order = sorted(range(len(label_counts)), key=lambda c: (-label_counts[c], c))
     return order if mode == "frequency_first" else order[::-1]
-
-
-def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[int],
-                label_order: Optional[Sequence[int]] = None) -> OrderFreeRNN:
-    """The built model a `ModelConfig` describes, over `(m, k)` feature maps."""
-    model = OrderFreeRNN(
-        num_classes=num_classes, mode=config.variant, lstm_units=config.lstm_units,
-        attention_units=config.attention_units, fc_units=config.fc_units,
-        dropout=config.dropout, feature_dropout=config.feature_dropout,
-        label_order=label_order)
-    model.build((None,) + tuple(feature_shape))
-    return model

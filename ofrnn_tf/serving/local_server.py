@@ -58,7 +58,7 @@ from tensorflow_serving.apis import (
 )
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
-from ofrnn_tf.features.images import IMAGE_FORMATS, read_image_header
+from ofrnn_tf.features.images import read_image_header
 
 DEFAULT_MODEL_NAME = "ofrnn"
 DEFAULT_SIGNATURE = "serving_default"

@@ -91,7 +91,8 @@ class Trainer:
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         with strategy.scope():
             self.model = build_model(config.model, facts.num_classes,
-                                     facts.positions_and_depth, facts.label_order)
+                                     facts.positions_and_depth, facts.label_order,
+                                     stage2_loss=config.train.loss)
             self.optimizers = {1: self._optimizer(config.stage1), 2: self._optimizer(config.stage2)}
             self.optimizers[1].build(self.model.map_variables)
             if self.model.uses_decoder:
@@ -127,7 +128,11 @@ class Trainer:
         self._train_steps = {}
 
     def _optimizer(self, stage: StageConfig):
-        optimizer = keras.optimizers.Adam(stage.learning_rate)
+        learning_rate = stage.learning_rate
+        if stage.schedule == "cosine":
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                stage.learning_rate, decay_steps=stage.epochs * self.steps_per_epoch)
+        optimizer = keras.optimizers.Adam(learning_rate)
         if self.config.runtime.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
@@ -224,6 +229,8 @@ class Trainer:
         its patience) goes on training that stage.
         """
         self.restore()
+        if self.model.needs_adapting:
+            self._adapt()
         last = self.stages()[-1]
         if int(self.stage) == last + 1 and not self._stage_done(last):
             self.stage.assign(last)
@@ -242,6 +249,16 @@ class Trainer:
         self.writer.flush()
         self._restore_best()
         return self.model
+
+    def _adapt(self) -> None:
+        """Sets the feature standardisation from one pass over all training examples (every
+        worker reads them all, so every replica gets the same statistics)."""
+        dataset = self.train_examples_fn(tf.distribute.InputContext()).batch(256)
+        if self.parse_batch_fn is not None:
+            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        batches = (batch["features"] for batch in dataset.prefetch(tf.data.AUTOTUNE))
+        print("[train] feature statistics from the training split", file=sys.stderr)
+        self.model.adapt(batches)
 
     def _restore_best(self) -> None:
         if self.validate_fn is not None and self.best_manager.latest_checkpoint:
@@ -279,8 +296,8 @@ class Trainer:
                     if stage == 2:
                         for t, value in enumerate(per_step.numpy()):
                             tf.summary.scalar(f"loss_per_decoding_step/t{t + 1}", value, step=step)
-                    tf.summary.scalar(f"learning_rate/stage{stage}", stage_config.learning_rate,
-                                      step=step)
+                    tf.summary.scalar(f"learning_rate/stage{stage}",
+                                      float(self.optimizers[stage].learning_rate), step=step)
                     tf.summary.scalar("examples_per_second", rate, step=step)
                 bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}")
                 bar.update(1)

@@ -1,0 +1,75 @@
+"""A spatial M_map: per-position class scores pooled over positions (not the paper's)."""
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="ofrnn_tf")
+class SpatialLabelHead(keras.layers.Layer):
+    """M_map as a per-position MLP whose class scores are pooled over the m positions.
+
+    `A_i = ReLU(W_1 v_i + b_1)`, `S_i = W_2 A_i + b_2` (class scores of position i),
+    `logits_c = (1/r) · log mean_i exp(r · S_{i,c})` (log-sum-exp pooling: between the
+    mean, r → 0, and the max, r → ∞). It plays the role of the paper's M_map (Eq. 1–3:
+    `v_prob = sigmoid(logits)`) with a stronger model: a small object scores at its
+    own positions instead of being averaged away. The residual decoder reads `A` and
+    `S` (docs/model.md, "The main job's model").
+
+    Args:
+        num_classes: C.
+        units: width of the per-position hidden layer.
+        dropout: dropout on the input features while training.
+        sharpness: r of the log-sum-exp pooling.
+
+    Call args:
+        features: `[B, m, k]` (standardised) feature maps.
+
+    Returns:
+        `[B, C]` float32 logits.
+
+    Example:
+    >>> head = SpatialLabelHead(num_classes=10, units=8)
+    >>> head(tf.zeros([2, 49, 16])).shape
+    TensorShape([2, 10])
+    >>> hidden, scores = head.per_position(tf.zeros([2, 49, 16]))
+    >>> hidden.shape, scores.shape
+    (TensorShape([2, 49, 8]), TensorShape([2, 49, 10]))
+    """
+
+    def __init__(self, num_classes: int, units: int = 256, dropout: float = 0.3,
+                 sharpness: float = 5.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.units = units
+        self.dropout = dropout
+        self.sharpness = sharpness
+        self._dropout = keras.layers.Dropout(dropout, name="dropout")
+        self._hidden = keras.layers.Dense(units, activation="relu", name="hidden")
+        self._scores = keras.layers.Dense(num_classes, dtype="float32", name="scores")
+
+    def build(self, features_shape):
+        self._hidden.build((None, features_shape[-1]))
+        self._scores.build((None, self.units))
+        self.built = True
+
+    def per_position(self, features, training=False):
+        """`(A [B, m, units], S [B, m, C])`: hidden features and class scores per position."""
+        if not self.built:
+            self.build(features.shape)
+        hidden = self._hidden(self._dropout(features, training=training))
+        return hidden, self._scores(hidden)
+
+    def pool(self, scores):
+        """Log-sum-exp pooling of `[B, m, C]` position scores into `[B, C]` logits."""
+        m = tf.cast(tf.shape(scores)[1], scores.dtype)
+        r = self.sharpness
+        return (tf.reduce_logsumexp(r * scores, axis=1) - tf.math.log(m)) / r
+
+    def call(self, features, training=False):
+        return self.pool(self.per_position(features, training=training)[1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "units": self.units,
+                       "dropout": self.dropout, "sharpness": self.sharpness})
+        return config
