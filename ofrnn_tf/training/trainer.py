@@ -297,7 +297,7 @@ class Trainer:
                         for t, value in enumerate(per_step.numpy()):
                             tf.summary.scalar(f"loss_per_decoding_step/t{t + 1}", value, step=step)
                     tf.summary.scalar(f"learning_rate/stage{stage}",
-                                      float(self.optimizers[stage].learning_rate), step=step)
+                                      _current_learning_rate(self.optimizers[stage]), step=step)
                     tf.summary.scalar("examples_per_second", rate, step=step)
                 bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}")
                 bar.update(1)
@@ -328,3 +328,9 @@ class Trainer:
                                              "global_step": step, "validation": metrics})
         else:
             self.epochs_since_best.assign_add(1)
+
+
+def _current_learning_rate(optimizer) -> float:
+    """The optimizer's rate now; a constant rate is a (possibly mirrored) variable."""
+    rate = optimizer.learning_rate
+    return float(tf.convert_to_tensor(getattr(rate, "value", rate)))
