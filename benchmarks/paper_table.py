@@ -17,7 +17,9 @@ spatial head                    ``--model.variant=baseline --stage1.epochs=40``:
 no_attention, frequency_first,  ``--config=paper --model.variant=...``: the paper's ablations
 rare_first
 order_free (paper)              ``--config=paper``: the paper's model
-order_free (main job)           the main job's model (the `benchmark` preset)
+order_free (main job)           the main job's model (the `benchmark` preset) with
+                                ``--stage1.epochs=40``: its M_map trained exactly as the
+                                spatial head row's, so the difference is the decoder's
 ==============================  ===============================================================
 
 It prints and appends to benchmarks/RESULTS.md the per-seed numbers, mean ± std over
@@ -53,6 +55,9 @@ flags.DEFINE_string("root", "runs/table", "Run folders go to ROOT/<mode>/seed<k>
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
 flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
 flags.DEFINE_string("cache_dir", "data", "Shared canvases and feature cache.")
+flags.DEFINE_list("runs", None, "Only these runs (default: all of them); rows of runs not "
+                  "trained for a seed are printed as not run.")
+flags.DEFINE_bool("train", True, "Train missing runs; --notrain tabulates only finished ones.")
 flags.DEFINE_bool("append", True, "Append the tables to benchmarks/RESULTS.md.")
 
 MODES = {"independent": "none", "scenes": "outfits"}
@@ -64,7 +69,8 @@ RUNS = {
     "frequency_first": ["--config=paper", "--model.variant=frequency_first"],
     "rare_first": ["--config=paper", "--model.variant=rare_first"],
     "order_free_paper": ["--config=paper"],
-    "main_job": [],
+    # The same stage 1 as the spatial head row, so the row measures what the decoder adds.
+    "main_job": ["--stage1.epochs=40"],
 }
 ROWS = ("baseline (0.5)", "baseline (τ)", "spatial head", "no_attention", "frequency_first",
         "rare_first", "order_free (paper)", "order_free (main job)")
@@ -83,9 +89,12 @@ CLAIMS = {
 }
 
 
-def run(mode: str, seed: int, name: str) -> RunDir:
+def run(mode: str, seed: int, name: str) -> RunDir | None:
+    """The finished run folder of one row, training it first if asked; None if not run."""
     run_dir = RunDir(os.path.join(FLAGS.root, mode, f"seed{seed}", name))
     if not os.path.exists(run_dir.metrics_file("test")):
+        if not FLAGS.train or (FLAGS.runs and name not in FLAGS.runs):
+            return None
         command = [sys.executable, "train.py", f"--workdir={run_dir.path}",
                    *RUNS[name], f"--data.seed={seed}", f"--train.seed={seed}",
                    f"--data.scenes={MODES[mode]}", f"--runtime.cache_dir={FLAGS.cache_dir}"]
@@ -99,6 +108,8 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
     out = {}
     for name in RUNS:
         run_dir = run(mode, seed, name)
+        if run_dir is None:
+            continue
         metrics = run_dir.load_metrics("test")
         with open(run_dir.timing_file("train")) as f:
             seconds = round(json.load(f).get("training", 0.0))
@@ -109,18 +120,23 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         else:
             out[{"spatial_head": "spatial head", "order_free_paper": "order_free (paper)",
                  "main_job": "order_free (main job)"}.get(name, name)] = metrics
-    return {row: out[row] for row in ROWS}
+    return {row: out[row] for row in ROWS if row in out}
 
 
 def mean_std(values: list[float]) -> str:
+    if not values:
+        return "not run"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def summary(per_seed: dict[int, dict]) -> str:
-    table = {row: {column: mean_std([per_seed[s][row][column] for s in per_seed])
-                   for column in COLUMNS} for row in ROWS}
+    table = {}
+    for row in ROWS:
+        seeds = [s for s in per_seed if row in per_seed[s]]
+        table[f"{row} ({len(seeds)} seeds)"] = {
+            column: mean_std([per_seed[s][row][column] for s in seeds]) for column in COLUMNS}
     return format_table(table, columns=list(COLUMNS), name_header="row")
 
 
@@ -128,9 +144,13 @@ def claims(mode: str, per_seed: dict[int, dict]) -> list[str]:
     """Each claim's differences (mean ± std over seeds) and whether its goal is met."""
     lines = []
     for text, row, reference, margin, ranking in CLAIMS[mode]:
+        seeds = [s for s in per_seed if row in per_seed[s] and reference in per_seed[s]]
+        if not seeds:
+            lines.append(f"- {text}: not run.")
+            continue
         parts, met = [], True
         for column in ("C-F1", "O-F1", "mAP", "AP-small"):
-            diffs = [per_seed[s][row][column] - per_seed[s][reference][column] for s in per_seed]
+            diffs = [per_seed[s][row][column] - per_seed[s][reference][column] for s in seeds]
             mean = statistics.mean(diffs)
             spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
             noise = " (inside the noise)" if abs(mean) <= spread else ""
@@ -140,7 +160,8 @@ def claims(mode: str, per_seed: dict[int, dict]) -> list[str]:
             elif ranking:
                 met &= mean >= 0.0
         goal = f"≥ +{margin:g} C-F1 and O-F1" + (", not below on mAP and AP-small" if ranking else "")
-        lines.append(f"- {text}: {', '.join(parts)}; goal ({goal}): {'met' if met else 'not met'}.")
+        lines.append(f"- {text}, seeds {', '.join(map(str, seeds))}: {', '.join(parts)}; "
+                     f"goal ({goal}): {'met' if met else 'not met'}.")
     return lines
 
 
@@ -161,6 +182,8 @@ def main(argv) -> None:
         lines += ["", "A difference is called inside the noise when its mean over seeds is no "
                       "larger than the spread (std) of its per-seed values.", "", "Per seed:", ""]
         for seed, rows in per_seed.items():
+            if not rows:
+                continue
             lines += [f"Seed {seed}:", "", format_table(rows, columns=list(COLUMNS),
                                                         name_header="row"), ""]
         publish(f"Paper table, benchmark mode `{mode}`", "\n".join(lines), FLAGS.append)
