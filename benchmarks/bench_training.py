@@ -5,8 +5,10 @@ shuffled, batched, parsed in parallel and prefetched in `Trainer._epoch_dataset`
 over a features directory: the one of a finished run (``--workdir``, the default the
 main job's `runs/order_free`, with its model and settings) or N synthetic examples
 (``--synthetic``: random float16 ``[m, k]`` maps with a weak label signal, 1–4 of C
-labels each, the main job's model). For XLA off and on (``runtime.jit_compile``) it
-times the stage-2 step function of `Trainer._make_train_step`:
+labels each, the main job's model). For XLA off and on (``runtime.jit_compile``), and
+for the records kept in memory (the default for a split under
+``train.cache_records_mib``) and read from the files every epoch, it times the stage-2
+step function of `Trainer._make_train_step`:
 
 - ``pipeline``: whole epochs fed by the trainer's input pipeline, from building the
   epoch's dataset to the last step (so the shuffle buffer's fill at the start of
@@ -25,6 +27,7 @@ The CPU may be shared with other work: compare the numbers as ratios within one 
 Prints a markdown table and appends it to benchmarks/RESULTS.md.
 
     python benchmarks/bench_training.py --workdir=runs/order_free --xla=off
+    python benchmarks/bench_training.py --workdir=runs/order_free --xla=off --shuffle_buffers=4096,1024
     python benchmarks/bench_training.py --synthetic --num_examples=2048
 """
 
@@ -65,6 +68,11 @@ flags.DEFINE_integer("num_classes", 10, "C of the synthetic data.")
 flags.DEFINE_integer("num_shards", 8, "Shards of the synthetic data.")
 flags.DEFINE_integer("max_steps", 4, "T_max of the synthetic data.")
 flags.DEFINE_list("xla", ["off", "on"], "XLA settings to time (off, on).")
+flags.DEFINE_bool("memory", True, "Time the records kept in memory (`train.cache_records_mib`, "
+                  "the default for splits that fit).")
+flags.DEFINE_list("shuffle_buffers", ["default"], "Also time reading the files every epoch with "
+                  "these shuffle buffers (examples; `default`: the run's `train.shuffle_buffer`); "
+                  "empty: not at all.")
 flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per setting (tracing, compilation).")
 flags.DEFINE_integer("memory_batches", 4, "Distinct batches held in memory for `compute`.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each measure (medians count).")
@@ -259,70 +267,79 @@ def run(work_dir: str) -> None:
     files = tfrecords.shard_files(features_dir, "train")
     shard_mib = sum(os.path.getsize(p) for p in files) / 2 ** 20
 
-    rows, results, reader, buffered = [], {}, None, 0.0
+    rows, results, readers, buffered = [], {}, {}, 0.0
     load_before = os.getloadavg()[0]
-    for xla in FLAGS.xla:
-        trainer = make_trainer(config.replace(runtime={"jit_compile": xla == "on"}), facts,
-                               features_dir, os.path.join(work_dir, f"workdir_xla_{xla}"))
-        print(f"timing XLA {xla}: {trainer.steps_per_epoch} steps/epoch ...", file=sys.stderr,
-              flush=True)
-        results[xla] = measure(trainer, FLAGS.repeats)
-        if reader is None:
+    inputs = [("memory", {"cache_records_mib": max(1, config.train.cache_records_mib)})] * FLAGS.memory
+    buffers = [config.train.shuffle_buffer if b == "default" else int(b)
+               for b in FLAGS.shuffle_buffers]
+    inputs += [("files", {"cache_records_mib": 0, "shuffle_buffer": b}) for b in buffers]
+    if not inputs:
+        raise app.UsageError("nothing to time: --nomemory and no --shuffle_buffers")
+    for xla, (source_name, train) in itertools.product(FLAGS.xla, inputs):
+        trainer = make_trainer(config.replace(runtime={"jit_compile": xla == "on"}, train=train),
+                               facts, features_dir, os.path.join(work_dir, f"workdir_{len(results)}"))
+        if source_name == "memory" and not trainer.cache_examples:
+            print(f"the split ({shard_mib:.0f} MiB) exceeds train.cache_records_mib: not timed "
+                  f"from memory", file=sys.stderr)
+            continue
+        buffer = num_train if trainer.cache_examples else min(num_train, train["shuffle_buffer"])
+        print(f"timing XLA {xla}, records from {source_name}, shuffle buffer {buffer}: "
+              f"{trainer.steps_per_epoch} steps/epoch ...", file=sys.stderr, flush=True)
+        results[xla, source_name, buffer] = measure(trainer, FLAGS.repeats)
+        if source_name not in readers:
             buffered = buffered_bytes_per_example(trainer, shard_mib * 2 ** 20 / num_train)
             steps = trainer.steps_per_epoch
-            own, bare = [], []
-            for r in range(FLAGS.repeats):
-                own.append(time_reader(trainer._epoch_dataset(2, 100 + r, 0), steps))
-                bare.append(time_reader(tfrecords.make_dataset(features_dir, "train", 256,
-                                                               label_map=label_map), 10 ** 9))
-            reader = {"own": statistics.median(n / t for t, n in own),
-                      "bare": statistics.median(n / t for t, n in bare)}
+            own = [time_reader(trainer._epoch_dataset(2, 100 + r, 0), steps)
+                   for r in range(FLAGS.repeats)]
+            readers[source_name] = statistics.median(n / t for t, n in own)
         del trainer
 
+    bare = [time_reader(tfrecords.make_dataset(features_dir, "train", 256, label_map=label_map),
+                        10 ** 9) for _ in range(FLAGS.repeats)]
+    readers["bare `make_dataset` reader, batches of 256, no shuffle"] = statistics.median(
+        n / t for t, n in bare)
     load_after = os.getloadavg()[0]
     batch = config.train.batch_size
-    buffer = min(num_train, config.train.shuffle_buffer)
     model = config.model
     lines = [
         f"{num_train} {source}: m={height * width} ({height}x{width}), k={depth}, "
         f"C={label_map.num_classes}, T_max={facts.max_steps}, batch {batch}; model "
         f"{model.variant} (head {model.head}, decoder {model.decoder}, LSTM "
         f"{model.lstm_units}, FC {model.fc_units}), stage-2 steps {config.train.train_steps}; "
-        f"{len(files)} shards, {shard_mib:.0f} MiB; shuffle buffer {buffer} examples "
-        f"({buffer * buffered / 2 ** 20:.0f} MiB). Stage-2 step of "
+        f"{len(files)} shards, {shard_mib:.0f} MiB; a buffered example takes "
+        f"{buffered / 2 ** 10:.0f} KiB. Stage-2 step of "
         f"`Trainer._make_train_step`; medians of {FLAGS.repeats} repeats. The CPU may be "
         f"shared with other work (1-minute load average {load_before:.1f} before, "
         f"{load_after:.1f} after on {os.cpu_count()} cores): compare the numbers as ratios "
         f"within this run.",
         "",
-        "| XLA | ex/s with pipeline | ex/s compute only | input-wait share | "
+        "| XLA | records | shuffle buffer | ex/s with pipeline | ex/s compute only | input-wait share | "
         "ms/step pipeline | ms/step compute | first step of epoch (s) | "
         "wait share after first step |",
-        "|:---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|:---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     failures = []
-    for xla, r in results.items():
+    for (xla, source_name, buffer), r in results.items():
         if "error" in r:
-            rows.append(f"| {xla} | fails | fails | — | — | — | — | — |")
+            rows.append(f"| {xla} | {source_name} | {buffer} | fails | fails | — | — | — | — | — |")
             failures.append(f"XLA {xla}: the stage-2 step fails: {r['error']}")
             continue
         rows.append(
-            f"| {xla} | {batch / r['pipeline']:,.0f} | {batch / r['compute']:,.0f} | "
+            f"| {xla} | {source_name} | {buffer} | {batch / r['pipeline']:,.0f} | {batch / r['compute']:,.0f} | "
             f"{100 * r['share']:.1f}% | "
             f"{1000 * r['pipeline']:.1f} | {1000 * r['compute']:.1f} | {r['first_step']:.2f} | "
             f"{100 * r['share_after_first']:.1f}% |")
     lines += rows
     lines += [""] + failures + [""] * bool(failures) + [
-        f"Reader alone: the trainer's input pipeline (`_epoch_dataset`, batches of {batch}, "
-        f"shuffle fill included) {reader['own']:,.0f} examples/s; the bare `make_dataset` "
-        f"reader (batches of 256) {reader['bare']:,.0f} examples/s.",
+        f"Readers alone, examples/s (the trainer's `_epoch_dataset`, batches of {batch}, "
+        f"shuffle fill included, from each source): "
+        + "; ".join(f"{name} {rate:,.0f}" for name, rate in readers.items()) + ".",
         "Input-wait share = 1 − t_compute / t_pipeline per step (goal ≤ 5%); a pipeline "
         "epoch is timed from building its dataset to its last step.",
     ]
-    if num_train <= config.train.shuffle_buffer:
-        lines.append(f"The shuffle buffer ({config.train.shuffle_buffer}) holds the whole epoch "
-                     f"({num_train} examples): every example is read before the epoch's "
-                     f"first step, the worst case for the fill.")
+    lines.append("`memory`: the records of the first epoch are kept (the warm-up fills them), "
+                 "every later epoch shuffles all of them from memory; `files`: every epoch "
+                 "reads the shards again through a shuffle buffer.")
     publish("Stage-2 training throughput and input wait", "\n".join(lines), FLAGS.append)
 
 

@@ -158,7 +158,8 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
         return tfrecords.record_dataset(features_dir, "train", label_map=label_map,
                                         input_context=ctx)
 
-    parse = tfrecords.parse_batch_fn(features_dir)
+    parse = tfrecords.parse_batch_fn(features_dir, features_dtype=tf.float16)
+    split_mib = tfrecords.split_bytes(features_dir, "train") / 2 ** 20
 
     def parse_batch(serialized: tf.Tensor) -> dict:
         batch = parse(serialized)
@@ -172,6 +173,7 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
     strategy = strategy or make_strategy(config.runtime.strategy)
     return Trainer(config, facts, run_dir, strategy, tfrecords.num_examples(features_dir, "train"),
                    train_examples, validate_fn=validate_fn, parse_batch_fn=parse_batch,
+                   cache_examples=split_mib <= config.train.cache_records_mib,
                    progress=validate)
 
 

@@ -181,7 +181,12 @@ class TrainConfig:
     """What both stages share."""
 
     batch_size: int = setting(64, "Global batch size.")
-    shuffle_buffer: int = setting(4096, "Serialized records in the shuffle buffer.")
+    shuffle_buffer: int = setting(4096, "Serialized records in the shuffle buffer (when they "
+                                  "are read from files each epoch).", resumable=True)
+    cache_records_mib: int = setting(2048, "Keep the training split's records in memory when "
+                                     "its shards take at most this many MiB (0: never): epochs "
+                                     "after the first read no file and shuffle over the whole "
+                                     "split.", resumable=True)
     seed: int = setting(0, "Seed of initial weights, data order and dropout.")
     train_steps: str = setting("gt_count_plus_one", "Decoding steps per image in stage 2: its "
                                "label count (the paper), one more (so the step after the last "
@@ -194,6 +199,7 @@ class TrainConfig:
     def __post_init__(self):
         _check_choices(self)
         _check_positive(self, "batch_size", "shuffle_buffer")
+        _check_positive(self, "cache_records_mib", allow_zero=True)
 
 
 @dataclasses.dataclass

@@ -245,7 +245,7 @@ def check_shard(path: str, full: bool = False) -> int:
 
 # -- reading -----------------------------------------------------------------
 
-def _parse_fn(num_positions: int, depth: int, num_classes: int):
+def _parse_fn(num_positions: int, depth: int, num_classes: int, features_dtype=tf.float32):
     spec = {
         "image_id": tf.io.FixedLenFeature([], tf.string),
         "features": tf.io.FixedLenFeature([], tf.string),
@@ -259,7 +259,7 @@ def _parse_fn(num_positions: int, depth: int, num_classes: int):
         parsed = tf.io.parse_example(serialized, spec)
         batch = tf.shape(serialized, out_type=tf.int64)[0]
         features = tf.io.decode_raw(parsed["features"], tf.float16)
-        features = tf.cast(tf.reshape(features, [batch, num_positions, depth]), tf.float32)
+        features = tf.cast(tf.reshape(features, [batch, num_positions, depth]), features_dtype)
         labels, areas = parsed["labels"], parsed["label_areas"]
         index = tf.stack([labels.indices[:, 0], labels.values], axis=1)
         shape = tf.stack([batch, tf.constant(num_classes, tf.int64)])
@@ -271,10 +271,20 @@ def _parse_fn(num_positions: int, depth: int, num_classes: int):
     return parse
 
 
-def parse_batch_fn(features_dir: str):
-    """Parses a batch of serialized records of ``features_dir`` into `make_dataset`'s dict."""
+def parse_batch_fn(features_dir: str, features_dtype=tf.float32):
+    """Parses a batch of serialized records of ``features_dir`` into `make_dataset`'s dict.
+
+    ``features_dtype=tf.float16`` keeps the features as stored (half the bytes to move;
+    the consumer casts them).
+    """
     height, width, depth = (int(d) for d in read_meta(features_dir)["feature_shape"])
-    return _parse_fn(height * width, depth, LabelMap.load(features_dir).num_classes)
+    return _parse_fn(height * width, depth, LabelMap.load(features_dir).num_classes,
+                     features_dtype)
+
+
+def split_bytes(features_dir: str, split: str) -> int:
+    """Bytes of a split's shards on disk."""
+    return sum(os.path.getsize(path) for path in shard_files(features_dir, split))
 
 
 def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None = None,

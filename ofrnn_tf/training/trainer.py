@@ -58,6 +58,10 @@ class Trainer:
             this parses a batch of them into `{"features", "labels"}`: the shuffle
             buffer then holds the compact records, and parsing runs on whole batches,
             in parallel with training, instead of while the buffer fills.
+        cache_examples: keep each input pipeline's training examples in memory after
+            their first full pass (`train_examples_fn` is then called once per
+            pipeline), and shuffle each epoch over all of them: later epochs read no
+            file. For splits that fit in memory.
         progress: show a tqdm bar per epoch.
     """
 
@@ -65,7 +69,7 @@ class Trainer:
                  strategy: tf.distribute.Strategy, num_train: int,
                  train_examples_fn: ExamplesFn, validate_fn: Optional[ValidateFn] = None,
                  parse_batch_fn: Optional[Callable[[tf.Tensor], dict]] = None,
-                 progress: bool = True):
+                 cache_examples: bool = False, progress: bool = True):
         self.config = config
         self.facts = facts
         self.run_dir = run_dir
@@ -74,6 +78,8 @@ class Trainer:
         self.train_examples_fn = train_examples_fn
         self.validate_fn = validate_fn
         self.parse_batch_fn = parse_batch_fn
+        self.cache_examples = cache_examples
+        self._cached_examples: dict[tuple, tf.data.Dataset] = {}
         self.progress = progress
         self.chief = is_chief(strategy)
         self.global_batch = config.train.batch_size
@@ -164,7 +170,10 @@ class Trainer:
             return loss, per_step, tape.gradient(scaled, variables)
 
         def replica_step(batch):
-            loss, per_step, grads = gradients(batch["features"], batch["labels"])
+            # Records may carry their features as stored (float16): cast here, in the
+            # step's multi-threaded graph, rather than in the input pipeline.
+            features = tf.cast(batch["features"], tf.float32)
+            loss, per_step, grads = gradients(features, batch["labels"])
             optimizer.apply_gradients(zip(grads, variables))
             return loss, per_step
 
@@ -178,12 +187,23 @@ class Trainer:
         return train_step
 
     # -- data -------------------------------------------------------------------
+    def _examples(self, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        if not self.cache_examples:
+            return self.train_examples_fn(ctx)
+        key = (ctx.num_input_pipelines, ctx.input_pipeline_id)
+        if key not in self._cached_examples:
+            self._cached_examples[key] = self.train_examples_fn(ctx).cache()
+        return self._cached_examples[key]
+
     def _epoch_dataset(self, stage: int, epoch: int, skip_steps: int):
         seed = self.config.train.seed * 1000 + stage * 100 + epoch
-        shuffle_buffer = min(self.num_train, self.config.train.shuffle_buffer)
+        # From memory a buffer of the whole epoch fills in moments, and it reads the
+        # first pass to its end, which is what completes the cache.
+        shuffle_buffer = (self.num_train if self.cache_examples
+                          else min(self.num_train, self.config.train.shuffle_buffer))
 
         def dataset_fn(ctx: tf.distribute.InputContext):
-            ds = self.train_examples_fn(ctx)
+            ds = self._examples(ctx)
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
             # Workers' shards may differ by a few examples; repeating lets every worker
             # take exactly `steps_per_epoch` steps, so none waits on the others forever.
@@ -253,10 +273,11 @@ class Trainer:
     def _adapt(self) -> None:
         """Sets the feature standardisation from one pass over all training examples (every
         worker reads them all, so every replica gets the same statistics)."""
-        dataset = self.train_examples_fn(tf.distribute.InputContext()).batch(256)
+        dataset = self._examples(tf.distribute.InputContext()).batch(256)
         if self.parse_batch_fn is not None:
             dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
-        batches = (batch["features"] for batch in dataset.prefetch(tf.data.AUTOTUNE))
+        batches = (tf.cast(batch["features"], tf.float32)
+                   for batch in dataset.prefetch(tf.data.AUTOTUNE))
         print("[train] feature statistics from the training split", file=sys.stderr)
         self.model.adapt(batches)
 
