@@ -60,7 +60,7 @@ def save_export_archive(module: InferenceModule, path: str) -> None:
     archive.track(module.backbone.feature_model)
     archive.track(module.model)
     archive.add_variable_collection(
-        "decoding", [module.tau, module.label_names, module.max_image_pixels])
+        "decoding", [module.tau, module.score_mix, module.label_names, module.max_image_pixels])
     archive.add_endpoint("serving_default", module.serve_images)
     archive.write_out(path, verbose=False)
 
@@ -72,7 +72,8 @@ class KerasLayersModule(tf.Module):
         super().__init__()
         self.model = module.model
         self.feature_model = module.backbone.feature_model
-        self.tau, self.label_names = module.tau, module.label_names
+        self.tau, self.score_mix = module.tau, module.score_mix
+        self.label_names = module.label_names
         self.max_image_pixels = module.max_image_pixels
         self.serve_images = module.serve_images
 

@@ -10,7 +10,8 @@ NUS-WIDE, which is what the paper's recurrent decoder is meant to exploit.
 Command:
     ofrnn-train --config=benchmark_scenes --workdir=runs/scenes
 
-Run time on 2 CPU cores: about 6 minutes (like the main job).
+Run time on 2 CPU cores: like the main job's (about 13½ minutes from nothing, 5 once
+the scene-mode canvases and features are cached).
 
 Expected test result: see the scene-mode paper table in benchmarks/RESULTS.md.
 """
