@@ -88,6 +88,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap
 
@@ -625,8 +626,6 @@ def load_benchmark_split(out_dir: str, split: str, *, check_files: bool = True
                          ) -> tuple[list[Example], LabelMap, LoadStats]:
     """Reads one split of a built benchmark through the COCO adapter, checking the
     COCO categories against the ``label_map.json`` beside them."""
-    from ofrnn_tf.data.adapters.coco import load_coco
-
     if split not in SPLITS:
         raise ValueError(f"benchmark split must be one of {SPLITS}, got {split!r}")
     marker = os.path.join(out_dir, BENCHMARK_FILENAME)
