@@ -265,7 +265,7 @@ def run(work_dir: str) -> None:
     height, width, depth = (int(d) for d in meta["feature_shape"])
     num_train = tfrecords.num_examples(features_dir, "train")
     files = tfrecords.shard_files(features_dir, "train")
-    shard_mib = sum(os.path.getsize(p) for p in files) / 2 ** 20
+    shard_mib = tfrecords.split_bytes(features_dir, "train") / 2 ** 20
 
     rows, results, readers, buffered = [], {}, {}, 0.0
     load_before = os.getloadavg()[0]
@@ -282,7 +282,7 @@ def run(work_dir: str) -> None:
             print(f"the split ({shard_mib:.0f} MiB) exceeds train.cache_records_mib: not timed "
                   f"from memory", file=sys.stderr)
             continue
-        buffer = num_train if trainer.cache_examples else min(num_train, train["shuffle_buffer"])
+        buffer = trainer.shuffle_buffer
         print(f"timing XLA {xla}, records from {source_name}, shuffle buffer {buffer}: "
               f"{trainer.steps_per_epoch} steps/epoch ...", file=sys.stderr, flush=True)
         results[xla, source_name, buffer] = measure(trainer, FLAGS.repeats)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.run_dir import RunDir, RunFacts
-from ofrnn_tf.training.distribute import is_chief
+from ofrnn_tf.training.distribute import is_chief, num_workers
 
 # input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
 ExamplesFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
@@ -195,12 +195,18 @@ class Trainer:
             self._cached_examples[key] = self.train_examples_fn(ctx).cache()
         return self._cached_examples[key]
 
-    def _epoch_dataset(self, stage: int, epoch: int, skip_steps: int):
-        seed = self.config.train.seed * 1000 + stage * 100 + epoch
+    @property
+    def shuffle_buffer(self) -> int:
+        """Examples in each epoch's shuffle buffer."""
         # From memory a buffer of the whole epoch fills in moments, and it reads the
         # first pass to its end, which is what completes the cache.
-        shuffle_buffer = (self.num_train if self.cache_examples
-                          else min(self.num_train, self.config.train.shuffle_buffer))
+        if self.cache_examples:
+            return self.num_train
+        return min(self.num_train, self.config.train.shuffle_buffer)
+
+    def _epoch_dataset(self, stage: int, epoch: int, skip_steps: int):
+        seed = self.config.train.seed * 1000 + stage * 100 + epoch
+        shuffle_buffer = self.shuffle_buffer
 
         def dataset_fn(ctx: tf.distribute.InputContext):
             ds = self._examples(ctx)
@@ -273,7 +279,10 @@ class Trainer:
     def _adapt(self) -> None:
         """Sets the feature standardisation from one pass over all training examples (every
         worker reads them all, so every replica gets the same statistics)."""
-        dataset = self._examples(tf.distribute.InputContext()).batch(256)
+        # One worker trains on this same whole-split pass, so it fills the cache; with
+        # several, each keeps only its share, and the whole split is not cached here.
+        examples = self._examples if num_workers(self.strategy) == 1 else self.train_examples_fn
+        dataset = examples(tf.distribute.InputContext()).batch(256)
         if self.parse_batch_fn is not None:
             dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
         batches = (tf.cast(batch["features"], tf.float32)
