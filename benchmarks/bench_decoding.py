@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+# Before TensorFlow: ofrnn_tf sets its oneDNN default, read when TensorFlow loads.
+import ofrnn_tf  # noqa: F401
 import tensorflow as tf
 from absl import app, flags
 

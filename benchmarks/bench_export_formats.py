@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+# Before TensorFlow: ofrnn_tf sets its oneDNN default, read when TensorFlow loads.
+import ofrnn_tf  # noqa: F401
 import keras
 import numpy as np
 import tensorflow as tf

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+# Before TensorFlow: ofrnn_tf sets its oneDNN default, read when TensorFlow loads.
+import ofrnn_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
 from absl import app, flags

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+# Before TensorFlow: ofrnn_tf sets its oneDNN default, read when TensorFlow loads.
+import ofrnn_tf  # noqa: F401
 import keras
 import numpy as np
 import pytest
