@@ -10,11 +10,11 @@ Command (from a fresh clone; sets up .venv, trains, evaluates, exports, calls gR
 or, on an installed package:
     ofrnn-train --workdir=runs/order_free
 
-Run time on 2 CPU cores: about 13½ minutes from nothing (canvases 71 s, features
-445 s, training 235 s, evaluation 15 s, export and gRPC about 45 s); about 5 minutes
-once the canvases and features are cached.
+Run time on 2 CPU cores: about 5½ minutes from nothing (canvases 43 s, features
+125 s, training 117 s, evaluation and pictures 7 s, export and gRPC about 30 s);
+about 2½ minutes once the canvases and features are cached.
 
-Expected test result: C-F1 81.5, O-F1 81.4, mAP 87.8, small-object AP 68.4 (one
+Expected test result: C-F1 81.5, O-F1 81.4, mAP 87.5, small-object AP 68.7 (one
 run; across data seeds see the `order_free (main job)` row of the paper table in
 benchmarks/RESULTS.md).
 """
