@@ -157,6 +157,27 @@ def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
     assert not [n for n in os.listdir(out) if "incomplete" in n]
 
 
+def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backbone):
+    # Two runs that start together build the same cache: each writes under its own
+    # temporary name, and only leftovers of dead processes are cleared.
+    examples = _good_examples(str(tmp_path), n=4)
+    out = tmp_path / "features"
+    out.mkdir()
+    final = str(out / tfrecords.shard_filename("train", 0, 1))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    live_file, dead_file, old_file = (f"{final}.incomplete-{os.getppid()}",
+                                      f"{final}.incomplete-{dead}", f"{final}.incomplete")
+    for path in (live_file, dead_file, old_file):
+        with open(path, "w") as f:
+            f.write("partial")
+    extract.extract_split(examples, LABELS, backbone, str(out), "train", num_shards=1,
+                          progress=False)
+    assert os.path.exists(live_file)
+    assert not os.path.exists(dead_file) and not os.path.exists(old_file)
+    assert tfrecords.num_examples(str(out), "train") == 4
+
+
 def test_shard_index_lets_several_machines_share_a_split(tmp_path, backbone):
     examples = _good_examples(str(tmp_path), n=7)
     out = str(tmp_path / "features")

@@ -9,8 +9,11 @@ in positions, finds the reason, prints it with the path and records it in the
 summary and ``meta.json``.
 
 Examples are split into ``num_shards`` contiguous shards. Each shard is written
-under a temporary name and renamed when complete, after its ``.json`` record, so a
-rerun skips finished shards and an interrupted extraction resumes. With
+under a temporary name of its own process and renamed when complete, after its
+``.json`` record, so a rerun skips finished shards, an interrupted extraction resumes,
+and two processes that build the same cache at once (two training runs started
+together) do not take each other's files: both write the same bytes and the later
+rename wins. With
 ``shard_index`` several machines extract disjoint shards into one directory
 (``ofrnn-extract --shard_index=i``, see `ofrnn_tf.cli.extract`).
 """
@@ -39,6 +42,29 @@ from ofrnn_tf.features.images import clean_tf_error, decode_and_resize
 from ofrnn_tf.labels import LabelMap
 
 _INCOMPLETE_SUFFIX = ".incomplete"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _incomplete_path(final: str) -> str:
+    """This process's temporary name for shard `final`; leftovers of processes that
+    died are removed (another live process's file is its own business)."""
+    for stale in glob.glob(glob.escape(final + _INCOMPLETE_SUFFIX) + "*"):
+        pid = stale[len(final + _INCOMPLETE_SUFFIX) + 1:]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            try:
+                os.remove(stale)
+            except FileNotFoundError:
+                pass
+    return f"{final}{_INCOMPLETE_SUFFIX}-{os.getpid()}"
 
 
 @dataclasses.dataclass
@@ -145,6 +171,7 @@ class _PendingShard:
     written: int = 0
     skipped: list = dataclasses.field(default_factory=list)
     writer: tf.io.TFRecordWriter | None = None
+    temp_path: str = ""  # where `writer` writes until the shard is complete
 
 
 class _ShardWriter(threading.Thread):
@@ -250,12 +277,16 @@ class _ShardWriter(threading.Thread):
                                f"{self._next} in shard {shard.index}")
         example = self.examples[shard.example_ids[pos - shard.start]]
         if shard.writer is None:
-            shard.writer = tf.io.TFRecordWriter(self._path(shard) + _INCOMPLETE_SUFFIX)
+            self._open(shard)
         shard.writer.write(tfrecords.serialize_example(
             example.image_id, features, example.label_ids, example.label_areas))
         shard.written += 1
         self.summary.examples_written += 1
         self._next += 1
+
+    def _open(self, shard: _PendingShard) -> None:
+        shard.temp_path = _incomplete_path(self._path(shard))
+        shard.writer = tf.io.TFRecordWriter(shard.temp_path)
 
     def _path(self, shard: _PendingShard) -> str:
         return os.path.join(self.out_dir,
@@ -264,12 +295,12 @@ class _ShardWriter(threading.Thread):
     def _finalize(self, shard: _PendingShard) -> None:
         final = self._path(shard)
         if shard.writer is None:  # every image skipped, or an empty shard
-            shard.writer = tf.io.TFRecordWriter(final + _INCOMPLETE_SUFFIX)
+            self._open(shard)
         shard.writer.close()
         shard.writer = None
         tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
                                     shard.written, shard.skipped, len(self.examples))
-        os.replace(final + _INCOMPLETE_SUFFIX, final)
+        os.replace(shard.temp_path, final)
         self.summary.shards_written.append(shard.index)
 
 
