@@ -1,7 +1,7 @@
 """TensorFlow's oneDNN CPU kernels off and on: extraction, training steps and serving.
 
-TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it loads, and leaves oneDNN off
-on CPUs without AVX-512; importing ``ofrnn_tf`` first turns it on unless the
+TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it loads; unset, it turns oneDNN
+on only on CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX instructions; importing ``ofrnn_tf`` first turns it on unless the
 environment says otherwise. This script measures what that default is worth on a
 finished run (``--workdir``, whose cached canvases must still exist): for every
 repeat, one child process per setting (order alternating, so both see about the

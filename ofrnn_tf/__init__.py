@@ -11,9 +11,11 @@ multi-label metrics; ``pipeline`` chains the steps for ``cli``.
 
 Importing the package before TensorFlow turns TensorFlow's oneDNN CPU kernels on
 (``TF_ENABLE_ONEDNN_OPTS=1``) unless the environment already says otherwise.
-TensorFlow leaves them off on CPUs without AVX-512 (the AMD EPYC this project is
-measured on), where they make feature extraction 1.8× and training steps 1.2× faster
-(benchmarks/RESULTS.md, "oneDNN"). They only change floating-point round-off.
+On Linux, TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI or BF16,
+AVX-VNNI or AMX instructions; on the others (such as some of the AMD EPYC machines this
+project is measured on) it leaves them off, and there they make feature extraction
+1.6× and training steps 1.9× faster (benchmarks/RESULTS.md, "oneDNN"). They only
+change floating-point round-off.
 """
 
 import os
