@@ -247,7 +247,10 @@ class ExperimentConfig:
     model: ModelConfig = section(ModelConfig)
     stage1: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(
         learning_rate=3e-3, schedule="cosine", epochs=16, patience=5))
-    stage2: StageConfig = section(StageConfig)
+    # Cosine over 12 epochs: with the earlier constant rate and at most 6 epochs, the best
+    # validation epoch was the last in 5 of the paper table's 6 main-job runs.
+    stage2: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(
+        learning_rate=1e-3, schedule="cosine", epochs=12, patience=0))
     train: TrainConfig = section(TrainConfig)
     decoding: DecodingConfig = section(DecodingConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
