@@ -10,7 +10,7 @@ NUS-WIDE, which is what the paper's recurrent decoder is meant to exploit.
 Command:
     ofrnn-train --config=benchmark_scenes --workdir=runs/scenes
 
-Run time on 2 CPU cores: like the main job's (about 5½ minutes from nothing, 2½ once
+Run time on 2 CPU cores: like the main job's (about 6¼ minutes from nothing, 3½ once
 the scene-mode canvases and features are cached).
 
 Expected test result (mean over data seeds 0–2, paper table in benchmarks/RESULTS.md):
