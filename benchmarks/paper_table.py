@@ -153,14 +153,18 @@ def claims(mode: str, per_seed: dict[int, dict]) -> list[str]:
             diffs = [per_seed[s][row][column] - per_seed[s][reference][column] for s in seeds]
             mean = statistics.mean(diffs)
             spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-            noise = " (inside the noise)" if abs(mean) <= spread else ""
-            parts.append(f"{column} {mean:+.1f} ± {spread:.1f}{noise}")
+            if len(diffs) == 1:  # one seed: no spread to compare with
+                parts.append(f"{column} {mean:+.1f}")
+            else:
+                noise = " (inside the noise)" if abs(mean) <= spread else ""
+                parts.append(f"{column} {mean:+.1f} ± {spread:.1f}{noise}")
             if column in ("C-F1", "O-F1"):
                 met &= mean >= margin
             elif ranking:
                 met &= mean >= 0.0
         goal = f"≥ +{margin:g} C-F1 and O-F1" + (", not below on mAP and AP-small" if ranking else "")
-        lines.append(f"- {text}, seeds {', '.join(map(str, seeds))}: {', '.join(parts)}; "
+        which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+        lines.append(f"- {text}, {which}: {', '.join(parts)}; "
                      f"goal ({goal}): {'met' if met else 'not met'}.")
     return lines
 
