@@ -13,8 +13,9 @@ Command:
 Run time on 2 CPU cores: like the main job's (about 6¼ minutes from nothing, 3½ once
 the scene-mode canvases and features are cached).
 
-Expected test result (mean over data seeds 0–2, paper table in benchmarks/RESULTS.md):
-C-F1 85.9, O-F1 87.0, mAP 92.4, small-object AP 74.4.
+Expected test result (mean over data seeds 0–2 of the paper table's main-job row, whose
+stage 1 runs 40 epochs; benchmarks/RESULTS.md): C-F1 86.5, O-F1 87.6, mAP 92.7,
+small-object AP 75.2.
 """
 
 from ofrnn_tf.configs import benchmark
