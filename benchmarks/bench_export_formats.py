@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # Before TensorFlow: ofrnn_tf sets its oneDNN default, read when TensorFlow loads.
@@ -38,10 +37,10 @@ from absl import app, flags
 from ofrnn_tf.export.saved_model import signatures
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.run_dir import RunDir
-from ofrnn_tf.serving.local_server import load_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import publish  # noqa: E402
+from benchmarks._session import SessionModel, median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished training run.")
@@ -88,20 +87,12 @@ def save_keras_layers(module: InferenceModule, path: str) -> None:
 
 def session_latency(path: str, images: np.ndarray, repeats: int):
     """(labels, median seconds) of serving_default through the session loader, or the error."""
-    session, defs = load_session(path)
-    sig = defs["serving_default"]
-    fetches = {k: v.name for k, v in sig.outputs.items()}
-    feed = {sig.inputs["images"].name: images}
+    model = SessionModel(path)
     try:
-        labels = session.run(fetches, feed)["labels"]
+        labels = model(images)["labels"]
     except tf.errors.OpError as error:
         return None, f"{type(error).__name__}: {error.message.splitlines()[0][:120]}"
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(fetches, feed)
-        times.append(time.perf_counter() - start)
-    return labels, float(np.median(times))
+    return labels, median_seconds(lambda: model(images), repeats)
 
 
 def main(argv) -> None:

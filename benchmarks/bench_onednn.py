@@ -1,8 +1,8 @@
 """TensorFlow's oneDNN CPU kernels off and on: extraction, training steps and serving.
 
 TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it loads; unset, it turns oneDNN
-on only on CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX instructions; importing ``ofrnn_tf`` first turns it on unless the
-environment says otherwise. This script measures what that default is worth on a
+on only on CPUs with AVX-512 VNNI or BF16, AVX-VNNI or AMX instructions. Importing
+``ofrnn_tf`` first turns it on unless the environment says otherwise. This script measures what that default is worth on a
 finished run (``--workdir``, whose cached canvases must still exist): for every
 repeat, one child process per setting (order alternating, so both see about the
 same load) times
@@ -36,6 +36,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import publish  # noqa: E402
+from benchmarks._session import SessionModel, median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished run with its cached canvases.")
@@ -62,7 +63,6 @@ def measure_once(workdir: str) -> dict:
     from ofrnn_tf.features.extract import extract_split
     from ofrnn_tf.inference.module import InferenceModule
     from ofrnn_tf.run_dir import RunDir
-    from ofrnn_tf.serving.local_server import load_session
 
     run_dir = RunDir(workdir).require()
     config, facts = run_dir.load()
@@ -96,21 +96,12 @@ def measure_once(workdir: str) -> dict:
 
         module = InferenceModule.from_run(run_dir)
         path = save_inference_module(module, os.path.join(tmp, "export"), version=1)
-        session, defs = load_session(path)
-        sig = defs["serving_default"]
-        fetches = {k: v.name for k, v in sig.outputs.items()}
+        model = SessionModel(path)
         encoded = [Path(p).read_bytes() for p in run_dir.example_images()]
         for batch in (1, 32):
             images = np.array([encoded[i % len(encoded)] for i in range(batch)], object)
-            feed = {sig.inputs["images"].name: images}
-            for _ in range(3):
-                session.run(fetches, feed)
-            times = []
-            for _ in range(FLAGS.serve_calls):
-                start = time.perf_counter()
-                session.run(fetches, feed)
-                times.append(time.perf_counter() - start)
-            out[f"serve_b{batch}"] = statistics.median(times) * 1e3
+            out[f"serve_b{batch}"] = median_seconds(lambda: model(images), FLAGS.serve_calls,
+                                                    warmup=3) * 1e3
     return out
 
 

@@ -41,10 +41,10 @@ from tqdm import tqdm
 from ofrnn_tf.export.saved_model import save_inference_module, signatures
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.run_dir import RunDir
-from ofrnn_tf.serving.local_server import load_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import publish  # noqa: E402
+from benchmarks._session import SessionModel  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished training run.")
@@ -58,19 +58,6 @@ flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md."
 
 GOALS = {1: 1.10, 32: 1.05}
 VARIANTS = {"portable": {}, "loop": {"unroll": False}, "xla": {"jit_compile": True}}
-
-
-class SessionModel:
-    """One signature of a SavedModel, run as TF Serving runs it."""
-
-    def __init__(self, path: str, signature: str):
-        self.session, defs = load_session(path)
-        sig = defs[signature]
-        self.input = sig.inputs["images"].name
-        self.fetches = {k: v.name for k, v in sig.outputs.items()}
-
-    def __call__(self, images: np.ndarray) -> dict:
-        return self.session.run(self.fetches, {self.input: images})
 
 
 def write_variants(run_dir: RunDir, out: str) -> dict[str, SessionModel]:
