@@ -152,10 +152,10 @@ def claims(mode: str, per_seed: dict[int, dict]) -> list[str]:
         for column in ("C-F1", "O-F1", "mAP", "AP-small"):
             diffs = [per_seed[s][row][column] - per_seed[s][reference][column] for s in seeds]
             mean = statistics.mean(diffs)
-            spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
             if len(diffs) == 1:  # one seed: no spread to compare with
                 parts.append(f"{column} {mean:+.1f}")
             else:
+                spread = statistics.stdev(diffs)
                 noise = " (inside the noise)" if abs(mean) <= spread else ""
                 parts.append(f"{column} {mean:+.1f} ± {spread:.1f}{noise}")
             if column in ("C-F1", "O-F1"):

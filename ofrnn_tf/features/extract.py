@@ -13,9 +13,8 @@ under a temporary name of its own process and renamed when complete, after its
 ``.json`` record, so a rerun skips finished shards, an interrupted extraction resumes,
 and two processes that build the same cache at once (two training runs started
 together) do not take each other's files: both write the same bytes and the later
-rename wins. With
-``shard_index`` several machines extract disjoint shards into one directory
-(``ofrnn-extract --shard_index=i``, see `ofrnn_tf.cli.extract`).
+rename wins. With ``shard_index`` several machines extract disjoint shards into one
+directory (``ofrnn-extract --shard_index=i``, see `ofrnn_tf.cli.extract`).
 """
 
 from __future__ import annotations
@@ -50,21 +49,22 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
-        return True
+        pass
     return True
 
 
 def _incomplete_path(final: str) -> str:
     """This process's temporary name for shard `final`; leftovers of processes that
     died are removed (another live process's file is its own business)."""
-    for stale in glob.glob(glob.escape(final + _INCOMPLETE_SUFFIX) + "*"):
-        pid = stale[len(final + _INCOMPLETE_SUFFIX) + 1:]
+    prefix = final + _INCOMPLETE_SUFFIX
+    for stale in glob.glob(glob.escape(prefix) + "*"):
+        pid = stale[len(prefix) + 1:]
         if not pid.isdigit() or not _pid_alive(int(pid)):
             try:
                 os.remove(stale)
             except FileNotFoundError:
                 pass
-    return f"{final}{_INCOMPLETE_SUFFIX}-{os.getpid()}"
+    return f"{prefix}-{os.getpid()}"
 
 
 @dataclasses.dataclass
