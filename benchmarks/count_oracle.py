@@ -1,0 +1,125 @@
+r"""How much of the F1 a label-set decision can still win, given the spatial head's scores.
+
+A decoder over the spatial head decides two things per image: which classes and how
+many. This script separates the two on the paper table's runs: for every mode and seed
+it scores, on the test split,
+
+- `spatial head (τ)`: the head at its validation threshold (the paper table's row);
+- `spatial head, top-T_i`: the same scores, each image given its **true** label count
+  `T_i` and labelled with its `T_i` best classes — an oracle for "how many";
+- `main job (τ)`: the decoder over that head (the paper table's row);
+- `main job, top-T_i`: the main job's per-class scores under the same oracle.
+
+When the head's top-T_i is only a point or two above the head at τ, a decoder that
+keeps the head's ranking of classes cannot win more than that by deciding how many
+labels to give; more has to come from ranking the classes better (recognising the
+items better, or, where labels co-occur, reading one label from another).
+It also prints the head's precision and recall per class.
+
+    python benchmarks/count_oracle.py --root=runs/table
+
+Needs the paper table's `spatial_head` and `main_job` runs; about a minute per mode and
+seed on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._results import publish  # noqa: E402
+from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at  # noqa: E402
+from ofrnn_tf.evaluation.evaluate import map_scores  # noqa: E402
+from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
+from ofrnn_tf.run_dir import RunDir  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "runs/table", "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
+flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
+flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
+
+COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1")
+ROWS = ("spatial head (τ)", "spatial head, top-T_i", "main job (τ)", "main job, top-T_i")
+
+
+def top_true_count(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each image's `T_i` highest-scoring classes, `T_i` its true label count."""
+    ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
+    return (ranks < y_true.sum(1, keepdims=True)).astype(np.int32)
+
+
+def test_outputs(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`(y_true, per-class scores, facts)` on the test split, the scores as the run ranks
+    classes at test time (M_map's v_prob, or the decoder's mixed scores)."""
+    model, config, facts = run_dir.load_model()
+    dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, "test")
+    if not model.uses_decoder:
+        outputs = map_scores(model, dataset)
+        return outputs["y_true"], outputs["v_prob"], facts
+    calibration = run_dir.calibration(config.decoding.beam_size)
+    outputs = decode_all_steps(model, dataset, beam_size=config.decoding.beam_size,
+                               max_steps=facts.max_steps, min_labels=config.decoding.min_labels,
+                               progress=False)
+    _, scores = predictions_at(outputs, calibration["tau"], config.decoding.min_labels,
+                               calibration.get("score_mix", 0.0))
+    return outputs["y_true"], scores, facts
+
+
+def per_class(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, dict]:
+    hits = (y_true * y_pred).sum(0)
+    return {name: {"P": 100.0 * hits[c] / max(y_pred[:, c].sum(), 1),
+                   "R": 100.0 * hits[c] / max(y_true[:, c].sum(), 1)}
+            for c, name in enumerate(names)}
+
+
+def rows_of(mode: str, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
+    rows, classes = {}, {}
+    for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
+        run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
+        rows[f"{row} (τ)"] = run_dir.load_metrics("test")
+        y_true, scores, facts = test_outputs(run_dir)
+        oracle = top_true_count(y_true, scores)
+        rows[f"{row}, top-T_i"] = label_set_metrics(y_true, oracle)
+        if name == "spatial_head":
+            tau = rows[f"{row} (τ)"]["tau"]
+            classes = per_class(y_true.astype(np.int32), (scores >= tau).astype(np.int32),
+                                facts.label_names)
+    return rows, classes
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    seeds = [int(s) for s in FLAGS.seeds]
+    lines = ["Test split; `τ` rows are the paper table's (thresholds on validation); "
+             "`top-T_i` rows give every image its true label count and its best classes by "
+             f"the run's own scores. Mean ± std over seeds {', '.join(map(str, seeds))}.", ""]
+    for mode in FLAGS.modes:
+        per_seed = {seed: rows_of(mode, seed) for seed in seeds}
+        table = {row: {column: mean_std([per_seed[s][0][row][column] for s in seeds])
+                       for column in COLUMNS} for row in ROWS}
+        names = list(per_seed[seeds[0]][1])
+        class_table = {name: {key: mean_std([per_seed[s][1][name][key] for s in seeds])
+                              for key in ("P", "R")} for name in names}
+        lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
+                                                      name_header="row"), "",
+                  f"The spatial head at τ per class, mode `{mode}` (precision, recall):", "",
+                  format_table(class_table, columns=["P", "R"], name_header="class"), ""]
+    publish("What deciding the label count is worth", "\n".join(lines), FLAGS.append)
+
+
+if __name__ == "__main__":
+    app.run(main)
