@@ -9,6 +9,8 @@ one with the main job's budget, thresholds on validation, test split:
 - `stage 2 constant, 6 ep`, `stage 2 constant, 20 ep`: the stage-2 learning rate held at
   1e-3 instead of the cosine decay over 12 epochs, for at most 6 epochs (patience 2, the
   earlier default) or 20 (patience 3);
+- `stage 2 cosine, 20 ep`: the cosine decay stretched over 20 epochs instead of 12;
+- `LSTM 512, FC 1024`: the decoder twice as wide;
 - `greedy (K = 1)`: the main job's run decoded with K = 1 (τ calibrated for it).
 
     python benchmarks/decoder_ablations.py --root=runs/ablations --seed=0
@@ -61,6 +63,8 @@ VARIANTS = {
                                "--stage2.patience=2"],
     "stage 2 constant, 20 ep": ["--stage2.schedule=constant", "--stage2.epochs=20",
                                 "--stage2.patience=3"],
+    "stage 2 cosine, 20 ep": ["--stage2.epochs=20"],
+    "LSTM 512, FC 1024": ["--model.lstm_units=512", "--model.fc_units=1024"],
 }
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "tau")
 ROOT = Path(__file__).resolve().parents[1]
