@@ -59,7 +59,7 @@ def to_numpy(outputs):
 
 def _step_one(model, context, state):
     logits, alpha, h, c = model.step(context, state)
-    step_lp = model.step_log_probs(logits, state).numpy()[0]
+    step_lp = model.step_log_probs(logits, state, h).numpy()[0]
     probs = np.exp(step_lp) if model.softmax_steps else tf.sigmoid(logits).numpy()[0]
     return logits, alpha.numpy()[0], h, c, step_lp, probs
 

@@ -61,10 +61,11 @@ def reference_losses(model, x, labels, max_steps, train_steps="gt_count"):
 
     Returns `(per_example [B], per_step [T], chosen [B, T])`.
     """
-    counts = labels.sum(-1)
+    truth = labels.sum(-1)
+    counts = truth
     if train_steps == "max" and not model.softmax_steps:
         counts = np.full_like(counts, max_steps)
-    if train_steps == "gt_count_plus_one" and not model.softmax_steps:
+    if train_steps == "gt_count_plus_one" or model.softmax_steps:
         counts = counts + 1
     counts = np.minimum(counts, max_steps)
     if model.teacher_forced:
@@ -83,8 +84,11 @@ def reference_losses(model, x, labels, max_steps, train_steps="gt_count"):
                 left = (labels > 0) & (state.y_tilde.numpy() <= 0)
                 best_true = np.where(left, masked, -np.inf).argmax(-1)
                 target = np.where(labels[np.arange(len(labels)), own] > 0, own, best_true)
-            log_probs = tf.nn.log_softmax(mask_chosen(logits, state.y_tilde), -1).numpy()
-            loss = np.where(t < counts, -log_probs[np.arange(len(labels)), target], 0.0)
+            # The labels left and "stop" (index C), the target once every true label is in.
+            stop = model.stop_logit(h).numpy()
+            log_probs = tf.nn.log_softmax(np.concatenate([masked, stop], -1), -1).numpy()
+            wanted = np.where(t >= truth, C, target)
+            loss = np.where(t < counts, -log_probs[np.arange(len(labels)), wanted], 0.0)
             chosen = target.astype("int32")
         else:
             loss = bce(labels, logits)
@@ -371,6 +375,24 @@ def test_residual_decoder_reads_the_frozen_spatial_head():
     assert all(g is None or not np.any(g.numpy()) for g in grads)  # M_map stays frozen
     assert model.softmax_steps is False
     assert make_model(decoder="residual", stage2_loss="pla").softmax_steps
+
+
+@pytest.mark.parametrize("case", [dict(decoder="residual", stage2_loss="pla"),
+                                  dict(mode="frequency_first")])
+def test_softmax_steps_leave_the_rest_of_their_mass_to_stop(case):
+    model = make_model(**case)
+    context, state = model.start(features())
+    logits, _, h, _ = model.step(context, state)
+    label_probs = np.exp(model.step_log_probs(logits, state, h).numpy())
+    stop = tf.nn.softmax(model.stop_choices(logits, state, h)).numpy()[:, -1]
+    np.testing.assert_allclose(label_probs.sum(-1) + stop, 1.0, rtol=1e-5)
+    assert np.all(stop > 0) and np.all(label_probs.sum(-1) < 1.0)
+    # With every label chosen only "stop" is left: -inf for every label, never NaN.
+    full = model.step_log_probs(logits, state._replace(y_tilde=tf.ones_like(state.y_tilde)), h)
+    assert np.all(np.isneginf(full.numpy()))
+    with pytest.raises(ValueError, match="h_t"):
+        model.step_log_probs(logits, state)
+    assert any("stop_logit" in v.path for v in model.decoder_variables)
 
 
 def test_feature_standardisation_is_adapted_once_and_saved():

@@ -145,8 +145,8 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         dict: `labels` int32 `[B, T]` (decoding order, -1 padded), `num_labels` int32
         `[B]`, `log_prob` `[B]` (path log-probability; 0 for an empty path), `scores`
         `[B, C]` (τ-independent ranking scores, see `mix_scores`; the step
-        probability is `sigmoid(p_t)`, or the softmax over the labels left for the
-        fixed-order and PLA-trained models), `attention` `[B, T, m]` (α_t of each step
+        probability is `sigmoid(p_t)`, or the softmax over the labels left and "stop"
+        for the fixed-order and PLA-trained models), `attention` `[B, T, m]` (α_t of each step
         of the returned path, zeros past its end), `v_prob` `[B, C]`. For the
         `baseline` mode see `baseline_decode` (`labels` is `[B, C]`).
     """
@@ -175,13 +175,8 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         logits, alpha, h, c = model.step(context, state, training=False,
                                          beam_size=1 if first else K)
         logits = tf.cast(logits, tf.float32)
-        step_log_prob = model.step_log_probs(logits, state)
-        if model.softmax_steps:
-            # A softmax over an empty pool (every label chosen) is NaN: no successor there.
-            step_log_prob = tf.where(tf.math.is_nan(step_log_prob), NEG_INF, step_log_prob)
-            step_prob = tf.exp(step_log_prob)
-        else:
-            step_prob = tf.sigmoid(logits)
+        step_log_prob = model.step_log_probs(logits, state, h)
+        step_prob = tf.exp(step_log_prob) if model.softmax_steps else tf.sigmoid(logits)
         if first:
             candidates = tf.concat(
                 [step_log_prob, tf.fill(tf.stack([batch, (K - 1) * C]), NEG_INF)], axis=1)
@@ -328,7 +323,7 @@ def path_step_probabilities(model, features: tf.Tensor, labels: tf.Tensor) -> tf
     probabilities = []
     for t in range(labels.shape[1]):
         logits, _, h, c = model.step(context, state, training=False)
-        step_log_prob = model.step_log_probs(tf.cast(logits, tf.float32), state)
+        step_log_prob = model.step_log_probs(tf.cast(logits, tf.float32), state, h)
         chosen = tf.gather(step_log_prob, safe[:, t], batch_dims=1)
         probabilities.append(tf.where(valid[:, t], tf.exp(chosen), 0.0))
         state = model.advance(state, h, c, logits, safe[:, t])

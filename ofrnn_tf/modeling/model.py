@@ -114,6 +114,11 @@ class OrderFreeRNN(keras.Model):
             self.features_dropout = keras.layers.Dropout(feature_dropout, name="features_dropout")
             self.init_h = keras.layers.Dense(lstm_units, activation="tanh", name="init_h")
             self.init_c = keras.layers.Dense(lstm_units, activation="tanh", name="init_c")
+            if self.softmax_steps:
+                # The "stop" entry of a step's softmax (CNN-RNN's and Orderless RNN's
+                # end token), read from h_t: without it the labels left share all of
+                # the step's probability and nothing teaches a path to end.
+                self.stop_logit = keras.layers.Dense(1, name="stop_logit")
             if self.residual:
                 self.cell = ResidualDecoderCell(num_classes, units=lstm_units, fc_units=fc_units,
                                                 dropout=dropout, name="cell")
@@ -152,6 +157,8 @@ class OrderFreeRNN(keras.Model):
             self.init_h.build((None, read))
             self.init_c.build((None, read))
             self.cell.build(tuple(features_shape[:-1]) + (read,))
+            if self.softmax_steps:
+                self.stop_logit.build((None, self.lstm_units))
         self.built = True
 
     @property
@@ -174,8 +181,9 @@ class OrderFreeRNN(keras.Model):
         """Stage 2 trains these: attention, LSTM, prediction layers, initial state."""
         if not self.uses_decoder:
             return []
+        stop = self.stop_logit.trainable_variables if self.softmax_steps else []
         return (self.init_h.trainable_variables + self.init_c.trainable_variables
-                + self.cell.trainable_variables)
+                + self.cell.trainable_variables + stop)
 
     def _standardized(self, features):
         return features if self.standardizer is None else self.standardizer(features)
@@ -212,17 +220,26 @@ class OrderFreeRNN(keras.Model):
         """
         return self.cell.predict(context, state, training=training, beam_size=beam_size)
 
-    def step_log_probs(self, logits, state: CellState):
+    def step_log_probs(self, logits, state: CellState, h=None):
         """Log-probability of choosing each label at this step; chosen ones are -inf.
 
         `log sigmoid(p_t)` for the order-free modes trained with BCE (Eq. 11 multiplies
-        them); a model trained with a softmax over the remaining labels (fixed order,
-        PLA) has that softmax as its step probability.
+        them); a model trained with a softmax (fixed order, PLA) has as its step
+        probability that softmax over the labels left and "stop" (`stop_choices`),
+        which needs the step's `h_t`. Where "stop" takes the mass, every label's
+        probability falls and τ ends the path.
         """
-        masked = mask_chosen(logits, state.y_tilde)
         if self.softmax_steps:
-            return tf.nn.log_softmax(masked, axis=-1)
+            if h is None:
+                raise ValueError("a softmax-step model needs the step's h_t for its stop logit")
+            return tf.nn.log_softmax(self.stop_choices(logits, state, h), axis=-1)[:, :-1]
         return mask_chosen(tf.math.log_sigmoid(logits), state.y_tilde)
+
+    def stop_choices(self, logits, state: CellState, h):
+        """`[B, C + 1]`: the step's logits with chosen labels at -inf, then the stop logit
+        (softmax-step models)."""
+        stop = tf.cast(self.stop_logit(h), logits.dtype)
+        return tf.concat([mask_chosen(logits, state.y_tilde), stop], axis=-1)
 
     def advance(self, state: CellState, h, c, logits, chosen) -> CellState:
         """Eq. 10: puts `chosen [B]` into ỹ and carries `sigmoid(p_t)` as v_pred."""
@@ -245,12 +262,13 @@ class OrderFreeRNN(keras.Model):
         the labels not yet chosen whose target is the model's own choice when that is a
         true label, else the true label left with the highest score, and that target is
         fed back. The fixed-order modes feed the t-th true label in `label_order` and
-        score it with a softmax over the labels not yet fed.
+        score it with a softmax over the labels not yet fed (and "stop").
 
         Steps per image: its label count T_i (`gt_count`), T_i + 1 (`gt_count_plus_one`:
         the step after the last label learns to score every label left low, which is
         what stops a path) or all `max_steps` (`max`); never more than `max_steps`. The
-        softmax losses take T_i steps (they have no "stop" to learn).
+        softmax losses take T_i + 1 steps whatever `train_steps` says: the last one's
+        target is "stop" (`stop_choices`).
 
         Returns:
             `(per_example [B], per_step [max_steps])`: the mean over each image's steps
@@ -263,11 +281,10 @@ class OrderFreeRNN(keras.Model):
         labels = tf.cast(labels, tf.float32)
         truth = tf.reduce_sum(labels, axis=-1)
         counts = truth
-        if not self.softmax_steps:
-            if train_steps == "gt_count_plus_one":
-                counts = truth + 1.0
-            elif train_steps == "max":
-                counts = tf.fill(tf.shape(truth), float(max_steps))
+        if self.softmax_steps or train_steps == "gt_count_plus_one":
+            counts = truth + 1.0
+        elif train_steps == "max":
+            counts = tf.fill(tf.shape(truth), float(max_steps))
         counts = tf.minimum(counts, float(max_steps))
         if self.teacher_forced:
             rank = tf.argsort(tf.constant(self.label_order, tf.int32))  # position of each class
@@ -291,8 +308,12 @@ class OrderFreeRNN(keras.Model):
                                       output_type=tf.int32)
                 target = tf.where(correct, choice, best_true)
             if self.softmax_steps:
+                # Once every true label is in, the step's target is "stop" (index C).
+                stop = tf.cast(self.stop_logit(h), masked.dtype)
+                done = tf.cast(t, tf.float32) >= truth
                 step_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=target, logits=masked)
+                    labels=tf.where(done, self.num_classes, target),
+                    logits=tf.concat([masked, stop], axis=-1))
                 chosen = target
             else:
                 step_loss = tf.reduce_mean(
