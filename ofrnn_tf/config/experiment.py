@@ -193,7 +193,8 @@ class TrainConfig:
                                "label learns to stop), or T_max.", choices=TRAIN_STEPS)
     loss: str = setting("bce", "Stage-2 loss: bce (Eq. 8, every step against the full label "
                         "vector) or pla (Orderless RNN's predicted-label alignment: a softmax "
-                        "over the labels left, the target aligned to the model's own choice).",
+                        "over the labels left and stop, the target aligned to the model's own "
+                        "choice, stop after the last true label).",
                         choices=STAGE2_LOSSES)
 
     def __post_init__(self):
