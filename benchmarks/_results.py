@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import shlex
+import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -76,3 +77,12 @@ def publish(title: str, text: str, append: bool = True) -> None:
         script = os.path.relpath(sys.argv[0], Path(__file__).resolve().parents[1])
         path = append_result(title, "python " + shlex.join([script] + sys.argv[1:]), text)
         print(f"appended to {path}", file=sys.stderr)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """`mean ± std` of per-seed values with one decimal (one value alone, "not run" for none)."""
+    if not values:
+        return "not run"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"

@@ -24,7 +24,6 @@ seed on 2 CPU cores.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import mean_std, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at  # noqa: E402
 from ofrnn_tf.evaluation.evaluate import map_scores  # noqa: E402
@@ -92,12 +91,6 @@ def rows_of(mode: str, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
             classes = per_class(y_true.astype(np.int32), (scores >= tau).astype(np.int32),
                                 facts.label_names)
     return rows, classes
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def main(argv) -> None:

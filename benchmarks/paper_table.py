@@ -46,7 +46,7 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import mean_std, publish  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
@@ -121,14 +121,6 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
             out[{"spatial_head": "spatial head", "order_free_paper": "order_free (paper)",
                  "main_job": "order_free (main job)"}.get(name, name)] = metrics
     return {row: out[row] for row in ROWS if row in out}
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "not run"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def summary(per_seed: dict[int, dict]) -> str:
