@@ -384,7 +384,7 @@ def test_softmax_steps_leave_the_rest_of_their_mass_to_stop(case):
     context, state = model.start(features())
     logits, _, h, _ = model.step(context, state)
     label_probs = np.exp(model.step_log_probs(logits, state, h).numpy())
-    stop = tf.nn.softmax(model.stop_choices(logits, state, h)).numpy()[:, -1]
+    stop = tf.nn.softmax(model.stop_choices(mask_chosen(logits, state.y_tilde), h)).numpy()[:, -1]
     np.testing.assert_allclose(label_probs.sum(-1) + stop, 1.0, rtol=1e-5)
     assert np.all(stop > 0) and np.all(label_probs.sum(-1) < 1.0)
     # With every label chosen only "stop" is left: -inf for every label, never NaN.

@@ -232,14 +232,15 @@ class OrderFreeRNN(keras.Model):
         if self.softmax_steps:
             if h is None:
                 raise ValueError("a softmax-step model needs the step's h_t for its stop logit")
-            return tf.nn.log_softmax(self.stop_choices(logits, state, h), axis=-1)[:, :-1]
+            choices = self.stop_choices(mask_chosen(logits, state.y_tilde), h)
+            return tf.nn.log_softmax(choices, axis=-1)[:, :-1]
         return mask_chosen(tf.math.log_sigmoid(logits), state.y_tilde)
 
-    def stop_choices(self, logits, state: CellState, h):
-        """`[B, C + 1]`: the step's logits with chosen labels at -inf, then the stop logit
-        (softmax-step models)."""
-        stop = tf.cast(self.stop_logit(h), logits.dtype)
-        return tf.concat([mask_chosen(logits, state.y_tilde), stop], axis=-1)
+    def stop_choices(self, masked_logits, h):
+        """`[B, C + 1]`: the step's logits with chosen labels masked, then the stop logit
+        read from `h_t` (softmax-step models)."""
+        stop = tf.cast(self.stop_logit(h), masked_logits.dtype)
+        return tf.concat([masked_logits, stop], axis=-1)
 
     def advance(self, state: CellState, h, c, logits, chosen) -> CellState:
         """Eq. 10: puts `chosen [B]` into ỹ and carries `sigmoid(p_t)` as v_pred."""
@@ -309,11 +310,10 @@ class OrderFreeRNN(keras.Model):
                 target = tf.where(correct, choice, best_true)
             if self.softmax_steps:
                 # Once every true label is in, the step's target is "stop" (index C).
-                stop = tf.cast(self.stop_logit(h), masked.dtype)
                 done = tf.cast(t, tf.float32) >= truth
                 step_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
                     labels=tf.where(done, self.num_classes, target),
-                    logits=tf.concat([masked, stop], axis=-1))
+                    logits=self.stop_choices(masked, h))
                 chosen = target
             else:
                 step_loss = tf.reduce_mean(
