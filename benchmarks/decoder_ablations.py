@@ -25,7 +25,6 @@ About 25 minutes on 2 CPU cores once the seed's features are cached.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -86,8 +85,7 @@ def scored(run_dir: RunDir) -> dict:
     """A run's test metrics and, as ``val score``, the validation score of its chosen epoch
     (what a choice between variants should look at)."""
     metrics = run_dir.load_metrics("test")
-    with open(run_dir.best_info_file) as f:
-        metrics["val score"] = json.load(f)["validation"]["score"]
+    metrics["val score"] = run_dir.load_best_info()["validation"]["score"]
     return metrics
 
 

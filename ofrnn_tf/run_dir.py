@@ -266,3 +266,7 @@ class RunDir:
 
     def save_best_info(self, info: dict) -> str:
         return write_json(self.best_info_file, info)
+
+    def load_best_info(self) -> dict:
+        """The chosen epoch of the last trained stage and its validation scores."""
+        return read_json(self.best_info_file)

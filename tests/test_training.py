@@ -163,8 +163,7 @@ def test_tensorboard_has_the_documented_tags(run):
 
 def test_best_checkpoint_is_the_epoch_with_highest_validation_metric(run):
     best_epoch = int(np.argmax(SCRIPTED_F1)) + 1
-    with open(RunDir(run["workdir"]).best_info_file) as f:
-        info = json.load(f)
+    info = RunDir(run["workdir"]).load_best_info()
     assert info["stage"] == 2 and info["epoch"] == best_epoch
     assert info["global_step"] == (2 + best_epoch) * STEPS_PER_EPOCH
     assert info["validation"]["score"] == pytest.approx(max(SCRIPTED_F1))
