@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import mean_std, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at  # noqa: E402
-from ofrnn_tf.evaluation.evaluate import map_scores  # noqa: E402
 from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
@@ -54,21 +53,20 @@ def top_true_count(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return (ranks < y_true.sum(1, keepdims=True)).astype(np.int32)
 
 
-def test_outputs(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, dict]:
-    """`(y_true, per-class scores, facts)` on the test split, the scores as the run ranks
-    classes at test time (M_map's v_prob, or the decoder's mixed scores)."""
+def test_outputs(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """`(y_true, y_pred at the run's τ, per-class scores, facts)` on the test split, decoded
+    and selected as the run's test metrics were (M_map's v_prob for the head alone, the
+    decoder's mixed scores otherwise)."""
     model, config, facts = run_dir.load_model()
     dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, "test")
-    if not model.uses_decoder:
-        outputs = map_scores(model, dataset)
-        return outputs["y_true"], outputs["v_prob"], facts
-    calibration = run_dir.calibration(config.decoding.beam_size)
-    outputs = decode_all_steps(model, dataset, beam_size=config.decoding.beam_size,
-                               max_steps=facts.max_steps, min_labels=config.decoding.min_labels,
+    decoding = config.decoding
+    calibration = run_dir.calibration(decoding.beam_size)
+    outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
+                               max_steps=facts.max_steps, min_labels=decoding.min_labels,
                                progress=False)
-    _, scores = predictions_at(outputs, calibration["tau"], config.decoding.min_labels,
-                               calibration.get("score_mix", 0.0))
-    return outputs["y_true"], scores, facts
+    y_pred, scores = predictions_at(outputs, calibration["tau"], decoding.min_labels,
+                                    calibration.get("score_mix", 0.0))
+    return np.asarray(outputs["y_true"], np.int32), y_pred, scores, facts
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, dict]:
@@ -83,13 +81,10 @@ def rows_of(mode: str, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
     for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
         run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
         rows[f"{row} (τ)"] = run_dir.load_metrics("test")
-        y_true, scores, facts = test_outputs(run_dir)
-        oracle = top_true_count(y_true, scores)
-        rows[f"{row}, top-T_i"] = label_set_metrics(y_true, oracle)
+        y_true, y_pred, scores, facts = test_outputs(run_dir)
+        rows[f"{row}, top-T_i"] = label_set_metrics(y_true, top_true_count(y_true, scores))
         if name == "spatial_head":
-            tau = rows[f"{row} (τ)"]["tau"]
-            classes = per_class(y_true.astype(np.int32), (scores >= tau).astype(np.int32),
-                                facts.label_names)
+            classes = per_class(y_true, y_pred, facts.label_names)
     return rows, classes
 
 
