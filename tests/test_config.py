@@ -61,6 +61,9 @@ def test_invalid_values_are_refused_naming_the_setting():
         parse("--model.variant=transformer")
     with pytest.raises(ValueError, match=r"DataConfig.val_fraction must be in \(0, 1\); got 1.5"):
         config_from_flags(parse("--data.val_fraction=1.5"))
+    with pytest.raises(ValueError, match=r"ModelConfig.head_kernel_size must be a positive odd "
+                                         r"number; got 4"):
+        config_from_flags(parse("--model.head_kernel_size=4"))
     with pytest.raises(ValueError, match=r"unknown fields \['lstm'\] in config section 'model'"):
         ExperimentConfig.from_dict({"model": {"lstm": 3}})
 

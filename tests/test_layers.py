@@ -250,6 +250,31 @@ def test_spatial_head_pools_position_scores_between_mean_and_max():
         atol=1e-6)
 
 
+def test_spatial_head_with_a_kernel_reads_each_position_with_its_neighbours():
+    from ofrnn_tf.modeling.layers import SpatialLabelHead
+
+    keras.utils.set_random_seed(0)
+    side = 3
+    head = SpatialLabelHead(num_classes=C, units=UNITS, dropout=0.0, kernel_size=3)
+    x = tf.constant(np.random.default_rng(4).normal(size=(B, side * side, K)), tf.float32)
+    hidden, scores = head.per_position(x)
+    assert hidden.shape == (B, side * side, UNITS) and scores.shape == (B, side * side, C)
+    # A 3x3 "same" convolution over the row-major grid of positions, in plain numpy.
+    grid = np.pad(x.numpy().reshape(B, side, side, K), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    kernel, bias = head._hidden.kernel.numpy(), head._hidden.bias.numpy()
+    want = np.zeros((B, side, side, UNITS), "float32")
+    for i in range(side):
+        for j in range(side):
+            want[:, i, j] = np.einsum("bhwk,hwku->bu", grid[:, i:i + 3, j:j + 3], kernel)
+    want = np.maximum(want + bias, 0.0).reshape(B, side * side, UNITS)
+    np.testing.assert_allclose(hidden.numpy(), want, rtol=1e-5, atol=1e-5)
+
+    with pytest.raises(ValueError, match="square feature maps; got 6 positions"):
+        SpatialLabelHead(num_classes=C, kernel_size=3).build((None, 6, K))
+    with pytest.raises(ValueError, match="positive odd number; got 2"):
+        SpatialLabelHead(num_classes=C, kernel_size=2)
+
+
 def test_residual_cell_matches_numpy_lstm_reference():
     """Fused products, gates and the residual: one step against plain numpy."""
     from ofrnn_tf.modeling.layers import ResidualDecoderCell
@@ -289,6 +314,7 @@ def test_new_layers_config_round_trip():
     from ofrnn_tf.modeling.layers import FeatureStandardizer, ResidualDecoderCell, SpatialLabelHead
 
     for layer in (SpatialLabelHead(num_classes=C, units=UNITS, dropout=0.1, sharpness=3.0),
+                  SpatialLabelHead(num_classes=C, units=UNITS, kernel_size=3),
                   ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=4, dropout=0.3),
                   FeatureStandardizer(depth=K, epsilon=1e-2)):
         clone = type(layer).from_config(layer.get_config())

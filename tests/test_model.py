@@ -325,10 +325,11 @@ def test_model_config_round_trip(mode, decoder):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("mode, decoder", [("order_free", "paper"), ("frequency_first", "paper"),
-                                           ("order_free", "residual")])
-def test_model_keras_file_round_trip(tmp_path, mode, decoder):
-    model = make_model(mode, decoder=decoder)
+@pytest.mark.parametrize("mode, decoder, extra", [
+    ("order_free", "paper", {}), ("frequency_first", "paper", {}), ("order_free", "residual", {}),
+    ("order_free", "residual", {"head_kernel_size": 3})])
+def test_model_keras_file_round_trip(tmp_path, mode, decoder, extra):
+    model = make_model(mode, decoder=decoder, **extra)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)

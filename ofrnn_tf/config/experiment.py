@@ -131,6 +131,9 @@ class ModelConfig:
                         "mean-pooled maps) or spatial (a per-position MLP, class scores pooled "
                         "over positions by log-sum-exp).", choices=HEADS)
     head_units: int = setting(256, "Width of the spatial head's per-position hidden layer.")
+    head_kernel_size: int = setting(1, "Reach of the spatial head's hidden layer over the grid of "
+                                    "positions: 1 (each position alone) or an odd k (a k x k "
+                                    "convolution; square maps only).")
     head_dropout: float = setting(0.3, "Dropout on M_map's input features while training it.")
     standardize_features: bool = setting(
         True, "Standardise every feature channel (mean and std of the training set) before M_map "
@@ -149,6 +152,9 @@ class ModelConfig:
     def __post_init__(self):
         _check_choices(self)
         _check_positive(self, "lstm_units", "attention_units", "fc_units", "head_units")
+        if self.head_kernel_size < 1 or self.head_kernel_size % 2 == 0:
+            raise ValueError("ModelConfig.head_kernel_size must be a positive odd number; got "
+                             f"{self.head_kernel_size}")
         for name in ("dropout", "feature_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1); got {getattr(self, name)}")

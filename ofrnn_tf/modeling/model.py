@@ -39,8 +39,9 @@ class OrderFreeRNN(keras.Model):
             `no_attention` (`z_t = mean_i v_i`), `frequency_first` / `rare_first`
             (teacher-forced fixed label order, softmax over the remaining labels).
         head: `mean_linear` (the paper's M_map) or `spatial`.
-        head_units, head_dropout: the spatial head's width, and the dropout on M_map's
-            input while training it.
+        head_units, head_kernel_size, head_dropout: the spatial head's width and reach
+            over the grid (`SpatialLabelHead`), and the dropout on M_map's input while
+            training it.
         standardize: standardise the feature channels (`FeatureStandardizer`) before
             M_map and the decoder; its statistics are set by `adapt`.
         decoder: `paper` or `residual` (needs `head="spatial"`).
@@ -63,6 +64,7 @@ class OrderFreeRNN(keras.Model):
 
     def __init__(self, num_classes: int, mode: str = _DEFAULTS.variant,
                  head: str = _DEFAULTS.head, head_units: int = _DEFAULTS.head_units,
+                 head_kernel_size: int = _DEFAULTS.head_kernel_size,
                  head_dropout: float = _DEFAULTS.head_dropout,
                  standardize: bool = _DEFAULTS.standardize_features,
                  decoder: str = _DEFAULTS.decoder,
@@ -92,6 +94,7 @@ class OrderFreeRNN(keras.Model):
         self.mode = mode
         self.head = head
         self.head_units = head_units
+        self.head_kernel_size = head_kernel_size
         self.head_dropout = head_dropout
         self.standardize = standardize
         self.decoder = decoder
@@ -106,6 +109,7 @@ class OrderFreeRNN(keras.Model):
         self.standardizer = None  # made in build, when the depth k is known
         if head == "spatial":
             self.label_map_head = SpatialLabelHead(num_classes, units=head_units,
+                                                   kernel_size=head_kernel_size,
                                                    dropout=head_dropout, name="label_map_head")
         else:
             self.label_map_head = LabelMapHead(num_classes, dropout=head_dropout,
@@ -335,7 +339,8 @@ class OrderFreeRNN(keras.Model):
         config = super().get_config()
         config.update({
             "num_classes": self.num_classes, "mode": self.mode, "head": self.head,
-            "head_units": self.head_units, "head_dropout": self.head_dropout,
+            "head_units": self.head_units, "head_kernel_size": self.head_kernel_size,
+            "head_dropout": self.head_dropout,
             "standardize": self.standardize, "decoder": self.decoder,
             "lstm_units": self.lstm_units, "attention_units": self.attention_units,
             "fc_units": self.fc_units, "dropout": self.dropout,
@@ -351,7 +356,8 @@ def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[i
     """The built model a `ModelConfig` describes, over `(m, k)` feature maps."""
     model = OrderFreeRNN(
         num_classes=num_classes, mode=config.variant, head=config.head,
-        head_units=config.head_units, head_dropout=config.head_dropout,
+        head_units=config.head_units, head_kernel_size=config.head_kernel_size,
+        head_dropout=config.head_dropout,
         standardize=config.standardize_features, decoder=config.decoder,
         lstm_units=config.lstm_units, attention_units=config.attention_units,
         fc_units=config.fc_units, dropout=config.dropout,

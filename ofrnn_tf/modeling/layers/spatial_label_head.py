@@ -9,6 +9,8 @@ class SpatialLabelHead(keras.layers.Layer):
     """M_map as a per-position MLP whose class scores are pooled over the m positions.
 
     `A_i = ReLU(W_1 v_i + b_1)`, `S_i = W_2 A_i + b_2` (class scores of position i),
+    with `kernel_size > 1` `A_i = ReLU(W_1 * v)_i`, a convolution over the grid of
+    positions (position i with its neighbours; the maps must be square, m = side²),
     `logits_c = (1/r) · log mean_i exp(r · S_{i,c})` (log-sum-exp pooling: between the
     mean, r → 0, and the max, r → ∞). It plays the role of the paper's M_map (Eq. 1–3:
     `v_prob = sigmoid(logits)`) with a stronger model: a small object scores at its
@@ -20,6 +22,7 @@ class SpatialLabelHead(keras.layers.Layer):
         units: width of the per-position hidden layer.
         dropout: dropout on the input features while training.
         sharpness: r of the log-sum-exp pooling.
+        kernel_size: the hidden layer's reach over the grid (1: each position alone).
 
     Call args:
         features: `[B, m, k]` (standardised) feature maps.
@@ -34,21 +37,37 @@ class SpatialLabelHead(keras.layers.Layer):
     >>> hidden, scores = head.per_position(tf.zeros([2, 49, 16]))
     >>> hidden.shape, scores.shape
     (TensorShape([2, 49, 8]), TensorShape([2, 49, 10]))
+    >>> SpatialLabelHead(num_classes=10, units=8, kernel_size=3)(tf.zeros([2, 49, 16])).shape
+    TensorShape([2, 10])
     """
 
     def __init__(self, num_classes: int, units: int = 256, dropout: float = 0.3,
-                 sharpness: float = 5.0, **kwargs):
+                 sharpness: float = 5.0, kernel_size: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.units = units
         self.dropout = dropout
         self.sharpness = sharpness
+        self.kernel_size = kernel_size
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number; got {kernel_size}")
         self._dropout = keras.layers.Dropout(dropout, name="dropout")
-        self._hidden = keras.layers.Dense(units, activation="relu", name="hidden")
+        if kernel_size == 1:
+            self._hidden = keras.layers.Dense(units, activation="relu", name="hidden")
+        else:
+            self._hidden = keras.layers.Conv2D(units, kernel_size, padding="same",
+                                               activation="relu", name="hidden")
         self._scores = keras.layers.Dense(num_classes, dtype="float32", name="scores")
 
     def build(self, features_shape):
-        self._hidden.build((None, features_shape[-1]))
+        if self.kernel_size == 1:
+            self._hidden.build((None, features_shape[-1]))
+        else:
+            positions = features_shape[-2]
+            if positions is not None and round(positions ** 0.5) ** 2 != positions:
+                raise ValueError(f"kernel_size={self.kernel_size} needs square feature maps; "
+                                 f"got {positions} positions, not a square number")
+            self._hidden.build((None, None, None, features_shape[-1]))
         self._scores.build((None, self.units))
         self.built = True
 
@@ -56,7 +75,14 @@ class SpatialLabelHead(keras.layers.Layer):
         """`(A [B, m, units], S [B, m, C])`: hidden features and class scores per position."""
         if not self.built:
             self.build(features.shape)
-        hidden = self._hidden(self._dropout(features, training=training))
+        x = self._dropout(features, training=training)
+        if self.kernel_size == 1:
+            hidden = self._hidden(x)
+        else:
+            positions = tf.shape(x)[1]
+            side = tf.cast(tf.round(tf.sqrt(tf.cast(positions, tf.float32))), tf.int32)
+            grid = self._hidden(tf.reshape(x, [-1, side, side, x.shape[-1]]))
+            hidden = tf.reshape(grid, [-1, positions, self.units])
         return hidden, self._scores(hidden)
 
     def pool(self, scores):
@@ -71,5 +97,6 @@ class SpatialLabelHead(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"num_classes": self.num_classes, "units": self.units,
-                       "dropout": self.dropout, "sharpness": self.sharpness})
+                       "dropout": self.dropout, "sharpness": self.sharpness,
+                       "kernel_size": self.kernel_size})
         return config
