@@ -85,6 +85,13 @@ def test_scene_choices_are_the_generators_tables():
     assert SCENES == ("none", *SCENE_TABLES)
 
 
+def test_configs_written_before_head_kernel_size_load_with_the_kernel_they_had():
+    assert ExperimentConfig().model.head_kernel_size == 3  # the main job's head
+    saved = ExperimentConfig().to_dict()
+    del saved["model"]["head_kernel_size"]
+    assert ExperimentConfig.from_dict(saved).model.head_kernel_size == 1
+
+
 def test_only_resumable_settings_may_change_in_a_run_folder():
     base = ExperimentConfig()
     resumable = base.replace(stage2={"epochs": 30}, runtime={"cache_dir": "/elsewhere"},

@@ -22,4 +22,7 @@ from ofrnn_tf.configs import benchmark
 
 
 def get_config():
-    return benchmark.get_config().replace(data={"scenes": "outfits"})
+    # The per-position head (1x1): over data seeds 0-2 its decoder scored higher on validation
+    # here than over the 3x3 head the independent benchmark prefers (docs/model.md).
+    return benchmark.get_config().replace(data={"scenes": "outfits"},
+                                          model={"head_kernel_size": 1})
