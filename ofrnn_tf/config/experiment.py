@@ -120,8 +120,9 @@ class ModelConfig:
     """The network of paper Fig. 2, its ablations (Tables 1–2) and this project's decoder.
 
     The defaults are the main job's model (docs/model.md, "The main job's model"): the
-    spatial M_map and the residual decoder; `ExperimentConfig` widens the head's kernel to 3. ``--config=paper`` sets the paper's:
-    ``head=mean_linear``, ``decoder=paper``.
+    spatial M_map and the residual decoder, except the head's kernel, which
+    `ExperimentConfig` widens to 3. ``--config=paper`` sets the paper's: ``head=mean_linear``,
+    ``decoder=paper``.
     """
 
     variant: str = setting("order_free", "order_free (the full model) or an ablation of the "
