@@ -6,9 +6,11 @@ over a features directory: the one of a finished run (``--workdir``, the default
 main job's `runs/order_free`, with its model and settings) or N synthetic examples
 (``--synthetic``: random float16 ``[m, k]`` maps with a weak label signal, 1–4 of C
 labels each, the main job's model). For XLA off and on (``runtime.jit_compile``), and
-for the records kept in memory (the default for a split under
-``train.cache_records_mib``) and read from the files every epoch, it times the stage-2
-step function of `Trainer._make_train_step`:
+for each input source — M_map's outputs computed once and kept in memory (the default
+for the residual decoder when they fit in ``train.cache_records_mib``), the records
+kept in memory (the default for a split that fits, otherwise), the records read from
+the files every epoch — it times the stage-2 step function of
+`Trainer._make_train_step`:
 
 - ``pipeline``: whole epochs fed by the trainer's input pipeline, from building the
   epoch's dataset to the last step (so the shuffle buffer's fill at the start of
@@ -70,6 +72,9 @@ flags.DEFINE_integer("num_classes", 10, "C of the synthetic data.")
 flags.DEFINE_integer("num_shards", 8, "Shards of the synthetic data.")
 flags.DEFINE_integer("max_steps", 4, "T_max of the synthetic data.")
 flags.DEFINE_list("xla", ["off", "on"], "XLA settings to time (off, on).")
+flags.DEFINE_bool("head_outputs", True, "Time M_map's outputs computed once and kept in "
+                  "memory (the default for the residual decoder when they fit in "
+                  "`train.cache_records_mib`).")
 flags.DEFINE_bool("memory", True, "Time the records kept in memory (`train.cache_records_mib`, "
                   "the default for splits that fit).")
 flags.DEFINE_list("shuffle_buffers", ["default"], "Also time reading the files every epoch with "
@@ -157,7 +162,7 @@ def time_reader(dataset, batches: int) -> tuple[float, int]:
     """Seconds to draw `batches` batches (all of them if fewer) and the examples drawn."""
     start, examples = time.perf_counter(), 0
     for i, batch in enumerate(dataset):
-        examples += int(batch["labels"].shape[0])
+        examples += int(tf.nest.flatten(batch)[0].shape[0])
         if i + 1 == batches:
             break
     return time.perf_counter() - start, examples
@@ -271,15 +276,24 @@ def run(work_dir: str) -> None:
 
     rows, results, readers, buffered = [], {}, {}, 0.0
     load_before = os.getloadavg()[0]
-    inputs = [("memory", {"cache_records_mib": max(1, config.train.cache_records_mib)})] * FLAGS.memory
+    in_memory = {"cache_records_mib": max(1, config.train.cache_records_mib)}
+    inputs = ([("M_map outputs", in_memory)] * FLAGS.head_outputs
+              + [("memory", in_memory)] * FLAGS.memory)
     buffers = [config.train.shuffle_buffer if b == "default" else int(b)
                for b in FLAGS.shuffle_buffers]
     inputs += [("files", {"cache_records_mib": 0, "shuffle_buffer": b}) for b in buffers]
     if not inputs:
-        raise app.UsageError("nothing to time: --nomemory and no --shuffle_buffers")
+        raise app.UsageError("nothing to time: --nohead_outputs, --nomemory and no "
+                             "--shuffle_buffers")
     for xla, (source_name, train) in itertools.product(FLAGS.xla, inputs):
         trainer = make_trainer(config.replace(runtime={"jit_compile": xla == "on"}, train=train),
                                facts, features_dir, os.path.join(work_dir, f"workdir_{len(results)}"))
+        if source_name == "M_map outputs" and not trainer.cache_head_outputs:
+            print(f"M_map's outputs ({trainer.head_outputs_mib:.0f} MiB) are not kept (another "
+                  f"decoder, or over train.cache_records_mib): not timed", file=sys.stderr)
+            continue
+        if source_name != "M_map outputs":
+            trainer.cache_head_outputs = False  # the records, as stage 2 reads them otherwise
         if source_name == "memory" and not trainer.cache_examples:
             print(f"the split ({shard_mib:.0f} MiB) exceeds train.cache_records_mib: not timed "
                   f"from memory", file=sys.stderr)
@@ -339,9 +353,12 @@ def run(work_dir: str) -> None:
         "Input-wait share = 1 − t_compute / t_pipeline per step (goal ≤ 5%); a pipeline "
         "epoch is timed from building its dataset to its last step.",
     ]
-    lines.append("`memory`: the records of the first epoch are kept (the warm-up fills them), "
-                 "every later epoch shuffles all of them from memory; `files`: every epoch "
-                 "reads the shards again through a shuffle buffer.")
+    lines.append("`M_map outputs`: the frozen head's per-position outputs, computed once "
+                 "(in the warm-up) and kept in memory; the pipeline yields example indices and "
+                 "the step gathers their rows (so `compute` includes the gather); `memory`: the "
+                 "records of the first epoch are kept (the warm-up fills them), every later "
+                 "epoch shuffles all of them from memory and the step runs M_map on them; "
+                 "`files`: every epoch reads the shards again through a shuffle buffer.")
     publish("Stage-2 training throughput and input wait", "\n".join(lines), FLAGS.append)
 
 

@@ -210,6 +210,35 @@ def test_sequence_loss_matches_step_by_step_reference(mode, decoder, loss, train
     np.testing.assert_allclose(per_step.numpy(), ref_step, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss", ["bce", "pla"])
+def test_sequence_loss_from_head_outputs_computed_beforehand_is_the_same(loss):
+    """Stage 2 may compute the frozen head's outputs once and train on them."""
+    model = make_model(decoder="residual", stage2_loss=loss)
+    x = features()
+    head_outputs = model.head_outputs(x)
+    hidden, scores = head_outputs
+    assert hidden.shape == (B, M, UNITS) and scores.shape == (B, M, C)
+    expected = model.sequence_loss(x, MANY_LABELS, max_steps=3, training=False)
+    got = model.sequence_loss(None, MANY_LABELS, max_steps=3, training=False,
+                              head_outputs=head_outputs)
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+    with tf.GradientTape() as tape:  # frozen: nothing reaches M_map through them
+        tape.watch(x)
+        hidden, scores = model.head_outputs(x)
+        total = tf.reduce_sum(hidden) + tf.reduce_sum(scores)
+    assert tape.gradient(total, x) is None
+
+
+def test_only_the_residual_decoder_takes_head_outputs():
+    model = make_model(decoder="paper")
+    with pytest.raises(ValueError, match="only the residual decoder"):
+        model.head_outputs(features())
+    residual = make_model(decoder="residual")
+    with pytest.raises(ValueError, match="reads the feature maps"):
+        model.start(None, head_outputs=residual.head_outputs(features()))
+
+
 def test_gt_count_masks_steps_beyond_the_label_count():
     model = make_model()
     x = features()

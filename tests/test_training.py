@@ -218,6 +218,39 @@ def test_main_job_model_standardises_its_features_then_trains(tmp_path):
     assert not again.model.needs_adapting  # the statistics came back with the checkpoint
 
 
+def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features(tmp_path):
+    """The residual decoder's stage 2 reads M_map's frozen outputs, computed once when they
+    fit in --train.cache_records_mib; the run is the one it would be without them, up to
+    their float16 storage."""
+    data = synthetic_data()
+    losses, finals = {}, {}
+    for budget in (2048, 0):
+        config = tiny_config(model={"head": "spatial", "decoder": "residual", "head_units": 8,
+                                    "standardize_features": True},
+                             stage1={"epochs": 1}, stage2={"epochs": 2}).replace(
+            train={"batch_size": BATCH, "cache_records_mib": budget})
+        workdir = str(tmp_path / str(budget))
+        trainer = make_trainer(workdir, config, data)
+        assert trainer.cache_head_outputs == (budget > 0)
+        model = trainer.train()
+        losses[budget] = [v for _, v in scalars(workdir)["loss/stage2"]]
+        finals[budget] = weights(model.decoder_variables)
+        if budget:
+            cached = trainer._head_outputs
+            hidden, scores = model.head_outputs(tf.constant(data["features"]))
+            assert cached["hidden"].dtype == tf.float16
+            np.testing.assert_allclose(cached["hidden"].numpy(), hidden.numpy(),
+                                       rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(cached["scores"].numpy(), scores.numpy(), rtol=1e-5)
+            np.testing.assert_array_equal(cached["labels"].numpy(), data["labels"])
+        else:
+            assert not trainer._head_outputs
+    assert len(losses[0]) == 2 * STEPS_PER_EPOCH
+    np.testing.assert_allclose(losses[2048], losses[0], rtol=1e-2)
+    for path, value in finals[0].items():
+        np.testing.assert_allclose(finals[2048][path], value, rtol=1e-2, atol=1e-3)
+
+
 def test_patience_stops_a_stage_early(tmp_path):
     calls = []
 

@@ -197,17 +197,36 @@ class OrderFreeRNN(keras.Model):
         return self.label_map_head(self._standardized(features), training=training)
 
     # -- the decoder interface shared by training, greedy and beam search ----------
-    def start(self, features, training=False):
-        """Per-image context and the state before step 1 (`ỹ_0 = 0`, `v_pred = v_prob`)."""
-        features = self._standardized(features)
+    def head_outputs(self, features):
+        """`(A [B, m, units], S [B, m, C])`: what the residual decoder reads of M_map.
+
+        The spatial head's per-position features and class scores, frozen (Alg. 1: no
+        gradient flows back into M_map in stage 2). They depend on M_map alone, so
+        stage 2 may compute them once per run and pass them to `start`.
+        """
+        if not self.residual:
+            raise ValueError("only the residual decoder reads the head's per-position outputs")
+        hidden, scores = self.label_map_head.per_position(self._standardized(features),
+                                                          training=False)
+        return tf.stop_gradient(hidden), tf.stop_gradient(scores)
+
+    def start(self, features, training=False, head_outputs=None):
+        """Per-image context and the state before step 1 (`ỹ_0 = 0`, `v_pred = v_prob`).
+
+        `head_outputs`: `self.head_outputs(features)` computed beforehand (residual
+        decoder); `features` is then not read and may be None.
+        """
         if self.residual:
-            # M_map is frozen in stage 2 (Alg. 1): no gradient flows back into it.
-            hidden, scores = self.label_map_head.per_position(features, training=False)
-            hidden, scores = tf.stop_gradient(hidden), tf.stop_gradient(scores)
+            if head_outputs is None:
+                head_outputs = self.head_outputs(features)
+            hidden, scores = head_outputs
             logits = self.label_map_head.pool(scores)
             read = self.features_dropout(hidden, training=training)
             context = self.cell.prepare(read, scores, logits)
         else:
+            if head_outputs is not None:
+                raise ValueError("the paper's decoder reads the feature maps, not head outputs")
+            features = self._standardized(features)
             logits = tf.stop_gradient(self.label_map_head(features, training=False))
             read = self.features_dropout(features, training=training)
             context = self.cell.prepare(read)
@@ -258,7 +277,7 @@ class OrderFreeRNN(keras.Model):
             tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
 
     def sequence_loss(self, features, labels, max_steps: int, train_steps: str = "gt_count",
-                      training=True):
+                      training=True, head_outputs=None):
         """Stage 2 loss (Eq. 8, Alg. 1) unrolled in a graph loop over `max_steps` steps.
 
         Order-free modes with BCE: at each step the full label vector is the target and
@@ -274,6 +293,8 @@ class OrderFreeRNN(keras.Model):
         what stops a path) or all `max_steps` (`max`); never more than `max_steps`. The
         softmax losses take T_i + 1 steps whatever `train_steps` says: the last one's
         target is "stop" (`stop_choices`).
+
+        `head_outputs` is passed to `start` (stage 2 over M_map's outputs computed once).
 
         Returns:
             `(per_example [B], per_step [max_steps])`: the mean over each image's steps
@@ -296,7 +317,7 @@ class OrderFreeRNN(keras.Model):
             key = tf.where(labels > 0, rank[None, :], rank[None, :] + self.num_classes)
             ordered_labels = tf.argsort(key, axis=-1, stable=True)
 
-        context, state = self.start(features, training=training)
+        context, state = self.start(features, training=training, head_outputs=head_outputs)
         batch = tf.shape(labels)[0]
 
         def body(t, state, total, per_step):

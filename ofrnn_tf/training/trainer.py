@@ -6,6 +6,11 @@ a `tf.function` around `strategy.run`, so the same code runs on one CPU, on seve
 GPUs (MirroredStrategy) and on several machines (MultiWorkerMirroredStrategy, where
 Keras 3 `fit` fails).
 
+Stage 2 of the residual decoder reads only M_map's per-position outputs, and M_map is
+frozen then: when they fit in `--train.cache_records_mib`, they are computed once at the
+start of stage 2 and kept in memory; the input pipeline then yields batches of example
+indices, and each step gathers its rows instead of running M_map again.
+
 Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
 and the position (stage, epoch, step in epoch). The data order of every epoch is a
 function of the seed alone, so a run killed at any point and restarted ends with the
@@ -63,6 +68,10 @@ class Trainer:
             pipeline), and shuffle each epoch over all of them: later epochs read no
             file. For splits that fit in memory.
         progress: show a tqdm bar per epoch.
+
+    Attributes:
+        cache_head_outputs: whether stage 2 trains on M_map's outputs computed once
+            (`head_outputs_mib` within `--train.cache_records_mib`, residual decoder).
     """
 
     def __init__(self, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
@@ -80,6 +89,8 @@ class Trainer:
         self.parse_batch_fn = parse_batch_fn
         self.cache_examples = cache_examples
         self._cached_examples: dict[tuple, tf.data.Dataset] = {}
+        self._head_outputs_key: Optional[tuple] = None
+        self._head_outputs: dict[str, tf.Variable] = {}
         self.progress = progress
         self.chief = is_chief(strategy)
         self.global_batch = config.train.batch_size
@@ -103,6 +114,8 @@ class Trainer:
             self.optimizers[1].build(self.model.map_variables)
             if self.model.uses_decoder:
                 self.optimizers[2].build(self.model.decoder_variables)
+        self.cache_head_outputs = (self.model.uses_decoder and self.model.residual
+                                   and self.head_outputs_mib <= config.train.cache_records_mib)
         # Host-side counters live outside the scope: under MultiWorkerMirroredStrategy a
         # MirroredVariable does not convert with int().
         counter = lambda name, value=0, dtype=tf.int64: tf.Variable(
@@ -155,25 +168,34 @@ class Trainer:
         variables = model.map_variables if stage == 1 else model.decoder_variables
         per_step_len = 1 if stage == 1 else max_steps
 
-        def losses(features, labels):
+        def losses(inputs, labels):
             if stage == 1:
-                per_example = model.map_loss(features, labels, training=True)
+                per_example = model.map_loss(inputs, labels, training=True)
                 return per_example, tf.reduce_mean(per_example)[None]
-            return model.sequence_loss(features, labels, max_steps, train_steps, training=True)
+            if isinstance(inputs, tuple):
+                return model.sequence_loss(None, labels, max_steps, train_steps, training=True,
+                                           head_outputs=inputs)
+            return model.sequence_loss(inputs, labels, max_steps, train_steps, training=True)
 
         @tf.function(jit_compile=self.config.runtime.jit_compile)
-        def gradients(features, labels):
+        def gradients(inputs, labels):
             with tf.GradientTape() as tape:
-                per_example, per_step = losses(features, labels)
+                per_example, per_step = losses(inputs, labels)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
                 scaled = optimizer.scale_loss(loss) if mixed_precision else loss
             return loss, per_step, tape.gradient(scaled, variables)
 
         def replica_step(batch):
-            # Records may carry their features as stored (float16): cast here, in the
-            # step's multi-threaded graph, rather than in the input pipeline.
-            features = tf.cast(batch["features"], tf.float32)
-            loss, per_step, grads = gradients(features, batch["labels"])
+            # Inputs may come as stored (float16): cast here, in the step's
+            # multi-threaded graph, rather than in the input pipeline.
+            if "index" in batch:  # rows of M_map's outputs computed once (`_keep_head_outputs`)
+                rows = {name: tf.gather(values, batch["index"])
+                        for name, values in self._head_outputs.items()}
+                inputs = (tf.cast(rows["hidden"], model.compute_dtype), rows["scores"])
+                labels = rows["labels"]
+            else:
+                inputs, labels = tf.cast(batch["features"], tf.float32), batch["labels"]
+            loss, per_step, grads = gradients(inputs, labels)
             optimizer.apply_gradients(zip(grads, variables))
             return loss, per_step
 
@@ -196,6 +218,49 @@ class Trainer:
         return self._cached_examples[key]
 
     @property
+    def head_outputs_mib(self) -> float:
+        """MiB that M_map's stage-2 outputs for the training split take in memory."""
+        positions, _ = self.facts.positions_and_depth
+        classes = self.facts.num_classes
+        per_example = positions * (2 * self.config.model.head_units + 4 * classes) + 4 * classes
+        return self.num_train * per_example / 2 ** 20
+
+    def _keep_head_outputs(self, ctx: tf.distribute.InputContext) -> int:
+        """Computes M_map's frozen outputs for this input pipeline's training examples once,
+        as `_head_outputs` `{"hidden": A (float16), "scores": S, "labels"}` in the order of
+        the examples; returns how many examples that is."""
+        key = (ctx.num_input_pipelines, ctx.input_pipeline_id)
+        if self._head_outputs_key not in (None, key):
+            raise NotImplementedError("M_map's outputs are kept for one input pipeline per "
+                                      "process; set --train.cache_records_mib=0")
+        if self._head_outputs:
+            return int(self._head_outputs["labels"].shape[0])
+        batch_size = 256
+        dataset = self._examples(ctx).batch(batch_size)
+        if self.parse_batch_fn is not None:
+            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        head = tf.function(lambda features: self.model.head_outputs(tf.cast(features, tf.float32)))
+        parts = {"hidden": [], "scores": [], "labels": []}
+        total = math.ceil(self.num_train / ctx.num_input_pipelines / batch_size)
+        for batch in tqdm(dataset.prefetch(tf.data.AUTOTUNE), total=total, unit="batch",
+                          desc="stage 2: M_map outputs, computed once",
+                          disable=not (self.progress and self.chief), file=sys.stderr,
+                          dynamic_ncols=True):
+            hidden, scores = head(batch["features"])
+            # float16 halves the memory; the features were stored in float16 anyway.
+            parts["hidden"].append(tf.cast(hidden, tf.float16))
+            parts["scores"].append(tf.cast(scores, tf.float32))
+            parts["labels"].append(batch["labels"])
+        # Variables, not tensors: the step reads them by handle instead of capturing a
+        # copy, and the input pipeline carries only indices, so steps never wait for it.
+        with tf.device("CPU:0"):
+            self._head_outputs = {name: tf.Variable(tf.concat(values, axis=0), trainable=False)
+                                  for name, values in parts.items()}
+        self._head_outputs_key = key
+        self._cached_examples.pop(key, None)  # stage 2 reads no record again
+        return int(self._head_outputs["labels"].shape[0])
+
+    @property
     def shuffle_buffer(self) -> int:
         """Examples in each epoch's shuffle buffer."""
         # From memory a buffer of the whole epoch fills in moments, and it reads the
@@ -209,8 +274,14 @@ class Trainer:
         shuffle_buffer = self.shuffle_buffer
 
         def dataset_fn(ctx: tf.distribute.InputContext):
-            ds = self._examples(ctx)
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+            indices = stage == 2 and self.cache_head_outputs
+            if indices:  # the step gathers the rows of M_map's outputs
+                examples = self._keep_head_outputs(ctx)
+                ds = tf.data.Dataset.range(examples).shuffle(
+                    examples, seed=seed, reshuffle_each_iteration=False)
+            else:
+                ds = self._examples(ctx).shuffle(shuffle_buffer, seed=seed,
+                                                 reshuffle_each_iteration=False)
             # Workers' shards may differ by a few examples; repeating lets every worker
             # take exactly `steps_per_epoch` steps, so none waits on the others forever.
             ds = ds.repeat().batch(ctx.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
@@ -218,7 +289,9 @@ class Trainer:
             # `take` ends the input where the epoch ends; without it the prefetch starts
             # refilling the shuffle buffer for a pass no step reads.
             ds = ds.take(self.steps_per_epoch * local_replicas).skip(skip_steps * local_replicas)
-            if self.parse_batch_fn is not None:
+            if indices:
+                ds = ds.map(lambda index: {"index": index})
+            elif self.parse_batch_fn is not None:
                 ds = ds.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
             # Input work is small next to a step; keeping each tf.data op single-threaded
             # leaves the cores to the step instead of competing with it.
