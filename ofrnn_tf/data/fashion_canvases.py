@@ -82,6 +82,7 @@ import json
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -457,25 +458,39 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split)])
     draw = (_scene_drawer(cfg, pool, labels, rng) if cfg.scene_table
             else _plain_drawer(cfg, pool, rng))
-    coco_images, annotations = [], []
-    for image_id in tqdm(range(num), desc=f"canvases {split}", unit="img",
-                         disable=not progress, file=sys.stderr):
-        canvas_rng = np.random.default_rng(rng.integers(2**63))
-        scene, items = draw(canvas_rng)
+    save_kwargs = {"quality": 90} if cfg.image_format == "jpg" else {}
+
+    def render_and_save(items: Sequence[_Item], canvas_rng: np.random.Generator,
+                        file_name: str) -> list[tuple[list[int], int]]:
         pixels, boxes = _render(items, images, cfg.canvas_size, canvas_rng)
-        file_name = f"{image_id:06d}.{cfg.image_format}"
-        save_kwargs = {"quality": 90} if cfg.image_format == "jpg" else {}
         Image.fromarray(pixels).save(os.path.join(image_dir, file_name), **save_kwargs)
-        coco_images.append({"id": image_id, "file_name": file_name,
-                            "width": cfg.canvas_size, "height": cfg.canvas_size})
-        if scene is not None:
-            coco_images[-1]["scene"] = scene
-        for item, (box, area) in zip(items, boxes):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": int(labels[item.source_index]) + 1,
-                "bbox": box, "area": area, "iscrowd": 0, "item_size": item.size,
-                "source_split": source_split, "source_index": item.source_index})
+        return boxes
+
+    # Drawing consumes the split's generator, so it stays in order; each canvas is then
+    # painted from its own generator, so painting in threads (NumPy and PIL release the
+    # GIL) gives the same files.
+    coco_images, canvases = [], []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as painters:
+        for image_id in range(num):
+            canvas_rng = np.random.default_rng(rng.integers(2**63))
+            scene, items = draw(canvas_rng)
+            file_name = f"{image_id:06d}.{cfg.image_format}"
+            canvases.append((items, painters.submit(render_and_save, items, canvas_rng, file_name)))
+            coco_images.append({"id": image_id, "file_name": file_name,
+                                "width": cfg.canvas_size, "height": cfg.canvas_size})
+            if scene is not None:
+                coco_images[-1]["scene"] = scene
+        annotations = []
+        for image_id, (items, painted) in enumerate(tqdm(
+                canvases, desc=f"canvases {split}", unit="img", disable=not progress,
+                file=sys.stderr)):
+            boxes = painted.result()
+            for item, (box, area) in zip(items, boxes):
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id,
+                    "category_id": int(labels[item.source_index]) + 1,
+                    "bbox": box, "area": area, "iscrowd": 0, "item_size": item.size,
+                    "source_split": source_split, "source_index": item.source_index})
     return {
         "info": {"description": f"Fashion-MNIST canvases, {split} split",
                  "config": cfg.to_dict()},
