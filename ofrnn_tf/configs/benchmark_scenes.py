@@ -27,4 +27,5 @@ from ofrnn_tf.configs import benchmark
 
 def get_config():
     return benchmark.get_config().replace(data={"scenes": "outfits"},
-                                          model={"head_kernel_size": 1})
+                                          model={"head_kernel_size": 1, "head_units": 256},
+                                          stage1={"epochs": 16})
