@@ -410,15 +410,18 @@ def test_two_workers_stay_in_sync(tmp_path):
         _kill(procs)
 
 
-def test_mixed_precision_computes_in_float16_and_trains(tmp_path):
+@pytest.mark.parametrize("parts", [{}, {"head": "spatial", "decoder": "residual", "head_units": 8}],
+                         ids=["paper", "residual"])
+def test_mixed_precision_computes_in_float16_and_trains(tmp_path, parts):
     import keras
 
-    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 2},
+    config = tiny_config(model=parts, stage1={"epochs": 1}, stage2={"epochs": 2},
                          runtime={"mixed_precision": True})
     try:
         trainer = make_trainer(str(tmp_path), config, synthetic_data())
         model = trainer.train()
         assert isinstance(trainer.optimizers[2], keras.optimizers.LossScaleOptimizer)
+        assert trainer.cache_head_outputs == (parts.get("decoder") == "residual")
         logits, alpha, h, _ = model.step(*model.start(tf.constant(synthetic_data()["features"][:2])))
         assert h.dtype == tf.float16  # the LSTM really runs in half precision ...
         assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()  # ... its logits not
