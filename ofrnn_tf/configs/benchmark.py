@@ -2,22 +2,23 @@
 
 10,000 / 1,000 / 2,000 canvases of 1–4 real Fashion-MNIST items (data seed 0),
 frozen EfficientNet-Lite0 stage-5 maps (14×14×112, offline weights), stage 1 (the
-spatial M_map with a 3×3 kernel, 16 epochs) then stage 2 (the residual decoder, 12
-epochs), τ and the score mix chosen on validation, beam search K=3 (docs/model.md).
+spatial M_map with a 3×3 kernel and 128 units, 12 epochs) then stage 2 (the residual
+decoder, 12 epochs, over M_map's outputs computed once), τ and the score mix chosen on
+validation, beam search K=3 (docs/model.md).
 
 Command (from a fresh clone; sets up .venv, trains, evaluates, exports, calls gRPC):
     bash scripts/main.sh
 or, on an installed package:
     ofrnn-train --workdir=runs/order_free
 
-Run time on 2 CPU cores: about 12 minutes from nothing (building .venv about a minute,
-canvases 46 s, features 173 s, training 402 s, evaluation and pictures 8 s, export and
-gRPC about 35 s); training alone about 5½ minutes once the canvases and features are
-cached. With `--model.head_kernel_size=1` training takes half as long.
+Run time on 2 CPU cores of a shared Xeon: 10 to 12 minutes from nothing (building
+.venv about a minute, canvases 41 s, features 189–260 s at 49–70 images/s, training
+230–257 s, evaluation and pictures 12 s, export and gRPC about 40 s); training alone
+3½–4½ minutes once the canvases and features are cached.
 
-Expected test result: C-F1 83.6, O-F1 83.7, mAP 90.2, small-object AP 73.5 (one
+Expected test result: C-F1 83.9, O-F1 83.8, mAP 90.4, small-object AP 73.9 (one
 run; across data seeds see the `order_free (main job)` row of the paper table in
-benchmarks/RESULTS.md).
+benchmarks/RESULTS.md, whose stage 1 runs up to 40 epochs).
 """
 
 from ofrnn_tf.config.experiment import ExperimentConfig
