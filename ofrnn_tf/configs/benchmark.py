@@ -11,7 +11,7 @@ Command (from a fresh clone; sets up .venv, trains, evaluates, exports, calls gR
 or, on an installed package:
     ofrnn-train --workdir=runs/order_free
 
-Run time on 2 CPU cores of a shared Xeon: 10 to 12 minutes from nothing (building
+Run time on 2 CPU cores: 10 to 12 minutes from nothing on a shared Xeon (building
 .venv about a minute, canvases 41 s, features 189–260 s at 49–70 images/s, training
 230–257 s, evaluation and pictures 12 s, export and gRPC about 40 s); training alone
 3½–4½ minutes once the canvases and features are cached.
