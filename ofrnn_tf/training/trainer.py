@@ -35,6 +35,8 @@ from ofrnn_tf.training.distribute import is_chief, num_workers
 
 # input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
 ExamplesFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+# Batch size of the whole-split passes that are not training steps (statistics, M_map's outputs).
+_PASS_BATCH = 256
 # (model, stage) -> validation metrics; "score" (higher is better) picks the best epoch.
 ValidateFn = Callable[[OrderFreeRNN, int], dict]
 
@@ -217,6 +219,13 @@ class Trainer:
             self._cached_examples[key] = self.train_examples_fn(ctx).cache()
         return self._cached_examples[key]
 
+    def _parsed_batches(self, examples: tf.data.Dataset) -> tf.data.Dataset:
+        """One pass over `examples` in batches of `{"features", "labels", ...}`, in order."""
+        dataset = examples.batch(_PASS_BATCH)
+        if self.parse_batch_fn is not None:
+            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
     @property
     def head_outputs_mib(self) -> float:
         """MiB that M_map's stage-2 outputs for the training split take in memory."""
@@ -235,14 +244,10 @@ class Trainer:
                                       "process; set --train.cache_records_mib=0")
         if self._head_outputs:
             return int(self._head_outputs["labels"].shape[0])
-        batch_size = 256
-        dataset = self._examples(ctx).batch(batch_size)
-        if self.parse_batch_fn is not None:
-            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
         head = tf.function(lambda features: self.model.head_outputs(tf.cast(features, tf.float32)))
         parts = {"hidden": [], "scores": [], "labels": []}
-        total = math.ceil(self.num_train / ctx.num_input_pipelines / batch_size)
-        for batch in tqdm(dataset.prefetch(tf.data.AUTOTUNE), total=total, unit="batch",
+        total = math.ceil(self.num_train / ctx.num_input_pipelines / _PASS_BATCH)
+        for batch in tqdm(self._parsed_batches(self._examples(ctx)), total=total, unit="batch",
                           desc="stage 2: M_map outputs, computed once",
                           disable=not (self.progress and self.chief), file=sys.stderr,
                           dynamic_ncols=True):
@@ -355,11 +360,8 @@ class Trainer:
         # One worker trains on this same whole-split pass, so it fills the cache; with
         # several, each keeps only its share, and the whole split is not cached here.
         examples = self._examples if num_workers(self.strategy) == 1 else self.train_examples_fn
-        dataset = examples(tf.distribute.InputContext()).batch(256)
-        if self.parse_batch_fn is not None:
-            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
         batches = (tf.cast(batch["features"], tf.float32)
-                   for batch in dataset.prefetch(tf.data.AUTOTUNE))
+                   for batch in self._parsed_batches(examples(tf.distribute.InputContext())))
         print("[train] feature statistics from the training split", file=sys.stderr)
         self.model.adapt(batches)
 
