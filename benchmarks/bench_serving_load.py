@@ -33,7 +33,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
-from ofrnn_tf.serving.local_server import start_subprocess  # noqa: E402
+from ofrnn_tf.serving.server_process import start_subprocess  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories) to serve")

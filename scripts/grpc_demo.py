@@ -7,7 +7,9 @@ one Predict request with ``ofrnn_tf.serving.client.predict_images``, prints one 
 
     python scripts/grpc_demo.py --export_dir=exports/ofrnn img1.jpg img2.png
 
-Takes about 10-20 s on a CPU, almost all of it the server loading the SavedModel.
+Takes about 10-20 s on a CPU, almost all of it the server loading the SavedModel. The
+server starts first, so this process imports TensorFlow (for the client) while the
+child loads the model.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from typing import Sequence
 import grpc
 from absl import app, flags
 
-from ofrnn_tf.serving.client import format_result, predict_images
-from ofrnn_tf.serving.local_server import find_latest_version, start_subprocess
+from ofrnn_tf.serving.server_process import find_latest_version, spawn, wait_until_listening
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories); a "
@@ -50,8 +51,11 @@ def demo(export_dir: str, image_paths: Sequence[str], model_name: str = "ofrnn",
             raise ValueError(f"cannot read image {path!r}: {e.strerror}") from None
     base = model_base_path(export_dir)
     print(f"starting the local server on {base} ...", file=sys.stderr, flush=True)
-    proc, target = start_subprocess(base, model_name, timeout=timeout)
+    proc = spawn(base, model_name)
     try:
+        from ofrnn_tf.serving.client import predict_images  # TensorFlow: beside the child's start
+
+        target = wait_until_listening(proc, timeout)
         print(f"serving on {target}; sending {len(images)} image(s)", file=sys.stderr, flush=True)
         return predict_images(target, images, model_name=model_name, timeout=timeout)
     finally:
@@ -75,6 +79,8 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(f"grpc_demo: {e}")
     except grpc.RpcError as e:
         sys.exit(f"grpc_demo: server refused the request: {e.code().name}: {e.details()}")
+    from ofrnn_tf.serving.client import format_result
+
     for path, result in zip(paths, results):
         print(format_result(path, result))
 

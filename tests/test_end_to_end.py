@@ -17,7 +17,7 @@ import pytest
 from conftest import label_names, run_checked, to_png
 from ofrnn_tf.features.images import read_image_header
 from ofrnn_tf.serving import client
-from ofrnn_tf.serving.local_server import start_subprocess
+from ofrnn_tf.serving.server_process import start_subprocess
 
 pytestmark = pytest.mark.slow  # shares the session's tiny train.py + export.py run
 

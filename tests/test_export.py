@@ -22,7 +22,8 @@ from ofrnn_tf.export.saved_model import export_run
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
-from ofrnn_tf.serving.local_server import find_latest_version, load_session
+from ofrnn_tf.serving.local_server import load_session
+from ofrnn_tf.serving.server_process import find_latest_version
 
 pytestmark = pytest.mark.slow  # all share one tiny train.py + export.py run (~1 min)
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from concurrent import futures
@@ -59,13 +58,12 @@ from tensorflow_serving.apis import (
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.features.images import read_image_header
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, LISTENING_PREFIX, find_latest_version
 
-DEFAULT_MODEL_NAME = "ofrnn"
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
-LISTENING_PREFIX = "LISTENING "
 
 
 class RequestError(Exception):
@@ -101,23 +99,6 @@ def find_undecodable(key: str, images: np.ndarray) -> str | None:
 
 # ---------------------------------------------------------------------------
 # Loading.
-
-
-def find_latest_version(model_base_path: str) -> tuple[int, str]:
-    """Returns ``(version, path)`` of the highest integer-named subdirectory."""
-    if not os.path.isdir(model_base_path):
-        raise FileNotFoundError(f"model base path {model_base_path!r} is not a directory")
-    versions = [int(name) for name in os.listdir(model_base_path)
-                if name.isdigit() and os.path.isdir(os.path.join(model_base_path, name))]
-    if not versions:
-        raise FileNotFoundError(
-            f"no version directories under {model_base_path!r}: expected "
-            f"{os.path.join(model_base_path, '<integer version>', 'saved_model.pb')}")
-    version = max(versions)
-    path = os.path.join(model_base_path, str(version))
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
-        raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb")
-    return version, path
 
 
 def read_signature_defs(saved_model_dir: str) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -478,42 +459,6 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     logging.info("serving %r version %d from %s on %s", model_name, servable.version,
                  servable.path, _address(host, bound))
     return server, bound
-
-
-def start_subprocess(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
-                     extra_args: Sequence[str] = (), *, stderr=None,
-                     timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
-    """Runs this server in a child process on a free loopback port.
-
-    Returns the process and its ``host:port`` target once it is listening; raises
-    RuntimeError with the child's exit status if it stops before that.
-    """
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ofrnn_tf.serving.local_server", f"--model_base_path={model_base_path}",
-         f"--model_name={model_name}", "--port=0", *extra_args],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    deadline = time.monotonic() + timeout
-    import selectors
-
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if sel.select(timeout=1.0):
-                line = proc.stdout.readline()
-                if line.startswith(LISTENING_PREFIX):
-                    return proc, line[len(LISTENING_PREFIX):].strip()
-                if not line and proc.poll() is not None:
-                    break
-            elif proc.poll() is not None:
-                break
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"local server did not listen within {timeout:.0f} s")
-    raise RuntimeError(f"local server exited with status {proc.returncode} before listening")
 
 
 def _define_flags() -> None:

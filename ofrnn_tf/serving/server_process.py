@@ -1,0 +1,83 @@
+"""Finding a servable version and running the local server as a child process.
+
+Kept free of TensorFlow so a client can start the server first and import TensorFlow
+while the child loads the model (`scripts/grpc_demo.py`): the two imports then run
+at the same time instead of one after the other.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+DEFAULT_MODEL_NAME = "ofrnn"
+LISTENING_PREFIX = "LISTENING "  # the server prints this and its target once the port is open
+
+
+def find_latest_version(model_base_path: str) -> tuple[int, str]:
+    """Returns ``(version, path)`` of the highest integer-named subdirectory."""
+    if not os.path.isdir(model_base_path):
+        raise FileNotFoundError(f"model base path {model_base_path!r} is not a directory")
+    versions = [int(name) for name in os.listdir(model_base_path)
+                if name.isdigit() and os.path.isdir(os.path.join(model_base_path, name))]
+    if not versions:
+        raise FileNotFoundError(
+            f"no version directories under {model_base_path!r}: expected "
+            f"{os.path.join(model_base_path, '<integer version>', 'saved_model.pb')}")
+    version = max(versions)
+    path = os.path.join(model_base_path, str(version))
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+        raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb")
+    return version, path
+
+
+def spawn(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
+          extra_args: Sequence[str] = (), *, stderr=None) -> subprocess.Popen:
+    """Starts `ofrnn_tf.serving.local_server` on a free loopback port and returns at once;
+    `wait_until_listening` gives its target."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return subprocess.Popen(
+        [sys.executable, "-m", "ofrnn_tf.serving.local_server", f"--model_base_path={model_base_path}",
+         f"--model_name={model_name}", "--port=0", *extra_args],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def wait_until_listening(proc: subprocess.Popen, timeout: float = 180.0) -> str:
+    """The ``host:port`` target of a `spawn`ed server once it listens; raises RuntimeError
+    with the child's exit status if it stops before that (a child still silent after
+    `timeout` seconds is killed)."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(timeout=1.0):
+                line = proc.stdout.readline()
+                if line.startswith(LISTENING_PREFIX):
+                    return line[len(LISTENING_PREFIX):].strip()
+                if not line and proc.poll() is not None:
+                    break
+            elif proc.poll() is not None:
+                break
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"local server did not listen within {timeout:.0f} s")
+    raise RuntimeError(f"local server exited with status {proc.returncode} before listening")
+
+
+def start_subprocess(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
+                     extra_args: Sequence[str] = (), *, stderr=None,
+                     timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Runs the local server in a child process on a free loopback port.
+
+    Returns the process and its ``host:port`` target once it is listening (`spawn`,
+    then `wait_until_listening`).
+    """
+    proc = spawn(model_base_path, model_name, extra_args, stderr=stderr)
+    return proc, wait_until_listening(proc, timeout)
