@@ -11,10 +11,10 @@ Command (from a fresh clone; sets up .venv, trains, evaluates, exports, calls gR
 or, on an installed package:
     ofrnn-train --workdir=runs/order_free
 
-Run time on 2 CPU cores: 10 to 12 minutes from nothing on a shared Xeon (building
-.venv about a minute, canvases 41 s, features 189–260 s at 49–70 images/s, training
-230–257 s, evaluation and pictures 12 s, export and gRPC about 40 s); training alone
-3½–4½ minutes once the canvases and features are cached.
+Run time on 2 CPU cores: about 8 minutes from nothing on a shared Xeon (building .venv
+21–25 s with uv, canvases 39–43 s, features 163–188 s at about 80 images/s, training
+191–198 s, evaluation and pictures 7–8 s, export and gRPC about 30 s); training alone
+about 3½ minutes once the canvases and features are cached.
 
 Expected test result: C-F1 83.9, O-F1 83.8, mAP 90.4, small-object AP 73.9 (one
 run; across data seeds see the `order_free (main job)` row of the paper table in
