@@ -48,6 +48,15 @@ def encode(rgb, size=(8, 8), fmt="PNG", **kw) -> bytes:
 # --- no server ---------------------------------------------------------------
 
 
+def test_server_process_module_imports_without_tensorflow():
+    """grpc_demo starts the child first and imports TensorFlow while the child loads."""
+    code = ("import sys, ofrnn_tf.serving.server_process as p; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(p.LISTENING_PREFIX)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("LISTENING")
+
+
 @pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
                                     ("GIF", {}), ("BMP", {})])
 def test_image_size_reads_header(fmt, kw):

@@ -3,6 +3,8 @@
 `ofrnn_tf.serving.client` talks to any server that implements TensorFlow Serving's
 ``PredictionService`` (``tensorflow_model_server`` or `ofrnn_tf.serving.local_server`);
 `ofrnn_tf.serving.local_server` serves an export through TF Serving's own loading path
-where the ``tensorflow_model_server`` binary is not available. The TF Serving configs
-and the documented ``docker run`` commands are in the repository's ``serving/`` folder.
+where the ``tensorflow_model_server`` binary is not available, and
+`ofrnn_tf.serving.server_process` runs it as a child process without importing
+TensorFlow. The TF Serving configs and the documented ``docker run`` commands are in the
+repository's ``serving/`` folder.
 """
