@@ -33,13 +33,13 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
-from ofrnn_tf.serving.server_process import start_subprocess  # noqa: E402
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories) to serve")
 flags.DEFINE_bool("stand_in", False, "serve a stand-in model with the export contract instead")
 flags.DEFINE_string("server", None, "host:port of a running server; nothing is started")
-flags.DEFINE_string("model_name", "ofrnn", "model name")
+flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name")
 flags.DEFINE_integer("clients", 8, "concurrent clients, one channel each")
 flags.DEFINE_integer("requests", 200, "requests per client")
 flags.DEFINE_integer("batch_size", 1, "images per request")

@@ -21,12 +21,13 @@ from typing import Sequence
 import grpc
 from absl import app, flags
 
-from ofrnn_tf.serving.server_process import find_latest_version, spawn, wait_until_listening
+from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version, spawn,
+                                              wait_until_listening)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories); a "
                     "version folder stands for its base path, whose newest version is served")
-flags.DEFINE_string("model_name", "ofrnn", "model name the server answers to")
+flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name the server answers to")
 flags.DEFINE_float("timeout", 120.0, "seconds for the server to start and for the request")
 
 
@@ -39,7 +40,7 @@ def model_base_path(export_dir: str) -> str:
     return str(path)
 
 
-def demo(export_dir: str, image_paths: Sequence[str], model_name: str = "ofrnn",
+def demo(export_dir: str, image_paths: Sequence[str], model_name: str = DEFAULT_MODEL_NAME,
          timeout: float = 120.0) -> list[dict]:
     """Starts the server, classifies the images over gRPC, stops the server; returns the
     results of `ofrnn_tf.serving.client.predict_images`, one per image."""

@@ -30,7 +30,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ofrnn_tf.features.images import read_image_header as image_size
 from ofrnn_tf.serving import client
-from ofrnn_tf.serving.server_process import find_latest_version, start_subprocess
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, find_latest_version, start_subprocess
 from ofrnn_tf.serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,8 @@ def test_model_config_parses():
     with open(os.path.join(ROOT, "serving", "models.config")) as f:
         config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config
-    assert model.name == "ofrnn" and model.model_platform == "tensorflow"
+    # The name the export's warm-up requests and the clients use by default.
+    assert model.name == DEFAULT_MODEL_NAME == "ofrnn" and model.model_platform == "tensorflow"
     assert model.model_version_policy.latest.num_versions == 1
 
 

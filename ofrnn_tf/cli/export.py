@@ -16,6 +16,7 @@ from ofrnn_tf.cli import runner
 from ofrnn_tf.export.saved_model import export_run
 from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 FLAGS = flags.FLAGS
 
@@ -35,7 +36,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the beam search. TensorFlow Serving runs "
                       "XLA only with its experimental --xla_cpu_compilation_enabled / "
                       "--xla_gpu_compilation_enabled flag: leave off for a portable export.")
-    flags.DEFINE_string("model_name", "ofrnn", "Model name written into the warm-up requests.")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name written into the warm-up requests.")
 
 
 def main(argv):

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from ofrnn_tf.export.warmup import write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 SIGNATURES = ("serving_default", "predict_with_threshold", "predict_features")
 
@@ -48,7 +49,7 @@ def signatures(module: InferenceModule) -> dict:
 
 def save_inference_module(module: InferenceModule, export_base: str,
                           version: Optional[int] = None, warmup_images: Sequence[bytes] = (),
-                          model_name: str = "ofrnn") -> str:
+                          model_name: str = DEFAULT_MODEL_NAME) -> str:
     """Writes `export_base/<version>/` atomically (a temporary folder renamed at the end)."""
     version = next_version(export_base) if version is None else int(version)
     final = os.path.join(export_base, str(version))
@@ -68,7 +69,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
 
 
 def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
-               warmup_images: Sequence[bytes] = (), model_name: str = "ofrnn",
+               warmup_images: Sequence[bytes] = (), model_name: str = DEFAULT_MODEL_NAME,
                **module_kwargs) -> str:
     """Exports a finished run (keyword arguments: `InferenceModule.from_run`)."""
     module = InferenceModule.from_run(run_dir, **module_kwargs)

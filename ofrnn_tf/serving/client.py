@@ -31,6 +31,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # `attention` [N, T_max, H, W] is not needed to name labels; asking only for these
 # keeps responses small.
@@ -80,7 +82,7 @@ def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
 THRESHOLD_SIGNATURE = "predict_with_threshold"
 
 
-def predict_images(target: str, images: Sequence[bytes], *, model_name: str = "ofrnn",
+def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
                    signature_name: str | None = None, version: int | None = None,
                    threshold: float | None = None, timeout: float = 30.0,
                    channel: grpc.Channel | None = None) -> list[dict]:
@@ -124,7 +126,7 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = "o
     return _call(target, channel, run)
 
 
-def get_model_status(target: str, model_name: str = "ofrnn", *, version: int | None = None,
+def get_model_status(target: str, model_name: str = DEFAULT_MODEL_NAME, *, version: int | None = None,
                      timeout: float = 10.0, channel: grpc.Channel | None = None) -> list[dict]:
     """``ModelService.GetModelStatus``: per version, its ``state`` name and error."""
     request = get_model_status_pb2.GetModelStatusRequest()
@@ -142,7 +144,7 @@ def get_model_status(target: str, model_name: str = "ofrnn", *, version: int | N
     return _call(target, channel, run)
 
 
-def get_model_metadata(target: str, model_name: str = "ofrnn", *, version: int | None = None,
+def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *, version: int | None = None,
                        timeout: float = 10.0, channel: grpc.Channel | None = None) -> tuple[int, dict]:
     """``GetModelMetadata``: the served version and its signature_def map
     (signature name -> ``tensorflow.SignatureDef`` proto)."""
@@ -195,7 +197,7 @@ def run() -> None:
     from absl import app, flags
 
     flags.DEFINE_string("server", "127.0.0.1:8500", "gRPC host:port of the model server")
-    flags.DEFINE_string("model_name", "ofrnn", "model name in the server's config")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name in the server's config")
     flags.DEFINE_string("signature_name", None, "signature taking `images` (default: "
                         "serving_default, or predict_with_threshold with --threshold)")
     flags.DEFINE_float("threshold", None, "decode with this τ in [0, 1] instead of the "

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Sequence
 
+# The name the export writes into its warm-up requests and that the servers, clients and
+# scripts use unless given another; TF Serving's model config must name the model the same.
 DEFAULT_MODEL_NAME = "ofrnn"
 LISTENING_PREFIX = "LISTENING "  # the server prints this and its target once the port is open
 

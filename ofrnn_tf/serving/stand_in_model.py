@@ -21,6 +21,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from ofrnn_tf.export.warmup import write_warmup_requests
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 STAND_IN_CLASSES = ("red", "green", "blue")
 STAND_IN_GRID = 4  # H = W of the stand-in "feature map"
@@ -99,7 +100,7 @@ def solid_png(rgb: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> byte
 
 def write_stand_in_model(base_path: str, version: int = 1,
                          class_names: Sequence[str] = STAND_IN_CLASSES,
-                         model_name: str = "ofrnn") -> str:
+                         model_name: str = DEFAULT_MODEL_NAME) -> str:
     """Writes ``base_path/<version>/`` (SavedModel + warm-up requests); returns that path.
 
     The warm-up file (``WARMUP_FILE``) holds one request of two images, written by the
