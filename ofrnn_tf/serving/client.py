@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # `attention` [N, T_max, H, W] is not needed to name labels; asking only for these
@@ -196,7 +196,7 @@ def run() -> None:
     """The ``ofrnn-client`` console script (flags are defined only when run as a program)."""
     from absl import app, flags
 
-    flags.DEFINE_string("server", "127.0.0.1:8500", "gRPC host:port of the model server")
+    flags.DEFINE_string("server", f"127.0.0.1:{DEFAULT_PORT}", "gRPC host:port of the model server")
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name in the server's config")
     flags.DEFINE_string("signature_name", None, "signature taking `images` (default: "
                         "serving_default, or predict_with_threshold with --threshold)")

@@ -58,7 +58,8 @@ from tensorflow_serving.apis import (
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.features.images import read_image_header
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, LISTENING_PREFIX, find_latest_version
+from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX,
+                                              find_latest_version)
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -466,7 +467,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("model_base_path", None, "directory of integer-named SavedModel versions")
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name clients ask for")
     flags.DEFINE_string("host", "127.0.0.1", "interface to bind (0.0.0.0 exposes the server)")
-    flags.DEFINE_integer("port", 8500, "gRPC port; 0 picks a free one")
+    flags.DEFINE_integer("port", DEFAULT_PORT, "gRPC port; 0 picks a free one")
     flags.DEFINE_integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message")
     flags.DEFINE_float("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
                        "largest width*height of an input image")

@@ -17,6 +17,7 @@ from typing import Sequence
 # The name the export writes into its warm-up requests and that the servers, clients and
 # scripts use unless given another; TF Serving's model config must name the model the same.
 DEFAULT_MODEL_NAME = "ofrnn"
+DEFAULT_PORT = 8500  # tensorflow_model_server's gRPC port
 LISTENING_PREFIX = "LISTENING "  # the server prints this and its target once the port is open
 
 
