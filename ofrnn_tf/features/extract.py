@@ -321,22 +321,23 @@ def _compute_fn(backbone: Backbone):
 
 def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size: int,
                    batch_size: int) -> tf.data.Dataset:
-    def generate():
-        for pos, i in enumerate(order):
-            image = examples[i].image
-            if isinstance(image, (bytes, bytearray)):
-                yield pos, "", bytes(image)
-            else:
-                yield pos, os.fspath(image), b""
+    # Tensor slices, not a Python generator: the input pipeline then runs no Python, so
+    # it never waits for the interpreter lock the shard writer and the main loop take.
+    paths, data = [], []
+    for i in order:
+        image = examples[i].image
+        in_memory = isinstance(image, (bytes, bytearray))
+        paths.append("" if in_memory else os.fspath(image))
+        data.append(bytes(image) if in_memory else b"")
 
     def load(pos, path, data):
         image_bytes = tf.cond(tf.strings.length(path) > 0,
                               lambda: tf.io.read_file(path), lambda: data)
         return pos, decode_and_resize(image_bytes, image_size)
 
-    ds = tf.data.Dataset.from_generator(generate, output_signature=(
-        tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
-        tf.TensorSpec([], tf.string)))
+    ds = tf.data.Dataset.from_tensor_slices((
+        tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string),
+        tf.constant(data, tf.string)))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
