@@ -30,7 +30,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ofrnn_tf.features.images import read_image_header as image_size
 from ofrnn_tf.serving import client
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, find_latest_version, start_subprocess
+from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version,
+                                              start_subprocess)
 from ofrnn_tf.serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -36,7 +36,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the beam search. TensorFlow Serving runs "
                       "XLA only with its experimental --xla_cpu_compilation_enabled / "
                       "--xla_gpu_compilation_enabled flag: leave off for a portable export.")
-    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "Model name written into the warm-up requests.")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME,
+                        "Model name written into the warm-up requests.")
 
 
 def main(argv):

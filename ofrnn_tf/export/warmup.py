@@ -13,7 +13,8 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
-                          model_name: str = DEFAULT_MODEL_NAME, signature_name: str = "serving_default",
+                          model_name: str = DEFAULT_MODEL_NAME,
+                          signature_name: str = "serving_default",
                           batch_sizes: Sequence[int] = (1,)) -> str:
     """Writes one PredictRequest per batch size (images cycled) as PredictionLog records."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2

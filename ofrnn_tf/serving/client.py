@@ -126,8 +126,9 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
     return _call(target, channel, run)
 
 
-def get_model_status(target: str, model_name: str = DEFAULT_MODEL_NAME, *, version: int | None = None,
-                     timeout: float = 10.0, channel: grpc.Channel | None = None) -> list[dict]:
+def get_model_status(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
+                     version: int | None = None, timeout: float = 10.0,
+                     channel: grpc.Channel | None = None) -> list[dict]:
     """``ModelService.GetModelStatus``: per version, its ``state`` name and error."""
     request = get_model_status_pb2.GetModelStatusRequest()
     _model_spec(request.model_spec, model_name, version=version)
@@ -144,8 +145,9 @@ def get_model_status(target: str, model_name: str = DEFAULT_MODEL_NAME, *, versi
     return _call(target, channel, run)
 
 
-def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *, version: int | None = None,
-                       timeout: float = 10.0, channel: grpc.Channel | None = None) -> tuple[int, dict]:
+def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
+                       version: int | None = None, timeout: float = 10.0,
+                       channel: grpc.Channel | None = None) -> tuple[int, dict]:
     """``GetModelMetadata``: the served version and its signature_def map
     (signature name -> ``tensorflow.SignatureDef`` proto)."""
     request = get_model_metadata_pb2.GetModelMetadataRequest()
