@@ -27,6 +27,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """`(steal, total)` clock ticks of the whole machine since boot (Linux), else None.
+
+    Steal is the time the hypervisor gave this virtual machine's CPUs to others; on a
+    shared host it slows every phase alike, so benchmarks report its share.
+    """
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
+def steal_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """Share of the machine's CPU time stolen between two `cpu_times()` readings."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
 def machine_info() -> str:
     """One line: CPU model, usable cores, GPUs, TensorFlow version."""
     import tensorflow as tf

@@ -14,8 +14,10 @@ in one run:
 Each timed phase runs after an untimed warm-up (tracing). Predict and extraction
 alternate for ``--repeats`` pairs; the ratio is the median over pairs (each pair
 sees about the same load when the CPU is shared), and is also given in process CPU
-time per image, which other work on the machine disturbs less. Prints the numbers
-and appends them to benchmarks/RESULTS.md.
+time per image, which other work on the machine disturbs less. On Linux it also
+gives the share of CPU time the hypervisor stole during the pairs: on a shared host
+that slows both phases alike and can halve throughput. Prints the numbers and
+appends them to benchmarks/RESULTS.md.
 
     python benchmarks/bench_extraction.py                      # 256 images, lite0, batch 32
     python benchmarks/bench_extraction.py --num_images=1024 --batch_size=64
@@ -40,7 +42,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import cpu_times, publish, steal_share  # noqa: E402
 from ofrnn_tf.data.example import Example  # noqa: E402
 from ofrnn_tf.features import tfrecords  # noqa: E402
 from ofrnn_tf.features.backbones import get_backbone  # noqa: E402
@@ -127,10 +129,12 @@ def main(argv) -> None:
 
     # Interleaved pairs: each pair's ratio sees about the same load from other work.
     pred, extr, out = [], [], None
+    ticks = cpu_times()
     for r in range(FLAGS.repeats):
         pred.append(run_predict())
         wall, cpu, out = run_extract(str(r))
         extr.append((wall, cpu))
+    steal = steal_share(ticks, cpu_times())
     n_img = len(examples)
     predict_ips = [n_img / w for w, _ in pred]
     extract_ips = [n_img / w for w, _ in extr]
@@ -153,8 +157,11 @@ def main(argv) -> None:
         f"{n_img} {source}, backbone {backbone.name} ({backbone.feature_layer}, "
         f"{h}x{w}x{k} float16), batch {bs}, {FLAGS.num_shards} shards, {FLAGS.repeats} "
         f"interleaved repeats. The CPU was shared with other work (load average "
-        f"{os.getloadavg()[0]:.1f} at the end): throughput varies between repeats; the "
-        f"per-pair ratio and the CPU-time ratio are the steadier figures.",
+        f"{os.getloadavg()[0]:.1f} at the end"
+        + ("" if steal is None else
+           f"; the hypervisor took {100 * steal:.0f} % of the CPU time during the pairs")
+        + "): throughput varies between repeats; the per-pair ratio and the CPU-time "
+        "ratio are the steadier figures.",
         "",
         "| measure | best | median |",
         "|---|---|---|",
