@@ -52,7 +52,8 @@ def encode(rgb, size=(8, 8), fmt="PNG", **kw) -> bytes:
 def test_server_process_module_imports_without_tensorflow():
     """grpc_demo starts the child first and imports TensorFlow while the child loads."""
     code = ("import sys, ofrnn_tf.serving.server_process as p; "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(p.LISTENING_PREFIX)")
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
+            "print(p.LISTENING_PREFIX)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("LISTENING")
