@@ -48,6 +48,10 @@ def steal_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> f
     return (end[0] - start[0]) / (end[1] - start[1])
 
 
+# Read when a benchmark imports this module, i.e. as it starts.
+_STARTED = cpu_times()
+
+
 def machine_info() -> str:
     """One line: CPU model, usable cores, GPUs, TensorFlow version."""
     import tensorflow as tf
@@ -80,7 +84,10 @@ def append_result(title: str, command: str, lines_or_markdown: Sequence[str] | s
     body = lines_or_markdown if isinstance(lines_or_markdown, str) else "\n".join(
         lines_or_markdown)
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    section = (f"\n## {title}\n\n{stamp} — {machine_info()}\n\n"
+    steal = steal_share(_STARTED, cpu_times())
+    stolen = "" if steal is None else (
+        f"; the hypervisor took {100 * steal:.0f} % of the CPU time while the script ran")
+    section = (f"\n## {title}\n\n{stamp} — {machine_info()}{stolen}\n\n"
                f"```\n{command}\n```\n\n{body.rstrip()}\n")
     new = not target.exists() or target.stat().st_size == 0
     with open(target, "a") as f:
