@@ -127,6 +127,16 @@ def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, caps
                                             if n.endswith(".tfrecord")}
 
 
+def test_the_image_pipeline_runs_without_the_autotuner(tmp_path):
+    # Ending an iterator waits for the autotuner's thread, which held long extractions
+    # idle for up to a minute after their last image; the pipeline must not start it.
+    examples = _good_examples(str(tmp_path), n=3)
+    dataset = extract._image_dataset(examples, range(3), SIZE, batch_size=2)
+    assert dataset.options().autotune.enabled is False
+    positions = np.concatenate([p.numpy() for p, _ in dataset])
+    assert positions.tolist() == [0, 1, 2]
+
+
 def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
     examples = _good_examples(str(tmp_path), n=8)
     out = str(tmp_path / "features")

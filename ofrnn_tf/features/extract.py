@@ -1,7 +1,8 @@
 """Images → sharded TFRecords of frozen feature maps (the feature cache).
 
-Pipeline: a ``tf.data`` generator of (position, path, bytes) → parallel
-read + `decode_and_resize` → ``ignore_errors`` → batch → prefetch; the backbone
+Pipeline: ``tf.data`` tensor slices of (position, path, bytes) → parallel
+read + `decode_and_resize` → ``ignore_errors`` → batch → prefetch, with tf.data's
+autotuning off (fixed decode threads and prefetch depth); the backbone
 runs on each batch in a ``tf.function`` on the main thread while a writer thread
 serialises the previous batch. An image that cannot be read or decoded is dropped
 by ``ignore_errors`` alone (the rest of its batch goes on); the writer sees the gap
@@ -319,10 +320,14 @@ def _compute_fn(backbone: Backbone):
     return _COMPUTE_FNS[backbone]
 
 
+# JPEG decodes in flight beside the backbone (decoding is a small part of the work).
+_DECODE_THREADS = 2
+
+
 def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size: int,
                    batch_size: int) -> tf.data.Dataset:
-    # Tensor slices, not a Python generator: the input pipeline then runs no Python, so
-    # it never waits for the interpreter lock the shard writer and the main loop take.
+    # Tensor slices, not a Python generator: the input pipeline runs no Python, so it
+    # does not compete for the interpreter lock with the shard writer and the main loop.
     paths, data = [], []
     for i in order:
         image = examples[i].image
@@ -338,9 +343,14 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
     ds = tf.data.Dataset.from_tensor_slices((
         tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string),
         tf.constant(data, tf.string)))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(load, num_parallel_calls=_DECODE_THREADS, deterministic=True)
     ds = ds.ignore_errors()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # Without autotuning: its model thread, which the iterator's destructor waits for,
+    # held the end of a long extraction for up to a minute (main jobs idled 17-57 s
+    # after the last image). Decoding is cheap next to the backbone, so fixed sizes do.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.batch(batch_size).prefetch(2).with_options(options)
 
 
 def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbone,
