@@ -35,8 +35,9 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import mean_std, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
-from ofrnn_tf.decoding.calibration import calibrate_from_outputs, predictions_at  # noqa: E402
-from ofrnn_tf.metrics import evaluate_all, format_table  # noqa: E402
+from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
+from ofrnn_tf.evaluation import evaluate as evaluation  # noqa: E402
+from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 
@@ -93,7 +94,8 @@ def context_row(splits: dict, config, facts, seed: int) -> dict:
 
     def outputs(split: str) -> dict:
         logits = model.predict(splits[split]["logits"], batch_size=1024, verbose=0)
-        return {"v_prob": tf.sigmoid(logits).numpy(), "y_true": splits[split]["y_true"]}
+        return {"v_prob": tf.sigmoid(logits).numpy(), "y_true": splits[split]["y_true"],
+                "label_areas": splits[split]["areas"]}
 
     best = None
     for epoch in range(FLAGS.epochs):
@@ -106,10 +108,8 @@ def context_row(splits: dict, config, facts, seed: int) -> dict:
             best = (score, tau, epoch + 1, model.get_weights())
     score, tau, epoch, weights = best
     model.set_weights(weights)
-    test = outputs("test")
-    y_pred, scores = predictions_at(test, tau, decoding.min_labels)
-    metrics = evaluate_all(test["y_true"], y_pred, scores, label_areas=splits["test"]["areas"],
-                           small_area=facts.small_area, k=min(3, y_pred.shape[1]))
+    metrics = evaluation.metrics_at(outputs("test"), tau, min_labels=decoding.min_labels,
+                                    small_area=facts.small_area)
     print(f"[label_context] epoch {epoch} of {FLAGS.epochs}, τ {tau:.3g}, validation "
           f"{score:.1f}", file=sys.stderr, flush=True)
     return {**metrics, "val": score}

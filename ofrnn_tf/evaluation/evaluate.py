@@ -80,6 +80,29 @@ def calibrate(model, dataset: tf.data.Dataset, decoding: DecodingConfig, max_ste
             "score_mix_grid": [[m, v] for m, v in mix_table]}
 
 
+def metrics_at(outputs: dict, tau: float, *, min_labels: int = 1, score_mix: float = 0.0,
+               small_area: Optional[float] = None) -> dict:
+    """Every metric of decoded outputs (`decode_all_steps`, or any dict with `v_prob`,
+    `y_true` and optionally `label_areas`) at threshold τ.
+
+    Small-object AP is left out when `small_area` is None or an image has a label of
+    unknown area (-1).
+    """
+    y_pred, scores = predictions_at(outputs, tau, min_labels, score_mix)
+    areas = outputs.get("label_areas")
+    use_areas = small_area is not None and areas is not None and not np.any(
+        (areas < 0) & (outputs["y_true"] > 0))
+    metrics = evaluate_all(outputs["y_true"], y_pred, scores,
+                           label_areas=areas if use_areas else None,
+                           small_area=small_area if use_areas else None,
+                           k=min(3, y_pred.shape[1]))
+    metrics["images"] = int(y_pred.shape[0])
+    metrics["mean_labels_predicted"] = float(y_pred.sum(1).mean())
+    metrics["tau"] = float(tau)
+    metrics["score_mix"] = float(score_mix)
+    return metrics
+
+
 def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max_steps: int,
              min_labels: int = 1, score_mix: float = 0.0, small_area: Optional[float] = None,
              progress: bool = True) -> dict:
@@ -92,18 +115,8 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
                                min_labels=min_labels, progress=progress)
 
     def scored(threshold: float) -> dict:
-        y_pred, scores = predictions_at(outputs, threshold, min_labels, score_mix)
-        areas = outputs.get("label_areas")
-        use_areas = small_area is not None and areas is not None and not np.any(
-            (areas < 0) & (outputs["y_true"] > 0))
-        metrics = evaluate_all(outputs["y_true"], y_pred, scores,
-                               label_areas=areas if use_areas else None,
-                               small_area=small_area if use_areas else None,
-                               k=min(3, y_pred.shape[1]))
-        metrics["images"] = int(y_pred.shape[0])
-        metrics["mean_labels_predicted"] = float(y_pred.sum(1).mean())
-        metrics["tau"] = float(threshold)
-        metrics["score_mix"] = float(score_mix)
+        metrics = metrics_at(outputs, threshold, min_labels=min_labels, score_mix=score_mix,
+                             small_area=small_area)
         metrics["beam_size"] = int(beam_size)
         return metrics
 
