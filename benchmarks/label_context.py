@@ -38,7 +38,9 @@ from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
 from ofrnn_tf.evaluation import evaluate as evaluation  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
+from ofrnn_tf.modeling.layers import LabelContext  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 
 FLAGS = flags.FLAGS
@@ -64,7 +66,7 @@ def map_logits(run_dir: RunDir) -> tuple[dict, object]:
     for split in ("train", "val", "test"):
         logits, labels, areas = [], [], []
         for batch in pipeline.eval_dataset(features_dir, facts, split):
-            logits.append(model(batch["features"], training=False).numpy())
+            logits.append(model.map_logits(batch["features"]).numpy())  # without its own context
             labels.append(batch["labels"].numpy())
             areas.append(batch["label_areas"].numpy())
         splits[split] = {"logits": np.concatenate(logits).astype(np.float32),
@@ -72,25 +74,20 @@ def map_logits(run_dir: RunDir) -> tuple[dict, object]:
     return splits, (config, facts)
 
 
-def label_context_model(num_classes: int) -> tf.keras.Model:
-    """`L ↦ L + MLP(sigmoid(L))`, the MLP's last layer at zero."""
-    logits = tf.keras.Input((num_classes,))
-    hidden = tf.keras.layers.Activation("sigmoid")(logits)
-    hidden = tf.keras.layers.Dense(FLAGS.units, activation="relu")(hidden)
-    hidden = tf.keras.layers.Dropout(FLAGS.dropout)(hidden)
-    hidden = tf.keras.layers.Dense(FLAGS.units, activation="relu")(hidden)
-    correction = tf.keras.layers.Dense(num_classes, kernel_initializer="zeros")(hidden)
-    return tf.keras.Model(logits, tf.keras.layers.Add()([logits, correction]))
+def label_context_model(num_classes: int) -> keras.Model:
+    """`L ↦ L + MLP(sigmoid(L))`: the package's `LabelContext`, fitted here with Keras."""
+    return keras.Sequential([keras.Input((num_classes,)),
+                             LabelContext(num_classes, units=FLAGS.units, dropout=FLAGS.dropout)])
 
 
 def context_row(splits: dict, config, facts, seed: int) -> dict:
     """Trains the label-context MLP over one run's frozen M_map; test metrics at the
     threshold chosen on validation, and the validation objective (`val`)."""
-    tf.keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)
     decoding = config.decoding
     model = label_context_model(splits["train"]["y_true"].shape[1])
-    model.compile(tf.keras.optimizers.Adam(FLAGS.learning_rate),
-                  tf.keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.Adam(FLAGS.learning_rate),
+                  keras.losses.BinaryCrossentropy(from_logits=True))
 
     def outputs(split: str) -> dict:
         logits = model.predict(splits[split]["logits"], batch_size=1024, verbose=0)

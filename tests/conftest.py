@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN_FLAGS = ("--data.num_train=64", "--data.num_val=32", "--data.num_test=16",
                     "--stage1.epochs=1", "--stage2.epochs=1", "--train.batch_size=32",
                     "--model.lstm_units=32", "--model.attention_units=32",
-                    "--model.fc_units=32")
+                    "--model.fc_units=32",
+                    # the whole path, label context included, as the scene-mode preset runs it
+                    "--model.label_context_units=16", "--label_context.epochs=2")
 
 # The hand-made runs of `make_fake_run`.
 FAKE_NAMES = ("circle", "square", "stripe", "dot", "ring")
@@ -80,16 +82,18 @@ def tiny_backbone() -> Backbone:
 
 @pytest.fixture(scope="session")
 def make_fake_run():
-    """`make(path, backbone=..., feature_shape=..., variant=..., tau=..., calibrate=...)`
-    writes a finished-looking run folder with freshly initialised weights."""
+    """`make(path, backbone=..., feature_shape=..., variant=..., tau=..., calibrate=...,
+    label_context_units=...)` writes a finished-looking run folder with freshly
+    initialised weights."""
 
     def make(path: Path, *, backbone: str = FAKE_BACKBONE, feature_shape=(4, 4, 8),
              variant: str = "order_free", tau: float = FAKE_TAU, calibrate: bool = True,
-             image_size: int = 32, feature_layer: str = "maps") -> Path:
+             image_size: int = 32, feature_layer: str = "maps",
+             label_context_units: int = 0) -> Path:
         config = ExperimentConfig().replace(
             features={"backbone": backbone},
             model={"variant": variant, "lstm_units": 16, "attention_units": 16, "fc_units": 16,
-                   "head_units": 16},
+                   "head_units": 16, "label_context_units": label_context_units},
             decoding={"beam_size": FAKE_BEAM})
         facts = RunFacts(label_names=FAKE_NAMES, max_steps=FAKE_MAX_STEPS, label_order=None,
                          small_area=None, features_name="unused", features_fingerprint="0" * 64,
@@ -104,6 +108,9 @@ def make_fake_run():
             # repeated logits tie paths exactly: give it a correction of its own.
             kernel = model.cell.fc2.kernel
             kernel.assign(np.random.default_rng(0).normal(0, 0.5, kernel.shape).astype("float32"))
+        if model.label_context is not None:  # likewise: a fitted context corrects M_map
+            kernel = model.label_context._correction.kernel
+            kernel.assign(np.random.default_rng(1).normal(0, 1.0, kernel.shape).astype("float32"))
         tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
                                    run_dir.checkpoints_dir(), max_to_keep=1).save()
         if calibrate:

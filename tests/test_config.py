@@ -114,4 +114,5 @@ def test_print_config_shows_the_resolved_settings():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert "--data.scenes=outfits" in lines and "--model.lstm_units=64" in lines
+    assert "--model.label_context_units=256" in lines and "--label_context.epochs=40" in lines
     assert len([ln for ln in lines if ln.startswith("--")]) == len(list(fields(ExperimentConfig())))

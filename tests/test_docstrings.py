@@ -11,6 +11,7 @@ MODULES = [
     "ofrnn_tf.config.experiment", "ofrnn_tf.config.flags", "ofrnn_tf.metrics",
     "ofrnn_tf.decoding.beam_search", "ofrnn_tf.features.backbones",
     "ofrnn_tf.modeling.model", "ofrnn_tf.modeling.layers.label_map_head",
+    "ofrnn_tf.modeling.layers.label_context",
     "ofrnn_tf.modeling.layers.visual_attention",
     "ofrnn_tf.modeling.layers.confidence_ranked_cell",
     "ofrnn_tf.modeling.layers.feature_standardizer", "ofrnn_tf.modeling.layers.spatial_label_head",

@@ -18,9 +18,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from conftest import ROOT, run_checked, to_png
-from ofrnn_tf.export.saved_model import export_run
+from ofrnn_tf.export.saved_model import export_run, save_inference_module
 from ofrnn_tf.export.warmup import WARMUP_FILE
-from ofrnn_tf.inference import UncalibratedBeamSizeError
+from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.local_server import load_session
 from ofrnn_tf.serving.server_process import find_latest_version
@@ -173,6 +173,19 @@ def test_session_loader_matches_in_process_decoding(tiny_export_run, tiny_module
     for what, (signature, feeds, want) in cases.items():
         got = session_outputs(bare, signature, feeds)
         assert_same_decoding(got, want, what)
+
+
+def test_session_loader_runs_the_label_context(make_fake_run, tiny_backbone, tmp_path):
+    """A model with a fitted label context: TF Serving's loading path decodes from the
+    corrected logits, as the in-process module does."""
+    module = InferenceModule.from_run(str(make_fake_run(tmp_path / "run", label_context_units=8)),
+                                      backbone=tiny_backbone)
+    features = np.random.default_rng(0).normal(size=(4, 4, 4, 8)).astype("float32")
+    maps = tf.reshape(features, [4, 16, 8])
+    assert not np.allclose(module.model(maps), module.model.map_logits(maps), atol=1e-3)
+    export_dir = Path(save_inference_module(module, str(tmp_path / "export")))
+    got = session_outputs(export_dir, "predict_features", {"features": features})
+    assert_same_decoding(got, module.serve_features(tf.constant(features)), "label context")
 
 
 def xla_must_compile(saved_model_dir: Path) -> list[str]:

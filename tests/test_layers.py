@@ -311,11 +311,65 @@ def test_residual_cell_matches_numpy_lstm_reference():
 
 
 def test_new_layers_config_round_trip():
-    from ofrnn_tf.modeling.layers import FeatureStandardizer, ResidualDecoderCell, SpatialLabelHead
+    from ofrnn_tf.modeling.layers import (
+        FeatureStandardizer, LabelContext, ResidualDecoderCell, SpatialLabelHead)
 
     for layer in (SpatialLabelHead(num_classes=C, units=UNITS, dropout=0.1, sharpness=3.0),
+                  LabelContext(num_classes=C, units=UNITS, dropout=0.3),
                   SpatialLabelHead(num_classes=C, units=UNITS, kernel_size=3),
                   ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=4, dropout=0.3),
                   FeatureStandardizer(depth=K, epsilon=1e-2)):
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
+
+
+# -- label context ---------------------------------------------------------------------
+def make_context(seed: int = 0, dropout: float = 0.0, correct: bool = True):
+    from ofrnn_tf.modeling.layers import LabelContext
+
+    keras.utils.set_random_seed(seed)
+    context = LabelContext(num_classes=C, units=UNITS, dropout=dropout)
+    context.build((None, C))
+    if correct:  # a fitted context: its last layer away from zero
+        rng = np.random.default_rng(seed)
+        for variable in context._correction.weights:
+            variable.assign(rng.normal(0, 1.0, variable.shape).astype("float32"))
+    return context
+
+
+def test_label_context_starts_as_the_identity():
+    logits = tf.constant(np.random.default_rng(1).normal(0, 3, (B, C)), tf.float32)
+    context = make_context(correct=False)
+    np.testing.assert_array_equal(context(logits).numpy(), logits.numpy())
+    grads = dict(zip([v.path for v in context.trainable_variables],
+                     _context_gradients(context, logits)))
+    # Only the last layer learns at first; the hidden layers follow once it moves.
+    assert {p for p, g in grads.items() if g is not None and np.any(g.numpy())} == {
+        p for p in grads if "/correction/" in p}
+
+
+def _context_gradients(context, logits):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.ones_like(logits), logits=context(logits)))
+    return tape.gradient(loss, context.trainable_variables)
+
+
+def test_label_context_matches_numpy_reference():
+    context = make_context()
+    logits = np.random.default_rng(2).normal(0, 3, (B, C)).astype("float32")
+    w = {v.path.split("/", 1)[1]: v.numpy() for v in context.weights}
+    relu = lambda x: np.maximum(x, 0)
+    hidden = relu(1 / (1 + np.exp(-logits)) @ w["hidden_1/kernel"] + w["hidden_1/bias"])
+    hidden = relu(hidden @ w["hidden_2/kernel"] + w["hidden_2/bias"])
+    want = logits + hidden @ w["correction/kernel"] + w["correction/bias"]
+    got = context(tf.constant(logits)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, logits)
+
+
+def test_label_context_dropout_only_while_training():
+    context = make_context(dropout=0.5)
+    logits = tf.constant(np.random.default_rng(3).normal(0, 3, (64, C)), tf.float32)
+    np.testing.assert_array_equal(context(logits).numpy(), context(logits).numpy())
+    assert not np.allclose(context(logits, training=True).numpy(), context(logits).numpy())

@@ -341,7 +341,9 @@ def _outputs(model, x):
 @pytest.mark.parametrize("mode, decoder", [("order_free", "paper"), ("no_attention", "paper"),
                                            ("rare_first", "paper"), ("order_free", "residual")])
 def test_model_config_round_trip(mode, decoder):
-    model = make_model(mode, decoder=decoder, dropout=0.1, feature_dropout=0.25)
+    model = make_model(mode, decoder=decoder, dropout=0.1, feature_dropout=0.25,
+                       label_context_units=UNITS, label_context_dropout=0.3)
+    correct_labels(model)
     config = model.get_config()
     clone = OrderFreeRNN.from_config(config)
     assert clone.get_config() == config
@@ -356,7 +358,8 @@ def test_model_config_round_trip(mode, decoder):
 
 @pytest.mark.parametrize("mode, decoder, extra", [
     ("order_free", "paper", {}), ("frequency_first", "paper", {}), ("order_free", "residual", {}),
-    ("order_free", "residual", {"head_kernel_size": 3})])
+    ("order_free", "residual", {"head_kernel_size": 3}),
+    ("order_free", "residual", {"label_context_units": UNITS})])
 def test_model_keras_file_round_trip(tmp_path, mode, decoder, extra):
     model = make_model(mode, decoder=decoder, **extra)
     path = str(tmp_path / "model.keras")
@@ -371,6 +374,48 @@ def test_model_keras_file_round_trip(tmp_path, mode, decoder, extra):
     for a, b in zip(_outputs(loaded, x), _outputs(model, x)):
         np.testing.assert_array_equal(a, b)
 
+
+
+# -- the label context -----------------------------------------------------------------
+def correct_labels(model: OrderFreeRNN, seed: int = 5) -> None:
+    """Gives the model's `LabelContext` a correction of its own (a fitted one)."""
+    rng = np.random.default_rng(seed)
+    for variable in model.label_context._correction.weights:
+        variable.assign(rng.normal(0, 1.0, variable.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_the_decoder_reads_the_logits_the_label_context_corrected(decoder):
+    model = make_model(decoder=decoder, sharpen=False, label_context_units=UNITS)
+    x = features()
+    np.testing.assert_array_equal(model(x).numpy(), model.map_logits(x).numpy())  # unfitted
+    correct_labels(model)
+    corrected = model(x).numpy()
+    np.testing.assert_allclose(corrected, model.label_context(model.map_logits(x)).numpy(),
+                               rtol=1e-6)
+    assert not np.allclose(corrected, model.map_logits(x).numpy())
+    context, state = model.start(x)
+    np.testing.assert_allclose(state.p.numpy(), tf.sigmoid(corrected).numpy(), rtol=1e-6)  # v_pred
+    if decoder == "residual":  # the residual base of every step is L', not L
+        logits, _, _, _ = model.step(context, state)
+        np.testing.assert_allclose(logits.numpy(), corrected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_label_context_has_variables_of_its_own_and_no_stage_trains_it():
+    model = make_model(decoder="residual", label_context_units=UNITS)
+    correct_labels(model)
+    parts = [{id(v) for v in group} for group in
+             (model.map_variables, model.context_variables, model.decoder_variables)]
+    assert all(parts) and not (parts[0] & parts[1] or parts[1] & parts[2] or parts[0] & parts[2])
+    assert set().union(*parts) == {id(v) for v in model.trainable_variables}
+    x = features()
+    with tf.GradientTape(persistent=True) as tape:
+        map_loss = tf.reduce_mean(model.map_loss(x, MANY_LABELS, training=False))
+        sequence_loss = tf.reduce_mean(model.sequence_loss(x, MANY_LABELS, max_steps=3)[0])
+    np.testing.assert_allclose(  # stage 1 fits M_map alone, before the context
+        map_loss.numpy(), bce(MANY_LABELS, model.map_logits(x)).mean(), rtol=1e-6)
+    for loss in (map_loss, sequence_loss):
+        assert all(g is None for g in tape.gradient(loss, model.context_variables))
 
 
 # -- the residual decoder --------------------------------------------------------------

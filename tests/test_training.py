@@ -251,6 +251,93 @@ def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features
         np.testing.assert_allclose(finals[2048][path], value, rtol=1e-2, atol=1e-3)
 
 
+def context_config(epochs: int = 3, patience: int = 0) -> ExperimentConfig:
+    return tiny_config(model={"head": "spatial", "decoder": "residual", "head_units": 8,
+                              "standardize_features": True, "label_context_units": 8},
+                       stage1={"epochs": 2}, stage2={"epochs": 1}).replace(
+        label_context={"learning_rate": 1e-2, "epochs": epochs, "patience": patience})
+
+
+def test_label_context_is_fitted_between_the_stages_and_its_best_epoch_kept(tmp_path):
+    """After stage 1 the label context is fitted over the frozen best M_map and chosen by
+    the stage-1 validation score; stage 2 then starts from both."""
+    validated = []
+    scores = iter([0.4, 0.6,  # stage 1
+                   0.6, 0.5, 0.9, 0.7,  # M_map alone, then label-context epochs 1-3
+                   0.5])  # stage 2
+
+    def validate_fn(model, stage):
+        validated.append((stage, weights(model.map_variables), weights(model.context_variables)))
+        return {"score": next(scores)}
+
+    trainer = make_trainer(str(tmp_path), context_config(), synthetic_data(), validate_fn)
+    model = trainer.train()
+    assert [stage for stage, _, _ in validated] == [1] * 6 + [2]
+    _, map_after_stage1, untrained = validated[2]
+    for _, map_weights, _ in validated[2:]:  # M_map stays frozen from here on
+        assert not changed(map_after_stage1, map_weights)
+    assert not changed(map_after_stage1, weights(model.map_variables))
+    fitted = [context for _, _, context in validated[3:6]]
+    assert changed(untrained, fitted[0]) and changed(fitted[1], fitted[2])
+    assert not changed(fitted[1], weights(model.context_variables))  # epoch 2 scored best
+    assert not changed(fitted[1], validated[6][2])  # ... and stage 2 read that context
+    assert len(scalars(str(tmp_path))["validation_label_context/score"]) == 3
+    reloaded = make_trainer(str(tmp_path), context_config(), synthetic_data())
+    reloaded.best_manager.checkpoint.restore(reloaded.best_manager.latest_checkpoint)
+    assert not changed(fitted[1], weights(reloaded.model.context_variables))
+
+
+@pytest.mark.parametrize("cache_mib", [2048, 0], ids=["kept_head_outputs", "features"])
+def test_label_context_is_fitted_on_m_maps_logits_of_the_whole_training_split(tmp_path, cache_mib):
+    data = synthetic_data()
+    trainer = make_trainer(str(tmp_path), context_config().replace(
+        train={"batch_size": BATCH, "cache_records_mib": cache_mib}), data)
+    assert trainer.cache_head_outputs == bool(cache_mib)
+    trainer._adapt()
+    logits, labels = trainer._training_map_logits()
+    want = trainer.model.map_logits(tf.constant(data["features"])).numpy()
+    np.testing.assert_allclose(logits.numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(labels.numpy(), data["labels"])
+
+
+def test_label_context_that_never_beats_m_map_on_validation_is_left_unchanged(tmp_path):
+    scores = iter([0.4, 0.6, 0.6, 0.5, 0.55, 0.3, 0.5])
+
+    trainer = make_trainer(str(tmp_path), context_config(), synthetic_data(),
+                           lambda model, stage: {"score": next(scores)})
+    model = trainer.train()
+    x = tf.constant(synthetic_data()["features"])
+    np.testing.assert_array_equal(model(x).numpy(), model.map_logits(x).numpy())
+
+
+def test_a_run_stopped_during_the_label_context_fit_refits_it_the_same(tmp_path):
+    data = synthetic_data()
+
+    def validate_fn(model, stage):  # a real score: the mAP of v_prob on the training data
+        from ofrnn_tf.metrics import mean_average_precision
+        return {"score": mean_average_precision(
+            data["labels"], tf.sigmoid(model(tf.constant(data["features"]))).numpy())}
+
+    whole = make_trainer(str(tmp_path / "whole"), context_config(), data, validate_fn).train()
+    calls = []
+
+    def stopping_validate_fn(model, stage):
+        calls.append(stage)
+        if len(calls) == 5:  # stage 1's two epochs, M_map alone, context epoch 1, then stop
+            raise KeyboardInterrupt
+        return validate_fn(model, stage)
+
+    stopped = make_trainer(str(tmp_path / "stopped"), context_config(), data, stopping_validate_fn)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train()
+    resumed = make_trainer(str(tmp_path / "stopped"), context_config(), data, validate_fn)
+    assert resumed.restore() and int(resumed.stage) == 1
+    model = resumed.train()
+    want = weights(whole.trainable_variables)
+    for path, value in weights(model.trainable_variables).items():
+        np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+
+
 def test_patience_stops_a_stage_early(tmp_path):
     calls = []
 

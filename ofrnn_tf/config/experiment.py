@@ -136,6 +136,11 @@ class ModelConfig:
                                     "positions: 1 (each position alone) or an odd k (a k x k "
                                     "convolution; square maps only).")
     head_dropout: float = setting(0.3, "Dropout on M_map's input features while training it.")
+    label_context_units: int = setting(
+        0, "Width of the label-context MLP that corrects M_map's logits from all of its class "
+        "probabilities, trained after stage 1 (0: none). Helps where labels co-occur.")
+    label_context_dropout: float = setting(0.2, "Dropout in the label-context MLP while "
+                                           "training it.")
     standardize_features: bool = setting(
         True, "Standardise every feature channel (mean and std of the training set) before M_map "
         "and the decoder.")
@@ -153,10 +158,11 @@ class ModelConfig:
     def __post_init__(self):
         _check_choices(self)
         _check_positive(self, "lstm_units", "attention_units", "fc_units", "head_units")
+        _check_positive(self, "label_context_units", allow_zero=True)
         if self.head_kernel_size < 1 or self.head_kernel_size % 2 == 0:
             raise ValueError("ModelConfig.head_kernel_size must be a positive odd number; got "
                              f"{self.head_kernel_size}")
-        for name in ("dropout", "feature_dropout", "head_dropout"):
+        for name in ("dropout", "feature_dropout", "head_dropout", "label_context_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1); got {getattr(self, name)}")
         if self.decoder == "residual" and self.head != "spatial":
@@ -167,7 +173,8 @@ class ModelConfig:
 @dataclasses.dataclass
 class StageConfig:
     """Optimiser and schedule of one training stage of Algorithm 1 (stage 1: M_map, selected
-    by validation mAP; stage 2: the decoder, selected by the decoding used at test time)."""
+    by validation mAP; stage 2: the decoder, selected by the decoding used at test time),
+    or of the label context fitted between them (selected by validation mAP)."""
 
     learning_rate: float = setting(1e-3, "Adam learning rate (the paper's: 3e-4).")
     schedule: str = setting("constant", "Learning rate over the stage: constant, or cosine "
@@ -264,6 +271,9 @@ class ExperimentConfig:
     # validation epoch was the last in 5 of the paper table's 6 main-job runs.
     stage2: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(
         learning_rate=1e-3, schedule="cosine", epochs=12, patience=0))
+    # Fits the label context (--model.label_context_units > 0) over stage 1's best M_map.
+    label_context: StageConfig = dataclasses.field(default_factory=lambda: StageConfig(
+        learning_rate=1e-3, schedule="constant", epochs=40, patience=10))
     train: TrainConfig = section(TrainConfig)
     decoding: DecodingConfig = section(DecodingConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)

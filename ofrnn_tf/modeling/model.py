@@ -10,6 +10,7 @@ from ofrnn_tf.config.experiment import (
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import (
     CellState, ConfidenceRankedLSTMCell, mask_chosen)
 from ofrnn_tf.modeling.layers.feature_standardizer import FeatureStandardizer
+from ofrnn_tf.modeling.layers.label_context import LabelContext
 from ofrnn_tf.modeling.layers.label_map_head import LabelMapHead
 from ofrnn_tf.modeling.layers.residual_decoder_cell import ResidualDecoderCell
 from ofrnn_tf.modeling.layers.spatial_label_head import SpatialLabelHead
@@ -25,7 +26,8 @@ class OrderFreeRNN(keras.Model):
     """The paper's network (Fig. 2) over precomputed frozen-CNN feature maps.
 
     Parts: M_map gives v_prob — the paper's `LabelMapHead` (Eq. 1–3) or the stronger
-    `SpatialLabelHead`; the initial LSTM state is `h_0, c_0 = tanh(Dense(mean_i ·))`
+    `SpatialLabelHead`, optionally followed by a `LabelContext` that corrects its logits
+    from all of its class probabilities (trained between the stages); the initial LSTM state is `h_0, c_0 = tanh(Dense(mean_i ·))`
     (Xu et al.); the decoder cell runs the steps — the paper's
     `ConfidenceRankedLSTMCell` (Eq. 4–10), or `ResidualDecoderCell`, which attends over
     the spatial head's per-position features and refines M_map's logits
@@ -42,6 +44,8 @@ class OrderFreeRNN(keras.Model):
         head_units, head_kernel_size, head_dropout: the spatial head's width and reach
             over the grid (`SpatialLabelHead`), and the dropout on M_map's input while
             training it.
+        label_context_units, label_context_dropout: the `LabelContext` after M_map's
+            logits (0 units: none) and its dropout while training it.
         standardize: standardise the feature channels (`FeatureStandardizer`) before
             M_map and the decoder; its statistics are set by `adapt`.
         decoder: `paper` or `residual` (needs `head="spatial"`).
@@ -66,6 +70,8 @@ class OrderFreeRNN(keras.Model):
                  head: str = _DEFAULTS.head, head_units: int = _DEFAULTS.head_units,
                  head_kernel_size: int = _DEFAULTS.head_kernel_size,
                  head_dropout: float = _DEFAULTS.head_dropout,
+                 label_context_units: int = _DEFAULTS.label_context_units,
+                 label_context_dropout: float = _DEFAULTS.label_context_dropout,
                  standardize: bool = _DEFAULTS.standardize_features,
                  decoder: str = _DEFAULTS.decoder,
                  lstm_units: int = _DEFAULTS.lstm_units,
@@ -96,6 +102,8 @@ class OrderFreeRNN(keras.Model):
         self.head_units = head_units
         self.head_kernel_size = head_kernel_size
         self.head_dropout = head_dropout
+        self.label_context_units = label_context_units
+        self.label_context_dropout = label_context_dropout
         self.standardize = standardize
         self.decoder = decoder
         self.lstm_units = lstm_units
@@ -114,6 +122,10 @@ class OrderFreeRNN(keras.Model):
         else:
             self.label_map_head = LabelMapHead(num_classes, dropout=head_dropout,
                                                name="label_map_head")
+        self.label_context = None
+        if label_context_units:
+            self.label_context = LabelContext(num_classes, units=label_context_units,
+                                              dropout=label_context_dropout, name="label_context")
         if self.uses_decoder:
             self.features_dropout = keras.layers.Dropout(feature_dropout, name="features_dropout")
             self.init_h = keras.layers.Dense(lstm_units, activation="tanh", name="init_h")
@@ -156,6 +168,8 @@ class OrderFreeRNN(keras.Model):
             self.standardizer = FeatureStandardizer(depth, name="standardizer")
             self.standardizer.build(features_shape)
         self.label_map_head.build(features_shape)
+        if self.label_context is not None:
+            self.label_context.build((None, self.num_classes))
         if self.uses_decoder:
             read = self.head_units if self.residual else depth
             self.init_h.build((None, read))
@@ -181,6 +195,11 @@ class OrderFreeRNN(keras.Model):
         return self.label_map_head.trainable_variables
 
     @property
+    def context_variables(self):
+        """Trained between the stages, over stage 1's best M_map, which stays frozen."""
+        return [] if self.label_context is None else self.label_context.trainable_variables
+
+    @property
     def decoder_variables(self):
         """Stage 2 trains these: attention, LSTM, prediction layers, initial state."""
         if not self.uses_decoder:
@@ -192,9 +211,19 @@ class OrderFreeRNN(keras.Model):
     def _standardized(self, features):
         return features if self.standardizer is None else self.standardizer(features)
 
-    def call(self, features, training=False):
-        """M_map logits `[B, C]` (v_prob = sigmoid of them)."""
+    def map_logits(self, features, training=False):
+        """M_map's own logits `[B, C]`, before any label context: what stage 1 trains."""
         return self.label_map_head(self._standardized(features), training=training)
+
+    def with_context(self, logits, training=False):
+        """`L'` from M_map's logits `L` (`LabelContext`); `L` itself when there is none."""
+        if self.label_context is None:
+            return logits
+        return self.label_context(logits, training=training)
+
+    def call(self, features, training=False):
+        """M_map logits `[B, C]` (v_prob = sigmoid of them), label context included."""
+        return self.with_context(self.map_logits(features, training=training))
 
     # -- the decoder interface shared by training, greedy and beam search ----------
     def head_outputs(self, features):
@@ -220,14 +249,14 @@ class OrderFreeRNN(keras.Model):
             if head_outputs is None:
                 head_outputs = self.head_outputs(features)
             hidden, scores = head_outputs
-            logits = self.label_map_head.pool(scores)
+            logits = tf.stop_gradient(self.with_context(self.label_map_head.pool(scores)))
             read = self.features_dropout(hidden, training=training)
             context = self.cell.prepare(read, scores, logits)
         else:
             if head_outputs is not None:
                 raise ValueError("the paper's decoder reads the feature maps, not head outputs")
             features = self._standardized(features)
-            logits = tf.stop_gradient(self.label_map_head(features, training=False))
+            logits = tf.stop_gradient(self.with_context(self.label_map_head(features)))
             read = self.features_dropout(features, training=training)
             context = self.cell.prepare(read)
         v_prob = tf.sigmoid(tf.cast(logits, tf.float32))
@@ -272,7 +301,7 @@ class OrderFreeRNN(keras.Model):
     # -- losses of Algorithm 1 ------------------------------------------------------
     def map_loss(self, features, labels, training=True):
         """Stage 1: per-example binary cross-entropy of M_map, `[B]`."""
-        logits = self(features, training=training)
+        logits = self.map_logits(features, training=training)
         return tf.reduce_mean(
             tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
 
@@ -362,6 +391,8 @@ class OrderFreeRNN(keras.Model):
             "num_classes": self.num_classes, "mode": self.mode, "head": self.head,
             "head_units": self.head_units, "head_kernel_size": self.head_kernel_size,
             "head_dropout": self.head_dropout,
+            "label_context_units": self.label_context_units,
+            "label_context_dropout": self.label_context_dropout,
             "standardize": self.standardize, "decoder": self.decoder,
             "lstm_units": self.lstm_units, "attention_units": self.attention_units,
             "fc_units": self.fc_units, "dropout": self.dropout,
@@ -379,6 +410,8 @@ def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[i
         num_classes=num_classes, mode=config.variant, head=config.head,
         head_units=config.head_units, head_kernel_size=config.head_kernel_size,
         head_dropout=config.head_dropout,
+        label_context_units=config.label_context_units,
+        label_context_dropout=config.label_context_dropout,
         standardize=config.standardize_features, decoder=config.decoder,
         lstm_units=config.lstm_units, attention_units=config.attention_units,
         fc_units=config.fc_units, dropout=config.dropout,

@@ -11,6 +11,11 @@ frozen then: when they fit in `--train.cache_records_mib`, they are computed onc
 start of stage 2 and kept in memory; the input pipeline then yields batches of example
 indices, and each step gathers its rows instead of running M_map again.
 
+With a label context (`--model.label_context_units`), it is fitted after stage 1 and
+before stage 2 over the best M_map's logits of the training split, computed once
+(`_train_label_context`); M_map stays frozen. The fit is short and not checkpointed
+part-way: a run stopped during it refits it whole from the same starting point.
+
 Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
 and the position (stage, epoch, step in epoch). The data order of every epoch is a
 function of the seed alone, so a run killed at any point and restarted ends with the
@@ -20,6 +25,7 @@ same weights as one that was never interrupted.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Callable, Optional
@@ -148,13 +154,13 @@ class Trainer:
                        if self.chief else tf.summary.create_noop_writer())
         self._train_steps = {}
 
-    def _optimizer(self, stage: StageConfig):
+    def _optimizer(self, stage: StageConfig, loss_scaling: bool = True):
         learning_rate = stage.learning_rate
         if stage.schedule == "cosine":
             learning_rate = keras.optimizers.schedules.CosineDecay(
                 stage.learning_rate, decay_steps=stage.epochs * self.steps_per_epoch)
         optimizer = keras.optimizers.Adam(learning_rate)
-        if self.config.runtime.mixed_precision:
+        if loss_scaling and self.config.runtime.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
 
@@ -248,7 +254,7 @@ class Trainer:
         parts = {"hidden": [], "scores": [], "labels": []}
         total = math.ceil(self.num_train / ctx.num_input_pipelines / _PASS_BATCH)
         for batch in tqdm(self._parsed_batches(self._examples(ctx)), total=total, unit="batch",
-                          desc="stage 2: M_map outputs, computed once",
+                          desc="M_map outputs of the training split, computed once",
                           disable=not (self.progress and self.chief), file=sys.stderr,
                           dynamic_ncols=True):
             hidden, scores = head(batch["features"])
@@ -344,6 +350,8 @@ class Trainer:
             while not self._stage_done(stage):
                 self._train_epoch(stage)
             self._restore_best()  # stage 2 starts from stage 1's best M_map
+            if stage == 1 and self.model.label_context is not None:
+                self._train_label_context()
             self.stage.assign(stage + 1)
             if stage != self.stages()[-1]:
                 self.epoch.assign(0)
@@ -364,6 +372,90 @@ class Trainer:
                    for batch in self._parsed_batches(examples(tf.distribute.InputContext())))
         print("[train] feature statistics from the training split", file=sys.stderr)
         self.model.adapt(batches)
+
+    def _training_map_logits(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """M_map's logits (before the label context) and the labels of the whole training
+        split, `[N, C]` each, in the examples' order."""
+        if self.cache_head_outputs and num_workers(self.strategy) == 1:
+            # Stage 2 reads the same per-position scores: compute them once for both.
+            self._keep_head_outputs(tf.distribute.InputContext())
+            scores = self._head_outputs["scores"]
+            logits = tf.concat([self.model.label_map_head.pool(scores[i:i + _PASS_BATCH])
+                                for i in range(0, int(scores.shape[0]), _PASS_BATCH)], axis=0)
+            return logits, tf.cast(self._head_outputs["labels"], tf.float32)
+        examples = self._examples if num_workers(self.strategy) == 1 else self.train_examples_fn
+        logits_of = tf.function(lambda features: self.model.map_logits(tf.cast(features, tf.float32)))
+        logits, labels = [], []
+        for batch in self._parsed_batches(examples(tf.distribute.InputContext())):
+            logits.append(tf.cast(logits_of(batch["features"]), tf.float32))
+            labels.append(tf.cast(batch["labels"], tf.float32))
+        return tf.concat(logits, axis=0), tf.concat(labels, axis=0)
+
+    def _train_label_context(self) -> None:
+        """Fits the `LabelContext` over the frozen best M_map: binary cross-entropy of
+        `L'` on the training split, Adam (`--label_context.*`), its best epoch by the
+        stage-1 validation score (mAP of `sigmoid(L')`), then kept in ``best/``."""
+        stage_config = self.config.label_context
+        logits, labels = self._training_map_logits()
+        count = int(logits.shape[0])
+        context, variables = self.model.label_context, self.model.context_variables
+        with self.strategy.scope():
+            # Fresh on every fit (float32 layer: no loss scaling), so a refit after a
+            # resume starts where the interrupted one did.
+            optimizer = self._optimizer(stage_config, loss_scaling=False)
+            optimizer.build(variables)
+
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                per_example = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+                    labels=y, logits=context(x, training=True)), axis=-1)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        @tf.function
+        def train_step(x, y):
+            loss = self.strategy.run(replica_step, args=(x, y))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+
+        # Epoch 0 is the untrained context, which returns M_map's logits unchanged: a
+        # context that never scores better on validation than M_map alone is left so.
+        best_epoch, best_weights, since_best = 0, [v.numpy() for v in variables], 0
+        best = baseline = self.validate_fn(self.model, 1)["score"] if self.validate_fn else None
+        bar = tqdm(range(stage_config.epochs), unit="epoch", desc="label context",
+                   disable=not (self.progress and self.chief), file=sys.stderr, dynamic_ncols=True)
+        for epoch in bar:
+            batches = tf.data.Dataset.from_tensor_slices((logits, labels)).shuffle(
+                count, seed=self.config.train.seed * 1000 + 150 + epoch).batch(
+                self.global_batch, drop_remainder=True)
+            for x, y in self.strategy.experimental_distribute_dataset(batches):
+                loss = float(train_step(x, y))
+            if self.validate_fn is None:
+                continue
+            score = self.validate_fn(self.model, 1)["score"]
+            with self.writer.as_default():
+                tf.summary.scalar("validation_label_context/score", score, step=epoch + 1)
+                tf.summary.scalar("loss/label_context", loss, step=epoch + 1)
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{score:.2f}")
+            if score > best:
+                best, best_epoch, since_best = score, epoch + 1, 0
+                best_weights = [v.numpy() for v in variables]
+            else:
+                since_best += 1
+                if stage_config.patience and since_best >= stage_config.patience:
+                    break
+        bar.close()
+        if self.validate_fn is not None:
+            for variable, value in zip(variables, best_weights):
+                variable.assign(value)
+            print(f"[train] label context: best epoch {best_epoch} of {epoch + 1}, validation "
+                  f"{best:.2f} (M_map alone {baseline:.2f})", file=sys.stderr)
+            self.best_manager.save(checkpoint_number=int(self.global_step))
+            if self.chief and os.path.exists(self.run_dir.best_info_file):
+                info = self.run_dir.load_best_info()  # stage 1's best epoch, and now its context
+                info["label_context"] = {"epoch": best_epoch, "score": best}
+                info["validation"]["score"] = best
+                self.run_dir.save_best_info(info)
 
     def _restore_best(self) -> None:
         if self.validate_fn is not None and self.best_manager.latest_checkpoint:
