@@ -497,8 +497,9 @@ def test_two_workers_stay_in_sync(tmp_path):
         _kill(procs)
 
 
-@pytest.mark.parametrize("parts", [{}, {"head": "spatial", "decoder": "residual", "head_units": 8}],
-                         ids=["paper", "residual"])
+@pytest.mark.parametrize("parts", [{}, {"head": "spatial", "decoder": "residual", "head_units": 8,
+                                         "label_context_units": 8}],
+                         ids=["paper", "residual_with_label_context"])
 def test_mixed_precision_computes_in_float16_and_trains(tmp_path, parts):
     import keras
 
@@ -512,6 +513,11 @@ def test_mixed_precision_computes_in_float16_and_trains(tmp_path, parts):
         logits, alpha, h, _ = model.step(*model.start(tf.constant(synthetic_data()["features"][:2])))
         assert h.dtype == tf.float16  # the LSTM really runs in half precision ...
         assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()  # ... its logits not
+        if model.label_context is not None:
+            assert model.label_context.compute_dtype == "float32"
+            assert changed(weights(model.context_variables), {  # fitted, from its zero start
+                path: np.zeros_like(value) if "/correction/" in path else value
+                for path, value in weights(model.context_variables).items()})
         losses = [value for _, value in scalars(str(tmp_path))["loss/stage2"]]
         assert np.all(np.isfinite(losses))
         assert np.mean(losses[-STEPS_PER_EPOCH:]) < np.mean(losses[:STEPS_PER_EPOCH])

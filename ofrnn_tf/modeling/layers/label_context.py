@@ -35,13 +35,15 @@ class LabelContext(keras.layers.Layer):
     """
 
     def __init__(self, num_classes: int, units: int = 256, dropout: float = 0.2, **kwargs):
-        super().__init__(**kwargs)
+        # float32 even under mixed precision: it is small, and its input and output are
+        # logits that half precision would round.
+        super().__init__(**{"dtype": "float32", **kwargs})
         self.num_classes = num_classes
         self.units = units
         self.dropout = dropout
         self._hidden_1 = keras.layers.Dense(units, activation="relu", dtype="float32",
                                             name="hidden_1")
-        self._dropout = keras.layers.Dropout(dropout, name="dropout")
+        self._dropout = keras.layers.Dropout(dropout, dtype="float32", name="dropout")
         self._hidden_2 = keras.layers.Dense(units, activation="relu", dtype="float32",
                                             name="hidden_2")
         self._correction = keras.layers.Dense(num_classes, kernel_initializer="zeros",
