@@ -384,7 +384,8 @@ class Trainer:
                                 for i in range(0, int(scores.shape[0]), _PASS_BATCH)], axis=0)
             return logits, tf.cast(self._head_outputs["labels"], tf.float32)
         examples = self._examples if num_workers(self.strategy) == 1 else self.train_examples_fn
-        logits_of = tf.function(lambda features: self.model.map_logits(tf.cast(features, tf.float32)))
+        logits_of = tf.function(
+            lambda features: self.model.map_logits(tf.cast(features, tf.float32)))
         logits, labels = [], []
         for batch in self._parsed_batches(examples(tf.distribute.InputContext())):
             logits.append(tf.cast(logits_of(batch["features"]), tf.float32))
