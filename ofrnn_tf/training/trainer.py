@@ -362,14 +362,17 @@ class Trainer:
         self._restore_best()
         return self.model
 
-    def _adapt(self) -> None:
-        """Sets the feature standardisation from one pass over all training examples (every
-        worker reads them all, so every replica gets the same statistics)."""
+    def _whole_split_batches(self) -> tf.data.Dataset:
+        """One pass over all training examples, in batches, on every worker (each reads
+        them all, so every replica computes the same from them)."""
         # One worker trains on this same whole-split pass, so it fills the cache; with
         # several, each keeps only its share, and the whole split is not cached here.
         examples = self._examples if num_workers(self.strategy) == 1 else self.train_examples_fn
-        batches = (tf.cast(batch["features"], tf.float32)
-                   for batch in self._parsed_batches(examples(tf.distribute.InputContext())))
+        return self._parsed_batches(examples(tf.distribute.InputContext()))
+
+    def _adapt(self) -> None:
+        """Sets the feature standardisation from one pass over all training examples."""
+        batches = (tf.cast(batch["features"], tf.float32) for batch in self._whole_split_batches())
         print("[train] feature statistics from the training split", file=sys.stderr)
         self.model.adapt(batches)
 
@@ -383,11 +386,10 @@ class Trainer:
             logits = tf.concat([self.model.label_map_head.pool(scores[i:i + _PASS_BATCH])
                                 for i in range(0, int(scores.shape[0]), _PASS_BATCH)], axis=0)
             return logits, tf.cast(self._head_outputs["labels"], tf.float32)
-        examples = self._examples if num_workers(self.strategy) == 1 else self.train_examples_fn
         logits_of = tf.function(
             lambda features: self.model.map_logits(tf.cast(features, tf.float32)))
         logits, labels = [], []
-        for batch in self._parsed_batches(examples(tf.distribute.InputContext())):
+        for batch in self._whole_split_batches():
             logits.append(tf.cast(logits_of(batch["features"]), tf.float32))
             labels.append(tf.cast(batch["labels"], tf.float32))
         return tf.concat(logits, axis=0), tf.concat(labels, axis=0)
