@@ -271,6 +271,56 @@ def test_max_train_steps_uses_every_step():
     assert np.all(per_step.numpy() > 0) and np.all(per_example.numpy() > 0)
 
 
+def _coverage(model, x, labels, chosen, counts):
+    """`Σ_t α_t` over each image's first `counts` steps, feeding back `chosen`."""
+    context, state = model.start(x, training=False)
+    coverage = np.zeros((len(labels), M))
+    for t in range(chosen.shape[1]):
+        logits, alpha, h, c = model.step(context, state, training=False)
+        coverage += alpha.numpy() * (t < counts)[:, None]
+        state = model.advance(state, h, c, logits, tf.constant(chosen[:, t]))
+    return coverage
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("form", ["doubly_stochastic", "overlap"])
+def test_attention_penalty_adds_its_weight_times_the_coverage_penalty(decoder, form):
+    model = make_model(decoder=decoder)
+    if decoder == "residual":  # peaked attention, so that some position is attended twice
+        model.cell.query_kernel.assign(model.cell.query_kernel * 30.0)
+    else:
+        model.cell.attention._score.kernel.assign(model.cell.attention._score.kernel * 30.0)
+    x, weight = features(), 0.5
+    plain, plain_step = model.sequence_loss(x, MANY_LABELS, 3, "gt_count_plus_one",
+                                            training=False)
+    penalised, per_step = model.sequence_loss(x, MANY_LABELS, 3, "gt_count_plus_one",
+                                              training=False, attention_penalty=weight,
+                                              attention_penalty_form=form)
+    _, _, chosen = reference_losses(model, x, MANY_LABELS, 3, "gt_count_plus_one")
+    counts = np.minimum(MANY_LABELS.sum(-1) + 1, 3)
+    coverage = _coverage(model, x, MANY_LABELS, chosen, counts)
+    excess = 1.0 - coverage if form == "doubly_stochastic" else np.maximum(coverage - 1.0, 0.0)
+    penalty = (excess ** 2).sum(-1)
+    assert (penalty > 1e-3).sum() >= 2  # not vacuous
+    np.testing.assert_allclose(penalised.numpy(), plain.numpy() + weight * penalty / counts,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(per_step.numpy(), plain_step.numpy(), rtol=1e-6)  # BCE's curve
+
+
+def test_attention_penalty_reaches_the_attention_and_needs_attention():
+    model = make_model(decoder="residual")
+    x = features()
+    with tf.GradientTape() as tape:
+        extra = tf.reduce_sum(
+            model.sequence_loss(x, MANY_LABELS, 3, training=True, attention_penalty=1.0)[0]
+            - model.sequence_loss(x, MANY_LABELS, 3, training=True)[0])
+    assert np.abs(tape.gradient(extra, model.cell.query_kernel).numpy()).sum() > 0
+    with pytest.raises(ValueError, match="no attention to penalise"):
+        make_model("no_attention").sequence_loss(x, LABELS, 3, attention_penalty=1.0)
+    with pytest.raises(ValueError, match="attention_penalty_form must be one of"):
+        model.sequence_loss(x, LABELS, 3, attention_penalty=1.0, attention_penalty_form="l1")
+
+
 def test_order_free_feeds_back_its_own_argmax(monkeypatch):
     model = make_model()
     x = features()

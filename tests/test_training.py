@@ -251,6 +251,27 @@ def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features
         np.testing.assert_allclose(finals[2048][path], value, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("decoder, budget", [("paper", 0), ("residual", 0), ("residual", 2048)])
+def test_stage2_loss_takes_the_configured_attention_penalty(tmp_path, monkeypatch, decoder,
+                                                             budget):
+    from ofrnn_tf.modeling.model import OrderFreeRNN
+    seen = []
+    sequence_loss = OrderFreeRNN.sequence_loss
+
+    def recording(self, *args, **kwargs):
+        seen.append((kwargs.get("attention_penalty"), kwargs.get("attention_penalty_form")))
+        return sequence_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(OrderFreeRNN, "sequence_loss", recording)
+    model = ({"head": "spatial", "decoder": "residual", "head_units": 8} if decoder == "residual"
+             else {})
+    config = tiny_config(model=model, stage1={"epochs": 1}, stage2={"epochs": 1}).replace(
+        train={"batch_size": BATCH, "cache_records_mib": budget, "attention_penalty": 0.5,
+               "attention_penalty_form": "overlap"})
+    make_trainer(str(tmp_path), config, synthetic_data()).train()
+    assert seen and set(seen) == {(0.5, "overlap")}
+
+
 def context_config(epochs: int = 3, patience: int = 0) -> ExperimentConfig:
     return tiny_config(model={"head": "spatial", "decoder": "residual", "head_units": 8,
                               "standardize_features": True, "label_context_units": 8},

@@ -32,6 +32,7 @@ TRAIN_STEPS = ("gt_count", "gt_count_plus_one", "max")
 HEADS = ("mean_linear", "spatial")
 DECODERS = ("paper", "residual")
 STAGE2_LOSSES = ("bce", "pla")
+ATTENTION_PENALTIES = ("doubly_stochastic", "overlap")
 SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -210,10 +211,17 @@ class TrainConfig:
                         "over the labels left and stop, the target aligned to the model's own "
                         "choice, stop after the last true label).",
                         choices=STAGE2_LOSSES)
+    attention_penalty: float = setting(0.0, "Weight of a stage-2 penalty on each image's "
+                                       "attention summed over its steps (0: none).")
+    attention_penalty_form: str = setting(
+        "doubly_stochastic", "The penalty on a position's summed attention a: (1 - a)^2 "
+        "(Show, Attend and Tell's doubly stochastic attention) or max(0, a - 1)^2 (overlap: "
+        "attending a position again).", choices=ATTENTION_PENALTIES)
 
     def __post_init__(self):
         _check_choices(self)
         _check_positive(self, "batch_size", "shuffle_buffer")
+        _check_positive(self, "attention_penalty", allow_zero=True)
         _check_positive(self, "cache_records_mib", allow_zero=True)
 
 

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import (
-    DECODERS, HEADS, STAGE2_LOSSES, TRAIN_STEPS, VARIANTS, ModelConfig)
+    ATTENTION_PENALTIES, DECODERS, HEADS, STAGE2_LOSSES, TRAIN_STEPS, VARIANTS, ModelConfig)
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import (
     CellState, ConfidenceRankedLSTMCell, mask_chosen)
 from ofrnn_tf.modeling.layers.feature_standardizer import FeatureStandardizer
@@ -306,7 +306,8 @@ class OrderFreeRNN(keras.Model):
             tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
 
     def sequence_loss(self, features, labels, max_steps: int, train_steps: str = "gt_count",
-                      training=True, head_outputs=None):
+                      training=True, head_outputs=None, attention_penalty: float = 0.0,
+                      attention_penalty_form: str = "doubly_stochastic"):
         """Stage 2 loss (Eq. 8, Alg. 1) unrolled in a graph loop over `max_steps` steps.
 
         Order-free modes with BCE: at each step the full label vector is the target and
@@ -325,6 +326,13 @@ class OrderFreeRNN(keras.Model):
 
         `head_outputs` is passed to `start` (stage 2 over M_map's outputs computed once).
 
+        `attention_penalty` λ > 0 adds, per image, λ times a penalty on its attention
+        coverage `a_i = Σ_t α_{t,i}` over the steps it takes (before the mean over
+        steps): Show, Attend and Tell's doubly stochastic `Σ_i (1 − a_i)²`
+        (`doubly_stochastic`: every position attended about once in all), or only its
+        upper side `Σ_i max(0, a_i − 1)²` (`overlap`: attention does not come back to a
+        position it has already spent itself on).
+
         Returns:
             `(per_example [B], per_step [max_steps])`: the mean over each image's steps
             and the mean loss of each step over the images that take it.
@@ -333,6 +341,11 @@ class OrderFreeRNN(keras.Model):
             raise ValueError("the baseline variant has no decoder: train it with map_loss")
         if train_steps not in TRAIN_STEPS:
             raise ValueError(f"train_steps must be one of {TRAIN_STEPS}, got {train_steps!r}")
+        if attention_penalty_form not in ATTENTION_PENALTIES:
+            raise ValueError(f"attention_penalty_form must be one of {ATTENTION_PENALTIES}, "
+                             f"got {attention_penalty_form!r}")
+        if attention_penalty and self.mode == "no_attention":
+            raise ValueError("the no_attention ablation has no attention to penalise")
         labels = tf.cast(labels, tf.float32)
         truth = tf.reduce_sum(labels, axis=-1)
         counts = truth
@@ -348,10 +361,12 @@ class OrderFreeRNN(keras.Model):
 
         context, state = self.start(features, training=training, head_outputs=head_outputs)
         batch = tf.shape(labels)[0]
+        positions = tf.shape(features if head_outputs is None else head_outputs[0])[1]
 
-        def body(t, state, total, per_step):
-            logits, _, h, c = self.step(context, state, training=training)
+        def body(t, state, total, per_step, coverage):
+            logits, alpha, h, c = self.step(context, state, training=training)
             active = tf.cast(tf.cast(t, tf.float32) < counts, tf.float32)
+            coverage = coverage + alpha * active[:, None]
             masked = tf.where(state.y_tilde > 0, _LARGE_NEGATIVE, logits)
             if self.teacher_forced:
                 target = ordered_labels[:, t]
@@ -376,12 +391,18 @@ class OrderFreeRNN(keras.Model):
             step_loss = step_loss * active
             per_step = per_step.write(
                 t, tf.math.divide_no_nan(tf.reduce_sum(step_loss), tf.reduce_sum(active)))
-            return t + 1, self.advance(state, h, c, logits, chosen), total + step_loss, per_step
+            return (t + 1, self.advance(state, h, c, logits, chosen), total + step_loss, per_step,
+                    coverage)
 
-        _, _, total, per_step = tf.while_loop(
+        _, _, total, per_step, coverage = tf.while_loop(
             lambda t, *_: t < max_steps, body,
-            (tf.constant(0), state, tf.zeros([batch]), tf.TensorArray(tf.float32, size=max_steps)),
+            (tf.constant(0), state, tf.zeros([batch]), tf.TensorArray(tf.float32, size=max_steps),
+             tf.zeros(tf.stack([batch, positions]))),
             maximum_iterations=max_steps)  # a fixed bound lets XLA compile the loop
+        if attention_penalty:
+            excess = 1.0 - coverage if attention_penalty_form == "doubly_stochastic" else \
+                tf.nn.relu(coverage - 1.0)
+            total = total + attention_penalty * tf.reduce_sum(tf.square(excess), axis=-1)
         per_example = total / tf.maximum(counts, 1.0)
         return per_example, per_step.stack()
 

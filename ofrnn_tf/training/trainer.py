@@ -171,6 +171,8 @@ class Trainer:
     def _make_train_step(self, stage: int):
         model, max_steps = self.model, self.facts.max_steps
         train_steps = self.config.train.train_steps
+        penalty = {"attention_penalty": self.config.train.attention_penalty,
+                   "attention_penalty_form": self.config.train.attention_penalty_form}
         mixed_precision = self.config.runtime.mixed_precision
         optimizer = self.optimizers[stage]
         variables = model.map_variables if stage == 1 else model.decoder_variables
@@ -182,8 +184,9 @@ class Trainer:
                 return per_example, tf.reduce_mean(per_example)[None]
             if isinstance(inputs, tuple):
                 return model.sequence_loss(None, labels, max_steps, train_steps, training=True,
-                                           head_outputs=inputs)
-            return model.sequence_loss(inputs, labels, max_steps, train_steps, training=True)
+                                           head_outputs=inputs, **penalty)
+            return model.sequence_loss(inputs, labels, max_steps, train_steps, training=True,
+                                       **penalty)
 
         @tf.function(jit_compile=self.config.runtime.jit_compile)
         def gradients(inputs, labels):
