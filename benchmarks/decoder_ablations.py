@@ -11,7 +11,14 @@ one with the main job's budget, thresholds on validation, test split:
   earlier default) or 20 (patience 3);
 - `stage 2 cosine, 20 ep`: the cosine decay stretched over 20 epochs instead of 12;
 - `LSTM 512, FC 1024`: the decoder twice as wide;
+- `overlap penalty (λ = 1)`, `doubly stochastic penalty (λ = 0.1)`: a stage-2 penalty on
+  each image's attention summed over its steps, `a_i = Σ_t α_{t,i}`: `max(0, a_i − 1)²`
+  (attention does not come back to a position) or Show, Attend and Tell's `(1 − a_i)²`;
 - `greedy (K = 1)`: the main job's run decoded with K = 1 (τ calibrated for it).
+
+Besides the metrics, each decoder's test paths (decoded as for its test metrics) give
+`peak α`, the mean largest attention weight of a step (100: one position), and `same
+spot`, the share of consecutive steps whose attention peaks at the same position.
 
     python benchmarks/decoder_ablations.py --root=runs/ablations --seed=0
     python benchmarks/decoder_ablations.py --root=runs/ablations --seed=0 \
@@ -33,10 +40,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import publish  # noqa: E402
+from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.decoding.beam_search import beam_search  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
@@ -65,8 +75,12 @@ VARIANTS = {
                                 "--stage2.patience=3"],
     "stage 2 cosine, 20 ep": ["--stage2.epochs=20"],
     "LSTM 512, FC 1024": ["--model.lstm_units=512", "--model.fc_units=1024"],
+    "overlap penalty (λ = 1)": ["--train.attention_penalty=1",
+                                "--train.attention_penalty_form=overlap"],
+    "doubly stochastic penalty (λ = 0.1)": ["--train.attention_penalty=0.1"],
 }
-COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "tau", "val score")
+COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "tau", "val score",
+           "peak α", "same spot")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,11 +95,34 @@ def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
     return run_dir
 
 
-def scored(run_dir: RunDir) -> dict:
-    """A run's test metrics and, as ``val score``, the validation score of its chosen epoch
-    (what a choice between variants should look at)."""
+def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:
+    """`peak α` and `same spot` (percent) over the run's decoded test paths; nothing for a
+    model without a decoder."""
+    model, config, facts = run_dir.load_model()
+    if not model.uses_decoder:
+        return {}
+    beam_size = beam_size or config.decoding.beam_size
+    tau = run_dir.calibration(beam_size)["tau"]
+    dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, "test")
+    peaks, same = [], []
+    for batch in dataset:
+        paths = beam_search(model, batch["features"], beam_size=beam_size,
+                            max_steps=facts.max_steps, threshold=tau,
+                            min_labels=config.decoding.min_labels)
+        for attention, length in zip(paths["attention"].numpy(), paths["num_labels"].numpy()):
+            attention = attention[:length]
+            peaks.extend(attention.max(-1))
+            spots = attention.argmax(-1)
+            same.extend(spots[1:] == spots[:-1])
+    return {"peak α": 100.0 * np.mean(peaks), "same spot": 100.0 * np.mean(same)}
+
+
+def scored(run_dir: RunDir, beam_size: int | None = None) -> dict:
+    """A run's test metrics, its attention statistics and, as ``val score``, the
+    validation score of its chosen epoch (what a choice between variants should look at)."""
     metrics = run_dir.load_metrics("test")
     metrics["val score"] = run_dir.load_best_info()["validation"]["score"]
+    metrics.update(attention_statistics(run_dir, beam_size))
     return metrics
 
 
@@ -109,7 +146,7 @@ def main(argv) -> None:
             shutil.rmtree(greedy, ignore_errors=True)
             shutil.copytree(main_job, greedy)
             train(greedy, ["--decoding.beam_size=1"], mode="eval")
-        rows["greedy (K = 1)"] = RunDir(greedy).load_metrics("test")  # epoch chosen with K = 3
+        rows["greedy (K = 1)"] = scored(RunDir(greedy), beam_size=1)  # epoch chosen with K = 3
     table = format_table(rows, columns=list(COLUMNS), name_header="variant")
     budget = f" (every run with {' '.join(FLAGS.extra)})" if FLAGS.extra else ""
     lines = [f"Embedded benchmark, data and weight seed {FLAGS.seed}, test split; each variant "
