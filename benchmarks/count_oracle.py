@@ -31,9 +31,8 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._decoded import test_outputs  # noqa: E402
 from benchmarks._results import mean_std, publish  # noqa: E402
-from ofrnn_tf import pipeline  # noqa: E402
-from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at  # noqa: E402
 from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
@@ -51,22 +50,6 @@ def top_true_count(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Each image's `T_i` highest-scoring classes, `T_i` its true label count."""
     ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1)
     return (ranks < y_true.sum(1, keepdims=True)).astype(np.int32)
-
-
-def test_outputs(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """`(y_true, y_pred at the run's τ, per-class scores, facts)` on the test split, decoded
-    and selected as the run's test metrics were (M_map's v_prob for the head alone, the
-    decoder's mixed scores otherwise)."""
-    model, config, facts = run_dir.load_model()
-    dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, "test")
-    decoding = config.decoding
-    calibration = run_dir.calibration(decoding.beam_size)
-    outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
-                               max_steps=facts.max_steps, min_labels=decoding.min_labels,
-                               progress=False)
-    y_pred, scores = predictions_at(outputs, calibration["tau"], decoding.min_labels,
-                                    calibration.get("score_mix", 0.0))
-    return np.asarray(outputs["y_true"], np.int32), y_pred, scores, facts
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, dict]:

@@ -1,0 +1,168 @@
+r"""How much of the F1 is lost to a second label on an item already labelled.
+
+Items on the benchmark's canvases never overlap and each has one class, so a predicted
+class that is not in an image's label set is often a look-alike read off an item whose
+own class was predicted too (a Shirt also called T-shirt). A decoder that attends to
+an item, names it and then holds that item "explained" could drop such labels; a
+spatial head, which pools every class over the positions separately, cannot. This
+script measures what that is worth on the paper table's runs (test split):
+
+- `spatial head (τ)`, `main job (τ)`: the paper table's rows;
+- `..., one label per item (oracle)`: the same labels with every false one removed
+  whose class scores peak (`S_{i,c}`, the head's per-position scores) on an item whose
+  own class was predicted — the most that holding labelled items explained can win,
+  told by the true boxes;
+- `spatial head, region exclusion`: the same idea without the boxes, as a rule over
+  the head's outputs. Classes are taken by descending score; one is dropped when, in
+  the 3×3 positions around its peak, a class already taken scores higher than it
+  does. Its threshold is chosen on validation, as every row's is.
+
+The gap between the oracle and the rule is how well "which of the two labels is the
+item's" can be told from these scores; a decoder reading the same scores has that
+information and no other (docs/model.md, "What a second label on one item costs").
+
+    python benchmarks/item_oracle.py --root=runs/table5
+
+Needs the paper table's `spatial_head` and `main_job` runs and the built benchmark of
+each seed (its boxes); about a minute per mode and seed on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._decoded import test_outputs  # noqa: E402
+from benchmarks._results import mean_std, publish  # noqa: E402
+from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
+from ofrnn_tf.run_dir import RunDir  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "runs/table", "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
+flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
+flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
+
+COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "removed")
+ROWS = ("spatial head (τ)", "spatial head, one label per item (oracle)",
+        "spatial head, region exclusion", "main job (τ)", "main job, one label per item (oracle)")
+TAU_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+
+
+def position_scores(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """`(S [N, m, C] per-position class scores, v_prob [N, C], labels [N, C], image ids)`
+    of a split."""
+    scores, v_prob, labels, ids = [], [], [], []
+    for batch in dataset:
+        features = batch["features"]
+        _, per_position = model.label_map_head.per_position(model._standardized(features),
+                                                            training=False)
+        scores.append(per_position.numpy())
+        v_prob.append(1.0 / (1.0 + np.exp(-model(features).numpy())))
+        labels.append(batch["labels"].numpy().astype(np.int32))
+        ids += [i.decode() for i in batch["image_id"].numpy()]
+    return np.concatenate(scores), np.concatenate(v_prob), np.concatenate(labels), ids
+
+
+def peak_items(scores: np.ndarray, boxes, image_size: int, grid: int) -> list[int]:
+    """For each class, the class of the item its scores peak on (-1: none): a position's
+    centre within half a position of the item's box counts as on it."""
+    cell = image_size / grid
+    found = []
+    for c in range(scores.shape[-1]):
+        peak = int(scores[:, c].argmax())
+        y, x = (peak // grid + 0.5) * cell, (peak % grid + 0.5) * cell
+        under = [k for k, (bx, by, bw, bh) in boxes
+                 if bx - cell / 2 <= x <= bx + bw + cell / 2 and by - cell / 2 <= y <= by + bh + cell / 2]
+        found.append(under[0] if under else -1)
+    return found
+
+
+def one_label_per_item(y_true, y_pred, scores, boxes_of, image_size) -> tuple[np.ndarray, int]:
+    """`y_pred` without the false labels that peak on an item whose class was predicted."""
+    grid = int(round(scores.shape[1] ** 0.5))
+    kept, removed = y_pred.copy(), 0
+    for r in range(len(y_true)):
+        for c, item in enumerate(peak_items(scores[r], boxes_of[r], image_size, grid)):
+            if y_pred[r, c] and not y_true[r, c] and item >= 0 and item != c \
+                    and y_pred[r, item] and y_true[r, item]:
+                kept[r, c], removed = 0, removed + 1
+    return kept, removed
+
+
+def region_exclusion(v_prob: np.ndarray, scores: np.ndarray, tau: float) -> np.ndarray:
+    """Labels at τ (at least one per image), taken by descending score; a class is dropped
+    when a class already taken scores higher in the 3×3 positions around its peak."""
+    grid = int(round(scores.shape[1] ** 0.5))
+    y_pred = np.zeros(v_prob.shape, np.int32)
+    for r in range(len(v_prob)):
+        taken = []
+        for rank, c in enumerate(np.argsort(-v_prob[r])):
+            if rank > 0 and v_prob[r, c] < tau:
+                break
+            row, col = divmod(int(scores[r, :, c].argmax()), grid)
+            region = scores[r].reshape(grid, grid, -1)[max(row - 1, 0):row + 2,
+                                                       max(col - 1, 0):col + 2].reshape(-1, scores.shape[-1])
+            if not any(region[:, k].max() > region[:, c].max() for k in taken):
+                taken.append(c)
+        y_pred[r, taken] = 1
+    return y_pred
+
+
+def mean_f1(metrics: dict) -> float:
+    return (metrics["C-F1"] + metrics["O-F1"]) / 2
+
+
+def rows_of(mode: str, seed: int) -> dict[str, dict]:
+    rows = {}
+    for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
+        run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
+        y_true, y_pred, _, facts = test_outputs(run_dir)
+        model, config, _ = run_dir.load_model()
+        features_dir = pipeline.locate_features(config, facts)
+        boxes = {e.image_id: e.boxes for e in pipeline.load_data(config).splits["test"]}
+        scores, v_prob, labels, ids = position_scores(
+            model, pipeline.eval_dataset(features_dir, facts, "test"))
+        if not np.array_equal(labels, y_true):
+            raise RuntimeError(f"{run_dir}: the test split came in another order twice")
+        kept, removed = one_label_per_item(y_true, y_pred, scores, [boxes[i] for i in ids],
+                                           facts.image_size)
+        rows[f"{row} (τ)"] = label_set_metrics(y_true, y_pred)
+        rows[f"{row}, one label per item (oracle)"] = dict(label_set_metrics(y_true, kept),
+                                                           removed=removed)
+        if name == "spatial_head":
+            val_scores, val_prob, val_true, _ = position_scores(
+                model, pipeline.eval_dataset(features_dir, facts, "val"))
+            tau = max(TAU_GRID, key=lambda t: mean_f1(label_set_metrics(
+                val_true, region_exclusion(val_prob, val_scores, t))))
+            excluded = region_exclusion(v_prob, scores, tau)
+            rows["spatial head, region exclusion"] = dict(
+                label_set_metrics(y_true, excluded),
+                removed=int(((y_pred == 1) & (excluded == 0)).sum()))
+    return rows
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    seeds = [int(s) for s in FLAGS.seeds]
+    lines = ["Test split; `τ` rows are the paper table's (thresholds on validation); "
+             "`removed`: labels of the `τ` row the row drops. Mean ± std over seeds "
+             f"{', '.join(map(str, seeds))}.", ""]
+    for mode in FLAGS.modes:
+        per_seed = {seed: rows_of(mode, seed) for seed in seeds}
+        table = {row: {column: mean_std([per_seed[s][row][column] for s in seeds])
+                       for column in COLUMNS if column in per_seed[seeds[0]][row]}
+                 for row in ROWS}
+        lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
+                                                      name_header="row"), ""]
+    publish("What a second label on one item costs", "\n".join(lines), FLAGS.append)
+
+
+if __name__ == "__main__":
+    app.run(main)
