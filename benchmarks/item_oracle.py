@@ -36,17 +36,15 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._decoded import test_outputs  # noqa: E402
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import mean_std, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "runs/table", "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
-flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
-flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
+table_runs.define_flags()
+flags.adopt_module_key_flags(table_runs)
 
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "removed")
 ROWS = ("spatial head (τ)", "spatial head, one label per item (oracle)",
@@ -122,7 +120,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
     rows = {}
     for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
         run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
-        y_true, y_pred, _, facts = test_outputs(run_dir)
+        y_true, y_pred, _, facts = table_runs.test_outputs(run_dir)
         model, config, _ = run_dir.load_model()
         features_dir = pipeline.locate_features(config, facts)
         boxes = {e.image_id: e.boxes for e in pipeline.load_data(config).splits["test"]}

@@ -33,6 +33,7 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import mean_std, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
@@ -44,15 +45,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "runs/table", "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
-flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
+table_runs.define_flags()
+flags.adopt_module_key_flags(table_runs)
 flags.DEFINE_integer("units", 256, "Width of the MLP's two hidden layers.")
 flags.DEFINE_float("dropout", 0.2, "Dropout after the first hidden layer.")
 flags.DEFINE_integer("epochs", 40, "Training epochs; the best by validation is kept.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
-flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
 
 COLUMNS = ("C-F1", "O-F1", "mAP", "AP-small", "val")
 RUNS = (("spatial head", "spatial_head"), ("main job", "main_job"))

@@ -1,12 +1,24 @@
-"""A trained run's test split decoded as its test metrics were (for the oracle tables)."""
+"""What the scripts that read the paper table's runs share: their flags, and a run's test
+split decoded as its test metrics were."""
 
 from __future__ import annotations
 
 import numpy as np
+from absl import flags
 
 from ofrnn_tf import pipeline
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
 from ofrnn_tf.run_dir import RunDir
+
+
+def define_flags() -> None:
+    """`--root` (the paper table's runs, ROOT/<mode>/seed<k>/<row>), `--seeds`, `--modes`
+    and `--append`."""
+    flags.DEFINE_string("root", "runs/table",
+                        "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
+    flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
+    flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
 
 
 def test_outputs(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
