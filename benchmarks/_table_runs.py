@@ -3,8 +3,12 @@ split decoded as its test metrics were."""
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import numpy as np
 from absl import flags
+
+from benchmarks._results import mean_std
 
 from ofrnn_tf import pipeline
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
@@ -35,3 +39,12 @@ def test_outputs(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray, d
     y_pred, scores = predictions_at(outputs, calibration["tau"], decoding.min_labels,
                                     calibration.get("score_mix", 0.0))
     return np.asarray(outputs["y_true"], np.int32), y_pred, scores, facts
+
+
+def mean_std_rows(per_seed: Sequence[Mapping[str, Mapping[str, float]]],
+                  columns: Sequence[str]) -> dict[str, dict[str, str]]:
+    """One table from each seed's `{row: {column: value}}`: every row of the first seed's,
+    in its order, with each of `columns` it has as "mean ± std" over the seeds."""
+    return {row: {column: mean_std([table[row][column] for table in per_seed])
+                  for column in columns if column in values}
+            for row, values in per_seed[0].items()}

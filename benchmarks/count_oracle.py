@@ -32,7 +32,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import mean_std, publish  # noqa: E402
+from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
@@ -41,7 +41,6 @@ table_runs.define_flags()
 flags.adopt_module_key_flags(table_runs)
 
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1")
-ROWS = ("spatial head (τ)", "spatial head, top-T_i", "main job (τ)", "main job, top-T_i")
 
 
 def top_true_count(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -78,11 +77,8 @@ def main(argv) -> None:
              f"the run's own scores. Mean ± std over seeds {', '.join(map(str, seeds))}.", ""]
     for mode in FLAGS.modes:
         per_seed = {seed: rows_of(mode, seed) for seed in seeds}
-        table = {row: {column: mean_std([per_seed[s][0][row][column] for s in seeds])
-                       for column in COLUMNS} for row in ROWS}
-        names = list(per_seed[seeds[0]][1])
-        class_table = {name: {key: mean_std([per_seed[s][1][name][key] for s in seeds])
-                              for key in ("P", "R")} for name in names}
+        table = table_runs.mean_std_rows([per_seed[s][0] for s in seeds], COLUMNS)
+        class_table = table_runs.mean_std_rows([per_seed[s][1] for s in seeds], ("P", "R"))
         lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
                                                       name_header="row"), "",
                   f"The spatial head at τ per class, mode `{mode}` (precision, recall):", "",

@@ -37,7 +37,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import mean_std, publish  # noqa: E402
+from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
@@ -47,8 +47,6 @@ table_runs.define_flags()
 flags.adopt_module_key_flags(table_runs)
 
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "removed")
-ROWS = ("spatial head (τ)", "spatial head, one label per item (oracle)",
-        "spatial head, region exclusion", "main job (τ)", "main job, one label per item (oracle)")
 TAU_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
@@ -153,10 +151,7 @@ def main(argv) -> None:
              "`removed`: labels of the `τ` row the row drops. Mean ± std over seeds "
              f"{', '.join(map(str, seeds))}.", ""]
     for mode in FLAGS.modes:
-        per_seed = {seed: rows_of(mode, seed) for seed in seeds}
-        table = {row: {column: mean_std([per_seed[s][row][column] for s in seeds])
-                       for column in COLUMNS if column in per_seed[seeds[0]][row]}
-                 for row in ROWS}
+        table = table_runs.mean_std_rows([rows_of(mode, seed) for seed in seeds], COLUMNS)
         lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
                                                       name_header="row"), ""]
     publish("What a second label on one item costs", "\n".join(lines), FLAGS.append)

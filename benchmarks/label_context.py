@@ -34,7 +34,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import mean_std, publish  # noqa: E402
+from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
 from ofrnn_tf.evaluation import evaluate as evaluation  # noqa: E402
@@ -137,8 +137,7 @@ def main(argv) -> None:
     for mode in FLAGS.modes:
         per_seed = {seed: rows_of(mode, seed) for seed in seeds}
         names = list(per_seed[seeds[0]])
-        table = {row: {column: mean_std([per_seed[s][row][column] for s in seeds])
-                       for column in COLUMNS} for row in names}
+        table = table_runs.mean_std_rows([per_seed[s] for s in seeds], COLUMNS)
         lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
                                                       name_header="row"), ""]
         for seed in seeds if len(seeds) > 1 else ():
