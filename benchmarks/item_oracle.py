@@ -73,8 +73,9 @@ def peak_items(scores: np.ndarray, boxes, image_size: int, grid: int) -> list[in
     for c in range(scores.shape[-1]):
         peak = int(scores[:, c].argmax())
         y, x = (peak // grid + 0.5) * cell, (peak % grid + 0.5) * cell
+        margin = cell / 2
         under = [k for k, (bx, by, bw, bh) in boxes
-                 if bx - cell / 2 <= x <= bx + bw + cell / 2 and by - cell / 2 <= y <= by + bh + cell / 2]
+                 if bx - margin <= x <= bx + bw + margin and by - margin <= y <= by + bh + margin]
         found.append(under[0] if under else -1)
     return found
 
@@ -95,6 +96,7 @@ def region_exclusion(v_prob: np.ndarray, scores: np.ndarray, tau: float) -> np.n
     """Labels at τ (at least one per image), taken by descending score; a class is dropped
     when a class already taken scores higher in the 3×3 positions around its peak."""
     grid = int(round(scores.shape[1] ** 0.5))
+    grid_scores = scores.reshape(len(scores), grid, grid, -1)
     y_pred = np.zeros(v_prob.shape, np.int32)
     for r in range(len(v_prob)):
         taken = []
@@ -102,8 +104,8 @@ def region_exclusion(v_prob: np.ndarray, scores: np.ndarray, tau: float) -> np.n
             if rank > 0 and v_prob[r, c] < tau:
                 break
             row, col = divmod(int(scores[r, :, c].argmax()), grid)
-            region = scores[r].reshape(grid, grid, -1)[max(row - 1, 0):row + 2,
-                                                       max(col - 1, 0):col + 2].reshape(-1, scores.shape[-1])
+            region = grid_scores[r, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2]
+            region = region.reshape(-1, scores.shape[-1])
             if not any(region[:, k].max() > region[:, c].max() for k in taken):
                 taken.append(c)
         y_pred[r, taken] = 1

@@ -66,6 +66,12 @@ def test_invalid_values_are_refused_naming_the_setting():
         config_from_flags(parse("--model.head_kernel_size=4"))
     with pytest.raises(ValueError, match=r"unknown fields \['lstm'\] in config section 'model'"):
         ExperimentConfig.from_dict({"model": {"lstm": 3}})
+    with pytest.raises(ValueError, match=r"TrainConfig.attention_penalty must be ≥ 0; got -1"):
+        config_from_flags(parse("--train.attention_penalty=-1"))
+    with pytest.raises(ValueError, match="attention_penalty needs attention to penalise; "
+                                         "ModelConfig.variant=no_attention has none"):
+        config_from_flags(parse("--train.attention_penalty=1", "--model.variant=no_attention",
+                                "--model.decoder=paper", "--model.head=mean_linear"))
 
 
 @pytest.mark.parametrize("name", configs.PRESETS)

@@ -286,6 +286,11 @@ class ExperimentConfig:
     decoding: DecodingConfig = section(DecodingConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
 
+    def __post_init__(self):
+        if self.train.attention_penalty and self.model.variant == "no_attention":
+            raise ValueError("TrainConfig.attention_penalty needs attention to penalise; "
+                             "ModelConfig.variant=no_attention has none")
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
