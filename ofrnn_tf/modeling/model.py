@@ -366,7 +366,8 @@ class OrderFreeRNN(keras.Model):
         def body(t, state, total, per_step, coverage):
             logits, alpha, h, c = self.step(context, state, training=training)
             active = tf.cast(tf.cast(t, tf.float32) < counts, tf.float32)
-            coverage = coverage + alpha * active[:, None]
+            if attention_penalty:
+                coverage = coverage + alpha * active[:, None]
             masked = tf.where(state.y_tilde > 0, _LARGE_NEGATIVE, logits)
             if self.teacher_forced:
                 target = ordered_labels[:, t]
