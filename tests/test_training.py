@@ -268,7 +268,9 @@ def test_stage2_loss_takes_the_configured_attention_penalty(tmp_path, monkeypatc
     config = tiny_config(model=model, stage1={"epochs": 1}, stage2={"epochs": 1}).replace(
         train={"batch_size": BATCH, "cache_records_mib": budget, "attention_penalty": 0.5,
                "attention_penalty_form": "overlap"})
-    make_trainer(str(tmp_path), config, synthetic_data()).train()
+    trainer = make_trainer(str(tmp_path), config, synthetic_data())
+    assert trainer.cache_head_outputs == (decoder == "residual" and budget > 0)  # both paths
+    trainer.train()
     assert seen and set(seen) == {(0.5, "overlap")}
 
 
