@@ -39,15 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.decoding import calibration  # noqa: E402
 from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
+import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 
 FLAGS = flags.FLAGS
 table_runs.define_flags()
 flags.adopt_module_key_flags(table_runs)
 
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "removed")
-TAU_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
 def position_scores(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -55,11 +56,12 @@ def position_scores(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     of a split."""
     scores, v_prob, labels, ids = [], [], [], []
     for batch in dataset:
-        features = batch["features"]
-        _, per_position = model.label_map_head.per_position(model._standardized(features),
-                                                            training=False)
+        _, per_position = model.label_map_head.per_position(
+            model._standardized(batch["features"]), training=False)
         scores.append(per_position.numpy())
-        v_prob.append(1.0 / (1.0 + np.exp(-model(features).numpy())))
+        # v_prob as `model(features)` gives it, from the scores already at hand.
+        logits = model.with_context(model.label_map_head.pool(per_position))
+        v_prob.append(tf.sigmoid(logits).numpy())
         labels.append(batch["labels"].numpy().astype(np.int32))
         ids += [i.decode() for i in batch["image_id"].numpy()]
     return np.concatenate(scores), np.concatenate(v_prob), np.concatenate(labels), ids
@@ -112,10 +114,6 @@ def region_exclusion(v_prob: np.ndarray, scores: np.ndarray, tau: float) -> np.n
     return y_pred
 
 
-def mean_f1(metrics: dict) -> float:
-    return (metrics["C-F1"] + metrics["O-F1"]) / 2
-
-
 def rows_of(mode: str, seed: int) -> dict[str, dict]:
     rows = {}
     for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
@@ -136,8 +134,10 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         if name == "spatial_head":
             val_scores, val_prob, val_true, _ = position_scores(
                 model, pipeline.eval_dataset(features_dir, facts, "val"))
-            tau = max(TAU_GRID, key=lambda t: mean_f1(label_set_metrics(
-                val_true, region_exclusion(val_prob, val_scores, t))))
+            # τ as every run's is chosen: the calibration grid and objective.
+            tau = max(calibration.default_grid(), key=lambda t: calibration.objective_value(
+                label_set_metrics(val_true, region_exclusion(val_prob, val_scores, t)),
+                config.decoding.calibration_objective))
             excluded = region_exclusion(v_prob, scores, tau)
             rows["spatial head, region exclusion"] = dict(
                 label_set_metrics(y_true, excluded),
