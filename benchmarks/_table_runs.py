@@ -1,5 +1,5 @@
 """What the scripts that read the paper table's runs share: their flags, and a run's test
-split decoded as its test metrics were."""
+(or validation) split decoded as its test metrics were."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from ofrnn_tf.run_dir import RunDir
 
 def define_flags() -> None:
     """`--root` (the paper table's runs, ROOT/<mode>/seed<k>/<row>), `--seeds`, `--modes`
-    and `--append`."""
+    and `--append`; once per process, however many of the scripts are imported."""
+    if "root" in flags.FLAGS:
+        return
     flags.DEFINE_string("root", "runs/table",
                         "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
@@ -25,12 +27,13 @@ def define_flags() -> None:
     flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
 
 
-def test_outputs(run_dir: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """`(y_true, y_pred at the run's τ, per-class scores, facts)` on the test split, decoded
-    and selected as the run's test metrics were (M_map's v_prob for the head alone, the
-    decoder's mixed scores otherwise)."""
+def decoded_split(run_dir: RunDir, split: str = "test"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """`(y_true, y_pred at the run's τ, per-class scores, facts)` on the test split (or
+    `split`), decoded and selected as the run's test metrics were (M_map's v_prob for the
+    head alone, the decoder's mixed scores otherwise)."""
     model, config, facts = run_dir.load_model()
-    dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, "test")
+    dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, split)
     decoding = config.decoding
     calibration = run_dir.calibration(decoding.beam_size)
     outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,

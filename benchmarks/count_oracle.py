@@ -61,7 +61,7 @@ def rows_of(mode: str, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
     for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
         run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
         rows[f"{row} (τ)"] = run_dir.load_metrics("test")
-        y_true, y_pred, scores, facts = table_runs.test_outputs(run_dir)
+        y_true, y_pred, scores, facts = table_runs.decoded_split(run_dir)
         rows[f"{row}, top-T_i"] = label_set_metrics(y_true, top_true_count(y_true, scores))
         if name == "spatial_head":
             classes = per_class(y_true, y_pred, facts.label_names)

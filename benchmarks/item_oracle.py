@@ -118,7 +118,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
     rows = {}
     for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
         run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
-        y_true, y_pred, _, facts = table_runs.test_outputs(run_dir)
+        y_true, y_pred, _, facts = table_runs.decoded_split(run_dir)
         model, config, _ = run_dir.load_model()
         features_dir = pipeline.locate_features(config, facts)
         boxes = {e.image_id: e.boxes for e in pipeline.load_data(config).splits["test"]}
