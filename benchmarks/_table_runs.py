@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from absl import flags
 
-from benchmarks._results import mean_std
+from benchmarks._results import mean_std, publish
 
 from ofrnn_tf import pipeline
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
+from ofrnn_tf.metrics import format_table
 from ofrnn_tf.run_dir import RunDir
 
 
@@ -51,3 +52,17 @@ def mean_std_rows(per_seed: Sequence[Mapping[str, Mapping[str, float]]],
     return {row: {column: mean_std([table[row][column] for table in per_seed])
                   for column in columns if column in values}
             for row, values in per_seed[0].items()}
+
+
+def publish_mode_tables(title: str, note: str,
+                        rows_of: Callable[[str, int], Mapping[str, Mapping[str, float]]],
+                        columns: Sequence[str]) -> None:
+    """One mean ± std table of `rows_of(mode, seed)` over `--seeds` for each of `--modes`,
+    after `note`, published under `title`."""
+    seeds = [int(s) for s in flags.FLAGS.seeds]
+    lines = [f"{note} Mean ± std over seeds {', '.join(map(str, seeds))}.", ""]
+    for mode in flags.FLAGS.modes:
+        table = mean_std_rows([rows_of(mode, seed) for seed in seeds], columns)
+        lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(columns),
+                                                      name_header="row"), ""]
+    publish(title, "\n".join(lines), flags.FLAGS.append)

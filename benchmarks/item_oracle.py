@@ -37,10 +37,9 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding import calibration  # noqa: E402
-from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
+from ofrnn_tf.metrics import label_set_metrics  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 
@@ -148,15 +147,10 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    seeds = [int(s) for s in FLAGS.seeds]
-    lines = ["Test split; `τ` rows are the paper table's (thresholds on validation); "
-             "`removed`: labels of the `τ` row the row drops. Mean ± std over seeds "
-             f"{', '.join(map(str, seeds))}.", ""]
-    for mode in FLAGS.modes:
-        table = table_runs.mean_std_rows([rows_of(mode, seed) for seed in seeds], COLUMNS)
-        lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
-                                                      name_header="row"), ""]
-    publish("What a second label on one item costs", "\n".join(lines), FLAGS.append)
+    table_runs.publish_mode_tables(
+        "What a second label on one item costs",
+        "Test split; `τ` rows are the paper table's (thresholds on validation); `removed`: "
+        "labels of the `τ` row the row drops.", rows_of, COLUMNS)
 
 
 if __name__ == "__main__":
