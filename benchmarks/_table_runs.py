@@ -1,5 +1,5 @@
-"""What the scripts that read the paper table's runs share: their flags, and a run's test
-(or validation) split decoded as its test metrics were."""
+"""What the scripts that read the paper table's runs share: their flags, a run's test (or
+validation) split decoded as its test metrics were, and their mean ± std tables."""
 
 from __future__ import annotations
 
