@@ -4,7 +4,7 @@ cases."""
 import numpy as np
 import pytest
 
-from benchmarks.decision_rules import at_thresholds, per_class_thresholds
+from benchmarks.decision_rules import at_thresholds, example_f1, per_class_thresholds
 
 SCORES = np.array([[0.9, 0.2, 0.6],
                    [0.1, 0.3, 0.2],
@@ -44,3 +44,10 @@ def test_a_class_that_no_threshold_finds_is_never_predicted():
     # Class 1 has no positive, so its F1 is 0 at every threshold: it gets the largest,
     # not the smallest, which would predict it for every image.
     assert per_class_thresholds(y_true, scores, grid).tolist() == [0.4, 0.6]
+
+
+def test_example_f1_averages_each_image_f1():
+    y_true = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    y_pred = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+    # Image 0: 2·1 / (2 + 2) = 0.5; image 1: 1; image 2 (nothing true, nothing said): 1.
+    assert example_f1(y_true, y_pred) == pytest.approx(100.0 * (0.5 + 1.0 + 1.0) / 3)
