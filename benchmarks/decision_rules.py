@@ -101,12 +101,14 @@ def rows_of(mode: str, seed: int) -> dict[str, dict[str, float]]:
         objective = config.decoding.calibration_objective
         y_true, y_pred, test_scores, _ = table_runs.decoded_split(run_dir)
         val_true, _, val_scores, _ = table_runs.decoded_split(run_dir, "val")
-        one = max(grid, key=lambda t: calibration.objective_value(label_set_metrics(
-            val_true, at_thresholds(val_scores, t, min_labels)), objective))
+        # One threshold is how the head alone is calibrated: the same search, on these scores.
+        one, _ = calibration.calibrate_from_outputs(
+            {"y_true": val_true, "v_prob": val_scores}, min_labels=min_labels,
+            objective=objective, grid=grid)
         each = per_class_thresholds(val_true, val_scores, grid)
         rows[f"{row}, decoding (τ)"] = scored(y_true, y_pred)
         rows[f"{row}, one threshold on the scores"] = scored(
-            y_true, at_thresholds(test_scores, one, min_labels))
+            y_true, calibration.predictions_at({"v_prob": test_scores}, one, min_labels)[0])
         rows[f"{row}, per-class thresholds"] = scored(
             y_true, at_thresholds(test_scores, each, min_labels))
     return rows
