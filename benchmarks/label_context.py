@@ -16,16 +16,27 @@ For every mode and seed this scores, on the test split, the paper table's runs
 
 - `spatial head` and `main job`: their own rows (as in the table);
 - `spatial head + label context` and `main job's M_map + label context`: the MLP over
-  the frozen M_map of that run.
+  the frozen M_map of that run;
+- `spatial head + exact label-set posterior` (for C ≤ 14): a second, non-learned
+  reader of co-occurrence over the same head. M_map's probabilities are taken as
+  independent evidence about each class and combined by Bayes' rule with a prior over
+  whole label sets, the training split's label-set frequencies; the posterior is summed
+  over all 2^C sets (`label_set_posterior`);
+- in the scene mode, with `--scene_oracle`, a bound on what co-occurrence can be worth
+  over the spatial head: the same MLP over its M_map told each canvas's true scene, its
+  item count, and both. Given the scene and count the generator draws the items' classes
+  independently, so all that one label can tell of another passes through them, and a
+  model that reads co-occurrence from the image can at best infer them.
 
     python benchmarks/label_context.py --root=runs/table --modes=independent,scenes
 
-Needs the paper table's `spatial_head` and `main_job` runs; about a minute per run on
-2 CPU cores.
+Needs the paper table's runs named by `--runs` (`spatial_head` and `main_job`); about
+a minute per run on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -52,76 +63,196 @@ flags.DEFINE_float("dropout", 0.2, "Dropout after the first hidden layer.")
 flags.DEFINE_integer("epochs", 40, "Training epochs; the best by validation is kept.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
+flags.DEFINE_list("runs", ["spatial_head", "main_job"], "The paper table's runs to read.")
+flags.DEFINE_bool("scene_oracle", True, "In the scene mode, add the rows of the MLP told "
+                  "each canvas's true scene (and item count).")
 
 COLUMNS = ("C-F1", "O-F1", "mAP", "AP-small", "val")
-RUNS = (("spatial head", "spatial_head"), ("main job", "main_job"))
+RUNS = {"spatial_head": ("spatial head", "spatial head + label context"),
+        "main_job": ("main job", "main job's M_map + label context")}
+# An oracle's one-hot facts enter the MLP as logits of ±ORACLE_LOGIT, i.e. as 0/1
+# probabilities beside M_map's.
+ORACLE_LOGIT = 10.0
+# The label-set posterior enumerates all 2^C label sets, so only for small C.
+MAX_LABEL_SET_CLASSES = 14
+LABEL_SET_SMOOTHING = 0.1
+LABEL_SET_TEMPERATURES = (0.7, 1.0, 1.5, 2.0, 3.0)
+# Oracle rows of the scene mode: what the MLP is told → the `canvas_facts` it reads.
+ORACLES = {"the scene": ("scene",), "the item count": ("items",),
+           "the scene and item count": ("scene", "items")}
 
 
 def map_logits(run_dir: RunDir) -> tuple[dict, object]:
-    """Per split: M_map's logits `L`, the labels and the label areas; and the run's config."""
+    """Per split: M_map's logits `L`, the labels, the label areas and the image ids; and
+    the run's config."""
     model, config, facts = run_dir.load_model()
     features_dir = pipeline.locate_features(config, facts)
     splits = {}
     for split in ("train", "val", "test"):
-        logits, labels, areas = [], [], []
+        logits, labels, areas, ids = [], [], [], []
         for batch in pipeline.eval_dataset(features_dir, facts, split):
             logits.append(model.map_logits(batch["features"]).numpy())  # without its own context
             labels.append(batch["labels"].numpy())
             areas.append(batch["label_areas"].numpy())
+            ids += [i.decode() for i in batch["image_id"].numpy()]
         splits[split] = {"logits": np.concatenate(logits).astype(np.float32),
-                         "y_true": np.concatenate(labels), "areas": np.concatenate(areas)}
+                         "y_true": np.concatenate(labels), "areas": np.concatenate(areas),
+                         "ids": ids}
     return splits, (config, facts)
 
 
-def label_context_model(num_classes: int) -> keras.Model:
-    """`L ↦ L + MLP(sigmoid(L))`: the package's `LabelContext`, fitted here with Keras."""
-    return keras.Sequential([keras.Input((num_classes,)),
-                             LabelContext(num_classes, units=FLAGS.units, dropout=FLAGS.dropout)])
+def canvas_facts(benchmark_dir: str, split: str, ids: list[str]) -> dict[str, np.ndarray]:
+    """What the scene-mode generator drew for each canvas of `split` before its items'
+    classes, in the order of `ids`, from the split's COCO file: `scene` (`[N, S]`
+    one-hot over the benchmark's scene table) and `items` (`[N, I]` one-hot item count,
+    1 … the table's largest)."""
+    with open(Path(benchmark_dir) / f"{split}.json") as f:
+        coco = json.load(f)
+    table = coco["info"]["config"]["scene_table"]
+    max_items = max(scene["item_range"][1] for scene in table)
+    images = {str(image["id"]): image for image in coco["images"]}
+    items = dict.fromkeys(images, 0)
+    for annotation in coco["annotations"]:
+        items[str(annotation["image_id"])] += 1
+    told = {"scene": np.zeros((len(ids), len(table)), np.float32),
+            "items": np.zeros((len(ids), max_items), np.float32)}
+    for row, image_id in enumerate(ids):
+        told["scene"][row, [s["name"] for s in table].index(images[image_id]["scene"])] = 1
+        told["items"][row, items[image_id] - 1] = 1
+    return told
 
 
-def context_row(splits: dict, config, facts, seed: int) -> dict:
-    """Trains the label-context MLP over one run's frozen M_map; test metrics at the
-    threshold chosen on validation, and the validation objective (`val`)."""
+def label_context_model(num_classes: int, num_extra: int = 0, units: int = 256,
+                        dropout: float = 0.2) -> keras.Model:
+    """`L ↦ L + MLP(sigmoid(L))`: the package's `LabelContext`, fitted here with Keras.
+
+    With `num_extra`, the input is `[L, extra logits]` and the output its first C
+    entries: the MLP reads the extra probabilities beside M_map's (an oracle's facts)."""
+    inputs = keras.Input((num_classes + num_extra,))
+    corrected = LabelContext(num_classes + num_extra, units=units, dropout=dropout)(inputs)
+    return keras.Model(inputs, corrected[:, :num_classes])
+
+
+def split_outputs(splits: dict, split: str, v_prob: np.ndarray) -> dict:
+    """The outputs `calibrate_from_outputs` and `metrics_at` read: `v_prob` on `split`."""
+    return {"v_prob": v_prob, "y_true": splits[split]["y_true"],
+            "label_areas": splits[split]["areas"]}
+
+
+def validation_score(outputs: dict, decoding) -> tuple[float, float]:
+    """`(objective, τ)`: the validation objective at the threshold calibration picks."""
+    tau, table = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
+                                        objective=decoding.calibration_objective)
+    return dict(table)[tau], tau
+
+
+def scored_on_test(outputs: dict, tau: float, score: float, decoding, facts) -> dict:
+    """Test metrics at the validation threshold `tau`, with the validation objective."""
+    return {**evaluation.metrics_at(outputs, tau, min_labels=decoding.min_labels,
+                                    small_area=facts.small_area), "val": score}
+
+
+def context_row(splits: dict, config, facts, seed: int,
+                extra: dict[str, np.ndarray] | None = None) -> dict:
+    """Trains the label-context MLP over one run's frozen M_map (reading `extra[split]`,
+    0/1 facts per image, beside M_map's probabilities); test metrics at the threshold
+    chosen on validation, and the validation objective (`val`)."""
     keras.utils.set_random_seed(seed)
     decoding = config.decoding
-    model = label_context_model(splits["train"]["y_true"].shape[1])
+
+    def inputs(split: str) -> np.ndarray:
+        if extra is None:
+            return splits[split]["logits"]
+        return np.concatenate([splits[split]["logits"],
+                               ORACLE_LOGIT * (2.0 * extra[split] - 1.0)], axis=1)
+
+    model = label_context_model(splits["train"]["y_true"].shape[1],
+                                0 if extra is None else extra["train"].shape[1],
+                                FLAGS.units, FLAGS.dropout)
     model.compile(keras.optimizers.Adam(FLAGS.learning_rate),
                   keras.losses.BinaryCrossentropy(from_logits=True))
 
     def outputs(split: str) -> dict:
-        logits = model.predict(splits[split]["logits"], batch_size=1024, verbose=0)
-        return {"v_prob": tf.sigmoid(logits).numpy(), "y_true": splits[split]["y_true"],
-                "label_areas": splits[split]["areas"]}
+        logits = model.predict(inputs(split), batch_size=1024, verbose=0)
+        return split_outputs(splits, split, tf.sigmoid(logits).numpy())
 
     best = None
     for epoch in range(FLAGS.epochs):
-        model.fit(splits["train"]["logits"], splits["train"]["y_true"],
+        model.fit(inputs("train"), splits["train"]["y_true"],
                   batch_size=FLAGS.batch_size, epochs=1, shuffle=True, verbose=0)
-        tau, table = calibrate_from_outputs(outputs("val"), min_labels=decoding.min_labels,
-                                            objective=decoding.calibration_objective)
-        score = dict(table)[tau]
+        score, tau = validation_score(outputs("val"), decoding)
         if best is None or score > best[0]:
             best = (score, tau, epoch + 1, model.get_weights())
     score, tau, epoch, weights = best
     model.set_weights(weights)
-    metrics = evaluation.metrics_at(outputs("test"), tau, min_labels=decoding.min_labels,
-                                    small_area=facts.small_area)
     print(f"[label_context] epoch {epoch} of {FLAGS.epochs}, τ {tau:.3g}, validation "
           f"{score:.1f}", file=sys.stderr, flush=True)
-    return {**metrics, "val": score}
+    return scored_on_test(outputs("test"), tau, score, decoding, facts)
+
+
+def label_set_posterior(logits: np.ndarray, label_sets: np.ndarray, log_prior: np.ndarray,
+                        marginals: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """`[N, C]` P(y_c = 1 | M_map's scores) under a prior over whole label sets.
+
+    M_map, trained with per-class BCE, estimates `q_c ≈ P(y_c = 1 | image)` as if each
+    class stood alone with its training frequency `π_c`; read as independent evidence,
+    its likelihood ratio for a label set `y` is `Π_c (q_c/π_c)^{y_c} ((1-q_c)/(1-π_c))^{1-y_c}`.
+    Times the prior `P(y)` and normalised over `label_sets` (`[S, C]`, 0/1, with
+    `log_prior` `[S]`), that is the posterior of each set; its marginals are returned.
+    `q = sigmoid(logits / temperature)`."""
+    q = np.clip(1.0 / (1.0 + np.exp(-logits / temperature)), 1e-6, 1 - 1e-6)
+    present = np.log(q / marginals) @ label_sets.T
+    absent = np.log((1 - q) / (1 - marginals)) @ (1 - label_sets).T
+    log_joint = present + absent + log_prior[None, :]
+    posterior = np.exp(log_joint - log_joint.max(axis=1, keepdims=True))
+    return (posterior / posterior.sum(axis=1, keepdims=True)) @ label_sets
+
+
+def label_set_row(splits: dict, config, facts) -> dict:
+    """M_map's scores read through the exact posterior over all 2^C label sets, the
+    prior being the training split's label-set frequencies (plus `LABEL_SET_SMOOTHING`
+    for every set); the temperature and threshold chosen on validation."""
+    y_train = splits["train"]["y_true"].astype(np.int64)
+    num_classes = y_train.shape[1]
+    label_sets = ((np.arange(2 ** num_classes)[:, None]
+                   >> np.arange(num_classes)[None, :]) & 1).astype(np.float64)
+    counts = np.bincount(y_train @ (1 << np.arange(num_classes)), minlength=2 ** num_classes)
+    log_prior = np.log(counts + LABEL_SET_SMOOTHING)
+    marginals = np.clip(y_train.mean(axis=0), 1e-6, 1 - 1e-6)
+
+    def outputs(split: str, temperature: float) -> dict:
+        return split_outputs(splits, split, label_set_posterior(
+            splits[split]["logits"].astype(np.float64), label_sets, log_prior, marginals,
+            temperature))
+
+    decoding = config.decoding
+    score, tau, temperature = max(validation_score(outputs("val", t), decoding) + (t,)
+                                  for t in LABEL_SET_TEMPERATURES)
+    print(f"[label_context] label-set posterior: temperature {temperature:g}, τ {tau:.3g}, "
+          f"validation {score:.1f}", file=sys.stderr, flush=True)
+    return scored_on_test(outputs("test", temperature), tau, score, decoding, facts)
 
 
 def rows_of(mode: str, seed: int) -> dict[str, dict]:
     rows = {}
-    for row, name in RUNS:
+    for name in FLAGS.runs:
+        row, label = RUNS[name]
         run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
         own = run_dir.load_metrics("test")
         splits, (config, facts) = map_logits(run_dir)
         calibration = run_dir.calibration(config.decoding.beam_size)
         rows[row] = {**own, "val": dict(map(tuple, calibration["grid"]))[calibration["tau"]]}
-        label = "spatial head + label context" if name == "spatial_head" else \
-            "main job's M_map + label context"
         rows[label] = context_row(splits, config, facts, seed)
+        if name == "spatial_head" and facts.num_classes <= MAX_LABEL_SET_CLASSES:
+            rows["spatial head + exact label-set posterior"] = label_set_row(splits, config, facts)
+        if FLAGS.scene_oracle and name == "spatial_head" and config.data.scenes != "none":
+            told = {split: canvas_facts(pipeline.benchmark_dir(config), split,
+                                        splits[split]["ids"]) for split in splits}
+            for what, keys in ORACLES.items():
+                rows[f"{label} told {what} (oracle)"] = context_row(
+                    splits, config, facts, seed,
+                    {split: np.concatenate([told[split][k] for k in keys], axis=1)
+                     for split in splits})
     return rows
 
 
@@ -133,7 +264,11 @@ def main(argv) -> None:
              "chose each row's threshold (and epoch). Label-context MLP: "
              f"{FLAGS.units}-{FLAGS.units} ReLU, dropout {FLAGS.dropout}, Adam "
              f"{FLAGS.learning_rate:g}, batch {FLAGS.batch_size}, best of {FLAGS.epochs} "
-             f"epochs. Mean ± std over seeds {', '.join(map(str, seeds))}; per seed below.", ""]
+             f"epochs. Exact label-set posterior: prior the training split's label-set "
+             f"counts + {LABEL_SET_SMOOTHING:g}, temperature from "
+             f"{', '.join(map(str, LABEL_SET_TEMPERATURES))} by validation. Oracle rows: "
+             "the MLP also reads the canvas's true scene or item count (one-hot). Mean ± "
+             f"std over seeds {', '.join(map(str, seeds))}; per seed below.", ""]
     for mode in FLAGS.modes:
         per_seed = {seed: rows_of(mode, seed) for seed in seeds}
         names = list(per_seed[seeds[0]])

@@ -1,0 +1,83 @@
+"""benchmarks/label_context.py: the scene oracle's facts read from a COCO file, and the
+label-context MLP that reads them beside M_map's logits."""
+
+import json
+
+import keras
+import numpy as np
+
+from benchmarks.label_context import (ORACLE_LOGIT, canvas_facts, label_context_model,
+                                      label_set_posterior)
+
+SCENE_TABLE = [{"name": "beach", "frequency": 0.75, "item_range": [1, 2],
+                "classes": {"Sandal": 0.5, "Bag": 0.5}},
+               {"name": "winter", "frequency": 0.25, "item_range": [2, 3],
+                "classes": {"Coat": 0.8, "Bag": 0.2}}]
+CATEGORIES = [{"id": 1, "name": "Sandal"}, {"id": 2, "name": "Bag"}, {"id": 3, "name": "Coat"}]
+
+
+def test_canvas_facts_are_each_canvas_scene_and_item_count_in_the_order_asked(tmp_path):
+    coco = {"info": {"config": {"scene_table": SCENE_TABLE}}, "categories": CATEGORIES,
+            "images": [{"id": 0, "scene": "winter"}, {"id": 1, "scene": "beach"},
+                       {"id": 2, "scene": "winter"}, {"id": 3, "scene": "winter"}],
+            "annotations": [{"image_id": 0, "category_id": 3},
+                            {"image_id": 0, "category_id": 3},
+                            {"image_id": 0, "category_id": 2},
+                            {"image_id": 1, "category_id": 1},
+                            {"image_id": 2, "category_id": 2},
+                            {"image_id": 2, "category_id": 2},
+                            {"image_id": 3, "category_id": 3}]}
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    facts = canvas_facts(str(tmp_path), "val", ["1", "2", "0", "3"])
+    np.testing.assert_array_equal(facts["scene"], [[1, 0], [0, 1], [0, 1], [0, 1]])
+    np.testing.assert_array_equal(facts["items"], [[1, 0, 0], [0, 1, 0], [0, 0, 1],
+                                                   [1, 0, 0]])
+
+
+def test_oracle_mlp_starts_as_m_map_and_learns_from_the_facts_it_is_told():
+    keras.utils.set_random_seed(0)
+    model = label_context_model(num_classes=3, num_extra=2, units=16, dropout=0.0)
+    logits = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    facts = np.eye(2, dtype=np.float32)[np.arange(64) % 2]
+    inputs = np.concatenate([logits, ORACLE_LOGIT * (2 * facts - 1)], axis=1)
+    np.testing.assert_allclose(model.predict(inputs, verbose=0), logits, atol=1e-6)
+
+    # Class 0 is present exactly when the first fact is: M_map's logits say nothing.
+    y = np.stack([facts[:, 0], np.zeros(64), np.ones(64)], axis=1).astype(np.float32)
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(inputs, y, epochs=60, batch_size=64, verbose=0)
+    scores = model.predict(inputs, verbose=0)[:, 0]
+    assert scores[facts[:, 0] == 1].min() > scores[facts[:, 0] == 0].max()
+
+
+def all_label_sets(num_classes: int) -> np.ndarray:
+    return ((np.arange(2 ** num_classes)[:, None] >> np.arange(num_classes)) & 1).astype(float)
+
+
+def test_label_set_posterior_under_an_independent_prior_returns_the_scores():
+    # With P(y) = Π π_c^y_c (1-π_c)^(1-y_c) the evidence is all there is: q comes back.
+    marginals = np.array([0.2, 0.5, 0.7])
+    sets = all_label_sets(3)
+    log_prior = (np.log(marginals) @ sets.T) + (np.log(1 - marginals) @ (1 - sets).T)
+    logits = np.array([[2.0, -1.0, 0.3], [-3.0, 0.0, 4.0]])
+    np.testing.assert_allclose(label_set_posterior(logits, sets, log_prior, marginals),
+                               1 / (1 + np.exp(-logits)), rtol=1e-5)
+
+
+def test_label_set_posterior_matches_bayes_rule_by_hand():
+    # Two classes that never come together: prior P(00) = .4, P(10) = .3, P(01) = .3,
+    # P(11) = 0, so π = (.3, .3). Scores q = (.9, .6) at temperature 2 (logits doubled).
+    sets = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], float)
+    log_prior = np.log([0.4, 0.3, 0.3, 1e-300])
+    marginals = np.array([0.3, 0.3])
+    q = np.array([0.9, 0.6])
+    logits = 2 * np.log(q / (1 - q))[None, :]
+    ratio = lambda c, y: q[c] / 0.3 if y else (1 - q[c]) / 0.7  # noqa: E731
+    joint = {(a, b): p * ratio(0, a) * ratio(1, b)
+             for (a, b), p in {(0, 0): 0.4, (1, 0): 0.3, (0, 1): 0.3}.items()}
+    total = sum(joint.values())
+    expected = [joint[1, 0] / total, joint[0, 1] / total]
+    np.testing.assert_allclose(
+        label_set_posterior(logits, sets, log_prior, marginals, temperature=2.0)[0],
+        expected, rtol=1e-6)
+    assert expected[1] < 0.6  # the confident first class pushes the second one down
