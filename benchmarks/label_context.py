@@ -70,6 +70,8 @@ flags.DEFINE_bool("scene_oracle", True, "In the scene mode, add the rows of the 
 COLUMNS = ("C-F1", "O-F1", "mAP", "AP-small", "val")
 RUNS = {"spatial_head": ("spatial head", "spatial head + label context"),
         "main_job": ("main job", "main job's M_map + label context")}
+flags.register_validator("runs", lambda runs: bool(runs) and set(runs) <= set(RUNS),
+                         f"--runs takes one or more of {', '.join(RUNS)}")
 # An oracle's one-hot facts enter the MLP as logits of ±ORACLE_LOGIT, i.e. as 0/1
 # probabilities beside M_map's.
 ORACLE_LOGIT = 10.0
