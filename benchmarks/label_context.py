@@ -27,6 +27,8 @@ For every mode and seed this scores, on the test split, the paper table's runs
   item count, and both. Given the scene and count the generator draws the items' classes
   independently, so all that one label can tell of another passes through them, and a
   model that reads co-occurrence from the image can at best infer them.
+  It also prints how often a test canvas's true label set tells its scene (the most
+  probable scene given the set, `label_set_likelihoods`, is the canvas's own).
 
     python benchmarks/label_context.py --root=runs/table --modes=independent,scenes
 
@@ -36,6 +38,7 @@ a minute per run on 2 CPU cores.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -82,6 +85,8 @@ LABEL_SET_TEMPERATURES = (0.7, 1.0, 1.5, 2.0, 3.0)
 # Oracle rows of the scene mode: what the MLP is told → the `canvas_facts` it reads.
 ORACLES = {"the scene": ("scene",), "the item count": ("items",),
            "the scene and item count": ("scene", "items")}
+# Per mode, for each seed: % of test canvases whose true label set tells their scene.
+SCENE_TOLD_BY_LABELS: dict[str, list[float]] = {}
 
 
 def map_logits(run_dir: RunDir) -> tuple[dict, object]:
@@ -122,6 +127,40 @@ def canvas_facts(benchmark_dir: str, split: str, ids: list[str]) -> dict[str, np
         told["scene"][row, [s["name"] for s in table].index(images[image_id]["scene"])] = 1
         told["items"][row, items[image_id] - 1] = 1
     return told
+
+
+def label_set_likelihoods(table: list[dict], label_names: list[str],
+                          y_true: np.ndarray) -> np.ndarray:
+    """`[N, S]` P(a canvas's label set | scene), exactly, for each row of `y_true`.
+
+    A scene draws its item count `n` uniformly from its range and each item's class
+    independently from its distribution `p`; the label set is the set of classes drawn.
+    By inclusion–exclusion, P(the classes drawn are exactly L | n) =
+    Σ_{K ⊆ L} (−1)^{|L|−|K|} p(K)^n, with p(K) the mass of the classes in K."""
+    likelihoods = np.zeros((len(y_true), len(table)))
+    for row, labels in enumerate(y_true):
+        present = [label_names[c] for c in np.flatnonzero(labels)]
+        for k, scene in enumerate(table):
+            lo, hi = scene["item_range"]
+            p = [scene["classes"].get(name, 0.0) for name in present]
+            total = sum(
+                (-1) ** (len(p) - len(subset)) * sum(subset) ** n
+                for size in range(len(p) + 1) for subset in itertools.combinations(p, size)
+                for n in range(lo, hi + 1))
+            likelihoods[row, k] = max(total, 0.0) / (hi - lo + 1)
+    return likelihoods
+
+
+def scene_told_by_labels(benchmark_dir: str, split: str, ids: list[str],
+                         label_names: list[str], y_true: np.ndarray) -> float:
+    """% of `split`'s canvases whose most probable scene given their true label set (by
+    Bayes' rule from the scene table) is their own scene."""
+    with open(Path(benchmark_dir) / f"{split}.json") as f:
+        table = json.load(f)["info"]["config"]["scene_table"]
+    posterior = (label_set_likelihoods(table, label_names, y_true)
+                 * np.array([scene["frequency"] for scene in table]))
+    scenes = canvas_facts(benchmark_dir, split, ids)["scene"].argmax(axis=1)
+    return 100.0 * float(np.mean(posterior.argmax(axis=1) == scenes))
 
 
 def label_context_model(num_classes: int, num_extra: int = 0, units: int = 256,
@@ -248,8 +287,12 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         if name == "spatial_head" and facts.num_classes <= MAX_LABEL_SET_CLASSES:
             rows["spatial head + exact label-set posterior"] = label_set_row(splits, config, facts)
         if FLAGS.scene_oracle and name == "spatial_head" and config.data.scenes != "none":
-            told = {split: canvas_facts(pipeline.benchmark_dir(config), split,
-                                        splits[split]["ids"]) for split in splits}
+            benchmark_dir = pipeline.benchmark_dir(config)
+            SCENE_TOLD_BY_LABELS.setdefault(mode, []).append(scene_told_by_labels(
+                benchmark_dir, "test", splits["test"]["ids"], list(facts.label_names),
+                splits["test"]["y_true"]))
+            told = {split: canvas_facts(benchmark_dir, split, splits[split]["ids"])
+                    for split in splits}
             for what, keys in ORACLES.items():
                 rows[f"{label} told {what} (oracle)"] = context_row(
                     splits, config, facts, seed,
@@ -277,6 +320,11 @@ def main(argv) -> None:
         table = table_runs.mean_std_rows([per_seed[s] for s in seeds], COLUMNS)
         lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
                                                       name_header="row"), ""]
+        if SCENE_TOLD_BY_LABELS.get(mode):
+            lines += ["The most probable scene given a test canvas's true label set (Bayes' "
+                      "rule from the scene table) is its own for "
+                      f"{', '.join(f'{v:.1f}' for v in SCENE_TOLD_BY_LABELS[mode])} % of "
+                      "the canvases (by seed).", ""]
         for seed in seeds if len(seeds) > 1 else ():
             seed_table = {row: {column: f"{per_seed[seed][row][column]:.1f}"
                                 for column in COLUMNS} for row in names}

@@ -1,13 +1,15 @@
 """benchmarks/label_context.py: the scene oracle's facts read from a COCO file, and the
 label-context MLP that reads them beside M_map's logits."""
 
+import itertools
 import json
 
 import keras
 import numpy as np
+import pytest
 
 from benchmarks.label_context import (ORACLE_LOGIT, canvas_facts, label_context_model,
-                                      label_set_posterior)
+                                      label_set_likelihoods, label_set_posterior)
 
 SCENE_TABLE = [{"name": "beach", "frequency": 0.75, "item_range": [1, 2],
                 "classes": {"Sandal": 0.5, "Bag": 0.5}},
@@ -81,3 +83,24 @@ def test_label_set_posterior_matches_bayes_rule_by_hand():
         label_set_posterior(logits, sets, log_prior, marginals, temperature=2.0)[0],
         expected, rtol=1e-6)
     assert expected[1] < 0.6  # the confident first class pushes the second one down
+
+
+def test_label_set_likelihoods_match_enumerating_every_draw():
+    table = [{"name": "a", "frequency": 0.5, "item_range": [1, 3],
+              "classes": {"Sandal": 0.5, "Bag": 0.3, "Coat": 0.2}},
+             {"name": "b", "frequency": 0.5, "item_range": [2, 2],
+              "classes": {"Bag": 0.6, "Coat": 0.4}}]
+    names = ["Sandal", "Bag", "Coat", "Dress"]
+    y_true = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1]])
+    expected = np.zeros((len(y_true), len(table)))
+    for k, scene in enumerate(table):
+        lo, hi = scene["item_range"]
+        for n in range(lo, hi + 1):
+            for draw in itertools.product(names, repeat=n):
+                p = np.prod([scene["classes"].get(c, 0.0) for c in draw]) / (hi - lo + 1)
+                for row, labels in enumerate(y_true):
+                    if {names.index(c) for c in draw} == set(np.flatnonzero(labels)):
+                        expected[row, k] += p
+    np.testing.assert_allclose(label_set_likelihoods(table, names, y_true), expected,
+                               atol=1e-12)
+    assert expected[1, 1] == pytest.approx(2 * 0.6 * 0.4)  # Bag and Coat in two draws
