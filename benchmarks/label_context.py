@@ -124,6 +124,9 @@ def canvas_facts(benchmark_dir: str, split: str, ids: list[str]) -> dict[str, np
     told = {"scene": np.zeros((len(ids), len(table)), np.float32),
             "items": np.zeros((len(ids), max_items), np.float32)}
     for row, image_id in enumerate(ids):
+        if not 1 <= items[image_id] <= max_items:
+            raise ValueError(f"{benchmark_dir}/{split}.json: image {image_id} has "
+                             f"{items[image_id]} items, outside 1..{max_items}")
         told["scene"][row, [s["name"] for s in table].index(images[image_id]["scene"])] = 1
         told["items"][row, items[image_id] - 1] = 1
     return told

@@ -104,3 +104,12 @@ def test_label_set_likelihoods_match_enumerating_every_draw():
     np.testing.assert_allclose(label_set_likelihoods(table, names, y_true), expected,
                                atol=1e-12)
     assert expected[1, 1] == pytest.approx(2 * 0.6 * 0.4)  # Bag and Coat in two draws
+
+
+def test_canvas_facts_refuse_a_canvas_without_items(tmp_path):
+    coco = {"info": {"config": {"scene_table": SCENE_TABLE}}, "categories": CATEGORIES,
+            "images": [{"id": 0, "scene": "beach"}, {"id": 1, "scene": "beach"}],
+            "annotations": [{"image_id": 0, "category_id": 1}]}
+    (tmp_path / "test.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match="test.json: image 1 has 0 items"):
+        canvas_facts(str(tmp_path), "test", ["0", "1"])
