@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
 from ofrnn_tf.evaluation import evaluate as evaluation  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
@@ -121,13 +122,14 @@ def canvas_facts(benchmark_dir: str, split: str, ids: list[str]) -> dict[str, np
     items = dict.fromkeys(images, 0)
     for annotation in coco["annotations"]:
         items[str(annotation["image_id"])] += 1
+    scenes = [scene["name"] for scene in table]
     told = {"scene": np.zeros((len(ids), len(table)), np.float32),
             "items": np.zeros((len(ids), max_items), np.float32)}
     for row, image_id in enumerate(ids):
         if not 1 <= items[image_id] <= max_items:
             raise ValueError(f"{benchmark_dir}/{split}.json: image {image_id} has "
                              f"{items[image_id]} items, outside 1..{max_items}")
-        told["scene"][row, [s["name"] for s in table].index(images[image_id]["scene"])] = 1
+        told["scene"][row, scenes.index(images[image_id]["scene"])] = 1
         told["items"][row, items[image_id] - 1] = 1
     return told
 
@@ -154,16 +156,14 @@ def label_set_likelihoods(table: list[dict], label_names: list[str],
     return likelihoods
 
 
-def scene_told_by_labels(benchmark_dir: str, split: str, ids: list[str],
-                         label_names: list[str], y_true: np.ndarray) -> float:
-    """% of `split`'s canvases whose most probable scene given their true label set (by
-    Bayes' rule from the scene table) is their own scene."""
-    with open(Path(benchmark_dir) / f"{split}.json") as f:
-        table = json.load(f)["info"]["config"]["scene_table"]
+def scene_told_by_labels(table: list[dict], label_names: list[str], y_true: np.ndarray,
+                         scenes: np.ndarray) -> float:
+    """% of canvases whose most probable scene given their true label set (by Bayes'
+    rule from the scene `table`) is their own; `scenes` is their `[N, S]` one-hot scene
+    (`canvas_facts`)."""
     posterior = (label_set_likelihoods(table, label_names, y_true)
                  * np.array([scene["frequency"] for scene in table]))
-    scenes = canvas_facts(benchmark_dir, split, ids)["scene"].argmax(axis=1)
-    return 100.0 * float(np.mean(posterior.argmax(axis=1) == scenes))
+    return 100.0 * float(np.mean(posterior.argmax(axis=1) == scenes.argmax(axis=1)))
 
 
 def label_context_model(num_classes: int, num_extra: int = 0, units: int = 256,
@@ -252,14 +252,19 @@ def label_set_posterior(logits: np.ndarray, label_sets: np.ndarray, log_prior: n
     return (posterior / posterior.sum(axis=1, keepdims=True)) @ label_sets
 
 
+def all_label_sets(num_classes: int) -> np.ndarray:
+    """`[2^C, C]` every label set as 0/1 rows; row k holds the bits of k (class c ↔ 2^c)."""
+    return ((np.arange(2 ** num_classes)[:, None] >> np.arange(num_classes)) & 1).astype(
+        np.float64)
+
+
 def label_set_row(splits: dict, config, facts) -> dict:
     """M_map's scores read through the exact posterior over all 2^C label sets, the
     prior being the training split's label-set frequencies (plus `LABEL_SET_SMOOTHING`
     for every set); the temperature and threshold chosen on validation."""
     y_train = splits["train"]["y_true"].astype(np.int64)
     num_classes = y_train.shape[1]
-    label_sets = ((np.arange(2 ** num_classes)[:, None]
-                   >> np.arange(num_classes)[None, :]) & 1).astype(np.float64)
+    label_sets = all_label_sets(num_classes)
     counts = np.bincount(y_train @ (1 << np.arange(num_classes)), minlength=2 ** num_classes)
     log_prior = np.log(counts + LABEL_SET_SMOOTHING)
     marginals = np.clip(y_train.mean(axis=0), 1e-6, 1 - 1e-6)
@@ -291,11 +296,12 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
             rows["spatial head + exact label-set posterior"] = label_set_row(splits, config, facts)
         if FLAGS.scene_oracle and name == "spatial_head" and config.data.scenes != "none":
             benchmark_dir = pipeline.benchmark_dir(config)
-            SCENE_TOLD_BY_LABELS.setdefault(mode, []).append(scene_told_by_labels(
-                benchmark_dir, "test", splits["test"]["ids"], list(facts.label_names),
-                splits["test"]["y_true"]))
             told = {split: canvas_facts(benchmark_dir, split, splits[split]["ids"])
                     for split in splits}
+            table = [scene.to_dict() for scene in SCENE_TABLES[config.data.scenes]]
+            SCENE_TOLD_BY_LABELS.setdefault(mode, []).append(scene_told_by_labels(
+                table, list(facts.label_names), splits["test"]["y_true"],
+                told["test"]["scene"]))
             for what, keys in ORACLES.items():
                 rows[f"{label} told {what} (oracle)"] = context_row(
                     splits, config, facts, seed,

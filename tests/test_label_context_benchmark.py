@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from benchmarks.label_context import (ORACLE_LOGIT, canvas_facts, label_context_model,
-                                      label_set_likelihoods, label_set_posterior)
+from benchmarks.label_context import (ORACLE_LOGIT, all_label_sets, canvas_facts,
+                                      label_context_model, label_set_likelihoods,
+                                      label_set_posterior)
 
 SCENE_TABLE = [{"name": "beach", "frequency": 0.75, "item_range": [1, 2],
                 "classes": {"Sandal": 0.5, "Bag": 0.5}},
@@ -50,10 +51,6 @@ def test_oracle_mlp_starts_as_m_map_and_learns_from_the_facts_it_is_told():
     model.fit(inputs, y, epochs=60, batch_size=64, verbose=0)
     scores = model.predict(inputs, verbose=0)[:, 0]
     assert scores[facts[:, 0] == 1].min() > scores[facts[:, 0] == 0].max()
-
-
-def all_label_sets(num_classes: int) -> np.ndarray:
-    return ((np.arange(2 ** num_classes)[:, None] >> np.arange(num_classes)) & 1).astype(float)
 
 
 def test_label_set_posterior_under_an_independent_prior_returns_the_scores():

@@ -40,10 +40,9 @@ Sandal with Trouser or Pullover, Ankle boot with Sneaker or T-shirt/top), and th
 scene can be told from the label set for about 4 canvases in 5 (the most probable
 scene given a test canvas's label set is its own for 81-82 % of them, seeds 0-2).
 Sizes, the small-item share and placement are as without scenes (at 224×224 five
-items still fit). Each
-COCO image record carries its ``"scene"``, and the table is part of the recorded
-configuration (``config.scene_table``, also in each COCO file's ``info``), so
-editing it changes the fingerprint. Without scenes the configuration, fingerprint
+items still fit). Each COCO image record carries its ``"scene"``, and the table is
+part of the recorded configuration (``config.scene_table``, also in each COCO file's
+``info``), so editing it changes the fingerprint. Without scenes the configuration, fingerprint
 and files are exactly those of builds made before scenes existed.
 
 Layout of ``out_dir``::
