@@ -1,0 +1,306 @@
+r"""What reading a canvas item by item could be worth, with the items told by their boxes.
+
+The paper's picture of its decoder is a reader that looks at one item at a time, names
+it and moves on. On the benchmark's canvases that reading has two things a spatial head
+lacks: each item has exactly one class (so a Shirt is not also a T-shirt), and in the
+scene mode the classes of a canvas's items all come from its scene. This script
+measures what a reader that had both exactly could make of the spatial head's own
+per-position class scores `S_{i,c}`, with the items' places told by the true boxes (an
+oracle on where the items are, never on what they are):
+
+- `items' boxes, each class alone`: the head's scores pooled (max) over the positions
+  inside the items' boxes only, thresholded as the head is: what knowing the places
+  alone is worth;
+- `items' boxes, one class per item`: each item's evidence `e_k = max_{i ∈ box k} S_i`
+  (`[C]`) read by a softmax over the C classes fitted on the training split's items
+  (`P(c | e_k)`), and `P(y_c = 1) = 1 − Π_k (1 − P_k(c))`: every item is one class;
+- in the scene mode, `… and the scene inferred`: the exact posterior of the generator
+  given that evidence. With `l_k(c) = P(c | e_k) / π_c` (`π` the training items' class
+  frequencies, under which the softmax was fitted) and the scene table's `f_s`, item
+  ranges and class distributions `p_s`,
+  `P(s | x) ∝ f_s P(n | s) Π_k Σ_c p_s(c) l_k(c)` and, within scene s, item k is class
+  c with probability `∝ p_s(c) l_k(c)`; the label marginals are summed over scenes;
+- `… told the scene (oracle)`: the same with `P(s | x)` the canvas's true scene.
+
+One temperature on the item softmax's logits and the threshold are chosen on
+validation, as every row's threshold is. Rows are scored on the test split against the
+paper table's `spatial head` and `main job` runs of the same seed.
+
+    python benchmarks/item_reader.py --root=runs/table5
+
+Needs the paper table's `spatial_head` run of each mode and seed (and its `main_job`
+run for that row), with the built benchmark (its boxes); about a minute per mode and
+seed on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks.label_context import (canvas_facts, scored_on_test, split_outputs,  # noqa: E402
+                                      validation_score)
+from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
+from ofrnn_tf.run_dir import RunDir  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
+
+FLAGS = flags.FLAGS
+table_runs.define_flags()
+flags.adopt_module_key_flags(table_runs)
+flags.DEFINE_integer("item_epochs", 30, "Epochs of the item softmax (best by validation "
+                     "item log-loss).")
+
+flags.DEFINE_float("margin", 0.5, "An item's positions: grid cells whose centres lie in "
+                   "its box grown by this many cells on every side.")
+
+COLUMNS = ("C-F1", "O-F1", "mAP", "AP-small", "val")
+TEMPERATURES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+# Best-class scores `max_c S_{i,c}` from which a position counts as part of a found item.
+FOUND_THRESHOLDS = (-1.0, 0.0, 1.0)
+
+
+def item_positions(boxes, image_size: int, grid: int, margin: float = 0.0
+                   ) -> list[np.ndarray]:
+    """For each `(label, (x, y, w, h))` box, the flat indices of the grid positions whose
+    centres lie in it, grown by `margin` positions on every side (the position nearest
+    its centre when none does)."""
+    cell = image_size / grid
+    centres = (np.arange(grid) + 0.5) * cell
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")
+    cy, cx = cy.ravel(), cx.ravel()
+    m = margin * cell
+    found = []
+    for _, (x, y, w, h) in boxes:
+        inside = np.flatnonzero((cx >= x - m) & (cx <= x + w + m)
+                                & (cy >= y - m) & (cy <= y + h + m))
+        if not len(inside):
+            inside = np.array([int(np.argmin((cx - x - w / 2) ** 2 + (cy - y - h / 2) ** 2))])
+        found.append(inside)
+    return found
+
+
+def item_evidence(scores: np.ndarray, boxes_of, image_size: int, margin: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(e [K, C], image [K], label [K])` over every item of a split: its max class scores
+    over its positions, the row of its image and its true class."""
+    grid = int(round(scores.shape[1] ** 0.5))
+    evidence, image, label = [], [], []
+    for row, boxes in enumerate(boxes_of):
+        for (c, _), positions in zip(boxes, item_positions(boxes, image_size, grid, margin)):
+            evidence.append(scores[row, positions].max(axis=0))
+            image.append(row)
+            label.append(c)
+    return (np.asarray(evidence, np.float32), np.asarray(image, np.int64),
+            np.asarray(label, np.int64))
+
+
+def grid_components(mask: np.ndarray, grid: int) -> tuple[np.ndarray, int]:
+    """`(component of each position or -1, count)`: the 4-connected groups of the flat
+    `grid × grid` 0/1 `mask`."""
+    component, count = -np.ones(grid * grid, np.int64), 0
+    for start in np.flatnonzero(mask):
+        if component[start] >= 0:
+            continue
+        component[start], stack = count, [start]
+        while stack:
+            row, col = divmod(stack.pop(), grid)
+            for r, c in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
+                if 0 <= r < grid and 0 <= c < grid and mask[r * grid + c] \
+                        and component[r * grid + c] < 0:
+                    component[r * grid + c] = count
+                    stack.append(r * grid + c)
+        count += 1
+    return component, count
+
+
+def found_items(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """`(e [K, C], image [K])` over items found without boxes: the 4-connected groups of
+    positions whose best class score `max_c S_{i,c}` reaches `threshold` (the best
+    position alone where none does), each read as `item_evidence` reads a box."""
+    grid = int(round(scores.shape[1] ** 0.5))
+    best = scores.max(axis=2)
+    evidence, image = [], []
+    for row in range(len(scores)):
+        mask = best[row] >= min(threshold, best[row].max())
+        component, count = grid_components(mask, grid)
+        for k in range(count):
+            evidence.append(scores[row, component == k].max(axis=0))
+            image.append(row)
+    return np.asarray(evidence, np.float32), np.asarray(image, np.int64)
+
+
+def at_least_one(item_probs: np.ndarray, image: np.ndarray, num_images: int) -> np.ndarray:
+    """`[N, C]` P(some item of the image is of class c) for independent items."""
+    log_none = np.zeros((num_images, item_probs.shape[1]))
+    np.add.at(log_none, image, np.log1p(-np.clip(item_probs, 0.0, 1 - 1e-9)))
+    return 1.0 - np.exp(log_none)
+
+
+def scene_marginals(item_probs: np.ndarray, image: np.ndarray, num_images: int,
+                    priors: np.ndarray, table, told: np.ndarray | None = None) -> np.ndarray:
+    """`[N, C]` label marginals under the scene generator given each item's class posterior
+    `item_probs` (fitted under the class frequencies `priors`): the scene summed out by
+    Bayes' rule from `table`, or the one-hot `told` scene."""
+    ratios = item_probs / priors  # l_k(c), up to a factor per item
+    counts = np.bincount(image, minlength=num_images)
+    log_scene = np.zeros((num_images, len(table)))
+    per_scene = []
+    for s, scene in enumerate(table):
+        p = scene.class_probabilities()
+        mass = ratios @ p  # Σ_c p_s(c) l_k(c)
+        lo, hi = scene.item_range
+        log_count = np.where((counts >= lo) & (counts <= hi), -np.log(hi - lo + 1), -np.inf)
+        log_items = np.zeros(num_images)
+        np.add.at(log_items, image, np.log(np.maximum(mass, 1e-300)))
+        log_scene[:, s] = np.log(scene.frequency) + log_count + log_items
+        per_scene.append(at_least_one(ratios * p / np.maximum(mass, 1e-300)[:, None],
+                                      image, num_images))
+    if told is None:
+        finite = np.isfinite(log_scene).any(axis=1)
+        log_scene[~finite] = 0.0  # a count no scene allows: every scene alike
+        weights = np.exp(log_scene - log_scene.max(axis=1, keepdims=True))
+        weights /= weights.sum(axis=1, keepdims=True)
+    else:
+        weights = told
+    return np.einsum("ns,snc->nc", weights, np.stack(per_scene))
+
+
+def item_softmax(evidence: dict, labels: dict, num_classes: int, seed: int) -> keras.Model:
+    """A softmax over the classes from an item's evidence (`Dense(C)`), fitted on the
+    training items; the epoch by validation item log-loss."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((num_classes,)), keras.layers.Dense(num_classes)])
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    best = None
+    for _ in range(FLAGS.item_epochs):
+        model.fit(evidence["train"], labels["train"], batch_size=256, epochs=1, verbose=0)
+        loss = model.evaluate(evidence["val"], labels["val"], batch_size=4096, verbose=0)
+        if best is None or loss < best[0]:
+            best = (loss, model.get_weights())
+    model.set_weights(best[1])
+    return model
+
+
+def split_scores(model, config, facts, split: str) -> dict:
+    """The head's per-position scores `S` of a split with its labels, label areas, ids."""
+    features_dir = pipeline.locate_features(config, facts)
+    scores, labels, areas, ids = [], [], [], []
+    for batch in pipeline.eval_dataset(features_dir, facts, split):
+        scores.append(model.label_map_head.per_position(
+            model._standardized(batch["features"]), training=False)[1].numpy())
+        labels.append(batch["labels"].numpy())
+        areas.append(batch["label_areas"].numpy())
+        ids += [i.decode() for i in batch["image_id"].numpy()]
+    return {"scores": np.concatenate(scores), "y_true": np.concatenate(labels),
+            "areas": np.concatenate(areas), "ids": ids}
+
+
+def best_on_validation(splits: dict, config, facts, marginals,
+                       settings=TEMPERATURES) -> dict:
+    """Test metrics of `marginals(split, setting)` at the setting (a temperature, or a
+    tuple with one) and threshold that score best on validation."""
+    decoding = config.decoding
+    score, tau, setting = max(
+        validation_score(split_outputs(splits, "val", marginals("val", x)), decoding) + (x,)
+        for x in settings)
+    print(f"[item_reader] setting {setting}, τ {tau:.3g}, validation {score:.1f}",
+          file=sys.stderr, flush=True)
+    return scored_on_test(split_outputs(splits, "test", marginals("test", setting)),
+                          tau, score, decoding, facts)
+
+
+def rows_of(mode: str, seed: int) -> dict[str, dict]:
+    seed_dir = Path(FLAGS.root) / mode / f"seed{seed}"
+    run_dir = RunDir(str(seed_dir / "spatial_head")).require()
+    model, config, facts = run_dir.load_model()
+    examples = pipeline.load_data(config).splits
+    splits = {split: split_scores(model, config, facts, split) for split in examples}
+    items = {}
+    for split, data in splits.items():
+        boxes = {e.image_id: e.boxes for e in examples[split]}
+        items[split] = item_evidence(data["scores"], [boxes[i] for i in data["ids"]],
+                                     facts.image_size, FLAGS.margin)
+    num_classes = facts.num_classes
+    softmax = item_softmax({s: v[0] for s, v in items.items()},
+                           {s: v[2] for s, v in items.items()}, num_classes, seed)
+    priors = np.bincount(items["train"][2], minlength=num_classes) / len(items["train"][2])
+
+    @functools.cache
+    def read(split: str, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """`(item logits [K, C], image [K])`: the told items, or those found at `threshold`."""
+        evidence, image = items[split][:2] if threshold is None else found_items(
+            splits[split]["scores"], threshold)
+        return softmax.predict(evidence, batch_size=4096, verbose=0), image
+
+    def n(split: str) -> int:
+        return len(splits[split]["ids"])
+
+    def per_item(split: str, setting, table=None, told=None) -> np.ndarray:
+        threshold, temperature = setting if isinstance(setting, tuple) else (None, setting)
+        logits, image = read(split, threshold)
+        probs = tf.nn.softmax(logits / temperature).numpy().astype(np.float64)
+        if table is None:
+            return at_least_one(probs, image, n(split))
+        return scene_marginals(probs, image, n(split), priors, table,
+                               None if told is None else told[split])
+
+    def boxes_alone(split: str, temperature: float) -> np.ndarray:
+        evidence, image, _ = items[split]
+        pooled = np.full((n(split), num_classes), -np.inf)
+        np.maximum.at(pooled, image, evidence)
+        return tf.sigmoid(pooled / temperature).numpy()
+
+    found = list(itertools.product(FOUND_THRESHOLDS, TEMPERATURES))
+    table = SCENE_TABLES.get(config.data.scenes)
+    rows = {"spatial head": {**run_dir.load_metrics("test"), "val": validation_of(run_dir)},
+            "items' boxes, each class alone (oracle places)":
+                best_on_validation(splits, config, facts, boxes_alone),
+            "items' boxes, one class per item (oracle places)":
+                best_on_validation(splits, config, facts, per_item)}
+    if table:
+        told = {s: canvas_facts(pipeline.benchmark_dir(config), s, splits[s]["ids"])["scene"]
+                for s in splits}
+        rows["… and the scene inferred (oracle places)"] = best_on_validation(
+            splits, config, facts, lambda s, x: per_item(s, x, table))
+        rows["… told the scene (oracle places and scene)"] = best_on_validation(
+            splits, config, facts, lambda s, x: per_item(s, x, table, told))
+    rows["items found in the head's scores, one class per item"] = best_on_validation(
+        splits, config, facts, per_item, found)
+    if table:
+        rows["… and the scene inferred"] = best_on_validation(
+            splits, config, facts, lambda s, x: per_item(s, x, table), found)
+    main_job = RunDir(str(seed_dir / "main_job"))
+    if Path(main_job.metrics_file("test")).exists():
+        rows["main job"] = {**main_job.load_metrics("test"), "val": validation_of(main_job)}
+    return rows
+
+
+def validation_of(run_dir: RunDir) -> float:
+    """The validation objective at a run's own τ."""
+    config, _ = run_dir.load()
+    calibration = run_dir.calibration(config.decoding.beam_size)
+    return dict(map(tuple, calibration["grid"]))[calibration["tau"]]
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    table_runs.publish_mode_tables(
+        "What reading item by item could be worth",
+        "Test split; every row's threshold (and the item softmax's temperature) chosen on "
+        "validation, `val` the validation objective there. The `oracle places` rows are "
+        "told where each item is (its true box), never its class.", rows_of, COLUMNS)
+
+
+if __name__ == "__main__":
+    app.run(main)
