@@ -45,6 +45,13 @@ def decoded_split(run_dir: RunDir, split: str = "test"
     return np.asarray(outputs["y_true"], np.int32), y_pred, scores, facts
 
 
+def run_validation(run_dir: RunDir) -> float:
+    """The validation objective of a finished run at its own τ (what chose its τ)."""
+    config, _ = run_dir.load()
+    calibration = run_dir.calibration(config.decoding.beam_size)
+    return dict(map(tuple, calibration["grid"]))[calibration["tau"]]
+
+
 def mean_std_rows(per_seed: Sequence[Mapping[str, Mapping[str, float]]],
                   columns: Sequence[str]) -> dict[str, dict[str, str]]:
     """One table from each seed's `{row: {column: value}}`: every row of the first seed's,
@@ -52,6 +59,31 @@ def mean_std_rows(per_seed: Sequence[Mapping[str, Mapping[str, float]]],
     return {row: {column: mean_std([table[row][column] for table in per_seed])
                   for column in columns if column in values}
             for row, values in per_seed[0].items()}
+
+
+def mode_tables(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]],
+                columns: Sequence[str], over: str | None = None,
+                over_columns: Sequence[str] = ("C-F1", "O-F1")) -> list[str]:
+    """Markdown lines for one mode: the mean ± std table of `per_seed` (`{seed: {row:
+    {column: value}}}`); with `over`, every other row's lead over that row (mean ± std
+    of the per-seed differences in `over_columns`); then, for more than one seed, each
+    seed's own table."""
+    seeds = list(per_seed)
+    tables = [per_seed[s] for s in seeds]
+    lines = [format_table(mean_std_rows(tables, columns), columns=list(columns),
+                          name_header="row"), ""]
+    if over is not None and len(seeds) > 1:
+        leads = {row: {column: mean_std([t[row][column] - t[over][column] for t in tables])
+                       for column in over_columns}
+                 for row in tables[0] if row != over}
+        lines += [f"Lead over `{over}`, mean ± std of the per-seed differences:", "",
+                  format_table(leads, columns=list(over_columns), name_header="row"), ""]
+    for seed in seeds if len(seeds) > 1 else ():
+        seed_table = {row: {column: f"{values[column]:.1f}" for column in columns}
+                      for row, values in per_seed[seed].items()}
+        lines += [f"Seed {seed}:", "", format_table(seed_table, columns=list(columns),
+                                                    name_header="row"), ""]
+    return lines
 
 
 def publish_mode_tables(title: str, note: str,

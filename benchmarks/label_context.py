@@ -53,7 +53,6 @@ from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
 from ofrnn_tf.evaluation import evaluate as evaluation  # noqa: E402
-from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.modeling.layers import LabelContext  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 import keras  # noqa: E402
@@ -289,8 +288,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
         own = run_dir.load_metrics("test")
         splits, (config, facts) = map_logits(run_dir)
-        calibration = run_dir.calibration(config.decoding.beam_size)
-        rows[row] = {**own, "val": dict(map(tuple, calibration["grid"]))[calibration["tau"]]}
+        rows[row] = {**own, "val": table_runs.run_validation(run_dir)}
         rows[label] = context_row(splits, config, facts, seed)
         if name == "spatial_head" and facts.num_classes <= MAX_LABEL_SET_CLASSES:
             rows["spatial head + exact label-set posterior"] = label_set_row(splits, config, facts)
@@ -325,20 +323,13 @@ def main(argv) -> None:
              f"std over seeds {', '.join(map(str, seeds))}; per seed below.", ""]
     for mode in FLAGS.modes:
         per_seed = {seed: rows_of(mode, seed) for seed in seeds}
-        names = list(per_seed[seeds[0]])
-        table = table_runs.mean_std_rows([per_seed[s] for s in seeds], COLUMNS)
-        lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(COLUMNS),
-                                                      name_header="row"), ""]
+        lines += [f"Mode `{mode}`:", ""]
         if SCENE_TOLD_BY_LABELS.get(mode):
             lines += ["The most probable scene given a test canvas's true label set (Bayes' "
                       "rule from the scene table) is its own for "
                       f"{', '.join(f'{v:.1f}' for v in SCENE_TOLD_BY_LABELS[mode])} % of "
                       "the canvases (by seed).", ""]
-        for seed in seeds if len(seeds) > 1 else ():
-            seed_table = {row: {column: f"{per_seed[seed][row][column]:.1f}"
-                                for column in COLUMNS} for row in names}
-            lines += [f"Seed {seed}:", "", format_table(seed_table, columns=list(COLUMNS),
-                                                        name_header="row"), ""]
+        lines += table_runs.mode_tables(per_seed, COLUMNS)
     publish("A label-context MLP over M_map", "\n".join(lines), FLAGS.append)
 
 

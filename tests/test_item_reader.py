@@ -5,8 +5,8 @@ import itertools
 
 import numpy as np
 
-from benchmarks.item_reader import (at_least_one, found_items, grid_components, item_evidence,
-                                    item_positions, scene_marginals)
+from benchmarks.item_reader import (at_least_one, found_items, item_evidence, item_positions,
+                                    scene_marginals)
 from ofrnn_tf.data.fashion_canvases import Scene
 
 TABLE = (Scene("beach", 0.6, (1, 2), {"Sandal": 0.5, "Bag": 0.3, "Dress": 0.2}),
@@ -35,27 +35,17 @@ def test_item_evidence_is_each_item_max_over_its_positions():
                                              scores[1, 3]])
 
 
-def test_grid_components_are_the_4_connected_groups():
-    mask = np.array([[1, 1, 0, 0],
-                     [0, 0, 0, 1],
-                     [1, 0, 1, 1],
-                     [1, 0, 0, 0]]).ravel()
-    component, count = grid_components(mask, 4)
-    assert count == 3  # diagonal neighbours do not join
-    np.testing.assert_array_equal(component.reshape(4, 4), [[0, 0, -1, -1],
-                                                            [-1, -1, -1, 1],
-                                                            [2, -1, 1, 1],
-                                                            [2, -1, -1, -1]])
-
-
-def test_found_items_read_each_group_over_the_threshold_or_else_the_best_position():
-    scores = np.full((2, 9, 2), -5.0, np.float32)  # two images, 3×3 grid, 2 classes
-    scores[0, [0, 1], 0] = [1.0, 3.0]  # one item over positions 0-1
-    scores[0, 8] = [0.5, 2.0]  # another in the far corner
-    scores[1, 4, 1] = -2.0  # nothing over the threshold: the best position alone
+def test_found_items_are_the_local_maxima_over_the_threshold_or_else_the_best_position():
+    scores = np.full((2, 16, 2), -5.0, np.float32)  # two images, 4×4 grid, 2 classes
+    scores[0, [0, 1], 0] = [1.0, 3.0]  # one item: a maximum at position 1
+    scores[0, [2, 3], 1] = [2.0, 2.5]  # a second one touching it: a maximum at 3
+    scores[0, 15] = [0.5, -0.5]  # a third in the far corner
+    scores[0, 8] = [-0.5, -1.0]  # a local maximum below the threshold
+    scores[1, 5, 1] = -2.0  # nothing over the threshold: the best position alone
     evidence, image = found_items(scores, threshold=0.0)
-    np.testing.assert_array_equal(image, [0, 0, 1])
-    np.testing.assert_array_equal(evidence, [[3.0, -5.0], [0.5, 2.0], [-5.0, -2.0]])
+    np.testing.assert_array_equal(image, [0, 0, 0, 1])
+    np.testing.assert_array_equal(evidence, [[3.0, 2.0], [-5.0, 2.5], [0.5, -0.5],
+                                             [-5.0, -2.0]])
 
 
 def test_at_least_one_is_one_minus_no_item_of_the_class():
