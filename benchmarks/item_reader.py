@@ -14,17 +14,24 @@ oracle on where the items are, never on what they are):
 - `items' boxes, one class per item`: each item's evidence `e_k = max_{i ∈ box k} S_i`
   (`[C]`) read by a softmax over the C classes fitted on the training split's items
   (`P(c | e_k)`), and `P(y_c = 1) = 1 − Π_k (1 − P_k(c))`: every item is one class;
-- in the scene mode, `… and the scene inferred`: the exact posterior of the generator
+- in the scene mode, `…, the scene inferred`: the exact posterior of the generator
   given that evidence. With `l_k(c) = P(c | e_k) / π_c` (`π` the training items' class
   frequencies, under which the softmax was fitted) and the scene table's `f_s`, item
   ranges and class distributions `p_s`,
   `P(s | x) ∝ f_s P(n | s) Π_k Σ_c p_s(c) l_k(c)` and, within scene s, item k is class
   c with probability `∝ p_s(c) l_k(c)`; the label marginals are summed over scenes;
-- `… told the scene (oracle)`: the same with `P(s | x)` the canvas's true scene;
+- `…, told the scene (oracle …)`: the same with `P(s | x)` the canvas's true scene;
 - `items found in the head's scores, …`: the same readers over items found without
   boxes, one at each local maximum (over its 3×3 neighbourhood) of the best class
   score `max_c S_{i,c}` that passes a threshold, its evidence the max over that
-  neighbourhood: how far the places can be had from the head itself.
+  neighbourhood: how far the places can be had from the head itself;
+- `items found, as many as the canvas has (oracle count)`: each canvas's `n` highest
+  of those maxima, `n` its true item count: what the finder misses beside the count;
+- `items found, as many as a count classifier says`: `n` from a small MLP over the
+  canvas's highest maxima, fitted on the training split's item counts (supervision
+  that the head and the paper's model do not have), with the item softmax as above
+  (fitted on the training split's boxes) or, in `the same, the head's scores as the
+  item softmax (no boxes)`, `softmax(e_k / T)` of the head's own scores.
 
 One temperature on the item softmax's logits (and the found items' threshold) and the
 decision threshold are chosen on validation, as every row's threshold is. Rows are
@@ -71,8 +78,10 @@ COLUMNS = ("C-F1", "O-F1", "mAP", "AP-small", "val")
 TEMPERATURES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 # Best-class scores `max_c S_{i,c}` from which a local maximum counts as a found item.
 FOUND_THRESHOLDS = (-1.0, 0.0, 1.0)
+# How many of an image's highest maxima the item-count classifier reads.
+COUNT_INPUTS = 8
 # Per mode, for each seed: % of test canvases whose found items number their true items,
-# at each of `FOUND_THRESHOLDS`.
+# at each of `FOUND_THRESHOLDS`, then as the count classifier says.
 FOUND_COUNT_RIGHT: dict[str, list[list[float]]] = {}
 
 
@@ -111,21 +120,61 @@ def item_evidence(scores: np.ndarray, boxes_of, image_size: int, margin: float =
             np.asarray(label, np.int64))
 
 
-def found_items(scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """`(e [K, C], image [K])` over items found without boxes: each position whose best
-    class score `max_c S_{i,c}` reaches `threshold` and is not below any of its eight
-    neighbours' (the best position alone where none does), read as the max class
-    scores over it and its neighbours."""
+def local_maxima(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(best [N, g, g], peak [N, g, g])`: the best class score `max_c S_{i,c}` of each
+    position, and whether it is not below any of its eight neighbours'."""
     grid = int(round(scores.shape[1] ** 0.5))
     best = scores.max(axis=2).reshape(-1, grid, grid)
     padded = np.pad(best, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
     neighbours = np.max([padded[:, 1 + dy:1 + dy + grid, 1 + dx:1 + dx + grid]
                          for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=0)
-    peaks = (best >= neighbours) & (best >= threshold)
+    return best, best >= neighbours
+
+
+def maxima_scores(scores: np.ndarray, floor: float = -10.0) -> np.ndarray:
+    """`[N, COUNT_INPUTS]` each image's highest local-maximum scores, in descending
+    order (`floor` where it has fewer): what the item-count classifier reads."""
+    best, peak = local_maxima(scores)
+    values = np.where(peak, np.maximum(best, floor), floor).reshape(len(scores), -1)
+    return -np.sort(-values, axis=1)[:, :COUNT_INPUTS]
+
+
+def count_classifier(inputs: dict, counts: dict, seed: int) -> keras.Model:
+    """Item count (class k ↔ k + 1 items) from `maxima_scores`: a 64-unit MLP fitted on
+    the training split's item counts, the epoch by validation log-loss."""
+    keras.utils.set_random_seed(seed)
+    classes = int(max(counts["train"].max(), counts["val"].max()))
+    model = keras.Sequential([keras.Input((COUNT_INPUTS,)),
+                              keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(classes)])
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    best = None
+    for _ in range(FLAGS.item_epochs):
+        model.fit(inputs["train"], counts["train"] - 1, batch_size=256, epochs=1, verbose=0)
+        loss = model.evaluate(inputs["val"], counts["val"] - 1, batch_size=4096, verbose=0)
+        if best is None or loss < best[0]:
+            best = (loss, model.get_weights())
+    model.set_weights(best[1])
+    return model
+
+
+def found_items(scores: np.ndarray, threshold: float, counts: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """`(e [K, C], image [K])` over items found without boxes: each position whose best
+    class score `max_c S_{i,c}` reaches `threshold` and is not below any of its eight
+    neighbours' (the best position alone where none does), read as the max class
+    scores over it and its neighbours. With `counts` (items per image), each image's
+    `counts[row]` highest such maxima instead, whatever their score."""
+    grid = int(round(scores.shape[1] ** 0.5))
+    best, peak = local_maxima(scores)
+    peaks = peak & (best >= (threshold if counts is None else -np.inf))
     grid_scores = scores.reshape(-1, grid, grid, scores.shape[-1])
     evidence, image = [], []
     for row in range(len(scores)):
         found = np.argwhere(peaks[row])
+        if counts is not None:
+            found = found[np.argsort(-best[row][tuple(found.T)], kind="stable")[:counts[row]]]
         if not len(found):
             found = [np.unravel_index(int(best[row].argmax()), (grid, grid))]
         for r, c in found:
@@ -232,23 +281,45 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
                            {s: v[2] for s, v in items.items()}, num_classes, seed)
     priors = np.bincount(items["train"][2], minlength=num_classes) / len(items["train"][2])
 
-    @functools.cache
-    def read(split: str, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-        """`(item logits [K, C], image [K])`: the told items, or those found at `threshold`."""
-        evidence, image = items[split][:2] if threshold is None else found_items(
-            splits[split]["scores"], threshold)
-        return softmax.predict(evidence, batch_size=4096, verbose=0), image
-
     def n(split: str) -> int:
         return len(splits[split]["ids"])
 
-    def per_item(split: str, setting, table=None, told=None) -> np.ndarray:
-        threshold, temperature = setting if isinstance(setting, tuple) else (None, setting)
-        logits, image = read(split, threshold)
+    def count(split: str) -> np.ndarray:
+        return np.bincount(items[split][1], minlength=n(split))
+
+    counter = count_classifier({s: maxima_scores(splits[s]["scores"]) for s in splits},
+                               {s: count(s) for s in splits}, seed)
+    uniform = np.full(num_classes, 1.0 / num_classes)
+
+    @functools.cache
+    def read(split: str, finder, fitted: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """`(item logits [K, C], image [K])` of the items that `finder` gives: `"boxes"`
+        (told), a threshold on the maxima, `"told count"` or `"predicted count"` (that
+        many maxima). The fitted item softmax's logits, or (`fitted` False) the head's
+        scores themselves."""
+        if finder == "boxes":
+            evidence, image = items[split][:2]
+        elif finder == "told count":
+            evidence, image = found_items(splits[split]["scores"], 0.0, count(split))
+        elif finder == "predicted count":
+            evidence, image = found_items(splits[split]["scores"], 0.0, predicted(split))
+        else:
+            evidence, image = found_items(splits[split]["scores"], finder)
+        if not fitted:
+            return evidence, image
+        return softmax.predict(evidence, batch_size=4096, verbose=0), image
+
+    @functools.cache
+    def predicted(split: str) -> np.ndarray:
+        return counter.predict(maxima_scores(splits[split]["scores"]), verbose=0).argmax(1) + 1
+
+    def per_item(split: str, setting, table=None, told=None, fitted=True) -> np.ndarray:
+        finder, temperature = setting
+        logits, image = read(split, finder, fitted)
         probs = tf.nn.softmax(logits / temperature).numpy().astype(np.float64)
         if table is None:
             return at_least_one(probs, image, n(split))
-        return scene_marginals(probs, image, n(split), priors, table,
+        return scene_marginals(probs, image, n(split), priors if fitted else uniform, table,
                                None if told is None else told[split])
 
     def boxes_alone(split: str, temperature: float) -> np.ndarray:
@@ -257,30 +328,37 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         np.maximum.at(pooled, image, evidence)
         return tf.sigmoid(pooled / temperature).numpy()
 
-    true_count = np.bincount(items["test"][1], minlength=n("test"))
     FOUND_COUNT_RIGHT.setdefault(mode, []).append([
-        100.0 * float(np.mean(np.bincount(read("test", t)[1], minlength=n("test"))
-                              == true_count)) for t in FOUND_THRESHOLDS])
-    found = list(itertools.product(FOUND_THRESHOLDS, TEMPERATURES))
+        100.0 * float(np.mean(np.bincount(read("test", finder)[1], minlength=n("test"))
+                              == count("test"))) for finder in FOUND_THRESHOLDS]
+        + [100.0 * float(np.mean(predicted("test") == count("test")))])
     table = SCENE_TABLES.get(config.data.scenes)
+    told = table and {s: canvas_facts(pipeline.benchmark_dir(config), s,
+                                      splits[s]["ids"])["scene"] for s in splits}
     rows = {"spatial head": {**run_dir.load_metrics("test"),
                              "val": table_runs.run_validation(run_dir)},
             "items' boxes, each class alone (oracle places)":
-                best_on_validation(splits, config, facts, boxes_alone),
-            "items' boxes, one class per item (oracle places)":
-                best_on_validation(splits, config, facts, per_item)}
-    if table:
-        told = {s: canvas_facts(pipeline.benchmark_dir(config), s, splits[s]["ids"])["scene"]
-                for s in splits}
-        rows["… and the scene inferred (oracle places)"] = best_on_validation(
-            splits, config, facts, lambda s, x: per_item(s, x, table))
-        rows["… told the scene (oracle places and scene)"] = best_on_validation(
-            splits, config, facts, lambda s, x: per_item(s, x, table, told))
-    rows["items found in the head's scores, one class per item"] = best_on_validation(
-        splits, config, facts, per_item, found)
-    if table:
-        rows["… and the scene inferred"] = best_on_validation(
-            splits, config, facts, lambda s, x: per_item(s, x, table), found)
+                best_on_validation(splits, config, facts, boxes_alone)}
+    readers = (("items' boxes", ["boxes"], "oracle places", True),
+               ("items found in the head's scores", FOUND_THRESHOLDS, None, True),
+               ("items found, as many as the canvas has", ["told count"], "oracle count", True),
+               ("items found, as many as a count classifier says", ["predicted count"], None,
+                True),
+               ("the same, the head's scores as the item softmax (no boxes)",
+                ["predicted count"], None, False))
+    for name, finders, oracle, fitted in readers:
+        settings = list(itertools.product(finders, TEMPERATURES))
+        suffix = f" ({oracle})" if oracle else ""
+        rows[f"{name}, one class per item{suffix}"] = best_on_validation(
+            splits, config, facts,
+            lambda s, x, fitted=fitted: per_item(s, x, fitted=fitted), settings)
+        if table:
+            rows[f"{name}, the scene inferred{suffix}"] = best_on_validation(
+                splits, config, facts,
+                lambda s, x, fitted=fitted: per_item(s, x, table, fitted=fitted), settings)
+        if table and finders == ["boxes"]:
+            rows[f"{name}, told the scene (oracle places and scene)"] = best_on_validation(
+                splits, config, facts, lambda s, x: per_item(s, x, table, told), settings)
     main_job = RunDir(str(seed_dir / "main_job"))
     if Path(main_job.metrics_file("test")).exists():
         rows["main job"] = {**main_job.load_metrics("test"),
@@ -301,9 +379,9 @@ def main(argv) -> None:
         per_seed = {seed: rows_of(mode, seed) for seed in seeds}
         counts = "; ".join(f"seed {seed}: " + " / ".join(f"{v:.1f}" for v in values)
                            for seed, values in zip(seeds, FOUND_COUNT_RIGHT[mode]))
-        lines += [f"Mode `{mode}`. Found items as many as the true ones, % of test canvases "
-                  f"at thresholds {' / '.join(f'{t:g}' for t in FOUND_THRESHOLDS)}: "
-                  f"{counts}.", ""]
+        lines += [f"Mode `{mode}`. Found items as many as the true ones, % of test canvases, "
+                  f"at thresholds {' / '.join(f'{t:g}' for t in FOUND_THRESHOLDS)} / as the "
+                  f"count classifier says: {counts}.", ""]
         lines += table_runs.mode_tables(per_seed, COLUMNS, over="spatial head")
     publish("What reading item by item could be worth", "\n".join(lines), FLAGS.append)
 

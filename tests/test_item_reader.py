@@ -48,6 +48,16 @@ def test_found_items_are_the_local_maxima_over_the_threshold_or_else_the_best_po
                                              [-5.0, -2.0]])
 
 
+def test_found_items_told_the_count_take_that_many_highest_maxima():
+    scores = np.full((2, 16, 2), -5.0, np.float32)
+    scores[0, [1, 3, 15, 8], 0] = [3.0, -2.0, 0.5, -0.5]  # four maxima, one of them weak
+    scores[1, 5, 1] = -2.0
+    evidence, image = found_items(scores, threshold=0.0, counts=np.array([3, 1]))
+    np.testing.assert_array_equal(image, [0, 0, 0, 1])
+    np.testing.assert_array_equal(evidence[:, 0], [3.0, 0.5, -0.5, -5.0])  # by score
+    np.testing.assert_array_equal(evidence[3], [-5.0, -2.0])
+
+
 def test_at_least_one_is_one_minus_no_item_of_the_class():
     probs = np.array([[0.5, 0.5], [0.2, 0.8], [1.0, 0.0]])
     got = at_least_one(probs, np.array([0, 0, 1]), num_images=2)
