@@ -141,18 +141,24 @@ def maxima_scores(scores: np.ndarray, floor: float = -10.0) -> np.ndarray:
 
 def count_classifier(inputs: dict, counts: dict, seed: int) -> keras.Model:
     """Item count (class k ↔ k + 1 items) from `maxima_scores`: a 64-unit MLP fitted on
-    the training split's item counts, the epoch by validation log-loss."""
+    the training split's item counts."""
     keras.utils.set_random_seed(seed)
     classes = int(max(counts["train"].max(), counts["val"].max()))
     model = keras.Sequential([keras.Input((COUNT_INPUTS,)),
                               keras.layers.Dense(64, activation="relu"),
                               keras.layers.Dense(classes)])
+    return fitted_by_validation(model, inputs, {s: c - 1 for s, c in counts.items()})
+
+
+def fitted_by_validation(model: keras.Model, inputs: dict, labels: dict) -> keras.Model:
+    """`model` fitted as a softmax classifier on `inputs["train"]` for `--item_epochs`
+    epochs, with the weights of the epoch of least validation log-loss."""
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     best = None
     for _ in range(FLAGS.item_epochs):
-        model.fit(inputs["train"], counts["train"] - 1, batch_size=256, epochs=1, verbose=0)
-        loss = model.evaluate(inputs["val"], counts["val"] - 1, batch_size=4096, verbose=0)
+        model.fit(inputs["train"], labels["train"], batch_size=256, epochs=1, verbose=0)
+        loss = model.evaluate(inputs["val"], labels["val"], batch_size=4096, verbose=0)
         if best is None or loss < best[0]:
             best = (loss, model.get_weights())
     model.set_weights(best[1])
@@ -222,19 +228,10 @@ def scene_marginals(item_probs: np.ndarray, image: np.ndarray, num_images: int,
 
 def item_softmax(evidence: dict, labels: dict, num_classes: int, seed: int) -> keras.Model:
     """A softmax over the classes from an item's evidence (`Dense(C)`), fitted on the
-    training items; the epoch by validation item log-loss."""
+    training items."""
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((num_classes,)), keras.layers.Dense(num_classes)])
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    best = None
-    for _ in range(FLAGS.item_epochs):
-        model.fit(evidence["train"], labels["train"], batch_size=256, epochs=1, verbose=0)
-        loss = model.evaluate(evidence["val"], labels["val"], batch_size=4096, verbose=0)
-        if best is None or loss < best[0]:
-            best = (loss, model.get_weights())
-    model.set_weights(best[1])
-    return model
+    return fitted_by_validation(model, evidence, labels)
 
 
 def split_scores(model, config, facts, split: str) -> dict:

@@ -5,8 +5,8 @@ import itertools
 
 import numpy as np
 
-from benchmarks.item_reader import (at_least_one, found_items, item_evidence, item_positions,
-                                    scene_marginals)
+from benchmarks.item_reader import (COUNT_INPUTS, at_least_one, found_items, item_evidence,
+                                    item_positions, maxima_scores, scene_marginals)
 from ofrnn_tf.data.fashion_canvases import Scene
 
 TABLE = (Scene("beach", 0.6, (1, 2), {"Sandal": 0.5, "Bag": 0.3, "Dress": 0.2}),
@@ -56,6 +56,16 @@ def test_found_items_told_the_count_take_that_many_highest_maxima():
     np.testing.assert_array_equal(image, [0, 0, 0, 1])
     np.testing.assert_array_equal(evidence[:, 0], [3.0, 0.5, -0.5, -5.0])  # by score
     np.testing.assert_array_equal(evidence[3], [-5.0, -2.0])
+
+
+def test_maxima_scores_are_the_highest_local_maxima_in_order_then_the_floor():
+    scores = np.full((1, 16, 2), -20.0, np.float32)
+    scores[0, [1, 3, 15, 8], 1] = [3.0, -2.0, 0.5, -12.0]  # -12 is below the floor
+    scores[0, 0, 0] = 2.0  # beside position 1: not a maximum
+    got = maxima_scores(scores)
+    assert got.shape == (1, COUNT_INPUTS)
+    np.testing.assert_array_equal(got[0, :4], [3.0, 0.5, -2.0, -10.0])
+    np.testing.assert_array_equal(got[0, 4:], -10.0)
 
 
 def test_at_least_one_is_one_minus_no_item_of_the_class():
