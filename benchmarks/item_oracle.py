@@ -50,10 +50,10 @@ flags.adopt_module_key_flags(table_runs)
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "removed")
 
 
-def position_scores(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """`(S [N, m, C] per-position class scores, v_prob [N, C], labels [N, C], image ids)`
-    of a split."""
-    scores, v_prob, labels, ids = [], [], [], []
+def position_scores(model, dataset) -> dict:
+    """A split's `scores` (`[N, m, C]` per-position class scores `S`), `v_prob` (`[N, C]`),
+    `y_true`, `areas` (label areas) and `ids` (image ids)."""
+    scores, v_prob, labels, areas, ids = [], [], [], [], []
     for batch in dataset:
         _, per_position = model.label_map_head.per_position(
             model._standardized(batch["features"]), training=False)
@@ -62,21 +62,40 @@ def position_scores(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         logits = model.with_context(model.label_map_head.pool(per_position))
         v_prob.append(tf.sigmoid(logits).numpy())
         labels.append(batch["labels"].numpy().astype(np.int32))
+        areas.append(batch["label_areas"].numpy())
         ids += [i.decode() for i in batch["image_id"].numpy()]
-    return np.concatenate(scores), np.concatenate(v_prob), np.concatenate(labels), ids
+    return {"scores": np.concatenate(scores), "v_prob": np.concatenate(v_prob),
+            "y_true": np.concatenate(labels), "areas": np.concatenate(areas), "ids": ids}
+
+
+def item_positions(boxes, image_size: int, grid: int, margin: float = 0.0
+                   ) -> list[np.ndarray]:
+    """For each `(label, (x, y, w, h))` box, the flat indices of the grid positions whose
+    centres lie in it, grown by `margin` positions on every side (the position nearest
+    its centre when none does; with a margin of half a position there always is one)."""
+    cell = image_size / grid
+    centres = (np.arange(grid) + 0.5) * cell
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")
+    cy, cx = cy.ravel(), cx.ravel()
+    m = margin * cell
+    found = []
+    for _, (x, y, w, h) in boxes:
+        inside = np.flatnonzero((cx >= x - m) & (cx <= x + w + m)
+                                & (cy >= y - m) & (cy <= y + h + m))
+        if not len(inside):
+            inside = np.array([int(np.argmin((cx - x - w / 2) ** 2 + (cy - y - h / 2) ** 2))])
+        found.append(inside)
+    return found
 
 
 def peak_items(scores: np.ndarray, boxes, image_size: int, grid: int) -> list[int]:
     """For each class, the class of the item its scores peak on (-1: none): a position's
     centre within half a position of the item's box counts as on it."""
-    cell = image_size / grid
+    on_item = item_positions(boxes, image_size, grid, margin=0.5)
     found = []
     for c in range(scores.shape[-1]):
         peak = int(scores[:, c].argmax())
-        y, x = (peak // grid + 0.5) * cell, (peak % grid + 0.5) * cell
-        margin = cell / 2
-        under = [k for k, (bx, by, bw, bh) in boxes
-                 if bx - margin <= x <= bx + bw + margin and by - margin <= y <= by + bh + margin]
+        under = [k for (k, _), positions in zip(boxes, on_item) if peak in positions]
         found.append(under[0] if under else -1)
     return found
 
@@ -121,9 +140,9 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         model, config, _ = run_dir.load_model()
         features_dir = pipeline.locate_features(config, facts)
         boxes = {e.image_id: e.boxes for e in pipeline.load_data(config).splits["test"]}
-        scores, v_prob, labels, ids = position_scores(
-            model, pipeline.eval_dataset(features_dir, facts, "test"))
-        if not np.array_equal(labels, y_true):
+        test = position_scores(model, pipeline.eval_dataset(features_dir, facts, "test"))
+        scores, v_prob, ids = test["scores"], test["v_prob"], test["ids"]
+        if not np.array_equal(test["y_true"], y_true):
             raise RuntimeError(f"{run_dir}: the test split came in another order twice")
         kept, removed = one_label_per_item(y_true, y_pred, scores, [boxes[i] for i in ids],
                                            facts.image_size)
@@ -131,8 +150,8 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         rows[f"{row}, one label per item (oracle)"] = dict(label_set_metrics(y_true, kept),
                                                            removed=removed)
         if name == "spatial_head":
-            val_scores, val_prob, val_true, _ = position_scores(
-                model, pipeline.eval_dataset(features_dir, facts, "val"))
+            val = position_scores(model, pipeline.eval_dataset(features_dir, facts, "val"))
+            val_scores, val_prob, val_true = val["scores"], val["v_prob"], val["y_true"]
             # τ as every run's is chosen: the calibration grid and objective.
             tau = max(calibration.default_grid(), key=lambda t: calibration.objective_value(
                 label_set_metrics(val_true, region_exclusion(val_prob, val_scores, t)),

@@ -58,6 +58,7 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
+from benchmarks.item_oracle import item_positions, position_scores  # noqa: E402
 from benchmarks.label_context import (canvas_facts, scored_on_test, split_outputs,  # noqa: E402
                                       validation_score)
 from ofrnn_tf import pipeline  # noqa: E402
@@ -83,26 +84,6 @@ COUNT_INPUTS = 8
 # Per mode, for each seed: % of test canvases whose found items number their true items,
 # at each of `FOUND_THRESHOLDS`, then as the count classifier says.
 FOUND_COUNT_RIGHT: dict[str, list[list[float]]] = {}
-
-
-def item_positions(boxes, image_size: int, grid: int, margin: float = 0.0
-                   ) -> list[np.ndarray]:
-    """For each `(label, (x, y, w, h))` box, the flat indices of the grid positions whose
-    centres lie in it, grown by `margin` positions on every side (the position nearest
-    its centre when none does)."""
-    cell = image_size / grid
-    centres = (np.arange(grid) + 0.5) * cell
-    cy, cx = np.meshgrid(centres, centres, indexing="ij")
-    cy, cx = cy.ravel(), cx.ravel()
-    m = margin * cell
-    found = []
-    for _, (x, y, w, h) in boxes:
-        inside = np.flatnonzero((cx >= x - m) & (cx <= x + w + m)
-                                & (cy >= y - m) & (cy <= y + h + m))
-        if not len(inside):
-            inside = np.array([int(np.argmin((cx - x - w / 2) ** 2 + (cy - y - h / 2) ** 2))])
-        found.append(inside)
-    return found
 
 
 def item_evidence(scores: np.ndarray, boxes_of, image_size: int, margin: float = 0.0
@@ -234,20 +215,6 @@ def item_softmax(evidence: dict, labels: dict, num_classes: int, seed: int) -> k
     return fitted_by_validation(model, evidence, labels)
 
 
-def split_scores(model, config, facts, split: str) -> dict:
-    """The head's per-position scores `S` of a split with its labels, label areas, ids."""
-    features_dir = pipeline.locate_features(config, facts)
-    scores, labels, areas, ids = [], [], [], []
-    for batch in pipeline.eval_dataset(features_dir, facts, split):
-        scores.append(model.label_map_head.per_position(
-            model._standardized(batch["features"]), training=False)[1].numpy())
-        labels.append(batch["labels"].numpy())
-        areas.append(batch["label_areas"].numpy())
-        ids += [i.decode() for i in batch["image_id"].numpy()]
-    return {"scores": np.concatenate(scores), "y_true": np.concatenate(labels),
-            "areas": np.concatenate(areas), "ids": ids}
-
-
 def best_on_validation(splits: dict, config, facts, marginals,
                        settings=TEMPERATURES) -> dict:
     """Test metrics of `marginals(split, setting)` at the setting (a temperature, or a
@@ -267,7 +234,9 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
     run_dir = RunDir(str(seed_dir / "spatial_head")).require()
     model, config, facts = run_dir.load_model()
     examples = pipeline.load_data(config).splits
-    splits = {split: split_scores(model, config, facts, split) for split in examples}
+    features_dir = pipeline.locate_features(config, facts)
+    splits = {split: position_scores(model, pipeline.eval_dataset(features_dir, facts, split))
+              for split in examples}
     items = {}
     for split, data in splits.items():
         boxes = {e.image_id: e.boxes for e in examples[split]}
@@ -284,31 +253,35 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
     def count(split: str) -> np.ndarray:
         return np.bincount(items[split][1], minlength=n(split))
 
-    counter = count_classifier({s: maxima_scores(splits[s]["scores"]) for s in splits},
-                               {s: count(s) for s in splits}, seed)
+    maxima = {s: maxima_scores(splits[s]["scores"]) for s in splits}
+    counter = count_classifier(maxima, {s: count(s) for s in splits}, seed)
     uniform = np.full(num_classes, 1.0 / num_classes)
 
     @functools.cache
-    def read(split: str, finder, fitted: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """`(item logits [K, C], image [K])` of the items that `finder` gives: `"boxes"`
+    def items_of(split: str, finder) -> tuple[np.ndarray, np.ndarray]:
+        """`(evidence [K, C], image [K])` of the items that `finder` gives: `"boxes"`
         (told), a threshold on the maxima, `"told count"` or `"predicted count"` (that
-        many maxima). The fitted item softmax's logits, or (`fitted` False) the head's
-        scores themselves."""
+        many maxima)."""
         if finder == "boxes":
-            evidence, image = items[split][:2]
-        elif finder == "told count":
-            evidence, image = found_items(splits[split]["scores"], 0.0, count(split))
-        elif finder == "predicted count":
-            evidence, image = found_items(splits[split]["scores"], 0.0, predicted(split))
-        else:
-            evidence, image = found_items(splits[split]["scores"], finder)
+            return items[split][:2]
+        if finder == "told count":
+            return found_items(splits[split]["scores"], 0.0, count(split))
+        if finder == "predicted count":
+            return found_items(splits[split]["scores"], 0.0, predicted(split))
+        return found_items(splits[split]["scores"], finder)
+
+    @functools.cache
+    def read(split: str, finder, fitted: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """`(item logits [K, C], image [K])` of `items_of(split, finder)`: the fitted item
+        softmax's logits, or (`fitted` False) the head's scores themselves."""
+        evidence, image = items_of(split, finder)
         if not fitted:
             return evidence, image
         return softmax.predict(evidence, batch_size=4096, verbose=0), image
 
     @functools.cache
     def predicted(split: str) -> np.ndarray:
-        return counter.predict(maxima_scores(splits[split]["scores"]), verbose=0).argmax(1) + 1
+        return counter.predict(maxima[split], verbose=0).argmax(1) + 1
 
     def per_item(split: str, setting, table=None, told=None, fitted=True) -> np.ndarray:
         finder, temperature = setting
@@ -326,7 +299,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         return tf.sigmoid(pooled / temperature).numpy()
 
     FOUND_COUNT_RIGHT.setdefault(mode, []).append([
-        100.0 * float(np.mean(np.bincount(read("test", finder)[1], minlength=n("test"))
+        100.0 * float(np.mean(np.bincount(items_of("test", finder)[1], minlength=n("test"))
                               == count("test"))) for finder in FOUND_THRESHOLDS]
         + [100.0 * float(np.mean(predicted("test") == count("test")))])
     table = SCENE_TABLES.get(config.data.scenes)
