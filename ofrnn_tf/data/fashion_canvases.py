@@ -42,8 +42,8 @@ scene given a test canvas's label set is its own for 81-82 % of them, seeds 0-2)
 Sizes, the small-item share and placement are as without scenes (at 224×224 five
 items still fit). Each COCO image record carries its ``"scene"``, and the table is
 part of the recorded configuration (``config.scene_table``, also in each COCO file's
-``info``), so editing it changes the fingerprint. Without scenes the configuration, fingerprint
-and files are exactly those of builds made before scenes existed.
+``info``), so editing it changes the fingerprint. Without scenes the configuration,
+fingerprint and files are exactly those of builds made before scenes existed.
 
 Layout of ``out_dir``::
 
