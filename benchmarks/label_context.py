@@ -17,6 +17,13 @@ For every mode and seed this scores, on the test split, the paper table's runs
 - `spatial head` and `main job`: their own rows (as in the table);
 - `spatial head + label context` and `main job's M_map + label context`: the MLP over
   the frozen M_map of that run;
+- `spatial head + context over per-position scores` (`--position_context`): the same
+  MLP also reading the head's class scores at every position, `S_i`, through a small
+  set encoder (a 128-unit ReLU layer and a linear one per position, their mean and
+  max over the positions beside M_map's probabilities). The head's hidden features
+  pooled over the canvas only let the MLP memorise (docs/model.md); the position scores
+  could tell one item with two likely names from two items, and how many items there
+  are, which the pooled probabilities blur;
 - `spatial head + exact label-set posterior` (for C ≤ 14): a second, non-learned
   reader of co-occurrence over the same head. M_map's probabilities are taken as
   independent evidence about each class and combined by Bayes' rule with a prior over
@@ -67,6 +74,9 @@ flags.DEFINE_integer("epochs", 40, "Training epochs; the best by validation is k
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate.")
 flags.DEFINE_integer("batch_size", 64, "Training batch size.")
 flags.DEFINE_list("runs", ["spatial_head", "main_job"], "The paper table's runs to read.")
+flags.DEFINE_bool("position_context", True, "Add the row of the MLP that also reads the "
+                  "spatial head's per-position class scores (a set encoder).")
+flags.DEFINE_integer("position_units", 128, "Width of the set encoder's per-position layers.")
 flags.DEFINE_bool("scene_oracle", True, "In the scene mode, add the rows of the MLP told "
                   "each canvas's true scene (and item count).")
 
@@ -89,22 +99,32 @@ ORACLES = {"the scene": ("scene",), "the item count": ("items",),
 SCENE_TOLD_BY_LABELS: dict[str, list[float]] = {}
 
 
-def map_logits(run_dir: RunDir) -> tuple[dict, object]:
-    """Per split: M_map's logits `L`, the labels, the label areas and the image ids; and
-    the run's config."""
+def map_logits(run_dir: RunDir, per_position: bool = False) -> tuple[dict, object]:
+    """Per split: M_map's logits `L`, the labels, the label areas and the image ids (with
+    `per_position`, also the spatial head's `[N, m, C]` position scores `S`); and the
+    run's config."""
     model, config, facts = run_dir.load_model()
     features_dir = pipeline.locate_features(config, facts)
     splits = {}
     for split in ("train", "val", "test"):
-        logits, labels, areas, ids = [], [], [], []
+        logits, positions, labels, areas, ids = [], [], [], [], []
         for batch in pipeline.eval_dataset(features_dir, facts, split):
-            logits.append(model.map_logits(batch["features"]).numpy())  # without its own context
+            if per_position:
+                _, scores = model.label_map_head.per_position(
+                    model._standardized(batch["features"]), training=False)
+                positions.append(scores.numpy())
+                logits.append(model.label_map_head.pool(scores).numpy())
+            else:
+                # M_map's own logits, without the run's label context.
+                logits.append(model.map_logits(batch["features"]).numpy())
             labels.append(batch["labels"].numpy())
             areas.append(batch["label_areas"].numpy())
             ids += [i.decode() for i in batch["image_id"].numpy()]
         splits[split] = {"logits": np.concatenate(logits).astype(np.float32),
                          "y_true": np.concatenate(labels), "areas": np.concatenate(areas),
                          "ids": ids}
+        if per_position:
+            splits[split]["scores"] = np.concatenate(positions).astype(np.float32)
     return splits, (config, facts)
 
 
@@ -176,6 +196,27 @@ def label_context_model(num_classes: int, num_extra: int = 0, units: int = 256,
     return keras.Model(inputs, corrected[:, :num_classes])
 
 
+def position_context_model(num_classes: int, positions: int, position_units: int = 128,
+                           units: int = 256, dropout: float = 0.2) -> keras.Model:
+    """`(L, S) ↦ L + MLP([sigmoid(L), sigmoid(mean_i φ(S_i)), sigmoid(max_i φ(S_i))])`.
+
+    `φ(S_i) = W_5 ReLU(W_4 S_i + b_4) + b_5`, both `position_units` wide, reads each
+    position's class scores `S_i` (`[positions, C]`); its mean and max over the positions enter the package's
+    `LabelContext` beside `L`, as its extra inputs (through the same sigmoid), and the
+    output is the corrected first C entries. It starts as M_map, as the MLP does."""
+    logits = keras.Input((num_classes,), name="logits")
+    scores = keras.Input((positions, num_classes), name="scores")
+    hidden = keras.layers.Dense(position_units, activation="relu", name="position_1")(scores)
+    # Linear, so the pooled values reach LabelContext's sigmoid over its whole range.
+    encoded = keras.layers.Dense(position_units, name="position_2")(hidden)
+    pooled = [keras.layers.GlobalAveragePooling1D()(encoded),
+              keras.layers.GlobalMaxPooling1D()(encoded)]
+    inputs = keras.layers.Concatenate()([logits, *pooled])
+    corrected = LabelContext(num_classes + 2 * position_units, units=units,
+                             dropout=dropout)(inputs)
+    return keras.Model([logits, scores], corrected[:, :num_classes])
+
+
 def split_outputs(splits: dict, split: str, v_prob: np.ndarray) -> dict:
     """The outputs `calibrate_from_outputs` and `metrics_at` read: `v_prob` on `split`."""
     return {"v_prob": v_prob, "y_true": splits[split]["y_true"],
@@ -196,22 +237,31 @@ def scored_on_test(outputs: dict, tau: float, score: float, decoding, facts) -> 
 
 
 def context_row(splits: dict, config, facts, seed: int,
-                extra: dict[str, np.ndarray] | None = None) -> dict:
+                extra: dict[str, np.ndarray] | None = None,
+                per_position: bool = False) -> dict:
     """Trains the label-context MLP over one run's frozen M_map (reading `extra[split]`,
-    0/1 facts per image, beside M_map's probabilities); test metrics at the threshold
-    chosen on validation, and the validation objective (`val`)."""
+    0/1 facts per image, beside M_map's probabilities; or, with `per_position`, the
+    head's position scores through `position_context_model`); test metrics at the
+    threshold chosen on validation, and the validation objective (`val`)."""
     keras.utils.set_random_seed(seed)
     decoding = config.decoding
+    num_classes = splits["train"]["y_true"].shape[1]
 
-    def inputs(split: str) -> np.ndarray:
+    def inputs(split: str):
+        if per_position:
+            return [splits[split]["logits"], splits[split]["scores"]]
         if extra is None:
             return splits[split]["logits"]
         return np.concatenate([splits[split]["logits"],
                                ORACLE_LOGIT * (2.0 * extra[split] - 1.0)], axis=1)
 
-    model = label_context_model(splits["train"]["y_true"].shape[1],
-                                0 if extra is None else extra["train"].shape[1],
-                                FLAGS.units, FLAGS.dropout)
+    if per_position:
+        model = position_context_model(num_classes, splits["train"]["scores"].shape[1],
+                                       FLAGS.position_units, FLAGS.units, FLAGS.dropout)
+    else:
+        model = label_context_model(num_classes,
+                                    0 if extra is None else extra["train"].shape[1],
+                                    FLAGS.units, FLAGS.dropout)
     model.compile(keras.optimizers.Adam(FLAGS.learning_rate),
                   keras.losses.BinaryCrossentropy(from_logits=True))
 
@@ -287,9 +337,13 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         row, label = RUNS[name]
         run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
         own = run_dir.load_metrics("test")
-        splits, (config, facts) = map_logits(run_dir)
+        per_position = FLAGS.position_context and name == "spatial_head"
+        splits, (config, facts) = map_logits(run_dir, per_position)
         rows[row] = {**own, "val": table_runs.run_validation(run_dir)}
         rows[label] = context_row(splits, config, facts, seed)
+        if per_position:
+            rows["spatial head + context over per-position scores"] = context_row(
+                splits, config, facts, seed, per_position=True)
         if name == "spatial_head" and facts.num_classes <= MAX_LABEL_SET_CLASSES:
             rows["spatial head + exact label-set posterior"] = label_set_row(splits, config, facts)
         if FLAGS.scene_oracle and name == "spatial_head" and config.data.scenes != "none":
@@ -316,8 +370,11 @@ def main(argv) -> None:
              "chose each row's threshold (and epoch). Label-context MLP: "
              f"{FLAGS.units}-{FLAGS.units} ReLU, dropout {FLAGS.dropout}, Adam "
              f"{FLAGS.learning_rate:g}, batch {FLAGS.batch_size}, best of {FLAGS.epochs} "
-             f"epochs. Exact label-set posterior: prior the training split's label-set "
-             f"counts + {LABEL_SET_SMOOTHING:g}, temperature from "
+             f"epochs. Context over per-position scores: the same MLP, also reading the "
+             f"mean and max over positions of a {FLAGS.position_units}-unit ReLU layer and a "
+             "linear one applied to each position's class scores. Exact label-set "
+             "posterior: prior the training split's label-set counts + "
+             f"{LABEL_SET_SMOOTHING:g}, temperature from "
              f"{', '.join(map(str, LABEL_SET_TEMPERATURES))} by validation. Oracle rows: "
              "the MLP also reads the canvas's true scene or item count (one-hot). Mean ± "
              f"std over seeds {', '.join(map(str, seeds))}; per seed below.", ""]

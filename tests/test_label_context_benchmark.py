@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.label_context import (ORACLE_LOGIT, all_label_sets, canvas_facts,
                                       label_context_model, label_set_likelihoods,
-                                      label_set_posterior)
+                                      label_set_posterior, position_context_model)
 
 SCENE_TABLE = [{"name": "beach", "frequency": 0.75, "item_range": [1, 2],
                 "classes": {"Sandal": 0.5, "Bag": 0.5}},
@@ -110,3 +110,24 @@ def test_canvas_facts_refuse_a_canvas_without_items(tmp_path):
     (tmp_path / "test.json").write_text(json.dumps(coco))
     with pytest.raises(ValueError, match="test.json: image 1 has 0 items"):
         canvas_facts(str(tmp_path), "test", ["0", "1"])
+
+
+def test_position_context_starts_as_m_map_and_counts_items_the_pooled_scores_do_not():
+    keras.utils.set_random_seed(0)
+    model = position_context_model(num_classes=2, positions=9, position_units=8, units=16,
+                                   dropout=0.0)
+    rng = np.random.default_rng(0)
+    two_items = np.arange(128) % 2 == 1
+    scores = np.full((128, 9, 2), -4.0, np.float32)
+    scores[:, 0, 0] = 3.0  # every canvas has a class-0 item ...
+    scores[two_items, 5, 0] = 3.0  # ... and half of them a second one
+    scores += rng.normal(scale=0.1, size=scores.shape).astype(np.float32)
+    logits = np.zeros((128, 2), np.float32)  # M_map's pooled logits tell nothing
+    np.testing.assert_allclose(model.predict([logits, scores], verbose=0), logits, atol=1e-6)
+
+    # Class 1 is present exactly on the canvases with two class-0 items.
+    y = np.stack([np.ones(128), two_items], axis=1).astype(np.float32)
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit([logits, scores], y, epochs=60, batch_size=64, verbose=0)
+    predicted = model.predict([logits, scores], verbose=0)[:, 1]
+    assert predicted[two_items].min() > predicted[~two_items].max()
