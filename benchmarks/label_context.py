@@ -201,9 +201,10 @@ def position_context_model(num_classes: int, positions: int, position_units: int
     """`(L, S) ↦ L + MLP([sigmoid(L), sigmoid(mean_i φ(S_i)), sigmoid(max_i φ(S_i))])`.
 
     `φ(S_i) = W_5 ReLU(W_4 S_i + b_4) + b_5`, both `position_units` wide, reads each
-    position's class scores `S_i` (`[positions, C]`); its mean and max over the positions enter the package's
-    `LabelContext` beside `L`, as its extra inputs (through the same sigmoid), and the
-    output is the corrected first C entries. It starts as M_map, as the MLP does."""
+    position's class scores `S_i` (`[positions, C]`); its mean and max over the
+    positions enter the package's `LabelContext` beside `L`, as its extra inputs
+    (through the same sigmoid), and the output is the corrected first C entries. It
+    starts as M_map, as the MLP does."""
     logits = keras.Input((num_classes,), name="logits")
     scores = keras.Input((positions, num_classes), name="scores")
     hidden = keras.layers.Dense(position_units, activation="relu", name="position_1")(scores)
