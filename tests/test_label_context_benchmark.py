@@ -1,5 +1,6 @@
-"""benchmarks/label_context.py: the scene oracle's facts read from a COCO file, and the
-label-context MLP that reads them beside M_map's logits."""
+"""benchmarks/label_context.py: the scene oracle's facts read from a COCO file, the
+label-context MLP that reads them beside M_map's logits, the one that reads the head's
+per-position scores, and the exact label-set posterior."""
 
 import itertools
 import json
