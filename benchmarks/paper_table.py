@@ -74,10 +74,11 @@ RUNS = {
     # The strongest simple alternative in both modes: the head with a 3x3 kernel.
     "spatial_head": ["--model.variant=baseline", "--stage1.epochs=40",
                      "--model.head_kernel_size=3", "--model.head_units=256"],
-    # ... and where labels co-occur, that head with a label context.
+    # ... and where labels co-occur, that head with a label context trained along with it.
     "spatial_head_context": ["--model.variant=baseline", "--stage1.epochs=40",
                              "--model.head_kernel_size=3", "--model.head_units=256",
-                             "--model.label_context_units=256"],
+                             "--model.label_context_units=256",
+                             "--model.label_context_training=joint"],
     "no_attention": ["--config=paper", "--model.variant=no_attention"],
     "frequency_first": ["--config=paper", "--model.variant=frequency_first"],
     "rare_first": ["--config=paper", "--model.variant=rare_first"],

@@ -121,4 +121,5 @@ def test_print_config_shows_the_resolved_settings():
     lines = done.stdout.splitlines()
     assert "--data.scenes=outfits" in lines and "--model.lstm_units=64" in lines
     assert "--model.label_context_units=256" in lines and "--label_context.epochs=40" in lines
+    assert "--model.label_context_training=joint" in lines
     assert len([ln for ln in lines if ln.startswith("--")]) == len(list(fields(ExperimentConfig())))

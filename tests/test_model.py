@@ -392,7 +392,8 @@ def _outputs(model, x):
                                            ("rare_first", "paper"), ("order_free", "residual")])
 def test_model_config_round_trip(mode, decoder):
     model = make_model(mode, decoder=decoder, dropout=0.1, feature_dropout=0.25,
-                       label_context_units=UNITS, label_context_dropout=0.3)
+                       label_context_units=UNITS, label_context_dropout=0.3,
+                       label_context_training="joint")
     correct_labels(model)
     config = model.get_config()
     clone = OrderFreeRNN.from_config(config)
@@ -466,6 +467,25 @@ def test_the_label_context_has_variables_of_its_own_and_no_stage_trains_it():
         map_loss.numpy(), bce(MANY_LABELS, model.map_logits(x)).mean(), rtol=1e-6)
     for loss in (map_loss, sequence_loss):
         assert all(g is None for g in tape.gradient(loss, model.context_variables))
+
+
+def test_a_jointly_trained_label_context_belongs_to_stage_1_and_its_loss():
+    model = make_model(decoder="residual", label_context_units=UNITS,
+                       label_context_training="joint")
+    correct_labels(model)
+    context = {id(v) for v in model.label_context.trainable_variables}
+    assert context <= {id(v) for v in model.map_variables} and not model.context_variables
+    assert not context & {id(v) for v in model.decoder_variables}
+    x = features()
+    logits = model.map_logits(x)
+    want = bce(MANY_LABELS, logits) + bce(MANY_LABELS, model.label_context(logits))
+    with tf.GradientTape() as tape:
+        map_loss = model.map_loss(x, MANY_LABELS, training=False)
+    np.testing.assert_allclose(map_loss.numpy(), want, rtol=1e-5)
+    assert all(g is not None for g in tape.gradient(map_loss, model.map_variables))
+    with pytest.raises(ValueError, match="label_context_training"):
+        make_model(decoder="residual", label_context_units=UNITS,
+                   label_context_training="later")
 
 
 # -- the residual decoder --------------------------------------------------------------

@@ -310,6 +310,23 @@ def test_label_context_is_fitted_between_the_stages_and_its_best_epoch_kept(tmp_
     assert not changed(fitted[1], weights(reloaded.model.context_variables))
 
 
+def test_a_jointly_trained_label_context_learns_in_stage_1_without_a_separate_fit(tmp_path):
+    validated = []
+
+    def validate_fn(model, stage):
+        validated.append((stage, weights(model.label_context.trainable_variables)))
+        return {"score": float(len(validated))}  # every epoch scores best
+
+    config = context_config().replace(model={"label_context_training": "joint"})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(), validate_fn)
+    untrained = weights(trainer.model.label_context.trainable_variables)
+    trainer.train()
+    assert [stage for stage, _ in validated] == [1, 1, 2]  # no label-context epochs
+    assert changed(untrained, validated[0][1]) and changed(validated[0][1], validated[1][1])
+    assert not changed(validated[1][1], validated[2][1])  # frozen in stage 2
+    assert "validation_label_context/score" not in scalars(str(tmp_path))
+
+
 @pytest.mark.parametrize("cache_mib", [2048, 0], ids=["kept_head_outputs", "features"])
 def test_label_context_is_fitted_on_m_maps_logits_of_the_whole_training_split(tmp_path, cache_mib):
     data = synthetic_data()

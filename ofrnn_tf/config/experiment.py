@@ -31,6 +31,7 @@ VARIANTS = ("order_free", "baseline", "no_attention", "frequency_first", "rare_f
 TRAIN_STEPS = ("gt_count", "gt_count_plus_one", "max")
 HEADS = ("mean_linear", "spatial")
 DECODERS = ("paper", "residual")
+LABEL_CONTEXT_TRAINING = ("after_stage1", "joint")
 STAGE2_LOSSES = ("bce", "pla")
 ATTENTION_PENALTIES = ("doubly_stochastic", "overlap")
 SCHEDULES = ("constant", "cosine")
@@ -142,6 +143,10 @@ class ModelConfig:
         "probabilities, trained after stage 1 (0: none). Helps where labels co-occur.")
     label_context_dropout: float = setting(0.2, "Dropout in the label-context MLP while "
                                            "training it.")
+    label_context_training: str = setting(
+        "after_stage1", "When the label context learns: after_stage1 (fitted over stage 1's "
+        "best M_map, frozen) or joint (trained with M_map in stage 1, the loss the BCE of both "
+        "M_map's logits and the corrected ones).", choices=LABEL_CONTEXT_TRAINING)
     standardize_features: bool = setting(
         True, "Standardise every feature channel (mean and std of the training set) before M_map "
         "and the decoder.")

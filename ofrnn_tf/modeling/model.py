@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import (
-    ATTENTION_PENALTIES, DECODERS, HEADS, STAGE2_LOSSES, TRAIN_STEPS, VARIANTS, ModelConfig)
+    ATTENTION_PENALTIES, DECODERS, HEADS, LABEL_CONTEXT_TRAINING, STAGE2_LOSSES, TRAIN_STEPS,
+    VARIANTS, ModelConfig)
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import (
     CellState, ConfidenceRankedLSTMCell, mask_chosen)
 from ofrnn_tf.modeling.layers.feature_standardizer import FeatureStandardizer
@@ -46,6 +47,8 @@ class OrderFreeRNN(keras.Model):
             training it.
         label_context_units, label_context_dropout: the `LabelContext` after M_map's
             logits (0 units: none) and its dropout while training it.
+        label_context_training: `after_stage1` (fitted over stage 1's best M_map) or
+            `joint` (trained with M_map in stage 1: `map_loss`, `map_variables`).
         standardize: standardise the feature channels (`FeatureStandardizer`) before
             M_map and the decoder; its statistics are set by `adapt`.
         decoder: `paper` or `residual` (needs `head="spatial"`).
@@ -72,6 +75,7 @@ class OrderFreeRNN(keras.Model):
                  head_dropout: float = _DEFAULTS.head_dropout,
                  label_context_units: int = _DEFAULTS.label_context_units,
                  label_context_dropout: float = _DEFAULTS.label_context_dropout,
+                 label_context_training: str = _DEFAULTS.label_context_training,
                  standardize: bool = _DEFAULTS.standardize_features,
                  decoder: str = _DEFAULTS.decoder,
                  lstm_units: int = _DEFAULTS.lstm_units,
@@ -83,6 +87,8 @@ class OrderFreeRNN(keras.Model):
         super().__init__(**kwargs)
         for name, value, choices in (("mode", mode, MODES), ("head", head, HEADS),
                                      ("decoder", decoder, DECODERS),
+                                     ("label_context_training", label_context_training,
+                                      LABEL_CONTEXT_TRAINING),
                                      ("stage2_loss", stage2_loss, STAGE2_LOSSES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -104,6 +110,7 @@ class OrderFreeRNN(keras.Model):
         self.head_dropout = head_dropout
         self.label_context_units = label_context_units
         self.label_context_dropout = label_context_dropout
+        self.label_context_training = label_context_training
         self.standardize = standardize
         self.decoder = decoder
         self.lstm_units = lstm_units
@@ -191,13 +198,25 @@ class OrderFreeRNN(keras.Model):
 
     @property
     def map_variables(self):
-        """Stage 1 trains these (M_map); stage 2 keeps them frozen (Alg. 1)."""
+        """Stage 1 trains these (M_map, and a jointly trained label context); stage 2 keeps
+        them frozen (Alg. 1)."""
+        if self.context_trained_jointly:
+            return (self.label_map_head.trainable_variables
+                    + self.label_context.trainable_variables)
         return self.label_map_head.trainable_variables
 
     @property
     def context_variables(self):
-        """Trained between the stages, over stage 1's best M_map, which stays frozen."""
-        return [] if self.label_context is None else self.label_context.trainable_variables
+        """Trained between the stages, over stage 1's best M_map, which stays frozen (none
+        when the label context is trained with M_map)."""
+        if self.label_context is None or self.context_trained_jointly:
+            return []
+        return self.label_context.trainable_variables
+
+    @property
+    def context_trained_jointly(self) -> bool:
+        """A label context that stage 1 trains along with M_map."""
+        return self.label_context is not None and self.label_context_training == "joint"
 
     @property
     def decoder_variables(self):
@@ -300,10 +319,22 @@ class OrderFreeRNN(keras.Model):
 
     # -- losses of Algorithm 1 ------------------------------------------------------
     def map_loss(self, features, labels, training=True):
-        """Stage 1: per-example binary cross-entropy of M_map, `[B]`."""
-        logits = self.map_logits(features, training=training)
-        return tf.reduce_mean(
-            tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
+        """Stage 1: per-example binary cross-entropy of M_map, `[B]`.
+
+        With a jointly trained label context, the cross-entropy of its corrected logits
+        `L'` is added to that of `L`: `L` stays M_map's own estimate (what the context
+        and the decoder read), and M_map learns features the context can use."""
+        logits = tf.cast(self.map_logits(features, training=training), tf.float32)
+        labels = tf.cast(labels, tf.float32)
+
+        def bce(predicted):
+            return tf.reduce_mean(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=predicted),
+                axis=-1)
+
+        if not self.context_trained_jointly:
+            return bce(logits)
+        return bce(logits) + bce(self.label_context(logits, training=training))
 
     def sequence_loss(self, features, labels, max_steps: int, train_steps: str = "gt_count",
                       training=True, head_outputs=None, attention_penalty: float = 0.0,
@@ -415,6 +446,7 @@ class OrderFreeRNN(keras.Model):
             "head_dropout": self.head_dropout,
             "label_context_units": self.label_context_units,
             "label_context_dropout": self.label_context_dropout,
+            "label_context_training": self.label_context_training,
             "standardize": self.standardize, "decoder": self.decoder,
             "lstm_units": self.lstm_units, "attention_units": self.attention_units,
             "fc_units": self.fc_units, "dropout": self.dropout,
@@ -434,6 +466,7 @@ def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[i
         head_dropout=config.head_dropout,
         label_context_units=config.label_context_units,
         label_context_dropout=config.label_context_dropout,
+        label_context_training=config.label_context_training,
         standardize=config.standardize_features, decoder=config.decoder,
         lstm_units=config.lstm_units, attention_units=config.attention_units,
         fc_units=config.fc_units, dropout=config.dropout,

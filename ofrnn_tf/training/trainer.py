@@ -14,7 +14,9 @@ indices, and each step gathers its rows instead of running M_map again.
 With a label context (`--model.label_context_units`), it is fitted after stage 1 and
 before stage 2 over the best M_map's logits of the training split, computed once
 (`_train_label_context`); M_map stays frozen. The fit is short and not checkpointed
-part-way: a run stopped during it refits it whole from the same starting point.
+part-way: a run stopped during it refits it whole from the same starting point. With
+`--model.label_context_training=joint` it is instead trained in stage 1 with M_map
+(`OrderFreeRNN.map_loss`), and there is no separate fit.
 
 Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
 and the position (stage, epoch, step in epoch). The data order of every epoch is a
@@ -353,7 +355,7 @@ class Trainer:
             while not self._stage_done(stage):
                 self._train_epoch(stage)
             self._restore_best()  # stage 2 starts from stage 1's best M_map
-            if stage == 1 and self.model.label_context is not None:
+            if stage == 1 and self.model.context_variables:
                 self._train_label_context()
             self.stage.assign(stage + 1)
             if stage != self.stages()[-1]:
