@@ -19,7 +19,7 @@ M_map"). Where labels co-occur, the context reads them from M_map's probabilitie
 the decoder over it leads the 256-unit head with the same jointly trained context and
 no decoder by 0.4 C-F1 and 0.6 O-F1 on average, and the head alone by 4.8 and 4.2.
 
-Run time on 2 CPU cores (an AMD EPYC host): about 3 minutes once the scene-mode
+Run time on 2 CPU cores: about 3 minutes on an AMD EPYC host once the scene-mode
 canvases and features are cached (training 159 s; seed 0 then scored 88.1 / 89.1 /
 94.0 / 78.9); building them from nothing takes about 4 minutes more (measured earlier,
 on a Xeon host).
