@@ -51,20 +51,24 @@ COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "removed")
 
 
 def position_scores(model, dataset) -> dict:
-    """A split's `scores` (`[N, m, C]` per-position class scores `S`), `v_prob` (`[N, C]`),
-    `y_true`, `areas` (label areas) and `ids` (image ids)."""
-    scores, v_prob, labels, areas, ids = [], [], [], [], []
+    """A split's `scores` (`[N, m, C]` per-position class scores `S`), `logits` (`[N, C]`
+    M_map's own, before any label context), `v_prob` (`[N, C]`), `y_true`, `areas` (label
+    areas) and `ids` (image ids)."""
+    scores, logits, v_prob, labels, areas, ids = [], [], [], [], [], []
     for batch in dataset:
         _, per_position = model.label_map_head.per_position(
             model._standardized(batch["features"]), training=False)
         scores.append(per_position.numpy())
-        # v_prob as `model(features)` gives it, from the scores already at hand.
-        logits = model.with_context(model.label_map_head.pool(per_position))
-        v_prob.append(tf.sigmoid(logits).numpy())
+        # logits and v_prob as `map_logits` and `model(features)` give them, from the
+        # scores already at hand.
+        pooled = model.label_map_head.pool(per_position)
+        logits.append(pooled.numpy())
+        v_prob.append(tf.sigmoid(model.with_context(pooled)).numpy())
         labels.append(batch["labels"].numpy().astype(np.int32))
         areas.append(batch["label_areas"].numpy())
         ids += [i.decode() for i in batch["image_id"].numpy()]
-    return {"scores": np.concatenate(scores), "v_prob": np.concatenate(v_prob),
+    return {"scores": np.concatenate(scores), "logits": np.concatenate(logits),
+            "v_prob": np.concatenate(v_prob),
             "y_true": np.concatenate(labels), "areas": np.concatenate(areas), "ids": ids}
 
 

@@ -56,6 +56,7 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
+from benchmarks.item_oracle import position_scores  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
@@ -107,24 +108,21 @@ def map_logits(run_dir: RunDir, per_position: bool = False) -> tuple[dict, objec
     features_dir = pipeline.locate_features(config, facts)
     splits = {}
     for split in ("train", "val", "test"):
-        logits, positions, labels, areas, ids = [], [], [], [], []
-        for batch in pipeline.eval_dataset(features_dir, facts, split):
-            if per_position:
-                _, scores = model.label_map_head.per_position(
-                    model._standardized(batch["features"]), training=False)
-                positions.append(scores.numpy())
-                logits.append(model.label_map_head.pool(scores).numpy())
-            else:
-                # M_map's own logits, without the run's label context.
-                logits.append(model.map_logits(batch["features"]).numpy())
+        dataset = pipeline.eval_dataset(features_dir, facts, split)
+        if per_position:
+            outputs = position_scores(model, dataset)
+            splits[split] = {key: outputs[key] for key in
+                             ("logits", "scores", "y_true", "areas", "ids")}
+            continue
+        logits, labels, areas, ids = [], [], [], []
+        for batch in dataset:
+            logits.append(model.map_logits(batch["features"]).numpy())  # without its own context
             labels.append(batch["labels"].numpy())
             areas.append(batch["label_areas"].numpy())
             ids += [i.decode() for i in batch["image_id"].numpy()]
         splits[split] = {"logits": np.concatenate(logits).astype(np.float32),
                          "y_true": np.concatenate(labels), "areas": np.concatenate(areas),
                          "ids": ids}
-        if per_position:
-            splits[split]["scores"] = np.concatenate(positions).astype(np.float32)
     return splits, (config, facts)
 
 
