@@ -33,6 +33,12 @@ of its per-seed values. Finished runs are skipped, so an interrupted table resum
 
     python benchmarks/paper_table.py --root=runs/table                     # 3 seeds, 2 modes
     python benchmarks/paper_table.py --root=runs/table --seeds=0 --modes=independent
+    python benchmarks/paper_table.py --root=runs/table10 --modes=scenes \
+        --runs=spatial_head,main_job --stage1_flags=--stage1.epochs=20,--stage1.patience=0
+
+The last runs the spatial head's stage 1 (and the main job's) through the whole of its
+cosine decay rather than stopping it on patience while the learning rate is still high;
+docs/model.md, "The stage-1 budget of the comparison".
 
 About 30 minutes per mode and seed on 2 CPU cores once the features are cached (each
 new seed first builds its canvases and features: about 5 minutes).
@@ -64,6 +70,10 @@ flags.DEFINE_list("runs", None, "Only these runs (default: all of them); rows of
                   "trained are left out of the table.")
 flags.DEFINE_bool("train", True, "Train missing runs; --notrain tabulates only finished ones.")
 flags.DEFINE_bool("append", True, "Append the tables to benchmarks/RESULTS.md.")
+flags.DEFINE_list("stage1_flags", [], "train.py flags appended to the rows whose stage 1 is "
+                  "the spatial head's (spatial head, with label context, main job), e.g. "
+                  "--stage1.epochs=20,--stage1.patience=0 to run stage 1's cosine decay to "
+                  "its end.")
 
 MODES = {"independent": "none", "scenes": "outfits"}
 # The main job's model in each mode is its preset's (the scene mode's has a label context).
@@ -86,6 +96,7 @@ RUNS = {
     # The main job's model with the spatial head row's stage-1 budget.
     "main_job": ["--stage1.epochs=40"],
 }
+_SPATIAL_STAGE1 = ("spatial_head", "spatial_head_context", "main_job")
 ROWS = ("baseline (0.5)", "baseline (τ)", "spatial head", "spatial head + label context",
         "no_attention", "frequency_first",
         "rare_first", "order_free (paper)", "order_free (main job)")
@@ -115,7 +126,8 @@ def run(mode: str, seed: int, name: str) -> RunDir | None:
             return None
         preset = [f"--config={MAIN_JOB_PRESETS[mode]}"] if name == "main_job" else []
         command = [sys.executable, "train.py", f"--workdir={run_dir.path}", *preset,
-                   *RUNS[name], f"--data.seed={seed}", f"--train.seed={seed}",
+                   *RUNS[name], *(FLAGS.stage1_flags if name in _SPATIAL_STAGE1 else []),
+                   f"--data.seed={seed}", f"--train.seed={seed}",
                    f"--data.scenes={MODES[mode]}", f"--runtime.cache_dir={FLAGS.cache_dir}"]
         print("+", shlex.join(command), file=sys.stderr, flush=True)
         subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
