@@ -17,7 +17,8 @@ cross-entropy of both (`--model.label_context_units`,
 `--model.label_context_training=joint`; docs/model.md, "A label context trained with
 M_map"). Where labels co-occur, the context reads them from M_map's probabilities;
 the decoder over it leads the 256-unit head with the same jointly trained context and
-no decoder by 0.4 C-F1 and 0.6 O-F1 on average, and the head alone by 4.8 and 4.2.
+no decoder by 0.4 C-F1 and 0.6 O-F1 on average, and the head alone by 4.8 and 4.2
+(by 4.1 and 3.3 once the head's stage 1 runs to the end of its cosine decay).
 
 Run time on 2 CPU cores: about 3 minutes on an AMD EPYC host once the scene-mode
 canvases and features are cached (training 159 s; seed 0 then scored 88.1 / 89.1 /
