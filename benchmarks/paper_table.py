@@ -12,10 +12,10 @@ baseline (0.5), baseline (τ)    ``--config=paper --model.variant=baseline``: th
                                 (linear layer on mean-pooled maps) trained to convergence,
                                 scored at the paper's fixed 0.5 and at a validation threshold
 spatial head                    ``--model.variant=baseline --model.head_kernel_size=3
-                                --model.head_units=256 --stage1.epochs=20
-                                --stage1.patience=0``: the strongest non-recurrent head
-                                measured (an MLP over each position's 3×3 neighbourhood,
-                                log-sum-exp pooling), trained to the end of its cosine decay
+                                --model.head_units=256`` and ``--stage1_flags``: the
+                                strongest non-recurrent head measured (an MLP over each
+                                position's 3×3 neighbourhood, log-sum-exp pooling), trained
+                                to the end of its cosine decay
 no_attention, frequency_first,  ``--config=paper --model.variant=...``: the paper's ablations
 rare_first
 order_free (paper)              ``--config=paper``: the paper's model
@@ -24,8 +24,8 @@ spatial head + label context    the same head with ``--model.label_context_units
                                 decoder), the strongest simple alternative where labels co-occur
 order_free (main job)           the main job's model (the mode's preset: `benchmark`, or
                                 `benchmark_scenes`, which adds the label context) with
-                                ``--stage1.epochs=20 --stage1.patience=0``: its M_map trained
-                                as the spatial head row's
+                                ``--stage1_flags``: its M_map trained as the spatial head
+                                row's
 ==============================  ===============================================================
 
 It prints and appends to benchmarks/RESULTS.md the per-seed numbers, mean ± std over
@@ -37,11 +37,11 @@ of its per-seed values. Finished runs are skipped, so an interrupted table resum
     python benchmarks/paper_table.py --root=runs/table9 --modes=scenes --seeds=0 \
         --runs=spatial_head,main_job --stage1_flags=--stage1.epochs=40,--stage1.patience=5
 
-The rows whose stage 1 is the spatial head's run it through the whole of its cosine
-decay (20 epochs). The tables of RESULTS.md written before 2026-12-03 ran it for up to
-40 epochs with patience 5, which stops it while its learning rate is still high; the
-last command above runs that budget again (docs/model.md, "The stage-1 budget of the
-comparison").
+The rows whose stage 1 is the spatial head's get ``--stage1_flags``, by default the
+whole of a 20-epoch cosine decay (``--stage1.epochs=20 --stage1.patience=0``). The
+tables of RESULTS.md written before 2026-12-03 ran it for up to 40 epochs with patience
+5, which stops it while its learning rate is still high; the last command above runs
+that budget again (docs/model.md, "The stage-1 budget of the comparison").
 
 About 30 minutes per mode and seed on 2 CPU cores once the features are cached (each
 new seed first builds its canvases and features: about 5 minutes).

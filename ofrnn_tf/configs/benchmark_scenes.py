@@ -18,8 +18,8 @@ cross-entropy of both (`--model.label_context_units`,
 M_map"). Where labels co-occur, the context reads them from M_map's probabilities.
 With every stage 1 run to the end of its cosine decay (the paper table's budget), the
 decoder over it leads the 256-unit head alone by 4.1 C-F1 and 3.3 O-F1 on average and
-is level with that head with the same jointly trained context and no decoder (+0.2 and
-+0.2, inside the seed-to-seed spread), steadier from seed to seed.
+is level with that head with the same jointly trained context and no decoder (+0.2
+C-F1 and +0.2 O-F1, inside the seed-to-seed spread), steadier from seed to seed.
 
 Run time on 2 CPU cores: about 3 minutes on an AMD EPYC host once the scene-mode
 canvases and features are cached (training 159 s; seed 0 then scored 88.1 / 89.1 /
