@@ -207,12 +207,16 @@ def scene_marginals(item_probs: np.ndarray, image: np.ndarray, num_images: int,
     return np.einsum("ns,snc->nc", weights, np.stack(per_scene))
 
 
-def item_softmax(evidence: dict, labels: dict, num_classes: int, seed: int) -> keras.Model:
-    """A softmax over the classes from an item's evidence (`Dense(C)`), fitted on the
-    training items."""
+def item_softmax(inputs: dict, labels: dict, num_classes: int, seed: int,
+                 hidden: int = 0) -> keras.Model:
+    """A softmax over the classes from an item's inputs (its evidence here), fitted on the
+    training items: `Dense(C)` alone, or after a `hidden`-unit ReLU layer with dropout 0.3."""
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((num_classes,)), keras.layers.Dense(num_classes)])
-    return fitted_by_validation(model, evidence, labels)
+    layers = [keras.Input((inputs["train"].shape[1],))]
+    if hidden:
+        layers += [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dropout(0.3)]
+    model = keras.Sequential(layers + [keras.layers.Dense(num_classes)])
+    return fitted_by_validation(model, inputs, labels)
 
 
 def best_on_validation(splits: dict, config, facts, marginals,
@@ -229,12 +233,31 @@ def best_on_validation(splits: dict, config, facts, marginals,
                           tau, score, decoding, facts)
 
 
-def rows_of(mode: str, seed: int) -> dict[str, dict]:
+def head_run(mode: str, seed: int) -> tuple:
+    """`(seed folder, run, model, config, facts, examples by split, features folder)` of
+    the paper table's `spatial_head` run of `mode` and `seed` under `--root`."""
     seed_dir = Path(FLAGS.root) / mode / f"seed{seed}"
     run_dir = RunDir(str(seed_dir / "spatial_head")).require()
     model, config, facts = run_dir.load_model()
-    examples = pipeline.load_data(config).splits
-    features_dir = pipeline.locate_features(config, facts)
+    return (seed_dir, run_dir, model, config, facts, pipeline.load_data(config).splits,
+            pipeline.locate_features(config, facts))
+
+
+def run_row(run_dir: RunDir) -> dict:
+    """A finished run's test metrics, with its validation objective as `val`."""
+    return {**run_dir.load_metrics("test"), "val": table_runs.run_validation(run_dir)}
+
+
+def with_main_job(rows: dict, seed_dir: Path) -> dict:
+    """`rows` and, when the seed's `main_job` run is finished, its row last."""
+    main_job = RunDir(str(seed_dir / "main_job"))
+    if Path(main_job.metrics_file("test")).exists():
+        rows["main job"] = run_row(main_job)
+    return rows
+
+
+def rows_of(mode: str, seed: int) -> dict[str, dict]:
+    seed_dir, run_dir, model, config, facts, examples, features_dir = head_run(mode, seed)
     splits = {split: position_scores(model, pipeline.eval_dataset(features_dir, facts, split))
               for split in examples}
     items = {}
@@ -305,8 +328,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
     table = SCENE_TABLES.get(config.data.scenes)
     told = table and {s: canvas_facts(pipeline.benchmark_dir(config), s,
                                       splits[s]["ids"])["scene"] for s in splits}
-    rows = {"spatial head": {**run_dir.load_metrics("test"),
-                             "val": table_runs.run_validation(run_dir)},
+    rows = {"spatial head": run_row(run_dir),
             "items' boxes, each class alone (oracle places)":
                 best_on_validation(splits, config, facts, boxes_alone)}
     readers = (("items' boxes", ["boxes"], "oracle places", True),
@@ -329,11 +351,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         if table and finders == ["boxes"]:
             rows[f"{name}, told the scene (oracle places and scene)"] = best_on_validation(
                 splits, config, facts, lambda s, x: per_item(s, x, table, told), settings)
-    main_job = RunDir(str(seed_dir / "main_job"))
-    if Path(main_job.metrics_file("test")).exists():
-        rows["main job"] = {**main_job.load_metrics("test"),
-                            "val": table_runs.run_validation(main_job)}
-    return rows
+    return with_main_job(rows, seed_dir)
 
 
 def main(argv) -> None:
