@@ -50,15 +50,18 @@ flags.adopt_module_key_flags(table_runs)
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "removed")
 
 
-def position_scores(model, dataset) -> dict:
+def position_scores(model, dataset, with_features: bool = False) -> dict:
     """A split's `scores` (`[N, m, C]` per-position class scores `S`), `logits` (`[N, C]`
     M_map's own, before any label context), `v_prob` (`[N, C]`), `y_true`, `areas` (label
-    areas) and `ids` (image ids)."""
-    scores, logits, v_prob, labels, areas, ids = [], [], [], [], [], []
+    areas) and `ids` (image ids); with `with_features`, also `features` (`[N, m, k]`, the
+    standardized feature maps the head read)."""
+    scores, logits, v_prob, labels, areas, ids, features = [], [], [], [], [], [], []
     for batch in dataset:
-        _, per_position = model.label_map_head.per_position(
-            model._standardized(batch["features"]), training=False)
+        standardized = model._standardized(batch["features"])
+        _, per_position = model.label_map_head.per_position(standardized, training=False)
         scores.append(per_position.numpy())
+        if with_features:
+            features.append(standardized.numpy())
         # logits and v_prob as `map_logits` and `model(features)` give them, from the
         # scores already at hand.
         pooled = model.label_map_head.pool(per_position)
@@ -67,9 +70,12 @@ def position_scores(model, dataset) -> dict:
         labels.append(batch["labels"].numpy().astype(np.int32))
         areas.append(batch["label_areas"].numpy())
         ids += [i.decode() for i in batch["image_id"].numpy()]
-    return {"scores": np.concatenate(scores), "logits": np.concatenate(logits),
-            "v_prob": np.concatenate(v_prob),
-            "y_true": np.concatenate(labels), "areas": np.concatenate(areas), "ids": ids}
+    outputs = {"scores": np.concatenate(scores), "logits": np.concatenate(logits),
+               "v_prob": np.concatenate(v_prob),
+               "y_true": np.concatenate(labels), "areas": np.concatenate(areas), "ids": ids}
+    if with_features:
+        outputs["features"] = np.concatenate(features)
+    return outputs
 
 
 def item_positions(boxes, image_size: int, grid: int, margin: float = 0.0

@@ -47,10 +47,10 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
-from benchmarks.item_oracle import item_positions  # noqa: E402
+from benchmarks.item_oracle import item_positions, position_scores  # noqa: E402
 from benchmarks.item_reader import (TEMPERATURES, at_least_one, best_on_validation,  # noqa: E402
-                                    head_run, item_softmax, run_row, scene_marginals,
-                                    with_main_job)
+                                    head_run, item_evidence, item_softmax, run_row,
+                                    scene_marginals, with_main_job)
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.data.fashion_canvases import FASHION_MNIST_CLASSES, SCENE_TABLES  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
@@ -73,30 +73,22 @@ def item_inputs(model, dataset, boxes_of: dict, image_size: int, margin: float
     standardized features there), `roi` (`[K, ROI_SIZE² D]`, the features sampled at the
     centres of its box's cells), `image` (`[K]`, its image's row), `label` (`[K]`); and
     per image `ids`, `y_true` (`[N, C]`) and `areas` (label areas)."""
-    evidence, pooled, roi, image, label, ids, y_true, areas = [], [], [], [], [], [], [], []
-    for batch in dataset:
-        y_true.append(batch["labels"].numpy().astype(np.int32))
-        areas.append(batch["label_areas"].numpy())
-        features = model._standardized(batch["features"])
-        _, scores = model.label_map_head.per_position(features, training=False)
-        features, scores = features.numpy(), scores.numpy()
-        grid = int(round(scores.shape[1] ** 0.5))
-        for row, image_id in enumerate(i.decode() for i in batch["image_id"].numpy()):
-            boxes = boxes_of[image_id]
-            maps = features[row].reshape(grid, grid, -1)
-            for (c, box), positions in zip(boxes, item_positions(boxes, image_size, grid,
-                                                                 margin)):
-                evidence.append(scores[row, positions].max(axis=0))
-                inside = features[row, positions]
-                pooled.append(np.concatenate([inside.mean(axis=0), inside.max(axis=0)]))
-                roi.append(bilinear_samples(maps, roi_points(box, image_size, grid)).ravel())
-                image.append(len(ids))
-                label.append(c)
-            ids.append(image_id)
-    return {"evidence": np.asarray(evidence, np.float32),
-            "pooled": np.asarray(pooled, np.float32), "roi": np.asarray(roi, np.float32),
-            "image": np.asarray(image, np.int64), "label": np.asarray(label, np.int64),
-            "ids": ids, "y_true": np.concatenate(y_true), "areas": np.concatenate(areas)}
+    split = position_scores(model, dataset, with_features=True)
+    features, ids = split["features"], split["ids"]
+    boxes = [boxes_of[i] for i in ids]
+    evidence, image, label = item_evidence(split["scores"], boxes, image_size, margin)
+    grid = int(round(features.shape[1] ** 0.5))
+    pooled, roi = [], []
+    for row, item_boxes in enumerate(boxes):
+        maps = features[row].reshape(grid, grid, -1)
+        for (_, box), positions in zip(item_boxes, item_positions(item_boxes, image_size, grid,
+                                                                  margin)):
+            inside = features[row, positions]
+            pooled.append(np.concatenate([inside.mean(axis=0), inside.max(axis=0)]))
+            roi.append(bilinear_samples(maps, roi_points(box, image_size, grid)).ravel())
+    return {"evidence": evidence, "pooled": np.asarray(pooled, np.float32),
+            "roi": np.asarray(roi, np.float32), "image": image, "label": label, "ids": ids,
+            "y_true": split["y_true"], "areas": split["areas"]}
 
 
 def roi_points(box, image_size: int, grid: int) -> np.ndarray:
@@ -136,12 +128,15 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
               "items", file=sys.stderr, flush=True)
     num_classes = facts.num_classes
     labels = {s: v["label"] for s, v in items.items()}
-    inputs = {"head's scores": ({s: v["evidence"] for s, v in items.items()}, 0),
-              "pooled features": ({s: v["pooled"] for s, v in items.items()}, 512),
-              "RoI features": ({s: v["roi"] for s, v in items.items()}, 512),
+
+    def per_split(*keys: str) -> dict[str, np.ndarray]:
+        return {s: np.concatenate([v[key] for key in keys], axis=1) for s, v in items.items()}
+
+    inputs = {"head's scores": (per_split("evidence"), 0),
+              "pooled features": (per_split("pooled"), 512),
+              "RoI features": (per_split("roi"), 512),
               "RoI and pooled features + head's scores": (
-                  {s: np.concatenate([v["roi"], v["pooled"], v["evidence"]], axis=1)
-                   for s, v in items.items()}, 512)}
+                  per_split("roi", "pooled", "evidence"), 512)}
     logits = {}
     for reader, (x, hidden) in inputs.items():
         classifier = item_softmax(x, labels, num_classes, seed, hidden)

@@ -11,12 +11,16 @@ GRID, IMAGE_SIZE = 4, 40  # cells of 10 pixels, centred at 5, 15, 25, 35
 
 
 class _Model:
-    """The two things `item_inputs` reads of a run's model."""
+    """What `item_inputs` reads of a run's model (no standardizer, no label context)."""
     label_map_head = SpatialLabelHead(num_classes=3, units=4, kernel_size=3)
 
     @staticmethod
     def _standardized(features):
         return features
+
+    @staticmethod
+    def with_context(logits):
+        return logits
 
 
 def _ramp_features(batch: int) -> np.ndarray:
