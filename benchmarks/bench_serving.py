@@ -8,7 +8,7 @@ over the SignatureDef, `ofrnn_tf.serving.local_server.load_session`):
 - `loop`: the same with the decoding steps in a `tf.while_loop` (what unrolling saves);
 - `xla`: `--jit_compile` (XLA-compiled beam search; TF Serving needs an experimental
   flag to run it);
-- `backbone`: the same module's `image_features` (guards, decode, resize, backbone):
+- `backbone`: the same module's `in_process.image_features` (guards, decode, resize, backbone):
   what serving would cost with no decoder at all.
 
 Every variant decodes the same encoded images. Calls alternate between the variants
@@ -69,7 +69,7 @@ def write_variants(run_dir: RunDir, out: str) -> dict[str, SessionModel]:
         if name == "portable":
             backbone = os.path.join(out, "backbone")
             tf.saved_model.save(module, backbone, signatures={
-                **signatures(module), "image_features": module.image_features.get_concrete_function()})
+                **signatures(module), "image_features": module.in_process.image_features})
             models["backbone"] = SessionModel(backbone, "image_features")
     return models
 

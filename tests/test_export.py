@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from conftest import ROOT, run_checked, to_png
-from ofrnn_tf.export.saved_model import export_run, save_inference_module
+from ofrnn_tf.export.saved_model import SIGNATURES, export_run, save_inference_module
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
@@ -81,6 +81,20 @@ def test_saved_model_cli_lists_the_signatures(tiny_export_run, facts):
 @pytest.fixture(scope="module")
 def loaded(tiny_export_run):
     return tf.saved_model.load(str(tiny_export_run.export_dir))
+
+
+def test_loaded_export_holds_the_serving_functions_and_nothing_else(tiny_export_run, loaded):
+    """What a loaded export can be called with: the signatures, their functions and
+    `decoding_settings`; the module's in-process functions are not written into it."""
+    assert set(loaded.signatures) == set(SIGNATURES)
+    images = tf.constant(tiny_export_run.jpeg_bytes(2))
+    by_function = loaded.serve_images(images)
+    by_signature = loaded.signatures["serving_default"](images=images)
+    np.testing.assert_array_equal(by_function["labels"].numpy(), by_signature["labels"].numpy())
+    for name in ("serve_images_with_threshold", "serve_features", "decoding_settings"):
+        assert callable(getattr(loaded, name)), name
+    for name in ("predict_pixels", "image_features", "in_process"):
+        assert not hasattr(loaded, name), name
 
 
 def test_export_records_the_run_settings(tiny_export_run, loaded, facts):

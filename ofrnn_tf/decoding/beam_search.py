@@ -288,7 +288,7 @@ def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Option
     m, k = (None, None) if feature_shape is None else feature_shape
 
     @tf.function(input_signature=[tf.TensorSpec([None, m, k], tf.float32, name="features")],
-                 jit_compile=jit_compile)
+                 jit_compile=jit_compile, autograph=False)
     def decode(features):
         return beam_search(model, features, beam_size=beam_size, max_steps=max_steps,
                            threshold=threshold, min_labels=min_labels, score_mix=score_mix,

@@ -41,10 +41,14 @@ def next_version(export_base: str) -> int:
 
 
 def signatures(module: InferenceModule) -> dict:
-    """The SavedModel's signatures, by name, as concrete functions of `module`."""
-    return {"serving_default": module.serve_images.get_concrete_function(),
-            "predict_with_threshold": module.serve_images_with_threshold.get_concrete_function(),
-            "predict_features": module.serve_features.get_concrete_function()}
+    """The SavedModel's signatures, by name: `module`'s functions with input signatures.
+
+    Given as `tf.function`s rather than concrete functions: `tf.saved_model.save`
+    traces functions again inside its save context, so concrete functions traced
+    before it would be traced twice."""
+    return {"serving_default": module.serve_images,
+            "predict_with_threshold": module.serve_images_with_threshold,
+            "predict_features": module.serve_features}
 
 
 def save_inference_module(module: InferenceModule, export_base: str,

@@ -316,7 +316,7 @@ def _compute_fn(backbone: Backbone):
         ref = weakref.ref(backbone)  # the cached function must not keep its key alive
         _COMPUTE_FNS[backbone] = tf.function(
             lambda images: tf.cast(ref()(images), tf.float16),
-            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], autograph=False)
     return _COMPUTE_FNS[backbone]
 
 

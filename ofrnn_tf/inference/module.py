@@ -12,8 +12,10 @@ decoding settings calibrated after training (τ for the beam width K, T_max,
   (``predict_features``);
 - `predict_pixels`: decoded ``uint8 [N, S, S, 3]`` images → the same outputs plus
   each chosen label's step probability (`Predictor`, in process);
-- `image_features`: encoded images → the backbone's maps (what `serve_images` costs
-  without the decoder; the serving benchmark's baseline).
+- `in_process.image_features`: encoded images → the backbone's maps (what
+  `serve_images` costs without the decoder; the serving benchmark's baseline).
+
+The last two run in process only and are not written into the SavedModel.
 
 `predict.py`, `export.py`, the serving benchmark and the tests all build it with
 `InferenceModule.from_run`, so they decode with the same model, backbone and settings.
@@ -29,6 +31,7 @@ loader, which restores only variables tracked that way (docs/serving.md).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import tensorflow as tf
@@ -52,6 +55,17 @@ class _KerasParts:
     def __init__(self, model, backbone: Backbone):
         self.model = model
         self.backbone = backbone
+
+
+class _InProcessFunctions:
+    """The module's graph functions that serve no signature, out of `tf.Module` tracking:
+    `tf.saved_model.save` traces and writes every tracked function that has an input
+    signature, which for these cost a fifth of an export's time for nothing a served or
+    loaded SavedModel is called with."""
+
+    def __init__(self, predict_pixels, image_features):
+        self.predict_pixels = predict_pixels
+        self.image_features = image_features
 
 
 class InferenceModule(tf.Module):
@@ -97,22 +111,24 @@ class InferenceModule(tf.Module):
         self.has_attention = model.mode not in ("baseline", "no_attention")
         height, width, depth = self.feature_shape
         size = self.image_size
-        self._decode = tf.function(self._decode_features, jit_compile=jit_compile)
-        self.serve_images = tf.function(
-            self._serve_images, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        self.serve_images_with_threshold = tf.function(
+        images = tf.TensorSpec([None], tf.string, name="images")
+        # No autograph: the graph code has no Python control flow over tensors, and
+        # converting its source took a quarter of an export's time.
+        function = functools.partial(tf.function, autograph=False)
+        self._decode = function(self._decode_features, jit_compile=jit_compile)
+        self.serve_images = function(self._serve_images, input_signature=[images])
+        self.serve_images_with_threshold = function(
             self._serve_images_with_threshold,
-            input_signature=[tf.TensorSpec([None], tf.string, name="images"),
-                             tf.TensorSpec([], tf.float32, name="threshold")])
-        self.serve_features = tf.function(
+            input_signature=[images, tf.TensorSpec([], tf.float32, name="threshold")])
+        self.serve_features = function(
             self._serve_features,
             input_signature=[tf.TensorSpec([None, height, width, depth], tf.float32, name="features")])
-        self.predict_pixels = tf.function(
-            self._predict_pixels,
-            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
-        self.image_features = tf.function(
-            self._image_features, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        self.decoding_settings = tf.function(self._decoding_settings, input_signature=[])
+        self.decoding_settings = function(self._decoding_settings, input_signature=[])
+        self.in_process = _InProcessFunctions(
+            predict_pixels=function(
+                self._predict_pixels,
+                input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")]),
+            image_features=function(self._image_features, input_signature=[images]))
 
     @property
     def model(self):
@@ -160,6 +176,11 @@ class InferenceModule(tf.Module):
         return cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
                    max_steps=facts.max_steps, min_labels=min_labels, score_mix=score_mix,
                    **kwargs)
+
+    def predict_pixels(self, pixels) -> dict:
+        """Decoded uint8 `[N, S, S, 3]` images → the outputs of `serve_images` plus each
+        chosen label's step probability (in process; not in the SavedModel)."""
+        return self.in_process.predict_pixels(pixels)
 
     # -- graph functions --------------------------------------------------------------
     def _decode_features(self, flat_features, threshold):
