@@ -1,0 +1,113 @@
+"""What a command costs besides its work: `train.py` of a toy run and `export.py` of it,
+timed as child processes, in the working tree and in another revision.
+
+Most of a small run's time is fixed cost (importing TensorFlow, building the backbone,
+tracing graph functions), which every training process, every export and every process
+of the test suite pays. For each repeat, the working tree and ``--base`` (a git
+revision, checked out with ``git worktree`` into a temporary folder) in alternating
+order, this times
+
+- ``train.py`` at toy size (64/32/16 canvases of the embedded benchmark, one epoch of
+  each stage, a label context), over one data cache that an untimed run of each tree
+  has filled first;
+- ``export.py`` of the run just trained.
+
+Medians over repeats in seconds, and the ratio base / working tree (above 1: the
+working tree is faster). Prints a markdown table and appends it to
+benchmarks/RESULTS.md.
+
+    python benchmarks/bench_startup.py --base=7fa4c3c
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks._results import publish  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("base", "HEAD", "The git revision to compare the working tree with.")
+flags.DEFINE_integer("repeats", 3, "Timed runs of each command per tree.")
+flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
+
+TOY_RUN = ["--data.num_train=64", "--data.num_val=32", "--data.num_test=16",
+           "--stage1.epochs=1", "--stage2.epochs=1", "--train.batch_size=32",
+           "--model.lstm_units=32", "--model.attention_units=32", "--model.fc_units=32",
+           "--model.label_context_units=16", "--label_context.epochs=2"]
+
+
+def run_seconds(tree: Path, args: list[str]) -> float:
+    """Wall seconds of `python args` run from `tree` with that tree's package first on the
+    path; raises with the output's tail if it fails."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(tree))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} in {tree} exited with {done.returncode}:\n"
+                           f"{done.stderr[-3000:]}")
+    return seconds
+
+
+def train_and_export(tree: Path, out: Path, cache: Path) -> tuple[float, float]:
+    """Seconds of a toy `train.py` into a fresh folder under `out`, then of its `export.py`."""
+    workdir = Path(tempfile.mkdtemp(dir=out, prefix="run-"))
+    train = run_seconds(tree, ["train.py", f"--workdir={workdir}",
+                               f"--runtime.cache_dir={cache}", *TOY_RUN])
+    export = run_seconds(tree, ["export.py", f"--workdir={workdir}",
+                                f"--export_dir={workdir / 'export'}"])
+    return train, export
+
+
+def main(argv):
+    del argv
+    with tempfile.TemporaryDirectory(prefix="bench_startup-") as tmp:
+        tmp = Path(tmp)
+        base = tmp / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base),
+                        FLAGS.base], check=True, capture_output=True)
+        try:
+            trees = {"working tree": ROOT, f"base {FLAGS.base}": base}
+            cache = tmp / "cache"
+            for name, tree in trees.items():
+                print(f"{name}: untimed run (fills the data cache)", file=sys.stderr)
+                train_and_export(tree, tmp, cache)
+            times = {name: {"train.py": [], "export.py": []} for name in trees}
+            order = list(trees)
+            for repeat in range(FLAGS.repeats):
+                for name in (order if repeat % 2 == 0 else order[::-1]):
+                    train, export = train_and_export(trees[name], tmp, cache)
+                    times[name]["train.py"].append(train)
+                    times[name]["export.py"].append(export)
+                    print(f"repeat {repeat + 1}, {name}: train.py {train:.1f} s, "
+                          f"export.py {export:.1f} s", file=sys.stderr)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(base)], capture_output=True)
+    work, other = order
+    lines = [f"| command | {work}, s | {other}, s | {other} / {work} |", "|---|---:|---:|---:|"]
+    for command, what in (("train.py", "`train.py`, toy run"), ("export.py", "`export.py`")):
+        a = statistics.median(times[work][command])
+        b = statistics.median(times[other][command])
+        lines.append(f"| {what} | {a:.1f} | {b:.1f} | {b / a:.2f} |")
+    lines.append("")
+    for name in order:
+        runs = ", ".join(f"{t:.1f} / {e:.1f}" for t, e in zip(times[name]["train.py"],
+                                                              times[name]["export.py"]))
+        lines.append(f"- {name}, each repeat (train.py / export.py, s): {runs}")
+    publish("Fixed cost of a training and an export process", "\n".join(lines), FLAGS.append)
+
+
+if __name__ == "__main__":
+    app.run(main)
