@@ -8,8 +8,8 @@ over the SignatureDef, `ofrnn_tf.serving.local_server.load_session`):
 - `loop`: the same with the decoding steps in a `tf.while_loop` (what unrolling saves);
 - `xla`: `--jit_compile` (XLA-compiled beam search; TF Serving needs an experimental
   flag to run it);
-- `backbone`: the same module's `in_process.image_features` (guards, decode, resize, backbone):
-  what serving would cost with no decoder at all.
+- `backbone`: the same module's `in_process.image_features` (guards, decode, resize,
+  backbone): what serving would cost with no decoder at all.
 
 Every variant decodes the same encoded images. Calls alternate between the variants
 (order rotated every repeat) after untimed warm-up calls; medians count. The ratio

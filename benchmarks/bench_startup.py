@@ -7,8 +7,8 @@ of the test suite pays. For each repeat, the working tree and ``--base`` (a git
 revision, checked out with ``git worktree`` into a temporary folder) in alternating
 order, this times
 
-- ``train.py`` at toy size (64/32/16 canvases of the embedded benchmark, one epoch of
-  each stage, a label context), over one data cache that an untimed run of each tree
+- ``train.py`` of the test suite's toy run (`tests/toy_run.py`: 64/32/16 canvases of
+  the embedded benchmark, one epoch of each stage, a label context), over one data cache that an untimed run of each tree
   has filled first;
 - ``export.py`` of the run just trained.
 
@@ -33,17 +33,15 @@ from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks._results import publish  # noqa: E402
+from toy_run import TINY_TRAIN_FLAGS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("base", "HEAD", "The git revision to compare the working tree with.")
 flags.DEFINE_integer("repeats", 3, "Timed runs of each command per tree.")
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
 
-TOY_RUN = ["--data.num_train=64", "--data.num_val=32", "--data.num_test=16",
-           "--stage1.epochs=1", "--stage2.epochs=1", "--train.batch_size=32",
-           "--model.lstm_units=32", "--model.attention_units=32", "--model.fc_units=32",
-           "--model.label_context_units=16", "--label_context.epochs=2"]
 
 
 def run_seconds(tree: Path, args: list[str]) -> float:
@@ -64,7 +62,7 @@ def train_and_export(tree: Path, out: Path, cache: Path) -> tuple[float, float]:
     """Seconds of a toy `train.py` into a fresh folder under `out`, then of its `export.py`."""
     workdir = Path(tempfile.mkdtemp(dir=out, prefix="run-"))
     train = run_seconds(tree, ["train.py", f"--workdir={workdir}",
-                               f"--runtime.cache_dir={cache}", *TOY_RUN])
+                               f"--runtime.cache_dir={cache}", *TINY_TRAIN_FLAGS])
     export = run_seconds(tree, ["export.py", f"--workdir={workdir}",
                                 f"--export_dir={workdir / 'export'}"])
     return train, export

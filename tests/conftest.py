@@ -31,15 +31,10 @@ from ofrnn_tf.features.backbones import Backbone
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.modeling.model import build_model
 from ofrnn_tf.run_dir import RunDir, RunFacts
+from toy_run import TINY_TRAIN_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_TRAIN_FLAGS = ("--data.num_train=64", "--data.num_val=32", "--data.num_test=16",
-                    "--stage1.epochs=1", "--stage2.epochs=1", "--train.batch_size=32",
-                    "--model.lstm_units=32", "--model.attention_units=32",
-                    "--model.fc_units=32",
-                    # the whole path, label context included, as the scene-mode preset runs it
-                    "--model.label_context_units=16", "--label_context.epochs=2")
 
 # The hand-made runs of `make_fake_run`.
 FAKE_NAMES = ("circle", "square", "stripe", "dot", "ring")
