@@ -19,7 +19,7 @@ script measures what that is worth on the paper table's runs (test split):
 
 The gap between the oracle and the rule is how well "which of the two labels is the
 item's" can be told from these scores; a decoder reading the same scores has that
-information and no other (docs/model.md, "What a second label on one item costs").
+information and no other (docs/experiments.md, "What a second label on one item costs").
 
     python benchmarks/item_oracle.py --root=runs/table5
 

@@ -21,7 +21,7 @@ For every mode and seed this scores, on the test split, the paper table's runs
   MLP also reading the head's class scores at every position, `S_i`, through a small
   set encoder (a 128-unit ReLU layer and a linear one per position, their mean and
   max over the positions beside M_map's probabilities). The head's hidden features
-  pooled over the canvas only let the MLP memorise (docs/model.md); the position scores
+  pooled over the canvas only let the MLP memorise (docs/experiments.md); the position scores
   could tell one item with two likely names from two items, and how many items there
   are, which the pooled probabilities blur;
 - `spatial head + exact label-set posterior` (for C ≤ 14): a second, non-learned

@@ -41,7 +41,7 @@ The rows whose stage 1 is the spatial head's get ``--stage1_flags``, by default 
 whole of a 20-epoch cosine decay (``--stage1.epochs=20 --stage1.patience=0``). The
 tables of RESULTS.md written before 2026-12-03 ran it for up to 40 epochs with patience
 5, which stops it while its learning rate is still high; the last command above runs
-that budget again (docs/model.md, "The stage-1 budget of the comparison").
+that budget again (docs/experiments.md, "The stage-1 budget of the comparison").
 
 About 30 minutes per mode and seed on 2 CPU cores once the features are cached (each
 new seed first builds its canvases and features: about 5 minutes).

@@ -274,7 +274,7 @@ class ExperimentConfig:
     features: FeaturesConfig = section(FeaturesConfig)
     # The main job's head reads a 3x3 neighbourhood with 128 units, 12 epochs: on validation
     # over data seeds 0-2 as good as 256 units for 16 epochs, in half the training time
-    # (docs/model.md). The field's own kernel default, 1, is what configs and checkpoints
+    # (docs/experiments.md). The field's own kernel default, 1, is what configs and checkpoints
     # written before the option existed were trained with.
     model: ModelConfig = dataclasses.field(
         default_factory=lambda: ModelConfig(head_kernel_size=3, head_units=128))

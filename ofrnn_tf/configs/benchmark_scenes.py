@@ -14,7 +14,7 @@ Its model is the main job's (the 3×3 spatial head with 128 units, 12 stage-1 ep
 the residual decoder) with a label context: a 256-unit MLP that corrects M_map's
 logits from all of its class probabilities, trained with M_map in stage 1 on the
 cross-entropy of both (`--model.label_context_units`,
-`--model.label_context_training=joint`; docs/model.md, "A label context trained with
+`--model.label_context_training=joint`; docs/experiments.md, "A label context trained with
 M_map"). Where labels co-occur, the context reads them from M_map's probabilities.
 With every stage 1 run to the end of its cosine decay (the paper table's budget), the
 decoder over it leads the 256-unit head alone by 4.1 C-F1 and 3.3 O-F1 on average and

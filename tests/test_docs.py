@@ -1,0 +1,64 @@
+"""Cross-references into docs/ name files and sections that exist.
+
+Code, benchmarks and documents point readers at `docs/<page>.md, "<section title>"`;
+a section renamed or moved to another page would leave those pointers dangling.
+"""
+
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SOURCES = ("README.md", "ofrnn_tf", "benchmarks", "serving", "scripts", "tests", "docs",
+           "train.py", "export.py", "predict.py")
+REFERENCE = re.compile(r"(docs/[\w-]+\.md)`?(?:,\s+\"([^\"]+)\")?")
+
+
+def _headings(page: pathlib.Path) -> set[str]:
+    return {re.sub(r"^#+\s*", "", line).strip()
+            for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("#")}
+
+
+def _source_files():
+    for name in SOURCES:
+        path = ROOT / name
+        if path.is_file():
+            yield path
+        else:
+            yield from (p for p in path.rglob("*") if p.suffix in (".py", ".md", ".sh"))
+
+
+def _references():
+    for path in _source_files():
+        if path == pathlib.Path(__file__).resolve():
+            continue  # its own example references are not pointers
+        for match in REFERENCE.finditer(path.read_text(encoding="utf-8")):
+            title = re.sub(r"\s+", " ", match.group(2)) if match.group(2) else None
+            yield path.relative_to(ROOT), match.group(1), title
+
+
+def test_the_pattern_finds_references_with_and_without_a_title():
+    text = 'see docs/model.md, "Label\n  context" and `docs/serving.md`.'
+    found = [(m.group(1), m.group(2)) for m in REFERENCE.finditer(text)]
+    assert found == [("docs/model.md", "Label\n  context"), ("docs/serving.md", None)]
+
+
+def test_every_reference_into_docs_names_a_page_and_section_that_exist():
+    references = list(_references())
+    assert len(references) > 20, "the scan found too few references to be looking at the repo"
+    headings = {}
+    broken = []
+    for source, page, title in references:
+        page_path = ROOT / page
+        if not page_path.is_file():
+            broken.append(f"{source}: {page} does not exist")
+            continue
+        if title is None:
+            continue
+        known = headings.setdefault(page, _headings(page_path))
+        # A reference may quote the start of a long title ("Ablations" for "Ablations (the rows ...)").
+        if not any(heading.startswith(title) for heading in known):
+            broken.append(f'{source}: {page} has no section "{title}"')
+    if broken:
+        pytest.fail("\n".join(broken))
