@@ -2,8 +2,9 @@
 
 Starts ``ofrnn_tf.serving.local_server`` on the export's model base path in a child process
 (it loads the newest version and replays its warm-up requests), sends the images in
-one Predict request with ``ofrnn_tf.serving.client.predict_images``, prints one line per image
-(path, label names with their scores, path log-probability) and stops the server.
+one Predict request with ``ofrnn_tf.serving.client.predict_files``, prints one JSON line per
+image (as ``ofrnn-client`` does: label names in decoding order, their scores, the path's
+log-probability; or the reason a file was refused) and stops the server.
 
     python scripts/grpc_demo.py --export_dir=exports/ofrnn img1.jpg img2.png
 
@@ -14,6 +15,7 @@ child loads the model.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -43,22 +45,17 @@ def model_base_path(export_dir: str) -> str:
 def demo(export_dir: str, image_paths: Sequence[str], model_name: str = DEFAULT_MODEL_NAME,
          timeout: float = 120.0) -> list[dict]:
     """Starts the server, classifies the images over gRPC, stops the server; returns the
-    results of `ofrnn_tf.serving.client.predict_images`, one per image."""
-    images = []
-    for path in image_paths:
-        try:
-            images.append(Path(path).read_bytes())
-        except OSError as e:
-            raise ValueError(f"cannot read image {path!r}: {e.strerror}") from None
+    results of `ofrnn_tf.serving.client.predict_files`, one per image."""
     base = model_base_path(export_dir)
     print(f"starting the local server on {base} ...", file=sys.stderr, flush=True)
     proc = spawn(base, model_name)
     try:
-        from ofrnn_tf.serving.client import predict_images  # TensorFlow: beside the child's start
+        from ofrnn_tf.serving.client import predict_files  # TensorFlow: beside the child's start
 
         target = wait_until_listening(proc, timeout)
-        print(f"serving on {target}; sending {len(images)} image(s)", file=sys.stderr, flush=True)
-        return predict_images(target, images, model_name=model_name, timeout=timeout)
+        print(f"serving on {target}; sending {len(image_paths)} image(s)", file=sys.stderr,
+              flush=True)
+        return list(predict_files(target, image_paths, model_name=model_name, timeout=timeout))
     finally:
         proc.terminate()
         try:
@@ -80,10 +77,10 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(f"grpc_demo: {e}")
     except grpc.RpcError as e:
         sys.exit(f"grpc_demo: server refused the request: {e.code().name}: {e.details()}")
-    from ofrnn_tf.serving.client import format_result
-
-    for path, result in zip(paths, results):
-        print(format_result(path, result))
+    for result in results:
+        print(json.dumps(result))
+    if all("error" in r for r in results):
+        sys.exit("grpc_demo: no image was labelled")
 
 
 if __name__ == "__main__":

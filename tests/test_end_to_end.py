@@ -4,6 +4,7 @@ keeps serving; also against a real `tensorflow_model_server` where one is instal
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -85,6 +86,30 @@ def test_corrupt_jpeg_is_refused_then_good_request_succeeds(server, tiny_export_
     assert [r["label_names"] for r in results] == expected_names(tiny_module, good)
 
 
+def test_files_client_loses_only_the_images_the_server_refuses(server, tiny_export_run, tiny_module,
+                                                               tmp_path):
+    good = tiny_export_run.jpeg_bytes(3)
+    paths = [tmp_path / f"{i}.jpg" for i in range(5)]
+    for path, data in zip(paths, [good[0], corrupt_scan(good[0]), good[1], b"", good[2]]):
+        path.write_bytes(data)
+    missing = tmp_path / "missing.jpg"
+    names = [str(p) for p in paths[:3]] + [str(missing)] + [str(p) for p in paths[3:]]
+    # Batches of 3: the corrupt JPEG (only the decoder in the graph can tell) is refused
+    # within the first, the empty file within the second; the rest of each is sent again.
+    results = list(client.predict_files(server, names, batch_size=3))
+    assert [r["image"] for r in results] == names
+    labelled = [r for r in results if "error" not in r]
+    assert [r["labels"] for r in labelled] == expected_names(tiny_module, good)
+    assert [r["image"] for r in labelled] == [names[0], names[2], names[5]]
+    errors = {r["image"]: r["error"] for r in results if "error" in r}
+    assert errors[names[1]].startswith(f"{names[1]}: refused by the server: ")
+    assert "images[" not in errors[names[1]]  # the request's index would mislead
+    assert errors[names[3]] == f"{missing}: No such file or directory"
+    assert errors[names[4]].startswith(f"{names[4]}: refused by the server: ")
+    with pytest.raises(grpc.RpcError):  # a refusal that names no image is not an image's fault
+        list(client.predict_files(server, names[:1], threshold=1.5))
+
+
 def test_grpc_demo_script(tiny_export_run, tiny_module):
     paths = tiny_export_run.test_images[:2]
     done = run_checked([sys.executable, "scripts/grpc_demo.py",
@@ -93,10 +118,10 @@ def test_grpc_demo_script(tiny_export_run, tiny_module):
     assert len(lines) == len(paths), done.stdout
     names = expected_names(tiny_module, tiny_export_run.jpeg_bytes(len(paths)))
     for line, path, want in zip(lines, paths, names):
-        source, labels, log_prob = line.split("\t")
-        assert source == str(path)
-        assert [item.rsplit(" ", 1)[0] for item in labels.split(", ")] == want
-        assert log_prob.startswith("log_prob=")
+        result = json.loads(line)
+        assert result["image"] == str(path)
+        assert result["labels"] == want
+        assert len(result["scores"]) == len(want) and result["log_prob"] <= 0
 
 
 def _free_port() -> int:

@@ -23,7 +23,7 @@ from conftest import FAKE_MAX_STEPS as MAX_STEPS
 from conftest import FAKE_NAMES as NAMES
 from conftest import FAKE_TAU as TAU
 from conftest import ROOT
-from ofrnn_tf.cli.predict import expand_inputs
+from ofrnn_tf.cli.image_inputs import expand_inputs
 from ofrnn_tf.decoding.beam_search import make_decoder
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.inference import Predictor, UncalibratedBeamSizeError

@@ -6,6 +6,7 @@ gRPC client."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
@@ -378,15 +379,32 @@ def test_concurrent_requests_agree(server):
 
 @slow
 def test_client_cli(server, tmp_path):
-    (tmp_path / "red.png").write_bytes(RED)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "red.png").write_bytes(RED)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("not an image either")
     (tmp_path / "yellow.png").write_bytes(YELLOW)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    run = subprocess.run(
-        [sys.executable, "-m", "ofrnn_tf.serving.client", f"--server={server}",
-         "--model_name=ofrnn", str(tmp_path / "red.png"), str(tmp_path / "yellow.png")],
-        capture_output=True, text=True, env=env, timeout=120)
+    command = [sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={server}",
+               "--model_name=ofrnn", "--batch_size=2"]
+    run = subprocess.run(command + [str(folder), str(tmp_path / "yellow.png")],
+                         capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
-    lines = run.stdout.strip().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith(str(tmp_path / "red.png")) and "red 0.980" in lines[0]
-    assert "red 0.980, green 0.980" in lines[1] and "log_prob=" in lines[1]
+    results = [json.loads(line) for line in run.stdout.strip().splitlines()]
+    # Every input accounted for, in order: the folder sorted, then the file.
+    assert [r["image"] for r in results] == [str(folder / n) for n in
+                                             ("broken.jpg", "notes.txt", "red.png")] + [
+                                                 str(tmp_path / "yellow.png")]
+    assert "refused by the server" in results[0]["error"]
+    assert "skipped (.txt)" in results[1]["error"]
+    assert results[2]["labels"] == ["red"] and results[2]["scores"] == [pytest.approx(0.98, abs=1e-3)]
+    assert results[3]["labels"] == ["red", "green"] and results[3]["log_prob"] < 0
+    assert "2 image(s) labelled, 2 failed or skipped" in run.stderr
+
+    # A refusal that names no image stops the command, naming the server's answer.
+    refused = subprocess.run(command + ["--model_name=missing", str(tmp_path / "yellow.png")],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 1 and not refused.stdout
+    assert re.search(r"\[client\] stopped: \S+ answered NOT_FOUND: .*missing", refused.stderr), \
+        refused.stderr

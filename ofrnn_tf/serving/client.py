@@ -2,24 +2,22 @@
 
 Built only on the standard ``tensorflow-serving-api`` protos, so it works the same
 against ``tensorflow_model_server`` (Docker ``tensorflow/serving``) and against
-``ofrnn_tf.serving.local_server`` (``ofrnn-serve``).
-
-Usage::
-
-    ofrnn-client --server=127.0.0.1:8500 --model_name=ofrnn cat.jpg dog.png
-    ofrnn-client --server=127.0.0.1:8500 --threshold=0.05 cat.jpg   # more labels
+``ofrnn_tf.serving.local_server`` (``ofrnn-serve``). The command line over it is
+``ofrnn-client`` (``ofrnn_tf/cli/client.py``).
 
 Python::
 
-    from ofrnn_tf.serving.client import predict_images
+    from ofrnn_tf.serving.client import predict_files, predict_images
     results = predict_images("127.0.0.1:8500", [open("cat.jpg", "rb").read()])
     results[0]["label_names"], results[0]["scores"]
+    for result in predict_files("127.0.0.1:8500", ["cat.jpg", "broken.jpg"]):
+        print(result)   # {"image": "cat.jpg", "labels": [...], ...}, then {"image", "error"}
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Sequence
+import re
+from typing import Iterator, Sequence
 
 import grpc
 import tensorflow as tf
@@ -31,7 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # `attention` [N, T_max, H, W] is not needed to name labels; asking only for these
@@ -164,50 +162,78 @@ def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
     return _call(target, channel, run)
 
 
-def format_result(source: str, result: dict) -> str:
-    labels = ", ".join(f"{name} {score:.3f}" for name, score in zip(result["label_names"], result["scores"]))
-    return f"{source}\t{labels}\tlog_prob={result['log_prob']:.3f}"
+# How the export's input checks name a refused image (ofrnn_tf/features/image_guards.py);
+# TF Serving and the local server pass the message on as INVALID_ARGUMENT.
+_REFUSED_IMAGE = re.compile(r"images\[(\d+)\]")
+_REFUSED_IMAGE_PREFIX = re.compile(r"images\[\d+\]:?\s*")
 
 
-def main(argv: Sequence[str]) -> None:
-    from absl import app, flags
+def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
+                  model_name: str = DEFAULT_MODEL_NAME, signature_name: str | None = None,
+                  version: int | None = None, threshold: float | None = None,
+                  timeout: float = 30.0, channel: grpc.Channel | None = None) -> Iterator[dict]:
+    """Classifies image files through the server, `batch_size` per Predict request.
 
-    FLAGS = flags.FLAGS
-    paths = argv[1:]
-    if not paths:
-        raise app.UsageError("give one or more image files")
-    images = []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                images.append(f.read())
-        except OSError as e:
-            raise app.UsageError(f"cannot read image {path!r}: {e.strerror}")
-    try:
-        results = predict_images(FLAGS.server, images, model_name=FLAGS.model_name,
-                                 signature_name=FLAGS.signature_name, version=FLAGS.version,
-                                 threshold=FLAGS.threshold, timeout=FLAGS.timeout)
-    except grpc.RpcError as e:
-        print(f"error from {FLAGS.server}: {e.code().name}: {e.details()}", file=sys.stderr)
-        sys.exit(1)
-    for path, result in zip(paths, results):
-        print(format_result(path, result))
+    Yields one result per path, in order, as each batch returns: ``{"image", "labels"
+    (names, decoding order), "label_ids", "scores", "log_prob"}``, the fields of
+    ``ofrnn-predict``'s lines but its step probabilities (not served), or ``{"image", "error"}`` for a file that cannot be read
+    and for an image the server refuses. A refused image costs only its own result:
+    the server names it (``images[i]: ...``) and the rest of its batch is sent again
+    without it.
+
+    Raises:
+        grpc.RpcError: a refusal that names no image (the server is down, the model
+            unknown, the threshold out of range); the results already yielded stand.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+    def run(ch):
+        for start in range(0, len(paths), batch_size):
+            yield from _predict_batch(list(paths[start:start + batch_size]), ch)
+
+    def _predict_batch(batch: list[str], ch) -> list[dict]:
+        results: dict[str, dict] = {}
+        pending: list[tuple[str, bytes]] = []
+        for path in batch:
+            try:
+                with open(path, "rb") as f:
+                    pending.append((path, f.read()))
+            except OSError as error:
+                results[path] = {"image": path, "error": f"{path}: {error.strerror or error}"}
+        while pending:
+            try:
+                served = predict_images(target, [data for _, data in pending], model_name=model_name,
+                                        signature_name=signature_name, version=version,
+                                        threshold=threshold, timeout=timeout, channel=ch)
+            except grpc.RpcError as error:
+                refused = _refused_index(error, len(pending))
+                if refused is None:
+                    raise
+                path = pending.pop(refused)[0]
+                # The index is the request's, not the caller's: the path names the file.
+                reason = _REFUSED_IMAGE_PREFIX.sub("", error.details(), count=1)
+                results[path] = {"image": path, "error": f"{path}: refused by the server: {reason}"}
+                continue
+            for (path, _), result in zip(pending, served):
+                results[path] = {"image": path, "labels": result["label_names"],
+                                 "label_ids": result["label_ids"], "scores": result["scores"],
+                                 "log_prob": result["log_prob"]}
+            pending = []
+        return [results[path] for path in batch]
+
+    if channel is not None:
+        yield from run(channel)
+    else:
+        with make_channel(target) as own:
+            yield from run(own)
 
 
-def run() -> None:
-    """The ``ofrnn-client`` console script (flags are defined only when run as a program)."""
-    from absl import app, flags
-
-    flags.DEFINE_string("server", f"127.0.0.1:{DEFAULT_PORT}", "gRPC host:port of the model server")
-    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name in the server's config")
-    flags.DEFINE_string("signature_name", None, "signature taking `images` (default: "
-                        "serving_default, or predict_with_threshold with --threshold)")
-    flags.DEFINE_float("threshold", None, "decode with this τ in [0, 1] instead of the "
-                       "calibrated one: lower for more labels (recall), higher for fewer")
-    flags.DEFINE_integer("version", None, "model version (default: the newest)")
-    flags.DEFINE_float("timeout", 30.0, "seconds per request")
-    app.run(main)
-
-
-if __name__ == "__main__":
-    run()
+def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:
+    """The batch index of the image an INVALID_ARGUMENT refusal names, if it names one."""
+    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    match = _REFUSED_IMAGE.search(error.details() or "")
+    if match is None or int(match.group(1)) >= batch_size:
+        return None
+    return int(match.group(1))

@@ -1,0 +1,66 @@
+"""ofrnn-client: label sets for image files from a model server over gRPC.
+
+    ofrnn-client --server=127.0.0.1:8500 photo.jpg more_photos/ --output=out.jsonl
+    ofrnn-client --server=127.0.0.1:8500 --threshold=0.05 photo.jpg   # more labels
+
+Takes files and folders as ``ofrnn-predict`` does and writes its JSON lines but for
+the step probabilities, which the export does not serve — ``image``, ``labels``
+(decoding order), ``label_ids``, ``scores``, ``log_prob`` — one per input, as each batch of ``--batch_size`` images returns. A file that cannot be read,
+or that the server refuses as an image, gets an ``error`` line and the others go on. A
+refusal that names no image (server down, unknown model, a threshold outside [0, 1])
+stops the command with the server's status and message; the lines already written
+stand. The exit status is 1 when the command stopped so or no image was labelled.
+"""
+
+import sys
+
+import grpc
+from absl import app, flags
+
+from ofrnn_tf.cli import runner
+from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, write_report
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when it runs, so importing this module defines none)."""
+    flags.DEFINE_string("server", f"127.0.0.1:{DEFAULT_PORT}", "gRPC host:port of the model server")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name in the server's config")
+    flags.DEFINE_string("signature_name", None, "signature taking `images` (default: "
+                        "serving_default, or predict_with_threshold with --threshold)")
+    flags.DEFINE_float("threshold", None, "decode with this τ in [0, 1] instead of the "
+                       "calibrated one: lower for more labels (recall), higher for fewer")
+    flags.DEFINE_integer("version", None, "model version (default: the newest)")
+    flags.DEFINE_integer("batch_size", 32, "images per Predict request")
+    flags.DEFINE_float("timeout", 30.0, "seconds per request")
+    flags.DEFINE_string("output", None, "JSON-lines file to write (default: stdout)")
+
+
+def main(argv):
+    arguments = argv[1:]
+    if not arguments:
+        raise app.UsageError("give at least one image file or folder after the flags")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
+    from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
+
+    entries = expand_inputs(arguments)
+    paths = [e for e in entries if isinstance(e, str)]
+    results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
+                            model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
+                            version=FLAGS.version, threshold=FLAGS.threshold,
+                            timeout=FLAGS.timeout)
+    try:
+        return write_report(merge_results(entries, results), FLAGS.output, "client", "labelled")
+    except grpc.RpcError as error:
+        print(f"[client] stopped: {FLAGS.server} answered {error.code().name}: {error.details()} "
+              "(the inputs after the lines written were not labelled)", file=sys.stderr)
+        return 1
+
+
+run = runner(define_flags, main)
+
+if __name__ == "__main__":
+    run()

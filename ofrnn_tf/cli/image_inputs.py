@@ -1,0 +1,72 @@
+"""The image files a command is given, and its report of what became of each.
+
+Shared by ``ofrnn-predict`` (in process) and ``ofrnn-client`` (through a server): both
+take files and folders, write one JSON line per input and account for every input,
+so a file that cannot be read or decoded costs only its own line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Iterable
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def expand_inputs(arguments: list[str]) -> list:
+    """Each argument in order as image paths (folders expanded), or an error record for a
+    folder without images and for every file of a folder that is not an accepted image."""
+    entries: list = []
+    for argument in arguments:
+        if not os.path.isdir(argument):
+            entries.append(argument)  # a missing or unreadable file becomes an error when read
+            continue
+        names = sorted(n for n in os.listdir(argument)
+                       if os.path.isfile(os.path.join(argument, n)))
+        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not images:
+            entries.append({"image": argument, "error": f"{argument}: folder holds no "
+                            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file"})
+        for name in names:
+            path = os.path.join(argument, name)
+            if name in images:
+                entries.append(path)
+            else:
+                kind = os.path.splitext(name)[1] or "no extension"
+                entries.append({"image": path, "error": f"{path}: skipped ({kind}): accepted "
+                                f"formats are JPEG, PNG, GIF and BMP"})
+    return entries
+
+
+def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
+    """`entries` in order, each path replaced by the next of `results` (one per path)."""
+    results = iter(results)
+    for entry in entries:
+        yield next(results) if isinstance(entry, str) else entry
+
+
+def write_report(results: Iterable[dict], output: str | None, command: str, verb: str) -> int:
+    """Writes one JSON line per result to `output` (stdout when None) as each arrives,
+    then names every failed input on stderr and returns the exit status: 1 only when
+    no input at all succeeded. An exception from `results` propagates after the lines
+    written so far are flushed."""
+    out = open(output, "w") if output else sys.stdout
+    num_ok, failed = 0, []
+    try:
+        for result in results:
+            out.write(json.dumps(result, allow_nan=False) + "\n")
+            out.flush()
+            if "error" in result:
+                failed.append(result["error"])
+            else:
+                num_ok += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    for error in failed:
+        print(f"[{command}] {error}", file=sys.stderr)
+    print(f"[{command}] {num_ok} image(s) {verb}, {len(failed)} failed or skipped"
+          + (f"; written to {output}" if output else ""), file=sys.stderr)
+    return 0 if num_ok else 1
