@@ -57,7 +57,8 @@ def test_every_reference_into_docs_names_a_page_and_section_that_exist():
         if title is None:
             continue
         known = headings.setdefault(page, _headings(page_path))
-        # A reference may quote the start of a long title ("Ablations" for "Ablations (the rows ...)").
+        # A reference may quote the start of a long title ("Ablations" for "Ablations (the
+        # rows ...)").
         if not any(heading.startswith(title) for heading in known):
             broken.append(f'{source}: {page} has no section "{title}"')
     if broken:

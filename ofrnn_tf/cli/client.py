@@ -3,13 +3,14 @@
     ofrnn-client --server=127.0.0.1:8500 photo.jpg more_photos/ --output=out.jsonl
     ofrnn-client --server=127.0.0.1:8500 --threshold=0.05 photo.jpg   # more labels
 
-Takes files and folders as ``ofrnn-predict`` does and writes its JSON lines but for
-the step probabilities, which the export does not serve — ``image``, ``labels``
-(decoding order), ``label_ids``, ``scores``, ``log_prob`` — one per input, as each batch of ``--batch_size`` images returns. A file that cannot be read,
-or that the server refuses as an image, gets an ``error`` line and the others go on. A
-refusal that names no image (server down, unknown model, a threshold outside [0, 1])
-stops the command with the server's status and message; the lines already written
-stand. The exit status is 1 when the command stopped so or no image was labelled.
+Takes files and folders as ``ofrnn-predict`` does and writes its JSON lines, less the
+step probabilities, which the export does not serve: ``image``, ``labels`` (decoding
+order), ``label_ids``, ``scores``, ``log_prob``, one per input, as each batch of
+``--batch_size`` images returns. A file that cannot be read, or that the server refuses
+as an image, gets an ``error`` line and the others go on. A refusal that names no image
+(server down, unknown model, a threshold outside [0, 1]) stops the command with the
+server's status and message; the lines already written stand. The exit status is 1
+when the command stopped so or no image was labelled.
 """
 
 import sys

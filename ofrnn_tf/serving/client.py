@@ -176,10 +176,10 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
 
     Yields one result per path, in order, as each batch returns: ``{"image", "labels"
     (names, decoding order), "label_ids", "scores", "log_prob"}``, the fields of
-    ``ofrnn-predict``'s lines but its step probabilities (not served), or ``{"image", "error"}`` for a file that cannot be read
-    and for an image the server refuses. A refused image costs only its own result:
-    the server names it (``images[i]: ...``) and the rest of its batch is sent again
-    without it.
+    ``ofrnn-predict``'s lines but its step probabilities (not served), or ``{"image",
+    "error"}`` for a file that cannot be read and for an image the server refuses. A
+    refused image costs only its own result: the server names it (``images[i]: ...``)
+    and the rest of its batch is sent again without it.
 
     Raises:
         grpc.RpcError: a refusal that names no image (the server is down, the model
@@ -193,34 +193,36 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
             yield from _predict_batch(list(paths[start:start + batch_size]), ch)
 
     def _predict_batch(batch: list[str], ch) -> list[dict]:
-        results: dict[str, dict] = {}
-        pending: list[tuple[str, bytes]] = []
-        for path in batch:
+        results: list[dict | None] = [None] * len(batch)
+        pending: list[tuple[int, bytes]] = []  # (place in the batch, encoded image)
+        for k, path in enumerate(batch):
             try:
                 with open(path, "rb") as f:
-                    pending.append((path, f.read()))
+                    pending.append((k, f.read()))
             except OSError as error:
-                results[path] = {"image": path, "error": f"{path}: {error.strerror or error}"}
+                results[k] = {"image": path, "error": f"{path}: {error.strerror or error}"}
         while pending:
             try:
-                served = predict_images(target, [data for _, data in pending], model_name=model_name,
-                                        signature_name=signature_name, version=version,
-                                        threshold=threshold, timeout=timeout, channel=ch)
+                served = predict_images(
+                    target, [data for _, data in pending], model_name=model_name,
+                    signature_name=signature_name, version=version, threshold=threshold,
+                    timeout=timeout, channel=ch)
             except grpc.RpcError as error:
                 refused = _refused_index(error, len(pending))
                 if refused is None:
                     raise
-                path = pending.pop(refused)[0]
+                k = pending.pop(refused)[0]
                 # The index is the request's, not the caller's: the path names the file.
                 reason = _REFUSED_IMAGE_PREFIX.sub("", error.details(), count=1)
-                results[path] = {"image": path, "error": f"{path}: refused by the server: {reason}"}
+                results[k] = {"image": batch[k],
+                              "error": f"{batch[k]}: refused by the server: {reason}"}
                 continue
-            for (path, _), result in zip(pending, served):
-                results[path] = {"image": path, "labels": result["label_names"],
-                                 "label_ids": result["label_ids"], "scores": result["scores"],
-                                 "log_prob": result["log_prob"]}
+            for (k, _), result in zip(pending, served):
+                results[k] = {"image": batch[k], "labels": result["label_names"],
+                              "label_ids": result["label_ids"], "scores": result["scores"],
+                              "log_prob": result["log_prob"]}
             pending = []
-        return [results[path] for path in batch]
+        return results
 
     if channel is not None:
         yield from run(channel)
