@@ -211,7 +211,8 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(
         [sys.executable, "predict.py", f"--workdir={lite0_run}", str(folder), str(empty),
-         f"--output={out}", "--batch_size=2", "--all_scores"],
+         f"--output={out}", "--batch_size=2", "--all_scores",
+         f"--attention_dir={tmp_path / 'attention'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -223,10 +224,18 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
                            str(folder / "photo.webp")}
     assert errors[str(folder / "photo.webp")] == (
         f"{folder / 'photo.webp'}: skipped (.webp): accepted formats are JPEG, PNG, GIF and BMP")
-    for record in lines:
+    pictures = []
+    for place, record in enumerate(lines):
         if "error" not in record:
             assert set(record) == {"image", "labels", "label_ids", "scores",
-                                   "step_probabilities", "log_prob", "all_scores"}
+                                   "step_probabilities", "log_prob", "all_scores",
+                                   "attention_png"}
+            stem = os.path.splitext(os.path.basename(record["image"]))[0]
+            assert record["attention_png"] == str(tmp_path / "attention" / f"{place:03d}_{stem}.png")
+            with Image.open(record["attention_png"]) as picture:  # the image, then a panel a step
+                assert picture.format == "PNG" and picture.width > picture.height
+            pictures.append(record["attention_png"])
+    assert sorted(os.listdir(tmp_path / "attention")) == sorted(map(os.path.basename, pictures))
     assert "3 image(s) predicted, 4 failed or skipped" in done.stderr
     assert "skipped (.txt)" in done.stderr
 

@@ -8,14 +8,20 @@ every input is accounted for. Writes one JSON line per input — ``image``, ``la
 (decoding order), ``label_ids``, ``scores``, ``step_probabilities``, ``log_prob`` (and
 ``all_scores`` with --all_scores) — to stdout or --output. An image that cannot be read
 gets a line with ``error`` and the others go on; the exit status is 1 only when no
-image at all could be predicted.
+image at all could be predicted. With ``--attention_dir=DIR`` each predicted image is
+also drawn with its attention at every decoding step (the paper's Fig. 3) as
+``DIR/<input index>_<file stem>.png``, named in its line as ``attention_png``.
 """
+
+import os
+import sys
 
 from absl import app, flags
 
 from ofrnn_tf.cli import runner
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, write_report
 from ofrnn_tf.inference.predictor import Predictor
+from ofrnn_tf.visualization.attention_maps import draw_prediction
 
 FLAGS = flags.FLAGS
 
@@ -30,6 +36,8 @@ def define_flags() -> None:
                        "calibrated for K).")
     flags.DEFINE_integer("batch_size", 32, "Images per backbone + decoder call.")
     flags.DEFINE_bool("all_scores", False, "Also write every class's score.")
+    flags.DEFINE_string("attention_dir", None, "Also draw each image's attention at every "
+                        "decoding step into this folder, one PNG per image.")
 
 
 def main(argv):
@@ -42,12 +50,41 @@ def main(argv):
     paths = [e for e in entries if isinstance(e, str)]
     predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
                                    batch_size=FLAGS.batch_size)
-    predictions = predictor.predict_files(paths, attention=False, all_scores=FLAGS.all_scores,
+    draw = bool(FLAGS.attention_dir)
+    if draw:
+        if not predictor.module.has_attention:
+            raise app.UsageError(f"--attention_dir: the run's {predictor.module.model.mode} "
+                                 "variant has no attention to draw")
+        try:  # before any prediction, so an unusable folder costs nothing
+            os.makedirs(FLAGS.attention_dir, exist_ok=True)
+        except OSError as error:
+            raise app.UsageError(f"--attention_dir={FLAGS.attention_dir}: "
+                                 f"{error.strerror or error}")
+    predictions = predictor.predict_files(paths, attention=draw, all_scores=FLAGS.all_scores,
                                           progress=True)
+    if draw:
+        predictions = _with_pictures(predictions, entries)
     # Every prediction is made before the first line is written, so the progress bar
     # does not interleave with the lines on a terminal.
     results = list(merge_results(entries, predictions))
     return write_report(results, FLAGS.output, "predict", "predicted")
+
+
+def _with_pictures(predictions: list[dict], entries: list) -> list[dict]:
+    """Draws each prediction's attention maps; its line names the PNG instead of holding
+    the maps. Pictures are numbered by the input's place among all the inputs."""
+    places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
+    for place, result in zip(places, predictions):
+        attention = result.pop("attention", None)
+        if attention is None:  # an input that could not be predicted
+            continue
+        try:
+            result["attention_png"] = draw_prediction(dict(result, attention=attention),
+                                                      result["image"], FLAGS.attention_dir, place)
+        except OSError as error:  # the prediction stands; only its picture is lost
+            print(f"[predict] {result['image']}: no attention picture: "
+                  f"{error.strerror or error}", file=sys.stderr)
+    return predictions
 
 
 run = runner(define_flags, main)

@@ -172,13 +172,20 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
         truth = None
         if ground_truth is not None:
             truth = ground_truth.get(image_path, ground_truth.get(os.path.basename(image_path)))
-        log_prob = result["log_prob"]
-        probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
-        with Image.open(image_path) as opened:
-            picture = _display_size(opened.convert("RGB"))
-        stem = os.path.splitext(os.path.basename(image_path))[0]
-        written.append(draw_attention(
-            picture, result["attention"], result["labels"], result["step_probabilities"],
-            os.path.join(out_dir, f"{index:03d}_{stem}.png"),
-            title=os.path.basename(image_path) + probability, ground_truth=truth))
+        written.append(draw_prediction(result, image_path, out_dir, index, ground_truth=truth))
     return written
+
+
+def draw_prediction(result: dict, image_path: str, out_dir: str, index: int,
+                    ground_truth: Optional[Sequence[str]] = None) -> str:
+    """Draws one prediction of ``Predictor.predict_files(..., attention=True)`` over its
+    image as ``<out_dir>/<index>_<file stem>.png`` (the paper's Fig. 3); returns the path."""
+    log_prob = result["log_prob"]
+    probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
+    with Image.open(image_path) as opened:
+        picture = _display_size(opened.convert("RGB"))
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return draw_attention(
+        picture, result["attention"], result["labels"], result["step_probabilities"],
+        os.path.join(out_dir, f"{index:03d}_{stem}.png"),
+        title=os.path.basename(image_path) + probability, ground_truth=ground_truth)
