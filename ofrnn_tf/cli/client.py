@@ -10,13 +10,15 @@ order), ``label_ids``, ``scores``, ``log_prob``, one per input, as each batch of
 as an image, gets an ``error`` line and the others go on. A refusal that names no image
 (server down, unknown model, a threshold outside [0, 1]) stops the command with the
 server's status and message; the lines already written stand. The exit status is 1
-when the command stopped so or no image was labelled.
+when the command stopped so or no image was labelled. A progress bar on stderr counts
+the inputs when the lines go to a file or a pipe.
 """
 
 import sys
 
 import grpc
 from absl import app, flags
+from tqdm import tqdm
 
 from ofrnn_tf.cli import runner
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, write_report
@@ -53,8 +55,11 @@ def main(argv):
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout)
+    lines = merge_results(entries, results)
+    if FLAGS.output or not sys.stdout.isatty():  # on a terminal the lines show the progress
+        lines = tqdm(lines, total=len(entries), desc="labelling", unit="img", file=sys.stderr)
     try:
-        return write_report(merge_results(entries, results), FLAGS.output, "client", "labelled")
+        return write_report(lines, FLAGS.output, "client", "labelled")
     except grpc.RpcError as error:
         print(f"[client] stopped: {FLAGS.server} answered {error.code().name}: {error.details()} "
               "(the inputs after the lines written were not labelled)", file=sys.stderr)
