@@ -60,6 +60,12 @@ def test_server_process_module_imports_without_tensorflow():
     assert done.stdout.startswith("LISTENING")
 
 
+def test_predict_files_refuses_a_batch_size_below_one_when_called():
+    # Before any result is asked for, so a caller learns of it where it made the mistake.
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        client.predict_files("127.0.0.1:1", ["a.jpg"], batch_size=0)
+
+
 @pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
                                     ("GIF", {}), ("BMP", {})])
 def test_image_size_reads_header(fmt, kw):

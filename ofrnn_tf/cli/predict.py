@@ -75,15 +75,14 @@ def _with_pictures(predictions: list[dict], entries: list) -> list[dict]:
     the maps. Pictures are numbered by the input's place among all the inputs."""
     places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
     for place, result in zip(places, predictions):
-        attention = result.pop("attention", None)
-        if attention is None:  # an input that could not be predicted
+        if "attention" not in result:  # an input that could not be predicted
             continue
         try:
-            result["attention_png"] = draw_prediction(dict(result, attention=attention),
-                                                      result["image"], FLAGS.attention_dir, place)
+            result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
         except OSError as error:  # the prediction stands; only its picture is lost
             print(f"[predict] {result['image']}: no attention picture: "
                   f"{error.strerror or error}", file=sys.stderr)
+        del result["attention"]
     return predictions
 
 

@@ -164,8 +164,7 @@ def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
 
 # How the export's input checks name a refused image (ofrnn_tf/features/image_guards.py);
 # TF Serving and the local server pass the message on as INVALID_ARGUMENT.
-_REFUSED_IMAGE = re.compile(r"images\[(\d+)\]")
-_REFUSED_IMAGE_PREFIX = re.compile(r"images\[\d+\]:?\s*")
+_REFUSED_IMAGE = re.compile(r"images\[(\d+)\]:?\s*")
 
 
 def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
@@ -185,10 +184,10 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
         grpc.RpcError: a refusal that names no image (the server is down, the model
             unknown, the threshold out of range); the results already yielded stand.
     """
-    if batch_size < 1:
+    if batch_size < 1:  # checked here, not when the first result is asked for
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
-    def run(ch):
+    def batches(ch):
         for start in range(0, len(paths), batch_size):
             yield from _predict_batch(list(paths[start:start + batch_size]), ch)
 
@@ -213,7 +212,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     raise
                 k = pending.pop(refused)[0]
                 # The index is the request's, not the caller's: the path names the file.
-                reason = _REFUSED_IMAGE_PREFIX.sub("", error.details(), count=1)
+                reason = _REFUSED_IMAGE.sub("", error.details(), count=1)
                 results[k] = {"image": batch[k],
                               "error": f"{batch[k]}: refused by the server: {reason}"}
                 continue
@@ -224,11 +223,14 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
             pending = []
         return results
 
-    if channel is not None:
-        yield from run(channel)
-    else:
-        with make_channel(target) as own:
-            yield from run(own)
+    def stream():
+        if channel is not None:
+            yield from batches(channel)
+        else:
+            with make_channel(target) as own:  # open while the results are read
+                yield from batches(own)
+
+    return stream()
 
 
 def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:

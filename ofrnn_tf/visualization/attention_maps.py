@@ -168,18 +168,20 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
         if "error" in result:
             print(f"[attention] skipped {result['error']}", file=sys.stderr)
             continue
-        image_path = paths[index]
         truth = None
         if ground_truth is not None:
+            image_path = result["image"]
             truth = ground_truth.get(image_path, ground_truth.get(os.path.basename(image_path)))
-        written.append(draw_prediction(result, image_path, out_dir, index, ground_truth=truth))
+        written.append(draw_prediction(result, out_dir, index, ground_truth=truth))
     return written
 
 
-def draw_prediction(result: dict, image_path: str, out_dir: str, index: int,
+def draw_prediction(result: dict, out_dir: str, index: int,
                     ground_truth: Optional[Sequence[str]] = None) -> str:
     """Draws one prediction of ``Predictor.predict_files(..., attention=True)`` over its
-    image as ``<out_dir>/<index>_<file stem>.png`` (the paper's Fig. 3); returns the path."""
+    image file (``result["image"]``) as ``<out_dir>/<index>_<file stem>.png`` (the paper's
+    Fig. 3); returns the path."""
+    image_path = result["image"]
     log_prob = result["log_prob"]
     probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
     with Image.open(image_path) as opened:
