@@ -63,6 +63,25 @@ def test_unknown_layer_and_backbone_are_named():
         get_backbone("resnet9")
 
 
+def test_efficientnet_lite0_folded_batch_norm_computes_the_checkpoints_network():
+    folded = efficientnet_lite.build_efficientnet_lite0_classifier()
+    kept = efficientnet_lite.build_efficientnet_lite0_classifier(fold_batch_norm=False)
+    names = {layer.name for layer in folded.layers}
+    assert not any(name.endswith("_bn") for name in names)
+    assert {"stem_bn", "block5c_project_bn", "top_bn"} <= {layer.name for layer in kept.layers}
+    assert folded.get_layer("block5c_dwconv").use_bias
+    photo = efficientnet_lite.preprocess(_grace_hopper()[None])
+    noise = efficientnet_lite.preprocess(tf.constant(
+        np.random.RandomState(2).randint(0, 256, (1, 224, 224, 3)), tf.uint8))
+    images = tf.concat([photo, noise], axis=0)
+    for layer in ("block5c_out", "top_activation", "predictions"):
+        want = keras.Model(kept.input, kept.get_layer(layer).output)(images, training=False)
+        got = keras.Model(folded.input, folded.get_layer(layer).output)(images, training=False)
+        scale = float(tf.reduce_max(tf.abs(want)))
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5 * scale,
+                                   err_msg=layer)
+
+
 def test_efficientnet_lite0_preprocessing():
     x = tf.constant([[[[0, 127, 255]]]], tf.uint8)
     np.testing.assert_allclose(efficientnet_lite.preprocess(x).numpy().ravel(),
