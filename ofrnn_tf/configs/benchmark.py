@@ -12,12 +12,14 @@ or, on an installed package:
     ofrnn-train --workdir=runs/order_free
 
 Run time on 2 CPU cores: about 8 minutes from nothing on a shared Xeon (building .venv
-21–25 s with uv, canvases 39–43 s, features 163–188 s at about 80 images/s, training
-191–198 s, evaluation and pictures 7–8 s, export and gRPC about 30 s); training alone
-about 3½ minutes once the canvases and features are cached.
+about 30 s with uv, canvases 60 s, features 116 s at about 110 images/s, training
+224 s, evaluation and pictures 7 s, export and gRPC about 30 s); training alone about
+4 minutes once the canvases and features are cached.
 
-Expected test result: C-F1 83.9, O-F1 83.8, mAP 90.4, small-object AP 73.9 (one
-run; across data seeds see the `order_free (main job)` row of the paper table in
+Expected test result: C-F1 83.4, O-F1 82.9, mAP 89.7, small-object AP 72.7 (one
+run; the same job on features extracted before the backbone's batch norms were folded
+gave 83.9 / 83.8 / 90.4 / 73.9, a difference inside the run-to-run spread; across
+data seeds see the `order_free (main job)` row of the paper table in
 benchmarks/RESULTS.md: 83.6 / 83.5 / 89.8 / 73.2 with its stage 1 run to the end of a
 20-epoch cosine decay).
 """
