@@ -18,7 +18,7 @@ about 30 s with uv, canvases 60 s, features 116 s at about 110 images/s, trainin
 
 Expected test result: C-F1 83.4, O-F1 82.9, mAP 89.7, small-object AP 72.7 (one
 run; the same job on features extracted before the backbone's batch norms were folded
-gave 83.9 / 83.8 / 90.4 / 73.9, a difference inside the run-to-run spread; across
+gave 83.9 / 83.8 / 90.4 / 73.9, about the run-to-run spread; across
 data seeds see the `order_free (main job)` row of the paper table in
 benchmarks/RESULTS.md: 83.6 / 83.5 / 89.8 / 73.2 with its stage 1 run to the end of a
 20-epoch cosine decay).
