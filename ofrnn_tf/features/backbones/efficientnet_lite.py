@@ -142,9 +142,10 @@ def build_efficientnet_lite0(image_size: int = IMAGE_SIZE, include_top: bool = F
         weights: ``"imagenet"`` (the offline PyTorch checkpoint) or None (random).
         fold_batch_norm: fold each batch norm's inference transform into the
             convolution before it (a conv with bias, no ``*_bn`` layers). The frozen
-            backbone runs about twice as fast on the CPU, as grappler then fuses each
-            conv with its bias and ReLU6 into one oneDNN kernel; float32 outputs differ
-            by round-off only. False keeps the checkpoint's layout (for fine-tuning).
+            backbone runs 1.7× (to stage 5) to 2.4× (to the top) as fast on the CPU,
+            as grappler then fuses each conv with its bias and ReLU6 into one oneDNN
+            kernel (`benchmarks/bench_extraction.py`); float32 outputs differ by
+            round-off only. False keeps the checkpoint's layout (for fine-tuning).
     """
     fold = fold_batch_norm
     inputs = keras.Input((image_size, image_size, 3), name="image")
