@@ -9,9 +9,9 @@ in one run:
 - ``extract``: `extract_split` end to end (read, decode, resize, backbone,
   float16, serialise, write shards);
 - their ratio (goal: ≥ 0.9, i.e. decoding and writing hide behind the backbone);
-- for EfficientNet-Lite0, the bare backbone as the checkpoint lays it out (a batch
-  norm after every convolution, ``fold_batch_norm=False``) against the folded one
-  the package runs, and how many float16 features the two give alike;
+- the bare backbone as its weights lay it out (a batch norm after each convolution,
+  ``get_backbone(fold_batch_norm=False)``) against the folded one the package runs,
+  and how many float16 features the two give alike;
 - ``reader``: examples/s of `make_dataset` over the written shards.
 
 Each timed phase runs after an untimed warm-up (tracing). Predict and extraction
@@ -24,6 +24,7 @@ appends them to benchmarks/RESULTS.md.
 
     python benchmarks/bench_extraction.py                      # 256 images, lite0, batch 32
     python benchmarks/bench_extraction.py --num_images=1024 --batch_size=64
+    python benchmarks/bench_extraction.py --backbone=resnet152 --weights=none  # offline
 
 About a minute on two CPU cores with the defaults.
 """
@@ -49,7 +50,7 @@ from absl import app, flags  # noqa: E402
 from benchmarks._results import cpu_times, publish, steal_share  # noqa: E402
 from ofrnn_tf.data.example import Example  # noqa: E402
 from ofrnn_tf.features import tfrecords  # noqa: E402
-from ofrnn_tf.features.backbones import efficientnet_lite, get_backbone  # noqa: E402
+from ofrnn_tf.features.backbones import get_backbone  # noqa: E402
 from ofrnn_tf.features.extract import extract_split  # noqa: E402
 from ofrnn_tf.features.images import decode_and_resize  # noqa: E402
 from ofrnn_tf.labels import LabelMap  # noqa: E402
@@ -59,6 +60,10 @@ flags.DEFINE_integer("num_images", 256, "Images to extract.")
 flags.DEFINE_integer("batch_size", 32, "Batch size of both the pipeline and predict.")
 flags.DEFINE_string("backbone", "efficientnet_lite0", "Backbone name.")
 flags.DEFINE_string("feature_layer", None, "Feature layer (default: the backbone's).")
+flags.DEFINE_enum("weights", "imagenet", ["imagenet", "none"],
+                  "Backbone weights; `none` (random) times a keras.applications backbone "
+                  "whose ImageNet weights cannot be downloaded here (speed does not depend "
+                  "on the values; the features do).")
 flags.DEFINE_integer("num_shards", 4, "Shards written by the extraction.")
 flags.DEFINE_integer("repeats", 2, "Timed repeats of each phase (best counts).")
 flags.DEFINE_string("work_dir", None, "Scratch directory (default: a temporary one).")
@@ -100,7 +105,9 @@ def main(argv) -> None:
 
     examples, label_map, source = _canvases(work_dir, n)
     examples = examples[:n]
-    backbone = get_backbone(FLAGS.backbone, FLAGS.feature_layer)
+    weights = None if FLAGS.weights == "none" else FLAGS.weights
+    keras.utils.set_random_seed(0)  # random weights: the same for both layouts below
+    backbone = get_backbone(FLAGS.backbone, FLAGS.feature_layer, weights=weights)
     print(f"{len(examples)} {source}; {backbone}", file=sys.stderr)
 
     # The same images, decoded and preprocessed up front for the bare backbone.
@@ -113,11 +120,15 @@ def main(argv) -> None:
         model.predict(inputs, batch_size=bs, verbose=0)
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    unfolded = None
-    if backbone.name == "efficientnet_lite0":
-        kept = efficientnet_lite.build_efficientnet_lite0(backbone.image_size,
-                                                          fold_batch_norm=False)
-        unfolded = keras.Model(kept.input, kept.get_layer(backbone.feature_layer).output)
+    def batch_norms(model) -> int:
+        return sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
+
+    keras.utils.set_random_seed(0)
+    unfolded = get_backbone(FLAGS.backbone, backbone.feature_layer, weights=weights,
+                            fold_batch_norm=False).feature_model
+    if batch_norms(unfolded) == batch_norms(backbone.feature_model):
+        unfolded = None  # nothing folded (VGG)
+    else:
         unfolded.predict(inputs[:bs], batch_size=bs, verbose=0)
 
     def run_extract(tag: str) -> tuple[float, float, str]:
@@ -165,7 +176,7 @@ def main(argv) -> None:
     reader_eps = n_img / min(reader_times[1:])
     shard_mb = sum(os.path.getsize(p) for p in tfrecords.shard_files(out, "train")) / 2 ** 20
 
-    kept_rows = []  # the checkpoint's layout against the folded one (EfficientNet-Lite0)
+    kept_rows = []  # the weights' own layout against the folded one
     if unfolded is not None:
         sample = inputs[:bs]
         folded = backbone.feature_model.predict(sample, verbose=0)
@@ -175,9 +186,11 @@ def main(argv) -> None:
         kept_ips = [n_img / w for w, _ in kept_pred]
         speedups = [p / q for p, q in zip(predict_ips, kept_ips)]
         kept_rows = [
-            f"| bare backbone, batch norms kept (checkpoint layout), images/s | "
+            f"| bare backbone, {batch_norms(unfolded)} batch norms kept (the weights' layout), "
+            f"images/s | "
             f"{max(kept_ips):.1f} | {np.median(kept_ips):.1f} |",
-            f"| speed-up of the folded batch norms, wall time per interleaved pair | "
+            f"| speed-up of folding {batch_norms(unfolded) - batch_norms(backbone.feature_model)}"
+            f" batch norms, wall time per interleaved pair | "
             f"{max(speedups):.2f} | {np.median(speedups):.2f} |",
             f"| float16 features alike, folded vs kept ({len(sample)} images) | "
             f"{100 * same:.2f} % | float32 differences ≤ {error:.1e} of the largest feature |",
@@ -186,7 +199,8 @@ def main(argv) -> None:
     h, w, k = backbone.feature_shape
     lines = [
         f"{n_img} {source}, backbone {backbone.name} ({backbone.feature_layer}, "
-        f"{h}x{w}x{k} float16), batch {bs}, {FLAGS.num_shards} shards, {FLAGS.repeats} "
+        f"{h}x{w}x{k} float16{'' if weights else ', random weights'}), batch {bs}, "
+        f"{FLAGS.num_shards} shards, {FLAGS.repeats} "
         f"interleaved repeats. The CPU was shared with other work (load average "
         f"{os.getloadavg()[0]:.1f} at the end"
         + ("" if steal is None else

@@ -10,6 +10,7 @@ import tensorflow as tf
 MODULES = [
     "ofrnn_tf.config.experiment", "ofrnn_tf.config.flags", "ofrnn_tf.metrics",
     "ofrnn_tf.decoding.beam_search", "ofrnn_tf.features.backbones",
+    "ofrnn_tf.features.backbones.batch_norm_folding",
     "ofrnn_tf.modeling.model", "ofrnn_tf.modeling.layers.label_map_head",
     "ofrnn_tf.modeling.layers.label_context",
     "ofrnn_tf.modeling.layers.visual_attention",

@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from ofrnn_tf.features.backbones import efficientnet_lite, keras_applications
+from ofrnn_tf.features.backbones.batch_norm_folding import fold_batch_norms
 from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavailableError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -118,8 +119,10 @@ def _resolve_layer(model: keras.Model, backbone: str, requested: str | None,
 
 
 def get_backbone(name: str = DEFAULT_BACKBONE, feature_layer: str | None = None, *,
-                 image_size: int | None = None, weights: str | None = "imagenet") -> Backbone:
-    """Builds a frozen backbone.
+                 image_size: int | None = None, weights: str | None = "imagenet",
+                 fold_batch_norm: bool = True) -> Backbone:
+    """Builds a frozen backbone, its batch norms folded into the convolutions before them
+    (`fold_batch_norms`: the same features up to round-off, faster on the CPU).
 
     Args:
         name: one of `available_backbones()`.
@@ -127,10 +130,13 @@ def get_backbone(name: str = DEFAULT_BACKBONE, feature_layer: str | None = None,
             module docstring) or any layer name of the model; None = the default.
         image_size: input side (default: the resolution the weights were trained at).
         weights: ``"imagenet"`` or None (random initialisation, for tests).
+        fold_batch_norm: False keeps every batch norm as the weights lay it out (the
+            reference the fold is measured against).
     """
     if name == "efficientnet_lite0":
         size = image_size or efficientnet_lite.IMAGE_SIZE
-        model = efficientnet_lite.build_efficientnet_lite0(size, weights=weights)
+        model = efficientnet_lite.build_efficientnet_lite0(size, weights=weights,
+                                                           fold_batch_norm=False)
         layer = _resolve_layer(model, name, feature_layer, efficientnet_lite.DEFAULT_FEATURE_LAYER,
                                efficientnet_lite.FEATURE_LAYERS)
         preprocess = efficientnet_lite.preprocess
@@ -141,6 +147,9 @@ def get_backbone(name: str = DEFAULT_BACKBONE, feature_layer: str | None = None,
         preprocess = spec.preprocess
     else:
         raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
+    # Cut first, then fold: a convolution the cut keeps as its output stays unfolded.
     feature_model = keras.Model(model.input, model.get_layer(layer).output,
                                 name=f"{name}_{layer}")
+    if fold_batch_norm:
+        feature_model = fold_batch_norms(feature_model)
     return Backbone(name, layer, feature_model, preprocess, size)

@@ -11,8 +11,9 @@ norm epsilon is 1e-3. The file is read with `torch_pickle`, never with torch.
 
 Layer names follow ``keras.applications.EfficientNetB0``: ``stem_*``,
 ``block{stage}{letter}_*`` with each block ending in ``block..._out``, and
-``top_conv``/``top_activation``. The frozen backbone folds each batch norm into the
-convolution before it; ``fold_batch_norm=False`` keeps the ``*_bn`` layers.
+``top_conv``/``top_activation``. The model is built in the checkpoint's layout (a
+batch norm after each convolution) and, by default, returned with the batch norms
+folded into the convolutions (`batch_norm_folding`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.backbones import torch_pickle
+from ofrnn_tf.features.backbones.batch_norm_folding import fold_batch_norms
 
 IMAGE_SIZE = 224
 BN_EPSILON = 1e-3
@@ -81,39 +83,32 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
     return (tf.cast(images, tf.float32) - MEAN_RGB) / STDDEV_RGB
 
 
-def _batch_norm(x, name: str, fold: bool):
-    """The batch norm after a convolution; nothing when it is folded into the conv."""
-    if fold:
-        return x
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=name)(x)
-
-
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool, fold: bool):
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=fold,
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool):
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                             name=f"{name}_conv")(x)
-    x = _batch_norm(x, f"{name}_bn", fold)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if act:
         x = keras.layers.ReLU(6.0, name=f"{name}_activation")(x)
     return x
 
 
 def _mbconv(x, kernel: int, filters_in: int, filters_out: int, expand: int, stride: int,
-            prefix: str, fold: bool):
+            prefix: str):
     """Mobile inverted bottleneck without squeeze-excite (the Lite block)."""
     inputs = x
     filters = filters_in * expand
     if expand != 1:
-        x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=fold,
+        x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False,
                                 name=f"{prefix}expand_conv")(x)
-        x = _batch_norm(x, f"{prefix}expand_bn", fold)
+        x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}expand_bn")(x)
         x = keras.layers.ReLU(6.0, name=f"{prefix}expand_activation")(x)
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=fold,
+    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
                                      name=f"{prefix}dwconv")(x)
-    x = _batch_norm(x, f"{prefix}bn", fold)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{prefix}activation")(x)
-    x = keras.layers.Conv2D(filters_out, 1, padding="same", use_bias=fold,
+    x = keras.layers.Conv2D(filters_out, 1, padding="same", use_bias=False,
                             name=f"{prefix}project_conv")(x)
-    x = _batch_norm(x, f"{prefix}project_bn", fold)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}project_bn")(x)
     if stride == 1 and filters_in == filters_out:
         return keras.layers.Add(name=f"{prefix}out")([x, inputs])
     return keras.layers.Identity(name=f"{prefix}out")(x)
@@ -141,18 +136,17 @@ def build_efficientnet_lite0(image_size: int = IMAGE_SIZE, include_top: bool = F
             (logits, layer ``predictions``).
         weights: ``"imagenet"`` (the offline PyTorch checkpoint) or None (random).
         fold_batch_norm: fold each batch norm's inference transform into the
-            convolution before it (a conv with bias, no ``*_bn`` layers). The frozen
-            backbone runs 1.7× (to stage 5) to 2.4× (to the top) as fast on the CPU,
-            as grappler then fuses each conv with its bias and ReLU6 into one oneDNN
-            kernel (`benchmarks/bench_extraction.py`); float32 outputs differ by
-            round-off only. False keeps the checkpoint's layout (for fine-tuning).
+            convolution before it (`fold_batch_norms`: a conv with bias, no ``*_bn``
+            layers). The frozen backbone runs 1.7× (to stage 5) to 2.4× (to the top)
+            as fast on the CPU (`benchmarks/bench_extraction.py`); float32 outputs
+            differ by round-off only. False keeps the checkpoint's layout (for
+            fine-tuning, or to cut the model at a batch norm before folding).
     """
-    fold = fold_batch_norm
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", act=True, fold=fold)
+    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", act=True)
     for prefix, (kernel, f_in, f_out, expand, stride) in _block_prefixes():
-        x = _mbconv(x, kernel, f_in, f_out, expand, stride, prefix, fold)
-    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", act=True, fold=fold)
+        x = _mbconv(x, kernel, f_in, f_out, expand, stride, prefix)
+    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", act=True)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(1000, name="predictions")(x)
@@ -161,7 +155,7 @@ def build_efficientnet_lite0(image_size: int = IMAGE_SIZE, include_top: bool = F
         load_torch_weights(model, torch_pickle.load_state_dict(weights_path()))
     elif weights is not None:
         raise ValueError(f"efficientnet_lite0 weights must be 'imagenet' or None, got {weights!r}")
-    return model
+    return fold_batch_norms(model) if fold_batch_norm else model
 
 
 def build_efficientnet_lite0_classifier(image_size: int = IMAGE_SIZE,
@@ -193,8 +187,8 @@ def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) ->
     """Copies a PyTorch EfficientNet-Lite0 state dict into `model` (layout-converted).
 
     Conv kernels OIHW → HWIO, depthwise (C, 1, kh, kw) → (kh, kw, C, 1), dense
-    (out, in) → (in, out). In a model built with ``fold_batch_norm`` each conv gets
-    ``W · γ/√(σ² + ε)`` (per output channel) and the bias ``β − μ γ/√(σ² + ε)``.
+    (out, in) → (in, out); each batch norm gets γ, β, μ, σ² (`model` has the
+    checkpoint's layout; the folding comes after, `batch_norm_folding`).
     Every weight of the model must be found with the right shape, and every tensor of
     the file must be used (the head only when the model has it); otherwise a
     ValueError names the offending key.
@@ -225,17 +219,10 @@ def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) ->
         kernel = take(f"{prefix}.weight").transpose(
             (2, 3, 1, 0) if kind == "conv" else (2, 3, 0, 1))
         bn_layer, bn_prefix = batch_norm
-        gamma, beta, mean, var = (take(f"{bn_prefix}.{n}") for n in
-                                  ("weight", "bias", "running_mean", "running_var"))
+        assign(layer_name, prefix, [kernel])
+        assign(bn_layer, bn_prefix, [take(f"{bn_prefix}.{n}") for n in
+                                     ("weight", "bias", "running_mean", "running_var")])
         used.add(f"{bn_prefix}.num_batches_tracked")
-        if bn_layer in layer_names:
-            assign(layer_name, prefix, [kernel])
-            assign(bn_layer, bn_prefix, [gamma, beta, mean, var])
-        else:  # folded: the output channel is the last axis of a conv kernel, the
-            # third (the input channel, each its own output) of a depthwise one
-            scale = gamma / np.sqrt(var + BN_EPSILON)
-            kernel = kernel * (scale if kind == "conv" else scale[:, None])
-            assign(layer_name, prefix, [kernel, beta - mean * scale])
 
     unused = sorted(k for k in state_dict if k not in used
                     and not (not include_top and k.startswith("_fc.")))
