@@ -42,7 +42,7 @@ def _consumers(model: keras.Model, tensor) -> int:
 
 def foldable_batch_norms(model: keras.Model) -> dict[str, keras.layers.BatchNormalization]:
     """``{conv layer name: its batch norm}`` for each batch norm of `model` that can be
-    folded: over the channel axis, right after a linear ``Conv2D`` or
+    folded: over the channel axis, right after a linear channels-last ``Conv2D`` or
     ``DepthwiseConv2D`` called once, whose output nothing else reads."""
     pairs = {}
     for bn in model.layers:
@@ -53,6 +53,7 @@ def foldable_batch_norms(model: keras.Model) -> dict[str, keras.layers.BatchNorm
         parents = bn._inbound_nodes[0].parent_nodes
         conv = parents[0].operation if len(parents) == 1 else None
         if (isinstance(conv, _CONVS) and len(conv._inbound_nodes) == 1
+                and conv.data_format == "channels_last"
                 and conv.activation is keras.activations.linear
                 and _consumers(model, conv.output) == 1):
             pairs[conv.name] = bn
