@@ -9,8 +9,10 @@ Command (needs internet once for the ResNet-152 ImageNet weights):
 
 Run time on 2 CPU cores: not measured here (no COCO copy on these machines).
 Feature extraction dominates: 123k images through ResNet-152 at about 8 images/s on
-2 cores is about 4–5 hours (minutes on one GPU); training on the cached conv5 maps
-about 1–2 hours.
+2 cores, as estimated before its batch norms were folded, is about 4–5 hours (minutes
+on one GPU); the fold made the bare ResNet-152 2.3× as fast in one run on a loaded host
+(benchmarks/RESULTS.md), so expect roughly half of that. Training on the cached conv5
+maps takes about 1–2 hours.
 
 Expected test result: the paper reports C-F1 62.1, O-F1 67.7 for its full model and
 53.4 / 61.0 for M_map alone; not reproduced here.
