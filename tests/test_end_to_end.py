@@ -13,6 +13,7 @@ import sys
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from conftest import label_names, run_checked, to_png
@@ -40,7 +41,8 @@ def expected_names(module, images: list[bytes], threshold=None) -> list[list[str
 
     if threshold is None:
         return label_names(module.serve_images(tf.constant(images)))
-    return label_names(module.serve_images_with_threshold(tf.constant(images), threshold))
+    thresholds = tf.constant(np.broadcast_to(np.float32(threshold), [len(images)]))
+    return label_names(module.serve_images_with_threshold(tf.constant(images), thresholds))
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])
@@ -61,10 +63,18 @@ def test_threshold_trades_precision_for_recall(server, tiny_export_run, tiny_mod
         assert [r["label_names"] for r in results] == expected_names(tiny_module, images, threshold)
         counts[threshold] = [len(r["label_ids"]) for r in results]
     assert counts[1.0] == [1] * NUM_IMAGES and max(counts[0.0]) > 1
+    # One τ per image: each image decodes as it would with its τ for all.
+    mixed = [0.0, 1.0] * (NUM_IMAGES // 2) + [0.0] * (NUM_IMAGES % 2)
+    results = client.predict_images(server, images, threshold=mixed)
+    assert [len(r["label_ids"]) for r in results] == [
+        counts[t][i] for i, t in enumerate(mixed)]
+    assert [r["label_names"] for r in results] == expected_names(tiny_module, images, mixed)
     with pytest.raises(grpc.RpcError) as err:
-        client.predict_images(server, images[:1], threshold=1.5)
+        client.predict_images(server, images[:2], threshold=[0.5, 1.5])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "threshold must be a probability in [0, 1]; got 1.5" in err.value.details()
+    assert "threshold[1] must be a probability in [0, 1]; got 1.5" in err.value.details()
+    with pytest.raises(ValueError, match="2 thresholds for 1 images"):
+        client.predict_images(server, images[:1], threshold=[0.5, 0.5])
 
 
 def corrupt_scan(jpeg: bytes) -> bytes:
@@ -163,3 +173,32 @@ def test_stock_tensorflow_model_server_serves_the_export(tiny_export_run, tiny_m
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_local_server_checks_images_against_the_exports_own_limit(tiny_export_run, tmp_path):
+    """The local server's pre-check uses the limit the export's graph enforces; its flag
+    can only lower it."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from ofrnn_tf.export.saved_model import export_run
+    from ofrnn_tf.serving.local_server import ModelServer, RequestError, Servable
+
+    export_run(str(tiny_export_run.workdir), str(tmp_path / "export"), max_image_pixels=5000)
+    servable = Servable.load(str(tmp_path / "export"), "ofrnn")
+    assert servable.max_image_pixels == 5000
+    assert ModelServer(servable).max_image_pixels == 5000
+    assert ModelServer(servable, 10**9).max_image_pixels == 5000
+    assert ModelServer(servable, 1000).max_image_pixels == 1000
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ofrnn"
+    big = tf.io.encode_png(tf.zeros([100, 100, 3], tf.uint8)).numpy()  # 10,000 pixels
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto([big], dtype=tf.string))
+    with pytest.raises(RequestError, match=r"images\[0\]: PNG image is 100x100 = 10000 pixels, "
+                                           r"above the limit of 5000 pixels"):
+        ModelServer(servable).predict(request)
+    small = tf.io.encode_png(tf.zeros([50, 50, 3], tf.uint8)).numpy()
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto([small], dtype=tf.string))
+    served = ModelServer(servable).predict(request)
+    assert np.asarray(tf.make_ndarray(served.outputs["num_labels"])).shape == (1,)
+    servable.session.close()

@@ -58,7 +58,7 @@ def test_saved_model_cli_lists_the_signatures(tiny_export_run, facts):
     t_max, num_classes = facts.max_steps, facts.num_classes
     height, width, depth = facts.feature_shape
     assert tensor_info(blocks["serving_default"], "inputs", "images") == ("DT_STRING", "(-1)")
-    assert tensor_info(blocks["predict_with_threshold"], "inputs", "threshold") == ("DT_FLOAT", "()")
+    assert tensor_info(blocks["predict_with_threshold"], "inputs", "threshold") == ("DT_FLOAT", "(-1)")
     assert tensor_info(blocks["predict_features"], "inputs", "features") == (
         "DT_FLOAT", f"(-1, {height}, {width}, {depth})")
     expected = {
@@ -179,8 +179,10 @@ def test_session_loader_matches_in_process_decoding(tiny_export_run, tiny_module
         "png": ("serving_default", {"images": np.array(pngs, object)},
                 tiny_module.serve_images(tf.constant(pngs))),
         "threshold": ("predict_with_threshold",
-                      {"images": np.array(jpegs, object), "threshold": np.float32(0.02)},
-                      tiny_module.serve_images_with_threshold(tf.constant(jpegs), 0.02)),
+                      {"images": np.array(jpegs, object),
+                       "threshold": np.full(len(jpegs), 0.02, np.float32)},
+                      tiny_module.serve_images_with_threshold(
+                          tf.constant(jpegs), tf.fill([len(jpegs)], 0.02))),
         "features": ("predict_features", {"features": features},
                      tiny_module.serve_features(tf.constant(features))),
     }
@@ -311,3 +313,66 @@ def test_session_loader_refuses_bad_images_naming_them_and_keeps_serving(tiny_ex
         np.testing.assert_array_equal(run(good)["labels"], served["labels"])
     finally:
         session.close()
+
+
+def test_threshold_signature_under_the_session_loader_takes_one_value_per_image(tiny_export_run,
+                                                                               tiny_module):
+    """TF Serving's batching merges requests along dimension 0 of every input, so the
+    threshold is one τ per image; a wrong count or a bad value is refused naming it."""
+    jpegs = tiny_export_run.jpeg_bytes(4)
+    images = np.array(jpegs, object)
+    mixed = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+    got = session_outputs(tiny_export_run.export_dir, "predict_with_threshold",
+                          {"images": images, "threshold": mixed})
+    for i, tau in enumerate(mixed):  # each image as if its τ were everyone's
+        alone = tiny_module.serve_images_with_threshold(tf.constant(jpegs), tf.fill([4], tau))
+        assert got["num_labels"][i] == alone["num_labels"][i]
+        np.testing.assert_array_equal(got["labels"][i], alone["labels"][i])
+    bad = {"count": (np.float32([0.5]), "threshold has 1 values for 4 images"),
+           "range": (np.float32([0.5, 0.5, 1.5, 0.5]), r"threshold\[2\] must be a probability "
+                                                       r"in \[0, 1\]; got 1.5"),
+           "NaN": (np.float32([0.5, np.nan, 0.5, 0.5]), r"threshold\[1\] must be")}
+    for what, (threshold, message) in bad.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            session_outputs(tiny_export_run.export_dir, "predict_with_threshold",
+                            {"images": images, "threshold": threshold})
+
+
+def test_export_refuses_warmup_images_and_settings_that_would_not_serve(tiny_export_run,
+                                                                       tiny_module, tmp_path):
+    """Nothing is written for an export whose warm-up replay would fail at load time or
+    whose version TF Serving would never load."""
+    from ofrnn_tf.export.saved_model import WarmupImageError
+
+    good = tiny_export_run.jpeg_bytes(1)[0]
+    base = tmp_path / "export"
+    with pytest.raises(WarmupImageError, match="warm-up image 1: .*not a JPEG, PNG, GIF or BMP") as e:
+        save_inference_module(tiny_module, str(base), warmup_images=[good, b"meeting notes"])
+    assert e.value.index == 1
+    with pytest.raises(ValueError, match="non-negative"):
+        save_inference_module(tiny_module, str(base), version=-3)
+    assert not base.exists()
+    with pytest.raises(ValueError, match="max_image_pixels must be at least 1"):
+        InferenceModule.from_run(str(tiny_export_run.workdir), max_image_pixels=0)
+
+
+def test_export_command_names_the_warmup_file_it_refuses(tiny_export_run, tmp_path):
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    (warm / "a.jpg").write_bytes(tiny_export_run.jpeg_bytes(1)[0])
+    (warm / "notes.txt").write_text("meeting notes")
+    cases = {"a file that is no image": [f"--warmup_images={warm}/*"],
+             "a glob that matches nothing": [f"--warmup_images={warm}/*.png"],
+             "a negative version": ["--version=-3"]}
+    messages = {"a file that is no image": f"{warm / 'notes.txt'}: ",
+                "a glob that matches nothing": "matches no file",
+                "a negative version": "--version must be a non-negative integer"}
+    for what, flags in cases.items():
+        done = subprocess.run(
+            [sys.executable, "export.py", f"--workdir={tiny_export_run.workdir}",
+             f"--export_dir={tmp_path / 'export'}", *flags],
+            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert done.returncode != 0, what
+        assert messages[what] in done.stderr, (what, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, what
+    assert not (tmp_path / "export").exists()

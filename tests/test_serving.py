@@ -66,6 +66,20 @@ def test_predict_files_refuses_a_batch_size_below_one_when_called():
         client.predict_files("127.0.0.1:1", ["a.jpg"], batch_size=0)
 
 
+def test_error_text_keeps_the_reason_only():
+    from ofrnn_tf.tf_errors import op_error_text
+
+    message = ("Graph execution error:\n\nDetected at node assert_1 defined at (most recent "
+               "call last):\n  File \"/x/pytest.py\", line 9, in <module>\n\n"
+               "  File \"/x/module.py\", line 215, in _serve_images\n\n"
+               "assertion failed: [images[1] could not be decoded] "
+               "[[cond_1/then/_11/cond_1/StatefulPartitionedCall]] "
+               "[[StatefulPartitionedCall_2/StatefulPartitionedCall]]\n"
+               "\t [[{{node assert_1}}]]")
+    error = tf.errors.InvalidArgumentError(None, None, message)
+    assert op_error_text(error) == "assertion failed: [images[1] could not be decoded]"
+
+
 @pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
                                     ("GIF", {}), ("BMP", {})])
 def test_image_size_reads_header(fmt, kw):

@@ -6,7 +6,8 @@
 Takes files and folders as ``ofrnn-predict`` does and writes its JSON lines, less the
 step probabilities, which the export does not serve: ``image``, ``labels`` (decoding
 order), ``label_ids``, ``scores``, ``log_prob``, one per input, as each batch of
-``--batch_size`` images returns. A file that cannot be read, or that the server refuses
+``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes in several
+requests). A file that cannot be read, or that the server refuses
 as an image, gets an ``error`` line and the others go on. A refusal that names no image
 (server down, unknown model, a threshold outside [0, 1]) stops the command with the
 server's status and message; the lines already written stand. The exit status is 1
@@ -37,6 +38,8 @@ def define_flags() -> None:
                        "calibrated one: lower for more labels (recall), higher for fewer")
     flags.DEFINE_integer("version", None, "model version (default: the newest)")
     flags.DEFINE_integer("batch_size", 32, "images per Predict request")
+    flags.DEFINE_integer("max_request_bytes", 32 * 1024 * 1024, "a batch of files larger than "
+                         "this goes in several requests (ofrnn-serve takes up to 64 MiB)")
     flags.DEFINE_float("timeout", 30.0, "seconds per request")
     flags.DEFINE_string("output", None, "JSON-lines file to write (default: stdout)")
 
@@ -47,11 +50,14 @@ def main(argv):
         raise app.UsageError("give at least one image file or folder after the flags")
     if FLAGS.batch_size < 1:
         raise app.UsageError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
+    if FLAGS.max_request_bytes < 1:
+        raise app.UsageError(f"--max_request_bytes must be at least 1, got {FLAGS.max_request_bytes}")
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
+                            max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout)

@@ -3,18 +3,21 @@
     ofrnn-export --workdir=runs/order_free --export_dir=exports/ofrnn
 
 writes ``exports/ofrnn/<version>/`` (the next free integer unless --version is given)
-with the ``serving_default`` (image bytes) and ``predict_features`` signatures, the
-calibrated τ, K and T_max inside, and ``assets.extra/tf_serving_warmup_requests``.
+with the ``serving_default`` (image bytes), ``predict_with_threshold`` (image bytes and
+a τ per image) and ``predict_features`` signatures, the calibrated τ, K and T_max
+inside, and ``assets.extra/tf_serving_warmup_requests``. The warm-up images are run
+through the model first: one it refuses stops the export, naming the file.
 Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 """
 
 import glob
+import os
 
 from absl import app, flags
 
 from ofrnn_tf.cli import runner
-from ofrnn_tf.export.saved_model import export_run
-from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS
+from ofrnn_tf.export.saved_model import WarmupImageError, export_run
+from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
@@ -45,16 +48,32 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir or not FLAGS.export_dir:
         raise app.UsageError("--workdir and --export_dir are required")
+    if FLAGS.version is not None and FLAGS.version < 0:
+        raise app.UsageError(f"--version must be a non-negative integer (TF Serving loads only "
+                             f"those folders), got {FLAGS.version}")
+    if FLAGS.max_image_pixels < 1:
+        raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
     run_dir = RunDir(FLAGS.workdir).require()
-    paths = (sorted(glob.glob(FLAGS.warmup_images)) if FLAGS.warmup_images
-             else run_dir.example_images())
+    if FLAGS.warmup_images:
+        paths = sorted(p for p in glob.glob(FLAGS.warmup_images) if os.path.isfile(p))
+        if not paths:
+            raise app.UsageError(f"--warmup_images={FLAGS.warmup_images} matches no file")
+    else:
+        paths = run_dir.example_images()
+    paths = paths[:FLAGS.num_warmup_images]
     images = []
-    for path in paths[:FLAGS.num_warmup_images]:
+    for path in paths:
         with open(path, "rb") as f:
             images.append(f.read())
-    path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version, warmup_images=images,
-                      model_name=FLAGS.model_name, beam_size=FLAGS.beam_size,
-                      max_image_pixels=FLAGS.max_image_pixels, jit_compile=FLAGS.jit_compile)
+    try:
+        path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version,
+                          warmup_images=images, model_name=FLAGS.model_name,
+                          beam_size=FLAGS.beam_size, max_image_pixels=FLAGS.max_image_pixels,
+                          jit_compile=FLAGS.jit_compile)
+    except WarmupImageError as e:
+        raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}") from None
+    except (FileExistsError, UncalibratedBeamSizeError) as e:
+        raise app.UsageError(str(e)) from None
     print(path)
     return 0
 

@@ -4,8 +4,8 @@
 
 - ``serving_default``: ``images`` string [N] (JPEG/PNG/BMP/GIF bytes) → decode,
   resize, backbone, beam search;
-- ``predict_with_threshold``: ``images`` and ``threshold`` (a float32 scalar in [0, 1])
-  → the same, decoding with that τ instead of the calibrated one;
+- ``predict_with_threshold``: ``images`` and ``threshold`` (float32 [N], one τ in
+  [0, 1] per image) → the same, decoding with those τ instead of the calibrated one;
 - ``predict_features``: ``features`` float32 [N, H, W, k] → beam search.
 
 All return ``labels`` int32 [N, T_max] (-1 padded), ``label_names`` string
@@ -19,6 +19,7 @@ the class names for people reading the folder.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Optional, Sequence
@@ -28,6 +29,7 @@ import tensorflow as tf
 from ofrnn_tf.export.warmup import write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+from ofrnn_tf.tf_errors import op_error_text
 
 SIGNATURES = ("serving_default", "predict_with_threshold", "predict_features")
 
@@ -54,22 +56,47 @@ def signatures(module: InferenceModule) -> dict:
 def save_inference_module(module: InferenceModule, export_base: str,
                           version: Optional[int] = None, warmup_images: Sequence[bytes] = (),
                           model_name: str = DEFAULT_MODEL_NAME) -> str:
-    """Writes `export_base/<version>/` atomically (a temporary folder renamed at the end)."""
+    """Writes `export_base/<version>/` atomically (a temporary folder renamed at the end).
+
+    Every warm-up image is first run through `module.serve_images`: an image the export
+    would refuse raises `WarmupImageError` naming it, before anything is written, rather than
+    give a version whose warm-up replay fails when TF Serving loads it.
+    """
     version = next_version(export_base) if version is None else int(version)
+    if version < 0:  # TF Serving loads only non-negative integer folders
+        raise ValueError(f"version must be a non-negative integer, got {version}")
     final = os.path.join(export_base, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; pick another --version")
+    warmup_images = list(warmup_images) or [_gray_jpeg(module)]
+    check_warmup_images(module, warmup_images)
     tmp = os.path.join(export_base, f".tmp-{version}")
     tf.io.gfile.makedirs(export_base)
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
     tf.saved_model.save(module, tmp, signatures=signatures(module))
     module.label_map.save(os.path.join(tmp, "assets.extra"))
-    if not warmup_images:
-        warmup_images = [_gray_jpeg(module.image_size)]
-    write_warmup_requests(tmp, list(warmup_images), model_name=model_name, batch_sizes=(1, 8))
+    write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8))
     os.replace(tmp, final)
     return final
+
+
+class WarmupImageError(ValueError):
+    """A warm-up image the export refuses; `index` is its place in the list given."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"warm-up image {index}: the export refuses it: {reason}")
+        self.index, self.reason = index, reason
+
+
+def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> None:
+    """Raises WarmupImageError if `module.serve_images` refuses one of `images`."""
+    for i, image in enumerate(images):
+        try:
+            module.serve_images(tf.constant([image]))
+        except tf.errors.InvalidArgumentError as e:
+            reason = re.sub(r"^(assertion failed: \[)?images\[0\]:?\s*(is\s+)?", "", op_error_text(e))
+            raise WarmupImageError(i, reason.rstrip("]")) from None
 
 
 def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
@@ -80,5 +107,7 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
     return save_inference_module(module, export_base, version, warmup_images, model_name)
 
 
-def _gray_jpeg(size: int) -> bytes:
+def _gray_jpeg(module: InferenceModule) -> bytes:
+    """A gray square of the backbone's side, or smaller if the image-size limit says so."""
+    size = min(module.image_size, math.isqrt(int(module.max_image_pixels.numpy())))
     return tf.io.encode_jpeg(tf.fill([size, size, 3], tf.constant(128, tf.uint8))).numpy()

@@ -6,8 +6,10 @@ decoding settings calibrated after training (τ for the beam width K, T_max,
 
 - `serve_images`: encoded image bytes ``string [N]`` → decode, resize, backbone,
   beam search (the export's ``serving_default``);
-- `serve_images_with_threshold`: the same with a request's own threshold τ instead of
-  the calibrated one (``predict_with_threshold``), to trade precision for recall;
+- `serve_images_with_threshold`: the same with a threshold τ per image, ``float32
+  [N]``, instead of the calibrated one (``predict_with_threshold``), to trade
+  precision for recall. One value per image, not one per request, because TF
+  Serving's batching merges requests along dimension 0 of every input;
 - `serve_features`: feature maps ``float32 [N, H, W, k]`` → beam search
   (``predict_features``);
 - `predict_pixels`: decoded ``uint8 [N, S, S, 3]`` images → the same outputs plus
@@ -93,6 +95,8 @@ class InferenceModule(tf.Module):
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, jit_compile: bool = False,
                  unroll: bool = True):
         super().__init__(name="ofrnn")
+        if int(max_image_pixels) < 1:
+            raise ValueError(f"max_image_pixels must be at least 1, got {max_image_pixels}")
         if label_map.num_classes != model.num_classes:
             raise ValueError(f"label map has {label_map.num_classes} classes but the model "
                              f"{model.num_classes}")
@@ -119,7 +123,7 @@ class InferenceModule(tf.Module):
         self.serve_images = function(self._serve_images, input_signature=[images])
         self.serve_images_with_threshold = function(
             self._serve_images_with_threshold,
-            input_signature=[images, tf.TensorSpec([], tf.float32, name="threshold")])
+            input_signature=[images, tf.TensorSpec([None], tf.float32, name="threshold")])
         self.serve_features = function(
             self._serve_features,
             input_signature=[tf.TensorSpec([None, height, width, depth], tf.float32, name="features")])
@@ -211,12 +215,9 @@ class InferenceModule(tf.Module):
         return self._outputs(self.backbone(self._pixels(images)), self.tau.read_value())
 
     def _serve_images_with_threshold(self, images, threshold):
-        check = tf.debugging.Assert(
-            (threshold >= 0.0) & (threshold <= 1.0),
-            [tf.strings.format("threshold must be a probability in [0, 1]; got {}", threshold)])
-        with tf.control_dependencies([check]):
-            threshold = tf.identity(threshold)
-        return self._outputs(self.backbone(self._pixels(images)), threshold)
+        threshold = _checked_thresholds(threshold, tf.size(images))
+        # [N, 1]: each image's τ against its steps' path probabilities.
+        return self._outputs(self.backbone(self._pixels(images)), threshold[:, None])
 
     def _serve_features(self, features):
         return self._outputs(features, self.tau.read_value())
@@ -236,3 +237,18 @@ class InferenceModule(tf.Module):
                 "min_labels": tf.constant(self.min_labels),
                 "max_image_pixels": self.max_image_pixels.read_value(),
                 "label_names": self.label_names.read_value()}
+
+
+def _checked_thresholds(threshold: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
+    """`threshold` once it holds one probability per image; else InvalidArgumentError
+    naming the first bad entry as ``threshold[i]``."""
+    count = tf.size(threshold)
+    same_size = tf.debugging.Assert(tf.equal(count, batch_size), [tf.strings.format(
+        "threshold has {} values for {} images: give one τ per image", (count, batch_size))])
+    bad = tf.logical_not((threshold >= 0.0) & (threshold <= 1.0))  # NaN is bad too
+    first = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [1]], 0), output_type=tf.int32)
+    in_range = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [tf.strings.format(
+        "threshold[{}] must be a probability in [0, 1]; got {}",
+        (first, tf.gather(tf.concat([threshold, [0.0]], 0), first)))])
+    with tf.control_dependencies([same_size, in_range]):
+        return tf.identity(threshold)

@@ -32,6 +32,9 @@ from tensorflow_serving.apis import (
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+# `predict_files` splits a batch whose files add up to more than this into several
+# requests: well under the 64 MiB gRPC limit of `ofrnn-serve` (TF Serving's is 2 GiB).
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # `attention` [N, T_max, H, W] is not needed to name labels; asking only for these
 # keeps responses small.
 PREDICT_OUTPUTS = ("labels", "label_names", "num_labels", "scores", "log_prob")
@@ -82,7 +85,7 @@ THRESHOLD_SIGNATURE = "predict_with_threshold"
 
 def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
                    signature_name: str | None = None, version: int | None = None,
-                   threshold: float | None = None, timeout: float = 30.0,
+                   threshold: float | Sequence[float] | None = None, timeout: float = 30.0,
                    channel: grpc.Channel | None = None) -> list[dict]:
     """Classifies encoded JPEG/PNG/GIF/BMP images in one Predict request.
 
@@ -93,7 +96,9 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
             signature None: ``serving_default``, or ``predict_with_threshold`` when a
             threshold is given).
         threshold: decode with this τ in [0, 1] instead of the calibrated one: lower
-            gives more labels per image (recall), higher fewer (precision).
+            gives more labels per image (recall), higher fewer (precision). One value
+            for every image, or a sequence of one per image (the signature takes
+            ``threshold`` float32 [N]).
         timeout: seconds before the call fails with DEADLINE_EXCEEDED.
         channel: an open channel to reuse (e.g. from ``make_channel``); by default a
             channel is opened and closed for this call.
@@ -108,13 +113,20 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
     images = list(images)
     if not images:
         return []
+    if threshold is not None:
+        thresholds = ([float(threshold)] * len(images) if isinstance(threshold, (int, float))
+                      else [float(t) for t in threshold])
+        if len(thresholds) != len(images):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(images)} images: give one "
+                             "value, or one per image")
     if signature_name is None:
         signature_name = "serving_default" if threshold is None else THRESHOLD_SIGNATURE
     request = predict_pb2.PredictRequest()
     _model_spec(request.model_spec, model_name, signature_name, version)
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string, shape=[len(images)]))
     if threshold is not None:
-        request.inputs["threshold"].CopyFrom(tf.make_tensor_proto(float(threshold), tf.float32))
+        request.inputs["threshold"].CopyFrom(
+            tf.make_tensor_proto(thresholds, tf.float32, shape=[len(thresholds)]))
     request.output_filter.extend(PREDICT_OUTPUTS)
 
     def run(ch):
@@ -168,6 +180,7 @@ _REFUSED_IMAGE = re.compile(r"images\[(\d+)\]:?\s*")
 
 
 def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
+                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                   model_name: str = DEFAULT_MODEL_NAME, signature_name: str | None = None,
                   version: int | None = None, threshold: float | None = None,
                   timeout: float = 30.0, channel: grpc.Channel | None = None) -> Iterator[dict]:
@@ -176,9 +189,17 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     Yields one result per path, in order, as each batch returns: ``{"image", "labels"
     (names, decoding order), "label_ids", "scores", "log_prob"}``, the fields of
     ``ofrnn-predict``'s lines but its step probabilities (not served), or ``{"image",
-    "error"}`` for a file that cannot be read and for an image the server refuses. A
-    refused image costs only its own result: the server names it (``images[i]: ...``)
-    and the rest of its batch is sent again without it.
+    "error"}`` for a file that cannot be read and for an image the server refuses.
+
+    A batch whose files add up to more than `max_request_bytes` goes in several
+    requests (a larger file goes alone). A refused image costs only its own result:
+    the server names it (``images[i]: ...``), it is sent again alone, and the rest of
+    its batch goes on without it. Sending it alone confirms the refusal where
+    TensorFlow Serving's ``--enable_batching`` merged the request with others (the
+    index is then a place in the merged batch, and one bad image fails every request
+    merged with it): an image that is served alone keeps its result. A one-image
+    request refused without an index (TensorFlow's own decoder message) is the
+    image's when the image does not decode here either.
 
     Raises:
         grpc.RpcError: a refusal that names no image (the server is down, the model
@@ -199,29 +220,38 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                 with open(path, "rb") as f:
                     pending.append((k, f.read()))
             except OSError as error:
-                results[k] = {"image": path, "error": f"{path}: {error.strerror or error}"}
-        while pending:
+                results[k] = {"image": batch[k], "error": f"{path}: {error.strerror or error}"}
+        for request in _split_by_bytes(pending, max_request_bytes):
+            _serve(request, batch, results, ch)
+        return results
+
+    def _serve(request: list[tuple[int, bytes]], batch: list[str], results: list, ch) -> None:
+        while request:
             try:
                 served = predict_images(
-                    target, [data for _, data in pending], model_name=model_name,
+                    target, [data for _, data in request], model_name=model_name,
                     signature_name=signature_name, version=version, threshold=threshold,
                     timeout=timeout, channel=ch)
             except grpc.RpcError as error:
-                refused = _refused_index(error, len(pending))
+                refused = _refused_index(error, len(request))
+                if refused is None and len(request) == 1 and _undecodable(error, request[0][1]):
+                    refused = 0
                 if refused is None:
                     raise
-                k = pending.pop(refused)[0]
+                if len(request) > 1:
+                    _serve([request.pop(refused)], batch, results, ch)
+                    continue
+                k = request[0][0]
                 # The index is the request's, not the caller's: the path names the file.
                 reason = _REFUSED_IMAGE.sub("", error.details(), count=1)
                 results[k] = {"image": batch[k],
                               "error": f"{batch[k]}: refused by the server: {reason}"}
-                continue
-            for (k, _), result in zip(pending, served):
+                return
+            for (k, _), result in zip(request, served):
                 results[k] = {"image": batch[k], "labels": result["label_names"],
                               "label_ids": result["label_ids"], "scores": result["scores"],
                               "log_prob": result["log_prob"]}
-            pending = []
-        return results
+            return
 
     def stream():
         if channel is not None:
@@ -233,6 +263,20 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     return stream()
 
 
+def _split_by_bytes(items: list[tuple[int, bytes]], max_bytes: int) -> list[list[tuple[int, bytes]]]:
+    """Consecutive runs of `items` holding at most `max_bytes` of image data each (an
+    item larger than that alone)."""
+    runs: list[list[tuple[int, bytes]]] = []
+    size = 0
+    for item in items:
+        if not runs or size + len(item[1]) > max_bytes:
+            runs.append([])
+            size = 0
+        runs[-1].append(item)
+        size += len(item[1])
+    return runs
+
+
 def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:
     """The batch index of the image an INVALID_ARGUMENT refusal names, if it names one."""
     if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
@@ -241,3 +285,16 @@ def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:
     if match is None or int(match.group(1)) >= batch_size:
         return None
     return int(match.group(1))
+
+
+def _undecodable(error: grpc.RpcError, image: bytes) -> bool:
+    """Whether an INVALID_ARGUMENT refusal of a request holding only `image` is the
+    image's: the export leaves TensorFlow's decoder message, without an index, for one
+    image whose file looks complete (docs/serving.md), and TensorFlow here refuses it too."""
+    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return False
+    try:
+        tf.io.decode_image(image, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return True
+    return False

@@ -17,7 +17,8 @@ offending batch index: unknown model, version or signature (NOT_FOUND); missing,
 extra or ill-typed inputs, wrong shapes, empty batches, empty strings, bytes that
 are not a JPEG/PNG/GIF/BMP image, images whose header says width*height is above
 ``--max_image_pixels`` (read from the header, nothing is decompressed), non-finite
-floats (INVALID_ARGUMENT). Corrupt image data behind a sound header shows when the
+floats (INVALID_ARGUMENT). The image-size limit is the export's own (the
+``max_image_pixels`` variable of the SavedModel) unless ``--max_image_pixels`` lowers it. Corrupt image data behind a sound header shows when the
 model's decoder fails; the images are then decoded one by one to name the index
 (INVALID_ARGUMENT). Any other failure inside the model is INTERNAL; either way the
 server keeps serving. Loaded concrete functions are called from many threads at
@@ -60,6 +61,7 @@ from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.features.images import read_image_header
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX,
                                               find_latest_version)
+from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -76,25 +78,13 @@ class RequestError(Exception):
         self.message = message
 
 
-_TF_ERROR_NOISE = re.compile(
-    r"^(Graph execution error:|Detected at node .*|<stack traces unavailable>|\s*\[\[\{\{node .*)$")
-
-
-def _op_error_text(error: tf.errors.OpError) -> str:
-    """The reason in a TensorFlow error message, without node names and stack notes."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
-    text = re.sub(r"\s*\[Op:[\w.]+\]\s*$", "", text)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _TF_ERROR_NOISE.match(ln)]
-    return " ".join(lines) or type(error).__name__
-
-
 def find_undecodable(key: str, images: np.ndarray) -> str | None:
     """Names the first image TensorFlow's decoder refuses, or None if all decode."""
     for i, encoded in enumerate(images):
         try:
             tf.io.decode_image(encoded, channels=3, expand_animations=False)
         except tf.errors.OpError as e:
-            return f"{key}[{i}]: image cannot be decoded: {_op_error_text(e)}"
+            return f"{key}[{i}]: image cannot be decoded: {op_error_text(e)}"
     return None
 
 
@@ -135,12 +125,13 @@ class Servable:
     path: str
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
     session: Any = field(repr=False)
+    max_image_pixels: int | None = None  # the export's limit, if it records one
 
     @classmethod
     def load(cls, model_base_path: str, name: str) -> "Servable":
         version, path = find_latest_version(model_base_path)
         session, signature_defs = load_session(path)
-        return cls(name, version, path, signature_defs, session)
+        return cls(name, version, path, signature_defs, session, recorded_image_pixel_limit(path))
 
     @property
     def signatures(self) -> list[str]:
@@ -153,6 +144,20 @@ class Servable:
         feed = {signature.inputs[key].name: value for key, value in inputs.items()}
         fetches = {key: signature.outputs[key].name for key in output_keys}
         return self.session.run(fetches, feed_dict=feed)
+
+
+# The checkpoint key of `InferenceModule.max_image_pixels` (ofrnn_tf/inference/module.py).
+_PIXEL_LIMIT_KEY = "max_image_pixels/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def recorded_image_pixel_limit(saved_model_dir: str) -> int | None:
+    """The image-size limit the export's graph enforces, or None if it records none."""
+    checkpoint = os.path.join(saved_model_dir, "variables", "variables")
+    try:
+        keys = dict(tf.train.list_variables(checkpoint))
+    except (tf.errors.OpError, ValueError):
+        return None  # no variables at all
+    return int(tf.train.load_variable(checkpoint, _PIXEL_LIMIT_KEY)) if _PIXEL_LIMIT_KEY in keys else None
 
 
 def load_session(saved_model_dir: str, tags: Sequence[str] = ("serve",)
@@ -239,7 +244,7 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pix
                 raise RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{key}[{i}]: {fmt} image is {width}x{height} = {width * height} pixels, "
-                    f"above the limit of {max_image_pixels} (--max_image_pixels)")
+                    f"above the limit of {max_image_pixels} pixels")
     elif want.is_floating:
         finite = np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
         if not finite.all():
@@ -254,14 +259,18 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
 
     Args:
         servable: the loaded model version.
-        max_image_pixels: largest width*height accepted for an encoded image.
+        max_image_pixels: largest width*height accepted for an encoded image, checked
+            here before the model runs. None: the export's own limit (or
+            DEFAULT_MAX_IMAGE_PIXELS if it records none); a value can only lower the
+            export's, which its graph enforces anyway.
         max_message_bytes: largest request; no input tensor may declare more bytes.
     """
 
-    def __init__(self, servable: Servable, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    def __init__(self, servable: Servable, max_image_pixels: int | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.servable = servable
-        self.max_image_pixels = int(max_image_pixels)
+        limits = [int(n) for n in (max_image_pixels, servable.max_image_pixels) if n is not None]
+        self.max_image_pixels = min(limits, default=DEFAULT_MAX_IMAGE_PIXELS)
         self.max_message_bytes = int(max_message_bytes)
 
     # -- helpers ---------------------------------------------------------------
@@ -327,7 +336,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         """The status for a failed model run. The model's own guards name the input at
         fault (as under TF Serving, whose status codes pass through); where its message
         names none, the images are decoded one by one here to name it."""
-        text = _op_error_text(error)
+        text = op_error_text(error)
         invalid = isinstance(error, tf.errors.InvalidArgumentError)
         if invalid and re.search(r"\w\[\d+\]", text):
             return RequestError(grpc.StatusCode.INVALID_ARGUMENT, text)
@@ -419,7 +428,7 @@ def _address(host: str, port: int) -> str:
 
 def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str = "127.0.0.1",
           port: int = 0, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-          max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_workers: int = 16,
+          max_image_pixels: int | None = None, max_workers: int = 16,
           max_concurrent_rpcs: int | None = None, warmup: bool = True) -> tuple[grpc.Server, int]:
     """Loads the newest version under ``model_base_path`` and starts serving it.
 
@@ -429,7 +438,8 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         host: interface to bind; loopback unless told otherwise.
         port: TCP port; 0 picks a free one.
         max_message_bytes: largest request or response message, in bytes.
-        max_image_pixels: largest width*height of an encoded input image.
+        max_image_pixels: largest width*height of an encoded input image (None: the
+            export's own limit; a value can only lower it).
         max_workers: threads answering requests.
         max_concurrent_rpcs: further requests get RESOURCE_EXHAUSTED (None: no limit).
         warmup: replay ``assets.extra/tf_serving_warmup_requests`` before serving.
@@ -457,8 +467,8 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     if not bound:
         raise OSError(f"cannot bind {_address(host, port)}")
     server.start()
-    logging.info("serving %r version %d from %s on %s", model_name, servable.version,
-                 servable.path, _address(host, bound))
+    logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
+                 servable.version, servable.path, _address(host, bound), service.max_image_pixels)
     return server, bound
 
 
@@ -469,8 +479,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("host", "127.0.0.1", "interface to bind (0.0.0.0 exposes the server)")
     flags.DEFINE_integer("port", DEFAULT_PORT, "gRPC port; 0 picks a free one")
     flags.DEFINE_integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message")
-    flags.DEFINE_float("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
-                       "largest width*height of an input image")
+    flags.DEFINE_float("max_image_pixels", None,
+                       "largest width*height of an input image (default: the export's own "
+                       "limit; a value can only lower it)")
     flags.DEFINE_integer("max_workers", 16, "request threads")
     flags.DEFINE_integer("max_concurrent_rpcs", None,
                          "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: no limit)")
@@ -486,7 +497,8 @@ def main(argv: Sequence[str]) -> None:
     try:
         server, port = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.host, FLAGS.port,
                              max_message_bytes=FLAGS.max_message_bytes,
-                             max_image_pixels=int(FLAGS.max_image_pixels),
+                             max_image_pixels=(None if FLAGS.max_image_pixels is None
+                                               else int(FLAGS.max_image_pixels)),
                              max_workers=FLAGS.max_workers,
                              max_concurrent_rpcs=FLAGS.max_concurrent_rpcs, warmup=FLAGS.warmup)
     except (OSError, ValueError, RuntimeError) as e:

@@ -1,7 +1,8 @@
 """A tiny SavedModel that follows the export contract, for exercising the serving stack.
 
-It has the same signatures, input and output names, dtypes and shapes as a real
-``ofrnn_tf`` export (docs/serving.md), and writes the same warm-up file, but its
+It has the ``serving_default`` and ``predict_features`` signatures of a real
+``ofrnn_tf`` export, with their input and output names, dtypes and shapes
+(docs/serving.md; not ``predict_with_threshold``), and writes the same warm-up file, but its
 "model" is arithmetic: the score of class c (C = 3: red, green, blue) is the mean of
 colour channel c over the image. Labels are the classes scoring above 0.5 in
 descending score order (at least one), so results are deterministic and easy to check.

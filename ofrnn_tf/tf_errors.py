@@ -1,0 +1,26 @@
+"""The reason in a TensorFlow op error, for messages people read (server answers, CLI errors)."""
+
+from __future__ import annotations
+
+import re
+
+import tensorflow as tf
+
+# Whole lines that are not the reason: eager errors carry the Python stack of the node
+# (`Detected at node ... defined at (most recent call last):`, then `File "...", line N`).
+_NOISE_LINE = re.compile(
+    r"^(Graph execution error:|Detected at node .*|<stack traces unavailable>|\s*\[\[\{\{node .*"
+    r"|\s*File \".*\", line \d+.*)$")
+# Session errors end with the path of the failing call: [[cond_1/then/...]].
+_NODE_PATH = re.compile(r"\s*\[\[[^\]]*\]\]")
+
+
+def op_error_text(error: tf.errors.OpError) -> str:
+    """The reason in a TensorFlow error message, without node names and stack notes."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    text = re.sub(r"\s*\[Op:[\w.]+\]\s*$", "", text)
+    text = _NODE_PATH.sub("", text)
+    # Stack frames may run on one line after the reason's first words.
+    text = re.sub(r'\s*File "[^"]*", line \d+, in \S+', "", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _NOISE_LINE.match(ln)]
+    return " ".join(lines) or type(error).__name__

@@ -1,0 +1,139 @@
+"""`predict_files` against a scripted PredictionService: requests split by size, a named
+image confirmed alone before it is recorded as refused (TF Serving's batching merges
+requests, so an index can point at another request's image), and a one-image refusal
+without an index."""
+
+from __future__ import annotations
+
+import io
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from ofrnn_tf.serving import client
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, value, value)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ScriptedService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Answers every image with its first byte as the label id, except where `refuse`
+    (images, count in the request) → (status, message) says otherwise."""
+
+    def __init__(self, refuse):
+        self.refuse = refuse
+        self.requests: list[list[bytes]] = []
+
+    def Predict(self, request, context):
+        images = list(tf.make_ndarray(request.inputs["images"]))
+        self.requests.append(images)
+        answer = self.refuse(images)
+        if answer is not None:
+            context.abort(*answer)
+        n = len(images)
+        response = predict_pb2.PredictResponse()
+        ids = np.array([[len(image) % 3, -1] for image in images], np.int32)
+        outputs = {"labels": ids, "label_names": np.array([["x", ""]] * n, object),
+                   "num_labels": np.ones(n, np.int32), "scores": np.full((n, 3), 0.9, np.float32),
+                   "log_prob": np.zeros(n, np.float32)}
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(refuse=lambda images: None):
+        service = ScriptedService(refuse)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}", service
+
+    yield start
+    for server in servers:
+        server.stop(0)
+
+
+def files(tmp_path, contents: list[bytes]) -> list[str]:
+    paths = []
+    for i, data in enumerate(contents):
+        path = tmp_path / f"{i}.img"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return paths
+
+
+def test_a_batch_over_the_byte_limit_goes_in_several_requests(serve, tmp_path):
+    target, service = serve()
+    images = [png(v) for v in (10, 20, 30, 40, 50)]
+    size = len(images[0])
+    results = list(client.predict_files(target, files(tmp_path, images), batch_size=5,
+                                        max_request_bytes=2 * size + 10))
+    assert all("error" not in r for r in results)
+    assert [len(r) for r in service.requests] == [2, 2, 1]
+    assert client._split_by_bytes([(0, b"x" * 50), (1, b"y")], 10) == [[(0, b"x" * 50)], [(1, b"y")]]
+
+
+def test_a_named_image_that_is_served_alone_keeps_its_result(serve, tmp_path):
+    """As under TF Serving's batching, a request merged with another client's bad image
+    fails naming an index of the merged batch; served alone, each image succeeds."""
+    target, service = serve(lambda images: (
+        (grpc.StatusCode.INVALID_ARGUMENT, "assertion failed: [images[1] could not be decoded]")
+        if len(images) > 1 else None))
+    paths = files(tmp_path, [png(v) for v in (10, 20, 30)])
+    results = list(client.predict_files(target, paths, batch_size=3))
+    assert [r["image"] for r in results] == paths
+    assert all("error" not in r for r in results), results
+    assert [len(r) for r in service.requests] == [3, 1, 2, 1, 1]
+
+
+def test_a_named_image_refused_alone_costs_its_own_line(serve, tmp_path):
+    bad = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+
+    def refuse(images):
+        if bad in images:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"images[{images.index(bad)}]: corrupt"
+        return None
+
+    target, service = serve(refuse)
+    paths = files(tmp_path, [png(10), bad, png(30)])
+    results = list(client.predict_files(target, paths, batch_size=3))
+    assert [("error" in r) for r in results] == [False, True, False]
+    assert results[1]["error"] == f"{paths[1]}: refused by the server: corrupt"
+    assert [len(r) for r in service.requests] == [3, 1, 2]
+
+
+def test_an_image_alone_refused_without_an_index(serve, tmp_path):
+    """TensorFlow's own decoder message names no image: it is the image's when the image
+    does not decode here either, and otherwise it stops the client."""
+    target, _ = serve(lambda images: (grpc.StatusCode.INVALID_ARGUMENT, "Invalid PNG data, size 48"))
+    good = png(10)
+    damaged = good[:40] + bytes(b ^ 0xFF for b in good[40:-12]) + good[-12:]  # IEND kept
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(damaged)
+    results = list(client.predict_files(target, files(tmp_path, [damaged]), batch_size=1))
+    assert results[0]["error"].endswith("refused by the server: Invalid PNG data, size 48")
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.predict_files(target, files(tmp_path, [good]), batch_size=1))
+    assert error.value.details() == "Invalid PNG data, size 48"
+
+
+def test_a_refusal_of_no_image_stops_the_client(serve, tmp_path):
+    target, service = serve(lambda images: (grpc.StatusCode.INVALID_ARGUMENT,
+                                            "threshold[0] must be a probability in [0, 1]; got 2"))
+    with pytest.raises(grpc.RpcError):
+        list(client.predict_files(target, files(tmp_path, [png(10), png(20)]), threshold=2.0))
+    assert len(service.requests) == 1
