@@ -120,7 +120,7 @@ def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:
 def scored(run_dir: RunDir, beam_size: int | None = None) -> dict:
     """A run's test metrics, its attention statistics and, as ``val score``, the
     validation score of its chosen epoch (what a choice between variants should look at)."""
-    metrics = run_dir.load_metrics("test")
+    metrics = run_dir.load_metrics("test", beam_size)
     metrics["val score"] = run_dir.load_best_info()["validation"]["score"]
     metrics.update(attention_statistics(run_dir, beam_size))
     return metrics
@@ -142,7 +142,7 @@ def main(argv) -> None:
         rows[name] = scored(train(folder, extra))
     greedy = os.path.join(base, "main_job_greedy")
     if not FLAGS.variants or "greedy" in FLAGS.variants:
-        if not os.path.exists(RunDir(greedy).metrics_file("test")):
+        if not (os.path.isdir(greedy) and os.path.exists(RunDir(greedy).metrics_file("test", 1))):
             shutil.rmtree(greedy, ignore_errors=True)
             shutil.copytree(main_job, greedy)
             train(greedy, ["--decoding.beam_size=1"], mode="eval")

@@ -31,7 +31,7 @@ from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
 from ofrnn_tf.run_dir import RunDir, RunFacts
 from ofrnn_tf.training.distribute import make_strategy
-from ofrnn_tf.training.trainer import Trainer
+from ofrnn_tf.training.trainer import Trainer, checkpoint_position, describe_position
 from ofrnn_tf.visualization.attention_maps import render_examples
 
 NUM_EXAMPLE_IMAGES = 6
@@ -168,8 +168,10 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
     validate_fn = None
     if validate:
         val = eval_dataset(features_dir, facts, "val")
-        validate_fn = lambda model, stage: evaluation.validate(
-            model, val, stage, config.decoding, facts.max_steps)
+
+        def validate_fn(model, stage):
+            with tfrecords.naming_corrupt_shards(features_dir, "val"):
+                return evaluation.validate(model, val, stage, config.decoding, facts.max_steps)
     strategy = strategy or make_strategy(config.runtime.strategy)
     return Trainer(config, facts, run_dir, strategy, tfrecords.num_examples(features_dir, "train"),
                    train_examples, validate_fn=validate_fn, parse_batch_fn=parse_batch,
@@ -179,26 +181,30 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
 
 def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
                            features_dir: str, split: str = "test",
-                           recalibrate: bool = False) -> dict:
+                           recalibrate: bool = False, notes: Optional[dict] = None) -> dict:
     """τ for the configured beam width on validation (kept in calibration.json), then
-    every metric on `split` (saved as metrics_<split>.json)."""
+    every metric on `split` (saved, with `notes` added, as metrics_<split>.json, or
+    metrics_<split>_k<K>.json at a width K other than the run's)."""
     decoding = config.decoding
     calibration = None if recalibrate else run_dir.calibration(decoding.beam_size)
     if calibration is not None and (calibration.get("objective") != decoding.calibration_objective
                                     or calibration.get("min_labels") != decoding.min_labels):
         calibration = None
     if calibration is None:
-        calibration = evaluation.calibrate(model, eval_dataset(features_dir, facts, "val"),
-                                           decoding, facts.max_steps)
+        with tfrecords.naming_corrupt_shards(features_dir, "val"):
+            calibration = evaluation.calibrate(model, eval_dataset(features_dir, facts, "val"),
+                                               decoding, facts.max_steps)
         run_dir.save_calibration(calibration)
     log(f"τ = {calibration['tau']:.4g} (beam width {decoding.beam_size})")
-    metrics = evaluation.evaluate(
-        model, eval_dataset(features_dir, facts, split), tau=calibration["tau"],
-        beam_size=decoding.beam_size, max_steps=facts.max_steps,
-        min_labels=decoding.min_labels, score_mix=calibration.get("score_mix", 0.0),
-        small_area=facts.small_area)
+    with tfrecords.naming_corrupt_shards(features_dir, split):
+        metrics = evaluation.evaluate(
+            model, eval_dataset(features_dir, facts, split), tau=calibration["tau"],
+            beam_size=decoding.beam_size, max_steps=facts.max_steps,
+            min_labels=decoding.min_labels, score_mix=calibration.get("score_mix", 0.0),
+            small_area=facts.small_area)
     metrics["variant"] = config.model.variant
-    run_dir.save_metrics(split, metrics)
+    metrics.update(notes or {})
+    run_dir.save_metrics(split, metrics, beam_size=decoding.beam_size)
     return metrics
 
 
@@ -218,37 +224,81 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
     return copies
 
 
+class UnfinishedRunError(ValueError):
+    """``--mode=eval`` on a run whose best weights are not trained through its last stage."""
+
+
+def training_state(run_dir: RunDir, model, config: ExperimentConfig) -> Optional[str]:
+    """None for a finished run; else where its training stopped (``"stage 2 epoch 3/12,
+    step 5"``), when its best weights went through every stage.
+
+    Raises `UnfinishedRunError` when no epoch of the last stage was validated yet: the
+    best weights would then hold an untrained decoder (or no trained weights at all).
+    """
+    latest = tf.train.latest_checkpoint(run_dir.checkpoints_dir())
+    position = checkpoint_position(latest) if latest else None
+    last_stage = 2 if model.uses_decoder else 1
+    if position is not None and position["stage"] > last_stage:
+        return None
+    best = run_dir.load_best_info() if os.path.exists(run_dir.best_info_file) else {}
+    where = "its start, before any checkpoint"
+    if position is not None:
+        stage_config = config.stage1 if position["stage"] == 1 else config.stage2
+        where = describe_position(position["stage"], position["epoch"],
+                                  position["step_in_epoch"], stage_config.epochs)
+    if best.get("stage") != last_stage:
+        part = "decoder (stage 2)" if model.uses_decoder else "M_map (stage 1)"
+        raise UnfinishedRunError(
+            f"{run_dir.path} is not trained: it stopped at {where}, before any validated epoch "
+            f"of stage {last_stage}, so its {part} is untrained. Finish training first: "
+            f"ofrnn-train --workdir={run_dir.path} (without --mode=eval).")
+    return where
+
+
 def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     """Trains (or resumes) and evaluates a run (``mode="train"``), or only recalibrates τ
-    and evaluates a finished one (``mode="eval"``); returns the test metrics."""
+    and evaluates a finished one (``mode="eval"``); returns the test metrics.
+
+    An existing run folder is checked against `config` before any data work
+    (`IncompatibleRunError`). ``mode="eval"`` writes nothing of the run's settings: a
+    ``--decoding.beam_size`` other than the run's adds a τ for that width to
+    calibration.json and writes ``metrics_test_k<K>.json`` beside ``metrics_test.json``.
+    It refuses a run that stopped before its last stage was validated
+    (`UnfinishedRunError`) and records where an unfinished one stopped.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval'; got {mode!r}")
     run_dir = RunDir(workdir)
     timer = Timer()
-    data = None
+    data, unfinished = None, None
+    if run_dir.exists():
+        run_dir.check_config(config)
     if mode == "train":
         with timer("data"):
             data = load_data(config)
         with timer("features"):
             features_dir, facts = prepare_features(config, data)
         run_dir.save(config, facts)
-        with timer("training"):
+        with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
             model = make_trainer(config, facts, run_dir, features_dir).train()
-    elif mode == "eval":
-        saved_config, facts = run_dir.load()
-        # The run's own settings, with this invocation's resumable ones (paths, decoding).
-        run_dir.save(config, facts)
-        features_dir = locate_features(config, facts)
-        model, _, _ = run_dir.load_model()
-        del saved_config
     else:
-        raise ValueError(f"mode must be 'train' or 'eval'; got {mode!r}")
+        _, facts = run_dir.load()
+        model, _, _ = run_dir.load_model()
+        unfinished = training_state(run_dir, model, config)
+        if unfinished:
+            log(f"WARNING: {workdir} is not finished (stopped at {unfinished}); evaluating its "
+                f"best epoch so far")
+        features_dir = locate_features(config, facts)
     with timer("evaluation"):
-        metrics = calibrate_and_evaluate(model, config, facts, run_dir, features_dir, "test",
-                                         recalibrate=True)
+        metrics = calibrate_and_evaluate(
+            model, config, facts, run_dir, features_dir, "test", recalibrate=True,
+            notes={"unfinished_run": f"stopped at {unfinished}"} if unfinished else None)
     if data is not None:
         with timer("examples and attention pictures"):
             save_examples(run_dir, data)
     print(format_table({config.model.variant: metrics},
                        columns=[c for c in RESULT_COLUMNS if c in metrics]))
     run_dir.save_timing(mode, timer.rounded())
-    log(f"test metrics written to {run_dir.metrics_file('test')}; time: {timer.summary()}")
+    metrics_file = run_dir.metrics_file("test", config.decoding.beam_size)
+    log(f"test metrics written to {metrics_file}; time: {timer.summary()}")
     return metrics

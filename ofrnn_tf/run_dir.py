@@ -12,7 +12,8 @@ relative names, so it can be moved or copied to another machine:
 ``checkpoints/``            the latest training checkpoints (resume)
 ``best/``, ``best.json``    the best epoch's weights and its validation scores
 ``calibration.json``        τ chosen on validation, per beam width K
-``metrics_<split>.json``    metrics of an evaluation
+``metrics_<split>.json``    metrics of an evaluation at the run's beam width K;
+                            ``metrics_<split>_k<K>.json`` at another K (``--mode=eval``)
 ``timing_<mode>.json``      how long each part of a run took
 ``tensorboard/``            training curves
 ``attention/``              attention pictures of test images (paper Fig. 3)
@@ -162,8 +163,12 @@ class RunDir:
             return self.file(name)
         return os.path.join(self.path, "tmp_worker", str(worker), name)
 
-    def metrics_file(self, split: str) -> str:
-        return self.file(f"metrics_{split}.json")
+    def metrics_file(self, split: str, beam_size: Optional[int] = None) -> str:
+        """``metrics_<split>.json`` at the run's own beam width (or `beam_size` None),
+        ``metrics_<split>_k<K>.json`` at another width K."""
+        if beam_size is None or int(beam_size) == self.load()[0].decoding.beam_size:
+            return self.file(f"metrics_{split}.json")
+        return self.file(f"metrics_{split}_k{int(beam_size)}.json")
 
     def timing_file(self, mode: str) -> str:
         return self.file(f"timing_{mode}.json")
@@ -187,6 +192,17 @@ class RunDir:
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{self.run_file}: not a run description ({error})") from None
 
+    def check_config(self, config: ExperimentConfig) -> None:
+        """Refuses (`IncompatibleRunError`) a config that differs from this existing run's
+        outside the resumable settings; needs no data, so a rerun checks it first."""
+        self._refuse(identity_differences(self.load()[0], config))
+
+    def _refuse(self, diffs: list[str]) -> None:
+        if diffs:
+            raise IncompatibleRunError(
+                f"{self.run_file} describes another run; refusing to resume with different "
+                f"settings ({'; '.join(diffs)}). Use a new --workdir or the saved settings.")
+
     def save(self, config: ExperimentConfig, facts: RunFacts) -> None:
         """Writes the run's config and facts, or checks them against the saved ones.
 
@@ -201,10 +217,7 @@ class RunDir:
                 before, now = getattr(saved_facts, name), getattr(facts, name)
                 if before != now:
                     diffs.append(f"{name}: {before!r} in the run folder vs {now!r} now")
-            if diffs:
-                raise IncompatibleRunError(
-                    f"{self.run_file} describes another run; refusing to resume with different "
-                    f"settings ({'; '.join(diffs)}). Use a new --workdir or the saved settings.")
+            self._refuse(diffs)
         settings = config.to_dict()
         # Where and how this invocation runs (cache folder, strategy, logging) is not the
         # run's: a moved run takes them from the command that uses it.
@@ -255,11 +268,12 @@ class RunDir:
         data.setdefault("by_beam_size", {})[str(int(entry["beam_size"]))] = entry
         write_json(self.calibration_file, data)
 
-    def save_metrics(self, split: str, metrics: dict) -> str:
-        return write_json(self.metrics_file(split), metrics)
+    def save_metrics(self, split: str, metrics: dict, beam_size: Optional[int] = None) -> str:
+        """Writes the metrics of `split` at beam width `beam_size` (see `metrics_file`)."""
+        return write_json(self.metrics_file(split, beam_size), metrics)
 
-    def load_metrics(self, split: str) -> dict:
-        return read_json(self.metrics_file(split))
+    def load_metrics(self, split: str, beam_size: Optional[int] = None) -> dict:
+        return read_json(self.metrics_file(split, beam_size))
 
     def save_timing(self, mode: str, parts: dict) -> str:
         return write_json(self.timing_file(mode), parts)

@@ -156,3 +156,76 @@ def test_unknown_split_and_missing_meta(tmp_path):
 def test_check_shard_counts_records(tmp_path):
     d = _write_dir(tmp_path / "f", _records(7), num_shards=1)
     assert tfrecords.check_shard(os.path.join(d, tfrecords.shard_filename("train", 0, 1))) == 7
+
+
+def _garble_payload(path: str) -> None:
+    data = bytearray(open(path, "rb").read())
+    data[30:40] = b"0123456789"  # inside the first record's payload; headers stay sound
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_a_garbled_payload_met_while_reading_is_named_with_its_remedy(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(9))
+    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    _garble_payload(shard)
+    dataset = tfrecords.make_dataset(d, "train", 2)  # the header walk passes it
+    with pytest.raises(tfrecords.CorruptShardError) as error:
+        with tfrecords.naming_corrupt_shards(d, "train"):
+            for _ in dataset:
+                pass
+    assert error.value.path == shard
+    assert str(error.value) == (f"corrupt feature shard {shard}: corrupted record at 12 -- delete "
+                                f"{shard} and rerun: the next run re-extracts only that shard")
+    assert isinstance(error.value.__cause__, tf.errors.DataLossError)
+
+
+def test_naming_corrupt_shards_reads_no_shard_without_an_error_and_passes_on_others(
+        tmp_path, monkeypatch):
+    d = _write_dir(tmp_path / "f", _records(9))
+    checked = []
+    check_shard = tfrecords.check_shard
+    monkeypatch.setattr(tfrecords, "check_shard",
+                        lambda path, full=False: checked.append(full) or check_shard(path, full))
+    with tfrecords.naming_corrupt_shards(d, "train"):
+        assert len(list(tfrecords.make_dataset(d, "train", 4, verify_shards=False))) == 3
+    assert checked == []  # the fast path reads nothing more
+    with pytest.raises(tf.errors.DataLossError, match="a checkpoint's, say"):
+        with tfrecords.naming_corrupt_shards(d, "train"):  # the shards are sound
+            raise tf.errors.DataLossError(None, None, "a checkpoint's, say")
+    assert checked == [True] * 3
+
+
+def test_deleting_a_corrupt_shard_makes_the_next_run_extract_only_that_one(
+        tmp_path, tiny_backbone, monkeypatch, sample_images):
+    from ofrnn_tf.data.example import Example
+    from ofrnn_tf.features import cache
+
+    good = [p for p in sample_images if p.name != "broken.jpg"]
+    examples = [Example(f"im{i}", str(good[i % len(good)]), (i % 4,)) for i in range(6)]
+    directory = str(tmp_path / "features")
+    monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: tiny_backbone)
+    summaries = []
+    extract_split = cache.extract_split
+    monkeypatch.setattr(cache, "extract_split",
+                        lambda *a, **k: summaries.append(extract_split(*a, **k)) or summaries[-1])
+
+    def ensure():
+        return cache.ensure_features({"train": examples}, LABELS, directory, "tiny", "maps",
+                                     "f" * 64, batch_size=4, num_shards=3)
+
+    ensure()
+    paths = tfrecords.shard_files(directory, "train")
+    before = {p: (os.stat(p).st_mtime_ns, open(p, "rb").read()) for p in paths}
+    _garble_payload(paths[1])
+    with pytest.raises(tfrecords.CorruptShardError, match="delete .* and rerun") as error:
+        with tfrecords.naming_corrupt_shards(directory, "train"):
+            list(tfrecords.make_dataset(directory, "train", 2))
+    os.remove(error.value.path)
+    ensure()
+    assert summaries[-1].shards_already_done == [0, 2] and summaries[-1].shards_written == [1]
+    for path, (mtime, data) in before.items():
+        assert open(path, "rb").read() == data  # the rebuilt shard is the one it was
+        if path != paths[1]:
+            assert os.stat(path).st_mtime_ns == mtime
+    assert len(list(tfrecords.make_dataset(directory, "train", 6, verify_shards="full"))) == 1

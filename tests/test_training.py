@@ -378,6 +378,122 @@ def test_a_run_stopped_during_the_label_context_fit_refits_it_the_same(tmp_path)
         np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
+def test_a_run_stopped_after_the_label_context_fit_refits_it_from_the_same_start(
+        tmp_path, monkeypatch):
+    """Stopped after the fit saved its context in best/ but before the checkpoint ending
+    stage 1: the rerun restores best/ and must not start its refit from that context."""
+    data = synthetic_data()
+    scores = [0.4, 0.6, 0.6, 0.5, 0.9, 0.7]  # stage 1, M_map alone, context epochs 1-3
+
+    def scripted(values, seen):
+        values = iter(values)
+
+        def validate_fn(model, stage):
+            seen.append(weights(model.context_variables))
+            return {"score": next(values)}
+        return validate_fn
+
+    whole = make_trainer(str(tmp_path / "whole"), context_config(), data,
+                         scripted(scores + [0.5], [])).train()
+    fit = Trainer._train_label_context
+
+    def stopping_fit(self):
+        fit(self)
+        raise KeyboardInterrupt  # after the fit, before the checkpoint
+
+    monkeypatch.setattr(Trainer, "_train_label_context", stopping_fit)
+    stopped = make_trainer(str(tmp_path / "stopped"), context_config(), data, scripted(scores, []))
+    untrained = weights(stopped.model.context_variables)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train()
+    monkeypatch.setattr(Trainer, "_train_label_context", fit)
+    seen = []
+    resumed = make_trainer(str(tmp_path / "stopped"), context_config(), data,
+                           scripted(scores[2:] + [0.5], seen))
+    model = resumed.train()
+    assert not changed(untrained, seen[0])  # M_map alone, before the refit's first epoch
+    want = weights(whole.trainable_variables)
+    for path, value in weights(model.trainable_variables).items():
+        np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def test_a_failed_validation_loses_no_training_and_the_rerun_redoes_only_it(tmp_path):
+    data = synthetic_data()
+    whole = make_trainer(str(tmp_path / "whole"), tiny_config(), data, scripted_validation([]))
+    whole_model = whole.train()
+    validate = scripted_validation([])
+    calls = []
+
+    def failing(model, stage):
+        calls.append(stage)
+        if len(calls) == 4:  # after stage-2 epoch 2
+            raise RuntimeError("validation failed")
+        return validate(model, stage)
+
+    workdir = str(tmp_path / "stopped")
+    with pytest.raises(RuntimeError, match="validation failed"):
+        make_trainer(workdir, tiny_config(), data, failing).train()
+    # The epoch's training is checkpointed, all its steps done (default checkpoint_every
+    # is larger than an epoch).
+    stopped_at = RunDir(workdir).checkpoints_dir()
+    assert tf.train.latest_checkpoint(stopped_at).endswith(f"ckpt-{4 * STEPS_PER_EPOCH}")
+    rest = iter(SCRIPTED_F1[1:])
+
+    def resumed_validate_fn(model, stage):
+        calls.append(stage)
+        value = next(rest)
+        return {"C-F1": value, "score": value}
+
+    resumed = make_trainer(workdir, tiny_config(), data, resumed_validate_fn)
+    assert resumed.restore()
+    assert resumed.position() == (f"stage 2 epoch 2/3, step {STEPS_PER_EPOCH}/{STEPS_PER_EPOCH} "
+                                  f"(trained, not yet validated)")
+    model = resumed.train()
+    assert calls[3:] == [2, 2, 2]  # stage-2 epoch 2 again, then epoch 3
+    losses = scalars(workdir)["loss/stage2"]  # every step trained once, over both processes
+    assert [step for step, _ in losses] == list(range(2 * STEPS_PER_EPOCH + 1,
+                                                      5 * STEPS_PER_EPOCH + 1))
+    want = weights(whole_model.trainable_variables)
+    for path, value in weights(model.trainable_variables).items():
+        np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+    assert RunDir(workdir).load_best_info() == RunDir(str(tmp_path / "whole")).load_best_info()
+
+
+def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path, capsys):
+    """The stage-end checkpoint holds the last epoch's weights and Adam state, not the
+    best epoch's: raising --stage2.epochs trains on as a longer run would have."""
+    data = synthetic_data()
+    scores = [0.70, 0.30, 0.50]  # stage 2's best epoch is its first
+    config = lambda epochs: tiny_config(stage2={"epochs": epochs, "schedule": "constant"})
+
+    def scripted(stage2_scores, seen):
+        script = {1: iter(SCRIPTED_MAP), 2: iter(stage2_scores)}
+
+        def validate_fn(model, stage):
+            seen.append((stage, weights(model.trainable_variables)))
+            return {"score": next(script[stage])}
+        return validate_fn
+
+    straight = []
+    make_trainer(str(tmp_path / "straight"), config(3), data, scripted(scores, straight)).train()
+    short, workdir = [], str(tmp_path / "extended")
+    model = make_trainer(workdir, config(2), data, scripted(scores[:2], short)).train()
+    assert not changed(short[2][1], weights(model.trainable_variables))  # returns the best ...
+    again = make_trainer(workdir, config(2), data)
+    assert again.restore()  # ... and checkpoints the last
+    assert not changed(short[3][1], weights(again.model.trainable_variables))
+    assert again.position() == "training finished (stage 2 after epoch 2)"
+    assert "stage 3" not in capsys.readouterr().err
+
+    extended = []
+    make_trainer(workdir, config(3), data, scripted(scores[2:], extended)).train()
+    assert [stage for stage, _ in extended] == [2]  # one more epoch, validated
+    for path, value in extended[0][1].items():
+        np.testing.assert_allclose(value, straight[-1][1][path], rtol=1e-5, atol=1e-6,
+                                   err_msg=path)
+    assert RunDir(workdir).load_best_info() == RunDir(str(tmp_path / "straight")).load_best_info()
+
+
 def test_patience_stops_a_stage_early(tmp_path):
     calls = []
 
@@ -500,7 +616,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_identical_weights(tmp_path):
 
         procs.append(_start(workdir_b, "--epochs=2"))
         final_b, err = _finish(procs[2])
-        assert "ckpt-14: stage 2, epoch 0, step 2" in err
+        assert "ckpt-14: stage 2 epoch 1/2, step 2/6" in err  # counted as the progress bar counts
         final_a, _ = _finish(procs[0])
         assert final_b == final_a
     finally:

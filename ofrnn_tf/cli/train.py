@@ -10,8 +10,11 @@ validation, test metrics, attention pictures:
 ``--section.field=value`` flags change single settings (``--helpfull`` lists them all
 with the main job's defaults; ``--print_config`` shows what a command would run).
 Rerunning on an existing run folder resumes it with its saved settings; flags may
-change only the resumable ones (paths, epochs, logging, decoding). ``--mode=eval``
-recalibrates τ and recomputes the test metrics of a finished run.
+change only the resumable ones (paths, epochs, logging, decoding), and any other is
+refused before any work. ``--mode=eval`` recalibrates τ and recomputes the test metrics
+of a finished run, changing none of its settings: at another ``--decoding.beam_size=K``
+it adds τ for K to calibration.json and writes ``metrics_test_kK.json``, leaving the
+run's beam width and ``metrics_test.json`` as they were.
 """
 
 from absl import app, flags, logging
@@ -61,8 +64,12 @@ def main(argv):
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
+    from ofrnn_tf.run_dir import IncompatibleRunError
 
-    pipeline.run(config, FLAGS.workdir, FLAGS.mode)
+    try:
+        pipeline.run(config, FLAGS.workdir, FLAGS.mode)
+    except (IncompatibleRunError, pipeline.UnfinishedRunError) as error:
+        raise app.UsageError(str(error)) from None  # the command, not the code, is at fault
     return 0
 
 

@@ -1,9 +1,9 @@
 """Your own images: a CSV or JSONL manifest of ``path,labels`` rows.
 
-Either one manifest file (``--data.manifest=FILE``; a hash-based 5 % of it is held
-out for validation and nothing is left for testing, so give a folder for a test
-split) or a folder with ``train.csv``, ``test.csv`` and optionally ``val.csv``
-(``--data.data_dir=DIR``). Labels are ``;``-separated class names; relative image
+Either one manifest file (``--data.manifest=FILE``; by image-id hash,
+``--data.val_fraction`` of it, 5 %, is held out for testing and as much again for
+validation, and the rest trains) or a folder with ``train.csv``, ``test.csv`` and
+optionally ``val.csv`` (``--data.data_dir=DIR``). Labels are ``;``-separated class names; relative image
 paths are relative to the manifest. EfficientNet-Lite0 (offline weights) at its
 stage-5 maps, the benchmark's model.
 

@@ -16,11 +16,16 @@ beside each finished shard a ``.json`` with its counts and skipped images, and
 feature shape, dtype, per-split shard counts and skipped images) for the directory.
 
 `make_dataset` is the ``tf.data`` reader: deterministic file listing, per-worker
-file sharding, ``interleave`` over files, batched ``parse_example``, prefetch.
+file sharding, ``interleave`` over files, batched ``parse_example``, prefetch. Before
+reading, it walks each shard's record headers (cheap); a payload garbled behind intact
+headers shows only while reading, as a `tf.errors.DataLossError` that names no file:
+code that reads a split wraps the reading in `naming_corrupt_shards`, which then
+checks that split's shards in full and names the bad one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -40,7 +45,15 @@ _SHARD_RE = re.compile(
 
 
 class CorruptShardError(IOError):
-    """A shard file is truncated or garbled."""
+    """A shard file is truncated or garbled.
+
+    Attributes:
+        path: the shard file.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 def shard_filename(split: str, index: int, num_shards: int) -> str:
@@ -208,6 +221,12 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _reason(error: tf.errors.OpError) -> str:
+    """An op error's message without TensorFlow's function and op names."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip() or type(error).__name__
+
+
 def check_shard(path: str, full: bool = False) -> int:
     """Checks a TFRecord file and returns its record count.
 
@@ -220,7 +239,7 @@ def check_shard(path: str, full: bool = False) -> int:
         try:
             return int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
         except tf.errors.DataLossError as e:
-            raise CorruptShardError(f"corrupt feature shard {path}: {e.message}") from None
+            raise CorruptShardError(f"corrupt feature shard {path}: {_reason(e)}", path) from None
     size = os.path.getsize(path)
     count, offset = 0, 0
     with open(path, "rb") as f:
@@ -228,19 +247,53 @@ def check_shard(path: str, full: bool = False) -> int:
             header = f.read(12)
             if len(header) < 12:
                 raise CorruptShardError(f"corrupt feature shard {path}: truncated record "
-                                        f"header at byte {offset}")
+                                        f"header at byte {offset}", path)
             length, crc = struct.unpack("<QI", header)
             if _masked_crc32c(header[:8]) != crc:
                 raise CorruptShardError(f"corrupt feature shard {path}: bad record header "
-                                        f"at byte {offset} (garbled or not a TFRecord file)")
+                                        f"at byte {offset} (garbled or not a TFRecord file)", path)
             offset += 12 + length + 4
             if offset > size:
                 raise CorruptShardError(f"corrupt feature shard {path}: record at byte "
                                         f"{offset - length - 16} runs past the end of the "
-                                        f"file (truncated)")
+                                        f"file (truncated)", path)
             f.seek(offset)
             count += 1
     return count
+
+
+def find_corrupt_shard(features_dir: str, split: str) -> CorruptShardError | None:
+    """Reads every record of ``split`` with its checksums (a full pass over its files);
+    returns the error of the first corrupt shard, or None when all are sound."""
+    for path in shard_files(features_dir, split):
+        try:
+            check_shard(path, full=True)
+        except CorruptShardError as error:
+            return error
+    return None
+
+
+@contextlib.contextmanager
+def naming_corrupt_shards(features_dir: str, split: str):
+    """Names the shard behind a `tf.errors.DataLossError` raised while reading ``split``.
+
+    The reader's header walk does not read payloads, and TensorFlow's error for a
+    garbled one names no file (``corrupted record at 12``). On that error this checks
+    the split's shards in full and raises `CorruptShardError` naming the bad one and
+    how to rebuild it; when every shard reads back whole, the error is not a shard's
+    and goes on unchanged. Costs nothing until an error.
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as error:
+        corrupt = find_corrupt_shard(features_dir, split)
+        if corrupt is None:
+            raise
+        # The extraction skips the shards it finds finished (`extract_split`), so a
+        # rerun rebuilds only the deleted one.
+        raise CorruptShardError(
+            f"{corrupt} -- delete {corrupt.path} and rerun: the next run re-extracts only "
+            f"that shard", corrupt.path) from error
 
 
 # -- reading -----------------------------------------------------------------

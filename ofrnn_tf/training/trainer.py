@@ -16,14 +16,19 @@ indices, and each step gathers its rows instead of running M_map again.
 With a label context (`--model.label_context_units`), it is fitted after stage 1 and
 before stage 2 over the best M_map's logits of the training split, computed once
 (`_train_label_context`); M_map stays frozen. The fit is short and not checkpointed
-part-way: a run stopped during it refits it whole from the same starting point. With
-`--model.label_context_training=joint` it is instead trained in stage 1 with M_map
-(`OrderFreeRNN.map_loss`), and there is no separate fit.
+part-way: a run stopped during it, or after it but before the checkpoint that ends
+stage 1, refits it whole from the same starting point (the context's initial
+weights). With `--model.label_context_training=joint` it is instead trained in stage 1
+with M_map (`OrderFreeRNN.map_loss`), and there is no separate fit.
 
 Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
 and the position (stage, epoch, step in epoch). The data order of every epoch is a
 function of the seed alone, so a run killed at any point and restarted ends with the
-same weights as one that was never interrupted.
+same weights as one that was never interrupted. Every epoch is checkpointed once
+trained (its step count complete) and again once validated, so a validation that
+fails loses no training: the rerun redoes only the validation. The last stage's final
+checkpoint keeps its last epoch's weights and optimizer state (the best epoch's
+weights are in ``best/``), so a finished run given more epochs goes on from there.
 """
 
 from __future__ import annotations
@@ -53,6 +58,30 @@ ValidateFn = Callable[[OrderFreeRNN, int], dict]
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+def describe_position(stage: int, epochs_done: int, step: int, stage_epochs: Optional[int] = None,
+                      steps_per_epoch: Optional[int] = None) -> str:
+    """Where a run's training stands, epochs counted from 1 as the progress bar counts
+    them: ``stage 2 epoch 3/12, step 5/40``, ``stage 1 after epoch 4/12``, ``the start
+    of stage 2`` (the totals when given)."""
+    of = lambda total: f"/{total}" if total else ""
+    if step:
+        where = (f"stage {stage} epoch {epochs_done + 1}{of(stage_epochs)}, "
+                 f"step {step}{of(steps_per_epoch)}")
+        return where + (" (trained, not yet validated)" if step == steps_per_epoch else "")
+    if epochs_done:
+        return f"stage {stage} after epoch {epochs_done}{of(stage_epochs)}"
+    return f"the start of stage {stage}"
+
+
+def checkpoint_position(path: str) -> dict[str, int]:
+    """``{"stage", "epoch", "step_in_epoch"}`` of a `Trainer` checkpoint: epochs done in
+    the stage, steps done in the current epoch; ``stage`` is one past the last stage
+    once training finished."""
+    reader = tf.train.load_checkpoint(path)
+    return {name: int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+            for name in ("stage", "epoch", "step_in_epoch")}
 
 
 class Trainer:
@@ -126,6 +155,8 @@ class Trainer:
             self.optimizers[1].build(self.model.map_variables)
             if self.model.uses_decoder:
                 self.optimizers[2].build(self.model.decoder_variables)
+        # Where every label-context fit starts (`_train_label_context`).
+        self._initial_context = [v.numpy() for v in self.model.context_variables]
         self.cache_head_outputs = (self.model.uses_decoder and self.model.residual
                                    and self.head_outputs_mib <= config.train.cache_records_mib)
         # Host-side counters live outside the scope: under MultiWorkerMirroredStrategy a
@@ -326,9 +357,16 @@ class Trainer:
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
-            print(f"[train] resuming from {latest}: stage {int(self.stage)}, epoch "
-                  f"{int(self.epoch)}, step {int(self.step_in_epoch)}", file=sys.stderr)
+            print(f"[train] resuming from {latest}: {self.position()}", file=sys.stderr)
         return bool(latest)
+
+    def position(self) -> str:
+        """Where training stands (`describe_position`), or that it finished."""
+        stage, last = int(self.stage), self.stages()[-1]
+        if stage > last:
+            return f"training finished ({describe_position(last, int(self.epoch), 0)})"
+        return describe_position(stage, int(self.epoch), int(self.step_in_epoch),
+                                 self.stage_config(stage).epochs, self.steps_per_epoch)
 
     def stages(self) -> list[int]:
         return [1, 2] if self.model.uses_decoder else [1]
@@ -344,7 +382,9 @@ class Trainer:
         """Runs (or resumes) both stages; returns the model with the best weights.
 
         A finished run given more epochs for its last stage (and not stopped there by
-        its patience) goes on training that stage.
+        its patience) goes on training that stage from its last epoch's weights and
+        optimizer state, as a run given those epochs from the start would (with a
+        constant learning rate; a cosine schedule decays over the stage's epochs).
         """
         self.restore()
         if self.model.needs_adapting:
@@ -357,18 +397,36 @@ class Trainer:
                 continue
             while not self._stage_done(stage):
                 self._train_epoch(stage)
-            self._restore_best()  # stage 2 starts from stage 1's best M_map
-            if stage == 1 and self.model.context_variables:
-                self._train_label_context()
-            self.stage.assign(stage + 1)
-            if stage != self.stages()[-1]:
-                self.epoch.assign(0)
-                self.best_metric.assign(-1.0)
-                self.epochs_since_best.assign(0)
-            self.manager.save(checkpoint_number=int(self.global_step))
+            self._end_stage(stage)
         self.writer.flush()
         self._restore_best()
         return self.model
+
+    def _end_stage(self, stage: int) -> None:
+        """Checkpoints the end of `stage`. Before the last stage the model takes this
+        stage's best epoch (stage 2 starts from stage 1's best M_map, and the label
+        context is fitted over it); the last stage's checkpoint keeps its last epoch's
+        weights instead, beside its optimizer state and counters (`train` then returns
+        the best ones)."""
+        last = stage == self.stages()[-1]
+        trained = [v.numpy() for v in self._checkpointed_weights()] if last else None
+        self._restore_best()
+        if stage == 1 and self.model.context_variables:
+            self._train_label_context()
+        self.stage.assign(stage + 1)
+        if last:
+            for variable, value in zip(self._checkpointed_weights(), trained):
+                variable.assign(value)
+        else:
+            self.epoch.assign(0)
+            self.best_metric.assign(-1.0)
+            self.epochs_since_best.assign(0)
+        self.manager.save(checkpoint_number=int(self.global_step))
+
+    def _checkpointed_weights(self) -> list:
+        """The model's variables that ``best/`` holds (all but the dropout RNG states,
+        which go on from where training left them)."""
+        return [v for v in self.model.weights if "seed_generator" not in v.path]
 
     def _whole_split_batches(self) -> tf.data.Dataset:
         """One pass over all training examples, in batches, on every worker (each reads
@@ -410,6 +468,10 @@ class Trainer:
         logits, labels = self._training_map_logits()
         count = int(logits.shape[0])
         context, variables = self.model.label_context, self.model.context_variables
+        # A run stopped after a fit but before the checkpoint ending stage 1 has just
+        # restored the fitted context from best/: start from the initial weights again.
+        for variable, value in zip(variables, self._initial_context):
+            variable.assign(value)
         with self.strategy.scope():
             # Fresh on every fit (float32 layer: no loss scaling), so a refit after a
             # resume starts where the interrupted one did.
@@ -473,6 +535,25 @@ class Trainer:
             self.best_manager.checkpoint.restore(self.best_manager.latest_checkpoint).expect_partial()
 
     def _train_epoch(self, stage: int):
+        """Trains the rest of the current epoch and checkpoints it, then validates it and
+        checkpoints again: a validation that fails loses no training, and the rerun
+        resumes from the first checkpoint (its steps all done) to redo the validation."""
+        if int(self.step_in_epoch) < self.steps_per_epoch:
+            self._run_steps(stage)
+        step = int(self.global_step)
+        latest = self.manager.latest_checkpoint
+        if self.validate_fn is not None and not (latest and latest.endswith(f"-{step}")):
+            self.manager.save(checkpoint_number=step)  # unless `checkpoint_every` just did
+        self.epoch.assign_add(1)
+        self.step_in_epoch.assign(0)
+        if self.validate_fn is not None:
+            with self.writer.as_default():
+                self._validate(stage)
+        self.manager.save(checkpoint_number=step)
+
+    def _run_steps(self, stage: int):
+        """The current epoch's remaining training steps (checkpointed every
+        ``checkpoint_every`` global steps)."""
         epoch, start_step = int(self.epoch), int(self.step_in_epoch)
         stage_config = self.stage_config(stage)
         if stage not in self._train_steps:
@@ -512,11 +593,6 @@ class Trainer:
                 if step % runtime.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=step)
             bar.close()
-            self.epoch.assign_add(1)
-            self.step_in_epoch.assign(0)
-            if self.validate_fn is not None:
-                self._validate(stage)
-        self.manager.save(checkpoint_number=int(self.global_step))
 
     def _validate(self, stage: int):
         metrics = self.validate_fn(self.model, stage)

@@ -1,0 +1,228 @@
+"""`pipeline.run` around a trained run: a rerun checked before any data work, eval mode
+at another beam width, unfinished runs, and corrupt feature shards named by file.
+
+The runs train on a small hand-written feature cache (no images, no backbone), through
+`pipeline.make_trainer` as ``ofrnn-train`` does; `load_data` and `prepare_features` are
+replaced where a test goes through `pipeline.run` in train mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, run_checked
+from ofrnn_tf import pipeline
+from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+
+NAMES = ("circle", "square", "stripe", "dot")
+SHAPE = (2, 2, 6)
+SIZES = {"train": 64, "val": 32, "test": 16}
+FEATURES_NAME, FINGERPRINT = "synthetic-features", "c" * 64
+
+
+def write_features(cache_dir: str) -> str:
+    """A feature cache of SIZES examples (2 shards a split) whose features carry their labels."""
+    directory = cache.features_dir(cache_dir, FEATURES_NAME)
+    os.makedirs(directory)
+    LabelMap(NAMES).save(directory)
+    rng = np.random.default_rng(0)
+    class_vectors = 2.0 * rng.normal(size=(len(NAMES), SHAPE[-1]))
+    for split, count in SIZES.items():
+        labels = rng.random((count, len(NAMES))) < 0.4
+        labels[labels.sum(1) == 0, 0] = True
+        features = (rng.normal(size=(count, SHAPE[0] * SHAPE[1], SHAPE[2]))
+                    + (labels @ class_vectors)[:, None, :])
+        for shard in range(2):
+            rows = range(shard * count // 2, (shard + 1) * count // 2)
+            path = os.path.join(directory, tfrecords.shard_filename(split, shard, 2))
+            with tf.io.TFRecordWriter(path) as writer:
+                for i in rows:
+                    writer.write(tfrecords.serialize_example(
+                        f"{split}{i}", features[i], np.flatnonzero(labels[i]).tolist()))
+            tfrecords.write_shard_stats(directory, split, shard, 2, len(rows), [])
+    tfrecords.write_meta(directory, {"backbone": "synthetic", "feature_layer": "maps",
+                                     "image_size": 32, "feature_shape": list(SHAPE),
+                                     cache.FINGERPRINT_KEY: FINGERPRINT})
+    return directory
+
+
+FACTS = RunFacts(label_names=NAMES, max_steps=3, label_order=None, small_area=None,
+                 features_name=FEATURES_NAME, features_fingerprint=FINGERPRINT,
+                 feature_shape=SHAPE, image_size=32, feature_layer="maps")
+
+
+def tiny_config(cache_dir: str, **sections) -> ExperimentConfig:
+    return ExperimentConfig().replace(
+        model={"lstm_units": 8, "attention_units": 8, "fc_units": 8, "head": "mean_linear",
+               "decoder": "paper", "standardize_features": False},
+        stage1={"learning_rate": 1e-2, "epochs": 1}, stage2={"learning_rate": 1e-2, "epochs": 1},
+        train={"batch_size": 16}, decoding={"beam_size": 2},
+        runtime={"cache_dir": cache_dir, "log_every": 1}, **sections)
+
+
+def train(config: ExperimentConfig, workdir: str, features_dir: str) -> None:
+    """What train mode does once the features are there, less the example pictures."""
+    run_dir = RunDir(workdir)
+    run_dir.save(config, FACTS)
+    model = pipeline.make_trainer(config, FACTS, run_dir, features_dir).train()
+    pipeline.calibrate_and_evaluate(model, config, FACTS, run_dir, features_dir, recalibrate=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`(config, workdir, features_dir)` of a finished tiny run."""
+    base = tmp_path_factory.mktemp("pipeline")
+    features_dir = write_features(str(base / "cache"))
+    config = tiny_config(str(base / "cache"))
+    train(config, str(base / "run"), features_dir)
+    return config, str(base / "run"), features_dir
+
+
+def copy_run(trained, tmp_path) -> str:
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained[1], workdir)
+    return workdir
+
+
+def garble_payload(features_dir: str, split: str, shard: int = 1) -> str:
+    """Overwrites bytes inside the second record's payload (headers stay sound)."""
+    path = os.path.join(features_dir, tfrecords.shard_filename(split, shard, 2))
+    data = bytearray(open(path, "rb").read())
+    second = 12 + int.from_bytes(data[:8], "little") + 4
+    data[second + 40:second + 50] = b"0123456789"
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    tfrecords.check_shard(path)  # the default header walk passes it
+    return path
+
+
+# -- eval mode -------------------------------------------------------------------------
+def test_eval_at_another_beam_width_keeps_the_runs_width_and_metrics(trained, tmp_path):
+    config, _, _ = trained
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    run_json = open(run_dir.run_file).read()
+    own_metrics = run_dir.load_metrics("test")
+    assert own_metrics["beam_size"] == 2
+
+    greedy = pipeline.run(config.replace(decoding={"beam_size": 1}), run_dir.path, "eval")
+    assert open(run_dir.run_file).read() == run_json  # the run's K is still 2
+    assert run_dir.load_metrics("test") == own_metrics
+    assert os.path.basename(run_dir.metrics_file("test", 1)) == "metrics_test_k1.json"
+    assert run_dir.load_metrics("test", 1) == greedy and greedy["beam_size"] == 1
+    assert run_dir.calibrated_beam_sizes() == [1, 2]
+
+    again = pipeline.run(config, run_dir.path, "eval")  # at the run's own width
+    assert again["beam_size"] == 2 and run_dir.load_metrics("test") == again
+    assert "unfinished_run" not in again
+
+
+def stop_at_validation(config, workdir, features_dir, number: int) -> None:
+    """Trains until the `number`-th validation, which fails."""
+    calls = []
+    evaluate = pipeline.evaluation.validate
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline.evaluation, "validate", failing)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, workdir, features_dir)
+
+
+def test_eval_refuses_a_run_whose_decoder_was_never_validated(trained, tmp_path):
+    config, _, features_dir = trained
+    workdir = str(tmp_path / "run")
+    stop_at_validation(config, workdir, features_dir, number=2)  # stage 2's first one
+    with pytest.raises(pipeline.UnfinishedRunError,
+                       match=r"stopped at stage 2 epoch 1/1, step 4, before any validated "
+                             r"epoch of stage 2, so its decoder \(stage 2\) is untrained.*"
+                             r"without --mode=eval"):
+        pipeline.run(config, workdir, "eval")
+    assert not os.path.exists(RunDir(workdir).metrics_file("test"))
+
+
+def test_eval_of_an_unfinished_run_warns_and_records_where_it_stopped(trained, tmp_path, capsys):
+    config, _, features_dir = trained
+    longer = config.replace(stage2={"epochs": 2})
+    workdir = str(tmp_path / "run")
+    stop_at_validation(longer, workdir, features_dir, number=3)  # stage 2's second one
+    metrics = pipeline.run(longer, workdir, "eval")
+    assert metrics["unfinished_run"] == "stopped at stage 2 epoch 2/2, step 4"
+    assert RunDir(workdir).load_metrics("test")["unfinished_run"] == metrics["unfinished_run"]
+    assert "WARNING" in capsys.readouterr().err
+
+
+# -- a rerun with other settings ---------------------------------------------------------
+def test_a_rerun_with_another_setting_is_refused_before_any_data_work(trained, tmp_path,
+                                                                      monkeypatch):
+    config, _, _ = trained
+    workdir = copy_run(trained, tmp_path)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data work before the run folder was checked")
+
+    monkeypatch.setattr(pipeline, "load_data", no_data)
+    monkeypatch.setattr(pipeline, "prepare_features", no_data)
+    for mode in ("train", "eval"):
+        with pytest.raises(IncompatibleRunError, match=r"data.num_train: \d+ in the run "
+                                                       r"folder vs 96 now"):
+            pipeline.run(config.replace(data={"num_train": 96}), workdir, mode)
+
+
+def test_the_command_reports_a_refused_rerun_as_a_usage_error(make_fake_run, tmp_path):
+    workdir = make_fake_run(tmp_path / "run")
+    cache_dir = tmp_path / "cache"
+    done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}",
+                        f"--runtime.cache_dir={cache_dir}", "--data.num_train=96"],
+                       expect_failure=True)
+    assert "describes another run" in done.stderr and "data.num_train" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not cache_dir.exists()  # no canvas built, no feature extracted
+
+
+# -- corrupt shards --------------------------------------------------------------------
+@pytest.fixture
+def corrupt_copy(trained, tmp_path, monkeypatch):
+    """`(config, features_dir)`: a copy of the feature cache, which train mode finds."""
+    config, _, features_dir = trained
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(features_dir, cache.features_dir(str(cache_dir), FEATURES_NAME))
+    config = config.replace(runtime={"cache_dir": str(cache_dir)})
+    copy_dir = cache.features_dir(str(cache_dir), FEATURES_NAME)
+    monkeypatch.setattr(pipeline, "load_data", lambda config: None)
+    monkeypatch.setattr(pipeline, "prepare_features", lambda config, data: (copy_dir, FACTS))
+    return config, copy_dir
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_training_names_a_shard_with_a_garbled_record(corrupt_copy, tmp_path, split):
+    config, features_dir = corrupt_copy
+    path = garble_payload(features_dir, split)
+    with pytest.raises(tfrecords.CorruptShardError) as error:
+        pipeline.run(config, str(tmp_path / "run"), "train")
+    assert error.value.path == path
+    assert f"corrupt feature shard {path}" in str(error.value)
+    assert f"delete {path} and rerun: the next run re-extracts only that shard" in str(error.value)
+
+
+def test_evaluation_names_a_shard_with_a_garbled_record(trained, corrupt_copy, tmp_path):
+    config, features_dir = corrupt_copy
+    workdir = copy_run(trained, tmp_path)
+    path = garble_payload(features_dir, "test", shard=0)
+    with pytest.raises(tfrecords.CorruptShardError, match=f"delete {path} and rerun"):
+        pipeline.run(config, workdir, "eval")
+    assert json.loads(open(RunDir(workdir).metrics_file("test")).read())  # left as it was
