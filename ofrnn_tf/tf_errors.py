@@ -18,7 +18,7 @@ _NODE_PATH = re.compile(r"\s*\[\[[^\]]*\]\]")
 def op_error_text(error: tf.errors.OpError) -> str:
     """The reason in a TensorFlow error message, without node names and stack notes."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
-    text = re.sub(r"\s*\[Op:[\w.]+\]\s*$", "", text)
+    text = re.sub(r"\s*\[Op:[\w.]+\].*$", "", text, flags=re.S)  # and its "name:"
     text = _NODE_PATH.sub("", text)
     # Stack frames may run on one line after the reason's first words.
     text = re.sub(r'\s*File "[^"]*", line \d+, in \S+', "", text)

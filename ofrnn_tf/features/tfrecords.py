@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.tf_errors import op_error_text
 
 META_FILENAME = "meta.json"
 FEATURE_DTYPE = "float16"
@@ -221,12 +222,6 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _reason(error: tf.errors.OpError) -> str:
-    """An op error's message without TensorFlow's function and op names."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
-    return re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip() or type(error).__name__
-
-
 def check_shard(path: str, full: bool = False) -> int:
     """Checks a TFRecord file and returns its record count.
 
@@ -239,7 +234,7 @@ def check_shard(path: str, full: bool = False) -> int:
         try:
             return int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
         except tf.errors.DataLossError as e:
-            raise CorruptShardError(f"corrupt feature shard {path}: {_reason(e)}", path) from None
+            raise CorruptShardError(f"corrupt feature shard {path}: {op_error_text(e)}", path) from None
     size = os.path.getsize(path)
     count, offset = 0, 0
     with open(path, "rb") as f:
