@@ -4,6 +4,7 @@ XLA unless asked, versions, runs that cannot be exported."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -146,11 +147,22 @@ def test_warmup_requests_parse_and_run(tiny_export_run, loaded):
 
 def session_outputs(export_dir: Path, signature: str, feeds: dict) -> dict:
     """Runs one signature the way TensorFlow Serving does (session over the SignatureDef)."""
+    with served(export_dir) as run:
+        return run(signature, feeds)
+
+
+@contextlib.contextmanager
+def served(export_dir: Path):
+    """`run(signature, feeds)` over one session of the export, as TF Serving holds it."""
     session, signature_defs = load_session(str(export_dir))
-    try:
+
+    def run(signature: str, feeds: dict) -> dict:
         sig = signature_defs[signature]
         return session.run({k: v.name for k, v in sig.outputs.items()},
                            {sig.inputs[k].name: v for k, v in feeds.items()})
+
+    try:
+        yield run
     finally:
         session.close()
 
@@ -186,9 +198,9 @@ def test_session_loader_matches_in_process_decoding(tiny_export_run, tiny_module
         "features": ("predict_features", {"features": features},
                      tiny_module.serve_features(tf.constant(features))),
     }
-    for what, (signature, feeds, want) in cases.items():
-        got = session_outputs(bare, signature, feeds)
-        assert_same_decoding(got, want, what)
+    with served(bare) as run:
+        for what, (signature, feeds, want) in cases.items():
+            assert_same_decoding(run(signature, feeds), want, what)
 
 
 def test_session_loader_runs_the_label_context(make_fake_run, tiny_backbone, tmp_path):
@@ -322,20 +334,20 @@ def test_threshold_signature_under_the_session_loader_takes_one_value_per_image(
     jpegs = tiny_export_run.jpeg_bytes(4)
     images = np.array(jpegs, object)
     mixed = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
-    got = session_outputs(tiny_export_run.export_dir, "predict_with_threshold",
-                          {"images": images, "threshold": mixed})
-    for i, tau in enumerate(mixed):  # each image as if its τ were everyone's
-        alone = tiny_module.serve_images_with_threshold(tf.constant(jpegs), tf.fill([4], tau))
-        assert got["num_labels"][i] == alone["num_labels"][i]
-        np.testing.assert_array_equal(got["labels"][i], alone["labels"][i])
     bad = {"count": (np.float32([0.5]), "threshold has 1 values for 4 images"),
            "range": (np.float32([0.5, 0.5, 1.5, 0.5]), r"threshold\[2\] must be a probability "
                                                        r"in \[0, 1\]; got 1.5"),
            "NaN": (np.float32([0.5, np.nan, 0.5, 0.5]), r"threshold\[1\] must be")}
-    for what, (threshold, message) in bad.items():
-        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            session_outputs(tiny_export_run.export_dir, "predict_with_threshold",
-                            {"images": images, "threshold": threshold})
+    with served(tiny_export_run.export_dir) as run:
+        got = run("predict_with_threshold", {"images": images, "threshold": mixed})
+        for what, (threshold, message) in bad.items():
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                run("predict_with_threshold", {"images": images, "threshold": threshold})
+    for tau in (0.0, 1.0):  # each image as if its τ were everyone's
+        alone = tiny_module.serve_images_with_threshold(tf.constant(jpegs), tf.fill([4], tau))
+        for i in np.flatnonzero(mixed == tau):
+            assert got["num_labels"][i] == alone["num_labels"][i]
+            np.testing.assert_array_equal(got["labels"][i], alone["labels"][i])
 
 
 def test_export_refuses_warmup_images_and_settings_that_would_not_serve(tiny_export_run,
@@ -376,3 +388,15 @@ def test_export_command_names_the_warmup_file_it_refuses(tiny_export_run, tmp_pa
         assert messages[what] in done.stderr, (what, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, what
     assert not (tmp_path / "export").exists()
+
+
+def test_features_signature_refuses_non_finite_maps_naming_the_image(tiny_export_run, tiny_module):
+    shape = [3, *tiny_module.feature_shape]
+    features = np.zeros(shape, np.float32)
+    features[2, 0, 1, 0] = np.nan
+    with served(tiny_export_run.export_dir) as run:
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"features\[2\] contains NaN or Inf"):
+            run("predict_features", {"features": features})
+        features[2, 0, 1, 0] = 0.0
+        assert run("predict_features", {"features": features})["num_labels"].shape == (3,)

@@ -220,7 +220,7 @@ class InferenceModule(tf.Module):
         return self._outputs(self.backbone(self._pixels(images)), threshold[:, None])
 
     def _serve_features(self, features):
-        return self._outputs(features, self.tau.read_value())
+        return self._outputs(_checked_features(features), self.tau.read_value())
 
     def _predict_pixels(self, pixels):
         features = self.backbone(pixels)
@@ -237,6 +237,19 @@ class InferenceModule(tf.Module):
                 "min_labels": tf.constant(self.min_labels),
                 "max_image_pixels": self.max_image_pixels.read_value(),
                 "label_names": self.label_names.read_value()}
+
+
+def _checked_features(features: tf.Tensor) -> tf.Tensor:
+    """`features` once every value is finite; else InvalidArgumentError naming the first
+    image that holds a NaN or Inf as ``features[i]`` (the beam search would decode it
+    to no labels at all, silently)."""
+    finite = tf.reduce_all(tf.math.is_finite(tf.reshape(features, [tf.shape(features)[0], -1])),
+                           axis=1)
+    first = tf.argmin(tf.concat([tf.cast(finite, tf.int32), [0]], 0), output_type=tf.int32)
+    check = tf.debugging.Assert(tf.reduce_all(finite), [tf.strings.format(
+        "features[{}] contains NaN or Inf", first)])
+    with tf.control_dependencies([check]):
+        return tf.identity(features)
 
 
 def _checked_thresholds(threshold: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
