@@ -1,4 +1,5 @@
-"""The reason in a TensorFlow op error, for messages people read (server answers, CLI errors)."""
+"""The reason in a TensorFlow op error, for messages people read (server answers, CLI
+errors, images skipped by extraction or prediction)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ _NOISE_LINE = re.compile(
 _NODE_PATH = re.compile(r"\s*\[\[[^\]]*\]\]")
 
 
-def op_error_text(error: tf.errors.OpError) -> str:
-    """The reason in a TensorFlow error message, without node names and stack notes."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
+def op_error_text(error: BaseException) -> str:
+    """The reason in a TensorFlow error message (an op error's ``message``, else the
+    exception's text), without node names and stack notes."""
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
     text = re.sub(r"\s*\[Op:[\w.]+\].*$", "", text, flags=re.S)  # and its "name:"
     text = _NODE_PATH.sub("", text)
     # Stack frames may run on one line after the reason's first words.

@@ -38,8 +38,9 @@ from tqdm import tqdm
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
-from ofrnn_tf.features.images import clean_tf_error, decode_and_resize
+from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.tf_errors import op_error_text
 
 _INCOMPLETE_SUFFIX = ".incomplete"
 
@@ -159,7 +160,7 @@ def _diagnose(example: Example, image_size: int) -> str:
             data = tf.io.read_file(example.image)
         decode_and_resize(data, image_size)
     except (tf.errors.OpError, OSError, ValueError) as e:
-        return clean_tf_error(e)
+        return op_error_text(e)
     return "could not be read or decoded"
 
 

@@ -11,7 +11,6 @@ exported SavedModel, so cached features and served predictions see identical pix
 
 from __future__ import annotations
 
-import re
 import struct
 
 import tensorflow as tf
@@ -45,18 +44,6 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     out = tf.cond(same, lambda: image, resize)
     out.set_shape([image_size, image_size, 3])
     return out
-
-
-_TF_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
-_TF_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\].*$", re.S)
-
-
-def clean_tf_error(error: BaseException) -> str:
-    """The human part of a TensorFlow op error message (no node names, no op tag)."""
-    message = getattr(error, "message", None) or str(error)
-    message = _TF_FUNCTION_NODE.sub("", message)
-    message = _TF_OP_SUFFIX.sub("", message)
-    return message.strip() or type(error).__name__
 
 
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not

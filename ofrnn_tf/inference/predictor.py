@@ -26,8 +26,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ofrnn_tf.features.images import clean_tf_error, decode_and_resize, read_image_header
+from ofrnn_tf.features.images import decode_and_resize, read_image_header
 from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -130,7 +131,7 @@ class Predictor:
                 except OSError as error:
                     batch.append(_error(names[i], error.strerror or str(error)))
                 except (tf.errors.OpError, ValueError) as error:
-                    batch.append(_error(names[i], clean_tf_error(error)))
+                    batch.append(_error(names[i], op_error_text(error)))
                 else:
                     slots.append(len(batch))
                     batch.append(None)
