@@ -12,8 +12,11 @@ exported SavedModel, so cached features and served predictions see identical pix
 from __future__ import annotations
 
 import struct
+from typing import Sequence
 
 import tensorflow as tf
+
+from ofrnn_tf.tf_errors import op_error_text
 
 IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
 
@@ -113,3 +116,14 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
     if width <= 0 or height <= 0:
         raise ValueError(f"{fmt} header gives an empty image ({width}x{height})")
     return fmt, width, height
+
+
+def find_undecodable(key: str, images: Sequence[bytes]) -> str | None:
+    """Names the first image TensorFlow's decoder refuses (``key[i]: ...``), or None if
+    all decode (run eagerly, where a model's batched decoder failed and named none)."""
+    for i, encoded in enumerate(images):
+        try:
+            tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        except tf.errors.OpError as e:
+            return f"{key}[{i}]: image cannot be decoded: {op_error_text(e)}"
+    return None

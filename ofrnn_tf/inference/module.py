@@ -239,15 +239,19 @@ class InferenceModule(tf.Module):
                 "label_names": self.label_names.read_value()}
 
 
+def _first(mask: tf.Tensor) -> tf.Tensor:
+    """The index of the first true entry of a bool vector, or its length if none is."""
+    return tf.argmax(tf.concat([tf.cast(mask, tf.int32), [1]], 0), output_type=tf.int32)
+
+
 def _checked_features(features: tf.Tensor) -> tf.Tensor:
     """`features` once every value is finite; else InvalidArgumentError naming the first
     image that holds a NaN or Inf as ``features[i]`` (the beam search would decode it
     to no labels at all, silently)."""
     finite = tf.reduce_all(tf.math.is_finite(tf.reshape(features, [tf.shape(features)[0], -1])),
                            axis=1)
-    first = tf.argmin(tf.concat([tf.cast(finite, tf.int32), [0]], 0), output_type=tf.int32)
     check = tf.debugging.Assert(tf.reduce_all(finite), [tf.strings.format(
-        "features[{}] contains NaN or Inf", first)])
+        "features[{}] contains NaN or Inf", _first(tf.logical_not(finite)))])
     with tf.control_dependencies([check]):
         return tf.identity(features)
 
@@ -259,7 +263,7 @@ def _checked_thresholds(threshold: tf.Tensor, batch_size: tf.Tensor) -> tf.Tenso
     same_size = tf.debugging.Assert(tf.equal(count, batch_size), [tf.strings.format(
         "threshold has {} values for {} images: give one τ per image", (count, batch_size))])
     bad = tf.logical_not((threshold >= 0.0) & (threshold <= 1.0))  # NaN is bad too
-    first = tf.argmax(tf.concat([tf.cast(bad, tf.int32), [1]], 0), output_type=tf.int32)
+    first = _first(bad)
     in_range = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [tf.strings.format(
         "threshold[{}] must be a probability in [0, 1]; got {}",
         (first, tf.gather(tf.concat([threshold, [0.0]], 0), first)))])

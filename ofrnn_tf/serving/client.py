@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from ofrnn_tf.features.images import find_undecodable
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -291,10 +292,5 @@ def _undecodable(error: grpc.RpcError, image: bytes) -> bool:
     """Whether an INVALID_ARGUMENT refusal of a request holding only `image` is the
     image's: the export leaves TensorFlow's decoder message, without an index, for one
     image whose file looks complete (docs/serving.md), and TensorFlow here refuses it too."""
-    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
-        return False
-    try:
-        tf.io.decode_image(image, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-        return True
-    return False
+    return (error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and find_undecodable("images", [image]) is not None)

@@ -18,8 +18,9 @@ extra or ill-typed inputs, wrong shapes, empty batches, empty strings, bytes tha
 are not a JPEG/PNG/GIF/BMP image, images whose header says width*height is above
 ``--max_image_pixels`` (read from the header, nothing is decompressed), non-finite
 floats (INVALID_ARGUMENT). The image-size limit is the export's own (the
-``max_image_pixels`` variable of the SavedModel) unless ``--max_image_pixels`` lowers it. Corrupt image data behind a sound header shows when the
-model's decoder fails; the images are then decoded one by one to name the index
+``max_image_pixels`` variable of the SavedModel) unless ``--max_image_pixels``
+lowers it. Corrupt image data behind a sound header shows when the model's decoder
+fails; the images are then decoded one by one to name the index
 (INVALID_ARGUMENT). Any other failure inside the model is INTERNAL; either way the
 server keeps serving. Loaded concrete functions are called from many threads at
 once (TensorFlow's runtime is thread-safe), as TF Serving runs concurrent sessions.
@@ -58,7 +59,7 @@ from tensorflow_serving.apis import (
 )
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
-from ofrnn_tf.features.images import read_image_header
+from ofrnn_tf.features.images import find_undecodable, read_image_header
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX,
                                               find_latest_version)
 from ofrnn_tf.tf_errors import op_error_text
@@ -76,16 +77,6 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def find_undecodable(key: str, images: np.ndarray) -> str | None:
-    """Names the first image TensorFlow's decoder refuses, or None if all decode."""
-    for i, encoded in enumerate(images):
-        try:
-            tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        except tf.errors.OpError as e:
-            return f"{key}[{i}]: image cannot be decoded: {op_error_text(e)}"
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -152,12 +143,11 @@ _PIXEL_LIMIT_KEY = "max_image_pixels/.ATTRIBUTES/VARIABLE_VALUE"
 
 def recorded_image_pixel_limit(saved_model_dir: str) -> int | None:
     """The image-size limit the export's graph enforces, or None if it records none."""
-    checkpoint = os.path.join(saved_model_dir, "variables", "variables")
     try:
-        keys = dict(tf.train.list_variables(checkpoint))
+        reader = tf.train.load_checkpoint(os.path.join(saved_model_dir, "variables", "variables"))
     except (tf.errors.OpError, ValueError):
         return None  # no variables at all
-    return int(tf.train.load_variable(checkpoint, _PIXEL_LIMIT_KEY)) if _PIXEL_LIMIT_KEY in keys else None
+    return int(reader.get_tensor(_PIXEL_LIMIT_KEY)) if reader.has_tensor(_PIXEL_LIMIT_KEY) else None
 
 
 def load_session(saved_model_dir: str, tags: Sequence[str] = ("serve",)
