@@ -47,6 +47,21 @@ def test_helpfull_shows_the_main_job_defaults():
         assert shown.get(name) == want, (name, shown.get(name), want)
 
 
+@pytest.mark.parametrize("argv", [
+    ["train.py", "--help"],
+    # What a console-script wrapper runs: a __main__ without a docstring.
+    ["-c", "import sys; from ofrnn_tf.cli.train import run; sys.argv[0] = 'ofrnn-train'; run()",
+     "--help"],
+])
+def test_help_lists_the_commands_own_flags_under_its_description(argv):
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert "Trains and evaluates" in done.stdout or "ofrnn-train: trains" in done.stdout, \
+        done.stdout[:500]
+    for name in ("--workdir", "--mode", "--model.lstm_units", "--stage2.epochs"):
+        assert name in done.stdout, (name, done.stdout[-1500:])
+
+
 def test_flags_override_only_what_they_name():
     values = parse("--config=paper", "--stage2.epochs=3", "--data.seed=2")
     config = config_from_flags(values)

@@ -1,14 +1,26 @@
 """The command-line entry points (console scripts of the package; thin absl layers)."""
 
-from absl import app
+import sys
+
+from absl import app, flags
 
 
 def runner(define_flags, main):
     """A console script's entry: define the command's flags (only when it runs, so importing
-    a command module defines none), then run `main` under absl."""
+    a command module defines none), then run `main` under absl.
+
+    absl's ``--help`` lists the key flags of the module named by ``sys.argv[0]`` under
+    ``__main__``'s docstring; the flags here are defined in the command's module, and a
+    console-script wrapper has no docstring, so both are handed over to the script."""
 
     def run():
+        before = set(flags.FLAGS)
         define_flags()
+        for name in sorted(set(flags.FLAGS) - before):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+        entry = sys.modules["__main__"]
+        if not entry.__doc__:
+            entry.__doc__ = sys.modules[main.__module__].__doc__
         app.run(main)
 
     return run

@@ -58,6 +58,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from ofrnn_tf.cli import runner
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.features.images import find_undecodable, read_image_header
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX,
@@ -501,10 +502,7 @@ def main(argv: Sequence[str]) -> None:
         server.stop(grace=2.0).wait()
 
 
-def run() -> None:
-    """The ``ofrnn-serve`` console script."""
-    _define_flags()
-    app.run(main)
+run = runner(_define_flags, main)  # the ``ofrnn-serve`` console script
 
 
 if __name__ == "__main__":
