@@ -140,7 +140,8 @@ class ModelConfig:
     head_dropout: float = setting(0.3, "Dropout on M_map's input features while training it.")
     label_context_units: int = setting(
         0, "Width of the label-context MLP that corrects M_map's logits from all of its class "
-        "probabilities, trained after stage 1 (0: none). Helps where labels co-occur.")
+        "probabilities (0: none; when it trains: --model.label_context_training). Helps where "
+        "labels co-occur.")
     label_context_dropout: float = setting(0.2, "Dropout in the label-context MLP while "
                                            "training it.")
     label_context_training: str = setting(
