@@ -3,6 +3,7 @@
 - `tiny_backbone`: a random two-layer CNN `Backbone` (4x4x8 maps of 32x32 images).
 - `make_fake_run`: writes a finished-looking run folder by hand (config, facts, a freshly
   initialised checkpoint, a calibration) — fast, no training.
+- `assert_config_holds_every_argument`: a layer's `get_config` names all its arguments.
 - `sample_images`: three real JPEGs of different sizes and one truncated file.
 - `tiny_export_run`: the embedded benchmark trained at toy size with `train.py` and
   exported with `export.py` (child processes, as a user runs them), once per session
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 import subprocess
 import sys
@@ -40,6 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_NAMES = ("circle", "square", "stripe", "dot", "ring")
 FAKE_BACKBONE = "tiny_test_cnn"
 FAKE_TAU, FAKE_BEAM, FAKE_MAX_STEPS = 0.05, 2, 3
+
+
+def assert_config_holds_every_argument(cls, config: dict, given: dict) -> None:
+    """`get_config` names every argument of `cls.__init__`, with the values given: a
+    clone-against-original comparison cannot see an argument missing on both sides."""
+    arguments = [name for name, p in inspect.signature(cls.__init__).parameters.items()
+                 if name != "self" and p.kind is not p.VAR_KEYWORD]
+    assert not [name for name in arguments if name not in config], cls.__name__
+    for name, value in given.items():
+        assert config[name] == value, (cls.__name__, name, config[name], value)
 
 
 def run_checked(args: list[str], timeout: float = 600.0, cwd=ROOT,

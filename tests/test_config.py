@@ -81,6 +81,9 @@ def test_invalid_values_are_refused_naming_the_setting():
         config_from_flags(parse("--model.head_kernel_size=4"))
     with pytest.raises(ValueError, match=r"unknown fields \['lstm'\] in config section 'model'"):
         ExperimentConfig.from_dict({"model": {"lstm": 3}})
+    with pytest.raises(ValueError, match=r"ModelConfig.variant=no_attention is an ablation of "
+                                         r"the paper's decoder: it needs decoder=paper"):
+        config_from_flags(parse("--model.variant=no_attention"))  # refused before any data work
     with pytest.raises(ValueError, match=r"TrainConfig.attention_penalty must be ≥ 0; got -1"):
         config_from_flags(parse("--train.attention_penalty=-1"))
     with pytest.raises(ValueError, match="attention_penalty needs attention to penalise; "

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import assert_config_holds_every_argument
 from ofrnn_tf.modeling.layers import ConfidenceRankedLSTMCell, LabelMapHead, VisualAttention
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import CellState, mask_chosen
 
@@ -186,8 +187,10 @@ def test_cell_gradients_reach_every_variable(use_attention):
 
 
 # -- config round trips -------------------------------------------------------------
-def _copy_round_trip(layer):
+def _copy_round_trip(layer, **given):
+    """The clone from `get_config`, which must hold every argument (`given` with its value)."""
     config = layer.get_config()
+    assert_config_holds_every_argument(type(layer), config, given)
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
     return clone
@@ -197,7 +200,7 @@ def test_label_map_head_config_round_trip():
     head = LabelMapHead(num_classes=C, dropout=0.3, name="m_map")
     x = features()
     head(x)
-    clone = _copy_round_trip(head)
+    clone = _copy_round_trip(head, num_classes=C, dropout=0.3)
     assert (clone.num_classes, clone.dropout, clone.name) == (C, 0.3, "m_map")
     clone(x)
     clone.set_weights(head.get_weights())
@@ -208,7 +211,7 @@ def test_visual_attention_config_round_trip():
     att = make_attention(name="m_att")
     v, h = features(), tf.ones([B, UNITS])
     out = att(att.project_features(v), v, h)
-    clone = _copy_round_trip(att)
+    clone = _copy_round_trip(att, units=UNITS)
     assert clone.units == UNITS
     clone.build((None, M, UNITS), (None, M, K), (None, UNITS))
     clone.set_weights(att.get_weights())
@@ -219,7 +222,8 @@ def test_visual_attention_config_round_trip():
 @pytest.mark.parametrize("use_attention", [True, False])
 def test_cell_config_round_trip(use_attention):
     cell = make_cell(use_attention)
-    clone = _copy_round_trip(cell)
+    clone = _copy_round_trip(cell, num_classes=C, units=UNITS, attention_units=UNITS,
+                             fc_units=UNITS, dropout=0.2, use_attention=use_attention)
     assert clone.use_attention == use_attention and clone.dropout == 0.2
     clone.build((None, M, K))
     assert len(clone.weights) == len(cell.weights)
@@ -310,17 +314,48 @@ def test_residual_cell_matches_numpy_lstm_reference():
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
 
 
+def test_paper_cell_matches_numpy_reference_of_eq_4_to_7():
+    """The paper's step against plain numpy: attention (Eq. 4–5), the LSTM over
+    `[v_pred, z_t, ỹ_{t-1}]` (Eq. 6) and FC2(FC1([v_pred, z_t, ỹ_{t-1}, h_t])) (Eq. 7)."""
+    cell = make_cell(seed=2)
+    rng = np.random.default_rng(4)
+    cell.fc2.kernel.assign(rng.normal(size=cell.fc2.kernel.shape).astype("float32"))
+    v = features(seed=5)
+    state = CellState(*(tf.constant(rng.normal(size=(B, UNITS)), tf.float32) for _ in range(2)),
+                      tf.constant(rng.random((B, C)) < 0.4, tf.float32),
+                      tf.constant(rng.random((B, C)), tf.float32))
+    logits, alpha, h, c = cell.predict(cell.prepare(v), state)
+
+    att, sig = cell.attention, lambda q: 1 / (1 + np.exp(-q))
+    e = (np.tanh(v.numpy() @ att._feature_proj.kernel.numpy() + att._feature_proj.bias.numpy()
+                 + (state.h.numpy() @ att._hidden_proj.kernel.numpy())[:, None])
+         @ att._score.kernel.numpy())[..., 0]
+    a = np.exp(e - e.max(1, keepdims=True))
+    a /= a.sum(1, keepdims=True)
+    x = np.concatenate([state.p.numpy(), np.einsum("bm,bmk->bk", a, v.numpy()),
+                        state.y_tilde.numpy()], 1)
+    kernel, recurrent, bias = (w.numpy() for w in cell.lstm.weights)
+    i, f, g, o = np.split(x @ kernel + state.h.numpy() @ recurrent + bias, 4, axis=1)
+    c_ref = sig(f) * state.c.numpy() + sig(i) * np.tanh(g)
+    h_ref = sig(o) * np.tanh(c_ref)
+    fc1 = np.maximum(np.concatenate([x, h_ref], 1) @ cell.fc1.kernel.numpy()
+                     + cell.fc1.bias.numpy(), 0)
+    p_ref = fc1 @ cell.fc2.kernel.numpy() + cell.fc2.bias.numpy()
+    for got, want in ((alpha, a), (c, c_ref), (h, h_ref), (logits, p_ref)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_new_layers_config_round_trip():
     from ofrnn_tf.modeling.layers import (
         FeatureStandardizer, LabelContext, ResidualDecoderCell, SpatialLabelHead)
 
-    for layer in (SpatialLabelHead(num_classes=C, units=UNITS, dropout=0.1, sharpness=3.0),
-                  LabelContext(num_classes=C, units=UNITS, dropout=0.3),
-                  SpatialLabelHead(num_classes=C, units=UNITS, kernel_size=3),
-                  ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=4, dropout=0.3),
-                  FeatureStandardizer(depth=K, epsilon=1e-2)):
-        clone = type(layer).from_config(layer.get_config())
-        assert clone.get_config() == layer.get_config()
+    for cls, given in (
+            (SpatialLabelHead, dict(num_classes=C, units=UNITS, dropout=0.1, sharpness=3.0)),
+            (LabelContext, dict(num_classes=C, units=UNITS, dropout=0.3)),
+            (SpatialLabelHead, dict(num_classes=C, units=UNITS, kernel_size=3)),
+            (ResidualDecoderCell, dict(num_classes=C, units=UNITS, fc_units=4, dropout=0.3)),
+            (FeatureStandardizer, dict(depth=K, epsilon=1e-2))):
+        _copy_round_trip(cls(**given), **given)
 
 
 # -- label context ---------------------------------------------------------------------

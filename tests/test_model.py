@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import assert_config_holds_every_argument
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import mask_chosen
 from ofrnn_tf.modeling.model import MODES, OrderFreeRNN, fixed_label_order
 
@@ -396,6 +397,10 @@ def test_model_config_round_trip(mode, decoder):
                        label_context_training="joint")
     correct_labels(model)
     config = model.get_config()
+    assert_config_holds_every_argument(OrderFreeRNN, config, dict(
+        num_classes=C, mode=mode, decoder=decoder, dropout=0.1, feature_dropout=0.25,
+        label_context_units=UNITS, label_context_dropout=0.3, label_context_training="joint",
+        lstm_units=UNITS, attention_units=UNITS, fc_units=UNITS))
     clone = OrderFreeRNN.from_config(config)
     assert clone.get_config() == config
     assert (clone.mode, clone.label_order, clone.dropout) == (mode, model.label_order, 0.1)

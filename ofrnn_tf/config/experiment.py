@@ -175,6 +175,10 @@ class ModelConfig:
         if self.decoder == "residual" and self.head != "spatial":
             raise ValueError("ModelConfig.decoder=residual reads the spatial head's per-position "
                              "features: it needs head=spatial")
+        if self.decoder == "residual" and self.variant == "no_attention":
+            raise ValueError("ModelConfig.variant=no_attention is an ablation of the paper's "
+                             "decoder: it needs decoder=paper (--model.decoder=paper, or "
+                             "--config=paper for the paper's whole model)")
 
 
 @dataclasses.dataclass

@@ -1,4 +1,9 @@
-"""MS-COCO 2014 (80 classes) with the paper's ResNet-152 features (paper Table 2).
+"""MS-COCO 2014 (80 classes) over ResNet-152 features (the data of paper Table 2).
+
+The main job's model (spatial M_map and residual decoder) over ResNet-152's last block
+(``conv5``); the paper's model read the fourth block: ``--config=paper`` settings with
+``--data.dataset=coco --features.backbone=resnet152 --features.layer=conv4`` are closer
+to its Table 2.
 
 Data: ``--data.data_dir`` holds ``annotations/instances_{train,val}2014.json`` and
 ``{train,val}2014/``. val2014 is the test split (the paper's protocol); a hash-based

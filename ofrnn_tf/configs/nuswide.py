@@ -1,4 +1,8 @@
-"""NUS-WIDE, 81 concepts, with the paper's ResNet-152 features (paper Table 1).
+"""NUS-WIDE, 81 concepts, over ResNet-152 features (the data of paper Table 1).
+
+The main job's model (spatial M_map and residual decoder) over ResNet-152's last block
+(``conv5``); the paper's model read the fourth block (``--features.layer=conv4``, with
+the ``paper`` preset's model settings).
 
 Data: ``--data.data_dir`` is the NUS-WIDE release (image list files, the 81-concept
 label files and ``Concepts81.txt`` at its root or in ``ConceptsList/``). NUS-WIDE has
