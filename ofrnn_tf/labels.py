@@ -73,7 +73,7 @@ class LabelMap:
         """Writes the map (atomically) and returns the file path."""
         path = _as_file(directory_or_file)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = path + ".tmp"
+        tmp = f"{path}.tmp-{os.getpid()}"  # processes sharing a folder must not share it
         with open(tmp, "w") as f:
             f.write(self.to_json())
         os.replace(tmp, path)
@@ -92,7 +92,10 @@ class LabelMap:
         names = data.get("names") if isinstance(data, dict) else data
         if not isinstance(names, list):
             raise ValueError(f"{path}: expected {{'names': [...]}}")
-        return cls(names, source=path)
+        try:
+            return cls(names, source=path)
+        except ValueError as e:  # no class, or one twice
+            raise ValueError(f"{path}: {e}") from None
 
     def check_same(self, other: "LabelMap") -> None:
         """Raises `LabelMapMismatchError` naming both maps unless they are equal."""

@@ -21,7 +21,8 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data import fashion_canvases
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.data.splits import check_split_sizes, label_statistics, load_examples
+from ofrnn_tf.data.splits import (
+    check_extracted_sizes, check_split_sizes, label_statistics, load_examples)
 from ofrnn_tf.evaluation import evaluate as evaluation
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
@@ -115,7 +116,11 @@ def feature_cache_name(config: ExperimentConfig, data: Data) -> tuple[str, str]:
 
 
 def prepare_features(config: ExperimentConfig, data: Data) -> tuple[str, RunFacts]:
-    """Extracts (or finds) the run's feature cache; returns it and the run's facts."""
+    """Extracts (or finds) the run's feature cache; returns it and the run's facts.
+
+    Raises `SplitTooSmallError` when the images that could be decoded leave a split too
+    small for the run (`check_extracted_sizes`): the cache stays, training does not start.
+    """
     features = config.features
     name, fingerprint = feature_cache_name(config, data)
     layer = describe_backbone(features.backbone, features.layer)["feature_layer"]
@@ -124,6 +129,11 @@ def prepare_features(config: ExperimentConfig, data: Data) -> tuple[str, RunFact
                                  features.layer, fingerprint,
                                  batch_size=features.extract_batch_size,
                                  num_shards=features.num_shards)
+    extracted = {split: meta["splits"][split] for split in data.splits}
+    check_extracted_sizes({s: int(e["num_examples"]) for s, e in extracted.items()},
+                          {s: len(e["skipped"]) for s, e in extracted.items()},
+                          config.train.batch_size,
+                          os.path.join(directory, tfrecords.META_FILENAME))
     counts, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(

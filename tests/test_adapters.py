@@ -86,6 +86,49 @@ def test_coco_bad_annotation_reference_names_the_annotation(tmp_path, field, val
         load_coco(ann, img_dir)
 
 
+def _set(data, where, value):
+    """`data` with the field at `where` (keys and indices) set to `value`."""
+    *parents, last = where
+    target = data
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return data
+
+
+@pytest.mark.parametrize("where,value,message", [
+    (("annotations", 3, "bbox", 2), None,
+     r"annotation id 13 has a malformed bbox \[0, 0, None, 5\] \(expected four finite "
+     r"numbers"),
+    (("annotations", 3, "bbox", 0), "5px", r"annotation id 13 has a malformed bbox"),
+    (("annotations", 3, "bbox", 1), float("nan"), r"annotation id 13 has a malformed bbox"),
+    (("images", 1, "width"), "ten", r"image id 1 has width 'ten' \(expected a finite number"),
+    (("images", 1, "file_name"), None, r"image id 1 has file_name None"),
+    (("images", 1, "id"), [1], r"images\[1\] has id \[1\] \(expected a number or a string\)"),
+    (("annotations", 3, "image_id"), [1], r"annotation id 13 has image_id \[1\]"),
+    (("images", 1, "id"), "0", r"duplicate image id '0'"),
+], ids=["bbox-null", "bbox-text", "bbox-nan", "width-text", "file_name-null", "image-id-list",
+        "image_id-list", "ids-0-and-'0'"])
+def test_coco_malformed_values_name_the_record_and_the_file(tmp_path, where, value, message):
+    data = _set(_coco_dict(), where, value)
+    for img in data["images"]:  # _write_coco would choke on a file_name of None
+        if isinstance(img["file_name"], str):
+            _touch(tmp_path / "images" / img["file_name"])
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"{ann}: {message}"):
+        load_coco(str(ann), str(tmp_path / "images"))
+
+
+def test_coco_area_without_a_box_must_be_a_number(tmp_path):
+    data = _coco_dict()
+    del data["annotations"][3]["bbox"]
+    data["annotations"][3]["area"] = "big"
+    ann, img_dir = _write_coco(tmp_path, data)
+    with pytest.raises(ValueError, match=r"annotation id 13 has area 'big'"):
+        load_coco(ann, img_dir)
+
+
 def test_coco_missing_or_broken_file_is_named(tmp_path):
     missing = str(tmp_path / "nope.json")
     with pytest.raises(FileNotFoundError, match="nope.json"):
@@ -262,6 +305,24 @@ def test_manifest_bad_line_names_file_and_line(tmp_path, name, text, message):
         load_manifest(str(tmp_path / name))
 
 
+def test_manifest_whose_images_all_miss_is_refused_naming_the_first(tmp_path, capsys):
+    _touch(tmp_path / "data" / "img" / "1.jpg")
+    (tmp_path / "data" / "lists").mkdir()
+    manifest = tmp_path / "data" / "lists" / "all.csv"  # paths written as from data/
+    manifest.write_text("path,labels\nimg/1.jpg,cat\nimg/2.jpg,dog\n")
+    first = os.path.join(str(tmp_path / "data" / "lists"), "img", "1.jpg")
+    with pytest.raises(FileNotFoundError,
+                       match=rf"{manifest}: none of the 2 labelled images exists \(first: "
+                             rf"{first}\); relative paths are read from the manifest's folder"):
+        load_manifest(str(manifest))
+    examples, _, stats = load_manifest(str(manifest), check_files=False)
+    assert len(examples) == 2
+    (tmp_path / "data" / "lists" / "some.csv").write_text(
+        "path,labels\n../img/1.jpg,cat\nimg/2.jpg,dog\n")
+    examples, _, stats = load_manifest(str(tmp_path / "data" / "lists" / "some.csv"))
+    assert len(examples) == 1 and stats.dropped_missing == 1  # some missing: dropped, counted
+
+
 def test_registry_manifest_by_split_name(tmp_path):
     _touch(tmp_path / "x.jpg")
     (tmp_path / "val.jsonl").write_text(json.dumps({"path": "x.jpg", "labels": ["a"]}))
@@ -269,3 +330,12 @@ def test_registry_manifest_by_split_name(tmp_path):
     assert examples[0].label_ids == (0,)
     with pytest.raises(FileNotFoundError, match="train.csv"):
         load_split("manifest", "train", data_dir=str(tmp_path))
+
+
+def test_a_label_map_file_without_classes_or_with_one_twice_is_named(tmp_path):
+    for name, names, message in (
+            ("empty.json", [], r"a label map needs at least one class"),
+            ("twice.json", ["a", "a"], r"duplicate class names in label map: \['a'\]")):
+        (tmp_path / name).write_text(json.dumps({"names": names}))
+        with pytest.raises(ValueError, match=f"{tmp_path / name}: {message}"):
+            LabelMap.load(str(tmp_path / name))

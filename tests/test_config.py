@@ -92,6 +92,16 @@ def test_invalid_values_are_refused_naming_the_setting():
                                 "--model.decoder=paper", "--model.head=mean_linear"))
 
 
+def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path / 'run'}",
+                           "--model.variant=no_attention"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert ("train.py: ModelConfig.variant=no_attention is an ablation of the paper's decoder"
+            in done.stderr), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("name", configs.PRESETS)
 def test_each_preset_says_how_to_run_it_how_long_and_what_it_reaches(name):
     module = importlib.import_module(f"ofrnn_tf.configs.{name}")
@@ -117,7 +127,7 @@ def test_configs_written_before_head_kernel_size_load_with_the_kernel_they_had()
 
 
 def test_only_resumable_settings_may_change_in_a_run_folder():
-    base = ExperimentConfig()
+    base = ExperimentConfig().replace(data={"dataset": "manifest", "data_dir": "/data"})
     resumable = base.replace(stage2={"epochs": 30}, runtime={"cache_dir": "/elsewhere"},
                              decoding={"beam_size": 5}, data={"data_dir": "/moved"})
     assert identity_differences(base, resumable) == []

@@ -240,6 +240,25 @@ def test_mismatches_are_refused(tmp_path, backbone):
                               shard_index=2, progress=False)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--config=manifest", "--features.num_shards=1", "--shard_index=3"],
+     "--shard_index=3 is not a shard of --features.num_shards=1: give 0 to 0"),
+    (["--config=manifest", "--shard_index=-1"], "--shard_index=-1 is not a shard of "
+                                                "--features.num_shards=8: give 0 to 7"),
+    (["--data.manifest=all.csv"], "--data.manifest=all.csv is read only with "
+                                  "--data.dataset=manifest"),
+], ids=["beyond", "negative", "manifest-without-its-config"])
+def test_command_line_refuses_settings_it_cannot_use_before_any_data_work(tmp_path, flags,
+                                                                         message):
+    missing = tmp_path / "no_such_data"  # never read: the flags are refused first
+    done = subprocess.run(
+        [sys.executable, "-m", "ofrnn_tf.cli.extract", f"--data.data_dir={missing}",
+         f"--runtime.cache_dir={tmp_path / 'cache'}", *flags],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.slow
 def test_command_line_builds_the_cache_training_reads(tmp_path):
     examples = _good_examples(str(tmp_path), n=5)

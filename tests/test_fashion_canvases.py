@@ -4,11 +4,14 @@ import gzip
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_checked
 from ofrnn_tf.data import fashion_canvases as fc
 from ofrnn_tf.data.registry import load_split
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
@@ -69,6 +72,10 @@ def test_read_idx_roundtrip_and_bad_magic(tmp_path):
     (tmp_path / "short").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05\x00")
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
         fc.read_idx(str(tmp_path / "short"))
+    whole = (tmp_path / "x.gz").read_bytes()
+    (tmp_path / "cut.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
+    with pytest.raises(OSError, match=f"cannot read IDX file {tmp_path / 'cut.gz'}: .*replace"):
+        fc.read_idx(str(tmp_path / "cut.gz"))
 
 
 def test_layout_labels_and_loading_through_coco(tmp_path, source):
@@ -154,7 +161,81 @@ def test_cache_rebuild_and_interrupted_build(tmp_path, source):
     with pytest.raises(FileNotFoundError, match="no finished benchmark"):
         fc.load_benchmark_split(out, "train")
     assert not _build(out, source_dir, num_train=3)["cached"]
-    assert not any(n.endswith((".partial", ".tmp")) for n in os.listdir(out))
+    assert _leftovers(out) == []
+
+
+def _leftovers(out):
+    """Temporary files and folders of a build, where the builder makes them."""
+    return sorted(name for folder in (out, os.path.join(out, "images"))
+                  for name in os.listdir(folder)
+                  if any(t in name for t in (".partial", ".tmp", ".retired")))
+
+
+def test_an_interrupted_build_keeps_its_finished_splits(tmp_path, source, monkeypatch):
+    source_dir, _ = source
+    out = str(tmp_path / "bench")
+    build_split, built = fc._build_split, []
+
+    def interrupted(split, *args, **kwargs):
+        if split == "test":
+            raise KeyboardInterrupt
+        return build_split(split, *args, **kwargs)
+
+    monkeypatch.setattr(fc, "_build_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _build(out, source_dir)
+    stamps = {s: os.stat(os.path.join(out, f"{s}.json")).st_mtime_ns for s in ("train", "val")}
+
+    def counted(split, *args, **kwargs):
+        built.append(split)
+        return build_split(split, *args, **kwargs)
+
+    monkeypatch.setattr(fc, "_build_split", counted)
+    resumed = _build(out, source_dir)
+    assert built == ["test"] and not resumed["cached"]
+    assert {s: os.stat(os.path.join(out, f"{s}.json")).st_mtime_ns for s in stamps} == stamps
+    assert _leftovers(out) == []
+    fresh = _build(tmp_path / "fresh", source_dir)
+    assert _split_hashes(out) == _split_hashes(fresh["out_dir"])
+    assert {s: resumed["splits"][s]["images"] for s in fc.SPLITS} == {
+        "train": 14, "val": 5, "test": 7}
+
+
+def test_two_processes_building_one_folder_leave_each_other_alone(tmp_path, source,
+                                                                  monkeypatch):
+    source_dir, _ = source
+    out = str(tmp_path / "bench")
+    os.makedirs(os.path.join(out, "images"))
+    # Temporary folders: one of a live process (this test's parent), one of a process
+    # that died, one of a build made before they carried a pid.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    live, gone, old = (os.path.join(out, "images", f".val.partial{suffix}")
+                       for suffix in (f"-{os.getppid()}", f"-{dead}", ""))
+    for folder in (live, gone, old):
+        os.makedirs(folder)
+    build_split = fc._build_split
+    config = {k: v for k, v in CONFIG.items() if k != "progress"}
+    other = [sys.executable, "-c",
+             "import json, sys; from ofrnn_tf.data import fashion_canvases as fc; "
+             "fc.build_fashion_canvases(sys.argv[1], source_dir=sys.argv[2], "
+             "allow_download=False, progress=False, **json.loads(sys.argv[3]))",
+             out, source_dir, json.dumps(config)]
+
+    def other_process_builds_meanwhile(split, *args, **kwargs):
+        if split == "train":  # while this process paints train, another builds it all
+            run_checked(other)
+        return build_split(split, *args, **kwargs)
+
+    monkeypatch.setattr(fc, "_build_split", other_process_builds_meanwhile)
+    result = _build(out, source_dir)
+    assert {s: result["splits"][s]["images"] for s in fc.SPLITS} == {
+        "train": 14, "val": 5, "test": 7}
+    for split in fc.SPLITS:
+        examples, _, stats = fc.load_benchmark_split(out, split)
+        assert len(examples) == result["splits"][split]["images"] and not stats.dropped_missing
+    assert _leftovers(out) == [os.path.basename(live)]  # the live process's own folder
+    assert _split_hashes(out) == _split_hashes(_build(tmp_path / "alone", source_dir)["out_dir"])
 
 
 def test_label_map_mismatch_is_refused_naming_both(tmp_path, source):
@@ -176,6 +257,11 @@ def test_missing_source_and_bad_config(tmp_path):
                                   item_size_range=(40, 100), progress=False)
     with pytest.raises(ValueError, match="min_items"):
         fc.CanvasConfig(min_items=0)
+    for one_number in (40, ("40",), [40]):
+        with pytest.raises(ValueError, match=r"item_size_range must be two whole numbers "
+                                             r"\(min, max\)"):
+            fc.build_fashion_canvases(str(tmp_path / "x"), item_size_range=one_number,
+                                      progress=False)
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(

@@ -16,10 +16,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from conftest import ROOT, run_checked
 from ofrnn_tf import pipeline
 from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.data.example import Example
+from ofrnn_tf.data.splits import SplitTooSmallError
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
@@ -104,6 +107,77 @@ def garble_payload(features_dir: str, split: str, shard: int = 1) -> str:
         f.write(bytes(data))
     tfrecords.check_shard(path)  # the default header walk passes it
     return path
+
+
+# -- data ------------------------------------------------------------------------------
+@pytest.mark.parametrize("data, message", [
+    ({"manifest": "all.csv"}, r"--data.manifest=all.csv is read only with "
+                              r"--data.dataset=manifest, not fashion_canvases: add "
+                              r"--config=manifest"),
+    ({"dataset": "coco", "manifest": "all.csv"}, r"--data.manifest=all.csv .* not coco"),
+    ({"data_dir": "my_data"}, r"--data.data_dir=my_data is not read by the embedded benchmark "
+                              r"\(--data.dataset=fashion_canvases, .*\): for your own data add "
+                              r"--config=manifest, --config=coco or --config=nuswide"),
+])
+def test_data_paths_the_data_set_does_not_read_are_refused(data, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig().replace(data=data)
+
+
+def test_data_paths_the_data_set_reads_are_taken():
+    for data in ({"dataset": "manifest", "manifest": "all.csv"},
+                 {"dataset": "manifest", "data_dir": "my_data"},
+                 {"dataset": "coco", "data_dir": "coco2014"}):
+        ExperimentConfig().replace(data=data)
+
+
+def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:
+    """`sizes[split]` small PNGs a split, the first `broken[split]` of them no image at all."""
+    os.makedirs(folder)
+    splits = {}
+    for split, count in sizes.items():
+        splits[split] = []
+        for i in range(count):
+            path = os.path.join(folder, f"{split}{i}.png")
+            if i < broken.get(split, 0):
+                open(path, "wb").write(b"not an image")
+            else:
+                Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(path)
+            splits[split].append(Example(f"{split}{i}", path, (i % len(NAMES),)))
+    return pipeline.Data(splits, LabelMap(NAMES))
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"val": 2}, r"the validation split has no example after feature extraction: 2 of its 2 "
+                 r"image\(s\) could not be decoded and were skipped \(listed under 'skipped' "
+                 r"in .*meta.json\); remove those images from the data, or replace them "
+                 r"and delete .*/features/\S+ so that they are extracted again"),
+    ({"test": 1}, r"the test split has no example after feature extraction: 1 of its 1 "),
+    ({"train": 3}, r"the train split has 1 example\(s\) after feature extraction, fewer than "
+                   r"one batch of 2: 3 of its 4 image\(s\) could not be decoded.*lower "
+                   r"--train.batch_size \(to at most 1\)"),
+], ids=["val", "test", "train"])
+def test_splits_that_undecodable_images_empty_are_refused_before_training(
+        tmp_path, monkeypatch, tiny_backbone, broken, message):
+    monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: tiny_backbone)
+    config = tiny_config(str(tmp_path / "cache")).replace(train={"batch_size": 2})
+    data = images_data(str(tmp_path / "images"), {"train": 4, "val": 2, "test": 1}, broken)
+    pipeline.check_split_sizes(data.splits, config.train.batch_size)  # as listed, large enough
+    with pytest.raises(SplitTooSmallError, match=message):
+        pipeline.prepare_features(config, data)
+    with pytest.raises(SplitTooSmallError, match=message):  # the same from the cache
+        pipeline.prepare_features(config, data)
+
+
+def test_splits_with_an_undecodable_image_left_large_enough_go_on(tmp_path, monkeypatch,
+                                                                  tiny_backbone):
+    monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: tiny_backbone)
+    config = tiny_config(str(tmp_path / "cache")).replace(train={"batch_size": 2})
+    data = images_data(str(tmp_path / "images"), {"train": 4, "val": 2, "test": 1},
+                       {"train": 2, "val": 1})
+    directory, facts = pipeline.prepare_features(config, data)
+    assert [tfrecords.num_examples(directory, s) for s in ("train", "val", "test")] == [2, 1, 1]
+    assert facts.feature_shape == (4, 4, 8)
 
 
 # -- eval mode -------------------------------------------------------------------------
@@ -226,3 +300,13 @@ def test_evaluation_names_a_shard_with_a_garbled_record(trained, corrupt_copy, t
     with pytest.raises(tfrecords.CorruptShardError, match=f"delete {path} and rerun"):
         pipeline.run(config, workdir, "eval")
     assert json.loads(open(RunDir(workdir).metrics_file("test")).read())  # left as it was
+
+
+def test_the_command_reports_a_split_too_small_without_a_traceback(tmp_path):
+    done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={tmp_path / 'run'}",
+                        f"--runtime.cache_dir={tmp_path / 'cache'}", "--data.num_train=2",
+                        "--data.num_val=2", "--data.num_test=2", "--train.batch_size=8"],
+                       expect_failure=True)
+    assert ("train.py: the train split has 2 image(s), fewer than one batch of 8: lower "
+            "--train.batch_size (to at most 2)") in done.stderr
+    assert "Traceback" not in done.stderr

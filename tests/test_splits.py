@@ -75,6 +75,20 @@ def test_one_manifest_file_holds_out_val_and_test(tmp_path):
     assert 20 <= len(ids["val"]) <= 60 and 20 <= len(ids["test"]) <= 60
 
 
+@pytest.mark.parametrize("val_fraction", [0.5, 0.6])
+def test_one_manifest_file_refuses_a_val_fraction_that_leaves_no_training_image(tmp_path,
+                                                                                 val_fraction):
+    for i in range(20):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    manifest = tmp_path / "all.csv"
+    manifest.write_text("path,labels\n" + "".join(f"{i}.png,{'ab'[i % 2]}\n" for i in range(20)))
+    with pytest.raises(SplitTooSmallError, match=rf"--data.val_fraction={val_fraction}: .*"
+                                                 r"leaves none to train; use a value below 0.5"):
+        load_examples("manifest", {"manifest": str(manifest)}, val_fraction)
+    splits, _ = load_examples("manifest", {"manifest": str(manifest)}, 0.45)
+    assert splits["train"]
+
+
 def _examples(n: int) -> list:
     return [Example(str(i), f"{i}.png", (0,)) for i in range(n)]
 

@@ -28,10 +28,24 @@ def define_flags() -> None:
     define_config_flags()
 
 
+def checked_config():
+    """The flags' config, with a setting the command cannot use refused as a usage error
+    before any data or backbone is loaded."""
+    try:
+        config = config_from_flags()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    num_shards = config.features.num_shards
+    if FLAGS.shard_index is not None and not 0 <= FLAGS.shard_index < num_shards:
+        raise app.UsageError(f"--shard_index={FLAGS.shard_index} is not a shard of "
+                             f"--features.num_shards={num_shards}: give 0 to {num_shards - 1}")
+    return config
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = config_from_flags()
+    config = checked_config()
     # TensorFlow takes seconds to import; --help does without it.
     from ofrnn_tf import pipeline
     from ofrnn_tf.features import cache

@@ -43,14 +43,23 @@ def resolve_config(workdir: str) -> ExperimentConfig:
 
     run_dir = RunDir(workdir)
     if not run_dir.exists():
-        return config_from_flags()
+        return _usable(config_from_flags)
     saved, _ = run_dir.load()
     if FLAGS[CONFIG_FLAG].present:
-        diffs = identity_differences(saved, config_from_flags())
+        diffs = identity_differences(saved, _usable(config_from_flags))
         if diffs:
             raise app.UsageError(f"{workdir} was trained with other settings than "
                                  f"--config={FLAGS[CONFIG_FLAG].value}: {'; '.join(diffs)}")
-    return saved.replace(**overrides_from_flags())
+    return _usable(lambda: saved.replace(**overrides_from_flags()))
+
+
+def _usable(make_config) -> ExperimentConfig:
+    """The config `make_config` builds; settings that do not go together (its ValueError)
+    are the command line's fault, so a usage error."""
+    try:
+        return make_config()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
 
 
 def main(argv):
@@ -64,11 +73,12 @@ def main(argv):
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
+    from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.run_dir import IncompatibleRunError
 
     try:
         pipeline.run(config, FLAGS.workdir, FLAGS.mode)
-    except (IncompatibleRunError, pipeline.UnfinishedRunError) as error:
+    except (IncompatibleRunError, pipeline.UnfinishedRunError, SplitTooSmallError) as error:
         raise app.UsageError(str(error)) from None  # the command, not the code, is at fault
     return 0
 

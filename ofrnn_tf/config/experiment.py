@@ -95,6 +95,15 @@ class DataConfig:
         _check_positive(self, "num_train", "num_val", "num_test")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"DataConfig.val_fraction must be in (0, 1); got {self.val_fraction}")
+        # A path the chosen data set does not read would otherwise be ignored without a word.
+        if self.manifest and self.dataset != "manifest":
+            raise ValueError(f"--data.manifest={self.manifest} is read only with "
+                             f"--data.dataset=manifest, not {self.dataset}: add --config=manifest")
+        if self.data_dir and self.dataset == "fashion_canvases":
+            raise ValueError(f"--data.data_dir={self.data_dir} is not read by the embedded "
+                             f"benchmark (--data.dataset=fashion_canvases, built under "
+                             f"--runtime.cache_dir): for your own data add --config=manifest, "
+                             f"--config=coco or --config=nuswide")
 
 
 @dataclasses.dataclass

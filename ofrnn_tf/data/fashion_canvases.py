@@ -58,7 +58,13 @@ Layout of ``out_dir``::
 A build is cached: calling again with the same configuration returns at once. A
 different configuration rebuilds the folder in place (a message says so), and an
 interrupted build leaves no ``benchmark.json``, so it is never taken as finished.
-Downstream caches can key on the returned ``fingerprint``.
+Each split is built on its own (its canvases depend only on the configuration), so
+a rerun after an interruption keeps the splits that were finished: those whose COCO
+file records this configuration. Each process paints a split into its own
+``images/.<split>.partial-<pid>`` folder and moves it into place when done, so two
+processes building the same folder at once do not disturb each other: the second
+to finish keeps the first one's split. Downstream caches can key on the returned
+``fingerprint``.
 
 Build the default size (10k/1k/2k canvases of 224×224, about a minute on 2 cores)::
 
@@ -76,6 +82,7 @@ Source: the Debian package ``dataset-fashion-mnist`` (IDX files under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -203,7 +210,7 @@ class CanvasConfig:
             raise ValueError(f"need 1 <= min_items <= max_items, got "
                              f"{self.min_items}, {self.max_items}")
         for name in ("item_size_range", "small_item_size_range"):
-            lo, hi = getattr(self, name)
+            lo, hi = _pair(name, getattr(self, name))
             if not 4 <= lo <= hi <= self.canvas_size:
                 raise ValueError(f"{name} must satisfy 4 <= min <= max <= canvas_size "
                                  f"({self.canvas_size}), got {(lo, hi)}")
@@ -247,6 +254,18 @@ class CanvasConfig:
         return (self.small_item_size_range[1] / self.canvas_size) ** 2
 
 
+def _pair(name: str, value: Any) -> tuple[int, int]:
+    """`value` as a (min, max) pair of integers; ValueError naming the setting otherwise."""
+    try:
+        lo, hi = value
+        if int(lo) != lo or int(hi) != hi:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two whole numbers (min, max) in pixels, got "
+                         f"{value!r}") from None
+    return int(lo), int(hi)
+
+
 # -- source ------------------------------------------------------------------------
 
 def read_idx(path: str) -> np.ndarray:
@@ -255,8 +274,9 @@ def read_idx(path: str) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except OSError as e:
-        raise OSError(f"cannot read IDX file {path}: {e}") from None
+    except (OSError, EOFError) as e:  # EOFError: a gzip file cut short
+        raise OSError(f"cannot read IDX file {path}: {e}; replace the file (reinstall the "
+                      f"Debian package dataset-fashion-mnist)") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     if data[2] != 0x08:
@@ -539,22 +559,24 @@ def build_fashion_canvases(out_dir: str, *,
     cfg = CanvasConfig(
         num_train=num_train, num_val=num_val, num_test=num_test, canvas_size=canvas_size,
         min_items=min_items, max_items=max_items,
-        item_size_range=tuple(item_size_range), small_item_share=small_item_share,
-        small_item_size_range=tuple(small_item_size_range),
+        item_size_range=_pair("item_size_range", item_size_range),
+        small_item_share=small_item_share,
+        small_item_size_range=_pair("small_item_size_range", small_item_size_range),
         val_source_fraction=val_source_fraction, image_format=image_format, seed=seed,
         scenes=scenes)
     config = cfg.to_dict()
     out_dir = os.path.abspath(out_dir)
     marker = os.path.join(out_dir, BENCHMARK_FILENAME)
 
-    previous = _read_marker(marker)
+    previous = _read_json_object(marker)
     if previous is not None:
         if previous.get("config") == config and previous.get(
                 "format_version") == FORMAT_VERSION and _complete(out_dir, previous):
             return _summary(out_dir, previous, cached=True)
-        print(f"{marker}: built with a different configuration; rebuilding "
+        print(f"{marker}: built with a different configuration, or incomplete; rebuilding "
               f"{out_dir}", file=sys.stderr)
-        os.remove(marker)
+        with contextlib.suppress(FileNotFoundError):  # another process may remove it too
+            os.remove(marker)
 
     data, source = load_fashion_mnist(source_dir, allow_download)
     train_images, train_labels = data["train"]
@@ -574,18 +596,27 @@ def build_fashion_canvases(out_dir: str, *,
             if counts[split]:
                 _check_scene_sources(cfg, split, pools[split][0], pools[split][3])
 
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    image_root = os.path.join(out_dir, "images")
+    os.makedirs(image_root, exist_ok=True)
+    _clear_leftovers(image_root)
     splits = {}
     for split in SPLITS:
+        splits[split] = _finished_split(out_dir, split, config)
+        if splits[split] is not None:
+            print(f"{out_dir}: {split} split already built, kept", file=sys.stderr)
+            continue
         pool, source_split, images, labels = pools[split]
-        final_dir = os.path.join(out_dir, "images", split)
-        partial_dir = os.path.join(out_dir, "images", f".{split}.partial")
+        partial_dir = os.path.join(image_root, f".{split}.partial-{os.getpid()}")
         shutil.rmtree(partial_dir, ignore_errors=True)
         os.makedirs(partial_dir)
         coco = _build_split(split, counts[split], pool, source_split, images, labels,
                             cfg, partial_dir, progress)
-        shutil.rmtree(final_dir, ignore_errors=True)
-        os.replace(partial_dir, final_dir)
+        splits[split] = _finished_split(out_dir, split, config)
+        if splits[split] is not None:  # another process finished it meanwhile: the same canvases
+            shutil.rmtree(partial_dir, ignore_errors=True)
+            continue
+        _move_into_place(partial_dir, os.path.join(image_root, split))
+        # Written last: a split's COCO file recording the configuration marks it finished.
         _write_json(os.path.join(out_dir, f"{split}.json"), coco)
         splits[split] = {"images": len(coco["images"]),
                          "annotations": len(coco["annotations"])}
@@ -598,7 +629,62 @@ def build_fashion_canvases(out_dir: str, *,
     return _summary(out_dir, record, cached=False)
 
 
-def _read_marker(path: str) -> dict[str, Any] | None:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _clear_leftovers(image_root: str) -> None:
+    """Removes the temporary split folders (``.<split>.partial-<pid>``, and those of
+    builds made before they carried a pid) of processes that died; a live process's
+    folder is its own business."""
+    for name in os.listdir(image_root):
+        if not name.startswith("."):
+            continue
+        pid = name.rpartition("-")[2]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(image_root, name), ignore_errors=True)
+
+
+def _finished_split(out_dir: str, split: str, config: dict[str, Any]
+                    ) -> dict[str, int] | None:
+    """``{"images", "annotations"}`` of a split already built with `config` (its COCO
+    file, written only once its images are in place, records the configuration), else
+    None."""
+    coco = _read_json_object(os.path.join(out_dir, f"{split}.json"))
+    image_dir = os.path.join(out_dir, "images", split)
+    info = (coco or {}).get("info")
+    if not isinstance(info, dict) or info.get("config") != config or not os.path.isdir(image_dir):
+        return None
+    images = coco.get("images", [])
+    if len(os.listdir(image_dir)) != len(images):
+        return None
+    return {"images": len(images), "annotations": len(coco.get("annotations", []))}
+
+
+def _move_into_place(partial_dir: str, final_dir: str) -> None:
+    """Replaces `final_dir` (of another configuration, or of an interrupted build) by
+    `partial_dir`. Should another process move its own in first, its canvases (the same:
+    a split depends only on the configuration) stay and `partial_dir` is removed."""
+    if os.path.exists(final_dir):
+        retired = os.path.join(os.path.dirname(final_dir),
+                               f".{os.path.basename(final_dir)}.retired-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(final_dir, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+    try:
+        os.replace(partial_dir, final_dir)
+    except OSError:  # a non-empty final_dir again: another process's
+        shutil.rmtree(partial_dir, ignore_errors=True)
+
+
+def _read_json_object(path: str) -> dict[str, Any] | None:
     if not os.path.exists(path):
         return None
     try:
@@ -632,7 +718,7 @@ def _summary(out_dir: str, record: dict[str, Any], cached: bool) -> dict[str, An
 
 
 def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp-{os.getpid()}"  # processes building one folder must not share it
     with open(tmp, "w") as f:
         json.dump(obj, f, separators=(",", ":"))
     os.replace(tmp, path)

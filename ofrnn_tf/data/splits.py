@@ -10,6 +10,7 @@ image id (a hash), so it does not move between runs or when images are added, an
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from typing import Callable
 
@@ -53,6 +54,11 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
             (and, for a single manifest file, as test too).
     """
     if dataset == "manifest" and paths.get("manifest"):
+        if val_fraction >= 0.5:
+            raise SplitTooSmallError(
+                f"--data.val_fraction={val_fraction}: one manifest file gives that share of "
+                f"its images to test and as much again to validation, which leaves none to "
+                f"train; use a value below 0.5 (the default is 0.05)")
         examples, label_map, stats = load_split(dataset, "train", **paths)
         _log(f"manifest {paths['manifest']}: {stats}")
         rest, test = hold_out(examples, val_fraction, salt="test:")
@@ -95,6 +101,36 @@ def check_split_sizes(splits: dict[str, list[Example]], batch_size: int) -> None
     if not splits["test"]:
         raise SplitTooSmallError("the test split is empty: give test images (a test manifest, "
                                  "or the data set's test split)")
+
+
+def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batch_size: int,
+                          meta_file: str) -> None:
+    """Refuses, before training, splits that undecodable images left too small.
+
+    Args:
+        written: examples written to the feature cache, per split.
+        skipped: images of each split skipped as undecodable.
+        batch_size: the run's global batch size.
+        meta_file: the feature cache's ``meta.json``, which lists the skipped images.
+    """
+    def lost(split: str) -> str:
+        return (f"{skipped[split]} of its {written[split] + skipped[split]} image(s) could "
+                f"not be decoded and were skipped (listed under 'skipped' in {meta_file})")
+
+    # The cache is known by image ids, not file contents: a file fixed in place is
+    # extracted again only once the cache is gone.
+    remedy = (f"remove those images from the data, or replace them and delete "
+              f"{os.path.dirname(meta_file)} so that they are extracted again")
+    if written["train"] < batch_size:
+        raise SplitTooSmallError(
+            f"the train split has {written['train']} example(s) after feature extraction, "
+            f"fewer than one batch of {batch_size}: {lost('train')}; {remedy}, or lower "
+            f"--train.batch_size (to at most {max(written['train'], 1)})")
+    for split, name in (("val", "validation"), ("test", "test")):
+        if not written[split]:
+            raise SplitTooSmallError(
+                f"the {name} split has no example after feature extraction: {lost(split)}; "
+                f"{remedy}")
 
 
 def label_statistics(examples: list[Example], num_classes: int) -> tuple[list[int], int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 from typing import Any, Sequence
@@ -52,8 +53,9 @@ def load_coco(annotation_file: str,
 
     Raises:
         FileNotFoundError: the annotation file does not exist.
-        ValueError: the file is not valid COCO JSON, or an annotation refers to an
-            unknown image or category (the message names the annotation id).
+        ValueError: the file is not valid COCO JSON, an annotation refers to an
+            unknown image or category, or a number (box, area, image size) is not a
+            finite number (the message names the annotation or image id).
         LabelMapMismatchError: the categories differ from `label_map`.
     """
     dataset = _read_json(annotation_file)
@@ -111,15 +113,31 @@ def _read_json(path: str) -> Any:
         raise OSError(f"cannot read COCO annotation file {path}: {e}") from None
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def _check_records(path: str, records: list, key: str, kind: str, field: str) -> None:
-    """Each of `records` is an object with an `id` and `field`; ids are unique."""
+    """Each of `records` is an object with an `id` (a number or a string) and a non-empty
+    string `field`; ids are unique, also as strings (they become `Example.image_id`)."""
     seen: set = set()
     for i, record in enumerate(records):
         if not isinstance(record, dict) or "id" not in record or field not in record:
             raise ValueError(f"{path}: {key}[{i}] needs 'id' and '{field}'")
-        if record["id"] in seen:
+        if not _is_id(record["id"]):
+            raise ValueError(f"{path}: {key}[{i}] has id {record['id']!r} (expected a number "
+                             f"or a string)")
+        if not isinstance(record[field], str) or not record[field]:
+            raise ValueError(f"{path}: {kind} id {record['id']!r} has {field} "
+                             f"{record[field]!r} (expected a non-empty string)")
+        if str(record["id"]) in seen:
             raise ValueError(f"{path}: duplicate {kind} id {record['id']!r}")
-        seen.add(record["id"])
+        seen.add(str(record["id"]))
 
 
 def _check_structure(dataset: Any, path: str) -> None:
@@ -142,8 +160,14 @@ def _check_structure(dataset: Any, path: str) -> None:
         for key in ("image_id", "category_id"):
             if key not in ann:
                 raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has no '{key}'")
+            if not _is_id(ann[key]):
+                raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has {key} "
+                                 f"{ann[key]!r} (expected a number or a string)")
         # pycocotools indexes annotations by id; some writers leave it out.
         ann.setdefault("id", f"#{i}")
+        if not _is_id(ann["id"]):
+            raise ValueError(f"{path}: annotations[{i}] has id {ann['id']!r} (expected a "
+                             f"number or a string)")
 
 
 def _check_references(dataset: dict, coco: COCO, path: str) -> None:
@@ -155,9 +179,19 @@ def _check_references(dataset: dict, coco: COCO, path: str) -> None:
             raise ValueError(f"{path}: annotation {_ann_name(ann, i)} refers to unknown "
                              f"category id {ann['category_id']!r}")
         bbox = ann.get("bbox")
-        if bbox is not None and (not isinstance(bbox, (list, tuple)) or len(bbox) != 4):
+        if bbox is not None and (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+                                 or not all(_is_number(v) for v in bbox)):
             raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has a malformed "
-                             f"bbox {bbox!r} (expected [x, y, width, height])")
+                             f"bbox {bbox!r} (expected four finite numbers [x, y, width, "
+                             f"height])")
+        if bbox is None and ann.get("area") is not None and not _is_number(ann["area"]):
+            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has area "
+                             f"{ann['area']!r} (expected a finite number)")
+    for img in dataset["images"]:
+        for key in ("width", "height"):
+            if img.get(key) is not None and not _is_number(img[key]):
+                raise ValueError(f"{path}: image id {img['id']!r} has {key} {img[key]!r} "
+                                 f"(expected a finite number, or none)")
 
 
 def _ann_name(ann: dict, index: int) -> str:

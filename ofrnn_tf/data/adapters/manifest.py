@@ -49,7 +49,8 @@ def load_manifest(path: str,
         (examples in file order, label map, load statistics).
 
     Raises:
-        FileNotFoundError: the manifest does not exist.
+        FileNotFoundError: the manifest does not exist, or none of its labelled images
+            does (the first path is named).
         ValueError: a malformed line (file and line number named), or a duplicate id.
         LabelMapMismatchError: a label is not in `label_map`.
     """
@@ -67,6 +68,7 @@ def load_manifest(path: str,
     stats = LoadStats()
     examples: list[Example] = []
     seen: dict[str, int] = {}
+    first_missing = None
     for line_no, image_id, image, labels in rows:
         if image_id in seen:
             raise ValueError(f"{path}: line {line_no}: duplicate id {image_id!r} "
@@ -84,12 +86,17 @@ def load_manifest(path: str,
         image = image if os.path.isabs(image) else os.path.join(base, image)
         if check_files and not os.path.exists(image):
             stats.dropped_missing += 1
+            first_missing = first_missing or image
             continue
         examples.append(Example(image_id=image_id, image=image,
                                 label_ids=tuple(sorted(set(label_map.ids_of(labels))))))
     stats.images = len(examples)
     if stats.dropped_unlabeled or stats.dropped_missing:
         print(f"{path}: {stats} (of {len(rows)} listed)", file=sys.stderr)
+    if not examples and stats.dropped_missing:
+        raise FileNotFoundError(
+            f"{path}: none of the {stats.dropped_missing} labelled images exists (first: "
+            f"{first_missing}); relative paths are read from the manifest's folder {base}")
     return examples, label_map, stats
 
 
