@@ -1,5 +1,6 @@
 """The command-line entry points (console scripts of the package; thin absl layers)."""
 
+import os
 import sys
 
 from absl import app, flags
@@ -11,7 +12,17 @@ def runner(define_flags, main):
 
     absl's ``--help`` lists the key flags of the module named by ``sys.argv[0]`` under
     ``__main__``'s docstring; the flags here are defined in the command's module, and a
-    console-script wrapper has no docstring, so both are handed over to the script."""
+    console-script wrapper has no docstring, so both are handed over to the script. A
+    `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
+    whole listing."""
+
+    def usage_errors_in_one_line(argv):
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            print(f"{os.path.basename(sys.argv[0])}: {error}\n"
+                  "Try --help for the command's flags.", file=sys.stderr)
+            return error.exitcode
 
     def run():
         before = set(flags.FLAGS)
@@ -21,6 +32,6 @@ def runner(define_flags, main):
         entry = sys.modules["__main__"]
         if not entry.__doc__:
             entry.__doc__ = sys.modules[main.__module__].__doc__
-        app.run(main)
+        app.run(usage_errors_in_one_line)
 
     return run
