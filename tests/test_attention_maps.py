@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from ofrnn_tf.inference import Predictor
 from ofrnn_tf.visualization.attention_maps import (
-    PANEL_PIXELS, draw_attention, figure_pixels, render_examples, upsample)
+    PANEL_PIXELS, draw_attention, draw_prediction, figure_pixels, render_examples, upsample)
 
 
 def gray_image(height=120, width=160) -> np.ndarray:
@@ -102,3 +104,49 @@ def test_render_examples_skips_variants_without_attention(tmp_path, make_fake_ru
     predictor = Predictor.from_run(str(workdir), backbone=tiny_backbone)
     assert render_examples(predictor, [str(sample_images[0])], str(tmp_path / "out")) == []
     assert not (tmp_path / "out").exists()
+
+
+def _prediction(image_path) -> dict:
+    attention = np.full((2, 4, 4), 1 / 16, np.float32)
+    return {"image": str(image_path), "log_prob": -0.1, "attention": attention,
+            "labels": ["$x$", "b"], "step_probabilities": [0.9, 0.8]}
+
+
+def test_any_file_name_can_title_a_picture(tmp_path):
+    # '$..$' would be read as mathtext; bytes that are not UTF-8 are lone surrogates.
+    for name in ("price_$5_$.png", os.fsdecode(b"caf\xe9.png"), "a\\b{c}^_.png"):
+        Image.fromarray(gray_image(40, 40)).save(tmp_path / name)
+        path = draw_prediction(_prediction(tmp_path / name), str(tmp_path / "out"), 0)
+        with Image.open(path) as opened:
+            assert opened.format == "PNG"
+
+
+def test_the_picture_shows_the_pixels_the_model_decodes(tmp_path):
+    """A 16-bit gray PNG: TensorFlow scales it to 8 bits, PIL's RGB conversion would clip it
+    to white."""
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    path = draw_prediction(_prediction(tmp_path / "deep.png"), str(tmp_path / "out"), 0)
+    with Image.open(path) as opened:
+        png = np.asarray(opened.convert("RGB"))
+    first_panel = png[:, :PANEL_PIXELS]
+    dark = first_panel.astype(int).sum(-1) < 3 * 64
+    assert dark.mean() > 0.05, "the image panel is blank"
+
+
+def test_render_examples_loses_only_the_picture_that_cannot_be_drawn(
+        tmp_path, make_fake_run, tiny_backbone, sample_images, monkeypatch, capsys):
+    from ofrnn_tf.visualization import attention_maps
+
+    predictor = Predictor.from_run(str(make_fake_run(tmp_path / "run")), backbone=tiny_backbone)
+    drawn = attention_maps.draw_prediction
+    first = str(sample_images[0])
+
+    def failing_on_the_first(result, *args, **kwargs):
+        if result["image"] == first:
+            raise RuntimeError("font cache is broken")
+        return drawn(result, *args, **kwargs)
+
+    monkeypatch.setattr(attention_maps, "draw_prediction", failing_on_the_first)
+    written = render_examples(predictor, [first, str(sample_images[2])], str(tmp_path / "out"))
+    assert len(written) == 1 and "font cache is broken" in capsys.readouterr().err

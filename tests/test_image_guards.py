@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ofrnn_tf.features.image_guards import check_encoded_images, decode_images
-from ofrnn_tf.features.images import decode_and_resize
+from ofrnn_tf.features.images import decode_and_resize, decode_rgb
 
 SIZE = 32
 LIMIT = 1_000_000  # pixels
@@ -87,6 +87,8 @@ GOOD = {
     "gif": encode(picture(seed=7), "GIF"),
     "bmp": encode(picture(seed=8), "BMP"),
     "top-down bmp": top_down_bmp(picture(seed=9)),
+    "256-colour bmp": encode(picture(seed=10).convert("P", palette=Image.Palette.ADAPTIVE), "BMP"),
+    "8-bit gray bmp": encode(picture(seed=11).convert("L"), "BMP"),
     "image already at the output size": encode(picture(SIZE, SIZE), "PNG"),
 }
 
@@ -154,6 +156,22 @@ def test_good_images_decode_to_the_pixels_of_decode_and_resize(decode, name):
     assert pixels.shape == (3, SIZE, SIZE, 3) and pixels.dtype == np.uint8
     for got, data in zip(pixels, batch):
         np.testing.assert_array_equal(got, decode_and_resize(tf.constant(data), SIZE).numpy())
+
+
+@pytest.mark.parametrize("image", [
+    picture(seed=12).convert("P", palette=Image.Palette.ADAPTIVE, colors=37),
+    picture(seed=13).convert("L")])
+def test_8_bit_bmp_is_decoded_in_the_colours_of_its_table(image):
+    # TensorFlow's decoder alone gives the palette indices as gray levels.
+    got = decode_rgb(tf.constant(encode(image, "BMP"))).numpy()
+    np.testing.assert_array_equal(got, np.asarray(image.convert("RGB")))
+
+
+def test_8_bit_bmp_indexing_past_its_table_is_refused():
+    data = bytearray(encode(picture(seed=14).convert("P", palette=Image.Palette.ADAPTIVE), "BMP"))
+    struct.pack_into("<I", data, 46, 2)  # the table now ends after two colours
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pixel past its colour table"):
+        decode_rgb(tf.constant(bytes(data)))
 
 
 @pytest.mark.parametrize("name", BAD)

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import app
 from PIL import Image
 
 from conftest import FAKE_BEAM as BEAM
@@ -23,7 +24,7 @@ from conftest import FAKE_MAX_STEPS as MAX_STEPS
 from conftest import FAKE_NAMES as NAMES
 from conftest import FAKE_TAU as TAU
 from conftest import ROOT
-from ofrnn_tf.cli.image_inputs import expand_inputs
+from ofrnn_tf.cli.image_inputs import expand_inputs, open_report, write_report
 from ofrnn_tf.decoding.beam_search import make_decoder
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.inference import Predictor, UncalibratedBeamSizeError
@@ -237,6 +238,15 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
     assert "3 image(s) predicted, 4 failed or skipped" in done.stderr
     assert "skipped (.txt)" in done.stderr
 
+    for flag, message in ((f"--output={tmp_path / 'nowhere' / 'out.jsonl'}",
+                           "--output=" + str(tmp_path / "nowhere" / "out.jsonl")),
+                          ("--tau=1.5", "--tau must be a probability in [0, 1], got 1.5")):
+        refused = subprocess.run(
+            [sys.executable, "predict.py", f"--workdir={lite0_run}", str(images[0]), flag],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 1 and message in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+
     bad_only = subprocess.run(
         [sys.executable, "predict.py", f"--workdir={lite0_run}", str(images[1])],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -262,8 +272,29 @@ def test_expand_inputs_names_every_file_it_skips(tmp_path):
     (tmp_path / "c.webp").write_bytes(b"x")
     (tmp_path / "README").write_text("x")
     (tmp_path / "sub").mkdir()
+    (tmp_path / "d.jpg").mkdir()  # a folder, whatever its name says
+    (tmp_path / "e.jpg").symlink_to(tmp_path / "gone.jpg")  # a broken link: refused when read
     entries = expand_inputs([str(tmp_path), "missing.jpg"])  # a folder: sorted, not recursive
     assert [e if isinstance(e, str) else e["image"] for e in entries] == [
-        str(tmp_path / name) for name in ("README", "a.jpg", "b.PNG", "c.webp")] + ["missing.jpg"]
+        str(tmp_path / name) for name in ("README", "a.jpg", "b.PNG", "c.webp", "d.jpg",
+                                          "e.jpg", "sub")] + ["missing.jpg"]
     assert "skipped (no extension)" in entries[0]["error"]
     assert "skipped (.webp)" in entries[3]["error"]
+    assert entries[4]["error"].endswith("skipped (a folder): folders are read one level deep; "
+                                        "name it to read it")
+    assert entries[5] == str(tmp_path / "e.jpg") and "skipped (a folder)" in entries[6]["error"]
+
+
+def test_an_unwritable_report_is_refused_before_any_work(tmp_path):
+    with pytest.raises(app.UsageError, match=r"--output=.*/no/such/folder/out.jsonl: "
+                                             r"No such file or directory"):
+        open_report(str(tmp_path / "no" / "such" / "folder" / "out.jsonl"))
+    with open_report(str(tmp_path / "out.jsonl")) as out:
+        assert write_report([{"image": "a", "labels": []}], out, "predict", "predicted") == 0
+    assert json.loads((tmp_path / "out.jsonl").read_text()) == {"image": "a", "labels": []}
+
+
+@pytest.mark.parametrize("tau", [-0.5, 1.5, float("nan")])
+def test_a_threshold_outside_0_1_is_refused(workdir, tiny_backbone, tau):
+    with pytest.raises(ValueError, match=r"tau is a path probability and must be in \[0, 1\]"):
+        Predictor.from_run(str(workdir), tau=tau, backbone=tiny_backbone)

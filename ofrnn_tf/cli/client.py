@@ -22,7 +22,7 @@ from absl import app, flags
 from tqdm import tqdm
 
 from ofrnn_tf.cli import runner
-from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, write_report
+from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
 
 FLAGS = flags.FLAGS
@@ -56,6 +56,7 @@ def main(argv):
 
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
+    out = open_report(FLAGS.output)
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
@@ -65,7 +66,7 @@ def main(argv):
     if FLAGS.output or not sys.stdout.isatty():  # on a terminal the lines show the progress
         lines = tqdm(lines, total=len(entries), desc="labelling", unit="img", file=sys.stderr)
     try:
-        return write_report(lines, FLAGS.output, "client", "labelled")
+        return write_report(lines, out, "client", "labelled")
     except grpc.RpcError as error:
         print(f"[client] stopped: {FLAGS.server} answered {error.code().name}: {error.details()} "
               "(the inputs after the lines written were not labelled)", file=sys.stderr)

@@ -10,22 +10,25 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Iterable
+from typing import Iterable, TextIO
+
+from absl import app
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
 def expand_inputs(arguments: list[str]) -> list:
-    """Each argument in order as image paths (folders expanded), or an error record for a
-    folder without images and for every file of a folder that is not an accepted image."""
+    """Each argument in order as image paths (folders expanded one level), or an error
+    record for a folder without images and for every entry of a folder that is not an
+    accepted image (a sub-folder included; a broken link stays a path, refused when read)."""
     entries: list = []
     for argument in arguments:
         if not os.path.isdir(argument):
             entries.append(argument)  # a missing or unreadable file becomes an error when read
             continue
-        names = sorted(n for n in os.listdir(argument)
-                       if os.path.isfile(os.path.join(argument, n)))
-        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        names = sorted(os.listdir(argument))
+        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
+                  and not os.path.isdir(os.path.join(argument, n))]
         if not images:
             entries.append({"image": argument, "error": f"{argument}: folder holds no "
                             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file"})
@@ -33,6 +36,9 @@ def expand_inputs(arguments: list[str]) -> list:
             path = os.path.join(argument, name)
             if name in images:
                 entries.append(path)
+            elif os.path.isdir(path):
+                entries.append({"image": path, "error": f"{path}: skipped (a folder): folders "
+                                "are read one level deep; name it to read it"})
             else:
                 kind = os.path.splitext(name)[1] or "no extension"
                 entries.append({"image": path, "error": f"{path}: skipped ({kind}): accepted "
@@ -47,12 +53,23 @@ def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
         yield next(results) if isinstance(entry, str) else entry
 
 
-def write_report(results: Iterable[dict], output: str | None, command: str, verb: str) -> int:
-    """Writes one JSON line per result to `output` (stdout when None) as each arrives,
-    then names every failed input on stderr and returns the exit status: 1 only when
-    no input at all succeeded. An exception from `results` propagates after the lines
-    written so far are flushed."""
-    out = open(output, "w") if output else sys.stdout
+def open_report(output: str | None) -> TextIO:
+    """The stream a command's report goes to (stdout when `output` is None), opened before
+    any image is read, so that an unwritable ``--output`` costs nothing."""
+    if not output:
+        return sys.stdout
+    try:
+        return open(output, "w")
+    except OSError as error:
+        raise app.UsageError(f"--output={output}: {error.strerror or error}") from None
+
+
+def write_report(results: Iterable[dict], out: TextIO, command: str, verb: str) -> int:
+    """Writes one JSON line per result to `out` (from `open_report`) as each arrives, then
+    names every failed input on stderr and returns the exit status: 1 only when no input
+    at all succeeded. An exception from `results` propagates after the lines written so
+    far are flushed."""
+    output = None if out is sys.stdout else out.name
     num_ok, failed = 0, []
     try:
         for result in results:

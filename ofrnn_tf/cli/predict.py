@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 
 from ofrnn_tf.cli import runner
-from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, write_report
+from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.visualization.attention_maps import draw_prediction
 
@@ -46,8 +46,11 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     if not arguments:
         raise app.UsageError("give at least one image file or folder after the flags")
+    if FLAGS.tau is not None and not 0.0 <= FLAGS.tau <= 1.0:  # also refuses NaN
+        raise app.UsageError(f"--tau must be a probability in [0, 1], got {FLAGS.tau}")
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
+    out = open_report(FLAGS.output)
     predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
                                    batch_size=FLAGS.batch_size)
     draw = bool(FLAGS.attention_dir)
@@ -67,7 +70,7 @@ def main(argv):
     # Every prediction is made before the first line is written, so the progress bar
     # does not interleave with the lines on a terminal.
     results = list(merge_results(entries, predictions))
-    return write_report(results, FLAGS.output, "predict", "predicted")
+    return write_report(results, out, "predict", "predicted")
 
 
 def _with_pictures(predictions: list[dict], entries: list) -> list[dict]:
@@ -79,9 +82,10 @@ def _with_pictures(predictions: list[dict], entries: list) -> list[dict]:
             continue
         try:
             result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
-        except OSError as error:  # the prediction stands; only its picture is lost
-            print(f"[predict] {result['image']}: no attention picture: "
-                  f"{error.strerror or error}", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - the prediction stands; only its picture is lost
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            print(f"[predict] {result['image']}: no attention picture: {reason}",
+                  file=sys.stderr)
         del result["attention"]
     return predictions
 

@@ -95,7 +95,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ofrnn_tf.features.images import decode_and_resize
+from ofrnn_tf.features.images import decode_and_resize, out_of_line
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
@@ -263,17 +263,6 @@ class _Headers:
         self.__dict__.update(tensors)
 
 
-def _out_of_line(fn):
-    """``fn`` as a graph function that stays one op in its caller's graph.
-
-    A ``tf.cond`` is lowered into its caller's graph with both branches, and the
-    ops of the branch not taken still cost: each is visited to propagate "dead".
-    The rare branches (the error messages, the long JPEG walk, the ``tf.data``
-    decode) call such functions, so that passing them by costs one op.
-    """
-    return tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
-
-
 def _read(images: tf.Tensor, pos: tf.Tensor, count: int, dtype=tf.uint8,
           length: tf.Tensor | None = None) -> tf.Tensor:
     """``images[i][pos[i]:pos[i] + count]`` as big-endian ``dtype``, zero-padded past the end.
@@ -286,7 +275,7 @@ def _read(images: tf.Tensor, pos: tf.Tensor, count: int, dtype=tf.uint8,
     return tf.io.decode_raw(chunk, dtype, little_endian=False, fixed_length=count)
 
 
-@_out_of_line
+@out_of_line
 def _walk_on(images, pos, max_steps):
     """Follows JPEG marker segments from ``pos``, reading 4 bytes per segment.
 
@@ -406,7 +395,7 @@ def _format_hint(image: tf.Tensor) -> tf.Tensor:
     ], "")
 
 
-@_out_of_line
+@out_of_line
 def _header_message(images: tf.Tensor, limit: tf.Tensor, max_jpeg_segments: int) -> tf.Tensor:
     """Why a batch is refused: empty, or the first refused image and why.
 
@@ -518,7 +507,7 @@ def check_encoded_images(images, max_image_pixels,
         return tf.identity(images)
 
 
-@_out_of_line
+@out_of_line
 def _decode_naming_failures(images: tf.Tensor, image_size: int,
                             max_jpeg_segments: int) -> tf.Tensor:
     """`decode_and_resize` on every image through ``tf.data``; a failure names its index."""
@@ -606,7 +595,7 @@ def decode_images(images, image_size: int, max_image_pixels, *,
     return pixels
 
 
-@_out_of_line
+@out_of_line
 def _check_then_decode_naming_failures(images: tf.Tensor, limit: tf.Tensor, image_size: int,
                                        max_jpeg_segments: int) -> tf.Tensor:
     """The other branch of "auto": refuse the headers, or decode through ``tf.data``."""

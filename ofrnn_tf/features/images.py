@@ -21,6 +21,67 @@ from ofrnn_tf.tf_errors import op_error_text
 IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
 
 
+_BMP_HEADER_BYTES = 54  # file header (14) and BITMAPINFOHEADER (40)
+
+
+def out_of_line(fn=None, *, input_signature=None):
+    """``fn`` as a graph function that stays one op in its caller's graph.
+
+    A ``tf.cond`` is lowered into its caller's graph with both branches, and the
+    ops of the branch not taken still cost: each is visited to propagate "dead".
+    Rare branches call such functions, so that passing them by costs one op.
+    """
+    if fn is None:
+        return lambda f: out_of_line(f, input_signature=input_signature)
+    return tf.function(fn, input_signature=input_signature, autograph=False,
+                       experimental_attributes={"_noinline": True})
+
+
+def _little_endian(header: tf.Tensor, offset: int, size: int) -> tf.Tensor:
+    return sum(header[offset + k] * 256 ** k for k in range(size))
+
+
+def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Decodes one encoded image to ``uint8 [H, W, 3]`` RGB, as the model sees it.
+
+    TensorFlow's BMP decoder returns an 8-bit BMP's palette indices as gray levels,
+    whatever its colour table says; the colours are looked up here, so a 256-colour
+    BMP is seen in its colours (a gray one, whose table is the identity, is unchanged).
+    Raises ``InvalidArgumentError`` for bytes that are not a decodable image.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False,
+                               dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    # Only BMPs read their header again: this function runs per image of every request.
+    is_bmp = tf.equal(tf.strings.substr(image_bytes, 0, 2), "BM")
+    return tf.cond(is_bmp, lambda: _bmp_colours(image_bytes, image), lambda: image)
+
+
+@out_of_line(input_signature=[tf.TensorSpec([], tf.string),
+                              tf.TensorSpec([None, None, 3], tf.uint8)])
+def _bmp_colours(image_bytes: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """A decoded BMP in the colours of its table when it has 8 bits per pixel."""
+    header = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 0, _BMP_HEADER_BYTES),
+                                      tf.uint8, fixed_length=_BMP_HEADER_BYTES), tf.int32)
+    header_size = _little_endian(header, 14, 4)
+    palette = tf.logical_and(header_size >= 40, tf.equal(_little_endian(header, 28, 2), 8))
+
+    def coloured() -> tf.Tensor:
+        used = _little_endian(header, 46, 4)
+        entries = tf.where(tf.logical_or(used <= 0, used > 256), 256, used)
+        table = tf.io.decode_raw(tf.strings.substr(image_bytes, 14 + header_size, 4 * entries),
+                                 tf.uint8)
+        rgb = tf.reverse(tf.reshape(table, [-1, 4])[:, :3], axis=[1])  # stored B, G, R, 0
+        index = tf.cast(image[..., 0], tf.int32)
+        check = tf.debugging.assert_less(
+            tf.reduce_max(index), tf.shape(rgb)[0],
+            message="8-bit BMP with a pixel past its colour table (corrupt or cut off)")
+        with tf.control_dependencies([check]):
+            return tf.gather(rgb, index)
+
+    return tf.cond(palette, coloured, lambda: image)
+
+
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decodes one encoded image and resizes it to ``[image_size, image_size, 3]``.
 
@@ -30,12 +91,11 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
         image_size: output side length S.
 
     Returns:
-        ``uint8 [S, S, 3]`` RGB. Grayscale and RGBA inputs are converted to RGB.
+        ``uint8 [S, S, 3]`` RGB (`decode_rgb`). Grayscale and RGBA inputs are converted
+        to RGB.
         Raises ``InvalidArgumentError`` for bytes that are not a decodable image.
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False,
-                               dtype=tf.uint8)
-    image.set_shape([None, None, 3])
+    image = decode_rgb(image_bytes)
 
     def resize() -> tf.Tensor:
         resized = tf.image.resize(image, [image_size, image_size],

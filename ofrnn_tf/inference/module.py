@@ -103,6 +103,8 @@ class InferenceModule(tf.Module):
         self._keras = _KerasParts(model, backbone)
         self.weights = [v.value for v in backbone.feature_model.weights + model.weights]
         self.label_map = label_map
+        if not 0.0 <= float(tau) <= 1.0:  # NaN too: the graph would compare log τ = NaN
+            raise ValueError(f"tau is a path probability and must be in [0, 1]; got {tau}")
         self.tau = tf.Variable(float(tau), trainable=False, name="tau")
         self.score_mix = tf.Variable(float(score_mix), trainable=False, name="score_mix")
         self.label_names = tf.Variable(list(label_map.names), trainable=False, name="label_names")

@@ -21,7 +21,10 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+import tensorflow as tf
 from PIL import Image
+
+from ofrnn_tf.features.images import decode_rgb
 
 
 DPI = 100
@@ -106,7 +109,7 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
     FigureCanvasAgg(figure)
     for i, line in enumerate(lines):
         y = fig_h - _MARGIN - (i + 0.5) * _TITLE_LINE_PIXELS
-        figure.text(0.5, y / fig_h, line, ha="center", va="center",
+        figure.text(0.5, y / fig_h, line, ha="center", va="center", parse_math=False,
                     fontsize=11 if i == 0 else 10, weight="bold" if i == 0 else "normal")
 
     def panel(index: int, heading: str):
@@ -114,7 +117,7 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
                                 picture_w / fig_w, picture_h / fig_h])
         axes.set_axis_off()
         axes.imshow(rgb, extent=(0, width_px, height_px, 0), interpolation="bilinear")
-        axes.set_title(heading, fontsize=10, pad=4)
+        axes.set_title(heading, fontsize=10, pad=4, parse_math=False)
         return axes
 
     colormap = matplotlib.colormaps[cmap]
@@ -156,7 +159,8 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
 
     Returns:
         the PNG paths written; none for the variants without attention (`baseline`,
-        `no_attention`). Images that cannot be read are reported on stderr and skipped.
+        `no_attention`). Images that cannot be read, and pictures that cannot be drawn, are
+        reported on stderr and skipped.
     """
     if not predictor.module.has_attention:
         print(f"[attention] the {predictor.module.model.mode} variant has no attention; "
@@ -172,7 +176,10 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
         if ground_truth is not None:
             image_path = result["image"]
             truth = ground_truth.get(image_path, ground_truth.get(os.path.basename(image_path)))
-        written.append(draw_prediction(result, out_dir, index, ground_truth=truth))
+        try:
+            written.append(draw_prediction(result, out_dir, index, ground_truth=truth))
+        except Exception as error:  # noqa: BLE001 - a picture is never worth the run
+            print(f"[attention] {result['image']}: no picture: {error}", file=sys.stderr)
     return written
 
 
@@ -184,10 +191,17 @@ def draw_prediction(result: dict, out_dir: str, index: int,
     image_path = result["image"]
     log_prob = result["log_prob"]
     probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
-    with Image.open(image_path) as opened:
-        picture = _display_size(opened.convert("RGB"))
+    with open(image_path, "rb") as f:
+        pixels = decode_rgb(tf.constant(f.read())).numpy()  # what the model saw
+    picture = _display_size(Image.fromarray(pixels))
     stem = os.path.splitext(os.path.basename(image_path))[0]
     return draw_attention(
         picture, result["attention"], result["labels"], result["step_probabilities"],
         os.path.join(out_dir, f"{index:03d}_{stem}.png"),
-        title=os.path.basename(image_path) + probability, ground_truth=ground_truth)
+        title=_printable(os.path.basename(image_path)) + probability, ground_truth=ground_truth)
+
+
+def _printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (kept by Python as lone surrogates,
+    which no font draws) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
