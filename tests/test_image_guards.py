@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ofrnn_tf.features.image_guards import check_encoded_images, decode_images
+from ofrnn_tf.features.image_guards import (
+    NAME_DECODE_FAILURES, check_encoded_images, decode_images)
 from ofrnn_tf.features.images import decode_and_resize, decode_rgb
 
 SIZE = 32
@@ -161,10 +162,16 @@ def test_good_images_decode_to_the_pixels_of_decode_and_resize(decode, name):
 @pytest.mark.parametrize("image", [
     picture(seed=12).convert("P", palette=Image.Palette.ADAPTIVE, colors=37),
     picture(seed=13).convert("L")])
-def test_8_bit_bmp_is_decoded_in_the_colours_of_its_table(image):
+def test_8_bit_bmp_is_decoded_in_the_colours_of_its_table(image, limit):
     # TensorFlow's decoder alone gives the palette indices as gray levels.
-    got = decode_rgb(tf.constant(encode(image, "BMP"))).numpy()
-    np.testing.assert_array_equal(got, np.asarray(image.convert("RGB")))
+    data = encode(image, "BMP")
+    want = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(decode_rgb(tf.constant(data)).numpy(), want)
+    expected = tf.image.resize(want, [SIZE, SIZE], antialias=True).numpy()
+    for mode in NAME_DECODE_FAILURES:  # every path of the served decoder, alone and in a batch
+        for batch in ([data], [JPEG, data]):
+            got = decode_images(tf.constant(batch), SIZE, limit, name_decode_failures=mode)[-1]
+            np.testing.assert_allclose(got.numpy(), expected, atol=1.0, err_msg=mode)
 
 
 def test_8_bit_bmp_indexing_past_its_table_is_refused():

@@ -570,8 +570,13 @@ def decode_images(images, image_size: int, max_image_pixels, *,
         return _failing(_header_message(images, limit, max_jpeg_segments),
                         tf.zeros([0, image_size, image_size, 3], tf.uint8))
 
+    # Under "auto" this plain path only takes a single image that looks complete, which a
+    # BMP never does: the BMP colour step (costly inside map_fn) is left out.
+    colour_tables = name_decode_failures == "never"
+
     def decode_all():
-        return tf.map_fn(lambda encoded: decode_and_resize(encoded, image_size), images,
+        return tf.map_fn(lambda encoded: decode_and_resize(encoded, image_size, colour_tables),
+                         images,
                          fn_output_signature=tf.TensorSpec([image_size, image_size, 3],
                                                            tf.uint8))
 
