@@ -7,14 +7,21 @@ import os
 from typing import Any
 
 
-def write_json(path: str, data: Any, indent: int | None = 1) -> str:
-    """Writes `data` to `path` through a temporary file, so readers never see half a file."""
+def write_text(path: str, text: str) -> str:
+    """Writes `text` to `path` through a temporary file, so readers never see half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"  # processes sharing a folder must not share it
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=indent)
+        f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: str, data: Any, indent: int | None = 1) -> str:
+    """Writes `data` to `path` atomically (`write_text`); ``indent=None`` writes it
+    compactly, without spaces."""
+    separators = (",", ":") if indent is None else None
+    return write_text(path, json.dumps(data, indent=indent, separators=separators))
 
 
 def read_json(path: str) -> Any:

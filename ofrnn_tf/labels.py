@@ -11,6 +11,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from ofrnn_tf.jsonio import write_text
+
 LABEL_MAP_FILENAME = "label_map.json"
 
 
@@ -71,13 +73,7 @@ class LabelMap:
 
     def save(self, directory_or_file: str) -> str:
         """Writes the map (atomically) and returns the file path."""
-        path = _as_file(directory_or_file)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"  # processes sharing a folder must not share it
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_text(_as_file(directory_or_file), self.to_json())
 
     @classmethod
     def load(cls, directory_or_file: str) -> "LabelMap":

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import tensorflow as tf
-
 # Whole lines that are not the reason: eager errors carry the Python stack of the node
 # (`Detected at node ... defined at (most recent call last):`, then `File "...", line N`).
 _NOISE_LINE = re.compile(

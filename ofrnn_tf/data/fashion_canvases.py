@@ -99,7 +99,9 @@ from tqdm import tqdm
 
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
+from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.processes import pid_alive
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -617,7 +619,7 @@ def build_fashion_canvases(out_dir: str, *,
             continue
         _move_into_place(partial_dir, os.path.join(image_root, split))
         # Written last: a split's COCO file recording the configuration marks it finished.
-        _write_json(os.path.join(out_dir, f"{split}.json"), coco)
+        write_json(os.path.join(out_dir, f"{split}.json"), coco, indent=None)
         splits[split] = {"images": len(coco["images"]),
                          "annotations": len(coco["annotations"])}
 
@@ -625,18 +627,8 @@ def build_fashion_canvases(out_dir: str, *,
     record = {"format_version": FORMAT_VERSION, "config": config,
               "fingerprint": fingerprint(config), "source": source,
               "small_area_fraction": cfg.small_area_fraction, "splits": splits}
-    _write_json(marker, record)
+    write_json(marker, record, indent=None)
     return _summary(out_dir, record, cached=False)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
 
 
 def _clear_leftovers(image_root: str) -> None:
@@ -647,7 +639,7 @@ def _clear_leftovers(image_root: str) -> None:
         if not name.startswith("."):
             continue
         pid = name.rpartition("-")[2]
-        if pid.isdigit() and _pid_alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         shutil.rmtree(os.path.join(image_root, name), ignore_errors=True)
 
@@ -715,13 +707,6 @@ def _summary(out_dir: str, record: dict[str, Any], cached: bool) -> dict[str, An
                        "image_dir": os.path.join(out_dir, "images", s), **counts}
                    for s, counts in record["splits"].items()},
     }
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"  # processes building one folder must not share it
-    with open(tmp, "w") as f:
-        json.dump(obj, f, separators=(",", ":"))
-    os.replace(tmp, path)
 
 
 def load_benchmark_split(out_dir: str, split: str, *, check_files: bool = True

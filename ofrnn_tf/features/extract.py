@@ -40,19 +40,10 @@ from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.processes import pid_alive
 from ofrnn_tf.tf_errors import op_error_text
 
 _INCOMPLETE_SUFFIX = ".incomplete"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
 
 
 def _incomplete_path(final: str) -> str:
@@ -61,7 +52,7 @@ def _incomplete_path(final: str) -> str:
     prefix = final + _INCOMPLETE_SUFFIX
     for stale in glob.glob(glob.escape(prefix) + "*"):
         pid = stale[len(prefix) + 1:]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             try:
                 os.remove(stale)
             except FileNotFoundError:

@@ -31,11 +31,12 @@ import json
 import os
 import re
 import struct
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -85,13 +86,6 @@ def serialize_example(image_id: str, features: np.ndarray, label_ids: Sequence[i
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def _write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int,
                       examples: int, skipped: Sequence[dict],
                       split_size: int | None = None) -> None:
@@ -100,7 +94,7 @@ def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int
     ``split_size`` is the number of input images of the whole split, so that a later
     run on a changed image list does not mix two shardings.
     """
-    _write_json(os.path.join(features_dir, shard_stats_filename(split, index, num_shards)), {
+    write_json(os.path.join(features_dir, shard_stats_filename(split, index, num_shards)), {
         "split": split, "shard": index, "num_shards": num_shards,
         "file": shard_filename(split, index, num_shards), "split_size": split_size,
         "examples": int(examples), "skipped": list(skipped)})
@@ -114,7 +108,7 @@ def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
         meta.update(backbone_info)
     meta["dtype"] = FEATURE_DTYPE
     meta = _merge_shard_stats(features_dir, meta)
-    _write_json(path, meta)
+    write_json(path, meta)
     return meta
 
 
