@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Optional
 
+import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig
@@ -30,8 +31,8 @@ from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
-from ofrnn_tf.run_dir import RunDir, RunFacts
-from ofrnn_tf.training.distribute import make_strategy
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.training.distribute import is_chief, make_strategy
 from ofrnn_tf.training.trainer import Trainer, checkpoint_position, describe_position
 from ofrnn_tf.visualization.attention_maps import render_examples
 
@@ -238,16 +239,55 @@ class UnfinishedRunError(ValueError):
     """``--mode=eval`` on a run whose best weights are not trained through its last stage."""
 
 
-def training_state(run_dir: RunDir, model, config: ExperimentConfig) -> Optional[str]:
+def latest_position(run_dir: RunDir) -> Optional[dict[str, int]]:
+    """Where the run's last checkpoint stands (`checkpoint_position`), or None."""
+    latest = tf.train.latest_checkpoint(run_dir.checkpoints_dir())
+    return checkpoint_position(latest) if latest else None
+
+
+def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) -> None:
+    """Refuses (`IncompatibleRunError`) what a rerun on an existing run folder would
+    accept and ignore: the epochs or patience of a stage its checkpoints show finished
+    (the last stage may go on), and in eval mode any decoding setting but the beam
+    width (eval mode writes none of the run's settings)."""
+    saved, _ = run_dir.load()
+    diffs = []
+    if mode == "eval":
+        for name in ("min_labels", "calibration_objective"):
+            before, now = getattr(saved.decoding, name), getattr(config.decoding, name)
+            if before != now:
+                diffs.append(f"decoding.{name}: {before!r} in the run folder vs {now!r} now "
+                             "(eval mode evaluates the run's own decoding; ofrnn-train without "
+                             "--mode=eval recalibrates with the new setting)")
+    position = latest_position(run_dir)
+    finished = []
+    if position is not None and position["stage"] >= 2:  # stage 1, and the context after it
+        if config.model.variant != "baseline":  # the last stage may go on
+            finished.append("stage1")
+        if (config.model.label_context_units
+                and config.model.label_context_training == "after_stage1"):
+            finished.append("label_context")
+    for section in finished:
+        for name in ("epochs", "patience"):
+            before = getattr(getattr(saved, section), name)
+            now = getattr(getattr(config, section), name)
+            if before != now:
+                diffs.append(f"{section}.{name}: {before} in the run folder vs {now} now "
+                             f"({section} is finished)")
+    if diffs:
+        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
+
+
+def training_state(run_dir: RunDir, config: ExperimentConfig) -> Optional[str]:
     """None for a finished run; else where its training stopped (``"stage 2 epoch 3/12,
     step 5"``), when its best weights went through every stage.
 
     Raises `UnfinishedRunError` when no epoch of the last stage was validated yet: the
     best weights would then hold an untrained decoder (or no trained weights at all).
     """
-    latest = tf.train.latest_checkpoint(run_dir.checkpoints_dir())
-    position = checkpoint_position(latest) if latest else None
-    last_stage = 2 if model.uses_decoder else 1
+    position = latest_position(run_dir)
+    uses_decoder = config.model.variant != "baseline"
+    last_stage = 2 if uses_decoder else 1
     if position is not None and position["stage"] > last_stage:
         return None
     best = run_dir.load_best_info() if os.path.exists(run_dir.best_info_file) else {}
@@ -257,7 +297,7 @@ def training_state(run_dir: RunDir, model, config: ExperimentConfig) -> Optional
         where = describe_position(position["stage"], position["epoch"],
                                   position["step_in_epoch"], stage_config.epochs)
     if best.get("stage") != last_stage:
-        part = "decoder (stage 2)" if model.uses_decoder else "M_map (stage 1)"
+        part = "decoder (stage 2)" if uses_decoder else "M_map (stage 1)"
         raise UnfinishedRunError(
             f"{run_dir.path} is not trained: it stopped at {where}, before any validated epoch "
             f"of stage {last_stage}, so its {part} is untrained. Finish training first: "
@@ -281,20 +321,37 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     run_dir = RunDir(workdir)
     timer = Timer()
     data, unfinished = None, None
+    if mode == "eval":
+        run_dir.require()
     if run_dir.exists():
         run_dir.check_config(config)
+        check_finished_stages(run_dir, config, mode)
     if mode == "train":
+        # Before any TensorFlow work: a multi-worker strategy configures the runtime.
+        strategy = make_strategy(config.runtime.strategy)
         with timer("data"):
             data = load_data(config)
         with timer("features"):
             features_dir, facts = prepare_features(config, data)
-        run_dir.save(config, facts)
+        if is_chief(strategy):  # workers sharing a run folder must not race on its files
+            run_dir.save(config, facts)
         with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
-            model = make_trainer(config, facts, run_dir, features_dir).train()
+            model = make_trainer(config, facts, run_dir, features_dir, strategy).train()
+        if not is_chief(strategy):
+            log("training done; the chief worker evaluates and writes the results")
+            return {}
+        for beam_size in run_dir.drop_stale_calibrations():
+            log(f"τ and test metrics for beam width {beam_size} were for earlier weights: "
+                f"removed (ofrnn-train --workdir={workdir} --mode=eval "
+                f"--decoding.beam_size={beam_size} makes them again)")
+        if config.runtime.mixed_precision:
+            # Evaluate what eval mode and the export compute: the best weights in float32.
+            keras.mixed_precision.set_global_policy("float32")
+            model, _, _ = run_dir.load_model()
     else:
         _, facts = run_dir.load()
+        unfinished = training_state(run_dir, config)
         model, _, _ = run_dir.load_model()
-        unfinished = training_state(run_dir, model, config)
         if unfinished:
             log(f"WARNING: {workdir} is not finished (stopped at {unfinished}); evaluating its "
                 f"best epoch so far")

@@ -252,21 +252,54 @@ class RunDir:
 
     # -- calibration, metrics, timing ----------------------------------------------
     def calibration(self, beam_size: int) -> Optional[dict]:
-        """What τ calibration stored for beam width K, or None."""
-        if not os.path.exists(self.calibration_file):
-            return None
-        return read_json(self.calibration_file).get("by_beam_size", {}).get(str(beam_size))
+        """What τ calibration stored for beam width K for the current weights, or None."""
+        return self._calibrations().get(str(int(beam_size)))
 
     def calibrated_beam_sizes(self) -> list[int]:
+        return sorted(int(k) for k in self._calibrations())
+
+    def _calibrations(self, current: bool = True) -> dict[str, dict]:
+        """calibration.json's entries by K; with `current`, only those made for the
+        weights `weights_path` names now (entries that do not say are taken as such)."""
         if not os.path.exists(self.calibration_file):
-            return []
-        return sorted(int(k) for k in read_json(self.calibration_file).get("by_beam_size", {}))
+            return {}
+        entries = read_json(self.calibration_file).get("by_beam_size", {})
+        if not current:
+            return entries
+        weights = self._weights_name()
+        return {k: e for k, e in entries.items() if e.get("weights", weights) == weights}
+
+    def _weights_name(self) -> Optional[str]:
+        try:
+            return os.path.basename(self.weights_path())
+        except FileNotFoundError:
+            return None
 
     def save_calibration(self, entry: dict) -> None:
-        """Stores a calibration (a dict with ``tau`` and ``beam_size``) for its K."""
+        """Stores a calibration (a dict with ``tau`` and ``beam_size``) for its K, with the
+        name of the weights it was made for."""
         data = read_json(self.calibration_file) if os.path.exists(self.calibration_file) else {}
+        entry = {**entry, "weights": self._weights_name()}
         data.setdefault("by_beam_size", {})[str(int(entry["beam_size"]))] = entry
         write_json(self.calibration_file, data)
+
+    def drop_stale_calibrations(self) -> list[int]:
+        """Removes the τ (and ``metrics_test_k<K>.json``) of every beam width calibrated
+        for other weights than the current best ones; returns those widths but the run's
+        own (which a finished training calibrates again)."""
+        entries = self._calibrations(current=False)
+        stale = sorted(int(k) for k in set(entries) - set(self._calibrations()))
+        if not stale:
+            return []
+        data = read_json(self.calibration_file)
+        data["by_beam_size"] = {k: e for k, e in entries.items() if int(k) not in stale}
+        write_json(self.calibration_file, data)
+        own = self.load()[0].decoding.beam_size  # its τ and metrics are made again right away
+        others = [k for k in stale if k != own]
+        for beam_size in others:
+            if os.path.exists(self.metrics_file("test", beam_size)):
+                os.remove(self.metrics_file("test", beam_size))
+        return others
 
     def save_metrics(self, split: str, metrics: dict, beam_size: Optional[int] = None) -> str:
         """Writes the metrics of `split` at beam width `beam_size` (see `metrics_file`)."""

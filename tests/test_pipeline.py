@@ -310,3 +310,99 @@ def test_the_command_reports_a_split_too_small_without_a_traceback(tmp_path):
     assert ("train.py: the train split has 2 image(s), fewer than one batch of 8: lower "
             "--train.batch_size (to at most 2)") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- what a rerun would accept and ignore ----------------------------------------------
+@pytest.fixture
+def cached_features(trained, monkeypatch):
+    """Train mode through `pipeline.run` on the hand-written cache (no data work)."""
+    features_dir = trained[2]
+    monkeypatch.setattr(pipeline, "load_data", lambda config: None)
+    monkeypatch.setattr(pipeline, "prepare_features", lambda config, data: (features_dir, FACTS))
+
+
+def test_tau_of_another_width_goes_once_training_changes_the_best_weights(
+        trained, tmp_path, cached_features):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    pipeline.run(config.replace(decoding={"beam_size": 1}), run_dir.path, "eval")
+    pipeline.run(config, run_dir.path, "train")  # finished: the best weights stay
+    assert run_dir.calibrated_beam_sizes() == [1, 2]
+    model, _, _ = run_dir.load_model()  # as if going on had found a better epoch
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), run_dir.best_dir(),
+                               max_to_keep=1).save(checkpoint_number=10_000)
+    assert run_dir.calibrated_beam_sizes() == []  # neither τ is for these weights
+    pipeline.run(config, run_dir.path, "train")
+    assert run_dir.calibrated_beam_sizes() == [2]  # the run's own, made again
+    assert not os.path.exists(run_dir.metrics_file("test", 1))
+
+
+def test_eval_mode_refuses_decoding_settings_it_would_not_keep(trained, tmp_path):
+    config = trained[0]
+    workdir = copy_run(trained, tmp_path)
+    for decoding, name in (({"min_labels": 0}, "min_labels"),
+                           ({"calibration_objective": "o_f1"}, "calibration_objective")):
+        with pytest.raises(IncompatibleRunError, match=rf"decoding.{name}: .* \(eval mode "
+                                                       r"evaluates the run's own decoding"):
+            pipeline.run(config.replace(decoding=decoding), workdir, "eval")
+
+
+def test_a_rerun_refuses_epochs_of_a_finished_stage_and_lets_the_last_go_on(
+        trained, tmp_path, cached_features):
+    config = trained[0]
+    workdir = copy_run(trained, tmp_path)
+    run_json = open(RunDir(workdir).run_file).read()
+    with pytest.raises(IncompatibleRunError, match=r"stage1.epochs: 1 in the run folder vs 3 "
+                                                   r"now \(stage1 is finished\)"):
+        pipeline.run(config.replace(stage1={"epochs": 3}), workdir, "train")
+    assert open(RunDir(workdir).run_file).read() == run_json
+    pipeline.run(config.replace(stage2={"epochs": 2}), workdir, "train")
+    assert RunDir(workdir).load()[0].stage2.epochs == 2
+
+
+def test_eval_mode_of_a_folder_without_weights_is_refused(trained, tmp_path):
+    config = trained[0]
+    with pytest.raises(FileNotFoundError, match="is not a run folder"):
+        pipeline.run(config, str(tmp_path / "nothing"), "eval")
+    RunDir(str(tmp_path / "new")).save(config, FACTS)
+    with pytest.raises(pipeline.UnfinishedRunError, match="stopped at its start, before any "
+                                                         "checkpoint"):
+        pipeline.run(config, str(tmp_path / "new"), "eval")
+
+
+def test_best_json_after_a_label_context_fit_holds_its_scores(trained, tmp_path, monkeypatch):
+    config = trained[0].replace(model={"variant": "baseline", "label_context_units": 4},
+                                label_context={"epochs": 2})
+    calls = []
+
+    def rising(*args, **kwargs):  # every validation better than the last: the context wins
+        calls.append(1)
+        return {"mAP": float(len(calls)), "score": float(len(calls))}
+
+    monkeypatch.setattr(pipeline.evaluation, "validate", rising)
+    train(config, str(tmp_path / "run"), trained[2])
+    info = RunDir(str(tmp_path / "run")).load_best_info()
+    assert info["validation"]["mAP"] == info["validation"]["score"] == info["label_context"]["score"]
+
+
+def test_a_mixed_precision_run_reports_what_eval_mode_and_the_export_compute(
+        trained, tmp_path, cached_features):
+    import keras
+
+    config = trained[0].replace(runtime={"mixed_precision": True})
+    workdir = str(tmp_path / "run")
+    try:
+        trained_metrics = pipeline.run(config, workdir, "train")
+        assert keras.mixed_precision.global_policy().name == "float32"
+        evaluated = pipeline.run(config, workdir, "eval")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for name in ("C-F1", "O-F1", "mAP", "tau"):
+        assert trained_metrics[name] == evaluated[name], name
+
+
+def test_the_command_reports_eval_of_a_missing_run_without_a_traceback(tmp_path):
+    done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={tmp_path / 'no'}",
+                        "--mode=eval"], expect_failure=True)
+    assert "is not a run folder (run.json missing)" in done.stderr
+    assert "Traceback" not in done.stderr

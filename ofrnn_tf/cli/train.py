@@ -11,10 +11,11 @@ validation, test metrics, attention pictures:
 with the main job's defaults; ``--print_config`` shows what a command would run).
 Rerunning on an existing run folder resumes it with its saved settings; flags may
 change only the resumable ones (paths, epochs, logging, decoding), and any other is
-refused before any work. ``--mode=eval`` recalibrates τ and recomputes the test metrics
-of a finished run, changing none of its settings: at another ``--decoding.beam_size=K``
-it adds τ for K to calibration.json and writes ``metrics_test_kK.json``, leaving the
-run's beam width and ``metrics_test.json`` as they were.
+refused before any work, as are epochs of a stage the run has finished (its last stage
+may go on). ``--mode=eval`` recalibrates τ and recomputes the test metrics of a finished
+run, changing none of its settings: at another ``--decoding.beam_size=K`` it adds τ for
+K to calibration.json and writes ``metrics_test_kK.json``, leaving the run's beam width
+and ``metrics_test.json`` as they were; other decoding settings are refused there.
 """
 
 from absl import app, flags, logging
@@ -76,9 +77,12 @@ def main(argv):
     from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.run_dir import IncompatibleRunError
 
+    refused = (IncompatibleRunError, pipeline.UnfinishedRunError, SplitTooSmallError)
+    if FLAGS.mode == "eval":
+        refused += (FileNotFoundError,)  # not a run folder
     try:
         pipeline.run(config, FLAGS.workdir, FLAGS.mode)
-    except (IncompatibleRunError, pipeline.UnfinishedRunError, SplitTooSmallError) as error:
+    except refused as error:
         raise app.UsageError(str(error)) from None  # the command, not the code, is at fault
     return 0
 

@@ -527,7 +527,7 @@ class Trainer:
             if self.chief and os.path.exists(self.run_dir.best_info_file):
                 info = self.run_dir.load_best_info()  # stage 1's best epoch, and now its context
                 info["label_context"] = {"epoch": best_epoch, "score": best}
-                info["validation"]["score"] = best
+                info["validation"].update(score=best, mAP=best)  # the context's, by val. mAP
                 self.run_dir.save_best_info(info)
 
     def _restore_best(self) -> None:
