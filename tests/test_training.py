@@ -17,6 +17,7 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.training.trainer import NonFiniteLossError, Trainer
+from toy_run import TINY_TRAIN_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "tests", "_tiny_training_run.py")
@@ -635,20 +636,34 @@ def _free_ports(n: int) -> list:
 
 
 @pytest.mark.slow
-def test_two_workers_stay_in_sync(tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+def test_two_workers_of_the_command_train_in_sync(tmp_path):
+    """`train.py --runtime.strategy=multi_worker` as two processes of one cluster: one run
+    folder and feature cache, the chief evaluates, the workers' weights agree."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    workdir, cache_dir = tmp_path / "run", tmp_path / "cache"
     procs = []
     try:
         for index in range(2):
-            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            procs.append(_start(tmp_path, "--strategy=multi_worker", "--epochs=1",
-                                TF_CONFIG=tf_config))
-        finals = [_finish(proc)[0] for proc in procs]
-        assert finals[0] == finals[1]
-        # The chief keeps the checkpoints; the other worker's copies go to tmp_worker/.
-        assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-12")
-        assert os.path.isdir(tmp_path / "tmp_worker" / "1" / "checkpoints")
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            procs.append(subprocess.Popen(
+                [sys.executable, "train.py", f"--workdir={workdir}",
+                 f"--runtime.cache_dir={cache_dir}", "--runtime.strategy=multi_worker",
+                 *TINY_TRAIN_FLAGS], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+        outputs = [proc.communicate(timeout=2 * SUBPROCESS_TIMEOUT_S) for proc in procs]
+        for proc, (_, err) in zip(procs, outputs):
+            assert proc.returncode == 0, err[-3000:]
+        assert "the chief worker evaluates" in outputs[1][1]
+        assert RunDir(str(workdir)).load_metrics("test")["beam_size"] >= 1
+        chief = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+        other = tf.train.latest_checkpoint(str(workdir / "tmp_worker" / "1" / "checkpoints"))
+        assert os.path.basename(chief) == os.path.basename(other)
+        readers = [tf.train.load_checkpoint(path) for path in (chief, other)]
+        names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("model/")]
+        assert names
+        for name in names:
+            np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
     finally:
         _kill(procs)
 
