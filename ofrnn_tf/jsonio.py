@@ -6,11 +6,13 @@ import json
 import os
 from typing import Any
 
+from ofrnn_tf.processes import owner_tag
+
 
 def write_text(path: str, text: str) -> str:
     """Writes `text` to `path` through a temporary file, so readers never see half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"  # processes sharing a folder must not share it
+    tmp = f"{path}.tmp-{owner_tag()}"  # processes sharing a folder must not share it
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)

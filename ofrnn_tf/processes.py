@@ -1,8 +1,15 @@
-"""Whether a process still runs: temporary files and folders carry their writer's pid,
-so that processes sharing a cache never write one file, and only a dead writer's
-leftovers are removed."""
+"""Who owns a temporary file: processes sharing a cache (on one machine or several,
+through a shared folder) never write one file, and only a dead writer's leftovers are
+removed.
+
+A temporary name carries its writer's owner tag, ``<host>-<pid>``. Whether a pid is
+alive can be asked only on its own machine, so a tag of another host is never taken
+for a dead writer's: that machine may be writing the file right now.
+"""
 
 import os
+import re
+import socket
 
 
 def pid_alive(pid: int) -> bool:
@@ -14,3 +21,25 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         pass
     return True
+
+
+def _host() -> str:
+    """This machine's name, reduced to characters safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def owner_tag() -> str:
+    """``<host>-<pid>`` of this process, for the temporary names it writes."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def left_by_dead_owner(tag: str) -> bool:
+    """True when `tag` is an owner tag of this host whose process has died.
+
+    A bare pid (names written before they carried a host) counts as this host's.
+    Tags of other hosts, and text that is no tag, are False: not ours to remove.
+    """
+    host, _, pid = tag.rpartition("-")
+    if not pid.isdigit() or (host and host != _host()):
+        return False
+    return not pid_alive(int(pid))

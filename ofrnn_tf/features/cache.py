@@ -8,6 +8,11 @@ and every split's image ids, label ids and object areas in order. The run folder
 records the fingerprint, not a path, so a run moved to another machine (or another
 ``--runtime.cache_dir``) finds its features again and refuses a cache that holds
 anything else.
+
+The fingerprint does not cover the image bytes (hashing every image would cost a pass
+over the data on each run), so an image skipped as undecodable stays skipped after it
+is repaired: a cache hit re-checks the skipped images and names those that now decode,
+with the shard to delete so that the next run extracts them.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import os
 import sys
 from typing import Mapping, Sequence
 
+import tensorflow as tf
+
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
 from ofrnn_tf.features.extract import extract_split
+from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.labels import LabelMap
 
 FEATURES_SUBDIR = "features"
@@ -88,6 +96,41 @@ def split_complete(directory: str, split: str) -> bool:
     return len(files) == int(info["num_shards"])
 
 
+def _decodes(path: str, image_size: int) -> bool:
+    """Whether the extraction would read the image at `path` now."""
+    if not os.path.isfile(path):  # also the "<n encoded bytes ...>" of in-memory images
+        return False
+    try:
+        decode_and_resize(tf.io.read_file(path), image_size)
+    except (tf.errors.OpError, ValueError):
+        return False
+    return True
+
+
+def repaired_images(directory: str, split: str) -> dict[str, list[str]]:
+    """``{shard file: [image path, ...]}`` of the images skipped when ``split`` was
+    extracted that decode now."""
+    meta = tfrecords.read_meta(directory)
+    found: dict[str, list[str]] = {}
+    for shard in meta["splits"][split]["shards"].values():
+        for record in shard["skipped"]:
+            if _decodes(str(record["path"]), int(meta["image_size"])):
+                found.setdefault(shard["file"], []).append(record["path"])
+    return found
+
+
+def _report_repaired_images(directory: str, split: str) -> None:
+    repaired = repaired_images(directory, split)
+    if not repaired:
+        return
+    paths = [path for shard_paths in repaired.values() for path in shard_paths]
+    shards = [os.path.join(directory, name) for name in repaired]
+    print(f"[ofrnn_tf] features {split}: {len(paths)} image(s) skipped when the cache was "
+          f"built decode now ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}) but "
+          f"stay out of it: delete {' '.join(shards)} (or the folder {directory}) and rerun "
+          f"to extract them", file=sys.stderr)
+
+
 def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, directory: str,
                     backbone_name: str, feature_layer: str, fingerprint: str, *,
                     batch_size: int = 32, num_shards: int = 8) -> dict:
@@ -104,6 +147,7 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     for split, examples in splits.items():
         if split_complete(directory, split):
             print(f"[ofrnn_tf] features {split}: cached in {directory}", file=sys.stderr)
+            _report_repaired_images(directory, split)
             continue
         if backbone is None:
             backbone = get_backbone(backbone_name, feature_layer)

@@ -10,19 +10,22 @@ in positions, finds the reason, prints it with the path and records it in the
 summary and ``meta.json``.
 
 Examples are split into ``num_shards`` contiguous shards. Each shard is written
-under a temporary name of its own process and renamed when complete, after its
-``.json`` record, so a rerun skips finished shards, an interrupted extraction resumes,
-and two processes that build the same cache at once (two training runs started
-together) do not take each other's files: both write the same bytes and the later
-rename wins. With ``shard_index`` several machines extract disjoint shards into one
-directory (``ofrnn-extract --shard_index=i``, see `ofrnn_tf.cli.extract`).
+under a temporary name of its own process (tagged with host and pid,
+`ofrnn_tf.processes.owner_tag`) and renamed when complete, after its ``.json``
+record. A shard is finished when both files are there and the ``.json`` reads, so a
+rerun skips finished shards and extracts the others again, an interrupted extraction
+resumes, and two processes that build the same cache at once (two training runs
+started together, or machines sharing the folder) do not take each other's files: both
+write the same shard and the first to finish keeps its file. With ``shard_index``
+several machines extract disjoint shards into one directory (``ofrnn-extract
+--shard_index=i``, see `ofrnn_tf.cli.extract`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
-import json
 import os
 import queue
 import sys
@@ -40,24 +43,25 @@ from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.labels import LabelMap
-from ofrnn_tf.processes import pid_alive
+from ofrnn_tf.processes import left_by_dead_owner, owner_tag
 from ofrnn_tf.tf_errors import op_error_text
 
 _INCOMPLETE_SUFFIX = ".incomplete"
 
 
 def _incomplete_path(final: str) -> str:
-    """This process's temporary name for shard `final`; leftovers of processes that
-    died are removed (another live process's file is its own business)."""
+    """This process's temporary name for shard `final`, ``<final>.incomplete-<owner tag>``.
+
+    Leftovers of processes of this machine that died are removed, and untagged ones of
+    older versions; a live process's file, or another machine's (whose pids cannot be
+    asked from here), is its own business.
+    """
     prefix = final + _INCOMPLETE_SUFFIX
     for stale in glob.glob(glob.escape(prefix) + "*"):
-        pid = stale[len(prefix) + 1:]
-        if not pid.isdigit() or not pid_alive(int(pid)):
-            try:
+        if stale == prefix or left_by_dead_owner(stale[len(prefix) + 1:]):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
-            except FileNotFoundError:
-                pass
-    return f"{prefix}-{os.getpid()}"
+    return f"{prefix}-{owner_tag()}"
 
 
 @dataclasses.dataclass
@@ -103,8 +107,7 @@ def _check_compatible(out_dir: str, info: dict) -> None:
     path = os.path.join(out_dir, tfrecords.META_FILENAME)
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        existing = json.load(f)
+    existing = tfrecords.read_meta_file(path)
     diffs = [f"{k}: {existing.get(k)!r} there vs {v!r} now" for k, v in info.items()
              if k in existing and existing[k] != v]
     if diffs:
@@ -125,8 +128,10 @@ def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size
                 f"{out_dir} already holds split {split!r} in {count} shards ({name}); "
                 f"pass num_shards={count} to resume it, or use a new directory")
         if name.endswith(".json"):
-            with open(path) as f:
-                before = json.load(f).get("split_size")
+            try:
+                before = tfrecords.read_shard_stats(path).get("split_size")
+            except (FileNotFoundError, ValueError):  # its shard is extracted again
+                continue
             if before is not None and before != split_size:
                 raise ValueError(
                     f"{path}: split {split!r} had {before} images when this shard was "
@@ -261,7 +266,10 @@ class _ShardWriter(threading.Thread):
                   "reason": _diagnose(example, self.image_size)}
         shard.skipped.append(record)
         self.summary.skipped.append(record)
-        tqdm.write(f"skipped image {record['path']}: {record['reason']}", file=sys.stderr)
+        # Reruns skip finished shards, so a repaired image is extracted only with its shard.
+        tqdm.write(f"skipped image {record['path']}: {record['reason']} (once it is fixed, "
+                   f"delete {self._path(shard)}, or its whole folder, and rerun to extract "
+                   f"it)", file=sys.stderr)
 
     def _write(self, pos: int, features: np.ndarray) -> None:
         shard = self._current()
@@ -293,8 +301,23 @@ class _ShardWriter(threading.Thread):
         shard.writer = None
         tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
                                     shard.written, shard.skipped, len(self.examples))
-        os.replace(shard.temp_path, final)
+        _move_into_place(shard.temp_path, final)
         self.summary.shards_written.append(shard.index)
+
+
+def _move_into_place(temp_path: str, final: str) -> None:
+    """Renames a finished shard to `final`. Should another process (on any machine
+    sharing the folder) have finished the same shard first, its file stays: a shard's
+    bytes depend only on its images and the backbone, so the two are the same."""
+    if os.path.exists(final):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp_path)
+        return
+    try:
+        os.replace(temp_path, final)
+    except FileNotFoundError:
+        if not os.path.exists(final):
+            raise
 
 
 _COMPUTE_FNS: "weakref.WeakKeyDictionary[Backbone, tf.types.experimental.GenericFunction]" = (
@@ -392,10 +415,15 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
     pending: list[_PendingShard] = []
     order: list[int] = []
     for i in wanted:
-        final = os.path.join(out_dir, tfrecords.shard_filename(split, i, num_shards))
-        if os.path.exists(final):
+        reason = tfrecords.unfinished_reason(out_dir, split, i, num_shards)
+        if reason is None:
             summary.shards_already_done.append(i)
             continue
+        final = os.path.join(out_dir, tfrecords.shard_filename(split, i, num_shards))
+        if os.path.exists(final):  # without its stats record: not trusted, not kept
+            print(f"[ofrnn_tf] {reason}; extracting that shard again", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(final)
         ids = range(i * n // num_shards, (i + 1) * n // num_shards)
         pending.append(_PendingShard(i, len(order), len(order) + len(ids), ids))
         order.extend(ids)

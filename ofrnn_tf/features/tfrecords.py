@@ -14,20 +14,22 @@ label_areas    float list aligned with ``labels``: area fraction of the
 beside each finished shard a ``.json`` with its counts and skipped images, and
 ``label_map.json`` and ``meta.json`` (backbone, feature layer, image size,
 feature shape, dtype, per-split shard counts and skipped images) for the directory.
+A shard counts as finished only with both its files, the ``.json`` readable.
 
 `make_dataset` is the ``tf.data`` reader: deterministic file listing, per-worker
-file sharding, ``interleave`` over files, batched ``parse_example``, prefetch. Before
-reading, it walks each shard's record headers (cheap); a payload garbled behind intact
-headers shows only while reading, as a `tf.errors.DataLossError` that names no file:
-code that reads a split wraps the reading in `naming_corrupt_shards`, which then
-checks that split's shards in full and names the bad one.
+file sharding (before any shuffle), ``interleave`` over files, batched
+``parse_example``, prefetch. Before reading, it walks each shard's record headers
+(cheap) and compares their count with the shard's ``.json``, so a file cut short, even
+at a record boundary, is named; a payload garbled behind intact headers shows only
+while reading, as a `tf.errors.DataLossError` that names no file: code that reads a
+split wraps the reading in `naming_corrupt_shards`, which then checks that split's
+shards in full and names the bad one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import re
 import struct
@@ -36,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from ofrnn_tf.jsonio import write_json
+from ofrnn_tf.jsonio import read_json, write_json
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -103,7 +105,7 @@ def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int
 def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
     """Rewrites ``meta.json`` from the backbone info and the per-shard records on disk."""
     path = os.path.join(features_dir, META_FILENAME)
-    meta = _load_meta_file(path) if os.path.exists(path) else {}
+    meta = read_meta_file(path) if os.path.exists(path) else {}
     if backbone_info is not None:
         meta.update(backbone_info)
     meta["dtype"] = FEATURE_DTYPE
@@ -115,14 +117,50 @@ def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
 # -- metadata ----------------------------------------------------------------
 
 def _load_meta_file(path: str) -> dict:
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    """The JSON object in `path`; FileNotFoundError or ValueError naming the file."""
+    meta = read_json(path)
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return meta
+
+
+def read_meta_file(path: str) -> dict:
+    """A directory's ``meta.json``; an unreadable one is named with its remedy (it is
+    rebuilt from the backbone and the shards' ``.json`` records)."""
+    try:
+        return _load_meta_file(path)
+    except ValueError as error:
+        raise ValueError(f"{error}; delete it and rerun the extraction (`ofrnn-extract` or "
+                         f"training), which writes it again") from None
+
+
+def read_shard_stats(path: str) -> dict:
+    """A shard's ``.json`` record; FileNotFoundError or ValueError naming the file."""
+    stats = _load_meta_file(path)
+    absent = [key for key in ("file", "examples", "skipped") if key not in stats]
+    if absent:
+        raise ValueError(f"{path}: no {', '.join(absent)} entry")
+    return stats
+
+
+def unfinished_reason(features_dir: str, split: str, index: int, num_shards: int) -> str | None:
+    """Why shard `index` of `split` is not finished, or None when it is.
+
+    A shard is finished when its ``.tfrecord`` exists and its ``.json`` stats record
+    reads: the reader needs both, so the extraction counts a shard done on the same
+    terms (and extracts it again otherwise).
+    """
+    name = shard_filename(split, index, num_shards)
+    stats = os.path.join(features_dir, shard_stats_filename(split, index, num_shards))
+    if not os.path.exists(os.path.join(features_dir, name)):
+        return f"{name} is missing"
+    try:
+        read_shard_stats(stats)
+    except FileNotFoundError:
+        return f"{name} has no stats file: {stats} is missing"
+    except ValueError as error:
+        return f"the stats file of {name} is unreadable: {error}"
+    return None
 
 
 def _merge_shard_stats(features_dir: str, meta: dict) -> dict:
@@ -131,7 +169,10 @@ def _merge_shard_stats(features_dir: str, meta: dict) -> dict:
         m = _SHARD_RE.match(os.path.basename(path))
         if not m:
             continue
-        stats = _load_meta_file(path)
+        try:
+            stats = read_shard_stats(path)
+        except (FileNotFoundError, ValueError):  # an unfinished shard (`unfinished_reason`)
+            continue
         split, count = m["split"], int(m["count"])
         entry = splits.setdefault(split, {"num_shards": count, "shards": {}})
         if entry["num_shards"] != count:
@@ -163,8 +204,8 @@ def read_meta(features_dir: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"no {META_FILENAME} in {features_dir}: not a features directory (create one "
-            f"with `python -m ofrnn_tf.features.extract`)")
-    return _merge_shard_stats(features_dir, _load_meta_file(path))
+            f"with `ofrnn-extract`, or let training extract it)")
+    return _merge_shard_stats(features_dir, read_meta_file(path))
 
 
 def _split_meta(meta: dict, features_dir: str, split: str) -> dict:
@@ -180,17 +221,31 @@ def num_examples(features_dir: str, split: str) -> int:
     return int(_split_meta(read_meta(features_dir), features_dir, split)["num_examples"])
 
 
-def shard_files(features_dir: str, split: str) -> list[str]:
-    """The shard paths of a complete split, in shard order."""
-    meta = read_meta(features_dir)
-    entry = _split_meta(meta, features_dir, split)
+def _complete_split(features_dir: str, split: str) -> dict:
+    """The meta entry of `split`, refused unless every shard is finished (naming, for
+    each missing one, which file is missing or unreadable)."""
+    entry = _split_meta(read_meta(features_dir), features_dir, split)
     n = entry["num_shards"]
     if not entry["complete"]:
-        missing = [shard_filename(split, i, n) for i in range(n) if str(i) not in entry["shards"]]
-        raise ValueError(f"{features_dir}: split {split!r} is incomplete, missing shards "
-                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; rerun the "
-                         f"extraction to finish them")
+        reasons = [unfinished_reason(features_dir, split, i, n) or shard_filename(split, i, n)
+                   for i in range(n) if str(i) not in entry["shards"]]
+        raise ValueError(f"{features_dir}: split {split!r} is incomplete: "
+                         f"{'; '.join(reasons[:5])}{' ...' if len(reasons) > 5 else ''}; rerun "
+                         f"the extraction (`ofrnn-extract` or training) to extract those shards")
+    return entry
+
+
+def shard_files(features_dir: str, split: str) -> list[str]:
+    """The shard paths of a complete split, in shard order."""
+    n = _complete_split(features_dir, split)["num_shards"]
     return [os.path.join(features_dir, shard_filename(split, i, n)) for i in range(n)]
+
+
+def _shards_with_counts(features_dir: str, split: str) -> list[tuple[str, int]]:
+    """``(path, examples its .json records)`` of each shard of a complete split."""
+    entry = _complete_split(features_dir, split)
+    return [(os.path.join(features_dir, shard_filename(split, i, entry["num_shards"])),
+             int(entry["shards"][str(i)]["examples"])) for i in range(entry["num_shards"])]
 
 
 # -- shard integrity -----------------------------------------------------------
@@ -251,12 +306,28 @@ def check_shard(path: str, full: bool = False) -> int:
     return count
 
 
+def verify_shard(path: str, expected: int, full: bool = False) -> None:
+    """`check_shard`, and its record count against the `expected` one of its ``.json``:
+    a file cut at a record boundary (or to 0 bytes) is sound record by record."""
+    count = check_shard(path, full=full)
+    if count != expected:
+        raise CorruptShardError(f"corrupt feature shard {path}: {count} records, but its "
+                                f".json records {expected} (the file was cut short)", path)
+
+
+def _with_remedy(error: CorruptShardError) -> CorruptShardError:
+    # The extraction skips the shards it finds finished (`extract_split`), so a
+    # rerun rebuilds only the deleted one.
+    return CorruptShardError(f"{error} -- delete {error.path} and rerun: the next run "
+                             f"re-extracts only that shard", error.path)
+
+
 def find_corrupt_shard(features_dir: str, split: str) -> CorruptShardError | None:
     """Reads every record of ``split`` with its checksums (a full pass over its files);
-    returns the error of the first corrupt shard, or None when all are sound."""
-    for path in shard_files(features_dir, split):
+    returns the error of the first corrupt or short shard, or None when all are sound."""
+    for path, expected in _shards_with_counts(features_dir, split):
         try:
-            check_shard(path, full=True)
+            verify_shard(path, expected, full=True)
         except CorruptShardError as error:
             return error
     return None
@@ -278,11 +349,7 @@ def naming_corrupt_shards(features_dir: str, split: str):
         corrupt = find_corrupt_shard(features_dir, split)
         if corrupt is None:
             raise
-        # The extraction skips the shards it finds finished (`extract_split`), so a
-        # rerun rebuilds only the deleted one.
-        raise CorruptShardError(
-            f"{corrupt} -- delete {corrupt.path} and rerun: the next run re-extracts only "
-            f"that shard", corrupt.path) from error
+        raise _with_remedy(corrupt) from error
 
 
 # -- reading -----------------------------------------------------------------
@@ -341,29 +408,36 @@ def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None 
     dir_map = LabelMap.load(features_dir)
     if label_map is not None:
         label_map.check_same(dir_map)
-    files = shard_files(features_dir, split)
+    shards = _shards_with_counts(features_dir, split)
     if verify_shards:
-        for path in files:
-            if verify_shards == "full" or "://" not in path:
-                check_shard(path, full=verify_shards == "full")
+        _verify_shards(shards, full=verify_shards == "full")
+    files = [path for path, _ in shards]
 
-    shard_records = None
-    if input_context is not None:
-        n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
-        if n > 1:
-            if len(files) >= n:
-                files = files[i::n]
-            else:
-                shard_records = (n, i)
+    n, i = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
+            if input_context is not None else (1, 0))
+    if 1 < n <= len(files):
+        files = files[i::n]
+    elif n > 1:
+        # Fewer files than workers: records are split, and every worker must split the
+        # same sequence, so files are read in order here; the caller shuffles the records.
+        return tf.data.TFRecordDataset(files).shard(n, i)
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
-    if shard_records is not None:
-        ds = ds.shard(*shard_records)
-    return ds
+    return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+
+
+def _verify_shards(shards: list[tuple[str, int]], full: bool) -> None:
+    """`verify_shard` on each ``(path, expected records)``; the header walk only on local
+    files (it reads every header), the full check on all. Errors carry their remedy."""
+    for path, expected in shards:
+        if full or "://" not in path:
+            try:
+                verify_shard(path, expected, full=full)
+            except CorruptShardError as error:
+                raise _with_remedy(error) from None
 
 
 def make_dataset(features_dir: str, split: str, batch_size: int, *,
@@ -388,6 +462,7 @@ def make_dataset(features_dir: str, split: str, batch_size: int, *,
             another one is refused (`LabelMapMismatchError`).
         shuffle: shuffle file order and records (``shuffle_buffer`` records, each
             m·k·2 bytes, so keep it moderate); otherwise the order is deterministic.
+            Workers split the data before any shuffle, so they never share a record.
         repeat: repeat forever.
         seed: shuffle seed.
         input_context: from ``distribute_datasets_from_function``; files (or, with
@@ -395,7 +470,8 @@ def make_dataset(features_dir: str, split: str, batch_size: int, *,
         drop_remainder: drop the last partial batch.
         cache: keep the serialized records in memory after the first pass.
         verify_shards: True: walk the record headers of each local shard first, so
-            a truncated file or garbled header fails here with the file's name;
+            a truncated file, a garbled header or a record count other than the
+            shard's ``.json`` records fails here with the file's name;
             ``"full"``: read every record and its checksum once (garbled payloads
             too; costs a pass over the data); False: no check.
     """

