@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from conftest import ROOT, run_checked, to_png
 from ofrnn_tf.export.saved_model import SIGNATURES, export_run, save_inference_module
@@ -400,3 +400,42 @@ def test_features_signature_refuses_non_finite_maps_naming_the_image(tiny_export
             run("predict_features", {"features": features})
         features[2, 0, 1, 0] = 0.0
         assert run("predict_features", {"features": features})["num_labels"].shape == (3,)
+
+
+def test_signatures_refuse_inputs_of_another_shape_as_tf_serving_feeds_them(tiny_export_run,
+                                                                            tiny_module):
+    """TF Serving runs the graph on a request's tensors whatever their shape (no check
+    against the signature): fed through the C++ session API, as it does."""
+    session, signature_defs = load_session(str(tiny_export_run.export_dir))
+    height, width, depth = tiny_module.feature_shape
+
+    def call(signature: str, **feeds):
+        sig = signature_defs[signature]
+        names = sorted(feeds)
+        run = session._make_callable_from_options(config_pb2.CallableOptions(
+            feed=[sig.inputs[k].name for k in names], fetch=[sig.outputs["num_labels"].name]))
+        return run(*[feeds[k] for k in names])
+
+    nhwc = np.zeros([2, height, width, depth], np.float32)
+    image = tiny_export_run.jpeg_bytes(1)[0]
+    try:
+        assert call("predict_features", features=nhwc)[0].shape == (2,)
+        expected = f"[?,{height},{width},{depth}]"
+        refused = {
+            ("predict_features", "features", f"[2,{depth},{height},{width}]", expected):
+                {"features": np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))},
+            ("predict_features", "features", f"[{height},{width},{depth}]", expected):
+                {"features": nhwc[0]},
+            ("serving_default", "images", "[1,1]", "[?]"):
+                {"images": np.array([[image]], object)},
+            ("predict_with_threshold", "threshold", "[]", "[?]"):
+                {"images": np.array([image], object), "threshold": np.float32(0.5)},
+        }
+        for (signature, name, shape, want), feeds in refused.items():
+            with pytest.raises(tf.errors.InvalidArgumentError,
+                               match=rf"Shape of tensor \S*{name}\S* {re.escape(shape)} is not "
+                                     rf"compatible with expected shape {re.escape(want)}"):
+                call(signature, **feeds)
+        assert call("predict_features", features=nhwc)[0].shape == (2,)  # still serving
+    finally:
+        session.close()

@@ -213,15 +213,21 @@ class InferenceModule(tf.Module):
         """The backbone's maps of encoded images (the first half of `serve_images`)."""
         return {"features": self.backbone(self._pixels(images))}
 
+    # TF Serving feeds a request's tensors as they come, whatever shape the signature
+    # declares: each signature checks the shapes of its inputs first (`_shaped`).
     def _serve_images(self, images):
+        images = _shaped(images, [None])
         return self._outputs(self.backbone(self._pixels(images)), self.tau.read_value())
 
     def _serve_images_with_threshold(self, images, threshold):
+        images = _shaped(images, [None])
+        threshold = _shaped(threshold, [None])
         threshold = _checked_thresholds(threshold, tf.size(images))
         # [N, 1]: each image's τ against its steps' path probabilities.
         return self._outputs(self.backbone(self._pixels(images)), threshold[:, None])
 
     def _serve_features(self, features):
+        features = _shaped(features, [None, *self.feature_shape])
         return self._outputs(_checked_features(features), self.tau.read_value())
 
     def _predict_pixels(self, pixels):
@@ -239,6 +245,14 @@ class InferenceModule(tf.Module):
                 "min_labels": tf.constant(self.min_labels),
                 "max_image_pixels": self.max_image_pixels.read_value(),
                 "label_names": self.label_names.read_value()}
+
+
+def _shaped(tensor: tf.Tensor, shape: list) -> tf.Tensor:
+    """`tensor` once its runtime shape fits `shape` (None: any size); else
+    InvalidArgumentError ("Shape of tensor <input> [...] is not compatible with expected
+    shape [...]"): features in another layout, say NCHW, would otherwise be reshaped
+    into wrong labels. On the data path, so nothing downstream runs first."""
+    return tf.ensure_shape(tensor, shape)
 
 
 def _first(mask: tf.Tensor) -> tf.Tensor:
