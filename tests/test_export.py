@@ -439,3 +439,31 @@ def test_signatures_refuse_inputs_of_another_shape_as_tf_serving_feeds_them(tiny
         assert call("predict_features", features=nhwc)[0].shape == (2,)  # still serving
     finally:
         session.close()
+
+
+def test_an_export_never_publishes_a_folder_another_export_writes(tiny_module, tmp_path,
+                                                                   monkeypatch):
+    from ofrnn_tf.export import saved_model
+    from ofrnn_tf.processes import owner_tag
+
+    base = tmp_path / "export"
+    host = owner_tag().rpartition("-")[0]
+    live = base / f".tmp-{owner_tag()}-0123abcd"  # another export of a live process
+    dead = base / f".tmp-{host}-999999999-89abcdef"  # no such pid: a dead export's leftover
+    (live / "variables").mkdir(parents=True)
+    dead.mkdir()
+    write = saved_model.write_warmup_requests
+
+    def another_export_finishes_first(folder, *args, **kwargs):
+        if not (base / "1").exists():  # version 1 appears while this export writes
+            (base / "1").mkdir()
+            (base / "1" / "theirs").write_text("x")
+        return write(folder, *args, **kwargs)
+
+    monkeypatch.setattr(saved_model, "write_warmup_requests", another_export_finishes_first)
+    assert save_inference_module(tiny_module, str(base)) == str(base / "2")
+    assert os.listdir(base / "1") == ["theirs"]  # left as the other export wrote it
+    with pytest.raises(FileExistsError, match=re.escape(f"{base / '2'} exists")):
+        save_inference_module(tiny_module, str(base), version=2)
+    assert live.exists() and not dead.exists()
+    assert sorted(p.name for p in base.iterdir() if p.name != live.name) == ["1", "2"]

@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import uuid
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
 from ofrnn_tf.export.warmup import write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.processes import left_by_dead_owner, owner_tag
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -56,29 +59,56 @@ def signatures(module: InferenceModule) -> dict:
 def save_inference_module(module: InferenceModule, export_base: str,
                           version: Optional[int] = None, warmup_images: Sequence[bytes] = (),
                           model_name: str = DEFAULT_MODEL_NAME) -> str:
-    """Writes `export_base/<version>/` atomically (a temporary folder renamed at the end).
+    """Writes `export_base/<version>/` atomically: a temporary folder of this export's
+    own, renamed at the end. Should another export take the version meanwhile, an
+    automatic version moves on to the next free one and a given one is refused.
 
     Every warm-up image is first run through `module.serve_images`: an image the export
     would refuse raises `WarmupImageError` naming it, before anything is written, rather than
     give a version whose warm-up replay fails when TF Serving loads it.
     """
-    version = next_version(export_base) if version is None else int(version)
+    automatic = version is None
+    version = next_version(export_base) if automatic else int(version)
     if version < 0:  # TF Serving loads only non-negative integer folders
         raise ValueError(f"version must be a non-negative integer, got {version}")
-    final = os.path.join(export_base, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; pick another --version")
+    _refuse_existing(os.path.join(export_base, str(version)))
     warmup_images = list(warmup_images) or [_gray_jpeg(module)]
     check_warmup_images(module, warmup_images)
-    tmp = os.path.join(export_base, f".tmp-{version}")
     tf.io.gfile.makedirs(export_base)
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures=signatures(module))
-    module.label_map.save(os.path.join(tmp, "assets.extra"))
-    write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8))
-    os.replace(tmp, final)
-    return final
+    _clear_dead_exports(export_base)
+    # TF Serving never loads a folder whose name is not an integer.
+    tmp = os.path.join(export_base, f".tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tf.saved_model.save(module, tmp, signatures=signatures(module))
+        module.label_map.save(os.path.join(tmp, "assets.extra"))
+        write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8))
+        while True:
+            final = os.path.join(export_base, str(version))
+            try:
+                os.rename(tmp, final)  # fails on an existing version, which stays as it is
+                return final
+            except OSError:
+                if not (automatic and os.path.isdir(final)):
+                    _refuse_existing(final)
+                    raise
+                version = max(version + 1, next_version(export_base))
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _refuse_existing(final: str) -> None:
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists; pick another --version")
+
+
+def _clear_dead_exports(export_base: str) -> None:
+    """Removes the temporary folders of exports whose process died on this machine (a
+    live export's, or another machine's, is its own business)."""
+    for name in os.listdir(export_base):
+        match = re.fullmatch(r"\.tmp-(.+)-[0-9a-f]{8}", name)
+        if (match and left_by_dead_owner(match[1])) or re.fullmatch(r"\.tmp-\d+", name):
+            shutil.rmtree(os.path.join(export_base, name), ignore_errors=True)
 
 
 class WarmupImageError(ValueError):
