@@ -23,6 +23,7 @@ from ofrnn_tf.export.saved_model import SIGNATURES, export_run, save_inference_m
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.serving.client import PREDICT_OUTPUTS
 from ofrnn_tf.serving.local_server import load_session
 from ofrnn_tf.serving.server_process import find_latest_version
 
@@ -133,16 +134,21 @@ def test_warmup_requests_parse_and_run(tiny_export_run, loaded):
     path = tiny_export_run.export_dir / WARMUP_FILE
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
                for r in tf.data.TFRecordDataset(str(path))]
-    assert [len(tf.make_ndarray(r.predict_log.request.inputs["images"])) for r in records] == [1, 8]
+    # Per batch size: a bare request, then the client's two kinds (its output filter).
+    kinds = [(r.predict_log.request.model_spec.signature_name,
+              len(tf.make_ndarray(r.predict_log.request.inputs["images"])),
+              tuple(r.predict_log.request.output_filter)) for r in records]
+    assert kinds == [(signature, n, outputs) for n in (1, 8) for signature, outputs in (
+        ("serving_default", ()), ("serving_default", PREDICT_OUTPUTS),
+        ("predict_with_threshold", PREDICT_OUTPUTS))]
     example = RunDir(str(tiny_export_run.workdir)).example_images()[0]
     for log in records:
         request = log.predict_log.request
         assert request.model_spec.name == "ofrnn"
-        assert request.model_spec.signature_name == "serving_default"
-        images = tf.make_ndarray(request.inputs["images"])
-        assert images[0] == Path(example).read_bytes()  # the run's first example image
-        out = loaded.signatures["serving_default"](images=tf.constant(images))
-        assert set(out) == set(OUTPUTS) and out["num_labels"].shape == (len(images),)
+        feeds = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        assert feeds["images"][0].numpy() == Path(example).read_bytes()  # the first example
+        out = loaded.signatures[request.model_spec.signature_name](**feeds)
+        assert set(out) == set(OUTPUTS) and out["num_labels"].shape == (len(feeds["images"]),)
 
 
 def session_outputs(export_dir: Path, signature: str, feeds: dict) -> dict:

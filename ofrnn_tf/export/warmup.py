@@ -14,10 +14,16 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
                           model_name: str = DEFAULT_MODEL_NAME,
-                          signature_name: str = "serving_default",
-                          batch_sizes: Sequence[int] = (1,)) -> str:
-    """Writes one PredictRequest per batch size (images cycled) as PredictionLog records."""
+                          batch_sizes: Sequence[int] = (1,),
+                          with_threshold: bool = True) -> str:
+    """Writes PredictionLog records of the requests a server will get, per batch size
+    (images cycled): a bare ``serving_default`` request (all outputs), and the ones
+    ``ofrnn-client`` sends, with its ``output_filter``, to ``serving_default`` and (with
+    `with_threshold`) to ``predict_with_threshold``. A session sets its graph up once
+    per set of inputs and outputs, so each kind needs its own warm-up."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from ofrnn_tf.serving.client import predict_request
 
     if not images:
         raise ValueError("warm-up requests need at least one sample image")
@@ -25,12 +31,16 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for batch_size in batch_sizes:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature_name
             batch = [images[i % len(images)] for i in range(batch_size)]
-            request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
+            bare = predict_pb2.PredictRequest()
+            bare.model_spec.name = model_name
+            bare.model_spec.signature_name = "serving_default"
+            bare.inputs["images"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+            requests = [bare, predict_request(batch, model_name=model_name)]
+            if with_threshold:
+                requests.append(predict_request(batch, model_name=model_name, threshold=0.5))
+            for request in requests:
+                log = prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=request))
+                writer.write(log.SerializeToString())
     return path

@@ -114,6 +114,23 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
     images = list(images)
     if not images:
         return []
+    request = predict_request(images, model_name=model_name, signature_name=signature_name,
+                              version=version, threshold=threshold)
+
+    def run(ch):
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        return parse_predict_response(stub.Predict(request, timeout=timeout))
+
+    return _call(target, channel, run)
+
+
+def predict_request(images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
+                    signature_name: str | None = None, version: int | None = None,
+                    threshold: float | Sequence[float] | None = None
+                    ) -> predict_pb2.PredictRequest:
+    """The PredictRequest `predict_images` sends (its arguments as there): the export's
+    warm-up file holds such requests, so that the first real ones find their graph set up."""
+    images = list(images)
     if threshold is not None:
         thresholds = ([float(threshold)] * len(images) if isinstance(threshold, (int, float))
                       else [float(t) for t in threshold])
@@ -129,12 +146,7 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
         request.inputs["threshold"].CopyFrom(
             tf.make_tensor_proto(thresholds, tf.float32, shape=[len(thresholds)]))
     request.output_filter.extend(PREDICT_OUTPUTS)
-
-    def run(ch):
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        return parse_predict_response(stub.Predict(request, timeout=timeout))
-
-    return _call(target, channel, run)
+    return request
 
 
 def get_model_status(target: str, model_name: str = DEFAULT_MODEL_NAME, *,

@@ -104,8 +104,8 @@ def write_stand_in_model(base_path: str, version: int = 1,
                          model_name: str = DEFAULT_MODEL_NAME) -> str:
     """Writes ``base_path/<version>/`` (SavedModel + warm-up requests); returns that path.
 
-    The warm-up file (``WARMUP_FILE``) holds one request of two images, written by the
-    same function a real export uses.
+    The warm-up file (``WARMUP_FILE``) holds requests of two images (no threshold
+    signature here), written by the same function a real export uses.
     """
     path = os.path.join(base_path, str(int(version)))
     model = StandInModel(class_names)
@@ -114,7 +114,7 @@ def write_stand_in_model(base_path: str, version: int = 1,
         "predict_features": model.predict_features.get_concrete_function(),
     })
     write_warmup_requests(path, [solid_png((200, 30, 30)), solid_png((20, 20, 220))],
-                          model_name=model_name, batch_sizes=(2,))
+                          model_name=model_name, batch_sizes=(2,), with_threshold=False)
     return path
 
 
