@@ -31,6 +31,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ofrnn_tf.features.images import read_image_header as image_size
 from ofrnn_tf.serving import client
+from ofrnn_tf.serving.local_server import DEFAULT_MAX_BATCH_SIZE
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version,
                                               start_subprocess)
 from ofrnn_tf.serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
@@ -334,6 +335,10 @@ BAD_REQUESTS = {
                            ["input 'features': shape [100000, 4, 4, 3] is 19200000 bytes"]),
     "strings fewer than shape": ({"images": shape_only(tf.string, [10**9])}, None, None, None,
                                  "INVALID_ARGUMENT", ["has 1000000000 elements but the tensor holds 0"]),
+    "batch above the limit": ({"images": strings([RED] * (DEFAULT_MAX_BATCH_SIZE + 1))}, None,
+                              None, None, "INVALID_ARGUMENT",
+                              [f"a request of {DEFAULT_MAX_BATCH_SIZE + 1} items is above this "
+                               f"server's --max_batch_size of {DEFAULT_MAX_BATCH_SIZE}"]),
     "missing input key": ({"image": strings([RED])}, None, None, None,
                           "INVALID_ARGUMENT", ["missing input(s) ['images']", "unexpected input(s) ['image']"]),
     "unknown model": ({"images": strings([RED])}, None, "resnet", None,

@@ -68,6 +68,7 @@ from ofrnn_tf.tf_errors import op_error_text
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.config: 32)
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
 
 
@@ -255,14 +256,21 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             DEFAULT_MAX_IMAGE_PIXELS if it records none); a value can only lower the
             export's, which its graph enforces anyway.
         max_message_bytes: largest request; no input tensor may declare more bytes.
+        max_batch_size: most images (or feature maps) in one request: decoding takes
+            about 9 MB an image whatever its file size, so a request of a few hundred
+            kilobytes could otherwise hold enough tiny images to exhaust memory.
     """
 
     def __init__(self, servable: Servable, max_image_pixels: int | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
         self.servable = servable
         limits = [int(n) for n in (max_image_pixels, servable.max_image_pixels) if n is not None]
         self.max_image_pixels = min(limits, default=DEFAULT_MAX_IMAGE_PIXELS)
         self.max_message_bytes = int(max_message_bytes)
+        if int(max_batch_size) < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        self.max_batch_size = int(max_batch_size)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -308,6 +316,11 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         sizes = {k: v.shape[0] for k, v in inputs.items() if v.ndim}
         if len(set(sizes.values())) > 1:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs differ in batch size: {sizes}")
+        if max(sizes.values(), default=0) > self.max_batch_size:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"a request of {max(sizes.values())} items is above this "
+                               f"server's --max_batch_size of {self.max_batch_size}: send "
+                               f"several requests")
 
         keys = list(request.output_filter or sig.outputs)
         try:
@@ -419,8 +432,9 @@ def _address(host: str, port: int) -> str:
 
 def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str = "127.0.0.1",
           port: int = 0, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-          max_image_pixels: int | None = None, max_workers: int = 16,
-          max_concurrent_rpcs: int | None = None, warmup: bool = True) -> tuple[grpc.Server, int]:
+          max_image_pixels: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+          max_workers: int = 16, max_concurrent_rpcs: int | None = None,
+          warmup: bool = True) -> tuple[grpc.Server, int]:
     """Loads the newest version under ``model_base_path`` and starts serving it.
 
     Args:
@@ -431,6 +445,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         max_message_bytes: largest request or response message, in bytes.
         max_image_pixels: largest width*height of an encoded input image (None: the
             export's own limit; a value can only lower it).
+        max_batch_size: most items a request may hold (see `ModelServer`).
         max_workers: threads answering requests.
         max_concurrent_rpcs: further requests get RESOURCE_EXHAUSTED (None: no limit).
         warmup: replay ``assets.extra/tf_serving_warmup_requests`` before serving.
@@ -439,7 +454,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         The started ``grpc.Server`` and the bound port.
     """
     servable = Servable.load(model_base_path, model_name)
-    service = ModelServer(servable, max_image_pixels, max_message_bytes)
+    service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
     if warmup:
         start = time.perf_counter()
         n = service.warm_up()
@@ -473,6 +488,8 @@ def _define_flags() -> None:
     flags.DEFINE_float("max_image_pixels", None,
                        "largest width*height of an input image (default: the export's own "
                        "limit; a value can only lower it)")
+    flags.DEFINE_integer("max_batch_size", DEFAULT_MAX_BATCH_SIZE,
+                         "most images (or feature maps) in one request")
     flags.DEFINE_integer("max_workers", 16, "request threads")
     flags.DEFINE_integer("max_concurrent_rpcs", None,
                          "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: no limit)")
@@ -490,6 +507,7 @@ def main(argv: Sequence[str]) -> None:
                              max_message_bytes=FLAGS.max_message_bytes,
                              max_image_pixels=(None if FLAGS.max_image_pixels is None
                                                else int(FLAGS.max_image_pixels)),
+                             max_batch_size=FLAGS.max_batch_size,
                              max_workers=FLAGS.max_workers,
                              max_concurrent_rpcs=FLAGS.max_concurrent_rpcs, warmup=FLAGS.warmup)
     except (OSError, ValueError, RuntimeError) as e:
