@@ -137,3 +137,29 @@ def test_a_refusal_of_no_image_stops_the_client(serve, tmp_path):
     with pytest.raises(grpc.RpcError):
         list(client.predict_files(target, files(tmp_path, [png(10), png(20)]), threshold=2.0))
     assert len(service.requests) == 1
+
+
+def test_a_sound_image_refused_alone_is_sent_again_before_it_is_recorded(serve, tmp_path,
+                                                                         monkeypatch):
+    """Under TF Serving's batching a one-image request can be merged with another
+    client's bad image too: an image that passes every check here is sent alone again."""
+    monkeypatch.setattr(client, "ALONE_RETRY_SECONDS", (0.0, 0.0))
+    failures = {"left": 2}
+
+    def merged_twice(images):
+        if failures["left"]:
+            failures["left"] -= 1
+            return grpc.StatusCode.INVALID_ARGUMENT, "images[0]: not a JPEG, PNG, GIF or BMP"
+        return None
+
+    target, service = serve(merged_twice)
+    (result,) = client.predict_files(target, files(tmp_path, [png(10)]), batch_size=1)
+    assert "error" not in result and len(service.requests) == 3
+
+    target, service = serve(lambda images: (grpc.StatusCode.INVALID_ARGUMENT,
+                                            "images[0]: not a JPEG, PNG, GIF or BMP"))
+    (result,) = client.predict_files(target, files(tmp_path, [png(10)]), batch_size=1)
+    assert result["error"].endswith("refused by the server: not a JPEG, PNG, GIF or BMP (the "
+                                    "image decodes here: the refusal may be another request's, "
+                                    "merged with it by the server's batching)")
+    assert len(service.requests) == 3

@@ -17,6 +17,7 @@ Python::
 from __future__ import annotations
 
 import re
+import time
 from typing import Iterator, Sequence
 
 import grpc
@@ -29,7 +30,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from ofrnn_tf.features.images import find_undecodable
+from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
+from ofrnn_tf.features.images import find_undecodable, read_image_header
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -82,6 +84,9 @@ def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
 
 
 THRESHOLD_SIGNATURE = "predict_with_threshold"
+# Waits before sending again alone an image the server refused that passes every check
+# here: under TF Serving's --enable_batching the refusal may be a merged request's.
+ALONE_RETRY_SECONDS = (0.2, 0.5)
 
 
 def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
@@ -210,9 +215,12 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     its batch goes on without it. Sending it alone confirms the refusal where
     TensorFlow Serving's ``--enable_batching`` merged the request with others (the
     index is then a place in the merged batch, and one bad image fails every request
-    merged with it): an image that is served alone keeps its result. A one-image
-    request refused without an index (TensorFlow's own decoder message) is the
-    image's when the image does not decode here either.
+    merged with it): an image that is served alone keeps its result. Merged requests
+    can fail the image alone too, so one that passes every check here is sent alone
+    twice more (`ALONE_RETRY_SECONDS`) before its refusal is recorded, with a note that
+    it may be another request's. A one-image request refused without an index
+    (TensorFlow's own decoder message) is the image's when the image does not decode
+    here either.
 
     Raises:
         grpc.RpcError: a refusal that names no image (the server is down, the model
@@ -239,6 +247,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
         return results
 
     def _serve(request: list[tuple[int, bytes]], batch: list[str], results: list, ch) -> None:
+        retries = 0
         while request:
             try:
                 served = predict_images(
@@ -254,11 +263,19 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                 if len(request) > 1:
                     _serve([request.pop(refused)], batch, results, ch)
                     continue
-                k = request[0][0]
+                k, data = request[0]
+                fine_here = _fine_here(data)
+                if fine_here and retries < len(ALONE_RETRY_SECONDS):
+                    # Merged by the server's batching with another request's bad image?
+                    time.sleep(ALONE_RETRY_SECONDS[retries])
+                    retries += 1
+                    continue
                 # The index is the request's, not the caller's: the path names the file.
                 reason = _REFUSED_IMAGE.sub("", error.details(), count=1)
+                doubt = (" (the image decodes here: the refusal may be another request's, "
+                         "merged with it by the server's batching)") if fine_here else ""
                 results[k] = {"image": batch[k],
-                              "error": f"{batch[k]}: refused by the server: {reason}"}
+                              "error": f"{batch[k]}: refused by the server: {reason}{doubt}"}
                 return
             for (k, _), result in zip(request, served):
                 results[k] = {"image": batch[k], "labels": result["label_names"],
@@ -298,6 +315,16 @@ def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:
     if match is None or int(match.group(1)) >= batch_size:
         return None
     return int(match.group(1))
+
+
+def _fine_here(image: bytes) -> bool:
+    """Whether `image` passes here what the export checks: a readable header, at most
+    the default pixel limit (bombs are not decoded), and TensorFlow's decoder."""
+    try:
+        _, width, height = read_image_header(image)
+    except ValueError:
+        return False
+    return width * height <= DEFAULT_MAX_IMAGE_PIXELS and find_undecodable("images", [image]) is None
 
 
 def _undecodable(error: grpc.RpcError, image: bytes) -> bool:
