@@ -9,6 +9,7 @@ for a dead writer's: that machine may be writing the file right now.
 
 import os
 import re
+import shutil
 import socket
 
 
@@ -43,3 +44,22 @@ def left_by_dead_owner(tag: str) -> bool:
     if not pid.isdigit() or (host and host != _host()):
         return False
     return not pid_alive(int(pid))
+
+
+def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
+    """Removes the entries of `folder` (files or folders) whose whole name matches `name`
+    and that a dead writer of this host left: `name`'s group ``owner`` holds the owner
+    tag, and an entry whose match has none (named before names carried one) counts as
+    a dead writer's too. Live writers' entries, and other hosts', stay."""
+    for entry in os.listdir(folder):
+        match = name.fullmatch(entry)
+        if not match or (match["owner"] is not None and not left_by_dead_owner(match["owner"])):
+            continue
+        path = os.path.join(folder, entry)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # its writer, or another cleaner, got there first
+                pass

@@ -88,6 +88,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +102,7 @@ from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
-from ofrnn_tf.processes import left_by_dead_owner, owner_tag
+from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -600,7 +601,7 @@ def build_fashion_canvases(out_dir: str, *,
 
     image_root = os.path.join(out_dir, "images")
     os.makedirs(image_root, exist_ok=True)
-    _clear_leftovers(image_root)
+    remove_dead_leftovers(image_root, _SPLIT_TMP)
     splits = {}
     for split in SPLITS:
         splits[split] = _finished_split(out_dir, split, config)
@@ -631,17 +632,9 @@ def build_fashion_canvases(out_dir: str, *,
     return _summary(out_dir, record, cached=False)
 
 
-def _clear_leftovers(image_root: str) -> None:
-    """Removes the temporary split folders (``.<split>.partial-<owner tag>``, and those
-    of builds made before they carried one) of processes of this machine that died; a
-    live process's folder, or another machine's, is its own business."""
-    for name in os.listdir(image_root):
-        if not name.startswith("."):
-            continue
-        tag = name.partition("-")[2]
-        if tag and not left_by_dead_owner(tag):
-            continue
-        shutil.rmtree(os.path.join(image_root, name), ignore_errors=True)
+# A split's temporary folder: ``.<split>.partial-<owner tag>`` while it is painted,
+# ``.<split>.retired-<owner tag>`` while an old one is removed (no tag: an older build's).
+_SPLIT_TMP = re.compile(r"\.[^.]+\.(?:partial|retired)(?:-(?P<owner>.+))?")
 
 
 def _finished_split(out_dir: str, split: str, config: dict[str, Any]

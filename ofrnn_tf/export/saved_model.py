@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from ofrnn_tf.export.warmup import write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
-from ofrnn_tf.processes import left_by_dead_owner, owner_tag
+from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -75,7 +75,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
     warmup_images = list(warmup_images) or [_gray_jpeg(module)]
     check_warmup_images(module, warmup_images)
     tf.io.gfile.makedirs(export_base)
-    _clear_dead_exports(export_base)
+    remove_dead_leftovers(export_base, _EXPORT_TMP)
     # TF Serving never loads a folder whose name is not an integer.
     tmp = os.path.join(export_base, f".tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -102,13 +102,9 @@ def _refuse_existing(final: str) -> None:
         raise FileExistsError(f"{final} exists; pick another --version")
 
 
-def _clear_dead_exports(export_base: str) -> None:
-    """Removes the temporary folders of exports whose process died on this machine (a
-    live export's, or another machine's, is its own business)."""
-    for name in os.listdir(export_base):
-        match = re.fullmatch(r"\.tmp-(.+)-[0-9a-f]{8}", name)
-        if (match and left_by_dead_owner(match[1])) or re.fullmatch(r"\.tmp-\d+", name):
-            shutil.rmtree(os.path.join(export_base, name), ignore_errors=True)
+# An export's temporary folder: ``.tmp-<owner tag>-<random>``, or ``.tmp-<version>`` as
+# written before names carried their owner.
+_EXPORT_TMP = re.compile(r"\.tmp-(?:(?P<owner>.+)-[0-9a-f]{8}|\d+)")
 
 
 class WarmupImageError(ValueError):

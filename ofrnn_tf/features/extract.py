@@ -28,6 +28,7 @@ import dataclasses
 import glob
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -43,7 +44,7 @@ from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.labels import LabelMap
-from ofrnn_tf.processes import left_by_dead_owner, owner_tag
+from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.tf_errors import op_error_text
 
 _INCOMPLETE_SUFFIX = ".incomplete"
@@ -57,10 +58,8 @@ def _incomplete_path(final: str) -> str:
     asked from here), is its own business.
     """
     prefix = final + _INCOMPLETE_SUFFIX
-    for stale in glob.glob(glob.escape(prefix) + "*"):
-        if stale == prefix or left_by_dead_owner(stale[len(prefix) + 1:]):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(stale)
+    remove_dead_leftovers(os.path.dirname(final) or ".", re.compile(
+        re.escape(os.path.basename(prefix)) + r"(?:-(?P<owner>.+))?"))
     return f"{prefix}-{owner_tag()}"
 
 
