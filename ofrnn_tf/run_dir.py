@@ -258,16 +258,17 @@ class RunDir:
     def calibrated_beam_sizes(self) -> list[int]:
         return sorted(int(k) for k in self._calibrations())
 
-    def _calibrations(self, current: bool = True) -> dict[str, dict]:
-        """calibration.json's entries by K; with `current`, only those made for the
+    def _calibrations(self, data: Optional[dict] = None) -> dict[str, dict]:
+        """The entries by K of calibration.json (or of its contents `data`) made for the
         weights `weights_path` names now (entries that do not say are taken as such)."""
-        if not os.path.exists(self.calibration_file):
-            return {}
-        entries = read_json(self.calibration_file).get("by_beam_size", {})
-        if not current:
-            return entries
+        if data is None:
+            data = self._calibration_data()
         weights = self._weights_name()
-        return {k: e for k, e in entries.items() if e.get("weights", weights) == weights}
+        return {k: e for k, e in data.get("by_beam_size", {}).items()
+                if e.get("weights", weights) == weights}
+
+    def _calibration_data(self) -> dict:
+        return read_json(self.calibration_file) if os.path.exists(self.calibration_file) else {}
 
     def _weights_name(self) -> Optional[str]:
         try:
@@ -278,7 +279,7 @@ class RunDir:
     def save_calibration(self, entry: dict) -> None:
         """Stores a calibration (a dict with ``tau`` and ``beam_size``) for its K, with the
         name of the weights it was made for."""
-        data = read_json(self.calibration_file) if os.path.exists(self.calibration_file) else {}
+        data = self._calibration_data()
         entry = {**entry, "weights": self._weights_name()}
         data.setdefault("by_beam_size", {})[str(int(entry["beam_size"]))] = entry
         write_json(self.calibration_file, data)
@@ -287,12 +288,12 @@ class RunDir:
         """Removes the τ (and ``metrics_test_k<K>.json``) of every beam width calibrated
         for other weights than the current best ones; returns those widths but the run's
         own (which a finished training calibrates again)."""
-        entries = self._calibrations(current=False)
-        stale = sorted(int(k) for k in set(entries) - set(self._calibrations()))
+        data = self._calibration_data()
+        current = self._calibrations(data)
+        stale = sorted(int(k) for k in data.get("by_beam_size", {}) if k not in current)
         if not stale:
             return []
-        data = read_json(self.calibration_file)
-        data["by_beam_size"] = {k: e for k, e in entries.items() if int(k) not in stale}
+        data["by_beam_size"] = current
         write_json(self.calibration_file, data)
         own = self.load()[0].decoding.beam_size  # its τ and metrics are made again right away
         others = [k for k in stale if k != own]
