@@ -35,3 +35,12 @@ def runner(define_flags, main):
         app.run(usage_errors_in_one_line)
 
     return run
+
+
+def usable_config(make_config):
+    """The config `make_config` builds; settings that do not go together (its ValueError)
+    are the command line's fault, so a usage error."""
+    try:
+        return make_config()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None

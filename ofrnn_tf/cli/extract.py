@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from ofrnn_tf.cli import runner
+from ofrnn_tf.cli import runner, usable_config
 from ofrnn_tf.config.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -31,10 +31,7 @@ def define_flags() -> None:
 def checked_config():
     """The flags' config, with a setting the command cannot use refused as a usage error
     before any data or backbone is loaded."""
-    try:
-        config = config_from_flags()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    config = usable_config(config_from_flags)
     num_shards = config.features.num_shards
     if FLAGS.shard_index is not None and not 0 <= FLAGS.shard_index < num_shards:
         raise app.UsageError(f"--shard_index={FLAGS.shard_index} is not a shard of "

@@ -20,7 +20,7 @@ and ``metrics_test.json`` as they were; other decoding settings are refused ther
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import runner
+from ofrnn_tf.cli import runner, usable_config
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
     CONFIG_FLAG, config_from_flags, define_config_flags, describe, overrides_from_flags)
@@ -44,23 +44,14 @@ def resolve_config(workdir: str) -> ExperimentConfig:
 
     run_dir = RunDir(workdir)
     if not run_dir.exists():
-        return _usable(config_from_flags)
+        return usable_config(config_from_flags)
     saved, _ = run_dir.load()
     if FLAGS[CONFIG_FLAG].present:
-        diffs = identity_differences(saved, _usable(config_from_flags))
+        diffs = identity_differences(saved, usable_config(config_from_flags))
         if diffs:
             raise app.UsageError(f"{workdir} was trained with other settings than "
                                  f"--config={FLAGS[CONFIG_FLAG].value}: {'; '.join(diffs)}")
-    return _usable(lambda: saved.replace(**overrides_from_flags()))
-
-
-def _usable(make_config) -> ExperimentConfig:
-    """The config `make_config` builds; settings that do not go together (its ValueError)
-    are the command line's fault, so a usage error."""
-    try:
-        return make_config()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    return usable_config(lambda: saved.replace(**overrides_from_flags()))
 
 
 def main(argv):
