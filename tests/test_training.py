@@ -694,3 +694,29 @@ def test_mixed_precision_computes_in_float16_and_trains(tmp_path, parts):
         assert np.mean(losses[-STEPS_PER_EPOCH:]) < np.mean(losses[:STEPS_PER_EPOCH])
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["float16_then_float32", "float32_then_float16"])
+def test_a_run_resumes_with_mixed_precision_switched(tmp_path, first):
+    """`--runtime.mixed_precision` may change between reruns (a run moved off its GPUs):
+    the optimizers keep the checkpoint layout the run started with."""
+    import keras
+
+    def trainer_with(mixed_precision, stage2_epochs):
+        config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": stage2_epochs},
+                             runtime={"mixed_precision": mixed_precision})
+        return make_trainer(str(tmp_path), config, synthetic_data())
+
+    try:
+        trainer_with(first, 1).train()
+        resumed = trainer_with(not first, 2)
+        assert resumed.loss_scaling == first
+        assert isinstance(resumed.optimizers[2], keras.optimizers.LossScaleOptimizer) == first
+        assert resumed.restore() and int(resumed.stage) == 3
+        before = weights(resumed.model.decoder_variables)
+        resumed.train()
+        assert int(resumed.epoch) == 2 and changed(before, weights(resumed.model.decoder_variables))
+        losses = [value for _, value in scalars(str(tmp_path))["loss/stage2"]]
+        assert len(losses) == 2 * STEPS_PER_EPOCH and np.all(np.isfinite(losses))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

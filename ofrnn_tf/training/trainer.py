@@ -22,7 +22,8 @@ weights). With `--model.label_context_training=joint` it is instead trained in s
 with M_map (`OrderFreeRNN.map_loss`), and there is no separate fit.
 
 Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
-and the position (stage, epoch, step in epoch). The data order of every epoch is a
+and the position (stage, epoch, step in epoch); `--runtime.mixed_precision` may change
+between reruns (`_checkpoints_scale_loss`). The data order of every epoch is a
 function of the seed alone, so a run killed at any point and restarted ends with the
 same weights as one that was never interrupted. Every epoch is checkpointed once
 trained (its step count complete) and again once validated, so a validation that
@@ -84,6 +85,28 @@ def checkpoint_position(path: str) -> dict[str, int]:
             for name in ("stage", "epoch", "step_in_epoch")}
 
 
+def _checkpoints_scale_loss(directory: str, mixed_precision: bool) -> bool:
+    """Whether the optimizers scale the loss: as the run's checkpoints in `directory`
+    were written, when there are any, else with `mixed_precision`.
+
+    A loss-scaling optimizer saves another checkpoint layout than plain Adam, and
+    `--runtime.mixed_precision` may change between reruns (a run moved off its GPUs):
+    the run keeps the layout it started with. Loss scaling in float32 only multiplies
+    the loss and divides the gradients back; without it a float16 run risks gradients
+    too small for float16 until the run ends, so it says so.
+    """
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is None:
+        return mixed_precision
+    scaled = any(name.startswith("optimizer_stage1/dynamic_scale/")
+                 for name, _ in tf.train.list_variables(latest))
+    if mixed_precision and not scaled:
+        print("[train] this run's checkpoints were written without "
+              "--runtime.mixed_precision: it goes on in float16 without loss scaling",
+              file=sys.stderr)
+    return scaled
+
+
 class Trainer:
     """Runs Algorithm 1 in a run folder, resuming from its last checkpoint.
 
@@ -113,6 +136,8 @@ class Trainer:
     Attributes:
         cache_head_outputs: whether stage 2 trains on M_map's outputs computed once
             (`head_outputs_mib` within `--train.cache_records_mib`, residual decoder).
+        loss_scaling: whether the stages' optimizers scale the loss, as the run's
+            checkpoints were written (`_checkpoints_scale_loss`).
     """
 
     def __init__(self, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
@@ -146,6 +171,10 @@ class Trainer:
         runtime = config.runtime
         if runtime.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
+        # Every worker must take part in a save; only the chief's copy is kept.
+        worker = None if self.chief else strategy.cluster_resolver.task_id
+        self.loss_scaling = _checkpoints_scale_loss(run_dir.checkpoints_dir(worker),
+                                                    runtime.mixed_precision)
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         with strategy.scope():
             self.model = build_model(config.model, facts.num_classes,
@@ -179,8 +208,6 @@ class Trainer:
             step_in_epoch=self.step_in_epoch, global_step=self.global_step,
             best_metric=self.best_metric, epochs_since_best=self.epochs_since_best,
             dropout_rng=tf.train.Checkpoint(**rng))
-        # Every worker must take part in a save; only the chief's copy is kept.
-        worker = None if self.chief else strategy.cluster_resolver.task_id
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, run_dir.checkpoints_dir(worker), max_to_keep=3)
         self.best_manager = tf.train.CheckpointManager(
@@ -195,7 +222,7 @@ class Trainer:
             learning_rate = keras.optimizers.schedules.CosineDecay(
                 stage.learning_rate, decay_steps=stage.epochs * self.steps_per_epoch)
         optimizer = keras.optimizers.Adam(learning_rate)
-        if loss_scaling and self.config.runtime.mixed_precision:
+        if loss_scaling and self.loss_scaling:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
 
@@ -208,8 +235,8 @@ class Trainer:
         train_steps = self.config.train.train_steps
         penalty = {"attention_penalty": self.config.train.attention_penalty,
                    "attention_penalty_form": self.config.train.attention_penalty_form}
-        mixed_precision = self.config.runtime.mixed_precision
         optimizer = self.optimizers[stage]
+        loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         variables = model.map_variables if stage == 1 else model.decoder_variables
         per_step_len = 1 if stage == 1 else max_steps
 
@@ -228,7 +255,7 @@ class Trainer:
             with tf.GradientTape() as tape:
                 per_example, per_step = losses(inputs, labels)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
-                scaled = optimizer.scale_loss(loss) if mixed_precision else loss
+                scaled = optimizer.scale_loss(loss) if loss_scaling else loss
             return loss, per_step, tape.gradient(scaled, variables)
 
         def replica_step(batch):
