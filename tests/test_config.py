@@ -11,6 +11,7 @@ import pytest
 from absl import flags
 
 from conftest import ROOT
+from toy_run import TINY_TRAIN_FLAGS
 from ofrnn_tf import configs
 from ofrnn_tf.config.experiment import (
     SCENES, ExperimentConfig, fields, identity_differences)
@@ -100,6 +101,19 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
     assert ("train.py: ModelConfig.variant=no_attention is an ablation of the paper's decoder"
             in done.stderr), done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
+    # SIGINT a few seconds in, while the run builds its data (a Ctrl-C in the terminal).
+    script = ("import os, signal, sys, threading; from ofrnn_tf.cli.train import run; "
+              "threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT)).start(); run()")
+    done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path / 'run'}",
+                           f"--runtime.cache_dir={tmp_path / 'cache'}", *TINY_TRAIN_FLAGS],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.rstrip().endswith(
+        "interrupted; rerun the same command to resume from the last checkpoint"), done.stderr[-500:]
 
 
 @pytest.mark.parametrize("name", configs.PRESETS)

@@ -720,3 +720,19 @@ def test_a_run_resumes_with_mixed_precision_switched(tmp_path, first):
         assert len(losses) == 2 * STEPS_PER_EPOCH and np.all(np.isfinite(losses))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_restore_removes_the_shards_of_a_save_cut_short(tmp_path):
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
+    make_trainer(str(tmp_path), config, synthetic_data()).train()
+    run_dir = RunDir(str(tmp_path))
+    leftovers = [os.path.join(run_dir.checkpoints_dir(), "ckpt-9_temp"),
+                 os.path.join(run_dir.best_dir(), "ckpt-5_temp")]
+    for folder in leftovers:  # as a process killed inside `Checkpoint.save` leaves them
+        os.makedirs(folder)
+        with open(os.path.join(folder, "part-00000-of-00001.data-00000-of-00001"), "wb") as f:
+            f.write(b"\0" * 64)
+    resumed = make_trainer(str(tmp_path), config, synthetic_data())
+    assert resumed.restore() and int(resumed.stage) == 3
+    assert not any(os.path.exists(folder) for folder in leftovers)
+    assert os.listdir(run_dir.checkpoints_dir())  # the finished checkpoints stay

@@ -6,7 +6,7 @@ import sys
 from absl import app, flags
 
 
-def runner(define_flags, main):
+def runner(define_flags, main, on_interrupt: str = ""):
     """A console script's entry: define the command's flags (only when it runs, so importing
     a command module defines none), then run `main` under absl.
 
@@ -14,15 +14,20 @@ def runner(define_flags, main):
     ``__main__``'s docstring; the flags here are defined in the command's module, and a
     console-script wrapper has no docstring, so both are handed over to the script. A
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
-    whole listing."""
+    whole listing; Ctrl-C prints ``interrupted`` and `on_interrupt` (what a rerun does)
+    instead of a traceback, and exits with 130, as a shell reports SIGINT."""
 
     def usage_errors_in_one_line(argv):
+        command = os.path.basename(sys.argv[0])
         try:
             return main(argv)
         except app.UsageError as error:
-            print(f"{os.path.basename(sys.argv[0])}: {error}\n"
-                  "Try --help for the command's flags.", file=sys.stderr)
+            print(f"{command}: {error}\nTry --help for the command's flags.", file=sys.stderr)
             return error.exitcode
+        except KeyboardInterrupt:
+            print(f"\n{command}: interrupted{'; ' + on_interrupt if on_interrupt else ''}",
+                  file=sys.stderr)
+            return 130
 
     def run():
         before = set(flags.FLAGS)

@@ -78,7 +78,8 @@ def main(argv):
     return 0
 
 
-run = runner(define_flags, main)
+run = runner(define_flags, main,
+             on_interrupt="no version was published; rerun the same command")
 
 if __name__ == "__main__":
     run()

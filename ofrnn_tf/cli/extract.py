@@ -67,7 +67,8 @@ def main(argv):
     return 0
 
 
-run = runner(define_flags, main)
+run = runner(define_flags, main,
+             on_interrupt="rerun the same command to go on; finished shards are kept")
 
 if __name__ == "__main__":
     run()

@@ -78,7 +78,8 @@ def main(argv):
     return 0
 
 
-run = runner(define_flags, main)
+run = runner(define_flags, main,
+             on_interrupt="rerun the same command to resume from the last checkpoint")
 
 if __name__ == "__main__":
     run()

@@ -34,8 +34,10 @@ weights are in ``best/``), so a finished run given more epochs goes on from ther
 
 from __future__ import annotations
 
+import glob
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Callable, Optional
@@ -380,7 +382,13 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------
     def restore(self) -> bool:
-        """Restores the latest checkpoint; returns whether there was one."""
+        """Restores the latest checkpoint; returns whether there was one.
+
+        A save cut short (the process killed while TensorFlow wrote its shards) leaves a
+        ``<prefix>_temp`` folder that no later save reuses: it is removed here."""
+        for manager in (self.manager, self.best_manager):
+            for leftover in glob.glob(os.path.join(glob.escape(manager.directory), "*_temp")):
+                shutil.rmtree(leftover, ignore_errors=True)
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
