@@ -49,3 +49,16 @@ def usable_config(make_config):
         return make_config()
     except ValueError as error:
         raise app.UsageError(str(error)) from None
+
+
+def trained_run(workdir: str):
+    """The `RunDir` of `workdir`, which must be a run folder with a checkpoint: a usage
+    error otherwise, before any model is built."""
+    from ofrnn_tf.run_dir import RunDir  # deferred: it imports TensorFlow
+
+    run_dir = RunDir(workdir)
+    try:
+        run_dir.require().weights_path()
+    except FileNotFoundError as error:
+        raise app.UsageError(str(error)) from None
+    return run_dir

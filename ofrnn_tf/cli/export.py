@@ -15,10 +15,9 @@ import os
 
 from absl import app, flags
 
-from ofrnn_tf.cli import runner
+from ofrnn_tf.cli import runner, trained_run
 from ofrnn_tf.export.saved_model import WarmupImageError, export_run
 from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
-from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 FLAGS = flags.FLAGS
@@ -53,7 +52,9 @@ def main(argv):
                              f"those folders), got {FLAGS.version}")
     if FLAGS.max_image_pixels < 1:
         raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
-    run_dir = RunDir(FLAGS.workdir).require()
+    if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+        raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a folder")
+    run_dir = trained_run(FLAGS.workdir)
     if FLAGS.warmup_images:
         paths = sorted(p for p in glob.glob(FLAGS.warmup_images) if os.path.isfile(p))
         if not paths:

@@ -18,8 +18,9 @@ import sys
 
 from absl import app, flags
 
-from ofrnn_tf.cli import runner
+from ofrnn_tf.cli import runner, trained_run
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
+from ofrnn_tf.inference.module import UncalibratedBeamSizeError
 from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.visualization.attention_maps import draw_prediction
 
@@ -51,8 +52,12 @@ def main(argv):
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output)
-    predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
-                                   batch_size=FLAGS.batch_size)
+    trained_run(FLAGS.workdir)
+    try:
+        predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
+                                       batch_size=FLAGS.batch_size)
+    except UncalibratedBeamSizeError as error:
+        raise app.UsageError(f"{error} Or pass --tau.") from None
     draw = bool(FLAGS.attention_dir)
     if draw:
         if not predictor.module.has_attention:

@@ -65,10 +65,12 @@ def main(argv):
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
+    from ofrnn_tf.data import DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.run_dir import IncompatibleRunError
 
-    refused = (IncompatibleRunError, pipeline.UnfinishedRunError, SplitTooSmallError)
+    refused = (IncompatibleRunError, pipeline.UnfinishedRunError, SplitTooSmallError,
+               DataNotFoundError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:

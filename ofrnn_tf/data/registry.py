@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.adapters.manifest import load_manifest
 from ofrnn_tf.data.adapters.nuswide import load_nuswide
@@ -87,7 +88,7 @@ def load_split(dataset: str, split: str, **paths: Any
                           for ext in ("csv", "jsonl", "json")]
             found = [c for c in candidates if os.path.exists(c)]
             if not found:
-                raise FileNotFoundError(f"no manifest for split {split!r}: none of "
+                raise DataNotFoundError(f"no manifest for split {split!r}: none of "
                                         f"{candidates} exists")
             manifest = found[0]
         return load_manifest(manifest, label_map, check_files=check_files)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.example import Box, Example, LoadStats
 from ofrnn_tf.labels import LabelMap, reconcile
 
@@ -52,7 +53,7 @@ def load_coco(annotation_file: str,
         (examples in file order, label map, load statistics).
 
     Raises:
-        FileNotFoundError: the annotation file does not exist.
+        DataNotFoundError: the annotation file does not exist.
         ValueError: the file is not valid COCO JSON, an annotation refers to an
             unknown image or category, or a number (box, area, image size) is not a
             finite number (the message names the annotation or image id).
@@ -94,7 +95,7 @@ def load_coco(annotation_file: str,
     if stats.dropped_unlabeled or stats.dropped_missing:
         print(f"{annotation_file}: {stats} (of {len(images)} listed)", file=sys.stderr)
     if images and not examples and stats.dropped_missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{annotation_file}: none of the {stats.dropped_missing} labelled images "
             f"exists under image_dir {image_dir!r} (first: "
             f"{os.path.join(image_dir, images[0]['file_name'])})")
@@ -103,7 +104,7 @@ def load_coco(annotation_file: str,
 
 def _read_json(path: str) -> Any:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+        raise DataNotFoundError(f"COCO annotation file not found: {path}")
     try:
         with open(path, "rb") as f:
             return json.load(f)

@@ -24,6 +24,7 @@ import re
 import sys
 from typing import Iterator
 
+from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
 
@@ -49,13 +50,13 @@ def load_manifest(path: str,
         (examples in file order, label map, load statistics).
 
     Raises:
-        FileNotFoundError: the manifest does not exist, or none of its labelled images
+        DataNotFoundError: the manifest does not exist, or none of its labelled images
             does (the first path is named).
         ValueError: a malformed line (file and line number named), or a duplicate id.
         LabelMapMismatchError: a label is not in `label_map`.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise DataNotFoundError(f"manifest not found: {path}")
     base = os.path.dirname(os.path.abspath(path))
     rows = list(_rows(path))
 
@@ -94,7 +95,7 @@ def load_manifest(path: str,
     if stats.dropped_unlabeled or stats.dropped_missing:
         print(f"{path}: {stats} (of {len(rows)} listed)", file=sys.stderr)
     if not examples and stats.dropped_missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{path}: none of the {stats.dropped_missing} labelled images exists (first: "
             f"{first_missing}); relative paths are read from the manifest's folder {base}")
     return examples, label_map, stats

@@ -24,6 +24,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap, reconcile
 
@@ -37,7 +38,7 @@ def concepts_file(root: str) -> str:
         path = os.path.join(root, relative)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"NUS-WIDE concept list not found: looked for "
+    raise DataNotFoundError(f"NUS-WIDE concept list not found: looked for "
                             f"{' and '.join(os.path.join(root, r) for r in CONCEPTS_LOCATIONS)}")
 
 
@@ -65,7 +66,7 @@ def load_nuswide(root: str,
         the image's path relative to ``Flickr/`` with forward slashes.
 
     Raises:
-        FileNotFoundError: a file of the layout is missing (named in the message).
+        DataNotFoundError: a file of the layout is missing (named in the message).
         ValueError: a label file's length differs from the image list, or holds a
             value other than 0/1 (file and line named).
     """
@@ -111,7 +112,7 @@ def load_nuswide(root: str,
     if stats.dropped_unlabeled or stats.dropped_missing:
         print(f"{list_file}: {stats} (of {len(paths)} listed)", file=sys.stderr)
     if not examples and stats.dropped_missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{list_file}: none of the {stats.dropped_missing} labelled images exists "
             f"under {flickr} (first: {os.path.join(flickr, paths[0])})")
     return examples, label_map, stats
@@ -119,7 +120,7 @@ def load_nuswide(root: str,
 
 def _read_lines(path: str) -> list[str]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"NUS-WIDE file not found: {path}")
+        raise DataNotFoundError(f"NUS-WIDE file not found: {path}")
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read().splitlines()
 
