@@ -364,6 +364,17 @@ def test_bad_request_is_refused_and_server_keeps_serving(case, server, stub):
 
 
 @slow
+def test_a_second_server_on_a_busy_port_fails_to_bind(model_base, server):
+    # gRPC's default port sharing would let both listen and split the requests.
+    from ofrnn_tf.serving.local_server import serve
+
+    host, port = server.rsplit(":", 1)
+    with pytest.raises(OSError, match=f"cannot bind {re.escape(server)}"):
+        serve(model_base, host=host, port=int(port), warmup=False)
+    assert_good_request_works(server)
+
+
+@slow
 def test_message_above_limit_is_refused(server, stub):
     blob = RED + b"\x00" * (MESSAGE_LIMIT + 1024)
     with pytest.raises(grpc.RpcError) as err:

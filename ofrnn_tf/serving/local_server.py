@@ -462,7 +462,10 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
         options=[("grpc.max_receive_message_length", int(max_message_bytes)),
-                 ("grpc.max_send_message_length", int(max_message_bytes))],
+                 ("grpc.max_send_message_length", int(max_message_bytes)),
+                 # gRPC shares ports by default: a second server on a busy port would
+                 # take half its requests instead of failing to bind.
+                 ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_concurrent_rpcs)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
