@@ -103,6 +103,27 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train.py", "--config=coco", "--data.data_dir={tmp}/coco", "--workdir={tmp}/run"],
+     "train.py: COCO annotation file not found: {tmp}/coco/annotations/instances_train2014.json"),
+    (["predict.py", "--workdir={tmp}", "{tmp}/image.png"],
+     "predict.py: {tmp} is not a run folder (run.json missing)"),
+    (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports"],
+     "export.py: {tmp} is not a run folder (run.json missing)"),
+    (["export.py", "--workdir={tmp}", "--export_dir={tmp}/image.png"],
+     "export.py: --export_dir={tmp}/image.png is a file, not a folder"),
+], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
+        "export_into_a_file"])
+def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
+    (tmp_path / "image.png").write_bytes(b"")
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert message.format(tmp=tmp_path) in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
 def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
     # SIGINT a few seconds in, while the run builds its data (a Ctrl-C in the terminal).
     script = ("import os, signal, sys, threading; from ofrnn_tf.cli.train import run; "
