@@ -1,31 +1,106 @@
-"""What the scripts that read the paper table's runs share: their flags, a run's test (or
-validation) split decoded as its test metrics were, and their mean ± std tables."""
+"""What the scripts that read the paper table's runs share: their flags, a run under
+`--root` loaded with its features under `--cache_dir`, a run's test (or validation) split
+decoded as its test metrics were, and their mean ± std tables."""
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 from benchmarks._results import mean_std, publish
 
 from ofrnn_tf import pipeline
+from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
+from ofrnn_tf.features.cache import FeatureCacheMismatchError
 from ofrnn_tf.metrics import format_table
-from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.modeling.model import OrderFreeRNN
+from ofrnn_tf.run_dir import RunDir, RunFacts
+
+FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """`--root` (the paper table's runs, ROOT/<mode>/seed<k>/<row>), `--seeds`, `--modes`
-    and `--append`; once per process, however many of the scripts are imported."""
-    if "root" in flags.FLAGS:
-        return
-    flags.DEFINE_string("root", "runs/table",
-                        "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
-    flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
-    flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
+    """`--root` (the paper table's runs, ROOT/<mode>/seed<k>/<row>), `--seeds`, `--modes`,
+    `--append` and `--cache_dir`; once per process, however many of the scripts are
+    imported."""
+    if "root" not in FLAGS:
+        flags.DEFINE_string("root", "runs/table",
+                            "The paper table's runs: ROOT/<mode>/seed<k>/<row>.")
+        flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
+        flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
+        flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
+    define_cache_dir()
+
+
+def define_cache_dir() -> None:
+    """`--cache_dir`, the runs' canvases and feature cache, once per process (the scripts
+    with a `--root` of their own define only this one)."""
+    if "cache_dir" not in FLAGS:
+        flags.DEFINE_string("cache_dir", "data",
+                            "The canvases and feature cache the runs were trained with "
+                            "(train.py's --runtime.cache_dir), where they are read from and "
+                            "where the runs a script trains write theirs.")
+
+
+def make_absolute(*names: str) -> None:
+    """Turns the path flags `names` (those set) absolute against this process's working
+    directory, which the `train.py` children a script starts from the repository root do
+    not share."""
+    for name in names:
+        if FLAGS[name].value is not None:
+            FLAGS[name].value = os.path.abspath(FLAGS[name].value)
+
+
+def run_path(mode: str, seed: int, name: str) -> str:
+    """The folder of the paper table's run `name` of `mode` and `seed` under `--root`."""
+    return os.path.join(FLAGS.root, mode, f"seed{seed}", name)
+
+
+def table_run(mode: str, seed: int, name: str) -> RunDir:
+    """The finished run `name` of `mode` and `seed` under `--root`; a usage error saying
+    how to train it when it is missing or unfinished."""
+    run_dir = RunDir(run_path(mode, seed, name))
+    if not os.path.exists(run_dir.metrics_file("test")):
+        state = "is not finished (no test metrics)" if run_dir.exists() else "does not exist"
+        raise app.UsageError(
+            f"--root={FLAGS.root}: the run folder {run_dir.path} {state}. Train the `{name}` "
+            f"run with python benchmarks/paper_table.py --root={FLAGS.root} --modes={mode} "
+            f"--seeds={seed} --cache_dir={FLAGS.cache_dir} --runs={name} (with --runs, the "
+            f"paper table trains only the runs it names), or point --root at the paper "
+            f"table's runs.")
+    return run_dir
+
+
+def run_config(run_dir: RunDir) -> tuple[ExperimentConfig, RunFacts]:
+    """A run's config, its `runtime.cache_dir` the `--cache_dir` flag's (run.json keeps
+    no runtime settings, so a loaded config has the default, not the cache the run was
+    trained with), and its facts; a usage error naming `--cache_dir` when the run's
+    feature cache is not there (before anything reads or builds its data)."""
+    config, facts = run_dir.load()
+    config = config.replace(runtime={"cache_dir": FLAGS.cache_dir})
+    try:
+        pipeline.locate_features(config, facts)
+    except FileNotFoundError:
+        raise app.UsageError(
+            f"--cache_dir={FLAGS.cache_dir}: no feature cache {facts.features_name} of the run "
+            f"{run_dir.path} there; pass the cache it was trained with (train.py's "
+            f"--runtime.cache_dir)") from None
+    except FeatureCacheMismatchError as error:
+        raise app.UsageError(f"--cache_dir={FLAGS.cache_dir}: not the cache the run "
+                             f"{run_dir.path} was trained with ({error})") from None
+    return config, facts
+
+
+def load_run(run_dir: RunDir) -> tuple[OrderFreeRNN, ExperimentConfig, RunFacts]:
+    """`(model, config, facts)` of a finished run, config and facts as `run_config`
+    gives them."""
+    config, facts = run_config(run_dir)
+    model, _, _ = run_dir.load_model()
+    return model, config, facts
 
 
 def decoded_split(run_dir: RunDir, split: str = "test"
@@ -33,7 +108,7 @@ def decoded_split(run_dir: RunDir, split: str = "test"
     """`(y_true, y_pred at the run's τ, per-class scores, facts)` on the test split (or
     `split`), decoded and selected as the run's test metrics were (M_map's v_prob for the
     head alone, the decoder's mixed scores otherwise)."""
-    model, config, facts = run_dir.load_model()
+    model, config, facts = load_run(run_dir)
     dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, split)
     decoding = config.decoding
     calibration = run_dir.calibration(decoding.beam_size)
@@ -91,10 +166,10 @@ def publish_mode_tables(title: str, note: str,
                         columns: Sequence[str]) -> None:
     """One mean ± std table of `rows_of(mode, seed)` over `--seeds` for each of `--modes`,
     after `note`, published under `title`."""
-    seeds = [int(s) for s in flags.FLAGS.seeds]
+    seeds = [int(s) for s in FLAGS.seeds]
     lines = [f"{note} Mean ± std over seeds {', '.join(map(str, seeds))}.", ""]
-    for mode in flags.FLAGS.modes:
+    for mode in FLAGS.modes:
         table = mean_std_rows([rows_of(mode, seed) for seed in seeds], columns)
         lines += [f"Mode `{mode}`:", "", format_table(table, columns=list(columns),
                                                       name_header="row"), ""]
-    publish(title, "\n".join(lines), flags.FLAGS.append)
+    publish(title, "\n".join(lines), FLAGS.append)

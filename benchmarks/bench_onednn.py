@@ -35,8 +35,10 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from benchmarks._session import SessionModel, median_seconds  # noqa: E402
+from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished run with its cached canvases.")
@@ -46,6 +48,8 @@ flags.DEFINE_integer("serve_calls", 15, "Timed calls per batch size per measure.
 flags.DEFINE_integer("repeats", 2, "Child processes per setting.")
 flags.DEFINE_bool("child", False, "Internal: measure once in this process, print JSON.")
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
+table_runs.define_cache_dir()  # --workdir's canvases and feature cache
+flags.adopt_module_key_flags(table_runs)
 
 SETTINGS = ("0", "1")
 MEASURES = (("extract", "images/s", True), ("train_step", "ms", False),
@@ -62,10 +66,9 @@ def measure_once(workdir: str) -> dict:
     from ofrnn_tf.features.backbones import get_backbone
     from ofrnn_tf.features.extract import extract_split
     from ofrnn_tf.inference.module import InferenceModule
-    from ofrnn_tf.run_dir import RunDir
 
     run_dir = RunDir(workdir).require()
-    config, facts = run_dir.load()
+    config, facts = table_runs.run_config(run_dir)
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench_onednn_") as tmp:
         data = pipeline.load_data(config)
@@ -111,12 +114,14 @@ def main(argv) -> None:
     if FLAGS.child:
         print("RESULT " + json.dumps(measure_once(FLAGS.workdir)), flush=True)
         return
+    table_runs.run_config(RunDir(FLAGS.workdir))  # a wrong --workdir or --cache_dir fails here
     results = {s: [] for s in SETTINGS}
     load_before = os.getloadavg()
     for r in range(FLAGS.repeats):
         for setting in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
             env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "TF_CPP_MIN_LOG_LEVEL": "2"}
             args = [sys.executable, __file__, "--child", f"--workdir={FLAGS.workdir}",
+                    f"--cache_dir={FLAGS.cache_dir}",
                     f"--num_images={FLAGS.num_images}", f"--train_steps={FLAGS.train_steps}",
                     f"--serve_calls={FLAGS.serve_calls}"]
             print(f"repeat {r + 1}/{FLAGS.repeats}, oneDNN {'on' if setting == '1' else 'off'} ...",

@@ -54,6 +54,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.config.experiment import ExperimentConfig  # noqa: E402
@@ -85,6 +86,8 @@ flags.DEFINE_integer("memory_batches", 4, "Distinct batches held in memory for `
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each measure (medians count).")
 flags.DEFINE_string("work_dir", None, "Scratch directory, kept (default: a temporary one).")
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
+table_runs.define_cache_dir()  # --workdir's feature cache
+flags.adopt_module_key_flags(table_runs)
 
 
 # -- data ----------------------------------------------------------------------------
@@ -242,7 +245,7 @@ def main(argv) -> None:
 def run(work_dir: str) -> None:
     """Writes or opens the features, times every XLA setting, prints and appends."""
     if not FLAGS.synthetic:
-        config, facts = RunDir(FLAGS.workdir).load()
+        config, facts = table_runs.run_config(RunDir(FLAGS.workdir))
         features_dir = pipeline.locate_features(config, facts)
         label_map = LabelMap(facts.label_names)
         source = f"features of the run {FLAGS.workdir} ({features_dir})"

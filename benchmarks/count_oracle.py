@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.metrics import format_table, label_set_metrics  # noqa: E402
-from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
 table_runs.define_flags()
@@ -59,7 +58,7 @@ def per_class(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[
 def rows_of(mode: str, seed: int) -> tuple[dict[str, dict], dict[str, dict]]:
     rows, classes = {}, {}
     for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
-        run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
+        run_dir = table_runs.table_run(mode, seed, name)
         rows[f"{row} (τ)"] = run_dir.load_metrics("test")
         y_true, y_pred, scores, facts = table_runs.decoded_split(run_dir)
         rows[f"{row}, top-T_i"] = label_set_metrics(y_true, top_true_count(y_true, scores))

@@ -26,8 +26,9 @@ ratio of sums: there how an image's labels go together does count.
 
     python benchmarks/decision_rules.py --root=runs/table5
 
-Needs the paper table's `spatial_head`, `spatial_head_context` and `main_job` runs;
-about a minute per mode and seed on 2 CPU cores.
+Needs the paper table's `spatial_head`, `spatial_head_context` and `main_job` runs (a
+paper table run with `--runs` must name all three), with their feature cache
+(`--cache_dir`); about a minute per mode and seed on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from ofrnn_tf.decoding import calibration  # noqa: E402
 from ofrnn_tf.metrics import label_set_metrics  # noqa: E402
-from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
 table_runs.define_flags()
@@ -95,7 +95,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict[str, float]]:
     rows = {}
     grid = calibration.default_grid()
     for name, row in RUNS.items():
-        run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
+        run_dir = table_runs.table_run(mode, seed, name)
         config, _ = run_dir.load()
         min_labels = config.decoding.min_labels
         objective = config.decoding.calibration_objective

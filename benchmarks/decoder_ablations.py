@@ -44,6 +44,7 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding.beam_search import beam_search  # noqa: E402
@@ -61,8 +62,9 @@ flags.DEFINE_list("extra", [], "train.py flags every run gets (e.g. --stage1.epo
                   "the paper table's rows).")
 flags.DEFINE_list("variants", None, "Only these variants, by folder name (e.g. pla_loss, "
                   "stage_2_constant_6_ep, greedy; default: all).")
-flags.DEFINE_string("cache_dir", "data", "Shared canvases and feature cache.")
 flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
+table_runs.define_cache_dir()
+flags.adopt_module_key_flags(table_runs)
 
 VARIANTS = {
     "spatial head (same budget)": ["--model.variant=baseline"],
@@ -98,7 +100,7 @@ def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
 def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:
     """`peak α` and `same spot` (percent) over the run's decoded test paths; nothing for a
     model without a decoder."""
-    model, config, facts = run_dir.load_model()
+    model, config, facts = table_runs.load_run(run_dir)
     if not model.uses_decoder:
         return {}
     beam_size = beam_size or config.decoding.beam_size
@@ -129,6 +131,8 @@ def scored(run_dir: RunDir, beam_size: int | None = None) -> dict:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # The train.py children run from the repository root.
+    table_runs.make_absolute("root", "main_job", "spatial_head", "cache_dir")
     base = os.path.join(FLAGS.root, f"seed{FLAGS.seed}")
     main_job = FLAGS.main_job or os.path.join(base, "main_job")
     rows = {"main job (K = 3)": scored(train(main_job, []))}

@@ -40,7 +40,6 @@ from benchmarks import _table_runs as table_runs  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding import calibration  # noqa: E402
 from ofrnn_tf.metrics import label_set_metrics  # noqa: E402
-from ofrnn_tf.run_dir import RunDir  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 
 FLAGS = flags.FLAGS
@@ -145,9 +144,9 @@ def region_exclusion(v_prob: np.ndarray, scores: np.ndarray, tau: float) -> np.n
 def rows_of(mode: str, seed: int) -> dict[str, dict]:
     rows = {}
     for row, name in (("spatial head", "spatial_head"), ("main job", "main_job")):
-        run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
+        run_dir = table_runs.table_run(mode, seed, name)
         y_true, y_pred, _, facts = table_runs.decoded_split(run_dir)
-        model, config, _ = run_dir.load_model()
+        model, config, _ = table_runs.load_run(run_dir)
         features_dir = pipeline.locate_features(config, facts)
         boxes = {e.image_id: e.boxes for e in pipeline.load_data(config).splits["test"]}
         test = position_scores(model, pipeline.eval_dataset(features_dir, facts, "test"))

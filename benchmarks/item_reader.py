@@ -236,11 +236,11 @@ def best_on_validation(splits: dict, config, facts, marginals,
 def head_run(mode: str, seed: int) -> tuple:
     """`(seed folder, run, model, config, facts, examples by split, features folder)` of
     the paper table's `spatial_head` run of `mode` and `seed` under `--root`."""
-    seed_dir = Path(FLAGS.root) / mode / f"seed{seed}"
-    run_dir = RunDir(str(seed_dir / "spatial_head")).require()
-    model, config, facts = run_dir.load_model()
-    return (seed_dir, run_dir, model, config, facts, pipeline.load_data(config).splits,
-            pipeline.locate_features(config, facts))
+    run_dir = table_runs.table_run(mode, seed, "spatial_head")
+    model, config, facts = table_runs.load_run(run_dir)
+    features_dir = pipeline.locate_features(config, facts)
+    return (Path(run_dir.path).parent, run_dir, model, config, facts,
+            pipeline.load_data(config).splits, features_dir)
 
 
 def run_row(run_dir: RunDir) -> dict:

@@ -46,7 +46,8 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import publish  # noqa: E402
+from benchmarks import item_reader  # noqa: E402
+from benchmarks._results import mean_std, publish  # noqa: E402
 from benchmarks.item_oracle import item_positions, position_scores  # noqa: E402
 from benchmarks.item_reader import (TEMPERATURES, at_least_one, best_on_validation,  # noqa: E402
                                     head_run, item_evidence, item_softmax, run_row,
@@ -56,6 +57,9 @@ from ofrnn_tf.data.fashion_canvases import FASHION_MNIST_CLASSES, SCENE_TABLES  
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 
 FLAGS = flags.FLAGS
+table_runs.define_flags()
+flags.adopt_module_key_flags(table_runs)
+flags.adopt_module_key_flags(item_reader)
 
 COLUMNS = ("C-F1", "O-F1", "mAP", "AP-small", "val")
 LOOK_ALIKES = ("T-shirt/top", "Pullover", "Coat", "Shirt")
@@ -176,7 +180,8 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
 
 
 def item_lines(mode: str, seeds: list[int]) -> list[str]:
-    """A table of the test items' accuracy and look-alike recalls, mean ± std over seeds."""
+    """A table of the test items' accuracy and look-alike recalls, mean ± std over seeds
+    (the sample std, as every other table's)."""
     per_seed = ITEM_SCORES[mode]
     header = "| item classifier | accuracy | " + " | ".join(
         f"{name} recall" for name in LOOK_ALIKES) + " |"
@@ -185,9 +190,10 @@ def item_lines(mode: str, seeds: list[int]) -> list[str]:
              "|" + "---|" * (2 + len(LOOK_ALIKES))]
     for reader in READERS:
         accuracy = [seed[reader][0] for seed in per_seed]
-        recalls = [[seed[reader][1].get(name, float("nan")) for seed in per_seed]
+        # A seed without test items of a class has no recall of it.
+        recalls = [[seed[reader][1][name] for seed in per_seed if name in seed[reader][1]]
                    for name in LOOK_ALIKES]
-        cells = [f"{np.mean(v):.1f} ± {np.std(v):.1f}" for v in [accuracy] + recalls]
+        cells = [mean_std(v) if v else "n/a" for v in [accuracy] + recalls]
         lines.append(f"| {reader} | " + " | ".join(cells) + " |")
     return lines + [""]
 

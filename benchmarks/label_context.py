@@ -104,7 +104,7 @@ def map_logits(run_dir: RunDir, per_position: bool = False) -> tuple[dict, objec
     """Per split: M_map's logits `L`, the labels, the label areas and the image ids (with
     `per_position`, also the spatial head's `[N, m, C]` position scores `S`); and the
     run's config."""
-    model, config, facts = run_dir.load_model()
+    model, config, facts = table_runs.load_run(run_dir)
     features_dir = pipeline.locate_features(config, facts)
     splits = {}
     for split in ("train", "val", "test"):
@@ -334,7 +334,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
     rows = {}
     for name in FLAGS.runs:
         row, label = RUNS[name]
-        run_dir = RunDir(str(Path(FLAGS.root) / mode / f"seed{seed}" / name)).require()
+        run_dir = table_runs.table_run(mode, seed, name)
         own = run_dir.load_metrics("test")
         per_position = FLAGS.position_context and name == "spatial_head"
         splits, (config, facts) = map_logits(run_dir, per_position)

@@ -60,19 +60,20 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import mean_std, publish  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "runs/table", "Run folders go to ROOT/<mode>/seed<k>/<row>.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
-flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
-flags.DEFINE_string("cache_dir", "data", "Shared canvases and feature cache.")
-flags.DEFINE_list("runs", None, "Only these runs (default: all of them); rows of runs not "
-                  "trained are left out of the table.")
+# --root (where the runs go), --seeds, --modes, --append and --cache_dir, as the scripts
+# that read these runs take them.
+table_runs.define_flags()
+flags.adopt_module_key_flags(table_runs)
+flags.DEFINE_list("runs", None, "Only these runs, by folder name (default: all of them): "
+                  "only they are trained and tabulated; the rows (and claims) of the others "
+                  "are left out of the table, as are those of unfinished runs with --notrain.")
 flags.DEFINE_bool("train", True, "Train missing runs; --notrain tabulates only finished ones.")
-flags.DEFINE_bool("append", True, "Append the tables to benchmarks/RESULTS.md.")
 # The spatial head's stage 1, here and under the main job: the whole of a 20-epoch cosine
 # decay (up to 40 epochs with patience 5 stopped it while the learning rate was high).
 flags.DEFINE_list("stage1_flags", ["--stage1.epochs=20", "--stage1.patience=0"],
@@ -125,10 +126,13 @@ CLAIMS = {
 
 
 def run(mode: str, seed: int, name: str) -> RunDir | None:
-    """The finished run folder of one row, training it first if asked; None if not run."""
-    run_dir = RunDir(os.path.join(FLAGS.root, mode, f"seed{seed}", name))
+    """The finished run folder of one row, training it first if asked; None if not run
+    (or not among `--runs`)."""
+    if FLAGS.runs and name not in FLAGS.runs:
+        return None
+    run_dir = RunDir(table_runs.run_path(mode, seed, name))
     if not os.path.exists(run_dir.metrics_file("test")):
-        if not FLAGS.train or (FLAGS.runs and name not in FLAGS.runs):
+        if not FLAGS.train:
             return None
         preset = [f"--config={MAIN_JOB_PRESETS[mode]}"] if name == "main_job" else []
         command = [sys.executable, "train.py", f"--workdir={run_dir.path}", *preset,
@@ -140,9 +144,10 @@ def run(mode: str, seed: int, name: str) -> RunDir | None:
     return run_dir
 
 
-def rows_of(mode: str, seed: int) -> dict[str, dict]:
-    """Every row's test metrics (and training time) for one mode and seed."""
-    out = {}
+def rows_of(mode: str, seed: int) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """Every row's test metrics (and training time) for one mode and seed, and which
+    runs ran on which data (`{setup: [run, ...]}`, see `setup`)."""
+    out, setups = {}, {}
     for name in RUNS:
         run_dir = run(mode, seed, name)
         if run_dir is None:
@@ -158,7 +163,29 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
             out[{"spatial_head": "spatial head", "order_free_paper": "order_free (paper)",
                  "spatial_head_context": "spatial head + label context",
                  "main_job": "order_free (main job)"}.get(name, name)] = metrics
-    return {row: out[row] for row in ROWS if row in out}
+        setups.setdefault(setup(run_dir), []).append(name)
+    return {row: out[row] for row in ROWS if row in out}, setups
+
+
+def setup(run_dir: RunDir) -> str:
+    """The data a run was trained and tested on, from its run.json: the benchmark's
+    canvases and the backbone's feature maps."""
+    config, facts = run_dir.load()
+    data = config.data
+    sizes = (f"{data.num_train:,} / {data.num_val:,} / {data.num_test:,} canvases"
+             if data.dataset == "fashion_canvases" else f"data set {data.dataset}")
+    shape = "×".join(map(str, facts.feature_shape))
+    return (f"{sizes}; {config.features.backbone} {config.features.layer} maps, layer "
+            f"{facts.feature_layer}, {shape}")
+
+
+def setup_text(setups: dict[str, list[str]]) -> str:
+    """What `setups` (`{setup: [run, ...]}`) says of a mode's runs: the one setup they all
+    share, or each setup with its runs."""
+    if len(setups) == 1:
+        return next(iter(setups))
+    return "the runs differ: " + "; ".join(f"{', '.join(dict.fromkeys(names))}: {text}"
+                                           for text, names in setups.items())
 
 
 def summary(per_seed: dict[int, dict]) -> str:
@@ -201,28 +228,51 @@ def claims(mode: str, per_seed: dict[int, dict]) -> list[str]:
     return lines
 
 
+def mode_section(mode: str, seeds: list[int]) -> str:
+    """One mode's markdown: its runs trained (if asked) and tabulated over `seeds`; a usage
+    error when none of them is finished."""
+    per_seed, setups = {}, {}
+    for seed in seeds:
+        per_seed[seed], seed_setups = rows_of(mode, seed)
+        for text, names in seed_setups.items():
+            setups.setdefault(text, []).extend(names)
+    if not any(per_seed.values()):
+        folders = ", ".join(os.path.join(FLAGS.root, mode, f"seed{s}") for s in seeds)
+        which = f" of --runs={','.join(FLAGS.runs)}" if FLAGS.runs else ""
+        raise app.UsageError(f"--root={FLAGS.root}: no finished runs{which} under {folders}"
+                             + (" (--notrain tabulates finished runs only)"
+                                if not FLAGS.train else ""))
+    lines = [f"Benchmark mode `{mode}` ({setup_text(setups)}); seeds "
+             f"{', '.join(map(str, seeds))} (data and weights). Test split; every threshold "
+             f"chosen on validation except `baseline (0.5)`, the paper's fixed one. Mean ± std "
+             f"over seeds:", "", summary(per_seed), ""]
+    lines += claims(mode, per_seed)
+    lines += ["", "A difference is called inside the noise when its mean over seeds is no "
+                  "larger than the spread (std) of its per-seed values.", "", "Per seed:", ""]
+    for seed, rows in per_seed.items():
+        if not rows:
+            continue
+        lines += [f"Seed {seed}:", "", format_table(rows, columns=list(COLUMNS),
+                                                    name_header="row"), ""]
+    return "\n".join(lines)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     unknown = sorted(set(FLAGS.modes) - set(MODES))
     if unknown:
         raise app.UsageError(f"--modes takes {sorted(MODES)}; got {unknown}")
+    unknown = sorted(set(FLAGS.runs or ()) - set(RUNS))
+    if unknown:
+        raise app.UsageError(f"--runs takes {', '.join(RUNS)}; got {unknown}")
+    # The train.py children run from the repository root.
+    table_runs.make_absolute("root", "cache_dir")
     seeds = [int(s) for s in FLAGS.seeds]
-    for mode in FLAGS.modes:
-        per_seed = {seed: rows_of(mode, seed) for seed in seeds}
-        lines = [f"Benchmark mode `{mode}` (10,000 / 1,000 / 2,000 canvases; EfficientNet-Lite0 "
-                 f"stage-5 maps); seeds {', '.join(map(str, seeds))} (data and weights). Test "
-                 f"split; every threshold chosen on validation except `baseline (0.5)`, the "
-                 f"paper's fixed one. Mean ± std over seeds:", "", summary(per_seed), ""]
-        lines += claims(mode, per_seed)
-        lines += ["", "A difference is called inside the noise when its mean over seeds is no "
-                      "larger than the spread (std) of its per-seed values.", "", "Per seed:", ""]
-        for seed, rows in per_seed.items():
-            if not rows:
-                continue
-            lines += [f"Seed {seed}:", "", format_table(rows, columns=list(COLUMNS),
-                                                        name_header="row"), ""]
-        publish(f"Paper table, benchmark mode `{mode}`", "\n".join(lines), FLAGS.append)
+    # Every mode first, so that one failing publishes none of them.
+    sections = {mode: mode_section(mode, seeds) for mode in FLAGS.modes}
+    for mode, text in sections.items():
+        publish(f"Paper table, benchmark mode `{mode}`", text, FLAGS.append)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,240 @@
+"""The flags of the scripts that read (and train) the paper table's runs: `--cache_dir`
+reaches every reader's features, a missing run under `--root` is a usage error that says
+how to train it, relative paths mean the same folders to `paper_table.py` and the
+`train.py` it starts, `--runs` filters the table, and item_recognition's tables and help
+are those of the other readers.
+
+`paper_table.py` runs as a child process: its `--runs` and `label_context.py`'s are two
+flags of one name, which one process cannot hold."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from absl import app, flags
+
+from benchmarks import _table_runs as table_runs
+from benchmarks import (count_oracle, decision_rules, item_oracle, item_reader,
+                        item_recognition, label_context)
+from benchmarks._results import mean_std
+from conftest import ROOT, run_checked
+from ofrnn_tf import pipeline
+from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.run_dir import RunDir
+
+FLAGS = flags.FLAGS
+
+
+def write_finished_run(path) -> None:
+    """A finished-looking paper-table run at `path` (run.json, test metrics, training
+    time): what paper_table.py reads of a run. Self-contained: `_DRIVER` holds its source
+    too."""
+    from ofrnn_tf.config.experiment import ExperimentConfig
+    from ofrnn_tf.run_dir import RunDir, RunFacts
+
+    facts = RunFacts(label_names=("a", "b", "c"), max_steps=2, label_order=None,
+                     small_area=None, features_name="fake_features",
+                     features_fingerprint="f" * 64, feature_shape=(4, 4, 8), image_size=32,
+                     feature_layer="maps")
+    run_dir = RunDir(str(path))
+    run_dir.save(ExperimentConfig().replace(
+        data={"num_train": 64, "num_val": 32, "num_test": 16}), facts)
+    run_dir.save_metrics("test", dict.fromkeys(("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1",
+                                                "mAP", "AP-small", "AP-large"), 50.0))
+    run_dir.save_timing("train", {"training": 1.0})
+
+
+# Runs paper_table.py as `__main__` with `train.py` replaced by a fake that writes a
+# finished run where the real one would: at --workdir taken against the child's cwd.
+_DRIVER = inspect.getsource(write_finished_run) + textwrap.dedent('''
+    import os, runpy, subprocess, sys
+
+    def fake_train(command, *args, run=subprocess.run, **kwargs):
+        if command[1:2] != ["train.py"]:
+            return run(command, *args, **kwargs)
+        flags = dict(a[2:].split("=", 1) for a in command[2:] if "=" in a)
+        for name in ("workdir", "runtime.cache_dir"):
+            if not os.path.isabs(flags[name]):  # the real train.py would miss the folder
+                sys.exit(f"train.py got a relative --{name}={flags[name]} (cwd {kwargs['cwd']})")
+        write_finished_run(os.path.join(kwargs["cwd"], flags["workdir"]))
+        print("trained", flags["workdir"], "cache", flags["runtime.cache_dir"], file=sys.stderr)
+
+    subprocess.run = fake_train
+    sys.argv = [sys.argv[1]] + sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+''')
+
+
+@pytest.fixture
+def parse():
+    """`parse(*args)` parses the benchmark flags from `args`; all back to their defaults
+    (and unparsed) after the test."""
+
+    def parse_args(*args: str) -> None:
+        FLAGS.unparse_flags()
+        FLAGS(["benchmark", *args])
+
+    yield parse_args
+    FLAGS.unparse_flags()
+
+
+def fake_feature_cache(cache_dir: Path, run_dir: RunDir) -> Path:
+    """The feature cache `run_dir` was trained on, under `cache_dir`: its meta.json only."""
+    _, facts = run_dir.load()
+    directory = Path(cache.features_dir(str(cache_dir), facts.features_name))
+    directory.mkdir(parents=True)
+    tfrecords.write_meta(str(directory), {cache.FINGERPRINT_KEY: facts.features_fingerprint})
+    return directory
+
+
+def paper_table(cwd: Path, *args: str, fail: bool = False):
+    """benchmarks/paper_table.py run from `cwd` with `args` (never appending), its
+    `train.py` the fake of `_DRIVER`."""
+    driver = cwd / "paper_table_driver.py"
+    driver.write_text(_DRIVER)
+    return run_checked([sys.executable, str(driver), str(ROOT / "benchmarks" / "paper_table.py"),
+                        *args, "--noappend"], cwd=cwd, timeout=300, expect_failure=fail)
+
+
+# -- a missing run under --root ----------------------------------------------------------
+@pytest.mark.parametrize("rows_of", [decision_rules.rows_of, count_oracle.rows_of,
+                                     item_oracle.rows_of, label_context.rows_of,
+                                     item_reader.rows_of, item_recognition.rows_of],
+                         ids=lambda f: f.__module__.split(".")[-1])
+def test_a_reader_on_a_missing_root_says_which_run_to_train(parse, tmp_path, rows_of):
+    root = tmp_path / "nowhere"
+    parse(f"--root={root}")
+    with pytest.raises(app.UsageError) as error:
+        rows_of("independent", 0)
+    message = str(error.value)
+    assert f"--root={root}" in message
+    assert str(root / "independent" / "seed0" / "spatial_head") in message
+    assert "paper_table.py" in message and "--runs=spatial_head" in message
+
+
+def test_an_unfinished_run_names_the_run_that_runs_must_include(parse, tmp_path):
+    # decision_rules reads spatial_head_context, which `--runs=spatial_head,main_job` skips.
+    folder = tmp_path / "independent" / "seed1" / "spatial_head_context"
+    write_finished_run(folder)
+    Path(RunDir(str(folder)).metrics_file("test")).unlink()  # trained, never tested
+    parse(f"--root={tmp_path}")
+    with pytest.raises(app.UsageError, match="not finished") as error:
+        table_runs.table_run("independent", 1, "spatial_head_context")
+    assert str(folder) in str(error.value)
+    assert "--runs=spatial_head_context" in str(error.value)
+
+
+# -- --cache_dir -------------------------------------------------------------------------
+def test_a_loaded_run_reads_its_features_under_cache_dir(parse, tmp_path, make_fake_run):
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    features = fake_feature_cache(tmp_path / "elsewhere", run_dir)
+    config, facts = run_dir.load()
+    assert config.runtime.cache_dir == "data"  # run.json keeps no runtime settings
+
+    parse(f"--cache_dir={tmp_path / 'elsewhere'}")
+    config, _ = table_runs.run_config(run_dir)
+    assert config.runtime.cache_dir == str(tmp_path / "elsewhere")
+    assert pipeline.locate_features(config, facts) == str(features)
+    model, config, _ = table_runs.load_run(run_dir)
+    assert config.runtime.cache_dir == str(tmp_path / "elsewhere")
+    assert model.uses_decoder
+
+
+def test_a_wrong_cache_dir_is_a_usage_error_naming_the_flag(parse, tmp_path, make_fake_run,
+                                                             monkeypatch):
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    parse()
+    with pytest.raises(app.UsageError, match=r"--cache_dir=data: no feature cache"):
+        table_runs.run_config(run_dir)
+
+
+class _Reached(Exception):
+    """Raised by the stand-ins of the pipeline's readers, with the folder they got."""
+
+
+@pytest.mark.parametrize("read", [
+    lambda run_dir: table_runs.decoded_split(run_dir),
+    lambda run_dir: label_context.map_logits(run_dir),
+    lambda run_dir: item_reader.head_run("independent", 0)],
+    ids=["decoded_split", "label_context", "item_reader"])
+def test_every_reader_takes_the_runs_data_from_cache_dir(parse, tmp_path, monkeypatch, read):
+    root, cache_dir = tmp_path / "root", tmp_path / "cache"
+    run_dir = RunDir(str(root / "independent" / "seed0" / "spatial_head"))
+    write_finished_run(run_dir.path)
+    fake_feature_cache(cache_dir, run_dir)
+    monkeypatch.chdir(tmp_path)  # no ./data here
+
+    def reached(*args, **kwargs):
+        raise _Reached(args[0] if isinstance(args[0], str) else args[0].runtime.cache_dir)
+
+    monkeypatch.setattr(RunDir, "load_model", lambda self: (None, *self.load()))
+    monkeypatch.setattr(pipeline, "eval_dataset", reached)
+    monkeypatch.setattr(pipeline, "load_data", reached)
+    parse(f"--root={root}", f"--cache_dir={cache_dir}")
+    with pytest.raises(_Reached) as found:
+        read(run_dir)
+    assert str(found.value).startswith(str(cache_dir))
+
+
+# -- relative paths ----------------------------------------------------------------------
+def test_make_absolute_resolves_against_the_working_directory(parse, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parse("--root=runs/t", "--cache_dir=../cache")
+    table_runs.make_absolute("root", "cache_dir")
+    assert FLAGS.root == str(tmp_path / "runs" / "t")
+    assert FLAGS.cache_dir == str(tmp_path.parent / "cache")
+
+
+def test_paper_table_trains_and_reads_the_same_folders_from_relative_paths(tmp_path):
+    # A finished run --runs leaves out: neither trained nor tabulated.
+    write_finished_run(tmp_path / "rel" / "independent" / "seed0" / "no_attention")
+    done = paper_table(tmp_path, "--root=rel", "--cache_dir=cache", "--seeds=0",
+                       "--modes=independent", "--runs=spatial_head,main_job")
+    for name in ("spatial_head", "main_job"):
+        assert f"trained {tmp_path / 'rel' / 'independent' / 'seed0' / name}" in done.stderr
+    assert f"cache {tmp_path / 'cache'}" in done.stderr
+    assert "| spatial head (1 seeds) |" in done.stdout
+    assert "| order_free (main job) (1 seeds) |" in done.stdout
+    assert "no_attention" not in done.stdout
+    # What the runs' run.json say, not the full-size benchmark's sizes.
+    assert "(64 / 32 / 16 canvases; efficientnet_lite0 stage5 maps, layer maps, 4×4×8)" \
+        in done.stdout
+    assert "10,000" not in done.stdout
+
+
+# -- paper_table.py without finished runs ------------------------------------------------
+def test_paper_table_publishes_no_mode_when_one_has_no_finished_runs(tmp_path):
+    write_finished_run(tmp_path / "independent" / "seed0" / "spatial_head")
+    done = paper_table(tmp_path, f"--root={tmp_path}", "--seeds=0",
+                       "--modes=independent,scenes", "--notrain", fail=True)
+    assert f"--root={tmp_path}: no finished runs under {tmp_path / 'scenes' / 'seed0'}" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Benchmark mode" not in done.stdout  # the independent mode's section neither
+
+
+# -- item_recognition --------------------------------------------------------------------
+def test_item_recognition_tables_use_the_sample_std(monkeypatch):
+    scores = [{reader: (accuracy, {"Coat": accuracy + 1.0})
+               for reader in item_recognition.READERS} for accuracy in (10.0, 20.0, 30.0)]
+    monkeypatch.setitem(item_recognition.ITEM_SCORES, "independent", scores)
+    row = item_recognition.item_lines("independent", [0, 1, 2])[4]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == mean_std([10.0, 20.0, 30.0]) == "20.0 ± 10.0"  # not 8.2 (ddof 0)
+    assert cells[item_recognition.LOOK_ALIKES.index("Coat") + 2] == "21.0 ± 10.0"
+    assert cells[2] == "n/a"  # no seed had a T-shirt/top among its test items
+
+    monkeypatch.setitem(item_recognition.ITEM_SCORES, "independent", scores[:1])
+    row = item_recognition.item_lines("independent", [0])[4]
+    assert "| 10.0 |" in row and "±" not in row  # one seed: no spread
+
+
+def test_item_recognition_help_lists_its_flags():
+    names = {flag.name for flag in FLAGS.get_key_flags_for_module(item_recognition)}
+    assert {"root", "seeds", "modes", "append", "cache_dir", "margin",
+            "item_epochs"} <= names
