@@ -2,7 +2,7 @@
 
 - `tiny_backbone`: a random two-layer CNN `Backbone` (4x4x8 maps of 32x32 images).
 - `make_fake_run`: writes a finished-looking run folder by hand (config, facts, a freshly
-  initialised checkpoint, a calibration) — fast, no training.
+  initialised checkpoint, a calibration with τ and a score_mix of 0.3) — fast, no training.
 - `assert_config_holds_every_argument`: a layer's `get_config` names all its arguments.
 - `sample_images`: three real JPEGs of different sizes and one truncated file.
 - `tiny_export_run`: the embedded benchmark trained at toy size with `train.py` and
@@ -42,6 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_NAMES = ("circle", "square", "stripe", "dot", "ring")
 FAKE_BACKBONE = "tiny_test_cnn"
 FAKE_TAU, FAKE_BEAM, FAKE_MAX_STEPS = 0.05, 2, 3
+# A weight of M_map's v_prob in the ranking scores that is neither end of [0, 1]: served
+# scores that ignored it would be the decoder's path scores (0) or v_prob (1).
+FAKE_SCORE_MIX = 0.3
 
 
 def assert_config_holds_every_argument(cls, config: dict, given: dict) -> None:
@@ -89,12 +92,13 @@ def tiny_backbone() -> Backbone:
 
 @pytest.fixture(scope="session")
 def make_fake_run():
-    """`make(path, backbone=..., feature_shape=..., variant=..., tau=..., calibrate=...,
-    label_context_units=...)` writes a finished-looking run folder with freshly
-    initialised weights."""
+    """`make(path, backbone=..., feature_shape=..., variant=..., tau=..., score_mix=...,
+    calibrate=..., label_context_units=...)` writes a finished-looking run folder with
+    freshly initialised weights."""
 
     def make(path: Path, *, backbone: str = FAKE_BACKBONE, feature_shape=(4, 4, 8),
-             variant: str = "order_free", tau: float = FAKE_TAU, calibrate: bool = True,
+             variant: str = "order_free", tau: float = FAKE_TAU,
+             score_mix: float = FAKE_SCORE_MIX, calibrate: bool = True,
              image_size: int = 32, feature_layer: str = "maps",
              label_context_units: int = 0) -> Path:
         config = ExperimentConfig().replace(
@@ -121,8 +125,9 @@ def make_fake_run():
         tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
                                    run_dir.checkpoints_dir(), max_to_keep=1).save()
         if calibrate:
-            run_dir.save_calibration({"tau": tau, "beam_size": FAKE_BEAM, "min_labels": 1,
-                                      "max_steps": FAKE_MAX_STEPS, "objective": "mean_f1"})
+            run_dir.save_calibration({"tau": tau, "score_mix": score_mix, "beam_size": FAKE_BEAM,
+                                      "min_labels": 1, "max_steps": FAKE_MAX_STEPS,
+                                      "objective": "mean_f1"})
         return path
 
     return make

@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
-from conftest import ROOT, run_checked, to_png
+from conftest import FAKE_SCORE_MIX, ROOT, run_checked, to_png
+from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
 from ofrnn_tf.export.saved_model import SIGNATURES, export_run, save_inference_module
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
@@ -108,6 +109,7 @@ def test_export_records_the_run_settings(tiny_export_run, loaded, facts):
     assert int(settings["beam_size"]) == calibration["beam_size"] == config.decoding.beam_size
     assert int(settings["max_steps"]) == facts.max_steps
     assert int(settings["min_labels"]) == calibration["min_labels"]
+    assert float(settings["score_mix"]) == pytest.approx(calibration["score_mix"], rel=1e-6)
     assert [n.decode() for n in settings["label_names"]] == list(facts.label_names)
     with open(run_dir.label_map_file) as f:
         run_map = json.load(f)
@@ -220,6 +222,33 @@ def test_session_loader_runs_the_label_context(make_fake_run, tiny_backbone, tmp
     export_dir = Path(save_inference_module(module, str(tmp_path / "export")))
     got = session_outputs(export_dir, "predict_features", {"features": features})
     assert_same_decoding(got, module.serve_features(tf.constant(features)), "label context")
+
+
+def test_served_scores_mix_the_decoders_and_m_maps_with_the_calibrated_weight(
+        make_fake_run, tiny_backbone, tmp_path):
+    """The signatures' `scores` are the ranking scores evaluation measured: `mix_scores` of
+    the decoder's path scores and M_map's v_prob with the run's calibrated score_mix (0.3
+    here: ignoring it gives other scores), computed from the run's checkpoint, not by an
+    `InferenceModule`."""
+    workdir = make_fake_run(tmp_path / "run")
+    module = InferenceModule.from_run(str(workdir), backbone=tiny_backbone)
+    export_dir = Path(save_inference_module(module, str(tmp_path / "export")))
+    features = np.random.default_rng(0).normal(size=(5, 4, 4, 8)).astype("float32")
+    got = session_outputs(export_dir, "predict_features", {"features": features})
+
+    run_dir = RunDir(str(workdir))
+    model, config, facts = run_dir.load_model()
+    calibration = run_dir.calibration(config.decoding.beam_size)
+    assert calibration["score_mix"] == FAKE_SCORE_MIX
+    decode = make_decoder(model, beam_size=calibration["beam_size"], max_steps=facts.max_steps,
+                          threshold=calibration["tau"], min_labels=calibration["min_labels"],
+                          all_steps=True)
+    want = {k: v.numpy() for k, v in decode(tf.reshape(features, [5, 16, 8])).items()}
+    assert not np.allclose(want["v_prob"], want["path_scores"], atol=1e-3)
+    np.testing.assert_array_equal(got["labels"], want["labels"])
+    np.testing.assert_allclose(got["scores"], mix_scores(want["v_prob"], want["path_scores"],
+                                                         np.float32(calibration["score_mix"])),
+                               atol=1e-5, rtol=0)
 
 
 def xla_must_compile(saved_model_dir: Path) -> list[str]:

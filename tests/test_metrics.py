@@ -278,6 +278,18 @@ def test_size_split_rejects_unknown_areas_with_count():
 def test_size_split_rejects_pixel_areas_and_bad_threshold():
     with pytest.raises(ValueError, match="not pixels"):
         M.size_split_average_precision(SIZE_Y, SIZE_S, SIZE_A * 1000, small_area=0.1)
+    # Areas in percent (0 to 100) are not fractions either, nor is one area of 1.5.
+    with pytest.raises(ValueError, match=r"^label_areas: 5 positive labels have an area above 1, "
+                                         r"first at image 0, class 0 = .*not pixels$"):
+        M.size_split_average_precision(SIZE_Y, SIZE_S, SIZE_A * 100, small_area=0.1)
+    one_above = SIZE_A.copy()
+    one_above[4, 1] = 1.5
+    with pytest.raises(ValueError, match=r"^label_areas: 1 positive labels have an area above 1, "
+                                         r"first at image 4, class 1 = .*1\.5.*not pixels$"):
+        M.size_split_average_precision(SIZE_Y, SIZE_S, one_above, small_area=0.1)
+    barely_above = SIZE_A.copy()
+    barely_above[4, 1] = 1.0005  # a box rounded past the image border: within the tolerance
+    M.size_split_average_precision(SIZE_Y, SIZE_S, barely_above, small_area=0.1)
     with pytest.raises(ValueError, match="small_area"):
         M.size_split_average_precision(SIZE_Y, SIZE_S, SIZE_A, small_area=0.0)
     with pytest.raises(ValueError, match="label_areas has shape"):

@@ -181,6 +181,24 @@ def test_splits_with_an_undecodable_image_left_large_enough_go_on(tmp_path, monk
 
 
 # -- eval mode -------------------------------------------------------------------------
+def test_tau_and_score_mix_are_calibrated_on_the_validation_split(trained):
+    """calibration.json holds the calibration of the validation split, never of the test
+    split whose metrics it then scores."""
+    config, workdir, features_dir = trained
+    run_dir = RunDir(workdir)
+    model = run_dir.load_model()[0]
+    stored = run_dir.calibration(config.decoding.beam_size)
+    on = {split: pipeline.evaluation.calibrate(
+              model, pipeline.eval_dataset(features_dir, FACTS, split), config.decoding,
+              FACTS.max_steps)
+          for split in ("val", "test")}
+    assert on["val"]["grid"] != on["test"]["grid"]  # the splits tell apart
+    assert (stored["tau"], stored["score_mix"]) == (pytest.approx(on["val"]["tau"]),
+                                                    pytest.approx(on["val"]["score_mix"]))
+    for key in ("grid", "score_mix_grid"):
+        np.testing.assert_allclose(stored[key], on["val"][key], rtol=1e-6, err_msg=key)
+
+
 def test_eval_at_another_beam_width_keeps_the_runs_width_and_metrics(trained, tmp_path):
     config, _, _ = trained
     run_dir = RunDir(copy_run(trained, tmp_path))

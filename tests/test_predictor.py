@@ -22,12 +22,14 @@ from PIL import Image
 from conftest import FAKE_BEAM as BEAM
 from conftest import FAKE_MAX_STEPS as MAX_STEPS
 from conftest import FAKE_NAMES as NAMES
+from conftest import FAKE_SCORE_MIX as SCORE_MIX
 from conftest import FAKE_TAU as TAU
 from conftest import ROOT
 from ofrnn_tf.cli.image_inputs import expand_inputs, open_report, write_report
-from ofrnn_tf.decoding.beam_search import make_decoder
+from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.inference import Predictor, UncalibratedBeamSizeError
+from ofrnn_tf.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,10 @@ def images(sample_images):
     return sample_images
 
 
-def reference_outputs(predictor: Predictor, paths) -> dict:
-    """decode_and_resize + backbone + make_decoder, assembled outside the predictor."""
+def reference_outputs(predictor: Predictor, paths, score_mix: float) -> dict:
+    """decode_and_resize + backbone + make_decoder, assembled outside the predictor; the
+    ranking scores mixed as evaluation mixes them (`mix_scores` of the decoder's path
+    scores and v_prob) with `score_mix`, the weight the run's calibration.json holds."""
     module = predictor.module
     pixels = tf.stack([decode_and_resize(tf.io.read_file(str(p)), module.image_size)
                        for p in paths])
@@ -54,14 +58,21 @@ def reference_outputs(predictor: Predictor, paths) -> dict:
     features = tf.reshape(module.backbone(pixels), [-1, height * width, depth])
     decoder = make_decoder(module.model, beam_size=module.beam_size,
                            max_steps=module.max_steps, threshold=float(module.tau.numpy()),
-                           min_labels=module.min_labels)
-    return {k: v.numpy() for k, v in decoder(features).items()}
+                           min_labels=module.min_labels, all_steps=True)
+    out = {k: v.numpy() for k, v in decoder(features).items()}
+    out["scores"] = mix_scores(out["v_prob"], out["path_scores"], np.float32(score_mix))
+    return out
+
+
+def calibrated_score_mix(workdir) -> float:
+    run_dir = RunDir(str(workdir))
+    return float(run_dir.calibration(run_dir.load()[0].decoding.beam_size)["score_mix"])
 
 
 def test_from_run_reads_calibration(predictor):
     module = predictor.module
-    assert (float(module.tau.numpy()), module.beam_size, module.min_labels) == (
-        pytest.approx(TAU), BEAM, 1)
+    assert (float(module.tau.numpy()), float(module.score_mix.numpy()), module.beam_size,
+            module.min_labels) == (pytest.approx(TAU), pytest.approx(SCORE_MIX), BEAM, 1)
     assert module.max_steps == MAX_STEPS and predictor.label_map.names == NAMES
 
 
@@ -94,15 +105,18 @@ def test_missing_file_is_an_error_entry(predictor, tmp_path):
     assert result == {"image": str(missing), "error": f"{missing}: No such file or directory"}
 
 
-def assert_predictions_equal_reference(predictor: Predictor, paths, rtol: float) -> None:
+def assert_predictions_equal_reference(predictor: Predictor, paths, rtol: float,
+                                       score_mix: float = SCORE_MIX) -> None:
     """The predictor's labels, scores, path log-probabilities and attention are the reference's."""
     results = predictor.predict_files(paths)
-    expected = reference_outputs(predictor, paths)
+    expected = reference_outputs(predictor, paths, score_mix)
     for i, result in enumerate(results):
         n = int(expected["num_labels"][i])
         assert result["label_ids"] == expected["labels"][i][:n].tolist()
         np.testing.assert_allclose(result["scores"], expected["scores"][i][result["label_ids"]],
                                    rtol=rtol)
+        np.testing.assert_allclose([result["all_scores"][name] for name in NAMES],
+                                   expected["scores"][i], rtol=rtol)
         np.testing.assert_allclose(result["log_prob"], expected["log_prob"][i], rtol=rtol)
         np.testing.assert_allclose(result["attention"].reshape(n, -1),
                                    expected["attention"][i][:n], rtol=1e-4, atol=1e-6)
@@ -259,11 +273,16 @@ def test_trained_run_matches_decoder_on_its_features(tiny_export_run):
     predictor = Predictor.from_run(str(tiny_export_run.workdir), batch_size=3)
     paths = list(tiny_export_run.test_images[:5])
     results = predictor.predict_files(paths)
-    expected = reference_outputs(predictor, paths)
+    expected = reference_outputs(predictor, paths, calibrated_score_mix(tiny_export_run.workdir))
     for i, result in enumerate(results):
         n = int(expected["num_labels"][i])
         assert result["label_ids"] == expected["labels"][i][:n].tolist()
         np.testing.assert_allclose(result["log_prob"], expected["log_prob"][i], rtol=1e-4)
+        np.testing.assert_allclose(result["scores"], expected["scores"][i][result["label_ids"]],
+                                   rtol=1e-4)
+        names = predictor.label_map.names
+        np.testing.assert_allclose([result["all_scores"][name] for name in names],
+                                   expected["scores"][i], rtol=1e-4, atol=1e-6)
 
 
 def test_expand_inputs_names_every_file_it_skips(tmp_path):
@@ -298,3 +317,24 @@ def test_an_unwritable_report_is_refused_before_any_work(tmp_path):
 def test_a_threshold_outside_0_1_is_refused(workdir, tiny_backbone, tau):
     with pytest.raises(ValueError, match=r"tau is a path probability and must be in \[0, 1\]"):
         Predictor.from_run(str(workdir), tau=tau, backbone=tiny_backbone)
+
+
+def test_served_inputs_are_checked_naming_the_bad_entry(predictor, images):
+    """The checks the signatures run on their inputs, in process: non-finite maps and a
+    threshold count or value that is not one probability per image are refused."""
+    module = predictor.module
+    features = np.zeros([3, *module.feature_shape], np.float32)
+    features[2, 0, 1, 0] = np.inf
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"features\[2\] contains NaN or Inf"):
+        module.serve_features(tf.constant(features))
+    features[2, 0, 1, 0] = 0.0
+    assert module.serve_features(tf.constant(features))["num_labels"].shape == (3,)
+    jpegs = tf.constant([images[0].read_bytes(), images[2].read_bytes()])
+    for threshold, message in (
+            ([0.5], "threshold has 1 values for 2 images: give one τ per image"),
+            ([0.5, 1.5], r"threshold\[1\] must be a probability in \[0, 1\]; got 1.5"),
+            ([float("nan"), 0.5], r"threshold\[0\] must be a probability in \[0, 1\]; got nan")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            module.serve_images_with_threshold(jpegs, tf.constant(threshold, tf.float32))
+    served = module.serve_images_with_threshold(jpegs, tf.constant([0.0, 1.0]))
+    assert served["num_labels"].numpy().tolist() == [MAX_STEPS, 1]

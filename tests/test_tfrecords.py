@@ -1,6 +1,7 @@
 """The feature-cache reader: schema, batching, label maps, sharding, corrupt files."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -107,21 +108,43 @@ def test_a_different_label_map_is_refused_naming_both(tmp_path):
         tfrecords.make_dataset(d, "train", 2, label_map=other)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncate", "garbage_header"])
-def test_a_corrupt_shard_is_named(tmp_path, damage):
+def _record_starts(data: bytes) -> list[int]:
+    """The byte offsets of a sound TFRecord file's records."""
+    starts, offset = [], 0
+    while offset < len(data):
+        starts.append(offset)
+        offset += 12 + int.from_bytes(data[offset:offset + 8], "little") + 4
+    return starts
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "cut_1_byte", "cut_4_bytes",
+                                    "garbage_header", "length_one_off"])
+def test_a_corrupt_shard_is_named_with_what_is_wrong(tmp_path, damage):
     d = _write_dir(tmp_path / "f", _records(9))
     shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
-    data = open(shard, "rb").read()
+    data = bytearray(open(shard, "rb").read())
+    starts = _record_starts(bytes(data))
+    second, last = starts[1], starts[-1]
+    assert len(starts) == 3 and second < last
+    truncated = f"record at byte {last} runs past the end of the file (truncated)"
+    bad_header = f"bad record header at byte {second} (garbled or not a TFRecord file)"
     if damage == "garbage":
         data = os.urandom(len(data))
-    elif damage == "truncate":
-        data = data[: len(data) - 7]
-    else:  # overwrite the length field of the second record
-        second = 12 + int.from_bytes(data[:8], "little") + 4
-        data = data[:second] + b"\xff" * 8 + data[second + 8:]
+        reason = "bad record header at byte 0"
+    elif damage.startswith("cut") or damage == "truncate":
+        # 1 to 4 bytes lose only the last record's data CRC; 7 bytes, some of its data too.
+        data = data[:len(data) - {"truncate": 7, "cut_1_byte": 1, "cut_4_bytes": 4}[damage]]
+        reason = truncated
+    elif damage == "garbage_header":  # a length far past the end of the file
+        data[second:second + 8] = b"\xff" * 8
+        reason = bad_header
+    else:  # a length one off, still inside the file: only the header's CRC shows it
+        data[second] ^= 0x01
+        reason = bad_header
     with open(shard, "wb") as f:
-        f.write(data)
-    with pytest.raises(tfrecords.CorruptShardError, match=os.path.basename(shard)):
+        f.write(bytes(data))
+    with pytest.raises(tfrecords.CorruptShardError,
+                       match=re.escape(f"corrupt feature shard {shard}: {reason}")):
         tfrecords.make_dataset(d, "train", 2)
 
 
