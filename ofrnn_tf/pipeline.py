@@ -363,8 +363,11 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     if data is not None:
         with timer("examples and attention pictures"):
             save_examples(run_dir, data)
-    print(format_table({config.model.variant: metrics},
-                       columns=[c for c in RESULT_COLUMNS if c in metrics]))
+    shown = dict(metrics)  # percentages at one decimal; τ, a probability, at three digits
+    if "tau" in shown:
+        shown["tau"] = f"{shown['tau']:.3g}"
+    print(format_table({config.model.variant: shown},
+                       columns=[c for c in RESULT_COLUMNS if c in shown]))
     run_dir.save_timing(mode, timer.rounded())
     metrics_file = run_dir.metrics_file("test", config.decoding.beam_size)
     log(f"test metrics written to {metrics_file}; time: {timer.summary()}")

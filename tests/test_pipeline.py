@@ -255,7 +255,10 @@ def test_eval_of_an_unfinished_run_warns_and_records_where_it_stopped(trained, t
     metrics = pipeline.run(longer, workdir, "eval")
     assert metrics["unfinished_run"] == "stopped at stage 2 epoch 2/2, step 4"
     assert RunDir(workdir).load_metrics("test")["unfinished_run"] == metrics["unfinished_run"]
-    assert "WARNING" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "WARNING" in printed.err
+    # τ is a probability: printed at three digits, not at the percentages' one decimal
+    assert printed.out.rstrip().endswith(f" {metrics['tau']:.3g} |"), printed.out
 
 
 # -- a rerun with other settings ---------------------------------------------------------

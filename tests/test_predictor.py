@@ -81,7 +81,8 @@ def test_predict_files_reports_corrupt_file_and_predicts_the_rest(predictor, ima
     assert [r["image"] for r in results] == [str(p) for p in images]
     error = results[1]
     assert set(error) == {"image", "error"}
-    assert error["error"].startswith(f"{images[1]}: ") and "JPEG" in error["error"]
+    assert error["error"].startswith(f"{images[1]}: its JPEG header (") and (
+        ") is sound but the data behind it is truncated or corrupt (" in error["error"])
     good = [results[0], results[2], results[3]]
     for result in good:
         n = len(result["labels"])
@@ -133,6 +134,11 @@ def test_step_probabilities_multiply_to_the_path_probability(predictor, images):
         assert math.fsum(math.log(p) for p in probabilities) == pytest.approx(
             result["log_prob"], abs=1e-4)
         assert math.exp(result["log_prob"]) >= TAU or len(probabilities) == 1
+
+
+def test_empty_bytes_are_named_as_such(predictor):
+    assert predictor.predict_bytes([b""], names=["empty.png"]) == [
+        {"image": "empty.png", "error": "empty.png: empty (no image bytes)"}]
 
 
 def test_predict_bytes_matches_files_and_names_entries(predictor, images):

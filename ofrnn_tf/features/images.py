@@ -156,6 +156,8 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
     Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
     image or the header is truncated or corrupt.
     """
+    if not data:
+        raise ValueError("empty (no image bytes)")
     if data[:3] == b"\xff\xd8\xff":
         fmt, (width, height) = "JPEG", _jpeg_size(data)
     elif data[:8] == b"\x89PNG\r\n\x1a\n":

@@ -167,7 +167,7 @@ class InferenceModule(tf.Module):
                     f"{run_dir.calibration_file} has no τ for beam width K={beam_size} "
                     f"(calibrated: {known or 'none'}). Calibrate it on validation with "
                     f"`ofrnn-train --workdir={run_dir.path} --mode=eval "
-                    f"--decoding.beam_size={beam_size}`, or pass τ explicitly.")
+                    f"--decoding.beam_size={beam_size}`.")
             tau = float(calibration["tau"])
         if min_labels is None:
             min_labels = int(calibration["min_labels"] if calibration else config.decoding.min_labels)

@@ -78,7 +78,12 @@ class Predictor:
         if width * height > limit:
             raise ValueError(f"{image_format} of {width}x{height} = {width * height} pixels is "
                              f"above the limit of {limit}")
-        return decode_and_resize(tf.constant(data), self.image_size).numpy()
+        try:
+            return decode_and_resize(tf.constant(data), self.image_size).numpy()
+        except tf.errors.OpError as error:  # the served graph's wording (`image_guards`)
+            raise ValueError(f"its {image_format} header ({width}x{height}) is sound but the "
+                             f"data behind it is truncated or corrupt "
+                             f"({op_error_text(error)})") from None
 
     def predict_pixels(self, pixels) -> dict[str, np.ndarray]:
         """Raw batch outputs for uint8 `[N, S, S, 3]` images (see `beam_search`, plus
