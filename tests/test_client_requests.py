@@ -100,12 +100,16 @@ def test_a_named_image_that_is_served_alone_keeps_its_result(serve, tmp_path):
     assert [len(r) for r in service.requests] == [3, 1, 2, 1, 1]
 
 
-def test_a_named_image_refused_alone_costs_its_own_line(serve, tmp_path):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["our_server", "tf_serving"])
+def test_a_named_image_refused_alone_costs_its_own_line(serve, tmp_path, wrapped):
     bad = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
 
     def refuse(images):
         if bad in images:
-            return grpc.StatusCode.INVALID_ARGUMENT, f"images[{images.index(bad)}]: corrupt"
+            reason = f"images[{images.index(bad)}]: corrupt"
+            if wrapped:  # TF Serving answers with the failed Assert's whole text
+                reason = f"assertion failed: [{reason}]\n\t [[{{{{node assert_1}}}}]]"
+            return grpc.StatusCode.INVALID_ARGUMENT, reason
         return None
 
     target, service = serve(refuse)

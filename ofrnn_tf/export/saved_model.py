@@ -121,8 +121,8 @@ def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> Non
         try:
             module.serve_images(tf.constant([image]))
         except tf.errors.InvalidArgumentError as e:
-            reason = re.sub(r"^(assertion failed: \[)?images\[0\]:?\s*(is\s+)?", "", op_error_text(e))
-            raise WarmupImageError(i, reason.rstrip("]")) from None
+            reason = re.sub(r"^images\[0\]:?\s*(is\s+)?", "", op_error_text(e))
+            raise WarmupImageError(i, reason) from None
 
 
 def export_run(run_dir, export_base: str, *, version: Optional[int] = None,

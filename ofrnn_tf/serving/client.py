@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import find_undecodable, read_image_header
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+from ofrnn_tf.tf_errors import reason_text
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # `predict_files` splits a batch whose files add up to more than this into several
@@ -271,7 +272,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     retries += 1
                     continue
                 # The index is the request's, not the caller's: the path names the file.
-                reason = _REFUSED_IMAGE.sub("", error.details(), count=1)
+                reason = _REFUSED_IMAGE.sub("", reason_text(error.details() or ""), count=1)
                 doubt = (" (the image decodes here: the refusal may be another request's, "
                          "merged with it by the server's batching)") if fine_here else ""
                 results[k] = {"image": batch[k],
