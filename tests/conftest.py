@@ -58,11 +58,14 @@ def assert_config_holds_every_argument(cls, config: dict, given: dict) -> None:
 
 
 def run_checked(args: list[str], timeout: float = 600.0, cwd=ROOT,
-                expect_failure: bool = False) -> subprocess.CompletedProcess:
+                expect_failure: bool = False, quiet_tf: bool = True) -> subprocess.CompletedProcess:
     """Runs a child process (from the repository root by default); fails the test with
-    its output's tail unless it exits 0 (or, with `expect_failure`, unless it fails)."""
+    its output's tail unless it exits 0 (or, with `expect_failure`, unless it fails).
+    `quiet_tf=False` leaves TensorFlow's log level to the command, as a user's shell does."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if not quiet_tf:
+        del env["TF_CPP_MIN_LOG_LEVEL"]
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if (done.returncode != 0) != expect_failure:
         pytest.fail(f"{' '.join(args)} exited with {done.returncode}:\n"
@@ -164,6 +167,8 @@ class TinyRun:
     export_base: Path
     export_dir: Path  # version 1
     test_images: tuple[Path, ...]  # JPEG canvases of the test split
+    train_log: str  # stderr of train.py and of export.py
+    export_log: str
 
     def jpeg_bytes(self, n: int) -> list[bytes]:
         return [p.read_bytes() for p in self.test_images[:n]]
@@ -173,16 +178,16 @@ class TinyRun:
 def tiny_export_run(tmp_path_factory) -> TinyRun:
     base = tmp_path_factory.mktemp("tiny_run")
     workdir, cache, export_base = base / "run", base / "cache", base / "export"
-    run_checked([sys.executable, "train.py", f"--workdir={workdir}",
-                 f"--runtime.cache_dir={cache}", *TINY_TRAIN_FLAGS])
+    trained = run_checked([sys.executable, "train.py", f"--workdir={workdir}",
+                           f"--runtime.cache_dir={cache}", *TINY_TRAIN_FLAGS], quiet_tf=False)
     done = run_checked([sys.executable, "export.py", f"--workdir={workdir}",
-                        f"--export_dir={export_base}"])
+                        f"--export_dir={export_base}"], quiet_tf=False)
     export_dir = Path(done.stdout.strip().splitlines()[-1])
     assert export_dir == export_base / "1", done.stdout
     images = tuple(Path(p) for p in sorted(glob.glob(
         str(cache / "fashion_canvases" / "*" / "images" / "test" / "*.jpg"))))
     assert len(images) >= 8, f"expected test canvases under {cache}"
-    return TinyRun(workdir, cache, export_base, export_dir, images)
+    return TinyRun(workdir, cache, export_base, export_dir, images, trained.stderr, done.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -502,3 +502,12 @@ def test_an_export_never_publishes_a_folder_another_export_writes(tiny_module, t
         save_inference_module(tiny_module, str(base), version=2)
     assert live.exists() and not dead.exists()
     assert sorted(p.name for p in base.iterdir() if p.name != live.name) == ["1", "2"]
+
+
+def test_train_and_export_print_no_tensorflow_notes(tiny_export_run):
+    # Run as a user's shell runs them (TF_CPP_MIN_LOG_LEVEL unset): no INFO notes on each
+    # saved function, no C++ warnings of the warm-up's set-up, no record printed twice.
+    for log in (tiny_export_run.train_log, tiny_export_run.export_log):
+        for note in ("INFO:tensorflow", "signature_serialization", "builder_impl",
+                     "Not handling type", "tf_record_dataset_op", "retracing"):
+            assert note not in log, (note, log[-3000:])

@@ -1,9 +1,17 @@
-"""The command-line entry points (console scripts of the package; thin absl layers)."""
+"""The command-line entry points (console scripts of the package; thin absl layers).
 
+Importing it before TensorFlow keeps TensorFlow's C++ INFO and WARNING lines (CUDA
+probes, oneDNN notes, "Not handling type DT_INT64" of every served request's set-up)
+out of the commands' progress (``TF_CPP_MIN_LOG_LEVEL=2``) unless the environment
+already says otherwise."""
+
+import logging as std_logging
 import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402 - after the log level, which TensorFlow reads once
 
 
 def runner(define_flags, main, on_interrupt: str = ""):
@@ -19,6 +27,9 @@ def runner(define_flags, main, on_interrupt: str = ""):
 
     def usage_errors_in_one_line(argv):
         command = os.path.basename(sys.argv[0])
+        # TensorFlow imported before absl set up logging gave its logger a handler of
+        # its own: absl's prints every record as well, so each would appear twice.
+        std_logging.getLogger("tensorflow").handlers.clear()
         try:
             return main(argv)
         except app.UsageError as error:

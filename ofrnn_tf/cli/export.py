@@ -13,7 +13,7 @@ Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 import glob
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from ofrnn_tf.cli import runner, trained_run
 from ofrnn_tf.export.saved_model import WarmupImageError, export_run
@@ -54,6 +54,7 @@ def main(argv):
         raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a folder")
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's notes on every function it saves
     run_dir = trained_run(FLAGS.workdir)
     if FLAGS.warmup_images:
         paths = sorted(p for p in glob.glob(FLAGS.warmup_images) if os.path.isfile(p))

@@ -44,11 +44,14 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import grpc
-import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from ofrnn_tf.cli import runner  # first: it sets TensorFlow's C++ log level for the command
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
+from tensorflow.python.util import deprecation  # noqa: E402
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -58,7 +61,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from ofrnn_tf.cli import runner
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.features.images import find_undecodable, read_image_header
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX,
@@ -158,7 +160,8 @@ def load_session(saved_model_dir: str, tags: Sequence[str] = ("serve",)
     its SignatureDefs: TensorFlow Serving's loading path (``SavedModelBundle``)."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
-    with graph.as_default():
+    # The TF1 loader is TF Serving's path on purpose; its deprecation notice is not news.
+    with graph.as_default(), deprecation.silence():
         meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), saved_model_dir)
     # `__saved_model_init_op` runs at load time; it is not a signature to call.
     return session, {name: sig for name, sig in meta_graph.signature_def.items()
