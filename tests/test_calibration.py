@@ -124,3 +124,21 @@ def test_calibrated_threshold_reproduces_its_score_when_decoding(mode):
             np.testing.assert_array_equal(labels_to_multi_hot(out["labels"].numpy(), C), y_pred)
         assert math.isclose(objective_value(label_set_metrics(y, y_pred), "mean_f1"), value,
                             rel_tol=1e-9), f"τ={tau}"
+
+
+def test_repeated_decoding_passes_trace_the_decoder_once():
+    # Validation decodes after every epoch: a decoder made afresh each time traced again,
+    # and TensorFlow warned of retracing after five.
+    from ofrnn_tf.decoding import calibration
+
+    model, _, _, data = _model_and_data("order_free")
+    first = calibration.decode_all_steps(model, data, beam_size=2, max_steps=3, progress=False)
+    decoder = next(iter(calibration._LAST_DECODER.values()))
+    for _ in range(5):
+        again = calibration.decode_all_steps(model, data, beam_size=2, max_steps=3,
+                                             progress=False)
+    np.testing.assert_array_equal(again["step_labels"], first["step_labels"])
+    assert decoder.experimental_get_tracing_count() == 1
+    calibration.decode_all_steps(model, data, beam_size=3, max_steps=3, progress=False)
+    assert list(calibration._LAST_DECODER.values()) != [decoder]  # other settings, another decoder
+    assert len(calibration._LAST_DECODER) == 1

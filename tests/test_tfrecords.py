@@ -317,3 +317,12 @@ def test_deleting_a_corrupt_shard_makes_the_next_run_extract_only_that_one(
         if path != paths[1]:
             assert os.stat(path).st_mtime_ns == mtime
     assert len(list(tfrecords.make_dataset(directory, "train", 6, verify_shards="full"))) == 1
+
+
+@pytest.mark.parametrize("drop_remainder, batches", [(False, 4), (True, 3)])
+def test_a_split_read_once_knows_its_number_of_batches(tmp_path, drop_remainder, batches):
+    # So the progress bars of evaluation show a total and an ETA.
+    d = _write_dir(tmp_path / "f", _records(11))
+    ds = tfrecords.make_dataset(d, "train", 3, drop_remainder=drop_remainder)
+    assert int(ds.cardinality()) == batches == len(list(ds))
+    assert int(tfrecords.make_dataset(d, "train", 3, repeat=True).cardinality()) < 0

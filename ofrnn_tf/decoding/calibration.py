@@ -145,7 +145,16 @@ def decode_all_steps(model, dataset, *, beam_size: int, max_steps: int, min_labe
                      jit_compile: bool = False, progress: bool = True) -> dict:
     """One decoding pass recording every step, from which any τ can be read
     (`select_for_threshold`); for `baseline` a plain pass (only `v_prob` is needed)."""
-    decoder = make_decoder(model, beam_size=beam_size, max_steps=max_steps, threshold=0.0,
-                           min_labels=min_labels, all_steps=model.uses_decoder,
-                           jit_compile=jit_compile)
-    return decode_dataset(decoder, dataset, progress=progress)
+    settings = dict(beam_size=beam_size, max_steps=max_steps, min_labels=min_labels,
+                    all_steps=model.uses_decoder, jit_compile=jit_compile)
+    key = (id(model), tuple(sorted(settings.items())))
+    if key not in _LAST_DECODER:  # the entry keeps its model alive, so its id is its own
+        _LAST_DECODER.clear()
+        _LAST_DECODER[key] = make_decoder(model, threshold=0.0, **settings)
+    return decode_dataset(_LAST_DECODER[key], dataset, progress=progress)
+
+
+# The decoder of the last `decode_all_steps` call, kept for the next: validation decodes
+# after every epoch, and a new `tf.function` each time would trace again (TensorFlow
+# warns of retracing after five). One entry, so it keeps at most one model alive.
+_LAST_DECODER: dict = {}

@@ -486,6 +486,10 @@ def make_dataset(features_dir: str, split: str, batch_size: int, *,
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(per_worker_batch, drop_remainder=drop_remainder)
+    if input_context is None and not repeat:  # a known length: progress bars show a total
+        n = num_examples(features_dir, split)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            n // per_worker_batch if drop_remainder else -(-n // per_worker_batch)))
     ds = ds.map(parse_batch_fn(features_dir),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
     return ds.prefetch(tf.data.AUTOTUNE)
