@@ -736,3 +736,31 @@ def test_restore_removes_the_shards_of_a_save_cut_short(tmp_path):
     assert resumed.restore() and int(resumed.stage) == 3
     assert not any(os.path.exists(folder) for folder in leftovers)
     assert os.listdir(run_dir.checkpoints_dir())  # the finished checkpoints stay
+
+
+def test_a_resumed_run_logs_each_step_once_and_every_epoch_end(tmp_path):
+    # log_every larger than an epoch: the epoch's last step is logged all the same. The
+    # run stops inside the save of stage 2's first epoch-end step, after logging it, as a
+    # kill would; its rerun trains that step again.
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 2},
+                         runtime={"checkpoint_every": 1, "log_every": 100})
+    scored = lambda model, stage: {"score": 1.0}
+    stopped = make_trainer(str(tmp_path), config, synthetic_data(), scored)
+    save = stopped.manager.save
+
+    def save_or_stop(checkpoint_number=None):
+        if checkpoint_number == 2 * STEPS_PER_EPOCH:
+            raise KeyboardInterrupt
+        return save(checkpoint_number=checkpoint_number)
+
+    stopped.manager.save = save_or_stop
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train()
+    resumed = make_trainer(str(tmp_path), config, synthetic_data(), scored)
+    assert resumed.restore()
+    resumed.train()
+    logged = scalars(str(tmp_path))
+    assert [step for step, _ in logged["loss/stage1"]] == [STEPS_PER_EPOCH]
+    assert [step for step, _ in logged["loss/stage2"]] == [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH]
+    assert [step for step, _ in logged["validation_stage2/score"]] == [2 * STEPS_PER_EPOCH,
+                                                                      3 * STEPS_PER_EPOCH]

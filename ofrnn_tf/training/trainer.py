@@ -109,6 +109,20 @@ def _checkpoints_scale_loss(directory: str, mixed_precision: bool) -> bool:
     return scaled
 
 
+def _last_logged_steps(directory: str) -> dict[str, int]:
+    """The largest step of each tag in the TensorBoard event files in `directory`; a
+    file cut short by a killed process counts up to where it breaks."""
+    last: dict[str, int] = {}
+    for path in glob.glob(os.path.join(glob.escape(directory), "events.out.tfevents.*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    last[value.tag] = max(last.get(value.tag, 0), event.step)
+        except tf.errors.DataLossError:
+            pass
+    return last
+
+
 class Trainer:
     """Runs Algorithm 1 in a run folder, resuming from its last checkpoint.
 
@@ -217,6 +231,9 @@ class Trainer:
         self.writer = (tf.summary.create_file_writer(run_dir.tensorboard_dir)
                        if self.chief else tf.summary.create_noop_writer())
         self._train_steps = {}
+        # The last step of each tag in the run's TensorBoard files, set by `restore`: a
+        # run stopped between checkpoints logged steps that its rerun trains again.
+        self._logged: dict[str, int] = {}
 
     def _optimizer(self, stage: StageConfig, loss_scaling: bool = True):
         learning_rate = stage.learning_rate
@@ -390,6 +407,8 @@ class Trainer:
             for leftover in glob.glob(os.path.join(glob.escape(manager.directory), "*_temp")):
                 shutil.rmtree(leftover, ignore_errors=True)
         latest = self.manager.latest_checkpoint
+        if self.chief:
+            self._logged = _last_logged_steps(self.run_dir.tensorboard_dir)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             print(f"[train] resuming from {latest}: {self.position()}", file=sys.stderr)
@@ -542,9 +561,9 @@ class Trainer:
                 continue
             score = self.validate_fn(self.model, 1)["score"]
             with self.writer.as_default():
-                tf.summary.scalar("validation_label_context/score", score, step=epoch + 1)
-                tf.summary.scalar("loss/label_context", loss, step=epoch + 1)
-            bar.set_postfix(loss=f"{loss:.4f}", val=f"{score:.2f}")
+                self._scalar("validation_label_context/score", score, epoch + 1)
+                self._scalar("loss/label_context", loss, epoch + 1)
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{score:.2f}", refresh=False)
             if score > best:
                 best, best_epoch, since_best = score, epoch + 1, 0
                 best_weights = [v.numpy() for v in variables]
@@ -615,26 +634,34 @@ class Trainer:
                 done += 1
                 step = int(self.global_step)
                 rate = done * self.global_batch / (time.perf_counter() - started)
-                if step % runtime.log_every == 0:
-                    tf.summary.scalar(f"loss/stage{stage}", loss, step=step)
+                # Every log_every steps and at an epoch's end (an epoch may be shorter).
+                if step % runtime.log_every == 0 or _ == self.steps_per_epoch - 1:
+                    self._scalar(f"loss/stage{stage}", loss, step)
                     if stage == 2:
                         for t, value in enumerate(per_step.numpy()):
-                            tf.summary.scalar(f"loss_per_decoding_step/t{t + 1}", value, step=step)
-                    tf.summary.scalar(f"learning_rate/stage{stage}",
-                                      _current_learning_rate(self.optimizers[stage]), step=step)
-                    tf.summary.scalar("examples_per_second", rate, step=step)
-                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}")
+                            self._scalar(f"loss_per_decoding_step/t{t + 1}", value, step)
+                    self._scalar(f"learning_rate/stage{stage}",
+                                 _current_learning_rate(self.optimizers[stage]), step)
+                    self._scalar("examples_per_second", rate, step)
+                # Not refreshed here: `update` redraws at tqdm's own pace (0.1 s), not every step.
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}", refresh=False)
                 bar.update(1)
                 if step % runtime.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=step)
             bar.close()
+
+    def _scalar(self, tag: str, value, step: int) -> None:
+        """A TensorBoard point, unless a stopped run already logged this tag at `step`
+        or later (its rerun replays the steps after its last checkpoint)."""
+        if step > self._logged.get(tag, 0):
+            tf.summary.scalar(tag, value, step=step)
 
     def _validate(self, stage: int):
         metrics = self.validate_fn(self.model, stage)
         step = int(self.global_step)
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
-                tf.summary.scalar(f"validation_stage{stage}/{name}", value, step=step)
+                self._scalar(f"validation_stage{stage}/{name}", value, step)
         print(f"[train] validation after stage {stage} epoch {int(self.epoch)}: "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)),
               file=sys.stderr)
