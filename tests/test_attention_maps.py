@@ -61,6 +61,20 @@ def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
     assert far[2] - far[0] > 10
 
 
+@pytest.mark.parametrize("height, width, picture_height", [
+    (3000, 20, 2 * (PANEL_PIXELS - 12)), (40, 3000, (PANEL_PIXELS - 12) // 4)],
+    ids=["tall", "wide"])
+def test_a_strip_is_drawn_within_bounds_the_eye_can_read(tmp_path, height, width, picture_height):
+    # Drawn in its own proportions, the tall strip made a PNG 36,501 pixels high and the
+    # wide one a picture 3 pixels high.
+    path = draw_attention(gray_image(height, width), np.full((1, 7, 7), 1 / 49, np.float32),
+                          ["x"], [0.7], str(tmp_path / "strip.png"))
+    with Image.open(path) as opened:
+        size = opened.size
+    assert size == figure_pixels(1, height, width)
+    assert size[1] == figure_pixels(1, 1, 1)[1] - (PANEL_PIXELS - 12) + picture_height
+
+
 def test_draw_attention_checks_its_inputs(tmp_path):
     with pytest.raises(ValueError, match="2 steps but 1 label names and 2 probabilities"):
         draw_attention(gray_image(), np.ones((2, 7, 7)), ["a"], [0.1, 0.2], str(tmp_path / "x.png"))

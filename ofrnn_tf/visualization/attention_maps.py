@@ -30,6 +30,7 @@ from ofrnn_tf.features.images import decode_rgb
 DPI = 100
 PANEL_PIXELS = 256  # width of one panel (the image and each step)
 _MARGIN = 6  # pixels inside each panel cell, around the picture
+_PICTURE_RATIO = (0.25, 2.0)  # the height/width a picture is drawn at, at least and at most
 _STEP_TITLE_PIXELS = 26
 _TITLE_LINE_PIXELS = 20
 
@@ -53,10 +54,18 @@ def upsample(attention_map: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(source.resize((width, height), Image.Resampling.BILINEAR), np.float32)
 
 
+def _picture_height(picture_width: int, image_height: int, image_width: int) -> int:
+    """The height of each panel's picture: the image's own proportions between a quarter
+    and twice its width. A strip beyond them is stretched, as the backbone's square input
+    stretches every image; kept, it drew 3 pixels high or tens of thousands high."""
+    ratio = min(max(image_height / image_width, _PICTURE_RATIO[0]), _PICTURE_RATIO[1])
+    return round(picture_width * ratio)
+
+
 def figure_pixels(num_steps: int, image_height: int, image_width: int,
                   title_lines: int = 0, panel_pixels: int = PANEL_PIXELS) -> tuple[int, int]:
     """`(width, height)` in pixels of the PNG `draw_attention` writes."""
-    picture_height = round((panel_pixels - 2 * _MARGIN) * image_height / image_width)
+    picture_height = _picture_height(panel_pixels - 2 * _MARGIN, image_height, image_width)
     height = (title_lines * _TITLE_LINE_PIXELS + (_MARGIN if title_lines else 0)
               + _STEP_TITLE_PIXELS + picture_height + 2 * _MARGIN)
     return (num_steps + 1) * panel_pixels, height
@@ -103,7 +112,7 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
     height_px, width_px = rgb.shape[:2]
     fig_w, fig_h = figure_pixels(steps, height_px, width_px, len(lines), panel_pixels)
     picture_w = panel_pixels - 2 * _MARGIN
-    picture_h = round(picture_w * height_px / width_px)
+    picture_h = _picture_height(picture_w, height_px, width_px)
 
     figure = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(figure)
