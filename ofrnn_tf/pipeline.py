@@ -107,29 +107,153 @@ def load_data(config: ExperimentConfig) -> Data:
 
 
 # -- features -------------------------------------------------------------------------
+class RunDataChangedError(IncompatibleRunError):
+    """A rerun on an existing run folder reads other data (images, labels, class names)
+    than the run was trained on."""
+
+
+@dataclasses.dataclass
+class CacheKey:
+    """What a feature cache is known by: its folder name, content fingerprint and what the
+    fingerprint was made of (`cache.describe_inputs`; None for a format-1 cache a run
+    resumes with)."""
+
+    name: str
+    fingerprint: str
+    inputs: Optional[dict]
+
+
+def feature_cache_key(config: ExperimentConfig, data: Data) -> CacheKey:
+    """The `CacheKey` of the feature cache of `config` on `data` (no image is read).
+
+    The user's data are known by their files' sizes as well (cache format 2);
+    the embedded benchmark, whose images its build settings determine, by image ids and
+    labels only (see `ofrnn_tf.features.cache`)."""
+    features = config.features
+    inputs = cache.describe_inputs(data.splits, data.label_map,
+                                   file_stats=config.data.dataset != "fashion_canvases")
+    fingerprint = cache.fingerprint_of(inputs, features.backbone, features.layer)
+    name = cache.cache_name(config.data.dataset, features.backbone, features.layer, fingerprint)
+    return CacheKey(name, fingerprint, inputs)
+
+
 def feature_cache_name(config: ExperimentConfig, data: Data) -> tuple[str, str]:
     """`(folder name, content fingerprint)` of the feature cache of `config` on `data`."""
-    features = config.features
-    fingerprint = cache.content_fingerprint(data.splits, data.label_map, features.backbone,
-                                            features.layer)
-    name = cache.cache_name(config.data.dataset, features.backbone, features.layer, fingerprint)
-    return name, fingerprint
+    key = feature_cache_key(config, data)
+    return key.name, key.fingerprint
 
 
-def prepare_features(config: ExperimentConfig, data: Data) -> tuple[str, RunFacts]:
+def _label_change(before: tuple, now: tuple) -> str:
+    added = [n for n in now if n not in before]
+    removed = [n for n in before if n not in now]
+    parts = [f"{len(before)} classes in the run, {len(now)} now"]
+    if added:
+        parts.append(f"added {added[:10]}{' ...' if len(added) > 10 else ''}")
+    if removed:
+        parts.append(f"removed {removed[:10]}{' ...' if len(removed) > 10 else ''}")
+    if not added and not removed:
+        parts.append("the same names in another order")
+    return f"class names: {', '.join(parts)}"
+
+
+def _split_changes(inputs: dict, meta: Optional[dict]) -> list[str]:
+    """How each split of `inputs` differs from what the cache of `meta` was built from."""
+    then_inputs = (meta or {}).get(cache.INPUTS_KEY)
+    changes = []
+    for split, now in inputs["splits"].items():
+        count = now["examples"]
+        if then_inputs and split in then_inputs.get("splits", {}):
+            then = then_inputs["splits"][split]
+            if then["examples"] != count:
+                changes.append(f"{split}: {count} images now, {then['examples']} then")
+            elif then["ids_labels"] != now["ids_labels"]:
+                changes.append(f"{split}: other image ids or labels (as many images, {count})")
+            elif then.get("files") != now["files"]:
+                changes.append(
+                    f"{split}: the same {count} image ids and labels, but image files that "
+                    f"differ in size (edited, re-encoded or replaced since)")
+        elif meta and split in meta.get("splits", {}):
+            info = meta["splits"][split]
+            then_count = int(info["num_examples"]) + len(info.get("skipped", []))
+            if then_count != count:
+                changes.append(f"{split}: {count} images now, {then_count} then")
+    return changes
+
+
+def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
+                       run_dir: RunDir) -> CacheKey:
+    """The cache key of a rerun on the existing run `run_dir`, checked before any feature
+    extraction: the data must be those the run was trained on, and its feature cache
+    under this ``--runtime.cache_dir``.
+
+    Raises:
+        RunDataChangedError: other class names, or other images or labels in a split
+            (each named, with its counts now and when the run's features were extracted).
+        FeatureCacheNotFoundError: the run's cache is not under ``--runtime.cache_dir``
+            (the check of eval mode, `locate_features`): it is not extracted elsewhere.
+    """
+    _, facts = run_dir.load()
+    source = config.data.manifest or config.data.data_dir
+    refuse = (f"{run_dir.run_file}: the data{f' at {source}' if source else ''} differ from "
+              f"those the run was trained on, refused before any feature extraction")
+    remedy = ("Resume on the data the run was trained with, or start a new run (another "
+              "--workdir) on these.")
+    if tuple(data.label_map.names) != tuple(facts.label_names):
+        raise RunDataChangedError(
+            f"{refuse}: {_label_change(tuple(facts.label_names), data.label_map.names)}. "
+            f"{remedy}")
+    if key.fingerprint != facts.features_fingerprint:
+        features = config.features
+        old = cache.fingerprint_of(key.inputs, features.backbone, features.layer, cache_format=1)
+        if old != facts.features_fingerprint:
+            directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
+            try:
+                meta = tfrecords.read_meta(directory)
+            except (FileNotFoundError, ValueError):
+                meta = None
+            changes = _split_changes(key.inputs, meta)
+            if not changes and meta is None:
+                changes = [f"the images or labels of a split (the run's feature cache "
+                           f"{directory}, not under this --runtime.cache_dir, would say which)"]
+            elif not changes:
+                changes = ["other image ids or labels in a split (as many images in each; "
+                           "the run's cache predates the records that would say which)"]
+            raise RunDataChangedError(f"{refuse}: {'; '.join(changes)}. {remedy}")
+        # Trained on a format-1 cache (an earlier version): the same ids and labels.
+        locate_features(config, facts)
+        log(f"{run_dir.path}: its feature cache was built before the cache fingerprint "
+            f"covered the image files, so a change to an image file since then goes unseen "
+            f"for this run")
+        return CacheKey(facts.features_name, facts.features_fingerprint, None)
+    locate_features(config, facts)
+    return key
+
+
+def prepare_features(config: ExperimentConfig, data: Data,
+                     resumed: Optional[RunDir] = None) -> tuple[str, RunFacts]:
     """Extracts (or finds) the run's feature cache; returns it and the run's facts.
+
+    With `resumed`, an existing run folder this run goes on with, the data and the
+    run's cache are checked first (`check_resumed_data`); a new run refuses a cache of
+    the same data in an earlier format (`cache.check_cache_format`).
 
     Raises `SplitTooSmallError` when the images that could be decoded leave a split too
     small for the run (`check_extracted_sizes`): the cache stays, training does not start.
     """
     features = config.features
-    name, fingerprint = feature_cache_name(config, data)
+    key = feature_cache_key(config, data)
+    if resumed is not None:
+        key = check_resumed_data(config, data, key, resumed)
+    else:
+        cache.check_cache_format(config.runtime.cache_dir, config.data.dataset,
+                                 features.backbone, features.layer, key.inputs)
+    name, fingerprint = key.name, key.fingerprint
     layer = describe_backbone(features.backbone, features.layer)["feature_layer"]
     directory = cache.features_dir(config.runtime.cache_dir, name)
     meta = cache.ensure_features(data.splits, data.label_map, directory, features.backbone,
                                  features.layer, fingerprint,
                                  batch_size=features.extract_batch_size,
-                                 num_shards=features.num_shards)
+                                 num_shards=features.num_shards, inputs=key.inputs)
     extracted = {split: meta["splits"][split] for split in data.splits}
     check_extracted_sizes({s: int(e["num_examples"]) for s, e in extracted.items()},
                           {s: len(e["skipped"]) for s, e in extracted.items()},
@@ -224,9 +348,15 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
     their attention pictures; returns the copied paths."""
     chosen = [e for e in data.splits["test"] if isinstance(e.image, str)][:num]
     os.makedirs(run_dir.examples_dir, exist_ok=True)
+    # Prefixed with the index (as the attention pictures are): test images of the same
+    # file name in different folders (class/000.jpg) stay apart.
+    targets = [os.path.join(run_dir.examples_dir, f"{i:03d}_{os.path.basename(e.image)}")
+               for i, e in enumerate(chosen)]
+    for stale in set(run_dir.example_images()) - set(targets):  # an earlier call's copies
+        if os.path.isfile(stale):
+            os.remove(stale)
     copies, truth = [], {}
-    for example in chosen:
-        target = os.path.join(run_dir.examples_dir, os.path.basename(example.image))
+    for example, target in zip(chosen, targets):
         shutil.copyfile(example.image, target)
         copies.append(target)
         truth[target] = data.label_map.names_of(example.label_ids)
@@ -310,9 +440,10 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     and evaluates a finished one (``mode="eval"``); returns the test metrics.
 
     An existing run folder is checked against `config` before any data work
-    (`IncompatibleRunError`). ``mode="eval"`` writes nothing of the run's settings: a
-    ``--decoding.beam_size`` other than the run's adds a τ for that width to
-    calibration.json and writes ``metrics_test_k<K>.json`` beside ``metrics_test.json``.
+    (`IncompatibleRunError`), and in train mode against its data and feature cache before
+    any feature extraction (`check_resumed_data`). ``mode="eval"`` writes nothing of the
+    run's settings: a ``--decoding.beam_size`` other than the run's adds a τ for that width
+    to calibration.json and writes ``metrics_test_k<K>.json`` beside ``metrics_test.json``.
     It refuses a run that stopped before its last stage was validated
     (`UnfinishedRunError`) and records where an unfinished one stopped.
     """
@@ -323,7 +454,8 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     data, unfinished = None, None
     if mode == "eval":
         run_dir.require()
-    if run_dir.exists():
+    resuming = run_dir.exists()
+    if resuming:
         run_dir.check_config(config)
         check_finished_stages(run_dir, config, mode)
     if mode == "train":
@@ -332,7 +464,8 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
         with timer("data"):
             data = load_data(config)
         with timer("features"):
-            features_dir, facts = prepare_features(config, data)
+            features_dir, facts = prepare_features(config, data,
+                                                   run_dir if resuming else None)
         if is_chief(strategy):  # workers sharing a run folder must not race on its files
             run_dir.save(config, facts)
         with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
@@ -370,5 +503,8 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
                        columns=[c for c in RESULT_COLUMNS if c in shown]))
     run_dir.save_timing(mode, timer.rounded())
     metrics_file = run_dir.metrics_file("test", config.decoding.beam_size)
-    log(f"test metrics written to {metrics_file}; time: {timer.summary()}")
+    log(f"test metrics written to {metrics_file}"
+        + (f"; attention pictures in {run_dir.attention_dir}"
+           if data is not None and os.path.isdir(run_dir.attention_dir) else "")
+        + f"; curves: tensorboard --logdir {run_dir.tensorboard_dir}; time: {timer.summary()}")
     return metrics

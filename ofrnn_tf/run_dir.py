@@ -14,7 +14,7 @@ relative names, so it can be moved or copied to another machine:
 ``calibration.json``        τ chosen on validation, per beam width K
 ``metrics_<split>.json``    metrics of an evaluation at the run's beam width K;
                             ``metrics_<split>_k<K>.json`` at another K (``--mode=eval``)
-``timing_<mode>.json``      how long each part of a run took
+``timing_<mode>.json``      time of each part of a run (training: summed over reruns)
 ``tensorboard/``            training curves
 ``attention/``              attention pictures of test images (paper Fig. 3)
 ``examples/``               those test images (export warm-up, demos)
@@ -310,6 +310,13 @@ class RunDir:
         return read_json(self.metrics_file(split, beam_size))
 
     def save_timing(self, mode: str, parts: dict) -> str:
+        """Writes how long each part of this command took. Training's parts add to those
+        of the earlier commands in the folder (a run resumed, or given more epochs, took
+        all of their training time); an evaluation's replace the last one's."""
+        if mode == "train" and os.path.exists(self.timing_file(mode)):
+            earlier = read_json(self.timing_file(mode))
+            parts = {**earlier, **{part: round(earlier.get(part, 0.0) + seconds, 1)
+                                   for part, seconds in parts.items()}}
         return write_json(self.timing_file(mode), parts)
 
     def save_best_info(self, info: dict) -> str:

@@ -313,7 +313,8 @@ def test_manifest_whose_images_all_miss_is_refused_naming_the_first(tmp_path, ca
     first = os.path.join(str(tmp_path / "data" / "lists"), "img", "1.jpg")
     with pytest.raises(FileNotFoundError,
                        match=rf"{manifest}: none of the 2 labelled images exists \(first: "
-                             rf"{first}\); relative paths are read from the manifest's folder"):
+                             rf"{first}, line 2\); relative paths are read from the manifest's "
+                             rf"folder"):
         load_manifest(str(manifest))
     examples, _, stats = load_manifest(str(manifest), check_files=False)
     assert len(examples) == 2

@@ -112,8 +112,11 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "export.py: {tmp} is not a run folder (run.json missing)"),
     (["export.py", "--workdir={tmp}", "--export_dir={tmp}/image.png"],
      "export.py: --export_dir={tmp}/image.png is a file, not a folder"),
+    (["-c", "import sys; from ofrnn_tf.cli.extract import run; sys.argv[0] = 'ofrnn-extract'; "
+            "run()", "--config=manifest", "--data.data_dir={tmp}/own"],
+     "ofrnn-extract: no manifest for split 'train': none of ['{tmp}/own/train.csv'"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
-        "export_into_a_file"])
+        "export_into_a_file", "extract_without_its_data"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")
     argv = [arg.format(tmp=tmp_path) for arg in argv]

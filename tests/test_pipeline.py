@@ -299,7 +299,8 @@ def corrupt_copy(trained, tmp_path, monkeypatch):
     config = config.replace(runtime={"cache_dir": str(cache_dir)})
     copy_dir = cache.features_dir(str(cache_dir), FEATURES_NAME)
     monkeypatch.setattr(pipeline, "load_data", lambda config: None)
-    monkeypatch.setattr(pipeline, "prepare_features", lambda config, data: (copy_dir, FACTS))
+    monkeypatch.setattr(pipeline, "prepare_features",
+                        lambda config, data, resumed=None: (copy_dir, FACTS))
     return config, copy_dir
 
 
@@ -339,7 +340,8 @@ def cached_features(trained, monkeypatch):
     """Train mode through `pipeline.run` on the hand-written cache (no data work)."""
     features_dir = trained[2]
     monkeypatch.setattr(pipeline, "load_data", lambda config: None)
-    monkeypatch.setattr(pipeline, "prepare_features", lambda config, data: (features_dir, FACTS))
+    monkeypatch.setattr(pipeline, "prepare_features",
+                        lambda config, data, resumed=None: (features_dir, FACTS))
 
 
 def test_tau_of_another_width_goes_once_training_changes_the_best_weights(

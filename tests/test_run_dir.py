@@ -60,3 +60,16 @@ def test_moved_run_evaluates_exports_and_resumes(tiny_export_run, tmp_path):
                         f"--runtime.cache_dir={cache}"], cwd=elsewhere)
     assert "resuming from" in done.stderr and "stage 2 epoch 2/2" in done.stderr
     assert "stage 1 epoch" not in done.stderr.split("resuming from")[1]
+
+
+def test_training_time_adds_up_over_reruns_and_evaluation_time_is_the_last(tmp_path):
+    # A resumed run took the training time of all its commands (paper_table's "train s").
+    run_dir = RunDir(str(tmp_path))
+    run_dir.save_timing("train", {"data": 2.0, "training": 100.0})
+    run_dir.save_timing("train", {"data": 0.5, "training": 40.2, "evaluation": 3.0})
+    with open(run_dir.timing_file("train")) as f:
+        assert json.load(f) == {"data": 2.5, "training": 140.2, "evaluation": 3.0}
+    run_dir.save_timing("eval", {"evaluation": 5.0})
+    run_dir.save_timing("eval", {"evaluation": 4.0})
+    with open(run_dir.timing_file("eval")) as f:
+        assert json.load(f) == {"evaluation": 4.0}

@@ -73,3 +73,18 @@ def trained_run(workdir: str):
     except FileNotFoundError as error:
         raise app.UsageError(str(error)) from None
     return run_dir
+
+
+def input_errors() -> tuple[type, ...]:
+    """The errors that are the input's fault (the data's files, the flags' split sizes, a
+    feature cache or backbone weights they point at): a command says them in one line,
+    as usage errors; any other error keeps its traceback."""
+    # deferred: these modules import TensorFlow
+    from ofrnn_tf.data import DataFileError, DataNotFoundError
+    from ofrnn_tf.data.splits import SplitTooSmallError
+    from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavailableError
+    from ofrnn_tf.features.cache import (
+        FeatureCacheFormatError, FeatureCacheMismatchError, FeatureCacheNotFoundError)
+
+    return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
+            FeatureCacheMismatchError, FeatureCacheFormatError, BackboneWeightsUnavailableError)

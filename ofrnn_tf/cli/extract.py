@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from ofrnn_tf.cli import runner, usable_config
+from ofrnn_tf.cli import input_errors, runner, usable_config
 from ofrnn_tf.config.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -43,7 +43,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = checked_config()
-    # TensorFlow takes seconds to import; --help does without it.
+    # TensorFlow takes seconds to import (in `_extract`); --help does without it.
+    try:
+        return _extract(config)
+    except input_errors() as error:
+        raise app.UsageError(str(error)) from None  # the input, not the code, is at fault
+
+
+def _extract(config) -> int:
     from ofrnn_tf import pipeline
     from ofrnn_tf.features import cache
     from ofrnn_tf.features.backbones import get_backbone

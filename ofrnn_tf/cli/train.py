@@ -20,7 +20,7 @@ and ``metrics_test.json`` as they were; other decoding settings are refused ther
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import runner, usable_config
+from ofrnn_tf.cli import input_errors, runner, usable_config
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
     CONFIG_FLAG, config_from_flags, define_config_flags, describe, overrides_from_flags)
@@ -65,12 +65,9 @@ def main(argv):
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
-    from ofrnn_tf.data import DataNotFoundError
-    from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.run_dir import IncompatibleRunError
 
-    refused = (IncompatibleRunError, pipeline.UnfinishedRunError, SplitTooSmallError,
-               DataNotFoundError)
+    refused = input_errors() + (IncompatibleRunError, pipeline.UnfinishedRunError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:

@@ -99,6 +99,11 @@ class DataConfig:
         if self.manifest and self.dataset != "manifest":
             raise ValueError(f"--data.manifest={self.manifest} is read only with "
                              f"--data.dataset=manifest, not {self.dataset}: add --config=manifest")
+        if self.manifest and self.data_dir:
+            raise ValueError(f"--data.manifest={self.manifest} and --data.data_dir="
+                             f"{self.data_dir} both name the data, and a manifest file is read "
+                             f"alone (data_dir would be ignored): give one of them (clear the "
+                             f"other with --data.data_dir= or --data.manifest=)")
         if self.data_dir and self.dataset == "fashion_canvases":
             raise ValueError(f"--data.data_dir={self.data_dir} is not read by the embedded "
                              f"benchmark (--data.dataset=fashion_canvases, built under "

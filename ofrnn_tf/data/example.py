@@ -43,7 +43,19 @@ class LoadStats:
     images: int = 0
     dropped_unlabeled: int = 0
     dropped_missing: int = 0
+    # The first image dropped as missing: its path and where the data file lists it
+    # ("line 7", "image id 42"), so that the user can find the row.
+    first_missing: Optional[str] = None
+
+    def missing(self, path: str, where: str = "") -> None:
+        """Counts a listed image whose file does not exist (naming the first)."""
+        self.dropped_missing += 1
+        if self.first_missing is None:
+            self.first_missing = f"{path}, {where}" if where else path
 
     def __str__(self) -> str:
-        return (f"{self.images} images kept, {self.dropped_unlabeled} dropped with no "
+        text = (f"{self.images} images kept, {self.dropped_unlabeled} dropped with no "
                 f"label, {self.dropped_missing} dropped with a missing file")
+        if self.dropped_missing and self.first_missing:
+            text += f" (first: {self.first_missing})"
+        return text

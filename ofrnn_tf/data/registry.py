@@ -22,7 +22,7 @@ missing; default True).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
@@ -34,6 +34,18 @@ from ofrnn_tf.labels import LabelMap
 
 DATASETS = ("fashion_canvases", "coco", "nuswide", "manifest")
 _COCO_SPLITS = {"train": "train2014", "val": "val2014", "test": "val2014"}
+MANIFEST_EXTENSIONS = ("csv", "jsonl", "json")
+
+
+def manifest_candidates(data_dir: str, split: str) -> list[str]:
+    """The files a manifest folder may hold `split` in, in the order they are looked for."""
+    return [os.path.join(data_dir, f"{split}.{ext}") for ext in MANIFEST_EXTENSIONS]
+
+
+def manifest_file(data_dir: str, split: str) -> Optional[str]:
+    """The manifest of `split` in the folder `data_dir`, or None when it has none."""
+    found = [c for c in manifest_candidates(data_dir, split) if os.path.exists(c)]
+    return found[0] if found else None
 
 
 def load_split(dataset: str, split: str, **paths: Any
@@ -84,13 +96,10 @@ def load_split(dataset: str, split: str, **paths: Any
     if dataset == "manifest":
         if manifest is None:
             _need(dataset, data_dir=data_dir)
-            candidates = [os.path.join(data_dir, f"{split}.{ext}")
-                          for ext in ("csv", "jsonl", "json")]
-            found = [c for c in candidates if os.path.exists(c)]
-            if not found:
+            manifest = manifest_file(data_dir, split)
+            if manifest is None:
                 raise DataNotFoundError(f"no manifest for split {split!r}: none of "
-                                        f"{candidates} exists")
-            manifest = found[0]
+                                        f"{manifest_candidates(data_dir, split)} exists")
         return load_manifest(manifest, label_map, check_files=check_files)
 
     raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
@@ -99,4 +108,7 @@ def load_split(dataset: str, split: str, **paths: Any
 def _need(dataset: str, **values: Any) -> None:
     for name, value in values.items():
         if not value:
-            raise ValueError(f"dataset {dataset!r} needs {name}")
+            flag = " (--data.data_dir: the folder of its files" if name == "data_dir" else ""
+            if flag:
+                flag += ", or --data.manifest=FILE)" if dataset == "manifest" else ")"
+            raise DataNotFoundError(f"dataset {dataset!r} needs {name}{flag}")

@@ -14,8 +14,9 @@ import os
 import sys
 from typing import Callable
 
+from ofrnn_tf.data import DataFileError
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.data.registry import load_split
+from ofrnn_tf.data.registry import load_split, manifest_file
 from ofrnn_tf.labels import LabelMap
 
 SPLITS = ("train", "val", "test")
@@ -61,6 +62,7 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
                 f"train; use a value below 0.5 (the default is 0.05)")
         examples, label_map, stats = load_split(dataset, "train", **paths)
         _log(f"manifest {paths['manifest']}: {stats}")
+        check_distinct_images({f"the manifest {paths['manifest']}": examples})
         rest, test = hold_out(examples, val_fraction, salt="test:")
         train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))
         _log(f"one manifest file: {len(val)} images held out for validation and "
@@ -72,19 +74,66 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
     for split in ("train", "test", "val"):
         if split == "val" and dataset in HOLD_OUT_VAL:
             break
-        try:
-            examples, split_map, stats = load_split(dataset, split, label_map=label_map, **paths)
-        except FileNotFoundError:
-            if split != "val":  # a manifest folder may have no val file
-                raise
-            break
+        val_file = None
+        if split == "val" and dataset == "manifest":
+            val_file = manifest_file(paths["data_dir"], "val") if paths.get("data_dir") else None
+            if val_file is None:  # a manifest folder may have no val file
+                break
+        examples, split_map, stats = load_split(dataset, split, label_map=label_map, **paths)
         label_map = label_map or split_map
         _log(f"{dataset} {split}: {stats}")
+        if val_file is not None and not examples:
+            raise SplitTooSmallError(
+                f"{val_file}: no labelled image, so the validation split is empty: list "
+                f"validation images in it, or remove the file to hold out "
+                f"--data.val_fraction of train instead")
         splits[split] = examples
+    check_distinct_images(splits)
     if "val" not in splits:
         splits["train"], splits["val"] = hold_out(splits["train"], val_fraction)
         _log(f"held out {len(splits['val'])} training images as the validation split")
     return {split: splits[split] for split in SPLITS}, label_map
+
+
+def _real_path_of(directories: dict[str, str], path: str) -> str:
+    """`os.path.realpath(path)`, resolving each folder once (one ``lstat`` per file)."""
+    absolute = os.path.abspath(path)
+    if os.path.islink(absolute):
+        return os.path.normcase(os.path.realpath(absolute))
+    folder, name = os.path.split(absolute)
+    if folder not in directories:
+        directories[folder] = os.path.realpath(folder)
+    return os.path.normcase(os.path.join(directories[folder], name))
+
+
+def check_distinct_images(splits: dict[str, list[Example]]) -> None:
+    """Refuses an image file (its resolved real path: ``./img/a.jpg`` and ``img/a.jpg``,
+    a symbolic link and its target) listed twice, in one split or in two: test metrics
+    would be computed on training images, a validation image would pick τ on itself.
+
+    Raises:
+        DataFileError: naming the file, the split(s) and how each lists it.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    directories: dict[str, str] = {}
+    for split, examples in splits.items():
+        for example in examples:
+            if not isinstance(example.image, str):
+                continue
+            real = _real_path_of(directories, example.image)
+            if real not in first:
+                first[real] = (split, example.image_id)
+                continue
+            other_split, other_id = first[real]
+            if other_split == split:
+                where, why = f"twice in {split}", ""
+            else:
+                where = f"in {other_split} and in {split}"
+                why = " (its scores would be measured on an image the run saw elsewhere)"
+            raise DataFileError(
+                f"the image {real} is listed {where} (as {other_id!r} and "
+                f"{example.image_id!r}): each image may be in one split only, once{why}; "
+                f"remove one of the two")
 
 
 def check_split_sizes(splits: dict[str, list[Example]], batch_size: int) -> None:
@@ -117,8 +166,9 @@ def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batc
         return (f"{skipped[split]} of its {written[split] + skipped[split]} image(s) could "
                 f"not be decoded and were skipped (listed under 'skipped' in {meta_file})")
 
-    # The cache is known by image ids, not file contents: a file fixed in place is
-    # extracted again only once the cache is gone.
+    # The fingerprint of own data covers each file's size, so a replaced image
+    # gives another cache anyway (deleting the old one frees its space); the benchmark's
+    # is known by image ids and labels alone (see ofrnn_tf.features.cache).
     remedy = (f"remove those images from the data, or replace them and delete "
               f"{os.path.dirname(meta_file)} so that they are extracted again")
     if written["train"] < batch_size:

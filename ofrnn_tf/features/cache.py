@@ -4,14 +4,26 @@ A run's frozen-CNN features are cached as sharded TFRecords (`ofrnn_tf.features.
 tfrecords`) under ``<cache_dir>/features/<name>``, where the name says what the cache
 holds (data set, backbone, layer) and ends with the first characters of its **content
 fingerprint**: a hash of the backbone, its feature layer and input size, the label map,
-and every split's image ids, label ids and object areas in order. The run folder
-records the fingerprint, not a path, so a run moved to another machine (or another
+every split's image ids, label ids and object areas in order and, for the user's own
+data (cache format 2), every image file's size (``os.stat``: no image is read; a file's
+time would not survive a plain copy of the data to another machine, its size does, and
+an image edited or re-encoded in place rarely keeps its size). The run folder records
+the fingerprint, not a path, so a run moved to another machine (or another
 ``--runtime.cache_dir``) finds its features again and refuses a cache that holds
 anything else.
+``meta.json`` keeps, under ``inputs``, what the fingerprint was made of per split (image
+count and digests), so that a changed data set can be named split by split.
+
+The embedded benchmark's images are a function of its build settings, rebuilt
+identically under any ``--runtime.cache_dir``: its fingerprint covers ids, labels and
+areas only (format 1, that of caches built before format 2). Format-1 caches of own data
+built by earlier versions cannot be checked against the files: a new run refuses them
+naming the change (`FeatureCacheFormatError`); runs trained on one keep using it.
 
 The fingerprint does not cover the image bytes (hashing every image would cost a pass
-over the data on each run), so an image skipped as undecodable stays skipped after it
-is repaired: a cache hit re-checks the skipped images and names those that now decode,
+over the data on each run). A repaired image of own data (another size) gives another
+cache; a benchmark image, or a file rewritten with the same size, keeps its entry, so an image skipped there as undecodable stays skipped once it is
+repaired: a cache hit re-checks the skipped images and names those that now decode,
 with the shard to delete so that the next run extracts them.
 """
 
@@ -34,10 +46,22 @@ from ofrnn_tf.labels import LabelMap
 
 FEATURES_SUBDIR = "features"
 FINGERPRINT_KEY = "content_fingerprint"
+INPUTS_KEY = "inputs"
+# 1: image ids, labels and areas; 2: also each image file's size.
+CACHE_FORMAT = 2
 
 
 class FeatureCacheMismatchError(ValueError):
     """A feature cache does not hold what a run was trained on."""
+
+
+class FeatureCacheNotFoundError(FileNotFoundError):
+    """The feature cache a run was trained on is not under this ``--runtime.cache_dir``."""
+
+
+class FeatureCacheFormatError(ValueError):
+    """A cache of these image ids and labels was built by an earlier version whose
+    fingerprint does not cover the image files: it cannot be checked against them."""
 
 
 def _split_digest(examples: Sequence[Example]) -> str:
@@ -50,14 +74,62 @@ def _split_digest(examples: Sequence[Example]) -> str:
     return digest.hexdigest()
 
 
-def content_fingerprint(splits: Mapping[str, Sequence[Example]], label_map: LabelMap,
-                        backbone: str, feature_layer: str) -> str:
-    """The hash a cache of these examples' features is known by (see the module docstring)."""
+def _file_record(image) -> list:
+    """``[size]`` of an image file (None when it cannot be read), or ``[length,
+    sha256]`` of encoded image bytes."""
+    if isinstance(image, bytes):
+        return [len(image), hashlib.sha256(image).hexdigest()]
+    try:
+        stat = os.stat(image)
+    except OSError:
+        return [None]
+    return [stat.st_size]
+
+
+def _files_digest(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(_file_record(example.image)).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def describe_inputs(splits: Mapping[str, Sequence[Example]], label_map: LabelMap, *,
+                    file_stats: bool = True) -> dict:
+    """What a cache's fingerprint is made of, per split (kept in meta.json under
+    ``inputs``): ``{"format", "labels", "splits": {split: {"examples", "ids_labels",
+    "files"}}}``; ``files`` (format 2) is None with `file_stats` False (format 1)."""
+    return {"format": CACHE_FORMAT if file_stats else 1,
+            "labels": list(label_map.names),
+            "splits": {split: {"examples": len(examples),
+                               "ids_labels": _split_digest(examples),
+                               "files": _files_digest(examples) if file_stats else None}
+                       for split, examples in sorted(splits.items())}}
+
+
+def fingerprint_of(inputs: dict, backbone: str, feature_layer: str,
+                   cache_format: int | None = None) -> str:
+    """The content fingerprint of `describe_inputs` for a backbone and layer, in
+    `cache_format` (default: the inputs' own; 1 gives what a format-1 cache of the same
+    ids and labels was named by)."""
+    cache_format = inputs["format"] if cache_format is None else cache_format
+    splits = inputs["splits"]
     record = {"backbone": describe_backbone(backbone, feature_layer),
-              "labels": list(label_map.names),
-              "splits": {split: _split_digest(examples) for split, examples in sorted(splits.items())},
+              "labels": list(inputs["labels"]),
+              "splits": {split: splits[split]["ids_labels"] for split in sorted(splits)},
               "dtype": tfrecords.FEATURE_DTYPE}
+    if cache_format >= 2:
+        record["format"] = cache_format
+        record["files"] = {split: splits[split]["files"] for split in sorted(splits)}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def content_fingerprint(splits: Mapping[str, Sequence[Example]], label_map: LabelMap,
+                        backbone: str, feature_layer: str, *, file_stats: bool = True) -> str:
+    """The hash a cache of these examples' features is known by (see the module docstring);
+    without `file_stats`, that of format 1 (image ids, labels and areas only)."""
+    return fingerprint_of(describe_inputs(splits, label_map, file_stats=file_stats),
+                          backbone, feature_layer)
 
 
 def cache_name(dataset: str, backbone: str, feature_layer: str, fingerprint: str) -> str:
@@ -70,14 +142,21 @@ def features_dir(cache_dir: str, name: str) -> str:
 
 
 def check_fingerprint(directory: str, expected: str) -> dict:
-    """The cache's meta.json, once its fingerprint is checked to be `expected`."""
+    """The cache's meta.json, once its fingerprint is checked to be `expected`.
+
+    Raises:
+        FeatureCacheNotFoundError: no cache at `directory` (the run's features are under
+            another ``--runtime.cache_dir``, which run.json does not record).
+        FeatureCacheMismatchError: the cache there holds other features.
+    """
     try:
         meta = tfrecords.read_meta(directory)
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"no feature cache at {directory}: run training once with this "
-            f"--runtime.cache_dir (it extracts the features), or point "
-            f"--runtime.cache_dir at the cache the run was trained with") from None
+        raise FeatureCacheNotFoundError(
+            f"no feature cache at {directory}: point --runtime.cache_dir at the cache the "
+            f"run was trained with (run.json does not record it; the default is ./data), "
+            f"or, if that cache is gone, extract it again there with ofrnn-extract and the "
+            f"--config and --data.* flags the run was trained with") from None
     found = meta.get(FINGERPRINT_KEY)
     if found != expected:
         raise FeatureCacheMismatchError(
@@ -85,6 +164,36 @@ def check_fingerprint(directory: str, expected: str) -> dict:
             f"trained on {expected!r}: the data, backbone or layer differ. Rebuild the cache "
             f"(remove the folder and rerun training) or use the matching --runtime.cache_dir")
     return meta
+
+
+def check_cache_format(cache_dir: str, dataset: str, backbone: str, feature_layer: str,
+                       inputs: dict) -> None:
+    """Refuses (`FeatureCacheFormatError`) to build the cache of `inputs` (format 2) while a
+    format-1 cache of the same image ids and labels lies beside it: built by an earlier
+    version, it cannot be checked against the image files, so it is neither reused nor
+    silently built again."""
+    if inputs["format"] < 2:
+        return
+    fingerprint = fingerprint_of(inputs, backbone, feature_layer)
+    if os.path.exists(features_dir(cache_dir, cache_name(dataset, backbone, feature_layer,
+                                                         fingerprint))):
+        return
+    old = fingerprint_of(inputs, backbone, feature_layer, cache_format=1)
+    directory = features_dir(cache_dir, cache_name(dataset, backbone, feature_layer, old))
+    try:
+        found = tfrecords.read_meta(directory).get(FINGERPRINT_KEY)
+    except (FileNotFoundError, ValueError):
+        return
+    if found != old:
+        return
+    raise FeatureCacheFormatError(
+        f"{directory} holds features of these image ids and labels, built by an earlier "
+        f"version of ofrnn_tf: the feature cache format changed (the fingerprint now also "
+        f"covers each image file's size, which that cache did not "
+        f"record), so it cannot tell whether the images changed since it was built. To "
+        f"extract the features again, delete that folder and rerun; runs trained on it "
+        f"still evaluate and resume with it, so if you keep it for them, give this run "
+        f"another --runtime.cache_dir")
 
 
 def split_complete(directory: str, split: str) -> bool:
@@ -133,8 +242,10 @@ def _report_repaired_images(directory: str, split: str) -> None:
 
 def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, directory: str,
                     backbone_name: str, feature_layer: str, fingerprint: str, *,
-                    batch_size: int = 32, num_shards: int = 8) -> dict:
-    """Extracts every split whose shards are not all there; returns the cache's meta.json.
+                    batch_size: int = 32, num_shards: int = 8,
+                    inputs: dict | None = None) -> dict:
+    """Extracts every split whose shards are not all there; returns the cache's meta.json
+    (with `inputs`, the `describe_inputs` of `fingerprint`, when given).
 
     A cache folder that already carries another fingerprint is refused.
     """
@@ -153,8 +264,11 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
             backbone = get_backbone(backbone_name, feature_layer)
         summary = extract_split(examples, label_map, backbone, directory, split,
                                 batch_size=batch_size, num_shards=num_shards)
-        print(f"[ofrnn_tf] features {split}: {summary}", file=sys.stderr)
-    return tfrecords.write_meta(directory, {FINGERPRINT_KEY: fingerprint})
+        print(f"[ofrnn_tf] features {summary}", file=sys.stderr)  # it starts with the split
+    record = {FINGERPRINT_KEY: fingerprint}
+    if inputs is not None:
+        record[INPUTS_KEY] = inputs
+    return tfrecords.write_meta(directory, record)
 
 
 def feature_shape(directory: str) -> tuple[int, int, int]:

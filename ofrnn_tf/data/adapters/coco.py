@@ -18,9 +18,9 @@ from typing import Any, Sequence
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
-from ofrnn_tf.data import DataNotFoundError
+from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
 from ofrnn_tf.data.example import Box, Example, LoadStats
-from ofrnn_tf.labels import LabelMap, reconcile
+from ofrnn_tf.labels import LabelMap, LabelMapMismatchError, reconcile
 
 
 def load_coco(annotation_file: str,
@@ -54,10 +54,12 @@ def load_coco(annotation_file: str,
 
     Raises:
         DataNotFoundError: the annotation file does not exist.
-        ValueError: the file is not valid COCO JSON, an annotation refers to an
-            unknown image or category, or a number (box, area, image size) is not a
-            finite number (the message names the annotation or image id).
-        LabelMapMismatchError: the categories differ from `label_map`.
+        DataFileError: the file is not valid COCO JSON, an annotation refers to an
+            unknown image or category, a number (box, area, image size) is not a
+            finite number, or two images have the same file (the message names the
+            annotation or image id).
+        DataLabelMapError: the categories differ from `label_map` (a
+            `LabelMapMismatchError`).
     """
     dataset = _read_json(annotation_file)
     _check_structure(dataset, annotation_file)
@@ -70,35 +72,45 @@ def load_coco(annotation_file: str,
     try:
         file_map = LabelMap([coco.cats[c]["name"] for c in cat_ids], source=annotation_file)
     except ValueError as e:
-        raise ValueError(f"{annotation_file}: categories: {e}") from None
-    label_map = reconcile(label_map, file_map)
+        raise DataFileError(f"{annotation_file}: categories: {e}") from None
+    try:
+        label_map = reconcile(label_map, file_map)
+    except LabelMapMismatchError as e:
+        raise DataLabelMapError(str(e)) from None
     label_of_cat = {c: i for i, c in enumerate(cat_ids)}
     _check_references(dataset, coco, annotation_file)
 
     stats = LoadStats()
     examples: list[Example] = []
     images = dataset.get("images", [])
+    image_of_file: dict[str, Any] = {}
     for img in tqdm(images, desc=f"coco {os.path.basename(annotation_file)}",
                     unit="img", disable=not progress or len(images) < 20000,
                     file=sys.stderr):
+        path = os.path.join(image_dir, img["file_name"])
+        file_key = os.path.normcase(os.path.normpath(path))
+        if file_key in image_of_file:
+            raise DataFileError(
+                f"{annotation_file}: image ids {image_of_file[file_key]!r} and {img['id']!r} "
+                f"have the same file {img['file_name']!r}: list each image once, with all "
+                f"of its annotations")
+        image_of_file[file_key] = img["id"]
         anns = coco.imgToAnns.get(img["id"], [])
         if not anns:
             stats.dropped_unlabeled += 1
             continue
-        path = os.path.join(image_dir, img["file_name"])
         if check_files and not os.path.exists(path):
-            stats.dropped_missing += 1
+            stats.missing(path, f"image id {img['id']!r}")
             continue
         examples.append(_example(img, anns, label_of_cat, path))
     stats.images = len(examples)
 
     if stats.dropped_unlabeled or stats.dropped_missing:
-        print(f"{annotation_file}: {stats} (of {len(images)} listed)", file=sys.stderr)
+        print(f"{annotation_file}: of {len(images)} listed, {stats}", file=sys.stderr)
     if images and not examples and stats.dropped_missing:
         raise DataNotFoundError(
             f"{annotation_file}: none of the {stats.dropped_missing} labelled images "
-            f"exists under image_dir {image_dir!r} (first: "
-            f"{os.path.join(image_dir, images[0]['file_name'])})")
+            f"exists under image_dir {image_dir!r} (first: {stats.first_missing})")
     return examples, label_map, stats
 
 
@@ -109,7 +121,7 @@ def _read_json(path: str) -> Any:
         with open(path, "rb") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON file ({e})") from None
+        raise DataFileError(f"{path}: not a valid JSON file ({e})") from None
     except OSError as e:
         raise OSError(f"cannot read COCO annotation file {path}: {e}") from None
 
@@ -129,69 +141,69 @@ def _check_records(path: str, records: list, key: str, kind: str, field: str) ->
     seen: set = set()
     for i, record in enumerate(records):
         if not isinstance(record, dict) or "id" not in record or field not in record:
-            raise ValueError(f"{path}: {key}[{i}] needs 'id' and '{field}'")
+            raise DataFileError(f"{path}: {key}[{i}] needs 'id' and '{field}'")
         if not _is_id(record["id"]):
-            raise ValueError(f"{path}: {key}[{i}] has id {record['id']!r} (expected a number "
+            raise DataFileError(f"{path}: {key}[{i}] has id {record['id']!r} (expected a number "
                              f"or a string)")
         if not isinstance(record[field], str) or not record[field]:
-            raise ValueError(f"{path}: {kind} id {record['id']!r} has {field} "
+            raise DataFileError(f"{path}: {kind} id {record['id']!r} has {field} "
                              f"{record[field]!r} (expected a non-empty string)")
         if str(record["id"]) in seen:
-            raise ValueError(f"{path}: duplicate {kind} id {record['id']!r}")
+            raise DataFileError(f"{path}: duplicate {kind} id {record['id']!r}")
         seen.add(str(record["id"]))
 
 
 def _check_structure(dataset: Any, path: str) -> None:
     if not isinstance(dataset, dict):
-        raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations' "
+        raise DataFileError(f"{path}: expected a JSON object with 'images', 'annotations' "
                          f"and 'categories', got {type(dataset).__name__}")
     for key in ("images", "categories"):
         if not isinstance(dataset.get(key), list):
-            raise ValueError(f"{path}: missing or malformed '{key}' list")
+            raise DataFileError(f"{path}: missing or malformed '{key}' list")
     if not isinstance(dataset.get("annotations", []), list):
-        raise ValueError(f"{path}: malformed 'annotations' (expected a list)")
+        raise DataFileError(f"{path}: malformed 'annotations' (expected a list)")
     if not dataset["categories"]:
-        raise ValueError(f"{path}: no categories")
+        raise DataFileError(f"{path}: no categories")
 
     _check_records(path, dataset["images"], "images", "image", "file_name")
     _check_records(path, dataset["categories"], "categories", "category", "name")
     for i, ann in enumerate(dataset.get("annotations", [])):
         if not isinstance(ann, dict):
-            raise ValueError(f"{path}: annotations[{i}] is not an object")
+            raise DataFileError(f"{path}: annotations[{i}] is not an object")
         for key in ("image_id", "category_id"):
             if key not in ann:
-                raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has no '{key}'")
+                raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} has no '{key}'")
             if not _is_id(ann[key]):
-                raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has {key} "
+                raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} has {key} "
                                  f"{ann[key]!r} (expected a number or a string)")
         # pycocotools indexes annotations by id; some writers leave it out.
         ann.setdefault("id", f"#{i}")
         if not _is_id(ann["id"]):
-            raise ValueError(f"{path}: annotations[{i}] has id {ann['id']!r} (expected a "
+            raise DataFileError(f"{path}: annotations[{i}] has id {ann['id']!r} (expected a "
                              f"number or a string)")
 
 
 def _check_references(dataset: dict, coco: COCO, path: str) -> None:
     for i, ann in enumerate(dataset.get("annotations", [])):
         if ann["image_id"] not in coco.imgs:
-            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} refers to unknown "
+            raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} refers to unknown "
                              f"image id {ann['image_id']!r}")
         if ann["category_id"] not in coco.cats:
-            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} refers to unknown "
+            raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} refers to unknown "
                              f"category id {ann['category_id']!r}")
         bbox = ann.get("bbox")
         if bbox is not None and (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
                                  or not all(_is_number(v) for v in bbox)):
-            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has a malformed "
+            raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} has a malformed "
                              f"bbox {bbox!r} (expected four finite numbers [x, y, width, "
                              f"height])")
         if bbox is None and ann.get("area") is not None and not _is_number(ann["area"]):
-            raise ValueError(f"{path}: annotation {_ann_name(ann, i)} has area "
+            raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} has area "
                              f"{ann['area']!r} (expected a finite number)")
     for img in dataset["images"]:
         for key in ("width", "height"):
             if img.get(key) is not None and not _is_number(img[key]):
-                raise ValueError(f"{path}: image id {img['id']!r} has {key} {img[key]!r} "
+                raise DataFileError(f"{path}: image id {img['id']!r} has {key} {img[key]!r} "
                                  f"(expected a finite number, or none)")
 
 

@@ -10,25 +10,35 @@ JSON Lines (``id`` optional)::
 
     {"path": "img/0001.jpg", "labels": ["cat", "dog"]}
 
-Relative paths resolve against the manifest's folder. Labels are class names; rows
-with no label are dropped and counted. Without a given label map, the map is the
-sorted set of names in the file.
+or, in a ``.json`` file, a JSON array of such objects. The file is UTF-8 text.
+
+Relative paths resolve against the manifest's folder. Labels are class names, separated
+by ``;`` or ``|`` in CSV (a comma separates columns: quote a field only when a class
+name itself holds one); rows with no label are dropped and counted. Without a given
+label map, the map is the sorted set of names in the file.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 import sys
 from typing import Iterator
 
-from ofrnn_tf.data import DataNotFoundError
+from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
 from ofrnn_tf.data.example import Example, LoadStats
-from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
+from ofrnn_tf.labels import LabelMap
 
 _SEPARATORS = re.compile(r"[;|]")
+# Class names printed when a manifest's label map is built (the rest counted).
+_SHOWN_CLASSES = 20
+
+# (where in the file: "line 7" or "item 3 (line 12)", image id, image path as written,
+# label names)
+Row = tuple[str, str, str, list[str]]
 
 
 def load_manifest(path: str,
@@ -52,8 +62,9 @@ def load_manifest(path: str,
     Raises:
         DataNotFoundError: the manifest does not exist, or none of its labelled images
             does (the first path is named).
-        ValueError: a malformed line (file and line number named), or a duplicate id.
-        LabelMapMismatchError: a label is not in `label_map`.
+        DataFileError: a malformed line, text that is not UTF-8 (file and line number
+            named), a duplicate id or the same image file twice.
+        DataLabelMapError: a label is not in `label_map` (a `LabelMapMismatchError`).
     """
     if not os.path.isfile(path):
         raise DataNotFoundError(f"manifest not found: {path}")
@@ -63,113 +74,198 @@ def load_manifest(path: str,
     if label_map is None:
         names = sorted({n for _, _, _, labels in rows for n in labels})
         if not names:
-            raise ValueError(f"{path}: no labels in the manifest")
+            raise DataFileError(f"{path}: no labels in the manifest")
         label_map = LabelMap(names, source=path)
+        _report_classes(path, rows, label_map)
 
     stats = LoadStats()
     examples: list[Example] = []
-    seen: dict[str, int] = {}
-    first_missing = None
-    for line_no, image_id, image, labels in rows:
+    seen: dict[str, str] = {}
+    seen_files: dict[str, str] = {}
+    for where, image_id, image, labels in rows:
         if image_id in seen:
-            raise ValueError(f"{path}: line {line_no}: duplicate id {image_id!r} "
-                             f"(first on line {seen[image_id]})")
-        seen[image_id] = line_no
+            raise DataFileError(f"{path}: {where}: duplicate id {image_id!r} "
+                                f"(first on {seen[image_id]})")
+        seen[image_id] = where
+        image = image if os.path.isabs(image) else os.path.join(base, image)
+        file_key = os.path.normcase(os.path.normpath(image))
+        if file_key in seen_files:
+            raise DataFileError(f"{path}: {where}: the image {os.path.normpath(image)} is "
+                                f"listed twice (first on {seen_files[file_key]}): list each "
+                                f"image once, with all of its labels")
+        seen_files[file_key] = where
         if not labels:
             stats.dropped_unlabeled += 1
             continue
         unknown = [n for n in labels if n not in label_map.names]
         if unknown:
-            raise LabelMapMismatchError(
-                f"{path}: line {line_no}: labels {unknown} are not in the label map "
+            raise DataLabelMapError(
+                f"{path}: {where}: labels {unknown} are not in the label map "
                 f"{label_map.source or '<given label map>'} ({label_map.num_classes} "
                 f"classes)")
-        image = image if os.path.isabs(image) else os.path.join(base, image)
         if check_files and not os.path.exists(image):
-            stats.dropped_missing += 1
-            first_missing = first_missing or image
+            stats.missing(image, where)
             continue
         examples.append(Example(image_id=image_id, image=image,
                                 label_ids=tuple(sorted(set(label_map.ids_of(labels))))))
     stats.images = len(examples)
     if stats.dropped_unlabeled or stats.dropped_missing:
-        print(f"{path}: {stats} (of {len(rows)} listed)", file=sys.stderr)
+        print(f"{path}: of {len(rows)} listed, {stats}", file=sys.stderr)
     if not examples and stats.dropped_missing:
         raise DataNotFoundError(
             f"{path}: none of the {stats.dropped_missing} labelled images exists (first: "
-            f"{first_missing}); relative paths are read from the manifest's folder {base}")
+            f"{stats.first_missing}); relative paths are read from the manifest's folder "
+            f"{base}")
     return examples, label_map, stats
 
 
-def _format(path: str) -> str:
+def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
+    """Prints the label map built from `path`, and warns of class names holding a comma
+    (``"a,b"`` quoted in CSV, or a JSON string ``"a, b"``): mostly two labels meant."""
+    names = label_map.names
+    shown = ", ".join(repr(n) for n in names[:_SHOWN_CLASSES])
+    more = f" and {len(names) - _SHOWN_CLASSES} more" if len(names) > _SHOWN_CLASSES else ""
+    print(f"{path}: {len(names)} classes: {shown}{more}", file=sys.stderr)
+    with_comma = [n for n in names if "," in n]
+    if with_comma:
+        first = next(where for where, _, _, labels in rows
+                     if any(n in with_comma for n in labels))
+        print(f"{path}: WARNING: class name(s) holding a comma: {with_comma} (first on "
+              f"{first}). Labels are separated by ';' or '|', not ','; if the comma was "
+              f"meant to separate two labels, write them as 'a;b'", file=sys.stderr)
+
+
+def _read_text(path: str) -> str:
+    """The manifest's text; a file that is not UTF-8 (a spreadsheet's cp1252, say) is
+    refused naming the first line that does not decode."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataFileError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the "
+            f"manifest as UTF-8 (in Excel: 'CSV UTF-8'; or convert it, e.g. "
+            f"iconv -f cp1252 -t utf-8)") from None
+
+
+def _format(path: str, text: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
         return "csv"
     if ext in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            if line.strip():
-                return "jsonl" if line.lstrip().startswith("{") else "csv"
-    return "csv"
+    first = text.lstrip()[:1]
+    return "jsonl" if first in ("{", "[") else "csv"
 
 
-def _rows(path: str) -> Iterator[tuple[int, str, str, list[str]]]:
-    """Yields (line number, image id, image path as written, label names)."""
-    if _format(path) == "csv":
-        yield from _csv_rows(path)
+def _rows(path: str) -> Iterator[Row]:
+    """Yields (where, image id, image path as written, label names)."""
+    text = _read_text(path)
+    if _format(path, text) == "csv":
+        yield from _csv_rows(path, text)
+    elif text.lstrip().startswith("["):
+        yield from _json_array_rows(path, text)
     else:
-        yield from _jsonl_rows(path)
+        yield from _jsonl_rows(path, text)
 
 
-def _csv_rows(path: str) -> Iterator[tuple[int, str, str, list[str]]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty manifest (expected a header 'path,labels')")
-        header = [h.strip().lower() for h in header]
-        if "path" not in header or "labels" not in header:
-            raise ValueError(f"{path}: line 1: header must name the columns 'path' and "
-                             f"'labels', got {header}")
-        col_path, col_labels = header.index("path"), header.index("labels")
-        col_id = header.index("id") if "id" in header else None
-        for row in reader:
-            line_no = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}: line {line_no}: {len(row)} fields, the header "
-                                 f"has {len(header)} (quote labels holding commas)")
-            image = row[col_path].strip()
-            if not image:
-                raise ValueError(f"{path}: line {line_no}: empty 'path'")
-            labels = [n.strip() for n in _SEPARATORS.split(row[col_labels]) if n.strip()]
-            image_id = row[col_id].strip() if col_id is not None else image
-            yield line_no, image_id or image, image, labels
+def _csv_rows(path: str, text: str) -> Iterator[Row]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise DataFileError(f"{path}: empty manifest (expected a header 'path,labels')")
+    header = [h.strip().lower() for h in header]
+    if "path" not in header or "labels" not in header:
+        raise DataFileError(f"{path}: line 1: header must name the columns 'path' and "
+                            f"'labels', got {header}")
+    col_path, col_labels = header.index("path"), header.index("labels")
+    col_id = header.index("id") if "id" in header else None
+    for row in reader:
+        line_no = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) > len(header):
+            raise DataFileError(
+                f"{path}: line {line_no}: {len(row)} fields, the header has {len(header)}: "
+                f"labels are separated by ';' or '|', not ',' (e.g. img/1.jpg,cat;dog); "
+                f"quote a field only when a class name itself holds a comma")
+        if len(row) != len(header):
+            raise DataFileError(f"{path}: line {line_no}: {len(row)} fields, the header "
+                                f"has {len(header)}")
+        image = row[col_path].strip()
+        if not image:
+            raise DataFileError(f"{path}: line {line_no}: empty 'path'")
+        labels = [n.strip() for n in _SEPARATORS.split(row[col_labels]) if n.strip()]
+        image_id = row[col_id].strip() if col_id is not None else image
+        yield f"line {line_no}", image_id or image, image, labels
 
 
-def _jsonl_rows(path: str) -> Iterator[tuple[int, str, str, list[str]]]:
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: line {line_no}: expected a JSON object")
-            image = record.get("path")
-            if not isinstance(image, str) or not image:
-                raise ValueError(f"{path}: line {line_no}: missing or empty 'path'")
-            labels = record.get("labels")
-            if isinstance(labels, str):
-                labels = [n for n in _SEPARATORS.split(labels)]
-            if not isinstance(labels, list) or not all(
-                    isinstance(n, (str, int)) and not isinstance(n, bool) for n in labels):
-                raise ValueError(f"{path}: line {line_no}: 'labels' must be a list of "
-                                 f"class names, got {labels!r}")
-            labels = [str(n).strip() for n in labels if str(n).strip()]
-            image_id = str(record.get("id", image))
-            yield line_no, image_id, image, labels
+def _jsonl_rows(path: str, text: str) -> Iterator[Row]:
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFileError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from None
+        yield _record_row(path, f"line {line_no}", record)
+
+
+def _json_array_rows(path: str, text: str) -> Iterator[Row]:
+    """The objects of a JSON array (a ``.json`` file written with ``json.dump(list)``),
+    each named by its position and the line it starts on."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+
+    def skip_blanks(i: int) -> int:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        return i
+
+    def line_of(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    item = 0
+    while True:
+        position = skip_blanks(position)
+        if position >= len(text):
+            raise DataFileError(f"{path}: line {line_of(position)}: not valid JSON (the "
+                                f"array is not closed with ']')")
+        if text[position] == "]":
+            break
+        if item:
+            if text[position] != ",":
+                raise DataFileError(f"{path}: line {line_of(position)}: not valid JSON "
+                                    f"(expected ',' or ']' after item {item})")
+            position = skip_blanks(position + 1)
+        try:
+            record, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as e:
+            raise DataFileError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        item += 1
+        yield _record_row(path, f"item {item} (line {line_of(position)})", record)
+        position = end
+    if text[position + 1:].strip():
+        raise DataFileError(f"{path}: line {line_of(position + 1)}: not valid JSON (text "
+                            f"after the array)")
+
+
+def _record_row(path: str, where: str, record) -> Row:
+    if not isinstance(record, dict):
+        raise DataFileError(f"{path}: {where}: expected a JSON object "
+                            f'{{"path": ..., "labels": [...]}}, got {type(record).__name__}')
+    image = record.get("path")
+    if not isinstance(image, str) or not image:
+        raise DataFileError(f"{path}: {where}: missing or empty 'path'")
+    labels = record.get("labels")
+    if isinstance(labels, str):
+        labels = [n for n in _SEPARATORS.split(labels)]
+    if not isinstance(labels, list) or not all(
+            isinstance(n, (str, int)) and not isinstance(n, bool) for n in labels):
+        raise DataFileError(f"{path}: {where}: 'labels' must be a list of class names, got "
+                            f"{labels!r}")
+    labels = [str(n).strip() for n in labels if str(n).strip()]
+    image_id = str(record.get("id", image))
+    return where, image_id, image, labels

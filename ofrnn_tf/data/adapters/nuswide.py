@@ -24,9 +24,9 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from ofrnn_tf.data import DataNotFoundError
+from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
 from ofrnn_tf.data.example import Example, LoadStats
-from ofrnn_tf.labels import LabelMap, reconcile
+from ofrnn_tf.labels import LabelMap, LabelMapMismatchError, reconcile
 
 SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
 CONCEPTS_LOCATIONS = ("Concepts81.txt", os.path.join("ConceptsList", "Concepts81.txt"))
@@ -67,8 +67,9 @@ def load_nuswide(root: str,
 
     Raises:
         DataNotFoundError: a file of the layout is missing (named in the message).
-        ValueError: a label file's length differs from the image list, or holds a
+        DataFileError: a label file's length differs from the image list, or holds a
             value other than 0/1 (file and line named).
+        DataLabelMapError: the concept list differs from `label_map`.
     """
     if split not in SPLITS:
         raise ValueError(f"NUS-WIDE split must be one of {sorted(SPLITS)}, got {split!r}")
@@ -78,13 +79,18 @@ def load_nuswide(root: str,
     try:
         file_map = LabelMap(concepts, source=concepts_path)
     except ValueError as e:
-        raise ValueError(f"{concepts_path}: {e}") from None
-    label_map = reconcile(label_map, file_map)
+        raise DataFileError(f"{concepts_path}: {e}") from None
+    try:
+        label_map = reconcile(label_map, file_map)
+    except LabelMapMismatchError as e:
+        raise DataLabelMapError(str(e)) from None
 
     list_file = os.path.join(root, "ImageList", list_name)
-    paths = [_relative_path(p) for p in _read_lines(list_file) if p.strip()]
+    listed = [(n, _relative_path(p))
+              for n, p in enumerate(_read_lines(list_file), start=1) if p.strip()]
+    paths = [rel for _, rel in listed]
     if not paths:
-        raise ValueError(f"{list_file}: empty image list")
+        raise DataFileError(f"{list_file}: empty image list")
 
     labels = np.zeros((len(paths), len(concepts)), dtype=bool)
     label_dir = os.path.join(root, "Groundtruth", "TrainTestLabels")
@@ -104,17 +110,17 @@ def load_nuswide(root: str,
             continue
         path = os.path.join(flickr, *rel.split("/"))
         if check_files and not os.path.exists(path):
-            stats.dropped_missing += 1
+            stats.missing(path, f"line {listed[i][0]} of {os.path.basename(list_file)}")
             continue
         examples.append(Example(image_id=rel, image=path,
                                 label_ids=tuple(int(j) for j in ids)))
     stats.images = len(examples)
     if stats.dropped_unlabeled or stats.dropped_missing:
-        print(f"{list_file}: {stats} (of {len(paths)} listed)", file=sys.stderr)
+        print(f"{list_file}: of {len(paths)} listed, {stats}", file=sys.stderr)
     if not examples and stats.dropped_missing:
         raise DataNotFoundError(
             f"{list_file}: none of the {stats.dropped_missing} labelled images exists "
-            f"under {flickr} (first: {os.path.join(flickr, paths[0])})")
+            f"under {flickr} (first: {stats.first_missing})")
     return examples, label_map, stats
 
 
@@ -140,12 +146,12 @@ def _read_label_file(path: str, expected: int, list_file: str) -> np.ndarray:
     while values and not values[-1]:
         values.pop()
     if len(values) != expected:
-        raise ValueError(f"{path}: {len(values)} labels but {list_file} lists "
+        raise DataFileError(f"{path}: {len(values)} labels but {list_file} lists "
                          f"{expected} images")
     arr = np.asarray(values)
     ones, zeros = arr == "1", arr == "0"
     bad = np.flatnonzero(~(ones | zeros))
     if bad.size:
-        raise ValueError(f"{path}: line {bad[0] + 1}: expected 0 or 1, got "
+        raise DataFileError(f"{path}: line {bad[0] + 1}: expected 0 or 1, got "
                          f"{values[bad[0]]!r}")
     return ones

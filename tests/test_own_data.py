@@ -1,0 +1,454 @@
+"""The user's own data (manifest, COCO, NUS-WIDE): mistakes in the files named by file and
+line, the same image never in two splits, and a rerun on an existing run folder checked
+against its data and feature cache before any extraction.
+
+Runs use the tiny test backbone (`conftest.tiny_backbone`) in place of the configured
+one; a backbone that must not be built raises."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_checked
+from ofrnn_tf import pipeline
+from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
+from ofrnn_tf.data.adapters import load_coco, load_manifest, load_nuswide
+from ofrnn_tf.data.example import Example
+from ofrnn_tf.data.splits import SplitTooSmallError, load_examples
+from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.features.backbones import describe_backbone
+from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+
+
+def _png(path, value: int, size: int = 16) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(value)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _rows(split: str, ids, labels=lambda i: "a;b" if i % 3 == 0 else "ab"[i % 2]) -> str:
+    return "path,labels\n" + "".join(f"img/{split}_{i:03d}.png,{labels(i)}\n" for i in ids)
+
+
+def _seed(split: str, i: int) -> int:
+    return zlib.crc32(f"{split}{i}".encode())
+
+
+def manifest_folder(root, train: int = 12, test: int = 4, val: int = 3) -> str:
+    """`root` with img/<split>_<i>.png and train.csv, test.csv (and val.csv)."""
+    for split, count in (("train", train), ("test", test), ("val", val)):
+        for i in range(count):
+            _png(os.path.join(root, "img", f"{split}_{i:03d}.png"), _seed(split, i))
+        if count:
+            with open(os.path.join(root, f"{split}.csv"), "w") as f:
+                f.write(_rows(split, range(count)))
+    return str(root)
+
+
+# -- #4 a val file whose images are all missing is not replaced by a hold-out ----------
+def test_a_val_file_whose_images_all_miss_is_an_error_not_a_hold_out(tmp_path):
+    root = manifest_folder(tmp_path, train=20, test=4, val=0)
+    (tmp_path / "val.csv").write_text(
+        "path,labels\n" + "".join(f"images/train_{i:03d}.png,a\n" for i in range(5)))
+    with pytest.raises(DataNotFoundError, match=r"val.csv: none of the 5 labelled images "
+                                                r"exists \(first: .*images/train_000.png"):
+        load_examples("manifest", {"data_dir": root}, 0.05)
+    (tmp_path / "val.csv").write_text("path,labels\n")  # a header only
+    with pytest.raises(SplitTooSmallError, match=r"val.csv: no labelled image, so the "
+                                                 r"validation split is empty.*remove the file"):
+        load_examples("manifest", {"data_dir": root}, 0.05)
+    os.remove(tmp_path / "val.csv")  # no val file: held out of train
+    splits, _ = load_examples("manifest", {"data_dir": root}, 0.3)
+    assert splits["val"] and len(splits["train"]) + len(splits["val"]) == 20
+
+
+# -- #5 a manifest that is not UTF-8 -----------------------------------------------------
+def test_a_manifest_in_another_encoding_is_named_with_its_line(tmp_path):
+    _png(tmp_path / "img" / "0.png", 0)
+    _png(tmp_path / "img" / "1.png", 1)
+    text = "path,labels\nimg/0.png,green square\nimg/1.png,rouge carré\n"
+    for name in ("train.csv", "train.jsonl", "train.txt"):
+        body = text if name.endswith((".csv", ".txt")) else "".join(
+            json.dumps({"path": f"img/{i}.png", "labels": [label]}, ensure_ascii=False) + "\n"
+            for i, label in enumerate(("green square", "rouge carré")))
+        (tmp_path / name).write_bytes(body.encode("cp1252"))
+        line = 3 if name != "train.jsonl" else 2
+        with pytest.raises(DataFileError, match=rf"{name}: line {line}: not UTF-8 text "
+                                                r"\(byte 0xe9\); save the manifest as UTF-8"):
+            load_manifest(str(tmp_path / name))
+    (tmp_path / "ok.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # UTF-8 with a BOM
+    assert load_manifest(str(tmp_path / "ok.csv"))[1].names == ("green square", "rouge carré")
+
+
+# -- #6 comma-separated labels --------------------------------------------------------
+def test_comma_separated_labels_are_explained_and_a_comma_class_is_shown(tmp_path, capsys):
+    for i in range(3):
+        _png(tmp_path / "img" / f"{i}.png", i)
+    (tmp_path / "bad.csv").write_text("path,labels\nimg/0.png,a,b\n")
+    with pytest.raises(DataFileError, match=r"bad.csv: line 2: 3 fields, the header has 2: "
+                                            r"labels are separated by ';' or '\|', not ','"):
+        load_manifest(str(tmp_path / "bad.csv"))
+    (tmp_path / "quoted.csv").write_text('path,labels\nimg/0.png,a\nimg/1.png,"a,b"\n')
+    _, label_map, _ = load_manifest(str(tmp_path / "quoted.csv"))
+    err = capsys.readouterr().err
+    assert label_map.names == ("a", "a,b")
+    assert "quoted.csv: 2 classes: 'a', 'a,b'" in err
+    assert "WARNING: class name(s) holding a comma: ['a,b'] (first on line 3)" in err
+    assert "separated by ';' or '|'" in err
+    (tmp_path / "str.jsonl").write_text(json.dumps({"path": "img/2.png", "labels": "a, b"}))
+    load_manifest(str(tmp_path / "str.jsonl"))
+    assert "class name(s) holding a comma: ['a, b'] (first on line 1)" in capsys.readouterr().err
+
+
+# -- #7 the same image twice --------------------------------------------------------------
+def test_the_same_image_in_two_splits_is_refused_naming_file_and_splits(tmp_path):
+    root = manifest_folder(tmp_path, train=12, test=4)
+    (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "img/train_005.png,a\n")
+    image = os.path.realpath(tmp_path / "img" / "train_005.png")
+    with pytest.raises(DataFileError, match=rf"the image {image} is listed in train and in "
+                                            r"test \(as 'img/train_005.png' and "
+                                            r"'img/train_005.png'\): each image may be in one "
+                                            r"split only"):
+        load_examples("manifest", {"data_dir": root}, 0.05)
+    # Through a symbolic link to the same folder: the resolved path is compared.
+    os.symlink(tmp_path / "img", tmp_path / "pictures")
+    (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "pictures/train_005.png,a\n")
+    with pytest.raises(DataFileError, match=r"listed in train and in test \(as "
+                                            r"'img/train_005.png' and 'pictures/train_005.png'"):
+        load_examples("manifest", {"data_dir": root}, 0.05)
+
+
+def test_the_same_image_twice_in_one_file_is_refused_naming_both_lines(tmp_path):
+    root = manifest_folder(tmp_path, train=12, test=4)
+    (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "./img/train_003.png,a\n")
+    with pytest.raises(DataFileError, match=r"train.csv: line 14: the image .*img/train_003.png "
+                                            r"is listed twice \(first on line 5\)"):
+        load_examples("manifest", {"data_dir": root}, 0.05)
+    # One manifest file: also before validation and test are held out of it.
+    with pytest.raises(DataFileError, match=r"line 14: the image .* is listed twice"):
+        load_examples("manifest", {"manifest": str(tmp_path / "train.csv")}, 0.05)
+
+
+def test_the_same_image_twice_in_one_split_is_found_across_spellings(tmp_path):
+    _png(tmp_path / "img" / "a.png", 0)
+    os.symlink(tmp_path / "img" / "a.png", tmp_path / "img" / "link.png")
+    splits = {"train": [Example("1", str(tmp_path / "img" / "a.png"), (0,)),
+                        Example("2", str(tmp_path / "img" / "link.png"), (0,))]}
+    from ofrnn_tf.data.splits import check_distinct_images
+    with pytest.raises(DataFileError, match=r"a.png is listed twice in train \(as '1' and '2'\)"):
+        check_distinct_images(splits)
+
+
+def _coco(tmp_path, images):
+    data = {"images": [{"id": i, "file_name": name, "width": 8, "height": 8}
+                       for i, name in images],
+            "annotations": [{"id": 100 + i, "image_id": i, "category_id": 1,
+                             "bbox": [0, 0, 4, 4]} for i, _ in images],
+            "categories": [{"id": 1, "name": "cat"}]}
+    for _, name in images:
+        _png(tmp_path / "images" / name, 0)
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    return str(tmp_path / "instances.json"), str(tmp_path / "images")
+
+
+def test_coco_images_sharing_a_file_are_refused(tmp_path):
+    ann, image_dir = _coco(tmp_path, [(1, "a.png"), (2, "b.png"), (3, "a.png")])
+    with pytest.raises(DataFileError, match=r"instances.json: image ids 1 and 3 have the same "
+                                            r"file 'a.png'"):
+        load_coco(ann, image_dir)
+
+
+# -- #8 missing images are named --------------------------------------------------------
+def test_the_first_missing_image_is_named_with_its_line(tmp_path, capsys):
+    root = manifest_folder(tmp_path, train=12, test=4)
+    (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "img/nope.png,a\n")
+    load_examples("manifest", {"data_dir": root}, 0.05)
+    missing = os.path.join(root, "img", "nope.png")
+    assert (f"train.csv: of 13 listed, 12 images kept, 0 dropped with no label, 1 dropped "
+            f"with a missing file (first: {missing}, line 14)") in capsys.readouterr().err
+
+    ann, image_dir = _coco(tmp_path / "coco", [(1, "a.png"), (2, "b.png")])
+    os.remove(os.path.join(image_dir, "b.png"))
+    _, _, stats = load_coco(ann, image_dir)
+    assert f"(first: {os.path.join(image_dir, 'b.png')}, image id 2)" in capsys.readouterr().err
+    assert stats.dropped_missing == 1
+
+
+def test_nuswide_names_the_first_missing_image_and_its_list_line(tmp_path, capsys):
+    root = tmp_path / "nus"
+    (root / "ImageList").mkdir(parents=True)
+    (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
+    (root / "Concepts81.txt").write_text("sky\n")
+    (root / "ImageList" / "TrainImagelist.txt").write_text("a\\1.jpg\r\n\r\na\\2.jpg\r\n")
+    (root / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Train.txt").write_text("1\n1\n")
+    _png(root / "Flickr" / "a" / "1.jpg", 0)
+    load_nuswide(str(root), "train")
+    missing = os.path.join(str(root), "Flickr", "a", "2.jpg")
+    assert f"(first: {missing}, line 3 of TrainImagelist.txt)" in capsys.readouterr().err
+
+
+# -- #10 a JSON array --------------------------------------------------------------------
+def test_a_json_array_manifest_is_read_and_its_items_named(tmp_path):
+    for i in range(3):
+        _png(tmp_path / "img" / f"{i}.png", i)
+    records = [{"path": f"img/{i}.png", "labels": ["blue"] if i else ["red", "blue"]}
+               for i in range(3)]
+    (tmp_path / "arr.json").write_text(json.dumps(records, indent=2))
+    examples, label_map, _ = load_manifest(str(tmp_path / "arr.json"))
+    assert label_map.names == ("blue", "red")
+    assert [e.label_ids for e in examples] == [(0, 1), (0,), (0,)]
+    (tmp_path / "one_line.json").write_text(json.dumps(records))
+    assert len(load_manifest(str(tmp_path / "one_line.json"))[0]) == 3
+
+    records[1] = {"labels": ["blue"]}
+    (tmp_path / "bad.json").write_text(json.dumps(records, indent=2))
+    with pytest.raises(DataFileError, match=r"bad.json: item 2 \(line 9\): missing or empty "
+                                            r"'path'"):
+        load_manifest(str(tmp_path / "bad.json"))
+    (tmp_path / "cut.json").write_text(json.dumps(records[:1], indent=2)[:-2])
+    with pytest.raises(DataFileError, match=r"cut.json: line \d+: not valid JSON"):
+        load_manifest(str(tmp_path / "cut.json"))
+
+
+# -- #11 data-file errors are the input's fault -------------------------------------------
+def test_data_file_errors_have_a_dedicated_type(tmp_path):
+    root = manifest_folder(tmp_path, train=12, test=4)
+    (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "img/test_009.png,zebra\n")
+    with pytest.raises(DataLabelMapError, match=r"test.csv: line 6: labels \['zebra'\] are not "
+                                                r"in the label map .*train.csv"):
+        load_examples("manifest", {"data_dir": root}, 0.05)
+    assert issubclass(DataLabelMapError, LabelMapMismatchError)  # as before, for callers
+    (tmp_path / "test.csv").write_text("path,labels\nimg/test_000.png,a,b\n")
+    with pytest.raises(DataFileError):
+        load_examples("manifest", {"data_dir": root}, 0.05)
+    ann, image_dir = _coco(tmp_path / "coco", [(1, "a.png")])
+    with pytest.raises(DataLabelMapError, match="instances.json"):
+        load_coco(ann, image_dir, LabelMap(["dog"], source="train.json"))
+
+
+def test_the_command_reports_a_data_file_error_in_one_line(tmp_path):
+    root = manifest_folder(tmp_path / "data", train=12, test=4)
+    with open(os.path.join(root, "test.csv"), "a") as f:
+        f.write("img/test_009.png,zebra\n")
+    done = run_checked([sys.executable, str(ROOT / "train.py"), "--config=manifest",
+                        f"--data.data_dir={root}", f"--workdir={tmp_path / 'run'}",
+                        f"--runtime.cache_dir={tmp_path / 'cache'}"], expect_failure=True)
+    assert "train.py: " in done.stderr and "labels ['zebra'] are not in the label map" in \
+        done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# -- #12 a manifest file and a folder ---------------------------------------------------
+def test_a_manifest_file_and_a_data_dir_together_are_refused():
+    with pytest.raises(ValueError, match=r"--data.manifest=all.csv and --data.data_dir=my_data "
+                                         r"both name the data.*give one of them"):
+        ExperimentConfig().replace(data={"dataset": "manifest", "manifest": "all.csv",
+                                         "data_dir": "my_data"})
+
+
+# -- #9 example images of the same name ---------------------------------------------------
+def test_example_images_of_the_same_name_in_two_folders_are_both_kept(tmp_path, monkeypatch):
+    paths = [_png(tmp_path / colour / "000.png", value) for colour, value in
+             (("red", 1), ("blue", 2))]
+    data = pipeline.Data({"test": [Example(str(i), p, (i,)) for i, p in enumerate(paths)]},
+                         LabelMap(["red", "blue"]))
+    drawn = {}
+    monkeypatch.setattr(pipeline.Predictor, "from_run", staticmethod(lambda run_dir: None))
+    monkeypatch.setattr(pipeline, "render_examples",
+                        lambda predictor, copies, out_dir, ground_truth, max_images:
+                        drawn.update(ground_truth))
+    run_dir = RunDir(str(tmp_path / "run"))
+    os.makedirs(run_dir.examples_dir)
+    open(os.path.join(run_dir.examples_dir, "000.png"), "wb").close()  # an earlier copy
+    copies = pipeline.save_examples(run_dir, data)
+    assert [os.path.basename(c) for c in copies] == ["000_000.png", "001_000.png"]
+    assert run_dir.example_images() == copies
+    for copy, source in zip(copies, paths):
+        assert open(copy, "rb").read() == open(source, "rb").read()
+    assert [drawn[c] for c in copies] == [["red"], ["blue"]]
+
+
+# -- #3 the cache fingerprint covers the image files --------------------------------------
+def manifest_config(root, cache_dir) -> ExperimentConfig:
+    return ExperimentConfig().replace(
+        data={"dataset": "manifest", "data_dir": str(root)}, train={"batch_size": 2},
+        features={"num_shards": 1}, runtime={"cache_dir": str(cache_dir)})
+
+
+def _legacy_fingerprint(splits, label_map, backbone, layer) -> str:
+    """The content fingerprint as cache format 1 (earlier versions) computed it."""
+    digests = {}
+    for split, examples in sorted(splits.items()):
+        digest = hashlib.sha256()
+        for e in examples:
+            areas = e.label_areas or ()
+            digest.update(json.dumps([e.image_id, list(e.label_ids),
+                                      [round(a, 6) for a in areas]]).encode())
+            digest.update(b"\n")
+        digests[split] = digest.hexdigest()
+    record = {"backbone": describe_backbone(backbone, layer), "labels": list(label_map.names),
+              "splits": digests, "dtype": tfrecords.FEATURE_DTYPE}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def test_another_folder_with_the_same_names_and_labels_gets_its_own_cache(tmp_path):
+    first = manifest_folder(tmp_path / "v1")
+    second = manifest_folder(tmp_path / "v2")
+    for name in os.listdir(os.path.join(second, "img")):  # other pictures, same names
+        path = os.path.join(second, "img", name)
+        _png(path, 999, size=20)
+    keys = [pipeline.feature_cache_key(manifest_config(root, tmp_path / "cache"),
+                                       pipeline.load_data(manifest_config(root, tmp_path)))
+            for root in (first, second)]
+    assert keys[0].name != keys[1].name and keys[0].fingerprint != keys[1].fingerprint
+    assert keys[0].inputs["splits"]["train"]["ids_labels"] == \
+        keys[1].inputs["splits"]["train"]["ids_labels"]
+
+    # A copy of the data (new file times, same bytes) is the same data.
+    path = os.path.join(first, "img", "test_001.png")
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    again = pipeline.feature_cache_key(manifest_config(first, tmp_path / "cache"),
+                                       pipeline.load_data(manifest_config(first, tmp_path)))
+    assert again.fingerprint == keys[0].fingerprint
+
+
+def test_the_benchmarks_fingerprint_is_the_one_its_caches_were_built_with(tmp_path):
+    # The embedded benchmark is rebuilt identically in any cache_dir: known by ids and
+    # labels only, in the format its existing caches carry.
+    examples = [Example(str(i), _png(tmp_path / f"{i}.png", i), (i % 2,), (0.25,))
+                for i in range(4)]
+    splits, label_map = {"train": examples[:3], "test": examples[3:]}, LabelMap(["a", "b"])
+    legacy = _legacy_fingerprint(splits, label_map, "efficientnet_lite0", "stage5")
+    data = pipeline.Data(splits, label_map)
+    key = pipeline.feature_cache_key(ExperimentConfig(), data)
+    assert key.fingerprint == legacy and key.inputs["format"] == 1
+    os.utime(examples[0].image, ns=(1, 1))
+    assert pipeline.feature_cache_key(ExperimentConfig(), data).fingerprint == legacy
+    own = ExperimentConfig().replace(data={"dataset": "manifest", "data_dir": "x"})
+    assert pipeline.feature_cache_key(own, data).fingerprint != legacy
+
+
+@pytest.fixture
+def no_backbone(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a backbone was built: features would be extracted")
+
+    monkeypatch.setattr(cache, "get_backbone", refuse)
+
+
+def _extract(monkeypatch, backbone, config, data, **kwargs):
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "get_backbone", lambda *args, **kw: backbone)
+        return pipeline.prepare_features(config, data, **kwargs)
+
+
+def test_a_cache_of_an_earlier_format_is_refused_for_a_new_run_saying_why(
+        tmp_path, monkeypatch, tiny_backbone, no_backbone):
+    root = manifest_folder(tmp_path / "data")
+    config = manifest_config(root, tmp_path / "cache")
+    data = pipeline.load_data(config)
+    legacy = _legacy_fingerprint(data.splits, data.label_map, "efficientnet_lite0", "stage5")
+    old_dir = cache.features_dir(str(tmp_path / "cache"), cache.cache_name(
+        "manifest", "efficientnet_lite0", "stage5", legacy))
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "get_backbone", lambda *args, **kw: tiny_backbone)
+        cache.ensure_features(data.splits, data.label_map, old_dir, "efficientnet_lite0",
+                              "stage5", legacy, num_shards=1)
+    with pytest.raises(cache.FeatureCacheFormatError,
+                       match=rf"{old_dir} holds features of these image ids and labels, built "
+                             r"by an earlier version of ofrnn_tf: the feature cache format "
+                             r"changed .* delete that folder and rerun"):
+        pipeline.prepare_features(config, data)
+
+    # A run trained on it resumes with it, extracting nothing.
+    workdir = tmp_path / "run"
+    facts = RunFacts(label_names=data.label_map.names, max_steps=2, label_order=None,
+                     small_area=None, features_name=os.path.basename(old_dir),
+                     features_fingerprint=legacy, feature_shape=(4, 4, 8), image_size=32,
+                     feature_layer=describe_backbone("efficientnet_lite0", "stage5")[
+                         "feature_layer"])
+    RunDir(str(workdir)).save(config, facts)
+    directory, resumed = pipeline.prepare_features(config, data, RunDir(str(workdir)))
+    assert directory == old_dir and resumed.features_fingerprint == legacy
+
+
+# -- #1 / #2 a rerun on an existing run folder --------------------------------------------
+@pytest.fixture
+def trained_folder(tmp_path, monkeypatch, tiny_backbone):
+    """`(config, workdir)`: a run folder whose features were extracted (no training)."""
+    root = manifest_folder(tmp_path / "data", train=12, test=4, val=3)
+    config = manifest_config(root, tmp_path / "cache")
+    _, facts = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config))
+    RunDir(str(tmp_path / "run")).save(config, facts)
+    return config, str(tmp_path / "run")
+
+
+def test_a_resume_on_changed_data_is_refused_before_any_extraction(
+        tmp_path, trained_folder, no_backbone):
+    config, workdir = trained_folder
+    root = config.data.data_dir
+    with open(os.path.join(root, "train.csv"), "w") as f:  # two rows fewer
+        f.write(_rows("train", range(10)))
+    with pytest.raises(pipeline.RunDataChangedError,
+                       match=r"run.json: the data at .* differ from those the run was trained "
+                             r"on, refused before any feature extraction: train: 10 images "
+                             r"now, 12 then\. Resume on the data the run was trained with"):
+        pipeline.run(config.replace(stage2={"epochs": 3}), workdir, "train")
+    assert issubclass(pipeline.RunDataChangedError, IncompatibleRunError)  # a usage error
+
+    with open(os.path.join(root, "train.csv"), "w") as f:
+        f.write(_rows("train", range(12)))
+    _png(os.path.join(root, "img", "val_001.png"), 5, size=24)  # re-encoded in place
+    with pytest.raises(pipeline.RunDataChangedError,
+                       match=r"val: the same 3 image ids and labels, but image files that "
+                             r"differ in size"):
+        pipeline.run(config, workdir, "train")
+
+    _png(os.path.join(root, "img", "val_001.png"), _seed("val", 1))
+    with open(os.path.join(root, "train.csv"), "w") as f:
+        f.write(_rows("train", range(12), labels=lambda i: "c" if i == 0 else "ab"[i % 2]))
+    with pytest.raises(pipeline.RunDataChangedError,
+                       match=r"class names: 2 classes in the run, 3 now, added \['c'\]"):
+        pipeline.run(config, workdir, "train")
+    assert len(os.listdir(tmp_path / "cache" / "features")) == 1  # nothing extracted
+
+
+def test_a_resume_whose_cache_is_not_under_cache_dir_is_refused_as_eval_does(
+        tmp_path, trained_folder, no_backbone):
+    config, workdir = trained_folder
+    elsewhere = config.replace(runtime={"cache_dir": str(tmp_path / "default")})
+    for mode in ("train", "eval"):
+        with pytest.raises(cache.FeatureCacheNotFoundError,
+                           match=r"no feature cache at .*default/features/manifest-.*: point "
+                                 r"--runtime.cache_dir at the cache the run was trained with"):
+            if mode == "eval":  # what eval mode checks first, for a run not trained yet
+                pipeline.locate_features(elsewhere, RunDir(workdir).load()[1])
+            else:
+                pipeline.run(elsewhere, workdir, mode)
+    assert not (tmp_path / "default").exists()
+    # Where it was trained, the same data resume (up to training, stubbed here).
+    directory, facts = pipeline.prepare_features(config, pipeline.load_data(config),
+                                                 RunDir(workdir))
+    assert facts == RunDir(workdir).load()[1] and os.path.isdir(directory)
+
+
+def test_the_command_refuses_a_resume_without_the_runs_cache_dir_in_one_line(
+        tmp_path, trained_folder):
+    config, workdir = trained_folder
+    done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}",
+                        f"--runtime.cache_dir={tmp_path / 'default'}"], expect_failure=True)
+    assert "train.py: no feature cache at" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "features train:" not in done.stderr
+    assert not (tmp_path / "default" / "features").exists()
