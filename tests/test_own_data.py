@@ -57,7 +57,7 @@ def manifest_folder(root, train: int = 12, test: int = 4, val: int = 3) -> str:
     return str(root)
 
 
-# -- #4 a val file whose images are all missing is not replaced by a hold-out ----------
+# -- a val file whose images are all missing is not replaced by a hold-out ----------------
 def test_a_val_file_whose_images_all_miss_is_an_error_not_a_hold_out(tmp_path):
     root = manifest_folder(tmp_path, train=20, test=4, val=0)
     (tmp_path / "val.csv").write_text(
@@ -74,7 +74,7 @@ def test_a_val_file_whose_images_all_miss_is_an_error_not_a_hold_out(tmp_path):
     assert splits["val"] and len(splits["train"]) + len(splits["val"]) == 20
 
 
-# -- #5 a manifest that is not UTF-8 -----------------------------------------------------
+# -- a manifest that is not UTF-8 ---------------------------------------------------------
 def test_a_manifest_in_another_encoding_is_named_with_its_line(tmp_path):
     _png(tmp_path / "img" / "0.png", 0)
     _png(tmp_path / "img" / "1.png", 1)
@@ -92,7 +92,7 @@ def test_a_manifest_in_another_encoding_is_named_with_its_line(tmp_path):
     assert load_manifest(str(tmp_path / "ok.csv"))[1].names == ("green square", "rouge carré")
 
 
-# -- #6 comma-separated labels --------------------------------------------------------
+# -- comma-separated labels ---------------------------------------------------------------
 def test_comma_separated_labels_are_explained_and_a_comma_class_is_shown(tmp_path, capsys):
     for i in range(3):
         _png(tmp_path / "img" / f"{i}.png", i)
@@ -112,7 +112,7 @@ def test_comma_separated_labels_are_explained_and_a_comma_class_is_shown(tmp_pat
     assert "class name(s) holding a comma: ['a, b'] (first on line 1)" in capsys.readouterr().err
 
 
-# -- #7 the same image twice --------------------------------------------------------------
+# -- the same image twice -----------------------------------------------------------------
 def test_the_same_image_in_two_splits_is_refused_naming_file_and_splits(tmp_path):
     root = manifest_folder(tmp_path, train=12, test=4)
     (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "img/train_005.png,a\n")
@@ -170,7 +170,7 @@ def test_coco_images_sharing_a_file_are_refused(tmp_path):
         load_coco(ann, image_dir)
 
 
-# -- #8 missing images are named --------------------------------------------------------
+# -- missing images are named -------------------------------------------------------------
 def test_the_first_missing_image_is_named_with_its_line(tmp_path, capsys):
     root = manifest_folder(tmp_path, train=12, test=4)
     (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "img/nope.png,a\n")
@@ -199,7 +199,7 @@ def test_nuswide_names_the_first_missing_image_and_its_list_line(tmp_path, capsy
     assert f"(first: {missing}, line 3 of TrainImagelist.txt)" in capsys.readouterr().err
 
 
-# -- #10 a JSON array --------------------------------------------------------------------
+# -- a JSON array -------------------------------------------------------------------------
 def test_a_json_array_manifest_is_read_and_its_items_named(tmp_path):
     for i in range(3):
         _png(tmp_path / "img" / f"{i}.png", i)
@@ -222,7 +222,7 @@ def test_a_json_array_manifest_is_read_and_its_items_named(tmp_path):
         load_manifest(str(tmp_path / "cut.json"))
 
 
-# -- #11 data-file errors are the input's fault -------------------------------------------
+# -- data-file errors are the input's fault -----------------------------------------------
 def test_data_file_errors_have_a_dedicated_type(tmp_path):
     root = manifest_folder(tmp_path, train=12, test=4)
     (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "img/test_009.png,zebra\n")
@@ -250,7 +250,7 @@ def test_the_command_reports_a_data_file_error_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-# -- #12 a manifest file and a folder ---------------------------------------------------
+# -- a manifest file and a folder ---------------------------------------------------------
 def test_a_manifest_file_and_a_data_dir_together_are_refused():
     with pytest.raises(ValueError, match=r"--data.manifest=all.csv and --data.data_dir=my_data "
                                          r"both name the data.*give one of them"):
@@ -258,7 +258,7 @@ def test_a_manifest_file_and_a_data_dir_together_are_refused():
                                          "data_dir": "my_data"})
 
 
-# -- #9 example images of the same name ---------------------------------------------------
+# -- example images of the same name ------------------------------------------------------
 def test_example_images_of_the_same_name_in_two_folders_are_both_kept(tmp_path, monkeypatch):
     paths = [_png(tmp_path / colour / "000.png", value) for colour, value in
              (("red", 1), ("blue", 2))]
@@ -280,7 +280,7 @@ def test_example_images_of_the_same_name_in_two_folders_are_both_kept(tmp_path, 
     assert [drawn[c] for c in copies] == [["red"], ["blue"]]
 
 
-# -- #3 the cache fingerprint covers the image files --------------------------------------
+# -- the cache fingerprint covers the image files -----------------------------------------
 def manifest_config(root, cache_dir) -> ExperimentConfig:
     return ExperimentConfig().replace(
         data={"dataset": "manifest", "data_dir": str(root)}, train={"batch_size": 2},
@@ -384,7 +384,7 @@ def test_a_cache_of_an_earlier_format_is_refused_for_a_new_run_saying_why(
     assert directory == old_dir and resumed.features_fingerprint == legacy
 
 
-# -- #1 / #2 a rerun on an existing run folder --------------------------------------------
+# -- a rerun on an existing run folder ----------------------------------------------------
 @pytest.fixture
 def trained_folder(tmp_path, monkeypatch, tiny_backbone):
     """`(config, workdir)`: a run folder whose features were extracted (no training)."""
