@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Optional
 
-import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig
@@ -479,7 +478,6 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
                 f"--decoding.beam_size={beam_size} makes them again)")
         if config.runtime.mixed_precision:
             # Evaluate what eval mode and the export compute: the best weights in float32.
-            keras.mixed_precision.set_global_policy("float32")
             model, _, _ = run_dir.load_model()
     else:
         _, facts = run_dir.load()

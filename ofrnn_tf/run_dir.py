@@ -35,6 +35,7 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.jsonio import read_json, write_json
 from ofrnn_tf.labels import LABEL_MAP_FILENAME, LabelMap
+from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 
 RUN_FILENAME = "run.json"
@@ -245,8 +246,9 @@ class RunDir:
     def load_model(self) -> tuple[OrderFreeRNN, ExperimentConfig, RunFacts]:
         """The trained model (best weights, else the latest), its config and facts."""
         config, facts = self.load()
-        model = build_model(config.model, facts.num_classes, facts.positions_and_depth,
-                            facts.label_order, stage2_loss=config.train.loss)
+        with global_dtype_policy("float32"):  # what evaluation and the export compute
+            model = build_model(config.model, facts.num_classes, facts.positions_and_depth,
+                                facts.label_order, stage2_loss=config.train.loss)
         tf.train.Checkpoint(model=model).restore(self.weights_path()).expect_partial()
         return model, config, facts
 

@@ -177,3 +177,16 @@ def test_a_corrupt_cached_weights_file_is_named_with_its_remedy(tmp_path, monkey
     message = str(info.value)
     assert f"could not read its cached ImageNet weights {weights} (" in message
     assert message.endswith("delete that file and rerun, and keras downloads it again")
+
+
+def test_a_backbone_extracts_float32_under_a_sessions_mixed_policy():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        backbone = get_backbone("efficientnet_lite0", "stage5", image_size=64, weights=None)
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert backbone.feature_model.compute_dtype == "float32"
+    assert backbone(tf.zeros((1, 64, 64, 3), tf.uint8)).dtype == tf.float32

@@ -764,3 +764,30 @@ def test_a_resumed_run_logs_each_step_once_and_every_epoch_end(tmp_path):
     assert [step for step, _ in logged["loss/stage2"]] == [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH]
     assert [step for step, _ in logged["validation_stage2/score"]] == [2 * STEPS_PER_EPOCH,
                                                                       3 * STEPS_PER_EPOCH]
+
+
+def test_a_sessions_global_dtype_policy_neither_leaks_in_nor_is_lost(tmp_path):
+    # A notebook that set mixed_float16 for its own models: a float32 run trains and is
+    # reloaded in float32, a mixed-precision one in float16, and the notebook keeps its policy.
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        plain = make_trainer(str(tmp_path / "plain"), tiny_config(stage1={"epochs": 1},
+                                                                  stage2={"epochs": 1}),
+                             synthetic_data())
+        assert plain.model.compute_dtype == "float32" and not plain.loss_scaling
+        plain.train()
+        mixed = make_trainer(str(tmp_path / "mixed"), tiny_config(
+            runtime={"mixed_precision": True}), synthetic_data())
+        assert mixed.model.compute_dtype == "float16"
+        reloaded, _, _ = RunDir(str(tmp_path / "plain")).load_model()
+        assert reloaded.compute_dtype == "float32"
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        keras.mixed_precision.set_global_policy("float32")
+        mixed = make_trainer(str(tmp_path / "mixed2"), tiny_config(
+            runtime={"mixed_precision": True}), synthetic_data())
+        assert mixed.model.compute_dtype == "float16"
+        assert keras.mixed_precision.global_policy().name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -47,6 +47,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
+from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.run_dir import RunDir, RunFacts
 from ofrnn_tf.training.distribute import is_chief, num_workers
@@ -185,14 +186,14 @@ class Trainer:
                              f"{self.global_batch}: lower --train.batch_size")
 
         runtime = config.runtime
-        if runtime.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
         # Every worker must take part in a save; only the chief's copy is kept.
         worker = None if self.chief else strategy.cluster_resolver.task_id
         self.loss_scaling = _checkpoints_scale_loss(run_dir.checkpoints_dir(worker),
                                                     runtime.mixed_precision)
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
-        with strategy.scope():
+        # The run's precision, whatever policy the caller's session has (its own comes back).
+        with global_dtype_policy("mixed_float16" if runtime.mixed_precision else "float32"), \
+                strategy.scope():
             self.model = build_model(config.model, facts.num_classes,
                                      facts.positions_and_depth, facts.label_order,
                                      stage2_loss=config.train.loss)

@@ -27,6 +27,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.features.backbones import efficientnet_lite, keras_applications
 from ofrnn_tf.features.backbones.batch_norm_folding import fold_batch_norms
 from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavailableError
@@ -133,6 +134,12 @@ def get_backbone(name: str = DEFAULT_BACKBONE, feature_layer: str | None = None,
         fold_batch_norm: False keeps every batch norm as the weights lay it out (the
             reference the fold is measured against).
     """
+    with global_dtype_policy("float32"):  # frozen features are float32 in any session
+        return _build(name, feature_layer, image_size, weights, fold_batch_norm)
+
+
+def _build(name: str, feature_layer: str | None, image_size: int | None, weights: str | None,
+           fold_batch_norm: bool) -> Backbone:
     if name == "efficientnet_lite0":
         size = image_size or efficientnet_lite.IMAGE_SIZE
         model = efficientnet_lite.build_efficientnet_lite0(size, weights=weights,
