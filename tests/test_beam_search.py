@@ -390,6 +390,21 @@ def test_bad_arguments_are_named():
         make_decoder(unbuilt, max_steps=2)
 
 
+def test_numpy_features_decode_as_tensors_do():
+    model = model_for("order_free")
+    x = make_features(2)
+    from_numpy = beam_search(model, x.numpy(), max_steps=3)
+    np.testing.assert_array_equal(from_numpy["labels"], beam_search(model, x, max_steps=3)["labels"])
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2, K_FEAT), (2, K_FEAT)], ids=["unflattened_maps", "pooled"])
+def test_the_model_refuses_features_that_are_not_b_m_k(shape):
+    # Broadcasting let [B, H, W, k] through as logits of shape [B, H, C].
+    model = model_for("order_free")
+    with pytest.raises(ValueError, match=r"features must be \[batch, m, k\]: the backbone's"):
+        model(tf.zeros(shape))
+
+
 def test_exhaustive_reference_rule_sanity():
     """The reference itself: longest admissible length wins over a better shorter path."""
     paths = [([0], math.log(0.9), None, []), ([1], math.log(0.8), None, []),

@@ -68,7 +68,8 @@ def _check_args(model, beam_size: int, max_steps: int, min_labels: int) -> None:
         raise ValueError(f"min_labels={min_labels} exceeds num_classes={model.num_classes}")
 
 
-def _check_features(features: tf.Tensor) -> tf.Tensor:
+def _check_features(features) -> tf.Tensor:
+    features = tf.convert_to_tensor(features)
     if features.shape.rank is not None and features.shape.rank != 3:
         raise ValueError(f"features must be [batch, m, k] feature maps; got shape {features.shape}")
     return tf.cast(features, tf.float32)

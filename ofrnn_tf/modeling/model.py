@@ -228,6 +228,13 @@ class OrderFreeRNN(keras.Model):
                 + self.cell.trainable_variables + stop)
 
     def _standardized(self, features):
+        """`features` checked (`[B, m, k]`, the backbone's maps flattened over their
+        positions) and standardized."""
+        rank = tf.TensorShape(features.shape).rank
+        if rank is not None and rank != 3:
+            raise ValueError(f"features must be [batch, m, k]: the backbone's [batch, H, W, k] "
+                             f"maps reshaped to m = H·W positions; got shape "
+                             f"{tuple(features.shape)}")
         return features if self.standardizer is None else self.standardizer(features)
 
     def map_logits(self, features, training=False):
