@@ -95,6 +95,18 @@ def test_caffe_preprocessing_matches_keras():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("name, reference", [
+    ("densenet121", keras.applications.densenet.preprocess_input),  # "torch" mode
+    ("mobilenet_v2", keras.applications.mobilenet_v2.preprocess_input)],  # "tf" mode
+    ids=["densenet121_torch_mode", "mobilenet_v2_tf_mode"])
+def test_torch_and_tf_mode_preprocessing_match_keras(name, reference):
+    images = np.random.RandomState(0).randint(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    images[0, 0, 0], images[0, 0, 1] = 0, 255  # both ends of the range
+    expected = reference(images.copy())
+    got = keras_applications.SPECS[name].preprocess(tf.constant(images.astype(np.uint8)))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_backbone_inside_a_saved_module_reloads_with_the_same_features(tmp_path):
     backbone = get_backbone("efficientnet_lite0", "stage5", image_size=96)
 

@@ -174,6 +174,18 @@ def test_8_bit_bmp_is_decoded_in_the_colours_of_its_table(image, limit):
             np.testing.assert_allclose(got.numpy(), expected, atol=1.0, err_msg=mode)
 
 
+@pytest.mark.parametrize("height, width", [(SIZE, SIZE + 7), (SIZE + 7, SIZE)],
+                         ids=["height_is_s", "width_is_s"])
+def test_an_image_with_one_side_of_the_output_size_is_resized(decode, height, width):
+    # Only an image already S×S passes through unresized.
+    rgb = np.random.default_rng(1).integers(0, 256, (height, width, 3)).astype(np.uint8)
+    data = encode(Image.fromarray(rgb), "PNG")
+    resized = tf.image.resize(rgb, [SIZE, SIZE], antialias=True).numpy()
+    want = np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(decode(tf.constant([JPEG, data])).numpy()[1], want)  # served
+    np.testing.assert_array_equal(decode_and_resize(tf.constant(data), SIZE).numpy(), want)
+
+
 def test_8_bit_bmp_indexing_past_its_table_is_refused():
     data = bytearray(encode(picture(seed=14).convert("P", palette=Image.Palette.ADAPTIVE), "BMP"))
     struct.pack_into("<I", data, 46, 2)  # the table now ends after two colours

@@ -237,6 +237,20 @@ def test_cell_config_round_trip(use_attention):
 
 
 # -- the main job's layers: standardisation, spatial M_map, residual decoder cell -------
+def test_feature_standardizer_statistics_over_unequal_batches_are_the_whole_splits():
+    from ofrnn_tf.modeling.layers import FeatureStandardizer
+
+    rng = np.random.default_rng(5)
+    # Channels of different means and spreads, as a frozen CNN's are.
+    x = (rng.normal(size=(11, M, K)) * rng.uniform(0.5, 5.0, K) + rng.normal(0, 4, K)).astype(
+        np.float32)
+    layer = FeatureStandardizer(depth=K)
+    layer.adapt(tf.constant(part) for part in (x[:5], x[5:6], x[6:]))  # one pass, a generator
+    flat = x.reshape(-1, K).astype(np.float64)
+    np.testing.assert_allclose(layer.mean.numpy(), flat.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.std.numpy(), flat.std(0) + layer.epsilon, rtol=1e-4)
+
+
 def test_spatial_head_pools_position_scores_between_mean_and_max():
     from ofrnn_tf.modeling.layers import SpatialLabelHead
 

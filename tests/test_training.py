@@ -219,6 +219,27 @@ def test_main_job_model_standardises_its_features_then_trains(tmp_path):
     assert not again.model.needs_adapting  # the statistics came back with the checkpoint
 
 
+def test_cosine_schedule_decays_to_zero_over_the_stages_steps(tmp_path):
+    """`--stageN.schedule=cosine`: Keras `CosineDecay` from the stage's rate to 0 over its
+    epochs × steps per epoch, counted from the stage's first step."""
+    config = tiny_config(stage1={"schedule": "cosine", "epochs": 3},
+                         stage2={"schedule": "cosine", "epochs": 2, "learning_rate": 5e-3})
+    make_trainer(str(tmp_path), config, synthetic_data()).train()
+    found = scalars(str(tmp_path))
+    start = 0
+    for stage, stage_config in ((1, config.stage1), (2, config.stage2)):
+        decay_steps = stage_config.epochs * STEPS_PER_EPOCH
+        points = found[f"learning_rate/stage{stage}"]
+        assert [step for step, _ in points] == list(range(start + 1, start + decay_steps + 1))
+        # Logged after the step's update: the schedule at the stage's steps done.
+        initial = stage_config.learning_rate
+        want = [initial * 0.5 * (1 + np.cos(np.pi * (step - start) / decay_steps))
+                for step, _ in points]
+        np.testing.assert_allclose([rate for _, rate in points], want, rtol=1e-5, atol=1e-9,
+                                   err_msg=f"stage {stage}")
+        start += decay_steps
+
+
 def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features(tmp_path):
     """The residual decoder's stage 2 reads M_map's frozen outputs, computed once when they
     fit in --train.cache_records_mib; the run is the one it would be without them, up to
@@ -507,6 +528,23 @@ def test_patience_stops_a_stage_early(tmp_path):
     assert calls == [1, 1, 1, 2, 2]
 
 
+def test_patience_counts_the_epochs_since_the_latest_best_one(tmp_path):
+    # Scores 0.5, 0.4, 0.6, 0.55: two epochs without a better score, but the second
+    # follows a new best, so with patience 2 stage 1 goes on to its fifth epoch.
+    script = {1: iter([0.5, 0.4, 0.6, 0.55, 0.7]), 2: iter([0.5])}
+    calls = []
+
+    def validate_fn(model, stage):
+        calls.append(stage)
+        return {"score": next(script[stage])}
+
+    config = tiny_config(stage1={"epochs": 5, "patience": 2}, stage2={"epochs": 1})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(), validate_fn)
+    trainer.train()
+    assert calls == [1, 1, 1, 1, 1, 2]
+    assert RunDir(str(tmp_path)).load_best_info()["stage"] == 2
+
+
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
     trainer = make_trainer(str(tmp_path), config, synthetic_data(nan=True))
@@ -764,6 +802,40 @@ def test_a_resumed_run_logs_each_step_once_and_every_epoch_end(tmp_path):
     assert [step for step, _ in logged["loss/stage2"]] == [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH]
     assert [step for step, _ in logged["validation_stage2/score"]] == [2 * STEPS_PER_EPOCH,
                                                                       3 * STEPS_PER_EPOCH]
+
+
+def test_a_run_stopped_mid_epoch_resumes_on_the_epochs_remaining_batches(tmp_path):
+    # Stopped twice part-way through an epoch (stage 1 epoch 2 after 1 of 4 steps, stage 2
+    # epoch 1 after 2 of 4), each rerun trains only the batches its epoch had left, in
+    # their order: the weights end as an uninterrupted run's (dropout 0, one seed).
+    config = tiny_config(stage1={"epochs": 2}, stage2={"epochs": 2},
+                         runtime={"checkpoint_every": 1})
+    data = synthetic_data()
+    whole = make_trainer(str(tmp_path / "whole"), config, data).train()
+    workdir = str(tmp_path / "stopped")
+    positions = []
+    for stop_at in (STEPS_PER_EPOCH + 2, 2 * STEPS_PER_EPOCH + 3, None):
+        trainer = make_trainer(workdir, config, data)
+        if trainer.restore():
+            positions.append(trainer.position())
+        save = trainer.manager.save
+
+        def save_or_stop(checkpoint_number=None, save=save, stop_at=stop_at):
+            if checkpoint_number == stop_at:  # the step is trained, not saved: a kill
+                raise KeyboardInterrupt
+            return save(checkpoint_number=checkpoint_number)
+
+        trainer.manager.save = save_or_stop
+        if stop_at is None:
+            model = trainer.train()
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                trainer.train()
+    assert positions == [f"stage 1 epoch 2/2, step 1/{STEPS_PER_EPOCH}",
+                         f"stage 2 epoch 1/2, step 2/{STEPS_PER_EPOCH}"]
+    want = weights(whole.trainable_variables)
+    for path, value in weights(model.trainable_variables).items():
+        np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 def test_a_sessions_global_dtype_policy_neither_leaks_in_nor_is_lost(tmp_path):
