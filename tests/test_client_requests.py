@@ -167,3 +167,34 @@ def test_a_sound_image_refused_alone_is_sent_again_before_it_is_recorded(serve, 
                                     "image decodes here: the refusal may be another request's, "
                                     "merged with it by the server's batching)")
     assert len(service.requests) == 3
+
+
+def test_a_request_above_the_servers_message_limit_is_halved_and_costs_one_line(serve, tmp_path):
+    # The server's limit (here 3 images' worth) may be below the client's max_request_bytes;
+    # an image above it alone is refused, and the images around it keep their results.
+    big = png(200) + b"\0" * 5000
+    limit = 3 * len(png(10)) + 100
+
+    def refuse(images):
+        if sum(len(image) for image in images) > limit:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"
+        return None
+
+    target, service = serve(refuse)
+    paths = files(tmp_path, [png(10), png(20), big, png(30), png(40), png(50)])
+    results = list(client.predict_files(target, paths, batch_size=6))
+    assert [("error" in r) for r in results] == [False, False, True, False, False, False]
+    assert results[2]["error"] == (f"{paths[2]}: refused by the server: a request of this image "
+                                   f"alone ({len(big)} bytes) is above its message limit: "
+                                   f"Received message larger than max")
+    assert [len(r) for r in service.requests] == [6, 3, 1, 2, 1, 1, 3]
+
+
+def test_an_image_above_the_servers_own_pixel_limit_is_not_sent_again(serve, tmp_path):
+    # The limit the refusal names, not the default one, decides whether it decodes here.
+    target, service = serve(lambda images: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0]: PNG of 8x8 = 64 pixels is above the limit of 50 pixels"))
+    results = list(client.predict_files(target, files(tmp_path, [png(10)]), batch_size=1))
+    assert results[0]["error"].endswith("above the limit of 50 pixels")  # no note of doubt
+    assert len(service.requests) == 1

@@ -374,6 +374,52 @@ def test_a_second_server_on_a_busy_port_fails_to_bind(model_base, server):
     assert_good_request_works(server)
 
 
+class _Context:
+    """The part of a grpc.ServicerContext the server reads of a call."""
+
+    def __init__(self, remaining, active=True):
+        self.remaining, self.active = remaining, active
+
+    def time_remaining(self):
+        return self.remaining
+
+    def is_active(self):
+        return self.active
+
+
+@slow
+def test_a_request_runs_within_its_clients_deadline(model_base):
+    from ofrnn_tf.serving.local_server import ModelServer, RequestError, Servable
+
+    service = ModelServer(Servable.load(model_base, "ofrnn"))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ofrnn"
+    request.inputs["images"].CopyFrom(strings([RED]))
+    for gone in (_Context(-0.1), _Context(5.0, active=False)):
+        with pytest.raises(RequestError, match="deadline passed before the model ran") as err:
+            service.predict(request, context=gone)
+        assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    timeouts = []
+    real_run = service.servable.run
+
+    def run(*args):
+        timeouts.append(args[3])
+        return real_run(*args)
+
+    service.servable.run = run
+    for context in (_Context(2.5), _Context(None)):  # None: no deadline, no timeout
+        assert service.predict(request, context=context).outputs["label_names"]
+    assert timeouts[0] in range(2400, 2501) and timeouts[1] is None
+
+    def too_slow(*args):
+        raise tf.errors.DeadlineExceededError(None, None, "Timed out waiting for notification")
+
+    service.servable.run = too_slow
+    with pytest.raises(RequestError, match=r"ran past the client's deadline \(\d+ ms left") as err:
+        service.predict(request, context=_Context(1.0))
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 @slow
 def test_message_above_limit_is_refused(server, stub):
     blob = RED + b"\x00" * (MESSAGE_LIMIT + 1024)

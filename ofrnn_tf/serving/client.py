@@ -256,6 +256,20 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     signature_name=signature_name, version=version, threshold=threshold,
                     timeout=timeout, channel=ch)
             except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # Above the server's message limit (which may be below
+                    # max_request_bytes): halve the request; one image alone is refused.
+                    if len(request) > 1:
+                        half = len(request) // 2
+                        _serve(request[:half], batch, results, ch)
+                        _serve(request[half:], batch, results, ch)
+                        return
+                    k, data = request[0]
+                    results[k] = {"image": batch[k], "error": (
+                        f"{batch[k]}: refused by the server: a request of this image alone "
+                        f"({len(data)} bytes) is above its message limit: "
+                        f"{reason_text(error.details() or '')}")}
+                    return
                 refused = _refused_index(error, len(request))
                 if refused is None and len(request) == 1 and _undecodable(error, request[0][1]):
                     refused = 0
@@ -265,7 +279,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     _serve([request.pop(refused)], batch, results, ch)
                     continue
                 k, data = request[0]
-                fine_here = _fine_here(data)
+                fine_here = _fine_here(data, _pixel_limit(error))
                 if fine_here and retries < len(ALONE_RETRY_SECONDS):
                     # Merged by the server's batching with another request's bad image?
                     time.sleep(ALONE_RETRY_SECONDS[retries])
@@ -318,14 +332,24 @@ def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:
     return int(match.group(1))
 
 
-def _fine_here(image: bytes) -> bool:
+# How a refusal names the pixel limit it applied (the export's checks, ofrnn-serve's).
+_PIXEL_LIMIT = re.compile(r"above the limit of (\d+) pixels")
+
+
+def _pixel_limit(error: grpc.RpcError) -> int:
+    """The pixel limit a refusal names, else the default one."""
+    match = _PIXEL_LIMIT.search(error.details() or "")
+    return int(match.group(1)) if match else DEFAULT_MAX_IMAGE_PIXELS
+
+
+def _fine_here(image: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
     """Whether `image` passes here what the export checks: a readable header, at most
-    the default pixel limit (bombs are not decoded), and TensorFlow's decoder."""
+    `max_pixels` (bombs are not decoded), and TensorFlow's decoder."""
     try:
         _, width, height = read_image_header(image)
     except ValueError:
         return False
-    return width * height <= DEFAULT_MAX_IMAGE_PIXELS and find_undecodable("images", [image]) is None
+    return width * height <= max_pixels and find_undecodable("images", [image]) is None
 
 
 def _undecodable(error: grpc.RpcError, image: bytes) -> bool:

@@ -68,6 +68,7 @@ from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, L
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
+SHUTDOWN_GRACE_SECONDS = 2.0  # on SIGTERM or Ctrl-C, before requests in flight are cancelled
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.config: 32)
@@ -133,12 +134,14 @@ class Servable:
         return sorted(self.signature_defs)
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-            output_keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """Runs one signature: inputs and outputs by their SignatureDef keys."""
+            output_keys: Sequence[str], timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+        """Runs one signature: inputs and outputs by their SignatureDef keys; a run
+        longer than `timeout_ms` is cancelled (`tf.errors.DeadlineExceededError`)."""
         signature = self.signature_defs[signature_name]
         feed = {signature.inputs[key].name: value for key, value in inputs.items()}
         fetches = {key: signature.outputs[key].name for key in output_keys}
-        return self.session.run(fetches, feed_dict=feed)
+        options = None if timeout_ms is None else tf.compat.v1.RunOptions(timeout_in_ms=timeout_ms)
+        return self.session.run(fetches, feed_dict=feed, options=options)
 
 
 # The checkpoint key of `InferenceModule.max_image_pixels` (ofrnn_tf/inference/module.py).
@@ -290,8 +293,13 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"model {s.name!r} has no version label {spec.version_label!r}")
 
-    def predict(self, request: predict_pb2.PredictRequest, check_spec: bool = True) -> predict_pb2.PredictResponse:
-        """Validates and runs one PredictRequest; raises RequestError."""
+    def predict(self, request: predict_pb2.PredictRequest, check_spec: bool = True,
+                context: grpc.ServicerContext | None = None) -> predict_pb2.PredictResponse:
+        """Validates and runs one PredictRequest; raises RequestError.
+
+        With the call's `context`, the run gets the time left before the client's
+        deadline, as TF Serving's session runs do: a request its client gave up on stops
+        holding the CPU that the requests after it are waiting for."""
         s = self.servable
         if check_spec:
             self._check_spec(request.model_spec)
@@ -326,8 +334,19 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                                f"several requests")
 
         keys = list(request.output_filter or sig.outputs)
+        timeout_ms = None
+        if context is not None:
+            remaining = context.time_remaining()
+            if not context.is_active() or (remaining is not None and remaining <= 0):
+                raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "the client's deadline passed before the model ran")
+            timeout_ms = None if remaining is None else max(1, int(remaining * 1000))
         try:
-            outputs = s.run(name, inputs, keys)
+            outputs = s.run(name, inputs, keys, timeout_ms)
+        except tf.errors.DeadlineExceededError:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"the model ran past the client's deadline "
+                               f"({timeout_ms} ms left when it started)") from None
         except tf.errors.OpError as e:
             raise self._model_error(e, inputs) from None
 
@@ -372,7 +391,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
     # -- PredictionService -----------------------------------------------------
 
     def Predict(self, request, context):
-        return self._answer(context, self.predict, request)
+        return self._answer(context, self.predict, request, True, context)
 
     def GetModelMetadata(self, request, context):
         return self._answer(context, self._metadata, request)
@@ -518,12 +537,17 @@ def main(argv: Sequence[str]) -> None:
                              max_concurrent_rpcs=FLAGS.max_concurrent_rpcs, warmup=FLAGS.warmup)
     except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f"local_server: {e}")
-    signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2.0))
+    def stop(why: str):
+        logging.info("stopping (%s): requests in flight have %.0f s to finish", why,
+                     SHUTDOWN_GRACE_SECONDS)
+        return server.stop(grace=SHUTDOWN_GRACE_SECONDS)
+
+    signal.signal(signal.SIGTERM, lambda *_: stop("SIGTERM"))
     print(f"{LISTENING_PREFIX}{_address(FLAGS.host, port)}", flush=True)
     try:
         server.wait_for_termination()
     except KeyboardInterrupt:
-        server.stop(grace=2.0).wait()
+        stop("Ctrl-C").wait()
 
 
 run = runner(_define_flags, main)  # the ``ofrnn-serve`` console script
