@@ -198,3 +198,13 @@ def test_an_image_above_the_servers_own_pixel_limit_is_not_sent_again(serve, tmp
     results = list(client.predict_files(target, files(tmp_path, [png(10)]), batch_size=1))
     assert results[0]["error"].endswith("above the limit of 50 pixels")  # no note of doubt
     assert len(service.requests) == 1
+
+
+def test_a_server_at_its_limit_of_requests_stops_the_command(serve, tmp_path):
+    # RESOURCE_EXHAUSTED for too many requests in flight says nothing of the images.
+    target, service = serve(lambda images: (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            "Concurrent RPC limit exceeded!"))
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.predict_files(target, files(tmp_path, [png(10), png(20)]), batch_size=2))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [len(r) for r in service.requests] == [2]

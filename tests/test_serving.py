@@ -407,9 +407,10 @@ def test_a_request_runs_within_its_clients_deadline(model_base):
         return real_run(*args)
 
     service.servable.run = run
-    for context in (_Context(2.5), _Context(None)):  # None: no deadline, no timeout
+    # grpc gives a call without a deadline about 2**63 ns to go, not None
+    for context in (_Context(2.5), _Context(None), _Context(9.223372036854776e9)):
         assert service.predict(request, context=context).outputs["label_names"]
-    assert timeouts[0] in range(2400, 2501) and timeouts[1] is None
+    assert timeouts[0] in range(2400, 2501) and timeouts[1:] == [None, None]
 
     def too_slow(*args):
         raise tf.errors.DeadlineExceededError(None, None, "Timed out waiting for notification")
@@ -418,6 +419,14 @@ def test_a_request_runs_within_its_clients_deadline(model_base):
     with pytest.raises(RequestError, match=r"ran past the client's deadline \(\d+ ms left") as err:
         service.predict(request, context=_Context(1.0))
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@slow
+def test_a_request_without_a_deadline_is_served(server, stub):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ofrnn"
+    request.inputs["images"].CopyFrom(strings([RED]))
+    assert stub.Predict(request).outputs["label_names"]  # no timeout given
 
 
 @slow

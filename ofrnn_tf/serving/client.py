@@ -256,7 +256,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     signature_name=signature_name, version=version, threshold=threshold,
                     timeout=timeout, channel=ch)
             except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if _too_large(error):
                     # Above the server's message limit (which may be below
                     # max_request_bytes): halve the request; one image alone is refused.
                     if len(request) > 1:
@@ -330,6 +330,13 @@ def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:
     if match is None or int(match.group(1)) >= batch_size:
         return None
     return int(match.group(1))
+
+
+def _too_large(error: grpc.RpcError) -> bool:
+    """Whether a refusal is gRPC's for a message above the server's limit (not another
+    RESOURCE_EXHAUSTED, such as a server at its limit of concurrent requests)."""
+    return (error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "larger than max" in (error.details() or ""))
 
 
 # How a refusal names the pixel limit it applied (the export's checks, ofrnn-serve's).

@@ -68,6 +68,7 @@ from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, L
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
+_NO_DEADLINE_SECONDS = 10 ** 9  # more time than this left: the client set no deadline
 SHUTDOWN_GRACE_SECONDS = 2.0  # on SIGTERM or Ctrl-C, before requests in flight are cancelled
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
@@ -340,7 +341,9 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             if not context.is_active() or (remaining is not None and remaining <= 0):
                 raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    "the client's deadline passed before the model ran")
-            timeout_ms = None if remaining is None else max(1, int(remaining * 1000))
+            # A call without a deadline has about 2**63 ns left (grpc), not None.
+            if remaining is not None and remaining < _NO_DEADLINE_SECONDS:
+                timeout_ms = max(1, int(remaining * 1000))
         try:
             outputs = s.run(name, inputs, keys, timeout_ms)
         except tf.errors.DeadlineExceededError:
