@@ -233,8 +233,8 @@ def prepare_features(config: ExperimentConfig, data: Data,
     """Extracts (or finds) the run's feature cache; returns it and the run's facts.
 
     With `resumed`, an existing run folder this run goes on with, the data and the
-    run's cache are checked first (`check_resumed_data`); a new run refuses a cache of
-    the same data in an earlier format (`cache.check_cache_format`).
+    run's cache are checked first (`check_resumed_data`); a new run says so when it
+    extracts the features of data an earlier-format cache holds (`cache.note_earlier_format`).
 
     Raises `SplitTooSmallError` when the images that could be decoded leave a split too
     small for the run (`check_extracted_sizes`): the cache stays, training does not start.
@@ -244,8 +244,8 @@ def prepare_features(config: ExperimentConfig, data: Data,
     if resumed is not None:
         key = check_resumed_data(config, data, key, resumed)
     else:
-        cache.check_cache_format(config.runtime.cache_dir, config.data.dataset,
-                                 features.backbone, features.layer, key.inputs)
+        cache.note_earlier_format(config.runtime.cache_dir, config.data.dataset,
+                                  features.backbone, features.layer, key.inputs)
     name, fingerprint = key.name, key.fingerprint
     layer = describe_backbone(features.backbone, features.layer)["feature_layer"]
     directory = cache.features_dir(config.runtime.cache_dir, name)

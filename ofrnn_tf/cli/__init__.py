@@ -83,8 +83,7 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.data import DataFileError, DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavailableError
-    from ofrnn_tf.features.cache import (
-        FeatureCacheFormatError, FeatureCacheMismatchError, FeatureCacheNotFoundError)
+    from ofrnn_tf.features.cache import FeatureCacheMismatchError, FeatureCacheNotFoundError
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
-            FeatureCacheMismatchError, FeatureCacheFormatError, BackboneWeightsUnavailableError)
+            FeatureCacheMismatchError, BackboneWeightsUnavailableError)

@@ -17,8 +17,9 @@ count and digests), so that a changed data set can be named split by split.
 The embedded benchmark's images are a function of its build settings, rebuilt
 identically under any ``--runtime.cache_dir``: its fingerprint covers ids, labels and
 areas only (format 1, that of caches built before format 2). Format-1 caches of own data
-built by earlier versions cannot be checked against the files: a new run refuses them
-naming the change (`FeatureCacheFormatError`); runs trained on one keep using it.
+built by earlier versions cannot be checked against the files: a new run extracts a
+format-2 cache beside one and says so (`note_earlier_format`); runs trained on the old
+one keep using it.
 
 The fingerprint does not cover the image bytes (hashing every image would cost a pass
 over the data on each run). A repaired image of own data (another size) gives another
@@ -57,11 +58,6 @@ class FeatureCacheMismatchError(ValueError):
 
 class FeatureCacheNotFoundError(FileNotFoundError):
     """The feature cache a run was trained on is not under this ``--runtime.cache_dir``."""
-
-
-class FeatureCacheFormatError(ValueError):
-    """A cache of these image ids and labels was built by an earlier version whose
-    fingerprint does not cover the image files: it cannot be checked against them."""
 
 
 def _split_digest(examples: Sequence[Example]) -> str:
@@ -166,12 +162,12 @@ def check_fingerprint(directory: str, expected: str) -> dict:
     return meta
 
 
-def check_cache_format(cache_dir: str, dataset: str, backbone: str, feature_layer: str,
-                       inputs: dict) -> None:
-    """Refuses (`FeatureCacheFormatError`) to build the cache of `inputs` (format 2) while a
-    format-1 cache of the same image ids and labels lies beside it: built by an earlier
-    version, it cannot be checked against the image files, so it is neither reused nor
-    silently built again."""
+def note_earlier_format(cache_dir: str, dataset: str, backbone: str, feature_layer: str,
+                        inputs: dict) -> None:
+    """Says so when the cache of `inputs` (format 2) is about to be extracted beside a
+    format-1 cache of the same image ids and labels: built by an earlier version, that
+    one cannot be checked against the image files, so it is not reused; runs trained on
+    it keep it."""
     if inputs["format"] < 2:
         return
     fingerprint = fingerprint_of(inputs, backbone, feature_layer)
@@ -184,16 +180,11 @@ def check_cache_format(cache_dir: str, dataset: str, backbone: str, feature_laye
         found = tfrecords.read_meta(directory).get(FINGERPRINT_KEY)
     except (FileNotFoundError, ValueError):
         return
-    if found != old:
-        return
-    raise FeatureCacheFormatError(
-        f"{directory} holds features of these image ids and labels, built by an earlier "
-        f"version of ofrnn_tf: the feature cache format changed (the fingerprint now also "
-        f"covers each image file's size, which that cache did not "
-        f"record), so it cannot tell whether the images changed since it was built. To "
-        f"extract the features again, delete that folder and rerun; runs trained on it "
-        f"still evaluate and resume with it, so if you keep it for them, give this run "
-        f"another --runtime.cache_dir")
+    if found == old:
+        print(f"[ofrnn_tf] features: {directory} holds these image ids and labels, built by "
+              f"an earlier version whose cache fingerprint did not cover the image files, so "
+              f"it cannot tell whether they changed: extracting a new cache beside it (runs "
+              f"trained on it keep using it; delete it once none does)", file=sys.stderr)
 
 
 def split_complete(directory: str, split: str) -> bool:
