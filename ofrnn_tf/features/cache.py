@@ -23,9 +23,10 @@ one keep using it.
 
 The fingerprint does not cover the image bytes (hashing every image would cost a pass
 over the data on each run). A repaired image of own data (another size) gives another
-cache; a benchmark image, or a file rewritten with the same size, keeps its entry, so an image skipped there as undecodable stays skipped once it is
-repaired: a cache hit re-checks the skipped images and names those that now decode,
-with the shard to delete so that the next run extracts them.
+cache; a benchmark image, or a file rewritten with the same size, keeps its entry, so
+an image skipped there as undecodable stays skipped once it is repaired: a cache hit
+re-checks the skipped images and names those that now decode, with the shard to delete
+so that the next run extracts them.
 """
 
 from __future__ import annotations
@@ -36,13 +37,10 @@ import os
 import sys
 from typing import Mapping, Sequence
 
-import tensorflow as tf
-
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
-from ofrnn_tf.features.extract import extract_split
-from ofrnn_tf.features.images import decode_and_resize
+from ofrnn_tf.features.extract import decode_failure, extract_split
 from ofrnn_tf.labels import LabelMap
 
 FEATURES_SUBDIR = "features"
@@ -120,14 +118,6 @@ def fingerprint_of(inputs: dict, backbone: str, feature_layer: str,
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def content_fingerprint(splits: Mapping[str, Sequence[Example]], label_map: LabelMap,
-                        backbone: str, feature_layer: str, *, file_stats: bool = True) -> str:
-    """The hash a cache of these examples' features is known by (see the module docstring);
-    without `file_stats`, that of format 1 (image ids, labels and areas only)."""
-    return fingerprint_of(describe_inputs(splits, label_map, file_stats=file_stats),
-                          backbone, feature_layer)
-
-
 def cache_name(dataset: str, backbone: str, feature_layer: str, fingerprint: str) -> str:
     """``<dataset>-<backbone>-<layer>-<fingerprint[:12]>``: readable and unique."""
     return f"{dataset}-{backbone}-{feature_layer}-{fingerprint[:12]}"
@@ -196,17 +186,6 @@ def split_complete(directory: str, split: str) -> bool:
     return len(files) == int(info["num_shards"])
 
 
-def _decodes(path: str, image_size: int) -> bool:
-    """Whether the extraction would read the image at `path` now."""
-    if not os.path.isfile(path):  # also the "<n encoded bytes ...>" of in-memory images
-        return False
-    try:
-        decode_and_resize(tf.io.read_file(path), image_size)
-    except (tf.errors.OpError, ValueError):
-        return False
-    return True
-
-
 def repaired_images(directory: str, split: str) -> dict[str, list[str]]:
     """``{shard file: [image path, ...]}`` of the images skipped when ``split`` was
     extracted that decode now."""
@@ -214,7 +193,8 @@ def repaired_images(directory: str, split: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for shard in meta["splits"][split]["shards"].values():
         for record in shard["skipped"]:
-            if _decodes(str(record["path"]), int(meta["image_size"])):
+            path = str(record["path"])  # or the "<n encoded bytes ...>" of in-memory images
+            if os.path.isfile(path) and decode_failure(path, int(meta["image_size"])) is None:
                 found.setdefault(shard["file"], []).append(record["path"])
     return found
 

@@ -144,19 +144,25 @@ def _describe(example: Example) -> str:
     return str(example.image)
 
 
-def _diagnose(example: Example, image_size: int) -> str:
-    """Why an image was dropped by the pipeline (rerun eagerly, rare)."""
+def decode_failure(image, image_size: int) -> str | None:
+    """Why the extraction cannot read `image` (a file path or encoded bytes), or None
+    when it reads it now (run eagerly, one image)."""
     try:
-        if isinstance(example.image, (bytes, bytearray)):
-            data = tf.constant(bytes(example.image))
+        if isinstance(image, (bytes, bytearray)):
+            data = tf.constant(bytes(image))
         else:
-            if not os.path.exists(example.image):
+            if not os.path.exists(image):
                 return "file not found"
-            data = tf.io.read_file(example.image)
+            data = tf.io.read_file(image)
         decode_and_resize(data, image_size)
     except (tf.errors.OpError, OSError, ValueError) as e:
         return op_error_text(e)
-    return "could not be read or decoded"
+    return None
+
+
+def _diagnose(example: Example, image_size: int) -> str:
+    """Why an image was dropped by the pipeline (rerun eagerly, rare)."""
+    return decode_failure(example.image, image_size) or "could not be read or decoded"
 
 
 @dataclasses.dataclass
