@@ -20,8 +20,8 @@ Expected test result: C-F1 83.4, O-F1 82.9, mAP 89.7, small-object AP 72.7 (one
 run; the same job on features extracted before the backbone's batch norms were folded
 gave 83.9 / 83.8 / 90.4 / 73.9, about the run-to-run spread; across
 data seeds see the `order_free (main job)` row of the paper table in
-benchmarks/RESULTS.md: 83.6 / 83.5 / 89.8 / 73.2 with its stage 1 run to the end of a
-20-epoch cosine decay).
+benchmarks/RESULTS.md, summary: 83.6 / 83.3 / 89.5 / 73.3 with its stage 1 run to the
+end of a 20-epoch cosine decay).
 """
 
 from ofrnn_tf.config.experiment import ExperimentConfig

@@ -17,18 +17,17 @@ cross-entropy of both (`--model.label_context_units`,
 `--model.label_context_training=joint`; docs/experiments.md, "A label context trained with
 M_map"). Where labels co-occur, the context reads them from M_map's probabilities.
 With every stage 1 run to the end of its cosine decay (the paper table's budget), the
-decoder over it leads the 256-unit head alone by 4.1 C-F1 and 3.3 O-F1 on average and
-is level with that head with the same jointly trained context and no decoder (+0.2
-C-F1 and +0.2 O-F1, inside the seed-to-seed spread), steadier from seed to seed.
+decoder over it leads the 256-unit head alone by 3.7 C-F1 and 3.0 O-F1 on average and
+is level with that head with the same jointly trained context and no decoder (−0.3
+C-F1 and −0.2 O-F1, inside the seed-to-seed spread), steadier from seed to seed.
 
 Run time on 2 CPU cores: about 3 minutes on an AMD EPYC host once the scene-mode
-canvases and features are cached (training 159 s; seed 0 then scored 88.1 / 89.1 /
-94.0 / 78.9); building them from nothing takes about 4 minutes more (measured earlier,
-on a Xeon host).
+canvases and features are cached; building them from nothing takes about 4 minutes
+more (measured on a Xeon host).
 
 Expected test result (mean over data seeds 0-2 of the paper table's main-job row,
-whose stage 1 runs 20 epochs; benchmarks/RESULTS.md): C-F1 87.7, O-F1 88.7, mAP 93.5,
-small-object AP 77.6.
+whose stage 1 runs 20 epochs; benchmarks/RESULTS.md, summary): C-F1 87.6, O-F1 88.5,
+mAP 93.5, small-object AP 77.9.
 """
 
 from ofrnn_tf.configs import benchmark
