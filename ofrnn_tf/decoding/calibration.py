@@ -1,4 +1,4 @@
-"""Choosing the beam-search stopping threshold τ on a validation split (paper §"Beam search").
+"""Choosing the beam-search stopping threshold τ on a validation split (the paper's "Testing").
 
 The paper stops a prediction path when its probability (Eq. 11) falls below a
 threshold "determined by cross-validation". `calibrate_threshold` decodes the

@@ -321,7 +321,7 @@ class OrderFreeRNN(keras.Model):
         return tf.concat([masked_logits, stop], axis=-1)
 
     def advance(self, state: CellState, h, c, logits, chosen) -> CellState:
-        """Eq. 10: puts `chosen [B]` into ỹ and carries `sigmoid(p_t)` as v_pred."""
+        """Eq. 9–10: puts `chosen [B]` into ỹ and carries `sigmoid(p_t)` as v_pred."""
         return ConfidenceRankedLSTMCell.advance(state, h, c, logits, chosen)
 
     # -- losses of Algorithm 1 ------------------------------------------------------

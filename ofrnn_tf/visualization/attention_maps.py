@@ -1,7 +1,7 @@
 """Attention pictures in the style of the paper's Fig. 3.
 
 One PNG per image: the image on the left, then one panel per decoding step with
-that step's attention map α_t (Eq. 5) upsampled bilinearly onto the image and
+that step's attention map α_t (Eq. 4) upsampled bilinearly onto the image and
 overlaid with a colour map, titled with the label chosen at the step and its
 probability at that step (`sigmoid(p_t[l_t])`, one factor of Eq. 11). The figure
 title names the image, the path probability and, when known, the true labels.

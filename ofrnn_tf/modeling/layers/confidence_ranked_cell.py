@@ -45,7 +45,7 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
 
     `z_t = M_att(v, h_{t-1})` (Eq. 4–5), `h_t = LSTM([v_pred, z_t, ỹ_{t-1}], h_{t-1})`
     (Eq. 6), `p_t = FC2(FC1([v_pred, z_t, ỹ_{t-1}, h_t]))` (Eq. 7),
-    `l_t = argmax_{c ∉ ỹ_{t-1}} p_t` (Eq. 9), `ỹ_t = ỹ_{t-1} + onehot(l_t)` (Eq. 10),
+    `l_t = argmax_{c ∉ ỹ_{t-1}} p_t` (Eq. 9), `ỹ_t = ỹ_{t-1} + onehot(l_t)` (Eq. 9–10),
     and the next v_pred is `sigmoid(p_t)`.
 
     Keras 3's `keras.layers.RNN` has no `constants=`, so the per-image feature maps
@@ -144,7 +144,7 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
 
     @staticmethod
     def advance(state: CellState, h, c, logits, chosen) -> CellState:
-        """Eq. 10: adds the chosen labels to ỹ; the next v_pred is sigmoid(p_t)."""
+        """Eq. 9–10: adds the chosen labels to ỹ; the next v_pred is sigmoid(p_t)."""
         onehot = tf.one_hot(chosen, tf.shape(logits)[-1], dtype=state.y_tilde.dtype)
         return CellState(h, c, state.y_tilde + onehot, tf.sigmoid(logits))
 
