@@ -1,10 +1,14 @@
-"""Importing the package: TensorFlow's oneDNN kernels on by default, the user's choice kept."""
+"""The package: TensorFlow's oneDNN kernels on by default, the user's choice kept; its source
+distribution carries the test suite whole."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +30,26 @@ def test_import_turns_onednn_on_unless_the_environment_says_otherwise(setting, o
     done = _import_with(setting)
     assert f"ENV {'1' if on else '0'}" in done.stdout
     assert ("oneDNN custom operations are on" in done.stderr) == on, done.stderr[-2000:]
+
+
+def test_source_distribution_holds_what_the_tests_import(tmp_path):
+    """Without MANIFEST.in, setuptools ships tests/test_*.py but not the modules they import."""
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    source = tmp_path / "source"
+    for name in tracked.stdout.split():
+        if (root / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, source / name)
+    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "sdist",
+                    "-d", str(tmp_path / "dist")], cwd=source, check=True, capture_output=True,
+                   timeout=300)
+    (archive,) = (tmp_path / "dist").glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        shipped = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    wanted = {name for name in tracked.stdout.split()
+              if name.split("/")[0] in ("tests", "benchmarks", "scripts")
+              and name.endswith((".py", ".sh"))}
+    assert wanted - shipped == set()

@@ -197,6 +197,19 @@ def server(model_base, tmp_path_factory):
     log.close()
 
 
+def test_server_started_from_another_folder_reads_a_relative_model_path(
+        model_base, monkeypatch):
+    """The child server runs from the package's parent folder; a relative path is the caller's."""
+    monkeypatch.chdir(os.path.dirname(model_base))
+    proc, target = start_subprocess(os.path.basename(model_base), stderr=subprocess.DEVNULL)
+    try:
+        with client.make_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
 @pytest.fixture(scope="module")
 def stub(server):
     with client.make_channel(server) as channel:

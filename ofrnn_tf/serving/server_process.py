@@ -41,7 +41,9 @@ def find_latest_version(model_base_path: str) -> tuple[int, str]:
 def spawn(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
           extra_args: Sequence[str] = (), *, stderr=None) -> subprocess.Popen:
     """Starts `ofrnn_tf.serving.local_server` on a free loopback port and returns at once;
-    `wait_until_listening` gives its target."""
+    `wait_until_listening` gives its target. A relative `model_base_path` is the caller's:
+    the child runs from the package's parent folder, so that it imports this package."""
+    model_base_path = os.path.abspath(model_base_path)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
