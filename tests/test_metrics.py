@@ -371,3 +371,21 @@ def test_value_errors_name_argument_and_index():
         M.mean_average_precision(Y_TRUE, scores)
     with pytest.raises(ValueError, match="dtype"):
         M.label_set_metrics(np.array([["a"]]), np.array([[1]]))
+
+
+def test_baseline_at_fixed_half_forces_no_label(monkeypatch):
+    """The paper's 0.5 rule names no class where none reaches 0.5; the calibrated rule,
+    with `min_labels=1`, still names each image's best class."""
+    from types import SimpleNamespace
+
+    from ofrnn_tf.evaluation import evaluate as E
+    v_prob = np.array([[0.30, 0.10, 0.05], [0.20, 0.60, 0.10]], np.float32)
+    y_true = np.array([[1, 0, 0], [0, 1, 1]])
+    monkeypatch.setattr(E, "decode_all_steps",
+                        lambda *a, **k: {"v_prob": v_prob, "y_true": y_true})
+    result = E.evaluate(SimpleNamespace(uses_decoder=False), None, tau=0.5, beam_size=1,
+                        max_steps=3, min_labels=1, progress=False)
+    assert result["mean_labels_predicted"] == 1.0
+    fixed = result[E.FIXED_THRESHOLD_KEY]
+    assert fixed["mean_labels_predicted"] == 0.5
+    assert fixed["O-P"] == pytest.approx(100.0) and fixed["O-R"] == pytest.approx(100 / 3)

@@ -109,12 +109,13 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
     """Every metric on one split, decoding with threshold τ (docs/model.md, Metrics).
 
     For the `baseline` variant the result also holds, under ``"at_fixed_0.5"``, the
-    label-set metrics at the paper's fixed threshold 0.5 on v_prob.
+    label-set metrics at the paper's fixed threshold 0.5 on v_prob: every class at or
+    above it, and no label forced where none is (`min_labels` is not applied).
     """
     outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,
                                min_labels=min_labels, progress=progress)
 
-    def scored(threshold: float) -> dict:
+    def scored(threshold: float, min_labels: int = min_labels) -> dict:
         metrics = metrics_at(outputs, threshold, min_labels=min_labels, score_mix=score_mix,
                              small_area=small_area)
         metrics["beam_size"] = int(beam_size)
@@ -122,5 +123,5 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
 
     metrics = scored(tau)
     if not model.uses_decoder:
-        metrics[FIXED_THRESHOLD_KEY] = scored(BASELINE_THRESHOLD)
+        metrics[FIXED_THRESHOLD_KEY] = scored(BASELINE_THRESHOLD, min_labels=0)
     return metrics
