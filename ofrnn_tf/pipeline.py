@@ -26,6 +26,7 @@ from ofrnn_tf.data.splits import (
 from ofrnn_tf.evaluation import evaluate as evaluation
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
+from ofrnn_tf.features.extract import decode_failure
 from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.metrics import format_table
@@ -342,10 +343,28 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
     return metrics
 
 
+def _servable_examples(examples: list[Example], num: int) -> list[Example]:
+    """The first `num` of `examples` stored as files that the served model accepts (the
+    rules of `decode_failure`); each one left out is named with its reason."""
+    chosen = []
+    for example in examples:
+        if len(chosen) == num:
+            break
+        if not isinstance(example.image, str):
+            continue
+        reason = decode_failure(example.image)
+        if reason is None:
+            chosen.append(example)
+        else:
+            log(f"example images: {example.image} left out, the exported model would refuse "
+                f"it: {reason}")
+    return chosen
+
+
 def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) -> list[str]:
-    """Copies the first test images into the run folder (export warm-up, demos) and draws
-    their attention pictures; returns the copied paths."""
-    chosen = [e for e in data.splits["test"] if isinstance(e.image, str)][:num]
+    """Copies the first test images the served model accepts into the run folder (export
+    warm-up, demos) and draws their attention pictures; returns the copied paths."""
+    chosen = _servable_examples(data.splits["test"], num)
     os.makedirs(run_dir.examples_dir, exist_ok=True)
     # Prefixed with the index (as the attention pictures are): test images of the same
     # file name in different folders (class/000.jpg) stay apart.

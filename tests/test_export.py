@@ -425,6 +425,37 @@ def test_export_command_names_the_warmup_file_it_refuses(tiny_export_run, tmp_pa
     assert not (tmp_path / "export").exists()
 
 
+def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_export_run,
+                                                                      tmp_path):
+    """A run's example images are its first test images: one the export refuses (cut
+    off, WebP) is left out of the warm-up requests with a note, not an error."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_export_run.workdir, workdir)
+    examples = Path(RunDir(str(workdir)).examples_dir)
+    shutil.rmtree(examples)
+    examples.mkdir()
+    good = tiny_export_run.jpeg_bytes(2)
+    (examples / "000_cut.jpg").write_bytes(good[0][:len(good[0]) // 2])
+    (examples / "001_photo.webp").write_bytes(b"RIFF\x24\0\0\0WEBPVP8 " + bytes(24))
+    (examples / "002_a.jpg").write_bytes(good[0])
+    (examples / "003_b.jpg").write_bytes(good[1])
+    done = run_checked([sys.executable, "export.py", f"--workdir={workdir}",
+                        f"--export_dir={tmp_path / 'export'}", "--num_warmup_images=2"])
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "export" / "1")
+    notes = [line for line in done.stderr.splitlines() if "left out of the warm-up" in line]
+    assert len(notes) == 2, done.stderr[-2000:]
+    assert str(examples / "000_cut.jpg") in notes[0] and "truncated or corrupt" in notes[0]
+    assert str(examples / "001_photo.webp") in notes[1] and "looks like WebP" in notes[1]
+    assert "--warmup_images" not in done.stderr
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
+               tf.data.TFRecordDataset(str(tmp_path / "export" / "1" / WARMUP_FILE))]
+    sent = {bytes(image) for r in records
+            for image in tf.make_ndarray(r.predict_log.request.inputs["images"])}
+    assert sent == set(good)
+
+
 def test_features_signature_refuses_non_finite_maps_naming_the_image(tiny_export_run, tiny_module):
     shape = [3, *tiny_module.feature_shape]
     features = np.zeros(shape, np.float32)

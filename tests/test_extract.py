@@ -79,8 +79,10 @@ def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, caps
     reasons = {s["image_id"]: s for s in summary.skipped}
     assert set(reasons) == {"bad_garbage", "bad_truncated", "bad_missing"}
     assert reasons["bad_missing"]["reason"] == "file not found"
-    assert "Unknown image file format" in reasons["bad_garbage"]["reason"]
-    assert "JPEG" in reasons["bad_truncated"]["reason"]
+    assert reasons["bad_garbage"]["reason"] == ("not a JPEG/PNG/GIF/BMP image (starts with "
+                                                "b'this is ')")
+    assert reasons["bad_truncated"]["reason"].startswith(
+        "its JPEG header (120x90) is sound but the data behind it is truncated or corrupt")
     err = capsys.readouterr().err
     for b in bad:
         assert b.image in err
@@ -127,6 +129,34 @@ def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, caps
     assert {n: os.path.getmtime(os.path.join(out, n)) for n in names
             if n.endswith(".tfrecord")} == {n: t for n, t in mtimes.items()
                                             if n.endswith(".tfrecord")}
+
+
+def test_images_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_path, backbone):
+    # decode_image reads WebP too, and any size: training on those would give a model
+    # that refuses images of its own test split.
+    rng = np.random.RandomState(2)
+    webp = tmp_path / "photo.webp"
+    _image(rng).save(webp, "WEBP")
+    huge = tmp_path / "huge.png"
+    Image.new("1", (7000, 6000)).save(huge)  # 42 M pixels in 5 KB
+    buf = io.BytesIO()
+    _image(rng).save(buf, "WEBP")
+    refused = {"webp": (str(webp), "not a JPEG/PNG/GIF/BMP image (starts with b'RIFF"),
+               "huge": (str(huge), "PNG of 7000x6000 = 42000000 pixels is above the limit "
+                                   "of 40000000"),
+               "webp_bytes": (buf.getvalue(), "not a JPEG/PNG/GIF/BMP image")}
+    good = _good_examples(str(tmp_path), n=3)
+    examples = good[:1] + [Example(k, image, (0,)) for k, (image, _) in refused.items()] + good[1:]
+    out = str(tmp_path / "features")
+    summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
+                                    num_shards=2, progress=False)
+    assert summary.examples_written == len(good)
+    reasons = {s["image_id"]: s["reason"] for s in summary.skipped}
+    assert set(reasons) == set(refused)
+    for key, (_, reason) in refused.items():
+        assert reasons[key].startswith(reason), reasons[key]
+    assert reasons["webp"].endswith("(this looks like WebP, which is not accepted)")
+    assert cache.repaired_images(out, "train") == {}  # a cache hit calls none repaired
 
 
 def test_the_image_pipeline_runs_without_the_autotuner(tmp_path):

@@ -6,18 +6,22 @@ writes ``exports/ofrnn/<version>/`` (the next free integer unless --version is g
 with the ``serving_default`` (image bytes), ``predict_with_threshold`` (image bytes and
 a τ per image) and ``predict_features`` signatures, the calibrated τ, K and T_max
 inside, and ``assets.extra/tf_serving_warmup_requests``. The warm-up images are run
-through the model first: one it refuses stops the export, naming the file.
+through the model first: one of ``--warmup_images`` that it refuses stops the export,
+naming the file; one of the run's example images (the default) is left out with a note.
 Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 """
 
 import glob
 import os
+import sys
 
 from absl import app, flags, logging
 
 from ofrnn_tf.cli import runner, trained_run
-from ofrnn_tf.export.saved_model import WarmupImageError, export_run
-from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
+from ofrnn_tf.export.saved_model import (
+    WarmupImageError, check_warmup_images, save_inference_module)
+from ofrnn_tf.inference.module import (
+    DEFAULT_MAX_IMAGE_PIXELS, InferenceModule, UncalibratedBeamSizeError)
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 FLAGS = flags.FLAGS
@@ -57,27 +61,55 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's notes on every function it saves
     run_dir = trained_run(FLAGS.workdir)
     if FLAGS.warmup_images:
-        paths = sorted(p for p in glob.glob(FLAGS.warmup_images) if os.path.isfile(p))
-        if not paths:
-            raise app.UsageError(f"--warmup_images={FLAGS.warmup_images} matches no file")
-    else:
-        paths = run_dir.example_images()
-    paths = paths[:FLAGS.num_warmup_images]
-    images = []
-    for path in paths:
-        with open(path, "rb") as f:
-            images.append(f.read())
+        paths = _given_warmup_images(FLAGS.warmup_images)[:FLAGS.num_warmup_images]
     try:
-        path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version,
-                          warmup_images=images, model_name=FLAGS.model_name,
-                          beam_size=FLAGS.beam_size, max_image_pixels=FLAGS.max_image_pixels,
-                          jit_compile=FLAGS.jit_compile)
+        module = InferenceModule.from_run(run_dir, beam_size=FLAGS.beam_size,
+                                          max_image_pixels=FLAGS.max_image_pixels,
+                                          jit_compile=FLAGS.jit_compile)
+    except UncalibratedBeamSizeError as e:
+        raise app.UsageError(str(e)) from None
+    if not FLAGS.warmup_images:
+        paths = _usable_run_examples(module, run_dir.example_images(), FLAGS.num_warmup_images)
+    try:
+        path = save_inference_module(module, FLAGS.export_dir, FLAGS.version,
+                                     [_read(p) for p in paths], FLAGS.model_name)
     except WarmupImageError as e:
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}") from None
-    except (FileExistsError, UncalibratedBeamSizeError) as e:
+    except FileExistsError as e:
         raise app.UsageError(str(e)) from None
     print(path)
     return 0
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _given_warmup_images(pattern: str) -> list[str]:
+    """The files `pattern` (--warmup_images) matches, sorted; none is a usage error."""
+    paths = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    if not paths:
+        raise app.UsageError(f"--warmup_images={pattern} matches no file")
+    return paths
+
+
+def _usable_run_examples(module, paths: list[str], num: int) -> list[str]:
+    """The first `num` of the run's example images `paths` that the export accepts
+    (`check_warmup_images`); each one it refuses is left out with a note on stderr
+    (the export then warms up without it, or on a gray image if none is left)."""
+    usable = []
+    for path in paths:
+        if len(usable) == num:
+            break
+        try:
+            check_warmup_images(module, [_read(path)])
+        except WarmupImageError as e:
+            print(f"{os.path.basename(sys.argv[0])}: the run's example image {path} is left "
+                  f"out of the warm-up requests: {e.reason}", file=sys.stderr)
+        else:
+            usable.append(path)
+    return usable
 
 
 run = runner(define_flags, main,

@@ -1,13 +1,16 @@
 """Images → sharded TFRecords of frozen feature maps (the feature cache).
 
 Pipeline: ``tf.data`` tensor slices of (position, path, bytes) → parallel
-read + `decode_and_resize` → ``ignore_errors`` → batch → prefetch, with tf.data's
+read + the served model's header checks (`check_encoded_images`) + `decode_and_resize`
+→ ``ignore_errors`` → batch → prefetch, with tf.data's
 autotuning off (fixed decode threads and prefetch depth); the backbone
 runs on each batch in a ``tf.function`` on the main thread while a writer thread
-serialises the previous batch. An image that cannot be read or decoded is dropped
-by ``ignore_errors`` alone (the rest of its batch goes on); the writer sees the gap
-in positions, finds the reason, prints it with the path and records it in the
-summary and ``meta.json``.
+serialises the previous batch. An image that cannot be read or decoded, or that the
+served model would refuse (not a JPEG, PNG, GIF or BMP, or more pixels than its
+default ``max_image_pixels``), is dropped by ``ignore_errors`` alone (the rest of its
+batch goes on); the writer sees the gap in positions, finds the reason
+(`decode_failure`), prints it with the path and records it in the summary and
+``meta.json``. A model is thus trained and evaluated only on images it can serve.
 
 Examples are split into ``num_shards`` contiguous shards. Each shard is written
 under a temporary name of its own process (tagged with host and pid,
@@ -42,7 +45,8 @@ from tqdm import tqdm
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
-from ofrnn_tf.features.images import decode_and_resize
+from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, check_encoded_images
+from ofrnn_tf.features.images import decode_and_resize, decode_rgb, read_image_header
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.tf_errors import op_error_text
@@ -144,19 +148,37 @@ def _describe(example: Example) -> str:
     return str(example.image)
 
 
-def decode_failure(image, image_size: int) -> str | None:
+def decode_failure(image, image_size: int | None = None,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
     """Why the extraction cannot read `image` (a file path or encoded bytes), or None
-    when it reads it now (run eagerly, one image)."""
+    when it reads it now (run eagerly, one image).
+
+    The rules are the served model's (`ofrnn_tf.features.image_guards`), in the words
+    of ``ofrnn-predict``: a JPEG, PNG, GIF or BMP header (`read_image_header`) of at
+    most `max_image_pixels` pixels, then data that decode. `image_size` (default:
+    decoding only) resizes as the extraction does.
+    """
     try:
         if isinstance(image, (bytes, bytearray)):
-            data = tf.constant(bytes(image))
+            data = bytes(image)
         else:
             if not os.path.exists(image):
                 return "file not found"
-            data = tf.io.read_file(image)
-        decode_and_resize(data, image_size)
+            data = tf.io.read_file(image).numpy()
+        image_format, width, height = read_image_header(data)
     except (tf.errors.OpError, OSError, ValueError) as e:
         return op_error_text(e)
+    if width * height > max_image_pixels:
+        return (f"{image_format} of {width}x{height} = {width * height} pixels is above "
+                f"the limit of {max_image_pixels}")
+    try:
+        if image_size is None:
+            decode_rgb(tf.constant(data))
+        else:
+            decode_and_resize(tf.constant(data), image_size)
+    except tf.errors.OpError as e:
+        return (f"its {image_format} header ({width}x{height}) is sound but the data behind "
+                f"it is truncated or corrupt ({op_error_text(e)})")
     return None
 
 
@@ -358,7 +380,9 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
     def load(pos, path, data):
         image_bytes = tf.cond(tf.strings.length(path) > 0,
                               lambda: tf.io.read_file(path), lambda: data)
-        return pos, decode_and_resize(image_bytes, image_size)
+        # What the served model refuses (WebP, too many pixels, ...) is skipped here too.
+        checked = check_encoded_images(image_bytes[None], DEFAULT_MAX_IMAGE_PIXELS)[0]
+        return pos, decode_and_resize(checked, image_size)
 
     ds = tf.data.Dataset.from_tensor_slices((
         tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string),

@@ -95,7 +95,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ofrnn_tf.features.images import decode_and_resize, out_of_line
+from ofrnn_tf.features.images import (
+    MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, decode_and_resize, out_of_line)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
@@ -374,25 +375,18 @@ def _first(cases, default):
 
 
 def _format_hint(image: tf.Tensor) -> tf.Tensor:
-    """A hint for frequent mistakes, e.g. " (this looks like WebP, ...)", or ""."""
+    """A hint for frequent mistakes, e.g. " (this looks like WebP, ...)", or "" (the
+    table of `ofrnn_tf.features.images.format_hint`)."""
     # Padded, so that every substr below is in range whatever the length.
-    head = tf.strings.join([tf.strings.substr(image, 0, 16), "\0" * 16])
+    head = tf.strings.join([tf.strings.substr(image, 0, MISTAKEN_FORMAT_BYTES),
+                            "\0" * MISTAKEN_FORMAT_BYTES])
 
-    def at(pos, *texts):
-        return tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(head, pos, len(text)), text)
-                                       for text in texts]))
+    def at(offset, magics):
+        return tf.reduce_any(tf.stack([
+            tf.equal(tf.strings.substr(head, offset, len(magic)), magic) for magic in magics]))
 
-    not_accepted = ", which is not accepted)"
-    return _first([
-        (tf.logical_and(at(0, "RIFF"), at(8, "WEBP")), " (this looks like WebP" + not_accepted),
-        (at(0, "II*\0", "MM\0*"), " (this looks like TIFF" + not_accepted),
-        (at(4, "ftypheic", "ftypheix", "ftypmif1", "ftypmsf1", "ftypavif"),
-         " (this looks like HEIF/AVIF" + not_accepted),
-        (at(0, "/9j/", "iVBORw0KGgo", "R0lGOD", "Qk"),
-         " (this looks like base64 text: send the decoded bytes, in the REST API as "
-         "{\"b64\": \"...\"})"),
-        (at(0, "data:"), " (this looks like a data URL: send the decoded bytes)"),
-    ], "")
+    return _first([(tf.reduce_all(tf.stack([at(offset, magics) for offset, magics in checks])),
+                    f" ({hint})") for hint, checks in MISTAKEN_FORMATS], "")
 
 
 @out_of_line

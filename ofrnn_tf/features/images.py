@@ -20,6 +20,22 @@ from ofrnn_tf.tf_errors import op_error_text
 
 IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
 
+# Files often sent where an image is expected, known by their first bytes: a hint,
+# then checks that must all hold, each an offset and the magic bytes one of which
+# is found there. `format_hint` and the served graph's guard
+# (`ofrnn_tf.features.image_guards`) both read this table, so they say the same.
+MISTAKEN_FORMATS = (
+    ("this looks like WebP, which is not accepted", ((0, (b"RIFF",)), (8, (b"WEBP",)))),
+    ("this looks like TIFF, which is not accepted", ((0, (b"II*\0", b"MM\0*")),)),
+    ("this looks like HEIF/AVIF, which is not accepted",
+     ((4, (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif")),)),
+    ('this looks like base64 text: send the decoded bytes, in the REST API as '
+     '{"b64": "..."}', ((0, (b"/9j/", b"iVBORw0KGgo", b"R0lGOD", b"Qk")),)),
+    ("this looks like a data URL: send the decoded bytes", ((0, (b"data:",)),)),
+)
+# The checks read within the first bytes, zero-padded to this length.
+MISTAKEN_FORMAT_BYTES = 16
+
 
 _BMP_HEADER_BYTES = 54  # file header (14) and BITMAPINFOHEADER (40)
 
@@ -148,6 +164,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise ValueError(f"truncated JPEG: header ends after {n} bytes without a frame header")
 
 
+def format_hint(data: bytes) -> str:
+    """A hint for bytes that start as a file often mistaken for an image does
+    (`MISTAKEN_FORMATS`), e.g. ``" (this looks like WebP, which is not accepted)"``,
+    or ""."""
+    head = bytes(data[:MISTAKEN_FORMAT_BYTES]).ljust(MISTAKEN_FORMAT_BYTES, b"\0")
+    for hint, checks in MISTAKEN_FORMATS:
+        if all(any(head[offset:offset + len(magic)] == magic for magic in magics)
+               for offset, magics in checks):
+            return f" ({hint})"
+    return ""
+
+
 def read_image_header(data: bytes) -> tuple[str, int, int]:
     """Returns ``(format, width, height)`` from an encoded image's header.
 
@@ -181,7 +209,8 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
             raise ValueError(f"corrupt BMP header (info header size {info_size})")
         fmt = "BMP"
     else:
-        raise ValueError(f"not a {IMAGE_FORMATS} image (starts with {data[:8]!r})")
+        raise ValueError(f"not a {IMAGE_FORMATS} image (starts with {data[:8]!r})"
+                         f"{format_hint(data)}")
     if width <= 0 or height <= 0:
         raise ValueError(f"{fmt} header gives an empty image ({width}x{height})")
     return fmt, width, height
