@@ -459,7 +459,8 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
 
     An existing run folder is checked against `config` before any data work
     (`IncompatibleRunError`), and in train mode against its data and feature cache before
-    any feature extraction (`check_resumed_data`). ``mode="eval"`` writes nothing of the
+    any feature extraction (`check_resumed_data`); a benchmark run's feature cache is
+    looked up before its canvases are built. ``mode="eval"`` writes nothing of the
     run's settings: a ``--decoding.beam_size`` other than the run's adds a τ for that width
     to calibration.json and writes ``metrics_test_k<K>.json`` beside ``metrics_test.json``.
     It refuses a run that stopped before its last stage was validated
@@ -479,6 +480,10 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     if mode == "train":
         # Before any TensorFlow work: a multi-worker strategy configures the runtime.
         strategy = make_strategy(config.runtime.strategy)
+        if resuming and config.data.dataset == "fashion_canvases":
+            # The benchmark is made from the run's settings, checked above: its feature cache
+            # is found (or refused) before its canvases are built again.
+            locate_features(config, run_dir.load()[1])
         with timer("data"):
             data = load_data(config)
         with timer("features"):

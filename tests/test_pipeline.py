@@ -278,6 +278,24 @@ def test_a_rerun_with_another_setting_is_refused_before_any_data_work(trained, t
             pipeline.run(config.replace(data={"num_train": 96}), workdir, mode)
 
 
+def test_a_benchmark_rerun_without_its_feature_cache_is_refused_before_any_data_work(
+        trained, tmp_path, monkeypatch):
+    """As in eval mode: no canvases built under a --runtime.cache_dir that lacks the run's
+    features (say, a rerun from another folder with the default ./data)."""
+    config, _, _ = trained
+    workdir = copy_run(trained, tmp_path)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data work before the run's feature cache was looked up")
+
+    monkeypatch.setattr(pipeline, "load_data", no_data)
+    monkeypatch.setattr(pipeline, "prepare_features", no_data)
+    elsewhere = config.replace(runtime={"cache_dir": str(tmp_path / "data")})
+    with pytest.raises(cache.FeatureCacheNotFoundError):
+        pipeline.run(elsewhere, workdir, "train")
+    assert not (tmp_path / "data").exists()
+
+
 def test_the_command_reports_a_refused_rerun_as_a_usage_error(make_fake_run, tmp_path):
     workdir = make_fake_run(tmp_path / "run")
     cache_dir = tmp_path / "cache"
