@@ -154,11 +154,12 @@ def check_split_sizes(splits: dict[str, list[Example]], batch_size: int) -> None
 
 def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batch_size: int,
                           meta_file: str) -> None:
-    """Refuses, before training, splits that undecodable images left too small.
+    """Refuses, before training, splits left too small by the images the extraction
+    skipped (those the served model would refuse, `extract.decode_failure`).
 
     Args:
         written: examples written to the feature cache, per split.
-        skipped: images of each split skipped as undecodable.
+        skipped: images of each split the extraction skipped.
         batch_size: the run's global batch size.
         meta_file: the feature cache's ``meta.json``, which lists the skipped images.
     """

@@ -24,7 +24,7 @@ one keep using it.
 The fingerprint does not cover the image bytes (hashing every image would cost a pass
 over the data on each run). A repaired image of own data (another size) gives another
 cache; a benchmark image, or a file rewritten with the same size, keeps its entry, so
-an image skipped there as undecodable stays skipped once it is repaired: a cache hit
+an image skipped there as unreadable stays skipped once it is repaired: a cache hit
 re-checks the skipped images and names those that now decode, with the shard to delete
 so that the next run extracts them.
 """

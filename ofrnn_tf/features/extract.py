@@ -46,7 +46,7 @@ from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, check_encoded_images
-from ofrnn_tf.features.images import decode_and_resize, decode_rgb, read_image_header
+from ofrnn_tf.features.images import decode_and_resize, decode_checked
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.tf_errors import op_error_text
@@ -153,10 +153,9 @@ def decode_failure(image, image_size: int | None = None,
     """Why the extraction cannot read `image` (a file path or encoded bytes), or None
     when it reads it now (run eagerly, one image).
 
-    The rules are the served model's (`ofrnn_tf.features.image_guards`), in the words
-    of ``ofrnn-predict``: a JPEG, PNG, GIF or BMP header (`read_image_header`) of at
-    most `max_image_pixels` pixels, then data that decode. `image_size` (default:
-    decoding only) resizes as the extraction does.
+    The rules are the served model's, in the words of ``ofrnn-predict``
+    (`decode_checked`). `image_size` (default: decoding only) resizes as the extraction
+    does.
     """
     try:
         if isinstance(image, (bytes, bytearray)):
@@ -165,20 +164,9 @@ def decode_failure(image, image_size: int | None = None,
             if not os.path.exists(image):
                 return "file not found"
             data = tf.io.read_file(image).numpy()
-        image_format, width, height = read_image_header(data)
+        decode_checked(data, image_size, max_image_pixels)
     except (tf.errors.OpError, OSError, ValueError) as e:
         return op_error_text(e)
-    if width * height > max_image_pixels:
-        return (f"{image_format} of {width}x{height} = {width * height} pixels is above "
-                f"the limit of {max_image_pixels}")
-    try:
-        if image_size is None:
-            decode_rgb(tf.constant(data))
-        else:
-            decode_and_resize(tf.constant(data), image_size)
-    except tf.errors.OpError as e:
-        return (f"its {image_format} header ({width}x{height}) is sound but the data behind "
-                f"it is truncated or corrupt ({op_error_text(e)})")
     return None
 
 

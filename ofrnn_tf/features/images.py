@@ -216,6 +216,24 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
     return fmt, width, height
 
 
+def decode_checked(data: bytes, image_size: int | None, max_image_pixels: int) -> tf.Tensor:
+    """`data` decoded (and resized to `image_size` unless None) as the served model reads
+    it, or ValueError in its words: a JPEG, PNG, GIF or BMP header (`read_image_header`)
+    of at most `max_image_pixels` pixels, then data that decode (`image_guards`)."""
+    image_format, width, height = read_image_header(data)
+    if width * height > max_image_pixels:
+        raise ValueError(f"{image_format} of {width}x{height} = {width * height} pixels is "
+                         f"above the limit of {max_image_pixels}")
+    try:
+        if image_size is None:
+            return decode_rgb(tf.constant(data))
+        return decode_and_resize(tf.constant(data), image_size)
+    except tf.errors.OpError as error:
+        raise ValueError(f"its {image_format} header ({width}x{height}) is sound but the "
+                         f"data behind it is truncated or corrupt "
+                         f"({op_error_text(error)})") from None
+
+
 def find_undecodable(key: str, images: Sequence[bytes]) -> str | None:
     """Names the first image TensorFlow's decoder refuses (``key[i]: ...``), or None if
     all decode (run eagerly, where a model's batched decoder failed and named none)."""

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from ofrnn_tf.features.images import decode_and_resize, read_image_header
+from ofrnn_tf.features.images import decode_checked
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -73,17 +73,8 @@ class Predictor:
     def decode_image(self, data: bytes) -> np.ndarray:
         """Encoded bytes → uint8 `[S, S, 3]` as the model sees them (ValueError or a TF
         error naming the problem for bytes that are not a decodable image, or too large)."""
-        image_format, width, height = read_image_header(data)
         limit = int(self.module.max_image_pixels.numpy())
-        if width * height > limit:
-            raise ValueError(f"{image_format} of {width}x{height} = {width * height} pixels is "
-                             f"above the limit of {limit}")
-        try:
-            return decode_and_resize(tf.constant(data), self.image_size).numpy()
-        except tf.errors.OpError as error:  # the served graph's wording (`image_guards`)
-            raise ValueError(f"its {image_format} header ({width}x{height}) is sound but the "
-                             f"data behind it is truncated or corrupt "
-                             f"({op_error_text(error)})") from None
+        return decode_checked(data, self.image_size, limit).numpy()
 
     def predict_pixels(self, pixels) -> dict[str, np.ndarray]:
         """Raw batch outputs for uint8 `[N, S, S, 3]` images (see `beam_search`, plus
