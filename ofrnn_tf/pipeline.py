@@ -27,6 +27,7 @@ from ofrnn_tf.evaluation import evaluate as evaluation
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
 from ofrnn_tf.features.extract import decode_failure
+from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.metrics import format_table
@@ -344,15 +345,15 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
 
 
 def _servable_examples(examples: list[Example], num: int) -> list[Example]:
-    """The first `num` of `examples` stored as files that the served model accepts (the
-    rules of `decode_failure`); each one left out is named with its reason."""
+    """The first `num` of `examples` stored as files that the served model accepts at its
+    default pixel limit (`decode_failure`); each one left out is named with its reason."""
     chosen = []
     for example in examples:
         if len(chosen) == num:
             break
         if not isinstance(example.image, str):
             continue
-        reason = decode_failure(example.image)
+        reason = decode_failure(example.image, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS)
         if reason is None:
             chosen.append(example)
         else:

@@ -131,9 +131,10 @@ def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, caps
                                             if n.endswith(".tfrecord")}
 
 
-def test_images_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_path, backbone):
-    # decode_image reads WebP too, and any size: training on those would give a model
-    # that refuses images of its own test split.
+def test_formats_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_path, backbone):
+    # decode_image reads WebP too: training on those would give a model that refuses
+    # images of its own test split. The pixel limit is the server's, set at export: a
+    # large photo is extracted.
     rng = np.random.RandomState(2)
     webp = tmp_path / "photo.webp"
     _image(rng).save(webp, "WEBP")
@@ -142,10 +143,8 @@ def test_images_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_p
     buf = io.BytesIO()
     _image(rng).save(buf, "WEBP")
     refused = {"webp": (str(webp), "not a JPEG/PNG/GIF/BMP image (starts with b'RIFF"),
-               "huge": (str(huge), "PNG of 7000x6000 = 42000000 pixels is above the limit "
-                                   "of 40000000"),
                "webp_bytes": (buf.getvalue(), "not a JPEG/PNG/GIF/BMP image")}
-    good = _good_examples(str(tmp_path), n=3)
+    good = _good_examples(str(tmp_path), n=3) + [Example("huge", str(huge), (0,))]
     examples = good[:1] + [Example(k, image, (0,)) for k, (image, _) in refused.items()] + good[1:]
     out = str(tmp_path / "features")
     summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
@@ -157,6 +156,30 @@ def test_images_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_p
         assert reasons[key].startswith(reason), reasons[key]
     assert reasons["webp"].endswith("(this looks like WebP, which is not accepted)")
     assert cache.repaired_images(out, "train") == {}  # a cache hit calls none repaired
+    assert cache.held_unservable(out, "train", examples) == []
+
+
+def test_a_cache_built_before_the_format_check_names_the_refused_images_it_holds(
+        tmp_path, backbone, monkeypatch, capsys):
+    rng = np.random.RandomState(3)
+    webp = tmp_path / "photo.webp"
+    _image(rng).save(webp, "WEBP")
+    good = _good_examples(str(tmp_path), n=3)
+    examples = good[:1] + [Example("webp", str(webp), (0,))] + good[1:]
+    # The extraction of earlier versions: no format check.
+    monkeypatch.setattr(extract, "has_accepted_format", lambda data: tf.constant(True))
+    monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: backbone)
+    directory = str(tmp_path / "features")
+    splits = {"train": examples}
+    cache.ensure_features(splits, LABELS, directory, "efficientnet_lite0", "stage5",
+                          "f" * 64, batch_size=2, num_shards=2)
+    assert cache.held_unservable(directory, "train", examples) == [str(webp)]
+    capsys.readouterr()
+    cache.ensure_features(splits, LABELS, directory, "efficientnet_lite0", "stage5",
+                          "f" * 64, batch_size=2, num_shards=2)
+    note = capsys.readouterr().err
+    assert "1 image(s) in this cache are not JPEG, PNG, GIF or BMP" in note
+    assert str(webp) in note and f"Delete {directory}" in note
 
 
 def test_the_image_pipeline_runs_without_the_autotuner(tmp_path):

@@ -149,12 +149,12 @@ def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:
 
 @pytest.mark.parametrize("broken, message", [
     ({"val": 2}, r"the validation split has no example after feature extraction: 2 of its 2 "
-                 r"image\(s\) could not be decoded and were skipped \(listed under 'skipped' "
-                 r"in .*meta.json\); remove those images from the data, or replace them "
+                 r"image\(s\) were skipped, unreadable or in a format the served model "
+                 r"refuses \(listed with the reason under 'skipped' in .*meta.json\); remove those images from the data, or replace them "
                  r"and delete .*/features/\S+ so that they are extracted again"),
     ({"test": 1}, r"the test split has no example after feature extraction: 1 of its 1 "),
     ({"train": 3}, r"the train split has 1 example\(s\) after feature extraction, fewer than "
-                   r"one batch of 2: 3 of its 4 image\(s\) could not be decoded.*lower "
+                   r"one batch of 2: 3 of its 4 image\(s\) were skipped.*lower "
                    r"--train.batch_size \(to at most 1\)"),
 ], ids=["val", "test", "train"])
 def test_splits_that_undecodable_images_empty_are_refused_before_training(

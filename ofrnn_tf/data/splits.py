@@ -164,8 +164,9 @@ def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batc
         meta_file: the feature cache's ``meta.json``, which lists the skipped images.
     """
     def lost(split: str) -> str:
-        return (f"{skipped[split]} of its {written[split] + skipped[split]} image(s) could "
-                f"not be decoded and were skipped (listed under 'skipped' in {meta_file})")
+        return (f"{skipped[split]} of its {written[split] + skipped[split]} image(s) were "
+                f"skipped, unreadable or in a format the served model refuses (listed with "
+                f"the reason under 'skipped' in {meta_file})")
 
     # The fingerprint of own data covers each file's size, so a replaced image
     # gives another cache anyway (deleting the old one frees its space); the benchmark's

@@ -41,6 +41,7 @@ from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
 from ofrnn_tf.features.extract import decode_failure, extract_split
+from ofrnn_tf.features.images import FORMAT_MAGIC
 from ofrnn_tf.labels import LabelMap
 
 FEATURES_SUBDIR = "features"
@@ -199,6 +200,46 @@ def repaired_images(directory: str, split: str) -> dict[str, list[str]]:
     return found
 
 
+# Names of files in the accepted formats; a cached image named otherwise has its first
+# bytes read (`held_unservable`).
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp")
+
+
+def held_unservable(directory: str, split: str, examples: Sequence[Example]) -> list[str]:
+    """The images of `split` held in the cache whose format the served model refuses.
+
+    Extraction skips them, but caches built before it did may hold some (WebP, TIFF):
+    files not named as JPEG, PNG, GIF or BMP have their first bytes checked.
+    """
+    shards = tfrecords.read_meta(directory)["splits"][split]["shards"].values()
+    skipped = {str(record["path"]) for shard in shards for record in shard["skipped"]}
+    found = []
+    for example in examples:
+        image = example.image
+        if not isinstance(image, str) or image in skipped or image.lower().endswith(
+                _IMAGE_SUFFIXES):
+            continue
+        try:
+            with open(image, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            continue
+        if not any(head.startswith(m) for magics in FORMAT_MAGIC.values() for m in magics):
+            found.append(image)
+    return found
+
+
+def _report_unservable_images(directory: str, split: str,
+                              examples: Sequence[Example]) -> None:
+    held = held_unservable(directory, split, examples)
+    if held:
+        print(f"[ofrnn_tf] features {split}: {len(held)} image(s) in this cache are not "
+              f"JPEG, PNG, GIF or BMP ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''}):"
+              f" the exported model refuses them, and extraction now skips them, but this "
+              f"cache was built before it did. Delete {directory} and rerun to train and "
+              f"evaluate without them", file=sys.stderr)
+
+
 def _report_repaired_images(directory: str, split: str) -> None:
     repaired = repaired_images(directory, split)
     if not repaired:
@@ -230,6 +271,7 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
         if split_complete(directory, split):
             print(f"[ofrnn_tf] features {split}: cached in {directory}", file=sys.stderr)
             _report_repaired_images(directory, split)
+            _report_unservable_images(directory, split, examples)
             continue
         if backbone is None:
             backbone = get_backbone(backbone_name, feature_layer)

@@ -1,16 +1,16 @@
 """Images → sharded TFRecords of frozen feature maps (the feature cache).
 
 Pipeline: ``tf.data`` tensor slices of (position, path, bytes) → parallel
-read + the served model's header checks (`check_encoded_images`) + `decode_and_resize`
-→ ``ignore_errors`` → batch → prefetch, with tf.data's
-autotuning off (fixed decode threads and prefetch depth); the backbone
-runs on each batch in a ``tf.function`` on the main thread while a writer thread
-serialises the previous batch. An image that cannot be read or decoded, or that the
-served model would refuse (not a JPEG, PNG, GIF or BMP, or more pixels than its
-default ``max_image_pixels``), is dropped by ``ignore_errors`` alone (the rest of its
-batch goes on); the writer sees the gap in positions, finds the reason
-(`decode_failure`), prints it with the path and records it in the summary and
-``meta.json``. A model is thus trained and evaluated only on images it can serve.
+read + a format check (`has_accepted_format`) + `decode_and_resize` → ``ignore_errors``
+→ batch → prefetch, with tf.data's autotuning off (fixed decode threads and prefetch
+depth); the backbone runs on each batch in a ``tf.function`` on the main thread while
+a writer thread serialises the previous batch. An image that cannot be read or
+decoded, or whose format the served model refuses (not a JPEG, PNG, GIF or BMP), is
+dropped by ``ignore_errors`` alone (the rest of its batch goes on); the writer sees the
+gap in positions, finds the reason (`decode_failure`), prints it with the path and
+records it in the summary and ``meta.json``. A model is thus trained and evaluated
+only on images of formats it can serve. The served model's pixel limit is a guard of
+the server, set at export (``--max_image_pixels``), and not applied here.
 
 Examples are split into ``num_shards`` contiguous shards. Each shard is written
 under a temporary name of its own process (tagged with host and pid,
@@ -45,8 +45,7 @@ from tqdm import tqdm
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
-from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, check_encoded_images
-from ofrnn_tf.features.images import decode_and_resize, decode_checked
+from ofrnn_tf.features.images import decode_and_resize, decode_checked, has_accepted_format
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.tf_errors import op_error_text
@@ -149,13 +148,13 @@ def _describe(example: Example) -> str:
 
 
 def decode_failure(image, image_size: int | None = None,
-                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str | None:
+                   max_image_pixels: int | None = None) -> str | None:
     """Why the extraction cannot read `image` (a file path or encoded bytes), or None
     when it reads it now (run eagerly, one image).
 
     The rules are the served model's, in the words of ``ofrnn-predict``
-    (`decode_checked`). `image_size` (default: decoding only) resizes as the extraction
-    does.
+    (`decode_checked`); the extraction applies no pixel limit (`max_image_pixels`
+    None). `image_size` (default: decoding only) resizes as the extraction does.
     """
     try:
         if isinstance(image, (bytes, bytearray)):
@@ -368,9 +367,10 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
     def load(pos, path, data):
         image_bytes = tf.cond(tf.strings.length(path) > 0,
                               lambda: tf.io.read_file(path), lambda: data)
-        # What the served model refuses (WebP, too many pixels, ...) is skipped here too.
-        checked = check_encoded_images(image_bytes[None], DEFAULT_MAX_IMAGE_PIXELS)[0]
-        return pos, decode_and_resize(checked, image_size)
+        # A format the served model refuses (WebP, TIFF, ...) is skipped, not decoded.
+        accepted = tf.debugging.Assert(has_accepted_format(image_bytes), ["image format"])
+        with tf.control_dependencies([accepted]):
+            return pos, decode_and_resize(tf.identity(image_bytes), image_size)
 
     ds = tf.data.Dataset.from_tensor_slices((
         tf.range(len(paths), dtype=tf.int64), tf.constant(paths, tf.string),

@@ -19,6 +19,9 @@ import tensorflow as tf
 from ofrnn_tf.tf_errors import op_error_text
 
 IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
+# The first bytes of each accepted format.
+FORMAT_MAGIC = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",),
+                "GIF": (b"GIF87a", b"GIF89a"), "BMP": (b"BM",)}
 
 # Files often sent where an image is expected, known by their first bytes: a hint,
 # then checks that must all hold, each an offset and the magic bytes one of which
@@ -186,17 +189,17 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
     """
     if not data:
         raise ValueError("empty (no image bytes)")
-    if data[:3] == b"\xff\xd8\xff":
+    if data.startswith(FORMAT_MAGIC["JPEG"]):
         fmt, (width, height) = "JPEG", _jpeg_size(data)
-    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+    elif data.startswith(FORMAT_MAGIC["PNG"]):
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise ValueError("truncated or corrupt PNG: no IHDR chunk")
         fmt, (width, height) = "PNG", struct.unpack(">II", data[16:24])
-    elif data[:6] in (b"GIF87a", b"GIF89a"):
+    elif data.startswith(FORMAT_MAGIC["GIF"]):
         if len(data) < 10:
             raise ValueError("truncated GIF header")
         fmt, (width, height) = "GIF", struct.unpack("<HH", data[6:10])
-    elif data[:2] == b"BM":
+    elif data.startswith(FORMAT_MAGIC["BMP"]):
         if len(data) < 26:
             raise ValueError("truncated BMP header")
         (info_size,) = struct.unpack("<I", data[14:18])
@@ -216,12 +219,22 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
     return fmt, width, height
 
 
-def decode_checked(data: bytes, image_size: int | None, max_image_pixels: int) -> tf.Tensor:
+def has_accepted_format(data: tf.Tensor) -> tf.Tensor:
+    """Whether the scalar encoded bytes `data` start as a JPEG, PNG, GIF or BMP does
+    (`FORMAT_MAGIC`): the served model's first check, in a few graph ops."""
+    return tf.reduce_any(tf.stack([
+        tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+        for magics in FORMAT_MAGIC.values() for magic in magics]))
+
+
+def decode_checked(data: bytes, image_size: int | None,
+                   max_image_pixels: int | None = None) -> tf.Tensor:
     """`data` decoded (and resized to `image_size` unless None) as the served model reads
     it, or ValueError in its words: a JPEG, PNG, GIF or BMP header (`read_image_header`)
-    of at most `max_image_pixels` pixels, then data that decode (`image_guards`)."""
+    of at most `max_image_pixels` pixels (None: no limit), then data that decode
+    (`image_guards`)."""
     image_format, width, height = read_image_header(data)
-    if width * height > max_image_pixels:
+    if max_image_pixels is not None and width * height > max_image_pixels:
         raise ValueError(f"{image_format} of {width}x{height} = {width * height} pixels is "
                          f"above the limit of {max_image_pixels}")
     try:
