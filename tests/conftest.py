@@ -93,6 +93,19 @@ def tiny_backbone() -> Backbone:
     return make_tiny_backbone()
 
 
+@pytest.fixture
+def save_examples_unpictured(monkeypatch):
+    """`save(run_dir, data) -> (copies, drawn)`: `pipeline.save_examples` without a model;
+    `drawn` maps each copy to the true labels its attention picture would show."""
+    from ofrnn_tf import pipeline
+    drawn = {}
+    monkeypatch.setattr(pipeline.Predictor, "from_run", staticmethod(lambda run_dir: None))
+    monkeypatch.setattr(pipeline, "render_examples",
+                        lambda predictor, copies, out_dir, ground_truth, max_images:
+                        drawn.update(ground_truth))
+    return lambda run_dir, data: (pipeline.save_examples(run_dir, data), drawn)
+
+
 @pytest.fixture(scope="session")
 def make_fake_run():
     """`make(path, backbone=..., feature_shape=..., variant=..., tau=..., score_mix=...,

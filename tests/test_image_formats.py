@@ -93,17 +93,12 @@ def _test_split(folder) -> tuple[list[Example], dict[str, str]]:
     return examples, {os.path.join(folder, n): why for n, (_, why) in refused.items()}
 
 
-def test_example_images_are_the_first_test_images_the_served_model_accepts(tmp_path,
-                                                                          monkeypatch, capsys):
+def test_example_images_are_the_first_test_images_the_served_model_accepts(
+        tmp_path, save_examples_unpictured, capsys):
     examples, refused = _test_split(str(tmp_path / "data"))
     data = pipeline.Data({"test": examples}, LabelMap(["a", "b"]))
-    drawn = {}
-    monkeypatch.setattr(pipeline.Predictor, "from_run", staticmethod(lambda run_dir: None))
-    monkeypatch.setattr(pipeline, "render_examples",
-                        lambda predictor, copies, out_dir, ground_truth, max_images:
-                        drawn.update(ground_truth))
     run_dir = RunDir(str(tmp_path / "run"))
-    copies = pipeline.save_examples(run_dir, data)
+    copies, drawn = save_examples_unpictured(run_dir, data)
     assert [os.path.basename(c) for c in copies] == [f"{i:03d}_good{i}.png" for i in range(6)]
     assert run_dir.example_images() == copies and set(drawn) == set(copies)
     err = capsys.readouterr().err

@@ -259,20 +259,16 @@ def test_a_manifest_file_and_a_data_dir_together_are_refused():
 
 
 # -- example images of the same name ------------------------------------------------------
-def test_example_images_of_the_same_name_in_two_folders_are_both_kept(tmp_path, monkeypatch):
+def test_example_images_of_the_same_name_in_two_folders_are_both_kept(
+        tmp_path, save_examples_unpictured):
     paths = [_png(tmp_path / colour / "000.png", value) for colour, value in
              (("red", 1), ("blue", 2))]
     data = pipeline.Data({"test": [Example(str(i), p, (i,)) for i, p in enumerate(paths)]},
                          LabelMap(["red", "blue"]))
-    drawn = {}
-    monkeypatch.setattr(pipeline.Predictor, "from_run", staticmethod(lambda run_dir: None))
-    monkeypatch.setattr(pipeline, "render_examples",
-                        lambda predictor, copies, out_dir, ground_truth, max_images:
-                        drawn.update(ground_truth))
     run_dir = RunDir(str(tmp_path / "run"))
     os.makedirs(run_dir.examples_dir)
     open(os.path.join(run_dir.examples_dir, "000.png"), "wb").close()  # an earlier copy
-    copies = pipeline.save_examples(run_dir, data)
+    copies, drawn = save_examples_unpictured(run_dir, data)
     assert [os.path.basename(c) for c in copies] == ["000_000.png", "001_000.png"]
     assert run_dir.example_images() == copies
     for copy, source in zip(copies, paths):
