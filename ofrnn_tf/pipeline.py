@@ -346,8 +346,9 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
 
 def _servable_examples(examples: list[Example], num: int) -> list[Example]:
     """The first `num` of `examples` stored as files that the served model accepts at its
-    default pixel limit (`decode_failure`); each one left out is named with its reason."""
-    chosen = []
+    default pixel limit (`decode_failure`), as `ofrnn-predict` draws their pictures and
+    the export warms up on them; the first ones left out are named with their reason."""
+    chosen, left_out = [], 0
     for example in examples:
         if len(chosen) == num:
             break
@@ -356,10 +357,17 @@ def _servable_examples(examples: list[Example], num: int) -> list[Example]:
         reason = decode_failure(example.image, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS)
         if reason is None:
             chosen.append(example)
-        else:
+            continue
+        left_out += 1
+        if left_out <= _NAMED_LEFT_OUT:
             log(f"example images: {example.image} left out, the exported model would refuse "
                 f"it: {reason}")
+    if left_out > _NAMED_LEFT_OUT:
+        log(f"example images: {left_out - _NAMED_LEFT_OUT} more test image(s) left out")
     return chosen
+
+
+_NAMED_LEFT_OUT = 5  # test images left out of the examples that the log names
 
 
 def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) -> list[str]:

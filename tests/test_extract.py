@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -157,22 +158,36 @@ def test_formats_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_
     assert reasons["webp"].endswith("(this looks like WebP, which is not accepted)")
     assert cache.repaired_images(out, "train") == {}  # a cache hit calls none repaired
     assert cache.held_unservable(out, "train", examples) == []
+    # A copy of the data elsewhere reuses the cache: its skipped images are not named
+    # as held (the shards say they were checked).
+    moved = [Example(e.image_id, e.image.replace(str(tmp_path), str(tmp_path / "copy"))
+                     if isinstance(e.image, str) else e.image, e.label_ids) for e in examples]
+    for before, after in zip(examples, moved):
+        if isinstance(before.image, str):
+            os.makedirs(os.path.dirname(after.image), exist_ok=True)
+            shutil.copy(before.image, after.image)
+    assert cache.held_unservable(out, "train", moved) == []
 
 
 def test_a_cache_built_before_the_format_check_names_the_refused_images_it_holds(
         tmp_path, backbone, monkeypatch, capsys):
     rng = np.random.RandomState(3)
-    webp = tmp_path / "photo.webp"
+    webp = tmp_path / "photo.jpg"  # WebP bytes under a JPEG name, as scraped data has
     _image(rng).save(webp, "WEBP")
     good = _good_examples(str(tmp_path), n=3)
     examples = good[:1] + [Example("webp", str(webp), (0,))] + good[1:]
-    # The extraction of earlier versions: no format check.
+    # The extraction of earlier versions: no format check, and shard records without
+    # the key that says there was one.
     monkeypatch.setattr(extract, "has_accepted_format", lambda data: tf.constant(True))
     monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: backbone)
     directory = str(tmp_path / "features")
     splits = {"train": examples}
     cache.ensure_features(splits, LABELS, directory, "efficientnet_lite0", "stage5",
                           "f" * 64, batch_size=2, num_shards=2)
+    for record in glob.glob(os.path.join(directory, "train-*.json")):
+        stats = json.load(open(record))
+        del stats["format_checked"]
+        json.dump(stats, open(record, "w"))
     assert cache.held_unservable(directory, "train", examples) == [str(webp)]
     capsys.readouterr()
     cache.ensure_features(splits, LABELS, directory, "efficientnet_lite0", "stage5",

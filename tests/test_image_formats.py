@@ -105,3 +105,14 @@ def test_example_images_are_the_first_test_images_the_served_model_accepts(
     for path, why in refused.items():
         line = next((l for l in err.splitlines() if path in l), "")
         assert "left out" in line and why in line, (path, err)
+
+
+def test_only_the_first_test_images_left_out_of_the_examples_are_named(
+        tmp_path, save_examples_unpictured, monkeypatch, capsys):
+    examples, refused = _test_split(str(tmp_path / "data"))
+    monkeypatch.setattr(pipeline, "_NAMED_LEFT_OUT", 1)
+    data = pipeline.Data({"test": examples}, LabelMap(["a", "b"]))
+    save_examples_unpictured(RunDir(str(tmp_path / "run")), data)
+    err = capsys.readouterr().err
+    assert sum(path in err for path in refused) == 1
+    assert f"{len(refused) - 1} more test image(s) left out" in err

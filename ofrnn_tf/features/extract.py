@@ -141,7 +141,9 @@ def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size
                     f"changed split into a new directory")
 
 
-def _describe(example: Example) -> str:
+def describe_image(example: Example) -> str:
+    """How the extraction's records name an image: its path, or its size and id when
+    its bytes are held in memory."""
     if isinstance(example.image, (bytes, bytearray)):
         return f"<{len(example.image)} encoded bytes of image {example.image_id}>"
     return str(example.image)
@@ -276,7 +278,7 @@ class _ShardWriter(threading.Thread):
 
     def _skip(self, shard: _PendingShard, pos: int) -> None:
         example = self.examples[shard.example_ids[pos - shard.start]]
-        record = {"path": _describe(example), "image_id": example.image_id,
+        record = {"path": describe_image(example), "image_id": example.image_id,
                   "reason": _diagnose(example, self.image_size)}
         shard.skipped.append(record)
         self.summary.skipped.append(record)
@@ -314,7 +316,8 @@ class _ShardWriter(threading.Thread):
         shard.writer.close()
         shard.writer = None
         tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
-                                    shard.written, shard.skipped, len(self.examples))
+                                    shard.written, shard.skipped, len(self.examples),
+                                    format_checked=True)
         _move_into_place(shard.temp_path, final)
         self.summary.shards_written.append(shard.index)
 

@@ -90,16 +90,18 @@ def serialize_example(image_id: str, features: np.ndarray, label_ids: Sequence[i
 
 def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int,
                       examples: int, skipped: Sequence[dict],
-                      split_size: int | None = None) -> None:
+                      split_size: int | None = None, format_checked: bool = False) -> None:
     """The per-shard record that `read_meta` merges (written before the shard is final).
 
     ``split_size`` is the number of input images of the whole split, so that a later
-    run on a changed image list does not mix two shardings.
+    run on a changed image list does not mix two shardings. ``format_checked`` says the
+    extraction skipped the formats the served model refuses (earlier versions did not).
     """
     write_json(os.path.join(features_dir, shard_stats_filename(split, index, num_shards)), {
         "split": split, "shard": index, "num_shards": num_shards,
         "file": shard_filename(split, index, num_shards), "split_size": split_size,
-        "examples": int(examples), "skipped": list(skipped)})
+        "examples": int(examples), "skipped": list(skipped),
+        "format_checked": bool(format_checked)})
 
 
 def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
@@ -180,7 +182,8 @@ def _merge_shard_stats(features_dir: str, meta: dict) -> dict:
                              f"{entry['num_shards']} and {count} shard runs; remove one set")
         if os.path.exists(os.path.join(features_dir, stats["file"])):
             entry["shards"][str(int(m["index"]))] = {
-                "file": stats["file"], "examples": stats["examples"], "skipped": stats["skipped"]}
+                "file": stats["file"], "examples": stats["examples"], "skipped": stats["skipped"],
+                "format_checked": bool(stats.get("format_checked", False))}
     for split, entry in splits.items():
         shards = entry["shards"]
         entry["shards"] = {k: shards[k] for k in sorted(shards, key=int)}
