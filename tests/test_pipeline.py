@@ -262,16 +262,20 @@ def test_eval_of_an_unfinished_run_warns_and_records_where_it_stopped(trained, t
 
 
 # -- a rerun with other settings ---------------------------------------------------------
+def forbid_data_work(monkeypatch, before: str) -> None:
+    """Fails the test if `pipeline.run` builds or loads data, or extracts features."""
+    def no_data(*args, **kwargs):
+        raise AssertionError(f"data work before {before}")
+
+    monkeypatch.setattr(pipeline, "load_data", no_data)
+    monkeypatch.setattr(pipeline, "prepare_features", no_data)
+
+
 def test_a_rerun_with_another_setting_is_refused_before_any_data_work(trained, tmp_path,
                                                                       monkeypatch):
     config, _, _ = trained
     workdir = copy_run(trained, tmp_path)
-
-    def no_data(*args, **kwargs):
-        raise AssertionError("data work before the run folder was checked")
-
-    monkeypatch.setattr(pipeline, "load_data", no_data)
-    monkeypatch.setattr(pipeline, "prepare_features", no_data)
+    forbid_data_work(monkeypatch, "the run folder was checked")
     for mode in ("train", "eval"):
         with pytest.raises(IncompatibleRunError, match=r"data.num_train: \d+ in the run "
                                                        r"folder vs 96 now"):
@@ -284,12 +288,7 @@ def test_a_benchmark_rerun_without_its_feature_cache_is_refused_before_any_data_
     features (say, a rerun from another folder with the default ./data)."""
     config, _, _ = trained
     workdir = copy_run(trained, tmp_path)
-
-    def no_data(*args, **kwargs):
-        raise AssertionError("data work before the run's feature cache was looked up")
-
-    monkeypatch.setattr(pipeline, "load_data", no_data)
-    monkeypatch.setattr(pipeline, "prepare_features", no_data)
+    forbid_data_work(monkeypatch, "the run's feature cache was looked up")
     elsewhere = config.replace(runtime={"cache_dir": str(tmp_path / "data")})
     with pytest.raises(cache.FeatureCacheNotFoundError):
         pipeline.run(elsewhere, workdir, "train")
