@@ -21,9 +21,9 @@ from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
 
 
-def encode(image: Image.Image, fmt: str) -> bytes:
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, fmt)
+    image.save(buffer, fmt, **options)
     return buffer.getvalue()
 
 
@@ -68,6 +68,110 @@ def test_predict_and_the_served_graph_give_the_same_hint(name):
     message = str(refused.value)
     assert message.startswith("not a JPEG/PNG/GIF/BMP image (starts with ")
     assert message.endswith(")" + hint) if hint else message.endswith(")")
+
+
+# -- headers: ofrnn-predict's check, the served graph's guard and TensorFlow's decoders ----
+def python_header(data: bytes):
+    """``(format, width, height)`` from `read_image_header`, or None when it refuses."""
+    try:
+        return read_image_header(data)
+    except ValueError:
+        return None
+
+
+def graph_header(data: bytes):
+    """``(format, width, height)`` the served graph's guard reads, or None when it refuses
+    the header: with a limit of 0 pixels, a sound header is refused for its size."""
+    with pytest.raises(tf.errors.InvalidArgumentError) as refused:
+        check_encoded_images(tf.constant([data]), 0)
+    found = re.search(r"is an? (\w+) of (\d+)x(\d+) = \d+ pixels, above the limit of 0 ",
+                      refused.value.message)
+    return (found.group(1), int(found.group(2)), int(found.group(3))) if found else None
+
+
+def decoded_size(data: bytes):
+    """``(width, height)`` of what TensorFlow decodes, or None when it refuses."""
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.OpError:
+        return None
+    return int(image.shape[1]), int(image.shape[0])
+
+
+JPEG = encode(picture(3, (64, 48)), "JPEG")
+_SOF = JPEG.index(b"\xff\xc0")
+_DQT = JPEG.index(b"\xff\xdb")
+_SOF_SEGMENT = JPEG[_SOF:_SOF + 2 + int.from_bytes(JPEG[_SOF + 2:_SOF + 4], "big")]
+
+
+def stray(data: bytes, at: int, extra: bytes) -> bytes:
+    return data[:at] + extra + data[at:]
+
+
+def noise(count: int, seed: int = 0, high: int = 255) -> bytes:
+    """Random bytes, without FF unless ``high`` is 256."""
+    return np.random.default_rng(seed).integers(0, high, count, np.uint8).tobytes()
+
+
+def stray_run(seed: int) -> bytes:
+    """Bytes libjpeg skips between two markers: no FF, but FF 00, runs of fill bytes
+    before 00, and a run of fill bytes at the end."""
+    rng = np.random.default_rng(seed)
+    parts = [noise(int(rng.integers(1, 300)), seed) for _ in range(3)]
+    return (parts[0] + b"\xff\x00" + parts[1] + b"\xff" * int(rng.integers(1, 5)) + b"\x00"
+            + parts[2] + b"\xff" * int(rng.integers(0, 4)))
+
+
+def _bmp_with_dib_size(size: int) -> bytes:
+    bmp = encode(picture(4), "BMP")
+    return bmp[:14] + size.to_bytes(4, "little") + bmp[18:]
+
+
+_FAKE_FRAME = b"\xff\xc0" + _SOF_SEGMENT[2:5] + (20).to_bytes(2, "big") + (30).to_bytes(
+    2, "big") + _SOF_SEGMENT[9:]
+# (bytes, whether TensorFlow decodes them)
+HEADERS = {
+    "jpeg": (JPEG, True),
+    "progressive jpeg": (encode(picture(5, (50, 70)), "JPEG", progressive=True), True),
+    **{f"{n} stray byte(s) before {name}": (stray(JPEG, at, noise(n, n)), True)
+       for n in (1, 4, 300) for name, at in (("DQT", _DQT), ("SOF", _SOF))},
+    **{f"{n} zeros and fill bytes before DQT": (stray(JPEG, _DQT, bytes(n) + b"\xff\xff"), True)
+       for n in (253, 254, 255, 256, 509, 510)},
+    **{f"stray bytes with FF 00 and fill bytes ({seed})": (
+        stray(JPEG, (_DQT, _SOF)[seed % 2], stray_run(seed)), True) for seed in range(6)},
+    "a fake FF C0 behind FF 00 in stray bytes": (
+        stray(JPEG, _SOF, b"\x01\xff\x00" + _FAKE_FRAME[1:] + b"\x02"), True),
+    # libjpeg reads the first: then refuses the file for its second frame header.
+    "a frame header in stray bytes, before the real one": (
+        stray(JPEG, _DQT, b"\x01\x02" + _FAKE_FRAME + b"\x03"), False),
+    "the frame header moved among stray bytes": (
+        stray(JPEG.replace(_SOF_SEGMENT, b""), _DQT, b"\x12\x34" + _SOF_SEGMENT + b"\x56"),
+        True),
+    "stray bytes after a segment shorter than its length field": (
+        stray(JPEG, _DQT, b"\xff\xfe\x00\x00"), True),
+    **{f"garbage to the end after SOI ({seed})": (b"\xff\xd8\xff" + noise(3000, seed, 256),
+                                                  False) for seed in range(4)},
+    "garbage without FF to the end after APP0": (JPEG[:20] + noise(3000), False),
+    "cut off inside stray bytes": (stray(JPEG[:_DQT], _DQT, bytes(5)), False),
+    "cut off after a fill byte": (JPEG[:_DQT] + b"\x00\xff", False),
+    "cut off inside the frame header": (JPEG[:_SOF + 9], False),
+    "bmp with a DIB header size of 0": (_bmp_with_dib_size(0), True),
+    "bmp with a DIB header size of 20": (_bmp_with_dib_size(20), True),
+    "bmp with a DIB header size of 200": (_bmp_with_dib_size(200), True),
+}
+
+
+@pytest.mark.parametrize("name", HEADERS)
+def test_predict_and_the_served_graph_read_headers_as_tensorflow_decodes(name):
+    """The same frame, or the same refusal, from both header checks; and when TensorFlow
+    decodes the file, that frame is the size it decodes."""
+    data, decodes = HEADERS[name]
+    header = python_header(data)
+    assert graph_header(data) == header
+    size = decoded_size(data)
+    assert (size is not None) == decodes, size
+    if decodes:
+        assert header is not None and header[1:] == size
 
 
 # -- the run's example images ---------------------------------------------------------------

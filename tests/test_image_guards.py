@@ -64,6 +64,20 @@ def top_down_bmp(image: Image.Image) -> bytes:
     return bytes(data)
 
 
+def with_stray_bytes(jpeg: bytes, before: bytes, stray: bytes) -> bytes:
+    """The JPEG with bytes that are no marker inserted before the marker ``before``:
+    libjpeg skips them with a warning ("Corrupt JPEG data: N extraneous bytes before
+    marker") and decodes the image."""
+    at = jpeg.index(before)
+    return jpeg[:at] + stray + jpeg[at:]
+
+
+def with_dib_size(bmp: bytes, size: int) -> bytes:
+    """The BMP with another DIB header size field (TF reads its header as a
+    BITMAPINFOHEADER all the same)."""
+    return bmp[:14] + struct.pack("<I", size) + bmp[18:]
+
+
 def garble_scan(jpeg: bytes) -> bytes:
     """Random bytes in the middle of the scan data; the EOI at the end stays."""
     rng = np.random.default_rng(3)
@@ -82,6 +96,16 @@ GOOD = {
     "progressive jpeg": encode(picture(seed=3), "JPEG", progressive=True),
     "grayscale jpeg": encode(picture(seed=4).convert("L"), "JPEG"),
     "jpeg with bytes after EOI": JPEG + bytes(64),
+    "jpeg with a stray byte before DQT": with_stray_bytes(JPEG, b"\xff\xdb", b"\x00"),
+    "jpeg with 4 stray bytes before DQT": with_stray_bytes(JPEG, b"\xff\xdb", bytes(4)),
+    "jpeg with 300 stray bytes before SOF": with_stray_bytes(
+        JPEG, b"\xff\xc0", np.random.default_rng(5).integers(0, 255, 300, np.uint8).tobytes()),
+    "jpeg with stray bytes, FF 00 and fill bytes before DQT": with_stray_bytes(
+        JPEG, b"\xff\xdb", b"\x12\xff\x00\x34\xff\xff\x00" + bytes(600) + b"\xff\xff"),
+    "jpeg with 60 KB EXIF and stray bytes after it": with_stray_bytes(
+        jpeg_with_exif(60_000), b"\xff\xdb", bytes(1000)),
+    "jpeg with stray bytes after a short segment": (  # once refused: "expected a marker"
+        JPEG[:2] + b"\xff\xe0\x00\x04ab\x12\x34" + JPEG[2:]),
     "png": PNG,
     "grayscale png": encode(picture(seed=5).convert("L"), "PNG"),
     "png with alpha": encode(picture(seed=6).convert("RGBA"), "PNG"),
@@ -90,6 +114,8 @@ GOOD = {
     "top-down bmp": top_down_bmp(picture(seed=9)),
     "256-colour bmp": encode(picture(seed=10).convert("P", palette=Image.Palette.ADAPTIVE), "BMP"),
     "8-bit gray bmp": encode(picture(seed=11).convert("L"), "BMP"),
+    "bmp with a DIB header size of 0": with_dib_size(encode(picture(seed=15), "BMP"), 0),
+    "bmp with a DIB header size of 200": with_dib_size(encode(picture(seed=16), "BMP"), 200),
     "image already at the output size": encode(picture(SIZE, SIZE), "PNG"),
 }
 
@@ -115,14 +141,23 @@ BAD = {
     "jpeg with EOI before the frame header": (b"\xff\xd8\xff\xd9",
                                               "marker ff d9 (EOI) at byte 2 comes before any "
                                               "frame header"),
-    "jpeg with a broken segment chain": (JPEG[:2] + b"\xff\xe0\x00\x04ab\x12\x34" + JPEG[2:],
-                                         "expected a marker (FF xx) at byte 8, found 12 34"),
+    "jpeg with garbage to its end after APP0": (
+        JPEG[:20] + np.random.default_rng(6).integers(0, 255, 5000, np.uint8).tobytes(),
+        "is a JPEG cut off inside its header (5020 bytes), before its width and height"),
+    "jpeg cut off inside stray bytes": (JPEG[:20] + bytes(3),
+                                        "is a JPEG cut off inside its header (23 bytes)"),
+    "jpeg cut off after a fill byte": (JPEG[:20] + b"\xff",
+                                       "is a JPEG cut off inside its header (21 bytes)"),
     "jpeg made of fill bytes": (b"\xff\xd8" + b"\xff" * 3000,
-                                "no frame header (SOFn) in its first 1024 marker segments"),
+                                "is a JPEG cut off inside its header (3002 bytes)"),
+    "jpeg made of empty segments": (b"\xff\xd8" + b"\xff\xfe\x00\x02" * 2000,
+                                    "no frame header (SOFn) in its first 1024 marker segments"),
+    "jpeg followed by 1 MB of zeros": (JPEG[:20] + bytes(1_000_000),
+                                       "no frame header (SOFn) in its first 1024 marker segments"),
     "png without IHDR": (PNG[:12] + b"XXXX" + PNG[16:], "first chunk is not IHDR"),
-    "bmp with an unknown header size": (
-        (lambda b: b[:14] + struct.pack("<I", 20) + b[18:])(encode(picture(), "BMP")),
-        "its DIB header size is 20"),
+    "bmp with a DIB header size of 20 over the limit": (
+        with_dib_size(encode(Image.new("1", (1100, 1000)), "BMP"), 20),
+        "is a BMP of 1100x1000 = 1100000 pixels"),
     # Sound headers, data that does not decode: named by the tf.data path.
     "truncated jpeg": (JPEG[:len(JPEG) // 2], "could not be decoded: its JPEG header (64x48) is "
                                               "sound but the data behind it is truncated or "

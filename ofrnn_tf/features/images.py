@@ -139,30 +139,48 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; 
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` from the first JPEG frame header (SOFn), found as libjpeg does.
+
+    Between marker segments libjpeg's ``next_marker`` skips whatever is not a marker
+    (stray bytes, with the warning "Corrupt JPEG data: N extraneous bytes before
+    marker", fill bytes FF, and FF 00) and decodes on; so does this walk, as does the
+    served graph's (`ofrnn_tf.features.image_guards`): both find the same frame and
+    refuse the same files (but for that walk's cap on its steps, which only a file
+    made to exhaust it reaches).
+    """
     i, n = 2, len(data)
-    while i < n:
-        if data[i] != 0xFF:
-            raise ValueError(f"corrupt JPEG: no marker at byte {i}")
-        while i < n and data[i] == 0xFF:  # fill bytes may precede a marker code
+    while True:
+        # The next marker: an FF (after any other bytes), then any fill bytes FF, then
+        # a code that is not 00 (FF 00 is skipped too).
+        while True:
+            i = data.find(b"\xff", i)
+            if i < 0:
+                raise ValueError(f"truncated JPEG: header ends after {n} bytes without a "
+                                 f"frame header")
+            while i < n and data[i] == 0xFF:
+                i += 1
+            if i >= n:
+                raise ValueError(f"truncated JPEG: header ends after {n} bytes without a "
+                                 f"frame header")
+            if data[i] != 0:
+                break
             i += 1
-        if i >= n:
-            break
         code = data[i]
         i += 1
         if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a length field
             continue
-        if code in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+        if code in (0xD8, 0xD9, 0xDA):  # SOI, EOI or SOS before any frame header
             raise ValueError("corrupt JPEG: no frame header before the image data")
-        if i + 2 > n:
-            break
-        (length,) = struct.unpack(">H", data[i:i + 2])
-        if length < 2:
-            raise ValueError(f"corrupt JPEG: segment length {length} at byte {i}")
         if code in _JPEG_SOF:
-            if i + 7 > n:
+            if i + 8 > n:  # length, precision, height, width, components
                 break
             height, width = struct.unpack(">HH", data[i + 3:i + 7])
             return width, height
+        if i + 2 > n:
+            break
+        # A length below 2 (libjpeg skips nothing then) leaves the walk inside the
+        # segment, where what follows is skipped as no marker.
+        (length,) = struct.unpack(">H", data[i:i + 2])
         i += length
     raise ValueError(f"truncated JPEG: header ends after {n} bytes without a frame header")
 
@@ -203,13 +221,11 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
         if len(data) < 26:
             raise ValueError("truncated BMP header")
         (info_size,) = struct.unpack("<I", data[14:18])
-        if info_size == 12:
+        if info_size == 12:  # BITMAPCOREHEADER
             width, height = struct.unpack("<HH", data[18:22])
-        elif 40 <= info_size <= 124:
+        else:  # BITMAPINFOHEADER and its successors; TF reads any other size so too
             width, height = struct.unpack("<ii", data[18:26])
             height = abs(height)  # negative height: rows stored top-down
-        else:
-            raise ValueError(f"corrupt BMP header (info header size {info_size})")
         fmt = "BMP"
     else:
         raise ValueError(f"not a {IMAGE_FORMATS} image (starts with {data[:8]!r})"
