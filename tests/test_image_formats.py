@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -127,6 +128,22 @@ def _bmp_with_dib_size(size: int) -> bytes:
     return bmp[:14] + size.to_bytes(4, "little") + bmp[18:]
 
 
+def _gif(screen=None, blocks: bytes = b"", seed: int = 6, size=(40, 30), **options) -> bytes:
+    """A GIF (256 colours: its blocks start at 781), with ``blocks`` before its first
+    extension or image and another logical screen size if given."""
+    gif = encode(picture(seed, size).convert("P", palette=Image.Palette.ADAPTIVE), "GIF",
+                 **options)
+    if screen is not None:
+        gif = gif[:6] + struct.pack("<HH", *screen) + gif[10:]
+    return gif[:781] + blocks + gif[781:]
+
+
+def _comment(text: bytes, chunk: int = 255) -> bytes:
+    return (b"\x21\xfe" + b"".join(bytes([len(text[k:k + chunk])]) + text[k:k + chunk]
+                                   for k in range(0, len(text), chunk)) + b"\x00")
+
+
+_GIF_EXTENSIONS = dict(comment=b"a comment", loop=0, duration=100)  # NETSCAPE2.0, comment, GCE
 _FAKE_FRAME = b"\xff\xc0" + _SOF_SEGMENT[2:5] + (20).to_bytes(2, "big") + (30).to_bytes(
     2, "big") + _SOF_SEGMENT[9:]
 # (bytes, whether TensorFlow decodes them)
@@ -155,6 +172,34 @@ HEADERS = {
     "cut off inside stray bytes": (stray(JPEG[:_DQT], _DQT, bytes(5)), False),
     "cut off after a fill byte": (JPEG[:_DQT] + b"\x00\xff", False),
     "cut off inside the frame header": (JPEG[:_SOF + 9], False),
+    # TensorFlow decodes a GIF's first frame at its own size, whatever the screen says.
+    "gif": (_gif(), True),
+    "gif whose screen is smaller than its frame": (_gif((10, 10)), True),
+    "gif whose screen is larger than its frame": (_gif((300, 200)), True),
+    "gif whose screen is narrower and taller than its frame": (_gif((10, 200)), True),
+    "gif with a loop, a comment and a graphics control extension": (
+        _gif(**_GIF_EXTENSIONS), True),
+    "gif with a 2-colour table": (encode(Image.new("P", (30, 20), 1), "GIF"), True),
+    "gif without a global colour table": (
+        (lambda g: g[:10] + b"\x00" + g[11:13] + g[19:])(encode(Image.new("P", (30, 20), 1),
+                                                               "GIF")), False),
+    **{f"gif with a {n}-byte comment in {chunk}-byte sub-blocks": (
+        _gif(blocks=_comment(b"c" * n, chunk), **_GIF_EXTENSIONS), True)
+       for n, chunk in ((10, 1), (40, 1), (300, 255), (3000, 255), (1000, 1))},
+    "gif cut off inside its colour table": (_gif()[:500], False),
+    "gif cut off inside an extension": (_gif(**_GIF_EXTENSIONS)[:800], False),
+    "gif cut off inside a long comment": (_gif(blocks=_comment(b"c" * 3000))[:2000], False),
+    "gif cut off inside its image descriptor": (_gif()[:786], False),
+    "gif with its trailer before any image": (_gif()[:781] + b";", False),
+    # giflib reads an extension's first sub-block, then sub-blocks up to an empty one:
+    # an empty first sub-block does not end it.
+    "gif with an extension whose first sub-block is empty": (
+        _gif(blocks=b"\x21\xfe\x00\x00"), True),
+    "gif with an extension of one empty sub-block": (_gif(blocks=b"\x21\xfe\x00"), False),
+    "gif with a 1x1 image descriptor that giflib reads as a sub-block": (
+        _gif(blocks=b"\x21\xfe\x00" + b"\x2c" + bytes(4) + b"\x01\x00\x01\x00\x00"
+             + bytes(35) + b"\x00"), True),
+    "gif with a stray byte before its image": (_gif(blocks=b"\x00"), False),
     "bmp with a DIB header size of 0": (_bmp_with_dib_size(0), True),
     "bmp with a DIB header size of 20": (_bmp_with_dib_size(20), True),
     "bmp with a DIB header size of 200": (_bmp_with_dib_size(200), True),
@@ -172,6 +217,24 @@ def test_predict_and_the_served_graph_read_headers_as_tensorflow_decodes(name):
     assert (size is not None) == decodes, size
     if decodes:
         assert header is not None and header[1:] == size
+
+
+def test_predict_and_the_served_graph_cap_the_gif_walk_alike():
+    """Blocks before a GIF's image (an extension's header, 21, label and first
+    sub-block, and each further sub-block: a step each) are walked up to
+    MAX_GIF_BLOCKS; both checks stop at the same step."""
+    from ofrnn_tf.features.images import MAX_GIF_BLOCKS
+    comment = b"\x21\xfe\x01c\x00"  # a one-byte comment: 2 steps
+    long_comment = b"\x21\xfe" + b"\x01c" * (MAX_GIF_BLOCKS - 1) + b"\x00"
+    for within in (_gif(blocks=comment * (MAX_GIF_BLOCKS // 2)), _gif(blocks=long_comment)):
+        assert python_header(within) == graph_header(within) == ("GIF", 40, 30)
+        assert decoded_size(within) == (40, 30)
+    for beyond in (_gif(blocks=comment * (MAX_GIF_BLOCKS // 2 + 1)),
+                   _gif(blocks=long_comment[:-1] + b"\x01c\x00")):
+        assert graph_header(beyond) is None
+        with pytest.raises(ValueError, match=f"no image descriptor in its first "
+                                             f"{MAX_GIF_BLOCKS} blocks"):
+            read_image_header(beyond)
 
 
 # -- the run's example images ---------------------------------------------------------------

@@ -78,6 +78,29 @@ def with_dib_size(bmp: bytes, size: int) -> bytes:
     return bmp[:14] + struct.pack("<I", size) + bmp[18:]
 
 
+def with_screen(gif: bytes, width: int, height: int) -> bytes:
+    """The GIF with another logical screen size (bytes 6 to 9), which TensorFlow ignores:
+    it decodes the first frame at the size of its image descriptor."""
+    return gif[:6] + struct.pack("<HH", width, height) + gif[10:]
+
+
+def gif_blocks_start(gif: bytes) -> int:
+    """Where a GIF's blocks start: after its header and global colour table."""
+    return 13 + (6 << (gif[10] & 7) if gif[10] & 0x80 else 0)
+
+
+def with_gif_blocks(gif: bytes, blocks: bytes) -> bytes:
+    """The GIF with ``blocks`` inserted before its first extension or image."""
+    at = gif_blocks_start(gif)
+    return gif[:at] + blocks + gif[at:]
+
+
+# A photo-like GIF: a 256-colour global table (768 bytes, the blocks start at 781),
+# then a NETSCAPE2.0 loop, a comment and a graphics control extension.
+GIF_256 = encode(picture(seed=17).convert("P", palette=Image.Palette.ADAPTIVE), "GIF",
+                 comment=b"a comment", loop=0, duration=100)
+
+
 def garble_scan(jpeg: bytes) -> bytes:
     """Random bytes in the middle of the scan data; the EOI at the end stays."""
     rng = np.random.default_rng(3)
@@ -110,6 +133,12 @@ GOOD = {
     "grayscale png": encode(picture(seed=5).convert("L"), "PNG"),
     "png with alpha": encode(picture(seed=6).convert("RGBA"), "PNG"),
     "gif": encode(picture(seed=7), "GIF"),
+    "gif with a 256-colour table, a loop, a comment and a graphics control extension": GIF_256,
+    "gif whose screen is larger than its frame": with_screen(encode(picture(seed=18), "GIF"),
+                                                             5000, 5000),
+    "gif whose screen says 0x0": with_screen(encode(picture(seed=19), "GIF"), 0, 0),
+    "gif with a 20 KB comment in 1-byte sub-blocks before its image": with_gif_blocks(
+        GIF_256, b"\x21\xfe" + b"\x01c" * 900 + b"\x00"),
     "bmp": encode(picture(seed=8), "BMP"),
     "top-down bmp": top_down_bmp(picture(seed=9)),
     "256-colour bmp": encode(picture(seed=10).convert("P", palette=Image.Palette.ADAPTIVE), "BMP"),
@@ -134,6 +163,25 @@ BAD = {
                                    "is a JPEG of 30000x30000 = 900000000 pixels"),
     "gif over the limit": (encode(Image.new("P", (1200, 1000)), "GIF"),
                            "is a GIF of 1200x1000 = 1200000 pixels, above the limit"),
+    # TF decodes the frame, whatever the screen says: 1200x1000 pixels, not 10x10.
+    "gif whose screen is smaller than its frame": (
+        with_screen(encode(Image.new("P", (1200, 1000)), "GIF"), 10, 10),
+        "is a GIF of 1200x1000 = 1200000 pixels, above the limit"),
+    "gif cut off inside an extension": (GIF_256[:800], "is a GIF cut off inside its header "
+                                                       "(800 bytes), before its width"),
+    "gif cut off inside its colour table": (GIF_256[:300], "is a GIF cut off inside its "
+                                                           "header (300 bytes)"),
+    "gif cut off inside its image descriptor": (
+        GIF_256[:GIF_256.index(b"\x2c", 781) + 6], "is a GIF cut off inside its header"),
+    "gif with its trailer before any image": (
+        GIF_256[:781] + b";", "is a GIF with a corrupt header: its trailer (3b) at byte 781 "
+                              "comes before any image"),
+    "gif with a stray byte before its image": (
+        with_gif_blocks(GIF_256, b"\x00"), "is a GIF with a corrupt header: byte 00 at byte "
+                                            "781 is no GIF block"),
+    "gif made of empty extensions": (
+        with_gif_blocks(GIF_256, b"\x21\xfe\x01c\x00" * 2000),
+        "is a GIF with a corrupt header: no image descriptor in its first 1024 blocks"),
     "bmp over the limit": (encode(Image.new("1", (1100, 1000)), "BMP"),
                            "is a BMP of 1100x1000 = 1100000 pixels"),
     "jpeg declaring no rows": (with_sof_size(JPEG, 64, 0), "is a JPEG of 64x0 pixels: an empty"),
@@ -266,6 +314,23 @@ def test_headers_alone_refuse_the_pixel_bomb(limit):
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(f"images[1] {expected}")):
         check(tf.constant([JPEG, bomb]))
     assert check(tf.constant([JPEG, PNG])).numpy().tolist() == [JPEG, PNG]
+
+
+def test_gif_size_is_its_first_frames_in_a_batch_of_every_format(limit):
+    """GIFs walked in the window and in the loop, beside JPEGs walked on too."""
+    frame = encode(Image.new("P", (1200, 1000)), "GIF")
+    small_screen = with_screen(frame, 10, 10)
+    long_comment = with_gif_blocks(small_screen, b"\x21\xfe" + b"\x01c" * 900 + b"\x00")
+    check = tf.function(check_encoded_images,
+                        input_signature=[STRINGS, tf.TensorSpec([], tf.int64)])
+    for bad in (small_screen, long_comment):
+        batch = [GOOD["jpeg with 60 KB EXIF before the frame header"], GIF_256, PNG, bad]
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            check(tf.constant(batch), limit)
+        assert assertion_message(raised.value).startswith(
+            "images[3] is a GIF of 1200x1000 = 1200000 pixels, above the limit")
+        assert check(tf.constant(batch), tf.constant(1_200_000, tf.int64)).shape == (4,)
+        assert tf.io.decode_image(bad, expand_animations=False).shape[:2] == (1000, 1200)
 
 
 def test_limit_is_read_when_the_graph_runs(decode, limit):

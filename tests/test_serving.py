@@ -100,7 +100,8 @@ def test_image_size_huge_declared_size_costs_nothing():
     (b"\x89PNG\r\n\x1a\n\x00\x00", "no IHDR chunk"),
     (b"\xff\xd8\xff\xd9", "no frame header"),
     (b"\xff\xd8\xff\xe0\x00\x10JFIF", "truncated JPEG"),
-    (b"GIF89a\x00\x00\x00\x00", "empty image (0x0)"),
+    (b"GIF89a\x00\x00\x00\x00", "truncated GIF"),
+    (b"GIF89a" + bytes(7) + b"\x2c" + bytes(9), "empty image (0x0)"),
     (b"BM" + b"\x00" * 40, "empty image (0x0)"),
 ])
 def test_image_size_refuses(data, message):

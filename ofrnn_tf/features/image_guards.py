@@ -20,15 +20,26 @@ data) and refuses with ``InvalidArgumentError``, naming ``images[i]``:
   of any size, fill bytes and RSTn markers before it are fine, and so are bytes
   between segments that are no marker, which libjpeg skips with the warning
   "Corrupt JPEG data: N extraneous bytes before marker"), the PNG IHDR chunk, the
-  GIF logical screen descriptor, or the BMP header (BITMAPCOREHEADER when its size
+  GIF's first image descriptor, or the BMP header (BITMAPCOREHEADER when its size
   field says 12, else read as a BITMAPINFOHEADER whatever that field says, as TF
-  does; a negative height means top-down).
+  does; a negative height means top-down). A GIF's logical screen descriptor
+  (bytes 6 to 9) is not read: TF ignores it and decodes the first frame at the size
+  of its image descriptor, found after the global colour table and any extension
+  blocks as giflib reads them (a first sub-block, then sub-blocks up to an empty
+  one: an empty first sub-block does not end an extension). A file cut off before
+  the descriptor, a trailer or any other byte before it, or more than
+  ``MAX_GIF_BLOCKS`` extension headers and sub-blocks before it are refused.
 
-These are the sizes the decoders allocate, with two exceptions bounded otherwise:
-TF reads every BMP header as a BITMAPINFOHEADER but refuses a BMP whose bytes do
-not hold its rows, and giflib may allocate the frames of an animated GIF at their
-own size, not the screen's, before TF refuses frames of another size (what it
-writes is bounded by the LZW data, so by the request size).
+These are the sizes the decoders allocate, with two exceptions:
+
+- TF reads every BMP header as a BITMAPINFOHEADER but refuses a BMP whose bytes do
+  not hold its rows (bounded otherwise);
+- the frames of an animated GIF after the first are not bounded. giflib decodes
+  every frame at its own size, and TF's canvas, even when it keeps only the first
+  frame (``expand_animations=False``), is the widest frame's width by the tallest
+  frame's height (frames of other sizes and offsets are accepted and clipped). So a
+  GIF whose first frame is small and a later one large is accepted here and
+  decoded at the large size; bounding it takes a walk over every frame's LZW data.
 
 `decode_images` runs these checks, then decodes every image with
 `ofrnn_tf.features.images.decode_and_resize`, the function of feature extraction,
@@ -84,7 +95,13 @@ loop: with a 20 KB EXIF block, "auto" costs +0.5 to 0.9 ms in all at batch 1 und
 that load. The loop takes a segment per step, or jumps over up to 31 bytes that
 are no marker; its steps are capped (``max_jpeg_segments``), so that a file made
 to exhaust them (empty segments, garbage) costs at most about 1000 steps: 30 ms at
-batch 1 and 50 ms at batch 32 on that machine when idle.
+batch 1 and 50 ms at batch 32 on that machine when idle. GIFs walk to their first
+image descriptor in a window read after their colour table (16 lookups in a table
+of next blocks), out of line, so that batches without GIFs pay one cond (about
+5 us); for 32 GIFs of 224x224 pixels written by PIL the check costs about 0.12 ms
+more than when it read their screen size, 0.6 ms in all when idle. A GIF with
+more blocks, or blocks beyond that window (a long comment, an XMP packet) walks
+again in a loop, a block or sub-block per step, ``MAX_GIF_BLOCKS`` at most.
 To stay this cheap the code keeps to few, vectorised ops: one read of the first
 256 bytes, a table of next-segment positions over them for the JPEG walk, one
 matrix product for every header field, a table of bounds per layout; and it
@@ -103,7 +120,7 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.images import (
-    MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, decode_and_resize, out_of_line)
+    MAX_GIF_BLOCKS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, decode_and_resize, out_of_line)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
@@ -194,9 +211,30 @@ _FRAME_BYTES = 10  # FF Cn, length (2), precision, height (2), width (2), compon
 _GAVE_UP = 256  # a first frame "byte" no byte has: too many segments
 
 # ---------------------------------------------------------------------------
+# GIF walk to the first image descriptor (2C, left, top, width, height, flags: 10
+# bytes, as many as a JPEG frame header, so it takes the JPEG's `pos` and `frame`).
+# Its blocks start after the global colour table. An extension is read as giflib's
+# DGifSlurp reads it: 21, a label and a first sub-block (a size byte and that many
+# bytes), then sub-blocks up to an empty one; an empty first sub-block does not end
+# it. A step follows an extension header (21, label, first sub-block) or a further
+# sub-block; at a block start any byte but 21 stops the walk (2C is the descriptor,
+# the others are refused). First a window of _GIF_WINDOW bytes read where the
+# blocks start, a table of the next state of every state in it (a position, at a
+# block start or at a sub-block), and _GIF_WINDOW_STEPS lookups in it: PIL writes a
+# NETSCAPE2.0 loop (3 steps), a comment (2 for a short one) and a graphics control
+# extension (2). GIFs whose walk goes on (more blocks, or blocks beyond the window:
+# long comments, XMP packets) walk again from the start in a tf.while_loop, a step
+# per iteration, MAX_GIF_BLOCKS steps at most (the cap ofrnn-predict's
+# `read_image_header` has too).
+_GIF_WINDOW = 256
+_GIF_WINDOW_STEPS = 16
+_GIF_EXTENSION, _GIF_DESCRIPTOR, _GIF_TRAILER = 0x21, 0x2C, 0x3B
+
+# ---------------------------------------------------------------------------
 # Header fields. One matrix product turns the bytes read (the first 32 of the
-# file, the 10 of the JPEG frame header) plus the length and the frame position
-# into all of these fields, for every layout at once; the layout then picks.
+# file, the 10 of the JPEG frame header or GIF image descriptor) plus the length
+# and the frame position into all of these fields, for every layout at once; the
+# layout then picks.
 _HEAD_BYTES = 32
 _IN_LENGTH = _HEAD_BYTES + _FRAME_BYTES
 _IN_POS = _IN_LENGTH + 1
@@ -204,8 +242,8 @@ _INPUTS = _IN_POS + 1
 _F_WIDTH = 0  # the width of each layout, then the height of each
 _F_HEIGHT = _N_LAYOUTS
 _F_FRAME_KIND = 2 * _N_LAYOUTS  # JPEG: SOFn, sample precision, components
-_F_MARKER = _F_FRAME_KIND + 1  # JPEG: the word where the walk stopped
-_F_AVAILABLE = _F_MARKER + 1  # JPEG: bytes from the frame header on
+_F_MARKER = _F_FRAME_KIND + 1  # JPEG, GIF: the word where the walk stopped
+_F_AVAILABLE = _F_MARKER + 1  # JPEG, GIF: bytes from the frame header/image descriptor on
 _F_CHUNK = _F_MARKER + 2  # PNG: type of the first chunk
 _F_LENGTH = _F_MARKER + 3  # the other formats: bytes from the file start on
 _N_FIELDS = _F_MARKER + 4
@@ -225,7 +263,7 @@ _FIELD_BIAS = np.zeros(_N_FIELDS, np.int64)
 for _layout, (_width, _height) in {
         _JPEG: ((_HEAD_BYTES + 7, 2, True), (_HEAD_BYTES + 5, 2, True)),  # SOFn: Y, then X
         _PNG: ((16, 4, True), (20, 4, True)),  # IHDR
-        _GIF: ((6, 2, False), (8, 2, False)),  # logical screen descriptor
+        _GIF: ((_HEAD_BYTES + 5, 2, False), (_HEAD_BYTES + 7, 2, False)),  # image descriptor
         _BMP: ((18, 4, False), (22, 4, False)),  # BITMAPINFOHEADER and successors
         _BMP_CORE: ((18, 2, False), (20, 2, False)),  # BITMAPCOREHEADER
         _BMP_TOP_DOWN: ((18, 4, False), (22, 4, False, -1)),  # |height| = 2^32 - it
@@ -236,7 +274,7 @@ _FIELD_BIAS[_F_HEIGHT + _BMP_TOP_DOWN] = 2 ** 32
 _FIELD_WEIGHTS[:, _F_FRAME_KIND] = (_weights(_HEAD_BYTES + 1, 1, True, 65536)
                                     + _weights(_HEAD_BYTES + 4, 1, True, 256)
                                     + _weights(_HEAD_BYTES + 9, 1, True))
-_FIELD_WEIGHTS[:, _F_MARKER] = _weights(_HEAD_BYTES, 2, True)
+_FIELD_WEIGHTS[:, _F_MARKER] = _weights(_HEAD_BYTES, 2, True)  # GIF: 2C, then a byte
 _FIELD_WEIGHTS[_IN_LENGTH, _F_AVAILABLE] = 1
 _FIELD_WEIGHTS[_IN_POS, _F_AVAILABLE] = -1
 _FIELD_WEIGHTS[:, _F_CHUNK] = _weights(12, 4, True)
@@ -246,17 +284,22 @@ _FIELD_WEIGHTS[_IN_LENGTH, _F_LENGTH] = 1
 _LOWER = np.full((_N_LAYOUTS, _N_FIELDS), _INT64_MIN, np.int64)
 _UPPER = np.full((_N_LAYOUTS, _N_FIELDS), _INT64_MAX, np.int64)
 _LOWER[_UNKNOWN, _F_LENGTH], _UPPER[_UNKNOWN, _F_LENGTH] = 1, 0  # never valid
-# Bytes needed: the JPEG frame header (from where the walk stopped); the PNG
-# signature and IHDR chunk; the GIF header and screen descriptor; the BMP fields read.
-_NEEDED = {_JPEG: _FRAME_BYTES, _PNG: 33, _GIF: 13, _BMP: 26, _BMP_CORE: 26, _BMP_TOP_DOWN: 26}
+# Bytes needed: the JPEG frame header and the GIF image descriptor (from where the
+# walk stopped); the PNG signature and IHDR chunk; the BMP fields read.
+_WALKED = (_JPEG, _GIF)
+_NEEDED = {_JPEG: _FRAME_BYTES, _PNG: 33, _GIF: _FRAME_BYTES, _BMP: 26, _BMP_CORE: 26,
+           _BMP_TOP_DOWN: 26}
 _NEEDED_BYTES = np.zeros(_N_LAYOUTS, np.int64)
 for _layout, _needed in _NEEDED.items():
     _LOWER[_layout, [_F_WIDTH + _layout, _F_HEIGHT + _layout]] = 1
     _UPPER[_layout, [_F_WIDTH + _layout, _F_HEIGHT + _layout]] = _MAX_SIDE
-    _LOWER[_layout, _F_AVAILABLE if _layout == _JPEG else _F_LENGTH] = _needed
+    _LOWER[_layout, _F_AVAILABLE if _layout in _WALKED else _F_LENGTH] = _needed
     _NEEDED_BYTES[_layout] = _needed
 # The walk stops on a SOFn or on an error, and no error stop is an FF Cn word.
 _LOWER[_JPEG, _F_MARKER], _UPPER[_JPEG, _F_MARKER] = 0xFFC0, 0xFFCF
+# The GIF walk stops at a block start: the descriptor is the one accepted.
+_LOWER[_GIF, _F_MARKER] = _GIF_DESCRIPTOR * 256
+_UPPER[_GIF, _F_MARKER] = _GIF_DESCRIPTOR * 256 + 255
 _LOWER[_PNG, _F_CHUNK] = _UPPER[_PNG, _F_CHUNK] = int.from_bytes(b"IHDR", "big")
 # A BMP's DIB header size is not checked: TF reads every BMP header as a
 # BITMAPINFOHEADER, whatever its size field says (0, 20, 200, ...), and so does the
@@ -336,6 +379,89 @@ def _walk_on(images, pos, is_jpeg, max_steps):
     return pos, tf.where((step > 0)[:, None], gave_up, frame)
 
 
+@out_of_line
+def _gif_descriptors(images, flags, pos, frame, is_gif):
+    """``pos`` and ``frame`` with, for each GIF, the position of its first image
+    descriptor and its 10 bytes, or of the block that stopped the walk (zeros past the
+    end of the file; the first is _GAVE_UP after MAX_GIF_BLOCKS steps). See the GIF
+    constants."""
+    length = tf.strings.length(images)
+    # The blocks start after the header (13 bytes) and the global colour table.
+    table_bytes = tf.bitwise.left_shift(6, tf.bitwise.bitwise_and(flags, 7))
+    start = 13 + tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0, table_bytes, 0)
+    start = tf.where(is_gif, start, length)  # the others read nothing: zeros, a stop
+    read = tf.cast(_read(images, tf.minimum(start, length), _GIF_WINDOW + 2), tf.int32)
+    window, first_size = read[:, :_GIF_WINDOW], read[:, 2:]
+    # States: p, at a block start, and _GIF_WINDOW + p, at a sub-block. The next state
+    # of each, or the state itself at a stop (a block start but 21) and where the next
+    # lies outside the window. Zeros past the end of the file read as empty sub-blocks,
+    # then a stop: the walk ends there.
+    offsets = tf.range(_GIF_WINDOW)
+    header_end = offsets + 3 + first_size  # an extension's second sub-block
+    block_next = tf.where(tf.logical_and(tf.equal(window, _GIF_EXTENSION),
+                                         header_end < _GIF_WINDOW),
+                          header_end + _GIF_WINDOW, offsets)
+    sub_target = offsets + 1 + window
+    sub_next = tf.where(tf.equal(window, 0),
+                        tf.where(offsets + 1 < _GIF_WINDOW, offsets + 1, offsets + _GIF_WINDOW),
+                        tf.where(sub_target < _GIF_WINDOW, sub_target + _GIF_WINDOW,
+                                 offsets + _GIF_WINDOW))
+    # Flat, with every row's states after the previous rows': one small gather a step
+    # (a gather with batch_dims=1 costs a dozen ops).
+    row = tf.range(tf.shape(images)[0]) * _GIF_WINDOW
+    first = 2 * row
+    following = tf.reshape(tf.concat([block_next, sub_next], axis=1) + first[:, None], [-1])
+    state = first
+    for _ in range(_GIF_WINDOW_STEPS):
+        state = tf.gather(following, state)
+    state -= first
+    sub = state >= _GIF_WINDOW
+    offset = state - tf.where(sub, _GIF_WINDOW, 0)
+    others_pos, others_frame = pos, frame
+    pos = start + offset
+    moving = tf.logical_and(is_gif, tf.logical_or(sub, tf.equal(
+        tf.gather(tf.reshape(window, [-1]), row + offset), _GIF_EXTENSION)))
+
+    def walk_on():  # those still moving, again from the start: the loop counts the steps
+        walked_pos, walked_sub = _gif_walk_on(images, start, moving)
+        return tf.where(moving, walked_pos, pos), tf.where(moving, walked_sub, sub)
+
+    pos, sub = tf.cond(tf.reduce_any(moving), walk_on, lambda: (pos, sub))
+    frame = tf.cast(_read(images, tf.minimum(pos, length), _FRAME_BYTES), tf.int32)
+    # A walk that ended still moving ran out of steps.
+    gave_up = tf.logical_and(is_gif, tf.logical_or(sub, tf.equal(frame[:, 0], _GIF_EXTENSION)))
+    gave_up_frame = tf.one_hot(tf.zeros_like(pos), _FRAME_BYTES, on_value=_GAVE_UP, off_value=0)
+    return (tf.where(is_gif, pos, others_pos),
+            tf.where(is_gif[:, None], tf.where(gave_up[:, None], gave_up_frame, frame),
+                     others_frame))
+
+
+@out_of_line
+def _gif_walk_on(images, start, is_gif):
+    """Follows GIF blocks from ``start``, a step per iteration, until each GIF stops
+    or has taken MAX_GIF_BLOCKS steps. Returns where each stopped and whether at a
+    sub-block."""
+    length = tf.strings.length(images)
+    pos, sub, steps = start, tf.zeros_like(is_gif), tf.zeros_like(start)
+
+    def body(pos, sub, steps, moved):
+        del moved
+        read = tf.cast(_read(images, tf.minimum(pos, length), 3), tf.int32)
+        byte = read[:, 0]
+        go = tf.logical_and(tf.logical_and(is_gif, steps < MAX_GIF_BLOCKS),
+                            tf.logical_or(sub, tf.equal(byte, _GIF_EXTENSION)))
+        # An extension goes past its header to its second sub-block; a sub-block to
+        # the next, or, when empty, to the next block start.
+        pos = tf.where(go, pos + tf.where(sub, 1 + byte, 3 + read[:, 2]), pos)
+        sub = tf.where(go, tf.logical_or(tf.logical_not(sub), tf.not_equal(byte, 0)), sub)
+        return pos, sub, steps + tf.cast(go, tf.int32), tf.reduce_any(go)
+
+    pos, sub, _, _ = tf.while_loop(lambda pos, sub, steps, moved: moved, body,
+                                   (pos, sub, steps, tf.constant(True)),
+                                   maximum_iterations=MAX_GIF_BLOCKS + 1)
+    return pos, sub
+
+
 def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     """The header pass: layout, fields and validity of every image (see the constants)."""
     length = tf.strings.length(images)
@@ -369,6 +495,12 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     pos, frame = tf.cond(
         tf.reduce_any(moving),
         lambda: _walk_on(images, pos, is_jpeg, max(max_jpeg_segments - _WINDOW_STEPS, 1)),
+        lambda: (pos, frame))
+    # GIFs walk to their first image descriptor out of line: other batches pay one cond.
+    is_gif = tf.equal(layout, _GIF)
+    pos, frame = tf.cond(
+        tf.reduce_any(is_gif),
+        lambda: _gif_descriptors(images, window[:, 10], pos, frame, is_gif),
         lambda: (pos, frame))
 
     inputs = tf.concat([window[:, :_HEAD_BYTES], frame, tf.stack([length, pos], axis=1)],
@@ -444,8 +576,9 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, max_jpeg_segments: int) 
     image, length, layout, fields = images[i], info.length[i], info.layout[i], info.fields[i]
     pos, frame, pixels = info.pos[i], info.frame[i], info.pixels[i]
     width, height = fields[_F_WIDTH + layout], fields[_F_HEIGHT + layout]
-    is_jpeg = tf.equal(layout, _JPEG)
-    available = tf.where(is_jpeg, fields[_F_AVAILABLE], fields[_F_LENGTH])
+    is_jpeg, is_gif = tf.equal(layout, _JPEG), tf.equal(layout, _GIF)
+    available = tf.where(tf.logical_or(is_jpeg, is_gif), fields[_F_AVAILABLE],
+                         fields[_F_LENGTH])
     is_bmp_info = tf.logical_or(tf.equal(layout, _BMP), tf.equal(layout, _BMP_TOP_DOWN))
 
     name = tf.strings.join(["images[", _str(i), "]"])
@@ -472,6 +605,16 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, max_jpeg_segments: int) 
         (tf.logical_and(is_jpeg, tf.logical_or(frame[1] < 0xC0, frame[1] > 0xCF)),
          corrupt("marker ", found, tf.gather(_JPEG_MARKER_NAMES, frame[1]), " at byte ",
                  _str(pos), " comes before any frame header (SOFn)")),
+        (tf.logical_and(is_gif, tf.equal(frame[0], _GAVE_UP)),
+         corrupt(f"no image descriptor in its first {MAX_GIF_BLOCKS} blocks")),
+        # The GIF walk stops at a block start: the descriptor, something else, or the end.
+        (tf.logical_and(is_gif, available <= 0), truncated),
+        (tf.logical_and(is_gif, tf.equal(frame[0], _GIF_TRAILER)),
+         corrupt("its trailer (3b) at byte ", _str(pos), " comes before any image")),
+        (tf.logical_and(is_gif, tf.not_equal(frame[0], _GIF_DESCRIPTOR)),
+         corrupt("byte ", tf.gather(_HEX, tf.minimum(frame[0], 255)), " at byte ", _str(pos),
+                 " is no GIF block (an image descriptor 2c, an extension 21 or the "
+                 "trailer 3b)")),
         (available < tf.gather(_NEEDED_BYTES, layout), truncated),
         (tf.logical_and(tf.equal(layout, _PNG),
                         tf.not_equal(fields[_F_CHUNK], _LOWER[_PNG, _F_CHUNK])),

@@ -185,6 +185,71 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise ValueError(f"truncated JPEG: header ends after {n} bytes without a frame header")
 
 
+# Blocks walked to find a GIF's first image descriptor: extension headers (21, a
+# label and the first sub-block) and further sub-blocks. Real files have a few (a
+# graphics control extension, a NETSCAPE2.0 loop, a comment, an XMP packet read as
+# sub-blocks of its bytes); the cap bounds the work a file made of extensions can
+# cause. The served graph's guard (`ofrnn_tf.features.image_guards`) walks with the
+# same cap, so both refuse the same files.
+MAX_GIF_BLOCKS = 1024
+_GIF_DESCRIPTOR_BYTES = 10  # 2C, left, top, width, height (2 bytes each), flags
+
+
+def gif_colour_table_end(flags: int) -> int:
+    """Where a GIF's blocks start: after the 13-byte header and the global colour
+    table, present when bit 0x80 of the flags (byte 10) is set, of 2^(n + 1) RGB
+    entries for n = flags & 7."""
+    return 13 + (6 << (flags & 7) if flags & 0x80 else 0)
+
+
+def _gif_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of a GIF's first image descriptor, the size TensorFlow decodes.
+
+    TensorFlow ignores the logical screen descriptor (bytes 6 to 9): its canvas is the
+    widest frame's width by the tallest frame's height, the first frame's for a still
+    GIF (later frames of an animated GIF are not read here, nor by the served graph's
+    guard: see `ofrnn_tf.features.image_guards`). The descriptor follows the global
+    colour table and any extensions, read as giflib's DGifSlurp reads them: 21, a
+    label, a first sub-block (a size byte and that many bytes), then sub-blocks up to
+    an empty one, that is, an empty first sub-block does not end the extension. A
+    trailer (3B) or any other byte before the descriptor, a file cut off before its
+    end, or more than `MAX_GIF_BLOCKS` blocks before it are refused, as the served
+    graph's guard does.
+    """
+    n = len(data)
+    i = gif_colour_table_end(data[10] if n > 10 else 0)
+    steps = 0
+
+    def give_up():
+        raise ValueError(f"corrupt GIF: no image descriptor in its first {MAX_GIF_BLOCKS} "
+                         f"blocks")
+
+    while i < n and data[i] == 0x21:  # an extension: 21, its label, a first sub-block
+        if steps == MAX_GIF_BLOCKS:
+            give_up()
+        steps, i = steps + 1, i + 3 + (data[i + 2] if i + 2 < n else 0)
+        while True:  # then sub-blocks: a size, that many bytes; 0 ends the extension
+            if steps == MAX_GIF_BLOCKS:
+                give_up()
+            size = data[i] if i < n else 0
+            steps, i = steps + 1, i + 1 + size
+            if size == 0:
+                break
+    if i >= n:
+        raise ValueError(f"truncated GIF: header ends after {n} bytes without an image "
+                         f"descriptor")
+    if data[i] == 0x3B:
+        raise ValueError(f"corrupt GIF: its trailer (3B) at byte {i} comes before any image")
+    if data[i] != 0x2C:
+        raise ValueError(f"corrupt GIF: byte {data[i]:02x} at byte {i} is no GIF block (an "
+                         f"image descriptor 2C, an extension 21 or the trailer 3B)")
+    if i + _GIF_DESCRIPTOR_BYTES > n:
+        raise ValueError(f"truncated GIF: header ends after {n} bytes inside its image "
+                         f"descriptor")
+    width, height = struct.unpack("<HH", data[i + 5:i + 9])
+    return width, height
+
+
 def format_hint(data: bytes) -> str:
     """A hint for bytes that start as a file often mistaken for an image does
     (`MISTAKEN_FORMATS`), e.g. ``" (this looks like WebP, which is not accepted)"``,
@@ -200,8 +265,10 @@ def format_hint(data: bytes) -> str:
 def read_image_header(data: bytes) -> tuple[str, int, int]:
     """Returns ``(format, width, height)`` from an encoded image's header.
 
-    Only the first bytes are parsed (PNG IHDR, GIF logical screen, BMP info header,
-    JPEG SOF segment), so a small file that declares a huge image costs nothing.
+    Only the first bytes are parsed (PNG IHDR, GIF first image descriptor, BMP info
+    header, JPEG SOF segment), so a small file that declares a huge image costs nothing.
+    A GIF's size is that of its first frame, which TensorFlow decodes whatever its
+    logical screen says (`_gif_size`).
     Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
     image or the header is truncated or corrupt.
     """
@@ -214,9 +281,7 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
             raise ValueError("truncated or corrupt PNG: no IHDR chunk")
         fmt, (width, height) = "PNG", struct.unpack(">II", data[16:24])
     elif data.startswith(FORMAT_MAGIC["GIF"]):
-        if len(data) < 10:
-            raise ValueError("truncated GIF header")
-        fmt, (width, height) = "GIF", struct.unpack("<HH", data[6:10])
+        fmt, (width, height) = "GIF", _gif_size(data)
     elif data.startswith(FORMAT_MAGIC["BMP"]):
         if len(data) < 26:
             raise ValueError("truncated BMP header")
