@@ -41,7 +41,7 @@ from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
 from ofrnn_tf.features.extract import decode_failure, describe_image, extract_split
-from ofrnn_tf.features.images import FORMAT_MAGIC
+from ofrnn_tf.features.images import ACCEPTED_MAGIC
 from ofrnn_tf.labels import LabelMap
 
 FEATURES_SUBDIR = "features"
@@ -211,7 +211,6 @@ def held_unservable(directory: str, split: str, examples: Sequence[Example]) -> 
     if all(shard.get("format_checked") for shard in shards):
         return []
     skipped = {str(record["path"]) for shard in shards for record in shard["skipped"]}
-    magics = tuple(m for options in FORMAT_MAGIC.values() for m in options)
     found = []
     for example in examples:
         image = example.image
@@ -225,7 +224,7 @@ def held_unservable(directory: str, split: str, examples: Sequence[Example]) -> 
                 continue
         else:
             head = bytes(image[:16])
-        if not head.startswith(magics):
+        if not head.startswith(ACCEPTED_MAGIC):
             found.append(describe_image(example))
     return found
 

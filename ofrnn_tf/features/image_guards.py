@@ -120,7 +120,8 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.images import (
-    MAX_GIF_BLOCKS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, decode_and_resize, out_of_line)
+    FORMAT_MAGIC, MAX_GIF_BLOCKS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, decode_and_resize,
+    out_of_line)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
@@ -150,14 +151,13 @@ _N_LAYOUTS = len(_LAYOUT_FORMATS)
 # Magic bytes and the layout each implies. When several match, the highest layout
 # wins: a BMP is refined by its header size (12: BITMAPCOREHEADER) and by the top
 # byte of its height (FF: negative, rows stored top-down).
-_SIGNATURES = (
-    (_JPEG, b"\xff\xd8\xff"),
-    (_PNG, b"\x89PNG\r\n\x1a\n"),
-    (_GIF, b"GIF87a"),
-    (_GIF, b"GIF89a"),
-    (_BMP, b"BM"),
-    (_BMP_CORE, tuple(b"BM") + (_ANY,) * 12 + (12, 0, 0, 0)),
-    (_BMP_TOP_DOWN, tuple(b"BM") + (_ANY,) * 23 + (0xFF,)),
+_BM = tuple(FORMAT_MAGIC["BMP"][0])
+_SIGNATURES = tuple(
+    (layout, magic) for name, layout in (("JPEG", _JPEG), ("PNG", _PNG), ("GIF", _GIF),
+                                         ("BMP", _BMP))
+    for magic in FORMAT_MAGIC[name]) + (
+    (_BMP_CORE, _BM + (_ANY,) * 12 + (12, 0, 0, 0)),
+    (_BMP_TOP_DOWN, _BM + (_ANY,) * 23 + (0xFF,)),
 )
 _SIGNATURE_BYTES = 26
 _SIGNATURE_VALUES = np.zeros((len(_SIGNATURES), _SIGNATURE_BYTES), np.int32)

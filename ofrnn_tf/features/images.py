@@ -22,6 +22,8 @@ IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
 # The first bytes of each accepted format.
 FORMAT_MAGIC = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",),
                 "GIF": (b"GIF87a", b"GIF89a"), "BMP": (b"BM",)}
+# Every one of them, for a check of the first bytes alone.
+ACCEPTED_MAGIC = tuple(magic for magics in FORMAT_MAGIC.values() for magic in magics)
 
 # Files often sent where an image is expected, known by their first bytes: a hint,
 # then checks that must all hold, each an offset and the magic bytes one of which
@@ -138,6 +140,20 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
 
 
+def _next_marker_code(data: bytes, i: int) -> int | None:
+    """Where the code of the next JPEG marker from `i` on is, or None at the end: an FF
+    (after any other bytes), then any fill bytes FF, then a code that is not 00 (FF 00
+    is skipped too)."""
+    n = len(data)
+    while (i := data.find(b"\xff", i)) >= 0:
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i < n and data[i] != 0:
+            return i
+        i += 1
+    return None
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int]:
     """``(width, height)`` from the first JPEG frame header (SOFn), found as libjpeg does.
 
@@ -149,22 +165,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     made to exhaust it reaches).
     """
     i, n = 2, len(data)
-    while True:
-        # The next marker: an FF (after any other bytes), then any fill bytes FF, then
-        # a code that is not 00 (FF 00 is skipped too).
-        while True:
-            i = data.find(b"\xff", i)
-            if i < 0:
-                raise ValueError(f"truncated JPEG: header ends after {n} bytes without a "
-                                 f"frame header")
-            while i < n and data[i] == 0xFF:
-                i += 1
-            if i >= n:
-                raise ValueError(f"truncated JPEG: header ends after {n} bytes without a "
-                                 f"frame header")
-            if data[i] != 0:
-                break
-            i += 1
+    while (i := _next_marker_code(data, i)) is not None:
         code = data[i]
         i += 1
         if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a length field
@@ -303,9 +304,8 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
 def has_accepted_format(data: tf.Tensor) -> tf.Tensor:
     """Whether the scalar encoded bytes `data` start as a JPEG, PNG, GIF or BMP does
     (`FORMAT_MAGIC`): the served model's first check, in a few graph ops."""
-    return tf.reduce_any(tf.stack([
-        tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
-        for magics in FORMAT_MAGIC.values() for magic in magics]))
+    return tf.reduce_any(tf.stack([tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+                                   for magic in ACCEPTED_MAGIC]))
 
 
 def decode_checked(data: bytes, image_size: int | None,
