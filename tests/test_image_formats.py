@@ -237,6 +237,133 @@ def test_predict_and_the_served_graph_cap_the_gif_walk_alike():
             read_image_header(beyond)
 
 
+# -- every frame of a GIF: the canvas TensorFlow allocates, the frames giflib holds -------
+_TINY_FRAME = (b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)  # 1x1, no local colour table
+               + b"\x02\x02\x44\x01\x00")  # LZW code size 2: clear, pixel 0, end
+
+
+def _with_frames(gif: bytes, frames: bytes, trailer: bool = True) -> bytes:
+    return gif[:-1] + frames + (b";" if trailer else b"")
+
+
+def _plain_lzw(pixels: bytes) -> bytes:
+    """LZW data of code size 7 for pixels below 128 that a clear code every 120 pixels
+    keeps at 8-bit codes: a byte a pixel."""
+    return b"".join(b"\x80" + pixels[k:k + 120] for k in range(0, len(pixels), 120)) + b"\x81"
+
+
+def _sub_blocks(data: bytes, rng) -> bytes:
+    """``data`` in sub-blocks of random sizes (often 255, as encoders write), then 0."""
+    blocks, k = [], 0
+    while k < len(data):
+        size = 255 if rng.random() < 0.5 else int(rng.integers(1, 256))
+        blocks.append(bytes([len(data[k:k + size])]) + data[k:k + size])
+        k += size
+    return b"".join(blocks) + b"\x00"
+
+
+def _random_gif(seed: int) -> bytes:
+    """A GIF of 1 to 4 frames of random sizes and offsets, some with a local colour table
+    and extensions before them (graphics control, comments in random sub-blocks), with or
+    without its trailer; then, for most seeds, cut off or with bytes flipped."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for _ in range(int(rng.integers(1, 5))):
+        if rng.random() < 0.5:
+            blocks.append(b"\x21\xf9\x04\x00\x0a\x00\x00\x00")
+        if rng.random() < 0.3:
+            blocks.append(b"\x21\xfe" + _sub_blocks(noise(int(rng.integers(0, 600)), seed), rng))
+        width, height = (int(v) for v in rng.integers(1, 48, 2))
+        local = rng.random() < 0.3
+        blocks.append(b"\x2c" + struct.pack("<HHHHB", *(int(v) for v in rng.integers(0, 20, 2)),
+                                            width, height, 0x86 if local else 0)
+                      + (bytes(range(128)) * 3 if local else b"") + b"\x07"
+                      + _sub_blocks(_plain_lzw(bytes(rng.integers(0, 128, width * height,
+                                                                  np.uint8))), rng))
+    data = bytearray(b"GIF89a" + struct.pack("<HHBBB", 10, 10, 0xF6, 0, 0) + bytes(384)
+                     + b"".join(blocks) + (b";" if rng.random() < 0.7 else b""))
+    damage = rng.random()
+    if damage < 0.3:
+        data = data[:int(rng.integers(400, len(data) + 1))]
+    elif damage < 0.7:
+        for at in rng.integers(397, len(data), int(rng.integers(1, 4))):
+            data[at] = int(rng.integers(0, 256))
+    return bytes(data)
+
+
+_check_with_limit = tf.function(check_encoded_images, input_signature=[
+    tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int64)])
+
+
+def graph_accepts(data: bytes, limit: int) -> bool:
+    try:
+        _check_with_limit(tf.constant([data]), tf.constant(limit, tf.int64))
+    except tf.errors.InvalidArgumentError:
+        return False
+    return True
+
+
+def python_accepts(data: bytes, limit: int) -> bool:
+    try:
+        read_image_header(data, limit)
+    except ValueError:
+        return False
+    return True
+
+
+def test_predict_and_the_served_graph_count_every_gif_frame_alike():
+    """Both checks refuse a GIF whose canvas (widest frame by tallest frame), or whose
+    frames together, are above the limit; and both accept at the limit."""
+    first = _gif()  # 40x30: 1200 pixels
+    wide, tall = (_with_frames(_gif(), frame)[781:-1] for frame in (
+        b"\x2c" + struct.pack("<HHHHB", 0, 0, 300, 2, 0) + b"\x02\x02\x44\x01\x00",
+        b"\x2c" + struct.pack("<HHHHB", 0, 0, 2, 200, 0) + b"\x02\x02\x44\x01\x00"))
+    cases = {  # GIF: pixels of its canvas, of its frames together
+        "a 300x2 and a 2x200 frame": (_with_frames(first, wide + tall), 300 * 200),
+        "the same without a trailer": (_with_frames(first, wide + tall, False), 300 * 200),
+        "five 1x1 frames": (_with_frames(first, _TINY_FRAME * 5), 1205),
+        "a second frame of 40x30": (_with_frames(first, first[781:-1]), 2400),
+    }
+    for name, (data, pixels) in cases.items():
+        assert graph_accepts(data, pixels) and python_accepts(data, pixels), name
+        assert not graph_accepts(data, pixels - 1), name
+        assert not python_accepts(data, pixels - 1), name
+        assert decoded_size(data) is not None, name
+
+
+def test_predict_and_the_served_graph_cap_the_walk_over_gif_frames_alike():
+    """A step of the walk over a GIF's frames takes at least a frame: a GIF of
+    MAX_GIF_STEPS frames is walked, one more is refused by both checks."""
+    from ofrnn_tf.features.images import MAX_GIF_STEPS
+    within = _with_frames(_gif(), _TINY_FRAME * (MAX_GIF_STEPS - 1))
+    beyond = _with_frames(_gif(), _TINY_FRAME * MAX_GIF_STEPS)
+    limit = DEFAULT_MAX_IMAGE_PIXELS
+    assert graph_accepts(within, limit) and python_accepts(within, limit)
+    assert decoded_size(within) == (40, 30)
+    assert not graph_accepts(beyond, limit)
+    with pytest.raises(ValueError, match=f"GIF too long to check: its blocks go on past "
+                                         f"{MAX_GIF_STEPS} steps"):
+        read_image_header(beyond, limit)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+            f"images[0] is a GIF too long to check: its blocks go on past {MAX_GIF_STEPS} "
+            f"steps of the walk over its frames")):
+        _check_with_limit(tf.constant([beyond]), tf.constant(limit, tf.int64))
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_predict_and_the_served_graph_agree_on_random_gifs(block):
+    """On generated GIFs, whole, cut off or with bytes flipped, both checks accept or
+    refuse alike, under limits around their sizes; and what they accept TensorFlow
+    decodes within the limit, or refuses."""
+    for seed in range(100 * block, 100 * (block + 1)):
+        data = _random_gif(seed)
+        limit = int(np.random.default_rng(seed).integers(1, 6000))
+        accepted = python_accepts(data, limit)
+        assert graph_accepts(data, limit) == accepted, seed
+        size = decoded_size(data) if accepted else None
+        assert size is None or size[0] * size[1] <= limit, (seed, size)
+
+
 # -- the run's example images ---------------------------------------------------------------
 def _test_split(folder) -> tuple[list[Example], dict[str, str]]:
     """A test split that starts with images the served model refuses (and what each

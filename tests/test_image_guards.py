@@ -95,6 +95,23 @@ def with_gif_blocks(gif: bytes, blocks: bytes) -> bytes:
     return gif[:at] + blocks + gif[at:]
 
 
+def animated(first: bytes, *others: bytes, trailer: bool = True) -> bytes:
+    """``first`` with the blocks of ``others`` (their extensions and frames, read with the
+    global colour table of ``first``) after its own, and a trailer if ``trailer``."""
+    blocks = [gif[gif_blocks_start(gif):-1] for gif in (first, *others)]  # less the trailer
+    return first[:gif_blocks_start(first)] + b"".join(blocks) + (b";" if trailer else b"")
+
+
+def pil_animation(count: int, size=(64, 48), **options) -> bytes:
+    """An animated GIF written by PIL: frames of photo-like noise, each with its own
+    palette (local colour tables), a loop, a comment and graphics control extensions."""
+    frames = [picture(*size, seed=40 + k).convert("P", palette=Image.Palette.ADAPTIVE)
+              for k in range(count)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], loop=0,
+                  duration=[40 + 10 * k for k in range(count)], comment=b"an animation",
+                  **options)
+
+
 # A photo-like GIF: a 256-colour global table (768 bytes, the blocks start at 781),
 # then a NETSCAPE2.0 loop, a comment and a graphics control extension.
 GIF_256 = encode(picture(seed=17).convert("P", palette=Image.Palette.ADAPTIVE), "GIF",
@@ -139,6 +156,12 @@ GOOD = {
     "gif whose screen says 0x0": with_screen(encode(picture(seed=19), "GIF"), 0, 0),
     "gif with a 20 KB comment in 1-byte sub-blocks before its image": with_gif_blocks(
         GIF_256, b"\x21\xfe" + b"\x01c" * 900 + b"\x00"),
+    "animated gif written by PIL": pil_animation(4),
+    "animated gif written by PIL, without its trailer": pil_animation(3)[:-1],
+    "animated gif whose frames are within the limit together": animated(
+        *(encode(Image.new("P", (600, 500), k), "GIF") for k in range(3))),
+    "animated gif cut off inside its second frame": (lambda g: g[:len(g) * 2 // 3])(
+        pil_animation(2)),
     "bmp": encode(picture(seed=8), "BMP"),
     "top-down bmp": top_down_bmp(picture(seed=9)),
     "256-colour bmp": encode(picture(seed=10).convert("P", palette=Image.Palette.ADAPTIVE), "BMP"),
@@ -167,6 +190,21 @@ BAD = {
     "gif whose screen is smaller than its frame": (
         with_screen(encode(Image.new("P", (1200, 1000)), "GIF"), 10, 10),
         "is a GIF of 1200x1000 = 1200000 pixels, above the limit"),
+    "gif whose second frame is larger than its first": (
+        animated(GIF_256, encode(Image.new("P", (1100, 1000)), "GIF")),
+        "is a GIF whose frames make a canvas of 1100x1000 = 1100000 pixels (the width of "
+        "its widest frame by the height of its tallest), above the limit of 1000000 pixels"),
+    "gif whose wide frame and tall frame make a canvas over the limit": (
+        animated(*(encode(Image.new("P", size), "GIF") for size in ((1100, 10), (10, 1000))),
+                 trailer=False),
+        "is a GIF whose frames make a canvas of 1100x1000 = 1100000 pixels"),
+    "gif whose frames hold more than the limit together": (
+        animated(GIF_256, *(encode(Image.new("P", (600, 500), k), "GIF") for k in range(4))),
+        "is a GIF whose 5 frames hold 1203072 pixels in all, above the limit of 1000000 "
+        "pixels"),
+    "gif whose large second frame is cut off inside its data": (
+        animated(GIF_256, encode(Image.new("P", (1100, 1000)), "GIF"))[:-40],
+        "is a GIF whose frames make a canvas of 1100x1000"),
     "gif cut off inside an extension": (GIF_256[:800], "is a GIF cut off inside its header "
                                                        "(800 bytes), before its width"),
     "gif cut off inside its colour table": (GIF_256[:300], "is a GIF cut off inside its "

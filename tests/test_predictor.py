@@ -191,7 +191,7 @@ def test_image_above_the_pixel_limit_is_refused_unread(workdir, tiny_backbone, t
     predictor = Predictor.from_run(str(workdir), backbone=tiny_backbone, max_image_pixels=10**6)
     (result,) = predictor.predict_files([big])
     assert result["error"] == (f"{big}: PNG of 3000x2000 = 6000000 pixels is above the limit "
-                               f"of 1000000")
+                               f"of 1000000 pixels")
 
 
 def test_baseline_variant_has_no_attention(tmp_path, tiny_backbone, images, make_fake_run):

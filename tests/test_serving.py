@@ -306,6 +306,14 @@ def bomb_jpeg():
     return b"\xff\xd8\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 60_000) + b"\x03" + b"\x00" * 9
 
 
+def growing_gif():
+    """An 8x8 first frame, then a 1200x1000 one: within the limit by its first frame only."""
+    def blocks_start(gif):  # after the header and the global colour table
+        return 13 + (6 << (gif[10] & 7) if gif[10] & 0x80 else 0)
+    first, later = encode((250, 10, 10), fmt="GIF"), encode((10, 10, 250), (1200, 1000), "GIF")
+    return first[:-1] + later[blocks_start(later):]
+
+
 def shape_only(dtype, shape):
     proto = tf.make_tensor_proto(np.zeros([0], dtype.as_numpy_dtype if dtype != tf.string else object),
                                  dtype=dtype)
@@ -330,6 +338,10 @@ BAD_REQUESTS = {
     "above pixel limit": ({"images": strings([RED, big_png()])}, None, None, None,
                           "INVALID_ARGUMENT", ["images[1]: PNG image is 1200x1000 = 1200000 pixels",
                                                f"limit of {PIXEL_LIMIT}"]),
+    "GIF growing after its first frame": ({"images": strings([RED, growing_gif()])}, None, None,
+                                          None, "INVALID_ARGUMENT", [
+        "images[1]: GIF whose frames make a canvas of 1200x1000 = 1200000 pixels",
+        f"limit of {PIXEL_LIMIT} pixels"]),
     "decompression bomb header": ({"images": strings([bomb_jpeg()])}, None, None, None,
                                   "INVALID_ARGUMENT", ["images[0]: JPEG image is 60000x60000"]),
     "wrong signature": ({"images": strings([RED])}, "nope", None, None,

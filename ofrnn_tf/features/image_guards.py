@@ -28,18 +28,26 @@ data) and refuses with ``InvalidArgumentError``, naming ``images[i]``:
   blocks as giflib reads them (a first sub-block, then sub-blocks up to an empty
   one: an empty first sub-block does not end an extension). A file cut off before
   the descriptor, a trailer or any other byte before it, or more than
-  ``MAX_GIF_BLOCKS`` extension headers and sub-blocks before it are refused.
+  ``MAX_GIF_BLOCKS`` extension headers and sub-blocks before it are refused;
+- for a GIF, also the canvas of its frames above ``max_image_pixels``, or all its
+  frames together. giflib's DGifSlurp reads every frame, allocating width x height
+  bytes for each once it has read its descriptor, local colour table and code size
+  byte, and keeps them all; TF's canvas, even when it keeps only the first frame
+  (``expand_animations=False``), is the widest frame's width by the tallest frame's
+  height (measured on TF 2.21: a 10x10 frame then a 100x100 one decode to 100x100; a
+  20x20 frame at offset 90,90 after a 10x10 one to 20x20, offsets are not added; 50
+  frames of 2000x2000, 234 KB, add some 190 MB to the decoder's peak memory). So the
+  guard walks every frame (`_gif_frames`): after each image descriptor, its local
+  colour table, code size byte and LZW data sub-blocks up to an empty one, then
+  extensions, up to the trailer, a byte that starts no block, or the end of the file
+  (giflib stops there too and TF decodes the frames read, so a GIF without a trailer,
+  or cut off inside a later frame, decodes). A frame whose data giflib finds corrupt
+  ends its reading; the walk goes on, so it may count frames giflib never reads, never
+  fewer. A GIF not walked to its end in ``MAX_GIF_STEPS`` steps is refused.
 
-These are the sizes the decoders allocate, with two exceptions:
-
-- TF reads every BMP header as a BITMAPINFOHEADER but refuses a BMP whose bytes do
-  not hold its rows (bounded otherwise);
-- the frames of an animated GIF after the first are not bounded. giflib decodes
-  every frame at its own size, and TF's canvas, even when it keeps only the first
-  frame (``expand_animations=False``), is the widest frame's width by the tallest
-  frame's height (frames of other sizes and offsets are accepted and clipped). So a
-  GIF whose first frame is small and a later one large is accepted here and
-  decoded at the large size; bounding it takes a walk over every frame's LZW data.
+These are the sizes the decoders allocate, with one exception: TF reads every BMP
+header as a BITMAPINFOHEADER but refuses a BMP whose bytes do not hold its rows
+(bounded otherwise).
 
 `decode_images` runs these checks, then decodes every image with
 `ofrnn_tf.features.images.decode_and_resize`, the function of feature extraction,
@@ -102,6 +110,16 @@ of next blocks), out of line, so that batches without GIFs pay one cond (about
 more than when it read their screen size, 0.6 ms in all when idle. A GIF with
 more blocks, or blocks beyond that window (a long comment, an XMP packet) walks
 again in a loop, a block or sub-block per step, ``MAX_GIF_BLOCKS`` at most.
+The walk over every GIF frame (`_gif_frames`, in the same out-of-line function, so
+batches without GIFs pay only a maximum more) costs, in medians of interleaved calls
+of `check_encoded_images` against its cost when it read the first frame only (one
+run, a load of about 2.4): 32 JPEGs 0.41 ms and 1 JPEG 0.33 ms, both unchanged; 32
+single-frame PIL GIFs of 224x224 pixels (42 KB each) 0.63 -> 2.2 ms, one of them
+0.45 -> 0.66 ms (a step each: the run of 255-byte sub-blocks, then the end of the
+data); a PIL animation of 40 frames of 224x224 (1.6 MB) 0.50 -> 5.4 ms (a step per
+frame and per 64 KB); a GIF of ``MAX_GIF_STEPS`` 1x1 frames (17 KB), the most steps
+a GIF can take, 0.96 -> 127 ms (one more frame and it is refused, at the same cost); a batch of 32
+of them about 1.7 s, which bounds what a request of such files can cost.
 To stay this cheap the code keeps to few, vectorised ops: one read of the first
 256 bytes, a table of next-segment positions over them for the JPEG walk, one
 matrix product for every header field, a table of bounds per layout; and it
@@ -120,8 +138,8 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.images import (
-    FORMAT_MAGIC, MAX_GIF_BLOCKS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, decode_and_resize,
-    out_of_line)
+    FORMAT_MAGIC, GIF_RUN, GIF_SPAN, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MISTAKEN_FORMAT_BYTES,
+    MISTAKEN_FORMATS, decode_and_resize, out_of_line)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
@@ -229,6 +247,18 @@ _GAVE_UP = 256  # a first frame "byte" no byte has: too many segments
 _GIF_WINDOW = 256
 _GIF_WINDOW_STEPS = 16
 _GIF_EXTENSION, _GIF_DESCRIPTOR, _GIF_TRAILER = 0x21, 0x2C, 0x3B
+
+# GIF walk over every frame (`_gif_frames`; `ofrnn_tf.features.images.gif_frames` is
+# its twin and says what it reads), a step per iteration of a tf.while_loop: an image
+# descriptor; a run of up to GIF_RUN sub-blocks of one size, checked with one strided
+# read (a substr of a byte at each place a sub-block of that size would start); then
+# the blocks and sub-blocks within GIF_SPAN bytes, by pointer doubling over a table of
+# next states (_GIF_SPAN_ROUNDS squarings of the table follow a path of up to GIF_SPAN
+# moves, each at least a byte forward). Its statistics: frames, their pixels together,
+# the widest frame's width, the tallest frame's height.
+_GIF_SPAN_ROUNDS = int(np.ceil(np.log2(GIF_SPAN)))
+_GIF_STAT_FRAMES, _GIF_STAT_PIXELS, _GIF_STAT_WIDTH, _GIF_STAT_HEIGHT = range(4)
+_GIF_UNCHECKED = _INT64_MAX  # the pixels of a GIF whose walk ran out of steps
 
 # ---------------------------------------------------------------------------
 # Header fields. One matrix product turns the bytes read (the first 32 of the
@@ -462,6 +492,123 @@ def _gif_walk_on(images, start, is_gif):
     return pos, sub
 
 
+def _gif_frame_headers(images, length, pos, sub, done, stats):
+    """A step's first part: each GIF at an image descriptor counts its frame, if the
+    data hold its local colour table and code size byte (else its walk ends), and goes
+    on to the frame's first sub-block."""
+    head = tf.cast(_read(images, tf.minimum(pos, length), _FRAME_BYTES), tf.int32)
+    at_frame = tf.logical_and(tf.logical_not(tf.logical_or(done, sub)),
+                              tf.equal(head[:, 0], _GIF_DESCRIPTOR))
+    flags = head[:, 9]
+    table_bytes = tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0,
+                           tf.bitwise.left_shift(6, tf.bitwise.bitwise_and(flags, 7)), 0)
+    data_start = pos + _FRAME_BYTES + table_bytes + 1
+    counted = tf.logical_and(at_frame, data_start <= length)
+    size = tf.cast(head[:, 5:9:2] + 256 * head[:, 6:10:2], tf.int64)  # width, height
+    frame = tf.concat([tf.ones_like(size[:, :1]), size[:, :1] * size[:, 1:]], axis=1)
+    stats = tf.where(counted[:, None], tf.concat([stats[:, :2] + frame,
+                                                  tf.maximum(stats[:, 2:], size)], axis=1),
+                     stats)
+    return (tf.where(counted, data_start, pos), tf.logical_or(sub, counted),
+            tf.logical_or(done, tf.logical_and(at_frame, tf.logical_not(counted))), stats)
+
+
+def _gif_chain_runs(images, length, pos, sub, done):
+    """A step's second part: each GIF at a sub-block of size s > 0 goes past the run of
+    sub-blocks of size s that follows (GIF_RUN at most), read at a stride of s + 1."""
+    size = tf.cast(_read(images, tf.minimum(pos, length), 1)[:, 0], tf.int32)
+    stride = size + 1
+    k = tf.range(GIF_RUN)
+    # The first byte of each of the next GIF_RUN sub-blocks of that size, if they are.
+    at = tf.minimum(pos[:, None] + k * stride[:, None], length[:, None])
+    sizes = tf.io.decode_raw(tf.strings.substr(images[:, None], at, tf.ones_like(at)),
+                             tf.uint8, fixed_length=1)
+    sizes = tf.cast(sizes[:, :, 0], tf.int32)
+    # Zeros past the end of the file never match (size > 0).
+    count = tf.reduce_min(tf.where(tf.equal(sizes, size[:, None]), GIF_RUN, k), axis=1)
+    going = tf.logical_and(tf.logical_and(sub, tf.logical_not(done)), size > 0)
+    return tf.where(going, pos + count * stride, pos)
+
+
+def _gif_spans(images, length, pos, sub, done):
+    """A step's last part: each GIF follows blocks and sub-blocks while the next starts
+    less than GIF_SPAN bytes after where the part began. States: p, a block start at
+    offset p, and GIF_SPAN + p, a sub-block. A state's next state is the state itself
+    where the walk stops: at an image descriptor (it goes on there next step), at a
+    move beyond the span (it goes on from that state), and where it ends (the end of
+    the data, the trailer, any other byte at a block start)."""
+    span = tf.cast(_read(images, tf.minimum(pos, length), GIF_SPAN + _FRAME_BYTES), tf.int32)
+    byte = span[:, :GIF_SPAN]
+    offsets = tf.range(GIF_SPAN)
+    inside = offsets < (length - pos)[:, None]
+    extension_end = offsets + 3 + span[:, 2:GIF_SPAN + 2]  # its first sub-block read
+    extension = tf.equal(byte, _GIF_EXTENSION)
+    block_beyond = tf.logical_and(extension, extension_end >= GIF_SPAN)
+    block_next = tf.where(tf.logical_and(extension, tf.logical_not(block_beyond)),
+                          extension_end + GIF_SPAN, offsets)
+    sub_end = offsets + 1 + byte
+    sub_beyond = tf.logical_and(inside, sub_end >= GIF_SPAN)
+    sub_next = tf.where(tf.logical_or(tf.logical_not(inside), sub_beyond), offsets + GIF_SPAN,
+                        tf.where(tf.equal(byte, 0), offsets + 1, sub_end + GIF_SPAN))
+    goes_on = tf.concat([tf.logical_or(block_beyond, tf.equal(byte, _GIF_DESCRIPTOR)),
+                         sub_beyond], axis=1)
+    # Flat, every row's states after the previous rows'; squared _GIF_SPAN_ROUNDS times.
+    row = tf.range(tf.shape(pos)[0]) * (2 * GIF_SPAN)
+    following = tf.reshape(tf.concat([block_next, sub_next], axis=1) + row[:, None], [-1])
+    for _ in range(_GIF_SPAN_ROUNDS):
+        following = tf.gather(following, following)
+    start = row + tf.where(sub, GIF_SPAN, 0)
+    stop = tf.gather(following, start)
+    state = stop - row
+    goes_on = tf.gather(tf.reshape(goes_on, [-1]), stop)
+    stopped_sub = state >= GIF_SPAN
+    moved = pos + state - tf.where(stopped_sub, GIF_SPAN, 0)
+    return (tf.where(done, pos, moved), tf.where(done, sub, stopped_sub),
+            tf.logical_or(done, tf.logical_not(goes_on)))
+
+
+@out_of_line
+def _gif_frames(images, start, is_gif):
+    """For each GIF whose first image descriptor is at ``start``: the statistics of its
+    frames (int64 [N, 4]: see the GIF constants), and whether its walk ran out of
+    MAX_GIF_STEPS steps (bool [N]). Images that are not GIFs (``is_gif`` false) take no
+    step and get zeros."""
+    length = tf.strings.length(images)
+    stats = tf.zeros(tf.stack([tf.size(start), 4]), tf.int64)
+
+    def body(pos, sub, done, stats):
+        pos, sub, done, stats = _gif_frame_headers(images, length, pos, sub, done, stats)
+        pos = _gif_chain_runs(images, length, pos, sub, done)
+        pos, sub, done = _gif_spans(images, length, pos, sub, done)
+        for value, shape in ((pos, start.shape), (sub, start.shape), (done, start.shape),
+                             (stats, start.shape.concatenate([4]))):
+            value.set_shape(shape)
+        return pos, sub, done, stats
+
+    _, _, done, stats = tf.while_loop(
+        lambda pos, sub, done, stats: tf.logical_not(tf.reduce_all(done)), body,
+        (start, tf.zeros_like(is_gif), tf.logical_not(is_gif), stats),
+        maximum_iterations=MAX_GIF_STEPS)
+    return stats, tf.logical_not(done)
+
+
+def _gif_pixels(stats, unchecked):
+    """int64 [N]: the larger of a GIF's canvas (widest width by tallest height) and its
+    frames' pixels together; _GIF_UNCHECKED where the walk ran out of steps."""
+    canvas = stats[:, _GIF_STAT_WIDTH] * stats[:, _GIF_STAT_HEIGHT]
+    return tf.where(unchecked, tf.constant(_GIF_UNCHECKED, tf.int64),
+                    tf.maximum(canvas, stats[:, _GIF_STAT_PIXELS]))
+
+
+@out_of_line
+def _gif_blocks(images, flags, pos, frame, is_gif):
+    """`_gif_descriptors`, then the pixels of every GIF's frames (`_gif_pixels`) for
+    those whose first image descriptor was found (zeros for the others)."""
+    pos, frame = _gif_descriptors(images, flags, pos, frame, is_gif)
+    walked = tf.logical_and(is_gif, tf.equal(frame[:, 0], _GIF_DESCRIPTOR))
+    return pos, frame, _gif_pixels(*_gif_frames(images, pos, walked))
+
+
 def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     """The header pass: layout, fields and validity of every image (see the constants)."""
     length = tf.strings.length(images)
@@ -496,12 +643,13 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
         tf.reduce_any(moving),
         lambda: _walk_on(images, pos, is_jpeg, max(max_jpeg_segments - _WINDOW_STEPS, 1)),
         lambda: (pos, frame))
-    # GIFs walk to their first image descriptor out of line: other batches pay one cond.
+    # GIFs walk to their first image descriptor, then over all their frames, out of
+    # line: other batches pay one cond (and the maximum below).
     is_gif = tf.equal(layout, _GIF)
-    pos, frame = tf.cond(
+    pos, frame, gif_pixels = tf.cond(
         tf.reduce_any(is_gif),
-        lambda: _gif_descriptors(images, window[:, 10], pos, frame, is_gif),
-        lambda: (pos, frame))
+        lambda: _gif_blocks(images, window[:, 10], pos, frame, is_gif),
+        lambda: (pos, frame, tf.zeros_like(length, tf.int64)))
 
     inputs = tf.concat([window[:, :_HEAD_BYTES], frame, tf.stack([length, pos], axis=1)],
                        axis=1)
@@ -509,7 +657,7 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     valid = tf.reduce_all(tf.logical_and(fields >= tf.gather(_LOWER, layout),
                                          fields <= tf.gather(_UPPER, layout)), axis=1)
     widths, heights, frame_kind, _ = tf.split(fields, _FIELD_GROUPS, axis=1)
-    pixels = tf.gather(widths * heights, layout, batch_dims=1)
+    pixels = tf.maximum(tf.gather(widths * heights, layout, batch_dims=1), gif_pixels)
     return _Headers(length=length, layout=layout, is_jpeg=is_jpeg, pos=pos, frame=frame,
                     fields=fields, frame_kind=frame_kind, valid=valid, pixels=pixels)
 
@@ -624,10 +772,35 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, max_jpeg_segments: int) 
         (tf.logical_and(is_bmp_info, width > _MAX_SIDE), corrupt("its width is negative")),
         (tf.maximum(width, height) > _MAX_SIDE,
          corrupt("its width or height is 2^31 or more")),
-        (pixels > limit,
-         tf.strings.join([a_format, " of ", size, " = ", _str(pixels),
+        (width * height > limit,
+         tf.strings.join([a_format, " of ", size, " = ", _str(width * height),
                           " pixels, above the limit of ", _str(limit), " pixels"])),
+        (tf.logical_and(is_gif, pixels > limit), tf.cond(
+            tf.logical_and(is_gif, pixels > limit),
+            lambda: _gif_frames_message(images[i:i + 1], pos[None], limit, a_format),
+            lambda: tf.constant(""))),
     ], tf.strings.join([a_format, " with an invalid header"]))
+
+
+@out_of_line
+def _gif_frames_message(image, pos, limit, a_format):
+    """Why a GIF whose first frame is within ``limit`` is refused: its frames' canvas,
+    their pixels together, or a walk that ran out of steps (`_gif_frames`)."""
+    stats, unchecked = _gif_frames(image, pos, tf.ones([1], tf.bool))
+    frames, pixels, width, height = tf.unstack(stats[0])
+    canvas = width * height
+    over = tf.strings.join([" pixels in all, above the limit of ", _str(limit), " pixels"])
+    return _first([
+        (unchecked[0], tf.strings.join([a_format, f" too long to check: its blocks go on "
+                                                  f"past {MAX_GIF_STEPS} steps of the walk "
+                                                  f"over its frames"])),
+        (canvas > limit,
+         tf.strings.join([a_format, " whose frames make a canvas of ", _str(width), "x",
+                          _str(height), " = ", _str(canvas), " pixels (the width of its widest "
+                          "frame by the height of its tallest), above the limit of ",
+                          _str(limit), " pixels"])),
+    ], tf.strings.join([a_format, " whose ", _str(frames), " frames hold ", _str(pixels),
+                        over]))
 
 
 def _failing(message: tf.Tensor, value: tf.Tensor) -> tf.Tensor:

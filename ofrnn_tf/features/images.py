@@ -12,7 +12,7 @@ exported SavedModel, so cached features and served predictions see identical pix
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -195,6 +195,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
 MAX_GIF_BLOCKS = 1024
 _GIF_DESCRIPTOR_BYTES = 10  # 2C, left, top, width, height (2 bytes each), flags
 
+# The walk over all of a GIF's frames (`gif_frames`, and the served graph's) goes in
+# steps: an image descriptor, a run of up to GIF_RUN sub-blocks of one size (encoders
+# write 255-byte sub-blocks: 64 KB of LZW data), then blocks and sub-blocks within
+# GIF_SPAN bytes (the end of a frame's data, extensions, up to the next descriptor).
+# So a step covers a frame and up to 64 KB of its data, or at least GIF_SPAN - 258
+# bytes of other blocks (258: the largest move in a span, past an extension's header).
+# MAX_GIF_STEPS bounds the work (a GIF made of 1x1 frames takes a step a frame); GIFs
+# of more than about a thousand frames, or of more than 64 MB, go beyond it.
+GIF_RUN = 256
+GIF_SPAN = 512
+MAX_GIF_STEPS = 1024
+
 
 def gif_colour_table_end(flags: int) -> int:
     """Where a GIF's blocks start: after the 13-byte header and the global colour
@@ -203,19 +215,14 @@ def gif_colour_table_end(flags: int) -> int:
     return 13 + (6 << (flags & 7) if flags & 0x80 else 0)
 
 
-def _gif_size(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` of a GIF's first image descriptor, the size TensorFlow decodes.
-
-    TensorFlow ignores the logical screen descriptor (bytes 6 to 9): its canvas is the
-    widest frame's width by the tallest frame's height, the first frame's for a still
-    GIF (later frames of an animated GIF are not read here, nor by the served graph's
-    guard: see `ofrnn_tf.features.image_guards`). The descriptor follows the global
-    colour table and any extensions, read as giflib's DGifSlurp reads them: 21, a
-    label, a first sub-block (a size byte and that many bytes), then sub-blocks up to
-    an empty one, that is, an empty first sub-block does not end the extension. A
-    trailer (3B) or any other byte before the descriptor, a file cut off before its
-    end, or more than `MAX_GIF_BLOCKS` blocks before it are refused, as the served
-    graph's guard does.
+def _gif_descriptor(data: bytes) -> int:
+    """Where a GIF's first image descriptor starts, found as giflib's DGifSlurp reads
+    the blocks before it: after the global colour table, extensions of 21, a label, a
+    first sub-block (a size byte and that many bytes), then sub-blocks up to an empty
+    one, that is, an empty first sub-block does not end the extension. A trailer (3B)
+    or any other byte before the descriptor, a file cut off before its end, or more
+    than `MAX_GIF_BLOCKS` blocks before it are refused, as the served graph's guard
+    does.
     """
     n = len(data)
     i = gif_colour_table_end(data[10] if n > 10 else 0)
@@ -247,8 +254,126 @@ def _gif_size(data: bytes) -> tuple[int, int]:
     if i + _GIF_DESCRIPTOR_BYTES > n:
         raise ValueError(f"truncated GIF: header ends after {n} bytes inside its image "
                          f"descriptor")
+    return i
+
+
+def _gif_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of a GIF's first image descriptor (`_gif_descriptor`), the
+    size TensorFlow decodes a still GIF at, whatever its logical screen descriptor
+    (bytes 6 to 9) says. Later frames are measured by `gif_frames`."""
+    i = _gif_descriptor(data)
     width, height = struct.unpack("<HH", data[i + 5:i + 9])
     return width, height
+
+
+class GifFrames(NamedTuple):
+    """What the frames of a GIF make giflib and TensorFlow allocate (`gif_frames`)."""
+
+    frames: int  # image descriptors read
+    pixels: int  # their pixels together: giflib holds every frame, a byte a pixel
+    width: int  # TensorFlow's canvas: the widest frame's width ...
+    height: int  # ... by the tallest frame's height
+
+    @property
+    def canvas(self) -> int:
+        return self.width * self.height
+
+
+def _gif_chain_run(data: bytes, i: int) -> int:
+    """Past the run of sub-blocks from `i` that all have the size of the first (at most
+    `GIF_RUN` of them): what the served graph's walk checks with one strided read."""
+    size = data[i]
+    stride, n = size + 1, len(data)
+    run = 1
+    while run < GIF_RUN and i + run * stride < n and data[i + run * stride] == size:
+        run += 1
+    return i + run * stride
+
+
+def _gif_span(data: bytes, i: int, sub: bool) -> tuple[int, bool, bool]:
+    """Follows blocks and sub-blocks from `i` while each next one starts less than
+    `GIF_SPAN` bytes after `i`: ``(where it stopped, whether at a sub-block, whether
+    the walk goes on)``. It stops at an image descriptor (the walk goes on there), at
+    a move beyond the span (going on from where it was), and at the end of the data,
+    the trailer or any other byte where a block should start (the walk ends)."""
+    n, base = len(data), i
+    while i < n:
+        byte = data[i]
+        if sub:  # a sub-block, or the empty one that ends its chain
+            after, after_sub = (i + 1, False) if byte == 0 else (i + 1 + byte, True)
+        elif byte == 0x21:  # 21, a label and a first sub-block; then a chain of sub-blocks
+            after, after_sub = i + 3 + (data[i + 2] if i + 2 < n else 0), True
+        else:
+            return i, sub, byte == 0x2C
+        if after - base >= GIF_SPAN:
+            return i, sub, True
+        i, sub = after, after_sub
+    return i, sub, False
+
+
+def gif_frames(data: bytes) -> GifFrames:
+    """The frames of a GIF, walked from its first image descriptor to its trailer or
+    its end as giflib's DGifSlurp reads them.
+
+    Each image descriptor (2C, left, top, width, height, flags) is followed by its local
+    colour table, the LZW code size byte, and sub-blocks of LZW data up to an empty one;
+    extensions as in `_gif_descriptor`. giflib allocates width x height bytes for a
+    frame once it has read these headers, before its data, and keeps every frame; a
+    frame cut off before its code size byte is not allocated and not counted. The walk
+    stops at the trailer, at a byte that starts no block (giflib stops there too, and
+    TensorFlow decodes the frames read) and at the end of the data (a GIF without a
+    trailer decodes). It goes in steps, the served graph's (`ofrnn_tf.features.
+    image_guards`): an image descriptor, a run of sub-blocks of one size
+    (`_gif_chain_run`), then blocks and sub-blocks within `GIF_SPAN` bytes
+    (`_gif_span`); a GIF not walked to its end in `MAX_GIF_STEPS` steps is refused
+    (ValueError), as that walk refuses it.
+    """
+    n = len(data)
+    i, sub = _gif_descriptor(data), False
+    frames = pixels = width = height = 0
+    for _ in range(MAX_GIF_STEPS):
+        if not sub and i < n and data[i] == 0x2C:
+            flags = data[i + 9] if i + 9 < n else 0
+            code_size_end = i + _GIF_DESCRIPTOR_BYTES + (6 << (flags & 7) if flags & 0x80
+                                                         else 0) + 1
+            if code_size_end > n:
+                break
+            frame_width, frame_height = struct.unpack("<HH", data[i + 5:i + 9])
+            frames, pixels = frames + 1, pixels + frame_width * frame_height
+            width, height = max(width, frame_width), max(height, frame_height)
+            i, sub = code_size_end, True
+        if sub and i < n and data[i] > 0:
+            i = _gif_chain_run(data, i)
+        i, sub, going_on = _gif_span(data, i, sub)
+        if not going_on:
+            break
+    else:
+        raise ValueError(f"GIF too long to check: its blocks go on past {MAX_GIF_STEPS} "
+                         f"steps of the walk over its frames")
+    return GifFrames(frames, pixels, width, height)
+
+
+def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,
+                      max_image_pixels: int) -> str | None:
+    """Why an image whose header reads ``(image_format, width, height)`` is above
+    `max_image_pixels` (the served graph's rule), or None: its width x height; for a
+    GIF also the canvas TensorFlow decodes its frames onto (the widest frame's width
+    by the tallest frame's height) and the pixels of all its frames together, which
+    giflib holds (`gif_frames`)."""
+    if width * height > max_image_pixels:
+        return (f"{image_format} of {width}x{height} = {width * height} pixels is above the "
+                f"limit of {max_image_pixels} pixels")
+    if image_format != "GIF":
+        return None
+    frames = gif_frames(data)
+    if frames.canvas > max_image_pixels:
+        return (f"GIF whose frames make a canvas of {frames.width}x{frames.height} = "
+                f"{frames.canvas} pixels (the width of its widest frame by the height of its "
+                f"tallest) is above the limit of {max_image_pixels} pixels")
+    if frames.pixels > max_image_pixels:
+        return (f"GIF whose {frames.frames} frames hold {frames.pixels} pixels in all is "
+                f"above the limit of {max_image_pixels} pixels")
+    return None
 
 
 def format_hint(data: bytes) -> str:
@@ -263,15 +388,18 @@ def format_hint(data: bytes) -> str:
     return ""
 
 
-def read_image_header(data: bytes) -> tuple[str, int, int]:
+def read_image_header(data: bytes, max_image_pixels: int | None = None
+                      ) -> tuple[str, int, int]:
     """Returns ``(format, width, height)`` from an encoded image's header.
 
-    Only the first bytes are parsed (PNG IHDR, GIF first image descriptor, BMP info
-    header, JPEG SOF segment), so a small file that declares a huge image costs nothing.
+    Only the headers are parsed (PNG IHDR, GIF image descriptors, BMP info header,
+    JPEG SOF segment), so a small file that declares a huge image costs nothing.
     A GIF's size is that of its first frame, which TensorFlow decodes whatever its
     logical screen says (`_gif_size`).
     Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
-    image or the header is truncated or corrupt.
+    image or the header is truncated or corrupt, and, when `max_image_pixels` is
+    given, when the image is above it as the served graph counts
+    (`pixel_limit_error`: for a GIF, every frame counts).
     """
     if not data:
         raise ValueError("empty (no image bytes)")
@@ -298,6 +426,10 @@ def read_image_header(data: bytes) -> tuple[str, int, int]:
                          f"{format_hint(data)}")
     if width <= 0 or height <= 0:
         raise ValueError(f"{fmt} header gives an empty image ({width}x{height})")
+    if max_image_pixels is not None:
+        error = pixel_limit_error(fmt, width, height, data, max_image_pixels)
+        if error is not None:
+            raise ValueError(error)
     return fmt, width, height
 
 
@@ -312,12 +444,9 @@ def decode_checked(data: bytes, image_size: int | None,
                    max_image_pixels: int | None = None) -> tf.Tensor:
     """`data` decoded (and resized to `image_size` unless None) as the served model reads
     it, or ValueError in its words: a JPEG, PNG, GIF or BMP header (`read_image_header`)
-    of at most `max_image_pixels` pixels (None: no limit), then data that decode
-    (`image_guards`)."""
-    image_format, width, height = read_image_header(data)
-    if max_image_pixels is not None and width * height > max_image_pixels:
-        raise ValueError(f"{image_format} of {width}x{height} = {width * height} pixels is "
-                         f"above the limit of {max_image_pixels}")
+    of at most `max_image_pixels` pixels (None: no limit; a GIF's frames count too),
+    then data that decode (`image_guards`)."""
+    image_format, width, height = read_image_header(data, max_image_pixels)
     try:
         if image_size is None:
             return decode_rgb(tf.constant(data))

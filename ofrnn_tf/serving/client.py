@@ -351,12 +351,12 @@ def _pixel_limit(error: grpc.RpcError) -> int:
 
 def _fine_here(image: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
     """Whether `image` passes here what the export checks: a readable header, at most
-    `max_pixels` (bombs are not decoded), and TensorFlow's decoder."""
+    `max_pixels` as the export counts them (bombs are not decoded), and TensorFlow's decoder."""
     try:
-        _, width, height = read_image_header(image)
+        read_image_header(image, max_pixels)
     except ValueError:
         return False
-    return width * height <= max_pixels and find_undecodable("images", [image]) is None
+    return find_undecodable("images", [image]) is None
 
 
 def _undecodable(error: grpc.RpcError, image: bytes) -> bool:

@@ -16,7 +16,8 @@ Requests are validated before the model runs, so errors name the input and the
 offending batch index: unknown model, version or signature (NOT_FOUND); missing,
 extra or ill-typed inputs, wrong shapes, empty batches, empty strings, bytes that
 are not a JPEG/PNG/GIF/BMP image, images whose header says width*height is above
-``--max_image_pixels`` (read from the header, nothing is decompressed), non-finite
+``--max_image_pixels`` (read from the headers, nothing is decompressed; for a GIF
+every frame counts, as in the export's guard), non-finite
 floats (INVALID_ARGUMENT). The image-size limit is the export's own (the
 ``max_image_pixels`` variable of the SavedModel) unless ``--max_image_pixels``
 lowers it. Corrupt image data behind a sound header shows when the model's decoder
@@ -62,7 +63,8 @@ from tensorflow_serving.apis import (
 )
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
-from ofrnn_tf.features.images import find_undecodable, read_image_header
+from ofrnn_tf.features.images import (find_undecodable, pixel_limit_error,
+                                      read_image_header)
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX,
                                               find_latest_version)
 from ofrnn_tf.tf_errors import op_error_text
@@ -237,13 +239,19 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pix
                                    f"{key}[{i}]: empty string (no image bytes)")
             try:
                 fmt, width, height = read_image_header(item)
+                over = width * height > max_image_pixels
+                # A GIF's later frames count too, as the export's guard counts them.
+                frames_over = None if over else pixel_limit_error(fmt, width, height, item,
+                                                                  max_image_pixels)
             except ValueError as e:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {e}")
-            if width * height > max_image_pixels:
+            if over:
                 raise RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{key}[{i}]: {fmt} image is {width}x{height} = {width * height} pixels, "
                     f"above the limit of {max_image_pixels} pixels")
+            if frames_over is not None:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {frames_over}")
     elif want.is_floating:
         finite = np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
         if not finite.all():
