@@ -271,6 +271,42 @@ def prepare_features(config: ExperimentConfig, data: Data,
     return directory, facts
 
 
+def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
+    """Eval mode scores the test split held in the run's feature cache; it reads no image.
+    So the data the flags name must be the run's: own data found here are checked as a
+    rerun checks them (`check_resumed_data`: class names, images, labels), and data not
+    found here must be named as the run names them (a run moved without its images).
+    The embedded benchmark is made from the run's settings, checked with its config."""
+    if config.data.dataset == "fashion_canvases":
+        return
+    saved = run_dir.load()[0].data
+    source = config.data.manifest or config.data.data_dir
+    if not os.path.exists(source):
+        trained_on = saved.manifest or saved.data_dir
+        if source != trained_on:
+            raise RunDataChangedError(
+                f"{source or '(no data path)'} not found. --mode=eval scores the test split of "
+                f"the run's feature cache, extracted from {trained_on}: leave the data flags out, "
+                f"or name the data the run was trained on; to score other data, train a run on "
+                f"them")
+        log(f"{source} is not found here: scoring the test split of the run's feature cache")
+        return
+    data = load_data(config)
+    check_resumed_data(config, data, feature_cache_key(config, data), run_dir)
+
+
+def check_min_labels(config: ExperimentConfig, data: Data) -> None:
+    """Refuses (`IncompatibleRunError`) a ``decoding.min_labels`` above T_max, before any
+    work: the beam search could not keep it, and would say so only after stage 1."""
+    _, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
+    max_steps = min(longest, data.label_map.num_classes)
+    if config.decoding.min_labels > max_steps:
+        raise IncompatibleRunError(
+            f"--decoding.min_labels={config.decoding.min_labels} cannot hold: a prediction has "
+            f"at most T_max = {max_steps} labels (the largest label count of a training image, "
+            f"at most the number of classes); use at most {max_steps}")
+
+
 def locate_features(config: ExperimentConfig, facts: RunFacts) -> str:
     """The feature cache a run was trained on, under this run's ``runtime.cache_dir``."""
     directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
@@ -495,6 +531,7 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
             locate_features(config, run_dir.load()[1])
         with timer("data"):
             data = load_data(config)
+        check_min_labels(config, data)
         with timer("features"):
             features_dir, facts = prepare_features(config, data,
                                                    run_dir if resuming else None)
@@ -514,6 +551,7 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
             model, _, _ = run_dir.load_model()
     else:
         _, facts = run_dir.load()
+        check_evaluated_data(config, run_dir)
         unfinished = training_state(run_dir, config)
         model, _, _ = run_dir.load_model()
         if unfinished:

@@ -447,3 +447,41 @@ def test_the_command_refuses_a_resume_without_the_runs_cache_dir_in_one_line(
     assert "train.py: no feature cache at" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "features train:" not in done.stderr
     assert not (tmp_path / "default" / "features").exists()
+
+
+# -- eval mode reads the run's cached test split: the data named must be the run's --------
+def test_eval_mode_refuses_data_other_than_the_runs(tmp_path, trained_folder, no_backbone):
+    config, workdir = trained_folder
+    root = config.data.data_dir
+    with open(os.path.join(root, "test.csv"), "w") as f:  # every test image relabelled
+        f.write(_rows("test", range(4), labels=lambda i: "b"))
+    with pytest.raises(pipeline.RunDataChangedError,
+                       match=r"the data at .* differ from those the run was trained on.*test: "):
+        pipeline.run(config, workdir, "eval")
+    other = manifest_folder(tmp_path / "other", train=12, test=5, val=3)
+    with pytest.raises(pipeline.RunDataChangedError, match=r"test: 5 images now, 4 then"):
+        pipeline.run(config.replace(data={"data_dir": other}), workdir, "eval")
+    missing = str(tmp_path / "nonexistent")
+    with pytest.raises(pipeline.RunDataChangedError,
+                       match=rf"{missing} not found\. --mode=eval scores the test split of the "
+                             rf"run's feature cache, extracted from {root}"):
+        pipeline.run(config.replace(data={"data_dir": missing}), workdir, "eval")
+
+
+def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
+        tmp_path, trained_folder, no_backbone, capsys):
+    config, workdir = trained_folder
+    os.rename(config.data.data_dir, tmp_path / "elsewhere")
+    pipeline.check_evaluated_data(config, RunDir(workdir))
+    assert "is not found here: scoring the test split of the run's feature cache" in (
+        capsys.readouterr().err)
+
+
+def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_backbone):
+    root = manifest_folder(tmp_path / "data")  # at most two labels an image: T_max = 2
+    config = manifest_config(root, tmp_path / "cache").replace(decoding={"min_labels": 3})
+    with pytest.raises(IncompatibleRunError,
+                       match=r"--decoding.min_labels=3 cannot hold: a prediction has at most "
+                             r"T_max = 2 labels .*; use at most 2"):
+        pipeline.run(config, str(tmp_path / "run"), "train")
+    assert not (tmp_path / "cache" / "features").exists()
