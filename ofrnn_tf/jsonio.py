@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -10,12 +11,23 @@ from ofrnn_tf.processes import owner_tag
 
 
 def write_text(path: str, text: str) -> str:
-    """Writes `text` to `path` through a temporary file, so readers never see half a file."""
+    """Writes `text` to `path` through a temporary file, so readers never see half a file.
+
+    A write that fails (a full disk, a read-only folder) removes its temporary file, and
+    its OSError names `path` (a full disk's, raised by the write, names none).
+    """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{owner_tag()}"  # processes sharing a folder must not share it
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = path
+        raise
     return path
 
 

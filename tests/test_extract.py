@@ -1,5 +1,6 @@
 """Feature extraction into TFRecord shards: bad images, resume, shard selection, CLI."""
 
+import errno
 import glob
 import io
 import json
@@ -427,6 +428,61 @@ def test_a_repaired_image_is_named_on_a_cache_hit(tmp_path, backbone, monkeypatc
     os.remove(shard)
     train = ensure()
     assert train["skipped"] == [] and train["num_examples"] == 4
+
+
+def test_a_complete_cache_is_read_without_writing_to_it(tmp_path, backbone, monkeypatch):
+    # A cache shared read-only (a mounted copy, another user's folder) must serve as is.
+    examples = _good_examples(str(tmp_path), n=4)
+    out = str(tmp_path / "features")
+    monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: backbone)
+    inputs = cache.describe_inputs({"train": examples, "val": examples[:2]}, LABELS)
+
+    def ensure():
+        return cache.ensure_features({"train": examples, "val": examples[:2]}, LABELS, out,
+                                     "efficientnet_lite0", "stage5", "f" * 64,
+                                     num_shards=2, inputs=inputs)
+
+    built = ensure()
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(tfrecords, "write_json", read_only)
+    assert ensure() == built
+    assert built[cache.INPUTS_KEY] == inputs and built["splits"]["train"]["num_examples"] == 4
+
+
+def test_a_failed_extraction_reports_its_own_error_not_the_meta_json_write(tmp_path, backbone,
+                                                                         monkeypatch, capsys):
+    # On a full disk the shard's error names the file; meta.json's write fails too after it.
+    examples = _good_examples(str(tmp_path), n=4)
+    out = str(tmp_path / "features")
+    real_serialize, real_write = tfrecords.serialize_example, tfrecords.write_json
+    full = []
+
+    def disk_fills(*args, **kwargs):  # in the second shard, once the first is finished
+        full.append(1)
+        if len(full) < 3:
+            return real_serialize(*args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", "train-00001.tfrecord")
+
+    def write_json(path, *args, **kwargs):
+        if len(full) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(tfrecords, "serialize_example", disk_fills)
+    monkeypatch.setattr(tfrecords, "write_json", write_json)
+    with pytest.raises(OSError, match="train-00001.tfrecord"):
+        extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
+                              num_shards=2, progress=False)
+    assert f"could not update {os.path.join(out, 'meta.json')}" in capsys.readouterr().err
+    monkeypatch.setattr(tfrecords, "serialize_example", real_serialize)
+    monkeypatch.setattr(tfrecords, "write_json", real_write)
+    full.clear()
+    summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
+                                    num_shards=2, progress=False)
+    assert summary.shards_already_done == [0] and summary.shards_written == [1]
 
 
 def test_the_skip_message_says_how_to_extract_the_image_once_it_is_fixed(tmp_path, backbone,

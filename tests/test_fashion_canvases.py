@@ -165,6 +165,62 @@ def test_cache_rebuild_and_interrupted_build(tmp_path, source):
     assert _leftovers(out) == []
 
 
+def test_a_damaged_split_is_built_again_and_only_it(tmp_path, source, monkeypatch, capsys):
+    # As an interrupted copy of the folder leaves it: benchmark.json is there, a canvas
+    # file is not, or is empty, or cut short. The benchmark must not shrink.
+    source_dir, _ = source
+    out = str(tmp_path / "bench")
+    _build(out, source_dir)
+    image = lambda split, i: os.path.join(out, "images", split, f"{i:06d}.jpg")
+    os.remove(image("val", 4))
+    open(image("test", 3), "w").close()
+    with open(image("train", 1), "r+b") as f:
+        f.truncate(os.path.getsize(image("train", 1)) // 2)
+    build_split, built = fc._build_split, []
+
+    def counted(split, *args, **kwargs):
+        built.append(split)
+        return build_split(split, *args, **kwargs)
+
+    monkeypatch.setattr(fc, "_build_split", counted)
+    capsys.readouterr()
+    rebuilt = _build(out, source_dir)
+    err = capsys.readouterr().err
+    assert built == ["train", "val", "test"] and not rebuilt["cached"]
+    val_dir = os.path.join(out, "images", "val")
+    assert f"{val_dir}: 1 of its 5 canvas files missing (000004.jpg)" in err
+    assert "1 of its 7 canvas files empty (000003.jpg)" in err
+    assert "when built (a file cut short or replaced): building the train split again" in err
+    for split, n in (("train", 14), ("val", 5), ("test", 7)):
+        examples, _, stats = fc.load_benchmark_split(out, split)
+        assert len(examples) == n and not stats.dropped_missing
+    fresh = _build(tmp_path / "fresh", source_dir)["out_dir"]
+    assert _split_hashes(out) == _split_hashes(fresh)
+    assert _leftovers(out) == []
+
+    built.clear()
+    os.remove(image("test", 0))
+    assert not _build(out, source_dir)["cached"] and built == ["test"]
+    assert _build(out, source_dir)["cached"] and built == ["test"]
+
+
+def test_a_build_recorded_without_file_sizes_gains_them(tmp_path, source):
+    source_dir, _ = source
+    out = str(tmp_path / "bench")
+    _build(out, source_dir)
+    marker = os.path.join(out, fc.BENCHMARK_FILENAME)
+    with open(marker) as f:
+        record = json.load(f)
+    sizes = record.pop(fc.IMAGE_BYTES_KEY)
+    assert sizes["train"] == sum(os.path.getsize(os.path.join(out, "images", "train", name))
+                                 for name in os.listdir(os.path.join(out, "images", "train")))
+    with open(marker, "w") as f:
+        json.dump(record, f)
+    assert _build(out, source_dir)["cached"]
+    with open(marker) as f:
+        assert json.load(f)[fc.IMAGE_BYTES_KEY] == sizes
+
+
 def _leftovers(out):
     """Temporary files and folders of a build, where the builder makes them."""
     return sorted(name for folder in (out, os.path.join(out, "images"))

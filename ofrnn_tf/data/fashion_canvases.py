@@ -53,9 +53,13 @@ Layout of ``out_dir``::
                               image used) and "item_size" (the pasted square's side);
                               with scenes each image also carries "scene"
     label_map.json
-    benchmark.json            the build configuration, written last
+    benchmark.json            the build configuration and the bytes each split's
+                              canvas files hold, written last
 
-A build is cached: calling again with the same configuration returns at once. A
+A build is cached: calling again with the same configuration returns at once, after one
+``stat`` per canvas file (each must be there, none empty, and each split's files must
+hold the bytes ``benchmark.json`` records, which a copy of the folder cut short does
+not); a damaged split is built again, the same canvases, and a message names it. A
 different configuration rebuilds the folder in place (a message says so), and an
 interrupted build leaves no ``benchmark.json``, so it is never taken as finished.
 Each split is built on its own (its canvases depend only on the configuration), so
@@ -109,6 +113,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "val", "test")
 BENCHMARK_FILENAME = "benchmark.json"
+# benchmark.json's record of the bytes each split's canvas files hold.
+IMAGE_BYTES_KEY = "image_bytes"
 FORMAT_VERSION = 1
 # Pixels of a resized item whose intensity is above this fraction count as the object
 # (its tight box and its mask area).
@@ -498,7 +504,7 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
         for image_id in range(num):
             canvas_rng = np.random.default_rng(rng.integers(2**63))
             scene, items = draw(canvas_rng)
-            file_name = f"{image_id:06d}.{cfg.image_format}"
+            file_name = _canvas_file_name(image_id, cfg.image_format)
             canvases.append((items, painters.submit(render_and_save, items, canvas_rng, file_name)))
             coco_images.append({"id": image_id, "file_name": file_name,
                                 "width": cfg.canvas_size, "height": cfg.canvas_size})
@@ -572,12 +578,20 @@ def build_fashion_canvases(out_dir: str, *,
     marker = os.path.join(out_dir, BENCHMARK_FILENAME)
 
     previous = _read_json_object(marker)
+    damaged: dict[str, str] = {}  # split -> what is wrong with its canvas files
     if previous is not None:
         if previous.get("config") == config and previous.get(
                 "format_version") == FORMAT_VERSION and _complete(out_dir, previous):
-            return _summary(out_dir, previous, cached=True)
-        print(f"{marker}: built with a different configuration, or incomplete; rebuilding "
-              f"{out_dir}", file=sys.stderr)
+            damaged, image_bytes = _check_canvases(out_dir, previous)
+            if not damaged:
+                _record_image_bytes(marker, previous, image_bytes)
+                return _summary(out_dir, previous, cached=True)
+            for split, problem in damaged.items():
+                print(f"{os.path.join(out_dir, 'images', split)}: {problem}: building the "
+                      f"{split} split again (the same canvases)", file=sys.stderr)
+        else:
+            print(f"{marker}: built with a different configuration, or incomplete; "
+                  f"rebuilding {out_dir}", file=sys.stderr)
         with contextlib.suppress(FileNotFoundError):  # another process may remove it too
             os.remove(marker)
 
@@ -604,7 +618,7 @@ def build_fashion_canvases(out_dir: str, *,
     remove_dead_leftovers(image_root, _SPLIT_TMP)
     splits = {}
     for split in SPLITS:
-        splits[split] = _finished_split(out_dir, split, config)
+        splits[split] = None if split in damaged else _finished_split(out_dir, split, config)
         if splits[split] is not None:
             print(f"{out_dir}: {split} split already built, kept", file=sys.stderr)
             continue
@@ -614,8 +628,10 @@ def build_fashion_canvases(out_dir: str, *,
         os.makedirs(partial_dir)
         coco = _build_split(split, counts[split], pool, source_split, images, labels,
                             cfg, partial_dir, progress)
-        splits[split] = _finished_split(out_dir, split, config)
-        if splits[split] is not None:  # another process finished it meanwhile: the same canvases
+        # Another process may have finished it meanwhile: the same canvases (a damaged
+        # split's COCO file still records the configuration, so it is replaced regardless).
+        splits[split] = None if split in damaged else _finished_split(out_dir, split, config)
+        if splits[split] is not None:
             shutil.rmtree(partial_dir, ignore_errors=True)
             continue
         _move_into_place(partial_dir, os.path.join(image_root, split))
@@ -628,6 +644,7 @@ def build_fashion_canvases(out_dir: str, *,
     record = {"format_version": FORMAT_VERSION, "config": config,
               "fingerprint": fingerprint(config), "source": source,
               "small_area_fraction": cfg.small_area_fraction, "splits": splits}
+    record[IMAGE_BYTES_KEY] = _check_canvases(out_dir, record)[1]
     write_json(marker, record, indent=None)
     return _summary(out_dir, record, cached=False)
 
@@ -648,7 +665,7 @@ def _finished_split(out_dir: str, split: str, config: dict[str, Any]
     if not isinstance(info, dict) or info.get("config") != config or not os.path.isdir(image_dir):
         return None
     images = coco.get("images", [])
-    if len(os.listdir(image_dir)) != len(images):
+    if _canvas_files(image_dir, [image["file_name"] for image in images])[0] is not None:
         return None
     return {"images": len(images), "annotations": len(coco.get("annotations", []))}
 
@@ -678,6 +695,69 @@ def _read_json_object(path: str) -> dict[str, Any] | None:
         return record if isinstance(record, dict) else {}
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def _canvas_file_name(image_id: int, image_format: str) -> str:
+    return f"{image_id:06d}.{image_format}"
+
+
+def _canvas_files(image_dir: str, names: Sequence[str]) -> tuple[str | None, int]:
+    """``(problem, bytes)``: what is wrong with the canvas files `names` of `image_dir`
+    (one missing or empty, as an interrupted copy of the folder leaves them; None when
+    nothing is) and the bytes they hold.
+
+    One ``stat`` per file (13,000 files in about 0.04 s), no image is read; other files in
+    the folder are ignored.
+    """
+    sizes = {}
+    try:
+        with os.scandir(image_dir) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    sizes[entry.name] = entry.stat().st_size
+    except FileNotFoundError:
+        return f"{image_dir} is missing", 0
+    for what, bad in (("missing", [n for n in names if n not in sizes]),
+                      ("empty", [n for n in names if sizes.get(n) == 0])):
+        if bad:
+            shown = f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+            return f"{len(bad)} of its {len(names)} canvas files {what} ({shown})", 0
+    return None, sum(sizes[n] for n in names)
+
+
+def _check_canvases(out_dir: str, record: dict[str, Any]
+                    ) -> tuple[dict[str, str], dict[str, int]]:
+    """``(damaged, image_bytes)`` of a build's splits (`record` as in benchmark.json):
+    what is wrong with each damaged split's canvas files (a file missing or empty, or,
+    when the record has their size, files of another total size, as a copy cut short
+    leaves one), and the bytes each split's files hold.
+
+    The canvases are the build's own output, so a damaged file means a damaged cache,
+    never a smaller benchmark: the split is built again.
+    """
+    image_format = record["config"]["image_format"]
+    recorded = record.get(IMAGE_BYTES_KEY) or {}
+    damaged, image_bytes = {}, {}
+    for split, counts in record.get("splits", {}).items():
+        names = [_canvas_file_name(i, image_format) for i in range(int(counts["images"]))]
+        problem, image_bytes[split] = _canvas_files(os.path.join(out_dir, "images", split),
+                                                    names)
+        if problem is None and recorded.get(split, image_bytes[split]) != image_bytes[split]:
+            problem = (f"its canvas files hold {image_bytes[split]} bytes, "
+                       f"{recorded[split]} when built (a file cut short or replaced)")
+        if problem is not None:
+            damaged[split] = problem
+    return damaged, image_bytes
+
+
+def _record_image_bytes(marker: str, record: dict[str, Any], image_bytes: dict[str, int]
+                        ) -> None:
+    """Adds the canvas files' sizes to a record written before records held them, so that
+    later runs notice a file cut short too; a read-only folder is left as it is."""
+    if IMAGE_BYTES_KEY in record:
+        return
+    with contextlib.suppress(OSError):
+        write_json(marker, {**record, IMAGE_BYTES_KEY: image_bytes}, indent=None)
 
 
 def _complete(out_dir: str, record: dict[str, Any]) -> bool:

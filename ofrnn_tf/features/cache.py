@@ -259,7 +259,9 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     """Extracts every split whose shards are not all there; returns the cache's meta.json
     (with `inputs`, the `describe_inputs` of `fingerprint`, when given).
 
-    A cache folder that already carries another fingerprint is refused.
+    A cache folder that already carries another fingerprint is refused. A complete cache
+    whose meta.json already says all of this is only read (`tfrecords.write_meta` leaves
+    such a file alone), so it may be shared read-only.
     """
     meta_path = os.path.join(directory, tfrecords.META_FILENAME)
     if os.path.exists(meta_path):

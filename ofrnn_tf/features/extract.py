@@ -465,9 +465,22 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
         writer.finish()
     except BaseException:
         writer.abort()
-        raise
-    finally:
-        summary.seconds = time.perf_counter() - start
         bar.close()
-        tfrecords.write_meta(out_dir)
+        _note_finished_shards(out_dir)
+        raise
+    summary.seconds = time.perf_counter() - start
+    bar.close()
+    tfrecords.write_meta(out_dir)
     return summary
+
+
+def _note_finished_shards(out_dir: str) -> None:
+    """Records the shards finished before an extraction failed in ``meta.json``, if it
+    can: the failure (a full disk, say) often stops this write too, and it must not
+    hide that failure, which names the shard (the next run merges the shards' own
+    records anyway)."""
+    try:
+        tfrecords.write_meta(out_dir)
+    except (OSError, ValueError) as error:  # ValueError: an unreadable meta.json
+        print(f"[ofrnn_tf] could not update {os.path.join(out_dir, tfrecords.META_FILENAME)} "
+              f"after the extraction failed: {error}", file=sys.stderr)

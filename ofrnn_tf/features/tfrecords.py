@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import struct
@@ -105,14 +106,20 @@ def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int
 
 
 def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
-    """Rewrites ``meta.json`` from the backbone info and the per-shard records on disk."""
+    """Rewrites ``meta.json`` from the backbone info and the per-shard records on disk.
+
+    A file that already says all of it is left alone, so that a complete cache can be
+    read from a read-only location (a shared or mounted copy).
+    """
     path = os.path.join(features_dir, META_FILENAME)
-    meta = read_meta_file(path) if os.path.exists(path) else {}
+    found = read_meta_file(path) if os.path.exists(path) else None
+    meta = dict(found or {})
     if backbone_info is not None:
         meta.update(backbone_info)
     meta["dtype"] = FEATURE_DTYPE
-    meta = _merge_shard_stats(features_dir, meta)
-    write_json(path, meta)
+    meta = json.loads(json.dumps(_merge_shard_stats(features_dir, meta)))  # as read back
+    if meta != found:
+        write_json(path, meta)
     return meta
 
 
