@@ -290,6 +290,32 @@ def test_manifest_jsonl_with_ids_and_given_label_map(tmp_path):
         load_manifest(str(path), LabelMap(["sea"], source="lm.json"))
 
 
+def test_manifest_label_names_are_one_class_in_either_unicode_form(tmp_path):
+    # "café" typed (NFC) and taken from a macOS file name (NFD) look the same.
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    for i in range(4):
+        _touch(tmp_path / f"{i}.png")
+    (tmp_path / "m.csv").write_text(f"path,labels\n0.png,{nfc}\n1.png,{nfd};dog\n",
+                                    encoding="utf-8")
+    examples, label_map, _ = load_manifest(str(tmp_path / "m.csv"))
+    assert label_map.names == (nfc, "dog")
+    assert [e.label_ids for e in examples] == [(0,), (0, 1)]
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"path": "2.png", "labels": [nfd]}) + "\n"
+        + json.dumps({"path": "3.png", "labels": f"{nfd}|dog"}) + "\n", encoding="utf-8")
+    examples, _, _ = load_manifest(str(tmp_path / "m.jsonl"), label_map)
+    assert [e.label_ids for e in examples] == [(0,), (0, 1)]
+
+
+def test_manifest_jsonl_null_labels_are_no_label(tmp_path):
+    _touch(tmp_path / "a.png")
+    _touch(tmp_path / "b.png")
+    (tmp_path / "m.jsonl").write_text('{"path": "a.png", "labels": ["sky"]}\n'
+                                      '{"path": "b.png", "labels": null}\n')
+    examples, _, stats = load_manifest(str(tmp_path / "m.jsonl"))
+    assert [e.image_id for e in examples] == ["a.png"] and stats.dropped_unlabeled == 1
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("bad.jsonl", '{"path": "a.png", "labels": ["x"]}\n{"path": "b.png", "labels": [\n',
      r"bad.jsonl: line 2: not valid JSON"),

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ofrnn_tf.data import DataLabelMapError
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.data.splits import SplitTooSmallError, check_split_sizes, load_examples
+from ofrnn_tf.data.splits import (NothingToLearnError, SplitTooSmallError, check_split_sizes,
+                                  load_examples)
 
 
 def _write_coco(root, name, image_ids, classes=("cat", "dog")):
@@ -105,3 +107,42 @@ def test_split_too_small_for_the_run_is_refused_naming_the_fix(sizes, message):
     with pytest.raises(SplitTooSmallError, match=message):
         check_split_sizes(splits, batch_size=8)
     check_split_sizes(dict(zip(("train", "val", "test"), (_examples(n) for n in (8, 1, 1)))), 8)
+
+
+def _manifest_folder(root, labels, n_train=20, n_test=6):
+    """train.csv and test.csv over blank images, row i labelled `labels(i)`."""
+    for i in range(n_train + n_test):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / f"{i}.png")
+    rows = lambda ids: "path,labels\n" + "".join(f"{i}.png,{labels(i)}\n" for i in ids)
+    (root / "train.csv").write_text(rows(range(n_train)))
+    (root / "test.csv").write_text(rows(range(n_train, n_train + n_test)))
+    return str(root)
+
+
+@pytest.mark.parametrize("labels, classes", [
+    (lambda i: "defect" if i % 2 else "", "'defect'"),  # negatives with no label
+    (lambda i: "a;b", "'a', 'b'"),
+])
+def test_training_images_that_all_carry_every_class_are_refused(tmp_path, labels, classes):
+    root = _manifest_folder(tmp_path, labels)
+    unlabeled = 13 if "defect" in classes else 0  # of 26 rows, the even ones
+    with pytest.raises(NothingToLearnError,
+                       match=rf"each of the \d+ training images carries every class "
+                             rf"\({classes}\), so the model could only learn to predict all "
+                             rf"of them on any image; {unlabeled} listed image\(s\) with no "
+                             rf"label were left out of every split .*a class of their own"):
+        load_examples("manifest", {"data_dir": root}, 0.2)
+    (tmp_path / "all.csv").write_text((tmp_path / "train.csv").read_text())
+    with pytest.raises(NothingToLearnError):
+        load_examples("manifest", {"manifest": str(tmp_path / "all.csv")}, 0.2)
+
+
+def test_a_class_only_in_test_is_refused_naming_the_remedy(tmp_path):
+    root = _manifest_folder(tmp_path, lambda i: "ab"[i % 2] + (";new" if i == 21 else ""))
+    train = os.path.join(root, "train.csv")
+    with pytest.raises(DataLabelMapError,
+                       match=rf"test.csv: line 3: labels \['new'\] are not in the label map "
+                             rf"{train} \(2 classes\), which holds the classes of the training "
+                             rf"images: remove these labels from the row, or add training images "
+                             rf"of the class to {train}"):
+        load_examples("manifest", {"data_dir": root}, 0.2)

@@ -28,6 +28,11 @@ class SplitTooSmallError(ValueError):
     """A split cannot serve the run (empty validation, less than one training batch)."""
 
 
+class NothingToLearnError(SplitTooSmallError):
+    """Every training image carries every class, so the model could only ever predict
+    them all (one class whose negatives have no label, say)."""
+
+
 def _hash_fraction(image_id: str, salt: str = "") -> float:
     digest = hashlib.sha1((salt + image_id).encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32
@@ -67,10 +72,12 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
         train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))
         _log(f"one manifest file: {len(val)} images held out for validation and "
              f"{len(test)} for test")
+        check_something_to_learn(train, label_map, stats.dropped_unlabeled)
         return {"train": train, "val": val, "test": test}, label_map
 
     splits: dict[str, list[Example]] = {}
     label_map = None
+    unlabeled = 0
     for split in ("train", "test", "val"):
         if split == "val" and dataset in HOLD_OUT_VAL:
             break
@@ -81,6 +88,7 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
                 break
         examples, split_map, stats = load_split(dataset, split, label_map=label_map, **paths)
         label_map = label_map or split_map
+        unlabeled += stats.dropped_unlabeled
         _log(f"{dataset} {split}: {stats}")
         if val_file is not None and not examples:
             raise SplitTooSmallError(
@@ -92,7 +100,36 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
     if "val" not in splits:
         splits["train"], splits["val"] = hold_out(splits["train"], val_fraction)
         _log(f"held out {len(splits['val'])} training images as the validation split")
+    check_something_to_learn(splits["train"], label_map, unlabeled)
     return {split: splits[split] for split in SPLITS}, label_map
+
+
+def check_something_to_learn(train: list[Example], label_map: LabelMap,
+                             unlabeled: int) -> None:
+    """Refuses, before any work, training images that all carry every class: the model
+    would learn to predict them all on any image, and score 100 on a test split of such
+    images. Images with no label are left out of every split (a row with no label is no
+    negative example), which is how one class with negatives comes to this.
+
+    Args:
+        train: the training split.
+        label_map: the classes.
+        unlabeled: the images of the data set left out for having no label.
+
+    Raises:
+        NothingToLearnError: naming the classes and the images left out.
+    """
+    classes = label_map.num_classes
+    if not train or any(len(set(example.label_ids)) < classes for example in train):
+        return
+    shown = ", ".join(repr(n) for n in label_map.names[:5])
+    more = " ..." if label_map.num_classes > 5 else ""
+    raise NothingToLearnError(
+        f"each of the {len(train)} training images carries every class ({shown}{more}), so "
+        f"the model could only learn to predict all of them on any image; {unlabeled} "
+        f"listed image(s) with no label were left out of every split (an image with no "
+        f"label is not a negative example here). Give the images without these classes a "
+        f"class of their own (e.g. 'none' or 'no_defect'), or add images of other classes")
 
 
 def _real_path_of(directories: dict[str, str], path: str) -> str:

@@ -14,8 +14,11 @@ or, in a ``.json`` file, a JSON array of such objects. The file is UTF-8 text.
 
 Relative paths resolve against the manifest's folder. Labels are class names, separated
 by ``;`` or ``|`` in CSV (a comma separates columns: quote a field only when a class
-name itself holds one); rows with no label are dropped and counted. Without a given
-label map, the map is the sorted set of names in the file.
+name itself holds one) and in a JSON string (a JSON list is taken as it is); rows with
+no label (an empty cell, ``[]`` or ``null``) are dropped and counted. Names are read in
+Unicode NFC form, so a name typed (``café`` as one character) and one taken from a macOS
+file name (``e`` and a combining accent) are one class. Without a given label map, the
+map is the sorted set of names in the file.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import json
 import os
 import re
 import sys
-from typing import Iterator
+import unicodedata
+from typing import Iterable, Iterator
 
 from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
 from ofrnn_tf.data.example import Example, LoadStats
@@ -99,10 +103,7 @@ def load_manifest(path: str,
             continue
         unknown = [n for n in labels if n not in label_map.names]
         if unknown:
-            raise DataLabelMapError(
-                f"{path}: {where}: labels {unknown} are not in the label map "
-                f"{label_map.source or '<given label map>'} ({label_map.num_classes} "
-                f"classes)")
+            raise DataLabelMapError(_unknown_labels_message(path, where, unknown, label_map))
         if check_files and not os.path.exists(image):
             stats.missing(image, where)
             continue
@@ -117,6 +118,26 @@ def load_manifest(path: str,
             f"{stats.first_missing}); relative paths are read from the manifest's folder "
             f"{base}")
     return examples, label_map, stats
+
+
+def _unknown_labels_message(path: str, where: str, unknown: list[str],
+                            label_map: LabelMap) -> str:
+    """Names the row, the labels and the map. The map of a manifest folder is its
+    training file's classes (a class must have training images to be learnt), so the
+    remedy is an edit of the data: no flag changes the map."""
+    source = label_map.source or "<given label map>"
+    text = (f"{path}: {where}: labels {unknown} are not in the label map {source} "
+            f"({label_map.num_classes} classes)")
+    if label_map.source is None:
+        return f"{text}: remove these labels from the row"
+    return (f"{text}, which holds the classes of the training images: remove these labels "
+            f"from the row, or add training images of the class to {source}")
+
+
+def _names(labels: Iterable) -> list[str]:
+    """The non-empty label names of a row, stripped and in Unicode NFC form."""
+    names = (unicodedata.normalize("NFC", str(n).strip()) for n in labels)
+    return [n for n in names if n]
 
 
 def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
@@ -197,7 +218,7 @@ def _csv_rows(path: str, text: str) -> Iterator[Row]:
         image = row[col_path].strip()
         if not image:
             raise DataFileError(f"{path}: line {line_no}: empty 'path'")
-        labels = [n.strip() for n in _SEPARATORS.split(row[col_labels]) if n.strip()]
+        labels = _names(_SEPARATORS.split(row[col_labels]))
         image_id = row[col_id].strip() if col_id is not None else image
         yield f"line {line_no}", image_id or image, image, labels
 
@@ -260,12 +281,14 @@ def _record_row(path: str, where: str, record) -> Row:
     if not isinstance(image, str) or not image:
         raise DataFileError(f"{path}: {where}: missing or empty 'path'")
     labels = record.get("labels")
+    if labels is None:  # pandas writes a missing list as null: no label, as []
+        labels = []
     if isinstance(labels, str):
         labels = [n for n in _SEPARATORS.split(labels)]
     if not isinstance(labels, list) or not all(
             isinstance(n, (str, int)) and not isinstance(n, bool) for n in labels):
         raise DataFileError(f"{path}: {where}: 'labels' must be a list of class names, got "
                             f"{labels!r}")
-    labels = [str(n).strip() for n in labels if str(n).strip()]
+    labels = _names(labels)
     image_id = str(record.get("id", image))
     return where, image_id, image, labels
