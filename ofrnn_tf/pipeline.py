@@ -32,7 +32,7 @@ from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
-from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts, resumable_checkpoint
 from ofrnn_tf.training.distribute import is_chief, make_strategy
 from ofrnn_tf.training.trainer import Trainer, checkpoint_position, describe_position
 from ofrnn_tf.visualization.attention_maps import render_examples
@@ -90,7 +90,8 @@ def benchmark_dir(config: ExperimentConfig) -> str:
 
 def load_data(config: ExperimentConfig) -> Data:
     """The train / val / test examples (building the benchmark first if it is the data),
-    checked to be large enough for the run before any other work."""
+    checked to be large enough for the run, and to hold its ``decoding.min_labels``,
+    before any other work."""
     data = config.data
     paths = {"data_dir": data.data_dir or None}
     if data.manifest:
@@ -104,7 +105,9 @@ def load_data(config: ExperimentConfig) -> Data:
         small_area = float(built["small_area_fraction"])
     splits, label_map = load_examples(data.dataset, paths, data.val_fraction)
     check_split_sizes(splits, config.train.batch_size)
-    return Data(splits, label_map, small_area)
+    loaded = Data(splits, label_map, small_area)
+    check_min_labels(config, loaded)
+    return loaded
 
 
 # -- features -------------------------------------------------------------------------
@@ -433,8 +436,10 @@ class UnfinishedRunError(ValueError):
 
 
 def latest_position(run_dir: RunDir) -> Optional[dict[str, int]]:
-    """Where the run's last checkpoint stands (`checkpoint_position`), or None."""
-    latest = tf.train.latest_checkpoint(run_dir.checkpoints_dir())
+    """Where the checkpoint the run resumes from stands (`checkpoint_position`), or None:
+    the newest that reads back, as `Trainer.restore` picks it (`resumable_checkpoint`,
+    which raises `DamagedCheckpointError` when none does)."""
+    latest, _ = resumable_checkpoint(run_dir.checkpoints_dir())
     return checkpoint_position(latest) if latest else None
 
 
@@ -531,7 +536,6 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
             locate_features(config, run_dir.load()[1])
         with timer("data"):
             data = load_data(config)
-        check_min_labels(config, data)
         with timer("features"):
             features_dir, facts = prepare_features(config, data,
                                                    run_dir if resuming else None)

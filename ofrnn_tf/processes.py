@@ -63,3 +63,13 @@ def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
                 os.remove(path)
             except FileNotFoundError:  # its writer, or another cleaner, got there first
                 pass
+
+
+def describe_owner(tag: str) -> str:
+    """``pid <pid> on host <host>`` for an owner tag (`owner_tag`), for messages naming
+    who holds a file; other text is quoted as it is."""
+    tag = tag.strip()
+    host, _, pid = tag.rpartition("-")
+    if host and pid.isdigit():
+        return f"pid {pid} on host {host}"
+    return f"another process ({tag!r})" if tag else "another process"

@@ -18,6 +18,8 @@ relative names, so it can be moved or copied to another machine:
 ``tensorboard/``            training curves
 ``attention/``              attention pictures of test images (paper Fig. 3)
 ``examples/``               those test images (export warm-up, demos)
+``.lock``                   who holds the folder while a training or evaluation runs
+                            (`RunDir.exclusive`)
 ==========================  =========================================================
 
 The feature cache is not part of the folder: it is found again by its content
@@ -26,9 +28,11 @@ fingerprint under any ``--runtime.cache_dir`` (see `ofrnn_tf.features.cache`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import tensorflow as tf
 
@@ -37,14 +41,100 @@ from ofrnn_tf.jsonio import read_json, write_json
 from ofrnn_tf.labels import LABEL_MAP_FILENAME, LabelMap
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
+from ofrnn_tf.processes import describe_owner, owner_tag
+from ofrnn_tf.tf_errors import op_error_text
 
 RUN_FILENAME = "run.json"
 CALIBRATION_FILENAME = "calibration.json"
 BEST_INFO_FILENAME = "best.json"
+LOCK_FILENAME = ".lock"
 
 
 class IncompatibleRunError(ValueError):
     """A rerun's settings describe another model or data than the run folder holds."""
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint the run folder names cannot be read back: a file of it is missing,
+    cut short or damaged, or its path holds a '[' (`refuse_glob_pattern`)."""
+
+
+class RunInUseError(RuntimeError):
+    """Another command holds the run folder (`RunDir.exclusive`)."""
+
+
+# What reading a checkpoint with a file missing, cut short or damaged raises:
+# NotFoundError / OpError / DataLossError from TensorFlow, IndexError for a short read.
+_CHECKPOINT_READ_ERRORS = (tf.errors.OpError, IndexError, RuntimeError, ValueError)
+
+
+def refuse_glob_pattern(path: str) -> None:
+    """Raises `DamagedCheckpointError` when `path` holds a '[': TensorFlow looks a
+    checkpoint's files up by glob pattern, where '[' opens a character class, so it
+    finds none of the checkpoints under such a folder."""
+    if "[" in path:
+        raise DamagedCheckpointError(
+            f"{path} contains '[': TensorFlow reads checkpoint paths as glob patterns and "
+            f"cannot find the checkpoints under it; rename the folder without '['")
+
+
+def _unreadable_reason(prefix: str, error: BaseException) -> str:
+    """What is wrong with the checkpoint `prefix`, in a few words, from its read error."""
+    text = op_error_text(error)
+    if "Failed to find any matching files" in text:
+        return f"its files are missing (no {os.path.basename(prefix)}.index)"
+    if isinstance(error, IndexError):
+        return f"a file of it is cut short ({text})"
+    return text
+
+
+def checkpoint_problem(prefix: str) -> Optional[str]:
+    """Why the checkpoint `prefix` cannot be restored, or None when every tensor it lists
+    reads back (each read is checked against the checksum the checkpoint stores)."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except _CHECKPOINT_READ_ERRORS as error:
+        return _unreadable_reason(prefix, error)
+    return None
+
+
+def listed_checkpoints(directory: str) -> list[str]:
+    """The checkpoints TensorFlow's state file (``checkpoint``) in `directory` lists,
+    newest first, whether or not their files are there."""
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None or not state.model_checkpoint_path:
+        return []
+    latest = state.model_checkpoint_path
+    return [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+
+
+def resumable_checkpoint(directory: str) -> tuple[Optional[str], list[tuple[str, str]]]:
+    """The newest checkpoint of `directory` that reads back whole (None if it lists none),
+    and the newer ones passed over, each with its reason.
+
+    Training resumes from it and the checks of a rerun read its position, so both go on
+    from the same checkpoint when the newest one was deleted or damaged.
+
+    Raises:
+        DamagedCheckpointError: every checkpoint listed is unreadable.
+    """
+    listed = listed_checkpoints(directory)
+    if listed:
+        refuse_glob_pattern(directory)
+    unreadable = []
+    for prefix in listed:
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            return prefix, unreadable
+        unreadable.append((prefix, problem))
+    if unreadable:
+        named = "; ".join(f"{prefix}: {problem}" for prefix, problem in unreadable)
+        raise DamagedCheckpointError(
+            f"no checkpoint in {directory} can be read ({named}). Delete the folder "
+            f"{directory} to train the run again from its start.")
+    return None, []
 
 
 @dataclasses.dataclass
@@ -236,9 +326,26 @@ class RunDir:
 
     # -- weights -------------------------------------------------------------------
     def weights_path(self) -> str:
-        """The best epoch's checkpoint, else the latest one."""
-        path = (tf.train.latest_checkpoint(self.best_dir())
-                or tf.train.latest_checkpoint(self.checkpoints_dir()))
+        """The best epoch's checkpoint, else the newest training checkpoint that reads
+        back (`resumable_checkpoint`).
+
+        Raises:
+            FileNotFoundError: the run has no checkpoint (it was never trained).
+            DamagedCheckpointError: ``best/`` names a checkpoint that cannot be read, or
+                no checkpoint of ``checkpoints/`` can be, or the path holds a '['.
+        """
+        best = listed_checkpoints(self.best_dir())
+        if best:
+            refuse_glob_pattern(self.path)
+            problem = checkpoint_problem(best[0])
+            if problem is not None:
+                raise DamagedCheckpointError(
+                    f"the best weights {best[0]} cannot be read ({problem}). Delete the folder "
+                    f"{self.best_dir()} to use the last training checkpoint instead (the last "
+                    f"epoch's weights), then calibrate τ for them: ofrnn-train "
+                    f"--workdir={self.path} --mode=eval")
+            return best[0]
+        path, _ = resumable_checkpoint(self.checkpoints_dir())
         if not path:
             raise FileNotFoundError(f"no checkpoint in {self.path}: train first")
         return path
@@ -251,6 +358,42 @@ class RunDir:
                                 facts.label_order, stage2_loss=config.train.loss)
         tf.train.Checkpoint(model=model).restore(self.weights_path()).expect_partial()
         return model, config, facts
+
+    # -- one command at a time ------------------------------------------------------
+    @property
+    def lock_file(self) -> str:
+        return self.file(LOCK_FILENAME)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds the run folder (creating it) for one command: two commands training or
+        evaluating one run at once would write the same checkpoints and results.
+
+        The hold is an exclusive `fcntl.flock` on ``.lock``, which names its holder
+        (`owner_tag`). The kernel drops it when the process ends, killed or not, so a
+        ``.lock`` left behind never blocks the next command.
+
+        Raises:
+            RunInUseError: another process holds the folder (named by pid and host).
+        """
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = describe_owner(os.pread(fd, 256, 0).decode(errors="replace"))
+                raise RunInUseError(
+                    f"{self.path} is in use by {holder}: another command trains or evaluates "
+                    f"this run folder. Wait for it to end, or use another --workdir.") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, owner_tag().encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # names no holder once released
+        finally:
+            os.close(fd)  # releases the lock (and so does the end of the process)
 
     # -- calibration, metrics, timing ----------------------------------------------
     def calibration(self, beam_size: int) -> Optional[dict]:

@@ -25,7 +25,7 @@ from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import SplitTooSmallError
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.labels import LabelMap
-from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.run_dir import DamagedCheckpointError, IncompatibleRunError, RunDir, RunFacts
 
 NAMES = ("circle", "square", "stripe", "dot")
 SHAPE = (2, 2, 6)
@@ -446,3 +446,49 @@ def test_the_command_reports_eval_of_a_missing_run_without_a_traceback(tmp_path)
                         "--mode=eval"], expect_failure=True)
     assert "is not a run folder (run.json missing)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- damaged checkpoints ----------------------------------------------------------------
+def damage(prefix: str, how: str) -> None:
+    """Damages the checkpoint `prefix` as a lost or cut-short copy leaves it."""
+    data = f"{prefix}.data-00000-of-00001"
+    if how == "deleted":
+        for path in (data, f"{prefix}.index"):
+            os.remove(path)
+    elif how == "data_deleted":
+        os.remove(data)
+    else:  # truncated
+        os.truncate(data, 100)
+
+
+@pytest.mark.parametrize("how", ["deleted", "data_deleted", "truncated"])
+def test_a_damaged_last_checkpoint_is_skipped_by_training_and_the_rerun_checks_alike(
+        trained, tmp_path, capsys, how):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    newest, older = (os.path.join(run_dir.checkpoints_dir(), f"ckpt-{n}") for n in (8, 4))
+    damage(newest, how)
+    # The checks of a rerun read the checkpoint training goes on from: the start of stage 2.
+    assert pipeline.latest_position(run_dir) == {"stage": 2, "epoch": 0, "step_in_epoch": 0}
+    with pytest.raises(IncompatibleRunError, match=r"stage1.epochs: .* \(stage1 is finished\)"):
+        pipeline.check_finished_stages(run_dir, config.replace(stage1={"epochs": 2}), "train")
+    train(config, run_dir.path, trained[2])
+    err = capsys.readouterr().err
+    assert f"skipped checkpoint {newest}: " in err
+    assert f"resuming from the older {older}" in err
+    assert pipeline.latest_position(run_dir)["stage"] == 3  # stage 2 trained again, saved whole
+
+
+def test_no_readable_checkpoint_is_refused_naming_each_and_the_folder_to_delete(
+        trained, tmp_path):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    for number in (4, 8):
+        damage(os.path.join(run_dir.checkpoints_dir(), f"ckpt-{number}"), "truncated")
+    refused = (r"no checkpoint in .*checkpoints can be read \(.*ckpt-8: a file of it is cut "
+               r"short .*ckpt-4: .*\)\. Delete the folder .*checkpoints to train the run "
+               r"again from its start")
+    with pytest.raises(DamagedCheckpointError, match=refused):  # before any data work
+        pipeline.check_finished_stages(run_dir, config, "train")
+    with pytest.raises(DamagedCheckpointError, match=refused):
+        pipeline.make_trainer(config, FACTS, run_dir, trained[2]).train()

@@ -62,28 +62,53 @@ def usable_config(make_config):
         raise app.UsageError(str(error)) from None
 
 
-def trained_run(workdir: str):
-    """The `RunDir` of `workdir`, which must be a run folder with a checkpoint: a usage
-    error otherwise, before any model is built."""
-    from ofrnn_tf.run_dir import RunDir  # deferred: it imports TensorFlow
+def refuse_glob_characters(flag: str, path: str, absolute: bool = False) -> None:
+    """A usage error when `path` (the value of ``--<flag>``; with `absolute`, its absolute
+    form, as TensorFlow Serving is given a model's base path) holds a '['.
 
+    TensorFlow looks a checkpoint's files up by glob pattern (``GetMatchingPaths``, for
+    `tf.train.latest_checkpoint`, the checkpoint reader and a SavedModel's variables),
+    where '[' opens a character class, so it finds none of them. Escaping the '[' does
+    not help: the readers then open the files by the escaped name.
+    """
+    shown = os.path.abspath(path) if absolute else path
+    if "[" in shown:
+        where = "" if "[" in path else f" (absolute path {shown})"
+        raise app.UsageError(
+            f"--{flag}={path}{where} contains '[': TensorFlow reads checkpoint paths as glob "
+            f"patterns and cannot find the files under it; rename the folder without '['")
+
+
+def trained_run(workdir: str):
+    """The `RunDir` of `workdir`, which must be a run folder with a checkpoint that reads
+    back and a label map that agrees with its ``run.json``: a usage error otherwise,
+    before any model is built."""
+    from ofrnn_tf.labels import LabelMapMismatchError  # deferred: these import TensorFlow
+    from ofrnn_tf.run_dir import DamagedCheckpointError, RunDir
+
+    refuse_glob_characters("workdir", workdir)
     run_dir = RunDir(workdir)
     try:
         run_dir.require().weights_path()
-    except FileNotFoundError as error:
+        run_dir.label_map()
+    except (FileNotFoundError, DamagedCheckpointError, LabelMapMismatchError) as error:
         raise app.UsageError(str(error)) from None
     return run_dir
 
 
 def input_errors() -> tuple[type, ...]:
     """The errors that are the input's fault (the data's files, the flags' split sizes, a
-    feature cache or backbone weights they point at): a command says them in one line,
-    as usage errors; any other error keeps its traceback."""
+    feature cache or backbone weights they point at, a run folder's damaged checkpoint or
+    edited label map): a command says them in one line, as usage errors; any other error
+    keeps its traceback."""
     # deferred: these modules import TensorFlow
     from ofrnn_tf.data import DataFileError, DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavailableError
     from ofrnn_tf.features.cache import FeatureCacheMismatchError, FeatureCacheNotFoundError
+    from ofrnn_tf.labels import LabelMapMismatchError
+    from ofrnn_tf.run_dir import DamagedCheckpointError
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
-            FeatureCacheMismatchError, BackboneWeightsUnavailableError)
+            FeatureCacheMismatchError, BackboneWeightsUnavailableError, LabelMapMismatchError,
+            DamagedCheckpointError)

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import runner, trained_run
+from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, trained_run
 from ofrnn_tf.export.saved_model import (
     WarmupImageError, check_warmup_images, save_inference_module)
 from ofrnn_tf.inference.module import (
@@ -58,6 +58,9 @@ def main(argv):
         raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a folder")
+    refuse_glob_characters("workdir", FLAGS.workdir)
+    # TensorFlow Serving is given the absolute base path, and reads the variables by it.
+    refuse_glob_characters("export_dir", FLAGS.export_dir, absolute=True)
     logging.set_verbosity(logging.WARNING)  # TensorFlow's notes on every function it saves
     run_dir = trained_run(FLAGS.workdir)
     if FLAGS.warmup_images:
@@ -66,7 +69,7 @@ def main(argv):
         module = InferenceModule.from_run(run_dir, beam_size=FLAGS.beam_size,
                                           max_image_pixels=FLAGS.max_image_pixels,
                                           jit_compile=FLAGS.jit_compile)
-    except UncalibratedBeamSizeError as e:
+    except (UncalibratedBeamSizeError, *input_errors()) as e:
         raise app.UsageError(str(e)) from None
     if not FLAGS.warmup_images:
         paths = _usable_run_examples(module, run_dir.example_images(), FLAGS.num_warmup_images)

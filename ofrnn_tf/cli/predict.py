@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from ofrnn_tf.cli import runner, trained_run
+from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, trained_run
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.inference.module import UncalibratedBeamSizeError
 from ofrnn_tf.inference.predictor import Predictor
@@ -45,6 +45,7 @@ def main(argv):
     arguments = argv[1:]
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
+    refuse_glob_characters("workdir", FLAGS.workdir)
     if not arguments:
         raise app.UsageError("give at least one image file or folder after the flags")
     if FLAGS.tau is not None and not 0.0 <= FLAGS.tau <= 1.0:  # also refuses NaN
@@ -58,6 +59,8 @@ def main(argv):
                                        batch_size=FLAGS.batch_size)
     except UncalibratedBeamSizeError as error:
         raise app.UsageError(f"{error} Or pass --tau.") from None
+    except input_errors() as error:  # an edited label map, backbone weights out of reach
+        raise app.UsageError(str(error)) from None
     draw = bool(FLAGS.attention_dir)
     if draw:
         if not predictor.module.has_attention:

@@ -18,9 +18,11 @@ K to calibration.json and writes ``metrics_test_kK.json``, leaving the run's bea
 and ``metrics_test.json`` as they were; other decoding settings are refused there.
 """
 
+import contextlib
+
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import input_errors, runner, usable_config
+from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, usable_config
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
     CONFIG_FLAG, config_from_flags, define_config_flags, describe, overrides_from_flags)
@@ -59,22 +61,39 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
+    refuse_glob_characters("workdir", FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # keep TF's per-checkpoint INFO lines out of the progress
     config = resolve_config(FLAGS.workdir)
     if FLAGS.print_config:
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
-    from ofrnn_tf.run_dir import IncompatibleRunError
+    from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunInUseError
 
-    refused = input_errors() + (IncompatibleRunError, pipeline.UnfinishedRunError)
+    refused = input_errors() + (IncompatibleRunError, pipeline.UnfinishedRunError,
+                                RunInUseError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:
-        pipeline.run(config, FLAGS.workdir, FLAGS.mode)
+        with _held(RunDir(FLAGS.workdir), config):
+            pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     except refused as error:
         raise app.UsageError(str(error)) from None  # the command, not the code, is at fault
     return 0
+
+
+def _held(run_dir, config: ExperimentConfig):
+    """The run folder held for this command (`RunDir.exclusive`), so that a second
+    command on it is refused at once. A worker other than the chief of a multi-worker
+    run shares the folder with its chief and holds nothing; eval mode does not create
+    a folder that is not there (`pipeline.run` refuses it)."""
+    from ofrnn_tf.training.distribute import is_chief_task
+
+    if FLAGS.mode == "eval" and not run_dir.exists():
+        return contextlib.nullcontext()
+    if config.runtime.strategy == "multi_worker" and not is_chief_task():
+        return contextlib.nullcontext()
+    return run_dir.exclusive()
 
 
 run = runner(define_flags, main,

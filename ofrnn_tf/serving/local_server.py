@@ -45,7 +45,8 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ofrnn_tf.cli import runner  # first: it sets TensorFlow's C++ log level for the command
+# First: it sets TensorFlow's C++ log level for the command.
+from ofrnn_tf.cli import refuse_glob_characters, runner
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -538,6 +539,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.model_base_path:
         raise app.UsageError("--model_base_path is required")
+    # As TensorFlow Serving is given it: an absolute path, its variables read by pattern.
+    refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
     try:
         server, port = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.host, FLAGS.port,
                              max_message_bytes=FLAGS.max_message_bytes,

@@ -39,6 +39,18 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         resolver.task_type == "worker" and resolver.task_id == 0)
 
 
+def is_chief_task() -> bool:
+    """Whether this process is the chief (as `is_chief` decides), read from TF_CONFIG
+    before any strategy is made; True without a task there."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return True  # `make_strategy` refuses it
+    task_type = task.get("type")
+    return (not task_type or task_type == "chief"
+            or (task_type == "worker" and int(task.get("index", 0)) == 0))
+
+
 def num_workers(strategy: tf.distribute.Strategy) -> int:
     """Machines taking part (1 unless MultiWorkerMirroredStrategy spans several)."""
     resolver = getattr(strategy, "cluster_resolver", None)

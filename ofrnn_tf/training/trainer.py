@@ -30,6 +30,8 @@ trained (its step count complete) and again once validated, so a validation that
 fails loses no training: the rerun redoes only the validation. The last stage's final
 checkpoint keeps its last epoch's weights and optimizer state (the best epoch's
 weights are in ``best/``), so a finished run given more epochs goes on from there.
+A checkpoint whose files were deleted or damaged since is passed over with a note: the
+run goes on from the newest one that reads back whole.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from tqdm import tqdm
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
-from ofrnn_tf.run_dir import RunDir, RunFacts
+from ofrnn_tf.run_dir import RunDir, RunFacts, resumable_checkpoint
 from ofrnn_tf.training.distribute import is_chief, num_workers
 
 # input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
@@ -88,9 +90,9 @@ def checkpoint_position(path: str) -> dict[str, int]:
             for name in ("stage", "epoch", "step_in_epoch")}
 
 
-def _checkpoints_scale_loss(directory: str, mixed_precision: bool) -> bool:
-    """Whether the optimizers scale the loss: as the run's checkpoints in `directory`
-    were written, when there are any, else with `mixed_precision`.
+def _checkpoints_scale_loss(latest: Optional[str], mixed_precision: bool) -> bool:
+    """Whether the optimizers scale the loss: as the run's checkpoint `latest` (the one
+    it resumes from) was written, when there is one, else with `mixed_precision`.
 
     A loss-scaling optimizer saves another checkpoint layout than plain Adam, and
     `--runtime.mixed_precision` may change between reruns (a run moved off its GPUs):
@@ -98,7 +100,6 @@ def _checkpoints_scale_loss(directory: str, mixed_precision: bool) -> bool:
     the loss and divides the gradients back; without it a float16 run risks gradients
     too small for float16 until the run ends, so it says so.
     """
-    latest = tf.train.latest_checkpoint(directory)
     if latest is None:
         return mixed_precision
     scaled = any(name.startswith("optimizer_stage1/dynamic_scale/")
@@ -188,8 +189,8 @@ class Trainer:
         runtime = config.runtime
         # Every worker must take part in a save; only the chief's copy is kept.
         worker = None if self.chief else strategy.cluster_resolver.task_id
-        self.loss_scaling = _checkpoints_scale_loss(run_dir.checkpoints_dir(worker),
-                                                    runtime.mixed_precision)
+        resume_from, _ = resumable_checkpoint(run_dir.checkpoints_dir(worker))
+        self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         # The run's precision, whatever policy the caller's session has (its own comes back).
         with global_dtype_policy("mixed_float16" if runtime.mixed_precision else "float32"), \
@@ -400,14 +401,19 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------
     def restore(self) -> bool:
-        """Restores the latest checkpoint; returns whether there was one.
+        """Restores the newest checkpoint that reads back whole; returns whether there
+        was one. Newer ones that cannot be read (deleted or damaged files) are passed
+        over, each named with a note (`resumable_checkpoint`).
 
         A save cut short (the process killed while TensorFlow wrote its shards) leaves a
         ``<prefix>_temp`` folder that no later save reuses: it is removed here."""
         for manager in (self.manager, self.best_manager):
             for leftover in glob.glob(os.path.join(glob.escape(manager.directory), "*_temp")):
                 shutil.rmtree(leftover, ignore_errors=True)
-        latest = self.manager.latest_checkpoint
+        latest, unreadable = resumable_checkpoint(self.manager.directory)
+        for prefix, problem in unreadable:
+            print(f"[train] skipped checkpoint {prefix}: {problem}; resuming from the older "
+                  f"{latest} (the files {prefix}.* can be deleted)", file=sys.stderr)
         if self.chief:
             self._logged = _last_logged_steps(self.run_dir.tensorboard_dir)
         if latest:

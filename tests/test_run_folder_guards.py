@@ -1,0 +1,159 @@
+"""What a run folder refuses, in one line, before any work: a path TensorFlow cannot read
+checkpoints under, a damaged ``best/``, an edited label map, and a second command on a
+folder another one holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from absl import app
+
+from conftest import ROOT, run_checked
+from ofrnn_tf.cli import refuse_glob_characters, trained_run
+from ofrnn_tf.processes import owner_tag
+from ofrnn_tf.run_dir import DamagedCheckpointError, RunDir, RunInUseError
+from ofrnn_tf.training.distribute import is_chief_task
+
+
+def with_best_weights(run: str) -> RunDir:
+    """The fake run `run` with its checkpoint copied as the best epoch's weights."""
+    run_dir = RunDir(str(run))
+    shutil.copytree(run_dir.checkpoints_dir(), run_dir.best_dir())
+    return run_dir
+
+
+def best_data_file(run_dir: RunDir) -> str:
+    (name,) = [n for n in os.listdir(run_dir.best_dir()) if ".data-" in n]
+    return os.path.join(run_dir.best_dir(), name)
+
+
+# -- a '[' in a path ---------------------------------------------------------------------
+def test_a_run_under_a_bracket_is_not_said_to_need_training(make_fake_run, tmp_path):
+    moved = tmp_path / "exp [lr=1e-3]" / "run"  # a finished run copied there
+    shutil.copytree(make_fake_run(tmp_path / "run"), moved)
+    run_dir = RunDir(str(moved))
+    with pytest.raises(DamagedCheckpointError, match=r"contains '\[': TensorFlow reads "
+                                                     r"checkpoint paths as glob patterns"):
+        run_dir.weights_path()
+
+
+def test_the_commands_refuse_a_bracket_in_a_path_before_any_work(make_fake_run, tmp_path):
+    fake = make_fake_run(tmp_path / "run")
+    held = tmp_path / "exp [v2]"
+    commands = {
+        "workdir": [str(ROOT / "train.py"), f"--workdir={held / 'run'}", "--mode=eval"],
+        "export_dir": [str(ROOT / "export.py"), f"--workdir={fake}",
+                       f"--export_dir={held / 'exports'}"],
+        "model_base_path": ["-m", "ofrnn_tf.serving.local_server",
+                            f"--model_base_path={held / 'exports'}"],
+    }
+    for flag, args in commands.items():
+        done = run_checked([sys.executable, *args], expect_failure=True)
+        assert f"--{flag}={held}" in done.stderr and "contains '['" in done.stderr, done.stderr
+        assert "rename the folder" in done.stderr and "Traceback" not in done.stderr
+    assert not held.exists()  # nothing trained, exported or created
+
+
+def test_a_relative_export_or_served_path_is_checked_as_serving_sees_it(tmp_path, monkeypatch):
+    inside = tmp_path / "work [1]"
+    inside.mkdir()
+    monkeypatch.chdir(inside)
+    refuse_glob_characters("workdir", "runs/a")  # TensorFlow reads the relative path
+    with pytest.raises(app.UsageError, match=r"--export_dir=exports \(absolute path .*work "
+                                             r"\[1\]/exports\) contains '\['"):
+        refuse_glob_characters("export_dir", "exports", absolute=True)
+
+
+# -- a damaged best/ -------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_damaged_best_weights_are_named_with_the_remedy(make_fake_run, tmp_path, how):
+    run_dir = with_best_weights(make_fake_run(tmp_path / "run"))
+    data = best_data_file(run_dir)
+    if how == "deleted":
+        os.remove(data)
+    else:
+        os.truncate(data, 100)
+    with pytest.raises(DamagedCheckpointError,
+                       match=rf"the best weights {run_dir.best_dir()}/ckpt-1 cannot be read .*"
+                             rf"Delete the folder {run_dir.best_dir()} to use the last training "
+                             r"checkpoint instead"):
+        run_dir.weights_path()
+    with pytest.raises(app.UsageError, match="the best weights"):  # predict's and export's check
+        trained_run(run_dir.path)
+    shutil.rmtree(run_dir.best_dir())  # the remedy
+    assert run_dir.weights_path() == os.path.join(run_dir.checkpoints_dir(), "ckpt-1")
+
+
+def test_predict_names_damaged_best_weights_in_one_line(make_fake_run, tmp_path):
+    run_dir = with_best_weights(make_fake_run(tmp_path / "run"))
+    os.truncate(best_data_file(run_dir), 100)
+    done = run_checked([sys.executable, str(ROOT / "predict.py"), f"--workdir={run_dir.path}",
+                        str(tmp_path / "any.jpg")], expect_failure=True)
+    assert "the best weights" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# -- an edited label map -----------------------------------------------------------------
+def test_predict_and_export_refuse_a_permuted_label_map_in_one_line(make_fake_run, tmp_path):
+    run = make_fake_run(tmp_path / "run")
+    label_map = run / "label_map.json"
+    data = json.loads(label_map.read_text())
+    data["names"] = data["names"][::-1]
+    label_map.write_text(json.dumps(data))
+    with pytest.raises(app.UsageError, match="label map mismatch"):
+        trained_run(str(run))
+    done = run_checked([sys.executable, str(ROOT / "predict.py"), f"--workdir={run}",
+                        str(tmp_path / "any.jpg")], expect_failure=True)
+    assert "label map mismatch" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# -- one command at a time ---------------------------------------------------------------
+HOLD = ("import sys, time\n"
+        "from ofrnn_tf.run_dir import RunDir\n"
+        "with RunDir(sys.argv[1]).exclusive():\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(120)\n")
+
+
+def test_a_held_run_folder_is_refused_naming_its_holder_until_it_dies(tmp_path):
+    run_dir = RunDir(str(tmp_path / "run"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, run_dir.path], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        host = owner_tag().rpartition("-")[0]
+        with pytest.raises(RunInUseError, match=rf"{run_dir.path} is in use by pid "
+                                                rf"{holder.pid} on host {host}"):
+            with run_dir.exclusive():
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert str(holder.pid) in open(run_dir.lock_file).read()  # left behind by the killed holder
+    with run_dir.exclusive():  # does not block: the kernel released the dead holder's lock
+        assert f"-{os.getpid()}" in open(run_dir.lock_file).read()
+
+
+def test_train_refuses_a_run_folder_another_command_holds(make_fake_run, tmp_path):
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    with run_dir.exclusive():
+        done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={run_dir.path}",
+                            "--mode=eval"], expect_failure=True)
+    assert f"is in use by pid {os.getpid()} on host" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("task, chief", [(None, True), ({"type": "worker", "index": 0}, True),
+                                         ({"type": "worker", "index": 1}, False),
+                                         ({"type": "chief", "index": 0}, True)])
+def test_only_the_chief_of_a_multi_worker_run_holds_the_folder(monkeypatch, task, chief):
+    # The workers of one run share its folder: the others must not be refused.
+    config = {"cluster": {"worker": ["a:1", "b:2"]}, **({"task": task} if task else {})}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    assert is_chief_task() is chief
