@@ -17,7 +17,7 @@ from PIL import Image
 from ofrnn_tf import pipeline
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, check_encoded_images
-from ofrnn_tf.features.images import read_image_header
+from ofrnn_tf.features.images import gif_frames, read_image_header
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
 
@@ -341,12 +341,13 @@ def test_predict_and_the_served_graph_cap_the_walk_over_gif_frames_alike():
     assert graph_accepts(within, limit) and python_accepts(within, limit)
     assert decoded_size(within) == (40, 30)
     assert not graph_accepts(beyond, limit)
-    with pytest.raises(ValueError, match=f"GIF too long to check: its blocks go on past "
-                                         f"{MAX_GIF_STEPS} steps"):
+    too_long = (f"GIF with more frames or blocks than the check reads ({MAX_GIF_STEPS} "
+                f"steps of its walk over the frames): the model reads only the first frame, "
+                f"so send that frame as a PNG or JPEG")
+    with pytest.raises(ValueError, match=re.escape(too_long)):
         read_image_header(beyond, limit)
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
-            f"images[0] is a GIF too long to check: its blocks go on past {MAX_GIF_STEPS} "
-            f"steps of the walk over its frames")):
+            f"images[0] is a {too_long}")):
         _check_with_limit(tf.constant([beyond]), tf.constant(limit, tf.int64))
 
 
@@ -362,6 +363,47 @@ def test_predict_and_the_served_graph_agree_on_random_gifs(block):
         assert graph_accepts(data, limit) == accepted, seed
         size = decoded_size(data) if accepted else None
         assert size is None or size[0] * size[1] <= limit, (seed, size)
+
+
+def _many_frames(seed: int) -> bytes:
+    """A GIF of up to 300 frames of random sizes, with or without local colour tables of
+    random sizes and comments between them, data of one sub-block each (not decodable:
+    the walk reads headers only), with or without its trailer, sometimes cut off."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for _ in range(int(rng.integers(1, 300))):
+        if rng.random() < 0.2:
+            blocks.append(b"\x21\xfe" + _sub_blocks(noise(int(rng.integers(0, 300)), seed), rng))
+        bits = int(rng.integers(0, 8))
+        local = rng.random() < 0.4
+        blocks.append(b"\x2c" + struct.pack("<HHHHB", 0, 0, *(int(v) for v in rng.integers(
+            0, 400, 2)), 0x80 | bits if local else 0) + bytes(6 << bits if local else 0)
+            + b"\x02\x02\x44\x01\x00")
+    data = (b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + bytes(6) + b"".join(blocks)
+            + (b";" if rng.random() < 0.7 else b""))
+    return data[:int(rng.integers(20, len(data) + 1))] if rng.random() < 0.2 else data
+
+
+def test_the_served_graph_counts_every_frame_as_predict_does():
+    """The graph's walk over a GIF's frames finds the Python walk's frame count, pixels,
+    widest width and tallest height, on GIFs of many frames of random sizes."""
+    from ofrnn_tf.features import image_guards
+    from ofrnn_tf.features.images import _gif_descriptor
+    gifs = [g for g in map(_many_frames, range(40)) if _safe_descriptor(g) is not None]
+    starts = [_gif_descriptor(g) for g in gifs]
+    stats, unchecked = image_guards._gif_frames(tf.constant(gifs), tf.constant(starts, tf.int32),
+                                                tf.ones([len(gifs)], tf.bool))
+    for i, data in enumerate(gifs):
+        assert not unchecked[i]
+        assert tuple(stats[i].numpy()) == tuple(gif_frames(data)), i
+
+
+def _safe_descriptor(data: bytes):
+    from ofrnn_tf.features.images import _gif_descriptor
+    try:
+        return _gif_descriptor(data)
+    except ValueError:
+        return None
 
 
 # -- the run's example images ---------------------------------------------------------------

@@ -118,8 +118,11 @@ single-frame PIL GIFs of 224x224 pixels (42 KB each) 0.63 -> 2.2 ms, one of them
 0.45 -> 0.66 ms (a step each: the run of 255-byte sub-blocks, then the end of the
 data); a PIL animation of 40 frames of 224x224 (1.6 MB) 0.50 -> 5.4 ms (a step per
 frame and per 64 KB); a GIF of ``MAX_GIF_STEPS`` 1x1 frames (17 KB), the most steps
-a GIF can take, 0.96 -> 127 ms (one more frame and it is refused, at the same cost); a batch of 32
-of them about 1.7 s, which bounds what a request of such files can cost.
+a GIF can take, 0.96 -> 127 ms (one more frame and it is refused). A request walks
+its GIFs once: `decode_images` hands the header pass's verdict to the branch that
+decodes or refuses, and a refusal reads again only the image it names. Served
+(`decode_images`), a batch of 32 such GIFs costs about 1.7 s, which bounds what a
+request of such files can cost (`benchmarks/bench_image_guards.py`).
 To stay this cheap the code keeps to few, vectorised ops: one read of the first
 256 bytes, a table of next-segment positions over them for the JPEG walk, one
 matrix product for every header field, a table of bounds per layout; and it
@@ -138,7 +141,8 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.images import (
-    FORMAT_MAGIC, GIF_RUN, GIF_SPAN, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MISTAKEN_FORMAT_BYTES,
+    FORMAT_MAGIC, GIF_REMEDY, GIF_RUN, GIF_SPAN, MAX_GIF_BLOCKS, MAX_GIF_STEPS,
+    MISTAKEN_FORMAT_BYTES,
     MISTAKEN_FORMATS, decode_and_resize, out_of_line)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
@@ -707,22 +711,26 @@ def _format_hint(image: tf.Tensor) -> tf.Tensor:
 
 
 @out_of_line
-def _header_message(images: tf.Tensor, limit: tf.Tensor, max_jpeg_segments: int) -> tf.Tensor:
-    """Why a batch is refused: empty, or the first refused image and why.
+def _header_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
+                    max_jpeg_segments: int) -> tf.Tensor:
+    """Why a batch is refused: empty, or the first refused image and why (``passed``:
+    which images the header pass accepted).
 
-    Runs only once a batch failed: it repeats the header pass and looks closer.
+    Runs only once a batch failed: it reads the refused image's header again and looks
+    closer.
     """
     return tf.cond(tf.size(images) > 0,
-                   lambda: _image_message(images, limit, max_jpeg_segments),
+                   lambda: _image_message(images, limit, passed, max_jpeg_segments),
                    lambda: tf.constant("images is an empty batch: send at least one image"))
 
 
-def _image_message(images: tf.Tensor, limit: tf.Tensor, max_jpeg_segments: int) -> tf.Tensor:
-    info = _read_headers(images, max_jpeg_segments)
-    ok = tf.logical_and(info.valid, info.pixels <= limit)
-    i = tf.argmax(tf.cast(tf.logical_not(ok), tf.int32), output_type=tf.int32)
-    image, length, layout, fields = images[i], info.length[i], info.layout[i], info.fields[i]
-    pos, frame, pixels = info.pos[i], info.frame[i], info.pixels[i]
+def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
+                   max_jpeg_segments: int) -> tf.Tensor:
+    i = tf.argmax(tf.cast(tf.logical_not(passed), tf.int32), output_type=tf.int32)
+    image = images[i:i + 1]
+    info = _read_headers(image, max_jpeg_segments)
+    image, length, layout, fields = image[0], info.length[0], info.layout[0], info.fields[0]
+    pos, frame, pixels = info.pos[0], info.frame[0], info.pixels[0]
     width, height = fields[_F_WIDTH + layout], fields[_F_HEIGHT + layout]
     is_jpeg, is_gif = tf.equal(layout, _JPEG), tf.equal(layout, _GIF)
     available = tf.where(tf.logical_or(is_jpeg, is_gif), fields[_F_AVAILABLE],
@@ -777,7 +785,7 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, max_jpeg_segments: int) 
                           " pixels, above the limit of ", _str(limit), " pixels"])),
         (tf.logical_and(is_gif, pixels > limit), tf.cond(
             tf.logical_and(is_gif, pixels > limit),
-            lambda: _gif_frames_message(images[i:i + 1], pos[None], limit, a_format),
+            lambda: _gif_frames_message(image[None], pos[None], limit, a_format),
             lambda: tf.constant(""))),
     ], tf.strings.join([a_format, " with an invalid header"]))
 
@@ -790,17 +798,17 @@ def _gif_frames_message(image, pos, limit, a_format):
     frames, pixels, width, height = tf.unstack(stats[0])
     canvas = width * height
     over = tf.strings.join([" pixels in all, above the limit of ", _str(limit), " pixels"])
-    return _first([
-        (unchecked[0], tf.strings.join([a_format, f" too long to check: its blocks go on "
-                                                  f"past {MAX_GIF_STEPS} steps of the walk "
-                                                  f"over its frames"])),
+    return tf.strings.join([_first([
+        (unchecked[0], tf.strings.join([a_format, f" with more frames or blocks than the "
+                                                  f"check reads ({MAX_GIF_STEPS} steps of its "
+                                                  f"walk over the frames)"])),
         (canvas > limit,
          tf.strings.join([a_format, " whose frames make a canvas of ", _str(width), "x",
                           _str(height), " = ", _str(canvas), " pixels (the width of its widest "
                           "frame by the height of its tallest), above the limit of ",
                           _str(limit), " pixels"])),
     ], tf.strings.join([a_format, " whose ", _str(frames), " frames hold ", _str(pixels),
-                        over]))
+                        over])), GIF_REMEDY])
 
 
 def _failing(message: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
@@ -810,15 +818,19 @@ def _failing(message: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
 
 
 def _header_pass(images, max_image_pixels, max_jpeg_segments):
-    """``(images, limit, headers, ok)``: ``ok`` says that the whole batch passes."""
+    """``(images, limit, headers, passed, ok)``: ``passed`` says which images pass,
+    ``ok`` that the whole batch does."""
     images = tf.convert_to_tensor(images, tf.string)
     if images.shape.rank is not None and images.shape.rank != 1:
         raise ValueError(f"images must be a vector of encoded images, got shape {images.shape}")
     limit = tf.cast(tf.convert_to_tensor(max_image_pixels), tf.int64)
     info = _read_headers(images, max_jpeg_segments)
-    ok = tf.logical_and(tf.size(images) > 0, tf.reduce_all(
-        tf.logical_and(info.valid, info.pixels <= limit)))
-    return images, limit, info, ok
+    passed = tf.logical_and(info.valid, info.pixels <= limit)
+    return images, limit, info, passed, _all_passed(passed)
+
+
+def _all_passed(passed: tf.Tensor) -> tf.Tensor:
+    return tf.logical_and(tf.size(passed) > 0, tf.reduce_all(passed))
 
 
 @tf.autograph.experimental.do_not_convert
@@ -841,10 +853,10 @@ def check_encoded_images(images, max_image_pixels,
         header, no pixels, or more than ``max_image_pixels`` pixels; the message
         names the first such image as ``images[i]``.
     """
-    images, limit, _, ok = _header_pass(images, max_image_pixels, max_jpeg_segments)
+    images, limit, _, passed, ok = _header_pass(images, max_image_pixels, max_jpeg_segments)
     # The message is built in the false branch only: passing costs one cond.
     checked = tf.cond(ok, lambda: tf.constant(True), lambda: _failing(
-        _header_message(images, limit, max_jpeg_segments), tf.constant(False)))
+        _header_message(images, limit, passed, max_jpeg_segments), tf.constant(False)))
     with tf.control_dependencies([checked]):
         return tf.identity(images)
 
@@ -906,10 +918,10 @@ def decode_images(images, image_size: int, max_image_pixels, *,
     if name_decode_failures not in NAME_DECODE_FAILURES:
         raise ValueError(f"name_decode_failures must be one of {NAME_DECODE_FAILURES}, "
                          f"got {name_decode_failures!r}")
-    images, limit, info, ok = _header_pass(images, max_image_pixels, max_jpeg_segments)
+    images, limit, info, passed, ok = _header_pass(images, max_image_pixels, max_jpeg_segments)
 
     def refuse():
-        return _failing(_header_message(images, limit, max_jpeg_segments),
+        return _failing(_header_message(images, limit, passed, max_jpeg_segments),
                         tf.zeros([0, image_size, image_size, 3], tf.uint8))
 
     # Under "auto" this plain path only takes a single image that looks complete, which a
@@ -926,7 +938,8 @@ def decode_images(images, image_size: int, max_image_pixels, *,
         return _decode_naming_failures(images, image_size, max_jpeg_segments)
 
     # One cond in front of the decoder. Its predicate is the header checks, and for
-    # "auto" a single image that looks complete; the other branch checks again.
+    # "auto" a single image that looks complete; the other branch takes the checks'
+    # verdict (a GIF's frames are walked once a request).
     if name_decode_failures == "auto":
         # One image alone is the only one a failure can be about; in a batch of several,
         # the index is worth a tf.data pipeline (a few per cent of a batch's decoding).
@@ -934,7 +947,7 @@ def decode_images(images, image_size: int, max_image_pixels, *,
         plain = tf.logical_and(ok, tf.logical_and(alone, tf.reduce_all(_looks_complete(images, info))))
         pixels = tf.cond(plain,
                          decode_all, lambda: _check_then_decode_naming_failures(
-                             images, limit, image_size, max_jpeg_segments))
+                             images, limit, passed, image_size, max_jpeg_segments))
     else:
         pixels = tf.cond(ok, decode_all if name_decode_failures == "never"
                          else decode_naming_failures, refuse)
@@ -943,10 +956,11 @@ def decode_images(images, image_size: int, max_image_pixels, *,
 
 
 @out_of_line
-def _check_then_decode_naming_failures(images: tf.Tensor, limit: tf.Tensor, image_size: int,
-                                       max_jpeg_segments: int) -> tf.Tensor:
-    """The other branch of "auto": refuse the headers, or decode through ``tf.data``."""
-    images, limit, _, ok = _header_pass(images, limit, max_jpeg_segments)
-    return tf.cond(ok, lambda: _decode_naming_failures(images, image_size, max_jpeg_segments),
-                   lambda: _failing(_header_message(images, limit, max_jpeg_segments),
+def _check_then_decode_naming_failures(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
+                                       image_size: int, max_jpeg_segments: int) -> tf.Tensor:
+    """The other branch of "auto": refuse the headers (``passed``: the header pass's
+    verdict on each image), or decode through ``tf.data``."""
+    return tf.cond(_all_passed(passed),
+                   lambda: _decode_naming_failures(images, image_size, max_jpeg_segments),
+                   lambda: _failing(_header_message(images, limit, passed, max_jpeg_segments),
                                     tf.zeros([0, image_size, image_size, 3], tf.uint8)))

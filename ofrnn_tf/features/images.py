@@ -206,6 +206,8 @@ _GIF_DESCRIPTOR_BYTES = 10  # 2C, left, top, width, height (2 bytes each), flags
 GIF_RUN = 256
 GIF_SPAN = 512
 MAX_GIF_STEPS = 1024
+# What to do about a GIF refused for its later frames: the model reads the first only.
+GIF_REMEDY = ": the model reads only the first frame, so send that frame as a PNG or JPEG"
 
 
 def gif_colour_table_end(flags: int) -> int:
@@ -348,8 +350,8 @@ def gif_frames(data: bytes) -> GifFrames:
         if not going_on:
             break
     else:
-        raise ValueError(f"GIF too long to check: its blocks go on past {MAX_GIF_STEPS} "
-                         f"steps of the walk over its frames")
+        raise ValueError(f"GIF with more frames or blocks than the check reads "
+                         f"({MAX_GIF_STEPS} steps of its walk over the frames){GIF_REMEDY}")
     return GifFrames(frames, pixels, width, height)
 
 
@@ -369,10 +371,10 @@ def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,
     if frames.canvas > max_image_pixels:
         return (f"GIF whose frames make a canvas of {frames.width}x{frames.height} = "
                 f"{frames.canvas} pixels (the width of its widest frame by the height of its "
-                f"tallest) is above the limit of {max_image_pixels} pixels")
+                f"tallest) is above the limit of {max_image_pixels} pixels{GIF_REMEDY}")
     if frames.pixels > max_image_pixels:
         return (f"GIF whose {frames.frames} frames hold {frames.pixels} pixels in all is "
-                f"above the limit of {max_image_pixels} pixels")
+                f"above the limit of {max_image_pixels} pixels{GIF_REMEDY}")
     return None
 
 
