@@ -14,6 +14,7 @@ reports their medians and the guards' share of the first:
 - the most steps a GIF can make the frame walk take (a frame a step): ``MAX_GIF_STEPS``
   frames of one pixel (15 KB), one and 32 (a file with one frame more is refused at
   the same cost);
+- 31 of the JPEGs and one such GIF: only GIFs are walked;
 - as many frames with a local colour table of 256 colours each (800 KB): the walk's
   cost is its steps', not its bytes'.
 
@@ -88,6 +89,7 @@ def image_sets() -> dict[str, list[bytes]]:
             "animated GIF, 40 frames": [animation],
             f"GIF of {MAX_GIF_STEPS} one-pixel frames": [small_frames],
             f"32 GIFs of {MAX_GIF_STEPS} one-pixel frames": [small_frames] * 32,
+            f"31 JPEGs and a GIF of {MAX_GIF_STEPS} one-pixel frames": jpegs[:31] + [small_frames],
             f"GIF of {MAX_GIF_STEPS} one-pixel frames with colour tables": [most_steps],
             f"32 GIFs of {MAX_GIF_STEPS} one-pixel frames with colour tables": [most_steps] * 32}
 

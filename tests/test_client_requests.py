@@ -200,6 +200,18 @@ def test_an_image_above_the_servers_own_pixel_limit_is_not_sent_again(serve, tmp
     assert len(service.requests) == 1
 
 
+def test_a_refusal_in_the_exported_models_words_reads_as_a_sentence(serve, tmp_path):
+    # The export says "images[i] is a ...", without the colon of ofrnn-serve's own checks.
+    target, _ = serve(lambda images: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0] is a GIF whose 5 frames hold 320 pixels in all, above the limit of 50 "
+        "pixels"))
+    (path,) = files(tmp_path, [png(10)])
+    (result,) = client.predict_files(target, [path], batch_size=1)
+    assert result["error"] == (f"{path}: refused by the server: the image is a GIF whose 5 "
+                               f"frames hold 320 pixels in all, above the limit of 50 pixels")
+
+
 def test_a_server_at_its_limit_of_requests_stops_the_command(serve, tmp_path):
     # RESOURCE_EXHAUSTED for too many requests in flight says nothing of the images.
     target, service = serve(lambda images: (grpc.StatusCode.RESOURCE_EXHAUSTED,

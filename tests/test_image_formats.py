@@ -349,6 +349,10 @@ def test_predict_and_the_served_graph_cap_the_walk_over_gif_frames_alike():
     with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
             f"images[0] is a {too_long}")):
         _check_with_limit(tf.constant([beyond]), tf.constant(limit, tf.int64))
+    # Refused at any limit: ofrnn-predict's check without a limit refuses it too.
+    with pytest.raises(ValueError, match=re.escape(too_long)):
+        read_image_header(beyond)
+    assert read_image_header(within)[0] == "GIF"
 
 
 @pytest.mark.parametrize("block", range(4))

@@ -371,6 +371,22 @@ def test_gif_size_is_its_first_frames_in_a_batch_of_every_format(limit):
         assert tf.io.decode_image(bad, expand_animations=False).shape[:2] == (1000, 1200)
 
 
+def test_gif_frames_count_for_their_own_row_among_other_images(limit):
+    """Only the GIFs of a batch are walked over all their frames; each result goes back
+    to its own row, wherever the GIFs stand among the other images."""
+    growing = animated(GIF_256, encode(Image.new("P", (1100, 1000)), "GIF"))
+    still = pil_animation(3)
+    check = tf.function(check_encoded_images,
+                        input_signature=[STRINGS, tf.TensorSpec([], tf.int64)])
+    for batch, refused in (([PNG, growing, PNG, still], 1), ([still, PNG, PNG, growing], 3),
+                           ([growing, still, PNG, PNG], 0), ([PNG, still, growing, growing], 2)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            check(tf.constant(batch), limit)
+        assert assertion_message(raised.value).startswith(
+            f"images[{refused}] is a GIF whose frames make a canvas of 1100x1000"), batch
+        assert check(tf.constant(batch), tf.constant(2_000_000, tf.int64)).shape == (4,)
+
+
 def test_limit_is_read_when_the_graph_runs(decode, limit):
     image = encode(picture(100, 100), "PNG")  # 10000 pixels
     try:

@@ -607,10 +607,15 @@ def _gif_pixels(stats, unchecked):
 @out_of_line
 def _gif_blocks(images, flags, pos, frame, is_gif):
     """`_gif_descriptors`, then the pixels of every GIF's frames (`_gif_pixels`) for
-    those whose first image descriptor was found (zeros for the others)."""
+    those whose first image descriptor was found (zeros for the others). Only those
+    rows are walked: each step of the walk works on every row it is given, so a batch
+    of JPEGs with one long GIF among them would otherwise pay its steps on every row."""
     pos, frame = _gif_descriptors(images, flags, pos, frame, is_gif)
-    walked = tf.logical_and(is_gif, tf.equal(frame[:, 0], _GIF_DESCRIPTOR))
-    return pos, frame, _gif_pixels(*_gif_frames(images, pos, walked))
+    rows = tf.where(tf.logical_and(is_gif, tf.equal(frame[:, 0], _GIF_DESCRIPTOR)))
+    gifs = tf.gather_nd(images, rows)
+    pixels = _gif_pixels(*_gif_frames(gifs, tf.gather_nd(pos, rows),
+                                      tf.ones_like(gifs, tf.bool)))
+    return pos, frame, tf.scatter_nd(rows, pixels, tf.shape(images, out_type=tf.int64))
 
 
 def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:

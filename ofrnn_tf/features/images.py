@@ -399,9 +399,10 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
     A GIF's size is that of its first frame, which TensorFlow decodes whatever its
     logical screen says (`_gif_size`).
     Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
-    image or the header is truncated or corrupt, and, when `max_image_pixels` is
-    given, when the image is above it as the served graph counts
-    (`pixel_limit_error`: for a GIF, every frame counts).
+    image or the header is truncated or corrupt, for a GIF whose frames are more than
+    the served graph walks (`gif_frames`), and, when `max_image_pixels` is given, when
+    the image is above it as the served graph counts (`pixel_limit_error`: for a GIF,
+    every frame counts).
     """
     if not data:
         raise ValueError("empty (no image bytes)")
@@ -432,6 +433,8 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
         error = pixel_limit_error(fmt, width, height, data, max_image_pixels)
         if error is not None:
             raise ValueError(error)
+    elif fmt == "GIF":
+        gif_frames(data)  # the served model refuses a GIF it cannot walk, at any limit
     return fmt, width, height
 
 

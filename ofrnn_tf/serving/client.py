@@ -195,7 +195,13 @@ def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
 
 # How the export's input checks name a refused image (ofrnn_tf/features/image_guards.py);
 # TF Serving and the local server pass the message on as INVALID_ARGUMENT.
-_REFUSED_IMAGE = re.compile(r"images\[(\d+)\]:?\s*")
+_REFUSED_IMAGE = re.compile(r"images\[(\d+)\](:?)\s*")
+
+
+def _without_index(match: re.Match) -> str:
+    """A refusal's ``images[i]`` left out: ``images[i]: why`` becomes ``why``, and the
+    exported model's ``images[i] is a GIF ...`` becomes ``the image is a GIF ...``."""
+    return "" if match.group(2) else "the image "
 
 
 def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
@@ -286,7 +292,8 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     retries += 1
                     continue
                 # The index is the request's, not the caller's: the path names the file.
-                reason = _REFUSED_IMAGE.sub("", reason_text(error.details() or ""), count=1)
+                reason = _REFUSED_IMAGE.sub(_without_index, reason_text(error.details() or ""),
+                                            count=1)
                 doubt = (" (the image decodes here: the refusal may be another request's, "
                          "merged with it by the server's batching)") if fine_here else ""
                 results[k] = {"image": batch[k],
