@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import unicodedata
 from typing import Optional
 
 import tensorflow as tf
@@ -88,12 +89,13 @@ def benchmark_dir(config: ExperimentConfig) -> str:
     return os.path.join(config.runtime.cache_dir, "fashion_canvases", key)
 
 
-def load_data(config: ExperimentConfig) -> Data:
+def load_data(config: ExperimentConfig, check_files: bool = True) -> Data:
     """The train / val / test examples (building the benchmark first if it is the data),
     checked to be large enough for the run, and to hold its ``decoding.min_labels``,
-    before any other work."""
+    before any other work. Without `check_files`, listed images are kept whether or not
+    their files are there."""
     data = config.data
-    paths = {"data_dir": data.data_dir or None}
+    paths = {"data_dir": data.data_dir or None, "check_files": check_files}
     if data.manifest:
         paths["manifest"] = data.manifest
     small_area = None
@@ -101,7 +103,7 @@ def load_data(config: ExperimentConfig) -> Data:
         built = fashion_canvases.build_fashion_canvases(
             benchmark_dir(config), num_train=data.num_train, num_val=data.num_val,
             num_test=data.num_test, seed=data.seed, scenes=data.scenes)
-        paths = {"data_dir": built["out_dir"]}
+        paths = {"data_dir": built["out_dir"], "check_files": check_files}
         small_area = float(built["small_area_fraction"])
     splits, label_map = load_examples(data.dataset, paths, data.val_fraction)
     check_split_sizes(splits, config.train.batch_size)
@@ -184,6 +186,18 @@ def _split_changes(inputs: dict, meta: Optional[dict]) -> list[str]:
     return changes
 
 
+def in_run_spelling(data: Data, run_dir: RunDir) -> Data:
+    """`data` with its class names spelt as the run spells them, where the two differ in
+    Unicode form only: names are read in NFC form, and a run trained before that kept
+    the form of its files (NFD from macOS file names, say). Anything else is left to
+    `check_resumed_data`."""
+    names = tuple(run_dir.load()[1].label_names)
+    if names != tuple(data.label_map.names) and tuple(
+            unicodedata.normalize("NFC", n) for n in names) == tuple(data.label_map.names):
+        return dataclasses.replace(data, label_map=LabelMap(names, data.label_map.source))
+    return data
+
+
 def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
                        run_dir: RunDir) -> CacheKey:
     """The cache key of a rerun on the existing run `run_dir`, checked before any feature
@@ -237,14 +251,17 @@ def prepare_features(config: ExperimentConfig, data: Data,
                      resumed: Optional[RunDir] = None) -> tuple[str, RunFacts]:
     """Extracts (or finds) the run's feature cache; returns it and the run's facts.
 
-    With `resumed`, an existing run folder this run goes on with, the data and the
-    run's cache are checked first (`check_resumed_data`); a new run says so when it
+    With `resumed`, an existing run folder this run goes on with, the data (class names
+    spelt as the run spells them, `in_run_spelling`) and the run's cache are checked
+    first (`check_resumed_data`); a new run says so when it
     extracts the features of data an earlier-format cache holds (`cache.note_earlier_format`).
 
     Raises `SplitTooSmallError` when the images that could be decoded leave a split too
     small for the run (`check_extracted_sizes`): the cache stays, training does not start.
     """
     features = config.features
+    if resumed is not None:
+        data = in_run_spelling(data, resumed)
     key = feature_cache_key(config, data)
     if resumed is not None:
         key = check_resumed_data(config, data, key, resumed)
@@ -276,9 +293,10 @@ def prepare_features(config: ExperimentConfig, data: Data,
 
 def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
     """Eval mode scores the test split held in the run's feature cache; it reads no image.
-    So the data the flags name must be the run's: own data found here are checked as a
-    rerun checks them (`check_resumed_data`: class names, images, labels), and data not
-    found here must be named as the run names them (a run moved without its images).
+    So the data the flags name must be the run's: own data found here, images and all,
+    are checked as a rerun checks them (`check_resumed_data`: class names, images,
+    labels), and data not found here must be named as the run names them (a run moved
+    without its data); lists found without all their images are not compared.
     The embedded benchmark is made from the run's settings, checked with its config."""
     if config.data.dataset == "fashion_canvases":
         return
@@ -294,7 +312,14 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
                 f"them")
         log(f"{source} is not found here: scoring the test split of the run's feature cache")
         return
-    data = load_data(config)
+    data = load_data(config, check_files=False)
+    missing = next((e.image for examples in data.splits.values() for e in examples
+                    if isinstance(e.image, str) and not os.path.exists(e.image)), None)
+    if missing is not None:  # the lists without the images: they cannot be compared
+        log(f"{missing} (and maybe more images of {source}) is not found here: scoring the "
+            f"test split of the run's feature cache")
+        return
+    data = in_run_spelling(data, run_dir)
     check_resumed_data(config, data, feature_cache_key(config, data), run_dir)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import glob
 import os
 from typing import Iterator, Optional
 
@@ -63,6 +64,10 @@ class RunInUseError(RuntimeError):
     """Another command holds the run folder (`RunDir.exclusive`)."""
 
 
+class RunFolderNotWritableError(RuntimeError):
+    """A command that writes into the run folder (training, eval mode) cannot."""
+
+
 # What reading a checkpoint with a file missing, cut short or damaged raises:
 # NotFoundError / OpError / DataLossError from TensorFlow, IndexError for a short read.
 _CHECKPOINT_READ_ERRORS = (tf.errors.OpError, IndexError, RuntimeError, ValueError)
@@ -88,16 +93,39 @@ def _unreadable_reason(prefix: str, error: BaseException) -> str:
     return text
 
 
+# `checkpoint_problem`'s verdicts, by checkpoint files (names, sizes, times): one
+# command asks about the same checkpoint several times, and each check reads it whole.
+_CHECKED: dict[tuple, Optional[str]] = {}
+
+
+def _checkpoint_files(prefix: str) -> Optional[tuple]:
+    """The files of the checkpoint `prefix` with their sizes and modification times, or
+    None where they cannot be listed (then nothing is remembered)."""
+    try:
+        files = sorted(glob.glob(glob.escape(prefix) + ".*"))
+        return (os.path.abspath(prefix),) + tuple(
+            (name, os.stat(name).st_size, os.stat(name).st_mtime_ns) for name in files)
+    except OSError:
+        return None
+
+
 def checkpoint_problem(prefix: str) -> Optional[str]:
     """Why the checkpoint `prefix` cannot be restored, or None when every tensor it lists
-    reads back (each read is checked against the checksum the checkpoint stores)."""
+    reads back (each read is checked against the checksum the checkpoint stores). The
+    verdict is remembered while the checkpoint's files stay as they are."""
+    files = _checkpoint_files(prefix)
+    if files is not None and files in _CHECKED:
+        return _CHECKED[files]
     try:
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
+        problem = None
     except _CHECKPOINT_READ_ERRORS as error:
-        return _unreadable_reason(prefix, error)
-    return None
+        problem = _unreadable_reason(prefix, error)
+    if files is not None:
+        _CHECKED[files] = problem
+    return problem
 
 
 def listed_checkpoints(directory: str) -> list[str]:
@@ -375,9 +403,16 @@ class RunDir:
 
         Raises:
             RunInUseError: another process holds the folder (named by pid and host).
+            RunFolderNotWritableError: the folder cannot be created or written.
         """
-        os.makedirs(self.path, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RunFolderNotWritableError(
+                f"{self.path} cannot be written ({error.strerror}): training and --mode=eval "
+                f"write their checkpoints, τ and metrics into the run folder; copy it to a "
+                f"writable place (export and predict read it where it is)") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

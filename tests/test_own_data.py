@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import zlib
 
@@ -471,10 +472,40 @@ def test_eval_mode_refuses_data_other_than_the_runs(tmp_path, trained_folder, no
 def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
         tmp_path, trained_folder, no_backbone, capsys):
     config, workdir = trained_folder
-    os.rename(config.data.data_dir, tmp_path / "elsewhere")
+    root = config.data.data_dir
+    os.rename(os.path.join(root, "img"), tmp_path / "images")  # the lists without the images
+    pipeline.check_evaluated_data(config, RunDir(workdir))
+    assert re.search(r"img/\w+\.png \(and maybe more images of .*\) is not found here: "
+                     r"scoring the test split of the run's feature cache", capsys.readouterr().err)
+    os.rename(root, tmp_path / "elsewhere")
     pipeline.check_evaluated_data(config, RunDir(workdir))
     assert "is not found here: scoring the test split of the run's feature cache" in (
         capsys.readouterr().err)
+
+
+def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluates(
+        tmp_path, monkeypatch, tiny_backbone):
+    # Trained when names were read as the files spelt them: "Café" in NFD (macOS).
+    nfd = "Cafe\u0301"
+    root = manifest_folder(tmp_path / "data")
+    for split in ("train", "test", "val"):
+        path = os.path.join(root, f"{split}.csv")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace(",a", f",{nfd}").replace(";a", f";{nfd}").replace("a;", f"{nfd};"))
+    config = manifest_config(root, tmp_path / "cache")
+    data = pipeline.load_data(config)
+    assert "Café" in data.label_map.names  # read in NFC now
+    old = pipeline.Data(data.splits, LabelMap([nfd if n == "Café" else n
+                                               for n in data.label_map.names]))
+    _, facts = _extract(monkeypatch, tiny_backbone, config, old)
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.save(config, facts)
+    pipeline.check_evaluated_data(config, run_dir)  # no refusal
+    _, again = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config),
+                        resumed=run_dir)
+    assert again == facts
 
 
 def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_backbone):

@@ -12,12 +12,15 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 from absl import app
 
 from conftest import ROOT, run_checked
 from ofrnn_tf.cli import refuse_glob_characters, trained_run
+from ofrnn_tf import run_dir as run_dir_module
 from ofrnn_tf.processes import owner_tag
-from ofrnn_tf.run_dir import DamagedCheckpointError, RunDir, RunInUseError
+from ofrnn_tf.run_dir import (
+    DamagedCheckpointError, RunDir, RunFolderNotWritableError, RunInUseError)
 from ofrnn_tf.training.distribute import is_chief_task
 
 
@@ -149,11 +152,43 @@ def test_train_refuses_a_run_folder_another_command_holds(make_fake_run, tmp_pat
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("task, chief", [(None, True), ({"type": "worker", "index": 0}, True),
-                                         ({"type": "worker", "index": 1}, False),
-                                         ({"type": "chief", "index": 0}, True)])
-def test_only_the_chief_of_a_multi_worker_run_holds_the_folder(monkeypatch, task, chief):
+def test_a_run_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("")  # read-only for root too: a folder under a file
+    with pytest.raises(RunFolderNotWritableError,
+                       match=r"file/run cannot be written \(Not a directory\): training and "
+                             r"--mode=eval write .* copy it to a writable place"):
+        with RunDir(str(tmp_path / "file" / "run")).exclusive():
+            pass
+
+
+def test_a_checkpoint_is_read_whole_once_while_its_files_stay_the_same(tmp_path, monkeypatch):
+    prefix = tf.train.Checkpoint(v=tf.Variable(tf.zeros([1000]))).write(str(tmp_path / "ckpt"))
+    reads = []
+    real = tf.train.load_checkpoint
+    monkeypatch.setattr(tf.train, "load_checkpoint", lambda p: reads.append(p) or real(p))
+    assert run_dir_module.checkpoint_problem(prefix) is None
+    assert run_dir_module.checkpoint_problem(prefix) is None
+    assert len(reads) == 1
+    data = prefix + ".data-00000-of-00001"
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    assert "cut short" in run_dir_module.checkpoint_problem(prefix)
+    assert len(reads) == 2
+
+
+_WORKERS = {"worker": ["a:1", "b:2"]}
+_WITH_CHIEF = {"chief": ["c:3"], "worker": ["a:1", "b:2"]}
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    (_WORKERS, None, True), (_WORKERS, {"type": "worker", "index": 0}, True),
+    (_WORKERS, {"type": "worker", "index": 1}, False),
+    # With a chief task, as TensorFlow's standard layout has it, worker 0 is no chief.
+    (_WITH_CHIEF, {"type": "chief", "index": 0}, True),
+    (_WITH_CHIEF, {"type": "worker", "index": 0}, False)])
+def test_only_the_chief_of_a_multi_worker_run_holds_the_folder(monkeypatch, cluster, task,
+                                                               chief):
     # The workers of one run share its folder: the others must not be refused.
-    config = {"cluster": {"worker": ["a:1", "b:2"]}, **({"task": task} if task else {})}
+    config = {"cluster": cluster, **({"task": task} if task else {})}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     assert is_chief_task() is chief

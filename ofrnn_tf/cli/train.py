@@ -68,10 +68,11 @@ def main(argv):
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
-    from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunInUseError
+    from ofrnn_tf.run_dir import (
+        IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
 
     refused = input_errors() + (IncompatibleRunError, pipeline.UnfinishedRunError,
-                                RunInUseError)
+                                RunInUseError, RunFolderNotWritableError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:

@@ -30,25 +30,33 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
 
+def _chief(task_type, task_id, cluster: dict) -> bool:
+    """TensorFlow's rule: the ``chief`` task is the chief; in a cluster without one,
+    worker 0 is."""
+    if not task_type:
+        return True
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and int(task_id or 0) == 0 and not cluster.get("chief")
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Only the chief writes summaries, the best checkpoint and result files."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0)
+    return _chief(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
 
 
 def is_chief_task() -> bool:
     """Whether this process is the chief (as `is_chief` decides), read from TF_CONFIG
     before any strategy is made; True without a task there."""
     try:
-        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
-    except (json.JSONDecodeError, AttributeError):
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = tf_config.get("task") or {}
+        return _chief(task.get("type"), task.get("index"), tf_config.get("cluster") or {})
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
         return True  # `make_strategy` refuses it
-    task_type = task.get("type")
-    return (not task_type or task_type == "chief"
-            or (task_type == "worker" and int(task.get("index", 0)) == 0))
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
