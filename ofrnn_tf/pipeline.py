@@ -159,6 +159,11 @@ def _label_change(before: tuple, now: tuple) -> str:
         parts.append(f"removed {removed[:10]}{' ...' if len(removed) > 10 else ''}")
     if not added and not removed:
         parts.append("the same names in another order")
+    nfc = {unicodedata.normalize("NFC", n) for n in removed}
+    if added and nfc == set(added):
+        parts.append(f"the names read now are the run's in Unicode NFC form, in another order "
+                     f"({', '.join(ascii(n) for n in removed[:5])} in the run): train a new run "
+                     f"on these data")
     return f"class names: {', '.join(parts)}"
 
 

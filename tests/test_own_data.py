@@ -503,6 +503,8 @@ def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluat
     run_dir = RunDir(str(tmp_path / "run"))
     run_dir.save(config, facts)
     pipeline.check_evaluated_data(config, run_dir)  # no refusal
+    assert "Unicode NFC form, in another order ('Cafe\\u0301' in the run)" in (
+        pipeline._label_change(("Cafe\u0301", "Cafez"), ("Cafez", "Café")))
     _, again = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config),
                         resumed=run_dir)
     assert again == facts
