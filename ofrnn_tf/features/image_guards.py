@@ -413,6 +413,13 @@ def _walk_on(images, pos, is_jpeg, max_steps):
     return pos, tf.where((step > 0)[:, None], gave_up, frame)
 
 
+def _colour_table_bytes(flags):
+    """The bytes of the GIF colour tables whose flags (int32) are `flags`, as
+    `ofrnn_tf.features.images.colour_table_bytes` counts them."""
+    return tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0,
+                    tf.bitwise.left_shift(6, tf.bitwise.bitwise_and(flags, 7)), 0)
+
+
 @out_of_line
 def _gif_descriptors(images, flags, pos, frame, is_gif):
     """``pos`` and ``frame`` with, for each GIF, the position of its first image
@@ -421,8 +428,7 @@ def _gif_descriptors(images, flags, pos, frame, is_gif):
     constants."""
     length = tf.strings.length(images)
     # The blocks start after the header (13 bytes) and the global colour table.
-    table_bytes = tf.bitwise.left_shift(6, tf.bitwise.bitwise_and(flags, 7))
-    start = 13 + tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0, table_bytes, 0)
+    start = 13 + _colour_table_bytes(flags)
     start = tf.where(is_gif, start, length)  # the others read nothing: zeros, a stop
     read = tf.cast(_read(images, tf.minimum(start, length), _GIF_WINDOW + 2), tf.int32)
     window, first_size = read[:, :_GIF_WINDOW], read[:, 2:]
@@ -503,10 +509,7 @@ def _gif_frame_headers(images, length, pos, sub, done, stats):
     head = tf.cast(_read(images, tf.minimum(pos, length), _FRAME_BYTES), tf.int32)
     at_frame = tf.logical_and(tf.logical_not(tf.logical_or(done, sub)),
                               tf.equal(head[:, 0], _GIF_DESCRIPTOR))
-    flags = head[:, 9]
-    table_bytes = tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0,
-                           tf.bitwise.left_shift(6, tf.bitwise.bitwise_and(flags, 7)), 0)
-    data_start = pos + _FRAME_BYTES + table_bytes + 1
+    data_start = pos + _FRAME_BYTES + _colour_table_bytes(head[:, 9]) + 1
     counted = tf.logical_and(at_frame, data_start <= length)
     size = tf.cast(head[:, 5:9:2] + 256 * head[:, 6:10:2], tf.int64)  # width, height
     frame = tf.concat([tf.ones_like(size[:, :1]), size[:, :1] * size[:, 1:]], axis=1)

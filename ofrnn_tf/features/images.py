@@ -210,11 +210,17 @@ MAX_GIF_STEPS = 1024
 GIF_REMEDY = ": the model reads only the first frame, so send that frame as a PNG or JPEG"
 
 
+def colour_table_bytes(flags: int) -> int:
+    """The bytes of the GIF colour table that `flags` (of the logical screen or of an
+    image descriptor) announce: present when bit 0x80 is set, of 2^(n + 1) RGB entries
+    for n = flags & 7."""
+    return 6 << (flags & 7) if flags & 0x80 else 0
+
+
 def gif_colour_table_end(flags: int) -> int:
     """Where a GIF's blocks start: after the 13-byte header and the global colour
-    table, present when bit 0x80 of the flags (byte 10) is set, of 2^(n + 1) RGB
-    entries for n = flags & 7."""
-    return 13 + (6 << (flags & 7) if flags & 0x80 else 0)
+    table of the logical screen's `flags` (byte 10)."""
+    return 13 + colour_table_bytes(flags)
 
 
 def _gif_descriptor(data: bytes) -> int:
@@ -336,8 +342,7 @@ def gif_frames(data: bytes) -> GifFrames:
     for _ in range(MAX_GIF_STEPS):
         if not sub and i < n and data[i] == 0x2C:
             flags = data[i + 9] if i + 9 < n else 0
-            code_size_end = i + _GIF_DESCRIPTOR_BYTES + (6 << (flags & 7) if flags & 0x80
-                                                         else 0) + 1
+            code_size_end = i + _GIF_DESCRIPTOR_BYTES + colour_table_bytes(flags) + 1
             if code_size_end > n:
                 break
             frame_width, frame_height = struct.unpack("<HH", data[i + 5:i + 9])
