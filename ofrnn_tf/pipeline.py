@@ -288,7 +288,7 @@ def prepare_features(config: ExperimentConfig, data: Data,
     counts, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(
-        label_names=data.label_map.names, max_steps=min(longest, data.label_map.num_classes),
+        label_names=data.label_map.names, max_steps=_t_max(longest, data.label_map),
         label_order=None if order is None else tuple(order), small_area=data.small_area,
         features_name=name, features_fingerprint=fingerprint,
         feature_shape=tuple(int(d) for d in meta["feature_shape"]),
@@ -328,11 +328,17 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
     check_resumed_data(config, data, feature_cache_key(config, data), run_dir)
 
 
+def _t_max(longest: int, label_map: LabelMap) -> int:
+    """T_max, the decoder's steps: the largest label count of a training image
+    (`longest`), at most the number of classes."""
+    return min(longest, label_map.num_classes)
+
+
 def check_min_labels(config: ExperimentConfig, data: Data) -> None:
     """Refuses (`IncompatibleRunError`) a ``decoding.min_labels`` above T_max, before any
     work: the beam search could not keep it, and would say so only after stage 1."""
     _, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
-    max_steps = min(longest, data.label_map.num_classes)
+    max_steps = _t_max(longest, data.label_map)
     if config.decoding.min_labels > max_steps:
         raise IncompatibleRunError(
             f"--decoding.min_labels={config.decoding.min_labels} cannot hold: a prediction has "

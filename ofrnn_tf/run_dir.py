@@ -102,9 +102,9 @@ def _checkpoint_files(prefix: str) -> Optional[tuple]:
     """The files of the checkpoint `prefix` with their sizes and modification times, or
     None where they cannot be listed (then nothing is remembered)."""
     try:
-        files = sorted(glob.glob(glob.escape(prefix) + ".*"))
+        stats = [(name, os.stat(name)) for name in sorted(glob.glob(glob.escape(prefix) + ".*"))]
         return (os.path.abspath(prefix),) + tuple(
-            (name, os.stat(name).st_size, os.stat(name).st_mtime_ns) for name in files)
+            (name, stat.st_size, stat.st_mtime_ns) for name, stat in stats)
     except OSError:
         return None
 
