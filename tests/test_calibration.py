@@ -47,6 +47,18 @@ def test_grid_search_finds_the_known_best_threshold():
     assert table0[0][1] == 0.0  # no label predicted at all
 
 
+def test_ties_equal_in_exact_arithmetic_go_to_the_smallest_tau():
+    # τ = 0: 6 of 12 predicted right, recall 1; τ = 0.075: 5 of 9 right, recall 5/6.
+    # Both O-F1 are 2/3 exactly, computed from different counts.
+    outputs = {"y_true": np.array([[0, 0, 1], [0, 1, 0], [1, 0, 1], [0, 1, 1]], np.float32),
+               "v_prob": np.array([[.05, .9, .25], [.7, .1, .2], [.55, .95, .2],
+                                   [.05, .15, .05]], np.float32)}
+    best, table = calibrate_from_outputs(outputs, min_labels=0, objective="o_f1",
+                                         grid=[0.0, 0.075])
+    assert [round(v, 9) for _, v in table] == [round(200 / 3, 9)] * 2
+    assert best == 0.0
+
+
 def test_objectives_differ_and_are_validated():
     outputs = recorded_outputs()
     outputs["y_true"] = np.array([[1, 1, 1, 0], [0, 0, 1, 1]], np.float32)

@@ -64,6 +64,15 @@ def predictions_at(outputs: Mapping[str, np.ndarray], tau: float, min_labels: in
     return select_baseline(outputs["v_prob"], tau, min_labels), np.asarray(outputs["v_prob"])
 
 
+def _tie_level(value: float) -> float:
+    """A metric rounded so that values equal in exact arithmetic compare equal.
+
+    The same F1 reached from different counts (5/9 and 5/6 against 1/2 and 1) can
+    differ in its last bit, which would then decide a tie instead of the stated rule.
+    """
+    return round(float(value), 9)
+
+
 def choose_score_mix(outputs: Mapping[str, np.ndarray], grid: Sequence[float] = SCORE_MIX_GRID
                      ) -> Tuple[float, List[Tuple[float, float]]]:
     """The weight of M_map's v_prob in the ranking scores that maximises validation mAP.
@@ -82,7 +91,7 @@ def choose_score_mix(outputs: Mapping[str, np.ndarray], grid: Sequence[float] = 
     path_scores = np.asarray(outputs["path_scores"], np.float32)
     table = [(float(mix), mean_average_precision(y_true, mix_scores(v_prob, path_scores, mix)))
              for mix in grid]
-    best = max(range(len(table)), key=lambda i: (table[i][1], table[i][0]))
+    best = max(range(len(table)), key=lambda i: (_tie_level(table[i][1]), table[i][0]))
     return table[best][0], table
 
 
@@ -112,7 +121,7 @@ def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int
     for tau in _check_grid(grid):
         y_pred, _ = predictions_at(outputs, float(tau), min_labels)
         table.append((float(tau), objective_value(label_set_metrics(y_true, y_pred), objective)))
-    best = max(range(len(table)), key=lambda i: (table[i][1], -i))
+    best = max(range(len(table)), key=lambda i: (_tie_level(table[i][1]), -i))
     return table[best][0], table
 
 
