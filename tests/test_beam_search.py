@@ -390,6 +390,18 @@ def test_bad_arguments_are_named():
         make_decoder(unbuilt, max_steps=2)
 
 
+def test_numpy_integer_sizes_decode_as_python_ints_do():
+    model = model_for("order_free")
+    x = make_features(2)
+    t_max = np.array([[1, 0, 1], [1, 1, 1]]).sum(axis=1).max()  # numpy.int64
+    from_numpy = beam_search(model, x, max_steps=t_max, beam_size=np.int64(2),
+                             min_labels=np.int64(1))
+    from_int = beam_search(model, x, max_steps=3, beam_size=2, min_labels=1)
+    np.testing.assert_array_equal(from_numpy["labels"], from_int["labels"])
+    decode = make_decoder(model, max_steps=t_max, beam_size=np.int64(2), threshold=0.3)
+    assert decode(x)["labels"].shape == (2, 3)
+
+
 def test_numpy_features_decode_as_tensors_do():
     model = model_for("order_free")
     x = make_features(2)

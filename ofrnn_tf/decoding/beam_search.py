@@ -54,7 +54,10 @@ def _log_threshold_tensor(threshold) -> tf.Tensor:
     return tf.constant(log_threshold(0.0 if threshold is None else threshold))
 
 
-def _check_args(model, beam_size: int, max_steps: int, min_labels: int) -> None:
+def _check_args(model, beam_size: int, max_steps: int, min_labels: int
+                ) -> tuple[int, int, int]:
+    """The three sizes checked, as Python ints (a NumPy int64 would make int64 step
+    tensors that do not compare with the loop's int32 counter)."""
     for name, value, low in (("beam_size", beam_size, 1), ("max_steps", max_steps, 1),
                              ("min_labels", min_labels, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -66,6 +69,7 @@ def _check_args(model, beam_size: int, max_steps: int, min_labels: int) -> None:
             f"num_classes={model.num_classes}) = {limit} labels")
     if not model.uses_decoder and min_labels > model.num_classes:
         raise ValueError(f"min_labels={min_labels} exceeds num_classes={model.num_classes}")
+    return int(beam_size), int(max_steps), int(min_labels)
 
 
 def _check_features(features) -> tf.Tensor:
@@ -151,7 +155,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         of the returned path, zeros past its end), `v_prob` `[B, C]`. For the
         `baseline` mode see `baseline_decode` (`labels` is `[B, C]`).
     """
-    _check_args(model, beam_size, max_steps, min_labels)
+    beam_size, max_steps, min_labels = _check_args(model, beam_size, max_steps, min_labels)
     if not model.uses_decoder:
         return baseline_decode(model, features, max_steps=max_steps, threshold=threshold,
                                min_labels=min_labels)
@@ -280,7 +284,7 @@ def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Option
     >>> out["labels"].shape, out["scores"].shape
     (TensorShape([2, 4]), TensorShape([2, 5]))
     """
-    _check_args(model, beam_size, max_steps, min_labels)
+    beam_size, max_steps, min_labels = _check_args(model, beam_size, max_steps, min_labels)
     if threshold is not None:
         _check_threshold(threshold)
     if not model.built:
