@@ -177,6 +177,8 @@ def top_k_predictions(scores, k: int = 3, min_score: Optional[float] = None) -> 
     n, c = s.shape
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= c:
         raise ValueError(f"k must be an integer in [1, {c}] for scores of shape {s.shape}; got {k!r}")
+    if min_score is not None and not np.isfinite(min_score):
+        raise ValueError(f"min_score must be a finite number or None; got {min_score!r}")
     # Stable ascending sort of -score = descending score, equal scores in index order.
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]
     out = np.zeros((n, c), dtype=np.int64)

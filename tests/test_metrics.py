@@ -124,6 +124,9 @@ def test_top_k_predictions_with_ties_to_lower_index():
     assert top0.tolist() == [[0, 0, 1, 1, 1]]
     top1 = M.top_k_predictions(scores[2:], k=3, min_score=1.0)
     assert top1.tolist() == [[0, 0, 0, 1, 1]]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_score"):
+            M.top_k_metrics(np.ones_like(scores), scores, k=3, min_score=bad)
 
 
 def test_top_k_metrics_hand_case():
