@@ -144,8 +144,12 @@ def test_formats_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_
     Image.new("1", (7000, 6000)).save(huge)  # 42 M pixels in 5 KB
     buf = io.BytesIO()
     _image(rng).save(buf, "WEBP")
+    one_bit = io.BytesIO()
+    Image.new("1", (32, 32)).save(one_bit, "BMP")
     refused = {"webp": (str(webp), "not a JPEG/PNG/GIF/BMP image (starts with b'RIFF"),
-               "webp_bytes": (buf.getvalue(), "not a JPEG/PNG/GIF/BMP image")}
+               "webp_bytes": (buf.getvalue(), "not a JPEG/PNG/GIF/BMP image"),
+               "one_bit_bmp": (one_bit.getvalue(), "a BMP of bit depth 1, which TensorFlow "
+                                                   "does not decode")}
     good = _good_examples(str(tmp_path), n=3) + [Example("huge", str(huge), (0,))]
     examples = good[:1] + [Example(k, image, (0,)) for k, (image, _) in refused.items()] + good[1:]
     out = str(tmp_path / "features")

@@ -18,6 +18,8 @@ from ofrnn_tf import pipeline
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, check_encoded_images
 from ofrnn_tf.features.images import gif_frames, read_image_header
+
+from bmp_files import bit_fields_bmp, os2_bmp, pillow_bmp, rle8_bmp, with_bit_depth
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
 
@@ -203,6 +205,15 @@ HEADERS = {
     "bmp with a DIB header size of 0": (_bmp_with_dib_size(0), True),
     "bmp with a DIB header size of 20": (_bmp_with_dib_size(20), True),
     "bmp with a DIB header size of 200": (_bmp_with_dib_size(200), True),
+    # TensorFlow reads BMPs of bit depth 8, 24 and 32, uncompressed, and 32-bit ones with
+    # colour masks when they are its own byte order; it fails on the other valid layouts.
+    "32-bit bmp": (pillow_bmp(picture(7).convert("RGBA")), True),
+    "32-bit bmp with blue, green, red colour masks": (bit_fields_bmp(picture(7)), True),
+    "1-bit bmp": (pillow_bmp(Image.new("1", (30, 20), 1)), False),
+    "4-bit bmp": (with_bit_depth(pillow_bmp(picture(7)), 4), False),
+    "16-bit bmp": (with_bit_depth(pillow_bmp(picture(7)), 16), False),
+    "run-length encoded 8-bit bmp": (rle8_bmp(picture(7)), False),
+    "bmp with an OS/2 header": (os2_bmp(picture(7)), False),
 }
 
 

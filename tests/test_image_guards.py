@@ -13,7 +13,9 @@ from PIL import Image
 
 from ofrnn_tf.features.image_guards import (
     NAME_DECODE_FAILURES, check_encoded_images, decode_images)
-from ofrnn_tf.features.images import decode_and_resize, decode_rgb
+from ofrnn_tf.features.images import decode_and_resize, decode_rgb, read_image_header
+
+from bmp_files import RGBA_MASKS, bit_fields_bmp, os2_bmp, rle8_bmp, with_bit_depth
 
 SIZE = 32
 LIMIT = 1_000_000  # pixels
@@ -168,6 +170,7 @@ GOOD = {
     "8-bit gray bmp": encode(picture(seed=11).convert("L"), "BMP"),
     "bmp with a DIB header size of 0": with_dib_size(encode(picture(seed=15), "BMP"), 0),
     "bmp with a DIB header size of 200": with_dib_size(encode(picture(seed=16), "BMP"), 200),
+    "32-bit bmp with blue, green, red colour masks": bit_fields_bmp(picture(seed=17)),
     "image already at the output size": encode(picture(SIZE, SIZE), "PNG"),
 }
 
@@ -220,8 +223,20 @@ BAD = {
     "gif made of empty extensions": (
         with_gif_blocks(GIF_256, b"\x21\xfe\x01c\x00" * 2000),
         "is a GIF with a corrupt header: no image descriptor in its first 1024 blocks"),
-    "bmp over the limit": (encode(Image.new("1", (1100, 1000)), "BMP"),
+    "bmp over the limit": (encode(Image.new("L", (1100, 1000)), "BMP"),
                            "is a BMP of 1100x1000 = 1100000 pixels"),
+    "1-bit bmp": (encode(Image.new("1", (64, 48)), "BMP"),
+                  "is a BMP of bit depth 1, which TensorFlow does not decode (it decodes "
+                  "uncompressed BMPs of bit depth 8, 24 or 32): send it as a PNG or JPEG"),
+    "16-bit bmp": (with_bit_depth(encode(picture(), "BMP"), 16), "is a BMP of bit depth 16, "),
+    "run-length encoded bmp": (rle8_bmp(picture()), "is a BMP of bit depth 8 compressed with "
+                                                    "RLE8 (compression 1), which TensorFlow"),
+    "bmp with an OS/2 header": (os2_bmp(picture()), "is a BMP with an OS/2 header "
+                                                    "(BITMAPCOREHEADER), which TensorFlow"),
+    "32-bit bmp with red, green, blue colour masks": (
+        bit_fields_bmp(picture(), RGBA_MASKS),
+        "is a BMP of bit depth 32 whose colour masks are not blue, green, red from its low "
+        "byte up, so TensorFlow would decode it with its colours swapped"),
     "jpeg declaring no rows": (with_sof_size(JPEG, 64, 0), "is a JPEG of 64x0 pixels: an empty"),
     "jpeg cut off in its header": (JPEG[:100], "is a JPEG cut off inside its header (100 bytes)"),
     "jpeg with EOI before the frame header": (b"\xff\xd8\xff\xd9",
@@ -242,7 +257,7 @@ BAD = {
                                        "no frame header (SOFn) in its first 1024 marker segments"),
     "png without IHDR": (PNG[:12] + b"XXXX" + PNG[16:], "first chunk is not IHDR"),
     "bmp with a DIB header size of 20 over the limit": (
-        with_dib_size(encode(Image.new("1", (1100, 1000)), "BMP"), 20),
+        with_dib_size(encode(Image.new("L", (1100, 1000)), "BMP"), 20),
         "is a BMP of 1100x1000 = 1100000 pixels"),
     # Sound headers, data that does not decode: named by the tf.data path.
     "truncated jpeg": (JPEG[:len(JPEG) // 2], "could not be decoded: its JPEG header (64x48) is "
@@ -324,6 +339,18 @@ def test_bad_image_is_refused_by_index(decode, name):
     message = assertion_message(raised.value)
     assert message.startswith(f"images[{BAD_AT}] "), message
     assert expected in message, message
+
+
+@pytest.mark.parametrize("name", ["1-bit bmp", "16-bit bmp", "run-length encoded bmp",
+                                  "bmp with an OS/2 header",
+                                  "32-bit bmp with red, green, blue colour masks"])
+def test_predict_refuses_the_bmps_tensorflow_does_not_read_in_the_same_words(decode, name):
+    data = BAD[name][0]
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        decode(tf.constant([JPEG, data]))
+    with pytest.raises(ValueError) as refused:
+        read_image_header(data)
+    assert assertion_message(raised.value) == f"images[1] is {refused.value}"
 
 
 def test_first_bad_image_is_the_one_named(decode):

@@ -20,15 +20,19 @@ data) and refuses with ``InvalidArgumentError``, naming ``images[i]``:
   of any size, fill bytes and RSTn markers before it are fine, and so are bytes
   between segments that are no marker, which libjpeg skips with the warning
   "Corrupt JPEG data: N extraneous bytes before marker"), the PNG IHDR chunk, the
-  GIF's first image descriptor, or the BMP header (BITMAPCOREHEADER when its size
-  field says 12, else read as a BITMAPINFOHEADER whatever that field says, as TF
-  does; a negative height means top-down). A GIF's logical screen descriptor
+  GIF's first image descriptor, or the BMP header (read as a BITMAPINFOHEADER
+  whatever its size field says, as TF does; a negative height means top-down). A GIF's logical screen descriptor
   (bytes 6 to 9) is not read: TF ignores it and decodes the first frame at the size
   of its image descriptor, found after the global colour table and any extension
   blocks as giflib reads them (a first sub-block, then sub-blocks up to an empty
   one: an empty first sub-block does not end an extension). A file cut off before
   the descriptor, a trailer or any other byte before it, or more than
   ``MAX_GIF_BLOCKS`` extension headers and sub-blocks before it are refused;
+- a BMP that TensorFlow's BMP decoder does not read (`ofrnn_tf.features.images.bmp_problem`):
+  bit depth 1, 4 or 16, RLE or other compression, an OS/2 header (BITMAPCOREHEADER:
+  TF decodes none of these, failing as if the file were corrupt), and 32-bit bit
+  fields whose colour masks are not blue, green, red from the low byte up (TF reads
+  them so, swapping the colours of the others);
 - for a GIF, also the canvas of its frames above ``max_image_pixels``, or all its
   frames together. giflib's DGifSlurp reads every frame, allocating width x height
   bytes for each once it has read its descriptor, local colour table and code size
@@ -69,7 +73,7 @@ Complete means:
   8-bit samples and 1 or 3 components (what libjpeg decodes everywhere);
 - PNG: ends with the IEND chunk;
 - GIF: ends with the trailer byte 0x3B;
-- BMP: never (TF refuses valid BMPs: 1- and 4-bit ones, BITMAPCOREHEADER ones).
+- BMP: never (it has no end marker).
 
 These checks would refuse valid files: JPEGs with bytes after EOI (phones' motion
 photos append a video, some tools pad), PNGs with bytes after IEND, GIFs without a
@@ -141,7 +145,8 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.images import (
-    FORMAT_MAGIC, GIF_REMEDY, GIF_RUN, GIF_SPAN, MAX_GIF_BLOCKS, MAX_GIF_STEPS,
+    BMP_BGRA_MASKS, BMP_BIT_DEPTHS, BMP_BITFIELDS, BMP_COMPRESSIONS, BMP_FIELDS_BYTES,
+    BMP_MASKS_AT, BMP_MASKS_PROBLEM, BMP_REMEDY, FORMAT_MAGIC, GIF_REMEDY, GIF_RUN, GIF_SPAN, MAX_GIF_BLOCKS, MAX_GIF_STEPS,
     MISTAKEN_FORMAT_BYTES,
     MISTAKEN_FORMATS, decode_and_resize, out_of_line)
 
@@ -321,8 +326,8 @@ _LOWER[_UNKNOWN, _F_LENGTH], _UPPER[_UNKNOWN, _F_LENGTH] = 1, 0  # never valid
 # Bytes needed: the JPEG frame header and the GIF image descriptor (from where the
 # walk stopped); the PNG signature and IHDR chunk; the BMP fields read.
 _WALKED = (_JPEG, _GIF)
-_NEEDED = {_JPEG: _FRAME_BYTES, _PNG: 33, _GIF: _FRAME_BYTES, _BMP: 26, _BMP_CORE: 26,
-           _BMP_TOP_DOWN: 26}
+_NEEDED = {_JPEG: _FRAME_BYTES, _PNG: 33, _GIF: _FRAME_BYTES, _BMP: BMP_FIELDS_BYTES,
+           _BMP_CORE: BMP_FIELDS_BYTES, _BMP_TOP_DOWN: BMP_FIELDS_BYTES}
 _NEEDED_BYTES = np.zeros(_N_LAYOUTS, np.int64)
 for _layout, _needed in _NEEDED.items():
     _LOWER[_layout, [_F_WIDTH + _layout, _F_HEIGHT + _layout]] = 1
@@ -338,6 +343,13 @@ _LOWER[_PNG, _F_CHUNK] = _UPPER[_PNG, _F_CHUNK] = int.from_bytes(b"IHDR", "big")
 # A BMP's DIB header size is not checked: TF reads every BMP header as a
 # BITMAPINFOHEADER, whatever its size field says (0, 20, 200, ...), and so does the
 # guard, but for 12, a BITMAPCOREHEADER (see the module docstring).
+
+# BMPs TensorFlow's decoder does not read (`ofrnn_tf.features.images.bmp_problem`):
+# why, by kind; the info header's bit depth (bytes 28-29), compression (30-33) and,
+# for bit fields, its colour masks.
+_BMP_READ, _BMP_OS2, _BMP_DEPTH, _BMP_COMPRESSED, _BMP_MASKS = range(5)
+_BMP_BGRA_BYTES = np.frombuffer(b"".join(m.to_bytes(4, "little") for m in BMP_BGRA_MASKS),
+                                np.uint8).astype(np.int32)
 
 # ---------------------------------------------------------------------------
 # Complete files (see the module docstring): how they end, as a pattern on their
@@ -668,10 +680,35 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     fields = tf.matmul(tf.cast(inputs, tf.int64), _FIELD_WEIGHTS) + _FIELD_BIAS
     valid = tf.reduce_all(tf.logical_and(fields >= tf.gather(_LOWER, layout),
                                          fields <= tf.gather(_UPPER, layout)), axis=1)
+    bmp_problem, bmp_bits, bmp_compression = _bmp_problems(window, layout)
+    valid = tf.logical_and(valid, tf.equal(bmp_problem, _BMP_READ))
     widths, heights, frame_kind, _ = tf.split(fields, _FIELD_GROUPS, axis=1)
     pixels = tf.maximum(tf.gather(widths * heights, layout, batch_dims=1), gif_pixels)
     return _Headers(length=length, layout=layout, is_jpeg=is_jpeg, pos=pos, frame=frame,
-                    fields=fields, frame_kind=frame_kind, valid=valid, pixels=pixels)
+                    fields=fields, frame_kind=frame_kind, valid=valid, pixels=pixels,
+                    bmp_problem=bmp_problem, bmp_bits=bmp_bits,
+                    bmp_compression=bmp_compression)
+
+
+def _bmp_problems(window: tf.Tensor, layout: tf.Tensor):
+    """``(problem, bit depth, compression)`` [N] of every image: why TensorFlow's BMP
+    decoder does not read it (`_BMP_OS2`, ...), or `_BMP_READ` (for other formats too)."""
+    bits = window[:, 28] + 256 * window[:, 29]
+    compression = tf.reduce_sum(tf.cast(window[:, 30:34], tf.int64)
+                                * np.array([1, 256, 65536, 16777216], np.int64), axis=1)
+    info = tf.logical_or(tf.equal(layout, _BMP), tf.equal(layout, _BMP_TOP_DOWN))
+    bitfields = tf.logical_and(tf.equal(compression, BMP_BITFIELDS), tf.equal(bits, 32))
+    masks = window[:, BMP_MASKS_AT:BMP_MASKS_AT + len(_BMP_BGRA_BYTES)]
+    problem = tf.where(tf.equal(layout, _BMP_CORE), _BMP_OS2, _BMP_READ)
+    for kind, found in (
+            (_BMP_DEPTH, tf.reduce_all(tf.not_equal(bits[:, None], BMP_BIT_DEPTHS), axis=1)),
+            (_BMP_COMPRESSED, tf.logical_and(tf.not_equal(compression, 0),
+                                             tf.logical_not(bitfields))),
+            (_BMP_MASKS, tf.logical_and(bitfields, tf.reduce_any(
+                tf.not_equal(masks, _BMP_BGRA_BYTES), axis=1)))):
+        problem = tf.where(tf.logical_and(info, tf.logical_and(
+            tf.equal(problem, _BMP_READ), found)), kind, problem)
+    return problem, bits, compression
 
 
 def _looks_complete(images: tf.Tensor, info: _Headers) -> tf.Tensor:
@@ -739,6 +776,7 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
     info = _read_headers(image, max_jpeg_segments)
     image, length, layout, fields = image[0], info.length[0], info.layout[0], info.fields[0]
     pos, frame, pixels = info.pos[0], info.frame[0], info.pixels[0]
+    bmp_problem, bmp_bits = info.bmp_problem[0], _str(info.bmp_bits[0])
     width, height = fields[_F_WIDTH + layout], fields[_F_HEIGHT + layout]
     is_jpeg, is_gif = tf.equal(layout, _JPEG), tf.equal(layout, _GIF)
     available = tf.where(tf.logical_or(is_jpeg, is_gif), fields[_F_AVAILABLE],
@@ -783,6 +821,16 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
         (tf.logical_and(tf.equal(layout, _PNG),
                         tf.not_equal(fields[_F_CHUNK], _LOWER[_PNG, _F_CHUNK])),
          corrupt("its first chunk is not IHDR")),
+        (tf.equal(bmp_problem, _BMP_OS2),
+         tf.strings.join([a_format, " with an OS/2 header (BITMAPCOREHEADER)", BMP_REMEDY])),
+        (tf.equal(bmp_problem, _BMP_DEPTH),
+         tf.strings.join([a_format, " of bit depth ", bmp_bits, BMP_REMEDY])),
+        (tf.equal(bmp_problem, _BMP_COMPRESSED),
+         tf.strings.join([a_format, " of bit depth ", bmp_bits, " compressed with ",
+                          tf.gather(BMP_COMPRESSIONS, tf.minimum(
+                              info.bmp_compression[0], len(BMP_COMPRESSIONS) - 1)),
+                          " (compression ", _str(info.bmp_compression[0]), ")", BMP_REMEDY])),
+        (tf.equal(bmp_problem, _BMP_MASKS), tf.strings.join([a_format, BMP_MASKS_PROBLEM])),
         (tf.logical_or(tf.equal(width, 0), tf.equal(height, 0)),
          tf.strings.join([a_format, " of ", size, " pixels: an empty image"])),
         (tf.logical_and(is_bmp_info, width > _MAX_SIDE), corrupt("its width is negative")),

@@ -210,6 +210,47 @@ MAX_GIF_STEPS = 1024
 GIF_REMEDY = ": the model reads only the first frame, so send that frame as a PNG or JPEG"
 
 
+# TensorFlow's BMP decoder reads every header as a BITMAPINFOHEADER, and pixels of bit
+# depth 8, 24 or 32 stored uncompressed, 32-bit ones as blue, green, red, alpha bytes
+# whatever the colour masks of a bit-fields BMP say. Other valid BMPs (bit depth 1, 4
+# or 16, RLE compression, OS/2 headers) fail to decode as if corrupt, and 32-bit ones
+# with other masks decode with their colours swapped: both are refused, saying so.
+BMP_BIT_DEPTHS = (8, 24, 32)
+BMP_BITFIELDS = 3  # the compression of a BMP whose colour masks follow its header
+BMP_MASKS_AT = 54  # red, green and blue masks, in BITMAPINFOHEADER and its successors
+BMP_BGRA_MASKS = (0x00FF0000, 0x0000FF00, 0x000000FF)
+BMP_COMPRESSIONS = ("none", "RLE8", "RLE4", "bit fields", "JPEG", "PNG", "alpha bit fields",
+                    "an unknown method")
+BMP_FIELDS_BYTES = 34  # file header, then the info header up to its compression field
+# No apostrophe: the served error shows the message as a quoted repr.
+BMP_REMEDY = (", which TensorFlow does not decode (it decodes uncompressed BMPs of bit "
+              "depth 8, 24 or 32): send it as a PNG or JPEG")
+BMP_MASKS_PROBLEM = (" of bit depth 32 whose colour masks are not blue, green, red from its "
+                     "low byte up, so TensorFlow would decode it with its colours swapped: "
+                     "send it as a PNG or JPEG")
+
+
+def bmp_problem(data: bytes) -> str | None:
+    """Why TensorFlow's BMP decoder cannot read the BMP `data` (of at least
+    `BMP_FIELDS_BYTES` bytes), e.g. "a BMP of bit depth 1, which ...", or None; the
+    served graph's guard says the same after "images[i] is "."""
+    (info_size,) = struct.unpack_from("<I", data, 14)
+    if info_size == 12:
+        return "a BMP with an OS/2 header (BITMAPCOREHEADER)" + BMP_REMEDY
+    bits, compression = struct.unpack_from("<HI", data, 28)
+    if bits not in BMP_BIT_DEPTHS:
+        return f"a BMP of bit depth {bits}" + BMP_REMEDY
+    if compression == BMP_BITFIELDS and bits == 32:
+        masks = struct.unpack_from("<III", bytes(data[:BMP_MASKS_AT + 12]).ljust(
+            BMP_MASKS_AT + 12, b"\0"), BMP_MASKS_AT)
+        return None if masks == BMP_BGRA_MASKS else "a BMP" + BMP_MASKS_PROBLEM
+    if compression != 0:
+        method = BMP_COMPRESSIONS[min(compression, len(BMP_COMPRESSIONS) - 1)]
+        return (f"a BMP of bit depth {bits} compressed with {method} (compression "
+                f"{compression})" + BMP_REMEDY)
+    return None
+
+
 def colour_table_bytes(flags: int) -> int:
     """The bytes of the GIF colour table that `flags` (of the logical screen or of an
     image descriptor) announce: present when bit 0x80 is set, of 2^(n + 1) RGB entries
@@ -404,7 +445,8 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
     A GIF's size is that of its first frame, which TensorFlow decodes whatever its
     logical screen says (`_gif_size`).
     Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
-    image or the header is truncated or corrupt, for a GIF whose frames are more than
+    image or the header is truncated or corrupt, for a BMP that TensorFlow's decoder
+    does not read (`bmp_problem`), for a GIF whose frames are more than
     the served graph walks (`gif_frames`), and, when `max_image_pixels` is given, when
     the image is above it as the served graph counts (`pixel_limit_error`: for a GIF,
     every frame counts).
@@ -420,14 +462,14 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
     elif data.startswith(FORMAT_MAGIC["GIF"]):
         fmt, (width, height) = "GIF", _gif_size(data)
     elif data.startswith(FORMAT_MAGIC["BMP"]):
-        if len(data) < 26:
+        if len(data) < BMP_FIELDS_BYTES:
             raise ValueError("truncated BMP header")
-        (info_size,) = struct.unpack("<I", data[14:18])
-        if info_size == 12:  # BITMAPCOREHEADER
-            width, height = struct.unpack("<HH", data[18:22])
-        else:  # BITMAPINFOHEADER and its successors; TF reads any other size so too
-            width, height = struct.unpack("<ii", data[18:26])
-            height = abs(height)  # negative height: rows stored top-down
+        problem = bmp_problem(data)
+        if problem is not None:
+            raise ValueError(problem)
+        # BITMAPINFOHEADER and its successors; TF reads any other size so too
+        width, height = struct.unpack("<ii", data[18:26])
+        height = abs(height)  # negative height: rows stored top-down
         fmt = "BMP"
     else:
         raise ValueError(f"not a {IMAGE_FORMATS} image (starts with {data[:8]!r})"
