@@ -5,10 +5,12 @@ gRPC client."""
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -21,9 +23,12 @@ import tensorflow as tf
 from google.protobuf import text_format
 from PIL import Image
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
+    inference_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -102,7 +107,8 @@ def test_image_size_huge_declared_size_costs_nothing():
     (b"\xff\xd8\xff\xe0\x00\x10JFIF", "truncated JPEG"),
     (b"GIF89a\x00\x00\x00\x00", "truncated GIF"),
     (b"GIF89a" + bytes(7) + b"\x2c" + bytes(9), "empty image (0x0)"),
-    (b"BM" + b"\x00" * 40, "empty image (0x0)"),
+    (b"BM" + b"\x00" * 26 + b"\x18" + b"\x00" * 13, "empty image (0x0)"),  # 24-bit, 0x0
+    (b"BM" + b"\x00" * 40, "a BMP of bit depth 0, which TensorFlow does not decode"),
 ])
 def test_image_size_refuses(data, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -122,6 +128,24 @@ def test_find_latest_version(tmp_path):
         find_latest_version(str(tmp_path / "tmp-export"))
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         find_latest_version(str(tmp_path / "missing"))
+    # TF Serving reads "0013" as version 13 and loads it from that folder; "²" is no version.
+    for name in ("0013", "²"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    assert find_latest_version(str(tmp_path)) == (13, str(tmp_path / "0013"))
+
+
+@pytest.mark.slow
+def test_a_newest_version_that_does_not_load_is_named(tiny_export_run, tmp_path):
+    """A version folder whose copy is still running or was cut short: one line naming it."""
+    from ofrnn_tf.serving.local_server import serve
+
+    shutil.copytree(tiny_export_run.export_dir, tmp_path / "3")
+    data = glob.glob(str(tmp_path / "3" / "variables" / "variables.data-*"))[0]
+    with open(data, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(RuntimeError, match=r"^version 3 \(.*3\) does not load: "):
+        serve(str(tmp_path), warmup=False)
 
 
 def test_model_config_parses():
@@ -395,9 +419,48 @@ def test_a_second_server_on_a_busy_port_fails_to_bind(model_base, server):
     from ofrnn_tf.serving.local_server import serve
 
     host, port = server.rsplit(":", 1)
-    with pytest.raises(OSError, match=f"cannot bind {re.escape(server)}"):
+    with pytest.raises(OSError, match=f"cannot bind {re.escape(server)}: Address already in use"):
         serve(model_base, host=host, port=int(port), warmup=False)
+    # Refused before the model loads: a base path with no model fails the same way.
+    with pytest.raises(OSError, match="Address already in use"):
+        serve("/nonexistent-model-base", host=host, port=int(port))
     assert_good_request_works(server)
+
+
+@slow
+def test_rpcs_not_served_are_refused_by_name(server, stub):
+    calls = {"Classify": (stub.Classify, classification_pb2.ClassificationRequest()),
+             "Regress": (stub.Regress, regression_pb2.RegressionRequest()),
+             "MultiInference": (stub.MultiInference, inference_pb2.MultiInferenceRequest())}
+    for method, (call, request) in calls.items():
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert err.value.details().startswith(f"{method} is not served here: this server "
+                                              f"answers Predict, GetModelMetadata")
+    assert_good_request_works(server)
+
+
+@slow
+def test_every_output_filter_runs_the_one_set_of_fetches(model_base):
+    """Each set of fetches a session is given sets its graph up anew; the server fetches
+    all outputs and answers with those the filter names."""
+    from ofrnn_tf.serving.local_server import ModelServer, Servable
+
+    servable = Servable.load(model_base, "ofrnn")
+    fetched = []
+    run = servable.run
+    servable.run = lambda name, inputs, keys, timeout: fetched.append(tuple(keys)) or run(
+        name, inputs, keys, timeout)
+    service = ModelServer(servable)
+    for output_filter in ([], ["num_labels"], ["labels", "scores"]):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "ofrnn"
+        request.inputs["images"].CopyFrom(strings([RED]))
+        request.output_filter.extend(output_filter)
+        response = service.predict(request)
+        assert set(response.outputs) == set(output_filter or OUTPUTS)
+    assert fetched == [tuple(sorted(OUTPUTS))] * 3
 
 
 class _Context:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from concurrent import futures
@@ -129,9 +130,16 @@ class Servable:
 
     @classmethod
     def load(cls, model_base_path: str, name: str) -> "Servable":
+        """The newest version; RuntimeError naming its folder if it does not load (a
+        copy still running or cut short, say)."""
         version, path = find_latest_version(model_base_path)
-        session, signature_defs = load_session(path)
-        return cls(name, version, path, signature_defs, session, recorded_image_pixel_limit(path))
+        try:
+            session, signature_defs = load_session(path)
+            limit = recorded_image_pixel_limit(path)
+        except (tf.errors.OpError, ValueError, OSError) as e:
+            text = op_error_text(e) if isinstance(e, tf.errors.OpError) else str(e)
+            raise RuntimeError(f"version {version} ({path}) does not load: {text}") from None
+        return cls(name, version, path, signature_defs, session, limit)
 
     @property
     def signatures(self) -> list[str]:
@@ -344,6 +352,10 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                                f"several requests")
 
         keys = list(request.output_filter or sig.outputs)
+        # Every run fetches all outputs: a session sets its graph up for each set of
+        # fetches it is given (some 2 s and 8 MB each), and the subsets of six outputs
+        # are 63 per signature.
+        fetched = sorted(sig.outputs)
         timeout_ms = None
         if context is not None:
             remaining = context.time_remaining()
@@ -354,7 +366,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             if remaining is not None and remaining < _NO_DEADLINE_SECONDS:
                 timeout_ms = max(1, int(remaining * 1000))
         try:
-            outputs = s.run(name, inputs, keys, timeout_ms)
+            outputs = s.run(name, inputs, fetched, timeout_ms)
         except tf.errors.DeadlineExceededError:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"the model ran past the client's deadline "
@@ -427,10 +439,28 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         response.metadata["signature_def"].Pack(defs)
         return response
 
+    def Classify(self, request, context):
+        return self._answer(context, self._unimplemented, "Classify")
+
+    def Regress(self, request, context):
+        return self._answer(context, self._unimplemented, "Regress")
+
+    def MultiInference(self, request, context):
+        return self._answer(context, self._unimplemented, "MultiInference")
+
+    @staticmethod
+    def _unimplemented(method: str):
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                           f"{method} is not served here: this server answers Predict, "
+                           f"GetModelMetadata and GetModelStatus")
+
     # -- ModelService ----------------------------------------------------------
 
     def GetModelStatus(self, request, context):
         return self._answer(context, self._status, request)
+
+    def HandleReloadConfigRequest(self, request, context):
+        return self._answer(context, self._unimplemented, "HandleReloadConfigRequest")
 
     def _status(self, request):
         self._check_spec(request.model_spec)
@@ -464,6 +494,18 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _bind_problem(host: str, port: int) -> str:
+    """Why the operating system refuses ``host:port`` (": Address already in use"), as
+    a plain socket finds it; gRPC's own error does not say."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as e:
+        return f": {e.strerror or e}"
+    return ""
+
+
 def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str = "127.0.0.1",
           port: int = 0, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
           max_image_pixels: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
@@ -487,12 +529,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     Returns:
         The started ``grpc.Server`` and the bound port.
     """
-    servable = Servable.load(model_base_path, model_name)
-    service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
-    if warmup:
-        start = time.perf_counter()
-        n = service.warm_up()
-        logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
+    # The port first: a busy one is refused before the model loads.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
         options=[("grpc.max_receive_message_length", int(max_message_bytes)),
@@ -501,14 +538,24 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
                  # take half its requests instead of failing to bind.
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_concurrent_rpcs)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
     try:
         bound = server.add_insecure_port(_address(host, port))
-    except RuntimeError as e:
-        raise OSError(f"cannot bind {_address(host, port)}: {e}") from None
+    except RuntimeError:
+        bound = 0
     if not bound:
-        raise OSError(f"cannot bind {_address(host, port)}")
+        raise OSError(f"cannot bind {_address(host, port)}{_bind_problem(host, port)}")
+    try:
+        servable = Servable.load(model_base_path, model_name)
+        service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
+        if warmup:
+            start = time.perf_counter()
+            n = service.warm_up()
+            logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
+    except BaseException:
+        server.stop(None)  # frees the port
+        raise
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
     server.start()
     logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
                  servable.version, servable.path, _address(host, bound), service.max_image_pixels)

@@ -8,6 +8,7 @@ at the same time instead of one after the other.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -25,14 +26,16 @@ def find_latest_version(model_base_path: str) -> tuple[int, str]:
     """Returns ``(version, path)`` of the highest integer-named subdirectory."""
     if not os.path.isdir(model_base_path):
         raise FileNotFoundError(f"model base path {model_base_path!r} is not a directory")
-    versions = [int(name) for name in os.listdir(model_base_path)
-                if name.isdigit() and os.path.isdir(os.path.join(model_base_path, name))]
+    # Named as TF Serving reads them: ASCII digits, leading zeros allowed ("0001" is 1).
+    versions = sorted((int(name), name) for name in os.listdir(model_base_path)
+                      if re.fullmatch(r"[0-9]+", name)
+                      and os.path.isdir(os.path.join(model_base_path, name)))
     if not versions:
         raise FileNotFoundError(
             f"no version directories under {model_base_path!r}: expected "
             f"{os.path.join(model_base_path, '<integer version>', 'saved_model.pb')}")
-    version = max(versions)
-    path = os.path.join(model_base_path, str(version))
+    version, name = versions[-1]
+    path = os.path.join(model_base_path, name)
     if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
         raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb")
     return version, path
