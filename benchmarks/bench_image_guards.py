@@ -9,7 +9,8 @@ guards), each as a `tf.function` on the same string tensor, in alternating calls
 reports their medians and the guards' share of the first:
 
 - 224x224 photo-like JPEGs (about 20 KB), one and a batch of 32;
-- the same pictures as single-frame GIFs written by PIL, one and 32;
+- the same pictures as single-frame GIFs written by PIL, one and 32, and as 24-bit
+  BMPs, one and 32;
 - a PIL animation of 40 such frames, each with its own colour table (about 1.6 MB);
 - the most steps a GIF can make the frame walk take (a frame a step): ``MAX_GIF_STEPS``
   frames of one pixel (15 KB), one and 32 (a file with one frame more is refused at
@@ -83,10 +84,11 @@ def image_sets() -> dict[str, list[bytes]]:
     frames = [photo(100 + s).convert("P", palette=Image.Palette.ADAPTIVE) for s in range(40)]
     animation = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], loop=0,
                        duration=50, comment=b"an animation")
+    bmps = [encode(photo(s), "BMP") for s in range(32)]
     small_frames = one_pixel_frames(MAX_GIF_STEPS)
     most_steps = one_pixel_frames(MAX_GIF_STEPS, colour_tables=True)
     return {"1 JPEG": jpegs[:1], "32 JPEGs": jpegs, "1 GIF": gifs[:1], "32 GIFs": gifs,
-            "animated GIF, 40 frames": [animation],
+            "1 BMP": bmps[:1], "32 BMPs": bmps, "animated GIF, 40 frames": [animation],
             f"GIF of {MAX_GIF_STEPS} one-pixel frames": [small_frames],
             f"32 GIFs of {MAX_GIF_STEPS} one-pixel frames": [small_frames] * 32,
             f"31 JPEGs and a GIF of {MAX_GIF_STEPS} one-pixel frames": jpegs[:31] + [small_frames],
