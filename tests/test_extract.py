@@ -148,8 +148,8 @@ def test_formats_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_
     Image.new("1", (32, 32)).save(one_bit, "BMP")
     refused = {"webp": (str(webp), "not a JPEG/PNG/GIF/BMP image (starts with b'RIFF"),
                "webp_bytes": (buf.getvalue(), "not a JPEG/PNG/GIF/BMP image"),
-               "one_bit_bmp": (one_bit.getvalue(), "a BMP of bit depth 1, which TensorFlow "
-                                                   "does not decode")}
+               "one_bit_bmp": (one_bit.getvalue(), "a BMP of bit depth 1, a layout the model "
+                                                   "does not read")}
     good = _good_examples(str(tmp_path), n=3) + [Example("huge", str(huge), (0,))]
     examples = good[:1] + [Example(k, image, (0,)) for k, (image, _) in refused.items()] + good[1:]
     out = str(tmp_path / "features")

@@ -226,13 +226,24 @@ BAD = {
     "bmp over the limit": (encode(Image.new("L", (1100, 1000)), "BMP"),
                            "is a BMP of 1100x1000 = 1100000 pixels"),
     "1-bit bmp": (encode(Image.new("1", (64, 48)), "BMP"),
-                  "is a BMP of bit depth 1, which TensorFlow does not decode (it decodes "
-                  "uncompressed BMPs of bit depth 8, 24 or 32): send it as a PNG or JPEG"),
+                  "is a BMP of bit depth 1, a layout the model does not read (it reads "
+                  "uncompressed BMPs of bit depth 8, 24 or 32, those TensorFlow decodes): send "
+                  "it as a PNG or JPEG"),
     "16-bit bmp": (with_bit_depth(encode(picture(), "BMP"), 16), "is a BMP of bit depth 16, "),
     "run-length encoded bmp": (rle8_bmp(picture()), "is a BMP of bit depth 8 compressed with "
-                                                    "RLE8 (compression 1), which TensorFlow"),
+                                                    "RLE8 (compression 1), a layout"),
     "bmp with an OS/2 header": (os2_bmp(picture()), "is a BMP with an OS/2 header "
-                                                    "(BITMAPCOREHEADER), which TensorFlow"),
+                                                    "(BITMAPCOREHEADER), a layout"),
+    # Byte 25 of an OS/2 header is its bit depth's, not a height's top byte.
+    "bmp with an OS/2 header and FF in byte 25": (
+        os2_bmp(picture())[:25] + b"\xff" + os2_bmp(picture())[26:],
+        "is a BMP with an OS/2 header (BITMAPCOREHEADER), a layout"),
+    "bmp cut off before its compression": (encode(picture(), "BMP")[:30],
+                                           "is a BMP cut off inside its header (30 bytes): its "
+                                           "size, bit depth and compression need 34"),
+    "32-bit bmp cut off inside its colour masks": (
+        bit_fields_bmp(picture())[:60],
+        "is a BMP of bit depth 32 with colour masks, cut off inside them (60 bytes)"),
     "32-bit bmp with red, green, blue colour masks": (
         bit_fields_bmp(picture(), RGBA_MASKS),
         "is a BMP of bit depth 32 whose colour masks are not blue, green, red from its low "
@@ -343,6 +354,9 @@ def test_bad_image_is_refused_by_index(decode, name):
 
 @pytest.mark.parametrize("name", ["1-bit bmp", "16-bit bmp", "run-length encoded bmp",
                                   "bmp with an OS/2 header",
+                                  "bmp with an OS/2 header and FF in byte 25",
+                                  "bmp cut off before its compression",
+                                  "32-bit bmp cut off inside its colour masks",
                                   "32-bit bmp with red, green, blue colour masks"])
 def test_predict_refuses_the_bmps_tensorflow_does_not_read_in_the_same_words(decode, name):
     data = BAD[name][0]

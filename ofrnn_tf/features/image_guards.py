@@ -146,8 +146,8 @@ import tensorflow as tf
 
 from ofrnn_tf.features.images import (
     BMP_BGRA_MASKS, BMP_BIT_DEPTHS, BMP_BITFIELDS, BMP_COMPRESSIONS, BMP_FIELDS_BYTES,
-    BMP_MASKS_AT, BMP_MASKS_PROBLEM, BMP_REMEDY, FORMAT_MAGIC, GIF_REMEDY, GIF_RUN, GIF_SPAN, MAX_GIF_BLOCKS, MAX_GIF_STEPS,
-    MISTAKEN_FORMAT_BYTES,
+    BMP_MASKS_AT, BMP_MASKS_CUT, BMP_MASKS_PROBLEM, BMP_REMEDY, BMP_TRUNCATED, FORMAT_MAGIC,
+    GIF_REMEDY, GIF_RUN, GIF_SPAN, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MISTAKEN_FORMAT_BYTES,
     MISTAKEN_FORMATS, decode_and_resize, out_of_line)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
@@ -171,20 +171,21 @@ _ANY = None  # a wildcard byte in a pattern
 
 # ---------------------------------------------------------------------------
 # Layouts: where width and height are stored. The formats, plus BMP variants.
-_UNKNOWN, _JPEG, _PNG, _GIF, _BMP, _BMP_CORE, _BMP_TOP_DOWN = range(7)
+_UNKNOWN, _JPEG, _PNG, _GIF, _BMP, _BMP_TOP_DOWN, _BMP_CORE = range(7)
 _LAYOUT_FORMATS = ("unknown", "JPEG", "PNG", "GIF", "BMP", "BMP", "BMP")
 _N_LAYOUTS = len(_LAYOUT_FORMATS)
 
 # Magic bytes and the layout each implies. When several match, the highest layout
-# wins: a BMP is refined by its header size (12: BITMAPCOREHEADER) and by the top
-# byte of its height (FF: negative, rows stored top-down).
+# wins: a BMP is refined by the top byte of its height (FF: negative, rows stored
+# top-down) and, above that, by its header size (12: BITMAPCOREHEADER, where byte 25
+# is no longer the height's).
 _BM = tuple(FORMAT_MAGIC["BMP"][0])
 _SIGNATURES = tuple(
     (layout, magic) for name, layout in (("JPEG", _JPEG), ("PNG", _PNG), ("GIF", _GIF),
                                          ("BMP", _BMP))
     for magic in FORMAT_MAGIC[name]) + (
-    (_BMP_CORE, _BM + (_ANY,) * 12 + (12, 0, 0, 0)),
     (_BMP_TOP_DOWN, _BM + (_ANY,) * 23 + (0xFF,)),
+    (_BMP_CORE, _BM + (_ANY,) * 12 + (12, 0, 0, 0)),
 )
 _SIGNATURE_BYTES = 26
 _SIGNATURE_VALUES = np.zeros((len(_SIGNATURES), _SIGNATURE_BYTES), np.int32)
@@ -342,12 +343,12 @@ _UPPER[_GIF, _F_MARKER] = _GIF_DESCRIPTOR * 256 + 255
 _LOWER[_PNG, _F_CHUNK] = _UPPER[_PNG, _F_CHUNK] = int.from_bytes(b"IHDR", "big")
 # A BMP's DIB header size is not checked: TF reads every BMP header as a
 # BITMAPINFOHEADER, whatever its size field says (0, 20, 200, ...), and so does the
-# guard, but for 12, a BITMAPCOREHEADER (see the module docstring).
+# guard, but for 12: a BITMAPCOREHEADER, which TF misreads and the guard refuses.
 
 # BMPs TensorFlow's decoder does not read (`ofrnn_tf.features.images.bmp_problem`):
 # why, by kind; the info header's bit depth (bytes 28-29), compression (30-33) and,
 # for bit fields, its colour masks.
-_BMP_READ, _BMP_OS2, _BMP_DEPTH, _BMP_COMPRESSED, _BMP_MASKS = range(5)
+_BMP_READ, _BMP_OS2, _BMP_DEPTH, _BMP_COMPRESSED, _BMP_MASKS_CUT, _BMP_MASKS = range(6)
 _BMP_BGRA_BYTES = np.frombuffer(b"".join(m.to_bytes(4, "little") for m in BMP_BGRA_MASKS),
                                 np.uint8).astype(np.int32)
 
@@ -680,7 +681,7 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     fields = tf.matmul(tf.cast(inputs, tf.int64), _FIELD_WEIGHTS) + _FIELD_BIAS
     valid = tf.reduce_all(tf.logical_and(fields >= tf.gather(_LOWER, layout),
                                          fields <= tf.gather(_UPPER, layout)), axis=1)
-    bmp_problem, bmp_bits, bmp_compression = _bmp_problems(window, layout)
+    bmp_problem, bmp_bits, bmp_compression = _bmp_problems(window, layout, length)
     valid = tf.logical_and(valid, tf.equal(bmp_problem, _BMP_READ))
     widths, heights, frame_kind, _ = tf.split(fields, _FIELD_GROUPS, axis=1)
     pixels = tf.maximum(tf.gather(widths * heights, layout, batch_dims=1), gif_pixels)
@@ -690,7 +691,7 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
                     bmp_compression=bmp_compression)
 
 
-def _bmp_problems(window: tf.Tensor, layout: tf.Tensor):
+def _bmp_problems(window: tf.Tensor, layout: tf.Tensor, length: tf.Tensor):
     """``(problem, bit depth, compression)`` [N] of every image: why TensorFlow's BMP
     decoder does not read it (`_BMP_OS2`, ...), or `_BMP_READ` (for other formats too)."""
     bits = window[:, 28] + 256 * window[:, 29]
@@ -704,6 +705,7 @@ def _bmp_problems(window: tf.Tensor, layout: tf.Tensor):
             (_BMP_DEPTH, tf.reduce_all(tf.not_equal(bits[:, None], BMP_BIT_DEPTHS), axis=1)),
             (_BMP_COMPRESSED, tf.logical_and(tf.not_equal(compression, 0),
                                              tf.logical_not(bitfields))),
+            (_BMP_MASKS_CUT, tf.logical_and(bitfields, length < BMP_MASKS_AT + 12)),
             (_BMP_MASKS, tf.logical_and(bitfields, tf.reduce_any(
                 tf.not_equal(masks, _BMP_BGRA_BYTES), axis=1)))):
         problem = tf.where(tf.logical_and(info, tf.logical_and(
@@ -730,6 +732,12 @@ def _hex(data: tf.Tensor) -> tf.Tensor:
 
 def _str(value: tf.Tensor) -> tf.Tensor:
     return tf.strings.as_string(value)
+
+
+def _format(template: str, value: tf.Tensor) -> tf.Tensor:
+    """``template.format(value)`` in the graph, for a template with one ``{}``."""
+    before, after = template.split("{}")
+    return tf.strings.join([before, _str(value), after])
 
 
 def _first(cases, default):
@@ -786,8 +794,9 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
     name = tf.strings.join(["images[", _str(i), "]"])
     a_format = tf.strings.join([name, " is a ", tf.gather(_LAYOUT_FORMATS, layout)])
     found = tf.strings.reduce_join(tf.gather(_HEX, tf.minimum(frame[:2], 255)), separator=" ")
-    truncated = tf.strings.join([a_format, " cut off inside its header (", _str(length),
-                                 " bytes), before its width and height"])
+    truncated = tf.strings.join([a_format, tf.where(
+        layout >= _BMP, _format(BMP_TRUNCATED, length),
+        _format(" cut off inside its header ({} bytes), before its width and height", length))])
 
     def corrupt(*parts):
         return tf.strings.join([a_format, " with a corrupt header: ", *parts])
@@ -830,6 +839,8 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
                           tf.gather(BMP_COMPRESSIONS, tf.minimum(
                               info.bmp_compression[0], len(BMP_COMPRESSIONS) - 1)),
                           " (compression ", _str(info.bmp_compression[0]), ")", BMP_REMEDY])),
+        (tf.equal(bmp_problem, _BMP_MASKS_CUT),
+         tf.strings.join([a_format, _format(BMP_MASKS_CUT, length)])),
         (tf.equal(bmp_problem, _BMP_MASKS), tf.strings.join([a_format, BMP_MASKS_PROBLEM])),
         (tf.logical_or(tf.equal(width, 0), tf.equal(height, 0)),
          tf.strings.join([a_format, " of ", size, " pixels: an empty image"])),

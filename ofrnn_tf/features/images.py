@@ -214,7 +214,9 @@ GIF_REMEDY = ": the model reads only the first frame, so send that frame as a PN
 # depth 8, 24 or 32 stored uncompressed, 32-bit ones as blue, green, red, alpha bytes
 # whatever the colour masks of a bit-fields BMP say. Other valid BMPs (bit depth 1, 4
 # or 16, RLE compression, OS/2 headers) fail to decode as if corrupt, and 32-bit ones
-# with other masks decode with their colours swapped: both are refused, saying so.
+# with other masks decode with their colours swapped: both are refused, saying so. So
+# are the odd layouts it happens to decode (a bit depth of 25, compression 6), which
+# no encoder writes.
 BMP_BIT_DEPTHS = (8, 24, 32)
 BMP_BITFIELDS = 3  # the compression of a BMP whose colour masks follow its header
 BMP_MASKS_AT = 54  # red, green and blue masks, in BITMAPINFOHEADER and its successors
@@ -222,12 +224,15 @@ BMP_BGRA_MASKS = (0x00FF0000, 0x0000FF00, 0x000000FF)
 BMP_COMPRESSIONS = ("none", "RLE8", "RLE4", "bit fields", "JPEG", "PNG", "alpha bit fields",
                     "an unknown method")
 BMP_FIELDS_BYTES = 34  # file header, then the info header up to its compression field
+BMP_TRUNCATED = (f" cut off inside its header ({{}} bytes): its size, bit depth and "
+                 f"compression need {BMP_FIELDS_BYTES}")
 # No apostrophe: the served error shows the message as a quoted repr.
-BMP_REMEDY = (", which TensorFlow does not decode (it decodes uncompressed BMPs of bit "
-              "depth 8, 24 or 32): send it as a PNG or JPEG")
+BMP_REMEDY = (", a layout the model does not read (it reads uncompressed BMPs of bit "
+              "depth 8, 24 or 32, those TensorFlow decodes): send it as a PNG or JPEG")
 BMP_MASKS_PROBLEM = (" of bit depth 32 whose colour masks are not blue, green, red from its "
                      "low byte up, so TensorFlow would decode it with its colours swapped: "
                      "send it as a PNG or JPEG")
+BMP_MASKS_CUT = " of bit depth 32 with colour masks, cut off inside them ({} bytes)"
 
 
 def bmp_problem(data: bytes) -> str | None:
@@ -241,8 +246,9 @@ def bmp_problem(data: bytes) -> str | None:
     if bits not in BMP_BIT_DEPTHS:
         return f"a BMP of bit depth {bits}" + BMP_REMEDY
     if compression == BMP_BITFIELDS and bits == 32:
-        masks = struct.unpack_from("<III", bytes(data[:BMP_MASKS_AT + 12]).ljust(
-            BMP_MASKS_AT + 12, b"\0"), BMP_MASKS_AT)
+        if len(data) < BMP_MASKS_AT + 12:
+            return "a BMP" + BMP_MASKS_CUT.format(len(data))
+        masks = struct.unpack_from("<III", data, BMP_MASKS_AT)
         return None if masks == BMP_BGRA_MASKS else "a BMP" + BMP_MASKS_PROBLEM
     if compression != 0:
         method = BMP_COMPRESSIONS[min(compression, len(BMP_COMPRESSIONS) - 1)]
@@ -463,7 +469,7 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
         fmt, (width, height) = "GIF", _gif_size(data)
     elif data.startswith(FORMAT_MAGIC["BMP"]):
         if len(data) < BMP_FIELDS_BYTES:
-            raise ValueError("truncated BMP header")
+            raise ValueError("a BMP" + BMP_TRUNCATED.format(len(data)))
         problem = bmp_problem(data)
         if problem is not None:
             raise ValueError(problem)
