@@ -26,6 +26,8 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     inference_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
@@ -108,7 +110,7 @@ def test_image_size_huge_declared_size_costs_nothing():
     (b"GIF89a\x00\x00\x00\x00", "truncated GIF"),
     (b"GIF89a" + bytes(7) + b"\x2c" + bytes(9), "empty image (0x0)"),
     (b"BM" + b"\x00" * 26 + b"\x18" + b"\x00" * 13, "empty image (0x0)"),  # 24-bit, 0x0
-    (b"BM" + b"\x00" * 40, "a BMP of bit depth 0, which TensorFlow does not decode"),
+    (b"BM" + b"\x00" * 40, "a BMP of bit depth 0, a layout the model does not read"),
 ])
 def test_image_size_refuses(data, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -128,8 +130,9 @@ def test_find_latest_version(tmp_path):
         find_latest_version(str(tmp_path / "tmp-export"))
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         find_latest_version(str(tmp_path / "missing"))
-    # TF Serving reads "0013" as version 13 and loads it from that folder; "²" is no version.
-    for name in ("0013", "²"):
+    # TF Serving reads "0013" as version 13 and loads it from that folder; "²" is no
+    # version, nor is a number beyond int64.
+    for name in ("0013", "²", "9" * 20):
         (tmp_path / name).mkdir()
         (tmp_path / name / "saved_model.pb").write_bytes(b"")
     assert find_latest_version(str(tmp_path)) == (13, str(tmp_path / "0013"))
@@ -146,6 +149,59 @@ def test_a_newest_version_that_does_not_load_is_named(tiny_export_run, tmp_path)
         f.truncate(1000)
     with pytest.raises(RuntimeError, match=r"^version 3 \(.*3\) does not load: "):
         serve(str(tmp_path), warmup=False)
+
+
+def test_a_version_copy_just_begun_is_named(tmp_path):
+    """An empty saved_model.pb, as a copy leaves it at its start."""
+    from ofrnn_tf.serving.local_server import serve
+
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(RuntimeError, match=r"^version 4 \(.*4\) does not load: "):
+        serve(str(tmp_path), warmup=False)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "not TFRecords"])
+def test_a_warm_up_file_that_does_not_read_is_named(tmp_path, damage):
+    from ofrnn_tf.export.warmup import WARMUP_FILE
+    from ofrnn_tf.serving.local_server import serve
+
+    warmup = os.path.join(write_stand_in_model(str(tmp_path), 5), WARMUP_FILE)
+    with open(warmup, "r+b") as f:
+        if damage == "cut short":
+            f.truncate(os.path.getsize(warmup) // 2)
+        else:
+            f.write(b"no records here" * 20)
+    with pytest.raises(RuntimeError, match=r"^version 5 does not warm up: .*"
+                                           r"tf_serving_warmup_requests: warm-up record \d+ "
+                                           r"does not read: "):
+        serve(str(tmp_path))
+
+
+def test_nothing_listens_while_the_model_loads_and_a_failed_load_frees_the_port(
+        tmp_path, monkeypatch):
+    """As under TF Serving, a client finds no server (UNAVAILABLE at once) rather than
+    one that accepts and never answers; a load that fails leaves the port to the next."""
+    import socket
+
+    from ofrnn_tf.serving import local_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen = []
+
+    def load(*args):
+        with socket.socket() as probe:
+            seen.append(probe.connect_ex(("127.0.0.1", port)))
+        raise RuntimeError("version 1 does not load: test")
+
+    monkeypatch.setattr(local_server.Servable, "load", load)
+    with pytest.raises(RuntimeError, match="does not load"):
+        local_server.serve(str(tmp_path), port=port)
+    assert seen and seen[0] != 0  # connection refused while loading
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
 
 
 def test_model_config_parses():
@@ -421,6 +477,9 @@ def test_a_second_server_on_a_busy_port_fails_to_bind(model_base, server):
     host, port = server.rsplit(":", 1)
     with pytest.raises(OSError, match=f"cannot bind {re.escape(server)}: Address already in use"):
         serve(model_base, host=host, port=int(port), warmup=False)
+    # A name, which may stand for 127.0.0.1 and ::1: gRPC starts on whichever is free.
+    with pytest.raises(OSError, match=f"cannot bind localhost:{port}: Address already in use"):
+        serve(model_base, host="localhost", port=int(port), warmup=False)
     # Refused before the model loads: a base path with no model fails the same way.
     with pytest.raises(OSError, match="Address already in use"):
         serve("/nonexistent-model-base", host=host, port=int(port))
@@ -432,6 +491,9 @@ def test_rpcs_not_served_are_refused_by_name(server, stub):
     calls = {"Classify": (stub.Classify, classification_pb2.ClassificationRequest()),
              "Regress": (stub.Regress, regression_pb2.RegressionRequest()),
              "MultiInference": (stub.MultiInference, inference_pb2.MultiInferenceRequest())}
+    model_stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server))
+    calls["HandleReloadConfigRequest"] = (model_stub.HandleReloadConfigRequest,
+                                          model_management_pb2.ReloadConfigRequest())
     for method, (call, request) in calls.items():
         with pytest.raises(grpc.RpcError) as err:
             call(request, timeout=10)

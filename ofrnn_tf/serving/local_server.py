@@ -27,7 +27,9 @@ server keeps serving. Loaded concrete functions are called from many threads at
 once (TensorFlow's runtime is thread-safe), as TF Serving runs concurrent sessions.
 
 If the version holds ``assets.extra/tf_serving_warmup_requests``, its Predict
-requests are replayed before the port opens, as TF Serving does.
+requests are replayed before the port opens, as TF Serving does: until then a client
+finds nothing listening (UNAVAILABLE). The port is tried before the model loads, so a
+busy one fails at once.
 
 Usage::
 
@@ -36,6 +38,7 @@ Usage::
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -53,6 +56,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from google.protobuf.message import DecodeError  # noqa: E402
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
 from tensorflow.python.util import deprecation  # noqa: E402
 from tensorflow_serving.apis import (
@@ -136,7 +140,8 @@ class Servable:
         try:
             session, signature_defs = load_session(path)
             limit = recorded_image_pixel_limit(path)
-        except (tf.errors.OpError, ValueError, OSError) as e:
+        # RuntimeError: TF's loader finds no 'serve' graph in an empty saved_model.pb.
+        except (tf.errors.OpError, ValueError, OSError, RuntimeError, DecodeError) as e:
             text = op_error_text(e) if isinstance(e, tf.errors.OpError) else str(e)
             raise RuntimeError(f"version {version} ({path}) does not load: {text}") from None
         return cls(name, version, path, signature_defs, session, limit)
@@ -477,9 +482,16 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         path = os.path.join(self.servable.path, WARMUP_FILE)
         if not os.path.isfile(path):
             return 0
-        count = 0
-        for i, record in enumerate(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS)):
-            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        count, records = 0, iter(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS))
+        for i in itertools.count():
+            try:
+                record = next(records, None)
+                if record is None:
+                    break
+                log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            except (tf.errors.OpError, DecodeError) as e:  # a file cut short or not TFRecords
+                text = op_error_text(e) if isinstance(e, tf.errors.OpError) else str(e)
+                raise RuntimeError(f"{path}: warm-up record {i} does not read: {text}") from None
             if not log.HasField("predict_log"):
                 continue  # classify/regress/multi_inference logs: not served here
             try:
@@ -495,12 +507,17 @@ def _address(host: str, port: int) -> str:
 
 
 def _bind_problem(host: str, port: int) -> str:
-    """Why the operating system refuses ``host:port`` (": Address already in use"), as
-    a plain socket finds it; gRPC's own error does not say."""
+    """Why the operating system refuses ``host:port`` on any address the host names
+    (": Address already in use"), as plain sockets find it, or "". gRPC's own error does
+    not say why, and for a name such as ``localhost`` it starts on whichever of the
+    name's addresses are free."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.bind(address)
+        found = socket.getaddrinfo(host.strip("[]"), port, 0, socket.SOCK_STREAM)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            with socket.socket(family, kind, proto) as probe:
+                # As gRPC binds: a port whose last connections are closing is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
     except OSError as e:
         return f": {e.strerror or e}"
     return ""
@@ -529,7 +546,19 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     Returns:
         The started ``grpc.Server`` and the bound port.
     """
-    # The port first: a busy one is refused before the model loads.
+    address = _address(host, port)
+    problem = _bind_problem(host, port) if port else ""
+    if problem:  # refused before the model loads
+        raise OSError(f"cannot bind {address}{problem}")
+    servable = Servable.load(model_base_path, model_name)
+    service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
+    if warmup:
+        start = time.perf_counter()
+        try:
+            n = service.warm_up()
+        except RuntimeError as e:
+            raise RuntimeError(f"version {servable.version} does not warm up: {e}") from None
+        logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
         options=[("grpc.max_receive_message_length", int(max_message_bytes)),
@@ -539,21 +568,11 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_concurrent_rpcs)
     try:
-        bound = server.add_insecure_port(_address(host, port))
+        bound = server.add_insecure_port(address)
     except RuntimeError:
         bound = 0
-    if not bound:
-        raise OSError(f"cannot bind {_address(host, port)}{_bind_problem(host, port)}")
-    try:
-        servable = Servable.load(model_base_path, model_name)
-        service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
-        if warmup:
-            start = time.perf_counter()
-            n = service.warm_up()
-            logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
-    except BaseException:
-        server.stop(None)  # frees the port
-        raise
+    if not bound:  # taken while the model loaded
+        raise OSError(f"cannot bind {address}{_bind_problem(host, port)}")
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
     server.start()
