@@ -189,3 +189,21 @@ def test_print_config_shows_the_resolved_settings():
     assert "--model.label_context_units=256" in lines and "--label_context.epochs=40" in lines
     assert "--model.label_context_training=joint" in lines
     assert len([ln for ln in lines if ln.startswith("--")]) == len(list(fields(ExperimentConfig())))
+
+
+def test_print_config_refuses_what_the_run_folder_would(tmp_path):
+    from ofrnn_tf.run_dir import RunDir, RunFacts
+
+    facts = RunFacts(label_names=("a", "b"), max_steps=2, label_order=None, small_area=None,
+                     features_name="unused", features_fingerprint="0" * 64,
+                     feature_shape=(4, 4, 8), image_size=32, feature_layer="maps")
+    RunDir(str(tmp_path)).save(ExperimentConfig(), facts)
+    command = [sys.executable, "train.py", f"--workdir={tmp_path}", "--print_config"]
+    done = subprocess.run(command + ["--stage2.epochs=30"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "--stage2.epochs=30" in done.stdout.splitlines(), done.stderr
+    done = subprocess.run(command + ["--model.lstm_units=64"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "--model.lstm_units=64" not in done.stdout
+    assert "refusing to resume with different settings (model.lstm_units: 256 in the run " \
+           "folder vs 64 now)" in done.stderr, done.stderr[-2000:]

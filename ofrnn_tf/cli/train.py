@@ -64,12 +64,18 @@ def main(argv):
     refuse_glob_characters("workdir", FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # keep TF's per-checkpoint INFO lines out of the progress
     config = resolve_config(FLAGS.workdir)
+    from ofrnn_tf.run_dir import (
+        IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
+
     if FLAGS.print_config:
+        if RunDir(FLAGS.workdir).exists():  # settings the run would refuse are refused here
+            try:
+                RunDir(FLAGS.workdir).check_config(config)
+            except IncompatibleRunError as error:
+                raise app.UsageError(str(error)) from None
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
-    from ofrnn_tf.run_dir import (
-        IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
 
     refused = input_errors() + (IncompatibleRunError, pipeline.UnfinishedRunError,
                                 RunInUseError, RunFolderNotWritableError)

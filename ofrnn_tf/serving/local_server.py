@@ -23,8 +23,9 @@ floats (INVALID_ARGUMENT). The image-size limit is the export's own (the
 lowers it. Corrupt image data behind a sound header shows when the model's decoder
 fails; the images are then decoded one by one to name the index
 (INVALID_ARGUMENT). Any other failure inside the model is INTERNAL; either way the
-server keeps serving. Loaded concrete functions are called from many threads at
-once (TensorFlow's runtime is thread-safe), as TF Serving runs concurrent sessions.
+server keeps serving. Each signature runs in the version's session, as TF Serving's
+SavedModelBundle runs it, called from many threads at once (TensorFlow's runtime is
+thread-safe), as TF Serving runs concurrent requests.
 
 If the version holds ``assets.extra/tf_serving_warmup_requests``, its Predict
 requests are replayed before the port opens, as TF Serving does: until then a client
