@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from bmp_files import RGBA_MASKS, bit_fields_bmp
 from PIL import Image
 
 from ofrnn_tf import processes
@@ -149,7 +150,11 @@ def test_formats_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_
     refused = {"webp": (str(webp), "not a JPEG/PNG/GIF/BMP image (starts with b'RIFF"),
                "webp_bytes": (buf.getvalue(), "not a JPEG/PNG/GIF/BMP image"),
                "one_bit_bmp": (one_bit.getvalue(), "a BMP of bit depth 1, a layout the model "
-                                                   "does not read")}
+                                                   "does not read"),
+               # TensorFlow decodes it, with its colours swapped.
+               "swapped_bmp": (bit_fields_bmp(_image(rng), RGBA_MASKS),
+                               "a BMP of bit depth 32 whose colour masks are not blue, green, "
+                               "red")}
     good = _good_examples(str(tmp_path), n=3) + [Example("huge", str(huge), (0,))]
     examples = good[:1] + [Example(k, image, (0,)) for k, (image, _) in refused.items()] + good[1:]
     out = str(tmp_path / "features")
@@ -174,16 +179,22 @@ def test_formats_the_served_model_refuses_are_skipped_with_predicts_reasons(tmp_
     assert cache.held_unservable(out, "train", moved) == []
 
 
-def test_a_cache_built_before_the_format_check_names_the_refused_images_it_holds(
-        tmp_path, backbone, monkeypatch, capsys):
+@pytest.mark.parametrize("checks", [0, 1])
+def test_a_cache_built_before_the_format_checks_names_the_refused_images_it_holds(
+        tmp_path, backbone, monkeypatch, capsys, checks):
     rng = np.random.RandomState(3)
     webp = tmp_path / "photo.jpg"  # WebP bytes under a JPEG name, as scraped data has
     _image(rng).save(webp, "WEBP")
+    swapped = tmp_path / "swapped.bmp"
+    swapped.write_bytes(bit_fields_bmp(_image(rng), RGBA_MASKS))
     good = _good_examples(str(tmp_path), n=3)
-    examples = good[:1] + [Example("webp", str(webp), (0,))] + good[1:]
-    # The extraction of earlier versions: no format check, and shard records without
-    # the key that says there was one.
-    monkeypatch.setattr(extract, "has_accepted_format", lambda data: tf.constant(True))
+    examples = good[:1] + [Example("webp", str(webp), (0,)),
+                           Example("swapped", str(swapped), (1,))] + good[1:]
+    # The extraction of earlier versions: no check of BMP layouts, and (`checks` 0) none
+    # of the magic bytes either, with shard records that say so as they did.
+    monkeypatch.setattr(extract, "has_accepted_bmp_layout", lambda data: tf.constant(True))
+    if checks == 0:
+        monkeypatch.setattr(extract, "has_accepted_format", lambda data: tf.constant(True))
     monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: backbone)
     directory = str(tmp_path / "features")
     splits = {"train": examples}
@@ -191,15 +202,21 @@ def test_a_cache_built_before_the_format_check_names_the_refused_images_it_holds
                           "f" * 64, batch_size=2, num_shards=2)
     for record in glob.glob(os.path.join(directory, "train-*.json")):
         stats = json.load(open(record))
-        del stats["format_checked"]
+        if checks == 0:
+            del stats["format_checked"]
+        else:
+            stats["format_checked"] = True
         json.dump(stats, open(record, "w"))
-    assert cache.held_unservable(directory, "train", examples) == [str(webp)]
+    held = cache.held_unservable(directory, "train", examples)
+    named = [f"{webp}: not a JPEG, PNG, GIF or BMP image"] if checks == 0 else []
+    assert held[:-1] == named and held[-1].startswith(
+        f"{swapped}: a BMP of bit depth 32 whose colour masks are not blue, green, red"), held
     capsys.readouterr()
     cache.ensure_features(splits, LABELS, directory, "efficientnet_lite0", "stage5",
                           "f" * 64, batch_size=2, num_shards=2)
     note = capsys.readouterr().err
-    assert "1 image(s) in this cache are not JPEG, PNG, GIF or BMP" in note
-    assert str(webp) in note and f"Delete {directory}" in note
+    assert f"{len(held)} image(s) in this cache are refused by the exported model" in note
+    assert str(swapped) in note and f"Delete {directory}" in note
 
 
 def test_the_image_pipeline_runs_without_the_autotuner(tmp_path):

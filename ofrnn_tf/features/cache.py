@@ -41,7 +41,8 @@ from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
 from ofrnn_tf.features.extract import decode_failure, describe_image, extract_split
-from ofrnn_tf.features.images import ACCEPTED_MAGIC
+from ofrnn_tf.features.images import (
+    ACCEPTED_MAGIC, BMP_FIELDS_BYTES, BMP_MASKS_AT, FORMAT_MAGIC, bmp_problem)
 from ofrnn_tf.labels import LabelMap
 
 FEATURES_SUBDIR = "features"
@@ -201,14 +202,16 @@ def repaired_images(directory: str, split: str) -> dict[str, list[str]]:
 
 
 def held_unservable(directory: str, split: str, examples: Sequence[Example]) -> list[str]:
-    """The images of `split` held in the cache whose format the served model refuses.
+    """The images of `split` held in the cache that the served model refuses for their
+    format, as ``"<path>: <reason>"``.
 
-    Extraction skips them (its shards say ``format_checked``), but shards written before
-    it did may hold some (WebP, TIFF, whatever their names): for those, the first bytes
-    of every image the cache did not skip are read (13,000 files in about 0.15 s).
+    Extraction skips them (its shards record `tfrecords.FORMAT_CHECKS`), but shards
+    written before it applied every check may hold some (WebP, TIFF, whatever their
+    names; BMPs TensorFlow decodes with their colours swapped): for those, the first
+    bytes of every image the cache did not skip are read (13,000 files in about 0.15 s).
     """
     shards = tfrecords.read_meta(directory)["splits"][split]["shards"].values()
-    if all(shard.get("format_checked") for shard in shards):
+    if all(shard.get("format_checked", 0) >= tfrecords.FORMAT_CHECKS for shard in shards):
         return []
     skipped = {str(record["path"]) for shard in shards for record in shard["skipped"]}
     found = []
@@ -219,25 +222,32 @@ def held_unservable(directory: str, split: str, examples: Sequence[Example]) -> 
         if isinstance(image, str):
             try:
                 with open(image, "rb") as f:
-                    head = f.read(16)
+                    head = f.read(_HEAD_BYTES)
             except OSError:
                 continue
         else:
-            head = bytes(image[:16])
+            head = bytes(image[:_HEAD_BYTES])
         if not head.startswith(ACCEPTED_MAGIC):
-            found.append(describe_image(example))
+            found.append(f"{describe_image(example)}: not a JPEG, PNG, GIF or BMP image")
+        elif head.startswith(FORMAT_MAGIC["BMP"]) and len(head) >= BMP_FIELDS_BYTES:
+            problem = bmp_problem(head)
+            if problem is not None:
+                found.append(f"{describe_image(example)}: {problem}")
     return found
+
+
+# Enough for the magic bytes and a BMP's colour masks.
+_HEAD_BYTES = BMP_MASKS_AT + 12
 
 
 def _report_unservable_images(directory: str, split: str,
                               examples: Sequence[Example]) -> None:
     held = held_unservable(directory, split, examples)
     if held:
-        print(f"[ofrnn_tf] features {split}: {len(held)} image(s) in this cache are not "
-              f"JPEG, PNG, GIF or BMP ({', '.join(held[:3])}{' ...' if len(held) > 3 else ''}):"
-              f" the exported model refuses them, and extraction now skips them, but this "
-              f"cache was built before it did. Delete {directory} and rerun to train and "
-              f"evaluate without them", file=sys.stderr)
+        print(f"[ofrnn_tf] features {split}: {len(held)} image(s) in this cache are refused "
+              f"by the exported model ({'; '.join(held[:3])}{' ...' if len(held) > 3 else ''})"
+              f": extraction now skips them, but this cache was built before it did. Delete "
+              f"{directory} and rerun to train and evaluate without them", file=sys.stderr)
 
 
 def _report_repaired_images(directory: str, split: str) -> None:

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import Backbone
+from ofrnn_tf.features.image_guards import has_accepted_bmp_layout
 from ofrnn_tf.features.images import decode_and_resize, decode_checked, has_accepted_format
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
@@ -317,7 +318,7 @@ class _ShardWriter(threading.Thread):
         shard.writer = None
         tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
                                     shard.written, shard.skipped, len(self.examples),
-                                    format_checked=True)
+                                    format_checked=tfrecords.FORMAT_CHECKS)
         _move_into_place(shard.temp_path, final)
         self.summary.shards_written.append(shard.index)
 
@@ -370,8 +371,11 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
     def load(pos, path, data):
         image_bytes = tf.cond(tf.strings.length(path) > 0,
                               lambda: tf.io.read_file(path), lambda: data)
-        # A format the served model refuses (WebP, TIFF, ...) is skipped, not decoded.
-        accepted = tf.debugging.Assert(has_accepted_format(image_bytes), ["image format"])
+        # A format the served model refuses (WebP, TIFF, ...) is skipped, not decoded, and
+        # so is a BMP it refuses (one TensorFlow would decode with its colours swapped).
+        accepted = tf.debugging.Assert(tf.logical_and(has_accepted_format(image_bytes),
+                                                      has_accepted_bmp_layout(image_bytes)),
+                                       ["image format"])
         with tf.control_dependencies([accepted]):
             return pos, decode_and_resize(tf.identity(image_bytes), image_size)
 

@@ -634,15 +634,29 @@ def _gif_blocks(images, flags, pos, frame, is_gif):
     return pos, frame, tf.scatter_nd(rows, pixels, tf.shape(images, out_type=tf.int64))
 
 
-def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
-    """The header pass: layout, fields and validity of every image (see the constants)."""
-    length = tf.strings.length(images)
+def _window_and_layout(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first `_WINDOW` bytes of every image (int32, zero-padded) and its layout."""
     window = tf.cast(tf.io.decode_raw(tf.strings.substr(images, 0, _WINDOW), tf.uint8,
                                       fixed_length=_WINDOW), tf.int32)
     matches = tf.reduce_all(tf.logical_or(
         tf.equal(window[:, None, :_SIGNATURE_BYTES], _SIGNATURE_VALUES), _SIGNATURE_WILDCARDS),
         axis=2)
-    layout = tf.reduce_max(tf.cast(matches, tf.int32) * _SIGNATURE_LAYOUTS, axis=1)
+    return window, tf.reduce_max(tf.cast(matches, tf.int32) * _SIGNATURE_LAYOUTS, axis=1)
+
+
+def has_accepted_bmp_layout(image: tf.Tensor) -> tf.Tensor:
+    """Whether the scalar encoded `image` is no BMP of a layout the served model refuses
+    (`ofrnn_tf.features.images.bmp_problem`); true of the other formats. Feature
+    extraction skips such BMPs with it, in a few graph ops."""
+    window, layout = _window_and_layout(image[None])
+    problem, _, _ = _bmp_problems(window, layout, tf.strings.length(image[None]))
+    return tf.equal(problem[0], _BMP_READ)
+
+
+def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
+    """The header pass: layout, fields and validity of every image (see the constants)."""
+    length = tf.strings.length(images)
+    window, layout = _window_and_layout(images)
     is_jpeg = tf.equal(layout, _JPEG)
 
     # JPEG walk inside the window. For every offset p: the step there and the next

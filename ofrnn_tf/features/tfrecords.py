@@ -44,6 +44,9 @@ from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.tf_errors import op_error_text
 
 META_FILENAME = "meta.json"
+# Which of the served model's format checks an extraction applies, as its shards record
+# it: 0 none, 1 the magic bytes of JPEG, PNG, GIF and BMP, 2 also the BMP layouts.
+FORMAT_CHECKS = 2
 FEATURE_DTYPE = "float16"
 _SHARD_RE = re.compile(
     r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.(?P<ext>tfrecord|json)$")
@@ -91,18 +94,18 @@ def serialize_example(image_id: str, features: np.ndarray, label_ids: Sequence[i
 
 def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int,
                       examples: int, skipped: Sequence[dict],
-                      split_size: int | None = None, format_checked: bool = False) -> None:
+                      split_size: int | None = None, format_checked: int = 0) -> None:
     """The per-shard record that `read_meta` merges (written before the shard is final).
 
     ``split_size`` is the number of input images of the whole split, so that a later
-    run on a changed image list does not mix two shardings. ``format_checked`` says the
-    extraction skipped the formats the served model refuses (earlier versions did not).
+    run on a changed image list does not mix two shardings. ``format_checked`` says which
+    of the served model's format checks the extraction applied (`FORMAT_CHECKS`).
     """
     write_json(os.path.join(features_dir, shard_stats_filename(split, index, num_shards)), {
         "split": split, "shard": index, "num_shards": num_shards,
         "file": shard_filename(split, index, num_shards), "split_size": split_size,
         "examples": int(examples), "skipped": list(skipped),
-        "format_checked": bool(format_checked)})
+        "format_checked": int(format_checked)})
 
 
 def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
@@ -190,7 +193,7 @@ def _merge_shard_stats(features_dir: str, meta: dict) -> dict:
         if os.path.exists(os.path.join(features_dir, stats["file"])):
             entry["shards"][str(int(m["index"]))] = {
                 "file": stats["file"], "examples": stats["examples"], "skipped": stats["skipped"],
-                "format_checked": bool(stats.get("format_checked", False))}
+                "format_checked": int(stats.get("format_checked", 0))}
     for split, entry in splits.items():
         shards = entry["shards"]
         entry["shards"] = {k: shards[k] for k in sorted(shards, key=int)}
