@@ -167,28 +167,38 @@ def _label_change(before: tuple, now: tuple) -> str:
     return f"class names: {', '.join(parts)}"
 
 
-def _split_changes(inputs: dict, meta: Optional[dict]) -> list[str]:
-    """How each split of `inputs` differs from what the cache of `meta` was built from."""
+def _split_changes(inputs: dict, meta: Optional[dict]) -> dict[str, str]:
+    """How each split of `inputs` differs from what the cache of `meta` was built from,
+    by split."""
     then_inputs = (meta or {}).get(cache.INPUTS_KEY)
-    changes = []
+    changes = {}
     for split, now in inputs["splits"].items():
         count = now["examples"]
         if then_inputs and split in then_inputs.get("splits", {}):
             then = then_inputs["splits"][split]
             if then["examples"] != count:
-                changes.append(f"{split}: {count} images now, {then['examples']} then")
+                changes[split] = f"{count} images now, {then['examples']} then"
             elif then["ids_labels"] != now["ids_labels"]:
-                changes.append(f"{split}: other image ids or labels (as many images, {count})")
+                changes[split] = f"other image ids or labels (as many images, {count})"
             elif then.get("files") != now["files"]:
-                changes.append(
-                    f"{split}: the same {count} image ids and labels, but image files that "
-                    f"differ in size (edited, re-encoded or replaced since)")
+                changes[split] = (f"the same {count} image ids and labels, but image files "
+                                  f"that differ in size (edited, re-encoded or replaced since)")
         elif meta and split in meta.get("splits", {}):
             info = meta["splits"][split]
             then_count = int(info["num_examples"]) + len(info.get("skipped", []))
             if then_count != count:
-                changes.append(f"{split}: {count} images now, {then_count} then")
+                changes[split] = f"{count} images now, {then_count} then"
     return changes
+
+
+def _run_cache_meta(config: ExperimentConfig, facts: RunFacts) -> tuple[str, Optional[dict]]:
+    """The run's feature cache under ``--runtime.cache_dir`` and its meta.json, or None
+    when it is not there (or not readable)."""
+    directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
+    try:
+        return directory, tfrecords.read_meta(directory)
+    except (FileNotFoundError, ValueError):
+        return directory, None
 
 
 def in_run_spelling(data: Data, run_dir: RunDir) -> Data:
@@ -229,12 +239,9 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
         features = config.features
         old = cache.fingerprint_of(key.inputs, features.backbone, features.layer, cache_format=1)
         if old != facts.features_fingerprint:
-            directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
-            try:
-                meta = tfrecords.read_meta(directory)
-            except (FileNotFoundError, ValueError):
-                meta = None
-            changes = _split_changes(key.inputs, meta)
+            directory, meta = _run_cache_meta(config, facts)
+            changes = [f"{split}: {change}" for split, change in
+                       _split_changes(key.inputs, meta).items()]
             if not changes and meta is None:
                 changes = [f"the images or labels of a split (the run's feature cache "
                            f"{directory}, not under this --runtime.cache_dir, would say which)"]
@@ -301,8 +308,10 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
     So the data the flags name must be the run's: own data found here, images and all,
     are checked as a rerun checks them (`check_resumed_data`: class names, images,
     labels), and data not found here must be named as the run names them (a run moved
-    without its data); lists found without all their images are not compared.
-    The embedded benchmark is made from the run's settings, checked with its config."""
+    without its data); lists found without all their images are not compared. A
+    training split changed since is noted, not refused: eval mode reads only the
+    validation and test splits. The embedded benchmark is made from the run's settings,
+    checked with its config."""
     if config.data.dataset == "fashion_canvases":
         return
     saved = run_dir.load()[0].data
@@ -325,7 +334,18 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
             f"test split of the run's feature cache")
         return
     data = in_run_spelling(data, run_dir)
-    check_resumed_data(config, data, feature_cache_key(config, data), run_dir)
+    key, facts = feature_cache_key(config, data), run_dir.load()[1]
+    if (key.fingerprint != facts.features_fingerprint
+            and tuple(data.label_map.names) == tuple(facts.label_names)):
+        _, meta = _run_cache_meta(config, facts)
+        changes = _split_changes(key.inputs, meta)
+        if meta and meta.get(cache.INPUTS_KEY) and set(changes) == {"train"}:
+            locate_features(config, facts)
+            log(f"{source}: train: {changes['train']}, since the run was trained; --mode=eval "
+                f"reads the validation and test splits of the run's feature cache, which are "
+                f"the same")
+            return
+    check_resumed_data(config, data, key, run_dir)
 
 
 def _t_max(longest: int, label_map: LabelMap) -> int:

@@ -469,6 +469,25 @@ def test_eval_mode_refuses_data_other_than_the_runs(tmp_path, trained_folder, no
         pipeline.run(config.replace(data={"data_dir": missing}), workdir, "eval")
 
 
+def test_eval_mode_of_a_run_whose_training_split_grew_since_scores_its_cache(
+        tmp_path, trained_folder, no_backbone, capsys):
+    """Eval reads only the validation and test splits: more training images are noted."""
+    config, workdir = trained_folder
+    root = config.data.data_dir
+    _png(os.path.join(root, "img", "train_012.png"), _seed("train", 12))
+    with open(os.path.join(root, "train.csv"), "w") as f:
+        f.write(_rows("train", range(13)))
+    pipeline.check_evaluated_data(config, RunDir(workdir))
+    assert re.search(r": train: 13 images now, 12 then, since the run was trained; --mode=eval "
+                     r"reads the validation and test splits of the run's feature cache",
+                     capsys.readouterr().err)
+    with open(os.path.join(root, "val.csv"), "w") as f:  # and one split it reads
+        f.write(_rows("val", range(2)))
+    with pytest.raises(pipeline.RunDataChangedError, match=r"train: 13 images now, 12 then; "
+                                                           r"val: 2 images now, 3 then"):
+        pipeline.check_evaluated_data(config, RunDir(workdir))
+
+
 def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
         tmp_path, trained_folder, no_backbone, capsys):
     config, workdir = trained_folder
