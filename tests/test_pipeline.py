@@ -245,6 +245,12 @@ def test_eval_refuses_a_run_whose_decoder_was_never_validated(trained, tmp_path)
                              r"without --mode=eval"):
         pipeline.run(config, workdir, "eval")
     assert not os.path.exists(RunDir(workdir).metrics_file("test"))
+    # Export and predict say the same, not "calibrate it with --mode=eval".
+    from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
+
+    with pytest.raises(UncalibratedBeamSizeError, match=r"is not trained: .*Finish training "
+                                                        r"first: ofrnn-train --workdir="):
+        InferenceModule.from_run(workdir)
 
 
 def test_eval_of_an_unfinished_run_warns_and_records_where_it_stopped(trained, tmp_path, capsys):

@@ -174,7 +174,8 @@ def test_a_warm_up_file_that_does_not_read_is_named(tmp_path, damage):
             f.write(b"no records here" * 20)
     with pytest.raises(RuntimeError, match=r"^version 5 does not warm up: .*"
                                            r"tf_serving_warmup_requests: warm-up record \d+ "
-                                           r"does not read: "):
+                                           r"does not read: .*\(--nowarmup serves it without "
+                                           r"its warm-up"):
         serve(str(tmp_path))
 
 

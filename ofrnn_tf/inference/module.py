@@ -163,6 +163,14 @@ class InferenceModule(tf.Module):
         if tau is None:
             if calibration is None:
                 known = run_dir.calibrated_beam_sizes()
+                if not known:  # perhaps never trained through: eval would refuse it too
+                    from ofrnn_tf.pipeline import UnfinishedRunError, training_state
+                    try:
+                        training_state(run_dir, config)
+                    except UnfinishedRunError as error:
+                        raise UncalibratedBeamSizeError(str(error)) from None
+                    except (tf.errors.OpError, OSError, ValueError, KeyError):
+                        pass  # checkpoints that say nothing of it: the remedy below
                 raise UncalibratedBeamSizeError(
                     f"{run_dir.calibration_file} has no τ for beam width K={beam_size} "
                     f"(calibrated: {known or 'none'}). Calibrate it on validation with "

@@ -295,7 +295,9 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                 reason = _REFUSED_IMAGE.sub(_without_index, reason_text(error.details() or ""),
                                             count=1)
                 doubt = (" (the image decodes here: the refusal may be another request's, "
-                         "merged with it by the server's batching)") if fine_here else ""
+                         "merged with it by the server's batching, or the served model was "
+                         "exported by another version of ofrnn_tf, whose image checks differ: "
+                         "export it again)") if fine_here else ""
                 results[k] = {"image": batch[k],
                               "error": f"{batch[k]}: refused by the server: {reason}{doubt}"}
                 return

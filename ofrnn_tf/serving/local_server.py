@@ -558,7 +558,9 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         try:
             n = service.warm_up()
         except RuntimeError as e:
-            raise RuntimeError(f"version {servable.version} does not warm up: {e}") from None
+            raise RuntimeError(f"version {servable.version} does not warm up: {e} (--nowarmup "
+                               f"serves it without its warm-up; an export made again writes "
+                               f"requests this version serves)") from None
         logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
