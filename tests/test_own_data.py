@@ -503,7 +503,7 @@ def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
 
 
 def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluates(
-        tmp_path, monkeypatch, tiny_backbone):
+        tmp_path, monkeypatch, tiny_backbone, capsys):
     # Trained when names were read as the files spelt them: "Café" in NFD (macOS).
     nfd = "Cafe\u0301"
     root = manifest_folder(tmp_path / "data")
@@ -527,6 +527,13 @@ def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluat
     _, again = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config),
                         resumed=run_dir)
     assert again == facts
+    # A new run extracts its own cache (names in NFC), saying why.
+    capsys.readouterr()
+    directory, _ = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config))
+    assert os.path.basename(directory) != facts.features_name
+    assert (f"{cache.features_dir(config.runtime.cache_dir, facts.features_name)} holds these "
+            f"image ids and labels, built by an earlier version that kept the class names in "
+            f"the Unicode form of their files") in capsys.readouterr().err
 
 
 def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_backbone):

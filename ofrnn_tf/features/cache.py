@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import sys
+import unicodedata
 from typing import Mapping, Sequence
 
 from ofrnn_tf.data.example import Example
@@ -157,26 +158,34 @@ def check_fingerprint(directory: str, expected: str) -> dict:
 def note_earlier_format(cache_dir: str, dataset: str, backbone: str, feature_layer: str,
                         inputs: dict) -> None:
     """Says so when the cache of `inputs` (format 2) is about to be extracted beside a
-    format-1 cache of the same image ids and labels: built by an earlier version, that
-    one cannot be checked against the image files, so it is not reused; runs trained on
-    it keep it."""
+    cache of the same image ids and labels that an earlier version built: in format 1,
+    which cannot be checked against the image files, or with the class names spelt as
+    their files spelt them (names are now read in Unicode NFC form). Neither is reused;
+    runs trained on them keep them."""
     if inputs["format"] < 2:
         return
     fingerprint = fingerprint_of(inputs, backbone, feature_layer)
     if os.path.exists(features_dir(cache_dir, cache_name(dataset, backbone, feature_layer,
                                                          fingerprint))):
         return
-    old = fingerprint_of(inputs, backbone, feature_layer, cache_format=1)
-    directory = features_dir(cache_dir, cache_name(dataset, backbone, feature_layer, old))
-    try:
-        found = tfrecords.read_meta(directory).get(FINGERPRINT_KEY)
-    except (FileNotFoundError, ValueError):
-        return
-    if found == old:
-        print(f"[ofrnn_tf] features: {directory} holds these image ids and labels, built by "
-              f"an earlier version whose cache fingerprint did not cover the image files, so "
-              f"it cannot tell whether they changed: extracting a new cache beside it (runs "
-              f"trained on it keep using it; delete it once none does)", file=sys.stderr)
+    earlier = [(fingerprint_of(inputs, backbone, feature_layer, cache_format=1),
+                "whose cache fingerprint did not cover the image files, so it cannot tell "
+                "whether they changed")]
+    decomposed = [unicodedata.normalize("NFD", name) for name in inputs["labels"]]
+    if decomposed != list(inputs["labels"]):
+        earlier.append((fingerprint_of(dict(inputs, labels=decomposed), backbone, feature_layer),
+                        "that kept the class names in the Unicode form of their files (NFD, as "
+                        "macOS spells them), where they are now read in NFC"))
+    for old, why in earlier:
+        directory = features_dir(cache_dir, cache_name(dataset, backbone, feature_layer, old))
+        try:
+            found = tfrecords.read_meta(directory).get(FINGERPRINT_KEY)
+        except (FileNotFoundError, ValueError):
+            continue
+        if found == old:
+            print(f"[ofrnn_tf] features: {directory} holds these image ids and labels, built "
+                  f"by an earlier version {why}: extracting a new cache beside it (runs "
+                  f"trained on it keep using it; delete it once none does)", file=sys.stderr)
 
 
 def split_complete(directory: str, split: str) -> bool:
