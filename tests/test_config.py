@@ -207,3 +207,7 @@ def test_print_config_refuses_what_the_run_folder_would(tmp_path):
     assert done.returncode != 0 and "--model.lstm_units=64" not in done.stdout
     assert "refusing to resume with different settings (model.lstm_units: 256 in the run " \
            "folder vs 64 now)" in done.stderr, done.stderr[-2000:]
+    done = subprocess.run(command + ["--mode=eval", "--decoding.min_labels=2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "decoding.min_labels: 1 in the run folder vs 2 now" in (
+        done.stderr), done.stderr[-2000:]

@@ -244,6 +244,12 @@ BAD = {
     "32-bit bmp cut off inside its colour masks": (
         bit_fields_bmp(picture())[:60],
         "is a BMP of bit depth 32 with colour masks, cut off inside them (60 bytes)"),
+    "bmp with a negative width": (
+        encode(picture(), "BMP")[:18] + struct.pack("<i", -64) + encode(picture(), "BMP")[22:],
+        "is a BMP with a corrupt header: its width is negative"),
+    "bmp with a height of -2^31": (
+        encode(picture(), "BMP")[:22] + struct.pack("<i", -2 ** 31) + encode(picture(), "BMP")[26:],
+        "is a BMP with a corrupt header: its width or height is 2^31 or more"),
     "32-bit bmp with red, green, blue colour masks": (
         bit_fields_bmp(picture(), RGBA_MASKS),
         "is a BMP of bit depth 32 whose colour masks are not blue, green, red from its low "
@@ -357,6 +363,7 @@ def test_bad_image_is_refused_by_index(decode, name):
                                   "bmp with an OS/2 header and FF in byte 25",
                                   "bmp cut off before its compression",
                                   "32-bit bmp cut off inside its colour masks",
+                                  "bmp with a negative width", "bmp with a height of -2^31",
                                   "32-bit bmp with red, green, blue colour masks"])
 def test_predict_refuses_the_bmps_tensorflow_does_not_read_in_the_same_words(decode, name):
     data = BAD[name][0]

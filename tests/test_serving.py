@@ -205,6 +205,40 @@ def test_nothing_listens_while_the_model_loads_and_a_failed_load_frees_the_port(
         s.bind(("127.0.0.1", port))
 
 
+def test_the_port_probe_refuses_what_grpc_would_half_bind_and_leaves_out_what_it_skips(
+        monkeypatch):
+    import socket
+
+    from ofrnn_tf.serving import local_server
+
+    def unloadable(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(local_server.Servable, "load", unloadable)
+    # A name that does not resolve, even at port 0: refused before the model loads.
+    with pytest.raises(OSError, match=r"^cannot bind no-such-host\.invalid:0: "):
+        local_server.serve("/nonexistent", host="no-such-host.invalid", port=0)
+    # gRPC binds both loopbacks for localhost: ::1 busy is busy, whatever /etc/hosts says.
+    if socket.has_ipv6:
+        try:
+            busy = socket.socket(socket.AF_INET6)
+            busy.bind(("::1", 0))
+        except OSError:
+            busy = None  # no IPv6 loopback here
+        if busy is not None:
+            with busy:
+                busy.listen()
+                port = busy.getsockname()[1]
+                assert local_server._bind_problem("localhost", port) == ": Address already in use"
+    # An address this machine lacks is left out, as gRPC leaves it out, unless it is the only one.
+    lacking = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 0))
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: real(*a, **k) + [lacking])
+    assert local_server._bind_problem("127.0.0.1", 0) == ""
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [lacking])
+    assert local_server._bind_problem("192.0.2.1", 0) == ": Cannot assign requested address"
+
+
 def test_model_config_parses():
     with open(os.path.join(ROOT, "serving", "models.config")) as f:
         config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())

@@ -68,9 +68,12 @@ def main(argv):
         IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
 
     if FLAGS.print_config:
-        if RunDir(FLAGS.workdir).exists():  # settings the run would refuse are refused here
+        run_dir = RunDir(FLAGS.workdir)
+        if run_dir.exists():  # settings the run would refuse are refused here
+            from ofrnn_tf.pipeline import check_finished_stages
             try:
-                RunDir(FLAGS.workdir).check_config(config)
+                run_dir.check_config(config)
+                check_finished_stages(run_dir, config, FLAGS.mode)
             except IncompatibleRunError as error:
                 raise app.UsageError(str(error)) from None
         print(describe(config))

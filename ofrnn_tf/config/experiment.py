@@ -201,8 +201,8 @@ class StageConfig:
     by validation mAP; stage 2: the decoder, selected by the decoding used at test time),
     or of the label context fitted between them (selected by validation mAP)."""
 
-    learning_rate: float = setting(1e-3, "Adam learning rate (--config=paper: 1e-3 in stage "
-                                  "1, the paper's 3e-4 in stage 2).")
+    learning_rate: float = setting(1e-3, "Adam learning rate (each preset sets its own: "
+                                  "--config=NAME --print_config shows them).")
     schedule: str = setting("constant", "Learning rate over the stage: constant, or cosine "
                             "(decaying to 0 at the stage's last epoch).", choices=SCHEDULES)
     epochs: int = setting(6, "Most epochs of this stage.", resumable=True)

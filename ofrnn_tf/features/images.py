@@ -475,6 +475,11 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
             raise ValueError(problem)
         # BITMAPINFOHEADER and its successors; TF reads any other size so too
         width, height = struct.unpack("<ii", data[18:26])
+        # As the served graph reads them: a top-down height has FF in its top byte.
+        if width < 0 and height != 0:
+            raise ValueError("a BMP with a corrupt header: its width is negative")
+        if height < -(1 << 24) and width != 0:
+            raise ValueError("a BMP with a corrupt header: its width or height is 2^31 or more")
         height = abs(height)  # negative height: rows stored top-down
         fmt = "BMP"
     else:
@@ -509,10 +514,12 @@ def decode_checked(data: bytes, image_size: int | None,
         if image_size is None:
             return decode_rgb(tf.constant(data))
         return decode_and_resize(tf.constant(data), image_size)
-    except tf.errors.OpError as error:
+    except (tf.errors.OpError, UnicodeDecodeError) as error:
+        # UnicodeDecodeError: TensorFlow's error text quoted bytes of the image.
+        detail = (f" ({op_error_text(error)})" if isinstance(error, tf.errors.OpError)
+                  else "")
         raise ValueError(f"its {image_format} header ({width}x{height}) is sound but the "
-                         f"data behind it is truncated or corrupt "
-                         f"({op_error_text(error)})") from None
+                         f"data behind it is truncated or corrupt{detail}") from None
 
 
 def find_undecodable(key: str, images: Sequence[bytes]) -> str | None:

@@ -39,6 +39,7 @@ Usage::
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -507,20 +508,37 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+# gRPC binds both loopback addresses for "localhost", whatever the hosts file says.
+_LOOPBACKS = ((socket.AF_INET, ("127.0.0.1", 0)), (socket.AF_INET6, ("::1", 0, 0, 0)))
+
+
 def _bind_problem(host: str, port: int) -> str:
-    """Why the operating system refuses ``host:port`` on any address the host names
-    (": Address already in use"), as plain sockets find it, or "". gRPC's own error does
-    not say why, and for a name such as ``localhost`` it starts on whichever of the
-    name's addresses are free."""
+    """Why ``host:port`` cannot be served, as plain sockets find it (": Address already
+    in use"), or "". gRPC's own error does not say why, and for a name with several
+    addresses it starts on those it can bind: a port in use (or not ours to use) on any
+    of them is refused, an address this machine lacks (IPv6 off) is left out, as gRPC
+    leaves it out, unless every address is."""
+    name = host.strip("[]")
     try:
-        found = socket.getaddrinfo(host.strip("[]"), port, 0, socket.SOCK_STREAM)
-        for family, kind, proto, _, address in dict.fromkeys(found):
-            with socket.socket(family, kind, proto) as probe:
+        found = [(family, address) for family, _, _, _, address
+                 in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)]
+    except OSError as e:  # a name that does not resolve
+        return f": {e.strerror or e}"
+    if name == "localhost":
+        found += [(family, (address[0], port, *address[2:])) for family, address in _LOOPBACKS]
+    lacking = []
+    for family, address in dict.fromkeys(found):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
                 # As gRPC binds: a port whose last connections are closing is free.
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
-    except OSError as e:
-        return f": {e.strerror or e}"
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return f": {e.strerror}"
+            lacking.append(e)
+    if lacking and len(lacking) == len(dict.fromkeys(found)):
+        return f": {lacking[0].strerror or lacking[0]}"
     return ""
 
 
@@ -548,10 +566,25 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         The started ``grpc.Server`` and the bound port.
     """
     address = _address(host, port)
-    problem = _bind_problem(host, port) if port else ""
+    problem = _bind_problem(host, port)
     if problem:  # refused before the model loads
         raise OSError(f"cannot bind {address}{problem}")
     servable = Servable.load(model_base_path, model_name)
+    try:
+        server, bound, service = _start(servable, host, port, max_message_bytes, max_image_pixels,
+                                        max_batch_size, max_workers, max_concurrent_rpcs, warmup)
+    except BaseException:
+        servable.session.close()
+        raise
+    logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
+                 servable.version, servable.path, _address(host, bound), service.max_image_pixels)
+    return server, bound
+
+
+def _start(servable: Servable, host: str, port: int, max_message_bytes: int,
+           max_image_pixels: int | None, max_batch_size: int, max_workers: int,
+           max_concurrent_rpcs: int | None, warmup: bool):
+    """`serve` once the version has loaded: warm-up, then the bound, started server."""
     service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
     if warmup:
         start = time.perf_counter()
@@ -562,6 +595,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
                                f"serves it without its warm-up; an export made again writes "
                                f"requests this version serves)") from None
         logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
+    address = _address(host, port)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
         options=[("grpc.max_receive_message_length", int(max_message_bytes)),
@@ -574,14 +608,12 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         bound = server.add_insecure_port(address)
     except RuntimeError:
         bound = 0
-    if not bound:  # taken while the model loaded
+    if not bound:  # taken while the model loaded (nothing listens: nothing to stop)
         raise OSError(f"cannot bind {address}{_bind_problem(host, port)}")
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
     server.start()
-    logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
-                 servable.version, servable.path, _address(host, bound), service.max_image_pixels)
-    return server, bound
+    return server, bound, service
 
 
 def _define_flags() -> None:
