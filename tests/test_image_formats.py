@@ -17,7 +17,7 @@ from PIL import Image
 from ofrnn_tf import pipeline
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, check_encoded_images
-from ofrnn_tf.features.images import gif_frames, read_image_header
+from ofrnn_tf.features.images import decode_checked, gif_frames, read_image_header
 
 from bmp_files import bit_fields_bmp, os2_bmp, pillow_bmp, rle8_bmp, with_bit_depth
 from ofrnn_tf.labels import LabelMap
@@ -467,3 +467,13 @@ def test_only_the_first_test_images_left_out_of_the_examples_are_named(
     err = capsys.readouterr().err
     assert sum(path in err for path in refused) == 1
     assert f"{len(refused) - 1} more test image(s) left out" in err
+
+
+def test_a_bmp_whose_decode_error_quotes_its_bytes_reads_as_data_that_do_not_decode():
+    # An 8-bit BMP with a huge info-header size: reading its colour table fails with an
+    # error text that quotes image bytes no UTF-8 decoder takes.
+    data = bytes.fromhex("424dff00000000000000360000002800000c0200000002000000010c0800"
+                         "0000000000000000000000000000000000000000930000007f7f7f7f7f7f7f7f")
+    with pytest.raises(ValueError, match=r"^its BMP header \(2x2\) is sound but the data "
+                                         r"behind it is truncated or corrupt"):
+        decode_checked(data, 32)
