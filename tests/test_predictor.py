@@ -273,6 +273,15 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
     assert bad_only.returncode == 1
     assert json.loads(bad_only.stdout)["error"].startswith(f"{images[1]}: ")
 
+    # The pixel limit is the export's default unless --max_image_pixels sets it, as on
+    # ofrnn-export; a refusal for it says so.
+    limited = subprocess.run(
+        [sys.executable, "predict.py", f"--workdir={lite0_run}", str(images[0]),
+         "--max_image_pixels=100"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    error = json.loads(limited.stdout)["error"]
+    assert "pixels is above the limit of 100 pixels" in error, error
+    assert error.endswith(" (raise it with --max_image_pixels)")
+
 
 @pytest.mark.slow
 def test_trained_run_matches_decoder_on_its_features(tiny_export_run):

@@ -20,6 +20,8 @@ from absl import app, flags
 
 from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, trained_run
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
+from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
+from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import UncalibratedBeamSizeError
 from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.visualization.attention_maps import draw_prediction
@@ -36,6 +38,9 @@ def define_flags() -> None:
     flags.DEFINE_float("tau", None, "Threshold τ on the path probability (default: the one "
                        "calibrated for K).")
     flags.DEFINE_integer("batch_size", 32, "Images per backbone + decoder call.")
+    flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
+                         "Images whose header declares more pixels are refused unread (as "
+                         "ofrnn-export's flag of that name sets it for the served model).")
     flags.DEFINE_bool("all_scores", False, "Also write every class's score.")
     flags.DEFINE_string("attention_dir", None, "Also draw each image's attention at every "
                         "decoding step into this folder, one PNG per image.")
@@ -50,13 +55,16 @@ def main(argv):
         raise app.UsageError("give at least one image file or folder after the flags")
     if FLAGS.tau is not None and not 0.0 <= FLAGS.tau <= 1.0:  # also refuses NaN
         raise app.UsageError(f"--tau must be a probability in [0, 1], got {FLAGS.tau}")
+    if FLAGS.max_image_pixels < 1:
+        raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output)
     trained_run(FLAGS.workdir)
     try:
         predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
-                                       batch_size=FLAGS.batch_size)
+                                       batch_size=FLAGS.batch_size,
+                                       max_image_pixels=FLAGS.max_image_pixels)
     except UncalibratedBeamSizeError as error:
         raise app.UsageError(f"{error} Or pass --tau.") from None
     except input_errors() as error:  # an edited label map, backbone weights out of reach
@@ -78,6 +86,9 @@ def main(argv):
     # Every prediction is made before the first line is written, so the progress bar
     # does not interleave with the lines on a terminal.
     results = list(merge_results(entries, predictions))
+    for result in results:
+        if "error" in result and PIXEL_LIMIT_WORDS in result["error"]:
+            result["error"] += " (raise it with --max_image_pixels)"
     return write_report(results, out, "predict", "predicted")
 
 

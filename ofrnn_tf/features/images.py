@@ -407,6 +407,9 @@ def gif_frames(data: bytes) -> GifFrames:
     return GifFrames(frames, pixels, width, height)
 
 
+PIXEL_LIMIT_WORDS = "is above the limit of"  # in every refusal for the pixel limit
+
+
 def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,
                       max_image_pixels: int) -> str | None:
     """Why an image whose header reads ``(image_format, width, height)`` is above
@@ -415,18 +418,18 @@ def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,
     by the tallest frame's height) and the pixels of all its frames together, which
     giflib holds (`gif_frames`)."""
     if width * height > max_image_pixels:
-        return (f"{image_format} of {width}x{height} = {width * height} pixels is above the "
-                f"limit of {max_image_pixels} pixels")
+        return (f"{image_format} of {width}x{height} = {width * height} pixels "
+                f"{PIXEL_LIMIT_WORDS} {max_image_pixels} pixels")
     if image_format != "GIF":
         return None
     frames = gif_frames(data)
     if frames.canvas > max_image_pixels:
         return (f"GIF whose frames make a canvas of {frames.width}x{frames.height} = "
                 f"{frames.canvas} pixels (the width of its widest frame by the height of its "
-                f"tallest) is above the limit of {max_image_pixels} pixels{GIF_REMEDY}")
+                f"tallest) {PIXEL_LIMIT_WORDS} {max_image_pixels} pixels{GIF_REMEDY}")
     if frames.pixels > max_image_pixels:
-        return (f"GIF whose {frames.frames} frames hold {frames.pixels} pixels in all is "
-                f"above the limit of {max_image_pixels} pixels{GIF_REMEDY}")
+        return (f"GIF whose {frames.frames} frames hold {frames.pixels} pixels in all "
+                f"{PIXEL_LIMIT_WORDS} {max_image_pixels} pixels{GIF_REMEDY}")
     return None
 
 
