@@ -293,6 +293,11 @@ def prepare_features(config: ExperimentConfig, data: Data,
                           config.train.batch_size,
                           os.path.join(directory, tfrecords.META_FILENAME))
     counts, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
+    untrained = [name for name, count in zip(data.label_map.names, counts) if count == 0]
+    if untrained:
+        log(f"train: no training image carries {len(untrained)} of the {len(counts)} classes "
+            f"({_listed(untrained)}): the model cannot learn them, and they still count in "
+            f"the metrics (C-P counts each as precision 0)")
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(
         label_names=data.label_map.names, max_steps=_t_max(longest, data.label_map),
@@ -434,9 +439,24 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
             min_labels=decoding.min_labels, score_mix=calibration.get("score_mix", 0.0),
             small_area=facts.small_area)
     metrics["variant"] = config.model.variant
+    absent = metrics.pop(evaluation.ABSENT_CLASSES_KEY, [])
+    if absent:
+        names = [facts.label_names[k] for k in absent]
+        metrics[evaluation.ABSENT_CLASSES_KEY] = names
+        num_classes = len(facts.label_names)
+        log(f"{split}: no {split} image carries {len(names)} of the {num_classes} classes "
+            f"({_listed(names)}): C-R leaves them out, C-P counts each as precision 0 "
+            f"(docs/model.md, Metrics), so C-P is at most "
+            f"{100.0 * (num_classes - len(names)) / num_classes:.1f}")
     metrics.update(notes or {})
     run_dir.save_metrics(split, metrics, beam_size=decoding.beam_size)
     return metrics
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    """Up to `most` names, quoted, then how many more."""
+    text = ", ".join(map(repr, names[:most]))
+    return text + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _servable_examples(examples: list[Example], num: int) -> list[Example]:

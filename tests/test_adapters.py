@@ -366,3 +366,18 @@ def test_a_label_map_file_without_classes_or_with_one_twice_is_named(tmp_path):
         (tmp_path / name).write_text(json.dumps({"names": names}))
         with pytest.raises(ValueError, match=f"{tmp_path / name}: {message}"):
             LabelMap.load(str(tmp_path / name))
+
+
+def test_coco_and_nuswide_class_names_are_read_in_nfc(tmp_path):
+    data = _coco_dict()
+    data["categories"][0]["name"] = "cafe\u0301"  # as a macOS tool may write it
+    ann, img_dir = _write_coco(tmp_path / "coco", data)
+    assert "caf\u00e9" in load_coco(ann, img_dir)[1].names
+    root = tmp_path / "nus"
+    _write_nuswide(root)
+    (root / "Concepts81.txt").write_text("animal\r\ncafe\u0301\r\nwater\r\n")
+    for split in ("Train", "Test"):
+        labels = root / "Groundtruth" / "TrainTestLabels"
+        os.rename(labels / f"Labels_sky_{split}.txt", labels / f"Labels_cafe\u0301_{split}.txt")
+    examples, label_map, _ = load_nuswide(str(root), "train")
+    assert label_map.names == ("animal", "caf\u00e9", "water") and examples  # files found

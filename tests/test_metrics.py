@@ -392,3 +392,23 @@ def test_baseline_at_fixed_half_forces_no_label(monkeypatch):
     fixed = result[E.FIXED_THRESHOLD_KEY]
     assert fixed["mean_labels_predicted"] == 0.5
     assert fixed["O-P"] == pytest.approx(100.0) and fixed["O-R"] == pytest.approx(100 / 3)
+
+
+def test_the_classes_a_split_lacks_are_named_by_index(monkeypatch):
+    """A split with no positive of a class caps C-P (the convention): the metrics say
+    which classes, once (not again under the fixed-threshold baseline's)."""
+    from types import SimpleNamespace
+
+    from ofrnn_tf.evaluation import evaluate as E
+    y_true = np.array([[1, 0, 0, 0], [0, 1, 0, 0]])
+    monkeypatch.setattr(E, "decode_all_steps", lambda *a, **k: {
+        "v_prob": y_true.astype(np.float32) * 0.9, "y_true": y_true})
+    result = E.evaluate(SimpleNamespace(uses_decoder=False), None, tau=0.5, beam_size=1,
+                        max_steps=2, min_labels=1, progress=False)
+    assert result[E.ABSENT_CLASSES_KEY] == [2, 3]
+    assert result["C-P"] == pytest.approx(50.0) and result["C-R"] == pytest.approx(100.0)
+    assert E.ABSENT_CLASSES_KEY not in result[E.FIXED_THRESHOLD_KEY]
+    y_true[0, 2] = y_true[1, 3] = 1
+    assert E.ABSENT_CLASSES_KEY not in E.evaluate(
+        SimpleNamespace(uses_decoder=False), None, tau=0.5, beam_size=1, max_steps=2,
+        min_labels=1, progress=False)

@@ -536,6 +536,18 @@ def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluat
             f"the Unicode form of their files") in capsys.readouterr().err
 
 
+def test_a_class_no_training_image_carries_is_named_when_training_starts(
+        tmp_path, monkeypatch, tiny_backbone, capsys):
+    # As a COCO category no annotation uses, or a rare class all held out for test.
+    root = manifest_folder(tmp_path / "data")
+    config = manifest_config(root, tmp_path / "cache")
+    data = pipeline.load_data(config)
+    unused = pipeline.Data(data.splits, LabelMap([*data.label_map.names, "unicorn"]))
+    _extract(monkeypatch, tiny_backbone, config, unused)
+    assert ("train: no training image carries 1 of the 3 classes ('unicorn'): the model "
+            "cannot learn them") in capsys.readouterr().err
+
+
 def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_backbone):
     root = manifest_folder(tmp_path / "data")  # at most two labels an image: T_max = 2
     config = manifest_config(root, tmp_path / "cache").replace(decoding={"min_labels": 3})

@@ -235,6 +235,21 @@ def stop_at_validation(config, workdir, features_dir, number: int) -> None:
             train(config, workdir, features_dir)
 
 
+def test_the_classes_the_test_split_lacks_are_named_in_the_log_and_metrics(
+        trained, tmp_path, monkeypatch, capsys):
+    config, _, features_dir = trained
+    workdir = copy_run(trained, tmp_path)
+    monkeypatch.setattr(pipeline.evaluation, "evaluate", lambda *a, **k: {
+        "C-P": 75.0, pipeline.evaluation.ABSENT_CLASSES_KEY: [2]})
+    model = RunDir(workdir).load_model()[0]
+    pipeline.calibrate_and_evaluate(model, config, FACTS, RunDir(workdir), features_dir)
+    assert ("test: no test image carries 1 of the 4 classes ('stripe'): C-R leaves them out, "
+            "C-P counts each as precision 0 (docs/model.md, Metrics), so C-P is at most 75.0"
+            ) in capsys.readouterr().err
+    saved = json.load(open(RunDir(workdir).metrics_file("test")))
+    assert saved[pipeline.evaluation.ABSENT_CLASSES_KEY] == ["stripe"]
+
+
 def test_eval_refuses_a_run_whose_decoder_was_never_validated(trained, tmp_path):
     config, _, features_dir = trained
     workdir = str(tmp_path / "run")

@@ -19,7 +19,8 @@ class Example:
         label_ids: sorted unique label ids (indices into the data set's `LabelMap`).
         label_areas: for each entry of `label_ids`, the area of that class's largest
             object as a fraction of the image area, or None when boxes are unknown.
-            The benchmark's small-object AP splits on it.
+            The embedded benchmark's small-object AP splits on it; other data sets
+            (COCO's boxes give it too) report no AP-small or AP-large.
         boxes: optional ((label_id, box), ...) pairs.
     """
 

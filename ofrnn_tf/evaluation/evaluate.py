@@ -22,6 +22,8 @@ from ofrnn_tf.decoding.calibration import (
 from ofrnn_tf.metrics import evaluate_all, label_set_metrics, mean_average_precision
 
 FIXED_THRESHOLD_KEY = "at_fixed_0.5"
+# The classes no image of the split carries (indices; names in metrics_<split>.json).
+ABSENT_CLASSES_KEY = "classes_without_positives"
 
 
 def _log(message: str) -> None:
@@ -98,6 +100,9 @@ def metrics_at(outputs: dict, tau: float, *, min_labels: int = 1, score_mix: flo
                            k=min(3, y_pred.shape[1]))
     metrics["images"] = int(y_pred.shape[0])
     metrics["mean_labels_predicted"] = float(y_pred.sum(1).mean())
+    absent = np.flatnonzero(np.asarray(outputs["y_true"]).sum(0) == 0)
+    if absent.size:
+        metrics[ABSENT_CLASSES_KEY] = [int(k) for k in absent]
     metrics["tau"] = float(tau)
     metrics["score_mix"] = float(score_mix)
     return metrics
@@ -124,4 +129,5 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
     metrics = scored(tau)
     if not model.uses_decoder:
         metrics[FIXED_THRESHOLD_KEY] = scored(BASELINE_THRESHOLD, min_labels=0)
+        metrics[FIXED_THRESHOLD_KEY].pop(ABSENT_CLASSES_KEY, None)  # the split's, said once
     return metrics

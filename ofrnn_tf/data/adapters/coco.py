@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import unicodedata
 from typing import Any, Sequence
 
 from pycocotools.coco import COCO
@@ -70,7 +71,8 @@ def load_coco(annotation_file: str,
 
     cat_ids = sorted(coco.cats)
     try:
-        file_map = LabelMap([coco.cats[c]["name"] for c in cat_ids], source=annotation_file)
+        file_map = LabelMap([unicodedata.normalize("NFC", coco.cats[c]["name"]) for c in cat_ids],
+                            source=annotation_file)
     except ValueError as e:
         raise DataFileError(f"{annotation_file}: categories: {e}") from None
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 
 import numpy as np
 from tqdm import tqdm
@@ -76,8 +77,9 @@ def load_nuswide(root: str,
     list_name, suffix = SPLITS[split]
     concepts_path = concepts_file(root)
     concepts = [c.strip() for c in _read_lines(concepts_path) if c.strip()]
-    try:
-        file_map = LabelMap(concepts, source=concepts_path)
+    try:  # names in NFC; the label files keep the list's spelling
+        file_map = LabelMap([unicodedata.normalize("NFC", c) for c in concepts],
+                            source=concepts_path)
     except ValueError as e:
         raise DataFileError(f"{concepts_path}: {e}") from None
     try:
