@@ -135,6 +135,21 @@ def test_any_file_name_can_title_a_picture(tmp_path):
             assert opened.format == "PNG"
 
 
+def test_a_class_name_the_font_lacks_is_written_as_escapes_not_empty_boxes(tmp_path):
+    import warnings
+
+    from ofrnn_tf.visualization.attention_maps import _drawable
+
+    assert _drawable("狗 and café") == "\\u72d7 and café"
+    Image.fromarray(gray_image(40, 40)).save(tmp_path / "dog.png")
+    prediction = dict(_prediction(tmp_path / "dog.png"), labels=["狗", "café"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of each glyph it cannot draw
+        path = draw_prediction(prediction, str(tmp_path / "out"), 0)
+    with Image.open(path) as opened:
+        assert opened.format == "PNG"
+
+
 def test_the_picture_shows_the_pixels_the_model_decodes(tmp_path):
     """A 16-bit gray PNG: TensorFlow scales it to 8 bits, PIL's RGB conversion would clip it
     to white."""

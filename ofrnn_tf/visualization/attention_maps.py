@@ -12,6 +12,7 @@ and leaves the global matplotlib state alone.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -19,8 +20,10 @@ from typing import Mapping, Optional, Sequence, Union
 
 import matplotlib
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 import tensorflow as tf
 from PIL import Image
 
@@ -33,6 +36,20 @@ _MARGIN = 6  # pixels inside each panel cell, around the picture
 _PICTURE_RATIO = (0.25, 2.0)  # the height/width a picture is drawn at, at least and at most
 _STEP_TITLE_PIXELS = 26
 _TITLE_LINE_PIXELS = 20
+
+
+@functools.lru_cache(maxsize=1)
+def _font_characters() -> frozenset:
+    """The code points matplotlib's default font draws."""
+    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+
+
+def _drawable(text: str) -> str:
+    """`text` with the characters the font lacks written as escapes (``\\u72d7``): a
+    class name in another script is read rather than drawn as empty boxes."""
+    known = _font_characters()
+    return "".join(c if ord(c) in known or c.isspace() else
+                   c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _as_rgb(image) -> np.ndarray:
@@ -118,7 +135,7 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
     FigureCanvasAgg(figure)
     for i, line in enumerate(lines):
         y = fig_h - _MARGIN - (i + 0.5) * _TITLE_LINE_PIXELS
-        figure.text(0.5, y / fig_h, line, ha="center", va="center", parse_math=False,
+        figure.text(0.5, y / fig_h, _drawable(line), ha="center", va="center", parse_math=False,
                     fontsize=11 if i == 0 else 10, weight="bold" if i == 0 else "normal")
 
     def panel(index: int, heading: str):
@@ -126,7 +143,7 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
                                 picture_w / fig_w, picture_h / fig_h])
         axes.set_axis_off()
         axes.imshow(rgb, extent=(0, width_px, height_px, 0), interpolation="bilinear")
-        axes.set_title(heading, fontsize=10, pad=4, parse_math=False)
+        axes.set_title(_drawable(heading), fontsize=10, pad=4, parse_math=False)
         return axes
 
     colormap = matplotlib.colormaps[cmap]
