@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -677,23 +678,26 @@ def _free_ports(n: int) -> list:
 def test_two_workers_of_the_command_train_in_sync(tmp_path):
     """`train.py --runtime.strategy=multi_worker` as two processes of one cluster: one run
     folder and feature cache, the chief evaluates, the workers' weights agree."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     workdir, cache_dir = tmp_path / "run", tmp_path / "cache"
     procs = []
-    try:
-        for index in range(2):
+
+    def run_both(*flags, second_workdir=workdir, succeed=True):
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+        procs[:] = []
+        for index, folder in enumerate((workdir, second_workdir)):
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}))
             procs.append(subprocess.Popen(
-                [sys.executable, "train.py", f"--workdir={workdir}",
+                [sys.executable, "train.py", f"--workdir={folder}",
                  f"--runtime.cache_dir={cache_dir}", "--runtime.strategy=multi_worker",
-                 *TINY_TRAIN_FLAGS], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                 *TINY_TRAIN_FLAGS, *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))
         outputs = [proc.communicate(timeout=2 * SUBPROCESS_TIMEOUT_S) for proc in procs]
         for proc, (_, err) in zip(procs, outputs):
-            assert proc.returncode == 0, err[-3000:]
-        assert "the chief worker evaluates" in outputs[1][1]
-        assert RunDir(str(workdir)).load_metrics("test")["beam_size"] >= 1
+            assert (proc.returncode == 0) == succeed, err[-3000:]
+        return outputs
+
+    def assert_same_weights():
         chief = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
         other = tf.train.latest_checkpoint(str(workdir / "tmp_worker" / "1" / "checkpoints"))
         assert os.path.basename(chief) == os.path.basename(other)
@@ -702,6 +706,25 @@ def test_two_workers_of_the_command_train_in_sync(tmp_path):
         assert names
         for name in names:
             np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name))
+
+    try:
+        outputs = run_both()
+        assert "the chief worker evaluates" in outputs[1][1]
+        assert RunDir(str(workdir)).load_metrics("test")["beam_size"] >= 1
+        assert_same_weights()
+        # A worker without checkpoints of its own (a run moved to more machines, or one
+        # whose save a kill cut short) resumes from the chief's, as the chief does.
+        shutil.rmtree(workdir / "tmp_worker")
+        outputs = run_both("--stage2.epochs=2")
+        assert "resuming from" in outputs[1][1] and str(workdir / "checkpoints") in outputs[1][1]
+        assert_same_weights()
+        # A worker that sees neither the chief's folder nor a copy starts elsewhere:
+        # refused on both, before they train different weights together.
+        outputs = run_both("--stage2.epochs=3", second_workdir=tmp_path / "elsewhere",
+                           succeed=False)
+        for _, err in outputs:
+            assert "the workers of this multi-worker run resumed from different points" in err
+            assert "Traceback" not in err, err[-3000:]
     finally:
         _kill(procs)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import tensorflow as tf
 
@@ -23,9 +24,14 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
             raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
                              "(cluster spec and this worker's task)")
         try:
-            json.loads(os.environ["TF_CONFIG"])
+            tf_config = json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as e:
             raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+        # TensorFlow waits for every task of the cluster without a word, and its
+        # coordination service takes SIGTERM from then on.
+        print(f"[ofrnn_tf] multi_worker: waiting for every task of the cluster "
+              f"{json.dumps((tf_config or {}).get('cluster'))} to start; from now on only "
+              f"SIGKILL stops this process (a rerun resumes it)", file=sys.stderr, flush=True)
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 

@@ -45,13 +45,14 @@ import time
 from typing import Callable, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
-from ofrnn_tf.run_dir import RunDir, RunFacts, resumable_checkpoint
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts, resumable_checkpoint
 from ofrnn_tf.training.distribute import is_chief, num_workers
 
 # input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
@@ -189,7 +190,9 @@ class Trainer:
         runtime = config.runtime
         # Every worker must take part in a save; only the chief's copy is kept.
         worker = None if self.chief else strategy.cluster_resolver.task_id
-        resume_from, _ = resumable_checkpoint(run_dir.checkpoints_dir(worker))
+        self._resume_dirs = [run_dir.checkpoints_dir()] + (
+            [] if worker is None else [run_dir.checkpoints_dir(worker)])
+        resume_from = self._resume_point()[0]
         self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         # The run's precision, whatever policy the caller's session has (its own comes back).
@@ -410,7 +413,7 @@ class Trainer:
         for manager in (self.manager, self.best_manager):
             for leftover in glob.glob(os.path.join(glob.escape(manager.directory), "*_temp")):
                 shutil.rmtree(leftover, ignore_errors=True)
-        latest, unreadable = resumable_checkpoint(self.manager.directory)
+        latest, unreadable = self._resume_point()
         for prefix, problem in unreadable:
             print(f"[train] skipped checkpoint {prefix}: {problem}; resuming from the older "
                   f"{latest} (the files {prefix}.* can be deleted)", file=sys.stderr)
@@ -419,7 +422,42 @@ class Trainer:
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             print(f"[train] resuming from {latest}: {self.position()}", file=sys.stderr)
+        self._check_same_position(latest)
         return bool(latest)
+
+    def _resume_point(self):
+        """`resumable_checkpoint` of the chief's checkpoints, which every worker resumes
+        from when it sees the run folder the chief writes (a shared folder: the workers
+        then start from one point even if one of them saved less before a kill, or none
+        trained here before); a worker that does not see them, of its own copy."""
+        for directory in self._resume_dirs:
+            found = resumable_checkpoint(directory)
+            if found[0]:
+                return found
+        return resumable_checkpoint(self._resume_dirs[-1])
+
+    def _check_same_position(self, latest: Optional[str]) -> None:
+        """Refuses, on every worker alike, a multi-worker run whose workers restored
+        different points: their replicas would train different weights together."""
+        if num_workers(self.strategy) == 1:
+            return
+        here = tf.constant([int(self.stage), int(self.epoch), int(self.step_in_epoch)],
+                           tf.float64)
+
+        def sums():
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([here, here * here]))
+
+        total = self.strategy.experimental_local_results(
+            tf.function(lambda: self.strategy.run(sums))())[0].numpy()
+        replicas = self.strategy.num_replicas_in_sync
+        if not np.array_equal(replicas * total[1], total[0] ** 2):  # equal only if all agree
+            raise IncompatibleRunError(
+                f"the workers of this multi-worker run resumed from different points (this "
+                f"one from {latest or 'no checkpoint'}): each resumes from the chief's "
+                f"{self.run_dir.checkpoints_dir()} when it sees that folder, else from its own "
+                f"{os.path.dirname(self._resume_dirs[-1])}. Give every worker the run folder "
+                f"the chief writes (or a copy of its checkpoints), then rerun")
 
     def position(self) -> str:
         """Where training stands (`describe_position`), or that it finished."""
