@@ -697,9 +697,9 @@ def test_two_workers_of_the_command_train_in_sync(tmp_path):
             assert (proc.returncode == 0) == succeed, err[-3000:]
         return outputs
 
-    def assert_same_weights():
-        chief = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
-        other = tf.train.latest_checkpoint(str(workdir / "tmp_worker" / "1" / "checkpoints"))
+    def assert_same_weights(folder="checkpoints"):
+        chief = tf.train.latest_checkpoint(str(workdir / folder))
+        other = tf.train.latest_checkpoint(str(workdir / "tmp_worker" / "1" / folder))
         assert os.path.basename(chief) == os.path.basename(other)
         readers = [tf.train.load_checkpoint(path) for path in (chief, other)]
         names = [n for n in readers[0].get_variable_to_shape_map() if n.startswith("model/")]
@@ -718,6 +718,7 @@ def test_two_workers_of_the_command_train_in_sync(tmp_path):
         outputs = run_both("--stage2.epochs=2")
         assert "resuming from" in outputs[1][1] and str(workdir / "checkpoints") in outputs[1][1]
         assert_same_weights()
+        assert_same_weights("best")  # the chief's best weights, taken with its checkpoints
         # A worker that sees neither the chief's folder nor a copy starts elsewhere:
         # refused on both, before they train different weights together.
         outputs = run_both("--stage2.epochs=3", second_workdir=tmp_path / "elsewhere",

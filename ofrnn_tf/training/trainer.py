@@ -193,6 +193,8 @@ class Trainer:
         self._resume_dirs = [run_dir.checkpoints_dir()] + (
             [] if worker is None else [run_dir.checkpoints_dir(worker)])
         resume_from = self._resume_point()[0]
+        # Before anything is built from the checkpoint (the loss-scaling layout, say).
+        self._check_same_position(resume_from)
         self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         # The run's precision, whatever policy the caller's session has (its own comes back).
@@ -420,10 +422,24 @@ class Trainer:
         if self.chief:
             self._logged = _last_logged_steps(self.run_dir.tensorboard_dir)
         if latest:
+            if self._from_the_chief:
+                self._take_the_chiefs_best()
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             print(f"[train] resuming from {latest}: {self.position()}", file=sys.stderr)
-        self._check_same_position(latest)
         return bool(latest)
+
+    def _take_the_chiefs_best(self) -> None:
+        """A worker resuming from the chief's checkpoints takes the chief's best weights
+        too (its own copy may be older, or missing): the stages after this one start from
+        them on every worker alike."""
+        own = self.best_manager.directory
+        shutil.rmtree(own, ignore_errors=True)
+        if os.path.isdir(self.run_dir.best_dir()):
+            shutil.copytree(self.run_dir.best_dir(), own)
+        else:
+            os.makedirs(own, exist_ok=True)
+        self.best_manager = tf.train.CheckpointManager(
+            self.best_manager.checkpoint, own, max_to_keep=1)
 
     def _resume_point(self):
         """`resumable_checkpoint` of the chief's checkpoints, which every worker resumes
@@ -433,15 +449,20 @@ class Trainer:
         for directory in self._resume_dirs:
             found = resumable_checkpoint(directory)
             if found[0]:
+                self._from_the_chief = not self.chief and directory == self._resume_dirs[0]
                 return found
+        self._from_the_chief = False
         return resumable_checkpoint(self._resume_dirs[-1])
 
     def _check_same_position(self, latest: Optional[str]) -> None:
-        """Refuses, on every worker alike, a multi-worker run whose workers restored
-        different points: their replicas would train different weights together."""
+        """Refuses, on every worker alike, a multi-worker run whose workers would resume
+        from different points (`latest`): their replicas would train different weights
+        together."""
         if num_workers(self.strategy) == 1:
             return
-        here = tf.constant([int(self.stage), int(self.epoch), int(self.step_in_epoch)],
+        position = checkpoint_position(latest) if latest else {
+            "stage": 1, "epoch": 0, "step_in_epoch": 0}
+        here = tf.constant([position["stage"], position["epoch"], position["step_in_epoch"]],
                            tf.float64)
 
         def sums():
@@ -456,8 +477,8 @@ class Trainer:
                 f"the workers of this multi-worker run resumed from different points (this "
                 f"one from {latest or 'no checkpoint'}): each resumes from the chief's "
                 f"{self.run_dir.checkpoints_dir()} when it sees that folder, else from its own "
-                f"{os.path.dirname(self._resume_dirs[-1])}. Give every worker the run folder "
-                f"the chief writes (or a copy of its checkpoints), then rerun")
+                f"copy under {os.path.join(self.run_dir.path, 'tmp_worker', '<task id>')}. Give "
+                f"every worker the run folder the chief writes, then rerun")
 
     def position(self) -> str:
         """Where training stands (`describe_position`), or that it finished."""

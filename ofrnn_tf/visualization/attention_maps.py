@@ -40,8 +40,11 @@ _TITLE_LINE_PIXELS = 20
 
 @functools.lru_cache(maxsize=1)
 def _font_characters() -> frozenset:
-    """The code points matplotlib's default font draws."""
-    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+    """The code points matplotlib's default font draws, in its regular and bold faces
+    (the picture's first title line is bold)."""
+    faces = [font_manager.FontProperties(), font_manager.FontProperties(weight="bold")]
+    return frozenset.intersection(*(
+        frozenset(FT2Font(font_manager.findfont(face)).get_charmap()) for face in faces))
 
 
 def _drawable(text: str) -> str:
