@@ -178,6 +178,7 @@ class Trainer:
         self._head_outputs: dict[str, tf.Variable] = {}
         self.progress = progress
         self.chief = is_chief(strategy)
+        self._saved_step: Optional[int] = None  # the newest training checkpoint's step
         self.global_batch = config.train.batch_size
         if self.global_batch % strategy.num_replicas_in_sync:
             raise ValueError(f"--train.batch_size={self.global_batch} is not divisible by the "
@@ -421,6 +422,8 @@ class Trainer:
                   f"{latest} (the files {prefix}.* can be deleted)", file=sys.stderr)
         if self.chief:
             self._logged = _last_logged_steps(self.run_dir.tensorboard_dir)
+        # The checkpoint this run stands at (its number is the global step), on every worker.
+        self._saved_step = int(latest.rsplit("-", 1)[1]) if latest else None
         if latest:
             if self._from_the_chief:
                 self._take_the_chiefs_best()
@@ -541,7 +544,7 @@ class Trainer:
             self.epoch.assign(0)
             self.best_metric.assign(-1.0)
             self.epochs_since_best.assign(0)
-        self.manager.save(checkpoint_number=int(self.global_step))
+        self._save(int(self.global_step))
 
     def _checkpointed_weights(self) -> list:
         """The model's variables that ``best/`` holds (all but the dropout RNG states,
@@ -661,15 +664,21 @@ class Trainer:
         if int(self.step_in_epoch) < self.steps_per_epoch:
             self._run_steps(stage)
         step = int(self.global_step)
-        latest = self.manager.latest_checkpoint
-        if self.validate_fn is not None and not (latest and latest.endswith(f"-{step}")):
-            self.manager.save(checkpoint_number=step)  # unless `checkpoint_every` just did
+        # Unless `checkpoint_every` just did, or the run resumed from it: decided alike on
+        # every worker, as every worker takes part in a save.
+        if self.validate_fn is not None and self._saved_step != step:
+            self._save(step)
         self.epoch.assign_add(1)
         self.step_in_epoch.assign(0)
         if self.validate_fn is not None:
             with self.writer.as_default():
                 self._validate(stage)
+        self._save(step)
+
+    def _save(self, step: int) -> None:
+        """A training checkpoint numbered by the global step."""
         self.manager.save(checkpoint_number=step)
+        self._saved_step = step
 
     def _run_steps(self, stage: int):
         """The current epoch's remaining training steps (checkpointed every
@@ -713,7 +722,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}", refresh=False)
                 bar.update(1)
                 if step % runtime.checkpoint_every == 0:
-                    self.manager.save(checkpoint_number=step)
+                    self._save(step)
             bar.close()
 
     def _scalar(self, tag: str, value, step: int) -> None:
