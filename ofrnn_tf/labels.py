@@ -110,6 +110,12 @@ class LabelMap:
         self.check_same(LabelMap.load(directory))
 
 
+def listed_names(names: Sequence[str], most: int) -> str:
+    """Up to `most` class names, quoted and comma-separated, then how many more."""
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def reconcile(expected: "LabelMap | None", found: LabelMap) -> LabelMap:
     """The label map to use: `found` when nothing was expected, else `expected` once
     `found` is checked to be the same (`LabelMapMismatchError` naming both otherwise)."""

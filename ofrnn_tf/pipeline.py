@@ -30,7 +30,7 @@ from ofrnn_tf.features.backbones import describe_backbone
 from ofrnn_tf.features.extract import decode_failure
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.inference.predictor import Predictor
-from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.labels import LabelMap, listed_names
 from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts, resumable_checkpoint
@@ -296,8 +296,8 @@ def prepare_features(config: ExperimentConfig, data: Data,
     untrained = [name for name, count in zip(data.label_map.names, counts) if count == 0]
     if untrained:
         log(f"train: no training image carries {len(untrained)} of the {len(counts)} classes "
-            f"({_listed(untrained)}): the model cannot learn them, and they still count in "
-            f"the metrics (C-P counts each as precision 0)")
+            f"({listed_names(untrained, _NAMED_CLASSES)}): the model cannot learn them, and "
+            f"they still count in the metrics (C-P counts each as precision 0)")
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(
         label_names=data.label_map.names, max_steps=_t_max(longest, data.label_map),
@@ -445,18 +445,16 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
         metrics[evaluation.ABSENT_CLASSES_KEY] = names
         num_classes = len(facts.label_names)
         log(f"{split}: no {split} image carries {len(names)} of the {num_classes} classes "
-            f"({_listed(names)}): C-R leaves them out, C-P counts each as precision 0 "
-            f"(docs/model.md, Metrics), so C-P is at most "
+            f"({listed_names(names, _NAMED_CLASSES)}): C-R leaves them out, C-P counts each "
+            f"as precision 0 (docs/model.md, Metrics), so C-P is at most "
             f"{100.0 * (num_classes - len(names)) / num_classes:.1f}")
     metrics.update(notes or {})
     run_dir.save_metrics(split, metrics, beam_size=decoding.beam_size)
     return metrics
 
 
-def _listed(names: list[str], most: int = 5) -> str:
-    """Up to `most` names, quoted, then how many more."""
-    text = ", ".join(map(repr, names[:most]))
-    return text + (f" and {len(names) - most} more" if len(names) > most else "")
+# Class names a log line names before it counts the rest.
+_NAMED_CLASSES = 5
 
 
 def _servable_examples(examples: list[Example], num: int) -> list[Example]:

@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 
 from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
 from ofrnn_tf.data.example import Example, LoadStats
-from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.labels import LabelMap, listed_names
 
 _SEPARATORS = re.compile(r"[;|]")
 # Class names printed when a manifest's label map is built (the rest counted).
@@ -144,9 +144,8 @@ def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
     """Prints the label map built from `path`, and warns of class names holding a comma
     (``"a,b"`` quoted in CSV, or a JSON string ``"a, b"``): mostly two labels meant."""
     names = label_map.names
-    shown = ", ".join(repr(n) for n in names[:_SHOWN_CLASSES])
-    more = f" and {len(names) - _SHOWN_CLASSES} more" if len(names) > _SHOWN_CLASSES else ""
-    print(f"{path}: {len(names)} classes: {shown}{more}", file=sys.stderr)
+    print(f"{path}: {len(names)} classes: {listed_names(names, _SHOWN_CLASSES)}",
+          file=sys.stderr)
     with_comma = [n for n in names if "," in n]
     if with_comma:
         first = next(where for where, _, _, labels in rows
