@@ -191,16 +191,6 @@ def _split_changes(inputs: dict, meta: Optional[dict]) -> dict[str, str]:
     return changes
 
 
-def _run_cache_meta(config: ExperimentConfig, facts: RunFacts) -> tuple[str, Optional[dict]]:
-    """The run's feature cache under ``--runtime.cache_dir`` and its meta.json, or None
-    when it is not there (or not readable)."""
-    directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
-    try:
-        return directory, tfrecords.read_meta(directory)
-    except (FileNotFoundError, ValueError):
-        return directory, None
-
-
 def in_run_spelling(data: Data, run_dir: RunDir) -> Data:
     """`data` with its class names spelt as the run spells them, where the two differ in
     Unicode form only: names are read in NFC form, and a run trained before that kept
@@ -214,10 +204,11 @@ def in_run_spelling(data: Data, run_dir: RunDir) -> Data:
 
 
 def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
-                       run_dir: RunDir) -> CacheKey:
+                       run_dir: RunDir, *, evaluating: bool = False) -> CacheKey:
     """The cache key of a rerun on the existing run `run_dir`, checked before any feature
     extraction: the data must be those the run was trained on, and its feature cache
-    under this ``--runtime.cache_dir``.
+    under this ``--runtime.cache_dir``. `evaluating` (eval mode, which reads only the
+    validation and test splits) notes a training split changed since instead.
 
     Raises:
         RunDataChangedError: other class names, or other images or labels in a split
@@ -239,9 +230,19 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
         features = config.features
         old = cache.fingerprint_of(key.inputs, features.backbone, features.layer, cache_format=1)
         if old != facts.features_fingerprint:
-            directory, meta = _run_cache_meta(config, facts)
-            changes = [f"{split}: {change}" for split, change in
-                       _split_changes(key.inputs, meta).items()]
+            directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
+            try:
+                meta = tfrecords.read_meta(directory)
+            except (FileNotFoundError, ValueError):
+                meta = None
+            changed = _split_changes(key.inputs, meta)
+            if evaluating and set(changed) == {"train"} and meta.get(cache.INPUTS_KEY):
+                locate_features(config, facts)
+                log(f"{source}: train: {changed['train']}, since the run was trained; "
+                    f"--mode=eval reads the validation and test splits of the run's feature "
+                    f"cache, which are the same")
+                return CacheKey(facts.features_name, facts.features_fingerprint, None)
+            changes = [f"{split}: {change}" for split, change in changed.items()]
             if not changes and meta is None:
                 changes = [f"the images or labels of a split (the run's feature cache "
                            f"{directory}, not under this --runtime.cache_dir, would say which)"]
@@ -339,18 +340,7 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
             f"test split of the run's feature cache")
         return
     data = in_run_spelling(data, run_dir)
-    key, facts = feature_cache_key(config, data), run_dir.load()[1]
-    if (key.fingerprint != facts.features_fingerprint
-            and tuple(data.label_map.names) == tuple(facts.label_names)):
-        _, meta = _run_cache_meta(config, facts)
-        changes = _split_changes(key.inputs, meta)
-        if meta and meta.get(cache.INPUTS_KEY) and set(changes) == {"train"}:
-            locate_features(config, facts)
-            log(f"{source}: train: {changes['train']}, since the run was trained; --mode=eval "
-                f"reads the validation and test splits of the run's feature cache, which are "
-                f"the same")
-            return
-    check_resumed_data(config, data, key, run_dir)
+    check_resumed_data(config, data, feature_cache_key(config, data), run_dir, evaluating=True)
 
 
 def _t_max(longest: int, label_map: LabelMap) -> int:
