@@ -193,7 +193,7 @@ class Trainer:
         worker = None if self.chief else strategy.cluster_resolver.task_id
         self._resume_dirs = [run_dir.checkpoints_dir()] + (
             [] if worker is None else [run_dir.checkpoints_dir(worker)])
-        resume_from = self._resume_point()[0]
+        resume_from, _, _ = self._resume_point()
         # Before anything is built from the checkpoint (the loss-scaling layout, say).
         self._check_same_position(resume_from)
         self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
@@ -416,7 +416,7 @@ class Trainer:
         for manager in (self.manager, self.best_manager):
             for leftover in glob.glob(os.path.join(glob.escape(manager.directory), "*_temp")):
                 shutil.rmtree(leftover, ignore_errors=True)
-        latest, unreadable = self._resume_point()
+        latest, unreadable, directory = self._resume_point()
         for prefix, problem in unreadable:
             print(f"[train] skipped checkpoint {prefix}: {problem}; resuming from the older "
                   f"{latest} (the files {prefix}.* can be deleted)", file=sys.stderr)
@@ -425,7 +425,7 @@ class Trainer:
         # The checkpoint this run stands at (its number is the global step), on every worker.
         self._saved_step = int(latest.rsplit("-", 1)[1]) if latest else None
         if latest:
-            if self._from_the_chief:
+            if not self.chief and directory == self.run_dir.checkpoints_dir():
                 self._take_the_chiefs_best()
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             print(f"[train] resuming from {latest}: {self.position()}", file=sys.stderr)
@@ -445,17 +445,16 @@ class Trainer:
             self.best_manager.checkpoint, own, max_to_keep=1)
 
     def _resume_point(self):
-        """`resumable_checkpoint` of the chief's checkpoints, which every worker resumes
-        from when it sees the run folder the chief writes (a shared folder: the workers
-        then start from one point even if one of them saved less before a kill, or none
-        trained here before); a worker that does not see them, of its own copy."""
+        """``(latest, unreadable, folder)``: `resumable_checkpoint` of the chief's
+        checkpoints, which every worker resumes from when it sees the run folder the
+        chief writes (a shared folder: the workers then start from one point even if one
+        of them saved less before a kill, or none trained here before); for a worker that
+        does not see them, of its own copy."""
         for directory in self._resume_dirs:
-            found = resumable_checkpoint(directory)
-            if found[0]:
-                self._from_the_chief = not self.chief and directory == self._resume_dirs[0]
-                return found
-        self._from_the_chief = False
-        return resumable_checkpoint(self._resume_dirs[-1])
+            latest, unreadable = resumable_checkpoint(directory)
+            if latest:
+                return latest, unreadable, directory
+        return (*resumable_checkpoint(self._resume_dirs[-1]), self._resume_dirs[-1])
 
     def _check_same_position(self, latest: Optional[str]) -> None:
         """Refuses, on every worker alike, a multi-worker run whose workers would resume
