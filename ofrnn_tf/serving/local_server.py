@@ -526,8 +526,8 @@ def _bind_problem(host: str, port: int) -> str:
         return f": {e.strerror or e}"
     if name == "localhost":
         found += [(family, (address[0], port, *address[2:])) for family, address in _LOOPBACKS]
-    lacking = []
-    for family, address in dict.fromkeys(found):
+    addresses, lacking = list(dict.fromkeys(found)), []
+    for family, address in addresses:
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 # As gRPC binds: a port whose last connections are closing is free.
@@ -537,7 +537,7 @@ def _bind_problem(host: str, port: int) -> str:
             if e.errno in (errno.EADDRINUSE, errno.EACCES):
                 return f": {e.strerror}"
             lacking.append(e)
-    if lacking and len(lacking) == len(dict.fromkeys(found)):
+    if lacking and len(lacking) == len(addresses):
         return f": {lacking[0].strerror or lacking[0]}"
     return ""
 
