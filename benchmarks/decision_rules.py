@@ -8,8 +8,10 @@ E[FP] = Σ d (1 − p), E[FN] = Σ (1 − d) p, with no term in which two labels
 image meet. So what a model knows about how an image's labels go together (that one
 item carries one class, that a scene's classes come together) can change these metrics
 only through the per-class probabilities it ends up with, and the best decisions
-given those are thresholds: one on p for O-F1, one per class for C-F1 (for each class
-its own F1 is such a ratio). A decoder's label paths are one way of turning what it
+given those are thresholds: one on p for O-F1, one per class for C-F1 (its C-P and
+C-R average the classes' own ratios of such sums; which thresholds maximise their
+harmonic mean is a joint choice, since C-F1 is not the mean of the classes' F1). A
+decoder's label paths are one way of turning what it
 knows into decisions; this script measures how they compare with thresholds on the
 per-class scores the same run ranks by (`v_prob` for the head alone, the decoder's
 mixed scores otherwise), on the paper table's runs (test split):
@@ -17,8 +19,9 @@ mixed scores otherwise), on the paper table's runs (test split):
 - `decoding (τ)`: the run's own labels, as in the paper table;
 - `one threshold on the scores`: one threshold for every class, chosen on validation
   with the run's calibration objective (for the head alone, the same as its `τ` row);
-- `per-class thresholds`: for each class the threshold that maximises its F1 on
-  validation.
+- `per-class thresholds`: for each class the threshold that maximises its own F1 on
+  validation, each class chosen alone (not jointly for C-F1, which would gain a
+  little more).
 
 Every rule keeps at least `min_labels` labels per image, as decoding does. The table
 also gives the per-image F1 (`E-F1`, averaged over the images), which is not such a
