@@ -258,7 +258,7 @@ def size_split_average_precision(y_true, scores, label_areas,
     For class k and size s ∈ {small, large}, AP is computed over the images where k
     is absent (all negatives) plus the positives of size s; positives of the other
     size are left out. A positive is small when ``label_areas < small_area`` and large
-    otherwise (``≥``). Each mean runs over the classes with at least one positive of
+    otherwise (``≥``), both compared in float32. Each mean runs over the classes with at least one positive of
     that size (0.0 when there is none).
 
     Args:
@@ -295,8 +295,10 @@ def size_split_average_precision(y_true, scores, label_areas,
             f"at image {i}, class {j} = {a[i, j]!r}; areas must be fractions of the image "
             f"area, not pixels")
 
-    small = t & (a < small_area)
-    large = t & (a >= small_area)
+    # Compared at float32, the precision areas are stored in (TFRecords): an object
+    # whose area is the threshold exactly stays large however its stored area rounded.
+    small = t & (a.astype(np.float32) < np.float32(small_area))
+    large = t & ~small
     result = {}
     for key, subset in zip(SIZE_SPLIT_KEYS, (small, large)):
         aps = []

@@ -270,6 +270,21 @@ def test_size_split_threshold_is_inclusive_for_large():
     assert r["AP-large"] == pytest.approx(100 * (1 + 1 / 2) / 2)
 
 
+def test_size_split_object_at_the_threshold_is_large_after_float32_storage():
+    # Areas travel as float32 (TFRecords); (10/100)^2 = 0.010000000000000002 in float64
+    # rounds down to 0.0099999998 in float32. An object whose area is the threshold
+    # exactly stays large, as the rule says, not small by a rounding.
+    threshold = (10 / 100) ** 2
+    stored = np.float32(threshold)
+    assert float(stored) < threshold
+    areas = SIZE_A.astype(np.float32).copy()
+    areas[3, 1] = stored
+    at = M.size_split_average_precision(SIZE_Y, SIZE_S, areas, small_area=threshold)
+    above = M.size_split_average_precision(SIZE_Y, SIZE_S, np.where(areas == stored, 0.5, areas),
+                                           small_area=threshold)
+    assert at == above
+
+
 def test_size_split_rejects_unknown_areas_with_count():
     areas = SIZE_A.copy()
     areas[0, 0] = -1
