@@ -1,5 +1,6 @@
 """Frozen backbones: EfficientNet-Lite0 weights, feature layers, saving, offline errors."""
 
+import dataclasses
 import os
 import socket
 import time
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import FeaturesConfig
 from ofrnn_tf.features.backbones import (Backbone, BackboneWeightsUnavailableError,
-                                         efficientnet_lite, get_backbone,
+                                         UnknownBackboneError, available_backbones,
+                                         check_backbone, efficientnet_lite, get_backbone,
                                          keras_applications)
 from ofrnn_tf.features.images import decode_and_resize
 
@@ -61,6 +64,25 @@ def test_unknown_layer_and_backbone_are_named():
         get_backbone("efficientnet_lite0", "conv9", weights=None)
     with pytest.raises(ValueError, match="unknown backbone 'resnet9'.*resnet152"):
         get_backbone("resnet9")
+
+
+def test_check_backbone_refuses_in_the_flags_words_and_takes_any_real_layer():
+    check_backbone("efficientnet_lite0", "stage5")  # a named layer: nothing is built
+    check_backbone("efficientnet_lite0", "block3b_out")  # a Keras name: found in the model
+    with pytest.raises(UnknownBackboneError, match=r"^--features.backbone=efficientnet_lite0, "
+                                                   r"--features.layer=stage_5: .*no layer "
+                                                   r"'stage_5'. Named choices: .*stage5"):
+        check_backbone("efficientnet_lite0", "stage_5")
+    with pytest.raises(UnknownBackboneError, match=r"--features.backbone=xception.*unknown "
+                                                   r"backbone 'xception'; available: "):
+        check_backbone("xception", "conv5")
+
+
+def test_the_backbones_the_flag_help_names_are_those_there_are():
+    help_text = next(f for f in dataclasses.fields(FeaturesConfig)
+                     if f.name == "backbone").metadata["help"]
+    for name in available_backbones():
+        assert name in help_text, name
 
 
 def test_efficientnet_lite0_folded_batch_norm_computes_the_checkpoints_network():

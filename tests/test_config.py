@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -75,22 +76,79 @@ def test_flags_override_only_what_they_name():
 def test_invalid_values_are_refused_naming_the_setting():
     with pytest.raises(flags.IllegalFlagValueError, match="model.variant"):
         parse("--model.variant=transformer")
-    with pytest.raises(ValueError, match=r"DataConfig.val_fraction must be in \(0, 1\); got 1.5"):
+    with pytest.raises(ValueError, match=r"--data.val_fraction must be in \(0, 1\); got 1.5"):
         config_from_flags(parse("--data.val_fraction=1.5"))
-    with pytest.raises(ValueError, match=r"ModelConfig.head_kernel_size must be a positive odd "
+    with pytest.raises(ValueError, match=r"--model.head_kernel_size must be a positive odd "
                                          r"number; got 4"):
         config_from_flags(parse("--model.head_kernel_size=4"))
     with pytest.raises(ValueError, match=r"unknown fields \['lstm'\] in config section 'model'"):
         ExperimentConfig.from_dict({"model": {"lstm": 3}})
-    with pytest.raises(ValueError, match=r"ModelConfig.variant=no_attention is an ablation of "
+    with pytest.raises(ValueError, match=r"--model.variant=no_attention is an ablation of "
                                          r"the paper's decoder: it needs decoder=paper"):
         config_from_flags(parse("--model.variant=no_attention"))  # refused before any data work
-    with pytest.raises(ValueError, match=r"TrainConfig.attention_penalty must be ≥ 0; got -1"):
+    with pytest.raises(ValueError, match=r"--train.attention_penalty must be ≥ 0; got -1"):
         config_from_flags(parse("--train.attention_penalty=-1"))
     with pytest.raises(ValueError, match="attention_penalty needs attention to penalise; "
-                                         "ModelConfig.variant=no_attention has none"):
+                                         "--model.variant=no_attention has none"):
         config_from_flags(parse("--train.attention_penalty=1", "--model.variant=no_attention",
                                 "--model.decoder=paper", "--model.head=mean_linear"))
+
+
+def test_a_range_error_names_the_flag_of_its_section():
+    # One class serves three sections: the message says which.
+    for section in ("stage1", "stage2", "label_context"):
+        with pytest.raises(ValueError, match=rf"^--{section}.epochs must be > 0; got 0$"):
+            config_from_flags(parse(f"--{section}.epochs=0"))
+    for value in ("nan", "inf"):
+        with pytest.raises(ValueError, match=rf"--stage1.learning_rate must be > 0; got {value}"):
+            config_from_flags(parse(f"--stage1.learning_rate={value}"))
+        with pytest.raises(ValueError, match=rf"--train.attention_penalty must be ≥ 0; got {value}"):
+            config_from_flags(parse(f"--train.attention_penalty={value}"))
+
+
+@pytest.mark.parametrize("argv, refused, reason", [
+    (["--model.variant=baseline", "--stage2.epochs=3", "--model.lstm_units=64"],
+     ["--stage2.epochs", "--model.lstm_units"], "--model.variant=baseline is M_map alone"),
+    (["--model.variant=baseline", "--decoding.beam_size=5"], ["--decoding.beam_size"],
+     "--model.variant=baseline"),
+    (["--config=paper", "--model.variant=rare_first", "--train.loss=pla"], ["--train.loss"],
+     "--model.variant=rare_first learns each step as a softmax"),
+    (["--train.loss=pla", "--train.train_steps=max"], ["--train.train_steps"],
+     "--train.loss=pla trains T_i + 1 steps"),
+    (["--model.attention_units=64"], ["--model.attention_units"], "--model.decoder=residual"),
+    (["--train.attention_penalty_form=overlap"], ["--train.attention_penalty_form"],
+     "--train.attention_penalty is 0"),
+    (["--config=paper", "--model.head_units=64"], ["--model.head_units"],
+     "--model.head=mean_linear"),
+    (["--label_context.epochs=3"], ["--label_context.epochs"],
+     "--model.label_context_units is 0"),
+    (["--config=benchmark_scenes", "--label_context.epochs=3"], ["--label_context.epochs"],
+     "--model.label_context_training=joint"),
+    (["--config=coco", "--data.data_dir=/data/coco", "--data.num_train=5"], ["--data.num_train"],
+     "--data.dataset=coco is not the embedded benchmark"),
+    (["--data.val_fraction=0.1"], ["--data.val_fraction"], "draws its own validation"),
+], ids=["baseline_stage2", "baseline_beam", "fixed_order_loss", "pla_steps", "residual_attention",
+        "penalty_form", "mean_linear_head", "no_label_context", "joint_context", "coco_sizes",
+        "benchmark_val_fraction"])
+def test_a_flag_the_run_would_not_read_is_refused(argv, refused, reason):
+    with pytest.raises(ValueError) as error:
+        config_from_flags(parse(*argv))
+    message = str(error.value)
+    assert reason in message and "would be ignored" in message, message
+    for name in refused:
+        assert name in message, message
+
+
+def test_every_preset_and_every_setting_it_reads_pass():
+    for name in configs.PRESETS:
+        assert config_from_flags(parse(f"--config={name}")) == configs.get_config(name)
+    # Given explicitly, settings the run reads are taken, even at the value they have.
+    read = parse("--model.variant=baseline", "--stage1.epochs=3", "--model.head_units=64",
+                 "--decoding.min_labels=2", "--data.num_train=500", "--model.head_dropout=0.1")
+    assert config_from_flags(read).stage1.epochs == 3
+    assert config_from_flags(parse("--config=paper", "--model.attention_units=64",
+                                   "--train.attention_penalty=0.1",
+                                   "--train.attention_penalty_form=overlap"))
 
 
 def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path):
@@ -98,7 +156,7 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
                            "--model.variant=no_attention"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1
-    assert ("train.py: ModelConfig.variant=no_attention is an ablation of the paper's decoder"
+    assert ("train.py: --model.variant=no_attention is an ablation of the paper's decoder"
             in done.stderr), done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
@@ -115,8 +173,15 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
     (["-c", "import sys; from ofrnn_tf.cli.extract import run; sys.argv[0] = 'ofrnn-extract'; "
             "run()", "--config=manifest", "--data.data_dir={tmp}/own"],
      "ofrnn-extract: no manifest for split 'train': none of ['{tmp}/own/train.csv'"),
+    (["predict.py", "--workdir={tmp}", "--batch_size=0", "{tmp}/image.png"],
+     "predict.py: --batch_size must be at least 1, got 0"),
+    (["predict.py", "--workdir={tmp}", "--beam_size=0", "--tau=0.5", "{tmp}/image.png"],
+     "predict.py: --beam_size must be at least 1 (1: greedy), got 0"),
+    (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports", "--num_warmup_images=-1"],
+     "export.py: --num_warmup_images must be 0 or more, got -1"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
-        "export_into_a_file", "extract_without_its_data"])
+        "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
+        "predict_beam_of_none", "export_negative_warmup_count"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")
     argv = [arg.format(tmp=tmp_path) for arg in argv]
@@ -125,6 +190,30 @@ def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message
     assert done.returncode == 1, done.stderr[-2000:]
     assert message.format(tmp=tmp_path) in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--features.layer=stage_5"], {},
+     "train.py: --features.backbone=efficientnet_lite0, --features.layer=stage_5: backbone "
+     "efficientnet_lite0: no layer 'stage_5'. Named choices:"),
+    (["--features.backbone=xception"], {},
+     "train.py: --features.backbone=xception, --features.layer=stage5: unknown backbone "
+     "'xception'; available: ['efficientnet_lite0', "),
+    (["--runtime.strategy=multi_worker"], {"TF_CONFIG": ""},
+     "train.py: --runtime.strategy=multi_worker reads the cluster from the TF_CONFIG "
+     "environment variable: it is not set"),
+    (["--runtime.strategy=multi_worker"], {"TF_CONFIG": "{"},
+     "train.py: --runtime.strategy=multi_worker reads the cluster from the TF_CONFIG "
+     "environment variable: it is not valid JSON"),
+], ids=["layer_typo", "unknown_backbone", "no_tf_config", "tf_config_not_json"])
+def test_train_refuses_what_it_cannot_build_before_any_work(tmp_path, flags, env, message):
+    done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path / 'run'}",
+                           f"--runtime.cache_dir={tmp_path / 'cache'}", *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, **env))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):

@@ -340,6 +340,18 @@ def test_shard_index_lets_several_machines_share_a_split(tmp_path, backbone):
     assert tfrecords.read_meta(out)["splits"]["val"]["complete"]
 
 
+def test_a_split_begun_in_other_shards_names_the_flag_that_resumes_it(tmp_path, backbone):
+    examples = _good_examples(str(tmp_path), n=4)
+    out = str(tmp_path / "features")
+    extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=3, shard_index=0,
+                          progress=False)
+    with pytest.raises(extract.FeatureFolderMismatchError,
+                       match=r"in 3 shards \(val-00000-of-00003.*\): resume it with "
+                             r"--features.num_shards=3"):
+        extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=2,
+                              progress=False)
+
+
 def test_more_shards_than_images_gives_empty_shards(tmp_path, backbone):
     examples = _good_examples(str(tmp_path), n=2)
     out = str(tmp_path / "features")

@@ -370,6 +370,7 @@ def test_the_command_reports_a_split_too_small_without_a_traceback(tmp_path):
     assert ("train.py: the train split has 2 image(s), fewer than one batch of 8: lower "
             "--train.batch_size (to at most 2)") in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cache").exists()  # refused before the canvases are built
 
 
 # -- what a rerun would accept and ignore ----------------------------------------------

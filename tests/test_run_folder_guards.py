@@ -21,7 +21,7 @@ from ofrnn_tf import run_dir as run_dir_module
 from ofrnn_tf.processes import owner_tag
 from ofrnn_tf.run_dir import (
     DamagedCheckpointError, RunDir, RunFolderNotWritableError, RunInUseError)
-from ofrnn_tf.training.distribute import is_chief_task
+from ofrnn_tf.training.distribute import ClusterConfigError, cluster_config, is_chief_task
 
 
 def with_best_weights(run: str) -> RunDir:
@@ -192,3 +192,23 @@ def test_only_the_chief_of_a_multi_worker_run_holds_the_folder(monkeypatch, clus
     config = {"cluster": cluster, **({"task": task} if task else {})}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     assert is_chief_task() is chief
+
+
+@pytest.mark.parametrize("tf_config, problem", [
+    ("[]", "it is list, not a JSON object"),
+    ('{"task": {"type": "worker", "index": 0}}', 'no "cluster" with a chief or workers'),
+    ('{"cluster": {"worker": ["a:1"]}}', 'no "task" with this process\'s type and index'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+     "its task worker 1 is not in its cluster"),
+])
+def test_a_tf_config_multi_worker_cannot_use_is_named(monkeypatch, tf_config, problem):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ClusterConfigError, match="--runtime.strategy=multi_worker reads the "
+                                                 "cluster from the TF_CONFIG"):
+        cluster_config()
+    with pytest.raises(ClusterConfigError) as error:
+        cluster_config()
+    assert problem in str(error.value)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": _WITH_CHIEF,
+                                                "task": {"type": "worker", "index": 1}}))
+    assert cluster_config()["task"]["index"] == 1

@@ -98,17 +98,20 @@ def trained_run(workdir: str):
 
 def input_errors() -> tuple[type, ...]:
     """The errors that are the input's fault (the data's files, the flags' split sizes, a
-    feature cache or backbone weights they point at, a run folder's damaged checkpoint or
-    edited label map): a command says them in one line, as usage errors; any other error
-    keeps its traceback."""
+    feature cache, backbone or weights they point at, a run folder's damaged checkpoint or
+    edited label map, a multi-worker cluster's TF_CONFIG): a command says them in one
+    line, as usage errors; any other error keeps its traceback."""
     # deferred: these modules import TensorFlow
     from ofrnn_tf.data import DataFileError, DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError
-    from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavailableError
+    from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError, UnknownBackboneError
     from ofrnn_tf.features.cache import FeatureCacheMismatchError, FeatureCacheNotFoundError
+    from ofrnn_tf.features.extract import FeatureFolderMismatchError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import DamagedCheckpointError
+    from ofrnn_tf.training.distribute import ClusterConfigError
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
-            FeatureCacheMismatchError, BackboneWeightsUnavailableError, LabelMapMismatchError,
-            DamagedCheckpointError)
+            FeatureCacheMismatchError, FeatureFolderMismatchError, BackboneWeightsUnavailableError,
+            UnknownBackboneError, LabelMapMismatchError, DamagedCheckpointError,
+            ClusterConfigError)

@@ -56,6 +56,11 @@ def main(argv):
                              f"those folders), got {FLAGS.version}")
     if FLAGS.max_image_pixels < 1:
         raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
+    if FLAGS.beam_size is not None and FLAGS.beam_size < 1:
+        raise app.UsageError(f"--beam_size must be at least 1 (1: greedy), got {FLAGS.beam_size}")
+    if FLAGS.num_warmup_images < 0:
+        raise app.UsageError(f"--num_warmup_images must be 0 or more, got "
+                             f"{FLAGS.num_warmup_images}")
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a folder")
     refuse_glob_characters("workdir", FLAGS.workdir)

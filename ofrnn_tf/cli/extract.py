@@ -53,9 +53,10 @@ def main(argv):
 def _extract(config) -> int:
     from ofrnn_tf import pipeline
     from ofrnn_tf.features import cache
-    from ofrnn_tf.features.backbones import get_backbone
+    from ofrnn_tf.features.backbones import check_backbone, get_backbone
     from ofrnn_tf.features.extract import extract_split
 
+    check_backbone(config.features.backbone, config.features.layer)
     data = pipeline.load_data(config)
     if FLAGS.shard_index is None:
         directory, _ = pipeline.prepare_features(config, data)

@@ -57,6 +57,10 @@ def main(argv):
         raise app.UsageError(f"--tau must be a probability in [0, 1], got {FLAGS.tau}")
     if FLAGS.max_image_pixels < 1:
         raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
+    if FLAGS.beam_size is not None and FLAGS.beam_size < 1:
+        raise app.UsageError(f"--beam_size must be at least 1 (1: greedy), got {FLAGS.beam_size}")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output)

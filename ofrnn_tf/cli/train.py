@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, usable_config
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
-    CONFIG_FLAG, config_from_flags, define_config_flags, describe, overrides_from_flags)
+    CONFIG_FLAG, config_from_flags, define_config_flags, describe, with_flags)
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +53,7 @@ def resolve_config(workdir: str) -> ExperimentConfig:
         if diffs:
             raise app.UsageError(f"{workdir} was trained with other settings than "
                                  f"--config={FLAGS[CONFIG_FLAG].value}: {'; '.join(diffs)}")
-    return usable_config(lambda: saved.replace(**overrides_from_flags()))
+    return usable_config(lambda: with_flags(saved))
 
 
 def main(argv):
@@ -85,6 +85,13 @@ def main(argv):
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:
+        # Before the run folder is made or taken: what the run could not build.
+        if FLAGS.mode == "train" and not RunDir(FLAGS.workdir).exists():
+            from ofrnn_tf.features.backbones import check_backbone
+            check_backbone(config.features.backbone, config.features.layer)
+        if config.runtime.strategy == "multi_worker" and FLAGS.mode == "train":
+            from ofrnn_tf.training.distribute import cluster_config
+            cluster_config()  # it also says which worker holds the folder
         with _held(RunDir(FLAGS.workdir), config):
             pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     except refused as error:

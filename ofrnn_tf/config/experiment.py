@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, Iterator, Optional
 
@@ -64,7 +65,7 @@ def _check_choices(obj) -> None:
 def _check_positive(obj, *names: str, allow_zero: bool = False) -> None:
     for name in names:
         value = getattr(obj, name)
-        if value < 0 or (value == 0 and not allow_zero):
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             bound = "≥ 0" if allow_zero else "> 0"
             raise ValueError(f"{type(obj).__name__}.{name} must be {bound}; got {value!r}")
 
@@ -81,7 +82,9 @@ class DataConfig:
     manifest: str = setting("", "One CSV/JSONL manifest file (dataset=manifest).",
                             resumable=True)
     val_fraction: float = setting(0.05, "Share of train held out (by image-id hash) for τ and "
-                                  "epoch selection where a data set has no validation split.")
+                                  "epoch selection where a data set has no validation split "
+                                  "(one --data.manifest file: as much again is held out for "
+                                  "test).")
     num_train: int = setting(10000, "Benchmark: training canvases.")
     num_val: int = setting(1000, "Benchmark: validation canvases.")
     num_test: int = setting(2000, "Benchmark: test canvases.")
@@ -116,7 +119,9 @@ class FeaturesConfig:
     """The frozen CNN whose maps `V_feat = [v_1..v_m]` the model reads (Eq. 2)."""
 
     backbone: str = setting("efficientnet_lite0", "Frozen CNN: efficientnet_lite0 (offline "
-                            "ImageNet weights) or a keras.applications name such as resnet152.")
+                            "ImageNet weights) or, from keras.applications (weights downloaded "
+                            "once), densenet121, efficientnetb0, mobilenet_v2, resnet101, "
+                            "resnet152, resnet50 or vgg16.")
     layer: str = setting("stage5", "Feature layer: a named layer of the backbone (efficientnet_"
                          "lite0: stage5 14x14x112, stage6, top 7x7x1280; resnet*: conv4, conv5) "
                          "or any Keras layer name.")
@@ -128,7 +133,8 @@ class FeaturesConfig:
     def __post_init__(self):
         _check_positive(self, "extract_batch_size", "num_shards")
         if not self.backbone or not self.layer:
-            raise ValueError("FeaturesConfig needs a backbone and a layer name")
+            raise ValueError("FeaturesConfig.backbone and FeaturesConfig.layer must each name "
+                             f"one; got {self.backbone!r} and {self.layer!r}")
 
 
 @dataclasses.dataclass
@@ -136,8 +142,8 @@ class ModelConfig:
     """The network of paper Fig. 2, its ablations (Tables 1–2) and this project's decoder.
 
     The defaults are the main job's model (docs/model.md, "The main job's model"): the
-    spatial M_map and the residual decoder, except the head's kernel, which
-    `ExperimentConfig` widens to 3. ``--config=paper`` sets the paper's: ``head=mean_linear``,
+    spatial M_map and the residual decoder, except the head's kernel and width, which
+    `ExperimentConfig` sets to 3 and 128. ``--config=paper`` sets the paper's: ``head=mean_linear``,
     ``decoder=paper``.
     """
 
@@ -201,7 +207,7 @@ class StageConfig:
     by validation mAP; stage 2: the decoder, selected by the decoding used at test time),
     or of the label context fitted between them (selected by validation mAP)."""
 
-    learning_rate: float = setting(1e-3, "Adam learning rate (each preset sets its own: "
+    learning_rate: float = setting(1e-3, "Adam learning rate (a preset may set its own: "
                                   "--config=NAME --print_config shows them).")
     schedule: str = setting("constant", "Learning rate over the stage: constant, or cosine "
                             "(decaying to 0 at the stage's last epoch).", choices=SCHEDULES)
@@ -313,8 +319,67 @@ class ExperimentConfig:
 
     def __post_init__(self):
         if self.train.attention_penalty and self.model.variant == "no_attention":
-            raise ValueError("TrainConfig.attention_penalty needs attention to penalise; "
-                             "ModelConfig.variant=no_attention has none")
+            raise ValueError("--train.attention_penalty needs attention to penalise; "
+                             "--model.variant=no_attention has none")
+        # The benchmark's split sizes are settings: a batch larger than its training split
+        # is refused here, before its canvases are built (other data sets: `check_split_sizes`).
+        if self.data.dataset == "fashion_canvases" and self.train.batch_size > self.data.num_train:
+            raise ValueError(
+                f"the train split has {self.data.num_train} image(s), fewer than one batch of "
+                f"{self.train.batch_size}: lower --train.batch_size (to at most "
+                f"{self.data.num_train}) or raise --data.num_train")
+
+    def unread_settings(self) -> dict[str, str]:
+        """The settings this run never reads, each with the reason (``{"stage2.epochs":
+        "--model.variant=baseline is M_map alone: ..."}``): a command line that sets one
+        is refused (`ofrnn_tf.config.flags`) rather than ignored."""
+        unread: dict[str, str] = {}
+
+        def mark(names, reason: str) -> None:
+            for name in names:
+                unread.setdefault(name, reason)
+
+        model, train, data = self.model, self.train, self.data
+        context_stage = [f"label_context.{f.name}" for f in dataclasses.fields(StageConfig)]
+        if model.variant == "baseline":
+            mark([*(f"stage2.{f.name}" for f in dataclasses.fields(StageConfig)),
+                  "train.train_steps", "train.loss", "train.attention_penalty",
+                  "train.attention_penalty_form", "model.decoder", "model.lstm_units",
+                  "model.attention_units", "model.fc_units", "model.dropout",
+                  "model.feature_dropout", "decoding.beam_size"],
+                 "--model.variant=baseline is M_map alone: no decoder, no stage 2, its labels "
+                 "the classes above τ")
+        elif model.variant in ("frequency_first", "rare_first"):
+            mark(["train.loss", "train.train_steps"],
+                 f"--model.variant={model.variant} learns each step as a softmax over the labels "
+                 f"left and stop, against the next label of its fixed order, for T_i + 1 steps")
+        elif train.loss == "pla":
+            mark(["train.train_steps"], "--train.loss=pla trains T_i + 1 steps, the last one's "
+                 "target stop")
+        if model.variant == "no_attention":
+            mark(["model.attention_units"], "--model.variant=no_attention has no attention MLP")
+        elif model.decoder == "residual":
+            mark(["model.attention_units"], "--model.decoder=residual attends with the spatial "
+                 "head's own features and scores, not with the paper's attention MLP (Eq. 4)")
+        if not train.attention_penalty:
+            mark(["train.attention_penalty_form"], "--train.attention_penalty is 0: no penalty")
+        if model.head == "mean_linear":
+            mark(["model.head_units", "model.head_kernel_size"], "--model.head=mean_linear is "
+                 "one linear layer on mean-pooled maps (Eq. 1-3)")
+        if not model.label_context_units:
+            mark([*context_stage, "model.label_context_dropout", "model.label_context_training"],
+                 "--model.label_context_units is 0: no label context")
+        elif model.label_context_training == "joint":
+            mark(context_stage, "--model.label_context_training=joint trains the label context "
+                 "in stage 1, with --stage1's settings")
+        if data.dataset != "fashion_canvases":
+            mark(["data.num_train", "data.num_val", "data.num_test", "data.seed", "data.scenes"],
+                 f"--data.dataset={data.dataset} is not the embedded benchmark these settings "
+                 f"build")
+        else:
+            mark(["data.val_fraction"], "the embedded benchmark draws its own validation "
+                 "canvases (--data.num_val)")
+        return unread
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -336,7 +401,13 @@ class ExperimentConfig:
             extra = sorted(set(values) - known)
             if extra:
                 raise ValueError(f"unknown fields {extra} in config section {name!r}")
-            parts[name] = section_cls(**values)
+            try:
+                parts[name] = section_cls(**values)
+            except ValueError as error:
+                # A section's checks name its class (StageConfig serves three sections):
+                # named here by the flag, e.g. --stage2.epochs.
+                raise ValueError(str(error).replace(f"{section_cls.__name__}.", f"--{name}.")
+                                 ) from None
         return cls(**parts)
 
     def replace(self, **sections: dict) -> "ExperimentConfig":

@@ -4,7 +4,8 @@
 named ``--section.field`` (``--model.variant``, ``--stage2.epochs``), typed after the
 field, with the field's help text and default (the main job's). `config_from_flags`
 starts from the chosen preset and applies only the flags given on the command line,
-so a preset's own values are never overwritten by a flag's default.
+so a preset's own values are never overwritten by a flag's default; a flag the run
+would not read (``--stage2.epochs`` for the baseline, which has no stage 2) is refused.
 
 Example (in a script run with absl.app):
 >>> from absl import flags
@@ -68,10 +69,30 @@ def overrides_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[st
     return given
 
 
+def with_flags(config: ExperimentConfig,
+               flag_values: flags.FlagValues = flags.FLAGS) -> ExperimentConfig:
+    """`config` with the settings given on the command line; ValueError for a given
+    setting the resulting run never reads (`ExperimentConfig.unread_settings`), which
+    would otherwise be ignored without a word."""
+    given = overrides_from_flags(flag_values)
+    config = config.replace(**given)
+    unread = config.unread_settings()
+    by_reason: dict[str, list[str]] = {}
+    for section, values in given.items():
+        for field in values:
+            if f"{section}.{field}" in unread:
+                by_reason.setdefault(unread[f"{section}.{field}"], []).append(
+                    f"--{section}.{field}")
+    if by_reason:
+        raise ValueError("; ".join(f"{', '.join(names)} would be ignored: {reason}"
+                                   for reason, names in by_reason.items())
+                         + ". Leave out what the run does not read")
+    return config
+
+
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ExperimentConfig:
     """The preset named by ``--config`` with the settings given on the command line."""
-    preset = configs.get_config(flag_values[CONFIG_FLAG].value)
-    return preset.replace(**overrides_from_flags(flag_values))
+    return with_flags(configs.get_config(flag_values[CONFIG_FLAG].value), flag_values)
 
 
 def describe(config: ExperimentConfig) -> str:

@@ -114,8 +114,13 @@ def _check_compatible(out_dir: str, info: dict) -> None:
     diffs = [f"{k}: {existing.get(k)!r} there vs {v!r} now" for k, v in info.items()
              if k in existing and existing[k] != v]
     if diffs:
-        raise ValueError(f"{out_dir} already holds features of another backbone "
-                         f"({'; '.join(diffs)}); use a new output directory")
+        raise FeatureFolderMismatchError(f"{out_dir} already holds features of another "
+                                         f"backbone ({'; '.join(diffs)}); use a new output "
+                                         f"directory")
+
+
+class FeatureFolderMismatchError(ValueError):
+    """A feature folder begun with another backbone, sharding or image list."""
 
 
 def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size: int) -> None:
@@ -127,16 +132,17 @@ def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size
             continue
         count = int(name.split("-of-")[1][:5])
         if count != num_shards:
-            raise ValueError(
-                f"{out_dir} already holds split {split!r} in {count} shards ({name}); "
-                f"pass num_shards={count} to resume it, or use a new directory")
+            raise FeatureFolderMismatchError(
+                f"{out_dir} already holds split {split!r} in {count} shards ({name}): resume "
+                f"it with --features.num_shards={count} (num_shards={count} when calling "
+                f"extract_split), or extract into another folder (--runtime.cache_dir)")
         if name.endswith(".json"):
             try:
                 before = tfrecords.read_shard_stats(path).get("split_size")
             except (FileNotFoundError, ValueError):  # its shard is extracted again
                 continue
             if before is not None and before != split_size:
-                raise ValueError(
+                raise FeatureFolderMismatchError(
                     f"{path}: split {split!r} had {before} images when this shard was "
                     f"written, now {split_size}; the shards would not line up. Extract the "
                     f"changed split into a new directory")

@@ -9,6 +9,40 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
+class ClusterConfigError(ValueError):
+    """``--runtime.strategy=multi_worker`` without a usable TF_CONFIG."""
+
+
+def cluster_config() -> dict:
+    """TF_CONFIG, read as ``--runtime.strategy=multi_worker`` needs it: a JSON object with
+    the cluster (a chief or workers) and this process's task (its type and index);
+    `ClusterConfigError` naming what is missing otherwise."""
+    def refuse(problem: str):
+        return ClusterConfigError(
+            f"--runtime.strategy=multi_worker reads the cluster from the TF_CONFIG environment "
+            f"variable: {problem} (e.g. TF_CONFIG='{{\"cluster\": {{\"worker\": "
+            f"[\"host1:2222\", \"host2:2222\"]}}, \"task\": {{\"type\": \"worker\", "
+            f"\"index\": 0}}}}')")
+
+    if not os.environ.get("TF_CONFIG", "").strip():
+        raise refuse("it is not set")
+    try:
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as e:
+        raise refuse(f"it is not valid JSON ({e})") from None
+    if not isinstance(tf_config, dict):
+        raise refuse(f"it is {type(tf_config).__name__}, not a JSON object")
+    cluster, task = tf_config.get("cluster"), tf_config.get("task")
+    if not isinstance(cluster, dict) or not any(cluster.get(job) for job in ("chief", "worker")):
+        raise refuse("it has no \"cluster\" with a chief or workers")
+    if (not isinstance(task, dict) or not task.get("type")
+            or not isinstance(task.get("index", 0), int)):
+        raise refuse("it has no \"task\" with this process's type and index")
+    if len(cluster.get(task["type"]) or []) <= task.get("index", 0):
+        raise refuse(f"its task {task['type']} {task.get('index', 0)} is not in its cluster")
+    return tf_config
+
+
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     """`default` (one device), `mirrored` (all local GPUs) or `multi_worker` (TF_CONFIG).
 
@@ -20,17 +54,11 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster spec and this worker's task)")
-        try:
-            tf_config = json.loads(os.environ["TF_CONFIG"])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+        tf_config = cluster_config()
         # TensorFlow waits for every task of the cluster without a word, and its
         # coordination service takes SIGTERM from then on.
         print(f"[ofrnn_tf] multi_worker: waiting for every task of the cluster "
-              f"{json.dumps((tf_config or {}).get('cluster'))} to start; from now on only "
+              f"{json.dumps(tf_config['cluster'])} to start; from now on only "
               f"SIGKILL stops this process (a rerun resumes it)", file=sys.stderr, flush=True)
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")

@@ -35,7 +35,12 @@ from ofrnn_tf.features.backbones.keras_applications import BackboneWeightsUnavai
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 __all__ = ["Backbone", "BackboneWeightsUnavailableError", "DEFAULT_BACKBONE",
-           "available_backbones", "describe_backbone", "get_backbone"]
+           "UnknownBackboneError", "available_backbones", "check_backbone",
+           "describe_backbone", "get_backbone"]
+
+
+class UnknownBackboneError(ValueError):
+    """A backbone this package does not build, or a layer its model does not have."""
 
 
 class Backbone(tf.Module):
@@ -95,7 +100,21 @@ def _layer_table(name: str) -> tuple[dict[str, str], str, int]:
     if name in keras_applications.SPECS:
         spec = keras_applications.SPECS[name]
         return spec.aliases, spec.default_layer, spec.image_size
-    raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
+    raise UnknownBackboneError(f"unknown backbone {name!r}; available: {available_backbones()}")
+
+
+def check_backbone(name: str, feature_layer: str) -> None:
+    """Refuses, before any data work, a backbone or a layer that extraction could not
+    build (`UnknownBackboneError`, in the flags' words). A named layer (``stage5``,
+    ``conv4`` ...) is looked up in its table; any other name in the model, built
+    without weights (a few seconds)."""
+    try:
+        aliases, default, _ = _layer_table(name)
+        if feature_layer not in aliases:
+            get_backbone(name, feature_layer, weights=None, fold_batch_norm=False)
+    except UnknownBackboneError as error:
+        raise UnknownBackboneError(f"--features.backbone={name}, --features.layer="
+                                   f"{feature_layer}: {error}") from None
 
 
 def describe_backbone(name: str, feature_layer: str) -> dict:
@@ -113,7 +132,7 @@ def _resolve_layer(model: keras.Model, backbone: str, requested: str | None,
     names = [l.name for l in model.layers]
     if layer not in names:
         maps = [l.name for l in model.layers if len(l.output.shape) == 4][-8:]
-        raise ValueError(
+        raise UnknownBackboneError(
             f"backbone {backbone}: no layer {requested!r}. Named choices: "
             f"{sorted(aliases)}; or a layer name such as {maps}")
     return layer
@@ -153,7 +172,8 @@ def _build(name: str, feature_layer: str | None, image_size: int | None, weights
         layer = _resolve_layer(model, name, feature_layer, spec.default_layer, spec.aliases)
         preprocess = spec.preprocess
     else:
-        raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
+        raise UnknownBackboneError(f"unknown backbone {name!r}; available: "
+                                   f"{available_backbones()}")
     # Cut first, then fold: a convolution the cut keeps as its output stays unfolded.
     feature_model = keras.Model(model.input, model.get_layer(layer).output,
                                 name=f"{name}_{layer}")
