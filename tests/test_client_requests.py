@@ -222,3 +222,59 @@ def test_a_server_at_its_limit_of_requests_stops_the_command(serve, tmp_path):
         list(client.predict_files(target, files(tmp_path, [png(10), png(20)]), batch_size=2))
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert [len(r) for r in service.requests] == [2]
+
+
+def test_a_place_past_the_requests_end_halves_it_instead_of_stopping(serve, tmp_path,
+                                                                     monkeypatch):
+    """Only a batch merged from several requests has such a place: the bad image may be
+    another client's, so the request is halved and its images keep their results."""
+    monkeypatch.setattr(client, "ALONE_RETRY_SECONDS", (0.0, 0.0))
+    merged = iter([37, 1, 3])  # the 4-image request, then its half [0, 1], then image 1 alone
+
+    def refuse(images):
+        k = next(merged, None)
+        if k is None:
+            return None
+        return (grpc.StatusCode.INVALID_ARGUMENT,
+                f"assertion failed: [images[{k}] is empty (0 bytes)]\n\t [[{{{{node assert}}}}]]")
+
+    target, service = serve(refuse)
+    paths = files(tmp_path, [png(v) for v in (10, 20, 30, 40)])
+    results = list(client.predict_files(target, paths, batch_size=4))
+    assert [r["image"] for r in results] == paths
+    assert all("error" not in r for r in results), results
+    # [0..3] refused; [0, 1] refused naming 1; 1 alone refused (place 3), then served; 0
+    # without it; then [2, 3].
+    assert [len(r) for r in service.requests] == [4, 2, 1, 1, 1, 2]
+
+
+def test_an_image_alone_refused_at_a_place_past_its_request_gets_its_own_line(serve, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setattr(client, "ALONE_RETRY_SECONDS", (0.0, 0.0))
+    bad = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
+    target, service = serve(lambda images: (
+        (grpc.StatusCode.INVALID_ARGUMENT, "images[5]: not a JPEG, PNG, GIF or BMP")
+        if bad in images else None))
+    paths = files(tmp_path, [png(10), bad])
+    results = list(client.predict_files(target, paths, batch_size=2))
+    assert "error" not in results[0]
+    assert results[1]["error"] == f"{paths[1]}: refused by the server: not a JPEG, PNG, GIF or BMP"
+    assert [len(r) for r in service.requests] == [2, 1, 1]  # no retries: it fails here too
+
+
+def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    target, _ = serve(lambda images: (grpc.StatusCode.INVALID_ARGUMENT,
+                                      "assertion failed: [threshold[0] must be a probability in "
+                                      "[0, 1]; got 2]\n\t [[{{node assert_2}}]]"))
+    run = subprocess.run([sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={target}",
+                          *files(tmp_path, [png(10)])], capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
+    assert run.returncode == 1
+    stopped = [line for line in run.stderr.splitlines() if "[client] stopped" in line]
+    assert stopped == [f"[client] stopped: {target} answered INVALID_ARGUMENT: threshold[0] must "
+                       f"be a probability in [0, 1]; got 2 (the inputs after the lines written "
+                       f"were not labelled)"], run.stderr

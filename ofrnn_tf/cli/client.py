@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ofrnn_tf.cli import runner
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
+from ofrnn_tf.tf_errors import reason_text
 
 FLAGS = flags.FLAGS
 
@@ -68,8 +69,10 @@ def main(argv):
     try:
         return write_report(lines, out, "client", "labelled")
     except grpc.RpcError as error:
-        print(f"[client] stopped: {FLAGS.server} answered {error.code().name}: {error.details()} "
-              "(the inputs after the lines written were not labelled)", file=sys.stderr)
+        # One line: TF Serving's details of a failed Assert span two, with node names.
+        print(f"[client] stopped: {FLAGS.server} answered {error.code().name}: "
+              f"{reason_text(error.details() or '')} (the inputs after the lines written "
+              "were not labelled)", file=sys.stderr)
         return 1
 
 

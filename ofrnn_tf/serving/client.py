@@ -225,9 +225,10 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     merged with it): an image that is served alone keeps its result. Merged requests
     can fail the image alone too, so one that passes every check here is sent alone
     twice more (`ALONE_RETRY_SECONDS`) before its refusal is recorded, with a note that
-    it may be another request's. A one-image request refused without an index
-    (TensorFlow's own decoder message) is the image's when the image does not decode
-    here either.
+    it may be another request's. A refusal naming a place past the request's end (only a
+    merged batch has it) halves the request, down to images alone. A one-image request
+    refused without an index (TensorFlow's own decoder message) is the image's when the
+    image does not decode here either.
 
     Raises:
         grpc.RpcError: a refusal that names no image (the server is down, the model
@@ -276,11 +277,21 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                         f"({len(data)} bytes) is above its message limit: "
                         f"{reason_text(error.details() or '')}")}
                     return
-                refused = _refused_index(error, len(request))
+                refused = _refused_index(error)
                 if refused is None and len(request) == 1 and _undecodable(error, request[0][1]):
                     refused = 0
                 if refused is None:
                     raise
+                if refused >= len(request):
+                    # A place past this request's end: in a batch the server merged from
+                    # several requests, where the image may be ours or another's. Halve
+                    # the request; an image alone is retried as any named image is.
+                    if len(request) > 1:
+                        half = len(request) // 2
+                        _serve(request[:half], batch, results, ch)
+                        _serve(request[half:], batch, results, ch)
+                        return
+                    refused = 0
                 if len(request) > 1:
                     _serve([request.pop(refused)], batch, results, ch)
                     continue
@@ -331,14 +342,13 @@ def _split_by_bytes(items: list[tuple[int, bytes]], max_bytes: int) -> list[list
     return runs
 
 
-def _refused_index(error: grpc.RpcError, batch_size: int) -> int | None:
-    """The batch index of the image an INVALID_ARGUMENT refusal names, if it names one."""
+def _refused_index(error: grpc.RpcError) -> int | None:
+    """The batch index of the image an INVALID_ARGUMENT refusal names, if it names one;
+    it may lie past the request's end (a place in a batch merged from several requests)."""
     if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
         return None
     match = _REFUSED_IMAGE.search(error.details() or "")
-    if match is None or int(match.group(1)) >= batch_size:
-        return None
-    return int(match.group(1))
+    return None if match is None else int(match.group(1))
 
 
 def _too_large(error: grpc.RpcError) -> bool:
