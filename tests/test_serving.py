@@ -288,6 +288,29 @@ def test_batching_config_parses_with_its_proto():
         text_format.Parse("max_batch_sizes { value: 8 }", batching_parameters_class()())
 
 
+def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(monkeypatch):
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from ofrnn_tf.serving import local_server
+
+    signature = meta_graph_pb2.SignatureDef()
+    signature.inputs["images"].name = "images:0"
+    signature.inputs["images"].dtype = tf.string.as_datatype_enum
+    signature.inputs["images"].tensor_shape.dim.add(size=-1)
+    signature.outputs["labels"].name = "labels:0"
+    servable = local_server.Servable("ofrnn", 1, "", {"serving_default": signature}, None)
+    read = []
+    monkeypatch.setattr(local_server, "read_image_header", lambda *a: read.append(a))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ofrnn"
+    request.inputs["images"].CopyFrom(strings([RED] * 5))
+    with pytest.raises(local_server.RequestError,
+                       match=r"^a request of 5 items is above this server's --max_batch_size "
+                             r"of 4: send several requests$"):
+        local_server.ModelServer(servable, max_batch_size=4).predict(request)
+    assert read == []
+
+
 # --- local server in a child process -------------------------------------------
 
 

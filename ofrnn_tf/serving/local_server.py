@@ -217,8 +217,9 @@ def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int) -> No
                            f"more than a request may carry ({max_bytes})")
 
 
-def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pixels: int,
-                 max_bytes: int) -> np.ndarray:
+def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_bytes: int) -> np.ndarray:
+    """The input's array once its dtype, declared size and shape are the signature's;
+    its items are checked by `_check_items`, once the batch size is known to be served."""
     want = tf.dtypes.as_dtype(info.dtype)
     try:
         got = tf.dtypes.as_dtype(proto.dtype)
@@ -247,7 +248,15 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pix
     if value.shape[0] == 0:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: empty batch (shape {_shape_text(value.shape)})")
-    if want == tf.string:
+    return value
+
+
+def _check_items(key: str, value: np.ndarray, max_image_pixels: int) -> None:
+    """Refuses an input whose items are not images within `max_image_pixels` (strings)
+    or hold NaN or Inf (floats), naming the first such item."""
+    if value.ndim == 0:
+        return
+    if value.dtype == object:
         for flat, item in enumerate(value.reshape(-1)):
             i = flat if value.ndim == 1 else ", ".join(map(str, np.unravel_index(flat, value.shape)))
             if not item:
@@ -268,12 +277,11 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_image_pix
                     f"above the limit of {max_image_pixels} pixels")
             if frames_over is not None:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {frames_over}")
-    elif want.is_floating:
+    elif np.issubdtype(value.dtype, np.floating):
         finite = np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
         if not finite.all():
             i = int(np.argmin(finite))
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: contains NaN or Inf")
-    return value
 
 
 class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
@@ -346,17 +354,19 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"output_filter names unknown output(s) {unknown}; "
                                f"signature {name!r} has {sorted(sig.outputs)}")
-        inputs = {k: _check_input(k, sig.inputs[k], request.inputs[k], self.max_image_pixels,
-                                  self.max_message_bytes)
+        inputs = {k: _check_input(k, sig.inputs[k], request.inputs[k], self.max_message_bytes)
                   for k in sorted(sig.inputs)}
         sizes = {k: v.shape[0] for k, v in inputs.items() if v.ndim}
         if len(set(sizes.values())) > 1:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs differ in batch size: {sizes}")
+        # Before any image header is read: a request of many tiny images is refused at once.
         if max(sizes.values(), default=0) > self.max_batch_size:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"a request of {max(sizes.values())} items is above this "
                                f"server's --max_batch_size of {self.max_batch_size}: send "
                                f"several requests")
+        for k, value in inputs.items():
+            _check_items(k, value, self.max_image_pixels)
 
         keys = list(request.output_filter or sig.outputs)
         # Every run fetches all outputs: a session sets its graph up for each set of
