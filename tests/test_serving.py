@@ -311,6 +311,32 @@ def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(mon
     assert read == []
 
 
+@pytest.mark.parametrize("flag,message", [
+    ("--port=99999", "--port must be in 0..65535 (0: a free one), got 99999"),
+    ("--max_image_pixels=0", "--max_image_pixels must be at least 1, got 0"),
+])
+def test_ofrnn_serve_refuses_a_port_or_pixel_limit_out_of_range(flag, message):
+    # gRPC would serve --port=99999 on 34463; a limit of 0 would refuse every image.
+    run = subprocess.run([sys.executable, "-m", "ofrnn_tf.serving.local_server",
+                          "--model_base_path=/nonexistent", flag], capture_output=True,
+                         text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
+    assert run.returncode == 1 and message in run.stderr, run.stderr
+
+
+def test_serve_refuses_a_port_out_of_range_before_the_model_loads(monkeypatch):
+    from ofrnn_tf.serving import local_server
+
+    def unloadable(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(local_server.Servable, "load", unloadable)
+    with pytest.raises(ValueError,
+                       match=r"^port must be in 0\.\.65535 \(0: a free one\), got 65536"):
+        local_server.serve("/nonexistent", port=65536)
+    with pytest.raises(ValueError, match=r"^max_image_pixels must be at least 1, got -1"):
+        local_server.serve("/nonexistent", max_image_pixels=-1)
+
+
 # --- local server in a child process -------------------------------------------
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import math
 import os
 import re
 import signal
@@ -575,6 +576,10 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     Returns:
         The started ``grpc.Server`` and the bound port.
     """
+    if not 0 <= int(port) <= 65535:  # gRPC would take it modulo 65536
+        raise ValueError(f"port must be in 0..65535 (0: a free one), got {port}")
+    if max_image_pixels is not None and int(max_image_pixels) < 1:
+        raise ValueError(f"max_image_pixels must be at least 1, got {max_image_pixels}")
     address = _address(host, port)
     problem = _bind_problem(host, port)
     if problem:  # refused before the model loads
@@ -650,6 +655,12 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.model_base_path:
         raise app.UsageError("--model_base_path is required")
+    # gRPC and getaddrinfo take a port modulo 65536: 99999 would serve on 34463.
+    if not 0 <= FLAGS.port <= 65535:
+        raise app.UsageError(f"--port must be in 0..65535 (0: a free one), got {FLAGS.port}")
+    pixels = FLAGS.max_image_pixels
+    if pixels is not None and not (math.isfinite(pixels) and pixels >= 1):
+        raise app.UsageError(f"--max_image_pixels must be at least 1, got {pixels:g}")
     # As TensorFlow Serving is given it: an absolute path, its variables read by pattern.
     refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
     try:
