@@ -288,17 +288,24 @@ def test_batching_config_parses_with_its_proto():
         text_format.Parse("max_batch_sizes { value: 8 }", batching_parameters_class()())
 
 
-def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(monkeypatch):
+def images_signature():
+    """A SignatureDef taking `images` and giving the outputs the client asks for."""
     from tensorflow.core.protobuf import meta_graph_pb2
-
-    from ofrnn_tf.serving import local_server
 
     signature = meta_graph_pb2.SignatureDef()
     signature.inputs["images"].name = "images:0"
     signature.inputs["images"].dtype = tf.string.as_datatype_enum
     signature.inputs["images"].tensor_shape.dim.add(size=-1)
-    signature.outputs["labels"].name = "labels:0"
-    servable = local_server.Servable("ofrnn", 1, "", {"serving_default": signature}, None)
+    for key in client.PREDICT_OUTPUTS:
+        signature.outputs[key].name = f"{key}:0"
+    return signature
+
+
+def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(monkeypatch):
+    from ofrnn_tf.serving import local_server
+
+    servable = local_server.Servable("ofrnn", 1, "", {"serving_default": images_signature()},
+                                     None)
     read = []
     monkeypatch.setattr(local_server, "read_image_header", lambda *a: read.append(a))
     request = predict_pb2.PredictRequest()
@@ -335,6 +342,45 @@ def test_serve_refuses_a_port_out_of_range_before_the_model_loads(monkeypatch):
         local_server.serve("/nonexistent", port=65536)
     with pytest.raises(ValueError, match=r"^max_image_pixels must be at least 1, got -1"):
         local_server.serve("/nonexistent", max_image_pixels=-1)
+
+
+def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypatch):
+    """gRPC cancels the calls left when the grace is over, not the model runs behind
+    them, which would keep the process alive until they end."""
+    from ofrnn_tf.serving import local_server
+
+    running, closed = threading.Event(), threading.Event()
+
+    class Session:  # a run that lasts until the session is closed (or 15 s)
+        def run(self, *args, **kwargs):
+            running.set()
+            if closed.wait(timeout=15):
+                raise tf.errors.CancelledError(None, None, "Session has been closed.")
+            raise AssertionError("the session was not closed")
+
+        def close(self):
+            closed.set()
+
+    monkeypatch.setattr(local_server.Servable, "load", lambda path, name: local_server.Servable(
+        name, 1, path, {"serving_default": images_signature()}, Session()))
+    decoded = []  # a cancelled run is no image's fault: none is decoded to find one
+    monkeypatch.setattr(local_server, "find_undecodable", lambda *args: decoded.append(args))
+    server, port = local_server.serve("/unused", warmup=False)
+    answers = []
+
+    def call():  # no deadline
+        try:
+            client.predict_images(f"127.0.0.1:{port}", [RED], timeout=None)
+        except grpc.RpcError as error:
+            answers.append(error.code())
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert running.wait(timeout=30)
+    server.stop(grace=0.1).wait()
+    assert closed.wait(timeout=5)
+    caller.join(timeout=10)
+    assert len(answers) == 1 and decoded == []
 
 
 # --- local server in a child process -------------------------------------------

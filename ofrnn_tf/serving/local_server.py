@@ -47,6 +47,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -389,6 +390,9 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"the model ran past the client's deadline "
                                f"({timeout_ms} ms left when it started)") from None
+        except tf.errors.CancelledError:  # the session closed under it: the server stops
+            raise RequestError(grpc.StatusCode.CANCELLED,
+                               "the server is stopping: the model run was cancelled") from None
         except tf.errors.OpError as e:
             raise self._model_error(e, inputs) from None
 
@@ -591,9 +595,25 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     except BaseException:
         servable.session.close()
         raise
+    threading.Thread(target=_close_when_stopped, args=(server, servable.session),
+                     name="close-session").start()
     logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
                  servable.version, servable.path, _address(host, bound), service.max_image_pixels)
     return server, bound
+
+
+def _close_when_stopped(server: grpc.Server, session: tf.compat.v1.Session) -> None:
+    """Closes `session` once `server` has stopped. gRPC cancels the calls still in
+    flight when its grace is over, but not the model runs behind them, which would go on
+    to their end and keep the process alive; closing the session cancels them.
+
+    Run in a thread the process waits for at its end: TensorFlow torn down under a close
+    still going aborts the process. A server that is never stopped leaves it at the
+    program's end."""
+    while server.wait_for_termination(timeout=0.5):  # True: not stopped yet
+        if not threading.main_thread().is_alive():
+            return
+    session.close()
 
 
 def _start(servable: Servable, host: str, port: int, max_message_bytes: int,
