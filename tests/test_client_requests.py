@@ -278,3 +278,18 @@ def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, 
     assert stopped == [f"[client] stopped: {target} answered INVALID_ARGUMENT: threshold[0] must "
                        f"be a probability in [0, 1]; got 2 (the inputs after the lines written "
                        f"were not labelled)"], run.stderr
+
+
+@pytest.mark.timeout(20)
+def test_a_named_pipe_among_the_files_gets_an_error_line(serve, tmp_path):
+    # open() of a pipe waits for a writer: the client would hang there.
+    import os
+
+    target, service = serve()
+    paths = files(tmp_path, [png(10), png(20)])
+    pipe = str(tmp_path / "pipe.png")
+    os.mkfifo(pipe)
+    results = list(client.predict_files(target, [paths[0], pipe, paths[1]], batch_size=3))
+    assert "error" not in results[0] and "error" not in results[2]
+    assert results[1] == {"image": pipe, "error": f"{pipe}: not a regular file"}
+    assert [len(r) for r in service.requests] == [2]

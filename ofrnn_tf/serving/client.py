@@ -16,7 +16,9 @@ Python::
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import time
 from typing import Iterator, Sequence
 
@@ -246,8 +248,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
         pending: list[tuple[int, bytes]] = []  # (place in the batch, encoded image)
         for k, path in enumerate(batch):
             try:
-                with open(path, "rb") as f:
-                    pending.append((k, f.read()))
+                pending.append((k, _read_file(path)))
             except OSError as error:
                 results[k] = {"image": batch[k], "error": f"{path}: {error.strerror or error}"}
         for request in _split_by_bytes(pending, max_request_bytes):
@@ -326,6 +327,16 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                 yield from batches(own)
 
     return stream()
+
+
+def _read_file(path: str) -> bytes:
+    """The bytes of a regular file; OSError for anything else. Opened without blocking:
+    a named pipe would block the open until something writes to it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file")
+        return f.read()
 
 
 def _split_by_bytes(items: list[tuple[int, bytes]], max_bytes: int) -> list[list[tuple[int, bytes]]]:
