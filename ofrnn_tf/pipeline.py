@@ -305,7 +305,8 @@ def prepare_features(config: ExperimentConfig, data: Data,
         label_order=None if order is None else tuple(order), small_area=data.small_area,
         features_name=name, features_fingerprint=fingerprint,
         feature_shape=tuple(int(d) for d in meta["feature_shape"]),
-        image_size=int(meta["image_size"]), feature_layer=layer)
+        image_size=int(meta["image_size"]), feature_layer=layer,
+        train_examples=int(extracted["train"]["num_examples"]))
     return directory, facts
 
 
@@ -361,6 +362,19 @@ def check_min_labels(config: ExperimentConfig, data: Data) -> None:
             f"at most the number of classes); use at most {max_steps}")
 
 
+def note_changed_training_split(run_dir: RunDir, facts: RunFacts) -> None:
+    """Says so when a resumed run's training split holds another number of examples
+    than when it was last trained (an image skipped then, repaired and extracted since):
+    its checkpoints' epochs and feature statistics were made on the earlier split."""
+    before = run_dir.load()[1].train_examples
+    if before is None or before == facts.train_examples or latest_position(run_dir) is None:
+        return
+    log(f"train: {facts.train_examples} examples now, {before} when {run_dir.path} was last "
+        f"trained (an image extracted or dropped since): the run goes on from its checkpoint "
+        f"over all {facts.train_examples}, its epoch in progress counted in the new number of "
+        f"steps, its feature statistics still those of the {before}")
+
+
 def locate_features(config: ExperimentConfig, facts: RunFacts) -> str:
     """The feature cache a run was trained on, under this run's ``runtime.cache_dir``."""
     directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
@@ -386,6 +400,9 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
 
     parse = tfrecords.parse_batch_fn(features_dir, features_dtype=tf.float16)
     split_mib = tfrecords.split_bytes(features_dir, "train") / 2 ** 20
+    # Before a checkpoint is restored against the number of examples the shards' records
+    # give: a shard cut short or miscounted is named before any step, validation or save.
+    tfrecords.verify_split(features_dir, "train")
 
     def parse_batch(serialized: tf.Tensor) -> dict:
         batch = parse(serialized)
@@ -603,10 +620,17 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
         with timer("features"):
             features_dir, facts = prepare_features(config, data,
                                                    run_dir if resuming else None)
+        if resuming:
+            note_changed_training_split(run_dir, facts)
         if is_chief(strategy):  # workers sharing a run folder must not race on its files
             run_dir.save(config, facts)
-        with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
-            model = make_trainer(config, facts, run_dir, features_dir, strategy).train()
+        try:
+            with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
+                model = make_trainer(config, facts, run_dir, features_dir, strategy).train()
+        except BaseException:  # Ctrl-C, SIGTERM, an error: its training time counts too
+            if is_chief(strategy):
+                run_dir.save_timing(mode, timer.rounded())
+            raise
         if not is_chief(strategy):
             log("training done; the chief worker evaluates and writes the results")
             return {}

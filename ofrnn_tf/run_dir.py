@@ -130,12 +130,56 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
 
 def listed_checkpoints(directory: str) -> list[str]:
     """The checkpoints TensorFlow's state file (``checkpoint``) in `directory` lists,
-    newest first, whether or not their files are there."""
-    state = tf.train.get_checkpoint_state(directory)
-    if state is None or not state.model_checkpoint_path:
-        return []
-    latest = state.model_checkpoint_path
-    return [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+    newest first, whether or not their files are there; where that file is missing,
+    empty or garbled, the ``ckpt-<N>`` checkpoints whose index file is there, highest
+    N (the global step) first."""
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except ValueError:  # an empty state file
+        state = None
+    if state is not None and state.model_checkpoint_path:
+        latest = state.model_checkpoint_path
+        return [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
+    steps = []
+    for index in glob.glob(os.path.join(glob.escape(directory), "ckpt-*.index")):
+        number = os.path.basename(index)[len("ckpt-"):-len(".index")]
+        if number.isdigit():
+            steps.append(int(number))
+    return [os.path.join(directory, f"ckpt-{step}") for step in sorted(steps, reverse=True)]
+
+
+def checkpoint_list_lost(directory: str) -> bool:
+    """Whether `directory` holds checkpoints its state file (``checkpoint``) does not
+    list: the file is missing, empty or garbled (`listed_checkpoints` then reads the
+    folder). An empty one, which `tf.train.CheckpointManager` cannot start from, is
+    removed; the manager writes a new one at its next save."""
+    state_file = os.path.join(directory, "checkpoint")
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except ValueError:
+        os.remove(state_file)
+        state = None
+    return state is None and bool(listed_checkpoints(directory))
+
+
+def best_checkpoint(directory: str, then: str) -> Optional[str]:
+    """The checkpoint of a ``best/`` folder (None if it holds none).
+
+    Raises:
+        DamagedCheckpointError: it cannot be read; the message says to delete the folder
+            to use the last training checkpoint instead, and `then` what to do next.
+    """
+    best = listed_checkpoints(directory)
+    if not best:
+        return None
+    refuse_glob_pattern(directory)
+    problem = checkpoint_problem(best[0])
+    if problem is not None:
+        raise DamagedCheckpointError(
+            f"the best weights {best[0]} cannot be read ({problem}). Delete the folder "
+            f"{directory} to use the last training checkpoint instead (the last epoch's "
+            f"weights), then {then}")
+    return best[0]
 
 
 def resumable_checkpoint(directory: str) -> tuple[Optional[str], list[tuple[str, str]]]:
@@ -180,6 +224,8 @@ class RunFacts:
         feature_shape: ``(H, W, k)`` of the maps.
         image_size: the side the backbone saw images at.
         feature_layer: the backbone's Keras layer the maps come from.
+        train_examples: the training examples the feature cache holds (None in runs
+            saved before it was recorded).
     """
 
     label_names: tuple
@@ -191,6 +237,7 @@ class RunFacts:
     feature_shape: tuple
     image_size: int
     feature_layer: str
+    train_examples: Optional[int] = None
 
     @property
     def num_classes(self) -> int:
@@ -362,17 +409,10 @@ class RunDir:
             DamagedCheckpointError: ``best/`` names a checkpoint that cannot be read, or
                 no checkpoint of ``checkpoints/`` can be, or the path holds a '['.
         """
-        best = listed_checkpoints(self.best_dir())
+        best = best_checkpoint(self.best_dir(), f"calibrate τ for them: ofrnn-train "
+                                                f"--workdir={self.path} --mode=eval")
         if best:
-            refuse_glob_pattern(self.path)
-            problem = checkpoint_problem(best[0])
-            if problem is not None:
-                raise DamagedCheckpointError(
-                    f"the best weights {best[0]} cannot be read ({problem}). Delete the folder "
-                    f"{self.best_dir()} to use the last training checkpoint instead (the last "
-                    f"epoch's weights), then calibrate τ for them: ofrnn-train "
-                    f"--workdir={self.path} --mode=eval")
-            return best[0]
+            return best
         path, _ = resumable_checkpoint(self.checkpoints_dir())
         if not path:
             raise FileNotFoundError(f"no checkpoint in {self.path}: train first")

@@ -8,6 +8,8 @@ replaced where a test goes through `pipeline.run` in train mode.
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -353,6 +355,37 @@ def test_training_names_a_shard_with_a_garbled_record(corrupt_copy, tmp_path, sp
     assert f"delete {path} and rerun: the next run re-extracts only that shard" in str(error.value)
 
 
+def test_a_miscounted_training_shard_is_named_before_the_trainer_is_built(corrupt_copy,
+                                                                          tmp_path):
+    config, features_dir = corrupt_copy
+    stats = os.path.join(features_dir, tfrecords.shard_stats_filename("train", 1, 2))
+    record = json.loads(open(stats).read())
+    record["examples"] -= 1
+    with open(stats, "w") as f:
+        json.dump(record, f)
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.save(config, FACTS)
+    with pytest.raises(tfrecords.CorruptShardError, match=r"records, but its .json records"):
+        pipeline.make_trainer(config, FACTS, run_dir, features_dir)
+
+
+def test_a_resumed_run_says_its_training_split_changed(trained, tmp_path, monkeypatch, capsys):
+    config, _, features_dir = trained
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    saved = json.loads(open(run_dir.run_file).read())
+    saved["facts"]["train_examples"] = 95
+    with open(run_dir.run_file, "w") as f:
+        json.dump(saved, f)
+    monkeypatch.setattr(pipeline, "load_data", lambda config: None)
+    grown = dataclasses.replace(FACTS, train_examples=96)
+    monkeypatch.setattr(pipeline, "prepare_features",
+                        lambda config, data, resumed=None: (features_dir, grown))
+    pipeline.run(config, run_dir.path, "train")
+    assert f"train: 96 examples now, 95 when {run_dir.path} was last trained" in (
+        capsys.readouterr().err)
+    assert run_dir.load()[1].train_examples == 96  # said once
+
+
 def test_evaluation_names_a_shard_with_a_garbled_record(trained, corrupt_copy, tmp_path):
     config, features_dir = corrupt_copy
     workdir = copy_run(trained, tmp_path)
@@ -397,6 +430,39 @@ def test_tau_of_another_width_goes_once_training_changes_the_best_weights(
     pipeline.run(config, run_dir.path, "train")
     assert run_dir.calibrated_beam_sizes() == [2]  # the run's own, made again
     assert not os.path.exists(run_dir.metrics_file("test", 1))
+
+
+def test_a_training_rerun_names_damaged_best_weights_and_keeps_the_results(
+        trained, tmp_path, cached_features):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    metrics = open(run_dir.metrics_file("test")).read()
+    data_file = glob.glob(os.path.join(run_dir.best_dir(), "ckpt-*.data-*"))[0]
+    with open(data_file, "r+b") as f:
+        f.truncate(os.path.getsize(data_file) // 2)
+    with pytest.raises(DamagedCheckpointError, match=rf"the best weights .* cannot be read .*"
+                                                     rf"Delete the folder {run_dir.best_dir()} "
+                                                     rf"to use the last training checkpoint"):
+        pipeline.run(config, run_dir.path, "train")
+    assert open(run_dir.metrics_file("test")).read() == metrics
+
+
+def test_lost_checkpoint_lists_are_read_from_the_folders(trained, tmp_path, cached_features,
+                                                          capsys):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    best = run_dir.weights_path()
+    assert best.startswith(run_dir.best_dir())
+    metrics = json.loads(open(run_dir.metrics_file("test")).read())
+    os.remove(os.path.join(run_dir.best_dir(), "checkpoint"))
+    assert run_dir.weights_path() == best  # not the last training checkpoint instead
+    with open(os.path.join(run_dir.checkpoints_dir(), "checkpoint"), "w"):
+        pass  # emptied: TensorFlow's manager refuses to start from it
+    again = pipeline.run(config, run_dir.path, "train")
+    assert "is missing or unreadable: the checkpoints are read from the folder" in (
+        capsys.readouterr().err)
+    for name in ("C-F1", "O-F1", "mAP", "tau"):
+        assert again[name] == metrics[name], name
 
 
 def test_eval_mode_refuses_decoding_settings_it_would_not_keep(trained, tmp_path):

@@ -222,8 +222,29 @@ def test_a_corrupt_meta_json_is_named_with_its_remedy(tmp_path):
     meta = os.path.join(d, tfrecords.META_FILENAME)
     with open(meta, "w") as f:
         f.write("")
-    with pytest.raises(ValueError, match=f"^{meta}: not valid JSON .*; delete it and rerun"):
+    with pytest.raises(tfrecords.FeatureCacheDamagedError,
+                       match=f"^{meta}: not valid JSON .*; delete it and rerun the extraction, "
+                             f"which writes it again: `ofrnn-extract` with the run's"):
         tfrecords.read_meta(d)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_a_lost_cache_label_map_is_named_with_its_remedy(tmp_path, damage):
+    from ofrnn_tf.cli import input_errors
+
+    d = _write_dir(tmp_path / "f", _records(3))
+    path = os.path.join(d, "label_map.json")
+    if damage == "missing":
+        os.remove(path)
+    else:
+        with open(path, "w") as f:
+            f.write("{")
+    with pytest.raises(tfrecords.FeatureCacheDamagedError,
+                       match=rf"{path}.*: the feature cache {d} cannot say which classes its "
+                             rf"labels are; delete the folder {d} and rerun"):
+        tfrecords.make_dataset(d, "train", 2)
+    # The commands say it, and a corrupt shard, in one line.
+    assert {tfrecords.FeatureCacheDamagedError, tfrecords.CorruptShardError} <= set(input_errors())
 
 
 @pytest.mark.parametrize("seed", [None, 5])

@@ -107,11 +107,12 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError, UnknownBackboneError
     from ofrnn_tf.features.cache import FeatureCacheMismatchError, FeatureCacheNotFoundError
     from ofrnn_tf.features.extract import FeatureFolderMismatchError
+    from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import DamagedCheckpointError
     from ofrnn_tf.training.distribute import ClusterConfigError
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
-            FeatureCacheMismatchError, FeatureFolderMismatchError, BackboneWeightsUnavailableError,
-            UnknownBackboneError, LabelMapMismatchError, DamagedCheckpointError,
-            ClusterConfigError)
+            FeatureCacheMismatchError, FeatureFolderMismatchError, FeatureCacheDamagedError,
+            CorruptShardError, BackboneWeightsUnavailableError, UnknownBackboneError,
+            LabelMapMismatchError, DamagedCheckpointError, ClusterConfigError)

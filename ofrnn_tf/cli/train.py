@@ -10,8 +10,9 @@ validation, test metrics, attention pictures:
 ``--section.field=value`` flags change single settings (``--helpfull`` lists them all
 with the main job's defaults; ``--print_config`` shows what a command would run).
 Rerunning on an existing run folder resumes it with its saved settings; flags may
-change only the resumable ones (paths, epochs, logging, decoding), and any other is
-refused before any work, as are epochs of a stage the run has finished (its last stage
+change only the resumable ones (paths, epochs and patience, the feature cache's sharding,
+shuffling, decoding, the ``--runtime.*`` settings), and any other is refused before any
+work, as are epochs of a stage the run has finished (its last stage
 may go on). ``--mode=eval`` recalibrates τ and recomputes the test metrics of a finished
 run, changing none of its settings: at another ``--decoding.beam_size=K`` it adds τ for
 K to calibration.json and writes ``metrics_test_kK.json``, leaving the run's beam width

@@ -7,8 +7,8 @@ few of them, and the command-line flags of every entry point are derived from th
 fields (`ofrnn_tf.config.flags`), never restated.
 
 Each field's metadata holds its help text and, for the fields that may change between
-two invocations on the same run folder (paths, logging, epochs of a stage not yet
-finished, decoding), ``resumable=True``. Every other field is part of the run's
+two invocations on the same run folder (paths, epochs and patience of a stage not yet
+finished, the feature cache's sharding, shuffling, decoding, runtime), ``resumable=True``. Every other field is part of the run's
 identity: a rerun that changes one is refused, naming it.
 
 Example:

@@ -136,14 +136,31 @@ def _load_meta_file(path: str) -> dict:
     return meta
 
 
+class FeatureCacheDamagedError(ValueError):
+    """A feature folder's ``meta.json`` or ``label_map.json`` cannot be read."""
+
+
 def read_meta_file(path: str) -> dict:
     """A directory's ``meta.json``; an unreadable one is named with its remedy (it is
     rebuilt from the backbone and the shards' ``.json`` records)."""
     try:
         return _load_meta_file(path)
     except ValueError as error:
-        raise ValueError(f"{error}; delete it and rerun the extraction (`ofrnn-extract` or "
-                         f"training), which writes it again") from None
+        raise FeatureCacheDamagedError(
+            f"{error}; delete it and rerun the extraction, which writes it again: "
+            f"`ofrnn-extract` with the run's --config and --data.* flags (a new training run "
+            f"does it too; a resumed one looks for the file first)") from None
+
+
+def cache_label_map(features_dir: str) -> LabelMap:
+    """The label map a feature folder was extracted with (`FeatureCacheDamagedError`
+    naming the remedy when it is missing or unreadable)."""
+    try:
+        return LabelMap.load(features_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise FeatureCacheDamagedError(
+            f"{error}: the feature cache {features_dir} cannot say which classes its labels "
+            f"are; delete the folder {features_dir} and rerun to extract it again") from None
 
 
 def read_shard_stats(path: str) -> dict:
@@ -400,7 +417,7 @@ def parse_batch_fn(features_dir: str, features_dtype=tf.float32):
     the consumer casts them).
     """
     height, width, depth = (int(d) for d in read_meta(features_dir)["feature_shape"])
-    return _parse_fn(height * width, depth, LabelMap.load(features_dir).num_classes,
+    return _parse_fn(height * width, depth, cache_label_map(features_dir).num_classes,
                      features_dtype)
 
 
@@ -418,7 +435,7 @@ def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None 
     Shuffling these before `parse_batch_fn` keeps the compact float16 records in the
     shuffle buffer and parses whole batches in parallel, after the shuffle.
     """
-    dir_map = LabelMap.load(features_dir)
+    dir_map = cache_label_map(features_dir)
     if label_map is not None:
         label_map.check_same(dir_map)
     shards = _shards_with_counts(features_dir, split)
@@ -440,6 +457,12 @@ def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None 
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+
+
+def verify_split(features_dir: str, split: str) -> None:
+    """The header walk of every local shard of ``split`` against its ``.json`` count
+    (`verify_shard`); `CorruptShardError`, with its remedy, for the first that fails."""
+    _verify_shards(_shards_with_counts(features_dir, split), full=False)
 
 
 def _verify_shards(shards: list[tuple[str, int]], full: bool) -> None:

@@ -52,7 +52,9 @@ from tqdm import tqdm
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
-from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts, resumable_checkpoint
+from ofrnn_tf.run_dir import (
+    IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
+    resumable_checkpoint)
 from ofrnn_tf.training.distribute import is_chief, num_workers
 
 # input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
@@ -232,6 +234,11 @@ class Trainer:
             step_in_epoch=self.step_in_epoch, global_step=self.global_step,
             best_metric=self.best_metric, epochs_since_best=self.epochs_since_best,
             dropout_rng=tf.train.Checkpoint(**rng))
+        for directory in (run_dir.checkpoints_dir(worker), run_dir.best_dir(worker)):
+            if os.path.isdir(directory) and checkpoint_list_lost(directory):
+                print(f"[train] {os.path.join(directory, 'checkpoint')}, TensorFlow's list of "
+                      f"the checkpoints there, is missing or unreadable: the checkpoints are "
+                      f"read from the folder instead", file=sys.stderr)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, run_dir.checkpoints_dir(worker), max_to_keep=3)
         self.best_manager = tf.train.CheckpointManager(
@@ -653,8 +660,14 @@ class Trainer:
                 self.run_dir.save_best_info(info)
 
     def _restore_best(self) -> None:
-        if self.validate_fn is not None and self.best_manager.latest_checkpoint:
-            self.best_manager.checkpoint.restore(self.best_manager.latest_checkpoint).expect_partial()
+        if self.validate_fn is None:
+            return
+        # Read from the folder, not from the manager's list: a lost state file still
+        # leaves the best epoch's files, and a damaged one is named, not passed over.
+        best = best_checkpoint(self.best_manager.directory,
+                               "rerun the command (training goes on from there)")
+        if best:
+            self.best_manager.checkpoint.restore(best).expect_partial()
 
     def _train_epoch(self, stage: int):
         """Trains the rest of the current epoch and checkpoints it, then validates it and
