@@ -408,16 +408,15 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
         batch = parse(serialized)
         return {"features": batch["features"], "labels": batch["labels"]}
 
-    validate_fn = None
-    if validate:
-        val = eval_dataset(features_dir, facts, "val")
+    def validate_fn(model, stage):
+        with tfrecords.naming_corrupt_shards(features_dir, "val"):
+            return evaluation.validate(model, val, stage, config.decoding, facts.max_steps)
 
-        def validate_fn(model, stage):
-            with tfrecords.naming_corrupt_shards(features_dir, "val"):
-                return evaluation.validate(model, val, stage, config.decoding, facts.max_steps)
+    val = eval_dataset(features_dir, facts, "val") if validate else None
     strategy = strategy or make_strategy(config.runtime.strategy)
     return Trainer(config, facts, run_dir, strategy, tfrecords.num_examples(features_dir, "train"),
-                   train_examples, validate_fn=validate_fn, parse_batch_fn=parse_batch,
+                   train_examples, validate_fn=validate_fn if validate else None,
+                   parse_batch_fn=parse_batch,
                    cache_examples=split_mib <= config.train.cache_records_mib,
                    progress=validate)
 
