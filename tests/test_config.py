@@ -16,7 +16,8 @@ from toy_run import TINY_TRAIN_FLAGS
 from ofrnn_tf import configs
 from ofrnn_tf.config.experiment import (
     SCENES, ExperimentConfig, fields, identity_differences)
-from ofrnn_tf.config.flags import config_from_flags, define_config_flags, overrides_from_flags
+from ofrnn_tf.config.flags import (
+    config_from_flags, define_config_flags, describe, overrides_from_flags)
 from ofrnn_tf.data.fashion_canvases import SCENE_TABLES
 
 
@@ -139,9 +140,14 @@ def test_a_flag_the_run_would_not_read_is_refused(argv, refused, reason):
         assert name in message, message
 
 
-def test_every_preset_and_every_setting_it_reads_pass():
+def test_every_preset_and_every_setting_it_reads_pass(tmp_path):
     for name in configs.PRESETS:
-        assert config_from_flags(parse(f"--config={name}")) == configs.get_config(name)
+        preset = configs.get_config(name)
+        assert config_from_flags(parse(f"--config={name}")) == preset
+        # Its --print_config listing, every setting given, reads back as a flag file.
+        listing = tmp_path / f"{name}.flags"
+        listing.write_text(describe(preset) + "\n")
+        assert config_from_flags(parse(f"--config={name}", f"--flagfile={listing}")) == preset
     # Given explicitly, settings the run reads are taken, even at the value they have.
     read = parse("--model.variant=baseline", "--stage1.epochs=3", "--model.head_units=64",
                  "--decoding.min_labels=2", "--data.num_train=500", "--model.head_dropout=0.1")

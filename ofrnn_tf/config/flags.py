@@ -4,8 +4,9 @@
 named ``--section.field`` (``--model.variant``, ``--stage2.epochs``), typed after the
 field, with the field's help text and default (the main job's). `config_from_flags`
 starts from the chosen preset and applies only the flags given on the command line,
-so a preset's own values are never overwritten by a flag's default; a flag the run
-would not read (``--stage2.epochs`` for the baseline, which has no stage 2) is refused.
+so a preset's own values are never overwritten by a flag's default; a flag that changes
+a setting the run would not read (``--stage2.epochs=3`` for the baseline, which has no
+stage 2) is refused.
 
 Example (in a script run with absl.app):
 >>> from absl import flags
@@ -72,15 +73,18 @@ def overrides_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[st
 def with_flags(config: ExperimentConfig,
                flag_values: flags.FlagValues = flags.FLAGS) -> ExperimentConfig:
     """`config` with the settings given on the command line; ValueError for a given
-    setting the resulting run never reads (`ExperimentConfig.unread_settings`), which
-    would otherwise be ignored without a word."""
+    setting that changes one the resulting run never reads
+    (`ExperimentConfig.unread_settings`), which would otherwise be ignored without a
+    word. One given at the value it has anyway changes nothing and passes (so a
+    ``--print_config`` listing reads back as a flag file)."""
     given = overrides_from_flags(flag_values)
+    base = config.to_dict()
     config = config.replace(**given)
     unread = config.unread_settings()
     by_reason: dict[str, list[str]] = {}
     for section, values in given.items():
-        for field in values:
-            if f"{section}.{field}" in unread:
+        for field, value in values.items():
+            if f"{section}.{field}" in unread and value != base[section][field]:
                 by_reason.setdefault(unread[f"{section}.{field}"], []).append(
                     f"--{section}.{field}")
     if by_reason:
