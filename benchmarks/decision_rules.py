@@ -20,8 +20,7 @@ mixed scores otherwise), on the paper table's runs (test split):
 - `one threshold on the scores`: one threshold for every class, chosen on validation
   with the run's calibration objective (for the head alone, the same as its `τ` row);
 - `per-class thresholds`: for each class the threshold that maximises its own F1 on
-  validation, each class chosen alone (not jointly for C-F1, which would gain a
-  little more).
+  validation, each class chosen alone (not jointly for C-F1, which was not measured).
 
 Every rule keeps at least `min_labels` labels per image, as decoding does. The table
 also gives the per-image F1 (`E-F1`, averaged over the images), which is not such a

@@ -34,7 +34,7 @@ from ofrnn_tf.labels import LabelMap, listed_names
 from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts, resumable_checkpoint
-from ofrnn_tf.training.distribute import is_chief, make_strategy
+from ofrnn_tf.training.distribute import is_chief, is_chief_task, make_strategy
 from ofrnn_tf.training.trainer import Trainer, checkpoint_position, describe_position
 from ofrnn_tf.visualization.attention_maps import render_examples
 
@@ -598,8 +598,17 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval'; got {mode!r}")
-    run_dir = RunDir(workdir)
     timer = Timer()
+    try:
+        return _run(config, RunDir(workdir), mode, timer)
+    except BaseException:  # Ctrl-C or an error once training began: its time counts too
+        if mode == "train" and "training" in timer.parts and is_chief_task():
+            RunDir(workdir).save_timing(mode, timer.rounded())
+        raise
+
+
+def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> dict:
+    workdir = run_dir.path
     data, unfinished = None, None
     if mode == "eval":
         run_dir.require()
@@ -623,13 +632,8 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
             note_changed_training_split(run_dir, facts)
         if is_chief(strategy):  # workers sharing a run folder must not race on its files
             run_dir.save(config, facts)
-        try:
-            with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
-                model = make_trainer(config, facts, run_dir, features_dir, strategy).train()
-        except BaseException:  # Ctrl-C, SIGTERM, an error: its training time counts too
-            if is_chief(strategy):
-                run_dir.save_timing(mode, timer.rounded())
-            raise
+        with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
+            model = make_trainer(config, facts, run_dir, features_dir, strategy).train()
         if not is_chief(strategy):
             log("training done; the chief worker evaluates and writes the results")
             return {}
@@ -661,10 +665,10 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
         shown["tau"] = f"{shown['tau']:.3g}"
     print(format_table({config.model.variant: shown},
                        columns=[c for c in RESULT_COLUMNS if c in shown]))
-    run_dir.save_timing(mode, timer.rounded())
     metrics_file = run_dir.metrics_file("test", config.decoding.beam_size)
     log(f"test metrics written to {metrics_file}"
         + (f"; attention pictures in {run_dir.attention_dir}"
            if data is not None and os.path.isdir(run_dir.attention_dir) else "")
         + f"; curves: tensorboard --logdir {run_dir.tensorboard_dir}; time: {timer.summary()}")
+    run_dir.save_timing(mode, timer.rounded())
     return metrics

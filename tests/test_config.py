@@ -155,6 +155,21 @@ def test_every_preset_and_every_setting_it_reads_pass(tmp_path):
     assert config_from_flags(parse("--config=paper", "--model.attention_units=64",
                                    "--train.attention_penalty=0.1",
                                    "--train.attention_penalty_form=overlap"))
+    # The baseline's decoder is never built, but which decoder goes with which head is
+    # still checked: naming the one that goes with the paper's head is allowed.
+    assert config_from_flags(parse("--model.variant=baseline", "--model.head=mean_linear",
+                                   "--model.decoder=paper")).model.head == "mean_linear"
+
+
+def test_settings_neither_run_reads_are_no_difference_between_them():
+    # A paper run saved before the head's kernel existed (kernel 1), named by its preset
+    # (kernel 3): its head is mean_linear, which has no kernel.
+    paper = configs.get_config("paper")
+    saved = paper.replace(model={"head_kernel_size": 1, "head_units": 256})
+    assert identity_differences(saved, paper) == []
+    spatial = ExperimentConfig()
+    assert identity_differences(spatial.replace(model={"head_kernel_size": 1}), spatial) == [
+        "model.head_kernel_size: 1 in the run folder vs 3 now"]
 
 
 def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path):

@@ -465,6 +465,21 @@ def test_lost_checkpoint_lists_are_read_from_the_folders(trained, tmp_path, cach
         assert again[name] == metrics[name], name
 
 
+def test_a_training_command_stopped_after_training_keeps_its_time(
+        trained, tmp_path, cached_features, monkeypatch):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "calibrate_and_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, run_dir.path, "train")
+    assert {"data", "features", "training"} <= set(
+        json.loads(open(run_dir.timing_file("train")).read()))
+
+
 def test_eval_mode_refuses_decoding_settings_it_would_not_keep(trained, tmp_path):
     config = trained[0]
     workdir = copy_run(trained, tmp_path)

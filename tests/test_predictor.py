@@ -200,6 +200,10 @@ def test_baseline_variant_has_no_attention(tmp_path, tiny_backbone, images, make
     (result,) = predictor.predict_files([images[0]])
     assert "attention" not in result and len(result["labels"]) >= 1
     np.testing.assert_allclose(result["step_probabilities"], result["scores"], rtol=1e-6)
+    # M_map alone has no beam: any width uses the run's own τ.
+    wider = Predictor.from_run(str(run), beam_size=5, backbone=tiny_backbone)
+    assert float(wider.module.tau.numpy()) == pytest.approx(0.5)
+    assert wider.predict_files([images[0]])[0]["labels"] == result["labels"]
 
 
 # -- the real backbone and the command line -------------------------------------------

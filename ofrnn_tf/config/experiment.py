@@ -344,7 +344,7 @@ class ExperimentConfig:
         if model.variant == "baseline":
             mark([*(f"stage2.{f.name}" for f in dataclasses.fields(StageConfig)),
                   "train.train_steps", "train.loss", "train.attention_penalty",
-                  "train.attention_penalty_form", "model.decoder", "model.lstm_units",
+                  "train.attention_penalty_form", "model.lstm_units",
                   "model.attention_units", "model.fc_units", "model.dropout",
                   "model.feature_dropout", "decoding.beam_size"],
                  "--model.variant=baseline is M_map alone: no decoder, no stage 2, its labels "
@@ -429,8 +429,11 @@ def fields(config: ExperimentConfig) -> Iterator[tuple[str, dataclasses.Field, A
 
 
 def identity_differences(saved: ExperimentConfig, now: ExperimentConfig) -> list[str]:
-    """The settings, outside the resumable ones, in which two configs differ."""
+    """The settings, outside the resumable ones and those neither config reads
+    (`ExperimentConfig.unread_settings`), in which two configs differ."""
     current = {name: value for name, _, value in fields(now)}
+    unread = set(saved.unread_settings()) & set(now.unread_settings())
     return [f"{name}: {value!r} in the run folder vs {current[name]!r} now"
             for name, field, value in fields(saved)
-            if not field.metadata["resumable"] and value != current[name]]
+            if not field.metadata["resumable"] and name not in unread
+            and value != current[name]]

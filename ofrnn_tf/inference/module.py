@@ -158,7 +158,9 @@ class InferenceModule(tf.Module):
         """
         run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         model, config, facts = run_dir.load_model()
-        beam_size = config.decoding.beam_size if beam_size is None else int(beam_size)
+        if beam_size is None or not model.uses_decoder:  # M_map alone: no beam to widen
+            beam_size = config.decoding.beam_size
+        beam_size = int(beam_size)
         calibration = run_dir.calibration(beam_size)
         if tau is None:
             if calibration is None:
