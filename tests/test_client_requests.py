@@ -281,15 +281,35 @@ def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, 
 
 
 @pytest.mark.timeout(20)
-def test_a_named_pipe_among_the_files_gets_an_error_line(serve, tmp_path):
-    # open() of a pipe waits for a writer: the client would hang there.
+def test_a_pipe_is_read_and_one_nothing_writes_to_gets_an_error_line(serve, tmp_path,
+                                                                     monkeypatch):
+    # open() of a named pipe waits for a writer: the client would hang there.
     import os
+    import threading
 
+    monkeypatch.setattr(client, "PIPE_WAIT_SECONDS", 0.3)
     target, service = serve()
     paths = files(tmp_path, [png(10), png(20)])
-    pipe = str(tmp_path / "pipe.png")
-    os.mkfifo(pipe)
-    results = list(client.predict_files(target, [paths[0], pipe, paths[1]], batch_size=3))
+    silent = str(tmp_path / "silent.png")
+    os.mkfifo(silent)
+    results = list(client.predict_files(target, [paths[0], silent, paths[1]], batch_size=3))
     assert "error" not in results[0] and "error" not in results[2]
-    assert results[1] == {"image": pipe, "error": f"{pipe}: not a regular file"}
+    assert results[1] == {"image": silent,
+                          "error": f"{silent}: a pipe nothing was written to within 0.3 s"}
     assert [len(r) for r in service.requests] == [2]
+
+    fed = str(tmp_path / "fed.png")  # as `<(cat image.png)` or /dev/stdin give one
+    os.mkfifo(fed)
+    image = open(paths[1], "rb").read()
+
+    def write():
+        with open(fed, "wb") as f:  # waits for the client to open it
+            f.write(image)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    (result,) = client.predict_files(target, [fed], batch_size=1)
+    writer.join()
+    assert "error" not in result and service.requests[-1] == [image]
+    (device,) = client.predict_files(target, ["/dev/null"], batch_size=1)
+    assert device["error"] == "/dev/null: not a regular file or a pipe"

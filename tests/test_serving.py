@@ -320,10 +320,16 @@ def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(mon
 
 @pytest.mark.parametrize("flag,message", [
     ("--port=99999", "--port must be in 0..65535 (0: a free one), got 99999"),
-    ("--max_image_pixels=0", "--max_image_pixels must be at least 1, got 0"),
+    ("--max_image_pixels=0", "--max_image_pixels must be a number of pixels, at least 1; got 0"),
+    ("--max_image_pixels=inf", "--max_image_pixels must be a number of pixels, at least 1; "
+                               "got inf"),
+    ("--max_batch_size=0", "--max_batch_size must be at least 1, got 0"),
+    ("--max_workers=0", "--max_workers must be at least 1, got 0"),
+    ("--max_message_bytes=0", "--max_message_bytes must be at least 1, got 0"),
 ])
 def test_ofrnn_serve_refuses_a_port_or_pixel_limit_out_of_range(flag, message):
-    # gRPC would serve --port=99999 on 34463; a limit of 0 would refuse every image.
+    # gRPC would serve --port=99999 on 34463; a limit of 0 would refuse every image; the
+    # sizes would fail only once the model has loaded and warmed up (or blame the export).
     run = subprocess.run([sys.executable, "-m", "ofrnn_tf.serving.local_server",
                           "--model_base_path=/nonexistent", flag], capture_output=True,
                          text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
@@ -381,6 +387,42 @@ def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypat
     assert closed.wait(timeout=5)
     caller.join(timeout=10)
     assert len(answers) == 1 and decoded == []
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32])
+def test_nan_in_any_floating_input_is_refused_naming_the_item(dtype):
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from ofrnn_tf.serving import local_server
+
+    info = meta_graph_pb2.TensorInfo(dtype=dtype.as_datatype_enum)
+    value = np.array([[1.0, 2.0], [3.0, np.nan]], dtype=dtype.as_numpy_dtype)
+    with pytest.raises(local_server.RequestError, match=r"^x\[1\]: contains NaN or Inf$"):
+        local_server._check_items("x", info, value, 10 ** 6)
+
+
+def test_a_dropped_server_still_lets_its_session_go(monkeypatch):
+    # A program embedding serve() that drops the server without stop(): gRPC stops a
+    # server it collects, and the session is closed after it.
+    import gc
+
+    from ofrnn_tf.serving import local_server
+
+    closed = threading.Event()
+
+    class Session:
+        def run(self, *args, **kwargs):
+            raise AssertionError("no request was sent")
+
+        def close(self):
+            closed.set()
+
+    monkeypatch.setattr(local_server.Servable, "load", lambda path, name: local_server.Servable(
+        name, 1, path, {"serving_default": images_signature()}, Session()))
+    server, port = local_server.serve("/unused", warmup=False)
+    del server
+    gc.collect()
+    assert closed.wait(timeout=10)
 
 
 # --- local server in a child process -------------------------------------------

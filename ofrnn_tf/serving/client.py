@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import stat
 import time
 from typing import Iterator, Sequence
@@ -90,6 +91,9 @@ THRESHOLD_SIGNATURE = "predict_with_threshold"
 # Waits before sending again alone an image the server refused that passes every check
 # here: under TF Serving's --enable_batching the refusal may be a merged request's.
 ALONE_RETRY_SECONDS = (0.2, 0.5)
+# How long a pipe among the inputs (`<(cat img)`, /dev/stdin, a named pipe) may take to
+# give its first bytes: a named pipe nothing writes to would otherwise block for ever.
+PIPE_WAIT_SECONDS = 5.0
 
 
 def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
@@ -330,12 +334,18 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
 
 
 def _read_file(path: str) -> bytes:
-    """The bytes of a regular file; OSError for anything else. Opened without blocking:
-    a named pipe would block the open until something writes to it."""
+    """The bytes of a regular file or of a pipe; OSError for anything else, and for a
+    pipe that gives nothing within `PIPE_WAIT_SECONDS`. Opened without blocking: the
+    open of a named pipe would block until something writes to it."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError("not a regular file")
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode):
+            if not select.select([fd], [], [], PIPE_WAIT_SECONDS)[0]:
+                raise OSError(f"a pipe nothing was written to within {PIPE_WAIT_SECONDS:g} s")
+            os.set_blocking(fd, True)  # read to the writer's end
+        elif not stat.S_ISREG(mode):
+            raise OSError("not a regular file or a pipe")
         return f.read()
 
 

@@ -49,6 +49,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -253,12 +254,15 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_bytes: in
     return value
 
 
-def _check_items(key: str, value: np.ndarray, max_image_pixels: int) -> None:
+def _check_items(key: str, info: meta_graph_pb2.TensorInfo, value: np.ndarray,
+                 max_image_pixels: int) -> None:
     """Refuses an input whose items are not images within `max_image_pixels` (strings)
-    or hold NaN or Inf (floats), naming the first such item."""
+    or hold NaN or Inf (floats, as the signature types them), naming the first such
+    item."""
     if value.ndim == 0:
         return
-    if value.dtype == object:
+    want = tf.dtypes.as_dtype(info.dtype)
+    if want == tf.string:
         for flat, item in enumerate(value.reshape(-1)):
             i = flat if value.ndim == 1 else ", ".join(map(str, np.unravel_index(flat, value.shape)))
             if not item:
@@ -279,8 +283,8 @@ def _check_items(key: str, value: np.ndarray, max_image_pixels: int) -> None:
                     f"above the limit of {max_image_pixels} pixels")
             if frames_over is not None:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {frames_over}")
-    elif np.issubdtype(value.dtype, np.floating):
-        finite = np.isfinite(value.reshape(value.shape[0], -1)).all(axis=1)
+    elif want.is_floating:
+        finite = np.isfinite(value.reshape(value.shape[0], -1).astype(np.float32)).all(axis=1)
         if not finite.all():
             i = int(np.argmin(finite))
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: contains NaN or Inf")
@@ -368,7 +372,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                                f"server's --max_batch_size of {self.max_batch_size}: send "
                                f"several requests")
         for k, value in inputs.items():
-            _check_items(k, value, self.max_image_pixels)
+            _check_items(k, sig.inputs[k], value, self.max_image_pixels)
 
         keys = list(request.output_filter or sig.outputs)
         # Every run fetches all outputs: a session sets its graph up for each set of
@@ -595,22 +599,28 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     except BaseException:
         servable.session.close()
         raise
-    threading.Thread(target=_close_when_stopped, args=(server, servable.session),
+    threading.Thread(target=_close_when_stopped, args=(weakref.ref(server), servable.session),
                      name="close-session").start()
     logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
                  servable.version, servable.path, _address(host, bound), service.max_image_pixels)
     return server, bound
 
 
-def _close_when_stopped(server: grpc.Server, session: tf.compat.v1.Session) -> None:
-    """Closes `session` once `server` has stopped. gRPC cancels the calls still in
-    flight when its grace is over, but not the model runs behind them, which would go on
-    to their end and keep the process alive; closing the session cancels them.
+def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session) -> None:
+    """Closes `session` once the server `server_ref` refers to has stopped, or has been
+    dropped (gRPC stops a server it collects). gRPC cancels the calls still in flight
+    when its grace is over, but not the model runs behind them, which would go on to
+    their end and keep the process alive; closing the session cancels them.
 
     Run in a thread the process waits for at its end: TensorFlow torn down under a close
     still going aborts the process. A server that is never stopped leaves it at the
-    program's end."""
-    while server.wait_for_termination(timeout=0.5):  # True: not stopped yet
+    program's end. The thread holds the server only while it waits on it, so a program
+    that drops the server still lets it go."""
+    while True:
+        server = server_ref()
+        if server is None or not server.wait_for_termination(timeout=0.5):  # stopped
+            break
+        del server
         if not threading.main_thread().is_alive():
             return
     session.close()
@@ -680,7 +690,12 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"--port must be in 0..65535 (0: a free one), got {FLAGS.port}")
     pixels = FLAGS.max_image_pixels
     if pixels is not None and not (math.isfinite(pixels) and pixels >= 1):
-        raise app.UsageError(f"--max_image_pixels must be at least 1, got {pixels:g}")
+        raise app.UsageError(f"--max_image_pixels must be a number of pixels, at least 1; "
+                             f"got {pixels:g}")
+    # Before the model loads and warms up, which they would otherwise fail (or blame).
+    for name in ("max_message_bytes", "max_batch_size", "max_workers", "max_concurrent_rpcs"):
+        if FLAGS[name].value is not None and FLAGS[name].value < 1:
+            raise app.UsageError(f"--{name} must be at least 1, got {FLAGS[name].value}")
     # As TensorFlow Serving is given it: an absolute path, its variables read by pattern.
     refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
     try:
