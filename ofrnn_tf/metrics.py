@@ -258,8 +258,8 @@ def size_split_average_precision(y_true, scores, label_areas,
     For class k and size s ∈ {small, large}, AP is computed over the images where k
     is absent (all negatives) plus the positives of size s; positives of the other
     size are left out. A positive is small when ``label_areas < small_area`` and large
-    otherwise (``≥``), both compared in float32. Each mean runs over the classes with at least one positive of
-    that size (0.0 when there is none).
+    otherwise (``≥``), both compared in float32. Each mean runs over the classes with
+    at least one positive of that size (0.0 when there is none).
 
     Args:
         y_true: [N, C] in {0, 1}.

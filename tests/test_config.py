@@ -103,7 +103,8 @@ def test_a_range_error_names_the_flag_of_its_section():
     for value in ("nan", "inf"):
         with pytest.raises(ValueError, match=rf"--stage1.learning_rate must be > 0; got {value}"):
             config_from_flags(parse(f"--stage1.learning_rate={value}"))
-        with pytest.raises(ValueError, match=rf"--train.attention_penalty must be ≥ 0; got {value}"):
+        with pytest.raises(ValueError,
+                           match=rf"--train.attention_penalty must be ≥ 0; got {value}"):
             config_from_flags(parse(f"--train.attention_penalty={value}"))
 
 

@@ -8,8 +8,9 @@ fields (`ofrnn_tf.config.flags`), never restated.
 
 Each field's metadata holds its help text and, for the fields that may change between
 two invocations on the same run folder (paths, epochs and patience of a stage not yet
-finished, the feature cache's sharding, shuffling, decoding, runtime), ``resumable=True``. Every other field is part of the run's
-identity: a rerun that changes one is refused, naming it.
+finished, the feature cache's sharding, shuffling, decoding, runtime),
+``resumable=True``. Every other field is part of the run's identity: a rerun that
+changes one is refused, naming it.
 
 Example:
 >>> config = ExperimentConfig()
