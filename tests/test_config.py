@@ -238,6 +238,31 @@ def test_train_refuses_what_it_cannot_build_before_any_work(tmp_path, flags, env
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("signalled", [True, False])
+def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
+    # Landing while C++ code calls back into Python, KeyboardInterrupt can become a
+    # SystemError; without a Ctrl-C a SystemError keeps its traceback.
+    script = (
+        "import os, signal, time\n"
+        "from ofrnn_tf.cli import runner\n"
+        "def main(argv):\n"
+        "    try:\n"
+        f"        if {signalled}:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(2)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass\n"
+        "    raise SystemError('bad argument to internal function')\n"
+        "runner(lambda: None, main, on_interrupt='rerun it')()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    if signalled:
+        assert done.returncode == 130, done.stderr[-2000:]
+        assert done.stderr.rstrip().endswith("interrupted; rerun it"), done.stderr[-500:]
+    else:
+        assert done.returncode == 1 and "SystemError: bad argument" in done.stderr
+
+
 def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
     # SIGINT a few seconds in, while the run builds its data (a Ctrl-C in the terminal).
     script = ("import os, signal, sys, threading; from ofrnn_tf.cli.train import run; "

@@ -7,6 +7,7 @@ already says otherwise."""
 
 import logging as std_logging
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,18 +25,29 @@ def runner(define_flags, main, on_interrupt: str = ""):
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
     whole listing; Ctrl-C prints ``interrupted`` and `on_interrupt` (what a rerun does)
     instead of a traceback, and exits with 130, as a shell reports SIGINT."""
+    interrupts = []
+
+    def note_interrupt(signum, frame):
+        interrupts.append(signum)
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without it
 
     def usage_errors_in_one_line(argv):
         command = os.path.basename(sys.argv[0])
         # TensorFlow imported before absl set up logging gave its logger a handler of
         # its own: absl's prints every record as well, so each would appear twice.
         std_logging.getLogger("tensorflow").handlers.clear()
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, note_interrupt)
         try:
             return main(argv)
         except app.UsageError as error:
             print(f"{command}: {error}\nTry --help for the command's flags.", file=sys.stderr)
             return error.exitcode
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemError) as error:
+            # A Ctrl-C that lands while TensorFlow's C++ code calls back into Python can
+            # come out as a SystemError ("bad argument to internal function").
+            if isinstance(error, SystemError) and not interrupts:
+                raise
             print(f"\n{command}: interrupted{'; ' + on_interrupt if on_interrupt else ''}",
                   file=sys.stderr)
             return 130
