@@ -23,11 +23,15 @@ spot`, the share of consecutive steps whose attention peaks at the same position
     python benchmarks/decoder_ablations.py --root=runs/ablations --seed=0
     python benchmarks/decoder_ablations.py --root=runs/ablations --seed=0 \
         --main_job=runs/table/independent/seed0/main_job \
-        --spatial_head=runs/table/independent/seed0/spatial_head --extra=--stage1.epochs=40
+        --spatial_head=runs/table/independent/seed0/spatial_head \
+        --extra=--stage1.epochs=20,--stage1.patience=0
     python benchmarks/decoder_ablations.py --root=runs/ablations_scenes --seed=0 \
         --extra=--stage1.epochs=40,--data.scenes=outfits --variants=stage_2_constant_6_ep
 
-About 25 minutes on 2 CPU cores once the seed's features are cached.
+About 25 minutes on 2 CPU cores once the seed's features are cached. Runs given with
+`--main_job` / `--spatial_head` must have been trained with the budget `--extra` gives
+every other run (the second command's is the paper table's stage 1, its
+`--stage1_flags`); one that was not is refused before anything trains.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ flags.DEFINE_string("main_job", None, "An existing main-job run of this seed to 
                     "(default: trained under ROOT).")
 flags.DEFINE_string("spatial_head", None, "An existing spatial-head run of this seed with the "
                     "same budget to reuse (e.g. the paper table's).")
-flags.DEFINE_list("extra", [], "train.py flags every run gets (e.g. --stage1.epochs=40, as "
-                  "the paper table's rows).")
+flags.DEFINE_list("extra", [], "train.py flags every run gets (e.g. --stage1.epochs=20,"
+                  "--stage1.patience=0, as the paper table's rows).")
 flags.DEFINE_list("variants", None, "Only these variants, by folder name (e.g. pla_loss, "
                   "stage_2_constant_6_ep, greedy; default: all).")
 flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
@@ -86,15 +90,35 @@ COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "tau",
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _command(workdir: str, extra: list[str], mode: str) -> list[str]:
+    return [sys.executable, "train.py", f"--workdir={workdir}", f"--mode={mode}",
+            f"--data.seed={FLAGS.seed}", f"--train.seed={FLAGS.seed}",
+            f"--runtime.cache_dir={FLAGS.cache_dir}", *FLAGS.extra, *extra]
+
+
 def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
     run_dir = RunDir(workdir)
     if mode == "eval" or not os.path.exists(run_dir.metrics_file("test")):
-        command = [sys.executable, "train.py", f"--workdir={workdir}", f"--mode={mode}",
-                   f"--data.seed={FLAGS.seed}", f"--train.seed={FLAGS.seed}",
-                   f"--runtime.cache_dir={FLAGS.cache_dir}", *FLAGS.extra, *extra]
+        command = _command(workdir, extra, mode)
         print("+", shlex.join(command), file=sys.stderr, flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
     return run_dir
+
+
+def check_reused(flag: str, extra: list[str]) -> None:
+    """Refuses, before anything trains, a run given with ``--<flag>`` that the same
+    train.py command would refuse (`--print_config` checks it): one trained with
+    another budget than `--extra` gives the rest."""
+    folder = getattr(FLAGS, flag)
+    if not folder:
+        return
+    done = subprocess.run([*_command(folder, extra, "train"), "--print_config"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode:
+        said = [line for line in done.stderr.splitlines() if line.startswith("train.py: ")]
+        reason = said[0][len("train.py: "):] if said else done.stderr.strip()[-500:]
+        raise app.UsageError(f"--{flag}={folder} was not trained as --extra="
+                             f"{','.join(FLAGS.extra)} trains the other runs: {reason}")
 
 
 def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:
@@ -133,6 +157,8 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # The train.py children run from the repository root.
     table_runs.make_absolute("root", "main_job", "spatial_head", "cache_dir")
+    check_reused("main_job", [])
+    check_reused("spatial_head", VARIANTS["spatial head (same budget)"])
     base = os.path.join(FLAGS.root, f"seed{FLAGS.seed}")
     main_job = FLAGS.main_job or os.path.join(base, "main_job")
     rows = {"main job (K = 3)": scored(train(main_job, []))}

@@ -437,7 +437,8 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
             calibration = evaluation.calibrate(model, eval_dataset(features_dir, facts, "val"),
                                                decoding, facts.max_steps)
         run_dir.save_calibration(calibration)
-    log(f"τ = {calibration['tau']:.4g} (beam width {decoding.beam_size})")
+    log(f"τ = {calibration['tau']:.4g}"
+        + (f" (beam width {decoding.beam_size})" if model.uses_decoder else ""))
     with tfrecords.naming_corrupt_shards(features_dir, split):
         metrics = evaluation.evaluate(
             model, eval_dataset(features_dir, facts, split), tau=calibration["tau"],

@@ -229,13 +229,14 @@ def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message
      "environment variable: it is not valid JSON"),
 ], ids=["layer_typo", "unknown_backbone", "no_tf_config", "tf_config_not_json"])
 def test_train_refuses_what_it_cannot_build_before_any_work(tmp_path, flags, env, message):
-    done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path / 'run'}",
-                           f"--runtime.cache_dir={tmp_path / 'cache'}", *flags], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, **env))
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    for shown in ([], ["--print_config"]):  # which refuses what the run would
+        done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path / 'run'}",
+                               f"--runtime.cache_dir={tmp_path / 'cache'}", *flags, *shown],
+                              cwd=ROOT, capture_output=True, text=True, timeout=180,
+                              env=dict(os.environ, **env))
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("signalled", [True, False])

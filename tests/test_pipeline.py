@@ -513,7 +513,8 @@ def test_eval_mode_of_a_folder_without_weights_is_refused(trained, tmp_path):
         pipeline.run(config, str(tmp_path / "new"), "eval")
 
 
-def test_best_json_after_a_label_context_fit_holds_its_scores(trained, tmp_path, monkeypatch):
+def test_best_json_after_a_label_context_fit_holds_its_scores(trained, tmp_path, monkeypatch,
+                                                              capsys):
     config = trained[0].replace(model={"variant": "baseline", "label_context_units": 4},
                                 label_context={"epochs": 2})
     calls = []
@@ -526,6 +527,9 @@ def test_best_json_after_a_label_context_fit_holds_its_scores(trained, tmp_path,
     train(config, str(tmp_path / "run"), trained[2])
     info = RunDir(str(tmp_path / "run")).load_best_info()
     assert info["validation"]["mAP"] == info["validation"]["score"] == info["label_context"]["score"]
+    said = capsys.readouterr().err  # M_map alone: a threshold, no beam to name
+    assert "calibrating τ on the validation split (objective mean_f1)" in said
+    assert "beam" not in said
 
 
 def test_a_mixed_precision_run_reports_what_eval_mode_and_the_export_compute(

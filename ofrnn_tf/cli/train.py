@@ -77,6 +77,10 @@ def main(argv):
                 check_finished_stages(run_dir, config, FLAGS.mode)
             except IncompatibleRunError as error:
                 raise app.UsageError(str(error)) from None
+        try:
+            _check_buildable(config)
+        except input_errors() as error:
+            raise app.UsageError(str(error)) from None
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
@@ -86,18 +90,28 @@ def main(argv):
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:
-        # Before the run folder is made or taken: what the run could not build.
-        if FLAGS.mode == "train" and not RunDir(FLAGS.workdir).exists():
-            from ofrnn_tf.features.backbones import check_backbone
-            check_backbone(config.features.backbone, config.features.layer)
-        if config.runtime.strategy == "multi_worker" and FLAGS.mode == "train":
-            from ofrnn_tf.training.distribute import cluster_config
-            cluster_config()  # it also says which worker holds the folder
+        _check_buildable(config)  # before the run folder is made or taken
         with _held(RunDir(FLAGS.workdir), config):
             pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     except refused as error:
         raise app.UsageError(str(error)) from None  # the command, not the code, is at fault
     return 0
+
+
+def _check_buildable(config: ExperimentConfig) -> None:
+    """Refuses in train mode what the run could not build: a new run's backbone or
+    layer (`check_backbone`), a multi-worker cluster without a usable TF_CONFIG (which
+    also says which worker holds the run folder)."""
+    from ofrnn_tf.run_dir import RunDir
+
+    if FLAGS.mode != "train":
+        return
+    if not RunDir(FLAGS.workdir).exists():
+        from ofrnn_tf.features.backbones import check_backbone
+        check_backbone(config.features.backbone, config.features.layer)
+    if config.runtime.strategy == "multi_worker":
+        from ofrnn_tf.training.distribute import cluster_config
+        cluster_config()
 
 
 def _held(run_dir, config: ExperimentConfig):

@@ -76,7 +76,8 @@ def with_flags(config: ExperimentConfig,
     setting that changes one the resulting run never reads
     (`ExperimentConfig.unread_settings`), which would otherwise be ignored without a
     word. One given at the value it has anyway changes nothing and passes (so a
-    ``--print_config`` listing reads back as a flag file)."""
+    ``--print_config`` listing reads back as a flag file, given with the same
+    ``--config``)."""
     given = overrides_from_flags(flag_values)
     base = config.to_dict()
     config = config.replace(**given)

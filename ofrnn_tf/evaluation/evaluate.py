@@ -69,8 +69,9 @@ def validate(model, dataset: tf.data.Dataset, stage: int, decoding: DecodingConf
 def calibrate(model, dataset: tf.data.Dataset, decoding: DecodingConfig, max_steps: int) -> dict:
     """τ for beam width K, and the weight of M_map's scores in the ranking scores, chosen on
     the validation split: what `calibration.json` stores."""
-    _log(f"calibrating τ on the validation split (beam {decoding.beam_size}, "
-         f"objective {decoding.calibration_objective})")
+    beam = f"beam {decoding.beam_size}, " if model.uses_decoder else ""
+    _log(f"calibrating τ on the validation split ({beam}objective "
+         f"{decoding.calibration_objective})")
     outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
                                max_steps=max_steps, min_labels=decoding.min_labels)
     tau, table = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
