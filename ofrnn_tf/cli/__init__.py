@@ -74,6 +74,14 @@ def usable_config(make_config):
         raise app.UsageError(str(error)) from None
 
 
+def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:
+    """A usage error when the command's ``--<flag>`` is set below `minimum` (`note`
+    follows the bound: " (1: greedy)")."""
+    value = flags.FLAGS[flag].value
+    if value is not None and value < minimum:
+        raise app.UsageError(f"--{flag} must be at least {minimum}{note}, got {value}")
+
+
 def refuse_glob_characters(flag: str, path: str, absolute: bool = False) -> None:
     """A usage error when `path` (the value of ``--<flag>``; with `absolute`, its absolute
     form, as TensorFlow Serving is given a model's base path) holds a '['.

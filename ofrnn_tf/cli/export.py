@@ -17,7 +17,8 @@ import sys
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, trained_run
+from ofrnn_tf.cli import (
+    input_errors, refuse_below, refuse_glob_characters, runner, trained_run)
 from ofrnn_tf.export.saved_model import (
     WarmupImageError, check_warmup_images, save_inference_module)
 from ofrnn_tf.inference.module import (
@@ -54,10 +55,8 @@ def main(argv):
     if FLAGS.version is not None and FLAGS.version < 0:
         raise app.UsageError(f"--version must be a non-negative integer (TF Serving loads only "
                              f"those folders), got {FLAGS.version}")
-    if FLAGS.max_image_pixels < 1:
-        raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
-    if FLAGS.beam_size is not None and FLAGS.beam_size < 1:
-        raise app.UsageError(f"--beam_size must be at least 1 (1: greedy), got {FLAGS.beam_size}")
+    refuse_below("max_image_pixels")
+    refuse_below("beam_size", note=" (1: greedy)")
     if FLAGS.num_warmup_images < 0:
         raise app.UsageError(f"--num_warmup_images must be 0 or more, got "
                              f"{FLAGS.num_warmup_images}")

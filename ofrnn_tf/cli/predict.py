@@ -18,7 +18,8 @@ import sys
 
 from absl import app, flags
 
-from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, trained_run
+from ofrnn_tf.cli import (
+    input_errors, refuse_below, refuse_glob_characters, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
@@ -55,12 +56,9 @@ def main(argv):
         raise app.UsageError("give at least one image file or folder after the flags")
     if FLAGS.tau is not None and not 0.0 <= FLAGS.tau <= 1.0:  # also refuses NaN
         raise app.UsageError(f"--tau must be a probability in [0, 1], got {FLAGS.tau}")
-    if FLAGS.max_image_pixels < 1:
-        raise app.UsageError(f"--max_image_pixels must be at least 1, got {FLAGS.max_image_pixels}")
-    if FLAGS.beam_size is not None and FLAGS.beam_size < 1:
-        raise app.UsageError(f"--beam_size must be at least 1 (1: greedy), got {FLAGS.beam_size}")
-    if FLAGS.batch_size < 1:
-        raise app.UsageError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
+    refuse_below("max_image_pixels")
+    refuse_below("beam_size", note=" (1: greedy)")
+    refuse_below("batch_size")
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output)

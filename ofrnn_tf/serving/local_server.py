@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 # First: it sets TensorFlow's C++ log level for the command.
-from ofrnn_tf.cli import refuse_glob_characters, runner
+from ofrnn_tf.cli import refuse_below, refuse_glob_characters, runner
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -694,8 +694,7 @@ def main(argv: Sequence[str]) -> None:
                              f"got {pixels:g}")
     # Before the model loads and warms up, which they would otherwise fail (or blame).
     for name in ("max_message_bytes", "max_batch_size", "max_workers", "max_concurrent_rpcs"):
-        if FLAGS[name].value is not None and FLAGS[name].value < 1:
-            raise app.UsageError(f"--{name} must be at least 1, got {FLAGS[name].value}")
+        refuse_below(name)
     # As TensorFlow Serving is given it: an absolute path, its variables read by pattern.
     refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
     try:
