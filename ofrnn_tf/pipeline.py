@@ -603,7 +603,8 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     try:
         return _run(config, RunDir(workdir), mode, timer)
     except BaseException:  # Ctrl-C or an error once training began: its time counts too
-        if mode == "train" and "training" in timer.parts and is_chief_task():
+        if mode == "train" and "training" in timer.parts and is_chief_task(
+                config.runtime.strategy):
             RunDir(workdir).save_timing(mode, timer.rounded())
         raise
 

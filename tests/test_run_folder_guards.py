@@ -191,7 +191,8 @@ def test_only_the_chief_of_a_multi_worker_run_holds_the_folder(monkeypatch, clus
     # The workers of one run share its folder: the others must not be refused.
     config = {"cluster": cluster, **({"task": task} if task else {})}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
-    assert is_chief_task() is chief
+    assert is_chief_task("multi_worker") is chief
+    assert is_chief_task("default")  # a TF_CONFIG left from another run is not read
 
 
 @pytest.mark.parametrize("tf_config, problem", [

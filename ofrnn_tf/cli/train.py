@@ -123,7 +123,7 @@ def _held(run_dir, config: ExperimentConfig):
 
     if FLAGS.mode == "eval" and not run_dir.exists():
         return contextlib.nullcontext()
-    if config.runtime.strategy == "multi_worker" and not is_chief_task():
+    if not is_chief_task(config.runtime.strategy):
         return contextlib.nullcontext()
     return run_dir.exclusive()
 

@@ -82,9 +82,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return _chief(resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict())
 
 
-def is_chief_task() -> bool:
-    """Whether this process is the chief (as `is_chief` decides), read from TF_CONFIG
-    before any strategy is made; True without a task there."""
+def is_chief_task(strategy: str) -> bool:
+    """Whether this process is the chief of a run under the named `strategy`: always,
+    but for the workers of a ``multi_worker`` run, read from TF_CONFIG (as `is_chief`
+    decides) before any strategy is made; True without a task there."""
+    if strategy != "multi_worker":  # a TF_CONFIG left in the environment is not read
+        return True
     try:
         tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
         task = tf_config.get("task") or {}
