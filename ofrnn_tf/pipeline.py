@@ -599,13 +599,13 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval'; got {mode!r}")
-    timer = Timer()
+    timer, run_dir = Timer(), RunDir(workdir)
     try:
-        return _run(config, RunDir(workdir), mode, timer)
+        return _run(config, run_dir, mode, timer)
     except BaseException:  # Ctrl-C or an error once training began: its time counts too
         if mode == "train" and "training" in timer.parts and is_chief_task(
                 config.runtime.strategy):
-            RunDir(workdir).save_timing(mode, timer.rounded())
+            run_dir.save_timing(mode, timer.rounded())
         raise
 
 

@@ -133,10 +133,7 @@ def listed_checkpoints(directory: str) -> list[str]:
     newest first, whether or not their files are there; where that file is missing,
     empty or garbled, the ``ckpt-<N>`` checkpoints whose index file is there, highest
     N (the global step) first."""
-    try:
-        state = tf.train.get_checkpoint_state(directory)
-    except ValueError:  # an empty state file
-        state = None
+    state = _checkpoint_state(directory)
     if state is not None and state.model_checkpoint_path:
         latest = state.model_checkpoint_path
         return [latest] + [p for p in reversed(state.all_model_checkpoint_paths) if p != latest]
@@ -148,18 +145,24 @@ def listed_checkpoints(directory: str) -> list[str]:
     return [os.path.join(directory, f"ckpt-{step}") for step in sorted(steps, reverse=True)]
 
 
+def _checkpoint_state(directory: str, remove_empty: bool = False):
+    """TensorFlow's checkpoint state of `directory`, or None where its state file is
+    missing, empty or garbled; with `remove_empty`, an empty one is removed."""
+    try:
+        return tf.train.get_checkpoint_state(directory)
+    except ValueError:  # an empty state file
+        if remove_empty:
+            os.remove(os.path.join(directory, "checkpoint"))
+        return None
+
+
 def checkpoint_list_lost(directory: str) -> bool:
     """Whether `directory` holds checkpoints its state file (``checkpoint``) does not
     list: the file is missing, empty or garbled (`listed_checkpoints` then reads the
     folder). An empty one, which `tf.train.CheckpointManager` cannot start from, is
     removed; the manager writes a new one at its next save."""
-    state_file = os.path.join(directory, "checkpoint")
-    try:
-        state = tf.train.get_checkpoint_state(directory)
-    except ValueError:
-        os.remove(state_file)
-        state = None
-    return state is None and bool(listed_checkpoints(directory))
+    return (_checkpoint_state(directory, remove_empty=True) is None
+            and bool(listed_checkpoints(directory)))
 
 
 def best_checkpoint(directory: str, then: str) -> Optional[str]:

@@ -106,6 +106,10 @@ def _backbone_info(backbone: Backbone) -> dict:
             "image_size": backbone.image_size, "feature_shape": list(backbone.feature_shape)}
 
 
+class FeatureFolderMismatchError(ValueError):
+    """A feature folder begun with another backbone, sharding or image list."""
+
+
 def _check_compatible(out_dir: str, info: dict) -> None:
     path = os.path.join(out_dir, tfrecords.META_FILENAME)
     if not os.path.exists(path):
@@ -117,10 +121,6 @@ def _check_compatible(out_dir: str, info: dict) -> None:
         raise FeatureFolderMismatchError(f"{out_dir} already holds features of another "
                                          f"backbone ({'; '.join(diffs)}); use a new output "
                                          f"directory")
-
-
-class FeatureFolderMismatchError(ValueError):
-    """A feature folder begun with another backbone, sharding or image list."""
 
 
 def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size: int) -> None:

@@ -109,7 +109,7 @@ def check_backbone(name: str, feature_layer: str) -> None:
     ``conv4`` ...) is looked up in its table; any other name in the model, built
     without weights (a few seconds)."""
     try:
-        aliases, default, _ = _layer_table(name)
+        aliases, _, _ = _layer_table(name)
         if feature_layer not in aliases:
             get_backbone(name, feature_layer, weights=None, fold_batch_norm=False)
     except UnknownBackboneError as error:
