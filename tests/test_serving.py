@@ -350,6 +350,14 @@ def test_serve_refuses_a_port_out_of_range_before_the_model_loads(monkeypatch):
         local_server.serve("/nonexistent", max_image_pixels=-1)
 
 
+def serve_session(monkeypatch, session) -> None:
+    """Makes `local_server.serve` load a version of one image signature run by `session`."""
+    from ofrnn_tf.serving import local_server
+
+    monkeypatch.setattr(local_server.Servable, "load", lambda path, name: local_server.Servable(
+        name, 1, path, {"serving_default": images_signature()}, session))
+
+
 def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypatch):
     """gRPC cancels the calls left when the grace is over, not the model runs behind
     them, which would keep the process alive until they end."""
@@ -367,8 +375,7 @@ def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypat
         def close(self):
             closed.set()
 
-    monkeypatch.setattr(local_server.Servable, "load", lambda path, name: local_server.Servable(
-        name, 1, path, {"serving_default": images_signature()}, Session()))
+    serve_session(monkeypatch, Session())
     decoded = []  # a cancelled run is no image's fault: none is decoded to find one
     monkeypatch.setattr(local_server, "find_undecodable", lambda *args: decoded.append(args))
     server, port = local_server.serve("/unused", warmup=False)
@@ -417,8 +424,7 @@ def test_a_dropped_server_still_lets_its_session_go(monkeypatch):
         def close(self):
             closed.set()
 
-    monkeypatch.setattr(local_server.Servable, "load", lambda path, name: local_server.Servable(
-        name, 1, path, {"serving_default": images_signature()}, Session()))
+    serve_session(monkeypatch, Session())
     server, port = local_server.serve("/unused", warmup=False)
     del server
     gc.collect()
