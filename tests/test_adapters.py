@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from ofrnn_tf.data import DataFileError, DataLabelMapError
 from ofrnn_tf.data.adapters import load_coco, load_manifest, load_nuswide
 from ofrnn_tf.data.registry import load_split
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
@@ -381,3 +382,19 @@ def test_coco_and_nuswide_class_names_are_read_in_nfc(tmp_path):
         os.rename(labels / f"Labels_sky_{split}.txt", labels / f"Labels_cafe\u0301_{split}.txt")
     examples, label_map, _ = load_nuswide(str(root), "train")
     assert label_map.names == ("animal", "caf\u00e9", "water") and examples  # files found
+
+
+def test_coco_and_nuswide_class_lists_naming_one_class_twice_are_named(tmp_path):
+    data = _coco_dict()
+    data["categories"][1]["name"] = data["categories"][0]["name"]
+    ann, img_dir = _write_coco(tmp_path / "coco", data)
+    with pytest.raises(DataFileError, match=rf"{ann}: categories: duplicate class names"):
+        load_coco(ann, img_dir)
+    root = tmp_path / "nus"
+    _write_nuswide(root)
+    (root / "Concepts81.txt").write_text("animal\nsky\nanimal\n")
+    with pytest.raises(DataFileError, match=r"Concepts81.txt: duplicate class names"):
+        load_nuswide(str(root), "train")
+    _write_nuswide(tmp_path / "nus2")
+    with pytest.raises(DataLabelMapError, match="Concepts81.txt"):
+        load_nuswide(str(tmp_path / "nus2"), "train", LabelMap(["animal"], source="x.json"))

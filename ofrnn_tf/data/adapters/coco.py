@@ -13,15 +13,14 @@ import json
 import math
 import os
 import sys
-import unicodedata
 from typing import Any, Sequence
 
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
-from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
+from ofrnn_tf.data import DataFileError, DataNotFoundError, file_label_map
 from ofrnn_tf.data.example import Box, Example, LoadStats
-from ofrnn_tf.labels import LabelMap, LabelMapMismatchError, reconcile
+from ofrnn_tf.labels import LabelMap
 
 
 def load_coco(annotation_file: str,
@@ -70,15 +69,8 @@ def load_coco(annotation_file: str,
         coco.createIndex()
 
     cat_ids = sorted(coco.cats)
-    try:
-        file_map = LabelMap([unicodedata.normalize("NFC", coco.cats[c]["name"]) for c in cat_ids],
-                            source=annotation_file)
-    except ValueError as e:
-        raise DataFileError(f"{annotation_file}: categories: {e}") from None
-    try:
-        label_map = reconcile(label_map, file_map)
-    except LabelMapMismatchError as e:
-        raise DataLabelMapError(str(e)) from None
+    label_map = file_label_map([coco.cats[c]["name"] for c in cat_ids], annotation_file,
+                               label_map, where="categories")
     label_of_cat = {c: i for i, c in enumerate(cat_ids)}
     _check_references(dataset, coco, annotation_file)
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import sys
-import unicodedata
 
 import numpy as np
 from tqdm import tqdm
 
-from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
+from ofrnn_tf.data import DataFileError, DataNotFoundError, file_label_map
 from ofrnn_tf.data.example import Example, LoadStats
-from ofrnn_tf.labels import LabelMap, LabelMapMismatchError, reconcile
+from ofrnn_tf.labels import LabelMap
 
 SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
 CONCEPTS_LOCATIONS = ("Concepts81.txt", os.path.join("ConceptsList", "Concepts81.txt"))
@@ -77,15 +76,8 @@ def load_nuswide(root: str,
     list_name, suffix = SPLITS[split]
     concepts_path = concepts_file(root)
     concepts = [c.strip() for c in _read_lines(concepts_path) if c.strip()]
-    try:  # names in NFC; the label files keep the list's spelling
-        file_map = LabelMap([unicodedata.normalize("NFC", c) for c in concepts],
-                            source=concepts_path)
-    except ValueError as e:
-        raise DataFileError(f"{concepts_path}: {e}") from None
-    try:
-        label_map = reconcile(label_map, file_map)
-    except LabelMapMismatchError as e:
-        raise DataLabelMapError(str(e)) from None
+    # Names in NFC; the label files keep the list's spelling.
+    label_map = file_label_map(concepts, concepts_path, label_map)
 
     list_file = os.path.join(root, "ImageList", list_name)
     listed = [(n, _relative_path(p))
