@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from ofrnn_tf.decoding.beam_search import labels_to_multi_hot, make_decoder, select_baseline
 from ofrnn_tf.decoding.calibration import (
-    calibrate_from_outputs, calibrate_threshold, choose_score_mix, default_grid, objective_value,
-    predictions_at)
+    calibrate_decoding, calibrate_from_outputs, choose_score_mix, decode_all_steps, default_grid,
+    objective_value, predictions_at)
 from ofrnn_tf.metrics import label_set_metrics, mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN
 
@@ -121,8 +121,12 @@ def _model_and_data(mode: str):
 def test_calibrated_threshold_reproduces_its_score_when_decoding(mode):
     model, x, y, data = _model_and_data(mode)
     grid = [0.0, 0.01, 0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 0.95]
-    best, table = calibrate_threshold(model, data, beam_size=2, max_steps=3, grid=grid,
-                                      progress=False)
+    chosen = calibrate_decoding(model, data, beam_size=2, max_steps=3, grid=grid,
+                                progress=False)
+    best, table = chosen.tau, chosen.tau_grid
+    # The ranking scores' weight comes from the same pass.
+    outputs = decode_all_steps(model, data, beam_size=2, max_steps=3, progress=False)
+    assert (chosen.score_mix, chosen.score_mix_grid) == choose_score_mix(outputs)
     assert [t for t, _ in table] == grid
     assert dict(table)[best] == max(v for _, v in table)
     assert len({round(v, 6) for _, v in table}) > 1, "τ made no difference on this data"

@@ -4,10 +4,12 @@ from ofrnn_tf.decoding.beam_search import (
     baseline_decode, beam_search, decode_dataset, greedy_decode, labels_to_multi_hot,
     make_decoder, select_baseline, select_for_threshold)
 from ofrnn_tf.decoding.calibration import (
-    OBJECTIVES, calibrate_from_outputs, calibrate_threshold, default_grid)
+    OBJECTIVES, Calibration, calibrate_decoding, calibrate_from_outputs, calibrate_outputs,
+    default_grid)
 
 __all__ = [
     "baseline_decode", "beam_search", "decode_dataset", "greedy_decode", "labels_to_multi_hot",
     "make_decoder", "select_baseline", "select_for_threshold",
-    "OBJECTIVES", "calibrate_from_outputs", "calibrate_threshold", "default_grid",
+    "OBJECTIVES", "Calibration", "calibrate_decoding", "calibrate_from_outputs", "calibrate_outputs",
+    "default_grid",
 ]

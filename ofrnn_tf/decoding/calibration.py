@@ -1,16 +1,19 @@
 """Choosing the beam-search stopping threshold τ on a validation split (the paper's "Testing").
 
 The paper stops a prediction path when its probability (Eq. 11) falls below a
-threshold "determined by cross-validation". `calibrate_threshold` decodes the
-validation set once with τ = 0, recording the best beam of every step, and then
-grid-searches τ with `select_for_threshold`, which is exact (see
-`ofrnn_tf.decoding.beam_search`). For the `baseline` mode (no decoder) the grid
-runs over the one threshold on `v_prob` shared by every class. The same pass chooses
-the weight of M_map's scores in the ranking scores (`choose_score_mix`).
+threshold "determined by cross-validation". `calibrate_decoding` decodes the
+validation set once with τ = 0, recording the best beam of every step
+(`decode_all_steps`), and `calibrate_outputs` then grid-searches τ with `select_for_threshold`,
+which is exact (see `ofrnn_tf.decoding.beam_search`). For the `baseline` mode (no
+decoder) the grid runs over the one threshold on `v_prob` shared by every class. The
+same pass chooses the weight of M_map's scores in the ranking scores
+(`choose_score_mix`). Training's validation and the run's `calibration.json` both
+choose through `calibrate_outputs`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -104,7 +107,7 @@ def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int
         outputs: `decode_dataset` results with `y_true`: for a decoder mode, of a
             τ = 0 run with `all_steps=True`; for `baseline`, any run (only `v_prob`
             is used).
-        min_labels, objective, grid: see `calibrate_threshold`.
+        min_labels, objective, grid: see `calibrate_decoding`.
 
     Returns:
         `(best_tau, [(tau, objective), ...])` in increasing τ; ties go to the smallest τ.
@@ -125,11 +128,31 @@ def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int
     return table[best][0], table
 
 
-def calibrate_threshold(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
-                        objective: str = "mean_f1", grid: Optional[Sequence[float]] = None,
-                        jit_compile: bool = False, progress: bool = True,
-                        ) -> Tuple[float, List[Tuple[float, float]]]:
-    """Chooses τ on a validation dataset by grid search (one decoding pass).
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What one validation pass chooses, with the grids it chose from."""
+
+    tau: float  # the stopping threshold (baseline: the threshold on v_prob)
+    score_mix: float  # the weight of M_map's v_prob in the ranking scores
+    tau_grid: List[Tuple[float, float]]  # (τ, objective) in increasing τ
+    score_mix_grid: List[Tuple[float, float]]  # (weight, validation mAP)
+
+
+def calibrate_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int = 1,
+                      objective: str = "mean_f1", grid: Optional[Sequence[float]] = None
+                      ) -> Calibration:
+    """τ (`calibrate_from_outputs`) and the score mix (`choose_score_mix`) chosen from
+    one decoded validation pass (`decode_all_steps`)."""
+    tau, table = calibrate_from_outputs(outputs, min_labels=min_labels, objective=objective,
+                                        grid=grid)
+    mix, mix_table = choose_score_mix(outputs)
+    return Calibration(tau=tau, score_mix=mix, tau_grid=table, score_mix_grid=mix_table)
+
+
+def calibrate_decoding(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
+                       objective: str = "mean_f1", grid: Optional[Sequence[float]] = None,
+                       jit_compile: bool = False, progress: bool = True) -> Calibration:
+    """Decodes a validation dataset once and chooses τ and the score mix on it.
 
     Args:
         model: a built `OrderFreeRNN`.
@@ -139,15 +162,11 @@ def calibrate_threshold(model, dataset, *, beam_size: int, max_steps: int, min_l
         grid: candidate τ values in [0, 1]; default `default_grid()`.
         jit_compile: decode with XLA.
         progress: tqdm bar on stderr while decoding.
-
-    Returns:
-        `(best_tau, [(tau, objective), ...])`; for the `baseline` mode τ is the
-        threshold on `v_prob`.
     """
-    objective_value({"C-F1": 0.0, "O-F1": 0.0}, objective)
+    objective_value({"C-F1": 0.0, "O-F1": 0.0}, objective)  # before the decoding pass
     outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,
                                min_labels=min_labels, jit_compile=jit_compile, progress=progress)
-    return calibrate_from_outputs(outputs, min_labels=min_labels, objective=objective, grid=grid)
+    return calibrate_outputs(outputs, min_labels=min_labels, objective=objective, grid=grid)
 
 
 def decode_all_steps(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,

@@ -18,7 +18,7 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import DecodingConfig
 from ofrnn_tf.decoding.beam_search import BASELINE_THRESHOLD
 from ofrnn_tf.decoding.calibration import (
-    calibrate_from_outputs, choose_score_mix, decode_all_steps, objective_value, predictions_at)
+    calibrate_decoding, calibrate_outputs, decode_all_steps, objective_value, predictions_at)
 from ofrnn_tf.metrics import evaluate_all, label_set_metrics, mean_average_precision
 
 FIXED_THRESHOLD_KEY = "at_fixed_0.5"
@@ -54,14 +54,13 @@ def validate(model, dataset: tf.data.Dataset, stage: int, decoding: DecodingConf
     outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
                                max_steps=max_steps, min_labels=decoding.min_labels,
                                progress=False)
-    tau, _ = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
-                                    objective=decoding.calibration_objective)
-    mix, _ = choose_score_mix(outputs)
-    y_pred, scores = predictions_at(outputs, tau, decoding.min_labels, mix)
+    chosen = calibrate_outputs(outputs, min_labels=decoding.min_labels,
+                               objective=decoding.calibration_objective)
+    y_pred, scores = predictions_at(outputs, chosen.tau, decoding.min_labels, chosen.score_mix)
     metrics = label_set_metrics(outputs["y_true"], y_pred)
     metrics["mAP"] = mean_average_precision(outputs["y_true"], scores)
-    metrics["tau"] = float(tau)
-    metrics["score_mix"] = float(mix)
+    metrics["tau"] = float(chosen.tau)
+    metrics["score_mix"] = float(chosen.score_mix)
     metrics["score"] = objective_value(metrics, decoding.calibration_objective)
     return metrics
 
@@ -72,15 +71,14 @@ def calibrate(model, dataset: tf.data.Dataset, decoding: DecodingConfig, max_ste
     beam = f"beam {decoding.beam_size}, " if model.uses_decoder else ""
     _log(f"calibrating τ on the validation split ({beam}objective "
          f"{decoding.calibration_objective})")
-    outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,
-                               max_steps=max_steps, min_labels=decoding.min_labels)
-    tau, table = calibrate_from_outputs(outputs, min_labels=decoding.min_labels,
-                                        objective=decoding.calibration_objective)
-    mix, mix_table = choose_score_mix(outputs)
-    return {"tau": tau, "score_mix": mix, "objective": decoding.calibration_objective,
+    chosen = calibrate_decoding(model, dataset, beam_size=decoding.beam_size,
+                                max_steps=max_steps, min_labels=decoding.min_labels,
+                                objective=decoding.calibration_objective)
+    return {"tau": chosen.tau, "score_mix": chosen.score_mix,
+            "objective": decoding.calibration_objective,
             "beam_size": decoding.beam_size, "max_steps": max_steps,
-            "min_labels": decoding.min_labels, "grid": [[t, v] for t, v in table],
-            "score_mix_grid": [[m, v] for m, v in mix_table]}
+            "min_labels": decoding.min_labels, "grid": [[t, v] for t, v in chosen.tau_grid],
+            "score_mix_grid": [[m, v] for m, v in chosen.score_mix_grid]}
 
 
 def metrics_at(outputs: dict, tau: float, *, min_labels: int = 1, score_mix: float = 0.0,
