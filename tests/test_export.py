@@ -224,6 +224,29 @@ def test_session_loader_runs_the_label_context(make_fake_run, tiny_backbone, tmp
     assert_same_decoding(got, module.serve_features(tf.constant(features)), "label context")
 
 
+def test_session_loader_serves_m_map_alone_with_a_label_per_class(make_fake_run, tiny_backbone,
+                                                                  tmp_path):
+    """An export of the `baseline` variant under TF Serving's loading path: `labels` and
+    `label_names` are [N, C] (the documented width for M_map alone, which has no step
+    limit), `attention` is zeros [N, T_max, H, W], and the labels are the classes at or
+    above the run's τ in decreasing score."""
+    module = InferenceModule.from_run(str(make_fake_run(tmp_path / "run", variant="baseline",
+                                                        tau=0.5)), backbone=tiny_backbone)
+    export_dir = Path(save_inference_module(module, str(tmp_path / "export")))
+    features = np.random.default_rng(1).normal(size=(6, 4, 4, 8)).astype("float32")
+    got = session_outputs(export_dir, "predict_features", {"features": features})
+    num_classes, max_steps = module.model.num_classes, module.max_steps
+    assert got["labels"].shape == got["label_names"].shape == (6, num_classes)
+    assert got["attention"].shape == (6, max_steps, 4, 4) and not got["attention"].any()
+    assert got["num_labels"].max() > 1 and got["num_labels"].min() < num_classes  # τ chose
+    for labels, names, count, scores in zip(got["labels"], got["label_names"],
+                                            got["num_labels"], got["scores"]):
+        chosen = [c for c in np.argsort(-scores, kind="stable") if scores[c] >= 0.5] or [
+            int(np.argmax(scores))]
+        assert list(labels[:count]) == chosen and (labels[count:] == -1).all()
+        assert [n.decode() for n in names[:count]] == [module.label_map.names[c] for c in chosen]
+
+
 def test_served_scores_mix_the_decoders_and_m_maps_with_the_calibrated_weight(
         make_fake_run, tiny_backbone, tmp_path):
     """The signatures' `scores` are the ranking scores evaluation measured: `mix_scores` of

@@ -8,11 +8,11 @@
   [0, 1] per image) → the same, decoding with those τ instead of the calibrated one;
 - ``predict_features``: ``features`` float32 [N, H, W, k] → beam search.
 
-All return ``labels`` int32 [N, T_max] (-1 padded), ``label_names`` string
-[N, T_max] ("" padded), ``num_labels`` int32 [N], ``scores`` float32 [N, C],
-``log_prob`` float32 [N], ``attention`` float32 [N, T_max, H, W]. Label names, τ and
-the image-size limit are variables inside the SavedModel that its graph reads; no
-side file is needed at serving time. ``assets.extra/tf_serving_warmup_requests``
+All return ``labels`` int32 [N, L] (-1 padded; L = T_max, or C for M_map alone, the
+``baseline`` variant), ``label_names`` string [N, L] ("" padded), ``num_labels`` int32
+[N], ``scores`` float32 [N, C], ``log_prob`` float32 [N], ``attention`` float32
+[N, T_max, H, W]. Label names, τ, the score mix and the image-size limit are variables
+inside the SavedModel that its graph reads; no side file is needed at serving time. ``assets.extra/tf_serving_warmup_requests``
 holds requests TF Serving replays at load time, and ``assets.extra/label_map.json``
 the class names for people reading the folder.
 """
