@@ -244,7 +244,8 @@ class TrainConfig:
                         "choice, stop after the last true label).",
                         choices=STAGE2_LOSSES)
     attention_penalty: float = setting(0.0, "Weight of a stage-2 penalty on each image's "
-                                       "attention summed over its steps (0: none).")
+                                       "attention summed over its steps, added before the "
+                                       "mean over the image's steps (0: none).")
     attention_penalty_form: str = setting(
         "doubly_stochastic", "The penalty on a position's summed attention a: (1 - a)^2 "
         "(Show, Attend and Tell's doubly stochastic attention) or max(0, a - 1)^2 (overlap: "

@@ -1,1 +1,2 @@
-"""Evaluation: multi-label metrics (CNN-RNN / ML-GCN convention) and result tables."""
+"""Evaluation of a trained model: validation scores, τ calibration and test metrics (the
+metrics themselves are `ofrnn_tf.metrics`)."""

@@ -28,11 +28,12 @@ class OrderFreeRNN(keras.Model):
 
     Parts: M_map gives v_prob — the paper's `LabelMapHead` (Eq. 1–3) or the stronger
     `SpatialLabelHead`, optionally followed by a `LabelContext` that corrects its logits
-    from all of its class probabilities (trained between the stages); the initial LSTM
-    state is `h_0, c_0 = tanh(Dense(mean_i ·))` (Xu et al.); the decoder cell runs the
-    steps — the paper's `ConfidenceRankedLSTMCell` (Eq. 4–10), or `ResidualDecoderCell`,
-    which attends over the spatial head's per-position features and refines M_map's
-    logits (docs/model.md). `call` returns the M_map logits; decoding goes through `start` /
+    from all of its class probabilities (fitted after stage 1, or trained with M_map);
+    the initial LSTM state is `h_0, c_0 = tanh(Dense(mean_i ·))` (Xu et al.) over what
+    the decoder attends to (the CNN maps, or the spatial head's features); the decoder
+    cell runs the steps — the paper's `ConfidenceRankedLSTMCell` (Eq. 4–10), or
+    `ResidualDecoderCell`, which attends over the spatial head's per-position features
+    and refines M_map's logits (docs/model.md). `call` returns the M_map logits; decoding goes through `start` /
     `step` / `step_log_probs` / `advance`, which the training losses below, greedy
     decoding and beam search all share.
 

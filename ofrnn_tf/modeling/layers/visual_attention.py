@@ -68,7 +68,7 @@ class VisualAttention(keras.layers.Layer):
     def _attend_beams(self, projected, features, hidden):
         """Eq. 4–5 for `[B, K, d]` hidden states against each image's `[B, m, ·]` maps.
 
-        Built from plain ops: at beam-search sizes (a few rows of m ≈ 49) the fused
+        Built from plain ops: at beam-search sizes (a few rows of m = 49 to 196) the fused
         softmax and batched-matmul kernels cost more in per-call overhead than the
         arithmetic, and the decoder runs them at every step.
         """
