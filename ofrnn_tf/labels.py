@@ -105,10 +105,6 @@ class LabelMap:
             f"({other.num_classes} classes): {detail}. Rebuild the artefact with the "
             f"same label map, or point to matching data.")
 
-    def check_directory(self, directory: str) -> None:
-        """Refuses a directory whose label map differs from this one (or has none)."""
-        self.check_same(LabelMap.load(directory))
-
 
 def listed_names(names: Sequence[str], most: int) -> str:
     """Up to `most` class names, quoted and comma-separated, then how many more."""

@@ -143,12 +143,6 @@ def feature_cache_key(config: ExperimentConfig, data: Data) -> CacheKey:
     return CacheKey(name, fingerprint, inputs)
 
 
-def feature_cache_name(config: ExperimentConfig, data: Data) -> tuple[str, str]:
-    """`(folder name, content fingerprint)` of the feature cache of `config` on `data`."""
-    key = feature_cache_key(config, data)
-    return key.name, key.fingerprint
-
-
 def _label_change(before: tuple, now: tuple) -> str:
     added = [n for n in now if n not in before]
     removed = [n for n in before if n not in now]
@@ -423,20 +417,15 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
 
 def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
                            features_dir: str, split: str = "test",
-                           recalibrate: bool = False, notes: Optional[dict] = None) -> dict:
-    """τ for the configured beam width on validation (kept in calibration.json), then
-    every metric on `split` (saved, with `notes` added, as metrics_<split>.json, or
+                           notes: Optional[dict] = None) -> dict:
+    """τ for the configured beam width chosen on validation (saved in calibration.json),
+    then every metric on `split` (saved, with `notes` added, as metrics_<split>.json, or
     metrics_<split>_k<K>.json at a width K other than the run's)."""
     decoding = config.decoding
-    calibration = None if recalibrate else run_dir.calibration(decoding.beam_size)
-    if calibration is not None and (calibration.get("objective") != decoding.calibration_objective
-                                    or calibration.get("min_labels") != decoding.min_labels):
-        calibration = None
-    if calibration is None:
-        with tfrecords.naming_corrupt_shards(features_dir, "val"):
-            calibration = evaluation.calibrate(model, eval_dataset(features_dir, facts, "val"),
-                                               decoding, facts.max_steps)
-        run_dir.save_calibration(calibration)
+    with tfrecords.naming_corrupt_shards(features_dir, "val"):
+        calibration = evaluation.calibrate(model, eval_dataset(features_dir, facts, "val"),
+                                           decoding, facts.max_steps)
+    run_dir.save_calibration(calibration)
     log(f"τ = {calibration['tau']:.4g}"
         + (f" (beam width {decoding.beam_size})" if model.uses_decoder else ""))
     with tfrecords.naming_corrupt_shards(features_dir, split):
@@ -657,7 +646,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         features_dir = locate_features(config, facts)
     with timer("evaluation"):
         metrics = calibrate_and_evaluate(
-            model, config, facts, run_dir, features_dir, "test", recalibrate=True,
+            model, config, facts, run_dir, features_dir, "test",
             notes={"unfinished_run": f"stopped at {unfinished}"} if unfinished else None)
     if data is not None:
         with timer("examples and attention pictures"):

@@ -80,7 +80,7 @@ def train(config: ExperimentConfig, workdir: str, features_dir: str) -> None:
     run_dir = RunDir(workdir)
     run_dir.save(config, FACTS)
     model = pipeline.make_trainer(config, FACTS, run_dir, features_dir).train()
-    pipeline.calibrate_and_evaluate(model, config, FACTS, run_dir, features_dir, recalibrate=True)
+    pipeline.calibrate_and_evaluate(model, config, FACTS, run_dir, features_dir)
 
 
 @pytest.fixture(scope="module")

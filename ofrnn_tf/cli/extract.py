@@ -63,8 +63,8 @@ def _extract(config) -> int:
         print(directory)
         return 0
     features = config.features
-    name, fingerprint = pipeline.feature_cache_name(config, data)
-    directory = cache.features_dir(config.runtime.cache_dir, name)
+    directory = cache.features_dir(config.runtime.cache_dir,
+                                   pipeline.feature_cache_key(config, data).name)
     backbone = get_backbone(features.backbone, features.layer)
     for split, examples in data.splits.items():
         summary = extract_split(examples, data.label_map, backbone, directory, split,

@@ -44,8 +44,6 @@ from ofrnn_tf.features.backbones import Backbone, get_backbone
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
 
-OUTPUT_KEYS = ("labels", "label_names", "num_labels", "scores", "log_prob", "attention")
-
 
 class UncalibratedBeamSizeError(ValueError):
     """τ was not chosen on validation for the requested beam width."""

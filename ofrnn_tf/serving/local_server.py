@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
+from tensorflow.core.protobuf import meta_graph_pb2  # noqa: E402
 from tensorflow.python.util import deprecation  # noqa: E402
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -100,24 +100,6 @@ class RequestError(Exception):
 
 # ---------------------------------------------------------------------------
 # Loading.
-
-
-def read_signature_defs(saved_model_dir: str) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The ``signature_def`` map of the SavedModel's (single) serving meta graph."""
-    model = saved_model_pb2.SavedModel()
-    pb = os.path.join(saved_model_dir, "saved_model.pb")
-    if os.path.isfile(pb):
-        with open(pb, "rb") as f:
-            model.ParseFromString(f.read())
-    else:
-        from google.protobuf import text_format
-
-        with open(os.path.join(saved_model_dir, "saved_model.pbtxt")) as f:
-            text_format.Parse(f.read(), model)
-    for graph in model.meta_graphs:
-        if "serve" in graph.meta_info_def.tags or len(model.meta_graphs) == 1:
-            return dict(graph.signature_def)
-    raise ValueError(f"{saved_model_dir!r} has no meta graph tagged 'serve'")
 
 
 @dataclass
