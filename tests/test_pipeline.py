@@ -28,6 +28,7 @@ from ofrnn_tf.data.splits import SplitTooSmallError
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import DamagedCheckpointError, IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.training import run_state
 
 NAMES = ("circle", "square", "stripe", "dot")
 SHAPE = (2, 2, 6)
@@ -256,7 +257,7 @@ def test_eval_refuses_a_run_whose_decoder_was_never_validated(trained, tmp_path)
     config, _, features_dir = trained
     workdir = str(tmp_path / "run")
     stop_at_validation(config, workdir, features_dir, number=2)  # stage 2's first one
-    with pytest.raises(pipeline.UnfinishedRunError,
+    with pytest.raises(run_state.UnfinishedRunError,
                        match=r"stopped at stage 2 epoch 1/1, step 4, before any validated "
                              r"epoch of stage 2, so its decoder \(stage 2\) is untrained.*"
                              r"without --mode=eval"):
@@ -508,7 +509,7 @@ def test_eval_mode_of_a_folder_without_weights_is_refused(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a run folder"):
         pipeline.run(config, str(tmp_path / "nothing"), "eval")
     RunDir(str(tmp_path / "new")).save(config, FACTS)
-    with pytest.raises(pipeline.UnfinishedRunError, match="stopped at its start, before any "
+    with pytest.raises(run_state.UnfinishedRunError, match="stopped at its start, before any "
                                                          "checkpoint"):
         pipeline.run(config, str(tmp_path / "new"), "eval")
 
@@ -576,14 +577,14 @@ def test_a_damaged_last_checkpoint_is_skipped_by_training_and_the_rerun_checks_a
     newest, older = (os.path.join(run_dir.checkpoints_dir(), f"ckpt-{n}") for n in (8, 4))
     damage(newest, how)
     # The checks of a rerun read the checkpoint training goes on from: the start of stage 2.
-    assert pipeline.latest_position(run_dir) == {"stage": 2, "epoch": 0, "step_in_epoch": 0}
+    assert run_state.latest_position(run_dir) == {"stage": 2, "epoch": 0, "step_in_epoch": 0}
     with pytest.raises(IncompatibleRunError, match=r"stage1.epochs: .* \(stage1 is finished\)"):
-        pipeline.check_finished_stages(run_dir, config.replace(stage1={"epochs": 2}), "train")
+        run_state.check_finished_stages(run_dir, config.replace(stage1={"epochs": 2}), "train")
     train(config, run_dir.path, trained[2])
     err = capsys.readouterr().err
     assert f"skipped checkpoint {newest}: " in err
     assert f"resuming from the older {older}" in err
-    assert pipeline.latest_position(run_dir)["stage"] == 3  # stage 2 trained again, saved whole
+    assert run_state.latest_position(run_dir)["stage"] == 3  # stage 2 trained again, saved whole
 
 
 def test_no_readable_checkpoint_is_refused_naming_each_and_the_folder_to_delete(
@@ -596,6 +597,6 @@ def test_no_readable_checkpoint_is_refused_naming_each_and_the_folder_to_delete(
                r"short .*ckpt-4: .*\)\. Delete the folder .*checkpoints to train the run "
                r"again from its start")
     with pytest.raises(DamagedCheckpointError, match=refused):  # before any data work
-        pipeline.check_finished_stages(run_dir, config, "train")
+        run_state.check_finished_stages(run_dir, config, "train")
     with pytest.raises(DamagedCheckpointError, match=refused):
         pipeline.make_trainer(config, FACTS, run_dir, trained[2]).train()

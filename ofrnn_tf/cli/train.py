@@ -71,7 +71,7 @@ def main(argv):
     if FLAGS.print_config:
         run_dir = RunDir(FLAGS.workdir)
         if run_dir.exists():  # settings the run would refuse are refused here
-            from ofrnn_tf.pipeline import check_finished_stages
+            from ofrnn_tf.training.run_state import check_finished_stages
             try:
                 run_dir.check_config(config)
                 check_finished_stages(run_dir, config, FLAGS.mode)
@@ -84,8 +84,9 @@ def main(argv):
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
+    from ofrnn_tf.training.run_state import UnfinishedRunError
 
-    refused = input_errors() + (IncompatibleRunError, pipeline.UnfinishedRunError,
+    refused = input_errors() + (IncompatibleRunError, UnfinishedRunError,
                                 RunInUseError, RunFolderNotWritableError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder

@@ -43,6 +43,7 @@ from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_imag
 from ofrnn_tf.features.backbones import Backbone, get_backbone
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.training.run_state import UnfinishedRunError, training_state
 
 
 class UncalibratedBeamSizeError(ValueError):
@@ -164,7 +165,6 @@ class InferenceModule(tf.Module):
             if calibration is None:
                 known = run_dir.calibrated_beam_sizes()
                 if not known:  # perhaps never trained through: eval would refuse it too
-                    from ofrnn_tf.pipeline import UnfinishedRunError, training_state
                     try:
                         training_state(run_dir, config)
                     except UnfinishedRunError as error:

@@ -1,0 +1,85 @@
+"""Where a run's training stands, read from its run folder: finished, stopped (and
+where), or not trained far enough to evaluate; and which settings a rerun may still
+change (`check_finished_stages`). Eval mode, prediction and the export ask here before
+they read a run's best weights."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, resumable_checkpoint
+from ofrnn_tf.training.trainer import checkpoint_position, describe_position
+
+
+class UnfinishedRunError(ValueError):
+    """``--mode=eval`` on a run whose best weights are not trained through its last stage."""
+
+
+def latest_position(run_dir: RunDir) -> Optional[dict[str, int]]:
+    """Where the checkpoint the run resumes from stands (`checkpoint_position`), or None:
+    the newest that reads back, as `Trainer.restore` picks it (`resumable_checkpoint`,
+    which raises `DamagedCheckpointError` when none does)."""
+    latest, _ = resumable_checkpoint(run_dir.checkpoints_dir())
+    return checkpoint_position(latest) if latest else None
+
+
+def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) -> None:
+    """Refuses (`IncompatibleRunError`) what a rerun on an existing run folder would
+    accept and ignore: the epochs or patience of a stage its checkpoints show finished
+    (the last stage may go on), and in eval mode any decoding setting but the beam
+    width (eval mode writes none of the run's settings)."""
+    saved, _ = run_dir.load()
+    diffs = []
+    if mode == "eval":
+        for name in ("min_labels", "calibration_objective"):
+            before, now = getattr(saved.decoding, name), getattr(config.decoding, name)
+            if before != now:
+                diffs.append(f"decoding.{name}: {before!r} in the run folder vs {now!r} now "
+                             "(eval mode evaluates the run's own decoding; ofrnn-train without "
+                             "--mode=eval recalibrates with the new setting)")
+    position = latest_position(run_dir)
+    finished = []
+    if position is not None and position["stage"] >= 2:  # stage 1, and the context after it
+        if config.model.variant != "baseline":  # the last stage may go on
+            finished.append("stage1")
+        if (config.model.label_context_units
+                and config.model.label_context_training == "after_stage1"):
+            finished.append("label_context")
+    for section in finished:
+        for name in ("epochs", "patience"):
+            before = getattr(getattr(saved, section), name)
+            now = getattr(getattr(config, section), name)
+            if before != now:
+                diffs.append(f"{section}.{name}: {before} in the run folder vs {now} now "
+                             f"({section} is finished)")
+    if diffs:
+        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
+
+
+def training_state(run_dir: RunDir, config: ExperimentConfig) -> Optional[str]:
+    """None for a finished run; else where its training stopped (``"stage 2 epoch 3/12,
+    step 5"``), when its best weights went through every stage.
+
+    Raises `UnfinishedRunError` when no epoch of the last stage was validated yet: the
+    best weights would then hold an untrained decoder (or no trained weights at all).
+    """
+    position = latest_position(run_dir)
+    uses_decoder = config.model.variant != "baseline"
+    last_stage = 2 if uses_decoder else 1
+    if position is not None and position["stage"] > last_stage:
+        return None
+    best = run_dir.load_best_info() if os.path.exists(run_dir.best_info_file) else {}
+    where = "its start, before any checkpoint"
+    if position is not None:
+        stage_config = config.stage1 if position["stage"] == 1 else config.stage2
+        where = describe_position(position["stage"], position["epoch"],
+                                  position["step_in_epoch"], stage_config.epochs)
+    if best.get("stage") != last_stage:
+        part = "decoder (stage 2)" if uses_decoder else "M_map (stage 1)"
+        raise UnfinishedRunError(
+            f"{run_dir.path} is not trained: it stopped at {where}, before any validated epoch "
+            f"of stage {last_stage}, so its {part} is untrained. Finish training first: "
+            f"ofrnn-train --workdir={run_dir.path} (without --mode=eval).")
+    return where
