@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import sys
 import time
 import unicodedata
 from typing import Optional
@@ -38,13 +37,10 @@ from ofrnn_tf.training.distribute import is_chief, is_chief_task, make_strategy
 from ofrnn_tf.training.run_state import check_finished_stages, latest_position, training_state
 from ofrnn_tf.training.trainer import Trainer
 from ofrnn_tf.visualization.attention_maps import render_examples
+from ofrnn_tf.status import log
 
 NUM_EXAMPLE_IMAGES = 6
 RESULT_COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "AP-large", "tau")
-
-
-def log(message: str) -> None:
-    print(f"[ofrnn_tf] {message}", file=sys.stderr, flush=True)
 
 
 class Timer:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from typing import Callable
 
 from ofrnn_tf.data import DataFileError
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.registry import load_split, manifest_file
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.status import log
 
 SPLITS = ("train", "val", "test")
 # Data sets whose validation split is held out of train.
@@ -45,10 +45,6 @@ def hold_out(examples: list[Example], fraction: float, salt: str = ""
     return [e for e in examples if not chosen(e)], [e for e in examples if chosen(e)]
 
 
-def _log(message: str) -> None:
-    print(f"[ofrnn_tf] {message}", file=sys.stderr, flush=True)
-
-
 def load_examples(dataset: str, paths: dict, val_fraction: float
                   ) -> tuple[dict[str, list[Example]], LabelMap]:
     """The examples of train, val and test, and their label map.
@@ -66,12 +62,12 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
                 f"its images to test and as much again to validation, which leaves none to "
                 f"train; use a value below 0.5 (the default is 0.05)")
         examples, label_map, stats = load_split(dataset, "train", **paths)
-        _log(f"manifest {paths['manifest']}: {stats}")
+        log(f"manifest {paths['manifest']}: {stats}")
         check_distinct_images({f"the manifest {paths['manifest']}": examples})
         rest, test = hold_out(examples, val_fraction, salt="test:")
         train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))
-        _log(f"one manifest file: {len(val)} images held out for validation and "
-             f"{len(test)} for test")
+        log(f"one manifest file: {len(val)} images held out for validation and "
+            f"{len(test)} for test")
         check_something_to_learn(train, label_map, stats.dropped_unlabeled)
         return {"train": train, "val": val, "test": test}, label_map
 
@@ -89,7 +85,7 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
         examples, split_map, stats = load_split(dataset, split, label_map=label_map, **paths)
         label_map = label_map or split_map
         unlabeled += stats.dropped_unlabeled
-        _log(f"{dataset} {split}: {stats}")
+        log(f"{dataset} {split}: {stats}")
         if val_file is not None and not examples:
             raise SplitTooSmallError(
                 f"{val_file}: no labelled image, so the validation split is empty: list "
@@ -99,7 +95,7 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
     check_distinct_images(splits)
     if "val" not in splits:
         splits["train"], splits["val"] = hold_out(splits["train"], val_fraction)
-        _log(f"held out {len(splits['val'])} training images as the validation split")
+        log(f"held out {len(splits['val'])} training images as the validation split")
     check_something_to_learn(splits["train"], label_map, unlabeled)
     return {split: splits[split] for split in SPLITS}, label_map
 

@@ -9,7 +9,6 @@ a threshold chosen on validation like τ.
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import numpy as np
@@ -20,14 +19,11 @@ from ofrnn_tf.decoding.beam_search import BASELINE_THRESHOLD
 from ofrnn_tf.decoding.calibration import (
     calibrate_decoding, calibrate_outputs, decode_all_steps, objective_value, predictions_at)
 from ofrnn_tf.metrics import evaluate_all, label_set_metrics, mean_average_precision
+from ofrnn_tf.status import log
 
 FIXED_THRESHOLD_KEY = "at_fixed_0.5"
 # The classes no image of the split carries (indices; names in metrics_<split>.json).
 ABSENT_CLASSES_KEY = "classes_without_positives"
-
-
-def _log(message: str) -> None:
-    print(f"[ofrnn_tf] {message}", file=sys.stderr, flush=True)
 
 
 def map_scores(model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
@@ -69,8 +65,8 @@ def calibrate(model, dataset: tf.data.Dataset, decoding: DecodingConfig, max_ste
     """τ for beam width K, and the weight of M_map's scores in the ranking scores, chosen on
     the validation split: what `calibration.json` stores."""
     beam = f"beam {decoding.beam_size}, " if model.uses_decoder else ""
-    _log(f"calibrating τ on the validation split ({beam}objective "
-         f"{decoding.calibration_objective})")
+    log(f"calibrating τ on the validation split ({beam}objective "
+        f"{decoding.calibration_objective})")
     chosen = calibrate_decoding(model, dataset, beam_size=decoding.beam_size,
                                 max_steps=max_steps, min_labels=decoding.min_labels,
                                 objective=decoding.calibration_objective)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import unicodedata
 from typing import Mapping, Sequence
 
@@ -45,6 +44,7 @@ from ofrnn_tf.features.extract import decode_failure, describe_image, extract_sp
 from ofrnn_tf.features.images import (
     ACCEPTED_MAGIC, BMP_FIELDS_BYTES, BMP_MASKS_AT, FORMAT_MAGIC, bmp_problem)
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.status import log
 
 FEATURES_SUBDIR = "features"
 FINGERPRINT_KEY = "content_fingerprint"
@@ -183,9 +183,9 @@ def note_earlier_format(cache_dir: str, dataset: str, backbone: str, feature_lay
         except (FileNotFoundError, ValueError):
             continue
         if found == old:
-            print(f"[ofrnn_tf] features: {directory} holds these image ids and labels, built "
-                  f"by an earlier version {why}: extracting a new cache beside it (runs "
-                  f"trained on it keep using it; delete it once none does)", file=sys.stderr)
+            log(f"features: {directory} holds these image ids and labels, built "
+                f"by an earlier version {why}: extracting a new cache beside it (runs "
+                f"trained on it keep using it; delete it once none does)")
 
 
 def split_complete(directory: str, split: str) -> bool:
@@ -253,10 +253,10 @@ def _report_unservable_images(directory: str, split: str,
                               examples: Sequence[Example]) -> None:
     held = held_unservable(directory, split, examples)
     if held:
-        print(f"[ofrnn_tf] features {split}: {len(held)} image(s) in this cache are refused "
-              f"by the exported model ({'; '.join(held[:3])}{' ...' if len(held) > 3 else ''})"
-              f": extraction now skips them, but this cache was built before it did. Delete "
-              f"{directory} and rerun to train and evaluate without them", file=sys.stderr)
+        log(f"features {split}: {len(held)} image(s) in this cache are refused "
+            f"by the exported model ({'; '.join(held[:3])}{' ...' if len(held) > 3 else ''})"
+            f": extraction now skips them, but this cache was built before it did. Delete "
+            f"{directory} and rerun to train and evaluate without them")
 
 
 def _report_repaired_images(directory: str, split: str) -> None:
@@ -265,10 +265,10 @@ def _report_repaired_images(directory: str, split: str) -> None:
         return
     paths = [path for shard_paths in repaired.values() for path in shard_paths]
     shards = [os.path.join(directory, name) for name in repaired]
-    print(f"[ofrnn_tf] features {split}: {len(paths)} image(s) skipped when the cache was "
-          f"built decode now ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}) but "
-          f"stay out of it: delete {' '.join(shards)} (or the folder {directory}) and rerun "
-          f"to extract them", file=sys.stderr)
+    log(f"features {split}: {len(paths)} image(s) skipped when the cache was "
+        f"built decode now ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}) but "
+        f"stay out of it: delete {' '.join(shards)} (or the folder {directory}) and rerun "
+        f"to extract them")
 
 
 def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, directory: str,
@@ -290,7 +290,7 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     backbone = None
     for split, examples in splits.items():
         if split_complete(directory, split):
-            print(f"[ofrnn_tf] features {split}: cached in {directory}", file=sys.stderr)
+            log(f"features {split}: cached in {directory}")
             _report_repaired_images(directory, split)
             _report_unservable_images(directory, split, examples)
             continue
@@ -298,7 +298,7 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
             backbone = get_backbone(backbone_name, feature_layer)
         summary = extract_split(examples, label_map, backbone, directory, split,
                                 batch_size=batch_size, num_shards=num_shards)
-        print(f"[ofrnn_tf] features {summary}", file=sys.stderr)  # it starts with the split
+        log(f"features {summary}")  # it starts with the split
     record = {FINGERPRINT_KEY: fingerprint}
     if inputs is not None:
         record[INPUTS_KEY] = inputs

@@ -50,6 +50,7 @@ from ofrnn_tf.features.images import decode_and_resize, decode_checked, has_acce
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.tf_errors import op_error_text
+from ofrnn_tf.status import log
 
 _INCOMPLETE_SUFFIX = ".incomplete"
 
@@ -451,7 +452,7 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
             continue
         final = os.path.join(out_dir, tfrecords.shard_filename(split, i, num_shards))
         if os.path.exists(final):  # without its stats record: not trusted, not kept
-            print(f"[ofrnn_tf] {reason}; extracting that shard again", file=sys.stderr)
+            log(f"{reason}; extracting that shard again")
             with contextlib.suppress(FileNotFoundError):
                 os.remove(final)
         ids = range(i * n // num_shards, (i + 1) * n // num_shards)
@@ -492,5 +493,5 @@ def _note_finished_shards(out_dir: str) -> None:
     try:
         tfrecords.write_meta(out_dir)
     except (OSError, ValueError) as error:  # ValueError: an unreadable meta.json
-        print(f"[ofrnn_tf] could not update {os.path.join(out_dir, tfrecords.META_FILENAME)} "
-              f"after the extraction failed: {error}", file=sys.stderr)
+        log(f"could not update {os.path.join(out_dir, tfrecords.META_FILENAME)} "
+            f"after the extraction failed: {error}")

@@ -2,9 +2,9 @@
 
 import json
 import os
-import sys
 
 import tensorflow as tf
+from ofrnn_tf.status import log
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -57,9 +57,9 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
         tf_config = cluster_config()
         # TensorFlow waits for every task of the cluster without a word, and its
         # coordination service takes SIGTERM from then on.
-        print(f"[ofrnn_tf] multi_worker: waiting for every task of the cluster "
-              f"{json.dumps(tf_config['cluster'])} to start; from now on only "
-              f"SIGKILL stops this process (a rerun resumes it)", file=sys.stderr, flush=True)
+        log(f"multi_worker: waiting for every task of the cluster "
+            f"{json.dumps(tf_config['cluster'])} to start; from now on only "
+            f"SIGKILL stops this process (a rerun resumes it)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
