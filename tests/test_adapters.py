@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -349,6 +350,49 @@ def test_manifest_whose_images_all_miss_is_refused_naming_the_first(tmp_path, ca
         "path,labels\n../img/1.jpg,cat\nimg/2.jpg,dog\n")
     examples, _, stats = load_manifest(str(tmp_path / "data" / "lists" / "some.csv"))
     assert len(examples) == 1 and stats.dropped_missing == 1  # some missing: dropped, counted
+
+
+def test_manifest_json_id_null_or_empty_is_the_path_as_an_empty_csv_cell(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        _touch(tmp_path / name)
+    rows = [{"path": "a.png", "labels": ["x"], "id": None},
+            {"path": "b.png", "labels": ["x"], "id": None},
+            {"path": "c.png", "labels": ["x"], "id": ""}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    examples, _, _ = load_manifest(str(tmp_path / "m.jsonl"))
+    assert [e.image_id for e in examples] == ["a.png", "b.png", "c.png"]
+
+
+@pytest.mark.parametrize("sep", ["\t", ";"])
+def test_manifest_header_of_another_separator_is_named(tmp_path, sep):
+    (tmp_path / "m.csv").write_text(f"path{sep}labels\na.png{sep}x\n")
+    named = re.escape(repr(sep))
+    with pytest.raises(DataFileError, match=rf"line 1: header must name the columns 'path' "
+                                            rf"and 'labels', .*: this file separates its "
+                                            rf"fields by {named}, a manifest by ','"):
+        load_manifest(str(tmp_path / "m.csv"))
+
+
+def test_manifest_class_names_alike_but_for_case_are_warned_of(tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        _touch(tmp_path / name)
+    (tmp_path / "m.csv").write_text("path,labels\na.png,Cat;dog\nb.png,cat\n")
+    _, label_map, _ = load_manifest(str(tmp_path / "m.csv"))
+    assert label_map.names == ("Cat", "cat", "dog")
+    assert ("WARNING: class names that differ only in case are distinct classes: 'Cat', "
+            "'cat'") in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text("path,labels\na.png,cat;dog\nb.png,cat\n")
+    load_manifest(str(tmp_path / "m.csv"))
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_manifest_folder_holding_a_split_twice_is_refused(tmp_path):
+    _touch(tmp_path / "x.jpg")
+    (tmp_path / "train.csv").write_text("path,labels\nx.jpg,a\n")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"path": "x.jpg", "labels": ["b"]}))
+    with pytest.raises(DataFileError, match=r"train.csv and train.jsonl both hold the train "
+                                            r"split: keep one of them"):
+        load_split("manifest", "train", data_dir=str(tmp_path))
 
 
 def test_registry_manifest_by_split_name(tmp_path):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from ofrnn_tf.data import DataNotFoundError
+from ofrnn_tf.data import DataFileError, DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.adapters.manifest import load_manifest
 from ofrnn_tf.data.adapters.nuswide import load_nuswide
@@ -43,8 +43,12 @@ def manifest_candidates(data_dir: str, split: str) -> list[str]:
 
 
 def manifest_file(data_dir: str, split: str) -> Optional[str]:
-    """The manifest of `split` in the folder `data_dir`, or None when it has none."""
+    """The manifest of `split` in the folder `data_dir`, or None when it has none;
+    `DataFileError` when the folder holds two (``train.csv`` and ``train.jsonl``)."""
     found = [c for c in manifest_candidates(data_dir, split) if os.path.exists(c)]
+    if len(found) > 1:
+        raise DataFileError(f"{data_dir}: {' and '.join(os.path.basename(f) for f in found)} "
+                            f"both hold the {split} split: keep one of them")
     return found[0] if found else None
 
 

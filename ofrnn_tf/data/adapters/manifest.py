@@ -142,7 +142,8 @@ def _names(labels: Iterable) -> list[str]:
 
 def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
     """Prints the label map built from `path`, and warns of class names holding a comma
-    (``"a,b"`` quoted in CSV, or a JSON string ``"a, b"``): mostly two labels meant."""
+    (``"a,b"`` quoted in CSV, or a JSON string ``"a, b"``: mostly two labels meant) and of
+    names that differ only in case (``Cat`` and ``cat``: mostly one class meant)."""
     names = label_map.names
     print(f"{path}: {len(names)} classes: {listed_names(names, _SHOWN_CLASSES)}",
           file=sys.stderr)
@@ -153,6 +154,14 @@ def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
         print(f"{path}: WARNING: class name(s) holding a comma: {with_comma} (first on "
               f"{first}). Labels are separated by ';' or '|', not ','; if the comma was "
               f"meant to separate two labels, write them as 'a;b'", file=sys.stderr)
+    by_case: dict[str, list[str]] = {}
+    for name in names:
+        by_case.setdefault(name.casefold(), []).append(name)
+    alike = [group for group in by_case.values() if len(group) > 1]
+    if alike:
+        print(f"{path}: WARNING: class names that differ only in case are distinct classes: "
+              f"{'; '.join(', '.join(repr(n) for n in group) for group in alike)}. Write "
+              f"each class one way if one class is meant", file=sys.stderr)
 
 
 def _read_text(path: str) -> str:
@@ -198,8 +207,10 @@ def _csv_rows(path: str, text: str) -> Iterator[Row]:
         raise DataFileError(f"{path}: empty manifest (expected a header 'path,labels')")
     header = [h.strip().lower() for h in header]
     if "path" not in header or "labels" not in header:
+        hint = next((f": this file separates its fields by {sep!r}, a manifest by ','"
+                     for sep in ("\t", ";") if len(header) == 1 and sep in header[0]), "")
         raise DataFileError(f"{path}: line 1: header must name the columns 'path' and "
-                            f"'labels', got {header}")
+                            f"'labels', got {header}{hint}")
     col_path, col_labels = header.index("path"), header.index("labels")
     col_id = header.index("id") if "id" in header else None
     for row in reader:
@@ -289,5 +300,5 @@ def _record_row(path: str, where: str, record) -> Row:
         raise DataFileError(f"{path}: {where}: 'labels' must be a list of class names, got "
                             f"{labels!r}")
     labels = _names(labels)
-    image_id = str(record.get("id", image))
-    return where, image_id, image, labels
+    image_id = record.get("id")  # null or "" (a missing value): the path, as in CSV
+    return where, image if image_id in (None, "") else str(image_id), image, labels
