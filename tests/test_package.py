@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import ofrnn_tf
+
 _PROBE = ("import os, ofrnn_tf, tensorflow as tf; tf.constant(1.0) + 1; "
           "print('ENV', os.environ['TF_ENABLE_ONEDNN_OPTS'])")
 
@@ -53,3 +55,6 @@ def test_source_distribution_holds_what_the_tests_import(tmp_path):
               if name.split("/")[0] in ("tests", "benchmarks", "scripts")
               and name.endswith((".py", ".sh"))}
     assert wanted - shipped == set()
+    # The licence text the metadata names ships, and the version is the package's own.
+    assert "LICENSE" in shipped
+    assert archive.name == f"ofrnn_tf-{ofrnn_tf.__version__}.tar.gz"
