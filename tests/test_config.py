@@ -180,6 +180,7 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
     assert done.returncode == 1
     assert ("train.py: --model.variant=no_attention is an ablation of the paper's decoder"
             in done.stderr), done.stderr[-2000:]
+    assert done.stderr.rstrip().endswith("Try --help for the command's flags.")
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 

@@ -249,6 +249,7 @@ def test_the_command_reports_a_data_file_error_in_one_line(tmp_path):
     assert "train.py: " in done.stderr and "labels ['zebra'] are not in the label map" in \
         done.stderr
     assert "Traceback" not in done.stderr
+    assert "--help" not in done.stderr  # the remedy is in the file, not in a flag
 
 
 # -- a manifest file and a folder ---------------------------------------------------------

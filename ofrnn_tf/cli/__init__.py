@@ -41,7 +41,9 @@ def runner(define_flags, main, on_interrupt: str = ""):
         try:
             return main(argv)
         except app.UsageError as error:
-            print(f"{command}: {error}\nTry --help for the command's flags.", file=sys.stderr)
+            pointer = "" if isinstance(error, InputFileError) else (
+                "\nTry --help for the command's flags.")
+            print(f"{command}: {error}{pointer}", file=sys.stderr)
             return error.exitcode
         except (KeyboardInterrupt, SystemError) as error:
             # A Ctrl-C that lands while TensorFlow's C++ code calls back into Python can
@@ -114,6 +116,24 @@ def trained_run(workdir: str):
     except (FileNotFoundError, DamagedCheckpointError, LabelMapMismatchError) as error:
         raise app.UsageError(str(error)) from None
     return run_dir
+
+
+class InputFileError(app.UsageError):
+    """A usage error whose remedy is in a file the command read (a data file, a feature
+    shard, a run folder's checkpoint or label map), not in its flags: said without the
+    pointer to ``--help``."""
+
+
+def refusal(error: Exception) -> app.UsageError:
+    """The usage error that says one of `input_errors()` in one line."""
+    from ofrnn_tf.data import DataFileError
+    from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
+    from ofrnn_tf.labels import LabelMapMismatchError
+    from ofrnn_tf.run_dir import DamagedCheckpointError
+
+    in_a_file = (DataFileError, CorruptShardError, FeatureCacheDamagedError,
+                 LabelMapMismatchError, DamagedCheckpointError)
+    return (InputFileError if isinstance(error, in_a_file) else app.UsageError)(str(error))
 
 
 def input_errors() -> tuple[type, ...]:

@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 
 from ofrnn_tf.cli import (
-    input_errors, refuse_below, refuse_glob_characters, runner, trained_run)
+    input_errors, refusal, refuse_below, refuse_glob_characters, runner, trained_run)
 from ofrnn_tf.export.saved_model import (
     WarmupImageError, check_warmup_images, save_inference_module)
 from ofrnn_tf.inference.module import (
@@ -74,7 +74,7 @@ def main(argv):
                                           max_image_pixels=FLAGS.max_image_pixels,
                                           jit_compile=FLAGS.jit_compile)
     except (UncalibratedBeamSizeError, *input_errors()) as e:
-        raise app.UsageError(str(e)) from None
+        raise refusal(e) from None
     if not FLAGS.warmup_images:
         paths = _usable_run_examples(module, run_dir.example_images(), FLAGS.num_warmup_images)
     try:

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from ofrnn_tf.cli import input_errors, runner, usable_config
+from ofrnn_tf.cli import input_errors, refusal, runner, usable_config
 from ofrnn_tf.config.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ def main(argv):
     try:
         return _extract(config)
     except input_errors() as error:
-        raise app.UsageError(str(error)) from None  # the input, not the code, is at fault
+        raise refusal(error) from None  # the input, not the code, is at fault
 
 
 def _extract(config) -> int:

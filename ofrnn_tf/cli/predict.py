@@ -19,7 +19,7 @@ import sys
 from absl import app, flags
 
 from ofrnn_tf.cli import (
-    input_errors, refuse_below, refuse_glob_characters, runner, trained_run)
+    input_errors, refusal, refuse_below, refuse_glob_characters, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
@@ -70,7 +70,7 @@ def main(argv):
     except UncalibratedBeamSizeError as error:
         raise app.UsageError(f"{error} Or pass --tau.") from None
     except input_errors() as error:  # an edited label map, backbone weights out of reach
-        raise app.UsageError(str(error)) from None
+        raise refusal(error) from None
     draw = bool(FLAGS.attention_dir)
     if draw:
         if not predictor.module.has_attention:

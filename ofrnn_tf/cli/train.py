@@ -23,7 +23,7 @@ import contextlib
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import input_errors, refuse_glob_characters, runner, usable_config
+from ofrnn_tf.cli import input_errors, refusal, refuse_glob_characters, runner, usable_config
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
     CONFIG_FLAG, config_from_flags, define_config_flags, describe, with_flags)
@@ -80,7 +80,7 @@ def main(argv):
         try:
             _check_buildable(config)
         except input_errors() as error:
-            raise app.UsageError(str(error)) from None
+            raise refusal(error) from None
         print(describe(config))
         return 0
     from ofrnn_tf import pipeline
@@ -95,7 +95,7 @@ def main(argv):
         with _held(RunDir(FLAGS.workdir), config):
             pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     except refused as error:
-        raise app.UsageError(str(error)) from None  # the command, not the code, is at fault
+        raise refusal(error) from None  # the command, not the code, is at fault
     return 0
 
 
