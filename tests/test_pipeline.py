@@ -153,8 +153,11 @@ def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:
 @pytest.mark.parametrize("broken, message", [
     ({"val": 2}, r"the validation split has no example after feature extraction: 2 of its 2 "
                  r"image\(s\) were skipped, unreadable or in a format the served model "
-                 r"refuses \(listed with the reason under 'skipped' in .*meta.json\); remove those images from the data, or replace them "
-                 r"and delete .*/features/\S+ so that they are extracted again"),
+                 r"refuses \(listed with the reason under 'skipped' in .*meta.json\); remove "
+                 r"those images from the data, or replace them with readable files \(a new "
+                 r"feature cache is then extracted beside .*/features/\S+, which can be "
+                 r"deleted once no run uses it; a file of the same size as before needs that "
+                 r"folder deleted first\)"),
     ({"test": 1}, r"the test split has no example after feature extraction: 1 of its 1 "),
     ({"train": 3}, r"the train split has 1 example\(s\) after feature extraction, fewer than "
                    r"one batch of 2: 3 of its 4 image\(s\) were skipped.*lower "

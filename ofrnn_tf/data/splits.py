@@ -201,11 +201,14 @@ def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batc
                 f"skipped, unreadable or in a format the served model refuses (listed with "
                 f"the reason under 'skipped' in {meta_file})")
 
-    # The fingerprint of own data covers each file's size, so a replaced image
-    # gives another cache anyway (deleting the old one frees its space); the benchmark's
-    # is known by image ids and labels alone (see ofrnn_tf.features.cache).
-    remedy = (f"remove those images from the data, or replace them and delete "
-              f"{os.path.dirname(meta_file)} so that they are extracted again")
+    # The fingerprint of own data covers each file's size, so a replaced image of
+    # another size gives another cache anyway; the benchmark's is known by image ids
+    # and labels alone (see ofrnn_tf.features.cache), and so is a file replaced by one
+    # of the same size.
+    remedy = (f"remove those images from the data, or replace them with readable files "
+              f"(a new feature cache is then extracted beside "
+              f"{os.path.dirname(meta_file)}, which can be deleted once no run uses it; "
+              f"a file of the same size as before needs that folder deleted first)")
     if written["train"] < batch_size:
         raise SplitTooSmallError(
             f"the train split has {written['train']} example(s) after feature extraction, "

@@ -120,7 +120,8 @@ def _last_logged_steps(directory: str) -> dict[str, int]:
     last: dict[str, int] = {}
     for path in glob.glob(os.path.join(glob.escape(directory), "events.out.tfevents.*")):
         try:
-            for event in tf.compat.v1.train.summary_iterator(path):
+            for record in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(record.numpy())
                 for value in event.summary.value:
                     last[value.tag] = max(last.get(value.tag, 0), event.step)
         except tf.errors.DataLossError:
