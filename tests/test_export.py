@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import config_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2
 
 from conftest import FAKE_SCORE_MIX, ROOT, run_checked, to_png
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
@@ -25,7 +25,7 @@ from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.client import PREDICT_OUTPUTS
-from ofrnn_tf.serving.local_server import load_session
+from ofrnn_tf.serving.local_server import Servable, load_session, xla_compiled_functions
 from ofrnn_tf.serving.server_process import find_latest_version
 
 pytestmark = pytest.mark.slow  # all share one tiny train.py + export.py run (~1 min)
@@ -274,24 +274,23 @@ def test_served_scores_mix_the_decoders_and_m_maps_with_the_calibrated_weight(
                                atol=1e-5, rtol=0)
 
 
-def xla_must_compile(saved_model_dir: Path) -> list[str]:
-    """Functions of a SavedModel marked `_XlaMustCompile = true` (jit_compile=True)."""
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
-    marked = []
-    for graph in proto.meta_graphs:
-        for function in graph.graph_def.library.function:
-            attrs = [function.attr] + [node.attr for node in function.node_def]
-            if any("_XlaMustCompile" in a and a["_XlaMustCompile"].b for a in attrs):
-                marked.append(function.signature.name)
-    return marked
-
-
 def test_default_export_holds_no_xla_function_and_jit_compile_adds_them(tiny_export_run,
-                                                                         tmp_path):
-    assert xla_must_compile(tiny_export_run.export_dir) == []
+                                                                         tiny_module, tmp_path):
+    assert xla_compiled_functions(str(tiny_export_run.export_dir)) == []
     xla = Path(export_run(str(tiny_export_run.workdir), str(tmp_path / "xla"), jit_compile=True))
-    assert xla_must_compile(xla)
+    assert xla_compiled_functions(str(xla))
+    # The local server refuses it, as TF Serving without its XLA flag would fail it, and
+    # serves it with the flag.
+    with pytest.raises(RuntimeError, match=r"compiles \d+ function\(s\) with XLA .* Start "
+                                           r"this server with --xla_cpu_compilation_enabled"):
+        Servable.load(str(xla.parent), "ofrnn")
+    servable = Servable.load(str(xla.parent), "ofrnn", xla_compilation_enabled=True)
+    try:
+        features = np.zeros((2, *tiny_module.feature_shape), np.float32)
+        got = servable.run("predict_features", {"features": features}, ["num_labels"])
+        assert got["num_labels"].shape == (2,)
+    finally:
+        servable.session.close()
 
 
 def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_export_run, tmp_path):

@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
-from tensorflow.core.protobuf import meta_graph_pb2  # noqa: E402
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
 from tensorflow.python.util import deprecation  # noqa: E402
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -120,10 +120,21 @@ class Servable:
     max_image_pixels: int | None = None  # the export's limit, if it records one
 
     @classmethod
-    def load(cls, model_base_path: str, name: str) -> "Servable":
+    def load(cls, model_base_path: str, name: str, xla_compilation_enabled: bool = False
+             ) -> "Servable":
         """The newest version; RuntimeError naming its folder if it does not load (a
-        copy still running or cut short, say)."""
+        copy still running or cut short, say), or if it holds functions compiled with XLA
+        and `xla_compilation_enabled` is off, as TensorFlow Serving would fail them."""
         version, path = find_latest_version(model_base_path)
+        compiled = xla_compiled_functions(path)
+        if compiled and not xla_compilation_enabled:
+            raise RuntimeError(
+                f"version {version} ({path}) compiles {len(compiled)} function(s) with XLA "
+                f"(an ofrnn-export --jit_compile export), which TensorFlow Serving runs only "
+                f"when started with --xla_cpu_compilation_enabled (on GPUs "
+                f"--xla_gpu_compilation_enabled); without it their first request fails. "
+                f"Start this server with --xla_cpu_compilation_enabled too, or export without "
+                f"--jit_compile")
         try:
             session, signature_defs = load_session(path)
             limit = recorded_image_pixel_limit(path)
@@ -159,6 +170,25 @@ def recorded_image_pixel_limit(saved_model_dir: str) -> int | None:
     except (tf.errors.OpError, ValueError):
         return None  # no variables at all
     return int(reader.get_tensor(_PIXEL_LIMIT_KEY)) if reader.has_tensor(_PIXEL_LIMIT_KEY) else None
+
+
+def xla_compiled_functions(saved_model_dir: str) -> list[str]:
+    """The functions of a SavedModel marked to be compiled with XLA (``jit_compile=True``,
+    the node attribute ``_XlaMustCompile``); none when its ``saved_model.pb`` does not
+    read (the loader then names the problem)."""
+    model = saved_model_pb2.SavedModel()
+    try:
+        with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+            model.ParseFromString(f.read())
+    except (OSError, DecodeError):
+        return []
+    marked = []
+    for graph in model.meta_graphs:
+        for function in graph.graph_def.library.function:
+            attrs = [function.attr] + [node.attr for node in function.node_def]
+            if any("_XlaMustCompile" in a and a["_XlaMustCompile"].b for a in attrs):
+                marked.append(function.signature.name)
+    return marked
 
 
 def load_session(saved_model_dir: str, tags: Sequence[str] = ("serve",)
@@ -547,7 +577,8 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
           port: int = 0, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
           max_image_pixels: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
           max_workers: int = 16, max_concurrent_rpcs: int | None = None,
-          warmup: bool = True) -> tuple[grpc.Server, int]:
+          warmup: bool = True, xla_compilation_enabled: bool = False
+          ) -> tuple[grpc.Server, int]:
     """Loads the newest version under ``model_base_path`` and starts serving it.
 
     Args:
@@ -562,6 +593,9 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         max_workers: threads answering requests.
         max_concurrent_rpcs: further requests get RESOURCE_EXHAUSTED (None: no limit).
         warmup: replay ``assets.extra/tf_serving_warmup_requests`` before serving.
+        xla_compilation_enabled: serve a version with functions compiled with XLA (TF
+            Serving's ``--xla_cpu_compilation_enabled``); refused otherwise, as TF Serving
+            would fail their first request.
 
     Returns:
         The started ``grpc.Server`` and the bound port.
@@ -574,7 +608,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     problem = _bind_problem(host, port)
     if problem:  # refused before the model loads
         raise OSError(f"cannot bind {address}{problem}")
-    servable = Servable.load(model_base_path, model_name)
+    servable = Servable.load(model_base_path, model_name, xla_compilation_enabled)
     try:
         server, bound, service = _start(servable, host, port, max_message_bytes, max_image_pixels,
                                         max_batch_size, max_workers, max_concurrent_rpcs, warmup)
@@ -659,6 +693,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_concurrent_rpcs", None,
                          "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: no limit)")
     flags.DEFINE_bool("warmup", True, "replay assets.extra/tf_serving_warmup_requests before serving")
+    flags.DEFINE_bool("xla_cpu_compilation_enabled", False,
+                      "serve an export with XLA-compiled functions (ofrnn-export --jit_compile), "
+                      "as TF Serving does with this flag; refused without it")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -686,7 +723,8 @@ def main(argv: Sequence[str]) -> None:
                                                else int(FLAGS.max_image_pixels)),
                              max_batch_size=FLAGS.max_batch_size,
                              max_workers=FLAGS.max_workers,
-                             max_concurrent_rpcs=FLAGS.max_concurrent_rpcs, warmup=FLAGS.warmup)
+                             max_concurrent_rpcs=FLAGS.max_concurrent_rpcs, warmup=FLAGS.warmup,
+                             xla_compilation_enabled=FLAGS.xla_cpu_compilation_enabled)
     except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f"local_server: {e}")
     def stop(why: str):
