@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ModelConfig
+from ofrnn_tf.modeling.layers.shapes import dim
 from ofrnn_tf.modeling.layers.visual_attention import VisualAttention
 
 _DEFAULTS = ModelConfig()
@@ -33,10 +34,6 @@ def mask_chosen(logits: tf.Tensor, y_tilde: tf.Tensor) -> tf.Tensor:
     """
     return tf.where(y_tilde > 0, tf.constant(float("-inf"), logits.dtype), logits)
 
-
-def _dim(x: tf.Tensor, axis: int):
-    """Static size of `axis` when known, else the dynamic one (keeps shapes inferable)."""
-    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
 
 
 @keras.saving.register_keras_serializable(package="ofrnn_tf")
@@ -130,10 +127,10 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         elif beam_size is None:
             z, alpha = self.attention(context["projected"], features, state.h)
         else:
-            h = tf.reshape(state.h, [-1, beam_size, _dim(state.h, -1)])
+            h = tf.reshape(state.h, [-1, beam_size, dim(state.h, -1)])
             z, alpha = self.attention(context["projected"], features, h)
-            z = tf.reshape(z, [-1, _dim(z, -1)])
-            alpha = tf.reshape(alpha, [-1, _dim(alpha, -1)])
+            z = tf.reshape(z, [-1, dim(z, -1)])
+            alpha = tf.reshape(alpha, [-1, dim(alpha, -1)])
         dtype = z.dtype
         step_input = tf.concat(
             [tf.cast(state.p, dtype), z, tf.cast(state.y_tilde, dtype)], axis=-1)

@@ -5,11 +5,11 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import ModelConfig
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import CellState
+from ofrnn_tf.modeling.layers.shapes import dim
 
-
-def _dim(x: tf.Tensor, axis: int):
-    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
+_DEFAULTS = ModelConfig()
 
 
 @keras.saving.register_keras_serializable(package="ofrnn_tf")
@@ -49,8 +49,9 @@ class ResidualDecoderCell(keras.layers.Layer):
     (TensorShape([2, 5]), TensorShape([2, 49]), 0.0)
     """
 
-    def __init__(self, num_classes: int, units: int = 256, fc_units: int = 512,
-                 dropout: float = 0.2, **kwargs):
+    def __init__(self, num_classes: int, units: int = _DEFAULTS.lstm_units,
+                 fc_units: int = _DEFAULTS.fc_units, dropout: float = _DEFAULTS.dropout,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.units = units
@@ -86,7 +87,7 @@ class ResidualDecoderCell(keras.layers.Layer):
             self.build(hidden.shape)
         dtype = self.compute_dtype
         cast = lambda x: tf.cast(x, dtype)
-        scale = tf.math.rsqrt(tf.cast(_dim(hidden, -1), self.query_kernel.dtype))
+        scale = tf.math.rsqrt(tf.cast(dim(hidden, -1), self.query_kernel.dtype))
         return {
             "hidden": cast(hidden),
             # What attention reads out per position: A_i and S_i side by side.
@@ -112,13 +113,13 @@ class ResidualDecoderCell(keras.layers.Layer):
         dtype = self.compute_dtype
         n, weights = self.units, context["weights"]
         hidden, memory = context["hidden"], context["memory"]
-        d = _dim(hidden, -1)
+        d = dim(hidden, -1)
         beams = 1 if beam_size is None else beam_size
         # h_{t-1} meets the attention query and the LSTM's recurrent kernel in one product.
         projected = tf.matmul(tf.cast(state.h, dtype), weights["hidden_kernel"]) + weights["hidden_bias"]
         query = tf.reshape(projected[:, :d], [-1, beams, d])  # already scaled by 1/√d
         alpha = tf.nn.softmax(tf.matmul(query, hidden, transpose_b=True), axis=-1)  # [B, K, m]
-        read = tf.reshape(tf.matmul(alpha, memory), [-1, _dim(memory, -1)])  # Σα A, Σα S
+        read = tf.reshape(tf.matmul(alpha, memory), [-1, dim(memory, -1)])  # Σα A, Σα S
         step_input = tf.concat([tf.cast(state.p, dtype), tf.cast(state.y_tilde, dtype), read], -1)
         # The step input meets the LSTM's input kernel and FC1's in one product.
         fused = tf.matmul(step_input, weights["input_kernel"]) + weights["input_bias"]
@@ -129,7 +130,7 @@ class ResidualDecoderCell(keras.layers.Layer):
         correction = tf.cast(self.fc2(self.fc1_dropout(fc1, training=training)), tf.float32)
         logits = tf.reshape(tf.reshape(correction, [-1, beams, self.num_classes])
                             + context["logits"][:, None, :], [-1, self.num_classes])
-        return logits, tf.cast(tf.reshape(alpha, [-1, _dim(alpha, -1)]), tf.float32), h, c
+        return logits, tf.cast(tf.reshape(alpha, [-1, dim(alpha, -1)]), tf.float32), h, c
 
     def get_config(self):
         config = super().get_config()

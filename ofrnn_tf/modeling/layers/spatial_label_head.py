@@ -3,6 +3,10 @@
 import keras
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import ModelConfig
+
+_DEFAULTS = ModelConfig()
+
 
 @keras.saving.register_keras_serializable(package="ofrnn_tf")
 class SpatialLabelHead(keras.layers.Layer):
@@ -41,8 +45,9 @@ class SpatialLabelHead(keras.layers.Layer):
     TensorShape([2, 10])
     """
 
-    def __init__(self, num_classes: int, units: int = 256, dropout: float = 0.3,
-                 sharpness: float = 5.0, kernel_size: int = 1, **kwargs):
+    def __init__(self, num_classes: int, units: int = _DEFAULTS.head_units,
+                 dropout: float = _DEFAULTS.head_dropout, sharpness: float = 5.0,
+                 kernel_size: int = _DEFAULTS.head_kernel_size, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.units = units

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from ofrnn_tf.modeling.layers.shapes import dim
+
 
 @keras.saving.register_keras_serializable(package="ofrnn_tf")
 class VisualAttention(keras.layers.Layer):
@@ -73,8 +75,7 @@ class VisualAttention(keras.layers.Layer):
         arithmetic, and the decoder runs them at every step.
         """
         beams = tf.shape(hidden)[:2]
-        depth = hidden.shape[-1] if hidden.shape[-1] is not None else tf.shape(hidden)[-1]
-        hidden_proj = self._hidden_proj(tf.reshape(hidden, [-1, depth]))
+        hidden_proj = self._hidden_proj(tf.reshape(hidden, [-1, dim(hidden, -1)]))
         hidden_proj = tf.reshape(hidden_proj, tf.concat([beams, [1, self.units]], 0))
         energy = tf.tanh(projected[:, None, :, :] + hidden_proj)  # [B, K, m, units]
         w = tf.cast(self._score.kernel, energy.dtype)  # [units, 1]
