@@ -12,7 +12,11 @@ the fingerprint, not a path, so a run moved to another machine (or another
 ``--runtime.cache_dir``) finds its features again and refuses a cache that holds
 anything else.
 ``meta.json`` keeps, under ``inputs``, what the fingerprint was made of per split (image
-count and digests), so that a changed data set can be named split by split.
+count and digests), so that a changed data set can be named split by split. A new cache
+of own data takes each split whose images are those of an older cache beside it (the
+same ids and file sizes in the same order; only labels, or other splits, changed) from
+that cache, relabelled, without running the backbone (`reusable_source`,
+`ofrnn_tf.features.shard_copy`).
 
 The embedded benchmark's images are a function of its build settings, rebuilt
 identically under any ``--runtime.cache_dir``: its fingerprint covers ids, labels and
@@ -43,6 +47,7 @@ from ofrnn_tf.features.backbones import describe_backbone, get_backbone
 from ofrnn_tf.features.extract import decode_failure, describe_image, extract_split
 from ofrnn_tf.features.images import (
     ACCEPTED_MAGIC, BMP_FIELDS_BYTES, BMP_MASKS_AT, FORMAT_MAGIC, bmp_problem)
+from ofrnn_tf.features.shard_copy import copy_split
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.status import log
 
@@ -271,6 +276,47 @@ def _report_repaired_images(directory: str, split: str) -> None:
         f"to extract them")
 
 
+def reusable_source(directory: str, split: str, inputs: dict | None,
+                    num_shards: int) -> str | None:
+    """Another cache beside `directory` (the same data set, backbone and layer) that holds
+    `split` whole, in `num_shards` shards, extracted from images of the same count and
+    file sizes in the same order (cache format 2; `shard_copy.copy_split` checks their
+    ids), or None; the most recently changed first.
+
+    The embedded benchmark (format 1) never serves: its image ids repeat from one build
+    to another whatever the images."""
+    if inputs is None or inputs["format"] < 2:
+        return None
+    now = inputs["splits"][split]
+    parent, name = os.path.split(os.path.abspath(directory))
+    prefix = name.rsplit("-", 1)[0] + "-"
+    try:
+        siblings = [os.path.join(parent, entry) for entry in os.listdir(parent)
+                    if entry.startswith(prefix) and entry != name and len(entry) == len(name)]
+    except OSError:
+        return None
+    for path in sorted(siblings, key=_changed_at, reverse=True):
+        try:
+            meta = tfrecords.read_meta(path)
+        except (FileNotFoundError, ValueError, OSError):
+            continue
+        then = (meta.get(INPUTS_KEY) or {})
+        described = then.get("splits", {}).get(split) or {}
+        entry = meta.get("splits", {}).get(split) or {}
+        if (then.get("format") == inputs["format"] and described.get("files") == now["files"]
+                and described.get("examples") == now["examples"] and entry.get("complete")
+                and entry.get("num_shards") == num_shards):
+            return path
+    return None
+
+
+def _changed_at(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
 def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, directory: str,
                     backbone_name: str, feature_layer: str, fingerprint: str, *,
                     batch_size: int = 32, num_shards: int = 8,
@@ -294,10 +340,14 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
             _report_repaired_images(directory, split)
             _report_unservable_images(directory, split, examples)
             continue
-        if backbone is None:
-            backbone = get_backbone(backbone_name, feature_layer)
-        summary = extract_split(examples, label_map, backbone, directory, split,
-                                batch_size=batch_size, num_shards=num_shards)
+        source = reusable_source(directory, split, inputs, num_shards)
+        summary = source and copy_split(source, examples, label_map, directory, split,
+                                        num_shards=num_shards)
+        if not summary:
+            if backbone is None:
+                backbone = get_backbone(backbone_name, feature_layer)
+            summary = extract_split(examples, label_map, backbone, directory, split,
+                                    batch_size=batch_size, num_shards=num_shards)
         log(f"features {summary}")  # it starts with the split
     record = {FINGERPRINT_KEY: fingerprint}
     if inputs is not None:

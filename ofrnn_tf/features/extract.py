@@ -55,7 +55,7 @@ from ofrnn_tf.status import log
 _INCOMPLETE_SUFFIX = ".incomplete"
 
 
-def _incomplete_path(final: str) -> str:
+def incomplete_path(final: str) -> str:
     """This process's temporary name for shard `final`, ``<final>.incomplete-<owner tag>``.
 
     Leftovers of processes of this machine that died are removed, and untagged ones of
@@ -79,6 +79,8 @@ class ExtractSummary:
         examples_written: records written by this call.
         skipped: images skipped by this call, ``{"path", "image_id", "reason"}``.
         seconds: wall time of the extraction loop.
+        copied_from: the feature folder the records were copied from, relabelled
+            (`ofrnn_tf.features.shard_copy`), or None when they were extracted.
     """
 
     split: str
@@ -89,6 +91,7 @@ class ExtractSummary:
     examples_written: int = 0
     skipped: list[dict] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    copied_from: str | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -96,6 +99,12 @@ class ExtractSummary:
         return done / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
+        if self.copied_from:
+            return (f"{self.split}: {self.examples_written} examples copied from "
+                    f"{self.copied_from} (the same images) with the labels of now, in "
+                    f"{len(self.shards_written)} shard(s) ({len(self.skipped)} image(s) "
+                    f"skipped there), {len(self.shards_already_done)} shard(s) already done, "
+                    f"of {self.num_shards} → {self.out_dir}")
         return (f"{self.split}: {self.examples_written} examples written in "
                 f"{len(self.shards_written)} shard(s) ({self.images_per_second:.1f} img/s), "
                 f"{len(self.skipped)} image(s) skipped, {len(self.shards_already_done)} "
@@ -310,7 +319,7 @@ class _ShardWriter(threading.Thread):
         self._next += 1
 
     def _open(self, shard: _PendingShard) -> None:
-        shard.temp_path = _incomplete_path(self._path(shard))
+        shard.temp_path = incomplete_path(self._path(shard))
         shard.writer = tf.io.TFRecordWriter(shard.temp_path)
 
     def _path(self, shard: _PendingShard) -> str:
@@ -326,11 +335,11 @@ class _ShardWriter(threading.Thread):
         tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
                                     shard.written, shard.skipped, len(self.examples),
                                     format_checked=tfrecords.FORMAT_CHECKS)
-        _move_into_place(shard.temp_path, final)
+        move_into_place(shard.temp_path, final)
         self.summary.shards_written.append(shard.index)
 
 
-def _move_into_place(temp_path: str, final: str) -> None:
+def move_into_place(temp_path: str, final: str) -> None:
     """Renames a finished shard to `final`. Should another process (on any machine
     sharing the folder) have finished the same shard first, its file stays: a shard's
     bytes depend only on its images and the backbone, so the two are the same."""
@@ -399,6 +408,26 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
     return ds.batch(batch_size).prefetch(2).with_options(options)
 
 
+def prepare_split_folder(out_dir: str, label_map: LabelMap, info: dict, split: str,
+                         num_shards: int, split_size: int) -> None:
+    """Makes `out_dir` ready for the shards of `split`: its label map and backbone `info`
+    written, or checked against those already there, and shards already there checked to
+    be of `num_shards` and a split of `split_size` images."""
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(os.path.join(out_dir, "label_map.json")):
+        label_map.check_same(LabelMap.load(out_dir))
+    else:
+        label_map.save(out_dir)
+    _check_compatible(out_dir, info)
+    _check_existing_shards(out_dir, split, num_shards, split_size)
+    tfrecords.write_meta(out_dir, info)
+
+
+def shard_positions(split_size: int, num_shards: int, index: int) -> range:
+    """The positions in its split of the images of shard `index`: contiguous runs."""
+    return range(index * split_size // num_shards, (index + 1) * split_size // num_shards)
+
+
 def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbone,
                   out_dir: str, split: str, *, batch_size: int = 32, num_shards: int = 4,
                   shard_index: int | None = None, progress: bool = True) -> ExtractSummary:
@@ -430,15 +459,8 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
             raise ValueError(f"example {i} (image {ex.image_id}): label ids {bad} outside "
                              f"the label map's {label_map.num_classes} classes")
 
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(os.path.join(out_dir, "label_map.json")):
-        label_map.check_same(LabelMap.load(out_dir))
-    else:
-        label_map.save(out_dir)
-    info = _backbone_info(backbone)
-    _check_compatible(out_dir, info)
-    _check_existing_shards(out_dir, split, num_shards, len(examples))
-    tfrecords.write_meta(out_dir, info)
+    prepare_split_folder(out_dir, label_map, _backbone_info(backbone), split, num_shards,
+                         len(examples))
 
     summary = ExtractSummary(split=split, out_dir=out_dir, num_shards=num_shards)
     n = len(examples)
@@ -455,7 +477,7 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
             log(f"{reason}; extracting that shard again")
             with contextlib.suppress(FileNotFoundError):
                 os.remove(final)
-        ids = range(i * n // num_shards, (i + 1) * n // num_shards)
+        ids = shard_positions(n, num_shards, i)
         pending.append(_PendingShard(i, len(order), len(order) + len(ids), ids))
         order.extend(ids)
     if not pending:

@@ -1,0 +1,142 @@
+"""A new feature cache takes the splits whose images an older cache holds from it,
+relabelled, without the backbone; other splits, and other images, are extracted."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from ofrnn_tf import pipeline
+from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.data.example import Example
+from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.features.shard_copy import copy_split
+from ofrnn_tf.labels import LabelMap
+
+NAMES = ("circle", "square", "stripe")
+SIZES = {"train": 6, "val": 3, "test": 3}
+
+
+def own_data(folder) -> pipeline.Data:
+    """Small PNGs, the first training one no image at all (skipped at extraction)."""
+    os.makedirs(folder, exist_ok=True)
+    splits = {}
+    for split, count in SIZES.items():
+        splits[split] = []
+        for i in range(count):
+            path = os.path.join(folder, f"{split}{i}.png")
+            if split == "train" and i == 0:
+                open(path, "wb").write(b"not an image")
+            else:
+                Image.fromarray(np.full((16, 16, 3), 30 * i + 5, np.uint8)).save(path)
+            splits[split].append(Example(f"{split}/{i}.png", path, (i % len(NAMES),)))
+    return pipeline.Data(splits, LabelMap(NAMES))
+
+
+def relabelled(data: pipeline.Data, split: str, index: int, label_ids) -> pipeline.Data:
+    splits = {s: list(e) for s, e in data.splits.items()}
+    splits[split][index] = dataclasses.replace(splits[split][index], label_ids=label_ids)
+    return dataclasses.replace(data, splits=splits)
+
+
+def records(directory: str, split: str) -> list[tuple[str, bytes, tuple]]:
+    """(image id, feature bytes, labels) of every record of a split, in order."""
+    out = []
+    for raw in tf.data.TFRecordDataset(tfrecords.shard_files(directory, split)):
+        fields = tf.train.Example.FromString(raw.numpy()).features.feature
+        out.append((fields["image_id"].bytes_list.value[0].decode(),
+                    fields["features"].bytes_list.value[0],
+                    tuple(fields["labels"].int64_list.value)))
+    return out
+
+
+@pytest.fixture
+def setting(tmp_path, monkeypatch, tiny_backbone):
+    """`(config, data, runs)`: own data, and `runs` counting the backbone's builds."""
+    runs = []
+
+    def backbone(*args, **kwargs):
+        runs.append(args)
+        return tiny_backbone
+
+    monkeypatch.setattr(cache, "get_backbone", backbone)
+    config = ExperimentConfig().replace(
+        data={"dataset": "manifest", "data_dir": str(tmp_path / "images")},
+        train={"batch_size": 2}, features={"num_shards": 2},
+        runtime={"cache_dir": str(tmp_path / "cache")})
+    return config, own_data(tmp_path / "images"), runs
+
+
+def test_a_fixed_label_copies_every_split_relabelled_without_the_backbone(setting, capsys):
+    config, data, runs = setting
+    before, _ = pipeline.prepare_features(config, data)
+    assert len(runs) == 1
+    fixed = relabelled(data, "train", 2, (0, 1))
+    after, _ = pipeline.prepare_features(config, fixed)
+    assert after != before and len(runs) == 1  # a new cache, and no backbone
+    assert f"examples copied from {before} (the same images)" in capsys.readouterr().err
+    for split in SIZES:
+        old, new = records(before, split), records(after, split)
+        assert [(i, f) for i, f, _ in new] == [(i, f) for i, f, _ in old]  # byte for byte
+        want = {e.image_id: e.label_ids for e in fixed.splits[split]}
+        assert [labels for i, _, labels in new] == [want[i] for i, _, _ in new]
+    assert records(after, "train")[1][2] == (0, 1)
+    meta = tfrecords.read_meta(after)
+    assert [s["image_id"] for s in meta["splits"]["train"]["skipped"]] == ["train/0.png"]
+    assert meta[cache.FINGERPRINT_KEY] != tfrecords.read_meta(before)[cache.FINGERPRINT_KEY]
+    # The new cache is complete: a rerun reads it as it is.
+    assert pipeline.prepare_features(config, fixed)[0] == after and len(runs) == 1
+
+
+def test_a_split_of_other_images_is_extracted_and_the_others_copied(setting, capsys):
+    config, data, runs = setting
+    before, _ = pipeline.prepare_features(config, data)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data.splits["test"][1].image)
+    after, _ = pipeline.prepare_features(config, data)  # the same labels, a repaired file
+    assert after != before and len(runs) == 2
+    err = capsys.readouterr().err
+    assert err.count("examples copied from") == 2 and "test: 3 examples written" in err
+    assert records(after, "train") == records(before, "train")
+    assert records(after, "test")[1][1] != records(before, "test")[1][1]
+
+
+def test_images_listed_under_other_ids_are_extracted_and_nothing_is_left_behind(setting):
+    """The same files (so the same sizes) under other ids: the ids a source's records
+    carry are checked, and a copy that does not match leaves no file."""
+    config, data, runs = setting
+    before, _ = pipeline.prepare_features(config, data)
+    splits = {s: [dataclasses.replace(e, image_id="x" + e.image_id) for e in examples]
+              for s, examples in data.splits.items()}
+    after, _ = pipeline.prepare_features(config, dataclasses.replace(data, splits=splits))
+    assert len(runs) == 2
+    assert [i for i, _, _ in records(after, "val")] == ["xval/0.png", "xval/1.png", "xval/2.png"]
+    assert not glob.glob(os.path.join(after, "*incomplete*"))
+
+
+def test_copy_split_refuses_a_source_of_another_sharding_or_an_unfinished_split(setting,
+                                                                                 tmp_path):
+    config, data, _ = setting
+    before, _ = pipeline.prepare_features(config, data)
+    split = data.splits["val"]
+    assert copy_split(before, split, data.label_map, str(tmp_path / "a"), "val",
+                      num_shards=3) is None
+    os.remove(tfrecords.shard_files(before, "val")[1])
+    assert copy_split(before, split, data.label_map, str(tmp_path / "b"), "val",
+                      num_shards=2) is None
+
+
+def test_the_benchmark_and_caches_without_file_sizes_are_never_a_source(setting):
+    config, data, _ = setting
+    before, _ = pipeline.prepare_features(config, data)
+    inputs = cache.describe_inputs(data.splits, data.label_map, file_stats=False)
+    assert cache.reusable_source(before + "x", "train", inputs, 2) is None
+    inputs = cache.describe_inputs(data.splits, data.label_map)
+    sibling = before[:-1] + ("0" if before[-1] != "0" else "1")
+    assert cache.reusable_source(sibling, "train", inputs, 2) == before
+    assert cache.reusable_source(sibling, "train", inputs, 3) is None
