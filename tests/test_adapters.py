@@ -395,6 +395,18 @@ def test_manifest_folder_holding_a_split_twice_is_refused(tmp_path):
         load_split("manifest", "train", data_dir=str(tmp_path))
 
 
+def test_manifest_path_typed_in_another_unicode_form_than_its_file_finds_it(tmp_path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    stored = _touch(tmp_path / f"{nfd}.png")  # as a copy from macOS names it
+    _touch(tmp_path / f"{nfc}_typed.png")
+    (tmp_path / "m.csv").write_text(f"path,labels\n{nfc}.png,x\n{nfd}_typed.png,y\n"
+                                    f"gone.png,x\n", encoding="utf-8")
+    examples, _, stats = load_manifest(str(tmp_path / "m.csv"))
+    assert [e.image for e in examples] == [stored, str(tmp_path / f"{nfc}_typed.png")]
+    assert [e.image_id for e in examples] == [f"{nfc}.png", f"{nfd}_typed.png"]  # as listed
+    assert stats.dropped_missing == 1
+
+
 def test_registry_manifest_by_split_name(tmp_path):
     _touch(tmp_path / "x.jpg")
     (tmp_path / "val.jsonl").write_text(json.dumps({"path": "x.jpg", "labels": ["a"]}))

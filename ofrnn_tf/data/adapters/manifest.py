@@ -105,8 +105,11 @@ def load_manifest(path: str,
         if unknown:
             raise DataLabelMapError(_unknown_labels_message(path, where, unknown, label_map))
         if check_files and not os.path.exists(image):
-            stats.missing(image, where)
-            continue
+            found = _in_other_unicode_form(image)
+            if found is None:
+                stats.missing(image, where)
+                continue
+            image = found
         examples.append(Example(image_id=image_id, image=image,
                                 label_ids=tuple(sorted(set(label_map.ids_of(labels))))))
     stats.images = len(examples)
@@ -118,6 +121,17 @@ def load_manifest(path: str,
             f"{stats.first_missing}); relative paths are read from the manifest's folder "
             f"{base}")
     return examples, label_map, stats
+
+
+def _in_other_unicode_form(image: str) -> str | None:
+    """`image` spelt in the other Unicode form (NFC or NFD) when a file of that name
+    exists: a name typed in a manifest (``café`` as one character) and the same file
+    copied from macOS (``e`` and a combining accent) look alike and differ in bytes."""
+    for form in ("NFC", "NFD"):
+        other = unicodedata.normalize(form, image)
+        if other != image and os.path.exists(other):
+            return other
+    return None
 
 
 def _unknown_labels_message(path: str, where: str, unknown: list[str],
