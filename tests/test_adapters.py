@@ -416,6 +416,12 @@ def test_registry_manifest_by_split_name(tmp_path):
         load_split("manifest", "train", data_dir=str(tmp_path))
 
 
+def test_label_map_names_every_id_and_skips_the_padding():
+    label_map = LabelMap(["a", "b", "c"])
+    assert label_map.names_of([0, 2, -1, -1]) == ["a", "c"]
+    assert label_map.ids_of(["c", "a"]) == [2, 0]
+
+
 def test_a_label_map_file_without_classes_or_with_one_twice_is_named(tmp_path):
     for name, names, message in (
             ("empty.json", [], r"a label map needs at least one class"),

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from ofrnn_tf.decoding.beam_search import (
-    beam_search, decode_dataset, greedy_decode, labels_to_multi_hot, make_decoder,
-    select_baseline, select_for_threshold)
+    beam_search, decode_dataset, greedy_decode, labels_to_multi_hot, log_threshold,
+    make_decoder, select_baseline, select_for_threshold)
 from ofrnn_tf.modeling.model import OrderFreeRNN, fixed_label_order
 
 C, M, K_FEAT = 5, 4, 6
@@ -282,6 +282,39 @@ def test_threshold_selection_equals_decoding_at_that_threshold():
                     np.testing.assert_allclose(selected[key], direct[key], rtol=1e-5, atol=1e-6)
 
 
+def exact_threshold(log_prob: np.float32):
+    """A τ whose `log_threshold` is `log_prob` to the bit, or None."""
+    tau = np.float32(np.exp(np.float64(log_prob)))
+    for _ in range(4):
+        got = log_threshold(float(tau))
+        if got == log_prob:
+            return float(tau)
+        tau = np.nextafter(tau, np.float32(np.inf if got < log_prob else 0.0))
+    return None
+
+
+def test_a_threshold_equal_to_a_paths_probability_keeps_that_path():
+    """τ is "at least": a path whose probability is τ exactly is kept, by the graph and by
+    the selection from a recorded pass alike."""
+    model = model_for("order_free")
+    x = make_features(8, seed=3)
+    recorded = to_numpy(beam_search(model, x, beam_size=2, max_steps=4, threshold=0.0,
+                                    all_steps=True))
+    tried = 0
+    for image, step in zip(*np.nonzero(np.isfinite(recorded["step_log_prob"]))):
+        tau = exact_threshold(recorded["step_log_prob"][image, step])
+        if tau is None or tried == 3:
+            continue
+        tried += 1
+        direct = to_numpy(beam_search(model, x, beam_size=2, max_steps=4, threshold=tau,
+                                      min_labels=0))
+        selected = select_for_threshold(recorded, tau, 0)
+        np.testing.assert_array_equal(selected["num_labels"], direct["num_labels"])
+        np.testing.assert_array_equal(selected["labels"], direct["labels"])
+        assert direct["num_labels"][image] >= step + 1
+    assert tried == 3
+
+
 def test_result_does_not_depend_on_batch_composition():
     model = model_for("order_free")
     x = make_features(6, seed=5)
@@ -338,6 +371,11 @@ def test_baseline_thresholds_v_prob():
             assert (out["labels"][i, n:] == -1).all() and n >= min_labels
             assert (np.diff(v_prob[i, chosen]) <= 0).all()  # most probable first
         assert out["attention"].shape == (6, 3, M)
+    # A class whose v_prob is τ exactly is kept ("at least τ"), in the graph and in numpy.
+    scores = out["scores"]  # v_prob as the graph computes it
+    tau = float(scores[2, 1])
+    out = to_numpy(make_decoder(model, max_steps=3, threshold=tau, min_labels=0)(x))
+    assert 1 in out["labels"][2] and select_baseline(scores, tau, 0)[2, 1] == 1
 
 
 def test_xla_matches_graph():
@@ -383,6 +421,8 @@ def test_bad_arguments_are_named():
         beam_search(model, tf.zeros([2, M]), max_steps=2)
     with pytest.raises(ValueError, match=r"labels\[0, 1\]"):
         labels_to_multi_hot(np.array([[0, 7]]), C)
+    with pytest.raises(ValueError, match=rf"labels\[0, 0\] = {C}"):
+        labels_to_multi_hot(np.array([[C]]), C)
     with pytest.raises(ValueError, match="all_steps"):
         select_for_threshold({"labels": np.zeros((1, 2))}, 0.5)
     unbuilt = OrderFreeRNN(num_classes=C, lstm_units=8, attention_units=8, fc_units=8)

@@ -76,6 +76,21 @@ def test_objectives_differ_and_are_validated():
         calibrate_from_outputs(outputs)
 
 
+def test_each_objective_reads_its_own_metric():
+    metrics = {"C-F1": 60.0, "O-F1": 80.0}
+    assert objective_value(metrics, "c_f1") == 60.0
+    assert objective_value(metrics, "o_f1") == 80.0
+    assert objective_value(metrics, "mean_f1") == 70.0
+
+
+def test_score_mix_ties_go_to_m_maps_own_scores():
+    """Scores that rank as M_map's do tie at every weight: the weight is 1, so the served
+    scores are M_map's."""
+    outputs = recorded_outputs()
+    mix, table = choose_score_mix(dict(outputs, path_scores=outputs["v_prob"]))
+    assert len({round(v, 9) for _, v in table}) == 1 and mix == 1.0
+
+
 def test_score_mix_ranks_validation_at_least_as_well_as_m_map():
     rng = np.random.default_rng(4)
     y = (rng.random((200, C)) < 0.4).astype(np.float32)

@@ -328,6 +328,18 @@ def test_residual_cell_matches_numpy_lstm_reference():
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
 
 
+def test_residual_cell_lstm_starts_with_its_forget_gate_open():
+    """Gates in Keras order (input, forget, cell, output): the forget gate's bias starts
+    at 1, the others at 0."""
+    from ofrnn_tf.modeling.layers import ResidualDecoderCell
+
+    cell = ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=UNITS)
+    cell.build((None, M, K))
+    bias = cell.lstm_bias.numpy()
+    np.testing.assert_array_equal(bias[UNITS:2 * UNITS], 1.0)
+    np.testing.assert_array_equal(np.delete(bias, np.s_[UNITS:2 * UNITS]), 0.0)
+
+
 def test_paper_cell_matches_numpy_reference_of_eq_4_to_7():
     """The paper's step against plain numpy: attention (Eq. 4–5), the LSTM over
     `[v_pred, z_t, ỹ_{t-1}]` (Eq. 6) and FC2(FC1([v_pred, z_t, ỹ_{t-1}, h_t])) (Eq. 7)."""
@@ -357,6 +369,18 @@ def test_paper_cell_matches_numpy_reference_of_eq_4_to_7():
     p_ref = fc1 @ cell.fc2.kernel.numpy() + cell.fc2.bias.numpy()
     for got, want in ((alpha, a), (c, c_ref), (h, h_ref), (logits, p_ref)):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_cell_lstm_starts_with_its_forget_gate_open():
+    """Gates in Keras order (input, forget, cell, output): the forget gate's bias starts
+    at 1, the others at 0."""
+    from ofrnn_tf.modeling.layers import ResidualDecoderCell
+
+    cell = ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=UNITS)
+    cell.build((None, M, K))
+    bias = cell.lstm_bias.numpy()
+    np.testing.assert_array_equal(bias[UNITS:2 * UNITS], 1.0)
+    np.testing.assert_array_equal(np.delete(bias, np.s_[UNITS:2 * UNITS]), 0.0)
 
 
 def test_new_layers_config_round_trip():

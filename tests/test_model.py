@@ -169,6 +169,19 @@ def test_stage2_loss_reaches_every_decoder_variable(mode, decoder):
         assert np.any(grad.numpy() != 0), var.path
 
 
+@pytest.mark.parametrize("decoder", ["paper", "residual"])
+def test_stage2_loss_leaves_m_map_without_gradient(decoder):
+    """Algorithm 1: the decoder learns over a frozen M_map, whichever variables a caller
+    hands the optimiser (M_map's logits enter the decoder behind a stop_gradient)."""
+    model = make_model("order_free", decoder=decoder)
+    with tf.GradientTape() as tape:
+        per_example, _ = model.sequence_loss(features(), MANY_LABELS, max_steps=3)
+        loss = tf.reduce_mean(per_example)
+    grads = tape.gradient(loss, model.map_variables)
+    assert model.map_variables and all(
+        g is None or not np.any(g.numpy()) for g in grads), [v.path for v in model.map_variables]
+
+
 def test_step2_loss_has_gradient_through_v_pred():
     """v_pred = sigmoid(p_1) carries step 1's confidence into step 2 (Eq. 6–7)."""
     model = make_model()

@@ -316,6 +316,26 @@ def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(mon
                              r"of 4: send several requests$"):
         local_server.ModelServer(servable, max_batch_size=4).predict(request)
     assert read == []
+    # A request of exactly the limit goes on to the images' headers.
+    request.inputs["images"].CopyFrom(strings([RED] * 4))
+    monkeypatch.setattr(local_server, "read_image_header", lambda item: read.append(item) or (
+        "PNG", 8, 8))
+    with pytest.raises(local_server.RequestError, match="images\\[0\\]: .*above the limit"):
+        local_server.ModelServer(servable, max_batch_size=4, max_image_pixels=63).predict(
+            request)
+    assert read == [RED]
+
+
+def test_the_servers_pixel_limit_takes_an_image_of_exactly_that_many_pixels():
+    from ofrnn_tf.serving import local_server
+
+    info = images_signature().inputs["images"]
+    exact = np.array([encode((1, 2, 3), size=(8, 8))], object)
+    local_server._check_items("images", info, exact, 64)  # 8 x 8 = 64 pixels: taken
+    with pytest.raises(local_server.RequestError,
+                       match=r"^images\[0\]: PNG image is 8x8 = 64 pixels, above the limit "
+                             r"of 63 pixels$"):
+        local_server._check_items("images", info, exact, 63)
 
 
 @pytest.mark.parametrize("flag,message", [

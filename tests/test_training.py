@@ -71,6 +71,23 @@ def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn
                    validate_fn=validate_fn, progress=False)
 
 
+def test_every_epoch_reads_the_training_examples_in_another_order(tmp_path):
+    """The shuffle seed takes the epoch: every epoch sees every example once, each in an
+    order of its own, and a stage repeats it when resumed."""
+    trainer = make_trainer(str(tmp_path), tiny_config(), synthetic_data())
+
+    def order(stage, epoch):
+        rows = [batch["features"].numpy()[:, 0, 0] for batch in
+                trainer._epoch_dataset(stage, epoch, 0)]
+        return np.concatenate(rows)
+
+    first, second = order(1, 0), order(1, 1)
+    assert len(first) == trainer.steps_per_epoch * BATCH
+    assert not np.array_equal(first, second)
+    assert len(set(first.tolist())) == len(first)  # no example twice in an epoch
+    np.testing.assert_array_equal(order(1, 0), first)
+
+
 def scripted_validation(validated: list):
     """A validate_fn returning the scripted scores, recording the weights it saw."""
     counts = {1: 0, 2: 0}
