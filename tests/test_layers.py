@@ -371,18 +371,6 @@ def test_paper_cell_matches_numpy_reference_of_eq_4_to_7():
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
 
 
-def test_residual_cell_lstm_starts_with_its_forget_gate_open():
-    """Gates in Keras order (input, forget, cell, output): the forget gate's bias starts
-    at 1, the others at 0."""
-    from ofrnn_tf.modeling.layers import ResidualDecoderCell
-
-    cell = ResidualDecoderCell(num_classes=C, units=UNITS, fc_units=UNITS)
-    cell.build((None, M, K))
-    bias = cell.lstm_bias.numpy()
-    np.testing.assert_array_equal(bias[UNITS:2 * UNITS], 1.0)
-    np.testing.assert_array_equal(np.delete(bias, np.s_[UNITS:2 * UNITS]), 0.0)
-
-
 def test_new_layers_config_round_trip():
     from ofrnn_tf.modeling.layers import (
         FeatureStandardizer, LabelContext, ResidualDecoderCell, SpatialLabelHead)
