@@ -405,6 +405,8 @@ def test_manifest_path_typed_in_another_unicode_form_than_its_file_finds_it(tmp_
     assert [e.image for e in examples] == [stored, str(tmp_path / f"{nfc}_typed.png")]
     assert [e.image_id for e in examples] == [f"{nfc}.png", f"{nfd}_typed.png"]  # as listed
     assert stats.dropped_missing == 1
+    unchecked, _, _ = load_manifest(str(tmp_path / "m.csv"), check_files=False)
+    assert [e.image for e in unchecked[:2]] == [e.image for e in examples]
 
 
 def test_registry_manifest_by_split_name(tmp_path):

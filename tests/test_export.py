@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import config_pb2
+from google.protobuf import text_format
+from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from conftest import FAKE_SCORE_MIX, ROOT, run_checked, to_png
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
@@ -279,6 +280,12 @@ def test_default_export_holds_no_xla_function_and_jit_compile_adds_them(tiny_exp
     assert xla_compiled_functions(str(tiny_export_run.export_dir)) == []
     xla = Path(export_run(str(tiny_export_run.workdir), str(tmp_path / "xla"), jit_compile=True))
     assert xla_compiled_functions(str(xla))
+    as_text = tmp_path / "as_text"  # the SavedModel in its text form reads the same
+    shutil.copytree(xla, as_text)
+    proto = saved_model_pb2.SavedModel.FromString((as_text / "saved_model.pb").read_bytes())
+    (as_text / "saved_model.pbtxt").write_text(text_format.MessageToString(proto))
+    (as_text / "saved_model.pb").unlink()
+    assert xla_compiled_functions(str(as_text)) == xla_compiled_functions(str(xla))
     # The local server refuses it, as TF Serving without its XLA flag would fail it, and
     # serves it with the flag.
     with pytest.raises(RuntimeError, match=r"compiles \d+ function\(s\) with XLA .* Start "

@@ -24,19 +24,26 @@ SIZES = {"train": 6, "val": 3, "test": 3}
 
 
 def own_data(folder) -> pipeline.Data:
-    """Small PNGs, the first training one no image at all (skipped at extraction)."""
+    """Small PNGs, the first training one unreadable (skipped at extraction): a PNG whose
+    first bytes are damaged, so that `repair` gives it back at its size."""
     os.makedirs(folder, exist_ok=True)
     splits = {}
     for split, count in SIZES.items():
         splits[split] = []
         for i in range(count):
             path = os.path.join(folder, f"{split}{i}.png")
+            Image.fromarray(np.full((16, 16, 3), 30 * i + 5, np.uint8)).save(path)
             if split == "train" and i == 0:
-                open(path, "wb").write(b"not an image")
-            else:
-                Image.fromarray(np.full((16, 16, 3), 30 * i + 5, np.uint8)).save(path)
+                data = open(path, "rb").read()
+                open(path, "wb").write(b"XXXX" + data[4:])
             splits[split].append(Example(f"{split}/{i}.png", path, (i % len(NAMES),)))
     return pipeline.Data(splits, LabelMap(NAMES))
+
+
+def repair(data: pipeline.Data) -> None:
+    path = data.splits["train"][0].image
+    damaged = open(path, "rb").read()
+    open(path, "wb").write(b"\x89PNG" + damaged[4:])
 
 
 def relabelled(data: pipeline.Data, split: str, index: int, label_ids) -> pipeline.Data:
@@ -134,9 +141,54 @@ def test_copy_split_refuses_a_source_of_another_sharding_or_an_unfinished_split(
 def test_the_benchmark_and_caches_without_file_sizes_are_never_a_source(setting):
     config, data, _ = setting
     before, _ = pipeline.prepare_features(config, data)
-    inputs = cache.describe_inputs(data.splits, data.label_map, file_stats=False)
-    assert cache.reusable_source(before + "x", "train", inputs, 2) is None
-    inputs = cache.describe_inputs(data.splits, data.label_map)
-    sibling = before[:-1] + ("0" if before[-1] != "0" else "1")
-    assert cache.reusable_source(sibling, "train", inputs, 2) == before
-    assert cache.reusable_source(sibling, "train", inputs, 3) is None
+    sibling = before[:-1] + ("0" if before[-1] != "0" else "1")  # a name of its length
+    own = cache.describe_inputs(data.splits, data.label_map)
+    assert list(cache.reusable_sources(sibling, "train", own, 2)) == [before]
+    assert list(cache.reusable_sources(sibling, "train", own, 3)) == []
+    # Two builds of the benchmark hold the same ids, whatever their images.
+    bench_config = config.replace(data={"dataset": "fashion_canvases", "data_dir": ""})
+    bench, _ = pipeline.prepare_features(bench_config, data)
+    bench_sibling = bench[:-1] + ("0" if bench[-1] != "0" else "1")
+    benchmark = cache.describe_inputs(data.splits, data.label_map, file_stats=False)
+    assert list(cache.reusable_sources(bench_sibling, "train", benchmark, 2)) == []
+
+
+def test_the_same_names_and_sizes_in_another_folder_are_other_images(setting, tmp_path):
+    config, data, runs = setting
+    before, _ = pipeline.prepare_features(config, data)
+    other = own_data(tmp_path / "other")  # the same ids, files of the same sizes
+    other = relabelled(other, "train", 2, (0, 2))
+    after, _ = pipeline.prepare_features(config, other)
+    assert after != before and len(runs) == 2
+
+
+def test_a_repaired_image_the_source_skipped_is_extracted_not_copied_skipped(setting,
+                                                                            capsys):
+    config, data, runs = setting
+    before, _ = pipeline.prepare_features(config, data)
+    repair(data)  # at its old size: the cache still holds the data as they were
+    after, _ = pipeline.prepare_features(config, relabelled(data, "val", 0, (2,)))
+    assert len(runs) == 2 and "train: 6 examples written" in capsys.readouterr().err
+    assert tfrecords.read_meta(after)["splits"]["train"]["skipped"] == []
+    assert tfrecords.read_meta(before)["splits"]["train"]["skipped"]
+
+
+def test_a_source_that_does_not_serve_gives_way_to_an_older_one(setting):
+    config, data, runs = setting
+    first, _ = pipeline.prepare_features(config, data)
+    renamed = {s: [dataclasses.replace(e, image_id="x" + e.image_id) for e in examples]
+               for s, examples in data.splits.items()}
+    second, _ = pipeline.prepare_features(config, dataclasses.replace(data, splits=renamed))
+    os.utime(first, (1, 1))  # the second is the newer: it is tried first and does not serve
+    third, _ = pipeline.prepare_features(config, relabelled(data, "test", 0, (1, 2)))
+    assert len(runs) == 2 and len({first, second, third}) == 3
+    assert records(third, "train") == records(first, "train")
+
+
+def test_copy_split_checks_the_label_ids_as_extraction_does(setting, tmp_path):
+    config, data, _ = setting
+    before, _ = pipeline.prepare_features(config, data)
+    bad = relabelled(data, "val", 1, (7,)).splits["val"]
+    with pytest.raises(ValueError, match=r"example 1 \(image val/1.png\): label ids \[7\] "
+                                         r"outside the label map's 3 classes"):
+        copy_split(before, bad, data.label_map, str(tmp_path / "c"), "val", num_shards=2)

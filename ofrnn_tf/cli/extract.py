@@ -9,6 +9,9 @@ ahead, or on several machines at once (``--shard_index``):
     ofrnn-extract --config=coco --data.data_dir=/data/coco2014                   # the rest
 
 Each split is cut into ``--features.num_shards`` shards; finished shards are skipped.
+Without ``--shard_index`` a split whose image files an older cache beside it holds is
+copied from it, relabelled (`ofrnn_tf.features.shard_copy`); ``--shard_index`` always
+runs the backbone on its shard.
 """
 
 import sys

@@ -14,8 +14,9 @@ anything else.
 ``meta.json`` keeps, under ``inputs``, what the fingerprint was made of per split (image
 count and digests), so that a changed data set can be named split by split. A new cache
 of own data takes each split whose images are those of an older cache beside it (the
-same ids and file sizes in the same order; only labels, or other splits, changed) from
-that cache, relabelled, without running the backbone (`reusable_source`,
+same files, by path and size, and ids in the same order; only labels, or other splits,
+changed) from
+that cache, relabelled, without running the backbone (`reusable_sources`,
 `ofrnn_tf.features.shard_copy`).
 
 The embedded benchmark's images are a function of its build settings, rebuilt
@@ -39,7 +40,7 @@ import hashlib
 import json
 import os
 import unicodedata
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
@@ -96,16 +97,32 @@ def _files_digest(examples: Sequence[Example]) -> str:
     return digest.hexdigest()
 
 
+def _paths_digest(examples: Sequence[Example]) -> str:
+    """The images' absolute paths in order (in-memory images by their bytes)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        image = example.image
+        where = (_file_record(image) if isinstance(image, bytes)
+                 else os.path.abspath(os.fspath(image)))
+        digest.update(json.dumps(where).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def describe_inputs(splits: Mapping[str, Sequence[Example]], label_map: LabelMap, *,
                     file_stats: bool = True) -> dict:
     """What a cache's fingerprint is made of, per split (kept in meta.json under
     ``inputs``): ``{"format", "labels", "splits": {split: {"examples", "ids_labels",
-    "files"}}}``; ``files`` (format 2) is None with `file_stats` False (format 1)."""
+    "files", "paths"}}}``; ``files`` (format 2) is None with `file_stats` False (format
+    1). ``paths``, the images' absolute paths, is no part of the fingerprint (a copy of
+    the data is the same data); it says where a cache's splits came from, so that a new
+    cache copies only a split of the very same files (`reusable_sources`)."""
     return {"format": CACHE_FORMAT if file_stats else 1,
             "labels": list(label_map.names),
             "splits": {split: {"examples": len(examples),
                                "ids_labels": _split_digest(examples),
-                               "files": _files_digest(examples) if file_stats else None}
+                               "files": _files_digest(examples) if file_stats else None,
+                               "paths": _paths_digest(examples) if file_stats else None}
                        for split, examples in sorted(splits.items())}}
 
 
@@ -276,17 +293,17 @@ def _report_repaired_images(directory: str, split: str) -> None:
         f"to extract them")
 
 
-def reusable_source(directory: str, split: str, inputs: dict | None,
-                    num_shards: int) -> str | None:
-    """Another cache beside `directory` (the same data set, backbone and layer) that holds
-    `split` whole, in `num_shards` shards, extracted from images of the same count and
-    file sizes in the same order (cache format 2; `shard_copy.copy_split` checks their
-    ids), or None; the most recently changed first.
+def reusable_sources(directory: str, split: str, inputs: dict | None,
+                     num_shards: int) -> Iterator[str]:
+    """Other caches beside `directory` (the same data set, backbone and layer), the most
+    recently changed first, that hold `split` whole in `num_shards` shards, extracted
+    from the same image files: the same absolute paths and file sizes in the same order
+    (cache format 2; `shard_copy.copy_split` checks the ids as well).
 
-    The embedded benchmark (format 1) never serves: its image ids repeat from one build
-    to another whatever the images."""
+    The embedded benchmark (format 1) is never a source, nor is a cache whose meta.json
+    does not record its images' paths (built before it did)."""
     if inputs is None or inputs["format"] < 2:
-        return None
+        return
     now = inputs["splits"][split]
     parent, name = os.path.split(os.path.abspath(directory))
     prefix = name.rsplit("-", 1)[0] + "-"
@@ -294,7 +311,7 @@ def reusable_source(directory: str, split: str, inputs: dict | None,
         siblings = [os.path.join(parent, entry) for entry in os.listdir(parent)
                     if entry.startswith(prefix) and entry != name and len(entry) == len(name)]
     except OSError:
-        return None
+        return
     for path in sorted(siblings, key=_changed_at, reverse=True):
         try:
             meta = tfrecords.read_meta(path)
@@ -303,11 +320,11 @@ def reusable_source(directory: str, split: str, inputs: dict | None,
         then = (meta.get(INPUTS_KEY) or {})
         described = then.get("splits", {}).get(split) or {}
         entry = meta.get("splits", {}).get(split) or {}
-        if (then.get("format") == inputs["format"] and described.get("files") == now["files"]
+        if (then.get("format") == inputs["format"] and described.get("paths") == now["paths"]
+                and described.get("files") == now["files"]
                 and described.get("examples") == now["examples"] and entry.get("complete")
                 and entry.get("num_shards") == num_shards):
-            return path
-    return None
+            yield path
 
 
 def _changed_at(path: str) -> float:
@@ -340,19 +357,26 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
             _report_repaired_images(directory, split)
             _report_unservable_images(directory, split, examples)
             continue
-        source = reusable_source(directory, split, inputs, num_shards)
-        summary = source and copy_split(source, examples, label_map, directory, split,
-                                        num_shards=num_shards)
-        if not summary:
+        summary = next(filter(None, (
+            copy_split(source, examples, label_map, directory, split, num_shards=num_shards)
+            for source in reusable_sources(directory, split, inputs, num_shards))), None)
+        if summary is None:
             if backbone is None:
                 backbone = get_backbone(backbone_name, feature_layer)
             summary = extract_split(examples, label_map, backbone, directory, split,
                                     batch_size=batch_size, num_shards=num_shards)
         log(f"features {summary}")  # it starts with the split
     record = {FINGERPRINT_KEY: fingerprint}
-    if inputs is not None:
-        record[INPUTS_KEY] = inputs
+    if inputs is not None and not _has_inputs(meta_path):  # an existing record stays:
+        record[INPUTS_KEY] = inputs  # the same data (its fingerprint), and maybe read-only
     return tfrecords.write_meta(directory, record)
+
+
+def _has_inputs(meta_path: str) -> bool:
+    try:
+        return bool(tfrecords.read_meta_file(meta_path).get(INPUTS_KEY))
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def feature_shape(directory: str) -> tuple[int, int, int]:

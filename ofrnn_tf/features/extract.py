@@ -409,17 +409,23 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
 
 
 def prepare_split_folder(out_dir: str, label_map: LabelMap, info: dict, split: str,
-                         num_shards: int, split_size: int) -> None:
-    """Makes `out_dir` ready for the shards of `split`: its label map and backbone `info`
-    written, or checked against those already there, and shards already there checked to
-    be of `num_shards` and a split of `split_size` images."""
+                         num_shards: int, examples: Sequence[Example]) -> None:
+    """Makes `out_dir` ready for the shards of `split`: the label ids of `examples`
+    checked against `label_map`, the map and backbone `info` written or checked against
+    those already there, and shards already there checked to be of `num_shards` and a
+    split of as many images."""
+    for i, ex in enumerate(examples):
+        bad = [c for c in ex.label_ids if not 0 <= c < label_map.num_classes]
+        if bad:
+            raise ValueError(f"example {i} (image {ex.image_id}): label ids {bad} outside "
+                             f"the label map's {label_map.num_classes} classes")
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(os.path.join(out_dir, "label_map.json")):
         label_map.check_same(LabelMap.load(out_dir))
     else:
         label_map.save(out_dir)
     _check_compatible(out_dir, info)
-    _check_existing_shards(out_dir, split, num_shards, split_size)
+    _check_existing_shards(out_dir, split, num_shards, len(examples))
     tfrecords.write_meta(out_dir, info)
 
 
@@ -453,14 +459,9 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
         raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for i, ex in enumerate(examples):
-        bad = [c for c in ex.label_ids if not 0 <= c < label_map.num_classes]
-        if bad:
-            raise ValueError(f"example {i} (image {ex.image_id}): label ids {bad} outside "
-                             f"the label map's {label_map.num_classes} classes")
 
     prepare_split_folder(out_dir, label_map, _backbone_info(backbone), split, num_shards,
-                         len(examples))
+                         examples)
 
     summary = ExtractSummary(split=split, out_dir=out_dir, num_shards=num_shards)
     n = len(examples)

@@ -4,8 +4,10 @@ A feature cache is known by its data's labels as well as its images
 (`ofrnn_tf.features.cache`), so a fixed label, a renamed class or an edited test split
 gives a new cache. Its splits whose images are unchanged need no backbone: their
 records are copied from the older cache with the labels of now (`copy_split`), record
-by record, the features byte for byte. Which cache may serve is `cache.reusable_source`'s
-choice; the image ids are checked here against every record and every skipped image.
+by record, the features byte for byte. Which caches may serve is the choice of
+`cache.reusable_sources` (the same image files: paths and sizes); the image ids are
+checked here against every record and every skipped image, and a source whose skipped
+images decode now (repaired at their old size) does not serve.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import tensorflow as tf
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.extract import (
-    ExtractSummary, incomplete_path, move_into_place, prepare_split_folder, shard_positions)
+    ExtractSummary, decode_failure, incomplete_path, move_into_place, prepare_split_folder,
+    shard_positions)
 from ofrnn_tf.labels import LabelMap
 
 _BACKBONE_KEYS = ("backbone", "feature_layer", "image_size", "feature_shape")
@@ -45,9 +48,10 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
         return None
     shards = entry["shards"]
     if (not entry.get("complete") or entry["num_shards"] != num_shards
-            or any(s.get("format_checked", 0) < tfrecords.FORMAT_CHECKS for s in shards.values())):
+            or any(s.get("format_checked", 0) < tfrecords.FORMAT_CHECKS for s in shards.values())
+            or _skipped_that_decode_now(entry["skipped"], examples, int(info["image_size"]))):
         return None
-    prepare_split_folder(out_dir, label_map, info, split, num_shards, len(examples))
+    prepare_split_folder(out_dir, label_map, info, split, num_shards, examples)
     summary = ExtractSummary(split=split, out_dir=out_dir, num_shards=num_shards)
     start = time.perf_counter()
     written: list[tuple[int, str, int, list]] = []  # (index, temporary file, records, skipped)
@@ -83,6 +87,16 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
     summary.copied_from = source_dir
     tfrecords.write_meta(out_dir)
     return summary
+
+
+def _skipped_that_decode_now(skipped: Sequence[dict], examples: Sequence[Example],
+                             image_size: int) -> bool:
+    """Whether an image the source skipped decodes now (repaired at its old size): its
+    shard is then extracted, not copied with the image left out again."""
+    images = {example.image_id: example for example in examples}
+    return any(str(s["image_id"]) in images
+               and decode_failure(images[str(s["image_id"])].image, image_size) is None
+               for s in skipped)
 
 
 def _relabel_shard(source: str, temp: str, wanted: Sequence[Example],

@@ -61,6 +61,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
 from tensorflow.python.util import deprecation  # noqa: E402
@@ -174,13 +175,18 @@ def recorded_image_pixel_limit(saved_model_dir: str) -> int | None:
 
 def xla_compiled_functions(saved_model_dir: str) -> list[str]:
     """The functions of a SavedModel marked to be compiled with XLA (``jit_compile=True``,
-    the node attribute ``_XlaMustCompile``); none when its ``saved_model.pb`` does not
-    read (the loader then names the problem)."""
+    the node attribute ``_XlaMustCompile``); none when its ``saved_model.pb`` (or
+    ``.pbtxt``) does not read (the loader then names the problem)."""
     model = saved_model_pb2.SavedModel()
+    binary = os.path.join(saved_model_dir, "saved_model.pb")
     try:
-        with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
-            model.ParseFromString(f.read())
-    except (OSError, DecodeError):
+        if os.path.exists(binary):
+            with open(binary, "rb") as f:
+                model.ParseFromString(f.read())
+        else:
+            with open(os.path.join(saved_model_dir, "saved_model.pbtxt")) as f:
+                text_format.Parse(f.read(), model)
+    except (OSError, DecodeError, text_format.ParseError, UnicodeDecodeError):
         return []
     marked = []
     for graph in model.meta_graphs:

@@ -104,12 +104,15 @@ def load_manifest(path: str,
         unknown = [n for n in labels if n not in label_map.names]
         if unknown:
             raise DataLabelMapError(_unknown_labels_message(path, where, unknown, label_map))
-        if check_files and not os.path.exists(image):
+        # Without `check_files` no file is looked at, but a name that may be spelt in
+        # the other Unicode form (eval mode compares the run with its data by path).
+        if (check_files or not image.isascii()) and not os.path.exists(image):
             found = _in_other_unicode_form(image)
-            if found is None:
+            if found is not None:
+                image = found
+            elif check_files:
                 stats.missing(image, where)
                 continue
-            image = found
         examples.append(Example(image_id=image_id, image=image,
                                 label_ids=tuple(sorted(set(label_map.ids_of(labels))))))
     stats.images = len(examples)
