@@ -29,6 +29,7 @@ from ofrnn_tf.features.backbones import describe_backbone
 from ofrnn_tf.features.extract import decode_failure
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.inference.predictor import Predictor
+from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap, listed_names
 from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
@@ -478,7 +479,8 @@ _NAMED_LEFT_OUT = 5  # test images left out of the examples that the log names
 
 def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) -> list[str]:
     """Copies the first test images the served model accepts into the run folder (export
-    warm-up, demos) and draws their attention pictures; returns the copied paths."""
+    warm-up, demos), says in examples.json which test image each copy is, and draws their
+    attention pictures; returns the copied paths."""
     chosen = _servable_examples(data.splits["test"], num)
     os.makedirs(run_dir.examples_dir, exist_ok=True)
     # Prefixed with the index (as the attention pictures are): test images of the same
@@ -488,11 +490,14 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
     for stale in set(run_dir.example_images()) - set(targets):  # an earlier call's copies
         if os.path.isfile(stale):
             os.remove(stale)
-    copies, truth = [], {}
+    copies, truth, index = [], {}, []
     for example, target in zip(chosen, targets):
         shutil.copyfile(example.image, target)
         copies.append(target)
         truth[target] = data.label_map.names_of(example.label_ids)
+        index.append({"file": os.path.relpath(target, run_dir.path),
+                      "image_id": example.image_id, "labels": truth[target]})
+    write_json(run_dir.examples_index_file, index)
     render_examples(Predictor.from_run(run_dir), copies, run_dir.attention_dir,
                     ground_truth=truth, max_images=num)
     return copies

@@ -314,6 +314,11 @@ class RunDir:
         """A few test images of the run's data (export warm-up requests, demos)."""
         return self.file("examples")
 
+    @property
+    def examples_index_file(self) -> str:
+        """Which test image each copy in `examples_dir` is: its image id and labels."""
+        return self.file("examples.json")
+
     def example_images(self) -> list[str]:
         if not os.path.isdir(self.examples_dir):
             return []

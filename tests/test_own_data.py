@@ -27,6 +27,7 @@ from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import SplitTooSmallError, load_examples
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
+from ofrnn_tf.jsonio import read_json
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 
@@ -276,6 +277,9 @@ def test_example_images_of_the_same_name_in_two_folders_are_both_kept(
     for copy, source in zip(copies, paths):
         assert open(copy, "rb").read() == open(source, "rb").read()
     assert [drawn[c] for c in copies] == [["red"], ["blue"]]
+    assert read_json(run_dir.examples_index_file) == [
+        {"file": os.path.join("examples", "000_000.png"), "image_id": "0", "labels": ["red"]},
+        {"file": os.path.join("examples", "001_000.png"), "image_id": "1", "labels": ["blue"]}]
 
 
 # -- the cache fingerprint covers the image files -----------------------------------------
