@@ -58,7 +58,8 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         dropout: dropout rate on FC1 while training (the paper keeps 0.8, i.e. 0.2).
         use_attention: False gives the "w/o attention" ablation: `z_t = mean_i v_i`.
 
-    Example:
+    Example (one greedy step of the cell alone, from a zero state; `OrderFreeRNN` starts
+    from `h_0, c_0 = tanh(Dense(mean_i v_i))` and steps with `predict` and `advance`):
     >>> cell = ConfidenceRankedLSTMCell(num_classes=5, units=8, attention_units=8, fc_units=8)
     >>> v = tf.random.normal([2, 49, 16])
     >>> context = cell.prepare(v)
