@@ -374,7 +374,7 @@ def serve_session(monkeypatch, session) -> None:
     """Makes `local_server.serve` load a version of one image signature run by `session`."""
     from ofrnn_tf.serving import local_server
 
-    monkeypatch.setattr(local_server.Servable, "load", lambda path, name: local_server.Servable(
+    monkeypatch.setattr(local_server.Servable, "load", lambda path, name, *_: local_server.Servable(
         name, 1, path, {"serving_default": images_signature()}, session))
 
 
