@@ -1,7 +1,8 @@
 """The run folder: every file a run writes, named in this one module.
 
-A run folder holds everything needed to evaluate, export or resume a run, and only
-relative names, so it can be moved or copied to another machine:
+A run folder holds everything needed to evaluate, export or resume a run, and needs no
+absolute path (data flags and image ids are kept as given), so it can be moved or
+copied to another machine:
 
 ==========================  =========================================================
 ``run.json``                the `ExperimentConfig` (without its runtime section) and the
@@ -18,6 +19,7 @@ relative names, so it can be moved or copied to another machine:
 ``tensorboard/``            training curves
 ``attention/``              attention pictures of test images (paper Fig. 3)
 ``examples/``               those test images (export warm-up, demos)
+``examples.json``           which test image (image id) and labels each copy is
 ``.lock``                   who holds the folder while a training or evaluation runs
                             (`RunDir.exclusive`)
 ==========================  =========================================================

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -160,6 +161,32 @@ def test_the_same_names_and_sizes_in_another_folder_are_other_images(setting, tm
     other = relabelled(other, "train", 2, (0, 2))
     after, _ = pipeline.prepare_features(config, other)
     assert after != before and len(runs) == 2
+
+
+def test_files_rewritten_in_place_at_their_sizes_are_other_images(setting):
+    """Data regenerated in their folder (the same names and sizes, new pixels and labels):
+    the files' times tell the split apart; the untouched splits are still copied."""
+    config, data, runs = setting
+    before, _ = pipeline.prepare_features(config, data)
+    later = os.stat(data.splits["train"][3].image).st_mtime_ns + 10**9
+    os.utime(data.splits["train"][3].image, ns=(later, later))
+    after, _ = pipeline.prepare_features(config, relabelled(data, "train", 3, (2,)))
+    assert after != before and len(runs) == 2
+    assert records(after, "val") == records(before, "val")
+
+
+def test_a_cache_keeps_the_record_of_the_files_it_was_built_from(setting, tmp_path):
+    """The same data in another folder find the cache by its fingerprint, and its meta.json
+    is left as it is (it may be read-only); a later copy from it needs its own files."""
+    config, data, _ = setting
+    before, _ = pipeline.prepare_features(config, data)
+    recorded = tfrecords.read_meta(before)[cache.INPUTS_KEY]
+    moved = tmp_path / "moved"
+    shutil.copytree(os.path.dirname(data.splits["train"][0].image), moved)
+    splits = {s: [dataclasses.replace(e, image=str(moved / os.path.basename(e.image)))
+                  for e in examples] for s, examples in data.splits.items()}
+    again, _ = pipeline.prepare_features(config, dataclasses.replace(data, splits=splits))
+    assert again == before and tfrecords.read_meta(before)[cache.INPUTS_KEY] == recorded
 
 
 def test_a_repaired_image_the_source_skipped_is_extracted_not_copied_skipped(setting,

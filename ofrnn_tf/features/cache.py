@@ -14,10 +14,11 @@ anything else.
 ``meta.json`` keeps, under ``inputs``, what the fingerprint was made of per split (image
 count and digests), so that a changed data set can be named split by split. A new cache
 of own data takes each split whose images are those of an older cache beside it (the
-same files, by path and size, and ids in the same order; only labels, or other splits,
-changed) from
-that cache, relabelled, without running the backbone (`reusable_sources`,
-`ofrnn_tf.features.shard_copy`).
+same files, by path, time and size, and ids in the same order; only labels, or other
+splits, changed) from that cache, relabelled, without running the backbone
+(`reusable_sources`, `ofrnn_tf.features.shard_copy`). A cache keeps the record of the
+files it was first built from, so one built before this record was kept, or whose data
+have moved since, is never copied from.
 
 The embedded benchmark's images are a function of its build settings, rebuilt
 identically under any ``--runtime.cache_dir``: its fingerprint covers ids, labels and
@@ -97,13 +98,20 @@ def _files_digest(examples: Sequence[Example]) -> str:
     return digest.hexdigest()
 
 
-def _paths_digest(examples: Sequence[Example]) -> str:
-    """The images' absolute paths in order (in-memory images by their bytes)."""
+def _sources_digest(examples: Sequence[Example]) -> str:
+    """The images' absolute paths and modification times in order (in-memory images by
+    their bytes)."""
     digest = hashlib.sha256()
     for example in examples:
         image = example.image
-        where = (_file_record(image) if isinstance(image, bytes)
-                 else os.path.abspath(os.fspath(image)))
+        if isinstance(image, bytes):
+            where = _file_record(image)
+        else:
+            path = os.path.abspath(os.fspath(image))
+            try:
+                where = [path, os.stat(path).st_mtime_ns]
+            except OSError:
+                where = [path, None]
         digest.update(json.dumps(where).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -113,16 +121,17 @@ def describe_inputs(splits: Mapping[str, Sequence[Example]], label_map: LabelMap
                     file_stats: bool = True) -> dict:
     """What a cache's fingerprint is made of, per split (kept in meta.json under
     ``inputs``): ``{"format", "labels", "splits": {split: {"examples", "ids_labels",
-    "files", "paths"}}}``; ``files`` (format 2) is None with `file_stats` False (format
-    1). ``paths``, the images' absolute paths, is no part of the fingerprint (a copy of
-    the data is the same data); it says where a cache's splits came from, so that a new
-    cache copies only a split of the very same files (`reusable_sources`)."""
+    "files", "sources"}}}``; ``files`` and ``sources`` (format 2) are None with
+    `file_stats` False (format 1). ``sources``, the images' absolute paths and
+    modification times, is no part of the fingerprint (a copy of the data is the same
+    data); it says which files a cache's splits were extracted from, so that a new cache
+    copies only a split of the very same, unchanged files (`reusable_sources`)."""
     return {"format": CACHE_FORMAT if file_stats else 1,
             "labels": list(label_map.names),
             "splits": {split: {"examples": len(examples),
                                "ids_labels": _split_digest(examples),
                                "files": _files_digest(examples) if file_stats else None,
-                               "paths": _paths_digest(examples) if file_stats else None}
+                               "sources": _sources_digest(examples) if file_stats else None}
                        for split, examples in sorted(splits.items())}}
 
 
@@ -297,11 +306,12 @@ def reusable_sources(directory: str, split: str, inputs: dict | None,
                      num_shards: int) -> Iterator[str]:
     """Other caches beside `directory` (the same data set, backbone and layer), the most
     recently changed first, that hold `split` whole in `num_shards` shards, extracted
-    from the same image files: the same absolute paths and file sizes in the same order
-    (cache format 2; `shard_copy.copy_split` checks the ids as well).
+    from the same image files, unchanged since: the same absolute paths, modification
+    times and sizes in the same order (cache format 2; `shard_copy.copy_split` checks
+    the ids as well).
 
     The embedded benchmark (format 1) is never a source, nor is a cache whose meta.json
-    does not record its images' paths (built before it did)."""
+    does not record its images' sources (built before it did)."""
     if inputs is None or inputs["format"] < 2:
         return
     now = inputs["splits"][split]
@@ -320,7 +330,8 @@ def reusable_sources(directory: str, split: str, inputs: dict | None,
         then = (meta.get(INPUTS_KEY) or {})
         described = then.get("splits", {}).get(split) or {}
         entry = meta.get("splits", {}).get(split) or {}
-        if (then.get("format") == inputs["format"] and described.get("paths") == now["paths"]
+        if (then.get("format") == inputs["format"]
+                and described.get("sources") == now["sources"]
                 and described.get("files") == now["files"]
                 and described.get("examples") == now["examples"] and entry.get("complete")
                 and entry.get("num_shards") == num_shards):

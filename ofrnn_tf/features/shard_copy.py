@@ -5,7 +5,7 @@ A feature cache is known by its data's labels as well as its images
 gives a new cache. Its splits whose images are unchanged need no backbone: their
 records are copied from the older cache with the labels of now (`copy_split`), record
 by record, the features byte for byte. Which caches may serve is the choice of
-`cache.reusable_sources` (the same image files: paths and sizes); the image ids are
+`cache.reusable_sources` (the same image files: paths, times and sizes); the image ids are
 checked here against every record and every skipped image, and a source whose skipped
 images decode now (repaired at their old size) does not serve.
 """
