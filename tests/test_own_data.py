@@ -187,6 +187,15 @@ def test_the_first_missing_image_is_named_with_its_line(tmp_path, capsys):
     assert f"(first: {os.path.join(image_dir, 'b.png')}, image id 2)" in capsys.readouterr().err
     assert stats.dropped_missing == 1
 
+    # Several: the first three are named, the rest counted.
+    (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "".join(
+        f"img/nope{i}.png,a\n" for i in range(5)))
+    load_examples("manifest", {"data_dir": root}, 0.05)
+    named = "; ".join(f"{os.path.join(root, 'img', f'nope{i}.png')}, line {14 + i}"
+                      for i in range(3))
+    assert (f"5 dropped with a missing file (first: {named}; and 2 more)"
+            in capsys.readouterr().err)
+
 
 def test_nuswide_names_the_first_missing_image_and_its_list_line(tmp_path, capsys):
     root = tmp_path / "nus"

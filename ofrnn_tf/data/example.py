@@ -37,6 +37,10 @@ class Example:
                 f"{len(self.label_ids)} labels")
 
 
+# Missing images a load names in its summary (the rest are counted).
+_NAMED_MISSING = 3
+
+
 @dataclasses.dataclass
 class LoadStats:
     """What an adapter kept and dropped, printed at the end of a load."""
@@ -44,19 +48,25 @@ class LoadStats:
     images: int = 0
     dropped_unlabeled: int = 0
     dropped_missing: int = 0
-    # The first image dropped as missing: its path and where the data file lists it
-    # ("line 7", "image id 42"), so that the user can find the row.
-    first_missing: Optional[str] = None
+    # The first images dropped as missing: each path and where the data file lists it
+    # ("line 7", "image id 42"), so that the user can find the rows.
+    named_missing: list = dataclasses.field(default_factory=list)
 
     def missing(self, path: str, where: str = "") -> None:
-        """Counts a listed image whose file does not exist (naming the first)."""
+        """Counts a listed image whose file does not exist (naming the first few)."""
         self.dropped_missing += 1
-        if self.first_missing is None:
-            self.first_missing = f"{path}, {where}" if where else path
+        if len(self.named_missing) < _NAMED_MISSING:
+            self.named_missing.append(f"{path}, {where}" if where else path)
+
+    @property
+    def first_missing(self) -> Optional[str]:
+        return self.named_missing[0] if self.named_missing else None
 
     def __str__(self) -> str:
         text = (f"{self.images} images kept, {self.dropped_unlabeled} dropped with no "
                 f"label, {self.dropped_missing} dropped with a missing file")
-        if self.dropped_missing and self.first_missing:
-            text += f" (first: {self.first_missing})"
+        if self.named_missing:
+            more = self.dropped_missing - len(self.named_missing)
+            text += (f" (first: {'; '.join(self.named_missing)}"
+                     f"{f'; and {more} more' if more else ''})")
         return text
