@@ -4,6 +4,7 @@ folder another one holds."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -99,6 +100,19 @@ def test_predict_names_damaged_best_weights_in_one_line(make_fake_run, tmp_path)
     done = run_checked([sys.executable, str(ROOT / "predict.py"), f"--workdir={run_dir.path}",
                         str(tmp_path / "any.jpg")], expect_failure=True)
     assert "the best weights" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "--help" not in done.stderr  # the remedy is in the run folder, not in a flag
+
+
+def test_print_config_names_a_run_whose_checkpoints_do_not_read_in_one_line(make_fake_run,
+                                                                            tmp_path):
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    for path in glob.glob(os.path.join(run_dir.checkpoints_dir(), "ckpt-*.data-*")):
+        os.truncate(path, 10)
+    done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={run_dir.path}",
+                        "--print_config"], expect_failure=True)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert (f"train.py: no checkpoint in {run_dir.checkpoints_dir()} can be read" in done.stderr
+            and "--help" not in done.stderr), done.stderr
 
 
 # -- an edited label map -----------------------------------------------------------------
@@ -113,6 +127,7 @@ def test_predict_and_export_refuse_a_permuted_label_map_in_one_line(make_fake_ru
     done = run_checked([sys.executable, str(ROOT / "predict.py"), f"--workdir={run}",
                         str(tmp_path / "any.jpg")], expect_failure=True)
     assert "label map mismatch" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "--help" not in done.stderr
 
 
 # -- one command at a time ---------------------------------------------------------------

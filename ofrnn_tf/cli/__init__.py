@@ -114,7 +114,7 @@ def trained_run(workdir: str):
         run_dir.require().weights_path()
         run_dir.label_map()
     except (FileNotFoundError, DamagedCheckpointError, LabelMapMismatchError) as error:
-        raise app.UsageError(str(error)) from None
+        raise refusal(error) from None
     return run_dir
 
 

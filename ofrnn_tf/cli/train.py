@@ -77,6 +77,8 @@ def main(argv):
                 check_finished_stages(run_dir, config, FLAGS.mode)
             except IncompatibleRunError as error:
                 raise app.UsageError(str(error)) from None
+            except input_errors() as error:  # a run folder whose checkpoints do not read
+                raise refusal(error) from None
         try:
             _check_buildable(config)
         except input_errors() as error:

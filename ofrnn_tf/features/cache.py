@@ -349,8 +349,11 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
                     backbone_name: str, feature_layer: str, fingerprint: str, *,
                     batch_size: int = 32, num_shards: int = 8,
                     inputs: dict | None = None) -> dict:
-    """Extracts every split whose shards are not all there; returns the cache's meta.json
-    (with `inputs`, the `describe_inputs` of `fingerprint`, when given).
+    """Makes every split whose shards are not all there: copied, relabelled, from an
+    older cache of the same image files (`reusable_sources`, `shard_copy.copy_split`),
+    else extracted; returns the cache's meta.json, with `inputs` (the `describe_inputs`
+    of `fingerprint`, when given) unless it already records the inputs it was built from,
+    which it keeps.
 
     A cache folder that already carries another fingerprint is refused. A complete cache
     whose meta.json already says all of this is only read (`tfrecords.write_meta` leaves
