@@ -778,7 +778,8 @@ def test_mixed_precision_computes_in_float16_and_trains(tmp_path, parts):
 @pytest.mark.parametrize("first", [True, False], ids=["float16_then_float32", "float32_then_float16"])
 def test_a_run_resumes_with_mixed_precision_switched(tmp_path, first):
     """`--runtime.mixed_precision` may change between reruns (a run moved off its GPUs):
-    the optimizers keep the checkpoint layout the run started with."""
+    the optimizers keep the checkpoint layout the run started with, and a run without
+    loss scaling goes on in float32, never in float16 without it."""
     import keras
 
     def trainer_with(mixed_precision, stage2_epochs):
@@ -791,6 +792,8 @@ def test_a_run_resumes_with_mixed_precision_switched(tmp_path, first):
         resumed = trainer_with(not first, 2)
         assert resumed.loss_scaling == first
         assert isinstance(resumed.optimizers[2], keras.optimizers.LossScaleOptimizer) == first
+        assert resumed.mixed_precision is False  # float32 asked, or no loss scaling
+        assert resumed.model.compute_dtype == "float32"
         assert resumed.restore() and int(resumed.stage) == 3
         before = weights(resumed.model.decoder_variables)
         resumed.train()

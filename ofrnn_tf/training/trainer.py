@@ -100,8 +100,8 @@ def _checkpoints_scale_loss(latest: Optional[str], mixed_precision: bool) -> boo
     A loss-scaling optimizer saves another checkpoint layout than plain Adam, and
     `--runtime.mixed_precision` may change between reruns (a run moved off its GPUs):
     the run keeps the layout it started with. Loss scaling in float32 only multiplies
-    the loss and divides the gradients back; without it a float16 run risks gradients
-    too small for float16 until the run ends, so it says so.
+    the loss and divides the gradients back; without it float16 gradients can be too
+    small for float16, so a run without it goes on in float32 (`Trainer`), and says so.
     """
     if latest is None:
         return mixed_precision
@@ -109,7 +109,8 @@ def _checkpoints_scale_loss(latest: Optional[str], mixed_precision: bool) -> boo
                  for name, _ in tf.train.list_variables(latest))
     if mixed_precision and not scaled:
         print("[train] this run's checkpoints were written without "
-              "--runtime.mixed_precision: it goes on in float16 without loss scaling",
+              "--runtime.mixed_precision, so its optimizers do not scale the loss, which "
+              "float16 needs: it goes on in float32 (a new run trains in float16)",
               file=sys.stderr)
     return scaled
 
@@ -160,6 +161,8 @@ class Trainer:
             (`head_outputs_mib` within `--train.cache_records_mib`, residual decoder).
         loss_scaling: whether the stages' optimizers scale the loss, as the run's
             checkpoints were written (`_checkpoints_scale_loss`).
+        mixed_precision: whether the model computes in float16: as asked
+            (``--runtime.mixed_precision``), unless the optimizers do not scale the loss.
     """
 
     def __init__(self, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
@@ -200,9 +203,10 @@ class Trainer:
         # Before anything is built from the checkpoint (the loss-scaling layout, say).
         self._check_same_position(resume_from)
         self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
+        self.mixed_precision = runtime.mixed_precision and self.loss_scaling
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         # The run's precision, whatever policy the caller's session has (its own comes back).
-        with global_dtype_policy("mixed_float16" if runtime.mixed_precision else "float32"), \
+        with global_dtype_policy("mixed_float16" if self.mixed_precision else "float32"), \
                 strategy.scope():
             self.model = build_model(config.model, facts.num_classes,
                                      facts.positions_and_depth, facts.label_order,
