@@ -22,6 +22,7 @@ from PIL import Image
 
 from conftest import ROOT, run_checked
 from ofrnn_tf import pipeline
+from ofrnn_tf.cli import InputFileError, refusal
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import SplitTooSmallError
@@ -171,8 +172,12 @@ def test_splits_that_undecodable_images_empty_are_refused_before_training(
     pipeline.check_split_sizes(data.splits, config.train.batch_size)  # as listed, large enough
     with pytest.raises(SplitTooSmallError, match=message):
         pipeline.prepare_features(config, data)
-    with pytest.raises(SplitTooSmallError, match=message):  # the same from the cache
+    with pytest.raises(SplitTooSmallError, match=message) as refused:  # the same from the cache
         pipeline.prepare_features(config, data)
+    # The remedy is in the data for an emptied validation or test split, and a command
+    # says so without the pointer to --help; a short train split names a flag too.
+    emptied = "train" not in broken
+    assert isinstance(refusal(refused.value), InputFileError) == emptied
 
 
 def test_splits_with_an_undecodable_image_left_large_enough_go_on(tmp_path, monkeypatch,

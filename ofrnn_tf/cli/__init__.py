@@ -127,11 +127,12 @@ class InputFileError(app.UsageError):
 def refusal(error: Exception) -> app.UsageError:
     """The usage error that says one of `input_errors()` in one line."""
     from ofrnn_tf.data import DataFileError
+    from ofrnn_tf.data.splits import SplitEmptiedError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import DamagedCheckpointError
 
-    in_a_file = (DataFileError, CorruptShardError, FeatureCacheDamagedError,
+    in_a_file = (DataFileError, SplitEmptiedError, CorruptShardError, FeatureCacheDamagedError,
                  LabelMapMismatchError, DamagedCheckpointError)
     return (InputFileError if isinstance(error, in_a_file) else app.UsageError)(str(error))
 

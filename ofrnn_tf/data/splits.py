@@ -28,6 +28,11 @@ class SplitTooSmallError(ValueError):
     """A split cannot serve the run (empty validation, less than one training batch)."""
 
 
+class SplitEmptiedError(SplitTooSmallError):
+    """Unreadable images left a validation or test split empty: the remedy is in the
+    data, not in a flag."""
+
+
 class NothingToLearnError(SplitTooSmallError):
     """Every training image carries every class, so the model could only ever predict
     them all (one class whose negatives have no label, say)."""
@@ -216,7 +221,7 @@ def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batc
             f"--train.batch_size (to at most {max(written['train'], 1)})")
     for split, name in (("val", "validation"), ("test", "test")):
         if not written[split]:
-            raise SplitTooSmallError(
+            raise SplitEmptiedError(
                 f"the {name} split has no example after feature extraction: {lost(split)}; "
                 f"{remedy}")
 
