@@ -308,7 +308,8 @@ def reusable_sources(directory: str, split: str, inputs: dict | None,
     recently changed first, that hold `split` whole in `num_shards` shards, extracted
     from the same image files, unchanged since: the same absolute paths, modification
     times and sizes in the same order (cache format 2; `shard_copy.copy_split` checks
-    the ids as well).
+    the ids as well), none of the images it skipped readable now (`repaired_images`:
+    those are extracted, not copied as skipped again).
 
     The embedded benchmark (format 1) is never a source, nor is a cache whose meta.json
     does not record its images' sources (built before it did)."""
@@ -334,7 +335,7 @@ def reusable_sources(directory: str, split: str, inputs: dict | None,
                 and described.get("sources") == now["sources"]
                 and described.get("files") == now["files"]
                 and described.get("examples") == now["examples"] and entry.get("complete")
-                and entry.get("num_shards") == num_shards):
+                and entry.get("num_shards") == num_shards and not repaired_images(path, split)):
             yield path
 
 

@@ -111,9 +111,13 @@ class ExtractSummary:
                 f"shard(s) already done, of {self.num_shards} → {self.out_dir}")
 
 
+# What a feature folder's meta.json says of the backbone that made it.
+BACKBONE_INFO_KEYS = ("backbone", "feature_layer", "image_size", "feature_shape")
+
+
 def _backbone_info(backbone: Backbone) -> dict:
-    return {"backbone": backbone.name, "feature_layer": backbone.feature_layer,
-            "image_size": backbone.image_size, "feature_shape": list(backbone.feature_shape)}
+    return dict(zip(BACKBONE_INFO_KEYS, (backbone.name, backbone.feature_layer,
+                                         backbone.image_size, list(backbone.feature_shape))))
 
 
 class FeatureFolderMismatchError(ValueError):

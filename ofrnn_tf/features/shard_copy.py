@@ -5,9 +5,9 @@ A feature cache is known by its data's labels as well as its images
 gives a new cache. Its splits whose images are unchanged need no backbone: their
 records are copied from the older cache with the labels of now (`copy_split`), record
 by record, the features byte for byte. Which caches may serve is the choice of
-`cache.reusable_sources` (the same image files: paths, times and sizes); the image ids are
-checked here against every record and every skipped image, and a source whose skipped
-images decode now (repaired at their old size) does not serve.
+`cache.reusable_sources` (the same image files: paths, times and sizes, none of those it
+skipped readable now); the image ids are checked here against every record and every
+skipped image.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import tensorflow as tf
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.extract import (
-    ExtractSummary, decode_failure, incomplete_path, move_into_place, prepare_split_folder,
+    BACKBONE_INFO_KEYS, ExtractSummary, incomplete_path, move_into_place, prepare_split_folder,
     shard_positions)
 from ofrnn_tf.labels import LabelMap
-
-_BACKBONE_KEYS = ("backbone", "feature_layer", "image_size", "feature_shape")
 
 
 def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap,
@@ -43,18 +41,17 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
     try:
         meta = tfrecords.read_meta(source_dir)
         entry = meta["splits"][split]
-        info = {key: meta[key] for key in _BACKBONE_KEYS}
+        info = {key: meta[key] for key in BACKBONE_INFO_KEYS}
     except (FileNotFoundError, KeyError, ValueError):
         return None
     shards = entry["shards"]
     if (not entry.get("complete") or entry["num_shards"] != num_shards
-            or any(s.get("format_checked", 0) < tfrecords.FORMAT_CHECKS for s in shards.values())
-            or _skipped_that_decode_now(entry["skipped"], examples, int(info["image_size"]))):
+            or any(s.get("format_checked", 0) < tfrecords.FORMAT_CHECKS for s in shards.values())):
         return None
     prepare_split_folder(out_dir, label_map, info, split, num_shards, examples)
     summary = ExtractSummary(split=split, out_dir=out_dir, num_shards=num_shards)
     start = time.perf_counter()
-    written: list[tuple[int, str, int, list]] = []  # (index, temporary file, records, skipped)
+    relabelled: list[tuple[int, str, int, list]] = []  # (index, temporary file, records, skipped)
     try:
         for index in range(num_shards):
             if tfrecords.unfinished_reason(out_dir, split, index, num_shards) is None:
@@ -62,15 +59,16 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
                 continue
             shard = shards[str(index)]
             wanted = [examples[i] for i in shard_positions(len(examples), num_shards, index)]
-            final = os.path.join(out_dir, tfrecords.shard_filename(split, index, num_shards))
-            temp = incomplete_path(final)
-            written.append((index, temp, 0, shard["skipped"]))
+            temp = incomplete_path(os.path.join(
+                out_dir, tfrecords.shard_filename(split, index, num_shards)))
             count = _relabel_shard(os.path.join(source_dir, shard["file"]), temp, wanted,
                                    {str(s["image_id"]) for s in shard["skipped"]})
             if count is None:
                 return None
-            written[-1] = (index, temp, count, shard["skipped"])
-        for index, temp, count, skipped in written:
+            relabelled.append((index, temp, count, shard["skipped"]))
+        # Every shard read as expected: only now is any put in place.
+        while relabelled:
+            index, temp, count, skipped = relabelled.pop(0)
             tfrecords.write_shard_stats(out_dir, split, index, num_shards, count, skipped,
                                         len(examples), format_checked=tfrecords.FORMAT_CHECKS)
             move_into_place(temp, os.path.join(
@@ -78,9 +76,8 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
             summary.shards_written.append(index)
             summary.examples_written += count
             summary.skipped.extend(skipped)
-        written = []
     finally:
-        for _, temp, _, _ in written:  # not put in place: nothing of them stays
+        for _, temp, _, _ in relabelled:  # not put in place: nothing of them stays
             with contextlib.suppress(FileNotFoundError):
                 os.remove(temp)
     summary.seconds = time.perf_counter() - start
@@ -89,21 +86,12 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
     return summary
 
 
-def _skipped_that_decode_now(skipped: Sequence[dict], examples: Sequence[Example],
-                             image_size: int) -> bool:
-    """Whether an image the source skipped decodes now (repaired at its old size): its
-    shard is then extracted, not copied with the image left out again."""
-    images = {example.image_id: example for example in examples}
-    return any(str(s["image_id"]) in images
-               and decode_failure(images[str(s["image_id"])].image, image_size) is None
-               for s in skipped)
-
-
 def _relabel_shard(source: str, temp: str, wanted: Sequence[Example],
                    skipped_ids: set[str]) -> Optional[int]:
     """Writes `temp`: the records of the shard `source`, each given the labels of its
     example in `wanted` (the shard's images, skipped ones included, in order); the
-    record count, or None when the records are not those of `wanted`."""
+    record count, or None, leaving no `temp`, when the records are not those of
+    `wanted`."""
     expected = [e for e in wanted if e.image_id not in skipped_ids]
     if len(expected) + len(skipped_ids) != len(wanted):
         return None  # a skipped image that is not among the shard's
@@ -112,16 +100,18 @@ def _relabel_shard(source: str, temp: str, wanted: Sequence[Example],
         with tf.io.TFRecordWriter(temp) as writer:
             for raw in tf.data.TFRecordDataset(source):
                 record = tf.train.Example.FromString(raw.numpy())
-                fields = record.features.feature
-                if count >= len(expected) or (fields["image_id"].bytes_list.value[0].decode()
-                                              != expected[count].image_id):
-                    return None
-                example = expected[count]
-                fields["labels"].int64_list.value[:] = list(example.label_ids)
-                fields["label_areas"].float_list.value[:] = list(
-                    example.label_areas or [-1.0] * len(example.label_ids))
+                if count >= len(expected) or (
+                        record.features.feature["image_id"].bytes_list.value[0].decode()
+                        != expected[count].image_id):
+                    count = -1  # another image
+                    break
+                tfrecords.relabel(record, expected[count].label_ids, expected[count].label_areas)
                 writer.write(record.SerializeToString())
                 count += 1
     except (tf.errors.OpError, OSError, KeyError, IndexError, UnicodeDecodeError):
-        return None
-    return count if count == len(expected) else None
+        count = -1
+    if count == len(expected):
+        return count
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(temp)
+    return None

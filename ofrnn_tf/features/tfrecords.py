@@ -77,19 +77,36 @@ def shard_stats_filename(split: str, index: int, num_shards: int) -> str:
 def serialize_example(image_id: str, features: np.ndarray, label_ids: Sequence[int],
                       label_areas: Sequence[float] | None = None) -> bytes:
     """One record. ``features`` is ``[H, W, k]`` or ``[m, k]``; stored as float16."""
+    raw = np.ascontiguousarray(features, dtype="<f2").tobytes()
+    feature = {
+        "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+        "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw])),
+        **_label_features(image_id, label_ids, label_areas),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def relabel(record: tf.train.Example, label_ids: Sequence[int],
+            label_areas: Sequence[float] | None = None) -> None:
+    """Gives a parsed record other labels (and object areas), in place."""
+    image_id = record.features.feature["image_id"].bytes_list.value[0].decode()
+    for key, feature in _label_features(image_id, label_ids, label_areas).items():
+        record.features.feature[key].CopyFrom(feature)
+
+
+def _label_features(image_id: str, label_ids: Sequence[int],
+                    label_areas: Sequence[float] | None) -> dict[str, tf.train.Feature]:
+    """A record's ``labels`` and ``label_areas`` (-1, unknown, for each label when none
+    are given)."""
     if label_areas is None:
         label_areas = [-1.0] * len(label_ids)
     if len(label_areas) != len(label_ids):
         raise ValueError(f"image {image_id}: {len(label_areas)} label areas for "
                          f"{len(label_ids)} labels")
-    raw = np.ascontiguousarray(features, dtype="<f2").tobytes()
-    feature = {
-        "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
-        "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw])),
+    return {
         "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=list(label_ids))),
         "label_areas": tf.train.Feature(float_list=tf.train.FloatList(value=list(label_areas))),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def write_shard_stats(features_dir: str, split: str, index: int, num_shards: int,
