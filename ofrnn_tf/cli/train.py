@@ -75,9 +75,7 @@ def main(argv):
             try:
                 run_dir.check_config(config)
                 check_finished_stages(run_dir, config, FLAGS.mode)
-            except IncompatibleRunError as error:
-                raise app.UsageError(str(error)) from None
-            except input_errors() as error:  # a run folder whose checkpoints do not read
+            except (IncompatibleRunError, *input_errors()) as error:  # checkpoints too
                 raise refusal(error) from None
         try:
             _check_buildable(config)

@@ -361,10 +361,9 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     such a file alone), so it may be shared read-only.
     """
     meta_path = os.path.join(directory, tfrecords.META_FILENAME)
-    if os.path.exists(meta_path):
-        found = tfrecords.read_meta(directory).get(FINGERPRINT_KEY)
-        if found not in (None, fingerprint):
-            check_fingerprint(directory, fingerprint)
+    before = tfrecords.read_meta(directory) if os.path.exists(meta_path) else {}
+    if before.get(FINGERPRINT_KEY) not in (None, fingerprint):
+        check_fingerprint(directory, fingerprint)
     backbone = None
     for split, examples in splits.items():
         if split_complete(directory, split):
@@ -382,16 +381,9 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
                                     batch_size=batch_size, num_shards=num_shards)
         log(f"features {summary}")  # it starts with the split
     record = {FINGERPRINT_KEY: fingerprint}
-    if inputs is not None and not _has_inputs(meta_path):  # an existing record stays:
+    if inputs is not None and not before.get(INPUTS_KEY):  # an existing record stays:
         record[INPUTS_KEY] = inputs  # the same data (its fingerprint), and maybe read-only
     return tfrecords.write_meta(directory, record)
-
-
-def _has_inputs(meta_path: str) -> bool:
-    try:
-        return bool(tfrecords.read_meta_file(meta_path).get(INPUTS_KEY))
-    except (FileNotFoundError, ValueError):
-        return False
 
 
 def feature_shape(directory: str) -> tuple[int, int, int]:
