@@ -78,43 +78,30 @@ def _split_digest(examples: Sequence[Example]) -> str:
     return digest.hexdigest()
 
 
-def _file_record(image) -> list:
-    """``[size]`` of an image file (None when it cannot be read), or ``[length,
-    sha256]`` of encoded image bytes."""
+def _file_records(image) -> tuple[list, list]:
+    """What `describe_inputs` records of one image, from one ``os.stat``: ``[size]`` of a
+    file (None when it cannot be read) and ``[absolute path, modification time]``; for
+    encoded image bytes ``[length, sha256]`` for both."""
     if isinstance(image, bytes):
-        return [len(image), hashlib.sha256(image).hexdigest()]
+        record = [len(image), hashlib.sha256(image).hexdigest()]
+        return record, record
+    path = os.path.abspath(os.fspath(image))
     try:
-        stat = os.stat(image)
+        stat = os.stat(path)
     except OSError:
-        return [None]
-    return [stat.st_size]
+        return [None], [path, None]
+    return [stat.st_size], [path, stat.st_mtime_ns]
 
 
-def _files_digest(examples: Sequence[Example]) -> str:
-    digest = hashlib.sha256()
+def _file_digests(examples: Sequence[Example]) -> tuple[str, str]:
+    """The digests of the images' sizes (``files``) and of their absolute paths and
+    modification times (``sources``), in order."""
+    files, sources = hashlib.sha256(), hashlib.sha256()
     for example in examples:
-        digest.update(json.dumps(_file_record(example.image)).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _sources_digest(examples: Sequence[Example]) -> str:
-    """The images' absolute paths and modification times in order (in-memory images by
-    their bytes)."""
-    digest = hashlib.sha256()
-    for example in examples:
-        image = example.image
-        if isinstance(image, bytes):
-            where = _file_record(image)
-        else:
-            path = os.path.abspath(os.fspath(image))
-            try:
-                where = [path, os.stat(path).st_mtime_ns]
-            except OSError:
-                where = [path, None]
-        digest.update(json.dumps(where).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+        for digest, record in zip((files, sources), _file_records(example.image)):
+            digest.update(json.dumps(record).encode())
+            digest.update(b"\n")
+    return files.hexdigest(), sources.hexdigest()
 
 
 def describe_inputs(splits: Mapping[str, Sequence[Example]], label_map: LabelMap, *,
@@ -126,13 +113,13 @@ def describe_inputs(splits: Mapping[str, Sequence[Example]], label_map: LabelMap
     modification times, is no part of the fingerprint (a copy of the data is the same
     data); it says which files a cache's splits were extracted from, so that a new cache
     copies only a split of the very same, unchanged files (`reusable_sources`)."""
-    return {"format": CACHE_FORMAT if file_stats else 1,
-            "labels": list(label_map.names),
-            "splits": {split: {"examples": len(examples),
-                               "ids_labels": _split_digest(examples),
-                               "files": _files_digest(examples) if file_stats else None,
-                               "sources": _sources_digest(examples) if file_stats else None}
-                       for split, examples in sorted(splits.items())}}
+    described = {}
+    for split, examples in sorted(splits.items()):
+        files, sources = _file_digests(examples) if file_stats else (None, None)
+        described[split] = {"examples": len(examples), "ids_labels": _split_digest(examples),
+                            "files": files, "sources": sources}
+    return {"format": CACHE_FORMAT if file_stats else 1, "labels": list(label_map.names),
+            "splits": described}
 
 
 def fingerprint_of(inputs: dict, backbone: str, feature_layer: str,
