@@ -9,7 +9,10 @@ over the SignatureDef, `ofrnn_tf.serving.local_server.load_session`):
 - `xla`: `--jit_compile` (XLA-compiled beam search; TF Serving needs an experimental
   flag to run it);
 - `backbone`: the same module's `in_process.image_features` (guards, decode, resize,
-  backbone): what serving would cost with no decoder at all.
+  backbone): what serving would cost with no decoder at all;
+- `head` (with `--variants=...,head`): the backbone and M_map alone, its per-class
+  probabilities (label context included) and no beam search: how much of what the
+  decoder adds is its spatial head, which the portable export cannot do without.
 
 Every variant decodes the same encoded images. Calls alternate between the variants
 (order rotated every repeat) after untimed warm-up calls; medians count. The ratio
@@ -51,18 +54,36 @@ flags.DEFINE_string("workdir", "runs/order_free", "A finished training run.")
 flags.DEFINE_string("images", None, "Glob of images (default: the run's example images), "
                     "cycled to fill a batch.")
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
-flags.DEFINE_list("variants", ["portable", "loop", "xla"], "Exports to time against the backbone.")
+flags.DEFINE_list("variants", ["portable", "loop", "xla"], "Exports to time against the backbone: "
+                  "portable (needed), loop, xla, head.")
 flags.DEFINE_integer("repeats", 25, "Timed calls per variant and batch size.")
 flags.DEFINE_integer("warmup", 3, "Untimed calls per variant and batch size.")
 flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
 
 GOALS = {1: 1.10, 32: 1.05}
 VARIANTS = {"portable": {}, "loop": {"unroll": False}, "xla": {"jit_compile": True}}
+HEAD = "head"  # not an InferenceModule setting: the module's M_map without its decoder
+
+
+def head_probabilities(module: InferenceModule):
+    """Encoded images → M_map's per-class probabilities, through the module's backbone."""
+    height, width, depth = module.feature_shape
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+                 autograph=False)
+    def head(images):
+        features = module.in_process.image_features(images)["features"]
+        logits = module.model(tf.reshape(features, [-1, height * width, depth]), training=False)
+        return {"scores": tf.sigmoid(tf.cast(logits, tf.float32))}
+
+    return head
 
 
 def write_variants(run_dir: RunDir, out: str) -> dict[str, SessionModel]:
     models = {}
     for name in FLAGS.variants:
+        if name == HEAD:
+            continue
         module = InferenceModule.from_run(run_dir, **VARIANTS[name])
         path = save_inference_module(module, os.path.join(out, name), version=1)
         models[name] = SessionModel(path, "serving_default")
@@ -71,7 +92,11 @@ def write_variants(run_dir: RunDir, out: str) -> dict[str, SessionModel]:
             tf.saved_model.save(module, backbone, signatures={
                 **signatures(module), "image_features": module.in_process.image_features})
             models["backbone"] = SessionModel(backbone, "image_features")
-    return models
+            if HEAD in FLAGS.variants:
+                head = os.path.join(out, HEAD)
+                tf.saved_model.save(module, head, signatures={"head": head_probabilities(module)})
+                models[HEAD] = SessionModel(head, "head")
+    return {name: models[name] for name in ["backbone", *FLAGS.variants]}
 
 
 def time_models(models: dict, images: np.ndarray, repeats: int, warmup: int, desc: str) -> dict:
@@ -97,9 +122,10 @@ def time_models(models: dict, images: np.ndarray, repeats: int, warmup: int, des
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
+    unknown = sorted(set(FLAGS.variants) - set(VARIANTS) - {HEAD})
     if unknown or "portable" not in FLAGS.variants:
-        raise app.UsageError(f"--variants takes {sorted(VARIANTS)} and must hold portable")
+        raise app.UsageError(f"--variants takes {sorted([*VARIANTS, HEAD])} and must hold "
+                             f"portable")
     run_dir = RunDir(FLAGS.workdir).require()
     paths = sorted(glob.glob(FLAGS.images)) if FLAGS.images else run_dir.example_images()
     if not paths:
@@ -113,7 +139,7 @@ def main(argv) -> None:
         check = np.array(encoded[:4] * (4 // len(encoded[:4])), object)
         reference = models["portable"](check)["labels"]
         for name in FLAGS.variants:
-            if not np.array_equal(models[name](check)["labels"], reference):
+            if name != HEAD and not np.array_equal(models[name](check)["labels"], reference):
                 sys.exit(f"the {name} export decodes other labels than the portable one")
         rows = []
         for batch in batch_sizes:
@@ -128,8 +154,9 @@ def main(argv) -> None:
         f"T_max={facts.max_steps}, C={facts.num_classes}; {config.features.backbone} "
         f"{facts.feature_layer} maps {height}x{width}x{depth}); {len(encoded)} image(s) cycled "
         f"to fill a batch. Every model is a SavedModel loaded through TF Serving's session "
-        f"loader; `backbone` is the same module's guards + decode + resize + backbone. Median "
-        f"of {FLAGS.repeats} interleaved calls after {FLAGS.warmup} warm-up calls.",
+        f"loader; `backbone` is the same module's guards + decode + resize + backbone"
+        + ("; `head` that and M_map's probabilities, no decoder" if HEAD in FLAGS.variants else "")
+        + f". Median of {FLAGS.repeats} interleaved calls after {FLAGS.warmup} warm-up calls.",
         "",
         "| batch | clock | backbone ms | "
         + " | ".join(f"{v} ms | {v} / backbone" for v in FLAGS.variants) + " | goal (portable) |",
