@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from ofrnn_tf.features.image_guards import (
     NAME_DECODE_FAILURES, check_encoded_images, decode_images)
 from ofrnn_tf.features.images import decode_and_resize, decode_rgb, read_image_header
 
+from conftest import ROOT
 from bmp_files import RGBA_MASKS, bit_fields_bmp, os2_bmp, rle8_bmp, with_bit_depth
 
 SIZE = 32
@@ -534,3 +539,59 @@ def test_saved_model_guards_work_in_the_session_loader_and_tf2_loader(tmp_path):
             with pytest.raises(tf.errors.InvalidArgumentError) as raised:
                 serve(images=images)
             assert refusal in assertion_message(raised.value)
+
+
+_REFUSALS_IN_A_SESSION = """
+import sys
+import numpy as np
+import tensorflow as tf
+from ofrnn_tf.features.image_guards import decode_images
+
+good, corrupt, runs = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read(), int(sys.argv[3])
+graph = tf.Graph()
+with graph.as_default():
+    images = tf.compat.v1.placeholder(tf.string, [None])
+    pixels = tf.function(lambda x: decode_images(x, 224, 40_000_000))(images)
+session = tf.compat.v1.Session(graph=graph)
+feed = {images: np.array([good, corrupt], dtype=object)}
+
+def rss_kib():
+    return next(int(line.split()[1]) for line in open("/proc/self/status")
+                if line.startswith("VmRSS"))
+
+refused = 0
+for run in range(300 + runs):
+    if run == 300:
+        start = rss_kib()
+    try:
+        session.run(pixels, feed)
+    except tf.errors.InvalidArgumentError as error:
+        refused += "images[1] could not be decoded" in error.message
+print(refused, (rss_kib() - start) / runs)
+"""
+
+
+@pytest.mark.slow
+def test_refusing_undecodable_images_leaves_no_memory_behind(tmp_path):
+    # A server runs a model in a session: every request refused for an image whose data
+    # is corrupt must leave it as it found it, or a client sending such requests in a
+    # loop grows the server without bound (tens of KiB a request, with the tf.data
+    # decode inside a function that is not inlined).
+    # A picture of the served size and a PNG whose data is zeroed behind a sound header.
+    good, corrupt = tmp_path / "good.jpg", tmp_path / "corrupt.png"
+    good.write_bytes(encode(picture(224, 224), "JPEG", quality=90))
+    png = encode(Image.new("RGB", (8, 8), (128, 128, 128)), "PNG")
+    at = png.index(b"IDAT")
+    length = struct.unpack(">I", png[at - 4:at])[0]
+    data = png[at + 4:at + 6] + bytes(length - 2)  # the zlib header, then zeros
+    chunk = b"IDAT" + data + struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    corrupt.write_bytes(png[:at] + chunk + png[at + 8 + length:])
+    runs = 6000
+    done = subprocess.run([sys.executable, "-c", _REFUSALS_IN_A_SESSION, str(good),
+                           str(corrupt), str(runs)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused, kib_per_run = done.stdout.split()
+    assert int(refused) == 300 + runs
+    assert float(kib_per_run) < 20, f"{kib_per_run} KiB left per refused request"
+

@@ -130,9 +130,12 @@ request of such files can cost (`benchmarks/bench_image_guards.py`).
 To stay this cheap the code keeps to few, vectorised ops: one read of the first
 256 bytes, a table of next-segment positions over them for the JPEG walk, one
 matrix product for every header field, a table of bounds per layout; and it
-keeps rare branches (error messages, the long walk, the ``tf.data`` decode) in
-functions that are not inlined, since the ops of an untaken ``tf.cond`` branch
-cost time too.
+keeps rare branches (error messages, the long walk) in functions that are not
+inlined, since the ops of an untaken ``tf.cond`` branch cost time too. The
+``tf.data`` decode is the exception: run inside such a function, every request it
+refused left memory behind in the session (about 20 KiB per refusal through the
+session loader, growing without bound under a client that sends such requests in a
+loop), and inlined it leaves none, at no cost that the serving benchmark measures.
 
 All of this is plain graph code (no ``py_function``, no XLA): it works in a
 ``tf.function``, in a SavedModel loaded with ``tf.saved_model.load``, and in the
@@ -942,7 +945,6 @@ def check_encoded_images(images, max_image_pixels,
         return tf.identity(images)
 
 
-@out_of_line
 def _decode_naming_failures(images: tf.Tensor, image_size: int,
                             max_jpeg_segments: int) -> tf.Tensor:
     """`decode_and_resize` on every image through ``tf.data``; a failure names its index."""
@@ -1036,7 +1038,6 @@ def decode_images(images, image_size: int, max_image_pixels, *,
     return pixels
 
 
-@out_of_line
 def _check_then_decode_naming_failures(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
                                        image_size: int, max_jpeg_segments: int) -> tf.Tensor:
     """The other branch of "auto": refuse the headers (``passed``: the header pass's
