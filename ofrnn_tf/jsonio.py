@@ -5,18 +5,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from typing import Any
 
-from ofrnn_tf.processes import owner_tag
+from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 
 
 def write_text(path: str, text: str) -> str:
     """Writes `text` to `path` through a temporary file, so readers never see half a file.
 
     A write that fails (a full disk, a read-only folder) removes its temporary file, and
-    its OSError names `path` (a full disk's, raised by the write, names none).
+    its OSError names `path` (a full disk's, raised by the write, names none). The
+    temporary files of `path` that killed processes of this machine left are removed.
     """
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    with contextlib.suppress(OSError):  # a tidy-up: the write says what is wrong
+        remove_dead_leftovers(folder, re.compile(
+            re.escape(os.path.basename(path)) + r"\.tmp-(?P<owner>.+)"))
     tmp = f"{path}.tmp-{owner_tag()}"  # processes sharing a folder must not share it
     try:
         with open(tmp, "w") as f:

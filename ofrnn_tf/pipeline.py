@@ -524,8 +524,19 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     except BaseException:  # Ctrl-C or an error once training began: its time counts too
         if mode == "train" and "training" in timer.parts and is_chief_task(
                 config.runtime.strategy):
-            run_dir.save_timing(mode, timer.rounded())
+            _record_timing(run_dir, mode, timer)
         raise
+
+
+def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> None:
+    """Adds this command's time to the run folder's timing file. A failure to (a full
+    disk) is said in one line, not raised: it must not hide the error that ended the run,
+    nor fail a run whose results are written."""
+    try:
+        run_dir.save_timing(mode, timer.rounded())
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        log(f"time not recorded in {run_dir.timing_file(mode)}: {reason}")
 
 
 def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> dict:
@@ -591,5 +602,5 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         + (f"; attention pictures in {run_dir.attention_dir}"
            if data is not None and os.path.isdir(run_dir.attention_dir) else "")
         + f"; curves: tensorboard --logdir {run_dir.tensorboard_dir}; time: {timer.summary()}")
-    run_dir.save_timing(mode, timer.rounded())
+    _record_timing(run_dir, mode, timer)
     return metrics

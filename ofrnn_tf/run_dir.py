@@ -471,12 +471,14 @@ class RunDir:
                 raise RunInUseError(
                     f"{self.path} is in use by {holder}: another command trains or evaluates "
                     f"this run folder. Wait for it to end, or use another --workdir.") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, owner_tag().encode(), 0)
+            with contextlib.suppress(OSError):  # the lock holds; the tag only informs
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, owner_tag().encode(), 0)
             try:
                 yield
             finally:
-                os.ftruncate(fd, 0)  # names no holder once released
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # names no holder once released
         finally:
             os.close(fd)  # releases the lock (and so does the end of the process)
 

@@ -265,6 +265,48 @@ def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
         assert done.returncode == 1 and "SystemError: bad argument" in done.stderr
 
 
+@pytest.mark.parametrize("raised, said", [
+    ("OSError(errno.ENOSPC, 'No space left on device', '/data/run/calibration.json')",
+     "No space left on device writing /data/run/calibration.json"),
+    ("OSError(errno.EDQUOT, 'Disk quota exceeded')", "Disk quota exceeded"),
+    # TensorFlow's writers (checkpoints, shards, SavedModels) raise op errors.
+    ("tf.errors.ResourceExhaustedError(None, None, '/data/run/checkpoints/ckpt-10_temp/"
+     "part-0.index; No space left on device')",
+     "/data/run/checkpoints/ckpt-10_temp/part-0.index; No space left on device"),
+    # An error handler's own write on the full disk must not hide the write that failed.
+    ("chained()", "No space left on device writing /data/run/run.json"),
+], ids=["oserror", "quota", "tensorflow", "chained"])
+def test_a_full_disk_is_said_in_one_line_that_names_the_write(raised, said):
+    script = (
+        "import errno\n"
+        "import tensorflow as tf\n"
+        "from ofrnn_tf.cli import runner\n"
+        "def chained():\n"
+        "    try:\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device', '/data/run/run.json')\n"
+        "    except OSError:\n"
+        "        raise RuntimeError('the handler failed too')\n"
+        "def main(argv):\n"
+        f"    raise {raised}\n"
+        "runner(lambda: None, main)()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.rstrip().splitlines()[-1] == (
+        f"-c: {said}. Free space and rerun the same command: what it finished before is kept.")
+
+
+def test_other_os_errors_keep_their_traceback():
+    script = ("import errno\nfrom ofrnn_tf.cli import runner\n"
+              "def main(argv):\n    raise OSError(errno.EIO, 'Input/output error', '/x')\n"
+              "runner(lambda: None, main)()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr[-2000:]
+    assert "Free space" not in done.stderr
+
+
 def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
     # SIGINT a few seconds in, while the run builds its data (a Ctrl-C in the terminal).
     script = ("import os, signal, sys, threading; from ofrnn_tf.cli.train import run; "

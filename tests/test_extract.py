@@ -248,6 +248,8 @@ def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
     monkeypatch.setattr(tfrecords, "serialize_example", real)
     finished = [n for n in os.listdir(out) if n.endswith(".tfrecord")]
     assert finished == [tfrecords.shard_filename("train", 0, 4)]
+    # The shard it failed in is never resumed from: it does not stay (on a full disk, say).
+    assert not [n for n in os.listdir(out) if "incomplete" in n]
     assert not tfrecords.read_meta(out)["splits"]["train"]["complete"]
 
     summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,

@@ -1,5 +1,6 @@
 """The embedded Fashion-MNIST canvas benchmark, built from a tiny fake IDX set."""
 
+import errno
 import gzip
 import hashlib
 import json
@@ -241,6 +242,7 @@ def test_an_interrupted_build_keeps_its_finished_splits(tmp_path, source, monkey
     monkeypatch.setattr(fc, "_build_split", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _build(out, source_dir)
+    assert _leftovers(out) == []  # the split it stopped in leaves no partial folder
     stamps = {s: os.stat(os.path.join(out, f"{s}.json")).st_mtime_ns for s in ("train", "val")}
 
     def counted(split, *args, **kwargs):
@@ -256,6 +258,21 @@ def test_an_interrupted_build_keeps_its_finished_splits(tmp_path, source, monkey
     assert _split_hashes(out) == _split_hashes(fresh["out_dir"])
     assert {s: resumed["splits"][s]["images"] for s in fc.SPLITS} == {
         "train": 14, "val": 5, "test": 7}
+
+
+def test_a_full_disk_names_the_canvas_it_could_not_write_and_leaves_nothing(
+        tmp_path, source, monkeypatch):
+    source_dir, _ = source
+    out = str(tmp_path / "bench")
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # names no file
+
+    monkeypatch.setattr(Image.Image, "save", no_space)
+    with pytest.raises(OSError, match=r"No space left on device: '.*/images/\.train\.partial-"
+                                      r"[^/]+/\d+\.\w+'"):
+        _build(out, source_dir)
+    assert _leftovers(out) == []
 
 
 def test_two_processes_building_one_folder_leave_each_other_alone(tmp_path, source,

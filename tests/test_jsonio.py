@@ -2,10 +2,13 @@
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 
 from ofrnn_tf import jsonio
+from ofrnn_tf.processes import owner_tag
 
 
 def test_a_write_that_fails_leaves_no_temporary_file_and_names_the_file(tmp_path,
@@ -43,3 +46,22 @@ def test_a_replace_that_fails_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         jsonio.write_text(str(target), "text")
     assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    # kill -9 between the temporary file and its rename leaves it; nothing else would.
+    path = str(tmp_path / "calibration.json")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = owner_tag().rpartition("-")[0]
+    left = [f"{path}.tmp-{host}-{dead}", f"{path}.tmp-{host}-{os.getppid()}",
+            f"{path}.tmp-other.machine-{dead}", str(tmp_path / f"metrics.json.tmp-{host}-{dead}")]
+    for name in left:
+        with open(name, "w") as f:
+            f.write("{")
+    jsonio.write_json(path, {"tau": 0.5})
+    # Only this file's, of a dead process of this machine: a live writer's, another
+    # machine's and another file's stay.
+    assert [os.path.exists(name) for name in left] == [False, True, True, True]
+    assert jsonio.read_json(path) == {"tau": 0.5}
+

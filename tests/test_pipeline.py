@@ -9,6 +9,7 @@ replaced where a test goes through `pipeline.run` in train mode.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import json
 import os
@@ -608,3 +609,26 @@ def test_no_readable_checkpoint_is_refused_naming_each_and_the_folder_to_delete(
         run_state.check_finished_stages(run_dir, config, "train")
     with pytest.raises(DamagedCheckpointError, match=refused):
         pipeline.make_trainer(config, FACTS, run_dir, trained[2]).train()
+
+
+def test_a_failed_timing_write_hides_neither_the_error_nor_the_results(tmp_path, monkeypatch,
+                                                                       capsys):
+    # On a full disk the handler's own write of timing_train.json fails too: the error
+    # that ended the run is the one raised, and a finished run keeps its metrics.
+    def no_space(self, mode, parts):
+        raise OSError(errno.ENOSPC, "No space left on device", self.timing_file(mode))
+
+    monkeypatch.setattr(RunDir, "save_timing", no_space)
+
+    def checkpoint_fails(config, run_dir, mode, timer):
+        with timer("training"):
+            raise tf.errors.ResourceExhaustedError(None, None, "ckpt-10_temp; No space left")
+
+    monkeypatch.setattr(pipeline, "_run", checkpoint_fails)
+    with pytest.raises(tf.errors.ResourceExhaustedError, match="ckpt-10_temp"):
+        pipeline.run(ExperimentConfig(), str(tmp_path / "run"))
+    assert "time not recorded in" in capsys.readouterr().err
+    # The same write at the end of a run whose metrics are written: said, not raised.
+    pipeline._record_timing(RunDir(str(tmp_path / "run")), "eval", pipeline.Timer())
+    assert f"time not recorded in {tmp_path / 'run' / 'timing_eval.json'}" in (
+        capsys.readouterr().err)

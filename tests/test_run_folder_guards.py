@@ -4,6 +4,7 @@ folder another one holds."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -174,6 +175,29 @@ def test_a_run_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
                              r"--mode=eval write .* copy it to a writable place"):
         with RunDir(str(tmp_path / "file" / "run")).exclusive():
             pass
+
+
+def test_a_full_disk_does_not_stop_a_command_taking_its_run_folder(tmp_path, monkeypatch):
+    # Naming the holder in .lock writes a few bytes; the flock is what holds the folder,
+    # so a disk with no space left fails later, at a write that names its file.
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_dir_module.os, "pwrite", no_space)
+    run_dir = RunDir(str(tmp_path / "run"))
+    with run_dir.exclusive():
+        done = subprocess.run([sys.executable, "-c", TRY_TO_HOLD, run_dir.path], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "in use by another process", done.stderr[-2000:]
+
+
+TRY_TO_HOLD = ("import sys\n"
+               "from ofrnn_tf.run_dir import RunDir, RunInUseError\n"
+               "try:\n"
+               "    with RunDir(sys.argv[1]).exclusive():\n"
+               "        print('held')\n"
+               "except RunInUseError as error:\n"
+               "    print(str(error).split(': ')[0].partition(' is ')[2])\n")
 
 
 def test_a_checkpoint_is_read_whole_once_while_its_files_stay_the_same(tmp_path, monkeypatch):

@@ -5,10 +5,12 @@ probes, oneDNN notes, "Not handling type DT_INT64" of every served request's set
 out of the commands' progress (``TF_CPP_MIN_LOG_LEVEL=2``) unless the environment
 already says otherwise."""
 
+import errno
 import logging as std_logging
 import os
 import signal
 import sys
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,7 +26,9 @@ def runner(define_flags, main, on_interrupt: str = ""):
     console-script wrapper has no docstring, so both are handed over to the script. A
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
     whole listing; Ctrl-C prints ``interrupted`` and `on_interrupt` (what a rerun does)
-    instead of a traceback, and exits with 130, as a shell reports SIGINT."""
+    instead of a traceback, and exits with 130, as a shell reports SIGINT; a full disk
+    (`disk_full`) says what it stopped writing and that a rerun keeps what is finished,
+    and exits with 1."""
     interrupts = []
 
     def note_interrupt(signum, frame):
@@ -53,6 +57,13 @@ def runner(define_flags, main, on_interrupt: str = ""):
             print(f"\n{command}: interrupted{'; ' + on_interrupt if on_interrupt else ''}",
                   file=sys.stderr)
             return 130
+        except Exception as error:
+            full = disk_full(error)
+            if full is None:
+                raise
+            print(f"{command}: {full}. Free space and rerun the same command: what it "
+                  f"finished before is kept.", file=sys.stderr)
+            return 1
 
     def run():
         before = set(flags.FLAGS)
@@ -65,6 +76,27 @@ def runner(define_flags, main, on_interrupt: str = ""):
         app.run(usage_errors_in_one_line)
 
     return run
+
+
+_DISK_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def disk_full(error: BaseException) -> Optional[str]:
+    """What a full disk (or quota) stopped writing, when `error` is that failure or arose
+    while handling it (a failed write of an error handler's own); None otherwise."""
+    from ofrnn_tf.tf_errors import op_error_text
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            where = error.filename
+            return _DISK_FULL[error.errno] + (f" writing {where}" if where else "")
+        text = op_error_text(error) if type(error).__module__.startswith("tensorflow") else ""
+        if any(reason in text for reason in _DISK_FULL.values()):
+            return text
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def usable_config(make_config):

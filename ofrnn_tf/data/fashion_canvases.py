@@ -493,7 +493,13 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
     def render_and_save(items: Sequence[_Item], canvas_rng: np.random.Generator,
                         file_name: str) -> list[tuple[list[int], int]]:
         pixels, boxes = _render(items, images, cfg.canvas_size, canvas_rng)
-        Image.fromarray(pixels).save(os.path.join(image_dir, file_name), **save_kwargs)
+        path = os.path.join(image_dir, file_name)
+        try:
+            Image.fromarray(pixels).save(path, **save_kwargs)
+        except OSError as error:  # a full disk's names no file
+            if error.filename is None:
+                error.filename = path
+            raise
         return boxes
 
     # Drawing consumes the split's generator, so it stays in order; each canvas is then
@@ -626,8 +632,12 @@ def build_fashion_canvases(out_dir: str, *,
         partial_dir = os.path.join(image_root, f".{split}.partial-{owner_tag()}")
         shutil.rmtree(partial_dir, ignore_errors=True)
         os.makedirs(partial_dir)
-        coco = _build_split(split, counts[split], pool, source_split, images, labels,
-                            cfg, partial_dir, progress)
+        try:
+            coco = _build_split(split, counts[split], pool, source_split, images, labels,
+                                cfg, partial_dir, progress)
+        except BaseException:  # a full disk, Ctrl-C: the next run starts the split anew
+            shutil.rmtree(partial_dir, ignore_errors=True)
+            raise
         # Another process may have finished it meanwhile: the same canvases (a damaged
         # split's COCO file still records the configuration, so it is replaced regardless).
         splits[split] = None if split in damaged else _finished_split(out_dir, split, config)

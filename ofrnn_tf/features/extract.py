@@ -237,7 +237,8 @@ class _ShardWriter(threading.Thread):
             raise self.error
 
     def abort(self) -> None:
-        """Stops without finalising the open shard (it stays a temporary file)."""
+        """Stops without finalising the open shard, whose temporary file is removed: a
+        failed extraction (a full disk, say) leaves nothing the next run cannot use."""
         self._aborted = True
         while self.is_alive():
             try:
@@ -277,9 +278,11 @@ class _ShardWriter(threading.Thread):
         except BaseException as e:  # surfaced in the main thread by put/finish
             self.error = e
         finally:
-            for shard in self.shards:  # an unfinished shard stays a temporary file
+            for shard in self.shards:  # unfinished: never resumed from, so not kept
                 if shard.writer is not None:
                     shard.writer.close()
+                    with contextlib.suppress(OSError):
+                        os.remove(shard.temp_path)
 
     def _current(self) -> _PendingShard:
         return self.shards[self._shard_pos]
