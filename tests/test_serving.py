@@ -38,6 +38,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ofrnn_tf.features.images import read_image_header as image_size
 from ofrnn_tf.serving import client
+from ofrnn_tf.serving import local_server
 from ofrnn_tf.serving.local_server import DEFAULT_MAX_BATCH_SIZE
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version,
                                               start_subprocess)
@@ -848,3 +849,17 @@ def test_client_cli(server, tmp_path):
     assert refused.returncode == 1 and not refused.stdout
     assert re.search(r"\[client\] stopped: \S+ answered NOT_FOUND: .*missing", refused.stderr), \
         refused.stderr
+
+
+def test_refused_requests_are_logged_at_most_once_a_second_with_a_count(monkeypatch):
+    lines, now = [], [0.0]
+    monkeypatch.setattr(local_server.logging, "warning", lambda fmt, *args: lines.append(
+        fmt % args))
+    log = local_server.RefusalLog(clock=lambda: now[0])
+    for t, text in [(0.0, "a"), (0.1, "b"), (0.9, "c"), (1.0, "d"), (1.5, "e"), (5.0, "f")]:
+        now[0] = t
+        log.note(local_server.RequestError(grpc.StatusCode.INVALID_ARGUMENT, text))
+    assert lines == ["INVALID_ARGUMENT: a",
+                     "INVALID_ARGUMENT: d (2 more refused since the last such line)",
+                     "INVALID_ARGUMENT: f (1 more refused since the last such line)"]
+

@@ -308,6 +308,28 @@ def _check_items(key: str, info: meta_graph_pb2.TensorInfo, value: np.ndarray,
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: contains NaN or Inf")
 
 
+class RefusalLog:
+    """Logs refused requests at WARNING, at most one line every `interval` seconds,
+    which counts the refusals it did not show: a client that sends bad requests in a
+    loop (hundreds a second) must not fill the server's log."""
+
+    def __init__(self, interval: float = 1.0, clock=time.monotonic):
+        self.interval, self.clock = float(interval), clock
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self._unshown = 0
+
+    def note(self, error: RequestError) -> None:
+        with self._lock:
+            now = self.clock()
+            if now - self._last < self.interval:
+                self._unshown += 1
+                return
+            unshown, self._unshown, self._last = self._unshown, 0, now
+        logging.warning("%s: %s%s", error.code.name, error.message,
+                        f" ({unshown} more refused since the last such line)" if unshown else "")
+
+
 class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                   model_service_pb2_grpc.ModelServiceServicer):
     """PredictionService and ModelService for one servable.
@@ -334,6 +356,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         if int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.max_batch_size = int(max_batch_size)
+        self._refusals = RefusalLog()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -453,7 +476,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         except Exception as e:  # the server must outlive any single request
             logging.exception("request failed")
             error = RequestError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-        logging.warning("%s: %s", error.code.name, error.message)
+        self._refusals.note(error)
         context.abort(error.code, error.message)
 
     # -- PredictionService -----------------------------------------------------
