@@ -856,10 +856,14 @@ def test_refused_requests_are_logged_at_most_once_a_second_with_a_count(monkeypa
     monkeypatch.setattr(local_server.logging, "warning", lambda fmt, *args: lines.append(
         fmt % args))
     log = local_server.RefusalLog(clock=lambda: now[0])
-    for t, text in [(0.0, "a"), (0.1, "b"), (0.9, "c"), (1.0, "d"), (1.5, "e"), (5.0, "f")]:
+    invalid, missing, failed = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                grpc.StatusCode.INTERNAL)
+    for t, code, text in [(0.0, invalid, "a"), (0.1, invalid, "b"), (0.2, missing, "c"),
+                          (0.3, failed, "d"), (0.4, failed, "e"), (0.9, invalid, "f"),
+                          (1.0, invalid, "g"), (1.5, invalid, "h"), (5.0, invalid, "i")]:
         now[0] = t
-        log.note(local_server.RequestError(grpc.StatusCode.INVALID_ARGUMENT, text))
-    assert lines == ["INVALID_ARGUMENT: a",
-                     "INVALID_ARGUMENT: d (2 more refused since the last such line)",
-                     "INVALID_ARGUMENT: f (1 more refused since the last such line)"]
-
+        log.note(local_server.RequestError(code, text))
+    # Each client-caused status on its own budget; the model failing is always said.
+    assert lines == ["INVALID_ARGUMENT: a", "NOT_FOUND: c", "INTERNAL: d", "INTERNAL: e",
+                     "INVALID_ARGUMENT: g (2 more since the last INVALID_ARGUMENT line)",
+                     "INVALID_ARGUMENT: i (1 more since the last INVALID_ARGUMENT line)"]

@@ -309,25 +309,35 @@ def _check_items(key: str, info: meta_graph_pb2.TensorInfo, value: np.ndarray,
 
 
 class RefusalLog:
-    """Logs refused requests at WARNING, at most one line every `interval` seconds,
-    which counts the refusals it did not show: a client that sends bad requests in a
-    loop (hundreds a second) must not fill the server's log."""
+    """Logs refused requests at WARNING. A status a client's request causes (a bad input,
+    an unknown model, a deadline) gets at most one line every `interval` seconds, which
+    counts the refusals of that status it did not show: a client that sends bad requests
+    in a loop (hundreds a second) must not fill the server's log. Any other status (the
+    model failed) is logged every time."""
+
+    RATE_LIMITED = frozenset({
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
     def __init__(self, interval: float = 1.0, clock=time.monotonic):
         self.interval, self.clock = float(interval), clock
         self._lock = threading.Lock()
-        self._last = -math.inf
-        self._unshown = 0
+        self._last: dict[grpc.StatusCode, float] = {}
+        self._unshown: dict[grpc.StatusCode, int] = {}
 
     def note(self, error: RequestError) -> None:
-        with self._lock:
-            now = self.clock()
-            if now - self._last < self.interval:
-                self._unshown += 1
-                return
-            unshown, self._unshown, self._last = self._unshown, 0, now
-        logging.warning("%s: %s%s", error.code.name, error.message,
-                        f" ({unshown} more refused since the last such line)" if unshown else "")
+        code, unshown = error.code, 0
+        if code in self.RATE_LIMITED:
+            with self._lock:
+                now = self.clock()
+                if now - self._last.get(code, -math.inf) < self.interval:
+                    self._unshown[code] = self._unshown.get(code, 0) + 1
+                    return
+                self._last[code] = now
+                unshown = self._unshown.pop(code, 0)
+        logging.warning("%s: %s%s", code.name, error.message,
+                        f" ({unshown} more since the last {code.name} line)" if unshown else "")
 
 
 class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
