@@ -534,7 +534,7 @@ def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> None:
     nor fail a run whose results are written."""
     try:
         run_dir.save_timing(mode, timer.rounded())
-    except (OSError, ValueError) as error:
+    except Exception as error:  # a full disk, a timing file of another shape
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         log(f"time not recorded in {run_dir.timing_file(mode)}: {reason}")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import glob
 import os
@@ -459,6 +460,8 @@ class RunDir:
             os.makedirs(self.path, exist_ok=True)
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # said as a full disk: free space, the folder is fine where it is
             raise RunFolderNotWritableError(
                 f"{self.path} cannot be written ({error.strerror}): training and --mode=eval "
                 f"write their checkpoints, τ and metrics into the run folder; copy it to a "

@@ -274,7 +274,7 @@ def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
      "part-0.index; No space left on device')",
      "/data/run/checkpoints/ckpt-10_temp/part-0.index; No space left on device"),
     # An error handler's own write on the full disk must not hide the write that failed.
-    ("chained()", "No space left on device writing /data/run/run.json"),
+    ("chained()", "No space left on device writing /data/run/metrics_test.json"),
 ], ids=["oserror", "quota", "tensorflow", "chained"])
 def test_a_full_disk_is_said_in_one_line_that_names_the_write(raised, said):
     script = (
@@ -283,9 +283,12 @@ def test_a_full_disk_is_said_in_one_line_that_names_the_write(raised, said):
         "from ofrnn_tf.cli import runner\n"
         "def chained():\n"
         "    try:\n"
-        "        raise OSError(errno.ENOSPC, 'No space left on device', '/data/run/run.json')\n"
+        "        raise OSError(errno.ENOSPC, 'No space left', '/data/run/metrics_test.json')\n"
         "    except OSError:\n"
-        "        raise RuntimeError('the handler failed too')\n"
+        "        try:\n"
+        "            raise OSError(errno.ENOSPC, 'No space left', '/data/run/timing.json')\n"
+        "        except OSError:\n"
+        "            raise RuntimeError('the handler failed too')\n"
         "def main(argv):\n"
         f"    raise {raised}\n"
         "runner(lambda: None, main)()\n")

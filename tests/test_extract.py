@@ -261,6 +261,23 @@ def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
     assert not [n for n in os.listdir(out) if "incomplete" in n]
 
 
+def test_a_full_disk_at_a_shards_stats_leaves_no_temporary_shard(tmp_path, backbone,
+                                                                 monkeypatch):
+    # The shard's records are all written when its stats fail: without them it is no
+    # finished shard, and its temporary file would hold a shard's worth of the full disk.
+    examples = _good_examples(str(tmp_path), n=8)
+    out = str(tmp_path / "features")
+
+    def no_space(features_dir, split, index, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tfrecords, "write_shard_stats", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
+                              num_shards=4, progress=False)
+    assert [n for n in os.listdir(out) if "incomplete" in n] == []
+
+
 def _dead_pid() -> int:
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True).stdout)

@@ -200,6 +200,19 @@ TRY_TO_HOLD = ("import sys\n"
                "    print(str(error).split(': ')[0].partition(' is ')[2])\n")
 
 
+def test_a_run_folder_on_a_full_disk_is_said_as_a_full_disk(tmp_path, monkeypatch):
+    # Not "copy it to a writable place": the folder is fine once space is freed (the
+    # commands then say it in one line, naming the path).
+    def no_space(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(run_dir_module.os, "makedirs", no_space)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        with RunDir(str(tmp_path / "run")).exclusive():
+            pass
+    assert not isinstance(raised.value, RunFolderNotWritableError)
+
+
 def test_a_checkpoint_is_read_whole_once_while_its_files_stay_the_same(tmp_path, monkeypatch):
     prefix = tf.train.Checkpoint(v=tf.Variable(tf.zeros([1000]))).write(str(tmp_path / "ckpt"))
     reads = []

@@ -83,20 +83,23 @@ _DISK_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota
 
 def disk_full(error: BaseException) -> Optional[str]:
     """What a full disk (or quota) stopped writing, when `error` is that failure or arose
-    while handling it (a failed write of an error handler's own); None otherwise."""
+    while handling it (an error handler's own write failing too); None otherwise. Of
+    several such failures in the chain, the first is named: the write that stopped the
+    command."""
     from ofrnn_tf.tf_errors import op_error_text
 
-    seen = set()
+    seen, first = set(), None
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _DISK_FULL:
             where = error.filename
-            return _DISK_FULL[error.errno] + (f" writing {where}" if where else "")
-        text = op_error_text(error) if type(error).__module__.startswith("tensorflow") else ""
-        if any(reason in text for reason in _DISK_FULL.values()):
-            return text
+            first = _DISK_FULL[error.errno] + (f" writing {where}" if where else "")
+        elif type(error).__module__.startswith("tensorflow"):
+            text = op_error_text(error)
+            if any(reason in text for reason in _DISK_FULL.values()):
+                first = text
         error = error.__cause__ or error.__context__
-    return None
+    return first
 
 
 def usable_config(make_config):
