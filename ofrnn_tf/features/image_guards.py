@@ -133,9 +133,10 @@ matrix product for every header field, a table of bounds per layout; and it
 keeps rare branches (error messages, the long walk) in functions that are not
 inlined, since the ops of an untaken ``tf.cond`` branch cost time too. The
 ``tf.data`` decode is the exception: run inside such a function, every request it
-refused left memory behind in the session (about 20 KiB per refusal through the
-session loader, growing without bound under a client that sends such requests in a
-loop), and inlined it leaves none, at no cost that the serving benchmark measures.
+refused left memory behind in the session, without bound under a client that sends
+such requests in a loop (6.9 KiB a refusal in ``ofrnn-serve``,
+`benchmarks/bench_refusal_memory.py`); inlined, about 0.01 KiB through the session
+loader and 1.3 in the server, at no cost that the serving benchmark measures.
 
 All of this is plain graph code (no ``py_function``, no XLA): it works in a
 ``tf.function``, in a SavedModel loaded with ``tf.saved_model.load``, and in the
