@@ -280,8 +280,8 @@ class _ShardWriter(threading.Thread):
         finally:
             for shard in self.shards:  # unfinished: never resumed from, so not kept
                 if shard.writer is not None:
-                    with contextlib.suppress(Exception):  # a flush on a full disk fails
-                        shard.writer.close()
+                    with contextlib.suppress(Exception):  # a flush on a full disk fails;
+                        shard.writer.close()  # a second close does nothing
                     with contextlib.suppress(OSError):
                         os.remove(shard.temp_path)
 
@@ -339,17 +339,13 @@ class _ShardWriter(threading.Thread):
         if shard.writer is None:  # every image skipped, or an empty shard
             self._open(shard)
         shard.writer.close()
+        tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
+                                    shard.written, shard.skipped, len(self.examples),
+                                    format_checked=tfrecords.FORMAT_CHECKS)
+        move_into_place(shard.temp_path, final)
+        # Only now a finished shard: until its stats are written (a full disk may stop
+        # them) and it is in place, `run` removes its temporary file on a failure.
         shard.writer = None
-        try:
-            tfrecords.write_shard_stats(self.out_dir, self.split, shard.index,
-                                        self.num_shards, shard.written, shard.skipped,
-                                        len(self.examples),
-                                        format_checked=tfrecords.FORMAT_CHECKS)
-            move_into_place(shard.temp_path, final)
-        except BaseException:  # its stats not written (a full disk): not a finished shard
-            with contextlib.suppress(OSError):
-                os.remove(shard.temp_path)
-            raise
         self.summary.shards_written.append(shard.index)
 
 
