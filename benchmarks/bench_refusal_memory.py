@@ -19,8 +19,8 @@ About 2 minutes per 25,000 requests on 2 CPU cores.
 from __future__ import annotations
 
 import io
-import os
 import struct
+import subprocess
 import sys
 import time
 import zlib
@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-import subprocess  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
