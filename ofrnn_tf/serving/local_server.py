@@ -52,7 +52,7 @@ import time
 import weakref
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 # First: it sets TensorFlow's C++ log level for the command.
 from ofrnn_tf.cli import refuse_below, refuse_glob_characters, runner
@@ -339,6 +339,13 @@ class RefusalLog:
         logging.warning("%s: %s%s", code.name, error.message,
                         f" ({unshown} more since the last {code.name} line)" if unshown else "")
 
+    def flush(self) -> None:
+        """Logs, per status, the refusals no line has counted yet (the server stops)."""
+        with self._lock:
+            unshown, self._unshown = self._unshown, {}
+        for code, n in unshown.items():
+            logging.warning("%s: %d more since the last %s line", code.name, n, code.name)
+
 
 class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                   model_service_pb2_grpc.ModelServiceServicer):
@@ -366,7 +373,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         if int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.max_batch_size = int(max_batch_size)
-        self._refusals = RefusalLog()
+        self.refusals = RefusalLog()
 
     # -- helpers ---------------------------------------------------------------
 
@@ -486,7 +493,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         except Exception as e:  # the server must outlive any single request
             logging.exception("request failed")
             error = RequestError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-        self._refusals.note(error)
+        self.refusals.note(error)
         context.abort(error.code, error.message)
 
     # -- PredictionService -----------------------------------------------------
@@ -654,16 +661,18 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     except BaseException:
         servable.session.close()
         raise
-    threading.Thread(target=_close_when_stopped, args=(weakref.ref(server), servable.session),
+    threading.Thread(target=_close_when_stopped,
+                     args=(weakref.ref(server), servable.session, service.refusals.flush),
                      name="close-session").start()
     logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
                  servable.version, servable.path, _address(host, bound), service.max_image_pixels)
     return server, bound
 
 
-def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session) -> None:
-    """Closes `session` once the server `server_ref` refers to has stopped, or has been
-    dropped (gRPC stops a server it collects). gRPC cancels the calls still in flight
+def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session,
+                        on_stop: Callable[[], None]) -> None:
+    """Calls `on_stop` and closes `session` once the server `server_ref` refers to has
+    stopped, or has been dropped (gRPC stops a server it collects). gRPC cancels the calls still in flight
     when its grace is over, but not the model runs behind them, which would go on to
     their end and keep the process alive; closing the session cancels them.
 
@@ -678,6 +687,7 @@ def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session) 
         del server
         if not threading.main_thread().is_alive():
             return
+    on_stop()
     session.close()
 
 
