@@ -570,3 +570,33 @@ def test_feature_standardisation_is_adapted_once_and_saved():
     clone = make_model(decoder="residual")
     clone.set_weights(model.get_weights())
     assert not clone.needs_adapting
+
+
+def test_a_model_restored_before_it_was_built_decodes_with_its_standardizer(tmp_path):
+    """The usual restore pattern (a model from its config, a checkpoint restored into it
+    unbuilt, then decoding) must standardize the features as the saved model did."""
+    from ofrnn_tf.decoding.beam_search import beam_search
+
+    model = make_model(decoder="residual")
+    x = features(batch=8)
+    model.adapt([x * 3.0 + 1.0])
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    restored = OrderFreeRNN.from_config(model.get_config())
+    status = tf.train.Checkpoint(model=restored).restore(path)
+    want = beam_search(model, x, beam_size=2, max_steps=3)
+    got = beam_search(restored, x, beam_size=2, max_steps=3)
+    status.assert_consumed()
+    assert restored.built and not restored.needs_adapting
+    for key in ("labels", "v_prob", "log_prob"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-6)
+    assert restored(x).shape == (8, C)  # and it can still be called
+
+
+def test_the_inference_module_refuses_a_model_that_is_not_built(tiny_backbone):
+    from ofrnn_tf.inference import InferenceModule
+    from ofrnn_tf.labels import LabelMap
+
+    with pytest.raises(ValueError, match="the model is not built: call it"):
+        InferenceModule(OrderFreeRNN(num_classes=C), tiny_backbone,
+                        LabelMap([f"c{i}" for i in range(C)]), tau=0.5, beam_size=2,
+                        max_steps=3)

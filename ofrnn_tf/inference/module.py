@@ -75,7 +75,8 @@ class InferenceModule(tf.Module):
     Args:
         model: a trained, built `OrderFreeRNN` over `[H·W, k]` maps of `backbone`.
         backbone: the frozen `Backbone` the run's features were extracted with.
-        label_map: class names in label-id order.
+        label_map: class names in label-id order (only their number can be checked
+            against the model, which does not hold names: `from_run` reads the run's).
         tau: the threshold τ on the path probability (on v_prob for `baseline`).
         score_mix: the weight of M_map's v_prob in the ranking scores (chosen on
             validation with τ; `ofrnn_tf.decoding.beam_search.mix_scores`).
@@ -99,6 +100,9 @@ class InferenceModule(tf.Module):
         if label_map.num_classes != model.num_classes:
             raise ValueError(f"label map has {label_map.num_classes} classes but the model "
                              f"{model.num_classes}")
+        if not model.built:  # its standardizer and weights would be made while tracing
+            raise ValueError("the model is not built: call it on a batch of features, or "
+                             "`model.build((None, H·W, k))`, before restoring its weights")
         self._keras = _KerasParts(model, backbone)
         self.weights = [v.value for v in backbone.feature_model.weights + model.weights]
         self.label_map = label_map
@@ -147,13 +151,16 @@ class InferenceModule(tf.Module):
     @classmethod
     def from_run(cls, run_dir: RunDir | str, *, beam_size: Optional[int] = None,
                  tau: Optional[float] = None, min_labels: Optional[int] = None,
-                 backbone: Optional[Backbone] = None, **kwargs) -> "InferenceModule":
+                 score_mix: Optional[float] = None, backbone: Optional[Backbone] = None,
+                 **kwargs) -> "InferenceModule":
         """The module of a finished run (best weights, its backbone, calibrated τ).
 
-        τ is the one calibrated on validation for the beam width K (the run's own K by
-        default); a K that was never calibrated is refused unless `tau` is given.
-        `backbone` may pass an already built backbone of the run. Other keyword
-        arguments go to the constructor.
+        τ, the score mix and the fewest labels are the ones calibrated on validation for
+        the beam width K (the run's own K by default); a K that was never calibrated is
+        refused unless `tau` is given. A `baseline` run has no beam: its K is its own
+        whatever `beam_size` says. T_max is the run's. `backbone` may pass an already
+        built backbone of the run. Other keyword arguments (`max_image_pixels`,
+        `jit_compile`, `unroll`) go to the constructor.
         """
         run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         model, config, facts = run_dir.load_model()
@@ -179,7 +186,8 @@ class InferenceModule(tf.Module):
             tau = float(calibration["tau"])
         if min_labels is None:
             min_labels = int(calibration["min_labels"] if calibration else config.decoding.min_labels)
-        score_mix = float(calibration.get("score_mix", 0.0)) if calibration else 0.0
+        if score_mix is None:
+            score_mix = float(calibration.get("score_mix", 0.0)) if calibration else 0.0
         if backbone is None:
             backbone = get_backbone(config.features.backbone, facts.feature_layer,
                                     image_size=facts.image_size)

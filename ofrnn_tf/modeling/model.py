@@ -236,6 +236,10 @@ class OrderFreeRNN(keras.Model):
             raise ValueError(f"features must be [batch, m, k]: the backbone's [batch, H, W, k] "
                              f"maps reshaped to m = H·W positions; got shape "
                              f"{tuple(features.shape)}")
+        if not self.built:
+            # Decoding a model never called (say, just restored from a checkpoint) must
+            # not skip the standardizer, which only `build` makes.
+            self.build(features.shape)
         return features if self.standardizer is None else self.standardizer(features)
 
     def map_logits(self, features, training=False):
