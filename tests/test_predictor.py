@@ -357,3 +357,43 @@ def test_served_inputs_are_checked_naming_the_bad_entry(predictor, images):
             module.serve_images_with_threshold(jpegs, tf.constant(threshold, tf.float32))
     served = module.serve_images_with_threshold(jpegs, tf.constant([0.0, 1.0]))
     assert served["num_labels"].numpy().tolist() == [MAX_STEPS, 1]
+
+
+def test_a_single_path_or_bytes_object_is_refused_naming_the_list_it_takes(predictor, images):
+    with pytest.raises(TypeError, match=r"got the single path '.*\.jpg' \(pass \[path\]"):
+        predictor.predict_files(str(images[0]))
+    with pytest.raises(TypeError, match=r"single path .* \(pass \[path\]"):
+        predictor.predict_files(images[0])
+    with pytest.raises(TypeError, match=r"got one bytes object \(pass \[data\]"):
+        predictor.predict_bytes(images[0].read_bytes())
+
+
+def test_arrays_of_any_size_are_read_as_the_same_image_as_a_file(predictor, images):
+    """A decoded image is resized as its file would be: equal results, gray and RGBA
+    taken as RGB as in a file."""
+    rgb = tf.io.decode_jpeg(images[0].read_bytes(), channels=3).numpy()
+    assert rgb.shape[:2] != (predictor.image_size,) * 2  # resized on the way
+    from_file = predictor.predict_files([images[0]], attention=False)[0]
+    gray = rgb[..., 0]
+    rgba = np.concatenate([rgb, np.full_like(rgb[..., :1], 7)], axis=-1)
+    got = predictor.predict_arrays([rgb, rgba, gray, gray[..., None]],
+                                   names=["rgb", "rgba", "gray", "gray1"], attention=False)
+    assert [r["image"] for r in got] == ["rgb", "rgba", "gray", "gray1"]
+    for result in got[:2]:
+        assert result["label_ids"] == from_file["label_ids"]
+        assert result["scores"] == pytest.approx(from_file["scores"], abs=1e-6)
+    gray_file = predictor.predict_bytes([tf.io.encode_png(np.repeat(
+        gray[..., None], 3, axis=-1)).numpy()], attention=False)[0]
+    for result in got[2:]:
+        assert result["scores"] == pytest.approx(gray_file["scores"], abs=1e-6)
+    batch = predictor.predict_arrays(np.stack([rgb, rgb]), attention=False)
+    assert [r["label_ids"] for r in batch] == [from_file["label_ids"]] * 2
+    for bad in (rgb.astype(np.float32), rgb[..., :2], np.zeros([0, 4, 3], np.uint8)):
+        with pytest.raises(ValueError, match=r"images\[0\] must be uint8 \[H, W\]"):
+            predictor.predict_arrays([bad])
+
+
+def test_the_calibrated_score_mix_can_be_overridden(workdir, tiny_backbone):
+    module = Predictor.from_run(str(workdir), score_mix=0.25, backbone=tiny_backbone).module
+    assert float(module.score_mix.numpy()) == 0.25
+    assert float(module.tau.numpy()) == pytest.approx(TAU)

@@ -77,8 +77,10 @@ class Predictor:
         return decode_checked(data, self.image_size, limit).numpy()
 
     def predict_pixels(self, pixels) -> dict[str, np.ndarray]:
-        """Raw batch outputs for uint8 `[N, S, S, 3]` images (see `beam_search`, plus
-        `step_probabilities [N, T]`)."""
+        """Raw batch outputs for uint8 `[N, S, S, 3]` images: those of
+        `InferenceModule.serve_images` (`labels`, `label_names`, `num_labels`, `scores`,
+        `log_prob`, `attention [N, T, H, W]`) plus `step_probabilities [N, T]`. Images of
+        another size or channel count: `predict_arrays`."""
         pixels = tf.convert_to_tensor(pixels)
         if pixels.dtype != tf.uint8 or pixels.shape.rank != 4 or tuple(pixels.shape[1:]) != (
                 self.image_size, self.image_size, 3):
@@ -90,6 +92,9 @@ class Predictor:
                       attention: bool = True, all_scores: bool = True,
                       progress: bool = False) -> list[dict]:
         """Predicts encoded images (JPEG/PNG/BMP/GIF bytes); `names` label the results."""
+        if isinstance(images, (bytes, bytearray)):
+            raise TypeError("images must be a list of encoded images; got one bytes object "
+                            "(pass [data] for a single image)")
         for i, data in enumerate(images):
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError(f"images[{i}] must be bytes; got {type(data).__name__}")
@@ -100,9 +105,33 @@ class Predictor:
         return self._predict(list(names), lambda i: bytes(images[i]), attention=attention,
                              all_scores=all_scores, progress=progress)
 
+    def predict_arrays(self, images: Sequence[np.ndarray], names: Optional[Sequence[str]] = None,
+                       **kwargs) -> list[dict]:
+        """Predicts decoded images of any size: uint8 `[H, W]`, `[H, W, 1]` (gray),
+        `[H, W, 3]` (RGB) or `[H, W, 4]` (RGBA, alpha dropped). Each is stored as a PNG,
+        which loses nothing, and read back as `predict_bytes` reads any file (keyword
+        arguments: those of `predict_bytes`), so it is resized exactly as in training and
+        serving."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)  # a batch of equal-sized images
+        encoded = []
+        for i, image in enumerate(images):
+            array = np.asarray(image)
+            if array.ndim == 2:
+                array = array[..., np.newaxis]
+            if (array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3, 4)
+                    or 0 in array.shape):
+                raise ValueError(f"images[{i}] must be uint8 [H, W], [H, W, 1], [H, W, 3] or "
+                                 f"[H, W, 4] with H, W ≥ 1; got {array.dtype} {array.shape}")
+            encoded.append(tf.io.encode_png(array).numpy())
+        return self.predict_bytes(encoded, names, **kwargs)
+
     def predict_files(self, paths: Sequence[str], *, attention: bool = True,
                       all_scores: bool = True, progress: bool = False) -> list[dict]:
         """Predicts image files; a file that cannot be read or decoded gets an error entry."""
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise TypeError(f"paths must be a list of image files; got the single path "
+                            f"{os.fsdecode(paths)!r} (pass [path] for a single image)")
         paths = [os.fspath(p) for p in paths]
 
         def load(i: int) -> bytes:
