@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 from ofrnn_tf.decoding.beam_search import (
-    beam_search, decode_dataset, greedy_decode, labels_to_multi_hot, log_threshold,
-    make_decoder, select_baseline, select_for_threshold)
+    _log_threshold_tensor, beam_search, decode_dataset, greedy_decode, labels_to_multi_hot,
+    log_threshold, make_decoder, select_baseline, select_for_threshold)
+from ofrnn_tf.decoding.calibration import default_grid
 from ofrnn_tf.modeling.model import OrderFreeRNN, fixed_label_order
 
 C, M, K_FEAT = 5, 4, 6
@@ -306,13 +307,24 @@ def test_a_threshold_equal_to_a_paths_probability_keeps_that_path():
         if tau is None or tried == 3:
             continue
         tried += 1
-        direct = to_numpy(beam_search(model, x, beam_size=2, max_steps=4, threshold=tau,
-                                      min_labels=0))
         selected = select_for_threshold(recorded, tau, 0)
-        np.testing.assert_array_equal(selected["num_labels"], direct["num_labels"])
-        np.testing.assert_array_equal(selected["labels"], direct["labels"])
-        assert direct["num_labels"][image] >= step + 1
+        # τ as a number, and as a tensor (the SavedModel's variable, a request's input).
+        for threshold in (tau, tf.constant(tau, tf.float32)):
+            direct = to_numpy(beam_search(model, x, beam_size=2, max_steps=4,
+                                          threshold=threshold, min_labels=0))
+            np.testing.assert_array_equal(selected["num_labels"], direct["num_labels"])
+            np.testing.assert_array_equal(selected["labels"], direct["labels"])
+            assert direct["num_labels"][image] >= step + 1
     assert tried == 3
+
+
+def test_log_tau_is_the_same_float32_for_a_number_and_a_tensor():
+    """Float32 logs of NumPy and TensorFlow differ in the last bit for some τ of the
+    calibration grid; the graph and the selection must compare against the same value."""
+    taus = np.concatenate([default_grid(), np.random.default_rng(0).uniform(0, 1, 2000)])
+    as_tensor = _log_threshold_tensor(tf.constant(taus, tf.float32)).numpy()
+    as_number = np.array([log_threshold(float(t)) for t in taus])
+    np.testing.assert_array_equal(as_tensor, as_number)
 
 
 def test_result_does_not_depend_on_batch_composition():
@@ -335,8 +347,11 @@ def test_result_does_not_depend_on_batch_composition():
 def test_padding_min_labels_and_no_nan(case):
     model = model_for(case)
     x = make_features(4, seed=7)
-    # max_steps > C: the pool empties (a softmax over nothing must not leak NaN).
-    for tau, min_labels, max_steps in ((1.0, 1, 3), (1.0, 2, 3), (0.0, 1, C + 2), (0.5, 0, 4)):
+    # max_steps = C: the last step's pool holds one label (a softmax over it and "stop"
+    # must not leak NaN); a longer path than C labels cannot be.
+    with pytest.raises(ValueError, match=f"max_steps={C + 1} exceeds num_classes={C}"):
+        beam_search(model, x, beam_size=3, max_steps=C + 1)
+    for tau, min_labels, max_steps in ((1.0, 1, 3), (1.0, 2, 3), (0.0, 1, C), (0.5, 0, 4)):
         out = to_numpy(beam_search(model, x, beam_size=3, max_steps=max_steps, threshold=tau,
                                    min_labels=min_labels))
         assert out["labels"].shape == (4, max_steps) and out["labels"].dtype == np.int32
@@ -352,7 +367,7 @@ def test_padding_min_labels_and_no_nan(case):
             assert (out["attention"][i, n:] == 0).all()
             assert out["log_prob"][i] <= 0
             assert ((out["scores"][i] >= 0) & (out["scores"][i] <= 1)).all()
-        if tau == 0.0 and max_steps > C:
+        if tau == 0.0 and max_steps == C:
             assert (out["num_labels"] == C).all()
 
 

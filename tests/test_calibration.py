@@ -112,6 +112,23 @@ def test_score_mix_ranks_validation_at_least_as_well_as_m_map():
         assert mean_average_precision(y, mixed) >= mean_average_precision(y, noisy)
 
 
+def test_the_score_mix_table_holds_the_map_its_weight_is_then_evaluated_at():
+    """The weights are tried on float32 mixes, as evaluation and serving mix: where a
+    float64 mix would break a tie the other way, the table would promise a mAP the chosen
+    weight does not get (here below M_map's own)."""
+    y = np.array([[0], [0], [1]], np.float32)
+    v_prob = np.array([[1.0], [1 / 3], [2 / 3]], np.float32)
+    outputs = dict(y_true=y, v_prob=v_prob,
+                   path_scores=np.array([[1 / 3], [1.0], [2 / 3]], np.float32),
+                   step_labels=-np.ones((3, 1, 1), np.int32),
+                   step_log_prob=np.zeros((3, 1), np.float32))
+    mix, table = choose_score_mix(outputs)
+    for weight, value in table:
+        assert value == mean_average_precision(y, predictions_at(outputs, 0.0,
+                                                                 score_mix=weight)[1])
+    assert dict(table)[mix] >= mean_average_precision(y, v_prob)
+
+
 def test_default_grid():
     grid = default_grid()
     assert grid[0] == 0.0 and grid.max() <= 0.95 and np.isclose(grid[1], 1e-4)

@@ -427,3 +427,13 @@ def test_the_classes_a_split_lacks_are_named_by_index(monkeypatch):
     assert E.ABSENT_CLASSES_KEY not in E.evaluate(
         SimpleNamespace(uses_decoder=False), None, tau=0.5, beam_size=1, max_steps=2,
         min_labels=1, progress=False)
+
+
+@pytest.mark.parametrize("unknown", [-1.0, np.nan])
+def test_metrics_leave_out_the_size_split_when_a_positive_has_an_unknown_area(unknown):
+    from ofrnn_tf.evaluation import evaluate as E
+    areas = np.where(SIZE_A < 0, 0.2, SIZE_A)
+    outputs = {"v_prob": SIZE_S.astype(np.float32), "y_true": SIZE_Y, "label_areas": areas}
+    assert "AP-small" in E.metrics_at(outputs, 0.5, small_area=0.1)
+    areas[3, 1] = unknown
+    assert "AP-small" not in E.metrics_at(outputs, 0.5, small_area=0.1)

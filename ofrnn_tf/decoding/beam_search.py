@@ -40,17 +40,21 @@ def _check_threshold(threshold: float) -> float:
 
 
 def log_threshold(threshold: float) -> np.float32:
-    """`log τ` as the float32 both the graph and `select_for_threshold` compare against."""
+    """`log τ` as the float32 both the graph and `select_for_threshold` compare against:
+    the float32 τ's log taken in float64 and rounded once, as `_log_threshold_tensor`
+    takes it (float32 logs of NumPy and TensorFlow differ in the last bit for some τ, which
+    would decide a path of probability exactly τ differently in the two)."""
     threshold = _check_threshold(threshold)
     with np.errstate(divide="ignore"):
-        return np.float32(np.log(np.float32(threshold)))
+        return np.float32(np.log(np.float64(np.float32(threshold))))
 
 
 def _log_threshold_tensor(threshold) -> tf.Tensor:
     """`log τ` for a τ given as a Python number (checked now) or a tensor (read at run time,
-    e.g. a variable of the SavedModel or a request's input)."""
+    e.g. a variable of the SavedModel or a request's input), rounded as `log_threshold`."""
     if isinstance(threshold, (tf.Tensor, tf.Variable)):
-        return tf.math.log(tf.cast(threshold, tf.float32))
+        tau = tf.cast(tf.cast(threshold, tf.float32), tf.float64)
+        return tf.cast(tf.math.log(tau), tf.float32)
     return tf.constant(log_threshold(0.0 if threshold is None else threshold))
 
 
@@ -62,6 +66,9 @@ def _check_args(model, beam_size: int, max_steps: int, min_labels: int
                              ("min_labels", min_labels, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}")
+    if model.uses_decoder and max_steps > model.num_classes:
+        raise ValueError(f"max_steps={max_steps} exceeds num_classes={model.num_classes}: a "
+                         f"path holds each label at most once")
     limit = min(max_steps, model.num_classes)
     if model.uses_decoder and min_labels > limit:
         raise ValueError(
@@ -131,7 +138,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         model: an `OrderFreeRNN` (built). Mode `baseline` goes to `baseline_decode`.
         features: `[B, m, k]` feature maps, any B.
         beam_size: K; 1 is greedy decoding.
-        max_steps: T_max, the most labels a path may hold.
+        max_steps: T_max, the most labels a path may hold (at most C).
         threshold: τ on the path probability (Eq. 11), compared in log space: a
             number, or a scalar tensor read at run time; default 0.0 (only T_max and
             the candidate pool stop a path). For the `baseline` mode it is the
@@ -154,6 +161,12 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         for the fixed-order and PLA-trained models), `attention` `[B, T, m]` (α_t of each step
         of the returned path, zeros past its end), `v_prob` `[B, C]`. For the
         `baseline` mode see `baseline_decode` (`labels` is `[B, C]`).
+
+    Features must be finite (the served signatures check them): an image with NaN
+    features gets an empty path and NaN scores. A row's results do not depend on the
+    other rows but for float32 round-off (about 1e-7, which TensorFlow's vectorised
+    kernels give a value by its place in a tensor), so two labels of exactly equal
+    probability may be ordered either way.
     """
     beam_size, max_steps, min_labels = _check_args(model, beam_size, max_steps, min_labels)
     if not model.uses_decoder:

@@ -92,8 +92,10 @@ def choose_score_mix(outputs: Mapping[str, np.ndarray], grid: Sequence[float] = 
     y_true = np.asarray(outputs["y_true"])
     v_prob = np.asarray(outputs["v_prob"], np.float32)
     path_scores = np.asarray(outputs["path_scores"], np.float32)
-    table = [(float(mix), mean_average_precision(y_true, mix_scores(v_prob, path_scores, mix)))
-             for mix in grid]
+    # Mixed in float32, as evaluation and the served graph mix them: near-ties would
+    # otherwise rank differently from how the chosen weight is then used.
+    table = [(float(mix), mean_average_precision(
+        y_true, mix_scores(v_prob, path_scores, np.float32(mix)))) for mix in grid]
     best = max(range(len(table)), key=lambda i: (_tie_level(table[i][1]), table[i][0]))
     return table[best][0], table
 

@@ -88,7 +88,7 @@ def metrics_at(outputs: dict, tau: float, *, min_labels: int = 1, score_mix: flo
     y_pred, scores = predictions_at(outputs, tau, min_labels, score_mix)
     areas = outputs.get("label_areas")
     use_areas = small_area is not None and areas is not None and not np.any(
-        (areas < 0) & (outputs["y_true"] > 0))
+        ~(np.asarray(areas) >= 0) & (outputs["y_true"] > 0))  # -1 or NaN: unknown
     metrics = evaluate_all(outputs["y_true"], y_pred, scores,
                            label_areas=areas if use_areas else None,
                            small_area=small_area if use_areas else None,
