@@ -571,3 +571,20 @@ def test_train_and_export_print_no_tensorflow_notes(tiny_export_run):
         for note in ("INFO:tensorflow", "signature_serialization", "builder_impl",
                      "Not handling type", "tf_record_dataset_op", "retracing"):
             assert note not in log, (note, log[-3000:])
+
+
+def test_export_run_from_python_warms_up_on_the_runs_examples(tiny_export_run, tmp_path):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from ofrnn_tf.export import saved_model
+
+    base = str(tmp_path / "export")
+    path = saved_model.export_run(str(tiny_export_run.workdir), base, version=3)
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
+               tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE))]
+    sent = [bytes(image) for image in tf.make_ndarray(records[0].predict_log.request.inputs[
+        "images"])]
+    examples = RunDir(str(tiny_export_run.workdir)).example_images()
+    assert sent == [Path(examples[0]).read_bytes()]
+    with pytest.raises(FileExistsError, match=r"export/3 exists; pick another version$"):
+        saved_model.export_run(str(tiny_export_run.workdir), base, version=3)

@@ -14,13 +14,14 @@ Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 import glob
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 
 from ofrnn_tf.cli import (
     input_errors, refusal, refuse_below, refuse_glob_characters, runner, trained_run)
 from ofrnn_tf.export.saved_model import (
-    WarmupImageError, check_warmup_images, save_inference_module)
+    DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, save_inference_module, usable_example_images)
 from ofrnn_tf.inference.module import (
     DEFAULT_MAX_IMAGE_PIXELS, InferenceModule, UncalibratedBeamSizeError)
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
@@ -39,7 +40,8 @@ def define_flags() -> None:
                          "Images whose header declares more pixels are refused unread.")
     flags.DEFINE_string("warmup_images", None, "Glob of images for the warm-up requests "
                         "(default: the run's example images).")
-    flags.DEFINE_integer("num_warmup_images", 4, "At most this many warm-up images.")
+    flags.DEFINE_integer("num_warmup_images", DEFAULT_NUM_WARMUP_IMAGES,
+                         "At most this many warm-up images.")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the beam search. TensorFlow Serving runs "
                       "XLA only with its experimental --xla_cpu_compilation_enabled / "
                       "--xla_gpu_compilation_enabled flag: leave off for a portable export.")
@@ -76,21 +78,22 @@ def main(argv):
     except (UncalibratedBeamSizeError, *input_errors()) as e:
         raise refusal(e) from None
     if not FLAGS.warmup_images:
-        paths = _usable_run_examples(module, run_dir.example_images(), FLAGS.num_warmup_images)
+        paths = usable_example_images(module, run_dir.example_images(), FLAGS.num_warmup_images,
+                                      on_refused=_say_left_out)
     try:
         path = save_inference_module(module, FLAGS.export_dir, FLAGS.version,
-                                     [_read(p) for p in paths], FLAGS.model_name)
+                                     [Path(p).read_bytes() for p in paths], FLAGS.model_name)
     except WarmupImageError as e:
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}") from None
     except FileExistsError as e:
-        raise app.UsageError(str(e)) from None
+        raise app.UsageError(f"{e} (--version)") from None
     print(path)
     return 0
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _say_left_out(path: str, reason: str) -> None:
+    print(f"{os.path.basename(sys.argv[0])}: the run's example image {path} is left out of "
+          f"the warm-up requests: {reason}", file=sys.stderr)
 
 
 def _given_warmup_images(pattern: str) -> list[str]:
@@ -99,24 +102,6 @@ def _given_warmup_images(pattern: str) -> list[str]:
     if not paths:
         raise app.UsageError(f"--warmup_images={pattern} matches no file")
     return paths
-
-
-def _usable_run_examples(module, paths: list[str], num: int) -> list[str]:
-    """The first `num` of the run's example images `paths` that the export accepts
-    (`check_warmup_images`); each one it refuses is left out with a note on stderr
-    (the export then warms up without it, or on a gray image if none is left)."""
-    usable = []
-    for path in paths:
-        if len(usable) == num:
-            break
-        try:
-            check_warmup_images(module, [_read(path)])
-        except WarmupImageError as e:
-            print(f"{os.path.basename(sys.argv[0])}: the run's example image {path} is left "
-                  f"out of the warm-up requests: {e.reason}", file=sys.stderr)
-        else:
-            usable.append(path)
-    return usable
 
 
 run = runner(define_flags, main,

@@ -1,8 +1,9 @@
 """Named experiment presets: one module per preset, each with `get_config()`.
 
 Each preset's docstring says the command that runs it, how long it takes on 2 CPU
-cores and the result it should reach. Select one with ``--config=NAME`` on any entry
-point; ``--section.field=value`` flags then override single settings.
+cores and the result it should reach. Select one with ``--config=NAME`` on
+``ofrnn-train`` (``train.py``) or ``ofrnn-extract``; ``--section.field=value`` flags then
+override single settings. The other commands read a run's own settings.
 """
 
 from __future__ import annotations

@@ -24,17 +24,20 @@ import os
 import re
 import shutil
 import uuid
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
 from ofrnn_tf.export.warmup import write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
+from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 from ofrnn_tf.tf_errors import op_error_text
 
 SIGNATURES = ("serving_default", "predict_with_threshold", "predict_features")
+DEFAULT_NUM_WARMUP_IMAGES = 4  # of the run's example images, for the warm-up requests
 
 
 def next_version(export_base: str) -> int:
@@ -99,7 +102,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
 
 def _refuse_existing(final: str) -> None:
     if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; pick another --version")
+        raise FileExistsError(f"{final} exists; pick another version")
 
 
 # An export's temporary folder: ``.tmp-<owner tag>-<random>``, or ``.tmp-<version>`` as
@@ -125,11 +128,39 @@ def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> Non
             raise WarmupImageError(i, reason) from None
 
 
+def usable_example_images(module: InferenceModule, paths: Sequence[str], num: int,
+                          on_refused: Callable[[str, str], None] = lambda path, reason: None
+                          ) -> list[str]:
+    """The first `num` of `paths` (a run's example images) that the export accepts as
+    warm-up images (`check_warmup_images`); `on_refused(path, reason)` hears of each one
+    left out."""
+    usable = []
+    for path in paths:
+        if len(usable) == num:
+            break
+        try:
+            check_warmup_images(module, [Path(path).read_bytes()])
+        except WarmupImageError as e:
+            on_refused(path, e.reason)
+        else:
+            usable.append(path)
+    return usable
+
+
 def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
-               warmup_images: Sequence[bytes] = (), model_name: str = DEFAULT_MODEL_NAME,
-               **module_kwargs) -> str:
-    """Exports a finished run (keyword arguments: `InferenceModule.from_run`)."""
+               warmup_images: Optional[Sequence[bytes]] = None,
+               model_name: str = DEFAULT_MODEL_NAME, **module_kwargs) -> str:
+    """Exports a finished run (keyword arguments: `InferenceModule.from_run`).
+
+    The warm-up requests hold `warmup_images`, by default the first
+    `DEFAULT_NUM_WARMUP_IMAGES` of the run's example images that the export accepts (a
+    gray square where it has none), as `ofrnn-export` does.
+    """
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     module = InferenceModule.from_run(run_dir, **module_kwargs)
+    if warmup_images is None:
+        warmup_images = [Path(path).read_bytes() for path in usable_example_images(
+            module, run_dir.example_images(), DEFAULT_NUM_WARMUP_IMAGES)]
     return save_inference_module(module, export_base, version, warmup_images, model_name)
 
 

@@ -1,1 +1,5 @@
 """The model of the paper: M_map (Eq. 1–3), M_att (Eq. 4–5), M_pred (Eq. 6–10)."""
+
+from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
+
+__all__ = ["OrderFreeRNN", "build_model"]
