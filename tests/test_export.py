@@ -588,3 +588,7 @@ def test_export_run_from_python_warms_up_on_the_runs_examples(tiny_export_run, t
     assert sent == [Path(examples[0]).read_bytes()]
     with pytest.raises(FileExistsError, match=r"export/3 exists; pick another version$"):
         saved_model.export_run(str(tiny_export_run.workdir), base, version=3)
+    os.rename(path, os.path.join(base, "0003"))  # TF Serving reads it as version 3 too
+    with pytest.raises(FileExistsError, match=r"export/0003 exists; pick another version$"):
+        saved_model.export_run(str(tiny_export_run.workdir), base, version=3)
+    assert sorted(os.listdir(base)) == ["0003"]

@@ -498,6 +498,10 @@ def test_eval_mode_refuses_decoding_settings_it_would_not_keep(trained, tmp_path
         with pytest.raises(IncompatibleRunError, match=rf"decoding.{name}: .* \(eval mode "
                                                        r"evaluates the run's own decoding"):
             pipeline.run(config.replace(decoding=decoding), workdir, "eval")
+    # Nor does it train: a stage's schedule given to it would do nothing.
+    with pytest.raises(IncompatibleRunError, match=r"stage2.epochs: 1 in the run folder vs 3 "
+                                                   r"now \(eval mode trains nothing"):
+        pipeline.run(config.replace(stage2={"epochs": 3}), workdir, "eval")
 
 
 def test_a_rerun_refuses_epochs_of_a_finished_stage_and_lets_the_last_go_on(

@@ -1,8 +1,8 @@
 """ofrnn-train: trains (or resumes) and evaluates Order-Free RNN with Visual Attention.
 
-With no flag it runs the main job, the embedded benchmark end to end: canvases,
-EfficientNet-Lite0 features, stage 1 (M_map), stage 2 (attention + LSTM), τ on
-validation, test metrics, attention pictures:
+With only ``--workdir`` (required) it runs the main job, the embedded benchmark end to
+end: canvases, EfficientNet-Lite0 features, stage 1 (M_map), stage 2 (attention +
+LSTM), τ on validation, test metrics, attention pictures:
 
     ofrnn-train --workdir=runs/order_free
 
@@ -33,7 +33,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command's flags (defined when it runs, so importing this module defines none)."""
-    flags.DEFINE_string("workdir", None, "Run folder: config, checkpoints, TensorBoard, metrics.")
+    flags.DEFINE_string("workdir", None,
+                        "Run folder (required): config, checkpoints, TensorBoard, metrics.")
     flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train (or resume), calibrate τ, "
                       "evaluate; eval: recalibrate τ and evaluate a finished run.")
     flags.DEFINE_bool("print_config", False, "Print the settings this command would use and exit.")

@@ -76,11 +76,12 @@ class DataConfig:
     """Which images and labels (paper §Experiments; the benchmark is this project's)."""
 
     dataset: str = setting("fashion_canvases", "Data set: the embedded Fashion-MNIST canvas "
-                           "benchmark, MS-COCO 2014, NUS-WIDE or a CSV/JSONL manifest.",
+                           "benchmark, MS-COCO 2014, NUS-WIDE or a CSV/JSON/JSONL manifest.",
                            choices=DATASETS)
-    data_dir: str = setting("", "Root of coco/nuswide, or a folder of <split>.csv manifests; "
-                            "the benchmark is built under --runtime.cache_dir.", resumable=True)
-    manifest: str = setting("", "One CSV/JSONL manifest file (dataset=manifest).",
+    data_dir: str = setting("", "Root of coco/nuswide, or a folder of <split>.csv (or .jsonl, "
+                            ".json) manifests; the benchmark is built under "
+                            "--runtime.cache_dir.", resumable=True)
+    manifest: str = setting("", "One CSV, JSON Lines or JSON manifest file (dataset=manifest).",
                             resumable=True)
     val_fraction: float = setting(0.05, "Share of train held out (by image-id hash) for τ and "
                                   "epoch selection where a data set has no validation split "
@@ -209,7 +210,7 @@ class StageConfig:
     or of the label context fitted between them (selected by validation mAP)."""
 
     learning_rate: float = setting(1e-3, "Adam learning rate (a preset may set its own: "
-                                  "--config=NAME --print_config shows them).")
+                                  "--config=NAME --workdir=DIR --print_config shows them).")
     schedule: str = setting("constant", "Learning rate over the stage: constant, or cosine "
                             "(decaying to 0 at the stage's last epoch).", choices=SCHEDULES)
     epochs: int = setting(6, "Most epochs of this stage.", resumable=True)

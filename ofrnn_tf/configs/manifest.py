@@ -1,10 +1,11 @@
-"""Your own images: a CSV or JSONL manifest of ``path,labels`` rows.
+"""Your own images: a CSV, JSON Lines or JSON manifest of ``path,labels`` rows.
 
 Either one manifest file (``--data.manifest=FILE``; by image-id hash,
 ``--data.val_fraction`` of it, 5 %, is held out for testing and as much again for
 validation, and the rest trains) or a folder with ``train.csv``, ``test.csv`` and
-optionally ``val.csv`` (``--data.data_dir=DIR``). Labels are ``;``-separated class names; relative image
-paths are relative to the manifest. EfficientNet-Lite0 (offline weights) at its
+optionally ``val.csv``, or the same as ``.jsonl`` / ``.json`` (``--data.data_dir=DIR``).
+Labels are class names separated by ``;`` or ``|`` (a list in JSON); relative image paths
+are relative to the manifest. EfficientNet-Lite0 (offline weights) at its
 stage-5 maps, the benchmark's model.
 
 Command:

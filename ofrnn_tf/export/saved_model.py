@@ -101,8 +101,14 @@ def save_inference_module(module: InferenceModule, export_base: str,
 
 
 def _refuse_existing(final: str) -> None:
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; pick another version")
+    """Refuses a version folder that exists, also under another spelling of its number
+    (TF Serving reads ``0003`` as version 3 too)."""
+    base, name = os.path.split(final)
+    same = [d for d in (os.listdir(base) if os.path.isdir(base) else [])
+            if re.fullmatch(r"\d+", d) and int(d) == int(name)]
+    if os.path.exists(final) or same:
+        taken = final if os.path.exists(final) else os.path.join(base, same[0])
+        raise FileExistsError(f"{taken} exists; pick another version")
 
 
 # An export's temporary folder: ``.tmp-<owner tag>-<random>``, or ``.tmp-<version>`` as

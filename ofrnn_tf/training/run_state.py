@@ -29,7 +29,8 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
     """Refuses (`IncompatibleRunError`) what a rerun on an existing run folder would
     accept and ignore: the epochs or patience of a stage its checkpoints show finished
     (the last stage may go on), and in eval mode any decoding setting but the beam
-    width (eval mode writes none of the run's settings)."""
+    width and any stage's epochs or patience (eval mode trains nothing and writes none
+    of the run's settings)."""
     saved, _ = run_dir.load()
     diffs = []
     if mode == "eval":
@@ -39,6 +40,16 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
                 diffs.append(f"decoding.{name}: {before!r} in the run folder vs {now!r} now "
                              "(eval mode evaluates the run's own decoding; ofrnn-train without "
                              "--mode=eval recalibrates with the new setting)")
+        for section in ("stage1", "label_context", "stage2"):
+            for name in ("epochs", "patience"):
+                before = getattr(getattr(saved, section), name)
+                now = getattr(getattr(config, section), name)
+                if before != now:
+                    diffs.append(f"{section}.{name}: {before} in the run folder vs {now} now "
+                                 f"(eval mode trains nothing; ofrnn-train without --mode=eval "
+                                 f"trains on with it)")
+        if diffs:
+            raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
     position = latest_position(run_dir)
     finished = []
     if position is not None and position["stage"] >= 2:  # stage 1, and the context after it
