@@ -452,10 +452,15 @@ class RunDir:
         (`owner_tag`). The kernel drops it when the process ends, killed or not, so a
         ``.lock`` left behind never blocks the next command.
 
+        A folder this command made and that holds nothing but ``.lock`` when it fails (a
+        data set not found, a setting refused once the data are read) is removed, so that
+        what failed leaves no run folder that is none.
+
         Raises:
             RunInUseError: another process holds the folder (named by pid and host).
             RunFolderNotWritableError: the folder cannot be created or written.
         """
+        created = not os.path.isdir(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -479,6 +484,13 @@ class RunDir:
                 os.pwrite(fd, owner_tag().encode(), 0)
             try:
                 yield
+            except BaseException:
+                if created:
+                    with contextlib.suppress(OSError):  # still held: no other command is in it
+                        if os.listdir(self.path) == [os.path.basename(self.lock_file)]:
+                            os.unlink(self.lock_file)
+                            os.rmdir(self.path)
+                raise
             finally:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)  # names no holder once released

@@ -200,6 +200,26 @@ TRY_TO_HOLD = ("import sys\n"
                "    print(str(error).split(': ')[0].partition(' is ')[2])\n")
 
 
+def test_a_command_that_fails_before_writing_leaves_no_run_folder_it_made(tmp_path):
+    """A data set not found (say) must not leave a folder that later commands take for a
+    run; a folder that was there, or one that holds more, stays."""
+    made, there = RunDir(str(tmp_path / "new")), RunDir(str(tmp_path / "there"))
+    os.makedirs(there.path)
+    for run_dir in (made, there):
+        with pytest.raises(FileNotFoundError):
+            with run_dir.exclusive():
+                raise FileNotFoundError("annotation file not found")
+    assert not os.path.exists(made.path) and os.listdir(there.path) == [".lock"]
+    with pytest.raises(KeyboardInterrupt):
+        with made.exclusive():
+            open(made.run_file, "w").close()
+            raise KeyboardInterrupt
+    assert sorted(os.listdir(made.path)) == [".lock", os.path.basename(made.run_file)]
+    with made.exclusive():  # a folder made by a command that succeeds stays, of course
+        pass
+    assert os.path.isdir(made.path)
+
+
 def test_a_run_folder_on_a_full_disk_is_said_as_a_full_disk(tmp_path, monkeypatch):
     # Not "copy it to a writable place": the folder is fine once space is freed (the
     # commands then say it in one line, naming the path).
