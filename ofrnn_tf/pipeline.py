@@ -528,6 +528,24 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
         raise
 
 
+def results_table(config: ExperimentConfig, metrics: dict) -> str:
+    """The test metrics as the commands print them: a row named by the variant (and the
+    beam width K of a decoder); for the baseline, a second row at the paper's fixed 0.5.
+    Percentages at one decimal; τ, a probability, at three digits."""
+    variant = config.model.variant
+    rows = {}
+    if variant == "baseline":
+        rows[variant] = metrics
+        if evaluation.FIXED_THRESHOLD_KEY in metrics:
+            rows[f"{variant} at 0.5"] = dict(metrics[evaluation.FIXED_THRESHOLD_KEY], tau=0.5)
+    else:
+        rows[f"{variant} (K={metrics.get('beam_size', config.decoding.beam_size)})"] = metrics
+    shown = {name: dict(row, **({"tau": f"{row['tau']:.3g}"} if "tau" in row else {}))
+             for name, row in rows.items()}
+    columns = [c for c in RESULT_COLUMNS if any(c in row for row in shown.values())]
+    return format_table(shown, columns=columns)
+
+
 def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> None:
     """Adds this command's time to the run folder's timing file. A failure to (a full
     disk) is said in one line, not raised: it must not hide the error that ended the run,
@@ -592,11 +610,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
     if data is not None:
         with timer("examples and attention pictures"):
             save_examples(run_dir, data)
-    shown = dict(metrics)  # percentages at one decimal; τ, a probability, at three digits
-    if "tau" in shown:
-        shown["tau"] = f"{shown['tau']:.3g}"
-    print(format_table({config.model.variant: shown},
-                       columns=[c for c in RESULT_COLUMNS if c in shown]))
+    print(results_table(config, metrics))
     metrics_file = run_dir.metrics_file("test", config.decoding.beam_size)
     log(f"test metrics written to {metrics_file}"
         + (f"; attention pictures in {run_dir.attention_dir}"

@@ -1,8 +1,50 @@
-"""Status lines: how the library tells the user what it does, on stderr."""
+"""Status lines and progress bars: how the library tells the user what it does, on stderr."""
 
 import sys
+from collections import OrderedDict
+
+from tqdm import tqdm
+
+# Where stderr is no terminal (a log file, a pipe, CI), a bar is written as a line at most
+# this often (and once more at its end), rather than redrawn ten times a second.
+LOG_INTERVAL_SECONDS = 30.0
 
 
 def log(message: str) -> None:
     """Prints ``[ofrnn_tf] message`` on stderr at once (progress bars share the stream)."""
     print(f"[ofrnn_tf] {message}", file=sys.stderr, flush=True)
+
+
+class _LineStream:
+    """A bar's stream off a terminal: each redraw becomes a line of its own instead of a
+    carriage return over the last (which a log file keeps, every one of them)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:  # not a bar's clearing, nor the newline it ends with
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar on stderr: redrawn in place on a terminal, elsewhere a line at most every
+    `LOG_INTERVAL_SECONDS`. Use it as a context manager (or close it), so a bar that an
+    error or Ctrl-C interrupts is not drawn again after the message that says so."""
+    stream = sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if enabled and not (isatty and isatty()):
+        kwargs.setdefault("mininterval", LOG_INTERVAL_SECONDS)
+        kwargs.setdefault("maxinterval", LOG_INTERVAL_SECONDS)
+        stream = _LineStream(stream)
+    return tqdm(iterable, file=stream, disable=not enabled, dynamic_ncols=True, **kwargs)
+
+
+def ordered(**values) -> OrderedDict:
+    """A bar's postfix in the order given (tqdm sorts keyword postfixes by name)."""
+    return OrderedDict(values)

@@ -636,3 +636,16 @@ def test_a_failed_timing_write_hides_neither_the_error_nor_the_results(tmp_path,
     pipeline._record_timing(RunDir(str(tmp_path / "run")), "eval", pipeline.Timer())
     assert f"time not recorded in {tmp_path / 'run' / 'timing_eval.json'}" in (
         capsys.readouterr().err)
+
+
+def test_the_results_table_names_the_beam_width_and_the_baselines_fixed_threshold():
+    metrics = {"C-F1": 80.04, "O-F1": 79.96, "mAP": 88.0, "tau": 0.0924, "beam_size": 5}
+    table = pipeline.results_table(ExperimentConfig(), metrics).splitlines()
+    assert table[0].startswith("| run | C-F1 | O-F1 | mAP | tau |")
+    assert table[2] == "| order_free (K=5) | 80.0 | 80.0 | 88.0 | 0.0924 |"
+    baseline = ExperimentConfig().replace(model={"variant": "baseline"})
+    table = pipeline.results_table(baseline, {
+        "C-F1": 60.0, "mAP": 70.0, "tau": 0.31,
+        "at_fixed_0.5": {"C-F1": 55.0, "mAP": 70.0, "tau": 0.5}}).splitlines()
+    assert table[2:] == ["| baseline | 60.0 | 70.0 | 0.31 |",
+                         "| baseline at 0.5 | 55.0 | 70.0 | 0.5 |"]

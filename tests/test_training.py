@@ -344,7 +344,7 @@ def test_label_context_is_fitted_between_the_stages_and_its_best_epoch_kept(tmp_
     assert changed(untrained, fitted[0]) and changed(fitted[1], fitted[2])
     assert not changed(fitted[1], weights(model.context_variables))  # epoch 2 scored best
     assert not changed(fitted[1], validated[6][2])  # ... and stage 2 read that context
-    assert len(scalars(str(tmp_path))["validation_label_context/score"]) == 3
+    assert len(scalars(str(tmp_path))["label_context_by_epoch/validation_score"]) == 3
     reloaded = make_trainer(str(tmp_path), context_config(), synthetic_data())
     reloaded.best_manager.checkpoint.restore(reloaded.best_manager.latest_checkpoint)
     assert not changed(fitted[1], weights(reloaded.model.context_variables))
@@ -364,7 +364,7 @@ def test_a_jointly_trained_label_context_learns_in_stage_1_without_a_separate_fi
     assert [stage for stage, _ in validated] == [1, 1, 2]  # no label-context epochs
     assert changed(untrained, validated[0][1]) and changed(validated[0][1], validated[1][1])
     assert not changed(validated[1][1], validated[2][1])  # frozen in stage 2
-    assert "validation_label_context/score" not in scalars(str(tmp_path))
+    assert "label_context_by_epoch/validation_score" not in scalars(str(tmp_path))
 
 
 @pytest.mark.parametrize("cache_mib", [2048, 0], ids=["kept_head_outputs", "features"])

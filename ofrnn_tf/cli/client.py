@@ -19,11 +19,11 @@ import sys
 
 import grpc
 from absl import app, flags
-from tqdm import tqdm
 
 from ofrnn_tf.cli import runner
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
+from ofrnn_tf.status import progress_bar
 from ofrnn_tf.tf_errors import reason_text
 
 FLAGS = flags.FLAGS
@@ -65,7 +65,7 @@ def main(argv):
                             timeout=FLAGS.timeout)
     lines = merge_results(entries, results)
     if FLAGS.output or not sys.stdout.isatty():  # on a terminal the lines show the progress
-        lines = tqdm(lines, total=len(entries), desc="labelling", unit="img", file=sys.stderr)
+        lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")
     try:
         return write_report(lines, out, "client", "labelled")
     except grpc.RpcError as error:

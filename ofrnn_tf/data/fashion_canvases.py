@@ -100,13 +100,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
+from ofrnn_tf.status import progress_bar
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -517,9 +517,8 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
             if scene is not None:
                 coco_images[-1]["scene"] = scene
         annotations = []
-        for image_id, (items, painted) in enumerate(tqdm(
-                canvases, desc=f"canvases {split}", unit="img", disable=not progress,
-                file=sys.stderr)):
+        for image_id, (items, painted) in enumerate(progress_bar(
+                canvases, desc=f"canvases {split}", unit="img", enabled=progress)):
             boxes = painted.result()
             for item, (box, area) in zip(items, boxes):
                 annotations.append({

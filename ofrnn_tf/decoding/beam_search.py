@@ -19,12 +19,12 @@ best path (docs/model.md, Decoding).
 
 from __future__ import annotations
 
-import sys
 from typing import Dict, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
+
+from ofrnn_tf.status import progress_bar
 
 NEG_INF = float("-inf")
 # Keys of the per-step recording that `all_steps=True` adds.
@@ -424,7 +424,7 @@ def decode_dataset(decoder, dataset, progress: bool = True) -> Dict[str, np.ndar
         decoder: from `make_decoder` (features `[B, m, k]` → dict of tensors).
         dataset: yields dicts with `features` and, when present, `labels` (multi-hot
             `[B, C]`), `label_areas` and `image_id`.
-        progress: show a tqdm bar on stderr.
+        progress: show a progress bar on stderr.
 
     Returns:
         the decoder's outputs as numpy arrays, plus `y_true`, `label_areas` and
@@ -437,18 +437,19 @@ def decode_dataset(decoder, dataset, progress: bool = True) -> Dict[str, np.ndar
     if cardinality is not None:
         total = int(cardinality())
         total = total if total >= 0 else None
-    for i, batch in enumerate(tqdm(dataset, total=total, desc="decoding", unit="batch",
-                                   file=sys.stderr, disable=not progress)):
-        if not isinstance(batch, Mapping) or "features" not in batch:
-            raise ValueError(f"batch {i} of the dataset must be a dict with a 'features' entry; "
-                             f"got {type(batch).__name__}"
-                             + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
-        outputs = decoder(tf.cast(batch["features"], tf.float32))
-        for key, value in outputs.items():
-            collected.setdefault(key, []).append(np.asarray(value))
-        for key, name in passthrough.items():
-            if key in batch:
-                collected.setdefault(name, []).append(np.asarray(batch[key]))
+    with progress_bar(dataset, total=total, desc="decoding", unit="batch",
+                      enabled=progress) as bar:
+        for i, batch in enumerate(bar):
+            if not isinstance(batch, Mapping) or "features" not in batch:
+                keys = f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""
+                raise ValueError(f"batch {i} of the dataset must be a dict with a 'features' "
+                                 f"entry; got {type(batch).__name__}{keys}")
+            outputs = decoder(tf.cast(batch["features"], tf.float32))
+            for key, value in outputs.items():
+                collected.setdefault(key, []).append(np.asarray(value))
+            for key, name in passthrough.items():
+                if key in batch:
+                    collected.setdefault(name, []).append(np.asarray(batch[key]))
     if not collected:
         raise ValueError("the dataset yielded no batch")
     return {key: np.concatenate(parts, axis=0) for key, parts in collected.items()}

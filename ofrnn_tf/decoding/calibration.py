@@ -163,7 +163,7 @@ def calibrate_decoding(model, dataset, *, beam_size: int, max_steps: int, min_la
         objective: `mean_f1` (mean of C-F1 and O-F1, default), `c_f1` or `o_f1`.
         grid: candidate τ values in [0, 1]; default `default_grid()`.
         jit_compile: decode with XLA.
-        progress: tqdm bar on stderr while decoding.
+        progress: a progress bar on stderr while decoding.
     """
     objective_value({"C-F1": 0.0, "O-F1": 0.0}, objective)  # before the decoding pass
     outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,

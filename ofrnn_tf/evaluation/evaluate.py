@@ -118,7 +118,8 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
     def scored(threshold: float, min_labels: int = min_labels) -> dict:
         metrics = metrics_at(outputs, threshold, min_labels=min_labels, score_mix=score_mix,
                              small_area=small_area)
-        metrics["beam_size"] = int(beam_size)
+        if model.uses_decoder:  # M_map alone has no beam
+            metrics["beam_size"] = int(beam_size)
         return metrics
 
     metrics = scored(tau)

@@ -49,10 +49,11 @@ from ofrnn_tf.features.image_guards import has_accepted_bmp_layout
 from ofrnn_tf.features.images import decode_and_resize, decode_checked, has_accepted_format
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
+from ofrnn_tf.status import log, progress_bar
 from ofrnn_tf.tf_errors import op_error_text
-from ofrnn_tf.status import log
 
 _INCOMPLETE_SUFFIX = ".incomplete"
+NAMED_SKIPPED = 5  # skipped images named one a line in a split's extraction; then a count
 
 
 def incomplete_path(final: str) -> str:
@@ -307,10 +308,11 @@ class _ShardWriter(threading.Thread):
                   "reason": _diagnose(example, self.image_size)}
         shard.skipped.append(record)
         self.summary.skipped.append(record)
-        # Reruns skip finished shards, so a repaired image is extracted only with its shard.
-        tqdm.write(f"skipped image {record['path']}: {record['reason']} (once it is fixed, "
-                   f"delete {self._path(shard)}, or its whole folder, and rerun to extract "
-                   f"it)", file=sys.stderr)
+        if len(self.summary.skipped) <= NAMED_SKIPPED:  # the rest: `note_more_skipped`
+            # Reruns skip finished shards, so a repaired image is extracted only with its shard.
+            tqdm.write(f"skipped image {record['path']}: {record['reason']} (once it is "
+                       f"fixed, delete {self._path(shard)}, or its whole folder, and rerun to "
+                       f"extract it)", file=sys.stderr)
 
     def _write(self, pos: int, features: np.ndarray) -> None:
         shard = self._current()
@@ -459,7 +461,7 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
         batch_size: images per backbone call.
         num_shards: shards of this split (must match an earlier partial run).
         shard_index: None = every shard; else only that one.
-        progress: show a tqdm bar (images/s) on stderr.
+        progress: show a progress bar (images/s) on stderr.
     """
     if not split or "/" in split or os.sep in split:
         raise ValueError(f"bad split name {split!r}")
@@ -496,8 +498,8 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
         return summary
 
     compute = _compute_fn(backbone)
-    bar = tqdm(total=len(order), unit="img", desc=f"features {split}", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=len(order), unit="img", desc=f"features {split}",
+                       enabled=progress, smoothing=0.1)
     writer = _ShardWriter(out_dir, split, num_shards, pending, examples, backbone.image_size,
                           summary, bar)
     writer.start()
@@ -510,12 +512,23 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
     except BaseException:
         writer.abort()
         bar.close()
+        _note_more_skipped(out_dir, split, summary)
         _note_finished_shards(out_dir)
         raise
     summary.seconds = time.perf_counter() - start
     bar.close()
+    _note_more_skipped(out_dir, split, summary)
     tfrecords.write_meta(out_dir)
     return summary
+
+
+def _note_more_skipped(out_dir: str, split: str, summary: ExtractSummary) -> None:
+    """One line for the skipped images past the first `NAMED_SKIPPED`, which were named."""
+    more = len(summary.skipped) - NAMED_SKIPPED
+    if more > 0:
+        log(f"features {split}: {more} more image(s) skipped, each named with its reason "
+            f"under \"skipped\" in {os.path.join(out_dir, tfrecords.META_FILENAME)} (once "
+            f"they are fixed, delete their shards and rerun to extract them)")
 
 
 def _note_finished_shards(out_dir: str) -> None:

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from ofrnn_tf.features.images import decode_checked
 from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.status import progress_bar
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_BATCH_SIZE = 32
@@ -144,28 +143,29 @@ class Predictor:
     def _predict(self, names: list[str], load: Callable[[int], bytes], *, attention: bool,
                  all_scores: bool, progress: bool) -> list[dict]:
         results: list[dict] = []
-        starts = range(0, len(names), self.batch_size)
-        for start in tqdm(starts, desc="predicting", unit="batch", file=sys.stderr,
-                          disable=not progress):
-            indices = range(start, min(start + self.batch_size, len(names)))
-            batch: list[Optional[dict]] = []
-            pixels, slots = [], []
-            for i in indices:
-                try:
-                    pixels.append(self.decode_image(load(i)))
-                except OSError as error:
-                    batch.append(_error(names[i], error.strerror or str(error)))
-                except (tf.errors.OpError, ValueError) as error:
-                    batch.append(_error(names[i], op_error_text(error)))
-                else:
-                    slots.append(len(batch))
-                    batch.append(None)
-            if pixels:
-                outputs = self.predict_pixels(np.stack(pixels))
-                for row, slot in enumerate(slots):
-                    batch[slot] = self._result(names[indices[slot]], outputs, row,
-                                               attention=attention, all_scores=all_scores)
-            results.extend(batch)
+        with progress_bar(total=len(names), desc="predicting", unit="img",
+                          enabled=progress) as bar:
+            for start in range(0, len(names), self.batch_size):
+                indices = range(start, min(start + self.batch_size, len(names)))
+                batch: list[Optional[dict]] = []
+                pixels, slots = [], []
+                for i in indices:
+                    try:
+                        pixels.append(self.decode_image(load(i)))
+                    except OSError as error:
+                        batch.append(_error(names[i], error.strerror or str(error)))
+                    except (tf.errors.OpError, ValueError) as error:
+                        batch.append(_error(names[i], op_error_text(error)))
+                    else:
+                        slots.append(len(batch))
+                        batch.append(None)
+                if pixels:
+                    outputs = self.predict_pixels(np.stack(pixels))
+                    for row, slot in enumerate(slots):
+                        batch[slot] = self._result(names[indices[slot]], outputs, row,
+                                                   attention=attention, all_scores=all_scores)
+                results.extend(batch)
+                bar.update(len(batch))
         return results
 
     def _result(self, name: str, outputs: dict, row: int, *, attention: bool,

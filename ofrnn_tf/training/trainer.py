@@ -47,7 +47,6 @@ from typing import Callable, Optional
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
@@ -55,7 +54,12 @@ from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
     resumable_checkpoint)
+from ofrnn_tf.status import ordered, progress_bar
 from ofrnn_tf.training.distribute import is_chief, num_workers
+
+# Validation values that are probabilities or weights, not percentages: printed at three
+# significant digits (a τ of 0.0924 is not "0.09").
+PROBABILITIES = ("tau", "score_mix")
 
 # input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
 ExamplesFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
@@ -154,7 +158,7 @@ class Trainer:
             their first full pass (`train_examples_fn` is then called once per
             pipeline), and shuffle each epoch over all of them: later epochs read no
             file. For splits that fit in memory.
-        progress: show a tqdm bar per epoch.
+        progress: show a progress bar per epoch (`ofrnn_tf.status.progress_bar`).
 
     Attributes:
         cache_head_outputs: whether stage 2 trains on M_map's outputs computed once
@@ -358,15 +362,15 @@ class Trainer:
                            autograph=False)
         parts = {"hidden": [], "scores": [], "labels": []}
         total = math.ceil(self.num_train / ctx.num_input_pipelines / _PASS_BATCH)
-        for batch in tqdm(self._parsed_batches(self._examples(ctx)), total=total, unit="batch",
-                          desc="M_map outputs of the training split, computed once",
-                          disable=not (self.progress and self.chief), file=sys.stderr,
-                          dynamic_ncols=True):
-            hidden, scores = head(batch["features"])
-            # float16 halves the memory; the features were stored in float16 anyway.
-            parts["hidden"].append(tf.cast(hidden, tf.float16))
-            parts["scores"].append(tf.cast(scores, tf.float32))
-            parts["labels"].append(batch["labels"])
+        with progress_bar(self._parsed_batches(self._examples(ctx)), total=total, unit="batch",
+                          desc="M_map outputs (once)",
+                          enabled=self.progress and self.chief) as bar:
+            for batch in bar:
+                hidden, scores = head(batch["features"])
+                # float16 halves the memory; the features were stored in float16 anyway.
+                parts["hidden"].append(tf.cast(hidden, tf.float16))
+                parts["scores"].append(tf.cast(scores, tf.float32))
+                parts["labels"].append(batch["labels"])
         # Variables, not tensors: the step reads them by handle instead of capturing a
         # copy, and the input pipeline carries only indices, so steps never wait for it.
         with tf.device("CPU:0"):
@@ -629,29 +633,28 @@ class Trainer:
         # context that never scores better on validation than M_map alone is left so.
         best_epoch, best_weights, since_best = 0, [v.numpy() for v in variables], 0
         best = baseline = self.validate_fn(self.model, 1)["score"] if self.validate_fn else None
-        bar = tqdm(range(stage_config.epochs), unit="epoch", desc="label context",
-                   disable=not (self.progress and self.chief), file=sys.stderr, dynamic_ncols=True)
-        for epoch in bar:
-            batches = tf.data.Dataset.from_tensor_slices((logits, labels)).shuffle(
-                count, seed=self.config.train.seed * 1000 + 150 + epoch).batch(
-                self.global_batch, drop_remainder=True)
-            for x, y in self.strategy.experimental_distribute_dataset(batches):
-                loss = float(train_step(x, y))
-            if self.validate_fn is None:
-                continue
-            score = self.validate_fn(self.model, 1)["score"]
-            with self.writer.as_default():
-                self._scalar("validation_label_context/score", score, epoch + 1)
-                self._scalar("loss/label_context", loss, epoch + 1)
-            bar.set_postfix(loss=f"{loss:.4f}", val=f"{score:.2f}", refresh=False)
-            if score > best:
-                best, best_epoch, since_best = score, epoch + 1, 0
-                best_weights = [v.numpy() for v in variables]
-            else:
-                since_best += 1
-                if stage_config.patience and since_best >= stage_config.patience:
-                    break
-        bar.close()
+        with progress_bar(range(stage_config.epochs), unit="epoch", desc="label context",
+                          enabled=self.progress and self.chief) as bar:
+            for epoch in bar:
+                batches = tf.data.Dataset.from_tensor_slices((logits, labels)).shuffle(
+                    count, seed=self.config.train.seed * 1000 + 150 + epoch).batch(
+                    self.global_batch, drop_remainder=True)
+                for x, y in self.strategy.experimental_distribute_dataset(batches):
+                    loss = float(train_step(x, y))
+                if self.validate_fn is None:
+                    continue
+                score = self.validate_fn(self.model, 1)["score"]
+                with self.writer.as_default():  # by epoch: it has no steps of the stages'
+                    self._scalar("label_context_by_epoch/validation_score", score, epoch + 1)
+                    self._scalar("label_context_by_epoch/loss", loss, epoch + 1)
+                bar.set_postfix(ordered(loss=f"{loss:.4f}", val=f"{score:.2f}"), refresh=False)
+                if score > best:
+                    best, best_epoch, since_best = score, epoch + 1, 0
+                    best_weights = [v.numpy() for v in variables]
+                else:
+                    since_best += 1
+                    if stage_config.patience and since_best >= stage_config.patience:
+                        break
         if self.validate_fn is not None:
             for variable, value in zip(variables, best_weights):
                 variable.assign(value)
@@ -694,6 +697,9 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         """A training checkpoint numbered by the global step."""
+        # The points logged up to this step go to disk first: a rerun from this checkpoint
+        # logs only the steps after it, so points still buffered at a kill would be lost.
+        self.writer.flush()
         self.manager.save(checkpoint_number=step)
         self._saved_step = step
 
@@ -706,12 +712,12 @@ class Trainer:
             self._train_steps[stage] = self._make_train_step(stage)
         train_step = self._train_steps[stage]
         iterator = iter(self._epoch_dataset(stage, epoch, start_step))
-        bar = tqdm(total=self.steps_per_epoch, initial=start_step, unit="step",
-                   desc=f"stage {stage} epoch {epoch + 1}/{stage_config.epochs}",
-                   disable=not (self.progress and self.chief), file=sys.stderr, dynamic_ncols=True)
         runtime = self.config.runtime
         started, done = time.perf_counter(), 0
-        with self.writer.as_default():
+        bar = progress_bar(total=self.steps_per_epoch, initial=start_step, unit="step",
+                           desc=f"stage {stage} epoch {epoch + 1}/{stage_config.epochs}",
+                           enabled=self.progress and self.chief)
+        with bar, self.writer.as_default():
             for _ in range(start_step, self.steps_per_epoch):
                 loss, per_step = train_step(iterator)
                 loss = float(loss)
@@ -735,12 +741,11 @@ class Trainer:
                     self._scalar(f"learning_rate/stage{stage}",
                                  _current_learning_rate(self.optimizers[stage]), step)
                     self._scalar("examples_per_second", rate, step)
-                # Not refreshed here: `update` redraws at tqdm's own pace (0.1 s), not every step.
-                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}", refresh=False)
+                # Not refreshed here: `update` redraws at the bar's own pace, not every step.
+                bar.set_postfix(ordered(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}"), refresh=False)
                 bar.update(1)
                 if step % runtime.checkpoint_every == 0:
                     self._save(step)
-            bar.close()
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """A TensorBoard point, unless a stopped run already logged this tag at `step`
@@ -755,7 +760,8 @@ class Trainer:
             if isinstance(value, (int, float)):
                 self._scalar(f"validation_stage{stage}/{name}", value, step)
         print(f"[train] validation after stage {stage} epoch {int(self.epoch)}: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)),
+              + ", ".join(f"{k} {v:.3g}" if k in PROBABILITIES else f"{k} {v:.2f}"
+                          for k, v in metrics.items() if isinstance(v, float)),
               file=sys.stderr)
         if metrics["score"] > float(self.best_metric):
             self.best_metric.assign(metrics["score"])

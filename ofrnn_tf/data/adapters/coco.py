@@ -16,11 +16,11 @@ import sys
 from typing import Any, Sequence
 
 from pycocotools.coco import COCO
-from tqdm import tqdm
 
 from ofrnn_tf.data import DataFileError, DataNotFoundError, file_label_map
 from ofrnn_tf.data.example import Box, Example, LoadStats
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.status import progress_bar
 
 
 def load_coco(annotation_file: str,
@@ -78,9 +78,8 @@ def load_coco(annotation_file: str,
     examples: list[Example] = []
     images = dataset.get("images", [])
     image_of_file: dict[str, Any] = {}
-    for img in tqdm(images, desc=f"coco {os.path.basename(annotation_file)}",
-                    unit="img", disable=not progress or len(images) < 20000,
-                    file=sys.stderr):
+    for img in progress_bar(images, desc=f"coco {os.path.basename(annotation_file)}",
+                            unit="img", enabled=progress and len(images) >= 20000):
         path = os.path.join(image_dir, img["file_name"])
         file_key = os.path.normcase(os.path.normpath(path))
         if file_key in image_of_file:

@@ -22,11 +22,11 @@ import os
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 from ofrnn_tf.data import DataFileError, DataNotFoundError, file_label_map
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap
+from ofrnn_tf.status import progress_bar
 
 SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
 CONCEPTS_LOCATIONS = ("Concepts81.txt", os.path.join("ConceptsList", "Concepts81.txt"))
@@ -88,9 +88,8 @@ def load_nuswide(root: str,
 
     labels = np.zeros((len(paths), len(concepts)), dtype=bool)
     label_dir = os.path.join(root, "Groundtruth", "TrainTestLabels")
-    for k, concept in enumerate(tqdm(concepts, desc=f"nus-wide {split} labels",
-                                     unit="concept", disable=not progress,
-                                     file=sys.stderr)):
+    for k, concept in enumerate(progress_bar(concepts, desc=f"nus-wide {split} labels",
+                                             unit="concept", enabled=progress)):
         label_file = os.path.join(label_dir, f"Labels_{concept}_{suffix}.txt")
         labels[:, k] = _read_label_file(label_file, len(paths), list_file)
 

@@ -1,0 +1,39 @@
+"""ofrnn_tf/status.py: progress bars in a terminal and in a log file."""
+
+import io
+import sys
+
+from ofrnn_tf import status
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def run_bar(monkeypatch, stream, steps=500, **kwargs):
+    monkeypatch.setattr(sys, "stderr", stream)
+    with status.progress_bar(total=steps, desc="stage 1 epoch 1/2", **kwargs) as bar:
+        for _ in range(steps):
+            bar.set_postfix(status.ordered(loss="0.1234", ex_s="973"), refresh=False)
+            bar.update(1)
+    return stream.getvalue()
+
+
+def test_off_a_terminal_a_bar_writes_whole_lines_and_few_of_them(monkeypatch):
+    text = run_bar(monkeypatch, io.StringIO(), mininterval=0)  # a redraw per update
+    assert "\r" not in text and text.endswith("\n")
+    assert all(line.startswith("stage 1 epoch 1/2") for line in text.splitlines())
+    # At the default interval a fast bar writes its first and last state only.
+    lines = run_bar(monkeypatch, io.StringIO()).splitlines()
+    assert len(lines) == 2 and "500/500" in lines[-1], lines
+    assert lines[-1].index("loss=0.1234") < lines[-1].index("ex_s=973")  # as given
+
+
+def test_on_a_terminal_a_bar_is_redrawn_in_place(monkeypatch):
+    text = run_bar(monkeypatch, Terminal(), mininterval=0)
+    assert text.count("\r") > 100 and text.count("\n") <= 1
+
+
+def test_a_disabled_bar_writes_nothing(monkeypatch):
+    assert run_bar(monkeypatch, io.StringIO(), enabled=False) == ""
