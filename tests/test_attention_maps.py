@@ -41,8 +41,9 @@ def test_draw_attention_writes_one_panel_per_step_plus_the_image(tmp_path):
     # The image panel is the plain gray picture; the step panels are coloured by the map.
     left = png[middle, 6 + 10]
     assert np.all(np.abs(left.astype(int) - 128) <= 2)
-    assert all(np.ptp(png[middle, (t + 1) * PANEL_PIXELS + 16].astype(int)) > 20
-               for t in range(steps))
+    row = slice(middle - 20, middle + 20)
+    assert all(np.ptp(png[row, (t + 1) * PANEL_PIXELS + 16:(t + 2) * PANEL_PIXELS - 16]
+                      .astype(int), axis=-1).max() > 20 for t in range(steps))
 
 
 def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
@@ -56,9 +57,44 @@ def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
     panel = png[top:top + side, PANEL_PIXELS + 6:PANEL_PIXELS + 6 + side]
     y, x = int(side * 1.5 / 7), int(side * 5.5 / 7)
     peak, far = panel[y, x], panel[side - y, side - x]
-    # jet: the peak is red; zero attention is dark blue at low opacity over the gray.
+    # jet: the peak is red; where the map is at or below the uniform level, the image.
     assert peak[0] - peak[2] > 60 and peak[0] - peak[1] > 60
-    assert far[2] - far[0] > 10
+    assert np.all(np.abs(far - 128) <= 2)
+
+
+def test_a_flat_map_leaves_the_image_clear_and_says_its_peak(tmp_path):
+    """A step that looks everywhere (α = 1/(h·w), or within 1 % of it) is not drawn as
+    red all over: its panel is the image but for the corner that gives its peak."""
+    rng = np.random.default_rng(0)
+    flat = np.full((7, 7), 1 / 49, np.float32)
+    uneven = flat * (1 + 0.01 * rng.standard_normal((7, 7))).astype(np.float32)
+    path = draw_attention(gray_image(140, 140), np.stack([flat, uneven]), ["x", "y"],
+                          [0.5, 0.5], str(tmp_path / "flat.png"))
+    png = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    width, height = figure_pixels(2, 140, 140)
+    side = PANEL_PIXELS - 12
+    top = height - 6 - side
+    for t in (1, 2):
+        upper = png[top:top + side * 3 // 4, t * PANEL_PIXELS + 6:t * PANEL_PIXELS + 6 + side]
+        assert np.abs(upper - 128).max() <= 4, t
+        corner = png[top + side - 14:top + side, t * PANEL_PIXELS + 8:t * PANEL_PIXELS + 60]
+        assert corner.min() < 60  # the dark box of "peak 1.0× uniform"
+
+
+def test_long_titles_wrap_to_the_figure_and_long_names_are_shortened(tmp_path):
+    from ofrnn_tf.visualization.attention_maps import _text_pixels, _wrapped
+
+    truth = [f"class number {k}" for k in range(60)]
+    lines = _wrapped("ground truth: " + ", ".join(truth), 500, 10, max_lines=3)
+    assert len(lines) == 3 and lines[-1].endswith("…")
+    assert all(_text_pixels(line, 10) <= 500 for line in lines)
+    assert _wrapped("x" * 400, 300, 11, bold=True) == [_wrapped("x" * 400, 300, 11, True)[0]]
+    attention = np.full((1, 7, 7), 1 / 49, np.float32)
+    path = draw_attention(gray_image(), attention, ["a class name far too long for a panel"],
+                          [0.5], str(tmp_path / "long.png"), title="f" * 200 + ".jpg",
+                          ground_truth=truth)
+    with Image.open(path) as picture:  # the title's 1 line and the truth's 3 added
+        assert picture.size == figure_pixels(1, 120, 160, title_lines=4)
 
 
 @pytest.mark.parametrize("height, width, picture_height", [
@@ -179,3 +215,21 @@ def test_render_examples_loses_only_the_picture_that_cannot_be_drawn(
     monkeypatch.setattr(attention_maps, "draw_prediction", failing_on_the_first)
     written = render_examples(predictor, [first, str(sample_images[2])], str(tmp_path / "out"))
     assert len(written) == 1 and "font cache is broken" in capsys.readouterr().err
+
+
+def test_a_picture_without_labels_says_so_and_a_numbered_copy_keeps_its_name(tmp_path,
+                                                                              monkeypatch):
+    from ofrnn_tf.visualization import attention_maps
+
+    titles = []
+    drawn = attention_maps.draw_attention
+    monkeypatch.setattr(attention_maps, "draw_attention", lambda *args, **kwargs: (
+        titles.append(kwargs["title"]), drawn(*args, **kwargs))[1])
+    Image.fromarray(gray_image(40, 40)).save(tmp_path / "003_photo.png")
+    empty = dict(_prediction(tmp_path / "003_photo.png"), labels=[], step_probabilities=[],
+                 attention=np.zeros((0, 4, 4), np.float32), log_prob=0.0)
+    path = draw_prediction(empty, str(tmp_path / "out"), 3)
+    assert titles == ["003_photo.png  (no label chosen)"]  # not "path probability 1.000"
+    assert os.path.basename(path) == "003_photo.png"  # a run's example copy: no 003_003_
+    assert os.path.basename(draw_prediction(empty, str(tmp_path / "out"), 4)) == \
+        "004_003_photo.png"

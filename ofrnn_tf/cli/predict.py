@@ -25,6 +25,7 @@ from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import UncalibratedBeamSizeError
 from ofrnn_tf.inference.predictor import Predictor
+from ofrnn_tf.status import progress_bar
 from ofrnn_tf.visualization.attention_maps import draw_prediction
 
 FLAGS = flags.FLAGS
@@ -98,9 +99,9 @@ def _with_pictures(predictions: list[dict], entries: list) -> list[dict]:
     """Draws each prediction's attention maps; its line names the PNG instead of holding
     the maps. Pictures are numbered by the input's place among all the inputs."""
     places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
-    for place, result in zip(places, predictions):
-        if "attention" not in result:  # an input that could not be predicted
-            continue
+    drawn = [(place, result) for place, result in zip(places, predictions)
+             if "attention" in result]  # not an input that could not be predicted
+    for place, result in progress_bar(drawn, desc="attention pictures", unit="img"):
         try:
             result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
         except Exception as error:  # noqa: BLE001 - the prediction stands; only its picture is lost

@@ -3,8 +3,11 @@
 One PNG per image: the image on the left, then one panel per decoding step with
 that step's attention map α_t (Eq. 4) upsampled bilinearly onto the image and
 overlaid with a colour map, titled with the label chosen at the step and its
-probability at that step (`sigmoid(p_t[l_t])`, one factor of Eq. 11). The figure
-title names the image, the path probability and, when known, the true labels.
+probability at that step (`sigmoid(p_t[l_t])`, one factor of Eq. 11). A map is coloured
+from the uniform level 1/(h·w) (nothing) to its own peak (red, if that is at least twice
+the uniform level), and its corner says how many times the uniform level that peak is:
+a step that looks everywhere stays clear instead of drawing red all over. The figure title names the image, the path probability
+and, when known, the true labels, wrapped to the figure's width.
 
 Drawing uses matplotlib's Agg canvas directly (no pyplot), so it needs no display
 and leaves the global matplotlib state alone.
@@ -24,6 +27,7 @@ from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
+from matplotlib.textpath import TextToPath
 import tensorflow as tf
 from PIL import Image
 
@@ -36,6 +40,9 @@ _MARGIN = 6  # pixels inside each panel cell, around the picture
 _PICTURE_RATIO = (0.25, 2.0)  # the height/width a picture is drawn at, at least and at most
 _STEP_TITLE_PIXELS = 26
 _TITLE_LINE_PIXELS = 20
+_TITLE_SIZES = (11, 10)  # font size of the title's first line, and of the others
+_GROUND_TRUTH_LINES = 3  # at most; a longer list ends in "…"
+_STEP_TITLE_SIZE = 10
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,6 +60,45 @@ def _drawable(text: str) -> str:
     known = _font_characters()
     return "".join(c if ord(c) in known or c.isspace() else
                    c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _text_pixels(text: str, size: float, bold: bool = False) -> float:
+    """The width in pixels `text` takes at font `size` (points) in the picture."""
+    face = font_manager.FontProperties(size=size, weight="bold" if bold else "normal")
+    width, _, _ = TextToPath().get_text_width_height_descent(text, face, ismath=False)
+    return width * DPI / 72
+
+
+def _shortened(text: str, pixels: float, size: float, bold: bool = False) -> str:
+    """`text`, or its longest start that fits `pixels` with "…" after it."""
+    if _text_pixels(text, size, bold) <= pixels:
+        return text
+    low, high = 0, len(text)  # the longest start that fits lies in [low, high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _text_pixels(text[:middle] + "…", size, bold) <= pixels:
+            low = middle
+        else:
+            high = middle
+    return text[:low] + "…"
+
+
+def _wrapped(text: str, pixels: float, size: float, bold: bool = False,
+             max_lines: int = 2) -> list[str]:
+    """`text` broken at spaces into lines that fit `pixels`, at most `max_lines` of them
+    (the last shortened with "…" if the text goes on); a word too long for a line is
+    shortened."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and _text_pixels(joined, size, bold) <= pixels:
+            lines[-1] = joined
+        else:
+            lines.append(_shortened(word, pixels, size, bold))
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [_shortened(" ".join(lines[max_lines - 1:]) + " …",
+                                                    pixels, size, bold)]
+    return lines
 
 
 def _as_rgb(image) -> np.ndarray:
@@ -109,8 +155,9 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
         ground_truth: true label names, shown as a second title line.
         panel_pixels: width of each of the T + 1 panels.
         cmap, alpha: colour map and largest opacity of the overlay. Each map is
-            scaled to its own maximum, so the colours show where a step looks, not
-            how sharply.
+            coloured from the uniform level (clear) to its own maximum, so the colours
+            show where a step looks; the number in its corner (its peak over the
+            uniform level) shows how sharply.
 
     Returns:
         `path`.
@@ -126,40 +173,57 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
     if not np.all(np.isfinite(attention)):
         raise ValueError("attention holds NaN or infinite values")
 
-    lines = [line for line in (title, None if ground_truth is None else
-                               "ground truth: " + (", ".join(ground_truth) or "(none)"))
-             if line]
     height_px, width_px = rgb.shape[:2]
+    text_width = (steps + 1) * panel_pixels - 2 * _MARGIN
+    lines = []  # (text, first line's style)
+    if title:
+        lines += [(line, True) for line in _wrapped(_drawable(title), text_width,
+                                                      _TITLE_SIZES[0], bold=True)]
+    if ground_truth is not None:
+        truth = "ground truth: " + (", ".join(ground_truth) or "(none)")
+        lines += [(line, False) for line in _wrapped(_drawable(truth), text_width,
+                                                       _TITLE_SIZES[1],
+                                                       max_lines=_GROUND_TRUTH_LINES)]
     fig_w, fig_h = figure_pixels(steps, height_px, width_px, len(lines), panel_pixels)
     picture_w = panel_pixels - 2 * _MARGIN
     picture_h = _picture_height(picture_w, height_px, width_px)
 
     figure = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(figure)
-    for i, line in enumerate(lines):
+    for i, (line, first) in enumerate(lines):
         y = fig_h - _MARGIN - (i + 0.5) * _TITLE_LINE_PIXELS
-        figure.text(0.5, y / fig_h, _drawable(line), ha="center", va="center", parse_math=False,
-                    fontsize=11 if i == 0 else 10, weight="bold" if i == 0 else "normal")
+        figure.text(0.5, y / fig_h, line, ha="center", va="center", parse_math=False,
+                    fontsize=_TITLE_SIZES[0] if first else _TITLE_SIZES[1],
+                    weight="bold" if first else "normal")
 
     def panel(index: int, heading: str):
         axes = figure.add_axes([(index * panel_pixels + _MARGIN) / fig_w, _MARGIN / fig_h,
                                 picture_w / fig_w, picture_h / fig_h])
         axes.set_axis_off()
         axes.imshow(rgb, extent=(0, width_px, height_px, 0), interpolation="bilinear")
-        axes.set_title(_drawable(heading), fontsize=10, pad=4, parse_math=False)
+        axes.set_title(heading, fontsize=_STEP_TITLE_SIZE, pad=4, parse_math=False)
         return axes
 
     colormap = matplotlib.colormaps[cmap]
     panel(0, "image")
+    uniform = 1.0 / (attention.shape[1] * attention.shape[2])
     for t in range(steps):
-        axes = panel(t + 1, f"{t + 1}. {label_names[t]}  {float(probabilities[t]):.2f}")
+        number, probability = f"{t + 1}. ", f"  {float(probabilities[t]):.2f}"
+        room = picture_w - _text_pixels(number + probability, _STEP_TITLE_SIZE)
+        name = _shortened(_drawable(str(label_names[t])), room, _STEP_TITLE_SIZE)
+        axes = panel(t + 1, number + name + probability)
         heat = upsample(attention[t], height_px, width_px)
-        peak = float(heat.max())
-        heat = heat / peak if peak > 0 else heat
+        peak = float(attention[t].max())
+        # From the uniform level (clear) to the peak (red), the peak drawn at full colour
+        # only from twice the uniform level on: a flat or barely uneven map stays clear.
+        heat = np.clip((heat - uniform) / max(peak - uniform, uniform), 0.0, 1.0)
         overlay = colormap(heat)
         # Opacity grows with attention: weakly attended regions keep the image visible.
-        overlay[..., 3] = alpha * (0.25 + 0.75 * heat)
+        overlay[..., 3] = alpha * heat
         axes.imshow(overlay, extent=(0, width_px, height_px, 0), interpolation="bilinear")
+        axes.text(0.03, 0.03, f"peak {peak / uniform:.1f}× uniform", transform=axes.transAxes,
+                  fontsize=8, color="white", ha="left", va="bottom",
+                  bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "linewidth": 0})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=DPI, format="png", facecolor="white")
     return path
@@ -216,17 +280,22 @@ def draw_prediction(result: dict, out_dir: str, index: int,
                     ground_truth: Optional[Sequence[str]] = None) -> str:
     """Draws one prediction of ``Predictor.predict_files(..., attention=True)`` over its
     image file (``result["image"]``) as ``<out_dir>/<index>_<file stem>.png`` (the paper's
-    Fig. 3); returns the path."""
+    Fig. 3; the stem alone where it starts with that number already, as a run's example
+    copies do); returns the path."""
     image_path = result["image"]
     log_prob = result["log_prob"]
-    probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
+    if not result["labels"]:
+        probability = "  (no label chosen)"
+    else:
+        probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
     with open(image_path, "rb") as f:
         pixels = decode_rgb(tf.constant(f.read())).numpy()  # what the model saw
     picture = _display_size(Image.fromarray(pixels))
     stem = os.path.splitext(os.path.basename(image_path))[0]
+    numbered = stem if stem.startswith(f"{index:03d}_") else f"{index:03d}_{stem}"
     return draw_attention(
         picture, result["attention"], result["labels"], result["step_probabilities"],
-        os.path.join(out_dir, f"{index:03d}_{stem}.png"),
+        os.path.join(out_dir, f"{numbered}.png"),
         title=_printable(os.path.basename(image_path)) + probability, ground_truth=ground_truth)
 
 
