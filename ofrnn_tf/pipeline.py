@@ -34,7 +34,8 @@ from ofrnn_tf.labels import LabelMap, listed_names
 from ofrnn_tf.metrics import format_table
 from ofrnn_tf.modeling.model import fixed_label_order
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
-from ofrnn_tf.training.distribute import is_chief, is_chief_task, make_strategy
+from ofrnn_tf.training.distribute import (
+    check_batch_split, is_chief, is_chief_task, make_strategy)
 from ofrnn_tf.training.run_state import check_finished_stages, latest_position, training_state
 from ofrnn_tf.training.trainer import Trainer
 from ofrnn_tf.visualization.attention_maps import render_examples
@@ -569,6 +570,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
     if mode == "train":
         # Before any TensorFlow work: a multi-worker strategy configures the runtime.
         strategy = make_strategy(config.runtime.strategy)
+        check_batch_split(strategy, config.train.batch_size)  # before data and run.json
         if resuming and config.data.dataset == "fashion_canvases":
             # The benchmark is made from the run's settings, checked above: its feature cache
             # is found (or refused) before its canvases are built again.

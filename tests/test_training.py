@@ -651,6 +651,26 @@ def _kill(procs):
 
 
 @pytest.mark.slow
+def test_a_float16_overflow_on_one_replica_is_skipped_on_every_replica(tmp_path):
+    """Keras' loss scaling looks at the first replica's gradients only: a step that
+    overflows on the second of two replicas must be skipped (and the scale halved) as one
+    device does, not applied (NaN weights) nor, across workers, waited on for ever."""
+    procs = []
+    try:
+        procs = [_start(tmp_path / "one", "--epochs=2", "--overflow", DROP="0"),
+                 _start(tmp_path / "two", "--epochs=2", "--overflow", "--cpus=2",
+                        "--strategy=mirrored", DROP="0")]
+        scales = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+            assert proc.returncode == 0, err[-3000:]
+            scales.append([line for line in out.splitlines() if line.startswith("SCALE ")])
+    finally:
+        _kill(procs)
+    assert scales[0] == scales[1] and scales[0][-1] != "SCALE 2 32768", scales  # skipped
+
+
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_ends_with_identical_weights(tmp_path):
     # 6 global steps an epoch, 2 epochs a stage, a checkpoint every 2 steps. Pausing
     # before checkpoint 16 kills the run in stage-2 epoch 1 with steps 15-16 done but
@@ -907,3 +927,16 @@ def test_a_sessions_global_dtype_policy_neither_leaks_in_nor_is_lost(tmp_path):
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_batch_the_replicas_cannot_share_is_refused_as_an_input_error():
+    from types import SimpleNamespace
+
+    from ofrnn_tf.cli import input_errors
+    from ofrnn_tf.training.distribute import BatchSplitError, check_batch_split
+
+    check_batch_split(SimpleNamespace(num_replicas_in_sync=2), 64)
+    with pytest.raises(BatchSplitError, match=r"--train.batch_size=32 is not divisible by the "
+                                              r"3 replicas .* use a multiple of 3"):
+        check_batch_split(SimpleNamespace(num_replicas_in_sync=3), 32)
+    assert BatchSplitError in input_errors()  # said in one line, before data or run.json

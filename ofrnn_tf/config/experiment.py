@@ -285,7 +285,8 @@ class RuntimeConfig:
                             "(mirrored) or several machines (multi_worker, reads TF_CONFIG).",
                             choices=STRATEGIES, resumable=True)
     mixed_precision: bool = setting(False, "mixed_float16 compute (GPUs).", resumable=True)
-    jit_compile: bool = setting(False, "XLA-compile the training step.", resumable=True)
+    jit_compile: bool = setting(False, "XLA-compile each training step's forward and backward "
+                                "pass (with dropout, XLA draws other masks).", resumable=True)
     checkpoint_every: int = setting(200, "Steps between checkpoints (also every epoch).",
                                     resumable=True)
     log_every: int = setting(20, "Steps between TensorBoard summaries.", resumable=True)

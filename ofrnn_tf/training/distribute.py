@@ -13,6 +13,21 @@ class ClusterConfigError(ValueError):
     """``--runtime.strategy=multi_worker`` without a usable TF_CONFIG."""
 
 
+class BatchSplitError(ValueError):
+    """A global batch the strategy's replicas cannot share equally."""
+
+
+def check_batch_split(strategy: tf.distribute.Strategy, batch_size: int) -> None:
+    """Refuses a global batch that the replicas in sync do not divide (each takes an
+    equal share of every batch)."""
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise BatchSplitError(
+            f"--train.batch_size={batch_size} is not divisible by the {replicas} replicas "
+            f"of this strategy (each takes an equal share of a batch): use a multiple of "
+            f"{replicas}")
+
+
 def cluster_config() -> dict:
     """TF_CONFIG, read as ``--runtime.strategy=multi_worker`` needs it: a JSON object with
     the cluster (a chief or workers) and this process's task (its type and index);

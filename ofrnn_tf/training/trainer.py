@@ -55,7 +55,7 @@ from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
     resumable_checkpoint)
 from ofrnn_tf.status import ordered, progress_bar
-from ofrnn_tf.training.distribute import is_chief, num_workers
+from ofrnn_tf.training.distribute import check_batch_split, is_chief, num_workers
 
 # Validation values that are probabilities or weights, not percentages: printed at three
 # significant digits (a τ of 0.0924 is not "0.09").
@@ -190,9 +190,7 @@ class Trainer:
         self.chief = is_chief(strategy)
         self._saved_step: Optional[int] = None  # the newest training checkpoint's step
         self.global_batch = config.train.batch_size
-        if self.global_batch % strategy.num_replicas_in_sync:
-            raise ValueError(f"--train.batch_size={self.global_batch} is not divisible by the "
-                             f"{strategy.num_replicas_in_sync} replicas")
+        check_batch_split(strategy, self.global_batch)
         self.steps_per_epoch = num_train // self.global_batch
         if self.steps_per_epoch < 1:
             raise ValueError(f"{num_train} training examples give no full batch of "
@@ -312,6 +310,8 @@ class Trainer:
             else:
                 inputs, labels = tf.cast(batch["features"], tf.float32), batch["labels"]
             loss, per_step, grads = gradients(inputs, labels)
+            if loss_scaling and self.strategy.num_replicas_in_sync > 1:
+                grads = _poisoned_if_any_replica_overflowed(grads)
             optimizer.apply_gradients(zip(grads, variables))
             return loss, per_step
 
@@ -772,6 +772,31 @@ class Trainer:
                                              "global_step": step, "validation": metrics})
         else:
             self.epochs_since_best.assign_add(1)
+
+
+def _poisoned_if_any_replica_overflowed(grads):
+    """A replica's gradients, made NaN where any replica's are not finite.
+
+    Keras' `LossScaleOptimizer` decides to skip a step (and halve the scale) from the
+    first local replica's gradients alone, before they are summed across replicas: an
+    overflow on another replica would be applied (NaN weights under MirroredStrategy),
+    and workers that decide apart wait for each other for ever (multi-worker). Every
+    replica now sees the overflow, so every one skips, as one device would."""
+    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
+    overflowed = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    factor = tf.where(overflowed > 0, float("nan"), 1.0)
+
+    def poisoned(g):
+        if g is None:
+            return None
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(g.values * tf.cast(factor, g.values.dtype), g.indices,
+                                    g.dense_shape)
+        return g * tf.cast(factor, g.dtype)
+
+    return [poisoned(g) for g in grads]
 
 
 def _current_learning_rate(optimizer) -> float:
