@@ -36,7 +36,7 @@ def synthetic_examples(overflow: bool = False):
     class_vectors = rng.normal(size=(C, K)).astype("float32")
     features = rng.normal(size=(N, M, K)).astype("float32") + (labels @ class_vectors)[:, None, :]
     if overflow:
-        features[1:30:5] *= 300.0
+        features[1:60:10] *= 300.0  # odd rows: under two workers, the second one's
     return {"features": features.astype("float32"), "labels": labels}
 
 

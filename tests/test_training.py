@@ -653,13 +653,20 @@ def _kill(procs):
 @pytest.mark.slow
 def test_a_float16_overflow_on_one_replica_is_skipped_on_every_replica(tmp_path):
     """Keras' loss scaling looks at the first replica's gradients only: a step that
-    overflows on the second of two replicas must be skipped (and the scale halved) as one
-    device does, not applied (NaN weights) nor, across workers, waited on for ever."""
+    overflows on the second of two replicas, or of two workers, must be skipped (and the
+    scale halved) as one device does, not applied (NaN weights) nor, across workers,
+    waited on for ever."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    workers = [{"TF_CONFIG": json.dumps({"cluster": cluster,
+                                         "task": {"type": "worker", "index": index}})}
+               for index in range(2)]
     procs = []
     try:
         procs = [_start(tmp_path / "one", "--epochs=2", "--overflow", DROP="0"),
                  _start(tmp_path / "two", "--epochs=2", "--overflow", "--cpus=2",
                         "--strategy=mirrored", DROP="0")]
+        procs += [_start(tmp_path / "workers", "--epochs=2", "--overflow",
+                         "--strategy=multi_worker", DROP="0", **env) for env in workers]
         scales = []
         for proc in procs:
             out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
@@ -668,6 +675,7 @@ def test_a_float16_overflow_on_one_replica_is_skipped_on_every_replica(tmp_path)
     finally:
         _kill(procs)
     assert scales[0] == scales[1] and scales[0][-1] != "SCALE 2 32768", scales  # skipped
+    assert scales[2] == scales[3] and scales[2][-1] != "SCALE 2 32768", scales
 
 
 @pytest.mark.slow
