@@ -948,3 +948,16 @@ def test_a_batch_the_replicas_cannot_share_is_refused_as_an_input_error():
                                               r"3 replicas .* use a multiple of 3"):
         check_batch_split(SimpleNamespace(num_replicas_in_sync=3), 32)
     assert BatchSplitError in input_errors()  # said in one line, before data or run.json
+
+
+def test_the_training_input_runs_without_the_autotuner(tmp_path, monkeypatch):
+    """An iterator's destructor waits for tf.data's autotuner thread, which held each
+    epoch's end for seconds: every dataset training reads has it off."""
+    trainer = make_trainer(str(tmp_path), tiny_config(), synthetic_data())
+    built = []
+    monkeypatch.setattr(trainer.strategy, "distribute_datasets_from_function",
+                        lambda fn: built.append(fn(tf.distribute.InputContext())))
+    trainer._epoch_dataset(1, 0, 0)
+    datasets = built + [trainer._parsed_batches(trainer._examples(tf.distribute.InputContext()))]
+    assert [ds.options().autotune.enabled for ds in datasets] == [False, False]
+    assert built[0].options().threading.max_intra_op_parallelism == 1

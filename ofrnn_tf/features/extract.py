@@ -412,12 +412,9 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
         tf.constant(data, tf.string)))
     ds = ds.map(load, num_parallel_calls=_DECODE_THREADS, deterministic=True)
     ds = ds.ignore_errors()
-    # Without autotuning: its model thread, which the iterator's destructor waits for,
-    # held the end of a long extraction for up to a minute (main jobs idled 17-57 s
-    # after the last image). Decoding is cheap next to the backbone, so fixed sizes do.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.batch(batch_size).prefetch(2).with_options(options)
+    # Without autotuning: its thread held the end of a long extraction for up to a
+    # minute (main jobs idled 17-57 s after the last image).
+    return ds.batch(batch_size).prefetch(2).with_options(tfrecords.without_autotuning())
 
 
 def prepare_split_folder(out_dir: str, label_map: LabelMap, info: dict, split: str,

@@ -48,6 +48,9 @@ META_FILENAME = "meta.json"
 # it: 0 none, 1 the magic bytes of JPEG, PNG, GIF and BMP, 2 also the BMP layouts.
 FORMAT_CHECKS = 2
 FEATURE_DTYPE = "float16"
+# Parallel reads and parses of an input pipeline, and batches it prefetches: fixed sizes,
+# as `without_autotuning` turns tf.data's autotuner off.
+INPUT_THREADS = 2
 _SHARD_RE = re.compile(
     r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.(?P<ext>tfrecord|json)$")
 
@@ -473,7 +476,7 @@ def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None 
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+                         num_parallel_calls=INPUT_THREADS, deterministic=not shuffle)
 
 
 def verify_split(features_dir: str, split: str) -> None:
@@ -544,5 +547,18 @@ def make_dataset(features_dir: str, split: str, batch_size: int, *,
         ds = ds.apply(tf.data.experimental.assert_cardinality(
             n // per_worker_batch if drop_remainder else -(-n // per_worker_batch)))
     ds = ds.map(parse_batch_fn(features_dir),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
-    return ds.prefetch(tf.data.AUTOTUNE)
+                num_parallel_calls=INPUT_THREADS, deterministic=not shuffle)
+    return ds.prefetch(INPUT_THREADS).with_options(without_autotuning())
+
+
+def without_autotuning(single_threaded_ops: bool = False) -> tf.data.Options:
+    """tf.data options with the autotuner off. An iterator's destructor waits for the
+    autotuner's thread: it held the end of an extraction for up to a minute, and of a
+    training epoch for 1.5 to 5 s; the input work is small next to the model's, so fixed
+    sizes (`INPUT_THREADS`) do. `single_threaded_ops` keeps each op on one thread,
+    leaving the cores to a training step instead of competing with it."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    if single_threaded_ops:
+        options.threading.max_intra_op_parallelism = 1
+    return options

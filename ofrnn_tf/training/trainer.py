@@ -50,6 +50,7 @@ import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
+from ofrnn_tf.features.tfrecords import INPUT_THREADS, without_autotuning
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
@@ -337,8 +338,8 @@ class Trainer:
         """One pass over `examples` in batches of `{"features", "labels", ...}`, in order."""
         dataset = examples.batch(_PASS_BATCH)
         if self.parse_batch_fn is not None:
-            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=INPUT_THREADS)
+        return dataset.prefetch(INPUT_THREADS).with_options(without_autotuning())
 
     @property
     def head_outputs_mib(self) -> float:
@@ -412,12 +413,10 @@ class Trainer:
             if indices:
                 ds = ds.map(lambda index: {"index": index})
             elif self.parse_batch_fn is not None:
-                ds = ds.map(self.parse_batch_fn, num_parallel_calls=tf.data.AUTOTUNE)
-            # Input work is small next to a step; keeping each tf.data op single-threaded
-            # leaves the cores to the step instead of competing with it.
-            options = tf.data.Options()
-            options.threading.max_intra_op_parallelism = 1
-            return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+                ds = ds.map(self.parse_batch_fn, num_parallel_calls=INPUT_THREADS)
+            # No autotuner, whose thread held each epoch's end; each op single-threaded.
+            return ds.prefetch(INPUT_THREADS).with_options(
+                without_autotuning(single_threaded_ops=True))
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
