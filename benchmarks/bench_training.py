@@ -13,8 +13,9 @@ the files every epoch — it times the stage-2 step function of
 `Trainer._make_train_step`:
 
 - ``pipeline``: whole epochs fed by the trainer's input pipeline, from building the
-  epoch's dataset to the last step (so the shuffle buffer's fill at the start of
-  every epoch counts, as it does in training);
+  epoch's dataset to its end, when the iterator is dropped (so the shuffle buffer's
+  fill at the start of every epoch counts, as it does in training, and so does the
+  end, which waited seconds on tf.data's autotuner before it was turned off);
 - ``compute``: the same number of steps fed from a few batches of that pipeline held
   in memory (`Dataset.from_tensors`), i.e. the step alone;
 - input-wait share = 1 − t_compute / t_pipeline per step (0 when negative; goal ≤ 5%),
@@ -140,14 +141,21 @@ def run_steps(train_step: Callable, iterator, steps: int) -> list[float]:
     return times
 
 
-def time_pipeline_epoch(trainer: Trainer, train_step: Callable, epoch: int) -> list[float]:
-    """Per-step seconds of one epoch; the first includes building the dataset and its fill."""
+def time_pipeline_epoch(trainer: Trainer, train_step: Callable,
+                        epoch: int) -> tuple[list[float], float]:
+    """Per-step seconds of one epoch (the first includes building the dataset and its
+    fill, the last the end of the epoch), and the end alone: dropping the epoch's
+    iterator, as the trainer's loop does when the epoch ends."""
     start = time.perf_counter()
     iterator = iter(trainer._epoch_dataset(2, epoch, 0))
     setup = time.perf_counter() - start
     times = run_steps(train_step, iterator, trainer.steps_per_epoch)
+    start = time.perf_counter()
+    del iterator
+    end = time.perf_counter() - start
     times[0] += setup
-    return times
+    times[-1] += end
+    return times, end
 
 
 def memory_iterator(trainer: Trainer, batches: list[dict]):
@@ -192,14 +200,16 @@ def measure(trainer: Trainer, repeats: int) -> dict:
     per_repeat = []
     for r in range(repeats):
         compute = sum(run_steps(train_step, memory, steps)) / steps
-        epoch = time_pipeline_epoch(trainer, train_step, epoch=1 + r)
+        epoch, end = time_pipeline_epoch(trainer, train_step, epoch=1 + r)
         pipeline = sum(epoch) / steps
         after_first = sum(epoch[1:]) / (steps - 1) if steps > 1 else float("nan")
         per_repeat.append({"compute": compute, "pipeline": pipeline, "first_step": epoch[0],
-                           "after_first": after_first,
+                           "epoch_end": end, "epoch_end_max": end, "after_first": after_first,
                            "share": wait_share(compute, pipeline),
                            "share_after_first": wait_share(compute, after_first)})
-    return {key: statistics.median(r[key] for r in per_repeat) for key in per_repeat[0]}
+    summary = {key: statistics.median(r[key] for r in per_repeat) for key in per_repeat[0]}
+    summary["epoch_end_max"] = max(r["epoch_end"] for r in per_repeat)
+    return summary
 
 
 def buffered_bytes_per_example(trainer: Trainer, record_bytes: float) -> float:
@@ -334,27 +344,30 @@ def run(work_dir: str) -> None:
         "",
         "| XLA | records | shuffle buffer | ex/s with pipeline | ex/s compute only | input-wait share | "
         "ms/step pipeline | ms/step compute | first step of epoch (s) | "
-        "wait share after first step |",
-        "|:---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "wait share after first step | end of epoch (s), median / max |",
+        "|:---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     failures = []
     for (xla, source_name, buffer), r in results.items():
         if "error" in r:
-            rows.append(f"| {xla} | {source_name} | {buffer} | fails | fails | — | — | — | — | — |")
+            rows.append(f"| {xla} | {source_name} | {buffer} | fails | fails | — | — | — | — | — "
+                        f"| — |")
             failures.append(f"XLA {xla}: the stage-2 step fails: {r['error']}")
             continue
         rows.append(
             f"| {xla} | {source_name} | {buffer} | {batch / r['pipeline']:,.0f} | {batch / r['compute']:,.0f} | "
             f"{100 * r['share']:.1f}% | "
             f"{1000 * r['pipeline']:.1f} | {1000 * r['compute']:.1f} | {r['first_step']:.2f} | "
-            f"{100 * r['share_after_first']:.1f}% |")
+            f"{100 * r['share_after_first']:.1f}% | {r['epoch_end']:.2f} / "
+            f"{r['epoch_end_max']:.2f} |")
     lines += rows
     lines += [""] + failures + [""] * bool(failures) + [
         f"Readers alone, examples/s (the trainer's `_epoch_dataset`, batches of {batch}, "
         f"shuffle fill included, from each source): "
         + "; ".join(f"{name} {rate:,.0f}" for name, rate in readers.items()) + ".",
         "Input-wait share = 1 − t_compute / t_pipeline per step (goal ≤ 5%); a pipeline "
-        "epoch is timed from building its dataset to its last step.",
+        "epoch is timed from building its dataset to the end of the epoch, when the "
+        "trainer drops the epoch's iterator (its own column).",
     ]
     lines.append("`M_map outputs`: the frozen head's per-position outputs, computed once "
                  "(in the warm-up) and kept in memory; the pipeline yields example indices and "
