@@ -592,3 +592,15 @@ def test_export_run_from_python_warms_up_on_the_runs_examples(tiny_export_run, t
     with pytest.raises(FileExistsError, match=r"export/0003 exists; pick another version$"):
         saved_model.export_run(str(tiny_export_run.workdir), base, version=3)
     assert sorted(os.listdir(base)) == ["0003"]
+
+
+def test_warmup_images_are_checked_without_tracing_the_signature(tiny_export_run):
+    """`tf.saved_model.save` traces every signature in its own context: a check that
+    called `serve_images` would trace the whole model once more for nothing."""
+    from ofrnn_tf.export.saved_model import WarmupImageError, check_warmup_images
+
+    module = InferenceModule.from_run(str(tiny_export_run.workdir))
+    check_warmup_images(module, tiny_export_run.jpeg_bytes(2))
+    with pytest.raises(WarmupImageError, match="warm-up image 1: .*not a JPEG, PNG, GIF or BMP"):
+        check_warmup_images(module, [tiny_export_run.jpeg_bytes(1)[0], b"meeting notes"])
+    assert module.serve_images.experimental_get_tracing_count() == 0

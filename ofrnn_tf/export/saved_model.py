@@ -126,9 +126,11 @@ class WarmupImageError(ValueError):
 
 def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> None:
     """Raises WarmupImageError if `module.serve_images` refuses one of `images`."""
+    # Through the checks and decoding alone (`check_images`): calling `serve_images` would
+    # trace the whole signature here, and `tf.saved_model.save` traces it again.
     for i, image in enumerate(images):
         try:
-            module.serve_images(tf.constant([image]))
+            module.check_images(tf.constant([image]))
         except tf.errors.InvalidArgumentError as e:
             reason = re.sub(r"^images\[0\]:?\s*(is\s+)?", "", op_error_text(e))
             raise WarmupImageError(i, reason) from None

@@ -64,9 +64,10 @@ class _InProcessFunctions:
     signature, which for these cost a fifth of an export's time for nothing a served or
     loaded SavedModel is called with."""
 
-    def __init__(self, predict_pixels, image_features):
+    def __init__(self, predict_pixels, image_features, check_images):
         self.predict_pixels = predict_pixels
         self.image_features = image_features
+        self.check_images = check_images
 
 
 class InferenceModule(tf.Module):
@@ -137,7 +138,8 @@ class InferenceModule(tf.Module):
             predict_pixels=function(
                 self._predict_pixels,
                 input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")]),
-            image_features=function(self._image_features, input_signature=[images]))
+            image_features=function(self._image_features, input_signature=[images]),
+            check_images=function(self._pixels, input_signature=[images]))
 
     @property
     def model(self):
@@ -198,6 +200,11 @@ class InferenceModule(tf.Module):
         return cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
                    max_steps=facts.max_steps, min_labels=min_labels, score_mix=score_mix,
                    **kwargs)
+
+    def check_images(self, images) -> tf.Tensor:
+        """`serve_images`' checks and decoding alone (in process), where every refusal of
+        an image is made: InvalidArgumentError naming it, or the decoded pixels."""
+        return self.in_process.check_images(images)
 
     def predict_pixels(self, pixels) -> dict:
         """Decoded uint8 `[N, S, S, 3]` images → the outputs of `serve_images` plus each
