@@ -407,11 +407,16 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
 
     val = eval_dataset(features_dir, facts, "val") if validate else None
     strategy = strategy or make_strategy(config.runtime.strategy)
+    def validation_logits_fn(model):
+        with tfrecords.naming_corrupt_shards(features_dir, "val"):
+            return evaluation.map_logits(model, val)
+
     return Trainer(config, facts, run_dir, strategy, tfrecords.num_examples(features_dir, "train"),
                    train_examples, validate_fn=validate_fn if validate else None,
                    parse_batch_fn=parse_batch,
                    cache_examples=split_mib <= config.train.cache_records_mib,
-                   progress=validate)
+                   progress=validate,
+                   validation_logits_fn=validation_logits_fn if validate else None)
 
 
 def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,

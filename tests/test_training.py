@@ -60,7 +60,8 @@ def tiny_facts(**changes) -> RunFacts:
     return RunFacts(**facts)
 
 
-def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn=None) -> Trainer:
+def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn=None,
+                 validation_logits_fn=None) -> Trainer:
     def examples_fn(ctx):
         return tf.data.Dataset.from_tensor_slices(data).shard(
             ctx.num_input_pipelines, ctx.input_pipeline_id)
@@ -68,7 +69,8 @@ def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn
     run_dir = RunDir(workdir)
     run_dir.save(config, tiny_facts())
     return Trainer(config, tiny_facts(), run_dir, tf.distribute.get_strategy(), N, examples_fn,
-                   validate_fn=validate_fn, progress=False)
+                   validate_fn=validate_fn, progress=False,
+                   validation_logits_fn=validation_logits_fn)
 
 
 def test_every_epoch_reads_the_training_examples_in_another_order(tmp_path):
@@ -348,6 +350,39 @@ def test_label_context_is_fitted_between_the_stages_and_its_best_epoch_kept(tmp_
     reloaded = make_trainer(str(tmp_path), context_config(), synthetic_data())
     reloaded.best_manager.checkpoint.restore(reloaded.best_manager.latest_checkpoint)
     assert not changed(fitted[1], weights(reloaded.model.context_variables))
+
+
+def test_the_label_context_fit_is_scored_on_m_maps_validation_logits_computed_once(tmp_path):
+    """M_map is frozen while the context is fitted: scoring the context on its validation
+    logits, computed once, gives the scores (and so the epoch) that running the whole
+    model every epoch gives."""
+    from ofrnn_tf.metrics import mean_average_precision
+
+    val = synthetic_data()
+    x, y = tf.constant(val["features"][:64]), val["labels"][:64]
+    calls = []
+
+    def validate_fn(model, stage):
+        calls.append(stage)
+        return {"score": mean_average_precision(y, tf.sigmoid(model(x)).numpy())}
+
+    def validation_logits_fn(model):
+        calls.append("logits")
+        return model.map_logits(x).numpy(), y
+
+    config = context_config(epochs=4)
+    runs = {}
+    for name, logits_fn in (("whole model", None), ("logits once", validation_logits_fn)):
+        calls.clear()
+        model = make_trainer(str(tmp_path / name.replace(" ", "_")), config, synthetic_data(),
+                             validate_fn, logits_fn).train()
+        runs[name] = (list(calls), weights(model.context_variables), [
+            v for _, v in scalars(str(tmp_path / name.replace(" ", "_")))[
+                "label_context_by_epoch/validation_score"]])
+    assert runs["whole model"][0] == [1, 1] + [1] * 5 + [2]  # stage 1, M_map, 4 epochs
+    assert runs["logits once"][0] == [1, 1, "logits", 2]
+    np.testing.assert_allclose(runs["logits once"][2], runs["whole model"][2], atol=1e-4)
+    assert not changed(runs["logits once"][1], runs["whole model"][1])
 
 
 def test_a_jointly_trained_label_context_learns_in_stage_1_without_a_separate_fit(tmp_path):

@@ -35,6 +35,16 @@ def map_scores(model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
     return {"v_prob": np.concatenate(scores), "y_true": np.concatenate(truth)}
 
 
+def map_logits(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """M_map's own logits (before any label context) and the true labels of every
+    example."""
+    logits, truth = [], []
+    for batch in dataset:
+        logits.append(model.map_logits(batch["features"], training=False).numpy())
+        truth.append(batch["labels"].numpy())
+    return np.concatenate(logits), np.concatenate(truth)
+
+
 def validate(model, dataset: tf.data.Dataset, stage: int, decoding: DecodingConfig,
              max_steps: int) -> dict:
     """Validation scores after an epoch; ``score`` (higher is better) picks the best epoch.

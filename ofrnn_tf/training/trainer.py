@@ -51,6 +51,7 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.features.tfrecords import INPUT_THREADS, without_autotuning
+from ofrnn_tf.metrics import mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
@@ -68,6 +69,8 @@ ExamplesFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 _PASS_BATCH = 256
 # (model, stage) -> validation metrics; "score" (higher is better) picks the best epoch.
 ValidateFn = Callable[[OrderFreeRNN, int], dict]
+# model -> (M_map's own logits [N, C], labels [N, C]) of the validation split.
+ValidationLogitsFn = Callable[[OrderFreeRNN], tuple]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -151,6 +154,9 @@ class Trainer:
         num_train: training examples per epoch, over all workers.
         train_examples_fn: the training examples, unbatched, in a fixed order.
         validate_fn: scores the model after each epoch (see `ValidateFn`).
+        validation_logits_fn: M_map's logits over the validation split: a label
+            context fitted over the frozen M_map is then scored on them, computed once,
+            rather than by `validate_fn` running M_map again every epoch.
         parse_batch_fn: when given, `train_examples_fn` yields serialized records and
             this parses a batch of them into `{"features", "labels"}`: the shuffle
             buffer then holds the compact records, and parsing runs on whole batches,
@@ -174,7 +180,8 @@ class Trainer:
                  strategy: tf.distribute.Strategy, num_train: int,
                  train_examples_fn: ExamplesFn, validate_fn: Optional[ValidateFn] = None,
                  parse_batch_fn: Optional[Callable[[tf.Tensor], dict]] = None,
-                 cache_examples: bool = False, progress: bool = True):
+                 cache_examples: bool = False, progress: bool = True,
+                 validation_logits_fn: Optional[ValidationLogitsFn] = None):
         self.config = config
         self.facts = facts
         self.run_dir = run_dir
@@ -182,6 +189,7 @@ class Trainer:
         self.num_train = num_train
         self.train_examples_fn = train_examples_fn
         self.validate_fn = validate_fn
+        self.validation_logits_fn = validation_logits_fn
         self.parse_batch_fn = parse_batch_fn
         self.cache_examples = cache_examples
         self._cached_examples: dict[tuple, tf.data.Dataset] = {}
@@ -597,6 +605,19 @@ class Trainer:
             labels.append(tf.cast(batch["labels"], tf.float32))
         return tf.concat(logits, axis=0), tf.concat(labels, axis=0)
 
+    def _context_score_fn(self) -> Optional[Callable[[], float]]:
+        """The stage-1 validation score (mAP of `sigmoid(L')`) of the label context being
+        fitted, or None without validation. M_map is frozen during the fit: its
+        validation logits are computed once and only the context runs each epoch."""
+        if self.validate_fn is None:
+            return None
+        if self.validation_logits_fn is None:
+            return lambda: self.validate_fn(self.model, 1)["score"]
+        logits, labels = self.validation_logits_fn(self.model)
+        logits = tf.constant(logits, tf.float32)
+        return lambda: mean_average_precision(
+            labels, tf.sigmoid(self.model.label_context(logits, training=False)).numpy())
+
     def _train_label_context(self) -> None:
         """Fits the `LabelContext` over the frozen best M_map: binary cross-entropy of
         `L'` on the training split, Adam (`--label_context.*`), its best epoch by the
@@ -631,7 +652,8 @@ class Trainer:
         # Epoch 0 is the untrained context, which returns M_map's logits unchanged: a
         # context that never scores better on validation than M_map alone is left so.
         best_epoch, best_weights, since_best = 0, [v.numpy() for v in variables], 0
-        best = baseline = self.validate_fn(self.model, 1)["score"] if self.validate_fn else None
+        score_fn = self._context_score_fn()
+        best = baseline = score_fn() if score_fn else None
         with progress_bar(range(stage_config.epochs), unit="epoch", desc="label context",
                           enabled=self.progress and self.chief) as bar:
             for epoch in bar:
@@ -640,9 +662,9 @@ class Trainer:
                     self.global_batch, drop_remainder=True)
                 for x, y in self.strategy.experimental_distribute_dataset(batches):
                     loss = float(train_step(x, y))
-                if self.validate_fn is None:
+                if score_fn is None:
                     continue
-                score = self.validate_fn(self.model, 1)["score"]
+                score = score_fn()
                 with self.writer.as_default():  # by epoch: it has no steps of the stages'
                     self._scalar("label_context_by_epoch/validation_score", score, epoch + 1)
                     self._scalar("label_context_by_epoch/loss", loss, epoch + 1)
