@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import os
 import shutil
 import time
@@ -504,6 +505,9 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
         index.append({"file": os.path.relpath(target, run_dir.path),
                       "image_id": example.image_id, "labels": truth[target]})
     write_json(run_dir.examples_index_file, index)
+    if os.path.isdir(run_dir.attention_dir):  # an earlier call's pictures, named otherwise
+        for stale in glob.glob(os.path.join(glob.escape(run_dir.attention_dir), "*.png")):
+            os.remove(stale)
     render_examples(Predictor.from_run(run_dir), copies, run_dir.attention_dir,
                     ground_truth=truth, max_images=num)
     return copies

@@ -351,6 +351,8 @@ def test_padding_min_labels_and_no_nan(case):
     # must not leak NaN); a longer path than C labels cannot be.
     with pytest.raises(ValueError, match=f"max_steps={C + 1} exceeds num_classes={C}"):
         beam_search(model, x, beam_size=3, max_steps=C + 1)
+    with pytest.raises(ValueError, match="min_labels=4 cannot hold: .* max_steps=3 labels"):
+        beam_search(model, x, beam_size=3, max_steps=3, min_labels=4)
     for tau, min_labels, max_steps in ((1.0, 1, 3), (1.0, 2, 3), (0.0, 1, C), (0.5, 0, 4)):
         out = to_numpy(beam_search(model, x, beam_size=3, max_steps=max_steps, threshold=tau,
                                    min_labels=min_labels))

@@ -280,7 +280,10 @@ def test_example_images_of_the_same_name_in_two_folders_are_both_kept(
     run_dir = RunDir(str(tmp_path / "run"))
     os.makedirs(run_dir.examples_dir)
     open(os.path.join(run_dir.examples_dir, "000.png"), "wb").close()  # an earlier copy
+    os.makedirs(run_dir.attention_dir)  # and a picture an earlier version named otherwise
+    open(os.path.join(run_dir.attention_dir, "000_000_000.png"), "wb").close()
     copies, drawn = save_examples_unpictured(run_dir, data)
+    assert os.listdir(run_dir.attention_dir) == []  # the new pictures only (none drawn here)
     assert [os.path.basename(c) for c in copies] == ["000_000.png", "001_000.png"]
     assert run_dir.example_images() == copies
     for copy, source in zip(copies, paths):

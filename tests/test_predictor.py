@@ -391,9 +391,15 @@ def test_arrays_of_any_size_are_read_as_the_same_image_as_a_file(predictor, imag
     for bad in (rgb.astype(np.float32), rgb[..., :2], np.zeros([0, 4, 3], np.uint8)):
         with pytest.raises(ValueError, match=r"images\[0\] must be uint8 \[H, W\]"):
             predictor.predict_arrays([bad])
+    for one in (rgb, gray, tf.constant(rgb)):  # not read row by row as many images
+        with pytest.raises(TypeError, match=r"got one array of shape .* \(pass \[image\]"):
+            predictor.predict_arrays(one)
 
 
 def test_the_calibrated_score_mix_can_be_overridden(workdir, tiny_backbone):
     module = Predictor.from_run(str(workdir), score_mix=0.25, backbone=tiny_backbone).module
     assert float(module.score_mix.numpy()) == 0.25
     assert float(module.tau.numpy()) == pytest.approx(TAU)
+    for weight in (float("nan"), 3.0, -0.1):
+        with pytest.raises(ValueError, match=r"score_mix .* must be in \[0, 1\]"):
+            Predictor.from_run(str(workdir), score_mix=weight, backbone=tiny_backbone)

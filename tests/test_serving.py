@@ -398,7 +398,7 @@ def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypat
 
     serve_session(monkeypatch, Session())
     flushed = threading.Event()  # the refusals not yet counted in the log are said
-    monkeypatch.setattr(local_server.RefusalLog, "flush", lambda self: flushed.set())
+    monkeypatch.setattr(local_server.RefusalLog, "stop_limiting", lambda self: flushed.set())
     decoded = []  # a cancelled run is no image's fault: none is decoded to find one
     monkeypatch.setattr(local_server, "find_undecodable", lambda *args: decoded.append(args))
     server, port = local_server.serve("/unused", warmup=False)
@@ -869,12 +869,16 @@ def test_refused_requests_are_logged_at_most_once_a_second_with_a_count(monkeypa
     assert lines == ["INVALID_ARGUMENT: a", "NOT_FOUND: c", "INTERNAL: d", "INTERNAL: e",
                      "INVALID_ARGUMENT: g (2 more since the last INVALID_ARGUMENT line)",
                      "INVALID_ARGUMENT: i (1 more since the last INVALID_ARGUMENT line)"]
-    # What no line has counted yet is said when the server stops, once.
+    # What no line has counted yet is said when the server stops, once; the requests
+    # its stop cancels then get a line each.
     for t, code in [(5.1, invalid), (5.2, invalid), (5.3, missing), (5.4, missing)]:
         now[0] = t
         log.note(local_server.RequestError(code, "x"))
     del lines[:]
-    log.flush()
-    log.flush()
+    log.stop_limiting()
+    log.stop_limiting()
+    for _ in range(2):
+        log.note(local_server.RequestError(grpc.StatusCode.CANCELLED, "stopping"))
     assert lines == ["INVALID_ARGUMENT: 2 more since the last INVALID_ARGUMENT line",
-                     "NOT_FOUND: 1 more since the last NOT_FOUND line"]
+                     "NOT_FOUND: 1 more since the last NOT_FOUND line",
+                     "CANCELLED: stopping", "CANCELLED: stopping"]

@@ -69,11 +69,9 @@ def _check_args(model, beam_size: int, max_steps: int, min_labels: int
     if model.uses_decoder and max_steps > model.num_classes:
         raise ValueError(f"max_steps={max_steps} exceeds num_classes={model.num_classes}: a "
                          f"path holds each label at most once")
-    limit = min(max_steps, model.num_classes)
-    if model.uses_decoder and min_labels > limit:
-        raise ValueError(
-            f"min_labels={min_labels} cannot hold: a path has at most min(max_steps={max_steps}, "
-            f"num_classes={model.num_classes}) = {limit} labels")
+    if model.uses_decoder and min_labels > max_steps:
+        raise ValueError(f"min_labels={min_labels} cannot hold: a path has at most "
+                         f"max_steps={max_steps} labels")
     if not model.uses_decoder and min_labels > model.num_classes:
         raise ValueError(f"min_labels={min_labels} exceeds num_classes={model.num_classes}")
     return int(beam_size), int(max_steps), int(min_labels)

@@ -93,7 +93,7 @@ def metrics_at(outputs: dict, tau: float, *, min_labels: int = 1, score_mix: flo
     `y_true` and optionally `label_areas`) at threshold τ.
 
     Small-object AP is left out when `small_area` is None or an image has a label of
-    unknown area (-1).
+    unknown area (-1, or NaN).
     """
     y_pred, scores = predictions_at(outputs, tau, min_labels, score_mix)
     areas = outputs.get("label_areas")

@@ -66,9 +66,10 @@ def save_inference_module(module: InferenceModule, export_base: str,
     own, renamed at the end. Should another export take the version meanwhile, an
     automatic version moves on to the next free one and a given one is refused.
 
-    Every warm-up image is first run through `module.serve_images`: an image the export
-    would refuse raises `WarmupImageError` naming it, before anything is written, rather than
-    give a version whose warm-up replay fails when TF Serving loads it.
+    Every warm-up image is first checked as `module.serve_images` checks it
+    (`check_warmup_images`): an image the export would refuse raises `WarmupImageError`
+    naming it, before anything is written, rather than give a version whose warm-up
+    replay fails when TF Serving loads it.
     """
     automatic = version is None
     version = next_version(export_base) if automatic else int(version)
@@ -125,9 +126,11 @@ class WarmupImageError(ValueError):
 
 
 def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> None:
-    """Raises WarmupImageError if `module.serve_images` refuses one of `images`."""
-    # Through the checks and decoding alone (`check_images`): calling `serve_images` would
-    # trace the whole signature here, and `tf.saved_model.save` traces it again.
+    """Raises WarmupImageError if `module.serve_images` would refuse one of `images`.
+
+    Checked by `module.check_images` (the signature's checks and decoding, where every
+    refusal of an image is made): calling `serve_images` would trace the whole signature
+    here, and `tf.saved_model.save` traces it again."""
     for i, image in enumerate(images):
         try:
             module.check_images(tf.constant([image]))

@@ -509,8 +509,7 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
     except BaseException:
         writer.abort()
         bar.close()
-        _note_more_skipped(out_dir, split, summary)
-        _note_finished_shards(out_dir)
+        _note_finished_shards(out_dir)  # a rerun extracts (and names) the rest again
         raise
     summary.seconds = time.perf_counter() - start
     bar.close()

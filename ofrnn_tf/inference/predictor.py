@@ -111,8 +111,12 @@ class Predictor:
         which loses nothing, and read back as `predict_bytes` reads any file (keyword
         arguments: those of `predict_bytes`), so it is resized exactly as in training and
         serving."""
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            images = list(images)  # a batch of equal-sized images
+        if isinstance(images, (np.ndarray, tf.Tensor)):
+            if len(images.shape) != 4:  # one image would be read row by row
+                raise TypeError(f"images must be a list of images or a [N, H, W, C] batch; "
+                                f"got one array of shape {tuple(images.shape)} (pass [image] "
+                                f"for a single image)")
+            images = list(np.asarray(images))  # a batch of equal-sized images
         encoded = []
         for i, image in enumerate(images):
             array = np.asarray(image)

@@ -325,10 +325,11 @@ class RefusalLog:
         self._lock = threading.Lock()
         self._last: dict[grpc.StatusCode, float] = {}
         self._unshown: dict[grpc.StatusCode, int] = {}
+        self._limiting = True
 
     def note(self, error: RequestError) -> None:
         code, unshown = error.code, 0
-        if code in self.RATE_LIMITED:
+        if code in self.RATE_LIMITED and self._limiting:
             with self._lock:
                 now = self.clock()
                 if now - self._last.get(code, -math.inf) < self.interval:
@@ -339,10 +340,12 @@ class RefusalLog:
         logging.warning("%s: %s%s", code.name, error.message,
                         f" ({unshown} more since the last {code.name} line)" if unshown else "")
 
-    def flush(self) -> None:
-        """Logs, per status, the refusals no line has counted yet (the server stops)."""
+    def stop_limiting(self) -> None:
+        """The server stops: logs, per status, the refusals no line has counted yet, and
+        every refusal from now on (the requests its stop cancels, a few at most)."""
         with self._lock:
             unshown, self._unshown = self._unshown, {}
+            self._limiting = False
         for code, n in unshown.items():
             logging.warning("%s: %d more since the last %s line", code.name, n, code.name)
 
@@ -662,7 +665,8 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         servable.session.close()
         raise
     threading.Thread(target=_close_when_stopped,
-                     args=(weakref.ref(server), servable.session, service.refusals.flush),
+                     args=(weakref.ref(server), servable.session,
+                           service.refusals.stop_limiting),
                      name="close-session").start()
     logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
                  servable.version, servable.path, _address(host, bound), service.max_image_pixels)
@@ -672,9 +676,10 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
 def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session,
                         on_stop: Callable[[], None]) -> None:
     """Calls `on_stop` and closes `session` once the server `server_ref` refers to has
-    stopped, or has been dropped (gRPC stops a server it collects). gRPC cancels the calls still in flight
-    when its grace is over, but not the model runs behind them, which would go on to
-    their end and keep the process alive; closing the session cancels them.
+    stopped, or has been dropped (gRPC stops a server it collects). gRPC cancels the
+    calls still in flight when its grace is over, but not the model runs behind them,
+    which would go on to their end and keep the process alive; closing the session
+    cancels them.
 
     Run in a thread the process waits for at its end: TensorFlow torn down under a close
     still going aborts the process. A server that is never stopped leaves it at the

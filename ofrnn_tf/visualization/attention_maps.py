@@ -245,7 +245,7 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
     Args:
         predictor: a `ofrnn_tf.inference.Predictor` of a run whose model attends.
         image_paths: image files; the first `max_images` are drawn.
-        out_dir: where `<index>_<file stem>.png` go.
+        out_dir: where `<index>_<file stem>.png` go (see `draw_prediction`).
         ground_truth: true label names per image, keyed by the path as given (or its
             file name).
         max_images: at most this many pictures.
