@@ -495,3 +495,24 @@ def test_unrolled_steps_equal_the_loop(mode):
         for key in looped:
             np.testing.assert_allclose(unrolled[key], looped[key], rtol=1e-6, atol=1e-7,
                                        err_msg=f"{mode} τ={tau} {key}")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_step_probabilities_carried_with_the_beams_equal_the_replayed_ones(case):
+    """Each returned label's probability at its step, tracked through the search, is the
+    one replaying the decoder along the returned path gives, and they multiply to the
+    path's probability."""
+    from ofrnn_tf.decoding.beam_search import path_step_probabilities
+
+    model = model_for(case)
+    x = make_features(6, seed=11)
+    for beam_size, unroll, tau in ((1, False, 0.3), (3, True, 0.3), (3, False, 0.0)):
+        out = to_numpy(beam_search(model, x, beam_size=beam_size, max_steps=3, threshold=tau,
+                                   unroll=unroll, step_probabilities=True))
+        replayed = path_step_probabilities(model, x, out["labels"]).numpy()
+        np.testing.assert_allclose(out["step_probabilities"], replayed, atol=1e-5)
+        if case != "baseline":
+            counts = out["num_labels"]
+            assert all((out["step_probabilities"][i, n:] == 0).all() for i, n in enumerate(counts))
+            logs = np.log(np.where(out["step_probabilities"] > 0, out["step_probabilities"], 1))
+            np.testing.assert_allclose(logs.sum(1), out["log_prob"], atol=1e-4)

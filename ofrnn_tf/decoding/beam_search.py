@@ -129,7 +129,8 @@ def mix_scores(v_prob, path_scores, score_mix):
 
 def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: int,
                 threshold: Optional[float] = None, min_labels: int = 1, score_mix=0.0,
-                all_steps: bool = False, unroll: bool = False) -> Dict[str, tf.Tensor]:
+                all_steps: bool = False, unroll: bool = False,
+                step_probabilities: bool = False) -> Dict[str, tf.Tensor]:
     """Beam search (paper Eq. 11, docs/model.md) for a batch of images.
 
     Args:
@@ -150,6 +151,10 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
             [B, C]` (the decoder's scores before mixing).
         unroll: write the steps out instead of a `tf.while_loop` (same results; fewer
             ops, as served models want).
+        step_probabilities: also return `step_probabilities` `[B, T]`: each returned
+            label's probability at the step that chose it (Eq. 11's factors; 0 past
+            the path's end), carried with the beams rather than replayed
+            (`path_step_probabilities`).
 
     Returns:
         dict: `labels` int32 `[B, T]` (decoding order, -1 padded), `num_labels` int32
@@ -168,8 +173,13 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     """
     beam_size, max_steps, min_labels = _check_args(model, beam_size, max_steps, min_labels)
     if not model.uses_decoder:
-        return baseline_decode(model, features, max_steps=max_steps, threshold=threshold,
-                               min_labels=min_labels)
+        out = baseline_decode(model, features, max_steps=max_steps, threshold=threshold,
+                              min_labels=min_labels)
+        if step_probabilities:
+            labels = out["labels"]
+            out["step_probabilities"] = tf.where(labels >= 0, tf.gather(
+                out["v_prob"], tf.maximum(labels, 0), batch_dims=1), 0.0)
+        return out
     log_tau = _log_threshold_tensor(threshold)
     features = _check_features(features)
     K, T, C = beam_size, max_steps, model.num_classes
@@ -194,8 +204,8 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         step_log_prob = model.step_log_probs(logits, state, h)
         step_prob = tf.exp(step_log_prob) if model.softmax_steps else tf.sigmoid(logits)
         if first:
-            candidates = tf.concat(
-                [step_log_prob, tf.fill(tf.stack([batch, (K - 1) * C]), NEG_INF)], axis=1)
+            unreached = tf.fill(tf.stack([batch, (K - 1) * C]), NEG_INF)
+            candidates = tf.concat([step_log_prob, unreached], axis=1)
         else:
             candidates = tf.reshape(v["log_prob"][:, :, None] + tf.reshape(step_log_prob, [-1, K, C]),
                                     [-1, K * C])
@@ -218,7 +228,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
             attention = tf.where(write[:, :, None], new_alpha, pick(v["attention"]))
             scores = tf.maximum(pick(v["scores"]), new_scores)
         at_step = tf.equal(steps, t)[None, :]
-        return {
+        carried = {
             "t": t + 1, "log_prob": new_log_prob, "state": new_state, "labels": labels,
             "attention": attention, "scores": scores,
             "step_labels": tf.where(at_step[:, :, None], best(labels)[:, None, :],
@@ -227,6 +237,15 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
             "step_attention": tf.where(at_step[:, :, None, None], best(attention)[:, None],
                                        v["step_attention"]),
         }
+        if step_probabilities:  # each beam's own step log-probabilities, as its labels
+            own = (tf.concat([step_log_prob, unreached], axis=1) if first
+                   else tf.reshape(step_log_prob, [-1, K * C]))
+            chosen = tf.reshape(tf.gather(own, index, batch_dims=1), [-1])
+            factors = tf.where(write, chosen[:, None], 0.0 if first else pick(v["factors"]))
+            carried["factors"] = factors
+            carried["step_factors"] = tf.where(at_step[:, :, None], best(factors)[:, None, :],
+                                               v["step_factors"])
+        return carried
 
     m = tf.shape(features)[1]
     recording = {
@@ -236,6 +255,8 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         "step_log_prob": tf.fill(tf.stack([batch, T]), NEG_INF),
         "step_attention": tf.zeros(tf.stack([batch, T, T, m])),
     }
+    if step_probabilities:
+        recording["step_factors"] = tf.zeros(tf.stack([batch, T, T]))
     final = step(recording, first=True)
     if unroll:
         # T_max is static: the steps written out one after the other, no loop ops.
@@ -262,6 +283,10 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
                               tf.gather(final["step_attention"], last, batch_dims=1), 0.0),
         "v_prob": v_prob,
     }
+    if step_probabilities:
+        factors = tf.gather(final["step_factors"], last, batch_dims=1)
+        result["step_probabilities"] = tf.where(steps[None, :] < num_labels[:, None],
+                                                tf.exp(factors), 0.0)
     if all_steps:
         result.update({"step_labels": final["step_labels"], "step_log_prob": step_log_prob,
                        "path_scores": path_scores})

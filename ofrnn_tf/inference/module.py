@@ -38,7 +38,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from ofrnn_tf.decoding.beam_search import beam_search, path_step_probabilities
+from ofrnn_tf.decoding.beam_search import beam_search
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from ofrnn_tf.features.backbones import Backbone, get_backbone
 from ofrnn_tf.labels import LabelMap
@@ -215,21 +215,24 @@ class InferenceModule(tf.Module):
         return self.in_process.predict_pixels(pixels)
 
     # -- graph functions --------------------------------------------------------------
-    def _decode_features(self, flat_features, threshold):
+    def _decode_features(self, flat_features, threshold, step_probabilities=False):
         return beam_search(self.model, flat_features, beam_size=self.beam_size,
                            max_steps=self.max_steps, threshold=threshold,
                            min_labels=self.min_labels, score_mix=self.score_mix.read_value(),
-                           unroll=self.unroll)
+                           unroll=self.unroll, step_probabilities=step_probabilities)
 
-    def _outputs(self, features, threshold) -> dict:
+    def _outputs(self, features, threshold, step_probabilities: bool = False) -> dict:
         height, width, depth = self.feature_shape
         flat = tf.reshape(features, [-1, height * width, depth])
-        out = self._decode(flat, threshold)
+        out = self._decode(flat, threshold, step_probabilities)
         labels = out["labels"]
         names = tf.where(labels >= 0, tf.gather(self.label_names, tf.maximum(labels, 0)), "")
         attention = tf.reshape(out["attention"], [-1, self.max_steps, height, width])
-        return {"labels": labels, "label_names": names, "num_labels": out["num_labels"],
-                "scores": out["scores"], "log_prob": out["log_prob"], "attention": attention}
+        outputs = {"labels": labels, "label_names": names, "num_labels": out["num_labels"],
+                   "scores": out["scores"], "log_prob": out["log_prob"], "attention": attention}
+        if step_probabilities:
+            outputs["step_probabilities"] = out["step_probabilities"]
+        return outputs
 
     def _pixels(self, images):
         """The guards of `ofrnn_tf.features.image_guards`, then the pixels extraction saw."""
@@ -257,12 +260,8 @@ class InferenceModule(tf.Module):
         return self._outputs(_checked_features(features), self.tau.read_value())
 
     def _predict_pixels(self, pixels):
-        features = self.backbone(pixels)
-        out = self._outputs(features, self.tau.read_value())
-        height, width, depth = self.feature_shape
-        out["step_probabilities"] = path_step_probabilities(
-            self.model, tf.reshape(features, [-1, height * width, depth]), out["labels"])
-        return out
+        return self._outputs(self.backbone(pixels), self.tau.read_value(),
+                             step_probabilities=True)
 
     def _decoding_settings(self):
         return {"tau": self.tau.read_value(), "score_mix": self.score_mix.read_value(),
