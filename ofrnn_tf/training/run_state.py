@@ -40,14 +40,9 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
                 diffs.append(f"decoding.{name}: {before!r} in the run folder vs {now!r} now "
                              "(eval mode evaluates the run's own decoding; ofrnn-train without "
                              "--mode=eval recalibrates with the new setting)")
-        for section in ("stage1", "label_context", "stage2"):
-            for name in ("epochs", "patience"):
-                before = getattr(getattr(saved, section), name)
-                now = getattr(getattr(config, section), name)
-                if before != now:
-                    diffs.append(f"{section}.{name}: {before} in the run folder vs {now} now "
-                                 f"(eval mode trains nothing; ofrnn-train without --mode=eval "
-                                 f"trains on with it)")
+        diffs += _changed_schedules(saved, config, dict.fromkeys(
+            ("stage1", "label_context", "stage2"),
+            "eval mode trains nothing; ofrnn-train without --mode=eval trains on with it"))
         if diffs:
             raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
     position = latest_position(run_dir)
@@ -58,15 +53,24 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
         if (config.model.label_context_units
                 and config.model.label_context_training == "after_stage1"):
             finished.append("label_context")
-    for section in finished:
+    diffs += _changed_schedules(saved, config, {s: f"{s} is finished" for s in finished})
+    if diffs:
+        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
+
+
+def _changed_schedules(saved: ExperimentConfig, config: ExperimentConfig,
+                       stages: dict[str, str]) -> list[str]:
+    """The epochs and patience of `stages` (section → why a change is not read) that
+    `config` changes from the run's `saved` settings, each said with its reason."""
+    changed = []
+    for section, why in stages.items():
         for name in ("epochs", "patience"):
             before = getattr(getattr(saved, section), name)
             now = getattr(getattr(config, section), name)
             if before != now:
-                diffs.append(f"{section}.{name}: {before} in the run folder vs {now} now "
-                             f"({section} is finished)")
-    if diffs:
-        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
+                changed.append(f"{section}.{name}: {before} in the run folder vs {now} now "
+                               f"({why})")
+    return changed
 
 
 def training_state(run_dir: RunDir, config: ExperimentConfig) -> Optional[str]:
