@@ -28,21 +28,24 @@ ABSENT_CLASSES_KEY = "classes_without_positives"
 
 def map_scores(model, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
     """`v_prob` (sigmoid of M_map's logits) and the true labels of every example."""
-    scores, truth = [], []
-    for batch in dataset:
-        scores.append(tf.sigmoid(model(batch["features"], training=False)).numpy())
-        truth.append(batch["labels"].numpy())
-    return {"v_prob": np.concatenate(scores), "y_true": np.concatenate(truth)}
+    scores, truth = _per_example(
+        dataset, lambda features: tf.sigmoid(model(features, training=False)))
+    return {"v_prob": scores, "y_true": truth}
 
 
 def map_logits(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """M_map's own logits (before any label context) and the true labels of every
     example."""
-    logits, truth = [], []
+    return _per_example(dataset, lambda features: model.map_logits(features, training=False))
+
+
+def _per_example(dataset: tf.data.Dataset, outputs_of) -> tuple[np.ndarray, np.ndarray]:
+    """`outputs_of(features)` of every batch of `dataset`, and its true labels."""
+    outputs, truth = [], []
     for batch in dataset:
-        logits.append(model.map_logits(batch["features"], training=False).numpy())
+        outputs.append(outputs_of(batch["features"]).numpy())
         truth.append(batch["labels"].numpy())
-    return np.concatenate(logits), np.concatenate(truth)
+    return np.concatenate(outputs), np.concatenate(truth)
 
 
 def validate(model, dataset: tf.data.Dataset, stage: int, decoding: DecodingConfig,
