@@ -176,9 +176,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         out = baseline_decode(model, features, max_steps=max_steps, threshold=threshold,
                               min_labels=min_labels)
         if step_probabilities:
-            labels = out["labels"]
-            out["step_probabilities"] = tf.where(labels >= 0, tf.gather(
-                out["v_prob"], tf.maximum(labels, 0), batch_dims=1), 0.0)
+            out["step_probabilities"] = _probabilities_of(out["v_prob"], out["labels"])
         return out
     log_tau = _log_threshold_tensor(threshold)
     features = _check_features(features)
@@ -204,8 +202,8 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         step_log_prob = model.step_log_probs(logits, state, h)
         step_prob = tf.exp(step_log_prob) if model.softmax_steps else tf.sigmoid(logits)
         if first:
-            unreached = tf.fill(tf.stack([batch, (K - 1) * C]), NEG_INF)
-            candidates = tf.concat([step_log_prob, unreached], axis=1)
+            candidates = tf.concat(
+                [step_log_prob, tf.fill(tf.stack([batch, (K - 1) * C]), NEG_INF)], axis=1)
         else:
             candidates = tf.reshape(v["log_prob"][:, :, None] + tf.reshape(step_log_prob, [-1, K, C]),
                                     [-1, K * C])
@@ -238,8 +236,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
                                        v["step_attention"]),
         }
         if step_probabilities:  # each beam's own step log-probabilities, as its labels
-            own = (tf.concat([step_log_prob, unreached], axis=1) if first
-                   else tf.reshape(step_log_prob, [-1, K * C]))
+            own = candidates if first else tf.reshape(step_log_prob, [-1, K * C])
             chosen = tf.reshape(tf.gather(own, index, batch_dims=1), [-1])
             factors = tf.where(write, chosen[:, None], 0.0 if first else pick(v["factors"]))
             carried["factors"] = factors
@@ -359,7 +356,7 @@ def path_step_probabilities(model, features: tf.Tensor, labels: tf.Tensor) -> tf
     safe = tf.maximum(labels, 0)
     if not model.uses_decoder:
         v_prob = tf.sigmoid(tf.cast(model(features, training=False), tf.float32))
-        return tf.where(valid, tf.gather(v_prob, safe, batch_dims=1), 0.0)
+        return _probabilities_of(v_prob, labels)
     context, state = model.start(features, training=False)
     probabilities = []
     for t in range(labels.shape[1]):
@@ -371,6 +368,13 @@ def path_step_probabilities(model, features: tf.Tensor, labels: tf.Tensor) -> tf
     if not probabilities:
         return tf.zeros(tf.shape(labels), tf.float32)
     return tf.stack(probabilities, axis=1)
+
+
+def _probabilities_of(probabilities: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Each label's entry of `probabilities` `[B, C]`, for int32 `labels` `[B, L]`
+    (-1 padded); 0 at the padding."""
+    return tf.where(labels >= 0, tf.gather(probabilities, tf.maximum(labels, 0),
+                                           batch_dims=1), 0.0)
 
 
 def labels_to_multi_hot(labels, num_classes: int) -> np.ndarray:
