@@ -546,8 +546,8 @@ def results_table(config: ExperimentConfig, metrics: dict) -> str:
     rows = {}
     if variant == "baseline":
         rows[variant] = metrics
-        if evaluation.FIXED_THRESHOLD_KEY in metrics:
-            rows[f"{variant} at 0.5"] = dict(metrics[evaluation.FIXED_THRESHOLD_KEY], tau=0.5)
+        if evaluation.FIXED_THRESHOLD_KEY in metrics:  # its own τ, the fixed 0.5, inside
+            rows[f"{variant} at 0.5"] = metrics[evaluation.FIXED_THRESHOLD_KEY]
     else:
         rows[f"{variant} (K={metrics.get('beam_size', config.decoding.beam_size)})"] = metrics
     shown = {name: dict(row, **({"tau": f"{row['tau']:.3g}"} if "tau" in row else {}))
