@@ -6,8 +6,9 @@ overlaid with a colour map, titled with the label chosen at the step and its
 probability at that step (`sigmoid(p_t[l_t])`, one factor of Eq. 11). A map is coloured
 from the uniform level 1/(h·w) (nothing) to its own peak (red, if that is at least twice
 the uniform level), and its corner says how many times the uniform level that peak is:
-a step that looks everywhere stays clear instead of drawing red all over. The figure title names the image, the path probability
-and, when known, the true labels, wrapped to the figure's width.
+a step that looks everywhere stays clear instead of drawing red all over. The figure
+title names the image, the path probability and, when known, the true labels, wrapped
+to the figure's width.
 
 Drawing uses matplotlib's Agg canvas directly (no pyplot), so it needs no display
 and leaves the global matplotlib state alone.
@@ -43,6 +44,7 @@ _TITLE_LINE_PIXELS = 20
 _TITLE_SIZES = (11, 10)  # font size of the title's first line, and of the others
 _GROUND_TRUTH_LINES = 3  # at most; a longer list ends in "…"
 _STEP_TITLE_SIZE = 10
+_TEXT_TO_PATH = TextToPath()  # measures text as the figure lays it out
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,7 +67,7 @@ def _drawable(text: str) -> str:
 def _text_pixels(text: str, size: float, bold: bool = False) -> float:
     """The width in pixels `text` takes at font `size` (points) in the picture."""
     face = font_manager.FontProperties(size=size, weight="bold" if bold else "normal")
-    width, _, _ = TextToPath().get_text_width_height_descent(text, face, ismath=False)
+    width, _, _ = _TEXT_TO_PATH.get_text_width_height_descent(text, face, ismath=False)
     return width * DPI / 72
 
 
