@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -263,6 +264,30 @@ def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
         assert done.stderr.rstrip().endswith("interrupted; rerun it"), done.stderr[-500:]
     else:
         assert done.returncode == 1 and "SystemError: bad argument" in done.stderr
+
+
+@pytest.mark.parametrize("signum, said, code", [
+    (signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],
+    ids=["sigint", "sigterm"])
+def test_sigint_and_sigterm_leave_through_the_commands_clean_up(tmp_path, signum, said, code):
+    # `timeout`, `kill` and `docker stop` send SIGTERM: the command's own `finally`
+    # (a run's timing, a progress bar's last line) runs as on Ctrl-C.
+    cleaned = tmp_path / "cleaned"
+    script = (
+        "import os, signal, time\n"
+        "from ofrnn_tf.cli import runner\n"
+        "def main(argv):\n"
+        "    try:\n"
+        f"        os.kill(os.getpid(), {int(signum)})\n"
+        "        time.sleep(30)\n"
+        "    finally:\n"
+        f"        open({str(cleaned)!r}, 'w').close()\n"
+        "runner(lambda: None, main, on_interrupt='rerun it')()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stderr.rstrip().endswith(f"{said}; rerun it"), done.stderr[-500:]
+    assert "Traceback" not in done.stderr and cleaned.exists()
 
 
 @pytest.mark.parametrize("raised, said", [

@@ -26,14 +26,16 @@ def runner(define_flags, main, on_interrupt: str = ""):
     console-script wrapper has no docstring, so both are handed over to the script. A
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
     whole listing; Ctrl-C prints ``interrupted`` and `on_interrupt` (what a rerun does)
-    instead of a traceback, and exits with 130, as a shell reports SIGINT; a full disk
+    instead of a traceback, and exits with 130, as a shell reports SIGINT; SIGTERM (from
+    ``kill``, ``timeout``, ``docker stop``) takes the same way out, printing
+    ``terminated`` and exiting with 143, so the command's own clean-up runs; a full disk
     (`disk_full`) says what it stopped writing and that a rerun keeps what is finished,
     and exits with 1."""
     interrupts = []
 
     def note_interrupt(signum, frame):
         interrupts.append(signum)
-        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without it
+        raise KeyboardInterrupt  # as Python's own SIGINT handler does
 
     def usage_errors_in_one_line(argv):
         command = os.path.basename(sys.argv[0])
@@ -42,6 +44,8 @@ def runner(define_flags, main, on_interrupt: str = ""):
         std_logging.getLogger("tensorflow").handlers.clear()
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, note_interrupt)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, note_interrupt)
         try:
             return main(argv)
         except app.UsageError as error:
@@ -54,9 +58,11 @@ def runner(define_flags, main, on_interrupt: str = ""):
             # come out as a SystemError ("bad argument to internal function").
             if isinstance(error, SystemError) and not interrupts:
                 raise
-            print(f"\n{command}: interrupted{'; ' + on_interrupt if on_interrupt else ''}",
+            signum = interrupts[-1] if interrupts else signal.SIGINT
+            said = "terminated" if signum == signal.SIGTERM else "interrupted"
+            print(f"\n{command}: {said}{'; ' + on_interrupt if on_interrupt else ''}",
                   file=sys.stderr)
-            return 130
+            return 128 + signum
         except Exception as error:
             full = disk_full(error)
             if full is None:
