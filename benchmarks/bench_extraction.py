@@ -1,8 +1,7 @@
 """Feature extraction throughput: the full pipeline vs. the bare backbone, and the reader.
 
-On N benchmark canvases (JPEG files built by ``ofrnn_tf.data.fashion_canvases``;
-random-texture JPEGs of the same size if that builder is unavailable) it measures,
-in one run:
+On N benchmark canvases (JPEG files built by ``ofrnn_tf.data.fashion_canvases``) it
+measures, in one run:
 
 - ``predict``: ``backbone.feature_model.predict`` on the already decoded and
   preprocessed images (the bare backbone, nothing else);
@@ -49,6 +48,8 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks._results import cpu_times, publish, steal_share  # noqa: E402
 from ofrnn_tf.data.example import Example  # noqa: E402
+from ofrnn_tf.data.fashion_canvases import (  # noqa: E402
+    CanvasConfig, build_fashion_canvases, load_benchmark_split)
 from ofrnn_tf.features import tfrecords  # noqa: E402
 from ofrnn_tf.features.backbones import get_backbone  # noqa: E402
 from ofrnn_tf.features.extract import extract_split  # noqa: E402
@@ -71,29 +72,11 @@ flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md."
 
 
 def _canvases(work_dir: str, n: int) -> tuple[list[Example], LabelMap, str]:
-    try:
-        from ofrnn_tf.data.fashion_canvases import build_fashion_canvases, load_benchmark_split
-    except ImportError:
-        return _random_jpegs(work_dir, n) + ("random-texture JPEGs 224x224",)
     out = os.path.join(work_dir, "canvases")
-    build_fashion_canvases(out, num_train=n, num_val=0, num_test=0, progress=False)
+    build_fashion_canvases(out, CanvasConfig(num_train=n, num_val=0, num_test=0),
+                           progress=False)
     examples, label_map, _ = load_benchmark_split(out, "train")
     return examples, label_map, "fashion-canvas JPEGs 224x224"
-
-
-def _random_jpegs(work_dir: str, n: int) -> tuple[list[Example], LabelMap]:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder = os.path.join(work_dir, "images")
-    os.makedirs(folder, exist_ok=True)
-    examples = []
-    for i in range(n):
-        small = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
-        path = os.path.join(folder, f"{i:06d}.jpg")
-        Image.fromarray(small).resize((224, 224), Image.BILINEAR).save(path, quality=90)
-        examples.append(Example(str(i), path, (int(rng.integers(10)),)))
-    return examples, LabelMap([f"class{c}" for c in range(10)])
 
 
 def main(argv) -> None:

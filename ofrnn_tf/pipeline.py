@@ -79,13 +79,17 @@ class Data:
     small_area: Optional[float] = None
 
 
+def canvas_config(config: ExperimentConfig) -> fashion_canvases.CanvasConfig:
+    """The embedded benchmark's canvases that `config`'s data settings name."""
+    data = config.data
+    return fashion_canvases.CanvasConfig(num_train=data.num_train, num_val=data.num_val,
+                                         num_test=data.num_test, seed=data.seed,
+                                         scenes=data.scenes)
+
+
 def benchmark_dir(config: ExperimentConfig) -> str:
     """Where the embedded benchmark of `config` is built: one folder per configuration."""
-    data = config.data
-    canvas = fashion_canvases.CanvasConfig(num_train=data.num_train, num_val=data.num_val,
-                                           num_test=data.num_test, seed=data.seed,
-                                           scenes=data.scenes)
-    key = fashion_canvases.fingerprint(canvas.to_dict())[:12]
+    key = fashion_canvases.fingerprint(canvas_config(config).to_dict())[:12]
     return os.path.join(config.runtime.cache_dir, "fashion_canvases", key)
 
 
@@ -100,9 +104,8 @@ def load_data(config: ExperimentConfig, check_files: bool = True) -> Data:
         paths["manifest"] = data.manifest
     small_area = None
     if data.dataset == "fashion_canvases":
-        built = fashion_canvases.build_fashion_canvases(
-            benchmark_dir(config), num_train=data.num_train, num_val=data.num_val,
-            num_test=data.num_test, seed=data.seed, scenes=data.scenes)
+        built = fashion_canvases.build_fashion_canvases(benchmark_dir(config),
+                                                        canvas_config(config))
         paths = {"data_dir": built["out_dir"], "check_files": check_files}
         small_area = float(built["small_area_fraction"])
     splits, label_map = load_examples(data.dataset, paths, data.val_fraction)

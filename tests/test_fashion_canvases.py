@@ -21,7 +21,7 @@ from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 SMALL = (8, 12)
 CONFIG = dict(num_train=14, num_val=5, num_test=7, canvas_size=64, min_items=1,
               max_items=4, item_size_range=(16, 28), small_item_share=0.4,
-              small_item_size_range=SMALL, val_source_fraction=0.2, seed=3, progress=False)
+              small_item_size_range=SMALL, val_source_fraction=0.2, seed=3)
 
 
 def _write_idx(path, array):
@@ -55,8 +55,9 @@ def source(tmp_path):
 
 
 def _build(out_dir, source_dir, **overrides):
-    return fc.build_fashion_canvases(str(out_dir), source_dir=source_dir,
-                                     allow_download=False, **{**CONFIG, **overrides})
+    return fc.build_fashion_canvases(str(out_dir), fc.CanvasConfig(**{**CONFIG, **overrides}),
+                                     source_dir=source_dir, allow_download=False,
+                                     progress=False)
 
 
 def _coco(out_dir, split):
@@ -289,11 +290,11 @@ def test_two_processes_building_one_folder_leave_each_other_alone(tmp_path, sour
     for folder in (live, gone, old):
         os.makedirs(folder)
     build_split = fc._build_split
-    config = {k: v for k, v in CONFIG.items() if k != "progress"}
+    config = CONFIG
     other = [sys.executable, "-c",
              "import json, sys; from ofrnn_tf.data import fashion_canvases as fc; "
-             "fc.build_fashion_canvases(sys.argv[1], source_dir=sys.argv[2], "
-             "allow_download=False, progress=False, **json.loads(sys.argv[3]))",
+             "fc.build_fashion_canvases(sys.argv[1], fc.CanvasConfig(**json.loads("
+             "sys.argv[3])), source_dir=sys.argv[2], allow_download=False, progress=False)",
              out, source_dir, json.dumps(config)]
 
     def other_process_builds_meanwhile(split, *args, **kwargs):
@@ -342,22 +343,21 @@ def test_missing_source_and_bad_config(tmp_path):
         fc.build_fashion_canvases(str(tmp_path / "x"), source_dir=str(tmp_path / "none"),
                                   allow_download=False, progress=False)
     with pytest.raises(ValueError, match="item_size_range"):
-        fc.build_fashion_canvases(str(tmp_path / "x"), canvas_size=64,
-                                  item_size_range=(40, 100), progress=False)
+        fc.CanvasConfig(canvas_size=64, item_size_range=(40, 100))
     with pytest.raises(ValueError, match="min_items"):
         fc.CanvasConfig(min_items=0)
     for one_number in (40, ("40",), [40]):
         with pytest.raises(ValueError, match=r"item_size_range must be two whole numbers "
                                              r"\(min, max\)"):
-            fc.build_fashion_canvases(str(tmp_path / "x"), item_size_range=one_number,
-                                      progress=False)
+            fc.CanvasConfig(item_size_range=one_number)
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(
     fc.DEFAULT_SOURCE_DIR, "train-images-idx3-ubyte.gz")), reason="no Debian Fashion-MNIST")
 def test_real_fashion_mnist_small_build(tmp_path):
-    result = fc.build_fashion_canvases(str(tmp_path / "real"), num_train=6, num_val=2,
-                                       num_test=3, allow_download=False, progress=False)
+    result = fc.build_fashion_canvases(
+        str(tmp_path / "real"), fc.CanvasConfig(num_train=6, num_val=2, num_test=3),
+        allow_download=False, progress=False)
     assert result["source"] == fc.DEFAULT_SOURCE_DIR
     examples, label_map, _ = fc.load_benchmark_split(result["out_dir"], "test")
     assert len(examples) == 3 and label_map.num_classes == 10
@@ -451,8 +451,7 @@ def test_scene_config_is_recorded_and_fingerprinted(tmp_path, scene_source):
     source_dir, _ = scene_source
     out = str(tmp_path / "bench")
     first = _build(out, source_dir, scenes="outfits")
-    sizes = {k: v for k, v in CONFIG.items() if k != "progress"}
-    assert first["config"] == fc.CanvasConfig(scenes="outfits", **sizes).to_dict()
+    assert first["config"] == fc.CanvasConfig(scenes="outfits", **CONFIG).to_dict()
     with open(os.path.join(out, fc.BENCHMARK_FILENAME)) as f:
         assert json.load(f)["config"]["scene_table"] == config["scene_table"]
     for split in fc.SPLITS:

@@ -220,6 +220,7 @@ class CanvasConfig:
                              f"{self.min_items}, {self.max_items}")
         for name in ("item_size_range", "small_item_size_range"):
             lo, hi = _pair(name, getattr(self, name))
+            object.__setattr__(self, name, (lo, hi))  # a list or numpy pair, as a tuple
             if not 4 <= lo <= hi <= self.canvas_size:
                 raise ValueError(f"{name} must satisfy 4 <= min <= max <= canvas_size "
                                  f"({self.canvas_size}), got {(lo, hi)}")
@@ -543,41 +544,17 @@ def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_fashion_canvases(out_dir: str, *,
-                           num_train: int = 10000,
-                           num_val: int = 1000,
-                           num_test: int = 2000,
-                           canvas_size: int = 224,
-                           min_items: int = 1,
-                           max_items: int = 4,
-                           item_size_range: tuple[int, int] = (40, 100),
-                           small_item_share: float = 0.3,
-                           small_item_size_range: tuple[int, int] = (20, 36),
-                           val_source_fraction: float = 0.1,
-                           image_format: str = "jpg",
-                           seed: int = 0,
-                           scenes: str = "none",
+def build_fashion_canvases(out_dir: str, cfg: CanvasConfig = CanvasConfig(), *,
                            source_dir: str = DEFAULT_SOURCE_DIR,
                            allow_download: bool = True,
                            progress: bool = True) -> dict[str, Any]:
-    """Builds (or finds already built) the canvases in `out_dir`.
-
-    Arguments other than `out_dir`, `source_dir`, `allow_download` and `progress`
-    are the fields of `CanvasConfig`.
+    """Builds (or finds already built) the canvases of `cfg` in `out_dir`.
 
     Returns:
         ``{"out_dir", "label_map", "fingerprint", "config", "cached",
         "small_area_fraction", "source", "splits": {split: {"annotation_file",
         "image_dir", "images", "annotations"}}}``.
     """
-    cfg = CanvasConfig(
-        num_train=num_train, num_val=num_val, num_test=num_test, canvas_size=canvas_size,
-        min_items=min_items, max_items=max_items,
-        item_size_range=_pair("item_size_range", item_size_range),
-        small_item_share=small_item_share,
-        small_item_size_range=_pair("small_item_size_range", small_item_size_range),
-        val_source_fraction=val_source_fraction, image_format=image_format, seed=seed,
-        scenes=scenes)
     config = cfg.to_dict()
     out_dir = os.path.abspath(out_dir)
     marker = os.path.join(out_dir, BENCHMARK_FILENAME)
@@ -814,14 +791,11 @@ def _main(argv: Sequence[str]) -> None:
 
     del argv
     f = flags.FLAGS
-    result = build_fashion_canvases(
-        f.out_dir, num_train=f.num_train, num_val=f.num_val, num_test=f.num_test,
-        canvas_size=f.canvas_size, min_items=f.min_items, max_items=f.max_items,
-        item_size_range=tuple(int(v) for v in f.item_size_range),
-        small_item_share=f.small_item_share,
-        small_item_size_range=tuple(int(v) for v in f.small_item_size_range),
-        val_source_fraction=f.val_source_fraction, image_format=f.image_format,
-        seed=f.seed, scenes=f.scenes, source_dir=f.source_dir)
+    fields = {field.name: f[field.name].value for field in dataclasses.fields(CanvasConfig)}
+    for name in ("item_size_range", "small_item_size_range"):
+        fields[name] = tuple(int(v) for v in fields[name])
+    result = build_fashion_canvases(f.out_dir, CanvasConfig(**fields),
+                                    source_dir=f.source_dir)
     print(json.dumps(result, indent=1))
 
 
