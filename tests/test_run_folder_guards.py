@@ -55,7 +55,7 @@ def test_the_commands_refuse_a_bracket_in_a_path_before_any_work(make_fake_run, 
         "workdir": [str(ROOT / "train.py"), f"--workdir={held / 'run'}", "--mode=eval"],
         "export_dir": [str(ROOT / "export.py"), f"--workdir={fake}",
                        f"--export_dir={held / 'exports'}"],
-        "model_base_path": ["-m", "ofrnn_tf.serving.local_server",
+        "model_base_path": ["-m", "ofrnn_tf.cli.serve",
                             f"--model_base_path={held / 'exports'}"],
     }
     for flag, args in commands.items():

@@ -351,7 +351,7 @@ def test_the_servers_pixel_limit_takes_an_image_of_exactly_that_many_pixels():
 def test_ofrnn_serve_refuses_a_port_or_pixel_limit_out_of_range(flag, message):
     # gRPC would serve --port=99999 on 34463; a limit of 0 would refuse every image; the
     # sizes would fail only once the model has loaded and warmed up (or blame the export).
-    run = subprocess.run([sys.executable, "-m", "ofrnn_tf.serving.local_server",
+    run = subprocess.run([sys.executable, "-m", "ofrnn_tf.cli.serve",
                           "--model_base_path=/nonexistent", flag], capture_output=True,
                          text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
     assert run.returncode == 1 and message in run.stderr, run.stderr

@@ -32,7 +32,7 @@ requests are replayed before the port opens, as TF Serving does: until then a cl
 finds nothing listening (UNAVAILABLE). The port is tried before the model loads, so a
 busy one fails at once.
 
-Usage::
+The command over it is ``ofrnn-serve`` (`ofrnn_tf.cli.serve`)::
 
     ofrnn-serve --model_base_path=exports/ofrnn --port=8500
 """
@@ -44,9 +44,7 @@ import itertools
 import math
 import os
 import re
-import signal
 import socket
-import sys
 import threading
 import time
 import weakref
@@ -54,17 +52,14 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-# First: it sets TensorFlow's C++ log level for the command.
-from ofrnn_tf.cli import refuse_below, refuse_glob_characters, runner
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from google.protobuf.message import DecodeError  # noqa: E402
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2  # noqa: E402
-from tensorflow.python.util import deprecation  # noqa: E402
+import grpc
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -75,17 +70,16 @@ from tensorflow_serving.apis import (
 )
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
+from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import (find_undecodable, pixel_limit_error,
                                       read_image_header)
-from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX,
-                                              find_latest_version)
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, find_latest_version
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
 _NO_DEADLINE_SECONDS = 10 ** 9  # more time than this left: the client set no deadline
 SHUTDOWN_GRACE_SECONDS = 2.0  # on SIGTERM or Ctrl-C, before requests in flight are cancelled
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.config: 32)
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
 
@@ -584,7 +578,8 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         return count
 
 
-def _address(host: str, port: int) -> str:
+def grpc_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC takes it (an IPv6 host in brackets)."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
@@ -653,7 +648,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         raise ValueError(f"port must be in 0..65535 (0: a free one), got {port}")
     if max_image_pixels is not None and int(max_image_pixels) < 1:
         raise ValueError(f"max_image_pixels must be at least 1, got {max_image_pixels}")
-    address = _address(host, port)
+    address = grpc_address(host, port)
     problem = _bind_problem(host, port)
     if problem:  # refused before the model loads
         raise OSError(f"cannot bind {address}{problem}")
@@ -669,7 +664,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
                            service.refusals.stop_limiting),
                      name="close-session").start()
     logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
-                 servable.version, servable.path, _address(host, bound), service.max_image_pixels)
+                 servable.version, servable.path, grpc_address(host, bound), service.max_image_pixels)
     return server, bound
 
 
@@ -710,7 +705,7 @@ def _start(servable: Servable, host: str, port: int, max_message_bytes: int,
                                f"serves it without its warm-up; an export made again writes "
                                f"requests this version serves)") from None
         logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
-    address = _address(host, port)
+    address = grpc_address(host, port)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
         options=[("grpc.max_receive_message_length", int(max_message_bytes)),
@@ -729,73 +724,3 @@ def _start(servable: Servable, host: str, port: int, max_message_bytes: int,
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
     server.start()
     return server, bound, service
-
-
-def _define_flags() -> None:
-    # Defined only when run as a program, so importing this module defines no flags.
-    flags.DEFINE_string("model_base_path", None, "directory of integer-named SavedModel versions")
-    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name clients ask for")
-    flags.DEFINE_string("host", "127.0.0.1", "interface to bind (0.0.0.0 exposes the server)")
-    flags.DEFINE_integer("port", DEFAULT_PORT, "gRPC port; 0 picks a free one")
-    flags.DEFINE_integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, "largest gRPC message")
-    flags.DEFINE_float("max_image_pixels", None,
-                       "largest width*height of an input image (default: the export's own "
-                       "limit; a value can only lower it)")
-    flags.DEFINE_integer("max_batch_size", DEFAULT_MAX_BATCH_SIZE,
-                         "most images (or feature maps) in one request")
-    flags.DEFINE_integer("max_workers", 16, "request threads")
-    flags.DEFINE_integer("max_concurrent_rpcs", None,
-                         "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: no limit)")
-    flags.DEFINE_bool("warmup", True, "replay assets.extra/tf_serving_warmup_requests before serving")
-    flags.DEFINE_bool("xla_cpu_compilation_enabled", False,
-                      "serve an export with XLA-compiled functions (ofrnn-export --jit_compile), "
-                      "as TF Serving does with this flag; refused without it")
-
-
-def main(argv: Sequence[str]) -> None:
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.model_base_path:
-        raise app.UsageError("--model_base_path is required")
-    # gRPC and getaddrinfo take a port modulo 65536: 99999 would serve on 34463.
-    if not 0 <= FLAGS.port <= 65535:
-        raise app.UsageError(f"--port must be in 0..65535 (0: a free one), got {FLAGS.port}")
-    pixels = FLAGS.max_image_pixels
-    if pixels is not None and not (math.isfinite(pixels) and pixels >= 1):
-        raise app.UsageError(f"--max_image_pixels must be a number of pixels, at least 1; "
-                             f"got {pixels:g}")
-    # Before the model loads and warms up, which they would otherwise fail (or blame).
-    for name in ("max_message_bytes", "max_batch_size", "max_workers", "max_concurrent_rpcs"):
-        refuse_below(name)
-    # As TensorFlow Serving is given it: an absolute path, its variables read by pattern.
-    refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
-    try:
-        server, port = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.host, FLAGS.port,
-                             max_message_bytes=FLAGS.max_message_bytes,
-                             max_image_pixels=(None if FLAGS.max_image_pixels is None
-                                               else int(FLAGS.max_image_pixels)),
-                             max_batch_size=FLAGS.max_batch_size,
-                             max_workers=FLAGS.max_workers,
-                             max_concurrent_rpcs=FLAGS.max_concurrent_rpcs, warmup=FLAGS.warmup,
-                             xla_compilation_enabled=FLAGS.xla_cpu_compilation_enabled)
-    except (OSError, ValueError, RuntimeError) as e:
-        sys.exit(f"local_server: {e}")
-    def stop(why: str):
-        logging.info("stopping (%s): requests in flight have %.0f s to finish", why,
-                     SHUTDOWN_GRACE_SECONDS)
-        return server.stop(grace=SHUTDOWN_GRACE_SECONDS)
-
-    signal.signal(signal.SIGTERM, lambda *_: stop("SIGTERM"))
-    print(f"{LISTENING_PREFIX}{_address(FLAGS.host, port)}", flush=True)
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:
-        stop("Ctrl-C").wait()
-
-
-run = runner(_define_flags, main)  # the ``ofrnn-serve`` console script
-
-
-if __name__ == "__main__":
-    run()

@@ -52,7 +52,7 @@ def spawn(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return subprocess.Popen(
-        [sys.executable, "-m", "ofrnn_tf.serving.local_server", f"--model_base_path={model_base_path}",
+        [sys.executable, "-m", "ofrnn_tf.cli.serve", f"--model_base_path={model_base_path}",
          f"--model_name={model_name}", "--port=0", *extra_args],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
