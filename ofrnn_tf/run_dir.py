@@ -22,6 +22,8 @@ copied to another machine:
 ``examples.json``           which test image (image id) and labels each copy is
 ``.lock``                   who holds the folder while a training or evaluation runs
                             (`RunDir.exclusive`)
+``tmp_worker/<id>/``        a non-chief worker's own ``checkpoints/`` and ``best/``
+                            (``--runtime.strategy=multi_worker``)
 ==========================  =========================================================
 
 The feature cache is not part of the folder: it is found again by its content

@@ -16,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - after the log level, which TensorFlow reads once
 
+from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFlow
+
 
 def runner(define_flags, main, on_interrupt: str = ""):
     """A console script's entry: define the command's flags (only when it runs, so importing
@@ -92,8 +94,6 @@ def disk_full(error: BaseException) -> Optional[str]:
     while handling it (an error handler's own write failing too); None otherwise. Of
     several such failures in the chain, the first is named: the write that stopped the
     command."""
-    from ofrnn_tf.tf_errors import op_error_text
-
     seen, first = set(), None
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -146,8 +146,8 @@ def trained_run(workdir: str):
     """The `RunDir` of `workdir`, which must be a run folder with a checkpoint that reads
     back and a label map that agrees with its ``run.json``: a usage error otherwise,
     before any model is built."""
-    from ofrnn_tf.labels import LabelMapMismatchError  # deferred: these import TensorFlow
-    from ofrnn_tf.run_dir import DamagedCheckpointError, RunDir
+    from ofrnn_tf.labels import LabelMapMismatchError
+    from ofrnn_tf.run_dir import DamagedCheckpointError, RunDir  # deferred: imports TensorFlow
 
     refuse_glob_characters("workdir", workdir)
     run_dir = RunDir(workdir)
@@ -184,7 +184,7 @@ def input_errors() -> tuple[type, ...]:
     edited label map, a multi-worker cluster's TF_CONFIG or a batch its replicas cannot
     share): a command says them in one line, as usage errors; any other error keeps its
     traceback."""
-    # deferred: these modules import TensorFlow
+    # deferred: most of these modules import TensorFlow
     from ofrnn_tf.data import DataFileError, DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError, UnknownBackboneError

@@ -20,10 +20,8 @@ from absl import app, flags, logging
 
 from ofrnn_tf.cli import (
     input_errors, refusal, refuse_below, refuse_glob_characters, runner, trained_run)
-from ofrnn_tf.export.saved_model import (
-    DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, save_inference_module, usable_example_images)
-from ofrnn_tf.inference.module import (
-    DEFAULT_MAX_IMAGE_PIXELS, InferenceModule, UncalibratedBeamSizeError)
+from ofrnn_tf.export.saved_model import DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, export_run
+from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 FLAGS = flags.FLAGS
@@ -69,20 +67,18 @@ def main(argv):
     refuse_glob_characters("export_dir", FLAGS.export_dir, absolute=True)
     logging.set_verbosity(logging.WARNING)  # TensorFlow's notes on every function it saves
     run_dir = trained_run(FLAGS.workdir)
+    paths, images = [], None  # None: the run's example images
     if FLAGS.warmup_images:
         paths = _given_warmup_images(FLAGS.warmup_images)[:FLAGS.num_warmup_images]
+        images = [Path(p).read_bytes() for p in paths]
     try:
-        module = InferenceModule.from_run(run_dir, beam_size=FLAGS.beam_size,
-                                          max_image_pixels=FLAGS.max_image_pixels,
-                                          jit_compile=FLAGS.jit_compile)
+        path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version,
+                          warmup_images=images, num_warmup_images=FLAGS.num_warmup_images,
+                          on_refused=_say_left_out, model_name=FLAGS.model_name,
+                          beam_size=FLAGS.beam_size, max_image_pixels=FLAGS.max_image_pixels,
+                          jit_compile=FLAGS.jit_compile)
     except (UncalibratedBeamSizeError, *input_errors()) as e:
         raise refusal(e) from None
-    if not FLAGS.warmup_images:
-        paths = usable_example_images(module, run_dir.example_images(), FLAGS.num_warmup_images,
-                                      on_refused=_say_left_out)
-    try:
-        path = save_inference_module(module, FLAGS.export_dir, FLAGS.version,
-                                     [Path(p).read_bytes() for p in paths], FLAGS.model_name)
     except WarmupImageError as e:
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}") from None
     except FileExistsError as e:

@@ -225,14 +225,13 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
             labels = tf.where(write, label[:, None], pick(v["labels"]))
             attention = tf.where(write[:, :, None], new_alpha, pick(v["attention"]))
             scores = tf.maximum(pick(v["scores"]), new_scores)
-        at_step = tf.equal(steps, t)[None, :]
         carried = {
             "t": t + 1, "log_prob": new_log_prob, "state": new_state, "labels": labels,
             "attention": attention, "scores": scores,
-            "step_labels": tf.where(at_step[:, :, None], best(labels)[:, None, :],
+            "step_labels": tf.where(write[:, :, None], best(labels)[:, None, :],
                                     v["step_labels"]),
-            "step_log_prob": tf.where(at_step, new_log_prob[:, :1], v["step_log_prob"]),
-            "step_attention": tf.where(at_step[:, :, None, None], best(attention)[:, None],
+            "step_log_prob": tf.where(write, new_log_prob[:, :1], v["step_log_prob"]),
+            "step_attention": tf.where(write[:, :, None, None], best(attention)[:, None],
                                        v["step_attention"]),
         }
         if step_probabilities:  # each beam's own step log-probabilities, as its labels
@@ -240,7 +239,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
             chosen = tf.reshape(tf.gather(own, index, batch_dims=1), [-1])
             factors = tf.where(write, chosen[:, None], 0.0 if first else pick(v["factors"]))
             carried["factors"] = factors
-            carried["step_factors"] = tf.where(at_step[:, :, None], best(factors)[:, None, :],
+            carried["step_factors"] = tf.where(write[:, :, None], best(factors)[:, None, :],
                                                v["step_factors"])
         return carried
 

@@ -36,7 +36,6 @@ from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 from ofrnn_tf.tf_errors import op_error_text
 
-SIGNATURES = ("serving_default", "predict_with_threshold", "predict_features")
 DEFAULT_NUM_WARMUP_IMAGES = 4  # of the run's example images, for the warm-up requests
 
 
@@ -160,18 +159,22 @@ def usable_example_images(module: InferenceModule, paths: Sequence[str], num: in
 
 def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
                warmup_images: Optional[Sequence[bytes]] = None,
+               num_warmup_images: int = DEFAULT_NUM_WARMUP_IMAGES,
+               on_refused: Callable[[str, str], None] = lambda path, reason: None,
                model_name: str = DEFAULT_MODEL_NAME, **module_kwargs) -> str:
-    """Exports a finished run (keyword arguments: `InferenceModule.from_run`).
+    """Exports a finished run, as `ofrnn-export` does (keyword arguments:
+    `InferenceModule.from_run`); returns the version folder written.
 
-    The warm-up requests hold `warmup_images`, by default the first
-    `DEFAULT_NUM_WARMUP_IMAGES` of the run's example images that the export accepts (a
-    gray square where it has none), as `ofrnn-export` does.
+    The warm-up requests hold `warmup_images` (one the export refuses raises
+    `WarmupImageError`), by default the first `num_warmup_images` of the run's example
+    images that the export accepts, `on_refused(path, reason)` hearing of each one left
+    out (a gray square where none is left).
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     module = InferenceModule.from_run(run_dir, **module_kwargs)
     if warmup_images is None:
         warmup_images = [Path(path).read_bytes() for path in usable_example_images(
-            module, run_dir.example_images(), DEFAULT_NUM_WARMUP_IMAGES)]
+            module, run_dir.example_images(), num_warmup_images, on_refused)]
     return save_inference_module(module, export_base, version, warmup_images, model_name)
 
 

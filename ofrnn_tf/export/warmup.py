@@ -6,7 +6,9 @@ import os
 from typing import Sequence
 
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from ofrnn_tf.serving.client import predict_request
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -21,10 +23,6 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
     ``ofrnn-client`` sends, with its ``output_filter``, to ``serving_default`` and (with
     `with_threshold`) to ``predict_with_threshold``. A session sets its graph up once
     per set of inputs and outputs, so each kind needs its own warm-up."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    from ofrnn_tf.serving.client import predict_request
-
     if not images:
         raise ValueError("warm-up requests need at least one sample image")
     path = os.path.join(saved_model_dir, WARMUP_FILE)

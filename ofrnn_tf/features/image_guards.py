@@ -6,8 +6,9 @@ guard has to be part of the exported graph, and has to run before
 ``tf.io.decode_image``, which trusts the header: a 48 KB 1-bit PNG that declares
 20000x20000 pixels is decoded in full, 1.2 GB of RGB, before any resize.
 
-`check_encoded_images` reads headers only (a few bytes per image, never the pixel
-data) and refuses with ``InvalidArgumentError``, naming ``images[i]``:
+`decode_images`, what the served signatures run, first reads headers only (a few bytes
+per image, never the pixel data; `check_encoded_images` is that check alone, for a
+graph of one's own) and refuses with ``InvalidArgumentError``, naming ``images[i]``:
 
 - an empty batch, an empty string;
 - bytes that are not JPEG (FF D8 FF), PNG (89 50 4E 47 0D 0A 1A 0A), GIF

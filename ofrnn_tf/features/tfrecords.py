@@ -16,11 +16,15 @@ beside each finished shard a ``.json`` with its counts and skipped images, and
 feature shape, dtype, per-split shard counts and skipped images) for the directory.
 A shard counts as finished only with both its files, the ``.json`` readable.
 
-`make_dataset` is the ``tf.data`` reader: deterministic file listing, per-worker
-file sharding (before any shuffle), ``interleave`` over files, batched
-``parse_example``, prefetch. Before reading, it walks each shard's record headers
-(cheap) and compares their count with the shard's ``.json``, so a file cut short, even
-at a record boundary, is named; a payload garbled behind intact headers shows only
+`make_dataset` is the ``tf.data`` reader of evaluation and of code of one's own:
+deterministic file listing, per-worker file sharding (before any shuffle),
+``interleave`` over files, batched ``parse_example``, prefetch. Training builds its
+input from the same pieces, `record_dataset` and `parse_batch_fn`
+(`ofrnn_tf.training.trainer`): it resumes inside an epoch, gives every worker the
+same number of steps and, in stage 2, reads M_map's outputs computed once. Before
+reading, `record_dataset` walks each shard's record headers (cheap) and compares their
+count with the shard's ``.json``, so a file cut short, even at a record boundary, is
+named; a payload garbled behind intact headers shows only
 while reading, as a `tf.errors.DataLossError` that names no file: code that reads a
 split wraps the reading in `naming_corrupt_shards`, which then checks that split's
 shards in full and names the bad one.

@@ -86,10 +86,6 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         self.fc1_dropout = keras.layers.Dropout(dropout, name="fc1_dropout")
         self.fc2 = keras.layers.Dense(num_classes, dtype="float32", name="fc2")
 
-    @property
-    def state_size(self):
-        return CellState(self.units, self.units, self.num_classes, self.num_classes)
-
     def build(self, features_shape):
         k = features_shape[-1]
         if self.attention is not None:
@@ -108,6 +104,8 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         return {"features": features, "projected": self.attention.project_features(features)}
 
     def zero_state(self, batch_size, p):
+        """A zero `h`, `c` and `ỹ` with `v_pred = p`, for stepping the cell alone (the
+        model's own start is `OrderFreeRNN.start`)."""
         zeros_h = tf.zeros([batch_size, self.units])
         return CellState(zeros_h, zeros_h, tf.zeros([batch_size, self.num_classes]), p)
 
