@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from absl import flags
+
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 _HEADER = ("# Benchmark results\n\nEach section is appended by a script under "
            "`benchmarks/`, with the command that produced it and the machine it ran on.\n")
@@ -105,6 +107,27 @@ def publish(title: str, text: str, append: bool = True) -> None:
         script = os.path.relpath(sys.argv[0], Path(__file__).resolve().parents[1])
         path = append_result(title, "python " + shlex.join([script] + sys.argv[1:]), text)
         print(f"appended to {path}", file=sys.stderr)
+
+
+def check_int_list(name: str, lower_bound: int = 1, length: int | None = None) -> None:
+    """Refuses, as absl refuses a flag, a value of the list flag `name` that is not whole
+    numbers of at least `lower_bound` (`length` of them, when given)."""
+    def valid(values) -> bool:
+        try:
+            return (length is None or len(values) == length) and all(
+                int(value) >= lower_bound for value in values)
+        except (TypeError, ValueError):
+            return False
+
+    count = f"{length} " if length else ""
+    flags.register_validator(name, valid, message=(
+        f"--{name} takes {count}comma-separated whole numbers of at least {lower_bound}"))
+
+
+def check_choices(name: str, choices: Sequence[str]) -> None:
+    """Refuses a value of the list flag `name` holding anything but `choices`."""
+    flags.register_validator(name, lambda values: set(values or ()) <= set(choices),
+                             message=f"--{name} takes some of {', '.join(choices)}")
 
 
 def mean_std(values: Sequence[float]) -> str:

@@ -5,12 +5,15 @@ decoded as its test metrics were, and their mean ± std tables."""
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from absl import app, flags
 
-from benchmarks._results import mean_std, publish
+from benchmarks._results import check_choices, check_int_list, mean_std, publish
 
 from ofrnn_tf import pipeline
 from ofrnn_tf.config.experiment import ExperimentConfig
@@ -33,6 +36,8 @@ def define_flags() -> None:
         flags.DEFINE_list("seeds", ["0", "1", "2"], "Data (and weight) seeds.")
         flags.DEFINE_list("modes", ["independent", "scenes"], "Benchmark modes.")
         flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
+        check_int_list("seeds", lower_bound=0)
+        check_choices("modes", ("independent", "scenes"))
     define_cache_dir()
 
 
@@ -53,6 +58,16 @@ def make_absolute(*names: str) -> None:
     for name in names:
         if FLAGS[name].value is not None:
             FLAGS[name].value = os.path.abspath(FLAGS[name].value)
+
+
+def run_child(command: Sequence[str], cwd) -> None:
+    """Runs `command` (a ``train.py`` the script starts), shown first; when it fails, ends
+    the script in one line under the child's own message instead of a traceback."""
+    print("+", shlex.join(command), file=sys.stderr, flush=True)
+    status = subprocess.run(command, cwd=cwd).returncode
+    if status:
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: {os.path.basename(command[1])} "
+                         f"exited with status {status} (its message is above)")
 
 
 def run_path(mode: str, seed: int, name: str) -> str:

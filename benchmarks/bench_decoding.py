@@ -36,16 +36,19 @@ from ofrnn_tf.modeling.layers.confidence_ranked_cell import CellState
 from ofrnn_tf.modeling.model import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import check_int_list, publish  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "32"], "batch sizes to time")
 flags.DEFINE_list("beam_sizes", ["1", "3"], "beam sizes K to time")
 flags.DEFINE_list("feature_shape", ["196", "112"], "m, k of the maps (the main job's)")
-flags.DEFINE_integer("num_classes", 10, "C")
-flags.DEFINE_integer("max_steps", 4, "T_max")
-flags.DEFINE_integer("warmup_calls", 3, "untimed calls per setting")
-flags.DEFINE_float("min_seconds", 2.0, "time each setting for at least this long")
+flags.DEFINE_integer("num_classes", 10, "C", lower_bound=1)
+flags.DEFINE_integer("max_steps", 4, "T_max", lower_bound=1)
+flags.DEFINE_integer("warmup_calls", 3, "untimed calls per setting", lower_bound=0)
+flags.DEFINE_float("min_seconds", 2.0, "time each setting for at least this long", lower_bound=0)
+check_int_list("batch_sizes")
+check_int_list("beam_sizes")
+check_int_list("feature_shape", length=2)
 flags.DEFINE_bool("append", True, "append the results to benchmarks/RESULTS.md")
 
 

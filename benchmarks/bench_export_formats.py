@@ -44,7 +44,7 @@ from benchmarks._session import SessionModel, median_seconds  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished training run.")
-flags.DEFINE_integer("repeats", 30, "Timed batch-1 calls per format.")
+flags.DEFINE_integer("repeats", 30, "Timed batch-1 calls per format.", lower_bound=1)
 flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
 
 

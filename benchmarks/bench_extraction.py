@@ -57,16 +57,19 @@ from ofrnn_tf.features.images import decode_and_resize  # noqa: E402
 from ofrnn_tf.labels import LabelMap  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_images", 256, "Images to extract.")
-flags.DEFINE_integer("batch_size", 32, "Batch size of both the pipeline and predict.")
+flags.DEFINE_integer("num_images", 256, "Images to extract.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Batch size of both the pipeline and predict.",
+                     lower_bound=1)
 flags.DEFINE_string("backbone", "efficientnet_lite0", "Backbone name.")
-flags.DEFINE_string("feature_layer", None, "Feature layer (default: the backbone's).")
+flags.DEFINE_string("feature_layer", None, "Feature layer (default: the backbone's own, `top` "
+                    "for EfficientNet-Lite0; the main job extracts `stage5`).")
 flags.DEFINE_enum("weights", "imagenet", ["imagenet", "none"],
                   "Backbone weights; `none` (random) times a keras.applications backbone "
                   "whose ImageNet weights cannot be downloaded here (speed does not depend "
                   "on the values; the features do).")
-flags.DEFINE_integer("num_shards", 4, "Shards written by the extraction.")
-flags.DEFINE_integer("repeats", 2, "Timed repeats of each phase (best counts).")
+flags.DEFINE_integer("num_shards", 4, "Shards written by the extraction.", lower_bound=1)
+flags.DEFINE_integer("repeats", 2, "Timed pairs of the two phases, alternating (the ratio is "
+                     "the median over pairs).", lower_bound=1)
 flags.DEFINE_string("work_dir", None, "Scratch directory (default: a temporary one).")
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
 

@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import publish  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rounds", 15, "alternating timed calls of each function per image set")
+flags.DEFINE_integer("rounds", 15, "alternating timed calls of each function per image set",
+                     lower_bound=1)
 flags.DEFINE_bool("append", True, "append the results to benchmarks/RESULTS.md")
 
 IMAGE_SIZE = 224

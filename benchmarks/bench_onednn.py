@@ -42,10 +42,11 @@ from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished run with its cached canvases.")
-flags.DEFINE_integer("num_images", 512, "Validation canvases to extract per measure.")
-flags.DEFINE_integer("train_steps", 20, "Timed training steps per measure.")
-flags.DEFINE_integer("serve_calls", 15, "Timed calls per batch size per measure.")
-flags.DEFINE_integer("repeats", 2, "Child processes per setting.")
+flags.DEFINE_integer("num_images", 512, "Validation canvases to extract per measure.",
+                     lower_bound=1)
+flags.DEFINE_integer("train_steps", 20, "Timed training steps per measure.", lower_bound=1)
+flags.DEFINE_integer("serve_calls", 15, "Timed calls per batch size per measure.", lower_bound=1)
+flags.DEFINE_integer("repeats", 2, "Child processes per setting.", lower_bound=1)
 flags.DEFINE_bool("child", False, "Internal: measure once in this process, print JSON.")
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
 table_runs.define_cache_dir()  # --workdir's canvases and feature cache

@@ -46,7 +46,7 @@ from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.run_dir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import check_int_list, publish  # noqa: E402
 from benchmarks._session import SessionModel  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -56,8 +56,9 @@ flags.DEFINE_string("images", None, "Glob of images (default: the run's example 
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
 flags.DEFINE_list("variants", ["portable", "loop", "xla"], "Exports to time against the backbone: "
                   "portable (needed), loop, xla, head.")
-flags.DEFINE_integer("repeats", 25, "Timed calls per variant and batch size.")
-flags.DEFINE_integer("warmup", 3, "Untimed calls per variant and batch size.")
+flags.DEFINE_integer("repeats", 25, "Timed calls per variant and batch size.", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "Untimed calls per variant and batch size.", lower_bound=0)
+check_int_list("batch_sizes")
 flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
 
 GOALS = {1: 1.10, 32: 1.05}

@@ -42,11 +42,13 @@ flags.DEFINE_string("server", None, "host:port of a running server; nothing is s
 flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name")
 flags.DEFINE_integer("clients", 8, "concurrent clients, one channel each")
 flags.DEFINE_integer("requests", 200, "requests per client")
-flags.DEFINE_integer("batch_size", 1, "images per request")
-flags.DEFINE_integer("image_size", 224, "side of the synthetic JPEG images")
+flags.DEFINE_integer("batch_size", 1, "images per request", lower_bound=1)
+flags.DEFINE_integer("image_size", 224, "side of the synthetic JPEG images", lower_bound=1)
 flags.DEFINE_multi_string("image", [], "image files to send instead of synthetic ones (cycled)")
-flags.DEFINE_integer("warmup_requests", 5, "untimed requests per client before the run")
-flags.DEFINE_integer("server_workers", 16, "request threads of the started local server")
+flags.DEFINE_integer("warmup_requests", 5, "untimed requests per client before the run",
+                     lower_bound=0)
+flags.DEFINE_integer("server_workers", 16, "request threads of the started local server",
+                     lower_bound=1)
 flags.DEFINE_float("timeout", 60.0, "seconds per request")
 flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
 
@@ -152,8 +154,11 @@ def main(argv) -> None:
             base = tmp.name
             write_stand_in_model(base, 1, model_name=FLAGS.model_name)
         print(f"starting serving.local_server on {base} ...", file=sys.stderr)
-        proc, target = start_subprocess(base, FLAGS.model_name,
-                                        [f"--max_workers={FLAGS.server_workers}"])
+        try:
+            proc, target = start_subprocess(base, FLAGS.model_name,
+                                            [f"--max_workers={FLAGS.server_workers}"])
+        except RuntimeError as e:
+            raise SystemExit(f"bench_serving_load.py: {e} (its message is above)") from None
         model = "stand-in model (arithmetic; server overhead only)" if FLAGS.stand_in else f"export {base}"
     try:
         print(f"{FLAGS.clients} clients x {FLAGS.requests} requests x {FLAGS.batch_size} image(s) "

@@ -38,8 +38,9 @@ from benchmarks._results import publish  # noqa: E402
 from toy_run import TINY_TRAIN_FLAGS  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("base", "HEAD", "The git revision to compare the working tree with.")
-flags.DEFINE_integer("repeats", 3, "Timed runs of each command per tree.")
+flags.DEFINE_string("base", "HEAD", "The git revision to compare the working tree with (HEAD: "
+                    "the working tree's uncommitted changes).")
+flags.DEFINE_integer("repeats", 3, "Timed runs of each command per tree.", lower_bound=1)
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
 
 
@@ -69,7 +70,16 @@ def train_and_export(tree: Path, out: Path, cache: Path) -> tuple[float, float]:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    same = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", FLAGS.base, "--",
+                           "ofrnn_tf", "train.py", "export.py", "tests/toy_run.py"],
+                          capture_output=True, text=True)
+    if same.returncode > 1:  # 1: they differ
+        raise app.UsageError(f"--base={FLAGS.base}: {same.stderr.strip()}")
+    if same.returncode == 0:
+        raise app.UsageError(f"the working tree's code is that of --base={FLAGS.base}: "
+                             f"nothing to compare (give --base another revision)")
     with tempfile.TemporaryDirectory(prefix="bench_startup-") as tmp:
         tmp = Path(tmp)
         base = tmp / "base"

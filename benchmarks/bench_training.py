@@ -67,12 +67,12 @@ from ofrnn_tf.training.trainer import Trainer  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/order_free", "A finished run: its features and settings.")
 flags.DEFINE_bool("synthetic", False, "Time on synthetic features instead of a run's.")
-flags.DEFINE_integer("num_examples", 2048, "Synthetic training examples to write.")
+flags.DEFINE_integer("num_examples", 2048, "Synthetic training examples to write.", lower_bound=1)
 flags.DEFINE_list("feature_shape", ["14", "14", "112"],
                   "H, W, k of the synthetic maps (m = H·W; the main job's: 14,14,112).")
-flags.DEFINE_integer("num_classes", 10, "C of the synthetic data.")
-flags.DEFINE_integer("num_shards", 8, "Shards of the synthetic data.")
-flags.DEFINE_integer("max_steps", 4, "T_max of the synthetic data.")
+flags.DEFINE_integer("num_classes", 10, "C of the synthetic data.", lower_bound=1)
+flags.DEFINE_integer("num_shards", 8, "Shards of the synthetic data.", lower_bound=1)
+flags.DEFINE_integer("max_steps", 4, "T_max of the synthetic data.", lower_bound=1)
 flags.DEFINE_list("xla", ["off", "on"], "XLA settings to time (off, on).")
 flags.DEFINE_bool("head_outputs", True, "Time M_map's outputs computed once and kept in "
                   "memory (the default for the residual decoder when they fit in "
@@ -82,9 +82,11 @@ flags.DEFINE_bool("memory", True, "Time the records kept in memory (`train.cache
 flags.DEFINE_list("shuffle_buffers", ["default"], "Also time reading the files every epoch with "
                   "these shuffle buffers (examples; `default`: the run's `train.shuffle_buffer`); "
                   "empty: not at all.")
-flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per setting (tracing, compilation).")
-flags.DEFINE_integer("memory_batches", 4, "Distinct batches held in memory for `compute`.")
-flags.DEFINE_integer("repeats", 3, "Timed repeats of each measure (medians count).")
+flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per setting (tracing, compilation).",
+                                                                    lower_bound=0)
+flags.DEFINE_integer("memory_batches", 4, "Distinct batches held in memory for `compute`.",
+                     lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Timed repeats of each measure (medians count).", lower_bound=1)
 flags.DEFINE_string("work_dir", None, "Scratch directory, kept (default: a temporary one).")
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
 table_runs.define_cache_dir()  # --workdir's feature cache

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/ablations", "Run folders go to ROOT/seed<k>/<row>.")
-flags.DEFINE_integer("seed", 0, "Data and weight seed.")
+flags.DEFINE_integer("seed", 0, "Data and weight seed.", lower_bound=0)
 flags.DEFINE_string("main_job", None, "An existing main-job run of this seed to reuse "
                     "(default: trained under ROOT).")
 flags.DEFINE_string("spatial_head", None, "An existing spatial-head run of this seed with the "
@@ -100,8 +99,7 @@ def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
     run_dir = RunDir(workdir)
     if mode == "eval" or not os.path.exists(run_dir.metrics_file("test")):
         command = _command(workdir, extra, mode)
-        print("+", shlex.join(command), file=sys.stderr, flush=True)
-        subprocess.run(command, check=True, cwd=ROOT)
+        table_runs.run_child(command, cwd=ROOT)
     return run_dir
 
 
@@ -152,9 +150,19 @@ def scored(run_dir: RunDir, beam_size: int | None = None) -> dict:
     return metrics
 
 
+def _folder_name(variant: str) -> str:
+    """The run folder (and `--variants` name) of a variant: its name up to any "(",
+    in lower case with underscores."""
+    return re.sub(r"\W+", "_", variant.split(" (")[0]).strip("_").lower()
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    known = [_folder_name(name) for name in VARIANTS] + ["greedy"]
+    unknown = sorted(set(FLAGS.variants or ()) - set(known))
+    if unknown:
+        raise app.UsageError(f"--variants takes some of {', '.join(known)}; got {unknown}")
     # The train.py children run from the repository root.
     table_runs.make_absolute("root", "main_job", "spatial_head", "cache_dir")
     check_reused("main_job", [])
@@ -163,7 +171,7 @@ def main(argv) -> None:
     main_job = FLAGS.main_job or os.path.join(base, "main_job")
     rows = {"main job (K = 3)": scored(train(main_job, []))}
     for name, extra in VARIANTS.items():
-        folder_name = re.sub(r"\W+", "_", name.split(" (")[0]).strip("_").lower()
+        folder_name = _folder_name(name)
         if FLAGS.variants and folder_name not in FLAGS.variants:
             continue
         folder = os.path.join(base, folder_name)

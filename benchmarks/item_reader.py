@@ -71,7 +71,7 @@ FLAGS = flags.FLAGS
 table_runs.define_flags()
 flags.adopt_module_key_flags(table_runs)
 flags.DEFINE_integer("item_epochs", 30, "Epochs of the item softmax (best by validation "
-                     "item log-loss).")
+                     "item log-loss).", lower_bound=1)
 flags.DEFINE_float("margin", 0.5, "An item's positions: grid cells whose centres lie in "
                    "its box grown by this many cells on every side.")
 

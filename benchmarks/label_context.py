@@ -69,15 +69,17 @@ import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's 
 FLAGS = flags.FLAGS
 table_runs.define_flags()
 flags.adopt_module_key_flags(table_runs)
-flags.DEFINE_integer("units", 256, "Width of the MLP's two hidden layers.")
+flags.DEFINE_integer("units", 256, "Width of the MLP's two hidden layers.", lower_bound=1)
 flags.DEFINE_float("dropout", 0.2, "Dropout after the first hidden layer.")
-flags.DEFINE_integer("epochs", 40, "Training epochs; the best by validation is kept.")
+flags.DEFINE_integer("epochs", 40, "Training epochs; the best by validation is kept.",
+                     lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam's learning rate.")
-flags.DEFINE_integer("batch_size", 64, "Training batch size.")
+flags.DEFINE_integer("batch_size", 64, "Training batch size.", lower_bound=1)
 flags.DEFINE_list("runs", ["spatial_head", "main_job"], "The paper table's runs to read.")
 flags.DEFINE_bool("position_context", True, "Add the row of the MLP that also reads the "
                   "spatial head's per-position class scores (a set encoder).")
-flags.DEFINE_integer("position_units", 128, "Width of the set encoder's per-position layers.")
+flags.DEFINE_integer("position_units", 128, "Width of the set encoder's per-position layers.",
+                     lower_bound=1)
 flags.DEFINE_bool("scene_oracle", True, "In the scene mode, add the rows of the MLP told "
                   "each canvas's true scene (and item count).")
 

@@ -51,9 +51,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -139,8 +137,7 @@ def run(mode: str, seed: int, name: str) -> RunDir | None:
                    *RUNS[name], *(FLAGS.stage1_flags if name in _SPATIAL_STAGE1 else []),
                    f"--data.seed={seed}", f"--train.seed={seed}",
                    f"--data.scenes={MODES[mode]}", f"--runtime.cache_dir={FLAGS.cache_dir}"]
-        print("+", shlex.join(command), file=sys.stderr, flush=True)
-        subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
+        table_runs.run_child(command, cwd=Path(__file__).resolve().parents[1])
     return run_dir
 
 
