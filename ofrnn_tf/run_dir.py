@@ -273,6 +273,11 @@ class RunFacts:
         return cls(**data)
 
 
+
+def _holder(lock_fd: int) -> str:
+    """Who holds a ``.lock`` (the owner tag `RunDir.exclusive` wrote into it), in words."""
+    return describe_owner(os.pread(lock_fd, 256, 0).decode(errors="replace"))
+
 class RunDir:
     """A run folder (see the module docstring) and the files in it.
 
@@ -477,10 +482,10 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = describe_owner(os.pread(fd, 256, 0).decode(errors="replace"))
                 raise RunInUseError(
-                    f"{self.path} is in use by {holder}: another command trains or evaluates "
-                    f"this run folder. Wait for it to end, or use another --workdir.") from None
+                    f"{self.path} is in use by {_holder(fd)}: another command trains or "
+                    f"evaluates this run folder. Wait for it to end, or use another "
+                    f"--workdir.") from None
             with contextlib.suppress(OSError):  # the lock holds; the tag only informs
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, owner_tag().encode(), 0)
@@ -498,6 +503,24 @@ class RunDir:
                     os.ftruncate(fd, 0)  # names no holder once released
         finally:
             os.close(fd)  # releases the lock (and so does the end of the process)
+
+    def check_not_in_use(self) -> None:
+        """Refuses (`RunInUseError`) to read a run folder that a command holds (`exclusive`):
+        a training or evaluation replaces its best weights and τ while they are read. The
+        check takes a shared `fcntl.flock` on ``.lock`` and lets it go at once."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return  # no .lock: no command ever held the folder
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUseError(
+                f"{self.path} is in use by {_holder(fd)}: a command trains or evaluates this "
+                f"run folder, replacing its best weights and τ as it goes. Read it once that "
+                f"command has ended.") from None
+        finally:
+            os.close(fd)  # and with it the shared hold
 
     # -- calibration, metrics, timing ----------------------------------------------
     def calibration(self, beam_size: int) -> Optional[dict]:

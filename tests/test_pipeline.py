@@ -292,6 +292,12 @@ def test_eval_of_an_unfinished_run_warns_and_records_where_it_stopped(trained, t
     assert "WARNING" in printed.err
     # τ is a probability: printed at three digits, not at the percentages' one decimal
     assert printed.out.rstrip().endswith(f" {metrics['tau']:.3g} |"), printed.out
+    # Export and predict, which read it through `trained_run`, say so too.
+    from ofrnn_tf.cli import trained_run
+
+    trained_run(workdir)
+    assert (f"WARNING: {workdir} is not finished (stopped at stage 2 epoch 2/2, step 4): its "
+            f"best epoch so far is used") in capsys.readouterr().err
 
 
 # -- a rerun with other settings ---------------------------------------------------------

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
@@ -159,13 +161,21 @@ def test_a_held_run_folder_is_refused_naming_its_holder_until_it_dies(tmp_path):
         assert f"-{os.getpid()}" in open(run_dir.lock_file).read()
 
 
-def test_train_refuses_a_run_folder_another_command_holds(make_fake_run, tmp_path):
+def test_commands_refuse_a_run_folder_another_command_holds(make_fake_run, tmp_path):
+    # A training replaces the best weights and τ that export and predict would read.
     run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    image = tmp_path / "image.png"
+    keras.utils.save_img(str(image), np.zeros((8, 8, 3), np.uint8))
     with run_dir.exclusive():
-        done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={run_dir.path}",
-                            "--mode=eval"], expect_failure=True)
-    assert f"is in use by pid {os.getpid()} on host" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+        for command in (["train.py", "--mode=eval"],
+                        ["export.py", f"--export_dir={tmp_path / 'exports'}"],
+                        ["predict.py", str(image)]):
+            done = run_checked([sys.executable, str(ROOT / command[0]),
+                                f"--workdir={run_dir.path}", *command[1:]], expect_failure=True)
+            assert f"is in use by pid {os.getpid()} on host" in done.stderr, done.stderr
+            # Its remedy is not in the flags.
+            assert "Traceback" not in done.stderr and "--help" not in done.stderr, done.stderr
+    assert not (tmp_path / "exports").exists()
 
 
 def test_a_run_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):

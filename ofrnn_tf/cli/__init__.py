@@ -147,22 +147,36 @@ def trained_run(workdir: str):
     back and a label map that agrees with its ``run.json``: a usage error otherwise,
     before any model is built."""
     from ofrnn_tf.labels import LabelMapMismatchError
-    from ofrnn_tf.run_dir import DamagedCheckpointError, RunDir  # deferred: imports TensorFlow
+    from ofrnn_tf.run_dir import (  # deferred: these import TensorFlow
+        DamagedCheckpointError, RunDir, RunInUseError)
+    from ofrnn_tf.training.run_state import training_state
 
     refuse_glob_characters("workdir", workdir)
     run_dir = RunDir(workdir)
     try:
-        run_dir.require().weights_path()
+        run_dir.require().check_not_in_use()
+        run_dir.weights_path()
         run_dir.label_map()
-    except (FileNotFoundError, DamagedCheckpointError, LabelMapMismatchError) as error:
+    except (FileNotFoundError, DamagedCheckpointError, LabelMapMismatchError,
+            RunInUseError) as error:
         raise refusal(error) from None
+    try:
+        stopped = training_state(run_dir, run_dir.load()[0])
+    except (ValueError, OSError):
+        # Never trained through its last stage (refused, saying so, where it has no τ) or
+        # checkpoints that say nothing of it: no note.
+        stopped = None
+    if stopped:
+        print(f"{os.path.basename(sys.argv[0])}: WARNING: {run_dir.path} is not finished "
+              f"(stopped at {stopped}): its best epoch so far is used", file=sys.stderr)
     return run_dir
 
 
 class InputFileError(app.UsageError):
-    """A usage error whose remedy is in a file the command read (a data file, a feature
-    shard, a run folder's checkpoint or label map), not in its flags: said without the
-    pointer to ``--help``."""
+    """A usage error whose remedy is not in the command's flags but in a file it read (a
+    data file, a feature shard, a run folder's checkpoint or label map) or in the run
+    folder's state (held by another command, trained with other settings): said without
+    the pointer to ``--help``."""
 
 
 def refusal(error: Exception) -> app.UsageError:
@@ -171,11 +185,15 @@ def refusal(error: Exception) -> app.UsageError:
     from ofrnn_tf.data.splits import SplitEmptiedError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
-    from ofrnn_tf.run_dir import DamagedCheckpointError
+    from ofrnn_tf.run_dir import (DamagedCheckpointError, IncompatibleRunError,
+                                  RunFolderNotWritableError, RunInUseError)
+    from ofrnn_tf.training.run_state import UnfinishedRunError
 
-    in_a_file = (DataFileError, SplitEmptiedError, CorruptShardError, FeatureCacheDamagedError,
-                 LabelMapMismatchError, DamagedCheckpointError)
-    return (InputFileError if isinstance(error, in_a_file) else app.UsageError)(str(error))
+    not_the_flags = (DataFileError, SplitEmptiedError, CorruptShardError,
+                     FeatureCacheDamagedError, LabelMapMismatchError, DamagedCheckpointError,
+                     RunInUseError, IncompatibleRunError, RunFolderNotWritableError,
+                     UnfinishedRunError)
+    return (InputFileError if isinstance(error, not_the_flags) else app.UsageError)(str(error))
 
 
 def input_errors() -> tuple[type, ...]:
