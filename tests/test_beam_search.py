@@ -516,3 +516,14 @@ def test_step_probabilities_carried_with_the_beams_equal_the_replayed_ones(case)
             assert all((out["step_probabilities"][i, n:] == 0).all() for i, n in enumerate(counts))
             logs = np.log(np.where(out["step_probabilities"] > 0, out["step_probabilities"], 1))
             np.testing.assert_allclose(logs.sum(1), out["log_prob"], atol=1e-4)
+
+
+def test_without_a_threshold_every_path_runs_to_max_steps():
+    # beam_search's default τ is 0: nothing stops a path before T_max.
+    tf.random.set_seed(0)
+    model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8)
+    model.build((None, 49, 16))
+    x = tf.random.normal([4, 49, 16], seed=1)
+    out = beam_search(model, x, beam_size=2, max_steps=4)
+    np.testing.assert_array_equal(out["num_labels"].numpy(), [4, 4, 4, 4])
+    assert (out["labels"].numpy() >= 0).all()

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from ofrnn_tf.decoding.beam_search import labels_to_multi_hot, make_decoder, select_baseline
 from ofrnn_tf.decoding.calibration import (
-    calibrate_decoding, calibrate_from_outputs, choose_score_mix, decode_all_steps, default_grid,
-    objective_value, predictions_at)
+    calibrate_decoding, calibrate_from_outputs, calibrate_outputs, choose_score_mix,
+    decode_all_steps, default_grid, objective_value, predictions_at)
 from ofrnn_tf.metrics import label_set_metrics, mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN
 
@@ -190,3 +190,12 @@ def test_repeated_decoding_passes_trace_the_decoder_once():
     calibration.decode_all_steps(model, data, beam_size=3, max_steps=3, progress=False)
     assert list(calibration._LAST_DECODER.values()) != [decoder]  # other settings, another decoder
     assert len(calibration._LAST_DECODER) == 1
+
+
+def test_the_baseline_ranks_by_m_maps_scores_alone():
+    # No decoder scores: the mix recorded (calibration.json, the export) is v_prob's, 1.
+    outputs = {"y_true": np.array([[1, 0], [0, 1], [1, 1]]),
+               "v_prob": np.array([[0.9, 0.2], [0.1, 0.7], [0.6, 0.8]], np.float32)}
+    mix, table = choose_score_mix(outputs)
+    assert mix == 1.0 and table == [(1.0, pytest.approx(100.0))]
+    assert calibrate_outputs(outputs).score_mix == 1.0

@@ -345,7 +345,8 @@ def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
     assert done.returncode == 130, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith(
-        "interrupted; rerun the same command to resume from the last checkpoint"), done.stderr[-500:]
+        "interrupted; rerun the same command: it keeps what is finished and resumes training "
+        "from its last checkpoint"), done.stderr[-500:]
 
 
 @pytest.mark.parametrize("name", configs.PRESETS)

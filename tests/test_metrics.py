@@ -437,3 +437,12 @@ def test_metrics_leave_out_the_size_split_when_a_positive_has_an_unknown_area(un
     assert "AP-small" in E.metrics_at(outputs, 0.5, small_area=0.1)
     areas[3, 1] = unknown
     assert "AP-small" not in E.metrics_at(outputs, 0.5, small_area=0.1)
+
+
+def test_a_positive_with_a_nan_area_is_refused_as_an_unknown_one():
+    # NaN < small_area is False: taken as known, it would count as a large object.
+    y = np.array([[1, 0], [0, 1], [1, 1]])
+    s = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6]])
+    areas = np.array([[np.nan, -1.0], [-1.0, 0.5], [0.02, 0.3]])
+    with pytest.raises(ValueError, match=r"unknown object area.*image 0, class 0"):
+        M.size_split_average_precision(y, s, areas, small_area=0.1)

@@ -600,3 +600,21 @@ def test_the_inference_module_refuses_a_model_that_is_not_built(tiny_backbone):
         InferenceModule(OrderFreeRNN(num_classes=C), tiny_backbone,
                         LabelMap([f"c{i}" for i in range(C)]), tau=0.5, beam_size=2,
                         max_steps=3)
+
+
+@pytest.mark.parametrize("decoder", ["paper", "residual"])
+def test_the_decoder_starts_from_tanh_dense_of_the_mean_read_vector(decoder):
+    # h_0, c_0 = tanh(W mean_i v_i + b), over what the decoder reads: the feature maps, or
+    # the spatial head's per-position features for the residual decoder.
+    tf.random.set_seed(3)
+    kwargs = dict(head="spatial", head_units=6) if decoder == "residual" else {}
+    model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8,
+                         decoder=decoder, standardize=False, **kwargs)
+    model.build((None, 9, 4))
+    x = tf.random.stateless_normal([3, 9, 4], seed=[4, 5])
+    _, state = model.start(x)
+    read = model.head_outputs(x)[0].numpy() if decoder == "residual" else x.numpy()
+    pooled = read.mean(axis=1)
+    for dense, got in ((model.init_h, state.h), (model.init_c, state.c)):
+        kernel, bias = (w.numpy() for w in dense.weights)
+        np.testing.assert_allclose(got.numpy(), np.tanh(pooled @ kernel + bias), atol=1e-5)

@@ -523,6 +523,27 @@ def test_a_rerun_refuses_epochs_of_a_finished_stage_and_lets_the_last_go_on(
     assert RunDir(workdir).load()[0].stage2.epochs == 2
 
 
+def test_a_rerun_at_another_beam_width_says_what_it_changes(trained, tmp_path, cached_features,
+                                                            capsys):
+    config = trained[0]
+    workdir = copy_run(trained, tmp_path)
+    other = 1 if config.decoding.beam_size != 1 else 2
+    metrics = pipeline.run(config.replace(decoding={"beam_size": other}), workdir, "train")
+    assert (f"the run's beam width changes from K={config.decoding.beam_size} to K={other}: "
+            f"stage-2 epochs validated from here on are scored at K={other}"
+            ) in capsys.readouterr().err
+    assert metrics["beam_size"] == RunDir(workdir).load()[0].decoding.beam_size == other
+
+
+def test_a_rerun_of_a_finished_run_adds_no_empty_tensorboard_file(trained, tmp_path):
+    config, _, features_dir = trained
+    workdir = copy_run(trained, tmp_path)
+    events = lambda: sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.*")))
+    before = events()
+    train(config, workdir, features_dir)  # trains nothing: every stage is finished
+    assert events() == before
+
+
 def test_eval_mode_of_a_folder_without_weights_is_refused(trained, tmp_path):
     config = trained[0]
     with pytest.raises(FileNotFoundError, match="is not a run folder"):

@@ -403,3 +403,57 @@ def test_the_calibrated_score_mix_can_be_overridden(workdir, tiny_backbone):
     for weight in (float("nan"), 3.0, -0.1):
         with pytest.raises(ValueError, match=r"score_mix .* must be in \[0, 1\]"):
             Predictor.from_run(str(workdir), score_mix=weight, backbone=tiny_backbone)
+
+
+# -- the module's own checks, in process ---------------------------------------------------
+@pytest.fixture(scope="module")
+def full_path_module(tmp_path_factory, make_fake_run, tiny_backbone):
+    from ofrnn_tf.inference import InferenceModule
+
+    workdir = make_fake_run(tmp_path_factory.mktemp("run"), tau=0.0)  # τ = 0: full paths
+    return InferenceModule.from_run(str(workdir), backbone=tiny_backbone)
+
+
+def test_label_names_name_every_label_id_label_0_included(full_path_module, monkeypatch):
+    module = full_path_module
+    h, w, _ = module.feature_shape
+    T = module.max_steps
+    labels = tf.constant([[0, 2, -1], [4, -1, -1]], tf.int32)[:, :T]
+
+    def decoded(flat, threshold, step_probabilities=False):
+        b = tf.shape(flat)[0]
+        return {"labels": labels, "num_labels": tf.constant([2, 1]), "log_prob": tf.zeros([b]),
+                "scores": tf.zeros([b, len(NAMES)]), "attention": tf.zeros([b, T, h * w])}
+
+    monkeypatch.setattr(module, "_decode", decoded)
+    out = module._outputs(tf.zeros([2, *module.feature_shape]), module.tau.read_value())
+    names = [[n.decode() for n in row] for row in out["label_names"].numpy()]
+    assert names == [[NAMES[0], NAMES[2], ""][:T], [NAMES[4], "", ""][:T]]
+
+
+def test_inputs_of_another_shape_are_refused_in_process(full_path_module, sample_images):
+    module = full_path_module
+    h, w, k = module.feature_shape
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="not compatible|Shape"):
+        module._serve_features(tf.zeros([2, k, h, w]))  # as many values, another layout
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="not compatible|Shape"):
+        module._serve_images(tf.constant([[sample_images[0].read_bytes()]]))
+
+
+def test_more_thresholds_than_images_are_refused_naming_the_counts(full_path_module,
+                                                                  sample_images):
+    jpegs = tf.constant([sample_images[0].read_bytes(), sample_images[2].read_bytes()])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="threshold has 3 values for 2 images"):
+        full_path_module.serve_images_with_threshold(jpegs, tf.constant([0.5, 0.5, 0.5]))
+
+
+def test_a_label_map_of_another_size_than_the_model_is_refused(tiny_backbone):
+    from ofrnn_tf.inference import InferenceModule
+    from ofrnn_tf.labels import LabelMap
+    from ofrnn_tf.modeling.model import OrderFreeRNN
+
+    model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8)
+    model.build((None, 16, 8))
+    with pytest.raises(ValueError, match="label map has 4 classes but the model 5"):
+        InferenceModule(model, tiny_backbone, LabelMap(["a", "b", "c", "d"]), tau=0.5,
+                        beam_size=2, max_steps=3)

@@ -1,5 +1,6 @@
 """The feature-cache reader: schema, batching, label maps, sharding, corrupt files."""
 
+import json
 import os
 import re
 
@@ -348,3 +349,20 @@ def test_a_split_read_once_knows_its_number_of_batches(tmp_path, drop_remainder,
     ds = tfrecords.make_dataset(d, "train", 3, drop_remainder=drop_remainder)
     assert int(ds.cardinality()) == batches == len(list(ds))
     assert int(tfrecords.make_dataset(d, "train", 3, repeat=True).cardinality()) < 0
+
+
+def test_a_record_refuses_areas_that_do_not_pair_with_its_labels_and_a_label_twice():
+    features = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="image x: 1 label areas for 2 labels"):
+        tfrecords.serialize_example("x", features, [1, 2], [0.5])
+    # Parsed, a label listed twice would be one positive with its areas summed.
+    with pytest.raises(ValueError, match=r"image x: label id 1 listed twice"):
+        tfrecords.serialize_example("x", features, [1, 1, 3], [0.2, 0.2, 0.5])
+
+
+@pytest.mark.parametrize("content", [{"names": "cat"}, {"classes": ["a", "b"]}, "cat"])
+def test_a_label_map_file_whose_names_are_not_a_list_is_refused_naming_it(tmp_path, content):
+    path = tmp_path / "label_map.json"
+    path.write_text(json.dumps(content))  # {"names": "cat"} would be the classes c, a, t
+    with pytest.raises(ValueError, match=r"label_map.json: expected \{'names': \[...\]\}"):
+        LabelMap.load(str(path))

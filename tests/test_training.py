@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
-from ofrnn_tf.training.trainer import NonFiniteLossError, Trainer
+from ofrnn_tf.training.trainer import NonFiniteLossError, Trainer, describe_position
 from toy_run import TINY_TRAIN_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -996,3 +996,52 @@ def test_the_training_input_runs_without_the_autotuner(tmp_path, monkeypatch):
     datasets = built + [trainer._parsed_batches(trainer._examples(tf.distribute.InputContext()))]
     assert [ds.options().autotune.enabled for ds in datasets] == [False, False]
     assert built[0].options().threading.max_intra_op_parallelism == 1
+
+
+@pytest.mark.parametrize("args, said", [
+    ((2, 2, 5, 12, 40), "stage 2 epoch 3/12, step 5/40"),
+    ((2, 2, 40, 12, 40), "stage 2 epoch 3/12, step 40/40 (trained, not yet validated)"),
+    ((1, 4, 0, 12), "stage 1 after epoch 4/12"),
+    ((2, 0, 0), "the start of stage 2"),
+    # A rerun given fewer epochs than the stopped run had begun: no "epoch 3/2".
+    ((2, 2, 52, 2, 80), "stage 2 epoch 3, step 52/80, beyond the stage's 2 epochs: the stage "
+                        "ends without finishing it"),
+])
+def test_a_position_is_said_as_the_progress_bar_counts(args, said):
+    assert describe_position(*args) == said
+
+
+def test_an_infinite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data())
+    finite = trainer.model.map_loss
+    monkeypatch.setattr(trainer.model, "map_loss", lambda *a, **k: finite(*a, **k) + float("inf"))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss inf at stage 1, epoch 1, step 1"):
+        trainer.train()
+
+
+def test_a_label_context_that_only_ties_m_map_on_validation_is_left_unchanged(tmp_path):
+    # It must beat M_map alone (epoch 0) to be kept; every context epoch here ties it.
+    scores = iter([0.4, 0.6, 0.6, 0.6, 0.6, 0.6, 0.5])
+    trainer = make_trainer(str(tmp_path), context_config(), synthetic_data(),
+                           lambda model, stage: {"score": next(scores)})
+    model = trainer.train()
+    x = tf.constant(synthetic_data()["features"])
+    np.testing.assert_array_equal(model(x).numpy(), model.map_logits(x).numpy())
+
+
+def test_the_label_context_fit_stops_after_its_patience(tmp_path, capsys):
+    validated = []
+    scores = iter([0.4, 0.6,  # stage 1
+                   0.6, 0.7, 0.65, 0.6, 0.6, 0.6,  # M_map alone, then the context's epochs
+                   0.5])  # stage 2
+
+    def validate_fn(model, stage):
+        validated.append(stage)
+        return {"score": next(scores)}
+
+    make_trainer(str(tmp_path), context_config(epochs=5, patience=1), synthetic_data(),
+                 validate_fn).train()
+    # Epoch 2 is the first that does not beat epoch 1: with patience 1 the fit ends there.
+    assert validated == [1] * 5 + [2]
+    assert "label context: best epoch 1 of 2" in capsys.readouterr().err

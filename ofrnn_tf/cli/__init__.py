@@ -146,6 +146,8 @@ def trained_run(workdir: str):
     """The `RunDir` of `workdir`, which must be a run folder with a checkpoint that reads
     back and a label map that agrees with its ``run.json``: a usage error otherwise,
     before any model is built."""
+    import tensorflow as tf
+
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (  # deferred: these import TensorFlow
         DamagedCheckpointError, RunDir, RunInUseError)
@@ -162,7 +164,7 @@ def trained_run(workdir: str):
         raise refusal(error) from None
     try:
         stopped = training_state(run_dir, run_dir.load()[0])
-    except (ValueError, OSError):
+    except (ValueError, OSError, tf.errors.OpError):
         # Never trained through its last stage (refused, saying so, where it has no τ) or
         # checkpoints that say nothing of it: no note.
         stopped = None

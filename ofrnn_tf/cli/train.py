@@ -131,7 +131,8 @@ def _held(run_dir, config: ExperimentConfig):
 
 
 run = runner(define_flags, main,
-             on_interrupt="rerun the same command to resume from the last checkpoint")
+             on_interrupt="rerun the same command: it keeps what is finished and resumes "
+                          "training from its last checkpoint")
 
 if __name__ == "__main__":
     run()

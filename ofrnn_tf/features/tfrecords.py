@@ -104,12 +104,16 @@ def relabel(record: tf.train.Example, label_ids: Sequence[int],
 def _label_features(image_id: str, label_ids: Sequence[int],
                     label_areas: Sequence[float] | None) -> dict[str, tf.train.Feature]:
     """A record's ``labels`` and ``label_areas`` (-1, unknown, for each label when none
-    are given)."""
+    are given); areas that do not pair with the labels, or a label listed twice, are
+    refused."""
     if label_areas is None:
         label_areas = [-1.0] * len(label_ids)
     if len(label_areas) != len(label_ids):
         raise ValueError(f"image {image_id}: {len(label_areas)} label areas for "
                          f"{len(label_ids)} labels")
+    if len(set(label_ids)) != len(label_ids):  # parsed, its areas would add up
+        twice = next(i for i in label_ids if list(label_ids).count(i) > 1)
+        raise ValueError(f"image {image_id}: label id {twice} listed twice")
     return {
         "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=list(label_ids))),
         "label_areas": tf.train.Feature(float_list=tf.train.FloatList(value=list(label_areas))),

@@ -36,6 +36,7 @@ run goes on from the newest one that reads back whole.
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 import os
@@ -81,9 +82,14 @@ def describe_position(stage: int, epochs_done: int, step: int, stage_epochs: Opt
                       steps_per_epoch: Optional[int] = None) -> str:
     """Where a run's training stands, epochs counted from 1 as the progress bar counts
     them: ``stage 2 epoch 3/12, step 5/40``, ``stage 1 after epoch 4/12``, ``the start
-    of stage 2`` (the totals when given)."""
+    of stage 2`` (the totals when given). An epoch begun beyond `stage_epochs` (a rerun
+    given fewer epochs than the stopped run had begun) says the stage ends there."""
     of = lambda total: f"/{total}" if total else ""
     if step:
+        if stage_epochs and epochs_done >= stage_epochs:
+            return (f"stage {stage} epoch {epochs_done + 1}, step {step}{of(steps_per_epoch)}, "
+                    f"beyond the stage's {stage_epochs} epochs: the stage ends without "
+                    f"finishing it")
         where = (f"stage {stage} epoch {epochs_done + 1}{of(stage_epochs)}, "
                  f"step {step}{of(steps_per_epoch)}")
         return where + (" (trained, not yet validated)" if step == steps_per_epoch else "")
@@ -259,8 +265,6 @@ class Trainer:
             self.checkpoint, run_dir.checkpoints_dir(worker), max_to_keep=3)
         self.best_manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=self.model), run_dir.best_dir(worker), max_to_keep=1)
-        self.writer = (tf.summary.create_file_writer(run_dir.tensorboard_dir)
-                       if self.chief else tf.summary.create_noop_writer())
         self._train_steps = {}
         # The last step of each tag in the run's TensorBoard files, set by `restore`: a
         # run stopped between checkpoints logged steps that its rerun trains again.
@@ -543,7 +547,7 @@ class Trainer:
             while not self._stage_done(stage):
                 self._train_epoch(stage)
             self._end_stage(stage)
-        self.writer.flush()
+        self._flush_points()
         self._restore_best()
         return self.model
 
@@ -716,11 +720,22 @@ class Trainer:
                 self._validate(stage)
         self._save(step)
 
+    @functools.cached_property
+    def writer(self) -> tf.summary.SummaryWriter:
+        """The run's TensorBoard writer, made at its first point: a rerun of a finished run
+        logs none, and leaves no empty event file."""
+        return (tf.summary.create_file_writer(self.run_dir.tensorboard_dir)
+                if self.chief else tf.summary.create_noop_writer())
+
+    def _flush_points(self) -> None:
+        if "writer" in self.__dict__:  # made: points may wait in its buffer
+            self.writer.flush()
+
     def _save(self, step: int) -> None:
         """A training checkpoint numbered by the global step."""
         # The points logged up to this step go to disk first: a rerun from this checkpoint
         # logs only the steps after it, so points still buffered at a kill would be lost.
-        self.writer.flush()
+        self._flush_points()
         self.manager.save(checkpoint_number=step)
         self._saved_step = step
 
