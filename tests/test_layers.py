@@ -84,6 +84,22 @@ def test_visual_attention_matches_numpy_reference():
     np.testing.assert_allclose(z.numpy(), z_ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("images", [1, B])  # one image takes its own matmul
+def test_visual_attention_of_several_beams_matches_each_beam_alone(images):
+    # Beam search passes K hidden states per image as [B, K, d]: each must attend as a
+    # [B, d] state alone would, normalised over the positions, not across the beams.
+    att = make_attention()
+    v = features()[:images]
+    beams = 3
+    h = tf.constant(np.random.default_rng(2).normal(size=(images, beams, UNITS)), tf.float32)
+    z, alpha = att(att.project_features(v), v, h)
+    assert z.shape == (images, beams, K) and alpha.shape == (images, beams, M)
+    for k in range(beams):
+        z_ref, alpha_ref = attention_reference(att, v.numpy(), h[:, k].numpy())
+        np.testing.assert_allclose(alpha[:, k].numpy(), alpha_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(z[:, k].numpy(), z_ref, rtol=1e-5, atol=1e-6)
+
+
 def test_visual_attention_depends_on_hidden_state():
     att = make_attention()
     v = features()
