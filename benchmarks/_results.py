@@ -99,13 +99,19 @@ def append_result(title: str, command: str, lines_or_markdown: Sequence[str] | s
     return target
 
 
+if "results_file" not in flags.FLAGS:  # every script imports this module: one flag for all
+    flags.DEFINE_string("results_file", None, "Append the numbers to this file instead of "
+                        "benchmarks/RESULTS.md (a trial run that leaves the results alone).")
+
+
 def publish(title: str, text: str, append: bool = True) -> None:
-    """Prints a benchmark's markdown and, with `append`, adds it to RESULTS.md under `title`
-    with the command line that ran it."""
+    """Prints a benchmark's markdown and, with `append`, adds it to RESULTS.md (or the file
+    `--results_file` names) under `title` with the command line that ran it."""
     print(text, flush=True)
     if append:
         script = os.path.relpath(sys.argv[0], Path(__file__).resolve().parents[1])
-        path = append_result(title, "python " + shlex.join([script] + sys.argv[1:]), text)
+        path = append_result(title, "python " + shlex.join([script] + sys.argv[1:]), text,
+                             flags.FLAGS["results_file"].value)
         print(f"appended to {path}", file=sys.stderr)
 
 

@@ -79,6 +79,9 @@ flags.DEFINE_list("stage1_flags", ["--stage1.epochs=20", "--stage1.patience=0"],
                   "(spatial head, with label context, main job): its budget. "
                   "--stage1_flags=--stage1.epochs=40,--stage1.patience=5 is that of the "
                   "tables written before 2026-12-03.")
+flags.DEFINE_list("extra", [], "train.py flags every row gets, after its own (e.g. tiny sizes "
+                  "for a trial: --data.num_train=64,--stage2.epochs=1); a row refuses one it "
+                  "would ignore.")
 
 MODES = {"independent": "none", "scenes": "outfits"}
 # The main job's model in each mode is its preset's (the scene mode's has a label context).
@@ -136,7 +139,8 @@ def run(mode: str, seed: int, name: str) -> RunDir | None:
         command = [sys.executable, "train.py", f"--workdir={run_dir.path}", *preset,
                    *RUNS[name], *(FLAGS.stage1_flags if name in _SPATIAL_STAGE1 else []),
                    f"--data.seed={seed}", f"--train.seed={seed}",
-                   f"--data.scenes={MODES[mode]}", f"--runtime.cache_dir={FLAGS.cache_dir}"]
+                   f"--data.scenes={MODES[mode]}", f"--runtime.cache_dir={FLAGS.cache_dir}",
+                   *FLAGS.extra]
         table_runs.run_child(command, cwd=Path(__file__).resolve().parents[1])
     return run_dir
 
