@@ -241,6 +241,12 @@ def test_train_refuses_what_it_cannot_build_before_any_work(tmp_path, flags, env
         assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+def run_script(script: str) -> subprocess.CompletedProcess:
+    """`python -c script` from the repository root, its output captured."""
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
 @pytest.mark.parametrize("signalled", [True, False])
 def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
     # Landing while C++ code calls back into Python, KeyboardInterrupt can become a
@@ -257,8 +263,7 @@ def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
         "        pass\n"
         "    raise SystemError('bad argument to internal function')\n"
         "runner(lambda: None, main, on_interrupt='rerun it')()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = run_script(script)
     if signalled:
         assert done.returncode == 130, done.stderr[-2000:]
         assert done.stderr.rstrip().endswith("interrupted; rerun it"), done.stderr[-500:]
@@ -283,8 +288,7 @@ def test_sigint_and_sigterm_leave_through_the_commands_clean_up(tmp_path, signum
         "    finally:\n"
         f"        open({str(cleaned)!r}, 'w').close()\n"
         "runner(lambda: None, main, on_interrupt='rerun it')()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = run_script(script)
     assert done.returncode == code, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith(f"{said}; rerun it"), done.stderr[-500:]
     assert "Traceback" not in done.stderr and cleaned.exists()
@@ -317,8 +321,7 @@ def test_a_full_disk_is_said_in_one_line_that_names_the_write(raised, said):
         "def main(argv):\n"
         f"    raise {raised}\n"
         "runner(lambda: None, main)()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = run_script(script)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.rstrip().splitlines()[-1] == (
@@ -329,8 +332,7 @@ def test_other_os_errors_keep_their_traceback():
     script = ("import errno\nfrom ofrnn_tf.cli import runner\n"
               "def main(argv):\n    raise OSError(errno.EIO, 'Input/output error', '/x')\n"
               "runner(lambda: None, main)()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = run_script(script)
     assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr[-2000:]
     assert "Free space" not in done.stderr
 
