@@ -273,11 +273,6 @@ class RunFacts:
         return cls(**data)
 
 
-
-def _holder(lock_fd: int) -> str:
-    """Who holds a ``.lock`` (the owner tag `RunDir.exclusive` wrote into it), in words."""
-    return describe_owner(os.pread(lock_fd, 256, 0).decode(errors="replace"))
-
 class RunDir:
     """A run folder (see the module docstring) and the files in it.
 
@@ -479,13 +474,8 @@ class RunDir:
                 f"write their checkpoints, τ and metrics into the run folder; copy it to a "
                 f"writable place (export and predict read it where it is)") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunInUseError(
-                    f"{self.path} is in use by {_holder(fd)}: another command trains or "
-                    f"evaluates this run folder. Wait for it to end, or use another "
-                    f"--workdir.") from None
+            self._take(fd, fcntl.LOCK_EX, "another command trains or evaluates this run "
+                                          "folder. Wait for it to end, or use another --workdir.")
             with contextlib.suppress(OSError):  # the lock holds; the tag only informs
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, owner_tag().encode(), 0)
@@ -513,14 +503,21 @@ class RunDir:
         except OSError:
             return  # no .lock: no command ever held the folder
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunInUseError(
-                f"{self.path} is in use by {_holder(fd)}: a command trains or evaluates this "
-                f"run folder, replacing its best weights and τ as it goes. Read it once that "
-                f"command has ended.") from None
+            self._take(fd, fcntl.LOCK_SH, "a command trains or evaluates this run folder, "
+                                          "replacing its best weights and τ as it goes. Read "
+                                          "it once that command has ended.")
         finally:
             os.close(fd)  # and with it the shared hold
+
+    def _take(self, lock_fd: int, operation: int, why: str) -> None:
+        """`fcntl.flock(lock_fd, operation)` without waiting; `RunInUseError` naming the
+        holder (the owner tag `exclusive` wrote into ``.lock``), then `why`, when another
+        process holds the folder."""
+        try:
+            fcntl.flock(lock_fd, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = describe_owner(os.pread(lock_fd, 256, 0).decode(errors="replace"))
+            raise RunInUseError(f"{self.path} is in use by {holder}: {why}") from None
 
     # -- calibration, metrics, timing ----------------------------------------------
     def calibration(self, beam_size: int) -> Optional[dict]:
