@@ -62,6 +62,7 @@ _DRIVER = inspect.getsource(write_finished_run) + textwrap.dedent('''
                 sys.exit(f"train.py got a relative --{name}={flags[name]} (cwd {kwargs['cwd']})")
         write_finished_run(os.path.join(kwargs["cwd"], flags["workdir"]))
         print("trained", flags["workdir"], "cache", flags["runtime.cache_dir"], file=sys.stderr)
+        return subprocess.CompletedProcess(command, 0)
 
     subprocess.run = fake_train
     sys.argv = [sys.argv[1]] + sys.argv[2:]
