@@ -10,7 +10,7 @@ row                             run
 ==============================  ===============================================================
 baseline (0.5), baseline (τ)    ``--config=paper --model.variant=baseline``: the paper's M_map
                                 (linear layer on mean-pooled maps) trained to convergence,
-                                scored at the paper's fixed 0.5 and at a validation threshold
+                                scored at a fixed 0.5 (the usual rule) and at a validation threshold
 spatial head                    ``--model.variant=baseline --model.head_kernel_size=3
                                 --model.head_units=256`` and ``--stage1_flags``: the
                                 strongest non-recurrent head measured (an MLP over each
@@ -245,7 +245,7 @@ def mode_section(mode: str, seeds: list[int]) -> str:
                                 if not FLAGS.train else ""))
     lines = [f"Benchmark mode `{mode}` ({setup_text(setups)}); seeds "
              f"{', '.join(map(str, seeds))} (data and weights). Test split; every threshold "
-             f"chosen on validation except `baseline (0.5)`, the paper's fixed one. Mean ± std "
+             f"chosen on validation except `baseline (0.5)`, fixed. Mean ± std "
              f"over seeds:", "", summary(per_seed), ""]
     lines += claims(mode, per_seed)
     lines += ["", "A difference is called inside the noise when its mean over seeds is no "

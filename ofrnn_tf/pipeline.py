@@ -543,7 +543,7 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
 
 def results_table(config: ExperimentConfig, metrics: dict) -> str:
     """The test metrics as the commands print them: a row named by the variant (and the
-    beam width K of a decoder); for the baseline, a second row at the paper's fixed 0.5.
+    beam width K of a decoder); for the baseline, a second row at the fixed 0.5.
     Percentages at one decimal; τ, a probability, at three digits."""
     variant = config.model.variant
     rows = {}

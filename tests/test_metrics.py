@@ -392,7 +392,7 @@ def test_value_errors_name_argument_and_index():
 
 
 def test_baseline_at_fixed_half_forces_no_label(monkeypatch):
-    """The paper's 0.5 rule names no class where none reaches 0.5; the calibrated rule,
+    """The fixed 0.5 rule names no class where none reaches 0.5; the calibrated rule,
     with `min_labels=1`, still names each image's best class."""
     from types import SimpleNamespace
 

@@ -2,7 +2,8 @@
 
 M_map a linear layer on mean-pooled maps (Eq. 1–3), attention over the CNN maps
 (Eq. 4–5), `p_t` straight from the prediction layer (Eq. 7), the loss of Eq. 8 on each
-image's number of labels (Algorithm 1), Adam at 3e-4 for the decoder, dropout keep 0.8
+image's number of labels (our reading of Algorithm 1's `iter`, which the paper does not
+fix), Adam at 3e-4 for the decoder, dropout keep 0.8
 on the prediction layer and no other dropout, no feature standardisation. Stage 1
 (M_map) is trained to convergence (Adam 1e-3, early stopping on validation mAP), as
 every row of the comparison is. The paper's backbone, ResNet-152, needs its ImageNet

@@ -3,7 +3,7 @@
 Decoding follows the rule of paper Eq. 11 (`ofrnn_tf.decoding.beam_search`), τ is
 chosen on the validation split (`ofrnn_tf.decoding.calibration`) and the metrics are
 those of `ofrnn_tf.metrics` (see docs/model.md for the conventions). M_map alone (the
-`baseline` variant) is scored both at the paper's fixed threshold 0.5 on v_prob and at
+`baseline` variant) is scored both at a fixed threshold 0.5 on v_prob (the usual rule) and at
 a threshold chosen on validation like τ.
 """
 
@@ -122,7 +122,7 @@ def evaluate(model, dataset: tf.data.Dataset, *, tau: float, beam_size: int, max
     """Every metric on one split, decoding with threshold τ (docs/model.md, Metrics).
 
     For the `baseline` variant the result also holds, under ``"at_fixed_0.5"``, the
-    label-set metrics at the paper's fixed threshold 0.5 on v_prob: every class at or
+    label-set metrics at the fixed threshold 0.5 on v_prob: every class at or
     above it, and no label forced where none is (`min_labels` is not applied).
     """
     outputs = decode_all_steps(model, dataset, beam_size=beam_size, max_steps=max_steps,
