@@ -199,7 +199,7 @@ def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
     return _call(target, channel, run)
 
 
-# How the export's input checks name a refused image (ofrnn_tf/features/image_guards.py);
+# How the export's input checks name a refused image (ofrnn_tf/features/image_guards/);
 # TF Serving and the local server pass the message on as INVALID_ARGUMENT.
 _REFUSED_IMAGE = re.compile(r"images\[(\d+)\](:?)\s*")
 
