@@ -72,10 +72,13 @@ def test_round_trip_of_features_labels_and_areas(tmp_path):
     assert tfrecords.num_examples(d, "train") == 10
 
 
-def test_order_is_deterministic_without_shuffle(tmp_path):
-    d = _write_dir(tmp_path / "f", _records(11))
+@pytest.mark.parametrize("num_shards", [1, 3])  # one file: fewer than the reading threads
+def test_order_is_deterministic_without_shuffle(tmp_path, num_shards):
+    d = _write_dir(tmp_path / "f", _records(11), num_shards=num_shards)
     ids = [list(_collect(tfrecords.make_dataset(d, "train", 3))) for _ in range(2)]
     assert ids[0] == ids[1] and len(ids[0]) == 11
+    shuffled = tfrecords.make_dataset(d, "train", 3, shuffle=True, seed=1)
+    assert sorted(_collect(shuffled)) == sorted(ids[0])
 
 
 def test_shuffle_repeat_and_drop_remainder(tmp_path):
@@ -89,7 +92,7 @@ def test_shuffle_repeat_and_drop_remainder(tmp_path):
     assert sorted(_collect(once)) == sorted(f"img{i}" for i in range(10))
 
 
-@pytest.mark.parametrize("num_shards", [1, 4])
+@pytest.mark.parametrize("num_shards", [1, 2, 4])  # 2: one file for each worker
 def test_input_context_splits_the_data_between_workers(tmp_path, num_shards):
     d = _write_dir(tmp_path / "f", _records(12), num_shards=num_shards)
     seen = []

@@ -483,8 +483,11 @@ def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
-                         num_parallel_calls=INPUT_THREADS, deterministic=not shuffle)
+    cycle = min(len(files), 8)
+    # tf.data refuses more parallel calls than files in the cycle (one shard a split, or
+    # a worker's share of one).
+    return ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle,
+                         num_parallel_calls=min(INPUT_THREADS, cycle), deterministic=not shuffle)
 
 
 def verify_split(features_dir: str, split: str) -> None:
