@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import glob
 import os
+import re
 import shutil
 import time
 import unicodedata
@@ -485,6 +486,19 @@ def _servable_examples(examples: list[Example], num: int) -> list[Example]:
 
 
 _NAMED_LEFT_OUT = 5  # test images left out of the examples that the log names
+_NAME_BYTES = 255  # the longest file name of common file systems
+
+
+def _copy_name(index: int, image: str) -> str:
+    """The run folder's name for its copy of test image `image`: prefixed with the index,
+    as its attention picture is, so that test images of one name in different folders
+    (class/000.jpg) stay apart; the stem shortened where the name, or its picture's
+    (``.png``), would pass the file systems' 255 bytes."""
+    stem, extension = os.path.splitext(f"{index:03d}_{os.path.basename(image)}")
+    room = _NAME_BYTES - max(len(extension.encode("utf-8", "surrogateescape")), len(".png"))
+    while len(stem.encode("utf-8", "surrogateescape")) > room:
+        stem = stem[:-1]
+    return stem + extension
 
 
 def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) -> list[str]:
@@ -493,9 +507,7 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
     attention pictures; returns the copied paths."""
     chosen = _servable_examples(data.splits["test"], num)
     os.makedirs(run_dir.examples_dir, exist_ok=True)
-    # Prefixed with the index (as the attention pictures are): test images of the same
-    # file name in different folders (class/000.jpg) stay apart.
-    targets = [os.path.join(run_dir.examples_dir, f"{i:03d}_{os.path.basename(e.image)}")
+    targets = [os.path.join(run_dir.examples_dir, _copy_name(i, e.image))
                for i, e in enumerate(chosen)]
     for stale in set(run_dir.example_images()) - set(targets):  # an earlier call's copies
         if os.path.isfile(stale):
@@ -510,7 +522,8 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
     write_json(run_dir.examples_index_file, index)
     if os.path.isdir(run_dir.attention_dir):  # an earlier call's pictures, named otherwise
         for stale in glob.glob(os.path.join(glob.escape(run_dir.attention_dir), "*.png")):
-            os.remove(stale)
+            if re.match(r"\d{3}_", os.path.basename(stale)):  # only the run's own
+                os.remove(stale)
     render_examples(Predictor.from_run(run_dir), copies, run_dir.attention_dir,
                     ground_truth=truth, max_images=num)
     return copies

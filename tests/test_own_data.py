@@ -294,6 +294,29 @@ def test_example_images_of_the_same_name_in_two_folders_are_both_kept(
         {"file": os.path.join("examples", "001_000.png"), "image_id": "1", "labels": ["blue"]}]
 
 
+def test_only_the_runs_own_copies_and_pictures_are_replaced(tmp_path, save_examples_unpictured):
+    # A name of 255 bytes: its copy's index prefix would pass the file systems' limit.
+    long = "x" * 251 + ".png"
+    paths = [_png(tmp_path / "images" / "a.png", 1), _png(tmp_path / "images" / long, 2)]
+    labels = LabelMap(["red", "blue"])
+    run_dir = RunDir(str(tmp_path / "run"))
+    both = pipeline.Data({"test": [Example(str(i), p, (i,)) for i, p in enumerate(paths)]},
+                         labels)
+    first, _ = save_examples_unpictured(run_dir, both)
+    assert os.path.basename(first[1]).startswith("001_xxx") and first[1].endswith(".png")
+    assert len(os.path.basename(first[1]).encode()) <= 255
+    # Files of the user's in a folder the run writes into stay; the run's own go.
+    open(os.path.join(run_dir.examples_dir, "README.txt"), "w").close()
+    os.makedirs(run_dir.attention_dir)
+    for name in ("figure.png", "001_earlier.png"):
+        open(os.path.join(run_dir.attention_dir, name), "wb").close()
+    one = pipeline.Data({"test": [Example("0", paths[0], (0,))]}, labels)
+    copies, _ = save_examples_unpictured(run_dir, one)
+    assert sorted(os.listdir(run_dir.examples_dir)) == ["000_a.png", "README.txt"]
+    assert run_dir.example_images() == copies
+    assert os.listdir(run_dir.attention_dir) == ["figure.png"]
+
+
 # -- the cache fingerprint covers the image files -----------------------------------------
 def manifest_config(root, cache_dir) -> ExperimentConfig:
     return ExperimentConfig().replace(
