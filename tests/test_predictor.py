@@ -246,7 +246,8 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
     assert set(errors) == {str(images[1]), str(empty), str(folder / "notes.txt"),
                            str(folder / "photo.webp")}
     assert errors[str(folder / "photo.webp")] == (
-        f"{folder / 'photo.webp'}: skipped (.webp): accepted formats are JPEG, PNG, GIF and BMP")
+        f"{folder / 'photo.webp'}: skipped by its extension (.webp): accepted formats are "
+        f"JPEG, PNG, GIF and BMP")
     pictures = []
     for place, record in enumerate(lines):
         if "error" not in record:
@@ -260,7 +261,7 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
             pictures.append(record["attention_png"])
     assert sorted(os.listdir(tmp_path / "attention")) == sorted(map(os.path.basename, pictures))
     assert "3 image(s) predicted, 4 failed or skipped" in done.stderr
-    assert "skipped (.txt)" in done.stderr
+    assert "skipped by its extension (.txt)" in done.stderr
 
     for flag, message in ((f"--output={tmp_path / 'nowhere' / 'out.jsonl'}",
                            "--output=" + str(tmp_path / "nowhere" / "out.jsonl")),
@@ -312,15 +313,30 @@ def test_expand_inputs_names_every_file_it_skips(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "d.jpg").mkdir()  # a folder, whatever its name says
     (tmp_path / "e.jpg").symlink_to(tmp_path / "gone.jpg")  # a broken link: refused when read
+    (tmp_path / "f.jfif").write_bytes(b"x")  # a JPEG as browsers save it
+    for hidden in (".DS_Store", "._a.jpg"):  # a file system's, passed over
+        (tmp_path / hidden).write_bytes(b"x")
     entries = expand_inputs([str(tmp_path), "missing.jpg"])  # a folder: sorted, not recursive
     assert [e if isinstance(e, str) else e["image"] for e in entries] == [
         str(tmp_path / name) for name in ("README", "a.jpg", "b.PNG", "c.webp", "d.jpg",
-                                          "e.jpg", "sub")] + ["missing.jpg"]
+                                          "e.jpg", "f.jfif", "sub")] + ["missing.jpg"]
     assert "skipped (no extension)" in entries[0]["error"]
-    assert "skipped (.webp)" in entries[3]["error"]
+    assert "skipped by its extension (.webp)" in entries[3]["error"]
     assert entries[4]["error"].endswith("skipped (a folder): folders are read one level deep; "
                                         "name it to read it")
-    assert entries[5] == str(tmp_path / "e.jpg") and "skipped (a folder)" in entries[6]["error"]
+    assert entries[5] == str(tmp_path / "e.jpg") and entries[6] == str(tmp_path / "f.jfif")
+    assert "skipped (a folder)" in entries[7]["error"]
+
+
+def test_a_report_over_one_of_the_input_images_is_refused(tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"not read")
+    for given in (str(image), str(tmp_path / "." / "photo.png")):
+        with pytest.raises(app.UsageError, match=r"--output=.*photo.png is one of the input "
+                                                 r"images: writing the report there would "
+                                                 r"empty it"):
+            open_report(given, ["missing.jpg", str(image)])
+    assert image.read_bytes() == b"not read"
 
 
 def test_an_unwritable_report_is_refused_before_any_work(tmp_path):

@@ -840,7 +840,7 @@ def test_client_cli(server, tmp_path):
                                              ("broken.jpg", "notes.txt", "red.png")] + [
                                                  str(tmp_path / "yellow.png")]
     assert "refused by the server" in results[0]["error"]
-    assert "skipped (.txt)" in results[1]["error"]
+    assert "skipped by its extension (.txt)" in results[1]["error"]
     assert results[2]["labels"] == ["red"] and results[2]["scores"] == [pytest.approx(0.98, abs=1e-3)]
     assert results[3]["labels"] == ["red", "green"] and results[3]["log_prob"] < 0
     assert "2 image(s) labelled, 2 failed or skipped" in run.stderr

@@ -57,7 +57,7 @@ def main(argv):
 
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
-    out = open_report(FLAGS.output)
+    out = open_report(FLAGS.output, paths)
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,

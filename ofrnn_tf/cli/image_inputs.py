@@ -7,6 +7,7 @@ so a file that cannot be read or decoded costs only its own line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,19 +15,21 @@ from typing import Iterable, TextIO
 
 from absl import app
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
 
 
 def expand_inputs(arguments: list[str]) -> list:
     """Each argument in order as image paths (folders expanded one level), or an error
     record for a folder without images and for every entry of a folder that is not an
-    accepted image (a sub-folder included; a broken link stays a path, refused when read)."""
+    accepted image by its extension (a sub-folder included; a broken link stays a path,
+    refused when read). A folder's hidden entries (``.DS_Store``, ``._photo.jpg``) are
+    passed over: they are a file system's, not images."""
     entries: list = []
     for argument in arguments:
         if not os.path.isdir(argument):
             entries.append(argument)  # a missing or unreadable file becomes an error when read
             continue
-        names = sorted(os.listdir(argument))
+        names = sorted(n for n in os.listdir(argument) if not n.startswith("."))
         images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
                   and not os.path.isdir(os.path.join(argument, n))]
         if not images:
@@ -40,8 +43,9 @@ def expand_inputs(arguments: list[str]) -> list:
                 entries.append({"image": path, "error": f"{path}: skipped (a folder): folders "
                                 "are read one level deep; name it to read it"})
             else:
-                kind = os.path.splitext(name)[1] or "no extension"
-                entries.append({"image": path, "error": f"{path}: skipped ({kind}): accepted "
+                extension = os.path.splitext(name)[1]
+                why = f"by its extension ({extension})" if extension else "(no extension)"
+                entries.append({"image": path, "error": f"{path}: skipped {why}: accepted "
                                 f"formats are JPEG, PNG, GIF and BMP"})
     return entries
 
@@ -53,11 +57,18 @@ def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
         yield next(results) if isinstance(entry, str) else entry
 
 
-def open_report(output: str | None) -> TextIO:
+def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO:
     """The stream a command's report goes to (stdout when `output` is None), opened before
-    any image is read, so that an unwritable ``--output`` costs nothing."""
+    any image is read, so that an unwritable ``--output`` costs nothing; an ``--output``
+    that is one of the `inputs` is refused (opening it would empty that image)."""
     if not output:
         return sys.stdout
+    if os.path.exists(output):
+        for path in inputs:
+            with contextlib.suppress(OSError):  # a missing input is said when it is read
+                if os.path.samefile(output, path):
+                    raise app.UsageError(f"--output={output} is one of the input images: "
+                                         f"writing the report there would empty it")
     try:
         return open(output, "w")
     except OSError as error:

@@ -2,9 +2,9 @@
 
     ofrnn-predict --workdir=runs/order_free photo.jpg more_photos/ --output=out.jsonl
 
-Folders are expanded to their files (sorted, not recursive): JPEG, PNG, GIF and BMP
-files are predicted; any other file is named on stderr and gets an ``error`` line, so
-every input is accounted for. Writes one JSON line per input — ``image``, ``labels``
+Folders are expanded to their files (sorted, not recursive, hidden files passed over):
+JPEG, PNG, GIF and BMP files are predicted (by their extension); any other file is named
+on stderr and gets an ``error`` line, so every input is accounted for. Writes one JSON line per input — ``image``, ``labels``
 (decoding order), ``label_ids``, ``scores``, ``step_probabilities``, ``log_prob`` (and
 ``all_scores`` with --all_scores) — to stdout or --output. An image that cannot be read
 gets a line with ``error`` and the others go on; the exit status is 1 only when no
@@ -62,7 +62,7 @@ def main(argv):
     refuse_below("batch_size")
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
-    out = open_report(FLAGS.output)
+    out = open_report(FLAGS.output, paths)
     trained_run(FLAGS.workdir)
     try:
         predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
