@@ -271,6 +271,18 @@ def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
         assert done.returncode == 1 and "SystemError: bad argument" in done.stderr
 
 
+def test_a_flag_given_as_home_relative_is_expanded_as_a_shell_would(tmp_path):
+    # `--workdir=~/runs`: the shell leaves `~` after `=` as it is.
+    script = ("from absl import flags\n"
+              "from ofrnn_tf.cli import runner\n"
+              "define = lambda: flags.DEFINE_string('workdir', None, 'a folder')\n"
+              "runner(define, lambda argv: print(flags.FLAGS.workdir))()\n")
+    done = subprocess.run([sys.executable, "-c", script, "--workdir=~/runs/a"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, HOME=str(tmp_path)))
+    assert done.stdout.strip() == str(tmp_path / "runs" / "a"), done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("signum, said, code", [
     (signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],
     ids=["sigint", "sigterm"])

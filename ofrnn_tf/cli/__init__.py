@@ -27,7 +27,9 @@ def runner(define_flags, main, on_interrupt: str = ""):
     ``__main__``'s docstring; the flags here are defined in the command's module, and a
     console-script wrapper has no docstring, so both are handed over to the script. A
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
-    whole listing; Ctrl-C prints ``interrupted`` and `on_interrupt` (what a rerun does)
+    whole listing. A flag given as ``~/…`` (which a shell leaves unexpanded after ``=``) is
+    expanded as the shell would, so that no folder named ``~`` is made. Ctrl-C prints
+    ``interrupted`` and `on_interrupt` (what a rerun does)
     instead of a traceback, and exits with 130, as a shell reports SIGINT; SIGTERM (from
     ``kill``, ``timeout``, ``docker stop``) takes the same way out, printing
     ``terminated`` and exiting with 143, so the command's own clean-up runs; a full disk
@@ -48,6 +50,10 @@ def runner(define_flags, main, on_interrupt: str = ""):
             signal.signal(signal.SIGINT, note_interrupt)
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, note_interrupt)
+        for name in flags.FLAGS:
+            flag = flags.FLAGS[name]
+            if flag.present and isinstance(flag.value, str) and flag.value.startswith("~"):
+                flag.value = os.path.expanduser(flag.value)
         try:
             return main(argv)
         except app.UsageError as error:
