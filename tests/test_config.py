@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
+from absl import app, flags
 
 from conftest import ROOT
 from toy_run import TINY_TRAIN_FLAGS
@@ -434,3 +434,34 @@ def test_print_config_refuses_what_the_run_folder_would(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "decoding.min_labels: 1 in the run folder vs 2 now" in (
         done.stderr), done.stderr[-2000:]
+
+
+def test_a_folder_flag_nothing_can_be_made_under_is_refused_naming_why(tmp_path):
+    from ofrnn_tf.cli import refuse_unwritable_folder
+
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "dead").symlink_to(tmp_path / "no" / "volume")
+    with pytest.raises(app.UsageError, match=r"--export_dir=.*afile/exp: .*afile is a file, "
+                                             r"not a folder"):
+        refuse_unwritable_folder("export_dir", str(tmp_path / "afile" / "exp"))
+    with pytest.raises(app.UsageError, match=r"dead is a symbolic link to .*no/volume, which "
+                                             r"does not exist"):
+        refuse_unwritable_folder("export_dir", str(tmp_path / "dead" / "exp"))
+    refuse_unwritable_folder("export_dir", str(tmp_path / "new" / "exp"))  # made when written
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_write_under_the_cache_is_said_in_one_line_and_only_there(tmp_path):
+    import errno
+
+    from ofrnn_tf.cli import cache_write_refusal
+
+    cache = tmp_path / "cache"
+    under = OSError(errno.EROFS, "Read-only file system", str(cache / "features" / "x"))
+    assert str(cache_write_refusal(under, str(cache))) == (
+        f"--runtime.cache_dir={cache}: {cache / 'features' / 'x'} cannot be written "
+        f"(Read-only file system); give a writable folder")
+    elsewhere = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "cached"))
+    full = OSError(errno.ENOSPC, "No space left on device", str(cache / "x"))  # runner's
+    assert cache_write_refusal(elsewhere, str(cache)) is None
+    assert cache_write_refusal(full, str(cache)) is None

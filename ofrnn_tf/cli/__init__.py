@@ -131,6 +131,39 @@ def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:
         raise app.UsageError(f"--{flag} must be at least {minimum}{note}, got {value}")
 
 
+def refuse_unwritable_folder(flag: str, path: str) -> None:
+    """Refuses, before any work, a folder flag under which nothing can be made: a file on
+    its way, a dangling symbolic link, a read-only or forbidden folder (the nearest one
+    that exists is what a command would write into)."""
+    probe = os.path.abspath(path)
+    while True:
+        if os.path.islink(probe) and not os.path.exists(probe):
+            raise InputFileError(f"--{flag}={path}: {probe} is a symbolic link to "
+                                 f"{os.readlink(probe)}, which does not exist")
+        if os.path.exists(probe):
+            break
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InputFileError(f"--{flag}={path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputFileError(f"--{flag}={path}: {probe} cannot be written")
+
+
+def cache_write_refusal(error: OSError, cache_dir: str) -> Optional[app.UsageError]:
+    """The one-line refusal of a failure to write under ``--runtime.cache_dir`` (read-only,
+    a file on its way, a dangling link), or None for any other error. A full disk is
+    said by `runner`. A read-only cache that holds what a run needs is only read, so the
+    flag cannot be refused before the write."""
+    if error.errno in _DISK_FULL or not error.filename:
+        return None
+    cache = os.path.abspath(cache_dir)
+    written = os.path.abspath(os.fsdecode(error.filename))
+    if written != cache and not written.startswith(cache + os.sep):
+        return None
+    return InputFileError(f"--runtime.cache_dir={cache_dir}: {written} cannot be written "
+                          f"({error.strerror}); give a writable folder")
+
+
 def refuse_glob_characters(flag: str, path: str, absolute: bool = False) -> None:
     """A usage error when `path` (the value of ``--<flag>``; with `absolute`, its absolute
     form, as TensorFlow Serving is given a model's base path) holds a '['.

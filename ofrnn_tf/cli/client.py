@@ -52,7 +52,8 @@ def main(argv):
     if FLAGS.batch_size < 1:
         raise app.UsageError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
     if FLAGS.max_request_bytes < 1:
-        raise app.UsageError(f"--max_request_bytes must be at least 1, got {FLAGS.max_request_bytes}")
+        raise app.UsageError(f"--max_request_bytes must be at least 1, got "
+                             f"{FLAGS.max_request_bytes}")
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
     entries = expand_inputs(arguments)

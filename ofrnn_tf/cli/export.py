@@ -18,8 +18,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import (
-    input_errors, refusal, refuse_below, refuse_glob_characters, runner, trained_run)
+from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
+                          refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.export.saved_model import DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, export_run
 from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
@@ -62,6 +62,7 @@ def main(argv):
                              f"{FLAGS.num_warmup_images}")
     if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
         raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a folder")
+    refuse_unwritable_folder("export_dir", FLAGS.export_dir)  # before the model is built
     refuse_glob_characters("workdir", FLAGS.workdir)
     # TensorFlow Serving is given the absolute base path, and reads the variables by it.
     refuse_glob_characters("export_dir", FLAGS.export_dir, absolute=True)

@@ -4,9 +4,10 @@
 
 Folders are expanded to their files (sorted, not recursive, hidden files passed over):
 JPEG, PNG, GIF and BMP files are predicted (by their extension); any other file is named
-on stderr and gets an ``error`` line, so every input is accounted for. Writes one JSON line per input — ``image``, ``labels``
-(decoding order), ``label_ids``, ``scores``, ``step_probabilities``, ``log_prob`` (and
-``all_scores`` with --all_scores) — to stdout or --output. An image that cannot be read
+on stderr and gets an ``error`` line, so every input is accounted for. Writes one JSON
+line per input — ``image``, ``labels`` (decoding order), ``label_ids``, ``scores``,
+``step_probabilities``, ``log_prob`` (and ``all_scores`` with --all_scores) — to stdout
+or --output. An image that cannot be read
 gets a line with ``error`` and the others go on; the exit status is 1 only when no
 image at all could be predicted. With ``--attention_dir=DIR`` each predicted image is
 also drawn with its attention at every decoding step (the paper's Fig. 3) as

@@ -37,8 +37,10 @@ def define_flags() -> None:
                          "most images (or feature maps) in one request")
     flags.DEFINE_integer("max_workers", 16, "request threads")
     flags.DEFINE_integer("max_concurrent_rpcs", None,
-                         "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: no limit)")
-    flags.DEFINE_bool("warmup", True, "replay assets.extra/tf_serving_warmup_requests before serving")
+                         "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: "
+                         "no limit)")
+    flags.DEFINE_bool("warmup", True,
+                      "replay assets.extra/tf_serving_warmup_requests before serving")
     flags.DEFINE_bool("xla_cpu_compilation_enabled", False,
                       "serve an export with XLA-compiled functions (ofrnn-export --jit_compile), "
                       "as TF Serving does with this flag; refused without it")

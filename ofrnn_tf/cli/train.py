@@ -23,7 +23,8 @@ import contextlib
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import input_errors, refusal, refuse_glob_characters, runner, usable_config
+from ofrnn_tf.cli import (cache_write_refusal, input_errors, refusal, refuse_glob_characters,
+                          runner, usable_config)
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
     CONFIG_FLAG, config_from_flags, define_config_flags, describe, with_flags)
@@ -64,7 +65,7 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
-    logging.set_verbosity(logging.WARNING)  # keep TF's per-checkpoint INFO lines out of the progress
+    logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
     config = resolve_config(FLAGS.workdir)
     from ofrnn_tf.run_dir import (
         IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
@@ -97,6 +98,11 @@ def main(argv):
             pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     except refused as error:
         raise refusal(error) from None  # the command, not the code, is at fault
+    except OSError as error:
+        cache_refused = cache_write_refusal(error, config.runtime.cache_dir)
+        if cache_refused is None:
+            raise
+        raise cache_refused from None
     return 0
 
 
