@@ -511,7 +511,7 @@ class RunDir:
             return  # no .lock: no command ever held the folder
         try:
             self._take(fd, fcntl.LOCK_SH, "a command trains or evaluates this run folder, "
-                                          "replacing its best weights and τ as it goes. Read "
+                                          "rewriting its best weights or τ as it goes. Read "
                                           "it once that command has ended.")
         finally:
             os.close(fd)  # and with it the shared hold

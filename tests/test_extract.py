@@ -317,6 +317,23 @@ def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backb
     assert tfrecords.num_examples(str(out), "train") == 4
 
 
+def test_a_dead_processs_temporary_shard_of_a_split_finished_since_is_removed(tmp_path,
+                                                                              backbone):
+    # Killed while another process extracted the same split: nothing extracts that shard
+    # again, so the cached split's reuse clears it.
+    examples = _good_examples(str(tmp_path), n=4)
+    out = str(tmp_path / "features")
+    extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=2,
+                          progress=False)
+    final = os.path.join(out, tfrecords.shard_filename("train", 1, 2))
+    host, dead = processes.owner_tag().rpartition("-")[0], _dead_pid()
+    live, gone = f"{final}.incomplete-{host}-{os.getppid()}", f"{final}.incomplete-{host}-{dead}"
+    for path in (live, gone):
+        open(path, "w").close()
+    cache.ensure_features({"train": examples}, LABELS, out, "unused", "unused", "f" * 64)
+    assert os.path.exists(live) and not os.path.exists(gone)
+
+
 @pytest.mark.parametrize("ours_removed", [False, True], ids=["ours-left", "ours-removed"])
 def test_a_shard_another_process_finished_first_is_kept(tmp_path, backbone, monkeypatch,
                                                         ours_removed):

@@ -328,6 +328,19 @@ def test_leftovers_of_other_machines_sharing_the_folder_are_left_alone(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted(kept)
 
 
+def test_a_cached_build_clears_a_dead_builders_split_finished_since(tmp_path, source):
+    source_dir, _ = source
+    out = _build(tmp_path / "bench", source_dir)["out_dir"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = owner_tag().rpartition("-")[0]
+    gone, live = f".train.partial-{host}-{dead}", f".val.partial-{host}-{os.getppid()}"
+    for name in (gone, live):
+        os.makedirs(os.path.join(out, "images", name))
+    assert _build(tmp_path / "bench", source_dir)["cached"]
+    assert sorted(n for n in os.listdir(os.path.join(out, "images")) if ".partial" in n) == [live]
+
+
 def test_label_map_mismatch_is_refused_naming_both(tmp_path, source):
     source_dir, _ = source
     out = _build(tmp_path / "bench", source_dir)["out_dir"]

@@ -369,3 +369,19 @@ def test_a_label_map_file_whose_names_are_not_a_list_is_refused_naming_it(tmp_pa
     path.write_text(json.dumps(content))  # {"names": "cat"} would be the classes c, a, t
     with pytest.raises(ValueError, match=r"label_map.json: expected \{'names': \[...\]\}"):
         LabelMap.load(str(path))
+
+
+def test_a_split_two_commands_sharded_differently_at_once_reads_its_complete_set(tmp_path):
+    # Begun together with other --features.num_shards, two extractions each write a set.
+    records = _records(12)
+    d = _write_dir(tmp_path / "f", records, num_shards=2)
+    _write_dir(tmp_path / "f", records, num_shards=3)
+    assert tfrecords.read_meta(d)["splits"]["train"]["num_shards"] == 3  # both complete
+    os.remove(os.path.join(d, tfrecords.shard_filename("train", 1, 3)))  # one still running
+    meta = tfrecords.read_meta(d)["splits"]["train"]
+    assert meta["num_shards"] == 2 and meta["complete"] and meta["num_examples"] == 12
+    assert sorted(_collect(tfrecords.make_dataset(d, "train", 5))) == sorted(
+        r[0] for r in records)
+    os.remove(os.path.join(d, tfrecords.shard_filename("train", 1, 2)))  # neither is whole
+    meta = tfrecords.read_meta(d)["splits"]["train"]
+    assert (meta["num_shards"], meta["finished_shards"], meta["complete"]) == (3, 2, False)

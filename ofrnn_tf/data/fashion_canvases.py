@@ -567,6 +567,8 @@ def build_fashion_canvases(out_dir: str, cfg: CanvasConfig = CanvasConfig(), *,
             damaged, image_bytes = _check_canvases(out_dir, previous)
             if not damaged:
                 _record_image_bytes(marker, previous, image_bytes)
+                with contextlib.suppress(OSError):  # a killed builder's split, finished since
+                    remove_dead_leftovers(os.path.join(out_dir, "images"), _SPLIT_TMP)
                 return _summary(out_dir, previous, cached=True)
             for split, problem in damaged.items():
                 print(f"{os.path.join(out_dir, 'images', split)}: {problem}: building the "

@@ -37,6 +37,7 @@ so that the next run extracts them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,7 +47,8 @@ from typing import Iterator, Mapping, Sequence
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import tfrecords
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
-from ofrnn_tf.features.extract import decode_failure, describe_image, extract_split
+from ofrnn_tf.features.extract import (
+    decode_failure, describe_image, extract_split, remove_dead_temporary_shards)
 from ofrnn_tf.features.images import (
     ACCEPTED_MAGIC, BMP_FIELDS_BYTES, BMP_MASKS_AT, FORMAT_MAGIC, bmp_problem)
 from ofrnn_tf.features.shard_copy import copy_split
@@ -355,6 +357,8 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     for split, examples in splits.items():
         if split_complete(directory, split):
             log(f"features {split}: cached in {directory}")
+            with contextlib.suppress(OSError):  # a tidy-up; the cache may be read-only
+                remove_dead_temporary_shards(directory, split)
             _report_repaired_images(directory, split)
             _report_unservable_images(directory, split, examples)
             continue

@@ -69,6 +69,15 @@ def incomplete_path(final: str) -> str:
     return f"{prefix}-{owner_tag()}"
 
 
+def remove_dead_temporary_shards(out_dir: str, split: str) -> None:
+    """Removes the temporary shards of `split` that dead processes of this machine left
+    behind where another process has finished those shards since (then nothing extracts
+    them again, which would remove them, `incomplete_path`)."""
+    remove_dead_leftovers(out_dir, re.compile(
+        re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord" + re.escape(_INCOMPLETE_SUFFIX)
+        + r"(?:-(?P<owner>.+))?"))
+
+
 @dataclasses.dataclass
 class ExtractSummary:
     """What one `extract_split` call did.

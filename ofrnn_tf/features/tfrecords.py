@@ -33,6 +33,7 @@ shards in full and names the bad one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -140,18 +141,37 @@ def write_meta(features_dir: str, backbone_info: dict | None = None) -> dict:
     """Rewrites ``meta.json`` from the backbone info and the per-shard records on disk.
 
     A file that already says all of it is left alone, so that a complete cache can be
-    read from a read-only location (a shared or mounted copy).
+    read from a read-only location (a shared or mounted copy). Processes that write one
+    cache at once take turns (``meta.json.lock``): a key one of them added (the content
+    fingerprint) is never lost to another's rewrite of what it read before.
     """
     path = os.path.join(features_dir, META_FILENAME)
-    found = read_meta_file(path) if os.path.exists(path) else None
-    meta = dict(found or {})
-    if backbone_info is not None:
-        meta.update(backbone_info)
-    meta["dtype"] = FEATURE_DTYPE
-    meta = json.loads(json.dumps(_merge_shard_stats(features_dir, meta)))  # as read back
-    if meta != found:
-        write_json(path, meta)
+    with _held(path + ".lock"):
+        found = read_meta_file(path) if os.path.exists(path) else None
+        meta = dict(found or {})
+        if backbone_info is not None:
+            meta.update(backbone_info)
+        meta["dtype"] = FEATURE_DTYPE
+        meta = json.loads(json.dumps(_merge_shard_stats(features_dir, meta)))  # as read back
+        if meta != found:
+            write_json(path, meta)
     return meta
+
+
+@contextlib.contextmanager
+def _held(lock_path: str):
+    """An exclusive `fcntl.flock` on `lock_path` while the block runs; none where the
+    file cannot be made (a read-only cache, which nothing writes)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # -- metadata ----------------------------------------------------------------
@@ -221,7 +241,7 @@ def unfinished_reason(features_dir: str, split: str, index: int, num_shards: int
 
 
 def _merge_shard_stats(features_dir: str, meta: dict) -> dict:
-    splits: dict[str, dict] = {}
+    sets: dict[str, dict[int, dict]] = {}  # split -> shard count -> its finished shards
     for path in sorted(glob.glob(os.path.join(glob.escape(features_dir), "*.json"))):
         m = _SHARD_RE.match(os.path.basename(path))
         if not m:
@@ -230,22 +250,23 @@ def _merge_shard_stats(features_dir: str, meta: dict) -> dict:
             stats = read_shard_stats(path)
         except (FileNotFoundError, ValueError):  # an unfinished shard (`unfinished_reason`)
             continue
-        split, count = m["split"], int(m["count"])
-        entry = splits.setdefault(split, {"num_shards": count, "shards": {}})
-        if entry["num_shards"] != count:
-            raise ValueError(f"{features_dir}: split {split!r} has shards of both "
-                             f"{entry['num_shards']} and {count} shard runs; remove one set")
+        shards = sets.setdefault(m["split"], {}).setdefault(int(m["count"]), {})
         if os.path.exists(os.path.join(features_dir, stats["file"])):
-            entry["shards"][str(int(m["index"]))] = {
+            shards[str(int(m["index"]))] = {
                 "file": stats["file"], "examples": stats["examples"], "skipped": stats["skipped"],
                 "format_checked": int(stats.get("format_checked", 0))}
-    for split, entry in splits.items():
-        shards = entry["shards"]
-        entry["shards"] = {k: shards[k] for k in sorted(shards, key=int)}
-        entry["finished_shards"] = len(shards)
-        entry["complete"] = len(shards) == entry["num_shards"]
-        entry["num_examples"] = sum(s["examples"] for s in shards.values())
-        entry["skipped"] = [s for k in entry["shards"] for s in shards[k]["skipped"]]
+    splits: dict[str, dict] = {}
+    for split, by_count in sets.items():
+        # Two commands that began one split at once with other shard counts each write a
+        # set: the split is the complete one (of two, the finer), else the furthest on.
+        count = max(by_count, key=lambda n: (len(by_count[n]) == n, len(by_count[n]), n))
+        shards = by_count[count]
+        ordered = {k: shards[k] for k in sorted(shards, key=int)}
+        splits[split] = {
+            "num_shards": count, "shards": ordered, "finished_shards": len(shards),
+            "complete": len(shards) == count,
+            "num_examples": sum(s["examples"] for s in shards.values()),
+            "skipped": [s for k in ordered for s in shards[k]["skipped"]]}
     meta["splits"] = splits
     return meta
 
