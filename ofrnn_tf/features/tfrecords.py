@@ -13,7 +13,8 @@ label_areas    float list aligned with ``labels``: area fraction of the
 
 beside each finished shard a ``.json`` with its counts and skipped images, and
 ``label_map.json`` and ``meta.json`` (backbone, feature layer, image size,
-feature shape, dtype, per-split shard counts and skipped images) for the directory.
+feature shape, dtype, per-split shard counts and skipped images) for the directory,
+with ``meta.json.lock``, which processes writing the directory at once take in turns.
 A shard counts as finished only with both its files, the ``.json`` readable.
 
 `make_dataset` is the ``tf.data`` reader of evaluation and of code of one's own:
