@@ -21,7 +21,7 @@ from typing import Optional
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig
-from ofrnn_tf.data import fashion_canvases
+from ofrnn_tf.data import DataNotFoundError, fashion_canvases
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import (
     check_extracted_sizes, check_split_sizes, label_statistics, load_examples)
@@ -608,7 +608,15 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
             # is found (or refused) before its canvases are built again.
             locate_features(config, run_dir.load()[1])
         with timer("data"):
-            data = load_data(config)
+            try:
+                data = load_data(config)
+            except DataNotFoundError as error:
+                if not resuming or config.data.dataset == "fashion_canvases":
+                    raise
+                raise DataNotFoundError(
+                    f"{error} (a rerun takes its data flags from {run_dir.run_file}, relative "
+                    f"paths read from the current folder {os.getcwd()}: give --data.data_dir "
+                    f"or --data.manifest again)") from None
         with timer("features"):
             features_dir, facts = prepare_features(config, data,
                                                    run_dir if resuming else None)

@@ -470,6 +470,13 @@ class RunDir:
             RunFolderNotWritableError: the folder cannot be created or written.
         """
         created = not os.path.isdir(self.path)
+        if os.path.islink(self.path) and not os.path.exists(self.path):
+            raise RunFolderNotWritableError(
+                f"{self.path} is a symbolic link to {os.readlink(self.path)}, which does not "
+                f"exist: make that folder, or give another --workdir")
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunFolderNotWritableError(f"{self.path} is a file, not a folder: give "
+                                            f"another --workdir")
         try:
             os.makedirs(self.path, exist_ok=True)
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)

@@ -431,6 +431,16 @@ def trained_folder(tmp_path, monkeypatch, tiny_backbone):
     return config, str(tmp_path / "run")
 
 
+def test_a_resume_that_cannot_find_its_data_says_where_the_path_came_from(
+        tmp_path, trained_folder, no_backbone):
+    config, workdir = trained_folder
+    os.rename(config.data.data_dir, tmp_path / "moved")  # or a relative path, read elsewhere
+    with pytest.raises(DataNotFoundError, match=r"no manifest for split 'train'.*a rerun takes "
+                                                r"its data flags from .*run/run.json, relative "
+                                                r"paths read from the current folder"):
+        pipeline.run(config, workdir, "train")
+
+
 def test_a_resume_on_changed_data_is_refused_before_any_extraction(
         tmp_path, trained_folder, no_backbone):
     config, workdir = trained_folder

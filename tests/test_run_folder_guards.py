@@ -187,6 +187,18 @@ def test_a_run_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
             pass
 
 
+def test_a_run_folder_that_is_a_file_or_a_dangling_link_is_refused_saying_so(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "dead").symlink_to(tmp_path / "no" / "volume")
+    with pytest.raises(RunFolderNotWritableError, match=r"afile is a file, not a folder"):
+        with RunDir(str(tmp_path / "afile")).exclusive():
+            pass
+    with pytest.raises(RunFolderNotWritableError, match=r"dead is a symbolic link to "
+                                                        r".*no/volume, which does not exist"):
+        with RunDir(str(tmp_path / "dead")).exclusive():
+            pass
+
+
 def test_a_full_disk_does_not_stop_a_command_taking_its_run_folder(tmp_path, monkeypatch):
     # Naming the holder in .lock writes a few bytes; the flock is what holds the folder,
     # so a disk with no space left fails later, at a write that names its file.

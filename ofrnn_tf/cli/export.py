@@ -84,7 +84,7 @@ def main(argv):
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}") from None
     except FileExistsError as e:
         raise app.UsageError(f"{e} (--version)") from None
-    print(path)
+    print(os.path.normpath(path))
     return 0
 
 
