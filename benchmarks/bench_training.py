@@ -83,7 +83,7 @@ flags.DEFINE_list("shuffle_buffers", ["default"], "Also time reading the files e
                   "these shuffle buffers (examples; `default`: the run's `train.shuffle_buffer`); "
                   "empty: not at all.")
 flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per setting (tracing, compilation).",
-                                                                    lower_bound=0)
+                     lower_bound=0)
 flags.DEFINE_integer("memory_batches", 4, "Distinct batches held in memory for `compute`.",
                      lower_bound=1)
 flags.DEFINE_integer("repeats", 3, "Timed repeats of each measure (medians count).", lower_bound=1)

@@ -325,13 +325,14 @@ class RunDir:
         return self.file("examples.json")
 
     def example_images(self) -> list[str]:
-        """The run's copies of test images that ``examples.json`` lists (in a folder
-        written before it existed, every file of ``examples/``); other files a user keeps
-        there are not the run's."""
+        """The run's copies of test images that ``examples.json`` lists and that are still
+        there (in a folder written before it existed, every file of ``examples/``); other
+        files a user keeps there are not the run's."""
         if os.path.exists(self.examples_index_file):
             with contextlib.suppress(ValueError, KeyError, TypeError):  # damaged: as before it
-                return sorted(os.path.join(self.path, entry["file"])
-                              for entry in read_json(self.examples_index_file))
+                listed = (os.path.join(self.path, entry["file"])
+                          for entry in read_json(self.examples_index_file))
+                return sorted(path for path in listed if os.path.isfile(path))
         if not os.path.isdir(self.examples_dir):
             return []
         return sorted(os.path.join(self.examples_dir, name)

@@ -314,6 +314,8 @@ def test_only_the_runs_own_copies_and_pictures_are_replaced(tmp_path, save_examp
     copies, _ = save_examples_unpictured(run_dir, one)
     assert sorted(os.listdir(run_dir.examples_dir)) == ["000_a.png", "README.txt"]
     assert run_dir.example_images() == copies
+    os.remove(copies[0])  # a copy deleted since: not an example (the export warms up without)
+    assert run_dir.example_images() == []
     assert os.listdir(run_dir.attention_dir) == ["figure.png"]
 
 

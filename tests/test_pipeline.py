@@ -535,6 +535,18 @@ def test_a_rerun_at_another_beam_width_says_what_it_changes(trained, tmp_path, c
     assert metrics["beam_size"] == RunDir(workdir).load()[0].decoding.beam_size == other
 
 
+def test_a_finished_run_copied_without_its_checkpoints_is_not_called_unfinished(
+        trained, tmp_path, capsys):
+    config = trained[0]
+    workdir = copy_run(trained, tmp_path)
+    shutil.rmtree(RunDir(workdir).checkpoints_dir())  # only a resume reads them
+    assert run_state.training_state(RunDir(workdir), config) is None
+    from ofrnn_tf.cli import trained_run
+
+    trained_run(workdir)
+    assert "WARNING" not in capsys.readouterr().err
+
+
 def test_a_rerun_of_a_finished_run_adds_no_empty_tensorboard_file(trained, tmp_path):
     config, _, features_dir = trained
     workdir = copy_run(trained, tmp_path)

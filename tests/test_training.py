@@ -1019,7 +1019,8 @@ def test_an_infinite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
     config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
     trainer = make_trainer(str(tmp_path), config, synthetic_data())
     finite = trainer.model.map_loss
-    monkeypatch.setattr(trainer.model, "map_loss", lambda *a, **k: finite(*a, **k) + float("inf"))
+    monkeypatch.setattr(trainer.model, "map_loss",
+                        lambda *a, **k: finite(*a, **k) + float("inf"))
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss inf at stage 1, epoch 1, step 1"):
         trainer.train()
 

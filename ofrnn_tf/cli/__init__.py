@@ -5,12 +5,13 @@ probes, oneDNN notes, "Not handling type DT_INT64" of every served request's set
 out of the commands' progress (``TF_CPP_MIN_LOG_LEVEL=2``) unless the environment
 already says otherwise."""
 
+import contextlib
 import errno
 import logging as std_logging
 import os
 import signal
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -135,25 +136,38 @@ def refuse_unwritable_folder(flag: str, path: str) -> None:
     """Refuses, before any work, a folder flag under which nothing can be made: a file on
     its way, a dangling symbolic link, a read-only or forbidden folder (the nearest one
     that exists is what a command would write into)."""
-    probe = os.path.abspath(path)
+    given = probe = os.path.abspath(path)
     while True:
+        where = f"--{flag}={path}" + ("" if probe == given else f": {probe}")
         if os.path.islink(probe) and not os.path.exists(probe):
-            raise InputFileError(f"--{flag}={path}: {probe} is a symbolic link to "
-                                 f"{os.readlink(probe)}, which does not exist")
+            raise InputFileError(f"{where} is a symbolic link to {os.readlink(probe)}, which "
+                                 f"does not exist")
         if os.path.exists(probe):
             break
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise InputFileError(f"--{flag}={path}: {probe} is a file, not a folder")
+        raise InputFileError(f"{where} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputFileError(f"--{flag}={path}: {probe} cannot be written")
+        raise InputFileError(f"{where} cannot be written")
+
+
+@contextlib.contextmanager
+def refusing_cache_writes(cache_dir: str) -> Iterator[None]:
+    """Says a failure to write under ``--runtime.cache_dir`` (read-only, a file on its way,
+    a dangling link) in one line (`cache_write_refusal`); other errors pass."""
+    try:
+        yield
+    except OSError as error:
+        refused = cache_write_refusal(error, cache_dir)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def cache_write_refusal(error: OSError, cache_dir: str) -> Optional[app.UsageError]:
-    """The one-line refusal of a failure to write under ``--runtime.cache_dir`` (read-only,
-    a file on its way, a dangling link), or None for any other error. A full disk is
-    said by `runner`. A read-only cache that holds what a run needs is only read, so the
-    flag cannot be refused before the write."""
+    """The one-line refusal of a failure to write under ``--runtime.cache_dir``, or None
+    for any other error. A full disk is said by `runner`. A read-only cache that holds
+    what a run needs is only read, so the flag cannot be refused before the write."""
     if error.errno in _DISK_FULL or not error.filename:
         return None
     cache = os.path.abspath(cache_dir)

@@ -60,8 +60,6 @@ def main(argv):
     if FLAGS.num_warmup_images < 0:
         raise app.UsageError(f"--num_warmup_images must be 0 or more, got "
                              f"{FLAGS.num_warmup_images}")
-    if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
-        raise app.UsageError(f"--export_dir={FLAGS.export_dir} is a file, not a folder")
     refuse_unwritable_folder("export_dir", FLAGS.export_dir)  # before the model is built
     refuse_glob_characters("workdir", FLAGS.workdir)
     # TensorFlow Serving is given the absolute base path, and reads the variables by it.

@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from ofrnn_tf.cli import cache_write_refusal, input_errors, refusal, runner, usable_config
+from ofrnn_tf.cli import input_errors, refusal, refusing_cache_writes, runner, usable_config
 from ofrnn_tf.config.flags import config_from_flags, define_config_flags
 
 FLAGS = flags.FLAGS
@@ -48,14 +48,10 @@ def main(argv):
     config = checked_config()
     # TensorFlow takes seconds to import (in `_extract`); --help does without it.
     try:
-        return _extract(config)
+        with refusing_cache_writes(config.runtime.cache_dir):
+            return _extract(config)
     except input_errors() as error:
         raise refusal(error) from None  # the input, not the code, is at fault
-    except OSError as error:
-        refused = cache_write_refusal(error, config.runtime.cache_dir)
-        if refused is None:
-            raise
-        raise refused from None
 
 
 def _extract(config) -> int:

@@ -92,5 +92,6 @@ def main(argv: Sequence[str]) -> None:
 run = runner(define_flags, main)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m ofrnn_tf.cli.serve`, as `server_process` starts it
+    sys.argv[0] = "ofrnn-serve"  # its name in the one-line failures, not serve.py
     run()

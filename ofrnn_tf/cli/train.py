@@ -23,7 +23,7 @@ import contextlib
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import (cache_write_refusal, input_errors, refusal, refuse_glob_characters,
+from ofrnn_tf.cli import (input_errors, refusal, refuse_glob_characters, refusing_cache_writes,
                           runner, usable_config)
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
@@ -94,15 +94,12 @@ def main(argv):
         refused += (FileNotFoundError,)  # not a run folder
     try:
         _check_buildable(config)  # before the run folder is made or taken
-        with _held(RunDir(FLAGS.workdir), config):
+        with _held(RunDir(FLAGS.workdir), config), refusing_cache_writes(
+                config.runtime.cache_dir):
             pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     except refused as error:
         raise refusal(error) from None  # the command, not the code, is at fault
-    except OSError as error:
-        cache_refused = cache_write_refusal(error, config.runtime.cache_dir)
-        if cache_refused is None:
-            raise
-        raise cache_refused from None
+
     return 0
 
 

@@ -237,8 +237,9 @@ class TrainConfig:
                                      "split.", resumable=True)
     seed: int = setting(0, "Seed of initial weights, data order and dropout.")
     train_steps: str = setting("gt_count_plus_one", "Decoding steps per image in stage 2: its "
-                               "label count (the paper preset's reading of Algorithm 1), one more (so the step after the last "
-                               "label learns to stop), or T_max.", choices=TRAIN_STEPS)
+                               "label count (the paper preset's reading of Algorithm 1), one "
+                               "more (so the step after the last label learns to stop), or "
+                               "T_max.", choices=TRAIN_STEPS)
     loss: str = setting("bce", "Stage-2 loss: bce (Eq. 8, every step against the full label "
                         "vector) or pla (Orderless RNN's predicted-label alignment: a softmax "
                         "over the labels left and stop, the target aligned to the model's own "

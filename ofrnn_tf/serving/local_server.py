@@ -664,7 +664,8 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
                            service.refusals.stop_limiting),
                      name="close-session").start()
     logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
-                 servable.version, servable.path, grpc_address(host, bound), service.max_image_pixels)
+                 servable.version, servable.path, grpc_address(host, bound),
+                 service.max_image_pixels)
     return server, bound
 
 

@@ -75,7 +75,9 @@ def _changed_schedules(saved: ExperimentConfig, config: ExperimentConfig,
 
 def training_state(run_dir: RunDir, config: ExperimentConfig) -> Optional[str]:
     """None for a finished run; else where its training stopped (``"stage 2 epoch 3/12,
-    step 5"``), when its best weights went through every stage.
+    step 5"``), when its best weights went through every stage. A run folder copied
+    without its checkpoints (only a resume reads them) says nothing of where training
+    stopped: None too, when its best weights are of the last stage.
 
     Raises `UnfinishedRunError` when no epoch of the last stage was validated yet: the
     best weights would then hold an untrained decoder (or no trained weights at all).
@@ -91,6 +93,8 @@ def training_state(run_dir: RunDir, config: ExperimentConfig) -> Optional[str]:
         stage_config = config.stage1 if position["stage"] == 1 else config.stage2
         where = describe_position(position["stage"], position["epoch"],
                                   position["step_in_epoch"], stage_config.epochs)
+    if position is None and best.get("stage") == last_stage:
+        return None
     if best.get("stage") != last_stage:
         part = "decoder (stage 2)" if uses_decoder else "M_map (stage 1)"
         raise UnfinishedRunError(
