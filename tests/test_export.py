@@ -472,6 +472,9 @@ def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_expor
     (examples / "001_photo.webp").write_bytes(b"RIFF\x24\0\0\0WEBPVP8 " + bytes(24))
     (examples / "002_a.jpg").write_bytes(good[0])
     (examples / "003_b.jpg").write_bytes(good[1])
+    (workdir / "examples.json").write_text(json.dumps([  # as the run lists its copies
+        {"file": f"examples/{name}", "image_id": name, "labels": []}
+        for name in sorted(os.listdir(examples))]))
     done = run_checked([sys.executable, "export.py", f"--workdir={workdir}",
                         f"--export_dir={tmp_path / 'export'}", "--num_warmup_images=2"])
     assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "export" / "1")
