@@ -99,7 +99,6 @@ def main(argv):
             pipeline.run(config, FLAGS.workdir, FLAGS.mode)
     except refused as error:
         raise refusal(error) from None  # the command, not the code, is at fault
-
     return 0
 
 

@@ -63,19 +63,23 @@ def incomplete_path(final: str) -> str:
     older versions; a live process's file, or another machine's (whose pids cannot be
     asked from here), is its own business.
     """
-    prefix = final + _INCOMPLETE_SUFFIX
-    remove_dead_leftovers(os.path.dirname(final) or ".", re.compile(
-        re.escape(os.path.basename(prefix)) + r"(?:-(?P<owner>.+))?"))
-    return f"{prefix}-{owner_tag()}"
+    remove_dead_leftovers(os.path.dirname(final) or ".",
+                          _temporary_names(re.escape(os.path.basename(final))))
+    return f"{final}{_INCOMPLETE_SUFFIX}-{owner_tag()}"
 
 
 def remove_dead_temporary_shards(out_dir: str, split: str) -> None:
     """Removes the temporary shards of `split` that dead processes of this machine left
     behind where another process has finished those shards since (then nothing extracts
     them again, which would remove them, `incomplete_path`)."""
-    remove_dead_leftovers(out_dir, re.compile(
-        re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord" + re.escape(_INCOMPLETE_SUFFIX)
-        + r"(?:-(?P<owner>.+))?"))
+    remove_dead_leftovers(out_dir, _temporary_names(
+        re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord"))
+
+
+def _temporary_names(shards: str) -> re.Pattern:
+    """The temporary names of the shards whose names the regex `shards` matches, their
+    owner tag (none in older versions' names) as the group ``owner``."""
+    return re.compile(shards + re.escape(_INCOMPLETE_SUFFIX) + r"(?:-(?P<owner>.+))?")
 
 
 @dataclasses.dataclass
