@@ -206,7 +206,7 @@ def measure(trainer: Trainer, repeats: int) -> dict:
         pipeline = sum(epoch) / steps
         after_first = sum(epoch[1:]) / (steps - 1) if steps > 1 else float("nan")
         per_repeat.append({"compute": compute, "pipeline": pipeline, "first_step": epoch[0],
-                           "epoch_end": end, "epoch_end_max": end, "after_first": after_first,
+                           "epoch_end": end, "after_first": after_first,
                            "share": wait_share(compute, pipeline),
                            "share_after_first": wait_share(compute, after_first)})
     summary = {key: statistics.median(r[key] for r in per_repeat) for key in per_repeat[0]}
