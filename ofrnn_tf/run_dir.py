@@ -65,6 +65,16 @@ class DamagedCheckpointError(ValueError):
     cut short or damaged, or its path holds a '[' (`refuse_glob_pattern`)."""
 
 
+class CheckpointNotReadableError(DamagedCheckpointError):
+    """This user may not read a checkpoint's files (another user's, or a ``sudo`` run's):
+    it is refused, never passed over for an older one nor called damaged."""
+
+
+class DamagedRunFileError(ValueError):
+    """A file the run folder keeps (``run.json``, ``calibration.json``, ``label_map.json``)
+    is not valid JSON or not laid out as the run writes it; the message says the remedy."""
+
+
 class RunInUseError(RuntimeError):
     """Another command holds the run folder (`RunDir.exclusive`)."""
 
@@ -126,6 +136,12 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
         problem = None
+    except tf.errors.PermissionDeniedError as error:
+        # Not the checkpoint's fault: deleting it, or training over it, would lose it.
+        raise CheckpointNotReadableError(
+            f"the checkpoint {prefix} cannot be read by this user ({op_error_text(error)}); "
+            f"its files are not damaged: give read access to them (chown or chmod) and "
+            f"rerun") from None
     except _CHECKPOINT_READ_ERRORS as error:
         problem = _unreadable_reason(prefix, error)
     if files is not None:
@@ -373,11 +389,17 @@ class RunDir:
 
     def load(self) -> tuple[ExperimentConfig, RunFacts]:
         """The run's config (runtime settings at their defaults) and facts."""
-        data = read_json(self.require().run_file)
+        remedy = ("it holds the run's settings, which nothing else keeps: restore it from a "
+                  "copy of the run folder, or train again in a new --workdir")
+        try:
+            data = read_json(self.require().run_file)
+        except ValueError as error:  # FileNotFoundError (not a run folder) passes
+            raise DamagedRunFileError(f"{error}; {remedy}") from None
         try:
             return ExperimentConfig.from_dict(data["config"]), RunFacts.from_dict(data["facts"])
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{self.run_file}: not a run description ({error})") from None
+            raise DamagedRunFileError(
+                f"{self.run_file}: not a run description ({error}); {remedy}") from None
 
     def check_config(self, config: ExperimentConfig) -> None:
         """Refuses (`IncompatibleRunError`) a config that differs from this existing run's
@@ -417,7 +439,13 @@ class RunDir:
         _, facts = self.load()
         expected = LabelMap(facts.label_names, source=self.run_file)
         if os.path.exists(self.label_map_file):
-            expected.check_same(LabelMap.load(self.label_map_file))
+            try:
+                saved = LabelMap.load(self.label_map_file)
+            except ValueError as error:
+                raise DamagedRunFileError(
+                    f"{error}; delete it: {RUN_FILENAME} holds the same class names, and a "
+                    f"training rerun writes it again") from None
+            expected.check_same(saved)
         return expected
 
     # -- weights -------------------------------------------------------------------
@@ -552,7 +580,23 @@ class RunDir:
                 if e.get("weights", weights) == weights}
 
     def _calibration_data(self) -> dict:
-        return read_json(self.calibration_file) if os.path.exists(self.calibration_file) else {}
+        """The contents of calibration.json ({} when there is none), refused
+        (`DamagedRunFileError`) unless each entry by K is a dict with a number ``tau``."""
+        if not os.path.exists(self.calibration_file):
+            return {}
+        remedy = (f"delete it and calibrate τ again: ofrnn-train --workdir={self.path} "
+                  f"--mode=eval")
+        try:
+            data = read_json(self.calibration_file)
+        except ValueError as error:
+            raise DamagedRunFileError(f"{error}; {remedy}") from None
+        entries = data.get("by_beam_size", {}) if isinstance(data, dict) else None
+        if not isinstance(entries, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("tau"), (int, float))
+                for e in entries.values()):
+            raise DamagedRunFileError(f"{self.calibration_file}: not a calibration file (an "
+                                      f"entry with a number 'tau' by beam width); {remedy}")
+        return data
 
     def _weights_name(self) -> Optional[str]:
         try:

@@ -363,6 +363,22 @@ def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
         "from its last checkpoint"), done.stderr[-500:]
 
 
+def test_a_non_finite_loss_ends_train_py_in_one_line(tmp_path):
+    # The trainer's own test makes the loss NaN; here only what the command says of it.
+    script = ("from ofrnn_tf import pipeline; from ofrnn_tf.cli.train import run\n"
+              "from ofrnn_tf.training.trainer import NonFiniteLossError\n"
+              "def diverge(*args):\n"
+              "    raise NonFiniteLossError('non-finite loss nan at stage 1; train in a new "
+              "--workdir')\n"
+              "pipeline.run = diverge\nrun()\n")
+    done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path / 'run'}",
+                           f"--runtime.cache_dir={tmp_path / 'cache'}", *TINY_TRAIN_FLAGS],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.rstrip().endswith(
+        "non-finite loss nan at stage 1; train in a new --workdir"), done.stderr[-500:]
+
+
 @pytest.mark.parametrize("name", configs.PRESETS)
 def test_each_preset_says_how_to_run_it_how_long_and_what_it_reaches(name):
     module = importlib.import_module(f"ofrnn_tf.configs.{name}")

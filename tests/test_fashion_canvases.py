@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_checked
+from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data import fashion_canvases as fc
 from ofrnn_tf.data.registry import load_split
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
@@ -351,10 +352,20 @@ def test_label_map_mismatch_is_refused_naming_both(tmp_path, source):
     assert os.path.join(out, "val.json") in str(err.value)
 
 
-def test_missing_source_and_bad_config(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+def test_missing_source_and_bad_config(tmp_path, monkeypatch):
+    # DataNotFoundError: every command says it in one line (`cli.input_errors`).
+    with pytest.raises(DataNotFoundError, match="dataset-fashion-mnist"):
         fc.build_fashion_canvases(str(tmp_path / "x"), source_dir=str(tmp_path / "none"),
                                   allow_download=False, progress=False)
+    import keras
+
+    def offline():
+        raise OSError("URL fetch failure: Connection refused")
+
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    with pytest.raises(DataNotFoundError, match=r"install the Debian package dataset-fashion-"
+                                                r"mnist\) and .* failed: URL fetch failure"):
+        fc.load_fashion_mnist(str(tmp_path / "none"), allow_download=True)
     with pytest.raises(ValueError, match="item_size_range"):
         fc.CanvasConfig(canvas_size=64, item_size_range=(40, 100))
     with pytest.raises(ValueError, match="min_items"):

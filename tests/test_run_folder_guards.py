@@ -8,6 +8,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,12 +20,13 @@ import pytest
 import tensorflow as tf
 from absl import app
 
-from conftest import ROOT, run_checked
+from conftest import FAKE_BEAM, FAKE_NAMES, ROOT, run_checked
 from ofrnn_tf.cli import refuse_glob_characters, trained_run
 from ofrnn_tf import run_dir as run_dir_module
 from ofrnn_tf.processes import owner_tag
 from ofrnn_tf.run_dir import (
-    DamagedCheckpointError, RunDir, RunFolderNotWritableError, RunInUseError)
+    DamagedCheckpointError, DamagedRunFileError, RunDir, RunFolderNotWritableError,
+    RunInUseError)
 from ofrnn_tf.training.distribute import ClusterConfigError, cluster_config, is_chief_task
 
 
@@ -131,6 +133,47 @@ def test_predict_and_export_refuse_a_permuted_label_map_in_one_line(make_fake_ru
                         str(tmp_path / "any.jpg")], expect_failure=True)
     assert "label map mismatch" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "--help" not in done.stderr
+
+
+# -- a damaged JSON file of the run folder ----------------------------------------------
+DAMAGED_REMEDIES = {
+    "run.json": "restore it from a copy of the run folder, or train again in a new --workdir",
+    "label_map.json": "delete it: run.json holds the same class names",
+    "calibration.json": "delete it and calibrate τ again: ofrnn-train --workdir=",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGED_REMEDIES))
+@pytest.mark.parametrize("text, fault", [('{"config": {', "not (a )?valid"),
+                                         ('{"by_beam_size": [], "names": 3}', "(not a|expected)")])
+def test_a_damaged_run_file_is_named_with_its_remedy(make_fake_run, tmp_path, name, text, fault):
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    with open(run_dir.file(name), "w") as f:
+        f.write(text)
+    with pytest.raises(DamagedRunFileError, match=rf"^{run_dir.file(name)}: {fault}.*; .*"
+                                                  + re.escape(DAMAGED_REMEDIES[name])):
+        run_dir.calibration(FAKE_BEAM) if name == "calibration.json" else run_dir.label_map()
+    if name != "calibration.json":  # what export and predict check first
+        with pytest.raises(app.UsageError, match=re.escape(DAMAGED_REMEDIES[name])):
+            trained_run(run_dir.path)
+    if name != "run.json":  # the remedy: nothing else of the run is lost
+        os.remove(run_dir.file(name))
+        assert run_dir.label_map().names == FAKE_NAMES
+        assert run_dir.calibration(FAKE_BEAM) is None or name != "calibration.json"
+
+
+def test_commands_name_a_damaged_run_file_in_one_line(make_fake_run, tmp_path):
+    run = make_fake_run(tmp_path / "run")
+    (run / "calibration.json").write_text('{"by_beam_size": {"2": {"tau": ')
+    done = run_checked([sys.executable, str(ROOT / "predict.py"), f"--workdir={run}",
+                        str(tmp_path / "any.jpg")], expect_failure=True)
+    assert f"{run}/calibration.json: not valid JSON" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "--help" not in done.stderr, done.stderr
+    (run / "run.json").write_text("")  # read before anything else by a rerun or an eval
+    done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={run}",
+                        "--mode=eval"], expect_failure=True)
+    assert f"{run}/run.json: not valid JSON" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "--help" not in done.stderr, done.stderr
 
 
 # -- one command at a time ---------------------------------------------------------------
@@ -268,6 +311,32 @@ def test_a_checkpoint_is_read_whole_once_while_its_files_stay_the_same(tmp_path,
         f.truncate(os.path.getsize(data) // 2)
     assert "cut short" in run_dir_module.checkpoint_problem(prefix)
     assert len(reads) == 2
+
+
+def test_a_checkpoint_this_user_may_not_read_is_refused_not_passed_over(tmp_path, monkeypatch):
+    # Another user's newest checkpoint (a run once resumed with sudo): resuming from the
+    # older one would train over it, and deleting best/ would lose the best weights.
+    folder = tmp_path / "checkpoints"
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(folder),
+                                         max_to_keep=None)
+    older, newer = manager.save(checkpoint_number=2), manager.save(checkpoint_number=4)
+    real = tf.train.load_checkpoint
+
+    def load(prefix):
+        if prefix == newer:  # as TensorFlow says a file of mode 600 owned by another user
+            raise tf.errors.PermissionDeniedError(None, None, f"{prefix}.index; Permission "
+                                                              f"denied")
+        return real(prefix)
+
+    monkeypatch.setattr(tf.train, "load_checkpoint", load)
+    said = (rf"the checkpoint {newer} cannot be read by this user \({newer}.index; Permission "
+            rf"denied\); its files are not damaged: give read access to them")
+    with pytest.raises(run_dir_module.CheckpointNotReadableError, match=said):
+        run_dir_module.resumable_checkpoint(str(folder))
+    with pytest.raises(DamagedCheckpointError, match=said) as refused:  # what commands catch
+        run_dir_module.best_checkpoint(str(folder), "rerun")
+    assert "Delete" not in str(refused.value)
+    assert run_dir_module.checkpoint_problem(older) is None
 
 
 _WORKERS = {"worker": ["a:1", "b:2"]}

@@ -213,7 +213,8 @@ def test_a_missing_or_unreadable_stats_file_is_named(tmp_path):
     os.remove(missing)
     with open(garbled, "w") as f:
         f.write('{"split": "tr')
-    with pytest.raises(ValueError) as error:
+    # A feature cache's damage: each command says it in one line (`cli.input_errors`).
+    with pytest.raises(tfrecords.FeatureCacheDamagedError) as error:
         tfrecords.make_dataset(d, "train", 2)
     assert str(error.value) == (
         f"{d}: split 'train' is incomplete: train-00000-of-00003.tfrecord has no stats file: "

@@ -606,10 +606,27 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
     trainer = make_trainer(str(tmp_path), config, synthetic_data(nan=True))
     with pytest.raises(NonFiniteLossError,
-                       match=r"non-finite loss nan at stage 1, epoch 1, step 1 \(global step 1\)"
-                             r".*--stage1.learning_rate"):
+                       match=r"non-finite loss nan at stage 1, epoch 1, step 1 \(global step 1\); "
+                             r"no checkpoint was saved yet\. Train in a new --workdir with a "
+                             r"lower --stage1.learning_rate"):
         trainer.train()
     assert trainer.manager.latest_checkpoint is None  # nothing was saved after the NaN
+
+
+def test_non_finite_loss_names_the_checkpoint_a_rerun_would_resume_from(tmp_path):
+    config = tiny_config(stage1={"epochs": 2}, stage2={"epochs": 1})
+
+    def stop(model, stage):  # after epoch 1's checkpoint, as a Ctrl-C in its validation
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(str(tmp_path), config, synthetic_data(), validate_fn=stop).train()
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(nan=True))
+    with pytest.raises(NonFiniteLossError,
+                       match=rf"at stage 1, epoch 2, step 1 \(global step "
+                             rf"{STEPS_PER_EPOCH + 1}\); the checkpoint of global step "
+                             rf"{STEPS_PER_EPOCH} is kept\."):
+        trainer.train()
 
 
 def test_non_finite_loss_in_stage2_stops_the_run(tmp_path):

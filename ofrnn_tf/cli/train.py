@@ -45,7 +45,7 @@ def define_flags() -> None:
 def resolve_config(workdir: str) -> ExperimentConfig:
     """The flags' config for a new run folder; for an existing one its saved config with
     the flags given on the command line (a changed ``--config`` must agree with it)."""
-    from ofrnn_tf.run_dir import RunDir  # TensorFlow is imported here, not for --help
+    from ofrnn_tf.run_dir import RunDir
 
     run_dir = RunDir(workdir)
     if not run_dir.exists():
@@ -66,9 +66,13 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
-    config = resolve_config(FLAGS.workdir)
-    from ofrnn_tf.run_dir import (
-        IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
+    from ofrnn_tf.run_dir import (  # TensorFlow is imported here, not for --help
+        DamagedRunFileError, IncompatibleRunError, RunDir, RunFolderNotWritableError,
+        RunInUseError)
+    try:
+        config = resolve_config(FLAGS.workdir)
+    except DamagedRunFileError as error:
+        raise refusal(error) from None
 
     if FLAGS.print_config:
         run_dir = RunDir(FLAGS.workdir)
@@ -87,9 +91,10 @@ def main(argv):
         return 0
     from ofrnn_tf import pipeline
     from ofrnn_tf.training.run_state import UnfinishedRunError
+    from ofrnn_tf.training.trainer import NonFiniteLossError
 
-    refused = input_errors() + (IncompatibleRunError, UnfinishedRunError,
-                                RunInUseError, RunFolderNotWritableError)
+    refused = input_errors() + (IncompatibleRunError, UnfinishedRunError, RunInUseError,
+                                RunFolderNotWritableError, NonFiniteLossError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:

@@ -101,6 +101,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.jsonio import write_json
@@ -326,7 +327,7 @@ def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
 
     missing = [p for ps in paths.values() for p in ps if not os.path.exists(p)]
     if not allow_download:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"Fashion-MNIST IDX files missing: {missing}. Install the Debian package "
             f"dataset-fashion-mnist or point source_dir at the four *-ubyte.gz files.")
     try:
@@ -334,7 +335,7 @@ def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
 
         (x_tr, y_tr), (x_te, y_te) = keras.datasets.fashion_mnist.load_data()
     except Exception as e:  # noqa: BLE001 - any failure gets the same advice
-        raise RuntimeError(
+        raise DataNotFoundError(
             f"Fashion-MNIST is not available: the IDX files are missing ({missing[0]} "
             f"and others; install the Debian package dataset-fashion-mnist) and "
             f"keras.datasets.fashion_mnist.load_data() failed: {e}") from e

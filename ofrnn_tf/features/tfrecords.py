@@ -189,6 +189,10 @@ class FeatureCacheDamagedError(ValueError):
     """A feature folder's ``meta.json`` or ``label_map.json`` cannot be read."""
 
 
+class IncompleteSplitError(FeatureCacheDamagedError):
+    """A split of a feature folder has shards not finished, or whose stats cannot be read."""
+
+
 def read_meta_file(path: str) -> dict:
     """A directory's ``meta.json``; an unreadable one is named with its remedy (it is
     rebuilt from the backbone and the shards' ``.json`` records)."""
@@ -309,7 +313,7 @@ def _complete_split(features_dir: str, split: str) -> dict:
     if not entry["complete"]:
         reasons = [unfinished_reason(features_dir, split, i, n) or shard_filename(split, i, n)
                    for i in range(n) if str(i) not in entry["shards"]]
-        raise ValueError(f"{features_dir}: split {split!r} is incomplete: "
+        raise IncompleteSplitError(f"{features_dir}: split {split!r} is incomplete: "
                          f"{'; '.join(reasons[:5])}{' ...' if len(reasons) > 5 else ''}; rerun "
                          f"the extraction (`ofrnn-extract` or training) to extract those shards")
     return entry

@@ -758,10 +758,13 @@ class Trainer:
                 loss, per_step = train_step(iterator)
                 loss = float(loss)
                 if not math.isfinite(loss):
+                    kept = (f"the checkpoint of global step {self._saved_step} is kept"
+                            if self._saved_step else "no checkpoint was saved yet")
                     raise NonFiniteLossError(
                         f"non-finite loss {loss} at stage {stage}, epoch {epoch + 1}, step "
                         f"{int(self.step_in_epoch) + 1} (global step {int(self.global_step) + 1}); "
-                        f"the last checkpoint is kept. Lower --stage{stage}.learning_rate or "
+                        f"{kept}. Train in a new --workdir with a lower "
+                        f"--stage{stage}.learning_rate (a run keeps its learning rates), or "
                         f"check the features.")
                 self.step_in_epoch.assign_add(1)
                 self.global_step.assign_add(1)
