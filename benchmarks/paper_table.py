@@ -19,9 +19,11 @@ spatial head                    ``--model.variant=baseline --model.head_kernel_s
 no_attention, frequency_first,  ``--config=paper --model.variant=...``: the paper's ablations
 rare_first
 order_free (paper)              ``--config=paper``: the paper's model
-spatial head + label context    the same head with ``--model.label_context_units=256``:
-                                its logits corrected from all of its class probabilities (no
-                                decoder), the strongest simple alternative where labels co-occur
+spatial head + label context    the same head with ``--model.label_context_units=256
+                                --model.label_context_training=joint``: its logits corrected
+                                from all of its class probabilities, the context trained with
+                                the head in stage 1 (no decoder), the strongest simple
+                                alternative where labels co-occur
 order_free (main job)           the main job's model (the mode's preset: `benchmark`, or
                                 `benchmark_scenes`, which adds the label context) with
                                 ``--stage1_flags``: its M_map trained as the spatial head

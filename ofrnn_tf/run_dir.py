@@ -83,6 +83,11 @@ class RunFolderNotWritableError(RuntimeError):
     """A command that writes into the run folder (training, eval mode) cannot."""
 
 
+class RunFolderNotReadableError(RuntimeError):
+    """This user may not read the run folder or its ``run.json`` (another user's run,
+    written under ``umask 077``)."""
+
+
 # What reading a checkpoint with a file missing, cut short or damaged raises:
 # NotFoundError / OpError / DataLossError from TensorFlow, IndexError for a short read.
 _CHECKPOINT_READ_ERRORS = (tf.errors.OpError, IndexError, RuntimeError, ValueError)
@@ -381,11 +386,21 @@ class RunDir:
         return os.path.exists(self.run_file)
 
     def require(self) -> "RunDir":
-        """Raises FileNotFoundError unless this is a run folder."""
-        if not self.exists():
+        """Raises FileNotFoundError unless this is a run folder, `RunFolderNotReadableError`
+        where this user may not look into it."""
+        try:
+            os.stat(self.run_file)
+        except PermissionError as error:
+            raise self._not_readable(error) from None
+        except OSError:
             raise FileNotFoundError(f"{self.path} is not a run folder ({RUN_FILENAME} missing): "
-                                    f"pass the --workdir of a training run")
+                                    f"pass the --workdir of a training run") from None
         return self
+
+    def _not_readable(self, error: OSError) -> RunFolderNotReadableError:
+        return RunFolderNotReadableError(
+            f"{self.run_file} cannot be read by this user ({error.strerror}): ask the run "
+            f"folder's owner for read access, or for a copy of it")
 
     def load(self) -> tuple[ExperimentConfig, RunFacts]:
         """The run's config (runtime settings at their defaults) and facts."""
@@ -395,6 +410,8 @@ class RunDir:
             data = read_json(self.require().run_file)
         except ValueError as error:  # FileNotFoundError (not a run folder) passes
             raise DamagedRunFileError(f"{error}; {remedy}") from None
+        except PermissionError as error:
+            raise self._not_readable(error) from None
         try:
             return ExperimentConfig.from_dict(data["config"]), RunFacts.from_dict(data["facts"])
         except (KeyError, TypeError, ValueError) as error:

@@ -192,6 +192,21 @@ def test_a_request_above_the_servers_message_limit_is_halved_and_costs_one_line(
     assert [len(r) for r in service.requests] == [6, 3, 1, 2, 1, 1, 3]
 
 
+@pytest.mark.parametrize("said", [
+    "a request of {n} items is above this server's --max_batch_size of 4: send several requests",
+    "Task size {n} is larger than maximum input batch size 4"])  # TF Serving's batching
+def test_a_batch_above_the_servers_batch_limit_goes_in_requests_of_that_limit(serve, tmp_path,
+                                                                             said):
+    target, service = serve(lambda images: (
+        (grpc.StatusCode.INVALID_ARGUMENT, said.format(n=len(images))) if len(images) > 4
+        else None))
+    paths = files(tmp_path, [png(v) for v in range(10, 110, 10)])
+    results = list(client.predict_files(target, paths, batch_size=6))
+    assert [r["image"] for r in results] == paths and not any("error" in r for r in results)
+    # Refused once; every later request keeps to the limit.
+    assert [len(r) for r in service.requests] == [6, 4, 2, 4]
+
+
 def test_an_image_above_the_servers_own_pixel_limit_is_not_sent_again(serve, tmp_path):
     # The limit the refusal names, not the default one, decides whether it decodes here.
     target, service = serve(lambda images: (

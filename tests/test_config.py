@@ -203,9 +203,18 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "predict.py: --beam_size must be at least 1 (1: greedy), got 0"),
     (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports", "--num_warmup_images=-1"],
      "export.py: --num_warmup_images must be 0 or more, got -1"),
+    (["predict.py", "--workdir={tmp}", "--attention_dir={tmp}/image.png", "{tmp}/image.png"],
+     "predict.py: --attention_dir={tmp}/image.png is a file, not a folder"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--threshold=nan", "{tmp}/image.png"],
+     "ofrnn-client: --threshold must be a probability in [0, 1], got nan"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--timeout=0", "{tmp}/image.png"],
+     "ofrnn-client: --timeout must be a number of seconds above 0, got 0.0"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
         "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
-        "predict_beam_of_none", "export_negative_warmup_count"])
+        "predict_beam_of_none", "export_negative_warmup_count", "predict_pictures_into_a_file",
+        "client_threshold_nan", "client_timeout_zero"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")
     argv = [arg.format(tmp=tmp_path) for arg in argv]

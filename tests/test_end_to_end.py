@@ -194,7 +194,7 @@ def test_local_server_checks_images_against_the_exports_own_limit(tiny_export_ru
     request.model_spec.name = "ofrnn"
     big = tf.io.encode_png(tf.zeros([100, 100, 3], tf.uint8)).numpy()  # 10,000 pixels
     request.inputs["images"].CopyFrom(tf.make_tensor_proto([big], dtype=tf.string))
-    with pytest.raises(RequestError, match=r"images\[0\]: PNG image is 100x100 = 10000 pixels, "
+    with pytest.raises(RequestError, match=r"images\[0\]: PNG of 100x100 = 10000 pixels is "
                                            r"above the limit of 5000 pixels"):
         ModelServer(servable).predict(request)
     small = tf.io.encode_png(tf.zeros([50, 50, 3], tf.uint8)).numpy()

@@ -441,10 +441,18 @@ def test_export_command_names_the_warmup_file_it_refuses(tiny_export_run, tmp_pa
     (warm / "notes.txt").write_text("meeting notes")
     cases = {"a file that is no image": [f"--warmup_images={warm}/*"],
              "a glob that matches nothing": [f"--warmup_images={warm}/*.png"],
-             "a negative version": ["--version=-3"]}
+             "a negative version": ["--version=-3"],
+             "a count that leaves every file out": [f"--warmup_images={warm}/*.jpg",
+                                                    "--num_warmup_images=0"],
+             "an image above the pixel limit": [f"--warmup_images={warm}/*.jpg",
+                                                "--max_image_pixels=10"]}
     messages = {"a file that is no image": f"{warm / 'notes.txt'}: ",
                 "a glob that matches nothing": "matches no file",
-                "a negative version": "--version must be a non-negative integer"}
+                "a negative version": "--version must be a non-negative integer",
+                "a count that leaves every file out": "--num_warmup_images=0 leaves out every "
+                                                      "--warmup_images file",
+                "an image above the pixel limit": "pixels, above the limit of 10 pixels "
+                                                  "(raise it with --max_image_pixels)"}
     for what, flags in cases.items():
         done = subprocess.run(
             [sys.executable, "export.py", f"--workdir={tiny_export_run.workdir}",

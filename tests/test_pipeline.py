@@ -630,7 +630,9 @@ def test_a_damaged_last_checkpoint_is_skipped_by_training_and_the_rerun_checks_a
     damage(newest, how)
     # The checks of a rerun read the checkpoint training goes on from: the start of stage 2.
     assert run_state.latest_position(run_dir) == {"stage": 2, "epoch": 0, "step_in_epoch": 0}
-    with pytest.raises(IncompatibleRunError, match=r"stage1.epochs: .* \(stage1 is finished\)"):
+    with pytest.raises(IncompatibleRunError, match=r"stage1.epochs: .* \(stage1 is finished\)\. "
+                                                   r"A finished stage keeps its schedule: use "
+                                                   r"a new --workdir to train it with another"):
         run_state.check_finished_stages(run_dir, config.replace(stage1={"epochs": 2}), "train")
     train(config, run_dir.path, trained[2])
     err = capsys.readouterr().err

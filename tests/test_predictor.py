@@ -348,6 +348,22 @@ def test_an_unwritable_report_is_refused_before_any_work(tmp_path):
     assert json.loads((tmp_path / "out.jsonl").read_text()) == {"image": "a", "labels": []}
 
 
+def test_an_earlier_report_is_kept_until_the_new_one_writes_its_first_line(tmp_path):
+    report = tmp_path / "out.jsonl"
+    report.write_text('{"image": "earlier"}\n')
+    open_report(str(report))  # a command refused after its check (no run folder, no server)
+    assert report.read_text() == '{"image": "earlier"}\n'
+    new = tmp_path / "new.jsonl"
+    open_report(str(new))
+    assert not new.exists()  # the check leaves no file behind
+    with open_report(str(report)) as out:
+        assert write_report([{"image": "b"}], out, "client", "labelled") == 0
+    assert report.read_text() == '{"image": "b"}\n'
+    with open_report(str(report)) as out:
+        assert write_report([], out, "client", "labelled") == 1
+    assert report.read_text() == ""  # the report of no input
+
+
 @pytest.mark.parametrize("tau", [-0.5, 1.5, float("nan")])
 def test_a_threshold_outside_0_1_is_refused(workdir, tiny_backbone, tau):
     with pytest.raises(ValueError, match=r"tau is a path probability and must be in \[0, 1\]"):

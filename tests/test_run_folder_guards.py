@@ -162,6 +162,27 @@ def test_a_damaged_run_file_is_named_with_its_remedy(make_fake_run, tmp_path, na
         assert run_dir.calibration(FAKE_BEAM) is None or name != "calibration.json"
 
 
+def test_a_run_folder_this_user_may_not_read_is_not_called_no_run_folder(make_fake_run,
+                                                                        tmp_path, monkeypatch):
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):  # as for another user's folder of mode 700
+        if os.fspath(path).startswith(run_dir.path + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(app.UsageError, match=rf"^{run_dir.run_file} cannot be read by this user "
+                                             r"\(Permission denied\): ask the run folder's "
+                                             r"owner for read access"):
+        trained_run(run_dir.path)
+    monkeypatch.setattr(os, "stat", real_stat)
+    assert RunDir(str(tmp_path / "none")).exists() is False
+    with pytest.raises(FileNotFoundError, match="is not a run folder"):
+        RunDir(str(tmp_path / "none")).require()
+
+
 def test_commands_name_a_damaged_run_file_in_one_line(make_fake_run, tmp_path):
     run = make_fake_run(tmp_path / "run")
     (run / "calibration.json").write_text('{"by_beam_size": {"2": {"tau": ')

@@ -180,6 +180,20 @@ def test_a_warm_up_file_that_does_not_read_is_named(tmp_path, damage):
         serve(str(tmp_path))
 
 
+def test_the_warm_up_passes_over_requests_above_max_batch_size(tmp_path):
+    # The stand-in's warm-up sends batches of 2 (an export's, 1 and 8): a server that
+    # refuses any batch above 1 unread has nothing to warm up for them.
+    from ofrnn_tf.serving.local_server import ModelServer, Servable
+
+    write_stand_in_model(str(tmp_path), 5)
+    servable = Servable.load(str(tmp_path), "ofrnn", False)
+    try:
+        assert ModelServer(servable, max_batch_size=1).warm_up() == 0
+        assert ModelServer(servable, max_batch_size=2).warm_up() == 2
+    finally:
+        servable.session.close()
+
+
 def test_nothing_listens_while_the_model_loads_and_a_failed_load_frees_the_port(
         tmp_path, monkeypatch):
     """As under TF Serving, a client finds no server (UNAVAILABLE at once) rather than
@@ -334,7 +348,7 @@ def test_the_servers_pixel_limit_takes_an_image_of_exactly_that_many_pixels():
     exact = np.array([encode((1, 2, 3), size=(8, 8))], object)
     local_server._check_items("images", info, exact, 64)  # 8 x 8 = 64 pixels: taken
     with pytest.raises(local_server.RequestError,
-                       match=r"^images\[0\]: PNG image is 8x8 = 64 pixels, above the limit "
+                       match=r"^images\[0\]: PNG of 8x8 = 64 pixels is above the limit "
                              r"of 63 pixels$"):
         local_server._check_items("images", info, exact, 63)
 
@@ -611,20 +625,20 @@ BAD_REQUESTS = {
     "random bytes": ({"images": strings([RED, BLUE, bytes(range(7, 40))])}, None, None, None,
                      "INVALID_ARGUMENT", ["images[2]: not a JPEG/PNG/GIF/BMP image"]),
     "empty string": ({"images": strings([RED, b""])}, None, None, None,
-                     "INVALID_ARGUMENT", ["images[1]: empty string"]),
+                     "INVALID_ARGUMENT", ["images[1]: empty (no image bytes)"]),
     "empty batch": ({"images": strings([])}, None, None, None,
                     "INVALID_ARGUMENT", ["input 'images': empty batch"]),
     "text file": ({"images": strings([b"hello, this is a text file\n"])}, None, None, None,
                   "INVALID_ARGUMENT", ["images[0]: not a JPEG/PNG/GIF/BMP image (starts with b'hello, t')"]),
     "above pixel limit": ({"images": strings([RED, big_png()])}, None, None, None,
-                          "INVALID_ARGUMENT", ["images[1]: PNG image is 1200x1000 = 1200000 pixels",
+                          "INVALID_ARGUMENT", ["images[1]: PNG of 1200x1000 = 1200000 pixels",
                                                f"limit of {PIXEL_LIMIT}"]),
     "GIF growing after its first frame": ({"images": strings([RED, growing_gif()])}, None, None,
                                           None, "INVALID_ARGUMENT", [
         "images[1]: GIF whose frames make a canvas of 1200x1000 = 1200000 pixels",
         f"limit of {PIXEL_LIMIT} pixels"]),
     "decompression bomb header": ({"images": strings([bomb_jpeg()])}, None, None, None,
-                                  "INVALID_ARGUMENT", ["images[0]: JPEG image is 60000x60000"]),
+                                  "INVALID_ARGUMENT", ["images[0]: JPEG of 60000x60000"]),
     "wrong signature": ({"images": strings([RED])}, "nope", None, None,
                         "NOT_FOUND", ["signature 'nope' not found", "predict_features"]),
     "wrong dtype": ({"images": tf.make_tensor_proto(np.zeros([2], np.float32))}, None, None, None,

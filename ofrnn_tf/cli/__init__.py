@@ -203,7 +203,8 @@ def trained_run(workdir: str):
 
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (  # deferred: these import TensorFlow
-        DamagedCheckpointError, DamagedRunFileError, RunDir, RunInUseError)
+        DamagedCheckpointError, DamagedRunFileError, RunDir, RunFolderNotReadableError,
+        RunInUseError)
     from ofrnn_tf.training.run_state import training_state
 
     refuse_glob_characters("workdir", workdir)
@@ -213,7 +214,7 @@ def trained_run(workdir: str):
         run_dir.weights_path()
         run_dir.label_map()
     except (FileNotFoundError, DamagedCheckpointError, DamagedRunFileError,
-            LabelMapMismatchError, RunInUseError) as error:
+            LabelMapMismatchError, RunInUseError, RunFolderNotReadableError) as error:
         raise refusal(error) from None
     try:
         stopped = training_state(run_dir, run_dir.load()[0])
@@ -241,23 +242,25 @@ def refusal(error: Exception) -> app.UsageError:
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (DamagedCheckpointError, DamagedRunFileError,
-                                  IncompatibleRunError, RunFolderNotWritableError, RunInUseError)
+                                  IncompatibleRunError, RunFolderNotReadableError,
+                                  RunFolderNotWritableError, RunInUseError)
     from ofrnn_tf.training.run_state import UnfinishedRunError
     from ofrnn_tf.training.trainer import NonFiniteLossError
 
     not_the_flags = (DataFileError, SplitEmptiedError, CorruptShardError,
                      FeatureCacheDamagedError, LabelMapMismatchError, DamagedCheckpointError,
                      DamagedRunFileError, RunInUseError, IncompatibleRunError,
-                     RunFolderNotWritableError, UnfinishedRunError, NonFiniteLossError)
+                     RunFolderNotReadableError, RunFolderNotWritableError, UnfinishedRunError,
+                     NonFiniteLossError)
     return (InputFileError if isinstance(error, not_the_flags) else app.UsageError)(str(error))
 
 
 def input_errors() -> tuple[type, ...]:
     """The errors that are the input's fault (the data's files, the flags' split sizes, a
     feature cache, backbone or weights they point at, a run folder's damaged checkpoint,
-    edited label map or damaged JSON file, a multi-worker cluster's TF_CONFIG or a batch its replicas cannot
-    share): a command says them in one line, as usage errors; any other error keeps its
-    traceback."""
+    edited label map or damaged JSON file, a multi-worker cluster's TF_CONFIG or a batch
+    its replicas cannot share): a command says them in one line, as usage errors; any
+    other error keeps its traceback."""
     # deferred: most of these modules import TensorFlow
     from ofrnn_tf.data import DataFileError, DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError

@@ -54,6 +54,12 @@ def main(argv):
     if FLAGS.max_request_bytes < 1:
         raise app.UsageError(f"--max_request_bytes must be at least 1, got "
                              f"{FLAGS.max_request_bytes}")
+    if FLAGS.threshold is not None and not 0.0 <= FLAGS.threshold <= 1.0:  # also refuses NaN
+        raise app.UsageError(f"--threshold must be a probability in [0, 1], got "
+                             f"{FLAGS.threshold}")
+    if not FLAGS.timeout > 0:
+        raise app.UsageError(f"--timeout must be a number of seconds above 0, got "
+                             f"{FLAGS.timeout}")
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
     entries = expand_inputs(arguments)

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
                           refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.export.saved_model import DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, export_run
+from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
@@ -39,7 +40,7 @@ def define_flags() -> None:
     flags.DEFINE_string("warmup_images", None, "Glob of images for the warm-up requests "
                         "(default: the run's example images).")
     flags.DEFINE_integer("num_warmup_images", DEFAULT_NUM_WARMUP_IMAGES,
-                         "At most this many warm-up images.")
+                         "At most this many warm-up images (0: a gray square stands for them).")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the beam search. TensorFlow Serving runs "
                       "XLA only with its experimental --xla_cpu_compilation_enabled / "
                       "--xla_gpu_compilation_enabled flag: leave off for a portable export.")
@@ -69,7 +70,7 @@ def main(argv):
     paths, images = [], None  # None: the run's example images
     if FLAGS.warmup_images:
         paths = _given_warmup_images(FLAGS.warmup_images)[:FLAGS.num_warmup_images]
-        images = [Path(p).read_bytes() for p in paths]
+        images = [_read_warmup_image(p) for p in paths]
     try:
         path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version,
                           warmup_images=images, num_warmup_images=FLAGS.num_warmup_images,
@@ -79,7 +80,8 @@ def main(argv):
     except (UncalibratedBeamSizeError, *input_errors()) as e:
         raise refusal(e) from None
     except WarmupImageError as e:
-        raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}") from None
+        hint = " (raise it with --max_image_pixels)" if PIXEL_LIMIT_WORDS in e.reason else ""
+        raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}{hint}") from None
     except FileExistsError as e:
         raise app.UsageError(f"{e} (--version)") from None
     print(os.path.normpath(path))
@@ -92,11 +94,22 @@ def _say_left_out(path: str, reason: str) -> None:
 
 
 def _given_warmup_images(pattern: str) -> list[str]:
-    """The files `pattern` (--warmup_images) matches, sorted; none is a usage error."""
+    """The files `pattern` (--warmup_images) matches, sorted; none is a usage error, as
+    is a count of 0, which would leave every one of them out."""
     paths = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
     if not paths:
         raise app.UsageError(f"--warmup_images={pattern} matches no file")
+    if FLAGS.num_warmup_images == 0:
+        raise app.UsageError("--num_warmup_images=0 leaves out every --warmup_images file: "
+                             "give a count above 0, or leave out --warmup_images")
     return paths
+
+
+def _read_warmup_image(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:  # removed since the glob, or not readable by this user
+        raise app.UsageError(f"--warmup_images: {path}: {error.strerror or error}") from None
 
 
 run = runner(define_flags, main,

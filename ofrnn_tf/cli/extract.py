@@ -1,8 +1,11 @@
 """ofrnn-extract: builds a run's feature cache without training.
 
-Takes the same ``--config`` and ``--section.field`` flags as ofrnn-train and writes
-the feature shards exactly where training will look for them, so extraction can run
-ahead, or on several machines at once (``--shard_index``):
+Takes the same ``--config`` and ``--section.field`` flags as ofrnn-train (so one command
+line serves both; of them only ``--config``, ``--data.*``, ``--features.*`` and
+``--runtime.cache_dir`` change what it does, and a training split smaller than
+``--train.batch_size`` is refused as training would refuse it) and writes the feature
+shards exactly where training will look for them, so extraction can run ahead, or on
+several machines at once (``--shard_index``):
 
     ofrnn-extract --config=coco --data.data_dir=/data/coco2014 --shard_index=0   # machine 1
     ofrnn-extract --config=coco --data.data_dir=/data/coco2014 --shard_index=1   # machine 2

@@ -57,22 +57,58 @@ def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
         yield next(results) if isinstance(entry, str) else entry
 
 
-def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO:
-    """The stream a command's report goes to (stdout when `output` is None), opened before
-    any image is read, so that an unwritable ``--output`` costs nothing; an ``--output``
-    that is one of the `inputs` is refused (opening it would empty that image)."""
+class ReportFile:
+    """The ``--output`` file of a report, emptied when its first line is written (or when
+    it is closed with none): a command refused before then (a run folder that is none, a
+    server down) leaves an earlier report there as it was."""
+
+    def __init__(self, path: str):
+        self.name = path
+        self._file: TextIO | None = None
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            self._file = open(self.name, "w")
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is None:
+            self._file = open(self.name, "w")  # a report of no line
+        self._file.close()
+
+    def __enter__(self) -> "ReportFile":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | ReportFile:
+    """The stream a command's report goes to (stdout when `output` is None), checked
+    before any image is read, so that an unwritable ``--output`` costs nothing, and
+    emptied only at the report's first line (`ReportFile`); an ``--output`` that is one of
+    the `inputs` is refused (writing it would empty that image)."""
     if not output:
         return sys.stdout
-    if os.path.exists(output):
+    existed = os.path.exists(output)
+    if existed:
         for path in inputs:
             with contextlib.suppress(OSError):  # a missing input is said when it is read
                 if os.path.samefile(output, path):
                     raise app.UsageError(f"--output={output} is one of the input images: "
                                          f"writing the report there would empty it")
     try:
-        return open(output, "w")
+        with open(output, "a"):  # can it be written? ("a" leaves what it holds)
+            pass
     except OSError as error:
         raise app.UsageError(f"--output={output}: {error.strerror or error}") from None
+    if not existed:
+        os.remove(output)  # made by the check: a refused command leaves no file behind
+    return ReportFile(output)
 
 
 def write_report(results: Iterable[dict], out: TextIO, command: str, verb: str) -> int:

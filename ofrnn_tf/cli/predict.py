@@ -20,7 +20,8 @@ import sys
 from absl import app, flags
 
 from ofrnn_tf.cli import (
-    input_errors, refusal, refuse_below, refuse_glob_characters, runner, trained_run)
+    input_errors, refusal, refuse_below, refuse_glob_characters, refuse_unwritable_folder, runner,
+    trained_run)
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
@@ -61,6 +62,8 @@ def main(argv):
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
     refuse_below("batch_size")
+    if FLAGS.attention_dir:
+        refuse_unwritable_folder("attention_dir", FLAGS.attention_dir)
     entries = expand_inputs(arguments)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)

@@ -67,11 +67,11 @@ def main(argv):
     refuse_glob_characters("workdir", FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
     from ofrnn_tf.run_dir import (  # TensorFlow is imported here, not for --help
-        DamagedRunFileError, IncompatibleRunError, RunDir, RunFolderNotWritableError,
-        RunInUseError)
+        DamagedRunFileError, IncompatibleRunError, RunDir, RunFolderNotReadableError,
+        RunFolderNotWritableError, RunInUseError)
     try:
         config = resolve_config(FLAGS.workdir)
-    except DamagedRunFileError as error:
+    except (DamagedRunFileError, RunFolderNotReadableError) as error:
         raise refusal(error) from None
 
     if FLAGS.print_config:
@@ -94,7 +94,8 @@ def main(argv):
     from ofrnn_tf.training.trainer import NonFiniteLossError
 
     refused = input_errors() + (IncompatibleRunError, UnfinishedRunError, RunInUseError,
-                                RunFolderNotWritableError, NonFiniteLossError)
+                                RunFolderNotReadableError, RunFolderNotWritableError,
+                                NonFiniteLossError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:

@@ -407,7 +407,8 @@ def gif_frames(data: bytes) -> GifFrames:
     return GifFrames(frames, pixels, width, height)
 
 
-PIXEL_LIMIT_WORDS = "is above the limit of"  # in every refusal for the pixel limit
+# In every refusal for the pixel limit: here, in the served graph's and in ofrnn-serve's.
+PIXEL_LIMIT_WORDS = "above the limit of"
 
 
 def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,
@@ -419,17 +420,17 @@ def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,
     giflib holds (`gif_frames`)."""
     if width * height > max_image_pixels:
         return (f"{image_format} of {width}x{height} = {width * height} pixels "
-                f"{PIXEL_LIMIT_WORDS} {max_image_pixels} pixels")
+                f"is {PIXEL_LIMIT_WORDS} {max_image_pixels} pixels")
     if image_format != "GIF":
         return None
     frames = gif_frames(data)
     if frames.canvas > max_image_pixels:
         return (f"GIF whose frames make a canvas of {frames.width}x{frames.height} = "
                 f"{frames.canvas} pixels (the width of its widest frame by the height of its "
-                f"tallest) {PIXEL_LIMIT_WORDS} {max_image_pixels} pixels{GIF_REMEDY}")
+                f"tallest) is {PIXEL_LIMIT_WORDS} {max_image_pixels} pixels{GIF_REMEDY}")
     if frames.pixels > max_image_pixels:
         return (f"GIF whose {frames.frames} frames hold {frames.pixels} pixels in all "
-                f"{PIXEL_LIMIT_WORDS} {max_image_pixels} pixels{GIF_REMEDY}")
+                f"is {PIXEL_LIMIT_WORDS} {max_image_pixels} pixels{GIF_REMEDY}")
     return None
 
 

@@ -223,9 +223,10 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     "error"}`` for a file that cannot be read and for an image the server refuses.
 
     A batch whose files add up to more than `max_request_bytes` goes in several
-    requests (a larger file goes alone). A refused image costs only its own result:
-    the server names it (``images[i]: ...``), it is sent again alone, and the rest of
-    its batch goes on without it. Sending it alone confirms the refusal where
+    requests (a larger file goes alone); one the server refuses as above its batch limit
+    goes in requests of that limit, as every later one does. A refused image costs only
+    its own result: the server names it (``images[i]: ...``), it is sent again alone,
+    and the rest of its batch goes on without it. Sending it alone confirms the refusal where
     TensorFlow Serving's ``--enable_batching`` merged the request with others (the
     index is then a place in the merged batch, and one bad image fails every request
     merged with it): an image that is served alone keeps its result. Merged requests
@@ -242,6 +243,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     """
     if batch_size < 1:  # checked here, not when the first result is asked for
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    most_images: list[int] = []  # the server's batch limit, once it refused a request over it
 
     def batches(ch):
         for start in range(0, len(paths), batch_size):
@@ -260,6 +262,10 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
         return results
 
     def _serve(request: list[tuple[int, bytes]], batch: list[str], results: list, ch) -> None:
+        if most_images and len(request) > most_images[0]:
+            for start in range(0, len(request), most_images[0]):
+                _serve(request[start:start + most_images[0]], batch, results, ch)
+            return
         retries = 0
         while request:
             try:
@@ -268,6 +274,14 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     signature_name=signature_name, version=version, threshold=threshold,
                     timeout=timeout, channel=ch)
             except grpc.RpcError as error:
+                limit = _batch_limit(error)
+                if limit is not None and len(request) > 1:
+                    # Above the server's batch limit (`--max_batch_size`, or TF Serving's
+                    # batching.config): every later request keeps to it.
+                    most_images[:] = [max(1, limit if limit < len(request)
+                                          else len(request) // 2)]
+                    _serve(request, batch, results, ch)
+                    return
                 if _too_large(error):
                     # Above the server's message limit (which may be below
                     # max_request_bytes): halve the request; one image alone is refused.
@@ -370,6 +384,20 @@ def _refused_index(error: grpc.RpcError) -> int | None:
         return None
     match = _REFUSED_IMAGE.search(error.details() or "")
     return None if match is None else int(match.group(1))
+
+
+# How a refusal of a request above the server's batch limit says it: ofrnn-serve's, and
+# TF Serving's batch scheduler (under --enable_batching).
+_BATCH_LIMIT = re.compile(r"above this server's --max_batch_size of (\d+)"
+                          r"|is larger than maximum (?:input )?batch size(?: of)? (\d+)")
+
+
+def _batch_limit(error: grpc.RpcError) -> int | None:
+    """The batch limit a refusal names (None for any other refusal)."""
+    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    match = _BATCH_LIMIT.search(error.details() or "")
+    return None if match is None else int(match.group(1) or match.group(2))
 
 
 def _too_large(error: grpc.RpcError) -> bool:

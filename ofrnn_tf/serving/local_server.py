@@ -279,22 +279,15 @@ def _check_items(key: str, info: meta_graph_pb2.TensorInfo, value: np.ndarray,
             i = flat if value.ndim == 1 else ", ".join(map(str, np.unravel_index(flat, value.shape)))
             if not item:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"{key}[{i}]: empty string (no image bytes)")
+                                   f"{key}[{i}]: empty (no image bytes)")
             try:
                 fmt, width, height = read_image_header(item)
-                over = width * height > max_image_pixels
                 # A GIF's later frames count too, as the export's guard counts them.
-                frames_over = None if over else pixel_limit_error(fmt, width, height, item,
-                                                                  max_image_pixels)
+                over = pixel_limit_error(fmt, width, height, item, max_image_pixels)
             except ValueError as e:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {e}")
-            if over:
-                raise RequestError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{key}[{i}]: {fmt} image is {width}x{height} = {width * height} pixels, "
-                    f"above the limit of {max_image_pixels} pixels")
-            if frames_over is not None:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {frames_over}")
+            if over is not None:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {over}")
     elif want.is_floating:
         finite = np.isfinite(value.reshape(value.shape[0], -1).astype(np.float32)).all(axis=1)
         if not finite.all():
@@ -554,7 +547,9 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
     # -- warm-up ---------------------------------------------------------------
 
     def warm_up(self) -> int:
-        """Replays the version's warm-up Predict requests; returns how many ran."""
+        """Replays the version's warm-up Predict requests; returns how many ran. A request
+        above ``--max_batch_size`` is passed over: this server refuses any such request
+        unread, so there is nothing to warm up for it (the export writes batches of 8)."""
         path = os.path.join(self.servable.path, WARMUP_FILE)
         if not os.path.isfile(path):
             return 0
@@ -570,8 +565,12 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                 raise RuntimeError(f"{path}: warm-up record {i} does not read: {text}") from None
             if not log.HasField("predict_log"):
                 continue  # classify/regress/multi_inference logs: not served here
+            request = log.predict_log.request
+            if max((t.tensor_shape.dim[0].size for t in request.inputs.values()
+                    if t.tensor_shape.dim), default=0) > self.max_batch_size:
+                continue
             try:
-                self.predict(log.predict_log.request, check_spec=False)
+                self.predict(request, check_spec=False)
             except RequestError as e:
                 raise RuntimeError(f"{path}: warm-up record {i} failed: {e.code.name}: {e.message}") from None
             count += 1

@@ -55,7 +55,9 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
             finished.append("label_context")
     diffs += _changed_schedules(saved, config, {s: f"{s} is finished" for s in finished})
     if diffs:
-        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
+        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}. A finished stage "
+                                   f"keeps its schedule: use a new --workdir to train it with "
+                                   f"another, or the saved settings.")
 
 
 def _changed_schedules(saved: ExperimentConfig, config: ExperimentConfig,

@@ -15,7 +15,7 @@ from ofrnn_tf.features.image_guards.reading import _GAVE_UP
 from ofrnn_tf.features.images import (
     BMP_COMPRESSIONS, BMP_MASKS_CUT, BMP_MASKS_PROBLEM, BMP_REMEDY, BMP_TRUNCATED,
     GIF_REMEDY, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS,
-    out_of_line)
+    PIXEL_LIMIT_WORDS, out_of_line)
 
 # Every byte in hex; the names of the markers a JPEG walk stops at before a frame header.
 _HEX = tuple(f"{b:02x}" for b in range(256))
@@ -148,7 +148,7 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
          corrupt("its width or height is 2^31 or more")),
         (width * height > limit,
          tf.strings.join([a_format, " of ", size, " = ", _str(width * height),
-                          " pixels, above the limit of ", _str(limit), " pixels"])),
+                          f" pixels, {PIXEL_LIMIT_WORDS} ", _str(limit), " pixels"])),
         (tf.logical_and(is_gif, pixels > limit), tf.cond(
             tf.logical_and(is_gif, pixels > limit),
             lambda: _gif_frames_message(image[None], pos[None], limit, a_format),
@@ -163,7 +163,7 @@ def _gif_frames_message(image, pos, limit, a_format):
     stats, unchecked = _gif_frames(image, pos, tf.ones([1], tf.bool))
     frames, pixels, width, height = tf.unstack(stats[0])
     canvas = width * height
-    over = tf.strings.join([" pixels in all, above the limit of ", _str(limit), " pixels"])
+    over = tf.strings.join([f" pixels in all, {PIXEL_LIMIT_WORDS} ", _str(limit), " pixels"])
     return tf.strings.join([_first([
         (unchecked[0], tf.strings.join([a_format, f" with more frames or blocks than the "
                                                   f"check reads ({MAX_GIF_STEPS} steps of its "
@@ -171,7 +171,7 @@ def _gif_frames_message(image, pos, limit, a_format):
         (canvas > limit,
          tf.strings.join([a_format, " whose frames make a canvas of ", _str(width), "x",
                           _str(height), " = ", _str(canvas), " pixels (the width of its widest "
-                          "frame by the height of its tallest), above the limit of ",
+                          f"frame by the height of its tallest), {PIXEL_LIMIT_WORDS} ",
                           _str(limit), " pixels"])),
     ], tf.strings.join([a_format, " whose ", _str(frames), " frames hold ", _str(pixels),
                         over])), GIF_REMEDY])
