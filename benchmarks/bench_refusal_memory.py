@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess  # noqa: E402
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess, stop  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "Model base path (integer version folders) to serve.")
@@ -104,8 +104,7 @@ def run_kind(images: list[bytes]) -> tuple[list[tuple[int, float]], dict[str, in
                 if sent % FLAGS.sample_every == 0 or sent == FLAGS.requests:
                     readings.append((sent, rss_mib(proc.pid)))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
     return readings, codes
 
 

@@ -33,7 +33,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess  # noqa: E402
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess, stop  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories) to serve")
@@ -166,8 +166,7 @@ def main(argv) -> None:
         r = run_load(target, images)
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop(proc)
         if tmp is not None:
             tmp.cleanup()
 

@@ -24,7 +24,7 @@ import grpc
 from absl import app, flags
 
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version, spawn,
-                                              wait_until_listening)
+                                              stop, wait_until_listening)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "model base path (integer version directories); a "
@@ -57,12 +57,7 @@ def demo(export_dir: str, image_paths: Sequence[str], model_name: str = DEFAULT_
               flush=True)
         return list(predict_files(target, image_paths, model_name=model_name, timeout=timeout))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main(argv: Sequence[str]) -> None:

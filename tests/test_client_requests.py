@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -315,7 +316,7 @@ def test_a_pipe_is_read_and_one_nothing_writes_to_gets_an_error_line(serve, tmp_
 
     fed = str(tmp_path / "fed.png")  # as `<(cat image.png)` or /dev/stdin give one
     os.mkfifo(fed)
-    image = open(paths[1], "rb").read()
+    image = Path(paths[1]).read_bytes()
 
     def write():
         with open(fed, "wb") as f:  # waits for the client to open it

@@ -439,6 +439,7 @@ def test_print_config_shows_the_resolved_settings():
     assert len([ln for ln in lines if ln.startswith("--")]) == len(list(fields(ExperimentConfig())))
 
 
+@pytest.mark.slow  # starts several commands
 def test_print_config_refuses_what_the_run_folder_would(tmp_path):
     from ofrnn_tf.run_dir import RunDir, RunFacts
 

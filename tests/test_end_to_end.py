@@ -19,7 +19,7 @@ import pytest
 from conftest import label_names, run_checked, to_png
 from ofrnn_tf.features.images import read_image_header
 from ofrnn_tf.serving import client
-from ofrnn_tf.serving.server_process import start_subprocess
+from ofrnn_tf.serving.server_process import start_subprocess, stop
 
 pytestmark = pytest.mark.slow  # shares the session's tiny train.py + export.py run
 
@@ -31,8 +31,7 @@ def server(tiny_export_run, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("server_log") / "server.log", "w+")
     proc, target = start_subprocess(str(tiny_export_run.export_base), stderr=log)
     yield target
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+    assert stop(proc) == 0
     log.close()
 
 
@@ -170,8 +169,7 @@ def test_stock_tensorflow_model_server_serves_the_export(tiny_export_run, tiny_m
         assert "images[1]" in err.value.details()
         assert len(client.predict_images(target, images[:1])) == 1
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
         log.close()
 
 

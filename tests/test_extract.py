@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, caps
             got[image_id.decode()] = {k: v[j].numpy() for k, v in batch.items()}
     assert set(got) == {e.image_id for e in good} | {"bytes0"}
     for ex in good + [in_memory]:
-        data = ex.image if isinstance(ex.image, bytes) else open(ex.image, "rb").read()
+        data = ex.image if isinstance(ex.image, bytes) else Path(ex.image).read_bytes()
         expected = backbone(decode_and_resize(tf.constant(data), SIZE)[None])[0].numpy()
         np.testing.assert_allclose(got[ex.image_id]["features"], expected.reshape(16, 112),
                                    rtol=2e-3, atol=2e-3)
@@ -357,7 +358,7 @@ def test_a_shard_another_process_finished_first_is_kept(tmp_path, backbone, monk
     summary = extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
                                     progress=False)
     assert summary.shards_written == [0]
-    assert open(final, "rb").read() == b"theirs"
+    assert Path(final).read_bytes() == b"theirs"
     assert not [n for n in os.listdir(out) if "incomplete" in n]
 
 
@@ -473,7 +474,7 @@ def test_a_repaired_image_is_named_on_a_cache_hit(tmp_path, backbone, monkeypatc
     # entry, so the cache hit says which images decode now and which shard to delete.
     examples = _good_examples(str(tmp_path), n=4)
     repaired = examples[2].image
-    data = open(repaired, "rb").read()
+    data = Path(repaired).read_bytes()
     with open(repaired, "wb") as f:
         f.write(data[:len(data) // 3])
     out = str(tmp_path / "features")

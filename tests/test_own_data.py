@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,7 +288,7 @@ def test_example_images_of_the_same_name_in_two_folders_are_both_kept(
     assert [os.path.basename(c) for c in copies] == ["000_000.png", "001_000.png"]
     assert run_dir.example_images() == copies
     for copy, source in zip(copies, paths):
-        assert open(copy, "rb").read() == open(source, "rb").read()
+        assert Path(copy).read_bytes() == Path(source).read_bytes()
     assert [drawn[c] for c in copies] == [["red"], ["blue"]]
     assert read_json(run_dir.examples_index_file) == [
         {"file": os.path.join("examples", "000_000.png"), "image_id": "0", "labels": ["red"]},

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def copy_run(trained, tmp_path) -> str:
 def garble_payload(features_dir: str, split: str, shard: int = 1) -> str:
     """Overwrites bytes inside the second record's payload (headers stay sound)."""
     path = os.path.join(features_dir, tfrecords.shard_filename(split, shard, 2))
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     second = 12 + int.from_bytes(data[:8], "little") + 4
     data[second + 40:second + 50] = b"0123456789"
     with open(path, "wb") as f:
@@ -145,7 +146,7 @@ def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:
         for i in range(count):
             path = os.path.join(folder, f"{split}{i}.png")
             if i < broken.get(split, 0):
-                open(path, "wb").write(b"not an image")
+                Path(path).write_bytes(b"not an image")
             else:
                 Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(path)
             splits[split].append(Example(f"{split}{i}", path, (i % len(NAMES),)))
@@ -214,12 +215,12 @@ def test_tau_and_score_mix_are_calibrated_on_the_validation_split(trained):
 def test_eval_at_another_beam_width_keeps_the_runs_width_and_metrics(trained, tmp_path):
     config, _, _ = trained
     run_dir = RunDir(copy_run(trained, tmp_path))
-    run_json = open(run_dir.run_file).read()
+    run_json = Path(run_dir.run_file).read_text()
     own_metrics = run_dir.load_metrics("test")
     assert own_metrics["beam_size"] == 2
 
     greedy = pipeline.run(config.replace(decoding={"beam_size": 1}), run_dir.path, "eval")
-    assert open(run_dir.run_file).read() == run_json  # the run's K is still 2
+    assert Path(run_dir.run_file).read_text() == run_json  # the run's K is still 2
     assert run_dir.load_metrics("test") == own_metrics
     assert os.path.basename(run_dir.metrics_file("test", 1)) == "metrics_test_k1.json"
     assert run_dir.load_metrics("test", 1) == greedy and greedy["beam_size"] == 1
@@ -375,7 +376,7 @@ def test_a_miscounted_training_shard_is_named_before_the_trainer_is_built(corrup
                                                                           tmp_path):
     config, features_dir = corrupt_copy
     stats = os.path.join(features_dir, tfrecords.shard_stats_filename("train", 1, 2))
-    record = json.loads(open(stats).read())
+    record = json.loads(Path(stats).read_text())
     record["examples"] -= 1
     with open(stats, "w") as f:
         json.dump(record, f)
@@ -388,7 +389,7 @@ def test_a_miscounted_training_shard_is_named_before_the_trainer_is_built(corrup
 def test_a_resumed_run_says_its_training_split_changed(trained, tmp_path, monkeypatch, capsys):
     config, _, features_dir = trained
     run_dir = RunDir(copy_run(trained, tmp_path))
-    saved = json.loads(open(run_dir.run_file).read())
+    saved = json.loads(Path(run_dir.run_file).read_text())
     saved["facts"]["train_examples"] = 95
     with open(run_dir.run_file, "w") as f:
         json.dump(saved, f)
@@ -408,7 +409,7 @@ def test_evaluation_names_a_shard_with_a_garbled_record(trained, corrupt_copy, t
     path = garble_payload(features_dir, "test", shard=0)
     with pytest.raises(tfrecords.CorruptShardError, match=f"delete {path} and rerun"):
         pipeline.run(config, workdir, "eval")
-    assert json.loads(open(RunDir(workdir).metrics_file("test")).read())  # left as it was
+    assert json.loads(Path(RunDir(workdir).metrics_file("test")).read_text())  # left as it was
 
 
 def test_the_command_reports_a_split_too_small_without_a_traceback(tmp_path):
@@ -452,7 +453,7 @@ def test_a_training_rerun_names_damaged_best_weights_and_keeps_the_results(
         trained, tmp_path, cached_features):
     config = trained[0]
     run_dir = RunDir(copy_run(trained, tmp_path))
-    metrics = open(run_dir.metrics_file("test")).read()
+    metrics = Path(run_dir.metrics_file("test")).read_text()
     data_file = glob.glob(os.path.join(run_dir.best_dir(), "ckpt-*.data-*"))[0]
     with open(data_file, "r+b") as f:
         f.truncate(os.path.getsize(data_file) // 2)
@@ -460,7 +461,7 @@ def test_a_training_rerun_names_damaged_best_weights_and_keeps_the_results(
                                                      rf"Delete the folder {run_dir.best_dir()} "
                                                      rf"to use the last training checkpoint"):
         pipeline.run(config, run_dir.path, "train")
-    assert open(run_dir.metrics_file("test")).read() == metrics
+    assert Path(run_dir.metrics_file("test")).read_text() == metrics
 
 
 def test_lost_checkpoint_lists_are_read_from_the_folders(trained, tmp_path, cached_features,
@@ -469,7 +470,7 @@ def test_lost_checkpoint_lists_are_read_from_the_folders(trained, tmp_path, cach
     run_dir = RunDir(copy_run(trained, tmp_path))
     best = run_dir.weights_path()
     assert best.startswith(run_dir.best_dir())
-    metrics = json.loads(open(run_dir.metrics_file("test")).read())
+    metrics = json.loads(Path(run_dir.metrics_file("test")).read_text())
     os.remove(os.path.join(run_dir.best_dir(), "checkpoint"))
     assert run_dir.weights_path() == best  # not the last training checkpoint instead
     with open(os.path.join(run_dir.checkpoints_dir(), "checkpoint"), "w"):
@@ -493,7 +494,7 @@ def test_a_training_command_stopped_after_training_keeps_its_time(
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(config, run_dir.path, "train")
     assert {"data", "features", "training"} <= set(
-        json.loads(open(run_dir.timing_file("train")).read()))
+        json.loads(Path(run_dir.timing_file("train")).read_text()))
 
 
 def test_eval_mode_refuses_decoding_settings_it_would_not_keep(trained, tmp_path):
@@ -514,11 +515,11 @@ def test_a_rerun_refuses_epochs_of_a_finished_stage_and_lets_the_last_go_on(
         trained, tmp_path, cached_features):
     config = trained[0]
     workdir = copy_run(trained, tmp_path)
-    run_json = open(RunDir(workdir).run_file).read()
+    run_json = Path(RunDir(workdir).run_file).read_text()
     with pytest.raises(IncompatibleRunError, match=r"stage1.epochs: 1 in the run folder vs 3 "
                                                    r"now \(stage1 is finished\)"):
         pipeline.run(config.replace(stage1={"epochs": 3}), workdir, "train")
-    assert open(RunDir(workdir).run_file).read() == run_json
+    assert Path(RunDir(workdir).run_file).read_text() == run_json
     pipeline.run(config.replace(stage2={"epochs": 2}), workdir, "train")
     assert RunDir(workdir).load()[0].stage2.epochs == 2
 

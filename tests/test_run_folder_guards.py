@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -52,6 +53,7 @@ def test_a_run_under_a_bracket_is_not_said_to_need_training(make_fake_run, tmp_p
         run_dir.weights_path()
 
 
+@pytest.mark.slow  # starts several commands
 def test_the_commands_refuse_a_bracket_in_a_path_before_any_work(make_fake_run, tmp_path):
     fake = make_fake_run(tmp_path / "run")
     held = tmp_path / "exp [v2]"
@@ -220,11 +222,13 @@ def test_a_held_run_folder_is_refused_naming_its_holder_until_it_dies(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    assert str(holder.pid) in open(run_dir.lock_file).read()  # left behind by the killed holder
+    # Left behind by the killed holder:
+    assert str(holder.pid) in Path(run_dir.lock_file).read_text()
     with run_dir.exclusive():  # does not block: the kernel released the dead holder's lock
-        assert f"-{os.getpid()}" in open(run_dir.lock_file).read()
+        assert f"-{os.getpid()}" in Path(run_dir.lock_file).read_text()
 
 
+@pytest.mark.slow  # starts several commands
 def test_commands_refuse_a_run_folder_another_command_holds(make_fake_run, tmp_path):
     # A training replaces the best weights and τ that export and predict would read.
     run_dir = RunDir(str(make_fake_run(tmp_path / "run")))

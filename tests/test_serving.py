@@ -41,7 +41,7 @@ from ofrnn_tf.serving import client
 from ofrnn_tf.serving import local_server
 from ofrnn_tf.serving.local_server import DEFAULT_MAX_BATCH_SIZE
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version,
-                                              start_subprocess)
+                                              start_subprocess, stop)
 from ofrnn_tf.serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -488,8 +488,7 @@ def server(model_base, tmp_path_factory):
                                 f"--max_message_bytes={MESSAGE_LIMIT}", "--max_workers=8"],
         stderr=log)
     yield target
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+    assert stop(proc) == 0
     log.close()
 
 
@@ -502,8 +501,7 @@ def test_server_started_from_another_folder_reads_a_relative_model_path(
         with client.make_channel(target) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0
+        assert stop(proc) == 0
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import dataclasses
 import glob
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,8 +36,8 @@ def own_data(folder) -> pipeline.Data:
             path = os.path.join(folder, f"{split}{i}.png")
             Image.fromarray(np.full((16, 16, 3), 30 * i + 5, np.uint8)).save(path)
             if split == "train" and i == 0:
-                data = open(path, "rb").read()
-                open(path, "wb").write(b"XXXX" + data[4:])
+                data = Path(path).read_bytes()
+                Path(path).write_bytes(b"XXXX" + data[4:])
             splits[split].append(Example(f"{split}/{i}.png", path, (i % len(NAMES),)))
     return pipeline.Data(splits, LabelMap(NAMES))
 
@@ -44,8 +45,8 @@ def own_data(folder) -> pipeline.Data:
 def repair(data: pipeline.Data) -> None:
     """Mends the unreadable image at its size and time (a restore that keeps both)."""
     path = data.splits["train"][0].image
-    damaged, stat = open(path, "rb").read(), os.stat(path)
-    open(path, "wb").write(b"\x89PNG" + damaged[4:])
+    damaged, stat = Path(path).read_bytes(), os.stat(path)
+    Path(path).write_bytes(b"\x89PNG" + damaged[4:])
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 

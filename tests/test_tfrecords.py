@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ def _record_starts(data: bytes) -> list[int]:
 def test_a_corrupt_shard_is_named_with_what_is_wrong(tmp_path, damage):
     d = _write_dir(tmp_path / "f", _records(9))
     shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
-    data = bytearray(open(shard, "rb").read())
+    data = bytearray(Path(shard).read_bytes())
     starts = _record_starts(bytes(data))
     second, last = starts[1], starts[-1]
     assert len(starts) == 3 and second < last
@@ -156,7 +157,7 @@ def test_a_corrupt_shard_is_named_with_what_is_wrong(tmp_path, damage):
 def test_a_garbled_payload_is_named_by_the_full_check(tmp_path):
     d = _write_dir(tmp_path / "f", _records(9))
     shard = os.path.join(d, tfrecords.shard_filename("train", 0, 3))
-    data = bytearray(open(shard, "rb").read())
+    data = bytearray(Path(shard).read_bytes())
     data[30:40] = b"0123456789"  # inside the first record's payload
     with open(shard, "wb") as f:
         f.write(bytes(data))
@@ -187,7 +188,7 @@ def test_a_shard_cut_short_between_records_is_named_with_its_remedy(tmp_path, cu
     # Record by record such a file is sound; only its .json's count shows what is lost.
     d = _write_dir(tmp_path / "f", _records(9))
     shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
-    data = open(shard, "rb").read()
+    data = Path(shard).read_bytes()
     first_record = 12 + int.from_bytes(data[:8], "little") + 4
     with open(shard, "wb") as f:
         f.write(b"" if cut == "to_0_bytes" else data[:first_record])
@@ -274,7 +275,7 @@ def test_check_shard_counts_records(tmp_path):
 
 
 def _garble_payload(path: str) -> None:
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     data[30:40] = b"0123456789"  # inside the first record's payload; headers stay sound
     with open(path, "wb") as f:
         f.write(bytes(data))
@@ -331,7 +332,7 @@ def test_deleting_a_corrupt_shard_makes_the_next_run_extract_only_that_one(
 
     ensure()
     paths = tfrecords.shard_files(directory, "train")
-    before = {p: (os.stat(p).st_mtime_ns, open(p, "rb").read()) for p in paths}
+    before = {p: (os.stat(p).st_mtime_ns, Path(p).read_bytes()) for p in paths}
     _garble_payload(paths[1])
     with pytest.raises(tfrecords.CorruptShardError, match="delete .* and rerun") as error:
         with tfrecords.naming_corrupt_shards(directory, "train"):
@@ -340,7 +341,7 @@ def test_deleting_a_corrupt_shard_makes_the_next_run_extract_only_that_one(
     ensure()
     assert summaries[-1].shards_already_done == [0, 2] and summaries[-1].shards_written == [1]
     for path, (mtime, data) in before.items():
-        assert open(path, "rb").read() == data  # the rebuilt shard is the one it was
+        assert Path(path).read_bytes() == data  # the rebuilt shard is the one it was
         if path != paths[1]:
             assert os.stat(path).st_mtime_ns == mtime
     assert len(list(tfrecords.make_dataset(directory, "train", 6, verify_shards="full"))) == 1

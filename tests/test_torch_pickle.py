@@ -7,6 +7,7 @@ import pickle
 import sys
 import types
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,7 +210,7 @@ def test_refuses_other_globals_in_a_zip_file(tmp_path):
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
-    data = open(efficientnet_lite.weights_path(), "rb").read()
+    data = Path(efficientnet_lite.weights_path()).read_bytes()
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated"):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -659,13 +660,14 @@ def test_run_folder_refuses_incompatible_rerun_and_accepts_resumable_change(tmp_
     more = tiny_config(stage2={"epochs": 10}, runtime={"log_every": 5, "cache_dir": "/elsewhere"})
     run_dir.save(more, tiny_facts())
     assert run_dir.load()[0] == more.replace(runtime=dataclasses.asdict(RuntimeConfig()))
-    assert "/elsewhere" not in open(run_dir.run_file).read()  # runtime settings are not the run's
+    # Runtime settings are not the run's:
+    assert "/elsewhere" not in Path(run_dir.run_file).read_text()
 
 
 def test_run_file_names_unknown_fields(tmp_path):
     run_dir = RunDir(str(tmp_path))
     run_dir.save(tiny_config(), tiny_facts())
-    data = json.loads(open(run_dir.run_file).read())
+    data = json.loads(Path(run_dir.run_file).read_text())
     data["config"]["model"]["lstm_unit"] = 3
     with open(run_dir.run_file, "w") as f:
         json.dump(data, f)

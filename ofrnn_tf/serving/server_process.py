@@ -80,6 +80,21 @@ def wait_until_listening(proc: subprocess.Popen, timeout: float = 180.0) -> str:
     raise RuntimeError(f"local server exited with status {proc.returncode} before listening")
 
 
+def stop(proc: subprocess.Popen, grace: float = 30.0) -> int:
+    """Stops a `spawn`ed server as ``docker stop`` would (SIGTERM, then SIGKILL after
+    `grace` seconds) and closes the pipe of its stdout; returns its exit status (0 for
+    a server that stopped on SIGTERM)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
 def start_subprocess(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
                      extra_args: Sequence[str] = (), *, stderr=None,
                      timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
