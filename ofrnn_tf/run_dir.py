@@ -136,22 +136,35 @@ def checkpoint_problem(prefix: str) -> Optional[str]:
     files = _checkpoint_files(prefix)
     if files is not None and files in _CHECKED:
         return _CHECKED[files]
+    _refuse_files_not_readable(prefix)
     try:
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
         problem = None
-    except tf.errors.PermissionDeniedError as error:
-        # Not the checkpoint's fault: deleting it, or training over it, would lose it.
-        raise CheckpointNotReadableError(
-            f"the checkpoint {prefix} cannot be read by this user ({op_error_text(error)}); "
-            f"its files are not damaged: give read access to them (chown or chmod) and "
-            f"rerun") from None
     except _CHECKPOINT_READ_ERRORS as error:
         problem = _unreadable_reason(prefix, error)
     if files is not None:
         _CHECKED[files] = problem
     return problem
+
+
+def _refuse_files_not_readable(prefix: str) -> None:
+    """Raises `CheckpointNotReadableError` when this user may not read a file of the
+    checkpoint `prefix`. TensorFlow says so only as an UNKNOWN error, which would pass the
+    checkpoint over (or call it damaged) like a file cut short: deleting it, or training
+    over it, would lose it."""
+    for name in sorted(glob.glob(glob.escape(prefix) + ".*")):
+        try:
+            with open(name, "rb"):
+                pass
+        except PermissionError as error:
+            raise CheckpointNotReadableError(
+                f"the checkpoint {prefix} cannot be read by this user ({name}: "
+                f"{error.strerror}); its files are not damaged: give read access to them "
+                f"(chown or chmod) and rerun") from None
+        except OSError:
+            pass  # gone since the listing: the read says it
 
 
 def listed_checkpoints(directory: str) -> list[str]:
@@ -383,24 +396,27 @@ class RunDir:
 
     # -- config and facts ----------------------------------------------------------
     def exists(self) -> bool:
-        return os.path.exists(self.run_file)
-
-    def require(self) -> "RunDir":
-        """Raises FileNotFoundError unless this is a run folder, `RunFolderNotReadableError`
-        where this user may not look into it."""
+        """Whether this is a run folder (it holds ``run.json``); `RunFolderNotReadableError`
+        where this user may not look into it, rather than take it for a new one."""
         try:
             os.stat(self.run_file)
         except PermissionError as error:
             raise self._not_readable(error) from None
         except OSError:
+            return False
+        return True
+
+    def require(self) -> "RunDir":
+        """Raises FileNotFoundError unless this is a run folder (`exists`)."""
+        if not self.exists():
             raise FileNotFoundError(f"{self.path} is not a run folder ({RUN_FILENAME} missing): "
-                                    f"pass the --workdir of a training run") from None
+                                    f"pass the --workdir of a training run")
         return self
 
     def _not_readable(self, error: OSError) -> RunFolderNotReadableError:
         return RunFolderNotReadableError(
-            f"{self.run_file} cannot be read by this user ({error.strerror}): ask the run "
-            f"folder's owner for read access, or for a copy of it")
+            f"{error.filename or self.run_file} cannot be read by this user ({error.strerror}): "
+            f"ask the run folder's owner for read access, or for a copy of it")
 
     def load(self) -> tuple[ExperimentConfig, RunFacts]:
         """The run's config (runtime settings at their defaults) and facts."""
@@ -458,6 +474,8 @@ class RunDir:
         if os.path.exists(self.label_map_file):
             try:
                 saved = LabelMap.load(self.label_map_file)
+            except PermissionError as error:
+                raise self._not_readable(error) from None
             except ValueError as error:
                 raise DamagedRunFileError(
                     f"{error}; delete it: {RUN_FILENAME} holds the same class names, and a "
@@ -605,6 +623,8 @@ class RunDir:
                   f"--mode=eval")
         try:
             data = read_json(self.calibration_file)
+        except PermissionError as error:
+            raise self._not_readable(error) from None
         except ValueError as error:
             raise DamagedRunFileError(f"{error}; {remedy}") from None
         entries = data.get("by_beam_size", {}) if isinstance(data, dict) else None

@@ -364,6 +364,47 @@ def test_an_earlier_report_is_kept_until_the_new_one_writes_its_first_line(tmp_p
     assert report.read_text() == ""  # the report of no input
 
 
+def test_a_command_stopped_before_its_first_line_keeps_the_earlier_report(tmp_path):
+    report = tmp_path / "out.jsonl"
+    report.write_text('{"image": "earlier"}\n')
+
+    def server_down():  # as predict_files raises before its first result
+        raise ConnectionError("UNAVAILABLE")
+        yield
+
+    with pytest.raises(ConnectionError):
+        write_report(server_down(), open_report(str(report)), "client", "labelled")
+    assert report.read_text() == '{"image": "earlier"}\n'
+
+    def down_after_one():
+        yield {"image": "a"}
+        raise ConnectionError("UNAVAILABLE")
+
+    with pytest.raises(ConnectionError):
+        write_report(down_after_one(), open_report(str(report)), "client", "labelled")
+    assert report.read_text() == '{"image": "a"}\n'  # the lines written stand
+
+
+def test_a_report_into_a_pipe_or_through_a_dangling_link_reaches_its_reader(tmp_path):
+    import threading
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+    assert write_report([{"image": "a"}], open_report(str(pipe)), "predict", "predicted") == 0
+    reader.join(timeout=30)
+    assert received == ['{"image": "a"}\n']  # opened once: the reader saw no early end
+
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(tmp_path / "target.jsonl")  # its target not made yet
+    out = open_report(str(link))
+    assert link.is_symlink() and not (tmp_path / "target.jsonl").exists()
+    write_report([{"image": "b"}], out, "predict", "predicted")
+    assert link.is_symlink() and (tmp_path / "target.jsonl").read_text() == '{"image": "b"}\n'
+
+
 @pytest.mark.parametrize("tau", [-0.5, 1.5, float("nan")])
 def test_a_threshold_outside_0_1_is_refused(workdir, tiny_backbone, tau):
     with pytest.raises(ValueError, match=r"tau is a path probability and must be in \[0, 1\]"):

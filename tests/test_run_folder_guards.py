@@ -185,6 +185,37 @@ def test_a_run_folder_this_user_may_not_read_is_not_called_no_run_folder(make_fa
         RunDir(str(tmp_path / "none")).require()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="reads as another user: needs root and setpriv")
+def test_run_files_another_user_may_not_read_are_named_not_taken_for_no_run(make_fake_run):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # under /tmp: the other user can reach it
+        os.chmod(folder, 0o755)
+        runs = {name: make_fake_run(Path(folder) / name)
+                for name in ("label_map", "calibration", "folder")}
+        os.chmod(runs["label_map"] / "label_map.json", 0o600)
+        os.chmod(runs["calibration"] / "calibration.json", 0o600)
+        os.chmod(runs["folder"], 0o700)  # as main.sh leaves it under umask 077
+        script = ("import sys\nfrom ofrnn_tf.run_dir import RunDir\n"
+                  "for path, read in zip(sys.argv[1:], ['label_map()', 'calibration(2)', "
+                  "'exists()']):\n"
+                  "    try:\n        print(eval(f'RunDir(path).{read}'))\n"
+                  "    except Exception as error:\n        print(type(error).__name__, error)\n")
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", script, *map(str, runs.values())], cwd=ROOT, capture_output=True, text=True,
+            timeout=300, env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
+                              "TF_CPP_MIN_LOG_LEVEL": "2"})
+        said = ["RunFolderNotReadableError " + str(run / name) + " cannot be read by this user "
+                "(Permission denied): ask the run folder's owner for read access"
+                for run, name in zip(runs.values(),
+                                     ("label_map.json", "calibration.json", "run.json"))]
+        lines = done.stdout.splitlines()
+        assert len(lines) == 3 and all(line.startswith(s) for line, s in zip(lines, said)), (
+            done.stdout + done.stderr)
+
+
 def test_commands_name_a_damaged_run_file_in_one_line(make_fake_run, tmp_path):
     run = make_fake_run(tmp_path / "run")
     (run / "calibration.json").write_text('{"by_beam_size": {"2": {"tau": ')
@@ -338,23 +369,25 @@ def test_a_checkpoint_is_read_whole_once_while_its_files_stay_the_same(tmp_path,
     assert len(reads) == 2
 
 
+def _two_checkpoints(folder) -> tuple[str, str]:
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(folder),
+                                         max_to_keep=None)
+    return manager.save(checkpoint_number=2), manager.save(checkpoint_number=4)
+
+
 def test_a_checkpoint_this_user_may_not_read_is_refused_not_passed_over(tmp_path, monkeypatch):
     # Another user's newest checkpoint (a run once resumed with sudo): resuming from the
     # older one would train over it, and deleting best/ would lose the best weights.
     folder = tmp_path / "checkpoints"
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(folder),
-                                         max_to_keep=None)
-    older, newer = manager.save(checkpoint_number=2), manager.save(checkpoint_number=4)
-    real = tf.train.load_checkpoint
+    older, newer = _two_checkpoints(folder)
 
-    def load(prefix):
-        if prefix == newer:  # as TensorFlow says a file of mode 600 owned by another user
-            raise tf.errors.PermissionDeniedError(None, None, f"{prefix}.index; Permission "
-                                                              f"denied")
-        return real(prefix)
+    def read(name, *args, **kwargs):  # as for a file of mode 600 another user owns
+        if name == f"{newer}.index":
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+        return open(name, *args, **kwargs)
 
-    monkeypatch.setattr(tf.train, "load_checkpoint", load)
-    said = (rf"the checkpoint {newer} cannot be read by this user \({newer}.index; Permission "
+    monkeypatch.setattr(run_dir_module, "open", read, raising=False)
+    said = (rf"the checkpoint {newer} cannot be read by this user \({newer}.index: Permission "
             rf"denied\); its files are not damaged: give read access to them")
     with pytest.raises(run_dir_module.CheckpointNotReadableError, match=said):
         run_dir_module.resumable_checkpoint(str(folder))
@@ -362,6 +395,27 @@ def test_a_checkpoint_this_user_may_not_read_is_refused_not_passed_over(tmp_path
         run_dir_module.best_checkpoint(str(folder), "rerun")
     assert "Delete" not in str(refused.value)
     assert run_dir_module.checkpoint_problem(older) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="reads as another user: needs root and setpriv")
+def test_a_checkpoint_of_mode_600_is_refused_to_another_user_as_tensorflow_reads_it():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # under /tmp: the other user can reach it
+        os.chmod(folder, 0o755)
+        _, newer = _two_checkpoints(folder)
+        os.chmod(f"{newer}.index", 0o600)
+        script = ("import sys\nfrom ofrnn_tf.run_dir import resumable_checkpoint\n"
+                  "try:\n    print(resumable_checkpoint(sys.argv[1]))\n"
+                  "except Exception as error:\n    print(type(error).__name__, error)\n")
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", script, folder], cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
+                 "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert done.stdout.startswith(f"CheckpointNotReadableError the checkpoint {newer} "
+                                      f"cannot be read by this user"), done.stdout + done.stderr
 
 
 _WORKERS = {"worker": ["a:1", "b:2"]}

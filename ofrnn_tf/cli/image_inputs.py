@@ -80,6 +80,12 @@ class ReportFile:
             self._file = open(self.name, "w")  # a report of no line
         self._file.close()
 
+    def abandon(self) -> None:
+        """Closes the report of a command stopped before its end (a server down, Ctrl-C):
+        an earlier report is kept where no line was written."""
+        if self._file is not None:
+            self._file.close()
+
     def __enter__(self) -> "ReportFile":
         return self
 
@@ -102,12 +108,18 @@ def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | Repo
                     raise app.UsageError(f"--output={output} is one of the input images: "
                                          f"writing the report there would empty it")
     try:
+        if existed and not os.path.isfile(output):
+            # A pipe or a device (/dev/stdout) holds no report to keep; a pipe opened
+            # twice would lose its reader at the first close.
+            return open(output, "w")
         with open(output, "a"):  # can it be written? ("a" leaves what it holds)
             pass
     except OSError as error:
         raise app.UsageError(f"--output={output}: {error.strerror or error}") from None
     if not existed:
-        os.remove(output)  # made by the check: a refused command leaves no file behind
+        # Made by the check (through a symbolic link, its target): a refused command
+        # leaves no file behind.
+        os.remove(os.path.realpath(output))
     return ReportFile(output)
 
 
@@ -126,9 +138,14 @@ def write_report(results: Iterable[dict], out: TextIO, command: str, verb: str) 
                 failed.append(result["error"])
             else:
                 num_ok += 1
-    finally:
-        if out is not sys.stdout:
+    except BaseException:
+        if isinstance(out, ReportFile):
+            out.abandon()
+        elif out is not sys.stdout:
             out.close()
+        raise
+    if out is not sys.stdout:
+        out.close()
     for error in failed:
         print(f"[{command}] {error}", file=sys.stderr)
     print(f"[{command}] {num_ok} image(s) {verb}, {len(failed)} failed or skipped"
