@@ -171,7 +171,16 @@ def listed_checkpoints(directory: str) -> list[str]:
     """The checkpoints TensorFlow's state file (``checkpoint``) in `directory` lists,
     newest first, whether or not their files are there; where that file is missing,
     empty or garbled, the ``ckpt-<N>`` checkpoints whose index file is there, highest
-    N (the global step) first."""
+    N (the global step) first. A folder this user may not list is refused
+    (`CheckpointNotReadableError`): it would read as one that holds none."""
+    try:
+        os.listdir(directory)
+    except PermissionError as error:
+        raise CheckpointNotReadableError(
+            f"{directory} cannot be read by this user ({error.strerror}); its checkpoints "
+            f"are not damaged: give read access to it (chown or chmod) and rerun") from None
+    except OSError:
+        pass  # not made yet: it holds none
     state = _checkpoint_state(directory)
     if state is not None and state.model_checkpoint_path:
         latest = state.model_checkpoint_path
@@ -401,7 +410,10 @@ class RunDir:
         try:
             os.stat(self.run_file)
         except PermissionError as error:
-            raise self._not_readable(error) from None
+            raise RunFolderNotReadableError(
+                f"{self.path} cannot be looked into by this user ({error.strerror}): ask the "
+                f"owner of the folders on its path for access, or give another --workdir"
+            ) from None
         except OSError:
             return False
         return True
@@ -414,9 +426,10 @@ class RunDir:
         return self
 
     def _not_readable(self, error: OSError) -> RunFolderNotReadableError:
+        """The refusal of a file of the run folder this user may not read (`error`)."""
         return RunFolderNotReadableError(
-            f"{error.filename or self.run_file} cannot be read by this user ({error.strerror}): "
-            f"ask the run folder's owner for read access, or for a copy of it")
+            f"{error.filename} cannot be read by this user ({error.strerror}): ask the run "
+            f"folder's owner for read access, or for a copy of it")
 
     def load(self) -> tuple[ExperimentConfig, RunFacts]:
         """The run's config (runtime settings at their defaults) and facts."""

@@ -387,15 +387,24 @@ def test_a_command_stopped_before_its_first_line_keeps_the_earlier_report(tmp_pa
 
 def test_a_report_into_a_pipe_or_through_a_dangling_link_reaches_its_reader(tmp_path):
     import threading
+    import time
 
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
-    received = []
-    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
-    reader.start()
-    assert write_report([{"image": "a"}], open_report(str(pipe)), "predict", "predicted") == 0
-    reader.join(timeout=30)
-    assert received == ['{"image": "a"}\n']  # opened once: the reader saw no early end
+    reader = subprocess.Popen(["cat", str(pipe)], stdout=subprocess.PIPE)
+
+    def results():  # the first line comes after the images are read, as in predict
+        time.sleep(0.5)
+        yield {"image": "a"}
+
+    # A pipe opened to check it, then again for the first line, would have lost its reader
+    # at the first close, and the second open would wait for a reader for ever.
+    writer = threading.Thread(target=lambda: write_report(
+        results(), open_report(str(pipe)), "predict", "predicted"), daemon=True)
+    writer.start()
+    writer.join(timeout=30)
+    assert not writer.is_alive()
+    assert reader.communicate(timeout=30)[0] == b'{"image": "a"}\n'
 
     link = tmp_path / "link.jsonl"
     link.symlink_to(tmp_path / "target.jsonl")  # its target not made yet

@@ -175,9 +175,9 @@ def test_a_run_folder_this_user_may_not_read_is_not_called_no_run_folder(make_fa
         return real_stat(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "stat", stat)
-    with pytest.raises(app.UsageError, match=rf"^{run_dir.run_file} cannot be read by this user "
-                                             r"\(Permission denied\): ask the run folder's "
-                                             r"owner for read access"):
+    with pytest.raises(app.UsageError, match=rf"^{run_dir.path} cannot be looked into by this "
+                                             r"user \(Permission denied\): ask the owner of "
+                                             r"the folders on its path for access"):
         trained_run(run_dir.path)
     monkeypatch.setattr(os, "stat", real_stat)
     assert RunDir(str(tmp_path / "none")).exists() is False
@@ -207,13 +207,22 @@ def test_run_files_another_user_may_not_read_are_named_not_taken_for_no_run(make
              "-c", script, *map(str, runs.values())], cwd=ROOT, capture_output=True, text=True,
             timeout=300, env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
                               "TF_CPP_MIN_LOG_LEVEL": "2"})
-        said = ["RunFolderNotReadableError " + str(run / name) + " cannot be read by this user "
-                "(Permission denied): ask the run folder's owner for read access"
-                for run, name in zip(runs.values(),
-                                     ("label_map.json", "calibration.json", "run.json"))]
+        said = [f"RunFolderNotReadableError {runs[name] / f'{name}.json'} cannot be read by "
+                f"this user (Permission denied): ask the run folder's owner for read access"
+                for name in ("label_map", "calibration")]
+        said.append(f"RunFolderNotReadableError {runs['folder']} cannot be looked into by this "
+                    f"user (Permission denied): ask the owner of the folders on its path")
         lines = done.stdout.splitlines()
         assert len(lines) == 3 and all(line.startswith(s) for line, s in zip(lines, said)), (
             done.stdout + done.stderr)
+        # τ is read where the module is built, after the checks of trained_run.
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             str(ROOT / "predict.py"), f"--workdir={runs['calibration']}", "any.jpg"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HOME": folder, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert (f"predict.py: {runs['calibration'] / 'calibration.json'} cannot be read by "
+                f"this user" in done.stderr and "Traceback" not in done.stderr), done.stderr
 
 
 def test_commands_name_a_damaged_run_file_in_one_line(make_fake_run, tmp_path):
@@ -404,18 +413,27 @@ def test_a_checkpoint_of_mode_600_is_refused_to_another_user_as_tensorflow_reads
 
     with tempfile.TemporaryDirectory() as folder:  # under /tmp: the other user can reach it
         os.chmod(folder, 0o755)
-        _, newer = _two_checkpoints(folder)
+        _, newer = _two_checkpoints(os.path.join(folder, "checkpoints"))
         os.chmod(f"{newer}.index", 0o600)
+        best = os.path.join(folder, "best")  # a folder it may not list reads as one of none
+        _two_checkpoints(best)
+        os.chmod(best, 0o700)
         script = ("import sys\nfrom ofrnn_tf.run_dir import resumable_checkpoint\n"
-                  "try:\n    print(resumable_checkpoint(sys.argv[1]))\n"
-                  "except Exception as error:\n    print(type(error).__name__, error)\n")
+                  "for folder in sys.argv[1:]:\n"
+                  "    try:\n        print(resumable_checkpoint(folder))\n"
+                  "    except Exception as error:\n        print(type(error).__name__, error)\n")
         done = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-c", script, folder], cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
-                 "TF_CPP_MIN_LOG_LEVEL": "2"})
-        assert done.stdout.startswith(f"CheckpointNotReadableError the checkpoint {newer} "
-                                      f"cannot be read by this user"), done.stdout + done.stderr
+             "-c", script, os.path.dirname(newer), best], cwd=ROOT, capture_output=True,
+            text=True, timeout=300, env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
+                                         "TF_CPP_MIN_LOG_LEVEL": "2"})
+        lines = done.stdout.splitlines()
+        assert len(lines) == 2, done.stdout + done.stderr
+        assert lines[0].startswith(f"CheckpointNotReadableError the checkpoint {newer} cannot "
+                                   f"be read by this user"), lines[0]
+        assert lines[1].startswith(f"CheckpointNotReadableError {best} cannot be read by this "
+                                   f"user (Permission denied); its checkpoints are not "
+                                   f"damaged"), lines[1]
 
 
 _WORKERS = {"worker": ["a:1", "b:2"]}

@@ -94,8 +94,7 @@ def main(argv):
     from ofrnn_tf.training.trainer import NonFiniteLossError
 
     refused = input_errors() + (IncompatibleRunError, UnfinishedRunError, RunInUseError,
-                                RunFolderNotReadableError, RunFolderNotWritableError,
-                                NonFiniteLossError)
+                                RunFolderNotWritableError, NonFiniteLossError)
     if FLAGS.mode == "eval":
         refused += (FileNotFoundError,)  # not a run folder
     try:
