@@ -185,44 +185,56 @@ def test_a_run_folder_this_user_may_not_read_is_not_called_no_run_folder(make_fa
         RunDir(str(tmp_path / "none")).require()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="reads as another user: needs root and setpriv")
-def test_run_files_another_user_may_not_read_are_named_not_taken_for_no_run(make_fake_run):
+@pytest.fixture
+def as_another_user():
+    """`(folder, run)`: a folder under /tmp that another user (nobody) can reach, and
+    `run(*args)`, which runs Python with `args` as that user from the project's root."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("reads as another user: needs root and setpriv")
     import tempfile
 
-    with tempfile.TemporaryDirectory() as folder:  # under /tmp: the other user can reach it
+    with tempfile.TemporaryDirectory() as folder:
         os.chmod(folder, 0o755)
-        runs = {name: make_fake_run(Path(folder) / name)
-                for name in ("label_map", "calibration", "folder")}
-        os.chmod(runs["label_map"] / "label_map.json", 0o600)
-        os.chmod(runs["calibration"] / "calibration.json", 0o600)
-        os.chmod(runs["folder"], 0o700)  # as main.sh leaves it under umask 077
-        script = ("import sys\nfrom ofrnn_tf.run_dir import RunDir\n"
-                  "for path, read in zip(sys.argv[1:], ['label_map()', 'calibration(2)', "
-                  "'exists()']):\n"
-                  "    try:\n        print(eval(f'RunDir(path).{read}'))\n"
-                  "    except Exception as error:\n        print(type(error).__name__, error)\n")
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-c", script, *map(str, runs.values())], cwd=ROOT, capture_output=True, text=True,
-            timeout=300, env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
-                              "TF_CPP_MIN_LOG_LEVEL": "2"})
-        said = [f"RunFolderNotReadableError {runs[name] / f'{name}.json'} cannot be read by "
-                f"this user (Permission denied): ask the run folder's owner for read access"
-                for name in ("label_map", "calibration")]
-        said.append(f"RunFolderNotReadableError {runs['folder']} cannot be looked into by this "
-                    f"user (Permission denied): ask the owner of the folders on its path")
-        lines = done.stdout.splitlines()
-        assert len(lines) == 3 and all(line.startswith(s) for line, s in zip(lines, said)), (
-            done.stdout + done.stderr)
-        # τ is read where the module is built, after the checks of trained_run.
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             str(ROOT / "predict.py"), f"--workdir={runs['calibration']}", "any.jpg"],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-            env={**os.environ, "HOME": folder, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        assert (f"predict.py: {runs['calibration'] / 'calibration.json'} cannot be read by "
-                f"this user" in done.stderr and "Traceback" not in done.stderr), done.stderr
+
+        def run(*args):
+            return subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                 *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
+                     "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+        yield Path(folder), run
+
+
+# Prints what each expression given gives, or the type and text of its error.
+EACH_CALL = ("import sys\nfrom ofrnn_tf.run_dir import RunDir, resumable_checkpoint\n"
+             "for call in sys.argv[1:]:\n"
+             "    try:\n        print(eval(call))\n"
+             "    except Exception as error:\n        print(type(error).__name__, error)\n")
+
+
+def test_run_files_another_user_may_not_read_are_named_not_taken_for_no_run(make_fake_run,
+                                                                           as_another_user):
+    folder, run = as_another_user
+    runs = {name: make_fake_run(folder / name) for name in ("label_map", "calibration", "folder")}
+    os.chmod(runs["label_map"] / "label_map.json", 0o600)
+    os.chmod(runs["calibration"] / "calibration.json", 0o600)
+    os.chmod(runs["folder"], 0o700)  # as main.sh leaves it under umask 077
+    done = run("-c", EACH_CALL, f"RunDir({str(runs['label_map'])!r}).label_map()",
+               f"RunDir({str(runs['calibration'])!r}).calibration(2)",
+               f"RunDir({str(runs['folder'])!r}).exists()")
+    said = [f"RunFolderNotReadableError {runs[name] / f'{name}.json'} cannot be read by "
+            f"this user (Permission denied): ask the run folder's owner for read access"
+            for name in ("label_map", "calibration")]
+    said.append(f"RunFolderNotReadableError {runs['folder']} cannot be looked into by this "
+                f"user (Permission denied): ask the owner of the folders on its path")
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith(s) for line, s in zip(lines, said)), (
+        done.stdout + done.stderr)
+    # τ is read where the module is built, after the checks of trained_run.
+    done = run(ROOT / "predict.py", f"--workdir={runs['calibration']}", "any.jpg")
+    assert (f"predict.py: {runs['calibration'] / 'calibration.json'} cannot be read by "
+            f"this user" in done.stderr and "Traceback" not in done.stderr), done.stderr
 
 
 def test_commands_name_a_damaged_run_file_in_one_line(make_fake_run, tmp_path):
@@ -406,34 +418,23 @@ def test_a_checkpoint_this_user_may_not_read_is_refused_not_passed_over(tmp_path
     assert run_dir_module.checkpoint_problem(older) is None
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="reads as another user: needs root and setpriv")
-def test_a_checkpoint_of_mode_600_is_refused_to_another_user_as_tensorflow_reads_it():
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:  # under /tmp: the other user can reach it
-        os.chmod(folder, 0o755)
-        _, newer = _two_checkpoints(os.path.join(folder, "checkpoints"))
-        os.chmod(f"{newer}.index", 0o600)
-        best = os.path.join(folder, "best")  # a folder it may not list reads as one of none
-        _two_checkpoints(best)
-        os.chmod(best, 0o700)
-        script = ("import sys\nfrom ofrnn_tf.run_dir import resumable_checkpoint\n"
-                  "for folder in sys.argv[1:]:\n"
-                  "    try:\n        print(resumable_checkpoint(folder))\n"
-                  "    except Exception as error:\n        print(type(error).__name__, error)\n")
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-c", script, os.path.dirname(newer), best], cwd=ROOT, capture_output=True,
-            text=True, timeout=300, env={**os.environ, "HOME": folder, "PYTHONPATH": str(ROOT),
-                                         "TF_CPP_MIN_LOG_LEVEL": "2"})
-        lines = done.stdout.splitlines()
-        assert len(lines) == 2, done.stdout + done.stderr
-        assert lines[0].startswith(f"CheckpointNotReadableError the checkpoint {newer} cannot "
-                                   f"be read by this user"), lines[0]
-        assert lines[1].startswith(f"CheckpointNotReadableError {best} cannot be read by this "
-                                   f"user (Permission denied); its checkpoints are not "
-                                   f"damaged"), lines[1]
+def test_a_checkpoint_of_mode_600_is_refused_to_another_user_as_tensorflow_reads_it(
+        as_another_user):
+    folder, run = as_another_user
+    _, newer = _two_checkpoints(folder / "checkpoints")
+    os.chmod(f"{newer}.index", 0o600)
+    best = folder / "best"  # a folder it may not list reads as one of none
+    _two_checkpoints(best)
+    os.chmod(best, 0o700)
+    done = run("-c", EACH_CALL, f"resumable_checkpoint({os.path.dirname(newer)!r})",
+               f"resumable_checkpoint({str(best)!r})")
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout + done.stderr
+    assert lines[0].startswith(f"CheckpointNotReadableError the checkpoint {newer} cannot "
+                               f"be read by this user"), lines[0]
+    assert lines[1].startswith(f"CheckpointNotReadableError {best} cannot be read by this "
+                               f"user (Permission denied); its checkpoints are not "
+                               f"damaged"), lines[1]
 
 
 _WORKERS = {"worker": ["a:1", "b:2"]}
