@@ -171,14 +171,18 @@ def listed_checkpoints(directory: str) -> list[str]:
     """The checkpoints TensorFlow's state file (``checkpoint``) in `directory` lists,
     newest first, whether or not their files are there; where that file is missing,
     empty or garbled, the ``ckpt-<N>`` checkpoints whose index file is there, highest
-    N (the global step) first. A folder this user may not list is refused
+    N (the global step) first. A folder this user may not enter is refused
     (`CheckpointNotReadableError`): it would read as one that holds none."""
     try:
         os.listdir(directory)
     except PermissionError as error:
-        raise CheckpointNotReadableError(
-            f"{directory} cannot be read by this user ({error.strerror}); its checkpoints "
-            f"are not damaged: give read access to it (chown or chmod) and rerun") from None
+        if os.access(directory, os.X_OK):
+            pass  # entered, not listed (mode 711): its state file names its checkpoints
+        else:
+            raise CheckpointNotReadableError(
+                f"{directory} cannot be read by this user ({error.strerror}); its "
+                f"checkpoints are not damaged: give read access to it (chown or chmod) and "
+                f"rerun") from None
     except OSError:
         pass  # not made yet: it holds none
     state = _checkpoint_state(directory)

@@ -423,13 +423,17 @@ def test_a_checkpoint_of_mode_600_is_refused_to_another_user_as_tensorflow_reads
     folder, run = as_another_user
     _, newer = _two_checkpoints(folder / "checkpoints")
     os.chmod(f"{newer}.index", 0o600)
-    best = folder / "best"  # a folder it may not list reads as one of none
+    best = folder / "best"  # a folder it may not enter reads as one of none
     _two_checkpoints(best)
     os.chmod(best, 0o700)
+    listed = folder / "listed"  # one it may enter, not list: its state file names them
+    _, newest = _two_checkpoints(listed)
+    os.chmod(listed, 0o711)
     done = run("-c", EACH_CALL, f"resumable_checkpoint({os.path.dirname(newer)!r})",
-               f"resumable_checkpoint({str(best)!r})")
+               f"resumable_checkpoint({str(best)!r})", f"resumable_checkpoint({str(listed)!r})")
     lines = done.stdout.splitlines()
-    assert len(lines) == 2, done.stdout + done.stderr
+    assert len(lines) == 3, done.stdout + done.stderr
+    assert lines[2] == str((newest, [])), lines[2]
     assert lines[0].startswith(f"CheckpointNotReadableError the checkpoint {newer} cannot "
                                f"be read by this user"), lines[0]
     assert lines[1].startswith(f"CheckpointNotReadableError {best} cannot be read by this "
