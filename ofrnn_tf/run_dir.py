@@ -38,7 +38,7 @@ import errno
 import fcntl
 import glob
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 import tensorflow as tf
 
@@ -49,6 +49,8 @@ from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.processes import describe_owner, owner_tag
 from ofrnn_tf.tf_errors import op_error_text
+
+T = TypeVar("T")
 
 RUN_FILENAME = "run.json"
 CALIBRATION_FILENAME = "calibration.json"
@@ -429,22 +431,25 @@ class RunDir:
                                     f"pass the --workdir of a training run")
         return self
 
-    def _not_readable(self, error: OSError) -> RunFolderNotReadableError:
-        """The refusal of a file of the run folder this user may not read (`error`)."""
-        return RunFolderNotReadableError(
-            f"{error.filename} cannot be read by this user ({error.strerror}): ask the run "
-            f"folder's owner for read access, or for a copy of it")
+    @staticmethod
+    def _read_file(read: Callable[[str], T], path: str, remedy: str) -> T:
+        """`read(path)` of a file the run folder keeps, where a file this user may not read
+        raises `RunFolderNotReadableError` and one that does not parse (a ValueError)
+        `DamagedRunFileError` saying `remedy`; a missing file's error passes."""
+        try:
+            return read(path)
+        except PermissionError as error:
+            raise RunFolderNotReadableError(
+                f"{error.filename} cannot be read by this user ({error.strerror}): ask the "
+                f"run folder's owner for read access, or for a copy of it") from None
+        except ValueError as error:
+            raise DamagedRunFileError(f"{error}; {remedy}") from None
 
     def load(self) -> tuple[ExperimentConfig, RunFacts]:
         """The run's config (runtime settings at their defaults) and facts."""
         remedy = ("it holds the run's settings, which nothing else keeps: restore it from a "
                   "copy of the run folder, or train again in a new --workdir")
-        try:
-            data = read_json(self.require().run_file)
-        except ValueError as error:  # FileNotFoundError (not a run folder) passes
-            raise DamagedRunFileError(f"{error}; {remedy}") from None
-        except PermissionError as error:
-            raise self._not_readable(error) from None
+        data = self._read_file(read_json, self.require().run_file, remedy)
         try:
             return ExperimentConfig.from_dict(data["config"]), RunFacts.from_dict(data["facts"])
         except (KeyError, TypeError, ValueError) as error:
@@ -489,15 +494,9 @@ class RunDir:
         _, facts = self.load()
         expected = LabelMap(facts.label_names, source=self.run_file)
         if os.path.exists(self.label_map_file):
-            try:
-                saved = LabelMap.load(self.label_map_file)
-            except PermissionError as error:
-                raise self._not_readable(error) from None
-            except ValueError as error:
-                raise DamagedRunFileError(
-                    f"{error}; delete it: {RUN_FILENAME} holds the same class names, and a "
-                    f"training rerun writes it again") from None
-            expected.check_same(saved)
+            remedy = (f"delete it: {RUN_FILENAME} holds the same class names, and a training "
+                      f"rerun writes it again")
+            expected.check_same(self._read_file(LabelMap.load, self.label_map_file, remedy))
         return expected
 
     # -- weights -------------------------------------------------------------------
@@ -638,12 +637,7 @@ class RunDir:
             return {}
         remedy = (f"delete it and calibrate τ again: ofrnn-train --workdir={self.path} "
                   f"--mode=eval")
-        try:
-            data = read_json(self.calibration_file)
-        except PermissionError as error:
-            raise self._not_readable(error) from None
-        except ValueError as error:
-            raise DamagedRunFileError(f"{error}; {remedy}") from None
+        data = self._read_file(read_json, self.calibration_file, remedy)
         entries = data.get("by_beam_size", {}) if isinstance(data, dict) else None
         if not isinstance(entries, dict) or not all(
                 isinstance(e, dict) and isinstance(e.get("tau"), (int, float))

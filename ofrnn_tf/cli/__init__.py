@@ -132,6 +132,13 @@ def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:
         raise app.UsageError(f"--{flag} must be at least {minimum}{note}, got {value}")
 
 
+def refuse_non_probability(flag: str) -> None:
+    """A usage error when the command's ``--<flag>`` is set outside [0, 1] (or to NaN)."""
+    value = flags.FLAGS[flag].value
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise app.UsageError(f"--{flag} must be a probability in [0, 1], got {value}")
+
+
 def refuse_unwritable_folder(flag: str, path: str) -> None:
     """Refuses, before any work, a folder flag under which nothing can be made: a file on
     its way, a dangling symbolic link, a read-only or forbidden folder (the nearest one
@@ -201,10 +208,7 @@ def trained_run(workdir: str):
     before any model is built."""
     import tensorflow as tf
 
-    from ofrnn_tf.labels import LabelMapMismatchError
-    from ofrnn_tf.run_dir import (  # deferred: these import TensorFlow
-        DamagedCheckpointError, DamagedRunFileError, RunDir, RunFolderNotReadableError,
-        RunInUseError)
+    from ofrnn_tf.run_dir import RunDir, RunInUseError  # deferred: these import TensorFlow
     from ofrnn_tf.training.run_state import training_state
 
     refuse_glob_characters("workdir", workdir)
@@ -213,8 +217,7 @@ def trained_run(workdir: str):
         run_dir.require().check_not_in_use()
         run_dir.weights_path()
         run_dir.label_map()
-    except (FileNotFoundError, DamagedCheckpointError, DamagedRunFileError,
-            LabelMapMismatchError, RunInUseError, RunFolderNotReadableError) as error:
+    except (FileNotFoundError, RunInUseError, *input_errors()) as error:
         raise refusal(error) from None
     try:
         stopped = training_state(run_dir, run_dir.load()[0])

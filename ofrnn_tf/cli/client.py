@@ -20,7 +20,7 @@ import sys
 import grpc
 from absl import app, flags
 
-from ofrnn_tf.cli import runner
+from ofrnn_tf.cli import refuse_below, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
 from ofrnn_tf.status import progress_bar
@@ -49,14 +49,9 @@ def main(argv):
     arguments = argv[1:]
     if not arguments:
         raise app.UsageError("give at least one image file or folder after the flags")
-    if FLAGS.batch_size < 1:
-        raise app.UsageError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
-    if FLAGS.max_request_bytes < 1:
-        raise app.UsageError(f"--max_request_bytes must be at least 1, got "
-                             f"{FLAGS.max_request_bytes}")
-    if FLAGS.threshold is not None and not 0.0 <= FLAGS.threshold <= 1.0:  # also refuses NaN
-        raise app.UsageError(f"--threshold must be a probability in [0, 1], got "
-                             f"{FLAGS.threshold}")
+    refuse_below("batch_size")
+    refuse_below("max_request_bytes")
+    refuse_non_probability("threshold")
     if not FLAGS.timeout > 0:
         raise app.UsageError(f"--timeout must be a number of seconds above 0, got "
                              f"{FLAGS.timeout}")

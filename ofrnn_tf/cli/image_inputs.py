@@ -60,11 +60,12 @@ def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
 class ReportFile:
     """The ``--output`` file of a report, emptied when its first line is written (or when
     it is closed with none): a command refused before then (a run folder that is none, a
-    server down) leaves an earlier report there as it was."""
+    server down) leaves an earlier report there as it was. `opened`: the stream of an
+    ``--output`` that holds no report to keep (a pipe, a device), opened already."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, opened: TextIO | None = None):
         self.name = path
-        self._file: TextIO | None = None
+        self._file = opened
 
     def write(self, text: str) -> int:
         if self._file is None:
@@ -111,7 +112,7 @@ def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | Repo
         if existed and not os.path.isfile(output):
             # A pipe or a device (/dev/stdout) holds no report to keep; a pipe opened
             # twice would lose its reader at the first close.
-            return open(output, "w")
+            return ReportFile(output, open(output, "w"))
         with open(output, "a"):  # can it be written? ("a" leaves what it holds)
             pass
     except OSError as error:
@@ -123,7 +124,8 @@ def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | Repo
     return ReportFile(output)
 
 
-def write_report(results: Iterable[dict], out: TextIO, command: str, verb: str) -> int:
+def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str,
+                 verb: str) -> int:
     """Writes one JSON line per result to `out` (from `open_report`) as each arrives, then
     names every failed input on stderr and returns the exit status: 1 only when no input
     at all succeeded. An exception from `results` propagates after the lines written so
@@ -139,10 +141,8 @@ def write_report(results: Iterable[dict], out: TextIO, command: str, verb: str) 
             else:
                 num_ok += 1
     except BaseException:
-        if isinstance(out, ReportFile):
+        if out is not sys.stdout:
             out.abandon()
-        elif out is not sys.stdout:
-            out.close()
         raise
     if out is not sys.stdout:
         out.close()

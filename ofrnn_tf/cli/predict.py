@@ -20,8 +20,8 @@ import sys
 from absl import app, flags
 
 from ofrnn_tf.cli import (
-    input_errors, refusal, refuse_below, refuse_glob_characters, refuse_unwritable_folder, runner,
-    trained_run)
+    input_errors, refusal, refuse_below, refuse_glob_characters, refuse_non_probability,
+    refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
@@ -57,8 +57,7 @@ def main(argv):
     refuse_glob_characters("workdir", FLAGS.workdir)
     if not arguments:
         raise app.UsageError("give at least one image file or folder after the flags")
-    if FLAGS.tau is not None and not 0.0 <= FLAGS.tau <= 1.0:  # also refuses NaN
-        raise app.UsageError(f"--tau must be a probability in [0, 1], got {FLAGS.tau}")
+    refuse_non_probability("tau")
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
     refuse_below("batch_size")

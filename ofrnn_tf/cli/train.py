@@ -67,11 +67,10 @@ def main(argv):
     refuse_glob_characters("workdir", FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
     from ofrnn_tf.run_dir import (  # TensorFlow is imported here, not for --help
-        DamagedRunFileError, IncompatibleRunError, RunDir, RunFolderNotReadableError,
-        RunFolderNotWritableError, RunInUseError)
+        IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
     try:
         config = resolve_config(FLAGS.workdir)
-    except (DamagedRunFileError, RunFolderNotReadableError) as error:
+    except input_errors() as error:  # a run.json damaged, or that this user may not read
         raise refusal(error) from None
 
     if FLAGS.print_config:
