@@ -341,6 +341,50 @@ def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(mon
     assert read == [RED]
 
 
+def test_a_tiny_request_declaring_a_huge_batch_is_refused_before_its_array_is_filled(
+        monkeypatch):
+    # One value fills a declared shape (TensorProto's rule): 69 bytes could make the
+    # server fill 57 MB, under the message limit, before its batch limit refused it.
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    from ofrnn_tf.serving import local_server
+
+    signature = meta_graph_pb2.SignatureDef()
+    signature.inputs["features"].name = "features:0"
+    signature.inputs["features"].dtype = tf.float32.as_datatype_enum
+    for size in (-1, 4, 4, 3):
+        signature.inputs["features"].tensor_shape.dim.add(size=size)
+    servable = local_server.Servable("ofrnn", 1, "", {"serving_default": signature}, None)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ofrnn"
+    request.inputs["features"].CopyFrom(tf.make_tensor_proto(0.0, tf.float32))
+    request.inputs["features"].tensor_shape.Clear()
+    for size in (300_000, 4, 4, 3):
+        request.inputs["features"].tensor_shape.dim.add(size=size)
+    assert request.ByteSize() < 100
+    monkeypatch.setattr(local_server.tf, "make_ndarray",
+                        lambda proto: pytest.fail("the declared array was filled"))
+    with pytest.raises(local_server.RequestError,
+                       match=r"^a request of 300000 items is above this server's "
+                             r"--max_batch_size of 64: send several requests$"):
+        local_server.ModelServer(servable).predict(request)
+
+
+def test_a_refusal_quoting_megabytes_of_a_request_is_cut_for_the_log_and_the_answer():
+    from ofrnn_tf.serving import local_server
+
+    servable = local_server.Servable("ofrnn", 1, "", {"serving_default": images_signature()},
+                                     None)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "A" * 8_000_000
+    with pytest.raises(local_server.RequestError) as refused:
+        local_server.ModelServer(servable).predict(request)
+    message = refused.value.message
+    assert message.startswith("model 'AAAA") and str(refused.value) == message
+    assert message.endswith("... (cut: the message is 8000051 characters)"), message[-80:]
+    assert len(message) < 2100
+
+
 def test_the_servers_pixel_limit_takes_an_image_of_exactly_that_many_pixels():
     from ofrnn_tf.serving import local_server
 
@@ -649,11 +693,16 @@ BAD_REQUESTS = {
     "non-finite features": ({"features": tf.make_tensor_proto(
         np.stack([np.zeros([4, 4, 3]), np.full([4, 4, 3], np.nan)]).astype(np.float32))},
         "predict_features", None, None, "INVALID_ARGUMENT", ["features[1]: contains NaN or Inf"]),
-    "shape without data": ({"features": shape_only(tf.float32, [100_000, 4, 4, 3])},
+    "shape without data": ({"features": shape_only(tf.float32, [2, 2000, 2000, 3])},
                            "predict_features", None, None, "INVALID_ARGUMENT",
-                           ["input 'features': shape [100000, 4, 4, 3] is 19200000 bytes"]),
-    "strings fewer than shape": ({"images": shape_only(tf.string, [10**9])}, None, None, None,
-                                 "INVALID_ARGUMENT", ["has 1000000000 elements but the tensor holds 0"]),
+                           ["input 'features': shape [2, 2000, 2000, 3] is 96000000 bytes"]),
+    "batch without data": ({"features": shape_only(tf.float32, [100_000, 4, 4, 3])},
+                           "predict_features", None, None, "INVALID_ARGUMENT",
+                           ["a request of 100000 items is above this server's "
+                            "--max_batch_size"]),
+    "strings fewer than shape": ({"images": shape_only(tf.string, [2, 10**9])}, None, None,
+                                 None, "INVALID_ARGUMENT",
+                                 ["has 2000000000 elements but the tensor holds 0"]),
     "batch above the limit": ({"images": strings([RED] * (DEFAULT_MAX_BATCH_SIZE + 1))}, None,
                               None, None, "INVALID_ARGUMENT",
                               [f"a request of {DEFAULT_MAX_BATCH_SIZE + 1} items is above this "

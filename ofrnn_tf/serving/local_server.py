@@ -85,9 +85,17 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
 
 
 class RequestError(Exception):
-    """A request the server refuses, with the gRPC status code to answer."""
+    """A request the server refuses, with the gRPC status code to answer. The message is
+    cut to `MAX_MESSAGE_CHARS`: it quotes the request's own strings (a model name, input
+    keys), which a client may make megabytes long, and it goes into the log and the
+    answer."""
+
+    MAX_MESSAGE_CHARS = 2000
 
     def __init__(self, code: grpc.StatusCode, message: str):
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = (f"{message[:self.MAX_MESSAGE_CHARS]}... (cut: the message is "
+                       f"{len(message)} characters)")
         super().__init__(message)
         self.code = code
         self.message = message
@@ -213,13 +221,17 @@ def _shape_text(dims: Sequence[int]) -> str:
     return "[" + ", ".join("None" if d < 0 else str(d) for d in dims) + "]"
 
 
-def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int) -> None:
+def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int,
+                         max_batch_size: int) -> None:
     # tf.make_ndarray fills a shape that has fewer values than elements by repeating
-    # the last value, so a tiny request could ask for an enormous array: bound it.
+    # the last value, so a tiny request could ask for an enormous array: bound it, and
+    # refuse a batch above the server's limit before it is filled.
     dims = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: negative dimension in shape {dims}")
+    if dims and dims[0] > max_batch_size:
+        raise _batch_size_error(dims[0], max_batch_size)
     n = int(np.prod(dims, dtype=object)) if dims else 1
     if dtype == tf.string:
         if n != len(proto.string_val):
@@ -232,9 +244,20 @@ def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int) -> No
                            f"more than a request may carry ({max_bytes})")
 
 
-def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_bytes: int) -> np.ndarray:
-    """The input's array once its dtype, declared size and shape are the signature's;
-    its items are checked by `_check_items`, once the batch size is known to be served."""
+def _batch_size_error(size: int, max_batch_size: int) -> RequestError:
+    """The refusal of a request of `size` items (the client splits its batches by it)."""
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"a request of {size} items is above this server's --max_batch_size "
+                        f"of {max_batch_size}: send several requests")
+
+
+def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_bytes: int,
+                 max_batch_size: int) -> np.ndarray:
+    """The input's array once its dtype, declared size (`_check_declared_size`) and shape
+    are the signature's; its items are checked by `_check_items`. Its batch is checked
+    against the server's limit before the array is filled, and so before any image header
+    is read: a request of many tiny images, or a tiny one declaring a huge batch, is
+    refused at once."""
     want = tf.dtypes.as_dtype(info.dtype)
     try:
         got = tf.dtypes.as_dtype(proto.dtype)
@@ -244,7 +267,7 @@ def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_bytes: in
         got_name = got.name if got is not None else f"enum {proto.dtype}"
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: expected dtype {want.name}, got {got_name}")
-    _check_declared_size(key, proto, want, max_bytes)
+    _check_declared_size(key, proto, want, max_bytes, max_batch_size)
     try:
         value = tf.make_ndarray(proto)
     except Exception as e:  # malformed TensorProto (content size does not match the shape)
@@ -408,17 +431,12 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"output_filter names unknown output(s) {unknown}; "
                                f"signature {name!r} has {sorted(sig.outputs)}")
-        inputs = {k: _check_input(k, sig.inputs[k], request.inputs[k], self.max_message_bytes)
+        inputs = {k: _check_input(k, sig.inputs[k], request.inputs[k], self.max_message_bytes,
+                                  self.max_batch_size)
                   for k in sorted(sig.inputs)}
         sizes = {k: v.shape[0] for k, v in inputs.items() if v.ndim}
         if len(set(sizes.values())) > 1:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs differ in batch size: {sizes}")
-        # Before any image header is read: a request of many tiny images is refused at once.
-        if max(sizes.values(), default=0) > self.max_batch_size:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"a request of {max(sizes.values())} items is above this "
-                               f"server's --max_batch_size of {self.max_batch_size}: send "
-                               f"several requests")
         for k, value in inputs.items():
             _check_items(k, sig.inputs[k], value, self.max_image_pixels)
 
