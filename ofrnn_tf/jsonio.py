@@ -25,7 +25,11 @@ def write_text(path: str, text: str) -> str:
             re.escape(os.path.basename(path)) + r"\.tmp-(?P<owner>.+)"))
     tmp = f"{path}.tmp-{owner_tag()}"  # processes sharing a folder must not share it
     try:
-        with open(tmp, "w") as f:
+        with contextlib.suppress(FileNotFoundError):  # a dead process's of this process id
+            os.remove(tmp)
+        # Made new, never opened through a symbolic link someone left under its name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        with open(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException as error:

@@ -40,7 +40,7 @@ from ofrnn_tf.training.distribute import (
     check_batch_split, is_chief, is_chief_task, make_strategy)
 from ofrnn_tf.training.run_state import check_finished_stages, latest_position, training_state
 from ofrnn_tf.training.trainer import Trainer
-from ofrnn_tf.visualization.attention_maps import render_examples
+from ofrnn_tf.visualization.attention_maps import fitting_stem, render_examples
 from ofrnn_tf.status import log
 
 NUM_EXAMPLE_IMAGES = 6
@@ -486,7 +486,6 @@ def _servable_examples(examples: list[Example], num: int) -> list[Example]:
 
 
 _NAMED_LEFT_OUT = 5  # test images left out of the examples that the log names
-_NAME_BYTES = 255  # the longest file name of common file systems
 
 
 def _copy_name(index: int, image: str) -> str:
@@ -495,10 +494,18 @@ def _copy_name(index: int, image: str) -> str:
     (class/000.jpg) stay apart; the stem shortened where the name, or its picture's
     (``.png``), would pass the file systems' 255 bytes."""
     stem, extension = os.path.splitext(f"{index:03d}_{os.path.basename(image)}")
-    room = _NAME_BYTES - max(len(extension.encode("utf-8", "surrogateescape")), len(".png"))
-    while len(stem.encode("utf-8", "surrogateescape")) > room:
-        stem = stem[:-1]
-    return stem + extension
+    longer = max(extension, ".png", key=lambda e: len(e.encode("utf-8", "surrogateescape")))
+    return fitting_stem(stem, longer) + extension
+
+
+def _unlinked(folder: str) -> str:
+    """`folder`, where a symbolic link there is removed first (not what it points to): the
+    run removes and writes files in its folders."""
+    if os.path.islink(folder):
+        log(f"{folder} was a symbolic link to {os.readlink(folder)}: removed for a folder of "
+            f"the run's own (what it pointed to is left as it was)")
+        os.remove(folder)
+    return folder
 
 
 def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) -> list[str]:
@@ -506,7 +513,7 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
     warm-up, demos), says in examples.json which test image each copy is, and draws their
     attention pictures; returns the copied paths."""
     chosen = _servable_examples(data.splits["test"], num)
-    os.makedirs(run_dir.examples_dir, exist_ok=True)
+    os.makedirs(_unlinked(run_dir.examples_dir), exist_ok=True)
     targets = [os.path.join(run_dir.examples_dir, _copy_name(i, e.image))
                for i, e in enumerate(chosen)]
     for stale in set(run_dir.example_images()) - set(targets):  # an earlier call's copies
@@ -514,13 +521,15 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
             os.remove(stale)
     copies, truth, index = [], {}, []
     for example, target in zip(chosen, targets):
+        if os.path.islink(target):  # copied over, it would write where it points
+            os.remove(target)
         shutil.copyfile(example.image, target)
         copies.append(target)
         truth[target] = data.label_map.names_of(example.label_ids)
         index.append({"file": os.path.relpath(target, run_dir.path),
                       "image_id": example.image_id, "labels": truth[target]})
     write_json(run_dir.examples_index_file, index)
-    if os.path.isdir(run_dir.attention_dir):  # an earlier call's pictures, named otherwise
+    if os.path.isdir(_unlinked(run_dir.attention_dir)):  # an earlier call's pictures
         for stale in glob.glob(os.path.join(glob.escape(run_dir.attention_dir), "*.png")):
             if re.match(r"\d{3}_", os.path.basename(stale)):  # only the run's own
                 os.remove(stale)

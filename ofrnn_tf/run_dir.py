@@ -376,16 +376,30 @@ class RunDir:
     def example_images(self) -> list[str]:
         """The run's copies of test images that ``examples.json`` lists and that are still
         there (in a folder written before it existed, every file of ``examples/``); other
-        files a user keeps there are not the run's."""
+        files a user keeps there are not the run's. Only plain files directly in
+        ``examples/`` count: an entry naming another place (an absolute path, ``..``) or a
+        symbolic link, and an ``examples/`` that is a link, are not the run's, so that a run
+        folder from elsewhere cannot make training delete, nor export read, files outside
+        it."""
+        if os.path.islink(self.examples_dir) or not os.path.isdir(self.examples_dir):
+            return []
         if os.path.exists(self.examples_index_file):
             with contextlib.suppress(ValueError, KeyError, TypeError):  # damaged: as before it
-                listed = (os.path.join(self.path, entry["file"])
-                          for entry in read_json(self.examples_index_file))
-                return sorted(path for path in listed if os.path.isfile(path))
-        if not os.path.isdir(self.examples_dir):
-            return []
-        return sorted(os.path.join(self.examples_dir, name)
-                      for name in os.listdir(self.examples_dir))
+                listed = [self._own_example(entry["file"])
+                          for entry in read_json(self.examples_index_file)]
+                return sorted(path for path in listed if path is not None)
+        listed = [self._own_example(os.path.join(os.path.basename(self.examples_dir), name))
+                  for name in os.listdir(self.examples_dir)]
+        return sorted(path for path in listed if path is not None)
+
+    def _own_example(self, relative: str) -> Optional[str]:
+        """The path of `relative` (as ``examples.json`` says it) where it names a plain
+        file directly in ``examples/``, else None."""
+        folder, name = os.path.split(relative)
+        if folder != os.path.basename(self.examples_dir) or name in ("", ".", ".."):
+            return None
+        path = os.path.join(self.examples_dir, name)
+        return path if os.path.isfile(path) and not os.path.islink(path) else None
 
     def checkpoints_dir(self, worker: Optional[int] = None) -> str:
         """Training checkpoints; a non-chief worker writes its own copy elsewhere."""
@@ -559,8 +573,13 @@ class RunDir:
                                             f"another --workdir")
         try:
             os.makedirs(self.path, exist_ok=True)
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            # Not through a symbolic link: writing the holder's tag would empty its target.
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise RunFolderNotWritableError(
+                    f"{self.lock_file} is a symbolic link, not the run's lock file (which "
+                    f"commands write into): remove the link and rerun") from None
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise  # said as a full disk: free space, the folder is fine where it is
             raise RunFolderNotWritableError(

@@ -1,5 +1,6 @@
 """Status lines and progress bars: how the library tells the user what it does, on stderr."""
 
+import re
 import sys
 from collections import OrderedDict
 
@@ -10,9 +11,20 @@ from tqdm import tqdm
 LOG_INTERVAL_SECONDS = 30.0
 
 
+# C0 controls but tab and newline, DEL, C1 controls: what a terminal may act on.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal, control characters written as ``\\xNN``: a file name or a
+    server's message holding an escape sequence must not clear the screen, nor write a
+    line of its own, on the terminal of whoever reads about it."""
+    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text))
+
+
 def log(message: str) -> None:
     """Prints ``[ofrnn_tf] message`` on stderr at once (progress bars share the stream)."""
-    print(f"[ofrnn_tf] {message}", file=sys.stderr, flush=True)
+    print(f"[ofrnn_tf] {printable(message)}", file=sys.stderr, flush=True)
 
 
 class _LineStream:

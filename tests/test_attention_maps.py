@@ -171,6 +171,17 @@ def test_any_file_name_can_title_a_picture(tmp_path):
             assert opened.format == "PNG"
 
 
+def test_the_picture_of_an_image_with_a_name_of_255_bytes_is_drawn_under_a_shorter_one(
+        tmp_path):
+    name = "é" * 125 + ".jpeg"  # 255 bytes: with its number and .png it would pass them
+    Image.fromarray(gray_image(40, 40)).save(tmp_path / name, format="PNG")
+    path = draw_prediction(_prediction(tmp_path / name), str(tmp_path / "out"), 7)
+    assert os.path.basename(path).startswith("007_éé") and path.endswith("é.png")
+    assert len(os.path.basename(path).encode()) <= 255
+    with Image.open(path) as opened:
+        assert opened.format == "PNG"
+
+
 def test_a_class_name_the_font_lacks_is_written_as_escapes_not_empty_boxes(tmp_path):
     import warnings
 

@@ -65,3 +65,16 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     assert [os.path.exists(name) for name in left] == [False, True, True, True]
     assert jsonio.read_json(path) == {"tau": 0.5}
 
+
+
+def test_a_link_left_under_the_temporary_name_is_not_written_through(tmp_path):
+    # Someone who may write into the folder plants a link where this process's
+    # temporary file will be: the write replaces the link, never what it points to.
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    path = str(tmp_path / "run" / "metrics.json")
+    os.makedirs(os.path.dirname(path))
+    os.symlink(victim, f"{path}.tmp-{owner_tag()}")
+    jsonio.write_json(path, {"f1": 0.5})
+    assert victim.read_text() == "mine" and jsonio.read_json(path) == {"f1": 0.5}
+    assert os.listdir(os.path.dirname(path)) == ["metrics.json"]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -318,6 +319,43 @@ def test_only_the_runs_own_copies_and_pictures_are_replaced(tmp_path, save_examp
     os.remove(copies[0])  # a copy deleted since: not an example (the export warms up without)
     assert run_dir.example_images() == []
     assert os.listdir(run_dir.attention_dir) == ["figure.png"]
+
+
+def test_a_run_folder_from_elsewhere_cannot_make_the_run_remove_or_write_files_outside_it(
+        tmp_path, save_examples_unpictured):
+    # A run folder received from someone else: its examples.json names files elsewhere,
+    # its examples/ and attention/ are links to folders of the user's, and a link sits
+    # where a copy will be written. Only the run's own files are removed or written.
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "001_plot.png", "000_kept.jpg"):
+        (home / name).write_text(name)
+    run_dir = RunDir(str(tmp_path / "run"))
+    os.makedirs(run_dir.examples_dir)
+    os.symlink(home / "c.txt", os.path.join(run_dir.examples_dir, "000_a.png"))
+    os.symlink(home / "000_kept.jpg", os.path.join(run_dir.examples_dir, "000_kept.jpg"))
+    Path(run_dir.examples_index_file).write_text(json.dumps(
+        [{"file": str(home / "a.txt")}, {"file": os.path.join("examples", "..", "..", "home",
+                                                                "b.txt")},
+         {"file": os.path.join("examples", "000_kept.jpg")}]))
+    assert run_dir.example_images() == []  # what export would read for its warm-up
+    os.symlink(home, run_dir.attention_dir)
+    data = pipeline.Data({"test": [Example("0", _png(tmp_path / "images" / "a.png", 1), (0,))]},
+                         LabelMap(["red"]))
+    copies, _ = save_examples_unpictured(run_dir, data)
+    assert sorted(os.listdir(home)) == ["000_kept.jpg", "001_plot.png", "a.txt", "b.txt",
+                                        "c.txt"]
+    assert all((home / name).read_text() == name for name in os.listdir(home))
+    assert copies == [os.path.join(run_dir.examples_dir, "000_a.png")]
+    assert not os.path.islink(copies[0]) and run_dir.example_images() == copies
+    assert not os.path.islink(run_dir.attention_dir)
+    # Without examples.json (a run written before it), a linked examples/ lists nothing.
+    os.remove(run_dir.examples_index_file)
+    shutil.rmtree(run_dir.examples_dir)
+    os.symlink(home, run_dir.examples_dir)
+    assert run_dir.example_images() == []
+    save_examples_unpictured(run_dir, data)
+    assert len(os.listdir(home)) == 5 and not os.path.islink(run_dir.examples_dir)
 
 
 # -- the cache fingerprint covers the image files -----------------------------------------

@@ -319,6 +319,20 @@ def test_a_run_folder_that_is_a_file_or_a_dangling_link_is_refused_saying_so(tmp
             pass
 
 
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(tmp_path):
+    # Naming the holder empties .lock first: through a link it would empty another file.
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("chapter one")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(victim)
+    with pytest.raises(RunFolderNotWritableError,
+                       match=r"run/\.lock is a symbolic link, not the run's lock file .*: "
+                             r"remove the link and rerun"):
+        with RunDir(str(tmp_path / "run")).exclusive():
+            pass
+    assert victim.read_text() == "chapter one"
+
+
 def test_a_full_disk_does_not_stop_a_command_taking_its_run_folder(tmp_path, monkeypatch):
     # Naming the holder in .lock writes a few bytes; the flock is what holds the folder,
     # so a disk with no space left fails later, at a write that names its file.

@@ -37,3 +37,8 @@ def test_on_a_terminal_a_bar_is_redrawn_in_place(monkeypatch):
 
 def test_a_disabled_bar_writes_nothing(monkeypatch):
     assert run_bar(monkeypatch, io.StringIO(), enabled=False) == ""
+
+
+def test_a_status_line_shows_control_characters_and_keeps_newlines_and_tabs(capsys):
+    status.log("caf\u00e9 \x1b[2J\x00\x7f\x85 one\n\ttwo")
+    assert capsys.readouterr().err == "[ofrnn_tf] caf\u00e9 \\x1b[2J\\x00\\x7f\\x85 one\n\ttwo\n"
