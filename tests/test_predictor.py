@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -104,6 +107,30 @@ def test_missing_file_is_an_error_entry(predictor, tmp_path):
     missing = tmp_path / "nope.png"
     (result,) = predictor.predict_files([missing])
     assert result == {"image": str(missing), "error": f"{missing}: No such file or directory"}
+
+
+def test_iter_files_gives_each_batch_as_it_is_predicted(predictor, images, monkeypatch):
+    calls = []
+    predict_pixels = predictor.predict_pixels
+    monkeypatch.setattr(predictor, "predict_pixels",
+                        lambda pixels: calls.append(len(pixels)) or predict_pixels(pixels))
+    monkeypatch.setattr(predictor, "batch_size", 1)
+    results = predictor.iter_files([images[0], images[2], images[3]], attention=False)
+    assert next(results)["image"] == str(images[0]) and calls == [1]
+    assert [r["image"] for r in results] == [str(images[2]), str(images[3])]
+    assert calls == [1, 1, 1]
+    with pytest.raises(TypeError, match="pass \\[path\\] for a single image"):
+        predictor.iter_files(str(images[0]))  # said at the call, not at the first result
+
+
+def test_a_url_is_said_not_to_be_fetched():
+    assert expand_inputs(["https://example.com/cat.jpg", "s3://bucket/a.png"]) == [
+        {"image": "https://example.com/cat.jpg",
+         "error": "https://example.com/cat.jpg: a URL, which is not fetched: download the "
+                  "image and give its file"},
+        {"image": "s3://bucket/a.png",
+         "error": "s3://bucket/a.png: a URL, which is not fetched: download the image and "
+                  "give its file"}]
 
 
 def assert_predictions_equal_reference(predictor: Predictor, paths, rtol: float,
@@ -261,6 +288,9 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
             pictures.append(record["attention_png"])
     assert sorted(os.listdir(tmp_path / "attention")) == sorted(map(os.path.basename, pictures))
     assert "3 image(s) predicted, 4 failed or skipped" in done.stderr
+    assert re.search(r"\[predict\] beam search of width K=\d+: labels are added while the "
+                     r"path's probability stays at least τ=[0-9.e-]+, and at least 1 whatever τ",
+                     done.stderr), done.stderr
     assert "skipped by its extension (.txt)" in done.stderr
 
     for flag, message in ((f"--output={tmp_path / 'nowhere' / 'out.jsonl'}",
@@ -286,6 +316,32 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
     error = json.loads(limited.stdout)["error"]
     assert "pixels is above the limit of 100 pixels" in error, error
     assert error.endswith(" (raise it with --max_image_pixels)")
+
+
+@pytest.mark.slow
+def test_a_stopped_predict_keeps_the_lines_of_the_images_it_finished(lite0_run, images,
+                                                                      tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"image": "earlier"}\n')
+    command = [sys.executable, "predict.py", f"--workdir={lite0_run}", f"--output={out}",
+               "--batch_size=1", *[str(images[0])] * 1000]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = out.read_text()
+            if "earlier" not in text and text.count("\n") >= 2:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted; the lines written so far are kept; the inputs after them were not " \
+           "predicted" in err, err[-2000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 2 <= len(lines) < 1000 and all(
+        line["image"] == str(images[0]) and line["labels"] for line in lines), lines[-1]
 
 
 @pytest.mark.slow
@@ -346,6 +402,21 @@ def test_an_unwritable_report_is_refused_before_any_work(tmp_path):
     with open_report(str(tmp_path / "out.jsonl")) as out:
         assert write_report([{"image": "a", "labels": []}], out, "predict", "predicted") == 0
     assert json.loads((tmp_path / "out.jsonl").read_text()) == {"image": "a", "labels": []}
+
+
+def test_a_file_name_holding_escape_sequences_is_shown_not_acted_on_by_the_terminal(
+        tmp_path, capsys):
+    # A name in an upload folder that would set the window title, clear the screen and
+    # print a line of its own; the JSON line escapes it already, stderr must too.
+    name = "x\x1b]0;pwned\x07\x1b[2J\r\x9b31mFAKE: all good.txt"
+    with open_report(str(tmp_path / "out.jsonl")) as out:
+        assert write_report([{"image": name, "error": f"{name}: not an image"},
+                             {"image": "a", "labels": []}], out, "predict", "predicted") == 0
+    err = capsys.readouterr().err
+    assert not set("\x1b\x07\r\x9b") & set(err), repr(err)
+    assert "[predict] x\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\x9b31mFAKE: all good.txt: not an image" \
+        in err, err
+    assert json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["image"] == name
 
 
 def test_an_earlier_report_is_kept_until_the_new_one_writes_its_first_line(tmp_path):

@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - after the log level, which TensorFlow reads once
 
+from ofrnn_tf.status import printable  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFlow
 
 
@@ -26,7 +27,8 @@ def runner(define_flags, main, on_interrupt: str = ""):
 
     absl's ``--help`` lists the key flags of the module named by ``sys.argv[0]`` under
     ``__main__``'s docstring; the flags here are defined in the command's module, and a
-    console-script wrapper has no docstring, so both are handed over to the script. A
+    console-script wrapper has no docstring (a shim such as ``predict.py`` one line), so
+    both are handed over to the script. A
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
     whole listing. A flag given as ``~/…`` (which a shell leaves unexpanded after ``=``) is
     expanded as the shell would, so that no folder named ``~`` is made. Ctrl-C prints
@@ -60,7 +62,7 @@ def runner(define_flags, main, on_interrupt: str = ""):
         except app.UsageError as error:
             pointer = "" if isinstance(error, InputFileError) else (
                 "\nTry --help for the command's flags.")
-            print(f"{command}: {error}{pointer}", file=sys.stderr)
+            print(f"{command}: {printable(error)}{pointer}", file=sys.stderr)
             return error.exitcode
         except (KeyboardInterrupt, SystemError) as error:
             # A Ctrl-C that lands while TensorFlow's C++ code calls back into Python can
@@ -85,9 +87,7 @@ def runner(define_flags, main, on_interrupt: str = ""):
         define_flags()
         for name in sorted(set(flags.FLAGS) - before):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-        entry = sys.modules["__main__"]
-        if not entry.__doc__:
-            entry.__doc__ = sys.modules[main.__module__].__doc__
+        sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
         app.run(usage_errors_in_one_line)
 
     return run
@@ -226,8 +226,9 @@ def trained_run(workdir: str):
         # checkpoints that say nothing of it: no note.
         stopped = None
     if stopped:
-        print(f"{os.path.basename(sys.argv[0])}: WARNING: {run_dir.path} is not finished "
-              f"(stopped at {stopped}): its best epoch so far is used", file=sys.stderr)
+        print(printable(f"{os.path.basename(sys.argv[0])}: WARNING: {run_dir.path} is not "
+                        f"finished (stopped at {stopped}): its best epoch so far is used"),
+              file=sys.stderr)
     return run_dir
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from typing import Iterable, TextIO
 
 from absl import app
+
+from ofrnn_tf.status import printable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
 
@@ -23,9 +26,14 @@ def expand_inputs(arguments: list[str]) -> list:
     record for a folder without images and for every entry of a folder that is not an
     accepted image by its extension (a sub-folder included; a broken link stays a path,
     refused when read). A folder's hidden entries (``.DS_Store``, ``._photo.jpg``) are
-    passed over: they are a file system's, not images."""
+    passed over: they are a file system's, not images. A URL that is no file is an error
+    record saying that it is not fetched."""
     entries: list = []
     for argument in arguments:
+        if re.match(r"[a-z][a-z0-9+.-]*://", argument, re.I) and not os.path.exists(argument):
+            entries.append({"image": argument, "error": f"{argument}: a URL, which is not "
+                            f"fetched: download the image and give its file"})
+            continue
         if not os.path.isdir(argument):
             entries.append(argument)  # a missing or unreadable file becomes an error when read
             continue
@@ -147,7 +155,7 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
     if out is not sys.stdout:
         out.close()
     for error in failed:
-        print(f"[{command}] {error}", file=sys.stderr)
+        print(f"[{command}] {printable(error)}", file=sys.stderr)
     print(f"[{command}] {num_ok} image(s) {verb}, {len(failed)} failed or skipped"
-          + (f"; written to {output}" if output else ""), file=sys.stderr)
+          + (f"; written to {printable(output)}" if output else ""), file=sys.stderr)
     return 0 if num_ok else 1

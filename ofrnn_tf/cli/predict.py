@@ -7,15 +7,23 @@ JPEG, PNG, GIF and BMP files are predicted (by their extension); any other file 
 on stderr and gets an ``error`` line, so every input is accounted for. Writes one JSON
 line per input — ``image``, ``labels`` (decoding order), ``label_ids``, ``scores``,
 ``step_probabilities``, ``log_prob`` (and ``all_scores`` with --all_scores) — to stdout
-or --output. An image that cannot be read
+or --output, each batch's lines as soon as it is done, so that a stopped command keeps
+them. stderr says first how labels are chosen (the beam width K and τ: a label is added
+while the path's probability, exp(log_prob), stays at least τ; ``scores`` rank images
+and are not thresholded). An image that cannot be read
 gets a line with ``error`` and the others go on; the exit status is 1 only when no
 image at all could be predicted. With ``--attention_dir=DIR`` each predicted image is
 also drawn with its attention at every decoding step (the paper's Fig. 3) as
 ``DIR/<input index>_<file stem>.png``, named in its line as ``attention_png``.
+
+Images are read as training read them: the EXIF orientation tag is not applied (a photo
+stored sideways is predicted sideways: rotate it first), transparency is dropped, and a
+GIF is its first frame. URLs are not fetched.
 """
 
 import os
 import sys
+from typing import Iterable, Iterator
 
 from absl import app, flags
 
@@ -27,7 +35,7 @@ from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import UncalibratedBeamSizeError
 from ofrnn_tf.inference.predictor import Predictor
-from ofrnn_tf.status import progress_bar
+from ofrnn_tf.status import printable
 from ofrnn_tf.visualization.attention_maps import draw_prediction
 
 FLAGS = flags.FLAGS
@@ -85,37 +93,53 @@ def main(argv):
         except OSError as error:
             raise app.UsageError(f"--attention_dir={FLAGS.attention_dir}: "
                                  f"{error.strerror or error}")
-    predictions = predictor.predict_files(paths, attention=draw, all_scores=FLAGS.all_scores,
-                                          progress=True)
+    print(f"[predict] {_decision_rule(predictor.module)}", file=sys.stderr)
+    # Each line is written as its batch is done (a stopped command keeps them); on a
+    # terminal the lines show the progress, where a bar would break them.
+    progress = bool(FLAGS.output) or not sys.stdout.isatty()
+    predictions = predictor.iter_files(paths, attention=draw, all_scores=FLAGS.all_scores,
+                                       progress=progress)
     if draw:
         predictions = _with_pictures(predictions, entries)
-    # Every prediction is made before the first line is written, so the progress bar
-    # does not interleave with the lines on a terminal.
-    results = list(merge_results(entries, predictions))
+    return write_report(_with_remedies(merge_results(entries, predictions)), out, "predict",
+                        "predicted")
+
+
+def _decision_rule(module) -> str:
+    """How the labels of a line are chosen, in a few words, with the module's τ."""
+    tau = f"{float(module.tau.numpy()):.4g}"
+    at_least = f", and at least {module.min_labels} whatever τ" if module.min_labels else ""
+    if not module.model.uses_decoder:
+        return f"M_map alone: the classes of score at least τ={tau} are the labels{at_least}"
+    return (f"beam search of width K={module.beam_size}: labels are added while the path's "
+            f"probability stays at least τ={tau}{at_least}")
+
+
+def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:
     for result in results:
         if "error" in result and PIXEL_LIMIT_WORDS in result["error"]:
             result["error"] += " (raise it with --max_image_pixels)"
-    return write_report(results, out, "predict", "predicted")
+        yield result
 
 
-def _with_pictures(predictions: list[dict], entries: list) -> list[dict]:
+def _with_pictures(predictions: Iterable[dict], entries: list) -> Iterator[dict]:
     """Draws each prediction's attention maps; its line names the PNG instead of holding
     the maps. Pictures are numbered by the input's place among all the inputs."""
     places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
-    drawn = [(place, result) for place, result in zip(places, predictions)
-             if "attention" in result]  # not an input that could not be predicted
-    for place, result in progress_bar(drawn, desc="attention pictures", unit="img"):
-        try:
-            result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
-        except Exception as error:  # noqa: BLE001 - the prediction stands; only its picture is lost
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            print(f"[predict] {result['image']}: no attention picture: {reason}",
-                  file=sys.stderr)
-        del result["attention"]
-    return predictions
+    for place, result in zip(places, predictions):
+        if "attention" in result:  # not an input that could not be predicted
+            try:
+                result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
+            except Exception as error:  # noqa: BLE001 - the prediction stands; only its picture is lost
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+                print(printable(f"[predict] {result['image']}: no attention picture: {reason}"),
+                      file=sys.stderr)
+            del result["attention"]
+        yield result
 
 
-run = runner(define_flags, main)
+run = runner(define_flags, main, on_interrupt="the lines written so far are kept; the "
+             "inputs after them were not predicted")
 
 if __name__ == "__main__":
     run()

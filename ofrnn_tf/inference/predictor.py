@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +39,8 @@ class Predictor:
         module: the run's `InferenceModule` (see `InferenceModule.from_run`).
         batch_size: images per backbone + decoder call.
 
-    Results (`predict_bytes`, `predict_files`) are dicts, one per input, in order:
+    Results (`predict_bytes`, `predict_files`, `iter_files`) are dicts, one per input, in
+    order:
         image: the path (or the given name).
         labels, label_ids: the predicted labels in decoding order.
         scores: per predicted label, its score (the ranking score mAP uses).
@@ -47,7 +48,8 @@ class Predictor:
             chose it.
         log_prob: the path log-probability.
         attention: float32 `[n_labels, H, W]`, α_t of each step (when requested and
-            the model attends; the `baseline` and `no_attention` variants do not).
+            the model attends; the `baseline` and `no_attention` variants do not): an
+            array, which ``json.dumps`` does not take (``attention=False`` leaves it out).
         all_scores: `{class name: score}` for every class (when requested).
     or, for an input that cannot be read or decoded, `{"image", "error"}` with
     ``error = "<path>: <reason>"``.
@@ -101,8 +103,8 @@ class Predictor:
             names = [f"<image {i}>" for i in range(len(images))]
         elif len(names) != len(images):
             raise ValueError(f"{len(names)} names for {len(images)} images")
-        return self._predict(list(names), lambda i: bytes(images[i]), attention=attention,
-                             all_scores=all_scores, progress=progress)
+        return list(self._predict(list(names), lambda i: bytes(images[i]), attention=attention,
+                                  all_scores=all_scores, progress=progress))
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Optional[Sequence[str]] = None,
                        **kwargs) -> list[dict]:
@@ -132,6 +134,13 @@ class Predictor:
     def predict_files(self, paths: Sequence[str], *, attention: bool = True,
                       all_scores: bool = True, progress: bool = False) -> list[dict]:
         """Predicts image files; a file that cannot be read or decoded gets an error entry."""
+        return list(self.iter_files(paths, attention=attention, all_scores=all_scores,
+                                    progress=progress))
+
+    def iter_files(self, paths: Sequence[str], *, attention: bool = True,
+                   all_scores: bool = True, progress: bool = False) -> Iterator[dict]:
+        """`predict_files`, each result given as soon as its batch is predicted: a long
+        job's results can be written as they come, and kept when it is stopped."""
         if isinstance(paths, (str, bytes, os.PathLike)):
             raise TypeError(f"paths must be a list of image files; got the single path "
                             f"{os.fsdecode(paths)!r} (pass [path] for a single image)")
@@ -145,8 +154,7 @@ class Predictor:
                              progress=progress)
 
     def _predict(self, names: list[str], load: Callable[[int], bytes], *, attention: bool,
-                 all_scores: bool, progress: bool) -> list[dict]:
-        results: list[dict] = []
+                 all_scores: bool, progress: bool) -> Iterator[dict]:
         with progress_bar(total=len(names), desc="predicting", unit="img",
                           enabled=progress) as bar:
             for start in range(0, len(names), self.batch_size):
@@ -168,9 +176,8 @@ class Predictor:
                     for row, slot in enumerate(slots):
                         batch[slot] = self._result(names[indices[slot]], outputs, row,
                                                    attention=attention, all_scores=all_scores)
-                results.extend(batch)
+                yield from batch
                 bar.update(len(batch))
-        return results
 
     def _result(self, name: str, outputs: dict, row: int, *, attention: bool,
                 all_scores: bool) -> dict:
