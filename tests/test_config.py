@@ -60,8 +60,9 @@ def test_helpfull_shows_the_main_job_defaults():
 def test_help_lists_the_commands_own_flags_under_its_description(argv):
     done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
-    assert "Trains and evaluates" in done.stdout or "ofrnn-train: trains" in done.stdout, \
-        done.stdout[:500]
+    # The command's description, under the shim too (whose own docstring is one line).
+    assert "ofrnn-train: trains (or resumes)" in done.stdout, done.stdout[:500]
+    assert "--print_config" in done.stdout, done.stdout[:1500]
     for name in ("--workdir", "--mode", "--model.lstm_units", "--stage2.epochs"):
         assert name in done.stdout, (name, done.stdout[-1500:])
 
@@ -203,6 +204,8 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "predict.py: --beam_size must be at least 1 (1: greedy), got 0"),
     (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports", "--num_warmup_images=-1"],
      "export.py: --num_warmup_images must be 0 or more, got -1"),
+    (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports", "--keep_versions=-2"],
+     "export.py: --keep_versions must be 0 or more, got -2"),
     (["predict.py", "--workdir={tmp}", "--attention_dir={tmp}/image.png", "{tmp}/image.png"],
      "predict.py: --attention_dir={tmp}/image.png is a file, not a folder"),
     (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
@@ -213,7 +216,8 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "ofrnn-client: --timeout must be a number of seconds above 0, got 0.0"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
         "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
-        "predict_beam_of_none", "export_negative_warmup_count", "predict_pictures_into_a_file",
+        "predict_beam_of_none", "export_negative_warmup_count", "export_negative_keep_count",
+        "predict_pictures_into_a_file",
         "client_threshold_nan", "client_timeout_zero"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")

@@ -21,7 +21,7 @@ from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from conftest import FAKE_SCORE_MIX, ROOT, run_checked, to_png
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
-from ofrnn_tf.export.saved_model import export_run, save_inference_module
+from ofrnn_tf.export.saved_model import export_run, remove_old_versions, save_inference_module
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
@@ -322,6 +322,24 @@ def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_ex
     assert stdout.strip().splitlines()[-1] == str(base / "2")
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # no temporary folder left
     assert find_latest_version(str(base)) == (2, str(base / "2"))
+
+
+def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):
+    base = tmp_path / "export"
+    for name in ("1", "2", "0010", "9", ".tmp-host-1-0123abcd", "notes"):
+        (base / name).mkdir(parents=True)
+        (base / name / "saved_model.pb").write_bytes(b"")
+    elsewhere = tmp_path / "kept_elsewhere"
+    elsewhere.mkdir()
+    (base / "3").symlink_to(elsewhere)  # a version linked in: only the link goes
+    # Version 1 was just written (--version=1): it stays, whatever its number.
+    removed = remove_old_versions(str(base), 2, written=str(base / "1"))
+    assert removed == [str(base / "3"), str(base / "2")]
+    assert sorted(os.listdir(base)) == [".tmp-host-1-0123abcd", "0010", "1", "9", "notes"]
+    assert elsewhere.is_dir()
+    assert remove_old_versions(str(base), 2) == [str(base / "1")]
+    with pytest.raises(ValueError, match="keep must be at least 1, got 0"):
+        remove_old_versions(str(base), 0)
 
 
 def test_export_without_calibration_fails_clearly(tiny_export_run, tmp_path):

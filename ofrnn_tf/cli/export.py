@@ -20,10 +20,12 @@ from absl import app, flags, logging
 
 from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
                           refuse_unwritable_folder, runner, trained_run)
-from ofrnn_tf.export.saved_model import DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, export_run
+from ofrnn_tf.export.saved_model import (
+    DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, export_run, remove_old_versions)
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+from ofrnn_tf.status import printable
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +48,9 @@ def define_flags() -> None:
                       "--xla_gpu_compilation_enabled flag: leave off for a portable export.")
     flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME,
                         "Model name written into the warm-up requests.")
+    flags.DEFINE_integer("keep_versions", 0, "Once exported, remove the version folders of "
+                         "--export_dir but this many highest ones and the one written (0: "
+                         "keep every version). TF Serving serves the highest by default.")
 
 
 def main(argv):
@@ -58,9 +63,9 @@ def main(argv):
                              f"those folders), got {FLAGS.version}")
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
-    if FLAGS.num_warmup_images < 0:
-        raise app.UsageError(f"--num_warmup_images must be 0 or more, got "
-                             f"{FLAGS.num_warmup_images}")
+    for name in ("num_warmup_images", "keep_versions"):
+        if FLAGS[name].value < 0:
+            raise app.UsageError(f"--{name} must be 0 or more, got {FLAGS[name].value}")
     refuse_unwritable_folder("export_dir", FLAGS.export_dir)  # before the model is built
     refuse_glob_characters("workdir", FLAGS.workdir)
     # TensorFlow Serving is given the absolute base path, and reads the variables by it.
@@ -84,13 +89,19 @@ def main(argv):
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}{hint}") from None
     except FileExistsError as e:
         raise app.UsageError(f"{e} (--version)") from None
+    if FLAGS.keep_versions:
+        removed = remove_old_versions(FLAGS.export_dir, FLAGS.keep_versions, written=path)
+        if removed:
+            print(printable(f"{os.path.basename(sys.argv[0])}: removed {len(removed)} older "
+                            f"version(s) (--keep_versions={FLAGS.keep_versions}): "
+                            f"{', '.join(removed)}"), file=sys.stderr)
     print(os.path.normpath(path))
     return 0
 
 
 def _say_left_out(path: str, reason: str) -> None:
-    print(f"{os.path.basename(sys.argv[0])}: the run's example image {path} is left out of "
-          f"the warm-up requests: {reason}", file=sys.stderr)
+    print(printable(f"{os.path.basename(sys.argv[0])}: the run's example image {path} is left "
+                    f"out of the warm-up requests: {reason}"), file=sys.stderr)
 
 
 def _given_warmup_images(pattern: str) -> list[str]:

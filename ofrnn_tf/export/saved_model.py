@@ -47,6 +47,34 @@ def next_version(export_base: str) -> int:
     return max(versions, default=0) + 1
 
 
+def remove_old_versions(export_base: str, keep: int, written: Optional[str] = None
+                        ) -> list[str]:
+    """Removes the version folders of `export_base` but the `keep` highest (TF Serving
+    serves the highest by default) and `written` (the one just exported, whatever its
+    number); returns the folders removed, highest first. Each is renamed to a temporary
+    name first, so that a server polling the base path never reads a version half
+    removed."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    spare = os.path.realpath(written) if written is not None else None
+    versions = sorted(((int(name), name) for name in os.listdir(export_base)
+                       if re.fullmatch(r"\d+", name)
+                       and os.path.isdir(os.path.join(export_base, name))), reverse=True)
+    removed = []
+    for _, name in versions[keep:]:
+        path = os.path.join(export_base, name)
+        if os.path.realpath(path) == spare:
+            continue
+        if os.path.islink(path):  # a link to a version kept elsewhere: only the link goes
+            os.remove(path)
+        else:
+            doomed = os.path.join(export_base, f".tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}")
+            os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def signatures(module: InferenceModule) -> dict:
     """The SavedModel's signatures, by name: `module`'s functions with input signatures.
 
