@@ -376,11 +376,11 @@ class RunDir:
     def example_images(self) -> list[str]:
         """The run's copies of test images that ``examples.json`` lists and that are still
         there (in a folder written before it existed, every file of ``examples/``); other
-        files a user keeps there are not the run's. Only plain files directly in
-        ``examples/`` count: an entry naming another place (an absolute path, ``..``) or a
-        symbolic link, and an ``examples/`` that is a link, are not the run's, so that a run
-        folder from elsewhere cannot make training delete, nor export read, files outside
-        it."""
+        files a user keeps there are not the run's. Only files directly in ``examples/``
+        count: an entry naming another place (an absolute path, ``..``), and every file of
+        an ``examples/`` that is a symbolic link, are not the run's, so that a run folder
+        from elsewhere cannot make training delete files outside it. A copy that is a link
+        (a run folder kept by git-annex or DVC) counts: removing it removes the link."""
         if os.path.islink(self.examples_dir) or not os.path.isdir(self.examples_dir):
             return []
         if os.path.exists(self.examples_index_file):
@@ -393,13 +393,13 @@ class RunDir:
         return sorted(path for path in listed if path is not None)
 
     def _own_example(self, relative: str) -> Optional[str]:
-        """The path of `relative` (as ``examples.json`` says it) where it names a plain
-        file directly in ``examples/``, else None."""
+        """The path of `relative` (as ``examples.json`` says it) where it names a file
+        directly in ``examples/``, else None."""
         folder, name = os.path.split(relative)
         if folder != os.path.basename(self.examples_dir) or name in ("", ".", ".."):
             return None
         path = os.path.join(self.examples_dir, name)
-        return path if os.path.isfile(path) and not os.path.islink(path) else None
+        return path if os.path.isfile(path) else None
 
     def checkpoints_dir(self, worker: Optional[int] = None) -> str:
         """Training checkpoints; a non-chief worker writes its own copy elsewhere."""

@@ -11,14 +11,15 @@ from tqdm import tqdm
 LOG_INTERVAL_SECONDS = 30.0
 
 
-# C0 controls but tab and newline, DEL, C1 controls: what a terminal may act on.
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 controls but tab, DEL, C1 controls: what a terminal acts on, and a newline.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def printable(text: str) -> str:
-    """`text` for a terminal, control characters written as ``\\xNN``: a file name or a
-    server's message holding an escape sequence must not clear the screen, nor write a
-    line of its own, on the terminal of whoever reads about it."""
+    """`text` as one line for a terminal, control characters (a newline too) written as
+    ``\\xNN``: a file name or a server's message holding an escape sequence or a newline
+    must not clear the screen, nor write a line of its own, on the terminal of whoever
+    reads about it."""
     return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text))
 
 

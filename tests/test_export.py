@@ -326,7 +326,8 @@ def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_ex
 
 def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):
     base = tmp_path / "export"
-    for name in ("1", "2", "0010", "9", ".tmp-host-1-0123abcd", "notes"):
+    # 2**64 is no version for TF Serving (not an int64): neither kept as one nor removed.
+    for name in ("1", "2", "0010", "9", ".tmp-host-1-0123abcd", "notes", str(2 ** 64)):
         (base / name).mkdir(parents=True)
         (base / name / "saved_model.pb").write_bytes(b"")
     elsewhere = tmp_path / "kept_elsewhere"
@@ -335,7 +336,8 @@ def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):
     # Version 1 was just written (--version=1): it stays, whatever its number.
     removed = remove_old_versions(str(base), 2, written=str(base / "1"))
     assert removed == [str(base / "3"), str(base / "2")]
-    assert sorted(os.listdir(base)) == [".tmp-host-1-0123abcd", "0010", "1", "9", "notes"]
+    assert sorted(os.listdir(base)) == [".tmp-host-1-0123abcd", "0010", "1", str(2 ** 64), "9",
+                                        "notes"]
     assert elsewhere.is_dir()
     assert remove_old_versions(str(base), 2) == [str(base / "1")]
     with pytest.raises(ValueError, match="keep must be at least 1, got 0"):

@@ -4,6 +4,7 @@ import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,25 @@ def test_a_link_left_under_the_temporary_name_is_not_written_through(tmp_path):
     jsonio.write_json(path, {"f1": 0.5})
     assert victim.read_text() == "mine" and jsonio.read_json(path) == {"f1": 0.5}
     assert os.listdir(os.path.dirname(path)) == ["metrics.json"]
+
+
+def test_a_link_planted_between_the_tidy_up_and_the_open_is_not_followed(tmp_path,
+                                                                         monkeypatch):
+    # The temporary file is opened new and never through a link (O_EXCL | O_NOFOLLOW):
+    # one planted just after the leftover of this process id was removed fails the write.
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    path = str(tmp_path / "metrics.json")
+    tmp = f"{path}.tmp-{owner_tag()}"
+    real_remove, planted = os.remove, []
+
+    def remove_then_plant(name):
+        real_remove(name)
+        if name == tmp and not planted:
+            planted.append(os.symlink(victim, tmp))
+
+    Path(tmp).write_text("left by a killed writer of this process id")
+    monkeypatch.setattr(jsonio.os, "remove", remove_then_plant)
+    with pytest.raises(FileExistsError):
+        jsonio.write_json(path, {"f1": 0.5})
+    assert planted and victim.read_text() == "mine" and not os.path.exists(path)

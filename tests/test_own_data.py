@@ -325,7 +325,8 @@ def test_a_run_folder_from_elsewhere_cannot_make_the_run_remove_or_write_files_o
         tmp_path, save_examples_unpictured):
     # A run folder received from someone else: its examples.json names files elsewhere,
     # its examples/ and attention/ are links to folders of the user's, and a link sits
-    # where a copy will be written. Only the run's own files are removed or written.
+    # where a copy will be written. Only the run's own files are removed or written; a
+    # copy that is a link (git-annex, DVC) is the run's, and only the link is removed.
     home = tmp_path / "home"
     home.mkdir()
     for name in ("a.txt", "b.txt", "c.txt", "001_plot.png", "000_kept.jpg"):
@@ -338,7 +339,8 @@ def test_a_run_folder_from_elsewhere_cannot_make_the_run_remove_or_write_files_o
         [{"file": str(home / "a.txt")}, {"file": os.path.join("examples", "..", "..", "home",
                                                                 "b.txt")},
          {"file": os.path.join("examples", "000_kept.jpg")}]))
-    assert run_dir.example_images() == []  # what export would read for its warm-up
+    # What export reads for its warm-up: the one entry naming a file in examples/.
+    assert run_dir.example_images() == [os.path.join(run_dir.examples_dir, "000_kept.jpg")]
     os.symlink(home, run_dir.attention_dir)
     data = pipeline.Data({"test": [Example("0", _png(tmp_path / "images" / "a.png", 1), (0,))]},
                          LabelMap(["red"]))
@@ -348,6 +350,7 @@ def test_a_run_folder_from_elsewhere_cannot_make_the_run_remove_or_write_files_o
     assert all((home / name).read_text() == name for name in os.listdir(home))
     assert copies == [os.path.join(run_dir.examples_dir, "000_a.png")]
     assert not os.path.islink(copies[0]) and run_dir.example_images() == copies
+    assert sorted(os.listdir(run_dir.examples_dir)) == ["000_a.png"]  # the stale link went
     assert not os.path.islink(run_dir.attention_dir)
     # Without examples.json (a run written before it), a linked examples/ lists nothing.
     os.remove(run_dir.examples_index_file)

@@ -28,7 +28,7 @@ from conftest import FAKE_NAMES as NAMES
 from conftest import FAKE_SCORE_MIX as SCORE_MIX
 from conftest import FAKE_TAU as TAU
 from conftest import ROOT
-from ofrnn_tf.cli.image_inputs import expand_inputs, open_report, write_report
+from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.inference import Predictor, UncalibratedBeamSizeError
@@ -121,6 +121,18 @@ def test_iter_files_gives_each_batch_as_it_is_predicted(predictor, images, monke
     assert calls == [1, 1, 1]
     with pytest.raises(TypeError, match="pass \\[path\\] for a single image"):
         predictor.iter_files(str(images[0]))  # said at the call, not at the first result
+
+
+def test_the_progress_bar_ends_before_the_summary(predictor, images, tmp_path, capsys):
+    # A stream's consumer stops at the last input: the bar must still reach its end, and
+    # close, before the summary is printed.
+    paths = [str(images[0]), str(images[2]), str(images[3])]
+    with open_report(str(tmp_path / "out.jsonl")) as out:
+        results = predictor.iter_files(paths, attention=False, progress=True)
+        assert write_report(merge_results(paths, results), out, "predict", "predicted") == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("[predict] 3 image(s) predicted"), lines
+    assert lines[-2].startswith("predicting: 100%") and "3/3" in lines[-2], lines
 
 
 def test_a_url_is_said_not_to_be_fetched():
@@ -408,14 +420,14 @@ def test_a_file_name_holding_escape_sequences_is_shown_not_acted_on_by_the_termi
         tmp_path, capsys):
     # A name in an upload folder that would set the window title, clear the screen and
     # print a line of its own; the JSON line escapes it already, stderr must too.
-    name = "x\x1b]0;pwned\x07\x1b[2J\r\x9b31mFAKE: all good.txt"
+    name = "x\x1b]0;pwned\x07\x1b[2J\r\n\x9b31mFAKE: all good.txt"
     with open_report(str(tmp_path / "out.jsonl")) as out:
         assert write_report([{"image": name, "error": f"{name}: not an image"},
                              {"image": "a", "labels": []}], out, "predict", "predicted") == 0
     err = capsys.readouterr().err
     assert not set("\x1b\x07\r\x9b") & set(err), repr(err)
-    assert "[predict] x\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\x9b31mFAKE: all good.txt: not an image" \
-        in err, err
+    assert "[predict] x\\x1b]0;pwned\\x07\\x1b[2J\\x0d\\x0a\\x9b31mFAKE: all good.txt: not an " \
+        "image" in err, err
     assert json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["image"] == name
 
 

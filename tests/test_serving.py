@@ -383,6 +383,11 @@ def test_a_refusal_quoting_megabytes_of_a_request_is_cut_for_the_log_and_the_ans
     assert message.startswith("model 'AAAA") and str(refused.value) == message
     assert message.endswith("... (cut: the message is 8000051 characters)"), message[-80:]
     assert len(message) < 2100
+    # Bytes, not characters: gRPC sends the details percent-encoded, 3 bytes a byte.
+    request.model_spec.name = "模型" * 4000
+    with pytest.raises(local_server.RequestError) as refused:
+        local_server.ModelServer(servable).predict(request)
+    assert len(refused.value.message.encode()) < 2100, len(refused.value.message.encode())
 
 
 def test_the_servers_pixel_limit_takes_an_image_of_exactly_that_many_pixels():

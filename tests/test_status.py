@@ -39,6 +39,7 @@ def test_a_disabled_bar_writes_nothing(monkeypatch):
     assert run_bar(monkeypatch, io.StringIO(), enabled=False) == ""
 
 
-def test_a_status_line_shows_control_characters_and_keeps_newlines_and_tabs(capsys):
-    status.log("caf\u00e9 \x1b[2J\x00\x7f\x85 one\n\ttwo")
-    assert capsys.readouterr().err == "[ofrnn_tf] caf\u00e9 \\x1b[2J\\x00\\x7f\\x85 one\n\ttwo\n"
+def test_a_status_line_shows_control_characters_and_stays_one_line(capsys):
+    status.log("caf\u00e9 \x1b[2J\x00\x7f\x85 one\n[ofrnn_tf] forged\ttwo")
+    assert capsys.readouterr().err == (
+        "[ofrnn_tf] caf\u00e9 \\x1b[2J\\x00\\x7f\\x85 one\\x0a[ofrnn_tf] forged\ttwo\n")

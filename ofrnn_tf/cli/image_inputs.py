@@ -59,10 +59,14 @@ def expand_inputs(arguments: list[str]) -> list:
 
 
 def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
-    """`entries` in order, each path replaced by the next of `results` (one per path)."""
+    """`entries` in order, each path replaced by the next of `results` (one per path).
+    `results` is then run to its end, so that what it holds open (a progress bar) is
+    closed before the command's summary."""
     results = iter(results)
     for entry in entries:
         yield next(results) if isinstance(entry, str) else entry
+    for extra in results:
+        raise ValueError(f"a result for no input: {extra}")
 
 
 class ReportFile:

@@ -130,7 +130,7 @@ def _with_pictures(predictions: Iterable[dict], entries: list) -> Iterator[dict]
         if "attention" in result:  # not an input that could not be predicted
             try:
                 result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
-            except Exception as error:  # noqa: BLE001 - the prediction stands; only its picture is lost
+            except Exception as error:  # noqa: BLE001 - the prediction stands, not its picture
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
                 print(printable(f"[predict] {result['image']}: no attention picture: {reason}"),
                       file=sys.stderr)

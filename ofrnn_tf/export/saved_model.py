@@ -33,7 +33,7 @@ from ofrnn_tf.export.warmup import write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.run_dir import RunDir
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, version_folders
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_NUM_WARMUP_IMAGES = 4  # of the run's example images, for the warm-up requests
@@ -49,19 +49,16 @@ def next_version(export_base: str) -> int:
 
 def remove_old_versions(export_base: str, keep: int, written: Optional[str] = None
                         ) -> list[str]:
-    """Removes the version folders of `export_base` but the `keep` highest (TF Serving
-    serves the highest by default) and `written` (the one just exported, whatever its
-    number); returns the folders removed, highest first. Each is renamed to a temporary
-    name first, so that a server polling the base path never reads a version half
-    removed."""
+    """Removes the version folders of `export_base` (`version_folders`) but the `keep`
+    highest (TF Serving serves the highest by default) and `written` (the one just
+    exported, whatever its number); returns the folders removed, highest first. Each is
+    renamed to a temporary name first, so that a server polling the base path never
+    reads a version half removed."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     spare = os.path.realpath(written) if written is not None else None
-    versions = sorted(((int(name), name) for name in os.listdir(export_base)
-                       if re.fullmatch(r"\d+", name)
-                       and os.path.isdir(os.path.join(export_base, name))), reverse=True)
     removed = []
-    for _, name in versions[keep:]:
+    for _, name in version_folders(export_base)[::-1][keep:]:
         path = os.path.join(export_base, name)
         if os.path.realpath(path) == spare:
             continue

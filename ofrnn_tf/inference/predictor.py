@@ -176,8 +176,8 @@ class Predictor:
                     for row, slot in enumerate(slots):
                         batch[slot] = self._result(names[indices[slot]], outputs, row,
                                                    attention=attention, all_scores=all_scores)
-                yield from batch
                 bar.update(len(batch))
+                yield from batch
 
     def _result(self, name: str, outputs: dict, row: int, *, attention: bool,
                 all_scores: bool) -> dict:

@@ -86,16 +86,17 @@ MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
 
 class RequestError(Exception):
     """A request the server refuses, with the gRPC status code to answer. The message is
-    cut to `MAX_MESSAGE_CHARS`: it quotes the request's own strings (a model name, input
-    keys), which a client may make megabytes long, and it goes into the log and the
-    answer."""
+    cut to `MAX_MESSAGE_BYTES` of UTF-8: it quotes the request's own strings (a model
+    name, input keys), which a client may make megabytes long, and it goes into the log
+    and the answer, whose status details gRPC sends percent-encoded within 16 KiB."""
 
-    MAX_MESSAGE_CHARS = 2000
+    MAX_MESSAGE_BYTES = 2000
 
     def __init__(self, code: grpc.StatusCode, message: str):
-        if len(message) > self.MAX_MESSAGE_CHARS:
-            message = (f"{message[:self.MAX_MESSAGE_CHARS]}... (cut: the message is "
-                       f"{len(message)} characters)")
+        encoded = message.encode("utf-8", "backslashreplace")
+        if len(encoded) > self.MAX_MESSAGE_BYTES:
+            kept = encoded[:self.MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
+            message = f"{kept}... (cut: the message is {len(message)} characters)"
         super().__init__(message)
         self.code = code
         self.message = message

@@ -22,15 +22,20 @@ DEFAULT_PORT = 8500  # tensorflow_model_server's gRPC port
 LISTENING_PREFIX = "LISTENING "  # the server prints this and its target once the port is open
 
 
+def version_folders(model_base_path: str) -> list[tuple[int, str]]:
+    """``(version, folder name)`` of the version folders under `model_base_path`, lowest
+    first, named as TF Serving reads them: ASCII digits, leading zeros allowed ("0001" is
+    1), a value that fits an int64 (a longer number is no version there)."""
+    return sorted((int(name), name) for name in os.listdir(model_base_path)
+                  if re.fullmatch(r"[0-9]+", name) and int(name) < 2 ** 63
+                  and os.path.isdir(os.path.join(model_base_path, name)))
+
+
 def find_latest_version(model_base_path: str) -> tuple[int, str]:
     """Returns ``(version, path)`` of the highest integer-named subdirectory."""
     if not os.path.isdir(model_base_path):
         raise FileNotFoundError(f"model base path {model_base_path!r} is not a directory")
-    # Named as TF Serving reads them: ASCII digits, leading zeros allowed ("0001" is 1),
-    # a value that fits an int64 (a longer number is no version there).
-    versions = sorted((int(name), name) for name in os.listdir(model_base_path)
-                      if re.fullmatch(r"[0-9]+", name) and int(name) < 2 ** 63
-                      and os.path.isdir(os.path.join(model_base_path, name)))
+    versions = version_folders(model_base_path)
     if not versions:
         raise FileNotFoundError(
             f"no version directories under {model_base_path!r}: expected "
