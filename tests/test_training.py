@@ -294,6 +294,22 @@ def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features
         np.testing.assert_allclose(finals[2048][path], value, rtol=1e-2, atol=1e-3)
 
 
+def test_head_outputs_are_written_batch_by_batch_and_a_changed_split_is_named():
+    from ofrnn_tf.training.trainer import _write_rows
+
+    kept = {}
+    first = {"hidden": tf.ones([2, 3], tf.float16), "labels": tf.constant([[1], [2]])}
+    second = {"hidden": tf.zeros([2, 3], tf.float16), "labels": tf.constant([[3], [4]])}
+    assert _write_rows(kept, first, 0, 4) == 2
+    assert kept["hidden"].shape == (4, 3) and kept["hidden"].dtype == tf.float16
+    assert _write_rows(kept, second, 2, 4) == 4
+    np.testing.assert_array_equal(kept["labels"].numpy(), [[1], [2], [3], [4]])
+    np.testing.assert_array_equal(kept["hidden"].numpy()[:, 0], [1, 1, 0, 0])
+    with pytest.raises(ValueError, match="gave 6 examples where 4 were counted: were the "
+                                         "feature shards changed during the run"):
+        _write_rows(kept, first, 4, 4)
+
+
 @pytest.mark.parametrize("decoder, budget", [("paper", 0), ("residual", 0), ("residual", 2048)])
 def test_stage2_loss_takes_the_configured_attention_penalty(tmp_path, monkeypatch, decoder,
                                                              budget):

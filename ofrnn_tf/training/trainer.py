@@ -144,6 +144,30 @@ def _last_logged_steps(directory: str) -> dict[str, int]:
     return last
 
 
+def _write_rows(kept: dict, rows: dict, start: int, count: int) -> int:
+    """Writes `rows` (name → `[n, ...]`) from row `start` into `kept`'s variables of
+    `count` rows, each made at its first batch; returns the next row. Variables, not
+    tensors: the stage-2 step reads them by handle (`tf.gather`) instead of capturing a
+    copy, and the input pipeline carries only indices, so steps never wait for it."""
+    size = int(next(iter(rows.values())).shape[0])
+    if start + size > count:
+        raise _records_changed(start + size, count)
+    with tf.device("CPU:0"):
+        for name, value in rows.items():
+            if name not in kept:
+                kept[name] = tf.Variable(tf.zeros([count, *value.shape[1:]], value.dtype),
+                                         trainable=False)
+            # In place: `variable[a:b].assign` would first copy the whole variable.
+            tf.raw_ops.ResourceStridedSliceAssign(ref=kept[name].handle, begin=[start],
+                                                  end=[start + size], strides=[1], value=value)
+    return start + size
+
+
+def _records_changed(seen: int, count: int) -> ValueError:
+    return ValueError(f"this input pipeline's training records gave {seen} examples where "
+                      f"{count} were counted: were the feature shards changed during the run?")
+
+
 class Trainer:
     """Runs Algorithm 1 in a run folder, resuming from its last checkpoint.
 
@@ -373,22 +397,26 @@ class Trainer:
             return int(self._head_outputs["labels"].shape[0])
         head = tf.function(lambda features: self.model.head_outputs(tf.cast(features, tf.float32)),
                            autograph=False)
-        parts = {"hidden": [], "scores": [], "labels": []}
+        examples = self._examples(ctx)
+        # Each batch is written into variables of the final size (`_write_rows`): the
+        # outputs are never held twice (batches and their concatenation). TensorFlow's CPU
+        # allocator keeps the peak of this pass for the rest of the process.
+        count = (self.num_train if ctx.num_input_pipelines == 1
+                 else int(examples.reduce(np.int64(0), lambda n, _: n + 1)))
+        kept, done = {}, 0
         total = math.ceil(self.num_train / ctx.num_input_pipelines / _PASS_BATCH)
-        with progress_bar(self._parsed_batches(self._examples(ctx)), total=total, unit="batch",
+        with progress_bar(self._parsed_batches(examples), total=total, unit="batch",
                           desc="M_map outputs (once)",
                           enabled=self.progress and self.chief) as bar:
             for batch in bar:
                 hidden, scores = head(batch["features"])
                 # float16 halves the memory; the features were stored in float16 anyway.
-                parts["hidden"].append(tf.cast(hidden, tf.float16))
-                parts["scores"].append(tf.cast(scores, tf.float32))
-                parts["labels"].append(batch["labels"])
-        # Variables, not tensors: the step reads them by handle instead of capturing a
-        # copy, and the input pipeline carries only indices, so steps never wait for it.
-        with tf.device("CPU:0"):
-            self._head_outputs = {name: tf.Variable(tf.concat(values, axis=0), trainable=False)
-                                  for name, values in parts.items()}
+                rows = {"hidden": tf.cast(hidden, tf.float16),
+                        "scores": tf.cast(scores, tf.float32), "labels": batch["labels"]}
+                done = _write_rows(kept, rows, done, count)
+        if done != count:
+            raise _records_changed(done, count)
+        self._head_outputs = kept
         self._head_outputs_key = key
         self._cached_examples.pop(key, None)  # stage 2 reads no record again
         return int(self._head_outputs["labels"].shape[0])
@@ -598,8 +626,11 @@ class Trainer:
             # Stage 2 reads the same per-position scores: compute them once for both.
             self._keep_head_outputs(tf.distribute.InputContext())
             scores = self._head_outputs["scores"]
-            logits = tf.concat([self.model.label_map_head.pool(scores[i:i + _PASS_BATCH])
-                                for i in range(0, int(scores.shape[0]), _PASS_BATCH)], axis=0)
+            count = int(scores.shape[0])
+            # Gathered, not sliced: a variable written in place copies itself whole on a read.
+            logits = tf.concat([self.model.label_map_head.pool(
+                tf.gather(scores, tf.range(i, min(i + _PASS_BATCH, count))))
+                for i in range(0, count, _PASS_BATCH)], axis=0)
             return logits, tf.cast(self._head_outputs["labels"], tf.float32)
         logits_of = tf.function(
             lambda features: self.model.map_logits(tf.cast(features, tf.float32)), autograph=False)
