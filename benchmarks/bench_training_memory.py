@@ -110,13 +110,13 @@ def _metrics_text(metrics: dict) -> str:
 
 def main(argv):
     del argv
-    checkouts = [os.path.abspath(path) for path in FLAGS.checkouts]
+    checkouts = list(FLAGS.checkouts)  # as given: the labels of the table
     cache_dir = os.path.abspath(FLAGS.cache_dir)
     results: dict[str, list[dict]] = {path: [] for path in checkouts}
     for run in range(FLAGS.runs):
         order = checkouts if run % 2 == 0 else checkouts[::-1]
         for path in order:
-            result = measure(path, cache_dir)
+            result = measure(os.path.abspath(path), cache_dir)
             results[path].append(result)
             print(f"{_label(path)} run {run + 1}: stage 1 max {result['stage 1 max']:.0f} MiB, "
                   f"peak {result['peak']:.0f}, stage 2 median {result['stage 2 median']:.0f}; "
