@@ -380,7 +380,8 @@ class RunDir:
         count: an entry naming another place (an absolute path, ``..``), and every file of
         an ``examples/`` that is a symbolic link, are not the run's, so that a run folder
         from elsewhere cannot make training delete files outside it. A copy that is a link
-        (a run folder kept by git-annex or DVC) counts: removing it removes the link."""
+        (a run folder kept by git-annex or DVC) counts: removing it removes the link; what
+        it points to is read only where that is inside the run folder (`holds`)."""
         if os.path.islink(self.examples_dir) or not os.path.isdir(self.examples_dir):
             return []
         if os.path.exists(self.examples_index_file):
@@ -391,6 +392,10 @@ class RunDir:
         listed = [self._own_example(os.path.join(os.path.basename(self.examples_dir), name))
                   for name in os.listdir(self.examples_dir)]
         return sorted(path for path in listed if path is not None)
+
+    def holds(self, path: str) -> bool:
+        """Whether `path`, its links followed, is inside the run folder."""
+        return os.path.realpath(path).startswith(os.path.join(os.path.realpath(self.path), ""))
 
     def _own_example(self, relative: str) -> Optional[str]:
         """The path of `relative` (as ``examples.json`` says it) where it names a file

@@ -627,6 +627,36 @@ def test_export_run_from_python_warms_up_on_the_runs_examples(tiny_export_run, t
     assert sorted(os.listdir(base)) == ["0003"]
 
 
+def test_an_example_copy_linked_to_a_file_outside_the_run_is_not_exported(tiny_export_run,
+                                                                         tmp_path):
+    # A run folder from elsewhere whose first example copy links to a photo of the user's:
+    # the export, which is shipped, must not carry it; a link inside the run is read.
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from ofrnn_tf.export import saved_model
+
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_export_run.workdir, workdir, ignore=shutil.ignore_patterns(".lock"))
+    examples = RunDir(str(workdir)).example_images()
+    private = tmp_path / "private.jpg"
+    private.write_bytes(tiny_export_run.jpeg_bytes(1)[0] + b"private")
+    os.remove(examples[0])
+    os.symlink(private, examples[0])
+    os.remove(examples[1])
+    os.symlink(examples[2], examples[1])  # a link within the run folder
+    refused = []
+    path = saved_model.export_run(str(workdir), str(tmp_path / "export"),
+                                  on_refused=lambda *said: refused.append(said))
+    assert refused == [(examples[0], "a link to a file outside the run folder, which the "
+                                     "export does not read")]
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
+               tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE))]
+    sent = {bytes(image) for record in records
+            for image in tf.make_ndarray(record.predict_log.request.inputs["images"])}
+    assert Path(examples[1]).read_bytes() in sent
+    assert not any(b"private" in image for image in sent)
+
+
 def test_warmup_images_are_checked_without_tracing_the_signature(tiny_export_run):
     """`tf.saved_model.save` traces every signature in its own context: a check that
     called `serve_images` would trace the whole model once more for nothing."""

@@ -300,6 +300,11 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
             pictures.append(record["attention_png"])
     assert sorted(os.listdir(tmp_path / "attention")) == sorted(map(os.path.basename, pictures))
     assert "3 image(s) predicted, 4 failed or skipped" in done.stderr
+    # The bar (pictures drawn as the lines go) ends before the summary, not after it.
+    said = done.stderr.splitlines()
+    summary = next(i for i, line in enumerate(said) if "image(s) predicted" in line)
+    assert any(line.startswith("predicting: 100%") for line in said[:summary]), said
+    assert not any(line.startswith("predicting") for line in said[summary:]), said
     assert re.search(r"\[predict\] beam search of width K=\d+: labels are added while the "
                      r"path's probability stays at least τ=[0-9.e-]+, and at least 1 whatever τ",
                      done.stderr), done.stderr

@@ -310,6 +310,50 @@ def test_head_outputs_are_written_batch_by_batch_and_a_changed_split_is_named():
         _write_rows(kept, first, 4, 4)
 
 
+RESIDUAL_MODEL = {"head": "spatial", "decoder": "residual", "head_units": 8,
+                  "standardize_features": True}
+
+
+def residual_trainer(path, data, mixed_precision=False) -> Trainer:
+    config = tiny_config(model=RESIDUAL_MODEL, stage1={"epochs": 1}, stage2={"epochs": 1},
+                         runtime={"mixed_precision": mixed_precision})
+    return make_trainer(str(path), config, data)
+
+
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_an_input_pipeline_of_several_keeps_the_head_outputs_of_its_share(tmp_path,
+                                                                           mixed_precision):
+    data = synthetic_data()
+    trainer = residual_trainer(tmp_path, data, mixed_precision)
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    assert trainer._keep_head_outputs(ctx) == N // 2
+    np.testing.assert_array_equal(trainer._head_outputs["labels"].numpy(), data["labels"][1::2])
+    hidden, _ = trainer.model.head_outputs(tf.constant(data["features"][1::2]))
+    np.testing.assert_allclose(trainer._head_outputs["hidden"].numpy(),
+                               tf.cast(hidden, tf.float16).numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_head_outputs_of_fewer_records_than_counted_or_of_none_are_named(tmp_path):
+    short = {key: value[:N - 3] for key, value in synthetic_data().items()}
+    with pytest.raises(ValueError, match=f"gave {N - 3} examples where {N} were counted"):
+        residual_trainer(tmp_path / "short", short)._keep_head_outputs(
+            tf.distribute.InputContext())
+    trainer = residual_trainer(tmp_path / "empty", synthetic_data())
+    with pytest.raises(ValueError, match=f"input pipeline {N + 1} of {N + 1} holds no "
+                                         f"training example: train with fewer workers"):
+        trainer._keep_head_outputs(tf.distribute.InputContext(num_input_pipelines=N + 1,
+                                                              input_pipeline_id=N))
+
+
+def test_the_label_context_reads_the_kept_head_outputs_as_it_reads_the_features(tmp_path):
+    trainer = residual_trainer(tmp_path, synthetic_data())
+    logits, labels = trainer._training_map_logits()
+    trainer.cache_head_outputs = False
+    from_features, same_labels = trainer._training_map_logits()
+    np.testing.assert_allclose(logits.numpy(), from_features.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(labels.numpy(), same_labels.numpy())
+
+
 @pytest.mark.parametrize("decoder, budget", [("paper", 0), ("residual", 0), ("residual", 2048)])
 def test_stage2_loss_takes_the_configured_attention_penalty(tmp_path, monkeypatch, decoder,
                                                              budget):

@@ -126,7 +126,8 @@ def _with_pictures(predictions: Iterable[dict], entries: list) -> Iterator[dict]
     """Draws each prediction's attention maps; its line names the PNG instead of holding
     the maps. Pictures are numbered by the input's place among all the inputs."""
     places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
-    for place, result in zip(places, predictions):
+    # strict: the predictions are run to their end (their progress bar closes) at the last.
+    for place, result in zip(places, predictions, strict=True):
         if "attention" in result:  # not an input that could not be predicted
             try:
                 result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)

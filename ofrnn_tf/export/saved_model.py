@@ -198,8 +198,15 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     module = InferenceModule.from_run(run_dir, **module_kwargs)
     if warmup_images is None:
+        examples = []
+        for path in run_dir.example_images():
+            if run_dir.holds(path):
+                examples.append(path)
+            else:  # an export is shipped: never with a file a link from elsewhere names
+                on_refused(path, "a link to a file outside the run folder, which the export "
+                                 "does not read")
         warmup_images = [Path(path).read_bytes() for path in usable_example_images(
-            module, run_dir.example_images(), num_warmup_images, on_refused)]
+            module, examples, num_warmup_images, on_refused)]
     return save_inference_module(module, export_base, version, warmup_images, model_name)
 
 

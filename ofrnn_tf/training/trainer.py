@@ -403,6 +403,10 @@ class Trainer:
         # allocator keeps the peak of this pass for the rest of the process.
         count = (self.num_train if ctx.num_input_pipelines == 1
                  else int(examples.reduce(np.int64(0), lambda n, _: n + 1)))
+        if count == 0:
+            raise ValueError(f"input pipeline {ctx.input_pipeline_id + 1} of "
+                             f"{ctx.num_input_pipelines} holds no training example: train "
+                             f"with fewer workers")
         kept, done = {}, 0
         total = math.ceil(self.num_train / ctx.num_input_pipelines / _PASS_BATCH)
         with progress_bar(self._parsed_batches(examples), total=total, unit="batch",
