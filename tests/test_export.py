@@ -655,6 +655,11 @@ def test_an_example_copy_linked_to_a_file_outside_the_run_is_not_exported(tiny_e
             for image in tf.make_ndarray(record.predict_log.request.inputs["images"])}
     assert Path(examples[1]).read_bytes() in sent
     assert not any(b"private" in image for image in sent)
+    # Examples are looked at only until enough are usable: none, for none.
+    del refused[:]
+    saved_model.export_run(str(workdir), str(tmp_path / "export"), num_warmup_images=0,
+                           on_refused=lambda *said: refused.append(said))
+    assert refused == []
 
 
 def test_warmup_images_are_checked_without_tracing_the_signature(tiny_export_run):

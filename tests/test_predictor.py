@@ -421,6 +421,20 @@ def test_an_unwritable_report_is_refused_before_any_work(tmp_path):
     assert json.loads((tmp_path / "out.jsonl").read_text()) == {"image": "a", "labels": []}
 
 
+def test_an_interrupt_whose_raise_was_lost_stops_the_report_after_its_line(tmp_path,
+                                                                           monkeypatch):
+    # A signal that lands in a garbage-collector callback has its KeyboardInterrupt
+    # printed as ignored; the report stops at its next line all the same, keeping it.
+    from ofrnn_tf import cli
+
+    monkeypatch.setattr(cli, "_INTERRUPTS", [signal.SIGINT])
+    with open_report(str(tmp_path / "out.jsonl")) as out:
+        with pytest.raises(KeyboardInterrupt):
+            write_report(iter([{"image": "a", "labels": []}, {"image": "b", "labels": []}]),
+                         out, "predict", "predicted")
+    assert (tmp_path / "out.jsonl").read_text() == '{"image": "a", "labels": []}\n'
+
+
 def test_a_file_name_holding_escape_sequences_is_shown_not_acted_on_by_the_terminal(
         tmp_path, capsys):
     # A name in an upload folder that would set the window title, clear the screen and

@@ -21,6 +21,18 @@ from ofrnn_tf.status import printable  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFlow
 
 
+# The signals a command's run has received (`runner`).
+_INTERRUPTS: list[int] = []
+
+
+def stop_if_interrupted() -> None:
+    """Raises KeyboardInterrupt where the command was interrupted already: the handler's
+    own raise is lost where the signal lands in a callback Python runs for the garbage
+    collector (TensorFlow's weak references), which prints it as ignored and goes on."""
+    if _INTERRUPTS:
+        raise KeyboardInterrupt
+
+
 def runner(define_flags, main, on_interrupt: str = ""):
     """A console script's entry: define the command's flags (only when it runs, so importing
     a command module defines none), then run `main` under absl.
@@ -38,7 +50,7 @@ def runner(define_flags, main, on_interrupt: str = ""):
     ``terminated`` and exiting with 143, so the command's own clean-up runs; a full disk
     (`disk_full`) says what it stopped writing and that a rerun keeps what is finished,
     and exits with 1."""
-    interrupts = []
+    interrupts = _INTERRUPTS
 
     def note_interrupt(signum, frame):
         interrupts.append(signum)
@@ -83,6 +95,7 @@ def runner(define_flags, main, on_interrupt: str = ""):
             return 1
 
     def run():
+        interrupts.clear()
         before = set(flags.FLAGS)
         define_flags()
         for name in sorted(set(flags.FLAGS) - before):

@@ -16,6 +16,7 @@ from typing import Iterable, TextIO
 
 from absl import app
 
+from ofrnn_tf.cli import stop_if_interrupted
 from ofrnn_tf.status import printable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
@@ -148,6 +149,7 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
         for result in results:
             out.write(json.dumps(result, allow_nan=False) + "\n")
             out.flush()
+            stop_if_interrupted()
             if "error" in result:
                 failed.append(result["error"])
             else:

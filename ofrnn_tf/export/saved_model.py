@@ -25,7 +25,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import tensorflow as tf
 
@@ -163,22 +163,24 @@ def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> Non
             raise WarmupImageError(i, reason) from None
 
 
-def usable_example_images(module: InferenceModule, paths: Sequence[str], num: int,
+def usable_example_images(module: InferenceModule, paths: Iterable[str], num: int,
                           on_refused: Callable[[str, str], None] = lambda path, reason: None
                           ) -> list[str]:
     """The first `num` of `paths` (a run's example images) that the export accepts as
     warm-up images (`check_warmup_images`); `on_refused(path, reason)` hears of each one
-    left out."""
-    usable = []
+    left out. `paths` is read no further than that."""
+    usable: list[str] = []
+    if num < 1:
+        return usable
     for path in paths:
-        if len(usable) == num:
-            break
         try:
             check_warmup_images(module, [Path(path).read_bytes()])
         except WarmupImageError as e:
             on_refused(path, e.reason)
         else:
             usable.append(path)
+            if len(usable) == num:
+                break
     return usable
 
 
@@ -198,15 +200,16 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     module = InferenceModule.from_run(run_dir, **module_kwargs)
     if warmup_images is None:
-        examples = []
-        for path in run_dir.example_images():
-            if run_dir.holds(path):
-                examples.append(path)
-            else:  # an export is shipped: never with a file a link from elsewhere names
-                on_refused(path, "a link to a file outside the run folder, which the export "
-                                 "does not read")
+        def inside(paths):  # looked at in order, until enough are usable
+            for path in paths:
+                if run_dir.holds(path):
+                    yield path
+                else:  # an export is shipped: never with a file a link from elsewhere names
+                    on_refused(path, "a link to a file outside the run folder, which the "
+                                     "export does not read")
+
         warmup_images = [Path(path).read_bytes() for path in usable_example_images(
-            module, examples, num_warmup_images, on_refused)]
+            module, inside(run_dir.example_images()), num_warmup_images, on_refused)]
     return save_inference_module(module, export_base, version, warmup_images, model_name)
 
 
