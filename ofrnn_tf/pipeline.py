@@ -494,8 +494,7 @@ def _copy_name(index: int, image: str) -> str:
     (class/000.jpg) stay apart; the stem shortened where the name, or its picture's
     (``.png``), would pass the file systems' 255 bytes."""
     stem, extension = os.path.splitext(f"{index:03d}_{os.path.basename(image)}")
-    longer = max(extension, ".png", key=lambda e: len(e.encode("utf-8", "surrogateescape")))
-    return fitting_stem(stem, longer) + extension
+    return fitting_stem(stem, extension, ".png") + extension
 
 
 def _unlinked(folder: str) -> str:

@@ -23,9 +23,15 @@ def printable(text: str) -> str:
     return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text))
 
 
+def say(line: str) -> None:
+    """Prints `line` on stderr at once (progress bars share the stream), as one line
+    (`printable`)."""
+    print(printable(line), file=sys.stderr, flush=True)
+
+
 def log(message: str) -> None:
-    """Prints ``[ofrnn_tf] message`` on stderr at once (progress bars share the stream)."""
-    print(f"[ofrnn_tf] {printable(message)}", file=sys.stderr, flush=True)
+    """Prints ``[ofrnn_tf] message`` on stderr at once (`say`)."""
+    say(f"[ofrnn_tf] {message}")
 
 
 class _LineStream:

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - after the log level, which TensorFlow reads once
 
-from ofrnn_tf.status import printable  # noqa: E402 - imports no TensorFlow
+from ofrnn_tf.status import printable, say  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFlow
 
 
@@ -142,7 +142,8 @@ def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:
     follows the bound: " (1: greedy)")."""
     value = flags.FLAGS[flag].value
     if value is not None and value < minimum:
-        raise app.UsageError(f"--{flag} must be at least {minimum}{note}, got {value}")
+        bound = "0 or more" if minimum == 0 else f"at least {minimum}"
+        raise app.UsageError(f"--{flag} must be {bound}{note}, got {value}")
 
 
 def refuse_non_probability(flag: str) -> None:
@@ -239,9 +240,8 @@ def trained_run(workdir: str):
         # checkpoints that say nothing of it: no note.
         stopped = None
     if stopped:
-        print(printable(f"{os.path.basename(sys.argv[0])}: WARNING: {run_dir.path} is not "
-                        f"finished (stopped at {stopped}): its best epoch so far is used"),
-              file=sys.stderr)
+        say(f"{os.path.basename(sys.argv[0])}: WARNING: {run_dir.path} is not finished "
+            f"(stopped at {stopped}): its best epoch so far is used")
     return run_dir
 
 

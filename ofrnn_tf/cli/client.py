@@ -23,7 +23,7 @@ from absl import app, flags
 from ofrnn_tf.cli import refuse_below, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
-from ofrnn_tf.status import printable, progress_bar
+from ofrnn_tf.status import progress_bar, say
 from ofrnn_tf.tf_errors import reason_text
 
 FLAGS = flags.FLAGS
@@ -72,9 +72,9 @@ def main(argv):
         return write_report(lines, out, "client", "labelled")
     except grpc.RpcError as error:
         # One line: TF Serving's details of a failed Assert span two, with node names.
-        print(printable(f"[client] stopped: {FLAGS.server} answered {error.code().name}: "
-                        f"{reason_text(error.details() or '')} (the inputs after the lines "
-                        f"written were not labelled)"), file=sys.stderr)
+        say(f"[client] stopped: {FLAGS.server} answered {error.code().name}: "
+            f"{reason_text(error.details() or '')} (the inputs after the lines written were "
+            f"not labelled)")
         return 1
 
 

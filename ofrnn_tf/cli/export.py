@@ -25,7 +25,7 @@ from ofrnn_tf.export.saved_model import (
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
-from ofrnn_tf.status import printable
+from ofrnn_tf.status import say
 
 FLAGS = flags.FLAGS
 
@@ -63,9 +63,8 @@ def main(argv):
                              f"those folders), got {FLAGS.version}")
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
-    for name in ("num_warmup_images", "keep_versions"):
-        if FLAGS[name].value < 0:
-            raise app.UsageError(f"--{name} must be 0 or more, got {FLAGS[name].value}")
+    refuse_below("num_warmup_images", minimum=0)
+    refuse_below("keep_versions", minimum=0)
     refuse_unwritable_folder("export_dir", FLAGS.export_dir)  # before the model is built
     refuse_glob_characters("workdir", FLAGS.workdir)
     # TensorFlow Serving is given the absolute base path, and reads the variables by it.
@@ -92,16 +91,15 @@ def main(argv):
     if FLAGS.keep_versions:
         removed = remove_old_versions(FLAGS.export_dir, FLAGS.keep_versions, written=path)
         if removed:
-            print(printable(f"{os.path.basename(sys.argv[0])}: removed {len(removed)} older "
-                            f"version(s) (--keep_versions={FLAGS.keep_versions}): "
-                            f"{', '.join(removed)}"), file=sys.stderr)
+            say(f"{os.path.basename(sys.argv[0])}: removed {len(removed)} older version(s) "
+                f"(--keep_versions={FLAGS.keep_versions}): {', '.join(removed)}")
     print(os.path.normpath(path))
     return 0
 
 
 def _say_left_out(path: str, reason: str) -> None:
-    print(printable(f"{os.path.basename(sys.argv[0])}: the run's example image {path} is left "
-                    f"out of the warm-up requests: {reason}"), file=sys.stderr)
+    say(f"{os.path.basename(sys.argv[0])}: the run's example image {path} is left out of "
+        f"the warm-up requests: {reason}")
 
 
 def _given_warmup_images(pattern: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Iterable, TextIO
 from absl import app
 
 from ofrnn_tf.cli import stop_if_interrupted
-from ofrnn_tf.status import printable
+from ofrnn_tf.status import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
 
@@ -161,7 +161,7 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
     if out is not sys.stdout:
         out.close()
     for error in failed:
-        print(f"[{command}] {printable(error)}", file=sys.stderr)
-    print(f"[{command}] {num_ok} image(s) {verb}, {len(failed)} failed or skipped"
-          + (f"; written to {printable(output)}" if output else ""), file=sys.stderr)
+        say(f"[{command}] {error}")
+    say(f"[{command}] {num_ok} image(s) {verb}, {len(failed)} failed or skipped"
+        + (f"; written to {output}" if output else ""))
     return 0 if num_ok else 1

@@ -35,7 +35,7 @@ from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import UncalibratedBeamSizeError
 from ofrnn_tf.inference.predictor import Predictor
-from ofrnn_tf.status import printable
+from ofrnn_tf.status import say
 from ofrnn_tf.visualization.attention_maps import draw_prediction
 
 FLAGS = flags.FLAGS
@@ -93,7 +93,7 @@ def main(argv):
         except OSError as error:
             raise app.UsageError(f"--attention_dir={FLAGS.attention_dir}: "
                                  f"{error.strerror or error}")
-    print(f"[predict] {_decision_rule(predictor.module)}", file=sys.stderr)
+    say(f"[predict] {_decision_rule(predictor.module)}")
     # Each line is written as its batch is done (a stopped command keeps them); on a
     # terminal the lines show the progress, where a bar would break them.
     progress = bool(FLAGS.output) or not sys.stdout.isatty()
@@ -133,8 +133,7 @@ def _with_pictures(predictions: Iterable[dict], entries: list) -> Iterator[dict]
                 result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
             except Exception as error:  # noqa: BLE001 - the prediction stands, not its picture
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-                print(printable(f"[predict] {result['image']}: no attention picture: {reason}"),
-                      file=sys.stderr)
+                say(f"[predict] {result['image']}: no attention picture: {reason}")
             del result["attention"]
         yield result
 

@@ -33,7 +33,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ofrnn_tf.features.images import decode_rgb
-from ofrnn_tf.status import printable
+from ofrnn_tf.status import printable, say
 
 
 DPI = 100
@@ -268,7 +268,7 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
     written = []
     for index, result in enumerate(predictor.predict_files(paths, all_scores=False)):
         if "error" in result:
-            print(printable(f"[attention] skipped {result['error']}"), file=sys.stderr)
+            say(f"[attention] skipped {result['error']}")
             continue
         truth = None
         if ground_truth is not None:
@@ -277,7 +277,7 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
         try:
             written.append(draw_prediction(result, out_dir, index, ground_truth=truth))
         except Exception as error:  # noqa: BLE001 - a picture is never worth the run
-            print(printable(f"[attention] {result['image']}: no picture: {error}"), file=sys.stderr)
+            say(f"[attention] {result['image']}: no picture: {error}")
     return written
 
 
@@ -307,10 +307,10 @@ def draw_prediction(result: dict, out_dir: str, index: int,
 _NAME_BYTES = 255  # the longest file name of common file systems
 
 
-def fitting_stem(stem: str, extension: str) -> str:
-    """`stem` shortened (by characters, from the end) so that `stem` + `extension` is a
-    file name of at most 255 bytes, the limit of common file systems."""
-    room = _NAME_BYTES - len(extension.encode("utf-8", "surrogateescape"))
+def fitting_stem(stem: str, *extensions: str) -> str:
+    """`stem` shortened (by characters, from the end) so that `stem` with each of
+    `extensions` is a file name of at most 255 bytes, the limit of common file systems."""
+    room = _NAME_BYTES - max(len(e.encode("utf-8", "surrogateescape")) for e in extensions)
     while len(stem.encode("utf-8", "surrogateescape")) > room:
         stem = stem[:-1]
     return stem
