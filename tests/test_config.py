@@ -67,6 +67,37 @@ def test_help_lists_the_commands_own_flags_under_its_description(argv):
         assert name in done.stdout, (name, done.stdout[-1500:])
 
 
+# The wrapper a console script is, with a note on stderr of whether TensorFlow was imported.
+_COMMAND = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
+            "'\\nTENSORFLOW IMPORTED' if 'tensorflow' in sys.modules else '')); "
+            "from ofrnn_tf.cli.{0} import run; sys.argv[0] = 'ofrnn-{0}'; run()")
+
+
+@pytest.mark.parametrize("command, argv, refusal", [
+    ("train", [], "--workdir is required"),
+    ("extract", ["surplus"], "unexpected arguments: ['surplus']"),
+    ("predict", [], "--workdir is required"),
+    ("predict", ["--workdir=run", "--tau=2", "a.jpg"], "--tau must be a probability"),
+    ("export", [], "--workdir and --export_dir are required"),
+    ("serve", [], "--model_base_path is required"),
+    ("client", [], "give at least one image file or folder"),
+])
+def test_every_command_shows_help_and_refuses_flags_before_tensorflow_loads(
+        command, argv, refusal):
+    """TensorFlow takes seconds to import and prints lines of its own whatever the log
+    level: --help, and a mistake in the flags, are said without it."""
+    run = [sys.executable, "-c", _COMMAND.format(command)]
+    helped = subprocess.run([*run, "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert helped.stdout.startswith(f"ofrnn-{command}: "), helped.stdout[:300]
+    assert "TENSORFLOW IMPORTED" not in helped.stderr
+    refused = subprocess.run([*run, *argv], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1
+    assert f"ofrnn-{command}: {refusal}" in refused.stderr, refused.stderr[-2000:]
+    assert "TENSORFLOW IMPORTED" not in refused.stderr
+
+
 def test_flags_override_only_what_they_name():
     values = parse("--config=paper", "--stage2.epochs=3", "--data.seed=2")
     config = config_from_flags(values)

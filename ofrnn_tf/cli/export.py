@@ -20,10 +20,8 @@ from absl import app, flags, logging
 
 from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
                           refuse_unwritable_folder, runner, trained_run)
-from ofrnn_tf.export.saved_model import (
-    DEFAULT_NUM_WARMUP_IMAGES, WarmupImageError, export_run, remove_old_versions)
-from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
-from ofrnn_tf.inference.module import DEFAULT_MAX_IMAGE_PIXELS, UncalibratedBeamSizeError
+from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
+from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 from ofrnn_tf.status import say
 
@@ -71,6 +69,10 @@ def main(argv):
     refuse_glob_characters("export_dir", FLAGS.export_dir, absolute=True)
     logging.set_verbosity(logging.WARNING)  # TensorFlow's notes on every function it saves
     run_dir = trained_run(FLAGS.workdir)
+    # Here, after the flags are checked: TensorFlow takes seconds to import.
+    from ofrnn_tf.export.saved_model import WarmupImageError, export_run, remove_old_versions
+    from ofrnn_tf.inference.module import UncalibratedBeamSizeError
+
     paths, images = [], None  # None: the run's example images
     if FLAGS.warmup_images:
         paths = _given_warmup_images(FLAGS.warmup_images)[:FLAGS.num_warmup_images]

@@ -31,12 +31,8 @@ from ofrnn_tf.cli import (
     input_errors, refusal, refuse_below, refuse_glob_characters, refuse_non_probability,
     refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
-from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
-from ofrnn_tf.features.images import PIXEL_LIMIT_WORDS
-from ofrnn_tf.inference.module import UncalibratedBeamSizeError
-from ofrnn_tf.inference.predictor import Predictor
+from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.status import say
-from ofrnn_tf.visualization.attention_maps import draw_prediction
 
 FLAGS = flags.FLAGS
 
@@ -75,6 +71,10 @@ def main(argv):
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     trained_run(FLAGS.workdir)
+    # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
+    from ofrnn_tf.inference.module import UncalibratedBeamSizeError
+    from ofrnn_tf.inference.predictor import Predictor
+
     try:
         predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
                                        batch_size=FLAGS.batch_size,
@@ -125,6 +125,8 @@ def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:
 def _with_pictures(predictions: Iterable[dict], entries: list) -> Iterator[dict]:
     """Draws each prediction's attention maps; its line names the PNG instead of holding
     the maps. Pictures are numbered by the input's place among all the inputs."""
+    from ofrnn_tf.visualization.attention_maps import draw_prediction
+
     places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
     # strict: the predictions are run to their end (their progress bar closes) at the last.
     for place, result in zip(places, predictions, strict=True):

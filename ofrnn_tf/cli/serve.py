@@ -18,9 +18,9 @@ from typing import Sequence
 from absl import app, flags, logging
 
 from ofrnn_tf.cli import refuse_below, refuse_glob_characters, runner
-from ofrnn_tf.serving.local_server import (
-    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, SHUTDOWN_GRACE_SECONDS, grpc_address, serve)
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT, LISTENING_PREFIX
+from ofrnn_tf.serving.server_process import (
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, DEFAULT_PORT,
+    LISTENING_PREFIX)
 
 
 def define_flags() -> None:
@@ -64,6 +64,9 @@ def main(argv: Sequence[str]) -> None:
         refuse_below(name)
     # As TensorFlow Serving is given it: an absolute path, its variables read by pattern.
     refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
+    # Here, after the flags are checked: TensorFlow takes seconds to import.
+    from ofrnn_tf.serving.local_server import SHUTDOWN_GRACE_SECONDS, grpc_address, serve
+
     try:
         server, port = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.host, FLAGS.port,
                              max_message_bytes=FLAGS.max_message_bytes,

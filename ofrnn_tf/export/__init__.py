@@ -1,5 +1,14 @@
-"""SavedModel export for TensorFlow Serving (docs/serving.md)."""
+"""SavedModel export for TensorFlow Serving (docs/serving.md).
 
-from ofrnn_tf.export.saved_model import export_run, save_inference_module
+`export_run` and `save_inference_module` are imported on first use, with TensorFlow, so
+that the package's TensorFlow-free parts (the warm-up defaults) load at once."""
+
+import importlib
 
 __all__ = ["export_run", "save_inference_module"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module("ofrnn_tf.export.saved_model"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

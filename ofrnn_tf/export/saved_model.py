@@ -29,14 +29,12 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import tensorflow as tf
 
-from ofrnn_tf.export.warmup import write_warmup_requests
+from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES, write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, version_folders
 from ofrnn_tf.tf_errors import op_error_text
-
-DEFAULT_NUM_WARMUP_IMAGES = 4  # of the run's example images, for the warm-up requests
 
 
 def next_version(export_base: str) -> int:

@@ -1,17 +1,17 @@
-"""`assets.extra/tf_serving_warmup_requests`: requests TF Serving replays at load time."""
+"""`assets.extra/tf_serving_warmup_requests`: requests TF Serving replays at load time.
+
+Imports TensorFlow only to write them, so that ``ofrnn-export --help`` shows the
+default count at once."""
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-from ofrnn_tf.serving.client import predict_request
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+DEFAULT_NUM_WARMUP_IMAGES = 4  # of the run's example images, for the warm-up requests
 
 
 def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
@@ -25,6 +25,11 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
     per set of inputs and outputs, so each kind needs its own warm-up."""
     if not images:
         raise ValueError("warm-up requests need at least one sample image")
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from ofrnn_tf.serving.client import predict_request
+
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:

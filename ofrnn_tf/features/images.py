@@ -16,6 +16,7 @@ from typing import NamedTuple, Sequence
 
 import tensorflow as tf
 
+from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 from ofrnn_tf.tf_errors import op_error_text
 
 IMAGE_FORMATS = "JPEG/PNG/GIF/BMP"
@@ -407,8 +408,6 @@ def gif_frames(data: bytes) -> GifFrames:
     return GifFrames(frames, pixels, width, height)
 
 
-# In every refusal for the pixel limit: here, in the served graph's and in ofrnn-serve's.
-PIXEL_LIMIT_WORDS = "above the limit of"
 
 
 def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,

@@ -70,17 +70,16 @@ from tensorflow_serving.apis import (
 )
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
-from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
+from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import (find_undecodable, pixel_limit_error,
                                       read_image_header)
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, find_latest_version
+from ofrnn_tf.serving.server_process import (
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, find_latest_version)
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
 _NO_DEADLINE_SECONDS = 10 ** 9  # more time than this left: the client set no deadline
 SHUTDOWN_GRACE_SECONDS = 2.0  # on SIGTERM or Ctrl-C, before requests in flight are cancelled
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.config: 32)
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
 
 

@@ -2,7 +2,8 @@
 
 Kept free of TensorFlow so a client can start the server first and import TensorFlow
 while the child loads the model (`scripts/grpc_demo.py`): the two imports then run
-at the same time instead of one after the other.
+at the same time instead of one after the other. For the same reason it holds the
+server's defaults, which ``ofrnn-serve --help`` shows before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Sequence
 DEFAULT_MODEL_NAME = "ofrnn"
 DEFAULT_PORT = 8500  # tensorflow_model_server's gRPC port
 LISTENING_PREFIX = "LISTENING "  # the server prints this and its target once the port is open
+# ofrnn-serve's limits on a request, unless its flags set others.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.config: 32)
 
 
 def version_folders(model_base_path: str) -> list[tuple[int, str]]:

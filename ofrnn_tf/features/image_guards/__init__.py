@@ -107,11 +107,11 @@ The modules, each importing only those listed before it:
 from __future__ import annotations
 
 from ofrnn_tf.features.image_guards.decode import (
-    DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_JPEG_SEGMENTS, NAME_DECODE_FAILURES,
-    check_encoded_images, decode_images)
+    DEFAULT_MAX_JPEG_SEGMENTS, NAME_DECODE_FAILURES, check_encoded_images, decode_images)
 from ofrnn_tf.features.image_guards.gif_walk import _gif_frames
 from ofrnn_tf.features.image_guards.layouts import ACCEPTED_FORMATS, has_accepted_bmp_layout
 from ofrnn_tf.features.images import MAX_GIF_BLOCKS, MAX_GIF_STEPS
+from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 
 # _gif_frames: tests/test_image_formats.py calls it as `image_guards._gif_frames`.
 __all__ = ["ACCEPTED_FORMATS", "DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MAX_JPEG_SEGMENTS",

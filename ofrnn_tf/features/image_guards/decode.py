@@ -12,11 +12,6 @@ from ofrnn_tf.features.image_guards.layouts import (
 from ofrnn_tf.features.image_guards.messages import _header_message, _str
 from ofrnn_tf.features.images import decode_and_resize
 
-# Decoding plus the antialiased resize (which works in float32) needs about
-# 15 bytes per source pixel: 40 million pixels is about 600 MB for one image.
-# That admits 24 MP camera and 12 MP phone pictures with room to spare.
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-
 # Marker segments walked to find a JPEG frame header. Real files have a few dozen
 # at most (APP0, APP1 EXIF and XMP, APP2 ICC chunks, DQT, DHT, COM); the cap bounds
 # the work that a file made of fill bytes or empty segments can cause.
