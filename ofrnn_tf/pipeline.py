@@ -218,8 +218,8 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
     source = config.data.manifest or config.data.data_dir
     refuse = (f"{run_dir.run_file}: the data{f' at {source}' if source else ''} differ from "
               f"those the run was trained on, refused before any feature extraction")
-    remedy = ("Resume on the data the run was trained with, or start a new run (another "
-              "--workdir) on these.")
+    remedy = (f"{'Evaluate' if evaluating else 'Resume'} on the data the run was trained "
+              f"with, or start a new run (another --workdir) on these.")
     if tuple(data.label_map.names) != tuple(facts.label_names):
         raise RunDataChangedError(
             f"{refuse}: {_label_change(tuple(facts.label_names), data.label_map.names)}. "
@@ -310,13 +310,14 @@ def prepare_features(config: ExperimentConfig, data: Data,
 
 def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
     """Eval mode scores the test split held in the run's feature cache; it reads no image.
-    So the data the flags name must be the run's: own data found here, images and all,
-    are checked as a rerun checks them (`check_resumed_data`: class names, images,
-    labels), and data not found here must be named as the run names them (a run moved
-    without its data); lists found without all their images are not compared. A
-    training split changed since is noted, not refused: eval mode reads only the
-    validation and test splits. The embedded benchmark is made from the run's settings,
-    checked with its config."""
+    So the data the flags name must be the run's: own data found here are checked as a
+    rerun checks them (`check_resumed_data`: class names, images, labels), listed images
+    that are missing dropped as training dropped them; data not found here must be named
+    as the run names them (a run moved without its data), and lists found without any of
+    their images are not compared (a run moved without its images). A training split
+    changed since is noted, not refused: eval mode reads only the validation and test
+    splits. The embedded benchmark is made from the run's settings, checked with its
+    config."""
     if config.data.dataset == "fashion_canvases":
         return
     saved = run_dir.load()[0].data
@@ -331,14 +332,14 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
                 f"them")
         log(f"{source} is not found here: scoring the test split of the run's feature cache")
         return
-    data = load_data(config, check_files=False)
-    missing = next((e.image for examples in data.splits.values() for e in examples
-                    if isinstance(e.image, str) and not os.path.exists(e.image)), None)
-    if missing is not None:  # the lists without the images: they cannot be compared
-        log(f"{missing} (and maybe more images of {source}) is not found here: scoring the "
-            f"test split of the run's feature cache")
+    listed = [e.image for examples in load_data(config, check_files=False).splits.values()
+              for e in examples if isinstance(e.image, str)]
+    if listed and not any(os.path.exists(image) for image in listed):
+        log(f"none of the images {source} lists is found here (the first: {listed[0]}): "
+            f"scoring the test split of the run's feature cache")
         return
-    data = in_run_spelling(data, run_dir)
+    # Some images missing (a NUS-WIDE copy, say) were missing at training too, and dropped.
+    data = in_run_spelling(load_data(config), run_dir)
     check_resumed_data(config, data, feature_cache_key(config, data), run_dir, evaluating=True)
 
 

@@ -588,12 +588,39 @@ def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
     root = config.data.data_dir
     os.rename(os.path.join(root, "img"), tmp_path / "images")  # the lists without the images
     pipeline.check_evaluated_data(config, RunDir(workdir))
-    assert re.search(r"img/\w+\.png \(and maybe more images of .*\) is not found here: "
+    assert re.search(r"none of the images .* lists is found here \(the first: .*img/\w+\.png\): "
                      r"scoring the test split of the run's feature cache", capsys.readouterr().err)
     os.rename(root, tmp_path / "elsewhere")
     pipeline.check_evaluated_data(config, RunDir(workdir))
     assert "is not found here: scoring the test split of the run's feature cache" in (
         capsys.readouterr().err)
+
+
+def test_eval_mode_compares_data_whose_missing_images_were_missing_at_training(
+        tmp_path, monkeypatch, tiny_backbone, no_backbone, capsys):
+    """As a NUS-WIDE copy, where many listed Flickr files never came: dropped when the run
+    was trained, and again when eval mode compares the lists."""
+    root = manifest_folder(tmp_path / "data", train=12, test=5, val=3)
+    for name in ("train_004.png", "test_001.png"):
+        os.remove(os.path.join(root, "img", name))
+    config = manifest_config(root, tmp_path / "cache")
+    _, facts = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config))
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.save(config, facts)
+    capsys.readouterr()
+    pipeline.check_evaluated_data(config, run_dir)  # the same data: no refusal
+    assert "scoring the test split of the run's feature cache" not in capsys.readouterr().err
+    with open(os.path.join(root, "test.csv"), "w") as f:  # one test image relabelled
+        f.write(_rows("test", range(5)).replace("test_000.png,a;b", "test_000.png,b"))
+    with pytest.raises(pipeline.RunDataChangedError,
+                       match=r"test: other image ids or labels \(as many images, 4\)\. "
+                             r"Evaluate on the data the run was trained with"):
+        pipeline.check_evaluated_data(config, run_dir)
+    with open(os.path.join(root, "test.csv"), "w") as f:
+        f.write(_rows("test", range(5)))
+    os.remove(os.path.join(root, "img", "test_002.png"))  # one more missing since
+    with pytest.raises(pipeline.RunDataChangedError, match=r"test: 3 images now, 4 then"):
+        pipeline.check_evaluated_data(config, run_dir)
 
 
 def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluates(
