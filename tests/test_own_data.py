@@ -186,7 +186,9 @@ def test_the_first_missing_image_is_named_with_its_line(tmp_path, capsys):
     ann, image_dir = _coco(tmp_path / "coco", [(1, "a.png"), (2, "b.png")])
     os.remove(os.path.join(image_dir, "b.png"))
     _, _, stats = load_coco(ann, image_dir)
-    assert f"(first: {os.path.join(image_dir, 'b.png')}, image id 2)" in capsys.readouterr().err
+    assert str(stats) == (f"{ann}: of 2 listed, 1 images kept, 0 dropped with no label, 1 "
+                          f"dropped with a missing file (first: "
+                          f"{os.path.join(image_dir, 'b.png')}, image id 2)")
     assert stats.dropped_missing == 1
 
     # Several: the first three are named, the rest counted.
@@ -199,7 +201,7 @@ def test_the_first_missing_image_is_named_with_its_line(tmp_path, capsys):
             in capsys.readouterr().err)
 
 
-def test_nuswide_names_the_first_missing_image_and_its_list_line(tmp_path, capsys):
+def test_nuswide_names_the_first_missing_image_and_its_list_line(tmp_path):
     root = tmp_path / "nus"
     (root / "ImageList").mkdir(parents=True)
     (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
@@ -207,9 +209,9 @@ def test_nuswide_names_the_first_missing_image_and_its_list_line(tmp_path, capsy
     (root / "ImageList" / "TrainImagelist.txt").write_text("a\\1.jpg\r\n\r\na\\2.jpg\r\n")
     (root / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Train.txt").write_text("1\n1\n")
     _png(root / "Flickr" / "a" / "1.jpg", 0)
-    load_nuswide(str(root), "train")
+    _, _, stats = load_nuswide(str(root), "train")
     missing = os.path.join(str(root), "Flickr", "a", "2.jpg")
-    assert f"(first: {missing}, line 3 of TrainImagelist.txt)" in capsys.readouterr().err
+    assert f"(first: {missing}, line 3 of TrainImagelist.txt)" in str(stats)
 
 
 # -- a JSON array -------------------------------------------------------------------------

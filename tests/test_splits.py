@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ofrnn_tf.data import DataLabelMapError
+from ofrnn_tf.data import DataLabelMapError, DataNotFoundError
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import (NothingToLearnError, SplitTooSmallError, check_split_sizes,
                                   load_examples)
@@ -40,6 +40,23 @@ def test_coco_validation_is_held_out_of_train_not_taken_from_test(tmp_path):
     assert ids["val"] | ids["train"] == {str(i) for i in range(200)}
     assert 20 <= len(ids["val"]) <= 60  # about val_fraction of train
     assert label_map.names == ("cat", "dog")
+
+
+def test_a_coco_2017_folder_is_read_as_its_own_splits_and_2014_wins_where_both_are(tmp_path):
+    _write_coco(str(tmp_path), "train2017", range(0, 40))
+    _write_coco(str(tmp_path), "val2017", range(500, 510))
+    splits, _ = load_examples("coco", {"data_dir": str(tmp_path)}, val_fraction=0.2)
+    assert {e.image_id for e in splits["test"]} == {str(i) for i in range(500, 510)}
+    assert splits["test"][0].image == os.path.join(str(tmp_path), "val2017", "000500.png")
+    _write_coco(str(tmp_path), "train2014", range(100, 140))  # the paper's release
+    _write_coco(str(tmp_path), "val2014", range(600, 610))
+    splits, _ = load_examples("coco", {"data_dir": str(tmp_path)}, val_fraction=0.2)
+    assert {e.image_id for e in splits["test"]} == {str(i) for i in range(600, 610)}
+    with pytest.raises(DataNotFoundError, match=r"COCO annotation file not found: "
+                                                 r".*empty/annotations/instances_train2014.json "
+                                                 r"\(nor the 2017 release's "
+                                                 r"instances_train2017.json\)"):
+        load_examples("coco", {"data_dir": str(tmp_path / "empty")}, val_fraction=0.2)
 
 
 def test_hold_out_is_stable_between_runs(tmp_path):

@@ -43,8 +43,10 @@ _NAMED_MISSING = 3
 
 @dataclasses.dataclass
 class LoadStats:
-    """What an adapter kept and dropped, printed at the end of a load."""
+    """What an adapter kept and dropped of the images `source` (a data file) lists."""
 
+    source: str = ""
+    listed: int = 0
     images: int = 0
     dropped_unlabeled: int = 0
     dropped_missing: int = 0
@@ -63,8 +65,9 @@ class LoadStats:
         return self.named_missing[0] if self.named_missing else None
 
     def __str__(self) -> str:
-        text = (f"{self.images} images kept, {self.dropped_unlabeled} dropped with no "
-                f"label, {self.dropped_missing} dropped with a missing file")
+        text = (f"{self.source}: of {self.listed} listed, " if self.source else "") + (
+            f"{self.images} images kept, {self.dropped_unlabeled} dropped with no label, "
+            f"{self.dropped_missing} dropped with a missing file")
         if self.named_missing:
             more = self.dropped_missing - len(self.named_missing)
             text += (f" (first: {'; '.join(self.named_missing)}"

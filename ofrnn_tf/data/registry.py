@@ -8,7 +8,8 @@ dataset                   paths                        splits
 ``coco``                  ``data_dir`` holding          train, val (``test`` reads
                           ``annotations/instances_      val2014, the usual protocol);
                           {train,val}2014.json`` and    or ``annotation_file`` +
-                          ``{train,val}2014/``          ``image_dir`` for any split name
+                          ``{train,val}2014/`` (or      ``image_dir`` for any split name
+                          2017's, `coco_release`)
 ``nuswide``               ``data_dir`` (the release)    train, test
 ``manifest``              ``manifest`` (a file), or     any: ``data_dir/<split>.csv``
                           ``data_dir``                  or ``.jsonl``
@@ -33,8 +34,24 @@ from ofrnn_tf.data.fashion_canvases import load_benchmark_split
 from ofrnn_tf.labels import LabelMap
 
 DATASETS = ("fashion_canvases", "coco", "nuswide", "manifest")
-_COCO_SPLITS = {"train": "train2014", "val": "val2014", "test": "val2014"}
+_COCO_SPLITS = {"train": "train", "val": "val", "test": "val"}
+COCO_RELEASES = ("2014", "2017")  # the paper's first
 MANIFEST_EXTENSIONS = ("csv", "jsonl", "json")
+
+
+def coco_annotation_file(data_dir: str, name: str) -> str:
+    return os.path.join(data_dir, "annotations", f"instances_{name}.json")
+
+
+def coco_release(data_dir: str, split: str = "train") -> Optional[str]:
+    """The MS-COCO release a ``data_dir`` holds, by its training annotations (else by
+    those of `split`): 2014 (the paper's) where it holds both, else 2017 (the same
+    images in other splits, as most copies are now); None where it holds neither."""
+    for name in dict.fromkeys(("train", _COCO_SPLITS[split])):
+        for release in COCO_RELEASES:
+            if os.path.isfile(coco_annotation_file(data_dir, name + release)):
+                return release
+    return None
 
 
 def manifest_candidates(data_dir: str, split: str) -> list[str]:
@@ -87,8 +104,14 @@ def load_split(dataset: str, split: str, **paths: Any
             if split not in _COCO_SPLITS:
                 raise ValueError(f"coco split must be one of {sorted(_COCO_SPLITS)}, "
                                  f"got {split!r} (or pass annotation_file and image_dir)")
-            name = _COCO_SPLITS[split]
-            annotation_file = os.path.join(data_dir, "annotations", f"instances_{name}.json")
+            release = coco_release(data_dir, split)
+            if release is None:
+                first, then = (f"{_COCO_SPLITS[split]}{r}" for r in COCO_RELEASES)
+                raise DataNotFoundError(
+                    f"COCO annotation file not found: {coco_annotation_file(data_dir, first)} "
+                    f"(nor the {COCO_RELEASES[1]} release's instances_{then}.json)")
+            name = _COCO_SPLITS[split] + release
+            annotation_file = coco_annotation_file(data_dir, name)
             image_dir = image_dir or os.path.join(data_dir, name)
         _need(dataset, image_dir=image_dir)
         return load_coco(annotation_file, image_dir, label_map, check_files=check_files)

@@ -187,7 +187,9 @@ def check_split_sizes(splits: dict[str, list[Example]], batch_size: int) -> None
             f"--data.val_fraction so that at least one image is held out, or give a val split")
     if not splits["test"]:
         raise SplitTooSmallError("the test split is empty: give test images (a test manifest, "
-                                 "or the data set's test split)")
+                                 "or the data set's test split; with one --data.manifest file, "
+                                 "which holds as many out for test as for validation, a "
+                                 "larger --data.val_fraction or more images)")
 
 
 def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batch_size: int,

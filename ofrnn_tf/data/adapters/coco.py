@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import sys
 from typing import Any, Sequence
 
 from pycocotools.coco import COCO
@@ -31,9 +30,10 @@ def load_coco(annotation_file: str,
               progress: bool = True) -> tuple[list[Example], LabelMap, LoadStats]:
     """Reads a COCO instances file into `Example` records.
 
-    The label map is the category names ordered by category id, every category
-    included (also those no annotation uses), so a model trained on one split of a
-    data set reads the other split with the same ids.
+    The label map is the category names ordered by category id (as text where the ids
+    are strings: "10" before "2"), every category included (also those no annotation
+    uses), so a model trained on one split of a data set reads the other split with the
+    same ids.
 
     `Example.label_areas` holds, per label, the bounding-box area (``w * h``) of the
     largest object of that class divided by the image area. The bounding box is used
@@ -74,9 +74,9 @@ def load_coco(annotation_file: str,
     label_of_cat = {c: i for i, c in enumerate(cat_ids)}
     _check_references(dataset, coco, annotation_file)
 
-    stats = LoadStats()
-    examples: list[Example] = []
     images = dataset.get("images", [])
+    stats = LoadStats(annotation_file, len(images))
+    examples: list[Example] = []
     image_of_file: dict[str, Any] = {}
     for img in progress_bar(images, desc=f"coco {os.path.basename(annotation_file)}",
                             unit="img", enabled=progress and len(images) >= 20000):
@@ -98,8 +98,6 @@ def load_coco(annotation_file: str,
         examples.append(_example(img, anns, label_of_cat, path))
     stats.images = len(examples)
 
-    if stats.dropped_unlabeled or stats.dropped_missing:
-        print(f"{annotation_file}: of {len(images)} listed, {stats}", file=sys.stderr)
     if images and not examples and stats.dropped_missing:
         raise DataNotFoundError(
             f"{annotation_file}: none of the {stats.dropped_missing} labelled images "
@@ -129,14 +127,14 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_records(path: str, records: list, key: str, kind: str, field: str) -> None:
-    """Each of `records` is an object with an `id` (a number or a string) and a non-empty
+    """Each of `records` is an object with an `id` (an integer or a string) and a non-empty
     string `field`; ids are unique, also as strings (they become `Example.image_id`)."""
     seen: set = set()
     for i, record in enumerate(records):
         if not isinstance(record, dict) or "id" not in record or field not in record:
             raise DataFileError(f"{path}: {key}[{i}] needs 'id' and '{field}'")
         if not _is_id(record["id"]):
-            raise DataFileError(f"{path}: {key}[{i}] has id {record['id']!r} (expected a number "
+            raise DataFileError(f"{path}: {key}[{i}] has id {record['id']!r} (expected an integer "
                              f"or a string)")
         if not isinstance(record[field], str) or not record[field]:
             raise DataFileError(f"{path}: {kind} id {record['id']!r} has {field} "
@@ -160,6 +158,13 @@ def _check_structure(dataset: Any, path: str) -> None:
 
     _check_records(path, dataset["images"], "images", "image", "file_name")
     _check_records(path, dataset["categories"], "categories", "category", "name")
+    ids = [c["id"] for c in dataset["categories"]]
+    numbers = [i for i in ids if isinstance(i, int)]
+    if numbers and len(numbers) < len(ids):  # the label map orders classes by category id
+        text = next(i for i in ids if not isinstance(i, int))
+        raise DataFileError(f"{path}: categories have integer ids ({numbers[0]!r}) and string "
+                            f"ids ({text!r}), which have no order together: give every "
+                            f"category an id of one kind")
     for i, ann in enumerate(dataset.get("annotations", [])):
         if not isinstance(ann, dict):
             raise DataFileError(f"{path}: annotations[{i}] is not an object")
@@ -168,12 +173,12 @@ def _check_structure(dataset: Any, path: str) -> None:
                 raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} has no '{key}'")
             if not _is_id(ann[key]):
                 raise DataFileError(f"{path}: annotation {_ann_name(ann, i)} has {key} "
-                                 f"{ann[key]!r} (expected a number or a string)")
+                                 f"{ann[key]!r} (expected an integer or a string)")
         # pycocotools indexes annotations by id; some writers leave it out.
         ann.setdefault("id", f"#{i}")
         if not _is_id(ann["id"]):
-            raise DataFileError(f"{path}: annotations[{i}] has id {ann['id']!r} (expected a "
-                             f"number or a string)")
+            raise DataFileError(f"{path}: annotations[{i}] has id {ann['id']!r} (expected an "
+                             f"integer or a string)")
 
 
 def _check_references(dataset: dict, coco: COCO, path: str) -> None:

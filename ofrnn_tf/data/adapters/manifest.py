@@ -82,7 +82,7 @@ def load_manifest(path: str,
         label_map = LabelMap(names, source=path)
         _report_classes(path, rows, label_map)
 
-    stats = LoadStats()
+    stats = LoadStats(path, len(rows))
     examples: list[Example] = []
     seen: dict[str, str] = {}
     seen_files: dict[str, str] = {}
@@ -116,8 +116,6 @@ def load_manifest(path: str,
         examples.append(Example(image_id=image_id, image=image,
                                 label_ids=tuple(sorted(set(label_map.ids_of(labels))))))
     stats.images = len(examples)
-    if stats.dropped_unlabeled or stats.dropped_missing:
-        print(f"{path}: of {len(rows)} listed, {stats}", file=sys.stderr)
     if not examples and stats.dropped_missing:
         raise DataNotFoundError(
             f"{path}: none of the {stats.dropped_missing} labelled images exists (first: "

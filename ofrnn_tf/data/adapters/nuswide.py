@@ -19,7 +19,6 @@ original release failed).
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 
@@ -93,7 +92,7 @@ def load_nuswide(root: str,
         label_file = os.path.join(label_dir, f"Labels_{concept}_{suffix}.txt")
         labels[:, k] = _read_label_file(label_file, len(paths), list_file)
 
-    stats = LoadStats()
+    stats = LoadStats(list_file, len(paths))
     examples: list[Example] = []
     flickr = os.path.join(root, "Flickr")
     for i, rel in enumerate(paths):
@@ -108,8 +107,6 @@ def load_nuswide(root: str,
         examples.append(Example(image_id=rel, image=path,
                                 label_ids=tuple(int(j) for j in ids)))
     stats.images = len(examples)
-    if stats.dropped_unlabeled or stats.dropped_missing:
-        print(f"{list_file}: of {len(paths)} listed, {stats}", file=sys.stderr)
     if not examples and stats.dropped_missing:
         raise DataNotFoundError(
             f"{list_file}: none of the {stats.dropped_missing} labelled images exists "
