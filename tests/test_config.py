@@ -98,6 +98,21 @@ def test_every_command_shows_help_and_refuses_flags_before_tensorflow_loads(
     assert "TENSORFLOW IMPORTED" not in refused.stderr
 
 
+@pytest.mark.parametrize("command", ["predict", "train"])
+def test_a_command_whose_stdout_reader_is_gone_ends_quietly_as_sigpipe_would(command):
+    """`ofrnn-predict … | head -1`: the lines past the reader's are not wanted."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-c", _COMMAND.format(command), "--help"],
+                              cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + signal.SIGPIPE, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
 def test_flags_override_only_what_they_name():
     values = parse("--config=paper", "--stage2.epochs=3", "--data.seed=2")
     config = config_from_flags(values)

@@ -325,6 +325,19 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
     assert bad_only.returncode == 1
     assert json.loads(bad_only.stdout)["error"].startswith(f"{images[1]}: ")
 
+    # Its reader gone (`| head -1`), it ends quietly at its first line, as SIGPIPE would.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        unread = subprocess.run(
+            [sys.executable, "predict.py", f"--workdir={lite0_run}", str(images[0]),
+             str(images[2])], cwd=ROOT, env=env, stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert unread.returncode == 141, unread.stderr[-2000:]
+    assert "Traceback" not in unread.stderr and "Exception ignored" not in unread.stderr
+
     # The pixel limit is the export's default unless --max_image_pixels sets it, as on
     # ofrnn-export; a refusal for it says so.
     limited = subprocess.run(

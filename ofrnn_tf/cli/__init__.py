@@ -49,7 +49,8 @@ def runner(define_flags, main, on_interrupt: str = ""):
     ``kill``, ``timeout``, ``docker stop``) takes the same way out, printing
     ``terminated`` and exiting with 143, so the command's own clean-up runs; a full disk
     (`disk_full`) says what it stopped writing and that a rerun keeps what is finished,
-    and exits with 1."""
+    and exits with 1. A reader of stdout that goes away ends the command quietly, with
+    141, as SIGPIPE would."""
     interrupts = _INTERRUPTS
 
     def note_interrupt(signum, frame):
@@ -101,7 +102,14 @@ def runner(define_flags, main, on_interrupt: str = ""):
         for name in sorted(set(flags.FLAGS) - before):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
         sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
-        app.run(usage_errors_in_one_line)
+        try:
+            app.run(usage_errors_in_one_line)
+        except BrokenPipeError:
+            # stdout's reader is gone (`ofrnn-predict … | head`, `--help | less` quit):
+            # end quietly, as a command that SIGPIPE ends would, without a traceback or
+            # Python's second failure flushing stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + signal.SIGPIPE)
 
     return run
 
