@@ -7,6 +7,7 @@ process, and the shared trained tiny run.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -28,7 +29,8 @@ from conftest import FAKE_NAMES as NAMES
 from conftest import FAKE_SCORE_MIX as SCORE_MIX
 from conftest import FAKE_TAU as TAU
 from conftest import ROOT
-from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
+from ofrnn_tf.cli.image_inputs import (
+    expand_inputs, given_inputs, merge_results, open_report, write_report)
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.inference import Predictor, UncalibratedBeamSizeError
@@ -412,6 +414,25 @@ def test_expand_inputs_names_every_file_it_skips(tmp_path):
                                         "name it to read it")
     assert entries[5] == str(tmp_path / "e.jpg") and entries[6] == str(tmp_path / "f.jfif")
     assert "skipped (a folder)" in entries[7]["error"]
+
+
+def test_files_from_lists_inputs_by_line_or_by_nul_after_the_arguments(tmp_path, monkeypatch):
+    odd = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes, as an old archive names a file
+    (tmp_path / "lines.txt").write_bytes(b"a.jpg\r\n\nsub dir/b.png\n" + os.fsencode(odd) + b"\n")
+    assert given_inputs(["first.jpg"], str(tmp_path / "lines.txt")) == [
+        "first.jpg", "a.jpg", "sub dir/b.png", odd]
+    (tmp_path / "nul.txt").write_bytes(b"one\nline.jpg\0two.jpg\0")  # find -print0
+    assert given_inputs([], str(tmp_path / "nul.txt")) == ["one\nline.jpg", "two.jpg"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"x.jpg\ny.jpg\n")))
+    assert given_inputs([], "-") == ["x.jpg", "y.jpg"]
+    (tmp_path / "empty.txt").write_bytes(b"\n")
+    with pytest.raises(app.UsageError, match=r"--files_from=.*empty.txt lists no file"):
+        given_inputs([], str(tmp_path / "empty.txt"))
+    assert given_inputs(["a.jpg"], str(tmp_path / "empty.txt")) == ["a.jpg"]
+    with pytest.raises(app.UsageError, match=r"--files_from=.*gone.txt: No such file"):
+        given_inputs(["a.jpg"], str(tmp_path / "gone.txt"))
+    with pytest.raises(app.UsageError, match=r"give at least one image file or folder"):
+        given_inputs([], None)
 
 
 def test_a_report_over_one_of_the_input_images_is_refused(tmp_path):

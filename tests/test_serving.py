@@ -911,6 +911,14 @@ def test_client_cli(server, tmp_path):
     assert results[3]["labels"] == ["red", "green"] and results[3]["log_prob"] < 0
     assert "2 image(s) labelled, 2 failed or skipped" in run.stderr
 
+    # --files_from=-: the arguments, then the files listed on standard input.
+    listed = subprocess.run(command + ["--files_from=-", str(tmp_path / "yellow.png")],
+                            input=f"{folder / 'red.png'}\r\n\n{folder / 'notes.txt'}\n",
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["image"] for line in listed.stdout.splitlines()] == [
+        str(tmp_path / "yellow.png"), str(folder / "red.png"), str(folder / "notes.txt")]
+
     # A refusal that names no image stops the command, naming the server's answer.
     refused = subprocess.run(command + ["--model_name=missing", str(tmp_path / "yellow.png")],
                              capture_output=True, text=True, env=env, timeout=120)

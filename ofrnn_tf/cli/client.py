@@ -3,12 +3,12 @@
     ofrnn-client --server=127.0.0.1:8500 photo.jpg more_photos/ --output=out.jsonl
     ofrnn-client --server=127.0.0.1:8500 --threshold=0.05 photo.jpg   # more labels
 
-Takes files and folders as ``ofrnn-predict`` does and writes its JSON lines, less the
-step probabilities, which the export does not serve: ``image``, ``labels`` (decoding
-order), ``label_ids``, ``scores``, ``log_prob``, one per input, as each batch of
-``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes in several
-requests). A file that cannot be read, or that the server refuses
-as an image, gets an ``error`` line and the others go on. A refusal that names no image
+Takes files and folders (and ``--files_from``) as ``ofrnn-predict`` does and writes its
+JSON lines, less the step probabilities, which the export does not serve: ``image``,
+``labels`` (decoding order), ``label_ids``, ``scores``, ``log_prob``, one per input, as
+each batch of ``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes
+in several requests). A file that cannot be read, or that the server refuses as an
+image, gets an ``error`` line and the others go on. A refusal that names no image
 (server down, unknown model, a threshold outside [0, 1]) stops the command with the
 server's status and message; the lines already written stand. The exit status is 1
 when the command stopped so or no image was labelled. A progress bar on stderr counts
@@ -21,7 +21,8 @@ import grpc
 from absl import app, flags
 
 from ofrnn_tf.cli import refuse_below, refuse_non_probability, runner
-from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
+from ofrnn_tf.cli.image_inputs import (
+    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, write_report)
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
 from ofrnn_tf.status import progress_bar, say
 from ofrnn_tf.tf_errors import reason_text
@@ -43,12 +44,10 @@ def define_flags() -> None:
                          "this goes in several requests (ofrnn-serve takes up to 64 MiB)")
     flags.DEFINE_float("timeout", 30.0, "seconds per request")
     flags.DEFINE_string("output", None, "JSON-lines file to write (default: stdout)")
+    flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
 
 
 def main(argv):
-    arguments = argv[1:]
-    if not arguments:
-        raise app.UsageError("give at least one image file or folder after the flags")
     refuse_below("batch_size")
     refuse_below("max_request_bytes")
     refuse_non_probability("threshold")
@@ -57,7 +56,7 @@ def main(argv):
                              f"{FLAGS.timeout}")
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
-    entries = expand_inputs(arguments)
+    entries = expand_inputs(given_inputs(argv[1:], FLAGS.files_from))
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,

@@ -20,6 +20,41 @@ from ofrnn_tf.cli import stop_if_interrupted
 from ofrnn_tf.status import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
+FILES_FROM_HELP = ("Also take the files and folders this file lists, one a line, after those "
+                   "given as arguments ('-': standard input, as from `find photos -name "
+                   "'*.jpg'`; NUL-separated where it holds a NUL byte, as `find -print0` "
+                   "writes).")
+
+
+def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
+    """The inputs a command is given: its `arguments`, then the paths the file
+    ``--files_from`` names lists (one a line, or NUL-separated; empty lines and a line's
+    ``\r`` dropped; names as the file system spells them, any bytes included). None at
+    all is a usage error, before any work."""
+    listed: list[str] = []
+    if files_from:
+        if files_from == "-" and sys.stdin.isatty():
+            say("reading the inputs from standard input, one a line (end with Ctrl-D)")
+        try:
+            if files_from == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                with open(files_from, "rb") as f:
+                    data = f.read()
+        except OSError as error:
+            raise app.UsageError(f"--files_from={files_from}: "
+                                 f"{error.strerror or error}") from None
+        if b"\0" in data:
+            names = data.split(b"\0")
+        else:
+            names = [n[:-1] if n.endswith(b"\r") else n for n in data.split(b"\n")]
+        listed = [os.fsdecode(name) for name in names if name]
+        if not listed and not arguments:
+            raise app.UsageError(f"--files_from={files_from} lists no file")
+    if not arguments and not listed:
+        raise app.UsageError("give at least one image file or folder after the flags (or "
+                             "--files_from=FILE)")
+    return [*arguments, *listed]
 
 
 def expand_inputs(arguments: list[str]) -> list:

@@ -1,8 +1,12 @@
 """ofrnn-predict: label sets for image files with a finished run, in this process.
 
     ofrnn-predict --workdir=runs/order_free photo.jpg more_photos/ --output=out.jsonl
+    find photos -name '*.jpg' | ofrnn-predict --workdir=runs/order_free --files_from=-
 
-Folders are expanded to their files (sorted, not recursive, hidden files passed over):
+Inputs are the arguments, then the lines of ``--files_from`` (a file, or ``-`` for standard
+input: a whole tree's images in one process, which a long ``xargs`` list would split into
+several, each loading the model). Folders are expanded to their files (sorted, not
+recursive, hidden files passed over):
 JPEG, PNG, GIF and BMP files are predicted (by their extension); any other file is named
 on stderr and gets an ``error`` line, so every input is accounted for. Writes one JSON
 line per input — ``image``, ``labels`` (decoding order), ``label_ids``, ``scores``,
@@ -30,7 +34,8 @@ from absl import app, flags
 from ofrnn_tf.cli import (
     input_errors, refusal, refuse_below, refuse_glob_characters, refuse_non_probability,
     refuse_unwritable_folder, runner, trained_run)
-from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results, open_report, write_report
+from ofrnn_tf.cli.image_inputs import (
+    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.status import say
 
@@ -52,22 +57,20 @@ def define_flags() -> None:
     flags.DEFINE_bool("all_scores", False, "Also write every class's score.")
     flags.DEFINE_string("attention_dir", None, "Also draw each image's attention at every "
                         "decoding step into this folder, one PNG per image.")
+    flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
 
 
 def main(argv):
-    arguments = argv[1:]
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
-    if not arguments:
-        raise app.UsageError("give at least one image file or folder after the flags")
     refuse_non_probability("tau")
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
     refuse_below("batch_size")
     if FLAGS.attention_dir:
         refuse_unwritable_folder("attention_dir", FLAGS.attention_dir)
-    entries = expand_inputs(arguments)
+    entries = expand_inputs(given_inputs(argv[1:], FLAGS.files_from))
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     trained_run(FLAGS.workdir)
