@@ -297,6 +297,7 @@ def prepare_features(config: ExperimentConfig, data: Data,
         log(f"train: no training image carries {len(untrained)} of the {len(counts)} classes "
             f"({listed_names(untrained, _NAMED_CLASSES)}): the model cannot learn them, and "
             f"they still count in the metrics (C-P counts each as precision 0)")
+    _say_max_steps(data.splits, _t_max(longest, data.label_map))
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(
         label_names=data.label_map.names, max_steps=_t_max(longest, data.label_map),
@@ -347,6 +348,28 @@ def _t_max(longest: int, label_map: LabelMap) -> int:
     """T_max, the decoder's steps: the largest label count of a training image
     (`longest`), at most the number of classes."""
     return min(longest, label_map.num_classes)
+
+
+def _say_max_steps(splits: dict[str, list[Example]], max_steps: int) -> None:
+    """Says T_max and the training images that set it (one image with many labels sets it
+    for the whole run, and decoding runs that many steps), and warns where validation or
+    test images carry more labels than any prediction can hold."""
+    train = splits["train"]
+    sizes = sorted(len(e.label_ids) for e in train)
+    setters = [e.image_id for e in train if len(e.label_ids) == max_steps]
+    log(f"T_max = {max_steps}, the most labels a prediction holds: the largest label count of "
+        f"a training image ({len(setters)} of {len(train)} carry {max_steps}, the first "
+        f"{setters[0]}; 99 % carry at most {sizes[int(0.99 * (len(sizes) - 1))]})")
+    for split in ("val", "test"):
+        examples = splits.get(split, [])
+        beyond = sum(max(len(e.label_ids) - max_steps, 0) for e in examples)
+        if beyond:
+            total = sum(len(e.label_ids) for e in examples)
+            longer = sum(len(e.label_ids) > max_steps for e in examples)
+            log(f"WARNING: {split}: {longer} of {len(examples)} images carry more than "
+                f"T_max = {max_steps} labels: {beyond} of the split's {total} labels "
+                f"({100 * beyond / total:.0f} %) are beyond any prediction, so its recall "
+                f"(O-R) is at most {100 * (1 - beyond / total):.1f} %")
 
 
 def check_min_labels(config: ExperimentConfig, data: Data) -> None:

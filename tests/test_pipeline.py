@@ -691,3 +691,20 @@ def test_the_results_table_names_the_beam_width_and_the_baselines_fixed_threshol
         "at_fixed_0.5": {"C-F1": 55.0, "mAP": 70.0, "tau": 0.5}}).splitlines()
     assert table[2:] == ["| baseline | 60.0 | 70.0 | 0.31 |",
                          "| baseline at 0.5 | 55.0 | 70.0 | 0.5 |"]
+
+
+def test_t_max_is_said_with_the_images_that_set_it_and_labels_beyond_it_are_warned_of(capsys):
+    """One image with many labels sets T_max for the run; test images with more labels
+    than any training image cannot be predicted whole, which the metrics alone hide."""
+    example = lambda i, n: Example(f"img{i}", f"img{i}.png", tuple(range(n)))
+    splits = {"train": [example(i, 2) for i in range(199)] + [example(199, 6)],
+              "val": [example(i, 2) for i in range(5)],
+              "test": [example(0, 8), example(1, 7), example(2, 3)]}
+    pipeline._say_max_steps(splits, 6)
+    said = capsys.readouterr().err
+    assert ("T_max = 6, the most labels a prediction holds: the largest label count of a "
+            "training image (1 of 200 carry 6, the first img199; 99 % carry at most 2)") in said
+    assert ("WARNING: test: 2 of 3 images carry more than T_max = 6 labels: 3 of the split's "
+            "18 labels (17 %) are beyond any prediction, so its recall (O-R) is at most "
+            "83.3 %") in said
+    assert "val:" not in said

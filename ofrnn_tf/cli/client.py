@@ -54,9 +54,10 @@ def main(argv):
     if not FLAGS.timeout > 0:
         raise app.UsageError(f"--timeout must be a number of seconds above 0, got "
                              f"{FLAGS.timeout}")
+    inputs = given_inputs(argv[1:], FLAGS.files_from)
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
-    entries = expand_inputs(given_inputs(argv[1:], FLAGS.files_from))
+    entries = expand_inputs(inputs)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,

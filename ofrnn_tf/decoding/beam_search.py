@@ -182,15 +182,19 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     features = _check_features(features)
     K, T, C = beam_size, max_steps, model.num_classes
 
-    # Beams are rows: image b's are b*K .. b*K+K-1, each carrying its path so far
-    # (labels, attention, the running maximum of every class's step probability).
+    # Beams are rows: image b's are b*K .. b*K+K-1, each carrying its state, path
+    # log-probability and the running maximum of every class's step probability. A
+    # path's labels, attention and step probabilities are not carried: each step
+    # records its beams' newest ones and the row of the beam each came from, and the
+    # paths wanted are read back through those rows at the end (`_backtrack`), so that
+    # a step costs the same whatever T_max.
     context, state = model.start(features, training=False)
     v_prob = tf.cast(state.p, tf.float32)
     batch = tf.shape(features)[0]
     image_rows = tf.range(batch * K) // K
     beam_offsets = (tf.range(batch) * K)[:, None]
-    best = lambda x: tf.gather(x, beam_offsets[:, 0])  # every image's beam 0
     steps = tf.range(T)
+    record = lambda dtype: tf.TensorArray(dtype, size=T, element_shape=None)
 
     def step(v, first: bool):
         t, state = v["t"], v["state"]
@@ -214,45 +218,32 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
 
         new_state = model.advance(state._replace(y_tilde=pick(state.y_tilde)), pick(h), pick(c),
                                   pick(logits), label)
-        write = tf.equal(steps, t)[None, :]
-        new_alpha = pick(alpha)[:, None, :]
         new_scores = pick(step_prob)
-        if first:
-            labels = tf.where(write, label[:, None], -1)
-            attention = tf.where(write[:, :, None], new_alpha, 0.0)
-            scores = new_scores
-        else:
-            labels = tf.where(write, label[:, None], pick(v["labels"]))
-            attention = tf.where(write[:, :, None], new_alpha, pick(v["attention"]))
-            scores = tf.maximum(pick(v["scores"]), new_scores)
         carried = {
-            "t": t + 1, "log_prob": new_log_prob, "state": new_state, "labels": labels,
-            "attention": attention, "scores": scores,
-            "step_labels": tf.where(write[:, :, None], best(labels)[:, None, :],
-                                    v["step_labels"]),
-            "step_log_prob": tf.where(write, new_log_prob[:, :1], v["step_log_prob"]),
-            "step_attention": tf.where(write[:, :, None, None], best(attention)[:, None],
-                                       v["step_attention"]),
+            "t": t + 1, "log_prob": new_log_prob, "state": new_state,
+            "scores": new_scores if first else tf.maximum(pick(v["scores"]), new_scores),
+            "step_log_prob": tf.where(tf.equal(steps, t)[None, :], new_log_prob[:, :1],
+                                      v["step_log_prob"]),
+            "labels_at": v["labels_at"].write(t, label),
+            "sources_at": v["sources_at"].write(t, source),
+            "alpha_at": v["alpha_at"].write(t, tf.cast(pick(alpha), tf.float32)),
         }
-        if step_probabilities:  # each beam's own step log-probabilities, as its labels
+        if step_probabilities:  # each beam's own step log-probability of its newest label
             own = candidates if first else tf.reshape(step_log_prob, [-1, K * C])
             chosen = tf.reshape(tf.gather(own, index, batch_dims=1), [-1])
-            factors = tf.where(write, chosen[:, None], 0.0 if first else pick(v["factors"]))
-            carried["factors"] = factors
-            carried["step_factors"] = tf.where(write[:, :, None], best(factors)[:, None, :],
-                                               v["step_factors"])
+            carried["factors_at"] = v["factors_at"].write(t, chosen)
         return carried
 
-    m = tf.shape(features)[1]
     recording = {
         "t": tf.constant(0),
         "state": state,
-        "step_labels": tf.fill(tf.stack([batch, T, T]), -1),
         "step_log_prob": tf.fill(tf.stack([batch, T]), NEG_INF),
-        "step_attention": tf.zeros(tf.stack([batch, T, T, m])),
+        "labels_at": record(tf.int32),
+        "sources_at": record(tf.int32),
+        "alpha_at": record(tf.float32),
     }
     if step_probabilities:
-        recording["step_factors"] = tf.zeros(tf.stack([batch, T, T]))
+        recording["factors_at"] = record(tf.float32)
     final = step(recording, first=True)
     if unroll:
         # T_max is static: the steps written out one after the other, no loop ops.
@@ -261,6 +252,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     elif T > 1:
         (final,) = tf.while_loop(lambda v: v["t"] < T, lambda v: (step(v, first=False),),
                                  (final,), maximum_iterations=T - 1)
+    sources_at = final["sources_at"].stack()  # [T, B·K]
 
     # The answer for τ: the last step whose best path is admissible (a prefix of steps).
     step_log_prob = final["step_log_prob"]
@@ -269,24 +261,50 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     num_labels = tf.reduce_sum(tf.cast(admissible, tf.int32), axis=1)
     last = tf.maximum(num_labels - 1, 0)
     found = num_labels > 0
-    path_scores = best(final["scores"])
+    path_scores = tf.gather(final["scores"], beam_offsets[:, 0])  # every image's best beam
+    # The best path of the step chosen, position by position: [B, 1, T] (the path, m).
+    chosen = _backtrack(sources_at, beam_offsets, last[:, None], T,
+                        {"labels": (final["labels_at"].stack(), -1),
+                         "attention": (final["alpha_at"].stack(), 0.0),
+                         **({"factors": (final["factors_at"].stack(), NEG_INF)}
+                            if step_probabilities else {})})
     result = {
-        "labels": tf.where(found[:, None], tf.gather(final["step_labels"], last, batch_dims=1), -1),
+        "labels": tf.where(found[:, None], chosen["labels"][:, 0], -1),
         "num_labels": num_labels,
         "log_prob": tf.where(found, tf.gather(step_log_prob, last, batch_dims=1), 0.0),
         "scores": mix_scores(v_prob, path_scores, tf.cast(score_mix, tf.float32)),
-        "attention": tf.where(found[:, None, None],
-                              tf.gather(final["step_attention"], last, batch_dims=1), 0.0),
+        "attention": tf.where(found[:, None, None], chosen["attention"][:, 0], 0.0),
         "v_prob": v_prob,
     }
     if step_probabilities:
-        factors = tf.gather(final["step_factors"], last, batch_dims=1)
         result["step_probabilities"] = tf.where(steps[None, :] < num_labels[:, None],
-                                                tf.exp(factors), 0.0)
+                                                tf.exp(chosen["factors"][:, 0]), 0.0)
     if all_steps:
-        result.update({"step_labels": final["step_labels"], "step_log_prob": step_log_prob,
+        every_step = tf.tile(steps[None, :], tf.stack([batch, 1]))
+        paths = _backtrack(sources_at, beam_offsets, every_step, T,
+                           {"labels": (final["labels_at"].stack(), -1)})
+        result.update({"step_labels": paths["labels"], "step_log_prob": step_log_prob,
                        "path_scores": path_scores})
     return result
+
+
+def _backtrack(sources_at: tf.Tensor, beam_offsets: tf.Tensor, ends: tf.Tensor, steps: int,
+               records: Mapping[str, tuple]) -> Dict[str, tf.Tensor]:
+    """The paths of every image's best beam at the steps `ends` `[B, N]`, read back from
+    what each step recorded of its beams: `records` maps a name to `(values [T, B·K, …],
+    fill)`, and `sources_at [T, B·K]` holds the row each step's beam came from. Returns
+    each name's values along the paths, `[B, N, T, …]`, `fill` past a path's end."""
+    rows = tf.broadcast_to(beam_offsets, tf.shape(ends))  # beam 0 of the step each path ends at
+    read = {name: [None] * steps for name in records}
+    for s in reversed(range(steps)):
+        on_path = s <= ends
+        for name, (values, fill) in records.items():
+            value = tf.gather(values[s], rows)
+            mask = on_path[(...,) + (None,) * (value.shape.rank - 2)]  # over its own axes
+            read[name][s] = tf.where(mask, value, tf.cast(fill, value.dtype))
+        if s > 0:  # step 1's beams came from the images' first rows, not from a beam
+            rows = tf.where(on_path, tf.gather(sources_at[s], rows), rows)
+    return {name: tf.stack(values, axis=2) for name, values in read.items()}
 
 
 def greedy_decode(model, features: tf.Tensor, *, max_steps: int,
