@@ -163,3 +163,14 @@ def test_a_class_only_in_test_is_refused_naming_the_remedy(tmp_path):
                              rf"images: remove these labels from the row, or add training images "
                              rf"of the class to {train}"):
         load_examples("manifest", {"data_dir": root}, 0.2)
+
+
+def test_labels_unknown_to_the_label_map_are_counted_over_the_whole_file(tmp_path):
+    """One refusal says every row to mend, not one row a run."""
+    extra = {21: ";new", 23: ";new;newer", 25: ";newer"}
+    root = _manifest_folder(tmp_path, lambda i: "ab"[i % 2] + extra.get(i, ""))
+    with pytest.raises(DataLabelMapError,
+                       match=r"test.csv: line 3: labels \['new'\] are not in the label map .*"
+                             r"of the class to .*train.csv \(3 rows of test.csv hold such "
+                             r"labels: 'new' on 2, 'newer' on 2\)$"):
+        load_examples("manifest", {"data_dir": root}, 0.2)

@@ -23,6 +23,7 @@ map is the sorted set of names in the file.
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
@@ -103,7 +104,8 @@ def load_manifest(path: str,
             continue
         unknown = [n for n in labels if n not in label_map.names]
         if unknown:
-            raise DataLabelMapError(_unknown_labels_message(path, where, unknown, label_map))
+            raise DataLabelMapError(_unknown_labels_message(path, where, unknown, label_map,
+                                                            rows))
         # Without `check_files` no file is looked at, but a name that may be spelt in
         # the other Unicode form (eval mode compares the run with its data by path).
         if (check_files or not image.isascii()) and not os.path.exists(image):
@@ -136,17 +138,27 @@ def _in_other_unicode_form(image: str) -> str | None:
 
 
 def _unknown_labels_message(path: str, where: str, unknown: list[str],
-                            label_map: LabelMap) -> str:
-    """Names the row, the labels and the map. The map of a manifest folder is its
-    training file's classes (a class must have training images to be learnt), so the
-    remedy is an edit of the data: no flag changes the map."""
+                            label_map: LabelMap, rows: list[Row]) -> str:
+    """Names the row, the labels and the map, and how many rows of the file hold such
+    labels (each label with its count), so that one edit mends them all. The map of a
+    manifest folder is its training file's classes (a class must have training images
+    to be learnt), so the remedy is an edit of the data: no flag changes the map."""
     source = label_map.source or "<given label map>"
     text = (f"{path}: {where}: labels {unknown} are not in the label map {source} "
             f"({label_map.num_classes} classes)")
+    known = set(label_map.names)
+    counts = collections.Counter(n for *_, labels in rows for n in set(labels) if n not in known)
+    holding = sum(any(n not in known for n in labels) for *_, labels in rows)
+    extent = ""
+    if holding > 1:
+        shown = ", ".join(f"{name!r} on {count}" for name, count in counts.most_common(5))
+        more = f" and {len(counts) - 5} more" if len(counts) > 5 else ""
+        extent = (f" ({holding} rows of {os.path.basename(path)} hold such labels: "
+                  f"{shown}{more})")
     if label_map.source is None:
-        return f"{text}: remove these labels from the row"
+        return f"{text}: remove these labels from the row{extent}"
     return (f"{text}, which holds the classes of the training images: remove these labels "
-            f"from the row, or add training images of the class to {source}")
+            f"from the row, or add training images of the class to {source}{extent}")
 
 
 def _names(labels: Iterable) -> list[str]:
