@@ -364,9 +364,11 @@ def _cycle(pool: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
 
 
 def _layout(cfg: CanvasConfig, rng: np.random.Generator,
-            item_range: tuple[int, int] | None = None) -> list[tuple[int, int, int]]:
-    """(x, y, size) squares that do not overlap, largest placed first; their number is
-    drawn from `item_range` (default: the config's min_items, max_items)."""
+            item_range: tuple[int, int] | None = None
+            ) -> tuple[list[tuple[int, int, int]], int]:
+    """(x, y, size) squares that do not overlap, largest placed first, and how many were
+    drawn from `item_range` (default: the config's min_items, max_items): an item that
+    finds no room even at the smallest size is left out."""
     lo, hi = item_range or (cfg.min_items, cfg.max_items)
     n = int(rng.integers(lo, hi + 1))
     sizes = []
@@ -385,7 +387,7 @@ def _layout(cfg: CanvasConfig, rng: np.random.Generator,
             if size <= floor:
                 break
             size = max(floor, int(size * 0.8))
-    return placed
+    return placed, n
 
 
 def _place(size: int, placed: Sequence[tuple[int, int, int]], canvas: int,
@@ -435,8 +437,9 @@ def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes
 
 
-# A drawer turns a canvas's generator into (scene name or None, the items to paint).
-_Drawer = Callable[[np.random.Generator], tuple[str | None, list[_Item]]]
+# A drawer turns a canvas's generator into (scene name or None, the items to paint, the
+# number of items drawn, some of which may have found no room).
+_Drawer = Callable[[np.random.Generator], tuple[str | None, list[_Item], int]]
 
 
 def _plain_drawer(cfg: CanvasConfig, pool: np.ndarray,
@@ -444,9 +447,9 @@ def _plain_drawer(cfg: CanvasConfig, pool: np.ndarray,
     """Canvases without scenes: each item is the next source image of the pool."""
     sampler = _cycle(pool, rng)
 
-    def draw(canvas_rng: np.random.Generator) -> tuple[None, list[_Item]]:
-        spots = _layout(cfg, canvas_rng)
-        return None, [_Item(next(sampler), x, y, s) for x, y, s in spots]
+    def draw(canvas_rng: np.random.Generator) -> tuple[None, list[_Item], int]:
+        spots, drawn = _layout(cfg, canvas_rng)
+        return None, [_Item(next(sampler), x, y, s) for x, y, s in spots], drawn
     return draw
 
 
@@ -461,13 +464,13 @@ def _scene_drawer(cfg: CanvasConfig, pool: np.ndarray, labels: np.ndarray,
     samplers = [_cycle(pool[labels[pool] == k], rng)
                 for k in range(len(FASHION_MNIST_CLASSES))]
 
-    def draw(canvas_rng: np.random.Generator) -> tuple[str, list[_Item]]:
+    def draw(canvas_rng: np.random.Generator) -> tuple[str, list[_Item], int]:
         k = int(canvas_rng.choice(len(table), p=frequencies))
-        spots = _layout(cfg, canvas_rng, table[k].item_range)
+        spots, drawn = _layout(cfg, canvas_rng, table[k].item_range)
         classes = canvas_rng.choice(len(FASHION_MNIST_CLASSES), size=len(spots),
                                     p=class_probabilities[k])
         return table[k].name, [_Item(next(samplers[c]), x, y, s)
-                               for c, (x, y, s) in zip(classes, spots)]
+                               for c, (x, y, s) in zip(classes, spots)], drawn
     return draw
 
 
@@ -507,11 +510,13 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
     # Drawing consumes the split's generator, so it stays in order; each canvas is then
     # painted from its own generator, so painting in threads (NumPy and PIL release the
     # GIL) gives the same files.
-    coco_images, canvases = [], []
+    coco_images, canvases, short, left_out = [], [], 0, 0
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as painters:
         for image_id in range(num):
             canvas_rng = np.random.default_rng(rng.integers(2**63))
-            scene, items = draw(canvas_rng)
+            scene, items, drawn = draw(canvas_rng)
+            short += len(items) < drawn
+            left_out += drawn - len(items)
             file_name = _canvas_file_name(image_id, cfg.image_format)
             canvases.append((items, painters.submit(render_and_save, items, canvas_rng, file_name)))
             coco_images.append({"id": image_id, "file_name": file_name,
@@ -528,6 +533,11 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
                     "category_id": int(labels[item.source_index]) + 1,
                     "bbox": box, "area": area, "iscrowd": 0, "item_size": item.size,
                     "source_split": source_split, "source_index": item.source_index})
+    if short:
+        print(f"canvases {split}: {short} of {num} canvases hold fewer items than drawn: "
+              f"{left_out} item(s) found no room on the {cfg.canvas_size}-pixel canvas even "
+              f"at the smallest size (fewer or smaller items, or a larger canvas, fit)",
+              file=sys.stderr)
     return {
         "info": {"description": f"Fashion-MNIST canvases, {split} split",
                  "config": cfg.to_dict()},
