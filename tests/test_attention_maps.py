@@ -10,7 +10,8 @@ from PIL import Image
 
 from ofrnn_tf.inference import Predictor
 from ofrnn_tf.visualization.attention_maps import (
-    PANEL_PIXELS, draw_attention, draw_prediction, figure_pixels, render_examples, upsample)
+    PANEL_PIXELS, PANELS_PER_ROW, draw_attention, draw_prediction, figure_pixels,
+    render_examples, upsample)
 
 
 def gray_image(height=120, width=160) -> np.ndarray:
@@ -44,6 +45,27 @@ def test_draw_attention_writes_one_panel_per_step_plus_the_image(tmp_path):
     row = slice(middle - 20, middle + 20)
     assert all(np.ptp(png[row, (t + 1) * PANEL_PIXELS + 16:(t + 2) * PANEL_PIXELS - 16]
                       .astype(int), axis=-1).max() > 20 for t in range(steps))
+
+
+def test_a_long_path_goes_on_in_rows_of_eight_panels(tmp_path):
+    steps = 10  # the image and 7 steps, then 3 steps in a second row
+    attention = np.random.default_rng(1).random((steps, 7, 7)).astype(np.float32)
+    attention /= attention.sum(axis=(1, 2), keepdims=True)
+    path = draw_attention(gray_image(140, 140), attention, list("abcdefghij"), [0.5] * steps,
+                          str(tmp_path / "long.png"))
+    png = np.asarray(Image.open(path).convert("RGB"))
+    width, height = figure_pixels(steps, 140, 140)
+    one_row = figure_pixels(1, 140, 140)[1]
+    assert png.shape[:2] == (height, width) == (2 * one_row, PANELS_PER_ROW * PANEL_PIXELS)
+    side = PANEL_PIXELS - 12
+    for row in (0, 1):
+        middle = (row + 1) * one_row - 6 - side // 2
+        coloured = [np.ptp(png[middle - 20:middle + 20,
+                               c * PANEL_PIXELS + 16:(c + 1) * PANEL_PIXELS - 16].astype(int),
+                           axis=-1).max() > 20 for c in range(PANELS_PER_ROW)]
+        # Row 1: the gray image, then 7 steps; row 2: steps 8-10, then nothing drawn.
+        assert coloured == ([False] + [True] * 7 if row == 0 else [True] * 3 + [False] * 5)
+    assert np.all(png[one_row + 10:, 3 * PANEL_PIXELS + 8:] == 255)  # no panel: white
 
 
 def test_attention_overlay_lands_where_the_map_peaks(tmp_path):

@@ -1,8 +1,8 @@
 """Attention pictures in the style of the paper's Fig. 3.
 
-One PNG per image: the image on the left, then one panel per decoding step with
-that step's attention map α_t (Eq. 4) upsampled bilinearly onto the image and
-overlaid with a colour map, titled with the label chosen at the step and its
+One PNG per image: the image on the left, then one panel per decoding step (eight
+panels a row, further steps in rows below) with that step's attention map α_t (Eq. 4)
+upsampled bilinearly onto the image and overlaid with a colour map, titled with the label chosen at the step and its
 probability at that step (`sigmoid(p_t[l_t])`, one factor of Eq. 11). A map is coloured
 from the uniform level 1/(h·w) (nothing) to its own peak (red, if that is at least twice
 the uniform level), and its corner says how many times the uniform level that peak is:
@@ -38,6 +38,7 @@ from ofrnn_tf.status import printable, say
 
 DPI = 100
 PANEL_PIXELS = 256  # width of one panel (the image and each step)
+PANELS_PER_ROW = 8  # the image and 7 steps; a longer path goes on in rows below
 _MARGIN = 6  # pixels inside each panel cell, around the picture
 _PICTURE_RATIO = (0.25, 2.0)  # the height/width a picture is drawn at, at least and at most
 _STEP_TITLE_PIXELS = 26
@@ -131,13 +132,25 @@ def _picture_height(picture_width: int, image_height: int, image_width: int) -> 
     return round(picture_width * ratio)
 
 
+def _grid(num_steps: int) -> tuple[int, int]:
+    """`(columns, rows)` of the panels: the image, then one a step, `PANELS_PER_ROW` a row."""
+    columns = min(num_steps + 1, PANELS_PER_ROW)
+    return columns, math.ceil((num_steps + 1) / columns)
+
+
+def _cell_height(image_height: int, image_width: int, panel_pixels: int) -> int:
+    """The height of one row of panels: a step's title and its picture."""
+    picture_height = _picture_height(panel_pixels - 2 * _MARGIN, image_height, image_width)
+    return _STEP_TITLE_PIXELS + picture_height + 2 * _MARGIN
+
+
 def figure_pixels(num_steps: int, image_height: int, image_width: int,
                   title_lines: int = 0, panel_pixels: int = PANEL_PIXELS) -> tuple[int, int]:
     """`(width, height)` in pixels of the PNG `draw_attention` writes."""
-    picture_height = _picture_height(panel_pixels - 2 * _MARGIN, image_height, image_width)
+    columns, rows = _grid(num_steps)
     height = (title_lines * _TITLE_LINE_PIXELS + (_MARGIN if title_lines else 0)
-              + _STEP_TITLE_PIXELS + picture_height + 2 * _MARGIN)
-    return (num_steps + 1) * panel_pixels, height
+              + rows * _cell_height(image_height, image_width, panel_pixels))
+    return columns * panel_pixels, height
 
 
 def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
@@ -177,7 +190,8 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
         raise ValueError("attention holds NaN or infinite values")
 
     height_px, width_px = rgb.shape[:2]
-    text_width = (steps + 1) * panel_pixels - 2 * _MARGIN
+    columns, _ = _grid(steps)
+    text_width = columns * panel_pixels - 2 * _MARGIN
     lines = []  # (text, first line's style)
     if title:
         lines += [(line, True) for line in _wrapped(_drawable(title), text_width,
@@ -199,8 +213,13 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
                     fontsize=_TITLE_SIZES[0] if first else _TITLE_SIZES[1],
                     weight="bold" if first else "normal")
 
+    cell_h = _cell_height(height_px, width_px, panel_pixels)
+    titles_h = fig_h - _grid(steps)[1] * cell_h
+
     def panel(index: int, heading: str):
-        axes = figure.add_axes([(index * panel_pixels + _MARGIN) / fig_w, _MARGIN / fig_h,
+        row, column = divmod(index, columns)
+        bottom = fig_h - titles_h - (row + 1) * cell_h + _MARGIN
+        axes = figure.add_axes([(column * panel_pixels + _MARGIN) / fig_w, bottom / fig_h,
                                 picture_w / fig_w, picture_h / fig_h])
         axes.set_axis_off()
         axes.imshow(rgb, extent=(0, width_px, height_px, 0), interpolation="bilinear")
