@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -143,3 +144,13 @@ def mean_std(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def checkout_label(checkout: str) -> str:
+    """A repository tree as a table names it: its path, commit, and whether tracked files
+    changed since (a benchmark comparing checkouts measures what is in the tree)."""
+    commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(["git", "-C", checkout, "status", "--porcelain",
+                              "--untracked-files=no"], capture_output=True, text=True).stdout
+    return f"{checkout} ({commit or 'no git'}{' + changes' if changed.strip() else ''})"

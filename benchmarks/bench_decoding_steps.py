@@ -23,7 +23,7 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import check_int_list, publish  # noqa: E402
+from benchmarks._results import check_int_list, checkout_label, publish  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("checkouts", ["."], "Repository trees whose decoder is measured.")
@@ -80,14 +80,6 @@ def measure(checkout: str, max_steps: int, unroll: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _label(checkout: str) -> str:
-    commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    changed = subprocess.run(["git", "-C", checkout, "status", "--porcelain",
-                              "--untracked-files=no"], capture_output=True, text=True).stdout
-    return f"{checkout} ({commit or 'no git'}{' + changes' if changed.strip() else ''})"
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -110,9 +102,9 @@ def main(argv):
             results = {path: measure(os.path.abspath(path), steps, unroll) for path in order}
             for path in checkouts:
                 r = results[path]
-                lines.append(f"| {steps} | {'unrolled' if unroll else 'loop'} | {_label(path)} "
-                             f"| {r['seconds']:.3f} | {r['first']:.2f} | {r['rss']:.0f} | "
-                             f"{r['digest']}, {r['log_prob']:.4f} |")
+                lines.append(f"| {steps} | {'unrolled' if unroll else 'loop'} | "
+                             f"{checkout_label(path)} | {r['seconds']:.3f} | {r['first']:.2f} "
+                             f"| {r['rss']:.0f} | {r['digest']}, {r['log_prob']:.4f} |")
                 print(lines[-1], flush=True)
     publish("Decoding cost by T_max", "\n".join(lines), FLAGS.append)
 

@@ -31,7 +31,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import checkout_label, publish  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("checkouts", ["."], "Repository trees whose train.py is measured.")
@@ -96,14 +96,6 @@ def measure(checkout: str, cache_dir: str) -> dict:
             "metrics": metrics}
 
 
-def _label(checkout: str) -> str:
-    commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    changed = subprocess.run(["git", "-C", checkout, "status", "--porcelain",
-                              "--untracked-files=no"], capture_output=True, text=True).stdout
-    return f"{checkout} ({commit or 'no git'}{' + changes' if changed.strip() else ''})"
-
-
 def _metrics_text(metrics: dict) -> str:
     return " / ".join(f"{metrics[key]:.1f}" for key in ("C-F1", "O-F1", "mAP"))
 
@@ -118,9 +110,10 @@ def main(argv):
         for path in order:
             result = measure(os.path.abspath(path), cache_dir)
             results[path].append(result)
-            print(f"{_label(path)} run {run + 1}: stage 1 max {result['stage 1 max']:.0f} MiB, "
-                  f"peak {result['peak']:.0f}, stage 2 median {result['stage 2 median']:.0f}; "
-                  f"test C-F1 / O-F1 / mAP {_metrics_text(result['metrics'])}",
+            print(f"{checkout_label(path)} run {run + 1}: stage 1 max "
+                  f"{result['stage 1 max']:.0f} MiB, peak {result['peak']:.0f}, stage 2 "
+                  f"median {result['stage 2 median']:.0f}; test C-F1 / O-F1 / mAP "
+                  f"{_metrics_text(result['metrics'])}",
                   file=sys.stderr, flush=True)
     lines = [f"`train.py {FLAGS.train_flags}` on the features in `{FLAGS.cache_dir}`, "
              f"RSS read every {FLAGS.interval} s; MiB, each run, then the median of the runs.",
@@ -128,10 +121,10 @@ def main(argv):
              "|---|---|---:|---:|---:|---|"]
     for path in checkouts:
         for run, result in enumerate(results[path], 1):
-            lines.append(f"| {_label(path)} | {run} | {result['stage 1 max']:.0f} | "
+            lines.append(f"| {checkout_label(path)} | {run} | {result['stage 1 max']:.0f} | "
                          f"{result['peak']:.0f} | {result['stage 2 median']:.0f} | "
                          f"{_metrics_text(result['metrics'])} |")
-        lines.append(f"| {_label(path)} | median | "
+        lines.append(f"| {checkout_label(path)} | median | "
                      + " | ".join(f"{statistics.median(r[key] for r in results[path]):.0f}"
                                   for key in ("stage 1 max", "peak", "stage 2 median"))
                      + " | |")
