@@ -21,7 +21,7 @@ from typing import Optional
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig
-from ofrnn_tf.data import DataNotFoundError, fashion_canvases
+from ofrnn_tf.data import DataNotFoundError, ImagesNotFoundError, fashion_canvases
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import (
     check_extracted_sizes, check_split_sizes, label_statistics, load_examples)
@@ -171,22 +171,28 @@ def _split_changes(inputs: dict, meta: Optional[dict]) -> dict[str, str]:
     then_inputs = (meta or {}).get(cache.INPUTS_KEY)
     changes = {}
     for split, now in inputs["splits"].items():
-        count = now["examples"]
-        if then_inputs and split in then_inputs.get("splits", {}):
+        count, then_count = now["examples"], _count_then(split, meta)
+        if then_count is not None and then_count != count:
+            changes[split] = f"{count} images now, {then_count} then"
+        elif then_inputs and split in then_inputs.get("splits", {}):
             then = then_inputs["splits"][split]
-            if then["examples"] != count:
-                changes[split] = f"{count} images now, {then['examples']} then"
-            elif then["ids_labels"] != now["ids_labels"]:
+            if then["ids_labels"] != now["ids_labels"]:
                 changes[split] = f"other image ids or labels (as many images, {count})"
             elif then.get("files") != now["files"]:
                 changes[split] = (f"the same {count} image ids and labels, but image files "
                                   f"that differ in size (edited, re-encoded or replaced since)")
-        elif meta and split in meta.get("splits", {}):
-            info = meta["splits"][split]
-            then_count = int(info["num_examples"]) + len(info.get("skipped", []))
-            if then_count != count:
-                changes[split] = f"{count} images now, {then_count} then"
     return changes
+
+
+def _count_then(split: str, meta: Optional[dict]) -> Optional[int]:
+    """The images `split` held when the cache of `meta` was built (None: not recorded)."""
+    described = ((meta or {}).get(cache.INPUTS_KEY) or {}).get("splits", {}).get(split)
+    if described:
+        return int(described["examples"])
+    info = (meta or {}).get("splits", {}).get(split)
+    if info:
+        return int(info["num_examples"]) + len(info.get("skipped", []))
+    return None
 
 
 def in_run_spelling(data: Data, run_dir: RunDir) -> Data:
@@ -239,6 +245,18 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
                 log(f"{source}: train: {changed['train']}, since the run was trained; "
                     f"--mode=eval reads the validation and test splits of the run's feature "
                     f"cache, which are the same")
+                return CacheKey(facts.features_name, facts.features_fingerprint, None)
+            if evaluating and changed and all(
+                    key.inputs["splits"][split]["examples"] < (_count_then(split, meta) or 0)
+                    for split in changed):
+                # Images lost since (or rows removed): what is left cannot be compared
+                # with the run's, which the cache holds whole.
+                locate_features(config, facts)
+                log(f"WARNING: {source}: fewer images than when the run was trained "
+                    f"({'; '.join(f'{s}: {c}' for s, c in changed.items())}): images missing "
+                    f"here, or rows removed, so the labels cannot be compared; --mode=eval "
+                    f"scores the validation and test splits of the run's feature cache, "
+                    f"with the labels the run was trained with")
                 return CacheKey(facts.features_name, facts.features_fingerprint, None)
             changes = [f"{split}: {change}" for split, change in changed.items()]
             if not changes and meta is None:
@@ -314,11 +332,12 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
     So the data the flags name must be the run's: own data found here are checked as a
     rerun checks them (`check_resumed_data`: class names, images, labels), listed images
     that are missing dropped as training dropped them; data not found here must be named
-    as the run names them (a run moved without its data), and lists found without any of
-    their images are not compared (a run moved without its images). A training split
-    changed since is noted, not refused: eval mode reads only the validation and test
-    splits. The embedded benchmark is made from the run's settings, checked with its
-    config."""
+    as the run names them (a run moved without its data). Where the comparison cannot be
+    made, the cache is scored, saying so: a split none of whose images is here (a run
+    moved without its images), or splits with fewer images than the run's (images lost
+    since). A training split changed since is noted, not refused: eval mode reads only
+    the validation and test splits. The embedded benchmark is made from the run's
+    settings, checked with its config."""
     if config.data.dataset == "fashion_canvases":
         return
     saved = run_dir.load()[0].data
@@ -333,14 +352,13 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
                 f"them")
         log(f"{source} is not found here: scoring the test split of the run's feature cache")
         return
-    listed = [e.image for examples in load_data(config, check_files=False).splits.values()
-              for e in examples if isinstance(e.image, str)]
-    if listed and not any(os.path.exists(image) for image in listed):
-        log(f"none of the images {source} lists is found here (the first: {listed[0]}): "
-            f"scoring the test split of the run's feature cache")
+    try:
+        # Listed images that are missing (a NUS-WIDE copy, say) dropped, as training did.
+        data = in_run_spelling(load_data(config), run_dir)
+    except ImagesNotFoundError as error:  # a split none of whose images is here
+        log(f"{error}: scoring the validation and test splits of the run's feature cache, "
+            f"with the labels the run was trained with")
         return
-    # Some images missing (a NUS-WIDE copy, say) were missing at training too, and dropped.
-    data = in_run_spelling(load_data(config), run_dir)
     check_resumed_data(config, data, feature_cache_key(config, data), run_dir, evaluating=True)
 
 
@@ -357,9 +375,9 @@ def _say_max_steps(splits: dict[str, list[Example]], max_steps: int) -> None:
     train = splits["train"]
     sizes = sorted(len(e.label_ids) for e in train)
     setters = [e.image_id for e in train if len(e.label_ids) == max_steps]
-    log(f"T_max = {max_steps}, the most labels a prediction holds: the largest label count of "
-        f"a training image ({len(setters)} of {len(train)} carry {max_steps}, the first "
-        f"{setters[0]}; 99 % carry at most {sizes[int(0.99 * (len(sizes) - 1))]})")
+    log(f"T_max = {max_steps}, the largest label count of a training image, which bounds the "
+        f"labels of a prediction: {len(setters)} of {len(train)} carry {max_steps}, the first "
+        f"image {setters[0]!r}; 99 % carry at most {sizes[int(0.99 * (len(sizes) - 1))]}")
     for split in ("val", "test"):
         examples = splits.get(split, [])
         beyond = sum(max(len(e.label_ids) - max_steps, 0) for e in examples)

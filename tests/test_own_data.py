@@ -7,6 +7,7 @@ one; a backbone that must not be built raises."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -590,8 +591,11 @@ def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
     root = config.data.data_dir
     os.rename(os.path.join(root, "img"), tmp_path / "images")  # the lists without the images
     pipeline.check_evaluated_data(config, RunDir(workdir))
-    assert re.search(r"none of the images .* lists is found here \(the first: .*img/\w+\.png\): "
-                     r"scoring the test split of the run's feature cache", capsys.readouterr().err)
+    said = capsys.readouterr().err
+    assert re.search(r"train.csv: none of the 12 labelled images exists \(first: .*img/\w+\.png"
+                     r".*: scoring the validation and test splits of the run's feature cache, "
+                     r"with the labels the run was trained with", said), said
+    assert said.count("train.csv: 2 classes") == 1  # the data are loaded once
     os.rename(root, tmp_path / "elsewhere")
     pipeline.check_evaluated_data(config, RunDir(workdir))
     assert "is not found here: scoring the test split of the run's feature cache" in (
@@ -620,9 +624,19 @@ def test_eval_mode_compares_data_whose_missing_images_were_missing_at_training(
         pipeline.check_evaluated_data(config, run_dir)
     with open(os.path.join(root, "test.csv"), "w") as f:
         f.write(_rows("test", range(5)))
-    os.remove(os.path.join(root, "img", "test_002.png"))  # one more missing since
-    with pytest.raises(pipeline.RunDataChangedError, match=r"test: 3 images now, 4 then"):
-        pipeline.check_evaluated_data(config, run_dir)
+    os.remove(os.path.join(root, "img", "test_002.png"))  # one more lost since: no remedy
+    capsys.readouterr()
+    pipeline.check_evaluated_data(config, run_dir)
+    assert ("fewer images than when the run was trained (test: 3 images now, 4 then): images "
+            "missing here, or rows removed, so the labels cannot be compared; --mode=eval "
+            "scores the validation and test splits of the run's feature cache, with the labels "
+            "the run was trained with") in capsys.readouterr().err
+    for i in range(5):  # every test image lost: the training images are still here
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(root, "img", f"test_{i:03d}.png"))
+    pipeline.check_evaluated_data(config, run_dir)
+    assert re.search(r"test.csv: none of the \d labelled images exists .*: scoring the "
+                     r"validation and test splits", capsys.readouterr().err)
 
 
 def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluates(

@@ -702,8 +702,9 @@ def test_t_max_is_said_with_the_images_that_set_it_and_labels_beyond_it_are_warn
               "test": [example(0, 8), example(1, 7), example(2, 3)]}
     pipeline._say_max_steps(splits, 6)
     said = capsys.readouterr().err
-    assert ("T_max = 6, the most labels a prediction holds: the largest label count of a "
-            "training image (1 of 200 carry 6, the first img199; 99 % carry at most 2)") in said
+    assert ("T_max = 6, the largest label count of a training image, which bounds the labels "
+            "of a prediction: 1 of 200 carry 6, the first image 'img199'; 99 % carry at most "
+            "2") in said
     assert ("WARNING: test: 2 of 3 images carry more than T_max = 6 labels: 3 of the split's "
             "18 labels (17 %) are beyond any prediction, so its recall (O-R) is at most "
             "83.3 %") in said

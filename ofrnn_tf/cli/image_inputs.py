@@ -28,9 +28,9 @@ FILES_FROM_HELP = ("Also take the files and folders this file lists, one a line,
 
 def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
     """The inputs a command is given: its `arguments`, then the paths the file
-    ``--files_from`` names lists (one a line, or NUL-separated; empty lines and a line's
-    ``\r`` dropped; names as the file system spells them, any bytes included). None at
-    all is a usage error, before any work."""
+    ``--files_from`` names lists (one a line, or NUL-separated; empty lines, a line's
+    ``\r`` and a UTF-8 byte-order mark dropped; names as the file system spells them, any
+    bytes included; UTF-16 refused). None at all is a usage error, before any work."""
     listed: list[str] = []
     if files_from:
         if files_from == "-" and sys.stdin.isatty():
@@ -44,6 +44,10 @@ def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
         except OSError as error:
             raise app.UsageError(f"--files_from={files_from}: "
                                  f"{error.strerror or error}") from None
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise app.UsageError(f"--files_from={files_from} is UTF-16 text (a byte-order mark "
+                                 f"starts it): save it as UTF-8, one path a line")
+        data = data.removeprefix(b"\xef\xbb\xbf")  # UTF-8's mark, as Notepad writes it
         if b"\0" in data:
             names = data.split(b"\0")
         else:

@@ -70,10 +70,12 @@ def main(argv):
     refuse_below("batch_size")
     if FLAGS.attention_dir:
         refuse_unwritable_folder("attention_dir", FLAGS.attention_dir)
-    entries = expand_inputs(given_inputs(argv[1:], FLAGS.files_from))
+    # Standard input (`find … |`) is read once the run folder is known to be usable.
+    inputs = None if FLAGS.files_from == "-" else given_inputs(argv[1:], FLAGS.files_from)
+    trained_run(FLAGS.workdir)
+    entries = expand_inputs(inputs or given_inputs(argv[1:], FLAGS.files_from))
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
-    trained_run(FLAGS.workdir)
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.inference.module import UncalibratedBeamSizeError
     from ofrnn_tf.inference.predictor import Predictor

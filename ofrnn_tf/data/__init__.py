@@ -10,6 +10,11 @@ class DataNotFoundError(FileNotFoundError):
     """A file of a data set is not where the run's settings (``--data.*``) point."""
 
 
+class ImagesNotFoundError(DataNotFoundError):
+    """None of the images a data file lists is where it says (a data set moved without its
+    images, or relative paths read from another folder)."""
+
+
 class DataFileError(ValueError):
     """A data set's own files cannot be read as such: a malformed line, a text that is
     not UTF-8, an unknown label, an image listed twice. The message names the file (and

@@ -67,7 +67,7 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
                 f"its images to test and as much again to validation, which leaves none to "
                 f"train; use a value below 0.5 (the default is 0.05)")
         examples, label_map, stats = load_split(dataset, "train", **paths)
-        log(f"manifest {paths['manifest']}: {stats}")
+        log(f"manifest {stats}")
         check_distinct_images({f"the manifest {paths['manifest']}": examples})
         rest, test = hold_out(examples, val_fraction, salt="test:")
         train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))

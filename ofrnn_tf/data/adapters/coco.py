@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from pycocotools.coco import COCO
 
-from ofrnn_tf.data import DataFileError, DataNotFoundError, file_label_map
+from ofrnn_tf.data import (
+    DataFileError, DataNotFoundError, ImagesNotFoundError, file_label_map)
 from ofrnn_tf.data.example import Box, Example, LoadStats
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.status import progress_bar
@@ -99,7 +100,7 @@ def load_coco(annotation_file: str,
     stats.images = len(examples)
 
     if images and not examples and stats.dropped_missing:
-        raise DataNotFoundError(
+        raise ImagesNotFoundError(
             f"{annotation_file}: none of the {stats.dropped_missing} labelled images "
             f"exists under image_dir {image_dir!r} (first: {stats.first_missing})")
     return examples, label_map, stats

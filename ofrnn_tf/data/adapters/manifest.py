@@ -33,7 +33,8 @@ import sys
 import unicodedata
 from typing import Iterable, Iterator
 
-from ofrnn_tf.data import DataFileError, DataLabelMapError, DataNotFoundError
+from ofrnn_tf.data import (
+    DataFileError, DataLabelMapError, DataNotFoundError, ImagesNotFoundError)
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap, listed_names
 
@@ -119,7 +120,7 @@ def load_manifest(path: str,
                                 label_ids=tuple(sorted(set(label_map.ids_of(labels))))))
     stats.images = len(examples)
     if not examples and stats.dropped_missing:
-        raise DataNotFoundError(
+        raise ImagesNotFoundError(
             f"{path}: none of the {stats.dropped_missing} labelled images exists (first: "
             f"{stats.first_missing}); relative paths are read from the manifest's folder "
             f"{base}")

@@ -22,7 +22,8 @@ import os
 
 import numpy as np
 
-from ofrnn_tf.data import DataFileError, DataNotFoundError, file_label_map
+from ofrnn_tf.data import (
+    DataFileError, DataNotFoundError, ImagesNotFoundError, file_label_map)
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.status import progress_bar
@@ -108,7 +109,7 @@ def load_nuswide(root: str,
                                 label_ids=tuple(int(j) for j in ids)))
     stats.images = len(examples)
     if not examples and stats.dropped_missing:
-        raise DataNotFoundError(
+        raise ImagesNotFoundError(
             f"{list_file}: none of the {stats.dropped_missing} labelled images exists "
             f"under {flickr} (first: {stats.first_missing})")
     return examples, label_map, stats
