@@ -174,3 +174,13 @@ def test_labels_unknown_to_the_label_map_are_counted_over_the_whole_file(tmp_pat
                              r"of the class to .*train.csv \(3 rows of test.csv hold such "
                              r"labels: 'new' on 2, 'newer' on 2\)$"):
         load_examples("manifest", {"data_dir": root}, 0.2)
+
+
+def test_one_manifest_file_whose_test_share_holds_no_image_names_the_fraction(tmp_path):
+    for i in range(12):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "all.csv").write_text("path,labels\n" + "".join(
+        f"{i}.png,{'ab'[i % 2]}\n" for i in range(12)))
+    with pytest.raises(SplitTooSmallError, match=r"one manifest file: no image of its 12 was "
+                                                 r"held out for test: raise --data.val_fraction"):
+        load_examples("manifest", {"manifest": str(tmp_path / "all.csv")}, 0.001)

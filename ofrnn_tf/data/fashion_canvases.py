@@ -107,7 +107,7 @@ from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
-from ofrnn_tf.status import progress_bar
+from ofrnn_tf.status import log, progress_bar
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -534,10 +534,9 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
                     "bbox": box, "area": area, "iscrowd": 0, "item_size": item.size,
                     "source_split": source_split, "source_index": item.source_index})
     if short:
-        print(f"canvases {split}: {short} of {num} canvases hold fewer items than drawn: "
-              f"{left_out} item(s) found no room on the {cfg.canvas_size}-pixel canvas even "
-              f"at the smallest size (fewer or smaller items, or a larger canvas, fit)",
-              file=sys.stderr)
+        log(f"canvases {split}: {short} of {num} canvases hold fewer items than drawn: "
+            f"{left_out} item(s) found no room on the {cfg.canvas_size}-pixel canvas even at "
+            f"the smallest size (fewer or smaller items, or a larger canvas, fit)")
     return {
         "info": {"description": f"Fashion-MNIST canvases, {split} split",
                  "config": cfg.to_dict()},

@@ -70,6 +70,11 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
         log(f"manifest {stats}")
         check_distinct_images({f"the manifest {paths['manifest']}": examples})
         rest, test = hold_out(examples, val_fraction, salt="test:")
+        if not test:
+            raise SplitTooSmallError(
+                f"one manifest file: no image of its {len(examples)} was held out for test: "
+                f"raise --data.val_fraction (test takes that share, as validation does; "
+                f"{val_fraction} now) or list more images")
         train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))
         log(f"one manifest file: {len(val)} images held out for validation and "
             f"{len(test)} for test")
@@ -187,9 +192,7 @@ def check_split_sizes(splits: dict[str, list[Example]], batch_size: int) -> None
             f"--data.val_fraction so that at least one image is held out, or give a val split")
     if not splits["test"]:
         raise SplitTooSmallError("the test split is empty: give test images (a test manifest, "
-                                 "or the data set's test split; with one --data.manifest file, "
-                                 "which holds as many out for test as for validation, a "
-                                 "larger --data.val_fraction or more images)")
+                                 "or the data set's test split)")
 
 
 def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batch_size: int,
