@@ -246,18 +246,6 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
                     f"--mode=eval reads the validation and test splits of the run's feature "
                     f"cache, which are the same")
                 return CacheKey(facts.features_name, facts.features_fingerprint, None)
-            if evaluating and changed and all(
-                    key.inputs["splits"][split]["examples"] < (_count_then(split, meta) or 0)
-                    for split in changed):
-                # Images lost since (or rows removed): what is left cannot be compared
-                # with the run's, which the cache holds whole.
-                locate_features(config, facts)
-                log(f"WARNING: {source}: fewer images than when the run was trained "
-                    f"({'; '.join(f'{s}: {c}' for s, c in changed.items())}): images missing "
-                    f"here, or rows removed, so the labels cannot be compared; --mode=eval "
-                    f"scores the validation and test splits of the run's feature cache, "
-                    f"with the labels the run was trained with")
-                return CacheKey(facts.features_name, facts.features_fingerprint, None)
             changes = [f"{split}: {change}" for split, change in changed.items()]
             if not changes and meta is None:
                 changes = [f"the images or labels of a split (the run's feature cache "
@@ -332,11 +320,10 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
     So the data the flags name must be the run's: own data found here are checked as a
     rerun checks them (`check_resumed_data`: class names, images, labels), listed images
     that are missing dropped as training dropped them; data not found here must be named
-    as the run names them (a run moved without its data). Where the comparison cannot be
-    made, the cache is scored, saying so: a split none of whose images is here (a run
-    moved without its images), or splits with fewer images than the run's (images lost
-    since). A training split changed since is noted, not refused: eval mode reads only
-    the validation and test splits. The embedded benchmark is made from the run's
+    as the run names them (a run moved without its data), and lists found without any of
+    their images are not compared (a run moved without its images: the cache is scored,
+    saying so). A training split changed since is noted, not refused: eval mode reads
+    only the validation and test splits. The embedded benchmark is made from the run's
     settings, checked with its config."""
     if config.data.dataset == "fashion_canvases":
         return
@@ -356,8 +343,13 @@ def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
         # Listed images that are missing (a NUS-WIDE copy, say) dropped, as training did.
         data = in_run_spelling(load_data(config), run_dir)
     except ImagesNotFoundError as error:  # a split none of whose images is here
-        log(f"{error}: scoring the validation and test splits of the run's feature cache, "
-            f"with the labels the run was trained with")
+        lists = load_data(config, check_files=False)
+        if any(isinstance(e.image, str) and os.path.exists(e.image)
+               for examples in lists.splits.values() for e in examples):
+            raise  # images of other splits are here: the data differ from the run's
+        log(f"{error}, nor any other image it lists (a run moved without its images): "
+            f"scoring the validation and test splits of the run's feature cache, with the "
+            f"labels the run was trained with")
         return
     check_resumed_data(config, data, feature_cache_key(config, data), run_dir, evaluating=True)
 

@@ -435,9 +435,11 @@ def test_files_from_lists_inputs_by_line_or_by_nul_after_the_arguments(tmp_path,
         given_inputs([], None)
     (tmp_path / "notepad.txt").write_bytes(b"\xef\xbb\xbfa.jpg\r\nb.jpg\r\n")
     assert given_inputs([], str(tmp_path / "notepad.txt")) == ["a.jpg", "b.jpg"]
-    (tmp_path / "utf16.txt").write_bytes("a.jpg\nb.jpg\n".encode("utf-16"))
-    with pytest.raises(app.UsageError, match=r"utf16.txt is UTF-16 text .*save it as UTF-8"):
-        given_inputs([], str(tmp_path / "utf16.txt"))
+    for encoding in ("utf-16", "utf-16-le", "utf-32"):  # with a byte-order mark or without
+        (tmp_path / "wide.txt").write_bytes("a.jpg\nb.jpg\n".encode(encoding))
+        with pytest.raises(app.UsageError, match=r"wide.txt is not UTF-8 text \(UTF-16 or "
+                                                 r"UTF-32, by its bytes\): save it as UTF-8"):
+            given_inputs([], str(tmp_path / "wide.txt"))
 
 
 def test_a_report_over_one_of_the_input_images_is_refused(tmp_path):

@@ -181,6 +181,7 @@ def test_one_manifest_file_whose_test_share_holds_no_image_names_the_fraction(tm
         Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "all.csv").write_text("path,labels\n" + "".join(
         f"{i}.png,{'ab'[i % 2]}\n" for i in range(12)))
-    with pytest.raises(SplitTooSmallError, match=r"one manifest file: no image of its 12 was "
-                                                 r"held out for test: raise --data.val_fraction"):
+    with pytest.raises(SplitTooSmallError, match=r"one manifest file: no image of the 12 found "
+                                                 r"was held out for test: raise "
+                                                 r"--data.val_fraction"):
         load_examples("manifest", {"manifest": str(tmp_path / "all.csv")}, 0.001)

@@ -30,7 +30,7 @@ def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
     """The inputs a command is given: its `arguments`, then the paths the file
     ``--files_from`` names lists (one a line, or NUL-separated; empty lines, a line's
     ``\r`` and a UTF-8 byte-order mark dropped; names as the file system spells them, any
-    bytes included; UTF-16 refused). None at all is a usage error, before any work."""
+    bytes included; UTF-16 and UTF-32 refused). None at all is a usage error, before any work."""
     listed: list[str] = []
     if files_from:
         if files_from == "-" and sys.stdin.isatty():
@@ -44,9 +44,11 @@ def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
         except OSError as error:
             raise app.UsageError(f"--files_from={files_from}: "
                                  f"{error.strerror or error}") from None
-        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-            raise app.UsageError(f"--files_from={files_from} is UTF-16 text (a byte-order mark "
-                                 f"starts it): save it as UTF-8, one path a line")
+        # UTF-16 or UTF-32 text: a byte-order mark, or NUL bytes inside the names (a
+        # `find -print0` list has one NUL a name).
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")) or data.count(b"\0") * 3 > len(data):
+            raise app.UsageError(f"--files_from={files_from} is not UTF-8 text (UTF-16 or "
+                                 f"UTF-32, by its bytes): save it as UTF-8, one path a line")
         data = data.removeprefix(b"\xef\xbb\xbf")  # UTF-8's mark, as Notepad writes it
         if b"\0" in data:
             names = data.split(b"\0")

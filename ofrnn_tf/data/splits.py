@@ -72,9 +72,9 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
         rest, test = hold_out(examples, val_fraction, salt="test:")
         if not test:
             raise SplitTooSmallError(
-                f"one manifest file: no image of its {len(examples)} was held out for test: "
-                f"raise --data.val_fraction (test takes that share, as validation does; "
-                f"{val_fraction} now) or list more images")
+                f"one manifest file: no image of the {len(examples)} found was held out for "
+                f"test: raise --data.val_fraction (test takes that share, as validation "
+                f"does; {val_fraction} now) or list more images")
         train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))
         log(f"one manifest file: {len(val)} images held out for validation and "
             f"{len(test)} for test")

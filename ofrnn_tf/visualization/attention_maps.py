@@ -2,11 +2,12 @@
 
 One PNG per image: the image on the left, then one panel per decoding step (eight
 panels a row, further steps in rows below) with that step's attention map α_t (Eq. 4)
-upsampled bilinearly onto the image and overlaid with a colour map, titled with the label chosen at the step and its
-probability at that step (`sigmoid(p_t[l_t])`, one factor of Eq. 11). A map is coloured
-from the uniform level 1/(h·w) (nothing) to its own peak (red, if that is at least twice
-the uniform level), and its corner says how many times the uniform level that peak is:
-a step that looks everywhere stays clear instead of drawing red all over. The figure
+upsampled bilinearly onto the image and overlaid with a colour map, titled with the
+label chosen at the step and its probability at that step (`sigmoid(p_t[l_t])`, one
+factor of Eq. 11). A map is coloured from the uniform level 1/(h·w) (nothing) to its
+own peak (red, if that is at least twice the uniform level), and its corner says how
+many times the uniform level that peak is: a step that looks everywhere stays clear
+instead of drawing red all over. The figure
 title names the image, the path probability and, when known, the true labels, wrapped
 to the figure's width.
 
