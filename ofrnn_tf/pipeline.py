@@ -171,28 +171,22 @@ def _split_changes(inputs: dict, meta: Optional[dict]) -> dict[str, str]:
     then_inputs = (meta or {}).get(cache.INPUTS_KEY)
     changes = {}
     for split, now in inputs["splits"].items():
-        count, then_count = now["examples"], _count_then(split, meta)
-        if then_count is not None and then_count != count:
-            changes[split] = f"{count} images now, {then_count} then"
-        elif then_inputs and split in then_inputs.get("splits", {}):
+        count = now["examples"]
+        if then_inputs and split in then_inputs.get("splits", {}):
             then = then_inputs["splits"][split]
-            if then["ids_labels"] != now["ids_labels"]:
+            if then["examples"] != count:
+                changes[split] = f"{count} images now, {then['examples']} then"
+            elif then["ids_labels"] != now["ids_labels"]:
                 changes[split] = f"other image ids or labels (as many images, {count})"
             elif then.get("files") != now["files"]:
                 changes[split] = (f"the same {count} image ids and labels, but image files "
                                   f"that differ in size (edited, re-encoded or replaced since)")
+        elif meta and split in meta.get("splits", {}):
+            info = meta["splits"][split]
+            then_count = int(info["num_examples"]) + len(info.get("skipped", []))
+            if then_count != count:
+                changes[split] = f"{count} images now, {then_count} then"
     return changes
-
-
-def _count_then(split: str, meta: Optional[dict]) -> Optional[int]:
-    """The images `split` held when the cache of `meta` was built (None: not recorded)."""
-    described = ((meta or {}).get(cache.INPUTS_KEY) or {}).get("splits", {}).get(split)
-    if described:
-        return int(described["examples"])
-    info = (meta or {}).get("splits", {}).get(split)
-    if info:
-        return int(info["num_examples"]) + len(info.get("skipped", []))
-    return None
 
 
 def in_run_spelling(data: Data, run_dir: RunDir) -> Data:
@@ -303,10 +297,11 @@ def prepare_features(config: ExperimentConfig, data: Data,
         log(f"train: no training image carries {len(untrained)} of the {len(counts)} classes "
             f"({listed_names(untrained, _NAMED_CLASSES)}): the model cannot learn them, and "
             f"they still count in the metrics (C-P counts each as precision 0)")
-    _say_max_steps(data.splits, _t_max(longest, data.label_map))
+    max_steps = _t_max(longest, data.label_map)
+    _say_max_steps(data.splits, max_steps)
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(
-        label_names=data.label_map.names, max_steps=_t_max(longest, data.label_map),
+        label_names=data.label_map.names, max_steps=max_steps,
         label_order=None if order is None else tuple(order), small_area=data.small_area,
         features_name=name, features_fingerprint=fingerprint,
         feature_shape=tuple(int(d) for d in meta["feature_shape"]),

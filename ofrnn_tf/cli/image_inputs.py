@@ -30,7 +30,8 @@ def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
     """The inputs a command is given: its `arguments`, then the paths the file
     ``--files_from`` names lists (one a line, or NUL-separated; empty lines, a line's
     ``\r`` and a UTF-8 byte-order mark dropped; names as the file system spells them, any
-    bytes included; UTF-16 and UTF-32 refused). None at all is a usage error, before any work."""
+    bytes included; UTF-16 and UTF-32 refused). None at all is a usage error, before any
+    work."""
     listed: list[str] = []
     if files_from:
         if files_from == "-" and sys.stdin.isatty():

@@ -73,7 +73,9 @@ def main(argv):
     # Standard input (`find … |`) is read once the run folder is known to be usable.
     inputs = None if FLAGS.files_from == "-" else given_inputs(argv[1:], FLAGS.files_from)
     trained_run(FLAGS.workdir)
-    entries = expand_inputs(inputs or given_inputs(argv[1:], FLAGS.files_from))
+    if inputs is None:
+        inputs = given_inputs(argv[1:], FLAGS.files_from)
+    entries = expand_inputs(inputs)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.

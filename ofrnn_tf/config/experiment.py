@@ -76,7 +76,8 @@ class DataConfig:
     """Which images and labels (paper §Experiments; the benchmark is this project's)."""
 
     dataset: str = setting("fashion_canvases", "Data set: the embedded Fashion-MNIST canvas "
-                           "benchmark, MS-COCO (2014, or 2017), NUS-WIDE or a CSV/JSON/JSONL manifest.",
+                           "benchmark, MS-COCO (2014, or 2017), NUS-WIDE or a CSV/JSON/JSONL "
+                           "manifest.",
                            choices=DATASETS)
     data_dir: str = setting("", "Root of coco/nuswide, or a folder of <split>.csv (or .jsonl, "
                             ".json) manifests; the benchmark is built under "

@@ -194,7 +194,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     image_rows = tf.range(batch * K) // K
     beam_offsets = (tf.range(batch) * K)[:, None]
     steps = tf.range(T)
-    record = lambda dtype: tf.TensorArray(dtype, size=T, element_shape=None)
+    record = lambda dtype: tf.TensorArray(dtype, size=T)
 
     def step(v, first: bool):
         t, state = v["t"], v["state"]
@@ -253,6 +253,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         (final,) = tf.while_loop(lambda v: v["t"] < T, lambda v: (step(v, first=False),),
                                  (final,), maximum_iterations=T - 1)
     sources_at = final["sources_at"].stack()  # [T, B·K]
+    labels_at = final["labels_at"].stack()
 
     # The answer for τ: the last step whose best path is admissible (a prefix of steps).
     step_log_prob = final["step_log_prob"]
@@ -264,7 +265,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     path_scores = tf.gather(final["scores"], beam_offsets[:, 0])  # every image's best beam
     # The best path of the step chosen, position by position: [B, 1, T] (the path, m).
     chosen = _backtrack(sources_at, beam_offsets, last[:, None], T,
-                        {"labels": (final["labels_at"].stack(), -1),
+                        {"labels": (labels_at, -1),
                          "attention": (final["alpha_at"].stack(), 0.0),
                          **({"factors": (final["factors_at"].stack(), NEG_INF)}
                             if step_probabilities else {})})
@@ -282,7 +283,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     if all_steps:
         every_step = tf.tile(steps[None, :], tf.stack([batch, 1]))
         paths = _backtrack(sources_at, beam_offsets, every_step, T,
-                           {"labels": (final["labels_at"].stack(), -1)})
+                           {"labels": (labels_at, -1)})
         result.update({"step_labels": paths["labels"], "step_log_prob": step_log_prob,
                        "path_scores": path_scores})
     return result

@@ -408,8 +408,6 @@ def gif_frames(data: bytes) -> GifFrames:
     return GifFrames(frames, pixels, width, height)
 
 
-
-
 def pixel_limit_error(image_format: str, width: int, height: int, data: bytes,
                       max_image_pixels: int) -> str | None:
     """Why an image whose header reads ``(image_format, width, height)`` is above
