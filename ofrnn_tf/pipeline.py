@@ -103,6 +103,8 @@ def load_data(config: ExperimentConfig, check_files: bool = True) -> Data:
     paths = {"data_dir": data.data_dir or None, "check_files": check_files}
     if data.manifest:
         paths["manifest"] = data.manifest
+    if data.dataset == "coco":
+        paths["coco_release"] = data.coco_release
     small_area = None
     if data.dataset == "fashion_canvases":
         built = fashion_canvases.build_fashion_canvases(benchmark_dir(config),

@@ -177,9 +177,11 @@ def test_a_range_error_names_the_flag_of_its_section():
     (["--config=coco", "--data.data_dir=/data/coco", "--data.num_train=5"], ["--data.num_train"],
      "--data.dataset=coco is not the embedded benchmark"),
     (["--data.val_fraction=0.1"], ["--data.val_fraction"], "draws its own validation"),
+    (["--config=manifest", "--data.data_dir=mine", "--data.coco_release=2017"],
+     ["--data.coco_release"], "--data.dataset=manifest is not MS-COCO"),
 ], ids=["baseline_stage2", "baseline_beam", "fixed_order_loss", "pla_steps", "residual_attention",
         "penalty_form", "mean_linear_head", "no_label_context", "joint_context", "coco_sizes",
-        "benchmark_val_fraction"])
+        "benchmark_val_fraction", "manifest_coco_release"])
 def test_a_flag_the_run_would_not_read_is_refused(argv, refused, reason):
     with pytest.raises(ValueError) as error:
         config_from_flags(parse(*argv))

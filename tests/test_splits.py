@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data import DataLabelMapError, DataNotFoundError
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import (NothingToLearnError, SplitTooSmallError, check_split_sizes,
@@ -57,6 +58,49 @@ def test_a_coco_2017_folder_is_read_as_its_own_splits_and_2014_wins_where_both_a
                                                  r"\(nor the 2017 release's "
                                                  r"instances_train2017.json\)"):
         load_examples("coco", {"data_dir": str(tmp_path / "empty")}, val_fraction=0.2)
+
+
+def test_coco_release_reads_the_release_asked_for_where_a_folder_holds_both(tmp_path):
+    _write_coco(str(tmp_path), "train2014", range(100, 140))
+    _write_coco(str(tmp_path), "val2014", range(600, 610))
+    _write_coco(str(tmp_path), "train2017", range(0, 40))
+    _write_coco(str(tmp_path), "val2017", range(500, 510))
+    for release, test_ids in (("auto", range(600, 610)), ("2014", range(600, 610)),
+                              ("2017", range(500, 510))):
+        splits, _ = load_examples("coco", {"data_dir": str(tmp_path), "coco_release": release},
+                                  val_fraction=0.2)
+        assert {e.image_id for e in splits["test"]} == {str(i) for i in test_ids}, release
+    assert splits["test"][0].image == os.path.join(str(tmp_path), "val2017", "000500.png")
+    assert {e.image_id for e in splits["train"] + splits["val"]} == {str(i) for i in range(40)}
+
+
+def test_coco_release_not_in_the_folder_is_refused_naming_the_one_it_holds(tmp_path):
+    _write_coco(str(tmp_path), "train2017", range(0, 40))
+    _write_coco(str(tmp_path), "val2017", range(500, 510))
+    with pytest.raises(DataNotFoundError, match=r"instances_train2014.json "
+                                                 r"\(--data.coco_release=2014; the folder "
+                                                 r"holds the 2017 release\)"):
+        load_examples("coco", {"data_dir": str(tmp_path), "coco_release": "2014"}, 0.2)
+    with pytest.raises(DataNotFoundError, match=r"empty/annotations/instances_train2017.json "
+                                                 r"\(--data.coco_release=2017\)$"):
+        load_examples("coco", {"data_dir": str(tmp_path / "empty"), "coco_release": "2017"},
+                      0.2)
+
+
+def test_the_runs_coco_release_setting_reaches_the_loader(tmp_path):
+    from ofrnn_tf import pipeline
+    from ofrnn_tf.config.experiment import COCO_RELEASES
+    from ofrnn_tf.data.registry import COCO_RELEASES as RELEASES_ON_DISK
+
+    assert COCO_RELEASES == ("auto", *RELEASES_ON_DISK)
+    _write_coco(str(tmp_path), "train2014", range(1000, 1200))
+    _write_coco(str(tmp_path), "val2014", range(2000, 2040))
+    _write_coco(str(tmp_path), "train2017", range(0, 200))
+    _write_coco(str(tmp_path), "val2017", range(500, 540))
+    config = ExperimentConfig().replace(data={"dataset": "coco", "data_dir": str(tmp_path)})
+    for release, first_test in (("auto", 2000), ("2017", 500)):
+        data = pipeline.load_data(config.replace(data={"coco_release": release}))
+        assert min(int(e.image_id) for e in data.splits["test"]) == first_test, release
 
 
 def test_hold_out_is_stable_between_runs(tmp_path):

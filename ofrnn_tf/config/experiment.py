@@ -40,6 +40,7 @@ SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCENES = ("none", "outfits")  # ofrnn_tf.data.fashion_canvases.SCENE_TABLES
+COCO_RELEASES = ("auto", "2014", "2017")  # ofrnn_tf.data.registry.COCO_RELEASES
 
 
 def setting(default, help: str, *, choices: Optional[tuple] = None, resumable: bool = False):
@@ -84,6 +85,9 @@ class DataConfig:
                             "--runtime.cache_dir.", resumable=True)
     manifest: str = setting("", "One CSV, JSON Lines or JSON manifest file (dataset=manifest).",
                             resumable=True)
+    coco_release: str = setting("auto", "MS-COCO: the release read from --data.data_dir, "
+                                "2014 (the paper's) or 2017; auto reads 2014 where the folder "
+                                "holds its annotations, else 2017.", choices=COCO_RELEASES)
     val_fraction: float = setting(0.05, "Share of train held out (by image-id hash) for τ and "
                                   "epoch selection where a data set has no validation split "
                                   "(one --data.manifest file: as much again is held out for "
@@ -378,6 +382,8 @@ class ExperimentConfig:
         elif model.label_context_training == "joint":
             mark(context_stage, "--model.label_context_training=joint trains the label context "
                  "in stage 1, with --stage1's settings")
+        if data.dataset != "coco":
+            mark(["data.coco_release"], f"--data.dataset={data.dataset} is not MS-COCO")
         if data.dataset != "fashion_canvases":
             mark(["data.num_train", "data.num_val", "data.num_test", "data.seed", "data.scenes"],
                  f"--data.dataset={data.dataset} is not the embedded benchmark these settings "

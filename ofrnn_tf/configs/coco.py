@@ -9,8 +9,8 @@ Data: ``--data.data_dir`` holds ``annotations/instances_{train,val}2014.json`` a
 ``{train,val}2014/``. val2014 is the test split (the paper's protocol); a hash-based
 5 % of train2014 is held out as the validation split that chooses τ. A folder of the
 2017 release (``instances_{train,val}2017.json``, ``{train,val}2017/``) is read the same
-way where it holds no 2014 files: the same images in other splits, so its numbers are
-not the paper's.
+way where it holds no 2014 files, or with ``--data.coco_release=2017``: the same images
+in other splits, so its numbers are not the paper's.
 
 Command (needs internet once for the ResNet-152 ImageNet weights):
     ofrnn-train --config=coco --data.data_dir=/data/coco2014 --workdir=runs/coco

@@ -9,7 +9,7 @@ dataset                   paths                        splits
                           ``annotations/instances_      val2014, the usual protocol);
                           {train,val}2014.json`` and    or ``annotation_file`` +
                           ``{train,val}2014/`` (or      ``image_dir`` for any split name
-                          2017's, `coco_release`)
+                          2017's: ``coco_release``)
 ``nuswide``               ``data_dir`` (the release)    train, test
 ``manifest``              ``manifest`` (a file), or     any: ``data_dir/<split>.csv``
                           ``data_dir``                  or ``.jsonl``
@@ -54,6 +54,33 @@ def coco_release(data_dir: str, split: str = "train") -> Optional[str]:
     return None
 
 
+def _coco_files(data_dir: str, split: str, release: str) -> tuple[str, str]:
+    """The annotation file and image folder of `split` in `release` (``auto``:
+    `coco_release`) of the COCO folder `data_dir`."""
+    if split not in _COCO_SPLITS:
+        raise ValueError(f"coco split must be one of {sorted(_COCO_SPLITS)}, "
+                         f"got {split!r} (or pass annotation_file and image_dir)")
+    if release == "auto":
+        found = coco_release(data_dir, split)
+        if found is None:
+            first, then = (f"{_COCO_SPLITS[split]}{r}" for r in COCO_RELEASES)
+            raise DataNotFoundError(
+                f"COCO annotation file not found: {coco_annotation_file(data_dir, first)} "
+                f"(nor the {COCO_RELEASES[1]} release's instances_{then}.json)")
+        release = found
+    elif release not in COCO_RELEASES:
+        raise ValueError(f"coco release must be auto or one of {list(COCO_RELEASES)}, "
+                         f"got {release!r}")
+    name = _COCO_SPLITS[split] + release
+    annotation_file = coco_annotation_file(data_dir, name)
+    if not os.path.isfile(annotation_file):
+        held = coco_release(data_dir, split)
+        raise DataNotFoundError(
+            f"COCO annotation file not found: {annotation_file} (--data.coco_release="
+            f"{release}" + (f"; the folder holds the {held} release)" if held else ")"))
+    return annotation_file, os.path.join(data_dir, name)
+
+
 def manifest_candidates(data_dir: str, split: str) -> list[str]:
     """The files a manifest folder may hold `split` in, in the order they are looked for."""
     return [os.path.join(data_dir, f"{split}.{ext}") for ext in MANIFEST_EXTENSIONS]
@@ -77,7 +104,8 @@ def load_split(dataset: str, split: str, **paths: Any
         dataset: one of `DATASETS`.
         split: the split name (see the module table).
         **paths: ``data_dir``, ``annotation_file``, ``image_dir``, ``manifest``,
-            ``label_map``, ``check_files`` as the data set needs.
+            ``coco_release`` (``auto``, ``2014`` or ``2017``), ``label_map``,
+            ``check_files`` as the data set needs.
 
     Returns:
         (examples, label map, load statistics).
@@ -88,6 +116,7 @@ def load_split(dataset: str, split: str, **paths: Any
     annotation_file = paths.pop("annotation_file", None)
     image_dir = paths.pop("image_dir", None)
     manifest = paths.pop("manifest", None)
+    release = paths.pop("coco_release", "auto")
     if paths:
         raise TypeError(f"load_split: unknown arguments {sorted(paths)}")
 
@@ -101,18 +130,8 @@ def load_split(dataset: str, split: str, **paths: Any
     if dataset == "coco":
         if annotation_file is None:
             _need(dataset, data_dir=data_dir)
-            if split not in _COCO_SPLITS:
-                raise ValueError(f"coco split must be one of {sorted(_COCO_SPLITS)}, "
-                                 f"got {split!r} (or pass annotation_file and image_dir)")
-            release = coco_release(data_dir, split)
-            if release is None:
-                first, then = (f"{_COCO_SPLITS[split]}{r}" for r in COCO_RELEASES)
-                raise DataNotFoundError(
-                    f"COCO annotation file not found: {coco_annotation_file(data_dir, first)} "
-                    f"(nor the {COCO_RELEASES[1]} release's instances_{then}.json)")
-            name = _COCO_SPLITS[split] + release
-            annotation_file = coco_annotation_file(data_dir, name)
-            image_dir = image_dir or os.path.join(data_dir, name)
+            annotation_file, release_images = _coco_files(data_dir, split, release)
+            image_dir = image_dir or release_images
         _need(dataset, image_dir=image_dir)
         return load_coco(annotation_file, image_dir, label_map, check_files=check_files)
 
