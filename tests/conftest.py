@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import inspect
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ def assert_config_holds_every_argument(cls, config: dict, given: dict) -> None:
     assert not [name for name in arguments if name not in config], cls.__name__
     for name, value in given.items():
         assert config[name] == value, (cls.__name__, name, config[name], value)
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """`preexec_fn` of a child a test sends SIGINT: the child takes it as a terminal's
+    foreground process would, even where the suite itself runs as a shell's background
+    job (`bash .ci/run &`), whose children inherit SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_checked(args: list[str], timeout: float = 600.0, cwd=ROOT,

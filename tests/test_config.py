@@ -12,7 +12,7 @@ import sys
 import pytest
 from absl import app, flags
 
-from conftest import ROOT
+from conftest import ROOT, ctrl_c_as_in_a_terminal
 from toy_run import TINY_TRAIN_FLAGS
 from ofrnn_tf import configs
 from ofrnn_tf.config.experiment import (
@@ -305,7 +305,7 @@ def test_train_refuses_what_it_cannot_build_before_any_work(tmp_path, flags, env
 def run_script(script: str) -> subprocess.CompletedProcess:
     """`python -c script` from the repository root, its output captured."""
     return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
 @pytest.mark.parametrize("signalled", [True, False])
@@ -416,7 +416,8 @@ def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
               "threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT)).start(); run()")
     done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path / 'run'}",
                            f"--runtime.cache_dir={tmp_path / 'cache'}", *TINY_TRAIN_FLAGS],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=ctrl_c_as_in_a_terminal)
     assert done.returncode == 130, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith(

@@ -28,7 +28,7 @@ from conftest import FAKE_MAX_STEPS as MAX_STEPS
 from conftest import FAKE_NAMES as NAMES
 from conftest import FAKE_SCORE_MIX as SCORE_MIX
 from conftest import FAKE_TAU as TAU
-from conftest import ROOT
+from conftest import ROOT, ctrl_c_as_in_a_terminal
 from ofrnn_tf.cli.image_inputs import (
     expand_inputs, given_inputs, merge_results, open_report, write_report)
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
@@ -359,7 +359,8 @@ def test_a_stopped_predict_keeps_the_lines_of_the_images_it_finished(lite0_run, 
                "--batch_size=1", *[str(images[0])] * 1000]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True) as proc:
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=ctrl_c_as_in_a_terminal) as proc:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             text = out.read_text()
