@@ -579,18 +579,33 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     run's settings: a ``--decoding.beam_size`` other than the run's adds a τ for that width
     to calibration.json and writes ``metrics_test_k<K>.json`` beside ``metrics_test.json``.
     It refuses a run that stopped before its last stage was validated
-    (`UnfinishedRunError`) and records where an unfinished one stopped.
+    (`UnfinishedRunError`) and records where an unfinished one stopped. The run folder is
+    held while it runs: one that another process holds is refused (`RunInUseError`).
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval'; got {mode!r}")
     timer, run_dir = Timer(), RunDir(workdir)
-    try:
-        return _run(config, run_dir, mode, timer)
-    except BaseException:  # Ctrl-C or an error once training began: its time counts too
-        if mode == "train" and "training" in timer.parts and is_chief_task(
-                config.runtime.strategy):
-            _record_timing(run_dir, mode, timer)
-        raise
+    with _held(run_dir, config, mode):
+        try:
+            return _run(config, run_dir, mode, timer)
+        except BaseException:  # Ctrl-C or an error once training began: its time counts too
+            if mode == "train" and "training" in timer.parts and is_chief_task(
+                    config.runtime.strategy):
+                _record_timing(run_dir, mode, timer)
+            raise
+
+
+def _held(run_dir: RunDir, config: ExperimentConfig, mode: str):
+    """The run folder held for this run (`RunDir.exclusive`), so that a second run or a
+    reader of its weights (`ofrnn-predict`, `Predictor.from_run`) is refused at once. A
+    worker other than the chief of a multi-worker run shares the folder with its chief
+    and holds nothing; eval mode does not create a folder that is not there (`_run`
+    refuses it)."""
+    if mode == "eval" and not run_dir.exists():
+        return contextlib.nullcontext()
+    if not is_chief_task(config.runtime.strategy):
+        return contextlib.nullcontext()
+    return run_dir.exclusive()
 
 
 def results_table(config: ExperimentConfig, metrics: dict) -> str:

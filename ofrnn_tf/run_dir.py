@@ -90,6 +90,10 @@ class RunFolderNotReadableError(RuntimeError):
     written under ``umask 077``)."""
 
 
+# The run folders (real paths) this process holds (`RunDir.exclusive`): a run reads its
+# own weights back (its example pictures) while it holds its folder.
+_HELD_HERE: set[str] = set()
+
 # What reading a checkpoint with a file missing, cut short or damaged raises:
 # NotFoundError / OpError / DataLossError from TensorFlow, IndexError for a short read.
 _CHECKPOINT_READ_ERRORS = (tf.errors.OpError, IndexError, RuntimeError, ValueError)
@@ -597,6 +601,8 @@ class RunDir:
             with contextlib.suppress(OSError):  # the lock holds; the tag only informs
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, owner_tag().encode(), 0)
+            held = os.path.realpath(self.path)
+            _HELD_HERE.add(held)
             try:
                 yield
             except BaseException:
@@ -607,6 +613,7 @@ class RunDir:
                             os.rmdir(self.path)
                 raise
             finally:
+                _HELD_HERE.discard(held)
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)  # names no holder once released
         finally:
@@ -615,7 +622,10 @@ class RunDir:
     def check_not_in_use(self) -> None:
         """Refuses (`RunInUseError`) to read a run folder that a command holds (`exclusive`):
         a training or evaluation replaces its best weights and τ while they are read. The
-        check takes a shared `fcntl.flock` on ``.lock`` and lets it go at once."""
+        check takes a shared `fcntl.flock` on ``.lock`` and lets it go at once; a folder
+        this process holds passes (a run reading its own weights back)."""
+        if os.path.realpath(self.path) in _HELD_HERE:
+            return
         try:
             fd = os.open(self.lock_file, os.O_RDONLY)
         except OSError:

@@ -280,6 +280,43 @@ def test_a_held_run_folder_is_refused_naming_its_holder_until_it_dies(tmp_path):
         assert f"-{os.getpid()}" in Path(run_dir.lock_file).read_text()
 
 
+def test_the_python_api_refuses_a_run_folder_another_process_holds(make_fake_run, tmp_path,
+                                                                   tiny_backbone):
+    # The commands' library calls, from a notebook say, hold and check the folder too.
+    from ofrnn_tf import pipeline
+    from ofrnn_tf.export import export_run
+    from ofrnn_tf.inference.module import InferenceModule
+    from ofrnn_tf.inference.predictor import Predictor
+
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    config, _ = run_dir.load()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, run_dir.path], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        in_use = rf"{run_dir.path} is in use by pid {holder.pid} "
+        for mode in ("train", "eval"):
+            with pytest.raises(RunInUseError, match=in_use + "on host .*: another command"):
+                pipeline.run(config, run_dir.path, mode)
+        for read in (lambda: InferenceModule.from_run(run_dir.path, backbone=tiny_backbone),
+                     lambda: Predictor.from_run(run_dir.path, backbone=tiny_backbone),
+                     lambda: export_run(run_dir.path, str(tmp_path / "exports"),
+                                        backbone=tiny_backbone)):
+            with pytest.raises(RunInUseError, match=in_use + "on host .*: a command trains"):
+                read()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert not (tmp_path / "exports").exists()
+    # A process reads the weights of a folder it holds itself (a run's example pictures).
+    with run_dir.exclusive():
+        InferenceModule.from_run(run_dir.path, backbone=tiny_backbone)
+    with pytest.raises(RunInUseError, match=rf"is in use by pid {os.getpid()} "):
+        with run_dir.exclusive(), run_dir.exclusive():
+            pass
+
+
 @pytest.mark.slow  # starts several commands
 def test_commands_refuse_a_run_folder_another_command_holds(make_fake_run, tmp_path):
     # A training replaces the best weights and τ that export and predict would read.

@@ -19,7 +19,6 @@ K to calibration.json and writes ``metrics_test_kK.json``, leaving the run's bea
 and ``metrics_test.json`` as they were; other decoding settings are refused there.
 """
 
-import contextlib
 
 from absl import app, flags, logging
 
@@ -98,9 +97,8 @@ def main(argv):
         refused += (FileNotFoundError,)  # not a run folder
     try:
         _check_buildable(config)  # before the run folder is made or taken
-        with _held(RunDir(FLAGS.workdir), config), refusing_cache_writes(
-                config.runtime.cache_dir):
-            pipeline.run(config, FLAGS.workdir, FLAGS.mode)
+        with refusing_cache_writes(config.runtime.cache_dir):
+            pipeline.run(config, FLAGS.workdir, FLAGS.mode)  # holds the run folder
     except refused as error:
         raise refusal(error) from None  # the command, not the code, is at fault
     return 0
@@ -120,20 +118,6 @@ def _check_buildable(config: ExperimentConfig) -> None:
     if config.runtime.strategy == "multi_worker":
         from ofrnn_tf.training.distribute import cluster_config
         cluster_config()
-
-
-def _held(run_dir, config: ExperimentConfig):
-    """The run folder held for this command (`RunDir.exclusive`), so that a second
-    command on it is refused at once. A worker other than the chief of a multi-worker
-    run shares the folder with its chief and holds nothing; eval mode does not create
-    a folder that is not there (`pipeline.run` refuses it)."""
-    from ofrnn_tf.training.distribute import is_chief_task
-
-    if FLAGS.mode == "eval" and not run_dir.exists():
-        return contextlib.nullcontext()
-    if not is_chief_task(config.runtime.strategy):
-        return contextlib.nullcontext()
-    return run_dir.exclusive()
 
 
 run = runner(define_flags, main,

@@ -165,9 +165,11 @@ class InferenceModule(tf.Module):
         refused unless `tau` is given. A `baseline` run has no beam: its K is its own
         whatever `beam_size` says. T_max is the run's. `backbone` may pass an already
         built backbone of the run. Other keyword arguments (`max_image_pixels`,
-        `jit_compile`, `unroll`) go to the constructor.
+        `jit_compile`, `unroll`) go to the constructor. A run folder that a training or
+        evaluation holds is refused (`RunInUseError`).
         """
         run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        run_dir.check_not_in_use()  # a training rewrites the weights and τ read here
         model, config, facts = run_dir.load_model()
         if beam_size is None or not model.uses_decoder:  # M_map alone: no beam to widen
             beam_size = config.decoding.beam_size
