@@ -12,12 +12,14 @@ import contextlib
 import dataclasses
 import glob
 import os
+import random
 import re
 import shutil
 import time
 import unicodedata
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig
@@ -585,7 +587,7 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval'; got {mode!r}")
     timer, run_dir = Timer(), RunDir(workdir)
-    with _held(run_dir, config, mode):
+    with _held(run_dir, config, mode), _callers_random_state():
         try:
             return _run(config, run_dir, mode, timer)
         except BaseException:  # Ctrl-C or an error once training began: its time counts too
@@ -593,6 +595,20 @@ def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
                     config.runtime.strategy):
                 _record_timing(run_dir, mode, timer)
             raise
+
+
+@contextlib.contextmanager
+def _callers_random_state():
+    """Gives Python's and NumPy's global random generators back as the caller left them:
+    training seeds them with ``train.seed`` (`keras.utils.set_random_seed`), which would
+    otherwise replay seed 0's draws in a notebook's own code after a run. TensorFlow's
+    and Keras's global seeds stay the run's."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _held(run_dir: RunDir, config: ExperimentConfig, mode: str):

@@ -449,6 +449,18 @@ def test_tau_of_another_width_goes_once_training_changes_the_best_weights(
     assert not os.path.exists(run_dir.metrics_file("test", 1))
 
 
+def test_a_run_gives_the_callers_python_and_numpy_random_state_back(trained, tmp_path,
+                                                                     cached_features):
+    # Training seeds them with train.seed; a notebook's own draws must not replay seed 0's.
+    import random
+
+    random.seed(123), np.random.seed(123)
+    expected = random.random(), np.random.rand()
+    random.seed(123), np.random.seed(123)
+    pipeline.run(trained[0], str(tmp_path / "run"), "train")
+    assert (random.random(), np.random.rand()) == expected
+
+
 def test_a_training_rerun_names_damaged_best_weights_and_keeps_the_results(
         trained, tmp_path, cached_features):
     config = trained[0]
