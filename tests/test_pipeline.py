@@ -599,13 +599,16 @@ def test_best_json_after_a_label_context_fit_holds_its_scores(trained, tmp_path,
 
 
 def test_a_mixed_precision_run_reports_what_eval_mode_and_the_export_compute(
-        trained, tmp_path, cached_features):
+        trained, tmp_path, cached_features, capsys):
     import keras
 
     config = trained[0].replace(runtime={"mixed_precision": True})
     workdir = str(tmp_path / "run")
     try:
         trained_metrics = pipeline.run(config, workdir, "train")
+        if not tf.config.list_logical_devices("GPU"):
+            assert ("--runtime.mixed_precision is meant for GPUs, and none is visible: "
+                    "float16 runs on the CPU here, slower than float32") in capsys.readouterr().err
         assert keras.mixed_precision.global_policy().name == "float32"
         evaluated = pipeline.run(config, workdir, "eval")
     finally:
