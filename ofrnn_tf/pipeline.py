@@ -147,7 +147,8 @@ def feature_cache_key(config: ExperimentConfig, data: Data) -> CacheKey:
     inputs = cache.describe_inputs(data.splits, data.label_map,
                                    file_stats=config.data.dataset != "fashion_canvases")
     fingerprint = cache.fingerprint_of(inputs, features.backbone, features.layer)
-    name = cache.cache_name(config.data.dataset, features.backbone, features.layer, fingerprint)
+    name = cache.cache_name_in_use(config.runtime.cache_dir, config.data.dataset,
+                                   features.backbone, features.layer, fingerprint)
     return CacheKey(name, fingerprint, inputs)
 
 

@@ -612,3 +612,29 @@ def test_command_line_builds_the_cache_training_reads(tmp_path):
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["feature_shape"] == [7, 7, 1280] and len(meta["content_fingerprint"]) == 64
     assert [tfrecords.num_examples(out, s) for s in ("train", "val", "test")] == [3, 1, 1]
+
+
+def test_a_layer_spelt_by_its_keras_name_finds_the_cache_of_its_short_name(tmp_path):
+    # stage5 is block5c_out: the same features, found where they are, not extracted twice.
+    inputs = {"format": 2, "labels": ["a"],
+              "splits": {"train": {"ids_labels": "x", "files": "y"}}}
+    fingerprint = cache.fingerprint_of(inputs, "efficientnet_lite0", "stage5")
+    assert cache.fingerprint_of(inputs, "efficientnet_lite0", "block5c_out") == fingerprint
+    assert cache.fingerprint_of(inputs, "efficientnet_lite0", "stage6") != fingerprint
+    cache_dir = str(tmp_path / "cache[1]")  # a glob character in the path is no pattern
+
+    def in_use(layer: str) -> str:
+        return cache.cache_name_in_use(cache_dir, "manifest", "efficientnet_lite0", layer,
+                                       fingerprint)
+
+    short, keras_name = (cache.cache_name("manifest", "efficientnet_lite0", layer, fingerprint)
+                         for layer in ("stage5", "block5c_out"))
+    assert in_use("block5c_out") == keras_name  # no cache yet: its own name
+    directory = Path(cache.features_dir(cache_dir, short))
+    directory.mkdir(parents=True)
+    (directory / tfrecords.META_FILENAME).write_text(
+        json.dumps({cache.FINGERPRINT_KEY: "0" * 64, "splits": {}}))
+    assert in_use("block5c_out") == keras_name  # the same name's start, other features
+    (directory / tfrecords.META_FILENAME).write_text(
+        json.dumps({cache.FINGERPRINT_KEY: fingerprint, "splits": {}}))
+    assert in_use("block5c_out") == short and in_use("stage5") == short

@@ -38,6 +38,7 @@ so that the next run extracts them.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -148,6 +149,26 @@ def cache_name(dataset: str, backbone: str, feature_layer: str, fingerprint: str
 
 def features_dir(cache_dir: str, name: str) -> str:
     return os.path.join(cache_dir, FEATURES_SUBDIR, name)
+
+
+def cache_name_in_use(cache_dir: str, dataset: str, backbone: str, feature_layer: str,
+                      fingerprint: str) -> str:
+    """`cache_name`, or the name of a cache under `cache_dir` that holds the same features
+    with the layer spelt otherwise (``stage5`` and its Keras name ``block5c_out`` are one
+    layer: the fingerprint is the resolved layer's), so that they are not extracted twice.
+    """
+    name = cache_name(dataset, backbone, feature_layer, fingerprint)
+    if os.path.exists(features_dir(cache_dir, name)):
+        return name
+    pattern = features_dir(glob.escape(cache_dir), glob.escape(f"{dataset}-{backbone}-") + "*"
+                           + glob.escape(f"-{fingerprint[:12]}"))
+    for directory in sorted(glob.glob(pattern)):
+        try:
+            if tfrecords.read_meta(directory).get(FINGERPRINT_KEY) == fingerprint:
+                return os.path.basename(directory)
+        except (FileNotFoundError, ValueError, OSError):
+            continue
+    return name
 
 
 def check_fingerprint(directory: str, expected: str) -> dict:
