@@ -143,6 +143,18 @@ def test_invalid_values_are_refused_naming_the_setting():
                                 "--model.decoder=paper", "--model.head=mean_linear"))
 
 
+def test_seeds_numpy_cannot_take_and_an_empty_cache_folder_are_refused_before_any_work():
+    # A train.seed of -1 failed once run.json was written, and a rerun kept failing.
+    for flag in ("--train.seed", "--data.seed"):
+        for value in (-1, 2**32):
+            with pytest.raises(ValueError, match=rf"^{flag} must be in 0..4294967295; "
+                                                 rf"got {value}$"):
+                config_from_flags(parse(f"{flag}={value}"))
+        assert config_from_flags(parse(f"{flag}={2**32 - 1}"))
+    with pytest.raises(ValueError, match=r"^--runtime.cache_dir is empty: give the folder"):
+        config_from_flags(parse("--runtime.cache_dir="))
+
+
 def test_a_range_error_names_the_flag_of_its_section():
     # One class serves three sections: the message says which.
     for section in ("stage1", "stage2", "label_context"):
