@@ -274,11 +274,22 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
     (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
             "run()", "--timeout=0", "{tmp}/image.png"],
      "ofrnn-client: --timeout must be a number of seconds above 0, got 0.0"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--timeout=1e10", "{tmp}/image.png"],
+     "ofrnn-client: --timeout must be at most 1e+08 seconds, or inf for no limit; got 1e+10"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--server= ", "{tmp}/image.png"],
+     "ofrnn-client: --server is empty: give the model server's host:port"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--version=-1", "{tmp}/image.png"],
+     "ofrnn-client: --version must be 0 or more (TF Serving loads only those folders), "
+     "got -1"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
         "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
         "predict_beam_of_none", "export_negative_warmup_count", "export_negative_keep_count",
         "predict_pictures_into_a_file",
-        "client_threshold_nan", "client_timeout_zero"])
+        "client_threshold_nan", "client_timeout_zero", "client_timeout_overflowing",
+        "client_server_empty", "client_version_negative"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")
     argv = [arg.format(tmp=tmp_path) for arg in argv]

@@ -911,8 +911,10 @@ def test_client_cli(server, tmp_path):
     assert results[3]["labels"] == ["red", "green"] and results[3]["log_prob"] < 0
     assert "2 image(s) labelled, 2 failed or skipped" in run.stderr
 
-    # --files_from=-: the arguments, then the files listed on standard input.
-    listed = subprocess.run(command + ["--files_from=-", str(tmp_path / "yellow.png")],
+    # --files_from=-: the arguments, then the files listed on standard input; --timeout=inf
+    # is no deadline (gRPC's own would overflow and fail the call at once).
+    listed = subprocess.run(command + ["--files_from=-", "--timeout=inf",
+                                       str(tmp_path / "yellow.png")],
                             input=f"{folder / 'red.png'}\r\n\n{folder / 'notes.txt'}\n",
                             capture_output=True, text=True, env=env, timeout=120)
     assert listed.returncode == 0, listed.stderr

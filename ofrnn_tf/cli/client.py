@@ -15,6 +15,7 @@ when the command stopped so or no image was labelled. A progress bar on stderr c
 the inputs when the lines go to a file or a pipe.
 """
 
+import math
 import sys
 
 import grpc
@@ -28,6 +29,8 @@ from ofrnn_tf.status import progress_bar, say
 from ofrnn_tf.tf_errors import reason_text
 
 FLAGS = flags.FLAGS
+# Longer deadlines overflow in gRPC, which then fails every call at once (1e10 s did).
+MAX_TIMEOUT_S = 1e8
 
 
 def define_flags() -> None:
@@ -42,7 +45,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 32, "images per Predict request")
     flags.DEFINE_integer("max_request_bytes", 32 * 1024 * 1024, "a batch of files larger than "
                          "this goes in several requests (ofrnn-serve takes up to 64 MiB)")
-    flags.DEFINE_float("timeout", 30.0, "seconds per request")
+    flags.DEFINE_float("timeout", 30.0, "seconds per request (inf: no limit)")
     flags.DEFINE_string("output", None, "JSON-lines file to write (default: stdout)")
     flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
 
@@ -51,9 +54,16 @@ def main(argv):
     refuse_below("batch_size")
     refuse_below("max_request_bytes")
     refuse_non_probability("threshold")
+    refuse_below("version", minimum=0, note=" (TF Serving loads only those folders)")
+    if not FLAGS.server.strip():
+        raise app.UsageError("--server is empty: give the model server's host:port")
     if not FLAGS.timeout > 0:
         raise app.UsageError(f"--timeout must be a number of seconds above 0, got "
                              f"{FLAGS.timeout}")
+    if MAX_TIMEOUT_S < FLAGS.timeout < math.inf:  # gRPC's deadline would overflow
+        raise app.UsageError(f"--timeout must be at most {MAX_TIMEOUT_S:g} seconds, or inf for "
+                             f"no limit; got {FLAGS.timeout:g}")
+    timeout = None if math.isinf(FLAGS.timeout) else FLAGS.timeout
     inputs = given_inputs(argv[1:], FLAGS.files_from)
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
@@ -64,7 +74,7 @@ def main(argv):
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
-                            timeout=FLAGS.timeout)
+                            timeout=timeout)
     lines = merge_results(entries, results)
     if FLAGS.output or not sys.stdout.isatty():  # on a terminal the lines show the progress
         lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")
