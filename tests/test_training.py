@@ -634,7 +634,7 @@ def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path
     assert RunDir(workdir).load_best_info() == RunDir(str(tmp_path / "straight")).load_best_info()
 
 
-def test_patience_stops_a_stage_early(tmp_path):
+def test_patience_stops_a_stage_early(tmp_path, capsys):
     calls = []
 
     def validate_fn(model, stage):
@@ -644,6 +644,11 @@ def test_patience_stops_a_stage_early(tmp_path):
     config = tiny_config(stage1={"epochs": 5, "patience": 2}, stage2={"epochs": 4, "patience": 1})
     make_trainer(str(tmp_path), config, synthetic_data(), validate_fn).train()
     assert calls == [1, 1, 1, 2, 2]
+    said = capsys.readouterr().err
+    assert ("[train] stage 1: stopped after epoch 3 of 5, no better validation score in 2 "
+            "epochs (--stage1.patience); its best epoch, 1, is kept") in said, said
+    assert ("[train] stage 2: stopped after epoch 2 of 4, no better validation score in 1 "
+            "epoch (--stage2.patience); its best epoch, 1, is kept") in said, said
 
 
 def test_patience_counts_the_epochs_since_the_latest_best_one(tmp_path):

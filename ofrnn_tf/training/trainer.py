@@ -578,10 +578,22 @@ class Trainer:
                 continue
             while not self._stage_done(stage):
                 self._train_epoch(stage)
+            self._say_if_stopped_early(stage)
             self._end_stage(stage)
         self._flush_points()
         self._restore_best()
         return self.model
+
+    def _say_if_stopped_early(self, stage: int) -> None:
+        """One line where the stage's patience ended it before its epochs: which epoch it
+        stopped after and which it keeps."""
+        epoch, epochs = int(self.epoch), self.stage_config(stage).epochs
+        if epoch < epochs:
+            since = int(self.epochs_since_best)
+            print(f"[train] stage {stage}: stopped after epoch {epoch} of {epochs}, no better "
+                  f"validation score in {since} epoch{'s' * (since != 1)} "
+                  f"(--stage{stage}.patience); its best "
+                  f"epoch, {epoch - since}, is kept", file=sys.stderr)
 
     def _end_stage(self, stage: int) -> None:
         """Checkpoints the end of `stage`. Before the last stage the model takes this
