@@ -534,6 +534,12 @@ def test_a_rerun_refuses_epochs_of_a_finished_stage_and_lets_the_last_go_on(
     assert Path(RunDir(workdir).run_file).read_text() == run_json
     pipeline.run(config.replace(stage2={"epochs": 2}), workdir, "train")
     assert RunDir(workdir).load()[0].stage2.epochs == 2
+    # Not fewer epochs than it trained: its record would say 1 of a stage trained 2.
+    with pytest.raises(IncompatibleRunError, match=r"stage2.epochs: 2 in the run folder vs 1 "
+                                                   r"now \(2 epochs of stage 2 are trained: "
+                                                   r"its epochs may grow, not fall below"):
+        pipeline.run(config.replace(stage2={"epochs": 1}), workdir, "train")
+    assert RunDir(workdir).load()[0].stage2.epochs == 2
 
 
 def test_a_rerun_at_another_beam_width_says_what_it_changes(trained, tmp_path, cached_features,

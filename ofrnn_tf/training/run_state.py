@@ -54,6 +54,16 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
                 and config.model.label_context_training == "after_stage1"):
             finished.append("label_context")
     diffs += _changed_schedules(saved, config, {s: f"{s} is finished" for s in finished})
+    if position is not None:
+        # The stage training is in (or the last, once finished) may be given more epochs,
+        # not fewer than it has done: those would end it at once, its record saying less.
+        stage = min(position["stage"], 2 if config.model.variant != "baseline" else 1)
+        section = f"stage{stage}"
+        before, now = getattr(saved, section).epochs, getattr(config, section).epochs
+        if now < position["epoch"] and now != before:
+            diffs.append(f"{section}.epochs: {before} in the run folder vs {now} now "
+                         f"({position['epoch']} epochs of stage {stage} are trained: its "
+                         f"epochs may grow, not fall below those)")
     if diffs:
         raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}. A finished stage "
                                    f"keeps its schedule: use a new --workdir to train it with "
