@@ -703,8 +703,8 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         if not is_chief(strategy):
             log("training done; the chief worker evaluates and writes the results")
             return {}
-        for beam_size in run_dir.drop_stale_calibrations():
-            log(f"τ and test metrics for beam width {beam_size} were for earlier weights: "
+        for beam_size, why in run_dir.drop_stale_calibrations().items():
+            log(f"τ and test metrics for beam width {beam_size} were {why}: "
                 f"removed (ofrnn-train --workdir={workdir} --mode=eval "
                 f"--decoding.beam_size={beam_size} makes them again)")
         if config.runtime.mixed_precision:

@@ -694,19 +694,31 @@ class RunDir:
         data.setdefault("by_beam_size", {})[str(int(entry["beam_size"]))] = entry
         write_json(self.calibration_file, data)
 
-    def drop_stale_calibrations(self) -> list[int]:
+    def drop_stale_calibrations(self) -> dict[int, str]:
         """Removes the τ (and ``metrics_test_k<K>.json``) of every beam width calibrated
-        for other weights than the current best ones; returns those widths but the run's
-        own (which a finished training calibrates again)."""
+        for other weights than the current best ones, or with another fewest labels or
+        objective than the run's decoding settings now; returns those widths but the
+        run's own (which a finished training calibrates again), each with why."""
         data = self._calibration_data()
         current = self._calibrations(data)
-        stale = sorted(int(k) for k in data.get("by_beam_size", {}) if k not in current)
+        decoding = self.load()[0].decoding
+        now = {"min_labels": ("decoding.min_labels", decoding.min_labels),
+               "objective": ("decoding.calibration_objective", decoding.calibration_objective)}
+        stale = {}
+        for key, entry in sorted(data.get("by_beam_size", {}).items(), key=lambda e: int(e[0])):
+            changed = [(flag, entry[name], value) for name, (flag, value) in now.items()
+                       if name in entry and entry[name] != value]
+            if key not in current:
+                stale[int(key)] = "for earlier weights"
+            elif changed:
+                stale[int(key)] = "calibrated with " + " and ".join(
+                    f"{flag} {then!r}, not {value!r}" for flag, then, value in changed)
         if not stale:
-            return []
-        data["by_beam_size"] = current
+            return {}
+        data["by_beam_size"] = {k: e for k, e in data["by_beam_size"].items()
+                                if int(k) not in stale}
         write_json(self.calibration_file, data)
-        own = self.load()[0].decoding.beam_size  # its τ and metrics are made again right away
-        others = [k for k in stale if k != own]
+        others = {k: why for k, why in stale.items() if k != decoding.beam_size}
         for beam_size in others:
             if os.path.exists(self.metrics_file("test", beam_size)):
                 os.remove(self.metrics_file("test", beam_size))

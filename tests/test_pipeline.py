@@ -461,6 +461,24 @@ def test_a_run_gives_the_callers_python_and_numpy_random_state_back(trained, tmp
     assert (random.random(), np.random.rand()) == expected
 
 
+def test_tau_of_another_width_goes_once_a_rerun_changes_the_decoding_it_was_made_with(
+        trained, tmp_path, cached_features, capsys):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    pipeline.run(config.replace(decoding={"beam_size": 1}), run_dir.path, "eval")
+    assert run_dir.calibrated_beam_sizes() == [1, 2]
+    capsys.readouterr()
+    changed = config.replace(decoding={"min_labels": 2})
+    pipeline.run(changed, run_dir.path, "train")  # the same weights: a finished run
+    assert ("τ and test metrics for beam width 1 were calibrated with decoding.min_labels 1, "
+            "not 2: removed") in capsys.readouterr().err
+    assert run_dir.calibrated_beam_sizes() == [2]
+    assert run_dir.calibration(2)["min_labels"] == 2
+    assert not os.path.exists(run_dir.metrics_file("test", 1))
+    pipeline.run(changed, run_dir.path, "train")  # nothing more to drop
+    assert run_dir.calibrated_beam_sizes() == [2]
+
+
 def test_a_training_rerun_names_damaged_best_weights_and_keeps_the_results(
         trained, tmp_path, cached_features):
     config = trained[0]
