@@ -75,6 +75,9 @@ _COMMAND = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
 
 @pytest.mark.parametrize("command, argv, refusal", [
     ("train", [], "--workdir is required"),
+    ("train", ["--workdir=no/such/run", "--train.seed=-1"], "--train.seed must be in 0.."),
+    ("train", ["--workdir=no/such/run", "--model.variant=no_attention"],
+     "--model.variant=no_attention is an ablation of the paper's decoder"),
     ("extract", ["surplus"], "unexpected arguments: ['surplus']"),
     ("predict", [], "--workdir is required"),
     ("predict", ["--workdir=run", "--tau=2", "a.jpg"], "--tau must be a probability"),
