@@ -42,7 +42,8 @@ from typing import Callable, Iterator, Optional, TypeVar
 
 import tensorflow as tf
 
-from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
+from ofrnn_tf.config.experiment import (
+    ExperimentConfig, UnknownSettingsError, identity_differences)
 from ofrnn_tf.jsonio import read_json, write_json
 from ofrnn_tf.labels import LABEL_MAP_FILENAME, LabelMap
 from ofrnn_tf.dtype_policy import global_dtype_policy
@@ -475,6 +476,11 @@ class RunDir:
         data = self._read_file(read_json, self.require().run_file, remedy)
         try:
             return ExperimentConfig.from_dict(data["config"]), RunFacts.from_dict(data["facts"])
+        except UnknownSettingsError as error:
+            raise DamagedRunFileError(
+                f"{self.run_file}: settings this version of ofrnn_tf does not know ({error}): "
+                f"a newer version wrote it (use that version), or it was edited (undo the "
+                f"edit)") from None
         except (KeyError, TypeError, ValueError) as error:
             raise DamagedRunFileError(
                 f"{self.run_file}: not a run description ({error}); {remedy}") from None
@@ -505,11 +511,9 @@ class RunDir:
                 if before != now:
                     diffs.append(f"{name}: {before!r} in the run folder vs {now!r} now")
             self._refuse(diffs)
-        settings = config.to_dict()
         # Where and how this invocation runs (cache folder, strategy, logging) is not the
         # run's: a moved run takes them from the command that uses it.
-        del settings["runtime"]
-        write_json(self.run_file, {"config": settings, "facts": facts.to_dict()})
+        write_json(self.run_file, {"config": config.to_record(), "facts": facts.to_dict()})
         LabelMap(facts.label_names).save(self.path)
 
     def label_map(self) -> LabelMap:

@@ -736,9 +736,28 @@ def test_run_file_names_unknown_fields(tmp_path):
     data["config"]["model"]["lstm_unit"] = 3
     with open(run_dir.run_file, "w") as f:
         json.dump(data, f)
-    with pytest.raises(ValueError, match=r"run.json: not a run description \(unknown fields "
-                                         r"\['lstm_unit'\] in config section 'model'\)"):
+    with pytest.raises(ValueError, match=r"run.json: settings this version of ofrnn_tf does "
+                                         r"not know \(unknown fields \['lstm_unit'\] in config "
+                                         r"section 'model'\): a newer version wrote it \(use "
+                                         r"that version\), or it was edited \(undo the edit\)$"):
         run_dir.load()
+
+
+def test_run_file_leaves_out_defaults_of_settings_the_run_never_reads(tmp_path):
+    # A version that predates such a setting reads the run still; loading gives it back.
+    run_dir = RunDir(str(tmp_path))
+    config = tiny_config(model={"variant": "baseline"})
+    run_dir.save(config, tiny_facts())
+    saved = json.loads(Path(run_dir.run_file).read_text())["config"]
+    assert "coco_release" not in saved["data"] and "val_fraction" not in saved["data"]
+    assert "beam_size" not in saved["decoding"] and "train_steps" not in saved["train"]
+    assert saved["data"]["num_train"] == config.data.num_train  # read: kept
+    assert saved["model"]["lstm_units"] == 8  # unread, but not at its default: kept
+    assert run_dir.load()[0] == config.replace(runtime=dataclasses.asdict(RuntimeConfig()))
+    # Set away from its default, an unread setting is kept, as given.
+    odd = config.replace(data={"val_fraction": 0.2})
+    run_dir.save(odd, tiny_facts())
+    assert json.loads(Path(run_dir.run_file).read_text())["config"]["data"]["val_fraction"] == 0.2
 
 
 # -- separate processes: SIGKILL and resume, two workers -----------------------------------

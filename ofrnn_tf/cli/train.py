@@ -65,8 +65,8 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
-    if not os.path.exists(os.path.join(FLAGS.workdir, "run.json")):  # RunDir.run_file
-        usable_config(config_from_flags)  # a new run's flags, checked before TensorFlow loads
+    if not os.path.exists(FLAGS.workdir):  # a new run: its flags are its settings
+        usable_config(config_from_flags)  # checked before TensorFlow loads
     logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
     from ofrnn_tf.run_dir import (  # TensorFlow is imported here, not for --help
         IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)

@@ -43,6 +43,11 @@ SCENES = ("none", "outfits")  # ofrnn_tf.data.fashion_canvases.SCENE_TABLES
 COCO_RELEASES = ("auto", "2014", "2017")  # ofrnn_tf.data.registry.COCO_RELEASES
 
 
+class UnknownSettingsError(ValueError):
+    """A config names sections or settings this version does not have (one written by a
+    newer version, or edited)."""
+
+
 def setting(default, help: str, *, choices: Optional[tuple] = None, resumable: bool = False):
     """A config field: its default, help text, allowed values and whether it may change
     on a rerun in the same run folder."""
@@ -94,7 +99,8 @@ class DataConfig:
                             resumable=True)
     coco_release: str = setting("auto", "MS-COCO: the release read from --data.data_dir, "
                                 "2014 (the paper's) or 2017; auto reads 2014 where the folder "
-                                "holds its annotations, else 2017.", choices=COCO_RELEASES)
+                                "holds its annotations, else 2017.", choices=COCO_RELEASES,
+                                resumable=True)  # other data are refused by their content
     val_fraction: float = setting(0.05, "Share of train held out (by image-id hash) for τ and "
                                   "epoch selection where a data set has no validation split "
                                   "(one --data.manifest file: as much again is held out for "
@@ -408,6 +414,20 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def to_record(self) -> dict[str, dict[str, Any]]:
+        """`to_dict` as a run folder keeps it: without the runtime section (where and how
+        a command runs is not the run's), nor the settings the run never reads that are
+        at their defaults (`from_dict` gives those back), so that a version of this
+        package that predates one of them still reads the run."""
+        unread = self.unread_settings()
+        record = self.to_dict()
+        del record["runtime"]
+        for name, field, value in fields(self):
+            section, key = name.split(".")
+            if name in unread and section in record and value == field.default:
+                del record[section][key]
+        return record
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
@@ -417,14 +437,15 @@ class ExperimentConfig:
         sections = typing.get_type_hints(cls)
         unknown = sorted(set(data) - set(sections))
         if unknown:
-            raise ValueError(f"unknown config sections {unknown}; known: {sorted(sections)}")
+            raise UnknownSettingsError(f"unknown config sections {unknown}; known: "
+                                       f"{sorted(sections)}")
         parts = {}
         for name, values in data.items():
             section_cls = sections[name]
             known = {f.name for f in dataclasses.fields(section_cls)}
             extra = sorted(set(values) - known)
             if extra:
-                raise ValueError(f"unknown fields {extra} in config section {name!r}")
+                raise UnknownSettingsError(f"unknown fields {extra} in config section {name!r}")
             try:
                 parts[name] = section_cls(**values)
             except ValueError as error:
