@@ -695,9 +695,6 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
             note_changed_training_split(run_dir, facts)
         if is_chief(strategy):  # workers sharing a run folder must not race on its files
             run_dir.save(config, facts)
-        if config.runtime.mixed_precision and not tf.config.list_logical_devices("GPU"):
-            log("--runtime.mixed_precision is meant for GPUs, and none is visible: float16 "
-                "runs on the CPU here, slower than float32")
         with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
             model = make_trainer(config, facts, run_dir, features_dir, strategy).train()
         if not is_chief(strategy):

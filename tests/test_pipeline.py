@@ -555,7 +555,7 @@ def test_a_rerun_refuses_epochs_of_a_finished_stage_and_lets_the_last_go_on(
     # Not fewer epochs than it trained: its record would say 1 of a stage trained 2.
     with pytest.raises(IncompatibleRunError, match=r"stage2.epochs: 2 in the run folder vs 1 "
                                                    r"now \(2 epochs of stage 2 are trained: "
-                                                   r"its epochs may grow, not fall below"):
+                                                   r"give 2 or more\)\. Use a new --workdir"):
         pipeline.run(config.replace(stage2={"epochs": 1}), workdir, "train")
     assert RunDir(workdir).load()[0].stage2.epochs == 2
 
@@ -631,7 +631,7 @@ def test_a_mixed_precision_run_reports_what_eval_mode_and_the_export_compute(
     try:
         trained_metrics = pipeline.run(config, workdir, "train")
         if not tf.config.list_logical_devices("GPU"):
-            assert ("--runtime.mixed_precision is meant for GPUs, and none is visible: "
+            assert ("[train] --runtime.mixed_precision is meant for GPUs, and none is visible: "
                     "float16 runs on the CPU here, slower than float32") in capsys.readouterr().err
         assert keras.mixed_precision.global_policy().name == "float32"
         evaluated = pipeline.run(config, workdir, "eval")
@@ -671,8 +671,8 @@ def test_a_damaged_last_checkpoint_is_skipped_by_training_and_the_rerun_checks_a
     # The checks of a rerun read the checkpoint training goes on from: the start of stage 2.
     assert run_state.latest_position(run_dir) == {"stage": 2, "epoch": 0, "step_in_epoch": 0}
     with pytest.raises(IncompatibleRunError, match=r"stage1.epochs: .* \(stage1 is finished\)\. "
-                                                   r"A finished stage keeps its schedule: use "
-                                                   r"a new --workdir to train it with another"):
+                                                   r"Use a new --workdir to train with that "
+                                                   r"schedule, or the saved settings"):
         run_state.check_finished_stages(run_dir, config.replace(stage1={"epochs": 2}), "train")
     train(config, run_dir.path, trained[2])
     err = capsys.readouterr().err

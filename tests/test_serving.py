@@ -845,6 +845,9 @@ def test_a_request_without_a_deadline_is_served(server, stub):
     request.model_spec.name = "ofrnn"
     request.inputs["images"].CopyFrom(strings([RED]))
     assert stub.Predict(request).outputs["label_names"]  # no timeout given
+    # The client's inf is no deadline (gRPC's own would overflow and fail the call at once).
+    assert client.predict_images(server, [RED], timeout=float("inf"))[0]["label_names"] == [
+        "red"]
 
 
 @slow

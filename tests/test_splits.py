@@ -79,8 +79,13 @@ def test_coco_release_not_in_the_folder_is_refused_naming_the_one_it_holds(tmp_p
     _write_coco(str(tmp_path), "val2017", range(500, 510))
     with pytest.raises(DataNotFoundError, match=r"instances_train2014.json "
                                                  r"\(--data.coco_release=2014; the folder "
-                                                 r"holds the 2017 release\)"):
+                                                 r"holds instances_train2017.json\)$"):
         load_examples("coco", {"data_dir": str(tmp_path), "coco_release": "2014"}, 0.2)
+    # Read as auto from train2017, a folder without val2017 names that file alone.
+    os.remove(tmp_path / "annotations" / "instances_val2017.json")
+    with pytest.raises(DataNotFoundError, match=r"^COCO annotation file not found: "
+                                                 r".*/instances_val2017.json$"):
+        load_examples("coco", {"data_dir": str(tmp_path), "coco_release": "auto"}, 0.2)
     with pytest.raises(DataNotFoundError, match=r"empty/annotations/instances_train2017.json "
                                                  r"\(--data.coco_release=2017\)$"):
         load_examples("coco", {"data_dir": str(tmp_path / "empty"), "coco_release": "2017"},

@@ -62,8 +62,7 @@ def main(argv):
                              f"{FLAGS.timeout}")
     if MAX_TIMEOUT_S < FLAGS.timeout < math.inf:  # gRPC's deadline would overflow
         raise app.UsageError(f"--timeout must be at most {MAX_TIMEOUT_S:g} seconds, or inf for "
-                             f"no limit; got {FLAGS.timeout:g}")
-    timeout = None if math.isinf(FLAGS.timeout) else FLAGS.timeout
+                             f"no limit; got {FLAGS.timeout!r}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
@@ -74,7 +73,7 @@ def main(argv):
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
-                            timeout=timeout)
+                            timeout=FLAGS.timeout)
     lines = merge_results(entries, results)
     if FLAGS.output or not sys.stdout.isatty():  # on a terminal the lines show the progress
         lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")

@@ -65,7 +65,7 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
-    if not os.path.exists(FLAGS.workdir):  # a new run: its flags are its settings
+    if _new_folder(FLAGS.workdir):  # a new run: its flags are its settings,
         usable_config(config_from_flags)  # checked before TensorFlow loads
     logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
     from ofrnn_tf.run_dir import (  # TensorFlow is imported here, not for --help
@@ -105,6 +105,18 @@ def main(argv):
     except refused as error:
         raise refusal(error) from None  # the command, not the code, is at fault
     return 0
+
+
+def _new_folder(path: str) -> bool:
+    """Whether `path` is not there (a folder this user may not look into is not taken
+    for a new one: `RunDir` says so)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def _check_buildable(config: ExperimentConfig) -> None:

@@ -69,11 +69,6 @@ def _check_choices(obj) -> None:
                              f"got {value!r}")
 
 
-def _check_seed(obj) -> None:
-    """A seed NumPy and Keras take: an integer in [0, 2**32)."""
-    if not 0 <= obj.seed < 2**32:
-        raise ValueError(f"{type(obj).__name__}.seed must be in 0..{2**32 - 1}; "
-                         f"got {obj.seed!r}")
 
 
 def _check_positive(obj, *names: str, allow_zero: bool = False) -> None:
@@ -116,7 +111,8 @@ class DataConfig:
     def __post_init__(self):
         _check_choices(self)
         _check_positive(self, "num_train", "num_val", "num_test")
-        _check_seed(self)
+        if self.seed < 0:  # NumPy's generators take any other integer
+            raise ValueError(f"DataConfig.seed must be ≥ 0; got {self.seed!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"DataConfig.val_fraction must be in (0, 1); got {self.val_fraction}")
         # A path the chosen data set does not read would otherwise be ignored without a word.
@@ -277,7 +273,8 @@ class TrainConfig:
         _check_positive(self, "batch_size", "shuffle_buffer")
         _check_positive(self, "attention_penalty", allow_zero=True)
         _check_positive(self, "cache_records_mib", allow_zero=True)
-        _check_seed(self)
+        if not 0 <= self.seed < 2**32:  # keras.utils.set_random_seed seeds NumPy's legacy one
+            raise ValueError(f"TrainConfig.seed must be in 0..{2**32 - 1}; got {self.seed!r}")
 
 
 @dataclasses.dataclass

@@ -60,6 +60,7 @@ def _coco_files(data_dir: str, split: str, release: str) -> tuple[str, str]:
     if split not in _COCO_SPLITS:
         raise ValueError(f"coco split must be one of {sorted(_COCO_SPLITS)}, "
                          f"got {split!r} (or pass annotation_file and image_dir)")
+    asked = release
     if release == "auto":
         found = coco_release(data_dir, split)
         if found is None:
@@ -73,11 +74,13 @@ def _coco_files(data_dir: str, split: str, release: str) -> tuple[str, str]:
                          f"got {release!r}")
     name = _COCO_SPLITS[split] + release
     annotation_file = coco_annotation_file(data_dir, name)
-    if not os.path.isfile(annotation_file):
-        held = coco_release(data_dir, split)
+    if not os.path.isfile(annotation_file) and asked != "auto":
+        other = [f"instances_{_COCO_SPLITS[split]}{r}.json" for r in COCO_RELEASES
+                 if r != release and os.path.isfile(
+                     coco_annotation_file(data_dir, _COCO_SPLITS[split] + r))]
         raise DataNotFoundError(
             f"COCO annotation file not found: {annotation_file} (--data.coco_release="
-            f"{release}" + (f"; the folder holds the {held} release)" if held else ")"))
+            f"{release}" + (f"; the folder holds {other[0]})" if other else ")"))
     return annotation_file, os.path.join(data_dir, name)
 
 

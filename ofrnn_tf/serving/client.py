@@ -16,6 +16,7 @@ Python::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import select
@@ -112,7 +113,8 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
             gives more labels per image (recall), higher fewer (precision). One value
             for every image, or a sequence of one per image (the signature takes
             ``threshold`` float32 [N]).
-        timeout: seconds before the call fails with DEADLINE_EXCEEDED.
+        timeout: seconds before the call fails with DEADLINE_EXCEEDED (None or inf: no
+            limit).
         channel: an open channel to reuse (e.g. from ``make_channel``); by default a
             channel is opened and closed for this call.
 
@@ -131,9 +133,15 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
 
     def run(ch):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        return parse_predict_response(stub.Predict(request, timeout=timeout))
+        return parse_predict_response(stub.Predict(request, timeout=_deadline(timeout)))
 
     return _call(target, channel, run)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """gRPC's `timeout` for ours: inf is none (gRPC's own would overflow, and every call
+    fail at once with DEADLINE_EXCEEDED)."""
+    return None if timeout is None or math.isinf(timeout) else timeout
 
 
 def predict_request(images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
@@ -169,7 +177,8 @@ def get_model_status(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
     _model_spec(request.model_spec, model_name, version=version)
 
     def run(ch):
-        response = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(request, timeout=timeout)
+        response = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(
+            request, timeout=_deadline(timeout))
         return [{
             "version": int(s.version),
             "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
@@ -191,7 +200,7 @@ def get_model_metadata(target: str, model_name: str = DEFAULT_MODEL_NAME, *,
 
     def run(ch):
         response = prediction_service_pb2_grpc.PredictionServiceStub(ch).GetModelMetadata(
-            request, timeout=timeout)
+            request, timeout=_deadline(timeout))
         defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(defs)
         return int(response.model_spec.version.value), dict(defs.signature_def)

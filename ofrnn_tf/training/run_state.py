@@ -62,12 +62,12 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
         before, now = getattr(saved, section).epochs, getattr(config, section).epochs
         if now < position["epoch"] and now != before:
             diffs.append(f"{section}.epochs: {before} in the run folder vs {now} now "
-                         f"({position['epoch']} epochs of stage {stage} are trained: its "
-                         f"epochs may grow, not fall below those)")
+                         f"({position['epoch']} epochs of stage {stage} are trained: give "
+                         f"{position['epoch']} or more)")
     if diffs:
-        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}. A finished stage "
-                                   f"keeps its schedule: use a new --workdir to train it with "
-                                   f"another, or the saved settings.")
+        raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}. Use a new "
+                                   f"--workdir to train with that schedule, or the saved "
+                                   f"settings.")
 
 
 def _changed_schedules(saved: ExperimentConfig, config: ExperimentConfig,

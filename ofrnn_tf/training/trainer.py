@@ -245,6 +245,9 @@ class Trainer:
         self._check_same_position(resume_from)
         self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
         self.mixed_precision = runtime.mixed_precision and self.loss_scaling
+        if self.mixed_precision and not tf.config.list_logical_devices("GPU"):
+            print("[train] --runtime.mixed_precision is meant for GPUs, and none is visible: "
+                  "float16 runs on the CPU here, slower than float32", file=sys.stderr)
         keras.utils.set_random_seed(config.train.seed)  # same initial weights on every worker and rerun
         # The run's precision, whatever policy the caller's session has (its own comes back).
         with global_dtype_policy("mixed_float16" if self.mixed_precision else "float32"), \
