@@ -319,7 +319,7 @@ class RunFacts:
         known = {f.name for f in dataclasses.fields(cls)}
         extra = sorted(set(data) - known)
         if extra:
-            raise ValueError(f"unknown run facts {extra}")
+            raise UnknownSettingsError(f"unknown run facts {extra}")
         data = dict(data)
         for key in ("label_names", "label_order", "feature_shape"):
             if data.get(key) is not None:

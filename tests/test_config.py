@@ -101,6 +101,20 @@ def test_every_command_shows_help_and_refuses_flags_before_tensorflow_loads(
     assert "TENSORFLOW IMPORTED" not in refused.stderr
 
 
+def test_train_checks_the_flags_of_an_empty_run_folder_before_tensorflow_loads(tmp_path):
+    # `mkdir -p runs/x` first is a new run too; a folder holding anything is left to RunDir.
+    run = [sys.executable, "-c", _COMMAND.format("train"), "--train.seed=-1"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("")
+    for folder, loads in (("empty", False), ("used", True)):
+        refused = subprocess.run([*run, f"--workdir={tmp_path / folder}"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+        assert "ofrnn-train: --train.seed must be in 0.." in refused.stderr, refused.stderr
+        assert ("TENSORFLOW IMPORTED" in refused.stderr) == loads, folder
+    assert not os.listdir(tmp_path / "empty")
+
+
 @pytest.mark.parametrize("command", ["predict", "train"])
 def test_a_command_whose_stdout_reader_is_gone_ends_quietly_as_sigpipe_would(command):
     """`ofrnn-predict … | head -1`: the lines past the reader's are not wanted."""

@@ -848,6 +848,10 @@ def test_a_request_without_a_deadline_is_served(server, stub):
     # The client's inf is no deadline (gRPC's own would overflow and fail the call at once).
     assert client.predict_images(server, [RED], timeout=float("inf"))[0]["label_names"] == [
         "red"]
+    for timeout in (1e10, float("nan"), 0):  # refused before a call that would fail at once
+        with pytest.raises(ValueError, match=r"timeout must be above 0 and at most 1e\+08 "
+                                             r"seconds, or inf for no limit; got "):
+            client.predict_images(server, [RED], timeout=timeout)
 
 
 @slow

@@ -741,6 +741,13 @@ def test_run_file_names_unknown_fields(tmp_path):
                                          r"section 'model'\): a newer version wrote it \(use "
                                          r"that version\), or it was edited \(undo the edit\)$"):
         run_dir.load()
+    del data["config"]["model"]["lstm_unit"]
+    data["facts"]["new_fact"] = 1
+    Path(run_dir.run_file).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"run.json: settings this version of ofrnn_tf does "
+                                         r"not know \(unknown run facts \['new_fact'\]\): a "
+                                         r"newer version wrote it"):
+        run_dir.load()
 
 
 def test_run_file_leaves_out_defaults_of_settings_the_run_never_reads(tmp_path):

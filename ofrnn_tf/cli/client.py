@@ -24,13 +24,11 @@ from absl import app, flags
 from ofrnn_tf.cli import refuse_below, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, write_report)
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT, MAX_TIMEOUT_S
 from ofrnn_tf.status import progress_bar, say
 from ofrnn_tf.tf_errors import reason_text
 
 FLAGS = flags.FLAGS
-# Longer deadlines overflow in gRPC, which then fails every call at once (1e10 s did).
-MAX_TIMEOUT_S = 1e8
 
 
 def define_flags() -> None:

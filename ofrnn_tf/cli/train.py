@@ -108,15 +108,18 @@ def main(argv):
 
 
 def _new_folder(path: str) -> bool:
-    """Whether `path` is not there (a folder this user may not look into is not taken
-    for a new one: `RunDir` says so)."""
+    """Whether `path` is not there, or an empty folder (``mkdir -p`` first): a new run.
+    A folder this user may not look into is not taken for one (`RunDir` says so)."""
     try:
-        os.stat(path)
+        os.lstat(path)
     except FileNotFoundError:
         return True
     except OSError:
-        pass
-    return False
+        return False
+    try:
+        return os.path.isdir(path) and not os.listdir(path)
+    except OSError:
+        return False
 
 
 def _check_buildable(config: ExperimentConfig) -> None:

@@ -36,7 +36,7 @@ from tensorflow_serving.apis import (
 
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import find_undecodable, read_image_header
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, MAX_TIMEOUT_S
 from ofrnn_tf.tf_errors import reason_text
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -139,9 +139,14 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
 
 
 def _deadline(timeout: float | None) -> float | None:
-    """gRPC's `timeout` for ours: inf is none (gRPC's own would overflow, and every call
-    fail at once with DEADLINE_EXCEEDED)."""
-    return None if timeout is None or math.isinf(timeout) else timeout
+    """gRPC's `timeout` for ours: None and inf are none; ValueError for one gRPC cannot
+    hold (`MAX_TIMEOUT_S`: every call would fail at once), NaN or not above 0."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT_S:g} seconds, or "
+                         f"inf for no limit; got {timeout!r}")
+    return timeout
 
 
 def predict_request(images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,

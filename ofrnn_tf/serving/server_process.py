@@ -24,6 +24,9 @@ LISTENING_PREFIX = "LISTENING "  # the server prints this and its target once th
 # ofrnn-serve's limits on a request, unless its flags set others.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.config: 32)
+# The longest deadline a client gives a call: gRPC's overflows further on (1e10 s did), and
+# every call then fails at once with DEADLINE_EXCEEDED. inf is no deadline.
+MAX_TIMEOUT_S = 1e8
 
 
 def version_folders(model_base_path: str) -> list[tuple[int, str]]:
