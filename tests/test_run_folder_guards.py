@@ -251,6 +251,19 @@ def test_commands_name_a_damaged_run_file_in_one_line(make_fake_run, tmp_path):
     assert "Traceback" not in done.stderr and "--help" not in done.stderr, done.stderr
 
 
+def test_a_beam_width_asked_of_a_baseline_run_is_refused(make_fake_run, tmp_path):
+    # ofrnn-predict and ofrnn-export took --beam_size for one without a word, as
+    # ofrnn-train refuses --decoding.beam_size for it.
+    baseline = str(make_fake_run(tmp_path / "baseline", variant="baseline"))
+    with pytest.raises(app.UsageError, match=rf"^--beam_size=2: {re.escape(baseline)} is a "
+                                             rf"baseline run \(M_map alone\), which has no "
+                                             rf"beam: its labels are the classes above τ$"):
+        trained_run(baseline, beam_size=2)
+    assert trained_run(baseline).path == baseline
+    decoder = str(make_fake_run(tmp_path / "decoder"))
+    assert trained_run(decoder, beam_size=2).path == decoder
+
+
 # -- one command at a time ---------------------------------------------------------------
 HOLD = ("import sys, time\n"
         "from ofrnn_tf.run_dir import RunDir\n"

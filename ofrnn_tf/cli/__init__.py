@@ -224,10 +224,11 @@ def refuse_glob_characters(flag: str, path: str, absolute: bool = False) -> None
             f"patterns and cannot find the files under it; rename the folder without '['")
 
 
-def trained_run(workdir: str):
+def trained_run(workdir: str, beam_size: Optional[int] = None):
     """The `RunDir` of `workdir`, which must be a run folder with a checkpoint that reads
-    back and a label map that agrees with its ``run.json``: a usage error otherwise,
-    before any model is built."""
+    back and a label map that agrees with its ``run.json``, and, where a `beam_size` is
+    asked for, a run with a beam (not the baseline): a usage error otherwise, before any
+    model is built."""
     import tensorflow as tf
 
     from ofrnn_tf.run_dir import RunDir, RunInUseError  # deferred: these import TensorFlow
@@ -241,6 +242,9 @@ def trained_run(workdir: str):
         run_dir.label_map()
     except (FileNotFoundError, RunInUseError, *input_errors()) as error:
         raise refusal(error) from None
+    if beam_size is not None and run_dir.load()[0].model.variant == "baseline":
+        raise app.UsageError(f"--beam_size={beam_size}: {workdir} is a baseline run (M_map "
+                             f"alone), which has no beam: its labels are the classes above τ")
     try:
         stopped = training_state(run_dir, run_dir.load()[0])
     except (ValueError, OSError, tf.errors.OpError):

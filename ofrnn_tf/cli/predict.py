@@ -72,7 +72,7 @@ def main(argv):
         refuse_unwritable_folder("attention_dir", FLAGS.attention_dir)
     # Standard input (`find … |`) is read once the run folder is known to be usable.
     inputs = None if FLAGS.files_from == "-" else given_inputs(argv[1:], FLAGS.files_from)
-    trained_run(FLAGS.workdir)
+    trained_run(FLAGS.workdir, FLAGS.beam_size)
     if inputs is None:
         inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs)
