@@ -577,6 +577,12 @@ class RunDir:
             RunFolderNotWritableError: the folder cannot be created or written.
         """
         created = not os.path.isdir(self.path)
+        # The folders makedirs is to create, the run folder last (`runs/new/run`: two).
+        made = [self.path]
+        parent = os.path.dirname(os.path.normpath(self.path))
+        while parent and not os.path.lexists(parent):
+            made.append(parent)
+            parent = os.path.dirname(parent)
         if os.path.islink(self.path) and not os.path.exists(self.path):
             raise RunFolderNotWritableError(
                 f"{self.path} is a symbolic link to {os.readlink(self.path)}, which does not "
@@ -614,7 +620,8 @@ class RunDir:
                     with contextlib.suppress(OSError):  # still held: no other command is in it
                         if os.listdir(self.path) == [os.path.basename(self.lock_file)]:
                             os.unlink(self.lock_file)
-                            os.rmdir(self.path)
+                            for folder in made:  # the parents it made, while they are empty
+                                os.rmdir(folder)
                 raise
             finally:
                 _HELD_HERE.discard(held)

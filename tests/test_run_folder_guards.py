@@ -416,6 +416,18 @@ def test_a_command_that_fails_before_writing_leaves_no_run_folder_it_made(tmp_pa
             with run_dir.exclusive():
                 raise FileNotFoundError("annotation file not found")
     assert not os.path.exists(made.path) and os.listdir(there.path) == [".lock"]
+    # The parents it made go too; one that holds something else stays.
+    nested = RunDir(str(tmp_path / "a" / "b" / "run"))
+    with pytest.raises(FileNotFoundError):
+        with nested.exclusive():
+            raise FileNotFoundError("annotation file not found")
+    assert not os.path.exists(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("")
+    with pytest.raises(FileNotFoundError):
+        with nested.exclusive():
+            raise FileNotFoundError("annotation file not found")
+    assert os.listdir(tmp_path / "a") == ["notes.txt"]
     with pytest.raises(KeyboardInterrupt):
         with made.exclusive():
             open(made.run_file, "w").close()
