@@ -302,8 +302,8 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "ofrnn-client: --server is empty: give the model server's host:port"),
     (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
             "run()", "--version=-1", "{tmp}/image.png"],
-     "ofrnn-client: --version must be 0 or more (TF Serving loads only those folders), "
-     "got -1"),
+     "ofrnn-client: --version must be a non-negative integer (TF Serving loads only those "
+     "folders), got -1"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
         "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
         "predict_beam_of_none", "export_negative_warmup_count", "export_negative_keep_count",

@@ -145,6 +145,15 @@ def usable_config(make_config):
         raise app.UsageError(str(error)) from None
 
 
+def refuse_negative_version() -> None:
+    """A usage error when the command's ``--version`` is set below 0: TF Serving loads
+    only version folders named by non-negative integers."""
+    version = flags.FLAGS.version
+    if version is not None and version < 0:
+        raise app.UsageError(f"--version must be a non-negative integer (TF Serving loads only "
+                             f"those folders), got {version}")
+
+
 def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:
     """A usage error when the command's ``--<flag>`` is set below `minimum` (`note`
     follows the bound: " (1: greedy)")."""

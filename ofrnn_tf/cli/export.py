@@ -19,7 +19,8 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
-                          refuse_unwritable_folder, runner, trained_run)
+                          refuse_negative_version, refuse_unwritable_folder, runner,
+                          trained_run)
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
@@ -56,9 +57,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir or not FLAGS.export_dir:
         raise app.UsageError("--workdir and --export_dir are required")
-    if FLAGS.version is not None and FLAGS.version < 0:
-        raise app.UsageError(f"--version must be a non-negative integer (TF Serving loads only "
-                             f"those folders), got {FLAGS.version}")
+    refuse_negative_version()
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
     refuse_below("num_warmup_images", minimum=0)
