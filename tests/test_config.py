@@ -81,6 +81,13 @@ _COMMAND = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
     ("extract", ["surplus"], "unexpected arguments: ['surplus']"),
     ("predict", [], "--workdir is required"),
     ("predict", ["--workdir=run", "--tau=2", "a.jpg"], "--tau must be a probability"),
+    # A mistyped run folder, which the command reads
+    ("predict", ["--workdir=no/such/run", "a.jpg"],
+     "no/such/run is not a run folder (no such folder): pass the --workdir of a training run"),
+    ("train", ["--workdir=no/such/run", "--mode=eval"],
+     "no/such/run is not a run folder (no such folder)"),
+    ("export", ["--workdir=README.md", "--export_dir=no/such/exports"],
+     "README.md is not a run folder (not a folder)"),
     ("export", [], "--workdir and --export_dir are required"),
     ("serve", [], "--model_base_path is required"),
     ("client", [], "give at least one image file or folder"),

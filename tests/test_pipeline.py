@@ -642,10 +642,13 @@ def test_a_mixed_precision_run_reports_what_eval_mode_and_the_export_compute(
 
 
 def test_the_command_reports_eval_of_a_missing_run_without_a_traceback(tmp_path):
-    done = run_checked([sys.executable, str(ROOT / "train.py"), f"--workdir={tmp_path / 'no'}",
-                        "--mode=eval"], expect_failure=True)
-    assert "is not a run folder (run.json missing)" in done.stderr
-    assert "Traceback" not in done.stderr
+    (tmp_path / "empty").mkdir()
+    for folder, why in (("no", "no such folder"), ("empty", "run.json missing")):
+        done = run_checked([sys.executable, str(ROOT / "train.py"),
+                            f"--workdir={tmp_path / folder}", "--mode=eval"],
+                           expect_failure=True)
+        assert f"is not a run folder ({why})" in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
 
 
 # -- damaged checkpoints ----------------------------------------------------------------

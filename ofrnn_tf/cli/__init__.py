@@ -233,11 +233,22 @@ def refuse_glob_characters(flag: str, path: str, absolute: bool = False) -> None
             f"patterns and cannot find the files under it; rename the folder without '['")
 
 
+def refuse_missing_run_folder(workdir: str) -> None:
+    """A usage error when `workdir`, given as a run folder to read, is no folder at all: a
+    mistyped ``--workdir`` is said at once, not after TensorFlow's seconds of import
+    (`RunDir.require` says the same of a folder that holds no run)."""
+    if not os.path.isdir(workdir):
+        what = "not a folder" if os.path.lexists(workdir) else "no such folder"
+        raise app.UsageError(f"{workdir} is not a run folder ({what}): pass the --workdir of "
+                             f"a training run")
+
+
 def trained_run(workdir: str, beam_size: Optional[int] = None):
     """The `RunDir` of `workdir`, which must be a run folder with a checkpoint that reads
     back and a label map that agrees with its ``run.json``, and, where a `beam_size` is
     asked for, a run with a beam (not the baseline): a usage error otherwise, before any
     model is built."""
+    refuse_missing_run_folder(workdir)
     import tensorflow as tf
 
     from ofrnn_tf.run_dir import RunDir, RunInUseError  # deferred: these import TensorFlow

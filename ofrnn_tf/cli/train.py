@@ -23,8 +23,9 @@ import os
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import (input_errors, refusal, refuse_glob_characters, refusing_cache_writes,
-                          runner, usable_config)
+from ofrnn_tf.cli import (input_errors, refusal, refuse_glob_characters,
+                          refuse_missing_run_folder, refusing_cache_writes, runner,
+                          usable_config)
 from ofrnn_tf.config.experiment import ExperimentConfig, identity_differences
 from ofrnn_tf.config.flags import (
     CONFIG_FLAG, config_from_flags, define_config_flags, describe, with_flags)
@@ -65,7 +66,9 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
-    if _new_folder(FLAGS.workdir):  # a new run: its flags are its settings,
+    if FLAGS.mode == "eval" and not FLAGS.print_config:
+        refuse_missing_run_folder(FLAGS.workdir)
+    elif _new_folder(FLAGS.workdir):  # a new run: its flags are its settings,
         usable_config(config_from_flags)  # checked before TensorFlow loads
     logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
     from ofrnn_tf.run_dir import (  # TensorFlow is imported here, not for --help
