@@ -1,5 +1,6 @@
 """Status lines and progress bars: how the library tells the user what it does, on stderr."""
 
+import os
 import re
 import sys
 from collections import OrderedDict
@@ -56,12 +57,25 @@ def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     `LOG_INTERVAL_SECONDS`. Use it as a context manager (or close it), so a bar that an
     error or Ctrl-C interrupts is not drawn again after the message that says so."""
     stream = sys.stderr
-    isatty = getattr(stream, "isatty", None)
-    if enabled and not (isatty and isatty()):
+    if enabled and not _sized_terminal(stream):
         kwargs.setdefault("mininterval", LOG_INTERVAL_SECONDS)
         kwargs.setdefault("maxinterval", LOG_INTERVAL_SECONDS)
         stream = _LineStream(stream)
     return tqdm(iterable, file=stream, disable=not enabled, dynamic_ncols=True, **kwargs)
+
+
+def _sized_terminal(stream) -> bool:
+    """Whether `stream` is a terminal with a size: one opened without a window size (a
+    pseudo-terminal of a CI runner or container) reports 0 columns and rows, where tqdm
+    draws a bar as an empty line."""
+    isatty = getattr(stream, "isatty", None)
+    if not (isatty and isatty()):
+        return False
+    try:
+        columns, rows = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return columns > 0 and rows > 0
 
 
 def ordered(**values) -> OrderedDict:

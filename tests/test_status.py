@@ -1,14 +1,31 @@
 """ofrnn_tf/status.py: progress bars in a terminal and in a log file."""
 
 import io
+import os
 import sys
+
+import pytest
 
 from ofrnn_tf import status
 
 
 class Terminal(io.StringIO):
+    """A terminal of `size` (columns, rows): one opened without a window size says 0, 0."""
+
+    def __init__(self, monkeypatch, size=(80, 24)):
+        super().__init__()
+        real = os.get_terminal_size
+
+        def get_terminal_size(fd=1):
+            return os.terminal_size(size) if fd == self.fileno() else real(fd)
+
+        monkeypatch.setattr(os, "get_terminal_size", get_terminal_size)
+
     def isatty(self):
         return True
+
+    def fileno(self):
+        return 2
 
 
 def run_bar(monkeypatch, stream, steps=500, **kwargs):
@@ -31,8 +48,16 @@ def test_off_a_terminal_a_bar_writes_whole_lines_and_few_of_them(monkeypatch):
 
 
 def test_on_a_terminal_a_bar_is_redrawn_in_place(monkeypatch):
-    text = run_bar(monkeypatch, Terminal(), mininterval=0)
+    text = run_bar(monkeypatch, Terminal(monkeypatch), mininterval=0)
     assert text.count("\r") > 100 and text.count("\n") <= 1
+
+
+@pytest.mark.parametrize("size", [(0, 0), (80, 0), (0, 24)])
+def test_a_terminal_without_a_size_gets_the_lines_a_log_file_gets(monkeypatch, size):
+    # `script -qc ...` started off a terminal, a CI runner's pseudo-terminal: tqdm would
+    # draw every bar there as an empty line.
+    lines = run_bar(monkeypatch, Terminal(monkeypatch, size)).splitlines()
+    assert len(lines) == 2 and "500/500" in lines[-1], lines
 
 
 def test_a_disabled_bar_writes_nothing(monkeypatch):
