@@ -417,6 +417,26 @@ def test_expand_inputs_names_every_file_it_skips(tmp_path):
     assert "skipped (a folder)" in entries[7]["error"]
 
 
+def test_a_folder_that_cannot_be_read_costs_its_own_line(tmp_path, monkeypatch):
+    # Root reads a chmod 000 folder: the refusal of a user who may not is played here.
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "locked").mkdir()
+    listdir = os.listdir
+
+    def refusing_listdir(path="."):
+        if os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refusing_listdir)
+    locked = str(tmp_path / "locked")
+    assert expand_inputs([str(tmp_path / "ok"), locked, "b.jpg"]) == [
+        str(tmp_path / "ok" / "a.jpg"),
+        {"image": locked, "error": f"{locked}: folder cannot be read (Permission denied)"},
+        "b.jpg"]
+
+
 def test_files_from_lists_inputs_by_line_or_by_nul_after_the_arguments(tmp_path, monkeypatch):
     odd = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes, as an old archive names a file
     (tmp_path / "lines.txt").write_bytes(b"a.jpg\r\n\nsub dir/b.png\n" + os.fsencode(odd) + b"\n")

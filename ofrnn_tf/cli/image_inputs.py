@@ -21,9 +21,9 @@ from ofrnn_tf.status import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
 FILES_FROM_HELP = ("Also take the files and folders this file lists, one a line, after those "
-                   "given as arguments ('-': standard input, as from `find photos -name "
-                   "'*.jpg'`; NUL-separated where it holds a NUL byte, as `find -print0` "
-                   "writes).")
+                   "given as arguments ('-': standard input, as from `find photos -type f "
+                   "-iname '*.jp*g' -print0`; NUL-separated where it holds a NUL byte, as "
+                   "-print0 writes, which keeps a name holding a newline whole).")
 
 
 def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
@@ -80,7 +80,12 @@ def expand_inputs(arguments: list[str]) -> list:
         if not os.path.isdir(argument):
             entries.append(argument)  # a missing or unreadable file becomes an error when read
             continue
-        names = sorted(n for n in os.listdir(argument) if not n.startswith("."))
+        try:
+            names = sorted(n for n in os.listdir(argument) if not n.startswith("."))
+        except OSError as error:  # a folder this user may not read, or gone meanwhile
+            entries.append({"image": argument, "error": f"{argument}: folder cannot be "
+                            f"read ({error.strerror or error})"})
+            continue
         images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
                   and not os.path.isdir(os.path.join(argument, n))]
         if not images:

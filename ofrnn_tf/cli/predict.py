@@ -1,7 +1,7 @@
 """ofrnn-predict: label sets for image files with a finished run, in this process.
 
     ofrnn-predict --workdir=runs/order_free photo.jpg more_photos/ --output=out.jsonl
-    find photos -name '*.jpg' | ofrnn-predict --workdir=runs/order_free --files_from=-
+    find photos -iname '*.jp*g' -print0 | ofrnn-predict --workdir=runs/order_free --files_from=-
 
 Inputs are the arguments, then the lines of ``--files_from`` (a file, or ``-`` for standard
 input: a whole tree's images in one process, which a long ``xargs`` list would split into
