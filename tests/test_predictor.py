@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -415,6 +416,29 @@ def test_expand_inputs_names_every_file_it_skips(tmp_path):
                                         "name it to read it")
     assert entries[5] == str(tmp_path / "e.jpg") and entries[6] == str(tmp_path / "f.jfif")
     assert "skipped (a folder)" in entries[7]["error"]
+
+
+def test_an_attention_picture_never_overwrites_an_input(predictor, images, tmp_path, capsys):
+    # Pictures are named `<place>_<stem>.png`, the stem alone where it starts so (a run's
+    # example copies): predicting such a folder into itself would draw over its images.
+    from ofrnn_tf.cli.predict import _with_pictures
+
+    folder = tmp_path / "numbered"
+    folder.mkdir()
+    for name, source in (("000_a.png", images[0]), ("b.png", images[2])):
+        shutil.copy(source, folder / name)
+    before = (folder / "000_a.png").read_bytes()
+    entries = expand_inputs([str(folder)])
+    results = list(_with_pictures(predictor.iter_files(entries, attention=True), entries,
+                                  str(folder)))
+    assert (folder / "000_a.png").read_bytes() == before
+    assert "attention_png" not in results[0] and "attention" not in results[0]
+    assert results[0]["labels"] == predictor.predict_files([str(folder / "000_a.png")])[0][
+        "labels"]
+    assert (f"[predict] {folder / '000_a.png'}: no attention picture: {folder / '000_a.png'} "
+            f"is one of the inputs, which it would overwrite") in capsys.readouterr().err
+    assert results[1]["attention_png"] == str(folder / "001_b.png")  # drawn beside them
+    assert sorted(os.listdir(folder)) == ["000_a.png", "001_b.png", "b.png"]
 
 
 def test_a_folder_that_cannot_be_read_costs_its_own_line(tmp_path, monkeypatch):

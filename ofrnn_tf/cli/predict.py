@@ -107,7 +107,7 @@ def main(argv):
     predictions = predictor.iter_files(paths, attention=draw, all_scores=FLAGS.all_scores,
                                        progress=progress)
     if draw:
-        predictions = _with_pictures(predictions, entries)
+        predictions = _with_pictures(predictions, entries, FLAGS.attention_dir)
     return write_report(_with_remedies(merge_results(entries, predictions)), out, "predict",
                         "predicted")
 
@@ -129,22 +129,48 @@ def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:
         yield result
 
 
-def _with_pictures(predictions: Iterable[dict], entries: list) -> Iterator[dict]:
-    """Draws each prediction's attention maps; its line names the PNG instead of holding
-    the maps. Pictures are numbered by the input's place among all the inputs."""
-    from ofrnn_tf.visualization.attention_maps import draw_prediction
+def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str
+                   ) -> Iterator[dict]:
+    """Draws each prediction's attention maps into `out_dir`; its line names the PNG
+    instead of holding the maps. Pictures are numbered by the input's place among all the
+    inputs; one that would overwrite an input is not drawn."""
+    from ofrnn_tf.visualization.attention_maps import draw_prediction, picture_path
 
     places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
+    inputs = None  # the inputs' file identities, found when a picture's file exists
     # strict: the predictions are run to their end (their progress bar closes) at the last.
     for place, result in zip(places, predictions, strict=True):
         if "attention" in result:  # not an input that could not be predicted
+            target = picture_path(result["image"], out_dir, place)
+            if os.path.exists(target):
+                inputs = _file_ids(entries) if inputs is None else inputs
+                if _file_id(target) in inputs:
+                    say(f"[predict] {result['image']}: no attention picture: {target} is one "
+                        f"of the inputs, which it would overwrite")
+                    del result["attention"]
+                    yield result
+                    continue
             try:
-                result["attention_png"] = draw_prediction(result, FLAGS.attention_dir, place)
+                result["attention_png"] = draw_prediction(result, out_dir, place)
             except Exception as error:  # noqa: BLE001 - the prediction stands, not its picture
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
                 say(f"[predict] {result['image']}: no attention picture: {reason}")
             del result["attention"]
         yield result
+
+
+def _file_id(path: str):
+    """The device and inode of `path`'s file, which name it whatever the path (None where
+    it cannot be looked at)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _file_ids(entries: list) -> set:
+    return {_file_id(entry) for entry in entries if isinstance(entry, str)} - {None}
 
 
 run = runner(define_flags, main, on_interrupt="the lines written so far are kept; the "

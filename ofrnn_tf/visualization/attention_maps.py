@@ -63,7 +63,8 @@ def _drawable(text: str) -> str:
     """`text` with the characters the font lacks written as escapes (``\\u72d7``): a
     class name in another script is read rather than drawn as empty boxes."""
     known = _font_characters()
-    return "".join(c if ord(c) in known or c.isspace() else
+    # A tab or other space the font lacks is escaped too (matplotlib warns of each).
+    return "".join(c if ord(c) in known or c in " \n" else
                    c.encode("unicode_escape").decode("ascii") for c in text)
 
 
@@ -301,12 +302,20 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
     return written
 
 
+def picture_path(image_path: str, out_dir: str, index: int) -> str:
+    """Where `draw_prediction` draws the image file `image_path`, the `index`-th input:
+    ``<out_dir>/<index>_<file stem>.png``, the stem alone where it starts with that number
+    already, as a run's example copies do."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    numbered = stem if stem.startswith(f"{index:03d}_") else f"{index:03d}_{stem}"
+    return os.path.join(out_dir, fitting_stem(numbered, ".png") + ".png")
+
+
 def draw_prediction(result: dict, out_dir: str, index: int,
                     ground_truth: Optional[Sequence[str]] = None) -> str:
     """Draws one prediction of ``Predictor.predict_files(..., attention=True)`` over its
-    image file (``result["image"]``) as ``<out_dir>/<index>_<file stem>.png`` (the paper's
-    Fig. 3; the stem alone where it starts with that number already, as a run's example
-    copies do); returns the path."""
+    image file (``result["image"]``) as `picture_path` says (the paper's Fig. 3); returns
+    the path."""
     image_path = result["image"]
     log_prob = result["log_prob"]
     if not result["labels"]:
@@ -316,11 +325,9 @@ def draw_prediction(result: dict, out_dir: str, index: int,
     with open(image_path, "rb") as f:
         pixels = decode_rgb(tf.constant(f.read())).numpy()  # what the model saw
     picture = _display_size(Image.fromarray(pixels))
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    numbered = stem if stem.startswith(f"{index:03d}_") else f"{index:03d}_{stem}"
     return draw_attention(
         picture, result["attention"], result["labels"], result["step_probabilities"],
-        os.path.join(out_dir, fitting_stem(numbered, ".png") + ".png"),
+        picture_path(image_path, out_dir, index),
         title=_utf8_name(os.path.basename(image_path)) + probability, ground_truth=ground_truth)
 
 
