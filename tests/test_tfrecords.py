@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -387,3 +389,17 @@ def test_a_split_two_commands_sharded_differently_at_once_reads_its_complete_set
     os.remove(os.path.join(d, tfrecords.shard_filename("train", 1, 2)))  # neither is whole
     meta = tfrecords.read_meta(d)["splits"]["train"]
     assert (meta["num_shards"], meta["finished_shards"], meta["complete"]) == (3, 2, False)
+
+
+def test_a_record_is_the_same_bytes_in_every_process():
+    # protobuf writes a map in an order of its own per process unless asked not to: a
+    # rebuilt cache would hold the same values in other bytes (checksums would differ).
+    make = ("from ofrnn_tf.features.tfrecords import serialize_example; import numpy as np; "
+            "print(serialize_example('img/7.jpg', np.arange(24).reshape(2, 3, 4), [1, 3], "
+            "[0.5, 0.25]).hex())")
+    here = tfrecords.serialize_example("img/7.jpg", np.arange(24).reshape(2, 3, 4), [1, 3],
+                                       [0.5, 0.25])
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", make], capture_output=True, text=True,
+                              timeout=120, check=True)
+        assert bytes.fromhex(done.stdout.strip()) == here

@@ -45,5 +45,5 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
             for request in requests:
                 log = prediction_log_pb2.PredictionLog(
                     predict_log=prediction_log_pb2.PredictLog(request=request))
-                writer.write(log.SerializeToString())
+                writer.write(log.SerializeToString(deterministic=True))
     return path

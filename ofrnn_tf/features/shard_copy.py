@@ -106,7 +106,7 @@ def _relabel_shard(source: str, temp: str, wanted: Sequence[Example],
                     count = -1  # another image
                     break
                 tfrecords.relabel(record, expected[count].label_ids, expected[count].label_areas)
-                writer.write(record.SerializeToString())
+                writer.write(record.SerializeToString(deterministic=True))
                 count += 1
     except (tf.errors.OpError, OSError, KeyError, IndexError, UnicodeDecodeError):
         count = -1

@@ -92,7 +92,10 @@ def serialize_example(image_id: str, features: np.ndarray, label_ids: Sequence[i
         "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw])),
         **_label_features(image_id, label_ids, label_areas),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: the features map in one order, so a rebuilt cache is the same bytes
+    # (checksums, rsync) and not only the same values.
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 def relabel(record: tf.train.Example, label_ids: Sequence[int],
@@ -367,7 +370,8 @@ def check_shard(path: str, full: bool = False) -> int:
         try:
             return int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
         except tf.errors.DataLossError as e:
-            raise CorruptShardError(f"corrupt feature shard {path}: {op_error_text(e)}", path) from None
+            raise CorruptShardError(f"corrupt feature shard {path}: {op_error_text(e)}",
+                                    path) from None
     size = os.path.getsize(path)
     count, offset = 0, 0
     with open(path, "rb") as f:
