@@ -14,6 +14,7 @@ import glob
 import os
 import random
 import re
+import shlex
 import shutil
 import time
 import unicodedata
@@ -728,6 +729,8 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
     log(f"test metrics written to {metrics_file}"
         + (f"; attention pictures in {run_dir.attention_dir}"
            if data is not None and os.path.isdir(run_dir.attention_dir) else "")
-        + f"; curves: tensorboard --logdir {run_dir.tensorboard_dir}; time: {timer.summary()}")
+        + f"; curves: tensorboard --logdir {shlex.quote(run_dir.tensorboard_dir)}")
+    log(f"time of this command: {timer.summary()}; of every command of the run: "
+        f"{run_dir.timing_file(mode)}")
     _record_timing(run_dir, mode, timer)
     return metrics

@@ -13,6 +13,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -229,6 +230,18 @@ def test_eval_at_another_beam_width_keeps_the_runs_width_and_metrics(trained, tm
     again = pipeline.run(config, run_dir.path, "eval")  # at the run's own width
     assert again["beam_size"] == 2 and run_dir.load_metrics("test") == again
     assert "unfinished_run" not in again
+
+
+def test_the_closing_lines_give_a_command_to_paste_and_say_whose_time_they_show(
+        trained, tmp_path, capsys):
+    config, _, _ = trained
+    workdir = str(tmp_path / "my runs" / "run")
+    shutil.copytree(trained[1], workdir)
+    pipeline.run(config, workdir, "eval")
+    said = capsys.readouterr().err
+    assert f"curves: tensorboard --logdir '{workdir}/tensorboard'" in said, said[-1000:]
+    assert re.search(r"\[ofrnn_tf\] time of this command: .*total \d+s .*; of every command "
+                     rf"of the run: {re.escape(workdir)}/timing_eval.json\n", said), said[-500:]
 
 
 def stop_at_validation(config, workdir, features_dir, number: int) -> None:
