@@ -1150,3 +1150,14 @@ def test_the_label_context_fit_stops_after_its_patience(tmp_path, capsys):
     # Epoch 2 is the first that does not beat epoch 1: with patience 1 the fit ends there.
     assert validated == [1] * 5 + [2]
     assert "label context: best epoch 1 of 2" in capsys.readouterr().err
+
+
+def test_a_label_context_no_epoch_of_which_beats_m_map_is_said_to_be_left_out(tmp_path, capsys):
+    scores = iter([0.4, 0.6,  # stage 1
+                   0.6, 0.5, 0.55,  # M_map alone, then the context's epochs
+                   0.5])  # stage 2
+    make_trainer(str(tmp_path), context_config(epochs=2, patience=0), synthetic_data(),
+                 lambda model, stage: {"score": next(scores)}).train()
+    assert ("[train] label context: no epoch of 2 beat M_map alone on validation (0.60): the "
+            "context is left out (it passes M_map's logits on unchanged)"
+            ) in capsys.readouterr().err

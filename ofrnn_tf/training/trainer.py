@@ -733,8 +733,14 @@ class Trainer:
         if self.validate_fn is not None:
             for variable, value in zip(variables, best_weights):
                 variable.assign(value)
-            print(f"[train] label context: best epoch {best_epoch} of {epoch + 1}, validation "
-                  f"{best:.2f} (M_map alone {baseline:.2f})", file=sys.stderr)
+            if best_epoch:
+                said = (f"best epoch {best_epoch} of {epoch + 1}, validation {best:.2f} (M_map "
+                        f"alone {baseline:.2f})")
+            else:
+                said = (f"no epoch of {epoch + 1} beat M_map alone on validation "
+                        f"({baseline:.2f}): the context is left out (it passes M_map's "
+                        f"logits on unchanged)")
+            print(f"[train] label context: {said}", file=sys.stderr)
             self.best_manager.save(checkpoint_number=int(self.global_step))
             if self.chief and os.path.exists(self.run_dir.best_info_file):
                 info = self.run_dir.load_best_info()  # stage 1's best epoch, and now its context
