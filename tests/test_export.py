@@ -484,6 +484,27 @@ def test_export_command_names_the_warmup_file_it_refuses(tiny_export_run, tmp_pa
     assert not (tmp_path / "export").exists()
 
 
+def test_warmup_images_are_a_folder_a_file_or_a_glob(tmp_path):
+    from absl import app
+
+    from ofrnn_tf.cli.export import _given_warmup_images
+
+    folder = tmp_path / "photos [2024]"  # '[' opens a glob's character class
+    folder.mkdir()
+    for name in ("b.JPG", "a.png", "notes.txt", ".hidden.jpg"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub.jpg").mkdir()
+    assert _given_warmup_images(str(folder), 8) == [str(folder / "a.png"),
+                                                     str(folder / "b.JPG")]
+    assert _given_warmup_images(str(folder), 1) == [str(folder / "a.png")]
+    assert _given_warmup_images(str(folder / "b.JPG"), 8) == [str(folder / "b.JPG")]
+    (tmp_path / "c.jpg").write_bytes(b"x")
+    assert _given_warmup_images(str(tmp_path / "*.jpg"), 8) == [str(tmp_path / "c.jpg")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(app.UsageError, match=r"empty: the folder holds no jpg/jpeg/"):
+        _given_warmup_images(str(tmp_path / "empty"), 8)
+
+
 def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_export_run,
                                                                       tmp_path):
     """A run's example images are its first test images: one the export refuses (cut

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
                           refuse_negative_version, refuse_unwritable_folder, runner,
                           trained_run)
+from ofrnn_tf.cli.image_inputs import IMAGE_EXTENSIONS
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
@@ -38,7 +39,8 @@ def define_flags() -> None:
                          "have been calibrated: ofrnn-train --mode=eval --decoding.beam_size=K).")
     flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
                          "Images whose header declares more pixels are refused unread.")
-    flags.DEFINE_string("warmup_images", None, "Glob of images for the warm-up requests "
+    flags.DEFINE_string("warmup_images", None, "Images for the warm-up requests: a folder "
+                        "(its image files), a file, or a glob such as 'photos/*.jpg' "
                         "(default: the run's example images).")
     flags.DEFINE_integer("num_warmup_images", DEFAULT_NUM_WARMUP_IMAGES,
                          "At most this many warm-up images (0: a gray square stands for them).")
@@ -74,7 +76,7 @@ def main(argv):
 
     paths, images = [], None  # None: the run's example images
     if FLAGS.warmup_images:
-        paths = _given_warmup_images(FLAGS.warmup_images)[:FLAGS.num_warmup_images]
+        paths = _given_warmup_images(FLAGS.warmup_images, FLAGS.num_warmup_images)
         images = [_read_warmup_image(p) for p in paths]
     try:
         path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version,
@@ -103,16 +105,33 @@ def _say_left_out(path: str, reason: str) -> None:
         f"the warm-up requests: {reason}")
 
 
-def _given_warmup_images(pattern: str) -> list[str]:
-    """The files `pattern` (--warmup_images) matches, sorted; none is a usage error, as
-    is a count of 0, which would leave every one of them out."""
-    paths = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+def _given_warmup_images(pattern: str, count: int) -> list[str]:
+    """The first `count` files `pattern` (--warmup_images) names, sorted: a folder's image
+    files (by their extension, hidden ones passed over, as ofrnn-predict reads a folder),
+    a file (its name may hold glob characters such as '['), or the files of a glob. None
+    is a usage error, as is a count of 0, which would leave every one of them out."""
+    if os.path.isdir(pattern):
+        try:
+            names = os.listdir(pattern)
+        except OSError as error:
+            raise app.UsageError(f"--warmup_images={pattern}: {error.strerror or error}"
+                                 ) from None
+        paths = sorted(p for p in (os.path.join(pattern, n) for n in names
+                                   if not n.startswith(".")
+                                   and n.lower().endswith(IMAGE_EXTENSIONS))
+                       if os.path.isfile(p))
+        if not paths:
+            raise app.UsageError(f"--warmup_images={pattern}: the folder holds no "
+                                 f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file")
+    else:
+        paths = [pattern] if os.path.isfile(pattern) else sorted(
+            p for p in glob.glob(pattern) if os.path.isfile(p))
     if not paths:
         raise app.UsageError(f"--warmup_images={pattern} matches no file")
-    if FLAGS.num_warmup_images == 0:
+    if count == 0:
         raise app.UsageError("--num_warmup_images=0 leaves out every --warmup_images file: "
                              "give a count above 0, or leave out --warmup_images")
-    return paths
+    return paths[:count]
 
 
 def _read_warmup_image(path: str) -> bytes:
