@@ -320,6 +320,10 @@ def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_ex
             raise
     assert second.returncode == 0, stderr[-3000:]
     assert stdout.strip().splitlines()[-1] == str(base / "2")
+    # What it does, then how to serve it, on stderr (stdout is the version folder alone).
+    assert f"[export] {tiny_export_run.workdir} into {base}: building the model" in stderr
+    assert re.search(rf"\[export\] written in \d+s; serve it with: ofrnn-serve "
+                     rf"--model_base_path={re.escape(str(base))}\n", stderr), stderr[-1000:]
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # no temporary folder left
     assert find_latest_version(str(base)) == (2, str(base / "2"))
 

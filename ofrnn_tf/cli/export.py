@@ -13,7 +13,9 @@ Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 
 import glob
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -78,6 +80,9 @@ def main(argv):
     if FLAGS.warmup_images:
         paths = _given_warmup_images(FLAGS.warmup_images, FLAGS.num_warmup_images)
         images = [_read_warmup_image(p) for p in paths]
+    say(f"[export] {run_dir.path} into {FLAGS.export_dir}: building the model, tracing and "
+        f"saving its signatures, checking the warm-up requests (seconds to a minute)")
+    started = time.perf_counter()
     try:
         path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version,
                           warmup_images=images, num_warmup_images=FLAGS.num_warmup_images,
@@ -97,6 +102,8 @@ def main(argv):
             say(f"{os.path.basename(sys.argv[0])}: removed {len(removed)} older version(s) "
                 f"(--keep_versions={FLAGS.keep_versions}): {', '.join(removed)}")
     print(os.path.normpath(path))
+    say(f"[export] written in {time.perf_counter() - started:.0f}s; serve it with: ofrnn-serve "
+        f"--model_base_path={shlex.quote(os.path.abspath(FLAGS.export_dir))}")
     return 0
 
 
