@@ -415,20 +415,19 @@ def test_manifest_path_typed_in_another_unicode_form_than_its_file_finds_it(tmp_
     assert [e.image for e in unchecked[:2]] == [e.image for e in examples]
 
 
-def test_manifest_path_spaces_are_dropped_unless_the_file_is_named_with_them(tmp_path):
+def test_manifest_csv_path_spaces_are_dropped_unless_the_file_is_named_with_them(tmp_path):
     spaced = _touch(tmp_path / " lead.png")  # names an archive may hold
     _touch(tmp_path / "typed.png")
     (tmp_path / "m.csv").write_text('path,labels\n lead.png,x\n"typed.png ",y\n')
+    examples, _, stats = load_manifest(str(tmp_path / "m.csv"))
+    assert [e.image for e in examples] == [spaced, str(tmp_path / "typed.png")]
+    assert [e.image_id for e in examples] == ["lead.png", "typed.png"]
+    assert stats.dropped_missing == 0
+    # A JSON string is the path to the letter, as it always was.
     (tmp_path / "m.jsonl").write_text('{"path": " lead.png", "labels": ["x"]}\n'
                                       '{"path": "typed.png ", "labels": ["y"]}\n')
-    for name in ("m.csv", "m.jsonl"):
-        examples, _, stats = load_manifest(str(tmp_path / name))
-        assert [e.image for e in examples] == [spaced, str(tmp_path / "typed.png")], name
-        assert stats.dropped_missing == 0, name
-    # An id is the path as a JSON string holds it, and as a CSV cell reads once stripped.
-    assert [e.image_id for e in examples] == [" lead.png", "typed.png "]
-    assert [e.image_id for e in load_manifest(str(tmp_path / "m.csv"))[0]] == [
-        "lead.png", "typed.png"]
+    examples, _, stats = load_manifest(str(tmp_path / "m.jsonl"))
+    assert [e.image for e in examples] == [spaced] and stats.dropped_missing == 1
 
 
 def test_registry_manifest_by_split_name(tmp_path):

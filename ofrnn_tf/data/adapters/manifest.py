@@ -93,7 +93,7 @@ def load_manifest(path: str,
             raise DataFileError(f"{path}: {where}: duplicate id {image_id!r} "
                                 f"(first on {seen[image_id]})")
         seen[image_id] = where
-        image = _listed_file(image, base)
+        image = image if os.path.isabs(image) else os.path.join(base, image)
         file_key = os.path.normcase(os.path.normpath(image))
         if file_key in seen_files:
             raise DataFileError(f"{path}: {where}: the image {os.path.normpath(image)} is "
@@ -125,18 +125,6 @@ def load_manifest(path: str,
             f"{stats.first_missing}); relative paths are read from the manifest's folder "
             f"{base}")
     return examples, label_map, stats
-
-
-def _listed_file(image: str, base: str) -> str:
-    """The file a manifest row's `image` names, relative ones from `base`: spaces around
-    the name (``img/1.jpg, cat`` as typed) are dropped, unless a file is named with them."""
-    def full(name: str) -> str:
-        return name if os.path.isabs(name) else os.path.join(base, name)
-
-    stripped = image.strip()
-    if stripped != image and os.path.exists(full(image)):
-        return full(image)
-    return full(stripped)
 
 
 def _in_other_unicode_form(image: str) -> str | None:
@@ -241,6 +229,7 @@ def _rows(path: str) -> Iterator[Row]:
 
 
 def _csv_rows(path: str, text: str) -> Iterator[Row]:
+    base = os.path.dirname(os.path.abspath(path))  # what relative paths are read from
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -265,12 +254,15 @@ def _csv_rows(path: str, text: str) -> Iterator[Row]:
         if len(row) != len(header):
             raise DataFileError(f"{path}: line {line_no}: {len(row)} fields, the header "
                                 f"has {len(header)}")
-        image = row[col_path]  # its spaces are dropped where no file is named with them
-        if not image.strip():
+        cell = row[col_path]
+        image = cell.strip()  # spaces typed around it (`img/1.jpg, cat`) ...
+        if not image:
             raise DataFileError(f"{path}: line {line_no}: empty 'path'")
+        if image != cell and os.path.exists(os.path.join(base, cell)):
+            image = cell  # ... unless a file is named with them
         labels = _names(_SEPARATORS.split(row[col_labels]))
-        image_id = row[col_id].strip() if col_id is not None else image.strip()
-        yield f"line {line_no}", image_id or image.strip(), image, labels
+        image_id = row[col_id].strip() if col_id is not None else cell.strip()
+        yield f"line {line_no}", image_id or cell.strip(), image, labels
 
 
 def _jsonl_rows(path: str, text: str) -> Iterator[Row]:
