@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import app
 
 from conftest import FAKE_BEAM, FAKE_NAMES, ROOT, run_checked
-from ofrnn_tf.cli import refuse_glob_characters, trained_run
+from ofrnn_tf.cli import refuse_glob_characters, refuse_missing_run_folder, trained_run
 from ofrnn_tf import run_dir as run_dir_module
 from ofrnn_tf.processes import owner_tag
 from ofrnn_tf.run_dir import (
@@ -164,13 +164,17 @@ def test_a_damaged_run_file_is_named_with_its_remedy(make_fake_run, tmp_path, na
         assert run_dir.calibration(FAKE_BEAM) is None or name != "calibration.json"
 
 
+@pytest.mark.parametrize("denied", ["inside", "on_its_way"])
 def test_a_run_folder_this_user_may_not_read_is_not_called_no_run_folder(make_fake_run,
-                                                                        tmp_path, monkeypatch):
+                                                                        tmp_path, monkeypatch,
+                                                                        denied):
     run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
     real_stat = os.stat
+    # Another user's run folder of mode 700, or one inside their folder of mode 700.
+    locked = run_dir.path + os.sep if denied == "inside" else str(tmp_path) + os.sep
 
-    def stat(path, *args, **kwargs):  # as for another user's folder of mode 700
-        if os.fspath(path).startswith(run_dir.path + os.sep):
+    def stat(path, *args, **kwargs):
+        if os.fspath(path).startswith(locked):
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real_stat(path, *args, **kwargs)
 
@@ -183,6 +187,13 @@ def test_a_run_folder_this_user_may_not_read_is_not_called_no_run_folder(make_fa
     assert RunDir(str(tmp_path / "none")).exists() is False
     with pytest.raises(FileNotFoundError, match="is not a run folder"):
         RunDir(str(tmp_path / "none")).require()
+
+
+def test_a_run_folder_that_is_a_dangling_link_is_said_so(tmp_path):
+    (tmp_path / "run").symlink_to(tmp_path / "moved")
+    with pytest.raises(app.UsageError, match=r"run is not a run folder \(a symbolic link to "
+                                             r"a path that does not exist\)"):
+        refuse_missing_run_folder(str(tmp_path / "run"))
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import errno
 import logging as std_logging
 import os
 import signal
+import stat
 import sys
 from typing import Iterator, Optional
 
@@ -237,10 +238,19 @@ def refuse_missing_run_folder(workdir: str) -> None:
     """A usage error when `workdir`, given as a run folder to read, is no folder at all: a
     mistyped ``--workdir`` is said at once, not after TensorFlow's seconds of import
     (`RunDir.require` says the same of a folder that holds no run)."""
-    if not os.path.isdir(workdir):
-        what = "not a folder" if os.path.lexists(workdir) else "no such folder"
-        raise app.UsageError(f"{workdir} is not a run folder ({what}): pass the --workdir of "
-                             f"a training run")
+    try:
+        if stat.S_ISDIR(os.stat(workdir).st_mode):
+            return
+        what = "not a folder"
+    except NotADirectoryError:  # a file on its way (`notes.txt/run`, `notes.txt/`)
+        what = "not a folder"
+    except FileNotFoundError:
+        what = ("a symbolic link to a path that does not exist" if os.path.islink(workdir)
+                else "no such folder")
+    except OSError:  # a folder on the way this user may not look into: `RunDir` says so
+        return
+    raise app.UsageError(f"{workdir} is not a run folder ({what}): pass the --workdir of a "
+                         f"training run")
 
 
 def trained_run(workdir: str, beam_size: Optional[int] = None):

@@ -66,7 +66,7 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
-    if FLAGS.mode == "eval" and not FLAGS.print_config:
+    if FLAGS.mode == "eval":  # with --print_config too: it shows what the command would do
         refuse_missing_run_folder(FLAGS.workdir)
     elif _new_folder(FLAGS.workdir):  # a new run: its flags are its settings,
         usable_config(config_from_flags)  # checked before TensorFlow loads
