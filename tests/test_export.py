@@ -509,6 +509,17 @@ def test_warmup_images_are_a_folder_a_file_or_a_glob(tmp_path):
         _given_warmup_images(str(tmp_path / "empty"), 8)
 
 
+def test_the_serve_command_an_export_suggests_serves_it_as_written(tmp_path):
+    from ofrnn_tf.cli.export import serve_command
+
+    base = tmp_path / "my exports"
+    assert serve_command(str(base), "ofrnn", False) == (
+        f"ofrnn-serve '--model_base_path={base}'")
+    assert serve_command(str(base), "tags", True) == (
+        f"ofrnn-serve '--model_base_path={base}' --model_name=tags "
+        f"--xla_cpu_compilation_enabled")
+
+
 def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_export_run,
                                                                       tmp_path):
     """A run's example images are its first test images: one the export refuses (cut

@@ -102,9 +102,21 @@ def main(argv):
             say(f"{os.path.basename(sys.argv[0])}: removed {len(removed)} older version(s) "
                 f"(--keep_versions={FLAGS.keep_versions}): {', '.join(removed)}")
     print(os.path.normpath(path))
-    say(f"[export] written in {time.perf_counter() - started:.0f}s; serve it with: ofrnn-serve "
-        f"--model_base_path={shlex.quote(os.path.abspath(FLAGS.export_dir))}")
+    say(f"[export] written in {time.perf_counter() - started:.0f}s; serve it with: "
+        f"{serve_command(FLAGS.export_dir, FLAGS.model_name, FLAGS.jit_compile)}")
     return 0
+
+
+def serve_command(export_dir: str, model_name: str, jit_compile: bool) -> str:
+    """The ``ofrnn-serve`` command line that serves an export as it was written: under
+    the model name its warm-up requests ask for, running its XLA functions if it has any
+    (the server refuses them otherwise)."""
+    serve = ["ofrnn-serve", f"--model_base_path={os.path.abspath(export_dir)}"]
+    if model_name != DEFAULT_MODEL_NAME:
+        serve.append(f"--model_name={model_name}")
+    if jit_compile:
+        serve.append("--xla_cpu_compilation_enabled")
+    return shlex.join(serve)
 
 
 def _say_left_out(path: str, reason: str) -> None:
