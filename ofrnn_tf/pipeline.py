@@ -644,15 +644,17 @@ def results_table(config: ExperimentConfig, metrics: dict) -> str:
     return format_table(shown, columns=columns)
 
 
-def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> None:
-    """Adds this command's time to the run folder's timing file. A failure to (a full
-    disk) is said in one line, not raised: it must not hide the error that ended the run,
-    nor fail a run whose results are written."""
+def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> Optional[str]:
+    """Adds this command's time to the run folder's timing file (`RunDir.save_timing`);
+    returns the file, or None where writing it failed (a full disk), which is said in one
+    line, not raised: it must not hide the error that ended the run, nor fail a run whose
+    results are written."""
     try:
-        run_dir.save_timing(mode, timer.rounded())
+        return run_dir.save_timing(mode, timer.rounded())
     except Exception as error:  # a full disk, a timing file of another shape
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         log(f"time not recorded in {run_dir.timing_file(mode)}: {reason}")
+        return None
 
 
 def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> dict:
@@ -730,7 +732,10 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         + (f"; attention pictures in {run_dir.attention_dir}"
            if data is not None and os.path.isdir(run_dir.attention_dir) else "")
         + f"; curves: tensorboard --logdir {shlex.quote(run_dir.tensorboard_dir)}")
-    log(f"time of this command: {timer.summary()}; of every command of the run: "
-        f"{run_dir.timing_file(mode)}")
-    _record_timing(run_dir, mode, timer)
+    recorded = _record_timing(run_dir, mode, timer)
+    kept = ""
+    if recorded:  # training's time adds up over reruns; an evaluation's is the last one's
+        kept = (f"; every training command of the run summed in {recorded}" if mode == "train"
+                else f"; written to {recorded}")
+    log(f"time of this command: {timer.summary()}{kept}")
     return metrics
