@@ -22,7 +22,7 @@ from ofrnn_tf.status import say
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
 FILES_FROM_HELP = ("Also take the files and folders this file lists, one a line, after those "
                    "given as arguments ('-': standard input, as from `find photos -type f "
-                   "-iname '*.jp*g' -print0`; NUL-separated where it holds a NUL byte, as "
+                   "-iname '*.jpg' -print0`; NUL-separated where it holds a NUL byte, as "
                    "-print0 writes, which keeps a name holding a newline whole).")
 
 

@@ -1,7 +1,7 @@
 """ofrnn-predict: label sets for image files with a finished run, in this process.
 
     ofrnn-predict --workdir=runs/order_free photo.jpg more_photos/ --output=out.jsonl
-    find photos -iname '*.jp*g' -print0 | ofrnn-predict --workdir=runs/order_free --files_from=-
+    find photos -iname '*.jpg' -print0 | ofrnn-predict --workdir=runs/order_free --files_from=-
 
 Inputs are the arguments, then the lines of ``--files_from`` (a file, or ``-`` for standard
 input: a whole tree's images in one process, which a long ``xargs`` list would split into
@@ -18,7 +18,8 @@ and are not thresholded). An image that cannot be read
 gets a line with ``error`` and the others go on; the exit status is 1 only when no
 image at all could be predicted. With ``--attention_dir=DIR`` each predicted image is
 also drawn with its attention at every decoding step (the paper's Fig. 3) as
-``DIR/<input index>_<file stem>.png``, named in its line as ``attention_png``.
+``DIR/<input index>_<file stem>.png``, named in its line as ``attention_png`` (none is
+drawn over an input image: that one is named on stderr instead).
 
 Images are read as training read them: the EXIF orientation tag is not applied (a photo
 stored sideways is predicted sideways: rotate it first), transparency is dropped, and a
