@@ -329,3 +329,14 @@ def test_a_pipe_is_read_and_one_nothing_writes_to_gets_an_error_line(serve, tmp_
     assert "error" not in result and service.requests[-1] == [image]
     (device,) = client.predict_files(target, ["/dev/null"], batch_size=1)
     assert device["error"] == "/dev/null: not a regular file or a pipe"
+
+
+def test_a_version_tf_serving_cannot_read_is_refused_before_the_call():
+    request = predict_pb2.PredictRequest()
+    client._model_spec(request.model_spec, "ofrnn", version=2 ** 63 - 1)
+    assert request.model_spec.version.value == 2 ** 63 - 1
+    for version in (-1, 2 ** 63):
+        with pytest.raises(ValueError, match=rf"version must be an integer from 0 to "
+                                             rf"9223372036854775807 \(TF Serving loads only "
+                                             rf"those folders\), got {version}"):
+            client._model_spec(request.model_spec, "ofrnn", version=version)

@@ -313,14 +313,18 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "ofrnn-client: --server is empty: give the model server's host:port"),
     (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
             "run()", "--version=-1", "{tmp}/image.png"],
-     "ofrnn-client: --version must be a non-negative integer (TF Serving loads only those "
-     "folders), got -1"),
+     "ofrnn-client: --version must be an integer from 0 to 9223372036854775807 (TF Serving "
+     "loads only those folders), got -1"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--version=9223372036854775808", "{tmp}/image.png"],
+     "ofrnn-client: --version must be an integer from 0 to 9223372036854775807 (TF Serving "
+     "loads only those folders), got 9223372036854775808"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
         "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
         "predict_beam_of_none", "export_negative_warmup_count", "export_negative_keep_count",
         "predict_pictures_into_a_file",
         "client_threshold_nan", "client_timeout_zero", "client_timeout_overflowing",
-        "client_server_empty", "client_version_negative"])
+        "client_server_empty", "client_version_negative", "client_version_beyond_int64"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")
     argv = [arg.format(tmp=tmp_path) for arg in argv]

@@ -21,7 +21,8 @@ from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from conftest import FAKE_SCORE_MIX, ROOT, run_checked, to_png
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
-from ofrnn_tf.export.saved_model import export_run, remove_old_versions, save_inference_module
+from ofrnn_tf.export.saved_model import (
+    export_run, next_version, remove_old_versions, save_inference_module)
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
@@ -346,6 +347,8 @@ def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):
     assert remove_old_versions(str(base), 2) == [str(base / "1")]
     with pytest.raises(ValueError, match="keep must be at least 1, got 0"):
         remove_old_versions(str(base), 0)
+    # Nor does it number the next export beyond what a server reads.
+    assert next_version(str(base)) == 11
 
 
 def test_export_without_calibration_fails_clearly(tiny_export_run, tmp_path):
@@ -472,7 +475,7 @@ def test_export_command_names_the_warmup_file_it_refuses(tiny_export_run, tmp_pa
                                                 "--max_image_pixels=10"]}
     messages = {"a file that is no image": f"{warm / 'notes.txt'}: ",
                 "a glob that matches nothing": "matches no file",
-                "a negative version": "--version must be a non-negative integer",
+                "a negative version": "--version must be an integer from 0 to ",
                 "a count that leaves every file out": "--num_warmup_images=0 leaves out every "
                                                       "--warmup_images file",
                 "an image above the pixel limit": "pixels, above the limit of 10 pixels "

@@ -146,13 +146,15 @@ def usable_config(make_config):
         raise app.UsageError(str(error)) from None
 
 
-def refuse_negative_version() -> None:
-    """A usage error when the command's ``--version`` is set below 0: TF Serving loads
-    only version folders named by non-negative integers."""
+def refuse_unservable_version() -> None:
+    """A usage error when the command's ``--version`` is set outside 0..2**63-1: TF
+    Serving loads only version folders named by integers that fit an int64."""
+    from ofrnn_tf.serving.server_process import MAX_VERSION  # imports no TensorFlow
+
     version = flags.FLAGS.version
-    if version is not None and version < 0:
-        raise app.UsageError(f"--version must be a non-negative integer (TF Serving loads only "
-                             f"those folders), got {version}")
+    if version is not None and not 0 <= version <= MAX_VERSION:
+        raise app.UsageError(f"--version must be an integer from 0 to {MAX_VERSION} (TF "
+                             f"Serving loads only those folders), got {version}")
 
 
 def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:

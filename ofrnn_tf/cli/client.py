@@ -21,7 +21,7 @@ import sys
 import grpc
 from absl import app, flags
 
-from ofrnn_tf.cli import refuse_below, refuse_negative_version, refuse_non_probability, runner
+from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, write_report)
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT, MAX_TIMEOUT_S
@@ -52,7 +52,7 @@ def main(argv):
     refuse_below("batch_size")
     refuse_below("max_request_bytes")
     refuse_non_probability("threshold")
-    refuse_negative_version()
+    refuse_unservable_version()
     if not FLAGS.server.strip():
         raise app.UsageError("--server is empty: give the model server's host:port")
     if not FLAGS.timeout > 0:

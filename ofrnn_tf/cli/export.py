@@ -21,7 +21,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
-                          refuse_negative_version, refuse_unwritable_folder, runner,
+                          refuse_unservable_version, refuse_unwritable_folder, runner,
                           trained_run)
 from ofrnn_tf.cli.image_inputs import IMAGE_EXTENSIONS
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
@@ -61,7 +61,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir or not FLAGS.export_dir:
         raise app.UsageError("--workdir and --export_dir are required")
-    refuse_negative_version()
+    refuse_unservable_version()
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
     refuse_below("num_warmup_images", minimum=0)

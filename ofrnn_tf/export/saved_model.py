@@ -33,15 +33,18 @@ from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES, write_warmup_reque
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.run_dir import RunDir
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, version_folders
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, MAX_VERSION, version_folders
 from ofrnn_tf.tf_errors import op_error_text
 
 
 def next_version(export_base: str) -> int:
-    """One more than the largest integer version folder (TF Serving layout), else 1."""
+    """One more than the largest version (TF Serving layout), else 1. A name of digits
+    beyond `MAX_VERSION` is no version (TF Serving never loads it): one such would
+    otherwise number every later export beyond what a server reads."""
     if not os.path.isdir(export_base):
         return 1
-    versions = [int(d) for d in os.listdir(export_base) if re.fullmatch(r"\d+", d)]
+    versions = [int(d) for d in os.listdir(export_base)
+                if re.fullmatch(r"[0-9]+", d) and int(d) <= MAX_VERSION]
     return max(versions, default=0) + 1
 
 
@@ -95,8 +98,8 @@ def save_inference_module(module: InferenceModule, export_base: str,
     """
     automatic = version is None
     version = next_version(export_base) if automatic else int(version)
-    if version < 0:  # TF Serving loads only non-negative integer folders
-        raise ValueError(f"version must be a non-negative integer, got {version}")
+    if not 0 <= version <= MAX_VERSION:  # TF Serving loads only those folders
+        raise ValueError(f"version must be an integer from 0 to {MAX_VERSION}, got {version}")
     _refuse_existing(os.path.join(export_base, str(version)))
     warmup_images = list(warmup_images) or [_gray_jpeg(module)]
     check_warmup_images(module, warmup_images)

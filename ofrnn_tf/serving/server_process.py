@@ -29,12 +29,16 @@ DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.c
 MAX_TIMEOUT_S = 1e8
 
 
+# The highest version TF Serving reads: it parses a version folder's name as an int64.
+MAX_VERSION = 2 ** 63 - 1
+
+
 def version_folders(model_base_path: str) -> list[tuple[int, str]]:
     """``(version, folder name)`` of the version folders under `model_base_path`, lowest
     first, named as TF Serving reads them: ASCII digits, leading zeros allowed ("0001" is
     1), a value that fits an int64 (a longer number is no version there)."""
     return sorted((int(name), name) for name in os.listdir(model_base_path)
-                  if re.fullmatch(r"[0-9]+", name) and int(name) < 2 ** 63
+                  if re.fullmatch(r"[0-9]+", name) and int(name) <= MAX_VERSION
                   and os.path.isdir(os.path.join(model_base_path, name)))
 
 
