@@ -523,6 +523,38 @@ def test_the_serve_command_an_export_suggests_serves_it_as_written(tmp_path):
         f"--xla_cpu_compilation_enabled")
 
 
+@pytest.mark.parametrize("stopped_in", ["export", "removal"])
+def test_an_interrupted_export_says_whether_it_published_its_version(tmp_path, stopped_in):
+    # The export itself is played (the run folder and the SavedModel are not the point):
+    # a Ctrl-C before the version folder is renamed into place publishes none; one in
+    # --keep_versions' removal of older versions comes after it is published whole.
+    version = str(tmp_path / "exports" / "7")
+    written = "stop" if stopped_in == "export" else f"lambda *args, **kwargs: {version!r}"
+    script = (
+        "import sys\n"
+        "from ofrnn_tf.cli import export as command\n"
+        "from ofrnn_tf.export import saved_model\n"
+        "from ofrnn_tf.run_dir import RunDir\n"
+        "def stop(*args, **kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "command.trained_run = lambda workdir, beam_size: RunDir(workdir)\n"
+        f"saved_model.export_run = {written}\n"
+        "saved_model.remove_old_versions = stop\n"
+        "sys.argv[0] = 'ofrnn-export'\n"
+        "command.run()\n")
+    done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path}",
+                           f"--export_dir={tmp_path / 'exports'}", "--keep_versions=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    said = done.stderr.rstrip().splitlines()[-1]
+    if stopped_in == "export":
+        assert said == "ofrnn-export: interrupted; no version was published; rerun the same command"
+    else:
+        assert said == (f"ofrnn-export: interrupted; version {version} was published whole: the "
+                        f"removal of older versions (--keep_versions) may have stopped part "
+                        f"way; the next export with --keep_versions finishes it")
+
+
 def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_export_run,
                                                                       tmp_path):
     """A run's example images are its first test images: one the export refuses (cut

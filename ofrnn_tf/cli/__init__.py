@@ -12,7 +12,7 @@ import os
 import signal
 import stat
 import sys
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,7 +34,7 @@ def stop_if_interrupted() -> None:
         raise KeyboardInterrupt
 
 
-def runner(define_flags, main, on_interrupt: str = ""):
+def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = ""):
     """A console script's entry: define the command's flags (only when it runs, so importing
     a command module defines none), then run `main` under absl.
 
@@ -45,7 +45,8 @@ def runner(define_flags, main, on_interrupt: str = ""):
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
     whole listing. A flag given as ``~/…`` (which a shell leaves unexpanded after ``=``) is
     expanded as the shell would, so that no folder named ``~`` is made. Ctrl-C prints
-    ``interrupted`` and `on_interrupt` (what a rerun does)
+    ``interrupted`` and `on_interrupt` (what a rerun does; a function, called then, where
+    that depends on how far the command got)
     instead of a traceback, and exits with 130, as a shell reports SIGINT; SIGTERM (from
     ``kill``, ``timeout``, ``docker stop``) takes the same way out, printing
     ``terminated`` and exiting with 143, so the command's own clean-up runs; a full disk
@@ -85,7 +86,8 @@ def runner(define_flags, main, on_interrupt: str = ""):
                 raise
             signum = interrupts[-1] if interrupts else signal.SIGINT
             said = "terminated" if signum == signal.SIGTERM else "interrupted"
-            print(f"\n{command}: {said}{'; ' + on_interrupt if on_interrupt else ''}",
+            rerun = on_interrupt() if callable(on_interrupt) else on_interrupt
+            print(f"\n{command}: {said}{'; ' + rerun if rerun else ''}",
                   file=sys.stderr)
             return 128 + signum
         except Exception as error:

@@ -96,6 +96,7 @@ def main(argv):
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}{hint}") from None
     except FileExistsError as e:
         raise app.UsageError(f"{e} (--version)") from None
+    _published.append(os.path.normpath(path))
     if FLAGS.keep_versions:
         removed = remove_old_versions(FLAGS.export_dir, FLAGS.keep_versions, written=path)
         if removed:
@@ -160,8 +161,19 @@ def _read_warmup_image(path: str) -> bytes:
         raise app.UsageError(f"--warmup_images: {path}: {error.strerror or error}") from None
 
 
-run = runner(define_flags, main,
-             on_interrupt="no version was published; rerun the same command")
+# The version folder this command has published, once it has (an interrupt says so).
+_published: list[str] = []
+
+
+def _after_interrupt() -> str:
+    if not _published:
+        return "no version was published; rerun the same command"
+    removal = (": the removal of older versions (--keep_versions) may have stopped part way; "
+               "the next export with --keep_versions finishes it") if FLAGS.keep_versions else ""
+    return f"version {_published[0]} was published whole{removal}"
+
+
+run = runner(define_flags, main, on_interrupt=_after_interrupt)
 
 if __name__ == "__main__":
     run()
