@@ -965,3 +965,29 @@ def test_refused_requests_are_logged_at_most_once_a_second_with_a_count(monkeypa
     assert lines == ["INVALID_ARGUMENT: 2 more since the last INVALID_ARGUMENT line",
                      "NOT_FOUND: 1 more since the last NOT_FOUND line",
                      "CANCELLED: stopping", "CANCELLED: stopping"]
+
+
+def test_a_version_on_disk_that_is_not_served_is_said_why(tmp_path):
+    from types import SimpleNamespace
+
+    from ofrnn_tf.serving.local_server import ModelServer, RequestError
+
+    for version in ("3", "5", "8"):
+        (tmp_path / version).mkdir()
+    service = ModelServer(SimpleNamespace(name="ofrnn", version=5, path=str(tmp_path / "5"),
+                                          max_image_pixels=None))
+    spec = predict_pb2.PredictRequest().model_spec
+    spec.name = "ofrnn"
+    said = {}
+    for version in (8, 3, 4):
+        spec.version.value = version
+        with pytest.raises(RequestError) as refused:
+            service._check_spec(spec)
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND
+        said[version] = str(refused.value)
+    assert said[8].startswith("model 'ofrnn' has no version 8 (available: [5]); version 8 is in ")
+    assert said[8].endswith("exported after this server started, which serves the version that "
+                            "was newest then: restart it to serve 8")
+    assert said[3].endswith("but this server serves only the newest version, as TF Serving "
+                            "does by default")
+    assert said[4] == "model 'ofrnn' has no version 4 (available: [5])"

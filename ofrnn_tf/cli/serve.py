@@ -4,7 +4,9 @@
 
 Serves the newest integer version under ``--model_base_path`` through
 `ofrnn_tf.serving.local_server` (what it serves, checks and refuses) until SIGTERM or
-Ctrl-C, which give requests in flight a short grace. It prints
+Ctrl-C, which give requests in flight a short grace. The version is the one newest when
+it starts: restart it to serve a later export (TensorFlow Serving watches the folder
+instead). It prints
 ``LISTENING <host>:<port>`` once the warm-up requests have run and the port is
 open.
 """

@@ -74,7 +74,8 @@ from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import (find_undecodable, pixel_limit_error,
                                       read_image_header)
 from ofrnn_tf.serving.server_process import (
-    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, find_latest_version)
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, find_latest_version,
+    version_folders)
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -398,10 +399,28 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         if spec.HasField("version") and spec.version.value != s.version:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"model {s.name!r} has no version {spec.version.value} "
-                               f"(available: [{s.version}])")
+                               f"(available: [{s.version}]){self._exported_since(spec)}")
         if spec.version_label:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"model {s.name!r} has no version label {spec.version_label!r}")
+
+    def _exported_since(self, spec) -> str:
+        """Why a version on disk is not served, where it was exported after this server
+        loaded the newest one: unlike TF Serving, this server does not watch its base
+        path."""
+        base = os.path.dirname(self.servable.path)
+        try:
+            on_disk = {version for version, _ in version_folders(base)}
+        except OSError:
+            return ""
+        asked = spec.version.value
+        if asked not in on_disk:
+            return ""
+        if asked < self.servable.version:
+            return (f"; version {asked} is in {base}, but this server serves only the newest "
+                    f"version, as TF Serving does by default")
+        return (f"; version {asked} is in {base}, exported after this server started, which "
+                f"serves the version that was newest then: restart it to serve {asked}")
 
     def predict(self, request: predict_pb2.PredictRequest, check_spec: bool = True,
                 context: grpc.ServicerContext | None = None) -> predict_pb2.PredictResponse:
