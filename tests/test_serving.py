@@ -894,7 +894,7 @@ def test_concurrent_requests_agree(server):
 
 
 @slow
-def test_client_cli(server, tmp_path):
+def test_client_cli(server, model_base, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "red.png").write_bytes(RED)
@@ -916,6 +916,9 @@ def test_client_cli(server, tmp_path):
     assert "skipped by its extension (.txt)" in results[1]["error"]
     assert results[2]["labels"] == ["red"] and results[2]["scores"] == [pytest.approx(0.98, abs=1e-3)]
     assert results[3]["labels"] == ["red", "green"] and results[3]["log_prob"] < 0
+    # The version that answered: under TF Serving a run can span two versions.
+    served = find_latest_version(model_base)[0]
+    assert results[2]["model_version"] == results[3]["model_version"] == served
     assert "2 image(s) labelled, 2 failed or skipped" in run.stderr
 
     # --files_from=-: the arguments, then the files listed on standard input; --timeout=inf

@@ -5,7 +5,9 @@
 
 Takes files and folders (and ``--files_from``) as ``ofrnn-predict`` does and writes its
 JSON lines, less the step probabilities, which the export does not serve: ``image``,
-``labels`` (decoding order), ``label_ids``, ``scores``, ``log_prob``, one per input, as
+``labels`` (decoding order), ``label_ids``, ``scores``, ``log_prob``, and the
+``model_version`` that answered (TF Serving moves to a new version as it appears, and
+another version may hold another label map), one per input, as
 each batch of ``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes
 in several requests). A file that cannot be read, or that the server refuses as an
 image, gets an ``error`` line and the others go on. A refusal that names no image

@@ -76,8 +76,12 @@ def _call(target: str, channel: grpc.Channel | None, fn):
 
 def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
     """Per image: ``label_ids``, ``label_names``, ``scores`` (of those labels, in
-    decoding order) and ``log_prob`` (of the decoded label path)."""
+    decoding order), ``log_prob`` (of the decoded label path) and ``model_version``, the
+    version that answered (None where the response does not say): TF Serving moves to
+    a new version as it appears, and versions may hold other label maps."""
     out = {key: tf.make_ndarray(response.outputs[key]) for key in PREDICT_OUTPUTS}
+    version = (int(response.model_spec.version.value)
+               if response.model_spec.HasField("version") else None)
     results = []
     for i in range(out["labels"].shape[0]):
         n = int(out["num_labels"][i])
@@ -87,6 +91,7 @@ def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
             "label_names": [s.decode("utf-8") for s in out["label_names"][i, :n]],
             "scores": [float(out["scores"][i, c]) for c in ids],
             "log_prob": float(out["log_prob"][i]),
+            "model_version": version,
         })
     return results
 
@@ -235,9 +240,10 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     """Classifies image files through the server, `batch_size` per Predict request.
 
     Yields one result per path, in order, as each batch returns: ``{"image", "labels"
-    (names, decoding order), "label_ids", "scores", "log_prob"}``, the fields of
-    ``ofrnn-predict``'s lines but its step probabilities (not served), or ``{"image",
-    "error"}`` for a file that cannot be read and for an image the server refuses.
+    (names, decoding order), "label_ids", "scores", "log_prob", "model_version"}``, the
+    fields of ``ofrnn-predict``'s lines but its step probabilities (not served), and the
+    version that answered; or ``{"image", "error"}`` for a file that cannot be read and
+    for an image the server refuses.
 
     A batch whose files add up to more than `max_request_bytes` goes in several
     requests (a larger file goes alone); one the server refuses as above its batch limit
@@ -351,7 +357,8 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
             for (k, _), result in zip(request, served):
                 results[k] = {"image": batch[k], "labels": result["label_names"],
                               "label_ids": result["label_ids"], "scores": result["scores"],
-                              "log_prob": result["log_prob"]}
+                              "log_prob": result["log_prob"],
+                              "model_version": result["model_version"]}
             return
 
     def stream():
