@@ -454,8 +454,10 @@ def test_export_refuses_warmup_images_and_settings_that_would_not_serve(tiny_exp
     with pytest.raises(WarmupImageError, match="warm-up image 1: .*not a JPEG, PNG, GIF or BMP") as e:
         save_inference_module(tiny_module, str(base), warmup_images=[good, b"meeting notes"])
     assert e.value.index == 1
-    with pytest.raises(ValueError, match="non-negative"):
-        save_inference_module(tiny_module, str(base), version=-3)
+    for version in (-3, 2 ** 63):  # TF Serving reads a version folder as an int64
+        with pytest.raises(ValueError, match=rf"version must be an integer from 0 to "
+                                             rf"9223372036854775807, got {version}"):
+            save_inference_module(tiny_module, str(base), version=version)
     assert not base.exists()
     with pytest.raises(ValueError, match="max_image_pixels must be at least 1"):
         InferenceModule.from_run(str(tiny_export_run.workdir), max_image_pixels=0)
