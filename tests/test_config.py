@@ -112,6 +112,14 @@ def test_every_command_shows_help_and_refuses_flags_before_tensorflow_loads(
     assert "TENSORFLOW IMPORTED" not in refused.stderr
 
 
+def test_print_config_of_eval_refuses_a_folder_that_holds_no_run(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", "--mode=eval",
+                           "--print_config"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and not done.stdout, done.stdout[-500:]
+    assert f"train.py: {tmp_path} is not a run folder (run.json missing)" in done.stderr
+
+
 def test_train_checks_the_flags_of_an_empty_run_folder_before_tensorflow_loads(tmp_path):
     # `mkdir -p runs/x` first is a new run too; a folder holding anything is left to RunDir.
     run = [sys.executable, "-c", _COMMAND.format("train"), "--train.seed=-1"]

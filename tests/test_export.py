@@ -349,6 +349,10 @@ def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):
         remove_old_versions(str(base), 0)
     # Nor does it number the next export beyond what a server reads.
     assert next_version(str(base)) == 11
+    (base / str(2 ** 63 - 1)).mkdir()
+    with pytest.raises(FileExistsError, match=r"9223372036854775807 exists, the highest version "
+                                              r"TF Serving reads: none is left above it"):
+        next_version(str(base))
 
 
 def test_export_without_calibration_fails_clearly(tiny_export_run, tmp_path):
@@ -515,7 +519,14 @@ def test_warmup_images_are_a_folder_a_file_or_a_glob(tmp_path):
 
 
 def test_the_serve_command_an_export_suggests_serves_it_as_written(tmp_path):
-    from ofrnn_tf.cli.export import serve_command
+    from ofrnn_tf.cli.export import newer_version_note, serve_command
+
+    for version in ("3", "9"):
+        (tmp_path / version).mkdir()
+    assert newer_version_note(str(tmp_path), str(tmp_path / "9")) == ""
+    assert newer_version_note(str(tmp_path), str(tmp_path / "3")) == (
+        f" (which serves {tmp_path / '9'}, the newest version there, not this one: TF Serving "
+        f"also serves the newest)")
 
     base = tmp_path / "my exports"
     assert serve_command(str(base), "ofrnn", False) == (

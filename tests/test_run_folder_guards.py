@@ -194,6 +194,10 @@ def test_a_run_folder_that_is_a_dangling_link_is_said_so(tmp_path):
     with pytest.raises(app.UsageError, match=r"run is not a run folder \(a symbolic link to "
                                              r"a path that does not exist\)"):
         refuse_missing_run_folder(str(tmp_path / "run"))
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(app.UsageError, match=r"loop is not a run folder \(Too many levels of "
+                                             r"symbolic links\)"):
+        refuse_missing_run_folder(str(tmp_path / "loop"))
 
 
 @pytest.fixture

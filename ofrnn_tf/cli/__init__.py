@@ -251,8 +251,10 @@ def refuse_missing_run_folder(workdir: str) -> None:
     except FileNotFoundError:
         what = ("a symbolic link to a path that does not exist" if os.path.islink(workdir)
                 else "no such folder")
-    except OSError:  # a folder on the way this user may not look into: `RunDir` says so
-        return
+    except PermissionError:  # a folder on the way this user may not look into: `RunDir`
+        return               # says so
+    except OSError as error:  # a loop of symbolic links, a name too long
+        what = error.strerror or str(error)
     raise app.UsageError(f"{workdir} is not a run folder ({what}): pass the --workdir of a "
                          f"training run")
 

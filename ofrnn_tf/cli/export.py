@@ -26,7 +26,7 @@ from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_chara
 from ofrnn_tf.cli.image_inputs import IMAGE_EXTENSIONS
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
+from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, version_folders
 from ofrnn_tf.status import say
 
 FLAGS = flags.FLAGS
@@ -104,8 +104,22 @@ def main(argv):
                 f"(--keep_versions={FLAGS.keep_versions}): {', '.join(removed)}")
     print(os.path.normpath(path))
     say(f"[export] written in {time.perf_counter() - started:.0f}s; serve it with: "
-        f"{serve_command(FLAGS.export_dir, FLAGS.model_name, FLAGS.jit_compile)}")
+        f"{serve_command(FLAGS.export_dir, FLAGS.model_name, FLAGS.jit_compile)}"
+        f"{newer_version_note(FLAGS.export_dir, path)}")
     return 0
+
+
+def newer_version_note(export_dir: str, written: str) -> str:
+    """A note where `written` (a --version below the newest) is not what a server of
+    `export_dir` serves: the newest version, as TF Serving does by default."""
+    try:
+        newest = os.path.join(export_dir, version_folders(export_dir)[-1][1])
+        if os.path.samefile(newest, written):
+            return ""
+    except (OSError, IndexError):  # removed meanwhile: nothing to say
+        return ""
+    return (f" (which serves {os.path.normpath(newest)}, the newest version there, not this "
+            f"one: TF Serving also serves the newest)")
 
 
 def serve_command(export_dir: str, model_name: str, jit_compile: bool) -> str:

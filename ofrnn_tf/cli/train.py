@@ -80,6 +80,11 @@ def main(argv):
 
     if FLAGS.print_config:
         run_dir = RunDir(FLAGS.workdir)
+        if FLAGS.mode == "eval":  # an existing folder that holds no run, as eval says
+            try:
+                run_dir.require()
+            except (FileNotFoundError, *input_errors()) as error:
+                raise refusal(error) from None
         if run_dir.exists():  # settings the run would refuse are refused here
             from ofrnn_tf.training.run_state import check_finished_stages
             try:

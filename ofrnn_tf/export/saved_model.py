@@ -38,14 +38,20 @@ from ofrnn_tf.tf_errors import op_error_text
 
 
 def next_version(export_base: str) -> int:
-    """One more than the largest version (TF Serving layout), else 1. A name of digits
-    beyond `MAX_VERSION` is no version (TF Serving never loads it): one such would
-    otherwise number every later export beyond what a server reads."""
+    """One more than the largest version (TF Serving layout), else 1; FileExistsError
+    where that is `MAX_VERSION` already. A name of digits beyond it is no version (TF
+    Serving never loads it): one such would otherwise number every later export beyond
+    what a server reads."""
     if not os.path.isdir(export_base):
         return 1
     versions = [int(d) for d in os.listdir(export_base)
                 if re.fullmatch(r"[0-9]+", d) and int(d) <= MAX_VERSION]
-    return max(versions, default=0) + 1
+    latest = max(versions, default=0)
+    if latest == MAX_VERSION:
+        raise FileExistsError(f"{os.path.join(export_base, str(latest))} exists, the highest "
+                              f"version TF Serving reads: none is left above it; pick a "
+                              f"version below it")
+    return latest + 1
 
 
 def remove_old_versions(export_base: str, keep: int, written: Optional[str] = None
