@@ -25,7 +25,8 @@ def check_batch_split(strategy: tf.distribute.Strategy, batch_size: int) -> None
         raise BatchSplitError(
             f"--train.batch_size={batch_size} is not divisible by the {replicas} replicas "
             f"of this strategy (each takes an equal share of a batch): use a multiple of "
-            f"{replicas}")
+            f"{replicas}, or, for a run resumed (it keeps its batch size), a number of "
+            f"replicas that divides {batch_size}")
 
 
 def cluster_config() -> dict:

@@ -24,8 +24,9 @@ with M_map (`OrderFreeRNN.map_loss`), and there is no separate fit.
 Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
 and the position (stage, epoch, step in epoch); `--runtime.mixed_precision` may change
 between reruns (`_checkpoints_scale_loss`). The data order of every epoch is a
-function of the seed alone, so a run killed at any point and restarted ends with the
-same weights as one that was never interrupted. Every epoch is checkpointed once
+function of the seed (and, under ``multi_worker``, of the worker count: each worker
+reads its own shards), so a run killed at any point and restarted ends with the same
+weights as one that was never interrupted. Every epoch is checkpointed once
 trained (its step count complete) and again once validated, so a validation that
 fails loses no training: the rerun redoes only the validation. The last stage's final
 checkpoint keeps its last epoch's weights and optimizer state (the best epoch's
