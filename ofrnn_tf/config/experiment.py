@@ -69,8 +69,6 @@ def _check_choices(obj) -> None:
                              f"got {value!r}")
 
 
-
-
 def _check_positive(obj, *names: str, allow_zero: bool = False) -> None:
     for name in names:
         value = getattr(obj, name)
