@@ -460,7 +460,8 @@ def test_export_refuses_warmup_images_and_settings_that_would_not_serve(tiny_exp
     assert e.value.index == 1
     for version in (-3, 2 ** 63):  # TF Serving reads a version folder as an int64
         with pytest.raises(ValueError, match=rf"version must be an integer from 0 to "
-                                             rf"9223372036854775807, got {version}"):
+                                             rf"9223372036854775807 \(TF Serving loads only "
+                                             rf"those folders\), got {version}"):
             save_inference_module(tiny_module, str(base), version=version)
     assert not base.exists()
     with pytest.raises(ValueError, match="max_image_pixels must be at least 1"):

@@ -151,12 +151,13 @@ def usable_config(make_config):
 def refuse_unservable_version() -> None:
     """A usage error when the command's ``--version`` is set outside 0..2**63-1: TF
     Serving loads only version folders named by integers that fit an int64."""
-    from ofrnn_tf.serving.server_process import MAX_VERSION  # imports no TensorFlow
+    from ofrnn_tf.serving.server_process import servable_version  # imports no TensorFlow
 
-    version = flags.FLAGS.version
-    if version is not None and not 0 <= version <= MAX_VERSION:
-        raise app.UsageError(f"--version must be an integer from 0 to {MAX_VERSION} (TF "
-                             f"Serving loads only those folders), got {version}")
+    if flags.FLAGS.version is not None:
+        try:
+            servable_version(flags.FLAGS.version)
+        except ValueError as error:
+            raise app.UsageError(f"--{error}") from None
 
 
 def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:

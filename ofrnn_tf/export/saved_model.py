@@ -33,7 +33,8 @@ from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES, write_warmup_reque
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.run_dir import RunDir
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, MAX_VERSION, version_folders
+from ofrnn_tf.serving.server_process import (
+    DEFAULT_MODEL_NAME, MAX_VERSION, servable_version, version_folders)
 from ofrnn_tf.tf_errors import op_error_text
 
 
@@ -103,9 +104,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
     replay fails when TF Serving loads it.
     """
     automatic = version is None
-    version = next_version(export_base) if automatic else int(version)
-    if not 0 <= version <= MAX_VERSION:  # TF Serving loads only those folders
-        raise ValueError(f"version must be an integer from 0 to {MAX_VERSION}, got {version}")
+    version = next_version(export_base) if automatic else servable_version(version)
     _refuse_existing(os.path.join(export_base, str(version)))
     warmup_images = list(warmup_images) or [_gray_jpeg(module)]
     check_warmup_images(module, warmup_images)

@@ -36,7 +36,8 @@ from tensorflow_serving.apis import (
 
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import find_undecodable, read_image_header
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, MAX_TIMEOUT_S, MAX_VERSION
+from ofrnn_tf.serving.server_process import (
+    DEFAULT_MODEL_NAME, MAX_TIMEOUT_S, servable_version)
 from ofrnn_tf.tf_errors import reason_text
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -61,10 +62,7 @@ def _model_spec(spec, model_name: str, signature_name: str | None = None, versio
     if signature_name is not None:
         spec.signature_name = signature_name
     if version is not None:
-        if not 0 <= int(version) <= MAX_VERSION:
-            raise ValueError(f"version must be an integer from 0 to {MAX_VERSION} (TF Serving "
-                             f"loads only those folders), got {version}")
-        spec.version.value = int(version)
+        spec.version.value = servable_version(version)
 
 
 def _call(target: str, channel: grpc.Channel | None, fn):

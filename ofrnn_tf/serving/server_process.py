@@ -33,6 +33,15 @@ MAX_TIMEOUT_S = 1e8
 MAX_VERSION = 2 ** 63 - 1
 
 
+def servable_version(version: int) -> int:
+    """`version` as an int where TF Serving can load it (0 to `MAX_VERSION`), for an
+    export's folder or a request's model spec; ValueError otherwise."""
+    if not 0 <= int(version) <= MAX_VERSION:
+        raise ValueError(f"version must be an integer from 0 to {MAX_VERSION} (TF Serving "
+                         f"loads only those folders), got {version}")
+    return int(version)
+
+
 def version_folders(model_base_path: str) -> list[tuple[int, str]]:
     """``(version, folder name)`` of the version folders under `model_base_path`, lowest
     first, named as TF Serving reads them: ASCII digits, leading zeros allowed ("0001" is
