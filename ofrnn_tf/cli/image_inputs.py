@@ -7,7 +7,6 @@ so a file that cannot be read or decoded costs only its own line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -162,12 +161,9 @@ def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | Repo
     if not output:
         return sys.stdout
     existed = os.path.exists(output)
-    if existed:
-        for path in inputs:
-            with contextlib.suppress(OSError):  # a missing input is said when it is read
-                if os.path.samefile(output, path):
-                    raise app.UsageError(f"--output={output} is one of the input images: "
-                                         f"writing the report there would empty it")
+    if existed and file_id(output) in file_ids(inputs):
+        raise app.UsageError(f"--output={output} is one of the input images: writing the "
+                             f"report there would empty it")
     try:
         if existed and not os.path.isfile(output):
             # A pipe or a device (/dev/stdout) holds no report to keep; a pipe opened
@@ -182,6 +178,22 @@ def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | Repo
         # leaves no file behind.
         os.remove(os.path.realpath(output))
     return ReportFile(output)
+
+
+def file_id(path: str):
+    """The device and inode of `path`'s file, which name it whatever the path (None where
+    it cannot be looked at)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def file_ids(inputs: Iterable) -> set:
+    """The `file_id` of each path among `inputs` (other entries, such as error records,
+    and inputs that cannot be looked at, which are said when they are read, left out)."""
+    return {file_id(entry) for entry in inputs if isinstance(entry, str)} - {None}
 
 
 def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str,

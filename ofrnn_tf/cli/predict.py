@@ -36,7 +36,8 @@ from ofrnn_tf.cli import (
     input_errors, refusal, refuse_below, refuse_glob_characters, refuse_non_probability,
     refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, write_report)
+    FILES_FROM_HELP, expand_inputs, file_id, file_ids, given_inputs, merge_results,
+    open_report, write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.status import say
 
@@ -144,8 +145,8 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str
         if "attention" in result:  # not an input that could not be predicted
             target = picture_path(result["image"], out_dir, place)
             if os.path.exists(target):
-                inputs = _file_ids(entries) if inputs is None else inputs
-                if _file_id(target) in inputs:
+                inputs = file_ids(entries) if inputs is None else inputs
+                if file_id(target) in inputs:
                     say(f"[predict] {result['image']}: no attention picture: {target} is one "
                         f"of the inputs, which it would overwrite")
                     del result["attention"]
@@ -158,20 +159,6 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str
                 say(f"[predict] {result['image']}: no attention picture: {reason}")
             del result["attention"]
         yield result
-
-
-def _file_id(path: str):
-    """The device and inode of `path`'s file, which name it whatever the path (None where
-    it cannot be looked at)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def _file_ids(entries: list) -> set:
-    return {_file_id(entry) for entry in entries if isinstance(entry, str)} - {None}
 
 
 run = runner(define_flags, main, on_interrupt="the lines written so far are kept; the "
