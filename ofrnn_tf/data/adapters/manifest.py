@@ -255,14 +255,14 @@ def _csv_rows(path: str, text: str) -> Iterator[Row]:
             raise DataFileError(f"{path}: line {line_no}: {len(row)} fields, the header "
                                 f"has {len(header)}")
         cell = row[col_path]
-        image = cell.strip()  # spaces typed around it (`img/1.jpg, cat`) ...
-        if not image:
+        listed = cell.strip()  # spaces typed around it (`img/1.jpg, cat`) are dropped ...
+        if not listed:
             raise DataFileError(f"{path}: line {line_no}: empty 'path'")
-        if image != cell and os.path.exists(os.path.join(base, cell)):
-            image = cell  # ... unless a file is named with them
+        spaced = listed != cell and os.path.exists(os.path.join(base, cell))
+        image = cell if spaced else listed  # ... unless a file is named with them
         labels = _names(_SEPARATORS.split(row[col_labels]))
-        image_id = row[col_id].strip() if col_id is not None else cell.strip()
-        yield f"line {line_no}", image_id or cell.strip(), image, labels
+        image_id = row[col_id].strip() if col_id is not None else listed
+        yield f"line {line_no}", image_id or listed, image, labels
 
 
 def _jsonl_rows(path: str, text: str) -> Iterator[Row]:
