@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
                           refuse_unservable_version, refuse_unwritable_folder, runner,
                           trained_run)
-from ofrnn_tf.cli.image_inputs import IMAGE_EXTENSIONS
+from ofrnn_tf.cli.image_inputs import IMAGE_KINDS, named_as_image
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, version_folders
@@ -151,12 +151,10 @@ def _given_warmup_images(pattern: str, count: int) -> list[str]:
             raise app.UsageError(f"--warmup_images={pattern}: {error.strerror or error}"
                                  ) from None
         paths = sorted(p for p in (os.path.join(pattern, n) for n in names
-                                   if not n.startswith(".")
-                                   and n.lower().endswith(IMAGE_EXTENSIONS))
-                       if os.path.isfile(p))
+                                   if named_as_image(n)) if os.path.isfile(p))
         if not paths:
             raise app.UsageError(f"--warmup_images={pattern}: the folder holds no "
-                                 f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file")
+                                 f"{IMAGE_KINDS} file")
     else:
         paths = [pattern] if os.path.isfile(pattern) else sorted(
             p for p in glob.glob(pattern) if os.path.isfile(p))

@@ -19,6 +19,7 @@ from ofrnn_tf.cli import stop_if_interrupted
 from ofrnn_tf.status import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
+IMAGE_KINDS = "/".join(extension[1:] for extension in IMAGE_EXTENSIONS)  # for messages
 FILES_FROM_HELP = ("Also take the files and folders this file lists, one a line, after those "
                    "given as arguments ('-': standard input, as from `find photos -type f "
                    "-iname '*.jpg' -print0`; NUL-separated where it holds a NUL byte, as "
@@ -85,11 +86,11 @@ def expand_inputs(arguments: list[str]) -> list:
             entries.append({"image": argument, "error": f"{argument}: folder cannot be "
                             f"read ({error.strerror or error})"})
             continue
-        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)
+        images = [n for n in names if named_as_image(n)
                   and not os.path.isdir(os.path.join(argument, n))]
         if not images:
             entries.append({"image": argument, "error": f"{argument}: folder holds no "
-                            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file"})
+                            f"{IMAGE_KINDS} file"})
         for name in names:
             path = os.path.join(argument, name)
             if name in images:
@@ -103,6 +104,13 @@ def expand_inputs(arguments: list[str]) -> list:
                 entries.append({"image": path, "error": f"{path}: skipped {why}: accepted "
                                 f"formats are JPEG, PNG, GIF and BMP"})
     return entries
+
+
+def named_as_image(name: str) -> bool:
+    """Whether a folder's entry is taken for an image by its name: of an accepted
+    extension, in any case, and not hidden (``.DS_Store``, ``._photo.jpg`` are a file
+    system's)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
