@@ -277,13 +277,14 @@ def trained_run(workdir: str, beam_size: Optional[int] = None):
         run_dir.require().check_not_in_use()
         run_dir.weights_path()
         run_dir.label_map()
+        config = run_dir.load()[0]
     except (FileNotFoundError, RunInUseError, *input_errors()) as error:
         raise refusal(error) from None
-    if beam_size is not None and run_dir.load()[0].model.variant == "baseline":
+    if beam_size is not None and config.model.variant == "baseline":
         raise app.UsageError(f"--beam_size={beam_size}: {workdir} is a baseline run (M_map "
                              f"alone), which has no beam: its labels are the classes above τ")
     try:
-        stopped = training_state(run_dir, run_dir.load()[0])
+        stopped = training_state(run_dir, config)
     except (ValueError, OSError, tf.errors.OpError):
         # Never trained through its last stage (refused, saying so, where it has no τ) or
         # checkpoints that say nothing of it: no note.
