@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
-from ofrnn_tf.training.trainer import NonFiniteLossError, Trainer, describe_position
+from ofrnn_tf.training.trainer import (
+    NonFiniteLossError, Trainer, _digest, _settings_parts, describe_position)
 from toy_run import TINY_TRAIN_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -875,16 +876,18 @@ def test_two_workers_of_the_command_train_in_sync(tmp_path):
     workdir, cache_dir = tmp_path / "run", tmp_path / "cache"
     procs = []
 
-    def run_both(*flags, second_workdir=workdir, succeed=True):
+    def run_both(*flags, workdirs=(workdir, workdir), second_flags=(), succeed=True):
         cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
         procs[:] = []
-        for index, folder in enumerate((workdir, second_workdir)):
+        for index, folder in enumerate(workdirs):
+            own_flags = second_flags if index else ()
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}))
             procs.append(subprocess.Popen(
                 [sys.executable, "train.py", f"--workdir={folder}",
                  f"--runtime.cache_dir={cache_dir}", "--runtime.strategy=multi_worker",
-                 *TINY_TRAIN_FLAGS, *flags], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                 *TINY_TRAIN_FLAGS, *flags, *own_flags], cwd=REPO, env=env,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))
         outputs = [proc.communicate(timeout=2 * SUBPROCESS_TIMEOUT_S) for proc in procs]
         for proc, (_, err) in zip(procs, outputs):
@@ -915,13 +918,44 @@ def test_two_workers_of_the_command_train_in_sync(tmp_path):
         assert_same_weights("best")  # the chief's best weights, taken with its checkpoints
         # A worker that sees neither the chief's folder nor a copy starts elsewhere:
         # refused on both, before they train different weights together.
-        outputs = run_both("--stage2.epochs=3", second_workdir=tmp_path / "elsewhere",
+        outputs = run_both("--stage2.epochs=3", workdirs=(workdir, tmp_path / "elsewhere"),
                            succeed=False)
         for _, err in outputs:
             assert "the workers of this multi-worker run resumed from different points" in err
             assert "Traceback" not in err, err[-3000:]
+        # Workers given different settings would train two models (another learning
+        # rate) or wait on each other's steps (another batch size): refused on both.
+        fresh = tmp_path / "fresh"
+        outputs = run_both(workdirs=(fresh, fresh), second_flags=["--stage2.learning_rate=0.01"],
+                           succeed=False)
+        for _, err in outputs:
+            assert "were started with different --stage2.*: start every worker" in err, \
+                err[-3000:]
+            assert "Traceback" not in err, err[-3000:]
     finally:
         _kill(procs)
+
+
+def test_the_settings_workers_compare_leave_out_only_where_each_keeps_its_files():
+    def digests(config, facts=None, num_train=64):
+        parts = _settings_parts(config, facts or tiny_facts(), num_train)
+        return {name: _digest(part) for name, part in parts.items()}
+
+    config = tiny_config()
+    same = digests(config)
+    own = config.replace(data={"dataset": "manifest", "manifest": "/a/data.csv"})
+    # Each worker may keep its cache and find its data elsewhere.
+    assert digests(config.replace(runtime={"cache_dir": "/elsewhere"})) == same
+    assert digests(own.replace(data={"manifest": "/mnt/b/data.csv"})) == digests(own)
+    for changed, part in [(config.replace(stage2={"learning_rate": 0.5}), "--stage2.*"),
+                          (config.replace(train={"batch_size": 5}), "--train.*"),
+                          (config.replace(runtime={"checkpoint_every": 7}), "--runtime.*")]:
+        assert [name for name, value in digests(changed).items() if value != same[name]] == [part]
+    data = "data (feature cache, labels or T_max)"
+    for other in [digests(config, tiny_facts(features_fingerprint="e" * 64)),
+                  digests(config, tiny_facts(max_steps=2)), digests(config, num_train=32)]:
+        assert [name for name, value in other.items() if value != same[name]] == [data]
+    assert all(0 <= n < 2 ** 16 for value in same.values() for n in value)
 
 
 @pytest.mark.parametrize("parts", [{}, {"head": "spatial", "decoder": "residual", "head_units": 8,

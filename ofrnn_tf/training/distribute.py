@@ -74,8 +74,9 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
         # TensorFlow waits for every task of the cluster without a word, and its
         # coordination service takes SIGTERM from then on.
         log(f"multi_worker: waiting for every task of the cluster "
-            f"{json.dumps(tf_config['cluster'])} to start; from now on only "
-            f"SIGKILL stops this process (a rerun resumes it)")
+            f"{json.dumps(tf_config['cluster'])} to start (one that stopped before, see "
+            f"its log, leaves this one waiting); from now on only SIGKILL stops this "
+            f"process (a rerun resumes it)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 

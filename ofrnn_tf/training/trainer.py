@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -164,6 +166,33 @@ def _write_rows(kept: dict, rows: dict, start: int, count: int) -> int:
     return start + size
 
 
+# Settings that may differ between the workers of one run: where each keeps its cache
+# and finds its data (the data themselves are compared by the feature cache's fingerprint).
+_PER_WORKER = {"data": ("data_dir", "manifest"), "runtime": ("cache_dir",)}
+
+
+def _settings_parts(config: ExperimentConfig, facts: RunFacts, num_train: int) -> dict:
+    """What the workers of a multi-worker run must agree on, by the name a message gives
+    it: each flag section (``--stage2.*`` ...) and the data the run trains on."""
+    record = {**config.to_record(), "runtime": config.to_dict()["runtime"]}
+    parts = {}
+    for section, values in record.items():
+        parts[f"--{section}.*"] = {key: value for key, value in values.items()
+                                   if key not in _PER_WORKER.get(section, ())}
+    parts["data (feature cache, labels or T_max)"] = {
+        "features": facts.features_fingerprint, "labels": list(facts.label_names),
+        "max_steps": facts.max_steps, "label_order": facts.label_order,
+        "train_examples": num_train}
+    return parts
+
+
+def _digest(part: dict) -> list[int]:
+    """Three 16-bit numbers from a hash of `part`: summed with their squares over every
+    replica in float64, they are exact for up to a thousand replicas."""
+    digest = hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).digest()
+    return [int.from_bytes(digest[i:i + 2], "big") for i in range(0, 6, 2)]
+
+
 def _records_changed(seen: int, count: int) -> ValueError:
     return ValueError(f"this input pipeline's training records gave {seen} examples where "
                       f"{count} were counted: were the feature shards changed during the run?")
@@ -243,7 +272,7 @@ class Trainer:
             [] if worker is None else [run_dir.checkpoints_dir(worker)])
         resume_from, _, _ = self._resume_point()
         # Before anything is built from the checkpoint (the loss-scaling layout, say).
-        self._check_same_position(resume_from)
+        self._check_workers_agree(resume_from)
         self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
         self.mixed_precision = runtime.mixed_precision and self.loss_scaling
         if self.mixed_precision and not tf.config.list_logical_devices("GPU"):
@@ -519,15 +548,18 @@ class Trainer:
                 return latest, unreadable, directory
         return (*resumable_checkpoint(self._resume_dirs[-1]), self._resume_dirs[-1])
 
-    def _check_same_position(self, latest: Optional[str]) -> None:
+    def _check_workers_agree(self, latest: Optional[str]) -> None:
         """Refuses, on every worker alike, a multi-worker run whose workers would resume
-        from different points (`latest`): their replicas would train different weights
-        together."""
+        from different points (`latest`), or were started with different settings or
+        data (`_settings_parts`): their replicas would train different weights together,
+        or wait on each other's saves and steps until killed."""
         if num_workers(self.strategy) == 1:
             return
         position = checkpoint_position(latest) if latest else {
             "stage": 1, "epoch": 0, "step_in_epoch": 0}
-        here = tf.constant([position["stage"], position["epoch"], position["step_in_epoch"]],
+        parts = _settings_parts(self.config, self.facts, self.num_train)
+        here = tf.constant([position["stage"], position["epoch"], position["step_in_epoch"]]
+                           + [number for part in parts.values() for number in _digest(part)],
                            tf.float64)
 
         def sums():
@@ -537,13 +569,21 @@ class Trainer:
         total = self.strategy.experimental_local_results(
             tf.function(lambda: self.strategy.run(sums))())[0].numpy()
         replicas = self.strategy.num_replicas_in_sync
-        if not np.array_equal(replicas * total[1], total[0] ** 2):  # equal only if all agree
+        differs = replicas * total[1] != total[0] ** 2  # equal only where all agree
+        if differs[:3].any():
             raise IncompatibleRunError(
                 f"the workers of this multi-worker run resumed from different points (this "
                 f"one from {latest or 'no checkpoint'}): each resumes from the chief's "
                 f"{self.run_dir.checkpoints_dir()} when it sees that folder, else from its own "
                 f"copy under {os.path.join(self.run_dir.path, 'tmp_worker', '<task id>')}. Give "
                 f"every worker the run folder the chief writes, then rerun")
+        per_part = differs[3:].reshape(len(parts), -1).any(axis=1)
+        if per_part.any():
+            named = [name for name, differ in zip(parts, per_part) if differ]
+            raise IncompatibleRunError(
+                f"the workers of this multi-worker run were started with different "
+                f"{', '.join(named)}: start every worker with the same flags (and the same "
+                f"data), then rerun")
 
     def position(self) -> str:
         """Where training stands (`describe_position`), or that it finished."""
