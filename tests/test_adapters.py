@@ -329,6 +329,8 @@ def test_manifest_jsonl_null_labels_are_no_label(tmp_path):
      r"bad.jsonl: line 2: not valid JSON"),
     ("bad2.jsonl", '{"path": "a.png", "labels": "x"}\n\n{"labels": ["x"]}\n',
      r"bad2.jsonl: line 3: missing or empty 'path'"),
+    ("blank.jsonl", '{"path": "a.png", "labels": "x"}\n{"path": "  ", "labels": ["x"]}\n',
+     r"blank.jsonl: line 2: missing or empty 'path'"),  # as a CSV's blank path is
     ("bad.csv", "path,labels\na.png,x\nb.png,x,extra\n", r"bad.csv: line 3: 3 fields"),
     ("nohead.csv", "a.png,x\n", r"nohead.csv: line 1: header"),
     ("dup.csv", "path,labels\na.png,x\na.png,y\n", r"dup.csv: line 3: duplicate id"),

@@ -320,7 +320,7 @@ def _record_row(path: str, where: str, record) -> Row:
         raise DataFileError(f"{path}: {where}: expected a JSON object "
                             f'{{"path": ..., "labels": [...]}}, got {type(record).__name__}')
     image = record.get("path")
-    if not isinstance(image, str) or not image:
+    if not isinstance(image, str) or not image.strip():
         raise DataFileError(f"{path}: {where}: missing or empty 'path'")
     labels = record.get("labels")
     if labels is None:  # pandas writes a missing list as null: no label, as []
