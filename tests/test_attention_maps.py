@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -249,6 +250,24 @@ def test_render_examples_loses_only_the_picture_that_cannot_be_drawn(
     monkeypatch.setattr(attention_maps, "draw_prediction", failing_on_the_first)
     written = render_examples(predictor, [first, str(sample_images[2])], str(tmp_path / "out"))
     assert len(written) == 1 and "font cache is broken" in capsys.readouterr().err
+
+
+def test_a_full_disk_leaves_no_picture_behind_and_stops_render_examples(
+        tmp_path, make_fake_run, tiny_backbone, sample_images, monkeypatch):
+    from matplotlib.figure import Figure
+
+    predictor = Predictor.from_run(str(make_fake_run(tmp_path / "run")), backbone=tiny_backbone)
+
+    def filling(self, path, **kwargs):  # as Pillow's PNG writer on a full disk
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", filling)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left on device"):
+        render_examples(predictor, [str(sample_images[0]), str(sample_images[1])], str(out))
+    assert os.listdir(out) == []
 
 
 def test_a_picture_without_labels_says_so_and_a_numbered_copy_keeps_its_name(tmp_path,

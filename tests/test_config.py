@@ -437,13 +437,17 @@ def test_sigint_and_sigterm_leave_through_the_commands_clean_up(tmp_path, signum
     ("OSError(errno.ENOSPC, 'No space left on device', '/data/run/calibration.json')",
      "No space left on device writing /data/run/calibration.json"),
     ("OSError(errno.EDQUOT, 'Disk quota exceeded')", "Disk quota exceeded"),
+    # A copy's error names its source first: the file written is its second.
+    ("OSError(errno.ENOSPC, 'No space left on device', '/cache/a.jpg', None, "
+     "'/data/run/examples/000_a.jpg')",
+     "No space left on device writing /data/run/examples/000_a.jpg"),
     # TensorFlow's writers (checkpoints, shards, SavedModels) raise op errors.
     ("tf.errors.ResourceExhaustedError(None, None, '/data/run/checkpoints/ckpt-10_temp/"
      "part-0.index; No space left on device')",
      "/data/run/checkpoints/ckpt-10_temp/part-0.index; No space left on device"),
     # An error handler's own write on the full disk must not hide the write that failed.
     ("chained()", "No space left on device writing /data/run/metrics_test.json"),
-], ids=["oserror", "quota", "tensorflow", "chained"])
+], ids=["oserror", "quota", "copy", "tensorflow", "chained"])
 def test_a_full_disk_is_said_in_one_line_that_names_the_write(raised, said):
     script = (
         "import errno\n"

@@ -40,6 +40,38 @@ def test_a_write_that_fails_leaves_no_temporary_file_and_names_the_file(tmp_path
     assert os.listdir(tmp_path) == ["meta.json"] and jsonio.read_json(path) == {"a": 1}
 
 
+def test_every_error_of_a_write_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    # A real full disk: the write fails, and the close fails again over it.
+    from ofrnn_tf.cli import disk_full
+
+    real_open = open
+
+    def full(fd, mode):
+        os.close(fd)
+        return real_open("/dev/full", mode)
+
+    path = str(tmp_path / "run.json")
+    monkeypatch.setattr(jsonio, "open", full, raising=False)
+    with pytest.raises(OSError) as caught:
+        jsonio.write_json(path, {"a": 1})
+    assert caught.value.__context__ is not None  # the chain this is about
+    assert disk_full(caught.value) == f"No space left on device writing {path}"
+    # An error the caller was handling when it wrote is not this write's.
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as earlier:
+        with pytest.raises(OSError):
+            jsonio.write_json(path, {"a": 1})
+        assert earlier.filename is None
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_of_the_longest_name_is_written_through_a_shorter_temporary_one(tmp_path):
+    path = str(tmp_path / ("n" * 250 + ".json"))
+    jsonio.write_json(path, {"a": 1})
+    assert jsonio.read_json(path) == {"a": 1} and os.listdir(tmp_path) == [os.path.basename(path)]
+
+
 def test_a_replace_that_fails_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "taken"
     target.mkdir()

@@ -7,6 +7,7 @@ process, and the shared trained tiny run.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -505,6 +506,29 @@ def test_an_unwritable_report_is_refused_before_any_work(tmp_path):
     with open_report(str(tmp_path / "out.jsonl")) as out:
         assert write_report([{"image": "a", "labels": []}], out, "predict", "predicted") == 0
     assert json.loads((tmp_path / "out.jsonl").read_text()) == {"image": "a", "labels": []}
+
+
+def test_a_line_a_full_disk_cuts_short_is_taken_out_and_the_report_named(tmp_path,
+                                                                          monkeypatch):
+    from ofrnn_tf.cli import disk_full, image_inputs
+
+    real_write, written = os.write, []
+
+    def filling(fd, data):  # room for the first line and half of the second
+        if written:
+            real_write(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(data)
+        return real_write(fd, data)
+
+    report = tmp_path / "out.jsonl"
+    monkeypatch.setattr(image_inputs.os, "write", filling)
+    with open_report(str(report)) as out:
+        with pytest.raises(OSError) as caught:
+            write_report(iter([{"image": "a", "labels": []}, {"image": "b", "labels": []}]),
+                         out, "predict", "predicted")
+    assert report.read_text() == '{"image": "a", "labels": []}\n'
+    assert disk_full(caught.value) == f"No space left on device writing {report}"
 
 
 def test_an_interrupt_whose_raise_was_lost_stops_the_report_after_its_line(tmp_path,

@@ -6,7 +6,6 @@ out of the commands' progress (``TF_CPP_MIN_LOG_LEVEL=2``) unless the environmen
 already says otherwise."""
 
 import contextlib
-import errno
 import logging as std_logging
 import os
 import signal
@@ -18,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - after the log level, which TensorFlow reads once
 
+from ofrnn_tf.jsonio import DISK_FULL, out_of_room  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.status import printable, say  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFlow
 
@@ -117,9 +117,6 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
     return run
 
 
-_DISK_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
-
-
 def disk_full(error: BaseException) -> Optional[str]:
     """What a full disk (or quota) stopped writing, when `error` is that failure or arose
     while handling it (an error handler's own write failing too); None otherwise. Of
@@ -128,12 +125,13 @@ def disk_full(error: BaseException) -> Optional[str]:
     seen, first = set(), None
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _DISK_FULL:
-            where = error.filename
-            first = _DISK_FULL[error.errno] + (f" writing {where}" if where else "")
+        if out_of_room(error):
+            # A copy's error names its source first, and the file it wrote second.
+            where = error.filename2 or error.filename
+            first = DISK_FULL[error.errno] + (f" writing {where}" if where else "")
         elif type(error).__module__.startswith("tensorflow"):
             text = op_error_text(error)
-            if any(reason in text for reason in _DISK_FULL.values()):
+            if any(reason in text for reason in DISK_FULL.values()):
                 first = text
         error = error.__cause__ or error.__context__
     return first
@@ -212,7 +210,7 @@ def cache_write_refusal(error: OSError, cache_dir: str) -> Optional[app.UsageErr
     """The one-line refusal of a failure to write under ``--runtime.cache_dir``, or None
     for any other error. A full disk is said by `runner`. A read-only cache that holds
     what a run needs is only read, so the flag cannot be refused before the write."""
-    if error.errno in _DISK_FULL or not error.filename:
+    if out_of_room(error) or not error.filename:
         return None
     cache = os.path.abspath(cache_dir)
     written = os.path.abspath(os.fsdecode(error.filename))

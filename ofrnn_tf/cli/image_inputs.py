@@ -7,6 +7,7 @@ so a file that cannot be read or decoded costs only its own line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Iterable, TextIO
 from absl import app
 
 from ofrnn_tf.cli import stop_if_interrupted
+from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
@@ -127,32 +129,54 @@ def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
 class ReportFile:
     """The ``--output`` file of a report, emptied when its first line is written (or when
     it is closed with none): a command refused before then (a run folder that is none, a
-    server down) leaves an earlier report there as it was. `opened`: the stream of an
-    ``--output`` that holds no report to keep (a pipe, a device), opened already."""
+    server down) leaves an earlier report there as it was. Each line is written through
+    at once; one a full disk cuts short is taken back out, so the file holds whole lines.
+    `opened`: the stream of an ``--output`` that holds no report to keep (a pipe, a
+    device), opened already."""
 
     def __init__(self, path: str, opened: TextIO | None = None):
         self.name = path
-        self._file = opened
+        self._stream = opened
+        self._fd: int | None = None
+        self._whole = 0  # bytes of the whole lines written
+        self._closed = False
 
     def write(self, text: str) -> int:
-        if self._file is None:
-            self._file = open(self.name, "w")
-        return self._file.write(text)
+        if self._stream is not None:
+            return self._stream.write(text)
+        if self._fd is None:
+            self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        data = text.encode("utf-8")
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._whole)
+            error.filename = error.filename or self.name
+            raise
+        self._whole += len(data)
+        return len(text)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        if self._stream is not None:
+            self._stream.flush()
 
     def close(self) -> None:
-        if self._file is None:
-            self._file = open(self.name, "w")  # a report of no line
-        self._file.close()
+        if self._stream is None and self._fd is None and not self._closed:
+            self.write("")  # a report of no line
+        self.abandon()
 
     def abandon(self) -> None:
         """Closes the report of a command stopped before its end (a server down, Ctrl-C):
         an earlier report is kept where no line was written."""
-        if self._file is not None:
-            self._file.close()
+        if self._stream is not None:
+            self._stream.close()
+        elif self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._closed = True
 
     def __enter__(self) -> "ReportFile":
         return self
@@ -221,9 +245,11 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
                 failed.append(result["error"])
             else:
                 num_ok += 1
-    except BaseException:
+    except BaseException as error:
         if out is not sys.stdout:
             out.abandon()
+        elif out_of_room(error) and not error.filename:
+            error.filename = "the standard output"
         raise
     if out is not sys.stdout:
         out.close()

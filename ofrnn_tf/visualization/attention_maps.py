@@ -34,6 +34,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ofrnn_tf.features.images import decode_rgb
+from ofrnn_tf.jsonio import LONGEST_NAME, out_of_room, replaced_whole
 from ofrnn_tf.status import printable, say
 
 
@@ -248,10 +249,11 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
         axes.text(0.03, 0.03, f"peak {peak / uniform:.1f}× uniform", transform=axes.transAxes,
                   fontsize=8, color="white", ha="left", va="bottom",
                   bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "linewidth": 0})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # zlib's fastest level: the default's files are a fifth smaller for much more time.
-    figure.savefig(path, dpi=DPI, format="png", facecolor="white",
-                   pil_kwargs={"compress_level": 1})
+    # Whole or not at all: a full disk left an empty PNG under the picture's name.
+    with replaced_whole(path) as tmp:
+        # zlib's fastest level: the default's files are a fifth smaller for much more time.
+        figure.savefig(tmp, dpi=DPI, format="png", facecolor="white",
+                       pil_kwargs={"compress_level": 1})
     return path
 
 
@@ -279,7 +281,7 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
     Returns:
         the PNG paths written; none for the variants without attention (`baseline`,
         `no_attention`). Images that cannot be read, and pictures that cannot be drawn, are
-        reported on stderr and skipped.
+        reported on stderr and skipped; a full disk raises its OSError.
     """
     if not predictor.module.has_attention:
         print(f"[attention] the {predictor.module.model.mode} variant has no attention; "
@@ -298,6 +300,8 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
         try:
             written.append(draw_prediction(result, out_dir, index, ground_truth=truth))
         except Exception as error:  # noqa: BLE001 - a picture is never worth the run
+            if out_of_room(error):  # ... but a full disk stops the next writes too
+                raise
             say(f"[attention] {result['image']}: no picture: {error}")
     return written
 
@@ -331,13 +335,12 @@ def draw_prediction(result: dict, out_dir: str, index: int,
         title=_utf8_name(os.path.basename(image_path)) + probability, ground_truth=ground_truth)
 
 
-_NAME_BYTES = 255  # the longest file name of common file systems
 
 
 def fitting_stem(stem: str, *extensions: str) -> str:
     """`stem` shortened (by characters, from the end) so that `stem` with each of
     `extensions` is a file name of at most 255 bytes, the limit of common file systems."""
-    room = _NAME_BYTES - max(len(e.encode("utf-8", "surrogateescape")) for e in extensions)
+    room = LONGEST_NAME - max(len(e.encode("utf-8", "surrogateescape")) for e in extensions)
     while len(stem.encode("utf-8", "surrogateescape")) > room:
         stem = stem[:-1]
     return stem
