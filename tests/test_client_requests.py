@@ -230,14 +230,44 @@ def test_a_refusal_in_the_exported_models_words_reads_as_a_sentence(serve, tmp_p
                                f"frames hold 320 pixels in all, above the limit of 50 pixels")
 
 
-def test_a_server_at_its_limit_of_requests_stops_the_command(serve, tmp_path):
-    # RESOURCE_EXHAUSTED for too many requests in flight says nothing of the images.
-    target, service = serve(lambda images: (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                            "Concurrent RPC limit exceeded!"))
+@pytest.mark.parametrize("code, details", [
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"),  # ofrnn-serve's
+    (grpc.StatusCode.UNAVAILABLE,  # TF Serving's with --enable_batching
+     "The batch scheduling queue to which this task was submitted is full"),
+], ids=["concurrent_limit", "batching_queue_full"])
+def test_a_busy_server_is_asked_again_and_one_busy_for_long_stops_the_command(
+        serve, tmp_path, monkeypatch, code, details):
+    # Such a refusal says nothing of the images: the request goes again after a wait.
+    monkeypatch.setattr(client, "BUSY_RETRY_SECONDS", (0.0, 0.0, 0.0))
+    busy = {"left": 2}
+
+    def busy_twice(images):
+        if busy["left"]:
+            busy["left"] -= 1
+            return code, details
+        return None
+
+    target, service = serve(busy_twice)
+    results = list(client.predict_files(target, files(tmp_path, [png(10), png(20)]),
+                                        batch_size=2))
+    assert [len(r) for r in service.requests] == [2, 2, 2]
+    assert all("error" not in result for result in results)
+    target, service = serve(lambda images: (code, details))
     with pytest.raises(grpc.RpcError) as error:
         list(client.predict_files(target, files(tmp_path, [png(10), png(20)]), batch_size=2))
-    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert [len(r) for r in service.requests] == [2]
+    assert error.value.code() == code
+    assert [len(r) for r in service.requests] == [2, 2, 2, 2]  # three waits, then it stands
+
+
+def test_one_string_or_bytes_object_is_refused_for_a_sequence_and_a_numpy_tau_is_one_tau():
+    with pytest.raises(TypeError, match=r"paths must be a sequence, got one str object "
+                                        r"\(for one, pass \[path\]\)"):
+        client.predict_files("127.0.0.1:1", "photo.jpg")
+    with pytest.raises(TypeError, match=r"images must be a sequence, got one bytes object"):
+        client.predict_request(png(10))
+    for tau in (np.float32(0.25), np.array(0.25), 0.25):
+        request = client.predict_request([png(10), png(20)], threshold=tau)
+        assert tf.make_ndarray(request.inputs["threshold"]).tolist() == [0.25, 0.25]
 
 
 def test_a_place_past_the_requests_end_halves_it_instead_of_stopping(serve, tmp_path,

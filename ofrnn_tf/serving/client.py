@@ -25,6 +25,7 @@ import time
 from typing import Iterator, Sequence
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -98,6 +99,9 @@ THRESHOLD_SIGNATURE = "predict_with_threshold"
 # Waits before sending again alone an image the server refused that passes every check
 # here: under TF Serving's --enable_batching the refusal may be a merged request's.
 ALONE_RETRY_SECONDS = (0.2, 0.5)
+# Waits before a request a busy server turned away (`_busy`) is sent again; past them the
+# refusal stands.
+BUSY_RETRY_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0)
 # How long a pipe among the inputs (`<(cat img)`, /dev/stdin, a named pipe) may take to
 # give its first bytes: a named pipe nothing writes to would otherwise block for ever.
 PIPE_WAIT_SECONDS = 5.0
@@ -131,7 +135,7 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
         grpc.RpcError: the server refused the request; ``.code()`` and ``.details()``
             say why (e.g. INVALID_ARGUMENT "images[2]: not a JPEG/PNG/GIF/BMP image ...").
     """
-    images = list(images)
+    images = _listed(images, "images")
     if not images:
         return []
     request = predict_request(images, model_name=model_name, signature_name=signature_name,
@@ -142,6 +146,15 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
         return parse_predict_response(stub.Predict(request, timeout=_deadline(timeout)))
 
     return _call(target, channel, run)
+
+
+def _listed(items, name: str) -> list:
+    """`items` as a list; TypeError for one string or bytes object, which would go out as
+    one image (or file) per character."""
+    if isinstance(items, (str, bytes, bytearray)):
+        raise TypeError(f"{name} must be a sequence, got one {type(items).__name__} object "
+                        f"(for one, pass [{name[:-1]}])")
+    return list(items)
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -161,9 +174,9 @@ def predict_request(images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_
                     ) -> predict_pb2.PredictRequest:
     """The PredictRequest `predict_images` sends (its arguments as there): the export's
     warm-up file holds such requests, so that the first real ones find their graph set up."""
-    images = list(images)
+    images = _listed(images, "images")
     if threshold is not None:
-        thresholds = ([float(threshold)] * len(images) if isinstance(threshold, (int, float))
+        thresholds = ([float(threshold)] * len(images) if np.ndim(threshold) == 0
                       else [float(t) for t in threshold])
         if len(thresholds) != len(images):
             raise ValueError(f"{len(thresholds)} thresholds for {len(images)} images: give one "
@@ -256,7 +269,8 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     it may be another request's. A refusal naming a place past the request's end (only a
     merged batch has it) halves the request, down to images alone. A one-image request
     refused without an index (TensorFlow's own decoder message) is the image's when the
-    image does not decode here either.
+    image does not decode here either. A request a busy server turns away (`_busy`) is
+    sent again after each wait of `BUSY_RETRY_SECONDS`.
 
     Raises:
         grpc.RpcError: a refusal that names no image (the server is down, the model
@@ -264,6 +278,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     """
     if batch_size < 1:  # checked here, not when the first result is asked for
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    paths = _listed(paths, "paths")
     most_images: list[int] = []  # the server's batch limit, once it refused a request over it
 
     def batches(ch):
@@ -287,7 +302,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
             for start in range(0, len(request), most_images[0]):
                 _serve(request[start:start + most_images[0]], batch, results, ch)
             return
-        retries = 0
+        retries = busy = 0
         while request:
             try:
                 served = predict_images(
@@ -295,6 +310,10 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                     signature_name=signature_name, version=version, threshold=threshold,
                     timeout=timeout, channel=ch)
             except grpc.RpcError as error:
+                if _busy(error) and busy < len(BUSY_RETRY_SECONDS):
+                    time.sleep(BUSY_RETRY_SECONDS[busy])
+                    busy += 1
+                    continue
                 limit = _batch_limit(error)
                 if limit is not None and len(request) > 1:
                     # Above the server's batch limit (`--max_batch_size`, or TF Serving's
@@ -427,6 +446,16 @@ def _too_large(error: grpc.RpcError) -> bool:
     RESOURCE_EXHAUSTED, such as a server at its limit of concurrent requests)."""
     return (error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             and "larger than max" in (error.details() or ""))
+
+
+def _busy(error: grpc.RpcError) -> bool:
+    """Whether a refusal is a busy server's, worth sending again after a wait: gRPC's at
+    the server's limit of concurrent requests (``ofrnn-serve --max_concurrent_rpcs``), or
+    TF Serving's with its batching queue full."""
+    details = error.details() or ""
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "Concurrent RPC limit exceeded" in details
+    return error.code() == grpc.StatusCode.UNAVAILABLE and "queue" in details and "full" in details
 
 
 # How a refusal names the pixel limit it applied (the export's checks, ofrnn-serve's).
