@@ -16,6 +16,7 @@ from absl import app, flags
 from benchmarks._results import check_choices, check_int_list, mean_std, publish
 
 from ofrnn_tf import pipeline
+from ofrnn_tf.config import flags as config_flags
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
 from ofrnn_tf.features.cache import FeatureCacheMismatchError
@@ -68,6 +69,53 @@ def run_child(command: Sequence[str], cwd) -> None:
     if status:
         raise SystemExit(f"{os.path.basename(sys.argv[0])}: {os.path.basename(command[1])} "
                          f"exited with status {status} (its message is above)")
+
+
+def train_config(args: Sequence[str]) -> ExperimentConfig:
+    """The config ``train.py`` builds from its flags `args` (those that are no setting, such
+    as ``--workdir``, left out); a usage error for settings that do not go together, or
+    that the run would not read."""
+    values = flags.FlagValues()
+    config_flags.define_config_flags(values)
+    given = [arg for arg in args if _setting(arg) in values]
+    try:
+        values(["train.py", *given])
+        return config_flags.config_from_flags(values)
+    except (flags.Error, ValueError) as error:
+        raise app.UsageError(f"train.py {shlex.join(given)}: {error}") from None
+
+
+def _setting(arg: str) -> str:
+    """The setting a ``--section.field=value`` flag names (``--noflag`` names ``flag``)."""
+    name = arg.lstrip("-").split("=", 1)[0]
+    return name[2:] if name.startswith("no") and "." in name and "=" not in arg else name
+
+
+def read_by(args: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """The flags of `extra` that a run of `args` reads: the others (``--stage2.*`` for a
+    row of M_map alone) it would refuse, so that one `--extra` serves every row."""
+    unread = train_config(args).unread_settings()
+    return [arg for arg in extra if _setting(arg) not in unread]
+
+
+def finished(run_dir: RunDir, args: Sequence[str]) -> bool:
+    """Whether `run_dir` holds a finished run (its test metrics); the script ends in one
+    line where it was trained with other settings than ``train.py`` `args` give, which its
+    numbers would otherwise stand for."""
+    if not os.path.exists(run_dir.metrics_file("test")):
+        return False
+    trained = run_dir.load()[0].to_record()
+    wanted = train_config(args).to_record()
+    differ = [f"--{section}.{key}={trained.get(section, {}).get(key, '(unread)')} in the run, "
+              f"{value} by this command"
+              for section, values in wanted.items() for key, value in values.items()
+              if trained.get(section, {}).get(key, value) != value]
+    if differ:
+        raise SystemExit(
+            f"{os.path.basename(sys.argv[0])}: {run_dir.path} was trained with other settings "
+            f"than this command gives ({'; '.join(differ)}): pass another --root, or remove "
+            f"the run to train it again")
+    return True
 
 
 def run_path(mode: str, seed: int, name: str) -> str:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -61,8 +60,8 @@ flags.DEFINE_string("main_job", None, "An existing main-job run of this seed to 
                     "(default: trained under ROOT).")
 flags.DEFINE_string("spatial_head", None, "An existing spatial-head run of this seed with the "
                     "same budget to reuse (e.g. the paper table's).")
-flags.DEFINE_list("extra", [], "train.py flags every run gets (e.g. --stage1.epochs=20,"
-                  "--stage1.patience=0, as the paper table's rows).")
+flags.DEFINE_list("extra", [], "train.py flags every run gets where it reads them (e.g. "
+                  "--stage1.epochs=20,--stage1.patience=0, as the paper table's rows).")
 flags.DEFINE_list("variants", None, "Only these variants, by folder name (e.g. pla_loss, "
                   "stage_2_constant_6_ep, greedy; default: all).")
 flags.DEFINE_bool("append", True, "Append the table to benchmarks/RESULTS.md.")
@@ -90,33 +89,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _command(workdir: str, extra: list[str], mode: str) -> list[str]:
-    return [sys.executable, "train.py", f"--workdir={workdir}", f"--mode={mode}",
-            f"--data.seed={FLAGS.seed}", f"--train.seed={FLAGS.seed}",
-            f"--runtime.cache_dir={FLAGS.cache_dir}", *FLAGS.extra, *extra]
+    """The ``train.py`` command of a variant: `extra` after the `--extra` it reads."""
+    own = [f"--data.seed={FLAGS.seed}", f"--train.seed={FLAGS.seed}",
+           f"--runtime.cache_dir={FLAGS.cache_dir}", *extra]
+    return [sys.executable, "train.py", f"--workdir={workdir}", f"--mode={mode}", *own[:3],
+            *table_runs.read_by(own, FLAGS.extra), *extra]
 
 
 def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
     run_dir = RunDir(workdir)
-    if mode == "eval" or not os.path.exists(run_dir.metrics_file("test")):
-        command = _command(workdir, extra, mode)
+    command = _command(workdir, extra, mode)
+    if mode == "eval" or not table_runs.finished(run_dir, command[2:]):
         table_runs.run_child(command, cwd=ROOT)
     return run_dir
 
 
 def check_reused(flag: str, extra: list[str]) -> None:
-    """Refuses, before anything trains, a run given with ``--<flag>`` that the same
-    train.py command would refuse (`--print_config` checks it): one trained with
-    another budget than `--extra` gives the rest."""
+    """Refuses, before anything trains, a run given with ``--<flag>`` that was trained
+    with other settings than its variant's command gives (`table_runs.finished`): one
+    trained with another budget than `--extra` gives the rest, say."""
     folder = getattr(FLAGS, flag)
-    if not folder:
-        return
-    done = subprocess.run([*_command(folder, extra, "train"), "--print_config"], cwd=ROOT,
-                          capture_output=True, text=True)
-    if done.returncode:
-        said = [line for line in done.stderr.splitlines() if line.startswith("train.py: ")]
-        reason = said[0][len("train.py: "):] if said else done.stderr.strip()[-500:]
-        raise app.UsageError(f"--{flag}={folder} was not trained as --extra="
-                             f"{','.join(FLAGS.extra)} trains the other runs: {reason}")
+    if folder:
+        table_runs.finished(RunDir(folder), _command(folder, extra, "train")[2:])
 
 
 def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:

@@ -32,7 +32,8 @@ order_free (main job)           the main job's model (the mode's preset: `benchm
 
 It prints and appends to benchmarks/RESULTS.md the per-seed numbers, mean ± std over
 seeds, and the differences that the paper and the project claim, each with the spread
-of its per-seed values. Finished runs are skipped, so an interrupted table resumes.
+of its per-seed values. Finished runs are skipped, so an interrupted table resumes; one
+trained with other settings than its row's command gives is refused.
 
     python benchmarks/paper_table.py --root=runs/table                     # 3 seeds, 2 modes
     python benchmarks/paper_table.py --root=runs/table --seeds=0 --modes=independent
@@ -81,9 +82,9 @@ flags.DEFINE_list("stage1_flags", ["--stage1.epochs=20", "--stage1.patience=0"],
                   "(spatial head, with label context, main job): its budget. "
                   "--stage1_flags=--stage1.epochs=40,--stage1.patience=5 is that of the "
                   "tables written before 2026-12-03.")
-flags.DEFINE_list("extra", [], "train.py flags every row gets, after its own (e.g. tiny sizes "
-                  "for a trial: --data.num_train=64,--stage2.epochs=1); a row refuses one it "
-                  "would ignore.")
+flags.DEFINE_list("extra", [], "train.py flags every row gets, after its own, where it reads "
+                  "them (e.g. tiny sizes for a trial: --data.num_train=64,--stage2.epochs=1; "
+                  "the rows of M_map alone take no --stage2.*).")
 
 MODES = {"independent": "none", "scenes": "outfits"}
 # The main job's model in each mode is its preset's (the scene mode's has a label context).
@@ -134,17 +135,22 @@ def run(mode: str, seed: int, name: str) -> RunDir | None:
     if FLAGS.runs and name not in FLAGS.runs:
         return None
     run_dir = RunDir(table_runs.run_path(mode, seed, name))
-    if not os.path.exists(run_dir.metrics_file("test")):
+    command = train_command(mode, seed, name)
+    if not table_runs.finished(run_dir, command[2:]):
         if not FLAGS.train:
             return None
-        preset = [f"--config={MAIN_JOB_PRESETS[mode]}"] if name == "main_job" else []
-        command = [sys.executable, "train.py", f"--workdir={run_dir.path}", *preset,
-                   *RUNS[name], *(FLAGS.stage1_flags if name in _SPATIAL_STAGE1 else []),
-                   f"--data.seed={seed}", f"--train.seed={seed}",
-                   f"--data.scenes={MODES[mode]}", f"--runtime.cache_dir={FLAGS.cache_dir}",
-                   *FLAGS.extra]
         table_runs.run_child(command, cwd=Path(__file__).resolve().parents[1])
     return run_dir
+
+
+def train_command(mode: str, seed: int, name: str) -> list[str]:
+    """The ``train.py`` command of one row: its own flags, then the `--extra` it reads."""
+    preset = [f"--config={MAIN_JOB_PRESETS[mode]}"] if name == "main_job" else []
+    own = [*preset, *RUNS[name], *(FLAGS.stage1_flags if name in _SPATIAL_STAGE1 else []),
+           f"--data.seed={seed}", f"--train.seed={seed}", f"--data.scenes={MODES[mode]}",
+           f"--runtime.cache_dir={FLAGS.cache_dir}"]
+    return [sys.executable, "train.py", f"--workdir={table_runs.run_path(mode, seed, name)}",
+            *own, *table_runs.read_by(own, FLAGS.extra)]
 
 
 def rows_of(mode: str, seed: int) -> tuple[dict[str, dict], dict[str, list[str]]]:
@@ -272,6 +278,9 @@ def main(argv) -> None:
     # The train.py children run from the repository root.
     table_runs.make_absolute("root", "cache_dir")
     seeds = [int(s) for s in FLAGS.seeds]
+    for mode in FLAGS.modes:  # every row's command refused or taken before any trains
+        for name in FLAGS.runs or RUNS:
+            table_runs.train_config(train_command(mode, seeds[0], name)[2:])
     # Every mode first, so that one failing publishes none of them.
     sections = {mode: mode_section(mode, seeds) for mode in FLAGS.modes}
     for mode, text in sections.items():

@@ -29,10 +29,12 @@ from ofrnn_tf.run_dir import RunDir
 FLAGS = flags.FLAGS
 
 
-def write_finished_run(path) -> None:
+def write_finished_run(path, args=None) -> None:
     """A finished-looking paper-table run at `path` (run.json, test metrics, training
-    time): what paper_table.py reads of a run. Self-contained: `_DRIVER` holds its source
-    too."""
+    time): what paper_table.py reads of a run, trained as ``train.py`` `args` would
+    train it (by default: the main job at tiny sizes). Self-contained: `_DRIVER` holds its
+    source too."""
+    from benchmarks._table_runs import train_config
     from ofrnn_tf.config.experiment import ExperimentConfig
     from ofrnn_tf.run_dir import RunDir, RunFacts
 
@@ -41,8 +43,8 @@ def write_finished_run(path) -> None:
                      features_fingerprint="f" * 64, feature_shape=(4, 4, 8), image_size=32,
                      feature_layer="maps")
     run_dir = RunDir(str(path))
-    run_dir.save(ExperimentConfig().replace(
-        data={"num_train": 64, "num_val": 32, "num_test": 16}), facts)
+    config = ExperimentConfig().replace(data={"num_train": 64, "num_val": 32, "num_test": 16})
+    run_dir.save(config if args is None else train_config(args), facts)
     run_dir.save_metrics("test", dict.fromkeys(("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1",
                                                 "mAP", "AP-small", "AP-large"), 50.0))
     run_dir.save_timing("train", {"training": 1.0})
@@ -60,8 +62,9 @@ _DRIVER = inspect.getsource(write_finished_run) + textwrap.dedent('''
         for name in ("workdir", "runtime.cache_dir"):
             if not os.path.isabs(flags[name]):  # the real train.py would miss the folder
                 sys.exit(f"train.py got a relative --{name}={flags[name]} (cwd {kwargs['cwd']})")
-        write_finished_run(os.path.join(kwargs["cwd"], flags["workdir"]))
-        print("trained", flags["workdir"], "cache", flags["runtime.cache_dir"], file=sys.stderr)
+        write_finished_run(os.path.join(kwargs["cwd"], flags["workdir"]), command[2:])
+        print("trained", flags["workdir"], "cache", flags["runtime.cache_dir"], "with",
+              " ".join(command[3:]), file=sys.stderr)
         return subprocess.CompletedProcess(command, 0)
 
     subprocess.run = fake_train
@@ -90,6 +93,10 @@ def fake_feature_cache(cache_dir: Path, run_dir: RunDir) -> Path:
     directory.mkdir(parents=True)
     tfrecords.write_meta(str(directory), {cache.FINGERPRINT_KEY: facts.features_fingerprint})
     return directory
+
+
+# Tiny sizes for every row of a paper table.
+TINY_EXTRA = "--extra=--data.num_train=64,--data.num_val=32,--data.num_test=16"
 
 
 def paper_table(cwd: Path, *args: str, fail: bool = False):
@@ -195,7 +202,7 @@ def test_paper_table_trains_and_reads_the_same_folders_from_relative_paths(tmp_p
     # A finished run --runs leaves out: neither trained nor tabulated.
     write_finished_run(tmp_path / "rel" / "independent" / "seed0" / "no_attention")
     done = paper_table(tmp_path, "--root=rel", "--cache_dir=cache", "--seeds=0",
-                       "--modes=independent", "--runs=spatial_head,main_job")
+                       "--modes=independent", "--runs=spatial_head,main_job", TINY_EXTRA)
     for name in ("spatial_head", "main_job"):
         assert f"trained {tmp_path / 'rel' / 'independent' / 'seed0' / name}" in done.stderr
     assert f"cache {tmp_path / 'cache'}" in done.stderr
@@ -208,9 +215,35 @@ def test_paper_table_trains_and_reads_the_same_folders_from_relative_paths(tmp_p
     assert "10,000" not in done.stdout
 
 
+def test_paper_tables_extra_goes_to_the_rows_that_read_it_and_a_run_trained_otherwise_is_refused(
+        tmp_path):
+    # Stage-2 flags for a trial of the whole table: the rows of M_map alone read none.
+    done = paper_table(tmp_path, f"--root={tmp_path}", "--seeds=0", "--modes=independent",
+                       "--runs=spatial_head,main_job", TINY_EXTRA + ",--stage2.epochs=1")
+    trained = {line.split()[1].rsplit("/", 1)[1]: line for line in done.stderr.splitlines()
+               if line.startswith("trained ")}
+    assert "--stage2.epochs=1" in trained["main_job"], trained
+    assert "--stage2.epochs" not in trained["spatial_head"] and "--data.num_train=64" in \
+        trained["spatial_head"], trained
+    # A finished run of another budget than the command gives does not stand for it.
+    done = paper_table(tmp_path, f"--root={tmp_path}", "--seeds=0", "--modes=independent",
+                       "--runs=main_job", TINY_EXTRA + ",--stage2.epochs=3", fail=True)
+    assert (f"paper_table.py: {tmp_path / 'independent' / 'seed0' / 'main_job'} was trained "
+            f"with other settings than this command gives (--stage2.epochs=1 in the run, 3 by "
+            f"this command)") in done.stderr, done.stderr[-2000:]
+    assert f"\ntrained {tmp_path}" not in done.stderr and "Traceback" not in done.stderr
+    # A row command train.py would refuse is refused before any row trains.
+    done = paper_table(tmp_path, f"--root={tmp_path / 'new'}", "--seeds=0",
+                       "--modes=independent", "--extra=--stage2.epochs=0", fail=True)
+    assert "--stage2.epochs" in done.stderr and f"\ntrained {tmp_path}" not in done.stderr
+
+
 # -- paper_table.py without finished runs ------------------------------------------------
 def test_paper_table_publishes_no_mode_when_one_has_no_finished_runs(tmp_path):
-    write_finished_run(tmp_path / "independent" / "seed0" / "spatial_head")
+    write_finished_run(tmp_path / "independent" / "seed0" / "spatial_head", [
+        "--model.variant=baseline", "--model.head_kernel_size=3", "--model.head_units=256",
+        "--stage1.epochs=20", "--stage1.patience=0", "--data.seed=0", "--train.seed=0",
+        "--data.scenes=none"])
     done = paper_table(tmp_path, f"--root={tmp_path}", "--seeds=0",
                        "--modes=independent,scenes", "--notrain", fail=True)
     assert f"--root={tmp_path}: no finished runs under {tmp_path / 'scenes' / 'seed0'}" \
