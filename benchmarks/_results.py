@@ -103,6 +103,13 @@ def append_result(title: str, command: str, lines_or_markdown: Sequence[str] | s
 if "results_file" not in flags.FLAGS:  # every script imports this module: one flag for all
     flags.DEFINE_string("results_file", None, "Append the numbers to this file instead of "
                         "benchmarks/RESULTS.md (a trial run that leaves the results alone).")
+    # Refused before the work, not after it, where the numbers could not be written.
+    flags.register_validator(
+        "results_file",
+        lambda path: path is None or os.path.isdir(os.path.dirname(os.path.abspath(path))),
+        message="--results_file: its folder does not exist")
+    # Listed in the script's --help beside its own flags.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["results_file"])
 
 
 def publish(title: str, text: str, append: bool = True) -> None:
@@ -154,3 +161,20 @@ def checkout_label(checkout: str) -> str:
     changed = subprocess.run(["git", "-C", checkout, "status", "--porcelain",
                               "--untracked-files=no"], capture_output=True, text=True).stdout
     return f"{checkout} ({commit or 'no git'}{' + changes' if changed.strip() else ''})"
+
+
+def check_checkouts(name: str = "checkouts", needs: Sequence[str] = ("ofrnn_tf/__init__.py",)
+                    ) -> None:
+    """Refuses, as absl refuses a flag, a value of the list flag `name` naming a folder
+    that is not a tree of this project (without `needs`): a child run there would import
+    this repository's package, installed in the environment, and measure it under the
+    other tree's name."""
+    def trees(values) -> bool:
+        for checkout in values or ():
+            for need in needs:
+                if not os.path.isfile(os.path.join(checkout, need)):
+                    raise flags.ValidationError(
+                        f"{checkout} holds no {need}: not a tree of this project")
+        return True
+
+    flags.register_validator(name, trees)

@@ -62,10 +62,14 @@ def make_absolute(*names: str) -> None:
 
 
 def run_child(command: Sequence[str], cwd) -> None:
-    """Runs `command` (a ``train.py`` the script starts), shown first; when it fails, ends
-    the script in one line under the child's own message instead of a traceback."""
+    """Runs `command` (a ``train.py`` the script starts), shown first; when it fails, or
+    Ctrl-C stops both, ends the script in one line under the child's own message instead
+    of a traceback."""
     print("+", shlex.join(command), file=sys.stderr, flush=True)
-    status = subprocess.run(command, cwd=cwd).returncode
+    try:
+        status = subprocess.run(command, cwd=cwd).returncode
+    except KeyboardInterrupt:  # the child, sent the Ctrl-C too, said what to do
+        raise SystemExit(130) from None
     if status:
         raise SystemExit(f"{os.path.basename(sys.argv[0])}: {os.path.basename(command[1])} "
                          f"exited with status {status} (its message is above)")
@@ -116,6 +120,15 @@ def finished(run_dir: RunDir, args: Sequence[str]) -> bool:
             f"than this command gives ({'; '.join(differ)}): pass another --root, or remove "
             f"the run to train it again")
     return True
+
+
+def workdir_run() -> RunDir:
+    """The run folder ``--workdir`` names (the benchmarks of one run take it); a usage error
+    where it names none."""
+    try:
+        return RunDir(FLAGS.workdir).require()
+    except FileNotFoundError as error:
+        raise app.UsageError(str(error)) from None
 
 
 def run_path(mode: str, seed: int, name: str) -> str:

@@ -23,7 +23,8 @@ from pathlib import Path
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._results import check_int_list, checkout_label, publish  # noqa: E402
+from benchmarks._results import (  # noqa: E402
+    check_checkouts, check_int_list, checkout_label, publish)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("checkouts", ["."], "Repository trees whose decoder is measured.")
@@ -34,6 +35,7 @@ flags.DEFINE_integer("beam_size", 3, "K.", lower_bound=1)
 flags.DEFINE_integer("calls", 3, "Timed calls after the first.", lower_bound=1)
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
 check_int_list("max_steps")
+check_checkouts()
 
 _CHILD = r"""
 import hashlib, json, resource, sys, time

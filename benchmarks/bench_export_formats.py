@@ -36,9 +36,10 @@ from absl import app, flags
 
 from ofrnn_tf.export.saved_model import signatures
 from ofrnn_tf.inference.module import InferenceModule
-from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.tf_errors import op_error_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from benchmarks._session import SessionModel, median_seconds  # noqa: E402
 
@@ -91,14 +92,14 @@ def session_latency(path: str, images: np.ndarray, repeats: int):
     try:
         labels = model(images)["labels"]
     except tf.errors.OpError as error:
-        return None, f"{type(error).__name__}: {error.message.splitlines()[0][:120]}"
+        return None, f"{type(error).__name__}: {op_error_text(error)[:160]}"
     return labels, median_seconds(lambda: model(images), repeats)
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run_dir = RunDir(FLAGS.workdir).require()
+    run_dir = table_runs.workdir_run()
     module = InferenceModule.from_run(run_dir)
     example = run_dir.example_images()[0]
     images = np.array([Path(example).read_bytes()], object)

@@ -8,7 +8,7 @@ against plain `tf.map_fn(decode_and_resize)` (what the model would run without t
 guards), each as a `tf.function` on the same string tensor, in alternating calls, and
 reports their medians and the guards' share of the first:
 
-- 224x224 photo-like JPEGs (about 20 KB), one and a batch of 32;
+- 224x224 photo-like JPEGs (about 10 KB), one and a batch of 32;
 - the same pictures as single-frame GIFs written by PIL, one and 32, and as 24-bit
   BMPs, one and 32;
 - a PIL animation of 40 such frames, each with its own colour table (about 1.6 MB);

@@ -115,7 +115,7 @@ def main(argv) -> None:
     if FLAGS.child:
         print("RESULT " + json.dumps(measure_once(FLAGS.workdir)), flush=True)
         return
-    table_runs.run_config(RunDir(FLAGS.workdir))  # a wrong --workdir or --cache_dir fails here
+    table_runs.run_config(table_runs.workdir_run())  # a wrong --workdir or --cache_dir fails here
     results = {s: [] for s in SETTINGS}
     load_before = os.getloadavg()
     for r in range(FLAGS.repeats):

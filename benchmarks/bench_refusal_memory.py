@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import io
 import struct
-import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -82,8 +82,16 @@ def rss_mib(pid: int) -> float:
 
 def run_kind(images: list[bytes]) -> tuple[list[tuple[int, float]], dict[str, int]]:
     """RSS readings ``(requests sent, MiB)`` of a fresh server, and the answers' codes."""
-    proc, target = start_subprocess(FLAGS.export_dir, DEFAULT_MODEL_NAME,
-                                    stderr=subprocess.DEVNULL)
+    # The server's log (a line per refusal) is kept out of the output, but for a start
+    # that fails: its reason is there.
+    with tempfile.TemporaryFile("w+") as log:
+        try:
+            proc, target = start_subprocess(FLAGS.export_dir, DEFAULT_MODEL_NAME, stderr=log)
+        except RuntimeError as error:
+            log.seek(0)
+            said = [line for line in log.read().splitlines() if line.startswith("ofrnn-serve")]
+            raise SystemExit(f"bench_refusal_memory.py: {error}: "
+                             f"{said[-1] if said else 'its log says nothing'}") from None
     codes: dict[str, int] = {}
     try:
         with client.make_channel(target) as channel:

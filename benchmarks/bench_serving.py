@@ -46,6 +46,7 @@ from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.run_dir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks._results import check_int_list, publish  # noqa: E402
 from benchmarks._session import SessionModel  # noqa: E402
 
@@ -127,7 +128,7 @@ def main(argv) -> None:
     if unknown or "portable" not in FLAGS.variants:
         raise app.UsageError(f"--variants takes {sorted([*VARIANTS, HEAD])} and must hold "
                              f"portable")
-    run_dir = RunDir(FLAGS.workdir).require()
+    run_dir = table_runs.workdir_run()
     paths = sorted(glob.glob(FLAGS.images)) if FLAGS.images else run_dir.example_images()
     if not paths:
         raise app.UsageError("no images: pass --images or use a run with example images")

@@ -49,7 +49,7 @@ flags.DEFINE_integer("warmup_requests", 5, "untimed requests per client before t
                      lower_bound=0)
 flags.DEFINE_integer("server_workers", 16, "request threads of the started local server",
                      lower_bound=1)
-flags.DEFINE_float("timeout", 60.0, "seconds per request")
+flags.DEFINE_float("timeout", 60.0, "seconds per request", lower_bound=0.001)
 flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
 
 
@@ -78,6 +78,15 @@ def run_load(target: str, images: list[bytes]) -> dict:
     lock = threading.Lock()
 
     def worker(k: int) -> None:
+        try:
+            load(k)
+        except threading.BrokenBarrierError:  # another client failed
+            pass
+        except BaseException:
+            start_line.abort()  # the others, and the timing thread, stop waiting for it
+            raise
+
+    def load(k: int) -> None:
         with client.make_channel(target) as channel:
             def batch_at(i):
                 first = (k * per_client + i) * batch
@@ -104,7 +113,11 @@ def run_load(target: str, images: list[bytes]) -> dict:
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
     for t in threads:
         t.start()
-    start_line.wait()
+    try:
+        start_line.wait()
+    except threading.BrokenBarrierError:
+        raise SystemExit("bench_serving_load.py: a client failed before the timed run (its "
+                         "traceback is above)") from None
     t0 = time.perf_counter()
     for t in threads:
         t.join()

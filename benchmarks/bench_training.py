@@ -257,7 +257,7 @@ def main(argv) -> None:
 def run(work_dir: str) -> None:
     """Writes or opens the features, times every XLA setting, prints and appends."""
     if not FLAGS.synthetic:
-        config, facts = table_runs.run_config(RunDir(FLAGS.workdir))
+        config, facts = table_runs.run_config(table_runs.workdir_run())
         features_dir = pipeline.locate_features(config, facts)
         label_map = LabelMap(facts.label_names)
         source = f"features of the run {FLAGS.workdir} ({features_dir})"

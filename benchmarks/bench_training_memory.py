@@ -31,7 +31,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import checkout_label, publish  # noqa: E402
+from benchmarks._results import check_checkouts, checkout_label, publish  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("checkouts", ["."], "Repository trees whose train.py is measured.")
@@ -42,6 +42,7 @@ flags.DEFINE_float("interval", 0.25, "Seconds between RSS readings.", lower_boun
 flags.DEFINE_bool("append", True, "Append the numbers to benchmarks/RESULTS.md.")
 table_runs.define_cache_dir()
 flags.adopt_module_key_flags(table_runs)
+check_checkouts(needs=("ofrnn_tf/__init__.py", "train.py"))
 
 # The phase a log line starts, by its beginning (progress bars write one line each off
 # a terminal).
@@ -101,7 +102,11 @@ def _metrics_text(metrics: dict) -> str:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if "stage2.epochs" in table_runs.train_config(shlex.split(FLAGS.train_flags)).unread_settings():
+        raise app.UsageError(f"--train_flags={FLAGS.train_flags}: a model of M_map alone, "
+                             f"without the stage 2 this benchmark measures")
     checkouts = list(FLAGS.checkouts)  # as given: the labels of the table
     cache_dir = os.path.abspath(FLAGS.cache_dir)
     results: dict[str, list[dict]] = {path: [] for path in checkouts}
