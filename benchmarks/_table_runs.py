@@ -15,9 +15,9 @@ from absl import app, flags
 
 from benchmarks._results import check_choices, check_int_list, mean_std, publish
 
-from ofrnn_tf import pipeline
+from ofrnn_tf import configs, pipeline
 from ofrnn_tf.config import flags as config_flags
-from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.config.experiment import ExperimentConfig, fields
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
 from ofrnn_tf.features.cache import FeatureCacheMismatchError
 from ofrnn_tf.metrics import format_table
@@ -79,14 +79,28 @@ def train_config(args: Sequence[str]) -> ExperimentConfig:
     """The config ``train.py`` builds from its flags `args` (those that are no setting, such
     as ``--workdir``, left out); a usage error for settings that do not go together, or
     that the run would not read."""
+    values = _parsed(args)
+    try:
+        return config_flags.config_from_flags(values)
+    except ValueError as error:
+        raise app.UsageError(f"train.py {shlex.join(_settings_in(args))}: {error}") from None
+
+
+def _parsed(args: Sequence[str]) -> flags.FlagValues:
+    """``train.py``'s config flags parsed from `args` (its other flags left out)."""
     values = flags.FlagValues()
     config_flags.define_config_flags(values)
-    given = [arg for arg in args if _setting(arg) in values]
     try:
-        values(["train.py", *given])
-        return config_flags.config_from_flags(values)
-    except (flags.Error, ValueError) as error:
-        raise app.UsageError(f"train.py {shlex.join(given)}: {error}") from None
+        values(["train.py", *_settings_in(args)])
+    except flags.Error as error:
+        raise app.UsageError(f"train.py {shlex.join(_settings_in(args))}: {error}") from None
+    return values
+
+
+def _settings_in(args: Sequence[str]) -> list[str]:
+    """The flags of `args` that are settings (``--config`` among them)."""
+    names = {name for name, _, _ in fields(ExperimentConfig())} | {config_flags.CONFIG_FLAG}
+    return [arg for arg in args if _setting(arg) in names]
 
 
 def _setting(arg: str) -> str:
@@ -102,23 +116,31 @@ def read_by(args: Sequence[str], extra: Sequence[str]) -> list[str]:
     return [arg for arg in extra if _setting(arg) not in unread]
 
 
-def finished(run_dir: RunDir, args: Sequence[str]) -> bool:
-    """Whether `run_dir` holds a finished run (its test metrics); the script ends in one
-    line where it was trained with other settings than ``train.py`` `args` give, which its
-    numbers would otherwise stand for."""
+def finished(run_dir: RunDir, args: Sequence[str], remedy: str) -> bool:
+    """Whether `run_dir` holds a finished run (its test metrics). The script ends in one
+    line, saying `remedy`, where the run was trained with other settings than ``train.py``
+    `args` give (as a rerun of that command would read them: those given, and those its
+    ``--config`` preset sets), which its numbers would otherwise stand for."""
     if not os.path.exists(run_dir.metrics_file("test")):
         return False
-    trained = run_dir.load()[0].to_record()
-    wanted = train_config(args).to_record()
-    differ = [f"--{section}.{key}={trained.get(section, {}).get(key, '(unread)')} in the run, "
-              f"{value} by this command"
-              for section, values in wanted.items() for key, value in values.items()
-              if trained.get(section, {}).get(key, value) != value]
+    values = _parsed(args)
+    given = config_flags.overrides_from_flags(values)
+    if values[config_flags.CONFIG_FLAG].present:
+        preset = configs.get_config(values[config_flags.CONFIG_FLAG].value).to_dict()
+        default = ExperimentConfig().to_dict()
+        for section, settings in preset.items():
+            for key, value in settings.items():
+                if value != default[section][key]:
+                    given.setdefault(section, {}).setdefault(key, value)
+    given.pop("runtime", None)  # where and how a command runs: no run keeps it
+    trained = run_dir.load()[0].to_dict()
+    differ = [f"--{section}.{key}={trained[section][key]} in the run, {value} by this command"
+              for section, settings in given.items() for key, value in settings.items()
+              if trained[section][key] != value]
     if differ:
-        raise SystemExit(
-            f"{os.path.basename(sys.argv[0])}: {run_dir.path} was trained with other settings "
-            f"than this command gives ({'; '.join(differ)}): pass another --root, or remove "
-            f"the run to train it again")
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: {run_dir.path} was trained with "
+                         f"other settings than this command gives ({'; '.join(differ)}): "
+                         f"{remedy}")
     return True
 
 

@@ -99,7 +99,9 @@ def _command(workdir: str, extra: list[str], mode: str) -> list[str]:
 def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
     run_dir = RunDir(workdir)
     command = _command(workdir, extra, mode)
-    if mode == "eval" or not table_runs.finished(run_dir, command[2:]):
+    remedy = ("give the --extra it was trained with or another --root, or remove the run to "
+              "train it again")
+    if mode == "eval" or not table_runs.finished(run_dir, command[2:], remedy):
         table_runs.run_child(command, cwd=ROOT)
     return run_dir
 
@@ -110,7 +112,9 @@ def check_reused(flag: str, extra: list[str]) -> None:
     trained with another budget than `--extra` gives the rest, say."""
     folder = getattr(FLAGS, flag)
     if folder:
-        table_runs.finished(RunDir(folder), _command(folder, extra, "train")[2:])
+        table_runs.finished(RunDir(folder), _command(folder, extra, "train")[2:], (
+            f"give the --extra it was trained with, or leave out --{flag} to train the run "
+            f"under --root"))
 
 
 def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:

@@ -136,7 +136,9 @@ def run(mode: str, seed: int, name: str) -> RunDir | None:
         return None
     run_dir = RunDir(table_runs.run_path(mode, seed, name))
     command = train_command(mode, seed, name)
-    if not table_runs.finished(run_dir, command[2:]):
+    remedy = ("give the flags it was trained with (--stage1_flags, --extra) or another --root"
+              + ("" if not FLAGS.train else ", or remove the run to train it again"))
+    if not table_runs.finished(run_dir, command[2:], remedy):
         if not FLAGS.train:
             return None
         table_runs.run_child(command, cwd=Path(__file__).resolve().parents[1])

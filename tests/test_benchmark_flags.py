@@ -238,6 +238,53 @@ def test_paper_tables_extra_goes_to_the_rows_that_read_it_and_a_run_trained_othe
     assert "--stage2.epochs" in done.stderr and f"\ntrained {tmp_path}" not in done.stderr
 
 
+def test_a_reused_run_is_compared_on_the_settings_its_command_gives(tmp_path, monkeypatch):
+    # The paper table's spatial head (256 units, given) stands for the ablation's variant,
+    # which gives no width: a rerun of its command would keep the run's.
+    monkeypatch.setattr(sys, "argv", ["decoder_ablations.py"])
+    spatial = ["--model.variant=baseline", "--model.head_kernel_size=3", "--model.head_units=256",
+               "--stage1.epochs=20", "--stage1.patience=0", "--data.seed=0", "--train.seed=0"]
+    write_finished_run(tmp_path / "spatial_head", spatial)
+    run_dir = table_runs.RunDir(str(tmp_path / "spatial_head"))
+    variant = ["--workdir=x", "--mode=train", "--data.seed=0", "--train.seed=0",
+               "--runtime.cache_dir=/elsewhere", "--stage1.epochs=20", "--stage1.patience=0",
+               "--model.variant=baseline"]
+    assert table_runs.finished(run_dir, variant, "unused")
+    with pytest.raises(SystemExit, match=r"decoder_ablations.py: .*spatial_head was trained with "
+                                         r"other settings than this command gives "
+                                         r"\(--stage1.epochs=20 in the run, 40 by this command\): "
+                                         r"the remedy"):
+        table_runs.finished(run_dir, [*variant, "--stage1.epochs=40"], "the remedy")
+    # A preset the command names counts as given: the paper's decoder is not the main job's.
+    with pytest.raises(SystemExit, match=r"--model.decoder=residual in the run, paper"):
+        table_runs.finished(run_dir, ["--config=paper", *spatial], "r")
+    assert not table_runs.finished(table_runs.RunDir(str(tmp_path / "none")), variant, "r")
+
+
+def test_a_results_file_is_refused_before_the_work_unless_a_file_in_a_folder(parse, tmp_path):
+    for bad in ("", str(tmp_path), str(tmp_path / "no" / "x.md")):
+        with pytest.raises(flags.IllegalFlagValueError, match="give a file"):
+            parse(f"--results_file={bad}")
+    parse(f"--results_file={tmp_path / 'x.md'}")
+
+
+def test_a_checkout_that_is_not_a_tree_of_the_project_is_refused(tmp_path):
+    done = run_checked([sys.executable, str(ROOT / "benchmarks" / "bench_decoding_steps.py"),
+                        f"--checkouts=.,{tmp_path}", "--noappend"], cwd=ROOT,
+                       expect_failure=True)
+    assert f"{tmp_path} holds no ofrnn_tf/__init__.py: not a tree of this project" in done.stderr
+
+
+def test_a_ctrl_c_under_a_child_run_ends_the_script_without_a_traceback(monkeypatch):
+    def interrupted(command, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(table_runs.subprocess, "run", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        table_runs.run_child(["python", "train.py"], cwd=".")
+    assert stopped.value.code == 130
+
+
 # -- paper_table.py without finished runs ------------------------------------------------
 def test_paper_table_publishes_no_mode_when_one_has_no_finished_runs(tmp_path):
     write_finished_run(tmp_path / "independent" / "seed0" / "spatial_head", [

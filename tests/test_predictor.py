@@ -442,6 +442,27 @@ def test_an_attention_picture_never_overwrites_an_input(predictor, images, tmp_p
     assert sorted(os.listdir(folder)) == ["000_a.png", "001_b.png", "b.png"]
 
 
+def test_a_full_disk_stops_the_pictures_once_and_the_predictions_go_on(tmp_path, monkeypatch,
+                                                                       capsys):
+    from ofrnn_tf.cli.predict import _with_pictures
+    from ofrnn_tf.visualization import attention_maps
+
+    def full(result, out_dir, index, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(attention_maps, "draw_prediction", full)
+    entries = [str(tmp_path / f"{name}.jpg") for name in "abc"]
+    predictions = [{"image": path, "labels": ["x"], "attention": [[1.0]]} for path in entries]
+    results = list(_with_pictures(iter(predictions), entries, str(tmp_path / "pictures")))
+    assert [r["labels"] for r in results] == [["x"]] * 3
+    assert not any("attention" in r or "attention_png" in r for r in results)
+    err = capsys.readouterr().err
+    assert err.count("No space left on device") == 1, err
+    assert (f"[predict] --attention_dir={tmp_path / 'pictures'}: No space left on device writing "
+            f"{tmp_path / 'pictures' / '000_a.png'}: no more attention pictures are drawn; the "
+            f"predictions go on") in err
+
+
 def test_a_folder_that_cannot_be_read_costs_its_own_line(tmp_path, monkeypatch):
     # Root reads a chmod 000 folder: the refusal of a user who may not is played here.
     (tmp_path / "ok").mkdir()

@@ -143,7 +143,8 @@ class ReportFile:
 
     def write(self, text: str) -> int:
         if self._stream is not None:
-            return self._stream.write(text)
+            with self._named():
+                return self._stream.write(text)
         if self._fd is None:
             self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         data = text.encode("utf-8")
@@ -161,7 +162,17 @@ class ReportFile:
 
     def flush(self) -> None:
         if self._stream is not None:
-            self._stream.flush()
+            with self._named():
+                self._stream.flush()
+
+    @contextlib.contextmanager
+    def _named(self):
+        """Its OSErrors name the report (a device's, a pipe's name none)."""
+        try:
+            yield
+        except OSError as error:
+            error.filename = error.filename or self.name
+            raise
 
     def close(self) -> None:
         if self._stream is None and self._fd is None and not self._closed:

@@ -39,6 +39,7 @@ from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, expand_inputs, file_id, file_ids, given_inputs, merge_results,
     open_report, write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
+from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
 
 FLAGS = flags.FLAGS
@@ -140,8 +141,11 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str
 
     places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
     inputs = None  # the inputs' file identities, found when a picture's file exists
+    full = False  # the disk filled: no more pictures, the predictions go on
     # strict: the predictions are run to their end (their progress bar closes) at the last.
     for place, result in zip(places, predictions, strict=True):
+        if full:
+            result.pop("attention", None)
         if "attention" in result:  # not an input that could not be predicted
             target = picture_path(result["image"], out_dir, place)
             if os.path.exists(target):
@@ -156,7 +160,12 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str
                 result["attention_png"] = draw_prediction(result, out_dir, place)
             except Exception as error:  # noqa: BLE001 - the prediction stands, not its picture
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-                say(f"[predict] {result['image']}: no attention picture: {reason}")
+                if out_of_room(error):
+                    full = True
+                    say(f"[predict] --attention_dir={out_dir}: {reason} writing {target}: no "
+                        f"more attention pictures are drawn; the predictions go on")
+                else:
+                    say(f"[predict] {result['image']}: no attention picture: {reason}")
             del result["attention"]
         yield result
 
