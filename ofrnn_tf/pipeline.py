@@ -304,7 +304,7 @@ def prepare_features(config: ExperimentConfig, data: Data,
             f"({listed_names(untrained, _NAMED_CLASSES)}): the model cannot learn them, and "
             f"they still count in the metrics (C-P counts each as precision 0)")
     max_steps = _t_max(longest, data.label_map)
-    _say_max_steps(data.splits, max_steps)
+    _say_max_steps(data.splits, max_steps, config.model.variant)
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(
         label_names=data.label_map.names, max_steps=max_steps,
@@ -361,10 +361,13 @@ def _t_max(longest: int, label_map: LabelMap) -> int:
     return min(longest, label_map.num_classes)
 
 
-def _say_max_steps(splits: dict[str, list[Example]], max_steps: int) -> None:
+def _say_max_steps(splits: dict[str, list[Example]], max_steps: int, variant: str) -> None:
     """Says T_max and the training images that set it (one image with many labels sets it
     for the whole run, and decoding runs that many steps), and warns where validation or
-    test images carry more labels than any prediction can hold."""
+    test images carry more labels than any prediction can hold; nothing for the
+    ``baseline`` variant, M_map alone, which labels every class above τ."""
+    if variant == "baseline":
+        return
     train = splits["train"]
     sizes = sorted(len(e.label_ids) for e in train)
     setters = [e.image_id for e in train if len(e.label_ids) == max_steps]

@@ -755,7 +755,9 @@ def test_t_max_is_said_with_the_images_that_set_it_and_labels_beyond_it_are_warn
     splits = {"train": [example(i, 2) for i in range(199)] + [example(199, 6)],
               "val": [example(i, 2) for i in range(5)],
               "test": [example(0, 8), example(1, 7), example(2, 3)]}
-    pipeline._say_max_steps(splits, 6)
+    pipeline._say_max_steps(splits, 6, "baseline")  # M_map alone: any number of labels
+    assert capsys.readouterr().err == ""
+    pipeline._say_max_steps(splits, 6, "order_free")
     said = capsys.readouterr().err
     assert ("T_max = 6, the largest label count of a training image, which bounds the labels "
             "of a prediction: 1 of 200 carry 6, the first image 'img199'; 99 % carry at most "
