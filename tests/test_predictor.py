@@ -55,14 +55,16 @@ def images(sample_images):
 
 
 def reference_outputs(predictor: Predictor, paths, score_mix: float) -> dict:
-    """decode_and_resize + backbone + make_decoder, assembled outside the predictor; the
+    """decode_and_resize + backbone (its maps in float16, as the feature cache holds them)
+    + make_decoder, assembled outside the predictor; the
     ranking scores mixed as evaluation mixes them (`mix_scores` of the decoder's path
     scores and v_prob) with `score_mix`, the weight the run's calibration.json holds."""
     module = predictor.module
     pixels = tf.stack([decode_and_resize(tf.io.read_file(str(p)), module.image_size)
                        for p in paths])
     height, width, depth = module.feature_shape
-    features = tf.reshape(module.backbone(pixels), [-1, height * width, depth])
+    maps = tf.cast(tf.cast(module.backbone(pixels), tf.float16), tf.float32)  # as extracted
+    features = tf.reshape(maps, [-1, height * width, depth])
     decoder = make_decoder(module.model, beam_size=module.beam_size,
                            max_steps=module.max_steps, threshold=float(module.tau.numpy()),
                            min_labels=module.min_labels, all_steps=True)
@@ -377,6 +379,29 @@ def test_a_stopped_predict_keeps_the_lines_of_the_images_it_finished(lite0_run, 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert 2 <= len(lines) < 1000 and all(
         line["image"] == str(images[0]) and line["labels"] for line in lines), lines[-1]
+
+
+@pytest.mark.slow
+def test_a_predicted_image_gets_what_its_evaluation_counted(tiny_export_run):
+    # Evaluation decodes the feature cache (float16); prediction runs the backbone anew.
+    from ofrnn_tf import pipeline
+
+    run_dir = RunDir(str(tiny_export_run.workdir))
+    config, facts = run_dir.load()
+    config = config.replace(runtime={"cache_dir": str(tiny_export_run.cache_dir)})
+    batch = next(iter(pipeline.eval_dataset(pipeline.locate_features(config, facts), facts,
+                                            "test", batch_size=8)))
+    predictor = Predictor.from_run(str(tiny_export_run.workdir))
+    height, width, depth = predictor.module.feature_shape
+    cached = predictor.module.serve_features(tf.reshape(batch["features"],
+                                                        [-1, height, width, depth]))
+    by_id = {str(int(path.stem)): str(path) for path in tiny_export_run.test_images}
+    results = predictor.predict_files([by_id[i.decode()] for i in batch["image_id"].numpy()])
+    for k, result in enumerate(results):
+        n = int(cached["num_labels"][k])
+        assert result["label_ids"] == cached["labels"][k][:n].numpy().tolist()
+        np.testing.assert_allclose(result["scores"], cached["scores"][k].numpy()[
+            result["label_ids"]], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow

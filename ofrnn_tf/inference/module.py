@@ -4,8 +4,9 @@ It holds the run's frozen backbone, its trained `OrderFreeRNN` (best weights) an
 decoding settings calibrated after training (τ for the beam width K, T_max,
 ``min_labels``, label names), and exposes one `tf.function` per input type:
 
-- `serve_images`: encoded image bytes ``string [N]`` → decode, resize, backbone,
-  beam search (the export's ``serving_default``);
+- `serve_images`: encoded image bytes ``string [N]`` → decode, resize, backbone (its
+  maps rounded to float16, as the feature cache that training and evaluation read holds
+  them), beam search (the export's ``serving_default``);
 - `serve_images_with_threshold`: the same with a threshold τ per image, ``float32
   [N]``, instead of the calibrated one (``predict_with_threshold``), to trade
   precision for recall. One value per image, not one per request, because TF
@@ -240,29 +241,36 @@ class InferenceModule(tf.Module):
         """The guards of `ofrnn_tf.features.image_guards`, then the pixels extraction saw."""
         return decode_images(images, self.image_size, self.max_image_pixels)
 
+    def _maps(self, pixels):
+        """The backbone's maps of `pixels` as the feature cache holds them, rounded to
+        float16: the model is trained and evaluated on those, and a served image gets the
+        labels its evaluation counted (in float32 a score can fall on the other side of
+        τ)."""
+        return tf.cast(tf.cast(self.backbone(pixels), tf.float16), tf.float32)
+
     def _image_features(self, images):
         """The backbone's maps of encoded images (the first half of `serve_images`)."""
-        return {"features": self.backbone(self._pixels(images))}
+        return {"features": self._maps(self._pixels(images))}
 
     # TF Serving feeds a request's tensors as they come, whatever shape the signature
     # declares: each signature checks the shapes of its inputs first (`_shaped`).
     def _serve_images(self, images):
         images = _shaped(images, [None])
-        return self._outputs(self.backbone(self._pixels(images)), self.tau.read_value())
+        return self._outputs(self._maps(self._pixels(images)), self.tau.read_value())
 
     def _serve_images_with_threshold(self, images, threshold):
         images = _shaped(images, [None])
         threshold = _shaped(threshold, [None])
         threshold = _checked_thresholds(threshold, tf.size(images))
         # [N, 1]: each image's τ against its steps' path probabilities.
-        return self._outputs(self.backbone(self._pixels(images)), threshold[:, None])
+        return self._outputs(self._maps(self._pixels(images)), threshold[:, None])
 
     def _serve_features(self, features):
         features = _shaped(features, [None, *self.feature_shape])
         return self._outputs(_checked_features(features), self.tau.read_value())
 
     def _predict_pixels(self, pixels):
-        return self._outputs(self.backbone(pixels), self.tau.read_value(),
+        return self._outputs(self._maps(pixels), self.tau.read_value(),
                              step_probabilities=True)
 
     def _decoding_settings(self):
