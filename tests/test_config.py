@@ -374,6 +374,20 @@ def run_script(script: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
+def test_a_command_under_a_locale_that_is_not_utf8_runs_in_utf8_mode_and_escapes_for_stdout():
+    # TensorFlow takes file names as UTF-8 whatever the locale; under an ASCII (or Latin-1)
+    # one Python would not, and a non-ASCII path would name two files.
+    script = ("import sys\nfrom ofrnn_tf.cli import runner\n"
+              "def main(argv):\n"
+              "    print(sys.getfilesystemencoding(), sys.flags.utf8_mode, '\\u03c4 = 0.3')\n"
+              "runner(lambda: None, main)()\n")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="ascii")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.decode("ascii").split() == ["utf-8", "1", "\\u03c4", "=", "0.3"]
+
+
 @pytest.mark.parametrize("signalled", [True, False])
 def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
     # Landing while C++ code calls back into Python, KeyboardInterrupt can become a

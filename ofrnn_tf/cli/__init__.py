@@ -99,6 +99,11 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
             return 1
 
     def run():
+        _in_utf8_mode()
+        # Help texts and messages say τ and ×: on a stdout that cannot hold them (an ASCII
+        # or Latin-1 PYTHONIOENCODING), escaped, not a UnicodeEncodeError.
+        if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+            sys.stdout.reconfigure(errors="backslashreplace")
         interrupts.clear()
         before = set(flags.FLAGS)
         define_flags()
@@ -115,6 +120,22 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
             sys.exit(128 + signal.SIGPIPE)
 
     return run
+
+
+def _in_utf8_mode() -> None:
+    """Starts the command again in Python's UTF-8 mode where file names are not read and
+    written as UTF-8 (a Latin-1 or ASCII locale): TensorFlow's file functions take them
+    as UTF-8 always, and a non-ASCII path would name one file to Python, another to
+    TensorFlow (a run's checkpoints apart from its run.json, weights that are there
+    called missing)."""
+    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return
+    if os.environ.get("PYTHONUTF8") == "1":  # asked for already: go on as it is
+        return
+    os.environ["PYTHONUTF8"] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def disk_full(error: BaseException) -> Optional[str]:
