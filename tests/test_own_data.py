@@ -96,6 +96,21 @@ def test_a_manifest_in_another_encoding_is_named_with_its_line(tmp_path):
             load_manifest(str(tmp_path / name))
     (tmp_path / "ok.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # UTF-8 with a BOM
     assert load_manifest(str(tmp_path / "ok.csv"))[1].names == ("green square", "rouge carré")
+    # With their byte-order mark, UTF-16 (PowerShell's) and UTF-32 read as UTF-8 does.
+    for encoding in ("utf-16", "utf-16-be", "utf-32"):
+        marked = text.encode(encoding)
+        if not encoding.endswith("be"):
+            assert marked[:2] in (b"\xff\xfe", b"\xfe\xff")
+        else:
+            marked = b"\xfe\xff" + marked
+        (tmp_path / "wide.csv").write_bytes(marked)
+        assert load_manifest(str(tmp_path / "wide.csv"))[1].names == (
+            "green square", "rouge carré"), encoding
+    # Without one, the advice converts from UTF-16, not from a spreadsheet's cp1252.
+    (tmp_path / "wide.csv").write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(DataFileError, match=r"wide.csv: line 3: not UTF-8 text \(byte 0xe9\); "
+                                            r".*iconv -f utf-16 -t utf-8"):
+        load_manifest(str(tmp_path / "wide.csv"))
 
 
 # -- comma-separated labels ---------------------------------------------------------------

@@ -192,19 +192,29 @@ def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
               f"each class one way if one class is meant", file=sys.stderr)
 
 
+# Byte-order marks of the Unicode encodings other than UTF-8 (PowerShell writes UTF-16),
+# UTF-32's first: its little-endian mark begins with UTF-16's.
+_MARKS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+          (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
 def _read_text(path: str) -> str:
-    """The manifest's text; a file that is not UTF-8 (a spreadsheet's cp1252, say) is
-    refused naming the first line that does not decode."""
+    """The manifest's text: UTF-8, or UTF-16 or UTF-32 with a byte-order mark; any other
+    file (a spreadsheet's cp1252, say) is refused naming the first line that does not
+    decode."""
     with open(path, "rb") as f:
         raw = f.read()
+    encoding = next((name for mark, name in _MARKS if raw.startswith(mark)), "utf-8-sig")
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
+        wide = encoding != "utf-8-sig" or raw.count(b"\0") * 3 > len(raw)
+        convert = "iconv -f utf-16 -t utf-8" if wide else "iconv -f cp1252 -t utf-8"
         raise DataFileError(
-            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the "
-            f"manifest as UTF-8 (in Excel: 'CSV UTF-8'; or convert it, e.g. "
-            f"iconv -f cp1252 -t utf-8)") from None
+            f"{path}: line {line}: not {'UTF-8' if encoding == 'utf-8-sig' else encoding.upper()} "
+            f"text (byte 0x{raw[e.start]:02x}); save the manifest as UTF-8 (in Excel: 'CSV "
+            f"UTF-8'; or convert it, e.g. {convert})") from None
 
 
 def _format(path: str, text: str) -> str:
