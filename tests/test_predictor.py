@@ -30,7 +30,7 @@ from conftest import FAKE_MAX_STEPS as MAX_STEPS
 from conftest import FAKE_NAMES as NAMES
 from conftest import FAKE_SCORE_MIX as SCORE_MIX
 from conftest import FAKE_TAU as TAU
-from conftest import ROOT, ctrl_c_as_in_a_terminal
+from conftest import ROOT, ctrl_c_as_in_a_terminal, run_checked
 from ofrnn_tf.cli.image_inputs import (
     expand_inputs, given_inputs, merge_results, open_report, write_report)
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
@@ -83,6 +83,23 @@ def test_from_run_reads_calibration(predictor):
     assert (float(module.tau.numpy()), float(module.score_mix.numpy()), module.beam_size,
             module.min_labels) == (pytest.approx(TAU), pytest.approx(SCORE_MIX), BEAM, 1)
     assert module.max_steps == MAX_STEPS and predictor.label_map.names == NAMES
+
+
+def test_min_labels_may_be_given_within_what_a_prediction_holds(workdir, tiny_backbone, images):
+    from ofrnn_tf.inference.module import MinLabelsError
+
+    with pytest.raises(MinLabelsError, match=rf"min_labels={MAX_STEPS + 1} cannot hold: a "
+                                             rf"prediction holds 0 to {MAX_STEPS} labels \(T_max"):
+        Predictor.from_run(str(workdir), backbone=tiny_backbone, min_labels=MAX_STEPS + 1)
+    # τ = 1 keeps no label but those asked for whatever τ.
+    for wanted in (0, MAX_STEPS):
+        predictor = Predictor.from_run(str(workdir), backbone=tiny_backbone, tau=1.0,
+                                       min_labels=wanted)
+        results = [r for r in predictor.predict_files(images) if "error" not in r]
+        assert results and all(len(r["labels"]) == wanted for r in results)
+    done = run_checked([sys.executable, "predict.py", f"--workdir={workdir}",
+                        "--min_labels=-1", str(images[0])], expect_failure=True)
+    assert "--min_labels must be 0 or more, got -1" in done.stderr
 
 
 def test_predict_files_reports_corrupt_file_and_predicts_the_rest(predictor, images):

@@ -53,6 +53,9 @@ def define_flags() -> None:
                          "have been calibrated: ofrnn-train --mode=eval --decoding.beam_size=K).")
     flags.DEFINE_float("tau", None, "Threshold τ on the path probability (default: the one "
                        "calibrated for K).")
+    flags.DEFINE_integer("min_labels", None, "Labels every image gets at least, whatever τ "
+                         "(default: the run's; --tau=0.5 --min_labels=0 on a baseline run is "
+                         "the paper's fixed rule, its test metrics' at_fixed_0.5).")
     flags.DEFINE_integer("batch_size", 32, "Images per backbone + decoder call.")
     flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
                          "Images whose header declares more pixels are refused unread (as "
@@ -71,6 +74,7 @@ def main(argv):
     refuse_below("max_image_pixels")
     refuse_below("beam_size", note=" (1: greedy)")
     refuse_below("batch_size")
+    refuse_below("min_labels", minimum=0)
     if FLAGS.attention_dir:
         refuse_unwritable_folder("attention_dir", FLAGS.attention_dir)
     # Standard input (`find … |`) is read once the run folder is known to be usable.
@@ -82,15 +86,17 @@ def main(argv):
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
-    from ofrnn_tf.inference.module import UncalibratedBeamSizeError
+    from ofrnn_tf.inference.module import MinLabelsError, UncalibratedBeamSizeError
     from ofrnn_tf.inference.predictor import Predictor
 
     try:
         predictor = Predictor.from_run(FLAGS.workdir, beam_size=FLAGS.beam_size, tau=FLAGS.tau,
-                                       batch_size=FLAGS.batch_size,
+                                       min_labels=FLAGS.min_labels, batch_size=FLAGS.batch_size,
                                        max_image_pixels=FLAGS.max_image_pixels)
     except UncalibratedBeamSizeError as error:
         raise app.UsageError(f"{error} Or pass --tau.") from None
+    except MinLabelsError as error:
+        raise app.UsageError(f"--{error}") from None
     except input_errors() as error:  # an edited label map, backbone weights out of reach
         raise refusal(error) from None
     draw = bool(FLAGS.attention_dir)

@@ -51,6 +51,10 @@ class UncalibratedBeamSizeError(ValueError):
     """τ was not chosen on validation for the requested beam width."""
 
 
+class MinLabelsError(ValueError):
+    """More labels asked of every image than a prediction can hold."""
+
+
 class _KerasParts:
     """Holds the Keras objects out of `tf.Module` tracking (see the module docstring)."""
 
@@ -118,6 +122,12 @@ class InferenceModule(tf.Module):
         self.label_names = tf.Variable(list(label_map.names), trainable=False, name="label_names")
         self.max_image_pixels = tf.Variable(int(max_image_pixels), dtype=tf.int64,
                                             trainable=False, name="max_image_pixels")
+        most = int(max_steps) if model.uses_decoder else label_map.num_classes
+        if not 0 <= int(min_labels) <= most:
+            raise MinLabelsError(
+                f"min_labels={min_labels} cannot hold: a prediction holds 0 to {most} labels ("
+                + ("T_max, the largest label count of a training image)" if model.uses_decoder
+                   else "the classes)"))
         self.beam_size, self.max_steps, self.min_labels = int(beam_size), int(max_steps), int(min_labels)
         self.unroll = bool(unroll)
         self.feature_shape = tuple(int(d) for d in backbone.feature_shape)
