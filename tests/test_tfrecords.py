@@ -403,3 +403,20 @@ def test_a_record_is_the_same_bytes_in_every_process():
         done = subprocess.run([sys.executable, "-c", make], capture_output=True, text=True,
                               timeout=120, check=True)
         assert bytes.fromhex(done.stdout.strip()) == here
+
+
+def test_features_rounded_as_stored_are_a_float16_cast_bit_for_bit():
+    from ofrnn_tf.features.tfrecords import as_stored
+
+    rng = np.random.default_rng(0)
+    every_kind = rng.integers(-2 ** 31, 2 ** 31, size=200_000, dtype=np.int64).astype(np.int32)
+    edges = np.array([0.0, -0.0, 65504, 65519.99, 65520, 65536, 6.1e-5, 6.0e-5, 5.96e-8,
+                      2.98e-8, 2.99e-8, 1e-45, np.inf, -np.inf, np.nan], np.float32)
+    x = np.concatenate([every_kind.view(np.float32), edges,
+                        (rng.standard_normal(100_000) * 3).astype(np.float32),
+                        (rng.standard_normal(100_000) * 1e-5).astype(np.float32)])
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    got = as_stored(tf.constant(x)).numpy()
+    same = (got.view(np.int32) == want.view(np.int32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (x[~same][:5], got[~same][:5], want[~same][:5])

@@ -54,6 +54,25 @@ META_FILENAME = "meta.json"
 # it: 0 none, 1 the magic bytes of JPEG, PNG, GIF and BMP, 2 also the BMP layouts.
 FORMAT_CHECKS = 2
 FEATURE_DTYPE = "float16"
+
+
+def as_stored(features: tf.Tensor) -> tf.Tensor:
+    """float32 `features` rounded as the cache stores them (`FEATURE_DTYPE`, to nearest,
+    ties to even, float16's subnormals and overflow to ±inf included), bit for bit what a
+    cast to float16 and back gives. In float32 arithmetic: a float16 op makes oneDNN log
+    an error line on CPUs without AVX-512's float16 instructions, at every prediction."""
+    bits = tf.bitcast(features, tf.int32)
+    # float16 keeps 10 bits after the leading one, down to its smallest normal, 2^-14;
+    # below that its steps are 2^-24 apart.
+    exponent = tf.maximum(tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 23), 0xFF) - 127,
+                          -14)
+    step = tf.bitcast(tf.bitwise.left_shift(exponent - 10 + 127, 23), tf.float32)
+    rounded = tf.round(tf.abs(features) / step) * step  # tf.round: ties to even
+    rounded = tf.where(rounded > 65504.0, tf.constant(np.inf, tf.float32), rounded)
+    sign = tf.bitwise.bitwise_and(bits, tf.constant(-2 ** 31, tf.int32))
+    return tf.bitcast(tf.bitwise.bitwise_or(tf.bitcast(rounded, tf.int32), sign), tf.float32)
+
+
 # Parallel reads and parses of an input pipeline, and batches it prefetches: fixed sizes,
 # as `without_autotuning` turns tf.data's autotuner off.
 INPUT_THREADS = 2

@@ -42,6 +42,7 @@ import tensorflow as tf
 from ofrnn_tf.decoding.beam_search import beam_search
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from ofrnn_tf.features.backbones import Backbone, get_backbone
+from ofrnn_tf.features.tfrecords import as_stored
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.training.run_state import UnfinishedRunError, training_state
@@ -256,7 +257,7 @@ class InferenceModule(tf.Module):
         float16: the model is trained and evaluated on those, and a served image gets the
         labels its evaluation counted (in float32 a score can fall on the other side of
         τ)."""
-        return tf.cast(tf.cast(self.backbone(pixels), tf.float16), tf.float32)
+        return as_stored(self.backbone(pixels))
 
     def _image_features(self, images):
         """The backbone's maps of encoded images (the first half of `serve_images`)."""
