@@ -15,7 +15,7 @@ from absl import app, flags
 
 from benchmarks._results import check_choices, check_int_list, mean_std, publish
 
-from ofrnn_tf import configs, pipeline
+from ofrnn_tf import pipeline
 from ofrnn_tf.config import flags as config_flags
 from ofrnn_tf.config.experiment import ExperimentConfig, fields
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
@@ -116,27 +116,18 @@ def read_by(args: Sequence[str], extra: Sequence[str]) -> list[str]:
     return [arg for arg in extra if _setting(arg) not in unread]
 
 
-def finished(run_dir: RunDir, args: Sequence[str], remedy: str) -> bool:
+def finished(run_dir: RunDir, args: Sequence[str], remedy: str,
+             sections: Sequence[str] | None = None) -> bool:
     """Whether `run_dir` holds a finished run (its test metrics). The script ends in one
     line, saying `remedy`, where the run was trained with other settings than ``train.py``
-    `args` give (as a rerun of that command would read them: those given, and those its
-    ``--config`` preset sets), which its numbers would otherwise stand for."""
+    `args` give (in `sections` only, where given: a run reused for its budget, say), which
+    its numbers would otherwise stand for."""
     if not os.path.exists(run_dir.metrics_file("test")):
         return False
-    values = _parsed(args)
-    given = config_flags.overrides_from_flags(values)
-    if values[config_flags.CONFIG_FLAG].present:
-        preset = configs.get_config(values[config_flags.CONFIG_FLAG].value).to_dict()
-        default = ExperimentConfig().to_dict()
-        for section, settings in preset.items():
-            for key, value in settings.items():
-                if value != default[section][key]:
-                    given.setdefault(section, {}).setdefault(key, value)
-    given.pop("runtime", None)  # where and how a command runs: no run keeps it
-    trained = run_dir.load()[0].to_dict()
+    trained, wanted = run_dir.load()[0].to_dict(), train_config(args).to_dict()
     differ = [f"--{section}.{key}={trained[section][key]} in the run, {value} by this command"
-              for section, settings in given.items() for key, value in settings.items()
-              if trained[section][key] != value]
+              for section in (sections or wanted) if section != "runtime"  # no run keeps it
+              for key, value in wanted[section].items() if trained[section][key] != value]
     if differ:
         raise SystemExit(f"{os.path.basename(sys.argv[0])}: {run_dir.path} was trained with "
                          f"other settings than this command gives ({'; '.join(differ)}): "

@@ -106,15 +106,20 @@ def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
     return run_dir
 
 
+# The settings a reused run must share with its variant's command.
+_BUDGET = ("data", "stage1", "stage2", "label_context", "train", "decoding")
+
+
 def check_reused(flag: str, extra: list[str]) -> None:
     """Refuses, before anything trains, a run given with ``--<flag>`` that was trained
-    with other settings than its variant's command gives (`table_runs.finished`): one
-    trained with another budget than `--extra` gives the rest, say."""
+    with another budget or data than its variant's command gives (`table_runs.finished`
+    on `_BUDGET`): one trained with another budget than `--extra` gives the rest, say."""
     folder = getattr(FLAGS, flag)
     if folder:
+        # Its budget and data: its model may be another's (the paper table's head is wider).
         table_runs.finished(RunDir(folder), _command(folder, extra, "train")[2:], (
             f"give the --extra it was trained with, or leave out --{flag} to train the run "
-            f"under --root"))
+            f"under --root"), sections=_BUDGET)
 
 
 def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:

@@ -238,27 +238,32 @@ def test_paper_tables_extra_goes_to_the_rows_that_read_it_and_a_run_trained_othe
     assert "--stage2.epochs" in done.stderr and f"\ntrained {tmp_path}" not in done.stderr
 
 
-def test_a_reused_run_is_compared_on_the_settings_its_command_gives(tmp_path, monkeypatch):
-    # The paper table's spatial head (256 units, given) stands for the ablation's variant,
-    # which gives no width: a rerun of its command would keep the run's.
+def test_a_finished_run_is_compared_with_what_its_command_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["decoder_ablations.py"])
     spatial = ["--model.variant=baseline", "--model.head_kernel_size=3", "--model.head_units=256",
                "--stage1.epochs=20", "--stage1.patience=0", "--data.seed=0", "--train.seed=0"]
     write_finished_run(tmp_path / "spatial_head", spatial)
     run_dir = table_runs.RunDir(str(tmp_path / "spatial_head"))
-    variant = ["--workdir=x", "--mode=train", "--data.seed=0", "--train.seed=0",
-               "--runtime.cache_dir=/elsewhere", "--stage1.epochs=20", "--stage1.patience=0",
+    assert table_runs.finished(run_dir, ["--workdir=x", "--runtime.cache_dir=/elsewhere",
+                                         *spatial], "unused")
+    assert not table_runs.finished(table_runs.RunDir(str(tmp_path / "none")), spatial, "r")
+    # The ablations' variant: the main job's head (128 units) on the same budget. Whole,
+    # it is another run; reused for its budget and data, the paper table's head stands.
+    variant = ["--data.seed=0", "--train.seed=0", "--stage1.epochs=20", "--stage1.patience=0",
                "--model.variant=baseline"]
-    assert table_runs.finished(run_dir, variant, "unused")
     with pytest.raises(SystemExit, match=r"decoder_ablations.py: .*spatial_head was trained with "
                                          r"other settings than this command gives "
-                                         r"\(--stage1.epochs=20 in the run, 40 by this command\): "
-                                         r"the remedy"):
-        table_runs.finished(run_dir, [*variant, "--stage1.epochs=40"], "the remedy")
-    # A preset the command names counts as given: the paper's decoder is not the main job's.
-    with pytest.raises(SystemExit, match=r"--model.decoder=residual in the run, paper"):
-        table_runs.finished(run_dir, ["--config=paper", *spatial], "r")
-    assert not table_runs.finished(table_runs.RunDir(str(tmp_path / "none")), variant, "r")
+                                         r"\(--model.head_units=256 in the run, 128 by this "
+                                         r"command\): the remedy"):
+        table_runs.finished(run_dir, variant, "the remedy")
+    budget = ("data", "stage1", "stage2", "label_context", "train", "decoding")
+    assert table_runs.finished(run_dir, variant, "r", sections=budget)
+    # A setting the command leaves at its default counts too: the budget --extra omits.
+    with pytest.raises(SystemExit, match=r"--stage1.epochs=20 in the run, \d+ by this command"):
+        table_runs.finished(run_dir, variant[:2] + variant[4:], "r", sections=budget)
+    # So does a preset: the paper's decoder is not the main job's.
+    with pytest.raises(SystemExit, match=r"--model.head=spatial in the run, mean_linear"):
+        table_runs.finished(run_dir, ["--config=paper", "--model.variant=baseline"], "r")
 
 
 def test_a_results_file_is_refused_before_the_work_unless_a_file_in_a_folder(parse, tmp_path):
