@@ -374,18 +374,31 @@ def run_script(script: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, preexec_fn=ctrl_c_as_in_a_terminal)
 
 
-def test_a_command_under_a_locale_that_is_not_utf8_runs_in_utf8_mode_and_escapes_for_stdout():
+def test_a_command_under_a_locale_that_is_not_utf8_runs_in_utf8_mode_and_escapes_for_stdout(
+        tmp_path):
     # TensorFlow takes file names as UTF-8 whatever the locale; under an ASCII (or Latin-1)
     # one Python would not, and a non-ASCII path would name two files.
-    script = ("import sys\nfrom ofrnn_tf.cli import runner\n"
-              "def main(argv):\n"
-              "    print(sys.getfilesystemencoding(), sys.flags.utf8_mode, '\\u03c4 = 0.3')\n"
-              "runner(lambda: None, main)()\n")
-    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="ascii")
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, timeout=120)
+    script = tmp_path / "command.py"
+    script.write_text("import sys\nfrom ofrnn_tf.cli import runner\n"
+                      "def main(argv):\n"
+                      "    print(sys.getfilesystemencoding(), sys.flags.utf8_mode, "
+                      "'\\u03c4 = 0.3', argv[1:])\n"
+                      "runner(lambda: None, main)()\n")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONIOENCODING="ascii",
+               PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(script), "caf\u00e9.jpg".encode()], cwd=ROOT,
+                          env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.decode("ascii").split() == ["utf-8", "1", "\\u03c4", "=", "0.3"]
+    assert done.stdout.decode("ascii").split() == [
+        "utf-8", "1", "\\u03c4", "=", "0.3", "['caf\\xe9.jpg']"]
+    # A flag's value in another encoding (a Latin-1 é) could not name a file to TensorFlow.
+    done = subprocess.run([sys.executable, str(script), b"--workdir=runs/\xe9tude"], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          timeout=120)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode().strip() == (
+        "command.py: --workdir=runs/\\udce9tude: not UTF-8 (a name in another encoding, such "
+        "as Latin-1): TensorFlow reads file names as UTF-8; give it in UTF-8")
 
 
 @pytest.mark.parametrize("signalled", [True, False])

@@ -100,9 +100,11 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
 
     def run():
         _in_utf8_mode()
+        _refuse_flags_not_utf8()
         # Help texts and messages say τ and ×: on a stdout that cannot hold them (an ASCII
         # or Latin-1 PYTHONIOENCODING), escaped, not a UnicodeEncodeError.
-        if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"  # closed: None
+        if encoding.lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(errors="backslashreplace")
         interrupts.clear()
         before = set(flags.FLAGS)
@@ -132,10 +134,30 @@ def _in_utf8_mode() -> None:
         return
     if os.environ.get("PYTHONUTF8") == "1":  # asked for already: go on as it is
         return
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    if sys.flags.interactive or not main_file or sys.orig_argv[1:2] == ["-"]:
+        return  # a session, or a program read from standard input: nothing to start again
     os.environ["PYTHONUTF8"] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def _refuse_flags_not_utf8() -> None:
+    """Ends the command in one line where a flag's value holds bytes that are not UTF-8
+    (a path typed on a Latin-1 terminal): TensorFlow, which opens the run's files, could
+    not name it. Inputs given as arguments are read by Python and keep such names."""
+    for arg in sys.argv[1:]:
+        if not (arg.startswith("-") and "=" in arg):
+            continue
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            name, value = arg.split("=", 1)
+            raise SystemExit(
+                f"{os.path.basename(sys.argv[0])}: {name}={printable(value)}: not UTF-8 (a "
+                f"name in another encoding, such as Latin-1): TensorFlow reads file names as "
+                f"UTF-8; give it in UTF-8") from None
 
 
 def disk_full(error: BaseException) -> Optional[str]:
