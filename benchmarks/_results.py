@@ -106,8 +106,9 @@ if "results_file" not in flags.FLAGS:  # every script imports this module: one f
     # Refused before the work, not after it, where the numbers could not be written.
     flags.register_validator(
         "results_file",
-        lambda path: path is None or (bool(path.strip()) and not os.path.isdir(path) and
-                                      os.path.isdir(os.path.dirname(os.path.abspath(path)))),
+        lambda path: path is None or (bool(path.strip()) and not path.endswith(os.sep)
+                                      and not os.path.isdir(path)
+                                      and os.path.isdir(os.path.dirname(os.path.abspath(path)))),
         message="--results_file: give a file (not a folder) in a folder that exists")
     # Listed in the script's --help beside its own flags.
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["results_file"])

@@ -267,7 +267,7 @@ def test_a_finished_run_is_compared_with_what_its_command_trains(tmp_path, monke
 
 
 def test_a_results_file_is_refused_before_the_work_unless_a_file_in_a_folder(parse, tmp_path):
-    for bad in ("", str(tmp_path), str(tmp_path / "no" / "x.md")):
+    for bad in ("", str(tmp_path), str(tmp_path / "no" / "x.md"), f"{tmp_path / 'new'}/"):
         with pytest.raises(flags.IllegalFlagValueError, match="give a file"):
             parse(f"--results_file={bad}")
     parse(f"--results_file={tmp_path / 'x.md'}")

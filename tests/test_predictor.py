@@ -594,6 +594,15 @@ def test_a_line_a_full_disk_cuts_short_is_taken_out_and_the_report_named(tmp_pat
     assert disk_full(caught.value) == f"No space left on device writing {report}"
 
 
+def test_a_device_report_a_full_disk_stops_is_named(tmp_path):
+    from ofrnn_tf.cli import disk_full
+
+    out = open_report("/dev/full")  # a device: opened as it is, nothing to keep
+    with pytest.raises(OSError) as caught:
+        write_report(iter([{"image": "a", "labels": []}]), out, "predict", "predicted")
+    assert disk_full(caught.value) == "No space left on device writing /dev/full"
+
+
 def test_an_interrupt_whose_raise_was_lost_stops_the_report_after_its_line(tmp_path,
                                                                            monkeypatch):
     # A signal that lands in a garbage-collector callback has its KeyboardInterrupt

@@ -205,16 +205,22 @@ def _read_text(path: str) -> str:
     with open(path, "rb") as f:
         raw = f.read()
     encoding = next((name for mark, name in _MARKS if raw.startswith(mark)), "utf-8-sig")
+    named = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
+    # UTF-16 without its mark: NUL bytes beside the letters (valid UTF-8 as long as the
+    # text is ASCII).
+    wide = encoding == "utf-8-sig" and raw.count(b"\0") * 3 > len(raw)
+    source = encoding if encoding != "utf-8-sig" else "utf-16" if wide else "cp1252"
+    advice = (f"save the manifest as UTF-8 (in Excel: 'CSV UTF-8'; or convert it, e.g. "
+              f"iconv -f {source} -t utf-8)")
+    if wide:
+        raise DataFileError(f"{path}: not UTF-8 text (UTF-16 without a byte-order mark, by "
+                            f"its NUL bytes); {advice}")
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        wide = encoding != "utf-8-sig" or raw.count(b"\0") * 3 > len(raw)
-        convert = "iconv -f utf-16 -t utf-8" if wide else "iconv -f cp1252 -t utf-8"
-        raise DataFileError(
-            f"{path}: line {line}: not {'UTF-8' if encoding == 'utf-8-sig' else encoding.upper()} "
-            f"text (byte 0x{raw[e.start]:02x}); save the manifest as UTF-8 (in Excel: 'CSV "
-            f"UTF-8'; or convert it, e.g. {convert})") from None
+        raise DataFileError(f"{path}: line {line}: not {named} text (byte "
+                            f"0x{raw[e.start]:02x}); {advice}") from None
 
 
 def _format(path: str, text: str) -> str:
