@@ -79,22 +79,14 @@ def train_config(args: Sequence[str]) -> ExperimentConfig:
     """The config ``train.py`` builds from its flags `args` (those that are no setting, such
     as ``--workdir``, left out); a usage error for settings that do not go together, or
     that the run would not read."""
-    values = _parsed(args)
-    try:
-        return config_flags.config_from_flags(values)
-    except ValueError as error:
-        raise app.UsageError(f"train.py {shlex.join(_settings_in(args))}: {error}") from None
-
-
-def _parsed(args: Sequence[str]) -> flags.FlagValues:
-    """``train.py``'s config flags parsed from `args` (its other flags left out)."""
+    given = _settings_in(args)
     values = flags.FlagValues()
     config_flags.define_config_flags(values)
     try:
-        values(["train.py", *_settings_in(args)])
-    except flags.Error as error:
-        raise app.UsageError(f"train.py {shlex.join(_settings_in(args))}: {error}") from None
-    return values
+        values(["train.py", *given])
+        return config_flags.config_from_flags(values)
+    except (flags.Error, ValueError) as error:
+        raise app.UsageError(f"train.py {shlex.join(given)}: {error}") from None
 
 
 def _settings_in(args: Sequence[str]) -> list[str]:

@@ -90,10 +90,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _command(workdir: str, extra: list[str], mode: str) -> list[str]:
     """The ``train.py`` command of a variant: `extra` after the `--extra` it reads."""
-    own = [f"--data.seed={FLAGS.seed}", f"--train.seed={FLAGS.seed}",
-           f"--runtime.cache_dir={FLAGS.cache_dir}", *extra]
-    return [sys.executable, "train.py", f"--workdir={workdir}", f"--mode={mode}", *own[:3],
-            *table_runs.read_by(own, FLAGS.extra), *extra]
+    common = [f"--data.seed={FLAGS.seed}", f"--train.seed={FLAGS.seed}",
+              f"--runtime.cache_dir={FLAGS.cache_dir}"]
+    return [sys.executable, "train.py", f"--workdir={workdir}", f"--mode={mode}", *common,
+            *table_runs.read_by([*common, *extra], FLAGS.extra), *extra]
 
 
 def train(workdir: str, extra: list[str], mode: str = "train") -> RunDir:
