@@ -148,15 +148,15 @@ class ReportFile:
         if self._fd is None:
             self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         data = text.encode("utf-8")
-        try:
-            done = 0
-            while done < len(data):
-                done += os.write(self._fd, data[done:])
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._whole)
-            error.filename = error.filename or self.name
-            raise
+        with self._named():
+            try:
+                done = 0
+                while done < len(data):
+                    done += os.write(self._fd, data[done:])
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._whole)
+                raise
         self._whole += len(data)
         return len(text)
 
@@ -167,7 +167,7 @@ class ReportFile:
 
     @contextlib.contextmanager
     def _named(self):
-        """Its OSErrors name the report (a device's, a pipe's name none)."""
+        """Its OSErrors name the report (a write's, a device's and a pipe's name none)."""
         try:
             yield
         except OSError as error:
