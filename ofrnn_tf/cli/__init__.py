@@ -5,6 +5,7 @@ probes, oneDNN notes, "Not handling type DT_INT64" of every served request's set
 out of the commands' progress (``TF_CPP_MIN_LOG_LEVEL=2``) unless the environment
 already says otherwise."""
 
+import codecs
 import contextlib
 import logging as std_logging
 import os
@@ -104,7 +105,7 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
         # Help texts and messages say τ and ×: on a stdout that cannot hold them (an ASCII
         # or Latin-1 PYTHONIOENCODING), escaped, not a UnicodeEncodeError.
         encoding = getattr(sys.stdout, "encoding", None) or "utf-8"  # closed: None
-        if encoding.lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        if not _is_utf8(encoding) and hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(errors="backslashreplace")
         interrupts.clear()
         before = set(flags.FLAGS)
@@ -124,13 +125,21 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
     return run
 
 
+def _is_utf8(encoding: str) -> bool:
+    """Whether `encoding` names UTF-8, however spelt (``UTF8``, ``utf_8``)."""
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
 def _in_utf8_mode() -> None:
     """Starts the command again in Python's UTF-8 mode where file names are not read and
     written as UTF-8 (a Latin-1 or ASCII locale): TensorFlow's file functions take them
     as UTF-8 always, and a non-ASCII path would name one file to Python, another to
     TensorFlow (a run's checkpoints apart from its run.json, weights that are there
     called missing)."""
-    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+    if _is_utf8(sys.getfilesystemencoding()):
         return
     if os.environ.get("PYTHONUTF8") == "1":  # asked for already: go on as it is
         return
