@@ -37,6 +37,7 @@ from ofrnn_tf.data import (
     DataFileError, DataLabelMapError, DataNotFoundError, ImagesNotFoundError)
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap, listed_names
+from ofrnn_tf.text_bytes import marked_encoding, wide_without_mark
 
 _SEPARATORS = re.compile(r"[;|]")
 # Class names printed when a manifest's label map is built (the rest counted).
@@ -192,23 +193,15 @@ def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
               f"each class one way if one class is meant", file=sys.stderr)
 
 
-# Byte-order marks of the Unicode encodings other than UTF-8 (PowerShell writes UTF-16),
-# UTF-32's first: its little-endian mark begins with UTF-16's.
-_MARKS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
-          (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
-
-
 def _read_text(path: str) -> str:
     """The manifest's text: UTF-8, or UTF-16 or UTF-32 with a byte-order mark; any other
     file (a spreadsheet's cp1252, say) is refused naming the first line that does not
     decode."""
     with open(path, "rb") as f:
         raw = f.read()
-    encoding = next((name for mark, name in _MARKS if raw.startswith(mark)), "utf-8-sig")
+    encoding = marked_encoding(raw) or "utf-8-sig"
     named = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
-    # UTF-16 without its mark: NUL bytes beside the letters (valid UTF-8 as long as the
-    # text is ASCII).
-    wide = encoding == "utf-8-sig" and raw.count(b"\0") * 3 > len(raw)
+    wide = wide_without_mark(raw)
     source = encoding if encoding != "utf-8-sig" else "utf-16" if wide else "cp1252"
     advice = (f"save the manifest as UTF-8 (in Excel: 'CSV UTF-8'; or convert it, e.g. "
               f"iconv -f {source} -t utf-8)")
