@@ -387,15 +387,21 @@ def _say_max_steps(splits: dict[str, list[Example]], max_steps: int, variant: st
 
 
 def check_min_labels(config: ExperimentConfig, data: Data) -> None:
-    """Refuses (`IncompatibleRunError`) a ``decoding.min_labels`` above T_max, before any
-    work: the beam search could not keep it, and would say so only after stage 1."""
-    _, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
-    max_steps = _t_max(longest, data.label_map)
-    if config.decoding.min_labels > max_steps:
+    """Refuses (`IncompatibleRunError`) a ``decoding.min_labels`` above what a prediction
+    holds, before any work: T_max labels from the beam search (which could not keep more,
+    and would say so only after stage 1), every class from M_map alone (``baseline``)."""
+    num_classes = data.label_map.num_classes
+    if config.model.variant == "baseline":
+        most, what = num_classes, f"C = {num_classes} labels (the number of classes)"
+    else:
+        _, longest = label_statistics(data.splits["train"], num_classes)
+        most = _t_max(longest, data.label_map)
+        what = (f"T_max = {most} labels (the largest label count of a training image, at "
+                f"most the number of classes)")
+    if config.decoding.min_labels > most:
         raise IncompatibleRunError(
             f"--decoding.min_labels={config.decoding.min_labels} cannot hold: a prediction has "
-            f"at most T_max = {max_steps} labels (the largest label count of a training image, "
-            f"at most the number of classes); use at most {max_steps}")
+            f"at most {what}; use at most {most}")
 
 
 def note_changed_training_split(run_dir: RunDir, facts: RunFacts) -> None:

@@ -709,3 +709,15 @@ def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_ba
                              r"T_max = 2 labels .*; use at most 2"):
         pipeline.run(config, str(tmp_path / "run"), "train")
     assert not (tmp_path / "cache" / "features").exists()
+    # M_map alone (the baseline) labels every class above τ: it can give all C = 3 (one
+    # class no training image carries, as T_max = 2 stays).
+    data = pipeline.load_data(config.replace(decoding={"min_labels": 1}))
+    wider = pipeline.Data(data.splits, LabelMap([*data.label_map.names, "unicorn"]))
+    baseline = config.replace(model={"variant": "baseline"})
+    pipeline.check_min_labels(baseline, wider)
+    with pytest.raises(IncompatibleRunError, match=r"at most T_max = 2 labels"):
+        pipeline.check_min_labels(config, wider)
+    with pytest.raises(IncompatibleRunError,
+                       match=r"--decoding.min_labels=4 cannot hold: a prediction has at most "
+                             r"C = 3 labels \(the number of classes\); use at most 3"):
+        pipeline.check_min_labels(baseline.replace(decoding={"min_labels": 4}), wider)
