@@ -691,7 +691,8 @@ def test_train_and_export_print_no_tensorflow_notes(tiny_export_run):
             assert note not in log, (note, log[-3000:])
 
 
-def test_export_run_from_python_warms_up_on_the_runs_examples(tiny_export_run, tmp_path):
+def test_export_run_from_python_warms_up_on_the_runs_examples(tiny_export_run, tmp_path,
+                                                             monkeypatch):
     from tensorflow_serving.apis import prediction_log_pb2
 
     from ofrnn_tf.export import saved_model
@@ -704,12 +705,21 @@ def test_export_run_from_python_warms_up_on_the_runs_examples(tiny_export_run, t
         "images"])]
     examples = RunDir(str(tiny_export_run.workdir)).example_images()
     assert sent == [Path(examples[0]).read_bytes()]
+    # A version taken is refused before the model is built (seconds to a minute).
+    monkeypatch.setattr(saved_model.InferenceModule, "from_run", _not_to_be_called)
     with pytest.raises(FileExistsError, match=r"export/3 exists; pick another version$"):
         saved_model.export_run(str(tiny_export_run.workdir), base, version=3)
     os.rename(path, os.path.join(base, "0003"))  # TF Serving reads it as version 3 too
     with pytest.raises(FileExistsError, match=r"export/0003 exists; pick another version$"):
         saved_model.export_run(str(tiny_export_run.workdir), base, version=3)
     assert sorted(os.listdir(base)) == ["0003"]
+    (tmp_path / "full" / str(2 ** 63 - 1)).mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"none is left above it"):
+        saved_model.export_run(str(tiny_export_run.workdir), str(tmp_path / "full"))
+
+
+def _not_to_be_called(*args, **kwargs):
+    raise AssertionError("the model was built")
 
 
 def test_an_example_copy_linked_to_a_file_outside_the_run_is_not_exported(tiny_export_run,

@@ -201,9 +201,14 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
     The warm-up requests hold `warmup_images` (one the export refuses raises
     `WarmupImageError`), by default the first `num_warmup_images` of the run's example
     images that the export accepts, `on_refused(path, reason)` hearing of each one left
-    out (a gray square where none is left).
+    out (a gray square where none is left). A `version` that exists already, or none
+    left above the highest (`next_version`), is refused before the model is built.
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if version is None:
+        next_version(export_base)
+    else:
+        _refuse_existing(os.path.join(export_base, str(servable_version(version))))
     module = InferenceModule.from_run(run_dir, **module_kwargs)
     if warmup_images is None:
         def inside(paths):  # looked at in order, until enough are usable
