@@ -105,6 +105,32 @@ def test_efficientnet_lite0_folded_batch_norm_computes_the_checkpoints_network()
                                    err_msg=layer)
 
 
+def test_efficientnet_lite0_built_folded_is_the_checkpoint_layout_folded_afterwards():
+    """Built without its batch norms, the model is what `fold_batch_norms` makes of the
+    checkpoint's layout: the same layers and configurations, the same weights bit for
+    bit; the feature layers cut from it where a cut keeps no convolution's raw output."""
+    from ofrnn_tf.features.backbones.batch_norm_folding import fold_batch_norms
+
+    built = efficientnet_lite.build_efficientnet_lite0()
+    afterwards = fold_batch_norms(efficientnet_lite.build_efficientnet_lite0(
+        fold_batch_norm=False))
+    assert [layer.name for layer in built.layers] == [layer.name for layer in afterwards.layers]
+    for ours, theirs in zip(built.layers, afterwards.layers):
+        assert ours.get_config() == theirs.get_config(), ours.name
+        assert len(ours.weights) == len(theirs.weights), ours.name
+        for a, b in zip(ours.get_weights(), theirs.get_weights()):
+            np.testing.assert_array_equal(a, b, err_msg=ours.name)
+    assert [efficientnet_lite.folds_when_built(name) for name in (
+        "top_activation", "block5c_out", "block5c_project_conv", "block5c_dwconv",
+        "block5c_project_bn")] == [True, True, False, False, False]
+    # Cut at a convolution, its own batch norm stays out; the ones before it are folded.
+    cut = get_backbone("efficientnet_lite0", "block5c_project_conv").feature_model
+    assert not cut.get_layer("block5c_project_conv").use_bias
+    assert cut.get_layer("block5c_expand_conv").use_bias
+    assert not [layer for layer in cut.layers
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def test_efficientnet_lite0_preprocessing():
     x = tf.constant([[[[0, 127, 255]]]], tf.uint8)
     np.testing.assert_allclose(efficientnet_lite.preprocess(x).numpy().ravel(),

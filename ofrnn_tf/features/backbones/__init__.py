@@ -161,8 +161,11 @@ def _build(name: str, feature_layer: str | None, image_size: int | None, weights
            fold_batch_norm: bool) -> Backbone:
     if name == "efficientnet_lite0":
         size = image_size or efficientnet_lite.IMAGE_SIZE
+        named = efficientnet_lite.FEATURE_LAYERS.get(feature_layer, feature_layer)
+        folded = fold_batch_norm and weights == "imagenet" and efficientnet_lite.folds_when_built(
+            named or efficientnet_lite.DEFAULT_FEATURE_LAYER)
         model = efficientnet_lite.build_efficientnet_lite0(size, weights=weights,
-                                                           fold_batch_norm=False)
+                                                           fold_batch_norm=folded)
         layer = _resolve_layer(model, name, feature_layer, efficientnet_lite.DEFAULT_FEATURE_LAYER,
                                efficientnet_lite.FEATURE_LAYERS)
         preprocess = efficientnet_lite.preprocess

@@ -11,9 +11,10 @@ fast on the CPU, with the same outputs up to float32 round-off
 (`benchmarks/bench_extraction.py`).
 
 `fold_batch_norms` rewrites any functional Keras model that way (the
-``keras.applications`` backbones, and EfficientNet-Lite0 after its checkpoint is
-loaded); batch norms it cannot fold (after a pooling or a concatenation, as in
-DenseNet, or on a convolution whose output is also used elsewhere) stay as they are.
+``keras.applications`` backbones); EfficientNet-Lite0 is built folded from its
+checkpoint by the same `folded_weights`. Batch norms it cannot fold (after a pooling or a
+concatenation, as in DenseNet, or on a convolution whose output is also used elsewhere)
+stay as they are.
 
 Example:
 >>> model = keras.applications.MobileNetV2(include_top=False, weights=None)
@@ -27,7 +28,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-__all__ = ["fold_batch_norms", "foldable_batch_norms", "folded_conv_weights"]
+__all__ = ["fold_batch_norms", "foldable_batch_norms", "folded_conv_weights", "folded_weights"]
 
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
@@ -62,26 +63,36 @@ def foldable_batch_norms(model: keras.Model) -> dict[str, keras.layers.BatchNorm
 
 def folded_conv_weights(conv: keras.layers.Layer, bn: keras.layers.BatchNormalization
                         ) -> list[np.ndarray]:
-    """``[kernel · s, (b − μ) s + β]`` for a convolution followed by `bn`, computed in
-    float64, with ``s = γ/√(σ² + ε)`` per output channel (the last axis of a Conv2D
-    kernel; of a depthwise kernel ``[h, w, C, m]``, channel ``c·m + j``)."""
+    """``[kernel · s, (b − μ) s + β]`` for a convolution followed by `bn`
+    (`folded_weights`)."""
     def values(variable, default: float) -> np.ndarray:
         if variable is None:
             return np.full(bn.moving_mean.shape, default)
         return np.asarray(variable, np.float64)
 
-    gamma, beta = values(bn.gamma, 1.0), values(bn.beta, 0.0)
-    mean, var = values(bn.moving_mean, 0.0), values(bn.moving_variance, 1.0)
-    scale = gamma / np.sqrt(var + bn.epsilon)
-    kernel = np.asarray(conv.kernel, np.float64)
-    bias = beta - mean * scale
-    if conv.use_bias:
-        bias = bias + np.asarray(conv.bias, np.float64) * scale
-    if isinstance(conv, keras.layers.DepthwiseConv2D):
+    return folded_weights(
+        np.asarray(conv.kernel, np.float64),
+        np.asarray(conv.bias, np.float64) if conv.use_bias else None,
+        values(bn.gamma, 1.0), values(bn.beta, 0.0), values(bn.moving_mean, 0.0),
+        values(bn.moving_variance, 1.0), bn.epsilon,
+        depthwise=isinstance(conv, keras.layers.DepthwiseConv2D))
+
+
+def folded_weights(kernel: np.ndarray, bias: np.ndarray | None, gamma: np.ndarray,
+                   beta: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilon: float,
+                   depthwise: bool = False) -> list[np.ndarray]:
+    """``[kernel · s, (b − μ) s + β]`` as float32, computed in float64, with
+    ``s = γ/√(σ² + ε)`` per output channel: the last axis of a Conv2D kernel; of a
+    depthwise kernel ``[h, w, C, m]``, channel ``c·m + j``. `bias` None: no bias."""
+    scale = gamma / np.sqrt(variance + epsilon)
+    folded_bias = beta - mean * scale
+    if bias is not None:
+        folded_bias = folded_bias + bias * scale
+    if depthwise:
         kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
     else:
         kernel = kernel * scale
-    return [kernel.astype(np.float32), bias.astype(np.float32)]
+    return [kernel.astype(np.float32), folded_bias.astype(np.float32)]
 
 
 def fold_batch_norms(model: keras.Model) -> keras.Model:

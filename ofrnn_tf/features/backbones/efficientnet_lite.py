@@ -11,9 +11,10 @@ norm epsilon is 1e-3. The file is read with `torch_pickle`, never with torch.
 
 Layer names follow ``keras.applications.EfficientNetB0``: ``stem_*``,
 ``block{stage}{letter}_*`` with each block ending in ``block..._out``, and
-``top_conv``/``top_activation``. The model is built in the checkpoint's layout (a
-batch norm after each convolution) and, by default, returned with the batch norms
-folded into the convolutions (`batch_norm_folding`).
+``top_conv``/``top_activation``. By default the batch norms are folded into the
+convolutions (`batch_norm_folding`): the model is built without them, each convolution
+given the folded weights; ``fold_batch_norm=False`` builds the checkpoint's layout (a
+batch norm after each convolution).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.backbones import torch_pickle
-from ofrnn_tf.features.backbones.batch_norm_folding import fold_batch_norms
+from ofrnn_tf.features.backbones.batch_norm_folding import fold_batch_norms, folded_weights
 
 IMAGE_SIZE = 224
 BN_EPSILON = 1e-3
@@ -83,32 +84,39 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
     return (tf.cast(images, tf.float32) - MEAN_RGB) / STDDEV_RGB
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool):
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                            name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+def _normalized(x, conv: keras.layers.Layer, bn_name: str, folded: bool):
+    """`conv` then its batch norm `bn_name`, or `conv` alone where the norm is folded
+    into it (`conv` made with a bias then)."""
+    x = conv(x)
+    return x if folded else keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, act: bool, folded: bool):
+    x = _normalized(x, keras.layers.Conv2D(filters, kernel, strides=stride, padding="same",
+                                           use_bias=folded, name=f"{name}_conv"),
+                    f"{name}_bn", folded)
     if act:
         x = keras.layers.ReLU(6.0, name=f"{name}_activation")(x)
     return x
 
 
 def _mbconv(x, kernel: int, filters_in: int, filters_out: int, expand: int, stride: int,
-            prefix: str):
+            prefix: str, folded: bool):
     """Mobile inverted bottleneck without squeeze-excite (the Lite block)."""
     inputs = x
     filters = filters_in * expand
     if expand != 1:
-        x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False,
-                                name=f"{prefix}expand_conv")(x)
-        x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}expand_bn")(x)
+        x = _normalized(x, keras.layers.Conv2D(filters, 1, padding="same", use_bias=folded,
+                                               name=f"{prefix}expand_conv"),
+                        f"{prefix}expand_bn", folded)
         x = keras.layers.ReLU(6.0, name=f"{prefix}expand_activation")(x)
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                     name=f"{prefix}dwconv")(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}bn")(x)
+    x = _normalized(x, keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same",
+                                                    use_bias=folded, name=f"{prefix}dwconv"),
+                    f"{prefix}bn", folded)
     x = keras.layers.ReLU(6.0, name=f"{prefix}activation")(x)
-    x = keras.layers.Conv2D(filters_out, 1, padding="same", use_bias=False,
-                            name=f"{prefix}project_conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}project_bn")(x)
+    x = _normalized(x, keras.layers.Conv2D(filters_out, 1, padding="same", use_bias=folded,
+                                           name=f"{prefix}project_conv"),
+                    f"{prefix}project_bn", folded)
     if stride == 1 and filters_in == filters_out:
         return keras.layers.Add(name=f"{prefix}out")([x, inputs])
     return keras.layers.Identity(name=f"{prefix}out")(x)
@@ -142,11 +150,14 @@ def build_efficientnet_lite0(image_size: int = IMAGE_SIZE, include_top: bool = F
             differ by round-off only. False keeps the checkpoint's layout (for
             fine-tuning, or to cut the model at a batch norm before folding).
     """
+    # Built folded from the checkpoint: the copy `fold_batch_norms` makes would build the
+    # whole model a second time (seconds at every start of a command).
+    folded = fold_batch_norm and weights == "imagenet"
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", act=True)
+    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", act=True, folded=folded)
     for prefix, (kernel, f_in, f_out, expand, stride) in _block_prefixes():
-        x = _mbconv(x, kernel, f_in, f_out, expand, stride, prefix)
-    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", act=True)
+        x = _mbconv(x, kernel, f_in, f_out, expand, stride, prefix, folded)
+    x = _conv_bn(x, HEAD_FILTERS, 1, 1, "top", act=True, folded=folded)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(1000, name="predictions")(x)
@@ -155,7 +166,15 @@ def build_efficientnet_lite0(image_size: int = IMAGE_SIZE, include_top: bool = F
         load_torch_weights(model, torch_pickle.load_state_dict(weights_path()))
     elif weights is not None:
         raise ValueError(f"efficientnet_lite0 weights must be 'imagenet' or None, got {weights!r}")
-    return fold_batch_norms(model) if fold_batch_norm else model
+    return fold_batch_norms(model) if fold_batch_norm and not folded else model
+
+
+def folds_when_built(layer: str) -> bool:
+    """Whether the model built folded (`build_efficientnet_lite0` with its weights) can be
+    cut at `layer` as the model with its batch norms, cut there and then folded, would
+    be: at any layer but a convolution (whose output is its batch norm's input, unfolded
+    where the cut keeps it) and a batch norm."""
+    return not layer.endswith(("conv", "_bn"))
 
 
 def build_efficientnet_lite0_classifier(image_size: int = IMAGE_SIZE,
@@ -187,8 +206,8 @@ def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) ->
     """Copies a PyTorch EfficientNet-Lite0 state dict into `model` (layout-converted).
 
     Conv kernels OIHW → HWIO, depthwise (C, 1, kh, kw) → (kh, kw, C, 1), dense
-    (out, in) → (in, out); each batch norm gets γ, β, μ, σ² (`model` has the
-    checkpoint's layout; the folding comes after, `batch_norm_folding`).
+    (out, in) → (in, out); each batch norm gets γ, β, μ, σ², or, where `model` was built
+    folded (no ``*_bn`` layers), is folded into its convolution (`folded_weights`).
     Every weight of the model must be found with the right shape, and every tensor of
     the file must be used (the head only when the model has it); otherwise a
     ValueError names the offending key.
@@ -219,10 +238,16 @@ def load_torch_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) ->
         kernel = take(f"{prefix}.weight").transpose(
             (2, 3, 1, 0) if kind == "conv" else (2, 3, 0, 1))
         bn_layer, bn_prefix = batch_norm
-        assign(layer_name, prefix, [kernel])
-        assign(bn_layer, bn_prefix, [take(f"{bn_prefix}.{n}") for n in
-                                     ("weight", "bias", "running_mean", "running_var")])
+        norm = [take(f"{bn_prefix}.{n}") for n in
+                ("weight", "bias", "running_mean", "running_var")]
         used.add(f"{bn_prefix}.num_batches_tracked")
+        if bn_layer in layer_names:
+            assign(layer_name, prefix, [kernel])
+            assign(bn_layer, bn_prefix, norm)
+        else:  # built folded: as `fold_batch_norms` folds the float32 weights loaded
+            as_loaded = [v.astype(np.float32).astype(np.float64) for v in (kernel, *norm)]
+            assign(layer_name, prefix, folded_weights(as_loaded[0], None, *as_loaded[1:],
+                                                      BN_EPSILON, depthwise=kind == "dwconv"))
 
     unused = sorted(k for k in state_dict if k not in used
                     and not (not include_top and k.startswith("_fc.")))
