@@ -8,7 +8,8 @@ log-probability; or the reason a file was refused) and stops the server.
 
     python scripts/grpc_demo.py --export_dir=exports/ofrnn img1.jpg img2.png
 
-Takes about 10-20 s on a CPU, almost all of it the server loading the SavedModel. The
+Takes about 10 s to a minute on a 2-core CPU, almost all of it the server loading the
+SavedModel and replaying its warm-up requests (the slower the host, the longer). The
 server starts first, so this process imports TensorFlow (for the client) while the
 child loads the model.
 """

@@ -923,13 +923,20 @@ def test_client_cli(server, model_base, tmp_path):
 
     # --files_from=-: the arguments, then the files listed on standard input; --timeout=inf
     # is no deadline (gRPC's own would overflow and fail the call at once).
-    listed = subprocess.run(command + ["--files_from=-", "--timeout=inf",
+    # --all_scores: every class's score by class id, whatever τ chose.
+    listed = subprocess.run(command + ["--files_from=-", "--timeout=inf", "--all_scores",
                                        str(tmp_path / "yellow.png")],
                             input=f"{folder / 'red.png'}\r\n\n{folder / 'notes.txt'}\n",
                             capture_output=True, text=True, env=env, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    assert [json.loads(line)["image"] for line in listed.stdout.splitlines()] == [
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [
         str(tmp_path / "yellow.png"), str(folder / "red.png"), str(folder / "notes.txt")]
+    for line, without in zip(lines, results[3:1:-1]):
+        assert len(line["all_scores"]) > len(line["label_ids"])
+        assert [line["all_scores"][c] for c in line["label_ids"]] == line["scores"]
+        assert {**line, "all_scores": None} == {**without, "all_scores": None}
+    assert "all_scores" not in results[2]
 
     # A refusal that names no image stops the command, naming the server's answer.
     refused = subprocess.run(command + ["--model_name=missing", str(tmp_path / "yellow.png")],

@@ -7,7 +7,9 @@ Takes files and folders (and ``--files_from``) as ``ofrnn-predict`` does and wri
 JSON lines, less the step probabilities, which the export does not serve: ``image``,
 ``labels`` (decoding order), ``label_ids``, ``scores``, ``log_prob``, and the
 ``model_version`` that answered (TF Serving moves to a new version as it appears, and
-another version may hold another label map), one per input, as
+another version may hold another label map), and with ``--all_scores`` every class's
+score by class id (``ofrnn-predict`` names them; the export's
+``assets.extra/label_map.json`` holds the names), one per input, as
 each batch of ``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes
 in several requests). A file that cannot be read, or that the server refuses as an
 image, gets an ``error`` line and the others go on. A refusal that names no image
@@ -48,6 +50,8 @@ def define_flags() -> None:
     flags.DEFINE_float("timeout", 30.0, "seconds per request (inf: no limit)")
     flags.DEFINE_string("output", None, "JSON-lines file to write (default: stdout)")
     flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
+    flags.DEFINE_bool("all_scores", False, "Also write every class's score, by class id "
+                      "(all_scores; the names are in the export's assets.extra/label_map.json)")
 
 
 def main(argv):
@@ -73,7 +77,7 @@ def main(argv):
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
-                            timeout=FLAGS.timeout)
+                            timeout=FLAGS.timeout, all_scores=FLAGS.all_scores)
     lines = merge_results(entries, results)
     if FLAGS.output or not sys.stdout.isatty():  # on a terminal the lines show the progress
         lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")

@@ -73,11 +73,15 @@ def _call(target: str, channel: grpc.Channel | None, fn):
         return fn(own)
 
 
-def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
+def parse_predict_response(response: predict_pb2.PredictResponse, all_scores: bool = False
+                           ) -> list[dict]:
     """Per image: ``label_ids``, ``label_names``, ``scores`` (of those labels, in
     decoding order), ``log_prob`` (of the decoded label path) and ``model_version``, the
     version that answered (None where the response does not say): TF Serving moves to
-    a new version as it appears, and versions may hold other label maps."""
+    a new version as it appears, and versions may hold other label maps. With
+    `all_scores`, ``all_scores`` too: every class's score, by class id (a ``label_ids``
+    entry is a place in it; the names are in the export's
+    ``assets.extra/label_map.json``), to rank images by a class whatever τ chose."""
     out = {key: tf.make_ndarray(response.outputs[key]) for key in PREDICT_OUTPUTS}
     version = (int(response.model_spec.version.value)
                if response.model_spec.HasField("version") else None)
@@ -91,6 +95,7 @@ def parse_predict_response(response: predict_pb2.PredictResponse) -> list[dict]:
             "scores": [float(out["scores"][i, c]) for c in ids],
             "log_prob": float(out["log_prob"][i]),
             "model_version": version,
+            **({"all_scores": [float(s) for s in out["scores"][i]]} if all_scores else {}),
         })
     return results
 
@@ -110,7 +115,7 @@ PIPE_WAIT_SECONDS = 5.0
 def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
                    signature_name: str | None = None, version: int | None = None,
                    threshold: float | Sequence[float] | None = None, timeout: float = 30.0,
-                   channel: grpc.Channel | None = None) -> list[dict]:
+                   channel: grpc.Channel | None = None, all_scores: bool = False) -> list[dict]:
     """Classifies encoded JPEG/PNG/GIF/BMP images in one Predict request.
 
     Args:
@@ -127,6 +132,7 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
             limit).
         channel: an open channel to reuse (e.g. from ``make_channel``); by default a
             channel is opened and closed for this call.
+        all_scores: add every class's score, by class id (``parse_predict_response``).
 
     Returns:
         One dict per image, see ``parse_predict_response``.
@@ -143,7 +149,8 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
 
     def run(ch):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        return parse_predict_response(stub.Predict(request, timeout=_deadline(timeout)))
+        return parse_predict_response(stub.Predict(request, timeout=_deadline(timeout)),
+                                      all_scores)
 
     return _call(target, channel, run)
 
@@ -247,14 +254,16 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                   max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                   model_name: str = DEFAULT_MODEL_NAME, signature_name: str | None = None,
                   version: int | None = None, threshold: float | None = None,
-                  timeout: float = 30.0, channel: grpc.Channel | None = None) -> Iterator[dict]:
+                  timeout: float = 30.0, channel: grpc.Channel | None = None,
+                  all_scores: bool = False) -> Iterator[dict]:
     """Classifies image files through the server, `batch_size` per Predict request.
 
     Yields one result per path, in order, as each batch returns: ``{"image", "labels"
     (names, decoding order), "label_ids", "scores", "log_prob", "model_version"}``, the
     fields of ``ofrnn-predict``'s lines but its step probabilities (not served), and the
-    version that answered; or ``{"image", "error"}`` for a file that cannot be read and
-    for an image the server refuses.
+    version that answered (and, with `all_scores`, ``all_scores``: every class's score by
+    class id, see ``parse_predict_response``); or ``{"image", "error"}`` for a file that
+    cannot be read and for an image the server refuses.
 
     A batch whose files add up to more than `max_request_bytes` goes in several
     requests (a larger file goes alone); one the server refuses as above its batch limit
@@ -308,7 +317,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                 served = predict_images(
                     target, [data for _, data in request], model_name=model_name,
                     signature_name=signature_name, version=version, threshold=threshold,
-                    timeout=timeout, channel=ch)
+                    timeout=timeout, channel=ch, all_scores=all_scores)
             except grpc.RpcError as error:
                 if _busy(error) and busy < len(BUSY_RETRY_SECONDS):
                     time.sleep(BUSY_RETRY_SECONDS[busy])
@@ -372,10 +381,8 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                               "error": f"{batch[k]}: refused by the server: {reason}{doubt}"}
                 return
             for (k, _), result in zip(request, served):
-                results[k] = {"image": batch[k], "labels": result["label_names"],
-                              "label_ids": result["label_ids"], "scores": result["scores"],
-                              "log_prob": result["log_prob"],
-                              "model_version": result["model_version"]}
+                results[k] = {"image": batch[k], "labels": result.pop("label_names"),
+                              **result}
             return
 
     def stream():
