@@ -2,15 +2,21 @@
 through a shared folder) never write one file, and only a dead writer's leftovers are
 removed.
 
-A temporary name carries its writer's owner tag, ``<host>-<pid>``. Whether a pid is
-alive can be asked only on its own machine, so a tag of another host is never taken
-for a dead writer's: that machine may be writing the file right now.
+A temporary name carries its writer's owner tag, ``<host>-<pid>@<start>``, the start
+being when the process started (Linux; the tag is ``<host>-<pid>`` elsewhere): a writer
+killed and started again under the same pid (a container's PID 1 restarted) is told
+from its dead predecessor. Whether a pid is alive can be asked only on its own machine,
+so a tag of another host is never taken for a dead writer's: that machine may be
+writing the file right now. Such leftovers are named once, for the user to remove
+where that host is gone (a container replaced by another of a new name).
 """
 
 import os
 import re
 import shutil
 import socket
+
+from ofrnn_tf.status import log
 
 
 def pid_alive(pid: int) -> bool:
@@ -29,30 +35,60 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
 
 
+def _started(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since the machine booted (field 22 of
+    Linux's ``/proc/<pid>/stat``); None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()  # after "pid (name) "
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def owner_tag() -> str:
-    """``<host>-<pid>`` of this process, for the temporary names it writes."""
-    return f"{_host()}-{os.getpid()}"
+    """``<host>-<pid>@<start>`` of this process (``<host>-<pid>`` where its start cannot
+    be read), for the temporary names it writes."""
+    pid = os.getpid()
+    start = _started(pid)
+    return f"{_host()}-{pid}" + (f"@{start}" if start else "")
+
+
+def _parts(tag: str) -> tuple[str, str, str]:
+    """(host, pid, start) of an owner tag; "" for a part it lacks."""
+    host, _, rest = tag.rpartition("-")
+    pid, _, start = rest.partition("@")
+    return host, pid, start
 
 
 def left_by_dead_owner(tag: str) -> bool:
-    """True when `tag` is an owner tag of this host whose process has died.
+    """True when `tag` is an owner tag of this host whose process has died: its pid is
+    gone, or is another process's now (it started at another time than the tag's).
 
     A bare pid (names written before they carried a host) counts as this host's.
     Tags of other hosts, and text that is no tag, are False: not ours to remove.
     """
-    host, _, pid = tag.rpartition("-")
+    host, pid, start = _parts(tag)
     if not pid.isdigit() or (host and host != _host()):
         return False
-    return not pid_alive(int(pid))
+    if not pid_alive(int(pid)):
+        return True
+    now = _started(int(pid))
+    return bool(start) and now is not None and now != start
 
 
 def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
     """Removes the entries of `folder` (files or folders) whose whole name matches `name`
     and that a dead writer of this host left: `name`'s group ``owner`` holds the owner
     tag, and an entry whose match has none (named before names carried one) counts as
-    a dead writer's too. Live writers' entries, and other hosts', stay."""
-    for entry in os.listdir(folder):
+    a dead writer's too. Live writers' entries, and other hosts', stay; the latter are
+    named once a folder (`_name_other_hosts`)."""
+    others = []
+    for entry in sorted(os.listdir(folder)):
         match = name.fullmatch(entry)
+        if match and match["owner"] is not None and _parts(match["owner"])[0] not in (
+                "", _host()):
+            others.append(entry)
         if not match or (match["owner"] is not None and not left_by_dead_owner(match["owner"])):
             continue
         path = os.path.join(folder, entry)
@@ -65,11 +101,33 @@ def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
                 pass
 
 
+    if others:
+        _name_other_hosts(folder, others)
+
+
+_named_folders: set[str] = set()
+
+
+def _name_other_hosts(folder: str, entries: list[str]) -> None:
+    """Says once a folder (a process) which temporary entries other hosts left there:
+    not removed, as their writers may be at work, and taking disk space for ever where
+    the host is gone."""
+    key = os.path.realpath(folder)
+    if key in _named_folders:
+        return
+    _named_folders.add(key)
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3
+                                      else "")
+    log(f"{folder}: temporary entries of other hosts are left as they are ({shown}): a "
+        f"command there may be writing them; where that host is gone (a container replaced "
+        f"by one of another name), nothing will remove them: remove them by hand")
+
+
 def describe_owner(tag: str) -> str:
     """``pid <pid> on host <host>`` for an owner tag (`owner_tag`), for messages naming
     who holds a file; other text is quoted as it is."""
     tag = tag.strip()
-    host, _, pid = tag.rpartition("-")
+    host, pid, _ = _parts(tag)
     if host and pid.isdigit():
         return f"pid {pid} on host {host}"
     return f"another process ({tag!r})" if tag else "another process"
