@@ -615,7 +615,7 @@ def test_command_line_builds_the_cache_training_reads(tmp_path):
     first = subprocess.run(command + ["--shard_index=1"], capture_output=True, text=True,
                            env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "train: 2 examples written in 1 shard(s)" in first.stderr
+    assert "[ofrnn_tf] features train: 2 examples written in 1 shard(s)" in first.stderr
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout.strip().splitlines()[-1]

@@ -17,12 +17,12 @@ copied from it, relabelled (`ofrnn_tf.features.shard_copy`); ``--shard_index`` a
 runs the backbone on its shard.
 """
 
-import sys
 
 from absl import app, flags
 
 from ofrnn_tf.cli import input_errors, refusal, refusing_cache_writes, runner, usable_config
 from ofrnn_tf.config.flags import config_from_flags, define_config_flags
+from ofrnn_tf.status import log
 
 FLAGS = flags.FLAGS
 
@@ -77,7 +77,7 @@ def _extract(config) -> int:
         summary = extract_split(examples, data.label_map, backbone, directory, split,
                                 batch_size=features.extract_batch_size,
                                 num_shards=features.num_shards, shard_index=FLAGS.shard_index)
-        print(summary, file=sys.stderr)
+        log(f"features {summary}")  # as a whole cache's extraction says it
     print(directory)
     return 0
 
