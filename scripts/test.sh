@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (set-up included). Extra arguments go to pytest.
+#
+# One pytest worker per CPU core (pytest-xdist), each taking whole test files, so that a
+# file's shared fixtures (a tiny trained run, a served model) are built once per worker:
+# most of the suite's time is single-threaded (Python start-up, TensorFlow's import and
+# tracing, child processes), which a second worker overlaps. `-n 0` runs it in one
+# process (for a debugger).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -n auto --dist loadfile "$@"
