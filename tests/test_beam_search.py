@@ -387,6 +387,9 @@ def test_baseline_thresholds_v_prob():
             chosen = out["labels"][i, :n]
             assert (out["labels"][i, n:] == -1).all() and n >= min_labels
             assert (np.diff(v_prob[i, chosen]) <= 0).all()  # most probable first
+            # The path's log-probability is the chosen labels' alone.
+            assert out["log_prob"][i] == pytest.approx(np.log(v_prob[i, chosen]).sum(),
+                                                       rel=1e-5, abs=1e-6)
         assert out["attention"].shape == (6, 3, M)
     # A class whose v_prob is τ exactly is kept ("at least τ"), in the graph and in numpy.
     scores = out["scores"]  # v_prob as the graph computes it

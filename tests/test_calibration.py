@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ofrnn_tf.decoding.beam_search import labels_to_multi_hot, make_decoder, select_baseline
+from ofrnn_tf.decoding.beam_search import (
+    labels_to_multi_hot, make_decoder, mix_scores, select_baseline)
 from ofrnn_tf.decoding.calibration import (
     calibrate_decoding, calibrate_from_outputs, calibrate_outputs, choose_score_mix,
     decode_all_steps, default_grid, objective_value, predictions_at)
@@ -71,6 +72,7 @@ def test_objectives_differ_and_are_validated():
         calibrate_from_outputs(outputs, objective="f1")
     with pytest.raises(ValueError, match=r"grid\[1\]"):
         calibrate_from_outputs(outputs, grid=[0.1, 1.5])
+    assert [t for t, _ in calibrate_from_outputs(outputs, grid=[0.0, 1.0])[1]] == [0.0, 1.0]
     del outputs["y_true"]
     with pytest.raises(ValueError, match="y_true"):
         calibrate_from_outputs(outputs)
@@ -172,6 +174,31 @@ def test_calibrated_threshold_reproduces_its_score_when_decoding(mode):
             np.testing.assert_array_equal(labels_to_multi_hot(out["labels"].numpy(), C), y_pred)
         assert math.isclose(objective_value(label_set_metrics(y, y_pred), "mean_f1"), value,
                             rel_tol=1e-9), f"τ={tau}"
+
+
+@pytest.mark.parametrize("objective", ["c_f1", "o_f1", "mean_f1"])
+def test_stage_2_validation_scores_the_objective_asked_for_and_ranks_by_the_mixed_scores(
+        objective):
+    """The score that picks stage 2's best epoch is the calibration objective's, and its
+    mAP ranks by the scores the export serves (M_map's mixed with the decoder's)."""
+    from ofrnn_tf.config.experiment import DecodingConfig
+    from ofrnn_tf.evaluation.evaluate import metrics_at, validate
+
+    model, _, y, data = _model_and_data("order_free")
+    decoding = DecodingConfig(beam_size=2, calibration_objective=objective)
+    metrics = validate(model, data, 2, decoding, max_steps=3)
+    assert metrics["C-F1"] != metrics["O-F1"]  # else the objectives could not be told apart
+    assert metrics["score"] == objective_value(metrics, objective)
+    outputs = decode_all_steps(model, data, beam_size=2, max_steps=3, progress=False)
+    chosen = calibrate_outputs(outputs, objective=objective)
+    assert (metrics["tau"], metrics["score_mix"]) == (chosen.tau, chosen.score_mix)
+    _, scores = predictions_at(outputs, chosen.tau, 1, chosen.score_mix)
+    assert metrics["mAP"] == mean_average_precision(y, scores)
+    # The test metrics rank by the same mix, at any weight given.
+    mixed = mix_scores(outputs["v_prob"], outputs["path_scores"], np.float32(0.3))
+    assert mean_average_precision(y, mixed) != mean_average_precision(y, outputs["v_prob"])
+    assert metrics_at(outputs, chosen.tau, score_mix=0.3)["mAP"] == pytest.approx(
+        mean_average_precision(y, mixed), abs=1e-9)
 
 
 def test_repeated_decoding_passes_trace_the_decoder_once():

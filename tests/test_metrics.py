@@ -379,10 +379,13 @@ def test_shape_errors_name_argument_and_shape():
 
 
 def test_value_errors_name_argument_and_index():
-    bad = Y_TRUE.copy()
-    bad[2, 1] = 2
-    with pytest.raises(ValueError, match=r"y_true \(shape \(4, 4\)\) must hold only 0 and 1; 1 entries do not, first at \[2, 1\]"):
-        M.label_set_metrics(bad, Y_PRED)
+    bad = Y_TRUE.copy().astype(np.float64)
+    for value in (2, 0.5, np.nan):  # a soft label or a NaN is no 0 either
+        bad[2, 1] = value
+        with pytest.raises(ValueError, match=r"y_true \(shape \(4, 4\)\) must hold only 0 and 1; 1 entries do not, first at \[2, 1\]"):
+            M.label_set_metrics(bad, Y_PRED)
+        with pytest.raises(ValueError, match=r"y_pred .* first at \[2, 1\]"):
+            M.label_set_metrics(Y_TRUE, bad)
     scores = np.zeros((4, 4))
     scores[1, 3] = np.nan
     with pytest.raises(ValueError, match=r"scores .* must be finite; 1 entries do not, first at \[1, 3\]"):
