@@ -363,6 +363,19 @@ def test_bad_image_is_refused_by_index(decode, name):
     assert expected in message, message
 
 
+def test_a_jpeg_frame_tensorflow_does_not_decode_is_named_when_sent_alone_too(decode):
+    """Only 8-bit baseline, extended and progressive frames (SOF0-2) are decoded without
+    a check of their own; a lossless one (SOF3) alone is named as it is in a batch."""
+    jpeg = tf.io.encode_jpeg(tf.fill([16, 16, 3], tf.constant(100, tf.uint8))).numpy()
+    at = jpeg.index(b"\xff\xc0")
+    lossless = jpeg[:at] + b"\xff\xc3" + jpeg[at + 2:]
+    for batch, index in (([lossless], 0), ([JPEG, lossless], 1)):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            decode(tf.constant(batch))
+        message = assertion_message(raised.value)
+        assert message.startswith(f"images[{index}] "), message
+
+
 @pytest.mark.parametrize("name", ["1-bit bmp", "16-bit bmp", "run-length encoded bmp",
                                   "bmp with an OS/2 header",
                                   "bmp with an OS/2 header and FF in byte 25",
