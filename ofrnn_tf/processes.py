@@ -82,7 +82,7 @@ def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
     and that a dead writer of this host left: `name`'s group ``owner`` holds the owner
     tag, and an entry whose match has none (named before names carried one) counts as
     a dead writer's too. Live writers' entries, and other hosts', stay; the latter are
-    named once a folder (`_name_other_hosts`)."""
+    named, each once (`_name_other_hosts`)."""
     others = []
     for entry in sorted(os.listdir(folder)):
         match = name.fullmatch(entry)
@@ -99,23 +99,23 @@ def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
                 os.remove(path)
             except FileNotFoundError:  # its writer, or another cleaner, got there first
                 pass
-
-
     if others:
         _name_other_hosts(folder, others)
 
 
-_named_folders: set[str] = set()
+# Other hosts' temporary entries named so far (a folder's real path and the name).
+_named_entries: set[tuple[str, str]] = set()
 
 
 def _name_other_hosts(folder: str, entries: list[str]) -> None:
-    """Says once a folder (a process) which temporary entries other hosts left there:
-    not removed, as their writers may be at work, and taking disk space for ever where
-    the host is gone."""
+    """Says which temporary entries of `folder` other hosts left that this process has
+    not named yet: not removed, as their writers may be at work, and taking disk space
+    for ever where the host is gone."""
     key = os.path.realpath(folder)
-    if key in _named_folders:
+    entries = [entry for entry in entries if (key, entry) not in _named_entries]
+    if not entries:
         return
-    _named_folders.add(key)
+    _named_entries.update((key, entry) for entry in entries)
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3
                                       else "")
     log(f"{folder}: temporary entries of other hosts are left as they are ({shown}): a "

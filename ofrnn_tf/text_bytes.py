@@ -19,8 +19,17 @@ def marked_encoding(raw: bytes) -> Optional[str]:
     return next((name for mark, name in _MARKS if raw.startswith(mark)), None)
 
 
-def wide_without_mark(raw: bytes) -> bool:
-    """Whether `raw`, holding no mark, reads as UTF-16 by its NUL bytes: every other byte
-    of ASCII text is NUL there (and such bytes still decode as UTF-8), where a list of
-    NUL-separated names (`find -print0`) has one NUL a name."""
-    return marked_encoding(raw) is None and raw.count(b"\0") * 3 > len(raw)
+def unmarked_wide_encoding(raw: bytes) -> Optional[str]:
+    """"utf-16le", "utf-16be", "utf-32le" or "utf-32be" where `raw`, holding no mark,
+    reads as one by its NUL bytes: half of the bytes of ASCII text in UTF-16, three
+    quarters in UTF-32 (and such bytes still decode as UTF-8), where a list of
+    NUL-separated names (`find -print0`) has one NUL a name; the byte order by where
+    the NULs fall (after a letter's byte in little-endian). None otherwise."""
+    if marked_encoding(raw) is not None:
+        return None
+    nuls = raw.count(b"\0")
+    width = 4 if nuls * 5 > len(raw) * 3 else 2 if nuls * 3 > len(raw) else 0
+    if not width:
+        return None
+    little = raw[0::width].count(0) < raw[width - 1::width].count(0)
+    return f"utf-{8 * width}{'le' if little else 'be'}"

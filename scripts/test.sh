@@ -4,10 +4,13 @@
 # One pytest worker per CPU core (pytest-xdist), each taking whole test files, so that a
 # file's shared fixtures (a tiny trained run, a served model) are built once per worker:
 # most of the suite's time is single-threaded (Python start-up, TensorFlow's import and
-# tracing, child processes), which a second worker overlaps. `-n 0` runs it in one
-# process (for a debugger).
+# tracing, child processes), which a second worker overlaps. At most 4 workers (each
+# holds TensorFlow, and those given the files of the tiny trained run train it): xdist
+# counts the CPUs the process may use, not a container's CPU quota.
+# OFRNN_TEST_WORKERS=N sets the number; `-n 0` runs it in one process (for a debugger).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pytest -q -n auto --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -n "${OFRNN_TEST_WORKERS:-auto}" --maxprocesses=4 \
+  --dist loadfile "$@"

@@ -5,6 +5,7 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -303,6 +304,19 @@ def test_owner_tags_name_host_and_pid_and_only_this_hosts_dead_owners_are_dead()
     # Another machine's pids cannot be asked from here: its file may be in progress.
     assert not processes.left_by_dead_owner(f"other.machine-{dead}")
     assert not processes.left_by_dead_owner("no tag")
+
+
+def test_other_hosts_temporary_entries_are_named_each_once(tmp_path, capsys):
+    # One folder, two kinds of temporary file: a later kind's leftover is named too.
+    leftovers = ["a.json.tmp-other.machine-7@5", "b.json.tmp-other.machine-8@5"]
+    for name in leftovers:
+        (tmp_path / name).write_text("partial")
+    for stem in ("a", "b", "a", "b"):
+        processes.remove_dead_leftovers(str(tmp_path), re.compile(
+            re.escape(f"{stem}.json") + r"\.tmp-(?P<owner>.+)"))
+    said = capsys.readouterr().err
+    assert [said.count(name) for name in leftovers] == [1, 1], said
+    assert sorted(os.listdir(tmp_path)) == leftovers
 
 
 def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backbone, capsys):

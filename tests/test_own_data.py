@@ -106,12 +106,14 @@ def test_a_manifest_in_another_encoding_is_named_with_its_line(tmp_path):
         (tmp_path / "wide.csv").write_bytes(marked)
         assert load_manifest(str(tmp_path / "wide.csv"))[1].names == (
             "green square", "rouge carré"), encoding
-    # Without one, the advice converts from UTF-16, not from a spreadsheet's cp1252.
-    (tmp_path / "wide.csv").write_bytes(text.encode("utf-16-le"))
-    with pytest.raises(DataFileError, match=r"wide.csv: not UTF-8 text \(UTF-16 without a "
-                                            r"byte-order mark, by its NUL bytes\); .*iconv -f "
-                                            r"utf-16 -t utf-8"):
-        load_manifest(str(tmp_path / "wide.csv"))
+    # Without one, the advice converts from the encoding and byte order its NULs show,
+    # not from a spreadsheet's cp1252.
+    for encoding in ("utf-16le", "utf-16be", "utf-32le", "utf-32be"):
+        (tmp_path / "wide.csv").write_bytes(text.encode(encoding))
+        with pytest.raises(DataFileError, match=rf"wide.csv: not UTF-8 text \({encoding.upper()} "
+                                                rf"without a byte-order mark, by its NUL bytes\); "
+                                                rf".*iconv -f {encoding} -t utf-8"):
+            load_manifest(str(tmp_path / "wide.csv"))
     (tmp_path / "wide.csv").write_bytes(text.encode("utf-32")[:-3])  # cut inside a letter
     with pytest.raises(DataFileError, match=r"not UTF-32 text .*iconv -f utf-32 -t utf-8"):
         load_manifest(str(tmp_path / "wide.csv"))

@@ -17,7 +17,6 @@ copied from it, relabelled (`ofrnn_tf.features.shard_copy`); ``--shard_index`` a
 runs the backbone on its shard.
 """
 
-
 from absl import app, flags
 
 from ofrnn_tf.cli import input_errors, refusal, refusing_cache_writes, runner, usable_config

@@ -19,7 +19,7 @@ from absl import app
 from ofrnn_tf.cli import stop_if_interrupted
 from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
-from ofrnn_tf.text_bytes import marked_encoding, wide_without_mark
+from ofrnn_tf.text_bytes import marked_encoding, unmarked_wide_encoding
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif")
 IMAGE_KINDS = "/".join(extension[1:] for extension in IMAGE_EXTENSIONS)  # for messages
@@ -48,7 +48,7 @@ def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
         except OSError as error:
             raise app.UsageError(f"--files_from={files_from}: "
                                  f"{error.strerror or error}") from None
-        if marked_encoding(data) or wide_without_mark(data):
+        if marked_encoding(data) or unmarked_wide_encoding(data):
             raise app.UsageError(f"--files_from={files_from} is not UTF-8 text (UTF-16 or "
                                  f"UTF-32, by its bytes): save it as UTF-8, one path a line")
         data = data.removeprefix(b"\xef\xbb\xbf")  # UTF-8's mark, as Notepad writes it

@@ -37,7 +37,7 @@ from ofrnn_tf.data import (
     DataFileError, DataLabelMapError, DataNotFoundError, ImagesNotFoundError)
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap, listed_names
-from ofrnn_tf.text_bytes import marked_encoding, wide_without_mark
+from ofrnn_tf.text_bytes import marked_encoding, unmarked_wide_encoding
 
 _SEPARATORS = re.compile(r"[;|]")
 # Class names printed when a manifest's label map is built (the rest counted).
@@ -201,13 +201,13 @@ def _read_text(path: str) -> str:
         raw = f.read()
     encoding = marked_encoding(raw) or "utf-8-sig"
     named = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
-    wide = wide_without_mark(raw)
-    source = encoding if encoding != "utf-8-sig" else "utf-16" if wide else "cp1252"
+    wide = unmarked_wide_encoding(raw)
+    source = encoding if encoding != "utf-8-sig" else wide or "cp1252"
     advice = (f"save the manifest as UTF-8 (in Excel: 'CSV UTF-8'; or convert it, e.g. "
               f"iconv -f {source} -t utf-8)")
     if wide:
-        raise DataFileError(f"{path}: not UTF-8 text (UTF-16 without a byte-order mark, by "
-                            f"its NUL bytes); {advice}")
+        raise DataFileError(f"{path}: not UTF-8 text ({wide.upper()} without a byte-order "
+                            f"mark, by its NUL bytes); {advice}")
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
