@@ -84,7 +84,7 @@ def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
     a dead writer's too. Live writers' entries, and other hosts', stay; the latter are
     named, each once (`_name_other_hosts`)."""
     others = []
-    for entry in sorted(os.listdir(folder)):
+    for entry in os.listdir(folder):
         match = name.fullmatch(entry)
         if match and match["owner"] is not None and _parts(match["owner"])[0] not in (
                 "", _host()):
@@ -112,7 +112,7 @@ def _name_other_hosts(folder: str, entries: list[str]) -> None:
     not named yet: not removed, as their writers may be at work, and taking disk space
     for ever where the host is gone."""
     key = os.path.realpath(folder)
-    entries = [entry for entry in entries if (key, entry) not in _named_entries]
+    entries = sorted(entry for entry in entries if (key, entry) not in _named_entries)
     if not entries:
         return
     _named_entries.update((key, entry) for entry in entries)
