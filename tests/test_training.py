@@ -20,6 +20,7 @@ from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.training.trainer import (
     NonFiniteLossError, Trainer, _digest, _settings_parts, describe_position)
+from ofrnn_tf.training.step_interrupts import StepInterrupts
 from toy_run import TINY_TRAIN_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -598,6 +599,107 @@ def test_a_failed_validation_loses_no_training_and_the_rerun_redoes_only_it(tmp_
     for path, value in weights(model.trainable_variables).items():
         np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
     assert RunDir(workdir).load_best_info() == RunDir(str(tmp_path / "whole")).load_best_info()
+
+
+def _signalling_steps(trainer: Trainer, signum: int, after: int) -> None:
+    """Makes the trainer's steps send `signum` to this process once `after` steps ran
+    (from inside the step, as a Ctrl-C or SIGTERM landing while it runs)."""
+    make, calls = trainer._make_train_step, []
+
+    def make_signalling(stage):
+        step = make(stage)
+
+        def signalling(iterator):
+            result = step(iterator)
+            calls.append(stage)
+            if len(calls) == after:
+                os.kill(os.getpid(), signum)
+            return result
+
+        return signalling
+
+    trainer._make_train_step = make_signalling
+
+
+@pytest.mark.parametrize("signum, after", [
+    (signal.SIGINT, 3), (signal.SIGTERM, 2 * STEPS_PER_EPOCH + 2)],
+    ids=["sigint-stage1", "sigterm-stage2"])
+def test_ctrl_c_or_sigterm_mid_epoch_saves_the_step_it_lands_in(tmp_path, run, capsys,
+                                                                signum, after):
+    # checkpoint_every (100) is longer than the run: only the signal can save mid-epoch.
+    data, workdir, handed_on = synthetic_data(), str(tmp_path / "stopped"), []
+
+    def command_handler(number, frame):  # as a command's (`ofrnn_tf.cli.runner`) does
+        handed_on.append(number)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signum, command_handler)
+    try:
+        trainer = make_trainer(workdir, tiny_config(), data, scripted_validation([]))
+        _signalling_steps(trainer, signum, after)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+        assert signal.getsignal(signum) is command_handler  # put back
+    finally:
+        signal.signal(signum, previous)
+    assert handed_on == [signum]
+    assert tf.train.latest_checkpoint(RunDir(workdir).checkpoints_dir()).endswith(f"ckpt-{after}")
+    said = "SIGTERM" if signum == signal.SIGTERM else "SIGINT (Ctrl-C)"
+    assert f"[train] {said}: stopped after global step {after}, saved as ckpt-{after}" in (
+        capsys.readouterr().err)
+
+    resumed = make_trainer(workdir, tiny_config(), data, scripted_validation([]))
+    assert resumed.restore()
+    stage, step = (1, after) if after <= 2 * STEPS_PER_EPOCH else (2, after - 2 * STEPS_PER_EPOCH)
+    assert resumed.position().startswith(
+        f"stage {stage} epoch 1/{3 if stage == 2 else 2}, step {step}/{STEPS_PER_EPOCH}")
+    model = resumed.train()
+    for path, value in weights(model.trainable_variables).items():
+        np.testing.assert_allclose(value, run["final"][path], rtol=1e-5, atol=1e-6,
+                                   err_msg=path)
+
+
+def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored():
+    stops = []
+
+    def command_handler(number, frame):
+        stops.append(number)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, command_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with StepInterrupts() as held:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+                assert held.pending == signal.SIGTERM and stops == []
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+        assert stops == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is command_handler
+        with pytest.raises(KeyboardInterrupt):  # off: at once, as without it
+            with StepInterrupts(enabled=False):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with StepInterrupts() as held:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        assert held.pending is None and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_held_sigterm_under_the_default_action_ends_the_process_as_the_signal_does():
+    script = ("import os, signal\n"
+              "from ofrnn_tf.training.step_interrupts import StepInterrupts\n"
+              "with StepInterrupts() as held:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    print('step done', held.pending == signal.SIGTERM, flush=True)\n"
+              "print('not reached', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+    assert done.stdout == "step done True\n"
 
 
 def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path, capsys):

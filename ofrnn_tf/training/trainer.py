@@ -26,8 +26,10 @@ and the position (stage, epoch, step in epoch); `--runtime.mixed_precision` may 
 between reruns (`_checkpoints_scale_loss`). The data order of every epoch is a
 function of the seed (and, under ``multi_worker``, of the worker count: each worker
 reads its own shards), so a run killed at any point and restarted ends with the same
-weights as one that was never interrupted. Every epoch is checkpointed once
-trained (its step count complete) and again once validated, so a validation that
+weights as one that was never interrupted. Ctrl-C or SIGTERM during an epoch's steps
+saves a checkpoint at the end of the step it lands in (`StepInterrupts`; in one process:
+a multi-worker run stops where it is), so its rerun repeats none of them. Every epoch
+is checkpointed once trained (its step count complete) and again once validated, so a validation that
 fails loses no training: the rerun redoes only the validation. The last stage's final
 checkpoint keeps its last epoch's weights and optimizer state (the best epoch's
 weights are in ``best/``), so a finished run given more epochs goes on from there.
@@ -44,6 +46,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from typing import Callable, Optional
@@ -62,6 +65,7 @@ from ofrnn_tf.run_dir import (
     resumable_checkpoint)
 from ofrnn_tf.status import ordered, progress_bar
 from ofrnn_tf.training.distribute import check_batch_split, is_chief, num_workers
+from ofrnn_tf.training.step_interrupts import StepInterrupts
 
 # Validation values that are probabilities or weights, not percentages: printed at three
 # significant digits (a τ of 0.0924 is not "0.09").
@@ -850,7 +854,9 @@ class Trainer:
         bar = progress_bar(total=self.steps_per_epoch, initial=start_step, unit="step",
                            desc=f"stage {stage} epoch {epoch + 1}/{stage_config.epochs}",
                            enabled=self.progress and self.chief)
-        with bar, self.writer.as_default():
+        # Held to a step's end only in one process: a multi-worker save needs every worker.
+        held = StepInterrupts(enabled=num_workers(self.strategy) == 1)
+        with held, bar, self.writer.as_default():
             for _ in range(start_step, self.steps_per_epoch):
                 loss, per_step = train_step(iterator)
                 loss = float(loss)
@@ -882,6 +888,17 @@ class Trainer:
                 bar.update(1)
                 if step % runtime.checkpoint_every == 0:
                     self._save(step)
+                if held.pending is not None:
+                    break
+            if held.pending is not None:
+                step = int(self.global_step)
+                if self._saved_step != step:
+                    self._save(step)
+                bar.close()  # its last state drawn before the line that says why
+                said = "SIGTERM" if held.pending == signal.SIGTERM else "SIGINT (Ctrl-C)"
+                print(f"[train] {said}: stopped after global step {step}, saved as "
+                      f"{os.path.basename(self.manager.latest_checkpoint)}", file=sys.stderr)
+                held.deliver()
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """A TensorBoard point, unless a stopped run already logged this tag at `step`
