@@ -32,7 +32,7 @@ from absl import app, flags
 
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.decoding.beam_search import beam_search
-from ofrnn_tf.modeling.layers.confidence_ranked_cell import CellState
+from ofrnn_tf.modeling.candidate_pool import CellState
 from ofrnn_tf.modeling.model import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,15 +64,15 @@ def seconds_per_call(fn, *args) -> float:
 
 def separate_step(cell, context, state, beams):
     """The cell's step with its four products separate (the same weights and arithmetic)."""
-    d = context["hidden"].shape[-1]
+    d = context["head_features"].shape[-1]
     scores = context["memory"][:, :, d:]
     query = tf.matmul(state.h, cell.query_kernel) + cell.query_bias
     recurrent = tf.matmul(state.h, cell.recurrent_kernel)
     query = tf.reshape(query, [-1, beams, d]) * d ** -0.5
-    alpha = tf.nn.softmax(tf.matmul(query, context["hidden"], transpose_b=True), axis=-1)
-    attended = tf.reshape(tf.matmul(alpha, context["hidden"]), [-1, d])
+    alpha = tf.nn.softmax(tf.matmul(query, context["head_features"], transpose_b=True), axis=-1)
+    attended = tf.reshape(tf.matmul(alpha, context["head_features"]), [-1, d])
     attended_scores = tf.reshape(tf.matmul(alpha, scores), [-1, cell.num_classes])
-    step_input = tf.concat([state.p, state.y_tilde, attended, attended_scores], -1)
+    step_input = tf.concat([state.v_pred, state.y_tilde, attended, attended_scores], -1)
     gates = tf.matmul(step_input, cell.input_kernel) + recurrent + cell.lstm_bias
     i, f, g, o = tf.split(gates, 4, axis=-1)
     c = tf.sigmoid(f) * state.c + tf.sigmoid(i) * tf.tanh(g)
@@ -129,10 +129,10 @@ def main(argv) -> None:
                           tf.zeros([rows, C]), tf.fill([rows, C], 0.5))
         fused = tf.function(lambda: cell.predict(context, state, beam_size=beams)[0])
         separate = tf.function(lambda: separate_step(cell, context, state, beams)[0])
-        d = context["hidden"].shape[-1]
+        d = context["head_features"].shape[-1]
         joined = tf.function(lambda: cell.predict(
-            dict(context, weights=cell.prepare(context["hidden"], context["memory"][:, :, d:],
-                                               context["logits"])["weights"]),
+            dict(context, weights=cell.prepare(
+                context["head_features"], context["memory"][:, :, d:], context["logits"])["weights"]),
             state, beam_size=beams)[0])
         t = {name: seconds_per_call(fn) for name, fn in
              (("fused", fused), ("separate", separate), ("joined", joined))}

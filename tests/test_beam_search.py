@@ -105,7 +105,7 @@ def enumerate_paths(model, x, max_steps):
             visit(model.advance(state, h, c, logits, tf.constant([label])), *path)
 
     visit(state, [], 0.0, np.zeros(C), [])
-    return paths, state.p.numpy()[0]
+    return paths, state.v_pred.numpy()[0]
 
 
 def exhaustive_reference(paths, v_prob, tau, min_labels, max_steps=None):
@@ -218,7 +218,7 @@ def test_beam_shaped_step_equals_step_on_repeated_context(case, batch):
         h=repeat(state.h) + tf.constant(rng.normal(size=(batch * beams, 8)), tf.float32),
         c=repeat(state.c) + tf.constant(rng.normal(size=(batch * beams, 8)), tf.float32),
         y_tilde=tf.constant(rng.random((batch * beams, C)) < 0.3, tf.float32),
-        p=tf.constant(rng.random((batch * beams, C)), tf.float32))
+        v_pred=tf.constant(rng.random((batch * beams, C)), tf.float32))
     per_image = {k: v for k, v in context.items() if k != "weights"}  # "weights": shared
     repeated = dict(tf.nest.map_structure(repeat, per_image), **{
         k: v for k, v in context.items() if k == "weights"})

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from conftest import assert_config_holds_every_argument
 from ofrnn_tf.modeling.layers import ConfidenceRankedLSTMCell, LabelMapHead, VisualAttention
-from ofrnn_tf.modeling.layers.confidence_ranked_cell import CellState, mask_chosen
+from ofrnn_tf.modeling.candidate_pool import CellState, mask_chosen
 
 B, M, K, C, UNITS = 3, 4, 6, 5, 8
 
@@ -25,7 +25,7 @@ def make_cell(use_attention: bool = True, seed: int = 0) -> ConfidenceRankedLSTM
 
 
 def first_state(cell: ConfidenceRankedLSTMCell, batch: int = B) -> CellState:
-    return cell.zero_state(batch, p=tf.fill([batch, C], 0.5))
+    return cell.zero_state(batch, v_pred=tf.fill([batch, C], 0.5))
 
 
 # -- M_map ----------------------------------------------------------------------------
@@ -121,8 +121,8 @@ def test_cell_step_shapes(use_attention):
     np.testing.assert_allclose(alpha.numpy().sum(-1), np.ones(B), rtol=1e-6)
     assert isinstance(new_state, CellState)
     assert new_state.h.shape == (B, UNITS) and new_state.c.shape == (B, UNITS)
-    assert new_state.y_tilde.shape == (B, C) and new_state.p.shape == (B, C)
-    np.testing.assert_allclose(new_state.p.numpy(), tf.sigmoid(logits).numpy(), rtol=1e-6)
+    assert new_state.y_tilde.shape == (B, C) and new_state.v_pred.shape == (B, C)
+    np.testing.assert_allclose(new_state.v_pred.numpy(), tf.sigmoid(logits).numpy(), rtol=1e-6)
     if not use_attention:
         np.testing.assert_allclose(alpha.numpy(), np.full((B, M), 1 / M), rtol=1e-6)
 
@@ -332,7 +332,8 @@ def test_residual_cell_matches_numpy_lstm_reference():
     e = np.einsum("bmd,bd->bm", hidden, q) / np.sqrt(K)
     a = np.exp(e - e.max(1, keepdims=True))
     a /= a.sum(1, keepdims=True)
-    u = np.concatenate([state.p.numpy(), state.y_tilde.numpy(), np.einsum("bm,bmd->bd", a, hidden),
+    u = np.concatenate([state.v_pred.numpy(), state.y_tilde.numpy(),
+                        np.einsum("bm,bmd->bd", a, hidden),
                         np.einsum("bm,bmc->bc", a, scores)], 1)
     z = u @ w["input_kernel"] + state.h.numpy() @ w["recurrent_kernel"] + w["lstm_bias"]
     i, f, g, o = np.split(z, 4, axis=1)
@@ -374,7 +375,7 @@ def test_paper_cell_matches_numpy_reference_of_eq_4_to_7():
          @ att._score.kernel.numpy())[..., 0]
     a = np.exp(e - e.max(1, keepdims=True))
     a /= a.sum(1, keepdims=True)
-    x = np.concatenate([state.p.numpy(), np.einsum("bm,bmk->bk", a, v.numpy()),
+    x = np.concatenate([state.v_pred.numpy(), np.einsum("bm,bmk->bk", a, v.numpy()),
                         state.y_tilde.numpy()], 1)
     kernel, recurrent, bias = (w.numpy() for w in cell.lstm.weights)
     i, f, g, o = np.split(x @ kernel + state.h.numpy() @ recurrent + bias, 4, axis=1)

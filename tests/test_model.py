@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import assert_config_holds_every_argument
-from ofrnn_tf.modeling.layers.confidence_ranked_cell import mask_chosen
+from ofrnn_tf.modeling.candidate_pool import mask_chosen
 from ofrnn_tf.modeling.model import MODES, OrderFreeRNN, fixed_label_order
 
 B, M, K, C, UNITS = 4, 4, 6, 5, 8
@@ -192,7 +192,7 @@ def test_step2_loss_has_gradient_through_v_pred():
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(logits1)
         state2 = model.advance(state, h, c, logits1, chosen)
-        p2 = state2.p
+        p2 = state2.v_pred
         logits2, _, _, _ = model.step(context, state2)
         loss2 = tf.reduce_sum(
             tf.nn.sigmoid_cross_entropy_with_logits(labels=LABELS, logits=logits2))
@@ -202,7 +202,7 @@ def test_step2_loss_has_gradient_through_v_pred():
     assert np.all(np.abs(d_p2).sum(-1) > 0) and np.all(np.abs(d_logits1).sum(-1) > 0)
     sig = tf.sigmoid(logits1).numpy()
     np.testing.assert_allclose(d_logits1, d_p2 * sig * (1 - sig), rtol=1e-4, atol=1e-7)
-    assert tape.gradient(logits2, state2.p) is not None
+    assert tape.gradient(logits2, state2.v_pred) is not None
 
 
 # -- the stage-2 loss (Eq. 8) ----------------------------------------------------------
@@ -464,7 +464,7 @@ def test_the_decoder_reads_the_logits_the_label_context_corrected(decoder):
                                rtol=1e-6)
     assert not np.allclose(corrected, model.map_logits(x).numpy())
     context, state = model.start(x)
-    np.testing.assert_allclose(state.p.numpy(), tf.sigmoid(corrected).numpy(), rtol=1e-6)  # v_pred
+    np.testing.assert_allclose(state.v_pred.numpy(), tf.sigmoid(corrected).numpy(), rtol=1e-6)
     if decoder == "residual":  # the residual base of every step is L', not L
         logits, _, _, _ = model.step(context, state)
         np.testing.assert_allclose(logits.numpy(), corrected, rtol=1e-5, atol=1e-5)
@@ -547,7 +547,7 @@ def test_softmax_steps_leave_the_rest_of_their_mass_to_stop(case):
     context, state = model.start(features())
     logits, _, h, _ = model.step(context, state)
     label_probs = np.exp(model.step_log_probs(logits, state, h).numpy())
-    stop = tf.nn.softmax(model.stop_choices(mask_chosen(logits, state.y_tilde), h)).numpy()[:, -1]
+    stop = tf.nn.softmax(model.step_choices(logits, state, h)).numpy()[:, -1]
     np.testing.assert_allclose(label_probs.sum(-1) + stop, 1.0, rtol=1e-5)
     assert np.all(stop > 0) and np.all(label_probs.sum(-1) < 1.0)
     # With every label chosen only "stop" is left: -inf for every label, never NaN.

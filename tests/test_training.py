@@ -282,9 +282,9 @@ def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features
         finals[budget] = weights(model.decoder_variables)
         if budget:
             cached = trainer._head_outputs
-            hidden, scores = model.head_outputs(tf.constant(data["features"]))
-            assert cached["hidden"].dtype == tf.float16
-            np.testing.assert_allclose(cached["hidden"].numpy(), hidden.numpy(),
+            head_features, scores = model.head_outputs(tf.constant(data["features"]))
+            assert cached["head_features"].dtype == tf.float16
+            np.testing.assert_allclose(cached["head_features"].numpy(), head_features.numpy(),
                                        rtol=2e-3, atol=2e-3)
             np.testing.assert_allclose(cached["scores"].numpy(), scores.numpy(), rtol=1e-5)
             np.testing.assert_array_equal(cached["labels"].numpy(), data["labels"])
@@ -300,13 +300,13 @@ def test_head_outputs_are_written_batch_by_batch_and_a_changed_split_is_named():
     from ofrnn_tf.training.trainer import _write_rows
 
     kept = {}
-    first = {"hidden": tf.ones([2, 3], tf.float16), "labels": tf.constant([[1], [2]])}
-    second = {"hidden": tf.zeros([2, 3], tf.float16), "labels": tf.constant([[3], [4]])}
+    first = {"head_features": tf.ones([2, 3], tf.float16), "labels": tf.constant([[1], [2]])}
+    second = {"head_features": tf.zeros([2, 3], tf.float16), "labels": tf.constant([[3], [4]])}
     assert _write_rows(kept, first, 0, 4) == 2
-    assert kept["hidden"].shape == (4, 3) and kept["hidden"].dtype == tf.float16
+    assert kept["head_features"].shape == (4, 3) and kept["head_features"].dtype == tf.float16
     assert _write_rows(kept, second, 2, 4) == 4
     np.testing.assert_array_equal(kept["labels"].numpy(), [[1], [2], [3], [4]])
-    np.testing.assert_array_equal(kept["hidden"].numpy()[:, 0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(kept["head_features"].numpy()[:, 0], [1, 1, 0, 0])
     with pytest.raises(ValueError, match="gave 6 examples where 4 were counted: were the "
                                          "feature shards changed during the run"):
         _write_rows(kept, first, 4, 4)
@@ -330,9 +330,9 @@ def test_an_input_pipeline_of_several_keeps_the_head_outputs_of_its_share(tmp_pa
     ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
     assert trainer._keep_head_outputs(ctx) == N // 2
     np.testing.assert_array_equal(trainer._head_outputs["labels"].numpy(), data["labels"][1::2])
-    hidden, _ = trainer.model.head_outputs(tf.constant(data["features"][1::2]))
-    np.testing.assert_allclose(trainer._head_outputs["hidden"].numpy(),
-                               tf.cast(hidden, tf.float16).numpy(), rtol=1e-2, atol=1e-2)
+    head_features, _ = trainer.model.head_outputs(tf.constant(data["features"][1::2]))
+    np.testing.assert_allclose(trainer._head_outputs["head_features"].numpy(),
+                               tf.cast(head_features, tf.float16).numpy(), rtol=1e-2, atol=1e-2)
 
 
 def test_head_outputs_of_fewer_records_than_counted_or_of_none_are_named(tmp_path):

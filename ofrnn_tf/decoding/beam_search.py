@@ -189,7 +189,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     # paths wanted are read back through those rows at the end (`_backtrack`), so that
     # a step costs the same whatever T_max.
     context, state = model.start(features, training=False)
-    v_prob = tf.cast(state.p, tf.float32)
+    v_prob = tf.cast(state.v_pred, tf.float32)
     batch = tf.shape(features)[0]
     image_rows = tf.range(batch * K) // K
     beam_offsets = (tf.range(batch) * K)[:, None]

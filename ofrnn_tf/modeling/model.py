@@ -8,8 +8,8 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import (
     ATTENTION_PENALTIES, DECODERS, HEADS, LABEL_CONTEXT_TRAINING, STAGE2_LOSSES, TRAIN_STEPS,
     VARIANTS, ModelConfig)
-from ofrnn_tf.modeling.layers.confidence_ranked_cell import (
-    CellState, ConfidenceRankedLSTMCell, mask_chosen)
+from ofrnn_tf.modeling.candidate_pool import CellState, advance, mask_chosen
+from ofrnn_tf.modeling.layers.confidence_ranked_cell import ConfidenceRankedLSTMCell
 from ofrnn_tf.modeling.layers.feature_standardizer import FeatureStandardizer
 from ofrnn_tf.modeling.layers.label_context import LabelContext
 from ofrnn_tf.modeling.layers.label_map_head import LabelMapHead
@@ -20,6 +20,14 @@ MODES = VARIANTS
 _DEFAULTS = ModelConfig()
 # Finite stand-in for -inf inside the softmax losses: 0 · -inf would be NaN.
 _LARGE_NEGATIVE = -1e9
+
+
+def class_mean_bce(labels, logits):
+    """`[B]`: binary cross-entropy of `logits` against the label vectors, mean over the
+    C classes. Eq. 8 is this of p_t at every decoding step; stage 1 trains M_map (and a
+    label context its `L'`) with it too."""
+    return tf.reduce_mean(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="ofrnn_tf")
@@ -33,9 +41,10 @@ class OrderFreeRNN(keras.Model):
     the decoder attends to (the CNN maps, or the spatial head's features); the decoder
     cell runs the steps — the paper's `ConfidenceRankedLSTMCell` (Eq. 4–10), or
     `ResidualDecoderCell`, which attends over the spatial head's per-position features
-    and refines M_map's logits (docs/model.md). `call` returns the M_map logits; decoding goes through `start` /
-    `step` / `step_log_probs` / `advance`, which the training losses below, greedy
-    decoding and beam search all share.
+    and refines M_map's logits (docs/model.md). `call` returns the M_map logits; the
+    decoder runs through `start`, `step`, `step_choices` (the candidate pool, Eq. 9–10,
+    and "stop") and `advance`, which stage 2's losses, greedy decoding and beam search
+    (`step_log_probs`) all share.
 
     Args:
         num_classes: C.
@@ -246,6 +255,11 @@ class OrderFreeRNN(keras.Model):
         """M_map's own logits `[B, C]`, before any label context: what stage 1 trains."""
         return self.label_map_head(self._standardized(features), training=training)
 
+    def pooled_map_logits(self, scores):
+        """M_map's logits `[B, C]` from the spatial head's per-position scores `S [B, m, C]`
+        (`head_outputs`), before any label context."""
+        return self.label_map_head.pool(scores)
+
     def with_context(self, logits, training=False):
         """`L'` from M_map's logits `L` (`LabelContext`); `L` itself when there is none."""
         if self.label_context is None:
@@ -266,9 +280,9 @@ class OrderFreeRNN(keras.Model):
         """
         if not self.residual:
             raise ValueError("only the residual decoder reads the head's per-position outputs")
-        hidden, scores = self.label_map_head.per_position(self._standardized(features),
-                                                          training=False)
-        return tf.stop_gradient(hidden), tf.stop_gradient(scores)
+        head_features, scores = self.label_map_head.per_position(
+            self._standardized(features), training=False)
+        return tf.stop_gradient(head_features), tf.stop_gradient(scores)
 
     def start(self, features, training=False, head_outputs=None):
         """Per-image context and the state before step 1 (`ỹ_0 = 0`, `v_pred = v_prob`).
@@ -279,9 +293,9 @@ class OrderFreeRNN(keras.Model):
         if self.residual:
             if head_outputs is None:
                 head_outputs = self.head_outputs(features)
-            hidden, scores = head_outputs
-            logits = tf.stop_gradient(self.with_context(self.label_map_head.pool(scores)))
-            read = self.features_dropout(hidden, training=training)
+            head_features, scores = head_outputs
+            logits = tf.stop_gradient(self.with_context(self.pooled_map_logits(scores)))
+            read = self.features_dropout(head_features, training=training)
             context = self.cell.prepare(read, scores, logits)
         else:
             if head_outputs is not None:
@@ -303,31 +317,35 @@ class OrderFreeRNN(keras.Model):
         """
         return self.cell.predict(context, state, training=training, beam_size=beam_size)
 
+    def step_choices(self, logits, state: CellState, h=None, fill: float = float("-inf")):
+        """What a step chooses among: its logits `p_t` with the labels already chosen
+        set to `fill` (the candidate pool, Eq. 9–10), `[B, C]`; a softmax-step model
+        (fixed order, PLA) adds "stop" as entry C, read from the step's `h_t`
+        (CNN-RNN's and Orderless RNN's end token), `[B, C + 1]`."""
+        masked = mask_chosen(logits, state.y_tilde, fill)
+        if not self.softmax_steps:
+            return masked
+        if h is None:
+            raise ValueError("a softmax-step model needs the step's h_t for its stop logit")
+        stop = tf.cast(self.stop_logit(h), masked.dtype)
+        return tf.concat([masked, stop], axis=-1)
+
     def step_log_probs(self, logits, state: CellState, h=None):
         """Log-probability of choosing each label at this step; chosen ones are -inf.
 
         `log sigmoid(p_t)` for the order-free modes trained with BCE (Eq. 11 multiplies
         them); a model trained with a softmax (fixed order, PLA) has as its step
-        probability that softmax over the labels left and "stop" (`stop_choices`),
-        which needs the step's `h_t`. Where "stop" takes the mass, every label's
-        probability falls and τ ends the path.
+        probability that softmax over the labels left and "stop" (`step_choices`).
+        Where "stop" takes the mass, every label's probability falls and τ ends the path.
         """
+        choices = self.step_choices(logits, state, h)
         if self.softmax_steps:
-            if h is None:
-                raise ValueError("a softmax-step model needs the step's h_t for its stop logit")
-            choices = self.stop_choices(mask_chosen(logits, state.y_tilde), h)
             return tf.nn.log_softmax(choices, axis=-1)[:, :-1]
-        return mask_chosen(tf.math.log_sigmoid(logits), state.y_tilde)
-
-    def stop_choices(self, masked_logits, h):
-        """`[B, C + 1]`: the step's logits with chosen labels masked, then the stop logit
-        read from `h_t` (softmax-step models)."""
-        stop = tf.cast(self.stop_logit(h), masked_logits.dtype)
-        return tf.concat([masked_logits, stop], axis=-1)
+        return tf.math.log_sigmoid(choices)
 
     def advance(self, state: CellState, h, c, logits, chosen) -> CellState:
         """Eq. 9–10: puts `chosen [B]` into ỹ and carries `sigmoid(p_t)` as v_pred."""
-        return ConfidenceRankedLSTMCell.advance(state, h, c, logits, chosen)
+        return advance(state, h, c, logits, chosen)
 
     # -- losses of Algorithm 1 ------------------------------------------------------
     def map_loss(self, features, labels, training=True):
@@ -338,15 +356,15 @@ class OrderFreeRNN(keras.Model):
         and the decoder read), and M_map learns features the context can use."""
         logits = tf.cast(self.map_logits(features, training=training), tf.float32)
         labels = tf.cast(labels, tf.float32)
-
-        def bce(predicted):
-            return tf.reduce_mean(
-                tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=predicted),
-                axis=-1)
-
         if not self.context_trained_jointly:
-            return bce(logits)
-        return bce(logits) + bce(self.label_context(logits, training=training))
+            return class_mean_bce(labels, logits)
+        return class_mean_bce(labels, logits) + self.context_loss(logits, labels, training)
+
+    def context_loss(self, map_logits, labels, training=True):
+        """The label context's loss, `[B]`: binary cross-entropy of its `L'` from M_map's
+        logits `L` (trained with M_map in `map_loss`, or fitted after stage 1)."""
+        return class_mean_bce(tf.cast(labels, tf.float32),
+                              self.label_context(map_logits, training=training))
 
     def sequence_loss(self, features, labels, max_steps: int, train_steps: str = "gt_count",
                       training=True, head_outputs=None, attention_penalty: float = 0.0,
@@ -361,11 +379,12 @@ class OrderFreeRNN(keras.Model):
         fed back. The fixed-order modes feed the t-th true label in `label_order` and
         score it with a softmax over the labels not yet fed (and "stop").
 
-        Steps per image: its label count T_i (`gt_count`), T_i + 1 (`gt_count_plus_one`:
+        Steps per image: its label count T_i (`gt_count`, the paper's and this method's
+        default; `--train.train_steps` defaults to the next), T_i + 1 (`gt_count_plus_one`:
         the step after the last label learns to score every label left low, which is
         what stops a path) or all `max_steps` (`max`); never more than `max_steps`. The
         softmax losses take T_i + 1 steps whatever `train_steps` says: the last one's
-        target is "stop" (`stop_choices`).
+        target is "stop" (`step_choices`).
 
         `head_outputs` is passed to `start` (stage 2 over M_map's outputs computed once).
 
@@ -411,27 +430,20 @@ class OrderFreeRNN(keras.Model):
             active = tf.cast(tf.cast(t, tf.float32) < counts, tf.float32)
             if attention_penalty:
                 coverage = coverage + alpha * active[:, None]
-            masked = tf.where(state.y_tilde > 0, _LARGE_NEGATIVE, logits)
-            if self.teacher_forced:
-                target = ordered_labels[:, t]
-            elif self.softmax_steps:  # PLA
-                choice = tf.argmax(masked, -1, output_type=tf.int32)
-                correct = tf.gather(labels, choice, batch_dims=1) > 0
-                left = (labels > 0) & (state.y_tilde <= 0)
-                best_true = tf.argmax(tf.where(left, masked, _LARGE_NEGATIVE * 2.0), -1,
-                                      output_type=tf.int32)
-                target = tf.where(correct, choice, best_true)
-            if self.softmax_steps:
+            choices = self.step_choices(logits, state, h, fill=_LARGE_NEGATIVE)
+            if not self.softmax_steps:
+                step_loss = class_mean_bce(labels, logits)  # Eq. 8
+                chosen = tf.argmax(choices, -1, output_type=tf.int32)  # Eq. 9: l_t fed back
+            else:
+                if self.teacher_forced:
+                    target = ordered_labels[:, t]
+                else:
+                    target = _aligned_target(choices[:, :-1], labels, state.y_tilde)
                 # Once every true label is in, the step's target is "stop" (index C).
                 done = tf.cast(t, tf.float32) >= truth
                 step_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=tf.where(done, self.num_classes, target),
-                    logits=self.stop_choices(masked, h))
+                    labels=tf.where(done, self.num_classes, target), logits=choices)
                 chosen = target
-            else:
-                step_loss = tf.reduce_mean(
-                    tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), -1)
-                chosen = tf.argmax(mask_chosen(logits, state.y_tilde), -1, output_type=tf.int32)
             step_loss = step_loss * active
             per_step = per_step.write(
                 t, tf.math.divide_no_nan(tf.reduce_sum(step_loss), tf.reduce_sum(active)))
@@ -466,6 +478,18 @@ class OrderFreeRNN(keras.Model):
             "label_order": self.label_order,
         })
         return config
+
+
+def _aligned_target(masked_logits, labels, y_tilde):
+    """PLA's target of a step (Orderless RNN's predicted-label alignment): the label the
+    model chooses (`argmax` over the pool) when it is true, else the true label left with
+    the highest logit."""
+    choice = tf.argmax(masked_logits, -1, output_type=tf.int32)
+    correct = tf.gather(labels, choice, batch_dims=1) > 0
+    left = (labels > 0) & (y_tilde <= 0)
+    best_true = tf.argmax(tf.where(left, masked_logits, _LARGE_NEGATIVE * 2.0), -1,
+                          output_type=tf.int32)
+    return tf.where(correct, choice, best_true)
 
 
 def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[int],

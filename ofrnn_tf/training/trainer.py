@@ -379,7 +379,7 @@ class Trainer:
             if "index" in batch:  # rows of M_map's outputs computed once (`_keep_head_outputs`)
                 rows = {name: tf.gather(values, batch["index"])
                         for name, values in self._head_outputs.items()}
-                inputs = (tf.cast(rows["hidden"], model.compute_dtype), rows["scores"])
+                inputs = (tf.cast(rows["head_features"], model.compute_dtype), rows["scores"])
                 labels = rows["labels"]
             else:
                 inputs, labels = tf.cast(batch["features"], tf.float32), batch["labels"]
@@ -424,7 +424,7 @@ class Trainer:
 
     def _keep_head_outputs(self, ctx: tf.distribute.InputContext) -> int:
         """Computes M_map's frozen outputs for this input pipeline's training examples once,
-        as `_head_outputs` `{"hidden": A (float16), "scores": S, "labels"}` in the order of
+        as `_head_outputs` `{"head_features": A (float16), "scores": S, "labels"}` in the order of
         the examples; returns how many examples that is."""
         key = (ctx.num_input_pipelines, ctx.input_pipeline_id)
         if self._head_outputs_key not in (None, key):
@@ -450,9 +450,9 @@ class Trainer:
                           desc="M_map outputs (once)",
                           enabled=self.progress and self.chief) as bar:
             for batch in bar:
-                hidden, scores = head(batch["features"])
+                head_features, scores = head(batch["features"])
                 # float16 halves the memory; the features were stored in float16 anyway.
-                rows = {"hidden": tf.cast(hidden, tf.float16),
+                rows = {"head_features": tf.cast(head_features, tf.float16),
                         "scores": tf.cast(scores, tf.float32), "labels": batch["labels"]}
                 done = _write_rows(kept, rows, done, count)
         if done != count:
@@ -692,7 +692,7 @@ class Trainer:
             scores = self._head_outputs["scores"]
             count = int(scores.shape[0])
             # Gathered, not sliced: a variable written in place copies itself whole on a read.
-            logits = tf.concat([self.model.label_map_head.pool(
+            logits = tf.concat([self.model.pooled_map_logits(
                 tf.gather(scores, tf.range(i, min(i + _PASS_BATCH, count))))
                 for i in range(0, count, _PASS_BATCH)], axis=0)
             return logits, tf.cast(self._head_outputs["labels"], tf.float32)
@@ -724,7 +724,7 @@ class Trainer:
         stage_config = self.config.label_context
         logits, labels = self._training_map_logits()
         count = int(logits.shape[0])
-        context, variables = self.model.label_context, self.model.context_variables
+        variables = self.model.context_variables
         # A run stopped after a fit but before the checkpoint ending stage 1 has just
         # restored the fitted context from best/: start from the initial weights again.
         for variable, value in zip(variables, self._initial_context):
@@ -737,8 +737,7 @@ class Trainer:
 
         def replica_step(x, y):
             with tf.GradientTape() as tape:
-                per_example = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
-                    labels=y, logits=context(x, training=True)), axis=-1)
+                per_example = self.model.context_loss(x, y, training=True)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss

@@ -1,39 +1,17 @@
-"""M_pred: the confidence-ranked LSTM cell with its candidate pool (paper Eq. 6–10)."""
+"""M_pred: the confidence-ranked LSTM cell (paper Eq. 4–7), which chooses from the
+candidate pool of `ofrnn_tf.modeling.candidate_pool` (Eq. 9–10)."""
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ModelConfig
+from ofrnn_tf.modeling.candidate_pool import CellState, advance, mask_chosen
 from ofrnn_tf.modeling.layers.shapes import dim
 from ofrnn_tf.modeling.layers.visual_attention import VisualAttention
 
 _DEFAULTS = ModelConfig()
-
-
-class CellState(NamedTuple):
-    """The recurrent state `(h, c, ỹ, p)` of paper Fig. 2.
-
-    h, c: `[B, units]` LSTM state. y_tilde: `[B, C]` hard label vector ỹ_{t-1} (1 for
-    every label chosen so far; its complement is the candidate pool C'_t of Eq. 10).
-    p: `[B, C]` soft confidence vector v_pred (v_prob at t = 1, sigmoid(p_{t-1}) after).
-    """
-
-    h: tf.Tensor
-    c: tf.Tensor
-    y_tilde: tf.Tensor
-    p: tf.Tensor
-
-
-def mask_chosen(logits: tf.Tensor, y_tilde: tf.Tensor) -> tf.Tensor:
-    """Removes already chosen labels from the candidate pool (Eq. 9–10).
-
-    Chosen labels get -inf, so `argmax` never returns them again; no arithmetic is
-    done on the -inf entries, so no NaN can appear.
-    """
-    return tf.where(y_tilde > 0, tf.constant(float("-inf"), logits.dtype), logits)
-
 
 
 @keras.saving.register_keras_serializable(package="ofrnn_tf")
@@ -63,7 +41,7 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
     >>> cell = ConfidenceRankedLSTMCell(num_classes=5, units=8, attention_units=8, fc_units=8)
     >>> v = tf.random.normal([2, 49, 16])
     >>> context = cell.prepare(v)
-    >>> state = cell.zero_state(2, p=tf.fill([2, 5], 0.5))
+    >>> state = cell.zero_state(2, v_pred=tf.fill([2, 5], 0.5))
     >>> logits, alpha, state = cell(context, state)
     >>> logits.shape, alpha.shape, int(tf.reduce_sum(state.y_tilde))
     (TensorShape([2, 5]), TensorShape([2, 49]), 2)
@@ -96,18 +74,19 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         self.fc2.build((None, self.fc_units))
 
     def prepare(self, features):
-        """Per-image work done once before the steps: the projection `W_v v_i + b`."""
+        """Per-image work done once before the steps: the projection `W_v v_i + b` (without
+        attention: the mean `mean_i v_i`, which is every step's `z_t`)."""
         if not self.built:
             self.build(features.shape)
         if self.attention is None:
-            return {"features": features, "projected": tf.reduce_mean(features, axis=1)}
+            return {"features": features, "mean": tf.reduce_mean(features, axis=1)}
         return {"features": features, "projected": self.attention.project_features(features)}
 
-    def zero_state(self, batch_size, p):
-        """A zero `h`, `c` and `ỹ` with `v_pred = p`, for stepping the cell alone (the
+    def zero_state(self, batch_size, v_pred):
+        """A zero `h`, `c` and `ỹ` with the given `v_pred`, for stepping the cell alone (the
         model's own start is `OrderFreeRNN.start`)."""
         zeros_h = tf.zeros([batch_size, self.units])
-        return CellState(zeros_h, zeros_h, tf.zeros([batch_size, self.num_classes]), p)
+        return CellState(zeros_h, zeros_h, tf.zeros([batch_size, self.num_classes]), v_pred)
 
     def predict(self, context, state: CellState, training=False, beam_size: Optional[int] = None):
         """Eq. 4–7: returns `(p_t logits [B, C] float32, α_t [B, m], h_t, c_t)`.
@@ -118,7 +97,7 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         """
         features = context["features"]
         if self.attention is None:
-            z = context["projected"]
+            z = context["mean"]
             m = tf.shape(features)[1]
             if beam_size is not None:
                 z = tf.repeat(z, beam_size, axis=0)
@@ -132,23 +111,17 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
             alpha = tf.reshape(alpha, [-1, dim(alpha, -1)])
         dtype = z.dtype
         step_input = tf.concat(
-            [tf.cast(state.p, dtype), z, tf.cast(state.y_tilde, dtype)], axis=-1)
+            [tf.cast(state.v_pred, dtype), z, tf.cast(state.y_tilde, dtype)], axis=-1)
         h, (_, c) = self.lstm(step_input, [state.h, state.c], training=training)
         hidden = self.fc1(tf.concat([step_input, h], axis=-1))
         logits = self.fc2(self.fc1_dropout(hidden, training=training))
         return logits, tf.cast(alpha, tf.float32), h, c
 
-    @staticmethod
-    def advance(state: CellState, h, c, logits, chosen) -> CellState:
-        """Eq. 9–10: adds the chosen labels to ỹ; the next v_pred is sigmoid(p_t)."""
-        onehot = tf.one_hot(chosen, tf.shape(logits)[-1], dtype=state.y_tilde.dtype)
-        return CellState(h, c, state.y_tilde + onehot, tf.sigmoid(logits))
-
     def call(self, context, state: CellState, training=False):
         """One greedy step: Eq. 4–7, then the most confident label left in the pool."""
         logits, alpha, h, c = self.predict(context, state, training=training)
         chosen = tf.argmax(mask_chosen(logits, state.y_tilde), axis=-1, output_type=tf.int32)
-        return logits, alpha, self.advance(state, h, c, logits, chosen)
+        return logits, alpha, advance(state, h, c, logits, chosen)
 
     def get_config(self):
         config = super().get_config()

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ModelConfig
-from ofrnn_tf.modeling.layers.confidence_ranked_cell import CellState
+from ofrnn_tf.modeling.candidate_pool import CellState
 from ofrnn_tf.modeling.layers.shapes import dim
 
 _DEFAULTS = ModelConfig()
@@ -27,7 +27,7 @@ class ResidualDecoderCell(keras.layers.Layer):
       `p_t = L + FC2(FC1([input, h_t]))` (Eq. 7), with FC2 starting at zero, so an
       untrained decoder reproduces M_map.
 
-    The LSTM (Eq. 6), the candidate pool (Eq. 9–10) and the state `(h, c, ỹ, p)` are
+    The LSTM (Eq. 6), the candidate pool (Eq. 9–10) and the state `(h, c, ỹ, v_pred)` are
     the paper's. Matrix products that share an input are fused: `h_{t-1}` meets the
     attention query and the LSTM's recurrent kernel in one product, the step input
     the LSTM's input kernel and FC1's in another; the concatenated kernels are made
@@ -41,8 +41,8 @@ class ResidualDecoderCell(keras.layers.Layer):
 
     Example:
     >>> cell = ResidualDecoderCell(num_classes=5, units=8, fc_units=8)
-    >>> hidden, scores, logits = tf.random.normal([2, 49, 6]), tf.zeros([2, 49, 5]), tf.zeros([2, 5])
-    >>> context = cell.prepare(hidden, scores, logits)
+    >>> features, scores = tf.random.normal([2, 49, 6]), tf.zeros([2, 49, 5])
+    >>> context = cell.prepare(features, scores, logits=tf.zeros([2, 5]))
     >>> state = CellState(tf.zeros([2, 8]), tf.zeros([2, 8]), tf.zeros([2, 5]), tf.fill([2, 5], 0.5))
     >>> p, alpha, h, c = cell.predict(context, state)
     >>> p.shape, alpha.shape, float(tf.reduce_max(tf.abs(p)))  # untrained: M_map's logits
@@ -61,8 +61,8 @@ class ResidualDecoderCell(keras.layers.Layer):
         self.fc2 = keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype="float32",
                                       name="fc2")
 
-    def build(self, hidden_shape):
-        d, n, C = hidden_shape[-1], self.units, self.num_classes
+    def build(self, head_features_shape):
+        d, n, C = head_features_shape[-1], self.units, self.num_classes
         step_input = 3 * C + d
         weight = lambda name, shape, init: self.add_weight(name=name, shape=shape, initializer=init)
         self.query_kernel = weight("query_kernel", (n, d), "glorot_uniform")  # W_q
@@ -80,18 +80,19 @@ class ResidualDecoderCell(keras.layers.Layer):
         self.fc2.build((None, self.fc_units))
         self.built = True
 
-    def prepare(self, hidden, scores, logits):
-        """Per-call context: the head's `A [B, m, d]`, `S [B, m, C]`, `L [B, C]` (one row per
-        image) and, under ``"weights"``, the fused kernels every row shares."""
+    def prepare(self, head_features, scores, logits):
+        """Per-call context: the head's `A [B, m, d]` (`head_features`), `S [B, m, C]`,
+        `L [B, C]` (one row per image) and, under ``"weights"``, the fused kernels every
+        row shares (``hidden_*`` multiply the LSTM state `h_{t-1}`)."""
         if not self.built:
-            self.build(hidden.shape)
+            self.build(head_features.shape)
         dtype = self.compute_dtype
         cast = lambda x: tf.cast(x, dtype)
-        scale = tf.math.rsqrt(tf.cast(dim(hidden, -1), self.query_kernel.dtype))
+        scale = tf.math.rsqrt(tf.cast(dim(head_features, -1), self.query_kernel.dtype))
         return {
-            "hidden": cast(hidden),
+            "head_features": cast(head_features),
             # What attention reads out per position: A_i and S_i side by side.
-            "memory": cast(tf.concat([tf.cast(hidden, scores.dtype), scores], -1)),
+            "memory": cast(tf.concat([tf.cast(head_features, scores.dtype), scores], -1)),
             "logits": tf.cast(logits, tf.float32),
             # Shared by every image and beam (not per-image rows). The query's 1/√d and
             # the LSTM and FC1 biases are folded into the products' kernels and biases.
@@ -112,15 +113,17 @@ class ResidualDecoderCell(keras.layers.Layer):
         """
         dtype = self.compute_dtype
         n, weights = self.units, context["weights"]
-        hidden, memory = context["hidden"], context["memory"]
-        d = dim(hidden, -1)
+        head_features, memory = context["head_features"], context["memory"]
+        d = dim(head_features, -1)
         beams = 1 if beam_size is None else beam_size
         # h_{t-1} meets the attention query and the LSTM's recurrent kernel in one product.
         projected = tf.matmul(tf.cast(state.h, dtype), weights["hidden_kernel"]) + weights["hidden_bias"]
         query = tf.reshape(projected[:, :d], [-1, beams, d])  # already scaled by 1/√d
-        alpha = tf.nn.softmax(tf.matmul(query, hidden, transpose_b=True), axis=-1)  # [B, K, m]
+        alpha = tf.nn.softmax(  # [B, K, m]
+            tf.matmul(query, head_features, transpose_b=True), axis=-1)
         read = tf.reshape(tf.matmul(alpha, memory), [-1, dim(memory, -1)])  # Σα A, Σα S
-        step_input = tf.concat([tf.cast(state.p, dtype), tf.cast(state.y_tilde, dtype), read], -1)
+        step_input = tf.concat(
+            [tf.cast(state.v_pred, dtype), tf.cast(state.y_tilde, dtype), read], -1)
         # The step input meets the LSTM's input kernel and FC1's in one product.
         fused = tf.matmul(step_input, weights["input_kernel"]) + weights["input_bias"]
         i, f, g, o = tf.split(fused[:, :4 * n] + projected[:, d:], 4, axis=-1)
