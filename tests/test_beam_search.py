@@ -24,7 +24,7 @@ def make_model(mode: str = "order_free", seed: int = 0, decoder: str = "paper",
     keras.utils.set_random_seed(seed)
     parts = (dict(head="mean_linear", decoder="paper", standardize=False) if decoder == "paper"
              else dict(head="spatial", decoder="residual", head_units=8))
-    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=8, attention_units=8, fc_units=8,
+    model = OrderFreeRNN(num_classes=C, variant=mode, lstm_units=8, attention_units=8, fc_units=8,
                          stage2_loss=loss, label_order=fixed_label_order([5, 3, 8, 1, 2], mode),
                          **parts)
     model.build((None, M, K_FEAT))

@@ -1,4 +1,4 @@
-"""OrderFreeRNN (paper Fig. 2, Eq. 8–10, Alg. 1): modes, both decoders, the stage-2 losses,
+"""OrderFreeRNN (paper Fig. 2, Eq. 8–10, Alg. 1): variants, both decoders, the stage-2 losses,
 config and saving."""
 
 import keras
@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import assert_config_holds_every_argument
+from ofrnn_tf.config.experiment import VARIANTS
 from ofrnn_tf.modeling.candidate_pool import mask_chosen
-from ofrnn_tf.modeling.model import MODES, OrderFreeRNN, fixed_label_order
+from ofrnn_tf.modeling.model import OrderFreeRNN, fixed_label_order
 
 B, M, K, C, UNITS = 4, 4, 6, 5, 8
 LABEL_COUNTS = [5, 3, 8, 1, 3]
@@ -35,7 +36,7 @@ def make_model(mode: str = "order_free", seed: int = 0, label_order=None, decode
     if label_order is None:
         label_order = fixed_label_order(LABEL_COUNTS, mode)
     parts = dict(PAPER if decoder == "paper" else RESIDUAL, **kwargs)
-    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=UNITS, attention_units=UNITS,
+    model = OrderFreeRNN(num_classes=C, variant=mode, lstm_units=UNITS, attention_units=UNITS,
                          fc_units=UNITS, label_order=label_order, **parts)
     model.build((None, M, K))
     if model.uses_decoder and sharpen:
@@ -128,7 +129,7 @@ def record(monkeypatch, model, *args, **kwargs):
 
 
 # -- modes ---------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", VARIANTS)
 def test_every_mode_builds_and_has_a_finite_loss(mode):
     model = make_model(mode)
     x = features()
@@ -382,18 +383,18 @@ def test_fixed_label_order_from_counts():
 
 
 def test_invalid_arguments_are_named():
-    with pytest.raises(ValueError, match="mode must be one of .*'bogus'"):
-        OrderFreeRNN(num_classes=C, mode="bogus")
+    with pytest.raises(ValueError, match="variant must be one of .*'bogus'"):
+        OrderFreeRNN(num_classes=C, variant="bogus")
     with pytest.raises(ValueError, match="'frequency_first' needs label_order"):
-        OrderFreeRNN(num_classes=C, mode="frequency_first")
+        OrderFreeRNN(num_classes=C, variant="frequency_first")
     with pytest.raises(ValueError, match="'rare_first' needs label_order.*0..4"):
-        OrderFreeRNN(num_classes=C, mode="rare_first", label_order=[0, 0, 1, 2, 3])
+        OrderFreeRNN(num_classes=C, variant="rare_first", label_order=[0, 0, 1, 2, 3])
     with pytest.raises(ValueError, match="train_steps must be one of"):
         make_model().sequence_loss(features(), LABELS, 3, train_steps="all")
     with pytest.raises(ValueError, match="needs head='spatial'"):
         OrderFreeRNN(num_classes=C, head="mean_linear", decoder="residual")
     with pytest.raises(ValueError, match="no_attention ablation is of the paper's decoder"):
-        OrderFreeRNN(num_classes=C, mode="no_attention", decoder="residual")
+        OrderFreeRNN(num_classes=C, variant="no_attention", decoder="residual")
 
 
 # -- config and saving -----------------------------------------------------------------
@@ -411,18 +412,21 @@ def test_model_config_round_trip(mode, decoder):
     correct_labels(model)
     config = model.get_config()
     assert_config_holds_every_argument(OrderFreeRNN, config, dict(
-        num_classes=C, mode=mode, decoder=decoder, dropout=0.1, feature_dropout=0.25,
+        num_classes=C, variant=mode, decoder=decoder, dropout=0.1, feature_dropout=0.25,
         label_context_units=UNITS, label_context_dropout=0.3, label_context_training="joint",
         lstm_units=UNITS, attention_units=UNITS, fc_units=UNITS))
     clone = OrderFreeRNN.from_config(config)
     assert clone.get_config() == config
-    assert (clone.mode, clone.label_order, clone.dropout) == (mode, model.label_order, 0.1)
+    assert (clone.variant, clone.label_order, clone.dropout) == (mode, model.label_order, 0.1)
     clone.build((None, M, K))
     assert [v.path for v in clone.weights] == [v.path for v in model.weights]
     clone.set_weights(model.get_weights())
     x = features()
     for a, b in zip(_outputs(clone, x), _outputs(model, x)):
         np.testing.assert_array_equal(a, b)
+    # A config saved when the argument was named `mode` loads as the same model.
+    older = {("mode" if key == "variant" else key): value for key, value in config.items()}
+    assert OrderFreeRNN.from_config(older).get_config() == config
 
 
 @pytest.mark.parametrize("mode, decoder, extra", [

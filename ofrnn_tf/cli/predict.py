@@ -103,7 +103,7 @@ def main(argv):
     draw = bool(FLAGS.attention_dir)
     if draw:
         if not predictor.module.has_attention:
-            raise app.UsageError(f"--attention_dir: the run's {predictor.module.model.mode} "
+            raise app.UsageError(f"--attention_dir: the run's {predictor.module.model.variant} "
                                  "variant has no attention to draw")
         try:  # before any prediction, so an unusable folder costs nothing
             os.makedirs(FLAGS.attention_dir, exist_ok=True)

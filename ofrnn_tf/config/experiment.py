@@ -247,7 +247,9 @@ class TrainConfig:
     cache_records_mib: int = setting(2048, "Keep the training split's records in memory when "
                                      "its shards take at most this many MiB (0: never): epochs "
                                      "after the first read no file and shuffle over the whole "
-                                     "split.", resumable=True)
+                                     "split. The residual decoder's stage 2 keeps M_map's "
+                                     "per-position outputs in memory under the same bound.",
+                                     resumable=True)
     seed: int = setting(0, "Seed of initial weights, data order and dropout.")
     train_steps: str = setting("gt_count_plus_one", "Decoding steps per image in stage 2: its "
                                "label count (the paper preset's reading of Algorithm 1), one "

@@ -86,7 +86,7 @@ def _check_features(features) -> tf.Tensor:
 
 def baseline_decode(model, features: tf.Tensor, *, max_steps: int,
                     threshold: Optional[float] = None, min_labels: int = 1) -> Dict[str, tf.Tensor]:
-    """Decoding of the `baseline` mode (M_map alone, paper Tables 1–2 "ResNet-baseline").
+    """Decoding of the `baseline` variant (M_map alone, paper Tables 1–2 "ResNet-baseline").
 
     The labels are the classes with `v_prob ≥ threshold` (0.5 by default) in
     decreasing `v_prob` order, at least the `min_labels` most probable ones (pass 0
@@ -140,7 +140,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         max_steps: T_max, the most labels a path may hold (at most C).
         threshold: τ on the path probability (Eq. 11), compared in log space: a
             number, or a scalar tensor read at run time; default 0.0 (only T_max and
-            the candidate pool stop a path). For the `baseline` mode it is the
+            the candidate pool stop a path). For the `baseline` variant it is the
             threshold on `v_prob` (default 0.5).
         min_labels: steps 1..min_labels are admissible whatever τ.
         score_mix: weight of M_map's v_prob in the ranking scores (`mix_scores`); a
@@ -163,7 +163,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
         probability is `sigmoid(p_t)`, or the softmax over the labels left and "stop"
         for the fixed-order and PLA-trained models), `attention` `[B, T, m]` (α_t of each step
         of the returned path, zeros past its end), `v_prob` `[B, C]`. For the
-        `baseline` mode see `baseline_decode` (`labels` is `[B, C]`).
+        `baseline` variant see `baseline_decode` (`labels` is `[B, C]`).
 
     Features must be finite (the served signatures check them): an image with NaN
     features gets an empty path and NaN scores. A row's results do not depend on the
@@ -366,7 +366,7 @@ def path_step_probabilities(model, features: tf.Tensor, labels: tf.Tensor) -> tf
         labels: int32 `[B, T]` label ids in decoding order, -1 padded.
 
     Returns:
-        float32 `[B, T]`, 0 at the padding. For the `baseline` mode (no decoder) it
+        float32 `[B, T]`, 0 at the padding. For the `baseline` variant (no decoder) it
         is `v_prob` of each label.
     """
     labels = tf.convert_to_tensor(labels, tf.int32)

@@ -4,7 +4,7 @@ The paper stops a prediction path when its probability (Eq. 11) falls below a
 threshold "determined by cross-validation". `calibrate_decoding` decodes the
 validation set once with τ = 0, recording the best beam of every step
 (`decode_all_steps`), and `calibrate_outputs` then grid-searches τ with `select_for_threshold`,
-which is exact (see `ofrnn_tf.decoding.beam_search`). For the `baseline` mode (no
+which is exact (see `ofrnn_tf.decoding.beam_search`). For the `baseline` variant (no
 decoder) the grid runs over the one threshold on `v_prob` shared by every class. The
 same pass chooses the weight of M_map's scores in the ranking scores
 (`choose_score_mix`). Training's validation and the run's `calibration.json` both
@@ -82,7 +82,7 @@ def choose_score_mix(outputs: Mapping[str, np.ndarray], grid: Sequence[float] = 
 
     The grid holds 1 (M_map's own scores), so the chosen scores rank the validation
     images at least as well as M_map does; ties go to the larger weight. The `baseline`
-    mode has only v_prob: its weight is 1.
+    variant has only v_prob: its weight is 1.
 
     Returns:
         `(best_mix, [(mix, mAP), ...])`.
@@ -106,7 +106,7 @@ def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int
     """Grid search of τ over decoded validation outputs.
 
     Args:
-        outputs: `decode_dataset` results with `y_true`: for a decoder mode, of a
+        outputs: `decode_dataset` results with `y_true`: for a decoder variant, of a
             τ = 0 run with `all_steps=True`; for `baseline`, any run (only `v_prob`
             is used).
         min_labels, objective, grid: see `calibrate_decoding`.

@@ -133,7 +133,7 @@ class InferenceModule(tf.Module):
         self.unroll = bool(unroll)
         self.feature_shape = tuple(int(d) for d in backbone.feature_shape)
         self.image_size = int(backbone.image_size)
-        self.has_attention = model.mode not in ("baseline", "no_attention")
+        self.has_attention = model.variant not in ("baseline", "no_attention")
         height, width, depth = self.feature_shape
         size = self.image_size
         images = tf.TensorSpec([None], tf.string, name="images")

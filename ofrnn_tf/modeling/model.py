@@ -16,7 +16,6 @@ from ofrnn_tf.modeling.layers.label_map_head import LabelMapHead
 from ofrnn_tf.modeling.layers.residual_decoder_cell import ResidualDecoderCell
 from ofrnn_tf.modeling.layers.spatial_label_head import SpatialLabelHead
 
-MODES = VARIANTS
 _DEFAULTS = ModelConfig()
 # Finite stand-in for -inf inside the softmax losses: 0 · -inf would be NaN.
 _LARGE_NEGATIVE = -1e9
@@ -48,9 +47,10 @@ class OrderFreeRNN(keras.Model):
 
     Args:
         num_classes: C.
-        mode: one of `MODES` — `order_free` (the full model), `baseline` (M_map alone),
-            `no_attention` (`z_t = mean_i v_i`), `frequency_first` / `rare_first`
-            (teacher-forced fixed label order, softmax over the remaining labels).
+        variant: one of `VARIANTS` (`--model.variant`) — `order_free` (the full model),
+            `baseline` (M_map alone), `no_attention` (`z_t = mean_i v_i`),
+            `frequency_first` / `rare_first` (teacher-forced fixed label order, softmax
+            over the remaining labels).
         head: `mean_linear` (the paper's M_map) or `spatial`.
         head_units, head_kernel_size, head_dropout: the spatial head's width and reach
             over the grid (`SpatialLabelHead`), and the dropout on M_map's input while
@@ -65,11 +65,13 @@ class OrderFreeRNN(keras.Model):
         lstm_units, attention_units, fc_units, dropout: see the cells.
         feature_dropout: dropout on the maps the decoder reads while training it.
         stage2_loss: `bce` (Eq. 8) or `pla`; a PLA-trained decoder scores a step with a
-            softmax over the labels left, as the fixed-order modes do.
-        label_order: for the fixed-order modes, every class id once, in the order the
+            softmax over the labels left, as the fixed-order variants do.
+        label_order: for the fixed-order variants, every class id once, in the order the
             labels are fed (most frequent first for `frequency_first`, the reverse
-            for `rare_first`). Ignored by the other modes.
-    The defaults of these are `ModelConfig`'s.
+            for `rare_first`). Ignored by the other variants.
+    The defaults of these are `ModelConfig`'s: the main job's model, but for the spatial
+    head's kernel and width (1 and 256 here; the main job's `ExperimentConfig` sets 3 and
+    128, which `build_model` passes on).
 
     Example:
     >>> model = OrderFreeRNN(num_classes=5, lstm_units=8, attention_units=8, fc_units=8,
@@ -79,7 +81,7 @@ class OrderFreeRNN(keras.Model):
     TensorShape([2, 5])
     """
 
-    def __init__(self, num_classes: int, mode: str = _DEFAULTS.variant,
+    def __init__(self, num_classes: int, variant: str = _DEFAULTS.variant,
                  head: str = _DEFAULTS.head, head_units: int = _DEFAULTS.head_units,
                  head_kernel_size: int = _DEFAULTS.head_kernel_size,
                  head_dropout: float = _DEFAULTS.head_dropout,
@@ -95,25 +97,25 @@ class OrderFreeRNN(keras.Model):
                  stage2_loss: str = "bce",
                  label_order: Optional[Sequence[int]] = None, **kwargs):
         super().__init__(**kwargs)
-        for name, value, choices in (("mode", mode, MODES), ("head", head, HEADS),
+        for name, value, choices in (("variant", variant, VARIANTS), ("head", head, HEADS),
                                      ("decoder", decoder, DECODERS),
                                      ("label_context_training", label_context_training,
                                       LABEL_CONTEXT_TRAINING),
                                      ("stage2_loss", stage2_loss, STAGE2_LOSSES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        if mode in ("frequency_first", "rare_first"):
+        if variant in ("frequency_first", "rare_first"):
             if label_order is None or sorted(label_order) != list(range(num_classes)):
                 raise ValueError(
-                    f"mode {mode!r} needs label_order, a permutation of 0..{num_classes - 1}; "
+                    f"variant {variant!r} needs label_order, a permutation of 0..{num_classes - 1}; "
                     f"got {label_order!r}")
         if decoder == "residual" and head != "spatial":
             raise ValueError("decoder='residual' reads the spatial head: it needs head='spatial'")
-        if decoder == "residual" and mode == "no_attention":
+        if decoder == "residual" and variant == "no_attention":
             raise ValueError("the no_attention ablation is of the paper's decoder: use "
                              "decoder='paper'")
         self.num_classes = num_classes
-        self.mode = mode
+        self.variant = variant
         self.head = head
         self.head_units = head_units
         self.head_kernel_size = head_kernel_size
@@ -158,12 +160,12 @@ class OrderFreeRNN(keras.Model):
             else:
                 self.cell = ConfidenceRankedLSTMCell(
                     num_classes, units=lstm_units, attention_units=attention_units,
-                    fc_units=fc_units, dropout=dropout, use_attention=(mode != "no_attention"),
+                    fc_units=fc_units, dropout=dropout, use_attention=(variant != "no_attention"),
                     name="cell")
 
     @property
     def uses_decoder(self) -> bool:
-        return self.mode != "baseline"
+        return self.variant != "baseline"
 
     @property
     def residual(self) -> bool:
@@ -171,12 +173,12 @@ class OrderFreeRNN(keras.Model):
 
     @property
     def teacher_forced(self) -> bool:
-        return self.mode in ("frequency_first", "rare_first")
+        return self.variant in ("frequency_first", "rare_first")
 
     @property
     def softmax_steps(self) -> bool:
         """Whether a step's probabilities are a softmax over the labels left (the
-        fixed-order modes and PLA training) rather than `sigmoid(p_t)`."""
+        fixed-order variants and PLA training) rather than `sigmoid(p_t)`."""
         return self.teacher_forced or self.stage2_loss == "pla"
 
     def build(self, features_shape):
@@ -333,7 +335,7 @@ class OrderFreeRNN(keras.Model):
     def step_log_probs(self, logits, state: CellState, h=None):
         """Log-probability of choosing each label at this step; chosen ones are -inf.
 
-        `log sigmoid(p_t)` for the order-free modes trained with BCE (Eq. 11 multiplies
+        `log sigmoid(p_t)` for the order-free variants trained with BCE (Eq. 11 multiplies
         them); a model trained with a softmax (fixed order, PLA) has as its step
         probability that softmax over the labels left and "stop" (`step_choices`).
         Where "stop" takes the mass, every label's probability falls and τ ends the path.
@@ -371,12 +373,12 @@ class OrderFreeRNN(keras.Model):
                       attention_penalty_form: str = "doubly_stochastic"):
         """Stage 2 loss (Eq. 8, Alg. 1) unrolled in a graph loop over `max_steps` steps.
 
-        Order-free modes with BCE: at each step the full label vector is the target and
+        Order-free variants with BCE: at each step the full label vector is the target and
         the model feeds back its own choice `l_t` (Eq. 9–10) — no teacher forcing.
         With PLA (Orderless RNN's predicted-label alignment), each step is a softmax over
         the labels not yet chosen whose target is the model's own choice when that is a
         true label, else the true label left with the highest score, and that target is
-        fed back. The fixed-order modes feed the t-th true label in `label_order` and
+        fed back. The fixed-order variants feed the t-th true label in `label_order` and
         score it with a softmax over the labels not yet fed (and "stop").
 
         Steps per image: its label count T_i (`gt_count`, the paper's and this method's
@@ -406,7 +408,7 @@ class OrderFreeRNN(keras.Model):
         if attention_penalty_form not in ATTENTION_PENALTIES:
             raise ValueError(f"attention_penalty_form must be one of {ATTENTION_PENALTIES}, "
                              f"got {attention_penalty_form!r}")
-        if attention_penalty and self.mode == "no_attention":
+        if attention_penalty and self.variant == "no_attention":
             raise ValueError("the no_attention ablation has no attention to penalise")
         labels = tf.cast(labels, tf.float32)
         truth = tf.reduce_sum(labels, axis=-1)
@@ -465,7 +467,7 @@ class OrderFreeRNN(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update({
-            "num_classes": self.num_classes, "mode": self.mode, "head": self.head,
+            "num_classes": self.num_classes, "variant": self.variant, "head": self.head,
             "head_units": self.head_units, "head_kernel_size": self.head_kernel_size,
             "head_dropout": self.head_dropout,
             "label_context_units": self.label_context_units,
@@ -478,6 +480,13 @@ class OrderFreeRNN(keras.Model):
             "label_order": self.label_order,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "mode" in config:  # the argument's name in `.keras` files saved before 0.1.0
+            config["variant"] = config.pop("mode")
+        return cls(**config)
 
 
 def _aligned_target(masked_logits, labels, y_tilde):
@@ -497,7 +506,7 @@ def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[i
                 stage2_loss: str = "bce") -> OrderFreeRNN:
     """The built model a `ModelConfig` describes, over `(m, k)` feature maps."""
     model = OrderFreeRNN(
-        num_classes=num_classes, mode=config.variant, head=config.head,
+        num_classes=num_classes, variant=config.variant, head=config.head,
         head_units=config.head_units, head_kernel_size=config.head_kernel_size,
         head_dropout=config.head_dropout,
         label_context_units=config.label_context_units,
@@ -512,13 +521,13 @@ def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[i
     return model
 
 
-def fixed_label_order(label_counts: Sequence[int], mode: str) -> Optional[list]:
+def fixed_label_order(label_counts: Sequence[int], variant: str) -> Optional[list]:
     """The label order of the fixed-order ablations from training-set label counts.
 
     `frequency_first`: most frequent first (ties by class id); `rare_first`: its reverse.
-    Other modes need no order and get None.
+    Other variants need no order and get None.
     """
-    if mode not in ("frequency_first", "rare_first"):
+    if variant not in ("frequency_first", "rare_first"):
         return None
     order = sorted(range(len(label_counts)), key=lambda c: (-label_counts[c], c))
-    return order if mode == "frequency_first" else order[::-1]
+    return order if variant == "frequency_first" else order[::-1]

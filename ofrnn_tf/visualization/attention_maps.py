@@ -284,7 +284,7 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
         reported on stderr and skipped; a full disk raises its OSError.
     """
     if not predictor.module.has_attention:
-        print(f"[attention] the {predictor.module.model.mode} variant has no attention; "
+        print(f"[attention] the {predictor.module.model.variant} variant has no attention; "
               f"no pictures drawn", file=sys.stderr)
         return []
     paths = list(image_paths)[:max_images]

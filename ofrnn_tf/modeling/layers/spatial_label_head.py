@@ -23,10 +23,11 @@ class SpatialLabelHead(keras.layers.Layer):
 
     Args:
         num_classes: C.
-        units: width of the per-position hidden layer.
+        units: width of the per-position hidden layer (the main job's: 128).
         dropout: dropout on the input features while training.
         sharpness: r of the log-sum-exp pooling.
-        kernel_size: the hidden layer's reach over the grid (1: each position alone).
+        kernel_size: the hidden layer's reach over the grid (1: each position alone;
+            the main job's: 3).
 
     Call args:
         features: `[B, m, k]` (standardised) feature maps.
