@@ -107,8 +107,8 @@ class OrderFreeRNN(keras.Model):
         if variant in ("frequency_first", "rare_first"):
             if label_order is None or sorted(label_order) != list(range(num_classes)):
                 raise ValueError(
-                    f"variant {variant!r} needs label_order, a permutation of 0..{num_classes - 1}; "
-                    f"got {label_order!r}")
+                    f"variant {variant!r} needs label_order, a permutation of "
+                    f"0..{num_classes - 1}; got {label_order!r}")
         if decoder == "residual" and head != "spatial":
             raise ValueError("decoder='residual' reads the spatial head: it needs head='spatial'")
         if decoder == "residual" and variant == "no_attention":
