@@ -9,9 +9,9 @@ class LabelContext(keras.layers.Layer):
     """`L' = L + W_3 ReLU(W_2 Dropout(ReLU(W_1 sigmoid(L) + b_1)) + b_2) + b_3`.
 
     Reads M_map's logits `L` (whose sigmoid is v_prob, Eq. 3) as probabilities and adds
-    a correction from all of them at once: where labels co-occur, a confident "Coat" can raise "Ankle boot"
-    and lower "Sandal". It never sees the image, so what it adds is the labels'
-    co-occurrence. `W_3` and `b_3` start at zero: the untrained layer returns `L`
+    a correction from all of them at once: where labels co-occur, a confident "Coat" can
+    raise "Ankle boot" and lower "Sandal". It never sees the image, so what it adds is
+    the labels' co-occurrence. `W_3` and `b_3` start at zero: the untrained layer returns `L`
     unchanged, so a model that has one still decodes as M_map until it is trained.
     The decoder then reads `L'` where it read `L` (`v_pred`, and the residual base of
     Eq. 7; docs/model.md, "Label context").
