@@ -1,4 +1,7 @@
-"""Image decoding shared by feature extraction and the serving signature.
+"""Image decoding shared by feature extraction and the serving signature, and the
+pure-Python reading of an encoded image's header (format, size, GIF frames, BMP
+problems) that the clients and the local server use to refuse an image before
+TensorFlow decodes it (the graph's own checks are in `image_guards`).
 
 Resize policy: the whole image is stretched to ``S x S`` with bilinear
 interpolation and antialiasing (no crop, aspect ratio not kept), so that objects
