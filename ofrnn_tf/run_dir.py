@@ -42,6 +42,7 @@ from typing import Callable, Iterator, Optional, TypeVar
 
 import tensorflow as tf
 
+import ofrnn_tf
 from ofrnn_tf.config.experiment import (
     ExperimentConfig, UnknownSettingsError, identity_differences)
 from ofrnn_tf.jsonio import read_json, write_json
@@ -49,6 +50,7 @@ from ofrnn_tf.labels import LABEL_MAP_FILENAME, LabelMap
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.processes import describe_owner, owner_tag
+from ofrnn_tf.software import software_versions
 from ofrnn_tf.tf_errors import op_error_text
 
 T = TypeVar("T")
@@ -477,10 +479,14 @@ class RunDir:
         try:
             return ExperimentConfig.from_dict(data["config"]), RunFacts.from_dict(data["facts"])
         except UnknownSettingsError as error:
+            software = data.get("software") if isinstance(data, dict) else None
+            writer = software.get("ofrnn_tf") if isinstance(software, dict) else None
+            wrote = (f"ofrnn_tf {writer} wrote it" if writer and writer != ofrnn_tf.__version__
+                     else "a newer version wrote it")
             raise DamagedRunFileError(
-                f"{self.run_file}: settings this version of ofrnn_tf does not know ({error}): "
-                f"a newer version wrote it (use that version), or it was edited (undo the "
-                f"edit)") from None
+                f"{self.run_file}: settings this version of ofrnn_tf ({ofrnn_tf.__version__}) "
+                f"does not know ({error}): {wrote} (use that version), or it was edited "
+                f"(undo the edit)") from None
         except (KeyError, TypeError, ValueError) as error:
             raise DamagedRunFileError(
                 f"{self.run_file}: not a run description ({error}); {remedy}") from None
@@ -513,7 +519,8 @@ class RunDir:
             self._refuse(diffs)
         # Where and how this invocation runs (cache folder, strategy, logging) is not the
         # run's: a moved run takes them from the command that uses it.
-        write_json(self.run_file, {"config": config.to_record(), "facts": facts.to_dict()})
+        write_json(self.run_file, {"config": config.to_record(), "facts": facts.to_dict(),
+                                   "software": software_versions()})
         LabelMap(facts.label_names).save(self.path)
 
     def label_map(self) -> LabelMap:

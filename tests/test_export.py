@@ -19,6 +19,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
+import ofrnn_tf
 from conftest import FAKE_SCORE_MIX, ROOT, run_checked, to_png
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
 from ofrnn_tf.export.saved_model import (
@@ -119,6 +120,11 @@ def test_export_records_the_run_settings(tiny_export_run, loaded, facts):
         run_map = json.load(f)
     with open(tiny_export_run.export_dir / "assets.extra" / "label_map.json") as f:
         assert json.load(f) == run_map
+    with open(tiny_export_run.export_dir / "assets.extra" / "software.json") as f:
+        software = json.load(f)
+    assert software["ofrnn_tf"] == ofrnn_tf.__version__
+    assert software["tensorflow"] == tf.__version__ and set(software) == {
+        "ofrnn_tf", "tensorflow", "keras", "python"}
 
 
 def test_the_graph_reads_the_recorded_threshold(tiny_export_run, loaded, facts):

@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,8 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import ofrnn_tf
 from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.software import software_versions
 from ofrnn_tf.training.trainer import (
     NonFiniteLossError, Trainer, _digest, _settings_parts, describe_position)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
@@ -839,17 +842,20 @@ def test_run_file_names_unknown_fields(tmp_path):
     data["config"]["model"]["lstm_unit"] = 3
     with open(run_dir.run_file, "w") as f:
         json.dump(data, f)
-    with pytest.raises(ValueError, match=r"run.json: settings this version of ofrnn_tf does "
-                                         r"not know \(unknown fields \['lstm_unit'\] in config "
-                                         r"section 'model'\): a newer version wrote it \(use "
-                                         r"that version\), or it was edited \(undo the edit\)$"):
+    assert data["software"] == software_versions()  # the versions of the writer
+    this = re.escape(ofrnn_tf.__version__)
+    with pytest.raises(ValueError, match=rf"run.json: settings this version of ofrnn_tf "
+                                         rf"\({this}\) does not know \(unknown fields "
+                                         rf"\['lstm_unit'\] in config section 'model'\): a "
+                                         rf"newer version wrote it \(use that version\), or it "
+                                         rf"was edited \(undo the edit\)$"):
         run_dir.load()
     del data["config"]["model"]["lstm_unit"]
     data["facts"]["new_fact"] = 1
+    data["software"]["ofrnn_tf"] = "9.1.0"
     Path(run_dir.run_file).write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"run.json: settings this version of ofrnn_tf does "
-                                         r"not know \(unknown run facts \['new_fact'\]\): a "
-                                         r"newer version wrote it"):
+    with pytest.raises(ValueError, match=r"does not know \(unknown run facts \['new_fact'\]\): "
+                                         r"ofrnn_tf 9.1.0 wrote it \(use that version\)"):
         run_dir.load()
 
 

@@ -13,8 +13,9 @@ All return ``labels`` int32 [N, L] (-1 padded; L = T_max, or C for M_map alone, 
 [N], ``scores`` float32 [N, C], ``log_prob`` float32 [N], ``attention`` float32
 [N, T_max, H, W]. Label names, τ, the score mix and the image-size limit are variables
 inside the SavedModel that its graph reads; no side file is needed at serving time. ``assets.extra/tf_serving_warmup_requests``
-holds requests TF Serving replays at load time, and ``assets.extra/label_map.json``
-the class names for people reading the folder.
+holds requests TF Serving replays at load time, ``assets.extra/label_map.json``
+the class names for people reading the folder, and ``assets.extra/software.json`` the
+versions of ofrnn_tf, TensorFlow, Keras and Python that wrote it.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ import tensorflow as tf
 
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES, write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MODEL_NAME, MAX_VERSION, servable_version, version_folders)
+from ofrnn_tf.software import software_versions
 from ofrnn_tf.tf_errors import op_error_text
 
 
@@ -115,6 +118,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
     try:
         tf.saved_model.save(module, tmp, signatures=signatures(module))
         module.label_map.save(os.path.join(tmp, "assets.extra"))
+        write_json(os.path.join(tmp, "assets.extra", SOFTWARE_FILENAME), software_versions())
         write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8))
         while True:
             final = os.path.join(export_base, str(version))
@@ -144,6 +148,7 @@ def _refuse_existing(final: str) -> None:
 
 # An export's temporary folder: ``.tmp-<owner tag>-<random>``, or ``.tmp-<version>`` as
 # written before names carried their owner.
+SOFTWARE_FILENAME = "software.json"  # in assets.extra/: what wrote the export
 _EXPORT_TMP = re.compile(r"\.tmp-(?:(?P<owner>.+)-[0-9a-f]{8}|\d+)")
 
 
