@@ -8,7 +8,9 @@ against plain `tf.map_fn(decode_and_resize)` (what the model would run without t
 guards), each as a `tf.function` on the same string tensor, in alternating calls, and
 reports their medians and the guards' share of the first:
 
-- 224x224 photo-like JPEGs (about 10 KB), one and a batch of 32;
+- 224x224 photo-like JPEGs (about 10 KB), one and a batch of 32; the same pictures as
+  progressive JPEGs (whose scans the guards count), one and 32, and one holding the
+  most scans the guards let through (``MAX_JPEG_SCANS``, its last scan repeated);
 - the same pictures as single-frame GIFs written by PIL, one and 32, and as 24-bit
   BMPs, one and 32;
 - a PIL animation of 40 such frames, each with its own colour table (about 1.6 MB);
@@ -41,7 +43,7 @@ from absl import app, flags
 from PIL import Image
 
 from ofrnn_tf.features.image_guards import decode_images
-from ofrnn_tf.features.images import MAX_GIF_STEPS, decode_and_resize
+from ofrnn_tf.features.images import MAX_GIF_STEPS, MAX_JPEG_SCANS, decode_and_resize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import publish  # noqa: E402
@@ -78,8 +80,16 @@ def one_pixel_frames(count: int, colour_tables: bool = False) -> bytes:
     return header + frame * count + b";"
 
 
+def with_scans(progressive: bytes, scans: int) -> bytes:
+    """`progressive` with its last scan repeated until the file holds `scans`."""
+    last, end = progressive.rindex(b"\xff\xda"), progressive.rindex(b"\xff\xd9")
+    copies = scans - progressive.count(b"\xff\xda")
+    return progressive[:end] + progressive[last:end] * copies + progressive[end:]
+
+
 def image_sets() -> dict[str, list[bytes]]:
     jpegs = [encode(photo(s), "JPEG") for s in range(32)]
+    progressive = [encode(photo(s), "JPEG", progressive=True) for s in range(32)]
     gifs = [encode(photo(s).convert("P", palette=Image.Palette.ADAPTIVE), "GIF")
             for s in range(32)]
     frames = [photo(100 + s).convert("P", palette=Image.Palette.ADAPTIVE) for s in range(40)]
@@ -88,7 +98,11 @@ def image_sets() -> dict[str, list[bytes]]:
     bmps = [encode(photo(s), "BMP") for s in range(32)]
     small_frames = one_pixel_frames(MAX_GIF_STEPS)
     most_steps = one_pixel_frames(MAX_GIF_STEPS, colour_tables=True)
-    return {"1 JPEG": jpegs[:1], "32 JPEGs": jpegs, "1 GIF": gifs[:1], "32 GIFs": gifs,
+    return {"1 JPEG": jpegs[:1], "32 JPEGs": jpegs, "1 progressive JPEG": progressive[:1],
+            "32 progressive JPEGs": progressive,
+            f"progressive JPEG of {MAX_JPEG_SCANS} scans": [with_scans(progressive[0],
+                                                                       MAX_JPEG_SCANS)],
+            "1 GIF": gifs[:1], "32 GIFs": gifs,
             "1 BMP": bmps[:1], "32 BMPs": bmps, "animated GIF, 40 frames": [animation],
             f"GIF of {MAX_GIF_STEPS} one-pixel frames": [small_frames],
             f"32 GIFs of {MAX_GIF_STEPS} one-pixel frames": [small_frames] * 32,

@@ -17,7 +17,8 @@ from PIL import Image
 
 from ofrnn_tf.features.image_guards import (
     NAME_DECODE_FAILURES, check_encoded_images, decode_images)
-from ofrnn_tf.features.images import decode_and_resize, decode_rgb, read_image_header
+from ofrnn_tf.features.images import (
+    MAX_JPEG_SCANS, MAX_JPEG_SEGMENTS, decode_and_resize, decode_rgb, read_image_header)
 
 from conftest import ROOT
 from bmp_files import RGBA_MASKS, bit_fields_bmp, os2_bmp, rle8_bmp, with_bit_depth
@@ -390,6 +391,49 @@ def test_predict_refuses_the_bmps_tensorflow_does_not_read_in_the_same_words(dec
     with pytest.raises(ValueError) as refused:
         read_image_header(data)
     assert assertion_message(raised.value) == f"images[1] is {refused.value}"
+
+
+def with_scans(progressive: bytes, scans: int) -> bytes:
+    """`progressive` with its last scan repeated until the file holds `scans` (libjpeg
+    decodes the copies, with a warning, as it does such files)."""
+    last, end = progressive.rindex(b"\xff\xda"), progressive.rindex(b"\xff\xd9")
+    copies = scans - progressive.count(b"\xff\xda")
+    return progressive[:end] + progressive[last:end] * copies + progressive[end:]
+
+
+PROGRESSIVE = encode(picture(), "JPEG", progressive=True)
+
+
+def test_a_progressive_jpeg_of_too_many_scans_is_refused_here_and_by_the_graph(decode):
+    # Each scan is decoded over the whole image: a small file of many scans holds a core.
+    at_limit, over = with_scans(PROGRESSIVE, MAX_JPEG_SCANS), with_scans(PROGRESSIVE,
+                                                                         MAX_JPEG_SCANS + 1)
+    assert read_image_header(at_limit) == ("JPEG", 64, 48)
+    assert decode(tf.constant([at_limit])).shape == (1, SIZE, SIZE, 3)
+    with pytest.raises(ValueError) as refused:
+        read_image_header(over)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        decode(tf.constant([JPEG, over]))
+    said = assertion_message(raised.value)
+    assert said == f"images[1] is {refused.value}"
+    assert said.startswith(f"images[1] is a JPEG of {MAX_JPEG_SCANS + 1} scans, more than the "
+                           f"{MAX_JPEG_SCANS} the model decodes (a progressive JPEG")
+    # Only a progressive JPEG's scans are counted: a baseline one codes every block in each.
+    baseline = JPEG[:2] + (b"\xff\xfe\x00\x04\xff\xda" * (MAX_JPEG_SCANS + 1)) + JPEG[2:]
+    assert read_image_header(baseline) == ("JPEG", 64, 48)
+    assert decode(tf.constant([baseline])).shape == (1, SIZE, SIZE, 3)
+
+
+def test_the_header_reader_walks_as_many_jpeg_segments_as_the_graph(decode):
+    within = JPEG[:2] + b"\xff\xfe\x00\x02" * (MAX_JPEG_SEGMENTS - 100) + JPEG[2:]
+    assert read_image_header(within) == ("JPEG", 64, 48)
+    assert decode(tf.constant([within])).shape == (1, SIZE, SIZE, 3)
+    beyond = JPEG[:2] + b"\xff\xfe\x00\x02" * (MAX_JPEG_SEGMENTS + 1) + JPEG[2:]
+    with pytest.raises(ValueError) as refused:
+        read_image_header(beyond)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        decode(tf.constant([beyond]))
+    assert assertion_message(raised.value) == f"images[0] is {refused.value}"
 
 
 def test_first_bad_image_is_the_one_named(decode):

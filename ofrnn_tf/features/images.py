@@ -14,6 +14,7 @@ exported SavedModel, so cached features and served predictions see identical pix
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import NamedTuple, Sequence
 
@@ -142,20 +143,27 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int,
 
 
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
+_JPEG_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+# The code of a JPEG marker: a byte neither 00 nor FF after an FF (libjpeg's next_marker
+# skips other bytes, fill bytes FF and FF 00 alike). One search finds the next one.
+_MARKER_CODE = re.compile(rb"\xff[^\x00\xff]")
 
-
-def _next_marker_code(data: bytes, i: int) -> int | None:
-    """Where the code of the next JPEG marker from `i` on is, or None at the end: an FF
-    (after any other bytes), then any fill bytes FF, then a code that is not 00 (FF 00
-    is skipped too)."""
-    n = len(data)
-    while (i := data.find(b"\xff", i)) >= 0:
-        while i < n and data[i] == 0xFF:
-            i += 1
-        if i < n and data[i] != 0:
-            return i
-        i += 1
-    return None
+# Marker segments walked to find a JPEG frame header. Real files have a few dozen
+# at most (APP0, APP1 EXIF and XMP, APP2 ICC chunks, DQT, DHT, COM); the cap bounds
+# the work that a file made of fill bytes or empty segments can cause. The served
+# graph's guard (`ofrnn_tf.features.image_guards`) walks with the same cap.
+MAX_JPEG_SEGMENTS = 1024
+# Scans of a progressive JPEG. libjpeg decodes every scan over the whole image, so the
+# decoding time grows with scans x pixels, and a scan may take a few bytes: a small file
+# of many scans holds a core for seconds to minutes. Encoders write about 10 (libjpeg's
+# progressive script: 6 for grey, 10 for colour). The served graph's guard counts them
+# as this module does: every SOS marker (FF DA) of the file, which the entropy-coded
+# data never holds.
+MAX_JPEG_SCANS = 100
+JPEG_SCANS_PROBLEM = (f" of {{}} scans, more than the {MAX_JPEG_SCANS} the model decodes "
+                      f"(a progressive JPEG: each scan is decoded over the whole image, "
+                      f"and encoders write about 10): save it again as a JPEG or PNG")
+JPEG_SEGMENTS_PROBLEM = f"no frame header (SOFn) in its first {MAX_JPEG_SEGMENTS} marker segments"
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
@@ -165,13 +173,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     (stray bytes, with the warning "Corrupt JPEG data: N extraneous bytes before
     marker", fill bytes FF, and FF 00) and decodes on; so does this walk, as does the
     served graph's (`ofrnn_tf.features.image_guards`): both find the same frame and
-    refuse the same files (but for that walk's cap on its steps, which only a file
-    made to exhaust it reaches).
+    refuse the same files, but for their caps on the work: this walk gives up after
+    `MAX_JPEG_SEGMENTS` markers, the graph's after as many of its steps, which also
+    count jumps over stray bytes (only a file made to exhaust them tells them apart).
+    A progressive JPEG of more than `MAX_JPEG_SCANS` scans is refused.
     """
     i, n = 2, len(data)
-    while (i := _next_marker_code(data, i)) is not None:
-        code = data[i]
-        i += 1
+    for _ in range(MAX_JPEG_SEGMENTS):
+        marker = _MARKER_CODE.search(data, i)
+        if marker is None:
+            break
+        i = marker.end()
+        code = data[i - 1]
         if code == 0x01 or 0xD0 <= code <= 0xD7:  # markers without a length field
             continue
         if code in (0xD8, 0xD9, 0xDA):  # SOI, EOI or SOS before any frame header
@@ -180,6 +193,10 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             if i + 8 > n:  # length, precision, height, width, components
                 break
             height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            if code in _JPEG_PROGRESSIVE_SOF:
+                scans = data.count(b"\xff\xda")
+                if scans > MAX_JPEG_SCANS:
+                    raise ValueError("a JPEG" + JPEG_SCANS_PROBLEM.format(scans))
             return width, height
         if i + 2 > n:
             break
@@ -187,6 +204,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         # segment, where what follows is skipped as no marker.
         (length,) = struct.unpack(">H", data[i:i + 2])
         i += length
+    else:
+        raise ValueError("a JPEG with a corrupt header: " + JPEG_SEGMENTS_PROBLEM)
     raise ValueError(f"truncated JPEG: header ends after {n} bytes without a frame header")
 
 

@@ -30,6 +30,9 @@ graph of one's own) and refuses with ``InvalidArgumentError``, naming ``images[i
   end an extension). A file cut off before the descriptor, a trailer or any other
   byte before it, or more than ``MAX_GIF_BLOCKS`` extension headers and sub-blocks
   before it are refused;
+- a progressive JPEG of more than ``MAX_JPEG_SCANS`` scans (SOS markers, FF DA, in
+  the file): libjpeg decodes each scan over the whole image, and a scan can take a few
+  bytes, so a small file of many scans would hold a core for seconds to minutes;
 - a BMP that TensorFlow's BMP decoder does not read (`ofrnn_tf.features.images.bmp_problem`):
   bit depth 1, 4 or 16, RLE or other compression, an OS/2 header (BITMAPCOREHEADER:
   TF decodes none of these, failing as if the file were corrupt), and 32-bit bit

@@ -10,12 +10,9 @@ import tensorflow as tf
 from ofrnn_tf.features.image_guards.layouts import (
     _F_HEIGHT, _F_WIDTH, _LAYOUT_FORMATS, _looks_complete, _read_headers)
 from ofrnn_tf.features.image_guards.messages import _header_message, _str
-from ofrnn_tf.features.images import decode_and_resize
+from ofrnn_tf.features.images import MAX_JPEG_SEGMENTS, decode_and_resize
 
-# Marker segments walked to find a JPEG frame header. Real files have a few dozen
-# at most (APP0, APP1 EXIF and XMP, APP2 ICC chunks, DQT, DHT, COM); the cap bounds
-# the work that a file made of fill bytes or empty segments can cause.
-DEFAULT_MAX_JPEG_SEGMENTS = 1024
+DEFAULT_MAX_JPEG_SEGMENTS = MAX_JPEG_SEGMENTS  # the Python header reader's cap too
 
 NAME_DECODE_FAILURES = ("auto", "always", "never")
 

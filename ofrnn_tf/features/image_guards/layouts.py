@@ -3,7 +3,8 @@ reads them: the layouts (the formats, plus BMP variants) and the signatures that
 them apart, the header fields one matrix product reads and their bounds per layout,
 the BMP layouts TensorFlow does not decode, how complete files end; `_read_headers`,
 which walks to the JPEG frame header (`jpeg_walk`) and the GIF image descriptors
-(`gif_walk`), `has_accepted_bmp_layout` and `_looks_complete`."""
+(`gif_walk`) and counts a progressive JPEG's scans, `has_accepted_bmp_layout` and
+`_looks_complete`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ofrnn_tf.features.image_guards.jpeg_walk import _STEP, _WINDOW, _WINDOW_STE
 from ofrnn_tf.features.image_guards.reading import _FRAME_BYTES, _read
 from ofrnn_tf.features.images import (
     BMP_BGRA_MASKS, BMP_BIT_DEPTHS, BMP_BITFIELDS, BMP_FIELDS_BYTES, BMP_MASKS_AT,
-    FORMAT_MAGIC)
+    FORMAT_MAGIC, MAX_JPEG_SCANS)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
@@ -151,6 +152,16 @@ _PLAIN_JPEG_FRAMES = np.array([m * 65536 + 8 * 256 + c for m in (0xC0, 0xC1, 0xC
 del _row, _pattern, _k, _byte, _layout, _width, _height, _needed, _ending
 
 
+_PROGRESSIVE_JPEG_FRAMES = np.array([0xC2, 0xC6, 0xCA, 0xCE], np.int32)  # SOF2, 6, 10, 14
+
+
+def _jpeg_scans(images: tf.Tensor, progressive: tf.Tensor) -> tf.Tensor:
+    """int64 [N]: the SOS markers (FF DA) in the bytes of each image where `progressive`,
+    else 0 (`ofrnn_tf.features.images.MAX_JPEG_SCANS`)."""
+    counted = tf.where(progressive, images, "")
+    return tf.strings.split(counted, sep=b"\xff\xda").row_lengths() - 1
+
+
 class _Headers:
     """What the header pass found, one entry per image."""
 
@@ -221,11 +232,17 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
                                          fields <= tf.gather(_UPPER, layout)), axis=1)
     bmp_problem, bmp_bits, bmp_compression = _bmp_problems(window, layout, length)
     valid = tf.logical_and(valid, tf.equal(bmp_problem, _BMP_READ))
+    # The walk stopped at the frame header: its marker says whether the JPEG is progressive.
+    progressive = tf.logical_and(is_jpeg, tf.reduce_any(
+        tf.equal(frame[:, 1:2], _PROGRESSIVE_JPEG_FRAMES), axis=1))
+    scans = tf.cond(tf.reduce_any(progressive), lambda: _jpeg_scans(images, progressive),
+                    lambda: tf.zeros_like(length, tf.int64))
+    valid = tf.logical_and(valid, scans <= MAX_JPEG_SCANS)
     widths, heights, frame_kind, _ = tf.split(fields, _FIELD_GROUPS, axis=1)
     pixels = tf.maximum(tf.gather(widths * heights, layout, batch_dims=1), gif_pixels)
     return _Headers(length=length, layout=layout, is_jpeg=is_jpeg, pos=pos, frame=frame,
                     fields=fields, frame_kind=frame_kind, valid=valid, pixels=pixels,
-                    bmp_problem=bmp_problem, bmp_bits=bmp_bits,
+                    scans=scans, bmp_problem=bmp_problem, bmp_bits=bmp_bits,
                     bmp_compression=bmp_compression)
 
 

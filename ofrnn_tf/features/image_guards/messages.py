@@ -14,8 +14,8 @@ from ofrnn_tf.features.image_guards.layouts import (
 from ofrnn_tf.features.image_guards.reading import _GAVE_UP
 from ofrnn_tf.features.images import (
     BMP_COMPRESSIONS, BMP_MASKS_CUT, BMP_MASKS_PROBLEM, BMP_REMEDY, BMP_TRUNCATED,
-    GIF_REMEDY, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS,
-    PIXEL_LIMIT_WORDS, out_of_line)
+    GIF_REMEDY, JPEG_SCANS_PROBLEM, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MAX_JPEG_SCANS,
+    MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, PIXEL_LIMIT_WORDS, out_of_line)
 
 # Every byte in hex; the names of the markers a JPEG walk stops at before a frame header.
 _HEX = tuple(f"{b:02x}" for b in range(256))
@@ -153,6 +153,8 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
             tf.logical_and(is_gif, pixels > limit),
             lambda: _gif_frames_message(image[None], pos[None], limit, a_format),
             lambda: tf.constant(""))),
+        (info.scans[0] > MAX_JPEG_SCANS,
+         tf.strings.join([a_format, _format(JPEG_SCANS_PROBLEM, info.scans[0])])),
     ], tf.strings.join([a_format, " with an invalid header"]))
 
 
