@@ -16,6 +16,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from ofrnn_tf import input_files
 from ofrnn_tf.serving import client
 
 
@@ -333,7 +334,7 @@ def test_a_pipe_is_read_and_one_nothing_writes_to_gets_an_error_line(serve, tmp_
     import os
     import threading
 
-    monkeypatch.setattr(client, "PIPE_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(input_files, "PIPE_WAIT_SECONDS", 0.3)
     target, service = serve()
     paths = files(tmp_path, [png(10), png(20)])
     silent = str(tmp_path / "silent.png")

@@ -132,6 +132,26 @@ def test_missing_file_is_an_error_entry(predictor, tmp_path):
     assert result == {"image": str(missing), "error": f"{missing}: No such file or directory"}
 
 
+@pytest.mark.timeout(60)
+def test_a_pipe_nothing_writes_to_and_a_device_cost_their_own_lines(predictor, images,
+                                                                      tmp_path, monkeypatch):
+    # A plain open() of the pipe waits for a writer for ever; a link to a device
+    # (/dev/zero) would be read until memory runs out: ofrnn-client refuses both too.
+    from ofrnn_tf import input_files
+
+    monkeypatch.setattr(input_files, "PIPE_WAIT_SECONDS", 0.3)
+    silent = tmp_path / "silent.png"
+    os.mkfifo(silent)
+    device = tmp_path / "device.png"
+    device.symlink_to(os.devnull)
+    results = predictor.predict_files([images[0], silent, device, images[2]])
+    assert results[1:3] == [
+        {"image": str(silent), "error": f"{silent}: a pipe nothing was written to within 0.3 s"},
+        {"image": str(device), "error": f"{device}: not a regular file or a pipe"}]
+    assert [r["labels"] for r in (results[0], results[3])] == [
+        r["labels"] for r in predictor.predict_files([images[0], images[2]])]
+
+
 def test_iter_files_gives_each_batch_as_it_is_predicted(predictor, images, monkeypatch):
     calls = []
     predict_pixels = predictor.predict_pixels

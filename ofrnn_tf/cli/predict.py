@@ -15,7 +15,8 @@ or --output, each batch's lines as soon as it is done, so that a stopped command
 them. stderr says first how labels are chosen (the beam width K and τ: a label is added
 while the path's probability, exp(log_prob), stays at least τ; ``scores`` are the chosen
 labels' scores, whose values do not depend on τ: ``--all_scores`` gives every class's,
-to rank images by a class). An image that cannot be read
+to rank images by a class). An image that cannot be read (a pipe nothing writes to
+within 5 s and a device, such as a link to /dev/zero, included)
 gets a line with ``error`` and the others go on; the exit status is 1 only when no
 image at all could be predicted. With ``--attention_dir=DIR`` each predicted image is
 also drawn with its attention at every decoding step (the paper's Fig. 3) as

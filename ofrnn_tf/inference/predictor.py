@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from ofrnn_tf.features.images import decode_checked
 from ofrnn_tf.inference.module import InferenceModule
+from ofrnn_tf.input_files import read_input_file
 from ofrnn_tf.status import progress_bar
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -133,7 +134,8 @@ class Predictor:
 
     def predict_files(self, paths: Sequence[str], *, attention: bool = True,
                       all_scores: bool = True, progress: bool = False) -> list[dict]:
-        """Predicts image files; a file that cannot be read or decoded gets an error entry."""
+        """Predicts image files; a file that cannot be read or decoded gets an error entry,
+        as does a device and a pipe nothing writes to (`read_input_file`)."""
         return list(self.iter_files(paths, attention=attention, all_scores=all_scores,
                                     progress=progress))
 
@@ -145,13 +147,8 @@ class Predictor:
             raise TypeError(f"paths must be a list of image files; got the single path "
                             f"{os.fsdecode(paths)!r} (pass [path] for a single image)")
         paths = [os.fspath(p) for p in paths]
-
-        def load(i: int) -> bytes:
-            with open(paths[i], "rb") as f:
-                return f.read()
-
-        return self._predict(paths, load, attention=attention, all_scores=all_scores,
-                             progress=progress)
+        return self._predict(paths, lambda i: read_input_file(paths[i]), attention=attention,
+                             all_scores=all_scores, progress=progress)
 
     def _predict(self, names: list[str], load: Callable[[int], bytes], *, attention: bool,
                  all_scores: bool, progress: bool) -> Iterator[dict]:

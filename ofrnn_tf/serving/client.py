@@ -17,10 +17,7 @@ Python::
 from __future__ import annotations
 
 import math
-import os
 import re
-import select
-import stat
 import time
 from typing import Iterator, Sequence
 
@@ -37,6 +34,7 @@ from tensorflow_serving.apis import (
 
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import find_undecodable, read_image_header
+from ofrnn_tf.input_files import read_input_file
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MODEL_NAME, MAX_TIMEOUT_S, servable_version)
 from ofrnn_tf.tf_errors import reason_text
@@ -107,9 +105,6 @@ ALONE_RETRY_SECONDS = (0.2, 0.5)
 # Waits before a request a busy server turned away (`_busy`) is sent again; past them the
 # refusal stands.
 BUSY_RETRY_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0)
-# How long a pipe among the inputs (`<(cat img)`, /dev/stdin, a named pipe) may take to
-# give its first bytes: a named pipe nothing writes to would otherwise block for ever.
-PIPE_WAIT_SECONDS = 5.0
 
 
 def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
@@ -299,7 +294,7 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
         pending: list[tuple[int, bytes]] = []  # (place in the batch, encoded image)
         for k, path in enumerate(batch):
             try:
-                pending.append((k, _read_file(path)))
+                pending.append((k, read_input_file(path)))
             except OSError as error:
                 results[k] = {"image": batch[k], "error": f"{path}: {error.strerror or error}"}
         for request in _split_by_bytes(pending, max_request_bytes):
@@ -393,22 +388,6 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                 yield from batches(own)
 
     return stream()
-
-
-def _read_file(path: str) -> bytes:
-    """The bytes of a regular file or of a pipe; OSError for anything else, and for a
-    pipe that gives nothing within `PIPE_WAIT_SECONDS`. Opened without blocking: the
-    open of a named pipe would block until something writes to it."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with open(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISFIFO(mode):
-            if not select.select([fd], [], [], PIPE_WAIT_SECONDS)[0]:
-                raise OSError(f"a pipe nothing was written to within {PIPE_WAIT_SECONDS:g} s")
-            os.set_blocking(fd, True)  # read to the writer's end
-        elif not stat.S_ISREG(mode):
-            raise OSError("not a regular file or a pipe")
-        return f.read()
 
 
 def _split_by_bytes(items: list[tuple[int, bytes]], max_bytes: int) -> list[list[tuple[int, bytes]]]:
