@@ -334,11 +334,31 @@ def test_manifest_jsonl_null_labels_are_no_label(tmp_path):
     ("bad.csv", "path,labels\na.png,x\nb.png,x,extra\n", r"bad.csv: line 3: 3 fields"),
     ("nohead.csv", "a.png,x\n", r"nohead.csv: line 1: header"),
     ("dup.csv", "path,labels\na.png,x\na.png,y\n", r"dup.csv: line 3: duplicate id"),
+    # A stray quote: the reader took the rest of the file as one field without a word, or
+    # stopped with a bare csv.Error past its field size limit.
+    ("open.csv", 'path,labels\na.png,x\n"b.png,y\nc.png,z\nd.png,z\n',
+     r"open.csv: line 3: a quoted field is not closed: a '\"' opens it and no '\"' ends it "
+     r"before the end of the file \(line 5\), so the rest of the file was read as one "
+     r"field; close it, or remove the '\"'"),
+    ("open_labels.csv", 'path,labels\na.png,"x\nb.png,y\n',
+     r"open_labels.csv: line 2: a quoted field is not closed"),
+    ("open_long.csv", 'path,labels\n"a.png,x\n' + "img/b.png,y\n" * 12000,
+     r"open_long.csv: line 2: a quoted field is not closed: a '\"' opens it and no '\"' ends "
+     r"it within 131072 characters \(up to line \d+\)"),
+    ("open_head.csv", '"path,labels\n' + "img/b.png,y\n" * 12000,
+     r"open_head.csv: line 1: a quoted field is not closed"),
 ])
 def test_manifest_bad_line_names_file_and_line(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=message):
         load_manifest(str(tmp_path / name))
+
+
+def test_manifest_csv_closed_quoted_fields_may_hold_a_line_break_up_to_the_files_end(tmp_path):
+    (tmp_path / "m.csv").write_text('path,labels\n"a\nb.png",x\nc.png,"y;z"\n"d.png","w"')
+    examples, label_map, _ = load_manifest(str(tmp_path / "m.csv"), check_files=False)
+    assert [os.path.basename(e.image) for e in examples] == ["a\nb.png", "c.png", "d.png"]
+    assert list(label_map.names) == ["w", "x", "y", "z"]
 
 
 def test_manifest_whose_images_all_miss_is_refused_naming_the_first(tmp_path):

@@ -69,8 +69,9 @@ def load_manifest(path: str,
     Raises:
         DataNotFoundError: the manifest does not exist, or none of its labelled images
             does (the first path is named).
-        DataFileError: a malformed line, text that is not UTF-8 (file and line number
-            named), a duplicate id or the same image file twice.
+        DataFileError: a malformed line (a CSV quote never closed), text that is not
+            UTF-8 (file and line number named), a duplicate id or the same image file
+            twice.
         DataLabelMapError: a label is not in `label_map` (a `LabelMapMismatchError`).
     """
     if not os.path.isfile(path):
@@ -239,8 +240,8 @@ def _rows(path: str) -> Iterator[Row]:
 
 def _csv_rows(path: str, text: str) -> Iterator[Row]:
     base = os.path.dirname(os.path.abspath(path))  # what relative paths are read from
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    records = _csv_records(path, text)
+    _, header = next(records, (1, None))
     if header is None:
         raise DataFileError(f"{path}: empty manifest (expected a header 'path,labels')")
     header = [h.strip().lower() for h in header]
@@ -251,8 +252,7 @@ def _csv_rows(path: str, text: str) -> Iterator[Row]:
                             f"'labels', got {header}{hint}")
     col_path, col_labels = header.index("path"), header.index("labels")
     col_id = header.index("id") if "id" in header else None
-    for row in reader:
-        line_no = reader.line_num
+    for line_no, row in records:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) > len(header):
@@ -272,6 +272,62 @@ def _csv_rows(path: str, text: str) -> Iterator[Row]:
         labels = _names(_SEPARATORS.split(row[col_labels]))
         image_id = row[col_id].strip() if col_id is not None else listed
         yield f"line {line_no}", image_id or listed, image, labels
+
+
+def _csv_records(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
+    """The CSV rows of `text`, each with the line it starts on. A quote never closed
+    (the reader would give the rest of the file as one field, or stop past its field
+    size limit) is a DataFileError naming that line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    lines: list[str] = []  # the file's lines, split only when a row holds a line break
+    while True:
+        line_no = reader.line_num + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as error:
+            raise DataFileError(_unreadable_csv_row(path, line_no, reader.line_num,
+                                                    error)) from None
+        if row is None:
+            return
+        if any("\n" in cell or "\r" in cell for cell in row):
+            lines = lines or io.StringIO(text, newline="").readlines()
+            if _ends_in_quotes(lines[line_no - 1:reader.line_num]):
+                raise DataFileError(_unclosed_quote(
+                    path, line_no, f" before the end of the file (line {reader.line_num}), "
+                                   f"so the rest of the file was read as one field"))
+        yield line_no, row
+
+
+def _unreadable_csv_row(path: str, start: int, stop: int, error: csv.Error) -> str:
+    """The message for a CSV row the reader gave up on: it started on line `start` and
+    stopped on line `stop`. Past the field size limit on a later line than its own, a
+    quote opened in the row is not closed (only a quoted field holds a line break)."""
+    limit = csv.field_size_limit()
+    if "field limit" in str(error):
+        if stop > start:
+            return _unclosed_quote(path, start, f" within {limit} characters (up to line "
+                                                f"{stop})")
+        return (f"{path}: line {start}: a field longer than {limit} characters, the most a "
+                f"CSV field may hold")
+    return f"{path}: line {start}: not readable as CSV ({error})"
+
+
+def _unclosed_quote(path: str, line_no: int, how: str) -> str:
+    """The message for a quote opened in the row on line `line_no` and never closed."""
+    return (f"{path}: line {line_no}: a quoted field is not closed: a '\"' opens it and no "
+            f"'\"' ends it{how}; close it, or remove the '\"' (quote a field only when a "
+            f"class name itself holds a comma)")
+
+
+def _ends_in_quotes(row_lines: list[str]) -> bool:
+    """Whether the CSV row on `row_lines` ends inside a quoted field, which only the end
+    of the file does: the reader then gives the rest of the file as one field, without a
+    word."""
+    try:
+        next(csv.reader(row_lines, strict=True), None)
+    except csv.Error as error:
+        return "unexpected end of data" in str(error)
+    return False
 
 
 def _jsonl_rows(path: str, text: str) -> Iterator[Row]:
