@@ -347,6 +347,10 @@ def test_manifest_jsonl_null_labels_are_no_label(tmp_path):
      r"it within 131072 characters \(up to line \d+\)"),
     ("open_head.csv", '"path,labels\n' + "img/b.png,y\n" * 12000,
      r"open_head.csv: line 1: a quoted field is not closed"),
+    # Nested deeper than Python's parser goes: a RecursionError.
+    ("deep.jsonl", '{"path": "a.png", "labels": ["x"]}\n' + "[" * 100000 + "\n",
+     r"deep.jsonl: line 2: JSON nested too deep to read; each item of a manifest is an object"),
+    ("deep.json", "[" * 100000, r"deep.json: item 1 \(line 1\): JSON nested too deep to read"),
 ])
 def test_manifest_bad_line_names_file_and_line(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)

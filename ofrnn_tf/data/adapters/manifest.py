@@ -69,9 +69,9 @@ def load_manifest(path: str,
     Raises:
         DataNotFoundError: the manifest does not exist, or none of its labelled images
             does (the first path is named).
-        DataFileError: a malformed line (a CSV quote never closed), text that is not
-            UTF-8 (file and line number named), a duplicate id or the same image file
-            twice.
+        DataFileError: a malformed line (a CSV quote never closed, JSON nested too deep
+            to read), text that is not UTF-8 (file and line number named), a duplicate
+            id or the same image file twice.
         DataLabelMapError: a label is not in `label_map` (a `LabelMapMismatchError`).
     """
     if not os.path.isfile(path):
@@ -338,6 +338,8 @@ def _jsonl_rows(path: str, text: str) -> Iterator[Row]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataFileError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataFileError(_nested_too_deep(path, f"line {line_no}")) from None
         yield _record_row(path, f"line {line_no}", record)
 
 
@@ -372,12 +374,21 @@ def _json_array_rows(path: str, text: str) -> Iterator[Row]:
             record, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as e:
             raise DataFileError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataFileError(_nested_too_deep(
+                path, f"item {item + 1} (line {line_of(position)})")) from None
         item += 1
         yield _record_row(path, f"item {item} (line {line_of(position)})", record)
         position = end
     if text[position + 1:].strip():
         raise DataFileError(f"{path}: line {line_of(position + 1)}: not valid JSON (text "
                             f"after the array)")
+
+
+def _nested_too_deep(path: str, where: str) -> str:
+    """The message for JSON nested deeper than Python's parser goes (a RecursionError)."""
+    return (f"{path}: {where}: JSON nested too deep to read; each item of a manifest is an "
+            f'object {{"path": ..., "labels": [...]}}')
 
 
 def _record_row(path: str, where: str, record) -> Row:
