@@ -87,5 +87,5 @@ def read_json(path: str) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:  # Recursion: nested too deep
         raise ValueError(f"{path}: not valid JSON ({error})") from None

@@ -83,7 +83,7 @@ class LabelMap:
         with open(path) as f:
             try:
                 data = json.load(f)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:  # Recursion: nested too deep
                 raise ValueError(f"{path}: not a valid label map JSON ({e})") from None
         names = data.get("names") if isinstance(data, dict) else data
         if not isinstance(names, list):

@@ -133,3 +133,15 @@ def test_a_link_planted_between_the_tidy_up_and_the_open_is_not_followed(tmp_pat
     with pytest.raises(FileExistsError):
         jsonio.write_json(path, {"f1": 0.5})
     assert planted and victim.read_text() == "mine" and not os.path.exists(path)
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_named_as_invalid(tmp_path):
+    # A run file or label map edited or damaged into "[[[[...": no RecursionError traceback.
+    from ofrnn_tf.labels import LabelMap
+
+    deep = tmp_path / "label_map.json"
+    deep.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match=rf"^{deep}: not valid JSON \(maximum recursion"):
+        jsonio.read_json(str(deep))
+    with pytest.raises(ValueError, match=rf"^{deep}: not a valid label map JSON \(maximum"):
+        LabelMap.load(str(deep))

@@ -44,7 +44,7 @@ def cluster_config() -> dict:
         raise refuse("it is not set")
     try:
         tf_config = json.loads(os.environ["TF_CONFIG"])
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # Recursion: nested too deep
         raise refuse(f"it is not valid JSON ({e})") from None
     if not isinstance(tf_config, dict):
         raise refuse(f"it is {type(tf_config).__name__}, not a JSON object")

@@ -112,7 +112,7 @@ def _read_json(path: str) -> Any:
     try:
         with open(path, "rb") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataFileError(f"{path}: not a valid JSON file ({e})") from None
     except OSError as e:
         raise OSError(f"cannot read COCO annotation file {path}: {e}") from None
