@@ -364,7 +364,9 @@ def test_missing_source_and_bad_config(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     with pytest.raises(DataNotFoundError, match=r"install the Debian package dataset-fashion-"
-                                                r"mnist\) and .* failed: URL fetch failure"):
+                                                r"mnist, or copy the four \*-ubyte.gz files to "
+                                                r"~/.keras/datasets/fashion-mnist/ .*\) and .* "
+                                                r"failed: URL fetch failure"):
         fc.load_fashion_mnist(str(tmp_path / "none"), allow_download=True)
     with pytest.raises(ValueError, match="item_size_range"):
         fc.CanvasConfig(canvas_size=64, item_size_range=(40, 100))

@@ -337,7 +337,9 @@ def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
     except Exception as e:  # noqa: BLE001 - any failure gets the same advice
         raise DataNotFoundError(
             f"Fashion-MNIST is not available: the IDX files are missing ({missing[0]} "
-            f"and others; install the Debian package dataset-fashion-mnist) and "
+            f"and others; install the Debian package dataset-fashion-mnist, or copy the "
+            f"four *-ubyte.gz files to ~/.keras/datasets/fashion-mnist/ or "
+            f"$KERAS_HOME/datasets/fashion-mnist/, where keras.datasets reads them) and "
             f"keras.datasets.fashion_mnist.load_data() failed: {e}") from e
     print(f"Fashion-MNIST: {source_dir} lacks the IDX files, used keras.datasets",
           file=sys.stderr)
