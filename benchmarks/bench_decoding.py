@@ -132,7 +132,8 @@ def main(argv) -> None:
         d = context["head_features"].shape[-1]
         joined = tf.function(lambda: cell.predict(
             dict(context, weights=cell.prepare(
-                context["head_features"], context["memory"][:, :, d:], context["logits"])["weights"]),
+                context["head_features"], context["memory"][:, :, d:],
+                context["logits"])["weights"]),
             state, beam_size=beams)[0])
         t = {name: seconds_per_call(fn) for name, fn in
              (("fused", fused), ("separate", separate), ("joined", joined))}

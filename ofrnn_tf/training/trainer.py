@@ -21,20 +21,20 @@ stage 1, refits it whole from the same starting point (the context's initial
 weights). With `--model.label_context_training=joint` it is instead trained in stage 1
 with M_map (`OrderFreeRNN.map_loss`), and there is no separate fit.
 
-Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states
-and the position (stage, epoch, step in epoch); `--runtime.mixed_precision` may change
-between reruns (`_checkpoints_scale_loss`). The data order of every epoch is a
-function of the seed (and, under ``multi_worker``, of the worker count: each worker
-reads its own shards), so a run killed at any point and restarted ends with the same
-weights as one that was never interrupted. Ctrl-C or SIGTERM during an epoch's steps
-saves a checkpoint at the end of the step it lands in (`StepInterrupts`; in one process:
-a multi-worker run stops where it is), so its rerun repeats none of them. Every epoch
-is checkpointed once trained (its step count complete) and again once validated, so a validation that
-fails loses no training: the rerun redoes only the validation. The last stage's final
-checkpoint keeps its last epoch's weights and optimizer state (the best epoch's
-weights are in ``best/``), so a finished run given more epochs goes on from there.
-A checkpoint whose files were deleted or damaged since is passed over with a note: the
-run goes on from the newest one that reads back whole.
+Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states and
+the position (stage, epoch, step in epoch); `--runtime.mixed_precision` may change
+between reruns (`_checkpoints_scale_loss`). The data order of every epoch is a function
+of the seed (and, under ``multi_worker``, of the worker count: each worker reads its own
+shards), so a run killed at any point and restarted ends with the same weights as one
+that was never interrupted. Ctrl-C or SIGTERM during an epoch's steps saves a checkpoint
+at the end of the step it lands in (`StepInterrupts`; in one process: a multi-worker run
+stops where it is), so its rerun repeats none of them. Every epoch is checkpointed once
+trained (its step count complete) and again once validated, so a validation that fails
+loses no training: the rerun redoes only the validation. The last stage's final
+checkpoint keeps its last epoch's weights and optimizer state (the best epoch's weights
+are in ``best/``), so a finished run given more epochs goes on from there. A checkpoint
+whose files were deleted or damaged since is passed over with a note: the run goes on
+from the newest one that reads back whole.
 """
 
 from __future__ import annotations
