@@ -484,7 +484,7 @@ class OrderFreeRNN(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if "mode" in config:  # the argument's name in `.keras` files saved before 0.1.0
+        if "mode" in config:  # the name `.keras` files saved earlier give the argument
             config["variant"] = config.pop("mode")
         return cls(**config)
 
