@@ -93,6 +93,26 @@ class RunFolderNotReadableError(RuntimeError):
     written under ``umask 077``)."""
 
 
+def _is_number(value) -> bool:
+    """A JSON number (true and false are ints to Python, not numbers of the file)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _calibration_entry_problem(entry: dict) -> Optional[str]:
+    """What makes a calibration.json entry's values unusable (``"tau=2.0, not a
+    probability in [0, 1]"``), or None: τ and the score mix are probabilities (NaN
+    fails the comparison), the fewest labels a whole number ≥ 0; ``score_mix`` and
+    ``min_labels`` may be absent."""
+    for name in ("tau", "score_mix"):
+        value = entry.get(name, 0.0)
+        if not (_is_number(value) and 0.0 <= value <= 1.0):
+            return f"{name}={value!r}, not a probability in [0, 1]"
+    value = entry.get("min_labels", 0)
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return f"min_labels={value!r}, not a whole number ≥ 0"
+    return None
+
+
 # The run folders (real paths) this process holds (`RunDir.exclusive`): a run reads its
 # own weights back (its example pictures) while it holds its folder.
 _HELD_HERE: set[str] = set()
@@ -684,19 +704,32 @@ class RunDir:
 
     def _calibration_data(self) -> dict:
         """The contents of calibration.json ({} when there is none), refused
-        (`DamagedRunFileError`) unless each entry by K is a dict with a number ``tau``."""
+        (`DamagedRunFileError`) unless each entry by K is a dict with a number ``tau``,
+        its ``tau`` and ``score_mix`` probabilities and its ``min_labels`` a count: a
+        NaN or out-of-range value would otherwise surface as a traceback of whichever
+        command reads it."""
         if not os.path.exists(self.calibration_file):
             return {}
-        remedy = (f"delete it and calibrate τ again: ofrnn-train --workdir={self.path} "
-                  f"--mode=eval")
-        data = self._read_file(read_json, self.calibration_file, remedy)
+        data = self._read_file(read_json, self.calibration_file, self._calibration_remedy())
         entries = data.get("by_beam_size", {}) if isinstance(data, dict) else None
         if not isinstance(entries, dict) or not all(
-                isinstance(e, dict) and isinstance(e.get("tau"), (int, float))
-                for e in entries.values()):
-            raise DamagedRunFileError(f"{self.calibration_file}: not a calibration file (an "
-                                      f"entry with a number 'tau' by beam width); {remedy}")
+                isinstance(e, dict) and _is_number(e.get("tau")) for e in entries.values()):
+            raise self.damaged_calibration("not a calibration file (an entry with a number "
+                                           "'tau' by beam width)")
+        for key, entry in entries.items():
+            problem = _calibration_entry_problem(entry)
+            if problem:
+                raise self.damaged_calibration(f"the entry for K={key} holds {problem}")
         return data
+
+    def damaged_calibration(self, problem: str) -> DamagedRunFileError:
+        """The error that names calibration.json, what is wrong in it, and the remedy."""
+        return DamagedRunFileError(f"{self.calibration_file}: {problem}; "
+                                   f"{self._calibration_remedy()}")
+
+    def _calibration_remedy(self) -> str:
+        return (f"delete it and calibrate τ again: ofrnn-train --workdir={self.path} "
+                f"--mode=eval")
 
     def _weights_name(self) -> Optional[str]:
         try:

@@ -21,8 +21,9 @@ import pytest
 import tensorflow as tf
 from absl import app
 
-from conftest import FAKE_BEAM, FAKE_NAMES, ROOT, run_checked
+from conftest import FAKE_BEAM, FAKE_MAX_STEPS, FAKE_NAMES, ROOT, run_checked
 from ofrnn_tf.cli import refuse_glob_characters, refuse_missing_run_folder, trained_run
+from ofrnn_tf.inference.module import InferenceModule, MinLabelsError
 from ofrnn_tf import run_dir as run_dir_module
 from ofrnn_tf.processes import owner_tag
 from ofrnn_tf.run_dir import (
@@ -162,6 +163,46 @@ def test_a_damaged_run_file_is_named_with_its_remedy(make_fake_run, tmp_path, na
         os.remove(run_dir.file(name))
         assert run_dir.label_map().names == FAKE_NAMES
         assert run_dir.calibration(FAKE_BEAM) is None or name != "calibration.json"
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("tau", float("nan"), "tau=nan, not a probability in [0, 1]"),
+    ("tau", 2.0, "tau=2.0, not a probability in [0, 1]"),
+    ("score_mix", -1, "score_mix=-1, not a probability in [0, 1]"),
+    ("score_mix", float("inf"), "score_mix=inf, not a probability in [0, 1]"),
+    ("min_labels", -1, "min_labels=-1, not a whole number ≥ 0"),
+    ("min_labels", 1.5, "min_labels=1.5, not a whole number ≥ 0"),
+])
+def test_a_calibration_value_out_of_range_is_named_with_the_remedy(make_fake_run, tmp_path,
+                                                                   field, value, said):
+    # A NaN or out-of-range τ or score mix passed the file's check, then raised a
+    # traceback where the model was built.
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    data = json.loads(open(run_dir.calibration_file).read())
+    data["by_beam_size"][str(FAKE_BEAM)][field] = value
+    with open(run_dir.calibration_file, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(DamagedRunFileError, match=rf"^{re.escape(run_dir.calibration_file)}: "
+                       rf"the entry for K={FAKE_BEAM} holds {re.escape(said)}; "
+                       + re.escape(DAMAGED_REMEDIES["calibration.json"])):
+        run_dir.calibration(FAKE_BEAM)
+
+
+def test_fewest_labels_a_calibration_cannot_hold_are_named_as_the_files(make_fake_run, tmp_path,
+                                                                       tiny_backbone):
+    # Said as `--min_labels=99 cannot hold` by ofrnn-predict, a flag never given.
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    data = json.loads(open(run_dir.calibration_file).read())
+    data["by_beam_size"][str(FAKE_BEAM)]["min_labels"] = 99
+    with open(run_dir.calibration_file, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(DamagedRunFileError, match=rf"^{re.escape(run_dir.calibration_file)}: "
+                       rf"K={FAKE_BEAM}'s min_labels=99 cannot hold: a prediction holds 0 to "
+                       rf"{FAKE_MAX_STEPS} labels .*; "
+                       + re.escape(DAMAGED_REMEDIES["calibration.json"])):
+        InferenceModule.from_run(run_dir, backbone=tiny_backbone)
+    with pytest.raises(MinLabelsError, match="^min_labels=99 cannot hold"):  # a given count
+        InferenceModule.from_run(run_dir, min_labels=99, backbone=tiny_backbone)
 
 
 @pytest.mark.parametrize("denied", ["inside", "on_its_way"])

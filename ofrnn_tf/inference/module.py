@@ -203,8 +203,9 @@ class InferenceModule(tf.Module):
                     f"`ofrnn-train --workdir={run_dir.path} --mode=eval "
                     f"--decoding.beam_size={beam_size}`.")
             tau = float(calibration["tau"])
+        from_file = min_labels is None and calibration is not None and "min_labels" in calibration
         if min_labels is None:
-            min_labels = int(calibration["min_labels"] if calibration else config.decoding.min_labels)
+            min_labels = calibration["min_labels"] if from_file else config.decoding.min_labels
         if score_mix is None:
             score_mix = float(calibration.get("score_mix", 0.0)) if calibration else 0.0
         if backbone is None:
@@ -214,9 +215,16 @@ class InferenceModule(tf.Module):
             raise ValueError(f"backbone {backbone!r} gives {backbone.feature_shape} maps but the "
                              f"run {run_dir.path} was trained on {facts.feature_shape} "
                              f"({config.features.backbone} at {facts.feature_layer})")
-        return cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
-                   max_steps=facts.max_steps, min_labels=min_labels, score_mix=score_mix,
-                   **kwargs)
+        try:
+            return cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
+                       max_steps=facts.max_steps, min_labels=min_labels, score_mix=score_mix,
+                       **kwargs)
+        except MinLabelsError as error:
+            if not from_file:
+                raise
+            # Calibration records the run's own --decoding.min_labels, which training
+            # checks against T_max: a count that cannot hold was edited into the file.
+            raise run_dir.damaged_calibration(f"K={beam_size}'s {error}") from None
 
     def check_images(self, images) -> tf.Tensor:
         """`serve_images`' checks and decoding alone (in process), where every refusal of
