@@ -28,6 +28,7 @@ from ofrnn_tf.data import DataNotFoundError, ImagesNotFoundError, fashion_canvas
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import (
     check_extracted_sizes, check_split_sizes, label_statistics, load_examples)
+from ofrnn_tf.decoding.beam_search import beam_size_problem
 from ofrnn_tf.evaluation import evaluate as evaluation
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
@@ -118,6 +119,7 @@ def load_data(config: ExperimentConfig, check_files: bool = True) -> Data:
     check_split_sizes(splits, config.train.batch_size)
     loaded = Data(splits, label_map, small_area)
     check_min_labels(config, loaded)
+    check_beam_size(config, label_map.num_classes, _data_t_max(loaded))
     return loaded
 
 
@@ -386,6 +388,12 @@ def _say_max_steps(splits: dict[str, list[Example]], max_steps: int, variant: st
                 f"(O-R) is at most {100 * (1 - beyond / total):.1f} %")
 
 
+def _data_t_max(data: Data) -> int:
+    """T_max of a run on `data` (`_t_max` of its training split)."""
+    _, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
+    return _t_max(longest, data.label_map)
+
+
 def check_min_labels(config: ExperimentConfig, data: Data) -> None:
     """Refuses (`IncompatibleRunError`) a ``decoding.min_labels`` above what a prediction
     holds, before any work: T_max labels from the beam search (which could not keep more,
@@ -394,14 +402,24 @@ def check_min_labels(config: ExperimentConfig, data: Data) -> None:
     if config.model.variant == "baseline":
         most, what = num_classes, f"C = {num_classes} labels (the number of classes)"
     else:
-        _, longest = label_statistics(data.splits["train"], num_classes)
-        most = _t_max(longest, data.label_map)
+        most = _data_t_max(data)
         what = (f"T_max = {most} labels (the largest label count of a training image, at "
                 f"most the number of classes)")
     if config.decoding.min_labels > most:
         raise IncompatibleRunError(
             f"--decoding.min_labels={config.decoding.min_labels} cannot hold: a prediction has "
             f"at most {what}; use at most {most}")
+
+
+def check_beam_size(config: ExperimentConfig, num_classes: int, max_steps: int) -> None:
+    """Refuses (`IncompatibleRunError`) a ``decoding.beam_size`` wider than any beam that
+    can change a prediction of `max_steps` (T_max) labels from `num_classes` classes
+    (`beam_size_problem`), before any work; the ``baseline`` variant has no beam."""
+    beam_size = config.decoding.beam_size
+    too_wide = config.model.variant != "baseline" and beam_size_problem(
+        beam_size, num_classes, max_steps)
+    if too_wide:
+        raise IncompatibleRunError(f"--decoding.beam_size={beam_size} {too_wide}")
 
 
 def note_changed_training_split(run_dir: RunDir, facts: RunFacts) -> None:
@@ -721,6 +739,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
             model, _, _ = run_dir.load_model()
     else:
         _, facts = run_dir.load()
+        check_beam_size(config, facts.num_classes, facts.max_steps)
         check_evaluated_data(config, run_dir)
         unfinished = training_state(run_dir, config)
         model, _, _ = run_dir.load_model()

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from ofrnn_tf.decoding.beam_search import (
-    _log_threshold_tensor, beam_search, decode_dataset, greedy_decode, labels_to_multi_hot,
-    log_threshold, make_decoder, select_baseline, select_for_threshold)
+    _log_threshold_tensor, beam_search, beam_size_problem, decode_dataset, greedy_decode,
+    labels_to_multi_hot, log_threshold, make_decoder, select_baseline, select_for_threshold)
 from ofrnn_tf.decoding.calibration import default_grid
 from ofrnn_tf.modeling.model import OrderFreeRNN, fixed_label_order
 
@@ -439,6 +439,17 @@ def test_bad_arguments_are_named():
         beam_search(model, x, max_steps=2, beam_size=0)
     with pytest.raises(ValueError, match="features"):
         beam_search(model, tf.zeros([2, M]), max_steps=2)
+    # A 20-digit width overflowed the graph; any beam past the C·(C−1)·… paths stays empty.
+    with pytest.raises(ValueError, match=rf"^beam_size={C * (C - 1) + 1} is wider than the "
+                                         rf"{C * (C - 1)} distinct label paths of T_max = 2 "
+                                         rf"labels from C = {C} classes .*; use at most "
+                                         rf"{C * (C - 1)}$"):
+        beam_search(model, x, max_steps=2, beam_size=C * (C - 1) + 1)
+    with pytest.raises(ValueError, match=r"^beam_size=100000000000000000000 is wider than"):
+        beam_search(model, x, max_steps=C, beam_size=10**20)
+    assert beam_size_problem(1001, 80, 4).startswith("is above 1000, the widest beam decoded")
+    assert beam_size_problem(1000, 80, 4) is None
+    assert beam_size_problem(3, 2, 1) is None  # the default width runs on any data
     with pytest.raises(ValueError, match=r"labels\[0, 1\]"):
         labels_to_multi_hot(np.array([[0, 7]]), C)
     with pytest.raises(ValueError, match=rf"labels\[0, 0\] = {C}"):

@@ -193,6 +193,16 @@ def test_seeds_numpy_cannot_take_and_an_empty_cache_folder_are_refused_before_an
         config_from_flags(parse("--runtime.cache_dir="))
 
 
+def test_a_beam_wider_than_any_decoded_is_refused_before_any_work():
+    # A 20-digit width overflowed the beam search's graph; 100000 could crash the process.
+    for value in (1001, 10**20):
+        with pytest.raises(ValueError, match=rf"^--decoding.beam_size must be at most 1000 "
+                                             rf"\(every image decodes its K beams at once\); "
+                                             rf"got {value}$"):
+            config_from_flags(parse(f"--decoding.beam_size={value}"))
+    assert config_from_flags(parse("--decoding.beam_size=1000")).decoding.beam_size == 1000
+
+
 def test_a_range_error_names_the_flag_of_its_section():
     # One class serves three sections: the message says which.
     for section in ("stage1", "stage2", "label_context"):
@@ -300,6 +310,10 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "predict.py: --batch_size must be at least 1, got 0"),
     (["predict.py", "--workdir={tmp}", "--beam_size=0", "--tau=0.5", "{tmp}/image.png"],
      "predict.py: --beam_size must be at least 1 (1: greedy), got 0"),
+    (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports",
+      "--beam_size=99999999999999999999"],
+     "export.py: --beam_size must be at most 1000 (every image decodes its K beams at once), "
+     "got 99999999999999999999"),
     (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports", "--num_warmup_images=-1"],
      "export.py: --num_warmup_images must be 0 or more, got -1"),
     (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports", "--keep_versions=-2"],
@@ -329,7 +343,8 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
      "loads only those folders), got 9223372036854775808"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
         "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
-        "predict_beam_of_none", "export_negative_warmup_count", "export_negative_keep_count",
+        "predict_beam_of_none", "export_beam_overflowing", "export_negative_warmup_count",
+        "export_negative_keep_count",
         "predict_pictures_into_a_file",
         "client_threshold_nan", "client_timeout_zero", "client_timeout_overflowing",
         "client_server_empty", "client_version_negative", "client_version_beyond_int64"])

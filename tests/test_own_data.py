@@ -703,6 +703,22 @@ def test_a_class_no_training_image_carries_is_named_when_training_starts(
             "cannot learn them") in capsys.readouterr().err
 
 
+def test_a_beam_wider_than_the_label_paths_is_refused_before_any_work(
+        tmp_path, trained_folder, no_backbone):
+    # Two classes, at most two labels an image: 2 paths. A wider beam's extra rows stay
+    # empty; a 20-digit one overflowed the graph.
+    config, workdir = trained_folder
+    wide = config.replace(decoding={"beam_size": 4})
+    said = (r"^--decoding.beam_size=4 is wider than the 2 distinct label paths of T_max = 2 "
+            r"labels from C = 2 classes .*; use at most 3$")
+    with pytest.raises(IncompatibleRunError, match=said):
+        pipeline.load_data(wide)
+    with pytest.raises(IncompatibleRunError, match=said):  # from run.json, before the weights
+        pipeline.run(wide, workdir, "eval")
+    pipeline.load_data(config)  # the default width, 3, runs on any data
+    pipeline.check_beam_size(wide.replace(model={"variant": "baseline"}), 2, 2)  # no beam
+
+
 def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_backbone):
     root = manifest_folder(tmp_path / "data")  # at most two labels an image: T_max = 2
     config = manifest_config(root, tmp_path / "cache").replace(decoding={"min_labels": 3})

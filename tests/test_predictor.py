@@ -36,6 +36,7 @@ from ofrnn_tf.cli.image_inputs import (
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.inference import Predictor, UncalibratedBeamSizeError
+from ofrnn_tf.inference.module import BeamSizeError
 from ofrnn_tf.run_dir import RunDir
 
 
@@ -251,6 +252,17 @@ def test_beam_width_without_its_calibration_is_refused(workdir, tiny_backbone):
                        match=r"no τ for beam width K=5 \(calibrated: \[2\]\).*"
                              r"--mode=eval --decoding.beam_size=5"):
         Predictor.from_run(str(workdir), beam_size=5, backbone=tiny_backbone)
+
+
+def test_a_beam_wider_than_the_runs_label_paths_is_refused(workdir, tiny_backbone):
+    # 5 classes, T_max = 3: 60 paths. Refused before its τ is asked for (with a τ given, the
+    # graph's trace raised it).
+    for tau in (None, 0.3):
+        with pytest.raises(BeamSizeError, match=rf"^beam_size=61 is wider than the 60 distinct "
+                                                rf"label paths of T_max = {MAX_STEPS} labels "
+                                                rf"from C = {len(NAMES)} classes .*; use at "
+                                                rf"most 60$"):
+            Predictor.from_run(str(workdir), beam_size=61, tau=tau, backbone=tiny_backbone)
 
 
 def test_from_run_errors(tmp_path, tiny_backbone, make_fake_run):

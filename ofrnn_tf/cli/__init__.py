@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - after the log level, which TensorFlow reads once
 
+from ofrnn_tf.config.experiment import MAX_BEAM_SIZE  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.jsonio import DISK_FULL, out_of_room  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.status import printable, say  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFlow
@@ -217,6 +218,17 @@ def refuse_below(flag: str, minimum: int = 1, note: str = "") -> None:
     if value is not None and value < minimum:
         bound = "0 or more" if minimum == 0 else f"at least {minimum}"
         raise app.UsageError(f"--{flag} must be {bound}{note}, got {value}")
+
+
+def refuse_beam_size() -> None:
+    """A usage error when the command's ``--beam_size`` is below 1 or above
+    `MAX_BEAM_SIZE`, before any run is read (the run's data bound it further:
+    `InferenceModule.from_run`)."""
+    refuse_below("beam_size", note=" (1: greedy)")
+    value = flags.FLAGS["beam_size"].value
+    if value is not None and value > MAX_BEAM_SIZE:
+        raise app.UsageError(f"--beam_size must be at most {MAX_BEAM_SIZE} (every image decodes "
+                             f"its K beams at once), got {value}")
 
 
 def refuse_non_probability(flag: str) -> None:

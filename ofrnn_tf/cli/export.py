@@ -20,9 +20,9 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from ofrnn_tf.cli import (input_errors, refusal, refuse_below, refuse_glob_characters,
-                          refuse_unservable_version, refuse_unwritable_folder, runner,
-                          trained_run)
+from ofrnn_tf.cli import (input_errors, refusal, refuse_beam_size, refuse_below,
+                          refuse_glob_characters, refuse_unservable_version,
+                          refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import IMAGE_KINDS, named_as_image
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
@@ -63,7 +63,7 @@ def main(argv):
         raise app.UsageError("--workdir and --export_dir are required")
     refuse_unservable_version()
     refuse_below("max_image_pixels")
-    refuse_below("beam_size", note=" (1: greedy)")
+    refuse_beam_size()
     refuse_below("num_warmup_images", minimum=0)
     refuse_below("keep_versions", minimum=0)
     refuse_unwritable_folder("export_dir", FLAGS.export_dir)  # before the model is built
@@ -74,7 +74,7 @@ def main(argv):
     run_dir = trained_run(FLAGS.workdir, FLAGS.beam_size)
     # Here, after the flags are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.export.saved_model import WarmupImageError, export_run, remove_old_versions
-    from ofrnn_tf.inference.module import UncalibratedBeamSizeError
+    from ofrnn_tf.inference.module import BeamSizeError, UncalibratedBeamSizeError
 
     paths, images = [], None  # None: the run's example images
     if FLAGS.warmup_images:
@@ -91,6 +91,8 @@ def main(argv):
                           jit_compile=FLAGS.jit_compile)
     except (UncalibratedBeamSizeError, *input_errors()) as e:
         raise refusal(e) from None
+    except BeamSizeError as e:
+        raise app.UsageError(f"--{e}") from None
     except WarmupImageError as e:
         hint = " (raise it with --max_image_pixels)" if PIXEL_LIMIT_WORDS in e.reason else ""
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}{hint}") from None

@@ -35,8 +35,8 @@ from typing import Iterable, Iterator
 from absl import app, flags
 
 from ofrnn_tf.cli import (
-    input_errors, refusal, refuse_below, refuse_glob_characters, refuse_non_probability,
-    refuse_unwritable_folder, runner, trained_run)
+    input_errors, refusal, refuse_beam_size, refuse_below, refuse_glob_characters,
+    refuse_non_probability, refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, expand_inputs, file_id, file_ids, given_inputs, merge_results,
     open_report, write_report)
@@ -74,7 +74,7 @@ def main(argv):
     refuse_glob_characters("workdir", FLAGS.workdir)
     refuse_non_probability("tau")
     refuse_below("max_image_pixels")
-    refuse_below("beam_size", note=" (1: greedy)")
+    refuse_beam_size()
     refuse_below("batch_size")
     refuse_below("min_labels", minimum=0)
     if FLAGS.attention_dir:
@@ -88,7 +88,8 @@ def main(argv):
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
-    from ofrnn_tf.inference.module import MinLabelsError, UncalibratedBeamSizeError
+    from ofrnn_tf.inference.module import (
+        BeamSizeError, MinLabelsError, UncalibratedBeamSizeError)
     from ofrnn_tf.inference.predictor import Predictor
 
     try:
@@ -97,7 +98,7 @@ def main(argv):
                                        max_image_pixels=FLAGS.max_image_pixels)
     except UncalibratedBeamSizeError as error:
         raise app.UsageError(f"{error} Or pass --tau.") from None
-    except MinLabelsError as error:
+    except (BeamSizeError, MinLabelsError) as error:
         raise app.UsageError(f"--{error}") from None
     except input_errors() as error:  # an edited label map, backbone weights out of reach
         raise refusal(error) from None

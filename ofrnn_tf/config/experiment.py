@@ -41,6 +41,9 @@ OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCENES = ("none", "outfits")  # ofrnn_tf.data.fashion_canvases.SCENE_TABLES
 COCO_RELEASES = ("auto", "2014", "2017")  # ofrnn_tf.data.registry.COCO_RELEASES
+# The widest beam decoding takes: every image decodes its K beams at once, so memory and
+# time grow with K (`ofrnn_tf.decoding.beam_search.beam_size_problem` bounds it by the data).
+MAX_BEAM_SIZE = 1000
 
 
 class UnknownSettingsError(ValueError):
@@ -281,7 +284,9 @@ class TrainConfig:
 class DecodingConfig:
     """Test-time decoding (paper Eq. 11): beam search with a threshold τ chosen on validation."""
 
-    beam_size: int = setting(3, "Beam width K at test time (1 = greedy).", resumable=True)
+    beam_size: int = setting(3, f"Beam width K at test time (1 = greedy; at most "
+                             f"{MAX_BEAM_SIZE}, and no wider than the data's distinct label "
+                             f"paths: docs/model.md).", resumable=True)
     min_labels: int = setting(1, "Labels every image gets at least.", resumable=True)
     calibration_objective: str = setting(
         "mean_f1", "What τ maximises on validation: (C-F1 + O-F1) / 2, C-F1 or O-F1.",
@@ -291,6 +296,9 @@ class DecodingConfig:
         _check_choices(self)
         _check_positive(self, "beam_size")
         _check_positive(self, "min_labels", allow_zero=True)
+        if self.beam_size > MAX_BEAM_SIZE:
+            raise ValueError(f"DecodingConfig.beam_size must be at most {MAX_BEAM_SIZE} (every "
+                             f"image decodes its K beams at once); got {self.beam_size}")
 
 
 @dataclasses.dataclass

@@ -19,11 +19,13 @@ best path (docs/model.md, Decoding).
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from ofrnn_tf.config.experiment import MAX_BEAM_SIZE, DecodingConfig
 from ofrnn_tf.status import progress_bar
 
 NEG_INF = float("-inf")
@@ -58,6 +60,30 @@ def _log_threshold_tensor(threshold) -> tf.Tensor:
     return tf.constant(log_threshold(0.0 if threshold is None else threshold))
 
 
+def widest_useful_beam(num_classes: int, max_steps: int) -> int:
+    """The widest beam that can change a prediction of `max_steps` (T_max) steps over
+    `num_classes` (C) labels: a path holds each label once, so there are
+    C·(C−1)·…·(C−T_max+1) distinct paths, and the beams past them stay empty. Never below
+    the default width (which runs on any data, one or two classes too) nor above
+    `MAX_BEAM_SIZE`."""
+    paths = math.perm(num_classes, max_steps)
+    return min(max(paths, DecodingConfig().beam_size), MAX_BEAM_SIZE)
+
+
+def beam_size_problem(beam_size: int, num_classes: int, max_steps: int) -> Optional[str]:
+    """Why beam width `beam_size` (K) cannot help a decoder of `num_classes` classes and
+    `max_steps` steps, as the end of a sentence that names K ("is wider than …"), or None."""
+    widest = widest_useful_beam(num_classes, max_steps)
+    if beam_size <= widest:
+        return None
+    if widest == MAX_BEAM_SIZE:
+        return (f"is above {MAX_BEAM_SIZE}, the widest beam decoded (every image decodes its "
+                f"K beams at once)")
+    return (f"is wider than the {math.perm(num_classes, max_steps)} distinct label paths of "
+            f"T_max = {max_steps} labels from C = {num_classes} classes (C·(C−1)·…), and the "
+            f"beams past them stay empty; use at most {widest}")
+
+
 def _check_args(model, beam_size: int, max_steps: int, min_labels: int
                 ) -> tuple[int, int, int]:
     """The three sizes checked, as Python ints (a NumPy int64 would make int64 step
@@ -69,6 +95,9 @@ def _check_args(model, beam_size: int, max_steps: int, min_labels: int
     if model.uses_decoder and max_steps > model.num_classes:
         raise ValueError(f"max_steps={max_steps} exceeds num_classes={model.num_classes}: a "
                          f"path holds each label at most once")
+    too_wide = model.uses_decoder and beam_size_problem(beam_size, model.num_classes, max_steps)
+    if too_wide:
+        raise ValueError(f"beam_size={beam_size} {too_wide}")
     if model.uses_decoder and min_labels > max_steps:
         raise ValueError(f"min_labels={min_labels} cannot hold: a path has at most "
                          f"max_steps={max_steps} labels")

@@ -39,7 +39,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from ofrnn_tf.decoding.beam_search import beam_search
+from ofrnn_tf.decoding.beam_search import beam_search, beam_size_problem
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from ofrnn_tf.features.backbones import Backbone, get_backbone
 from ofrnn_tf.features.tfrecords import as_stored
@@ -54,6 +54,10 @@ class UncalibratedBeamSizeError(ValueError):
 
 class MinLabelsError(ValueError):
     """More labels asked of every image than a prediction can hold."""
+
+
+class BeamSizeError(ValueError):
+    """A beam wider than any that can change a prediction (`beam_size_problem`)."""
 
 
 class _KerasParts:
@@ -129,6 +133,7 @@ class InferenceModule(tf.Module):
                 f"min_labels={min_labels} cannot hold: a prediction holds 0 to {most} labels ("
                 + ("T_max, the largest label count of a training image)" if model.uses_decoder
                    else "the classes)"))
+        _check_beam_size(model, int(beam_size), int(max_steps))
         self.beam_size, self.max_steps, self.min_labels = int(beam_size), int(max_steps), int(min_labels)
         self.unroll = bool(unroll)
         self.feature_shape = tuple(int(d) for d in backbone.feature_shape)
@@ -186,6 +191,7 @@ class InferenceModule(tf.Module):
         if beam_size is None or not model.uses_decoder:  # M_map alone: no beam to widen
             beam_size = config.decoding.beam_size
         beam_size = int(beam_size)
+        _check_beam_size(model, beam_size, facts.max_steps)  # before asking for its τ
         calibration = run_dir.calibration(beam_size)
         if tau is None:
             if calibration is None:
@@ -299,6 +305,14 @@ class InferenceModule(tf.Module):
                 "min_labels": tf.constant(self.min_labels),
                 "max_image_pixels": self.max_image_pixels.read_value(),
                 "label_names": self.label_names.read_value()}
+
+
+def _check_beam_size(model, beam_size: int, max_steps: int) -> None:
+    """`BeamSizeError` when a beam of `beam_size` is wider than any that can change the
+    model's predictions of `max_steps` labels (`beam_size_problem`)."""
+    too_wide = model.uses_decoder and beam_size_problem(beam_size, model.num_classes, max_steps)
+    if too_wide:
+        raise BeamSizeError(f"beam_size={beam_size} {too_wide}")
 
 
 def _shaped(tensor: tf.Tensor, shape: list) -> tf.Tensor:
