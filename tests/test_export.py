@@ -609,16 +609,23 @@ def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_expor
     assert sent == set(good)
 
 
-def test_features_signature_refuses_non_finite_maps_naming_the_image(tiny_export_run, tiny_module):
+# Finite values near float32's limit overflowed inside the model: NaN scores, no labels.
+@pytest.mark.parametrize("value", [np.nan, -np.inf, 3.4e38, -65505.0])
+def test_features_signature_refuses_maps_the_cache_cannot_hold_naming_the_image(
+        tiny_export_run, tiny_module, loaded, value):
     shape = [3, *tiny_module.feature_shape]
     features = np.zeros(shape, np.float32)
-    features[2, 0, 1, 0] = np.nan
+    features[2, 0, 1, 0] = value
+    said = r"features\[2\] contains NaN or Inf, or a value beyond ±65504 \(the float16 feature"
+    signature = loaded.signatures["predict_features"]
     with served(tiny_export_run.export_dir) as run:
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=r"features\[2\] contains NaN or Inf"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=said):
             run("predict_features", {"features": features})
-        features[2, 0, 1, 0] = 0.0
+        with pytest.raises(tf.errors.InvalidArgumentError, match=said):
+            signature(features=tf.constant(features))
+        features[2, 0, 1, 0] = -65504.0  # float16's largest: what the cache holds
         assert run("predict_features", {"features": features})["num_labels"].shape == (3,)
+        assert signature(features=tf.constant(features))["num_labels"].shape == (3,)
 
 
 def test_signatures_refuse_inputs_of_another_shape_as_tf_serving_feeds_them(tiny_export_run,

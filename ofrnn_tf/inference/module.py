@@ -42,7 +42,7 @@ import tensorflow as tf
 from ofrnn_tf.decoding.beam_search import beam_search, beam_size_problem
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from ofrnn_tf.features.backbones import Backbone, get_backbone
-from ofrnn_tf.features.tfrecords import as_stored
+from ofrnn_tf.features.tfrecords import FEATURE_DTYPE, as_stored
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.training.run_state import UnfinishedRunError, training_state
@@ -329,13 +329,17 @@ def _first(mask: tf.Tensor) -> tf.Tensor:
 
 
 def _checked_features(features: tf.Tensor) -> tf.Tensor:
-    """`features` once every value is finite; else InvalidArgumentError naming the first
-    image that holds a NaN or Inf as ``features[i]`` (the beam search would decode it
-    to no labels at all, silently)."""
-    finite = tf.reduce_all(tf.math.is_finite(tf.reshape(features, [tf.shape(features)[0], -1])),
-                           axis=1)
-    check = tf.debugging.Assert(tf.reduce_all(finite), [tf.strings.format(
-        "features[{}] contains NaN or Inf", _first(tf.logical_not(finite)))])
+    """`features` once every value is one the feature cache could hold (finite, within
+    float16's ±65504: `predict_features` reads the cache's maps); else
+    InvalidArgumentError naming the first image that holds another as ``features[i]``.
+    The beam search would decode a NaN or Inf to no labels at all, silently, and a finite
+    value near float32's limit overflows to the same."""
+    largest = float(tf.as_dtype(FEATURE_DTYPE).max)
+    flat = tf.reshape(features, [tf.shape(features)[0], -1])
+    held = tf.reduce_all(tf.abs(flat) <= largest, axis=1)  # NaN compares false
+    check = tf.debugging.Assert(tf.reduce_all(held), [tf.strings.format(
+        f"features[{{}}] contains NaN or Inf, or a value beyond ±{largest:g} (the float16 "
+        f"feature cache's range)", _first(tf.logical_not(held)))])
     with tf.control_dependencies([check]):
         return tf.identity(features)
 
