@@ -139,7 +139,7 @@ def test_default_grid():
 
 def _model_and_data(mode: str):
     keras.utils.set_random_seed(0)
-    model = OrderFreeRNN(num_classes=C, mode=mode, lstm_units=8, attention_units=8, fc_units=8,
+    model = OrderFreeRNN(num_classes=C, variant=mode, lstm_units=8, attention_units=8, fc_units=8,
                          head="mean_linear", decoder="paper", standardize=False)
     model.build((None, M, K_FEAT))
     if model.uses_decoder:
