@@ -355,6 +355,26 @@ def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):
         remove_old_versions(str(base), 0)
     # Nor does it number the next export beyond what a server reads.
     assert next_version(str(base)) == 11
+
+
+def test_a_version_another_export_prunes_first_is_passed_over(tmp_path, monkeypatch):
+    # Two `--keep_versions` exports of one base path list the same old versions; the
+    # second to reach one finds it gone, which is what it was asked for.
+    from ofrnn_tf.export import saved_model
+
+    base = tmp_path / "export"
+    for name in ("1", "2", "3", "4"):
+        (base / name).mkdir(parents=True)
+    rename = os.rename
+
+    def other_export_first(source, target):
+        if os.path.basename(source) == "2":
+            shutil.rmtree(source)  # the other export's prune, in between
+        return rename(source, target)
+
+    monkeypatch.setattr(saved_model.os, "rename", other_export_first)
+    assert remove_old_versions(str(base), 1) == [str(base / "3"), str(base / "1")]
+    assert sorted(os.listdir(base)) == ["4"]
     (base / str(2 ** 63 - 1)).mkdir()
     with pytest.raises(FileExistsError, match=r"9223372036854775807 exists, the highest version "
                                               r"TF Serving reads: none is left above it"):

@@ -64,7 +64,8 @@ def remove_old_versions(export_base: str, keep: int, written: Optional[str] = No
     highest (TF Serving serves the highest by default) and `written` (the one just
     exported, whatever its number); returns the folders removed, highest first. Each is
     renamed to a temporary name first, so that a server polling the base path never
-    reads a version half removed."""
+    reads a version half removed. A version another export removes meanwhile (two
+    exports pruning the same base path) is passed over: it is gone, as asked."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     spare = os.path.realpath(written) if written is not None else None
@@ -73,12 +74,15 @@ def remove_old_versions(export_base: str, keep: int, written: Optional[str] = No
         path = os.path.join(export_base, name)
         if os.path.realpath(path) == spare:
             continue
-        if os.path.islink(path):  # a link to a version kept elsewhere: only the link goes
-            os.remove(path)
-        else:
-            doomed = os.path.join(export_base, f".tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}")
-            os.rename(path, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+        try:
+            if os.path.islink(path):  # a link to a version kept elsewhere: only the link goes
+                os.remove(path)
+            else:
+                doomed = os.path.join(export_base, f".tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}")
+                os.rename(path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+        except FileNotFoundError:
+            continue  # another process removed it first
         removed.append(path)
     return removed
 
