@@ -180,6 +180,30 @@ def test_a_warm_up_file_that_does_not_read_is_named(tmp_path, damage):
         serve(str(tmp_path))
 
 
+@pytest.mark.parametrize("removed", ["before its session loads", "after its session loaded"])
+def test_a_version_pruned_while_it_loads_is_passed_over_for_the_newest(tmp_path, monkeypatch,
+                                                                      removed):
+    # `ofrnn-export --keep_versions` renames the version a starting server just chose.
+    from ofrnn_tf.serving import local_server
+
+    for version in (5, 6):
+        write_stand_in_model(str(tmp_path), version)
+    hook = "load_session" if removed.startswith("before") else "recorded_image_pixel_limit"
+    original = getattr(local_server, hook)
+
+    def pruned_meanwhile(path, *args):
+        if os.path.basename(path) == "6":
+            shutil.rmtree(path)
+        return original(path, *args)
+
+    monkeypatch.setattr(local_server, hook, pruned_meanwhile)
+    servable = local_server.Servable.load(str(tmp_path), "ofrnn", False)
+    try:
+        assert (servable.version, servable.path) == (5, str(tmp_path / "5"))
+    finally:
+        servable.session.close()
+
+
 def test_the_warm_up_passes_over_requests_above_max_batch_size(tmp_path):
     # The stand-in's warm-up sends batches of 2 (an export's, 1 and 8): a server that
     # refuses any batch above 1 unread has nothing to warm up for them.

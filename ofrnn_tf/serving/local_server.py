@@ -106,6 +106,10 @@ class RequestError(Exception):
 # Loading.
 
 
+# Versions tried when the newest is removed while it loads (`Servable.load`).
+_LOAD_ATTEMPTS = 3
+
+
 @dataclass
 class Servable:
     """One loaded model version, run the way TensorFlow Serving runs it.
@@ -128,8 +132,33 @@ class Servable:
              ) -> "Servable":
         """The newest version; RuntimeError naming its folder if it does not load (a
         copy still running or cut short, say), or if it holds functions compiled with XLA
-        and `xla_compilation_enabled` is off, as TensorFlow Serving would fail them."""
-        version, path = find_latest_version(model_base_path)
+        and `xla_compilation_enabled` is off, as TensorFlow Serving would fail them.
+
+        A version removed while it loads (an export's ``--keep_versions`` pruning the
+        base path as this server starts) is passed over for the newest one again."""
+        for attempt in range(1, _LOAD_ATTEMPTS + 1):
+            try:
+                version, path = find_latest_version(model_base_path)
+            except FileNotFoundError:  # the newest listed was renamed away before it was read
+                if attempt == _LOAD_ATTEMPTS:
+                    raise
+                continue
+            try:
+                servable = cls._load_version(name, version, path, xla_compilation_enabled)
+            except RuntimeError:
+                if os.path.isdir(path) or attempt == _LOAD_ATTEMPTS:
+                    raise
+                continue
+            if os.path.isdir(path):
+                return servable
+            servable.session.close()  # removed during the load: its limit may be unread
+        raise RuntimeError(f"every version of {model_base_path} read was removed while it "
+                           f"loaded ({_LOAD_ATTEMPTS} tries): start the server once the "
+                           f"exports into it are done")
+
+    @classmethod
+    def _load_version(cls, name: str, version: int, path: str,
+                      xla_compilation_enabled: bool) -> "Servable":
         compiled = xla_compiled_functions(path)
         if compiled and not xla_compilation_enabled:
             raise RuntimeError(
