@@ -38,6 +38,7 @@ import errno
 import fcntl
 import glob
 import os
+import time
 from typing import Callable, Iterator, Optional, TypeVar
 
 import tensorflow as tf
@@ -116,6 +117,8 @@ def _calibration_entry_problem(entry: dict) -> Optional[str]:
 # The run folders (real paths) this process holds (`RunDir.exclusive`): a run reads its
 # own weights back (its example pictures) while it holds its folder.
 _HELD_HERE: set[str] = set()
+# How long a hold of `.lock` that names no holder may last before it refuses (`_take`).
+_UNTAGGED_WAIT_SECONDS = 0.25
 
 # What reading a checkpoint with a file missing, cut short or damaged raises:
 # NotFoundError / OpError / DataLossError from TensorFlow, IndexError for a short read.
@@ -678,12 +681,20 @@ class RunDir:
     def _take(self, lock_fd: int, operation: int, why: str) -> None:
         """`fcntl.flock(lock_fd, operation)` without waiting; `RunInUseError` naming the
         holder (the owner tag `exclusive` wrote into ``.lock``), then `why`, when another
-        process holds the folder."""
-        try:
-            fcntl.flock(lock_fd, operation | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = describe_owner(os.pread(lock_fd, 256, 0).decode(errors="replace"))
-            raise RunInUseError(f"{self.path} is in use by {holder}: {why}") from None
+        process holds the folder. A hold without a tag is a reader's check
+        (`check_not_in_use`, a moment long) or a holder about to write its tag: tried
+        again for `_UNTAGGED_WAIT_SECONDS` before it is refused."""
+        deadline = time.monotonic() + _UNTAGGED_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock_fd, operation | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                tag = os.pread(lock_fd, 256, 0).decode(errors="replace")
+                if tag or time.monotonic() >= deadline:
+                    raise RunInUseError(
+                        f"{self.path} is in use by {describe_owner(tag)}: {why}") from None
+                time.sleep(0.01)
 
     # -- calibration, metrics, timing ----------------------------------------------
     def calibration(self, beam_size: int) -> Optional[dict]:

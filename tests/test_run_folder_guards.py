@@ -5,6 +5,7 @@ folder another one holds."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import json
 import os
@@ -347,6 +348,28 @@ def test_a_held_run_folder_is_refused_naming_its_holder_until_it_dies(tmp_path):
     assert str(holder.pid) in Path(run_dir.lock_file).read_text()
     with run_dir.exclusive():  # does not block: the kernel released the dead holder's lock
         assert f"-{os.getpid()}" in Path(run_dir.lock_file).read_text()
+
+
+def test_a_readers_moment_on_the_lock_does_not_refuse_a_training(tmp_path):
+    # export and predict check the folder with a shared hold a moment long, which names no
+    # holder: a training that starts in that moment waits it out instead of being refused.
+    import threading
+
+    run_dir = RunDir(str(tmp_path / "run"))
+    with run_dir.exclusive():
+        pass
+    reader = os.open(run_dir.lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(reader, fcntl.LOCK_SH)
+        threading.Timer(0.05, fcntl.flock, (reader, fcntl.LOCK_UN)).start()
+        with run_dir.exclusive():
+            assert f"-{os.getpid()}" in Path(run_dir.lock_file).read_text()
+        fcntl.flock(reader, fcntl.LOCK_SH)  # a hold that lasts, untagged: refused after all
+        with pytest.raises(RunInUseError, match=rf"^{run_dir.path} is in use by "):
+            with run_dir.exclusive():
+                pass
+    finally:
+        os.close(reader)
 
 
 def test_the_python_api_refuses_a_run_folder_another_process_holds(make_fake_run, tmp_path,
