@@ -416,6 +416,30 @@ def test_a_split_begun_in_other_shards_names_the_flag_that_resumes_it(tmp_path, 
                               progress=False)
 
 
+def test_a_split_begun_at_once_in_two_shard_counts_resumes_in_either(tmp_path, backbone):
+    # Two workers sharing a cache started together with other --features.num_shards: each
+    # layout may be finished (the complete one is read), a third count names both.
+    examples = _good_examples(str(tmp_path), n=4)
+    out = str(tmp_path / "features")
+    extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=2, shard_index=0,
+                          progress=False)
+    # The second worker's shard, as if it had passed its check before the first wrote.
+    extract.extract_split(examples, LABELS, backbone, str(tmp_path / "other"), "val",
+                          num_shards=4, shard_index=1, progress=False)
+    for name in os.listdir(tmp_path / "other"):
+        if name.startswith("val-"):
+            shutil.copy(tmp_path / "other" / name, os.path.join(out, name))
+    with pytest.raises(extract.FeatureFolderMismatchError,
+                       match=r"in 2 shards \(val-00000-of-00002.json\) and 4 shards "
+                             r"\(val-00001-of-00004.json\): resume it with "
+                             r"--features.num_shards=4"):
+        extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=3,
+                              progress=False)
+    extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=4, progress=False)
+    assert tfrecords.read_meta(out)["splits"]["val"]["num_shards"] == 4
+    assert tfrecords.num_examples(out, "val") == 4
+
+
 def test_more_shards_than_images_gives_empty_shards(tmp_path, backbone):
     examples = _good_examples(str(tmp_path), n=2)
     out = str(tmp_path / "features")

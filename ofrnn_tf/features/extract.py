@@ -152,28 +152,36 @@ def _check_compatible(out_dir: str, info: dict) -> None:
 
 
 def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size: int) -> None:
-    """Refuses to resume a split sharded differently or from another image list."""
+    """Refuses to resume a split sharded differently or from another image list.
+
+    Two commands that began the split at once with other shard counts leave both layouts
+    (`tfrecords.write_meta` reads the complete one): either may be resumed, and a third
+    count is refused naming them."""
     pattern = os.path.join(glob.escape(out_dir), f"{glob.escape(split)}-?????-of-?????.*")
+    layouts: dict[int, str] = {}  # shard count -> its first file
     for path in sorted(glob.glob(pattern)):
         name = os.path.basename(path)
-        if not (name.endswith(".tfrecord") or name.endswith(".json")):
+        if name.endswith(".tfrecord") or name.endswith(".json"):
+            layouts.setdefault(int(name.split("-of-")[1][:5]), name)
+    if layouts and num_shards not in layouts:
+        held = " and ".join(f"{count} shards ({name})" for count, name in sorted(layouts.items()))
+        count = max(layouts)
+        raise FeatureFolderMismatchError(
+            f"{out_dir} already holds split {split!r} in {held}: resume it with "
+            f"--features.num_shards={count} (num_shards={count} when calling extract_split), "
+            f"or extract into another folder (--runtime.cache_dir)")
+    stats = glob.glob(os.path.join(glob.escape(out_dir),
+                                   f"{glob.escape(split)}-?????-of-{num_shards:05d}.json"))
+    for path in sorted(stats):
+        try:
+            before = tfrecords.read_shard_stats(path).get("split_size")
+        except (FileNotFoundError, ValueError):  # its shard is extracted again
             continue
-        count = int(name.split("-of-")[1][:5])
-        if count != num_shards:
+        if before is not None and before != split_size:
             raise FeatureFolderMismatchError(
-                f"{out_dir} already holds split {split!r} in {count} shards ({name}): resume "
-                f"it with --features.num_shards={count} (num_shards={count} when calling "
-                f"extract_split), or extract into another folder (--runtime.cache_dir)")
-        if name.endswith(".json"):
-            try:
-                before = tfrecords.read_shard_stats(path).get("split_size")
-            except (FileNotFoundError, ValueError):  # its shard is extracted again
-                continue
-            if before is not None and before != split_size:
-                raise FeatureFolderMismatchError(
-                    f"{path}: split {split!r} had {before} images when this shard was "
-                    f"written, now {split_size}; the shards would not line up. Extract the "
-                    f"changed split into a new directory")
+                f"{path}: split {split!r} had {before} images when this shard was "
+                f"written, now {split_size}; the shards would not line up. Extract the "
+                f"changed split into a new directory")
 
 
 def describe_image(example: Example) -> str:
