@@ -504,12 +504,15 @@ class RunDir:
         except UnknownSettingsError as error:
             software = data.get("software") if isinstance(data, dict) else None
             writer = software.get("ofrnn_tf") if isinstance(software, dict) else None
-            wrote = (f"ofrnn_tf {writer} wrote it" if writer and writer != ofrnn_tf.__version__
-                     else "a newer version wrote it")
+            if writer == ofrnn_tf.__version__:
+                wrote = f"a newer build of ofrnn_tf {writer} wrote it (use that build)"
+            elif writer:
+                wrote = f"ofrnn_tf {writer} wrote it (use that version)"
+            else:
+                wrote = "a newer version wrote it (use that version)"
             raise DamagedRunFileError(
                 f"{self.run_file}: settings this version of ofrnn_tf ({ofrnn_tf.__version__}) "
-                f"does not know ({error}): {wrote} (use that version), or it was edited "
-                f"(undo the edit)") from None
+                f"does not know ({error}): {wrote}, or it was edited (undo the edit)") from None
         except (KeyError, TypeError, ValueError) as error:
             raise DamagedRunFileError(
                 f"{self.run_file}: not a run description ({error}); {remedy}") from None

@@ -416,8 +416,16 @@ def test_a_progressive_jpeg_of_too_many_scans_is_refused_here_and_by_the_graph(d
         decode(tf.constant([JPEG, over]))
     said = assertion_message(raised.value)
     assert said == f"images[1] is {refused.value}"
-    assert said.startswith(f"images[1] is a JPEG of {MAX_JPEG_SCANS + 1} scans, more than the "
-                           f"{MAX_JPEG_SCANS} the model decodes (a progressive JPEG")
+    assert said.startswith(f"images[1] is a JPEG holding {MAX_JPEG_SCANS + 1} scan markers "
+                           f"(SOS, FF DA), more than the {MAX_JPEG_SCANS} the model decodes (a "
+                           f"progressive JPEG")
+    # Two bytes FF D9 (EOI) inside a comment before the scans do not end the count there.
+    first_scan = over.index(b"\xff\xda")
+    hidden = over[:first_scan] + b"\xff\xfe\x00\x04\xff\xd9" + over[first_scan:]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="101 scan markers"):
+        decode(tf.constant([hidden]))
+    with pytest.raises(ValueError, match="101 scan markers"):
+        read_image_header(hidden)
     # Only a progressive JPEG's scans are counted: a baseline one codes every block in each.
     baseline = JPEG[:2] + (b"\xff\xfe\x00\x04\xff\xda" * (MAX_JPEG_SCANS + 1)) + JPEG[2:]
     assert read_image_header(baseline) == ("JPEG", 64, 48)

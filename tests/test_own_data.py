@@ -710,7 +710,8 @@ def test_a_beam_wider_than_the_label_paths_is_refused_before_any_work(
     config, workdir = trained_folder
     wide = config.replace(decoding={"beam_size": 4})
     said = (r"^--decoding.beam_size=4 is wider than the 2 distinct label paths of T_max = 2 "
-            r"labels from C = 2 classes .*; use at most 3$")
+            r"labels from C = 2 classes .*; use at most 3 \(the default 3 is taken on any "
+            r"data\)$")
     with pytest.raises(IncompatibleRunError, match=said):
         pipeline.load_data(wide)
     with pytest.raises(IncompatibleRunError, match=said):  # from run.json, before the weights

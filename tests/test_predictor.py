@@ -265,6 +265,21 @@ def test_a_beam_wider_than_the_runs_label_paths_is_refused(workdir, tiny_backbon
             Predictor.from_run(str(workdir), beam_size=61, tau=tau, backbone=tiny_backbone)
 
 
+def test_a_runs_own_beam_too_wide_is_named_as_the_runs(workdir, tiny_backbone, tmp_path):
+    # No --beam_size given: the width is the run's setting, which the message must not
+    # present as a flag of the command.
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    run = json.loads((copy / "run.json").read_text())
+    run["config"].setdefault("decoding", {})["beam_size"] = 61
+    (copy / "run.json").write_text(json.dumps(run))
+    with pytest.raises(BeamSizeError, match=r"^beam_size=61 is wider than .* \(the run's own "
+                                            r"decoding.beam_size, in .*run.json: give a "
+                                            r"narrower one\)$") as raised:
+        Predictor.from_run(str(copy), tau=0.3, backbone=tiny_backbone)
+    assert not raised.value.given
+
+
 def test_from_run_errors(tmp_path, tiny_backbone, make_fake_run):
     with pytest.raises(FileNotFoundError, match="is not a run folder"):
         Predictor.from_run(str(tmp_path), backbone=tiny_backbone)

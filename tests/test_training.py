@@ -847,9 +847,16 @@ def test_run_file_names_unknown_fields(tmp_path):
     with pytest.raises(ValueError, match=rf"run.json: settings this version of ofrnn_tf "
                                          rf"\({this}\) does not know \(unknown fields "
                                          rf"\['lstm_unit'\] in config section 'model'\): a "
-                                         rf"newer version wrote it \(use that version\), or it "
-                                         rf"was edited \(undo the edit\)$"):
+                                         rf"newer build of ofrnn_tf {this} wrote it \(use that "
+                                         rf"build\), or it was edited \(undo the edit\)$"):
         run_dir.load()
+    del data["software"]  # written before versions were recorded
+    with open(run_dir.run_file, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match=r"\): a newer version wrote it \(use that version\), "
+                                         r"or it was edited"):
+        run_dir.load()
+    data["software"] = software_versions()
     del data["config"]["model"]["lstm_unit"]
     data["facts"]["new_fact"] = 1
     data["software"]["ofrnn_tf"] = "9.1.0"

@@ -92,7 +92,7 @@ def main(argv):
     except (UncalibratedBeamSizeError, *input_errors()) as e:
         raise refusal(e) from None
     except BeamSizeError as e:
-        raise app.UsageError(f"--{e}") from None
+        raise app.UsageError(f"--{e}" if e.given else str(e)) from None
     except WarmupImageError as e:
         hint = " (raise it with --max_image_pixels)" if PIXEL_LIMIT_WORDS in e.reason else ""
         raise app.UsageError(f"--warmup_images: {paths[e.index]}: {e.reason}{hint}") from None

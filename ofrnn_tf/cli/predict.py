@@ -98,7 +98,9 @@ def main(argv):
                                        max_image_pixels=FLAGS.max_image_pixels)
     except UncalibratedBeamSizeError as error:
         raise app.UsageError(f"{error} Or pass --tau.") from None
-    except (BeamSizeError, MinLabelsError) as error:
+    except BeamSizeError as error:
+        raise app.UsageError(f"--{error}" if error.given else str(error)) from None
+    except MinLabelsError as error:
         raise app.UsageError(f"--{error}") from None
     except input_errors() as error:  # an edited label map, backbone weights out of reach
         raise refusal(error) from None

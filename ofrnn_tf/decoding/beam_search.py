@@ -79,9 +79,12 @@ def beam_size_problem(beam_size: int, num_classes: int, max_steps: int) -> Optio
     if widest == MAX_BEAM_SIZE:
         return (f"is above {MAX_BEAM_SIZE}, the widest beam decoded (every image decodes its "
                 f"K beams at once)")
-    return (f"is wider than the {math.perm(num_classes, max_steps)} distinct label paths of "
-            f"T_max = {max_steps} labels from C = {num_classes} classes (C·(C−1)·…), and the "
-            f"beams past them stay empty; use at most {widest}")
+    paths = math.perm(num_classes, max_steps)
+    floor = (f" (the default {DecodingConfig().beam_size} is taken on any data)"
+             if widest > paths else "")
+    return (f"is wider than the {paths} distinct label paths of T_max = {max_steps} labels "
+            f"from C = {num_classes} classes (C·(C−1)·…), and the beams past them stay "
+            f"empty; use at most {widest}{floor}")
 
 
 def _check_args(model, beam_size: int, max_steps: int, min_labels: int

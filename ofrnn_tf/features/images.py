@@ -158,11 +158,16 @@ MAX_JPEG_SEGMENTS = 1024
 # of many scans holds a core for seconds to minutes. Encoders write about 10 (libjpeg's
 # progressive script: 6 for grey, 10 for colour). The served graph's guard counts them
 # as this module does: every SOS marker (FF DA) of the file, which the entropy-coded
-# data never holds.
+# data never holds. Only a walk over every segment and scan could tell the image's own
+# from the bytes of data after it (a motion photo's video, the other pictures of an MPO
+# file), which such a file then counts too; a count that stopped at the first FF D9
+# could be cut short by a segment holding those bytes.
 MAX_JPEG_SCANS = 100
-JPEG_SCANS_PROBLEM = (f" of {{}} scans, more than the {MAX_JPEG_SCANS} the model decodes "
-                      f"(a progressive JPEG: each scan is decoded over the whole image, "
-                      f"and encoders write about 10): save it again as a JPEG or PNG")
+JPEG_SCANS_PROBLEM = (f" holding {{}} scan markers (SOS, FF DA), more than the "
+                      f"{MAX_JPEG_SCANS} the model decodes (a progressive JPEG: each scan is "
+                      f"decoded over the whole image, and encoders write about 10; data after "
+                      f"the image, such as the video of a motion photo, counts too): save the "
+                      f"image alone again as a JPEG or PNG")
 JPEG_SEGMENTS_PROBLEM = f"no frame header (SOFn) in its first {MAX_JPEG_SEGMENTS} marker segments"
 
 

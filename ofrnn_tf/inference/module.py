@@ -57,7 +57,12 @@ class MinLabelsError(ValueError):
 
 
 class BeamSizeError(ValueError):
-    """A beam wider than any that can change a prediction (`beam_size_problem`)."""
+    """A beam wider than any that can change a prediction (`beam_size_problem`); `given`:
+    whether the width is the caller's (a flag), not the run's own setting."""
+
+    def __init__(self, message: str, given: bool = True):
+        super().__init__(message)
+        self.given = given
 
 
 class _KerasParts:
@@ -188,10 +193,18 @@ class InferenceModule(tf.Module):
         run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
         run_dir.check_not_in_use()  # a training rewrites the weights and τ read here
         model, config, facts = run_dir.load_model()
-        if beam_size is None or not model.uses_decoder:  # M_map alone: no beam to widen
+        own_width = beam_size is None or not model.uses_decoder
+        if own_width:  # M_map alone: no beam to widen
             beam_size = config.decoding.beam_size
         beam_size = int(beam_size)
-        _check_beam_size(model, beam_size, facts.max_steps)  # before asking for its τ
+        try:
+            _check_beam_size(model, beam_size, facts.max_steps)  # before asking for its τ
+        except BeamSizeError as error:
+            if not own_width:
+                raise
+            raise BeamSizeError(f"{error} (the run's own decoding.beam_size, in "
+                                f"{run_dir.run_file}: give a narrower one)",
+                                given=False) from None
         calibration = run_dir.calibration(beam_size)
         if tau is None:
             if calibration is None:

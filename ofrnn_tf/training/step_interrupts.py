@@ -2,12 +2,13 @@
 
 A run stopped between checkpoints would lose the steps since the last one (up to
 ``--runtime.checkpoint_every``); a container's SIGTERM (``docker stop``, a preempted
-Kubernetes pod) gives seconds of grace, and a step takes milliseconds. While the
+Kubernetes pod) gives seconds of grace, and a step takes milliseconds (the first of a
+process, which traces the step, seconds). While the
 training loop runs, the first of these signals is only noted: the loop finishes its
 step, saves a checkpoint there and hands the signal on to the handler it found (the
 command's, which ends it, or Python's own ``KeyboardInterrupt``). A second signal is
 handed on at once. Everything else (validation, a label context's fit, building data)
-stops where the signal lands, as before."""
+stops where the signal lands."""
 
 import signal
 import threading
