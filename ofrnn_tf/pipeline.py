@@ -118,8 +118,9 @@ def load_data(config: ExperimentConfig, check_files: bool = True) -> Data:
     splits, label_map = load_examples(data.dataset, paths, data.val_fraction)
     check_split_sizes(splits, config.train.batch_size)
     loaded = Data(splits, label_map, small_area)
-    check_min_labels(config, loaded)
-    check_beam_size(config, label_map.num_classes, _data_t_max(loaded))
+    max_steps = _data_t_max(loaded)
+    check_min_labels(config, label_map.num_classes, max_steps)
+    check_beam_size(config, label_map.num_classes, max_steps)
     return loaded
 
 
@@ -394,15 +395,15 @@ def _data_t_max(data: Data) -> int:
     return _t_max(longest, data.label_map)
 
 
-def check_min_labels(config: ExperimentConfig, data: Data) -> None:
+def check_min_labels(config: ExperimentConfig, num_classes: int, max_steps: int) -> None:
     """Refuses (`IncompatibleRunError`) a ``decoding.min_labels`` above what a prediction
-    holds, before any work: T_max labels from the beam search (which could not keep more,
-    and would say so only after stage 1), every class from M_map alone (``baseline``)."""
-    num_classes = data.label_map.num_classes
+    holds, before any work: `max_steps` (T_max) labels from the beam search (which could
+    not keep more, and would say so only after stage 1), all `num_classes` from M_map alone
+    (``baseline``)."""
     if config.model.variant == "baseline":
         most, what = num_classes, f"C = {num_classes} labels (the number of classes)"
     else:
-        most = _data_t_max(data)
+        most = max_steps
         what = (f"T_max = {most} labels (the largest label count of a training image, at "
                 f"most the number of classes)")
     if config.decoding.min_labels > most:

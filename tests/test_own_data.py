@@ -733,10 +733,11 @@ def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_ba
     data = pipeline.load_data(config.replace(decoding={"min_labels": 1}))
     wider = pipeline.Data(data.splits, LabelMap([*data.label_map.names, "unicorn"]))
     baseline = config.replace(model={"variant": "baseline"})
-    pipeline.check_min_labels(baseline, wider)
+    classes, t_max = wider.label_map.num_classes, pipeline._data_t_max(wider)
+    pipeline.check_min_labels(baseline, classes, t_max)
     with pytest.raises(IncompatibleRunError, match=r"at most T_max = 2 labels"):
-        pipeline.check_min_labels(config, wider)
+        pipeline.check_min_labels(config, classes, t_max)
     with pytest.raises(IncompatibleRunError,
                        match=r"--decoding.min_labels=4 cannot hold: a prediction has at most "
                              r"C = 3 labels \(the number of classes\); use at most 3"):
-        pipeline.check_min_labels(baseline.replace(decoding={"min_labels": 4}), wider)
+        pipeline.check_min_labels(baseline.replace(decoding={"min_labels": 4}), classes, t_max)

@@ -87,6 +87,24 @@ def beam_size_problem(beam_size: int, num_classes: int, max_steps: int) -> Optio
             f"empty; use at most {widest}{floor}")
 
 
+class BeamSizeError(ValueError):
+    """A beam wider than any that can change a prediction (`beam_size_problem`); `given`:
+    whether the width is the caller's (a flag), not the run's own setting."""
+
+    def __init__(self, message: str, given: bool = True):
+        super().__init__(message)
+        self.given = given
+
+
+def check_beam_size(model, beam_size: int, max_steps: int) -> None:
+    """`BeamSizeError` when a beam of `beam_size` is wider than any that can change the
+    model's predictions of `max_steps` labels (`beam_size_problem`); M_map alone (no
+    decoder) has no beam."""
+    too_wide = model.uses_decoder and beam_size_problem(beam_size, model.num_classes, max_steps)
+    if too_wide:
+        raise BeamSizeError(f"beam_size={beam_size} {too_wide}")
+
+
 def _check_args(model, beam_size: int, max_steps: int, min_labels: int
                 ) -> tuple[int, int, int]:
     """The three sizes checked, as Python ints (a NumPy int64 would make int64 step
@@ -98,9 +116,7 @@ def _check_args(model, beam_size: int, max_steps: int, min_labels: int
     if model.uses_decoder and max_steps > model.num_classes:
         raise ValueError(f"max_steps={max_steps} exceeds num_classes={model.num_classes}: a "
                          f"path holds each label at most once")
-    too_wide = model.uses_decoder and beam_size_problem(beam_size, model.num_classes, max_steps)
-    if too_wide:
-        raise ValueError(f"beam_size={beam_size} {too_wide}")
+    check_beam_size(model, beam_size, max_steps)
     if model.uses_decoder and min_labels > max_steps:
         raise ValueError(f"min_labels={min_labels} cannot hold: a path has at most "
                          f"max_steps={max_steps} labels")

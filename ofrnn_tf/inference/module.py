@@ -39,7 +39,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from ofrnn_tf.decoding.beam_search import beam_search, beam_size_problem
+from ofrnn_tf.decoding.beam_search import BeamSizeError, beam_search, check_beam_size
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from ofrnn_tf.features.backbones import Backbone, get_backbone
 from ofrnn_tf.features.tfrecords import FEATURE_DTYPE, as_stored
@@ -54,15 +54,6 @@ class UncalibratedBeamSizeError(ValueError):
 
 class MinLabelsError(ValueError):
     """More labels asked of every image than a prediction can hold."""
-
-
-class BeamSizeError(ValueError):
-    """A beam wider than any that can change a prediction (`beam_size_problem`); `given`:
-    whether the width is the caller's (a flag), not the run's own setting."""
-
-    def __init__(self, message: str, given: bool = True):
-        super().__init__(message)
-        self.given = given
 
 
 class _KerasParts:
@@ -138,7 +129,7 @@ class InferenceModule(tf.Module):
                 f"min_labels={min_labels} cannot hold: a prediction holds 0 to {most} labels ("
                 + ("T_max, the largest label count of a training image)" if model.uses_decoder
                    else "the classes)"))
-        _check_beam_size(model, int(beam_size), int(max_steps))
+        check_beam_size(model, int(beam_size), int(max_steps))
         self.beam_size, self.max_steps, self.min_labels = int(beam_size), int(max_steps), int(min_labels)
         self.unroll = bool(unroll)
         self.feature_shape = tuple(int(d) for d in backbone.feature_shape)
@@ -198,7 +189,7 @@ class InferenceModule(tf.Module):
             beam_size = config.decoding.beam_size
         beam_size = int(beam_size)
         try:
-            _check_beam_size(model, beam_size, facts.max_steps)  # before asking for its τ
+            check_beam_size(model, beam_size, facts.max_steps)  # before asking for its τ
         except BeamSizeError as error:
             if not own_width:
                 raise
@@ -318,14 +309,6 @@ class InferenceModule(tf.Module):
                 "min_labels": tf.constant(self.min_labels),
                 "max_image_pixels": self.max_image_pixels.read_value(),
                 "label_names": self.label_names.read_value()}
-
-
-def _check_beam_size(model, beam_size: int, max_steps: int) -> None:
-    """`BeamSizeError` when a beam of `beam_size` is wider than any that can change the
-    model's predictions of `max_steps` labels (`beam_size_problem`)."""
-    too_wide = model.uses_decoder and beam_size_problem(beam_size, model.num_classes, max_steps)
-    if too_wide:
-        raise BeamSizeError(f"beam_size={beam_size} {too_wide}")
 
 
 def _shaped(tensor: tf.Tensor, shape: list) -> tf.Tensor:
