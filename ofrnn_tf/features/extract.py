@@ -158,11 +158,11 @@ def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size
     (`tfrecords.write_meta` reads the complete one): either may be resumed, and a third
     count is refused naming them."""
     pattern = os.path.join(glob.escape(out_dir), f"{glob.escape(split)}-?????-of-?????.*")
+    paths = [p for p in sorted(glob.glob(pattern)) if p.endswith((".tfrecord", ".json"))]
     layouts: dict[int, str] = {}  # shard count -> its first file
-    for path in sorted(glob.glob(pattern)):
+    for path in paths:
         name = os.path.basename(path)
-        if name.endswith(".tfrecord") or name.endswith(".json"):
-            layouts.setdefault(int(name.split("-of-")[1][:5]), name)
+        layouts.setdefault(int(name.split("-of-")[1][:5]), name)
     if layouts and num_shards not in layouts:
         held = " and ".join(f"{count} shards ({name})" for count, name in sorted(layouts.items()))
         count = max(layouts)
@@ -170,9 +170,7 @@ def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size
             f"{out_dir} already holds split {split!r} in {held}: resume it with "
             f"--features.num_shards={count} (num_shards={count} when calling extract_split), "
             f"or extract into another folder (--runtime.cache_dir)")
-    stats = glob.glob(os.path.join(glob.escape(out_dir),
-                                   f"{glob.escape(split)}-?????-of-{num_shards:05d}.json"))
-    for path in sorted(stats):
+    for path in (p for p in paths if p.endswith(f"-of-{num_shards:05d}.json")):
         try:
             before = tfrecords.read_shard_stats(path).get("split_size")
         except (FileNotFoundError, ValueError):  # its shard is extracted again
