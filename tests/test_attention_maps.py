@@ -11,7 +11,7 @@ from PIL import Image
 
 from ofrnn_tf.inference import Predictor
 from ofrnn_tf.visualization.attention_maps import (
-    PANEL_PIXELS, PANELS_PER_ROW, draw_attention, draw_prediction, figure_pixels,
+    _CAPTION_PIXELS, PANEL_PIXELS, PANELS_PER_ROW, draw_attention, draw_prediction, figure_pixels,
     render_examples, upsample)
 
 
@@ -38,7 +38,7 @@ def test_draw_attention_writes_one_panel_per_step_plus_the_image(tmp_path):
     width, height = figure_pixels(steps, 120, 160, title_lines=2)
     assert png.shape[:2] == (height, width) and width == (steps + 1) * PANEL_PIXELS
     assert png.std() > 20  # not blank
-    middle = height - 6 - (PANEL_PIXELS - 12) * 120 // 160 // 2
+    middle = height - 6 - _CAPTION_PIXELS - (PANEL_PIXELS - 12) * 120 // 160 // 2
     assert panel_columns(png, middle) == steps + 1
     # The image panel is the plain gray picture; the step panels are coloured by the map.
     left = png[middle, 6 + 10]
@@ -60,7 +60,7 @@ def test_a_long_path_goes_on_in_rows_of_eight_panels(tmp_path):
     assert png.shape[:2] == (height, width) == (2 * one_row, PANELS_PER_ROW * PANEL_PIXELS)
     side = PANEL_PIXELS - 12
     for row in (0, 1):
-        middle = (row + 1) * one_row - 6 - side // 2
+        middle = (row + 1) * one_row - 6 - _CAPTION_PIXELS - side // 2
         coloured = [np.ptp(png[middle - 20:middle + 20,
                                c * PANEL_PIXELS + 16:(c + 1) * PANEL_PIXELS - 16].astype(int),
                            axis=-1).max() > 20 for c in range(PANELS_PER_ROW)]
@@ -76,7 +76,7 @@ def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
     png = np.asarray(Image.open(path).convert("RGB")).astype(int)
     width, height = figure_pixels(1, 140, 140)
     side = PANEL_PIXELS - 12
-    top = height - 6 - side
+    top = height - 6 - _CAPTION_PIXELS - side
     panel = png[top:top + side, PANEL_PIXELS + 6:PANEL_PIXELS + 6 + side]
     y, x = int(side * 1.5 / 7), int(side * 5.5 / 7)
     peak, far = panel[y, x], panel[side - y, side - x]
@@ -87,7 +87,7 @@ def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
 
 def test_a_flat_map_leaves_the_image_clear_and_says_its_peak(tmp_path):
     """A step that looks everywhere (α = 1/(h·w), or within 1 % of it) is not drawn as
-    red all over: its panel is the image but for the corner that gives its peak."""
+    red all over: its panel is the image, and the caption under it gives its peak."""
     rng = np.random.default_rng(0)
     flat = np.full((7, 7), 1 / 49, np.float32)
     uneven = flat * (1 + 0.01 * rng.standard_normal((7, 7))).astype(np.float32)
@@ -96,12 +96,14 @@ def test_a_flat_map_leaves_the_image_clear_and_says_its_peak(tmp_path):
     png = np.asarray(Image.open(path).convert("RGB")).astype(int)
     width, height = figure_pixels(2, 140, 140)
     side = PANEL_PIXELS - 12
-    top = height - 6 - side
+    top = height - 6 - _CAPTION_PIXELS - side
     for t in (1, 2):
-        upper = png[top:top + side * 3 // 4, t * PANEL_PIXELS + 6:t * PANEL_PIXELS + 6 + side]
-        assert np.abs(upper - 128).max() <= 4, t
-        corner = png[top + side - 14:top + side, t * PANEL_PIXELS + 8:t * PANEL_PIXELS + 60]
-        assert corner.min() < 60  # the dark box of "peak 1.0× uniform"
+        # The whole picture, corners too (a box over the map hid its bottom-left corner).
+        picture = png[top + 1:top + side - 1, t * PANEL_PIXELS + 7:t * PANEL_PIXELS + 5 + side]
+        assert np.abs(picture - 128).max() <= 4, t
+        caption = png[top + side:top + side + _CAPTION_PIXELS,
+                      t * PANEL_PIXELS + 6:t * PANEL_PIXELS + 120]
+        assert caption.min() < 120  # "peak 1.0× uniform", on white
 
 
 def test_long_titles_wrap_to_the_figure_and_long_names_are_shortened(tmp_path):
@@ -130,8 +132,15 @@ def test_a_strip_is_drawn_within_bounds_the_eye_can_read(tmp_path, height, width
                           ["x"], [0.7], str(tmp_path / "strip.png"))
     with Image.open(path) as opened:
         size = opened.size
+        png = np.asarray(opened.convert("RGB")).astype(int)
     assert size == figure_pixels(1, height, width)
     assert size[1] == figure_pixels(1, 1, 1)[1] - (PANEL_PIXELS - 12) + picture_height
+    # The picture fills its panel (drawn in its own proportions inside it, it was a line).
+    for column in (PANEL_PIXELS // 2, PANEL_PIXELS + PANEL_PIXELS // 2):
+        gray_rows = np.sum(np.all(np.abs(png[:, column] - 128) <= 4, axis=-1))
+        assert abs(gray_rows - picture_height) <= 2, (column, gray_rows)
+    wide = png[size[1] - 6 - _CAPTION_PIXELS - picture_height // 2]
+    assert np.sum(np.all(np.abs(wide - 128) <= 4, axis=-1)) >= 2 * (PANEL_PIXELS - 12) - 4
 
 
 def test_draw_attention_checks_its_inputs(tmp_path):

@@ -5,8 +5,8 @@ panels a row, further steps in rows below) with that step's attention map α_t (
 upsampled bilinearly onto the image and overlaid with a colour map, titled with the
 label chosen at the step and its probability at that step (`sigmoid(p_t[l_t])`, one
 factor of Eq. 11). A map is coloured from the uniform level 1/(h·w) (nothing) to its
-own peak (red, if that is at least twice the uniform level), and its corner says how
-many times the uniform level that peak is: a step that looks everywhere stays clear
+own peak (red, if that is at least twice the uniform level), and a caption under it says
+how many times the uniform level that peak is: a step that looks everywhere stays clear
 instead of drawing red all over. The figure
 title names the image, the path probability and, when known, the true labels, wrapped
 to the figure's width.
@@ -44,6 +44,7 @@ PANELS_PER_ROW = 8  # the image and 7 steps; a longer path goes on in rows below
 _MARGIN = 6  # pixels inside each panel cell, around the picture
 _PICTURE_RATIO = (0.25, 2.0)  # the height/width a picture is drawn at, at least and at most
 _STEP_TITLE_PIXELS = 26
+_CAPTION_PIXELS = 14  # under each step's picture: its peak (over the map, it hid a corner)
 _TITLE_LINE_PIXELS = 20
 _TITLE_SIZES = (11, 10)  # font size of the title's first line, and of the others
 _GROUND_TRUTH_LINES = 3  # at most; a longer list ends in "…"
@@ -142,9 +143,9 @@ def _grid(num_steps: int) -> tuple[int, int]:
 
 
 def _cell_height(image_height: int, image_width: int, panel_pixels: int) -> int:
-    """The height of one row of panels: a step's title and its picture."""
+    """The height of one row of panels: a step's title, its picture and its caption."""
     picture_height = _picture_height(panel_pixels - 2 * _MARGIN, image_height, image_width)
-    return _STEP_TITLE_PIXELS + picture_height + 2 * _MARGIN
+    return _STEP_TITLE_PIXELS + picture_height + _CAPTION_PIXELS + 2 * _MARGIN
 
 
 def figure_pixels(num_steps: int, image_height: int, image_width: int,
@@ -175,8 +176,8 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
         panel_pixels: width of each of the T + 1 panels.
         cmap, alpha: colour map and largest opacity of the overlay. Each map is
             coloured from the uniform level (clear) to its own maximum, so the colours
-            show where a step looks; the number in its corner (its peak over the
-            uniform level) shows how sharply.
+            show where a step looks; the number under it (its peak over the uniform
+            level) shows how sharply.
 
     Returns:
         `path`.
@@ -219,14 +220,21 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
     cell_h = _cell_height(height_px, width_px, panel_pixels)
     titles_h = fig_h - _grid(steps)[1] * cell_h
 
-    def panel(index: int, heading: str):
+    def panel(index: int, heading: str, caption: str = ""):
         row, column = divmod(index, columns)
-        bottom = fig_h - titles_h - (row + 1) * cell_h + _MARGIN
-        axes = figure.add_axes([(column * panel_pixels + _MARGIN) / fig_w, bottom / fig_h,
-                                picture_w / fig_w, picture_h / fig_h])
+        left = column * panel_pixels + _MARGIN
+        bottom = fig_h - titles_h - (row + 1) * cell_h + _MARGIN + _CAPTION_PIXELS
+        axes = figure.add_axes([left / fig_w, bottom / fig_h, picture_w / fig_w,
+                                picture_h / fig_h])
         axes.set_axis_off()
-        axes.imshow(rgb, extent=(0, width_px, height_px, 0), interpolation="bilinear")
+        # aspect="auto": the picture fills the panel sized by _picture_height (matplotlib's
+        # default shrinks it back to the image's own proportions, a strip to a thin line).
+        axes.imshow(rgb, extent=(0, width_px, height_px, 0), interpolation="bilinear",
+                    aspect="auto")
         axes.set_title(heading, fontsize=_STEP_TITLE_SIZE, pad=4, parse_math=False)
+        if caption:
+            figure.text(left / fig_w, (bottom - 1) / fig_h, caption, fontsize=8,
+                        color="0.25", ha="left", va="top", parse_math=False)
         return axes
 
     colormap = matplotlib.colormaps[cmap]
@@ -236,19 +244,17 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
         number, probability = f"{t + 1}. ", f"  {float(probabilities[t]):.2f}"
         room = picture_w - _text_pixels(number + probability, _STEP_TITLE_SIZE)
         name = _shortened(_drawable(str(label_names[t])), room, _STEP_TITLE_SIZE)
-        axes = panel(t + 1, number + name + probability)
-        heat = upsample(attention[t], height_px, width_px)
         peak = float(attention[t].max())
+        axes = panel(t + 1, number + name + probability, f"peak {peak / uniform:.1f}× uniform")
+        heat = upsample(attention[t], height_px, width_px)
         # From the uniform level (clear) to the peak (red), the peak drawn at full colour
         # only from twice the uniform level on: a flat or barely uneven map stays clear.
         heat = np.clip((heat - uniform) / max(peak - uniform, uniform), 0.0, 1.0)
         overlay = colormap(heat)
         # Opacity grows with attention: weakly attended regions keep the image visible.
         overlay[..., 3] = alpha * heat
-        axes.imshow(overlay, extent=(0, width_px, height_px, 0), interpolation="bilinear")
-        axes.text(0.03, 0.03, f"peak {peak / uniform:.1f}× uniform", transform=axes.transAxes,
-                  fontsize=8, color="white", ha="left", va="bottom",
-                  bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "linewidth": 0})
+        axes.imshow(overlay, extent=(0, width_px, height_px, 0), interpolation="bilinear",
+                    aspect="auto")
     # Whole or not at all: a full disk left an empty PNG under the picture's name.
     with replaced_whole(path) as tmp:
         # zlib's fastest level: the default's files are a fifth smaller for much more time.
