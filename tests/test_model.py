@@ -101,7 +101,8 @@ def reference_losses(model, x, labels, max_steps, train_steps="gt_count"):
     step_losses = np.stack(step_losses, 1)
     active = np.arange(max_steps)[None, :] < counts[:, None]
     per_example = (step_losses * active).sum(1) / np.maximum(np.minimum(counts, max_steps), 1)
-    per_step = (step_losses * active).sum(0) / np.maximum(active.sum(0), 1)
+    taken = active.sum(0)
+    per_step = np.where(taken > 0, (step_losses * active).sum(0) / np.maximum(taken, 1), np.nan)
     return per_example, per_step, np.stack(chosen_steps, 1)
 
 
@@ -259,7 +260,7 @@ def test_gt_count_masks_steps_beyond_the_label_count():
     x = features()
     per_example, per_step = model.sequence_loss(x, LABELS, max_steps=3, train_steps="gt_count",
                                                 training=False)
-    assert per_step.numpy()[2] == 0.0  # no image has 3 labels
+    assert np.isnan(per_step.numpy()[2])  # no image has 3 labels: no loss, not a zero one
     assert per_example.numpy()[2] == 0.0  # no labels, no steps
     _, _, chosen = reference_losses(model, x, LABELS, max_steps=3)
     context, state = model.start(x)

@@ -22,7 +22,7 @@ from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.software import software_versions
 from ofrnn_tf.training.trainer import (
-    NonFiniteLossError, Trainer, _digest, _settings_parts, describe_position)
+    NonFiniteLossError, Trainer, _LoggingWindow, _digest, _settings_parts, describe_position)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
 from toy_run import TINY_TRAIN_FLAGS
 
@@ -257,10 +257,12 @@ def test_cosine_schedule_decays_to_zero_over_the_stages_steps(tmp_path):
         decay_steps = stage_config.epochs * STEPS_PER_EPOCH
         points = found[f"learning_rate/stage{stage}"]
         assert [step for step, _ in points] == list(range(start + 1, start + decay_steps + 1))
-        # Logged after the step's update: the schedule at the stage's steps done.
+        # The rate each logged step trained at: the schedule at the stage's steps before
+        # it (Keras' own `learning_rate` is the next step's, 0 at the stage's last point).
         initial = stage_config.learning_rate
-        want = [initial * 0.5 * (1 + np.cos(np.pi * (step - start) / decay_steps))
+        want = [initial * 0.5 * (1 + np.cos(np.pi * (step - 1 - start) / decay_steps))
                 for step, _ in points]
+        assert points[-1][1] > 0
         np.testing.assert_allclose([rate for _, rate in points], want, rtol=1e-5, atol=1e-9,
                                    err_msg=f"stage {stage}")
         start += decay_steps
@@ -1144,6 +1146,34 @@ def test_restore_removes_the_shards_of_a_save_cut_short(tmp_path):
     assert resumed.restore() and int(resumed.stage) == 3
     assert not any(os.path.exists(folder) for folder in leftovers)
     assert os.listdir(run_dir.checkpoints_dir())  # the finished checkpoints stay
+
+
+def test_decoding_step_losses_are_window_means_and_left_out_where_no_image_took_the_step():
+    window = _LoggingWindow()
+    nan = float("nan")
+    window.add(np.array([1.0, 2.0, nan]))  # the first step: it traces, no pace of its own
+    assert window.examples_per_second(8) is None and window.bar_rate(8) is None
+    window.add(np.array([3.0, nan, nan]))
+    assert window.step_losses() == [2.0, 2.0, None]
+    assert window.examples_per_second(8) > 0 and window.bar_rate(8) > 0
+    window.restart()
+    assert window.step_losses() == [] and window.examples_per_second(8) is None
+    window.add(np.array([5.0, 4.0, 3.0]))
+    assert window.step_losses() == [5.0, 4.0, 3.0] and window.examples_per_second(8) > 0
+
+
+def test_a_decoding_step_no_image_of_a_logged_window_took_gets_no_point(tmp_path):
+    # One label an image, two steps (T_i + 1, the default), max_steps 3: no image ever
+    # takes step 3, whose curve was a line of zeros.
+    data = synthetic_data()
+    data["labels"][:] = np.eye(C, dtype="float32")[np.arange(N) % C]
+    make_trainer(str(tmp_path), tiny_config(), data).train()
+    found = scalars(str(tmp_path))
+    assert "loss_per_decoding_step/t3" not in found
+    assert all(value > 0 for t in (1, 2) for _, value in found[f"loss_per_decoding_step/t{t}"])
+    # The pace of each window, the trace of each epoch's first step left out.
+    assert len(found["examples_per_second"]) == len(found["loss/stage1"]) + len(
+        found["loss/stage2"]) - len(SCRIPTED_MAP) - len(SCRIPTED_F1)
 
 
 def test_a_resumed_run_logs_each_step_once_and_every_epoch_end(tmp_path):

@@ -399,7 +399,8 @@ class OrderFreeRNN(keras.Model):
 
         Returns:
             `(per_example [B], per_step [max_steps])`: the mean over each image's steps
-            and the mean loss of each step over the images that take it.
+            and the mean loss of each step over the images that take it (NaN for a step
+            no image takes).
         """
         if not self.uses_decoder:
             raise ValueError("the baseline variant has no decoder: train it with map_loss")
@@ -447,8 +448,10 @@ class OrderFreeRNN(keras.Model):
                     labels=tf.where(done, self.num_classes, target), logits=choices)
                 chosen = target
             step_loss = step_loss * active
-            per_step = per_step.write(
-                t, tf.math.divide_no_nan(tf.reduce_sum(step_loss), tf.reduce_sum(active)))
+            taken = tf.reduce_sum(active)
+            # NaN, not 0, when no image takes step t: a zero would plot as a perfect step.
+            per_step = per_step.write(t, tf.where(
+                taken > 0, tf.math.divide_no_nan(tf.reduce_sum(step_loss), taken), float("nan")))
             return (t + 1, self.advance(state, h, c, logits, chosen), total + step_loss, per_step,
                     coverage)
 

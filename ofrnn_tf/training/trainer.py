@@ -393,7 +393,14 @@ class Trainer:
         def train_step(iterator):
             loss, per_step = self.strategy.run(replica_step, args=(next(iterator),))
             loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            per_step = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_step, axis=None)
+            # The mean over the replicas some image took each step on (NaN on the others).
+            taken = self.strategy.run(lambda v: tf.cast(~tf.math.is_nan(v), tf.float32),
+                                      args=(per_step,))
+            per_step = self.strategy.run(lambda v: tf.where(tf.math.is_nan(v), 0.0, v),
+                                         args=(per_step,))
+            total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_step, axis=None)
+            count = self.strategy.reduce(tf.distribute.ReduceOp.SUM, taken, axis=None)
+            per_step = tf.where(count > 0, total / tf.maximum(count, 1.0), float("nan"))
             return loss, tf.reshape(per_step, [per_step_len])
 
         return train_step
@@ -849,7 +856,7 @@ class Trainer:
         train_step = self._train_steps[stage]
         iterator = iter(self._epoch_dataset(stage, epoch, start_step))
         runtime = self.config.runtime
-        started, done = time.perf_counter(), 0
+        window = _LoggingWindow()
         bar = progress_bar(total=self.steps_per_epoch, initial=start_step, unit="step",
                            desc=f"stage {stage} epoch {epoch + 1}/{stage_config.epochs}",
                            enabled=self.progress and self.chief)
@@ -870,20 +877,25 @@ class Trainer:
                         f"check the features.")
                 self.step_in_epoch.assign_add(1)
                 self.global_step.assign_add(1)
-                done += 1
                 step = int(self.global_step)
-                rate = done * self.global_batch / (time.perf_counter() - started)
+                window.add(per_step.numpy() if stage == 2 else None)
                 # Every log_every steps and at an epoch's end (an epoch may be shorter).
                 if step % runtime.log_every == 0 or _ == self.steps_per_epoch - 1:
                     self._scalar(f"loss/stage{stage}", loss, step)
-                    if stage == 2:
-                        for t, value in enumerate(per_step.numpy()):
+                    for t, value in enumerate(window.step_losses()):
+                        if value is not None:  # no image of the window took step t
                             self._scalar(f"loss_per_decoding_step/t{t + 1}", value, step)
                     self._scalar(f"learning_rate/stage{stage}",
-                                 _current_learning_rate(self.optimizers[stage]), step)
-                    self._scalar("examples_per_second", rate, step)
+                                 _last_step_learning_rate(self.optimizers[stage]), step)
+                    rate = window.examples_per_second(self.global_batch)
+                    if rate is not None:
+                        self._scalar("examples_per_second", rate, step)
+                    window.restart()
+                rate = window.bar_rate(self.global_batch)
                 # Not refreshed here: `update` redraws at the bar's own pace, not every step.
-                bar.set_postfix(ordered(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}"), refresh=False)
+                bar.set_postfix(ordered(loss=f"{loss:.4f}",
+                                        ex_s="…" if rate is None else f"{rate:.0f}"),
+                                refresh=False)
                 bar.update(1)
                 if step % runtime.checkpoint_every == 0:
                     self._save(step)
@@ -951,7 +963,66 @@ def _poisoned_if_any_replica_overflowed(grads):
     return [poisoned(g) for g in grads]
 
 
-def _current_learning_rate(optimizer) -> float:
-    """The optimizer's rate now; a constant rate is a (possibly mirrored) variable."""
-    rate = optimizer.learning_rate
+def _last_step_learning_rate(optimizer) -> float:
+    """The rate the optimizer's last update used. Keras evaluates a schedule at its
+    `iterations`, the count after that update (the rate of the step to come: 0 after a
+    cosine schedule's last step); a constant rate is a (possibly mirrored) variable."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
+    schedule = inner._learning_rate  # Keras keeps no public handle on the schedule
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return float(schedule(max(int(inner.iterations) - 1, 0)))
+    rate = inner.learning_rate
     return float(tf.convert_to_tensor(getattr(rate, "value", rate)))
+
+
+class _LoggingWindow:
+    """The training steps since the last TensorBoard point: their per-decoding-step
+    losses and their pace.
+
+    A point of `loss_per_decoding_step/t<t>` is the mean over the window's batches in
+    which some image took step t (one batch's value was noisy, and 0 where none did);
+    `examples_per_second` is the window's own pace, not the epoch's average so far, and
+    leaves out the first step after a (re)start, which traces the step function."""
+
+    def __init__(self):
+        self._traced = None  # when the first step, the trace, ended
+        self._steps_since_trace = 0
+        self.restart()
+
+    def restart(self) -> None:
+        self._losses = self._counts = None
+        self._started, self._steps = time.perf_counter(), 0
+
+    def add(self, per_step) -> None:
+        """One step done; `per_step`, its loss at each decoding step (NaN where no image
+        took it), or None in stage 1."""
+        if self._traced is None:
+            self._traced = self._started = time.perf_counter()
+        else:
+            self._steps += 1
+            self._steps_since_trace += 1
+        if per_step is not None:
+            taken = np.isfinite(per_step)
+            if self._losses is None:
+                self._losses, self._counts = np.zeros(len(per_step)), np.zeros(len(per_step))
+            self._losses += np.where(taken, per_step, 0.0)
+            self._counts += taken
+
+    def step_losses(self) -> list:
+        """Each decoding step's mean loss over the window, None where no image took it."""
+        if self._losses is None:
+            return []
+        return [float(total / count) if count else None
+                for total, count in zip(self._losses, self._counts)]
+
+    def examples_per_second(self, global_batch: int) -> Optional[float]:
+        """The window's pace; None for a window of the trace alone."""
+        if not self._steps:
+            return None
+        return self._steps * global_batch / (time.perf_counter() - self._started)
+
+    def bar_rate(self, global_batch: int) -> Optional[float]:
+        """The pace since the trace, for the progress bar."""
+        if not self._steps_since_trace:
+            return None
+        return self._steps_since_trace * global_batch / (time.perf_counter() - self._traced)
