@@ -369,7 +369,8 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
                 assert picture.format == "PNG" and picture.width > picture.height
             pictures.append(record["attention_png"])
     assert sorted(os.listdir(tmp_path / "attention")) == sorted(map(os.path.basename, pictures))
-    assert "3 image(s) predicted, 4 failed or skipped" in done.stderr
+    assert (f"3 image(s) predicted, 4 failed or skipped; written to {out}; 3 attention "
+            f"picture(s) in {tmp_path / 'attention'}") in done.stderr
     # The bar (pictures drawn as the lines go) ends before the summary, not after it.
     said = done.stderr.splitlines()
     summary = next(i for i, line in enumerate(said) if "image(s) predicted" in line)

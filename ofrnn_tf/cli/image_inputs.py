@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from typing import Iterable, TextIO
+from typing import Iterable, Optional, TextIO
 
 from absl import app
 
@@ -239,13 +239,13 @@ def file_ids(inputs: Iterable) -> set:
 
 
 def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str,
-                 verb: str) -> int:
+                 verb: str, pictures_dir: Optional[str] = None) -> int:
     """Writes one JSON line per result to `out` (from `open_report`) as each arrives, then
-    names every failed input on stderr and returns the exit status: 1 only when no input
-    at all succeeded. An exception from `results` propagates after the lines written so
-    far are flushed."""
+    names every failed input on stderr (and `pictures_dir`, where the results' attention
+    pictures went) and returns the exit status: 1 only when no input at all succeeded. An
+    exception from `results` propagates after the lines written so far are flushed."""
     output = None if out is sys.stdout else out.name
-    num_ok, failed = 0, []
+    num_ok, failed, pictures = 0, [], 0
     try:
         for result in results:
             out.write(json.dumps(result, allow_nan=False) + "\n")
@@ -255,6 +255,7 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
                 failed.append(result["error"])
             else:
                 num_ok += 1
+                pictures += "attention_png" in result
     except BaseException as error:
         if out is not sys.stdout:
             out.abandon()
@@ -266,5 +267,6 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
     for error in failed:
         say(f"[{command}] {error}")
     say(f"[{command}] {num_ok} image(s) {verb}, {len(failed)} failed or skipped"
-        + (f"; written to {output}" if output else ""))
+        + (f"; written to {output}" if output else "")
+        + (f"; {pictures} attention picture(s) in {pictures_dir}" if pictures_dir else ""))
     return 0 if num_ok else 1

@@ -123,7 +123,7 @@ def main(argv):
     if draw:
         predictions = _with_pictures(predictions, entries, FLAGS.attention_dir)
     return write_report(_with_remedies(merge_results(entries, predictions)), out, "predict",
-                        "predicted")
+                        "predicted", pictures_dir=FLAGS.attention_dir)
 
 
 def _decision_rule(module) -> str:
