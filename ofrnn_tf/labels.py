@@ -35,6 +35,10 @@ class LabelMap:
         if len(set(self.names)) != len(self.names):
             dupes = sorted({n for n in self.names if self.names.count(n) > 1})
             raise ValueError(f"duplicate class names in label map: {dupes}")
+        for name in self.names:
+            problem = not_utf8_problem(name)
+            if problem:
+                raise ValueError(f"class name {name!r} {problem}: fix the name")
         self.source = source
         self._ids = {n: i for i, n in enumerate(self.names)}
 
@@ -104,6 +108,19 @@ class LabelMap:
             f"label map mismatch: {a} ({self.num_classes} classes) vs {b} "
             f"({other.num_classes} classes): {detail}. Rebuild the artefact with the "
             f"same label map, or point to matching data.")
+
+
+def not_utf8_problem(text: str) -> str | None:
+    """Why `text` cannot be written as UTF-8 (a lone surrogate: half of a character such
+    as an emoji, which a JSON escape like "\\ud83d" can hold but no tensor or file can),
+    or None when it can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (f"holds U+{ord(text[error.start]):04X}, half of a UTF-16 surrogate pair "
+                f"(the other half missing: text cut in the middle of a character such as "
+                f"an emoji)")
+    return None
 
 
 def listed_names(names: Sequence[str], most: int) -> str:

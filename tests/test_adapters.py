@@ -351,6 +351,15 @@ def test_manifest_jsonl_null_labels_are_no_label(tmp_path):
     ("deep.jsonl", '{"path": "a.png", "labels": ["x"]}\n' + "[" * 100000 + "\n",
      r"deep.jsonl: line 2: JSON nested too deep to read; each item of a manifest is an object"),
     ("deep.json", "[" * 100000, r"deep.json: item 1 \(line 1\): JSON nested too deep to read"),
+    # Half of an emoji's surrogate pair (a string cut by a JavaScript exporter): it trained,
+    # then no tensor could hold the label map and the run could not be exported.
+    ("half.jsonl", '{"path": "a.png", "labels": ["x"]}\n{"path": "b.png", "labels": ["\\ud83d"]}\n',
+     r"half.jsonl: line 2: the class name '\\ud83d' holds U\+D83D, half of a UTF-16 "
+     r"surrogate pair .*: fix the name"),
+    ("half_id.jsonl", '{"path": "a.png", "id": "a\\udc80", "labels": ["x"]}\n',
+     r"half_id.jsonl: line 1: the id 'a\\udc80' holds U\+DC80.*: fix the id"),
+    ("half_path.jsonl", '{"path": "\\ud800.png", "labels": ["x"]}\n',
+     r"half_path.jsonl: line 1: the path '\\ud800.png' holds U\+D800.*names no file"),
 ])
 def test_manifest_bad_line_names_file_and_line(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
@@ -474,7 +483,8 @@ def test_label_map_names_every_id_and_skips_the_padding():
 def test_a_label_map_file_without_classes_or_with_one_twice_is_named(tmp_path):
     for name, names, message in (
             ("empty.json", [], r"a label map needs at least one class"),
-            ("twice.json", ["a", "a"], r"duplicate class names in label map: \['a'\]")):
+            ("twice.json", ["a", "a"], r"duplicate class names in label map: \['a'\]"),
+            ("half.json", ["a\ud83d"], r"class name 'a\\ud83d' holds U\+D83D.*: fix the name")):
         (tmp_path / name).write_text(json.dumps({"names": names}))
         with pytest.raises(ValueError, match=f"{tmp_path / name}: {message}"):
             LabelMap.load(str(tmp_path / name))
@@ -509,3 +519,12 @@ def test_coco_and_nuswide_class_lists_naming_one_class_twice_are_named(tmp_path)
     _write_nuswide(tmp_path / "nus2")
     with pytest.raises(DataLabelMapError, match="Concepts81.txt"):
         load_nuswide(str(tmp_path / "nus2"), "train", LabelMap(["animal"], source="x.json"))
+
+
+def test_a_json_manifest_may_name_a_file_whose_name_is_not_utf8(tmp_path):
+    # json.dump of os.listdir()'s name writes the byte 0xE9 as "\udce9", which open() takes.
+    name = os.fsdecode(b"caf\xe9.png")
+    _touch(tmp_path / name)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": name, "labels": ["x"]}) + "\n")
+    examples, _, _ = load_manifest(str(tmp_path / "m.jsonl"))
+    assert [os.path.basename(e.image) for e in examples] == [name]

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 from ofrnn_tf.data import (
     DataFileError, DataLabelMapError, DataNotFoundError, ImagesNotFoundError)
 from ofrnn_tf.data.example import Example, LoadStats
-from ofrnn_tf.labels import LabelMap, listed_names
+from ofrnn_tf.labels import LabelMap, listed_names, not_utf8_problem
 from ofrnn_tf.text_bytes import marked_encoding, unmarked_wide_encoding
 
 _SEPARATORS = re.compile(r"[;|]")
@@ -407,6 +407,20 @@ def _record_row(path: str, where: str, record) -> Row:
             isinstance(n, (str, int)) and not isinstance(n, bool) for n in labels):
         raise DataFileError(f"{path}: {where}: 'labels' must be a list of class names, got "
                             f"{labels!r}")
+    try:  # U+DC80..U+DCFF stand for bytes of a file name that is not UTF-8: those pass
+        os.fsencode(image)
+    except UnicodeEncodeError:
+        raise DataFileError(f"{path}: {where}: the path {image!r} "
+                            f"{not_utf8_problem(image)}, so it names no file: fix the "
+                            f"path") from None
     labels = _names(labels)
+    for name in labels:
+        problem = not_utf8_problem(name)
+        if problem:
+            raise DataFileError(f"{path}: {where}: the class name {name!r} {problem}: fix "
+                                f"the name")
     image_id = record.get("id")  # null or "" (a missing value): the path, as in CSV
+    if isinstance(image_id, str) and not_utf8_problem(image_id):
+        raise DataFileError(f"{path}: {where}: the id {image_id!r} "
+                            f"{not_utf8_problem(image_id)}: fix the id")
     return where, image if image_id in (None, "") else str(image_id), image, labels
