@@ -166,7 +166,9 @@ def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:
     ({"train": 3}, r"the train split has 1 example\(s\) after feature extraction, fewer than "
                    r"one batch of 2: 3 of its 4 image\(s\) were skipped.*lower "
                    r"--train.batch_size \(to at most 1\)"),
-], ids=["val", "test", "train"])
+    ({"train": 4}, r"the train split has no example after feature extraction: 4 of its 4 "
+                   r"image\(s\) were skipped.*first\)$"),
+], ids=["val", "test", "train", "no train"])
 def test_splits_that_undecodable_images_empty_are_refused_before_training(
         tmp_path, monkeypatch, tiny_backbone, broken, message):
     monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: tiny_backbone)
@@ -177,9 +179,9 @@ def test_splits_that_undecodable_images_empty_are_refused_before_training(
         pipeline.prepare_features(config, data)
     with pytest.raises(SplitTooSmallError, match=message) as refused:  # the same from the cache
         pipeline.prepare_features(config, data)
-    # The remedy is in the data for an emptied validation or test split, and a command
-    # says so without the pointer to --help; a short train split names a flag too.
-    emptied = "train" not in broken
+    # The remedy is in the data for an emptied split, and a command says so without the
+    # pointer to --help; a train split left short (not empty) names a flag too.
+    emptied = broken.get("train", 4) == 4
     assert isinstance(refusal(refused.value), InputFileError) == emptied
 
 

@@ -157,11 +157,42 @@ def test_one_manifest_file_refuses_a_val_fraction_that_leaves_no_training_image(
     assert splits["train"]
 
 
+def test_a_val_fraction_that_holds_out_every_training_image_is_named(tmp_path):
+    # Told to lower --train.batch_size "to at most 1", the user could not mend it.
+    for i in range(4):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    rows = "path,labels\n" + "".join(f"{i}.png,{'ab'[i % 2]}\n" for i in range(4))
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "test.csv").write_text("path,labels\n" + "".join(f"t{i}.png,a\n" for i in range(2)))
+    for i in range(2):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"t{i}.png")
+    with pytest.raises(SplitTooSmallError, match=r"--data.val_fraction=0.99 held out every one "
+                                                 r"of the 4 training image\(s\) for validation, "
+                                                 r"leaving none to train on .*: lower it"):
+        load_examples("manifest", {"data_dir": str(tmp_path)}, 0.99)
+    with pytest.raises(SplitTooSmallError, match=r"--data.val_fraction=0.49 held out every one "
+                                                 r"of the 4 training image\(s\) for validation "
+                                                 r"and test"):
+        load_examples("manifest", {"manifest": str(tmp_path / "train.csv")}, 0.49)
+
+
+def test_a_test_manifest_without_a_labelled_image_is_named(tmp_path):
+    for name in ("0", "1", "2", "t"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / f"{name}.png")
+    (tmp_path / "train.csv").write_text("path,labels\n0.png,a\n1.png,b\n2.png,a\n")
+    (tmp_path / "test.csv").write_text("path,labels\nt.png,\n")
+    with pytest.raises(SplitTooSmallError, match=r"test.csv: no labelled image, so the test "
+                                                 r"split is empty: give each test image its "
+                                                 r"labels"):
+        load_examples("manifest", {"data_dir": str(tmp_path)}, 0.3)
+
+
 def _examples(n: int) -> list:
     return [Example(str(i), f"{i}.png", (0,)) for i in range(n)]
 
 
 @pytest.mark.parametrize("sizes, message", [
+    ((0, 1, 1), r"the train split is empty: add training images$"),
     ((3, 1, 1), r"the train split has 3 image\(s\), fewer than one batch of 8: lower "
                 r"--train.batch_size \(to at most 3\)"),
     ((20, 0, 1), r"the validation split is empty \(train has 20 image\(s\)\): raise "

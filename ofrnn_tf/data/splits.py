@@ -29,8 +29,7 @@ class SplitTooSmallError(ValueError):
 
 
 class SplitEmptiedError(SplitTooSmallError):
-    """Unreadable images left a validation or test split empty: the remedy is in the
-    data, not in a flag."""
+    """Unreadable images left a split empty: the remedy is in the data, not in a flag."""
 
 
 class NothingToLearnError(SplitTooSmallError):
@@ -78,6 +77,7 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
         train, val = hold_out(rest, val_fraction / (1.0 - val_fraction))
         log(f"one manifest file: {len(val)} images held out for validation and "
             f"{len(test)} for test")
+        _refuse_all_held_out(train, len(examples), val_fraction, "validation and test")
         check_something_to_learn(train, label_map, stats.dropped_unlabeled)
         return {"train": train, "val": val, "test": test}, label_map
 
@@ -101,11 +101,18 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
                 f"{val_file}: no labelled image, so the validation split is empty: list "
                 f"validation images in it, or remove the file to hold out "
                 f"--data.val_fraction of train instead")
+        if split == "test" and not examples and stats.dropped_unlabeled:
+            raise SplitTooSmallError(
+                f"{stats.source}: no labelled image, so the test split is empty: give each "
+                f"test image its labels (images without a label are left out; give them a "
+                f"class such as 'none')")
         splits[split] = examples
     check_distinct_images(splits)
     if "val" not in splits:
+        given = len(splits["train"])
         splits["train"], splits["val"] = hold_out(splits["train"], val_fraction)
         log(f"held out {len(splits['val'])} training images as the validation split")
+        _refuse_all_held_out(splits["train"], given, val_fraction, "validation")
     check_something_to_learn(splits["train"], label_map, unlabeled)
     return {split: splits[split] for split in SPLITS}, label_map
 
@@ -179,9 +186,22 @@ def check_distinct_images(splits: dict[str, list[Example]]) -> None:
                 f"remove one of the two")
 
 
+def _refuse_all_held_out(train: list[Example], given: int, val_fraction: float,
+                         held_for: str) -> None:
+    """Refuses a training split that `--data.val_fraction`'s hold-out emptied (told to
+    lower the batch size, the user could not)."""
+    if given and not train:
+        raise SplitTooSmallError(
+            f"--data.val_fraction={val_fraction} held out every one of the {given} training "
+            f"image(s) for {held_for}, leaving none to train on (each image is held out by "
+            f"the hash of its id, so a few images may all go): lower it, or add images")
+
+
 def check_split_sizes(splits: dict[str, list[Example]], batch_size: int) -> None:
     """Refuses, before any work, splits too small for the run, naming the fix."""
     train, val = len(splits["train"]), len(splits["val"])
+    if not train:
+        raise SplitTooSmallError("the train split is empty: add training images")
     if train < batch_size:
         raise SplitTooSmallError(
             f"the train split has {train} image(s), fewer than one batch of {batch_size}: "
@@ -219,11 +239,15 @@ def check_extracted_sizes(written: dict[str, int], skipped: dict[str, int], batc
               f"(a new feature cache is then extracted beside "
               f"{os.path.dirname(meta_file)}, which can be deleted once no run uses it; "
               f"a file of the same size as before needs that folder deleted first)")
+    if not written["train"]:
+        raise SplitEmptiedError(
+            f"the train split has no example after feature extraction: {lost('train')}; "
+            f"{remedy}")
     if written["train"] < batch_size:
         raise SplitTooSmallError(
             f"the train split has {written['train']} example(s) after feature extraction, "
             f"fewer than one batch of {batch_size}: {lost('train')}; {remedy}, or lower "
-            f"--train.batch_size (to at most {max(written['train'], 1)})")
+            f"--train.batch_size (to at most {written['train']})")
     for split, name in (("val", "validation"), ("test", "test")):
         if not written[split]:
             raise SplitEmptiedError(
