@@ -259,7 +259,8 @@ def size_split_average_precision(y_true, scores, label_areas,
     is absent (all negatives) plus the positives of size s; positives of the other
     size are left out. A positive is small when ``label_areas < small_area`` and large
     otherwise (``≥``), both compared in float32. Each mean runs over the classes with
-    at least one positive of that size (0.0 when there is none).
+    at least one positive of that size; with none at all, that AP is None (not defined:
+    0.0 read as a model that misses every object of the size).
 
     Args:
         y_true: [N, C] in {0, 1}.
@@ -270,7 +271,7 @@ def size_split_average_precision(y_true, scores, label_areas,
         small_area: the threshold area fraction, in (0, 1].
 
     Returns:
-        ``{"AP-small": float, "AP-large": float}``.
+        ``{"AP-small": float or None, "AP-large": float or None}``.
     """
     t = _as_binary("y_true", y_true)
     s = _as_scores("scores", scores)
@@ -308,7 +309,7 @@ def size_split_average_precision(y_true, scores, label_areas,
             keep = ~t[:, j] | subset[:, j]
             order = np.argsort(-s[keep, j], kind="stable")
             aps.append(_ap(t[keep, j][order]))
-        result[key] = 100.0 * float(np.mean(aps)) if aps else 0.0
+        result[key] = 100.0 * float(np.mean(aps)) if aps else None
     return result
 
 

@@ -37,7 +37,7 @@ from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.inference.predictor import Predictor
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap, listed_names
-from ofrnn_tf.metrics import format_table
+from ofrnn_tf.metrics import SIZE_SPLIT_KEYS, format_table
 from ofrnn_tf.modeling.model import fixed_label_order
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.training.distribute import (
@@ -516,6 +516,11 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
             f"({listed_names(names, _NAMED_CLASSES)}): C-R leaves them out, C-P counts each "
             f"as precision 0 (docs/model.md, Metrics), so C-P is at most "
             f"{100.0 * (num_classes - len(names)) / num_classes:.1f}")
+    for key, size in zip(SIZE_SPLIT_KEYS, ("below", "at least")):
+        if key in metrics and metrics[key] is None:
+            log(f"{split}: no {split} image holds an object of area {size} "
+                f"{facts.small_area:g} of the image: {key} is not defined (n/a in the "
+                f"table, null in the metrics file)")
     metrics.update(notes or {})
     run_dir.save_metrics(split, metrics, beam_size=decoding.beam_size)
     return metrics

@@ -255,6 +255,14 @@ def test_size_split_ap_by_hand():
     assert r["AP-large"] == pytest.approx(100 * 19 / 24)
 
 
+def test_a_size_without_any_object_has_no_ap_not_a_zero_one():
+    # Every positive small: AP-large has no object to rank (it read 0.0, "misses them all").
+    r = M.size_split_average_precision(SIZE_Y, SIZE_S, np.where(SIZE_Y > 0, 0.01, -1),
+                                       small_area=0.1)
+    assert r["AP-large"] is None and r["AP-small"] > 0
+    assert "n/a" in M.format_table({"run": r})
+
+
 def test_size_split_threshold_is_inclusive_for_large():
     # small_area = 0.4: class 1 image 3 has area exactly 0.4 -> large, so class 1 still
     # has no small positive. Class 0: small = {0, 2} (5/6 as above), large = {1} (1).
