@@ -221,8 +221,9 @@ def test_a_class_name_the_font_lacks_is_written_as_escapes_not_empty_boxes(tmp_p
 
     assert _drawable("狗 and café") == "\\u72d7 and café"
     assert _drawable("tab\tname") == "tab\\tname"  # a space the font lacks
+    assert _drawable("new\nline") == "new\\nline"  # it broke a step's title in two
     Image.fromarray(gray_image(40, 40)).save(tmp_path / "dog\tx.png")  # a tab in its name
-    prediction = dict(_prediction(tmp_path / "dog\tx.png"), labels=["狗", "café"])
+    prediction = dict(_prediction(tmp_path / "dog\tx.png"), labels=["狗", "new\nline"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns of each glyph it cannot draw
         path = draw_prediction(prediction, str(tmp_path / "out"), 0)

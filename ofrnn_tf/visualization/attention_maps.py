@@ -65,8 +65,9 @@ def _drawable(text: str) -> str:
     """`text` with the characters the font lacks written as escapes (``\\u72d7``): a
     class name in another script is read rather than drawn as empty boxes."""
     known = _font_characters()
-    # A tab or other space the font lacks is escaped too (matplotlib warns of each).
-    return "".join(c if ord(c) in known or c in " \n" else
+    # A tab, line break or other space the font lacks is escaped too (matplotlib warns
+    # of each, and a line break in a step's title ran it into the figure's title).
+    return "".join(c if ord(c) in known or c == " " else
                    c.encode("unicode_escape").decode("ascii") for c in text)
 
 
