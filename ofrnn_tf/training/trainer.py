@@ -967,12 +967,14 @@ def _last_step_learning_rate(optimizer) -> float:
     """The rate the optimizer's last update used. Keras evaluates a schedule at its
     `iterations`, the count after that update (the rate of the step to come: 0 after a
     cosine schedule's last step); a constant rate is a (possibly mirrored) variable."""
+    def number(value):  # a (possibly mirrored) variable's value does not convert with int()
+        return tf.convert_to_tensor(getattr(value, "value", value)).numpy()
+
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
     schedule = inner._learning_rate  # Keras keeps no public handle on the schedule
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(schedule(max(int(inner.iterations) - 1, 0)))
-    rate = inner.learning_rate
-    return float(tf.convert_to_tensor(getattr(rate, "value", rate)))
+        return float(schedule(max(int(number(inner.iterations)) - 1, 0)))
+    return float(number(inner.learning_rate))
 
 
 class _LoggingWindow:
