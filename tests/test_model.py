@@ -450,6 +450,48 @@ def test_model_keras_file_round_trip(tmp_path, mode, decoder, extra):
 
 
 
+# Layers that compute in float32 whatever the model's policy: M_map's class scores, the
+# decoder's logits and the label context (logits that half precision would round).
+FLOAT32_PARTS = ("/scores", "/logits", "/fc2", "label_context")
+
+
+def policies(layer: keras.layers.Layer, path: str = "") -> dict:
+    """`{layer path: its dtype policy}` for every layer inside `layer`."""
+    found = {}
+    for part in layer._flatten_layers(include_self=False, recursive=False):
+        found[f"{path}/{part.name}"] = part.dtype_policy.name
+        found.update(policies(part, f"{path}/{part.name}"))
+    return found
+
+
+@pytest.mark.parametrize("decoder, extra", [("paper", {}), ("residual", {
+    "head_kernel_size": 3, "label_context_units": UNITS})])
+def test_the_model_computes_in_its_own_dtype_policy_not_the_sessions(tmp_path, decoder, extra):
+    """A `.keras` file loads in the precision it was saved in (a notebook's global
+    mixed_float16 does not leak into its parts), and `dtype=` reaches every part but the
+    float32 ones."""
+    model = make_model(decoder=decoder, **extra)
+    x = features()
+    want = _outputs(model, x)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        loaded = keras.saving.load_model(path)
+        assert set(policies(loaded).values()) == {"float32"}
+        for a, b in zip(_outputs(loaded, x), want):
+            np.testing.assert_array_equal(a, b)
+        asked = make_model(decoder=decoder, dtype="float32", **extra)
+        assert set(policies(asked).values()) == {"float32"}
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed = make_model(decoder=decoder, dtype="mixed_float16", **extra)
+    for layer_path, policy in policies(mixed).items():
+        pinned = any(part in layer_path for part in FLOAT32_PARTS)
+        assert policy == ("float32" if pinned else "mixed_float16"), layer_path
+
+
+
 # -- the label context -----------------------------------------------------------------
 def correct_labels(model: OrderFreeRNN, seed: int = 5) -> None:
     """Gives the model's `LabelContext` a correction of its own (a fitted one)."""

@@ -134,34 +134,42 @@ class OrderFreeRNN(keras.Model):
         self.label_order = None if label_order is None else [int(c) for c in label_order]
 
         self.standardizer = None  # made in build, when the depth k is known
+        # The parts compute in the model's own policy (a `.keras` file's, or `dtype=`), not
+        # in whatever global policy the session has when they are made; the float32 parts
+        # (the label context, the layers that give logits) keep theirs.
+        policy = self.dtype_policy
         if head == "spatial":
             self.label_map_head = SpatialLabelHead(num_classes, units=head_units,
                                                    kernel_size=head_kernel_size,
-                                                   dropout=head_dropout, name="label_map_head")
+                                                   dropout=head_dropout, dtype=policy,
+                                                   name="label_map_head")
         else:
-            self.label_map_head = LabelMapHead(num_classes, dropout=head_dropout,
+            self.label_map_head = LabelMapHead(num_classes, dropout=head_dropout, dtype=policy,
                                                name="label_map_head")
         self.label_context = None
         if label_context_units:
             self.label_context = LabelContext(num_classes, units=label_context_units,
                                               dropout=label_context_dropout, name="label_context")
         if self.uses_decoder:
-            self.features_dropout = keras.layers.Dropout(feature_dropout, name="features_dropout")
-            self.init_h = keras.layers.Dense(lstm_units, activation="tanh", name="init_h")
-            self.init_c = keras.layers.Dense(lstm_units, activation="tanh", name="init_c")
+            self.features_dropout = keras.layers.Dropout(feature_dropout, dtype=policy,
+                                                         name="features_dropout")
+            self.init_h = keras.layers.Dense(lstm_units, activation="tanh", dtype=policy,
+                                             name="init_h")
+            self.init_c = keras.layers.Dense(lstm_units, activation="tanh", dtype=policy,
+                                             name="init_c")
             if self.softmax_steps:
                 # The "stop" entry of a step's softmax (CNN-RNN's and Orderless RNN's
                 # end token), read from h_t: without it the labels left share all of
                 # the step's probability and nothing teaches a path to end.
-                self.stop_logit = keras.layers.Dense(1, name="stop_logit")
+                self.stop_logit = keras.layers.Dense(1, dtype=policy, name="stop_logit")
             if self.residual:
                 self.cell = ResidualDecoderCell(num_classes, units=lstm_units, fc_units=fc_units,
-                                                dropout=dropout, name="cell")
+                                                dropout=dropout, dtype=policy, name="cell")
             else:
                 self.cell = ConfidenceRankedLSTMCell(
                     num_classes, units=lstm_units, attention_units=attention_units,
                     fc_units=fc_units, dropout=dropout, use_attention=(variant != "no_attention"),
-                    name="cell")
+                    dtype=policy, name="cell")
 
     @property
     def uses_decoder(self) -> bool:
@@ -184,7 +192,8 @@ class OrderFreeRNN(keras.Model):
     def build(self, features_shape):
         depth = features_shape[-1]
         if self.standardize:
-            self.standardizer = FeatureStandardizer(depth, name="standardizer")
+            self.standardizer = FeatureStandardizer(depth, dtype=self.dtype_policy,
+                                                    name="standardizer")
             self.standardizer.build(features_shape)
         self.label_map_head.build(features_shape)
         if self.label_context is not None:

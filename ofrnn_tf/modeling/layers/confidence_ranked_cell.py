@@ -58,10 +58,12 @@ class ConfidenceRankedLSTMCell(keras.layers.Layer):
         self.fc_units = fc_units
         self.dropout = dropout
         self.use_attention = use_attention
-        self.attention = VisualAttention(attention_units, name="attention") if use_attention else None
-        self.lstm = keras.layers.LSTMCell(units, name="lstm")
-        self.fc1 = keras.layers.Dense(fc_units, activation="relu", name="fc1")
-        self.fc1_dropout = keras.layers.Dropout(dropout, name="fc1_dropout")
+        policy = self.dtype_policy  # the layer's own, not the session's global one
+        self.attention = (VisualAttention(attention_units, dtype=policy, name="attention")
+                          if use_attention else None)
+        self.lstm = keras.layers.LSTMCell(units, dtype=policy, name="lstm")
+        self.fc1 = keras.layers.Dense(fc_units, activation="relu", dtype=policy, name="fc1")
+        self.fc1_dropout = keras.layers.Dropout(dropout, dtype=policy, name="fc1_dropout")
         self.fc2 = keras.layers.Dense(num_classes, dtype="float32", name="fc2")
 
     def build(self, features_shape):

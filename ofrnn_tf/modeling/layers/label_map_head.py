@@ -32,7 +32,7 @@ class LabelMapHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.dropout = dropout
-        self._dropout = keras.layers.Dropout(dropout, name="dropout")
+        self._dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
         self._dense = keras.layers.Dense(num_classes, dtype="float32", name="logits")
 
     def build(self, features_shape):

@@ -57,7 +57,8 @@ class ResidualDecoderCell(keras.layers.Layer):
         self.units = units
         self.fc_units = fc_units
         self.dropout = dropout
-        self.fc1_dropout = keras.layers.Dropout(dropout, name="fc1_dropout")
+        self.fc1_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy,
+                                                name="fc1_dropout")
         self.fc2 = keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype="float32",
                                       name="fc2")
 

@@ -57,12 +57,14 @@ class SpatialLabelHead(keras.layers.Layer):
         self.kernel_size = kernel_size
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number; got {kernel_size}")
-        self._dropout = keras.layers.Dropout(dropout, name="dropout")
+        policy = self.dtype_policy  # the layer's own, not the session's global one
+        self._dropout = keras.layers.Dropout(dropout, dtype=policy, name="dropout")
         if kernel_size == 1:
-            self._hidden = keras.layers.Dense(units, activation="relu", name="hidden")
+            self._hidden = keras.layers.Dense(units, activation="relu", dtype=policy,
+                                              name="hidden")
         else:
             self._hidden = keras.layers.Conv2D(units, kernel_size, padding="same",
-                                               activation="relu", name="hidden")
+                                               activation="relu", dtype=policy, name="hidden")
         self._scores = keras.layers.Dense(num_classes, dtype="float32", name="scores")
 
     def build(self, features_shape):

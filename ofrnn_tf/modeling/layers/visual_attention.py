@@ -42,9 +42,11 @@ class VisualAttention(keras.layers.Layer):
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        self._feature_proj = keras.layers.Dense(units, name="feature_proj")  # W_v, b
-        self._hidden_proj = keras.layers.Dense(units, use_bias=False, name="hidden_proj")  # W_h
-        self._score = keras.layers.Dense(1, use_bias=False, name="score")  # w
+        policy = self.dtype_policy  # the layer's own, not the session's global one
+        self._feature_proj = keras.layers.Dense(units, dtype=policy, name="feature_proj")  # W_v, b
+        self._hidden_proj = keras.layers.Dense(units, use_bias=False, dtype=policy,
+                                               name="hidden_proj")  # W_h
+        self._score = keras.layers.Dense(1, use_bias=False, dtype=policy, name="score")  # w
 
     def build(self, projected_shape, features_shape=None, hidden_shape=None):
         # `project_features` may already have built the feature projection.
