@@ -1,9 +1,12 @@
-"""Cross-references into docs/ name files and sections that exist.
+"""Cross-references into docs/ name files and sections that exist, and the Python names the
+documents give resolve.
 
 Code, benchmarks and documents point readers at `docs/<page>.md, "<section title>"`;
 a section renamed or moved to another page would leave those pointers dangling.
 """
 
+import functools
+import importlib
 import pathlib
 import re
 
@@ -13,6 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = ("README.md", "ofrnn_tf", "benchmarks", "serving", "scripts", "tests", "docs",
            "train.py", "export.py", "predict.py")
 REFERENCE = re.compile(r"(docs/[\w-]+\.md)`?(?:,\s+\"([^\"]+)\")?")
+PYTHON_NAME = re.compile(r"\bofrnn_tf(?:\.[A-Za-z_]\w*)+")
+DOCUMENTS = ("README.md", "docs", "serving/README.md")
 
 
 def _headings(page: pathlib.Path) -> set[str]:
@@ -63,3 +68,32 @@ def test_every_reference_into_docs_names_a_page_and_section_that_exist():
             broken.append(f'{source}: {page} has no section "{title}"')
     if broken:
         pytest.fail("\n".join(broken))
+
+
+def _resolves(name: str) -> bool:
+    """Whether `name` is reached as a reader would: `import` of its longest module prefix,
+    then attribute access from the top package (a submodule's attribute is its parent's
+    name for it, which a re-exported function of the same name replaces)."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            importlib.import_module(".".join(parts[:end]))
+            break
+        except ImportError:
+            continue
+    try:
+        functools.reduce(getattr, parts[1:], importlib.import_module(parts[0]))
+    except AttributeError:
+        return False
+    return True
+
+
+def test_every_python_name_the_documents_give_resolves():
+    names = {(path.relative_to(ROOT), name)
+             for document in DOCUMENTS
+             for path in ([ROOT / document] if document.endswith(".md")
+                          else sorted((ROOT / document).glob("*.md")))
+             for name in PYTHON_NAME.findall(path.read_text(encoding="utf-8"))}
+    assert len(names) > 5, "the scan found too few names to be looking at the documents"
+    broken = [f"{source}: {name}" for source, name in sorted(names) if not _resolves(name)]
+    assert not broken, "\n".join(broken)
