@@ -1,15 +1,17 @@
 """OrderFreeRNN (paper Fig. 2, Eq. 8–10, Alg. 1): variants, both decoders, the stage-2 losses,
 config and saving."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import assert_config_holds_every_argument
-from ofrnn_tf.config.experiment import VARIANTS
+from ofrnn_tf.config.experiment import VARIANTS, ExperimentConfig
 from ofrnn_tf.modeling.candidate_pool import mask_chosen
-from ofrnn_tf.modeling.model import OrderFreeRNN, fixed_label_order
+from ofrnn_tf.modeling.model import OrderFreeRNN, build_model, fixed_label_order
 
 B, M, K, C, UNITS = 4, 4, 6, 5, 8
 LABEL_COUNTS = [5, 3, 8, 1, 3]
@@ -397,6 +399,20 @@ def test_invalid_arguments_are_named():
     with pytest.raises(ValueError, match="no_attention ablation is of the paper's decoder"):
         OrderFreeRNN(num_classes=C, variant="no_attention", decoder="residual")
 
+
+
+def test_build_model_refuses_what_is_not_a_model_config_over_m_k_maps():
+    config = ExperimentConfig().model
+    for shape, given in (((14, 14, 112), "(14, 14, 112)"), ((196,), "(196,)"), (196, "(196,)")):
+        with pytest.raises(ValueError, match=r"feature_shape must be \(m, k\) = \(H·W, k\).* got "
+                           + re.escape(given) + ": pass the run facts' positions_and_depth"):
+            build_model(config, C, shape)
+    with pytest.raises(TypeError, match="must be a ModelConfig .*; got ExperimentConfig: "
+                                        "pass its .model"):
+        build_model(ExperimentConfig(), C, (M, K))
+    with pytest.raises(TypeError, match="must be a ModelConfig .*; got dict$"):
+        build_model({"lstm_units": UNITS}, C, (M, K))
+    assert build_model(config, C, tf.TensorShape([M, K])).standardizer.depth == K
 
 # -- config and saving -----------------------------------------------------------------
 def _outputs(model, x):

@@ -1,13 +1,13 @@
 """OrderFreeRNN: M_map + initial state + the confidence-ranked decoder, and its ablations."""
 
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import (
     ATTENTION_PENALTIES, DECODERS, HEADS, LABEL_CONTEXT_TRAINING, STAGE2_LOSSES, TRAIN_STEPS,
-    VARIANTS, ModelConfig)
+    VARIANTS, ExperimentConfig, ModelConfig)
 from ofrnn_tf.modeling.candidate_pool import CellState, advance, mask_chosen
 from ofrnn_tf.modeling.layers.confidence_ranked_cell import ConfidenceRankedLSTMCell
 from ofrnn_tf.modeling.layers.feature_standardizer import FeatureStandardizer
@@ -516,7 +516,17 @@ def _aligned_target(masked_logits, labels, y_tilde):
 def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[int],
                 label_order: Optional[Sequence[int]] = None,
                 stage2_loss: str = "bce") -> OrderFreeRNN:
-    """The built model a `ModelConfig` describes, over `(m, k)` feature maps."""
+    """The built model a `ModelConfig` describes, over `(m, k)` feature maps: the backbone's
+    `(H, W, k)` maps flattened to m = H·W positions (a run's `positions_and_depth`)."""
+    if not isinstance(config, ModelConfig):
+        remedy = ": pass its .model" if isinstance(config, ExperimentConfig) else ""
+        raise TypeError(f"config must be a ModelConfig (an ExperimentConfig's .model); got "
+                        f"{type(config).__name__}{remedy}")
+    shape = tuple(feature_shape) if isinstance(feature_shape, Iterable) else (feature_shape,)
+    if len(shape) != 2:
+        raise ValueError(f"feature_shape must be (m, k) = (H·W, k), the backbone's maps "
+                         f"flattened over their positions; got {shape}: pass the run facts' "
+                         f"positions_and_depth")
     model = OrderFreeRNN(
         num_classes=num_classes, variant=config.variant, head=config.head,
         head_units=config.head_units, head_kernel_size=config.head_kernel_size,
@@ -529,7 +539,7 @@ def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[i
         fc_units=config.fc_units, dropout=config.dropout,
         feature_dropout=config.feature_dropout, stage2_loss=stage2_loss,
         label_order=label_order)
-    model.build((None,) + tuple(feature_shape))
+    model.build((None,) + shape)
     return model
 
 
