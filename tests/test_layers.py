@@ -267,6 +267,22 @@ def test_feature_standardizer_statistics_over_unequal_batches_are_the_whole_spli
     np.testing.assert_allclose(layer.std.numpy(), flat.std(0) + layer.epsilon, rtol=1e-4)
 
 
+def test_feature_standardizer_refuses_labelled_batches_and_another_depth_naming_the_batch():
+    from ofrnn_tf.modeling.layers import FeatureStandardizer
+
+    layer = FeatureStandardizer(depth=K)
+    labelled = tf.data.Dataset.from_tensor_slices(
+        (np.ones([8, M, K], np.float32), np.zeros([8, 2], np.float32))).batch(4)
+    with pytest.raises(TypeError, match=r"batch 0 is a tuple .*: pass "
+                                        r"ds.map\(lambda features, labels: features\)"):
+        layer.adapt(labelled)
+    with pytest.raises(TypeError, match="batch 1 is a dict"):
+        layer.adapt([np.ones([2, M, K]), {"features": np.ones([2, M, K])}])
+    with pytest.raises(ValueError, match=f"batch 1 has 5 channels .*, the layer {K}"):
+        layer.adapt([np.ones([2, M, K]), np.ones([2, M, 5])])
+    assert not layer.is_adapted
+
+
 def test_spatial_head_pools_position_scores_between_mean_and_max():
     from ofrnn_tf.modeling.layers import SpatialLabelHead
 

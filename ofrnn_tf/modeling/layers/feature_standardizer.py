@@ -47,8 +47,8 @@ class FeatureStandardizer(keras.layers.Layer):
         total = np.zeros(self.depth, np.float64)
         squares = np.zeros(self.depth, np.float64)
         count = 0
-        for batch in batches:
-            values = np.asarray(batch, np.float64).reshape(-1, self.depth)
+        for index, batch in enumerate(batches):
+            values = self._channels_of(batch, index)
             total += values.sum(0)
             squares += np.square(values).sum(0)
             count += values.shape[0]
@@ -59,6 +59,21 @@ class FeatureStandardizer(keras.layers.Layer):
         self.mean.assign(mean.astype(np.float32))
         self.std.assign(std.astype(np.float32))
         self.adapted.assign(1.0)
+
+    def _channels_of(self, batch, index: int) -> np.ndarray:
+        """`batch` as `[values, k]`, refused when it is not a batch of features of k channels
+        (a `(features, labels)` pair, as `model.fit` takes, or maps of another backbone)."""
+        if isinstance(batch, (tuple, dict)):
+            raise TypeError(f"adapt takes batches of features only; batch {index} is a "
+                            f"{type(batch).__name__} (features and labels?): pass "
+                            f"ds.map(lambda features, labels: features)")
+        values = np.asarray(batch, np.float64)
+        if values.ndim == 0 or values.shape[-1] != self.depth:
+            channels = values.shape[-1] if values.ndim else "no"
+            raise ValueError(f"batch {index} has {channels} channels (shape {values.shape}), "
+                             f"the layer {self.depth}: adapt it with features of the maps "
+                             f"it reads")
+        return values.reshape(-1, self.depth)
 
     def call(self, features):
         dtype = features.dtype
