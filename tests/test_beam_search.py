@@ -1,6 +1,7 @@
 """Beam search (paper Eq. 11, docs/model.md) against plain-Python greedy and exhaustive
 references."""
 
+import functools
 import math
 
 import keras
@@ -460,6 +461,21 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="not built"):
         make_decoder(unbuilt, max_steps=2)
 
+
+@pytest.mark.parametrize("weight", [-0.1, 2.0, float("nan")])
+def test_a_score_mix_outside_0_1_is_refused_as_the_inference_module_refuses_it(weight):
+    model = model_for("order_free")
+    x = make_features(2)
+    message = (r"^score_mix is the weight of M_map's scores and must be in \[0, 1\]; "
+               rf"got {weight}$")
+    for decode in (functools.partial(beam_search, model, x, beam_size=2),
+                   functools.partial(greedy_decode, model, x),
+                   functools.partial(make_decoder, model)):
+        with pytest.raises(ValueError, match=message):
+            decode(max_steps=2, score_mix=weight)
+    # A tensor (a SavedModel's variable) is read at run time, not checked here.
+    scores = beam_search(model, x, max_steps=2, score_mix=tf.constant(0.5))["scores"]
+    assert scores.shape == (2, C)
 
 def test_numpy_integer_sizes_decode_as_python_ints_do():
     model = model_for("order_free")

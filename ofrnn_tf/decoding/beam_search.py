@@ -41,6 +41,18 @@ def _check_threshold(threshold: float) -> float:
     return threshold
 
 
+def check_score_mix(score_mix):
+    """`score_mix` (`mix_scores`' weight of M_map's v_prob) refused outside [0, 1], NaN too
+    (every score would be NaN); a tensor (a SavedModel's variable) is read at run time and
+    passes unchecked."""
+    if isinstance(score_mix, (tf.Tensor, tf.Variable)):
+        return score_mix
+    if not 0.0 <= float(score_mix) <= 1.0:
+        raise ValueError(f"score_mix is the weight of M_map's scores and must be in [0, 1]; "
+                         f"got {score_mix}")
+    return score_mix
+
+
 def log_threshold(threshold: float) -> np.float32:
     """`log τ` as the float32 both the graph and `select_for_threshold` compare against:
     the float32 τ's log taken in float64 and rounded once, as `_log_threshold_tensor`
@@ -191,8 +203,8 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
             the candidate pool stop a path). For the `baseline` variant it is the
             threshold on `v_prob` (default 0.5).
         min_labels: steps 1..min_labels are admissible whatever τ.
-        score_mix: weight of M_map's v_prob in the ranking scores (`mix_scores`); a
-            number or a scalar tensor.
+        score_mix: weight of M_map's v_prob in the ranking scores (`mix_scores`), in
+            [0, 1]; a number or a scalar tensor.
         all_steps: also return the recording τ is read from: `step_labels [B, T, T]`
             (the best path of every step, -1 padded), `step_log_prob [B, T]` (its
             log-probability, -inf where no path reached the step) and `path_scores
@@ -220,6 +232,7 @@ def beam_search(model, features: tf.Tensor, *, beam_size: int = 3, max_steps: in
     probability may be ordered either way.
     """
     beam_size, max_steps, min_labels = _check_args(model, beam_size, max_steps, min_labels)
+    check_score_mix(score_mix)
     if not model.uses_decoder:
         out = baseline_decode(model, features, max_steps=max_steps, threshold=threshold,
                               min_labels=min_labels)
@@ -386,6 +399,7 @@ def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Option
     beam_size, max_steps, min_labels = _check_args(model, beam_size, max_steps, min_labels)
     if threshold is not None:
         _check_threshold(threshold)
+    check_score_mix(score_mix)
     if not model.built:
         raise ValueError("the model is not built: call model.build((None, m, k)) or restore "
                          "its weights before making a decoder")

@@ -39,7 +39,8 @@ from typing import Optional
 
 import tensorflow as tf
 
-from ofrnn_tf.decoding.beam_search import BeamSizeError, beam_search, check_beam_size
+from ofrnn_tf.decoding.beam_search import (
+    BeamSizeError, beam_search, check_beam_size, check_score_mix)
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from ofrnn_tf.features.backbones import Backbone, get_backbone
 from ofrnn_tf.features.tfrecords import FEATURE_DTYPE, as_stored
@@ -116,10 +117,8 @@ class InferenceModule(tf.Module):
         if not 0.0 <= float(tau) <= 1.0:  # NaN too: the graph would compare log τ = NaN
             raise ValueError(f"tau is a path probability and must be in [0, 1]; got {tau}")
         self.tau = tf.Variable(float(tau), trainable=False, name="tau")
-        if not 0.0 <= float(score_mix) <= 1.0:  # NaN too: every score would be NaN
-            raise ValueError(f"score_mix is the weight of M_map's scores and must be in "
-                             f"[0, 1]; got {score_mix}")
-        self.score_mix = tf.Variable(float(score_mix), trainable=False, name="score_mix")
+        self.score_mix = tf.Variable(check_score_mix(float(score_mix)), trainable=False,
+                                     name="score_mix")
         self.label_names = tf.Variable(list(label_map.names), trainable=False, name="label_names")
         self.max_image_pixels = tf.Variable(int(max_image_pixels), dtype=tf.int64,
                                             trainable=False, name="max_image_pixels")
