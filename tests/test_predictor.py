@@ -871,3 +871,31 @@ def test_a_label_map_of_another_size_than_the_model_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="label map has 4 classes but the model 5"):
         InferenceModule(model, tiny_backbone, LabelMap(["a", "b", "c", "d"]), tau=0.5,
                         beam_size=2, max_steps=3)
+
+
+def test_the_module_takes_class_names_as_its_label_map_and_refuses_a_model_of_other_maps(
+        tiny_backbone):
+    from ofrnn_tf.inference import InferenceModule
+    from ofrnn_tf.labels import LabelMap
+    from ofrnn_tf.modeling.model import OrderFreeRNN
+
+    def model_over(positions, depth):
+        model = OrderFreeRNN(num_classes=3, lstm_units=8, attention_units=8, fc_units=8)
+        model.build((None, positions, depth))
+        return model
+
+    module = InferenceModule(model_over(16, 8), tiny_backbone, ["a", "b", "c"], tau=0.5,
+                             beam_size=2, max_steps=3)
+    assert module.label_map == LabelMap(["a", "b", "c"])
+    with pytest.raises(TypeError, match="a LabelMap or a list of class names; got the single "
+                                        "str 'abc'"):
+        InferenceModule(model_over(16, 8), tiny_backbone, "abc", tau=0.5, beam_size=2,
+                        max_steps=3)
+    maps = tiny_backbone.feature_shape  # (4, 4, 8)
+    for positions, depth in ((16, 6), (9, 8)):
+        with pytest.raises(ValueError, match=re.escape(
+                f"the model is built over (m, k) = ({positions}, {depth}) maps but backbone "
+                f"{tiny_backbone.name!r} gives {maps[0]}x{maps[1]}x{maps[2]} maps, "
+                f"(m, k) = (16, 8): pass the backbone its features were extracted with")):
+            InferenceModule(model_over(positions, depth), tiny_backbone, ["a", "b", "c"],
+                            tau=0.5, beam_size=2, max_steps=3)

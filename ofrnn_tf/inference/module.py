@@ -77,14 +77,30 @@ class _InProcessFunctions:
         self.check_images = check_images
 
 
+def _check_model_reads_maps_of(model, backbone: Backbone) -> None:
+    """Refuses a (built) model over other `(m, k)` maps than the backbone's `H·W, k`, which
+    would otherwise fail at its first image, deep in the standardizer or the head."""
+    built = (model.get_build_config() or {}).get("input_shape")
+    if built is None:
+        return
+    built = tuple(built)[-2:]
+    height, width, depth = backbone.feature_shape
+    wanted = (height * width, depth)
+    if any(size is not None and size != want for size, want in zip(built, wanted)):
+        raise ValueError(f"the model is built over (m, k) = {built} maps but backbone "
+                         f"{backbone.name!r} gives {height}x{width}x{depth} maps, (m, k) = "
+                         f"{wanted}: pass the backbone its features were extracted with")
+
+
 class InferenceModule(tf.Module):
     """Backbone + decoder + calibrated settings (see the module docstring).
 
     Args:
         model: a trained, built `OrderFreeRNN` over `[H·W, k]` maps of `backbone`.
         backbone: the frozen `Backbone` the run's features were extracted with.
-        label_map: class names in label-id order (only their number can be checked
-            against the model, which does not hold names: `from_run` reads the run's).
+        label_map: a `LabelMap`, or the class names in label-id order (only their number
+            can be checked against the model, which does not hold names: `from_run`
+            reads the run's).
         tau: the threshold τ on the path probability (on v_prob for `baseline`).
         score_mix: the weight of M_map's v_prob in the ranking scores (chosen on
             validation with τ; `ofrnn_tf.decoding.beam_search.mix_scores`).
@@ -105,12 +121,18 @@ class InferenceModule(tf.Module):
         super().__init__(name="ofrnn")
         if int(max_image_pixels) < 1:
             raise ValueError(f"max_image_pixels must be at least 1, got {max_image_pixels}")
+        if isinstance(label_map, str):
+            raise TypeError(f"label_map must be a LabelMap or a list of class names; got the "
+                            f"single str {label_map!r}")
+        if not isinstance(label_map, LabelMap):
+            label_map = LabelMap(label_map)
         if label_map.num_classes != model.num_classes:
             raise ValueError(f"label map has {label_map.num_classes} classes but the model "
                              f"{model.num_classes}")
         if not model.built:  # its standardizer and weights would be made while tracing
             raise ValueError("the model is not built: call it on a batch of features, or "
                              "`model.build((None, H·W, k))`, before restoring its weights")
+        _check_model_reads_maps_of(model, backbone)
         self._keras = _KerasParts(model, backbone)
         self.weights = [v.value for v in backbone.feature_model.weights + model.weights]
         self.label_map = label_map
