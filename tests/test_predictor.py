@@ -303,6 +303,7 @@ def test_image_above_the_pixel_limit_is_refused_unread(workdir, tiny_backbone, t
                                f"of 1000000 pixels")
 
 
+
 def test_baseline_variant_has_no_attention(tmp_path, tiny_backbone, images, make_fake_run):
     run = make_fake_run(tmp_path / "baseline", variant="baseline", tau=0.5)
     predictor = Predictor.from_run(str(run), backbone=tiny_backbone)
@@ -780,6 +781,18 @@ def test_a_single_path_or_bytes_object_is_refused_naming_the_list_it_takes(predi
         predictor.predict_files(images[0])
     with pytest.raises(TypeError, match=r"got one bytes object \(pass \[data\]"):
         predictor.predict_bytes(images[0].read_bytes())
+    with pytest.raises(TypeError, match=r"names must be a list, one per image; got the single "
+                                        r"str 'upload' \(pass \[name\] for one image\)"):
+        predictor.predict_bytes([images[0].read_bytes()], names="upload")
+
+
+def test_a_numpy_integer_batch_size_is_taken_as_an_int(predictor, images):
+    batched = Predictor(predictor.module, batch_size=np.int64(1))
+    assert batched.batch_size == 1 and type(batched.batch_size) is int
+    assert len(batched.predict_files(images[:2], attention=False)) == 2
+    for bad in (True, 0, 2.0, "2"):
+        with pytest.raises(ValueError, match=rf"batch_size must be an integer ≥ 1; got {bad!r}"):
+            Predictor(predictor.module, batch_size=bad)
 
 
 def test_arrays_of_any_size_are_read_as_the_same_image_as_a_file(predictor, images):

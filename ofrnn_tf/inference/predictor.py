@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -57,10 +58,11 @@ class Predictor:
     """
 
     def __init__(self, module: InferenceModule, batch_size: int = DEFAULT_BATCH_SIZE):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                or batch_size < 1):
             raise ValueError(f"batch_size must be an integer ≥ 1; got {batch_size!r}")
         self.module = module
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.label_map = module.label_map
         self.image_size = module.image_size
         height, width, _ = module.feature_shape
@@ -100,12 +102,8 @@ class Predictor:
         for i, data in enumerate(images):
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError(f"images[{i}] must be bytes; got {type(data).__name__}")
-        if names is None:
-            names = [f"<image {i}>" for i in range(len(images))]
-        elif len(names) != len(images):
-            raise ValueError(f"{len(names)} names for {len(images)} images")
-        return list(self._predict(list(names), lambda i: bytes(images[i]), attention=attention,
-                                  all_scores=all_scores, progress=progress))
+        return list(self._predict(_names(names, len(images)), lambda i: bytes(images[i]),
+                                  attention=attention, all_scores=all_scores, progress=progress))
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Optional[Sequence[str]] = None,
                        **kwargs) -> list[dict]:
@@ -196,6 +194,18 @@ class Predictor:
         if all_scores:
             result["all_scores"] = {n: float(s) for n, s in zip(self.label_map.names, scores)}
         return result
+
+
+def _names(names: Optional[Sequence[str]], count: int) -> list[str]:
+    """The names of `count` results: `names`, one per image, or ``<image i>``."""
+    if names is None:
+        return [f"<image {i}>" for i in range(count)]
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"names must be a list, one per image; got the single "
+                        f"{type(names).__name__} {names!r} (pass [name] for one image)")
+    if len(names) != count:
+        raise ValueError(f"{len(names)} names for {count} images")
+    return list(names)
 
 
 def _error(name: str, reason: str) -> dict:
