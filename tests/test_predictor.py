@@ -303,6 +303,19 @@ def test_image_above_the_pixel_limit_is_refused_unread(workdir, tiny_backbone, t
                                f"of 1000000 pixels")
 
 
+def test_an_array_above_the_pixel_limit_is_refused_before_it_is_encoded(workdir, tiny_backbone,
+                                                                       monkeypatch):
+    predictor = Predictor.from_run(str(workdir), backbone=tiny_backbone, max_image_pixels=10**6)
+    encode_png, encoded = tf.io.encode_png, []
+    monkeypatch.setattr(tf.io, "encode_png",
+                        lambda image: encoded.append(image.shape) or encode_png(image))
+    big, small = np.zeros((2000, 3000), np.uint8), np.zeros((40, 30, 3), np.uint8)
+    results = predictor.predict_arrays([big, small], attention=False)
+    assert results[0] == {"image": "<image 0>", "error": (
+        "<image 0>: array of 2000x3000 (H x W) = 6000000 pixels is above the limit of "
+        "1000000 pixels")}
+    assert "labels" in results[1] and encoded == [(40, 30, 3)]
+
 
 def test_baseline_variant_has_no_attention(tmp_path, tiny_backbone, images, make_fake_run):
     run = make_fake_run(tmp_path / "baseline", variant="baseline", tau=0.5)

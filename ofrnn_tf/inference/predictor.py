@@ -4,7 +4,7 @@
 settings calibrated after training) on batches of images. Files are decoded one by
 one first, so a corrupt or unreadable file costs only its own entry (an ``error``
 field), never its batch; an image whose header declares more than the module's
-``max_image_pixels`` is refused before it is decoded.
+``max_image_pixels`` is refused before it is decoded (an array, before it is encoded).
 
 Each result also carries the probability of every chosen label at the step it was
 chosen (`sigmoid(p_t[l_t])`, Eq. 11's factors).
@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.features.images import decode_checked
+from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.input_files import read_input_file
 from ofrnn_tf.status import progress_bar
@@ -106,19 +107,21 @@ class Predictor:
                                   attention=attention, all_scores=all_scores, progress=progress))
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Optional[Sequence[str]] = None,
-                       **kwargs) -> list[dict]:
+                       *, attention: bool = True, all_scores: bool = True,
+                       progress: bool = False) -> list[dict]:
         """Predicts decoded images of any size: uint8 `[H, W]`, `[H, W, 1]` (gray),
         `[H, W, 3]` (RGB) or `[H, W, 4]` (RGBA, alpha dropped). Each is stored as a PNG,
         which loses nothing, and read back as `predict_bytes` reads any file (keyword
         arguments: those of `predict_bytes`), so it is resized exactly as in training and
-        serving."""
+        serving. An array of more than the module's `max_image_pixels` pixels gets an
+        error entry, as a file that declares as many does, without being encoded."""
         if isinstance(images, (np.ndarray, tf.Tensor)):
             if len(images.shape) != 4:  # one image would be read row by row
                 raise TypeError(f"images must be a list of images or a [N, H, W, C] batch; "
                                 f"got one array of shape {tuple(images.shape)} (pass [image] "
                                 f"for a single image)")
             images = list(np.asarray(images))  # a batch of equal-sized images
-        encoded = []
+        arrays = []
         for i, image in enumerate(images):
             array = np.asarray(image)
             if array.ndim == 2:
@@ -127,8 +130,18 @@ class Predictor:
                     or 0 in array.shape):
                 raise ValueError(f"images[{i}] must be uint8 [H, W], [H, W, 1], [H, W, 3] or "
                                  f"[H, W, 4] with H, W ≥ 1; got {array.dtype} {array.shape}")
-            encoded.append(tf.io.encode_png(array).numpy())
-        return self.predict_bytes(encoded, names, **kwargs)
+            arrays.append(array)
+        limit = int(self.module.max_image_pixels.numpy())
+
+        def encoded(i: int) -> bytes:
+            height, width = arrays[i].shape[:2]
+            if height * width > limit:  # refused before the seconds a huge PNG takes
+                raise ValueError(f"array of {height}x{width} (H x W) = {height * width} pixels "
+                                 f"is {PIXEL_LIMIT_WORDS} {limit} pixels")
+            return tf.io.encode_png(arrays[i]).numpy()
+
+        return list(self._predict(_names(names, len(arrays)), encoded, attention=attention,
+                                  all_scores=all_scores, progress=progress))
 
     def predict_files(self, paths: Sequence[str], *, attention: bool = True,
                       all_scores: bool = True, progress: bool = False) -> list[dict]:
