@@ -664,6 +664,43 @@ def test_ctrl_c_or_sigterm_mid_epoch_saves_the_step_it_lands_in(tmp_path, run, c
                                    err_msg=path)
 
 
+def test_a_sigterm_during_the_checkpoint_ending_an_epoch_waits_for_it(tmp_path, capsys):
+    # Between the epoch's last step and its checkpoint the signal ended the run at once:
+    # no checkpoint of the epoch (its steps trained again), or half a one (a `_temp` folder).
+    workdir, handed_on = str(tmp_path), []
+
+    def command_handler(number, frame):
+        handed_on.append(number)
+        raise KeyboardInterrupt
+
+    trainer = make_trainer(workdir, tiny_config(), synthetic_data(), scripted_validation([]))
+    save = trainer.manager.save
+
+    def save_signalled(checkpoint_number=None):
+        if checkpoint_number == STEPS_PER_EPOCH:  # the first epoch's end
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        return save(checkpoint_number=checkpoint_number)
+
+    trainer.manager.save = save_signalled
+    previous = signal.signal(signal.SIGTERM, command_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handed_on == [signal.SIGTERM]
+    checkpoints = RunDir(workdir).checkpoints_dir()
+    assert tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{STEPS_PER_EPOCH}")
+    assert not glob.glob(os.path.join(checkpoints, "*_temp*"))
+    assert (f"[train] SIGTERM: stopped after global step {STEPS_PER_EPOCH}, saved as "
+            f"ckpt-{STEPS_PER_EPOCH}") in capsys.readouterr().err
+    resumed = make_trainer(workdir, tiny_config(), synthetic_data(), scripted_validation([]))
+    assert resumed.restore()
+    assert resumed.position().startswith(
+        f"stage 1 epoch 1/2, step {STEPS_PER_EPOCH}/{STEPS_PER_EPOCH}")
+
+
 def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored():
     stops = []
 
@@ -1202,6 +1239,26 @@ def test_a_resumed_run_logs_each_step_once_and_every_epoch_end(tmp_path):
     assert [step for step, _ in logged["loss/stage2"]] == [2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH]
     assert [step for step, _ in logged["validation_stage2/score"]] == [2 * STEPS_PER_EPOCH,
                                                                       3 * STEPS_PER_EPOCH]
+
+
+def test_a_rerun_stopped_before_its_first_point_leaves_no_empty_event_file(tmp_path):
+    # Points only at epoch ends; each run stops in the save after step SPE + 2.
+    config = tiny_config(runtime={"checkpoint_every": 1, "log_every": 100})
+    scored = lambda model, stage: {"score": 1.0}
+    for _ in range(2):
+        trainer = make_trainer(str(tmp_path), config, synthetic_data(), scored)
+        trainer.restore()
+        save = trainer.manager.save
+
+        def save_or_stop(checkpoint_number=None, save=save):
+            if checkpoint_number == STEPS_PER_EPOCH + 2:
+                raise KeyboardInterrupt
+            return save(checkpoint_number=checkpoint_number)
+
+        trainer.manager.save = save_or_stop
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+    assert len(os.listdir(RunDir(str(tmp_path)).tensorboard_dir)) == 1
 
 
 def test_a_run_stopped_mid_epoch_resumes_on_the_epochs_remaining_batches(tmp_path):

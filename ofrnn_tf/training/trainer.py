@@ -770,9 +770,9 @@ class Trainer:
                 if score_fn is None:
                     continue
                 score = score_fn()
-                with self.writer.as_default():  # by epoch: it has no steps of the stages'
-                    self._scalar("label_context_by_epoch/validation_score", score, epoch + 1)
-                    self._scalar("label_context_by_epoch/loss", loss, epoch + 1)
+                # By epoch: it has no steps of the stages'.
+                self._scalar("label_context_by_epoch/validation_score", score, epoch + 1)
+                self._scalar("label_context_by_epoch/loss", loss, epoch + 1)
                 bar.set_postfix(ordered(loss=f"{loss:.4f}", val=f"{score:.2f}"), refresh=False)
                 if score > best:
                     best, best_epoch, since_best = score, epoch + 1, 0
@@ -813,19 +813,32 @@ class Trainer:
         """Trains the rest of the current epoch and checkpoints it, then validates it and
         checkpoints again: a validation that fails loses no training, and the rerun
         resumes from the first checkpoint (its steps all done) to redo the validation."""
-        if int(self.step_in_epoch) < self.steps_per_epoch:
-            self._run_steps(stage)
-        step = int(self.global_step)
-        # Unless `checkpoint_every` just did, or the run resumed from it: decided alike on
-        # every worker, as every worker takes part in a save.
-        if self.validate_fn is not None and self._saved_step != step:
-            self._save(step)
+        # Held over the steps and the checkpoint that ends them (one process only: a
+        # multi-worker save needs every worker): a signal there is delivered once saved.
+        held = StepInterrupts(enabled=num_workers(self.strategy) == 1,
+                              on_stop=self._save_for_stop)
+        with held:
+            if int(self.step_in_epoch) < self.steps_per_epoch:
+                self._run_steps(stage, held)
+            step = int(self.global_step)
+            # Unless `checkpoint_every` just did, or the run resumed from it: decided alike
+            # on every worker, as every worker takes part in a save.
+            if self.validate_fn is not None and self._saved_step != step:
+                self._save(step)
         self.epoch.assign_add(1)
         self.step_in_epoch.assign(0)
         if self.validate_fn is not None:
-            with self.writer.as_default():
-                self._validate(stage)
+            self._validate(stage)
         self._save(step)
+
+    def _save_for_stop(self, signum: int) -> None:
+        """Checkpoints the last step done before a held Ctrl-C or SIGTERM is handed on."""
+        step = int(self.global_step)
+        if self._saved_step != step:
+            self._save(step)
+        said = "SIGTERM" if signum == signal.SIGTERM else "SIGINT (Ctrl-C)"
+        print(f"[train] {said}: stopped after global step {step}, saved as "
+              f"{os.path.basename(self.manager.latest_checkpoint)}", file=sys.stderr)
 
     @functools.cached_property
     def writer(self) -> tf.summary.SummaryWriter:
@@ -846,9 +859,10 @@ class Trainer:
         self.manager.save(checkpoint_number=step)
         self._saved_step = step
 
-    def _run_steps(self, stage: int):
+    def _run_steps(self, stage: int, held: StepInterrupts):
         """The current epoch's remaining training steps (checkpointed every
-        ``checkpoint_every`` global steps)."""
+        ``checkpoint_every`` global steps), up to the end of the step in which `held` notes
+        a signal."""
         epoch, start_step = int(self.epoch), int(self.step_in_epoch)
         stage_config = self.stage_config(stage)
         if stage not in self._train_steps:
@@ -860,9 +874,7 @@ class Trainer:
         bar = progress_bar(total=self.steps_per_epoch, initial=start_step, unit="step",
                            desc=f"stage {stage} epoch {epoch + 1}/{stage_config.epochs}",
                            enabled=self.progress and self.chief)
-        # Held to a step's end only in one process: a multi-worker save needs every worker.
-        held = StepInterrupts(enabled=num_workers(self.strategy) == 1)
-        with held, bar, self.writer.as_default():
+        with bar:
             for _ in range(start_step, self.steps_per_epoch):
                 loss, per_step = train_step(iterator)
                 loss = float(loss)
@@ -901,21 +913,14 @@ class Trainer:
                     self._save(step)
                 if held.pending is not None:
                     break
-            if held.pending is not None:
-                step = int(self.global_step)
-                if self._saved_step != step:
-                    self._save(step)
-                bar.close()  # its last state drawn before the line that says why
-                said = "SIGTERM" if held.pending == signal.SIGTERM else "SIGINT (Ctrl-C)"
-                print(f"[train] {said}: stopped after global step {step}, saved as "
-                      f"{os.path.basename(self.manager.latest_checkpoint)}", file=sys.stderr)
-                held.deliver()
 
     def _scalar(self, tag: str, value, step: int) -> None:
         """A TensorBoard point, unless a stopped run already logged this tag at `step`
         or later (its rerun replays the steps after its last checkpoint)."""
         if step > self._logged.get(tag, 0):
-            tf.summary.scalar(tag, value, step=step)
+            # The writer is made here, at a point: a rerun that logs none leaves no file.
+            with self.writer.as_default():
+                tf.summary.scalar(tag, value, step=step)
 
     def _validate(self, stage: int):
         metrics = self.validate_fn(self.model, stage)
