@@ -541,6 +541,87 @@ def test_a_dropped_server_still_lets_its_session_go(monkeypatch):
     assert closed.wait(timeout=10)
 
 
+def test_native_lines_are_shown_one_a_second_with_a_count_of_those_left_out():
+    from ofrnn_tf.serving.native_log import LineLimit
+
+    def said(limit, events):
+        out = []
+        for t, text in events:
+            out += limit.line(text.encode() + b"\n", t) if text else limit.tick(t)
+        return [line.decode().rstrip("\n") for line in out]
+
+    burst = [(0.0, "a"), (0.1, "b"), (0.2, "c"), (0.9, "d"), (1.0, "e"), (1.5, "f"),
+             (1.9, None), (2.0, None), (2.1, None)]
+    limit = LineLimit(interval=1.0)
+    assert said(limit, burst) == ["a", "(3 more since the last native line)", "e",
+                                  "(1 more since the last native line)"]
+    assert limit.seconds_to_next_tick(2.1) is None
+    assert said(limit, [(3.0, "g"), (4.0, "h"), (5.0, "i")]) == ["g", "h", "i"]
+    # At the end, the lines left out are counted after a clean stop...
+    assert said(limit, [(5.1, "j"), (5.2, "k")]) == []
+    assert [line.decode() for line in limit.end(clean=True)] == [
+        "(2 more since the last native line)\n"]
+    # ... and written after any other end (a crash's last words), the last few of them.
+    limit = LineLimit(interval=1.0, max_held=2)
+    said(limit, [(0.0, "a"), (0.1, "b"), (0.2, "c"), (0.3, "fatal")])
+    assert [line.decode() for line in limit.end(clean=False)] == [
+        "(1 more since the last native line; the last 2 follow)\n", "c\n", "fatal\n"]
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_the_native_line_forwarder_passes_on_everything_read_before_the_pipes_end(clean):
+    from ofrnn_tf.serving.native_log import CLEAN_END, forward
+
+    source, source_end = os.pipe()
+    sink_end, sink = os.pipe()
+    os.write(source_end, b"first\nsecond\nthird\n" + (CLEAN_END if clean else b"no newline"))
+    os.close(source_end)
+    forward(source, sink, clock=lambda: 0.0)  # all at once: one second not yet over
+    os.close(sink)
+    with os.fdopen(sink_end, "rb") as got, os.fdopen(source):
+        written = got.read().decode()
+    assert written == ("first\n(2 more since the last native line)\n" if clean
+                       else "first\nsecond\nthird\nno newline\n")
+
+
+@pytest.mark.parametrize("end", ["os.abort()", "limited.close()"])
+def test_native_lines_written_just_before_the_process_ends_reach_its_stderr(end):
+    script = ("import os, sys\n"
+              "from ofrnn_tf.serving.native_log import limit_native_stderr\n"
+              "limited = limit_native_stderr()\n"
+              "print('from Python', file=sys.stderr)\n"
+              "os.write(2, b'native 1\\n')\n"
+              "os.write(2, b'F0101 last words\\n')\n"
+              "sys.stderr.flush()\n"
+              f"{end}\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=60)
+    lines = done.stderr.splitlines()
+    assert "from Python" in lines and "native 1" in lines, done.stderr
+    if end == "os.abort()":
+        assert done.returncode < 0 and "F0101 last words" in lines, done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert "(1 more since the last native line)" in lines, done.stderr
+
+
+def test_without_its_forwarding_process_native_lines_go_to_stderr_as_before(monkeypatch):
+    from absl import logging as absl_logging
+
+    from ofrnn_tf.serving import native_log
+
+    said = []
+    monkeypatch.setattr(absl_logging, "warning", lambda fmt, *args: said.append(fmt % args))
+    monkeypatch.setattr(native_log.sys, "executable", "/nonexistent/python")
+    stderr, before = sys.stderr, os.fstat(2)
+    assert native_log.limit_native_stderr() is None
+    assert sys.stderr is stderr and os.path.samestat(os.fstat(2), before)
+    assert len(said) == 1 and said[0].startswith(
+        "native stderr lines (libjpeg, TensorFlow's C++ log) are not rate-limited: their "
+        "forwarding process did not start: [Errno 2]"), said
+
+
 # --- local server in a child process -------------------------------------------
 
 
