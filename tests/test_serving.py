@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -635,8 +636,14 @@ def model_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(model_base, tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+def server_log(tmp_path_factory):
+    """The file the `server` fixture's stderr goes to."""
+    return tmp_path_factory.mktemp("log") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(model_base, server_log):
+    log = open(server_log, "w+")
     proc, target = start_subprocess(
         model_base, extra_args=[f"--max_image_pixels={PIXEL_LIMIT}",
                                 f"--max_message_bytes={MESSAGE_LIMIT}", "--max_workers=8"],
@@ -839,6 +846,39 @@ def test_bad_request_is_refused_and_server_keeps_serving(case, server, stub):
     for fragment in fragments:
         assert fragment in err.value.details()
     assert_good_request_works(server)
+
+
+def garbled_jpeg() -> bytes:
+    """A JPEG of noise with 300 bytes of its data scrambled: the decoder refuses it, and
+    libjpeg writes lines of its own to stderr each time it is decoded (twice a request)."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    return data[:300] + rng.integers(0, 256, 300, dtype=np.uint8).tobytes() + data[600:]
+
+
+@slow
+def test_the_native_lines_of_damaged_jpegs_sent_in_a_loop_are_rate_limited(
+        server, stub, server_log):
+    shown_before = len(server_log.read_text(errors="replace").splitlines())
+    requests = 60
+    for _ in range(requests):
+        with pytest.raises(grpc.RpcError) as err:
+            raw_predict(stub, {"images": strings([garbled_jpeg()])})
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert_good_request_works(server)
+    # The line counting those left out comes once the second after the last one shown ends.
+    for _ in range(100):
+        lines = server_log.read_text(errors="replace").splitlines()[shown_before:]
+        if any("more since the last native line" in line for line in lines):
+            break
+        time.sleep(0.2)
+    # libjpeg alone wrote two lines a request, each time the image was decoded.
+    assert any("Corrupt JPEG data" in line for line in lines), lines
+    assert len(lines) < requests, "\n".join(lines)
+    assert re.search(r"^\(\d+ more since the last native line\)$", "\n".join(lines), re.M), \
+        "\n".join(lines)
 
 
 @slow

@@ -8,7 +8,8 @@ Ctrl-C, which give requests in flight a short grace. The version is the one newe
 it starts: restart it to serve a later export (TensorFlow Serving watches the folder
 instead). It prints
 ``LISTENING <host>:<port>`` once the warm-up requests have run and the port is
-open.
+open; from then on the lines native code (libjpeg, TensorFlow's C++ log) writes to
+stderr are rate-limited (`ofrnn_tf.serving.native_log`).
 """
 
 import math
@@ -68,6 +69,7 @@ def main(argv: Sequence[str]) -> None:
     refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
     # Here, after the flags are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.serving.local_server import SHUTDOWN_GRACE_SECONDS, grpc_address, serve
+    from ofrnn_tf.serving.native_log import limit_native_stderr
 
     try:
         server, port = serve(FLAGS.model_base_path, FLAGS.model_name, FLAGS.host, FLAGS.port,
@@ -87,11 +89,17 @@ def main(argv: Sequence[str]) -> None:
         return server.stop(grace=SHUTDOWN_GRACE_SECONDS)
 
     signal.signal(signal.SIGTERM, lambda *_: stop("SIGTERM"))
+    # From here on, what libjpeg and TensorFlow's C++ code write to stderr is rate-limited
+    # (a damaged JPEG gets a few lines each); TensorFlow's start-up lines went through.
+    native_stderr = limit_native_stderr()
     print(f"{LISTENING_PREFIX}{grpc_address(FLAGS.host, port)}", flush=True)
     try:
         server.wait_for_termination()
     except KeyboardInterrupt:
         stop("Ctrl-C").wait()
+    finally:
+        if native_stderr is not None:
+            native_stderr.close()
 
 
 run = runner(define_flags, main)
