@@ -664,16 +664,19 @@ def test_ctrl_c_or_sigterm_mid_epoch_saves_the_step_it_lands_in(tmp_path, run, c
                                    err_msg=path)
 
 
-def test_a_sigterm_during_the_checkpoint_ending_an_epoch_waits_for_it(tmp_path, capsys):
+@pytest.mark.parametrize("validated", [True, False], ids=["validated", "not validated"])
+def test_a_sigterm_during_the_checkpoint_ending_an_epoch_waits_for_it(tmp_path, capsys,
+                                                                      validated):
     # Between the epoch's last step and its checkpoint the signal ended the run at once:
     # no checkpoint of the epoch (its steps trained again), or half a one (a `_temp` folder).
     workdir, handed_on = str(tmp_path), []
+    validate_fn = scripted_validation([]) if validated else None
 
     def command_handler(number, frame):
         handed_on.append(number)
         raise KeyboardInterrupt
 
-    trainer = make_trainer(workdir, tiny_config(), synthetic_data(), scripted_validation([]))
+    trainer = make_trainer(workdir, tiny_config(), synthetic_data(), validate_fn)
     save = trainer.manager.save
 
     def save_signalled(checkpoint_number=None):
@@ -695,10 +698,38 @@ def test_a_sigterm_during_the_checkpoint_ending_an_epoch_waits_for_it(tmp_path, 
     assert not glob.glob(os.path.join(checkpoints, "*_temp*"))
     assert (f"[train] SIGTERM: stopped after global step {STEPS_PER_EPOCH}, saved as "
             f"ckpt-{STEPS_PER_EPOCH}") in capsys.readouterr().err
-    resumed = make_trainer(workdir, tiny_config(), synthetic_data(), scripted_validation([]))
+    resumed = make_trainer(workdir, tiny_config(), synthetic_data(), validate_fn)
     assert resumed.restore()
+    # Validated, the rerun validates the epoch its checkpoint holds whole; else goes on.
     assert resumed.position().startswith(
-        f"stage 1 epoch 1/2, step {STEPS_PER_EPOCH}/{STEPS_PER_EPOCH}")
+        f"stage 1 epoch 1/2, step {STEPS_PER_EPOCH}/{STEPS_PER_EPOCH}" if validated else
+        "stage 1 after epoch 1/2")
+
+
+def test_a_signal_while_stage_2_builds_its_input_stops_there(tmp_path):
+    # Held from the epoch's start, it waited for M_map's pass over the whole training split,
+    # a step and a checkpoint: seconds to minutes of a container's grace.
+    config = tiny_config(model={"decoder": "residual", "head": "spatial"})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(), scripted_validation([]))
+    assert trainer.cache_head_outputs
+    keep, steps = trainer._keep_head_outputs, []
+
+    def keep_interrupted(context):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        return keep(context)
+
+    trainer._keep_head_outputs = keep_interrupted
+    make = trainer._make_train_step
+
+    def counted(stage):
+        step = make(stage)
+        return lambda iterator: (steps.append(stage), step(iterator))[1]
+
+    trainer._make_train_step = counted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert 2 not in steps  # not one stage-2 step after the Ctrl-C
 
 
 def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored():

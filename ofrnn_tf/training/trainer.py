@@ -813,23 +813,35 @@ class Trainer:
         """Trains the rest of the current epoch and checkpoints it, then validates it and
         checkpoints again: a validation that fails loses no training, and the rerun
         resumes from the first checkpoint (its steps all done) to redo the validation."""
+        steps_left = int(self.step_in_epoch) < self.steps_per_epoch
+        # Built before the hold: building data (stage 2's pass of M_map over the training
+        # split) stops where a signal lands.
+        batches = self._epoch_batches(stage) if steps_left else None
         # Held over the steps and the checkpoint that ends them (one process only: a
         # multi-worker save needs every worker): a signal there is delivered once saved.
         held = StepInterrupts(enabled=num_workers(self.strategy) == 1,
                               on_stop=self._save_for_stop)
         with held:
-            if int(self.step_in_epoch) < self.steps_per_epoch:
-                self._run_steps(stage, held)
+            if steps_left:
+                self._run_steps(stage, *batches, held)
+            if held.pending is not None:
+                return  # `on_stop` saves, then the signal is handed on
             step = int(self.global_step)
+            if self.validate_fn is None:
+                self._end_epoch()
+                self._save(step)
+                return
             # Unless `checkpoint_every` just did, or the run resumed from it: decided alike
             # on every worker, as every worker takes part in a save.
-            if self.validate_fn is not None and self._saved_step != step:
+            if self._saved_step != step:
                 self._save(step)
+        self._end_epoch()
+        self._validate(stage)
+        self._save(step)
+
+    def _end_epoch(self) -> None:
         self.epoch.assign_add(1)
         self.step_in_epoch.assign(0)
-        if self.validate_fn is not None:
-            self._validate(stage)
-        self._save(step)
 
     def _save_for_stop(self, signum: int) -> None:
         """Checkpoints the last step done before a held Ctrl-C or SIGTERM is handed on."""
@@ -859,16 +871,19 @@ class Trainer:
         self.manager.save(checkpoint_number=step)
         self._saved_step = step
 
-    def _run_steps(self, stage: int, held: StepInterrupts):
+    def _epoch_batches(self, stage: int):
+        """`(train_step, iterator)` for the rest of the current epoch."""
+        if stage not in self._train_steps:
+            self._train_steps[stage] = self._make_train_step(stage)
+        return self._train_steps[stage], iter(self._epoch_dataset(
+            stage, int(self.epoch), int(self.step_in_epoch)))
+
+    def _run_steps(self, stage: int, train_step, iterator, held: StepInterrupts):
         """The current epoch's remaining training steps (checkpointed every
         ``checkpoint_every`` global steps), up to the end of the step in which `held` notes
         a signal."""
         epoch, start_step = int(self.epoch), int(self.step_in_epoch)
         stage_config = self.stage_config(stage)
-        if stage not in self._train_steps:
-            self._train_steps[stage] = self._make_train_step(stage)
-        train_step = self._train_steps[stage]
-        iterator = iter(self._epoch_dataset(stage, epoch, start_step))
         runtime = self.config.runtime
         window = _LoggingWindow()
         bar = progress_bar(total=self.steps_per_epoch, initial=start_step, unit="step",
@@ -989,7 +1004,8 @@ class _LoggingWindow:
     A point of `loss_per_decoding_step/t<t>` is the mean over the window's batches in
     which some image took step t (one batch's value was noisy, and 0 where none did);
     `examples_per_second` is the window's own pace, not the epoch's average so far, and
-    leaves out the first step after a (re)start, which traces the step function."""
+    leaves out each epoch's first step (the one that traces the step function, or waits
+    for the epoch's input to start)."""
 
     def __init__(self):
         self._traced = None  # when the first step, the trace, ended
