@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from absl import flags
 
@@ -146,13 +146,27 @@ def check_choices(name: str, choices: Sequence[str]) -> None:
                              message=f"--{name} takes some of {', '.join(choices)}")
 
 
-def mean_std(values: Sequence[float]) -> str:
-    """`mean ± std` of per-seed values with one decimal (one value alone, "not run" for none)."""
+def mean_std(values: Sequence[Optional[float]]) -> str:
+    """`mean ± std` of per-seed values with one decimal (one value alone, "not run" for
+    none); a None (a metric a seed's split leaves undefined, as AP-small without a small
+    object) is left out, "n/a" where every value is one."""
     if not values:
         return "not run"
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """`a - b`, or None where either is not defined."""
+    return None if a is None or b is None else a - b
+
+
+def one_decimal(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def checkout_label(checkout: str) -> str:

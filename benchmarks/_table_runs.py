@@ -13,7 +13,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from benchmarks._results import check_choices, check_int_list, mean_std, publish
+from benchmarks._results import (
+    check_choices, check_int_list, difference, mean_std, one_decimal, publish)
 
 from ofrnn_tf import pipeline
 from ofrnn_tf.config import flags as config_flags
@@ -229,13 +230,14 @@ def mode_tables(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]],
     lines = [format_table(mean_std_rows(tables, columns), columns=list(columns),
                           name_header="row"), ""]
     if over is not None and len(seeds) > 1:
-        leads = {row: {column: mean_std([t[row][column] - t[over][column] for t in tables])
+        leads = {row: {column: mean_std([difference(t[row][column], t[over][column])
+                                         for t in tables])
                        for column in over_columns}
                  for row in tables[0] if row != over}
         lines += [f"Lead over `{over}`, mean ± std of the per-seed differences:", "",
                   format_table(leads, columns=list(over_columns), name_header="row"), ""]
     for seed in seeds if len(seeds) > 1 else ():
-        seed_table = {row: {column: f"{values[column]:.1f}" for column in columns}
+        seed_table = {row: {column: one_decimal(values[column]) for column in columns}
                       for row, values in per_seed[seed].items()}
         lines += [f"Seed {seed}:", "", format_table(seed_table, columns=list(columns),
                                                     name_header="row"), ""]

@@ -62,7 +62,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import mean_std, publish  # noqa: E402
+from benchmarks._results import difference, mean_std, publish  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
@@ -220,7 +220,12 @@ def claims(mode: str, per_seed: dict[int, dict]) -> list[str]:
             continue
         parts, met = [], True
         for column in ("C-F1", "O-F1", "mAP", "AP-small"):
-            diffs = [per_seed[s][row][column] - per_seed[s][reference][column] for s in seeds]
+            diffs = [difference(per_seed[s][row][column], per_seed[s][reference][column])
+                     for s in seeds]
+            diffs = [d for d in diffs if d is not None]  # AP-small of a split without one
+            if not diffs:
+                parts.append(f"{column} n/a")
+                continue
             mean = statistics.mean(diffs)
             if len(diffs) == 1:  # one seed: no spread to compare with
                 parts.append(f"{column} {mean:+.1f}")

@@ -518,7 +518,7 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
             f"{100.0 * (num_classes - len(names)) / num_classes:.1f}")
     for key, size in zip(SIZE_SPLIT_KEYS, ("below", "at least")):
         if key in metrics and metrics[key] is None:
-            log(f"{split}: no {split} image holds an object of area {size} "
+            log(f"{split}: in no {split} image is a label's largest item of an area {size} "
                 f"{facts.small_area:g} of the image: {key} is not defined (n/a in the "
                 f"table, null in the metrics file)")
     metrics.update(notes or {})

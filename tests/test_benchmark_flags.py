@@ -304,6 +304,17 @@ def test_paper_table_publishes_no_mode_when_one_has_no_finished_runs(tmp_path):
     assert "Benchmark mode" not in done.stdout  # the independent mode's section neither
 
 
+def test_a_metric_a_seed_leaves_undefined_is_left_out_of_the_tables_not_a_crash():
+    # AP-small of a test split without a small object is None (it was 0.0).
+    assert mean_std([None, 20.0, 30.0]) == "25.0 ± 7.1" and mean_std([None]) == "n/a"
+    row = {"C-F1": 50.0, "O-F1": 50.0, "mAP": 50.0, "AP-small": None}
+    per_seed = {0: {"a": dict(row), "b": dict(row, **{"C-F1": 40.0})},
+                1: {"a": dict(row), "b": dict(row, **{"C-F1": 45.0})}}
+    lines = "\n".join(table_runs.mode_tables(per_seed, ("C-F1", "AP-small"), over="b",
+                                             over_columns=("C-F1", "AP-small")))
+    assert "n/a" in lines and "7.5 ± 3.5" in lines
+
+
 # -- item_recognition --------------------------------------------------------------------
 def test_item_recognition_tables_use_the_sample_std(monkeypatch):
     scores = [{reader: (accuracy, {"Coat": accuracy + 1.0})

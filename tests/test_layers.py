@@ -276,7 +276,8 @@ def test_feature_standardizer_refuses_labelled_batches_and_another_depth_naming_
     with pytest.raises(TypeError, match=r"batch 0 is a tuple .*: pass "
                                         r"ds.map\(lambda features, labels: features\)"):
         layer.adapt(labelled)
-    with pytest.raises(TypeError, match="batch 1 is a dict"):
+    with pytest.raises(TypeError, match=r"batch 1 is a dict .*: pass "
+                                        r"ds.map\(lambda batch: batch\[\"features\"\]\)"):
         layer.adapt([np.ones([2, M, K]), {"features": np.ones([2, M, K])}])
     with pytest.raises(ValueError, match=f"batch 1 has 5 channels .*, the layer {K}"):
         layer.adapt([np.ones([2, M, K]), np.ones([2, M, 5])])

@@ -64,9 +64,12 @@ class FeatureStandardizer(keras.layers.Layer):
         """`batch` as `[values, k]`, refused when it is not a batch of features of k channels
         (a `(features, labels)` pair, as `model.fit` takes, or maps of another backbone)."""
         if isinstance(batch, (tuple, dict)):
+            # The project's own batches are dicts; `model.fit`'s are pairs.
+            keep = ('lambda batch: batch["features"]' if isinstance(batch, dict)
+                    else "lambda features, labels: features")
             raise TypeError(f"adapt takes batches of features only; batch {index} is a "
                             f"{type(batch).__name__} (features and labels?): pass "
-                            f"ds.map(lambda features, labels: features)")
+                            f"ds.map({keep})")
         values = np.asarray(batch, np.float64)
         if values.ndim == 0 or values.shape[-1] != self.depth:
             channels = values.shape[-1] if values.ndim else "no"
