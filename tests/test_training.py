@@ -762,6 +762,18 @@ def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_stop_whose_save_fails_puts_the_handlers_back():
+    def failing_save(signum):
+        raise OSError(28, "No space left on device")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(OSError, match="No space left"):
+        with StepInterrupts(on_stop=failing_save):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
 def test_a_held_sigterm_under_the_default_action_ends_the_process_as_the_signal_does():
     script = ("import os, signal\n"
               "from ofrnn_tf.training.step_interrupts import StepInterrupts\n"

@@ -44,7 +44,11 @@ class StepInterrupts:
 
     def __exit__(self, kind, error, trace) -> None:
         if kind is None and self.pending is not None and self.on_stop is not None:
-            self.on_stop(self.pending)
+            try:
+                self.on_stop(self.pending)
+            except BaseException:
+                self._restore()  # its error stops the run: the handlers found go back
+                raise
         previous = self._previous
         self._restore()
         # Looked at after the handlers are restored, so a signal in between is not lost.
