@@ -607,6 +607,50 @@ def test_native_lines_written_just_before_the_process_ends_reach_its_stderr(end)
         assert "(1 more since the last native line)" in lines, done.stderr
 
 
+def test_the_forwarder_is_this_package_whatever_folder_the_server_starts_in(tmp_path):
+    # `python -m` reads the working folder first: an `ofrnn_tf` there was imported instead.
+    (tmp_path / "ofrnn_tf").mkdir()
+    (tmp_path / "ofrnn_tf" / "__init__.py").write_text("raise SystemExit('the wrong ofrnn_tf')")
+    script = ("import os, sys\n"
+              f"sys.path.insert(0, {ROOT!r})\n"
+              "from ofrnn_tf.serving.native_log import limit_native_stderr\n"
+              "limited = limit_native_stderr()\n"
+              "print('limited' if limited else 'not limited', flush=True)\n"
+              "limited and limited.close()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert done.stdout.strip() == "limited", done.stderr
+
+
+def test_a_forwarder_that_cannot_write_or_stops_reading_costs_lines_not_the_server():
+    from ofrnn_tf.serving.native_log import forward
+
+    read_end, write_end = os.pipe()
+    sink_read, sink_write = os.pipe()
+    os.close(sink_read)  # every write to the sink fails (EPIPE), as on a full disk
+    os.write(write_end, b"a\nb\n")
+    os.close(write_end)
+    forward(read_end, sink_write)  # reads to the end instead of dying on the first line
+    os.close(read_end)
+    os.close(sink_write)
+    script = ("import os, signal, sys, time\n"
+              f"sys.path.insert(0, {ROOT!r})\n"
+              "from ofrnn_tf.serving.native_log import limit_native_stderr\n"
+              "limited = limit_native_stderr()\n"
+              "os.kill(limited.child.pid, signal.SIGSTOP)\n"
+              "for _ in range(20000):\n"
+              "    try:\n"
+              "        os.write(2, b'x' * 99 + b'\\n')\n"
+              "    except BlockingIOError:\n"
+              "        pass\n"
+              "print('not blocked', flush=True)\n"
+              "os.kill(limited.child.pid, signal.SIGCONT)\n"
+              "limited.close()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "not blocked", done.stderr[-2000:]
+
+
 def test_without_its_forwarding_process_native_lines_go_to_stderr_as_before(monkeypatch):
     from absl import logging as absl_logging
 

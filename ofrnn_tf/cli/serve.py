@@ -91,9 +91,10 @@ def main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop("SIGTERM"))
     # From here on, what libjpeg and TensorFlow's C++ code write to stderr is rate-limited
     # (a damaged JPEG gets a few lines each); TensorFlow's start-up lines went through.
-    native_stderr = limit_native_stderr()
-    print(f"{LISTENING_PREFIX}{grpc_address(FLAGS.host, port)}", flush=True)
+    native_stderr = None
     try:
+        native_stderr = limit_native_stderr()
+        print(f"{LISTENING_PREFIX}{grpc_address(FLAGS.host, port)}", flush=True)
         server.wait_for_termination()
     except KeyboardInterrupt:
         stop("Ctrl-C").wait()

@@ -122,9 +122,15 @@ def forward(source: int, sink: int, limit: Optional[LineLimit] = None,
 
 
 def _write_all(fd: int, lines: list[bytes]) -> None:
+    """Writes `lines`; where the original stderr refuses them (a full disk), they are
+    dropped and reading goes on, so the lines after are written once it takes them again
+    (and the server never blocks on a pipe nobody reads)."""
     data = b"".join(lines)
-    while data:
-        data = data[os.write(fd, data):]
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 class NativeStderr:
@@ -139,7 +145,7 @@ class NativeStderr:
         child, its pipe ended, writes its last count; waited for up to `timeout` s."""
         try:
             os.write(2, CLEAN_END)
-        except OSError:  # the child is gone: nothing reads the pipe
+        except OSError:  # the child is gone, or stopped with the pipe full
             pass
         os.dup2(self.original, 2)
         try:
@@ -170,6 +176,9 @@ def limit_native_stderr() -> Optional[NativeStderr]:
                         "rate-limited: their forwarding process did not start: %s", e)
         return None
     os.close(read_end)
+    # A native line the pipe has no room for (the child stopped, or a write to the
+    # original stderr hanging) is dropped: a full pipe must not stall the requests.
+    os.set_blocking(write_end, False)
     _python_lines_to(original)
     os.dup2(write_end, 2)
     os.close(write_end)
@@ -190,7 +199,10 @@ def _start_child(read_end: int, original: int, timeout: float = 60.0) -> subproc
             child = subprocess.Popen(
                 [sys.executable, "-m", "ofrnn_tf.serving.native_log", str(ready_write)],
                 stdin=read_end, stdout=original, stderr=original, env=env, close_fds=True,
-                pass_fds=(ready_write,), start_new_session=True)
+                pass_fds=(ready_write,), start_new_session=True,
+                # `-m` puts the working folder first on sys.path: this package's, not an
+                # `ofrnn_tf` folder wherever the server was started.
+                cwd=root)
         finally:
             os.close(ready_write)
         ready = (select.select([ready_read], [], [], timeout)[0]
@@ -237,7 +249,10 @@ def _main(ready_fd: int) -> None:
     end only, so it reads what the server wrote up to its last moment."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    os.write(ready_fd, b"1")
+    try:
+        os.write(ready_fd, b"1")
+    except BrokenPipeError:  # the server stopped while this started
+        return
     os.close(ready_fd)
     forward(sys.stdin.fileno(), sys.stdout.fileno())
 
