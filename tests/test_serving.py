@@ -582,7 +582,8 @@ def test_the_native_line_forwarder_passes_on_everything_read_before_the_pipes_en
     with os.fdopen(sink_end, "rb") as got, os.fdopen(source):
         written = got.read().decode()
     assert written == ("first\n(2 more since the last native line)\n" if clean
-                       else "first\nsecond\nthird\nno newline\n")
+                       else "first\n(the 3 native line(s) held back since the last one "
+                            "shown follow)\nsecond\nthird\nno newline\n")
 
 
 @pytest.mark.parametrize("end", ["os.abort()", "limited.close()"])

@@ -85,8 +85,12 @@ class LineLimit:
         if clean:
             return [count_line(self._left_out)]
         dropped = self._left_out - len(self._held)
-        head = [count_line(dropped, f"; the last {len(self._held)} follow")] if dropped else []
-        return head + list(self._held)
+        held = len(self._held)
+        # A header either way: the lines after it were held back, not passed as they came.
+        head = (count_line(dropped, f"; the last {held} follow") if dropped else
+                f"(the {held} native line(s) held back since the last one shown follow)\n"
+                .encode())
+        return [head] + list(self._held)
 
 
 def count_line(n: int, more: str = "") -> bytes:
