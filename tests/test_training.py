@@ -727,8 +727,16 @@ def test_a_signal_while_stage_2_builds_its_input_stops_there(tmp_path):
         return lambda iterator: (steps.append(stage), step(iterator))[1]
 
     trainer._make_train_step = counted
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train()
+
+    def command_handler(number, frame):  # a test worker may ignore SIGINT: as a command's
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, command_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert 2 not in steps  # not one stage-2 step after the Ctrl-C
 
 
