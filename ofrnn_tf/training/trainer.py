@@ -387,19 +387,16 @@ class Trainer:
             if loss_scaling and self.strategy.num_replicas_in_sync > 1:
                 grads = _poisoned_if_any_replica_overflowed(grads)
             optimizer.apply_gradients(zip(grads, variables))
-            return loss, per_step
+            # Summed over the replicas some image took each step on (NaN on the others).
+            untaken = tf.math.is_nan(per_step)
+            return loss, tf.where(untaken, 0.0, per_step), 1.0 - tf.cast(untaken, tf.float32)
 
         @tf.function(autograph=False)
         def train_step(iterator):
-            loss, per_step = self.strategy.run(replica_step, args=(next(iterator),))
-            loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            # The mean over the replicas some image took each step on (NaN on the others).
-            taken = self.strategy.run(lambda v: tf.cast(~tf.math.is_nan(v), tf.float32),
-                                      args=(per_step,))
-            per_step = self.strategy.run(lambda v: tf.where(tf.math.is_nan(v), 0.0, v),
-                                         args=(per_step,))
-            total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_step, axis=None)
-            count = self.strategy.reduce(tf.distribute.ReduceOp.SUM, taken, axis=None)
+            loss, total, count = self.strategy.run(replica_step, args=(next(iterator),))
+            loss, total, count = (self.strategy.reduce(tf.distribute.ReduceOp.SUM, value,
+                                                       axis=None)
+                                  for value in (loss, total, count))
             per_step = tf.where(count > 0, total / tf.maximum(count, 1.0), float("nan"))
             return loss, tf.reshape(per_step, [per_step_len])
 
