@@ -626,28 +626,37 @@ def _signalling_steps(trainer: Trainer, signum: int, after: int) -> None:
     trainer._make_train_step = make_signalling
 
 
+def _train_until_stopped_by(trainer: Trainer, signum: int) -> list:
+    """Trains with `signum` handled as a command's handler does (`ofrnn_tf.cli.runner`:
+    it raises KeyboardInterrupt; installed here, as a test worker may ignore SIGINT) until
+    the signal stops the training; returns the signals the handler was handed, and checks
+    the hold put the handler back."""
+    handed_on = []
+
+    def command_handler(number, frame):
+        handed_on.append(number)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signum, command_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+        assert signal.getsignal(signum) is command_handler  # put back
+    finally:
+        signal.signal(signum, previous)
+    return handed_on
+
+
 @pytest.mark.parametrize("signum, after", [
     (signal.SIGINT, 3), (signal.SIGTERM, 2 * STEPS_PER_EPOCH + 2)],
     ids=["sigint-stage1", "sigterm-stage2"])
 def test_ctrl_c_or_sigterm_mid_epoch_saves_the_step_it_lands_in(tmp_path, run, capsys,
                                                                 signum, after):
     # checkpoint_every (100) is longer than the run: only the signal can save mid-epoch.
-    data, workdir, handed_on = synthetic_data(), str(tmp_path / "stopped"), []
-
-    def command_handler(number, frame):  # as a command's (`ofrnn_tf.cli.runner`) does
-        handed_on.append(number)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signum, command_handler)
-    try:
-        trainer = make_trainer(workdir, tiny_config(), data, scripted_validation([]))
-        _signalling_steps(trainer, signum, after)
-        with pytest.raises(KeyboardInterrupt):
-            trainer.train()
-        assert signal.getsignal(signum) is command_handler  # put back
-    finally:
-        signal.signal(signum, previous)
-    assert handed_on == [signum]
+    data, workdir = synthetic_data(), str(tmp_path / "stopped")
+    trainer = make_trainer(workdir, tiny_config(), data, scripted_validation([]))
+    _signalling_steps(trainer, signum, after)
+    assert _train_until_stopped_by(trainer, signum) == [signum]
     assert tf.train.latest_checkpoint(RunDir(workdir).checkpoints_dir()).endswith(f"ckpt-{after}")
     said = "SIGTERM" if signum == signal.SIGTERM else "SIGINT (Ctrl-C)"
     assert f"[train] {said}: stopped after global step {after}, saved as ckpt-{after}" in (
@@ -669,13 +678,8 @@ def test_a_sigterm_during_the_checkpoint_ending_an_epoch_waits_for_it(tmp_path, 
                                                                       validated):
     # Between the epoch's last step and its checkpoint the signal ended the run at once:
     # no checkpoint of the epoch (its steps trained again), or half a one (a `_temp` folder).
-    workdir, handed_on = str(tmp_path), []
+    workdir = str(tmp_path)
     validate_fn = scripted_validation([]) if validated else None
-
-    def command_handler(number, frame):
-        handed_on.append(number)
-        raise KeyboardInterrupt
-
     trainer = make_trainer(workdir, tiny_config(), synthetic_data(), validate_fn)
     save = trainer.manager.save
 
@@ -686,13 +690,7 @@ def test_a_sigterm_during_the_checkpoint_ending_an_epoch_waits_for_it(tmp_path, 
         return save(checkpoint_number=checkpoint_number)
 
     trainer.manager.save = save_signalled
-    previous = signal.signal(signal.SIGTERM, command_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            trainer.train()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert handed_on == [signal.SIGTERM]
+    assert _train_until_stopped_by(trainer, signal.SIGTERM) == [signal.SIGTERM]
     checkpoints = RunDir(workdir).checkpoints_dir()
     assert tf.train.latest_checkpoint(checkpoints).endswith(f"ckpt-{STEPS_PER_EPOCH}")
     assert not glob.glob(os.path.join(checkpoints, "*_temp*"))
@@ -727,16 +725,7 @@ def test_a_signal_while_stage_2_builds_its_input_stops_there(tmp_path):
         return lambda iterator: (steps.append(stage), step(iterator))[1]
 
     trainer._make_train_step = counted
-
-    def command_handler(number, frame):  # a test worker may ignore SIGINT: as a command's
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, command_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            trainer.train()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert _train_until_stopped_by(trainer, signal.SIGINT) == [signal.SIGINT]
     assert 2 not in steps  # not one stage-2 step after the Ctrl-C
 
 
