@@ -57,7 +57,7 @@ def define_flags() -> None:
                        "calibrated for K).")
     flags.DEFINE_integer("min_labels", None, "Labels every image gets at least, whatever τ "
                          "(default: the run's; --tau=0.5 --min_labels=0 on a baseline run is "
-                         "the paper's fixed rule, its test metrics' at_fixed_0.5).")
+                         "the usual fixed rule, its test metrics' at_fixed_0.5).")
     flags.DEFINE_integer("batch_size", 32, "Images per backbone + decoder call.")
     flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
                          "Images whose header declares more pixels are refused unread (as "

@@ -23,8 +23,8 @@ _LARGE_NEGATIVE = -1e9
 
 def class_mean_bce(labels, logits):
     """`[B]`: binary cross-entropy of `logits` against the label vectors, mean over the
-    C classes. Eq. 8 is this of p_t at every decoding step; stage 1 trains M_map (and a
-    label context its `L'`) with it too."""
+    C classes: Eq. 8 of p_t at every decoding step, divided by C (docs/model.md says why);
+    stage 1 trains M_map (and a label context its `L'`) with it too."""
     return tf.reduce_mean(
         tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
 
@@ -390,8 +390,9 @@ class OrderFreeRNN(keras.Model):
         fed back. The fixed-order variants feed the t-th true label in `label_order` and
         score it with a softmax over the labels not yet fed (and "stop").
 
-        Steps per image: its label count T_i (`gt_count`, the paper's and this method's
-        default; `--train.train_steps` defaults to the next), T_i + 1 (`gt_count_plus_one`:
+        Steps per image: its label count T_i (`gt_count`, the paper preset's reading of
+        Algorithm 1's `iter` and this method's default; `--train.train_steps` defaults to
+        the next), T_i + 1 (`gt_count_plus_one`:
         the step after the last label learns to score every label left low, which is
         what stops a path) or all `max_steps` (`max`); never more than `max_steps`. The
         softmax losses take T_i + 1 steps whatever `train_steps` says: the last one's
