@@ -244,7 +244,7 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
                 meta = None
             changed = _split_changes(key.inputs, meta)
             if evaluating and set(changed) == {"train"} and meta.get(cache.INPUTS_KEY):
-                locate_features(config, facts)
+                locate_features(config, facts, run_dir.path)
                 log(f"{source}: train: {changed['train']}, since the run was trained; "
                     f"--mode=eval reads the validation and test splits of the run's feature "
                     f"cache, which are the same")
@@ -258,12 +258,12 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
                            "the run's cache predates the records that would say which)"]
             raise RunDataChangedError(f"{refuse}: {'; '.join(changes)}. {remedy}")
         # Trained on a format-1 cache (an earlier version): the same ids and labels.
-        locate_features(config, facts)
+        locate_features(config, facts, run_dir.path)
         log(f"{run_dir.path}: its feature cache was built before the cache fingerprint "
             f"covered the image files, so a change to an image file since then goes unseen "
             f"for this run")
         return CacheKey(facts.features_name, facts.features_fingerprint, None)
-    locate_features(config, facts)
+    locate_features(config, facts, run_dir.path)
     return key
 
 
@@ -436,10 +436,14 @@ def note_changed_training_split(run_dir: RunDir, facts: RunFacts) -> None:
         f"steps, its feature statistics still those of the {before}")
 
 
-def locate_features(config: ExperimentConfig, facts: RunFacts) -> str:
-    """The feature cache a run was trained on, under this run's ``runtime.cache_dir``."""
+def locate_features(config: ExperimentConfig, facts: RunFacts,
+                    workdir: str | None = None) -> str:
+    """The feature cache a run was trained on, under this run's ``runtime.cache_dir``; the
+    run's folder `workdir`, when given, goes into the commands that would extract it again."""
     directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
-    cache.check_fingerprint(directory, facts.features_fingerprint)
+    extract_again = (cache.extract_again_for(workdir, config.runtime.cache_dir) if workdir
+                     else cache.EXTRACT_AGAIN)
+    cache.check_fingerprint(directory, facts.features_fingerprint, extract_again=extract_again)
     return directory
 
 
@@ -713,7 +717,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         if resuming and config.data.dataset == "fashion_canvases":
             # The benchmark is made from the run's settings, checked above: its feature cache
             # is found (or refused) before its canvases are built again.
-            locate_features(config, run_dir.load()[1])
+            locate_features(config, run_dir.load()[1], workdir)
         with timer("data"):
             try:
                 data = load_data(config)
@@ -752,7 +756,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         if unfinished:
             log(f"WARNING: {workdir} is not finished (stopped at {unfinished}); evaluating its "
                 f"best epoch so far")
-        features_dir = locate_features(config, facts)
+        features_dir = locate_features(config, facts, workdir)
     with timer("evaluation"):
         metrics = calibrate_and_evaluate(
             model, config, facts, run_dir, features_dir, "test",

@@ -552,6 +552,12 @@ def test_a_resume_whose_cache_is_not_under_cache_dir_is_refused_as_eval_does(
                 pipeline.locate_features(elsewhere, RunDir(workdir).load()[1])
             else:
                 pipeline.run(elsewhere, workdir, mode)
+    # The remedy is the run's own: commands that extract its features again there.
+    with pytest.raises(cache.FeatureCacheNotFoundError) as refused:
+        pipeline.run(elsewhere, workdir, "train")
+    assert (f"ofrnn-train --workdir={workdir} --runtime.cache_dir={tmp_path / 'default'} "
+            f"--print_config > run_flags.txt && ofrnn-extract --flagfile=run_flags.txt"
+            in str(refused.value))
     assert not (tmp_path / "default").exists()
     # Where it was trained, the same data resume (up to training, stubbed here).
     directory, facts = pipeline.prepare_features(config, pipeline.load_data(config),

@@ -42,6 +42,7 @@ import glob
 import hashlib
 import json
 import os
+import shlex
 import unicodedata
 from typing import Iterator, Mapping, Sequence
 
@@ -171,8 +172,25 @@ def cache_name_in_use(cache_dir: str, dataset: str, backbone: str, feature_layer
     return name
 
 
-def check_fingerprint(directory: str, expected: str) -> dict:
-    """The cache's meta.json, once its fingerprint is checked to be `expected`.
+# How a run's feature cache is made again when the run folder is not known (a rerun of a
+# run knows it: `extract_again_for`).
+EXTRACT_AGAIN = ("extract it again with ofrnn-extract and the run's settings (ofrnn-train "
+                 "--workdir=RUN --print_config lists them: give the list to ofrnn-extract "
+                 "with --flagfile)")
+
+
+def extract_again_for(workdir: str, cache_dir: str) -> str:
+    """The commands that extract the run at `workdir`'s features again under `cache_dir`
+    (a rerun of the run never extracts: its data are checked against the cache)."""
+    return (f"extract it again with the run's settings: ofrnn-train "
+            f"--workdir={shlex.quote(workdir)} --runtime.cache_dir={shlex.quote(cache_dir)} "
+            f"--print_config > run_flags.txt && ofrnn-extract --flagfile=run_flags.txt")
+
+
+def check_fingerprint(directory: str, expected: str, *,
+                      extract_again: str = EXTRACT_AGAIN) -> dict:
+    """The cache's meta.json, once its fingerprint is checked to be `expected`;
+    `extract_again` completes the errors' remedies.
 
     Raises:
         FeatureCacheNotFoundError: no cache at `directory` (the run's features are under
@@ -185,14 +203,13 @@ def check_fingerprint(directory: str, expected: str) -> dict:
         raise FeatureCacheNotFoundError(
             f"no feature cache at {directory}: point --runtime.cache_dir at the cache the "
             f"run was trained with (run.json does not record it; the default is ./data), "
-            f"or, if that cache is gone, extract it again there with ofrnn-extract and the "
-            f"--config and --data.* flags the run was trained with") from None
+            f"or, if that cache is gone, {extract_again}") from None
     found = meta.get(FINGERPRINT_KEY)
     if found != expected:
         raise FeatureCacheMismatchError(
             f"{directory} holds features with content fingerprint {found!r}, but the run was "
-            f"trained on {expected!r}: the data, backbone or layer differ. Rebuild the cache "
-            f"(remove the folder and rerun training) or use the matching --runtime.cache_dir")
+            f"trained on {expected!r}: the data, backbone or layer differ. Use the matching "
+            f"--runtime.cache_dir, or remove the folder and {extract_again}")
     return meta
 
 
@@ -373,7 +390,8 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     meta_path = os.path.join(directory, tfrecords.META_FILENAME)
     before = tfrecords.read_meta(directory) if os.path.exists(meta_path) else {}
     if before.get(FINGERPRINT_KEY) not in (None, fingerprint):
-        check_fingerprint(directory, fingerprint)
+        check_fingerprint(directory, fingerprint,
+                          extract_again="rerun this command, which extracts them again")
     backbone = None
     for split, examples in splits.items():
         if split_complete(directory, split):
