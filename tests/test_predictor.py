@@ -613,6 +613,23 @@ def test_files_from_lists_inputs_by_line_or_by_nul_after_the_arguments(tmp_path,
             given_inputs([], str(tmp_path / "wide.txt"))
 
 
+def test_a_closed_standard_stream_or_a_dash_input_is_refused_in_one_line(monkeypatch):
+    """A command started with stdin or stdout closed (a daemon's, `>&-`) is refused
+    before any work, as is `-` as an input; `--output=-` is standard output."""
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(app.UsageError, match=r"^--files_from=-: standard input is closed$"):
+        given_inputs([], "-")
+    with pytest.raises(app.UsageError, match=r"an input '-' is not read as standard input: "
+                                             r"give --files_from=- for a list of paths"):
+        given_inputs(["a.jpg", "-"], None)
+    assert open_report("-") is sys.stdout
+    monkeypatch.setattr(sys, "stdout", None)
+    for output in (None, "-"):
+        with pytest.raises(app.UsageError, match=r"^standard output is closed: give "
+                                                 r"--output=FILE$"):
+            open_report(output)
+
+
 def test_a_report_over_one_of_the_input_images_is_refused(tmp_path):
     image = tmp_path / "photo.png"
     image.write_bytes(b"not read")

@@ -20,14 +20,14 @@ the inputs when the lines go to a file or a pipe.
 """
 
 import math
-import sys
 
 import grpc
 from absl import app, flags
 
 from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, write_report)
+    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, shows_progress,
+    write_report)
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT, MAX_TIMEOUT_S
 from ofrnn_tf.status import progress_bar, say
 from ofrnn_tf.tf_errors import reason_text
@@ -48,7 +48,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_request_bytes", 32 * 1024 * 1024, "a batch of files larger than "
                          "this goes in several requests (ofrnn-serve takes up to 64 MiB)")
     flags.DEFINE_float("timeout", 30.0, "seconds per request (inf: no limit)")
-    flags.DEFINE_string("output", None, "JSON-lines file to write (default: stdout)")
+    flags.DEFINE_string("output", None, "JSON-lines file to write (default, or -: stdout)")
     flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
     flags.DEFINE_bool("all_scores", False, "Also write every class's score, by class id "
                       "(all_scores; the names are in the export's assets.extra/label_map.json)")
@@ -79,7 +79,7 @@ def main(argv):
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout, all_scores=FLAGS.all_scores)
     lines = merge_results(entries, results)
-    if FLAGS.output or not sys.stdout.isatty():  # on a terminal the lines show the progress
+    if shows_progress(out):
         lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")
     try:
         return write_report(lines, out, "client", "labelled")

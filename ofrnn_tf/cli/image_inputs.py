@@ -36,7 +36,13 @@ def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
     bytes included; UTF-16 and UTF-32 refused). None at all is a usage error, before any
     work."""
     listed: list[str] = []
+    if "-" in arguments:
+        raise app.UsageError("an input '-' is not read as standard input: give "
+                             "--files_from=- for a list of paths there, or /dev/stdin for "
+                             "one image's bytes")
     if files_from:
+        if files_from == "-" and sys.stdin is None:  # started with it closed
+            raise app.UsageError("--files_from=-: standard input is closed")
         if files_from == "-" and sys.stdin.isatty():
             say("reading the inputs from standard input, one a line (end with Ctrl-D)")
         try:
@@ -196,11 +202,13 @@ class ReportFile:
 
 
 def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | ReportFile:
-    """The stream a command's report goes to (stdout when `output` is None), checked
-    before any image is read, so that an unwritable ``--output`` costs nothing, and
-    emptied only at the report's first line (`ReportFile`); an ``--output`` that is one of
-    the `inputs` is refused (writing it would empty that image)."""
-    if not output:
+    """The stream a command's report goes to (stdout when `output` is None or ``-``),
+    checked before any image is read, so that an unwritable ``--output`` costs nothing,
+    and emptied only at the report's first line (`ReportFile`); an ``--output`` that is
+    one of the `inputs` is refused (writing it would empty that image)."""
+    if not output or output == "-":
+        if sys.stdout is None:  # started with it closed
+            raise app.UsageError("standard output is closed: give --output=FILE")
         return sys.stdout
     existed = os.path.exists(output)
     if existed and file_id(output) in file_ids(inputs):
@@ -220,6 +228,12 @@ def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | Repo
         # leaves no file behind.
         os.remove(os.path.realpath(output))
     return ReportFile(output)
+
+
+def shows_progress(out: TextIO | ReportFile) -> bool:
+    """Whether a command draws a progress bar while it writes its report to `out`: not
+    when the report's lines go to a terminal, where they show the progress."""
+    return out is not sys.stdout or not sys.stdout.isatty()
 
 
 def file_id(path: str):

@@ -29,7 +29,6 @@ GIF is its first frame. URLs are not fetched.
 """
 
 import os
-import sys
 from typing import Iterable, Iterator
 
 from absl import app, flags
@@ -39,7 +38,7 @@ from ofrnn_tf.cli import (
     refuse_non_probability, refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, expand_inputs, file_id, file_ids, given_inputs, merge_results,
-    open_report, write_report)
+    open_report, shows_progress, write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
@@ -50,7 +49,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command's flags (defined when it runs, so importing this module defines none)."""
     flags.DEFINE_string("workdir", None, "The training run folder to predict with.")
-    flags.DEFINE_string("output", None, "JSON-lines file to write (default: stdout).")
+    flags.DEFINE_string("output", None, "JSON-lines file to write (default, or -: stdout).")
     flags.DEFINE_integer("beam_size", None, "Beam width K (default: the run's; another K must "
                          "have been calibrated: ofrnn-train --mode=eval --decoding.beam_size=K).")
     flags.DEFINE_float("tau", None, "Threshold τ on the path probability (default: the one "
@@ -117,7 +116,7 @@ def main(argv):
     say(f"[predict] {_decision_rule(predictor.module)}")
     # Each line is written as its batch is done (a stopped command keeps them); on a
     # terminal the lines show the progress, where a bar would break them.
-    progress = bool(FLAGS.output) or not sys.stdout.isatty()
+    progress = shows_progress(out)
     predictions = predictor.iter_files(paths, attention=draw, all_scores=FLAGS.all_scores,
                                        progress=progress)
     if draw:
