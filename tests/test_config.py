@@ -112,6 +112,24 @@ def test_every_command_shows_help_and_refuses_flags_before_tensorflow_loads(
     assert "TENSORFLOW IMPORTED" not in refused.stderr
 
 
+def test_train_keeps_the_absl_verbosity_the_user_gave(tmp_path):
+    """Training lowers absl's verbosity to WARNING (TensorFlow's INFO line for every
+    checkpoint), unless ``--verbosity`` is given."""
+    script = ("import sys\n"
+              "from absl import logging\n"
+              "logging.set_verbosity = lambda level: print('set', level)\n"
+              "from ofrnn_tf.cli import train\n"
+              "sys.argv = ['train', *sys.argv[1:]]\n"
+              "train.run()\n")
+    for given, expected in (([], "set -1"), (["--verbosity=1"], None)):  # -1: WARNING
+        done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path / 'run'}",
+                               "--print_config", *given], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-800:]
+        shown = [line for line in done.stdout.splitlines() if line.startswith("set ")]
+        assert shown == ([expected] if expected else []), (given, shown)
+
+
 def test_print_config_of_eval_refuses_a_folder_that_holds_no_run(tmp_path):
     done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", "--mode=eval",
                            "--print_config"], cwd=ROOT, capture_output=True, text=True,

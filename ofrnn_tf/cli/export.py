@@ -70,7 +70,8 @@ def main(argv):
     refuse_glob_characters("workdir", FLAGS.workdir)
     # TensorFlow Serving is given the absolute base path, and reads the variables by it.
     refuse_glob_characters("export_dir", FLAGS.export_dir, absolute=True)
-    logging.set_verbosity(logging.WARNING)  # TensorFlow's notes on every function it saves
+    if not FLAGS["verbosity"].present:  # one given (absl's flag) is the user's
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's notes on every function it saves
     run_dir = trained_run(FLAGS.workdir, FLAGS.beam_size)
     # Here, after the flags are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.export.saved_model import WarmupImageError, export_run, remove_old_versions
