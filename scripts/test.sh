@@ -12,5 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pytest -q -n "${OFRNN_TEST_WORKERS:-auto}" --maxprocesses=4 \
+# -rs: each skipped test is listed with its reason (a tool the machine lacks).
+exec .venv/bin/python -m pytest -q -rs -n "${OFRNN_TEST_WORKERS:-auto}" --maxprocesses=4 \
   --dist loadfile "$@"

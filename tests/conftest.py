@@ -5,9 +5,20 @@
   initialised checkpoint, a calibration with τ and a score_mix of 0.3) — fast, no training.
 - `assert_config_holds_every_argument`: a layer's `get_config` names all its arguments.
 - `sample_images`: three real JPEGs of different sizes and one truncated file.
+- `save_examples_unpictured`: `pipeline.save_examples` without a model, with the true
+  labels each attention picture would show.
 - `tiny_export_run`: the embedded benchmark trained at toy size with `train.py` and
   exported with `export.py` (child processes, as a user runs them), once per session
   (about a minute); `tiny_module` is its `InferenceModule` in this process.
+
+Helpers: `run_checked` runs a command as a child and fails the test with its output
+unless it exits as expected; `ctrl_c_as_in_a_terminal` lets a child take a SIGINT the
+test sends; `to_png` re-encodes a JPEG's decoded pixels; `label_names` reads the decoded
+names out of a signature's outputs.
+
+A module's own fixtures of the same name stand for different things: `server` is a
+stand-in model served in `test_serving.py` and the tiny run's export in
+`test_end_to_end.py`.
 """
 
 from __future__ import annotations
@@ -197,6 +208,7 @@ class TinyRun:
 
 @pytest.fixture(scope="session")
 def tiny_export_run(tmp_path_factory) -> TinyRun:
+    """The shared tiny run, trained and exported once per session (`TinyRun`)."""
     base = tmp_path_factory.mktemp("tiny_run")
     workdir, cache, export_base = base / "run", base / "cache", base / "export"
     trained = run_checked([sys.executable, "train.py", f"--workdir={workdir}",

@@ -164,6 +164,7 @@ def test_upsample_is_smooth_and_keeps_orientation():
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory, make_fake_run, tiny_backbone):
+    """A fake run's `Predictor` over the tiny backbone, whose attention is drawn."""
     workdir = make_fake_run(tmp_path_factory.mktemp("run"))
     return Predictor.from_run(str(workdir), backbone=tiny_backbone)
 

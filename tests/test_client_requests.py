@@ -53,6 +53,8 @@ class ScriptedService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 @pytest.fixture
 def serve():
+    """`start(refuse) -> (target, service)`: a gRPC server in this process answering as a
+    `ScriptedService` that refuses what `refuse` names; stopped after the test."""
     servers = []
 
     def start(refuse=lambda images: None):

@@ -28,6 +28,7 @@ NUM_IMAGES = 5
 
 @pytest.fixture(scope="module")
 def server(tiny_export_run, tmp_path_factory):
+    """The address of `ofrnn-serve` serving the tiny run's export, in a child process."""
     log = open(tmp_path_factory.mktemp("server_log") / "server.log", "w+")
     proc, target = start_subprocess(str(tiny_export_run.export_base), stderr=log)
     yield target

@@ -30,6 +30,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def backbone():
+    """EfficientNet-Lite0 to stage 5, with its weights, at a 64-pixel input."""
     return get_backbone("efficientnet_lite0", "stage5", image_size=SIZE)
 
 

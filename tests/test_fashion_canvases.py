@@ -52,6 +52,7 @@ def _fake_fashion_mnist(directory, n_train=50, n_test=20):
 
 @pytest.fixture()
 def source(tmp_path):
+    """`(folder, arrays)`: Fashion-MNIST's four files, faked with 50 + 20 rectangles."""
     return _fake_fashion_mnist(tmp_path / "fmnist")
 
 

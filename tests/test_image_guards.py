@@ -300,11 +300,13 @@ def assertion_message(error: tf.errors.InvalidArgumentError) -> str:
 
 @pytest.fixture(scope="module")
 def limit():
+    """The pixel limit as the served graph holds it (a variable, changed by some tests)."""
     return tf.Variable(LIMIT, dtype=tf.int64, trainable=False)
 
 
 @pytest.fixture(scope="module")
 def decode(limit):
+    """`decode_images` traced once as the signature traces it: a batch of strings in."""
     return tf.function(lambda images: decode_images(images, SIZE, limit),
                        input_signature=[STRINGS])
 

@@ -448,6 +448,7 @@ def test_the_benchmarks_fingerprint_is_the_one_its_caches_were_built_with(tmp_pa
 
 @pytest.fixture
 def no_backbone(monkeypatch):
+    """Fails the test if a backbone is built: no feature is extracted."""
     def refuse(*args, **kwargs):
         raise AssertionError("a backbone was built: features would be extracted")
 

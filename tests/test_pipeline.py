@@ -135,7 +135,8 @@ def test_data_paths_the_data_set_reads_are_taken():
     for data in ({"dataset": "manifest", "manifest": "all.csv"},
                  {"dataset": "manifest", "data_dir": "my_data"},
                  {"dataset": "coco", "data_dir": "coco2014"}):
-        ExperimentConfig().replace(data=data)
+        taken = ExperimentConfig().replace(data=data).data
+        assert {field: getattr(taken, field) for field in data} == data
 
 
 def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:

@@ -42,11 +42,13 @@ from ofrnn_tf.run_dir import RunDir
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, make_fake_run):
+    """A fake run folder over the tiny backbone's maps (`make_fake_run`)."""
     return make_fake_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
 def predictor(workdir, tiny_backbone):
+    """The fake run's `Predictor`, two images a batch (batches split and merge)."""
     return Predictor.from_run(str(workdir), backbone=tiny_backbone, batch_size=2)
 
 
@@ -334,6 +336,7 @@ def test_baseline_variant_has_no_attention(tmp_path, tiny_backbone, images, make
 
 @pytest.fixture(scope="module")
 def lite0_run(tmp_path_factory, make_fake_run):
+    """A fake run over EfficientNet-Lite0's top maps (224-pixel images, random head)."""
     return make_fake_run(tmp_path_factory.mktemp("lite0_run"), backbone="efficientnet_lite0",
                          feature_shape=(7, 7, 1280), image_size=224,
                          feature_layer="top_activation")
@@ -865,6 +868,7 @@ def test_the_calibrated_score_mix_can_be_overridden(workdir, tiny_backbone):
 # -- the module's own checks, in process ---------------------------------------------------
 @pytest.fixture(scope="module")
 def full_path_module(tmp_path_factory, make_fake_run, tiny_backbone):
+    """An `InferenceModule` of a fake run at τ = 0, whose paths run to T_max."""
     from ofrnn_tf.inference import InferenceModule
 
     workdir = make_fake_run(tmp_path_factory.mktemp("run"), tau=0.0)  # τ = 0: full paths
