@@ -26,7 +26,8 @@ IMAGE_KINDS = "/".join(extension[1:] for extension in IMAGE_EXTENSIONS)  # for m
 FILES_FROM_HELP = ("Also take the files and folders this file lists, one a line, after those "
                    "given as arguments ('-': standard input, as from `find photos -type f "
                    "-iname '*.jpg' -print0`; NUL-separated where it holds a NUL byte, as "
-                   "-print0 writes, which keeps a name holding a newline whole).")
+                   "-print0 writes, which keeps a name holding a newline whole). The list "
+                   "is read to its end before the first image.")
 
 
 def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
