@@ -11,10 +11,13 @@ writing the file right now. Such leftovers are named once, for the user to remov
 where that host is gone (a container replaced by another of a new name).
 """
 
+import errno
 import os
+import pwd
 import re
 import shutil
 import socket
+from typing import Optional
 
 from ofrnn_tf.status import log
 
@@ -92,18 +95,77 @@ def remove_dead_leftovers(folder: str, name: re.Pattern) -> None:
         if not match or (match["owner"] is not None and not left_by_dead_owner(match["owner"])):
             continue
         path = os.path.join(folder, entry)
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.remove(path)
-            except FileNotFoundError:  # its writer, or another cleaner, got there first
-                pass
+        stopped = remove_entry(path)
+        if stopped is not None and (os.path.realpath(folder), entry) not in _named_entries:
+            _named_entries.add((os.path.realpath(folder), entry))
+            log(f"{path}, a dead command's temporary entry, {not_removed(path, stopped)}: "
+                f"left as it is, taking its disk space until its owner removes it")
     if others:
         _name_other_hosts(folder, others)
 
 
-# Other hosts' temporary entries named so far (a folder's real path and the name).
+def remove_entry(path: str) -> Optional[OSError]:
+    """Removes the file or folder tree `path`; returns the error that left it, or part of
+    it, in place (None once it is gone, also where another process removed it first). A
+    folder inside it that this user may not remove entries from (`removal_blocked`)
+    leaves it whole."""
+    failures: list[OSError] = []
+    blocked = removal_blocked(path) if os.path.isdir(path) and not os.path.islink(path) else None
+    if blocked is not None:
+        return blocked
+
+    def note(function, name, exc_info):
+        if not isinstance(exc_info[1], FileNotFoundError):  # removed meanwhile: as asked
+            failures.append(exc_info[1])
+
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=note)
+        else:
+            os.remove(path)
+    except FileNotFoundError:  # its writer, or another cleaner, got there first
+        pass
+    except OSError as error:
+        failures.append(error)
+    return failures[0] if failures else None
+
+
+def removal_blocked(path: str) -> Optional[OSError]:
+    """The error removing the folder tree `path` would meet first, found before anything is
+    removed: a folder inside it that this user may not list or remove entries from (a
+    removal stopped there would leave part of it); None where it is none."""
+    blocked: list[OSError] = []
+    for folder, _, _ in os.walk(path, onerror=blocked.append):
+        if blocked:
+            break
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder)
+    return blocked[0] if blocked else None
+
+
+def not_removed(path: str, error: OSError) -> str:
+    """Why `path` was not removed, from the `error` that stopped it: ``belongs to root
+    and cannot be removed by this user (Permission denied: <file>)`` where another user
+    owns it, ``cannot be removed (<reason>: <file>)`` otherwise; <file> is left out where it
+    is `path` itself."""
+    where = error.strerror or str(error)
+    if error.filename is not None and os.fsdecode(error.filename) != path:
+        where += f": {os.fsdecode(error.filename)}"
+    try:
+        uid = os.lstat(path).st_uid
+    except OSError:
+        uid = os.geteuid()
+    if uid == os.geteuid() or not isinstance(error, PermissionError):
+        return f"cannot be removed ({where})"
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid the system has no name for (a container's)
+        owner = f"uid {uid}"
+    return f"belongs to {owner} and cannot be removed by this user ({where})"
+
+
+# Temporary entries named so far (a folder's real path and the name): other hosts', and
+# dead writers' that this user cannot remove.
 _named_entries: set[tuple[str, str]] = set()
 
 

@@ -5,8 +5,10 @@ XLA unless asked, versions, runs that cannot be exported."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -357,6 +359,61 @@ def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):
     assert next_version(str(base)) == 11
 
 
+@pytest.mark.parametrize("stopped_at", ["rename", "folder inside", "removal"])
+def test_a_version_this_user_cannot_remove_is_named_not_raised(tmp_path, monkeypatch,
+                                                               stopped_at):
+    # A base path several users export into: another user's version cannot be renamed
+    # (sticky base), or its folders let no entry be removed (group-writable base). It is
+    # left whole and named; a removal stopped part way names the folder it left.
+    from ofrnn_tf import processes
+    from ofrnn_tf.export import saved_model
+
+    base = tmp_path / "export"
+    for name in ("1", "2", "3"):
+        (base / name / "variables").mkdir(parents=True)
+        (base / name / "variables" / "variables.index").write_bytes(b"")
+    monkeypatch.setattr(processes.os, "geteuid", lambda: os.getuid() + 1)  # not the owner
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    rename, access = os.rename, os.access
+    if stopped_at == "rename":
+        def rename_refused(source, target):
+            if os.path.basename(source) == "1":
+                raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), source, target)
+            return rename(source, target)
+
+        monkeypatch.setattr(saved_model.os, "rename", rename_refused)
+        blocked = str(base / "1")
+    elif stopped_at == "folder inside":
+        blocked = str(base / "1" / "variables")
+        monkeypatch.setattr(processes.os, "access", lambda path, mode: (
+            path != blocked and access(path, mode)))
+    else:
+        def rmtree_stopped(path, onerror):
+            blocked = os.path.join(path, "variables", "variables.index")
+            onerror(os.unlink, blocked, (PermissionError, PermissionError(
+                errno.EACCES, os.strerror(errno.EACCES), blocked), None))
+
+        monkeypatch.setattr(processes.shutil, "rmtree", rmtree_stopped)
+    left = []
+    removed = remove_old_versions(str(base), 1, on_left=lambda *said: left.append(said))
+    if stopped_at == "removal":
+        assert removed == [str(base / "2"), str(base / "1")]
+        assert sorted(os.path.basename(path) for path, _ in left) == sorted(
+            p.name for p in base.iterdir() if p.name.startswith(".tmp-"))
+        doomed = left[0][0]
+        assert left[0][1] == (
+            f"(version 2, removed part way) belongs to {owner} and cannot be removed by this "
+            f"user (Permission denied: {doomed}/variables/variables.index)")
+        return
+    assert removed == [str(base / "2")]
+    reason = ("Operation not permitted" if stopped_at == "rename" else
+              f"Permission denied: {blocked}")
+    assert left == [(str(base / "1"), f"belongs to {owner} and cannot be removed by this user "
+                                      f"({reason})")]
+    assert sorted(os.listdir(base)) == ["1", "3"]
+    assert os.listdir(base / "1" / "variables") == ["variables.index"]  # left whole
+
+
 def test_a_version_another_export_prunes_first_is_passed_over(tmp_path, monkeypatch):
     # Two `--keep_versions` exports of one base path list the same old versions; the
     # second to reach one finds it gone, which is what it was asked for.
@@ -593,6 +650,33 @@ def test_an_interrupted_export_says_whether_it_published_its_version(tmp_path, s
         assert said == (f"ofrnn-export: interrupted; version {version} was published whole: the "
                         f"removal of older versions (--keep_versions) may have stopped part "
                         f"way; the next export with --keep_versions finishes it")
+
+
+def test_an_export_that_cannot_remove_an_old_version_names_it_and_succeeds(tmp_path):
+    # The export itself is played, as above: what follows it is the point. The version
+    # written is on stdout before the removal of older ones, which cannot undo it.
+    base = tmp_path / "exports"
+    (base / "1").mkdir(parents=True)
+    (base / "7").mkdir()
+    script = (
+        "import errno, os, sys\n"
+        "from ofrnn_tf.cli import export as command\n"
+        "from ofrnn_tf.export import saved_model\n"
+        "from ofrnn_tf.run_dir import RunDir\n"
+        "command.trained_run = lambda workdir, beam_size: RunDir(workdir)\n"
+        f"saved_model.export_run = lambda *args, **kwargs: {str(base / '7')!r}\n"
+        "saved_model.removal_blocked = lambda path: PermissionError(\n"
+        "    errno.EACCES, os.strerror(errno.EACCES), path + '/variables')\n"
+        "sys.argv[0] = 'ofrnn-export'\n"
+        "command.run()\n")
+    done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path}",
+                           f"--export_dir={base}", "--keep_versions=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"{base / '7'}\n"
+    assert (f"ofrnn-export: {base / '1'} cannot be removed (Permission denied: "
+            f"{base / '1' / 'variables'}): left as it is (--keep_versions=1)\n") in done.stderr
+    assert sorted(os.listdir(base)) == ["1", "7"]
 
 
 def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_export_run,

@@ -320,6 +320,30 @@ def test_other_hosts_temporary_entries_are_named_each_once(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == leftovers
 
 
+def test_a_dead_leftover_this_user_cannot_remove_is_named_once(tmp_path, capsys,
+                                                                monkeypatch):
+    # Another user's leftover in a shared folder, whose files this user may not remove:
+    # named (it takes its disk space for ever), once, not passed over in silence.
+    leftover = tmp_path / f"a.json.tmp-{processes.owner_tag().rpartition('-')[0]}-{_dead_pid()}"
+    (leftover / "inner").mkdir(parents=True)
+    (leftover / "inner" / "part").write_text("partial")
+
+    def rmtree_refused(path, onerror):
+        inner = os.path.join(path, "inner", "part")
+        onerror(os.unlink, inner, (PermissionError, PermissionError(
+            errno.EACCES, os.strerror(errno.EACCES), inner), None))
+
+    monkeypatch.setattr(processes.shutil, "rmtree", rmtree_refused)
+    for _ in range(2):
+        processes.remove_dead_leftovers(str(tmp_path), re.compile(
+            re.escape("a.json") + r"\.tmp-(?P<owner>.+)"))
+    said = capsys.readouterr().err
+    assert said == (f"[ofrnn_tf] {leftover}, a dead command's temporary entry, cannot be "
+                    f"removed (Permission denied: {leftover}/inner/part): left as it is, "
+                    f"taking its disk space until its owner removes it\n")
+    assert leftover.is_dir()
+
+
 def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backbone, capsys):
     # Two runs that start together (or machines sharing the folder) build the same cache:
     # each writes under its own temporary name, and only leftovers of dead processes of

@@ -100,12 +100,13 @@ def main(argv):
     except FileExistsError as e:
         raise app.UsageError(f"{e} (--version)") from None
     _published.append(os.path.normpath(path))
+    print(os.path.normpath(path), flush=True)  # published: what follows cannot undo it
     if FLAGS.keep_versions:
-        removed = remove_old_versions(FLAGS.export_dir, FLAGS.keep_versions, written=path)
+        removed = remove_old_versions(FLAGS.export_dir, FLAGS.keep_versions, written=path,
+                                      on_left=_say_left)
         if removed:
             say(f"{os.path.basename(sys.argv[0])}: removed {len(removed)} older version(s) "
                 f"(--keep_versions={FLAGS.keep_versions}): {', '.join(removed)}")
-    print(os.path.normpath(path))
     say(f"[export] written in {time.perf_counter() - started:.0f}s; serve it with: "
         f"{serve_command(FLAGS.export_dir, FLAGS.model_name, FLAGS.jit_compile)}"
         f"{newer_version_note(FLAGS.export_dir, path)}")
@@ -135,6 +136,11 @@ def serve_command(export_dir: str, model_name: str, jit_compile: bool) -> str:
     if jit_compile:
         serve.append("--xla_cpu_compilation_enabled")
     return shlex.join(serve)
+
+
+def _say_left(path: str, reason: str) -> None:
+    say(f"{os.path.basename(sys.argv[0])}: {path} {reason}: left as it is "
+        f"(--keep_versions={FLAGS.keep_versions})")
 
 
 def _say_left_out(path: str, reason: str) -> None:

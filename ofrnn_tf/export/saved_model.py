@@ -33,7 +33,8 @@ import tensorflow as tf
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES, write_warmup_requests
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.jsonio import write_json
-from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
+from ofrnn_tf.processes import (
+    not_removed, owner_tag, remove_dead_leftovers, remove_entry, removal_blocked)
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MODEL_NAME, MAX_VERSION, servable_version, version_folders)
@@ -58,14 +59,18 @@ def next_version(export_base: str) -> int:
     return latest + 1
 
 
-def remove_old_versions(export_base: str, keep: int, written: Optional[str] = None
+def remove_old_versions(export_base: str, keep: int, written: Optional[str] = None,
+                        on_left: Callable[[str, str], None] = lambda path, reason: None
                         ) -> list[str]:
     """Removes the version folders of `export_base` (`version_folders`) but the `keep`
     highest (TF Serving serves the highest by default) and `written` (the one just
     exported, whatever its number); returns the folders removed, highest first. Each is
     renamed to a temporary name first, so that a server polling the base path never
     reads a version half removed. A version another export removes meanwhile (two
-    exports pruning the same base path) is passed over: it is gone, as asked."""
+    exports pruning the same base path) is passed over: it is gone, as asked.
+
+    A version this user cannot remove (another user's, in a base path shared by several)
+    is left whole, `on_left(path, reason)` hearing of it: `reason` says why (`not_removed`)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     spare = os.path.realpath(written) if written is not None else None
@@ -74,17 +79,35 @@ def remove_old_versions(export_base: str, keep: int, written: Optional[str] = No
         path = os.path.join(export_base, name)
         if os.path.realpath(path) == spare:
             continue
-        try:
-            if os.path.islink(path):  # a link to a version kept elsewhere: only the link goes
-                os.remove(path)
-            else:
-                doomed = os.path.join(export_base, f".tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}")
-                os.rename(path, doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
-        except FileNotFoundError:
-            continue  # another process removed it first
+        if os.path.islink(path):  # a link to a version kept elsewhere: only the link goes
+            stopped = remove_entry(path)
+        else:
+            stopped = removal_blocked(path)
+            if stopped is None:
+                stopped = _remove_version(path, export_base, on_left)
+        if stopped is not None:
+            if os.path.lexists(path):  # else another process removed it first
+                on_left(path, not_removed(path, stopped))
+            continue
         removed.append(path)
     return removed
+
+
+def _remove_version(path: str, export_base: str, on_left: Callable[[str, str], None]
+                    ) -> Optional[OSError]:
+    """Removes the version folder `path` by way of a temporary name; returns the error
+    that stopped its rename (it is left whole), None once it is gone or where a removal
+    stopped part way: `on_left` hears of the temporary folder left then."""
+    doomed = os.path.join(export_base, f".tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, doomed)
+    except OSError as error:
+        return error
+    stopped = remove_entry(doomed)
+    if stopped is not None:
+        on_left(doomed, f"(version {os.path.basename(path)}, removed part way) "
+                        f"{not_removed(doomed, stopped)}")
+    return None
 
 
 def signatures(module: InferenceModule) -> dict:
