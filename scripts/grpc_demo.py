@@ -35,8 +35,10 @@ flags.DEFINE_float("timeout", 120.0, "seconds for the server to start and for th
 
 
 def model_base_path(export_dir: str) -> str:
-    """The base path to serve: `export_dir` itself, or its parent if it is a version folder."""
-    path = Path(export_dir)
+    """The base path to serve: `export_dir` itself, or its parent if it is a version folder.
+    A leading ``~`` (which a shell leaves unexpanded after ``=``) is expanded, as the
+    ``ofrnn-*`` commands expand it."""
+    path = Path(export_dir).expanduser()
     if (path / "saved_model.pb").is_file() and path.name.isdigit():
         return str(path.parent)
     find_latest_version(str(path))  # raises a clear error when nothing servable is there
@@ -69,7 +71,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError("give one or more image files")
     try:
         results = demo(FLAGS.export_dir, paths, FLAGS.model_name, FLAGS.timeout)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: a folder this user may not read
         sys.exit(f"grpc_demo: {e}")
     except grpc.RpcError as e:
         sys.exit(f"grpc_demo: server refused the request: {e.code().name}: {e.details()}")

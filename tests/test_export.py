@@ -620,6 +620,30 @@ def test_the_serve_command_an_export_suggests_serves_it_as_written(tmp_path):
         f"--xla_cpu_compilation_enabled")
 
 
+def test_an_export_other_users_cannot_read_says_so_and_how_to_open_it(tmp_path):
+    # Written under umask 077: TF Serving, which usually runs as a user of its own, could
+    # not load it, and nothing else would say so before it is served.
+    from ofrnn_tf.cli.export import closed_to_others_note
+
+    base = tmp_path / "exports"
+    version = base / "1"
+    (version / "variables").mkdir(parents=True)
+    (version / "variables" / "variables.index").write_bytes(b"")
+    os.chmod(version / "variables" / "variables.index", 0o644)
+    for folder in (tmp_path, base, version, version / "variables"):
+        os.chmod(folder, 0o755)
+    assert closed_to_others_note(str(version)) == ""
+    os.chmod(version / "variables" / "variables.index", 0o600)
+    assert closed_to_others_note(str(version)) == (
+        f"; other users cannot read it ({version / 'variables' / 'variables.index'}, as this "
+        f"umask left it): TF Serving running as another user cannot load it until it is "
+        f"opened with: chmod -R a+rX {version}")
+    os.chmod(base, 0o700)
+    assert closed_to_others_note(str(version)).endswith(
+        f"({base}, as this umask left it): TF Serving running as another user cannot load "
+        f"it until it is opened with: chmod a+rx {base} && chmod -R a+rX {version}")
+
+
 @pytest.mark.parametrize("stopped_in", ["export", "removal"])
 def test_an_interrupted_export_says_whether_it_published_its_version(tmp_path, stopped_in):
     # The export itself is played (the run folder and the SavedModel are not the point):

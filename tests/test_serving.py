@@ -70,6 +70,24 @@ def test_server_process_module_imports_without_tensorflow():
     assert done.stdout.startswith("LISTENING")
 
 
+def test_grpc_demo_reads_a_home_path_and_says_a_version_it_cannot_read(tmp_path):
+    # `--export_dir=~/…` as the commands read it; a version another user wrote under umask
+    # 077 in one line, not a traceback (as root, which reads anything, the check is played).
+    version = tmp_path / "exports" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    script = ("import os, runpy, sys\n"
+              f"os.access = lambda path, mode: path != {str(version)!r}\n"
+              "sys.argv = ['scripts/grpc_demo.py', '--export_dir=~/exports', 'a.jpg']\n"
+              "runpy.run_path('scripts/grpc_demo.py', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, HOME=str(tmp_path)))
+    assert done.returncode == 1
+    assert done.stderr == (f"grpc_demo: '{version}' is the newest version but cannot be read "
+                           f"by this user: its owner can open it to every user with chmod -R "
+                           f"a+rX {version}\n")
+
+
 def test_predict_files_refuses_a_batch_size_below_one_when_called():
     # Before any result is asked for, so a caller learns of it where it made the mistake.
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
@@ -138,6 +156,26 @@ def test_find_latest_version(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "saved_model.pb").write_bytes(b"")
     assert find_latest_version(str(tmp_path)) == (13, str(tmp_path / "0013"))
+
+
+@pytest.mark.parametrize("closed", ["", "variables", "saved_model.pb"])
+def test_a_newest_version_this_user_cannot_read_is_said_so(tmp_path, monkeypatch, closed):
+    # Another user's export written under umask 077: not "holds no saved_model.pb" nor "not
+    # a valid checkpoint", which the loader would say, but what to do about it.
+    from ofrnn_tf.serving import server_process
+
+    version = tmp_path / "1"
+    (version / "variables").mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    unreadable = str(version / closed) if closed else str(version)
+    access = os.access
+    monkeypatch.setattr(server_process.os, "access", lambda path, mode: (
+        path != unreadable and access(path, mode)))
+    inside = f" ({unreadable})" if closed else ""
+    with pytest.raises(PermissionError, match=re.escape(
+            f"'{version}' is the newest version but cannot be read by this user{inside}: its "
+            f"owner can open it to every user with chmod -R a+rX {version}")):
+        find_latest_version(str(tmp_path))
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 import glob
 import os
 import shlex
+import stat
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from ofrnn_tf.cli import (input_errors, refusal, refuse_beam_size, refuse_below,
 from ofrnn_tf.cli.image_inputs import IMAGE_KINDS, named_as_image
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, version_folders
+from ofrnn_tf.serving.server_process import (
+    DEFAULT_MODEL_NAME, open_to_others_command, unreadable_part, version_folders)
 from ofrnn_tf.status import say
 
 FLAGS = flags.FLAGS
@@ -109,8 +111,29 @@ def main(argv):
                 f"(--keep_versions={FLAGS.keep_versions}): {', '.join(removed)}")
     say(f"[export] written in {time.perf_counter() - started:.0f}s; serve it with: "
         f"{serve_command(FLAGS.export_dir, FLAGS.model_name, FLAGS.jit_compile)}"
-        f"{newer_version_note(FLAGS.export_dir, path)}")
+        f"{newer_version_note(FLAGS.export_dir, path)}{closed_to_others_note(path)}")
     return 0
+
+
+def closed_to_others_note(written: str) -> str:
+    """A note where the modes of the version `written` or of its base path do not let
+    every user read it (written under a umask such as 077): TF Serving usually runs as a
+    user of its own, which could not load it."""
+    base = os.path.dirname(os.path.abspath(written))
+    opened = stat.S_IROTH | stat.S_IXOTH
+    try:
+        closed = (base if os.stat(base).st_mode & opened != opened
+                  else unreadable_part(written, by_others=True))
+    except OSError:  # removed meanwhile: nothing to say
+        return ""
+    if closed is None:
+        return ""
+    commands = [open_to_others_command(written)]
+    if closed == base:
+        commands.insert(0, shlex.join(["chmod", "a+rx", base]))
+    return (f"; other users cannot read it ({closed}, as this umask left it): TF Serving "
+            f"running as another user cannot load it until it is opened with: "
+            f"{' && '.join(commands)}")
 
 
 def newer_version_note(export_dir: str, written: str) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -62,9 +64,46 @@ def find_latest_version(model_base_path: str) -> tuple[int, str]:
             f"{os.path.join(model_base_path, '<integer version>', 'saved_model.pb')}")
     version, name = versions[-1]
     path = os.path.join(model_base_path, name)
+    unreadable = unreadable_part(path)
+    if unreadable is not None:
+        inside = "" if unreadable == path else f" ({unreadable})"
+        raise PermissionError(f"{path!r} is the newest version but cannot be read by this "
+                              f"user{inside}: its owner can open it to every user with "
+                              f"{open_to_others_command(path)}")
     if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
         raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb")
     return version, path
+
+
+def unreadable_part(path: str, by_others: bool = False) -> str | None:
+    """The first of the folder `path` and the folders and files inside it that this user
+    cannot read (a folder: list and enter), or, with `by_others`, that its mode does not
+    let every user read; None where there is none. A version written under a restrictive
+    umask (077) is read by its writer alone: TF Serving running as a service user of its
+    own cannot load it."""
+    def closed(entry: str, folder: bool) -> bool:
+        if by_others:
+            wanted = (stat.S_IROTH | stat.S_IXOTH) if folder else stat.S_IROTH
+            try:
+                return os.stat(entry).st_mode & wanted != wanted
+            except OSError:  # a link to nothing: not a matter of modes
+                return False
+        return not os.access(entry, (os.R_OK | os.X_OK) if folder else os.R_OK)
+
+    if closed(path, True):
+        return path
+    for folder, subfolders, files in os.walk(path):
+        for name in subfolders + files:
+            entry = os.path.join(folder, name)
+            if closed(entry, name in subfolders):
+                return entry
+    return None
+
+
+def open_to_others_command(version_path: str) -> str:
+    """The command that lets every user read the version folder `version_path` (the
+    folders X, the files r), which TF Serving running as another user needs."""
+    return shlex.join(["chmod", "-R", "a+rX", os.path.abspath(version_path)])
 
 
 def spawn(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
