@@ -434,6 +434,35 @@ def test_a_command_under_a_locale_that_is_not_utf8_runs_in_utf8_mode_and_escapes
         "as Latin-1): TensorFlow reads file names as UTF-8; give it in UTF-8")
 
 
+def _latin1_locale() -> str | None:
+    """A Latin-1 locale this machine has, or None."""
+    try:
+        listed = subprocess.run(["locale", "-a"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    return next((name for name in listed.split() if re.search(r"8859-?1$", name, re.I)), None)
+
+
+@pytest.mark.parametrize("option", ["-I", "-E"])
+def test_a_command_run_by_python_ignoring_the_environment_still_restarts_in_utf8_mode(
+        tmp_path, option):
+    # -I and -E make Python ignore PYTHONUTF8: the restart must ask for UTF-8 mode by a
+    # command-line option, or it would go on in Latin-1 and a non-ASCII path would name
+    # one file to Python, another to TensorFlow.
+    locale = _latin1_locale()
+    if locale is None:
+        pytest.skip("no Latin-1 locale on this machine")
+    script = tmp_path / "command.py"
+    script.write_text("import sys\nfrom ofrnn_tf.cli import runner\n"
+                      "def main(argv):\n"
+                      "    print(sys.getfilesystemencoding(), sys.flags.utf8_mode)\n"
+                      "runner(lambda: None, main)()\n")
+    done = subprocess.run([sys.executable, option, str(script)], cwd=ROOT, capture_output=True,
+                          env=dict(os.environ, LC_ALL=locale), text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["utf-8", "1"]
+
+
 @pytest.mark.parametrize("signalled", [True, False])
 def test_a_ctrl_c_that_surfaces_as_a_system_error_still_reads_as_one(signalled):
     # Landing while C++ code calls back into Python, KeyboardInterrupt can become a

@@ -139,10 +139,14 @@ def _in_utf8_mode() -> None:
     written as UTF-8 (a Latin-1 or ASCII locale): TensorFlow's file functions take them
     as UTF-8 always, and a non-ASCII path would name one file to Python, another to
     TensorFlow (a run's checkpoints apart from its run.json, weights that are there
-    called missing)."""
-    if _is_utf8(sys.getfilesystemencoding()):
+    called missing).
+
+    Started with ``-X utf8``, which Python honours under ``-I`` and ``-E`` too (they make
+    it ignore ``PYTHONUTF8``); ``PYTHONUTF8=1`` is set as well, for the Python programs
+    the command starts."""
+    if _is_utf8(sys.getfilesystemencoding()) or sys.flags.utf8_mode:
         return
-    if os.environ.get("PYTHONUTF8") == "1":  # asked for already: go on as it is
+    if sys.orig_argv[1:3] == ["-X", "utf8"]:  # started again, turned off after: as asked
         return
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     if sys.flags.interactive or not main_file or sys.orig_argv[1:2] == ["-"]:
@@ -150,7 +154,7 @@ def _in_utf8_mode() -> None:
     os.environ["PYTHONUTF8"] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
 
 
 def _refuse_flags_not_utf8() -> None:
