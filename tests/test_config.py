@@ -499,6 +499,28 @@ def test_a_flag_given_as_home_relative_is_expanded_as_a_shell_would(tmp_path):
     assert done.stdout.strip() == str(tmp_path / "runs" / "a"), done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("given, why", [
+    ("~/runs/a", f"no HOME and no passwd entry for uid {os.getuid()}"),
+    ("~no_such_user_here/runs", "no user named 'no_such_user_here'")])
+def test_a_home_relative_flag_that_cannot_be_expanded_is_refused(tmp_path, given, why):
+    # A container's arbitrary uid with no passwd entry and no HOME: Python leaves `~` as
+    # it is, and a folder named `~` would be made in the working folder.
+    script = ("import pwd\n"
+              "from absl import flags\n"
+              "from ofrnn_tf.cli import runner\n"
+              "def no_entry(uid):\n"
+              "    raise KeyError(uid)\n"
+              "pwd.getpwuid = no_entry\n"
+              "define = lambda: flags.DEFINE_string('workdir', None, 'a folder')\n"
+              "runner(define, lambda argv: print(flags.FLAGS.workdir))()\n")
+    env = {name: value for name, value in os.environ.items() if name != "HOME"}
+    done = subprocess.run([sys.executable, "-c", script, f"--workdir={given}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines()[0] == (
+        f"-c: --workdir={given}: '~' cannot be expanded ({why}): give the path in full")
+
+
 @pytest.mark.parametrize("signum, said, code", [
     (signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],
     ids=["sigint", "sigterm"])

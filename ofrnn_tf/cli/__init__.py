@@ -46,7 +46,8 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
     both are handed over to the script. A
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
     whole listing. A flag given as ``~/…`` (which a shell leaves unexpanded after ``=``) is
-    expanded as the shell would, so that no folder named ``~`` is made. Ctrl-C prints
+    expanded as the shell would, so that no folder named ``~`` is made (`expanded_home`:
+    refused where it cannot be). Ctrl-C prints
     ``interrupted`` and `on_interrupt` (what a rerun does; a function, called then, where
     that depends on how far the command got)
     instead of a traceback, and exits with 130, as a shell reports SIGINT; SIGTERM (from
@@ -70,11 +71,11 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
             signal.signal(signal.SIGINT, note_interrupt)
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, note_interrupt)
-        for name in flags.FLAGS:
-            flag = flags.FLAGS[name]
-            if flag.present and isinstance(flag.value, str) and flag.value.startswith("~"):
-                flag.value = os.path.expanduser(flag.value)
         try:
+            for name in flags.FLAGS:
+                flag = flags.FLAGS[name]
+                if flag.present and isinstance(flag.value, str) and flag.value.startswith("~"):
+                    flag.value = expanded_home(name, flag.value)
             return main(argv)
         except app.UsageError as error:
             pointer = "" if isinstance(error, InputFileError) else (
@@ -124,6 +125,21 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
             sys.exit(128 + signal.SIGPIPE)
 
     return run
+
+
+def expanded_home(flag: str, value: str) -> str:
+    """`value` (of ``--<flag>``) with its leading ``~`` or ``~user`` expanded as a shell
+    would; a usage error where it cannot be (no HOME and no passwd entry for this uid, as
+    in a container run under an arbitrary uid; no such user), rather than a folder named
+    ``~`` made in the working folder."""
+    expanded = os.path.expanduser(value)
+    if not expanded.startswith("~"):
+        return expanded
+    user = value[1:].split("/", 1)[0]
+    why = (f"no user named {user!r}" if user else
+           f"no HOME and no passwd entry for uid {os.getuid()}")
+    raise app.UsageError(f"--{flag}={value}: '~' cannot be expanded ({why}): give the path "
+                         f"in full")
 
 
 def _is_utf8(encoding: str) -> bool:
