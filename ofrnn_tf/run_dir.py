@@ -634,6 +634,11 @@ class RunDir:
                     f"commands write into): remove the link and rerun") from None
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise  # said as a full disk: free space, the folder is fine where it is
+            if created:  # a new run: nothing to copy
+                raise RunFolderNotWritableError(
+                    f"{self.path} cannot be created ({error.strerror}): give a --workdir in a "
+                    f"writable place (scripts/main.sh: set WORKDIR, and EXPORT_DIR and "
+                    f"CACHE_DIR, which it writes too)") from None
             raise RunFolderNotWritableError(
                 f"{self.path} cannot be written ({error.strerror}): training and --mode=eval "
                 f"write their checkpoints, τ and metrics into the run folder; copy it to a "

@@ -428,11 +428,18 @@ def test_commands_refuse_a_run_folder_another_command_holds(make_fake_run, tmp_p
 
 
 def test_a_run_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
+    # A new run has nothing to copy elsewhere: another --workdir is the remedy.
     (tmp_path / "file").write_text("")  # read-only for root too: a folder under a file
     with pytest.raises(RunFolderNotWritableError,
-                       match=r"file/run cannot be written \(Not a directory\): training and "
-                             r"--mode=eval write .* copy it to a writable place"):
+                       match=r"file/run cannot be created \(Not a directory\): give a "
+                             r"--workdir in a writable place \(scripts/main.sh: set WORKDIR"):
         with RunDir(str(tmp_path / "file" / "run")).exclusive():
+            pass
+    (tmp_path / "run" / ".lock").mkdir(parents=True)  # unwritable for root too
+    with pytest.raises(RunFolderNotWritableError,
+                       match=r"run cannot be written \(Is a directory\): training and "
+                             r"--mode=eval write .* copy it to a writable place"):
+        with RunDir(str(tmp_path / "run")).exclusive():
             pass
 
 
