@@ -715,6 +715,28 @@ def test_a_folder_flag_nothing_can_be_made_under_is_refused_naming_why(tmp_path)
     assert not (tmp_path / "new").exists()
 
 
+def test_a_folder_flag_that_cannot_be_written_says_why(tmp_path, monkeypatch):
+    # Played (root writes anywhere): a read-only mount, a folder of another user's, and a
+    # home that does not exist, where the folder given is not the one refused.
+    import ofrnn_tf.cli as cli
+
+    base = tmp_path / "base"
+    base.mkdir()
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: path != str(tmp_path))
+    monkeypatch.setattr(cli.os, "statvfs", lambda path: os.statvfs_result(
+        (0,) * 8 + (os.ST_RDONLY if path == str(tmp_path) else 0, 255)))
+    with pytest.raises(app.UsageError) as refused:
+        cli.refuse_unwritable_folder("export_dir", str(tmp_path))
+    assert str(refused.value) == (f"--export_dir={tmp_path} cannot be written (Read-only "
+                                  f"file system)")
+    monkeypatch.setattr(cli.os, "statvfs", lambda path: os.statvfs_result((0,) * 10))
+    with pytest.raises(app.UsageError) as refused:
+        cli.refuse_unwritable_folder("export_dir", str(tmp_path / "home" / "exports" / "x"))
+    assert str(refused.value) == (
+        f"--export_dir={tmp_path / 'home' / 'exports' / 'x'}: {tmp_path} cannot be written "
+        f"(Permission denied) to make {tmp_path / 'home'}, which does not exist")
+
+
 def test_a_failed_write_under_the_cache_is_said_in_one_line_and_only_there(tmp_path):
     import errno
 

@@ -7,6 +7,7 @@ already says otherwise."""
 
 import codecs
 import contextlib
+import errno
 import logging as std_logging
 import os
 import signal
@@ -274,7 +275,21 @@ def refuse_unwritable_folder(flag: str, path: str) -> None:
     if not os.path.isdir(probe):
         raise InputFileError(f"{where} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputFileError(f"{where} cannot be written")
+        # The folder on the way that is missing, where it is not the one given.
+        missing = os.path.join(probe, os.path.relpath(given, probe).split(os.sep)[0])
+        made = ("" if probe == given or missing == given else
+                f" to make {missing}, which does not exist")
+        raise InputFileError(f"{where} cannot be written ({_unwritable_reason(probe)}){made}")
+
+
+def _unwritable_reason(folder: str) -> str:
+    """Why this user cannot write into `folder`, which exists: a read-only file system (a
+    read-only mount or volume), or its permissions."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return os.strerror(errno.EROFS if read_only else errno.EACCES)
 
 
 @contextlib.contextmanager
