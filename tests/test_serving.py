@@ -148,6 +148,9 @@ def test_find_latest_version(tmp_path):
         find_latest_version(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no version directories"):
         find_latest_version(str(tmp_path / "tmp-export"))
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"saved_model.pb (this is itself a version folder: give its parent, {tmp_path})")):
+        find_latest_version(str(tmp_path / "10"))
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         find_latest_version(str(tmp_path / "missing"))
     # TF Serving reads "0013" as version 13 and loads it from that folder; "²" is no

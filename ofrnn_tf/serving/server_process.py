@@ -59,9 +59,13 @@ def find_latest_version(model_base_path: str) -> tuple[int, str]:
         raise FileNotFoundError(f"model base path {model_base_path!r} is not a directory")
     versions = version_folders(model_base_path)
     if not versions:
+        hint = ""
+        if os.path.isfile(os.path.join(model_base_path, "saved_model.pb")):
+            parent = os.path.dirname(os.path.abspath(model_base_path))
+            hint = f" (this is itself a version folder: give its parent, {parent})"
         raise FileNotFoundError(
             f"no version directories under {model_base_path!r}: expected "
-            f"{os.path.join(model_base_path, '<integer version>', 'saved_model.pb')}")
+            f"{os.path.join(model_base_path, '<integer version>', 'saved_model.pb')}{hint}")
     version, name = versions[-1]
     path = os.path.join(model_base_path, name)
     unreadable = unreadable_part(path)
