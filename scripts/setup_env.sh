@@ -13,6 +13,16 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
     || echo "[setup] dataset-fashion-mnist not installable; falling back to keras.datasets at run time" >&2
 fi
 
+if [ -L .venv/bin/python ] && [ ! -x .venv/bin/python ] && [ ! -O .venv/pyvenv.cfg ]; then
+  # Another user's .venv whose link leads nowhere this user may go (made from a Python
+  # under that user's home, a pyenv shim under /root): "python3 -m venv" cannot redo it.
+  made_from=$(sed -n 's/^home *= *//p' .venv/pyvenv.cfg 2>/dev/null || true)
+  echo "[setup] .venv exists but its interpreter (from ${made_from:-another Python}) cannot" \
+    "be run by this user ($(id -un)): its owner can make it again from a Python every user" \
+    "can run (rm -rf .venv && PYTHON=/usr/bin/python3 bash scripts/setup_env.sh), or use a" \
+    "clone of your own" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv" >&2
   "$PY" -m venv .venv

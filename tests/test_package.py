@@ -58,3 +58,26 @@ def test_source_distribution_holds_what_the_tests_import(tmp_path):
     # The licence text the metadata names ships, and the version is the package's own.
     assert "LICENSE" in shipped
     assert archive.name == f"ofrnn_tf-{ofrnn_tf.__version__}.tar.gz"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
+def test_setup_env_says_when_another_users_venv_cannot_be_run_by_this_one(tmp_path):
+    # A root-made .venv whose python links into /root (a pyenv shim): a service user
+    # cannot run it, nor make it again, and python3 -m venv would fail on its pyvenv.cfg.
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(root / "scripts" / "setup_env.sh", tmp_path / "scripts")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to("/root/.pyenv/bin/python3-gone")
+    config = tmp_path / ".venv" / "pyvenv.cfg"
+    config.write_text("home = /root/.pyenv/versions/3.11.7/bin\n")
+    os.chown(config, 12345, 12345)  # another user's
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHON="false"))
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "[setup] .venv exists but its interpreter (from /root/.pyenv/versions/3.11.7/bin) "
+        "cannot be run by this user (root): its owner can make it again from a Python every "
+        "user can run (rm -rf .venv && PYTHON=/usr/bin/python3 bash scripts/setup_env.sh)"), (
+        done.stderr)
