@@ -499,6 +499,34 @@ def test_a_flag_given_as_home_relative_is_expanded_as_a_shell_would(tmp_path):
     assert done.stdout.strip() == str(tmp_path / "runs" / "a"), done.stderr[-2000:]
 
 
+def test_a_command_whose_home_cannot_be_written_gives_matplotlib_a_folder_of_its_own(tmp_path):
+    # A service user's HOME that it may not write (played by a file on the way, which root
+    # cannot write under either): Keras imports matplotlib, which would warn before the
+    # command's first line and build its font cache again on every run.
+    (tmp_path / "home").write_text("")
+    (tmp_path / "tmp").mkdir()
+    script = ("import os\n"
+              "from ofrnn_tf.cli import runner\n"
+              "def main(argv):\n"
+              "    import matplotlib\n"
+              "    print(os.environ.get('MPLCONFIGDIR'), matplotlib.get_cachedir())\n"
+              "runner(lambda: None, main)()\n")
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("XDG_", "MPL"))}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = str(tmp_path / "tmp" / f"ofrnn_tf-matplotlib-{os.getuid()}")
+    assert done.stdout.split() == [folder, folder]
+    assert "matplotlib" not in done.stderr, done.stderr[-2000:]
+    # A writable HOME is matplotlib's, as it would be without the command.
+    env["HOME"] = str(tmp_path / "tmp")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.stdout.split() == ["None", str(tmp_path / "tmp" / ".cache" / "matplotlib")]
+
+
 @pytest.mark.parametrize("given, why", [
     ("~/runs/a", f"no HOME and no passwd entry for uid {os.getuid()}"),
     ("~no_such_user_here/runs", "no user named 'no_such_user_here'")])

@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 import sys
+import tempfile
 from typing import Callable, Iterator, Optional, Union
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -104,6 +105,7 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
 
     def run():
         _in_utf8_mode()
+        _matplotlib_folder_writable()
         _refuse_flags_not_utf8()
         # Help texts and messages say τ and ×: on a stdout that cannot hold them (an ASCII
         # or Latin-1 PYTHONIOENCODING), escaped, not a UnicodeEncodeError.
@@ -172,6 +174,43 @@ def _in_utf8_mode() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+
+
+def _matplotlib_folder_writable() -> None:
+    """Points ``MPLCONFIGDIR`` at a folder of this user's under the temporary folder where
+    matplotlib's own (``~/.config/matplotlib``, ``~/.cache/matplotlib``, or under the
+    ``XDG_*`` folders) cannot be written: no HOME, or one this user may not write (a
+    service user, a container's arbitrary uid). Keras imports matplotlib with
+    TensorFlow, and matplotlib would otherwise print warnings before every command's
+    first line and build its font cache again each time. Linux only, as matplotlib's
+    folders are named so there; a folder of that name that is not this user's own
+    (another user made it first) is not used."""
+    if os.environ.get("MPLCONFIGDIR") or not sys.platform.startswith("linux"):
+        return
+    home = os.path.expanduser("~")
+    defaults = [os.path.join(os.environ.get(variable) or os.path.join(home, fallback),
+                             "matplotlib")
+                for variable, fallback in (("XDG_CONFIG_HOME", ".config"),
+                                           ("XDG_CACHE_HOME", ".cache"))]
+    if not home.startswith("~") and all(map(_can_be_written, defaults)):
+        return
+    try:
+        folder = os.path.join(tempfile.gettempdir(), f"ofrnn_tf-matplotlib-{os.getuid()}")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        made = os.lstat(folder)
+    except OSError:  # no usable temporary folder: TensorFlow says so on import
+        return
+    if stat.S_ISDIR(made.st_mode) and made.st_uid == os.getuid():
+        os.environ["MPLCONFIGDIR"] = folder
+
+
+def _can_be_written(folder: str) -> bool:
+    """Whether `folder` is one this user may write into, or may make (the nearest folder
+    on its way that exists is writable)."""
+    probe = os.path.abspath(folder)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    return os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
 
 
 def _refuse_flags_not_utf8() -> None:
