@@ -17,6 +17,7 @@ import pwd
 import re
 import shutil
 import socket
+import sys
 from typing import Optional
 
 from ofrnn_tf.status import log
@@ -114,13 +115,16 @@ def remove_entry(path: str) -> Optional[OSError]:
     if blocked is not None:
         return blocked
 
-    def note(function, name, exc_info):
-        if not isinstance(exc_info[1], FileNotFoundError):  # removed meanwhile: as asked
-            failures.append(exc_info[1])
+    def note(error: OSError) -> None:
+        if not isinstance(error, FileNotFoundError):  # removed meanwhile: as asked
+            failures.append(error)
 
     try:
         if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, onerror=note)
+            if sys.version_info >= (3, 12):  # `onerror` is deprecated there
+                shutil.rmtree(path, onexc=lambda function, name, error: note(error))
+            else:
+                shutil.rmtree(path, onerror=lambda function, name, info: note(info[1]))
         else:
             os.remove(path)
     except FileNotFoundError:  # its writer, or another cleaner, got there first
