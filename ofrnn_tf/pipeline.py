@@ -707,9 +707,9 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         if mode == "train" and config.decoding.beam_size != before:
             log(f"the run's beam width changes from K={before} to "
                 f"K={config.decoding.beam_size}: stage-2 epochs validated from here on are "
-                f"scored at K={config.decoding.beam_size} (the best so far was chosen at "
-                f"K={before}), and the test metrics are its (--mode=eval scores another "
-                f"width without changing the run)")
+                f"scored at K={config.decoding.beam_size} (and the best one so far again, "
+                f"before stage 2 trains on), and the test metrics are its (--mode=eval scores "
+                f"another width without changing the run)")
     if mode == "train":
         # Before any TensorFlow work: a multi-worker strategy configures the runtime.
         strategy = make_strategy(config.runtime.strategy)

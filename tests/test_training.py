@@ -819,6 +819,44 @@ def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path
     assert RunDir(workdir).load_best_info() == RunDir(str(tmp_path / "straight")).load_best_info()
 
 
+def test_a_rerun_at_other_decoding_settings_scores_the_best_epoch_again_first(tmp_path, capsys):
+    """A stage-2 score is made at the run's decoding settings: a rerun that changes them
+    scores the best epoch so far (best/) again at the new ones, and that is what a new
+    epoch must beat; training goes on from the last epoch's weights as it would have."""
+    data = synthetic_data()
+    config = lambda epochs, objective: tiny_config(
+        stage2={"epochs": epochs, "schedule": "constant"}).replace(
+        decoding={"calibration_objective": objective})
+
+    def scripted(stage2_scores, seen):
+        script = {1: iter(SCRIPTED_MAP), 2: iter(stage2_scores)}
+
+        def validate_fn(model, stage):
+            seen.append((stage, weights(model.trainable_variables)))
+            return {"score": next(script[stage])}
+        return validate_fn
+
+    straight = []
+    make_trainer(str(tmp_path / "straight"), config(3, "o_f1"), data,
+                 scripted([0.2, 0.1, 0.5], straight)).train()
+    short, workdir = [], str(tmp_path / "changed")
+    make_trainer(workdir, config(2, "mean_f1"), data, scripted([0.7, 0.3], short)).train()
+    capsys.readouterr()
+    again = []  # the best epoch at o_f1 (0.2), then epoch 3, better than it, not than 0.7
+    make_trainer(workdir, config(3, "o_f1"), data, scripted([0.2, 0.5], again)).train()
+    assert [stage for stage, _ in again] == [2, 2]
+    assert not changed(short[2][1], again[0][1])  # stage 2's epoch 1, from best/
+    for path, value in again[1][1].items():  # epoch 3, trained on from epoch 2
+        np.testing.assert_allclose(value, straight[-1][1][path], rtol=1e-5, atol=1e-6,
+                                   err_msg=path)
+    best = RunDir(workdir).load_best_info()
+    assert (best["stage"], best["epoch"], best["validation"]) == (2, 3, {"score": 0.5})
+    assert ("[train] the best stage-2 epoch so far (epoch 1) scored 0.70 on validation at K=3, "
+            "min_labels 1, objective mean_f1; scored again at the run's K=3, min_labels 1, "
+            "objective o_f1: 0.20, the score the epochs from here must beat"
+            ) in capsys.readouterr().err
+
+
 def test_patience_stops_a_stage_early(tmp_path, capsys):
     calls = []
 

@@ -32,9 +32,12 @@ stops where it is), so its rerun repeats none of them. Every epoch is checkpoint
 trained (its step count complete) and again once validated, so a validation that fails
 loses no training: the rerun redoes only the validation. The last stage's final
 checkpoint keeps its last epoch's weights and optimizer state (the best epoch's weights
-are in ``best/``), so a finished run given more epochs goes on from there. A checkpoint
-whose files were deleted or damaged since is passed over with a note: the run goes on
-from the newest one that reads back whole.
+are in ``best/``), so a finished run given more epochs goes on from there. The checkpoint
+also records the decoding settings its best stage-2 score was made at: a rerun that
+changes them scores the best epoch again at the new ones before stage 2 trains on
+(`Trainer._rescore_best_if_scored_otherwise`), so that epochs are compared by one
+score. A checkpoint whose files were deleted or damaged since is passed over with a
+note: the run goes on from the newest one that reads back whole.
 """
 
 from __future__ import annotations
@@ -307,16 +310,20 @@ class Trainer:
         self.global_step = counter("global_step")
         self.best_metric = counter("best_metric", -1.0, tf.float64)
         self.epochs_since_best = counter("epochs_since_best")
+        # The decoding settings a stage-2 `best_metric` was scored at (`_scoring_settings`;
+        # empty in a checkpoint written before it was recorded).
+        self.best_scored_at = counter("best_scored_at", "", tf.string)
         # Keras keeps dropout RNG state outside the checkpointable graph; add it so a
         # resumed run draws the same dropout masks as an uninterrupted one.
         rng = {f"rng_{i}": v.value for i, v in enumerate(self.model.non_trainable_variables)
                if "seed_generator" in v.path}
-        self.checkpoint = tf.train.Checkpoint(
+        self._checkpointed = dict(
             model=self.model, optimizer_stage1=self.optimizers[1],
             optimizer_stage2=self.optimizers[2], stage=self.stage, epoch=self.epoch,
             step_in_epoch=self.step_in_epoch, global_step=self.global_step,
             best_metric=self.best_metric, epochs_since_best=self.epochs_since_best,
-            dropout_rng=tf.train.Checkpoint(**rng))
+            best_scored_at=self.best_scored_at, dropout_rng=tf.train.Checkpoint(**rng))
+        self.checkpoint = tf.train.Checkpoint(**self._checkpointed)
         for directory in (run_dir.checkpoints_dir(worker), run_dir.best_dir(worker)):
             if os.path.isdir(directory) and checkpoint_list_lost(directory):
                 print(f"[train] {os.path.join(directory, 'checkpoint')}, TensorFlow's list of "
@@ -527,9 +534,18 @@ class Trainer:
         if latest:
             if not self.chief and directory == self.run_dir.checkpoints_dir():
                 self._take_the_chiefs_best()
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self._restore_checkpoint(latest)
             print(f"[train] resuming from {latest}: {self.position()}", file=sys.stderr)
         return bool(latest)
+
+    def _restore_checkpoint(self, path: str) -> None:
+        """Restores the training checkpoint `path`; one written before the decoding
+        settings of its best score were recorded leaves `best_scored_at` empty."""
+        recorded = any(name.startswith("best_scored_at/")
+                       for name, _ in tf.train.list_variables(path))
+        checkpoint = self.checkpoint if recorded else tf.train.Checkpoint(**{
+            name: part for name, part in self._checkpointed.items() if name != "best_scored_at"})
+        checkpoint.restore(path).assert_existing_objects_matched()
 
     def _take_the_chiefs_best(self) -> None:
         """A worker resuming from the chief's checkpoints takes the chief's best weights
@@ -625,6 +641,8 @@ class Trainer:
         last = self.stages()[-1]
         if int(self.stage) == last + 1 and not self._stage_done(last):
             self.stage.assign(last)
+        if self.model.uses_decoder and int(self.stage) == 2 and not self._stage_done(2):
+            self._rescore_best_if_scored_otherwise()
         for stage in self.stages():
             if int(self.stage) > stage:
                 continue
@@ -635,6 +653,41 @@ class Trainer:
         self._flush_points()
         self._restore_best()
         return self.model
+
+    def _rescore_best_if_scored_otherwise(self) -> None:
+        """Scores the best stage-2 epoch so far (``best/``) on validation again where its
+        score was made at other decoding settings than the run's now (beam width, fewest
+        labels, calibration objective; or at settings not recorded, by an earlier
+        version), and makes that the score the epochs to come must beat; the training
+        weights are put back. Patience still counts the epochs since that best one.
+
+        Every worker of a multi-worker run decides alike, from the checkpoint it resumed
+        from, and scores the same best weights (the chief's, which it takes on resuming
+        from the chief's checkpoints; else its own copy of them)."""
+        now = _scoring_settings(self.config)
+        scored_at = self.best_scored_at.numpy().decode()
+        if self.validate_fn is None or float(self.best_metric) < 0 or scored_at == now:
+            return
+        trained = [v.numpy() for v in self._checkpointed_weights()]
+        if not self._restore_best():
+            return  # no best weights to score: the next validated epoch is kept anyway
+        metrics = self.validate_fn(self.model, 2)
+        for variable, value in zip(self._checkpointed_weights(), trained):
+            variable.assign(value)
+        before = float(self.best_metric)
+        self.best_metric.assign(metrics["score"])
+        self.best_scored_at.assign(now)
+        epoch = ""
+        if self.chief and os.path.exists(self.run_dir.best_info_file):
+            info = self.run_dir.load_best_info()
+            info["validation"] = metrics
+            self.run_dir.save_best_info(info)
+            epoch = f" (epoch {info['epoch']})"
+        then = (f"at {_said_settings(scored_at)}" if scored_at
+                else "at settings its checkpoint does not record")
+        print(f"[train] the best stage-2 epoch so far{epoch} scored {before:.2f} on validation "
+              f"{then}; scored again at the run's {_said_settings(now)}: {metrics['score']:.2f}, "
+              f"the score the epochs from here must beat", file=sys.stderr)
 
     def _say_if_stopped_early(self, stage: int) -> None:
         """One line where the stage's patience ended it before its epochs: which epoch it
@@ -796,15 +849,17 @@ class Trainer:
                 info["validation"].update(score=best, mAP=best)  # the context's, by val. mAP
                 self.run_dir.save_best_info(info)
 
-    def _restore_best(self) -> None:
+    def _restore_best(self) -> bool:
+        """Gives the model the best weights of ``best/``; returns whether there were any."""
         if self.validate_fn is None:
-            return
+            return False
         # Read from the folder, not from the manager's list: a lost state file still
         # leaves the best epoch's files, and a damaged one is named, not passed over.
         best = best_checkpoint(self.best_manager.directory,
                                "rerun the command (training goes on from there)")
         if best:
             self.best_manager.checkpoint.restore(best).expect_partial()
+        return bool(best)
 
     def _train_epoch(self, stage: int):
         """Trains the rest of the current epoch and checkpoints it, then validates it and
@@ -946,6 +1001,7 @@ class Trainer:
               file=sys.stderr)
         if metrics["score"] > float(self.best_metric):
             self.best_metric.assign(metrics["score"])
+            self.best_scored_at.assign(_scoring_settings(self.config) if stage == 2 else "")
             self.epochs_since_best.assign(0)
             self.best_manager.save(checkpoint_number=step)
             if self.chief:
@@ -953,6 +1009,22 @@ class Trainer:
                                              "global_step": step, "validation": metrics})
         else:
             self.epochs_since_best.assign_add(1)
+
+
+def _scoring_settings(config: ExperimentConfig) -> str:
+    """The decoding settings a stage-2 validation score depends on, as the checkpoint
+    records them beside the best score (`Trainer.best_scored_at`)."""
+    decoding = config.decoding
+    return json.dumps({"beam_size": decoding.beam_size, "min_labels": decoding.min_labels,
+                       "calibration_objective": decoding.calibration_objective},
+                      sort_keys=True)
+
+
+def _said_settings(settings: str) -> str:
+    """`_scoring_settings` as a log line says them: ``K=3, min_labels 1, objective o_f1``."""
+    values = json.loads(settings)
+    return (f"K={values['beam_size']}, min_labels {values['min_labels']}, objective "
+            f"{values['calibration_objective']}")
 
 
 def _poisoned_if_any_replica_overflowed(grads):
