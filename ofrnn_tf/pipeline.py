@@ -42,7 +42,8 @@ from ofrnn_tf.modeling.model import fixed_label_order
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.training.distribute import (
     check_batch_split, is_chief, is_chief_task, make_strategy)
-from ofrnn_tf.training.run_state import check_finished_stages, latest_position, training_state
+from ofrnn_tf.training.run_state import (
+    check_checkpoints_kept, check_finished_stages, latest_position, training_state)
 from ofrnn_tf.training.trainer import Trainer
 from ofrnn_tf.visualization.attention_maps import fitting_stem, render_examples
 from ofrnn_tf.status import log
@@ -702,6 +703,8 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
     resuming = run_dir.exists()
     if resuming:
         run_dir.check_config(config)
+        if mode == "train":
+            check_checkpoints_kept(run_dir)
         check_finished_stages(run_dir, config, mode)
         before = run_dir.load()[0].decoding.beam_size
         if mode == "train" and config.decoding.beam_size != before:

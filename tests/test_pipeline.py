@@ -600,6 +600,30 @@ def test_a_finished_run_copied_without_its_checkpoints_is_not_called_unfinished(
     assert "WARNING" not in capsys.readouterr().err
 
 
+def test_training_a_run_copied_without_its_checkpoints_is_refused_naming_the_remedies(
+        trained, tmp_path, cached_features):
+    config = trained[0]
+    run_dir = RunDir(copy_run(trained, tmp_path))
+    shutil.rmtree(run_dir.checkpoints_dir())
+    best = Path(run_dir.best_info_file).read_text()
+    # Training would start over and replace the best weights at its first epoch.
+    with pytest.raises(IncompatibleRunError, match=(
+            rf"holds trained best weights \(stage 2 epoch 1\) but no checkpoint to resume "
+            rf"from in {re.escape(run_dir.checkpoints_dir())}: training would start over .* "
+            rf"Evaluate it with --mode=eval, train in a new --workdir, or delete "
+            rf"{re.escape(run_dir.best_dir())} and {re.escape(run_dir.best_info_file)} \(and "
+            rf"{re.escape(run_dir.tensorboard_dir)}, whose curves")):
+        pipeline.run(config, run_dir.path, "train")
+    assert Path(run_dir.best_info_file).read_text() == best
+    assert not os.path.exists(run_dir.checkpoints_dir())
+    pipeline.run(config, run_dir.path, "eval")
+    for path in (run_dir.best_dir(), run_dir.tensorboard_dir):
+        shutil.rmtree(path)
+    os.remove(run_dir.best_info_file)
+    pipeline.run(config, run_dir.path, "train")  # as a run that never validated: from its start
+    assert run_state.latest_position(run_dir)["stage"] == 3
+
+
 def test_a_rerun_of_a_finished_run_adds_no_empty_tensorboard_file(trained, tmp_path):
     config, _, features_dir = trained
     workdir = copy_run(trained, tmp_path)

@@ -9,7 +9,8 @@ import os
 from typing import Optional
 
 from ofrnn_tf.config.experiment import ExperimentConfig
-from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, resumable_checkpoint
+from ofrnn_tf.run_dir import (
+    IncompatibleRunError, RunDir, listed_checkpoints, resumable_checkpoint)
 from ofrnn_tf.training.trainer import checkpoint_position, describe_position
 
 
@@ -23,6 +24,30 @@ def latest_position(run_dir: RunDir) -> Optional[dict[str, int]]:
     which raises `DamagedCheckpointError` when none does)."""
     latest, _ = resumable_checkpoint(run_dir.checkpoints_dir())
     return checkpoint_position(latest) if latest else None
+
+
+def check_checkpoints_kept(run_dir: RunDir) -> None:
+    """Refuses (`IncompatibleRunError`) to train a run folder that holds trained best
+    weights but no checkpoint to resume from (a run copied without its checkpoints):
+    training would start over from stage 1 and replace them at its first validated
+    epoch. A run that never validated an epoch starts over as before."""
+    if latest_position(run_dir) is not None:
+        return
+    best_info = os.path.exists(run_dir.best_info_file)
+    kept = ([run_dir.best_dir()] if listed_checkpoints(run_dir.best_dir()) else []) + (
+        [run_dir.best_info_file] if best_info else [])
+    if not kept:
+        return
+    best = run_dir.load_best_info() if best_info else {}
+    which = (f" (stage {best['stage']} epoch {best['epoch']})"
+             if "stage" in best and "epoch" in best else "")
+    curves = (f" (and {run_dir.tensorboard_dir}, whose curves would hide the new ones)"
+              if os.path.isdir(run_dir.tensorboard_dir) else "")
+    raise IncompatibleRunError(
+        f"{run_dir.path} holds trained best weights{which} but no checkpoint to resume from "
+        f"in {run_dir.checkpoints_dir()}: training would start over from stage 1 and replace "
+        f"them at its first epoch. Evaluate it with --mode=eval, train in a new --workdir, or "
+        f"delete {' and '.join(kept)}{curves} to train this run again from its start.")
 
 
 def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) -> None:
