@@ -21,6 +21,7 @@ import ofrnn_tf
 from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.software import software_versions
+from ofrnn_tf.training import run_state
 from ofrnn_tf.training.trainer import (
     NonFiniteLossError, Trainer, _LoggingWindow, _digest, _settings_parts, describe_position)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
@@ -872,6 +873,24 @@ def test_patience_stops_a_stage_early(tmp_path, capsys):
             "epochs (--stage1.patience); its best epoch, 1, is kept") in said, said
     assert ("[train] stage 2: stopped after epoch 2 of 4, no better validation score in 1 "
             "epoch (--stage2.patience); its best epoch, 1, is kept") in said, said
+
+
+def test_more_epochs_for_a_stage_its_patience_ended_are_refused_unless_it_is_raised(tmp_path):
+    script = {1: iter(SCRIPTED_MAP), 2: iter([0.7, 0.3])}
+    config = lambda epochs, patience: tiny_config(stage2={"epochs": epochs,
+                                                          "patience": patience})
+    workdir = str(tmp_path)
+    make_trainer(workdir, config(3, 1), synthetic_data(),
+                 lambda model, stage: {"score": next(script[stage])}).train()  # 2 epochs of 3
+    # Its patience would end it at once: the rerun would record 6 epochs and train none.
+    with pytest.raises(IncompatibleRunError, match=(
+            r"stage2.epochs: 3 in the run folder vs 6 now \(no epoch of stage 2 beat its best "
+            r"in the last 1, which --stage2.patience=1 stops it at: more epochs train nothing "
+            r"unless the patience is raised, or 0\)")):
+        run_state.check_finished_stages(RunDir(workdir), config(6, 1), "train")
+    for patience in (2, 0):
+        run_state.check_finished_stages(RunDir(workdir), config(6, patience), "train")
+    run_state.check_finished_stages(RunDir(workdir), config(3, 1), "train")  # as it was
 
 
 def test_patience_counts_the_epochs_since_the_latest_best_one(tmp_path):

@@ -11,19 +11,20 @@ from typing import Optional
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, listed_checkpoints, resumable_checkpoint)
-from ofrnn_tf.training.trainer import checkpoint_position, describe_position
+from ofrnn_tf.training.trainer import POSITION, checkpoint_position, describe_position
 
 
 class UnfinishedRunError(ValueError):
     """``--mode=eval`` on a run whose best weights are not trained through its last stage."""
 
 
-def latest_position(run_dir: RunDir) -> Optional[dict[str, int]]:
-    """Where the checkpoint the run resumes from stands (`checkpoint_position`), or None:
-    the newest that reads back, as `Trainer.restore` picks it (`resumable_checkpoint`,
-    which raises `DamagedCheckpointError` when none does)."""
+def latest_position(run_dir: RunDir,
+                    counters: tuple[str, ...] = POSITION) -> Optional[dict[str, int]]:
+    """Where the checkpoint the run resumes from stands (`checkpoint_position`, with
+    `counters`), or None: the newest that reads back, as `Trainer.restore` picks it
+    (`resumable_checkpoint`, which raises `DamagedCheckpointError` when none does)."""
     latest, _ = resumable_checkpoint(run_dir.checkpoints_dir())
-    return checkpoint_position(latest) if latest else None
+    return checkpoint_position(latest, counters) if latest else None
 
 
 def check_checkpoints_kept(run_dir: RunDir) -> None:
@@ -53,9 +54,9 @@ def check_checkpoints_kept(run_dir: RunDir) -> None:
 def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) -> None:
     """Refuses (`IncompatibleRunError`) what a rerun on an existing run folder would
     accept and ignore: the epochs or patience of a stage its checkpoints show finished
-    (the last stage may go on), and in eval mode any decoding setting but the beam
-    width and any stage's epochs or patience (eval mode trains nothing and writes none
-    of the run's settings)."""
+    (the last stage may go on, unless its patience would end it at once), and in eval
+    mode any decoding setting but the beam width and any stage's epochs or patience
+    (eval mode trains nothing and writes none of the run's settings)."""
     saved, _ = run_dir.load()
     diffs = []
     if mode == "eval":
@@ -70,7 +71,7 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
             "eval mode trains nothing; ofrnn-train without --mode=eval trains on with it"))
         if diffs:
             raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
-    position = latest_position(run_dir)
+    position = latest_position(run_dir, (*POSITION, "epochs_since_best"))
     finished = []
     if position is not None and position["stage"] >= 2:  # stage 1, and the context after it
         if config.model.variant != "baseline":  # the last stage may go on
@@ -89,6 +90,13 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
             diffs.append(f"{section}.epochs: {before} in the run folder vs {now} now "
                          f"({position['epoch']} epochs of stage {stage} are trained: give "
                          f"{position['epoch']} or more)")
+        # Nor more epochs that the stage's patience ends at once.
+        since, patience = position["epochs_since_best"], getattr(config, section).patience
+        if now > position["epoch"] and now != before and 0 < patience <= since:
+            diffs.append(f"{section}.epochs: {before} in the run folder vs {now} now (no "
+                         f"epoch of stage {stage} beat its best in the last {since}, which "
+                         f"--{section}.patience={patience} stops it at: more epochs train "
+                         f"nothing unless the patience is raised, or 0)")
     if diffs:
         raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}. Use a new "
                                    f"--workdir to train with that schedule, or the saved "

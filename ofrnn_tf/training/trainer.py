@@ -108,13 +108,17 @@ def describe_position(stage: int, epochs_done: int, step: int, stage_epochs: Opt
     return f"the start of stage {stage}"
 
 
-def checkpoint_position(path: str) -> dict[str, int]:
+POSITION = ("stage", "epoch", "step_in_epoch")
+
+
+def checkpoint_position(path: str, counters: tuple[str, ...] = POSITION) -> dict[str, int]:
     """``{"stage", "epoch", "step_in_epoch"}`` of a `Trainer` checkpoint: epochs done in
     the stage, steps done in the current epoch; ``stage`` is one past the last stage
-    once training finished."""
+    once training finished. Other `counters` of the `Trainer` may be read as well
+    (``epochs_since_best``)."""
     reader = tf.train.load_checkpoint(path)
     return {name: int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
-            for name in ("stage", "epoch", "step_in_epoch")}
+            for name in counters}
 
 
 def _checkpoints_scale_loss(latest: Optional[str], mixed_precision: bool) -> bool:
