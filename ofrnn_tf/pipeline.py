@@ -455,9 +455,11 @@ def eval_dataset(features_dir: str, facts: RunFacts, split: str, batch_size: int
 
 # -- training and evaluation ------------------------------------------------------------
 def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, features_dir: str,
-                 strategy=None, validate: bool = True) -> Trainer:
+                 strategy=None, validate: bool = True,
+                 settings_before: Optional[ExperimentConfig] = None) -> Trainer:
     """The `Trainer` of a run: the training records of its feature cache and, with
-    `validate`, validation after every epoch (see `evaluation.validate`)."""
+    `validate`, validation after every epoch (see `evaluation.validate`); a resumed
+    run's `settings_before`, as its folder held them, say what a change does."""
     label_map = LabelMap(facts.label_names)
 
     def train_examples(ctx: tf.distribute.InputContext):
@@ -489,7 +491,8 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
                    parse_batch_fn=parse_batch,
                    cache_examples=split_mib <= config.train.cache_records_mib,
                    progress=validate,
-                   validation_logits_fn=validation_logits_fn if validate else None)
+                   validation_logits_fn=validation_logits_fn if validate else None,
+                   settings_before=settings_before)
 
 
 def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,
@@ -697,7 +700,7 @@ def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> Optional[str]:
 
 def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> dict:
     workdir = run_dir.path
-    data, unfinished = None, None
+    data, unfinished, settings_before = None, None, None
     if mode == "eval":
         run_dir.require()
     resuming = run_dir.exists()
@@ -706,7 +709,8 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         if mode == "train":
             check_checkpoints_kept(run_dir)
         check_finished_stages(run_dir, config, mode)
-        before = run_dir.load()[0].decoding.beam_size
+        settings_before = run_dir.load()[0]
+        before = settings_before.decoding.beam_size
         if mode == "train" and config.decoding.beam_size != before:
             log(f"the run's beam width changes from K={before} to "
                 f"K={config.decoding.beam_size}: stage-2 epochs validated from here on are "
@@ -739,7 +743,8 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         if is_chief(strategy):  # workers sharing a run folder must not race on its files
             run_dir.save(config, facts)
         with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
-            model = make_trainer(config, facts, run_dir, features_dir, strategy).train()
+            model = make_trainer(config, facts, run_dir, features_dir, strategy,
+                                 settings_before=settings_before).train()
         if not is_chief(strategy):
             log("training done; the chief worker evaluates and writes the results")
             return {}

@@ -68,7 +68,7 @@ def tiny_facts(**changes) -> RunFacts:
 
 
 def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn=None,
-                 validation_logits_fn=None) -> Trainer:
+                 validation_logits_fn=None, settings_before=None) -> Trainer:
     def examples_fn(ctx):
         return tf.data.Dataset.from_tensor_slices(data).shard(
             ctx.num_input_pipelines, ctx.input_pipeline_id)
@@ -77,7 +77,7 @@ def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn
     run_dir.save(config, tiny_facts())
     return Trainer(config, tiny_facts(), run_dir, tf.distribute.get_strategy(), N, examples_fn,
                    validate_fn=validate_fn, progress=False,
-                   validation_logits_fn=validation_logits_fn)
+                   validation_logits_fn=validation_logits_fn, settings_before=settings_before)
 
 
 def test_every_epoch_reads_the_training_examples_in_another_order(tmp_path):
@@ -267,6 +267,22 @@ def test_cosine_schedule_decays_to_zero_over_the_stages_steps(tmp_path):
         np.testing.assert_allclose([rate for _, rate in points], want, rtol=1e-5, atol=1e-9,
                                    err_msg=f"stage {stage}")
         start += decay_steps
+
+
+def test_a_cosine_stage_given_more_epochs_says_the_rate_it_goes_on_at(tmp_path, capsys):
+    """The schedule decays over the stage's new epochs from its first step: a finished
+    stage given more starts again from a rate above 0, which the log says."""
+    config = lambda epochs: tiny_config(stage2={"schedule": "cosine", "epochs": epochs})
+    make_trainer(str(tmp_path), config(2), synthetic_data()).train()
+    capsys.readouterr()
+    make_trainer(str(tmp_path), config(3), synthetic_data(), settings_before=config(2)).train()
+    steps = 2 * STEPS_PER_EPOCH  # stage 2's, done; the schedule spans 3 epochs of them now
+    rate = 1e-2 * 0.5 * (1 + np.cos(np.pi * steps / (3 * STEPS_PER_EPOCH)))
+    assert (f"[train] stage 2's cosine schedule now decays over 3 epochs, not 2: from here it "
+            f"trains at learning rate {rate:.3g}, where the 2-epoch schedule was at 0 (the "
+            f"steps so far followed that one)") in capsys.readouterr().err
+    first = len(SCRIPTED_MAP) * STEPS_PER_EPOCH + steps + 1  # the extension's first step
+    assert dict(scalars(str(tmp_path))["learning_rate/stage2"])[first] == pytest.approx(rate)
 
 
 def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features(tmp_path):

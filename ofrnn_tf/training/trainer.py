@@ -237,6 +237,9 @@ class Trainer:
             pipeline), and shuffle each epoch over all of them: later epochs read no
             file. For splits that fit in memory.
         progress: show a progress bar per epoch (`ofrnn_tf.status.progress_bar`).
+        settings_before: the run's settings as its folder held them before this command
+            (None for a new run): a change of a stage's epochs is said where it changes
+            the stage's learning rate (`_say_if_schedule_changed`).
 
     Attributes:
         cache_head_outputs: whether stage 2 trains on M_map's outputs computed once
@@ -252,8 +255,10 @@ class Trainer:
                  train_examples_fn: ExamplesFn, validate_fn: Optional[ValidateFn] = None,
                  parse_batch_fn: Optional[Callable[[tf.Tensor], dict]] = None,
                  cache_examples: bool = False, progress: bool = True,
-                 validation_logits_fn: Optional[ValidationLogitsFn] = None):
+                 validation_logits_fn: Optional[ValidationLogitsFn] = None,
+                 settings_before: Optional[ExperimentConfig] = None):
         self.config = config
+        self.settings_before = settings_before
         self.facts = facts
         self.run_dir = run_dir
         self.strategy = strategy
@@ -637,7 +642,8 @@ class Trainer:
         A finished run given more epochs for its last stage (and not stopped there by
         its patience) goes on training that stage from its last epoch's weights and
         optimizer state, as a run given those epochs from the start would (with a
-        constant learning rate; a cosine schedule decays over the stage's epochs).
+        constant learning rate; a cosine schedule decays over the stage's epochs, from
+        its first step: `_say_if_schedule_changed`).
         """
         self.restore()
         if self.model.needs_adapting:
@@ -647,6 +653,7 @@ class Trainer:
             self.stage.assign(last)
         if self.model.uses_decoder and int(self.stage) == 2 and not self._stage_done(2):
             self._rescore_best_if_scored_otherwise()
+        self._say_if_schedule_changed()
         for stage in self.stages():
             if int(self.stage) > stage:
                 continue
@@ -692,6 +699,28 @@ class Trainer:
         print(f"[train] the best stage-2 epoch so far{epoch} scored {before:.2f} on validation "
               f"{then}; scored again at the run's {_said_settings(now)}: {metrics['score']:.2f}, "
               f"the score the epochs from here must beat", file=sys.stderr)
+
+    def _say_if_schedule_changed(self) -> None:
+        """One line where the stage training goes on in has a cosine schedule and other
+        epochs than before this command: the schedule decays over the new epochs from the
+        stage's first step, so the rate it goes on at differs from the one the stage
+        followed so far (higher for more epochs, a restart for a finished stage)."""
+        stage = int(self.stage)
+        if self.settings_before is None or stage > self.stages()[-1]:
+            return
+        now = self.stage_config(stage)
+        before = self.settings_before.stage1 if stage == 1 else self.settings_before.stage2
+        optimizer = getattr(self.optimizers[stage], "inner_optimizer", self.optimizers[stage])
+        steps = int(_number(optimizer.iterations))
+        if now.schedule != "cosine" or now.epochs == before.epochs or not steps:
+            return
+        rate = float(optimizer._learning_rate(steps))  # the schedule; Keras has no public handle
+        was = float(keras.optimizers.schedules.CosineDecay(
+            before.learning_rate, decay_steps=before.epochs * self.steps_per_epoch)(steps))
+        print(f"[train] stage {stage}'s cosine schedule now decays over {now.epochs} epochs, "
+              f"not {before.epochs}: from here it trains at learning rate {rate:.3g}, where "
+              f"the {before.epochs}-epoch schedule was at {was:.3g} (the steps so far followed "
+              f"that one)", file=sys.stderr)
 
     def _say_if_stopped_early(self, stage: int) -> None:
         """One line where the stage's patience ended it before its epochs: which epoch it
@@ -1060,14 +1089,16 @@ def _last_step_learning_rate(optimizer) -> float:
     """The rate the optimizer's last update used. Keras evaluates a schedule at its
     `iterations`, the count after that update (the rate of the step to come: 0 after a
     cosine schedule's last step); a constant rate is a (possibly mirrored) variable."""
-    def number(value):  # a (possibly mirrored) variable's value does not convert with int()
-        return tf.convert_to_tensor(getattr(value, "value", value)).numpy()
-
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
     schedule = inner._learning_rate  # Keras keeps no public handle on the schedule
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(schedule(max(int(number(inner.iterations)) - 1, 0)))
-    return float(number(inner.learning_rate))
+        return float(schedule(max(int(_number(inner.iterations)) - 1, 0)))
+    return float(_number(inner.learning_rate))
+
+
+def _number(value):
+    """A (possibly mirrored) variable's value, which does not convert with int()."""
+    return tf.convert_to_tensor(getattr(value, "value", value)).numpy()
 
 
 class _LoggingWindow:
