@@ -347,12 +347,15 @@ class Trainer:
         # run stopped between checkpoints logged steps that its rerun trains again.
         self._logged: dict[str, int] = {}
 
-    def _optimizer(self, stage: StageConfig, loss_scaling: bool = True):
-        learning_rate = stage.learning_rate
+    def _learning_rate(self, stage: StageConfig):
+        """The stage's learning rate: a number, or a cosine schedule over its epochs."""
         if stage.schedule == "cosine":
-            learning_rate = keras.optimizers.schedules.CosineDecay(
+            return keras.optimizers.schedules.CosineDecay(
                 stage.learning_rate, decay_steps=stage.epochs * self.steps_per_epoch)
-        optimizer = keras.optimizers.Adam(learning_rate)
+        return stage.learning_rate
+
+    def _optimizer(self, stage: StageConfig, loss_scaling: bool = True):
+        optimizer = keras.optimizers.Adam(self._learning_rate(stage))
         if loss_scaling and self.loss_scaling:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
@@ -714,9 +717,7 @@ class Trainer:
         steps = int(_number(optimizer.iterations))
         if now.schedule != "cosine" or now.epochs == before.epochs or not steps:
             return
-        rate = float(optimizer._learning_rate(steps))  # the schedule; Keras has no public handle
-        was = float(keras.optimizers.schedules.CosineDecay(
-            before.learning_rate, decay_steps=before.epochs * self.steps_per_epoch)(steps))
+        rate, was = (float(self._learning_rate(given)(steps)) for given in (now, before))
         print(f"[train] stage {stage}'s cosine schedule now decays over {now.epochs} epochs, "
               f"not {before.epochs}: from here it trains at learning rate {rate:.3g}, where "
               f"the {before.epochs}-epoch schedule was at {was:.3g} (the steps so far followed "
