@@ -86,6 +86,7 @@ def test_the_backbones_the_flag_help_names_are_those_there_are():
         assert name in help_text, name
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_folded_batch_norm_computes_the_checkpoints_network():
     folded = efficientnet_lite.build_efficientnet_lite0_classifier()
     kept = efficientnet_lite.build_efficientnet_lite0_classifier(fold_batch_norm=False)
@@ -105,6 +106,7 @@ def test_efficientnet_lite0_folded_batch_norm_computes_the_checkpoints_network()
                                    err_msg=layer)
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_built_folded_is_the_checkpoint_layout_folded_afterwards():
     """Built without its batch norms, the model is what `fold_batch_norms` makes of the
     checkpoint's layout: the same layers and configurations, the same weights bit for
@@ -156,6 +158,7 @@ def test_torch_and_tf_mode_preprocessing_match_keras(name, reference):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_backbone_inside_a_saved_module_reloads_with_the_same_features(tmp_path):
     backbone = get_backbone("efficientnet_lite0", "stage5", image_size=96)
 
@@ -176,12 +179,14 @@ def test_backbone_inside_a_saved_module_reloads_with_the_same_features(tmp_path)
     np.testing.assert_allclose(reloaded.features(images).numpy(), before, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_feature_layers_without_weights():
     backbone = get_backbone("mobilenet_v2", weights=None)
     assert backbone.feature_shape == (7, 7, 1280)
     assert get_backbone("mobilenet_v2", "stage14", weights=None).feature_shape == (14, 14, 576)
 
 
+@pytest.mark.slow
 def test_resnet152_feature_layers_without_weights():
     backbone = get_backbone("resnet152", weights=None)
     assert backbone.feature_layer == "conv5_block3_out"

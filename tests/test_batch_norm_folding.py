@@ -90,6 +90,7 @@ def test_a_cut_model_folds_within_the_cut(cut_at, bias):
     _assert_same_function(cut, folded, 16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("constructor,left", [("MobileNetV2", 0), ("ResNet50", 0),
                                               ("EfficientNetB0", 0), ("DenseNet121", 62)])
 def test_keras_applications_fold_to_the_same_features(constructor, left):

@@ -230,6 +230,7 @@ def test_beam_shaped_step_equals_step_on_repeated_context(case, batch):
         np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["order_free", "frequency_first", "residual", "pla"])
 @pytest.mark.parametrize("beam_size", [2, 3])
 def test_pruned_beam_equals_plain_python_beam_search(case, beam_size):
@@ -267,6 +268,7 @@ def test_one_step_beam_search_is_the_most_probable_label():
         assert_matches(out, i, greedy_reference(model, x[i:i + 1], 1, 0.0, 1), 1)
 
 
+@pytest.mark.slow
 def test_threshold_selection_equals_decoding_at_that_threshold():
     model = model_for("order_free")
     x = make_features(8, seed=3)
@@ -514,6 +516,7 @@ def test_exhaustive_reference_rule_sanity():
     assert exhaustive_reference(paths, None, 0.95, 2)[0] == [1, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["order_free", "frequency_first", "no_attention", "residual"])
 def test_unrolled_steps_equal_the_loop(mode):
     model = model_for(mode)

@@ -198,6 +198,7 @@ def test_make_absolute_resolves_against_the_working_directory(parse, tmp_path, m
     assert FLAGS.cache_dir == str(tmp_path.parent / "cache")
 
 
+@pytest.mark.slow
 def test_paper_table_trains_and_reads_the_same_folders_from_relative_paths(tmp_path):
     # A finished run --runs leaves out: neither trained nor tabulated.
     write_finished_run(tmp_path / "rel" / "independent" / "seed0" / "no_attention")
@@ -215,6 +216,7 @@ def test_paper_table_trains_and_reads_the_same_folders_from_relative_paths(tmp_p
     assert "10,000" not in done.stdout
 
 
+@pytest.mark.slow
 def test_paper_tables_extra_goes_to_the_rows_that_read_it_and_a_run_trained_otherwise_is_refused(
         tmp_path):
     # Stage-2 flags for a trial of the whole table: the rows of M_map alone read none.
@@ -291,6 +293,7 @@ def test_a_ctrl_c_under_a_child_run_ends_the_script_without_a_traceback(monkeypa
 
 
 # -- paper_table.py without finished runs ------------------------------------------------
+@pytest.mark.slow
 def test_paper_table_publishes_no_mode_when_one_has_no_finished_runs(tmp_path):
     write_finished_run(tmp_path / "independent" / "seed0" / "spatial_head", [
         "--model.variant=baseline", "--model.head_kernel_size=3", "--model.head_units=256",

@@ -151,6 +151,7 @@ def _model_and_data(mode: str):
     return model, x, y, data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["order_free", "baseline"])
 def test_calibrated_threshold_reproduces_its_score_when_decoding(mode):
     model, x, y, data = _model_and_data(mode)

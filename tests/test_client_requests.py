@@ -311,6 +311,7 @@ def test_an_image_alone_refused_at_a_place_past_its_request_gets_its_own_line(se
     assert [len(r) for r in service.requests] == [2, 1, 1]  # no retries: it fails here too
 
 
+@pytest.mark.slow
 def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, tmp_path):
     import os
     import subprocess

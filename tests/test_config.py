@@ -112,6 +112,7 @@ def test_every_command_shows_help_and_refuses_flags_before_tensorflow_loads(
     assert "TENSORFLOW IMPORTED" not in refused.stderr
 
 
+@pytest.mark.slow
 def test_train_keeps_the_absl_verbosity_the_user_gave(tmp_path):
     """Training lowers absl's verbosity to WARNING (TensorFlow's INFO line for every
     checkpoint), unless ``--verbosity`` is given."""
@@ -130,6 +131,7 @@ def test_train_keeps_the_absl_verbosity_the_user_gave(tmp_path):
         assert shown == ([expected] if expected else []), (given, shown)
 
 
+@pytest.mark.slow
 def test_print_config_of_eval_refuses_a_folder_that_holds_no_run(tmp_path):
     done = subprocess.run([sys.executable, "train.py", f"--workdir={tmp_path}", "--mode=eval",
                            "--print_config"], cwd=ROOT, capture_output=True, text=True,
@@ -138,6 +140,7 @@ def test_print_config_of_eval_refuses_a_folder_that_holds_no_run(tmp_path):
     assert f"train.py: {tmp_path} is not a run folder (run.json missing)" in done.stderr
 
 
+@pytest.mark.slow
 def test_train_checks_the_flags_of_an_empty_run_folder_before_tensorflow_loads(tmp_path):
     # `mkdir -p runs/x` first is a new run too; a folder holding anything is left to RunDir.
     run = [sys.executable, "-c", _COMMAND.format("train"), "--train.seed=-1"]
@@ -312,6 +315,7 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["train.py", "--config=coco", "--data.data_dir={tmp}/coco", "--workdir={tmp}/run"],
      "train.py: COCO annotation file not found: {tmp}/coco/annotations/instances_train2014.json"),
@@ -376,6 +380,7 @@ def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, env, message", [
     (["--features.layer=stage_5"], {},
      "train.py: --features.backbone=efficientnet_lite0, --features.layer=stage_5: backbone "
@@ -572,6 +577,7 @@ def test_sigint_and_sigterm_leave_through_the_commands_clean_up(tmp_path, signum
     assert "Traceback" not in done.stderr and cleaned.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("raised, said", [
     ("OSError(errno.ENOSPC, 'No space left on device', '/data/run/calibration.json')",
      "No space left on device writing /data/run/calibration.json"),
@@ -619,6 +625,7 @@ def test_other_os_errors_keep_their_traceback():
     assert "Free space" not in done.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
     # SIGINT a few seconds in, while the run builds its data (a Ctrl-C in the terminal).
     script = ("import os, signal, sys, threading; from ofrnn_tf.cli.train import run; "
@@ -634,6 +641,7 @@ def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
         "from its last checkpoint"), done.stderr[-500:]
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_ends_train_py_in_one_line(tmp_path):
     # The trainer's own test makes the loss NaN; here only what the command says of it.
     script = ("from ofrnn_tf import pipeline; from ofrnn_tf.cli.train import run\n"
@@ -693,6 +701,7 @@ def test_only_resumable_settings_may_change_in_a_run_folder():
             assert field.metadata["resumable"], name
 
 
+@pytest.mark.slow
 def test_print_config_shows_the_resolved_settings():
     done = subprocess.run([sys.executable, "train.py", "--config=benchmark_scenes",
                            "--workdir=/nonexistent/run", "--model.lstm_units=64",

@@ -67,6 +67,7 @@ def _bad_examples(directory, rng):
             Example("bad_missing", os.path.join(directory, "missing.png"), (2,))]
 
 
+@pytest.mark.slow
 def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, capsys):
     rng = np.random.RandomState(1)
     good = _good_examples(str(tmp_path))

@@ -519,6 +519,7 @@ def test_limit_is_read_when_the_graph_runs(decode, limit):
         limit.assign(LIMIT)
 
 
+@pytest.mark.slow
 def test_damage_that_keeps_the_end_of_the_file(limit):
     """The trade-off of "auto": a garbled scan behind an intact EOI is named in a batch of
     several images; alone, it takes the fast path and TensorFlow's message."""

@@ -38,6 +38,7 @@ def test_canvas_facts_are_each_canvas_scene_and_item_count_in_the_order_asked(tm
                                                    [1, 0, 0]])
 
 
+@pytest.mark.slow
 def test_oracle_mlp_starts_as_m_map_and_learns_from_the_facts_it_is_told():
     keras.utils.set_random_seed(0)
     model = label_context_model(num_classes=3, num_extra=2, units=16, dropout=0.0)
@@ -113,6 +114,7 @@ def test_canvas_facts_refuse_a_canvas_without_items(tmp_path):
         canvas_facts(str(tmp_path), "test", ["0", "1"])
 
 
+@pytest.mark.slow
 def test_position_context_starts_as_m_map_and_counts_items_the_pooled_scores_do_not():
     keras.utils.set_random_seed(0)
     model = position_context_model(num_classes=2, positions=9, position_units=8, units=16,

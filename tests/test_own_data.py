@@ -276,6 +276,7 @@ def test_data_file_errors_have_a_dedicated_type(tmp_path):
         load_coco(ann, image_dir, LabelMap(["dog"], source="train.json"))
 
 
+@pytest.mark.slow
 def test_the_command_reports_a_data_file_error_in_one_line(tmp_path):
     root = manifest_folder(tmp_path / "data", train=12, test=4)
     with open(os.path.join(root, "test.csv"), "a") as f:
@@ -566,6 +567,7 @@ def test_a_resume_whose_cache_is_not_under_cache_dir_is_refused_as_eval_does(
     assert facts == RunDir(workdir).load()[1] and os.path.isdir(directory)
 
 
+@pytest.mark.slow
 def test_the_command_refuses_a_resume_without_the_runs_cache_dir_in_one_line(
         tmp_path, trained_folder):
     config, workdir = trained_folder

@@ -27,6 +27,7 @@ def _import_with(setting: str | None) -> subprocess.CompletedProcess:
                           text=True, timeout=300, check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, on", [(None, True), ("0", False), ("1", True)])
 def test_import_turns_onednn_on_unless_the_environment_says_otherwise(setting, on):
     done = _import_with(setting)

@@ -198,6 +198,7 @@ def test_splits_with_an_undecodable_image_left_large_enough_go_on(tmp_path, monk
 
 
 # -- eval mode -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tau_and_score_mix_are_calibrated_on_the_validation_split(trained):
     """calibration.json holds the calibration of the validation split, never of the test
     split whose metrics it then scores."""
@@ -351,6 +352,7 @@ def test_a_benchmark_rerun_without_its_feature_cache_is_refused_before_any_data_
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_the_command_reports_a_refused_rerun_as_a_usage_error(make_fake_run, tmp_path):
     workdir = make_fake_run(tmp_path / "run")
     cache_dir = tmp_path / "cache"
@@ -600,6 +602,7 @@ def test_a_finished_run_copied_without_its_checkpoints_is_not_called_unfinished(
     assert "WARNING" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_a_run_copied_without_its_checkpoints_is_refused_naming_the_remedies(
         trained, tmp_path, cached_features):
     config = trained[0]
@@ -662,6 +665,7 @@ def test_best_json_after_a_label_context_fit_holds_its_scores(trained, tmp_path,
     assert "beam" not in said
 
 
+@pytest.mark.slow
 def test_a_mixed_precision_run_reports_what_eval_mode_and_the_export_compute(
         trained, tmp_path, cached_features, capsys):
     import keras
@@ -681,6 +685,7 @@ def test_a_mixed_precision_run_reports_what_eval_mode_and_the_export_compute(
         assert trained_metrics[name] == evaluated[name], name
 
 
+@pytest.mark.slow
 def test_the_command_reports_eval_of_a_missing_run_without_a_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     for folder, why in (("no", "no such folder"), ("empty", "run.json missing")):

@@ -103,6 +103,7 @@ def test_damaged_best_weights_are_named_with_the_remedy(make_fake_run, tmp_path,
     assert run_dir.weights_path() == os.path.join(run_dir.checkpoints_dir(), "ckpt-1")
 
 
+@pytest.mark.slow
 def test_predict_names_damaged_best_weights_in_one_line(make_fake_run, tmp_path):
     run_dir = with_best_weights(make_fake_run(tmp_path / "run"))
     os.truncate(best_data_file(run_dir), 100)
@@ -112,6 +113,7 @@ def test_predict_names_damaged_best_weights_in_one_line(make_fake_run, tmp_path)
     assert "--help" not in done.stderr  # the remedy is in the run folder, not in a flag
 
 
+@pytest.mark.slow
 def test_print_config_names_a_run_whose_checkpoints_do_not_read_in_one_line(make_fake_run,
                                                                             tmp_path):
     run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
@@ -125,6 +127,7 @@ def test_print_config_names_a_run_whose_checkpoints_do_not_read_in_one_line(make
 
 
 # -- an edited label map -----------------------------------------------------------------
+@pytest.mark.slow
 def test_predict_and_export_refuse_a_permuted_label_map_in_one_line(make_fake_run, tmp_path):
     run = make_fake_run(tmp_path / "run")
     label_map = run / "label_map.json"
@@ -270,6 +273,7 @@ EACH_CALL = ("import sys\nfrom ofrnn_tf.run_dir import RunDir, resumable_checkpo
              "    except Exception as error:\n        print(type(error).__name__, error)\n")
 
 
+@pytest.mark.slow
 def test_run_files_another_user_may_not_read_are_named_not_taken_for_no_run(make_fake_run,
                                                                            as_another_user):
     folder, run = as_another_user
@@ -294,6 +298,7 @@ def test_run_files_another_user_may_not_read_are_named_not_taken_for_no_run(make
             f"this user" in done.stderr and "Traceback" not in done.stderr), done.stderr
 
 
+@pytest.mark.slow
 def test_commands_name_a_damaged_run_file_in_one_line(make_fake_run, tmp_path):
     run = make_fake_run(tmp_path / "run")
     (run / "calibration.json").write_text('{"by_beam_size": {"2": {"tau": ')
@@ -329,6 +334,7 @@ HOLD = ("import sys, time\n"
         "    time.sleep(120)\n")
 
 
+@pytest.mark.slow
 def test_a_held_run_folder_is_refused_naming_its_holder_until_it_dies(tmp_path):
     run_dir = RunDir(str(tmp_path / "run"))
     holder = subprocess.Popen([sys.executable, "-c", HOLD, run_dir.path], cwd=ROOT,
@@ -372,6 +378,7 @@ def test_a_readers_moment_on_the_lock_does_not_refuse_a_training(tmp_path):
         os.close(reader)
 
 
+@pytest.mark.slow
 def test_the_python_api_refuses_a_run_folder_another_process_holds(make_fake_run, tmp_path,
                                                                    tiny_backbone):
     # The commands' library calls, from a notebook say, hold and check the folder too.
@@ -469,6 +476,7 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(tmp_
     assert victim.read_text() == "chapter one"
 
 
+@pytest.mark.slow
 def test_a_full_disk_does_not_stop_a_command_taking_its_run_folder(tmp_path, monkeypatch):
     # Naming the holder in .lock writes a few bytes; the flock is what holds the folder,
     # so a disk with no space left fails later, at a write that names its file.
@@ -580,6 +588,7 @@ def test_a_checkpoint_this_user_may_not_read_is_refused_not_passed_over(tmp_path
     assert run_dir_module.checkpoint_problem(older) is None
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_mode_600_is_refused_to_another_user_as_tensorflow_reads_it(
         as_another_user):
     folder, run = as_another_user

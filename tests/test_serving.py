@@ -739,6 +739,7 @@ def server(model_base, server_log):
     log.close()
 
 
+@pytest.mark.slow
 def test_server_started_from_another_folder_reads_a_relative_model_path(
         model_base, monkeypatch):
     """The child server runs from the package's parent folder; a relative path is the caller's."""

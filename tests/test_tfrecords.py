@@ -391,6 +391,7 @@ def test_a_split_two_commands_sharded_differently_at_once_reads_its_complete_set
     assert (meta["num_shards"], meta["finished_shards"], meta["complete"]) == (3, 2, False)
 
 
+@pytest.mark.slow
 def test_a_record_is_the_same_bytes_in_every_process():
     # protobuf writes a map in an order of its own per process unless asked not to: a
     # rebuilt cache would hold the same values in other bytes (checksums would differ).

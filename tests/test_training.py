@@ -269,6 +269,7 @@ def test_cosine_schedule_decays_to_zero_over_the_stages_steps(tmp_path):
         start += decay_steps
 
 
+@pytest.mark.slow
 def test_a_cosine_stage_given_more_epochs_says_the_rate_it_goes_on_at(tmp_path, capsys):
     """The schedule decays over the stage's new epochs from its first step: a finished
     stage given more starts again from a rate above 0, which the log says."""
@@ -285,6 +286,7 @@ def test_a_cosine_stage_given_more_epochs_says_the_rate_it_goes_on_at(tmp_path, 
     assert dict(scalars(str(tmp_path))["learning_rate/stage2"])[first] == pytest.approx(rate)
 
 
+@pytest.mark.slow
 def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features(tmp_path):
     """The residual decoder's stage 2 reads M_map's frozen outputs, computed once when they
     fit in --train.cache_records_mib; the run is the one it would be without them, up to
@@ -437,6 +439,7 @@ def test_label_context_is_fitted_between_the_stages_and_its_best_epoch_kept(tmp_
     assert not changed(fitted[1], weights(reloaded.model.context_variables))
 
 
+@pytest.mark.slow
 def test_the_label_context_fit_is_scored_on_m_maps_validation_logits_computed_once(tmp_path):
     """M_map is frozen while the context is fitted: scoring the context on its validation
     logits, computed once, gives the scores (and so the epoch) that running the whole
@@ -514,6 +517,7 @@ def test_label_context_that_never_beats_m_map_on_validation_is_left_unchanged(
     np.testing.assert_array_equal(model(x).numpy(), model.map_logits(x).numpy())
 
 
+@pytest.mark.slow
 def test_a_run_stopped_during_the_label_context_fit_refits_it_the_same(tmp_path):
     data = synthetic_data()
 
@@ -542,6 +546,7 @@ def test_a_run_stopped_during_the_label_context_fit_refits_it_the_same(tmp_path)
         np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_the_label_context_fit_refits_it_from_the_same_start(
         tmp_path, monkeypatch):
     """Stopped after the fit saved its context in best/ but before the checkpoint ending
@@ -581,6 +586,7 @@ def test_a_run_stopped_after_the_label_context_fit_refits_it_from_the_same_start
         np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
 
 
+@pytest.mark.slow
 def test_a_failed_validation_loses_no_training_and_the_rerun_redoes_only_it(tmp_path):
     data = synthetic_data()
     whole = make_trainer(str(tmp_path / "whole"), tiny_config(), data, scripted_validation([]))
@@ -664,6 +670,7 @@ def _train_until_stopped_by(trainer: Trainer, signum: int) -> list:
     return handed_on
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, after", [
     (signal.SIGINT, 3), (signal.SIGTERM, 2 * STEPS_PER_EPOCH + 2)],
     ids=["sigint-stage1", "sigterm-stage2"])
@@ -801,6 +808,7 @@ def test_a_held_sigterm_under_the_default_action_ends_the_process_as_the_signal_
     assert done.stdout == "step done True\n"
 
 
+@pytest.mark.slow
 def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path, capsys):
     """The stage-end checkpoint holds the last epoch's weights and Adam state, not the
     best epoch's: raising --stage2.epochs trains on as a longer run would have."""
@@ -836,6 +844,7 @@ def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path
     assert RunDir(workdir).load_best_info() == RunDir(str(tmp_path / "straight")).load_best_info()
 
 
+@pytest.mark.slow
 def test_a_rerun_at_other_decoding_settings_scores_the_best_epoch_again_first(tmp_path, capsys):
     """A stage-2 score is made at the run's decoding settings: a rerun that changes them
     scores the best epoch so far (best/) again at the new ones, and that is what a new
@@ -1225,6 +1234,7 @@ def test_the_settings_workers_compare_leave_out_only_where_each_keeps_its_files(
     assert all(0 <= n < 2 ** 16 for value in same.values() for n in value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parts", [{}, {"head": "spatial", "decoder": "residual", "head_units": 8,
                                          "label_context_units": 8}],
                          ids=["paper", "residual_with_label_context"])
@@ -1253,6 +1263,7 @@ def test_mixed_precision_computes_in_float16_and_trains(tmp_path, parts):
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", [True, False], ids=["float16_then_float32", "float32_then_float16"])
 def test_a_run_resumes_with_mixed_precision_switched(tmp_path, first):
     """`--runtime.mixed_precision` may change between reruns (a run moved off its GPUs):
@@ -1374,6 +1385,7 @@ def test_a_rerun_stopped_before_its_first_point_leaves_no_empty_event_file(tmp_p
     assert len(os.listdir(RunDir(str(tmp_path)).tensorboard_dir)) == 1
 
 
+@pytest.mark.slow
 def test_a_run_stopped_mid_epoch_resumes_on_the_epochs_remaining_batches(tmp_path):
     # Stopped twice part-way through an epoch (stage 1 epoch 2 after 1 of 4 steps, stage 2
     # epoch 1 after 2 of 4), each rerun trains only the batches its epoch had left, in
