@@ -53,10 +53,12 @@ RESULT_COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small",
 
 
 class Timer:
-    """Collects how long each part of a run took (printed at the end of a run)."""
+    """Collects how long each part of a run took (printed at the end of a run), and what
+    a training command trained with (`trained_with`, recorded with its time)."""
 
     def __init__(self):
         self.parts: dict[str, float] = {}
+        self.trained_with: dict = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -691,7 +693,7 @@ def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> Optional[str]:
     line, not raised: it must not hide the error that ended the run, nor fail a run whose
     results are written."""
     try:
-        return run_dir.save_timing(mode, timer.rounded())
+        return run_dir.save_timing(mode, timer.rounded(), timer.trained_with)
     except Exception as error:  # a full disk, a timing file of another shape
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         log(f"time not recorded in {run_dir.timing_file(mode)}: {reason}")
@@ -743,8 +745,14 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
         if is_chief(strategy):  # workers sharing a run folder must not race on its files
             run_dir.save(config, facts)
         with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
-            model = make_trainer(config, facts, run_dir, features_dir, strategy,
-                                 settings_before=settings_before).train()
+            trainer = make_trainer(config, facts, run_dir, features_dir, strategy,
+                                   settings_before=settings_before)
+            # As the trainer resolved them: a float32 run goes on in float32 whatever asked.
+            timer.trained_with = {"strategy": config.runtime.strategy,
+                                  "replicas": strategy.num_replicas_in_sync,
+                                  "jit_compile": config.runtime.jit_compile,
+                                  "mixed_precision": trainer.mixed_precision}
+            model = trainer.train()
         if not is_chief(strategy):
             log("training done; the chief worker evaluates and writes the results")
             return {}

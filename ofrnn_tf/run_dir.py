@@ -801,15 +801,24 @@ class RunDir:
     def load_metrics(self, split: str, beam_size: Optional[int] = None) -> dict:
         return read_json(self.metrics_file(split, beam_size))
 
-    def save_timing(self, mode: str, parts: dict) -> str:
+    def save_timing(self, mode: str, parts: dict, trained_with: Optional[dict] = None) -> str:
         """Writes how long each part of this command took. Training's parts add to those
         of the earlier commands in the folder (a run resumed, or given more epochs, took
-        all of their training time); an evaluation's replace the last one's."""
-        if mode == "train" and os.path.exists(self.timing_file(mode)):
-            earlier = read_json(self.timing_file(mode))
-            parts = {**earlier, **{part: round(earlier.get(part, 0.0) + seconds, 1)
-                                   for part, seconds in parts.items()}}
-        return write_json(self.timing_file(mode), parts)
+        all of their training time), and each training command is listed under
+        ``commands`` with its parts, when it ended and `trained_with` (the runtime settings
+        it trained with, which may change from one command of a run to the next); an
+        evaluation's replace the last one's."""
+        if mode != "train":
+            return write_json(self.timing_file(mode), parts)
+        earlier = read_json(self.timing_file(mode)) if os.path.exists(
+            self.timing_file(mode)) else {}
+        commands = earlier.pop("commands", [])
+        command = {"ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "seconds": parts, **({"trained_with": trained_with} if trained_with else {})}
+        totals = {part: round(earlier.get(part, 0.0) + seconds, 1)
+                  for part, seconds in parts.items()}
+        return write_json(self.timing_file(mode),
+                          {**earlier, **totals, "commands": [*commands, command]})
 
     def save_best_info(self, info: dict) -> str:
         return write_json(self.best_info_file, info)

@@ -541,8 +541,11 @@ def test_a_training_command_stopped_after_training_keeps_its_time(
     monkeypatch.setattr(pipeline, "calibrate_and_evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(config, run_dir.path, "train")
-    assert {"data", "features", "training"} <= set(
-        json.loads(Path(run_dir.timing_file("train")).read_text()))
+    timing = json.loads(Path(run_dir.timing_file("train")).read_text())
+    assert {"data", "features", "training"} <= set(timing)
+    assert timing["commands"][-1]["trained_with"] == {
+        "strategy": config.runtime.strategy, "replicas": 1,
+        "jit_compile": config.runtime.jit_compile, "mixed_precision": False}
 
 
 def test_eval_mode_refuses_decoding_settings_it_would_not_keep(trained, tmp_path):

@@ -4,6 +4,7 @@ exports and resumes from another place, finding its feature cache by fingerprint
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
@@ -65,10 +66,17 @@ def test_moved_run_evaluates_exports_and_resumes(tiny_export_run, tmp_path):
 def test_training_time_adds_up_over_reruns_and_evaluation_time_is_the_last(tmp_path):
     # A resumed run took the training time of all its commands (paper_table's "train s").
     run_dir = RunDir(str(tmp_path))
-    run_dir.save_timing("train", {"data": 2.0, "training": 100.0})
+    run_dir.save_timing("train", {"data": 2.0, "training": 100.0}, {"jit_compile": True})
     run_dir.save_timing("train", {"data": 0.5, "training": 40.2, "evaluation": 3.0})
     with open(run_dir.timing_file("train")) as f:
-        assert json.load(f) == {"data": 2.5, "training": 140.2, "evaluation": 3.0}
+        timing = json.load(f)
+    commands = timing.pop("commands")
+    assert timing == {"data": 2.5, "training": 140.2, "evaluation": 3.0}
+    # Each command is listed with its own parts and what it trained with.
+    assert [c["seconds"] for c in commands] == [{"data": 2.0, "training": 100.0},
+                                                {"data": 0.5, "training": 40.2, "evaluation": 3.0}]
+    assert [c.get("trained_with") for c in commands] == [{"jit_compile": True}, None]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", c["ended"]) for c in commands)
     run_dir.save_timing("eval", {"evaluation": 5.0})
     run_dir.save_timing("eval", {"evaluation": 4.0})
     with open(run_dir.timing_file("eval")) as f:
