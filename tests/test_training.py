@@ -111,6 +111,17 @@ def scripted_validation(validated: list):
     return validate_fn
 
 
+def scripted_scores(stage2_scores: list, seen: list):
+    """A validate_fn scoring stage 1 as `SCRIPTED_MAP` and stage 2 as `stage2_scores`,
+    recording each stage and the weights it saw."""
+    script = {1: iter(SCRIPTED_MAP), 2: iter(stage2_scores)}
+
+    def validate_fn(model, stage):
+        seen.append((stage, weights(model.trainable_variables)))
+        return {"score": next(script[stage])}
+    return validate_fn
+
+
 def weights(variables) -> dict:
     """Values by path below the model (the model's own name differs between instances)."""
     return {v.path.split("/", 1)[1]: v.numpy().copy() for v in variables}
@@ -816,18 +827,10 @@ def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path
     scores = [0.70, 0.30, 0.50]  # stage 2's best epoch is its first
     config = lambda epochs: tiny_config(stage2={"epochs": epochs, "schedule": "constant"})
 
-    def scripted(stage2_scores, seen):
-        script = {1: iter(SCRIPTED_MAP), 2: iter(stage2_scores)}
-
-        def validate_fn(model, stage):
-            seen.append((stage, weights(model.trainable_variables)))
-            return {"score": next(script[stage])}
-        return validate_fn
-
     straight = []
-    make_trainer(str(tmp_path / "straight"), config(3), data, scripted(scores, straight)).train()
+    make_trainer(str(tmp_path / "straight"), config(3), data, scripted_scores(scores, straight)).train()
     short, workdir = [], str(tmp_path / "extended")
-    model = make_trainer(workdir, config(2), data, scripted(scores[:2], short)).train()
+    model = make_trainer(workdir, config(2), data, scripted_scores(scores[:2], short)).train()
     assert not changed(short[2][1], weights(model.trainable_variables))  # returns the best ...
     again = make_trainer(workdir, config(2), data)
     assert again.restore()  # ... and checkpoints the last
@@ -836,7 +839,7 @@ def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path
     assert "stage 3" not in capsys.readouterr().err
 
     extended = []
-    make_trainer(workdir, config(3), data, scripted(scores[2:], extended)).train()
+    make_trainer(workdir, config(3), data, scripted_scores(scores[2:], extended)).train()
     assert [stage for stage, _ in extended] == [2]  # one more epoch, validated
     for path, value in extended[0][1].items():
         np.testing.assert_allclose(value, straight[-1][1][path], rtol=1e-5, atol=1e-6,
@@ -854,22 +857,14 @@ def test_a_rerun_at_other_decoding_settings_scores_the_best_epoch_again_first(tm
         stage2={"epochs": epochs, "schedule": "constant"}).replace(
         decoding={"calibration_objective": objective})
 
-    def scripted(stage2_scores, seen):
-        script = {1: iter(SCRIPTED_MAP), 2: iter(stage2_scores)}
-
-        def validate_fn(model, stage):
-            seen.append((stage, weights(model.trainable_variables)))
-            return {"score": next(script[stage])}
-        return validate_fn
-
     straight = []
     make_trainer(str(tmp_path / "straight"), config(3, "o_f1"), data,
-                 scripted([0.2, 0.1, 0.5], straight)).train()
+                 scripted_scores([0.2, 0.1, 0.5], straight)).train()
     short, workdir = [], str(tmp_path / "changed")
-    make_trainer(workdir, config(2, "mean_f1"), data, scripted([0.7, 0.3], short)).train()
+    make_trainer(workdir, config(2, "mean_f1"), data, scripted_scores([0.7, 0.3], short)).train()
     capsys.readouterr()
     again = []  # the best epoch at o_f1 (0.2), then epoch 3, better than it, not than 0.7
-    make_trainer(workdir, config(3, "o_f1"), data, scripted([0.2, 0.5], again)).train()
+    make_trainer(workdir, config(3, "o_f1"), data, scripted_scores([0.2, 0.5], again)).train()
     assert [stage for stage, _ in again] == [2, 2]
     assert not changed(short[2][1], again[0][1])  # stage 2's epoch 1, from best/
     for path, value in again[1][1].items():  # epoch 3, trained on from epoch 2
