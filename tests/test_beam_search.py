@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from ofrnn_tf.decoding.beam_search import (
-    _log_threshold_tensor, beam_search, beam_size_problem, decode_dataset, greedy_decode,
-    labels_to_multi_hot, log_threshold, make_decoder, select_baseline, select_for_threshold)
+    _log_threshold_tensor, baseline_decode, beam_search, beam_size_problem, decode_dataset,
+    greedy_decode, labels_to_multi_hot, log_threshold, make_decoder, select_baseline,
+    select_for_threshold)
 from ofrnn_tf.decoding.calibration import default_grid
 from ofrnn_tf.modeling.model import OrderFreeRNN, fixed_label_order
 
@@ -399,6 +400,26 @@ def test_baseline_thresholds_v_prob():
     tau = float(scores[2, 1])
     out = to_numpy(make_decoder(model, max_steps=3, threshold=tau, min_labels=0)(x))
     assert 1 in out["labels"][2] and select_baseline(scores, tau, 0)[2, 1] == 1
+
+
+def test_baseline_log_prob_stays_finite_where_v_prob_rounds_to_zero():
+    """τ = 0 keeps every class, one of logit -200 too (v_prob 0 in float32): the path's
+    log-probability is still the sum of log-sigmoids, finite, as the beam search's is."""
+    model = model_for("baseline")
+    x = make_features(2, seed=9)
+    logits = model(x).numpy() - np.eye(C)[0] * 200.0
+
+    class FarClassZero:  # M_map with class 0's logit moved to about -200
+        num_classes = C
+
+        def __call__(self, features, training=False):
+            return model(features, training=training) - tf.one_hot(0, C) * 200.0
+
+    out = to_numpy(baseline_decode(FarClassZero(), x, max_steps=3, threshold=0.0,
+                                   min_labels=0))
+    assert (out["num_labels"] == C).all() and (out["scores"][:, 0] == 0.0).all()
+    expected = -np.logaddexp(0.0, -logits).sum(-1)
+    np.testing.assert_allclose(out["log_prob"], expected, rtol=1e-5)
 
 
 def test_xla_matches_graph():

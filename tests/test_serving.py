@@ -806,6 +806,12 @@ def test_response_carries_all_outputs_and_version(stub):
     assert tf.make_ndarray(response.outputs["label_names"])[1].tolist() == [b"blue", b"", b""]
     filtered = raw_predict(stub, {"images": strings([RED])}, output_filter=["num_labels"])
     assert set(filtered.outputs) == {"num_labels"}
+    # As TF Serving answers: each value in its typed field, none packed as bytes (which a
+    # client in another language, written for TF Serving, would not read).
+    for key, proto in response.outputs.items():
+        values = {tf.float32: proto.float_val, tf.int32: proto.int_val,
+                  tf.string: proto.string_val}[tf.dtypes.as_dtype(proto.dtype)]
+        assert not proto.tensor_content and len(values) == tf.make_ndarray(proto).size, key
 
 
 @slow
@@ -864,6 +870,16 @@ def shape_only(dtype, shape):
     return proto
 
 
+def with_values(proto, values):
+    proto.float_val.extend(values)
+    return proto
+
+
+def with_content(proto, content: bytes):
+    proto.tensor_content = content
+    return proto
+
+
 BAD_REQUESTS = {
     # name: (inputs, signature, model, version, code, message fragments)
     "corrupt bytes": ({"images": strings([RED, RED[:len(RED) // 2], BLUE])}, None, None, None,
@@ -904,6 +920,15 @@ BAD_REQUESTS = {
                            "predict_features", None, None, "INVALID_ARGUMENT",
                            ["a request of 100000 items is above this server's "
                             "--max_batch_size"]),
+    "values beyond the shape": ({"features": with_values(shape_only(tf.float32, [1, 4, 4, 3]),
+                                                         [0.5] * 49)},
+                                "predict_features", None, None, "INVALID_ARGUMENT",
+                                ["input 'features': shape [1, 4, 4, 3] has 48 elements but "
+                                 "the tensor holds 49 values"]),
+    "content not the shape's size": ({"features": with_content(shape_only(
+        tf.float32, [1, 4, 4, 3]), bytes(190))}, "predict_features", None, None,
+        "INVALID_ARGUMENT", ["input 'features': shape [1, 4, 4, 3] has 48 elements but the "
+                             "tensor's content holds 190 bytes, not 192"]),
     "strings fewer than shape": ({"images": shape_only(tf.string, [2, 10**9])}, None, None,
                                  None, "INVALID_ARGUMENT",
                                  ["has 2000000000 elements but the tensor holds 0"]),

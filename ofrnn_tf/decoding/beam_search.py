@@ -159,13 +159,16 @@ def baseline_decode(model, features: tf.Tensor, *, max_steps: int,
     elif not isinstance(threshold, (tf.Tensor, tf.Variable)):
         threshold = _check_threshold(threshold)
     features = _check_features(features)
-    v_prob = tf.sigmoid(tf.cast(model(features, training=False), tf.float32))
+    logits = tf.cast(model(features, training=False), tf.float32)
+    v_prob = tf.sigmoid(logits)
     num_classes = model.num_classes
     order = tf.argsort(v_prob, axis=-1, direction="DESCENDING", stable=True)
     sorted_prob = tf.gather(v_prob, order, batch_dims=1)
     keep = (sorted_prob >= threshold) | (tf.range(num_classes)[None, :] < min_labels)
     labels = tf.where(keep, tf.cast(order, tf.int32), -1)
-    log_prob = tf.reduce_sum(tf.where(keep, tf.math.log(sorted_prob), 0.0), axis=-1)
+    # log_sigmoid, not log(v_prob): a v_prob that rounds to 0 (τ = 0 keeps it) is finite.
+    sorted_log_prob = tf.gather(tf.math.log_sigmoid(logits), order, batch_dims=1)
+    log_prob = tf.reduce_sum(tf.where(keep, sorted_log_prob, 0.0), axis=-1)
     batch, m = tf.shape(features)[0], tf.shape(features)[1]
     return {
         "labels": labels,

@@ -251,6 +251,25 @@ def _shape_text(dims: Sequence[int]) -> str:
     return "[" + ", ".join("None" if d < 0 else str(d) for d in dims) + "]"
 
 
+# The TensorProto field that holds each numeric dtype's values one by one, as TF Serving
+# writes outputs (`tensor_content` packs them as bytes).
+_TYPED_FIELDS = {tf.float32: "float_val", tf.float64: "double_val", tf.int32: "int_val",
+                 tf.int64: "int64_val", tf.bool: "bool_val"}
+
+
+def typed_tensor_proto(value: np.ndarray):
+    """`value` as a TensorProto whose values are in their typed field (``float_val``,
+    ``int_val``, ``string_val``), as TF Serving's Predict answers: `tf.make_tensor_proto`
+    packs an array of several numbers into ``tensor_content``, which a client written for
+    TF Serving in another language does not read."""
+    proto = tf.make_tensor_proto(value)
+    if proto.tensor_content:
+        proto.ClearField("tensor_content")
+        getattr(proto, _TYPED_FIELDS[tf.dtypes.as_dtype(value.dtype)]).extend(
+            np.asarray(value).ravel().tolist())
+    return proto
+
+
 def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int,
                          max_batch_size: int) -> None:
     # tf.make_ndarray fills a shape that has fewer values than elements by repeating
@@ -272,6 +291,17 @@ def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int,
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: shape {_shape_text(dims)} is {n * dtype.size} bytes, "
                            f"more than a request may carry ({max_bytes})")
+    elif proto.tensor_content and len(proto.tensor_content) != n * dtype.size:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: shape {_shape_text(dims)} has {n} elements but "
+                           f"the tensor's content holds {len(proto.tensor_content)} bytes, "
+                           f"not {n * dtype.size}")
+    elif dtype in _TYPED_FIELDS and len(getattr(proto, _TYPED_FIELDS[dtype])) > n:
+        # Fewer values fill the shape with the last one; more fit no shape.
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: shape {_shape_text(dims)} has {n} elements but "
+                           f"the tensor holds {len(getattr(proto, _TYPED_FIELDS[dtype]))} "
+                           f"values (give the shape's dimensions)")
 
 
 def _batch_size_error(size: int, max_batch_size: int) -> RequestError:
@@ -519,7 +549,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         response.model_spec.version.value = s.version
         response.model_spec.signature_name = name
         for key in keys:
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
+            response.outputs[key].CopyFrom(typed_tensor_proto(outputs[key]))
         return response
 
     def _model_error(self, error: tf.errors.OpError, inputs: Mapping[str, np.ndarray]) -> RequestError:
