@@ -11,7 +11,9 @@ log-probability; or the reason a file was refused) and stops the server.
 Takes about 10 s to a minute on a 2-core CPU, almost all of it the server loading the
 SavedModel and replaying its warm-up requests (the slower the host, the longer). The
 server starts first, so this process imports TensorFlow (for the client) while the
-child loads the model.
+child loads the model. Ctrl-C or SIGTERM stops the server too (exit status 130 or 143),
+and a demo killed outright takes it along (the server stops when its standard input, a
+pipe from here, closes).
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ from typing import Sequence
 import grpc
 from absl import app, flags
 
+from ofrnn_tf.cli import runner
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version, spawn,
                                               stop, wait_until_listening)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("export_dir", None, "model base path (integer version directories); a "
-                    "version folder stands for its base path, whose newest version is served")
-flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name the server answers to")
-flags.DEFINE_float("timeout", 120.0, "seconds for the server to start and for the request")
+
+
+def define_flags() -> None:
+    """The script's flags (defined when it runs, as the commands' are)."""
+    flags.DEFINE_string("export_dir", None, "model base path (integer version directories); "
+                        "a version folder stands for its base path, whose newest version is "
+                        "served")
+    flags.DEFINE_string("model_name", DEFAULT_MODEL_NAME, "model name the server answers to")
+    flags.DEFINE_float("timeout", 120.0, "seconds for the server to start and for the request")
 
 
 def model_base_path(export_dir: str) -> str:
@@ -81,5 +89,8 @@ def main(argv: Sequence[str]) -> None:
         sys.exit("grpc_demo: no image was labelled")
 
 
+run = runner(define_flags, main)
+
 if __name__ == "__main__":
-    app.run(main)
+    sys.argv[0] = "grpc_demo"  # its name in the one-line usage errors, as in its other lines
+    run()

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -750,6 +751,93 @@ def test_server_started_from_another_folder_reads_a_relative_model_path(
             grpc.channel_ready_future(channel).result(timeout=30)
     finally:
         assert stop(proc) == 0
+
+
+def _servers_of(model_base_path: str) -> list[int]:
+    """The processes alive (not zombies) serving `model_base_path` as `spawn` starts them."""
+    wanted = f"--model_base_path={model_base_path}".encode()
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:  # ended meanwhile
+            continue
+        if wanted in args and state not in (b"Z", b"X"):
+            pids.append(int(pid))
+    return pids
+
+
+def _wait_for_servers_of(model_base_path: str, present: bool, timeout: float = 120.0) -> None:
+    """Waits until a process serves `model_base_path` (`present`) or none does any more;
+    fails the test after `timeout` seconds, ending (by pid) the servers left behind."""
+    deadline = time.monotonic() + timeout
+    while bool(_servers_of(model_base_path)) != present:
+        if time.monotonic() > deadline:
+            left = _servers_of(model_base_path)
+            for pid in left:
+                os.kill(pid, 9)
+            pytest.fail(f"servers of {model_base_path}: {left or 'none'} after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the server's process in /proc")
+def test_server_stops_when_the_process_that_started_it_is_killed(model_base, tmp_path):
+    """A parent killed without a chance to stop its server (SIGKILL, or SIGTERM to a test
+    run) leaves none listening under PID 1: the server's stdin pipe closes with it."""
+    base = str(tmp_path / "base")
+    os.symlink(model_base, base)  # a path of this test's own in the server's command line
+    script = ("import sys, time\n"
+              "from ofrnn_tf.serving.server_process import start_subprocess\n"
+              f"start_subprocess({base!r}, stderr=open({str(tmp_path / 'log')!r}, 'w'))\n"
+              "print('listening', flush=True)\n"
+              "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout.readline() == "listening\n"
+        assert _servers_of(base)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+    _wait_for_servers_of(base, present=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the server's process in /proc")
+def test_grpc_demo_stopped_by_sigterm_stops_its_server(model_base, tmp_path):
+    # SIGTERM while the demo waits for its server, as a cancelled CI job or `kill` sends it.
+    base = str(tmp_path / "base")
+    os.symlink(model_base, base)
+    image = tmp_path / "red.png"
+    image.write_bytes(RED)
+    demo = subprocess.Popen([sys.executable, "scripts/grpc_demo.py", f"--export_dir={base}",
+                             str(image)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_servers_of(base, present=True)
+        demo.send_signal(signal.SIGTERM)
+        out, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 143, err[-2000:]
+    assert err.endswith("\ngrpc_demo: terminated\n"), err[-2000:]
+    assert out == ""
+    assert not _servers_of(base)  # stopped and waited for, not left to PID 1
+
+
+def test_grpc_demo_says_a_usage_error_in_one_line():
+    done = subprocess.run([sys.executable, "scripts/grpc_demo.py", "--export_dir=exports"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == ("grpc_demo: give one or more image files\n"
+                           "Try --help for the command's flags.\n")
 
 
 @pytest.fixture(scope="module")

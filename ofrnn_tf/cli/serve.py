@@ -4,9 +4,10 @@
 
 Serves the newest integer version under ``--model_base_path`` through
 `ofrnn_tf.serving.local_server` (what it serves, checks and refuses) until SIGTERM or
-Ctrl-C, which give requests in flight a short grace. The version is the one newest when
-it starts: restart it to serve a later export (TensorFlow Serving watches the folder
-instead). It prints
+Ctrl-C, which give requests in flight a short grace (with ``--stop_when_stdin_closes``,
+also until its standard input closes, as it does when the process that started it ends).
+The version is the one newest when it starts: restart it to serve a later export
+(TensorFlow Serving watches the folder instead). It prints
 ``LISTENING <host>:<port>`` once the warm-up requests have run and the port is
 open; from then on the lines native code (libjpeg, TensorFlow's C++ log) writes to
 stderr are rate-limited (`ofrnn_tf.serving.native_log`).
@@ -23,7 +24,7 @@ from absl import app, flags, logging
 from ofrnn_tf.cli import refuse_below, refuse_glob_characters, runner
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, DEFAULT_PORT,
-    LISTENING_PREFIX)
+    LISTENING_PREFIX, stop_when_stdin_closes)
 
 
 def define_flags() -> None:
@@ -47,6 +48,10 @@ def define_flags() -> None:
     flags.DEFINE_bool("xla_cpu_compilation_enabled", False,
                       "serve an export with XLA-compiled functions (ofrnn-export --jit_compile), "
                       "as TF Serving does with this flag; refused without it")
+    flags.DEFINE_bool("stop_when_stdin_closes", False,
+                      "stop as on SIGTERM once standard input is closed: a parent holding "
+                      "the other end of a pipe takes the server with it when it ends, "
+                      "however it ends (how scripts/grpc_demo.py and the tests start it)")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -67,6 +72,8 @@ def main(argv: Sequence[str]) -> None:
         refuse_below(name)
     # As TensorFlow Serving is given it: an absolute path, its variables read by pattern.
     refuse_glob_characters("model_base_path", FLAGS.model_base_path, absolute=True)
+    if FLAGS.stop_when_stdin_closes:  # from now: a parent gone while the model loads too
+        stop_when_stdin_closes()
     # Here, after the flags are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.serving.local_server import SHUTDOWN_GRACE_SECONDS, grpc_address, serve
     from ofrnn_tf.serving.native_log import limit_native_stderr

@@ -12,9 +12,11 @@ import os
 import re
 import selectors
 import shlex
+import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -114,15 +116,39 @@ def spawn(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
           extra_args: Sequence[str] = (), *, stderr=None) -> subprocess.Popen:
     """Starts `ofrnn_tf.serving.local_server` on a free loopback port and returns at once;
     `wait_until_listening` gives its target. A relative `model_base_path` is the caller's:
-    the child runs from the package's parent folder, so that it imports this package."""
+    the child runs from the package's parent folder, so that it imports this package.
+
+    The child's standard input is a pipe this process holds the other end of, and the
+    child stops when that pipe closes (`stop_when_stdin_closes`): a parent that ends
+    without `stop` (SIGKILL, SIGTERM to a script without a handler, a crash) takes its
+    server with it instead of leaving it listening under PID 1. The kernel closes the
+    pipe whatever ends the parent, and whichever of its threads started the child
+    (Linux's parent-death signal fires when that thread ends, and would need a
+    ``preexec_fn``, unsafe in a process with threads)."""
     model_base_path = os.path.abspath(model_base_path)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return subprocess.Popen(
         [sys.executable, "-m", "ofrnn_tf.cli.serve", f"--model_base_path={model_base_path}",
-         f"--model_name={model_name}", "--port=0", *extra_args],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+         f"--model_name={model_name}", "--port=0", "--stop_when_stdin_closes", *extra_args],
+        cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+        text=True)
+
+
+def stop_when_stdin_closes() -> None:
+    """Sends this process SIGTERM once its standard input reaches its end (or is closed),
+    from a thread that reads it: a server `spawn` started then stops as on SIGTERM when
+    its parent ends, however it ends. What is read is dropped."""
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:  # closed from the start: as good as its end
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-when-stdin-closes", daemon=True).start()
 
 
 def wait_until_listening(proc: subprocess.Popen, timeout: float = 180.0) -> str:
@@ -150,16 +176,17 @@ def wait_until_listening(proc: subprocess.Popen, timeout: float = 180.0) -> str:
 
 def stop(proc: subprocess.Popen, grace: float = 30.0) -> int:
     """Stops a `spawn`ed server as ``docker stop`` would (SIGTERM, then SIGKILL after
-    `grace` seconds) and closes the pipe of its stdout; returns its exit status (0 for
-    a server that stopped on SIGTERM)."""
+    `grace` seconds) and closes the pipes of its stdin and stdout; returns its exit status
+    (0 for a server that stopped on SIGTERM)."""
     proc.terminate()
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
     return proc.returncode
 
 
