@@ -4,9 +4,10 @@ Starts ``ofrnn_tf.serving.local_server`` on the export's model base path in a ch
 (it loads the newest version and replays its warm-up requests), sends the images in
 one Predict request with ``ofrnn_tf.serving.client.predict_files``, prints one JSON line per
 image (as ``ofrnn-client`` does: label names in decoding order, their scores, the path's
-log-probability; or the reason a file was refused) and stops the server.
+log-probability; or the reason a file was refused) and stops the server. Takes image files
+and folders (their images, one level deep), as ``ofrnn-client`` does.
 
-    python scripts/grpc_demo.py --export_dir=exports/ofrnn img1.jpg img2.png
+    python scripts/grpc_demo.py --export_dir=exports/ofrnn img1.jpg img2.png photos/
 
 Takes about 10 s to a minute on a 2-core CPU, almost all of it the server loading the
 SavedModel and replaying its warm-up requests (the slower the host, the longer). The
@@ -27,6 +28,7 @@ import grpc
 from absl import app, flags
 
 from ofrnn_tf.cli import runner
+from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version, spawn,
                                               stop, wait_until_listening)
 
@@ -53,11 +55,17 @@ def model_base_path(export_dir: str) -> str:
     return str(path)
 
 
-def demo(export_dir: str, image_paths: Sequence[str], model_name: str = DEFAULT_MODEL_NAME,
+def demo(export_dir: str, inputs: Sequence[str], model_name: str = DEFAULT_MODEL_NAME,
          timeout: float = 120.0) -> list[dict]:
-    """Starts the server, classifies the images over gRPC, stops the server; returns the
-    results of `ofrnn_tf.serving.client.predict_files`, one per image."""
+    """Starts the server, classifies the images of `inputs` (files and folders, as
+    `expand_inputs` reads them) over gRPC, stops the server; returns the results of
+    `ofrnn_tf.serving.client.predict_files`, one per image, and an error record for each
+    input that is no image (a folder without images, a file of another kind)."""
     base = model_base_path(export_dir)
+    entries = expand_inputs(list(inputs))
+    image_paths = [entry for entry in entries if isinstance(entry, str)]
+    if not image_paths:  # nothing to send: no server to start
+        return entries
     print(f"starting the local server on {base} ...", file=sys.stderr, flush=True)
     proc = spawn(base, model_name)
     try:
@@ -66,19 +74,21 @@ def demo(export_dir: str, image_paths: Sequence[str], model_name: str = DEFAULT_
         target = wait_until_listening(proc, timeout)
         print(f"serving on {target}; sending {len(image_paths)} image(s)", file=sys.stderr,
               flush=True)
-        return list(predict_files(target, image_paths, model_name=model_name, timeout=timeout))
+        return list(merge_results(entries, predict_files(target, image_paths,
+                                                         model_name=model_name,
+                                                         timeout=timeout)))
     finally:
         stop(proc)
 
 
 def main(argv: Sequence[str]) -> None:
-    paths = argv[1:]
+    inputs = argv[1:]
     if not FLAGS.export_dir:
         raise app.UsageError("--export_dir is required")
-    if not paths:
-        raise app.UsageError("give one or more image files")
+    if not inputs:
+        raise app.UsageError("give one or more image files or folders")
     try:
-        results = demo(FLAGS.export_dir, paths, FLAGS.model_name, FLAGS.timeout)
+        results = demo(FLAGS.export_dir, inputs, FLAGS.model_name, FLAGS.timeout)
     except (ValueError, OSError, RuntimeError) as e:  # OSError: a folder this user may not read
         sys.exit(f"grpc_demo: {e}")
     except grpc.RpcError as e:

@@ -13,4 +13,5 @@ KEEP_VERSIONS=${KEEP_VERSIONS:-3}  # a rerun's export removes all but the 3 high
 # export.py uses the run's example images (copied from its test split) as warm-up requests.
 .venv/bin/python export.py --workdir="$WORKDIR" --export_dir="$EXPORT_DIR" \
   --keep_versions="$KEEP_VERSIONS"
-.venv/bin/python scripts/grpc_demo.py --export_dir="$EXPORT_DIR" "$WORKDIR"/examples/*.jpg
+# The folder, not a glob: its images keep their data's extension (PNG, GIF... too).
+.venv/bin/python scripts/grpc_demo.py --export_dir="$EXPORT_DIR" "$WORKDIR"/examples

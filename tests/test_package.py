@@ -82,3 +82,33 @@ def test_setup_env_says_when_another_users_venv_cannot_be_run_by_this_one(tmp_pa
         "cannot be run by this user (root): its owner can make it again from a Python every "
         "user can run (rm -rf .venv && PYTHON=/usr/bin/python3 bash scripts/setup_env.sh)"), (
         done.stderr)
+
+
+def _scripts_with_a_recording_python(tmp_path: Path, *scripts: str) -> Path:
+    """A copy of `scripts` (from scripts/) in `tmp_path`, beside a .venv whose python and
+    uv write their arguments to ``calls.log``, one call a line, and do nothing else."""
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    for script in scripts:
+        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    for tool in ("python", "uv"):
+        fake = tmp_path / ".venv" / "bin" / tool
+        fake.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> {tmp_path / "calls.log"}\n')
+        fake.chmod(0o755)
+    return tmp_path / "calls.log"
+
+
+def test_main_sh_gives_the_demo_the_run_s_examples_folder_whatever_their_format(tmp_path):
+    # A run of PNG data (--config=manifest) has examples/000_x.png: no *.jpg to glob.
+    calls = _scripts_with_a_recording_python(tmp_path, "main.sh")
+    (tmp_path / "scripts" / "setup_env.sh").write_text("")
+    (tmp_path / "run" / "examples").mkdir(parents=True)
+    (tmp_path / "run" / "examples" / "000_x.png").write_bytes(b"")
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / "main.sh")], capture_output=True,
+                          text=True, timeout=60,
+                          env=dict(os.environ, WORKDIR=str(tmp_path / "run"),
+                                   EXPORT_DIR=str(tmp_path / "exports")))
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines()[-1] == (
+        f"scripts/grpc_demo.py --export_dir={tmp_path / 'exports'} {tmp_path / 'run' / 'examples'}")

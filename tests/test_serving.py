@@ -832,11 +832,41 @@ def test_grpc_demo_stopped_by_sigterm_stops_its_server(model_base, tmp_path):
     assert not _servers_of(base)  # stopped and waited for, not left to PID 1
 
 
+@pytest.mark.slow
+def test_grpc_demo_takes_folders_as_ofrnn_client_does(model_base, tmp_path):
+    # A run's examples/ holds PNGs where its data were PNGs: the folder, not a *.jpg glob.
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "000_red.png").write_bytes(RED)
+    (tmp_path / "examples" / "notes.txt").write_text("not an image")
+    done = subprocess.run([sys.executable, "scripts/grpc_demo.py", f"--export_dir={model_base}",
+                           str(tmp_path / "examples")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    red, notes = map(json.loads, done.stdout.splitlines())
+    assert (red["image"], red["labels"]) == (str(tmp_path / "examples" / "000_red.png"), ["red"])
+    assert notes["error"].startswith(f"{tmp_path / 'examples' / 'notes.txt'}: skipped by its "
+                                     f"extension (.txt)")
+
+
+def test_grpc_demo_given_no_image_says_so_without_starting_a_server(tmp_path):
+    (tmp_path / "exports" / "1").mkdir(parents=True)
+    (tmp_path / "exports" / "1" / "saved_model.pb").write_bytes(b"")  # never loaded
+    (tmp_path / "examples").mkdir()
+    done = subprocess.run([sys.executable, "scripts/grpc_demo.py",
+                           f"--export_dir={tmp_path / 'exports'}", str(tmp_path / "examples")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {
+        "image": str(tmp_path / "examples"),
+        "error": f"{tmp_path / 'examples'}: folder holds no jpg/jpeg/jpe/jfif/png/bmp/gif file"}
+    assert done.stderr == "grpc_demo: no image was labelled\n"
+
+
 def test_grpc_demo_says_a_usage_error_in_one_line():
     done = subprocess.run([sys.executable, "scripts/grpc_demo.py", "--export_dir=exports"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == ("grpc_demo: give one or more image files\n"
+    assert done.stderr == ("grpc_demo: give one or more image files or folders\n"
                            "Try --help for the command's flags.\n")
 
 
