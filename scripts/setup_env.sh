@@ -35,14 +35,17 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   # cannot be installed or fails. --compile-bytecode writes the .pyc files at install,
   # as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise
   # compile TensorFlow's sources again on import (12 s instead of 5 here).
+  # What the tools say goes to stderr: stdout is the caller's (bash scripts/main.sh >
+  # results.txt).
   if .venv/bin/python -m pip install -q uv >/dev/null 2>&1 \
-      && .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e ".[dev]"; then
+      && .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python \
+        -e ".[dev]" >&2; then
     :
   else
     echo "[setup] uv unavailable; installing with pip (a few minutes)" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    .venv/bin/python -m pip install -q -e ".[dev]" >&2
   fi
-  .venv/bin/python -m pip check
+  .venv/bin/python -m pip check >&2
   touch "$stamp"
 fi

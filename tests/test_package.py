@@ -86,7 +86,8 @@ def test_setup_env_says_when_another_users_venv_cannot_be_run_by_this_one(tmp_pa
 
 def _scripts_with_a_recording_python(tmp_path: Path, *scripts: str) -> Path:
     """A copy of `scripts` (from scripts/) in `tmp_path`, beside a .venv whose python and
-    uv write their arguments to ``calls.log``, one call a line, and do nothing else."""
+    uv write their arguments to ``calls.log``, one call a line, say them on stdout, and do
+    nothing else."""
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "scripts").mkdir()
     for script in scripts:
@@ -94,7 +95,8 @@ def _scripts_with_a_recording_python(tmp_path: Path, *scripts: str) -> Path:
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     for tool in ("python", "uv"):
         fake = tmp_path / ".venv" / "bin" / tool
-        fake.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> {tmp_path / "calls.log"}\n')
+        fake.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> {tmp_path / "calls.log"}\n'
+                        f'echo "{tool} $*"\n')
         fake.chmod(0o755)
     return tmp_path / "calls.log"
 
@@ -112,3 +114,23 @@ def test_main_sh_gives_the_demo_the_run_s_examples_folder_whatever_their_format(
     assert done.returncode == 0, done.stderr
     assert calls.read_text().splitlines()[-1] == (
         f"scripts/grpc_demo.py --export_dir={tmp_path / 'exports'} {tmp_path / 'run' / 'examples'}")
+
+
+@pytest.mark.parametrize("uv_installs", [True, False])
+def test_setup_env_writes_nothing_on_stdout(tmp_path, uv_installs):
+    # stdout is the caller's: `bash scripts/main.sh > results.txt` holds the results only.
+    calls = _scripts_with_a_recording_python(tmp_path, "setup_env.sh")
+    (tmp_path / "setup.cfg").write_text("")
+    if not uv_installs:
+        (tmp_path / ".venv" / "bin" / "uv").write_text("#!/bin/sh\necho uv failed\nexit 1\n")
+    tools = tmp_path / "tools"  # an apt-get that installs nothing, wherever root runs this
+    tools.mkdir()
+    (tools / "apt-get").write_text("#!/bin/sh\necho apt-get $*\nexit 1\n")
+    (tools / "apt-get").chmod(0o755)
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PATH=f"{tools}{os.pathsep}{os.environ['PATH']}"))
+    assert done.returncode == 0, done.stderr
+    assert "-m pip check" in calls.read_text()
+    assert done.stdout == ""
+    assert "python -m pip check" in done.stderr
