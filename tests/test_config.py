@@ -616,6 +616,27 @@ def test_a_full_disk_is_said_in_one_line_that_names_the_write(raised, said):
         f"-c: {said}. Free space and rerun the same command: what it finished before is kept.")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full")
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("flushed", [True, False])
+def test_a_full_disk_on_stdout_is_said_to_be_the_standard_output(buffered, flushed):
+    # `> /dev/full`: the error of a write to an open file names no file. A line left in
+    # stdout's buffer is written as the command ends, not at exit (status 120).
+    script = ("from ofrnn_tf.cli import runner\n"
+              "def main(argv):\n"
+              f"    print('results', flush={flushed})\n"
+              "runner(lambda: None, main)()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    assert (done.returncode, done.stderr) == (1, (
+        "-c: No space left on device writing the standard output. Free space and rerun the "
+        "same command: what it finished before is kept.\n"))
+
+
 def test_other_os_errors_keep_their_traceback():
     script = ("import errno\nfrom ofrnn_tf.cli import runner\n"
               "def main(argv):\n    raise OSError(errno.EIO, 'Input/output error', '/x')\n"

@@ -676,6 +676,31 @@ def test_an_interrupted_export_says_whether_it_published_its_version(tmp_path, s
                         f"way; the next export with --keep_versions finishes it")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full")
+def test_an_export_whose_stdout_is_full_says_its_version_was_published(tmp_path):
+    # The export itself is played, as above. Its path on stdout comes once the version is
+    # published: a rerun would only write an identical one.
+    version = str(tmp_path / "exports" / "7")
+    script = (
+        "import sys\n"
+        "from ofrnn_tf.cli import export as command\n"
+        "from ofrnn_tf.export import saved_model\n"
+        "from ofrnn_tf.run_dir import RunDir\n"
+        "command.trained_run = lambda workdir, beam_size: RunDir(workdir)\n"
+        f"saved_model.export_run = lambda *args, **kwargs: {version!r}\n"
+        "sys.argv[0] = 'ofrnn-export'\n"
+        "command.run()\n")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path}",
+                               f"--export_dir={tmp_path / 'exports'}"], cwd=ROOT, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.rstrip().splitlines()[-1] == (
+        f"ofrnn-export: No space left on device writing the standard output; version "
+        f"{version} was published whole, so a rerun would only publish another, identical "
+        f"version")
+
+
 def test_an_export_that_cannot_remove_an_old_version_names_it_and_succeeds(tmp_path):
     # The export itself is played, as above: what follows it is the point. The version
     # written is on stdout before the removal of older ones, which cannot undo it.

@@ -8,6 +8,7 @@ already says otherwise."""
 import codecs
 import contextlib
 import errno
+import io
 import logging as std_logging
 import os
 import signal
@@ -38,7 +39,8 @@ def stop_if_interrupted() -> None:
         raise KeyboardInterrupt
 
 
-def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = ""):
+def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
+           on_disk_full: Callable[[], Optional[str]] = lambda: None):
     """A console script's entry: define the command's flags (only when it runs, so importing
     a command module defines none), then run `main` under absl.
 
@@ -55,7 +57,9 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
     instead of a traceback, and exits with 130, as a shell reports SIGINT; SIGTERM (from
     ``kill``, ``timeout``, ``docker stop``) takes the same way out, printing
     ``terminated`` and exiting with 143, so the command's own clean-up runs; a full disk
-    (`disk_full`) says what it stopped writing and that a rerun keeps what is finished,
+    (`disk_full`) says what it stopped writing (a write to stdout names "the standard
+    output": `_StandardOutput`) and that a rerun keeps what is finished, or what
+    `on_disk_full` says instead (where the work is done and a rerun would do it again),
     and exits with 1. A reader of stdout that goes away ends the command quietly, with
     141, as SIGPIPE would."""
     interrupts = _INTERRUPTS
@@ -78,7 +82,11 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
                 flag = flags.FLAGS[name]
                 if flag.present and isinstance(flag.value, str) and flag.value.startswith("~"):
                     flag.value = expanded_home(name, flag.value)
-            return main(argv)
+            with _standard_output_named():
+                status = main(argv)
+                if sys.stdout is not None:
+                    sys.stdout.flush()  # its last lines: a full disk is said here, not at exit
+            return status
         except app.UsageError as error:
             pointer = "" if isinstance(error, InputFileError) else (
                 "\nTry --help for the command's flags.")
@@ -99,7 +107,9 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
             full = disk_full(error)
             if full is None:
                 raise
-            print(f"{command}: {full}. Free space and rerun the same command: what it "
+            done = on_disk_full()
+            print(f"{command}: {full}; {done}" if done else
+                  f"{command}: {full}. Free space and rerun the same command: what it "
                   f"finished before is kept.", file=sys.stderr)
             return 1
 
@@ -128,6 +138,63 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "")
             sys.exit(128 + signal.SIGPIPE)
 
     return run
+
+
+# The file `disk_full` names for a write to stdout that a full disk stopped.
+STANDARD_OUTPUT = "the standard output"
+
+
+class _StandardOutput(io.TextIOWrapper):
+    """``sys.stdout`` while a command runs (`_standard_output_named`): a write or flush a
+    full disk stops names `STANDARD_OUTPUT` as its file, which the error of a write to an
+    open file does not name, so that `disk_full` can say which write it was."""
+
+    def write(self, text: str) -> int:
+        with _naming_standard_output():
+            return super().write(text)
+
+    def flush(self) -> None:
+        with _naming_standard_output():
+            super().flush()
+
+
+@contextlib.contextmanager
+def _naming_standard_output() -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if out_of_room(error) and not error.filename:
+            error.filename = STANDARD_OUTPUT
+        raise
+
+
+@contextlib.contextmanager
+def _standard_output_named() -> Iterator[None]:
+    """Makes ``sys.stdout`` a `_StandardOutput` over the same file for the block, where it
+    is the process's own (not one a test or a caller put in its place); back after."""
+    given = sys.stdout
+    if given is None or given is not sys.__stdout__ or not isinstance(given, io.TextIOWrapper):
+        yield
+        return
+    given.flush()
+    named = _StandardOutput(given.buffer, encoding=given.encoding, errors=given.errors,
+                            line_buffering=given.line_buffering,
+                            write_through=given.write_through)
+    sys.stdout = named
+    try:
+        yield
+    finally:
+        sys.stdout = given
+        try:
+            named.flush()
+        except OSError:
+            # What a full disk left unwritten (the command says so) is dropped: every later
+            # flush, at exit too, would fail on it again, with a message and status of its own.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, named.fileno())
+            os.close(devnull)
+            named.flush()
+        named.detach()  # the file stays open: it is the process's stdout
 
 
 def expanded_home(flag: str, value: str) -> str:

@@ -212,12 +212,26 @@ _published: list[str] = []
 def _after_interrupt() -> str:
     if not _published:
         return "no version was published; rerun the same command"
-    removal = (": the removal of older versions (--keep_versions) may have stopped part way; "
-               "the next export with --keep_versions finishes it") if FLAGS.keep_versions else ""
-    return f"version {_published[0]} was published whole{removal}"
+    return f"version {_published[0]} was published whole{_removal_note()}"
 
 
-run = runner(define_flags, main, on_interrupt=_after_interrupt)
+def _after_disk_full() -> str | None:
+    """Once the version is published (its path is what stdout could not take), that a
+    rerun is not needed; None before, where the advice to rerun holds."""
+    if not _published:
+        return None
+    return (f"version {_published[0]} was published whole, so a rerun would only publish "
+            f"another, identical version{_removal_note()}")
+
+
+def _removal_note() -> str:
+    if not FLAGS.keep_versions:
+        return ""
+    return (": the removal of older versions (--keep_versions) may have stopped part way; "
+            "the next export with --keep_versions finishes it")
+
+
+run = runner(define_flags, main, on_interrupt=_after_interrupt, on_disk_full=_after_disk_full)
 
 if __name__ == "__main__":
     run()

@@ -17,7 +17,6 @@ from typing import Iterable, Optional, TextIO
 from absl import app
 
 from ofrnn_tf.cli import stop_if_interrupted
-from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
 from ofrnn_tf.text_bytes import marked_encoding, unmarked_wide_encoding
 
@@ -271,11 +270,9 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
             else:
                 num_ok += 1
                 pictures += "attention_png" in result
-    except BaseException as error:
-        if out is not sys.stdout:
+    except BaseException:
+        if out is not sys.stdout:  # a full disk on stdout: `runner` names it
             out.abandon()
-        elif out_of_room(error) and not error.filename:
-            error.filename = "the standard output"
         raise
     if out is not sys.stdout:
         out.close()
