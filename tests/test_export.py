@@ -644,6 +644,27 @@ def test_an_export_other_users_cannot_read_says_so_and_how_to_open_it(tmp_path):
         f"it until it is opened with: chmod a+rx {base} && chmod -R a+rX {version}")
 
 
+def played_export(tmp_path, exported: str, *stand_ins: str, args=(), **run):
+    """`ofrnn-export` run in a child with the run folder's check and the export itself
+    played: `exported` is what `saved_model.export_run` becomes (Python source; `stop`
+    raises KeyboardInterrupt), `stand_ins` more such lines, `args` its flags after
+    ``--workdir``, `run` what `subprocess.run` takes besides."""
+    script = "\n".join([
+        "import errno, os, sys",
+        "from ofrnn_tf.cli import export as command",
+        "from ofrnn_tf.export import saved_model",
+        "from ofrnn_tf.run_dir import RunDir",
+        "def stop(*args, **kwargs):",
+        "    raise KeyboardInterrupt",
+        "command.trained_run = lambda workdir, beam_size: RunDir(workdir)",
+        f"saved_model.export_run = {exported}",
+        *stand_ins,
+        "sys.argv[0] = 'ofrnn-export'",
+        "command.run()", ""])
+    return subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path}", *args],
+                          cwd=ROOT, text=True, timeout=120, **run)
+
+
 @pytest.mark.parametrize("stopped_in", ["export", "removal"])
 def test_an_interrupted_export_says_whether_it_published_its_version(tmp_path, stopped_in):
     # The export itself is played (the run folder and the SavedModel are not the point):
@@ -651,21 +672,9 @@ def test_an_interrupted_export_says_whether_it_published_its_version(tmp_path, s
     # --keep_versions' removal of older versions comes after it is published whole.
     version = str(tmp_path / "exports" / "7")
     written = "stop" if stopped_in == "export" else f"lambda *args, **kwargs: {version!r}"
-    script = (
-        "import sys\n"
-        "from ofrnn_tf.cli import export as command\n"
-        "from ofrnn_tf.export import saved_model\n"
-        "from ofrnn_tf.run_dir import RunDir\n"
-        "def stop(*args, **kwargs):\n"
-        "    raise KeyboardInterrupt\n"
-        "command.trained_run = lambda workdir, beam_size: RunDir(workdir)\n"
-        f"saved_model.export_run = {written}\n"
-        "saved_model.remove_old_versions = stop\n"
-        "sys.argv[0] = 'ofrnn-export'\n"
-        "command.run()\n")
-    done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path}",
-                           f"--export_dir={tmp_path / 'exports'}", "--keep_versions=1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = played_export(tmp_path, written, "saved_model.remove_old_versions = stop",
+                         args=[f"--export_dir={tmp_path / 'exports'}", "--keep_versions=1"],
+                         capture_output=True)
     assert done.returncode == 130, done.stderr[-2000:]
     said = done.stderr.rstrip().splitlines()[-1]
     if stopped_in == "export":
@@ -681,19 +690,10 @@ def test_an_export_whose_stdout_is_full_says_its_version_was_published(tmp_path)
     # The export itself is played, as above. Its path on stdout comes once the version is
     # published: a rerun would only write an identical one.
     version = str(tmp_path / "exports" / "7")
-    script = (
-        "import sys\n"
-        "from ofrnn_tf.cli import export as command\n"
-        "from ofrnn_tf.export import saved_model\n"
-        "from ofrnn_tf.run_dir import RunDir\n"
-        "command.trained_run = lambda workdir, beam_size: RunDir(workdir)\n"
-        f"saved_model.export_run = lambda *args, **kwargs: {version!r}\n"
-        "sys.argv[0] = 'ofrnn-export'\n"
-        "command.run()\n")
     with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path}",
-                               f"--export_dir={tmp_path / 'exports'}"], cwd=ROOT, stdout=full,
-                              stderr=subprocess.PIPE, text=True, timeout=120)
+        done = played_export(tmp_path, f"lambda *args, **kwargs: {version!r}",
+                             args=[f"--export_dir={tmp_path / 'exports'}"], stdout=full,
+                             stderr=subprocess.PIPE)
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.rstrip().splitlines()[-1] == (
         f"ofrnn-export: No space left on device writing the standard output; version "
@@ -707,20 +707,11 @@ def test_an_export_that_cannot_remove_an_old_version_names_it_and_succeeds(tmp_p
     base = tmp_path / "exports"
     (base / "1").mkdir(parents=True)
     (base / "7").mkdir()
-    script = (
-        "import errno, os, sys\n"
-        "from ofrnn_tf.cli import export as command\n"
-        "from ofrnn_tf.export import saved_model\n"
-        "from ofrnn_tf.run_dir import RunDir\n"
-        "command.trained_run = lambda workdir, beam_size: RunDir(workdir)\n"
-        f"saved_model.export_run = lambda *args, **kwargs: {str(base / '7')!r}\n"
-        "saved_model.removal_blocked = lambda path: PermissionError(\n"
-        "    errno.EACCES, os.strerror(errno.EACCES), path + '/variables')\n"
-        "sys.argv[0] = 'ofrnn-export'\n"
-        "command.run()\n")
-    done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path}",
-                           f"--export_dir={base}", "--keep_versions=1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = played_export(
+        tmp_path, f"lambda *args, **kwargs: {str(base / '7')!r}",
+        "saved_model.removal_blocked = lambda path: PermissionError(",
+        "    errno.EACCES, os.strerror(errno.EACCES), path + '/variables')",
+        args=[f"--export_dir={base}", "--keep_versions=1"], capture_output=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == f"{base / '7'}\n"
     assert (f"ofrnn-export: {base / '1'} cannot be removed (Permission denied: "
