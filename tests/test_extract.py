@@ -371,6 +371,54 @@ def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backb
     assert f"({os.path.basename(kept[1])}): a command there may be writing them" in said
 
 
+def test_a_link_planted_at_a_temporary_shard_name_is_not_written_through(tmp_path, backbone):
+    # The name is this process's (host, pid, start), which others can read: whatever
+    # is there is removed and the file made new, so the link's target stays as it was.
+    examples = _good_examples(str(tmp_path), n=3)
+    out = tmp_path / "features"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("kept")
+    final = str(out / tfrecords.shard_filename("train", 0, 1))
+    os.symlink(victim, f"{final}.incomplete-{processes.owner_tag()}")
+    extract.extract_split(examples, LABELS, backbone, str(out), "train", num_shards=1,
+                          progress=False)
+    assert victim.read_text() == "kept"
+    assert not os.path.islink(final) and tfrecords.num_examples(str(out), "train") == 3
+
+
+@pytest.mark.parametrize("mode,refused", [(0o777, True), (0o1777, False), (0o775, False)])
+def test_a_feature_folder_every_user_may_write_in_is_refused_unless_sticky(
+        tmp_path, backbone, mode, refused):
+    examples = _good_examples(str(tmp_path), n=3)
+    out = tmp_path / "features"
+    out.mkdir()
+    os.chmod(out, mode)
+    extracting = lambda: extract.extract_split(examples, LABELS, backbone, str(out), "train",
+                                               num_shards=1, progress=False)
+    if not refused:
+        extracting()
+        assert tfrecords.num_examples(str(out), "train") == 3
+        return
+    with pytest.raises(extract.UnsafeFeatureFolderError,
+                       match=rf"{re.escape(str(out))} may be written by every user \(mode 777\) "
+                             rf"and has no sticky bit: .* \(chmod o-w "):
+        extracting()
+    assert os.listdir(out) == []
+
+
+def test_a_link_at_the_cache_lock_is_refused_not_followed(tmp_path):
+    out = tmp_path / "features"
+    out.mkdir()
+    target = tmp_path / "elsewhere"
+    os.symlink(target, out / "meta.json.lock")
+    with pytest.raises(tfrecords.FeatureCacheDamagedError,
+                       match=r"meta.json.lock is a symbolic link, which this lock is never "
+                             r"taken through: remove it"):
+        tfrecords.write_meta(str(out), {"backbone": "x"})
+    assert not target.exists()
+
+
 def test_a_dead_processs_temporary_shard_of_a_split_finished_since_is_removed(tmp_path,
                                                                               backbone):
     # Killed while another process extracted the same split: nothing extracts that shard

@@ -537,7 +537,7 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError, UnknownBackboneError
     from ofrnn_tf.features.cache import FeatureCacheMismatchError, FeatureCacheNotFoundError
-    from ofrnn_tf.features.extract import FeatureFolderMismatchError
+    from ofrnn_tf.features.extract import FeatureFolderMismatchError, UnsafeFeatureFolderError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (DamagedCheckpointError, DamagedRunFileError,
@@ -545,7 +545,7 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.training.distribute import BatchSplitError, ClusterConfigError
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
-            FeatureCacheMismatchError, FeatureFolderMismatchError, FeatureCacheDamagedError,
-            CorruptShardError, BackboneWeightsUnavailableError, UnknownBackboneError,
+            FeatureCacheMismatchError, FeatureFolderMismatchError, UnsafeFeatureFolderError,
+            FeatureCacheDamagedError, CorruptShardError, BackboneWeightsUnavailableError, UnknownBackboneError,
             LabelMapMismatchError, DamagedCheckpointError, DamagedRunFileError,
             RunFolderNotReadableError, ClusterConfigError, BatchSplitError)

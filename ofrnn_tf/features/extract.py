@@ -32,6 +32,7 @@ import glob
 import os
 import queue
 import re
+import stat
 import sys
 import threading
 import time
@@ -57,7 +58,9 @@ NAMED_SKIPPED = 5  # skipped images named one a line in a split's extraction; th
 
 
 def incomplete_path(final: str) -> str:
-    """This process's temporary name for shard `final`, ``<final>.incomplete-<owner tag>``.
+    """This process's temporary file for shard `final`, ``<final>.incomplete-<owner tag>``,
+    made new and empty: whatever was under that name (a link planted there, through which
+    the shard's writer would have written over another file) is removed first.
 
     Leftovers of processes of this machine that died are removed, and untagged ones of
     older versions; a live process's file, or another machine's (whose pids cannot be
@@ -65,7 +68,11 @@ def incomplete_path(final: str) -> str:
     """
     remove_dead_leftovers(os.path.dirname(final) or ".",
                           _temporary_names(re.escape(os.path.basename(final))))
-    return f"{final}{_INCOMPLETE_SUFFIX}-{owner_tag()}"
+    path = f"{final}{_INCOMPLETE_SUFFIX}-{owner_tag()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    return path
 
 
 def remove_dead_temporary_shards(out_dir: str, split: str) -> None:
@@ -136,6 +143,28 @@ def _backbone_info(backbone: Backbone) -> dict:
 
 class FeatureFolderMismatchError(ValueError):
     """A feature folder begun with another backbone, sharding or image list."""
+
+
+class UnsafeFeatureFolderError(ValueError):
+    """A feature folder that users other than this one could put files or links in."""
+
+
+def check_folder_safe(out_dir: str) -> None:
+    """Refuses to write in `out_dir` where every user may write in it and either it has
+    no sticky bit or another user owns it (who may remove anything in it, sticky or
+    not): any of them could replace a shard with records of their own, or plant a link
+    through which this process would write over another file. A folder shared with a
+    group stays writable."""
+    status = os.stat(out_dir)
+    if status.st_mode & stat.S_IWOTH and (
+            not status.st_mode & stat.S_ISVTX or status.st_uid != os.geteuid()):
+        why = ("has no sticky bit" if not status.st_mode & stat.S_ISVTX
+               else "belongs to another user")
+        raise UnsafeFeatureFolderError(
+            f"{out_dir} may be written by every user (mode {status.st_mode & 0o7777:o}) and "
+            f"{why}: another user could replace its shards or plant links there; take "
+            f"write access from other users (chmod o-w {out_dir}), or use a feature cache "
+            f"of your own (--runtime.cache_dir)")
 
 
 def _check_compatible(out_dir: str, info: dict) -> None:
@@ -448,6 +477,7 @@ def prepare_split_folder(out_dir: str, label_map: LabelMap, info: dict, split: s
             raise ValueError(f"example {i} (image {ex.image_id}): label ids {bad} outside "
                              f"the label map's {label_map.num_classes} classes")
     os.makedirs(out_dir, exist_ok=True)
+    check_folder_safe(out_dir)
     if os.path.exists(os.path.join(out_dir, "label_map.json")):
         label_map.check_same(LabelMap.load(out_dir))
     else:

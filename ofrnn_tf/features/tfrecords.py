@@ -34,6 +34,7 @@ shards in full and names the bad one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -186,8 +187,13 @@ def _held(lock_path: str):
     """An exclusive `fcntl.flock` on `lock_path` while the block runs; none where the
     file cannot be made (a read-only cache, which nothing writes)."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+        # Never through a link: one planted there would make this process create a file
+        # wherever it points.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise FeatureCacheDamagedError(f"{lock_path} is a symbolic link, which this lock "
+                                           f"is never taken through: remove it") from None
         yield
         return
     try:
