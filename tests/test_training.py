@@ -828,7 +828,8 @@ def test_a_finished_stage_given_more_epochs_goes_on_from_its_last_epoch(tmp_path
     config = lambda epochs: tiny_config(stage2={"epochs": epochs, "schedule": "constant"})
 
     straight = []
-    make_trainer(str(tmp_path / "straight"), config(3), data, scripted_scores(scores, straight)).train()
+    make_trainer(str(tmp_path / "straight"), config(3), data,
+                 scripted_scores(scores, straight)).train()
     short, workdir = [], str(tmp_path / "extended")
     model = make_trainer(workdir, config(2), data, scripted_scores(scores[:2], short)).train()
     assert not changed(short[2][1], weights(model.trainable_variables))  # returns the best ...

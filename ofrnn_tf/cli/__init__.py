@@ -546,6 +546,7 @@ def input_errors() -> tuple[type, ...]:
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
             FeatureCacheMismatchError, FeatureFolderMismatchError, UnsafeFeatureFolderError,
-            FeatureCacheDamagedError, CorruptShardError, BackboneWeightsUnavailableError, UnknownBackboneError,
-            LabelMapMismatchError, DamagedCheckpointError, DamagedRunFileError,
-            RunFolderNotReadableError, ClusterConfigError, BatchSplitError)
+            FeatureCacheDamagedError, CorruptShardError, BackboneWeightsUnavailableError,
+            UnknownBackboneError, LabelMapMismatchError, DamagedCheckpointError,
+            DamagedRunFileError, RunFolderNotReadableError, ClusterConfigError,
+            BatchSplitError)

@@ -71,7 +71,7 @@ def main(argv):
     elif _new_folder(FLAGS.workdir):  # a new run: its flags are its settings,
         usable_config(config_from_flags)  # checked before TensorFlow loads
     if not FLAGS["verbosity"].present:  # one given (absl's flag) is the user's
-        logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines: not in the progress
+        logging.set_verbosity(logging.WARNING)  # TF's INFO line at each checkpoint: not here
     from ofrnn_tf.run_dir import (  # TensorFlow is imported here, not for --help
         IncompatibleRunError, RunDir, RunFolderNotWritableError, RunInUseError)
     try:
