@@ -217,6 +217,54 @@ def test_truncated_file_is_a_clear_error(tmp_path):
         load_state_dict(str(path))
 
 
+def test_a_size_beyond_the_file_is_refused_before_it_is_read(tmp_path, fake_torch, monkeypatch):
+    """A storage that says it holds 2**33 floats, in a file of a few hundred bytes: the
+    reader refuses it from the file's size, before asking for 32 GiB."""
+    from ofrnn_tf.features.backbones import torch_pickle
+
+    class Declared:  # 2**33 floats as the file declares them, 16 bytes of them written
+        size, dtype = 2**33, np.dtype(np.float32)
+
+        def tobytes(self):
+            return bytes(16)
+
+    storage = _FakeStorage("0", Declared())
+    path = str(tmp_path / "huge.pth")
+    _write_legacy(path, fake_torch, {"w": _FakeTensor(storage, 0, (4,), (1,))}, [storage])
+    asked = []
+
+    class Recorded(io.FileIO):
+        def read(self, n=-1):
+            asked.append(n)
+            return super().read(n)
+
+    monkeypatch.setattr(torch_pickle, "open", lambda name, mode: Recorded(name, "r"),
+                        raising=False)
+    with pytest.raises(ValueError, match=r"truncated file \(\d+ of 34359738368 bytes\)"):
+        load_state_dict(path)
+    assert asked and max(asked) <= os.path.getsize(path), asked
+
+
+def test_a_zip_entry_that_unpacks_beyond_its_storage_is_refused(tmp_path, fake_torch):
+    # Its size is checked from the archive's directory before it is unpacked (an entry
+    # compressed from gigabytes of zeros would be a few megabytes).
+    class Declared:  # 4 floats as the pickle declares them, 1 MiB of data in the archive
+        size, dtype = 4, np.dtype(np.float32)
+
+        def astype(self, dtype):
+            return self
+
+        def tobytes(self):
+            return bytes(1 << 20)
+
+    storage = _FakeStorage("0", Declared())
+    path = str(tmp_path / "bomb.pth")
+    _write_zip(path, fake_torch, {"w": _FakeTensor(storage, 0, (4,), (1,))}, [storage])
+    with pytest.raises(ValueError, match=r"storage 0 unpacks to 1048576 bytes, more than its 4 "
+                                         r"elements hold"):
+        load_state_dict(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         load_state_dict(os.path.join(tmp_path, "nothing.pth"))

@@ -20,6 +20,7 @@ Both serialisation formats are read:
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import os
 import pickle
@@ -261,7 +262,11 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
             stype, key, numel, _ = _storage_from_pid(pid, path)
             if key not in storages:
                 storage = _Storage(key, stype.dtype, numel)
-                raw = z.read(f"{root}data/{key}")
+                entry = z.getinfo(f"{root}data/{key}")
+                if entry.file_size > max(numel, 0) * stype.dtype.itemsize * 8:
+                    raise ValueError(f"{path}: storage {key} unpacks to {entry.file_size} "
+                                     f"bytes, more than its {numel} elements hold")
+                raw = z.read(entry)
                 # The zip format records the element count of the untyped storage in
                 # bytes for torch >= 2; the file size is authoritative.
                 storage.numel = len(raw) // stype.dtype.itemsize
@@ -275,6 +280,12 @@ def _load_zip(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_exact(f: BinaryIO, n: int, source: str) -> bytes:
+    # A size read from the file is checked against what the file holds before `read`
+    # allocates it: a few bytes could otherwise ask for any amount of memory.
+    with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+        left = os.fstat(f.fileno()).st_size - f.tell()
+        if n > left:
+            raise ValueError(f"{source}: truncated file ({left} of {n} bytes)")
     data = f.read(n)
     if len(data) != n:
         raise ValueError(f"{source}: truncated file ({len(data)} of {n} bytes)")
