@@ -46,9 +46,9 @@ def define_flags() -> None:
 
 def model_base_path(export_dir: str) -> str:
     """The base path to serve: `export_dir` itself, or its parent if it is a version folder.
-    A leading ``~`` (which a shell leaves unexpanded after ``=``) is expanded, as the
-    ``ofrnn-*`` commands expand it."""
-    path = Path(export_dir).expanduser()
+    (``--export_dir=~/…``, which a shell leaves unexpanded after ``=``, comes here expanded
+    by the commands' `runner`, as the ``ofrnn-*`` commands' flags do.)"""
+    path = Path(export_dir)
     if (path / "saved_model.pb").is_file() and path.name.isdigit():
         return str(path.parent)
     find_latest_version(str(path))  # raises a clear error when nothing servable is there
