@@ -25,6 +25,7 @@ from ofrnn_tf.training import run_state
 from ofrnn_tf.training.trainer import (
     NonFiniteLossError, Trainer, _LoggingWindow, _digest, _settings_parts, describe_position)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
+from conftest import run_checked
 from toy_run import TINY_TRAIN_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1454,6 +1455,29 @@ def test_a_batch_the_replicas_cannot_share_is_refused_as_an_input_error():
                                               r"3 replicas .* use a multiple of 3"):
         check_batch_split(SimpleNamespace(num_replicas_in_sync=3), 32)
     assert BatchSplitError in input_errors()  # said in one line, before data or run.json
+
+
+_TWO_MIRRORED_RUNS = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ofrnn_tf.training.distribute import make_strategy
+for size in (3, 5):  # two runs whose variables (here: all-reduced tensors) differ in shape
+    strategy = make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    step = tf.function(lambda: strategy.run(
+        lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.ones([size]))))
+    print(strategy.experimental_local_results(step())[0].numpy().tolist())
+"""
+
+
+@pytest.mark.slow
+def test_a_second_mirrored_run_in_one_process_may_have_other_shapes():
+    """Each new MirroredStrategy numbered its all-reduces from the same start, and the
+    second run of a sweep in one process, with other shapes, failed at its first step
+    ("Shape mismatch in the collective instance 100"): one strategy serves the process."""
+    done = run_checked([sys.executable, "-c", _TWO_MIRRORED_RUNS], timeout=300)
+    assert done.stdout.split("\n")[:2] == ["[2.0, 2.0, 2.0]", "[2.0, 2.0, 2.0, 2.0, 2.0]"]
 
 
 def test_the_training_input_runs_without_the_autotuner(tmp_path, monkeypatch):

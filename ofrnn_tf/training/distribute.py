@@ -1,5 +1,6 @@
 """The tf.distribute strategy a run uses, chosen by name."""
 
+import functools
 import json
 import os
 
@@ -68,7 +69,7 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return _mirrored_strategy()
     if name == "multi_worker":
         tf_config = cluster_config()
         # TensorFlow waits for every task of the cluster without a word, and its
@@ -79,6 +80,16 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
             f"process (a rerun resumes it)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+@functools.cache
+def _mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    """One MirroredStrategy per process: each new one numbers its all-reduces from the
+    same start, and the collective executor remembers the tensor shapes of the numbers
+    an earlier run used, so a second run in one process (a sweep in a notebook) whose
+    model has other shapes failed at its first step ("Shape mismatch in the collective
+    instance 100"). Its devices, all local GPUs, cannot change once TensorFlow started."""
+    return tf.distribute.MirroredStrategy()
 
 
 def _chief(task_type, task_id, cluster: dict) -> bool:
