@@ -67,6 +67,26 @@ def test_unknown_layer_and_backbone_are_named():
         get_backbone("resnet9")
 
 
+def test_a_layer_named_by_keras_count_is_refused_and_not_suggested():
+    """Keras names a layer built without a name by a count per process (``activation_17``
+    in one build, ``activation_35`` in the next): a run recording it could not find its
+    layer in the export or a second build, so it is refused, and not offered."""
+    from ofrnn_tf.features.backbones import _resolve_layer
+
+    inputs = keras.Input((8, 8, 3))
+    hidden = keras.layers.Conv2D(4, 1, name="block1_conv")(inputs)
+    unnamed = keras.layers.Activation("relu")(hidden)
+    top = keras.layers.ReLU()(keras.layers.Conv2D(4, 1, name="block2_conv")(unnamed))
+    model = keras.Model(inputs, top)
+    numbered = [model.layers[2].name, model.layers[4].name]  # activation…, re_lu…
+    assert _resolve_layer(model, "toy", "block2_conv", "block2_conv", {}) == "block2_conv"
+    for name in numbered:
+        with pytest.raises(UnknownBackboneError, match=rf"'{name}' is a name Keras numbers "
+                                                       r"per process") as refused:
+            _resolve_layer(model, "toy", name, "block2_conv", {})
+        assert not any(n in str(refused.value).split("such as")[1] for n in numbered)
+
+
 def test_check_backbone_refuses_in_the_flags_words_and_takes_any_real_layer():
     check_backbone("efficientnet_lite0", "stage5")  # a named layer: nothing is built
     check_backbone("efficientnet_lite0", "block3b_out")  # a Keras name: found in the model

@@ -22,6 +22,7 @@ TensorShape([2, 14, 14, 112])
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import keras
@@ -126,15 +127,28 @@ def describe_backbone(name: str, feature_layer: str) -> dict:
             "image_size": image_size}
 
 
+def _numbered_by_keras(layer: keras.layers.Layer) -> bool:
+    """Whether the layer's name is the one Keras gives a layer built without a name: its
+    class in snake case and a count of the layers of that class built so far in this
+    process (``activation_17``, ``re_lu_3``), which another build names otherwise."""
+    snake = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)
+    snake = re.sub("([a-z])([A-Z])", r"\1_\2", snake).lower()
+    return re.fullmatch(rf"{re.escape(snake)}(_\d+)?", layer.name) is not None
+
+
 def _resolve_layer(model: keras.Model, backbone: str, requested: str | None,
                    default: str, aliases: dict[str, str]) -> str:
     layer = aliases.get(requested, requested) if requested else default
-    names = [l.name for l in model.layers]
-    if layer not in names:
-        maps = [l.name for l in model.layers if len(l.output.shape) == 4][-8:]
+    stable = [l.name for l in model.layers if not _numbered_by_keras(l)]
+    if layer not in stable:
+        maps = [l.name for l in model.layers
+                if len(l.output.shape) == 4 and not _numbered_by_keras(l)][-8:]
+        why = (f"{layer!r} is a name Keras numbers per process (the run, the export and "
+               f"a second build in one process would not find it)"
+               if layer in {l.name for l in model.layers} else f"no layer {requested!r}")
         raise UnknownBackboneError(
-            f"backbone {backbone}: no layer {requested!r}. Named choices: "
-            f"{sorted(aliases)}; or a layer name such as {maps}")
+            f"backbone {backbone}: {why}. Named choices: {sorted(aliases)}; or a layer "
+            f"name such as {maps}")
     return layer
 
 
