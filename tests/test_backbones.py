@@ -99,11 +99,14 @@ def test_check_backbone_refuses_in_the_flags_words_and_takes_any_real_layer():
         check_backbone("xception", "conv5")
 
 
-def test_the_backbones_the_flag_help_names_are_those_there_are():
+def test_the_backbones_the_flag_help_and_the_module_name_are_those_there_are():
+    import ofrnn_tf.features.backbones as backbones
+
     help_text = next(f for f in dataclasses.fields(FeaturesConfig)
                      if f.name == "backbone").metadata["help"]
     for name in available_backbones():
         assert name in help_text, name
+        assert f"``{name}``" in backbones.__doc__, name
 
 
 @pytest.mark.slow
