@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import assert_config_holds_every_argument
-from ofrnn_tf.config.experiment import VARIANTS, ExperimentConfig
+from ofrnn_tf.config.experiment import HEADS, VARIANTS, ExperimentConfig
+from ofrnn_tf.modeling import model as model_module
 from ofrnn_tf.modeling.candidate_pool import mask_chosen
-from ofrnn_tf.modeling.model import OrderFreeRNN, build_model, fixed_label_order
+from ofrnn_tf.modeling.model import HEAD_LAYERS, OrderFreeRNN, build_model, fixed_label_order
 
 B, M, K, C, UNITS = 4, 4, 6, 5, 8
 LABEL_COUNTS = [5, 3, 8, 1, 3]
@@ -399,6 +400,25 @@ def test_invalid_arguments_are_named():
     with pytest.raises(ValueError, match="no_attention ablation is of the paper's decoder"):
         OrderFreeRNN(num_classes=C, variant="no_attention", decoder="residual")
 
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_builds_its_own_layer_and_saves_its_name(head):
+    model = OrderFreeRNN(num_classes=C, head=head, decoder="paper", head_units=UNITS)
+    model.build((None, M, K))
+    layer = HEAD_LAYERS[head][0]
+    assert type(model.label_map_head) is layer
+    assert [name for name in HEADS if HEAD_LAYERS[name][0] is layer] == [head]
+    assert model(features()).shape == (B, C)
+    clone = OrderFreeRNN.from_config(model.get_config())
+    assert clone.get_config()["head"] == head and type(clone.label_map_head) is layer
+
+
+def test_a_head_name_without_a_layer_is_refused(monkeypatch):
+    """A name added to HEADS alone would otherwise build some other head."""
+    monkeypatch.setattr(model_module, "HEADS", (*HEADS, "gem_linear"))
+    with pytest.raises(ValueError, match="head 'gem_linear' is in HEADS .* but has no layer: "
+                                         "add its entry to HEAD_LAYERS"):
+        OrderFreeRNN(num_classes=C, head="gem_linear", decoder="paper")
 
 
 def test_build_model_refuses_what_is_not_a_model_config_over_m_k_maps():

@@ -17,6 +17,12 @@ from ofrnn_tf.modeling.layers.residual_decoder_cell import ResidualDecoderCell
 from ofrnn_tf.modeling.layers.spatial_label_head import SpatialLabelHead
 
 _DEFAULTS = ModelConfig()
+# M_map's layer for each name of `HEADS` (`--model.head`), and the `OrderFreeRNN` arguments
+# it takes beyond `num_classes` and `head_dropout`: {the layer's argument: the model's}.
+HEAD_LAYERS = {
+    "mean_linear": (LabelMapHead, {}),
+    "spatial": (SpatialLabelHead, {"units": "head_units", "kernel_size": "head_kernel_size"}),
+}
 # Finite stand-in for -inf inside the softmax losses: 0 · -inf would be NaN.
 _LARGE_NEGATIVE = -1e9
 
@@ -51,7 +57,8 @@ class OrderFreeRNN(keras.Model):
             `baseline` (M_map alone), `no_attention` (`z_t = mean_i v_i`),
             `frequency_first` / `rare_first` (teacher-forced fixed label order, softmax
             over the remaining labels).
-        head: `mean_linear` (the paper's M_map) or `spatial`.
+        head: `mean_linear` (the paper's M_map) or `spatial`: a name of `HEADS`, built
+            as `HEAD_LAYERS` says.
         head_units, head_kernel_size, head_dropout: the spatial head's width and reach
             over the grid (`SpatialLabelHead`), and the dropout on M_map's input while
             training it.
@@ -104,6 +111,10 @@ class OrderFreeRNN(keras.Model):
                                      ("stage2_loss", stage2_loss, STAGE2_LOSSES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if head not in HEAD_LAYERS:
+            raise ValueError(f"head {head!r} is in HEADS (ofrnn_tf/config/experiment.py) but "
+                             "has no layer: add its entry to HEAD_LAYERS "
+                             "(ofrnn_tf/modeling/model.py)")
         if variant in ("frequency_first", "rare_first"):
             if label_order is None or sorted(label_order) != list(range(num_classes)):
                 raise ValueError(
@@ -138,14 +149,10 @@ class OrderFreeRNN(keras.Model):
         # in whatever global policy the session has when they are made; the float32 parts
         # (the label context, the layers that give logits) keep theirs.
         policy = self.dtype_policy
-        if head == "spatial":
-            self.label_map_head = SpatialLabelHead(num_classes, units=head_units,
-                                                   kernel_size=head_kernel_size,
-                                                   dropout=head_dropout, dtype=policy,
-                                                   name="label_map_head")
-        else:
-            self.label_map_head = LabelMapHead(num_classes, dropout=head_dropout, dtype=policy,
-                                               name="label_map_head")
+        layer, arguments = HEAD_LAYERS[head]
+        self.label_map_head = layer(
+            num_classes, dropout=head_dropout, dtype=policy, name="label_map_head",
+            **{argument: getattr(self, attribute) for argument, attribute in arguments.items()})
         self.label_context = None
         if label_context_units:
             self.label_context = LabelContext(num_classes, units=label_context_units,
