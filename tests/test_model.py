@@ -1,6 +1,8 @@
 """OrderFreeRNN (paper Fig. 2, Eq. 8–10, Alg. 1): variants, both decoders, the stage-2 losses,
 config and saving."""
 
+import dataclasses
+import inspect
 import re
 
 import keras
@@ -9,10 +11,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import assert_config_holds_every_argument
-from ofrnn_tf.config.experiment import HEADS, VARIANTS, ExperimentConfig
+from ofrnn_tf.config.experiment import HEADS, VARIANTS, ExperimentConfig, ModelConfig
 from ofrnn_tf.modeling import model as model_module
 from ofrnn_tf.modeling.candidate_pool import mask_chosen
-from ofrnn_tf.modeling.model import HEAD_LAYERS, OrderFreeRNN, build_model, fixed_label_order
+from ofrnn_tf.modeling.model import (
+    HEAD_LAYERS, OrderFreeRNN, build_model, fixed_label_order, model_arguments)
 
 B, M, K, C, UNITS = 4, 4, 6, 5, 8
 LABEL_COUNTS = [5, 3, 8, 1, 3]
@@ -433,6 +436,42 @@ def test_build_model_refuses_what_is_not_a_model_config_over_m_k_maps():
     with pytest.raises(TypeError, match="must be a ModelConfig .*; got dict$"):
         build_model({"lstm_units": UNITS}, C, (M, K))
     assert build_model(config, C, tf.TensorShape([M, K])).standardizer.depth == K
+
+
+SMALL = ModelConfig(lstm_units=UNITS, attention_units=UNITS, fc_units=UNITS, head_units=UNITS)
+# For each ModelConfig field, a valid value other than SMALL's and OrderFreeRNN's default,
+# with the other fields that value needs.
+CHANGED_FIELDS = {
+    "variant": {"variant": "baseline"},
+    "head": {"head": "mean_linear", "decoder": "paper"},
+    "head_units": {"head_units": 12}, "head_kernel_size": {"head_kernel_size": 3},
+    "head_dropout": {"head_dropout": 0.15},
+    "label_context_units": {"label_context_units": 4},
+    "label_context_dropout": {"label_context_dropout": 0.15},
+    "label_context_training": {"label_context_training": "joint", "label_context_units": 4},
+    "standardize_features": {"standardize_features": False},
+    "decoder": {"decoder": "paper"},
+    "lstm_units": {"lstm_units": 12}, "attention_units": {"attention_units": 12},
+    "fc_units": {"fc_units": 12}, "dropout": {"dropout": 0.15},
+    "feature_dropout": {"feature_dropout": 0.15},
+}
+
+
+@pytest.mark.parametrize("field", [field.name for field in dataclasses.fields(ModelConfig)])
+def test_every_model_setting_reaches_the_model(field):
+    """A field of ModelConfig that build_model, OrderFreeRNN or its get_config leaves out
+    would be recorded in run.json and ignored."""
+    assert field in CHANGED_FIELDS, f"give ModelConfig.{field} a value in CHANGED_FIELDS"
+    config = dataclasses.replace(SMALL, **CHANGED_FIELDS[field])
+    argument = {"standardize_features": "standardize"}.get(field, field)
+    value = getattr(config, field)
+    assert model_arguments(config)[argument] == value
+    default = inspect.signature(OrderFreeRNN).parameters[argument].default
+    assert value not in (getattr(SMALL, field), default)
+    model = build_model(config, C, (M, K))
+    assert getattr(model, argument) == value
+    assert model.get_config()[argument] == value
+    assert OrderFreeRNN.from_config(model.get_config()).get_config()[argument] == value
 
 # -- config and saving -----------------------------------------------------------------
 def _outputs(model, x):

@@ -1,5 +1,6 @@
 """OrderFreeRNN: M_map + initial state + the confidence-ranked decoder, and its ablations."""
 
+import dataclasses
 from typing import Iterable, Optional, Sequence
 
 import keras
@@ -23,6 +24,9 @@ HEAD_LAYERS = {
     "mean_linear": (LabelMapHead, {}),
     "spatial": (SpatialLabelHead, {"units": "head_units", "kernel_size": "head_kernel_size"}),
 }
+# The `OrderFreeRNN` argument of a `ModelConfig` field named otherwise; every other field
+# is passed under its own name (`model_arguments`).
+_ARGUMENT_OF_FIELD = {"standardize_features": "standardize"}
 # Finite stand-in for -inf inside the softmax losses: 0 · -inf would be NaN.
 _LARGE_NEGATIVE = -1e9
 
@@ -535,20 +539,18 @@ def build_model(config: ModelConfig, num_classes: int, feature_shape: Sequence[i
         raise ValueError(f"feature_shape must be (m, k) = (H·W, k), the backbone's maps "
                          f"flattened over their positions; got {shape}: pass the run facts' "
                          f"positions_and_depth")
-    model = OrderFreeRNN(
-        num_classes=num_classes, variant=config.variant, head=config.head,
-        head_units=config.head_units, head_kernel_size=config.head_kernel_size,
-        head_dropout=config.head_dropout,
-        label_context_units=config.label_context_units,
-        label_context_dropout=config.label_context_dropout,
-        label_context_training=config.label_context_training,
-        standardize=config.standardize_features, decoder=config.decoder,
-        lstm_units=config.lstm_units, attention_units=config.attention_units,
-        fc_units=config.fc_units, dropout=config.dropout,
-        feature_dropout=config.feature_dropout, stage2_loss=stage2_loss,
-        label_order=label_order)
+    model = OrderFreeRNN(num_classes=num_classes, stage2_loss=stage2_loss,
+                         label_order=label_order, **model_arguments(config))
     model.build((None,) + shape)
     return model
+
+
+def model_arguments(config: ModelConfig) -> dict:
+    """`OrderFreeRNN`'s arguments from every field of `config`, under the argument's name: a
+    field the model does not take is refused when the model is built ("Unrecognized
+    keyword arguments"), rather than recorded in run.json and ignored."""
+    return {_ARGUMENT_OF_FIELD.get(field.name, field.name): getattr(config, field.name)
+            for field in dataclasses.fields(config)}
 
 
 def fixed_label_order(label_counts: Sequence[int], variant: str) -> Optional[list]:
