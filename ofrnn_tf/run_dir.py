@@ -32,6 +32,7 @@ fingerprint under any ``--runtime.cache_dir`` (see `ofrnn_tf.features.cache`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -41,6 +42,7 @@ import os
 import time
 from typing import Callable, Iterator, Optional, TypeVar
 
+import keras
 import tensorflow as tf
 
 import ofrnn_tf
@@ -63,7 +65,8 @@ LOCK_FILENAME = ".lock"
 
 
 class IncompatibleRunError(ValueError):
-    """A rerun's settings describe another model or data than the run folder holds."""
+    """A rerun's settings describe another model or data than the run folder holds, or
+    the code's model has variables the run's weights do not (`RunDir.load_model`)."""
 
 
 class DamagedCheckpointError(ValueError):
@@ -294,6 +297,31 @@ def resumable_checkpoint(directory: str) -> tuple[Optional[str], list[tuple[str,
             f"no checkpoint in {directory} can be read ({named}). Delete the folder "
             f"{directory} to train the run again from its start.")
     return None, []
+
+
+def variables_not_in_checkpoint(model: keras.Model, path: str) -> list[str]:
+    """The paths in `model` of its variables (``label_map_head/logits/kernel``) for which
+    the checkpoint `path` of ``tf.train.Checkpoint(model=...)`` holds no value.
+
+    A checkpoint names a value by the attributes that lead to it from its root, the
+    shortest way first (``model/label_map_head/_dense/kernel``), not by the variable's
+    path: a layer held by a renamed attribute has no value, though its variables keep
+    their paths."""
+    held = {name.split("/.ATTRIBUTES/")[0] for name, _ in tf.train.list_variables(path)}
+    root = tf.train.Checkpoint(model=model)
+    names = {id(root): (root, "")}  # keeps each object, so that no id is reused
+    queue, missing = collections.deque([root]), []
+    while queue:
+        parent = queue.popleft()
+        for attribute, child in tf.train.TrackableView.children(parent).items():
+            if id(child) in names:
+                continue
+            name = f"{names[id(parent)][1]}/{attribute}".lstrip("/")
+            names[id(child)] = (child, name)
+            queue.append(child)
+            if isinstance(child, keras.Variable) and name not in held:
+                missing.append(child.path.removeprefix(f"{model.name}/"))
+    return missing
 
 
 @dataclasses.dataclass
@@ -579,13 +607,37 @@ class RunDir:
         return path
 
     def load_model(self) -> tuple[OrderFreeRNN, ExperimentConfig, RunFacts]:
-        """The trained model (best weights, else the latest), its config and facts."""
+        """The trained model (best weights, else the latest), its config and facts.
+
+        Raises:
+            IncompatibleRunError: the weights leave a variable of the model unset
+                (`restore_weights`).
+        """
         config, facts = self.load()
         with global_dtype_policy("float32"):  # what evaluation and the export compute
             model = build_model(config.model, facts.num_classes, facts.positions_and_depth,
                                 facts.label_order, stage2_loss=config.train.loss)
-        tf.train.Checkpoint(model=model).restore(self.weights_path()).expect_partial()
+        self.restore_weights(model, self.weights_path())
         return model, config, facts
+
+    def restore_weights(self, model: keras.Model, path: str) -> None:
+        """Restores `model` from the checkpoint `path`, refusing (`IncompatibleRunError`)
+        one that holds no value for some variable of the model: that variable would keep
+        its initial value, and predictions, exports and evaluations would use it without
+        a word. The checkpoint's other values (the optimizer's) are left unread."""
+        status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            missing = variables_not_in_checkpoint(model, path)
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            named = ", ".join(missing[:3]) + more if missing else str(error).splitlines()[0]
+            raise IncompatibleRunError(
+                f"{path} holds no weights for variables of the model {self.run_file} "
+                f"describes ({named}): this code's model does not match the run's weights (a "
+                f"layer renamed or added since training). Use the ofrnn_tf version that "
+                f"trained the run ({RUN_FILENAME} names it under software), or train it again "
+                f"in a new --workdir") from None
 
     # -- one command at a time ------------------------------------------------------
     @property

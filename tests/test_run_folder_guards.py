@@ -1,6 +1,6 @@
 """What a run folder refuses, in one line, before any work: a path TensorFlow cannot read
-checkpoints under, a damaged ``best/``, an edited label map, and a second command on a
-folder another one holds."""
+checkpoints under, a damaged ``best/``, weights without a layer of the model, an edited
+label map, and a second command on a folder another one holds."""
 
 from __future__ import annotations
 
@@ -23,13 +23,16 @@ import tensorflow as tf
 from absl import app
 
 from conftest import FAKE_BEAM, FAKE_MAX_STEPS, FAKE_NAMES, ROOT, run_checked
-from ofrnn_tf.cli import refuse_glob_characters, refuse_missing_run_folder, trained_run
+from ofrnn_tf.cli import (
+    input_errors, refuse_glob_characters, refuse_missing_run_folder, trained_run)
 from ofrnn_tf.inference.module import InferenceModule, MinLabelsError
+from ofrnn_tf.modeling.layers.spatial_label_head import SpatialLabelHead
+from ofrnn_tf.modeling.model import HEAD_LAYERS
 from ofrnn_tf import run_dir as run_dir_module
 from ofrnn_tf.processes import owner_tag
 from ofrnn_tf.run_dir import (
-    DamagedCheckpointError, DamagedRunFileError, RunDir, RunFolderNotWritableError,
-    RunInUseError)
+    DamagedCheckpointError, DamagedRunFileError, IncompatibleRunError, RunDir,
+    RunFolderNotWritableError, RunInUseError)
 from ofrnn_tf.training.distribute import ClusterConfigError, cluster_config, is_chief_task
 
 
@@ -124,6 +127,47 @@ def test_print_config_names_a_run_whose_checkpoints_do_not_read_in_one_line(make
     assert "Traceback" not in done.stderr, done.stderr
     assert (f"train.py: no checkpoint in {run_dir.checkpoints_dir()} can be read" in done.stderr
             and "--help" not in done.stderr), done.stderr
+
+
+# -- weights of another model --------------------------------------------------------------
+def test_weights_without_a_layer_of_the_model_are_refused_naming_its_variables(make_fake_run,
+                                                                                tmp_path):
+    """A layer renamed or added since training would keep its initial weights in
+    predictions, exports and evaluations."""
+    trained = RunDir(str(make_fake_run(tmp_path / "trained")))
+    grown = RunDir(str(make_fake_run(tmp_path / "grown", label_context_units=4)))
+    model = trained.load_model()[0]  # the model its own weights were written from loads
+    assert model.label_context is None
+    shutil.rmtree(grown.checkpoints_dir())
+    shutil.copytree(trained.checkpoints_dir(), grown.checkpoints_dir())
+    expected = (f"{grown.checkpoints_dir()}/ckpt-1 holds no weights for variables of the "
+                f"model {grown.run_file} describes (label_context/hidden_1/kernel, "
+                f"label_context/hidden_1/bias, label_context/hidden_2/kernel and 3 more): this "
+                f"code's model does not match the run's weights (a layer renamed or added "
+                f"since training)")
+    with pytest.raises(IncompatibleRunError, match=re.escape(expected)) as refused:
+        grown.load_model()
+    assert isinstance(refused.value, input_errors())  # the commands say it in one line
+
+
+class ScoresRenamed(SpatialLabelHead):
+    """The spatial head with its class-score layer held as `_class_scores`: the variables'
+    paths stay `label_map_head/scores/...`, the checkpoint's names for them do not."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__("_class_scores" if name == "_scores" else name, value)
+
+    _scores = property(lambda self: self._class_scores)
+
+
+def test_weights_of_a_layer_held_under_another_name_are_refused(make_fake_run, tmp_path,
+                                                                 monkeypatch):
+    run_dir = RunDir(str(make_fake_run(tmp_path / "run")))
+    monkeypatch.setitem(HEAD_LAYERS, "spatial", (ScoresRenamed, HEAD_LAYERS["spatial"][1]))
+    with pytest.raises(IncompatibleRunError, match=re.escape(
+            "holds no weights for variables of the model") + ".*" + re.escape(
+            "(label_map_head/scores/kernel, label_map_head/scores/bias)")):
+        run_dir.load_model()
 
 
 # -- an edited label map -----------------------------------------------------------------

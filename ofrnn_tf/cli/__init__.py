@@ -528,10 +528,11 @@ def refusal(error: Exception) -> app.UsageError:
 
 def input_errors() -> tuple[type, ...]:
     """The errors that are the input's fault (the data's files, the flags' split sizes, a
-    feature cache, backbone or weights they point at, a run folder's damaged checkpoint,
-    edited label map, damaged JSON file or files this user may not read, a multi-worker
-    cluster's TF_CONFIG or a batch its replicas cannot share): a command says them in one
-    line, as usage errors; any other error keeps its traceback."""
+    feature cache, backbone or weights they point at, a run folder's damaged checkpoint or
+    weights that do not fit the code's model, edited label map, damaged JSON file or files
+    this user may not read, a multi-worker cluster's TF_CONFIG or a batch its replicas
+    cannot share): a command says them in one line, as usage errors; any other error
+    keeps its traceback."""
     # deferred: most of these modules import TensorFlow
     from ofrnn_tf.data import DataFileError, DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError
@@ -541,12 +542,12 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (DamagedCheckpointError, DamagedRunFileError,
-                                  RunFolderNotReadableError)
+                                  IncompatibleRunError, RunFolderNotReadableError)
     from ofrnn_tf.training.distribute import BatchSplitError, ClusterConfigError
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,
             FeatureCacheMismatchError, FeatureFolderMismatchError, UnsafeFeatureFolderError,
             FeatureCacheDamagedError, CorruptShardError, BackboneWeightsUnavailableError,
             UnknownBackboneError, LabelMapMismatchError, DamagedCheckpointError,
-            DamagedRunFileError, RunFolderNotReadableError, ClusterConfigError,
-            BatchSplitError)
+            IncompatibleRunError, DamagedRunFileError, RunFolderNotReadableError,
+            ClusterConfigError, BatchSplitError)
