@@ -1,7 +1,7 @@
 """`predict_files` against a scripted PredictionService: requests split by size, a named
 image confirmed alone before it is recorded as refused (TF Serving's batching merges
-requests, so an index can point at another request's image), and a one-image refusal
-without an index."""
+requests, so an index can point at another request's image), a one-image refusal
+without an index, and a server that goes away."""
 
 from __future__ import annotations
 
@@ -374,3 +374,90 @@ def test_a_version_tf_serving_cannot_read_is_refused_before_the_call():
                                              rf"9223372036854775807 \(TF Serving loads only "
                                              rf"those folders\), got {version}"):
             client._model_spec(request.model_spec, "ofrnn", version=version)
+
+
+class FakeClock:
+    """The client's `time`: a sleep moves `now` on at once, so that no test waits."""
+
+    def __init__(self):
+        self.now, self.slept = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class FakeError(grpc.RpcError):
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, "Socket closed")  # as a server stopping leaves it
+
+
+def test_a_server_away_is_tried_again_for_wait_for_server_seconds(serve, tmp_path, monkeypatch,
+                                                                  capsys):
+    clock = FakeClock()
+    monkeypatch.setattr(client, "time", clock)
+    away = {"left": 2}
+
+    def restarting(images):
+        if away["left"]:
+            away["left"] -= 1
+            return UNREACHABLE
+        return None
+
+    target, service = serve(restarting)
+    (result,) = client.predict_files(target, files(tmp_path, [png(10)]), batch_size=1)
+    assert "error" not in result and len(service.requests) == 3
+    assert clock.slept == [0.5, 1.0]
+    (line,) = capsys.readouterr().err.splitlines()  # one line as the waiting starts
+    assert line == (f"[client] {target} could not be reached (Socket closed): trying again "
+                    f"for up to 60 s (--wait_for_server)")
+
+    # Away for good: tried until wait_for_server has passed, the last time at its end.
+    target, service = serve(lambda images: UNREACHABLE)
+    with pytest.raises(grpc.RpcError) as error:
+        client.predict_images(target, [png(10)], wait_for_server=10)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert clock.slept[2:] == [0.5, 1.0, 2.0, 4.0, 2.5] and len(service.requests) == 6
+    with pytest.raises(grpc.RpcError):  # 0: at once
+        client.predict_images(target, [png(10)], wait_for_server=0)
+    assert len(clock.slept) == 7 and len(service.requests) == 7
+    with pytest.raises(ValueError, match=r"wait_for_server must be a number of seconds, at "
+                                         r"least 0 \(0: fail at once; inf: no limit\), got -1"):
+        client.predict_files(target, [], wait_for_server=-1)
+    # A busy server's UNAVAILABLE is an answer, asked again on its own terms.
+    assert client.unreachable(FakeError(*UNREACHABLE))
+    assert not client.unreachable(FakeError(grpc.StatusCode.UNAVAILABLE, "queue is full"))
+
+
+def test_what_the_server_answered_before_it_went_away_is_yielded(serve, tmp_path):
+    answered = {"left": 2}
+
+    def goes_away(images):
+        if answered["left"]:
+            answered["left"] -= 1
+            return None
+        return UNREACHABLE
+
+    target, _ = serve(goes_away)
+    paths = files(tmp_path, [png(10), png(20), png(30), png(40)])
+    paths.insert(2, str(tmp_path / "missing.png"))
+    got = []
+    with pytest.raises(grpc.RpcError):  # one batch, one image a request
+        for result in client.predict_files(target, paths, batch_size=5, max_request_bytes=1,
+                                           wait_for_server=0):
+            got.append(result)
+    assert [result["image"] for result in got] == paths[:3]
+    assert [("error" in result) for result in got] == [False, False, True]
+

@@ -9,12 +9,13 @@ JSON lines, less the step probabilities, which the export does not serve: ``imag
 ``model_version`` that answered (TF Serving moves to a new version as it appears, and
 another version may hold another label map), and with ``--all_scores`` every class's
 score by class id (``ofrnn-predict`` names them; the export's
-``assets.extra/label_map.json`` holds the names), one per input, as
-each batch of ``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes
-in several requests). A file that cannot be read, or that the server refuses as an
-image, gets an ``error`` line and the others go on. A refusal that names no image
-(server down, unknown model, a threshold outside [0, 1]) stops the command with the
-server's status and message; the lines already written stand. The exit status is 1
+``assets.extra/label_map.json`` holds the names), one per input, as each request of
+``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes in several
+requests). A file that cannot be read, or that the server refuses as an image, gets an
+``error`` line and the others go on. A server that cannot be reached (restarting, still
+loading) is tried again for up to ``--wait_for_server`` seconds. A refusal that names no
+image (unknown model, a threshold outside [0, 1]), or a server still away, stops the
+command with the server's status and message; the lines already written stand. The exit status is 1
 when the command stopped so or no image was labelled. A progress bar on stderr counts
 the inputs when the lines go to a file or a pipe.
 """
@@ -28,7 +29,8 @@ from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_pro
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, shows_progress,
     write_report)
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, DEFAULT_PORT, MAX_TIMEOUT_S
+from ofrnn_tf.serving.server_process import (
+    DEFAULT_MODEL_NAME, DEFAULT_PORT, DEFAULT_WAIT_FOR_SERVER_S, MAX_TIMEOUT_S)
 from ofrnn_tf.status import progress_bar, say
 from ofrnn_tf.tf_errors import reason_text
 
@@ -48,6 +50,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_request_bytes", 32 * 1024 * 1024, "a batch of files larger than "
                          "this goes in several requests (ofrnn-serve takes up to 64 MiB)")
     flags.DEFINE_float("timeout", 30.0, "seconds per request (inf: no limit)")
+    flags.DEFINE_float("wait_for_server", DEFAULT_WAIT_FOR_SERVER_S, "seconds to go on trying "
+                       "a server that cannot be reached (restarting, still loading), each time "
+                       "it goes away (0: stop at once; inf: no limit)")
     flags.DEFINE_string("output", None, "JSON-lines file to write (default, or -: stdout)")
     flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
     flags.DEFINE_bool("all_scores", False, "Also write every class's score, by class id "
@@ -67,6 +72,9 @@ def main(argv):
     if MAX_TIMEOUT_S < FLAGS.timeout < math.inf:  # gRPC's deadline would overflow
         raise app.UsageError(f"--timeout must be at most {MAX_TIMEOUT_S:g} seconds, or inf for "
                              f"no limit; got {FLAGS.timeout!r}")
+    if not FLAGS.wait_for_server >= 0:
+        raise app.UsageError(f"--wait_for_server must be a number of seconds, 0 or more (0: "
+                             f"stop at once; inf: no limit), got {FLAGS.wait_for_server}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
@@ -77,7 +85,8 @@ def main(argv):
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
-                            timeout=FLAGS.timeout, all_scores=FLAGS.all_scores)
+                            timeout=FLAGS.timeout, all_scores=FLAGS.all_scores,
+                            wait_for_server=FLAGS.wait_for_server)
     lines = merge_results(entries, results)
     if shows_progress(out):
         lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")

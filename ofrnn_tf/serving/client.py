@@ -36,7 +36,8 @@ from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import find_undecodable, read_image_header
 from ofrnn_tf.input_files import read_input_file
 from ofrnn_tf.serving.server_process import (
-    DEFAULT_MODEL_NAME, MAX_TIMEOUT_S, servable_version)
+    DEFAULT_MODEL_NAME, DEFAULT_WAIT_FOR_SERVER_S, MAX_TIMEOUT_S, servable_version)
+from ofrnn_tf.status import say
 from ofrnn_tf.tf_errors import reason_text
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -46,13 +47,21 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # `attention` [N, T_max, H, W] is not needed to name labels; asking only for these
 # keeps responses small.
 PREDICT_OUTPUTS = ("labels", "label_names", "num_labels", "scores", "log_prob")
+# Waits between attempts to reach a server that cannot be reached, the last one repeated,
+# within the caller's `wait_for_server` (`DEFAULT_WAIT_FOR_SERVER_S`).
+UNREACHABLE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
+# The longest wait of a channel between attempts to connect: gRPC's own grows to 120 s, so a
+# server back after a minute would be found up to two minutes late.
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 
 def make_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """An insecure channel to ``host:port`` with raised message size limits."""
+    """An insecure channel to ``host:port`` with raised message size limits, which tries to
+    connect again at least every `MAX_RECONNECT_BACKOFF_MS` while the server is away."""
     return grpc.insecure_channel(target, options=[
         ("grpc.max_send_message_length", int(max_message_bytes)),
         ("grpc.max_receive_message_length", int(max_message_bytes)),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ])
 
 
@@ -110,7 +119,8 @@ BUSY_RETRY_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0)
 def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_NAME,
                    signature_name: str | None = None, version: int | None = None,
                    threshold: float | Sequence[float] | None = None, timeout: float = 30.0,
-                   channel: grpc.Channel | None = None, all_scores: bool = False) -> list[dict]:
+                   channel: grpc.Channel | None = None, all_scores: bool = False,
+                   wait_for_server: float = DEFAULT_WAIT_FOR_SERVER_S) -> list[dict]:
     """Classifies encoded JPEG/PNG/GIF/BMP images in one Predict request.
 
     Args:
@@ -128,15 +138,20 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
         channel: an open channel to reuse (e.g. from ``make_channel``); by default a
             channel is opened and closed for this call.
         all_scores: add every class's score, by class id (``parse_predict_response``).
+        wait_for_server: seconds to go on trying a server that cannot be reached
+            (`unreachable`: down, restarting, still loading its model), after a line on
+            stderr that says so (0: fail at once; inf: no limit).
 
     Returns:
         One dict per image, see ``parse_predict_response``.
 
     Raises:
-        grpc.RpcError: the server refused the request; ``.code()`` and ``.details()``
-            say why (e.g. INVALID_ARGUMENT "images[2]: not a JPEG/PNG/GIF/BMP image ...").
+        grpc.RpcError: the server refused the request, or could not be reached within
+            `wait_for_server`; ``.code()`` and ``.details()`` say why (e.g.
+            INVALID_ARGUMENT "images[2]: not a JPEG/PNG/GIF/BMP image ...").
     """
     images = _listed(images, "images")
+    _check_wait(wait_for_server)
     if not images:
         return []
     request = predict_request(images, model_name=model_name, signature_name=signature_name,
@@ -144,10 +159,51 @@ def predict_images(target: str, images: Sequence[bytes], *, model_name: str = DE
 
     def run(ch):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        return parse_predict_response(stub.Predict(request, timeout=_deadline(timeout)),
-                                      all_scores)
+        response = _reaching(target, wait_for_server,
+                             lambda: stub.Predict(request, timeout=_deadline(timeout)))
+        return parse_predict_response(response, all_scores)
 
     return _call(target, channel, run)
+
+
+def unreachable(error: grpc.RpcError) -> bool:
+    """Whether a call failed because the server could not be reached or went away during
+    it (UNAVAILABLE: connection refused, the connection lost, a server stopping), which
+    waiting may mend, rather than because a server answered (a busy one's UNAVAILABLE,
+    `_busy`, is an answer)."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and not _busy(error)
+
+
+def _check_wait(wait_for_server: float) -> None:
+    """ValueError for a `wait_for_server` that is no number of seconds (negative, NaN)."""
+    if not wait_for_server >= 0:
+        raise ValueError(f"wait_for_server must be a number of seconds, at least 0 (0: fail at "
+                         f"once; inf: no limit), got {wait_for_server!r}")
+
+
+def _reaching(target: str, wait_for_server: float, call):
+    """`call()`, made again while the server cannot be reached (`unreachable`), after the
+    waits of `UNREACHABLE_RETRY_SECONDS`, up to `wait_for_server` seconds after the first
+    failure (the last attempt at its end); a line on stderr says when the waiting starts."""
+    started, attempts = None, 0
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as error:
+            if not (unreachable(error) and wait_for_server > 0):
+                raise
+            now = time.monotonic()
+            if started is None:
+                started = now
+                say(f"[client] {target} could not be reached "
+                    f"({reason_text(error.details() or '')}): trying again for up to "
+                    f"{wait_for_server:g} s (--wait_for_server)")
+            left = started + wait_for_server - now
+            if left <= 0:
+                raise
+            time.sleep(min(left, UNREACHABLE_RETRY_SECONDS[
+                min(attempts, len(UNREACHABLE_RETRY_SECONDS) - 1)]))
+            attempts += 1
 
 
 def _listed(items, name: str) -> list:
@@ -250,10 +306,11 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                   model_name: str = DEFAULT_MODEL_NAME, signature_name: str | None = None,
                   version: int | None = None, threshold: float | None = None,
                   timeout: float = 30.0, channel: grpc.Channel | None = None,
-                  all_scores: bool = False) -> Iterator[dict]:
+                  all_scores: bool = False,
+                  wait_for_server: float = DEFAULT_WAIT_FOR_SERVER_S) -> Iterator[dict]:
     """Classifies image files through the server, `batch_size` per Predict request.
 
-    Yields one result per path, in order, as each batch returns: ``{"image", "labels"
+    Yields one result per path, in order, as each request returns: ``{"image", "labels"
     (names, decoding order), "label_ids", "scores", "log_prob", "model_version"}``, the
     fields of ``ofrnn-predict``'s lines but its step probabilities (not served), and the
     version that answered (and, with `all_scores`, ``all_scores``: every class's score by
@@ -274,14 +331,18 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
     merged batch has it) halves the request, down to images alone. A one-image request
     refused without an index (TensorFlow's own decoder message) is the image's when the
     image does not decode here either. A request a busy server turns away (`_busy`) is
-    sent again after each wait of `BUSY_RETRY_SECONDS`.
+    sent again after each wait of `BUSY_RETRY_SECONDS`, and one to a server that cannot be
+    reached for up to `wait_for_server` seconds (`predict_images`).
 
     Raises:
-        grpc.RpcError: a refusal that names no image (the server is down, the model
-            unknown, the threshold out of range); the results already yielded stand.
+        grpc.RpcError: a refusal that names no image (the model unknown, the threshold out
+            of range), or a server not reached within `wait_for_server`; raised once the
+            results the server answered before it, up to the first path without one, are
+            yielded.
     """
     if batch_size < 1:  # checked here, not when the first result is asked for
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_wait(wait_for_server)
     paths = _listed(paths, "paths")
     most_images: list[int] = []  # the server's batch limit, once it refused a request over it
 
@@ -289,17 +350,32 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
         for start in range(0, len(paths), batch_size):
             yield from _predict_batch(list(paths[start:start + batch_size]), ch)
 
-    def _predict_batch(batch: list[str], ch) -> list[dict]:
+    def _predict_batch(batch: list[str], ch) -> Iterator[dict]:
         results: list[dict | None] = [None] * len(batch)
+        yielded = 0
+
+        def finished() -> Iterator[dict]:
+            """The results in from the first not yet yielded, up to the first missing."""
+            nonlocal yielded
+            while yielded < len(batch) and results[yielded] is not None:
+                yielded += 1
+                yield results[yielded - 1]
+
         pending: list[tuple[int, bytes]] = []  # (place in the batch, encoded image)
         for k, path in enumerate(batch):
             try:
                 pending.append((k, read_input_file(path)))
             except OSError as error:
                 results[k] = {"image": batch[k], "error": f"{path}: {error.strerror or error}"}
-        for request in _split_by_bytes(pending, max_request_bytes):
-            _serve(request, batch, results, ch)
-        return results
+        try:
+            for request in _split_by_bytes(pending, max_request_bytes):
+                _serve(request, batch, results, ch)
+                yield from finished()
+        except grpc.RpcError:
+            # What the server answered before stands: the requests go out in order.
+            yield from finished()
+            raise
+        yield from finished()
 
     def _serve(request: list[tuple[int, bytes]], batch: list[str], results: list, ch) -> None:
         if most_images and len(request) > most_images[0]:
@@ -312,7 +388,8 @@ def predict_files(target: str, paths: Sequence[str], *, batch_size: int = 32,
                 served = predict_images(
                     target, [data for _, data in request], model_name=model_name,
                     signature_name=signature_name, version=version, threshold=threshold,
-                    timeout=timeout, channel=ch, all_scores=all_scores)
+                    timeout=timeout, channel=ch, all_scores=all_scores,
+                    wait_for_server=wait_for_server)
             except grpc.RpcError as error:
                 if _busy(error) and busy < len(BUSY_RETRY_SECONDS):
                     time.sleep(BUSY_RETRY_SECONDS[busy])

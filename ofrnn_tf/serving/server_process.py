@@ -31,6 +31,9 @@ DEFAULT_MAX_BATCH_SIZE = 64  # items a request may hold (TF Serving's batching.c
 # The longest deadline a client gives a call: gRPC's overflows further on (1e10 s did), and
 # every call then fails at once with DEADLINE_EXCEEDED. inf is no deadline.
 MAX_TIMEOUT_S = 1e8
+# How long a client goes on trying a server it cannot reach (restarting, or still loading:
+# ofrnn-serve takes 15 to 40 s to listen) unless told otherwise; 0: it fails at once.
+DEFAULT_WAIT_FOR_SERVER_S = 60.0
 
 
 # The highest version TF Serving reads: it parses a version folder's name as an int64.
