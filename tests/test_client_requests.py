@@ -1,7 +1,8 @@
 """`predict_files` against a scripted PredictionService: requests split by size, a named
 image confirmed alone before it is recorded as refused (TF Serving's batching merges
 requests, so an index can point at another request's image), a one-image refusal
-without an index, and a server that goes away."""
+without an index, and a server that goes away; and how `ofrnn-client` checks its
+`--server` and words its stop."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from absl import app
+
 from ofrnn_tf import input_files
+from ofrnn_tf.cli import client as command
 from ofrnn_tf.serving import client
 
 
@@ -326,8 +330,9 @@ def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, 
     assert run.returncode == 1
     stopped = [line for line in run.stderr.splitlines() if "[client] stopped" in line]
     assert stopped == [f"[client] stopped: {target} answered INVALID_ARGUMENT: threshold[0] must "
-                       f"be a probability in [0, 1]; got 2 (the inputs after the lines written "
-                       f"were not labelled)"], run.stderr
+                       f"be a probability in [0, 1]; got 2; 0 of 1 input(s) have their line; the "
+                       f"first without one is {tmp_path / '0.img'}: give it and the inputs after "
+                       f"it to go on"], run.stderr
 
 
 @pytest.mark.timeout(20)
@@ -460,4 +465,47 @@ def test_what_the_server_answered_before_it_went_away_is_yielded(serve, tmp_path
             got.append(result)
     assert [result["image"] for result in got] == paths[:3]
     assert [("error" in result) for result in got] == [False, False, True]
+
+
+@pytest.mark.parametrize("server, said", [
+    ("127.0.0.1", "--server=127.0.0.1 has no port: give host:port, e.g. 127.0.0.1:8500 (the "
+                  "gRPC port of ofrnn-serve and TF Serving by default)"),
+    ("[::1]:", "--server=[::1]: has no port: give host:port, e.g. [::1]:8500"),
+    ("127.0.0.1:74137", "--server=127.0.0.1:74137: the port must be in 1..65535, got 74137"),
+    ("host:0", "--server=host:0: the port must be in 1..65535, got 0"),
+    ("http://host:8500", "--server=http://host:8500 is not host:port: give the model server's "
+                         "host and gRPC port, e.g. 127.0.0.1:8500 (an IPv6 address in "
+                         "brackets: [::1]:8500; no scheme, no path)"),
+    ("::1:8500", "--server=::1:8500 is not host:port"),
+    (" ", "--server is empty"),
+])
+def test_the_client_command_refuses_a_server_that_is_not_host_and_port(server, said):
+    with pytest.raises(app.UsageError) as error:
+        command.check_server(server)
+    assert str(error.value).startswith(said)
+    for fine in ("127.0.0.1:8500", "localhost:1", "[::1]:65535", "models.example.org:8500"):
+        command.check_server(fine)
+
+
+def test_the_client_commands_stop_says_what_happened_and_where_it_stopped():
+    def reason(code, details):
+        return command.stop_reason(FakeError(code, details), "h:1", timeout=1.0,
+                                   wait_for_server=60.0)
+
+    assert reason(*UNREACHABLE) == ("h:1 could not be reached within --wait_for_server=60 s "
+                                    "(UNAVAILABLE: Socket closed)")
+    assert command.stop_reason(FakeError(*UNREACHABLE), "h:1", 1.0, 0.0) == (
+        "h:1 could not be reached (UNAVAILABLE: Socket closed)")
+    assert reason(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") == (
+        "h:1 did not answer a request within --timeout=1 s (DEADLINE_EXCEEDED): raise "
+        "--timeout (inf: no limit), or lower --batch_size or --max_request_bytes")
+    assert reason(grpc.StatusCode.UNAVAILABLE, "the batching queue is full") == (
+        "h:1 answered UNAVAILABLE: the batching queue is full")
+    entries = ["a.jpg", {"image": "notes.txt", "error": "skipped"}, "b.jpg"]
+    assert command.where_it_stopped(entries, 1, "out.jsonl") == (
+        "1 of 3 input(s) have their line in out.jsonl; the first without one is notes.txt: give "
+        "it and the inputs after it to go on")
+    assert command.where_it_stopped(entries, 2, None) == (
+        "2 of 3 input(s) have their line; the first without one is b.jpg: give it and the "
+        "inputs after it to go on")
 

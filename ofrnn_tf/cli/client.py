@@ -14,13 +14,15 @@ score by class id (``ofrnn-predict`` names them; the export's
 requests). A file that cannot be read, or that the server refuses as an image, gets an
 ``error`` line and the others go on. A server that cannot be reached (restarting, still
 loading) is tried again for up to ``--wait_for_server`` seconds. A refusal that names no
-image (unknown model, a threshold outside [0, 1]), or a server still away, stops the
-command with the server's status and message; the lines already written stand. The exit status is 1
-when the command stopped so or no image was labelled. A progress bar on stderr counts
+image (unknown model, a threshold outside [0, 1]), a server still away or a request past
+``--timeout`` stops the command in one line that says why, how many inputs have their
+line and which is the first without one; the lines already written stand. The exit status
+is 1 when the command stopped so or no image was labelled. A progress bar on stderr counts
 the inputs when the lines go to a file or a pipe.
 """
 
 import math
+import re
 
 import grpc
 from absl import app, flags
@@ -64,8 +66,7 @@ def main(argv):
     refuse_below("max_request_bytes")
     refuse_non_probability("threshold")
     refuse_unservable_version()
-    if not FLAGS.server.strip():
-        raise app.UsageError("--server is empty: give the model server's host:port")
+    check_server(FLAGS.server)
     if not FLAGS.timeout > 0:
         raise app.UsageError(f"--timeout must be a number of seconds above 0, got "
                              f"{FLAGS.timeout}")
@@ -76,9 +77,9 @@ def main(argv):
         raise app.UsageError(f"--wait_for_server must be a number of seconds, 0 or more (0: "
                              f"stop at once; inf: no limit), got {FLAGS.wait_for_server}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
+    entries = expand_inputs(inputs)
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
-    entries = expand_inputs(inputs)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
@@ -87,17 +88,75 @@ def main(argv):
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout, all_scores=FLAGS.all_scores,
                             wait_for_server=FLAGS.wait_for_server)
-    lines = merge_results(entries, results)
+    written = [0]  # the entries whose lines went out, as they go
+
+    def counted(lines):
+        for line in lines:
+            yield line
+            written[0] += 1  # asked for the next: this one is written
+
+    lines = counted(merge_results(entries, results))
     if shows_progress(out):
         lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")
     try:
         return write_report(lines, out, "client", "labelled")
     except grpc.RpcError as error:
-        # One line: TF Serving's details of a failed Assert span two, with node names.
-        say(f"[client] stopped: {FLAGS.server} answered {error.code().name}: "
-            f"{reason_text(error.details() or '')} (the inputs after the lines written were "
-            f"not labelled)")
+        say(f"[client] stopped: "
+            f"{stop_reason(error, FLAGS.server, FLAGS.timeout, FLAGS.wait_for_server)}; "
+            f"{where_it_stopped(entries, written[0], FLAGS.output)}")
         return 1
+
+
+def check_server(server: str) -> None:
+    """A usage error for a ``--server`` that is not ``host:port`` (``[IPv6]:port``) with a
+    port in 1..65535: gRPC would take a port modulo 65536 (74137 reaching 8601) and none
+    as 443, where TF Serving and ``ofrnn-serve`` listen on 8500 by default."""
+    example = f"127.0.0.1:{DEFAULT_PORT}"
+    if not server.strip():
+        raise app.UsageError(f"--server is empty: give the model server's host:port, e.g. "
+                             f"{example}")
+    match = re.fullmatch(r"(\[[^\]/\s]+\]|[^:/\[\]\s]+)(?::(\d*))?", server)
+    if match is None:
+        raise app.UsageError(f"--server={server} is not host:port: give the model server's "
+                             f"host and gRPC port, e.g. {example} (an IPv6 address in "
+                             f"brackets: [::1]:{DEFAULT_PORT}; no scheme, no path)")
+    if not match.group(2):
+        raise app.UsageError(f"--server={server} has no port: give host:port, e.g. "
+                             f"{match.group(1)}:{DEFAULT_PORT} (the gRPC port of ofrnn-serve "
+                             f"and TF Serving by default)")
+    if not 1 <= int(match.group(2)) <= 65535:
+        raise app.UsageError(f"--server={server}: the port must be in 1..65535, got "
+                             f"{int(match.group(2))}")
+
+
+def stop_reason(error: grpc.RpcError, server: str, timeout: float,
+                wait_for_server: float) -> str:
+    """Why the command stopped, in one line (TF Serving's details of a failed Assert span
+    two, with node names): what `server` answered, or that it could not be reached within
+    ``--wait_for_server``, or that it did not answer within ``--timeout``."""
+    from ofrnn_tf.serving.client import unreachable
+
+    reason = reason_text(error.details() or "")
+    if unreachable(error):
+        waited = f" within --wait_for_server={wait_for_server:g} s" if wait_for_server else ""
+        return f"{server} could not be reached{waited} (UNAVAILABLE: {reason})"
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (f"{server} did not answer a request within --timeout={timeout:g} s "
+                f"(DEADLINE_EXCEEDED): raise --timeout (inf: no limit), or lower --batch_size "
+                f"or --max_request_bytes")
+    return f"{server} answered {error.code().name}: {reason}"
+
+
+def where_it_stopped(entries: list, written: int, output: str | None) -> str:
+    """How many of `entries` got their line (in `output`), and the first that did not,
+    with how to go on."""
+    if written >= len(entries):
+        return f"every input has its line in {output or 'the output'}"
+    first = entries[written]
+    first = first if isinstance(first, str) else first["image"]
+    where = f" in {output}" if output and output != "-" else ""
+    return (f"{written} of {len(entries)} input(s) have their line{where}; the first without "
+            f"one is {first}: give it and the inputs after it to go on")
 
 
 run = runner(define_flags, main)
