@@ -2,7 +2,7 @@
 image confirmed alone before it is recorded as refused (TF Serving's batching merges
 requests, so an index can point at another request's image), a one-image refusal
 without an index, and a server that goes away; and how `ofrnn-client` checks its
-`--server` and words its stop."""
+`--server`, words its stop and goes on from a stopped run's lines."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from absl import app
 
 from ofrnn_tf import input_files
 from ofrnn_tf.cli import client as command
+from ofrnn_tf.cli.image_inputs import open_report
 from ofrnn_tf.serving import client
 
 
@@ -335,6 +336,41 @@ def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, 
                        f"it to go on"], run.stderr
 
 
+@pytest.mark.slow
+def test_a_client_command_stopped_by_a_server_gone_goes_on_with_resume(serve, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    answers = {"left": 2}  # then the server is away, until the test brings it back
+
+    def goes_away(images):
+        if answers["left"]:
+            answers["left"] -= 1
+            return None
+        return UNREACHABLE
+
+    target, service = serve(goes_away)
+    paths = files(tmp_path, [png(10), png(20), png(30), png(40)])
+    output = tmp_path / "out.jsonl"
+    command_line = [sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={target}",
+                    "--batch_size=1", "--wait_for_server=0", f"--output={output}", *paths]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run(command_line, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[-1] == (
+        f"[client] stopped: {target} could not be reached (UNAVAILABLE: Socket closed); 2 of 4 "
+        f"input(s) have their line in {output}; the first without one is {paths[2]}: run the "
+        f"same command with --resume to go on"), run.stderr
+    answers["left"] = 2
+    run = subprocess.run(command_line + ["--resume"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert [json.loads(line)["image"] for line in output.read_text().splitlines()] == paths
+    assert len(service.requests) == 5  # two answered, one refused; then the two left
+
+
 @pytest.mark.timeout(20)
 def test_a_pipe_is_read_and_one_nothing_writes_to_gets_an_error_line(serve, tmp_path,
                                                                      monkeypatch):
@@ -487,7 +523,7 @@ def test_the_client_command_refuses_a_server_that_is_not_host_and_port(server, s
         command.check_server(fine)
 
 
-def test_the_client_commands_stop_says_what_happened_and_where_it_stopped():
+def test_the_client_commands_stop_says_what_happened_and_where_to_go_on():
     def reason(code, details):
         return command.stop_reason(FakeError(code, details), "h:1", timeout=1.0,
                                    wait_for_server=60.0)
@@ -503,9 +539,28 @@ def test_the_client_commands_stop_says_what_happened_and_where_it_stopped():
         "h:1 answered UNAVAILABLE: the batching queue is full")
     entries = ["a.jpg", {"image": "notes.txt", "error": "skipped"}, "b.jpg"]
     assert command.where_it_stopped(entries, 1, "out.jsonl") == (
-        "1 of 3 input(s) have their line in out.jsonl; the first without one is notes.txt: give "
-        "it and the inputs after it to go on")
+        "1 of 3 input(s) have their line in out.jsonl; the first without one is notes.txt: run "
+        "the same command with --resume to go on")
     assert command.where_it_stopped(entries, 2, None) == (
         "2 of 3 input(s) have their line; the first without one is b.jpg: give it and the "
         "inputs after it to go on")
 
+
+def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
+    output = tmp_path / "out.jsonl"
+    kept = '{"image": "a.jpg", "labels": []}\n{"image": "notes.txt", "error": "skipped"}\n'
+    output.write_text(kept + '{"image": "b.j')  # the last line cut short: the run was killed
+    entries = ["a.jpg", {"image": "notes.txt", "error": "skipped"}, "b.jpg", "c.jpg"]
+    assert command.resumed_lines(str(output), entries) == (2, len(kept))
+    assert command.resumed_lines(str(tmp_path / "none.jsonl"), entries) == (0, 0)
+    with open_report(str(output), keep=len(kept)) as report:
+        report.write('{"image": "b.jpg"}\n')
+    assert output.read_text() == kept + '{"image": "b.jpg"}\n'
+    with pytest.raises(app.UsageError, match=r"--resume: .*out.jsonl, line 2, is for notes.txt, "
+                                             r"where input 2 is d.jpg: give the inputs of the "
+                                             r"run that wrote it, in the same order"):
+        command.resumed_lines(str(output), ["a.jpg", "d.jpg", "b.jpg", "c.jpg"])
+    with pytest.raises(app.UsageError, match=r"holds 3 lines, more than the 2 inputs given"):
+        command.resumed_lines(str(output), entries[:2])
+    with pytest.raises(app.UsageError, match=r"--resume goes on from the lines of --output"):
+        command.resumed_lines(None, entries)

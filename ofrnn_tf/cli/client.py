@@ -2,6 +2,7 @@
 
     ofrnn-client --server=127.0.0.1:8500 photo.jpg more_photos/ --output=out.jsonl
     ofrnn-client --server=127.0.0.1:8500 --threshold=0.05 photo.jpg   # more labels
+    ofrnn-client --server=127.0.0.1:8500 photo.jpg more_photos/ --output=out.jsonl --resume
 
 Takes files and folders (and ``--files_from``) as ``ofrnn-predict`` does and writes its
 JSON lines, less the step probabilities, which the export does not serve: ``image``,
@@ -16,12 +17,15 @@ requests). A file that cannot be read, or that the server refuses as an image, g
 loading) is tried again for up to ``--wait_for_server`` seconds. A refusal that names no
 image (unknown model, a threshold outside [0, 1]), a server still away or a request past
 ``--timeout`` stops the command in one line that says why, how many inputs have their
-line and which is the first without one; the lines already written stand. The exit status
-is 1 when the command stopped so or no image was labelled. A progress bar on stderr counts
-the inputs when the lines go to a file or a pipe.
+line and which is the first without one; the lines already written stand, and
+``--resume`` goes on after them. The exit status is 1 when the command stopped so or no
+image was labelled. A progress bar on stderr counts the inputs when the lines go to a file
+or a pipe.
 """
 
+import json
 import math
+import os
 import re
 
 import grpc
@@ -56,6 +60,9 @@ def define_flags() -> None:
                        "a server that cannot be reached (restarting, still loading), each time "
                        "it goes away (0: stop at once; inf: no limit)")
     flags.DEFINE_string("output", None, "JSON-lines file to write (default, or -: stdout)")
+    flags.DEFINE_bool("resume", False, "go on from the lines --output holds, which a run with "
+                      "the same inputs wrote before it stopped: its inputs are skipped and the "
+                      "new lines follow them")
     flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
     flags.DEFINE_bool("all_scores", False, "Also write every class's score, by class id "
                       "(all_scores; the names are in the export's assets.extra/label_map.json)")
@@ -78,26 +85,31 @@ def main(argv):
                              f"stop at once; inf: no limit), got {FLAGS.wait_for_server}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs)
+    done, keep = resumed_lines(FLAGS.output, entries) if FLAGS.resume else (0, 0)
+    if entries and done == len(entries):
+        say(f"[client] every input already has its line in {FLAGS.output}: nothing to do")
+        return 0
     from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
 
-    paths = [e for e in entries if isinstance(e, str)]
-    out = open_report(FLAGS.output, paths)
+    out = open_report(FLAGS.output, [e for e in entries if isinstance(e, str)], keep=keep)
+    left = entries[done:]
+    paths = [e for e in left if isinstance(e, str)]
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout, all_scores=FLAGS.all_scores,
                             wait_for_server=FLAGS.wait_for_server)
-    written = [0]  # the entries whose lines went out, as they go
+    written = [done]  # the entries whose lines went out, as they go
 
     def counted(lines):
         for line in lines:
             yield line
             written[0] += 1  # asked for the next: this one is written
 
-    lines = counted(merge_results(entries, results))
+    lines = counted(merge_results(left, results))
     if shows_progress(out):
-        lines = progress_bar(lines, total=len(entries), desc="labelling", unit="img")
+        lines = progress_bar(lines, total=len(left), desc="labelling", unit="img")
     try:
         return write_report(lines, out, "client", "labelled")
     except grpc.RpcError as error:
@@ -154,9 +166,49 @@ def where_it_stopped(entries: list, written: int, output: str | None) -> str:
         return f"every input has its line in {output or 'the output'}"
     first = entries[written]
     first = first if isinstance(first, str) else first["image"]
-    where = f" in {output}" if output and output != "-" else ""
-    return (f"{written} of {len(entries)} input(s) have their line{where}; the first without "
-            f"one is {first}: give it and the inputs after it to go on")
+    if output and output != "-":
+        return (f"{written} of {len(entries)} input(s) have their line in {output}; the "
+                f"first without one is {first}: run the same command with --resume to go on")
+    return (f"{written} of {len(entries)} input(s) have their line; the first without one is "
+            f"{first}: give it and the inputs after it to go on")
+
+
+def resumed_lines(output: str | None, entries: list) -> tuple[int, int]:
+    """For ``--resume``: how many of `entries` already have their line in `output` (the
+    first ones, in order, as a stopped run wrote them), and the bytes of those lines,
+    which stay; a line cut short at its end (a run killed while writing it) goes. A usage
+    error when `output` is no file, or holds lines for other inputs."""
+    if not output or output == "-":
+        raise app.UsageError("--resume goes on from the lines of --output: give the file the "
+                             "stopped run wrote")
+    if not os.path.exists(output):
+        return 0, 0
+    if not os.path.isfile(output):
+        raise app.UsageError(f"--resume: --output={output} is not a file, which a stopped run "
+                             f"would have written")
+    try:
+        with open(output, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise app.UsageError(f"--output={output}: {error.strerror or error}") from None
+    lines = data.split(b"\n")[:-1]  # the last piece: "" or a line cut short
+    if len(lines) > len(entries):
+        raise app.UsageError(f"--resume: {output} holds {len(lines)} lines, more than the "
+                             f"{len(entries)} inputs given: give the inputs of the run that "
+                             f"wrote it, or another --output")
+    for number, (line, entry) in enumerate(zip(lines, entries), 1):
+        expected = entry if isinstance(entry, str) else entry["image"]
+        try:
+            image = json.loads(line)["image"]
+        except (ValueError, TypeError, KeyError):
+            raise app.UsageError(f"--resume: {output}, line {number}, is not a line of "
+                                 f"ofrnn-client's: give its report, or another --output"
+                                 ) from None
+        if image != expected:
+            raise app.UsageError(f"--resume: {output}, line {number}, is for {image}, where "
+                                 f"input {number} is {expected}: give the inputs of the run "
+                                 f"that wrote it, in the same order, or another --output")
+    return len(lines), sum(len(line) + 1 for line in lines)
 
 
 run = runner(define_flags, main)

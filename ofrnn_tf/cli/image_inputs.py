@@ -137,13 +137,14 @@ class ReportFile:
     server down) leaves an earlier report there as it was. Each line is written through
     at once; one a full disk cuts short is taken back out, so the file holds whole lines.
     `opened`: the stream of an ``--output`` that holds no report to keep (a pipe, a
-    device), opened already."""
+    device), opened already. `keep`: bytes at the file's start that stay, the lines of an
+    earlier run this one goes on from (what follows them, such as a line cut short, goes)."""
 
-    def __init__(self, path: str, opened: TextIO | None = None):
+    def __init__(self, path: str, opened: TextIO | None = None, keep: int = 0):
         self.name = path
         self._stream = opened
         self._fd: int | None = None
-        self._whole = 0  # bytes of the whole lines written
+        self._whole = keep  # bytes of the whole lines written
         self._closed = False
 
     def write(self, text: str) -> int:
@@ -151,7 +152,9 @@ class ReportFile:
             with self._named():
                 return self._stream.write(text)
         if self._fd is None:
-            self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT, 0o666)
+            os.ftruncate(self._fd, self._whole)
+            os.lseek(self._fd, self._whole, os.SEEK_SET)
         data = text.encode("utf-8")
         with self._named():
             try:
@@ -201,11 +204,13 @@ class ReportFile:
         self.close()
 
 
-def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | ReportFile:
+def open_report(output: str | None, inputs: Iterable[str] = (), keep: int = 0
+                ) -> TextIO | ReportFile:
     """The stream a command's report goes to (stdout when `output` is None or ``-``),
     checked before any image is read, so that an unwritable ``--output`` costs nothing,
-    and emptied only at the report's first line (`ReportFile`); an ``--output`` that is
-    one of the `inputs` is refused (writing it would empty that image)."""
+    and emptied only at the report's first line (`ReportFile`), but for the `keep` bytes
+    at its start of a run it goes on from; an ``--output`` that is one of the `inputs` is
+    refused (writing it would empty that image)."""
     if not output or output == "-":
         if sys.stdout is None:  # started with it closed
             raise app.UsageError("standard output is closed: give --output=FILE")
@@ -227,7 +232,7 @@ def open_report(output: str | None, inputs: Iterable[str] = ()) -> TextIO | Repo
         # Made by the check (through a symbolic link, its target): a refused command
         # leaves no file behind.
         os.remove(os.path.realpath(output))
-    return ReportFile(output)
+    return ReportFile(output, keep=keep)
 
 
 def shows_progress(out: TextIO | ReportFile) -> bool:
