@@ -32,6 +32,7 @@ from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.client import PREDICT_OUTPUTS
 from ofrnn_tf.serving.local_server import Servable, load_session, xla_compiled_functions
 from ofrnn_tf.serving.server_process import find_latest_version
+from ofrnn_tf.tf_errors import op_error_text
 
 pytestmark = pytest.mark.slow  # all share one tiny train.py + export.py run (~1 min)
 
@@ -760,13 +761,17 @@ def test_features_signature_refuses_maps_the_cache_cannot_hold_naming_the_image(
     shape = [3, *tiny_module.feature_shape]
     features = np.zeros(shape, np.float32)
     features[2, 0, 1, 0] = value
-    said = r"features\[2\] contains NaN or Inf, or a value beyond ±65504 \(the float16 feature"
+    # The whole text, as clients get it (docs/serving.md, serving/README.md quote it).
+    said = "features[2] contains NaN or Inf, or a value beyond ±65504, the range of the float16 " \
+           "feature cache"
     signature = loaded.signatures["predict_features"]
     with served(tiny_export_run.export_dir) as run:
-        with pytest.raises(tf.errors.InvalidArgumentError, match=said):
+        with pytest.raises(tf.errors.InvalidArgumentError) as by_session:
             run("predict_features", {"features": features})
-        with pytest.raises(tf.errors.InvalidArgumentError, match=said):
+        with pytest.raises(tf.errors.InvalidArgumentError) as by_signature:
             signature(features=tf.constant(features))
+        for refusal in (by_session.value, by_signature.value):
+            assert f"[{said}]" in refusal.message and op_error_text(refusal) == said
         features[2, 0, 1, 0] = -65504.0  # float16's largest: what the cache holds
         assert run("predict_features", {"features": features})["num_labels"].shape == (3,)
         assert signature(features=tf.constant(features))["num_labels"].shape == (3,)

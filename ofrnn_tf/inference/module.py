@@ -354,9 +354,10 @@ def _checked_features(features: tf.Tensor) -> tf.Tensor:
     largest = float(tf.as_dtype(FEATURE_DTYPE).max)
     flat = tf.reshape(features, [tf.shape(features)[0], -1])
     held = tf.reduce_all(tf.abs(flat) <= largest, axis=1)  # NaN compares false
+    # Worded without an apostrophe: Assert prints its string data escaped, one as \'.
     check = tf.debugging.Assert(tf.reduce_all(held), [tf.strings.format(
-        f"features[{{}}] contains NaN or Inf, or a value beyond ±{largest:g} (the float16 "
-        f"feature cache's range)", _first(tf.logical_not(held)))])
+        f"features[{{}}] contains NaN or Inf, or a value beyond ±{largest:g}, the range of "
+        f"the float16 feature cache", _first(tf.logical_not(held)))])
     with tf.control_dependencies([check]):
         return tf.identity(features)
 
