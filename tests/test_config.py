@@ -51,6 +51,16 @@ def test_helpfull_shows_the_main_job_defaults():
         assert shown.get(name) == want, (name, shown.get(name), want)
 
 
+def test_a_flag_named_in_a_settings_help_is_a_setting_or_named_with_its_command():
+    """Every command that takes the settings shows their help (ofrnn-extract too, which
+    has no --workdir nor --print_config): another flag is named with the command it is of."""
+    values = parse()
+    for name, field, _ in fields(ExperimentConfig()):
+        said = field.metadata["help"]
+        for flag in re.findall(r"--(\w+(?:\.\w+)*)", said):
+            assert flag in values or re.search(rf"ofrnn-\w+ [^()]*--{flag}\b", said), (name, flag)
+
+
 @pytest.mark.parametrize("argv", [
     ["train.py", "--help"],
     # What a console-script wrapper runs: a __main__ without a docstring.

@@ -226,7 +226,8 @@ class StageConfig:
     or of the label context fitted between them (selected by validation mAP)."""
 
     learning_rate: float = setting(1e-3, "Adam learning rate (a preset may set its own: "
-                                  "--config=NAME --workdir=DIR --print_config shows them).")
+                                  "ofrnn-train --config=NAME --workdir=DIR --print_config "
+                                  "shows them).")
     schedule: str = setting("constant", "Learning rate over the stage: constant, or cosine "
                             "(decaying to 0 at the stage's last epoch).", choices=SCHEDULES)
     epochs: int = setting(6, "Most epochs of this stage.", resumable=True)
