@@ -39,7 +39,7 @@ from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap, listed_names
 from ofrnn_tf.metrics import SIZE_SPLIT_KEYS, format_table
 from ofrnn_tf.modeling.model import fixed_label_order
-from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts, train_command
 from ofrnn_tf.training.distribute import (
     check_batch_split, is_chief, is_chief_task, make_strategy)
 from ofrnn_tf.training.run_state import (
@@ -757,9 +757,9 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
             log("training done; the chief worker evaluates and writes the results")
             return {}
         for beam_size, why in run_dir.drop_stale_calibrations().items():
+            again = train_command(workdir, "--mode=eval", f"--decoding.beam_size={beam_size}")
             log(f"τ and test metrics for beam width {beam_size} were {why}: "
-                f"removed (ofrnn-train --workdir={workdir} --mode=eval "
-                f"--decoding.beam_size={beam_size} makes them again)")
+                f"removed ({again} makes them again)")
         if config.runtime.mixed_precision:
             # Evaluate what eval mode and the export compute: the best weights in float32.
             model, _, _ = run_dir.load_model()

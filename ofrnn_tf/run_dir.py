@@ -39,6 +39,7 @@ import errno
 import fcntl
 import glob
 import os
+import shlex
 import time
 from typing import Callable, Iterator, Optional, TypeVar
 
@@ -115,6 +116,14 @@ def _calibration_entry_problem(entry: dict) -> Optional[str]:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return f"min_labels={value!r}, not a whole number ≥ 0"
     return None
+
+
+def train_command(workdir: str, *flags: str) -> str:
+    """The ``ofrnn-train`` command line for the run at `workdir` with `flags`, as messages
+    suggest it: quoted for a shell, so that pasted it runs on that folder whatever its
+    name holds (a space, a quote)."""
+    return " ".join(["ofrnn-train", f"--workdir={shlex.quote(workdir)}",
+                     *map(shlex.quote, flags)])
 
 
 # The run folders (real paths) this process holds (`RunDir.exclusive`): a run reads its
@@ -597,8 +606,8 @@ class RunDir:
             DamagedCheckpointError: ``best/`` names a checkpoint that cannot be read, or
                 no checkpoint of ``checkpoints/`` can be, or the path holds a '['.
         """
-        best = best_checkpoint(self.best_dir(), f"calibrate τ for them: ofrnn-train "
-                                                f"--workdir={self.path} --mode=eval")
+        best = best_checkpoint(self.best_dir(), "calibrate τ for them: "
+                                                + train_command(self.path, "--mode=eval"))
         if best:
             return best
         path, _ = resumable_checkpoint(self.checkpoints_dir())
@@ -799,8 +808,7 @@ class RunDir:
                                    f"{self._calibration_remedy()}")
 
     def _calibration_remedy(self) -> str:
-        return (f"delete it and calibrate τ again: ofrnn-train --workdir={self.path} "
-                f"--mode=eval")
+        return "delete it and calibrate τ again: " + train_command(self.path, "--mode=eval")
 
     def _weights_name(self) -> Optional[str]:
         try:

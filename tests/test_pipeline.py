@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -98,8 +99,8 @@ def trained(tmp_path_factory):
     return config, str(base / "run"), features_dir
 
 
-def copy_run(trained, tmp_path) -> str:
-    workdir = str(tmp_path / "run")
+def copy_run(trained, tmp_path, name: str = "run") -> str:
+    workdir = str(tmp_path / name)
     shutil.copytree(trained[1], workdir)
     return workdir
 
@@ -282,19 +283,21 @@ def test_the_classes_the_test_split_lacks_are_named_in_the_log_and_metrics(
 
 def test_eval_refuses_a_run_whose_decoder_was_never_validated(trained, tmp_path):
     config, _, features_dir = trained
-    workdir = str(tmp_path / "run")
+    workdir = str(tmp_path / "my run")  # the command to go on is quoted for a shell
     stop_at_validation(config, workdir, features_dir, number=2)  # stage 2's first one
     with pytest.raises(run_state.UnfinishedRunError,
                        match=r"stopped at stage 2 epoch 1/1, step 4, before any validated "
                              r"epoch of stage 2, so its decoder \(stage 2\) is untrained.*"
-                             r"without --mode=eval"):
+                             r"without --mode=eval") as refused:
         pipeline.run(config, workdir, "eval")
+    command = re.search(r"Finish training first: (.*) \(without", str(refused.value))[1]
+    assert shlex.split(command) == ["ofrnn-train", f"--workdir={workdir}"]
     assert not os.path.exists(RunDir(workdir).metrics_file("test"))
     # Export and predict say the same, not "calibrate it with --mode=eval".
     from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 
     with pytest.raises(UncalibratedBeamSizeError, match=r"is not trained: .*Finish training "
-                                                        r"first: ofrnn-train --workdir="):
+                                                        r"first: ofrnn-train --workdir='"):
         InferenceModule.from_run(workdir)
 
 
@@ -482,14 +485,18 @@ def test_a_run_gives_the_callers_python_and_numpy_random_state_back(trained, tmp
 def test_tau_of_another_width_goes_once_a_rerun_changes_the_decoding_it_was_made_with(
         trained, tmp_path, cached_features, capsys):
     config = trained[0]
-    run_dir = RunDir(copy_run(trained, tmp_path))
+    run_dir = RunDir(copy_run(trained, tmp_path, "my run"))
     pipeline.run(config.replace(decoding={"beam_size": 1}), run_dir.path, "eval")
     assert run_dir.calibrated_beam_sizes() == [1, 2]
     capsys.readouterr()
     changed = config.replace(decoding={"min_labels": 2})
     pipeline.run(changed, run_dir.path, "train")  # the same weights: a finished run
+    said = capsys.readouterr().err
     assert ("τ and test metrics for beam width 1 were calibrated with decoding.min_labels 1, "
-            "not 2: removed") in capsys.readouterr().err
+            "not 2: removed") in said
+    again = re.search(r"not 2: removed \((.*) makes them again\)", said)[1]
+    assert shlex.split(again) == ["ofrnn-train", f"--workdir={run_dir.path}", "--mode=eval",
+                                  "--decoding.beam_size=1"]
     assert run_dir.calibrated_beam_sizes() == [2]
     assert run_dir.calibration(2)["min_labels"] == 2
     assert not os.path.exists(run_dir.metrics_file("test", 1))

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,8 @@ from absl import app
 from conftest import FAKE_BEAM, FAKE_MAX_STEPS, FAKE_NAMES, ROOT, run_checked
 from ofrnn_tf.cli import (
     input_errors, refuse_glob_characters, refuse_missing_run_folder, trained_run)
-from ofrnn_tf.inference.module import InferenceModule, MinLabelsError
+from ofrnn_tf.inference.module import (
+    InferenceModule, MinLabelsError, UncalibratedBeamSizeError)
 from ofrnn_tf.modeling.layers.spatial_label_head import SpatialLabelHead
 from ofrnn_tf.modeling.model import HEAD_LAYERS
 from ofrnn_tf import run_dir as run_dir_module
@@ -168,6 +170,33 @@ def test_weights_of_a_layer_held_under_another_name_are_refused(make_fake_run, t
             "holds no weights for variables of the model") + ".*" + re.escape(
             "(label_map_head/scores/kernel, label_map_head/scores/bias)")):
         run_dir.load_model()
+
+
+# -- a remedy's command ------------------------------------------------------------------
+def suggested_command(message: str, after: str, until: str = "") -> list[str]:
+    """The command `message` names between `after` and `until` (its end if empty), split
+    as a shell splits it pasted."""
+    command = message.split(after, 1)[1]
+    return shlex.split(command.split(until, 1)[0] if until else command)
+
+
+def test_a_remedys_command_runs_on_a_run_folder_whose_name_holds_a_space(
+        make_fake_run, tmp_path, tiny_backbone):
+    run_dir = with_best_weights(make_fake_run(tmp_path / "my run"))
+    calibrate = ["ofrnn-train", f"--workdir={run_dir.path}", "--mode=eval"]
+    with pytest.raises(UncalibratedBeamSizeError) as uncalibrated:
+        InferenceModule.from_run(run_dir, beam_size=1, backbone=tiny_backbone)
+    assert (suggested_command(str(uncalibrated.value), "on validation with `", "`")
+            == [*calibrate, "--decoding.beam_size=1"])
+    with open(run_dir.calibration_file, "w") as f:
+        f.write("{")
+    with pytest.raises(DamagedRunFileError) as damaged:
+        run_dir.calibration(FAKE_BEAM)
+    assert suggested_command(str(damaged.value), "calibrate τ again: ") == calibrate
+    os.truncate(best_data_file(run_dir), 100)
+    with pytest.raises(DamagedCheckpointError) as best:
+        run_dir.weights_path()
+    assert suggested_command(str(best.value), "calibrate τ for them: ") == calibrate
 
 
 # -- an edited label map -----------------------------------------------------------------

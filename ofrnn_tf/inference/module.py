@@ -45,7 +45,7 @@ from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_imag
 from ofrnn_tf.features.backbones import Backbone, get_backbone
 from ofrnn_tf.features.tfrecords import FEATURE_DTYPE, as_stored
 from ofrnn_tf.labels import LabelMap
-from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.run_dir import RunDir, train_command
 from ofrnn_tf.training.run_state import UnfinishedRunError, training_state
 
 
@@ -228,11 +228,12 @@ class InferenceModule(tf.Module):
                         raise UncalibratedBeamSizeError(str(error)) from None
                     except (tf.errors.OpError, OSError, ValueError, KeyError):
                         pass  # checkpoints that say nothing of it: the remedy below
+                calibrate = train_command(run_dir.path, "--mode=eval",
+                                          f"--decoding.beam_size={beam_size}")
                 raise UncalibratedBeamSizeError(
                     f"{run_dir.calibration_file} has no τ for beam width K={beam_size} "
                     f"(calibrated: {known or 'none'}). Calibrate it on validation with "
-                    f"`ofrnn-train --workdir={run_dir.path} --mode=eval "
-                    f"--decoding.beam_size={beam_size}`.")
+                    f"`{calibrate}`.")
             tau = float(calibration["tau"])
         from_file = min_labels is None and calibration is not None and "min_labels" in calibration
         if min_labels is None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.run_dir import (
-    IncompatibleRunError, RunDir, listed_checkpoints, resumable_checkpoint)
+    IncompatibleRunError, RunDir, listed_checkpoints, resumable_checkpoint, train_command)
 from ofrnn_tf.training.trainer import POSITION, checkpoint_position, describe_position
 
 
@@ -145,5 +145,5 @@ def training_state(run_dir: RunDir, config: ExperimentConfig) -> Optional[str]:
         raise UnfinishedRunError(
             f"{run_dir.path} is not trained: it stopped at {where}, before any validated epoch "
             f"of stage {last_stage}, so its {part} is untrained. Finish training first: "
-            f"ofrnn-train --workdir={run_dir.path} (without --mode=eval).")
+            f"{train_command(run_dir.path)} (without --mode=eval).")
     return where
