@@ -1,5 +1,6 @@
-"""Cross-references into docs/ name files and sections that exist, and the Python names the
-documents give resolve.
+"""Cross-references into docs/ name files and sections that exist, the Python names the
+documents give resolve, and the image guards' timings are those of the benchmark runs
+the documents cite.
 
 Code, benchmarks and documents point readers at `docs/<page>.md, "<section title>"`;
 a section renamed or moved to another page would leave those pointers dangling.
@@ -97,3 +98,53 @@ def test_every_python_name_the_documents_give_resolves():
     assert len(names) > 5, "the scan found too few names to be looking at the documents"
     broken = [f"{source}: {name}" for source, name in sorted(names) if not _resolves(name)]
     assert not broken, "\n".join(broken)
+
+
+# The image guards' timings the documents give: those of bench_image_guards.py's runs.
+GUARDS_RESULTS = "What the served model's header guards cost"
+RUN_DATE = re.compile(r"20\d\d-\d\d-\d\d \d\d:\d\d")
+TIMING = re.compile(r"(\d[\d,]*(?:\.\d+)?)(?= ms\b| s\b| against )")
+
+
+def _guards_rows(dates: set[str]) -> list[list[float]]:
+    """The numbers of each table row of the RESULTS.md sections `GUARDS_RESULTS` of those
+    run dates."""
+    rows = []
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    for section in re.split(r"^## ", results, flags=re.M):
+        run = RUN_DATE.search(section)
+        if section.startswith(GUARDS_RESULTS + "\n") and run and run.group() in dates:
+            rows += [[float(n.replace(",", "")) for n in re.findall(r"-?\d[\d,]*\.?\d*", row)]
+                     for row in section.splitlines() if row.startswith("| ")]
+    return rows
+
+
+def _timings_not_in_cited_runs(text: str) -> list[str]:
+    """The timings of `text` (ms, or s) that are neither a value of a guards run that
+    `text` cites by its date nor the difference of two values of one row, as rounded."""
+    rows = _guards_rows(set(RUN_DATE.findall(text)))
+    missing = []
+    for match in TIMING.finditer(text):
+        written = match.group(1).replace(",", "")
+        places = len(written.partition(".")[2])
+        value = float(written)
+        scale = 1000 if text.startswith(" s", match.end()) else 1
+        if not any(round(v / scale, places) == value or round(a - b, places) == value
+                   for row in rows for v in row for a in row for b in row):
+            missing.append(f"{written}{text[match.end():match.end() + 3]}")
+    return missing
+
+
+def test_the_image_guards_timings_are_those_of_the_benchmark_runs_the_documents_cite():
+    """docs/image_guards.md's measurements, and docs/serving.md's paragraphs on them, give
+    the RESULTS.md runs they come from (their date), and only those runs' numbers."""
+    page = (ROOT / "docs" / "image_guards.md").read_text(encoding="utf-8")
+    serving = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
+    texts = [re.sub(r"\s+", " ", text) for text in [
+        page[page.index("## Cost"):page.index("### How the code stays cheap")],
+        *serving.split("\n\n")]]
+    texts = [text for text in texts if "bench_image_guards" in text or GUARDS_RESULTS in text]
+    assert len(texts) >= 2, "the scan found no paragraph of docs/serving.md on the guards' cost"
+    for text in texts:
+        assert _guards_rows(set(RUN_DATE.findall(text))), f"no run of RESULTS.md cited: {text}"
+        assert not _timings_not_in_cited_runs(text), _timings_not_in_cited_runs(text)
