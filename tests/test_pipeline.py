@@ -567,6 +567,13 @@ def test_eval_mode_refuses_decoding_settings_it_would_not_keep(trained, tmp_path
     with pytest.raises(IncompatibleRunError, match=r"stage2.epochs: 1 in the run folder vs 3 "
                                                    r"now \(eval mode trains nothing"):
         pipeline.run(config.replace(stage2={"epochs": 3}), workdir, "eval")
+    # Nor does it read how training computes.
+    for runtime in ({"mixed_precision": True}, {"jit_compile": True}, {"strategy": "mirrored"}):
+        (name, value), = runtime.items()
+        with pytest.raises(IncompatibleRunError, match=rf"runtime.{name}: .* vs {value!r} now "
+                                                       r"\(eval mode decodes in float32 on one "
+                                                       r"device, without XLA"):
+            pipeline.run(config.replace(runtime=runtime), workdir, "eval")
 
 
 def test_a_rerun_refuses_epochs_of_a_finished_stage_and_lets_the_last_go_on(
