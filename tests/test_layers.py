@@ -284,6 +284,19 @@ def test_feature_standardizer_refuses_labelled_batches_and_another_depth_naming_
     assert not layer.is_adapted
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_feature_standardizer_refuses_a_batch_holding_nan_or_inf_naming_it(value):
+    from ofrnn_tf.modeling.layers import FeatureStandardizer
+
+    layer = FeatureStandardizer(depth=K)
+    bad = np.ones([2, M, K], np.float32)
+    bad[1, 0, 2] = value  # one value makes its channel's statistics NaN
+    with pytest.raises(ValueError, match=r"batch 1 holds NaN or Inf \(channel 2\), which would "
+                                         r"make the statistics NaN"):
+        layer.adapt([np.ones([2, M, K], np.float32), bad])
+    assert not layer.is_adapted
+
+
 def test_spatial_head_pools_position_scores_between_mean_and_max():
     from ofrnn_tf.modeling.layers import SpatialLabelHead
 

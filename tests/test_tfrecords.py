@@ -349,6 +349,50 @@ def test_deleting_a_corrupt_shard_makes_the_next_run_extract_only_that_one(
     assert len(list(tfrecords.make_dataset(directory, "train", 6, verify_shards="full"))) == 1
 
 
+def _with_value_in_record(path: str, index: int, value: float) -> str:
+    """Rewrites record `index` of the shard at `path` with `value` in its features, as
+    no writer of this package would; returns its image id."""
+    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    example = tf.train.Example.FromString(records[index])
+    feature = example.features.feature
+    values = np.frombuffer(feature["features"].bytes_list.value[0], "<f2").copy()
+    values[3] = value
+    feature["features"].bytes_list.value[0] = values.tobytes()
+    records[index] = example.SerializeToString()
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+    return feature["image_id"].bytes_list.value[0].decode()
+
+
+@pytest.mark.parametrize("value, held", [(np.nan, "NaN"), (-np.inf, "an Inf")])
+@pytest.mark.parametrize("features_dtype", [tf.float32, tf.float16])  # evaluation's, training's
+def test_a_record_holding_nan_or_inf_is_named_by_shard_record_and_image(tmp_path, value, held,
+                                                                        features_dtype):
+    d = _write_dir(tmp_path / "f", _records(9))
+    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    image_id = _with_value_in_record(shard, 2, value)
+    parse = tfrecords.parse_batch_fn(d, features_dtype)
+    dataset = tfrecords.record_dataset(d, "train").batch(4).map(parse)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=image_id):  # outside: the image
+        list(dataset)
+    with pytest.raises(tfrecords.CorruptShardError) as error:
+        with tfrecords.naming_corrupt_shards(d, "train"):
+            list(dataset)
+    assert error.value.path == shard
+    assert str(error.value) == (
+        f"corrupt feature shard {shard}: record 2 (image {image_id!r}) holds {held} in its "
+        f"features -- delete {shard} and rerun: the next run re-extracts only that shard")
+    assert isinstance(error.value.__cause__, tf.errors.InvalidArgumentError)
+
+
+def test_an_invalid_argument_error_of_another_cause_goes_on_unchanged(tmp_path):
+    d = _write_dir(tmp_path / "f", _records(3))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a shape, say"):
+        with tfrecords.naming_corrupt_shards(d, "train"):
+            raise tf.errors.InvalidArgumentError(None, None, "a shape, say")
+
+
 @pytest.mark.parametrize("drop_remainder, batches", [(False, 4), (True, 3)])
 def test_a_split_read_once_knows_its_number_of_batches(tmp_path, drop_remainder, batches):
     # So the progress bars of evaluation show a total and an ETA.

@@ -28,7 +28,10 @@ count with the shard's ``.json``, so a file cut short, even at a record boundary
 named; a payload garbled behind intact headers shows only
 while reading, as a `tf.errors.DataLossError` that names no file: code that reads a
 split wraps the reading in `naming_corrupt_shards`, which then checks that split's
-shards in full and names the bad one.
+shards in full and names the bad one. The reader refuses a record whose features hold a
+NaN or an Inf (`parse_batch_fn`): a single such value makes a channel's statistics NaN,
+and with it every image's scores; `naming_corrupt_shards` names its shard, record and
+image.
 """
 
 from __future__ import annotations
@@ -435,6 +438,22 @@ def _with_remedy(error: CorruptShardError) -> CorruptShardError:
                              f"re-extracts only that shard", error.path)
 
 
+def find_non_finite_record(features_dir: str, split: str) -> CorruptShardError | None:
+    """Reads every record of ``split`` (a full pass over its files); returns the error
+    naming the first whose features hold a NaN or an Inf (its shard, its index there and
+    its image id), or None when none does."""
+    for path in shard_files(features_dir, split):
+        for index, serialized in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+            feature = tf.train.Example.FromString(serialized).features.feature
+            values = np.frombuffer(feature["features"].bytes_list.value[0], "<f2")
+            if not np.isfinite(values).all():
+                image_id = feature["image_id"].bytes_list.value[0].decode(errors="replace")
+                held = "NaN" if np.isnan(values).any() else "an Inf"
+                return CorruptShardError(f"corrupt feature shard {path}: record {index} (image "
+                                         f"{image_id!r}) holds {held} in its features", path)
+    return None
+
+
 def find_corrupt_shard(features_dir: str, split: str) -> CorruptShardError | None:
     """Reads every record of ``split`` with its checksums (a full pass over its files);
     returns the error of the first corrupt or short shard, or None when all are sound."""
@@ -448,13 +467,15 @@ def find_corrupt_shard(features_dir: str, split: str) -> CorruptShardError | Non
 
 @contextlib.contextmanager
 def naming_corrupt_shards(features_dir: str, split: str):
-    """Names the shard behind a `tf.errors.DataLossError` raised while reading ``split``.
+    """Names the shard behind a `tf.errors.DataLossError` raised while reading ``split``,
+    and the record behind the reader's refusal of a NaN or an Inf (`parse_batch_fn`).
 
     The reader's header walk does not read payloads, and TensorFlow's error for a
-    garbled one names no file (``corrupted record at 12``). On that error this checks
-    the split's shards in full and raises `CorruptShardError` naming the bad one and
-    how to rebuild it; when every shard reads back whole, the error is not a shard's
-    and goes on unchanged. Costs nothing until an error.
+    garbled one names no file (``corrupted record at 12``); nor does the reader's for a
+    NaN, which names only the image. On those errors this checks the split's shards in
+    full and raises `CorruptShardError` naming the bad one (and record) and how to
+    rebuild it; when every shard reads back whole, the error is not a shard's and goes
+    on unchanged. Costs nothing until an error.
     """
     try:
         yield
@@ -463,9 +484,33 @@ def naming_corrupt_shards(features_dir: str, split: str):
         if corrupt is None:
             raise
         raise _with_remedy(corrupt) from error
+    except tf.errors.InvalidArgumentError as error:
+        corrupt = (find_non_finite_record(features_dir, split)
+                   if NON_FINITE_FEATURES in str(error) else None)
+        if corrupt is None:
+            raise
+        raise _with_remedy(corrupt) from error
 
 
 # -- reading -----------------------------------------------------------------
+
+# The reader's error for a record whose features hold a NaN or an Inf, as
+# `naming_corrupt_shards` recognises it.
+NON_FINITE_FEATURES = "feature records hold NaN or Inf"
+
+
+def _finite_checked(features: tf.Tensor, image_ids: tf.Tensor) -> tf.Tensor:
+    """`features` (``[B, values]`` as stored) once every value is finite; else an
+    InvalidArgumentError naming the images whose record is not. One such value makes a
+    channel's statistics NaN, and with it every image's scores; the fused oneDNN
+    training step can drop it before the loss, which then stays finite."""
+    finite = tf.reduce_all(tf.math.is_finite(features), axis=1)
+    check = tf.debugging.Assert(tf.reduce_all(finite), [
+        f"{NON_FINITE_FEATURES}, images", tf.boolean_mask(image_ids, tf.logical_not(finite))],
+        summarize=5)
+    with tf.control_dependencies([check]):
+        return tf.identity(features)
+
 
 def _parse_fn(num_positions: int, depth: int, num_classes: int, features_dtype=tf.float32):
     spec = {
@@ -480,7 +525,8 @@ def _parse_fn(num_positions: int, depth: int, num_classes: int, features_dtype=t
     def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(serialized, spec)
         batch = tf.shape(serialized, out_type=tf.int64)[0]
-        features = tf.io.decode_raw(parsed["features"], tf.float16)
+        features = _finite_checked(tf.io.decode_raw(parsed["features"], tf.float16),
+                                   parsed["image_id"])
         features = tf.cast(tf.reshape(features, [batch, num_positions, depth]), features_dtype)
         labels, areas = parsed["labels"], parsed["label_areas"]
         index = tf.stack([labels.indices[:, 0], labels.values], axis=1)
@@ -497,7 +543,9 @@ def parse_batch_fn(features_dir: str, features_dtype=tf.float32):
     """Parses a batch of serialized records of ``features_dir`` into `make_dataset`'s dict.
 
     ``features_dtype=tf.float16`` keeps the features as stored (half the bytes to move;
-    the consumer casts them).
+    the consumer casts them). A record whose features hold a NaN or an Inf is refused
+    (InvalidArgumentError naming its image, which `naming_corrupt_shards` turns into one
+    naming its shard and record too).
     """
     height, width, depth = (int(d) for d in read_meta(features_dir)["feature_shape"])
     return _parse_fn(height * width, depth, cache_label_map(features_dir).num_classes,

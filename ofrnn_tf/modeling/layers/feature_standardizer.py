@@ -43,14 +43,23 @@ class FeatureStandardizer(keras.layers.Layer):
         return bool(self.adapted.numpy())
 
     def adapt(self, batches) -> None:
-        """Sets mean and std from an iterable of `[B, m, k]` feature batches (one pass)."""
+        """Sets mean and std from an iterable of `[B, m, k]` feature batches (one pass).
+
+        A batch that holds a NaN or an Inf is refused: it would make its channel's
+        statistics NaN, and with them every image's standardised features."""
         total = np.zeros(self.depth, np.float64)
         squares = np.zeros(self.depth, np.float64)
         count = 0
         for index, batch in enumerate(batches):
             values = self._channels_of(batch, index)
+            batch_squares = np.square(values).sum(0)  # NaN or inf where a value is not finite
+            if not np.isfinite(batch_squares).all():
+                channel = int(np.flatnonzero(~np.isfinite(batch_squares))[0])
+                raise ValueError(f"batch {index} holds NaN or Inf (channel {channel}), which "
+                                 f"would make the statistics NaN: leave out the features that "
+                                 f"hold it")
             total += values.sum(0)
-            squares += np.square(values).sum(0)
+            squares += batch_squares
             count += values.shape[0]
         if not count:
             raise ValueError("no features to compute the statistics from")
