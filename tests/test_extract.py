@@ -282,6 +282,24 @@ def test_a_full_disk_at_a_shards_stats_leaves_no_temporary_shard(tmp_path, backb
     assert [n for n in os.listdir(out) if "incomplete" in n] == []
 
 
+def test_an_image_whose_features_float16_cannot_hold_is_refused_naming_it(tmp_path,
+                                                                          tiny_backbone):
+    from ofrnn_tf.data import DataFileError
+    from ofrnn_tf.features.backbones import Backbone
+
+    # Inputs scaled up: maps far beyond float16's ±65504, which the cache would store as inf.
+    overflowing = Backbone(tiny_backbone.name, "maps", tiny_backbone.feature_model,
+                           lambda images: tf.cast(images, tf.float32) * 1e4,
+                           tiny_backbone.image_size)
+    out = str(tmp_path / "features")
+    with pytest.raises(DataFileError, match="^image g0: its feature maps hold a value beyond "
+                                            "float16's ±65504, which the float16 feature "
+                                            "cache cannot store"):
+        extract.extract_split(_good_examples(str(tmp_path), n=3), LABELS, overflowing, out,
+                              "train", batch_size=2, num_shards=1, progress=False)
+    assert glob.glob(os.path.join(out, "*.tfrecord*")) == []  # no record of it is kept
+
+
 def _dead_pid() -> int:
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True).stdout)

@@ -393,6 +393,18 @@ def test_an_invalid_argument_error_of_another_cause_goes_on_unchanged(tmp_path):
             raise tf.errors.InvalidArgumentError(None, None, "a shape, say")
 
 
+@pytest.mark.parametrize("value, held", [(np.nan, "NaN"),
+                                         (7e4, "a value beyond float16's ±65504")])
+def test_a_record_of_features_float16_cannot_hold_is_refused_naming_the_image(value, held):
+    from ofrnn_tf.data import DataFileError
+
+    features = np.ones([2, 3, 4], np.float32)
+    features[1, 2, 3] = value  # 7e4 would be stored as inf
+    with pytest.raises(DataFileError, match=f"^image img/7.jpg: its feature maps hold {held}, "
+                                            f"which the float16 feature cache cannot store"):
+        tfrecords.serialize_example("img/7.jpg", features, [1])
+
+
 @pytest.mark.parametrize("drop_remainder, batches", [(False, 4), (True, 3)])
 def test_a_split_read_once_knows_its_number_of_batches(tmp_path, drop_remainder, batches):
     # So the progress bars of evaluation show a total and an ETA.

@@ -28,10 +28,10 @@ count with the shard's ``.json``, so a file cut short, even at a record boundary
 named; a payload garbled behind intact headers shows only
 while reading, as a `tf.errors.DataLossError` that names no file: code that reads a
 split wraps the reading in `naming_corrupt_shards`, which then checks that split's
-shards in full and names the bad one. The reader refuses a record whose features hold a
-NaN or an Inf (`parse_batch_fn`): a single such value makes a channel's statistics NaN,
-and with it every image's scores; `naming_corrupt_shards` names its shard, record and
-image.
+shards in full and names the bad one. A record whose features hold a NaN or an Inf is
+never written (`serialize_example`), and the reader refuses one (`parse_batch_fn`): a
+single such value makes a channel's statistics NaN, and with it every image's scores;
+`naming_corrupt_shards` names its shard, record and image.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from ofrnn_tf.data import DataFileError
 from ofrnn_tf.jsonio import read_json, write_json
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.tf_errors import op_error_text
@@ -108,8 +109,18 @@ def shard_stats_filename(split: str, index: int, num_shards: int) -> str:
 
 def serialize_example(image_id: str, features: np.ndarray, label_ids: Sequence[int],
                       label_areas: Sequence[float] | None = None) -> bytes:
-    """One record. ``features`` is ``[H, W, k]`` or ``[m, k]``; stored as float16."""
-    raw = np.ascontiguousarray(features, dtype="<f2").tobytes()
+    """One record. ``features`` is ``[H, W, k]`` or ``[m, k]``; stored as float16.
+
+    Features float16 cannot hold (a NaN, or beyond its ±65504, which the cast makes
+    ±inf) are refused naming the image (`DataFileError`): the reader refuses them too."""
+    with np.errstate(over="ignore"):  # overflow is refused below
+        stored = np.ascontiguousarray(features, dtype="<f2")
+    if not np.isfinite(stored).all():
+        held = "NaN" if np.isnan(stored).any() else "a value beyond float16's ±65504"
+        raise DataFileError(f"image {image_id}: its feature maps hold {held}, which the "
+                            f"float16 feature cache cannot store; the backbone's weights are "
+                            f"the likely cause (check them), else leave the image out")
+    raw = stored.tobytes()
     feature = {
         "image_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
         "features": tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw])),
