@@ -136,7 +136,7 @@ def run_steps(train_step: Callable, iterator, steps: int) -> list[float]:
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        loss, _ = train_step(iterator)
+        loss = train_step(iterator)[0]  # (loss, per-step losses, outputs beyond float16)
         if not np.isfinite(float(loss)):
             raise FloatingPointError(f"non-finite loss {float(loss)} in the benchmark")
         times.append(time.perf_counter() - start)

@@ -971,6 +971,69 @@ def test_non_finite_loss_in_stage2_stops_the_run(tmp_path):
         trainer.train()
 
 
+def test_non_finite_weights_under_a_finite_loss_are_never_checkpointed(tmp_path):
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data())
+    finite = trainer.model.map_loss
+    kernel = trainer.model.map_variables[0]
+
+    @tf.custom_gradient
+    def nan_gradient(x):
+        return tf.zeros([]), lambda upstream: upstream * float("nan")
+
+    def as_fused_onednn(*args, **kwargs):  # a finite loss over NaN gradients, as oneDNN's
+        per_example = finite(*args, **kwargs)
+        return (tf.where(tf.math.is_finite(per_example), per_example, 0.0)
+                + nan_gradient(tf.reduce_sum(kernel)))
+
+    trainer.model.map_loss = as_fused_onednn
+    with pytest.raises(NonFiniteLossError,
+                       match=rf"^non-finite weights \(.*label_map_head.*\) at stage 1 after "
+                             rf"epoch 1/1 \(global step {STEPS_PER_EPOCH}\); no checkpoint "
+                             rf"was saved yet\. Train in a new --workdir with a lower "
+                             rf"--stage1.learning_rate"):
+        trainer.train()
+    assert trainer.manager.latest_checkpoint is None  # a rerun starts afresh, not from NaN
+
+
+def test_a_non_finite_loss_at_stage_2s_first_step_names_stage_1s_rate_too(tmp_path):
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data())
+    trainer.stage.assign(2)  # as a run resumed after stage 1
+    finite = trainer.model.sequence_loss
+    trainer.model.sequence_loss = lambda *args, **kwargs: tuple(
+        value + float("inf") for value in finite(*args, **kwargs))
+    with pytest.raises(NonFiniteLossError,
+                       match=r"non-finite loss inf at stage 2, epoch 1, step 1 \(global step 1\); "
+                             r".* a lower --stage2.learning_rate, or --stage1.learning_rate "
+                             r"\(M_map's outputs after stage 1, which stage 2's first step "
+                             r"reads, may be the cause\)"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("budget", [2048, 0])  # M_map's outputs kept in float16, or not
+def test_m_maps_outputs_beyond_float16_stop_stage_2_naming_stage_1s_rate(tmp_path, budget):
+    config = tiny_config(model=RESIDUAL_MODEL, stage1={"epochs": 1}, stage2={"epochs": 1}).replace(
+        train={"batch_size": BATCH, "cache_records_mib": budget})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data())
+    assert trainer.cache_head_outputs == (budget > 0)
+    trainer.stage.assign(2)  # as a run whose stage 1 diverged, resumed after it
+    head_outputs = trainer.model.head_outputs
+
+    def diverged(features):  # finite in float32, ±inf as float16
+        head_features, scores = head_outputs(features)
+        return head_features * 1e6 + 1e5, scores
+
+    trainer.model.head_outputs = diverged
+    with pytest.raises(NonFiniteLossError,
+                       match=r"^M_map's outputs exceed float16's range \(±65504\), in which "
+                             r"stage 2 keeps them \(stage 1 diverged\); no checkpoint was "
+                             r"saved yet\. Train in a new --workdir with a lower "
+                             r"--stage1.learning_rate"):
+        trainer.train()
+    assert trainer.manager.latest_checkpoint is None
+
+
 # -- the run folder's configuration ---------------------------------------------------------
 def test_run_folder_refuses_incompatible_rerun_and_accepts_resumable_change(tmp_path):
     run_dir = RunDir(str(tmp_path))

@@ -10,8 +10,14 @@ process about 6 s.
 
 Stage 2 of the residual decoder reads only M_map's per-position outputs, and M_map is
 frozen then: when they fit in `--train.cache_records_mib`, they are computed once at the
-start of stage 2 and kept in memory; the input pipeline then yields batches of example
-indices, and each step gathers its rows instead of running M_map again.
+start of stage 2 and kept in memory (in float16); the input pipeline then yields batches
+of example indices, and each step gathers its rows instead of running M_map again.
+Outputs beyond float16's range (a stage 1 that diverged) are refused either way, kept or
+computed at each step, so that setting never decides whether stage 2 trains.
+
+Non-finite training stops with `NonFiniteLossError`, before any checkpoint holds it: a
+loss at the step it turns NaN or infinite, and weights before every checkpoint (a fused
+oneDNN step can keep the loss finite while the weights are not).
 
 With a label context (`--model.label_context_units`), it is fitted after stage 1 and
 before stage 2 over the best M_map's logits of the training split, computed once
@@ -85,7 +91,20 @@ ValidationLogitsFn = Callable[[OrderFreeRNN], tuple]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """Training diverged: the loss or the weights became NaN or infinite, or M_map's
+    outputs grew beyond the float16 range stage 2 keeps them in."""
+
+
+# The smallest magnitude a cast to float16 makes ±inf: its largest value, 65504, plus half
+# its step there (32); that tie rounds to even, which is inf.
+_FLOAT16_OVERFLOW = 65520.0
+
+
+def _beyond_float16(values: tf.Tensor) -> tf.Tensor:
+    """How many of `values` float16 cannot hold (NaN, or ±inf once cast), as a float32
+    scalar: the number of M_map's outputs that stage 2 refuses (`_head_outputs_overflow`)."""
+    magnitude = tf.abs(tf.cast(values, tf.float32))
+    return tf.reduce_sum(tf.cast(tf.logical_not(magnitude < _FLOAT16_OVERFLOW), tf.float32))
 
 
 def describe_position(stage: int, epochs_done: int, step: int, stage_epochs: Optional[int] = None,
@@ -386,11 +405,17 @@ class Trainer:
 
         @tf.function(jit_compile=self.config.runtime.jit_compile, autograph=False)
         def gradients(inputs, labels):
+            beyond = tf.zeros([])
+            if stage == 2 and model.residual and not isinstance(inputs, tuple):
+                # M_map's outputs, as `start` would compute them, refused beyond float16's
+                # range as the copy `_keep_head_outputs` keeps is.
+                inputs = model.head_outputs(inputs)
+                beyond = _beyond_float16(inputs[0])
             with tf.GradientTape() as tape:
                 per_example, per_step = losses(inputs, labels)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
                 scaled = optimizer.scale_loss(loss) if loss_scaling else loss
-            return loss, per_step, tape.gradient(scaled, variables)
+            return loss, per_step, tape.gradient(scaled, variables), beyond
 
         def replica_step(batch):
             # Inputs may come as stored (float16): cast here, in the step's
@@ -402,22 +427,24 @@ class Trainer:
                 labels = rows["labels"]
             else:
                 inputs, labels = tf.cast(batch["features"], tf.float32), batch["labels"]
-            loss, per_step, grads = gradients(inputs, labels)
+            loss, per_step, grads, beyond = gradients(inputs, labels)
             if loss_scaling and self.strategy.num_replicas_in_sync > 1:
                 grads = _poisoned_if_any_replica_overflowed(grads)
             optimizer.apply_gradients(zip(grads, variables))
             # Summed over the replicas some image took each step on (NaN on the others).
             untaken = tf.math.is_nan(per_step)
-            return loss, tf.where(untaken, 0.0, per_step), 1.0 - tf.cast(untaken, tf.float32)
+            return (loss, tf.where(untaken, 0.0, per_step), 1.0 - tf.cast(untaken, tf.float32),
+                    beyond)
 
         @tf.function(autograph=False)
         def train_step(iterator):
-            loss, total, count = self.strategy.run(replica_step, args=(next(iterator),))
-            loss, total, count = (self.strategy.reduce(tf.distribute.ReduceOp.SUM, value,
-                                                       axis=None)
-                                  for value in (loss, total, count))
+            """`(loss, per-decoding-step losses, M_map's outputs beyond float16's range)`."""
+            outputs = self.strategy.run(replica_step, args=(next(iterator),))
+            loss, total, count, beyond = (
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for value in outputs)
             per_step = tf.where(count > 0, total / tf.maximum(count, 1.0), float("nan"))
-            return loss, tf.reshape(per_step, [per_step_len])
+            return loss, tf.reshape(per_step, [per_step_len]), beyond
 
         return train_step
 
@@ -448,7 +475,8 @@ class Trainer:
     def _keep_head_outputs(self, ctx: tf.distribute.InputContext) -> int:
         """Computes M_map's frozen outputs for this input pipeline's training examples once,
         as `_head_outputs` `{"head_features": A (float16), "scores": S, "labels"}` in the order of
-        the examples; returns how many examples that is."""
+        the examples; returns how many examples that is. Outputs float16 cannot hold are
+        refused (`_head_outputs_overflow`): cast, they would be ±inf, and stage 2 NaN."""
         key = (ctx.num_input_pipelines, ctx.input_pipeline_id)
         if self._head_outputs_key not in (None, key):
             raise NotImplementedError("M_map's outputs are kept for one input pipeline per "
@@ -474,6 +502,8 @@ class Trainer:
                           enabled=self.progress and self.chief) as bar:
             for batch in bar:
                 head_features, scores = head(batch["features"])
+                if float(_beyond_float16(head_features)):
+                    raise self._head_outputs_overflow()
                 # float16 halves the memory; the features were stored in float16 anyway.
                 rows = {"head_features": tf.cast(head_features, tf.float16),
                         "scores": tf.cast(scores, tf.float32), "labels": batch["labels"]}
@@ -484,6 +514,20 @@ class Trainer:
         self._head_outputs_key = key
         self._cached_examples.pop(key, None)  # stage 2 reads no record again
         return int(self._head_outputs["labels"].shape[0])
+
+    def _head_outputs_overflow(self) -> NonFiniteLossError:
+        """The error for M_map's outputs beyond float16's range at stage 2: the weights
+        stage 1 left, not stage 2's, are the cause."""
+        return NonFiniteLossError(
+            f"M_map's outputs exceed float16's range (±65504), in which stage 2 keeps them "
+            f"(stage 1 diverged); {self._checkpoint_kept()}. Train in a new --workdir with a "
+            f"lower --stage1.learning_rate (a run keeps its learning rates).")
+
+    def _checkpoint_kept(self) -> str:
+        """Which training checkpoint a run stopped now resumes from, as its stop says."""
+        if self._saved_step:
+            return f"the checkpoint of global step {self._saved_step} is kept"
+        return "no checkpoint was saved yet"
 
     @property
     def shuffle_buffer(self) -> int:
@@ -950,12 +994,41 @@ class Trainer:
             self.writer.flush()
 
     def _save(self, step: int) -> None:
-        """A training checkpoint numbered by the global step."""
+        """A training checkpoint numbered by the global step; never of weights that are
+        not finite (`_check_weights_finite`), which every rerun would resume into."""
+        self._check_weights_finite()
         # The points logged up to this step go to disk first: a rerun from this checkpoint
         # logs only the steps after it, so points still buffered at a kill would be lost.
         self._flush_points()
         self.manager.save(checkpoint_number=step)
         self._saved_step = step
+
+    def _check_weights_finite(self) -> None:
+        """`NonFiniteLossError` naming the model's weights that hold a NaN or an Inf. The
+        fused oneDNN training step can keep the loss finite while its gradients are not,
+        so the loss's check alone does not keep them out of a checkpoint. Decided alike on
+        every worker (the weights are mirrored)."""
+        bad = [v.path for v in self._checkpointed_weights() if tf.as_dtype(v.dtype).is_floating
+               and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+        if not bad:
+            return
+        stage = min(int(self.stage), self.stages()[-1])
+        named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteLossError(
+            f"non-finite weights ({named}) at {self.position()} (global step "
+            f"{int(self.global_step)}); {self._checkpoint_kept()}. "
+            f"{self._lower_rate_remedy(stage)}")
+
+    def _lower_rate_remedy(self, stage: int) -> str:
+        """What to do about training that turned non-finite at `stage`. At stage 2's first
+        step, stage 1 may be the cause: that step reads M_map's outputs as stage 1 left
+        them."""
+        first_of_stage_2 = stage == 2 and not int(self.epoch) and not int(self.step_in_epoch)
+        rate = ("a lower --stage2.learning_rate, or --stage1.learning_rate (M_map's outputs "
+                "after stage 1, which stage 2's first step reads, may be the cause)"
+                if first_of_stage_2 else f"a lower --stage{stage}.learning_rate")
+        return (f"Train in a new --workdir with {rate} (a run keeps its learning rates), or "
+                f"check the features.")
 
     def _epoch_batches(self, stage: int):
         """`(train_step, iterator)` for the rest of the current epoch."""
@@ -977,17 +1050,15 @@ class Trainer:
                            enabled=self.progress and self.chief)
         with bar:
             for _ in range(start_step, self.steps_per_epoch):
-                loss, per_step = train_step(iterator)
+                loss, per_step, beyond_float16 = train_step(iterator)
                 loss = float(loss)
+                if float(beyond_float16):
+                    raise self._head_outputs_overflow()
                 if not math.isfinite(loss):
-                    kept = (f"the checkpoint of global step {self._saved_step} is kept"
-                            if self._saved_step else "no checkpoint was saved yet")
                     raise NonFiniteLossError(
                         f"non-finite loss {loss} at stage {stage}, epoch {epoch + 1}, step "
                         f"{int(self.step_in_epoch) + 1} (global step {int(self.global_step) + 1}); "
-                        f"{kept}. Train in a new --workdir with a lower "
-                        f"--stage{stage}.learning_rate (a run keeps its learning rates), or "
-                        f"check the features.")
+                        f"{self._checkpoint_kept()}. {self._lower_rate_remedy(stage)}")
                 self.step_in_epoch.assign_add(1)
                 self.global_step.assign_add(1)
                 step = int(self.global_step)
