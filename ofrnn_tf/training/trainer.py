@@ -935,8 +935,8 @@ class Trainer:
         # leaves the best epoch's files, and a damaged one is named, not passed over.
         best = best_checkpoint(self.best_manager.directory,
                                "rerun the command (training goes on from there)")
-        if best:
-            self.best_manager.checkpoint.restore(best).expect_partial()
+        if best:  # all of the model's variables, or `IncompatibleRunError` naming them
+            self.run_dir.restore_weights(self.model, best)
         return bool(best)
 
     def _train_epoch(self, stage: int):
