@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import struct
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -29,13 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
+from benchmarks._served import jpeg_224, rss_mib, start_server  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
-from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess, stop  # noqa: E402
+from ofrnn_tf.serving.server_process import stop  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "Model base path (integer version folders) to serve.")
@@ -46,15 +45,6 @@ flags.DEFINE_integer("warmup", 2500, "Requests of each kind sent before the firs
 flags.DEFINE_string("about", "", "What the export is (written with the results).")
 flags.DEFINE_integer("sample_every", 2500, "Requests between two readings of the RSS.")
 flags.DEFINE_bool("append", True, "Append the results to benchmarks/RESULTS.md.")
-
-
-def _jpeg() -> bytes:
-    y, x = np.mgrid[0:224, 0:224]
-    noise = np.random.default_rng(0).integers(0, 40, (224, 224, 3))
-    rgb = np.stack([x, y, (x + y) % 256], axis=-1) + noise
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def _png_with_zeroed_data() -> bytes:
@@ -69,29 +59,15 @@ def _png_with_zeroed_data() -> bytes:
 
 
 def requests() -> dict[str, list[bytes]]:
-    jpeg = _jpeg()
+    jpeg = jpeg_224()
     return {"undecodable": [jpeg, _png_with_zeroed_data()],
             "bad_header": [jpeg, b"no image at all"],
             "valid": [jpeg, jpeg]}
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 def run_kind(images: list[bytes]) -> tuple[list[tuple[int, float]], dict[str, int]]:
     """RSS readings ``(requests sent, MiB)`` of a fresh server, and the answers' codes."""
-    # The server's log (a line per refusal) is kept out of the output, but for a start
-    # that fails: its reason is there.
-    with tempfile.TemporaryFile("w+") as log:
-        try:
-            proc, target = start_subprocess(FLAGS.export_dir, DEFAULT_MODEL_NAME, stderr=log)
-        except RuntimeError as error:
-            log.seek(0)
-            said = [line for line in log.read().splitlines() if line.startswith("ofrnn-serve")]
-            raise SystemExit(f"bench_refusal_memory.py: {error}: "
-                             f"{said[-1] if said else 'its log says nothing'}") from None
+    proc, target = start_server(FLAGS.export_dir, "bench_refusal_memory.py")
     codes: dict[str, int] = {}
     try:
         with client.make_channel(target) as channel:
