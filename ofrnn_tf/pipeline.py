@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from ofrnn_tf.config.experiment import ExperimentConfig
+from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.data import DataNotFoundError, ImagesNotFoundError, fashion_canvases
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import (
@@ -705,6 +705,12 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
     data, unfinished, settings_before = None, None, None
     if mode == "eval":
         run_dir.require()
+        unread = [f"--runtime.{name}={getattr(config.runtime, name)}"
+                  for name in ("strategy", "mixed_precision", "jit_compile")
+                  if getattr(config.runtime, name) != getattr(RuntimeConfig(), name)]
+        if unread:  # run.json keeps no runtime settings to compare them with
+            log(f"eval mode decodes in float32 on one device, without XLA: "
+                f"{', '.join(unread)} is not read")
     resuming = run_dir.exists()
     if resuming:
         run_dir.check_config(config)

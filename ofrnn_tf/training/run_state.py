@@ -55,9 +55,8 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
     """Refuses (`IncompatibleRunError`) what a rerun on an existing run folder would
     accept and ignore: the epochs or patience of a stage its checkpoints show finished
     (the last stage may go on, unless its patience would end it at once), and in eval
-    mode any decoding setting but the beam width, any stage's epochs or patience and the
-    training's strategy, precision or XLA (eval mode trains nothing and writes none of the
-    run's settings)."""
+    mode any decoding setting but the beam width and any stage's epochs or patience
+    (eval mode trains nothing and writes none of the run's settings)."""
     saved, _ = run_dir.load()
     diffs = []
     if mode == "eval":
@@ -70,12 +69,6 @@ def check_finished_stages(run_dir: RunDir, config: ExperimentConfig, mode: str) 
         diffs += _changed_schedules(saved, config, dict.fromkeys(
             ("stage1", "label_context", "stage2"),
             "eval mode trains nothing; ofrnn-train without --mode=eval trains on with it"))
-        for name in ("strategy", "mixed_precision", "jit_compile"):
-            before, now = getattr(saved.runtime, name), getattr(config.runtime, name)
-            if before != now:
-                diffs.append(f"runtime.{name}: {before!r} in the run folder vs {now!r} now "
-                             "(eval mode decodes in float32 on one device, without XLA; "
-                             "ofrnn-train without --mode=eval trains on with it)")
         if diffs:
             raise IncompatibleRunError(f"{run_dir.run_file}: {'; '.join(diffs)}")
     position = latest_position(run_dir, (*POSITION, "epochs_since_best"))
