@@ -202,6 +202,27 @@ def test_stage_2_validation_scores_the_objective_asked_for_and_ranks_by_the_mixe
         mean_average_precision(y, mixed), abs=1e-9)
 
 
+def test_validation_keeps_no_attention_maps(monkeypatch):
+    """No metric reads the attention maps: validation (as calibration and the test pass,
+    through `decode_all_steps`) keeps none, which would grow with images × T_max ×
+    positions; a decoder made for predictions still gives them."""
+    from ofrnn_tf.config.experiment import DecodingConfig
+    from ofrnn_tf.decoding import calibration
+    from ofrnn_tf.evaluation.evaluate import validate
+
+    model, x, _, data = _model_and_data("order_free")
+    kept, decode_dataset = [], calibration.decode_dataset
+    monkeypatch.setattr(calibration, "decode_dataset",
+                        lambda *args, **kwargs: kept.append(decode_dataset(*args, **kwargs))
+                        or kept[-1])
+    validate(model, data, 2, DecodingConfig(beam_size=2), max_steps=3)
+    assert len(kept) == 1 and "attention" not in kept[0] and "step_labels" in kept[0]
+    assert "attention" in make_decoder(model, beam_size=2, max_steps=3)(tf.constant(x))
+    baseline, _, _, data = _model_and_data("baseline")  # its zeros are left out too
+    assert "attention" not in decode_all_steps(baseline, data, beam_size=2, max_steps=3,
+                                               progress=False)
+
+
 def test_repeated_decoding_passes_trace_the_decoder_once():
     # Validation decodes after every epoch: a decoder made afresh each time traced again,
     # and TensorFlow warned of retracing after five.

@@ -382,13 +382,15 @@ def greedy_decode(model, features: tf.Tensor, *, max_steps: int,
 
 def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Optional[float] = None,
                  min_labels: int = 1, score_mix: float = 0.0, all_steps: bool = False,
-                 jit_compile: bool = False, feature_shape: Optional[tuple] = None
-                 ) -> tf.types.experimental.GenericFunction:
+                 jit_compile: bool = False, feature_shape: Optional[tuple] = None,
+                 attention: bool = True) -> tf.types.experimental.GenericFunction:
     """`beam_search` with its settings baked in, as one `tf.function` over `features`.
 
     The input signature is `float32 [None, m, k]` (`feature_shape = (m, k)`, or
     unknown when None), so the function traces once for every batch size.
-    `jit_compile=True` compiles it with XLA.
+    `jit_compile=True` compiles it with XLA. `attention=False` leaves out the
+    `attention` output, which no metric reads: kept for a whole split it would take
+    images × T_max × positions floats.
 
     Example:
     >>> from ofrnn_tf.modeling.model import OrderFreeRNN
@@ -411,9 +413,12 @@ def make_decoder(model, *, beam_size: int = 3, max_steps: int, threshold: Option
     @tf.function(input_signature=[tf.TensorSpec([None, m, k], tf.float32, name="features")],
                  jit_compile=jit_compile, autograph=False)
     def decode(features):
-        return beam_search(model, features, beam_size=beam_size, max_steps=max_steps,
-                           threshold=threshold, min_labels=min_labels, score_mix=score_mix,
-                           all_steps=all_steps)
+        outputs = beam_search(model, features, beam_size=beam_size, max_steps=max_steps,
+                              threshold=threshold, min_labels=min_labels, score_mix=score_mix,
+                              all_steps=all_steps)
+        if not attention:
+            del outputs["attention"]
+        return outputs
 
     return decode
 

@@ -174,13 +174,15 @@ def calibrate_decoding(model, dataset, *, beam_size: int, max_steps: int, min_la
 def decode_all_steps(model, dataset, *, beam_size: int, max_steps: int, min_labels: int = 1,
                      jit_compile: bool = False, progress: bool = True) -> dict:
     """One decoding pass recording every step, from which any τ can be read
-    (`select_for_threshold`); for `baseline` a plain pass (only `v_prob` is needed)."""
+    (`select_for_threshold`); for `baseline` a plain pass (only `v_prob` is needed). The
+    attention maps are left out: no metric reads them, and validation, calibration and
+    the test pass would keep them for every image."""
     settings = dict(beam_size=beam_size, max_steps=max_steps, min_labels=min_labels,
                     all_steps=model.uses_decoder, jit_compile=jit_compile)
     key = (id(model), tuple(sorted(settings.items())))
     if key not in _LAST_DECODER:  # the entry keeps its model alive, so its id is its own
         _LAST_DECODER.clear()
-        _LAST_DECODER[key] = make_decoder(model, threshold=0.0, **settings)
+        _LAST_DECODER[key] = make_decoder(model, threshold=0.0, attention=False, **settings)
     return decode_dataset(_LAST_DECODER[key], dataset, progress=progress)
 
 
