@@ -491,7 +491,7 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
     return Trainer(config, facts, run_dir, strategy, tfrecords.num_examples(features_dir, "train"),
                    train_examples, validate_fn=validate_fn if validate else None,
                    parse_batch_fn=parse_batch,
-                   cache_examples=split_mib <= config.train.cache_records_mib,
+                   records_mib=split_mib,
                    progress=validate,
                    validation_logits_fn=validation_logits_fn if validate else None,
                    settings_before=settings_before)

@@ -1,6 +1,7 @@
 """Algorithm 1 under tf.distribute: stages, checkpoints, summaries, resuming, workers."""
 
 import dataclasses
+import gc
 import glob
 import json
 import os
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,7 @@ def tiny_facts(**changes) -> RunFacts:
 
 
 def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn=None,
-                 validation_logits_fn=None, settings_before=None) -> Trainer:
+                 validation_logits_fn=None, settings_before=None, records_mib=None) -> Trainer:
     def examples_fn(ctx):
         return tf.data.Dataset.from_tensor_slices(data).shard(
             ctx.num_input_pipelines, ctx.input_pipeline_id)
@@ -77,7 +79,7 @@ def make_trainer(workdir: str, config: ExperimentConfig, data: dict, validate_fn
     run_dir = RunDir(workdir)
     run_dir.save(config, tiny_facts())
     return Trainer(config, tiny_facts(), run_dir, tf.distribute.get_strategy(), N, examples_fn,
-                   validate_fn=validate_fn, progress=False,
+                   validate_fn=validate_fn, progress=False, records_mib=records_mib,
                    validation_logits_fn=validation_logits_fn, settings_before=settings_before)
 
 
@@ -381,6 +383,84 @@ def test_head_outputs_of_fewer_records_than_counted_or_of_none_are_named(tmp_pat
                                          f"training example: train with fewer workers"):
         trainer._keep_head_outputs(tf.distribute.InputContext(num_input_pipelines=N + 1,
                                                               input_pipeline_id=N))
+
+
+# M_map's outputs of the tiny residual run: N × (positions × (2 × head_units + 4C) + 4C) bytes.
+TINY_HEAD_OUTPUTS_MIB = N * (4 * (2 * 8 + 4 * C) + 4 * C) / 2 ** 20
+
+
+@pytest.mark.parametrize("records_mib, reads", [(0.5, 1), (1 - TINY_HEAD_OUTPUTS_MIB / 2, 2)],
+                         ids=["both_fit", "one_at_a_time"])
+def test_the_records_and_m_maps_outputs_are_kept_within_one_budget(tmp_path, records_mib,
+                                                                    reads):
+    """--train.cache_records_mib bounds what training keeps at once: records and M_map's
+    outputs that each fit but not together are never held together. The records kept in
+    stage 1 are let go before the outputs are computed, from the shards read once more."""
+    config = tiny_config(model=RESIDUAL_MODEL, stage1={"epochs": 1}, stage2={"epochs": 1}
+                         ).replace(train={"batch_size": BATCH, "cache_records_mib": 1})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(), records_mib=records_mib)
+    assert trainer.cache_examples and trainer.cache_head_outputs
+    assert trainer.head_outputs_mib == pytest.approx(TINY_HEAD_OUTPUTS_MIB)
+    calls, examples_fn = [], trainer.train_examples_fn
+    trainer.train_examples_fn = lambda ctx: calls.append(ctx) or examples_fn(ctx)
+    records_alive, head_outputs = [], trainer.model.head_outputs
+
+    def traced_head_outputs(features):  # traced once, at the pass's first batch
+        gc.collect()
+        records_alive.append(kept_records() is not None)
+        return head_outputs(features)
+
+    trainer.model.head_outputs = traced_head_outputs
+    trainer._adapt()
+    kept_records = weakref.ref(trainer._cached_examples[1, 0])
+    trainer.train()
+    assert records_alive == [reads == 1] and len(calls) == reads
+    assert not trainer._cached_examples and kept_records() is None  # let go after the pass
+
+
+def test_the_memory_budget_is_capped_at_a_third_of_the_memory_the_process_may_use(tmp_path):
+    from ofrnn_tf.training.trainer import memory_budget_mib, memory_limit_mib
+
+    def write(path, text):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    cgroups, proc = tmp_path / "cgroup", tmp_path / "proc"
+    write(proc / "meminfo", "MemTotal:       8000000 kB\nMemAvailable:    3145728 kB\n")
+    write(proc / "self" / "cgroup", "0::/jobs/train\n")
+    write(cgroups / "jobs" / "train" / "memory.max", "max\n")  # no limit: MemAvailable
+    assert memory_limit_mib(str(cgroups), str(proc)) == (3072, "MemAvailable in /proc/meminfo")
+    write(cgroups / "jobs" / "memory.max", f"{1300 * 2 ** 20}\n")  # its parent's limit
+    limit = memory_limit_mib(str(cgroups), str(proc))
+    assert limit == (1300, f"the limit of its cgroup, {cgroups / 'jobs' / 'memory.max'}")
+    budget, capped_by = memory_budget_mib(2048, limit)
+    assert budget == pytest.approx(1300 / 3)
+    assert capped_by == (f"a third of the 1300 MiB this process may use (the limit of its "
+                         f"cgroup, {cgroups / 'jobs' / 'memory.max'})")
+    assert memory_budget_mib(256, limit) == (256, None) and memory_budget_mib(0, limit) == (0, None)
+    # cgroup v1: the memory controller's hierarchy, "no limit" written as a huge number.
+    write(proc / "self" / "cgroup", "4:memory:/docker/abc\n1:cpu:/docker/abc\n")
+    write(cgroups / "memory" / "memory.limit_in_bytes", f"{4 * 2 ** 30}\n")
+    write(cgroups / "memory" / "docker" / "abc" / "memory.limit_in_bytes", f"{2 ** 63 - 4096}\n")
+    assert memory_limit_mib(str(cgroups), str(proc))[0] == 4096
+    # Neither readable (macOS): the flag's value stands.
+    assert memory_limit_mib(str(tmp_path / "none"), str(tmp_path / "none")) is None
+    assert memory_budget_mib(2048, None) == (2048, None)
+
+
+def test_a_capped_budget_says_what_it_leaves_out_of_memory(tmp_path, monkeypatch, capsys):
+    from ofrnn_tf.training import trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "memory_limit_mib", lambda: (1536, "MemAvailable"))
+    config = tiny_config(model=RESIDUAL_MODEL, stage1={"epochs": 1}, stage2={"epochs": 1})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data(), records_mib=1000)
+    assert trainer.memory_budget_mib == 512
+    assert not trainer.cache_examples and trainer.cache_head_outputs
+    assert ("[train] --train.cache_records_mib=2048 is capped at 512 MiB, a third of the 1536 "
+            "MiB this process may use (MemAvailable): the training records (1000 MiB) are not "
+            "kept in memory (set --train.cache_records_mib to at most 512 to decide what is)"
+            ) in capsys.readouterr().err
+    make_trainer(str(tmp_path / "small"), config, synthetic_data(), records_mib=256)
+    assert "capped" not in capsys.readouterr().err  # nothing left out: no line
 
 
 def test_the_label_context_reads_the_kept_head_outputs_as_it_reads_the_features(tmp_path):

@@ -248,11 +248,14 @@ class TrainConfig:
     batch_size: int = setting(64, "Global batch size.")
     shuffle_buffer: int = setting(4096, "Serialized records in the shuffle buffer (when they "
                                   "are read from files each epoch).", resumable=True)
-    cache_records_mib: int = setting(2048, "Keep the training split's records in memory when "
-                                     "its shards take at most this many MiB (0: never): epochs "
-                                     "after the first read no file and shuffle over the whole "
-                                     "split. The residual decoder's stage 2 keeps M_map's "
-                                     "per-position outputs in memory under the same bound.",
+    cache_records_mib: int = setting(2048, "MiB that training may keep in memory at once "
+                                     "(0: nothing, for a small machine), capped at a third of "
+                                     "the memory the process may use (its cgroup's limit, "
+                                     "else MemAvailable): the training split's records when "
+                                     "its shards fit (later epochs then read no file and "
+                                     "shuffle over the whole split), and the residual "
+                                     "decoder's stage-2 M_map outputs when they fit (the "
+                                     "records are let go first where both do not).",
                                      resumable=True)
     seed: int = setting(0, "Seed of initial weights, data order and dropout.")
     train_steps: str = setting("gt_count_plus_one", "Decoding steps per image in stage 2: its "

@@ -9,9 +9,11 @@ no Python control flow over tensors, and converting its source cost every traini
 process about 6 s.
 
 Stage 2 of the residual decoder reads only M_map's per-position outputs, and M_map is
-frozen then: when they fit in `--train.cache_records_mib`, they are computed once at the
-start of stage 2 and kept in memory (in float16); the input pipeline then yields batches
-of example indices, and each step gathers its rows instead of running M_map again.
+frozen then: when they fit in `--train.cache_records_mib` (`memory_budget_mib`), they are
+computed once at the start of stage 2 and kept in memory (in float16), the training
+records kept in memory let go first where both do not fit at once; the input pipeline
+then yields batches of example indices, and each step gathers its rows instead of
+running M_map again.
 Outputs beyond float16's range (a stage 1 that diverged) are refused either way, kept or
 computed at each step, so that setting never decides whether stage 2 trains.
 
@@ -48,6 +50,7 @@ note: the run goes on from the newest one that reads back whole.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import hashlib
@@ -223,6 +226,94 @@ def _digest(part: dict) -> list[int]:
     return [int.from_bytes(digest[i:i + 2], "big") for i in range(0, 6, 2)]
 
 
+# The share of the memory this process may use that `--train.cache_records_mib` is capped
+# at. The rest is the process's own: TensorFlow and the model (1.3 GB in the main job
+# besides what it keeps), and the allocator, which holds on to each pass's peak.
+_MEMORY_SHARE = 1 / 3
+# A cgroup limit this high is none (cgroup v1 writes "no limit" as 2^63 rounded to a page).
+_NO_LIMIT = 2 ** 60
+
+
+def _cgroup_limit_files(cgroup_root: str, proc_cgroup: str) -> list[str]:
+    """The files that may hold a memory limit of this process: those of its cgroup and of
+    every cgroup above it, under cgroup v2 (``memory.max``, in `cgroup_root` or its
+    ``unified`` folder) and v1 (``memory/…/memory.limit_in_bytes``)."""
+    files = []
+    with open(proc_cgroup) as lines:
+        for line in lines:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if not controllers:
+                places = [(cgroup_root, "memory.max"),
+                          (os.path.join(cgroup_root, "unified"), "memory.max")]
+            elif "memory" in controllers.split(","):
+                places = [(os.path.join(cgroup_root, "memory"), "memory.limit_in_bytes")]
+            else:
+                continue
+            parts = [part for part in path.split("/") if part]
+            # Walking up also finds a container's own limit, mounted as the root of its
+            # hierarchy while /proc names the path the host gave it.
+            files += [os.path.join(root, *parts[:depth], name) for root, name in places
+                      for depth in range(len(parts), -1, -1)]
+    return files
+
+
+def memory_limit_mib(cgroup_root: str = "/sys/fs/cgroup", proc: str = "/proc"
+                     ) -> Optional[tuple[float, str]]:
+    """``(MiB, what they are)``: the memory this process may use. The lowest memory limit
+    of its cgroup and those above it where one is set, else the system's ``MemAvailable``;
+    None where neither can be read (macOS)."""
+    limits = []
+    try:
+        files = _cgroup_limit_files(cgroup_root, os.path.join(proc, "self", "cgroup"))
+    except (OSError, ValueError):
+        files = []
+    for path in files:
+        try:
+            with open(path) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _NO_LIMIT:
+            limits.append((int(text) / 2 ** 20, f"the limit of its cgroup, {path}"))
+    if limits:
+        return min(limits)
+    try:
+        with open(os.path.join(proc, "meminfo")) as lines:
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name == "MemAvailable":
+                    return int(value.split()[0]) / 2 ** 10, "MemAvailable in /proc/meminfo"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_budget_mib(cache_records_mib: int, limit: Optional[tuple[float, str]] = None
+                      ) -> tuple[float, Optional[str]]:
+    """``(MiB, why capped)``: what training may keep in memory at once, the training
+    records and stage 2's M_map outputs together: `cache_records_mib`, capped at a third of
+    `limit` (`memory_limit_mib`); the reason is None where the flag's value stands."""
+    if limit is None:
+        return float(cache_records_mib), None
+    available, source = limit
+    cap = available * _MEMORY_SHARE
+    if cap >= cache_records_mib:
+        return float(cache_records_mib), None
+    return cap, f"a third of the {available:.0f} MiB this process may use ({source})"
+
+
+def _give_back_freed_memory() -> None:
+    """Hands the memory this process has freed back to the system, where the C library
+    can (glibc's ``malloc_trim``; elsewhere nothing). Records let go otherwise stay in
+    its heaps, counted against a memory limit, and the large arrays made next do not
+    reuse them: the main job's pass of M_map's outputs, its records let go, peaked at
+    1.8-2.0 GB without this and 1.55 GB with it (2.0 GB with the records kept)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _records_changed(seen: int, count: int) -> ValueError:
     return ValueError(f"this input pipeline's training records gave {seen} examples where "
                       f"{count} were counted: were the feature shards changed during the run?")
@@ -251,18 +342,26 @@ class Trainer:
             this parses a batch of them into `{"features", "labels"}`: the shuffle
             buffer then holds the compact records, and parsing runs on whole batches,
             in parallel with training, instead of while the buffer fills.
-        cache_examples: keep each input pipeline's training examples in memory after
-            their first full pass (`train_examples_fn` is then called once per
-            pipeline), and shuffle each epoch over all of them: later epochs read no
-            file. For splits that fit in memory.
+        records_mib: MiB the training split's records take (their shards), or None: when
+            they fit in `memory_budget_mib`, each input pipeline keeps its training
+            examples in memory after their first full pass (`train_examples_fn` is then
+            called once per pipeline), and each epoch shuffles over all of them: later
+            epochs read no file.
         progress: show a progress bar per epoch (`ofrnn_tf.status.progress_bar`).
         settings_before: the run's settings as its folder held them before this command
             (None for a new run): a change of a stage's epochs is said where it changes
             the stage's learning rate (`_say_if_schedule_changed`).
 
     Attributes:
+        memory_budget_mib: what training keeps in memory at once, the records and M_map's
+            outputs together: `--train.cache_records_mib`, capped at a third of the
+            memory this process may use (`memory_budget_mib`, said in one line where
+            the cap leaves out what the flag would keep).
+        cache_examples: whether the training records are kept in memory (`records_mib`
+            within `memory_budget_mib`).
         cache_head_outputs: whether stage 2 trains on M_map's outputs computed once
-            (`head_outputs_mib` within `--train.cache_records_mib`, residual decoder).
+            (`head_outputs_mib` within `memory_budget_mib`, residual decoder). The records
+            are let go before that pass where both do not fit at once.
         loss_scaling: whether the stages' optimizers scale the loss, as the run's
             checkpoints were written (`_checkpoints_scale_loss`).
         mixed_precision: whether the model computes in float16: as asked
@@ -273,7 +372,7 @@ class Trainer:
                  strategy: tf.distribute.Strategy, num_train: int,
                  train_examples_fn: ExamplesFn, validate_fn: Optional[ValidateFn] = None,
                  parse_batch_fn: Optional[Callable[[tf.Tensor], dict]] = None,
-                 cache_examples: bool = False, progress: bool = True,
+                 records_mib: Optional[float] = None, progress: bool = True,
                  validation_logits_fn: Optional[ValidationLogitsFn] = None,
                  settings_before: Optional[ExperimentConfig] = None):
         self.config = config
@@ -286,7 +385,10 @@ class Trainer:
         self.validate_fn = validate_fn
         self.validation_logits_fn = validation_logits_fn
         self.parse_batch_fn = parse_batch_fn
-        self.cache_examples = cache_examples
+        self.records_mib = records_mib
+        self.memory_budget_mib, capped_by = memory_budget_mib(config.train.cache_records_mib,
+                                                              memory_limit_mib())
+        self.cache_examples = records_mib is not None and records_mib <= self.memory_budget_mib
         self._cached_examples: dict[tuple, tf.data.Dataset] = {}
         self._head_outputs_key: Optional[tuple] = None
         self._head_outputs: dict[str, tf.Variable] = {}
@@ -327,7 +429,9 @@ class Trainer:
         # Where every label-context fit starts (`_train_label_context`).
         self._initial_context = [v.numpy() for v in self.model.context_variables]
         self.cache_head_outputs = (self.model.uses_decoder and self.model.residual
-                                   and self.head_outputs_mib <= config.train.cache_records_mib)
+                                   and self.head_outputs_mib <= self.memory_budget_mib)
+        if capped_by and self.chief:
+            self._say_budget_capped(capped_by)
         # Host-side counters live outside the scope: under MultiWorkerMirroredStrategy a
         # MirroredVariable does not convert with int().
         counter = lambda name, value=0, dtype=tf.int64: tf.Variable(
@@ -365,6 +469,21 @@ class Trainer:
         # The last step of each tag in the run's TensorBoard files, set by `restore`: a
         # run stopped between checkpoints logged steps that its rerun trains again.
         self._logged: dict[str, int] = {}
+
+    def _say_budget_capped(self, capped_by: str) -> None:
+        """One line where the memory cap (`memory_budget_mib`) leaves out of memory what
+        `--train.cache_records_mib` alone would keep: what, and the flag that decides."""
+        flag, budget = self.config.train.cache_records_mib, self.memory_budget_mib
+        sizes = {"the training records": self.records_mib,
+                 "M_map's stage-2 outputs": (self.head_outputs_mib if self.model.uses_decoder
+                                             and self.model.residual else None)}
+        left_out = [f"{name} ({mib:.0f} MiB)" for name, mib in sizes.items()
+                    if mib is not None and budget < mib <= flag]
+        if left_out:
+            print(f"[train] --train.cache_records_mib={flag} is capped at {int(budget)} MiB, "
+                  f"{capped_by}: {' and '.join(left_out)} are not kept in memory (set "
+                  f"--train.cache_records_mib to at most {int(budget)} to decide what is)",
+                  file=sys.stderr)
 
     def _learning_rate(self, stage: StageConfig):
         """The stage's learning rate: a number, or a cosine schedule over its epochs."""
@@ -485,7 +604,7 @@ class Trainer:
             return int(self._head_outputs["labels"].shape[0])
         head = tf.function(lambda features: self.model.head_outputs(tf.cast(features, tf.float32)),
                            autograph=False)
-        examples = self._examples(ctx)
+        examples = self._head_outputs_source(key, ctx)
         # Each batch is written into variables of the final size (`_write_rows`): the
         # outputs are never held twice (batches and their concatenation). TensorFlow's CPU
         # allocator keeps the peak of this pass for the rest of the process.
@@ -512,8 +631,22 @@ class Trainer:
             raise _records_changed(done, count)
         self._head_outputs = kept
         self._head_outputs_key = key
-        self._cached_examples.pop(key, None)  # stage 2 reads no record again
         return int(self._head_outputs["labels"].shape[0])
+
+    def _head_outputs_source(self, key: tuple, ctx: tf.distribute.InputContext
+                             ) -> tf.data.Dataset:
+        """The training examples the pass of `_keep_head_outputs` reads: the records kept in
+        memory where they and M_map's outputs fit in `memory_budget_mib` together, else
+        the shards, the records let go first. Either way they are let go once the pass
+        is done: stage 2 reads no record again."""
+        kept = self._cached_examples.pop(key, None)
+        if kept is not None and (self.records_mib + self.head_outputs_mib
+                                 <= self.memory_budget_mib):
+            return kept
+        if kept is not None:
+            del kept
+            _give_back_freed_memory()
+        return self.train_examples_fn(ctx)
 
     def _head_outputs_overflow(self) -> NonFiniteLossError:
         """The error for M_map's outputs beyond float16's range at stage 2: the weights
