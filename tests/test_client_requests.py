@@ -564,3 +564,22 @@ def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
         command.resumed_lines(str(output), entries[:2])
     with pytest.raises(app.UsageError, match=r"--resume goes on from the lines of --output"):
         command.resumed_lines(None, entries)
+
+
+def test_resume_does_not_count_its_own_report_in_an_input_folder(tmp_path):
+    """The report written into a folder given as input is not there when the first run
+    lists the folder: a rerun, or --resume, leaves it out as well (it listed it, in name
+    order, among the inputs, and refused the report's own lines)."""
+    from ofrnn_tf.cli.image_inputs import expand_inputs
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "m.jpg", "z.jpg", "notes.txt"):
+        (photos / name).write_bytes(b"x")
+    report = photos / "labels.jsonl"  # sorts between a.jpg and m.jpg
+    first = expand_inputs([str(photos)], str(report))
+    report.write_text("".join(f'{{"image": "{photos / n}", "labels": []}}\n'
+                              for n in ("a.jpg", "m.jpg")))
+    assert expand_inputs([str(photos)], str(report)) == first
+    assert str(report) in str(expand_inputs([str(photos)]))  # another command's file is listed
+    assert command.resumed_lines(str(report), first) == (2, len(report.read_bytes()))

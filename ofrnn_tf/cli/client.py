@@ -84,7 +84,7 @@ def main(argv):
         raise app.UsageError(f"--wait_for_server must be a number of seconds, 0 or more (0: "
                              f"stop at once; inf: no limit), got {FLAGS.wait_for_server}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
-    entries = expand_inputs(inputs)
+    entries = expand_inputs(inputs, FLAGS.output)
     done, keep = resumed_lines(FLAGS.output, entries) if FLAGS.resume else (0, 0)
     if entries and done == len(entries):
         say(f"[client] every input already has its line in {FLAGS.output}: nothing to do")

@@ -71,13 +71,16 @@ def given_inputs(arguments: list[str], files_from: str | None) -> list[str]:
     return [*arguments, *listed]
 
 
-def expand_inputs(arguments: list[str]) -> list:
+def expand_inputs(arguments: list[str], report: str | None = None) -> list:
     """Each argument in order as image paths (folders expanded one level), or an error
     record for a folder without images and for every entry of a folder that is not an
     accepted image by its extension (a sub-folder included; a broken link stays a path,
     refused when read). A folder's hidden entries (``.DS_Store``, ``._photo.jpg``) are
-    passed over: they are a file system's, not images. A URL that is no file is an error
+    passed over: they are a file system's, not images; so is the command's own `report`
+    (its ``--output``) found in a folder, which a rerun, or ``--resume``, would otherwise
+    list among the inputs the first run did not have. A URL that is no file is an error
     record saying that it is not fetched."""
+    own = file_id(report) if report and report != "-" else None
     entries: list = []
     for argument in arguments:
         if re.match(r"[a-z][a-z0-9+.-]*://", argument, re.I) and not os.path.exists(argument):
@@ -100,6 +103,8 @@ def expand_inputs(arguments: list[str]) -> list:
                             f"{IMAGE_KINDS} file"})
         for name in names:
             path = os.path.join(argument, name)
+            if own is not None and name not in images and file_id(path) == own:
+                continue
             if name in images:
                 entries.append(path)
             elif os.path.isdir(path):

@@ -83,7 +83,7 @@ def main(argv):
     trained_run(FLAGS.workdir, FLAGS.beam_size)
     if inputs is None:
         inputs = given_inputs(argv[1:], FLAGS.files_from)
-    entries = expand_inputs(inputs)
+    entries = expand_inputs(inputs, FLAGS.output)
     paths = [e for e in entries if isinstance(e, str)]
     out = open_report(FLAGS.output, paths)
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
