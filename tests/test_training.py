@@ -1525,6 +1525,48 @@ def test_a_rerun_stopped_before_its_first_point_leaves_no_empty_event_file(tmp_p
     assert len(os.listdir(RunDir(str(tmp_path)).tensorboard_dir)) == 1
 
 
+def test_event_files_dated_ahead_of_the_clock_are_renamed_below_it_in_their_order(tmp_path):
+    from ofrnn_tf.training.trainer import _date_event_files_before
+
+    now = 1_800_000_000
+    names = ["events.out.tfevents.1800000100.vm.20.0.v2",  # a clock 100 s ahead
+             "events.out.tfevents.1800000100.vm.10.0.v2",
+             "events.out.tfevents.0000000050.vm.5.0.v2",  # a clock that started at 0
+             "events.out.tfevents.1799999000.vm.7.0.v2", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_text(name)
+    assert _date_event_files_before(str(tmp_path), now) == 100
+    renamed = sorted(os.listdir(tmp_path))
+    assert renamed == ["events.out.tfevents.0000000000.vm.5.0.v2",
+                       "events.out.tfevents.1799998899.vm.7.0.v2",
+                       "events.out.tfevents.1799999999.vm.10.0.v2",
+                       "events.out.tfevents.1799999999.vm.20.0.v2", "notes.txt"]
+    # Each keeps its content: the names were the files' only change.
+    assert [(tmp_path / name).read_text().split(".")[-3] for name in renamed[:4]] == [
+        "5", "7", "10", "20"]
+    assert _date_event_files_before(str(tmp_path), now) is None  # all below now: left alone
+    assert _date_event_files_before(str(tmp_path / "none"), now) is None
+
+
+def test_a_resumed_runs_event_file_sorts_after_those_dated_by_a_clock_ahead(tmp_path, capfd):
+    """TensorBoard reads a run's event files in name order, whose stamp is the second each
+    was made: a resume on a clock behind the earlier command's names its file to be read
+    last, else the earlier file's steps would hide the new ones."""
+    trainer = make_trainer(str(tmp_path), tiny_config(), synthetic_data())
+    trainer.restore()
+    directory = RunDir(str(tmp_path)).tensorboard_dir
+    os.makedirs(directory)
+    now = int(time.time())
+    for stamp, host in ((now - 1000, "first"), (now + 2 * 86400, "second")):
+        open(os.path.join(directory, f"events.out.tfevents.{stamp}.{host}.1.0.v2"), "wb").close()
+    trainer._scalar("loss/stage2", 1.0, step=1)
+    trainer.writer.flush()
+    names = sorted(os.listdir(directory))
+    assert [name.split(".")[4] for name in names[:2]] == ["first", "second"]
+    assert len(names) == 3 and f".{os.getpid()}." in names[2]
+    assert "renamed them to earlier dates" in capfd.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_run_stopped_mid_epoch_resumes_on_the_epochs_remaining_batches(tmp_path):
     # Stopped twice part-way through an epoch (stage 1 epoch 2 after 1 of 4 steps, stage 2

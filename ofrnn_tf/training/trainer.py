@@ -57,6 +57,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -178,6 +179,35 @@ def _last_logged_steps(directory: str) -> dict[str, int]:
         except tf.errors.DataLossError:
             pass
     return last
+
+
+def _date_event_files_before(directory: str, now: int) -> Optional[int]:
+    """Renames the TensorBoard event files in `directory` to name stamps below `now`
+    where any is at or after it, in the same order and with the rest of each name kept;
+    returns the newest stamp's distance ahead of `now` in seconds (None: none renamed).
+
+    A writer stamps its file's name with the second it is made, and TensorBoard reads a
+    run's files in name order, taking a step lower than the last one read for a restart
+    whose later points it drops: a file made by a clock behind the one that dated an
+    earlier file (a run folder trained on another host, a clock set back) would sort
+    first, and the resumed curves would not be shown."""
+    stamped = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        match = re.fullmatch(r"(events\.out\.tfevents\.)(\d+)(\..*)", name)
+        if match:
+            stamped.append((int(match[2]), name, match))
+    if not stamped or max(stamped)[0] < now:
+        return None
+    stamps = sorted({stamp for stamp, _, _ in stamped})
+    shift = stamps[-1] - now + 1
+    # Shifted alike, so as far apart as they were; never below their rank, which keeps
+    # them in order and not negative however far apart the clocks that dated them were.
+    earlier = {stamp: max(stamp - shift, rank) for rank, stamp in enumerate(stamps)}
+    # Oldest first: every name a file is given has been let go by then.
+    for stamp, name, match in sorted(stamped):
+        os.rename(os.path.join(directory, name),
+                  os.path.join(directory, f"{match[1]}{earlier[stamp]:010d}{match[3]}"))
+    return shift - 1
 
 
 def _write_rows(kept: dict, rows: dict, start: int, count: int) -> int:
@@ -1118,9 +1148,18 @@ class Trainer:
     @functools.cached_property
     def writer(self) -> tf.summary.SummaryWriter:
         """The run's TensorBoard writer, made at its first point: a rerun of a finished run
-        logs none, and leaves no empty event file."""
-        return (tf.summary.create_file_writer(self.run_dir.tensorboard_dir)
-                if self.chief else tf.summary.create_noop_writer())
+        logs none, and leaves no empty event file. Its file is named to sort after the
+        earlier commands' files (`_date_event_files_before`)."""
+        if not self.chief:
+            return tf.summary.create_noop_writer()
+        directory = self.run_dir.tensorboard_dir
+        ahead = _date_event_files_before(directory, int(time.time()))
+        if ahead is not None:
+            print(f"[train] the TensorBoard event files in {directory} were dated up to "
+                  f"{ahead} s ahead of this clock: renamed them to earlier dates, in the same "
+                  "order, so that TensorBoard reads this command's curves after theirs",
+                  file=sys.stderr)
+        return tf.summary.create_file_writer(directory)
 
     def _flush_points(self) -> None:
         if "writer" in self.__dict__:  # made: points may wait in its buffer
