@@ -3,6 +3,7 @@
 import os
 import re
 import sys
+import time
 from collections import OrderedDict
 
 from tqdm import tqdm
@@ -52,16 +53,36 @@ class _LineStream:
         self.stream.flush()
 
 
+class _SteadyBar(tqdm):
+    """A tqdm bar timed by the monotonic clock, not the wall clock tqdm reads: a wall clock
+    set back or forward (NTP, a suspended machine, a hand) would show a negative or absurd
+    elapsed time, rate and ETA, and hold back a log's next line until it caught up."""
+
+    # tqdm's monitor thread compares the wall clock with the times the bar keeps; it only
+    # redraws a bar that waits for more than one update (`miniters`), which ours never do.
+    monitor_interval = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.disable:
+            self._time = time.monotonic
+            self.last_print_t = self.start_t = self._time()
+
+
 def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     """A tqdm bar on stderr: redrawn in place on a terminal, elsewhere a line at most every
-    `LOG_INTERVAL_SECONDS`. Use it as a context manager (or close it), so a bar that an
-    error or Ctrl-C interrupts is not drawn again after the message that says so."""
+    `LOG_INTERVAL_SECONDS`, checked at each update (a bar slowing down after a fast start
+    writes its line in time). Its times are the monotonic clock's (`_SteadyBar`). Use it as
+    a context manager (or close it), so a bar that an error or Ctrl-C interrupts is not
+    drawn again after the message that says so."""
     stream = sys.stderr
     if enabled and not _sized_terminal(stream):
         kwargs.setdefault("mininterval", LOG_INTERVAL_SECONDS)
         kwargs.setdefault("maxinterval", LOG_INTERVAL_SECONDS)
         stream = _LineStream(stream)
-    return tqdm(iterable, file=stream, disable=not enabled, dynamic_ncols=True, **kwargs)
+    kwargs.setdefault("miniters", 1)
+    return _SteadyBar(iterable, file=stream, disable=not enabled, dynamic_ncols=True,
+                      **kwargs)
 
 
 def _sized_terminal(stream) -> bool:

@@ -2,9 +2,12 @@
 
 import io
 import os
+import re
 import sys
+import time
 
 import pytest
+import tqdm.std
 
 from ofrnn_tf import status
 
@@ -58,6 +61,32 @@ def test_a_terminal_without_a_size_gets_the_lines_a_log_file_gets(monkeypatch, s
     # draw every bar there as an empty line.
     lines = run_bar(monkeypatch, Terminal(monkeypatch, size)).splitlines()
     assert len(lines) == 2 and "500/500" in lines[-1], lines
+
+
+@pytest.mark.parametrize("step", [-3600.0, 86400.0])
+def test_a_bar_keeps_time_when_the_wall_clock_is_set_back_or_forward(monkeypatch, step):
+    """Ten seconds a step, and after the fourth step the wall clock steps back an hour (or
+    on a day): the elapsed time, rate and remaining time stay those of the work, and the
+    log still gets a line every `LOG_INTERVAL_SECONDS`."""
+    wall, steady = [1_800_000_000.0], [1000.0]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    monkeypatch.setattr(tqdm.std, "time", lambda: wall[0])  # tqdm's own `from time import`
+    monkeypatch.setattr(time, "monotonic", lambda: steady[0])
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with status.progress_bar(total=20, unit="step", desc="stage 2 epoch 1/1") as bar:
+        for i in range(20):
+            wall[0] += 10.0 + (step if i == 3 else 0.0)
+            steady[0] += 10.0
+            bar.update(1)
+    lines = sys.stderr.getvalue().splitlines()
+    times = [re.search(r"\| (\d+)/20 \[([^]]*)\]", line).groups() for line in lines]
+
+    def minutes(seconds):
+        return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+    assert times == [("0", "00:00<?, ?step/s")] + [
+        (str(n), f"{minutes(10 * n)}<{minutes(10 * (20 - n))}, 10.00s/step")
+        for n in (3, 6, 9, 12, 15, 18, 20)], lines
 
 
 def test_a_disabled_bar_writes_nothing(monkeypatch):
