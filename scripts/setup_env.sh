@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with ofrnn_tf and its test tools, and (as root) installs the Debian
 # package that holds Fashion-MNIST, the source of the embedded benchmark.
-# Idempotent: a second run only checks that everything is in place.
+# Idempotent: a second run only checks that everything is in place, and installs again
+# where setup.cfg or pyproject.toml changed since.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,8 +28,12 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv" >&2
   "$PY" -m venv .venv
 fi
+# The stamp holds the content hashes of the files .venv was installed from: a changed file
+# is installed whatever its date, which a copy may keep (rsync -a, tar x, cp -p) or a
+# clock set wrong may have written.
 stamp=.venv/.ofrnn_tf-installed
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+sources=$(sha256sum setup.cfg pyproject.toml)
+if [ "$sources" != "$(cat "$stamp" 2>/dev/null)" ]; then
   echo "[setup] installing ofrnn_tf[dev] into .venv" >&2
   # uv installs the same packages as pip several times faster (parallel downloads, a
   # shared cache: about 25 s instead of a minute here); pip is the fallback wherever uv
@@ -47,5 +52,5 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".[dev]" >&2
   fi
   .venv/bin/python -m pip check >&2
-  touch "$stamp"
+  printf '%s\n' "$sources" > "$stamp"
 fi

@@ -116,21 +116,54 @@ def test_main_sh_gives_the_demo_the_run_s_examples_folder_whatever_their_format(
         f"scripts/grpc_demo.py --export_dir={tmp_path / 'exports'} {tmp_path / 'run' / 'examples'}")
 
 
+def _run_setup_env(tmp_path: Path) -> subprocess.CompletedProcess:
+    """Runs the copy of setup_env.sh in `tmp_path` with an apt-get that installs nothing,
+    wherever root runs this."""
+    tools = tmp_path / "tools"
+    if not tools.exists():
+        tools.mkdir()
+        (tools / "apt-get").write_text("#!/bin/sh\necho apt-get $*\nexit 1\n")
+        (tools / "apt-get").chmod(0o755)
+    return subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PATH=f"{tools}{os.pathsep}{os.environ['PATH']}"))
+
+
 @pytest.mark.parametrize("uv_installs", [True, False])
 def test_setup_env_writes_nothing_on_stdout(tmp_path, uv_installs):
     # stdout is the caller's: `bash scripts/main.sh > results.txt` holds the results only.
     calls = _scripts_with_a_recording_python(tmp_path, "setup_env.sh")
     (tmp_path / "setup.cfg").write_text("")
+    (tmp_path / "pyproject.toml").write_text("")
     if not uv_installs:
         (tmp_path / ".venv" / "bin" / "uv").write_text("#!/bin/sh\necho uv failed\nexit 1\n")
-    tools = tmp_path / "tools"  # an apt-get that installs nothing, wherever root runs this
-    tools.mkdir()
-    (tools / "apt-get").write_text("#!/bin/sh\necho apt-get $*\nexit 1\n")
-    (tools / "apt-get").chmod(0o755)
-    done = subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
-                          capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PATH=f"{tools}{os.pathsep}{os.environ['PATH']}"))
+    done = _run_setup_env(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "-m pip check" in calls.read_text()
     assert done.stdout == ""
     assert "python -m pip check" in done.stderr
+
+
+def test_setup_env_installs_what_changed_whatever_the_files_dates(tmp_path):
+    # A tree updated with rsync -a or tar x keeps each file's date: a changed setup.cfg may
+    # be dated before the last install, an unchanged one after it.
+    calls = _scripts_with_a_recording_python(tmp_path, "setup_env.sh")
+    config, project = tmp_path / "setup.cfg", tmp_path / "pyproject.toml"
+    config.write_text("[options]\ninstall_requires = numpy\n")
+    project.write_text("[build-system]\n")
+
+    def installs() -> int:
+        assert _run_setup_env(tmp_path).returncode == 0
+        return calls.read_text().count("-m pip check")
+
+    assert installs() == 1
+    assert installs() == 1  # nothing changed
+    installed_at = (tmp_path / ".venv" / ".ofrnn_tf-installed").stat().st_mtime
+    config.write_text("[options]\ninstall_requires = numpy\n    pillow\n")
+    os.utime(config, (installed_at - 3600, installed_at - 3600))
+    assert installs() == 2
+    os.utime(config, (installed_at + 86400, installed_at + 86400))  # the same content
+    assert installs() == 2
+    project.write_text("[build-system]\nrequires = [\"setuptools\"]\n")
+    os.utime(project, (installed_at - 3600, installed_at - 3600))
+    assert installs() == 3
