@@ -75,7 +75,8 @@ def machine_info() -> str:
 
 def append_result(title: str, command: str, lines_or_markdown: Sequence[str] | str,
                   path: str | os.PathLike | None = None) -> Path:
-    """Appends a dated section ``## title`` to RESULTS.md and returns the file path.
+    """Appends a section ``## title``, dated in UTC, to RESULTS.md and returns the file
+    path.
 
     Args:
         title: section title.
@@ -86,7 +87,9 @@ def append_result(title: str, command: str, lines_or_markdown: Sequence[str] | s
     target = Path(path) if path is not None else RESULTS_PATH
     body = lines_or_markdown if isinstance(lines_or_markdown, str) else "\n".join(
         lines_or_markdown)
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    # In UTC whatever the machine's zone: a section is cited by its stamp, and a zone's
+    # abbreviation (IST, CST) can name several zones.
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     steal = steal_share(_STARTED, cpu_times())
     stolen = "" if steal is None else (
         f"; the hypervisor took {100 * steal:.0f} % of the CPU time while the script ran")

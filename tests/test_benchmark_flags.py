@@ -9,9 +9,11 @@ flags of one name, which one process cannot hold."""
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from absl import app, flags
 from benchmarks import _table_runs as table_runs
 from benchmarks import (count_oracle, decision_rules, item_oracle, item_reader,
                         item_recognition, label_context)
+from benchmarks import _results
 from benchmarks._results import mean_std
 from conftest import ROOT, run_checked
 from ofrnn_tf import pipeline
@@ -316,6 +319,26 @@ def test_a_metric_a_seed_leaves_undefined_is_left_out_of_the_tables_not_a_crash(
     lines = "\n".join(table_runs.mode_tables(per_seed, ("C-F1", "AP-small"), over="b",
                                              over_columns=("C-F1", "AP-small")))
     assert "n/a" in lines and "7.5 ± 3.5" in lines
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "UTC+14"])  # POSIX: 14 h behind UTC
+def test_a_results_section_is_dated_in_utc_whatever_the_machines_zone(tmp_path, monkeypatch,
+                                                                      zone):
+    utc = datetime.timezone.utc
+    monkeypatch.setattr(_results, "machine_info", lambda: "a machine")
+    try:
+        with monkeypatch.context() as patched:
+            patched.setenv("TZ", zone)
+            time.tzset()
+            before = datetime.datetime.now(utc).replace(second=0, microsecond=0)
+            path = _results.append_result("Trial", "python benchmarks/x.py", ["| a |"],
+                                          path=tmp_path / "results.md")
+            after = datetime.datetime.now(utc)
+    finally:
+        time.tzset()  # the zone of the environment restored
+    stamp = path.read_text().split("## Trial\n\n", 1)[1].split(" — ", 1)[0]
+    dated = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M UTC").replace(tzinfo=utc)
+    assert before <= dated <= after, stamp
 
 
 # -- item_recognition --------------------------------------------------------------------
