@@ -28,11 +28,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv" >&2
   "$PY" -m venv .venv
 fi
-# The stamp holds the content hashes of the files .venv was installed from: a changed file
+# The stamp holds the checksums of the files .venv was installed from: a changed file
 # is installed whatever its date, which a copy may keep (rsync -a, tar x, cp -p) or a
 # clock set wrong may have written.
 stamp=.venv/.ofrnn_tf-installed
-sources=$(sha256sum setup.cfg pyproject.toml)
+sources=$(cksum setup.cfg pyproject.toml)  # POSIX: on macOS too, which has no sha256sum
 if [ "$sources" != "$(cat "$stamp" 2>/dev/null)" ]; then
   echo "[setup] installing ofrnn_tf[dev] into .venv" >&2
   # uv installs the same packages as pip several times faster (parallel downloads, a
