@@ -60,7 +60,7 @@ def photo(seed: int) -> Image.Image:
     """A 224x224 picture of smooth colour patches (compresses like a photo)."""
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (IMAGE_SIZE // 8, IMAGE_SIZE // 8, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    return Image.fromarray(small).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -412,7 +412,7 @@ def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
     base = np.clip(level + rng.uniform(-40, 40, size=3), 0, 255)
     # Smooth colour blotches (an 8x8 grid upsampled) plus faint pixel noise.
     coarse = np.clip(128 + rng.normal(0, 22, size=(8, 8, 3)), 0, 255).astype(np.uint8)
-    blotches = np.asarray(Image.fromarray(coarse).resize((c, c), Image.BILINEAR),
+    blotches = np.asarray(Image.fromarray(coarse).resize((c, c), Image.Resampling.BILINEAR),
                           np.float32) - 128.0
     canvas = base.astype(np.float32) + blotches + rng.normal(0, 4, size=(c, c, 1))
     canvas = np.clip(canvas, 0, 255).astype(np.float32)
@@ -420,7 +420,7 @@ def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
     boxes = []
     for item in items:
         patch = Image.fromarray(sources[item.source_index]).resize(
-            (item.size, item.size), Image.BILINEAR)
+            (item.size, item.size), Image.Resampling.BILINEAR)
         alpha = np.asarray(patch, np.float32)[..., None] / 255.0
         # A tint that stands out from the background level.
         tint = (rng.uniform(150, 255, size=3) if level < 128
