@@ -143,27 +143,50 @@ def test_the_graph_reads_the_recorded_threshold(tiny_export_run, loaded, facts):
         loaded.tau.assign(saved)
 
 
-def test_warmup_requests_parse_and_run(tiny_export_run, loaded):
+def warmup_records(export_dir: Path) -> list:
     from tensorflow_serving.apis import prediction_log_pb2
 
-    path = tiny_export_run.export_dir / WARMUP_FILE
-    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
-               for r in tf.data.TFRecordDataset(str(path))]
-    # Per batch size: a bare request, then the client's two kinds (its output filter).
-    kinds = [(r.predict_log.request.model_spec.signature_name,
-              len(tf.make_ndarray(r.predict_log.request.inputs["images"])),
-              tuple(r.predict_log.request.output_filter)) for r in records]
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request
+            for r in tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE))]
+
+
+def test_warmup_requests_parse_and_run(tiny_export_run, loaded, tiny_module):
+    requests = warmup_records(tiny_export_run.export_dir)
+    # Per batch size: per image signature a bare request, then the client's (its output
+    # filter); a bare request of the images' maps.
+    kinds = [(r.model_spec.signature_name, len(tf.make_ndarray(next(iter(r.inputs.values())))),
+              tuple(r.output_filter)) for r in requests]
     assert kinds == [(signature, n, outputs) for n in (1, 8) for signature, outputs in (
         ("serving_default", ()), ("serving_default", PREDICT_OUTPUTS),
-        ("predict_with_threshold", PREDICT_OUTPUTS))]
-    example = RunDir(str(tiny_export_run.workdir)).example_images()[0]
-    for log in records:
-        request = log.predict_log.request
+        ("predict_with_threshold", ()), ("predict_with_threshold", PREDICT_OUTPUTS),
+        ("predict_features", ()))]
+    example = Path(RunDir(str(tiny_export_run.workdir)).example_images()[0]).read_bytes()
+    example_maps = tiny_module.maps_of(tf.constant([example])).numpy()[0]
+    for request in requests:
         assert request.model_spec.name == "ofrnn"
         feeds = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
-        assert feeds["images"][0].numpy() == Path(example).read_bytes()  # the first example
+        if "images" in feeds:
+            assert feeds["images"][0].numpy() == example  # the first example
+        else:
+            np.testing.assert_array_equal(feeds["features"][0], example_maps)
         out = loaded.signatures[request.model_spec.signature_name](**feeds)
-        assert set(out) == set(OUTPUTS) and out["num_labels"].shape == (len(feeds["images"]),)
+        batch = len(next(iter(feeds.values())))
+        assert set(out) == set(OUTPUTS) and out["num_labels"].shape == (batch,)
+
+
+def test_warmup_covers_every_request_without_an_output_filter(tiny_export_run):
+    """A REST request cannot filter outputs, nor need a gRPC client set one: each
+    signature, all outputs fetched, is a set of fetches of its own that a session sets
+    up on its first run, so each must be warmed at every warmed batch size."""
+    requests = warmup_records(tiny_export_run.export_dir)
+    sizes = {len(tf.make_ndarray(next(iter(r.inputs.values())))) for r in requests}
+    bare = {(r.model_spec.signature_name, len(tf.make_ndarray(next(iter(r.inputs.values())))))
+            for r in requests if not r.output_filter}
+    saved = saved_model_pb2.SavedModel.FromString(
+        (tiny_export_run.export_dir / "saved_model.pb").read_bytes())
+    served = set(saved.meta_graphs[0].signature_def) - {"__saved_model_init_op"}
+    assert served == {"serving_default", "predict_with_threshold", "predict_features"}
+    assert bare == {(signature, n) for signature in served for n in sizes}
 
 
 def session_outputs(export_dir: Path, signature: str, feeds: dict) -> dict:
@@ -749,7 +772,7 @@ def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_expor
     assert "--warmup_images" not in done.stderr
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
                tf.data.TFRecordDataset(str(tmp_path / "export" / "1" / WARMUP_FILE))]
-    sent = {bytes(image) for r in records
+    sent = {bytes(image) for r in records if "images" in r.predict_log.request.inputs
             for image in tf.make_ndarray(r.predict_log.request.inputs["images"])}
     assert sent == set(good)
 
@@ -909,6 +932,7 @@ def test_an_example_copy_linked_to_a_file_outside_the_run_is_not_exported(tiny_e
     records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in
                tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE))]
     sent = {bytes(image) for record in records
+            if "images" in record.predict_log.request.inputs
             for image in tf.make_ndarray(record.predict_log.request.inputs["images"])}
     assert Path(examples[1]).read_bytes() in sent
     assert not any(b"private" in image for image in sent)

@@ -146,7 +146,8 @@ def save_inference_module(module: InferenceModule, export_base: str,
         tf.saved_model.save(module, tmp, signatures=signatures(module))
         module.label_map.save(os.path.join(tmp, "assets.extra"))
         write_json(os.path.join(tmp, "assets.extra", SOFTWARE_FILENAME), software_versions())
-        write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8))
+        write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8),
+                              features=module.maps_of(tf.constant(warmup_images)).numpy())
         while True:
             final = os.path.join(export_base, str(version))
             try:

@@ -263,6 +263,12 @@ class InferenceModule(tf.Module):
         an image is made: InvalidArgumentError naming it, or the decoded pixels."""
         return self.in_process.check_images(images)
 
+    def maps_of(self, images) -> tf.Tensor:
+        """The maps `serve_images` decodes encoded `images` from, as ``predict_features``
+        takes them (`in_process.image_features`' result, run eagerly: the export's warm-up
+        wants them once, and tracing that function for it would cost more than the run)."""
+        return self._maps(self.check_images(images))
+
     def predict_pixels(self, pixels) -> dict:
         """Decoded uint8 `[N, S, S, 3]` images → the outputs of `serve_images` plus each
         chosen label's step probability (in process; not in the SavedModel)."""
