@@ -22,6 +22,7 @@ from ofrnn_tf.features.images import decode_checked, gif_frames, read_image_head
 from bmp_files import bit_fields_bmp, os2_bmp, pillow_bmp, rle8_bmp, with_bit_depth
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.tf_errors import reason_text
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -43,8 +44,14 @@ MISTAKEN = {
     "heif": (b"\0\0\0\x18ftypheic" + bytes(32), " (this looks like HEIF/AVIF" + NOT_ACCEPTED),
     "avif": (b"\0\0\0\x1cftypavif" + bytes(32), " (this looks like HEIF/AVIF" + NOT_ACCEPTED),
     "base64 text": (b"iVBORw0KGgoAAAANSUhEUgAA", " (this looks like base64 text: send the "
-                                                 "decoded bytes, in the REST API as "
-                                                 "{\"b64\": \"...\"})"),
+                                                 "decoded bytes, or in the REST API the text "
+                                                 "as the value of an object whose one key is "
+                                                 "b64)"),
+    "url-safe base64 text": (b"_9j_4AAQSkZJRgABAQ", " (this looks like URL-safe base64 text: "
+                                                    "send the decoded bytes, or in the REST "
+                                                    "API standard base64 (+ and / for - and "
+                                                    "_) as the value of an object whose one "
+                                                    "key is b64)"),
     "data url": (b"data:image/png;base64,iVBO", " (this looks like a data URL: send the "
                                                 "decoded bytes)"),
     "riff that is not webp": (b"RIFF\0\0\0\0WAVEfmt " + bytes(16), ""),
@@ -52,12 +59,20 @@ MISTAKEN = {
 }
 
 
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+def served_guard(images):
+    """The guard in a graph, as a server runs it: there the Assert's text comes C-escaped
+    (eagerly it comes as a Python bytes repr, quotes as they are)."""
+    return check_encoded_images(images, DEFAULT_MAX_IMAGE_PIXELS)
+
+
 def graph_hint(data: bytes) -> str:
-    """What the served graph's guard adds after the bytes it shows ("" for none)."""
+    """What the served graph's guard adds after the bytes it shows ("" for none), as a
+    client of a server reads it (`reason_text`, what `ofrnn-serve` answers)."""
     with pytest.raises(tf.errors.InvalidArgumentError) as refused:
-        check_encoded_images(tf.constant([data]), DEFAULT_MAX_IMAGE_PIXELS)
-    message = refused.value.message  # eagerly, the Assert's text ends as a bytes repr: '
-    match = re.search(r"starts with (?:[0-9a-f]{2} ?)+(.*?)'?$", message.splitlines()[0])
+        served_guard(tf.constant([data]))
+    message = reason_text(refused.value.message)
+    match = re.search(r"starts with (?:[0-9a-f]{2} ?)+(.*)$", message)
     assert match, message
     return match.group(1)
 

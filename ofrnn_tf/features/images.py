@@ -33,14 +33,20 @@ ACCEPTED_MAGIC = tuple(magic for magics in FORMAT_MAGIC.values() for magic in ma
 # Files often sent where an image is expected, known by their first bytes: a hint,
 # then checks that must all hold, each an offset and the magic bytes one of which
 # is found there. `format_hint` and the served graph's guard
-# (`ofrnn_tf.features.image_guards`) both read this table, so they say the same.
+# (`ofrnn_tf.features.image_guards`) both read this table, so they say the same. Hints
+# hold no quotes nor backslashes: the graph's Assert shows its text C-escaped (" as \").
 MISTAKEN_FORMATS = (
     ("this looks like WebP, which is not accepted", ((0, (b"RIFF",)), (8, (b"WEBP",)))),
     ("this looks like TIFF, which is not accepted", ((0, (b"II*\0", b"MM\0*")),)),
     ("this looks like HEIF/AVIF, which is not accepted",
      ((4, (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypavif")),)),
-    ('this looks like base64 text: send the decoded bytes, in the REST API as '
-     '{"b64": "..."}', ((0, (b"/9j/", b"iVBORw0KGgo", b"R0lGOD", b"Qk")),)),
+    ("this looks like base64 text: send the decoded bytes, or in the REST API the text "
+     "as the value of an object whose one key is b64",
+     ((0, (b"/9j/", b"iVBORw0KGgo", b"R0lGOD", b"Qk")),)),
+    # A JPEG in the URL-safe alphabet, which the REST API's b64 does not decode.
+    ("this looks like URL-safe base64 text: send the decoded bytes, or in the REST API "
+     "standard base64 (+ and / for - and _) as the value of an object whose one key is b64",
+     ((0, (b"_9j_",)),)),
     ("this looks like a data URL: send the decoded bytes", ((0, (b"data:",)),)),
 )
 # The checks read within the first bytes, zero-padded to this length.
