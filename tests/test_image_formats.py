@@ -77,6 +77,23 @@ def graph_hint(data: bytes) -> str:
     return match.group(1)
 
 
+def test_the_header_reader_imports_no_tensorflow():
+    """A client checks the headers of the images a server refused without TensorFlow's
+    seconds of import; `ofrnn_tf.features.images` gives the same functions."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ofrnn_tf.features.image_headers import read_image_header; "
+            "print(read_image_header(bytes.fromhex('89504e470d0a1a0a0000000d494844520000000200"
+            "000003')), 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "('PNG', 2, 3) False\n"
+    from ofrnn_tf.features import image_headers
+    assert read_image_header is image_headers.read_image_header
+
+
 @pytest.mark.parametrize("name", MISTAKEN)
 def test_predict_and_the_served_graph_give_the_same_hint(name):
     data, hint = MISTAKEN[name]
@@ -418,7 +435,7 @@ def test_the_served_graph_counts_every_frame_as_predict_does():
     """The graph's walk over a GIF's frames finds the Python walk's frame count, pixels,
     widest width and tallest height, on GIFs of many frames of random sizes."""
     from ofrnn_tf.features import image_guards
-    from ofrnn_tf.features.images import _gif_descriptor
+    from ofrnn_tf.features.image_headers import _gif_descriptor
     gifs = [g for g in map(_many_frames, range(40)) if _safe_descriptor(g) is not None]
     starts = [_gif_descriptor(g) for g in gifs]
     stats, unchecked = image_guards._gif_frames(tf.constant(gifs), tf.constant(starts, tf.int32),
@@ -429,7 +446,7 @@ def test_the_served_graph_counts_every_frame_as_predict_does():
 
 
 def _safe_descriptor(data: bytes):
-    from ofrnn_tf.features.images import _gif_descriptor
+    from ofrnn_tf.features.image_headers import _gif_descriptor
     try:
         return _gif_descriptor(data)
     except ValueError:

@@ -33,7 +33,7 @@ graph of one's own) and refuses with ``InvalidArgumentError``, naming ``images[i
 - a progressive JPEG of more than ``MAX_JPEG_SCANS`` scans (SOS markers, FF DA, in
   the file): libjpeg decodes each scan over the whole image, and a scan can take a few
   bytes, so a small file of many scans would hold a core for seconds to minutes;
-- a BMP that TensorFlow's BMP decoder does not read (`ofrnn_tf.features.images.bmp_problem`):
+- a BMP that TensorFlow's BMP decoder does not read (`ofrnn_tf.features.image_headers.bmp_problem`):
   bit depth 1, 4 or 16, RLE or other compression, an OS/2 header (BITMAPCOREHEADER:
   TF decodes none of these, failing as if the file were corrupt), and 32-bit bit
   fields whose colour masks are not blue, green, red from the low byte up (TF reads

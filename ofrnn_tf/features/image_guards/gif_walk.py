@@ -31,7 +31,7 @@ _GIF_WINDOW = 256
 _GIF_WINDOW_STEPS = 16
 _GIF_EXTENSION, _GIF_DESCRIPTOR, _GIF_TRAILER = 0x21, 0x2C, 0x3B
 
-# GIF walk over every frame (`_gif_frames`; `ofrnn_tf.features.images.gif_frames` is
+# GIF walk over every frame (`_gif_frames`; `ofrnn_tf.features.image_headers.gif_frames` is
 # its twin and says what it reads), a step per iteration of a tf.while_loop: an image
 # descriptor; a run of up to GIF_RUN sub-blocks of one size, checked with one strided
 # read (a substr of a byte at each place a sub-block of that size would start); then
@@ -46,7 +46,7 @@ _GIF_UNCHECKED = np.iinfo(np.int64).max  # the pixels of a GIF whose walk ran ou
 
 def _colour_table_bytes(flags):
     """The bytes of the GIF colour tables whose flags (int32) are `flags`, as
-    `ofrnn_tf.features.images.colour_table_bytes` counts them."""
+    `ofrnn_tf.features.image_headers.colour_table_bytes` counts them."""
     return tf.where(tf.bitwise.bitwise_and(flags, 0x80) > 0,
                     tf.bitwise.left_shift(6, tf.bitwise.bitwise_and(flags, 7)), 0)
 

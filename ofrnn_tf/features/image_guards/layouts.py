@@ -127,7 +127,7 @@ _LOWER[_PNG, _F_CHUNK] = _UPPER[_PNG, _F_CHUNK] = int.from_bytes(b"IHDR", "big")
 # BITMAPINFOHEADER, whatever its size field says (0, 20, 200, ...), and so does the
 # guard, but for 12: a BITMAPCOREHEADER, which TF misreads and the guard refuses.
 
-# BMPs TensorFlow's decoder does not read (`ofrnn_tf.features.images.bmp_problem`):
+# BMPs TensorFlow's decoder does not read (`ofrnn_tf.features.image_headers.bmp_problem`):
 # why, by kind; the info header's bit depth (bytes 28-29), compression (30-33) and,
 # for bit fields, its colour masks.
 _BMP_READ, _BMP_OS2, _BMP_DEPTH, _BMP_COMPRESSED, _BMP_MASKS_CUT, _BMP_MASKS = range(6)
@@ -157,7 +157,7 @@ _PROGRESSIVE_JPEG_FRAMES = np.array([0xC2, 0xC6, 0xCA, 0xCE], np.int32)  # SOF2,
 
 def _jpeg_scans(images: tf.Tensor, progressive: tf.Tensor) -> tf.Tensor:
     """int64 [N]: the SOS markers (FF DA) in the bytes of each image where `progressive`,
-    else 0 (`ofrnn_tf.features.images.MAX_JPEG_SCANS`)."""
+    else 0 (`ofrnn_tf.features.image_headers.MAX_JPEG_SCANS`)."""
     counted = tf.where(progressive, images, "")
     return tf.strings.split(counted, sep=b"\xff\xda").row_lengths() - 1
 
@@ -181,7 +181,7 @@ def _window_and_layout(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def has_accepted_bmp_layout(image: tf.Tensor) -> tf.Tensor:
     """Whether the scalar encoded `image` is no BMP of a layout the served model refuses
-    (`ofrnn_tf.features.images.bmp_problem`); true of the other formats. Feature
+    (`ofrnn_tf.features.image_headers.bmp_problem`); true of the other formats. Feature
     extraction skips such BMPs with it, in a few graph ops."""
     window, layout = _window_and_layout(image[None])
     problem, _, _ = _bmp_problems(window, layout, tf.strings.length(image[None]))

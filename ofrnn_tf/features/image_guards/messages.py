@@ -12,10 +12,12 @@ from ofrnn_tf.features.image_guards.layouts import (
     _BMP_TOP_DOWN, _F_AVAILABLE, _F_CHUNK, _F_HEIGHT, _F_LENGTH, _F_WIDTH, _GIF, _JPEG,
     _LAYOUT_FORMATS, _LOWER, _MAX_SIDE, _NEEDED_BYTES, _PNG, _UNKNOWN, _read_headers)
 from ofrnn_tf.features.image_guards.reading import _GAVE_UP
-from ofrnn_tf.features.images import (
+from ofrnn_tf.features.image_headers import (
     BMP_COMPRESSIONS, BMP_MASKS_CUT, BMP_MASKS_PROBLEM, BMP_REMEDY, BMP_TRUNCATED,
     GIF_REMEDY, JPEG_SCANS_PROBLEM, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MAX_JPEG_SCANS,
-    MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS, PIXEL_LIMIT_WORDS, out_of_line)
+    MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS)
+from ofrnn_tf.features.images import out_of_line
+from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 
 # Every byte in hex; the names of the markers a JPEG walk stops at before a frame header.
 _HEX = tuple(f"{b:02x}" for b in range(256))
@@ -49,7 +51,7 @@ def _first(cases, default):
 
 def _format_hint(image: tf.Tensor) -> tf.Tensor:
     """A hint for frequent mistakes, e.g. " (this looks like WebP, ...)", or "" (the
-    table of `ofrnn_tf.features.images.format_hint`)."""
+    table of `ofrnn_tf.features.image_headers.format_hint`)."""
     # Padded, so that every substr below is in range whatever the length.
     head = tf.strings.join([tf.strings.substr(image, 0, MISTAKEN_FORMAT_BYTES),
                             "\0" * MISTAKEN_FORMAT_BYTES])
