@@ -11,8 +11,8 @@ and folders (their images, one level deep), as ``ofrnn-client`` does.
 
 Takes about 10 s to a minute on a 2-core CPU, almost all of it the server loading the
 SavedModel and replaying its warm-up requests (the slower the host, the longer). The
-server starts first, so this process imports TensorFlow (for the client) while the
-child loads the model. Ctrl-C or SIGTERM stops the server too (exit status 130 or 143),
+server starts first; the client imports no TensorFlow, so nearly all the time is the
+server's. Ctrl-C or SIGTERM stops the server too (exit status 130 or 143),
 and a demo killed outright takes it along (the server stops when its standard input, a
 pipe from here, closes).
 """
@@ -69,7 +69,7 @@ def demo(export_dir: str, inputs: Sequence[str], model_name: str = DEFAULT_MODEL
     print(f"starting the local server on {base} ...", file=sys.stderr, flush=True)
     proc = spawn(base, model_name)
     try:
-        from ofrnn_tf.serving.client import predict_files  # TensorFlow: beside the child's start
+        from ofrnn_tf.serving.client import predict_files  # beside the child's start
 
         target = wait_until_listening(proc, timeout)
         print(f"serving on {target}; sending {len(image_paths)} image(s)", file=sys.stderr,

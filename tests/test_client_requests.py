@@ -371,6 +371,77 @@ def test_a_client_command_stopped_by_a_server_gone_goes_on_with_resume(serve, tm
     assert len(service.requests) == 5  # two answered, one refused; then the two left
 
 
+@pytest.mark.slow
+def test_the_client_command_labels_an_image_without_importing_tensorflow(serve, tmp_path):
+    """A request needs no TensorFlow, whose import would take nearly all of a one-image
+    call's time."""
+    import json
+    import subprocess
+    import sys
+
+    target, _ = serve()
+    [path] = files(tmp_path, [png(10)])
+    output = tmp_path / "out.jsonl"
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('tensorflow.python' in sys.modules))\n"
+              f"sys.argv = ['ofrnn-client', '--server={target}', '--output={output}', {path!r}]\n"
+              "from ofrnn_tf.cli.client import run\n"
+              "run()\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "False\n", run.stdout
+    line = json.loads(output.read_text())
+    assert (line["image"], line["labels"]) == (path, ["x"])
+
+
+@pytest.mark.slow
+def test_tensorflow_imported_after_the_client_works_with_the_clients_protos(serve, tmp_path):
+    """The client loads its protos without TensorFlow's package; TensorFlow imported later in
+    the process (here by the check of an image the server refused) is the whole package, and
+    takes the protos made before as its own."""
+    import subprocess
+    import sys
+
+    good = png(10)
+    damaged = good[:40] + bytes(b ^ 0xFF for b in good[40:-12]) + good[-12:]
+    target, _ = serve(lambda images: (grpc.StatusCode.INVALID_ARGUMENT, "Invalid PNG data")
+                      if damaged in images else None)
+    paths = files(tmp_path, [good, damaged])
+    script = f"""
+import sys
+from ofrnn_tf.serving import client
+[answered] = client.predict_files({target!r}, [{paths[0]!r}])
+assert answered["labels"] == ["x"], answered
+request = client.predict_request([b"a", b"b"], threshold=[0.25, 0.5])
+assert "tensorflow" not in sys.modules
+[refused] = client.predict_files({target!r}, [{paths[1]!r}])
+assert refused["error"].endswith("refused by the server: Invalid PNG data"), refused
+assert "tensorflow.python" in sys.modules  # the refused image was decoded here
+
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from ofrnn_tf.serving.protos import predict_pb2, tensor_array
+from ofrnn_tf.serving.stand_in_model import solid_png, write_stand_in_model
+
+made = tf.make_tensor_proto([b"c"], tf.string, shape=[1])
+assert type(made) is type(request.inputs["images"]) is tensor_pb2.TensorProto
+assert tf.make_ndarray(request.inputs["threshold"]).tolist() == [0.25, 0.5]
+request.inputs["images"].CopyFrom(made)
+assert tensor_array(request.inputs["images"]).tolist() == [b"c"]
+assert float(tf.constant(2.0) * 3.0) == 6.0
+model = tf.saved_model.load(write_stand_in_model({str(tmp_path / "export")!r}))
+served = model.signatures["serving_default"](images=tf.constant([solid_png((250, 10, 10))]))
+response = predict_pb2.PredictResponse()
+response.outputs["label_names"].CopyFrom(tf.make_tensor_proto(served["label_names"]))
+print(tensor_array(response.outputs["label_names"]).tolist())
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "[[b'red', b'', b'']]", run.stdout
+
+
 @pytest.mark.timeout(20)
 def test_a_pipe_is_read_and_one_nothing_writes_to_gets_an_error_line(serve, tmp_path,
                                                                      monkeypatch):

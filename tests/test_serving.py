@@ -62,7 +62,7 @@ def encode(rgb, size=(8, 8), fmt="PNG", **kw) -> bytes:
 
 
 def test_server_process_module_imports_without_tensorflow():
-    """grpc_demo starts the child first and imports TensorFlow while the child loads."""
+    """grpc_demo starts the child before it imports anything more."""
     code = ("import sys, ofrnn_tf.serving.server_process as p; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
             "print(p.LISTENING_PREFIX)")

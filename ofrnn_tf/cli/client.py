@@ -89,7 +89,7 @@ def main(argv):
     if entries and done == len(entries):
         say(f"[client] every input already has its line in {FLAGS.output}: nothing to do")
         return 0
-    from ofrnn_tf.serving.client import predict_files  # TensorFlow: only once the flags are good
+    from ofrnn_tf.serving.client import predict_files  # gRPC: only once the flags are good
 
     out = open_report(FLAGS.output, [e for e in entries if isinstance(e, str)], keep=keep)
     left = entries[done:]

@@ -3,7 +3,9 @@
 Built only on the standard ``tensorflow-serving-api`` protos, so it works the same
 against ``tensorflow_model_server`` (Docker ``tensorflow/serving``) and against
 ``ofrnn_tf.serving.local_server`` (``ofrnn-serve``). The command line over it is
-``ofrnn-client`` (``ofrnn_tf/cli/client.py``).
+``ofrnn-client`` (``ofrnn_tf/cli/client.py``). It imports TensorFlow only to decode an
+image a server refused (its import would take nearly all of a one-image call's time); the
+protos load without it (`ofrnn_tf.serving.protos`).
 
 Python::
 
@@ -23,18 +25,13 @@ from typing import Iterator, Sequence
 
 import grpc
 import numpy as np
-import tensorflow as tf
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
-from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
-from ofrnn_tf.features.images import find_undecodable, read_image_header
+from ofrnn_tf.features.image_headers import read_image_header
+from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.input_files import read_input_file
+from ofrnn_tf.serving.protos import (
+    float_tensor, get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+    predict_pb2, prediction_service_pb2_grpc, string_tensor, tensor_array)
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MODEL_NAME, DEFAULT_WAIT_FOR_SERVER_S, MAX_TIMEOUT_S, servable_version)
 from ofrnn_tf.status import say
@@ -89,7 +86,7 @@ def parse_predict_response(response: predict_pb2.PredictResponse, all_scores: bo
     `all_scores`, ``all_scores`` too: every class's score, by class id (a ``label_ids``
     entry is a place in it; the names are in the export's
     ``assets.extra/label_map.json``), to rank images by a class whatever τ chose."""
-    out = {key: tf.make_ndarray(response.outputs[key]) for key in PREDICT_OUTPUTS}
+    out = {key: tensor_array(response.outputs[key]) for key in PREDICT_OUTPUTS}
     version = (int(response.model_spec.version.value)
                if response.model_spec.HasField("version") else None)
     results = []
@@ -243,10 +240,9 @@ def predict_request(images: Sequence[bytes], *, model_name: str = DEFAULT_MODEL_
         signature_name = "serving_default" if threshold is None else THRESHOLD_SIGNATURE
     request = predict_pb2.PredictRequest()
     _model_spec(request.model_spec, model_name, signature_name, version)
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string, shape=[len(images)]))
+    request.inputs["images"].CopyFrom(string_tensor(images))
     if threshold is not None:
-        request.inputs["threshold"].CopyFrom(
-            tf.make_tensor_proto(thresholds, tf.float32, shape=[len(thresholds)]))
+        request.inputs["threshold"].CopyFrom(float_tensor(thresholds))
     request.output_filter.extend(PREDICT_OUTPUTS)
     return request
 
@@ -538,12 +534,20 @@ def _fine_here(image: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bool
         read_image_header(image, max_pixels)
     except ValueError:
         return False
-    return find_undecodable("images", [image]) is None
+    return not _tensorflow_refuses(image)
 
 
 def _undecodable(error: grpc.RpcError, image: bytes) -> bool:
     """Whether an INVALID_ARGUMENT refusal of a request holding only `image` is the
     image's: the export leaves TensorFlow's decoder message, without an index, for one
     image whose file looks complete (docs/serving.md), and TensorFlow here refuses it too."""
-    return (error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            and find_undecodable("images", [image]) is not None)
+    return error.code() == grpc.StatusCode.INVALID_ARGUMENT and _tensorflow_refuses(image)
+
+
+def _tensorflow_refuses(image: bytes) -> bool:
+    """Whether TensorFlow's decoder refuses `image`. TensorFlow is imported here, for the
+    few images a server refuses, not with this module: its import takes seconds, and a
+    request needs none of it."""
+    from ofrnn_tf.features.images import find_undecodable
+
+    return find_undecodable("images", [image]) is not None

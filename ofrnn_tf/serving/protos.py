@@ -1,0 +1,105 @@
+"""TensorFlow Serving's gRPC protos, and the numpy arrays in their TensorProtos, without
+importing TensorFlow.
+
+The ``tensorflow_serving.apis`` modules import TensorFlow's own protos
+(``tensorflow.core.framework.tensor_pb2`` and others), and importing any ``tensorflow.*``
+module runs the ``tensorflow`` package's ``__init__``: all of TensorFlow, seconds of import
+for a client that only sends a request. While the protos load, a bare package stands in
+for ``tensorflow`` (`_tensorflow_package_bare`), and goes once they are loaded: a later
+``import tensorflow`` in the same process runs the real package, which finds the protos
+already loaded and uses the same classes, so a TensorProto made here is TensorFlow's.
+
+`string_tensor`, `float_tensor` and `tensor_array` fill and read TensorProtos as
+``tf.make_tensor_proto`` and ``tf.make_ndarray`` do, for the dtypes a Predict call of
+the export's signatures holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+import types
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def _tensorflow_package_bare() -> Iterator[None]:
+    """Within it, ``tensorflow.*`` modules import without the package's ``__init__``,
+    unless TensorFlow is imported already (or is not installed, where the import then
+    fails as it would anyway). Another thread that imports TensorFlow meanwhile would
+    find the bare package, so a program that imports TensorFlow in threads imports this
+    module first."""
+    spec = None if "tensorflow" in sys.modules else importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        yield
+        return
+    package = types.ModuleType("tensorflow")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["tensorflow"] = package
+    try:
+        yield
+    finally:
+        if sys.modules.get("tensorflow") is package:
+            del sys.modules["tensorflow"]
+
+
+with _tensorflow_package_bare():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    from tensorflow_serving.apis import (  # noqa: F401 - the client's protos, imported here
+        get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+        prediction_service_pb2_grpc)
+
+# The field each dtype's values are in, and its numpy type (`tensor_array`).
+_TYPED_FIELDS = {
+    types_pb2.DT_FLOAT: ("float_val", np.float32),
+    types_pb2.DT_INT32: ("int_val", np.int32),
+    types_pb2.DT_INT64: ("int64_val", np.int64),
+    types_pb2.DT_STRING: ("string_val", object),
+}
+
+
+def string_tensor(values: Sequence[bytes]) -> tensor_pb2.TensorProto:
+    """A ``string [N]`` TensorProto of `values` (bytes each)."""
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+    proto.tensor_shape.dim.add().size = len(values)
+    proto.string_val.extend(values)
+    return proto
+
+
+def float_tensor(values: Sequence[float]) -> tensor_pb2.TensorProto:
+    """A ``float32 [N]`` TensorProto of `values`, in ``tensor_content`` (little-endian
+    float32, as ``tf.make_tensor_proto`` packs more than one value) or, for one value, in
+    ``float_val``."""
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    proto.tensor_shape.dim.add().size = len(values)
+    array = np.asarray(values, dtype="<f4")
+    if array.size > 1:
+        proto.tensor_content = array.tobytes()
+    else:
+        proto.float_val.extend(array.tolist())
+    return proto
+
+
+def tensor_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """The numpy array a TensorProto holds, as ``tf.make_ndarray`` reads it: from
+    ``tensor_content`` where it is set (TF Serving may pack numbers so), else from the
+    dtype's typed field, whose last value fills the shape where it holds fewer
+    (``tf.make_tensor_proto`` writes a constant so). ValueError for a dtype a Predict
+    call of the export's signatures does not hold."""
+    if proto.dtype not in _TYPED_FIELDS:
+        raise ValueError(f"a tensor of dtype {types_pb2.DataType.Name(proto.dtype)}, which "
+                         f"this client does not read")
+    field, dtype = _TYPED_FIELDS[proto.dtype]
+    shape = [d.size for d in proto.tensor_shape.dim]
+    count = int(np.prod(shape, dtype=np.int64))
+    if proto.tensor_content and dtype is not object:
+        return np.frombuffer(proto.tensor_content, np.dtype(dtype).newbyteorder("<")
+                             ).astype(dtype).reshape(shape)
+    values = list(getattr(proto, field))
+    if len(values) < count:
+        values += [values[-1] if values else (b"" if dtype is object else 0)] * (
+            count - len(values))
+    return np.array(values, dtype=dtype).reshape(shape)

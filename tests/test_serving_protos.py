@@ -1,0 +1,64 @@
+"""The client's TensorProtos without TensorFlow: the requests it fills are those
+`tf.make_tensor_proto` makes, and the responses it reads give what `tf.make_ndarray` gives,
+whether a server answers in typed fields (ofrnn-serve) or packs `tensor_content`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ofrnn_tf.serving.local_server import typed_tensor_proto
+from ofrnn_tf.serving.protos import float_tensor, string_tensor, tensor_array
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_the_request_tensors_are_those_tensorflow_makes(n):
+    images = [RNG.bytes(int(k)) for k in RNG.integers(0, 40, n)]
+    thresholds = RNG.random(n).tolist()
+    assert string_tensor(images) == tf.make_tensor_proto(images, dtype=tf.string, shape=[n])
+    made = tf.make_tensor_proto(thresholds, tf.float32, shape=[n])
+    assert float_tensor(thresholds) == made
+    assert float_tensor(thresholds).SerializeToString() == made.SerializeToString()
+
+
+def outputs(n: int, steps: int = 4, classes: int = 10) -> dict[str, np.ndarray]:
+    """Random arrays of the served outputs' dtypes and shapes, and an int64 one."""
+    names = np.array([[RNG.choice([b"", b"Bag", "Kleid".encode()]) for _ in range(steps)]
+                      for _ in range(n)], dtype=object).reshape(n, steps)
+    return {"labels": RNG.integers(-1, classes, (n, steps)).astype(np.int32),
+            "label_names": names,
+            "num_labels": RNG.integers(0, steps + 1, n).astype(np.int32),
+            "scores": RNG.random((n, classes), dtype=np.float32),
+            "log_prob": -RNG.random(n, dtype=np.float32) * 5,
+            "ids64": RNG.integers(-2 ** 40, 2 ** 40, (n, 2))}
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("packing", ["tensorflow", "typed_fields"])
+def test_the_response_tensors_read_as_tensorflow_reads_them(n, packing):
+    for key, value in outputs(n).items():
+        # tf.make_tensor_proto packs several numbers in tensor_content; ofrnn-serve does not.
+        proto = (tf.make_tensor_proto(value) if packing == "tensorflow"
+                 else typed_tensor_proto(value))
+        if packing == "tensorflow" and value.dtype != object and value.size > 1:
+            assert proto.tensor_content
+        expected, read = tf.make_ndarray(proto), tensor_array(proto)
+        assert read.dtype == expected.dtype and read.shape == expected.shape, key
+        np.testing.assert_array_equal(read, expected, err_msg=key)
+
+
+def test_a_tensor_of_fewer_values_than_its_shape_is_filled_with_the_last():
+    for proto in (tf.make_tensor_proto(0.25, tf.float32, shape=[2, 3]),
+                  tf.make_tensor_proto(7, tf.int32, shape=[4]),
+                  tf.make_tensor_proto([b"a"], tf.string, shape=[3]),
+                  tf.make_tensor_proto([], tf.float32, shape=[0, 2])):
+        np.testing.assert_array_equal(tensor_array(proto), tf.make_ndarray(proto))
+        assert tensor_array(proto).shape == tf.make_ndarray(proto).shape
+
+
+def test_a_dtype_the_client_does_not_read_is_said():
+    with pytest.raises(ValueError, match="DT_HALF, which this client does not read"):
+        tensor_array(tf.make_tensor_proto(np.zeros(2, np.float16)))
