@@ -29,6 +29,7 @@ from absl import app, flags
 
 from ofrnn_tf.cli import runner
 from ofrnn_tf.cli.image_inputs import expand_inputs, merge_results
+from ofrnn_tf.serving.client import predict_files, unreachable
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version, spawn,
                                               stop, wait_until_listening)
 
@@ -69,8 +70,6 @@ def demo(export_dir: str, inputs: Sequence[str], model_name: str = DEFAULT_MODEL
     print(f"starting the local server on {base} ...", file=sys.stderr, flush=True)
     proc = spawn(base, model_name)
     try:
-        from ofrnn_tf.serving.client import predict_files  # beside the child's start
-
         target = wait_until_listening(proc, timeout)
         print(f"serving on {target}; sending {len(image_paths)} image(s)", file=sys.stderr,
               flush=True)
@@ -92,7 +91,8 @@ def main(argv: Sequence[str]) -> None:
     except (ValueError, OSError, RuntimeError) as e:  # OSError: a folder this user may not read
         sys.exit(f"grpc_demo: {e}")
     except grpc.RpcError as e:
-        sys.exit(f"grpc_demo: server refused the request: {e.code().name}: {e.details()}")
+        what = ("could not reach its server" if unreachable(e) else "server refused the request")
+        sys.exit(f"grpc_demo: {what}: {e.code().name}: {e.details()}")
     for result in results:
         print(json.dumps(result))
     if all("error" in r for r in results):

@@ -654,3 +654,24 @@ def test_resume_does_not_count_its_own_report_in_an_input_folder(tmp_path):
     assert expand_inputs([str(photos)], str(report)) == first
     assert str(report) in str(expand_inputs([str(photos)]))  # another command's file is listed
     assert command.resumed_lines(str(report), first) == (2, len(report.read_bytes()))
+
+
+def test_a_server_on_this_machine_is_reached_past_a_proxy_the_environment_names(
+        serve, tmp_path, monkeypatch):
+    """gRPC sends calls through the proxy of `https_proxy` unless `no_proxy` lists the host,
+    which seldom holds 127.0.0.1: a host reaching out through a proxy could not call its
+    own server. A remote server's unreachable line names the proxy its calls went through."""
+    target, _ = serve()
+    for name in ("no_proxy", "no_grpc_proxy", "NO_PROXY", "grpc_proxy", "https_proxy",
+                 "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:1")  # nothing listens on port 1
+    [path] = files(tmp_path, [png(10)])
+    [result] = client.predict_files(target, [path], wait_for_server=0)
+    assert result["labels"] == ["x"], result
+    localhost = "localhost:" + target.rpartition(":")[2]
+    assert [client._loopback(t) for t in (target, localhost, "[::1]:8500", "10.0.0.1:8500",
+                                          "serving.example:8500")] == [True] * 3 + [False] * 2
+    assert client.proxy_note(target) == ""
+    note = client.proxy_note("serving.example:8500")
+    assert "https_proxy=http://127.0.0.1:1" in note and "no_grpc_proxy" in note

@@ -146,12 +146,13 @@ def stop_reason(error: grpc.RpcError, server: str, timeout: float,
     """Why the command stopped, in one line (TF Serving's details of a failed Assert span
     two, with node names): what `server` answered, or that it could not be reached within
     ``--wait_for_server``, or that it did not answer within ``--timeout``."""
-    from ofrnn_tf.serving.client import unreachable
+    from ofrnn_tf.serving.client import proxy_note, unreachable
 
     reason = reason_text(error.details() or "")
     if unreachable(error):
         waited = f" within --wait_for_server={wait_for_server:g} s" if wait_for_server else ""
-        return f"{server} could not be reached{waited} (UNAVAILABLE: {reason})"
+        return (f"{server} could not be reached{waited} (UNAVAILABLE: {reason}"
+                f"{proxy_note(server)})")
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return (f"{server} did not answer a request within --timeout={timeout:g} s "
                 f"(DEADLINE_EXCEEDED): raise --timeout (inf: no limit), or lower --batch_size "

@@ -18,7 +18,9 @@ Python::
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import re
 import time
 from typing import Iterator, Sequence
@@ -50,16 +52,48 @@ UNREACHABLE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 # The longest wait of a channel between attempts to connect: gRPC's own grows to 120 s, so a
 # server back after a minute would be found up to two minutes late.
 MAX_RECONNECT_BACKOFF_MS = 2000
+# The variables gRPC takes an HTTP proxy from, the first one set winning.
+PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy")
 
 
 def make_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
     """An insecure channel to ``host:port`` with raised message size limits, which tries to
-    connect again at least every `MAX_RECONNECT_BACKOFF_MS` while the server is away."""
-    return grpc.insecure_channel(target, options=[
+    connect again at least every `MAX_RECONNECT_BACKOFF_MS` while the server is away. A
+    server on this machine is reached directly, whatever proxy the environment names."""
+    options = [
         ("grpc.max_send_message_length", int(max_message_bytes)),
         ("grpc.max_receive_message_length", int(max_message_bytes)),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
-    ])
+    ]
+    if _loopback(target):
+        # gRPC sends every call through a proxy named in `PROXY_VARIABLES` but to the hosts
+        # `no_proxy` lists, which seldom holds 127.0.0.1: a host that reaches out through
+        # a proxy would send the calls to its own server there, and they would fail.
+        options.append(("grpc.enable_http_proxy", 0))
+    return grpc.insecure_channel(target, options=options)
+
+
+def _loopback(target: str) -> bool:
+    """Whether ``host:port`` names this machine's loopback (localhost, 127.0.0.0/8, ::1)."""
+    host = target.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_note(target: str) -> str:
+    """The proxy a call to `target` goes through, as a clause for a message that says the
+    server could not be reached (empty where none: a loopback target, no variable set)."""
+    if _loopback(target):
+        return ""
+    for name in PROXY_VARIABLES:
+        if os.environ.get(name):
+            return (f"; the call went through the proxy {name}={os.environ[name]} (a server "
+                    f"reached directly: list its host in no_grpc_proxy)")
+    return ""
 
 
 def _model_spec(spec, model_name: str, signature_name: str | None = None, version: int | None = None) -> None:
@@ -193,8 +227,8 @@ def _reaching(target: str, wait_for_server: float, call):
             if started is None:
                 started = now
                 say(f"[client] {target} could not be reached "
-                    f"({reason_text(error.details() or '')}): trying again for up to "
-                    f"{wait_for_server:g} s (--wait_for_server)")
+                    f"({reason_text(error.details() or '')}{proxy_note(target)}): trying "
+                    f"again for up to {wait_for_server:g} s (--wait_for_server)")
             left = started + wait_for_server - now
             if left <= 0:
                 raise
