@@ -353,22 +353,11 @@ def test_label_map_mismatch_is_refused_naming_both(tmp_path, source):
     assert os.path.join(out, "val.json") in str(err.value)
 
 
-def test_missing_source_and_bad_config(tmp_path, monkeypatch):
+def test_missing_source_and_bad_config(tmp_path, keras_caches):
     # DataNotFoundError: every command says it in one line (`cli.input_errors`).
     with pytest.raises(DataNotFoundError, match="dataset-fashion-mnist"):
         fc.build_fashion_canvases(str(tmp_path / "x"), source_dir=str(tmp_path / "none"),
                                   allow_download=False, progress=False)
-    import keras
-
-    def offline():
-        raise OSError("URL fetch failure: Connection refused")
-
-    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
-    with pytest.raises(DataNotFoundError, match=r"install the Debian package dataset-fashion-"
-                                                r"mnist, or copy the four \*-ubyte.gz files to "
-                                                r"~/.keras/datasets/fashion-mnist/ .*\) and .* "
-                                                r"failed: URL fetch failure"):
-        fc.load_fashion_mnist(str(tmp_path / "none"), allow_download=True)
     with pytest.raises(ValueError, match="item_size_range"):
         fc.CanvasConfig(canvas_size=64, item_size_range=(40, 100))
     with pytest.raises(ValueError, match="min_items"):
@@ -377,6 +366,130 @@ def test_missing_source_and_bad_config(tmp_path, monkeypatch):
         with pytest.raises(ValueError, match=r"item_size_range must be two whole numbers "
                                              r"\(min, max\)"):
             fc.CanvasConfig(item_size_range=one_number)
+
+
+@pytest.fixture()
+def keras_caches(tmp_path, monkeypatch):
+    """The three folders keras.datasets may cache Fashion-MNIST in, this test's own:
+    ``{"keras_home": $KERAS_HOME's, "home": ~/.keras's, "tmp": /tmp/.keras's}``."""
+    from ofrnn_tf import downloads
+
+    homes = {"keras_home": tmp_path / "keras_home", "home": tmp_path / "home" / ".keras",
+             "tmp": tmp_path / "tmp" / ".keras"}
+    monkeypatch.setenv("KERAS_HOME", str(homes["keras_home"]))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(downloads, "_tmp_keras_home", lambda: str(homes["tmp"]))
+    return {name: str(home / "datasets" / "fashion-mnist") for name, home in homes.items()}
+
+
+@pytest.fixture()
+def no_download(monkeypatch):
+    """keras.datasets cannot download anything (as offline); each attempt is counted."""
+    import keras
+
+    attempts = []
+
+    def offline(*args, **kwargs):
+        attempts.append(args or kwargs)
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    return attempts
+
+
+def test_copies_where_keras_caches_them_are_found_in_turn_without_the_network(
+        tmp_path, keras_caches, no_download, monkeypatch):
+    # A read-only home (a service user's, a mounted volume): keras would skip its copy.
+    home = os.path.dirname(os.path.dirname(os.path.dirname(keras_caches["home"])))
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        not os.fspath(path).startswith(home) and writable(path, mode, **kw)))
+    none = str(tmp_path / "none")
+    for name in ("tmp", "home", "keras_home"):  # each found before the one made earlier
+        _fake_fashion_mnist(keras_caches[name], n_train=20 + len(name))
+        data, source = fc.load_fashion_mnist(none)
+        assert source == keras_caches[name] and len(data["train"][0]) == 20 + len(name)
+    assert fc.load_fashion_mnist(_fake_fashion_mnist(tmp_path / "debian")[0])[1] == str(
+        tmp_path / "debian")
+    assert fc.fashion_mnist_folders(none) == [none, keras_caches["keras_home"],
+                                              keras_caches["home"], keras_caches["tmp"]]
+    assert no_download == []
+
+
+def test_a_damaged_cached_copy_is_named_with_its_remedy(tmp_path, keras_caches, no_download):
+    from ofrnn_tf.cli import InputFileError, refusal
+
+    cached = keras_caches["keras_home"]
+    _fake_fashion_mnist(cached)
+    images = os.path.join(cached, "train-images-idx3-ubyte.gz")
+    with open(images, "rb") as f:
+        whole = f.read()
+    with open(images, "wb") as f:
+        f.write(whole[:len(whole) // 2])  # a copy cut short
+    with pytest.raises(fc.BenchmarkSourceError) as info:
+        fc.load_fashion_mnist(str(tmp_path / "none"))
+    assert str(info.value).startswith(f"cannot read IDX file {images}: ")
+    assert str(info.value).endswith(
+        f"; replace the file (copy it again, or delete it and keras.datasets downloads it "
+        f"into {cached})")
+    assert no_download == []
+    # The remedy is in a file, not in the command's flags: no --help pointer.
+    assert isinstance(refusal(info.value), InputFileError)
+
+
+def test_offline_without_a_copy_the_folders_searched_are_named(tmp_path, keras_caches,
+                                                                monkeypatch):
+    import socket
+
+    import keras
+    from ofrnn_tf.cli import InputFileError, refusal
+    from ofrnn_tf.downloads import DOWNLOAD_SOCKET_TIMEOUT_S
+
+    timeouts = []
+
+    def offline(*args, **kwargs):
+        timeouts.append(socket.getdefaulttimeout())
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    none = str(tmp_path / "none")
+    with pytest.raises(DataNotFoundError) as info:
+        fc.load_fashion_mnist(none)
+    folders = [none, keras_caches["keras_home"], keras_caches["home"], keras_caches["tmp"]]
+    assert str(info.value) == (
+        f"Fashion-MNIST is not available: none of {', '.join(folders)} holds its four "
+        f"*-ubyte.gz IDX files (install the Debian package dataset-fashion-mnist, or copy the "
+        f"four files to one of these folders), and downloading them into "
+        f"{keras_caches['keras_home']} failed: URL fetch failure: [Errno -3] Temporary "
+        f"failure in name resolution")
+    # A network that drops packets holds a download no longer than the backbones'.
+    assert timeouts == [DOWNLOAD_SOCKET_TIMEOUT_S] and socket.getdefaulttimeout() is None
+    # No flag of the command fixes it: no --help pointer.
+    assert isinstance(refusal(info.value), InputFileError)
+    with pytest.raises(DataNotFoundError, match=f"none of {none}, .* holds its four"):
+        fc.load_fashion_mnist(none, allow_download=False)
+
+
+def test_keras_downloads_into_its_cache_and_the_files_are_read_from_there(
+        tmp_path, keras_caches, monkeypatch):
+    import keras
+
+    fetched = _fake_fashion_mnist(tmp_path / "server")[0]
+
+    def download(fname, origin, cache_subdir):
+        assert origin == "https://storage.googleapis.com/tensorflow/tf-keras-datasets/" + fname
+        folder = os.path.join(os.environ["KERAS_HOME"], cache_subdir)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(fetched, fname), "rb") as f, \
+                open(os.path.join(folder, fname), "wb") as out:
+            out.write(f.read())
+        return os.path.join(folder, fname)
+
+    monkeypatch.setattr(keras.utils, "get_file", download)
+    data, source = fc.load_fashion_mnist(str(tmp_path / "none"))
+    assert source == keras_caches["keras_home"] and len(data["test"][0]) == 20
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(

@@ -508,6 +508,7 @@ class InputFileError(app.UsageError):
 def refusal(error: Exception) -> app.UsageError:
     """The usage error that says one of `input_errors()` in one line."""
     from ofrnn_tf.data import DataFileError
+    from ofrnn_tf.data.fashion_canvases import BenchmarkSourceError
     from ofrnn_tf.data.splits import SplitEmptiedError
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
@@ -522,7 +523,7 @@ def refusal(error: Exception) -> app.UsageError:
                      FeatureCacheDamagedError, LabelMapMismatchError, DamagedCheckpointError,
                      DamagedRunFileError, RunInUseError, IncompatibleRunError,
                      RunFolderNotReadableError, RunFolderNotWritableError, UnfinishedRunError,
-                     NonFiniteLossError, BackboneWeightsUnavailableError)
+                     NonFiniteLossError, BackboneWeightsUnavailableError, BenchmarkSourceError)
     return (InputFileError if isinstance(error, not_the_flags) else app.UsageError)(str(error))
 
 

@@ -79,9 +79,12 @@ and the same with scenes (the item counts of a scene replace --min_items/--max_i
     python -m ofrnn_tf.data.fashion_canvases --out_dir=/tmp/fashion_outfits \\
         --scenes=outfits
 
-Source: the Debian package ``dataset-fashion-mnist`` (IDX files under
-``/usr/share/datasets/fashion-mnist``), else ``keras.datasets.fashion_mnist``
-(downloads). Fashion-MNIST: Xiao, Rasul, Vollgraf 2017, MIT licence.
+Source: the four ``*-ubyte.gz`` IDX files of the Debian package ``dataset-fashion-mnist``
+(under ``/usr/share/datasets/fashion-mnist``), else a copy where keras.datasets caches
+them (``$KERAS_HOME/datasets/fashion-mnist``, ``~/.keras/datasets/fashion-mnist`` or
+``/tmp/.keras/datasets/fashion-mnist``, read even where keras would not: from a read-only
+home), else keras.datasets downloads them (`load_fashion_mnist`). Fashion-MNIST: Xiao,
+Rasul, Vollgraf 2017, MIT licence.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ from PIL import Image
 from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
+from ofrnn_tf.downloads import keras_cache_candidates, keras_cache_dir, socket_timeout
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
@@ -123,6 +127,15 @@ _OBJECT_THRESHOLD = 0.1
 _PLACEMENT_TRIES = 40
 _IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
               "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+# Where keras.datasets.fashion_mnist downloads the four files from, and caches them.
+_DOWNLOAD_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+_KERAS_CACHE_SUBDIR = os.path.join("datasets", "fashion-mnist")
+
+
+class BenchmarkSourceError(DataNotFoundError):
+    """Fashion-MNIST, the benchmark's source, cannot be had: no folder searched holds its
+    four files and they could not be downloaded, or a file found does not read. The remedy
+    is a package, a copy of the files or the network, not a flag."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,15 +292,17 @@ def _pair(name: str, value: Any) -> tuple[int, int]:
 
 # -- source ------------------------------------------------------------------------
 
-def read_idx(path: str) -> np.ndarray:
-    """Reads a (gzipped) IDX file of unsigned bytes into a numpy array."""
+def read_idx(path: str, remedy: str = "reinstall the Debian package dataset-fashion-mnist"
+             ) -> np.ndarray:
+    """Reads a (gzipped) IDX file of unsigned bytes into a numpy array; a file that does
+    not read is named, with `remedy` (how to get it whole again)."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:  # EOFError: a gzip file cut short
-        raise OSError(f"cannot read IDX file {path}: {e}; replace the file (reinstall the "
-                      f"Debian package dataset-fashion-mnist)") from None
+        raise OSError(f"cannot read IDX file {path}: {e}; replace the file ({remedy})"
+                      ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     if data[2] != 0x08:
@@ -302,50 +317,95 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def fashion_mnist_folders(source_dir: str = DEFAULT_SOURCE_DIR) -> list[str]:
+    """The folders searched for Fashion-MNIST's four ``*-ubyte.gz`` files, in turn:
+    `source_dir` (the Debian package's), then where keras.datasets caches them,
+    ``$KERAS_HOME/datasets/fashion-mnist``, ``~/.keras/datasets/fashion-mnist`` and
+    ``/tmp/.keras/datasets/fashion-mnist`` (keras's fallback where home is read-only).
+
+    Each is read wherever it is, writable or not: keras itself skips a read-only home's
+    copies."""
+    return list(dict.fromkeys([source_dir, *keras_cache_candidates(_KERAS_CACHE_SUBDIR)]))
+
+
+def _has_idx_files(folder: str) -> bool:
+    return all(os.path.exists(os.path.join(folder, n))
+               for names in _IDX_FILES.values() for n in names)
+
+
+def _read_idx_folder(folder: str, remedy: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    data = {}
+    for split, names in _IDX_FILES.items():
+        img_path, lab_path = (os.path.join(folder, n) for n in names)
+        try:
+            images, labels = read_idx(img_path, remedy), read_idx(lab_path, remedy)
+        except OSError as e:  # says the remedy already
+            raise BenchmarkSourceError(str(e)) from None
+        except ValueError as e:
+            raise BenchmarkSourceError(f"{e}; replace the file ({remedy})") from None
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise BenchmarkSourceError(
+                f"{img_path} / {lab_path}: shapes {images.shape} and {labels.shape} do not "
+                f"form an image set; replace the files ({remedy})")
+        if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+            raise BenchmarkSourceError(f"{lab_path}: label {labels.max()} outside 0..9; "
+                                       f"replace the file ({remedy})")
+        data[split] = (images, labels)
+    return data
+
+
+def _remedy(folder: str) -> str:
+    """How to get a damaged file of `folder` whole again."""
+    if folder == DEFAULT_SOURCE_DIR:
+        return "reinstall the Debian package dataset-fashion-mnist"
+    if folder in keras_cache_candidates(_KERAS_CACHE_SUBDIR):
+        return (f"copy it again, or delete it and keras.datasets downloads it into "
+                f"{keras_cache_dir(_KERAS_CACHE_SUBDIR)}")
+    return "copy it again"
+
+
 def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
                        allow_download: bool = True
                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
-    """Returns ``({"train": (images, labels), "test": ...}, description of the source)``.
+    """Returns ``({"train": (images, labels), "test": ...}, the folder read)``.
 
-    Images are uint8 [N, 28, 28], labels uint8 [N] in 0..9. Reads the IDX files of
-    ``source_dir``; when they are absent and `allow_download`, falls back to
-    ``keras.datasets.fashion_mnist.load_data()``.
+    Images are uint8 [N, 28, 28], labels uint8 [N] in 0..9. Reads the IDX files of the
+    first of `fashion_mnist_folders` that holds all four; where none does and
+    `allow_download`, keras.datasets downloads them into its cache first (each connection
+    bounded by `DOWNLOAD_SOCKET_TIMEOUT_S`). `BenchmarkSourceError` names a file that does
+    not read, or the folders searched.
     """
-    paths = {split: [os.path.join(source_dir, n) for n in names]
-             for split, names in _IDX_FILES.items()}
-    if all(os.path.exists(p) for ps in paths.values() for p in ps):
-        data = {}
-        for split, (img_path, lab_path) in paths.items():
-            images, labels = read_idx(img_path), read_idx(lab_path)
-            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-                raise ValueError(f"{img_path} / {lab_path}: shapes {images.shape} and "
-                                 f"{labels.shape} do not form an image set")
-            if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-                raise ValueError(f"{lab_path}: label {labels.max()} outside 0..9")
-            data[split] = (images, labels)
-        return data, source_dir
+    folders = fashion_mnist_folders(source_dir)
+    for folder in folders:
+        if _has_idx_files(folder):
+            if folder != source_dir:
+                print(f"Fashion-MNIST: {source_dir} lacks the IDX files, read {folder}",
+                      file=sys.stderr)
+            return _read_idx_folder(folder, _remedy(folder)), folder
 
-    missing = [p for ps in paths.values() for p in ps if not os.path.exists(p)]
+    searched = ", ".join(folders)
+    advice = ("install the Debian package dataset-fashion-mnist, or copy the four files to "
+              "one of these folders")
     if not allow_download:
-        raise DataNotFoundError(
-            f"Fashion-MNIST IDX files missing: {missing}. Install the Debian package "
-            f"dataset-fashion-mnist or point source_dir at the four *-ubyte.gz files.")
+        raise BenchmarkSourceError(f"Fashion-MNIST is not available: none of {searched} "
+                                   f"holds its four *-ubyte.gz IDX files; {advice}")
+    cache = keras_cache_dir(_KERAS_CACHE_SUBDIR)
     try:
         import keras  # deferred: importing keras starts TensorFlow
 
-        (x_tr, y_tr), (x_te, y_te) = keras.datasets.fashion_mnist.load_data()
-    except Exception as e:  # noqa: BLE001 - any failure gets the same advice
-        raise DataNotFoundError(
-            f"Fashion-MNIST is not available: the IDX files are missing ({missing[0]} "
-            f"and others; install the Debian package dataset-fashion-mnist, or copy the "
-            f"four *-ubyte.gz files to ~/.keras/datasets/fashion-mnist/ or "
-            f"$KERAS_HOME/datasets/fashion-mnist/, where keras.datasets reads them) and "
-            f"keras.datasets.fashion_mnist.load_data() failed: {e}") from e
-    print(f"Fashion-MNIST: {source_dir} lacks the IDX files, used keras.datasets",
+        with socket_timeout():
+            for names in _IDX_FILES.values():
+                for name in names:
+                    path = keras.utils.get_file(name, origin=_DOWNLOAD_ORIGIN + name,
+                                                cache_subdir=_KERAS_CACHE_SUBDIR)
+        cache = os.path.dirname(path)  # keras's, should its home differ from ours
+    except Exception as e:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception
+        raise BenchmarkSourceError(
+            f"Fashion-MNIST is not available: none of {searched} holds its four *-ubyte.gz "
+            f"IDX files ({advice}), and downloading them into {cache} failed: {e}") from None
+    print(f"Fashion-MNIST: {source_dir} lacks the IDX files, downloaded them into {cache}",
           file=sys.stderr)
-    data = {"train": (np.asarray(x_tr, np.uint8), np.asarray(y_tr, np.uint8)),
-            "test": (np.asarray(x_te, np.uint8), np.asarray(y_te, np.uint8))}
-    return data, "keras.datasets.fashion_mnist"
+    return _read_idx_folder(cache, _remedy(cache)), cache
 
 
 # -- layout ------------------------------------------------------------------------
