@@ -2,17 +2,11 @@
 # Creates .venv with ofrnn_tf and its test tools, and (as root) installs the Debian
 # package that holds Fashion-MNIST, the source of the embedded benchmark.
 # Idempotent: a second run only checks that everything is in place, and installs again
-# where setup.cfg or pyproject.toml changed since.
+# where setup.cfg or pyproject.toml changed since (offline, it goes on with the .venv it
+# has, and tries again next time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "[setup] installing Debian package dataset-fashion-mnist" >&2
-  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }) \
-    || echo "[setup] dataset-fashion-mnist not installable; falling back to keras.datasets at run time" >&2
-fi
 
 if [ -L .venv/bin/python ] && [ ! -x .venv/bin/python ] && [ ! -O .venv/pyvenv.cfg ]; then
   # Another user's .venv whose link leads nowhere this user may go (made from a Python
@@ -42,15 +36,55 @@ if [ "$sources" != "$(cat "$stamp" 2>/dev/null)" ]; then
   # compile TensorFlow's sources again on import (12 s instead of 5 here).
   # What the tools say goes to stderr: stdout is the caller's (bash scripts/main.sh >
   # results.txt).
-  if .venv/bin/python -m pip install -q uv >/dev/null 2>&1 \
-      && .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python \
-        -e ".[dev]" >&2; then
-    :
+  install_package() {
+    if .venv/bin/python -m pip install -q uv >/dev/null 2>&1; then
+      .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python \
+        -e ".[dev]" >&2 && return 0
+      echo "[setup] uv failed; installing with pip (a few minutes)" >&2
+    else
+      echo "[setup] uv unavailable; installing with pip (a few minutes)" >&2
+    fi
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null \
+      && .venv/bin/python -m pip install -q -e ".[dev]" >&2
+  }
+  if install_package; then
+    .venv/bin/python -m pip check >&2
+    printf '%s\n' "$sources" > "$stamp"
+  elif .venv/bin/python -c 'import ofrnn_tf' >/dev/null 2>&1; then
+    # Offline after an update: the .venv made before still runs. No new stamp, so the
+    # next run tries again.
+    echo "[setup] could not reach the package index: using the existing .venv, installed" \
+      "from an earlier setup.cfg; rerun when online" >&2
   else
-    echo "[setup] uv unavailable; installing with pip (a few minutes)" >&2
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e ".[dev]" >&2
+    echo "[setup] could not install ofrnn_tf[dev] into .venv" >&2
+    exit 1
   fi
-  .venv/bin/python -m pip check >&2
-  printf '%s\n' "$sources" > "$stamp"
+fi
+
+# The Debian package that holds Fashion-MNIST (as root, where apt-get is): not where the
+# benchmark's loader already finds the four files (the package's folder, or a copy in
+# keras's cache folders), nor again after apt-get failed (no network, no such package):
+# a marker in .venv says so, and removing it tries again.
+apt_failed=.venv/.fashion-mnist-apt-failed
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && ! .venv/bin/python -c 'import sys
+from ofrnn_tf.data.fashion_canvases import find_fashion_mnist
+sys.exit(find_fashion_mnist() is None)' >/dev/null 2>&1; then
+  if [ -e "$apt_failed" ]; then
+    echo "[setup] dataset-fashion-mnist: not tried again, apt-get failed before (rm" \
+      "$apt_failed to try again); the benchmark downloads Fashion-MNIST" >&2
+  else
+    echo "[setup] installing Debian package dataset-fashion-mnist (this needs the network)" >&2
+    apt=(apt-get -q -o Acquire::Retries=0 -o Acquire::http::Timeout=10
+         -o Acquire::https::Timeout=10)
+    if ! { "${apt[@]}" install -y dataset-fashion-mnist >/dev/null 2>&1 \
+        || { "${apt[@]}" update >/dev/null 2>&1 \
+          && "${apt[@]}" install -y dataset-fashion-mnist >/dev/null 2>&1; }; }; then
+      echo "apt-get could not install dataset-fashion-mnist on $(date -u +%FT%TZ);" \
+        "rm $apt_failed to try again" > "$apt_failed"
+      echo "[setup] dataset-fashion-mnist not installable (not tried again until $apt_failed" \
+        "is removed); the benchmark downloads Fashion-MNIST at run time, or reads the four" \
+        "*-ubyte.gz files copied to ~/.keras/datasets/fashion-mnist/" >&2
+    fi
+  fi
 fi

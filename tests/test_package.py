@@ -167,3 +167,77 @@ def test_setup_env_installs_what_changed_whatever_the_files_dates(tmp_path):
     project.write_text("[build-system]\nrequires = [\"setuptools\"]\n")
     os.utime(project, (installed_at - 3600, installed_at - 3600))
     assert installs() == 3
+
+
+def _fake_python(tmp_path: Path, body: str) -> Path:
+    """A .venv python that logs its arguments to ``calls.log`` and then runs the sh `body`
+    (a ``case "$*"`` over them); returns the log."""
+    log = tmp_path / "calls.log"
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> {log}\ncd {tmp_path}\n'
+                      f'case "$*" in\n{body}\nesac\n')
+    python.chmod(0o755)
+    return log
+
+
+def test_setup_env_tries_apt_only_where_fashion_mnist_is_not_found_and_not_after_a_failure(
+        tmp_path):
+    _scripts_with_a_recording_python(tmp_path, "setup_env.sh")
+    _fake_python(tmp_path, "*find_fashion_mnist*) [ -e found ];;\n*) exit 0;;")
+    (tmp_path / "setup.cfg").write_text("")
+    (tmp_path / "pyproject.toml").write_text("")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "apt-get").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path / 'apt.log'}\nexit 1\n")
+    (tools / "id").write_text("#!/bin/sh\necho 0\n")  # as root
+    for tool in ("apt-get", "id"):
+        (tools / tool).chmod(0o755)
+    apt_log, marker = tmp_path / "apt.log", tmp_path / ".venv" / ".fashion-mnist-apt-failed"
+
+    (tmp_path / "found").write_text("")  # the loader finds the four files: no apt-get
+    assert _run_setup_env(tmp_path).returncode == 0 and not apt_log.exists()
+
+    (tmp_path / "found").unlink()
+    done = _run_setup_env(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("[setup] installing Debian package dataset-fashion-mnist (this needs the network)"
+            in done.stderr)
+    calls = apt_log.read_text().splitlines()
+    assert [c.split()[-1] for c in calls] == ["dataset-fashion-mnist", "update"]
+    assert all("-o Acquire::Retries=0 -o Acquire::http::Timeout=10" in c for c in calls)
+    assert marker.read_text().rstrip().endswith(
+        "rm .venv/.fashion-mnist-apt-failed to try again")
+
+    done = _run_setup_env(tmp_path)  # not again while the marker says apt-get failed
+    assert done.returncode == 0 and len(apt_log.read_text().splitlines()) == 2
+    assert "rm .venv/.fashion-mnist-apt-failed to try again" in done.stderr
+    marker.unlink()
+    assert _run_setup_env(tmp_path).returncode == 0
+    assert len(apt_log.read_text().splitlines()) == 4
+
+
+def test_setup_env_goes_on_offline_with_the_venv_it_has_after_an_update(tmp_path):
+    # A pulled setup.cfg on a host without the package index: the .venv made before runs.
+    _scripts_with_a_recording_python(tmp_path, "setup_env.sh")
+    _fake_python(tmp_path, '"-m pip install -q uv") exit 0;;\n'  # uv is there
+                           '"-m pip install"*) exit 1;;\n'  # the index is not
+                           '"-c import ofrnn_tf") [ -e importable ];;\n*) exit 0;;')
+    (tmp_path / ".venv" / "bin" / "uv").write_text("#!/bin/sh\necho 'dns error' >&2\nexit 1\n")
+    (tmp_path / "setup.cfg").write_text("[options]\ninstall_requires = numpy\n")
+    (tmp_path / "pyproject.toml").write_text("")
+    stamp = tmp_path / ".venv" / ".ofrnn_tf-installed"
+    stamp.write_text("1 2 setup.cfg\n3 4 pyproject.toml\n")  # an earlier setup.cfg's
+
+    (tmp_path / "importable").write_text("")
+    done = _run_setup_env(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "[setup] uv failed; installing with pip" in done.stderr
+    assert done.stderr.rstrip().endswith(
+        "[setup] could not reach the package index: using the existing .venv, installed from "
+        "an earlier setup.cfg; rerun when online")
+    assert stamp.read_text() == "1 2 setup.cfg\n3 4 pyproject.toml\n"  # tried again next time
+
+    (tmp_path / "importable").unlink()  # a .venv that does not run: nothing to go on with
+    done = _run_setup_env(tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.rstrip().endswith("[setup] could not install ofrnn_tf[dev] into .venv")

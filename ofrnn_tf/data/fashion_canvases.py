@@ -328,9 +328,13 @@ def fashion_mnist_folders(source_dir: str = DEFAULT_SOURCE_DIR) -> list[str]:
     return list(dict.fromkeys([source_dir, *keras_cache_candidates(_KERAS_CACHE_SUBDIR)]))
 
 
-def _has_idx_files(folder: str) -> bool:
-    return all(os.path.exists(os.path.join(folder, n))
-               for names in _IDX_FILES.values() for n in names)
+def find_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR) -> str | None:
+    """The first of `fashion_mnist_folders` that holds the four files (None: none does)."""
+    for folder in fashion_mnist_folders(source_dir):
+        if all(os.path.exists(os.path.join(folder, n))
+               for names in _IDX_FILES.values() for n in names):
+            return folder
+    return None
 
 
 def _read_idx_folder(folder: str, remedy: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -375,15 +379,14 @@ def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
     bounded by `DOWNLOAD_SOCKET_TIMEOUT_S`). `BenchmarkSourceError` names a file that does
     not read, or the folders searched.
     """
-    folders = fashion_mnist_folders(source_dir)
-    for folder in folders:
-        if _has_idx_files(folder):
-            if folder != source_dir:
-                print(f"Fashion-MNIST: {source_dir} lacks the IDX files, read {folder}",
-                      file=sys.stderr)
-            return _read_idx_folder(folder, _remedy(folder)), folder
+    folder = find_fashion_mnist(source_dir)
+    if folder is not None:
+        if folder != source_dir:
+            print(f"Fashion-MNIST: {source_dir} lacks the IDX files, read {folder}",
+                  file=sys.stderr)
+        return _read_idx_folder(folder, _remedy(folder)), folder
 
-    searched = ", ".join(folders)
+    searched = ", ".join(fashion_mnist_folders(source_dir))
     advice = ("install the Debian package dataset-fashion-mnist, or copy the four files to "
               "one of these folders")
     if not allow_download:
