@@ -542,6 +542,45 @@ def test_a_command_whose_home_cannot_be_written_gives_matplotlib_a_folder_of_its
     assert done.stdout.split() == ["None", str(tmp_path / "tmp" / ".cache" / "matplotlib")]
 
 
+def _command_under_cpu_quota(quota, visible: int, **given: str) -> tuple[list[str], str]:
+    """What a command sees of TensorFlow's thread variables under a made-up CPU quota on
+    `visible` cores, with `given` in its environment: the two variables and its stderr."""
+    script = ("import os\n"
+              "from ofrnn_tf import host_limits\n"
+              f"host_limits.cpu_quota = lambda *args: {quota!r}\n"
+              f"host_limits.visible_cpus = lambda: {visible}\n"
+              "from ofrnn_tf.cli import runner\n"
+              "def main(argv):\n"
+              "    print(os.environ.get('TF_NUM_INTRAOP_THREADS'),\n"
+              "          os.environ.get('TF_NUM_INTEROP_THREADS'))\n"
+              "runner(lambda: None, main)()\n")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TF_NUM_")}
+    env.update(given)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split(), done.stderr
+
+
+@pytest.mark.slow
+def test_a_command_under_a_cpu_quota_sizes_tensorflows_thread_pools_to_it():
+    # TensorFlow sizes its pools from the cores it sees: 64 threads on half a CPU's time
+    # would halve a server's throughput.
+    threads, said = _command_under_cpu_quota(0.5, 64)
+    assert threads == ["1", "1"]
+    assert said.strip() == (
+        "-c: a CPU quota of 0.5 lets this process use 1 of the 64 cores it sees: TensorFlow's "
+        "thread pools are sized to 1 (TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1; set "
+        "them to choose)")
+    threads, said = _command_under_cpu_quota(2.5, 64, TF_NUM_INTRAOP_THREADS="8")
+    assert threads == ["8", "3"] and "(TF_NUM_INTEROP_THREADS=3; set them" in said
+    # Both chosen, no quota, or a quota of all the cores seen: nothing changes or is said.
+    assert _command_under_cpu_quota(0.5, 64, TF_NUM_INTRAOP_THREADS="4",
+                                    TF_NUM_INTEROP_THREADS="2") == (["4", "2"], "")
+    assert _command_under_cpu_quota(None, 64) == (["None", "None"], "")
+    assert _command_under_cpu_quota(2, 2) == (["None", "None"], "")
+
+
 @pytest.mark.parametrize("given, why", [
     ("~/runs/a", f"no HOME and no passwd entry for uid {os.getuid()}"),
     ("~no_such_user_here/runs", "no user named 'no_such_user_here'")])

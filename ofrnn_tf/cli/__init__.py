@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - after the log level, which TensorFlow reads once
 
+from ofrnn_tf import host_limits  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.config.experiment import MAX_BEAM_SIZE  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.jsonio import DISK_FULL, out_of_room  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.status import printable, say  # noqa: E402 - imports no TensorFlow
@@ -61,8 +62,11 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
     output": `_StandardOutput`) and that a rerun keeps what is finished, or what
     `on_disk_full` says instead (where the work is done and a rerun would do it again),
     and exits with 1. A reader of stdout that goes away ends the command quietly, with
-    141, as SIGPIPE would."""
+    141, as SIGPIPE would. Under a CPU quota below the cores the process sees, TensorFlow's
+    thread pools are sized to the quota before it starts, in one line that says so
+    (`_threads_within_cpu_quota`)."""
     interrupts = _INTERRUPTS
+    threads_note = None  # what `_threads_within_cpu_quota` set, said once the flags parse
 
     def note_interrupt(signum, frame):
         interrupts.append(signum)
@@ -70,6 +74,8 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
 
     def usage_errors_in_one_line(argv):
         command = os.path.basename(sys.argv[0])
+        if threads_note:
+            say(f"{command}: {threads_note}")
         # TensorFlow imported before absl set up logging gave its logger a handler of
         # its own: absl's prints every record as well, so each would appear twice.
         std_logging.getLogger("tensorflow").handlers.clear()
@@ -114,7 +120,9 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
             return 1
 
     def run():
+        nonlocal threads_note
         _in_utf8_mode()
+        threads_note = _threads_within_cpu_quota()
         _matplotlib_folder_writable()
         _refuse_flags_not_utf8()
         # Help texts and messages say τ and ×: on a stdout that cannot hold them (an ASCII
@@ -138,6 +146,33 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
             sys.exit(128 + signal.SIGPIPE)
 
     return run
+
+
+# TensorFlow's thread pools: each sized from the environment variable where it is set
+# (read when TensorFlow starts running ops), else from the cores the process may run on.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def _threads_within_cpu_quota() -> Optional[str]:
+    """Sizes TensorFlow's thread pools to the CPUs this process may use
+    (`host_limits.usable_cpus`) where a CPU quota (``docker --cpus``, Kubernetes
+    ``limits.cpu``) leaves fewer than the cores it sees, which is what TensorFlow counts:
+    pools of the cores' size on a fraction of their time halved a server's throughput.
+    Sets the `THREAD_VARIABLES` not set already (so the programs the command starts, a
+    server, inherit them) and returns the line that says so; None, changing nothing,
+    where no quota is below the cores."""
+    unset = [name for name in THREAD_VARIABLES if not os.environ.get(name)]
+    if not unset:
+        return None
+    usable, visible = host_limits.usable_cpus(), host_limits.visible_cpus()
+    if usable >= visible:
+        return None
+    for name in unset:
+        os.environ[name] = str(usable)
+    quota = host_limits.cpu_quota()
+    return (f"a CPU quota of {quota:g} lets this process use {usable} of the {visible} cores "
+            f"it sees: TensorFlow's thread pools are sized to {usable} "
+            f"({' '.join(f'{name}={usable}' for name in unset)}; set them to choose)")
 
 
 # The file `disk_full` names for a write to stdout that a full disk stopped.

@@ -71,6 +71,7 @@ import tensorflow as tf
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.features.tfrecords import INPUT_THREADS, without_autotuning
+from ofrnn_tf.host_limits import memory_limit_mib
 from ofrnn_tf.metrics import mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.run_dir import (
@@ -260,62 +261,6 @@ def _digest(part: dict) -> list[int]:
 # at. The rest is the process's own: TensorFlow and the model (1.3 GB in the main job
 # besides what it keeps), and the allocator, which holds on to each pass's peak.
 _MEMORY_SHARE = 1 / 3
-# A cgroup limit this high is none (cgroup v1 writes "no limit" as 2^63 rounded to a page).
-_NO_LIMIT = 2 ** 60
-
-
-def _cgroup_limit_files(cgroup_root: str, proc_cgroup: str) -> list[str]:
-    """The files that may hold a memory limit of this process: those of its cgroup and of
-    every cgroup above it, under cgroup v2 (``memory.max``, in `cgroup_root` or its
-    ``unified`` folder) and v1 (``memory/…/memory.limit_in_bytes``)."""
-    files = []
-    with open(proc_cgroup) as lines:
-        for line in lines:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if not controllers:
-                places = [(cgroup_root, "memory.max"),
-                          (os.path.join(cgroup_root, "unified"), "memory.max")]
-            elif "memory" in controllers.split(","):
-                places = [(os.path.join(cgroup_root, "memory"), "memory.limit_in_bytes")]
-            else:
-                continue
-            parts = [part for part in path.split("/") if part]
-            # Walking up also finds a container's own limit, mounted as the root of its
-            # hierarchy while /proc names the path the host gave it.
-            files += [os.path.join(root, *parts[:depth], name) for root, name in places
-                      for depth in range(len(parts), -1, -1)]
-    return files
-
-
-def memory_limit_mib(cgroup_root: str = "/sys/fs/cgroup", proc: str = "/proc"
-                     ) -> Optional[tuple[float, str]]:
-    """``(MiB, what they are)``: the memory this process may use. The lowest memory limit
-    of its cgroup and those above it where one is set, else the system's ``MemAvailable``;
-    None where neither can be read (macOS)."""
-    limits = []
-    try:
-        files = _cgroup_limit_files(cgroup_root, os.path.join(proc, "self", "cgroup"))
-    except (OSError, ValueError):
-        files = []
-    for path in files:
-        try:
-            with open(path) as file:
-                text = file.read().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < _NO_LIMIT:
-            limits.append((int(text) / 2 ** 20, f"the limit of its cgroup, {path}"))
-    if limits:
-        return min(limits)
-    try:
-        with open(os.path.join(proc, "meminfo")) as lines:
-            for line in lines:
-                name, _, value = line.partition(":")
-                if name == "MemAvailable":
-                    return int(value.split()[0]) / 2 ** 10, "MemAvailable in /proc/meminfo"
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def memory_budget_mib(cache_records_mib: int, limit: Optional[tuple[float, str]] = None
