@@ -108,6 +108,7 @@ from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.downloads import keras_cache_candidates, keras_cache_dir, socket_timeout
+from ofrnn_tf.host_limits import usable_cpus
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
@@ -574,9 +575,11 @@ def _build_split(split: str, num: int, pool: np.ndarray, source_split: str,
 
     # Drawing consumes the split's generator, so it stays in order; each canvas is then
     # painted from its own generator, so painting in threads (NumPy and PIL release the
-    # GIL) gives the same files.
+    # GIL) gives the same files. One painter per core this process may use: more, as
+    # os.cpu_count() gives in a container of a few cores on a large host, each take a
+    # malloc arena (twice the memory) and time.
     coco_images, canvases, short, left_out = [], [], 0, 0
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as painters:
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as painters:
         for image_id in range(num):
             canvas_rng = np.random.default_rng(rng.integers(2**63))
             scene, items, drawn = draw(canvas_rng)
