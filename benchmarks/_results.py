@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from ofrnn_tf.host_limits import cpu_quota, usable_cpus, visible_cpus
+
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 _HEADER = ("# Benchmark results\n\nEach section is appended by a script under "
            "`benchmarks/`, with the command that produced it and the machine it ran on.\n")
@@ -55,15 +57,33 @@ def steal_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> f
 _STARTED = cpu_times()
 
 
+def cores(count: int) -> str:
+    """``1 core``, ``2 cores``."""
+    return f"{count} core{'' if count == 1 else 's'}"
+
+
+def usable_cores() -> str:
+    """The cores the benchmark could use (`usable_cpus`): those it may run on, fewer under
+    a CPU quota, which is shown where one is set (``2 cores usable of 64 visible, CPU
+    quota 1.5``)."""
+    usable, visible, quota = usable_cpus(), visible_cpus(), cpu_quota()
+    text = cores(usable) + (f" usable of {visible} visible" if usable < visible else "")
+    return text + ("" if quota is None else f", CPU quota {quota:g}")
+
+
+def host_load(before: float, after: float) -> str:
+    """The 1-minute load average before and after a run: it counts every process of the
+    host, so it is said over the host's cores (``os.cpu_count()``), whatever this process
+    may use of them."""
+    return (f"load average (1 min, the whole host's) {before:.1f} before, {after:.1f} after, "
+            f"over its {cores(os.cpu_count() or 1)}")
+
+
 def machine_info() -> str:
-    """One line: CPU model, usable cores, GPUs, TensorFlow version."""
+    """One line: CPU model, usable cores (`usable_cores`), GPUs, TensorFlow version."""
     import tensorflow as tf
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    parts = [f"CPU {cpu_model()}, {cores} cores"]
+    parts = [f"CPU {cpu_model()}, {usable_cores()}"]
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         names = [tf.config.experimental.get_device_details(g).get("device_name", "GPU")

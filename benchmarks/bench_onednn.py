@@ -36,7 +36,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import host_load, publish  # noqa: E402
 from benchmarks._session import SessionModel, median_seconds  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 
@@ -143,8 +143,7 @@ def main(argv) -> None:
         on = statistics.median(m[key] for m in results["1"])
         speedup = on / off if higher_better else off / on
         lines.append(f"| {key.replace('_', ' ')} ({unit}) | {off:.1f} | {on:.1f} | {speedup:.2f}× |")
-    lines += ["", f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-                  f"on {os.cpu_count()} cores."]
+    lines += ["", f"The {host_load(load_before[0], load_after[0])}."]
     publish("oneDNN CPU kernels off and on", "\n".join(lines), FLAGS.append)
 
 

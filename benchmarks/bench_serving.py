@@ -47,7 +47,7 @@ from ofrnn_tf.run_dir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import check_int_list, publish  # noqa: E402
+from benchmarks._results import check_int_list, host_load, publish  # noqa: E402
 from benchmarks._session import SessionModel  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -173,9 +173,8 @@ def main(argv) -> None:
             verdict = "—" if goal is None else f"≤ {goal:.2f}: {'met' if ratio <= goal else 'missed'}"
             lines.append(f"| {batch} | {clock} | {m['backbone'][i] * 1e3:.1f} | "
                          + " | ".join(cells) + f" | {verdict} |")
-    lines += ["", f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-                  f"on {os.cpu_count()} cores: compare the ratios, which share the load, rather "
-                  f"than absolute times."]
+    lines += ["", f"The {host_load(load_before[0], load_after[0])}: compare the ratios, which "
+                  f"share the load, rather than absolute times."]
     publish("Serving latency: portable and XLA exports against the backbone alone",
             "\n".join(lines), FLAGS.append)
 

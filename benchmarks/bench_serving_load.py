@@ -17,7 +17,6 @@ arithmetic, so its numbers measure the server and protocol overhead only.
 from __future__ import annotations
 
 import io
-import os
 import platform
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import publish, usable_cores  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess, stop  # noqa: E402
 
@@ -188,7 +187,7 @@ def main(argv) -> None:
     lines = [
         f"- model: {model}; server: {'given' if FLAGS.server else 'serving.local_server (child process)'}",
         f"- load: {FLAGS.clients} clients x {FLAGS.requests} requests, batch {FLAGS.batch_size}, "
-        f"{image_desc}; loopback gRPC; {os.cpu_count()} CPU cores ({platform.machine()})",
+        f"{image_desc}; loopback gRPC; {usable_cores()} ({platform.machine()})",
         f"- throughput: {r['rps']:.1f} requests/s ({r['ips']:.1f} images/s) over {r['wall_s']:.2f} s",
         f"- latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, mean {r['mean_ms']:.1f} ms",
         f"- errors: {r['errors']} of {FLAGS.clients * FLAGS.requests}"

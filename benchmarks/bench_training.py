@@ -56,7 +56,7 @@ from absl import app, flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks import _table_runs as table_runs  # noqa: E402
-from benchmarks._results import publish  # noqa: E402
+from benchmarks._results import host_load, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.config.experiment import ExperimentConfig  # noqa: E402
 from ofrnn_tf.features import tfrecords  # noqa: E402
@@ -340,9 +340,8 @@ def run(work_dir: str) -> None:
         f"{len(files)} shards, {shard_mib:.0f} MiB; a buffered example takes "
         f"{buffered / 2 ** 10:.0f} KiB. Stage-2 step of "
         f"`Trainer._make_train_step`; medians of {FLAGS.repeats} repeats. The CPU may be "
-        f"shared with other work (1-minute load average {load_before:.1f} before, "
-        f"{load_after:.1f} after on {os.cpu_count()} cores): compare the numbers as ratios "
-        f"within this run.",
+        f"shared with other work (the {host_load(load_before, load_after)}): compare the "
+        f"numbers as ratios within this run.",
         "",
         "| XLA | records | shuffle buffer | ex/s with pipeline | ex/s compute only | input-wait share | "
         "ms/step pipeline | ms/step compute | first step of epoch (s) | "

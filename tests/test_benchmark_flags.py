@@ -341,6 +341,23 @@ def test_a_results_section_is_dated_in_utc_whatever_the_machines_zone(tmp_path, 
     assert before <= dated <= after, stamp
 
 
+@pytest.mark.parametrize("usable, visible, quota, said", [
+    (2, 2, None, "2 cores"),
+    (1, 1, None, "1 core"),
+    (2, 2, 3.0, "2 cores, CPU quota 3"),
+    (1, 64, 0.5, "1 core usable of 64 visible, CPU quota 0.5")])
+def test_a_results_section_counts_the_cores_the_benchmark_could_use(monkeypatch, usable,
+                                                                    visible, quota, said):
+    # A throughput measured on half a CPU's time must not read as one of the host's cores.
+    monkeypatch.setattr(_results, "usable_cpus", lambda: usable)
+    monkeypatch.setattr(_results, "visible_cpus", lambda: visible)
+    monkeypatch.setattr(_results, "cpu_quota", lambda: quota)
+    assert _results.machine_info().startswith(f"CPU {_results.cpu_model()}, {said}; ")
+    monkeypatch.setattr(_results.os, "cpu_count", lambda: 1)
+    assert _results.host_load(4.3, 5) == (
+        "load average (1 min, the whole host's) 4.3 before, 5.0 after, over its 1 core")
+
+
 # -- item_recognition --------------------------------------------------------------------
 def test_item_recognition_tables_use_the_sample_std(monkeypatch):
     scores = [{reader: (accuracy, {"Coat": accuracy + 1.0})
