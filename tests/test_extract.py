@@ -233,6 +233,27 @@ def test_the_image_pipeline_runs_without_the_autotuner(tmp_path):
     assert positions.tolist() == [0, 1, 2]
 
 
+def test_images_are_decoded_on_threads_that_grow_with_the_usable_cores(tmp_path, monkeypatch):
+    # A 12-megapixel JPEG takes 129 ms to decode, four times a backbone's 33 ms: two fixed
+    # threads capped extraction on any machine. The count must not change the images.
+    examples = _good_examples(str(tmp_path), n=5)
+    calls, map_ = [], tf.data.Dataset.map
+
+    def counted(dataset, fn, num_parallel_calls=None, **kwargs):
+        calls.append(num_parallel_calls)
+        return map_(dataset, fn, num_parallel_calls=num_parallel_calls, **kwargs)
+
+    monkeypatch.setattr(tf.data.Dataset, "map", counted)
+    images = []
+    for usable in (1, 8, 64):
+        monkeypatch.setattr(extract, "usable_cpus", lambda: usable)
+        dataset = extract._image_dataset(examples, range(5), SIZE, batch_size=2)
+        images.append(np.concatenate([batch.numpy() for _, batch in dataset]))
+    assert calls == [2, 2, 16]
+    for other in images[1:]:
+        np.testing.assert_array_equal(other, images[0])
+
+
 def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
     examples = _good_examples(str(tmp_path), n=8)
     out = str(tmp_path / "features")
