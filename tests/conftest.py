@@ -42,12 +42,20 @@ from PIL import Image
 
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.features.backbones import Backbone
+from ofrnn_tf.host_limits import usable_cpus, visible_cpus
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.modeling.model import build_model
 from ofrnn_tf.run_dir import RunDir, RunFacts
 from toy_run import TINY_TRAIN_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under a CPU quota below the cores seen, a command sizes TensorFlow's thread pools to it
+# and says so on stderr: the suite sets them as a command would (for this process too,
+# whose pools start at its first op), so the commands it starts say no more than elsewhere.
+if usable_cpus() < visible_cpus():
+    for _name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(_name, str(usable_cpus()))
 
 
 # The hand-made runs of `make_fake_run`.
