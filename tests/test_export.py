@@ -161,7 +161,9 @@ def test_warmup_requests_parse_and_run(tiny_export_run, loaded, tiny_module):
         ("predict_with_threshold", ()), ("predict_with_threshold", PREDICT_OUTPUTS),
         ("predict_features", ()))]
     example = Path(RunDir(str(tiny_export_run.workdir)).example_images()[0]).read_bytes()
-    example_maps = tiny_module.maps_of(tf.constant([example])).numpy()[0]
+    # The graph's own decoding: the warm-up's maps come from the export's Python one.
+    example_maps = tiny_module.in_process.image_features(
+        tf.constant([example]))["features"].numpy()[0]
     for request in requests:
         assert request.model_spec.name == "ofrnn"
         feeds = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
@@ -562,7 +564,8 @@ def test_export_refuses_warmup_images_and_settings_that_would_not_serve(tiny_exp
 
     good = tiny_export_run.jpeg_bytes(1)[0]
     base = tmp_path / "export"
-    with pytest.raises(WarmupImageError, match="warm-up image 1: .*not a JPEG, PNG, GIF or BMP") as e:
+    with pytest.raises(WarmupImageError,
+                       match="warm-up image 1: .*not a JPEG/PNG/GIF/BMP image") as e:
         save_inference_module(tiny_module, str(base), warmup_images=[good, b"meeting notes"])
     assert e.value.index == 1
     for version in (-3, 2 ** 63):  # TF Serving reads a version folder as an int64
@@ -592,7 +595,7 @@ def test_export_command_names_the_warmup_file_it_refuses(tiny_export_run, tmp_pa
                 "a negative version": "--version must be an integer from 0 to ",
                 "a count that leaves every file out": "--num_warmup_images=0 leaves out every "
                                                       "--warmup_images file",
-                "an image above the pixel limit": "pixels, above the limit of 10 pixels "
+                "an image above the pixel limit": "pixels is above the limit of 10 pixels "
                                                   "(raise it with --max_image_pixels)"}
     for what, flags in cases.items():
         done = subprocess.run(
@@ -950,6 +953,26 @@ def test_warmup_images_are_checked_without_tracing_the_signature(tiny_export_run
 
     module = InferenceModule.from_run(str(tiny_export_run.workdir))
     check_warmup_images(module, tiny_export_run.jpeg_bytes(2))
-    with pytest.raises(WarmupImageError, match="warm-up image 1: .*not a JPEG, PNG, GIF or BMP"):
+    with pytest.raises(WarmupImageError, match="warm-up image 1: .*not a JPEG/PNG/GIF/BMP image"):
         check_warmup_images(module, [tiny_export_run.jpeg_bytes(1)[0], b"meeting notes"])
     assert module.serve_images.experimental_get_tracing_count() == 0
+
+
+def test_export_traces_the_image_checks_only_inside_its_signatures(tiny_export_run,
+                                                                   monkeypatch, tmp_path):
+    """Each trace of the image checks costs seconds: the export traces them for its two
+    image signatures, and checks its warm-up images and computes their maps without."""
+    from ofrnn_tf.inference import module as module_code
+
+    traced = []
+
+    def counted(*args, **kwargs):
+        traced.append(tf.inside_function())
+        return decode_images(*args, **kwargs)
+
+    decode_images = module_code.decode_images
+    monkeypatch.setattr(module_code, "decode_images", counted)
+    module = InferenceModule.from_run(str(tiny_export_run.workdir))
+    save_inference_module(module, str(tmp_path / "export"),
+                          warmup_images=tiny_export_run.jpeg_bytes(2))
+    assert traced == [True, True]  # serving_default, predict_with_threshold

@@ -5,9 +5,10 @@
 writes ``exports/ofrnn/<version>/`` (the next free integer unless --version is given)
 with the ``serving_default`` (image bytes), ``predict_with_threshold`` (image bytes and
 a τ per image) and ``predict_features`` signatures, the calibrated τ, K and T_max
-inside, and ``assets.extra/tf_serving_warmup_requests``. The warm-up images are run
-through the model first: one of ``--warmup_images`` that it refuses stops the export,
-naming the file; one of the run's example images (the default) is left out with a note.
+inside, and ``assets.extra/tf_serving_warmup_requests``. The warm-up images are
+checked first, by the model's image checks as ``ofrnn-predict`` runs them: one of
+``--warmup_images`` that the model refuses stops the export, naming the file and why;
+one of the run's example images (the default) is left out with a note.
 Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 """
 

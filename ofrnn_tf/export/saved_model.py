@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import tensorflow as tf
 
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES, write_warmup_requests
+from ofrnn_tf.features.images import decode_checked
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.processes import (
@@ -137,7 +138,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
     version = next_version(export_base) if automatic else servable_version(version)
     _refuse_existing(os.path.join(export_base, str(version)))
     warmup_images = list(warmup_images) or [_gray_jpeg(module)]
-    check_warmup_images(module, warmup_images)
+    warmup_pixels = check_warmup_images(module, warmup_images)
     tf.io.gfile.makedirs(export_base)
     remove_dead_leftovers(export_base, _EXPORT_TMP)
     # TF Serving never loads a folder whose name is not an integer.
@@ -147,7 +148,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
         module.label_map.save(os.path.join(tmp, "assets.extra"))
         write_json(os.path.join(tmp, "assets.extra", SOFTWARE_FILENAME), software_versions())
         write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8),
-                              features=module.maps_of(tf.constant(warmup_images)).numpy())
+                              features=module.maps_of(warmup_pixels).numpy())
         while True:
             final = os.path.join(export_base, str(version))
             try:
@@ -188,18 +189,24 @@ class WarmupImageError(ValueError):
         self.index, self.reason = index, reason
 
 
-def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> None:
-    """Raises WarmupImageError if `module.serve_images` would refuse one of `images`.
+def check_warmup_images(module: InferenceModule, images: Sequence[bytes]) -> tf.Tensor:
+    """The pixels `module.serve_images` decodes `images` to, uint8 ``[N, S, S, 3]``;
+    WarmupImageError for the first one it would refuse.
 
-    Checked by `module.check_images` (the signature's checks and decoding, where every
-    refusal of an image is made): calling `serve_images` would trace the whole signature
-    here, and `tf.saved_model.save` traces it again."""
+    Decoded by `decode_checked`, the Python mirror of the signature's checks and
+    decoding that ``ofrnn-predict`` and the local server decode with, in its words: the
+    graph's own checks would be traced here once more than `tf.saved_model.save` traces
+    them, about a sixth of an export's time."""
+    limit = int(module.max_image_pixels.numpy())
+    pixels = []
     for i, image in enumerate(images):
         try:
-            module.check_images(tf.constant([image]))
-        except tf.errors.InvalidArgumentError as e:
-            reason = re.sub(r"^images\[0\]:?\s*(is\s+)?", "", op_error_text(e))
-            raise WarmupImageError(i, reason) from None
+            pixels.append(decode_checked(image, module.image_size, limit))
+        except (ValueError, tf.errors.OpError) as e:
+            raise WarmupImageError(i, op_error_text(e)) from None
+    if not pixels:
+        return tf.zeros([0, module.image_size, module.image_size, 3], tf.uint8)
+    return tf.stack(pixels)
 
 
 def usable_example_images(module: InferenceModule, paths: Iterable[str], num: int,

@@ -71,10 +71,9 @@ class _InProcessFunctions:
     signature, which for these cost a fifth of an export's time for nothing a served or
     loaded SavedModel is called with."""
 
-    def __init__(self, predict_pixels, image_features, check_images):
+    def __init__(self, predict_pixels, image_features):
         self.predict_pixels = predict_pixels
         self.image_features = image_features
-        self.check_images = check_images
 
 
 def _check_model_reads_maps_of(model, backbone: Backbone) -> None:
@@ -175,8 +174,7 @@ class InferenceModule(tf.Module):
             predict_pixels=function(
                 self._predict_pixels,
                 input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")]),
-            image_features=function(self._image_features, input_signature=[images]),
-            check_images=function(self._pixels, input_signature=[images]))
+            image_features=function(self._image_features, input_signature=[images]))
 
     @property
     def model(self):
@@ -258,16 +256,11 @@ class InferenceModule(tf.Module):
             # checks against T_max: a count that cannot hold was edited into the file.
             raise run_dir.damaged_calibration(f"K={beam_size}'s {error}") from None
 
-    def check_images(self, images) -> tf.Tensor:
-        """`serve_images`' checks and decoding alone (in process), where every refusal of
-        an image is made: InvalidArgumentError naming it, or the decoded pixels."""
-        return self.in_process.check_images(images)
-
-    def maps_of(self, images) -> tf.Tensor:
-        """The maps `serve_images` decodes encoded `images` from, as ``predict_features``
-        takes them (`in_process.image_features`' result, run eagerly: the export's warm-up
-        wants them once, and tracing that function for it would cost more than the run)."""
-        return self._maps(self.check_images(images))
+    def maps_of(self, pixels) -> tf.Tensor:
+        """The maps `serve_images` computes from decoded uint8 `[N, S, S, 3]` `pixels`, as
+        ``predict_features`` takes them (run eagerly: the export's warm-up wants them once,
+        and tracing a function for it would cost more than the run)."""
+        return self._maps(tf.convert_to_tensor(pixels, tf.uint8))
 
     def predict_pixels(self, pixels) -> dict:
         """Decoded uint8 `[N, S, S, 3]` images → the outputs of `serve_images` plus each
