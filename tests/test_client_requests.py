@@ -7,6 +7,7 @@ without an index, and a server that goes away; and how `ofrnn-client` checks its
 from __future__ import annotations
 
 import io
+import sys
 from concurrent import futures
 from pathlib import Path
 
@@ -674,4 +675,23 @@ def test_a_server_on_this_machine_is_reached_past_a_proxy_the_environment_names(
                                           "serving.example:8500")] == [True] * 3 + [False] * 2
     assert client.proxy_note(target) == ""
     note = client.proxy_note("serving.example:8500")
-    assert "https_proxy=http://127.0.0.1:1" in note and "no_grpc_proxy" in note
+    assert "proxy 127.0.0.1:1 of https_proxy" in note and "no_grpc_proxy" in note
+    # As gRPC chooses: a host no_proxy lists goes direct, an empty grpc_proxy is no proxy,
+    # and the proxy is named without its password.
+    monkeypatch.setenv("no_proxy", "localhost,.example")
+    assert client.proxy_note("serving.example:8500") == ""
+    assert client.proxy_note("serving.example.org:8500") != ""
+    monkeypatch.setenv("grpc_proxy", "")
+    assert client.proxy_note("serving.example.org:8500") == ""
+    monkeypatch.setenv("grpc_proxy", "http://alice:s3cret@proxy.example.org:3128")
+    note = client.proxy_note("serving.example.org:8500")
+    assert "proxy.example.org:3128 of grpc_proxy" in note and "s3cret" not in note
+
+
+def test_an_image_a_server_refused_is_checked_here_only_where_tensorflow_can_be_imported(
+        monkeypatch):
+    """The client imports TensorFlow only to decode an image a server refused; where its
+    import fails (no writable temporary folder), the server's refusal stands."""
+    assert not client._tensorflow_refuses(png(10))
+    monkeypatch.setitem(sys.modules, "ofrnn_tf.features.images", None)  # its import fails
+    assert client._tensorflow_refuses(png(10))

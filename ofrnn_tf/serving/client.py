@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+import urllib.parse
 from typing import Iterator, Sequence
 
 import grpc
@@ -85,15 +86,31 @@ def _loopback(target: str) -> bool:
 
 
 def proxy_note(target: str) -> str:
-    """The proxy a call to `target` goes through, as a clause for a message that says the
-    server could not be reached (empty where none: a loopback target, no variable set)."""
+    """The proxy gRPC sends a call to `target` through, as a clause for a message that says
+    the server could not be reached (empty where none): the first of `PROXY_VARIABLES` that
+    is set (set empty: none), unless the target is loopback or ``no_grpc_proxy`` (else
+    ``no_proxy``) lists its host, as gRPC decides. Named without its user and password."""
     if _loopback(target):
         return ""
-    for name in PROXY_VARIABLES:
-        if os.environ.get(name):
-            return (f"; the call went through the proxy {name}={os.environ[name]} (a server "
-                    f"reached directly: list its host in no_grpc_proxy)")
-    return ""
+    name = next((name for name in PROXY_VARIABLES if name in os.environ), None)
+    if name is None or not os.environ[name] or _no_proxy_for(target):
+        return ""
+    proxy = urllib.parse.urlsplit(os.environ[name] if "://" in os.environ[name]
+                                  else "http://" + os.environ[name])
+    shown = f"{proxy.hostname}:{proxy.port}" if proxy.port else (proxy.hostname or "?")
+    return (f"; the call went through the proxy {shown} of {name} (a server reached "
+            f"directly: list its host in no_grpc_proxy)")
+
+
+def _no_proxy_for(target: str) -> bool:
+    """Whether ``no_grpc_proxy`` (else ``no_proxy``) exempts `target`'s host from the proxy:
+    ``*``, the host itself, or a domain it ends with, as gRPC matches them."""
+    listed = os.environ.get("no_grpc_proxy", os.environ.get("no_proxy", ""))
+    host = target.rpartition(":")[0].strip("[]").lower()
+    for entry in (entry.strip().lower().lstrip(".") for entry in listed.split(",")):
+        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
+            return True
+    return False
 
 
 def _model_spec(spec, model_name: str, signature_name: str | None = None, version: int | None = None) -> None:
@@ -581,7 +598,10 @@ def _undecodable(error: grpc.RpcError, image: bytes) -> bool:
 def _tensorflow_refuses(image: bytes) -> bool:
     """Whether TensorFlow's decoder refuses `image`. TensorFlow is imported here, for the
     few images a server refuses, not with this module: its import takes seconds, and a
-    request needs none of it."""
-    from ofrnn_tf.features.images import find_undecodable
-
+    request needs none of it. Where it cannot be imported (no writable temporary folder),
+    the decoder is taken to refuse it: the server's refusal then stands as it said it."""
+    try:
+        from ofrnn_tf.features.images import find_undecodable
+    except (ImportError, OSError):
+        return True
     return find_undecodable("images", [image]) is not None
