@@ -50,11 +50,11 @@ if [ "$sources" != "$(cat "$stamp" 2>/dev/null)" ]; then
   if install_package; then
     .venv/bin/python -m pip check >&2
     printf '%s\n' "$sources" > "$stamp"
-  elif .venv/bin/python -c 'import ofrnn_tf' >/dev/null 2>&1; then
-    # Offline after an update: the .venv made before still runs. No new stamp, so the
-    # next run tries again.
-    echo "[setup] could not reach the package index: using the existing .venv, installed" \
-      "from an earlier setup.cfg; rerun when online" >&2
+  elif [ -e "$stamp" ]; then
+    # An install finished before (the stamp is written after one only): offline after an
+    # update, the .venv it made still runs. The stamp is kept, so the next run tries again.
+    echo "[setup] could not install ofrnn_tf[dev] (see above): using the .venv installed" \
+      "from an earlier setup.cfg; run this again where the package index can be reached" >&2
   else
     echo "[setup] could not install ofrnn_tf[dev] into .venv" >&2
     exit 1

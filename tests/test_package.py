@@ -217,27 +217,27 @@ def test_setup_env_tries_apt_only_where_fashion_mnist_is_not_found_and_not_after
 
 
 def test_setup_env_goes_on_offline_with_the_venv_it_has_after_an_update(tmp_path):
-    # A pulled setup.cfg on a host without the package index: the .venv made before runs.
+    # A pulled setup.cfg on a host without the package index: the .venv an earlier install
+    # made (its stamp says one finished) runs. A .venv no install finished in, or whose
+    # package only imports from the working folder, does not.
     _scripts_with_a_recording_python(tmp_path, "setup_env.sh")
     _fake_python(tmp_path, '"-m pip install -q uv") exit 0;;\n'  # uv is there
-                           '"-m pip install"*) exit 1;;\n'  # the index is not
-                           '"-c import ofrnn_tf") [ -e importable ];;\n*) exit 0;;')
+                           '"-m pip install"*) exit 1;;\n*) exit 0;;')  # the index is not
     (tmp_path / ".venv" / "bin" / "uv").write_text("#!/bin/sh\necho 'dns error' >&2\nexit 1\n")
     (tmp_path / "setup.cfg").write_text("[options]\ninstall_requires = numpy\n")
     (tmp_path / "pyproject.toml").write_text("")
     stamp = tmp_path / ".venv" / ".ofrnn_tf-installed"
     stamp.write_text("1 2 setup.cfg\n3 4 pyproject.toml\n")  # an earlier setup.cfg's
 
-    (tmp_path / "importable").write_text("")
     done = _run_setup_env(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "[setup] uv failed; installing with pip" in done.stderr
     assert done.stderr.rstrip().endswith(
-        "[setup] could not reach the package index: using the existing .venv, installed from "
-        "an earlier setup.cfg; rerun when online")
+        "[setup] could not install ofrnn_tf[dev] (see above): using the .venv installed from "
+        "an earlier setup.cfg; run this again where the package index can be reached")
     assert stamp.read_text() == "1 2 setup.cfg\n3 4 pyproject.toml\n"  # tried again next time
 
-    (tmp_path / "importable").unlink()  # a .venv that does not run: nothing to go on with
+    stamp.unlink()  # a .venv no install finished in: nothing to go on with
     done = _run_setup_env(tmp_path)
     assert done.returncode == 1
     assert done.stderr.rstrip().endswith("[setup] could not install ofrnn_tf[dev] into .venv")
