@@ -8,8 +8,8 @@
 # tracing, child processes), which a second worker overlaps. At most 4 workers (each
 # holds TensorFlow, and those given the files of the tiny trained run train it), and no
 # more than the cores the process may use, fewer under a container's CPU quota
-# (ofrnn_tf.host_limits.usable_cpus). OFRNN_TEST_WORKERS=N sets the number; `-n 0` runs
-# it in one process (for a debugger).
+# (tests/conftest.py counts them for `-n auto`, as ofrnn_tf.host_limits.usable_cpus).
+# OFRNN_TEST_WORKERS=N sets the number; `-n 0` runs it in one process, as `--pdb` does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -24,9 +24,7 @@ if [ "$(id -u)" = 0 ] && command -v localedef >/dev/null \
     && ! locale -a 2>/dev/null | grep -qiE '8859-?1$'; then
   localedef -i en_US -f ISO-8859-1 en_US.ISO-8859-1 >/dev/null 2>&1 || true
 fi
-workers=${OFRNN_TEST_WORKERS:-$(.venv/bin/python -c \
-  'from ofrnn_tf.host_limits import usable_cpus; print(usable_cpus())')}
 export TF_CPP_MIN_LOG_LEVEL=2
 # -rs: each skipped test is listed with its reason (a tool the machine lacks).
-exec .venv/bin/python -m pytest -q -rs -n "$workers" --maxprocesses=4 \
+exec .venv/bin/python -m pytest -q -rs -n "${OFRNN_TEST_WORKERS:-auto}" --maxprocesses=4 \
   --dist loadfile "$@"

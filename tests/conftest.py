@@ -50,6 +50,12 @@ from toy_run import TINY_TRAIN_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (scripts/test.sh): a worker per core the suite may use, fewer under a CPU
+    quota, which xdist's own count (the cores it may run on) does not read."""
+    return usable_cpus()
+
+
 # Under a CPU quota below the cores seen, a command sizes TensorFlow's thread pools to it
 # and says so on stderr: the suite sets them as a command would (for this process too,
 # whose pools start at its first op), so the commands it starts say no more than elsewhere.
