@@ -973,6 +973,13 @@ def test_export_traces_the_image_checks_only_inside_its_signatures(tiny_export_r
     decode_images = module_code.decode_images
     monkeypatch.setattr(module_code, "decode_images", counted)
     module = InferenceModule.from_run(str(tiny_export_run.workdir))
+    # The maps of the images the requests hold, at most 8: all of them at once would hold a
+    # backbone's activations for each.
+    mapped = []
+    maps_of = InferenceModule.maps_of
+    monkeypatch.setattr(InferenceModule, "maps_of", lambda self, pixels: mapped.append(
+        len(pixels)) or maps_of(self, pixels))
     save_inference_module(module, str(tmp_path / "export"),
-                          warmup_images=tiny_export_run.jpeg_bytes(2))
+                          warmup_images=tiny_export_run.jpeg_bytes(2) * 6)
     assert traced == [True, True]  # serving_default, predict_with_threshold
+    assert mapped == [8]

@@ -30,7 +30,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import tensorflow as tf
 
-from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES, write_warmup_requests
+from ofrnn_tf.export.warmup import (
+    DEFAULT_NUM_WARMUP_IMAGES, WARMUP_BATCH_SIZES, write_warmup_requests)
 from ofrnn_tf.features.images import decode_checked
 from ofrnn_tf.inference.module import InferenceModule
 from ofrnn_tf.jsonio import write_json
@@ -147,8 +148,12 @@ def save_inference_module(module: InferenceModule, export_base: str,
         tf.saved_model.save(module, tmp, signatures=signatures(module))
         module.label_map.save(os.path.join(tmp, "assets.extra"))
         write_json(os.path.join(tmp, "assets.extra", SOFTWARE_FILENAME), software_versions())
-        write_warmup_requests(tmp, warmup_images, model_name=model_name, batch_sizes=(1, 8),
-                              features=module.maps_of(warmup_pixels).numpy())
+        # The maps of the images the requests hold alone: all of them at once would take
+        # a backbone's activations for each (8.5 GB for 160 photos).
+        sent = warmup_pixels[:max(WARMUP_BATCH_SIZES)]
+        write_warmup_requests(tmp, warmup_images, model_name=model_name,
+                              batch_sizes=WARMUP_BATCH_SIZES,
+                              features=module.maps_of(sent).numpy())
         while True:
             final = os.path.join(export_base, str(version))
             try:

@@ -14,6 +14,8 @@ from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_NUM_WARMUP_IMAGES = 4  # of the run's example images, for the warm-up requests
+# The batch sizes an export's warm-up requests hold.
+WARMUP_BATCH_SIZES = (1, 8)
 
 
 def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
@@ -25,15 +27,17 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
     (images cycled): to ``serving_default`` and (with `with_threshold`) to
     ``predict_with_threshold``, a bare request (all outputs: what a REST request, which
     cannot filter them, or a gRPC client without an ``output_filter`` fetches) and the
-    one ``ofrnn-client`` sends, with its ``output_filter``; given `features` (the maps of
-    `images`, one per image, float32), a bare ``predict_features`` request of them. A
+    one ``ofrnn-client`` sends, with its ``output_filter``; given `features` (float32
+    maps of the first `images`, one per image, as many as the largest batch holds), a
+    bare ``predict_features`` request of them. A
     session sets its graph up once per set of inputs and outputs, so each kind needs its
     own warm-up."""
     if not images:
         raise ValueError("warm-up requests need at least one sample image")
-    if features is not None and len(features) != len(images):
-        raise ValueError(f"{len(features)} feature maps for {len(images)} warm-up images: "
-                         f"give the maps of each image")
+    needed = min(len(images), max(batch_sizes))  # the images the requests hold
+    if features is not None and len(features) < needed:
+        raise ValueError(f"{len(features)} feature maps for the {needed} warm-up images the "
+                         f"requests hold: give the maps of each")
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
