@@ -74,9 +74,14 @@ def make_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     return grpc.insecure_channel(target, options=options)
 
 
+def _host(target: str) -> str:
+    """The host of ``host:port`` or ``[IPv6 address]:port``, in lower case."""
+    return target.rpartition(":")[0].strip("[]").lower()
+
+
 def _loopback(target: str) -> bool:
     """Whether ``host:port`` names this machine's loopback (localhost, 127.0.0.0/8, ::1)."""
-    host = target.rpartition(":")[0].strip("[]").lower()
+    host = _host(target)
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -106,7 +111,7 @@ def _no_proxy_for(target: str) -> bool:
     """Whether ``no_grpc_proxy`` (else ``no_proxy``) exempts `target`'s host from the proxy:
     ``*``, the host itself, or a domain it ends with, as gRPC matches them."""
     listed = os.environ.get("no_grpc_proxy", os.environ.get("no_proxy", ""))
-    host = target.rpartition(":")[0].strip("[]").lower()
+    host = _host(target)
     for entry in (entry.strip().lower().lstrip(".") for entry in listed.split(",")):
         if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
             return True
