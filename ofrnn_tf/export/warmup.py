@@ -49,8 +49,8 @@ def write_warmup_requests(saved_model_dir: str, images: Sequence[bytes],
         for batch_size in batch_sizes:
             cycled = [i % len(images) for i in range(batch_size)]
             batch = [images[i] for i in cycled]
-            requests = [_bare(predict_request(batch, model_name=model_name)),
-                        predict_request(batch, model_name=model_name)]
+            filtered = predict_request(batch, model_name=model_name)
+            requests = [_bare(filtered), filtered]
             if with_threshold:
                 threshold = predict_request(batch, model_name=model_name, threshold=0.5)
                 requests += [_bare(threshold), threshold]
