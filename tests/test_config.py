@@ -514,13 +514,19 @@ def test_a_flag_given_as_home_relative_is_expanded_as_a_shell_would(tmp_path):
     assert done.stdout.strip() == str(tmp_path / "runs" / "a"), done.stderr[-2000:]
 
 
-def test_a_command_whose_home_cannot_be_written_gives_matplotlib_a_folder_of_its_own(tmp_path):
+# matplotlib's own folder under a writable HOME: by XDG's rules on Linux, one on macOS.
+@pytest.mark.parametrize("platform, own", [("linux", ".cache/matplotlib"),
+                                           ("darwin", ".matplotlib")])
+def test_a_command_whose_home_cannot_be_written_gives_matplotlib_a_folder_of_its_own(
+        tmp_path, platform, own):
     # A service user's HOME that it may not write (played by a file on the way, which root
     # cannot write under either): Keras imports matplotlib, which would warn before the
-    # command's first line and build its font cache again on every run.
+    # command's first line and build its font cache again on every run. matplotlib, and
+    # the command, read sys.platform when they pick the folder: macOS is played here.
     (tmp_path / "home").write_text("")
     (tmp_path / "tmp").mkdir()
-    script = ("import os\n"
+    script = ("import os, sys\n"
+              f"sys.platform = {platform!r}\n"
               "from ofrnn_tf.cli import runner\n"
               "def main(argv):\n"
               "    import matplotlib\n"
@@ -539,7 +545,7 @@ def test_a_command_whose_home_cannot_be_written_gives_matplotlib_a_folder_of_its
     env["HOME"] = str(tmp_path / "tmp")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env=env)
-    assert done.stdout.split() == ["None", str(tmp_path / "tmp" / ".cache" / "matplotlib")]
+    assert done.stdout.split() == ["None", str(tmp_path / "tmp" / own)]
 
 
 def _command_under_cpu_quota(quota, visible: int, **given: str) -> tuple[list[str], str]:

@@ -280,20 +280,23 @@ def _in_utf8_mode() -> None:
 
 def _matplotlib_folder_writable() -> None:
     """Points ``MPLCONFIGDIR`` at a folder of this user's under the temporary folder where
-    matplotlib's own (``~/.config/matplotlib``, ``~/.cache/matplotlib``, or under the
-    ``XDG_*`` folders) cannot be written: no HOME, or one this user may not write (a
-    service user, a container's arbitrary uid). Keras imports matplotlib with
-    TensorFlow, and matplotlib would otherwise print warnings before every command's
-    first line and build its font cache again each time. Linux only, as matplotlib's
-    folders are named so there; a folder of that name that is not this user's own
-    (another user made it first) is not used."""
-    if os.environ.get("MPLCONFIGDIR") or not sys.platform.startswith("linux"):
+    matplotlib's own cannot be written (on Linux ``~/.config/matplotlib`` and
+    ``~/.cache/matplotlib``, or under the ``XDG_*`` folders; on macOS ``~/.matplotlib``):
+    no HOME, or one this user may not write (a service user, a container's arbitrary
+    uid). Keras imports matplotlib with TensorFlow, and matplotlib would otherwise print
+    warnings before every command's first line and build its font cache again each
+    time. A folder of that name that is not this user's own (another user made it
+    first) is not used."""
+    if os.environ.get("MPLCONFIGDIR") or os.name != "posix":
         return
     home = os.path.expanduser("~")
-    defaults = [os.path.join(os.environ.get(variable) or os.path.join(home, fallback),
-                             "matplotlib")
-                for variable, fallback in (("XDG_CONFIG_HOME", ".config"),
-                                           ("XDG_CACHE_HOME", ".cache"))]
+    if sys.platform.startswith(("linux", "freebsd")):
+        defaults = [os.path.join(os.environ.get(variable) or os.path.join(home, fallback),
+                                 "matplotlib")
+                    for variable, fallback in (("XDG_CONFIG_HOME", ".config"),
+                                               ("XDG_CACHE_HOME", ".cache"))]
+    else:  # macOS: one folder for both
+        defaults = [os.path.join(home, ".matplotlib")]
     if not home.startswith("~") and all(map(_can_be_written, defaults)):
         return
     try:
