@@ -18,9 +18,15 @@ if [ -L .venv/bin/python ] && [ ! -x .venv/bin/python ] && [ ! -O .venv/pyvenv.c
     "clone of your own" >&2
   exit 1
 fi
+# A Python the install would refuse (a version TensorFlow has no wheel for, as macOS's own
+# python3 is; an Intel Mac's) is refused first, in one line: a .venv made from it would
+# stay, and a rerun with PYTHON= would go on using it.
 if [ ! -x .venv/bin/python ]; then
+  "$PY" scripts/python_check.py >&2 || exit 1
   echo "[setup] creating .venv" >&2
   "$PY" -m venv .venv
+elif ! .venv/bin/python scripts/python_check.py --venv >&2; then
+  exit 1
 fi
 # The stamp holds the checksums of the files .venv was installed from: a changed file
 # is installed whatever its date, which a copy may keep (rsync -a, tar x, cp -p) or a

@@ -241,3 +241,85 @@ def test_setup_env_goes_on_offline_with_the_venv_it_has_after_an_update(tmp_path
     done = _run_setup_env(tmp_path)
     assert done.returncode == 1
     assert done.stderr.rstrip().endswith("[setup] could not install ofrnn_tf[dev] into .venv")
+
+
+def _python_check():
+    """scripts/python_check.py as a module (setup_env.sh runs it as a script)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "python_check.py"
+    spec = importlib.util.spec_from_file_location("python_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_python_versions_setup_env_allows_are_those_the_classifiers_name():
+    check = _python_check()
+    root = Path(__file__).resolve().parents[1]
+    requires, tensorflow = check.requirements(str(root / "setup.cfg"))
+    assert tensorflow.startswith("tensorflow==")
+    named = [line.split("::")[-1].strip() for line in (root / "setup.cfg").read_text()
+             .splitlines() if line.strip().startswith("Programming Language :: Python :: 3.")]
+    allowed = [f"3.{minor}" for minor in range(20) if check.version_allowed((3, minor), requires)]
+    assert named == allowed and check.allowed_range(requires) == (
+        f"{allowed[0]} to {allowed[-1]}", f"python{allowed[-1]}")
+
+
+def test_a_python_tensorflow_has_no_wheel_for_is_refused_with_the_remedy(monkeypatch):
+    # macOS's own python3 is 3.9; a current Homebrew's can be newer than TensorFlow's
+    # wheels; an Intel Mac's (or Rosetta's) is x86_64, for which TensorFlow has none.
+    check = _python_check()
+    monkeypatch.delenv("PYTHON", raising=False)
+    requires, tensorflow = ">=3.10,<3.14", "tensorflow==2.21.*"
+    assert check.problem((3, 9, 6), "Darwin", "arm64", requires, tensorflow) == (
+        "python3 is Python 3.9.6; ofrnn_tf installs on Python 3.10 to 3.13, those "
+        "tensorflow==2.21.* has wheels for: name one with PYTHON= (PYTHON=python3.13 bash "
+        "scripts/setup_env.sh)")
+    assert check.problem((3, 14, 0), "Darwin", "arm64", requires, tensorflow,
+                         made_venv=True).startswith(
+        ".venv was made from Python 3.14.0; ofrnn_tf installs on Python 3.10 to 3.13")
+    intel = check.problem((3, 12, 1), "Darwin", "x86_64", requires, tensorflow)
+    assert intel.startswith(
+        "python3 is a Python for x86_64 Macs; tensorflow==2.21.* has macOS wheels for Apple "
+        "silicon only (arm64, macOS 12 or later), so an Intel Mac cannot install ofrnn_tf")
+    assert intel.endswith("(PYTHON=/opt/homebrew/bin/python3 bash scripts/setup_env.sh)")
+    for system, machine in (("Darwin", "arm64"), ("Linux", "x86_64"), ("Linux", "aarch64")):
+        assert check.problem((3, 12, 1), system, machine, requires, tensorflow) is None
+        assert check.problem((3, 10, 0), system, machine, requires, tensorflow) is None
+
+
+def test_setup_env_refuses_a_python_out_of_range_before_making_venv_and_after(tmp_path):
+    # Made from a Python the install refuses, a .venv would stay, and PYTHON= given on the
+    # rerun would never be used: setup_env.sh refuses the Python before it makes .venv,
+    # and names `rm -rf .venv` for one made from such a Python.
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    for script in ("setup_env.sh", "python_check.py"):
+        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
+    minor = sys.version_info.minor  # the versions allowed: the next two
+    (tmp_path / "setup.cfg").write_text(
+        f"[options]\npython_requires = >=3.{minor + 1},<3.{minor + 3}\n"
+        f"install_requires =\n    tensorflow==2.21.*\n")
+    (tmp_path / "pyproject.toml").write_text("")
+    version = ".".join(map(str, sys.version_info[:3]))
+
+    def setup() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHON=sys.executable))
+
+    done = setup()
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"[setup] {sys.executable} is Python {version}; ofrnn_tf installs on Python "
+        f"3.{minor + 1} to 3.{minor + 2}, those tensorflow==2.21.* has wheels for: name one "
+        f"with PYTHON= (PYTHON=python3.{minor + 2} bash scripts/setup_env.sh)\n")
+    assert not (tmp_path / ".venv").exists()
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    done = setup()
+    assert done.returncode == 1 and done.stderr.startswith(
+        f"[setup] .venv was made from Python {version}; ofrnn_tf installs on Python")
+    assert f"(rm -rf .venv && PYTHON=python3.{minor + 2} bash scripts/setup_env.sh)" in done.stderr
+    assert "installing" not in done.stderr

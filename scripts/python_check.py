@@ -1,0 +1,105 @@
+"""Whether the Python running this can install ofrnn_tf, asked by setup_env.sh before it
+makes or uses .venv: a version within setup.cfg's ``python_requires`` (macOS's own
+``/usr/bin/python3`` is 3.9, a current Homebrew's may be newer than TensorFlow's wheels
+reach), and on macOS an arm64 one (TensorFlow publishes no wheel for Intel Macs, nor for
+an x86_64 Python that Rosetta runs on Apple silicon). Installing with either fails only
+after a minute, in the words of pip or uv.
+
+    python3 scripts/python_check.py [--venv]
+
+Exits 1 saying why, and what to run instead, on stderr (``--venv``: the Python is the one
+.venv was made from); 0, saying nothing, otherwise. Runs on any Python 3 that may be met,
+so it uses nothing newer than 3.6 has.
+"""
+
+import configparser
+import os
+import platform
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def requirements(setup_cfg):
+    """``(python_requires, tensorflow's requirement)`` as setup.cfg spells them ("" for one
+    it lacks)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(setup_cfg)
+    requires = parser.get("options", "python_requires", fallback="").strip()
+    tensorflow = ""
+    for line in parser.get("options", "install_requires", fallback="").splitlines():
+        if re.match(r"tensorflow\s*[=<>~!]", line.strip()):
+            tensorflow = line.strip()
+    return requires, tensorflow
+
+
+def _version(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+def version_allowed(version, requires):
+    """Whether `version` (``(3, 12)``, a ``sys.version_info``) meets `requires`
+    (``>=3.10,<3.14``: the comparisons of major and minor numbers setup.cfg uses)."""
+    version = tuple(version[:2])
+    for clause in filter(None, (c.strip() for c in requires.split(","))):
+        match = re.fullmatch(r"(>=|<=|==|!=|>|<)\s*([0-9]+(?:\.[0-9]+)?)(?:\.\*)?", clause)
+        if match is None:
+            continue
+        operator, bound = match.group(1), _version(match.group(2))
+        compared = version[:len(bound)]
+        if not {">=": compared >= bound, "<=": compared <= bound, "==": compared == bound,
+                "!=": compared != bound, ">": compared > bound, "<": compared < bound
+                }[operator]:
+            return False
+    return True
+
+
+def allowed_range(requires):
+    """`requires` in words, ``>=3.10,<3.14`` as "3.10 to 3.13", and the highest version it
+    allows (``python3.13``); the newest is None where `requires` gives no such range."""
+    low = re.search(r">=\s*3\.([0-9]+)", requires)
+    high = re.search(r"<\s*3\.([0-9]+)", requires)
+    if low and high:
+        newest = "3.%d" % (int(high.group(1)) - 1)
+        return "3.%s to %s" % (low.group(1), newest), "python" + newest
+    return requires, None
+
+
+def problem(version, system, machine, requires, tensorflow, made_venv=False):
+    """Why a Python of `version` on `system` (``platform.system()``) and `machine`
+    (``platform.machine()``) cannot install this package, with the remedy; None where
+    it can. `made_venv`: it is the Python .venv was made from."""
+    tensorflow = tensorflow or "tensorflow"
+    if made_venv:
+        which, remedy = ".venv was made from", "make it again from one (rm -rf .venv && %s)"
+    else:
+        which = "%s is" % os.environ.get("PYTHON", "python3")
+        remedy = "name one with PYTHON= (%s)"
+    if not version_allowed(version, requires):
+        allowed, newest = allowed_range(requires)
+        return ("%s Python %s; ofrnn_tf installs on Python %s, those %s has wheels for: %s"
+                % (which, ".".join(str(part) for part in version[:3]), allowed, tensorflow,
+                   remedy % ("PYTHON=%s bash scripts/setup_env.sh" % (newest or "python3"))))
+    if system == "Darwin" and machine != "arm64":
+        return ("%s a Python for %s Macs; %s has macOS wheels for Apple silicon only (arm64, "
+                "macOS 12 or later), so an Intel Mac cannot install ofrnn_tf (Linux can). "
+                "On Apple silicon, use an arm64 Python, not one Rosetta runs (in it, "
+                "platform.machine() is arm64): %s"
+                % (which, machine, tensorflow,
+                   remedy % "PYTHON=/opt/homebrew/bin/python3 bash scripts/setup_env.sh"))
+    return None
+
+
+def main(argv):
+    requires, tensorflow = requirements(os.path.join(ROOT, "setup.cfg"))
+    said = problem(sys.version_info, platform.system(), platform.machine(), requires,
+                   tensorflow, made_venv="--venv" in argv[1:])
+    if said is None:
+        return 0
+    sys.stderr.write("[setup] %s\n" % said)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
