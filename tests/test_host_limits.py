@@ -59,4 +59,13 @@ def test_the_cpu_quota_is_read_from_cgroup_v1_where_minus_one_is_no_limit(
 def test_without_cgroups_the_usable_cpus_are_those_the_process_may_run_on(tmp_path):
     none = str(tmp_path / "none")
     assert cpu_quota(none, none) is None
-    assert usable_cpus(none, none) == len(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        assert usable_cpus(none, none) == len(os.sched_getaffinity(0))
+
+
+def test_without_an_affinity_to_read_the_usable_cpus_are_the_machine_s(tmp_path, monkeypatch):
+    # macOS: no sched_getaffinity, no cgroups, no /proc.
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    none = str(tmp_path / "none")
+    assert usable_cpus(none, none) == os.cpu_count()
+    assert host_limits.memory_limit_mib(none, none) is None

@@ -649,6 +649,8 @@ print(refused, (rss_kib() - start) / runs)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"),
+                    reason="reads its resident memory from /proc (Linux)")
 def test_refusing_undecodable_images_leaves_no_memory_behind(tmp_path):
     # TF Serving runs a SavedModel in a session: every request refused for an image whose
     # data is corrupt must leave it as it found it, or a client sending such requests in
