@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from typing import Iterator
 
@@ -27,6 +28,16 @@ def socket_timeout(seconds: float = DOWNLOAD_SOCKET_TIMEOUT_S) -> Iterator[None]
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def certificates_remedy(error: BaseException) -> str:
+    """What to add to a download's `error` where it is the certificate failure of
+    python.org's Python for macOS, which trusts no certificate authority until a command
+    it ships installs them (every HTTPS download fails until then); else ""."""
+    if sys.platform != "darwin" or "CERTIFICATE_VERIFY_FAILED" not in str(error):
+        return ""
+    return ("; a Python installed from python.org verifies no certificate until its "
+            "\"Install Certificates.command\" (in its folder under /Applications) has run")
 
 
 def _tmp_keras_home() -> str:

@@ -4,6 +4,7 @@ import dataclasses
 import os
 import re
 import socket
+import sys
 import time
 
 import keras
@@ -251,6 +252,21 @@ def test_offline_the_error_names_the_flag_of_the_offline_backbone(monkeypatch):
     with pytest.raises(BackboneWeightsUnavailableError,
                        match="use --features.backbone=efficientnet_lite0,"):
         get_backbone("mobilenet_v2")
+
+
+def test_on_macos_a_certificate_failure_names_pythons_certificates_command(monkeypatch):
+    # python.org's Python for macOS verifies no certificate until its command has run.
+    def unverified(**kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", unverified)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(BackboneWeightsUnavailableError) as info:
+        get_backbone("mobilenet_v2")
+    assert ("certificate verify failed; a Python installed from python.org verifies no "
+            "certificate until its \"Install Certificates.command\" (in its folder under "
+            "/Applications) has run)." in str(info.value))
 
 
 def test_a_corrupt_cached_weights_file_is_named_with_its_remedy(tmp_path, monkeypatch):

@@ -492,6 +492,34 @@ def test_offline_without_a_copy_the_folders_searched_are_named(tmp_path, keras_c
         fc.load_fashion_mnist(none, allow_download=False)
 
 
+def test_on_macos_a_failed_download_names_no_debian_package_and_the_certificates_remedy(
+        tmp_path, keras_caches, monkeypatch):
+    # python.org's Python for macOS fails every HTTPS download until its own command has
+    # installed the certificate authorities; there is no Debian package to install.
+    import sys
+
+    import keras
+
+    def unverified(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x: None -- "
+                        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable "
+                        "to get local issuer certificate (_ssl.c:1000)")
+
+    monkeypatch.setattr(keras.utils, "get_file", unverified)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(DataNotFoundError) as info:
+        fc.load_fashion_mnist(str(tmp_path / "none"))
+    said = str(info.value)
+    assert "Debian" not in said
+    assert "IDX files (copy the four files to one of these folders)" in said
+    assert said.endswith(
+        "(_ssl.c:1000); a Python installed from python.org verifies no certificate until its "
+        "\"Install Certificates.command\" (in its folder under /Applications) has run")
+    with pytest.raises(DataNotFoundError) as info:
+        fc.load_fashion_mnist(str(tmp_path / "none"), allow_download=False)
+    assert "Debian" not in str(info.value)
+
+
 def test_keras_downloads_into_its_cache_and_the_files_are_read_from_there(
         tmp_path, keras_caches, monkeypatch):
     import keras

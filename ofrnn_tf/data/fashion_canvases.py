@@ -107,7 +107,8 @@ from PIL import Image
 from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.example import Example, LoadStats
-from ofrnn_tf.downloads import keras_cache_candidates, keras_cache_dir, socket_timeout
+from ofrnn_tf.downloads import (
+    certificates_remedy, keras_cache_candidates, keras_cache_dir, socket_timeout)
 from ofrnn_tf.host_limits import usable_cpus
 from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap
@@ -388,8 +389,9 @@ def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
         return _read_idx_folder(folder, _remedy(folder)), folder
 
     searched = ", ".join(fashion_mnist_folders(source_dir))
-    advice = ("install the Debian package dataset-fashion-mnist, or copy the four files to "
-              "one of these folders")
+    advice = "copy the four files to one of these folders"
+    if sys.platform.startswith("linux"):  # the Debian package: not on macOS
+        advice = f"install the Debian package dataset-fashion-mnist, or {advice}"
     if not allow_download:
         raise BenchmarkSourceError(f"Fashion-MNIST is not available: none of {searched} "
                                    f"holds its four *-ubyte.gz IDX files; {advice}")
@@ -406,7 +408,8 @@ def load_fashion_mnist(source_dir: str = DEFAULT_SOURCE_DIR,
     except Exception as e:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception
         raise BenchmarkSourceError(
             f"Fashion-MNIST is not available: none of {searched} holds its four *-ubyte.gz "
-            f"IDX files ({advice}), and downloading them into {cache} failed: {e}") from None
+            f"IDX files ({advice}), and downloading them into {cache} failed: {e}"
+            f"{certificates_remedy(e)}") from None
     print(f"Fashion-MNIST: {source_dir} lacks the IDX files, downloaded them into {cache}",
           file=sys.stderr)
     return _read_idx_folder(cache, _remedy(cache)), cache

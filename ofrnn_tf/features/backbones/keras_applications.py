@@ -23,7 +23,8 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from ofrnn_tf.downloads import keras_cache_candidates, keras_cache_dir, socket_timeout
+from ofrnn_tf.downloads import (
+    certificates_remedy, keras_cache_candidates, keras_cache_dir, socket_timeout)
 
 
 class BackboneWeightsUnavailableError(RuntimeError):
@@ -144,7 +145,8 @@ def build(name: str, image_size: int | None = None,
                     f"release it expects (its hash differs), and removed it when the download "
                     f"failed." if removed else "")
         raise BackboneWeightsUnavailableError(
-            f"backbone {name!r}: could not download its ImageNet weights ({e}).{rejected}"
+            f"backbone {name!r}: could not download its ImageNet weights "
+            f"({e}{certificates_remedy(e)}).{rejected}"
             f"{_unread_copies(cached)} Run once with internet access so keras caches them in "
             f"{keras_cache_dir('models')}, or copy there by hand the very file keras "
             f"downloads (the same name and bytes). Offline, use "
