@@ -85,6 +85,55 @@ def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
     assert np.all(np.abs(far - 128) <= 2)
 
 
+# Machado, Oliveira and Fernandes (2009), severity 1, on linear RGB.
+COLOUR_VISION = {
+    "deuteranopia": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                              [-0.011820, 0.042940, 0.968881]]),
+    "protanopia": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                            [-0.003882, -0.048116, 1.051998]]),
+}
+
+
+def seen_as_lab(rgb: np.ndarray, vision: str) -> np.ndarray:
+    """CIELAB of uint8 sRGB pixels as a reader with `vision` sees them."""
+    c = rgb.astype(float) / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    linear = np.clip(linear @ COLOUR_VISION[vision].T, 0, 1)
+    xyz = linear @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192],
+                             [0.1805, 0.0722, 0.9505]]) / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+@pytest.mark.parametrize("vision", sorted(COLOUR_VISION))
+@pytest.mark.parametrize("colour", [(84, 89, 26), (40, 40, 40), (245, 245, 245)],
+                         ids=["olive", "dark", "light"])
+def test_where_a_step_looks_stands_apart_in_any_colour_vision(tmp_path, vision, colour):
+    """The attended region is outlined (white edged in black) where the map is half way
+    from the uniform level to its peak, ΔE over 70 from the image behind it for these
+    readers. In jet's colours alone nothing in the picture was 40 from an olive object
+    for them (the red peak 9 for a deuteranope, 50 in normal vision), nor 60 from a
+    light one."""
+    image = np.empty((140, 140, 3), np.uint8)
+    image[:] = colour
+    attention = np.full((1, 7, 7), 0.3 / 49, np.float32)
+    attention[0, 1, 5] += 0.7  # top right
+    path = draw_attention(image, attention, ["x"], [0.7], str(tmp_path / "p.png"))
+    png = np.asarray(Image.open(path).convert("RGB"))
+    width, height = figure_pixels(1, 140, 140)
+    side = PANEL_PIXELS - 12
+    top = height - 6 - _CAPTION_PIXELS - side
+    panel = png[top + 2:top + side - 2, PANEL_PIXELS + 8:PANEL_PIXELS + 4 + side]
+    seen = seen_as_lab(panel, vision)
+    bare = seen_as_lab(np.array(colour, np.uint8), vision)
+    apart = np.linalg.norm(seen - bare, axis=-1)
+    assert apart.max() > 60, apart.max()
+    # ... around the peak only: the far half of the picture is the image.
+    rows, columns = np.nonzero(apart > 60)
+    assert rows.max() < side / 2 and columns.min() > side / 2
+
+
 def test_a_flat_map_leaves_the_image_clear_and_says_its_peak(tmp_path):
     """A step that looks everywhere (α = 1/(h·w), or within 1 % of it) is not drawn as
     red all over: its panel is the image, and the caption under it gives its peak."""
@@ -104,6 +153,16 @@ def test_a_flat_map_leaves_the_image_clear_and_says_its_peak(tmp_path):
         caption = png[top + side:top + side + _CAPTION_PIXELS,
                       t * PANEL_PIXELS + 6:t * PANEL_PIXELS + 120]
         assert caption.min() < 120  # "peak 1.0× uniform", on white
+
+
+@pytest.mark.parametrize("height, width", [(1, 100), (100, 1), (1, 1)])
+def test_an_image_one_pixel_high_or_wide_is_outlined_too(tmp_path, height, width):
+    attention = np.full((1, 7, 7), 0.3 / 49, np.float32)
+    attention[0, 1, 5] += 0.7
+    path = draw_attention(np.zeros((height, width, 3), np.uint8), attention, ["x"], [0.5],
+                          str(tmp_path / "thin.png"))
+    with Image.open(path) as opened:
+        assert opened.size == figure_pixels(1, height, width)
 
 
 def test_long_titles_wrap_to_the_figure_and_long_names_are_shortened(tmp_path):

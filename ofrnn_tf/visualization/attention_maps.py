@@ -7,7 +7,11 @@ label chosen at the step and its probability at that step (`sigmoid(p_t[l_t])`, 
 factor of Eq. 11). A map is coloured from the uniform level 1/(h·w) (nothing) to its
 own peak (red, if that is at least twice the uniform level), and a caption under it says
 how many times the uniform level that peak is: a step that looks everywhere stays clear
-instead of drawing red all over. The figure
+instead of drawing red all over. A map at full colour is also outlined where it is half
+way from the uniform level to its peak, a white line edged in black: colour alone is lost
+to a reader who does not see red (over a dark object the red peak looks as dark as the
+object to a deuteranope), and no colour stands apart from both light and dark images,
+while the double line does. The figure
 title names the image, the path probability and, when known, the true labels, wrapped
 to the figure's width.
 
@@ -25,7 +29,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import matplotlib
 import numpy as np
-from matplotlib import font_manager
+from matplotlib import font_manager, patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
@@ -49,6 +53,8 @@ _TITLE_LINE_PIXELS = 20
 _TITLE_SIZES = (11, 10)  # font size of the title's first line, and of the others
 _GROUND_TRUTH_LINES = 3  # at most; a longer list ends in "…"
 _STEP_TITLE_SIZE = 10
+_OUTLINE_LEVEL = 0.5  # of the way from the uniform level to the peak
+_OUTLINE_WIDTHS = (1.2, 3.2)  # points: the white line, and the black edge around it
 _TEXT_TO_PATH = TextToPath()  # measures text as the figure lays it out
 
 
@@ -256,12 +262,33 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
         overlay[..., 3] = alpha * heat
         axes.imshow(overlay, extent=(0, width_px, height_px, 0), interpolation="bilinear",
                     aspect="auto")
+        if peak >= 2 * uniform:  # drawn at full colour: outlined too
+            _outline(axes, heat)
     # Whole or not at all: a full disk left an empty PNG under the picture's name.
     with replaced_whole(path) as tmp:
         # zlib's fastest level: the default's files are a fifth smaller for much more time.
         figure.savefig(tmp, dpi=DPI, format="png", facecolor="white",
                        pil_kwargs={"compress_level": 1})
     return path
+
+
+def _outline(axes, heat: np.ndarray) -> None:
+    """Draws where `heat` (0 at the uniform level, 1 at the peak) crosses `_OUTLINE_LEVEL`,
+    over the picture `axes` shows: a white line edged in black, seen over light and dark
+    pixels alike, in any colour vision."""
+    height, width = heat.shape
+    # A contour needs two points a side: an image 1 pixel high or wide is doubled that way.
+    heat = np.repeat(np.repeat(heat, 2 if height < 2 else 1, axis=0), 2 if width < 2 else 1,
+                     axis=1)
+    # Pixel centres in the picture's coordinates (`extent` of its `imshow`).
+    xs = (np.arange(heat.shape[1]) + 0.5) * width / heat.shape[1]
+    ys = (np.arange(heat.shape[0]) + 0.5) * height / heat.shape[0]
+    edge = [patheffects.withStroke(linewidth=_OUTLINE_WIDTHS[1], foreground="black")]
+    lines = axes.contour(xs, ys, heat, levels=[_OUTLINE_LEVEL], colors="white",
+                         linewidths=_OUTLINE_WIDTHS[0])
+    lines.set(path_effects=edge)
+    axes.set_xlim(0, width)
+    axes.set_ylim(height, 0)  # as `imshow` set them: contour may have widened them
 
 
 def _display_size(image: Image.Image, longest: int = 448) -> Image.Image:
