@@ -45,7 +45,7 @@ from ofrnn_tf.training.distribute import (
 from ofrnn_tf.training.run_state import (
     check_checkpoints_kept, check_finished_stages, latest_position, training_state)
 from ofrnn_tf.training.trainer import Trainer
-from ofrnn_tf.visualization.attention_maps import fitting_stem, render_examples
+from ofrnn_tf.visualization.attention_maps import CAPTIONS, fitting_stem, render_examples
 from ofrnn_tf.status import log
 
 NUM_EXAMPLE_IMAGES = 6
@@ -610,6 +610,8 @@ def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) ->
         for stale in glob.glob(os.path.join(glob.escape(run_dir.attention_dir), "*.png")):
             if re.match(r"\d{3}_", os.path.basename(stale)):  # only the run's own
                 os.remove(stale)
+        with contextlib.suppress(FileNotFoundError):  # they described
+            os.remove(os.path.join(run_dir.attention_dir, CAPTIONS))
     render_examples(Predictor.from_run(run_dir), copies, run_dir.attention_dir,
                     ground_truth=truth, max_images=num)
     return copies
@@ -789,8 +791,9 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
     print(results_table(config, metrics))
     metrics_file = run_dir.metrics_file("test", config.decoding.beam_size)
     log(f"test metrics written to {metrics_file}"
-        + (f"; attention pictures in {run_dir.attention_dir}"
-           if data is not None and os.path.isdir(run_dir.attention_dir) else "")
+        + (f"; attention pictures in {run_dir.attention_dir} (described in its {CAPTIONS})"
+           if data is not None and os.path.isfile(os.path.join(run_dir.attention_dir, CAPTIONS))
+           else "")
         + f"; curves: tensorboard --logdir {shlex.quote(run_dir.tensorboard_dir)}")
     recorded = _record_timing(run_dir, mode, timer)
     kept = ""

@@ -17,7 +17,8 @@ copied to another machine:
                             ``metrics_<split>_k<K>.json`` at another K (``--mode=eval``)
 ``timing_<mode>.json``      time of each part of a run (training: summed over reruns)
 ``tensorboard/``            training curves
-``attention/``              attention pictures of test images (paper Fig. 3)
+``attention/``              attention pictures of test images (paper Fig. 3), and
+                            ``captions.md``: what each shows, in words
 ``examples/``               those test images (export warm-up, demos)
 ``examples.json``           which test image (image id) and labels each copy is
 ``.lock``                   who holds the folder while a training or evaluation runs

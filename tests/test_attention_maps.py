@@ -11,8 +11,8 @@ from PIL import Image
 
 from ofrnn_tf.inference import Predictor
 from ofrnn_tf.visualization.attention_maps import (
-    _CAPTION_PIXELS, PANEL_PIXELS, PANELS_PER_ROW, draw_attention, draw_prediction, figure_pixels,
-    render_examples, upsample)
+    _CAPTION_PIXELS, CAPTIONS, PANEL_PIXELS, PANELS_PER_ROW, describe_attention, description,
+    draw_attention, draw_prediction, figure_pixels, render_examples, upsample)
 
 
 def gray_image(height=120, width=160) -> np.ndarray:
@@ -165,6 +165,30 @@ def test_an_image_one_pixel_high_or_wide_is_outlined_too(tmp_path, height, width
         assert opened.size == figure_pixels(1, height, width)
 
 
+def test_a_picture_says_in_words_what_it_shows(tmp_path):
+    """For a reader who cannot see it: each step's label, probability, the third of the
+    image its peak is in (or all over, where the map is drawn clear) and the peak."""
+    looking = np.full((7, 7), 0.3 / 49, np.float32)
+    looking[1, 5] += 0.7  # top right
+    centre = np.full((7, 7), 0.5 / 49, np.float32)
+    centre[3, 3] += 0.5
+    flat = np.full((7, 7), 1 / 49, np.float32)
+    attention = np.stack([looking, centre, flat])
+    path = draw_attention(gray_image(), attention, ["cat", "new\nline", "dog"], [0.9, 0.5, 0.25],
+                          str(tmp_path / "p.png"), title="img.jpg  (path probability 0.113)",
+                          ground_truth=["cat", "dog"])
+    words = describe_attention(attention, ["cat", "new\nline", "dog"], [0.9, 0.5, 0.25],
+                               title="img.jpg  (path probability 0.113)",
+                               ground_truth=["cat", "dog"])
+    assert description(path) == words == (
+        "img.jpg (path probability 0.113). Ground truth: cat, dog. "
+        "Step 1: cat, probability 0.90, looks at the top right (peak 34.6× uniform). "
+        "Step 2: new\\x0aline, probability 0.50, looks at the centre (peak 25.0× uniform). "
+        "Step 3: dog, probability 0.25, looks all over the image (peak 1.0× uniform).")
+    assert describe_attention(np.zeros((0, 7, 7)), [], [], ground_truth=[]) == (
+        "Ground truth: (none). No label chosen.")
+
+
 def test_long_titles_wrap_to_the_figure_and_long_names_are_shortened(tmp_path):
     from ofrnn_tf.visualization.attention_maps import _text_pixels, _wrapped
 
@@ -234,6 +258,11 @@ def test_render_examples_one_png_per_readable_image(predictor, sample_images, tm
     written = render_examples(predictor, [str(p) for p in images], str(tmp_path / "out"),
                               ground_truth=truth, max_images=3)
     assert [p.rsplit("/", 1)[1] for p in written] == ["000_img0.png", "002_img1.png"]
+    # The pictures in words, beside them: a heading and a description each.
+    captions = (tmp_path / "out" / CAPTIONS).read_text(encoding="utf-8")
+    for path in written:
+        heading = f"## {os.path.basename(path)}\n\n{description(path)}\n"
+        assert heading in captions and "Ground truth: " in description(path)
     results = predictor.predict_files(images[:3:2])
     for path, result in zip(written, results):
         with Image.open(path) as opened:

@@ -15,6 +15,10 @@ while the double line does. The figure
 title names the image, the path probability and, when known, the true labels, wrapped
 to the figure's width.
 
+Each PNG also says in words what it shows (`describe_attention`, its ``Description``
+text), for a reader who cannot see it; `render_examples` gathers these in
+``captions.md`` beside the pictures.
+
 Drawing uses matplotlib's Agg canvas directly (no pyplot), so it needs no display
 and leaves the global matplotlib state alone.
 """
@@ -56,6 +60,8 @@ _STEP_TITLE_SIZE = 10
 _OUTLINE_LEVEL = 0.5  # of the way from the uniform level to the peak
 _OUTLINE_WIDTHS = (1.2, 3.2)  # points: the white line, and the black edge around it
 _TEXT_TO_PATH = TextToPath()  # measures text as the figure lays it out
+CAPTIONS = "captions.md"  # `render_examples`' descriptions of its pictures, beside them
+_THIRDS = (("top", "middle", "bottom"), ("left", "centre", "right"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -264,12 +270,51 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
                     aspect="auto")
         if peak >= 2 * uniform:  # drawn at full colour: outlined too
             _outline(axes, heat)
+    description = describe_attention(attention, label_names, probabilities, title=title,
+                                     ground_truth=ground_truth)
     # Whole or not at all: a full disk left an empty PNG under the picture's name.
     with replaced_whole(path) as tmp:
         # zlib's fastest level: the default's files are a fifth smaller for much more time.
         figure.savefig(tmp, dpi=DPI, format="png", facecolor="white",
+                       metadata={"Description": description},
                        pil_kwargs={"compress_level": 1})
     return path
+
+
+def describe_attention(attention: np.ndarray, label_names: Sequence[str],
+                       probabilities: Sequence[float], title: Optional[str] = None,
+                       ground_truth: Optional[Sequence[str]] = None) -> str:
+    """What `draw_attention`'s picture of these arguments shows, in one paragraph: its
+    title, the true labels, and each step's label, probability, where it looks (the
+    third of the image across and down that holds the map's peak, or all over where the
+    map is drawn clear) and its peak over the uniform level."""
+    attention = np.asarray(attention, np.float32)
+    words = [" ".join(printable(title).split()) + "."] if title else []
+    if ground_truth is not None:
+        words.append("Ground truth: " + (", ".join(map(printable, ground_truth)) or "(none)")
+                     + ".")
+    uniform = 1.0 / (attention.shape[1] * attention.shape[2])
+    for t, (name, probability) in enumerate(zip(label_names, probabilities)):
+        peak = float(attention[t].max())
+        where = "all over the image"
+        if peak >= 2 * uniform:  # drawn at full colour, outlined
+            row, column = np.unravel_index(int(np.argmax(attention[t])), attention[t].shape)
+            # By the cell's centre: the thirds of 7 cells are 2, 3 and 2 of them.
+            down = _THIRDS[0][int(3 * (row + 0.5) / attention.shape[1])]
+            across = _THIRDS[1][int(3 * (column + 0.5) / attention.shape[2])]
+            where = ("at the centre" if (down, across) == ("middle", "centre")
+                     else f"at the {down} {across}")
+        words.append(f"Step {t + 1}: {printable(name)}, probability {float(probability):.2f}, "
+                     f"looks {where} (peak {peak / uniform:.1f}× uniform).")
+    if not len(label_names):
+        words.append("No label chosen.")
+    return " ".join(words)
+
+
+def description(path: str) -> Optional[str]:
+    """The ``Description`` a PNG `draw_attention` wrote holds (None for another PNG)."""
+    with Image.open(path) as picture:
+        return getattr(picture, "text", {}).get("Description")
 
 
 def _outline(axes, heat: np.ndarray) -> None:
@@ -315,7 +360,8 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
     Returns:
         the PNG paths written; none for the variants without attention (`baseline`,
         `no_attention`). Images that cannot be read, and pictures that cannot be drawn, are
-        reported on stderr and skipped; a full disk raises its OSError.
+        reported on stderr and skipped; a full disk raises its OSError. What each picture
+        shows is written in words to `CAPTIONS` in `out_dir` (`write_captions`).
     """
     if not predictor.module.has_attention:
         print(f"[attention] the {predictor.module.model.variant} variant has no attention; "
@@ -337,7 +383,26 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
             if out_of_room(error):  # ... but a full disk stops the next writes too
                 raise
             say(f"[attention] {result['image']}: no picture: {error}")
+    if written:
+        write_captions(written, out_dir)
     return written
+
+
+def write_captions(pictures: Sequence[str], out_dir: str) -> str:
+    """Writes `CAPTIONS` in `out_dir`: each picture's name and its `description`, the
+    pictures' text for a reader who cannot see them. Returns its path."""
+    path = os.path.join(out_dir, CAPTIONS)
+    lines = ["# Attention pictures", "",
+             "Each picture in words: the labels chosen step by step, each with its",
+             "probability, where the step looks and how sharply (its peak over the",
+             "uniform level 1/(h·w); below twice that level it looks all over the image).",
+             ""]
+    for picture in pictures:
+        lines += [f"## {_utf8_name(os.path.basename(picture))}", "",
+                  description(picture) or "", ""]
+    with replaced_whole(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return path
 
 
 def picture_path(image_path: str, out_dir: str, index: int) -> str:
