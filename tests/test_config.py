@@ -355,6 +355,12 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
     (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
             "run()", "--threshold=nan", "{tmp}/image.png"],
      "ofrnn-client: --threshold must be a probability in [0, 1], got nan"),
+    # One τ, each command's name for it taken by the other (the value is the same flag's).
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--tau=nan", "{tmp}/image.png"],
+     "ofrnn-client: --tau must be a probability in [0, 1], got nan"),
+    (["predict.py", "--workdir={tmp}", "--threshold=2", "{tmp}/image.png"],
+     "predict.py: --threshold must be a probability in [0, 1], got 2.0"),
     (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
             "run()", "--timeout=0", "{tmp}/image.png"],
      "ofrnn-client: --timeout must be a number of seconds above 0, got 0.0"),
@@ -378,7 +384,8 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
         "predict_beam_of_none", "export_beam_overflowing", "export_negative_warmup_count",
         "export_negative_keep_count",
         "predict_pictures_into_a_file",
-        "client_threshold_nan", "client_timeout_zero", "client_timeout_overflowing",
+        "client_threshold_nan", "client_tau_nan", "predict_threshold_two",
+        "client_timeout_zero", "client_timeout_overflowing",
         "client_server_empty", "client_version_negative", "client_version_beyond_int64"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")

@@ -396,11 +396,13 @@ def refuse_beam_size() -> None:
                              f"its K beams at once), got {value}")
 
 
-def refuse_non_probability(flag: str) -> None:
-    """A usage error when the command's ``--<flag>`` is set outside [0, 1] (or to NaN)."""
+def refuse_non_probability(flag: str, *aliases: str) -> None:
+    """A usage error when the command's ``--<flag>`` is set outside [0, 1] (or to NaN),
+    naming the flag as it was given: `flag`, or the one of its `aliases` typed."""
     value = flags.FLAGS[flag].value
     if value is not None and not 0.0 <= value <= 1.0:
-        raise app.UsageError(f"--{flag} must be a probability in [0, 1], got {value}")
+        given = next((alias for alias in aliases if flags.FLAGS[alias].present), flag)
+        raise app.UsageError(f"--{given} must be a probability in [0, 1], got {value}")
 
 
 def refuse_unwritable_folder(flag: str, path: str) -> None:

@@ -50,7 +50,9 @@ def define_flags() -> None:
     flags.DEFINE_string("signature_name", None, "signature taking `images` (default: "
                         "serving_default, or predict_with_threshold with --threshold)")
     flags.DEFINE_float("threshold", None, "decode with this τ in [0, 1] instead of the "
-                       "calibrated one: lower for more labels (recall), higher for fewer")
+                       "calibrated one: lower for more labels (recall), higher for fewer "
+                       "(--tau, ofrnn-predict's name for it, is taken too)")
+    flags.DEFINE_alias("tau", "threshold")
     flags.DEFINE_integer("version", None, "model version (default: the newest)")
     flags.DEFINE_integer("batch_size", 32, "images per Predict request")
     flags.DEFINE_integer("max_request_bytes", 32 * 1024 * 1024, "a batch of files larger than "
@@ -71,7 +73,7 @@ def define_flags() -> None:
 def main(argv):
     refuse_below("batch_size")
     refuse_below("max_request_bytes")
-    refuse_non_probability("threshold")
+    refuse_non_probability("threshold", "tau")
     refuse_unservable_version()
     check_server(FLAGS.server)
     if not FLAGS.timeout > 0:

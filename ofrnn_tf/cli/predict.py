@@ -53,7 +53,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("beam_size", None, "Beam width K (default: the run's; another K must "
                          "have been calibrated: ofrnn-train --mode=eval --decoding.beam_size=K).")
     flags.DEFINE_float("tau", None, "Threshold τ on the path probability (default: the one "
-                       "calibrated for K).")
+                       "calibrated for K; --threshold, ofrnn-client's name for it, is taken "
+                       "too).")
+    flags.DEFINE_alias("threshold", "tau")
     flags.DEFINE_integer("min_labels", None, "Labels every image gets at least, whatever τ "
                          "(default: the run's; --tau=0.5 --min_labels=0 on a baseline run is "
                          "the usual fixed rule, its test metrics' at_fixed_0.5).")
@@ -71,7 +73,7 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     refuse_glob_characters("workdir", FLAGS.workdir)
-    refuse_non_probability("tau")
+    refuse_non_probability("tau", "threshold")
     refuse_below("max_image_pixels")
     refuse_beam_size()
     refuse_below("batch_size")
