@@ -36,16 +36,22 @@ def log(message: str) -> None:
     say(f"[ofrnn_tf] {message}")
 
 
+# The bar between its percentage and its count: ``100%|██████████| 64/64``.
+_BAR = re.compile(r"(\d+%)\|[ \u2588-\u258f#0-9]*\| ")
+
+
 class _LineStream:
     """A bar's stream off a terminal: each redraw becomes a line of its own instead of a
-    carriage return over the last (which a log file keeps, every one of them)."""
+    carriage return over the last (which a log file keeps, every one of them), and
+    without the bar's blocks, which the percentage and count already say in a log (and
+    a screen reader would read out as "full block" ten times a line)."""
 
     def __init__(self, stream):
         self.stream = stream
         self.encoding = getattr(stream, "encoding", None) or "utf-8"
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
+        line = _BAR.sub(r"\1 ", text.replace("\r", "").rstrip(), count=1)
         if line:  # not a bar's clearing, nor the newline it ends with
             self.stream.write(line + "\n")
 

@@ -50,6 +50,14 @@ def test_off_a_terminal_a_bar_writes_whole_lines_and_few_of_them(monkeypatch):
     assert lines[-1].index("loss=0.1234") < lines[-1].index("ex_s=973")  # as given
 
 
+def test_off_a_terminal_a_line_says_the_bar_in_words_not_blocks(monkeypatch):
+    """A log's line is the percentage and the count: the bar's ten blocks said nothing
+    more there, and a screen reader read each out ("full block")."""
+    lines = run_bar(monkeypatch, io.StringIO(), steps=10).splitlines()
+    assert lines[-1].startswith("stage 1 epoch 1/2: 100% 10/10 ["), lines
+    assert not re.search("[\u2588-\u258f|]", "".join(lines)), lines
+
+
 def test_on_a_terminal_a_bar_is_redrawn_in_place(monkeypatch):
     text = run_bar(monkeypatch, Terminal(monkeypatch), mininterval=0)
     assert text.count("\r") > 100 and text.count("\n") <= 1
@@ -79,7 +87,7 @@ def test_a_bar_keeps_time_when_the_wall_clock_is_set_back_or_forward(monkeypatch
             steady[0] += 10.0
             bar.update(1)
     lines = sys.stderr.getvalue().splitlines()
-    times = [re.search(r"\| (\d+)/20 \[([^]]*)\]", line).groups() for line in lines]
+    times = [re.search(r"% (\d+)/20 \[([^]]*)\]", line).groups() for line in lines]
 
     def minutes(seconds):
         return f"{seconds // 60:02d}:{seconds % 60:02d}"
