@@ -235,6 +235,21 @@ def test_stage2_starts_from_the_best_stage1_epoch(tmp_path):
     assert not changed(stage1[0], weights(model.map_variables))  # ... but the first is kept
 
 
+@pytest.mark.slow
+def test_a_stage_bar_says_what_its_numbers_are(tmp_path, capsys):
+    """The loss, then the pace in images a second as the other bars write it (it was
+    ``ex_s=…``: an abbreviation nothing explained, a dot where it was not measured)."""
+    config = tiny_config(stage1={"epochs": 1}, stage2={"epochs": 1})
+    trainer = make_trainer(str(tmp_path), config, synthetic_data())
+    trainer.progress = True
+    trainer.train()
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("stage ") and " 100% " in line]  # an epoch's end
+    assert len(lines) == 2 and all(re.search(r", loss=\d+\.\d{4}(, \d+ img/s)?\]$", line)
+                         for line in lines), lines
+    assert any(line.endswith(" img/s]") for line in lines), lines
+
+
 def test_main_job_model_standardises_its_features_then_trains(tmp_path):
     """The spatial head and residual decoder: feature statistics set once before stage 1
     (kept in the checkpoint), the cosine schedule decays, and both stages learn."""

@@ -1194,9 +1194,7 @@ class Trainer:
                     window.restart()
                 rate = window.bar_rate(self.global_batch)
                 # Not refreshed here: `update` redraws at the bar's own pace, not every step.
-                bar.set_postfix(ordered(loss=f"{loss:.4f}",
-                                        ex_s="…" if rate is None else f"{rate:.0f}"),
-                                refresh=False)
+                bar.set_postfix_str(stage_bar_postfix(loss, rate), refresh=False)
                 bar.update(1)
                 if step % runtime.checkpoint_every == 0:
                     self._save(step)
@@ -1288,6 +1286,13 @@ def _last_step_learning_rate(optimizer) -> float:
 def _number(value):
     """A (possibly mirrored) variable's value, which does not convert with int()."""
     return tf.convert_to_tensor(getattr(value, "value", value)).numpy()
+
+
+def stage_bar_postfix(loss: float, rate: Optional[float]) -> str:
+    """A stage bar's numbers after tqdm's own, each saying what it is: the step's loss and,
+    once measured (after the epoch's first step), the pace in images a second, as the
+    project's other bars write it (``loss=1.0581, 412 img/s``)."""
+    return f"loss={loss:.4f}" + ("" if rate is None else f", {rate:.0f} img/s")
 
 
 class _LoggingWindow:
