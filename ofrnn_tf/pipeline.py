@@ -18,7 +18,7 @@ import shlex
 import shutil
 import time
 import unicodedata
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -686,7 +686,18 @@ def results_table(config: ExperimentConfig, metrics: dict) -> str:
     shown = {name: dict(row, **({"tau": f"{row['tau']:.3g}"} if "tau" in row else {}))
              for name, row in rows.items()}
     columns = [c for c in RESULT_COLUMNS if any(c in row for row in shown.values())]
-    return format_table(shown, columns=columns)
+    return format_table(shown, columns=columns) + "\n\n" + _results_key(variant, columns)
+
+
+def _results_key(variant: str, columns: Sequence[str]) -> str:
+    """The line under the results table that says what its numbers are: the metrics are
+    percentages, τ a probability (its header is the metrics file's key, ``tau``)."""
+    key = "C-/O-: per class / over all labels; metrics in percent"
+    if "tau" in columns:
+        key += ("; tau: the threshold τ on each class's score, chosen on validation"
+                if variant == "baseline" else
+                "; tau: the threshold τ on the path probability, chosen on validation")
+    return key + "."
 
 
 def _record_timing(run_dir: RunDir, mode: str, timer: Timer) -> Optional[str]:

@@ -788,8 +788,21 @@ def test_the_results_table_names_the_beam_width_and_the_baselines_fixed_threshol
     table = pipeline.results_table(baseline, {
         "C-F1": 60.0, "mAP": 70.0, "tau": 0.31,
         "at_fixed_0.5": {"C-F1": 55.0, "mAP": 70.0, "tau": 0.5}}).splitlines()
-    assert table[2:] == ["| baseline | 60.0 | 70.0 | 0.31 |",
-                         "| baseline at 0.5 | 55.0 | 70.0 | 0.5 |"]
+    assert table[2:4] == ["| baseline | 60.0 | 70.0 | 0.31 |",
+                          "| baseline at 0.5 | 55.0 | 70.0 | 0.5 |"]
+
+
+def test_the_results_table_says_what_its_numbers_are():
+    """Percentages and a probability side by side: the line under the table tells them
+    apart (and what τ is a threshold on for each variant)."""
+    metrics = {"C-F1": 80.04, "O-F1": 79.96, "mAP": 88.0, "tau": 0.0924, "beam_size": 5}
+    table = pipeline.results_table(ExperimentConfig(), metrics).splitlines()
+    assert table[3:] == ["", "C-/O-: per class / over all labels; metrics in percent; tau: the "
+                         "threshold τ on the path probability, chosen on validation."]
+    baseline = ExperimentConfig().replace(model={"variant": "baseline"})
+    table = pipeline.results_table(baseline, {"C-F1": 60.0, "tau": 0.31}).splitlines()
+    assert table[-1].endswith("tau: the threshold τ on each class's score, chosen on "
+                              "validation.")
 
 
 def test_t_max_is_said_with_the_images_that_set_it_and_labels_beyond_it_are_warned_of(capsys):
