@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import app, flags  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._served import jpeg_224, rss_mib, start_server  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
 from ofrnn_tf.serving.server_process import DEFAULT_MAX_BATCH_SIZE, stop  # noqa: E402
@@ -87,4 +88,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -37,6 +37,7 @@ from ofrnn_tf.modeling.model import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import check_int_list, publish  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "32"], "batch sizes to time")
@@ -145,4 +146,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -25,6 +25,7 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import (  # noqa: E402
     check_checkouts, check_int_list, checkout_label, publish)
+from benchmarks import _stops as stops  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("checkouts", ["."], "Repository trees whose decoder is measured.")
@@ -112,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -40,6 +40,7 @@ from ofrnn_tf.tf_errors import op_error_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from benchmarks._session import SessionModel, median_seconds  # noqa: E402
 
@@ -125,4 +126,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

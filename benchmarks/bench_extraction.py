@@ -47,6 +47,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks._results import cpu_times, publish, steal_share  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from ofrnn_tf.data.example import Example  # noqa: E402
 from ofrnn_tf.data.fashion_canvases import (  # noqa: E402
     CanvasConfig, build_fashion_canvases, load_benchmark_split)
@@ -216,4 +217,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

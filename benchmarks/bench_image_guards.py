@@ -39,7 +39,7 @@ from pathlib import Path
 import ofrnn_tf  # noqa: F401
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 from ofrnn_tf.features.image_guards import decode_images
@@ -47,6 +47,7 @@ from ofrnn_tf.features.images import MAX_GIF_STEPS, MAX_JPEG_SCANS, decode_and_r
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import publish  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 15, "alternating timed calls of each function per image set",
@@ -152,4 +153,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

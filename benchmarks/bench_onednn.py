@@ -36,6 +36,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import host_load, publish  # noqa: E402
 from benchmarks._session import SessionModel, median_seconds  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
@@ -148,4 +149,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -32,6 +32,7 @@ from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks._results import publish  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._served import jpeg_224, rss_mib, start_server  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
 from ofrnn_tf.serving.server_process import stop  # noqa: E402
@@ -121,4 +122,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

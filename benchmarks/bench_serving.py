@@ -47,6 +47,7 @@ from ofrnn_tf.run_dir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import check_int_list, host_load, publish  # noqa: E402
 from benchmarks._session import SessionModel  # noqa: E402
 
@@ -180,4 +181,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

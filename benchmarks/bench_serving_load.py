@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks._results import publish, usable_cores  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from ofrnn_tf.serving import client  # noqa: E402
 from ofrnn_tf.serving.server_process import DEFAULT_MODEL_NAME, start_subprocess, stop  # noqa: E402
 
@@ -199,4 +200,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

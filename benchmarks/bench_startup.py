@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks._results import publish  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from ofrnn_tf.serving.server_process import (  # noqa: E402
     DEFAULT_MODEL_NAME, spawn, stop, wait_until_listening)
 from toy_run import TINY_TRAIN_FLAGS  # noqa: E402
@@ -140,4 +141,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

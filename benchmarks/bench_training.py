@@ -56,6 +56,7 @@ from absl import app, flags  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import host_load, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.config.experiment import ExperimentConfig  # noqa: E402
@@ -380,4 +381,4 @@ def run(work_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -31,6 +31,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import check_checkouts, checkout_label, publish  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -82,11 +83,17 @@ def measure(checkout: str, cache_dir: str) -> dict:
 
             reader = threading.Thread(target=follow_log, daemon=True)
             reader.start()
-            while child.poll() is None:
-                rss = _rss_mib(child.pid)
-                if rss is not None:
-                    readings.setdefault(phase[0], []).append(rss)
-                time.sleep(FLAGS.interval)
+            try:
+                while child.poll() is None:
+                    rss = _rss_mib(child.pid)
+                    if rss is not None:
+                        readings.setdefault(phase[0], []).append(rss)
+                    time.sleep(FLAGS.interval)
+            except BaseException:
+                # Stopped (Ctrl-C, SIGTERM): the run is thrown away with its folder, and
+                # `Popen`'s exit would leave the child training on under PID 1.
+                child.kill()
+                raise
             reader.join()
         if child.returncode != 0:
             raise RuntimeError(f"{shlex.join(command)} failed:\n{''.join(tail)}")
@@ -137,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

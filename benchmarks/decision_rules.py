@@ -43,6 +43,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from ofrnn_tf.decoding import calibration  # noqa: E402
 from ofrnn_tf.metrics import label_set_metrics  # noqa: E402
 
@@ -128,4 +129,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

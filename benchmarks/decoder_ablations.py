@@ -47,6 +47,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.decoding.beam_search import beam_search  # noqa: E402
@@ -198,4 +199,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -57,6 +57,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from benchmarks.item_oracle import item_positions, position_scores  # noqa: E402
 from benchmarks.label_context import (canvas_facts, scored_on_test, split_outputs,  # noqa: E402
@@ -375,4 +376,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -46,6 +46,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks import item_reader  # noqa: E402
 from benchmarks._results import mean_std, publish  # noqa: E402
 from benchmarks.item_oracle import item_positions, position_scores  # noqa: E402
@@ -215,4 +216,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

@@ -62,6 +62,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import difference, mean_std, publish  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
@@ -295,4 +296,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)
