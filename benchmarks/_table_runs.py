@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from typing import Callable, Mapping, Sequence
@@ -13,6 +14,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
+from benchmarks import _stops as stops
 from benchmarks._results import (
     check_choices, check_int_list, difference, mean_std, one_decimal, publish)
 
@@ -63,14 +65,28 @@ def make_absolute(*names: str) -> None:
 
 
 def run_child(command: Sequence[str], cwd) -> None:
-    """Runs `command` (a ``train.py`` the script starts), shown first; when it fails, or
-    Ctrl-C stops both, ends the script in one line under the child's own message instead
-    of a traceback."""
+    """Runs `command` (a ``train.py`` the script starts), shown first; when it fails, ends
+    the script in one line under the child's own message instead of a traceback.
+
+    Stopped by Ctrl-C or SIGTERM, the script waits for the child to stop as it does on its
+    own, at the end of its step with a checkpoint and its time recorded, then ends with 130
+    or 143 (`subprocess.run` would kill it a quarter of a second after the Ctrl-C). A
+    terminal's Ctrl-C reaches the child too; a SIGTERM sent to the script alone is passed
+    on to it, and so is every further signal, which stops the child at once."""
     print("+", shlex.join(command), file=sys.stderr, flush=True)
+    child = subprocess.Popen(command, cwd=cwd)
     try:
-        status = subprocess.run(command, cwd=cwd).returncode
-    except KeyboardInterrupt:  # the child, sent the Ctrl-C too, said what to do
-        raise SystemExit(130) from None
+        status = child.wait()
+    except KeyboardInterrupt:
+        if stops.received() == signal.SIGTERM:
+            child.send_signal(signal.SIGTERM)
+        while True:
+            try:
+                child.wait()
+                break
+            except KeyboardInterrupt:
+                child.send_signal(stops.received() or signal.SIGINT)
+        raise SystemExit(128 + (stops.received() or signal.SIGINT)) from None
     if status:
         raise SystemExit(f"{os.path.basename(sys.argv[0])}: {os.path.basename(command[1])} "
                          f"exited with status {status} (its message is above)")

@@ -58,19 +58,26 @@ def write_finished_run(path, args=None) -> None:
 _DRIVER = inspect.getsource(write_finished_run) + textwrap.dedent('''
     import os, runpy, subprocess, sys
 
-    def fake_train(command, *args, run=subprocess.run, **kwargs):
-        if command[1:2] != ["train.py"]:
-            return run(command, *args, **kwargs)
-        flags = dict(a[2:].split("=", 1) for a in command[2:] if "=" in a)
-        for name in ("workdir", "runtime.cache_dir"):
-            if not os.path.isabs(flags[name]):  # the real train.py would miss the folder
-                sys.exit(f"train.py got a relative --{name}={flags[name]} (cwd {kwargs['cwd']})")
-        write_finished_run(os.path.join(kwargs["cwd"], flags["workdir"]), command[2:])
-        print("trained", flags["workdir"], "cache", flags["runtime.cache_dir"], "with",
-              " ".join(command[3:]), file=sys.stderr)
-        return subprocess.CompletedProcess(command, 0)
+    class FakeTrain:
+        def __init__(self, command, **kwargs):
+            flags = dict(a[2:].split("=", 1) for a in command[2:] if "=" in a)
+            for name in ("workdir", "runtime.cache_dir"):
+                if not os.path.isabs(flags[name]):  # the real train.py would miss the folder
+                    sys.exit(f"train.py got a relative --{name}={flags[name]} "
+                             f"(cwd {kwargs['cwd']})")
+            write_finished_run(os.path.join(kwargs["cwd"], flags["workdir"]), command[2:])
+            print("trained", flags["workdir"], "cache", flags["runtime.cache_dir"], "with",
+                  " ".join(command[3:]), file=sys.stderr)
 
-    subprocess.run = fake_train
+        def wait(self):
+            return 0
+
+    def fake_train(command, *args, popen=subprocess.Popen, **kwargs):
+        if command[1:2] != ["train.py"]:
+            return popen(command, *args, **kwargs)
+        return FakeTrain(command, **kwargs)
+
+    subprocess.Popen = fake_train
     sys.argv = [sys.argv[1]] + sys.argv[2:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 ''')
@@ -286,13 +293,23 @@ def test_a_checkout_that_is_not_a_tree_of_the_project_is_refused(tmp_path):
 
 
 def test_a_ctrl_c_under_a_child_run_ends_the_script_without_a_traceback(monkeypatch):
-    def interrupted(command, **kwargs):
-        raise KeyboardInterrupt
+    class Interrupted:  # the Ctrl-C lands in the first wait; the child then stops
+        waits = 0
 
-    monkeypatch.setattr(table_runs.subprocess, "run", interrupted)
+        def __init__(self, command, **kwargs):
+            pass
+
+        def wait(self):
+            Interrupted.waits += 1
+            if Interrupted.waits == 1:
+                raise KeyboardInterrupt
+            return 130
+
+    monkeypatch.setattr(table_runs.subprocess, "Popen", Interrupted)
     with pytest.raises(SystemExit) as stopped:
         table_runs.run_child(["python", "train.py"], cwd=".")
     assert stopped.value.code == 130
+    assert Interrupted.waits == 2  # waited for the child to stop
 
 
 # -- paper_table.py without finished runs ------------------------------------------------

@@ -69,3 +69,51 @@ def test_sigterm_stops_a_benchmark_its_child_and_removes_its_temporary_folder(tm
     finally:
         if running(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# A train.py stand-in that, like the real one, takes a while to stop on its first Ctrl-C or
+# SIGTERM (the end of its step, a checkpoint), then says what it saved.
+_SLOW_TO_STOP = """\
+import os, signal, sys, time
+def stop(signum, frame):
+    time.sleep(1.5)
+    open({saved!r}, "w").write(str(signum))
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
+open({ready!r}, "w").write(str(os.getpid()))
+time.sleep(600)
+"""
+
+# A paper-table script: one run_child under `_stops.run`.
+_TABLE_SCRIPT = """\
+import sys
+from benchmarks import _stops as stops, _table_runs as table_runs
+stops.run(lambda argv: table_runs.run_child([sys.executable, {child!r}], cwd="."))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl_c_to_the_group", "sigterm_to_the_script"])
+def test_a_stopped_table_script_lets_its_train_py_stop_on_its_own(tmp_path, how):
+    ready, saved = tmp_path / "ready", tmp_path / "saved"
+    child = tmp_path / "train.py"
+    child.write_text(_SLOW_TO_STOP.format(ready=str(ready), saved=str(saved)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    script = subprocess.Popen(
+        [sys.executable, "-c", _TABLE_SCRIPT.format(child=str(child))], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pid = int(wait_for(ready, script))
+    try:
+        if how == "ctrl_c_to_the_group":  # as a terminal sends it
+            os.killpg(script.pid, signal.SIGINT)
+        else:
+            script.send_signal(signal.SIGTERM)
+        _, err = script.communicate(timeout=60)
+        signum = signal.SIGINT if how == "ctrl_c_to_the_group" else signal.SIGTERM
+        assert script.returncode == 128 + signum, err
+        assert saved.read_text() == str(int(signum))  # its stop ran to its end
+        assert not running(pid)
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
