@@ -474,6 +474,7 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
     # give: a shard cut short or miscounted is named before any step, validation or save.
     tfrecords.verify_split(features_dir, "train")
 
+    @tf.autograph.experimental.do_not_convert
     def parse_batch(serialized: tf.Tensor) -> dict:
         batch = parse(serialized)
         return {"features": batch["features"], "labels": batch["labels"]}

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,23 @@ def test_the_image_pipeline_runs_without_the_autotuner(tmp_path):
     assert dataset.options().autotune.enabled is False
     positions = np.concatenate([p.numpy() for p, _ in dataset])
     assert positions.tolist() == [0, 1, 2]
+
+
+def test_the_image_pipeline_and_a_shard_count_write_no_autograph_sources(tmp_path,
+                                                                        monkeypatch):
+    # AutoGraph writes each function it converts to the temporary folder and removes the
+    # file at exit only: an extraction killed (out of memory) left them there for good.
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    examples = _good_examples(str(tmp_path), n=3)
+    assert len(list(extract._image_dataset(examples, range(3), SIZE, batch_size=2))) == 2
+    shard = str(tmp_path / "records.tfrecord")
+    with tf.io.TFRecordWriter(shard) as writer:
+        for record in (b"a", b"b"):
+            writer.write(record)
+    assert tfrecords.check_shard(shard, full=True) == 2
+    assert list(temp.iterdir()) == []
 
 
 def test_images_are_decoded_on_threads_that_grow_with_the_usable_cores(tmp_path, monkeypatch):

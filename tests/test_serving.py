@@ -15,6 +15,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -44,7 +45,8 @@ from ofrnn_tf.serving import local_server
 from ofrnn_tf.serving.local_server import DEFAULT_MAX_BATCH_SIZE
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version,
                                               start_subprocess, stop)
-from ofrnn_tf.serving.stand_in_model import FAULT_SENTINEL, write_stand_in_model
+from ofrnn_tf.serving.stand_in_model import (FAULT_SENTINEL, StandInModel, solid_png,
+                                              write_stand_in_model)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXEL_LIMIT = 1_000_000
@@ -203,6 +205,18 @@ def test_a_version_copy_just_begun_is_named(tmp_path):
     (tmp_path / "4" / "saved_model.pb").write_bytes(b"")
     with pytest.raises(RuntimeError, match=r"^version 4 \(.*4\) does not load: "):
         serve(str(tmp_path), warmup=False)
+
+
+def test_the_stand_in_model_writes_no_autograph_sources(tmp_path, monkeypatch):
+    # AutoGraph's converted sources are removed at exit only: a server killed in a test
+    # left them in the temporary folder.
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    model = StandInModel()
+    model.serve_images([solid_png((200, 30, 30))])
+    model.predict_features(tf.zeros([1, model.grid, model.grid, 3]))
+    assert list(temp.iterdir()) == []
 
 
 @pytest.mark.parametrize("damage", ["cut short", "not TFRecords"])

@@ -1265,10 +1265,13 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_identical_weights(tmp_path):
     # before checkpoint 16 kills the run in stage-2 epoch 1 with steps 15-16 done but
     # never saved; the rerun resumes from checkpoint 14 and must redo them exactly.
     workdir_a, workdir_b = tmp_path / "a", tmp_path / "b"
+    temp = tmp_path / "temp"  # the killed run's: it runs no exit handler
+    temp.mkdir()
     procs = []
     try:
         procs.append(_start(workdir_a, "--epochs=2"))
-        procs.append(_start(workdir_b, "--epochs=2", PAUSE_BEFORE_CHECKPOINT="16"))
+        procs.append(_start(workdir_b, "--epochs=2", PAUSE_BEFORE_CHECKPOINT="16",
+                            TMPDIR=str(temp)))
         marker = workdir_b / "paused_before_ckpt-16"
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while not marker.exists():
@@ -1279,6 +1282,8 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_identical_weights(tmp_path):
         out, _ = procs[1].communicate(timeout=30)
         assert procs[1].returncode == -signal.SIGKILL and "FINAL" not in out
         assert tf.train.latest_checkpoint(str(workdir_b / "checkpoints")).endswith("ckpt-14")
+        # No AutoGraph sources, which TensorFlow removes at exit only, are left behind.
+        assert list(temp.iterdir()) == []
 
         procs.append(_start(workdir_b, "--epochs=2"))
         final_b, err = _finish(procs[2])

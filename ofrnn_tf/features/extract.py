@@ -454,6 +454,7 @@ def _image_dataset(examples: Sequence[Example], order: Sequence[int], image_size
         paths.append("" if in_memory else os.fspath(image))
         data.append(bytes(image) if in_memory else b"")
 
+    @tf.autograph.experimental.do_not_convert
     def load(pos, path, data):
         image_bytes = tf.cond(tf.strings.length(path) > 0,
                               lambda: tf.io.read_file(path), lambda: data)

@@ -397,6 +397,16 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+@tf.autograph.experimental.do_not_convert
+def _plus_one(count: tf.Tensor, _) -> tf.Tensor:
+    return count + 1
+
+
+def count_elements(dataset: tf.data.Dataset) -> int:
+    """The elements of `dataset`, counted by reading it through."""
+    return int(dataset.reduce(np.int64(0), _plus_one))
+
+
 def check_shard(path: str, full: bool = False) -> int:
     """Checks a TFRecord file and returns its record count.
 
@@ -407,7 +417,7 @@ def check_shard(path: str, full: bool = False) -> int:
     """
     if full:
         try:
-            return int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
+            return count_elements(tf.data.TFRecordDataset(path))
         except tf.errors.DataLossError as e:
             raise CorruptShardError(f"corrupt feature shard {path}: {op_error_text(e)}",
                                     path) from None

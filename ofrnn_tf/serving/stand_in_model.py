@@ -49,10 +49,12 @@ class StandInModel(tf.Module):
         self.serve_images = tf.function(
             self._serve_images,
             input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+            autograph=False,
         )
         self.predict_features = tf.function(
             self._predict_features,
             input_signature=[tf.TensorSpec([None, grid, grid, 3], tf.float32, name="features")],
+            autograph=False,
         )
 
     def _serve_images(self, images):

@@ -4,9 +4,10 @@ Stage 1 trains M_map with binary cross-entropy; stage 2 freezes it and trains th
 attention, LSTM and prediction layers with the per-step loss of Eq. 8. The loop is
 a `tf.function` around `strategy.run`, so the same code runs on one CPU, on several
 GPUs (MirroredStrategy) and on several machines (MultiWorkerMirroredStrategy, where
-Keras 3 `fit` fails). Its graph functions are traced without autograph: the model has
-no Python control flow over tensors, and converting its source cost every training
-process about 6 s.
+Keras 3 `fit` fails). Its graph functions and input maps are traced without autograph:
+the model has no Python control flow over tensors, converting its source cost every
+training process about 6 s, and the sources AutoGraph writes to the temporary folder are
+removed at exit only, never by a process that is killed.
 
 Stage 2 of the residual decoder reads only M_map's per-position outputs, and M_map is
 frozen then: when they fit in `--train.cache_records_mib` (`memory_budget_mib`), they are
@@ -70,7 +71,7 @@ import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
-from ofrnn_tf.features.tfrecords import INPUT_THREADS, without_autotuning
+from ofrnn_tf.features.tfrecords import INPUT_THREADS, count_elements, without_autotuning
 from ofrnn_tf.host_limits import memory_limit_mib
 from ofrnn_tf.metrics import mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
@@ -209,6 +210,12 @@ def _date_event_files_before(directory: str, now: int) -> Optional[int]:
         os.rename(os.path.join(directory, name),
                   os.path.join(directory, f"{match[1]}{earlier[stamp]:010d}{match[3]}"))
     return shift - 1
+
+
+@tf.autograph.experimental.do_not_convert
+def _index_batch(index: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A batch of stage 2's input when M_map's outputs are kept: the rows to gather."""
+    return {"index": index}
 
 
 def _write_rows(kept: dict, rows: dict, start: int, count: int) -> int:
@@ -584,7 +591,7 @@ class Trainer:
         # outputs are never held twice (batches and their concatenation). TensorFlow's CPU
         # allocator keeps the peak of this pass for the rest of the process.
         count = (self.num_train if ctx.num_input_pipelines == 1
-                 else int(examples.reduce(np.int64(0), lambda n, _: n + 1)))
+                 else count_elements(examples))
         if count == 0:
             raise ValueError(f"input pipeline {ctx.input_pipeline_id + 1} of "
                              f"{ctx.num_input_pipelines} holds no training example: train "
@@ -667,7 +674,7 @@ class Trainer:
             # refilling the shuffle buffer for a pass no step reads.
             ds = ds.take(self.steps_per_epoch * local_replicas).skip(skip_steps * local_replicas)
             if indices:
-                ds = ds.map(lambda index: {"index": index})
+                ds = ds.map(_index_batch)
             elif self.parse_batch_fn is not None:
                 ds = ds.map(self.parse_batch_fn, num_parallel_calls=INPUT_THREADS)
             # No autotuner, whose thread held each epoch's end; each op single-threaded.
@@ -755,7 +762,7 @@ class Trainer:
             return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([here, here * here]))
 
         total = self.strategy.experimental_local_results(
-            tf.function(lambda: self.strategy.run(sums))())[0].numpy()
+            tf.function(lambda: self.strategy.run(sums), autograph=False)())[0].numpy()
         replicas = self.strategy.num_replicas_in_sync
         differs = replicas * total[1] != total[0] ** 2  # equal only where all agree
         if differs[:3].any():
