@@ -60,21 +60,24 @@ class ScriptedService(prediction_service_pb2_grpc.PredictionServiceServicer):
 @pytest.fixture
 def serve():
     """`start(refuse) -> (target, service)`: a gRPC server in this process answering as a
-    `ScriptedService` that refuses what `refuse` names; stopped after the test."""
+    `ScriptedService` that refuses what `refuse` names; stopped, and its threads ended,
+    before the next test starts (gRPC leaves the thread pool it was given running)."""
     servers = []
 
     def start(refuse=lambda images: None):
         service = ScriptedService(refuse)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        pool = futures.ThreadPoolExecutor(max_workers=2)
+        server = grpc.server(pool)
+        servers.append((server, pool))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
-        servers.append(server)
         return f"127.0.0.1:{port}", service
 
     yield start
-    for server in servers:
-        server.stop(0)
+    for server, pool in servers:
+        server.stop(0).wait()
+        pool.shutdown(wait=True)
 
 
 def files(tmp_path, contents: list[bytes]) -> list[str]:
