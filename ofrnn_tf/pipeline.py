@@ -489,13 +489,21 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
         with tfrecords.naming_corrupt_shards(features_dir, "val"):
             return evaluation.map_logits(model, val)
 
-    return Trainer(config, facts, run_dir, strategy, tfrecords.num_examples(features_dir, "train"),
-                   train_examples, validate_fn=validate_fn if validate else None,
-                   parse_batch_fn=parse_batch,
-                   records_mib=split_mib,
-                   progress=validate,
-                   validation_logits_fn=validation_logits_fn if validate else None,
-                   settings_before=settings_before)
+    trainer = Trainer(config, facts, run_dir, strategy,
+                      tfrecords.num_examples(features_dir, "train"),
+                      train_examples, validate_fn=validate_fn if validate else None,
+                      parse_batch_fn=parse_batch,
+                      records_mib=split_mib,
+                      progress=validate,
+                      validation_logits_fn=validation_logits_fn if validate else None,
+                      settings_before=settings_before)
+    if val is not None and trainer.fits_beside_training(
+            tfrecords.parsed_split_mib(features_dir, "val")):
+        # Read and parsed at the first validation, then kept: every epoch's validation
+        # reads the same records (`validate_fn` and `validation_logits_fn` look `val` up
+        # when called, so they read this one).
+        val = val.cache()
+    return trainer
 
 
 def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run_dir: RunDir,

@@ -198,6 +198,45 @@ def test_splits_with_an_undecodable_image_left_large_enough_go_on(tmp_path, monk
     assert facts.feature_shape == (4, 4, 8)
 
 
+# -- validation ------------------------------------------------------------------------
+def train_hiding_the_validation_shards(tmp_path, monkeypatch, **train) -> list[dict]:
+    """Trains two epochs a stage, moving the validation shards away once the first
+    validation has read them; returns every validation's metrics."""
+    features_dir = write_features(str(tmp_path / "cache"))
+    config = tiny_config(str(tmp_path / "cache")).replace(
+        stage1={"epochs": 2}, stage2={"epochs": 2}, train={"batch_size": 16, **train})
+    validate, scored = pipeline.evaluation.validate, []
+    shards = tfrecords.shard_files(features_dir, "val")
+
+    def validate_then_hide_the_shards(*args, **kwargs):
+        scored.append(validate(*args, **kwargs))
+        for path in shards if len(scored) == 1 else ():
+            os.replace(path, path + ".away")
+        return scored[-1]
+
+    monkeypatch.setattr(pipeline.evaluation, "validate", validate_then_hide_the_shards)
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.save(config, FACTS)
+    pipeline.make_trainer(config, FACTS, run_dir, features_dir).train()
+    return scored
+
+
+@pytest.mark.slow
+def test_the_validation_split_is_read_once_and_kept_for_every_epoch(tmp_path, monkeypatch):
+    """Every epoch's validation scores the same records: read and parsed at the first
+    validation, they are kept in memory where they fit beside what training keeps
+    (`--train.cache_records_mib`), not read from the shards again each epoch."""
+    scored = train_hiding_the_validation_shards(tmp_path, monkeypatch)
+    assert len(scored) == 4
+
+
+@pytest.mark.slow
+def test_the_validation_split_is_read_each_epoch_where_memory_is_not_given(tmp_path,
+                                                                         monkeypatch):
+    with pytest.raises((tf.errors.NotFoundError, tfrecords.CorruptShardError)):
+        train_hiding_the_validation_shards(tmp_path, monkeypatch, cache_records_mib=0)
+
+
 # -- eval mode -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tau_and_score_mix_are_calibrated_on_the_validation_split(trained):

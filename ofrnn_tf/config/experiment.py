@@ -255,7 +255,8 @@ class TrainConfig:
                                      "its shards fit (later epochs then read no file and "
                                      "shuffle over the whole split), and the residual "
                                      "decoder's stage-2 M_map outputs when they fit (the "
-                                     "records are let go first where both do not).",
+                                     "records are let go first where both do not), and the "
+                                     "validation split, parsed, where it fits beside both.",
                                      resumable=True)
     seed: int = setting(0, "Seed of initial weights, data order and dropout.")
     train_steps: str = setting("gt_count_plus_one", "Decoding steps per image in stage 2: its "

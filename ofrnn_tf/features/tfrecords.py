@@ -578,6 +578,15 @@ def split_bytes(features_dir: str, split: str) -> int:
     return sum(os.path.getsize(path) for path in shard_files(features_dir, split))
 
 
+def parsed_split_mib(features_dir: str, split: str) -> float:
+    """MiB a split takes in memory as `make_dataset` yields it: float32 features, labels
+    and label areas (the image ids, a few bytes each, are left out)."""
+    height, width, depth = (int(d) for d in read_meta(features_dir)["feature_shape"])
+    classes = cache_label_map(features_dir).num_classes
+    per_example = 4 * (height * width * depth + 2 * classes)
+    return num_examples(features_dir, split) * per_example / 2 ** 20
+
+
 def record_dataset(features_dir: str, split: str, *, label_map: LabelMap | None = None,
                    shuffle: bool = False, seed: int | None = None,
                    input_context: tf.distribute.InputContext | None = None,

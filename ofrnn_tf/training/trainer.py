@@ -452,6 +452,13 @@ class Trainer:
         # run stopped between checkpoints logged steps that its rerun trains again.
         self._logged: dict[str, int] = {}
 
+    def fits_beside_training(self, mib: float) -> bool:
+        """Whether `mib` more fit in `memory_budget_mib` beside everything training may keep
+        (its records and stage 2's M_map outputs, counted as if both were kept at once)."""
+        kept = ((self.records_mib if self.cache_examples else 0.0)
+                + (self.head_outputs_mib if self.cache_head_outputs else 0.0))
+        return kept + mib <= self.memory_budget_mib
+
     def _say_budget_capped(self, capped_by: str) -> None:
         """One line where the memory cap (`memory_budget_mib`) leaves out of memory what
         `--train.cache_records_mib` alone would keep: what, and the flag that decides."""
