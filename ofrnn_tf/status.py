@@ -4,7 +4,6 @@ import os
 import re
 import sys
 import time
-from collections import OrderedDict
 
 from tqdm import tqdm
 
@@ -103,8 +102,3 @@ def _sized_terminal(stream) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return columns > 0 and rows > 0
-
-
-def ordered(**values) -> OrderedDict:
-    """A bar's postfix in the order given (tqdm sorts keyword postfixes by name)."""
-    return OrderedDict(values)

@@ -35,7 +35,7 @@ def run_bar(monkeypatch, stream, steps=500, **kwargs):
     monkeypatch.setattr(sys, "stderr", stream)
     with status.progress_bar(total=steps, desc="stage 1 epoch 1/2", **kwargs) as bar:
         for _ in range(steps):
-            bar.set_postfix(status.ordered(loss="0.1234", ex_s="973"), refresh=False)
+            bar.set_postfix_str("loss=0.1234, 973 img/s", refresh=False)
             bar.update(1)
     return stream.getvalue()
 
@@ -47,7 +47,7 @@ def test_off_a_terminal_a_bar_writes_whole_lines_and_few_of_them(monkeypatch):
     # At the default interval a fast bar writes its first and last state only.
     lines = run_bar(monkeypatch, io.StringIO()).splitlines()
     assert len(lines) == 2 and "500/500" in lines[-1], lines
-    assert lines[-1].index("loss=0.1234") < lines[-1].index("ex_s=973")  # as given
+    assert lines[-1].endswith("loss=0.1234, 973 img/s]"), lines
 
 
 def test_off_a_terminal_a_line_says_the_bar_in_words_not_blocks(monkeypatch):

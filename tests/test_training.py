@@ -547,6 +547,21 @@ def test_label_context_is_fitted_between_the_stages_and_its_best_epoch_kept(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_the_label_context_bar_says_what_its_numbers_are(tmp_path, capsys):
+    """Its last line gives the epoch's loss and validation score in words (it was
+    ``val=``, an abbreviation nothing explained)."""
+    scores = iter([0.4, 0.6, 0.6, 0.5, 0.9, 0.7, 0.5])
+    trainer = make_trainer(str(tmp_path), context_config(), synthetic_data(),
+                           lambda model, stage: {"score": next(scores)})
+    trainer.progress = True
+    trainer.train()
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("label context")]
+    assert lines and re.search(r"3/3 .*, loss=\d+\.\d{4}, validation score=0\.70\]$",
+                               lines[-1]), lines
+
+
 def test_the_label_context_fit_is_scored_on_m_maps_validation_logits_computed_once(tmp_path):
     """M_map is frozen while the context is fitted: scoring the context on its validation
     logits, computed once, gives the scores (and so the epoch) that running the whole

@@ -78,7 +78,7 @@ from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
     resumable_checkpoint)
-from ofrnn_tf.status import ordered, progress_bar
+from ofrnn_tf.status import progress_bar
 from ofrnn_tf.training.distribute import check_batch_split, is_chief, num_workers
 from ofrnn_tf.training.step_interrupts import StepInterrupts
 
@@ -1023,7 +1023,8 @@ class Trainer:
                 # By epoch: it has no steps of the stages'.
                 self._scalar("label_context_by_epoch/validation_score", score, epoch + 1)
                 self._scalar("label_context_by_epoch/loss", loss, epoch + 1)
-                bar.set_postfix(ordered(loss=f"{loss:.4f}", val=f"{score:.2f}"), refresh=False)
+                bar.set_postfix_str(f"loss={loss:.4f}, validation score={score:.2f}",
+                                    refresh=False)
                 if score > best:
                     best, best_epoch, since_best = score, epoch + 1, 0
                     best_weights = [v.numpy() for v in variables]
