@@ -260,6 +260,44 @@ def test_a_json_array_manifest_is_read_and_its_items_named(tmp_path):
         load_manifest(str(tmp_path / "cut.json"))
 
 
+@pytest.mark.parametrize("name, text, message", [
+    ("empty.csv", "", "empty.csv: empty manifest (expected a header 'path,labels')"),
+    ("unlabelled.csv", "path,labels\na.png,\n", "unlabelled.csv: no labels in the manifest"),
+    ("short.csv", "path,labels,id\na.png,red\n",
+     "short.csv: line 2: 2 fields, the header has 3"),
+    ("nameless.csv", "path,labels\n  ,red\n", "nameless.csv: line 2: empty 'path'"),
+    ("no_comma.json", '[{"path": "a.png", "labels": ["red"]} {"path": "b.png"}]',
+     "no_comma.json: line 1: not valid JSON (expected ',' or ']' after item 1)"),
+    ("bad_item.json", '[{"path": "a.png", "labels": ["red"]},\n {red}]',
+     "bad_item.json: line 2: not valid JSON (Expecting property name enclosed in double "
+     "quotes)"),
+    ("trailing.json", '[{"path": "a.png", "labels": ["red"]}]\nmore',
+     "trailing.json: line 2: not valid JSON (text after the array)"),
+    ("pairs.json", '[["a.png", "red"]]',
+     'pairs.json: item 1 (line 1): expected a JSON object {"path": ..., "labels": [...]}, '
+     'got list'),
+    ("scored.jsonl", '{"path": "a.png", "labels": {"red": 1}}\n',
+     "scored.jsonl: line 1: 'labels' must be a list of class names, got {'red': 1}"),
+])
+def test_a_malformed_manifest_is_refused_naming_its_line(tmp_path, name, text, message):
+    _png(tmp_path / "a.png", 0)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataFileError) as refused:
+        load_manifest(str(tmp_path / name))
+    assert str(refused.value) == f"{tmp_path / message.split(':')[0]}:{message.split(':', 1)[1]}"
+
+
+def test_a_manifest_is_read_whatever_its_name_and_blank_rows_are_passed_over(tmp_path):
+    # A name without .csv/.jsonl is told by its first character; empty rows are no examples.
+    for i in range(2):
+        _png(tmp_path / f"{i}.png", i)
+    (tmp_path / "listing").write_text('{"path": "0.png", "labels": ["red"]}\n')
+    assert load_manifest(str(tmp_path / "listing"))[1].names == ("red",)
+    (tmp_path / "table").write_text("path,labels\n\n0.png,red\n,\n1.png,blue\n\n")
+    examples, label_map, _ = load_manifest(str(tmp_path / "table"))
+    assert label_map.names == ("blue", "red") and len(examples) == 2
+
+
 # -- data-file errors are the input's fault -----------------------------------------------
 def test_data_file_errors_have_a_dedicated_type(tmp_path):
     root = manifest_folder(tmp_path, train=12, test=4)

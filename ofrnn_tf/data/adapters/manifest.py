@@ -380,9 +380,10 @@ def _json_array_rows(path: str, text: str) -> Iterator[Row]:
         item += 1
         yield _record_row(path, f"item {item} (line {line_of(position)})", record)
         position = end
-    if text[position + 1:].strip():
-        raise DataFileError(f"{path}: line {line_of(position + 1)}: not valid JSON (text "
-                            f"after the array)")
+    after = skip_blanks(position + 1)
+    if after < len(text):
+        raise DataFileError(f"{path}: line {line_of(after)}: not valid JSON (text after the "
+                            f"array)")
 
 
 def _nested_too_deep(path: str, where: str) -> str:
