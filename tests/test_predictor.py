@@ -437,6 +437,51 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_refuses_a_decoding_the_run_cannot_give_in_one_line(lite0_run, images, tmp_path,
+                                                                make_fake_run):
+    """What the run's calibration and variant allow is checked by the command: a width
+    without its τ, more labels than a prediction holds, a beam wider than the label paths,
+    and a baseline run's missing beam and attention are each refused in one line; a
+    baseline run's labels are said to be M_map's classes above τ."""
+    baseline = make_fake_run(tmp_path / "baseline", variant="baseline",
+                             backbone="efficientnet_lite0", feature_shape=(7, 7, 1280),
+                             image_size=224, feature_layer="top_activation")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def predict(run, *flags):
+        return subprocess.run(
+            [sys.executable, "predict.py", f"--workdir={run}", *flags, str(images[0])],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    for run, flags, message in (
+            (lite0_run, ["--beam_size=3"],
+             f"predict.py: {lite0_run / 'calibration.json'} has no τ for beam width K=3 "
+             f"(calibrated: [{BEAM}]). Calibrate it on validation with `ofrnn-train "
+             f"--workdir={lite0_run} --mode=eval --decoding.beam_size=3`. Or pass --tau."),
+            (lite0_run, ["--min_labels=9"],
+             f"predict.py: --min_labels=9 cannot hold: a prediction holds 0 to {MAX_STEPS} "
+             f"labels"),
+            (lite0_run, ["--beam_size=64", "--tau=0.1"],
+             "predict.py: --beam_size=64 is wider than the 60 distinct label paths"),
+            (baseline, ["--beam_size=2"],
+             f"predict.py: --beam_size=2: {baseline} is a baseline run (M_map alone), which "
+             f"has no beam"),
+            (baseline, [f"--attention_dir={tmp_path / 'attention'}"],
+             "predict.py: --attention_dir: the run's baseline variant has no attention to "
+             "draw")):
+        refused = predict(run, *flags)
+        assert refused.returncode == 1 and message in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr and refused.stdout == ""
+    assert not (tmp_path / "attention").exists()
+
+    done = predict(baseline)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["labels"]
+    assert (f"[predict] M_map alone: the classes of score at least τ={TAU:.4g} are the labels, "
+            f"and at least 1 whatever τ") in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_a_stopped_predict_keeps_the_lines_of_the_images_it_finished(lite0_run, images,
                                                                       tmp_path):
     out = tmp_path / "out.jsonl"
