@@ -746,6 +746,35 @@ def test_an_export_that_cannot_remove_an_old_version_names_it_and_succeeds(tmp_p
     assert sorted(os.listdir(base)) == ["1", "7"]
 
 
+def test_an_export_with_keep_versions_names_the_versions_it_removed(tmp_path):
+    # The export itself is played, as above: --keep_versions=1 keeps the version written
+    # and removes the older ones, said in one line after the version's path.
+    base = tmp_path / "exports"
+    for version in ("1", "2", "7"):
+        (base / version / "variables").mkdir(parents=True)
+    done = played_export(tmp_path, f"lambda *args, **kwargs: {str(base / '7')!r}",
+                         args=[f"--export_dir={base}", "--keep_versions=1"],
+                         capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"{base / '7'}\n"
+    assert (f"ofrnn-export: removed 2 older version(s) (--keep_versions=1): {base / '2'}, "
+            f"{base / '1'}\n") in done.stderr, done.stderr[-2000:]  # highest first
+    assert os.listdir(base) == ["7"]
+
+
+def test_an_export_into_a_version_that_exists_is_refused_naming_the_flag(tmp_path):
+    # The run folder's check is played; the export is the real one, which refuses the
+    # version before it reads the run or builds the model.
+    base = tmp_path / "exports"
+    (base / "0003").mkdir(parents=True)
+    done = played_export(tmp_path, "saved_model.export_run",
+                         args=[f"--export_dir={base}", "--version=3"], capture_output=True)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert (f"ofrnn-export: {base / '0003'} exists; pick another version (--version)\n"
+            in done.stderr), done.stderr[-2000:]
+    assert done.stdout == "" and os.listdir(base) == ["0003"]
+
+
 def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_export_run,
                                                                       tmp_path):
     """A run's example images are its first test images: one the export refuses (cut
