@@ -641,6 +641,28 @@ def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
         command.resumed_lines(None, entries)
 
 
+def test_resume_of_a_finished_report_asks_no_server_and_keeps_the_report(tmp_path):
+    """Every input has its line already: the command says so and exits with 0, with no
+    server to ask (none listens on the port given) and the report as it was."""
+    import os
+    import subprocess
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"x")
+    output = tmp_path / "out.jsonl"
+    output.write_text(f'{{"image": "{image}", "labels": []}}\n')
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from ofrnn_tf.cli.client import run; "
+         "sys.argv[0] = 'ofrnn-client'; run()", "--server=127.0.0.1:1", "--wait_for_server=0",
+         f"--output={output}", "--resume", str(image)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == (f"[client] every input already has its line in {output}: nothing "
+                           f"to do\n")
+    assert output.read_text() == f'{{"image": "{image}", "labels": []}}\n'
+
+
 def test_resume_does_not_count_its_own_report_in_an_input_folder(tmp_path):
     """The report written into a folder given as input is not there when the first run
     lists the folder: a rerun, or --resume, leaves it out as well (it listed it, in name

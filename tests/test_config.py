@@ -379,6 +379,22 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
             "run()", "--version=9223372036854775808", "{tmp}/image.png"],
      "ofrnn-client: --version must be an integer from 0 to 9223372036854775807 (TF Serving "
      "loads only those folders), got 9223372036854775808"),
+    (["train.py", "--workdir={tmp}/run", "{tmp}/image.png"],
+     "train.py: unexpected arguments: ['{tmp}/image.png']"),
+    (["export.py", "--workdir={tmp}", "--export_dir={tmp}/exports", "{tmp}/image.png"],
+     "export.py: unexpected arguments: ['{tmp}/image.png']"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--wait_for_server=-1", "{tmp}/image.png"],
+     "ofrnn-client: --wait_for_server must be a number of seconds, 0 or more (0: stop at "
+     "once; inf: no limit), got -1.0"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--resume", "--output={tmp}", "{tmp}/image.png"],
+     "ofrnn-client: --resume: --output={tmp} is not a file, which a stopped run would have "
+     "written"),
+    (["-c", "import sys; from ofrnn_tf.cli.client import run; sys.argv[0] = 'ofrnn-client'; "
+            "run()", "--resume", "--output={tmp}/image.png.txt", "{tmp}/image.png"],
+     "ofrnn-client: --resume: {tmp}/image.png.txt, line 1, is not a line of ofrnn-client's: "
+     "give its report, or another --output"),
 ], ids=["train_without_its_data", "predict_from_no_run", "export_of_no_run",
         "export_into_a_file", "extract_without_its_data", "predict_batch_of_none",
         "predict_beam_of_none", "export_beam_overflowing", "export_negative_warmup_count",
@@ -386,15 +402,38 @@ def test_settings_that_do_not_go_together_are_a_usage_error_of_train_py(tmp_path
         "predict_pictures_into_a_file",
         "client_threshold_nan", "client_tau_nan", "predict_threshold_two",
         "client_timeout_zero", "client_timeout_overflowing",
-        "client_server_empty", "client_version_negative", "client_version_beyond_int64"])
+        "client_server_empty", "client_version_negative", "client_version_beyond_int64",
+        "train_given_an_argument", "export_given_an_argument", "client_wait_negative",
+        "client_resume_into_a_folder", "client_resume_of_another_file"])
 def test_a_missing_file_or_run_is_a_one_line_usage_error(tmp_path, argv, message):
     (tmp_path / "image.png").write_bytes(b"")
+    (tmp_path / "image.png.txt").write_text("notes\n")
     argv = [arg.format(tmp=tmp_path) for arg in argv]
     done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert message.format(tmp=tmp_path) in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_preset_other_than_the_runs_is_refused_naming_each_setting_it_changes(
+        tmp_path, make_fake_run):
+    """`--config` given again on an existing run folder must agree with what the run was
+    trained with: another preset is refused before any work, each differing setting named
+    with both values, and the run folder is left as it was."""
+    run = make_fake_run(tmp_path / "run")
+    before = (run / "run.json").read_bytes()
+    done = subprocess.run([sys.executable, "train.py", f"--workdir={run}", "--config=paper",
+                           "--mode=eval"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert (f"train.py: {run} was trained with other settings than --config=paper: "
+            in done.stderr), done.stderr[-2000:]
+    for setting in ("model.head: 'spatial' in the run folder vs 'mean_linear' now",
+                    "model.lstm_units: 16 in the run folder vs 256 now"):
+        assert setting in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and (run / "run.json").read_bytes() == before
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -89,6 +90,32 @@ def test_grpc_demo_reads_a_home_path_and_says_a_version_it_cannot_read(tmp_path)
     assert done.stderr == (f"grpc_demo: '{version}' is the newest version but cannot be read "
                            f"by this user: its owner can open it to every user with chmod -R "
                            f"a+rX {version}\n")
+
+
+@pytest.mark.slow
+def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path):
+    """`ofrnn-serve` on a base path with no servable version, or on a port another
+    process holds, ends with status 1 and one line naming the path or the address."""
+    (tmp_path / "empty").mkdir()
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    try:
+        port = held.getsockname()[1]
+        for flags, said in (
+                ([f"--model_base_path={tmp_path / 'empty'}", "--port=0"],
+                 f"ofrnn-serve: no version directories under '{tmp_path / 'empty'}': expected "
+                 f"{tmp_path / 'empty'}/<integer version>/saved_model.pb\n"),
+                ([f"--model_base_path={tmp_path / 'empty'}", f"--port={port}"],
+                 f"ofrnn-serve: cannot bind 127.0.0.1:{port}: Address already in use\n")):
+            done = subprocess.run([sys.executable, "-m", "ofrnn_tf.cli.serve", *flags],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            assert done.returncode == 1, done.stderr[-2000:]
+            assert done.stderr.endswith(said), done.stderr[-2000:]
+            assert done.stdout == ""
+    finally:
+        held.close()
 
 
 def test_predict_files_refuses_a_batch_size_below_one_when_called():
