@@ -45,7 +45,7 @@ from ofrnn_tf.serving import client
 from ofrnn_tf.serving import local_server
 from ofrnn_tf.serving.local_server import DEFAULT_MAX_BATCH_SIZE
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version,
-                                              start_subprocess, stop)
+                                              start_subprocess, stop, wait_until_listening)
 from ofrnn_tf.serving.stand_in_model import (FAULT_SENTINEL, StandInModel, solid_png,
                                               write_stand_in_model)
 
@@ -72,6 +72,35 @@ def test_server_process_module_imports_without_tensorflow():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("LISTENING")
+
+
+def child_printing(code: str) -> subprocess.Popen:
+    """A stand-in for a `spawn`ed server: a Python child running `code`, its stdout piped."""
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_waiting_for_a_server_gives_its_target_once_it_listens_and_says_why_it_never_did():
+    """The listening line names the target, also where it comes in one write with a line
+    before it (it waited in the pipe reader's buffer until the child wrote again or
+    ended); a child that ends first is named by its status, one that stays silent is
+    killed at the timeout."""
+    proc = child_printing("print('loading'); print('LISTENING 127.0.0.1:8500', flush=True); "
+                          "import time; time.sleep(60)")
+    try:
+        assert wait_until_listening(proc, timeout=20) == "127.0.0.1:8500"
+    finally:
+        assert stop(proc, grace=5) in (0, -signal.SIGTERM)
+    proc = child_printing("print('refused: no version'); raise SystemExit(3)")
+    with pytest.raises(RuntimeError, match=r"exited with status 3 before listening"):
+        wait_until_listening(proc, timeout=60)
+    proc.stdout.close()
+    proc = child_printing("import time; time.sleep(60)")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"did not listen within 1 s"):
+        wait_until_listening(proc, timeout=1.0)
+    assert proc.poll() is not None and time.monotonic() - started < 30  # killed, not waited for
+    proc.stdout.close()
 
 
 def test_grpc_demo_reads_a_home_path_and_says_a_version_it_cannot_read(tmp_path):

@@ -8,6 +8,7 @@ server's defaults, which ``ofrnn-serve --help`` shows before TensorFlow loads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -157,17 +158,28 @@ def stop_when_stdin_closes() -> None:
 def wait_until_listening(proc: subprocess.Popen, timeout: float = 180.0) -> str:
     """The ``host:port`` target of a `spawn`ed server once it listens; raises RuntimeError
     with the child's exit status if it stops before that (a child still silent after
-    `timeout` seconds is killed)."""
+    `timeout` seconds is killed).
+
+    The pipe is read with `os.read`, not the file object's ``readline``: that reads ahead
+    into its own buffer, so the listening line, arriving with a line before it, would sit
+    there while `select` waited on the empty pipe until the child wrote again or ended."""
     deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    pending = b""
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if sel.select(timeout=1.0):
-                line = proc.stdout.readline()
-                if line.startswith(LISTENING_PREFIX):
-                    return line[len(LISTENING_PREFIX):].strip()
-                if not line and proc.poll() is not None:
+                chunk = os.read(fd, 65536)
+                if not chunk:  # the child closed its end: it is ending
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
                     break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    text = line.decode("utf-8", "replace")
+                    if text.startswith(LISTENING_PREFIX):
+                        return text[len(LISTENING_PREFIX):].strip()
             elif proc.poll() is not None:
                 break
     if proc.poll() is None:
