@@ -268,7 +268,7 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
         overlay[..., 3] = alpha * heat
         axes.imshow(overlay, extent=(0, width_px, height_px, 0), interpolation="bilinear",
                     aspect="auto")
-        if peak >= 2 * uniform:  # drawn at full colour: outlined too
+        if _at_full_colour(peak, uniform):  # outlined too
             _outline(axes, heat)
     description = describe_attention(attention, label_names, probabilities, title=title,
                                      ground_truth=ground_truth)
@@ -279,6 +279,14 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
                        metadata={"Description": description},
                        pil_kwargs={"compress_level": 1})
     return path
+
+
+def _at_full_colour(peak: float, uniform: float) -> bool:
+    """Whether a step's map, of highest weight `peak`, is drawn at full colour: from twice
+    the `uniform` level 1/(h·w) on, where `draw_attention`'s colour scale, from the uniform
+    level to `max(peak - uniform, uniform)` above it, reaches its top; a flatter map looks
+    all over the image."""
+    return peak >= 2 * uniform
 
 
 def describe_attention(attention: np.ndarray, label_names: Sequence[str],
@@ -297,7 +305,7 @@ def describe_attention(attention: np.ndarray, label_names: Sequence[str],
     for t, (name, probability) in enumerate(zip(label_names, probabilities)):
         peak = float(attention[t].max())
         where = "all over the image"
-        if peak >= 2 * uniform:  # drawn at full colour, outlined
+        if _at_full_colour(peak, uniform):  # drawn and outlined where it looks
             row, column = np.unravel_index(int(np.argmax(attention[t])), attention[t].shape)
             # By the cell's centre: the thirds of 7 cells are 2, 3 and 2 of them.
             down = _THIRDS[0][int(3 * (row + 0.5) / attention.shape[1])]
