@@ -14,11 +14,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from benchmarks import _stops as stops
 from benchmarks._results import (
     check_choices, check_int_list, difference, mean_std, one_decimal, publish)
 
 from ofrnn_tf import pipeline
+from ofrnn_tf.cli import interrupts
 from ofrnn_tf.config import flags as config_flags
 from ofrnn_tf.config.experiment import ExperimentConfig, fields
 from ofrnn_tf.decoding.calibration import decode_all_steps, predictions_at
@@ -78,15 +78,15 @@ def run_child(command: Sequence[str], cwd) -> None:
     try:
         status = child.wait()
     except KeyboardInterrupt:
-        if stops.received() == signal.SIGTERM:
+        if interrupts.received() == signal.SIGTERM:
             child.send_signal(signal.SIGTERM)
         while True:
             try:
                 child.wait()
                 break
             except KeyboardInterrupt:
-                child.send_signal(stops.received() or signal.SIGINT)
-        raise SystemExit(128 + (stops.received() or signal.SIGINT)) from None
+                child.send_signal(interrupts.received() or signal.SIGINT)
+        raise SystemExit(interrupts.ended_by()[1]) from None
     if status:
         raise SystemExit(f"{os.path.basename(sys.argv[0])}: {os.path.basename(command[1])} "
                          f"exited with status {status} (its message is above)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ctrl_c_as_in_a_terminal
 
 
 def fake_tree(path: Path, train_py: str) -> Path:
@@ -102,7 +102,8 @@ def test_a_stopped_table_script_lets_its_train_py_stop_on_its_own(tmp_path, how)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     script = subprocess.Popen(
         [sys.executable, "-c", _TABLE_SCRIPT.format(child=str(child))], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal)
     pid = int(wait_for(ready, script))
     try:
         if how == "ctrl_c_to_the_group":  # as a terminal sends it

@@ -735,9 +735,9 @@ def test_an_interrupt_whose_raise_was_lost_stops_the_report_after_its_line(tmp_p
                                                                            monkeypatch):
     # A signal that lands in a garbage-collector callback has its KeyboardInterrupt
     # printed as ignored; the report stops at its next line all the same, keeping it.
-    from ofrnn_tf import cli
+    from ofrnn_tf.cli import interrupts
 
-    monkeypatch.setattr(cli, "_INTERRUPTS", [signal.SIGINT])
+    monkeypatch.setattr(interrupts, "_RECEIVED", [signal.SIGINT])
     with open_report(str(tmp_path / "out.jsonl")) as out:
         with pytest.raises(KeyboardInterrupt):
             write_report(iter([{"image": "a", "labels": []}, {"image": "b", "labels": []}]),

@@ -26,18 +26,7 @@ from ofrnn_tf.config.experiment import MAX_BEAM_SIZE  # noqa: E402 - imports no 
 from ofrnn_tf.jsonio import DISK_FULL, out_of_room  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.status import printable, say  # noqa: E402 - imports no TensorFlow
 from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFlow
-
-
-# The signals a command's run has received (`runner`).
-_INTERRUPTS: list[int] = []
-
-
-def stop_if_interrupted() -> None:
-    """Raises KeyboardInterrupt where the command was interrupted already: the handler's
-    own raise is lost where the signal lands in a callback Python runs for the garbage
-    collector (TensorFlow's weak references), which prints it as ignored and goes on."""
-    if _INTERRUPTS:
-        raise KeyboardInterrupt
+from ofrnn_tf.cli import interrupts  # noqa: E402 - imports no TensorFlow
 
 
 def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
@@ -65,12 +54,7 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
     141, as SIGPIPE would. Under a CPU quota below the cores the process sees, TensorFlow's
     thread pools are sized to the quota before it starts, in one line that says so
     (`_threads_within_cpu_quota`)."""
-    interrupts = _INTERRUPTS
     threads_note = None  # what `_threads_within_cpu_quota` set, said once the flags parse
-
-    def note_interrupt(signum, frame):
-        interrupts.append(signum)
-        raise KeyboardInterrupt  # as Python's own SIGINT handler does
 
     def usage_errors_in_one_line(argv):
         command = os.path.basename(sys.argv[0])
@@ -79,10 +63,7 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
         # TensorFlow imported before absl set up logging gave its logger a handler of
         # its own: absl's prints every record as well, so each would appear twice.
         std_logging.getLogger("tensorflow").handlers.clear()
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, note_interrupt)
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, note_interrupt)
+        interrupts.install()
         try:
             for name in flags.FLAGS:
                 flag = flags.FLAGS[name]
@@ -101,14 +82,13 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
         except (KeyboardInterrupt, SystemError) as error:
             # A Ctrl-C that lands while TensorFlow's C++ code calls back into Python can
             # come out as a SystemError ("bad argument to internal function").
-            if isinstance(error, SystemError) and not interrupts:
+            if isinstance(error, SystemError) and interrupts.received() is None:
                 raise
-            signum = interrupts[-1] if interrupts else signal.SIGINT
-            said = "terminated" if signum == signal.SIGTERM else "interrupted"
+            said, code = interrupts.ended_by()
             rerun = on_interrupt() if callable(on_interrupt) else on_interrupt
             print(f"\n{command}: {said}{'; ' + rerun if rerun else ''}",
                   file=sys.stderr)
-            return 128 + signum
+            return code
         except Exception as error:
             full = disk_full(error)
             if full is None:
@@ -130,7 +110,6 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
         encoding = getattr(sys.stdout, "encoding", None) or "utf-8"  # closed: None
         if not _is_utf8(encoding) and hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(errors="backslashreplace")
-        interrupts.clear()
         before = set(flags.FLAGS)
         define_flags()
         for name in sorted(set(flags.FLAGS) - before):

@@ -16,7 +16,7 @@ from typing import Iterable, Optional, TextIO
 
 from absl import app
 
-from ofrnn_tf.cli import stop_if_interrupted
+from ofrnn_tf.cli.interrupts import stop_if_interrupted
 from ofrnn_tf.status import say
 from ofrnn_tf.text_bytes import marked_encoding, unmarked_wide_encoding
 
