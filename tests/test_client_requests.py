@@ -7,6 +7,7 @@ without an index, and a server that goes away; and how `ofrnn-client` checks its
 from __future__ import annotations
 
 import io
+import signal
 import sys
 from concurrent import futures
 from pathlib import Path
@@ -22,7 +23,7 @@ from absl import app
 
 from ofrnn_tf import input_files
 from ofrnn_tf.cli import client as command
-from ofrnn_tf.cli.image_inputs import open_report
+from ofrnn_tf.cli.image_inputs import open_report, resumed_lines, where_it_stopped
 from ofrnn_tf.serving import client
 
 
@@ -376,6 +377,53 @@ def test_a_client_command_stopped_by_a_server_gone_goes_on_with_resume(serve, tm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signum, said, code", [
+    (signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],
+    ids=["ctrl_c", "sigterm"])
+def test_a_client_command_stopped_by_a_signal_says_where_resume_goes_on(serve, tmp_path,
+                                                                        signum, said, code):
+    """Ctrl-C or SIGTERM in the middle of a run names, as a server gone does, how many
+    inputs have their line and that --resume goes on (it said only "interrupted")."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ctrl_c_as_in_a_terminal
+
+    child = {}
+
+    def stop_at_the_second(images):
+        if len(service.requests) == 2:
+            os.kill(child["pid"], signum)
+        return None
+
+    target, service = serve(stop_at_the_second)
+    paths = files(tmp_path, [png(10), png(20), png(30), png(40)])
+    output = tmp_path / "out.jsonl"
+    command_line = [sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={target}",
+                    "--batch_size=1", f"--output={output}", *paths]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    with subprocess.Popen(command_line, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, env=env, preexec_fn=ctrl_c_as_in_a_terminal) as proc:
+        child["pid"] = proc.pid
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    kept = output.read_text().splitlines()
+    assert len(kept) in (1, 2), kept  # the second answer may be written before it stops
+    last = err.splitlines()[-1]
+    assert re.sub(r"^\S+: ", "", last) == (
+        f"{said}; {len(kept)} of 4 input(s) have their line in {output}; the first without "
+        f"one is {paths[len(kept)]}: run the same command with --resume to go on"), err
+    run = subprocess.run(command_line + ["--resume"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert output.read_text().splitlines()[:len(kept)] == kept
+    assert [json.loads(line)["image"] for line in output.read_text().splitlines()] == paths
+
+
+@pytest.mark.slow
 def test_the_client_command_labels_an_image_without_importing_tensorflow(serve, tmp_path):
     """A request needs no TensorFlow, whose import would take nearly all of a one-image
     call's time."""
@@ -613,10 +661,10 @@ def test_the_client_commands_stop_says_what_happened_and_where_to_go_on():
     assert reason(grpc.StatusCode.UNAVAILABLE, "the batching queue is full") == (
         "h:1 answered UNAVAILABLE: the batching queue is full")
     entries = ["a.jpg", {"image": "notes.txt", "error": "skipped"}, "b.jpg"]
-    assert command.where_it_stopped(entries, 1, "out.jsonl") == (
+    assert where_it_stopped(entries, 1, "out.jsonl") == (
         "1 of 3 input(s) have their line in out.jsonl; the first without one is notes.txt: run "
         "the same command with --resume to go on")
-    assert command.where_it_stopped(entries, 2, None) == (
+    assert where_it_stopped(entries, 2, None) == (
         "2 of 3 input(s) have their line; the first without one is b.jpg: give it and the "
         "inputs after it to go on")
 
@@ -626,19 +674,19 @@ def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
     kept = '{"image": "a.jpg", "labels": []}\n{"image": "notes.txt", "error": "skipped"}\n'
     output.write_text(kept + '{"image": "b.j')  # the last line cut short: the run was killed
     entries = ["a.jpg", {"image": "notes.txt", "error": "skipped"}, "b.jpg", "c.jpg"]
-    assert command.resumed_lines(str(output), entries) == (2, len(kept))
-    assert command.resumed_lines(str(tmp_path / "none.jsonl"), entries) == (0, 0)
+    assert resumed_lines(str(output), entries, "ofrnn-client") == (2, len(kept))
+    assert resumed_lines(str(tmp_path / "none.jsonl"), entries, "ofrnn-client") == (0, 0)
     with open_report(str(output), keep=len(kept)) as report:
         report.write('{"image": "b.jpg"}\n')
     assert output.read_text() == kept + '{"image": "b.jpg"}\n'
     with pytest.raises(app.UsageError, match=r"--resume: .*out.jsonl, line 2, is for notes.txt, "
                                              r"where input 2 is d.jpg: give the inputs of the "
                                              r"run that wrote it, in the same order"):
-        command.resumed_lines(str(output), ["a.jpg", "d.jpg", "b.jpg", "c.jpg"])
+        resumed_lines(str(output), ["a.jpg", "d.jpg", "b.jpg", "c.jpg"], "ofrnn-client")
     with pytest.raises(app.UsageError, match=r"holds 3 lines, more than the 2 inputs given"):
-        command.resumed_lines(str(output), entries[:2])
+        resumed_lines(str(output), entries[:2], "ofrnn-client")
     with pytest.raises(app.UsageError, match=r"--resume goes on from the lines of --output"):
-        command.resumed_lines(None, entries)
+        resumed_lines(None, entries, "ofrnn-client")
 
 
 def test_resume_of_a_finished_report_asks_no_server_and_keeps_the_report(tmp_path):
@@ -679,7 +727,7 @@ def test_resume_does_not_count_its_own_report_in_an_input_folder(tmp_path):
                               for n in ("a.jpg", "m.jpg")))
     assert expand_inputs([str(photos)], str(report)) == first
     assert str(report) in str(expand_inputs([str(photos)]))  # another command's file is listed
-    assert command.resumed_lines(str(report), first) == (2, len(report.read_bytes()))
+    assert resumed_lines(str(report), first, "ofrnn-client") == (2, len(report.read_bytes()))
 
 
 def test_a_server_on_this_machine_is_reached_past_a_proxy_the_environment_names(

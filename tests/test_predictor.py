@@ -721,6 +721,38 @@ def test_a_line_a_full_disk_cuts_short_is_taken_out_and_the_report_named(tmp_pat
     assert disk_full(caught.value) == f"No space left on device writing {report}"
 
 
+def test_a_report_stopped_midway_says_which_input_resume_goes_on_from(tmp_path, monkeypatch):
+    """The line a full disk (or Ctrl-C) ends with counts the lines written, not the one
+    taken back out, and says to go on with --resume: the same command without it starts
+    the report again."""
+    from ofrnn_tf.cli import image_inputs
+    from ofrnn_tf.cli.image_inputs import ReportProgress, stopped_report
+
+    real_write, written = os.write, []
+
+    def filling(fd, data):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(ReportProgress, "latest", None)
+    assert stopped_report() == ""  # stopped before any report: nothing to say
+    report = tmp_path / "out.jsonl"
+    entries = ["a.jpg", {"image": "notes.txt", "error": "skipped"}, "b.jpg", "c.jpg"]
+    progress = ReportProgress(entries, str(report))
+    assert stopped_report() == ""  # no line yet: the same command again, as it was
+    monkeypatch.setattr(image_inputs.os, "write", filling)
+    with open_report(str(report)) as out:
+        with pytest.raises(OSError):
+            write_report(merge_results(entries, [{"image": "a.jpg"}, {"image": "b.jpg"}]),
+                         out, "client", "labelled", progress=progress)
+    assert progress.written == 2 and len(report.read_text().splitlines()) == 2
+    assert stopped_report("free space, then ") == (
+        f"2 of 4 input(s) have their line in {report}; the first without one is b.jpg: free "
+        f"space, then run the same command with --resume to go on")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full (Linux)")
 def test_a_device_report_a_full_disk_stops_is_named(tmp_path):
     from ofrnn_tf.cli import disk_full

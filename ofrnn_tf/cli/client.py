@@ -18,14 +18,12 @@ loading) is tried again for up to ``--wait_for_server`` seconds. A refusal that 
 image (unknown model, a threshold outside [0, 1]), a server still away or a request past
 ``--timeout`` stops the command in one line that says why, how many inputs have their
 line and which is the first without one; the lines already written stand, and
-``--resume`` goes on after them. The exit status is 1 when the command stopped so or no
-image was labelled. A progress bar on stderr counts the inputs when the lines go to a file
-or a pipe.
+``--resume`` goes on after them. Ctrl-C, SIGTERM and a full disk end with the same count
+and remedy. The exit status is 1 when the command stopped so or no image was labelled. A
+progress bar on stderr counts the inputs when the lines go to a file or a pipe.
 """
 
-import json
 import math
-import os
 import re
 
 import grpc
@@ -33,8 +31,8 @@ from absl import app, flags
 
 from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, open_report, shows_progress,
-    write_report)
+    FILES_FROM_HELP, ReportProgress, expand_inputs, given_inputs, merge_results, open_report,
+    resumed_lines, shows_progress, stopped_report, write_report)
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MODEL_NAME, DEFAULT_PORT, DEFAULT_WAIT_FOR_SERVER_S, MAX_TIMEOUT_S)
 from ofrnn_tf.status import progress_bar, say
@@ -87,7 +85,8 @@ def main(argv):
                              f"stop at once; inf: no limit), got {FLAGS.wait_for_server}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs, FLAGS.output)
-    done, keep = resumed_lines(FLAGS.output, entries) if FLAGS.resume else (0, 0)
+    done, keep = (resumed_lines(FLAGS.output, entries, "ofrnn-client") if FLAGS.resume
+                  else (0, 0))
     if entries and done == len(entries):
         say(f"[client] every input already has its line in {FLAGS.output}: nothing to do")
         return 0
@@ -102,22 +101,16 @@ def main(argv):
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout, all_scores=FLAGS.all_scores,
                             wait_for_server=FLAGS.wait_for_server)
-    written = [done]  # the entries whose lines went out, as they go
-
-    def counted(lines):
-        for line in lines:
-            yield line
-            written[0] += 1  # asked for the next: this one is written
-
-    lines = counted(merge_results(left, results))
+    progress = ReportProgress(entries, FLAGS.output, done)
+    lines = merge_results(left, results)
     if shows_progress(out):
         lines = progress_bar(lines, total=len(left), desc="labelling", unit="img")
     try:
-        return write_report(lines, out, "client", "labelled")
+        return write_report(lines, out, "client", "labelled", progress=progress)
     except grpc.RpcError as error:
         say(f"[client] stopped: "
             f"{stop_reason(error, FLAGS.server, FLAGS.timeout, FLAGS.wait_for_server)}; "
-            f"{where_it_stopped(entries, written[0], FLAGS.output)}")
+            f"{progress.where()}")
         return 1
 
 
@@ -162,59 +155,8 @@ def stop_reason(error: grpc.RpcError, server: str, timeout: float,
     return f"{server} answered {error.code().name}: {reason}"
 
 
-def where_it_stopped(entries: list, written: int, output: str | None) -> str:
-    """How many of `entries` got their line (in `output`), and the first that did not,
-    with how to go on."""
-    if written >= len(entries):
-        return f"every input has its line in {output or 'the output'}"
-    first = entries[written]
-    first = first if isinstance(first, str) else first["image"]
-    if output and output != "-":
-        return (f"{written} of {len(entries)} input(s) have their line in {output}; the "
-                f"first without one is {first}: run the same command with --resume to go on")
-    return (f"{written} of {len(entries)} input(s) have their line; the first without one is "
-            f"{first}: give it and the inputs after it to go on")
-
-
-def resumed_lines(output: str | None, entries: list) -> tuple[int, int]:
-    """For ``--resume``: how many of `entries` already have their line in `output` (the
-    first ones, in order, as a stopped run wrote them), and the bytes of those lines,
-    which stay; a line cut short at its end (a run killed while writing it) goes. A usage
-    error when `output` is no file, or holds lines for other inputs."""
-    if not output or output == "-":
-        raise app.UsageError("--resume goes on from the lines of --output: give the file the "
-                             "stopped run wrote")
-    if not os.path.exists(output):
-        return 0, 0
-    if not os.path.isfile(output):
-        raise app.UsageError(f"--resume: --output={output} is not a file, which a stopped run "
-                             f"would have written")
-    try:
-        with open(output, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        raise app.UsageError(f"--output={output}: {error.strerror or error}") from None
-    lines = data.split(b"\n")[:-1]  # the last piece: "" or a line cut short
-    if len(lines) > len(entries):
-        raise app.UsageError(f"--resume: {output} holds {len(lines)} lines, more than the "
-                             f"{len(entries)} inputs given: give the inputs of the run that "
-                             f"wrote it, or another --output")
-    for number, (line, entry) in enumerate(zip(lines, entries), 1):
-        expected = entry if isinstance(entry, str) else entry["image"]
-        try:
-            image = json.loads(line)["image"]
-        except (ValueError, TypeError, KeyError):
-            raise app.UsageError(f"--resume: {output}, line {number}, is not a line of "
-                                 f"ofrnn-client's: give its report, or another --output"
-                                 ) from None
-        if image != expected:
-            raise app.UsageError(f"--resume: {output}, line {number}, is for {image}, where "
-                                 f"input {number} is {expected}: give the inputs of the run "
-                                 f"that wrote it, in the same order, or another --output")
-    return len(lines), sum(len(line) + 1 for line in lines)
-
-
-run = runner(define_flags, main)
+run = runner(define_flags, main, on_interrupt=stopped_report,
+             on_disk_full=lambda: stopped_report("free space, then "))
 
 if __name__ == "__main__":
     run()

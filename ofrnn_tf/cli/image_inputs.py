@@ -263,17 +263,21 @@ def file_ids(inputs: Iterable) -> set:
 
 
 def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str,
-                 verb: str, pictures_dir: Optional[str] = None) -> int:
+                 verb: str, pictures_dir: Optional[str] = None,
+                 progress: Optional["ReportProgress"] = None) -> int:
     """Writes one JSON line per result to `out` (from `open_report`) as each arrives, then
     names every failed input on stderr (and `pictures_dir`, where the results' attention
     pictures went) and returns the exit status: 1 only when no input at all succeeded. An
-    exception from `results` propagates after the lines written so far are flushed."""
+    exception from `results` propagates after the lines written so far are flushed.
+    `progress` counts each line once it is written."""
     output = None if out is sys.stdout else out.name
     num_ok, failed, pictures = 0, [], 0
     try:
         for result in results:
             out.write(json.dumps(result, allow_nan=False) + "\n")
             out.flush()
+            if progress is not None:
+                progress.written += 1
             stop_if_interrupted()
             if "error" in result:
                 failed.append(result["error"])
@@ -292,3 +296,87 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
         + (f"; written to {output}" if output else "")
         + (f"; {pictures} attention picture(s) in {pictures_dir}" if pictures_dir else ""))
     return 0 if num_ok else 1
+
+
+class ReportProgress:
+    """How far a command's report has got through its `entries` (`written`: how many have
+    their line in `output`, the lines a resumed report kept included), so that a command
+    stopped midway (Ctrl-C, SIGTERM, a full disk, a server gone) can say which input to go
+    on from, and how. One report a process: the newest made is `latest`, which the
+    command's stop handlers read (`stopped_report`)."""
+
+    latest: Optional["ReportProgress"] = None
+
+    def __init__(self, entries: list, output: str | None, done: int = 0):
+        self.entries = entries
+        self.output = output
+        self.written = done
+        ReportProgress.latest = self
+
+    def where(self, first_step: str = "") -> str:
+        """`where_it_stopped` for the lines written so far."""
+        return where_it_stopped(self.entries, self.written, self.output, first_step)
+
+
+def stopped_report(first_step: str = "") -> str:
+    """What a command stopped before its end says of its report: how many inputs have
+    their line and how to go on (`first_step` first, such as freeing space); nothing
+    where no line is written (a command stopped while it loads its model)."""
+    progress = ReportProgress.latest
+    if progress is None or not progress.written:
+        return ""
+    return progress.where(first_step)
+
+
+def where_it_stopped(entries: list, written: int, output: str | None,
+                     first_step: str = "") -> str:
+    """How many of `entries` got their line (in `output`), and the first that did not,
+    with how to go on (`first_step` first)."""
+    if written >= len(entries):
+        return f"every input has its line in {output or 'the output'}"
+    first = entries[written]
+    first = first if isinstance(first, str) else first["image"]
+    if output and output != "-":
+        return (f"{written} of {len(entries)} input(s) have their line in {output}; the "
+                f"first without one is {first}: {first_step}run the same command with "
+                f"--resume to go on")
+    return (f"{written} of {len(entries)} input(s) have their line; the first without one is "
+            f"{first}: {first_step}give it and the inputs after it to go on")
+
+
+def resumed_lines(output: str | None, entries: list, command: str) -> tuple[int, int]:
+    """For ``--resume``: how many of `entries` already have their line in `output` (the
+    first ones, in order, as a stopped run of `command` wrote them), and the bytes of those
+    lines, which stay; a line cut short at its end (a run killed while writing it) goes. A
+    usage error when `output` is no file, or holds lines for other inputs."""
+    if not output or output == "-":
+        raise app.UsageError("--resume goes on from the lines of --output: give the file the "
+                             "stopped run wrote")
+    if not os.path.exists(output):
+        return 0, 0
+    if not os.path.isfile(output):
+        raise app.UsageError(f"--resume: --output={output} is not a file, which a stopped run "
+                             f"would have written")
+    try:
+        with open(output, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise app.UsageError(f"--output={output}: {error.strerror or error}") from None
+    lines = data.split(b"\n")[:-1]  # the last piece: "" or a line cut short
+    if len(lines) > len(entries):
+        raise app.UsageError(f"--resume: {output} holds {len(lines)} lines, more than the "
+                             f"{len(entries)} inputs given: give the inputs of the run that "
+                             f"wrote it, or another --output")
+    for number, (line, entry) in enumerate(zip(lines, entries), 1):
+        expected = entry if isinstance(entry, str) else entry["image"]
+        try:
+            image = json.loads(line)["image"]
+        except (ValueError, TypeError, KeyError):
+            raise app.UsageError(f"--resume: {output}, line {number}, is not a line of "
+                                 f"{command}'s: give its report, or another --output"
+                                 ) from None
+        if image != expected:
+            raise app.UsageError(f"--resume: {output}, line {number}, is for {image}, where "
+                                 f"input {number} is {expected}: give the inputs of the run "
+                                 f"that wrote it, in the same order, or another --output")
+    return len(lines), sum(len(line) + 1 for line in lines)
