@@ -501,11 +501,48 @@ def test_a_stopped_predict_keeps_the_lines_of_the_images_it_finished(lite0_run, 
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted; the lines written so far are kept; the inputs after them were not " \
-           "predicted" in err, err[-2000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert 2 <= len(lines) < 1000 and all(
         line["image"] == str(images[0]) and line["labels"] for line in lines), lines[-1]
+    assert err.rstrip().endswith(
+        f"interrupted; {len(lines)} of 1000 input(s) have their line in {out}; the first "
+        f"without one is {images[0]}: run the same command with --resume to go on"), err[-2000:]
+
+
+@pytest.mark.slow
+def test_predict_with_resume_keeps_the_lines_written_and_predicts_the_rest(lite0_run, images,
+                                                                           tmp_path):
+    """The lines a stopped run wrote stay as they are (a line cut short at their end goes);
+    the inputs after them are predicted, their pictures numbered by their place among all
+    the inputs; once every input has its line, a rerun does nothing."""
+    inputs = [str(images[0]), str(images[1]), str(images[2]), str(images[3])]
+    out = tmp_path / "out.jsonl"
+    kept = (f'{{"image": "{images[0]}", "labels": ["kept"]}}\n'
+            f'{{"image": "{images[1]}", "error": "kept too"}}\n')
+    out.write_text(kept + f'{{"image": "{images[2]}", "lab')  # killed while writing it
+    command = [sys.executable, "predict.py", f"--workdir={lite0_run}", f"--output={out}",
+               f"--attention_dir={tmp_path / 'attention'}", "--resume", *inputs]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert text.startswith(kept), text[:500]
+    lines = [json.loads(line) for line in text[len(kept):].splitlines()]
+    assert [line["image"] for line in lines] == inputs[2:]
+    stem = images[3].stem
+    assert lines[1]["attention_png"] == str(tmp_path / "attention" / f"003_{stem}.png")
+    assert "2 image(s) predicted, 0 failed or skipped" in done.stderr, done.stderr[-2000:]
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and out.read_text() == text, again.stderr[-2000:]
+    assert again.stderr.splitlines()[-1] == (
+        f"[predict] every input already has its line in {out}: nothing to do")
+    other = subprocess.run(command[:-1], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert other.returncode == 1 and out.read_text() == text
+    assert f"--resume: {out} holds 4 lines, more than the 3 inputs given" in other.stderr
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """ofrnn-predict: label sets for image files with a finished run, in this process.
 
     ofrnn-predict --workdir=runs/order_free photo.jpg more_photos/ --output=out.jsonl
+    ofrnn-predict --workdir=runs/order_free photo.jpg more_photos/ --output=out.jsonl --resume
     find photos -iname '*.jpg' -print0 | ofrnn-predict --workdir=runs/order_free --files_from=-
 
 Inputs are the arguments, then the lines of ``--files_from`` (a file, or ``-`` for standard
@@ -12,7 +13,10 @@ on stderr and gets an ``error`` line, so every input is accounted for. Writes on
 line per input — ``image``, ``labels`` (decoding order), ``label_ids``, ``scores``,
 ``step_probabilities``, ``log_prob`` (and ``all_scores`` with --all_scores) — to stdout
 or --output, each batch's lines as soon as it is done, so that a stopped command keeps
-them. stderr says first how labels are chosen (the beam width K and τ: a label is added
+them: it says how many inputs have their line and which is the first without one, and the
+same command with ``--resume`` skips the inputs ``--output`` has lines for and writes the
+others after them (without it, the report is started again).
+stderr says first how labels are chosen (the beam width K and τ: a label is added
 while the path's probability, exp(log_prob), stays at least τ; ``scores`` are the chosen
 labels' scores, whose values do not depend on τ: ``--all_scores`` gives every class's,
 to rank images by a class). An image that cannot be read (a pipe nothing writes to
@@ -37,8 +41,8 @@ from ofrnn_tf.cli import (
     input_errors, refusal, refuse_beam_size, refuse_below, refuse_glob_characters,
     refuse_non_probability, refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, expand_inputs, file_id, file_ids, given_inputs, merge_results,
-    open_report, shows_progress, write_report)
+    FILES_FROM_HELP, ReportProgress, expand_inputs, file_id, file_ids, given_inputs,
+    merge_results, open_report, resumed_lines, shows_progress, stopped_report, write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
@@ -67,6 +71,9 @@ def define_flags() -> None:
     flags.DEFINE_string("attention_dir", None, "Also draw each image's attention at every "
                         "decoding step into this folder, one PNG per image.")
     flags.DEFINE_string("files_from", None, FILES_FROM_HELP)
+    flags.DEFINE_bool("resume", False, "Go on from the lines --output holds, which a run with "
+                      "the same inputs wrote before it stopped: its inputs are skipped and the "
+                      "new lines follow them.")
 
 
 def main(argv):
@@ -86,8 +93,15 @@ def main(argv):
     if inputs is None:
         inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs, FLAGS.output)
-    paths = [e for e in entries if isinstance(e, str)]
-    out = open_report(FLAGS.output, paths)
+    done, keep = (resumed_lines(FLAGS.output, entries, "ofrnn-predict") if FLAGS.resume
+                  else (0, 0))
+    if entries and done == len(entries):
+        say(f"[predict] every input already has its line in {FLAGS.output}: nothing to do")
+        return 0
+    out = open_report(FLAGS.output, [e for e in entries if isinstance(e, str)], keep=keep)
+    progress = ReportProgress(entries, FLAGS.output, done)
+    left = entries[done:]
+    paths = [e for e in left if isinstance(e, str)]
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.inference.module import (
         BeamSizeError, MinLabelsError, UncalibratedBeamSizeError)
@@ -118,13 +132,12 @@ def main(argv):
     say(f"[predict] {_decision_rule(predictor.module)}")
     # Each line is written as its batch is done (a stopped command keeps them); on a
     # terminal the lines show the progress, where a bar would break them.
-    progress = shows_progress(out)
     predictions = predictor.iter_files(paths, attention=draw, all_scores=FLAGS.all_scores,
-                                       progress=progress)
+                                       progress=shows_progress(out))
     if draw:
-        predictions = _with_pictures(predictions, entries, FLAGS.attention_dir)
-    return write_report(_with_remedies(merge_results(entries, predictions)), out, "predict",
-                        "predicted", pictures_dir=FLAGS.attention_dir)
+        predictions = _with_pictures(predictions, entries, FLAGS.attention_dir, first=done)
+    return write_report(_with_remedies(merge_results(left, predictions)), out, "predict",
+                        "predicted", pictures_dir=FLAGS.attention_dir, progress=progress)
 
 
 def _decision_rule(module) -> str:
@@ -144,14 +157,15 @@ def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:
         yield result
 
 
-def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str
+def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str, first: int = 0
                    ) -> Iterator[dict]:
     """Draws each prediction's attention maps into `out_dir`; its line names the PNG
     instead of holding the maps. Pictures are numbered by the input's place among all the
-    inputs; one that would overwrite an input is not drawn."""
+    inputs (the predictions are those of the entries from `first` on, where a resumed
+    report goes on); one that would overwrite an input is not drawn."""
     from ofrnn_tf.visualization.attention_maps import draw_prediction, picture_path
 
-    places = [k for k, entry in enumerate(entries) if isinstance(entry, str)]
+    places = [k for k in range(first, len(entries)) if isinstance(entries[k], str)]
     inputs = None  # the inputs' file identities, found when a picture's file exists
     full = False  # the disk filled: no more pictures, the predictions go on
     # strict: the predictions are run to their end (their progress bar closes) at the last.
@@ -182,8 +196,8 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str
         yield result
 
 
-run = runner(define_flags, main, on_interrupt="the lines written so far are kept; the "
-             "inputs after them were not predicted")
+run = runner(define_flags, main, on_interrupt=stopped_report,
+             on_disk_full=lambda: stopped_report("free space, then "))
 
 if __name__ == "__main__":
     run()
