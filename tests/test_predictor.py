@@ -191,6 +191,16 @@ def test_a_url_is_said_not_to_be_fetched():
                   "give its file"}]
 
 
+def test_a_quoted_wildcard_pattern_is_said_not_to_be_expanded(tmp_path):
+    (tmp_path / "a*.jpg").write_bytes(b"x")  # a file of that name is a file
+    pattern = str(tmp_path / "*.png")
+    assert expand_inputs([pattern, str(tmp_path / "a*.jpg")]) == [
+        {"image": pattern,
+         "error": f"{pattern}: no such file; a pattern is not expanded here: leave it "
+                  f"unquoted for the shell to expand, or list the files with --files_from"},
+        str(tmp_path / "a*.jpg")]
+
+
 def assert_predictions_equal_reference(predictor: Predictor, paths, rtol: float,
                                        score_mix: float = SCORE_MIX) -> None:
     """The predictor's labels, scores, path log-probabilities and attention are the reference's."""

@@ -79,13 +79,19 @@ def expand_inputs(arguments: list[str], report: str | None = None) -> list:
     passed over: they are a file system's, not images; so is the command's own `report`
     (its ``--output``) found in a folder, which a rerun, or ``--resume``, would otherwise
     list among the inputs the first run did not have. A URL that is no file is an error
-    record saying that it is not fetched."""
+    record saying that it is not fetched, and a wildcard pattern that is no file (quoted,
+    so the shell left it) one saying that it is not expanded."""
     own = file_id(report) if report and report != "-" else None
     entries: list = []
     for argument in arguments:
         if re.match(r"[a-z][a-z0-9+.-]*://", argument, re.I) and not os.path.exists(argument):
             entries.append({"image": argument, "error": f"{argument}: a URL, which is not "
                             f"fetched: download the image and give its file"})
+            continue
+        if re.search(r"[*?[]", argument) and not os.path.lexists(argument):
+            entries.append({"image": argument, "error": f"{argument}: no such file; a pattern "
+                            f"is not expanded here: leave it unquoted for the shell to expand, "
+                            f"or list the files with --files_from"})
             continue
         if not os.path.isdir(argument):
             entries.append(argument)  # a missing or unreadable file becomes an error when read

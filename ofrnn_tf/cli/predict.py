@@ -29,7 +29,7 @@ drawn over an input image: that one is named on stderr instead).
 
 Images are read as training read them: the EXIF orientation tag is not applied (a photo
 stored sideways is predicted sideways: rotate it first), transparency is dropped, and a
-GIF is its first frame. URLs are not fetched.
+GIF is its first frame. URLs are not fetched, and a quoted wildcard pattern is not expanded.
 """
 
 import os
