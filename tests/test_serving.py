@@ -317,6 +317,35 @@ def test_a_version_pruned_while_it_loads_is_passed_over_for_the_newest(tmp_path,
         servable.session.close()
 
 
+@pytest.mark.parametrize("removed", ["before its warm-up reads", "during its warm-up"])
+def test_a_version_pruned_while_it_warms_up_is_passed_over_for_the_newest(tmp_path,
+                                                                        monkeypatch, removed):
+    # An export writes version 7 and `--keep_versions=1` prunes 6 once the starting server
+    # has loaded 6: the server listens with 7, not with a version gone from disk.
+    for version in (5, 6):
+        write_stand_in_model(str(tmp_path), version)
+    original = local_server.ModelServer.warm_up
+
+    def pruned_meanwhile(service):
+        if service.servable.version != 6:
+            return original(service)
+        shutil.copytree(tmp_path / "5", tmp_path / ".tmp-export")
+        os.rename(tmp_path / ".tmp-export", tmp_path / "7")
+        if removed.startswith("before"):
+            shutil.rmtree(tmp_path / "6")
+            return original(service)
+        count = original(service)
+        shutil.rmtree(tmp_path / "6")
+        return count
+
+    monkeypatch.setattr(local_server.ModelServer, "warm_up", pruned_meanwhile)
+    server, port = local_server.serve(str(tmp_path), port=0)
+    try:
+        assert [s["version"] for s in client.get_model_status(f"127.0.0.1:{port}")] == [7]
+    finally:
+        server.stop(grace=0).wait()
+
+
 def test_the_warm_up_passes_over_requests_above_max_batch_size(tmp_path):
     # The stand-in's warm-up sends batches of 2 (an export's, 1 and 8): a server that
     # refuses any batch above 1 unread has nothing to warm up for them.

@@ -152,9 +152,7 @@ class Servable:
             if os.path.isdir(path):
                 return servable
             servable.session.close()  # removed during the load: its limit may be unread
-        raise RuntimeError(f"every version of {model_base_path} read was removed while it "
-                           f"loaded ({_LOAD_ATTEMPTS} tries): start the server once the "
-                           f"exports into it are done")
+        raise _all_removed(model_base_path)
 
     @classmethod
     def _load_version(cls, name: str, version: int, path: str,
@@ -190,6 +188,13 @@ class Servable:
         fetches = {key: signature.outputs[key].name for key in output_keys}
         options = None if timeout_ms is None else tf.compat.v1.RunOptions(timeout_in_ms=timeout_ms)
         return self.session.run(fetches, feed_dict=feed, options=options)
+
+
+def _all_removed(model_base_path: str) -> RuntimeError:
+    """The error of a start whose every try found its version removed meanwhile."""
+    return RuntimeError(f"every version of {model_base_path} read was removed while it "
+                        f"loaded ({_LOAD_ATTEMPTS} tries): start the server once the "
+                        f"exports into it are done")
 
 
 # The checkpoint key of `InferenceModule.max_image_pixels` (ofrnn_tf/inference/module.py).
@@ -747,10 +752,12 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     problem = _bind_problem(host, port)
     if problem:  # refused before the model loads
         raise OSError(f"cannot bind {address}{problem}")
-    servable = Servable.load(model_base_path, model_name, xla_compilation_enabled)
+    service = _ready_service(model_base_path, model_name, xla_compilation_enabled, warmup,
+                             max_image_pixels, max_message_bytes, max_batch_size)
+    servable = service.servable
     try:
-        server, bound, service = _start(servable, host, port, max_message_bytes, max_image_pixels,
-                                        max_batch_size, max_workers, max_concurrent_rpcs, warmup)
+        server, bound = _start(service, host, port, max_message_bytes, max_workers,
+                               max_concurrent_rpcs)
     except BaseException:
         servable.session.close()
         raise
@@ -787,20 +794,55 @@ def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session,
     session.close()
 
 
-def _start(servable: Servable, host: str, port: int, max_message_bytes: int,
-           max_image_pixels: int | None, max_batch_size: int, max_workers: int,
-           max_concurrent_rpcs: int | None, warmup: bool):
-    """`serve` once the version has loaded: warm-up, then the bound, started server."""
-    service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
-    if warmup:
-        start = time.perf_counter()
+def _ready_service(model_base_path: str, model_name: str, xla_compilation_enabled: bool,
+                   warmup: bool, max_image_pixels: int | None, max_message_bytes: int,
+                   max_batch_size: int) -> ModelServer:
+    """The service of the newest version, loaded (`Servable.load`) and warmed up.
+
+    A version removed before its warm-up ends (an export's ``--keep_versions`` pruning
+    the base path as this server starts: the warm-up takes far longer than the load) is
+    passed over for the newest one again, as `Servable.load` passes over one removed
+    while its session loads: the server listens only with a version still on disk, not
+    with one that a newer version replaced before any client could reach it."""
+    for _ in range(_LOAD_ATTEMPTS):
+        servable = Servable.load(model_base_path, model_name, xla_compilation_enabled)
         try:
-            n = service.warm_up()
-        except RuntimeError as e:
-            raise RuntimeError(f"version {servable.version} does not warm up: {e} (--nowarmup "
-                               f"serves it without its warm-up; an export made again writes "
-                               f"requests this version serves)") from None
-        logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
+            service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
+            if not warmup:
+                return service  # `Servable.load` found it on disk once its session loaded
+            _warm_up(service)
+        except RuntimeError:
+            servable.session.close()
+            if os.path.isdir(servable.path):
+                raise
+        except BaseException:
+            servable.session.close()
+            raise
+        else:
+            if os.path.isdir(servable.path):
+                return service
+            servable.session.close()
+        logging.info("version %d was removed from %s while it warmed up: loading the newest "
+                     "version again", servable.version, model_base_path)
+    raise _all_removed(model_base_path)
+
+
+def _warm_up(service: ModelServer) -> None:
+    """`ModelServer.warm_up`, timed in a log line; RuntimeError naming the version and
+    the remedy where a request fails."""
+    start = time.perf_counter()
+    try:
+        n = service.warm_up()
+    except RuntimeError as e:
+        raise RuntimeError(f"version {service.servable.version} does not warm up: {e} "
+                           f"(--nowarmup serves it without its warm-up; an export made again "
+                           f"writes requests this version serves)") from None
+    logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
+
+
+def _start(service: ModelServer, host: str, port: int, max_message_bytes: int,
+           max_workers: int, max_concurrent_rpcs: int | None):
+    """`serve` once the version has loaded and warmed up: the bound, started server."""
     address = grpc_address(host, port)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
@@ -819,4 +861,4 @@ def _start(servable: Servable, host: str, port: int, max_message_bytes: int,
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
     server.start()
-    return server, bound, service
+    return server, bound
