@@ -1476,3 +1476,30 @@ def test_a_version_on_disk_that_is_not_served_is_said_why(tmp_path):
     assert said[3].endswith("but this server serves only the newest version, as TF Serving "
                             "does by default")
     assert said[4] == "model 'ofrnn' has no version 4 (available: [5])"
+
+
+def test_a_version_rolled_back_to_is_said_to_need_a_restart(tmp_path):
+    # The served version 5 was removed from disk (a rollback): 3 is the newest there now,
+    # which TF Serving would serve; 2 is not served by either.
+    from types import SimpleNamespace
+
+    from ofrnn_tf.serving.local_server import ModelServer, RequestError
+
+    for version in ("2", "3"):
+        (tmp_path / version).mkdir()
+    service = ModelServer(SimpleNamespace(name="ofrnn", version=5, path=str(tmp_path / "5"),
+                                          max_image_pixels=None))
+    spec = predict_pb2.PredictRequest().model_spec
+    spec.name = "ofrnn"
+    said = {}
+    for version in (3, 2):
+        spec.version.value = version
+        with pytest.raises(RequestError) as refused:
+            service._check_spec(spec)
+        said[version] = str(refused.value)
+    assert said[3] == (f"model 'ofrnn' has no version 3 (available: [5]); version 3 is the "
+                       f"newest in {tmp_path} since version 5, which this server loaded when "
+                       f"it started, was removed from it (TF Serving would serve 3 now): "
+                       f"restart it to serve 3")
+    assert said[2].endswith("but this server serves only the newest version, as TF Serving "
+                            "does by default")

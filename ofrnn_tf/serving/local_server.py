@@ -469,9 +469,10 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                                f"model {s.name!r} has no version label {spec.version_label!r}")
 
     def _exported_since(self, spec) -> str:
-        """Why a version on disk is not served, where it was exported after this server
-        loaded the newest one: unlike TF Serving, this server does not watch its base
-        path."""
+        """Why a version on disk is not served: exported after this server loaded the
+        newest one, or the newest left once the served version was removed (a rollback),
+        as TF Serving would serve it: unlike TF Serving, this server does not watch its
+        base path. An older version is not served, as under TF Serving."""
         base = os.path.dirname(self.servable.path)
         try:
             on_disk = {version for version, _ in version_folders(base)}
@@ -480,11 +481,17 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         asked = spec.version.value
         if asked not in on_disk:
             return ""
-        if asked < self.servable.version:
-            return (f"; version {asked} is in {base}, but this server serves only the newest "
-                    f"version, as TF Serving does by default")
-        return (f"; version {asked} is in {base}, exported after this server started, which "
-                f"serves the version that was newest then: restart it to serve {asked}")
+        if asked > self.servable.version:
+            return (f"; version {asked} is in {base}, exported after this server started, "
+                    f"which serves the version that was newest then: restart it to serve "
+                    f"{asked}")
+        if asked == max(on_disk):
+            return (f"; version {asked} is the newest in {base} since version "
+                    f"{self.servable.version}, which this server loaded when it started, was "
+                    f"removed from it (TF Serving would serve {asked} now): restart it to "
+                    f"serve {asked}")
+        return (f"; version {asked} is in {base}, but this server serves only the newest "
+                f"version, as TF Serving does by default")
 
     def predict(self, request: predict_pb2.PredictRequest, check_spec: bool = True,
                 context: grpc.ServicerContext | None = None) -> predict_pb2.PredictResponse:
