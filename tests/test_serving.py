@@ -259,7 +259,15 @@ def test_a_version_copy_just_begun_is_named(tmp_path):
 
     (tmp_path / "4").mkdir()
     (tmp_path / "4" / "saved_model.pb").write_bytes(b"")
-    with pytest.raises(RuntimeError, match=r"^version 4 \(.*4\) does not load: "):
+    with pytest.raises(RuntimeError, match=r"^version 4 \(.*4\) does not load: ") as refused:
+        serve(str(tmp_path), warmup=False)
+    assert str(refused.value).endswith(
+        "; a copy into the base path still running or cut short? Copy a version in under a "
+        "name that is not a number, on the same file system, and rename it to its number "
+        "once whole, as ofrnn-export does (the versions below it are not served instead)")
+    (tmp_path / "5").mkdir()  # the copy's folder made, nothing in it yet
+    with pytest.raises(FileNotFoundError, match="holds no saved_model.pb; a copy into the "
+                                                "base path still running or cut short?"):
         serve(str(tmp_path), warmup=False)
 
 

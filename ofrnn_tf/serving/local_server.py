@@ -74,8 +74,8 @@ from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.features.images import (find_undecodable, pixel_limit_error,
                                       read_image_header)
 from ofrnn_tf.serving.server_process import (
-    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, find_latest_version,
-    version_folders)
+    DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, PARTIAL_COPY_HINT,
+    find_latest_version, version_folders)
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -172,7 +172,8 @@ class Servable:
         # RuntimeError: TF's loader finds no 'serve' graph in an empty saved_model.pb.
         except (tf.errors.OpError, ValueError, OSError, RuntimeError, DecodeError) as e:
             text = op_error_text(e) if isinstance(e, tf.errors.OpError) else str(e)
-            raise RuntimeError(f"version {version} ({path}) does not load: {text}") from None
+            raise RuntimeError(f"version {version} ({path}) does not load: {text}"
+                               f"{PARTIAL_COPY_HINT}") from None
         return cls(name, version, path, signature_defs, session, limit)
 
     @property

@@ -50,6 +50,14 @@ def servable_version(version: int) -> int:
     return int(version)
 
 
+# Said where the newest version folder does not load: most often a copy into the base path
+# caught part way, which a server polling it (TF Serving every second) reads as it is.
+PARTIAL_COPY_HINT = ("; a copy into the base path still running or cut short? Copy a version "
+                     "in under a name that is not a number, on the same file system, and "
+                     "rename it to its number once whole, as ofrnn-export does (the versions "
+                     "below it are not served instead)")
+
+
 def version_folders(model_base_path: str) -> list[tuple[int, str]]:
     """``(version, folder name)`` of the version folders under `model_base_path`, lowest
     first, named as TF Serving reads them: ASCII digits, leading zeros allowed ("0001" is
@@ -81,7 +89,8 @@ def find_latest_version(model_base_path: str) -> tuple[int, str]:
                               f"user{inside}: its owner can open it to every user with "
                               f"{open_to_others_command(path)}")
     if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
-        raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb")
+        raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb"
+                                f"{PARTIAL_COPY_HINT}")
     return version, path
 
 
