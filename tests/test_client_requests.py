@@ -376,6 +376,73 @@ def test_a_client_command_stopped_by_a_server_gone_goes_on_with_resume(serve, tm
     assert len(service.requests) == 5  # two answered, one refused; then the two left
 
 
+def test_a_change_of_the_answering_version_is_said_once_for_each_change(capsys, tmp_path):
+    results = [{"image": "a.jpg", "model_version": 1}, {"image": "b.jpg", "error": "refused"},
+               {"image": "c.jpg", "model_version": 1}, {"image": "d.jpg", "model_version": 2},
+               {"image": "e.jpg", "model_version": 2}, {"image": "f.jpg", "model_version": 1}]
+    assert list(command.versions_noted(iter(results))) == results
+    assert capsys.readouterr().err.splitlines() == [
+        "[client] version 2 of the model answers from d.jpg on, version 1 before it: each "
+        "line's label_ids and all_scores are in the label map of its model_version",
+        "[client] version 1 of the model answers from f.jpg on, version 2 before it: each "
+        "line's label_ids and all_scores are in the label map of its model_version"]
+    list(command.versions_noted(iter(results[3:5]), previous=2))
+    assert capsys.readouterr().err == ""
+    output = tmp_path / "out.jsonl"
+    kept = '{"image": "a.jpg", "model_version": 3}\n{"image": "b.jpg", "error": "refused"}\n'
+    output.write_text(kept + '{"image": "c.jpg", "model_version": 4}\n')
+    assert command.kept_version(str(output), len(kept)) == 3
+    assert command.kept_version(str(output), len(kept.splitlines(True)[0]) - 1) == 3
+    output.write_text('{"image": "b.jpg", "error": "refused"}\n')
+    assert command.kept_version(str(output), output.stat().st_size) is None
+
+
+@pytest.mark.slow
+def test_the_client_command_says_where_a_rollout_changed_the_version(tmp_path):
+    """Version 2 answers from the third image on, version 3 after a stop and --resume:
+    the report's lines index two label maps, and the command says from where."""
+    import os
+    import subprocess
+
+    versions = iter([1, 1, 2, None, 3])  # None: the server is away
+
+    class Versioned(ScriptedService):
+        def Predict(self, request, context):
+            version = next(versions)
+            if version is None:
+                context.abort(*UNREACHABLE)
+            response = super().Predict(request, context)
+            response.model_spec.version.value = version
+            return response
+
+    pool = futures.ThreadPoolExecutor(max_workers=2)
+    server = grpc.server(pool)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        Versioned(lambda images: None), server)
+    target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        paths = files(tmp_path, [png(10), png(20), png(30), png(40)])
+        output = tmp_path / "out.jsonl"
+        command_line = [sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={target}",
+                        "--batch_size=1", "--wait_for_server=0", f"--output={output}", *paths]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        run = subprocess.run(command_line, capture_output=True, text=True, env=env, timeout=120)
+        assert run.returncode == 1
+        assert (f"[client] version 2 of the model answers from {paths[2]} on, version 1 before "
+                f"it: each line's label_ids and all_scores are in the label map of its "
+                f"model_version") in run.stderr.splitlines(), run.stderr
+        run = subprocess.run(command_line + ["--resume"], capture_output=True, text=True,
+                             env=env, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert (f"[client] version 3 of the model answers from {paths[3]} on, version 2 before "
+                f"it: each line's label_ids and all_scores are in the label map of its "
+                f"model_version") in run.stderr.splitlines(), run.stderr
+    finally:
+        server.stop(0).wait()
+        pool.shutdown(wait=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, said, code", [
     (signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],

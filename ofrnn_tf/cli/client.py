@@ -8,7 +8,8 @@ Takes files and folders (and ``--files_from``) as ``ofrnn-predict`` does and wri
 JSON lines, less the step probabilities, which the export does not serve: ``image``,
 ``labels`` (decoding order), ``label_ids``, ``scores``, ``log_prob``, and the
 ``model_version`` that answered (TF Serving moves to a new version as it appears, and
-another version may hold another label map), and with ``--all_scores`` every class's
+another version may hold another label map: a line on stderr names the first image a new
+version answered), and with ``--all_scores`` every class's
 score by class id (``ofrnn-predict`` names them; the export's
 ``assets.extra/label_map.json`` holds the names), one per input, as each request of
 ``--batch_size`` images returns (a batch over ``--max_request_bytes`` goes in several
@@ -23,8 +24,10 @@ and remedy. The exit status is 1 when the command stopped so or no image was lab
 progress bar on stderr counts the inputs when the lines go to a file or a pipe.
 """
 
+import json
 import math
 import re
+from typing import Iterable, Iterator
 
 import grpc
 from absl import app, flags
@@ -101,6 +104,7 @@ def main(argv):
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout, all_scores=FLAGS.all_scores,
                             wait_for_server=FLAGS.wait_for_server)
+    results = versions_noted(results, kept_version(FLAGS.output, keep) if keep else None)
     progress = ReportProgress(entries, FLAGS.output, done)
     lines = merge_results(left, results)
     if shows_progress(out):
@@ -112,6 +116,36 @@ def main(argv):
             f"{stop_reason(error, FLAGS.server, FLAGS.timeout, FLAGS.wait_for_server)}; "
             f"{progress.where()}")
         return 1
+
+
+def versions_noted(results: Iterable[dict], previous: int | None = None) -> Iterator[dict]:
+    """`results` as they come, with a line on stderr wherever the version that answers
+    changes from the one before (`previous`: that of the lines ``--resume`` goes on from):
+    a version rolled out or back during the run. Each version may hold another label
+    map, which the lines' ``label_ids`` and ``all_scores`` index, so a report mixing
+    versions is said to, once for each change."""
+    for result in results:
+        version = result.get("model_version")
+        if version is not None:
+            if previous is not None and version != previous:
+                say(f"[client] version {version} of the model answers from {result['image']} "
+                    f"on, version {previous} before it: each line's label_ids and all_scores "
+                    f"are in the label map of its model_version")
+            previous = version
+        yield result
+
+
+def kept_version(output: str, keep: int) -> int | None:
+    """The ``model_version`` of the last line that answered among the first `keep` bytes
+    of `output` (the lines ``--resume`` keeps), None where none did."""
+    with open(output, "rb") as f:
+        lines = f.read(keep).split(b"\n")
+    for line in reversed(lines):
+        if line.strip():
+            version = json.loads(line).get("model_version")
+            if version is not None:
+                return version
+    return None
 
 
 def check_server(server: str) -> None:
