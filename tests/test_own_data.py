@@ -157,6 +157,28 @@ def test_the_same_image_in_two_splits_is_refused_naming_file_and_splits(tmp_path
         load_examples("manifest", {"data_dir": root}, 0.05)
 
 
+def test_a_copy_of_an_image_in_another_split_is_named_with_what_it_does(tmp_path, capsys):
+    root = manifest_folder(tmp_path, train=12, test=4)
+    shutil.copyfile(tmp_path / "img" / "train_005.png", tmp_path / "img" / "copy.png")
+    (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "img/copy.png,a\n")
+    load_examples("manifest", {"data_dir": root}, 0.05)
+    assert re.search(r"WARNING: 1 test image\(s\) hold the same bytes as a train image under "
+                     r"another name \(\S*img/copy.png = \S*img/train_005.png\): the test "
+                     r"metrics count images the run trained on", capsys.readouterr().err)
+    # A hard link is another path to the same bytes: validation would choose τ on it.
+    (tmp_path / "test.csv").write_text(_rows("test", range(4)))
+    os.link(tmp_path / "img" / "test_002.png", tmp_path / "img" / "linked.png")
+    (tmp_path / "val.csv").write_text(_rows("val", range(3)) + "img/linked.png,b\n")
+    load_examples("manifest", {"data_dir": root}, 0.05)
+    assert ("WARNING: 1 test image(s) hold the same bytes as a val image under another name"
+            in capsys.readouterr().err)
+    # Copies within one split only weigh an image twice: nothing said.
+    (tmp_path / "val.csv").write_text(_rows("val", range(3)))
+    (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "img/copy.png,a\n")
+    splits, _ = load_examples("manifest", {"data_dir": root}, 0.05)
+    assert len(splits["train"]) == 13 and "WARNING" not in capsys.readouterr().err
+
+
 def test_the_same_image_twice_in_one_file_is_refused_naming_both_lines(tmp_path):
     root = manifest_folder(tmp_path, train=12, test=4)
     (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "./img/train_003.png,a\n")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable
+from collections import defaultdict
+from typing import Callable, Optional
 
 from ofrnn_tf.data import DataFileError
 from ofrnn_tf.data.example import Example
@@ -79,7 +80,9 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
             f"{len(test)} for test")
         _refuse_all_held_out(train, len(examples), val_fraction, "validation and test")
         check_something_to_learn(train, label_map, stats.dropped_unlabeled)
-        return {"train": train, "val": val, "test": test}, label_map
+        splits = {"train": train, "val": val, "test": test}
+        warn_of_copies_across_splits(splits)
+        return splits, label_map
 
     splits: dict[str, list[Example]] = {}
     label_map = None
@@ -114,6 +117,8 @@ def load_examples(dataset: str, paths: dict, val_fraction: float
         log(f"held out {len(splits['val'])} training images as the validation split")
         _refuse_all_held_out(splits["train"], given, val_fraction, "validation")
     check_something_to_learn(splits["train"], label_map, unlabeled)
+    if dataset == "manifest":
+        warn_of_copies_across_splits(splits)
     return {split: splits[split] for split in SPLITS}, label_map
 
 
@@ -184,6 +189,76 @@ def check_distinct_images(splits: dict[str, list[Example]]) -> None:
                 f"the image {real} is listed {where} (as {other_id!r} and "
                 f"{example.image_id!r}): each image may be in one split only, once{why}; "
                 f"remove one of the two")
+
+
+def _file_digest(path: str) -> Optional[str]:
+    """The SHA-256 of a file's bytes, or None where it cannot be read (the extraction
+    names such a file)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+# What an image of the second split with a copy in the first does to the run's numbers.
+_COPY_CONSEQUENCE = {
+    ("train", "val"): "validation chooses the best epoch and τ on images the run trained on",
+    ("train", "test"): "the test metrics count images the run trained on",
+    ("val", "test"): "validation chooses the best epoch and τ on test images",
+}
+# Copies a warning names before it counts the rest.
+_NAMED_COPIES = 3
+
+
+def copies_across_splits(splits: dict[str, list[Example]]
+                         ) -> dict[tuple[str, str], list[tuple[Example, Example]]]:
+    """The images of each split whose bytes an earlier split (in `SPLITS` order) lists
+    under another path (a copy, a hard link), as `{(earlier, later): [(its image there,
+    the copy), ...]}`. Only files of one size listed in two splits are read, so a data
+    set without such pairs costs one ``stat`` per image; files that cannot be read are
+    passed over (the extraction names them)."""
+    by_size: dict[int, list[tuple[str, Example]]] = defaultdict(list)
+    for split in SPLITS:
+        for example in splits.get(split, ()):
+            if not isinstance(example.image, str):
+                continue
+            try:
+                by_size[os.stat(example.image).st_size].append((split, example))
+            except OSError:
+                continue
+    found: dict[tuple[str, str], list[tuple[Example, Example]]] = defaultdict(list)
+    for group in by_size.values():
+        if len({split for split, _ in group}) < 2:
+            continue
+        first: dict[str, tuple[str, Example]] = {}
+        for split, example in group:
+            digest = _file_digest(example.image)
+            if digest is None:
+                continue
+            earlier, original = first.setdefault(digest, (split, example))
+            if earlier != split:
+                found[(earlier, split)].append((original, example))
+    return {pair: found[pair] for pair in _COPY_CONSEQUENCE if found.get(pair)}
+
+
+def warn_of_copies_across_splits(splits: dict[str, list[Example]]) -> None:
+    """Says, for each pair of splits, how many images of the later one are byte-for-byte
+    copies of an image of the earlier one under another path, naming the first, and what
+    that does to the run's numbers. A warning, not a refusal: two files of the same bytes
+    may be two observations (blank frames, renders), which only the user can tell; one
+    path listed twice is refused (`check_distinct_images`)."""
+    for (earlier, later), pairs in copies_across_splits(splits).items():
+        named = "; ".join(f"{copy.image} = {original.image}"
+                          for original, copy in pairs[:_NAMED_COPIES])
+        more = f"; and {len(pairs) - _NAMED_COPIES} more" if len(pairs) > _NAMED_COPIES else ""
+        log(f"WARNING: {len(pairs)} {later} image(s) hold the same bytes as a {earlier} "
+            f"image under another name ({named}{more}): "
+            f"{_COPY_CONSEQUENCE[(earlier, later)]}; unless they are distinct images that "
+            f"happen to be equal, remove one of each pair from its list")
 
 
 def _refuse_all_held_out(train: list[Example], given: int, val_fraction: float,
