@@ -535,6 +535,7 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
             f"({listed_names(names, _NAMED_CLASSES)}): C-R leaves them out, C-P counts each "
             f"as precision 0 (docs/model.md, Metrics), so C-P is at most "
             f"{100.0 * (num_classes - len(names)) / num_classes:.1f}")
+    _note_skipped_images(features_dir, split, metrics)
     for key, size in zip(SIZE_SPLIT_KEYS, ("below", "at least")):
         if key in metrics and metrics[key] is None:
             log(f"{split}: in no {split} image is a label's largest item of an area {size} "
@@ -547,6 +548,21 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
 
 # Class names a log line names before it counts the rest.
 _NAMED_CLASSES = 5
+
+
+def _note_skipped_images(features_dir: str, split: str, metrics: dict) -> None:
+    """Adds to `metrics` (``images_skipped``) and says how many images of `split` the
+    extraction skipped, which its metrics leave out: the data's list counts them, the
+    metrics' ``images`` does not, and the extraction named them only when it ran."""
+    skipped = tfrecords.read_meta(features_dir)["splits"].get(split, {}).get("skipped", [])
+    if not skipped:
+        return
+    metrics["images_skipped"] = len(skipped)
+    first = skipped[0]
+    log(f"{split}: the metrics are over the {metrics['images']} image(s) of the feature "
+        f"cache; {len(skipped)} listed {split} image(s) were skipped when it was extracted "
+        f"and are left out (first: {first['path']}: {first['reason']}; all under 'skipped' "
+        f"in {os.path.join(features_dir, tfrecords.META_FILENAME)})")
 
 
 def _servable_examples(examples: list[Example], num: int) -> list[Example]:

@@ -320,6 +320,27 @@ def test_the_classes_the_test_split_lacks_are_named_in_the_log_and_metrics(
     assert saved[pipeline.evaluation.ABSENT_CLASSES_KEY] == ["stripe"]
 
 
+def test_test_images_the_extraction_skipped_are_counted_beside_the_metrics(
+        trained, tmp_path, capsys):
+    config, _, features_dir = trained
+    workdir = copy_run(trained, tmp_path)
+    copied = str(tmp_path / "features")
+    shutil.copytree(features_dir, copied)
+    skipped = {"path": "img/broken.jpg", "image_id": "broken", "reason": "not an image"}
+    tfrecords.write_shard_stats(copied, "test", 1, 2, SIZES["test"] // 2, [skipped])
+    model = RunDir(workdir).load_model()[0]
+    metrics = pipeline.calibrate_and_evaluate(model, config, FACTS, RunDir(workdir), copied)
+    assert metrics["images"] == SIZES["test"] and metrics["images_skipped"] == 1
+    assert (f"test: the metrics are over the {SIZES['test']} image(s) of the feature cache; 1 "
+            f"listed test image(s) were skipped when it was extracted and are left out "
+            f"(first: img/broken.jpg: not an image;") in capsys.readouterr().err
+    assert json.load(open(RunDir(workdir).metrics_file("test")))["images_skipped"] == 1
+    # Nothing skipped: nothing said, no key.
+    metrics = pipeline.calibrate_and_evaluate(model, config, FACTS, RunDir(workdir),
+                                              features_dir)
+    assert "images_skipped" not in metrics and "skipped" not in capsys.readouterr().err
+
+
 def test_eval_refuses_a_run_whose_decoder_was_never_validated(trained, tmp_path):
     config, _, features_dir = trained
     workdir = str(tmp_path / "my run")  # the command to go on is quoted for a shell
