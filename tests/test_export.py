@@ -357,6 +357,8 @@ def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_ex
     assert stdout.strip().splitlines()[-1] == str(base / "2")
     # What it does, then how to serve it, on stderr (stdout is the version folder alone).
     assert f"[export] {tiny_export_run.workdir} into {base}: building the model" in stderr
+    assert re.search(r"\[export\] the version labels an image by beam search of width K=\d+: "
+                     r".* at least τ=[0-9.e-]+ \(chosen on validation\)", stderr), stderr[-1000:]
     assert re.search(rf"\[export\] written in \d+s; serve it with: ofrnn-serve "
                      rf"--model_base_path={re.escape(str(base))}\n", stderr), stderr[-1000:]
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # no temporary folder left

@@ -88,6 +88,16 @@ def test_from_run_reads_calibration(predictor):
     assert module.max_steps == MAX_STEPS and predictor.label_map.names == NAMES
 
 
+def test_the_decision_rule_says_whether_tau_was_chosen_on_validation(predictor, workdir,
+                                                                      tiny_backbone):
+    assert predictor.module.decision_rule() == (
+        f"beam search of width K={BEAM}: labels are added while the path's probability stays "
+        f"at least τ={TAU:.4g} (chosen on validation), and at least 1 whatever τ")
+    given = Predictor.from_run(str(workdir), tau=0.5, backbone=tiny_backbone)
+    assert "at least τ=0.5 (given, not the one chosen on validation)," in (
+        given.module.decision_rule())
+
+
 def test_min_labels_may_be_given_within_what_a_prediction_holds(workdir, tiny_backbone, images):
     from ofrnn_tf.inference.module import MinLabelsError
 
@@ -404,7 +414,8 @@ def test_cli_on_a_folder_writes_json_lines(lite0_run, images, tmp_path):
     assert any(line.startswith("predicting: 100%") for line in said[:summary]), said
     assert not any(line.startswith("predicting") for line in said[summary:]), said
     assert re.search(r"\[predict\] beam search of width K=\d+: labels are added while the "
-                     r"path's probability stays at least τ=[0-9.e-]+, and at least 1 whatever τ",
+                     r"path's probability stays at least τ=[0-9.e-]+ \(chosen on validation\), "
+                     r"and at least 1 whatever τ",
                      done.stderr), done.stderr
     assert "skipped by its extension (.txt)" in done.stderr
 
@@ -487,8 +498,9 @@ def test_cli_refuses_a_decoding_the_run_cannot_give_in_one_line(lite0_run, image
     done = predict(baseline)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["labels"]
-    assert (f"[predict] M_map alone: the classes of score at least τ={TAU:.4g} are the labels, "
-            f"and at least 1 whatever τ") in done.stderr, done.stderr[-2000:]
+    assert (f"[predict] M_map alone: the classes of score at least τ={TAU:.4g} (chosen on "
+            f"validation) are the labels, and at least 1 whatever τ") in done.stderr, (
+        done.stderr[-2000:])
 
 
 @pytest.mark.slow

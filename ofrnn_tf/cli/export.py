@@ -5,10 +5,10 @@
 writes ``exports/ofrnn/<version>/`` (the next free integer unless --version is given)
 with the ``serving_default`` (image bytes), ``predict_with_threshold`` (image bytes and
 a τ per image) and ``predict_features`` signatures, the calibrated τ, K and T_max
-inside, and ``assets.extra/tf_serving_warmup_requests``. The warm-up images are
-checked first, by the model's image checks as ``ofrnn-predict`` runs them: one of
-``--warmup_images`` that the model refuses stops the export, naming the file and why;
-one of the run's example images (the default) is left out with a note.
+inside (a line says which τ and K), and ``assets.extra/tf_serving_warmup_requests``. The
+warm-up images are checked first, by the model's image checks as ``ofrnn-predict`` runs
+them: one of ``--warmup_images`` that the model refuses stops the export, naming the file
+and why; one of the run's example images (the default) is left out with a note.
 Inspect it with ``saved_model_cli show --all --dir exports/ofrnn/1``.
 """
 
@@ -87,8 +87,10 @@ def main(argv):
     say(f"[export] {run_dir.path} into {FLAGS.export_dir}: building the model, tracing and "
         f"saving its signatures, checking the warm-up requests (seconds to a minute)")
     started = time.perf_counter()
+    rule = []  # the version's decision rule, once its module is built
     try:
         path = export_run(run_dir, FLAGS.export_dir, version=FLAGS.version,
+                          on_module=lambda module: rule.append(module.decision_rule()),
                           warmup_images=images, num_warmup_images=FLAGS.num_warmup_images,
                           on_refused=_say_left_out, model_name=FLAGS.model_name,
                           beam_size=FLAGS.beam_size, max_image_pixels=FLAGS.max_image_pixels,
@@ -110,6 +112,9 @@ def main(argv):
         if removed:
             say(f"{os.path.basename(sys.argv[0])}: removed {len(removed)} older version(s) "
                 f"(--keep_versions={FLAGS.keep_versions}): {', '.join(removed)}")
+    for words in rule:  # one, from the module the version was written from
+        say(f"[export] the version labels an image by {words} (predict_with_threshold "
+            f"takes another τ per image)")
     say(f"[export] written in {time.perf_counter() - started:.0f}s; serve it with: "
         f"{serve_command(FLAGS.export_dir, FLAGS.model_name, FLAGS.jit_compile)}"
         f"{newer_version_note(FLAGS.export_dir, path)}{closed_to_others_note(path)}")

@@ -129,7 +129,7 @@ def main(argv):
         except OSError as error:
             raise app.UsageError(f"--attention_dir={FLAGS.attention_dir}: "
                                  f"{error.strerror or error}")
-    say(f"[predict] {_decision_rule(predictor.module)}")
+    say(f"[predict] {predictor.module.decision_rule()}")
     # Each line is written as its batch is done (a stopped command keeps them); on a
     # terminal the lines show the progress, where a bar would break them.
     predictions = predictor.iter_files(paths, attention=draw, all_scores=FLAGS.all_scores,
@@ -138,16 +138,6 @@ def main(argv):
         predictions = _with_pictures(predictions, entries, FLAGS.attention_dir, first=done)
     return write_report(_with_remedies(merge_results(left, predictions)), out, "predict",
                         "predicted", pictures_dir=FLAGS.attention_dir, progress=progress)
-
-
-def _decision_rule(module) -> str:
-    """How the labels of a line are chosen, in a few words, with the module's τ."""
-    tau = f"{float(module.tau.numpy()):.4g}"
-    at_least = f", and at least {module.min_labels} whatever τ" if module.min_labels else ""
-    if not module.model.uses_decoder:
-        return f"M_map alone: the classes of score at least τ={tau} are the labels{at_least}"
-    return (f"beam search of width K={module.beam_size}: labels are added while the path's "
-            f"probability stays at least τ={tau}{at_least}")
 
 
 def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:

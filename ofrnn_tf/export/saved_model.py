@@ -239,9 +239,12 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
                warmup_images: Optional[Sequence[bytes]] = None,
                num_warmup_images: int = DEFAULT_NUM_WARMUP_IMAGES,
                on_refused: Callable[[str, str], None] = lambda path, reason: None,
-               model_name: str = DEFAULT_MODEL_NAME, **module_kwargs) -> str:
+               model_name: str = DEFAULT_MODEL_NAME,
+               on_module: Callable[[InferenceModule], None] = lambda module: None,
+               **module_kwargs) -> str:
     """Exports a finished run, as `ofrnn-export` does (keyword arguments:
-    `InferenceModule.from_run`); returns the version folder written.
+    `InferenceModule.from_run`); returns the version folder written. `on_module` hears of
+    the module once it is built (its τ, K: what the version will decide with).
 
     The warm-up requests hold `warmup_images` (one the export refuses raises
     `WarmupImageError`), by default the first `num_warmup_images` of the run's example
@@ -255,6 +258,7 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
     else:
         _refuse_existing(os.path.join(export_base, str(servable_version(version))))
     module = InferenceModule.from_run(run_dir, **module_kwargs)
+    on_module(module)
     if warmup_images is None:
         def inside(paths):  # looked at in order, until enough are usable
             for path in paths:

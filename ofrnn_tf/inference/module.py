@@ -91,6 +91,11 @@ def _check_model_reads_maps_of(model, backbone: Backbone) -> None:
                          f"{wanted}: pass the backbone its features were extracted with")
 
 
+# Where a module's τ comes from (`InferenceModule.tau_source`).
+TAU_CALIBRATED = "chosen on validation"
+TAU_GIVEN = "given, not the one chosen on validation"
+
+
 class InferenceModule(tf.Module):
     """Backbone + decoder + calibrated settings (see the module docstring).
 
@@ -112,6 +117,9 @@ class InferenceModule(tf.Module):
         unroll: write the T_max decoding steps out rather than loop over them
             (`beam_search`); the same results, less graph overhead per request.
     """
+
+    # Where `tau` comes from: `from_run` sets TAU_CALIBRATED where calibration.json gave it.
+    tau_source = TAU_GIVEN
 
     def __init__(self, model, backbone: Backbone, label_map: LabelMap, *, tau: float,
                  beam_size: int, max_steps: int, min_labels: int = 1, score_mix: float = 0.0,
@@ -216,6 +224,7 @@ class InferenceModule(tf.Module):
                                 f"{run_dir.run_file}: give a narrower one)",
                                 given=False) from None
         calibration = run_dir.calibration(beam_size)
+        calibrated = tau is None
         if tau is None:
             if calibration is None:
                 known = run_dir.calibrated_beam_sizes()
@@ -246,15 +255,28 @@ class InferenceModule(tf.Module):
                              f"run {run_dir.path} was trained on {facts.feature_shape} "
                              f"({config.features.backbone} at {facts.feature_layer})")
         try:
-            return cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
-                       max_steps=facts.max_steps, min_labels=min_labels, score_mix=score_mix,
-                       **kwargs)
+            module = cls(model, backbone, run_dir.label_map(), tau=tau, beam_size=beam_size,
+                         max_steps=facts.max_steps, min_labels=min_labels,
+                         score_mix=score_mix, **kwargs)
         except MinLabelsError as error:
             if not from_file:
                 raise
             # Calibration records the run's own --decoding.min_labels, which training
             # checks against T_max: a count that cannot hold was edited into the file.
             raise run_dir.damaged_calibration(f"K={beam_size}'s {error}") from None
+        if calibrated:
+            module.tau_source = TAU_CALIBRATED
+        return module
+
+    def decision_rule(self) -> str:
+        """How the labels of an image are chosen, in a few words: the rule, τ and where τ
+        comes from (`tau_source`), as `ofrnn-predict` and `ofrnn-export` say it."""
+        tau = f"τ={float(self.tau.numpy()):.4g} ({self.tau_source})"
+        at_least = f", and at least {self.min_labels} whatever τ" if self.min_labels else ""
+        if not self.model.uses_decoder:
+            return f"M_map alone: the classes of score at least {tau} are the labels{at_least}"
+        return (f"beam search of width K={self.beam_size}: labels are added while the path's "
+                f"probability stays at least {tau}{at_least}")
 
     def maps_of(self, pixels) -> tf.Tensor:
         """The maps `serve_images` computes from decoded uint8 `[N, S, S, 3]` `pixels`, as
