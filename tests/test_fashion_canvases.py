@@ -167,6 +167,50 @@ def test_canvases_are_painted_by_one_thread_per_usable_core_into_the_same_files(
     assert _split_hashes(one) == _split_hashes(five)
 
 
+def _background_in_float64(canvas_size, rng):
+    """The background as a plain float64 sum, clipped, then cast to float32."""
+    level = rng.uniform(0, 255)
+    base = np.clip(level + rng.uniform(-40, 40, size=3), 0, 255)
+    coarse = np.clip(128 + rng.normal(0, 22, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+    blotches = np.asarray(Image.fromarray(coarse).resize(
+        (canvas_size, canvas_size), Image.Resampling.BILINEAR), np.float32) - 128.0
+    canvas = base.astype(np.float32) + blotches + rng.normal(0, 4, size=(canvas_size,
+                                                                         canvas_size, 1))
+    return level, np.clip(canvas, 0, 255).astype(np.float32)
+
+
+def test_the_background_is_the_float64_sum_rounded_to_float32_bit_for_bit():
+    # Computed in place in float32 storage, it must still be the float64 sum (the canvases,
+    # and with them every feature cache, stay the same files); clipping at both ends is
+    # exercised by the dark and bright levels among the seeds.
+    clipped = set()
+    for seed in range(40):
+        level, canvas = fc._background(48, np.random.default_rng(seed))
+        expected_level, expected = _background_in_float64(48, np.random.default_rng(seed))
+        assert level == expected_level and canvas.dtype == expected.dtype == np.float32
+        assert np.array_equal(canvas.view(np.uint32), expected.view(np.uint32)), seed
+        clipped |= {bound for bound in (0.0, 255.0) if (canvas == bound).any()}
+    assert clipped == {0.0, 255.0}
+
+
+def test_painting_a_canvas_makes_no_full_size_float64_copies():
+    # Each such copy is handed back and faulted in again by a painter thread's arena for
+    # every canvas, which cost more than the arithmetic.
+    import tracemalloc
+
+    sources = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    items = [fc._Item(i, 4 + 54 * i, 30, 50) for i in range(4)]
+    fc._render(items, sources, 224, np.random.default_rng(1))  # numpy's first-call setup
+    tracemalloc.start()
+    try:
+        fc._render(items, sources, 224, np.random.default_rng(1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    canvas = 224 * 224 * 3 * np.dtype(np.float32).itemsize
+    assert peak < 2.5 * canvas  # the float32 canvas and the noise plane, not 6 canvases
+
+
 def test_cache_rebuild_and_interrupted_build(tmp_path, source):
     source_dir, _ = source
     out = str(tmp_path / "bench")

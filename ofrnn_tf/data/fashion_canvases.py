@@ -471,19 +471,32 @@ def _place(size: int, placed: Sequence[tuple[int, int, int]], canvas: int,
 
 # -- rendering ---------------------------------------------------------------------
 
-def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
-            rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[list[int], int]]]:
-    """Paints the items; returns the RGB canvas and per item (tight box, mask area)."""
+def _background(canvas_size: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """A canvas's background level and its float32 ``[c, c, 3]`` background: a colour near
+    the level, smooth colour blotches (an 8x8 grid upsampled) and faint pixel noise, clipped
+    to 0..255.
+
+    The noise is float64, so the sum is the float64 sum rounded to float32. It is rounded
+    as it is stored, in place (clipping before or after that rounding is the same, 0 and
+    255 being float32 values): the painter threads' memory arenas hand full-size
+    temporaries back and fault them in again for every canvas, which cost more than the
+    arithmetic (benchmarks/RESULTS.md, "Canvas backgrounds painted in place").
+    """
     c = canvas_size
     level = rng.uniform(0, 255)
     base = np.clip(level + rng.uniform(-40, 40, size=3), 0, 255)
-    # Smooth colour blotches (an 8x8 grid upsampled) plus faint pixel noise.
     coarse = np.clip(128 + rng.normal(0, 22, size=(8, 8, 3)), 0, 255).astype(np.uint8)
-    blotches = np.asarray(Image.fromarray(coarse).resize((c, c), Image.Resampling.BILINEAR),
-                          np.float32) - 128.0
-    canvas = base.astype(np.float32) + blotches + rng.normal(0, 4, size=(c, c, 1))
-    canvas = np.clip(canvas, 0, 255).astype(np.float32)
+    blotches = Image.fromarray(coarse).resize((c, c), Image.Resampling.BILINEAR)
+    canvas = np.subtract(np.asarray(blotches), np.float32(128.0), dtype=np.float32)
+    canvas += base.astype(np.float32)
+    np.add(canvas, rng.normal(0, 4, size=(c, c, 1)), out=canvas, casting="same_kind")
+    return level, np.clip(canvas, 0, 255, out=canvas)
 
+
+def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
+            rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[list[int], int]]]:
+    """Paints the items; returns the RGB canvas and per item (tight box, mask area)."""
+    level, canvas = _background(canvas_size, rng)
     boxes = []
     for item in items:
         patch = Image.fromarray(sources[item.source_index]).resize(
@@ -503,7 +516,8 @@ def _render(items: Sequence[_Item], sources: np.ndarray, canvas_size: int,
         else:  # an all-dark source image: fall back to its square
             box = [item.x, item.y, item.size, item.size]
         boxes.append((box, int(mask.sum()) or box[2] * box[3]))
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes
+    np.rint(canvas, out=canvas)
+    return np.clip(canvas, 0, 255, out=canvas).astype(np.uint8), boxes
 
 
 # A drawer turns a canvas's generator into (scene name or None, the items to paint, the
