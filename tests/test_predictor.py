@@ -1083,3 +1083,29 @@ def test_the_module_takes_class_names_as_its_label_map_and_refuses_a_model_of_ot
                 f"(m, k) = (16, 8): pass the backbone its features were extracted with")):
             InferenceModule(model_over(positions, depth), tiny_backbone, ["a", "b", "c"],
                             tau=0.5, beam_size=2, max_steps=3)
+
+
+def test_a_pil_image_is_read_in_its_colours_as_its_file_is(predictor, images, tmp_path):
+    """A palette (GIF, PNG) or CMYK PIL image gets the results of its file, not of its raw
+    array (palette indices read as gray, inks as RGBA); 16-bit gray as its PNG is read."""
+    rgb = Image.open(images[0]).convert("RGB")
+    cases = {"palette.png": rgb.quantize(64), "cmyk.png": rgb.convert("CMYK"),
+             "gray_alpha.png": rgb.convert("LA"), "gray16.png": Image.fromarray(
+                 np.asarray(rgb.convert("L")).astype(np.uint16) * 257 + 100)}
+    for name, image in cases.items():
+        if image.mode == "CMYK":  # PNG holds no CMYK: its file is the RGB Pillow gives
+            image.convert("RGB").save(tmp_path / name)
+        else:
+            image.save(tmp_path / name)
+    from_files = predictor.predict_files([tmp_path / n for n in cases], attention=False)
+    got = predictor.predict_arrays(list(cases.values()), names=list(cases), attention=False)
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    for name, result, expected in zip(cases, got, from_files):
+        assert result["image"] == name and "error" not in result
+        assert result["all_scores"] == pytest.approx(expected["all_scores"], abs=1e-6), name
+    for mode in ("I", "F"):
+        with pytest.raises(ValueError, match=rf"images\[0\] is a PIL image of mode {mode} "
+                                             r"\(32-bit values of no set range\): convert"):
+            predictor.predict_arrays([rgb.convert(mode)])
+    with pytest.raises(TypeError, match=r"got one PIL image of mode RGB \(pass \[image\]"):
+        predictor.predict_arrays(rgb)

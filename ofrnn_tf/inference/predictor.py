@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -110,26 +111,31 @@ class Predictor:
                        *, attention: bool = True, all_scores: bool = True,
                        progress: bool = False) -> list[dict]:
         """Predicts decoded images of any size: uint8 `[H, W]`, `[H, W, 1]` (gray),
-        `[H, W, 3]` (RGB) or `[H, W, 4]` (RGBA, alpha dropped). Each is stored as a PNG,
-        which loses nothing, and read back as `predict_bytes` reads any file (keyword
-        arguments: those of `predict_bytes`), so it is resized exactly as in training and
-        serving. An array of more than the module's `max_image_pixels` pixels gets an
-        error entry, as a file that declares as many does, without being encoded."""
+        `[H, W, 3]` (RGB) or `[H, W, 4]` (RGBA, alpha dropped), or PIL images
+        (`pil_pixels`: a palette, CMYK or 16-bit one in its colours, not its raw array).
+        Each is stored as a PNG, which loses nothing, and read back as `predict_bytes`
+        reads any file (keyword arguments: those of `predict_bytes`), so it is resized
+        exactly as in training and serving. An array of more than the module's
+        `max_image_pixels` pixels gets an error entry, as a file that declares as many
+        does, without being encoded."""
         if isinstance(images, (np.ndarray, tf.Tensor)):
             if len(images.shape) != 4:  # one image would be read row by row
                 raise TypeError(f"images must be a list of images or a [N, H, W, C] batch; "
                                 f"got one array of shape {tuple(images.shape)} (pass [image] "
                                 f"for a single image)")
             images = list(np.asarray(images))  # a batch of equal-sized images
+        pil = sys.modules.get("PIL.Image")
+        if pil is not None and isinstance(images, pil.Image):
+            raise TypeError(f"images must be a list of images; got one PIL image of mode "
+                            f"{images.mode} (pass [image] for a single image)")
         arrays = []
         for i, image in enumerate(images):
-            array = np.asarray(image)
-            if array.ndim == 2:
-                array = array[..., np.newaxis]
+            given = pil_pixels(image, f"images[{i}]")
+            array = given[..., np.newaxis] if given.ndim == 2 else given
             if (array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (1, 3, 4)
                     or 0 in array.shape):
                 raise ValueError(f"images[{i}] must be uint8 [H, W], [H, W, 1], [H, W, 3] or "
-                                 f"[H, W, 4] with H, W ≥ 1; got {array.dtype} {array.shape}")
+                                 f"[H, W, 4] with H, W ≥ 1; got {given.dtype} {given.shape}")
             arrays.append(array)
         limit = int(self.module.max_image_pixels.numpy())
 
@@ -207,6 +213,39 @@ class Predictor:
         if all_scores:
             result["all_scores"] = {n: float(s) for n, s in zip(self.label_map.names, scores)}
         return result
+
+
+# PIL modes whose array holds the image's pixels as `predict_arrays` reads them.
+_PIL_ARRAY_MODES = ("L", "RGB", "RGBA")
+
+
+def pil_pixels(image, name: str) -> np.ndarray:
+    """`image` as an array (`np.asarray`), but a PIL image as its file would be read.
+
+    The array of a PIL image is its pixels only in modes L, RGB and RGBA: a palette
+    image's (a GIF, many PNGs: mode P) holds its palette indices, which would be read as
+    gray levels, and a CMYK JPEG's four inks, which would be read as RGBA. Those and the
+    other modes Pillow converts to RGB are converted (Pillow's colour conversion;
+    transparency dropped, as a file's is), and 16-bit gray (a scan's, I;16) is shifted to
+    8 bits as TensorFlow's PNG decoder does. Modes I and F, whose range is unknown, and
+    those Pillow cannot convert are refused (ValueError, naming `name`)."""
+    pil = sys.modules.get("PIL.Image")  # loaded already wherever a PIL image is passed
+    if pil is None or not isinstance(image, pil.Image):
+        return np.asarray(image)
+    if image.mode in _PIL_ARRAY_MODES:
+        return np.asarray(image)
+    if image.mode.startswith("I;16"):
+        return (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+    remedy = ("convert it to 'L' or 'RGB' with the scaling it needs first, or pass its "
+              "file to predict_files")
+    if image.mode in ("I", "F"):
+        raise ValueError(f"{name} is a PIL image of mode {image.mode} (32-bit values of no "
+                         f"set range): {remedy}")
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as error:  # a mode Pillow does not convert (La, ...)
+        raise ValueError(f"{name} is a PIL image of mode {image.mode}, which Pillow does not "
+                         f"convert to RGB ({error}): {remedy}") from None
 
 
 def _names(names: Optional[Sequence[str]], count: int) -> list[str]:
