@@ -54,6 +54,14 @@ def with_sof_size(jpeg: bytes, width: int, height: int) -> bytes:
     return bytes(patched)
 
 
+def with_frame(jpeg: bytes, marker: int, precision: int = 8) -> bytes:
+    """The JPEG with its SOF0 frame header marked FF `marker` and holding `precision`."""
+    at = jpeg.index(b"\xff\xc0")
+    patched = bytearray(jpeg)
+    patched[at + 1], patched[at + 4] = marker, precision
+    return bytes(patched)
+
+
 def jpeg_with_exif(description_bytes: int) -> bytes:
     exif = Image.Exif()
     exif[0x010E] = "x" * description_bytes  # ImageDescription: a long APP1 segment
@@ -260,6 +268,14 @@ BAD = {
         bit_fields_bmp(picture(), RGBA_MASKS),
         "is a BMP of bit depth 32 whose colour masks are not blue, green, red from its low "
         "byte up, so TensorFlow would decode it with its colours swapped"),
+    "lossless jpeg": (with_frame(JPEG, 0xC3, 16),
+                      "is a JPEG of the lossless process (SOF3), which the JPEG decoder of "
+                      "TensorFlow does not read: save it again as a JPEG of 8-bit samples, or "
+                      "as a PNG"),
+    "hierarchical jpeg": (with_frame(JPEG, 0xC5), "is a JPEG of the hierarchical sequential "
+                                                  "process (SOF5), which the JPEG decoder"),
+    "12-bit jpeg": (with_frame(JPEG, 0xC1, 12), "is a JPEG of 12-bit samples, which the JPEG "
+                                                "decoder of TensorFlow does not read"),
     "jpeg declaring no rows": (with_sof_size(JPEG, 64, 0), "is a JPEG of 64x0 pixels: an empty"),
     "jpeg cut off in its header": (JPEG[:100], "is a JPEG cut off inside its header (100 bytes)"),
     "jpeg with EOI before the frame header": (b"\xff\xd8\xff\xd9",
@@ -364,6 +380,24 @@ def test_bad_image_is_refused_by_index(decode, name):
     message = assertion_message(raised.value)
     assert message.startswith(f"images[{BAD_AT}] "), message
     assert expected in message, message
+
+
+@pytest.mark.parametrize("name", ["lossless jpeg", "hierarchical jpeg", "12-bit jpeg"])
+def test_a_jpeg_tensorflow_does_not_decode_is_refused_here_and_by_the_graph_alike(decode, name):
+    """TensorFlow's decoder fails on them as on a damaged file: both header readers name
+    what the file is, alone or in a batch, and the same way."""
+    data = BAD[name][0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unsupported|Invalid JPEG"):
+        tf.io.decode_image(data, channels=3)
+    with pytest.raises(ValueError) as refused:
+        read_image_header(data)
+    for batch in ([data], [JPEG, data]):
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            decode(tf.constant(batch))
+        assert assertion_message(raised.value) == f"images[{len(batch) - 1}] is {refused.value}"
+    for marker in (0xC1, 0xC9):  # extended and arithmetic frames of 8 bits are decoded
+        read_image_header(with_frame(JPEG, marker))
+        decode(tf.constant([with_frame(JPEG, marker)]))
 
 
 def test_a_jpeg_frame_tensorflow_does_not_decode_is_named_when_sent_alone_too(decode):

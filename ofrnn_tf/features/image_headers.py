@@ -73,6 +73,37 @@ JPEG_SCANS_PROBLEM = (f" holding {{}} scan markers (SOS, FF DA), more than the "
                       f"image alone again as a JPEG or PNG")
 JPEG_SEGMENTS_PROBLEM = f"no frame header (SOFn) in its first {MAX_JPEG_SEGMENTS} marker segments"
 
+# The JPEGs TensorFlow's decoder (libjpeg's 8-bit interface) reads: 8-bit samples coded
+# by the sequential or progressive process, Huffman or arithmetic (SOF0-2, SOF9-10).
+# Lossless and hierarchical JPEGs, and samples of 12 bits (medical and some scanner
+# software write them), fail to decode as if the file were corrupt, libjpeg printing
+# "Unsupported JPEG process" or "Unsupported JPEG data precision 12": both are refused
+# from the frame header, saying so. The served graph's guard reads the same table.
+JPEG_DECODED_PROCESSES = (0xC0, 0xC1, 0xC2, 0xC9, 0xCA)
+# The process of each frame marker FF C0 to FF CF (C4, C8 and CC are no frame's).
+JPEG_PROCESSES = ("baseline", "extended sequential", "progressive", "lossless", "",
+                  "hierarchical sequential", "hierarchical progressive",
+                  "hierarchical lossless", "", "arithmetic sequential",
+                  "arithmetic progressive", "arithmetic lossless", "",
+                  "arithmetic hierarchical sequential", "arithmetic hierarchical progressive",
+                  "arithmetic hierarchical lossless")
+JPEG_REMEDY = ": save it again as a JPEG of 8-bit samples, or as a PNG"
+# " of the lossless process (SOF3)" and " of 12-bit samples" go before it. No apostrophe:
+# the served error shows the message as a quoted repr.
+JPEG_UNREAD = ", which the JPEG decoder of TensorFlow does not read" + JPEG_REMEDY
+
+
+def jpeg_frame_problem(marker: int, precision: int) -> str | None:
+    """Why TensorFlow's JPEG decoder cannot read a JPEG whose frame header is the marker
+    FF `marker` with samples of `precision` bits, after "a JPEG" (`JPEG_DECODED_PROCESSES`),
+    or None; the served graph's guard says the same after "images[i] is a JPEG"."""
+    if marker not in JPEG_DECODED_PROCESSES:
+        return (f" of the {JPEG_PROCESSES[marker - 0xC0]} process (SOF{marker - 0xC0})"
+                + JPEG_UNREAD)
+    if precision != 8:
+        return f" of {precision}-bit samples" + JPEG_UNREAD
+    return None
+
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
     """``(width, height)`` from the first JPEG frame header (SOFn), found as libjpeg does.
@@ -84,7 +115,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     refuse the same files, but for their caps on the work: this walk gives up after
     `MAX_JPEG_SEGMENTS` markers, the graph's after as many of its steps, which also
     count jumps over stray bytes (only a file made to exhaust them tells them apart).
-    A progressive JPEG of more than `MAX_JPEG_SCANS` scans is refused.
+    A JPEG that TensorFlow's decoder does not read (`jpeg_frame_problem`), and a
+    progressive JPEG of more than `MAX_JPEG_SCANS` scans, are refused.
     """
     i, n = 2, len(data)
     for _ in range(MAX_JPEG_SEGMENTS):
@@ -101,6 +133,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             if i + 8 > n:  # length, precision, height, width, components
                 break
             height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            problem = jpeg_frame_problem(code, data[i + 2])
+            if problem is not None:
+                raise ValueError("a JPEG" + problem)
             if code in _JPEG_PROGRESSIVE_SOF:
                 scans = data.count(b"\xff\xda")
                 if scans > MAX_JPEG_SCANS:

@@ -30,6 +30,9 @@ graph of one's own) and refuses with ``InvalidArgumentError``, naming ``images[i
   end an extension). A file cut off before the descriptor, a trailer or any other
   byte before it, or more than ``MAX_GIF_BLOCKS`` extension headers and sub-blocks
   before it are refused;
+- a JPEG that TensorFlow's JPEG decoder does not read, which it would fail on as if
+  corrupt: of a lossless or hierarchical process, or of samples other than 8 bits
+  (`ofrnn_tf.features.image_headers.jpeg_frame_problem`);
 - a progressive JPEG of more than ``MAX_JPEG_SCANS`` scans (SOS markers, FF DA, in
   the file): libjpeg decodes each scan over the whole image, and a scan can take a few
   bytes, so a small file of many scans would hold a core for seconds to minutes;

@@ -14,6 +14,7 @@ import tensorflow as tf
 from ofrnn_tf.features.image_guards.gif_walk import _GIF_DESCRIPTOR, _gif_blocks
 from ofrnn_tf.features.image_guards.jpeg_walk import _STEP, _WINDOW, _WINDOW_STEPS, _walk_on
 from ofrnn_tf.features.image_guards.reading import _FRAME_BYTES, _read
+from ofrnn_tf.features.image_headers import JPEG_DECODED_PROCESSES
 from ofrnn_tf.features.images import (
     BMP_BGRA_MASKS, BMP_BIT_DEPTHS, BMP_BITFIELDS, BMP_FIELDS_BYTES, BMP_MASKS_AT,
     FORMAT_MAGIC, MAX_JPEG_SCANS)
@@ -235,6 +236,12 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     # The walk stopped at the frame header: its marker says whether the JPEG is progressive.
     progressive = tf.logical_and(is_jpeg, tf.reduce_any(
         tf.equal(frame[:, 1:2], _PROGRESSIVE_JPEG_FRAMES), axis=1))
+    # A frame TensorFlow's JPEG decoder does not read (`jpeg_frame_problem`): its
+    # process (byte 1 of the frame header read) or its sample precision (byte 4).
+    jpeg_unread = tf.logical_and(is_jpeg, tf.logical_or(
+        tf.reduce_all(tf.not_equal(frame[:, 1:2], JPEG_DECODED_PROCESSES), axis=1),
+        tf.not_equal(frame[:, 4], 8)))
+    valid = tf.logical_and(valid, tf.logical_not(jpeg_unread))
     scans = tf.cond(tf.reduce_any(progressive), lambda: _jpeg_scans(images, progressive),
                     lambda: tf.zeros_like(length, tf.int64))
     valid = tf.logical_and(valid, scans <= MAX_JPEG_SCANS)
@@ -242,7 +249,8 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     pixels = tf.maximum(tf.gather(widths * heights, layout, batch_dims=1), gif_pixels)
     return _Headers(length=length, layout=layout, is_jpeg=is_jpeg, pos=pos, frame=frame,
                     fields=fields, frame_kind=frame_kind, valid=valid, pixels=pixels,
-                    scans=scans, bmp_problem=bmp_problem, bmp_bits=bmp_bits,
+                    scans=scans, jpeg_unread=jpeg_unread, bmp_problem=bmp_problem,
+                    bmp_bits=bmp_bits,
                     bmp_compression=bmp_compression)
 
 

@@ -14,8 +14,8 @@ from ofrnn_tf.features.image_guards.layouts import (
 from ofrnn_tf.features.image_guards.reading import _GAVE_UP
 from ofrnn_tf.features.image_headers import (
     BMP_COMPRESSIONS, BMP_MASKS_CUT, BMP_MASKS_PROBLEM, BMP_REMEDY, BMP_TRUNCATED,
-    GIF_REMEDY, JPEG_SCANS_PROBLEM, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MAX_JPEG_SCANS,
-    MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS)
+    GIF_REMEDY, JPEG_DECODED_PROCESSES, JPEG_PROCESSES, JPEG_SCANS_PROBLEM, JPEG_UNREAD,
+    MAX_GIF_BLOCKS, MAX_GIF_STEPS, MAX_JPEG_SCANS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS)
 from ofrnn_tf.features.images import out_of_line
 from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 
@@ -23,6 +23,7 @@ from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 _HEX = tuple(f"{b:02x}" for b in range(256))
 _JPEG_MARKER_NAMES = tuple({0xD8: " (SOI)", 0xD9: " (EOI)", 0xDA: " (SOS)"}.get(b, "")
                            for b in range(256))
+_JPEG_DECODED = tuple(int(b in JPEG_DECODED_PROCESSES) for b in range(256))
 
 
 def _hex(data: tf.Tensor) -> tf.Tensor:
@@ -103,6 +104,7 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
         return tf.strings.join([a_format, " with a corrupt header: ", *parts])
 
     size = tf.strings.join([_str(width), "x", _str(height)])
+    sof = tf.clip_by_value(frame[1] - 0xC0, 0, 15)  # n of SOFn, where the walk found one
     accepted = ", ".join(ACCEPTED_FORMATS[:-1]) + " or " + ACCEPTED_FORMATS[-1]
     return _first([
         (tf.equal(length, 0), tf.strings.join([name, " is empty (0 bytes)"])),
@@ -143,6 +145,13 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
         (tf.equal(bmp_problem, _BMP_MASKS_CUT),
          tf.strings.join([a_format, _format(BMP_MASKS_CUT, length)])),
         (tf.equal(bmp_problem, _BMP_MASKS), tf.strings.join([a_format, BMP_MASKS_PROBLEM])),
+        # The frame header was read (a shorter one is cut off, above).
+        (tf.logical_and(info.jpeg_unread[0], tf.not_equal(
+            tf.gather(_JPEG_DECODED, tf.minimum(frame[1], 255)), 1)),
+         tf.strings.join([a_format, " of the ", tf.gather(JPEG_PROCESSES, sof), " process (SOF",
+                          _str(sof), ")", JPEG_UNREAD])),
+        (info.jpeg_unread[0],
+         tf.strings.join([a_format, " of ", _str(frame[4]), "-bit samples", JPEG_UNREAD])),
         (tf.logical_or(tf.equal(width, 0), tf.equal(height, 0)),
          tf.strings.join([a_format, " of ", size, " pixels: an empty image"])),
         (tf.logical_and(is_bmp_info, width > _MAX_SIDE), corrupt("its width is negative")),
