@@ -200,7 +200,8 @@ BAD = {
                               "is a PNG of 20000x20000 = 400000000 pixels, above the limit of "
                               "1000000 pixels"),
     "jpeg declaring 30000x30000": (with_sof_size(JPEG, 30000, 30000),
-                                   "is a JPEG of 30000x30000 = 900000000 pixels"),
+                                   "is a JPEG of 30000x30000 = 900000000 pixels, above the "
+                                   "limit"),
     "gif over the limit": (encode(Image.new("P", (1200, 1000)), "GIF"),
                            "is a GIF of 1200x1000 = 1200000 pixels, above the limit"),
     # TF decodes the frame, whatever the screen says: 1200x1000 pixels, not 10x10.
@@ -380,6 +381,59 @@ def test_bad_image_is_refused_by_index(decode, name):
     message = assertion_message(raised.value)
     assert message.startswith(f"images[{BAD_AT}] "), message
     assert expected in message, message
+
+
+def with_ihdr_size(png: bytes, width: int, height: int) -> bytes:
+    """The PNG with its IHDR declaring another size (its CRC made anew, data untouched)."""
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+# Larger than TensorFlow's decoders read (each the smallest such; a side of 65500 at most):
+# (bytes, what the message must say after "images[1] is ").
+TOO_LARGE = {
+    "colour jpeg": (with_sof_size(JPEG, 65500, 2733),
+                    "a JPEG of 65500x2733 pixels by 3 colour component(s) = 537034500 bytes, "
+                    "more than the JPEG decoder of TensorFlow reads (below 2^29 bytes, and sides "
+                    "of at most 65500 pixels): scale it down"),
+    "gray jpeg": (with_sof_size(encode(picture().convert("L"), "JPEG"), 65500, 8197),
+                  "a JPEG of 65500x8197 pixels by 1 colour component(s) = 536903500 bytes"),
+    "cmyk jpeg": (with_sof_size(encode(picture().convert("CMYK"), "JPEG"), 65500, 2050),
+                  "a JPEG of 65500x2050 pixels by 4 colour component(s) = 537100000 bytes"),
+    "jpeg 65501 pixels wide": (with_sof_size(JPEG, 65501, 8), "a JPEG of 65501x8 pixels"),
+    "png": (with_ihdr_size(PNG, 16384, 32768),
+            "a PNG of 16384x32768 = 536870912 pixels, more than the PNG decoder of TensorFlow "
+            "reads (below 2^29 pixels): scale it down"),
+}
+
+
+@pytest.mark.parametrize("name", TOO_LARGE)
+def test_an_image_larger_than_tensorflow_decodes_is_refused_for_its_size(name):
+    """TensorFlow's decoders refuse them as if the file were corrupt, whatever the pixel
+    limit: feature extraction, which applies none, skips them with this reason, and a
+    raised limit does not let the served graph call them damaged."""
+    data, expected = TOO_LARGE[name]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Invalid JPEG|too large for int"):
+        tf.io.decode_image(data, channels=3)
+    for limit in (None, 10 ** 12):
+        with pytest.raises(ValueError) as refused:
+            read_image_header(data, limit)
+        assert str(refused.value).startswith(expected), refused.value
+    served = tf.function(lambda images: decode_images(images, SIZE, 10 ** 12),
+                         input_signature=[STRINGS])
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        served(tf.constant([JPEG, data]))
+    assert assertion_message(raised.value) == f"images[1] is {refused.value}"
+    if "wide" not in name:  # the server's own limit is named first, as before
+        with pytest.raises(ValueError, match="above the limit of 1000000 pixels"):
+            read_image_header(data, LIMIT)
+
+
+def test_images_just_within_what_tensorflow_decodes_pass_the_header_checks():
+    for data in (with_sof_size(JPEG, 65500, 2732), with_ihdr_size(PNG, 16383, 32768),
+                 with_sof_size(encode(picture().convert("L"), "JPEG"), 65500, 8196)):
+        read_image_header(data)
+        check_encoded_images(tf.constant([data]), tf.constant(10 ** 12, tf.int64))
 
 
 @pytest.mark.parametrize("name", ["lossless jpeg", "hierarchical jpeg", "12-bit jpeg"])

@@ -175,10 +175,14 @@ def test_image_size_reads_header(fmt, kw):
 
 
 def test_image_size_huge_declared_size_costs_nothing():
+    """Read from the header alone; larger than TensorFlow's decoders read, so refused."""
     png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 100_000, 100_000)
-    assert image_size(png) == ("PNG", 100_000, 100_000)
+    with pytest.raises(ValueError, match=r"a PNG of 100000x100000 = 10000000000 pixels, more "):
+        image_size(png)
     jpeg = b"\xff\xd8\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 50_000) + b"\x03" + b"\x00" * 9
-    assert image_size(jpeg) == ("JPEG", 50_000, 60_000)
+    with pytest.raises(ValueError, match=r"a JPEG of 50000x60000 pixels by 3 colour component"):
+        image_size(jpeg)
+    assert image_size(png[:16] + struct.pack(">II", 16_383, 32_768)) == ("PNG", 16_383, 32_768)
 
 
 @pytest.mark.parametrize("data,message", [
@@ -507,8 +511,8 @@ def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(mon
     assert read == []
     # A request of exactly the limit goes on to the images' headers.
     request.inputs["images"].CopyFrom(strings([RED] * 4))
-    monkeypatch.setattr(local_server, "read_image_header", lambda item: read.append(item) or (
-        "PNG", 8, 8))
+    monkeypatch.setattr(local_server, "read_image_header",
+                        lambda item, limit: read.append(item) or image_size(item, limit))
     with pytest.raises(local_server.RequestError, match="images\\[0\\]: .*above the limit"):
         local_server.ModelServer(servable, max_batch_size=4, max_image_pixels=63).predict(
             request)

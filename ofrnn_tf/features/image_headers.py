@@ -93,6 +93,38 @@ JPEG_REMEDY = ": save it again as a JPEG of 8-bit samples, or as a PNG"
 JPEG_UNREAD = ", which the JPEG decoder of TensorFlow does not read" + JPEG_REMEDY
 
 
+# The largest images TensorFlow's decoders read. Its JPEG decoder refuses an image of
+# 2^29 bytes or more, a byte a pixel for each colour component of the file (178956970
+# pixels of colour, 134217727 of CMYK), and sides above 65500 pixels; its PNG decoder
+# refuses 2^29 pixels or more. Both fail as if the file were corrupt ("Image too large",
+# "PNG size too large for int"), and feature extraction applies no pixel limit that would
+# keep such large scans, panoramas or aerial pictures from them: the header checks
+# refuse them, saying so, and the served graph's guard alike.
+DECODER_LIMIT = 1 << 29
+JPEG_MAX_SIDE = 65500
+SCALE_DOWN = ": scale it down (the model reads it at its input size)"
+# After "a JPEG of WxH pixels by C colour component(s)".
+JPEG_TOO_LARGE = (f" = {{}} bytes, more than the JPEG decoder of TensorFlow reads (below "
+                  f"2^29 bytes, and sides of at most {JPEG_MAX_SIDE} pixels){SCALE_DOWN}")
+# After "a PNG of WxH = N pixels".
+PNG_TOO_LARGE = (f", more than the PNG decoder of TensorFlow reads (below 2^29 pixels)"
+                 f"{SCALE_DOWN}")
+
+
+def decoder_size_problem(image_format: str, width: int, height: int,
+                         components: int = 0) -> str | None:
+    """Why TensorFlow's decoder does not read an image of ``(image_format, width,
+    height)`` for its size (`DECODER_LIMIT`; a JPEG's `components` count), or None; the
+    served graph's guard says the same after "images[i] is "."""
+    if image_format == "JPEG" and (max(width, height) > JPEG_MAX_SIDE
+                                   or components * width * height >= DECODER_LIMIT):
+        return (f"a JPEG of {width}x{height} pixels by {components} colour component(s)"
+                + JPEG_TOO_LARGE.format(components * width * height))
+    if image_format == "PNG" and width * height >= DECODER_LIMIT:
+        return f"a PNG of {width}x{height} = {width * height} pixels" + PNG_TOO_LARGE
+    return None
+
+
 def jpeg_frame_problem(marker: int, precision: int) -> str | None:
     """Why TensorFlow's JPEG decoder cannot read a JPEG whose frame header is the marker
     FF `marker` with samples of `precision` bits, after "a JPEG" (`JPEG_DECODED_PROCESSES`),
@@ -105,8 +137,9 @@ def jpeg_frame_problem(marker: int, precision: int) -> str | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` from the first JPEG frame header (SOFn), found as libjpeg does.
+def _jpeg_size(data: bytes) -> tuple[int, int, int]:
+    """``(width, height, colour components)`` from the first JPEG frame header (SOFn),
+    found as libjpeg does.
 
     Between marker segments libjpeg's ``next_marker`` skips whatever is not a marker
     (stray bytes, with the warning "Corrupt JPEG data: N extraneous bytes before
@@ -115,8 +148,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     refuse the same files, but for their caps on the work: this walk gives up after
     `MAX_JPEG_SEGMENTS` markers, the graph's after as many of its steps, which also
     count jumps over stray bytes (only a file made to exhaust them tells them apart).
-    A JPEG that TensorFlow's decoder does not read (`jpeg_frame_problem`), and a
-    progressive JPEG of more than `MAX_JPEG_SCANS` scans, are refused.
+    A JPEG that TensorFlow's decoder does not read (`jpeg_frame_problem`) and a
+    progressive JPEG of more than `MAX_JPEG_SCANS` scans are refused.
     """
     i, n = 2, len(data)
     for _ in range(MAX_JPEG_SEGMENTS):
@@ -140,7 +173,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
                 scans = data.count(b"\xff\xda")
                 if scans > MAX_JPEG_SCANS:
                     raise ValueError("a JPEG" + JPEG_SCANS_PROBLEM.format(scans))
-            return width, height
+            return width, height, data[i + 7]
         if i + 2 > n:
             break
         # A length below 2 (libjpeg skips nothing then) leaves the walk inside the
@@ -418,15 +451,17 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
     logical screen says (`_gif_size`).
     Raises ValueError with the reason when the bytes are not a JPEG/PNG/GIF/BMP
     image or the header is truncated or corrupt, for a BMP that TensorFlow's decoder
-    does not read (`bmp_problem`), for a GIF whose frames are more than
+    does not read (`bmp_problem`), a JPEG or PNG larger than it reads (`DECODER_LIMIT`,
+    whatever `max_image_pixels`), for a GIF whose frames are more than
     the served graph walks (`gif_frames`), and, when `max_image_pixels` is given, when
     the image is above it as the served graph counts (`pixel_limit_error`: for a GIF,
     every frame counts).
     """
     if not data:
         raise ValueError("empty (no image bytes)")
+    components = 0  # a JPEG's, which its decoder's limit counts
     if data.startswith(FORMAT_MAGIC["JPEG"]):
-        fmt, (width, height) = "JPEG", _jpeg_size(data)
+        fmt, (width, height, components) = "JPEG", _jpeg_size(data)
     elif data.startswith(FORMAT_MAGIC["PNG"]):
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise ValueError("truncated or corrupt PNG: no IHDR chunk")
@@ -457,6 +492,9 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
         error = pixel_limit_error(fmt, width, height, data, max_image_pixels)
         if error is not None:
             raise ValueError(error)
-    elif fmt == "GIF":
+    too_large = decoder_size_problem(fmt, width, height, components)
+    if too_large is not None:
+        raise ValueError(too_large)
+    if max_image_pixels is None and fmt == "GIF":
         gif_frames(data)  # the served model refuses a GIF it cannot walk, at any limit
     return fmt, width, height

@@ -33,6 +33,8 @@ graph of one's own) and refuses with ``InvalidArgumentError``, naming ``images[i
 - a JPEG that TensorFlow's JPEG decoder does not read, which it would fail on as if
   corrupt: of a lossless or hierarchical process, or of samples other than 8 bits
   (`ofrnn_tf.features.image_headers.jpeg_frame_problem`);
+- a JPEG or PNG larger than TensorFlow's decoders read (``DECODER_LIMIT`` in
+  `ofrnn_tf.features.image_headers`), whatever ``max_image_pixels``;
 - a progressive JPEG of more than ``MAX_JPEG_SCANS`` scans (SOS markers, FF DA, in
   the file): libjpeg decodes each scan over the whole image, and a scan can take a few
   bytes, so a small file of many scans would hold a core for seconds to minutes;

@@ -14,7 +14,8 @@ import tensorflow as tf
 from ofrnn_tf.features.image_guards.gif_walk import _GIF_DESCRIPTOR, _gif_blocks
 from ofrnn_tf.features.image_guards.jpeg_walk import _STEP, _WINDOW, _WINDOW_STEPS, _walk_on
 from ofrnn_tf.features.image_guards.reading import _FRAME_BYTES, _read
-from ofrnn_tf.features.image_headers import JPEG_DECODED_PROCESSES
+from ofrnn_tf.features.image_headers import (
+    DECODER_LIMIT, JPEG_DECODED_PROCESSES, JPEG_MAX_SIDE)
 from ofrnn_tf.features.images import (
     BMP_BGRA_MASKS, BMP_BIT_DEPTHS, BMP_BITFIELDS, BMP_FIELDS_BYTES, BMP_MASKS_AT,
     FORMAT_MAGIC, MAX_JPEG_SCANS)
@@ -247,9 +248,18 @@ def _read_headers(images: tf.Tensor, max_jpeg_segments: int) -> _Headers:
     valid = tf.logical_and(valid, scans <= MAX_JPEG_SCANS)
     widths, heights, frame_kind, _ = tf.split(fields, _FIELD_GROUPS, axis=1)
     pixels = tf.maximum(tf.gather(widths * heights, layout, batch_dims=1), gif_pixels)
+    # Larger than TensorFlow's JPEG or PNG decoder reads (`DECODER_LIMIT`): a JPEG's
+    # bytes are a pixel's for each of its components (byte 9 of its frame header).
+    side = tf.maximum(tf.gather(widths, layout, batch_dims=1),
+                      tf.gather(heights, layout, batch_dims=1))
+    too_large = tf.where(is_jpeg, tf.logical_or(
+        side > JPEG_MAX_SIDE, tf.cast(frame[:, 9], tf.int64) * pixels >= DECODER_LIMIT),
+        tf.logical_and(tf.equal(layout, _PNG), pixels >= DECODER_LIMIT))
+    valid = tf.logical_and(valid, tf.logical_not(too_large))
     return _Headers(length=length, layout=layout, is_jpeg=is_jpeg, pos=pos, frame=frame,
                     fields=fields, frame_kind=frame_kind, valid=valid, pixels=pixels,
-                    scans=scans, jpeg_unread=jpeg_unread, bmp_problem=bmp_problem,
+                    scans=scans, jpeg_unread=jpeg_unread, too_large=too_large,
+                    bmp_problem=bmp_problem,
                     bmp_bits=bmp_bits,
                     bmp_compression=bmp_compression)
 

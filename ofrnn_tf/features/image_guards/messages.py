@@ -14,8 +14,9 @@ from ofrnn_tf.features.image_guards.layouts import (
 from ofrnn_tf.features.image_guards.reading import _GAVE_UP
 from ofrnn_tf.features.image_headers import (
     BMP_COMPRESSIONS, BMP_MASKS_CUT, BMP_MASKS_PROBLEM, BMP_REMEDY, BMP_TRUNCATED,
-    GIF_REMEDY, JPEG_DECODED_PROCESSES, JPEG_PROCESSES, JPEG_SCANS_PROBLEM, JPEG_UNREAD,
-    MAX_GIF_BLOCKS, MAX_GIF_STEPS, MAX_JPEG_SCANS, MISTAKEN_FORMAT_BYTES, MISTAKEN_FORMATS)
+    GIF_REMEDY, JPEG_DECODED_PROCESSES, JPEG_PROCESSES, JPEG_SCANS_PROBLEM, JPEG_TOO_LARGE,
+    JPEG_UNREAD, MAX_GIF_BLOCKS, MAX_GIF_STEPS, MAX_JPEG_SCANS, MISTAKEN_FORMAT_BYTES,
+    MISTAKEN_FORMATS, PNG_TOO_LARGE)
 from ofrnn_tf.features.images import out_of_line
 from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 
@@ -160,6 +161,12 @@ def _image_message(images: tf.Tensor, limit: tf.Tensor, passed: tf.Tensor,
         (width * height > limit,
          tf.strings.join([a_format, " of ", size, " = ", _str(width * height),
                           f" pixels, {PIXEL_LIMIT_WORDS} ", _str(limit), " pixels"])),
+        (tf.logical_and(info.too_large[0], is_jpeg),
+         tf.strings.join([a_format, " of ", size, " pixels by ", _str(frame[9]),
+                          " colour component(s)",
+                          _format(JPEG_TOO_LARGE, tf.cast(frame[9], tf.int64) * width * height)])),
+        (info.too_large[0], tf.strings.join([a_format, " of ", size, " = ",
+                                             _str(width * height), " pixels", PNG_TOO_LARGE])),
         (tf.logical_and(is_gif, pixels > limit), tf.cond(
             tf.logical_and(is_gif, pixels > limit),
             lambda: _gif_frames_message(image[None], pos[None], limit, a_format),
