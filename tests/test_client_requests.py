@@ -24,6 +24,7 @@ from absl import app
 from ofrnn_tf import input_files
 from ofrnn_tf.cli import client as command
 from ofrnn_tf.cli.image_inputs import open_report, resumed_lines, where_it_stopped
+from ofrnn_tf.features.image_headers import GIF_REMEDY
 from ofrnn_tf.serving import client
 
 
@@ -229,6 +230,24 @@ def test_an_image_above_the_servers_own_pixel_limit_is_not_sent_again(serve, tmp
     results = list(client.predict_files(target, files(tmp_path, [png(10)]), batch_size=1))
     assert results[0]["error"].endswith("above the limit of 50 pixels")  # no note of doubt
     assert len(service.requests) == 1
+
+
+def test_an_image_above_the_pixel_limit_is_told_what_to_do_in_the_commands_line():
+    """The client's user cannot raise the server's limit: scale the image down (a GIF's
+    refusal says already to send its first frame)."""
+    over = {"image": "a.jpg", "error": "a.jpg: refused by the server: JPEG of 12000x12000 = "
+                                       "144000000 pixels is above the limit of 40000000 pixels"}
+    gif = {"image": "b.gif", "error": "b.gif: refused by the server: the image is a GIF whose "
+                                      "5 frames hold 320 pixels in all, above the limit of 50 "
+                                      f"pixels{GIF_REMEDY}"}
+    other = {"image": "c.jpg", "error": "c.jpg: refused by the server: corrupt"}
+    gif_error, other_error = gif["error"], other["error"]
+    lines = list(command.with_remedies([over, gif, other, {"image": "d.jpg", "labels": []}]))
+    assert lines[0]["error"].endswith(
+        "above the limit of 40000000 pixels (scale the image down: the model reads it at its "
+        "input size; or serve an export of a higher --max_image_pixels)")
+    assert [lines[1]["error"], lines[2]["error"]] == [gif_error, other_error]
+    assert "error" not in lines[3]
 
 
 def test_a_refusal_in_the_exported_models_words_reads_as_a_sentence(serve, tmp_path):

@@ -36,6 +36,8 @@ from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_pro
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, ReportProgress, expand_inputs, given_inputs, merge_results, open_report,
     resumed_lines, shows_progress, stopped_report, write_report)
+from ofrnn_tf.features.image_headers import GIF_REMEDY
+from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MODEL_NAME, DEFAULT_PORT, DEFAULT_WAIT_FOR_SERVER_S, MAX_TIMEOUT_S)
 from ofrnn_tf.status import progress_bar, say
@@ -106,7 +108,7 @@ def main(argv):
                             wait_for_server=FLAGS.wait_for_server)
     results = versions_noted(results, kept_version(FLAGS.output, keep) if keep else None)
     progress = ReportProgress(entries, FLAGS.output, done)
-    lines = merge_results(left, results)
+    lines = merge_results(left, with_remedies(results))
     if shows_progress(out):
         lines = progress_bar(lines, total=len(left), desc="labelling", unit="img")
     try:
@@ -146,6 +148,21 @@ def kept_version(output: str, keep: int) -> int | None:
             if version is not None:
                 return version
     return None
+
+
+# What to do about an image the server refuses for its pixel limit, which the client
+# cannot raise (a GIF's refusal says already: send its first frame).
+PIXEL_LIMIT_REMEDY = (" (scale the image down: the model reads it at its input size; or serve "
+                      "an export of a higher --max_image_pixels)")
+
+
+def with_remedies(results: Iterable[dict]) -> Iterator[dict]:
+    """`results`, a refusal for the server's pixel limit told what to do about it."""
+    for result in results:
+        error = result.get("error", "")
+        if PIXEL_LIMIT_WORDS in error and GIF_REMEDY not in error:
+            result["error"] = error + PIXEL_LIMIT_REMEDY
+        yield result
 
 
 def check_server(server: str) -> None:
