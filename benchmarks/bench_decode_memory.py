@@ -25,9 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import check_choices, check_int_list, publish  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -106,4 +107,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    stops.run(main)

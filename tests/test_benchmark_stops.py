@@ -118,3 +118,11 @@ def test_a_stopped_table_script_lets_its_train_py_stop_on_its_own(tmp_path, how)
     finally:
         if running(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_every_benchmark_script_runs_under_stops():
+    # A script under a bare `app.run` ends at once on SIGTERM, leaving its temporary
+    # folders, checkouts and children behind.
+    bare = [path.name for path in sorted((ROOT / "benchmarks").glob("*.py"))
+            if path.name != "_stops.py" and "app.run(" in path.read_text()]
+    assert bare == [], f"use `_stops.run(main)` in {bare}"
