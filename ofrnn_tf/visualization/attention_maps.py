@@ -170,6 +170,14 @@ def figure_pixels(num_steps: int, image_height: int, image_width: int,
     return columns * panel_pixels, height
 
 
+def _inches(pixels: int) -> float:
+    """`pixels` at `DPI` as a figure size in inches, one float above `pixels / DPI`:
+    matplotlib before 3.11 (the newest for Python 3.10) truncates inches × dpi to whole
+    pixels, and 113 / 100 × 100 is 112.99999999999999, a picture a pixel short of
+    `figure_pixels`."""
+    return math.nextafter(pixels / DPI, math.inf)
+
+
 def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
                    label_names: Sequence[str], probabilities: Sequence[float], path: str,
                    title: Optional[str] = None, *, ground_truth: Optional[Sequence[str]] = None,
@@ -222,7 +230,7 @@ def draw_attention(image: Union[np.ndarray, Image.Image], attention: np.ndarray,
     picture_w = panel_pixels - 2 * _MARGIN
     picture_h = _picture_height(picture_w, height_px, width_px)
 
-    figure = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
+    figure = Figure(figsize=(_inches(fig_w), _inches(fig_h)), dpi=DPI, facecolor="white")
     FigureCanvasAgg(figure)
     for i, (line, first) in enumerate(lines):
         y = fig_h - _MARGIN - (i + 0.5) * _TITLE_LINE_PIXELS
