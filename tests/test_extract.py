@@ -394,10 +394,14 @@ def test_a_dead_leftover_this_user_cannot_remove_is_named_once(tmp_path, capsys,
     (leftover / "inner").mkdir(parents=True)
     (leftover / "inner" / "part").write_text("partial")
 
-    def rmtree_refused(path, onerror):
+    def rmtree_refused(path, onerror=None, onexc=None):
+        # shutil.rmtree's own callbacks: `onexc` from Python 3.12 on, `onerror` before
         inner = os.path.join(path, "inner", "part")
-        onerror(os.unlink, inner, (PermissionError, PermissionError(
-            errno.EACCES, os.strerror(errno.EACCES), inner), None))
+        error = PermissionError(errno.EACCES, os.strerror(errno.EACCES), inner)
+        if onexc is not None:
+            onexc(os.unlink, inner, error)
+        else:
+            onerror(os.unlink, inner, (PermissionError, error, None))
 
     monkeypatch.setattr(processes.shutil, "rmtree", rmtree_refused)
     for _ in range(2):
