@@ -8,7 +8,8 @@ after a minute, in the words of pip or uv.
     python3 scripts/python_check.py [--venv]
 
 Exits 1 saying why, and what to run instead, on stderr (``--venv``: the Python is the one
-.venv was made from); 0, saying nothing, otherwise. Runs on any Python 3 that may be met,
+.venv was made from, and a ``PYTHON=`` of another version is refused too: .venv is kept,
+not made again from it); 0, saying nothing, otherwise. Runs on any Python 3 that may be met,
 so it uses nothing newer than 3.6 has.
 """
 
@@ -16,6 +17,7 @@ import configparser
 import os
 import platform
 import re
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,10 +93,44 @@ def problem(version, system, machine, requires, tensorflow, made_venv=False):
     return None
 
 
+def other_python(venv_version, python, version):
+    """Why .venv, made from a Python of `venv_version`, is not what ``PYTHON=python``, a
+    Python of `version`, asks for, with the remedy; None where the two are the same
+    minor version. setup_env.sh keeps an existing .venv: it would go on without a word
+    with the Python the user asked to leave (a test run on 3.13 that ran on 3.11)."""
+    if tuple(venv_version[:2]) == tuple(version[:2]):
+        return None
+    return ("PYTHON=%s is Python %s but .venv was made from Python %s, and is kept: make it "
+            "again from that Python (rm -rf .venv && PYTHON=%s bash scripts/setup_env.sh), "
+            "or leave PYTHON unset to go on with .venv"
+            % (python, ".".join(str(part) for part in version[:3]),
+               ".".join(str(part) for part in venv_version[:3]), python))
+
+
+def python_version(python):
+    """The version of the Python the command `python` runs, as a tuple (None where it
+    does not run)."""
+    try:
+        said = subprocess.run([python, "-c", "import sys; print(tuple(sys.version_info[:3]))"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              universal_newlines=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.fullmatch(r"\((\d+), (\d+), (\d+)\)\s*", said.stdout)
+    if said.returncode != 0 or match is None:
+        return None
+    return tuple(int(part) for part in match.groups())
+
+
 def main(argv):
     requires, tensorflow = requirements(os.path.join(ROOT, "setup.cfg"))
+    made_venv = "--venv" in argv[1:]
     said = problem(sys.version_info, platform.system(), platform.machine(), requires,
-                   tensorflow, made_venv="--venv" in argv[1:])
+                   tensorflow, made_venv=made_venv)
+    if said is None and made_venv and os.environ.get("PYTHON"):
+        version = python_version(os.environ["PYTHON"])
+        if version is not None:
+            said = other_python(sys.version_info, os.environ["PYTHON"], version)
     if said is None:
         return 0
     sys.stderr.write("[setup] %s\n" % said)

@@ -20,7 +20,8 @@ if [ -L .venv/bin/python ] && [ ! -x .venv/bin/python ] && [ ! -O .venv/pyvenv.c
 fi
 # A Python the install would refuse (a version TensorFlow has no wheel for, as macOS's own
 # python3 is; an Intel Mac's) is refused first, in one line: a .venv made from it would
-# stay, and a rerun with PYTHON= would go on using it.
+# stay, and a rerun with PYTHON= would go on using it. An existing .venv is kept: a PYTHON=
+# of another version is refused (python_check.py --venv) rather than passed over.
 if [ ! -x .venv/bin/python ]; then
   "$PY" scripts/python_check.py >&2 || exit 1
   echo "[setup] creating .venv" >&2

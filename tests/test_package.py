@@ -116,9 +116,9 @@ def test_main_sh_gives_the_demo_the_run_s_examples_folder_whatever_their_format(
         f"scripts/grpc_demo.py --export_dir={tmp_path / 'exports'} {tmp_path / 'run' / 'examples'}")
 
 
-def _run_setup_env(tmp_path: Path) -> subprocess.CompletedProcess:
+def _run_setup_env(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """Runs the copy of setup_env.sh in `tmp_path` with an apt-get that installs nothing,
-    wherever root runs this."""
+    wherever root runs this, and the variables `env` set."""
     tools = tmp_path / "tools"
     if not tools.exists():
         tools.mkdir()
@@ -126,7 +126,8 @@ def _run_setup_env(tmp_path: Path) -> subprocess.CompletedProcess:
         (tools / "apt-get").chmod(0o755)
     return subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
                           capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PATH=f"{tools}{os.pathsep}{os.environ['PATH']}"))
+                          env=dict(os.environ, **env,
+                                   PATH=f"{tools}{os.pathsep}{os.environ['PATH']}"))
 
 
 @pytest.mark.parametrize("uv_installs", [True, False])
@@ -323,3 +324,42 @@ def test_setup_env_refuses_a_python_out_of_range_before_making_venv_and_after(tm
         f"[setup] .venv was made from Python {version}; ofrnn_tf installs on Python")
     assert f"(rm -rf .venv && PYTHON=python3.{minor + 2} bash scripts/setup_env.sh)" in done.stderr
     assert "installing" not in done.stderr
+
+
+def test_setup_env_refuses_a_python_of_another_version_than_the_venv_s(tmp_path):
+    # Once .venv existed, PYTHON= was passed over without a word: a set-up or test run
+    # asked for on one Python went on with the .venv of another.
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    for script in ("setup_env.sh", "python_check.py"):
+        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
+    minor = sys.version_info.minor
+    (tmp_path / "setup.cfg").write_text(
+        f"[options]\npython_requires = >=3.{minor},<3.{minor + 3}\n"
+        f"install_requires =\n    tensorflow==2.21.*\n")
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    stamp = subprocess.run(["cksum", "setup.cfg", "pyproject.toml"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout
+    (tmp_path / ".venv" / ".ofrnn_tf-installed").write_text(stamp)  # installed: no install
+    version = ".".join(map(str, sys.version_info[:3]))
+
+    def python_of(version_info: tuple) -> str:
+        python = tmp_path / f"python{'.'.join(map(str, version_info[:2]))}"
+        python.write_text(f"#!/bin/sh\necho '{tuple(version_info)}'\n")
+        python.chmod(0o755)
+        return str(python)
+
+    other = python_of((3, minor + 1, 0))
+    done = _run_setup_env(tmp_path, PYTHON=other)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"[setup] PYTHON={other} is Python 3.{minor + 1}.0 but .venv was made from Python "
+        f"{version}, and is kept: make it again from that Python (rm -rf .venv && "
+        f"PYTHON={other} bash scripts/setup_env.sh), or leave PYTHON unset to go on with "
+        f".venv\n")
+    for python in (python_of((3, minor, 0)), str(tmp_path / "no-such-python")):
+        done = _run_setup_env(tmp_path, PYTHON=python)  # the same minor version; none
+        assert done.returncode == 0, done.stderr
+        assert "PYTHON=" not in done.stderr
