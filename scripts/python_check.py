@@ -9,16 +9,20 @@ after a minute, in the words of pip or uv.
 
 Exits 1 saying why, and what to run instead, on stderr (``--venv``: the Python is the one
 .venv was made from, and a ``PYTHON=`` of another version is refused too: .venv is kept,
-not made again from it); 0, saying nothing, otherwise. Runs on any Python 3 that may be met,
-so it uses nothing newer than 3.6 has.
+not made again from it); 0, saying nothing, otherwise. Runs on any Python that may be met
+(Python 2 is `python` on older hosts), so it uses nothing newer than 2.7 and 3.6 have.
 """
 
-import configparser
 import os
 import platform
 import re
 import subprocess
 import sys
+
+try:
+    from configparser import RawConfigParser
+except ImportError:  # Python 2 (`python` on older hosts): refused in the same words
+    from ConfigParser import RawConfigParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,11 +30,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def requirements(setup_cfg):
     """``(python_requires, tensorflow's requirement)`` as setup.cfg spells them ("" for one
     it lacks)."""
-    parser = configparser.ConfigParser(interpolation=None)
+    parser = RawConfigParser()
     parser.read(setup_cfg)
-    requires = parser.get("options", "python_requires", fallback="").strip()
+
+    def option(name):
+        return parser.get("options", name) if parser.has_option("options", name) else ""
+
+    requires = option("python_requires").strip()
     tensorflow = ""
-    for line in parser.get("options", "install_requires", fallback="").splitlines():
+    for line in option("install_requires").splitlines():
         if re.match(r"tensorflow\s*[=<>~!]", line.strip()):
             tensorflow = line.strip()
     return requires, tensorflow
@@ -45,7 +53,7 @@ def version_allowed(version, requires):
     (``>=3.10,<3.14``: the comparisons of major and minor numbers setup.cfg uses)."""
     version = tuple(version[:2])
     for clause in filter(None, (c.strip() for c in requires.split(","))):
-        match = re.fullmatch(r"(>=|<=|==|!=|>|<)\s*([0-9]+(?:\.[0-9]+)?)(?:\.\*)?", clause)
+        match = re.match(r"(>=|<=|==|!=|>|<)\s*([0-9]+(?:\.[0-9]+)?)(?:\.\*)?\Z", clause)
         if match is None:
             continue
         operator, bound = match.group(1), _version(match.group(2))
@@ -116,7 +124,7 @@ def python_version(python):
                               universal_newlines=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    match = re.fullmatch(r"\((\d+), (\d+), (\d+)\)\s*", said.stdout)
+    match = re.match(r"\((\d+), (\d+), (\d+)\)\s*\Z", said.stdout)
     if said.returncode != 0 or match is None:
         return None
     return tuple(int(part) for part in match.groups())

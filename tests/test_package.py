@@ -4,6 +4,7 @@ distribution carries the test suite whole."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -363,3 +364,39 @@ def test_setup_env_refuses_a_python_of_another_version_than_the_venv_s(tmp_path)
         done = _run_setup_env(tmp_path, PYTHON=python)  # the same minor version; none
         assert done.returncode == 0, done.stderr
         assert "PYTHON=" not in done.stderr
+
+
+def _python2() -> str | None:
+    """A Python 2 this machine runs (`python` on older hosts), or None."""
+    candidates = [shutil.which(name) for name in ("python2.7", "python2")]
+    candidates += sorted(map(str, Path.home().glob(".pyenv/versions/2.*/bin/python2")))
+    for python in filter(None, candidates):
+        try:
+            if subprocess.run([python, "-c", "import sys; sys.exit(sys.version_info[0] != 2)"],
+                              capture_output=True, timeout=30).returncode == 0:
+                return python
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None
+
+
+def test_setup_env_refuses_python_2_in_the_one_line_it_gives_python_3_9(tmp_path):
+    # `PYTHON=python` on a host where that is Python 2 met a traceback from the check.
+    python2 = _python2()
+    if python2 is None:
+        pytest.skip("no Python 2 on this machine")
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    for script in ("setup_env.sh", "python_check.py"):
+        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
+    shutil.copy(root / "setup.cfg", tmp_path)
+    (tmp_path / "pyproject.toml").write_text("")
+    done = subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHON=python2))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert re.fullmatch(
+        rf"\[setup\] {re.escape(python2)} is Python 2\.7\.\d+; ofrnn_tf installs on Python "
+        r"3\.\d+ to 3\.\d+, those tensorflow==\S+ has wheels for: name one with PYTHON= "
+        r"\(PYTHON=python3\.\d+ bash scripts/setup_env\.sh\)\n", done.stderr), done.stderr
+    assert not (tmp_path / ".venv").exists()
