@@ -34,8 +34,8 @@ from absl import app, flags
 
 from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, ReportProgress, expand_inputs, given_inputs, merge_results, open_report,
-    resumed_lines, shows_progress, stopped_report, write_report)
+    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, resumable_report,
+    shows_progress, stopped_report, write_report)
 from ofrnn_tf.features.image_headers import GIF_REMEDY
 from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import (
@@ -90,15 +90,13 @@ def main(argv):
                              f"stop at once; inf: no limit), got {FLAGS.wait_for_server}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs, FLAGS.output)
-    done, keep = (resumed_lines(FLAGS.output, entries, "ofrnn-client") if FLAGS.resume
-                  else (0, 0))
-    if entries and done == len(entries):
-        say(f"[client] every input already has its line in {FLAGS.output}: nothing to do")
+    report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-client")
+    if report is None:
         return 0
+    out, progress = report
     from ofrnn_tf.serving.client import predict_files  # gRPC: only once the flags are good
 
-    out = open_report(FLAGS.output, [e for e in entries if isinstance(e, str)], keep=keep)
-    left = entries[done:]
+    left = progress.left
     paths = [e for e in left if isinstance(e, str)]
     results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
                             max_request_bytes=FLAGS.max_request_bytes,
@@ -106,8 +104,8 @@ def main(argv):
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout, all_scores=FLAGS.all_scores,
                             wait_for_server=FLAGS.wait_for_server)
-    results = versions_noted(results, kept_version(FLAGS.output, keep) if keep else None)
-    progress = ReportProgress(entries, FLAGS.output, done)
+    results = versions_noted(results, kept_version(FLAGS.output, progress.kept_bytes)
+                             if progress.kept_bytes else None)
     lines = merge_results(left, with_remedies(results))
     if shows_progress(out):
         lines = progress_bar(lines, total=len(left), desc="labelling", unit="img")

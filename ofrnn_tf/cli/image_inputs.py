@@ -313,15 +313,36 @@ class ReportProgress:
 
     latest: Optional["ReportProgress"] = None
 
-    def __init__(self, entries: list, output: str | None, done: int = 0):
+    def __init__(self, entries: list, output: str | None, done: int = 0, kept_bytes: int = 0):
         self.entries = entries
         self.output = output
+        self.done = done  # the lines a resumed report kept, in `kept_bytes` of `output`
+        self.kept_bytes = kept_bytes
         self.written = done
         ReportProgress.latest = self
+
+    @property
+    def left(self) -> list:
+        """The entries this run writes lines for: those after the lines kept."""
+        return self.entries[self.done:]
 
     def where(self, first_step: str = "") -> str:
         """`where_it_stopped` for the lines written so far."""
         return where_it_stopped(self.entries, self.written, self.output, first_step)
+
+
+def resumable_report(entries: list, output: str | None, resume: bool, command: str
+                     ) -> tuple[TextIO | ReportFile, ReportProgress] | None:
+    """The stream a command's report of `entries` goes to (`open_report`) and its progress,
+    where ``--resume`` (`resume`) goes on from the lines a stopped run wrote
+    (`resumed_lines`); None, having said so, where every input has its line already."""
+    done, keep = resumed_lines(output, entries, command) if resume else (0, 0)
+    if entries and done == len(entries):
+        say(f"[{command.removeprefix('ofrnn-')}] every input already has its line in "
+            f"{output}: nothing to do")
+        return None
+    out = open_report(output, [e for e in entries if isinstance(e, str)], keep=keep)
+    return out, ReportProgress(entries, output, done, kept_bytes=keep)
 
 
 def stopped_report(first_step: str = "") -> str:

@@ -41,8 +41,8 @@ from ofrnn_tf.cli import (
     input_errors, refusal, refuse_beam_size, refuse_below, refuse_glob_characters,
     refuse_non_probability, refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, ReportProgress, expand_inputs, file_id, file_ids, given_inputs,
-    merge_results, open_report, resumed_lines, shows_progress, stopped_report, write_report)
+    FILES_FROM_HELP, expand_inputs, file_id, file_ids, given_inputs, merge_results,
+    resumable_report, shows_progress, stopped_report, write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
@@ -93,14 +93,11 @@ def main(argv):
     if inputs is None:
         inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs, FLAGS.output)
-    done, keep = (resumed_lines(FLAGS.output, entries, "ofrnn-predict") if FLAGS.resume
-                  else (0, 0))
-    if entries and done == len(entries):
-        say(f"[predict] every input already has its line in {FLAGS.output}: nothing to do")
+    report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-predict")
+    if report is None:
         return 0
-    out = open_report(FLAGS.output, [e for e in entries if isinstance(e, str)], keep=keep)
-    progress = ReportProgress(entries, FLAGS.output, done)
-    left = entries[done:]
+    out, progress = report
+    left = progress.left
     paths = [e for e in left if isinstance(e, str)]
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.inference.module import (
@@ -135,7 +132,7 @@ def main(argv):
     predictions = predictor.iter_files(paths, attention=draw, all_scores=FLAGS.all_scores,
                                        progress=shows_progress(out))
     if draw:
-        predictions = _with_pictures(predictions, entries, FLAGS.attention_dir, first=done)
+        predictions = _with_pictures(predictions, entries, FLAGS.attention_dir, first=progress.done)
     return write_report(_with_remedies(merge_results(left, predictions)), out, "predict",
                         "predicted", pictures_dir=FLAGS.attention_dir, progress=progress)
 
