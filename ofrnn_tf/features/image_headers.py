@@ -488,13 +488,14 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
                          f"{format_hint(data)}")
     if width <= 0 or height <= 0:
         raise ValueError(f"{fmt} header gives an empty image ({width}x{height})")
+    # Before the pixel limit, whose remedy (raising it) cannot help such an image.
+    too_large = decoder_size_problem(fmt, width, height, components)
+    if too_large is not None:
+        raise ValueError(too_large)
     if max_image_pixels is not None:
         error = pixel_limit_error(fmt, width, height, data, max_image_pixels)
         if error is not None:
             raise ValueError(error)
-    too_large = decoder_size_problem(fmt, width, height, components)
-    if too_large is not None:
-        raise ValueError(too_large)
     if max_image_pixels is None and fmt == "GIF":
         gif_frames(data)  # the served model refuses a GIF it cannot walk, at any limit
     return fmt, width, height
