@@ -179,6 +179,17 @@ def test_a_copy_of_an_image_in_another_split_is_named_with_what_it_does(tmp_path
     assert len(splits["train"]) == 13 and "WARNING" not in capsys.readouterr().err
 
 
+def test_empty_files_in_two_splits_are_not_called_copies(tmp_path, capsys):
+    """Failed downloads hold no image: the extraction skips each, no metric counts them."""
+    root = manifest_folder(tmp_path, train=12, test=4)
+    for name in ("empty_train.png", "empty_test.png"):
+        (tmp_path / "img" / name).write_bytes(b"")
+    (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "img/empty_train.png,a\n")
+    (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "img/empty_test.png,a\n")
+    load_examples("manifest", {"data_dir": root}, 0.05)
+    assert "WARNING" not in capsys.readouterr().err
+
+
 def test_the_same_image_twice_in_one_file_is_refused_naming_both_lines(tmp_path):
     root = manifest_folder(tmp_path, train=12, test=4)
     (tmp_path / "train.csv").write_text(_rows("train", range(12)) + "./img/train_003.png,a\n")

@@ -219,17 +219,20 @@ def copies_across_splits(splits: dict[str, list[Example]]
     """The images of each split whose bytes an earlier split (in `SPLITS` order) lists
     under another path (a copy, a hard link), as `{(earlier, later): [(its image there,
     the copy), ...]}`. Only files of one size listed in two splits are read, so a data
-    set without such pairs costs one ``stat`` per image; files that cannot be read are
-    passed over (the extraction names them)."""
+    set without such pairs costs one ``stat`` per image; files that cannot be read, and
+    empty ones (failed downloads: no image, so no metric counts them), are passed over
+    (the extraction names them)."""
     by_size: dict[int, list[tuple[str, Example]]] = defaultdict(list)
     for split in SPLITS:
         for example in splits.get(split, ()):
             if not isinstance(example.image, str):
                 continue
             try:
-                by_size[os.stat(example.image).st_size].append((split, example))
+                size = os.stat(example.image).st_size
             except OSError:
                 continue
+            if size:
+                by_size[size].append((split, example))
     found: dict[tuple[str, str], list[tuple[Example, Example]]] = defaultdict(list)
     for group in by_size.values():
         if len({split for split, _ in group}) < 2:
