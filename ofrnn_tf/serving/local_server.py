@@ -105,6 +105,11 @@ class RequestError(Exception):
 # Loading.
 
 
+class WarmUpUnread(RuntimeError):
+    """A version's warm-up file does not read (cut short, or not TFRecords): what a copy
+    into the base path still running or cut short leaves, as a missing variables file."""
+
+
 # Versions tried when the newest is removed while it loads (`Servable.load`).
 _LOAD_ATTEMPTS = 3
 
@@ -667,7 +672,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                 log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             except (tf.errors.OpError, DecodeError) as e:  # a file cut short or not TFRecords
                 text = op_error_text(e) if isinstance(e, tf.errors.OpError) else str(e)
-                raise RuntimeError(f"{path}: warm-up record {i} does not read: {text}") from None
+                raise WarmUpUnread(f"{path}: warm-up record {i} does not read: {text}") from None
             if not log.HasField("predict_log"):
                 continue  # classify/regress/multi_inference logs: not served here
             request = log.predict_log.request
@@ -837,6 +842,10 @@ def _warm_up(service: ModelServer) -> None:
     start = time.perf_counter()
     try:
         n = service.warm_up()
+    except WarmUpUnread as e:  # the version's own bytes, not requests it refuses
+        raise RuntimeError(f"version {service.servable.version} does not warm up: {e}"
+                           f"{PARTIAL_COPY_HINT}; --nowarmup serves it without its "
+                           f"warm-up") from None
     except RuntimeError as e:
         raise RuntimeError(f"version {service.servable.version} does not warm up: {e} "
                            f"(--nowarmup serves it without its warm-up; an export made again "
