@@ -28,7 +28,8 @@ from ofrnn_tf.data import (
     DataFileError, DataLabelMapError, DataNotFoundError, ImagesNotFoundError)
 from ofrnn_tf.data.adapters import load_coco, load_manifest, load_nuswide
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.data.splits import SplitTooSmallError, load_examples
+from ofrnn_tf.data import splits as splits_module
+from ofrnn_tf.data.splits import SPLITS, SplitTooSmallError, load_examples
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
 from ofrnn_tf.jsonio import read_json
@@ -188,6 +189,44 @@ def test_empty_files_in_two_splits_are_not_called_copies(tmp_path, capsys):
     (tmp_path / "test.csv").write_text(_rows("test", range(4)) + "img/empty_test.png,a\n")
     load_examples("manifest", {"data_dir": root}, 0.05)
     assert "WARNING" not in capsys.readouterr().err
+
+
+def test_files_of_one_size_are_read_whole_only_where_their_first_bytes_agree(tmp_path,
+                                                                            monkeypatch):
+    """A data set of BMPs of one pixel count has every file of one size: the copy check
+    reads a few kilobytes of each, not every byte of the data set at every start."""
+    rng = np.random.default_rng(0)
+    size = 100_000
+    images = {split: [] for split in SPLITS}
+    for k in range(30):
+        path = tmp_path / f"{k:02d}.bmp"
+        path.write_bytes(b"BM" + rng.bytes(size - 2))
+        images["train" if k < 20 else "test"].append(Example(str(k), str(path), (0,)))
+    copy = tmp_path / "copy.bmp"
+    shutil.copyfile(images["train"][3].image, copy)
+    images["val"].append(Example("copy", str(copy), (0,)))
+    read = []
+
+    class Counted:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def read(self, n=-1):
+            data = self.file.read(n)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(splits_module, "open", lambda path, mode: Counted(open(path, mode)),
+                        raising=False)
+    found = splits_module.copies_across_splits(images)
+    assert found == {("train", "val"): [(images["train"][3], images["val"][0])]}
+    assert sum(read) < 31 * 10_000 + 2 * size, sum(read)  # the pair alone is read whole
 
 
 def test_the_same_image_twice_in_one_file_is_refused_naming_both_lines(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ofrnn_tf.data import DataFileError
 from ofrnn_tf.data.example import Example
@@ -191,17 +191,51 @@ def check_distinct_images(splits: dict[str, list[Example]]) -> None:
                 f"remove one of the two")
 
 
-def _file_digest(path: str) -> Optional[str]:
-    """The SHA-256 of a file's bytes, or None where it cannot be read (the extraction
-    names such a file)."""
+def _file_digest(path: str, head: Optional[int] = None) -> Optional[str]:
+    """The SHA-256 of a file's bytes (of its first `head` bytes, if given), or None where
+    it cannot be read (the extraction names such a file)."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+            if head is not None:
+                digest.update(f.read(head))
+            else:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
     except OSError:
         return None
     return digest.hexdigest()
+
+
+# The first bytes compared before files of one size are read whole: images of one size
+# (a data set of BMPs, whose size is set by their pixel count) differ within them.
+_HEAD_BYTES = 8192
+
+
+def _by_digest(size: int, group: list[tuple[str, Example]]
+               ) -> Iterator[list[tuple[str, Example]]]:
+    """The files of `group` (of `size` bytes, in split order) with the same bytes, in
+    groups that span two splits or more: told apart by their first `_HEAD_BYTES` first,
+    so that only those that agree there are read whole."""
+    for same_head in _spanning(_grouped(group, lambda path: _file_digest(path, _HEAD_BYTES))):
+        yield from (_spanning(_grouped(same_head, _file_digest)) if size > _HEAD_BYTES
+                    else [same_head])
+
+
+def _grouped(group: list[tuple[str, Example]], key: Callable[[str], Optional[str]]
+             ) -> list[list[tuple[str, Example]]]:
+    """`group` split by the `key` of each file (None: passed over), in order."""
+    found: dict[str, list[tuple[str, Example]]] = defaultdict(list)
+    for split, example in group:
+        value = key(example.image)
+        if value is not None:
+            found[value].append((split, example))
+    return list(found.values())
+
+
+def _spanning(groups: list[list[tuple[str, Example]]]) -> list[list[tuple[str, Example]]]:
+    """The groups whose files are in two splits or more."""
+    return [group for group in groups if len({split for split, _ in group}) > 1]
 
 
 # What an image of the second split with a copy in the first does to the run's numbers.
@@ -218,10 +252,12 @@ def copies_across_splits(splits: dict[str, list[Example]]
                          ) -> dict[tuple[str, str], list[tuple[Example, Example]]]:
     """The images of each split whose bytes an earlier split (in `SPLITS` order) lists
     under another path (a copy, a hard link), as `{(earlier, later): [(its image there,
-    the copy), ...]}`. Only files of one size listed in two splits are read, so a data
-    set without such pairs costs one ``stat`` per image; files that cannot be read, and
-    empty ones (failed downloads: no image, so no metric counts them), are passed over
-    (the extraction names them)."""
+    the copy), ...]}`. Only files of one size listed in two splits are read, and read
+    whole only where their first bytes agree (`_by_digest`), so a data set without such
+    pairs costs one ``stat`` per image, or a few kilobytes of each file where all are of
+    one size (BMPs of one pixel count); files that cannot be read, and empty ones
+    (failed downloads: no image, so no metric counts them), are passed over (the
+    extraction names them)."""
     by_size: dict[int, list[tuple[str, Example]]] = defaultdict(list)
     for split in SPLITS:
         for example in splits.get(split, ()):
@@ -234,17 +270,14 @@ def copies_across_splits(splits: dict[str, list[Example]]
             if size:
                 by_size[size].append((split, example))
     found: dict[tuple[str, str], list[tuple[Example, Example]]] = defaultdict(list)
-    for group in by_size.values():
+    for size, group in by_size.items():
         if len({split for split, _ in group}) < 2:
             continue
-        first: dict[str, tuple[str, Example]] = {}
-        for split, example in group:
-            digest = _file_digest(example.image)
-            if digest is None:
-                continue
-            earlier, original = first.setdefault(digest, (split, example))
-            if earlier != split:
-                found[(earlier, split)].append((original, example))
+        for same in _by_digest(size, group):
+            earlier, original = same[0]
+            for split, example in same[1:]:
+                if split != earlier:
+                    found[(earlier, split)].append((original, example))
     return {pair: found[pair] for pair in _COPY_CONSEQUENCE if found.get(pair)}
 
 
