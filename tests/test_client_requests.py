@@ -355,9 +355,7 @@ def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, 
     assert run.returncode == 1
     stopped = [line for line in run.stderr.splitlines() if "[client] stopped" in line]
     assert stopped == [f"[client] stopped: {target} answered INVALID_ARGUMENT: threshold[0] must "
-                       f"be a probability in [0, 1]; got 2; 0 of 1 input(s) have their line; the "
-                       f"first without one is {tmp_path / '0.img'}: give it and the inputs after "
-                       f"it to go on"], run.stderr
+                       f"be a probability in [0, 1]; got 2; no input has its line yet"], run.stderr
 
 
 @pytest.mark.slow
@@ -753,6 +751,16 @@ def test_the_client_commands_stop_says_what_happened_and_where_to_go_on():
     assert where_it_stopped(entries, 2, None) == (
         "2 of 3 input(s) have their line; the first without one is b.jpg: give it and the "
         "inputs after it to go on")
+
+
+def test_a_stop_before_the_first_line_says_to_run_the_command_again_not_to_resume():
+    """With no line written, --output still holds an earlier report (kept, as documented):
+    --resume would go on from that one, or find nothing to do in it: the line says that
+    no input has its line and the report is as it was, not to --resume."""
+    entries = ["a.jpg", "b.jpg"]
+    assert where_it_stopped(entries, 0, "out.jsonl") == (
+        "no input has its line yet, and out.jsonl is as it was")
+    assert where_it_stopped(entries, 0, None) == "no input has its line yet"
 
 
 def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):

@@ -358,9 +358,15 @@ def stopped_report(first_step: str = "") -> str:
 def where_it_stopped(entries: list, written: int, output: str | None,
                      first_step: str = "") -> str:
     """How many of `entries` got their line (in `output`), and the first that did not,
-    with how to go on (`first_step` first)."""
+    with how to go on (`first_step` first). With none written, `output` holds no line of
+    this run (an earlier report stays as it was, which ``--resume`` would go on from, not
+    this run's inputs): that is said, and the way on is the command again, once what
+    stopped it (said before) is mended."""
     if written >= len(entries):
         return f"every input has its line in {output or 'the output'}"
+    if not written:
+        return "no input has its line yet" + (
+            f", and {output} is as it was" if output and output != "-" else "")
     first = entries[written]
     first = first if isinstance(first, str) else first["image"]
     if output and output != "-":
