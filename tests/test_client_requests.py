@@ -768,8 +768,8 @@ def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
     kept = '{"image": "a.jpg", "labels": []}\n{"image": "notes.txt", "error": "skipped"}\n'
     output.write_text(kept + '{"image": "b.j')  # the last line cut short: the run was killed
     entries = ["a.jpg", {"image": "notes.txt", "error": "skipped"}, "b.jpg", "c.jpg"]
-    assert resumed_lines(str(output), entries, "ofrnn-client") == (2, len(kept))
-    assert resumed_lines(str(tmp_path / "none.jsonl"), entries, "ofrnn-client") == (0, 0)
+    assert resumed_lines(str(output), entries, "ofrnn-client") == (2, len(kept), 1, 0)
+    assert resumed_lines(str(tmp_path / "none.jsonl"), entries, "ofrnn-client") == (0, 0, 0, 0)
     with open_report(str(output), keep=len(kept)) as report:
         report.write('{"image": "b.jpg"}\n')
     assert output.read_text() == kept + '{"image": "b.jpg"}\n'
@@ -821,7 +821,8 @@ def test_resume_does_not_count_its_own_report_in_an_input_folder(tmp_path):
                               for n in ("a.jpg", "m.jpg")))
     assert expand_inputs([str(photos)], str(report)) == first
     assert str(report) in str(expand_inputs([str(photos)]))  # another command's file is listed
-    assert resumed_lines(str(report), first, "ofrnn-client") == (2, len(report.read_bytes()))
+    assert resumed_lines(str(report), first, "ofrnn-client") == (
+        2, len(report.read_bytes()), 0, 0)
 
 
 def test_a_server_on_this_machine_is_reached_past_a_proxy_the_environment_names(

@@ -554,7 +554,8 @@ def test_predict_with_resume_keeps_the_lines_written_and_predicts_the_rest(lite0
     assert [line["image"] for line in lines] == inputs[2:]
     stem = images[3].stem
     assert lines[1]["attention_png"] == str(tmp_path / "attention" / f"003_{stem}.png")
-    assert "2 image(s) predicted, 0 failed or skipped" in done.stderr, done.stderr[-2000:]
+    assert ("3 image(s) predicted, 1 failed or skipped, 2 of them on the lines --resume kept"
+            in done.stderr), done.stderr[-2000:]
 
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
@@ -810,6 +811,30 @@ def test_a_report_stopped_midway_says_which_input_resume_goes_on_from(tmp_path, 
     assert stopped_report("free space, then ") == (
         f"2 of 4 input(s) have their line in {report}; the first without one is b.jpg: free "
         f"space, then run the same command with --resume to go on")
+
+
+def test_a_resumed_reports_summary_and_exit_status_count_the_lines_it_kept(tmp_path,
+                                                                           capsys):
+    """The report is the kept lines and the new ones: a resumed run whose inputs left all
+    fail still exits with 0 when a kept line has labels (it exited with 1, saying "0
+    image(s) predicted" of a report of predictions)."""
+    from ofrnn_tf.cli.image_inputs import resumable_report
+
+    report = tmp_path / "out.jsonl"
+    kept = ('{"image": "a.jpg", "labels": [], "attention_png": "p/000_a.png"}\n'
+            '{"image": "notes.txt", "error": "notes.txt: skipped"}\n'
+            '{"image": "b.jpg", "labels": []}\n')
+    report.write_text(kept)
+    entries = ["a.jpg", {"image": "notes.txt", "error": "notes.txt: skipped"}, "b.jpg",
+               {"image": "c.txt", "error": "c.txt: skipped"}]
+    out, progress = resumable_report(entries, str(report), True, "ofrnn-predict")
+    assert write_report(merge_results(progress.left, []), out, "predict", "predicted",
+                        pictures_dir="p", progress=progress) == 0
+    assert report.read_text() == kept + '{"image": "c.txt", "error": "c.txt: skipped"}\n'
+    assert capsys.readouterr().err.splitlines() == [
+        "[predict] c.txt: skipped",
+        f"[predict] 2 image(s) predicted, 2 failed or skipped, 3 of them on the lines "
+        f"--resume kept; written to {report}; 1 attention picture(s) in p"]
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full (Linux)")

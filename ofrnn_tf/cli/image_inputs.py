@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from typing import Iterable, Optional, TextIO
+from typing import Iterable, NamedTuple, Optional, TextIO
 
 from absl import app
 
@@ -275,9 +275,12 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
     names every failed input on stderr (and `pictures_dir`, where the results' attention
     pictures went) and returns the exit status: 1 only when no input at all succeeded. An
     exception from `results` propagates after the lines written so far are flushed.
-    `progress` counts each line once it is written."""
+    `progress` counts each line once it is written; the lines a resumed report kept
+    (`progress.kept`) are counted in the summary and the exit status, since they are the
+    report's too (their failures were named by the run that wrote them)."""
     output = None if out is sys.stdout else out.name
-    num_ok, failed, pictures = 0, [], 0
+    kept = progress.kept if progress is not None else KeptLines()
+    num_ok, failed, pictures = kept.count - kept.failed, [], kept.pictures
     try:
         for result in results:
             out.write(json.dumps(result, allow_nan=False) + "\n")
@@ -298,7 +301,8 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
         out.close()
     for error in failed:
         say(f"[{command}] {error}")
-    say(f"[{command}] {num_ok} image(s) {verb}, {len(failed)} failed or skipped"
+    say(f"[{command}] {num_ok} image(s) {verb}, {len(failed) + kept.failed} failed or skipped"
+        + (f", {kept.count} of them on the lines --resume kept" if kept.count else "")
         + (f"; written to {output}" if output else "")
         + (f"; {pictures} attention picture(s) in {pictures_dir}" if pictures_dir else ""))
     return 0 if num_ok else 1
@@ -313,12 +317,14 @@ class ReportProgress:
 
     latest: Optional["ReportProgress"] = None
 
-    def __init__(self, entries: list, output: str | None, done: int = 0, kept_bytes: int = 0):
+    def __init__(self, entries: list, output: str | None,
+                 kept: Optional["KeptLines"] = None):
         self.entries = entries
         self.output = output
-        self.done = done  # the lines a resumed report kept, in `kept_bytes` of `output`
-        self.kept_bytes = kept_bytes
-        self.written = done
+        self.kept = kept or KeptLines()  # the lines a resumed report kept
+        self.done = self.kept.count
+        self.kept_bytes = self.kept.size
+        self.written = self.done
         ReportProgress.latest = self
 
     @property
@@ -336,13 +342,13 @@ def resumable_report(entries: list, output: str | None, resume: bool, command: s
     """The stream a command's report of `entries` goes to (`open_report`) and its progress,
     where ``--resume`` (`resume`) goes on from the lines a stopped run wrote
     (`resumed_lines`); None, having said so, where every input has its line already."""
-    done, keep = resumed_lines(output, entries, command) if resume else (0, 0)
-    if entries and done == len(entries):
+    kept = resumed_lines(output, entries, command) if resume else KeptLines()
+    if entries and kept.count == len(entries):
         say(f"[{command.removeprefix('ofrnn-')}] every input already has its line in "
             f"{output}: nothing to do")
         return None
-    out = open_report(output, [e for e in entries if isinstance(e, str)], keep=keep)
-    return out, ReportProgress(entries, output, done, kept_bytes=keep)
+    out = open_report(output, [e for e in entries if isinstance(e, str)], keep=kept.size)
+    return out, ReportProgress(entries, output, kept)
 
 
 def stopped_report(first_step: str = "") -> str:
@@ -377,16 +383,27 @@ def where_it_stopped(entries: list, written: int, output: str | None,
             f"{first}: {first_step}give it and the inputs after it to go on")
 
 
-def resumed_lines(output: str | None, entries: list, command: str) -> tuple[int, int]:
-    """For ``--resume``: how many of `entries` already have their line in `output` (the
-    first ones, in order, as a stopped run of `command` wrote them), and the bytes of those
-    lines, which stay; a line cut short at its end (a run killed while writing it) goes. A
-    usage error when `output` is no file, or holds lines for other inputs."""
+class KeptLines(NamedTuple):
+    """The lines of a stopped run's report that ``--resume`` keeps: how many (`count`, the
+    first of the inputs), their bytes at the file's start (`size`), and how many of them
+    are an input's `error` (`failed`) or name an attention picture (`pictures`)."""
+
+    count: int = 0
+    size: int = 0
+    failed: int = 0
+    pictures: int = 0
+
+
+def resumed_lines(output: str | None, entries: list, command: str) -> KeptLines:
+    """For ``--resume``: the lines of `entries` that already have their line in `output`
+    (the first ones, in order, as a stopped run of `command` wrote them), which stay; a
+    line cut short at its end (a run killed while writing it) goes. A usage error when
+    `output` is no file, or holds lines for other inputs."""
     if not output or output == "-":
         raise app.UsageError("--resume goes on from the lines of --output: give the file the "
                              "stopped run wrote")
     if not os.path.exists(output):
-        return 0, 0
+        return KeptLines()
     if not os.path.isfile(output):
         raise app.UsageError(f"--resume: --output={output} is not a file, which a stopped run "
                              f"would have written")
@@ -400,10 +417,12 @@ def resumed_lines(output: str | None, entries: list, command: str) -> tuple[int,
         raise app.UsageError(f"--resume: {output} holds {len(lines)} lines, more than the "
                              f"{len(entries)} inputs given: give the inputs of the run that "
                              f"wrote it, or another --output")
+    failed = pictures = 0
     for number, (line, entry) in enumerate(zip(lines, entries), 1):
         expected = entry if isinstance(entry, str) else entry["image"]
         try:
-            image = json.loads(line)["image"]
+            record = json.loads(line)
+            image = record["image"]
         except (ValueError, TypeError, KeyError):
             raise app.UsageError(f"--resume: {output}, line {number}, is not a line of "
                                  f"{command}'s: give its report, or another --output"
@@ -412,4 +431,6 @@ def resumed_lines(output: str | None, entries: list, command: str) -> tuple[int,
             raise app.UsageError(f"--resume: {output}, line {number}, is for {image}, where "
                                  f"input {number} is {expected}: give the inputs of the run "
                                  f"that wrote it, in the same order, or another --output")
-    return len(lines), sum(len(line) + 1 for line in lines)
+        failed += "error" in record
+        pictures += "attention_png" in record
+    return KeptLines(len(lines), sum(len(line) + 1 for line in lines), failed, pictures)
