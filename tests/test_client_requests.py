@@ -7,6 +7,7 @@ without an index, and a server that goes away; and how `ofrnn-client` checks its
 from __future__ import annotations
 
 import io
+import json
 import signal
 import sys
 from concurrent import futures
@@ -783,6 +784,41 @@ def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
         resumed_lines(None, entries, "ofrnn-client")
 
 
+def test_resume_refuses_another_commands_report_or_one_of_other_flags(tmp_path):
+    """ofrnn-predict's lines (step_probabilities, no model_version) and lines of a run
+    with --all_scores, or without it, were kept as the client's own, and the report went on
+    in other fields: a mixed report, without a word."""
+    from ofrnn_tf.cli import predict
+
+    output = tmp_path / "out.jsonl"
+    client_line = {"image": "a.jpg", "labels": ["Bag"], "label_ids": [8], "scores": [0.9],
+                   "log_prob": -0.1, "model_version": 1}
+    predict_line = {"image": "a.jpg", "labels": ["Bag"], "label_ids": [8], "scores": [0.9],
+                    "step_probabilities": [0.9], "log_prob": -0.1}
+    error_line = '{"image": "notes.txt", "error": "notes.txt: skipped"}\n'
+    entries = ["a.jpg", {"image": "notes.txt", "error": "notes.txt: skipped"}, "b.jpg"]
+
+    def resumed(line: dict, fields):
+        output.write_text(json.dumps(line) + "\n" + error_line)
+        return resumed_lines(str(output), entries, "ofrnn-client", fields)
+
+    assert resumed(client_line, command.line_fields(False)).count == 2
+    assert resumed(predict_line, predict.line_fields(False)).count == 2
+    assert resumed({**predict_line, "attention_png": "p/000_a.png"},
+                   predict.line_fields(False)).pictures == 1
+    with pytest.raises(app.UsageError, match=(
+            r"--resume: .*out.jsonl, line 1, is not a line this ofrnn-client writes \(it has "
+            r"step_probabilities and has no model_version\): give the command and flags of "
+            r"the run that wrote it, or another --output")):
+        resumed(predict_line, command.line_fields(False))
+    with pytest.raises(app.UsageError, match=r"line 1, .*\(it has no all_scores; --all_scores "
+                                             r"writes all_scores\)"):
+        resumed(client_line, command.line_fields(True))
+    with pytest.raises(app.UsageError, match=r"line 1, .*\(it has all_scores; --all_scores "
+                                             r"writes all_scores\)"):
+        resumed({**predict_line, "all_scores": {"Bag": 0.9}}, predict.line_fields(False))
+
+
 def test_resume_of_a_finished_report_asks_no_server_and_keeps_the_report(tmp_path):
     """Every input has its line already: the command says so and exits with 0, with no
     server to ask (none listens on the port given) and the report as it was."""
@@ -792,7 +828,9 @@ def test_resume_of_a_finished_report_asks_no_server_and_keeps_the_report(tmp_pat
     image = tmp_path / "a.jpg"
     image.write_bytes(b"x")
     output = tmp_path / "out.jsonl"
-    output.write_text(f'{{"image": "{image}", "labels": []}}\n')
+    line = json.dumps({"image": str(image), "labels": [], "label_ids": [], "scores": [],
+                       "log_prob": 0.0, "model_version": 1}) + "\n"
+    output.write_text(line)
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from ofrnn_tf.cli.client import run; "
          "sys.argv[0] = 'ofrnn-client'; run()", "--server=127.0.0.1:1", "--wait_for_server=0",
@@ -802,7 +840,7 @@ def test_resume_of_a_finished_report_asks_no_server_and_keeps_the_report(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr == (f"[client] every input already has its line in {output}: nothing "
                            f"to do\n")
-    assert output.read_text() == f'{{"image": "{image}", "labels": []}}\n'
+    assert output.read_text() == line
 
 
 def test_resume_does_not_count_its_own_report_in_an_input_folder(tmp_path):

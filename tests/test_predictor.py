@@ -539,8 +539,9 @@ def test_predict_with_resume_keeps_the_lines_written_and_predicts_the_rest(lite0
     the inputs; once every input has its line, a rerun does nothing."""
     inputs = [str(images[0]), str(images[1]), str(images[2]), str(images[3])]
     out = tmp_path / "out.jsonl"
-    kept = (f'{{"image": "{images[0]}", "labels": ["kept"]}}\n'
-            f'{{"image": "{images[1]}", "error": "kept too"}}\n')
+    kept = (json.dumps({"image": str(images[0]), "labels": ["kept"], "label_ids": [0],
+                        "scores": [0.9], "step_probabilities": [0.9], "log_prob": -0.1})
+            + f'\n{{"image": "{images[1]}", "error": "kept too"}}\n')
     out.write_text(kept + f'{{"image": "{images[2]}", "lab')  # killed while writing it
     command = [sys.executable, "predict.py", f"--workdir={lite0_run}", f"--output={out}",
                f"--attention_dir={tmp_path / 'attention'}", "--resume", *inputs]

@@ -34,8 +34,8 @@ from absl import app, flags
 
 from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, expand_inputs, given_inputs, merge_results, resumable_report,
-    shows_progress, stopped_report, write_report)
+    FILES_FROM_HELP, LineFields, expand_inputs, given_inputs, merge_results,
+    resumable_report, shows_progress, stopped_report, write_report)
 from ofrnn_tf.features.image_headers import GIF_REMEDY
 from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import (
@@ -90,7 +90,8 @@ def main(argv):
                              f"stop at once; inf: no limit), got {FLAGS.wait_for_server}")
     inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs, FLAGS.output)
-    report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-client")
+    report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-client",
+                              line_fields(FLAGS.all_scores))
     if report is None:
         return 0
     out, progress = report
@@ -116,6 +117,14 @@ def main(argv):
             f"{stop_reason(error, FLAGS.server, FLAGS.timeout, FLAGS.wait_for_server)}; "
             f"{progress.where()}")
         return 1
+
+
+def line_fields(all_scores: bool) -> LineFields:
+    """The fields of a labelled line this command writes, which the lines ``--resume``
+    keeps must hold as well."""
+    always = {"labels", "label_ids", "scores", "log_prob", "model_version"}
+    return LineFields(frozenset(always | ({"all_scores"} if all_scores else set())),
+                      flags=(("all_scores", "--all_scores"),))
 
 
 def versions_noted(results: Iterable[dict], previous: int | None = None) -> Iterator[dict]:

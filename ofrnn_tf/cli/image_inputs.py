@@ -337,12 +337,14 @@ class ReportProgress:
         return where_it_stopped(self.entries, self.written, self.output, first_step)
 
 
-def resumable_report(entries: list, output: str | None, resume: bool, command: str
+def resumable_report(entries: list, output: str | None, resume: bool, command: str,
+                     fields: LineFields | None = None
                      ) -> tuple[TextIO | ReportFile, ReportProgress] | None:
     """The stream a command's report of `entries` goes to (`open_report`) and its progress,
-    where ``--resume`` (`resume`) goes on from the lines a stopped run wrote
-    (`resumed_lines`); None, having said so, where every input has its line already."""
-    kept = resumed_lines(output, entries, command) if resume else KeptLines()
+    where ``--resume`` (`resume`) goes on from the lines a stopped run wrote, of the
+    `fields` this run writes (`resumed_lines`); None, having said so, where every input
+    has its line already."""
+    kept = resumed_lines(output, entries, command, fields) if resume else KeptLines()
     if entries and kept.count == len(entries):
         say(f"[{command.removeprefix('ofrnn-')}] every input already has its line in "
             f"{output}: nothing to do")
@@ -394,11 +396,25 @@ class KeptLines(NamedTuple):
     pictures: int = 0
 
 
-def resumed_lines(output: str | None, entries: list, command: str) -> KeptLines:
+class LineFields(NamedTuple):
+    """The fields besides ``image`` of a labelled line a command writes with its flags:
+    `always` on every such line, `maybe` on some (an attention picture that could be
+    drawn), `flags` the flag that writes a field (``all_scores``: ``--all_scores``)."""
+
+    always: frozenset
+    maybe: frozenset = frozenset()
+    flags: tuple = ()
+
+
+def resumed_lines(output: str | None, entries: list, command: str,
+                  fields: LineFields | None = None) -> KeptLines:
     """For ``--resume``: the lines of `entries` that already have their line in `output`
     (the first ones, in order, as a stopped run of `command` wrote them), which stay; a
     line cut short at its end (a run killed while writing it) goes. A usage error when
-    `output` is no file, or holds lines for other inputs."""
+    `output` is no file, or holds lines for other inputs, or (where `fields` is given)
+    labelled lines of other fields: another command's report (``ofrnn-predict``'s has
+    ``step_probabilities``, ``ofrnn-client``'s ``model_version``) or one of other flags,
+    which would be mixed with this run's lines."""
     if not output or output == "-":
         raise app.UsageError("--resume goes on from the lines of --output: give the file the "
                              "stopped run wrote")
@@ -431,6 +447,26 @@ def resumed_lines(output: str | None, entries: list, command: str) -> KeptLines:
             raise app.UsageError(f"--resume: {output}, line {number}, is for {image}, where "
                                  f"input {number} is {expected}: give the inputs of the run "
                                  f"that wrote it, in the same order, or another --output")
+        if fields is not None and "error" not in record:
+            refuse_other_fields(record, fields, output, number, command)
         failed += "error" in record
         pictures += "attention_png" in record
     return KeptLines(len(lines), sum(len(line) + 1 for line in lines), failed, pictures)
+
+
+def refuse_other_fields(record: dict, fields: LineFields, output: str, number: int,
+                        command: str) -> None:
+    """A usage error where the labelled line `record` (line `number` of `output`) holds
+    other fields than this `command` writes with its flags (`fields`)."""
+    present = set(record) - {"image"}
+    extra = sorted(present - fields.always - fields.maybe)
+    missing = sorted(fields.always - present)
+    if not extra and not missing:
+        return
+    said = " and ".join(([f"has {', '.join(extra)}"] if extra else [])
+                        + ([f"has no {', '.join(missing)}"] if missing else []))
+    flags = "".join(f"; {flag} writes {field}" for field, flag in fields.flags
+                    if field in extra or field in missing)
+    raise app.UsageError(f"--resume: {output}, line {number}, is not a line this {command} "
+                         f"writes (it {said}{flags}): give the command and flags of the run "
+                         f"that wrote it, or another --output")

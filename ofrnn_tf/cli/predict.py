@@ -41,8 +41,8 @@ from ofrnn_tf.cli import (
     input_errors, refusal, refuse_beam_size, refuse_below, refuse_glob_characters,
     refuse_non_probability, refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, expand_inputs, file_id, file_ids, given_inputs, merge_results,
-    resumable_report, shows_progress, stopped_report, write_report)
+    FILES_FROM_HELP, LineFields, expand_inputs, file_id, file_ids, given_inputs,
+    merge_results, resumable_report, shows_progress, stopped_report, write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
@@ -93,7 +93,8 @@ def main(argv):
     if inputs is None:
         inputs = given_inputs(argv[1:], FLAGS.files_from)
     entries = expand_inputs(inputs, FLAGS.output)
-    report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-predict")
+    report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-predict",
+                              line_fields(FLAGS.all_scores))
     if report is None:
         return 0
     out, progress = report
@@ -135,6 +136,15 @@ def main(argv):
         predictions = _with_pictures(predictions, entries, FLAGS.attention_dir, first=progress.done)
     return write_report(_with_remedies(merge_results(left, predictions)), out, "predict",
                         "predicted", pictures_dir=FLAGS.attention_dir, progress=progress)
+
+
+def line_fields(all_scores: bool) -> LineFields:
+    """The fields of a labelled line this command writes (``attention_png`` where its
+    picture was drawn), which the lines ``--resume`` keeps must hold as well."""
+    always = {"labels", "label_ids", "scores", "step_probabilities", "log_prob"}
+    return LineFields(frozenset(always | ({"all_scores"} if all_scores else set())),
+                      maybe=frozenset({"attention_png"}),
+                      flags=(("all_scores", "--all_scores"),))
 
 
 def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:
