@@ -833,9 +833,22 @@ def test_a_resumed_reports_summary_and_exit_status_count_the_lines_it_kept(tmp_p
                         pictures_dir="p", progress=progress) == 0
     assert report.read_text() == kept + '{"image": "c.txt", "error": "c.txt: skipped"}\n'
     assert capsys.readouterr().err.splitlines() == [
+        f"[predict] --resume: 3 of 4 input(s) have their line in {report}; going on from c.txt",
         "[predict] c.txt: skipped",
         f"[predict] 2 image(s) predicted, 2 failed or skipped, 3 of them on the lines "
         f"--resume kept; written to {report}; 1 attention picture(s) in p"]
+
+
+def test_resume_says_what_it_goes_on_from_a_missing_report_included(tmp_path, capsys):
+    """A mistyped --output started the report again from the first input, without a word."""
+    from ofrnn_tf.cli.image_inputs import resumable_report
+
+    report = tmp_path / "typo.jsonl"
+    out, progress = resumable_report(["a.jpg", "b.jpg"], str(report), True, "ofrnn-predict")
+    out.abandon()
+    assert progress.left == ["a.jpg", "b.jpg"] and not report.exists()
+    assert capsys.readouterr().err == (f"[predict] --resume: 0 of 2 input(s) have their line "
+                                       f"in {report} (no such file yet); going on from a.jpg\n")
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full (Linux)")

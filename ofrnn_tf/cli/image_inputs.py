@@ -345,10 +345,16 @@ def resumable_report(entries: list, output: str | None, resume: bool, command: s
     `fields` this run writes (`resumed_lines`); None, having said so, where every input
     has its line already."""
     kept = resumed_lines(output, entries, command, fields) if resume else KeptLines()
+    name = command.removeprefix('ofrnn-')
     if entries and kept.count == len(entries):
-        say(f"[{command.removeprefix('ofrnn-')}] every input already has its line in "
-            f"{output}: nothing to do")
+        say(f"[{name}] every input already has its line in {output}: nothing to do")
         return None
+    if resume:  # what it goes on from: a mistyped --output would start again unsaid
+        first = entries[kept.count]
+        first = first if isinstance(first, str) else first["image"]
+        say(f"[{name}] --resume: {kept.count} of {len(entries)} input(s) have their line in "
+            f"{output}" + ("" if os.path.exists(output) else " (no such file yet)")
+            + f"; going on from {first}")
     out = open_report(output, [e for e in entries if isinstance(e, str)], keep=kept.size)
     return out, ReportProgress(entries, output, kept)
 
