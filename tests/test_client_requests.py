@@ -775,9 +775,15 @@ def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
         report.write('{"image": "b.jpg"}\n')
     assert output.read_text() == kept + '{"image": "b.jpg"}\n'
     with pytest.raises(app.UsageError, match=r"--resume: .*out.jsonl, line 2, is for notes.txt, "
-                                             r"where input 2 is d.jpg: give the inputs of the "
-                                             r"run that wrote it, in the same order"):
+                                             r"which is not among the inputs given \(gone "
+                                             r"from its folder since, or left out\): give "
+                                             r"the inputs of the run that wrote it, in the same "
+                                             r"order, with the files its folders held"):
         resumed_lines(str(output), ["a.jpg", "d.jpg", "b.jpg", "c.jpg"], "ofrnn-client")
+    with pytest.raises(app.UsageError, match=r"line 2, is for notes.txt, where input 2 is "
+                                             r"a2.jpg \(added to its folder since, or the "
+                                             r"inputs are in another order\)"):
+        resumed_lines(str(output), ["a.jpg", "a2.jpg", *entries[1:]], "ofrnn-client")
     with pytest.raises(app.UsageError, match=r"holds 3 lines, more than the 2 inputs given"):
         resumed_lines(str(output), entries[:2], "ofrnn-client")
     with pytest.raises(app.UsageError, match=r"--resume goes on from the lines of --output"):

@@ -450,9 +450,7 @@ def resumed_lines(output: str | None, entries: list, command: str,
                                  f"{command}'s: give its report, or another --output"
                                  ) from None
         if image != expected:
-            raise app.UsageError(f"--resume: {output}, line {number}, is for {image}, where "
-                                 f"input {number} is {expected}: give the inputs of the run "
-                                 f"that wrote it, in the same order, or another --output")
+            raise app.UsageError(other_inputs(output, number, image, expected, entries))
         if fields is not None and "error" not in record:
             refuse_other_fields(record, fields, output, number, command)
         failed += "error" in record
@@ -476,3 +474,19 @@ def refuse_other_fields(record: dict, fields: LineFields, output: str, number: i
     raise app.UsageError(f"--resume: {output}, line {number}, is not a line this {command} "
                          f"writes (it {said}{flags}): give the command and flags of the run "
                          f"that wrote it, or another --output")
+
+
+def other_inputs(output: str, number: int, image: str, expected: str, entries: list) -> str:
+    """Why line `number` of `output`, for `image`, is not the line of input `number`
+    (`expected`): its image is no input now (gone from a folder given, or left out), or
+    another input comes first (a file added to a folder, or the inputs in another order).
+    A folder given whose files changed is the same argument, so that is said."""
+    images = {entry if isinstance(entry, str) else entry["image"] for entry in entries}
+    if image not in images:
+        why = "which is not among the inputs given (gone from its folder since, or left out)"
+    else:
+        why = (f"where input {number} is {expected} (added to its folder since, or the "
+               f"inputs are in another order)")
+    return (f"--resume: {output}, line {number}, is for {image}, {why}: give the inputs of "
+            f"the run that wrote it, in the same order, with the files its folders held, or "
+            f"another --output")
