@@ -1132,7 +1132,7 @@ BAD_REQUESTS = {
         "images[1]: GIF whose frames make a canvas of 1200x1000 = 1200000 pixels",
         f"limit of {PIXEL_LIMIT} pixels"]),
     "decompression bomb header": ({"images": strings([bomb_jpeg()])}, None, None, None,
-                                  "INVALID_ARGUMENT", ["images[0]: JPEG of 60000x60000"]),
+                                  "INVALID_ARGUMENT", ["images[0]: a JPEG of 60000x60000"]),
     "wrong signature": ({"images": strings([RED])}, "nope", None, None,
                         "NOT_FOUND", ["signature 'nope' not found", "predict_features"]),
     "wrong dtype": ({"images": tf.make_tensor_proto(np.zeros([2], np.float32))}, None, None, None,
