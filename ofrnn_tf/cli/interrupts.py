@@ -43,9 +43,9 @@ def stop_if_interrupted() -> None:
         raise KeyboardInterrupt
 
 
-def ended_by(signum: Optional[int] = None) -> tuple[str, int]:
+def ended_by() -> tuple[str, int]:
     """What a process a KeyboardInterrupt stops says (``interrupted`` or ``terminated``) and
-    its exit code (130 or 143), for `signum` or else the last signal received (a
-    KeyboardInterrupt with none, raised by Python itself, is taken for Ctrl-C)."""
-    signum = signum or received() or signal.SIGINT
+    its exit code (130 or 143), for the last signal received (a KeyboardInterrupt with
+    none, raised by Python itself, is taken for Ctrl-C)."""
+    signum = received() or signal.SIGINT
     return ("terminated" if signum == signal.SIGTERM else "interrupted"), 128 + signum
