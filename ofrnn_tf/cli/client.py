@@ -97,19 +97,17 @@ def main(argv):
     out, progress = report
     from ofrnn_tf.serving.client import predict_files  # gRPC: only once the flags are good
 
-    left = progress.left
-    paths = [e for e in left if isinstance(e, str)]
-    results = predict_files(FLAGS.server, paths, batch_size=FLAGS.batch_size,
+    results = predict_files(FLAGS.server, progress.paths, batch_size=FLAGS.batch_size,
                             max_request_bytes=FLAGS.max_request_bytes,
                             model_name=FLAGS.model_name, signature_name=FLAGS.signature_name,
                             version=FLAGS.version, threshold=FLAGS.threshold,
                             timeout=FLAGS.timeout, all_scores=FLAGS.all_scores,
                             wait_for_server=FLAGS.wait_for_server)
-    results = versions_noted(results, kept_version(FLAGS.output, progress.kept_bytes)
-                             if progress.kept_bytes else None)
-    lines = merge_results(left, with_remedies(results))
+    results = versions_noted(results, kept_version(FLAGS.output, progress.kept.size)
+                             if progress.kept.size else None)
+    lines = merge_results(progress.left, with_remedies(results))
     if shows_progress(out):
-        lines = progress_bar(lines, total=len(left), desc="labelling", unit="img")
+        lines = progress_bar(lines, total=len(progress.left), desc="labelling", unit="img")
     try:
         return write_report(lines, out, "client", "labelled", progress=progress)
     except grpc.RpcError as error:

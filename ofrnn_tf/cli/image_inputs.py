@@ -322,15 +322,18 @@ class ReportProgress:
         self.entries = entries
         self.output = output
         self.kept = kept or KeptLines()  # the lines a resumed report kept
-        self.done = self.kept.count
-        self.kept_bytes = self.kept.size
-        self.written = self.done
+        self.written = self.kept.count
         ReportProgress.latest = self
 
     @property
     def left(self) -> list:
         """The entries this run writes lines for: those after the lines kept."""
-        return self.entries[self.done:]
+        return self.entries[self.kept.count:]
+
+    @property
+    def paths(self) -> list[str]:
+        """The image files among `left`, which this run reads."""
+        return [entry for entry in self.left if isinstance(entry, str)]
 
     def where(self, first_step: str = "") -> str:
         """`where_it_stopped` for the lines written so far."""

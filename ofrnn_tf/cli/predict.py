@@ -98,8 +98,6 @@ def main(argv):
     if report is None:
         return 0
     out, progress = report
-    left = progress.left
-    paths = [e for e in left if isinstance(e, str)]
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.inference.module import (
         BeamSizeError, MinLabelsError, UncalibratedBeamSizeError)
@@ -130,12 +128,14 @@ def main(argv):
     say(f"[predict] {predictor.module.decision_rule()}")
     # Each line is written as its batch is done (a stopped command keeps them); on a
     # terminal the lines show the progress, where a bar would break them.
-    predictions = predictor.iter_files(paths, attention=draw, all_scores=FLAGS.all_scores,
-                                       progress=shows_progress(out))
+    predictions = predictor.iter_files(progress.paths, attention=draw,
+                                       all_scores=FLAGS.all_scores, progress=shows_progress(out))
     if draw:
-        predictions = _with_pictures(predictions, entries, FLAGS.attention_dir, first=progress.done)
-    return write_report(_with_remedies(merge_results(left, predictions)), out, "predict",
-                        "predicted", pictures_dir=FLAGS.attention_dir, progress=progress)
+        predictions = _with_pictures(predictions, entries, FLAGS.attention_dir,
+                                     first=progress.kept.count)
+    lines = _with_remedies(merge_results(progress.left, predictions))
+    return write_report(lines, out, "predict", "predicted", pictures_dir=FLAGS.attention_dir,
+                        progress=progress)
 
 
 def line_fields(all_scores: bool) -> LineFields:
