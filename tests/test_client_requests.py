@@ -37,11 +37,13 @@ def png(value: int) -> bytes:
 
 class ScriptedService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Answers every image with its first byte as the label id, except where `refuse`
-    (images, count in the request) → (status, message) says otherwise."""
+    (images, count in the request) → (status, message) says otherwise; as model `version`
+    where it is set."""
 
     def __init__(self, refuse):
         self.refuse = refuse
         self.requests: list[list[bytes]] = []
+        self.version: int | None = None
 
     def Predict(self, request, context):
         images = list(tf.make_ndarray(request.inputs["images"]))
@@ -57,6 +59,8 @@ class ScriptedService(prediction_service_pb2_grpc.PredictionServiceServicer):
                    "log_prob": np.zeros(n, np.float32)}
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        if self.version is not None:
+            response.model_spec.version.value = self.version
         return response
 
 
@@ -361,20 +365,22 @@ def test_the_client_commands_stop_message_is_one_line_without_node_names(serve, 
 
 @pytest.mark.slow
 def test_a_client_command_stopped_by_a_server_gone_goes_on_with_resume(serve, tmp_path):
+    """A rollout: version 2 answers from the second image on, the server is then away,
+    and version 3 answers the run --resume goes on with. Each change of the answering
+    version is said (the report's lines index two label maps), that of --resume against
+    the lines it kept too."""
     import json
     import os
     import subprocess
     import sys
 
-    answers = {"left": 2}  # then the server is away, until the test brings it back
+    versions = [1, 2, None, 3, 3]  # by request; None: the server is away
 
-    def goes_away(images):
-        if answers["left"]:
-            answers["left"] -= 1
-            return None
-        return UNREACHABLE
+    def rolled_out(images):
+        service.version = versions[len(service.requests) - 1]
+        return UNREACHABLE if service.version is None else None
 
-    target, service = serve(goes_away)
+    target, service = serve(rolled_out)
     paths = files(tmp_path, [png(10), png(20), png(30), png(40)])
     output = tmp_path / "out.jsonl"
     command_line = [sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={target}",
@@ -386,10 +392,14 @@ def test_a_client_command_stopped_by_a_server_gone_goes_on_with_resume(serve, tm
         f"[client] stopped: {target} could not be reached (UNAVAILABLE: Socket closed); 2 of 4 "
         f"input(s) have their line in {output}; the first without one is {paths[2]}: run the "
         f"same command with --resume to go on"), run.stderr
-    answers["left"] = 2
+    changed = ("[client] version {} of the model answers from {} on, version {} before it: "
+               "each line's label_ids and all_scores are in the label map of its "
+               "model_version")
+    assert changed.format(2, paths[1], 1) in run.stderr.splitlines(), run.stderr
     run = subprocess.run(command_line + ["--resume"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert run.returncode == 0, run.stderr
+    assert changed.format(3, paths[2], 2) in run.stderr.splitlines(), run.stderr
     assert [json.loads(line)["image"] for line in output.read_text().splitlines()] == paths
     assert len(service.requests) == 5  # two answered, one refused; then the two left
 
@@ -413,52 +423,6 @@ def test_a_change_of_the_answering_version_is_said_once_for_each_change(capsys, 
     assert command.kept_version(str(output), len(kept.splitlines(True)[0]) - 1) == 3
     output.write_text('{"image": "b.jpg", "error": "refused"}\n')
     assert command.kept_version(str(output), output.stat().st_size) is None
-
-
-@pytest.mark.slow
-def test_the_client_command_says_where_a_rollout_changed_the_version(tmp_path):
-    """Version 2 answers from the third image on, version 3 after a stop and --resume:
-    the report's lines index two label maps, and the command says from where."""
-    import os
-    import subprocess
-
-    versions = iter([1, 1, 2, None, 3])  # None: the server is away
-
-    class Versioned(ScriptedService):
-        def Predict(self, request, context):
-            version = next(versions)
-            if version is None:
-                context.abort(*UNREACHABLE)
-            response = super().Predict(request, context)
-            response.model_spec.version.value = version
-            return response
-
-    pool = futures.ThreadPoolExecutor(max_workers=2)
-    server = grpc.server(pool)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        Versioned(lambda images: None), server)
-    target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    try:
-        paths = files(tmp_path, [png(10), png(20), png(30), png(40)])
-        output = tmp_path / "out.jsonl"
-        command_line = [sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={target}",
-                        "--batch_size=1", "--wait_for_server=0", f"--output={output}", *paths]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        run = subprocess.run(command_line, capture_output=True, text=True, env=env, timeout=120)
-        assert run.returncode == 1
-        assert (f"[client] version 2 of the model answers from {paths[2]} on, version 1 before "
-                f"it: each line's label_ids and all_scores are in the label map of its "
-                f"model_version") in run.stderr.splitlines(), run.stderr
-        run = subprocess.run(command_line + ["--resume"], capture_output=True, text=True,
-                             env=env, timeout=120)
-        assert run.returncode == 0, run.stderr
-        assert (f"[client] version 3 of the model answers from {paths[3]} on, version 2 before "
-                f"it: each line's label_ids and all_scores are in the label map of its "
-                f"model_version") in run.stderr.splitlines(), run.stderr
-    finally:
-        server.stop(0).wait()
-        pool.shutdown(wait=True)
 
 
 @pytest.mark.slow
