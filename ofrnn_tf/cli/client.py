@@ -19,9 +19,9 @@ loading) is tried again for up to ``--wait_for_server`` seconds. A refusal that 
 image (unknown model, a threshold outside [0, 1]), a server still away or a request past
 ``--timeout`` stops the command in one line that says why, how many inputs have their
 line and which is the first without one; the lines already written stand, and
-``--resume`` goes on after them. Ctrl-C, SIGTERM and a full disk end with the same count
-and remedy. The exit status is 1 when the command stopped so or no image was labelled. A
-progress bar on stderr counts the inputs when the lines go to a file or a pipe.
+``--resume`` goes on after them; the exit status is then 1, as when no image was
+labelled. Ctrl-C, SIGTERM and a full disk end with the same count and remedy (and 130, 143
+and 1). A progress bar on stderr counts the inputs when the lines go to a file or a pipe.
 """
 
 import json
