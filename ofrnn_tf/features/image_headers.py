@@ -496,6 +496,6 @@ def read_image_header(data: bytes, max_image_pixels: int | None = None
         error = pixel_limit_error(fmt, width, height, data, max_image_pixels)
         if error is not None:
             raise ValueError(error)
-    if max_image_pixels is None and fmt == "GIF":
+    elif fmt == "GIF":
         gif_frames(data)  # the served model refuses a GIF it cannot walk, at any limit
     return fmt, width, height
