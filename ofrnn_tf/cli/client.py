@@ -121,8 +121,7 @@ def line_fields(all_scores: bool) -> LineFields:
     """The fields of a labelled line this command writes, which the lines ``--resume``
     keeps must hold as well."""
     always = {"labels", "label_ids", "scores", "log_prob", "model_version"}
-    return LineFields(frozenset(always | ({"all_scores"} if all_scores else set())),
-                      flags=(("all_scores", "--all_scores"),))
+    return LineFields(frozenset(always | ({"all_scores"} if all_scores else set())))
 
 
 def versions_noted(results: Iterable[dict], previous: int | None = None) -> Iterator[dict]:

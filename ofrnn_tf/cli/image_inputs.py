@@ -408,11 +408,10 @@ class KeptLines(NamedTuple):
 class LineFields(NamedTuple):
     """The fields besides ``image`` of a labelled line a command writes with its flags:
     `always` on every such line, `maybe` on some (an attention picture that could be
-    drawn), `flags` the flag that writes a field (``all_scores``: ``--all_scores``)."""
+    drawn)."""
 
     always: frozenset
     maybe: frozenset = frozenset()
-    flags: tuple = ()
 
 
 def resumed_lines(output: str | None, entries: list, command: str,
@@ -472,10 +471,9 @@ def refuse_other_fields(record: dict, fields: LineFields, output: str, number: i
         return
     said = " and ".join(([f"has {', '.join(extra)}"] if extra else [])
                         + ([f"has no {', '.join(missing)}"] if missing else []))
-    flags = "".join(f"; {flag} writes {field}" for field, flag in fields.flags
-                    if field in extra or field in missing)
+    flag = "; --all_scores writes all_scores" if "all_scores" in extra + missing else ""
     raise app.UsageError(f"--resume: {output}, line {number}, is not a line this {command} "
-                         f"writes (it {said}{flags}): give the command and flags of the run "
+                         f"writes (it {said}{flag}): give the command and flags of the run "
                          f"that wrote it, or another --output")
 
 

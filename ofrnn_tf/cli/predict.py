@@ -143,8 +143,7 @@ def line_fields(all_scores: bool) -> LineFields:
     picture was drawn), which the lines ``--resume`` keeps must hold as well."""
     always = {"labels", "label_ids", "scores", "step_probabilities", "log_prob"}
     return LineFields(frozenset(always | ({"all_scores"} if all_scores else set())),
-                      maybe=frozenset({"attention_png"}),
-                      flags=(("all_scores", "--all_scores"),))
+                      maybe=frozenset({"attention_png"}))
 
 
 def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:
