@@ -851,6 +851,23 @@ def test_resume_says_what_it_goes_on_from_a_missing_report_included(tmp_path, ca
                                        f"in {report} (no such file yet); going on from a.jpg\n")
 
 
+def test_resume_with_every_input_done_exits_as_the_whole_report_does(tmp_path, capsys):
+    """Nothing is left to do: the exit status is still the report's, 1 where no line has
+    labels (it was 0, after a run that had exited with 1 for the same lines)."""
+    from ofrnn_tf.cli.image_inputs import resumable_report
+
+    report = tmp_path / "out.jsonl"
+    entries = ["a.jpg", {"image": "b.txt", "error": "b.txt: skipped"}]
+    report.write_text('{"image": "a.jpg", "error": "a.jpg: not an image"}\n'
+                      '{"image": "b.txt", "error": "b.txt: skipped"}\n')
+    assert resumable_report(entries, str(report), True, "ofrnn-predict") == 1
+    report.write_text('{"image": "a.jpg", "labels": []}\n'
+                      '{"image": "b.txt", "error": "b.txt: skipped"}\n')
+    assert resumable_report(entries, str(report), True, "ofrnn-predict") == 0
+    assert capsys.readouterr().err == 2 * (f"[predict] every input already has its line in "
+                                           f"{report}: nothing to do\n")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="writes to /dev/full (Linux)")
 def test_a_device_report_a_full_disk_stops_is_named(tmp_path):
     from ofrnn_tf.cli import disk_full

@@ -92,8 +92,8 @@ def main(argv):
     entries = expand_inputs(inputs, FLAGS.output)
     report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-client",
                               line_fields(FLAGS.all_scores))
-    if report is None:
-        return 0
+    if isinstance(report, int):  # every input had its line already
+        return report
     out, progress = report
     from ofrnn_tf.serving.client import predict_files  # gRPC: only once the flags are good
 

@@ -342,16 +342,16 @@ class ReportProgress:
 
 def resumable_report(entries: list, output: str | None, resume: bool, command: str,
                      fields: LineFields | None = None
-                     ) -> tuple[TextIO | ReportFile, ReportProgress] | None:
+                     ) -> tuple[TextIO | ReportFile, ReportProgress] | int:
     """The stream a command's report of `entries` goes to (`open_report`) and its progress,
     where ``--resume`` (`resume`) goes on from the lines a stopped run wrote, of the
-    `fields` this run writes (`resumed_lines`); None, having said so, where every input
-    has its line already."""
+    `fields` this run writes (`resumed_lines`). Where every input has its line already,
+    having said so, the command's exit status: that of the report (`write_report`'s)."""
     kept = resumed_lines(output, entries, command, fields) if resume else KeptLines()
     name = command.removeprefix('ofrnn-')
     if entries and kept.count == len(entries):
         say(f"[{name}] every input already has its line in {output}: nothing to do")
-        return None
+        return 0 if kept.count > kept.failed else 1
     if resume:  # what it goes on from: a mistyped --output would start again unsaid
         first = entries[kept.count]
         first = first if isinstance(first, str) else first["image"]

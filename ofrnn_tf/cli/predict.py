@@ -95,8 +95,8 @@ def main(argv):
     entries = expand_inputs(inputs, FLAGS.output)
     report = resumable_report(entries, FLAGS.output, FLAGS.resume, "ofrnn-predict",
                               line_fields(FLAGS.all_scores))
-    if report is None:
-        return 0
+    if isinstance(report, int):  # every input had its line already
+        return report
     out, progress = report
     # Here, after the flags and inputs are checked: TensorFlow takes seconds to import.
     from ofrnn_tf.inference.module import (
