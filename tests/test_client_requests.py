@@ -754,6 +754,26 @@ def test_resume_keeps_a_stopped_runs_lines_and_writes_after_them(tmp_path):
         resumed_lines(None, entries, "ofrnn-client")
 
 
+def test_resume_reads_the_report_by_blocks_and_lines_not_whole(tmp_path, monkeypatch):
+    # A report of 10^5 lines of --all_scores is gigabytes: read whole, it was held twice.
+    from ofrnn_tf.cli import image_inputs
+
+    class Partial(io.BufferedReader):
+        def read(self, size=-1):
+            assert size is not None and size >= 0, "the whole report read at once"
+            return super().read(size)
+
+    monkeypatch.setattr(image_inputs, "open", lambda path, mode: Partial(io.FileIO(path)),
+                        raising=False)
+    output = tmp_path / "out.jsonl"
+    kept = "".join(f'{{"image": "{i}.jpg", "labels": []}}\n' for i in range(5))
+    output.write_text(kept + '{"image": "5.j')
+    entries = [f"{i}.jpg" for i in range(7)]
+    assert resumed_lines(str(output), entries, "ofrnn-client") == (5, len(kept), 0, 0)
+    with pytest.raises(app.UsageError, match=r"holds 5 lines, more than the 4 inputs given"):
+        resumed_lines(str(output), entries[:4], "ofrnn-client")
+
+
 def test_resume_refuses_another_commands_report_or_one_of_other_flags(tmp_path):
     """ofrnn-predict's lines (step_probabilities, no model_version) and lines of a run
     with --all_scores, or without it, were kept as the client's own, and the report went on

@@ -434,16 +434,28 @@ def resumed_lines(output: str | None, entries: list, command: str,
                              f"would have written")
     try:
         with open(output, "rb") as f:
-            data = f.read()
+            # Counted, then read, a line at a time: a report of 10^5 lines of --all_scores
+            # is gigabytes, which read whole were held twice.
+            count = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+            if count > len(entries):
+                raise app.UsageError(
+                    f"--resume: {output} holds {count} lines, more than the {len(entries)} "
+                    f"inputs given: give the inputs of the run that wrote it, or another "
+                    f"--output")
+            f.seek(0)
+            # The whole lines: after them, a line cut short goes.
+            return _kept_lines((f.readline() for _ in range(count)), output, entries,
+                               command, fields)
     except OSError as error:
         raise app.UsageError(f"--output={output}: {error.strerror or error}") from None
-    lines = data.split(b"\n")[:-1]  # the last piece: "" or a line cut short
-    if len(lines) > len(entries):
-        raise app.UsageError(f"--resume: {output} holds {len(lines)} lines, more than the "
-                             f"{len(entries)} inputs given: give the inputs of the run that "
-                             f"wrote it, or another --output")
-    failed = pictures = 0
+
+
+def _kept_lines(lines: Iterable[bytes], output: str, entries: list, command: str,
+                fields: LineFields | None) -> KeptLines:
+    """`resumed_lines` of the whole `lines` of `output`, each ending in its newline."""
+    kept = failed = pictures = size = 0
     for number, (line, entry) in enumerate(zip(lines, entries), 1):
+        kept, size = number, size + len(line)
         expected = entry if isinstance(entry, str) else entry["image"]
         try:
             record = json.loads(line)
@@ -458,7 +470,7 @@ def resumed_lines(output: str | None, entries: list, command: str,
             refuse_other_fields(record, fields, output, number, command)
         failed += "error" in record
         pictures += "attention_png" in record
-    return KeptLines(len(lines), sum(len(line) + 1 for line in lines), failed, pictures)
+    return KeptLines(kept, size, failed, pictures)
 
 
 def refuse_other_fields(record: dict, fields: LineFields, output: str, number: int,
