@@ -425,6 +425,29 @@ def test_a_change_of_the_answering_version_is_said_once_for_each_change(capsys, 
     assert command.kept_version(str(output), output.stat().st_size) is None
 
 
+def test_the_kept_version_is_read_from_the_end_of_the_report_not_all_of_it(tmp_path,
+                                                                          monkeypatch):
+    # A report of 10^5 lines of --all_scores is gigabytes, which were read whole.
+    read = []
+
+    class Counted(io.BufferedReader):
+        def read(self, size=-1):
+            data = super().read(size)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(command, "open", lambda path, mode: Counted(io.FileIO(path)),
+                        raising=False)
+    output = tmp_path / "out.jsonl"
+    refused = "".join(f'{{"image": "{i}.jpg", "error": "refused"}}\n' for i in range(20000))
+    output.write_text('{"image": "a.jpg", "model_version": 5}\n' + refused
+                      + '{"image": "z.jpg", "model_version": 7}\n')
+    assert command.kept_version(str(output), output.stat().st_size) == 7
+    assert sum(read) < output.stat().st_size / 4, sum(read)
+    # Back over many blocks to the first line, the only one that answered.
+    assert command.kept_version(str(output), output.stat().st_size - 40) == 5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, said, code", [
     (signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],

@@ -143,15 +143,27 @@ def versions_noted(results: Iterable[dict], previous: int | None = None) -> Iter
 
 def kept_version(output: str, keep: int) -> int | None:
     """The ``model_version`` of the last line that answered among the first `keep` bytes
-    of `output` (the lines ``--resume`` keeps), None where none did."""
+    of `output` (the lines ``--resume`` keeps), None where none did. Read from the end
+    back, a block at a time: the report may be gigabytes, its last line the one sought."""
     with open(output, "rb") as f:
-        lines = f.read(keep).split(b"\n")
-    for line in reversed(lines):
-        if line.strip():
-            version = json.loads(line).get("model_version")
-            if version is not None:
-                return version
+        for line in _lines_back_from(f, keep):
+            if line.strip():
+                version = json.loads(line).get("model_version")
+                if version is not None:
+                    return version
     return None
+
+
+def _lines_back_from(f, end: int, block: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of the first `end` bytes of the file `f`, the last first."""
+    rest = b""  # the start of a line whose beginning is in an earlier block
+    while end > 0:
+        start = max(0, end - block)
+        f.seek(start)
+        pieces = (f.read(end - start) + rest).split(b"\n")
+        rest = pieces.pop(0) if start else b""
+        yield from reversed(pieces)
+        end = start
 
 
 # What to do about an image the server refuses for its pixel limit, which the client
