@@ -49,6 +49,10 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.names)
 
+    def __contains__(self, name: object) -> bool:
+        """Whether `name` is one of the classes (looked up, not searched for)."""
+        return name in self._ids
+
     def __eq__(self, other) -> bool:
         return isinstance(other, LabelMap) and self.names == other.names
 

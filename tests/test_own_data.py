@@ -351,6 +351,26 @@ def test_a_json_array_manifest_counts_its_lines_once_not_from_its_start_per_item
     assert sum(counted) <= len(plain), sum(counted)
 
 
+def test_a_manifest_s_labels_are_looked_up_in_the_label_map_not_searched_for(tmp_path):
+    # Each row's labels were searched for among the class names: with 300 classes, a
+    # seventh of the time a manifest of 500,000 rows took to read.
+    searched = []
+
+    class Names(tuple):
+        def __contains__(self, name):
+            searched.append(name)
+            return tuple.__contains__(self, name)
+
+    label_map = LabelMap(["blue", "red"], source="train.csv")
+    label_map.names = Names(label_map.names)
+    (tmp_path / "m.csv").write_text("path,labels\n" + "".join(
+        f"img/{i}.png,{'blue;red' if i % 2 else 'red'}\n" for i in range(50)))
+    examples, _, _ = load_manifest(str(tmp_path / "m.csv"), label_map, check_files=False)
+    assert [e.label_ids for e in examples[:2]] == [(1,), (0, 1)]
+    assert not searched
+    assert "red" in label_map and "green" not in label_map
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("empty.csv", "", "empty.csv: empty manifest (expected a header 'path,labels')"),
     ("unlabelled.csv", "path,labels\na.png,\n", "unlabelled.csv: no labels in the manifest"),

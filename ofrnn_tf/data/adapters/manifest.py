@@ -105,7 +105,7 @@ def load_manifest(path: str,
         if not labels:
             stats.dropped_unlabeled += 1
             continue
-        unknown = [n for n in labels if n not in label_map.names]
+        unknown = [n for n in labels if n not in label_map]
         if unknown:
             raise DataLabelMapError(_unknown_labels_message(path, where, unknown, label_map,
                                                             rows))
