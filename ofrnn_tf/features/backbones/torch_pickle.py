@@ -4,7 +4,9 @@ A ``.pth`` file is a pickle, and unpickling runs whatever callables the pickle
 names. This reader uses a restricted `pickle.Unpickler` whose ``find_class`` admits
 only what a tensor state dict needs — ``collections.OrderedDict``,
 ``torch._utils._rebuild_tensor_v2`` and the typed storage classes
-(``torch.FloatStorage`` ...) — and maps each of them to a function of this module.
+(``torch.FloatStorage`` ...) — and maps each of them to a stand-in of this module, made
+afresh for each pickle read: a pickle can set attributes on what it is handed (``BUILD``),
+which then changes nothing another read is handed.
 Any other global (``os.system``, ``builtins.eval`` ...) is refused with
 `UnsafePickleError` before it can be called. torch itself is never imported.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import os
 import pickle
@@ -135,14 +138,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _LazyTensor(storage, storage_offset, size, stride)
 
 
-def _ordered_dict(*args) -> collections.OrderedDict:
-    return collections.OrderedDict(*args)
-
-
 def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """What `find_class` hands out, new objects on each call: never a class or function
+    other reads share, whose name, defaults or attributes a pickle could set."""
     allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): _ordered_dict,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("collections", "OrderedDict"): functools.partial(collections.OrderedDict),
+        ("torch._utils", "_rebuild_tensor_v2"): functools.partial(_rebuild_tensor_v2),
     }
     for name in _STORAGE_DTYPES:
         allowed[("torch", name)] = _StorageType(name)
