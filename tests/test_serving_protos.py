@@ -4,6 +4,9 @@ whether a server answers in typed fields (ofrnn-serve) or packs `tensor_content`
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -62,3 +65,25 @@ def test_a_tensor_of_fewer_values_than_its_shape_is_filled_with_the_last():
 def test_a_dtype_the_client_does_not_read_is_said():
     with pytest.raises(ValueError, match="DT_HALF, which this client does not read"):
         tensor_array(tf.make_tensor_proto(np.zeros(2, np.float16)))
+
+
+@pytest.mark.slow
+def test_tensorflow_imported_in_another_thread_while_the_protos_load_is_the_whole_package():
+    """The protos load without TensorFlow's __init__ and without a stand-in package in
+    sys.modules, which a thread importing TensorFlow meanwhile would have been handed."""
+    script = """
+import sys, threading, time
+loading = threading.Thread(target=__import__, args=("ofrnn_tf.serving.protos",))
+loading.start()
+while not any(name.startswith("tensorflow.") for name in list(sys.modules)):
+    time.sleep(0.001)
+import tensorflow as tf
+loading.join()
+from ofrnn_tf.serving import protos
+assert type(tf.make_tensor_proto([1.0])) is protos.tensor_pb2.TensorProto
+print(float(tf.constant(2.0) * 3.0))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "6.0\n", run.stdout

@@ -4,10 +4,11 @@ importing TensorFlow.
 The ``tensorflow_serving.apis`` modules import TensorFlow's own protos
 (``tensorflow.core.framework.tensor_pb2`` and others), and importing any ``tensorflow.*``
 module runs the ``tensorflow`` package's ``__init__``: all of TensorFlow, seconds of import
-for a client that only sends a request. While the protos load, a bare package stands in
-for ``tensorflow`` (`_tensorflow_package_bare`), and goes once they are loaded: a later
-``import tensorflow`` in the same process runs the real package, which finds the protos
-already loaded and uses the same classes, so a TensorProto made here is TensorFlow's.
+for a client that only sends a request. `_import_protos` loads them without that
+``__init__``, and without putting a stand-in for ``tensorflow`` in ``sys.modules``: an
+``import tensorflow`` in the same process, later or in another thread meanwhile, runs the
+real package, which finds the protos loaded and uses the same classes, so a TensorProto
+made here is TensorFlow's.
 
 `string_tensor`, `float_tensor` and `tensor_array` fill and read TensorProtos as
 ``tf.make_tensor_proto`` and ``tf.make_ndarray`` do, for the dtypes a Predict call of
@@ -16,41 +17,62 @@ the export's signatures holds.
 
 from __future__ import annotations
 
-import contextlib
+import importlib.machinery
 import importlib.util
+import re
 import sys
-import types
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 
-@contextlib.contextmanager
-def _tensorflow_package_bare() -> Iterator[None]:
-    """Within it, ``tensorflow.*`` modules import without the package's ``__init__``,
-    unless TensorFlow is imported already (or is not installed, where the import then
-    fails as it would anyway). Another thread that imports TensorFlow meanwhile would
-    find the bare package, so a program that imports TensorFlow in threads imports this
-    module first."""
-    spec = None if "tensorflow" in sys.modules else importlib.util.find_spec("tensorflow")
-    if spec is None or not spec.submodule_search_locations:
-        yield
+# How a protoc-generated module imports the protos it depends on.
+_PROTO_IMPORTS = re.compile(r"^from (tensorflow(?:_serving)?(?:\.\w+)+) import (\w+)", re.M)
+
+
+def _import_protos(*names: str) -> None:
+    """Imports the proto modules `names`, each after the protos it imports, unless
+    TensorFlow is imported already (or is not installed, where the import then fails as
+    it would anyway). A module's own ``from tensorflow.core.framework import x_pb2``
+    would import the ``tensorflow`` package (its ``__init__``) where ``x_pb2`` is not
+    loaded yet; `importlib.import_module` loads a module's parents but not its top-level
+    package, and the packages right under ``tensorflow`` are run from their own
+    ``__init__`` here."""
+    top = None if "tensorflow" in sys.modules else importlib.util.find_spec("tensorflow")
+    if top is None or not top.submodule_search_locations:
         return
-    package = types.ModuleType("tensorflow")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["tensorflow"] = package
-    try:
-        yield
-    finally:
-        if sys.modules.get("tensorflow") is package:
-            del sys.modules["tensorflow"]
+
+    def load(name: str) -> None:
+        if name in sys.modules:
+            return
+        parent = name.rpartition(".")[0]
+        if parent == "tensorflow":
+            spec = importlib.machinery.PathFinder.find_spec(name, top.submodule_search_locations)
+            package = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(package)
+            # Put in sys.modules once it has run; a thread importing TensorFlow meanwhile
+            # may have put its own there first.
+            sys.modules.setdefault(name, package)
+            return
+        if parent:
+            load(parent)
+        source = importlib.util.find_spec(name).loader.get_source(name) or ""
+        for imported_from, imported in _PROTO_IMPORTS.findall(source):
+            load(f"{imported_from}.{imported}")
+        importlib.import_module(name)
+
+    for name in names:
+        load(name)
 
 
-with _tensorflow_package_bare():
-    from tensorflow.core.framework import tensor_pb2, types_pb2
-    from tensorflow_serving.apis import (  # noqa: F401 - the client's protos, imported here
-        get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-        prediction_service_pb2_grpc)
+_import_protos("tensorflow.core.framework.tensor_pb2", "tensorflow.core.framework.types_pb2",
+               *(f"tensorflow_serving.apis.{name}" for name in (
+                   "get_model_metadata_pb2", "get_model_status_pb2", "model_service_pb2_grpc",
+                   "predict_pb2", "prediction_service_pb2_grpc")))
+from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402,F401 - the client's protos, imported here
+    get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+    prediction_service_pb2_grpc)
 
 # The field each dtype's values are in, and its numpy type (`tensor_array`).
 _TYPED_FIELDS = {
