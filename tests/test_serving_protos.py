@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -14,35 +15,47 @@ import tensorflow as tf
 from ofrnn_tf.serving.local_server import typed_tensor_proto
 from ofrnn_tf.serving.protos import float_tensor, string_tensor, tensor_array
 
-RNG = np.random.default_rng(7)
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """The test's own generator, seeded by its name: its inputs are the same whichever
+    tests ran before it."""
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+def test_no_generator_is_shared_between_tests():
+    """A file-level generator the tests shared would make their inputs depend on order."""
+    assert not [name for name, value in globals().items()
+                if isinstance(value, np.random.Generator)]
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5])
-def test_the_request_tensors_are_those_tensorflow_makes(n):
-    images = [RNG.bytes(int(k)) for k in RNG.integers(0, 40, n)]
-    thresholds = RNG.random(n).tolist()
+def test_the_request_tensors_are_those_tensorflow_makes(n, rng):
+    images = [rng.bytes(int(k)) for k in rng.integers(0, 40, n)]
+    thresholds = rng.random(n).tolist()
     assert string_tensor(images) == tf.make_tensor_proto(images, dtype=tf.string, shape=[n])
     made = tf.make_tensor_proto(thresholds, tf.float32, shape=[n])
     assert float_tensor(thresholds) == made
     assert float_tensor(thresholds).SerializeToString() == made.SerializeToString()
 
 
-def outputs(n: int, steps: int = 4, classes: int = 10) -> dict[str, np.ndarray]:
+def outputs(rng: np.random.Generator, n: int, steps: int = 4,
+            classes: int = 10) -> dict[str, np.ndarray]:
     """Random arrays of the served outputs' dtypes and shapes, and an int64 one."""
-    names = np.array([[RNG.choice([b"", b"Bag", "Kleid".encode()]) for _ in range(steps)]
+    names = np.array([[rng.choice([b"", b"Bag", "Kleid".encode()]) for _ in range(steps)]
                       for _ in range(n)], dtype=object).reshape(n, steps)
-    return {"labels": RNG.integers(-1, classes, (n, steps)).astype(np.int32),
+    return {"labels": rng.integers(-1, classes, (n, steps)).astype(np.int32),
             "label_names": names,
-            "num_labels": RNG.integers(0, steps + 1, n).astype(np.int32),
-            "scores": RNG.random((n, classes), dtype=np.float32),
-            "log_prob": -RNG.random(n, dtype=np.float32) * 5,
-            "ids64": RNG.integers(-2 ** 40, 2 ** 40, (n, 2))}
+            "num_labels": rng.integers(0, steps + 1, n).astype(np.int32),
+            "scores": rng.random((n, classes), dtype=np.float32),
+            "log_prob": -rng.random(n, dtype=np.float32) * 5,
+            "ids64": rng.integers(-2 ** 40, 2 ** 40, (n, 2))}
 
 
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("packing", ["tensorflow", "typed_fields"])
-def test_the_response_tensors_read_as_tensorflow_reads_them(n, packing):
-    for key, value in outputs(n).items():
+def test_the_response_tensors_read_as_tensorflow_reads_them(n, packing, rng):
+    for key, value in outputs(rng, n).items():
         # tf.make_tensor_proto packs several numbers in tensor_content; ofrnn-serve does not.
         proto = (tf.make_tensor_proto(value) if packing == "tensorflow"
                  else typed_tensor_proto(value))
