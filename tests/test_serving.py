@@ -75,8 +75,9 @@ def test_server_process_module_imports_without_tensorflow():
 
 
 def child_printing(code: str) -> subprocess.Popen:
-    """A stand-in for a `spawn`ed server: a Python child running `code`, its stdout piped."""
-    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+    """A stand-in for a `spawn`ed server: a Python child running `code`, its stdin and
+    stdout piped."""
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -84,7 +85,7 @@ def test_waiting_for_a_server_gives_its_target_once_it_listens_and_says_why_it_n
     """The listening line names the target, also where it comes in one write with a line
     before it (it waited in the pipe reader's buffer until the child wrote again or
     ended); a child that ends first is named by its status, one that stays silent is
-    killed at the timeout."""
+    killed at the timeout; the pipes to a child that did not listen are closed."""
     proc = child_printing("print('loading'); print('LISTENING 127.0.0.1:8500', flush=True); "
                           "import time; time.sleep(60)")
     try:
@@ -94,13 +95,13 @@ def test_waiting_for_a_server_gives_its_target_once_it_listens_and_says_why_it_n
     proc = child_printing("print('refused: no version'); raise SystemExit(3)")
     with pytest.raises(RuntimeError, match=r"exited with status 3 before listening"):
         wait_until_listening(proc, timeout=60)
-    proc.stdout.close()
+    assert proc.stdin.closed and proc.stdout.closed
     proc = child_printing("import time; time.sleep(60)")
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"did not listen within 1 s"):
         wait_until_listening(proc, timeout=1.0)
     assert proc.poll() is not None and time.monotonic() - started < 30  # killed, not waited for
-    proc.stdout.close()
+    assert proc.stdin.closed and proc.stdout.closed
 
 
 def test_grpc_demo_reads_a_home_path_and_says_a_version_it_cannot_read(tmp_path):

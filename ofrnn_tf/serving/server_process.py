@@ -167,7 +167,7 @@ def stop_when_stdin_closes() -> None:
 def wait_until_listening(proc: subprocess.Popen, timeout: float = 180.0) -> str:
     """The ``host:port`` target of a `spawn`ed server once it listens; raises RuntimeError
     with the child's exit status if it stops before that (a child still silent after
-    `timeout` seconds is killed).
+    `timeout` seconds is killed), having closed the pipes of its stdin and stdout.
 
     The pipe is read with `os.read`, not the file object's ``readline``: that reads ahead
     into its own buffer, so the listening line, arriving with a line before it, would sit
@@ -194,8 +194,11 @@ def wait_until_listening(proc: subprocess.Popen, timeout: float = 180.0) -> str:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"local server did not listen within {timeout:.0f} s")
-    raise RuntimeError(f"local server exited with status {proc.returncode} before listening")
+        failure = f"local server did not listen within {timeout:.0f} s"
+    else:
+        failure = f"local server exited with status {proc.returncode} before listening"
+    _close_pipes(proc)
+    raise RuntimeError(failure)
 
 
 def stop(proc: subprocess.Popen, grace: float = 30.0) -> int:
@@ -208,10 +211,14 @@ def stop(proc: subprocess.Popen, grace: float = 30.0) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    _close_pipes(proc)
+    return proc.returncode
+
+
+def _close_pipes(proc: subprocess.Popen) -> None:
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None:
             pipe.close()
-    return proc.returncode
 
 
 def start_subprocess(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME,
