@@ -1,5 +1,6 @@
 """Algorithm 1 under tf.distribute: stages, checkpoints, summaries, resuming, workers."""
 
+import concurrent.futures
 import dataclasses
 import gc
 import glob
@@ -1252,20 +1253,24 @@ def test_a_float16_overflow_on_one_replica_is_skipped_on_every_replica(tmp_path)
     overflows on the second of two replicas, or of two workers, must be skipped (and the
     scale halved) as one device does, not applied (NaN weights) nor, across workers,
     waited on for ever."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    workers = [{"TF_CONFIG": json.dumps({"cluster": cluster,
-                                         "task": {"type": "worker", "index": index}})}
-               for index in range(2)]
-    procs = []
+    def start_workers(cluster):
+        workers.clear()
+        for index in range(2):
+            config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            workers.append(_start(tmp_path / "workers", "--epochs=2", "--overflow",
+                                  "--strategy=multi_worker", DROP="0",
+                                  TF_CONFIG=json.dumps(config)))
+        return workers
+
+    procs, workers = [], []
     try:
         procs = [_start(tmp_path / "one", "--epochs=2", "--overflow", DROP="0"),
                  _start(tmp_path / "two", "--epochs=2", "--overflow", "--cpus=2",
                         "--strategy=mirrored", DROP="0")]
-        procs += [_start(tmp_path / "workers", "--epochs=2", "--overflow",
-                         "--strategy=multi_worker", DROP="0", **env) for env in workers]
+        ends = _run_workers(start_workers, SUBPROCESS_TIMEOUT_S)
+        ends = [proc.communicate(timeout=SUBPROCESS_TIMEOUT_S) for proc in procs] + ends
         scales = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+        for proc, (out, err) in zip(procs + workers, ends):
             assert proc.returncode == 0, err[-3000:]
             scales.append([line for line in out.splitlines() if line.startswith("SCALE ")])
     finally:
@@ -1320,6 +1325,73 @@ def _free_ports(n: int) -> list:
             s.close()
 
 
+# What TensorFlow says of a worker whose port another process took (it sets no SO_REUSEPORT).
+PORT_TAKEN = "Could not start gRPC server"
+
+
+def _run_workers(start, timeout: float, attempts: int = 3) -> list:
+    """The ``(stdout, stderr)`` of each process `start(cluster)` returns, run to their end,
+    for a cluster of two workers on loopback ports that were free a moment before. Another
+    process can take a port in that moment: where a worker could not listen on its own,
+    the others (waiting for it) are stopped and all are started again on other ports."""
+    for attempt in range(1, attempts + 1):
+        procs = start({"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]})
+        with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
+            try:
+                ends = [pool.submit(proc.communicate, timeout=timeout) for proc in procs]
+                for end in concurrent.futures.as_completed(ends):
+                    if PORT_TAKEN in end.result()[1] and attempt < attempts:
+                        break
+                else:
+                    return [end.result() for end in ends]
+            finally:
+                for proc in procs:  # no-op for those that ended; their readers then end
+                    proc.kill()
+
+
+# A stand-in worker: listens on its port of the cluster (argv: its index, then the
+# addresses), or fails in TensorFlow's words; then waits until it has reached the other
+# worker and been reached by it.
+STAND_IN_WORKER = f"""
+import socket, sys, time
+index, ports = int(sys.argv[1]), [int(a.rsplit(":", 1)[1]) for a in sys.argv[2:]]
+own = socket.socket()
+try:
+    own.bind(("127.0.0.1", ports[index]))
+except OSError:
+    sys.exit({PORT_TAKEN!r})
+own.listen()
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", ports[1 - index]), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.05)
+own.accept()
+print("joined")
+"""
+
+
+def test_workers_are_started_again_on_other_ports_where_one_was_taken():
+    clusters, taken = [], socket.socket()
+
+    def start(cluster):
+        clusters.append(cluster["worker"])
+        if len(clusters) == 1:  # another process takes the second worker's port
+            taken.bind(("127.0.0.1", int(cluster["worker"][1].rsplit(":", 1)[1])))
+            taken.listen()
+        return [subprocess.Popen([sys.executable, "-c", STAND_IN_WORKER, str(index),
+                                  *cluster["worker"]], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for index in range(2)]
+
+    try:
+        # The first worker, waiting for the second, would wait until the timeout.
+        assert _run_workers(start, timeout=120) == [("joined\n", "")] * 2
+    finally:
+        taken.close()
+    assert len(clusters) == 2 and clusters[1][1] != clusters[0][1], clusters
+
+
 @pytest.mark.slow
 def test_two_workers_of_the_command_train_in_sync(tmp_path):
     """`train.py --runtime.strategy=multi_worker` as two processes of one cluster: one run
@@ -1328,19 +1400,21 @@ def test_two_workers_of_the_command_train_in_sync(tmp_path):
     procs = []
 
     def run_both(*flags, workdirs=(workdir, workdir), second_flags=(), succeed=True):
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-        procs[:] = []
-        for index, folder in enumerate(workdirs):
-            own_flags = second_flags if index else ()
-            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            procs.append(subprocess.Popen(
-                [sys.executable, "train.py", f"--workdir={folder}",
-                 f"--runtime.cache_dir={cache_dir}", "--runtime.strategy=multi_worker",
-                 *TINY_TRAIN_FLAGS, *flags, *own_flags], cwd=REPO, env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True))
-        outputs = [proc.communicate(timeout=2 * SUBPROCESS_TIMEOUT_S) for proc in procs]
+        def start(cluster):
+            procs[:] = []
+            for index, folder in enumerate(workdirs):
+                own_flags = second_flags if index else ()
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+                procs.append(subprocess.Popen(
+                    [sys.executable, "train.py", f"--workdir={folder}",
+                     f"--runtime.cache_dir={cache_dir}", "--runtime.strategy=multi_worker",
+                     *TINY_TRAIN_FLAGS, *flags, *own_flags], cwd=REPO, env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True))
+            return procs
+
+        outputs = _run_workers(start, 2 * SUBPROCESS_TIMEOUT_S)
         for proc, (_, err) in zip(procs, outputs):
             assert (proc.returncode == 0) == succeed, err[-3000:]
         return outputs
