@@ -139,6 +139,27 @@ def test_predict_files_reports_corrupt_file_and_predicts_the_rest(predictor, ima
         np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["PNG", "GIF"])
+def test_a_damaged_png_or_gif_among_other_images_is_named_with_what_is_wrong(
+        predictor, images, tmp_path, kind):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, format=kind)
+    good = buf.getvalue()
+    damaged = {"cut": good[:len(good) * 2 // 3],
+               "flipped": good[:40] + bytes(b ^ 0xFF for b in good[40:-12]) + good[-12:]}
+    paths = []
+    for name, data in damaged.items():
+        paths.append(str(tmp_path / f"{name}.{kind.lower()}"))
+        with open(paths[-1], "wb") as f:
+            f.write(data)
+    results = predictor.predict_files([images[0], *paths], attention=False)
+    assert "labels" in results[0]
+    for path, result in zip(paths, results[1:]):
+        assert result["error"].startswith(
+            f"{path}: its {kind} header (40x30) is sound but the data behind it is truncated "
+            f"or corrupt (Invalid {kind}"), result
+
+
 def test_missing_file_is_an_error_entry(predictor, tmp_path):
     missing = tmp_path / "nope.png"
     (result,) = predictor.predict_files([missing])
