@@ -80,18 +80,11 @@ def test_a_dtype_the_client_does_not_read_is_said():
         tensor_array(tf.make_tensor_proto(np.zeros(2, np.float16)))
 
 
-@pytest.mark.slow
-def test_tensorflow_imported_in_another_thread_while_the_protos_load_is_the_whole_package():
-    """The protos load without TensorFlow's __init__ and without a stand-in package in
-    sys.modules, which a thread importing TensorFlow meanwhile would have been handed."""
-    script = """
-import sys, threading, time
-loading = threading.Thread(target=__import__, args=("ofrnn_tf.serving.protos",))
-loading.start()
-while not any(name.startswith("tensorflow.") for name in list(sys.modules)):
-    time.sleep(0.001)
+def tensorflow_and_the_protos(script: str) -> str:
+    """What a Python child prints that runs `script`, then makes a TensorProto with
+    TensorFlow (the protos' class) and computes with it."""
+    script += """
 import tensorflow as tf
-loading.join()
 from ofrnn_tf.serving import protos
 assert type(tf.make_tensor_proto([1.0])) is protos.tensor_pb2.TensorProto
 print(float(tf.constant(2.0) * 3.0))
@@ -99,4 +92,53 @@ print(float(tf.constant(2.0) * 3.0))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout == "6.0\n", run.stdout
+    return run.stdout
+
+
+@pytest.mark.slow
+def test_tensorflow_imported_in_another_thread_while_the_protos_load_is_the_whole_package():
+    """The protos load without TensorFlow's __init__ and without a stand-in package in
+    sys.modules, which a thread importing TensorFlow meanwhile would have been handed."""
+    assert tensorflow_and_the_protos("""
+import sys, threading, time
+loading = threading.Thread(target=__import__, args=("ofrnn_tf.serving.protos",))
+loading.start()
+while not any(name.startswith("tensorflow.") for name in list(sys.modules)):
+    time.sleep(0.001)
+import tensorflow
+loading.join()
+""") == "6.0\n"
+
+
+@pytest.mark.slow
+def test_the_protos_wait_for_an_import_of_tensorflow_another_thread_has_begun():
+    """Loaded alongside, the protos and TensorFlow's own imports ran into each other:
+    Python's import deadlock error, or a proto of TensorFlow's left half made."""
+    assert tensorflow_and_the_protos("""
+import importlib.machinery, sys, threading, time
+
+class PauseTensorFlowsImport(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "tensorflow.python" and threading.current_thread() is importing:
+            spec = super().find_spec(name, path, target)
+            spec.loader = Paused(spec.name, spec.origin)
+            return spec
+
+class Paused(importlib.machinery.SourceFileLoader):
+    # At the start of TensorFlow's import, until the protos' have begun (5 s at most).
+    def exec_module(self, module):
+        begun.set()
+        deadline = time.monotonic() + 5
+        while "tensorflow.core" not in sys.modules and time.monotonic() < deadline:
+            time.sleep(0.01)
+        super().exec_module(module)
+
+begun = threading.Event()
+importing = threading.Thread(target=__import__, args=("tensorflow",))
+sys.meta_path.insert(0, PauseTensorFlowsImport)
+importing.start()
+begun.wait()
+import ofrnn_tf.serving.protos
+importing.join()
+""") == "6.0\n"

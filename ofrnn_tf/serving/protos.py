@@ -32,13 +32,18 @@ _PROTO_IMPORTS = re.compile(r"^from (tensorflow(?:_serving)?(?:\.\w+)+) import (
 
 def _import_protos(*names: str) -> None:
     """Imports the proto modules `names`, each after the protos it imports, unless
-    TensorFlow is imported already (or is not installed, where the import then fails as
-    it would anyway). A module's own ``from tensorflow.core.framework import x_pb2``
-    would import the ``tensorflow`` package (its ``__init__``) where ``x_pb2`` is not
-    loaded yet; `importlib.import_module` loads a module's parents but not its top-level
-    package, and the packages right under ``tensorflow`` are run from their own
-    ``__init__`` here."""
-    top = None if "tensorflow" in sys.modules else importlib.util.find_spec("tensorflow")
+    TensorFlow is imported already or being imported (or is not installed, where the
+    import then fails as it would anyway). A module's own ``from
+    tensorflow.core.framework import x_pb2`` would import the ``tensorflow`` package (its
+    ``__init__``) where ``x_pb2`` is not loaded yet; `importlib.import_module` loads a
+    module's parents but not its top-level package, and the packages right under
+    ``tensorflow`` are run from their own ``__init__`` here."""
+    if "tensorflow" in sys.modules:
+        # Waits for an import of it that another thread has begun, which the protos'
+        # imports would otherwise run into half way.
+        importlib.import_module("tensorflow")
+        return
+    top = importlib.util.find_spec("tensorflow")
     if top is None or not top.submodule_search_locations:
         return
 
