@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -200,6 +201,18 @@ def checkout_label(checkout: str) -> str:
     changed = subprocess.run(["git", "-C", checkout, "status", "--porcelain",
                               "--untracked-files=no"], capture_output=True, text=True).stdout
     return f"{checkout} ({commit or 'no git'}{' + changes' if changed.strip() else ''})"
+
+
+def child_result(script: str, args: Sequence[str], checkout: str, what: str,
+                 env: Optional[dict] = None) -> dict:
+    """Runs `script` (Python source) with `args` in a child process whose working folder
+    is `checkout`, so that it imports that tree's package, and returns the JSON object its
+    last line of stdout holds; a failed child raises, naming `what` it measured."""
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=checkout, env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{checkout}, {what}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def check_checkouts(name: str = "checkouts", needs: Sequence[str] = ("ofrnn_tf/__init__.py",)

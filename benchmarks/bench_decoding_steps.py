@@ -14,9 +14,7 @@ how the decoder keeps its paths must leave as they were. The checkouts alternate
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import (  # noqa: E402
-    check_checkouts, check_int_list, checkout_label, publish)
+    check_checkouts, check_int_list, checkout_label, child_result, publish)
 from benchmarks import _stops as stops  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -74,13 +72,10 @@ print(json.dumps({"first": first, "seconds": seconds, "digest": digest,
 
 def measure(checkout: str, max_steps: int, unroll: bool) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(FLAGS.num_classes), str(max_steps),
-         str(FLAGS.beam_size), str(FLAGS.batch_size), str(FLAGS.calls), str(int(unroll))],
-        cwd=checkout, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{checkout}, T_max={max_steps}: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_result(
+        _CHILD, [str(FLAGS.num_classes), str(max_steps), str(FLAGS.beam_size),
+                 str(FLAGS.batch_size), str(FLAGS.calls), str(int(unroll))],
+        checkout, f"T_max={max_steps}", env=env)
 
 
 def main(argv):

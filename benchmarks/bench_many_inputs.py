@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import (  # noqa: E402
-    check_checkouts, check_choices, checkout_label, host_load, publish)
+    check_checkouts, check_choices, checkout_label, child_result, host_load, publish)
 from benchmarks import _stops as stops  # noqa: E402
 
 CASES = ("folder", "json_array", "resume", "client_version")
@@ -101,12 +100,7 @@ def write_inputs(data: Path) -> None:
 
 
 def measure(checkout: str, case: str, data: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, case, str(data),
-                           str(FLAGS.report_lines)],
-                          cwd=checkout, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{checkout}, {case}: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_result(_CHILD, [case, str(data), str(FLAGS.report_lines)], checkout, case)
 
 
 def main(argv):
