@@ -29,6 +29,7 @@ from PIL import Image
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
+    get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
@@ -697,6 +698,144 @@ def test_a_dropped_server_still_lets_its_session_go(monkeypatch):
     del server
     gc.collect()
     assert closed.wait(timeout=10)
+
+
+def _http2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream) + payload
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """A header as HPACK's literal without indexing, of a new name (both under 127 bytes)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+class StalledUploads:
+    """A client that opens `calls` Predict calls on one HTTP/2 connection, sends each its
+    headers and the first bytes of a request of 1000 bytes, and no more: a stalled upload.
+    It answers the server's SETTINGS and PINGs, so the connection stays open until
+    `close`."""
+
+    def __init__(self, port: int, calls: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        headers = b"".join(_hpack_literal(name, value) for name, value in [
+            (":method", "POST"), (":scheme", "http"),
+            (":path", "/tensorflow.serving.PredictionService/Predict"),
+            (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+            ("te", "trailers")])
+        frames = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", _http2_frame(4, 0, 0)]
+        for stream in range(1, 2 * calls, 2):
+            frames.append(_http2_frame(1, 0x4, stream, headers))  # END_HEADERS
+            # The message's 5-byte prefix (not compressed, 1000 bytes) and its first 2 bytes.
+            frames.append(_http2_frame(0, 0, stream, struct.pack(">BI", 0, 1000) + b"\x0a\x00"))
+        self.sock.sendall(b"".join(frames))
+        self.reader = threading.Thread(target=self._answer, daemon=True)
+        self.reader.start()
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _answer(self) -> None:
+        try:
+            while True:
+                head = self._read(9)
+                length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+                payload = self._read(length)
+                if kind == 4 and not flags & 1:  # SETTINGS: acknowledged
+                    self.sock.sendall(_http2_frame(4, 1, 0))
+                elif kind == 6 and not flags & 1:  # PING: answered
+                    self.sock.sendall(_http2_frame(6, 1, 0, payload))
+        except (OSError, EOFError):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        self.reader.join(timeout=10)
+
+
+@pytest.mark.parametrize("max_concurrent_rpcs", [None, 2])
+def test_calls_whose_requests_never_arrive_whole_do_not_hold_the_others_back(
+        monkeypatch, max_concurrent_rpcs):
+    """A client that opens more calls than there are workers and stalls halfway through
+    sending them holds no worker and no place under max_concurrent_rpcs: another
+    client is answered while its connection stays open."""
+    class Session:
+        def run(self, *args, **kwargs):
+            raise AssertionError("no request arrived whole")
+
+        def close(self):
+            pass
+
+    serve_session(monkeypatch, Session())
+    server, port = local_server.serve("/unused", warmup=False, max_workers=2,
+                                      max_concurrent_rpcs=max_concurrent_rpcs)
+    stalled = StalledUploads(port, calls=3)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = DEFAULT_MODEL_NAME
+            for _ in range(3):  # more than the workers, one after the other
+                answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                    request, timeout=20)
+                assert answer.model_version_status[0].version == 1
+    finally:
+        stalled.close()
+        server.stop(grace=0).wait()
+
+
+def test_requests_beyond_max_concurrent_rpcs_are_refused_in_grpcs_words_and_logged(
+        monkeypatch):
+    """`ofrnn-client` asks again after a wait on this refusal, which it knows by gRPC's
+    words."""
+    running, release = threading.Event(), threading.Event()
+
+    class Session:  # a run that lasts until it is released
+        def run(self, *args, **kwargs):
+            running.set()
+            release.wait(timeout=30)
+            raise tf.errors.UnknownError(None, None, "released")
+
+        def close(self):
+            release.set()
+
+    lines = []
+    monkeypatch.setattr(local_server.logging, "warning", lambda fmt, *args: lines.append(
+        fmt % args))
+    serve_session(monkeypatch, Session())
+    server, port = local_server.serve("/unused", warmup=False, max_concurrent_rpcs=1)
+    answers = []
+
+    def call():
+        try:
+            client.predict_images(f"127.0.0.1:{port}", [RED], wait_for_server=0)
+        except grpc.RpcError as error:
+            answers.append(error.code())
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        assert running.wait(timeout=30)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = DEFAULT_MODEL_NAME
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
+            with pytest.raises(grpc.RpcError) as refused:
+                status(request, timeout=20)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == "Concurrent RPC limit exceeded!"
+            release.set()
+            caller.join(timeout=30)
+            assert answers == [grpc.StatusCode.INTERNAL]
+            assert status(request, timeout=20).model_version_status[0].version == 1
+    finally:
+        release.set()
+        server.stop(grace=0).wait()
+    assert "RESOURCE_EXHAUSTED: Concurrent RPC limit exceeded!" in lines
 
 
 def test_native_lines_are_shown_one_a_second_with_a_count_of_those_left_out():

@@ -39,7 +39,8 @@ def define_flags() -> None:
                        "limit; a value can only lower it)")
     flags.DEFINE_integer("max_batch_size", DEFAULT_MAX_BATCH_SIZE,
                          "most images (or feature maps) in one request")
-    flags.DEFINE_integer("max_workers", 16, "request threads")
+    flags.DEFINE_integer("max_workers", 16,
+                         "threads that run requests, each once it has arrived whole")
     flags.DEFINE_integer("max_concurrent_rpcs", None,
                          "beyond this many requests in flight, RESOURCE_EXHAUSTED (default: "
                          "no limit)")

@@ -27,6 +27,11 @@ server keeps serving. Each signature runs in the version's session, as TF Servin
 SavedModelBundle runs it, called from many threads at once (TensorFlow's runtime is
 thread-safe), as TF Serving runs concurrent requests.
 
+Requests are received on an asyncio event loop (``grpc.aio``) in a thread of its own, and
+each runs in one of ``max_workers`` threads once it has arrived whole: a client slow to
+send its requests, or that never finishes, holds no thread (and no place under
+``max_concurrent_rpcs``), and the others are answered meanwhile.
+
 If the version holds ``assets.extra/tf_serving_warmup_requests``, its Predict
 requests are replayed before the port opens, as TF Serving does: until then a client
 finds nothing listening (UNAVAILABLE). The port is tried before the model loads, so a
@@ -39,6 +44,7 @@ The command over it is ``ofrnn-serve`` (`ofrnn_tf.cli.serve`)::
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import math
@@ -427,6 +433,21 @@ class RefusalLog:
             logging.warning("%s: %d more since the last %s line", code.name, n, code.name)
 
 
+class _CallState:
+    """What `ModelServer.predict` reads of a call from the worker that runs it: the time
+    left before its deadline, and whether the call is still open (`active`, cleared when
+    the call's coroutine is cancelled)."""
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        self._context, self.active = context, True
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def is_active(self) -> bool:
+        return self.active
+
+
 class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                   model_service_pb2_grpc.ModelServiceServicer):
     """PredictionService and ModelService for one servable.
@@ -441,11 +462,20 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         max_batch_size: most images (or feature maps) in one request: decoding takes
             about 9 MB an image whatever its file size, so a request of a few hundred
             kilobytes could otherwise hold enough tiny images to exhaust memory.
+        max_workers: threads that answer requests (TensorFlow's calls block them). The
+            gRPC methods are coroutines: a request reaches a thread only once it has
+            arrived whole, so a client slow to send one, or that never finishes, holds
+            none.
+        max_concurrent_rpcs: requests answered or waiting for a thread at once; further
+            requests get RESOURCE_EXHAUSTED, as gRPC's own limit words it (None: no
+            limit). A request counts from when it has arrived whole, not from when its
+            call opened.
     """
 
     def __init__(self, servable: Servable, max_image_pixels: int | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_workers: int = 16,
+                 max_concurrent_rpcs: int | None = None):
         self.servable = servable
         limits = [int(n) for n in (max_image_pixels, servable.max_image_pixels) if n is not None]
         self.max_image_pixels = min(limits, default=DEFAULT_MAX_IMAGE_PIXELS)
@@ -454,6 +484,10 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.max_batch_size = int(max_batch_size)
         self.refusals = RefusalLog()
+        self.workers = futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                  thread_name_prefix="serve")
+        self._places = (None if max_concurrent_rpcs is None
+                        else threading.BoundedSemaphore(max_concurrent_rpcs))
 
     # -- helpers ---------------------------------------------------------------
 
@@ -496,7 +530,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
                 f"version, as TF Serving does by default")
 
     def predict(self, request: predict_pb2.PredictRequest, check_spec: bool = True,
-                context: grpc.ServicerContext | None = None) -> predict_pb2.PredictResponse:
+                context: _CallState | None = None) -> predict_pb2.PredictResponse:
         """Validates and runs one PredictRequest; raises RequestError.
 
         With the call's `context`, the run gets the time left before the client's
@@ -543,7 +577,7 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             if not context.is_active() or (remaining is not None and remaining <= 0):
                 raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    "the client's deadline passed before the model ran")
-            # A call without a deadline has about 2**63 ns left (grpc), not None.
+            # A call without a deadline has None left (grpc.aio), or about 2**63 ns (grpc).
             if remaining is not None and remaining < _NO_DEADLINE_SECONDS:
                 timeout_ms = max(1, int(remaining * 1000))
         try:
@@ -585,7 +619,8 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         return RequestError(grpc.StatusCode.INTERNAL, f"model {s.name!r} version {s.version} "
                                                       f"failed: {type(error).__name__}: {text}")
 
-    def _answer(self, context, fn, *args):
+    def _outcome(self, fn, *args):
+        """`fn(*args)`, or the RequestError to answer instead (logged); run in a worker."""
         try:
             return fn(*args)
         except RequestError as e:
@@ -594,15 +629,37 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             logging.exception("request failed")
             error = RequestError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         self.refusals.note(error)
-        context.abort(error.code, error.message)
+        return error
+
+    async def _answer(self, context: grpc.aio.ServicerContext, fn, *args):
+        """Answers a call whose request has arrived whole with `fn(*args)`, run in one of
+        the workers, or aborts it with its RequestError. A call its client leaves while
+        it waits for a worker is dropped from the queue."""
+        if self._places is not None and not self._places.acquire(blocking=False):
+            answer = RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  "Concurrent RPC limit exceeded!")
+            self.refusals.note(answer)
+        else:
+            job = self.workers.submit(self._outcome, fn, *args)
+            if self._places is not None:  # its place is given back once it ends
+                job.add_done_callback(lambda _: self._places.release())
+            answer = await asyncio.wrap_future(job)
+        if isinstance(answer, RequestError):
+            await context.abort(answer.code, answer.message)
+        return answer
 
     # -- PredictionService -----------------------------------------------------
 
-    def Predict(self, request, context):
-        return self._answer(context, self.predict, request, True, context)
+    async def Predict(self, request, context):
+        call = _CallState(context)
+        try:
+            return await self._answer(context, self.predict, request, True, call)
+        except asyncio.CancelledError:  # the client left, or its deadline passed
+            call.active = False
+            raise
 
-    def GetModelMetadata(self, request, context):
-        return self._answer(context, self._metadata, request)
+    async def GetModelMetadata(self, request, context):
+        return await self._answer(context, self._metadata, request)
 
     def _metadata(self, request):
         self._check_spec(request.model_spec)
@@ -623,14 +680,14 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         response.metadata["signature_def"].Pack(defs)
         return response
 
-    def Classify(self, request, context):
-        return self._answer(context, self._unimplemented, "Classify")
+    async def Classify(self, request, context):
+        return await self._answer(context, self._unimplemented, "Classify")
 
-    def Regress(self, request, context):
-        return self._answer(context, self._unimplemented, "Regress")
+    async def Regress(self, request, context):
+        return await self._answer(context, self._unimplemented, "Regress")
 
-    def MultiInference(self, request, context):
-        return self._answer(context, self._unimplemented, "MultiInference")
+    async def MultiInference(self, request, context):
+        return await self._answer(context, self._unimplemented, "MultiInference")
 
     @staticmethod
     def _unimplemented(method: str):
@@ -640,11 +697,11 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
 
     # -- ModelService ----------------------------------------------------------
 
-    def GetModelStatus(self, request, context):
-        return self._answer(context, self._status, request)
+    async def GetModelStatus(self, request, context):
+        return await self._answer(context, self._status, request)
 
-    def HandleReloadConfigRequest(self, request, context):
-        return self._answer(context, self._unimplemented, "HandleReloadConfigRequest")
+    async def HandleReloadConfigRequest(self, request, context):
+        return await self._answer(context, self._unimplemented, "HandleReloadConfigRequest")
 
     def _status(self, request):
         self._check_spec(request.model_spec)
@@ -731,7 +788,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
           max_image_pixels: int | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
           max_workers: int = 16, max_concurrent_rpcs: int | None = None,
           warmup: bool = True, xla_compilation_enabled: bool = False
-          ) -> tuple[grpc.Server, int]:
+          ) -> tuple[LoopServer, int]:
     """Loads the newest version under ``model_base_path`` and starts serving it.
 
     Args:
@@ -743,7 +800,8 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
         max_image_pixels: largest width*height of an encoded input image (None: the
             export's own limit; a value can only lower it).
         max_batch_size: most items a request may hold (see `ModelServer`).
-        max_workers: threads answering requests.
+        max_workers: threads answering requests that have arrived whole (see
+            `ModelServer`).
         max_concurrent_rpcs: further requests get RESOURCE_EXHAUSTED (None: no limit).
         warmup: replay ``assets.extra/tf_serving_warmup_requests`` before serving.
         xla_compilation_enabled: serve a version with functions compiled with XLA (TF
@@ -751,7 +809,8 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
             would fail their first request.
 
     Returns:
-        The started ``grpc.Server`` and the bound port.
+        The started server (a `LoopServer`: ``stop`` and ``wait_for_termination`` as on
+        a ``grpc.Server``) and the bound port.
     """
     if not 0 <= int(port) <= 65535:  # gRPC would take it modulo 65536
         raise ValueError(f"port must be in 0..65535 (0: a free one), got {port}")
@@ -762,12 +821,13 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
     if problem:  # refused before the model loads
         raise OSError(f"cannot bind {address}{problem}")
     service = _ready_service(model_base_path, model_name, xla_compilation_enabled, warmup,
-                             max_image_pixels, max_message_bytes, max_batch_size)
+                             max_image_pixels, max_message_bytes, max_batch_size,
+                             max_workers, max_concurrent_rpcs)
     servable = service.servable
     try:
-        server, bound = _start(service, host, port, max_message_bytes, max_workers,
-                               max_concurrent_rpcs)
+        server, bound = _start(service, host, port, max_message_bytes)
     except BaseException:
+        service.workers.shutdown(wait=False)
         servable.session.close()
         raise
     threading.Thread(target=_close_when_stopped,
@@ -783,7 +843,7 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
 def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session,
                         on_stop: Callable[[], None]) -> None:
     """Calls `on_stop` and closes `session` once the server `server_ref` refers to has
-    stopped, or has been dropped (gRPC stops a server it collects). gRPC cancels the
+    stopped, or has been dropped (a `LoopServer` stops when collected). gRPC cancels the
     calls still in flight when its grace is over, but not the model runs behind them,
     which would go on to their end and keep the process alive; closing the session
     cancels them.
@@ -805,7 +865,8 @@ def _close_when_stopped(server_ref: weakref.ref, session: tf.compat.v1.Session,
 
 def _ready_service(model_base_path: str, model_name: str, xla_compilation_enabled: bool,
                    warmup: bool, max_image_pixels: int | None, max_message_bytes: int,
-                   max_batch_size: int) -> ModelServer:
+                   max_batch_size: int, max_workers: int, max_concurrent_rpcs: int | None
+                   ) -> ModelServer:
     """The service of the newest version, loaded (`Servable.load`) and warmed up.
 
     A version removed before its warm-up ends (an export's ``--keep_versions`` pruning
@@ -816,7 +877,8 @@ def _ready_service(model_base_path: str, model_name: str, xla_compilation_enable
     for _ in range(_LOAD_ATTEMPTS):
         servable = Servable.load(model_base_path, model_name, xla_compilation_enabled)
         try:
-            service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size)
+            service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size,
+                                  max_workers, max_concurrent_rpcs)
             if not warmup:
                 return service  # `Servable.load` found it on disk once its session loaded
             _warm_up(service)
@@ -853,25 +915,84 @@ def _warm_up(service: ModelServer) -> None:
     logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
 
 
-def _start(service: ModelServer, host: str, port: int, max_message_bytes: int,
-           max_workers: int, max_concurrent_rpcs: int | None):
+class LoopServer:
+    """A started ``grpc.aio`` server, run on an event loop in a thread of its own, for
+    callers that are not coroutines: `stop` and `wait_for_termination` as on a
+    ``grpc.Server``. Dropped without `stop`, it stops at once (as gRPC stops a server
+    it collects)."""
+
+    def __init__(self, server: grpc.aio.Server, loop: asyncio.AbstractEventLoop,
+                 workers: futures.Executor):
+        self._server, self._loop, self._workers = server, loop, workers
+        self._stopped = threading.Event()
+        self._stopping = None
+        self._lock = threading.Lock()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Refuses new calls and cancels those still open after `grace` seconds (None:
+        at once); returns an Event set once the server has stopped. Only the first call's
+        grace counts."""
+        with self._lock:
+            if self._stopping is None:
+                loop, workers, stopped = self._loop, self._workers, self._stopped
+
+                def end(_) -> None:  # held by the stop, not by this object
+                    workers.shutdown(wait=False)
+                    stopped.set()
+                    loop.call_soon_threadsafe(loop.stop)
+
+                self._stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace),
+                                                                  loop)
+                self._stopping.add_done_callback(end)
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Waits until the server has stopped; True if `timeout` seconds passed first."""
+        return not self._stopped.wait(timeout)
+
+    def __del__(self):
+        if not self._loop.is_closed():
+            self.stop(None)
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def _start(service: ModelServer, host: str, port: int, max_message_bytes: int) -> tuple[
+        LoopServer, int]:
     """`serve` once the version has loaded and warmed up: the bound, started server."""
     address = grpc_address(host, port)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serve"),
-        options=[("grpc.max_receive_message_length", int(max_message_bytes)),
-                 ("grpc.max_send_message_length", int(max_message_bytes)),
-                 # gRPC shares ports by default: a second server on a busy port would
-                 # take half its requests instead of failing to bind.
-                 ("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=max_concurrent_rpcs)
+
+    async def started() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", int(max_message_bytes)),
+                     ("grpc.max_send_message_length", int(max_message_bytes)),
+                     # gRPC shares ports by default: a second server on a busy port would
+                     # take half its requests instead of failing to bind.
+                     ("grpc.so_reuseport", 0)])
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if bound:
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
+            await server.start()
+        return server, bound
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=_run_loop, args=(loop,), name="serve-loop", daemon=True).start()
     try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError:
-        bound = 0
+        server, bound = asyncio.run_coroutine_threadsafe(started(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        raise
     if not bound:  # taken while the model loaded (nothing listens: nothing to stop)
+        loop.call_soon_threadsafe(loop.stop)
         raise OSError(f"cannot bind {address}{_bind_problem(host, port)}")
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
-    server.start()
-    return server, bound
+    return LoopServer(server, loop, service.workers), bound
