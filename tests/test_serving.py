@@ -1062,6 +1062,26 @@ def test_server_stops_when_the_process_that_started_it_is_killed(model_base, tmp
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_the_server_after_its_grace_as_sigterm_does(model_base):
+    """The server takes Ctrl-C as its way to stop, as SIGTERM: it exits with 0."""
+    from conftest import ctrl_c_as_in_a_terminal
+
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    with subprocess.Popen([sys.executable, "-m", "ofrnn_tf.cli.serve",
+                           f"--model_base_path={model_base}", "--port=0"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, preexec_fn=ctrl_c_as_in_a_terminal) as proc:
+        try:
+            assert_good_request_works(wait_until_listening(proc))
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert "stopping (Ctrl-C): requests in flight have 2 s to finish" in err, err
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the server's process in /proc")
 def test_grpc_demo_stopped_by_sigterm_stops_its_server(model_base, tmp_path):
     # SIGTERM while the demo waits for its server, as a cancelled CI job or `kill` sends it.
