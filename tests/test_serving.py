@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -1626,24 +1627,33 @@ def test_refused_requests_are_logged_at_most_once_a_second_with_a_count(monkeypa
                      "CANCELLED: stopping", "CANCELLED: stopping"]
 
 
-def test_a_version_on_disk_that_is_not_served_is_said_why(tmp_path):
+def refusals_of_versions(base: Path, on_disk: tuple[str, ...], asked: tuple[int, ...]
+                         ) -> dict[int, str]:
+    """What a server of version 5 under `base`, where the versions `on_disk` are, answers
+    a request for each version `asked` (all refused with NOT_FOUND)."""
     from types import SimpleNamespace
 
     from ofrnn_tf.serving.local_server import ModelServer, RequestError
 
-    for version in ("3", "5", "8"):
-        (tmp_path / version).mkdir()
-    service = ModelServer(SimpleNamespace(name="ofrnn", version=5, path=str(tmp_path / "5"),
+    for version in on_disk:
+        (base / version).mkdir()
+    service = ModelServer(SimpleNamespace(name="ofrnn", version=5, path=str(base / "5"),
                                           max_image_pixels=None))
     spec = predict_pb2.PredictRequest().model_spec
     spec.name = "ofrnn"
     said = {}
-    for version in (8, 3, 4):
+    for version in asked:
         spec.version.value = version
         with pytest.raises(RequestError) as refused:
             service._check_spec(spec)
         assert refused.value.code == grpc.StatusCode.NOT_FOUND
         said[version] = str(refused.value)
+    service.workers.shutdown()
+    return said
+
+
+def test_a_version_on_disk_that_is_not_served_is_said_why(tmp_path):
+    said = refusals_of_versions(tmp_path, ("3", "5", "8"), (8, 3, 4))
     assert said[8].startswith("model 'ofrnn' has no version 8 (available: [5]); version 8 is in ")
     assert said[8].endswith("exported after this server started, which serves the version that "
                             "was newest then: restart it to serve 8")
@@ -1655,22 +1665,7 @@ def test_a_version_on_disk_that_is_not_served_is_said_why(tmp_path):
 def test_a_version_rolled_back_to_is_said_to_need_a_restart(tmp_path):
     # The served version 5 was removed from disk (a rollback): 3 is the newest there now,
     # which TF Serving would serve; 2 is not served by either.
-    from types import SimpleNamespace
-
-    from ofrnn_tf.serving.local_server import ModelServer, RequestError
-
-    for version in ("2", "3"):
-        (tmp_path / version).mkdir()
-    service = ModelServer(SimpleNamespace(name="ofrnn", version=5, path=str(tmp_path / "5"),
-                                          max_image_pixels=None))
-    spec = predict_pb2.PredictRequest().model_spec
-    spec.name = "ofrnn"
-    said = {}
-    for version in (3, 2):
-        spec.version.value = version
-        with pytest.raises(RequestError) as refused:
-            service._check_spec(spec)
-        said[version] = str(refused.value)
+    said = refusals_of_versions(tmp_path, ("2", "3"), (3, 2))
     assert said[3] == (f"model 'ofrnn' has no version 3 (available: [5]); version 3 is the "
                        f"newest in {tmp_path} since version 5, which this server loaded when "
                        f"it started, was removed from it (TF Serving would serve 3 now): "
