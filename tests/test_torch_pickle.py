@@ -238,6 +238,27 @@ def test_a_pickle_cannot_change_what_later_reads_are_handed(tmp_path):
     assert load_state_dict(efficientnet_lite.weights_path())["_fc.weight"].shape == (1000, 1280)
 
 
+def test_a_pickle_cannot_turn_a_tensors_view_check_into_another_call(tmp_path):
+    """What the reader hands the pickle for OrderedDict is BUILT into a call of the tensor
+    stand-in, which then takes the place of a tensor's view check: its view of 64 elements
+    over a storage of 4 read the memory past the storage (a larger one ended the process)."""
+    def text(s):
+        return b"X" + len(s).to_bytes(4, "little") + s.encode()
+    rebuild = b"ctorch._utils\n_rebuild_tensor_v2\n"
+    data = (b"\x80\x02ccollections\nOrderedDict\n"
+            # BUILD: (function, args, keywords, dict), kept as memo 0 and popped.
+            + b"(" + rebuild + b"(K\x00K\x00)t}Ntbq\x000"
+            + b"}" + text("w") + rebuild + b"((" + text("storage") + b"ctorch\nFloatStorage\n"
+            + text("0") + text("cpu") + b"K\x04tQK\x00K@\x85K\x01\x85tR"
+            + b"}" + text("_check_view") + b"h\x00sbs.")
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data)
+        z.writestr("archive/data/0", np.arange(4, dtype="<f4").tobytes())
+    with pytest.raises(ValueError, match="not a readable PyTorch file"):
+        load_state_dict(str(path))
+
+
 def test_refuses_other_globals_in_a_zip_file(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import io
 import os
 import pickle
@@ -140,10 +139,19 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """What `find_class` hands out, new objects on each call: never a class or function
-    other reads share, whose name, defaults or attributes a pickle could set."""
+    other reads share, whose name, defaults or attributes a pickle could set. The
+    callables are functions, not ``functools.partial``: a pickle can give a partial
+    another function and arguments (``BUILD`` calls its ``__setstate__``), and such a
+    call set in place of a tensor's view check let a view past its storage through."""
+    def ordered_dict(*args) -> collections.OrderedDict:
+        return collections.OrderedDict(*args)
+
+    def rebuild_tensor_v2(*args) -> _LazyTensor:
+        return _rebuild_tensor_v2(*args)
+
     allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): functools.partial(collections.OrderedDict),
-        ("torch._utils", "_rebuild_tensor_v2"): functools.partial(_rebuild_tensor_v2),
+        ("collections", "OrderedDict"): ordered_dict,
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
     }
     for name in _STORAGE_DTYPES:
         allowed[("torch", name)] = _StorageType(name)
