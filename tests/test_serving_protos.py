@@ -142,3 +142,51 @@ begun.wait()
 import ofrnn_tf.serving.protos
 importing.join()
 """) == "6.0\n"
+
+
+@pytest.mark.slow
+def test_the_protos_load_without_tensorflow_where_they_are_installed_without_source(tmp_path):
+    """Read from the sources, a module of only bytecode imported nothing first, and its
+    own imports ran TensorFlow's __init__ half way through loading the protos (a
+    partially initialized module's error)."""
+    assert tensorflow_and_the_protos(f"""
+import importlib.machinery, importlib.util, py_compile, sys
+
+class Sourceless(importlib.machinery.PathFinder):
+    # Each proto module as its bytecode only, compiled into a folder of its own.
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        spec = super().find_spec(name, path, target)
+        if spec is None or not name.endswith("_pb2") or spec.submodule_search_locations:
+            return spec
+        compiled = py_compile.compile(spec.origin, {str(tmp_path)!r} + "/" + name + ".pyc")
+        return importlib.util.spec_from_loader(
+            name, importlib.machinery.SourcelessFileLoader(name, compiled))
+
+sys.meta_path.insert(0, Sourceless)
+import ofrnn_tf.serving.protos
+assert "tensorflow" not in sys.modules
+loader = sys.modules["tensorflow.core.framework.tensor_pb2"].__loader__
+assert loader.get_source("tensorflow.core.framework.tensor_pb2") is None, loader
+sys.meta_path.remove(Sourceless)
+""") == "6.0\n"
+
+
+@pytest.mark.slow
+def test_the_protos_without_tensorflow_serving_installed_say_so():
+    script = """
+import importlib.machinery, sys
+
+class Hidden(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] != "tensorflow_serving":
+            return super().find_spec(name, path, target)
+
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = Hidden
+import ofrnn_tf.serving.protos
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.stderr.splitlines()[-1] == (
+        "ModuleNotFoundError: No module named 'tensorflow_serving'"), run.stderr

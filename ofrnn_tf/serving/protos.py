@@ -17,17 +17,31 @@ the export's signatures holds.
 
 from __future__ import annotations
 
+import dis
 import importlib.machinery
 import importlib.util
-import re
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 
-# How a protoc-generated module imports the protos it depends on.
-_PROTO_IMPORTS = re.compile(r"^from (tensorflow(?:_serving)?(?:\.\w+)+) import (\w+)", re.M)
+def _imported_protos(code) -> Iterator[str]:
+    """The ``tensorflow.*`` and ``tensorflow_serving.*`` modules a module's `code` imports,
+    read from its bytecode (a module installed without its source has it too), as pairs
+    of opcode and argument: `dis.get_instructions` takes several times as long."""
+    module, extended = "", 0
+    for op, arg in zip(code.co_code[::2], code.co_code[1::2]):
+        arg |= extended
+        extended = arg << 8 if op == dis.EXTENDED_ARG else 0
+        if op == dis.opmap["IMPORT_NAME"]:
+            module = imported = code.co_names[arg]
+        elif op == dis.opmap["IMPORT_FROM"]:
+            imported = f"{module}.{code.co_names[arg]}"
+        else:
+            continue
+        if imported.startswith(("tensorflow.", "tensorflow_serving.")):
+            yield imported
 
 
 def _import_protos(*names: str) -> None:
@@ -61,9 +75,11 @@ def _import_protos(*names: str) -> None:
             return
         if parent:
             load(parent)
-        source = importlib.util.find_spec(name).loader.get_source(name) or ""
-        for imported_from, imported in _PROTO_IMPORTS.findall(source):
-            load(f"{imported_from}.{imported}")
+        spec = importlib.util.find_spec(name)
+        if spec is None:  # not installed: this module's own import of it says so
+            return
+        for imported in _imported_protos(spec.loader.get_code(name)):
+            load(imported)
         importlib.import_module(name)
 
     for name in names:
