@@ -156,14 +156,21 @@ def kept_version(output: str, keep: int) -> int | None:
 
 def _lines_back_from(f, end: int, block: int = 1 << 16) -> Iterator[bytes]:
     """The lines of the first `end` bytes of the file `f`, the last first."""
-    rest = b""  # the start of a line whose beginning is in an earlier block
+    # The blocks of a line whose beginning is in an earlier block, the last first; joined
+    # once its beginning is read, not block by block (a line of many blocks was copied
+    # again with each, in time growing with the square of its length).
+    rest: list[bytes] = []
     while end > 0:
         start = max(0, end - block)
         f.seek(start)
-        pieces = (f.read(end - start) + rest).split(b"\n")
-        rest = pieces.pop(0) if start else b""
-        yield from reversed(pieces)
+        pieces = f.read(end - start).split(b"\n")
         end = start
+        if start and len(pieces) == 1:  # no line begins in this block
+            rest.append(pieces[0])
+            continue
+        pieces[-1] += b"".join(reversed(rest))
+        rest = [pieces.pop(0)] if start else []
+        yield from reversed(pieces)
 
 
 # What to do about an image the server refuses for its pixel limit, which the client
