@@ -701,6 +701,73 @@ def test_a_dropped_server_still_lets_its_session_go(monkeypatch):
     assert closed.wait(timeout=10)
 
 
+def test_a_later_stop_with_a_shorter_grace_stops_the_server_sooner(monkeypatch):
+    """As on a grpc.Server: stop(None) after stop(30) cancels the calls at once."""
+    from ofrnn_tf.serving import local_server
+
+    running, closed = threading.Event(), threading.Event()
+
+    class Session:  # a run that lasts until the session is closed (or 30 s)
+        def run(self, *args, **kwargs):
+            running.set()
+            if closed.wait(timeout=30):
+                raise tf.errors.CancelledError(None, None, "Session has been closed.")
+            raise AssertionError("the session was not closed")
+
+        def close(self):
+            closed.set()
+
+    serve_session(monkeypatch, Session())
+    server, port = local_server.serve("/unused", warmup=False)
+    answers = []
+
+    def call():  # no deadline
+        try:
+            client.predict_images(f"127.0.0.1:{port}", [RED], timeout=None, wait_for_server=0)
+        except grpc.RpcError as error:
+            answers.append(error.code())
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        assert running.wait(timeout=30)
+        first = server.stop(grace=30)
+        assert server.stop(grace=None) is first
+        assert first.wait(timeout=10) and closed.wait(timeout=10)
+    finally:
+        closed.set()
+        caller.join(timeout=30)
+    assert len(answers) == 1
+
+
+@pytest.mark.slow
+def test_a_signal_that_comes_while_the_server_stops_stops_it_too():
+    """ofrnn-serve stops its server from SIGTERM's handler, which may run in the middle
+    of a stop begun by Ctrl-C or an earlier SIGTERM: the stop went on waiting for
+    itself, and the process never exited."""
+    script = (
+        "import asyncio, os, signal, threading\n"
+        "from ofrnn_tf.serving import local_server\n"
+        "class Session:\n"
+        "    def close(self): pass\n"
+        "local_server.Servable.load = lambda *args: local_server.Servable(\n"
+        "    'ofrnn', 1, '/unused', {}, Session())\n"
+        "server, _ = local_server.serve('/unused', warmup=False)\n"
+        "signal.signal(signal.SIGTERM, lambda *_: server.stop(2.0))\n"
+        "handing = asyncio.BaseEventLoop.call_soon_threadsafe\n"
+        "def signalled(loop, *args):  # SIGTERM comes as stop hands the loop its work\n"
+        "    if threading.current_thread() is threading.main_thread():\n"
+        "        asyncio.BaseEventLoop.call_soon_threadsafe = handing\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return handing(loop, *args)\n"
+        "asyncio.BaseEventLoop.call_soon_threadsafe = signalled\n"
+        "print(server.stop(2.0).wait(timeout=30))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                          timeout=60)
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr[-2000:]
+
+
 def _http2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream) + payload
 

@@ -925,26 +925,33 @@ class LoopServer:
                  workers: futures.Executor):
         self._server, self._loop, self._workers = server, loop, workers
         self._stopped = threading.Event()
-        self._stopping = None
-        self._lock = threading.Lock()
+        self._stops: list[asyncio.Future] = []  # those begun, read and added to on the loop
 
     def stop(self, grace: float | None) -> threading.Event:
         """Refuses new calls and cancels those still open after `grace` seconds (None:
-        at once); returns an Event set once the server has stopped. Only the first call's
-        grace counts."""
-        with self._lock:
-            if self._stopping is None:
-                loop, workers, stopped = self._loop, self._workers, self._stopped
+        at once); returns an Event set once the server has stopped. As on a
+        ``grpc.Server``, a later call with a shorter grace stops it sooner. It takes no
+        lock: a signal handler that calls it may interrupt a call to it."""
+        server, loop, workers, stopped, stops = (self._server, self._loop, self._workers,
+                                                 self._stopped, self._stops)
 
-                def end(_) -> None:  # held by the stop, not by this object
-                    workers.shutdown(wait=False)
-                    stopped.set()
-                    loop.call_soon_threadsafe(loop.stop)
+        def end(_) -> None:  # held by the stops, not by this object
+            workers.shutdown(wait=False)
+            stopped.set()
+            if all(begun.done() for begun in stops):
+                loop.call_soon(loop.stop)  # after the calls' last steps
 
-                self._stopping = asyncio.run_coroutine_threadsafe(self._server.stop(grace),
-                                                                  loop)
-                self._stopping.add_done_callback(end)
-        return self._stopped
+        def begin() -> None:  # on the loop, so one call at a time
+            if not stopped.is_set():
+                stops.append(asyncio.ensure_future(server.stop(grace)))
+                stops[-1].add_done_callback(end)
+
+        if not stopped.is_set():
+            try:
+                loop.call_soon_threadsafe(begin)
+            except RuntimeError:  # the loop closed meanwhile: the server has stopped
+                pass
+        return stopped
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Waits until the server has stopped; True if `timeout` seconds passed first."""
