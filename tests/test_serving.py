@@ -403,6 +403,38 @@ def test_nothing_listens_while_the_model_loads_and_a_failed_load_frees_the_port(
         s.bind(("127.0.0.1", port))
 
 
+def test_a_port_taken_while_the_model_loads_fails_the_start_and_ends_its_loop(monkeypatch):
+    """The port is free when tried, and another process takes it while the model loads:
+    the start fails naming why, its session is closed and its event loop's thread ends."""
+    from ofrnn_tf.serving import local_server
+
+    closed = threading.Event()
+
+    class Session:
+        def close(self):
+            closed.set()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = set(threading.enumerate())
+    with socket.socket() as taker:
+        def load(path, name, *_):
+            taker.bind(("127.0.0.1", port))
+            taker.listen()
+            return local_server.Servable(name, 1, path, {"serving_default": images_signature()},
+                                         Session())
+
+        monkeypatch.setattr(local_server.Servable, "load", load)
+        with pytest.raises(OSError, match=rf"^cannot bind 127\.0\.0\.1:{port}: Address already "
+                                          rf"in use$"):
+            local_server.serve("/unused", port=port, warmup=False)
+    assert closed.is_set()
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), thread.name
+
+
 def test_the_port_probe_refuses_what_grpc_would_half_bind_and_leaves_out_what_it_skips(
         monkeypatch):
     import socket
