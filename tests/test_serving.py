@@ -657,32 +657,31 @@ def serve_session(monkeypatch, session) -> None:
         name, 1, path, {"serving_default": images_signature()}, session))
 
 
-def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypatch):
-    """gRPC cancels the calls left when the grace is over, not the model runs behind
-    them, which would keep the process alive until they end."""
-    from ofrnn_tf.serving import local_server
-
+def session_running_until_closed(limit: float):
+    """A stand-in session whose run lasts until the session is closed, then raises as
+    TensorFlow's does (an AssertionError after `limit` seconds), with the events that say
+    a run began and the session closed."""
     running, closed = threading.Event(), threading.Event()
 
-    class Session:  # a run that lasts until the session is closed (or 15 s)
+    class Session:
         def run(self, *args, **kwargs):
             running.set()
-            if closed.wait(timeout=15):
+            if closed.wait(timeout=limit):
                 raise tf.errors.CancelledError(None, None, "Session has been closed.")
             raise AssertionError("the session was not closed")
 
         def close(self):
             closed.set()
 
-    serve_session(monkeypatch, Session())
-    flushed = threading.Event()  # the refusals not yet counted in the log are said
-    monkeypatch.setattr(local_server.RefusalLog, "stop_limiting", lambda self: flushed.set())
-    decoded = []  # a cancelled run is no image's fault: none is decoded to find one
-    monkeypatch.setattr(local_server, "find_undecodable", lambda *args: decoded.append(args))
-    server, port = local_server.serve("/unused", warmup=False)
+    return Session(), running, closed
+
+
+def call_without_deadline(port: int) -> tuple[threading.Thread, list]:
+    """A started thread that sends one Predict call without a deadline to the server on
+    `port`, and the list its error's code goes to."""
     answers = []
 
-    def call():  # no deadline
+    def call():
         try:
             client.predict_images(f"127.0.0.1:{port}", [RED], timeout=None,
                                   wait_for_server=0)  # a server stopping: not waited for
@@ -691,6 +690,22 @@ def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypat
 
     caller = threading.Thread(target=call)
     caller.start()
+    return caller, answers
+
+
+def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypatch):
+    """gRPC cancels the calls left when the grace is over, not the model runs behind
+    them, which would keep the process alive until they end."""
+    from ofrnn_tf.serving import local_server
+
+    session, running, closed = session_running_until_closed(15)
+    serve_session(monkeypatch, session)
+    flushed = threading.Event()  # the refusals not yet counted in the log are said
+    monkeypatch.setattr(local_server.RefusalLog, "stop_limiting", lambda self: flushed.set())
+    decoded = []  # a cancelled run is no image's fault: none is decoded to find one
+    monkeypatch.setattr(local_server, "find_undecodable", lambda *args: decoded.append(args))
+    server, port = local_server.serve("/unused", warmup=False)
+    caller, answers = call_without_deadline(port)
     assert running.wait(timeout=30)
     server.stop(grace=0.1).wait()
     assert closed.wait(timeout=5) and flushed.is_set()
@@ -737,30 +752,10 @@ def test_a_later_stop_with_a_shorter_grace_stops_the_server_sooner(monkeypatch):
     """As on a grpc.Server: stop(None) after stop(30) cancels the calls at once."""
     from ofrnn_tf.serving import local_server
 
-    running, closed = threading.Event(), threading.Event()
-
-    class Session:  # a run that lasts until the session is closed (or 30 s)
-        def run(self, *args, **kwargs):
-            running.set()
-            if closed.wait(timeout=30):
-                raise tf.errors.CancelledError(None, None, "Session has been closed.")
-            raise AssertionError("the session was not closed")
-
-        def close(self):
-            closed.set()
-
-    serve_session(monkeypatch, Session())
+    session, running, closed = session_running_until_closed(30)
+    serve_session(monkeypatch, session)
     server, port = local_server.serve("/unused", warmup=False)
-    answers = []
-
-    def call():  # no deadline
-        try:
-            client.predict_images(f"127.0.0.1:{port}", [RED], timeout=None, wait_for_server=0)
-        except grpc.RpcError as error:
-            answers.append(error.code())
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, answers = call_without_deadline(port)
     try:
         assert running.wait(timeout=30)
         first = server.stop(grace=30)
