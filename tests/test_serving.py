@@ -713,6 +713,32 @@ def test_a_stopped_server_closes_its_session_so_the_runs_in_flight_end(monkeypat
     assert len(answers) == 1 and decoded == []
 
 
+def test_a_model_run_that_raises_systemexit_fails_its_call_and_the_server_goes_on(
+        monkeypatch):
+    # A SystemExit from a run (a graph's py_function calling sys.exit) reached the event
+    # loop, which ended: the server answered nothing more and never stopped.
+    from ofrnn_tf.serving import local_server
+
+    class Session:
+        def run(self, *args, **kwargs):
+            raise SystemExit(3)
+
+        def close(self):
+            pass
+
+    serve_session(monkeypatch, Session())
+    server, port = local_server.serve("/unused", warmup=False)
+    try:
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as failed:
+                client.predict_images(f"127.0.0.1:{port}", [RED], timeout=20,
+                                      wait_for_server=0)
+            assert failed.value.code() == grpc.StatusCode.INTERNAL
+            assert "SystemExit: 3" in failed.value.details()
+    finally:
+        assert server.stop(grace=None).wait(timeout=10)
+
+
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32])
 def test_nan_in_any_floating_input_is_refused_naming_the_item(dtype):
     from tensorflow.core.protobuf import meta_graph_pb2

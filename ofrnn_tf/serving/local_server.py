@@ -625,7 +625,10 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             return fn(*args)
         except RequestError as e:
             error = e
-        except Exception as e:  # the server must outlive any single request
+        # The server must outlive any single request. BaseException: a SystemExit from a
+        # run (a py_function calling sys.exit) would reach the event loop and end it
+        # (signals, KeyboardInterrupt among them, come to the main thread, not here).
+        except BaseException as e:
             logging.exception("request failed")
             error = RequestError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         self.refusals.note(error)
