@@ -8,6 +8,7 @@ process, and the shared trained tiny run.
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import json
 import math
@@ -210,6 +211,33 @@ def test_the_progress_bar_ends_before_the_summary(predictor, images, tmp_path, c
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("[predict] 3 image(s) predicted"), lines
     assert lines[-2].startswith("predicting: 100%") and "3/3" in lines[-2], lines
+
+
+def test_a_full_disk_closes_the_progress_bar_before_the_command_says_so(
+        predictor, images, tmp_path, capsys, monkeypatch):
+    # The bar of the predictions a full disk stops is closed as the error leaves the
+    # report, not when the stopped predictions are collected: its last state was drawn
+    # after the line that says how far the report got.
+    from ofrnn_tf.cli import image_inputs
+
+    real_write = os.write
+    paths = [str(images[0]), str(images[2]), str(images[3])]
+    monkeypatch.setattr(predictor, "batch_size", 1)
+
+    def filling(fd, data):  # room for the first image's line only
+        if str(images[2]).encode() in data:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(image_inputs.os, "write", filling)
+    with open_report(str(tmp_path / "out.jsonl")) as out:
+        results = predictor.iter_files(paths, attention=False, progress=True)
+        with pytest.raises(OSError) as caught:
+            write_report(merge_results(paths, results), out, "predict", "predicted")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("predicting:  67%")
+    del caught, results
+    gc.collect()
+    assert capsys.readouterr().err == ""  # nothing drawn after the command's last line
 
 
 def test_a_url_is_said_not_to_be_fetched():

@@ -135,12 +135,25 @@ def named_as_image(name: str) -> bool:
 def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
     """`entries` in order, each path replaced by the next of `results` (one per path).
     `results` is then run to its end, so that what it holds open (a progress bar) is
-    closed before the command's summary."""
+    closed before the command's summary; where the report stops before its end (a full
+    disk, Ctrl-C), this is closed, and so is `results`."""
     results = iter(results)
-    for entry in entries:
-        yield next(results) if isinstance(entry, str) else entry
-    for extra in results:
-        raise ValueError(f"a result for no input: {extra}")
+    try:
+        for entry in entries:
+            yield next(results) if isinstance(entry, str) else entry
+        for extra in results:
+            raise ValueError(f"a result for no input: {extra}")
+    finally:
+        close_iterable(results)
+
+
+def close_iterable(results: Iterable) -> None:
+    """Closes the generator `results` (other iterables have nothing to close): its
+    progress bar is drawn a last time now, not when it is collected, which may come after
+    the line that says why the command stopped."""
+    close = getattr(results, "close", None)
+    if close is not None:
+        close()
 
 
 class ReportFile:
@@ -275,7 +288,8 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
     """Writes one JSON line per result to `out` (from `open_report`) as each arrives, then
     names every failed input on stderr (and `pictures_dir`, where the results' attention
     pictures went) and returns the exit status: 1 only when no input at all succeeded. An
-    exception from `results` propagates after the lines written so far are flushed.
+    exception from `results` propagates after the lines written so far are flushed and
+    `results` is closed.
     `progress` counts each line once it is written; the lines a resumed report kept
     (`progress.kept`) are counted in the summary and the exit status, since they are the
     report's too (their failures were named by the run that wrote them)."""
@@ -297,6 +311,7 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
     except BaseException:
         if out is not sys.stdout:  # a full disk on stdout: `runner` names it
             out.abandon()
+        close_iterable(results)
         raise
     if out is not sys.stdout:
         out.close()
