@@ -855,6 +855,34 @@ def test_a_line_a_full_disk_cuts_short_is_taken_out_and_the_report_named(tmp_pat
     assert disk_full(caught.value) == f"No space left on device writing {report}"
 
 
+def test_a_signal_as_a_line_is_written_leaves_it_counted(tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) landing just after a line reached the report, before it was
+    counted, stopped the command saying that input had no line yet: the line and its
+    count are one step."""
+    from ofrnn_tf.cli import image_inputs, interrupts
+    from ofrnn_tf.cli.image_inputs import ReportProgress
+
+    real_write = os.write
+
+    def signalled(fd, data):  # the handler runs as the second line's write returns
+        done = real_write(fd, data)
+        if b'"b.jpg"' in data:
+            interrupts._note(signal.SIGTERM, None)
+        return done
+
+    monkeypatch.setattr(interrupts, "_RECEIVED", [])
+    report = tmp_path / "out.jsonl"
+    entries = ["a.jpg", "b.jpg", "c.jpg"]
+    progress = ReportProgress(entries, str(report))
+    monkeypatch.setattr(image_inputs.os, "write", signalled)
+    with open_report(str(report)) as out:
+        with pytest.raises(KeyboardInterrupt):
+            write_report(merge_results(entries, [{"image": e} for e in entries]),
+                         out, "client", "labelled", progress=progress)
+    assert len(report.read_text().splitlines()) == 2
+    assert progress.where().startswith("2 of 3 input(s) have their line")
+
+
 def test_a_report_stopped_midway_says_which_input_resume_goes_on_from(tmp_path, monkeypatch):
     """The line a full disk (or Ctrl-C) ends with counts the lines written, not the one
     taken back out, and says to go on with --resume: the same command without it starts

@@ -16,7 +16,7 @@ from typing import Iterable, NamedTuple, Optional, TextIO
 
 from absl import app
 
-from ofrnn_tf.cli.interrupts import stop_if_interrupted
+from ofrnn_tf.cli.interrupts import deferred
 from ofrnn_tf.status import say
 from ofrnn_tf.text_bytes import marked_encoding, unmarked_wide_encoding
 
@@ -298,11 +298,13 @@ def write_report(results: Iterable[dict], out: TextIO | ReportFile, command: str
     num_ok, failed, pictures = kept.count - kept.failed, [], kept.pictures
     try:
         for result in results:
-            out.write(json.dumps(result, allow_nan=False) + "\n")
-            out.flush()
-            if progress is not None:
-                progress.written += 1
-            stop_if_interrupted()
+            # A line and its count, which says where --resume goes on from, together; not
+            # on stdout, whose reader may stall a write, which Ctrl-C must still stop.
+            with deferred(out is not sys.stdout):
+                out.write(json.dumps(result, allow_nan=False) + "\n")
+                out.flush()
+                if progress is not None:
+                    progress.written += 1
             if "error" in result:
                 failed.append(result["error"])
             else:

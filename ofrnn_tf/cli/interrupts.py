@@ -5,16 +5,33 @@ temporary folders, child processes, local servers), where SIGTERM's default acti
 leave them behind. Once they have run, the process ends in one line (`ended_by`) with the
 code a shell reports for the signal. Imports no TensorFlow."""
 
+import contextlib
 import signal
 from typing import Optional
 
 # The signals the process has received since `install` (`_note`).
 _RECEIVED: list[int] = []
+_deferring = False  # within `deferred`
 
 
 def _note(signum, frame) -> None:
     _RECEIVED.append(signum)
-    raise KeyboardInterrupt  # as Python's own SIGINT handler does
+    if not _deferring:
+        raise KeyboardInterrupt  # as Python's own SIGINT handler does
+
+
+@contextlib.contextmanager
+def deferred(defer: bool = True):
+    """A block a SIGINT or SIGTERM does not cut short (where `defer`): it raises
+    KeyboardInterrupt once the block is done, so that a step and its record (a report's line
+    and its count) are both done or neither."""
+    global _deferring
+    _deferring = defer
+    try:
+        yield
+    finally:
+        _deferring = False
+    stop_if_interrupted()
 
 
 def install() -> None:
