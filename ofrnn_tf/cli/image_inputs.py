@@ -132,6 +132,12 @@ def named_as_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def entry_image(entry: str | dict) -> str:
+    """The input an entry of `expand_inputs` names: its path, or its error record's
+    ``image``."""
+    return entry if isinstance(entry, str) else entry["image"]
+
+
 def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
     """`entries` in order, each path replaced by the next of `results` (one per path).
     `results` is then run to its end, so that what it holds open (a progress bar) is
@@ -371,8 +377,7 @@ def resumable_report(entries: list, output: str | None, resume: bool, command: s
         say(f"[{name}] every input already has its line in {output}: nothing to do")
         return 0 if kept.count > kept.failed else 1
     if resume:  # what it goes on from: a mistyped --output would start again unsaid
-        first = entries[kept.count]
-        first = first if isinstance(first, str) else first["image"]
+        first = entry_image(entries[kept.count])
         say(f"[{name}] --resume: {kept.count} of {len(entries)} input(s) have their line in "
             f"{output}" + ("" if os.path.exists(output) else " (no such file yet)")
             + f"; going on from {first}")
@@ -402,8 +407,7 @@ def where_it_stopped(entries: list, written: int, output: str | None,
     if not written:
         return "no input has its line yet" + (
             f", and {output} is as it was" if output and output != "-" else "")
-    first = entries[written]
-    first = first if isinstance(first, str) else first["image"]
+    first = entry_image(entries[written])
     if output and output != "-":
         return (f"{written} of {len(entries)} input(s) have their line in {output}; the "
                 f"first without one is {first}: {first_step}run the same command with "
@@ -473,7 +477,7 @@ def _kept_lines(lines: Iterable[bytes], output: str, entries: list, command: str
     kept = failed = pictures = size = 0
     for number, (line, entry) in enumerate(zip(lines, entries), 1):
         kept, size = number, size + len(line)
-        expected = entry if isinstance(entry, str) else entry["image"]
+        expected = entry_image(entry)
         try:
             record = json.loads(line)
             image = record["image"]
@@ -512,7 +516,7 @@ def other_inputs(output: str, number: int, image: str, expected: str, entries: l
     (`expected`): its image is no input now (gone from a folder given, or left out), or
     another input comes first (a file added to a folder, or the inputs in another order).
     A folder given whose files changed is the same argument, so that is said."""
-    images = {entry if isinstance(entry, str) else entry["image"] for entry in entries}
+    images = {entry_image(entry) for entry in entries}
     if image not in images:
         why = "which is not among the inputs given (gone from its folder since, or left out)"
     else:
