@@ -35,9 +35,8 @@ from absl import app, flags
 from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, LineFields, expand_inputs, given_inputs, merge_results,
-    resumable_report, shows_progress, stopped_report, write_report)
+    pixel_limit_remedied, resumable_report, shows_progress, stopped_report, write_report)
 from ofrnn_tf.features.image_headers import GIF_REMEDY
-from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MODEL_NAME, DEFAULT_PORT, DEFAULT_WAIT_FOR_SERVER_S, MAX_TIMEOUT_S)
 from ofrnn_tf.status import progress_bar, say
@@ -181,11 +180,7 @@ PIXEL_LIMIT_REMEDY = (" (scale the image down: the model reads it at its input s
 
 def with_remedies(results: Iterable[dict]) -> Iterator[dict]:
     """`results`, a refusal for the server's pixel limit told what to do about it."""
-    for result in results:
-        error = result.get("error", "")
-        if PIXEL_LIMIT_WORDS in error and GIF_REMEDY not in error:
-            result["error"] = error + PIXEL_LIMIT_REMEDY
-        yield result
+    return pixel_limit_remedied(results, PIXEL_LIMIT_REMEDY, unless=GIF_REMEDY)
 
 
 def check_server(server: str) -> None:

@@ -12,11 +12,12 @@ import json
 import os
 import re
 import sys
-from typing import Iterable, NamedTuple, Optional, TextIO
+from typing import Iterable, Iterator, NamedTuple, Optional, TextIO
 
 from absl import app
 
 from ofrnn_tf.cli.interrupts import deferred
+from ofrnn_tf.features.pixel_limit import PIXEL_LIMIT_WORDS
 from ofrnn_tf.status import say
 from ofrnn_tf.text_bytes import marked_encoding, unmarked_wide_encoding
 
@@ -136,6 +137,17 @@ def entry_image(entry: str | dict) -> str:
     """The input an entry of `expand_inputs` names: its path, or its error record's
     ``image``."""
     return entry if isinstance(entry, str) else entry["image"]
+
+
+def pixel_limit_remedied(results: Iterable[dict], remedy: str,
+                         unless: str | None = None) -> Iterator[dict]:
+    """`results`, each refusal of an image for a pixel limit told what to do about it
+    (`remedy`), unless its error says `unless` already."""
+    for result in results:
+        error = result.get("error", "")
+        if PIXEL_LIMIT_WORDS in error and (unless is None or unless not in error):
+            result["error"] = error + remedy
+        yield result
 
 
 def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:

@@ -42,8 +42,9 @@ from ofrnn_tf.cli import (
     refuse_non_probability, refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
     FILES_FROM_HELP, LineFields, expand_inputs, file_id, file_ids, given_inputs,
-    merge_results, resumable_report, shows_progress, stopped_report, write_report)
-from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
+    merge_results, pixel_limit_remedied, resumable_report, shows_progress, stopped_report,
+    write_report)
+from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from ofrnn_tf.jsonio import out_of_room
 from ofrnn_tf.status import say
 
@@ -133,7 +134,8 @@ def main(argv):
     if draw:
         predictions = _with_pictures(predictions, entries, FLAGS.attention_dir,
                                      first=progress.kept.count)
-    lines = _with_remedies(merge_results(progress.left, predictions))
+    lines = pixel_limit_remedied(merge_results(progress.left, predictions),
+                                 " (raise it with --max_image_pixels)")
     return write_report(lines, out, "predict", "predicted", pictures_dir=FLAGS.attention_dir,
                         progress=progress)
 
@@ -144,13 +146,6 @@ def line_fields(all_scores: bool) -> LineFields:
     always = {"labels", "label_ids", "scores", "step_probabilities", "log_prob"}
     return LineFields(frozenset(always | ({"all_scores"} if all_scores else set())),
                       maybe=frozenset({"attention_png"}))
-
-
-def _with_remedies(results: Iterable[dict]) -> Iterator[dict]:
-    for result in results:
-        if "error" in result and PIXEL_LIMIT_WORDS in result["error"]:
-            result["error"] += " (raise it with --max_image_pixels)"
-        yield result
 
 
 def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str, first: int = 0
