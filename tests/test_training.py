@@ -25,8 +25,10 @@ from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.software import software_versions
 from ofrnn_tf.training import run_state
-from ofrnn_tf.training.trainer import (
-    NonFiniteLossError, Trainer, _LoggingWindow, _digest, _settings_parts, describe_position)
+from ofrnn_tf.training.checkpoints import describe_position
+from ofrnn_tf.training.distribute import digest, settings_parts
+from ofrnn_tf.training.step_log import LoggingWindow
+from ofrnn_tf.training.trainer import NonFiniteLossError, Trainer
 from ofrnn_tf.training.step_interrupts import StepInterrupts
 from conftest import run_checked
 from toy_run import TINY_TRAIN_FLAGS
@@ -351,19 +353,19 @@ def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features
 
 
 def test_head_outputs_are_written_batch_by_batch_and_a_changed_split_is_named():
-    from ofrnn_tf.training.trainer import _write_rows
+    from ofrnn_tf.training.head_outputs import write_rows
 
     kept = {}
     first = {"head_features": tf.ones([2, 3], tf.float16), "labels": tf.constant([[1], [2]])}
     second = {"head_features": tf.zeros([2, 3], tf.float16), "labels": tf.constant([[3], [4]])}
-    assert _write_rows(kept, first, 0, 4) == 2
+    assert write_rows(kept, first, 0, 4) == 2
     assert kept["head_features"].shape == (4, 3) and kept["head_features"].dtype == tf.float16
-    assert _write_rows(kept, second, 2, 4) == 4
+    assert write_rows(kept, second, 2, 4) == 4
     np.testing.assert_array_equal(kept["labels"].numpy(), [[1], [2], [3], [4]])
     np.testing.assert_array_equal(kept["head_features"].numpy()[:, 0], [1, 1, 0, 0])
     with pytest.raises(ValueError, match="gave 6 examples where 4 were counted: were the "
                                          "feature shards changed during the run"):
-        _write_rows(kept, first, 4, 4)
+        write_rows(kept, first, 4, 4)
 
 
 RESIDUAL_MODEL = {"head": "spatial", "decoder": "residual", "head_units": 8,
@@ -435,7 +437,8 @@ def test_the_records_and_m_maps_outputs_are_kept_within_one_budget(tmp_path, rec
 
 
 def test_the_memory_budget_is_capped_at_a_third_of_the_memory_the_process_may_use(tmp_path):
-    from ofrnn_tf.training.trainer import memory_budget_mib, memory_limit_mib
+    from ofrnn_tf.host_limits import memory_limit_mib
+    from ofrnn_tf.training.memory import memory_budget_mib
 
     def write(path, text):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1463,8 +1466,8 @@ def test_two_workers_of_the_command_train_in_sync(tmp_path):
 
 def test_the_settings_workers_compare_leave_out_only_where_each_keeps_its_files():
     def digests(config, facts=None, num_train=64):
-        parts = _settings_parts(config, facts or tiny_facts(), num_train)
-        return {name: _digest(part) for name, part in parts.items()}
+        parts = settings_parts(config, facts or tiny_facts(), num_train)
+        return {name: digest(part) for name, part in parts.items()}
 
     config = tiny_config()
     same = digests(config)
@@ -1559,7 +1562,7 @@ def test_restore_removes_the_shards_of_a_save_cut_short(tmp_path):
 
 
 def test_decoding_step_losses_are_window_means_and_left_out_where_no_image_took_the_step():
-    window = _LoggingWindow()
+    window = LoggingWindow()
     nan = float("nan")
     window.add(np.array([1.0, 2.0, nan]))  # the first step: it traces, no pace of its own
     assert window.examples_per_second(8) is None and window.bar_rate(8) is None
@@ -1635,7 +1638,7 @@ def test_a_rerun_stopped_before_its_first_point_leaves_no_empty_event_file(tmp_p
 
 
 def test_event_files_dated_ahead_of_the_clock_are_renamed_below_it_in_their_order(tmp_path):
-    from ofrnn_tf.training.trainer import _date_event_files_before
+    from ofrnn_tf.training.event_files import date_event_files_before
 
     now = 1_800_000_000
     names = ["events.out.tfevents.1800000100.vm.20.0.v2",  # a clock 100 s ahead
@@ -1644,7 +1647,7 @@ def test_event_files_dated_ahead_of_the_clock_are_renamed_below_it_in_their_orde
              "events.out.tfevents.1799999000.vm.7.0.v2", "notes.txt"]
     for name in names:
         (tmp_path / name).write_text(name)
-    assert _date_event_files_before(str(tmp_path), now) == 100
+    assert date_event_files_before(str(tmp_path), now) == 100
     renamed = sorted(os.listdir(tmp_path))
     assert renamed == ["events.out.tfevents.0000000000.vm.5.0.v2",
                        "events.out.tfevents.1799998899.vm.7.0.v2",
@@ -1653,8 +1656,8 @@ def test_event_files_dated_ahead_of_the_clock_are_renamed_below_it_in_their_orde
     # Each keeps its content: the names were the files' only change.
     assert [(tmp_path / name).read_text().split(".")[-3] for name in renamed[:4]] == [
         "5", "7", "10", "20"]
-    assert _date_event_files_before(str(tmp_path), now) is None  # all below now: left alone
-    assert _date_event_files_before(str(tmp_path / "none"), now) is None
+    assert date_event_files_before(str(tmp_path), now) is None  # all below now: left alone
+    assert date_event_files_before(str(tmp_path / "none"), now) is None
 
 
 def test_a_resumed_runs_event_file_sorts_after_those_dated_by_a_clock_ahead(tmp_path, capfd):

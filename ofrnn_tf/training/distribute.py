@@ -1,11 +1,21 @@
-"""The tf.distribute strategy a run uses, chosen by name."""
+"""The tf.distribute strategy a run uses, chosen by name, and what its replicas and
+workers must agree on: the batch split, the settings and data of a multi-worker run, and a
+step skipped on every replica where one overflowed."""
+
+from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 from ofrnn_tf.status import log
+
+if TYPE_CHECKING:
+    from ofrnn_tf.config.experiment import ExperimentConfig
+    from ofrnn_tf.run_dir import RunFacts
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -131,3 +141,55 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
         return 1
     spec = resolver.cluster_spec().as_dict()
     return max(1, sum(len(spec.get(job, [])) for job in ("chief", "worker")))
+
+
+# Settings that may differ between the workers of one run: where each keeps its cache
+# and finds its data (the data themselves are compared by the feature cache's fingerprint).
+_PER_WORKER = {"data": ("data_dir", "manifest"), "runtime": ("cache_dir",)}
+
+
+def settings_parts(config: ExperimentConfig, facts: RunFacts, num_train: int) -> dict:
+    """What the workers of a multi-worker run must agree on, by the name a message gives
+    it: each flag section (``--stage2.*`` ...) and the data the run trains on."""
+    record = {**config.to_record(), "runtime": config.to_dict()["runtime"]}
+    parts = {}
+    for section, values in record.items():
+        parts[f"--{section}.*"] = {key: value for key, value in values.items()
+                                   if key not in _PER_WORKER.get(section, ())}
+    parts["data (feature cache, labels or T_max)"] = {
+        "features": facts.features_fingerprint, "labels": list(facts.label_names),
+        "max_steps": facts.max_steps, "label_order": facts.label_order,
+        "train_examples": num_train}
+    return parts
+
+
+def digest(part: dict) -> list[int]:
+    """Three 16-bit numbers from a hash of `part`: summed with their squares over every
+    replica in float64, they are exact for up to a thousand replicas."""
+    digest = hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).digest()
+    return [int.from_bytes(digest[i:i + 2], "big") for i in range(0, 6, 2)]
+
+
+def poisoned_if_any_replica_overflowed(grads):
+    """A replica's gradients, made NaN where any replica's are not finite.
+
+    Keras' `LossScaleOptimizer` decides to skip a step (and halve the scale) from the
+    first local replica's gradients alone, before they are summed across replicas: an
+    overflow on another replica would be applied (NaN weights under MirroredStrategy),
+    and workers that decide apart wait for each other for ever (multi-worker). Every
+    replica now sees the overflow, so every one skips, as one device would."""
+    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
+    overflowed = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    factor = tf.where(overflowed > 0, float("nan"), 1.0)
+
+    def poisoned(g):
+        if g is None:
+            return None
+        if isinstance(g, tf.IndexedSlices):
+            return tf.IndexedSlices(g.values * tf.cast(factor, g.values.dtype), g.indices,
+                                    g.dense_shape)
+        return g * tf.cast(factor, g.dtype)
+
+    return [poisoned(g) for g in grads]

@@ -11,7 +11,7 @@ from typing import Optional
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, listed_checkpoints, resumable_checkpoint, train_command)
-from ofrnn_tf.training.trainer import POSITION, checkpoint_position, describe_position
+from ofrnn_tf.training.checkpoints import POSITION, checkpoint_position, describe_position
 
 
 class UnfinishedRunError(ValueError):

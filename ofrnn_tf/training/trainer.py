@@ -32,7 +32,7 @@ with M_map (`OrderFreeRNN.map_loss`), and there is no separate fit.
 
 Resuming: the checkpoint holds the weights, both optimizers, the dropout RNG states and
 the position (stage, epoch, step in epoch); `--runtime.mixed_precision` may change
-between reruns (`_checkpoints_scale_loss`). The data order of every epoch is a function
+between reruns (`checkpoints_scale_loss`). The data order of every epoch is a function
 of the seed (and, under ``multi_worker``, of the worker count: each worker reads its own
 shards), so a run killed at any point and restarted ends with the same weights as one
 that was never interrupted. Ctrl-C or SIGTERM during an epoch's steps saves a checkpoint
@@ -51,14 +51,10 @@ note: the run goes on from the newest one that reads back whole.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import glob
-import hashlib
-import json
 import math
 import os
-import re
 import shutil
 import signal
 import sys
@@ -66,7 +62,6 @@ import time
 from typing import Callable, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
@@ -79,7 +74,18 @@ from ofrnn_tf.run_dir import (
     IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
     resumable_checkpoint)
 from ofrnn_tf.status import progress_bar
-from ofrnn_tf.training.distribute import check_batch_split, is_chief, num_workers
+from ofrnn_tf.training.checkpoints import (
+    checkpoint_position, checkpoints_scale_loss, describe_position, said_settings,
+    scoring_settings)
+from ofrnn_tf.training.distribute import (
+    check_batch_split, digest, is_chief, num_workers, poisoned_if_any_replica_overflowed,
+    settings_parts)
+from ofrnn_tf.training.event_files import date_event_files_before, last_logged_steps
+from ofrnn_tf.training.head_outputs import (
+    beyond_float16, index_batch, records_changed, write_rows)
+from ofrnn_tf.training.memory import give_back_freed_memory, memory_budget_mib
+from ofrnn_tf.training.step_log import (
+    LoggingWindow, last_step_learning_rate, number, stage_bar_postfix)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
 
 # Validation values that are probabilities or weights, not percentages: printed at three
@@ -99,206 +105,6 @@ ValidationLogitsFn = Callable[[OrderFreeRNN], tuple]
 class NonFiniteLossError(FloatingPointError):
     """Training diverged: the loss or the weights became NaN or infinite, or M_map's
     outputs grew beyond the float16 range stage 2 keeps them in."""
-
-
-# The smallest magnitude a cast to float16 makes ±inf: its largest value, 65504, plus half
-# its step there (32); that tie rounds to even, which is inf.
-_FLOAT16_OVERFLOW = 65520.0
-
-
-def _beyond_float16(values: tf.Tensor) -> tf.Tensor:
-    """How many of `values` float16 cannot hold (NaN, or ±inf once cast), as a float32
-    scalar: the number of M_map's outputs that stage 2 refuses (`_head_outputs_overflow`)."""
-    magnitude = tf.abs(tf.cast(values, tf.float32))
-    return tf.reduce_sum(tf.cast(tf.logical_not(magnitude < _FLOAT16_OVERFLOW), tf.float32))
-
-
-def describe_position(stage: int, epochs_done: int, step: int, stage_epochs: Optional[int] = None,
-                      steps_per_epoch: Optional[int] = None) -> str:
-    """Where a run's training stands, epochs counted from 1 as the progress bar counts
-    them: ``stage 2 epoch 3/12, step 5/40``, ``stage 1 after epoch 4/12``, ``the start
-    of stage 2`` (the totals when given). An epoch begun beyond `stage_epochs` (a rerun
-    given fewer epochs than the stopped run had begun) says the stage ends there."""
-    of = lambda total: f"/{total}" if total else ""
-    if step:
-        if stage_epochs and epochs_done >= stage_epochs:
-            return (f"stage {stage} epoch {epochs_done + 1}, step {step}{of(steps_per_epoch)}, "
-                    f"beyond the stage's {stage_epochs} epochs: the stage ends without "
-                    f"finishing it")
-        where = (f"stage {stage} epoch {epochs_done + 1}{of(stage_epochs)}, "
-                 f"step {step}{of(steps_per_epoch)}")
-        return where + (" (trained, not yet validated)" if step == steps_per_epoch else "")
-    if epochs_done:
-        return f"stage {stage} after epoch {epochs_done}{of(stage_epochs)}"
-    return f"the start of stage {stage}"
-
-
-POSITION = ("stage", "epoch", "step_in_epoch")
-
-
-def checkpoint_position(path: str, counters: tuple[str, ...] = POSITION) -> dict[str, int]:
-    """``{"stage", "epoch", "step_in_epoch"}`` of a `Trainer` checkpoint: epochs done in
-    the stage, steps done in the current epoch; ``stage`` is one past the last stage
-    once training finished. Other `counters` of the `Trainer` may be read as well
-    (``epochs_since_best``)."""
-    reader = tf.train.load_checkpoint(path)
-    return {name: int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
-            for name in counters}
-
-
-def _checkpoints_scale_loss(latest: Optional[str], mixed_precision: bool) -> bool:
-    """Whether the optimizers scale the loss: as the run's checkpoint `latest` (the one
-    it resumes from) was written, when there is one, else with `mixed_precision`.
-
-    A loss-scaling optimizer saves another checkpoint layout than plain Adam, and
-    `--runtime.mixed_precision` may change between reruns (a run moved off its GPUs):
-    the run keeps the layout it started with. Loss scaling in float32 only multiplies
-    the loss and divides the gradients back; without it float16 gradients can be too
-    small for float16, so a run without it goes on in float32 (`Trainer`), and says so.
-    """
-    if latest is None:
-        return mixed_precision
-    scaled = any(name.startswith("optimizer_stage1/dynamic_scale/")
-                 for name, _ in tf.train.list_variables(latest))
-    if mixed_precision and not scaled:
-        print("[train] this run's checkpoints were written without "
-              "--runtime.mixed_precision, so its optimizers do not scale the loss, which "
-              "float16 needs: it goes on in float32 (a new run trains in float16)",
-              file=sys.stderr)
-    return scaled
-
-
-def _last_logged_steps(directory: str) -> dict[str, int]:
-    """The largest step of each tag in the TensorBoard event files in `directory`; a
-    file cut short by a killed process counts up to where it breaks."""
-    last: dict[str, int] = {}
-    for path in glob.glob(os.path.join(glob.escape(directory), "events.out.tfevents.*")):
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                for value in event.summary.value:
-                    last[value.tag] = max(last.get(value.tag, 0), event.step)
-        except tf.errors.DataLossError:
-            pass
-    return last
-
-
-def _date_event_files_before(directory: str, now: int) -> Optional[int]:
-    """Renames the TensorBoard event files in `directory` to name stamps below `now`
-    where any is at or after it, in the same order and with the rest of each name kept;
-    returns the newest stamp's distance ahead of `now` in seconds (None: none renamed).
-
-    A writer stamps its file's name with the second it is made, and TensorBoard reads a
-    run's files in name order, taking a step lower than the last one read for a restart
-    whose later points it drops: a file made by a clock behind the one that dated an
-    earlier file (a run folder trained on another host, a clock set back) would sort
-    first, and the resumed curves would not be shown."""
-    stamped = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else ():
-        match = re.fullmatch(r"(events\.out\.tfevents\.)(\d+)(\..*)", name)
-        if match:
-            stamped.append((int(match[2]), name, match))
-    if not stamped or max(stamped)[0] < now:
-        return None
-    stamps = sorted({stamp for stamp, _, _ in stamped})
-    shift = stamps[-1] - now + 1
-    # Shifted alike, so as far apart as they were; never below their rank, which keeps
-    # them in order and not negative however far apart the clocks that dated them were.
-    earlier = {stamp: max(stamp - shift, rank) for rank, stamp in enumerate(stamps)}
-    # Oldest first: every name a file is given has been let go by then.
-    for stamp, name, match in sorted(stamped):
-        os.rename(os.path.join(directory, name),
-                  os.path.join(directory, f"{match[1]}{earlier[stamp]:010d}{match[3]}"))
-    return shift - 1
-
-
-@tf.autograph.experimental.do_not_convert
-def _index_batch(index: tf.Tensor) -> dict[str, tf.Tensor]:
-    """A batch of stage 2's input when M_map's outputs are kept: the rows to gather."""
-    return {"index": index}
-
-
-def _write_rows(kept: dict, rows: dict, start: int, count: int) -> int:
-    """Writes `rows` (name → `[n, ...]`) from row `start` into `kept`'s variables of
-    `count` rows, each made at its first batch; returns the next row. Variables, not
-    tensors: the stage-2 step reads them by handle (`tf.gather`) instead of capturing a
-    copy, and the input pipeline carries only indices, so steps never wait for it."""
-    size = int(next(iter(rows.values())).shape[0])
-    if start + size > count:
-        raise _records_changed(start + size, count)
-    with tf.device("CPU:0"):
-        for name, value in rows.items():
-            if name not in kept:
-                kept[name] = tf.Variable(tf.zeros([count, *value.shape[1:]], value.dtype),
-                                         trainable=False)
-            # In place: `variable[a:b].assign` would first copy the whole variable.
-            tf.raw_ops.ResourceStridedSliceAssign(ref=kept[name].handle, begin=[start],
-                                                  end=[start + size], strides=[1], value=value)
-    return start + size
-
-
-# Settings that may differ between the workers of one run: where each keeps its cache
-# and finds its data (the data themselves are compared by the feature cache's fingerprint).
-_PER_WORKER = {"data": ("data_dir", "manifest"), "runtime": ("cache_dir",)}
-
-
-def _settings_parts(config: ExperimentConfig, facts: RunFacts, num_train: int) -> dict:
-    """What the workers of a multi-worker run must agree on, by the name a message gives
-    it: each flag section (``--stage2.*`` ...) and the data the run trains on."""
-    record = {**config.to_record(), "runtime": config.to_dict()["runtime"]}
-    parts = {}
-    for section, values in record.items():
-        parts[f"--{section}.*"] = {key: value for key, value in values.items()
-                                   if key not in _PER_WORKER.get(section, ())}
-    parts["data (feature cache, labels or T_max)"] = {
-        "features": facts.features_fingerprint, "labels": list(facts.label_names),
-        "max_steps": facts.max_steps, "label_order": facts.label_order,
-        "train_examples": num_train}
-    return parts
-
-
-def _digest(part: dict) -> list[int]:
-    """Three 16-bit numbers from a hash of `part`: summed with their squares over every
-    replica in float64, they are exact for up to a thousand replicas."""
-    digest = hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).digest()
-    return [int.from_bytes(digest[i:i + 2], "big") for i in range(0, 6, 2)]
-
-
-# The share of the memory this process may use that `--train.cache_records_mib` is capped
-# at. The rest is the process's own: TensorFlow and the model (1.3 GB in the main job
-# besides what it keeps), and the allocator, which holds on to each pass's peak.
-_MEMORY_SHARE = 1 / 3
-
-
-def memory_budget_mib(cache_records_mib: int, limit: Optional[tuple[float, str]] = None
-                      ) -> tuple[float, Optional[str]]:
-    """``(MiB, why capped)``: what training may keep in memory at once, the training
-    records and stage 2's M_map outputs together: `cache_records_mib`, capped at a third of
-    `limit` (`memory_limit_mib`); the reason is None where the flag's value stands."""
-    if limit is None:
-        return float(cache_records_mib), None
-    available, source = limit
-    cap = available * _MEMORY_SHARE
-    if cap >= cache_records_mib:
-        return float(cache_records_mib), None
-    return cap, f"a third of the {available:.0f} MiB this process may use ({source})"
-
-
-def _give_back_freed_memory() -> None:
-    """Hands the memory this process has freed back to the system, where the C library
-    can (glibc's ``malloc_trim``; elsewhere nothing). Records let go otherwise stay in
-    its heaps, counted against a memory limit, and the large arrays made next do not
-    reuse them: the main job's pass of M_map's outputs, its records let go, peaked at
-    1.8-2.0 GB without this and 1.55 GB with it (2.0 GB with the records kept)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _records_changed(seen: int, count: int) -> ValueError:
-    return ValueError(f"this input pipeline's training records gave {seen} examples where "
-                      f"{count} were counted: were the feature shards changed during the run?")
 
 
 class Trainer:
@@ -345,7 +151,7 @@ class Trainer:
             (`head_outputs_mib` within `memory_budget_mib`, residual decoder). The records
             are let go before that pass where both do not fit at once.
         loss_scaling: whether the stages' optimizers scale the loss, as the run's
-            checkpoints were written (`_checkpoints_scale_loss`).
+            checkpoints were written (`checkpoints_scale_loss`).
         mixed_precision: whether the model computes in float16: as asked
             (``--runtime.mixed_precision``), unless the optimizers do not scale the loss.
     """
@@ -392,7 +198,7 @@ class Trainer:
         resume_from, _, _ = self._resume_point()
         # Before anything is built from the checkpoint (the loss-scaling layout, say).
         self._check_workers_agree(resume_from)
-        self.loss_scaling = _checkpoints_scale_loss(resume_from, runtime.mixed_precision)
+        self.loss_scaling = checkpoints_scale_loss(resume_from, runtime.mixed_precision)
         self.mixed_precision = runtime.mixed_precision and self.loss_scaling
         if self.mixed_precision and not tf.config.list_logical_devices("GPU"):
             print("[train] --runtime.mixed_precision is meant for GPUs, and none is visible: "
@@ -424,7 +230,7 @@ class Trainer:
         self.global_step = counter("global_step")
         self.best_metric = counter("best_metric", -1.0, tf.float64)
         self.epochs_since_best = counter("epochs_since_best")
-        # The decoding settings a stage-2 `best_metric` was scored at (`_scoring_settings`;
+        # The decoding settings a stage-2 `best_metric` was scored at (`scoring_settings`;
         # empty in a checkpoint written before it was recorded).
         self.best_scored_at = counter("best_scored_at", "", tf.string)
         # Keras keeps dropout RNG state outside the checkpointable graph; add it so a
@@ -518,7 +324,7 @@ class Trainer:
                 # M_map's outputs, as `start` would compute them, refused beyond float16's
                 # range as the copy `_keep_head_outputs` keeps is.
                 inputs = model.head_outputs(inputs)
-                beyond = _beyond_float16(inputs[0])
+                beyond = beyond_float16(inputs[0])
             with tf.GradientTape() as tape:
                 per_example, per_step = losses(inputs, labels)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
@@ -537,7 +343,7 @@ class Trainer:
                 inputs, labels = tf.cast(batch["features"], tf.float32), batch["labels"]
             loss, per_step, grads, beyond = gradients(inputs, labels)
             if loss_scaling and self.strategy.num_replicas_in_sync > 1:
-                grads = _poisoned_if_any_replica_overflowed(grads)
+                grads = poisoned_if_any_replica_overflowed(grads)
             optimizer.apply_gradients(zip(grads, variables))
             # Summed over the replicas some image took each step on (NaN on the others).
             untaken = tf.math.is_nan(per_step)
@@ -594,7 +400,7 @@ class Trainer:
         head = tf.function(lambda features: self.model.head_outputs(tf.cast(features, tf.float32)),
                            autograph=False)
         examples = self._head_outputs_source(key, ctx)
-        # Each batch is written into variables of the final size (`_write_rows`): the
+        # Each batch is written into variables of the final size (`write_rows`): the
         # outputs are never held twice (batches and their concatenation). TensorFlow's CPU
         # allocator keeps the peak of this pass for the rest of the process.
         count = (self.num_train if ctx.num_input_pipelines == 1
@@ -610,14 +416,14 @@ class Trainer:
                           enabled=self.progress and self.chief) as bar:
             for batch in bar:
                 head_features, scores = head(batch["features"])
-                if float(_beyond_float16(head_features)):
+                if float(beyond_float16(head_features)):
                     raise self._head_outputs_overflow()
                 # float16 halves the memory; the features were stored in float16 anyway.
                 rows = {"head_features": tf.cast(head_features, tf.float16),
                         "scores": tf.cast(scores, tf.float32), "labels": batch["labels"]}
-                done = _write_rows(kept, rows, done, count)
+                done = write_rows(kept, rows, done, count)
         if done != count:
-            raise _records_changed(done, count)
+            raise records_changed(done, count)
         self._head_outputs = kept
         self._head_outputs_key = key
         return int(self._head_outputs["labels"].shape[0])
@@ -634,7 +440,7 @@ class Trainer:
             return kept
         if kept is not None:
             del kept
-            _give_back_freed_memory()
+            give_back_freed_memory()
         return self.train_examples_fn(ctx)
 
     def _head_outputs_overflow(self) -> NonFiniteLossError:
@@ -681,7 +487,7 @@ class Trainer:
             # refilling the shuffle buffer for a pass no step reads.
             ds = ds.take(self.steps_per_epoch * local_replicas).skip(skip_steps * local_replicas)
             if indices:
-                ds = ds.map(_index_batch)
+                ds = ds.map(index_batch)
             elif self.parse_batch_fn is not None:
                 ds = ds.map(self.parse_batch_fn, num_parallel_calls=INPUT_THREADS)
             # No autotuner, whose thread held each epoch's end; each op single-threaded.
@@ -706,7 +512,7 @@ class Trainer:
             print(f"[train] skipped checkpoint {prefix}: {problem}; resuming from the older "
                   f"{latest} (the files {prefix}.* can be deleted)", file=sys.stderr)
         if self.chief:
-            self._logged = _last_logged_steps(self.run_dir.tensorboard_dir)
+            self._logged = last_logged_steps(self.run_dir.tensorboard_dir)
         # The checkpoint this run stands at (its number is the global step), on every worker.
         self._saved_step = int(latest.rsplit("-", 1)[1]) if latest else None
         if latest:
@@ -753,15 +559,15 @@ class Trainer:
     def _check_workers_agree(self, latest: Optional[str]) -> None:
         """Refuses, on every worker alike, a multi-worker run whose workers would resume
         from different points (`latest`), or were started with different settings or
-        data (`_settings_parts`): their replicas would train different weights together,
+        data (`settings_parts`): their replicas would train different weights together,
         or wait on each other's saves and steps until killed."""
         if num_workers(self.strategy) == 1:
             return
         position = checkpoint_position(latest) if latest else {
             "stage": 1, "epoch": 0, "step_in_epoch": 0}
-        parts = _settings_parts(self.config, self.facts, self.num_train)
+        parts = settings_parts(self.config, self.facts, self.num_train)
         here = tf.constant([position["stage"], position["epoch"], position["step_in_epoch"]]
-                           + [number for part in parts.values() for number in _digest(part)],
+                           + [number for part in parts.values() for number in digest(part)],
                            tf.float64)
 
         def sums():
@@ -844,7 +650,7 @@ class Trainer:
         Every worker of a multi-worker run decides alike, from the checkpoint it resumed
         from, and scores the same best weights (the chief's, which it takes on resuming
         from the chief's checkpoints; else its own copy of them)."""
-        now = _scoring_settings(self.config)
+        now = scoring_settings(self.config)
         scored_at = self.best_scored_at.numpy().decode()
         if self.validate_fn is None or float(self.best_metric) < 0 or scored_at == now:
             return
@@ -863,10 +669,10 @@ class Trainer:
             info["validation"] = metrics
             self.run_dir.save_best_info(info)
             epoch = f" (epoch {info['epoch']})"
-        then = (f"at {_said_settings(scored_at)}" if scored_at
+        then = (f"at {said_settings(scored_at)}" if scored_at
                 else "at settings its checkpoint does not record")
         print(f"[train] the best stage-2 epoch so far{epoch} scored {before:.2f} on validation "
-              f"{then}; scored again at the run's {_said_settings(now)}: {metrics['score']:.2f}, "
+              f"{then}; scored again at the run's {said_settings(now)}: {metrics['score']:.2f}, "
               f"the score the epochs from here must beat", file=sys.stderr)
 
     def _say_if_schedule_changed(self) -> None:
@@ -880,7 +686,7 @@ class Trainer:
         now = self.stage_config(stage)
         before = self.settings_before.stage1 if stage == 1 else self.settings_before.stage2
         optimizer = getattr(self.optimizers[stage], "inner_optimizer", self.optimizers[stage])
-        steps = int(_number(optimizer.iterations))
+        steps = int(number(optimizer.iterations))
         if now.schedule != "cosine" or now.epochs == before.epochs or not steps:
             return
         rate, was = (float(self._learning_rate(given)(steps)) for given in (now, before))
@@ -1109,11 +915,11 @@ class Trainer:
     def writer(self) -> tf.summary.SummaryWriter:
         """The run's TensorBoard writer, made at its first point: a rerun of a finished run
         logs none, and leaves no empty event file. Its file is named to sort after the
-        earlier commands' files (`_date_event_files_before`)."""
+        earlier commands' files (`date_event_files_before`)."""
         if not self.chief:
             return tf.summary.create_noop_writer()
         directory = self.run_dir.tensorboard_dir
-        ahead = _date_event_files_before(directory, int(time.time()))
+        ahead = date_event_files_before(directory, int(time.time()))
         if ahead is not None:
             print(f"[train] the TensorBoard event files in {directory} were dated up to "
                   f"{ahead} s ahead of this clock: renamed them to earlier dates, in the same "
@@ -1176,7 +982,7 @@ class Trainer:
         epoch, start_step = int(self.epoch), int(self.step_in_epoch)
         stage_config = self.stage_config(stage)
         runtime = self.config.runtime
-        window = _LoggingWindow()
+        window = LoggingWindow()
         bar = progress_bar(total=self.steps_per_epoch, initial=start_step, unit="step",
                            desc=f"stage {stage} epoch {epoch + 1}/{stage_config.epochs}",
                            enabled=self.progress and self.chief)
@@ -1202,7 +1008,7 @@ class Trainer:
                         if value is not None:  # no image of the window took step t
                             self._scalar(f"loss_per_decoding_step/t{t + 1}", value, step)
                     self._scalar(f"learning_rate/stage{stage}",
-                                 _last_step_learning_rate(self.optimizers[stage]), step)
+                                 last_step_learning_rate(self.optimizers[stage]), step)
                     rate = window.examples_per_second(self.global_batch)
                     if rate is not None:
                         self._scalar("examples_per_second", rate, step)
@@ -1236,7 +1042,7 @@ class Trainer:
               file=sys.stderr)
         if metrics["score"] > float(self.best_metric):
             self.best_metric.assign(metrics["score"])
-            self.best_scored_at.assign(_scoring_settings(self.config) if stage == 2 else "")
+            self.best_scored_at.assign(scoring_settings(self.config) if stage == 2 else "")
             self.epochs_since_best.assign(0)
             self.best_manager.save(checkpoint_number=step)
             if self.chief:
@@ -1246,119 +1052,3 @@ class Trainer:
             self.epochs_since_best.assign_add(1)
 
 
-def _scoring_settings(config: ExperimentConfig) -> str:
-    """The decoding settings a stage-2 validation score depends on, as the checkpoint
-    records them beside the best score (`Trainer.best_scored_at`)."""
-    decoding = config.decoding
-    return json.dumps({"beam_size": decoding.beam_size, "min_labels": decoding.min_labels,
-                       "calibration_objective": decoding.calibration_objective},
-                      sort_keys=True)
-
-
-def _said_settings(settings: str) -> str:
-    """`_scoring_settings` as a log line says them: ``K=3, min_labels 1, objective o_f1``."""
-    values = json.loads(settings)
-    return (f"K={values['beam_size']}, min_labels {values['min_labels']}, objective "
-            f"{values['calibration_objective']}")
-
-
-def _poisoned_if_any_replica_overflowed(grads):
-    """A replica's gradients, made NaN where any replica's are not finite.
-
-    Keras' `LossScaleOptimizer` decides to skip a step (and halve the scale) from the
-    first local replica's gradients alone, before they are summed across replicas: an
-    overflow on another replica would be applied (NaN weights under MirroredStrategy),
-    and workers that decide apart wait for each other for ever (multi-worker). Every
-    replica now sees the overflow, so every one skips, as one device would."""
-    values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
-    overflowed = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-    factor = tf.where(overflowed > 0, float("nan"), 1.0)
-
-    def poisoned(g):
-        if g is None:
-            return None
-        if isinstance(g, tf.IndexedSlices):
-            return tf.IndexedSlices(g.values * tf.cast(factor, g.values.dtype), g.indices,
-                                    g.dense_shape)
-        return g * tf.cast(factor, g.dtype)
-
-    return [poisoned(g) for g in grads]
-
-
-def _last_step_learning_rate(optimizer) -> float:
-    """The rate the optimizer's last update used. Keras evaluates a schedule at its
-    `iterations`, the count after that update (the rate of the step to come: 0 after a
-    cosine schedule's last step); a constant rate is a (possibly mirrored) variable."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
-    schedule = inner._learning_rate  # Keras keeps no public handle on the schedule
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(schedule(max(int(_number(inner.iterations)) - 1, 0)))
-    return float(_number(inner.learning_rate))
-
-
-def _number(value):
-    """A (possibly mirrored) variable's value, which does not convert with int()."""
-    return tf.convert_to_tensor(getattr(value, "value", value)).numpy()
-
-
-def stage_bar_postfix(loss: float, rate: Optional[float]) -> str:
-    """A stage bar's numbers after tqdm's own, each saying what it is: the step's loss and,
-    once measured (after the epoch's first step), the pace in images a second, as the
-    project's other bars write it (``loss=1.0581, 412 img/s``)."""
-    return f"loss={loss:.4f}" + ("" if rate is None else f", {rate:.0f} img/s")
-
-
-class _LoggingWindow:
-    """The training steps since the last TensorBoard point: their per-decoding-step
-    losses and their pace.
-
-    A point of `loss_per_decoding_step/t<t>` is the mean over the window's batches in
-    which some image took step t (one batch's value was noisy, and 0 where none did);
-    `examples_per_second` is the window's own pace, not the epoch's average so far, and
-    leaves out each epoch's first step (the one that traces the step function, or waits
-    for the epoch's input to start)."""
-
-    def __init__(self):
-        self._traced = None  # when the first step, the trace, ended
-        self._steps_since_trace = 0
-        self.restart()
-
-    def restart(self) -> None:
-        self._losses = self._counts = None
-        self._started, self._steps = time.perf_counter(), 0
-
-    def add(self, per_step) -> None:
-        """One step done; `per_step`, its loss at each decoding step (NaN where no image
-        took it), or None in stage 1."""
-        if self._traced is None:
-            self._traced = self._started = time.perf_counter()
-        else:
-            self._steps += 1
-            self._steps_since_trace += 1
-        if per_step is not None:
-            taken = np.isfinite(per_step)
-            if self._losses is None:
-                self._losses, self._counts = np.zeros(len(per_step)), np.zeros(len(per_step))
-            self._losses += np.where(taken, per_step, 0.0)
-            self._counts += taken
-
-    def step_losses(self) -> list:
-        """Each decoding step's mean loss over the window, None where no image took it."""
-        if self._losses is None:
-            return []
-        return [float(total / count) if count else None
-                for total, count in zip(self._losses, self._counts)]
-
-    def examples_per_second(self, global_batch: int) -> Optional[float]:
-        """The window's pace; None for a window of the trace alone."""
-        if not self._steps:
-            return None
-        return self._steps * global_batch / (time.perf_counter() - self._started)
-
-    def bar_rate(self, global_batch: int) -> Optional[float]:
-        """The pace since the trace, for the progress bar."""
-        if not self._steps_since_trace:
-            return None
-        return self._steps_since_trace * global_batch / (time.perf_counter() - self._traced)
