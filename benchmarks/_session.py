@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from ofrnn_tf.serving.local_server import load_session
+from ofrnn_tf.serving.servable import load_session
 
 
 class SessionModel:

@@ -2,7 +2,7 @@
 
 From one finished run (`--workdir`), this writes three SavedModels of its
 `InferenceModule` and loads each through TensorFlow Serving's loading path (a session
-over the SignatureDef, `ofrnn_tf.serving.local_server.load_session`):
+over the SignatureDef, `ofrnn_tf.serving.servable.load_session`):
 
 - `portable`: the default export (no XLA; the decoding steps unrolled);
 - `loop`: the same with the decoding steps in a `tf.while_loop` (what unrolling saves);

@@ -30,7 +30,7 @@ from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.inference import InferenceModule, UncalibratedBeamSizeError
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.client import PREDICT_OUTPUTS
-from ofrnn_tf.serving.local_server import Servable, load_session, xla_compiled_functions
+from ofrnn_tf.serving.servable import Servable, load_session, xla_compiled_functions
 from ofrnn_tf.serving.server_process import find_latest_version
 from ofrnn_tf.tf_errors import op_error_text
 

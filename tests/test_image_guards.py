@@ -702,7 +702,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 from ofrnn_tf.features.image_guards import decode_images
-from ofrnn_tf.serving.local_server import load_session
+from ofrnn_tf.serving.servable import load_session
 
 good, corrupt = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
 export_dir, runs = sys.argv[3], int(sys.argv[4])

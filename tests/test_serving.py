@@ -44,7 +44,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ofrnn_tf.features.images import read_image_header as image_size
 from ofrnn_tf.serving import client
-from ofrnn_tf.serving import local_server
+from ofrnn_tf.serving import local_server, request_checks
 from ofrnn_tf.serving.local_server import DEFAULT_MAX_BATCH_SIZE
 from ofrnn_tf.serving.server_process import (DEFAULT_MODEL_NAME, find_latest_version,
                                               start_subprocess, stop, wait_until_listening)
@@ -314,19 +314,19 @@ def test_a_warm_up_file_that_does_not_read_is_named(tmp_path, damage):
 def test_a_version_pruned_while_it_loads_is_passed_over_for_the_newest(tmp_path, monkeypatch,
                                                                       removed):
     # `ofrnn-export --keep_versions` renames the version a starting server just chose.
-    from ofrnn_tf.serving import local_server
+    from ofrnn_tf.serving import local_server, servable as servable_module
 
     for version in (5, 6):
         write_stand_in_model(str(tmp_path), version)
     hook = "load_session" if removed.startswith("before") else "recorded_image_pixel_limit"
-    original = getattr(local_server, hook)
+    original = getattr(servable_module, hook)
 
     def pruned_meanwhile(path, *args):
         if os.path.basename(path) == "6":
             shutil.rmtree(path)
         return original(path, *args)
 
-    monkeypatch.setattr(local_server, hook, pruned_meanwhile)
+    monkeypatch.setattr(servable_module, hook, pruned_meanwhile)
     servable = local_server.Servable.load(str(tmp_path), "ofrnn", False)
     try:
         assert (servable.version, servable.path) == (5, str(tmp_path / "5"))
@@ -537,7 +537,7 @@ def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(mon
     servable = local_server.Servable("ofrnn", 1, "", {"serving_default": images_signature()},
                                      None)
     read = []
-    monkeypatch.setattr(local_server, "read_image_header", lambda *a: read.append(a))
+    monkeypatch.setattr(request_checks, "read_image_header", lambda *a: read.append(a))
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "ofrnn"
     request.inputs["images"].CopyFrom(strings([RED] * 5))
@@ -548,7 +548,7 @@ def test_a_request_above_max_batch_size_is_refused_before_any_header_is_read(mon
     assert read == []
     # A request of exactly the limit goes on to the images' headers.
     request.inputs["images"].CopyFrom(strings([RED] * 4))
-    monkeypatch.setattr(local_server, "read_image_header",
+    monkeypatch.setattr(request_checks, "read_image_header",
                         lambda item, limit: read.append(item) or image_size(item, limit))
     with pytest.raises(local_server.RequestError, match="images\\[0\\]: .*above the limit"):
         local_server.ModelServer(servable, max_batch_size=4, max_image_pixels=63).predict(
@@ -610,11 +610,11 @@ def test_the_servers_pixel_limit_takes_an_image_of_exactly_that_many_pixels():
 
     info = images_signature().inputs["images"]
     exact = np.array([encode((1, 2, 3), size=(8, 8))], object)
-    local_server._check_items("images", info, exact, 64)  # 8 x 8 = 64 pixels: taken
+    request_checks.check_items("images", info, exact, 64)  # 8 x 8 = 64 pixels: taken
     with pytest.raises(local_server.RequestError,
                        match=r"^images\[0\]: PNG of 8x8 = 64 pixels is above the limit "
                              r"of 63 pixels$"):
-        local_server._check_items("images", info, exact, 63)
+        request_checks.check_items("images", info, exact, 63)
 
 
 @pytest.mark.parametrize("flag,message", [
@@ -748,7 +748,7 @@ def test_nan_in_any_floating_input_is_refused_naming_the_item(dtype):
     info = meta_graph_pb2.TensorInfo(dtype=dtype.as_datatype_enum)
     value = np.array([[1.0, 2.0], [3.0, np.nan]], dtype=dtype.as_numpy_dtype)
     with pytest.raises(local_server.RequestError, match=r"^x\[1\]: contains NaN or Inf$"):
-        local_server._check_items("x", info, value, 10 ** 6)
+        request_checks.check_items("x", info, value, 10 ** 6)
 
 
 def test_a_dropped_server_still_lets_its_session_go(monkeypatch):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ofrnn_tf.serving.local_server import typed_tensor_proto
+from ofrnn_tf.serving.request_checks import typed_tensor_proto
 from ofrnn_tf.serving.protos import float_tensor, string_tensor, tensor_array
 
 

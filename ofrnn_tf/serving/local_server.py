@@ -37,6 +37,10 @@ requests are replayed before the port opens, as TF Serving does: until then a cl
 finds nothing listening (UNAVAILABLE). The port is tried before the model loads, so a
 busy one fails at once.
 
+A version is loaded by `ofrnn_tf.serving.servable`, a request checked by
+`ofrnn_tf.serving.request_checks`, and the ``grpc.aio`` server run by
+`ofrnn_tf.serving.loop_server`; this module answers the calls.
+
 The command over it is ``ofrnn-serve`` (`ofrnn_tf.cli.serve`)::
 
     ofrnn-serve --model_base_path=exports/ofrnn --port=8500
@@ -55,17 +59,13 @@ import threading
 import time
 import weakref
 from concurrent import futures
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from google.protobuf import text_format
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow.python.util import deprecation
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -77,10 +77,14 @@ from tensorflow_serving.apis import (
 
 from ofrnn_tf.export.warmup import WARMUP_FILE
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
-from ofrnn_tf.features.images import find_undecodable, read_image_header
+from ofrnn_tf.features.images import find_undecodable
 from ofrnn_tf.serving.server_process import (
     DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MODEL_NAME, PARTIAL_COPY_HINT,
-    find_latest_version, version_folders)
+    version_folders)
+from ofrnn_tf.serving.loop_server import LoopServer, run_loop
+from ofrnn_tf.serving.request_checks import (
+    RequestError, check_input, check_items, typed_tensor_proto)
+from ofrnn_tf.serving.servable import LOAD_ATTEMPTS, Servable, all_removed
 from ofrnn_tf.tf_errors import op_error_text
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -89,306 +93,9 @@ SHUTDOWN_GRACE_SECONDS = 2.0  # on SIGTERM or Ctrl-C, before requests in flight 
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit as well
 
 
-class RequestError(Exception):
-    """A request the server refuses, with the gRPC status code to answer. The message is
-    cut to `MAX_MESSAGE_BYTES` of UTF-8: it quotes the request's own strings (a model
-    name, input keys), which a client may make megabytes long, and it goes into the log
-    and the answer, whose status details gRPC sends percent-encoded within 16 KiB."""
-
-    MAX_MESSAGE_BYTES = 2000
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        encoded = message.encode("utf-8", "backslashreplace")
-        if len(encoded) > self.MAX_MESSAGE_BYTES:
-            kept = encoded[:self.MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
-            message = f"{kept}... (cut: the message is {len(message)} characters)"
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-# ---------------------------------------------------------------------------
-# Loading.
-
-
 class WarmUpUnread(RuntimeError):
     """A version's warm-up file does not read (cut short, or not TFRecords): what a copy
     into the base path still running or cut short leaves, as a missing variables file."""
-
-
-# Versions tried when the newest is removed while it loads (`Servable.load`).
-_LOAD_ATTEMPTS = 3
-
-
-@dataclass
-class Servable:
-    """One loaded model version, run the way TensorFlow Serving runs it.
-
-    TF Serving loads a SavedModel with the C++ ``LoadSavedModel``: a session over the
-    graph, fed and fetched through the tensor names of each SignatureDef. This is the
-    same loader from Python (`tf.compat.v1.saved_model.loader.load`), so a model that
-    serves here restores its variables and runs its signatures as TF Serving would.
-    """
-
-    name: str
-    version: int
-    path: str
-    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
-    session: Any = field(repr=False)
-    max_image_pixels: int | None = None  # the export's limit, if it records one
-
-    @classmethod
-    def load(cls, model_base_path: str, name: str, xla_compilation_enabled: bool = False
-             ) -> "Servable":
-        """The newest version; RuntimeError naming its folder if it does not load (a
-        copy still running or cut short, say), or if it holds functions compiled with XLA
-        and `xla_compilation_enabled` is off, as TensorFlow Serving would fail them.
-
-        A version removed while it loads (an export's ``--keep_versions`` pruning the
-        base path as this server starts) is passed over for the newest one again."""
-        for attempt in range(1, _LOAD_ATTEMPTS + 1):
-            try:
-                version, path = find_latest_version(model_base_path)
-            except FileNotFoundError:  # the newest listed was renamed away before it was read
-                if attempt == _LOAD_ATTEMPTS:
-                    raise
-                continue
-            try:
-                servable = cls._load_version(name, version, path, xla_compilation_enabled)
-            except RuntimeError:
-                if os.path.isdir(path) or attempt == _LOAD_ATTEMPTS:
-                    raise
-                continue
-            if os.path.isdir(path):
-                return servable
-            servable.session.close()  # removed during the load: its limit may be unread
-        raise _all_removed(model_base_path)
-
-    @classmethod
-    def _load_version(cls, name: str, version: int, path: str,
-                      xla_compilation_enabled: bool) -> "Servable":
-        compiled = xla_compiled_functions(path)
-        if compiled and not xla_compilation_enabled:
-            raise RuntimeError(
-                f"version {version} ({path}) compiles {len(compiled)} function(s) with XLA "
-                f"(an ofrnn-export --jit_compile export), which TensorFlow Serving runs only "
-                f"when started with --xla_cpu_compilation_enabled (on GPUs "
-                f"--xla_gpu_compilation_enabled); without it their first request fails. "
-                f"Start this server with --xla_cpu_compilation_enabled too, or export without "
-                f"--jit_compile")
-        try:
-            session, signature_defs = load_session(path)
-            limit = recorded_image_pixel_limit(path)
-        # RuntimeError: TF's loader finds no 'serve' graph in an empty saved_model.pb.
-        except (tf.errors.OpError, ValueError, OSError, RuntimeError, DecodeError) as e:
-            text = op_error_text(e) if isinstance(e, tf.errors.OpError) else str(e)
-            raise RuntimeError(f"version {version} ({path}) does not load: {text}"
-                               f"{PARTIAL_COPY_HINT}") from None
-        return cls(name, version, path, signature_defs, session, limit)
-
-    @property
-    def signatures(self) -> list[str]:
-        return sorted(self.signature_defs)
-
-    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-            output_keys: Sequence[str], timeout_ms: int | None = None) -> dict[str, np.ndarray]:
-        """Runs one signature: inputs and outputs by their SignatureDef keys; a run
-        longer than `timeout_ms` is cancelled (`tf.errors.DeadlineExceededError`)."""
-        signature = self.signature_defs[signature_name]
-        feed = {signature.inputs[key].name: value for key, value in inputs.items()}
-        fetches = {key: signature.outputs[key].name for key in output_keys}
-        options = None if timeout_ms is None else tf.compat.v1.RunOptions(timeout_in_ms=timeout_ms)
-        return self.session.run(fetches, feed_dict=feed, options=options)
-
-
-def _all_removed(model_base_path: str) -> RuntimeError:
-    """The error of a start whose every try found its version removed meanwhile."""
-    return RuntimeError(f"every version of {model_base_path} read was removed while it "
-                        f"loaded ({_LOAD_ATTEMPTS} tries): start the server once the "
-                        f"exports into it are done")
-
-
-# The checkpoint key of `InferenceModule.max_image_pixels` (ofrnn_tf/inference/module.py).
-_PIXEL_LIMIT_KEY = "max_image_pixels/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def recorded_image_pixel_limit(saved_model_dir: str) -> int | None:
-    """The image-size limit the export's graph enforces, or None if it records none."""
-    try:
-        reader = tf.train.load_checkpoint(os.path.join(saved_model_dir, "variables", "variables"))
-    except (tf.errors.OpError, ValueError):
-        return None  # no variables at all
-    return int(reader.get_tensor(_PIXEL_LIMIT_KEY)) if reader.has_tensor(_PIXEL_LIMIT_KEY) else None
-
-
-def xla_compiled_functions(saved_model_dir: str) -> list[str]:
-    """The functions of a SavedModel marked to be compiled with XLA (``jit_compile=True``,
-    the node attribute ``_XlaMustCompile``); none when its ``saved_model.pb`` (or
-    ``.pbtxt``) does not read (the loader then names the problem)."""
-    model = saved_model_pb2.SavedModel()
-    binary = os.path.join(saved_model_dir, "saved_model.pb")
-    try:
-        if os.path.exists(binary):
-            with open(binary, "rb") as f:
-                model.ParseFromString(f.read())
-        else:
-            with open(os.path.join(saved_model_dir, "saved_model.pbtxt")) as f:
-                text_format.Parse(f.read(), model)
-    except (OSError, DecodeError, text_format.ParseError, UnicodeDecodeError):
-        return []
-    marked = []
-    for graph in model.meta_graphs:
-        for function in graph.graph_def.library.function:
-            attrs = [function.attr] + [node.attr for node in function.node_def]
-            if any("_XlaMustCompile" in a and a["_XlaMustCompile"].b for a in attrs):
-                marked.append(function.signature.name)
-    return marked
-
-
-def load_session(saved_model_dir: str, tags: Sequence[str] = ("serve",)
-                 ) -> tuple[tf.compat.v1.Session, dict[str, meta_graph_pb2.SignatureDef]]:
-    """A session holding the SavedModel's serving graph with its variables restored, and
-    its SignatureDefs: TensorFlow Serving's loading path (``SavedModelBundle``)."""
-    graph = tf.Graph()
-    session = tf.compat.v1.Session(graph=graph)
-    # The TF1 loader is TF Serving's path on purpose; its deprecation notice is not news.
-    with graph.as_default(), deprecation.silence():
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), saved_model_dir)
-    # `__saved_model_init_op` runs at load time; it is not a signature to call.
-    return session, {name: sig for name, sig in meta_graph.signature_def.items()
-                     if not name.startswith("__")}
-
-
-# ---------------------------------------------------------------------------
-# Request handling.
-
-
-def _shape_text(dims: Sequence[int]) -> str:
-    return "[" + ", ".join("None" if d < 0 else str(d) for d in dims) + "]"
-
-
-# The TensorProto field that holds each numeric dtype's values one by one, as TF Serving
-# writes outputs (`tensor_content` packs them as bytes).
-_TYPED_FIELDS = {tf.float32: "float_val", tf.float64: "double_val", tf.int32: "int_val",
-                 tf.int64: "int64_val", tf.bool: "bool_val"}
-
-
-def typed_tensor_proto(value: np.ndarray):
-    """`value` as a TensorProto whose values are in their typed field (``float_val``,
-    ``int_val``, ``string_val``), as TF Serving's Predict answers: `tf.make_tensor_proto`
-    packs an array of several numbers into ``tensor_content``, which a client written for
-    TF Serving in another language does not read."""
-    proto = tf.make_tensor_proto(value)
-    if proto.tensor_content:
-        proto.ClearField("tensor_content")
-        getattr(proto, _TYPED_FIELDS[tf.dtypes.as_dtype(value.dtype)]).extend(
-            np.asarray(value).ravel().tolist())
-    return proto
-
-
-def _check_declared_size(key: str, proto, dtype: tf.DType, max_bytes: int,
-                         max_batch_size: int) -> None:
-    # tf.make_ndarray fills a shape that has fewer values than elements by repeating
-    # the last value, so a tiny request could ask for an enormous array: bound it, and
-    # refuse a batch above the server's limit before it is filled.
-    dims = [d.size for d in proto.tensor_shape.dim]
-    if any(d < 0 for d in dims):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: negative dimension in shape {dims}")
-    if dims and dims[0] > max_batch_size:
-        raise _batch_size_error(dims[0], max_batch_size)
-    n = int(np.prod(dims, dtype=object)) if dims else 1
-    if dtype == tf.string:
-        if n != len(proto.string_val):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {key!r}: shape {_shape_text(dims)} has {n} elements "
-                               f"but the tensor holds {len(proto.string_val)} strings")
-    elif n * dtype.size > max_bytes:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: shape {_shape_text(dims)} is {n * dtype.size} bytes, "
-                           f"more than a request may carry ({max_bytes})")
-    elif proto.tensor_content and len(proto.tensor_content) != n * dtype.size:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: shape {_shape_text(dims)} has {n} elements but "
-                           f"the tensor's content holds {len(proto.tensor_content)} bytes, "
-                           f"not {n * dtype.size}")
-    elif dtype in _TYPED_FIELDS and len(getattr(proto, _TYPED_FIELDS[dtype])) > n:
-        # Fewer values fill the shape with the last one; more fit no shape.
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: shape {_shape_text(dims)} has {n} elements but "
-                           f"the tensor holds {len(getattr(proto, _TYPED_FIELDS[dtype]))} "
-                           f"values (give the shape's dimensions)")
-
-
-def _batch_size_error(size: int, max_batch_size: int) -> RequestError:
-    """The refusal of a request of `size` items (the client splits its batches by it)."""
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"a request of {size} items is above this server's --max_batch_size "
-                        f"of {max_batch_size}: send several requests")
-
-
-def _check_input(key: str, info: meta_graph_pb2.TensorInfo, proto, max_bytes: int,
-                 max_batch_size: int) -> np.ndarray:
-    """The input's array once its dtype, declared size (`_check_declared_size`) and shape
-    are the signature's; its items are checked by `_check_items`. Its batch is checked
-    against the server's limit before the array is filled, and so before any image header
-    is read: a request of many tiny images, or a tiny one declaring a huge batch, is
-    refused at once."""
-    want = tf.dtypes.as_dtype(info.dtype)
-    try:
-        got = tf.dtypes.as_dtype(proto.dtype)
-    except TypeError:
-        got = None
-    if got != want:
-        got_name = got.name if got is not None else f"enum {proto.dtype}"
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: expected dtype {want.name}, got {got_name}")
-    _check_declared_size(key, proto, want, max_bytes, max_batch_size)
-    try:
-        value = tf.make_ndarray(proto)
-    except Exception as e:  # malformed TensorProto (content size does not match the shape)
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r}: malformed tensor: {e}")
-    want_dims = [d.size for d in info.tensor_shape.dim]
-    if not info.tensor_shape.unknown_rank and (
-            value.ndim != len(want_dims)
-            or any(w >= 0 and w != g for w, g in zip(want_dims, value.shape))):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: expected shape {_shape_text(want_dims)}, "
-                           f"got {_shape_text(value.shape)}")
-    if value.ndim == 0:
-        if want.is_floating and not np.isfinite(value):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r}: NaN or Inf")
-        return value  # a scalar input (e.g. predict_with_threshold's threshold)
-    if value.shape[0] == 0:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: empty batch (shape {_shape_text(value.shape)})")
-    return value
-
-
-def _check_items(key: str, info: meta_graph_pb2.TensorInfo, value: np.ndarray,
-                 max_image_pixels: int) -> None:
-    """Refuses an input whose items are not images within `max_image_pixels` (strings)
-    or hold NaN or Inf (floats, as the signature types them), naming the first such
-    item."""
-    if value.ndim == 0:
-        return
-    want = tf.dtypes.as_dtype(info.dtype)
-    if want == tf.string:
-        for flat, item in enumerate(value.reshape(-1)):
-            i = flat if value.ndim == 1 else ", ".join(map(str, np.unravel_index(flat, value.shape)))
-            if not item:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"{key}[{i}]: empty (no image bytes)")
-            try:
-                # A GIF's later frames count too, as the export's guard counts them.
-                read_image_header(item, max_image_pixels)
-            except ValueError as e:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {e}")
-    elif want.is_floating:
-        finite = np.isfinite(value.reshape(value.shape[0], -1).astype(np.float32)).all(axis=1)
-        if not finite.all():
-            i = int(np.argmin(finite))
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: contains NaN or Inf")
 
 
 class RefusalLog:
@@ -557,14 +264,14 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"output_filter names unknown output(s) {unknown}; "
                                f"signature {name!r} has {sorted(sig.outputs)}")
-        inputs = {k: _check_input(k, sig.inputs[k], request.inputs[k], self.max_message_bytes,
+        inputs = {k: check_input(k, sig.inputs[k], request.inputs[k], self.max_message_bytes,
                                   self.max_batch_size)
                   for k in sorted(sig.inputs)}
         sizes = {k: v.shape[0] for k, v in inputs.items() if v.ndim}
         if len(set(sizes.values())) > 1:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs differ in batch size: {sizes}")
         for k, value in inputs.items():
-            _check_items(k, sig.inputs[k], value, self.max_image_pixels)
+            check_items(k, sig.inputs[k], value, self.max_image_pixels)
 
         keys = list(request.output_filter or sig.outputs)
         # Every run fetches all outputs: a session sets its graph up for each set of
@@ -877,7 +584,7 @@ def _ready_service(model_base_path: str, model_name: str, xla_compilation_enable
     passed over for the newest one again, as `Servable.load` passes over one removed
     while its session loads: the server listens only with a version still on disk, not
     with one that a newer version replaced before any client could reach it."""
-    for _ in range(_LOAD_ATTEMPTS):
+    for _ in range(LOAD_ATTEMPTS):
         servable = Servable.load(model_base_path, model_name, xla_compilation_enabled)
         try:
             service = ModelServer(servable, max_image_pixels, max_message_bytes, max_batch_size,
@@ -898,7 +605,7 @@ def _ready_service(model_base_path: str, model_name: str, xla_compilation_enable
             servable.session.close()
         logging.info("version %d was removed from %s while it warmed up: loading the newest "
                      "version again", servable.version, model_base_path)
-    raise _all_removed(model_base_path)
+    raise all_removed(model_base_path)
 
 
 def _warm_up(service: ModelServer) -> None:
@@ -916,61 +623,6 @@ def _warm_up(service: ModelServer) -> None:
                            f"(--nowarmup serves it without its warm-up; an export made again "
                            f"writes requests this version serves)") from None
     logging.info("warm-up: %d request(s) in %.2f s", n, time.perf_counter() - start)
-
-
-class LoopServer:
-    """A started ``grpc.aio`` server, run on an event loop in a thread of its own, for
-    callers that are not coroutines: `stop` and `wait_for_termination` as on a
-    ``grpc.Server``. Dropped without `stop`, it stops at once (as gRPC stops a server
-    it collects)."""
-
-    def __init__(self, server: grpc.aio.Server, loop: asyncio.AbstractEventLoop,
-                 workers: futures.Executor):
-        self._server, self._loop, self._workers = server, loop, workers
-        self._stopped = threading.Event()
-        self._stops: list[asyncio.Future] = []  # those begun, read and added to on the loop
-
-    def stop(self, grace: float | None) -> threading.Event:
-        """Refuses new calls and cancels those still open after `grace` seconds (None:
-        at once); returns an Event set once the server has stopped. As on a
-        ``grpc.Server``, a later call with a shorter grace stops it sooner. It takes no
-        lock: a signal handler that calls it may interrupt a call to it."""
-        server, loop, workers, stopped, stops = (self._server, self._loop, self._workers,
-                                                 self._stopped, self._stops)
-
-        def end(_) -> None:  # held by the stops, not by this object
-            workers.shutdown(wait=False)
-            stopped.set()
-            if all(begun.done() for begun in stops):
-                loop.call_soon(loop.stop)  # after the calls' last steps
-
-        def begin() -> None:  # on the loop, so one call at a time
-            if not stopped.is_set():
-                stops.append(asyncio.ensure_future(server.stop(grace)))
-                stops[-1].add_done_callback(end)
-
-        if not stopped.is_set():
-            try:
-                loop.call_soon_threadsafe(begin)
-            except RuntimeError:  # the loop closed meanwhile: the server has stopped
-                pass
-        return stopped
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Waits until the server has stopped; True if `timeout` seconds passed first."""
-        return not self._stopped.wait(timeout)
-
-    def __del__(self):
-        if not self._loop.is_closed():
-            self.stop(None)
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
 
 
 def _start(service: ModelServer, host: str, port: int, max_message_bytes: int) -> tuple[
@@ -996,7 +648,7 @@ def _start(service: ModelServer, host: str, port: int, max_message_bytes: int) -
         return server, bound
 
     loop = asyncio.new_event_loop()
-    threading.Thread(target=_run_loop, args=(loop,), name="serve-loop", daemon=True).start()
+    threading.Thread(target=run_loop, args=(loop,), name="serve-loop", daemon=True).start()
     try:
         server, bound = asyncio.run_coroutine_threadsafe(started(), loop).result()
     except BaseException:
