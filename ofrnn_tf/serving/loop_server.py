@@ -58,6 +58,8 @@ class LoopServer:
 
 
 def run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Runs `loop` in the calling thread (the server's own) until it is stopped, then
+    closes it."""
     asyncio.set_event_loop(loop)
     try:
         loop.run_forever()

@@ -17,7 +17,7 @@ def memory_budget_mib(cache_records_mib: int, limit: Optional[tuple[float, str]]
                       ) -> tuple[float, Optional[str]]:
     """``(MiB, why capped)``: what training may keep in memory at once, the training
     records and stage 2's M_map outputs together: `cache_records_mib`, capped at a third of
-    `limit` (`memory_limit_mib`); the reason is None where the flag's value stands."""
+    `limit` (`host_limits.memory_limit_mib`); the reason is None where the flag's value stands."""
     if limit is None:
         return float(cache_records_mib), None
     available, source = limit
