@@ -18,11 +18,11 @@ def last_step_learning_rate(optimizer) -> float:
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # under loss scaling
     schedule = inner._learning_rate  # Keras keeps no public handle on the schedule
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(schedule(max(int(number(inner.iterations)) - 1, 0)))
-    return float(number(inner.learning_rate))
+        return float(schedule(max(int(variable_value(inner.iterations)) - 1, 0)))
+    return float(variable_value(inner.learning_rate))
 
 
-def number(value):
+def variable_value(value):
     """A (possibly mirrored) variable's value, which does not convert with int()."""
     return tf.convert_to_tensor(getattr(value, "value", value)).numpy()
 

@@ -85,7 +85,7 @@ from ofrnn_tf.training.head_outputs import (
     beyond_float16, index_batch, records_changed, write_rows)
 from ofrnn_tf.training.memory import give_back_freed_memory, memory_budget_mib
 from ofrnn_tf.training.step_log import (
-    LoggingWindow, last_step_learning_rate, number, stage_bar_postfix)
+    LoggingWindow, last_step_learning_rate, stage_bar_postfix, variable_value)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
 
 # Validation values that are probabilities or weights, not percentages: printed at three
@@ -686,7 +686,7 @@ class Trainer:
         now = self.stage_config(stage)
         before = self.settings_before.stage1 if stage == 1 else self.settings_before.stage2
         optimizer = getattr(self.optimizers[stage], "inner_optimizer", self.optimizers[stage])
-        steps = int(number(optimizer.iterations))
+        steps = int(variable_value(optimizer.iterations))
         if now.schedule != "cosine" or now.epochs == before.epochs or not steps:
             return
         rate, was = (float(self._learning_rate(given)(steps)) for given in (now, before))
