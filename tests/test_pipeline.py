@@ -32,7 +32,8 @@ from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import SplitTooSmallError
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.labels import LabelMap
-from ofrnn_tf.run_dir import DamagedCheckpointError, IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.checkpoint_files import DamagedCheckpointError
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.training import run_state
 
 NAMES = ("circle", "square", "stripe", "dot")

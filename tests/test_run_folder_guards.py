@@ -30,11 +30,12 @@ from ofrnn_tf.inference.module import (
     InferenceModule, MinLabelsError, UncalibratedBeamSizeError)
 from ofrnn_tf.modeling.layers.spatial_label_head import SpatialLabelHead
 from ofrnn_tf.modeling.model import HEAD_LAYERS
-from ofrnn_tf import run_dir as run_dir_module
+from ofrnn_tf import checkpoint_files, run_dir as run_dir_module
+from ofrnn_tf.checkpoint_files import DamagedCheckpointError
 from ofrnn_tf.processes import owner_tag
 from ofrnn_tf.run_dir import (
-    DamagedCheckpointError, DamagedRunFileError, IncompatibleRunError, RunDir,
-    RunFolderNotWritableError, RunInUseError)
+    DamagedRunFileError, IncompatibleRunError, RunDir, RunFolderNotWritableError,
+    RunInUseError)
 from ofrnn_tf.training.distribute import ClusterConfigError, cluster_config, is_chief_task
 
 
@@ -340,7 +341,8 @@ def as_another_user():
 
 
 # Prints what each expression given gives, or the type and text of its error.
-EACH_CALL = ("import sys\nfrom ofrnn_tf.run_dir import RunDir, resumable_checkpoint\n"
+EACH_CALL = ("import sys\nfrom ofrnn_tf.checkpoint_files import resumable_checkpoint\n"
+             "from ofrnn_tf.run_dir import RunDir\n"
              "for call in sys.argv[1:]:\n"
              "    try:\n        print(eval(call))\n"
              "    except Exception as error:\n        print(type(error).__name__, error)\n")
@@ -623,13 +625,13 @@ def test_a_checkpoint_is_read_whole_once_while_its_files_stay_the_same(tmp_path,
     reads = []
     real = tf.train.load_checkpoint
     monkeypatch.setattr(tf.train, "load_checkpoint", lambda p: reads.append(p) or real(p))
-    assert run_dir_module.checkpoint_problem(prefix) is None
-    assert run_dir_module.checkpoint_problem(prefix) is None
+    assert checkpoint_files.checkpoint_problem(prefix) is None
+    assert checkpoint_files.checkpoint_problem(prefix) is None
     assert len(reads) == 1
     data = prefix + ".data-00000-of-00001"
     with open(data, "r+b") as f:
         f.truncate(os.path.getsize(data) // 2)
-    assert "cut short" in run_dir_module.checkpoint_problem(prefix)
+    assert "cut short" in checkpoint_files.checkpoint_problem(prefix)
     assert len(reads) == 2
 
 
@@ -650,15 +652,15 @@ def test_a_checkpoint_this_user_may_not_read_is_refused_not_passed_over(tmp_path
             raise PermissionError(errno.EACCES, "Permission denied", name)
         return open(name, *args, **kwargs)
 
-    monkeypatch.setattr(run_dir_module, "open", read, raising=False)
+    monkeypatch.setattr(checkpoint_files, "open", read, raising=False)
     said = (rf"the checkpoint {newer} cannot be read by this user \({newer}.index: Permission "
             rf"denied\); its files are not damaged: give read access to them")
-    with pytest.raises(run_dir_module.CheckpointNotReadableError, match=said):
-        run_dir_module.resumable_checkpoint(str(folder))
+    with pytest.raises(checkpoint_files.CheckpointNotReadableError, match=said):
+        checkpoint_files.resumable_checkpoint(str(folder))
     with pytest.raises(DamagedCheckpointError, match=said) as refused:  # what commands catch
-        run_dir_module.best_checkpoint(str(folder), "rerun")
+        checkpoint_files.best_checkpoint(str(folder), "rerun")
     assert "Delete" not in str(refused.value)
-    assert run_dir_module.checkpoint_problem(older) is None
+    assert checkpoint_files.checkpoint_problem(older) is None
 
 
 @pytest.mark.slow

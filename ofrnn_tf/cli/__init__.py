@@ -532,9 +532,10 @@ def refusal(error: Exception) -> app.UsageError:
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
-    from ofrnn_tf.run_dir import (DamagedCheckpointError, DamagedRunFileError,
-                                  IncompatibleRunError, RunFolderNotReadableError,
-                                  RunFolderNotWritableError, RunInUseError)
+    from ofrnn_tf.checkpoint_files import DamagedCheckpointError
+    from ofrnn_tf.run_dir import (DamagedRunFileError, IncompatibleRunError,
+                                  RunFolderNotReadableError, RunFolderNotWritableError,
+                                  RunInUseError)
     from ofrnn_tf.training.run_state import UnfinishedRunError
     from ofrnn_tf.training.trainer import NonFiniteLossError
 
@@ -561,8 +562,9 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.features.extract import FeatureFolderMismatchError, UnsafeFeatureFolderError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
-    from ofrnn_tf.run_dir import (DamagedCheckpointError, DamagedRunFileError,
-                                  IncompatibleRunError, RunFolderNotReadableError)
+    from ofrnn_tf.checkpoint_files import DamagedCheckpointError
+    from ofrnn_tf.run_dir import (DamagedRunFileError, IncompatibleRunError,
+                                  RunFolderNotReadableError)
     from ofrnn_tf.training.distribute import BatchSplitError, ClusterConfigError
 
     return (DataNotFoundError, DataFileError, SplitTooSmallError, FeatureCacheNotFoundError,

@@ -9,8 +9,8 @@ import os
 from typing import Optional
 
 from ofrnn_tf.config.experiment import ExperimentConfig
-from ofrnn_tf.run_dir import (
-    IncompatibleRunError, RunDir, listed_checkpoints, resumable_checkpoint, train_command)
+from ofrnn_tf.checkpoint_files import listed_checkpoints, resumable_checkpoint
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, train_command
 from ofrnn_tf.training.checkpoints import POSITION, checkpoint_position, describe_position
 
 

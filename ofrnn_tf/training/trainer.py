@@ -70,9 +70,9 @@ from ofrnn_tf.features.tfrecords import INPUT_THREADS, count_elements, without_a
 from ofrnn_tf.host_limits import memory_limit_mib
 from ofrnn_tf.metrics import mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
-from ofrnn_tf.run_dir import (
-    IncompatibleRunError, RunDir, RunFacts, best_checkpoint, checkpoint_list_lost,
-    resumable_checkpoint)
+from ofrnn_tf.checkpoint_files import (
+    best_checkpoint, checkpoint_list_lost, resumable_checkpoint)
+from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.status import progress_bar
 from ofrnn_tf.training.checkpoints import (
     checkpoint_position, checkpoints_scale_loss, describe_position, said_settings,
