@@ -28,7 +28,8 @@ copied to another machine:
 ==========================  =========================================================
 
 The feature cache is not part of the folder: it is found again by its content
-fingerprint under any ``--runtime.cache_dir`` (see `ofrnn_tf.features.cache`).
+fingerprint under any ``--runtime.cache_dir`` (see `ofrnn_tf.features.cache`). Which of
+the folder's checkpoints read back whole is `ofrnn_tf.checkpoint_files`'s to say.
 """
 
 from __future__ import annotations
