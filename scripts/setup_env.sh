@@ -75,7 +75,7 @@ fi
 apt_failed=.venv/.fashion-mnist-apt-failed
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
     && ! .venv/bin/python -c 'import sys
-from ofrnn_tf.data.fashion_canvases import find_fashion_mnist
+from ofrnn_tf.data.fashion_mnist import find_fashion_mnist
 sys.exit(find_fashion_mnist() is None)' >/dev/null 2>&1; then
   if [ -e "$apt_failed" ]; then
     echo "[setup] dataset-fashion-mnist: not tried again, apt-get failed before (rm" \

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import run_checked
 from ofrnn_tf.data import DataNotFoundError
-from ofrnn_tf.data import fashion_canvases as fc
+from ofrnn_tf.data import fashion_canvases as fc, fashion_mnist as fm
 from ofrnn_tf.data.registry import load_split
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
@@ -70,17 +70,17 @@ def _coco(out_dir, split):
 def test_read_idx_roundtrip_and_bad_magic(tmp_path):
     arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     _write_idx(tmp_path / "x.gz", arr)
-    np.testing.assert_array_equal(fc.read_idx(str(tmp_path / "x.gz")), arr)
+    np.testing.assert_array_equal(fm.read_idx(str(tmp_path / "x.gz")), arr)
     (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01\x00\x00\x00\x01\x00")
     with pytest.raises(ValueError, match="bad magic"):
-        fc.read_idx(str(tmp_path / "bad"))
+        fm.read_idx(str(tmp_path / "bad"))
     (tmp_path / "short").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05\x00")
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
-        fc.read_idx(str(tmp_path / "short"))
+        fm.read_idx(str(tmp_path / "short"))
     whole = (tmp_path / "x.gz").read_bytes()
     (tmp_path / "cut.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
     with pytest.raises(OSError, match=f"cannot read IDX file {tmp_path / 'cut.gz'}: .*replace"):
-        fc.read_idx(str(tmp_path / "cut.gz"))
+        fm.read_idx(str(tmp_path / "cut.gz"))
 
 
 def test_layout_labels_and_loading_through_coco(tmp_path, source):
@@ -90,12 +90,12 @@ def test_layout_labels_and_loading_through_coco(tmp_path, source):
     assert not result["cached"]
     assert {s: result["splits"][s]["images"] for s in fc.SPLITS} == {
         "train": 14, "val": 5, "test": 7}
-    assert LabelMap.load(out).names == fc.FASHION_MNIST_CLASSES
+    assert LabelMap.load(out).names == fm.FASHION_MNIST_CLASSES
 
     sizes = []
     for split in fc.SPLITS:
         coco = _coco(out, split)
-        assert [c["name"] for c in coco["categories"]] == list(fc.FASHION_MNIST_CLASSES)
+        assert [c["name"] for c in coco["categories"]] == list(fm.FASHION_MNIST_CLASSES)
         src_images, src_labels = data["t10k" if split == "test" else "train"]
         examples, label_map, stats = load_split("fashion_canvases", split, data_dir=out)
         assert stats.images == len(coco["images"]) and stats.dropped_unlabeled == 0
@@ -410,7 +410,7 @@ def test_a_cached_build_clears_a_dead_builders_split_finished_since(tmp_path, so
 def test_label_map_mismatch_is_refused_naming_both(tmp_path, source):
     source_dir, _ = source
     out = _build(tmp_path / "bench", source_dir)["out_dir"]
-    LabelMap(list(fc.FASHION_MNIST_CLASSES[:-1]) + ["Boot"]).save(out)
+    LabelMap(list(fm.FASHION_MNIST_CLASSES[:-1]) + ["Boot"]).save(out)
     with pytest.raises(LabelMapMismatchError) as err:
         fc.load_benchmark_split(out, "val")
     assert os.path.join(out, "label_map.json") in str(err.value)
@@ -463,6 +463,18 @@ def no_download(monkeypatch):
     return attempts
 
 
+def test_finding_fashion_mnist_imports_no_tensorflow(tmp_path):
+    # scripts/setup_env.sh asks it on every run as root, before it decides on apt-get.
+    folder = _fake_fashion_mnist(tmp_path / "debian")[0]
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\n"
+         "from ofrnn_tf.data.fashion_mnist import find_fashion_mnist\n"
+         f"assert find_fashion_mnist({folder!r}) == {folder!r}\n"
+         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_copies_where_keras_caches_them_are_found_in_turn_without_the_network(
         tmp_path, keras_caches, no_download, monkeypatch):
     # A read-only home (a service user's, a mounted volume): keras would skip its copy.
@@ -473,11 +485,11 @@ def test_copies_where_keras_caches_them_are_found_in_turn_without_the_network(
     none = str(tmp_path / "none")
     for name in ("tmp", "home", "keras_home"):  # each found before the one made earlier
         _fake_fashion_mnist(keras_caches[name], n_train=20 + len(name))
-        data, source = fc.load_fashion_mnist(none)
+        data, source = fm.load_fashion_mnist(none)
         assert source == keras_caches[name] and len(data["train"][0]) == 20 + len(name)
-    assert fc.load_fashion_mnist(_fake_fashion_mnist(tmp_path / "debian")[0])[1] == str(
+    assert fm.load_fashion_mnist(_fake_fashion_mnist(tmp_path / "debian")[0])[1] == str(
         tmp_path / "debian")
-    assert fc.fashion_mnist_folders(none) == [none, keras_caches["keras_home"],
+    assert fm.fashion_mnist_folders(none) == [none, keras_caches["keras_home"],
                                               keras_caches["home"], keras_caches["tmp"]]
     assert no_download == []
 
@@ -492,8 +504,8 @@ def test_a_damaged_cached_copy_is_named_with_its_remedy(tmp_path, keras_caches, 
         whole = f.read()
     with open(images, "wb") as f:
         f.write(whole[:len(whole) // 2])  # a copy cut short
-    with pytest.raises(fc.BenchmarkSourceError) as info:
-        fc.load_fashion_mnist(str(tmp_path / "none"))
+    with pytest.raises(fm.BenchmarkSourceError) as info:
+        fm.load_fashion_mnist(str(tmp_path / "none"))
     assert str(info.value).startswith(f"cannot read IDX file {images}: ")
     assert str(info.value).endswith(
         f"; replace the file (copy it again, or delete it and keras.datasets downloads it "
@@ -520,7 +532,7 @@ def test_offline_without_a_copy_the_folders_searched_are_named(tmp_path, keras_c
     monkeypatch.setattr(keras.utils, "get_file", offline)
     none = str(tmp_path / "none")
     with pytest.raises(DataNotFoundError) as info:
-        fc.load_fashion_mnist(none)
+        fm.load_fashion_mnist(none)
     folders = [none, keras_caches["keras_home"], keras_caches["home"], keras_caches["tmp"]]
     assert str(info.value) == (
         f"Fashion-MNIST is not available: none of {', '.join(folders)} holds its four "
@@ -533,7 +545,7 @@ def test_offline_without_a_copy_the_folders_searched_are_named(tmp_path, keras_c
     # No flag of the command fixes it: no --help pointer.
     assert isinstance(refusal(info.value), InputFileError)
     with pytest.raises(DataNotFoundError, match=f"none of {none}, .* holds its four"):
-        fc.load_fashion_mnist(none, allow_download=False)
+        fm.load_fashion_mnist(none, allow_download=False)
 
 
 def test_on_macos_a_failed_download_names_no_debian_package_and_the_certificates_remedy(
@@ -552,7 +564,7 @@ def test_on_macos_a_failed_download_names_no_debian_package_and_the_certificates
     monkeypatch.setattr(keras.utils, "get_file", unverified)
     monkeypatch.setattr(sys, "platform", "darwin")
     with pytest.raises(DataNotFoundError) as info:
-        fc.load_fashion_mnist(str(tmp_path / "none"))
+        fm.load_fashion_mnist(str(tmp_path / "none"))
     said = str(info.value)
     assert "Debian" not in said
     assert "IDX files (copy the four files to one of these folders)" in said
@@ -560,7 +572,7 @@ def test_on_macos_a_failed_download_names_no_debian_package_and_the_certificates
         "(_ssl.c:1000); a Python installed from python.org verifies no certificate until its "
         "\"Install Certificates.command\" (in its folder under /Applications) has run")
     with pytest.raises(DataNotFoundError) as info:
-        fc.load_fashion_mnist(str(tmp_path / "none"), allow_download=False)
+        fm.load_fashion_mnist(str(tmp_path / "none"), allow_download=False)
     assert "Debian" not in str(info.value)
 
 
@@ -580,17 +592,17 @@ def test_keras_downloads_into_its_cache_and_the_files_are_read_from_there(
         return os.path.join(folder, fname)
 
     monkeypatch.setattr(keras.utils, "get_file", download)
-    data, source = fc.load_fashion_mnist(str(tmp_path / "none"))
+    data, source = fm.load_fashion_mnist(str(tmp_path / "none"))
     assert source == keras_caches["keras_home"] and len(data["test"][0]) == 20
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(
-    fc.DEFAULT_SOURCE_DIR, "train-images-idx3-ubyte.gz")), reason="no Debian Fashion-MNIST")
+    fm.DEFAULT_SOURCE_DIR, "train-images-idx3-ubyte.gz")), reason="no Debian Fashion-MNIST")
 def test_real_fashion_mnist_small_build(tmp_path):
     result = fc.build_fashion_canvases(
         str(tmp_path / "real"), fc.CanvasConfig(num_train=6, num_val=2, num_test=3),
         allow_download=False, progress=False)
-    assert result["source"] == fc.DEFAULT_SOURCE_DIR
+    assert result["source"] == fm.DEFAULT_SOURCE_DIR
     examples, label_map, _ = fc.load_benchmark_split(result["out_dir"], "test")
     assert len(examples) == 3 and label_map.num_classes == 10
 
@@ -612,7 +624,7 @@ def scene_source(tmp_path):
 
 
 def _label_matrix(coco):
-    y = np.zeros((len(coco["images"]), len(fc.FASHION_MNIST_CLASSES)), bool)
+    y = np.zeros((len(coco["images"]), len(fm.FASHION_MNIST_CLASSES)), bool)
     for ann in coco["annotations"]:
         y[ann["image_id"], ann["category_id"] - 1] = True
     return y
@@ -661,7 +673,7 @@ def test_scene_table_is_well_formed():
     for scene in scenes:
         lo, hi = scene.item_range
         assert 1 <= lo <= hi <= 5, scene.name
-        assert set(scene.classes) <= set(fc.FASHION_MNIST_CLASSES), scene.name
+        assert set(scene.classes) <= set(fm.FASHION_MNIST_CLASSES), scene.name
         assert sum(scene.classes.values()) == pytest.approx(1.0), scene.name
         # Concentrated: 3-4 main classes hold most of the mass, several classes absent.
         main = [p for p in scene.classes.values() if p >= 0.15]
@@ -669,7 +681,7 @@ def test_scene_table_is_well_formed():
         assert len(scene.classes) <= 6, scene.name
         np.testing.assert_allclose(
             scene.class_probabilities(),
-            [scene.classes.get(c, 0.0) for c in fc.FASHION_MNIST_CLASSES])
+            [scene.classes.get(c, 0.0) for c in fm.FASHION_MNIST_CLASSES])
 
 
 def test_scene_config_is_recorded_and_fingerprinted(tmp_path, scene_source):
@@ -726,7 +738,7 @@ def test_scene_mode_is_seeded_disjoint_and_follows_its_scenes(tmp_path, scene_so
         items = {im["id"]: [] for im in coco["images"]}
         for ann in coco["annotations"]:
             assert ann["category_id"] - 1 == src_labels[ann["source_index"]]
-            items[ann["image_id"]].append(fc.FASHION_MNIST_CLASSES[ann["category_id"] - 1])
+            items[ann["image_id"]].append(fm.FASHION_MNIST_CLASSES[ann["category_id"] - 1])
         for im in coco["images"]:
             scene = scenes[im["scene"]]
             classes = items[im["id"]]

@@ -527,7 +527,7 @@ class InputFileError(app.UsageError):
 def refusal(error: Exception) -> app.UsageError:
     """The usage error that says one of `input_errors()` in one line."""
     from ofrnn_tf.data import DataFileError
-    from ofrnn_tf.data.fashion_canvases import BenchmarkSourceError
+    from ofrnn_tf.data.fashion_mnist import BenchmarkSourceError
     from ofrnn_tf.data.splits import SplitEmptiedError
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
