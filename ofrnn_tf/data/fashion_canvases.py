@@ -83,7 +83,7 @@ Source: the four ``*-ubyte.gz`` IDX files of the Debian package ``dataset-fashio
 (under ``/usr/share/datasets/fashion-mnist``), else a copy where keras.datasets caches
 them (``$KERAS_HOME/datasets/fashion-mnist``, ``~/.keras/datasets/fashion-mnist`` or
 ``/tmp/.keras/datasets/fashion-mnist``, read even where keras would not: from a read-only
-home), else keras.datasets downloads them (`load_fashion_mnist`). Fashion-MNIST: Xiao,
+home), else keras.datasets downloads them (`ofrnn_tf.data.fashion_mnist`). Fashion-MNIST: Xiao,
 Rasul, Vollgraf 2017, MIT licence.
 """
 
