@@ -73,21 +73,21 @@ def test_every_reference_into_docs_names_a_page_and_section_that_exist():
 
 def test_the_readme_lists_every_page_of_docs_and_every_module_of_the_package():
     """A page added to docs/ is listed in the README's "Documentation", and a module of
-    `ofrnn_tf` is named in its "Layout" (one in a folder two levels down, as
-    ``features/backbones/``, by its folder): otherwise a reader never finds it."""
+    `ofrnn_tf` is named by its file name in the package's part of "Layout" (one in a
+    folder two levels down, as ``features/backbones/``, by its folder): otherwise a reader
+    never finds it."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     listed = readme[readme.index("## Documentation"):readme.index("## Layout")]
     layout = readme[readme.index("## Layout"):]
+    package = layout[layout.index("ofrnn_tf/\n"):layout.index("\ntrain.py ")]
     assert [page.name for page in sorted((ROOT / "docs").glob("*.md"))
             if f"`docs/{page.name}`" not in listed] == []
     modules = [path.relative_to(ROOT) for path in sorted((ROOT / "ofrnn_tf").rglob("*.py"))
                if path.name != "__init__.py"]
     assert len(modules) > 40, "the scan found too few modules to be looking at the package"
-    named = lambda stem: re.search(rf"\b{re.escape(stem)}\b", layout)
-    folder_named = lambda folder: re.search(rf"\b{re.escape(folder)}/", layout)
-    assert [str(path) for path in modules if not named(path.stem)
-            and not (len(path.parts) > 3 and folder_named(path.parts[-2]))] == []
-
+    named = lambda text: re.search(rf"(?<![\w.]){re.escape(text)}(?![\w])", package)
+    assert [str(path) for path in modules if not named(path.name)
+            and not (len(path.parts) > 3 and named(path.parts[-2] + "/"))] == []
 
 def _resolves(name: str) -> bool:
     """Whether `name` is reached as a reader would: `import` of its longest module prefix,
