@@ -101,9 +101,9 @@ def test_a_stopped_table_script_lets_its_train_py_stop_on_its_own(tmp_path, how)
     child.write_text(_SLOW_TO_STOP.format(ready=str(ready), saved=str(saved)))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     script = subprocess.Popen(
-        [sys.executable, "-c", _TABLE_SCRIPT.format(child=str(child))], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=ctrl_c_as_in_a_terminal)
+        ctrl_c_as_in_a_terminal([sys.executable, "-c", _TABLE_SCRIPT.format(child=str(child))]),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
     pid = int(wait_for(ready, script))
     try:
         if how == "ctrl_c_to_the_group":  # as a terminal sends it

@@ -498,8 +498,8 @@ def test_a_client_command_stopped_by_a_signal_says_where_resume_goes_on(serve, t
     command_line = [sys.executable, "-m", "ofrnn_tf.cli.client", f"--server={target}",
                     "--batch_size=1", f"--output={output}", *paths]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    with subprocess.Popen(command_line, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, env=env, preexec_fn=ctrl_c_as_in_a_terminal) as proc:
+    with subprocess.Popen(ctrl_c_as_in_a_terminal(command_line), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=env) as proc:
         child["pid"] = proc.pid
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err

@@ -464,8 +464,8 @@ def test_train_refuses_what_it_cannot_build_before_any_work(tmp_path, flags, env
 
 def run_script(script: str) -> subprocess.CompletedProcess:
     """`python -c script` from the repository root, its output captured."""
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, preexec_fn=ctrl_c_as_in_a_terminal)
+    return subprocess.run(ctrl_c_as_in_a_terminal([sys.executable, "-c", script]), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_a_command_under_a_locale_that_is_not_utf8_runs_in_utf8_mode_and_escapes_for_stdout(
@@ -752,10 +752,10 @@ def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
     # SIGINT a few seconds in, while the run builds its data (a Ctrl-C in the terminal).
     script = ("import os, signal, sys, threading; from ofrnn_tf.cli.train import run; "
               "threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT)).start(); run()")
-    done = subprocess.run([sys.executable, "-c", script, f"--workdir={tmp_path / 'run'}",
-                           f"--runtime.cache_dir={tmp_path / 'cache'}", *TINY_TRAIN_FLAGS],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=ctrl_c_as_in_a_terminal)
+    done = subprocess.run(ctrl_c_as_in_a_terminal(
+                              [sys.executable, "-c", script, f"--workdir={tmp_path / 'run'}",
+                               f"--runtime.cache_dir={tmp_path / 'cache'}", *TINY_TRAIN_FLAGS]),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 130, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith(

@@ -560,9 +560,9 @@ def test_a_stopped_predict_keeps_the_lines_of_the_images_it_finished(lite0_run, 
     command = [sys.executable, "predict.py", f"--workdir={lite0_run}", f"--output={out}",
                "--batch_size=1", *[str(images[0])] * 1000]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True,
-                          preexec_fn=ctrl_c_as_in_a_terminal) as proc:
+    with subprocess.Popen(ctrl_c_as_in_a_terminal(command), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as proc:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             text = out.read_text()

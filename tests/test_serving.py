@@ -1188,10 +1188,11 @@ def test_ctrl_c_stops_the_server_after_its_grace_as_sigterm_does(model_base):
     from conftest import ctrl_c_as_in_a_terminal
 
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    with subprocess.Popen([sys.executable, "-m", "ofrnn_tf.cli.serve",
-                           f"--model_base_path={model_base}", "--port=0"],
+    with subprocess.Popen(ctrl_c_as_in_a_terminal([sys.executable, "-m", "ofrnn_tf.cli.serve",
+                                                   f"--model_base_path={model_base}",
+                                                   "--port=0"]),
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, preexec_fn=ctrl_c_as_in_a_terminal) as proc:
+                          text=True) as proc:
         try:
             assert_good_request_works(wait_until_listening(proc))
             proc.send_signal(signal.SIGINT)
