@@ -883,6 +883,32 @@ def test_a_signal_as_a_line_is_written_leaves_it_counted(tmp_path, monkeypatch):
     assert progress.where().startswith("2 of 3 input(s) have their line")
 
 
+def test_a_second_signal_as_the_report_closes_does_not_close_its_number_again(tmp_path,
+                                                                            monkeypatch):
+    """A second Ctrl-C landing as a stopped report's descriptor was closed, before it was
+    forgotten, had the context manager's close() close that number again: by then another
+    file's (a gRPC channel's), or an EBADF in place of the stop's own line."""
+    from ofrnn_tf.cli import image_inputs
+
+    real_close, bystander = os.close, []
+
+    def interrupted(fd):
+        real_close(fd)
+        if not bystander:  # a file opened now takes the number just freed
+            bystander.append(os.open(os.devnull, os.O_RDONLY))
+            raise KeyboardInterrupt
+
+    report = tmp_path / "out.jsonl"
+    monkeypatch.setattr(image_inputs.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with open_report(str(report)) as out:
+            out.write('{"image": "a.jpg"}\n')
+            out.abandon()
+    os.fstat(bystander[0])  # still open
+    real_close(bystander[0])
+    assert report.read_text() == '{"image": "a.jpg"}\n'
+
+
 def test_a_report_stopped_midway_says_which_input_resume_goes_on_from(tmp_path, monkeypatch):
     """The line a full disk (or Ctrl-C) ends with counts the lines written, not the one
     taken back out, and says to go on with --resume: the same command without it starts

@@ -233,12 +233,14 @@ class ReportFile:
     def abandon(self) -> None:
         """Closes the report of a command stopped before its end (a server down, Ctrl-C):
         an earlier report is kept where no line was written."""
+        self._closed = True
         if self._stream is not None:
             self._stream.close()
         elif self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._closed = True
+            # Forgotten before it is closed: a second Ctrl-C between the two would have the
+            # next close() close the number again, by then perhaps another file's.
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def __enter__(self) -> "ReportFile":
         return self
