@@ -526,13 +526,13 @@ class InputFileError(app.UsageError):
 
 def refusal(error: Exception) -> app.UsageError:
     """The usage error that says one of `input_errors()` in one line."""
+    from ofrnn_tf.checkpoint_files import DamagedCheckpointError
     from ofrnn_tf.data import DataFileError
     from ofrnn_tf.data.fashion_mnist import BenchmarkSourceError
     from ofrnn_tf.data.splits import SplitEmptiedError
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
-    from ofrnn_tf.checkpoint_files import DamagedCheckpointError
     from ofrnn_tf.run_dir import (DamagedRunFileError, IncompatibleRunError,
                                   RunFolderNotReadableError, RunFolderNotWritableError,
                                   RunInUseError)
@@ -555,6 +555,7 @@ def input_errors() -> tuple[type, ...]:
     cannot share): a command says them in one line, as usage errors; any other error
     keeps its traceback."""
     # deferred: most of these modules import TensorFlow
+    from ofrnn_tf.checkpoint_files import DamagedCheckpointError
     from ofrnn_tf.data import DataFileError, DataNotFoundError
     from ofrnn_tf.data.splits import SplitTooSmallError
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError, UnknownBackboneError
@@ -562,7 +563,6 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.features.extract import FeatureFolderMismatchError, UnsafeFeatureFolderError
     from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
-    from ofrnn_tf.checkpoint_files import DamagedCheckpointError
     from ofrnn_tf.run_dir import (DamagedRunFileError, IncompatibleRunError,
                                   RunFolderNotReadableError)
     from ofrnn_tf.training.distribute import BatchSplitError, ClusterConfigError
