@@ -400,3 +400,56 @@ def test_setup_env_refuses_python_2_in_the_one_line_it_gives_python_3_9(tmp_path
         r"3\.\d+ to 3\.\d+, those tensorflow==\S+ has wheels for: name one with PYTHON= "
         r"\(PYTHON=python3\.\d+ bash scripts/setup_env\.sh\)\n", done.stderr), done.stderr
     assert not (tmp_path / ".venv").exists()
+
+
+# Ways of starting a process that run Python in a fork of the caller (`forks_with_python`).
+_FORKING_CALLS = {"fork", "forkpty", "register_at_fork"}
+
+
+def forks_with_python(source: str) -> list[str]:
+    """Where `source` starts a process that runs Python in a fork of itself before (or
+    instead of) exec: a `preexec_fn`, `os.fork`, `os.forkpty`, or `multiprocessing`. In a
+    process with gRPC calls in flight, grpcio (1.80 on) restarts its poller in such a fork,
+    which can abort it (serving/README.md, "gRPC client")."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.keyword) and node.arg == "preexec_fn":
+            found.append((node.value.lineno, "preexec_fn"))
+        elif (isinstance(node, ast.Attribute) and node.attr in _FORKING_CALLS
+              and isinstance(node.value, ast.Name) and node.value.id == "os"):
+            found.append((node.lineno, f"os.{node.attr}"))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) \
+                else [node.module or ""]
+            found += [(node.lineno, f"import {name}") for name in names
+                      if name.split(".")[0] == "multiprocessing"]
+    return [f"line {line}: {what}" for line, what in sorted(found)]
+
+
+def test_forks_with_python_finds_each_way():
+    assert forks_with_python(
+        "import os, subprocess\nsubprocess.run(['x'], preexec_fn=os.setsid)\n"
+        "pid = os.fork()\nimport multiprocessing.pool\nfrom multiprocessing import Pool\n"
+        "os.forkpty()\n") == [
+        "line 2: preexec_fn", "line 3: os.fork", "line 4: import multiprocessing.pool",
+        "line 5: import multiprocessing", "line 6: os.forkpty"]
+    assert forks_with_python(
+        "import subprocess\n'preexec_fn'  # named, not passed\n"
+        "subprocess.run(['x'], start_new_session=True)\n") == []
+
+
+def test_no_code_of_the_project_forks_with_python_in_the_child():
+    """The commands hold gRPC channels and servers, and the tests a server in their own
+    process (the `serve` fixture), while they start children: a child forked with Python
+    in it aborted there 1 to 3 times in 300 (a CI run failed on one), where `vfork` and
+    `posix_spawn`, which `subprocess` uses otherwise, run no Python before exec."""
+    root = Path(ofrnn_tf.__file__).resolve().parent.parent
+    sources = [path for folder in ("ofrnn_tf", "serving", "scripts", "benchmarks", "tests")
+               for path in sorted((root / folder).rglob("*.py"))]
+    sources += sorted(root.glob("*.py"))
+    assert len(sources) > 100
+    found = {str(path.relative_to(root)): where for path in sources
+             if (where := forks_with_python(path.read_text(encoding="utf-8")))}
+    assert not found, found
