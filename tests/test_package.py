@@ -1,5 +1,6 @@
 """The package: TensorFlow's oneDNN kernels on by default, the user's choice kept; its source
-distribution carries the test suite whole."""
+distribution carries the test suite whole; none of the project's code forks with Python in
+the child."""
 
 from __future__ import annotations
 
@@ -403,7 +404,7 @@ def test_setup_env_refuses_python_2_in_the_one_line_it_gives_python_3_9(tmp_path
 
 
 # Ways of starting a process that run Python in a fork of the caller (`forks_with_python`).
-_FORKING_CALLS = {"fork", "forkpty", "register_at_fork"}
+_FORKING_CALLS = {"fork", "forkpty"}
 
 
 def forks_with_python(source: str) -> list[str]:
@@ -445,7 +446,7 @@ def test_no_code_of_the_project_forks_with_python_in_the_child():
     process (the `serve` fixture), while they start children: a child forked with Python
     in it aborted there 1 to 3 times in 300 (a CI run failed on one), where `vfork` and
     `posix_spawn`, which `subprocess` uses otherwise, run no Python before exec."""
-    root = Path(ofrnn_tf.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     sources = [path for folder in ("ofrnn_tf", "serving", "scripts", "benchmarks", "tests")
                for path in sorted((root / folder).rglob("*.py"))]
     sources += sorted(root.glob("*.py"))
