@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 import ofrnn_tf
 
 _PROBE = ("import os, ofrnn_tf, tensorflow as tf; tf.constant(1.0) + 1; "
@@ -39,15 +40,14 @@ def test_import_turns_onednn_on_unless_the_environment_says_otherwise(setting, o
 
 def test_source_distribution_holds_what_the_tests_import(tmp_path):
     """Without MANIFEST.in, setuptools ships tests/test_*.py but not the modules they import."""
-    root = Path(__file__).resolve().parents[1]
-    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
     source = tmp_path / "source"
     for name in tracked.stdout.split():
-        if (root / name).is_file():
+        if (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / name, source / name)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "sdist",
                     "-d", str(tmp_path / "dist")], cwd=source, check=True, capture_output=True,
                    timeout=300)
@@ -67,9 +67,8 @@ def test_source_distribution_holds_what_the_tests_import(tmp_path):
 def test_setup_env_says_when_another_users_venv_cannot_be_run_by_this_one(tmp_path):
     # A root-made .venv whose python links into /root (a pyenv shim): a service user
     # cannot run it, nor make it again, and python3 -m venv would fail on its pyvenv.cfg.
-    root = Path(__file__).resolve().parents[1]
     (tmp_path / "scripts").mkdir()
-    shutil.copy(root / "scripts" / "setup_env.sh", tmp_path / "scripts")
+    shutil.copy(ROOT / "scripts" / "setup_env.sh", tmp_path / "scripts")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "python").symlink_to("/root/.pyenv/bin/python3-gone")
     config = tmp_path / ".venv" / "pyvenv.cfg"
@@ -90,10 +89,9 @@ def _scripts_with_a_recording_python(tmp_path: Path, *scripts: str) -> Path:
     """A copy of `scripts` (from scripts/) in `tmp_path`, beside a .venv whose python and
     uv write their arguments to ``calls.log``, one call a line, say them on stdout, and do
     nothing else."""
-    root = Path(__file__).resolve().parents[1]
     (tmp_path / "scripts").mkdir()
     for script in scripts:
-        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
+        shutil.copy(ROOT / "scripts" / script, tmp_path / "scripts")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     for tool in ("python", "uv"):
         fake = tmp_path / ".venv" / "bin" / tool
@@ -250,7 +248,7 @@ def _python_check():
     """scripts/python_check.py as a module (setup_env.sh runs it as a script)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "python_check.py"
+    path = ROOT / "scripts" / "python_check.py"
     spec = importlib.util.spec_from_file_location("python_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -259,10 +257,9 @@ def _python_check():
 
 def test_the_python_versions_setup_env_allows_are_those_the_classifiers_name():
     check = _python_check()
-    root = Path(__file__).resolve().parents[1]
-    requires, tensorflow = check.requirements(str(root / "setup.cfg"))
+    requires, tensorflow = check.requirements(str(ROOT / "setup.cfg"))
     assert tensorflow.startswith("tensorflow==")
-    named = [line.split("::")[-1].strip() for line in (root / "setup.cfg").read_text()
+    named = [line.split("::")[-1].strip() for line in (ROOT / "setup.cfg").read_text()
              .splitlines() if line.strip().startswith("Programming Language :: Python :: 3.")]
     allowed = [f"3.{minor}" for minor in range(20) if check.version_allowed((3, minor), requires)]
     assert named == allowed and check.allowed_range(requires) == (
@@ -296,10 +293,9 @@ def test_setup_env_refuses_a_python_out_of_range_before_making_venv_and_after(tm
     # Made from a Python the install refuses, a .venv would stay, and PYTHON= given on the
     # rerun would never be used: setup_env.sh refuses the Python before it makes .venv,
     # and names `rm -rf .venv` for one made from such a Python.
-    root = Path(__file__).resolve().parents[1]
     (tmp_path / "scripts").mkdir()
     for script in ("setup_env.sh", "python_check.py"):
-        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
+        shutil.copy(ROOT / "scripts" / script, tmp_path / "scripts")
     minor = sys.version_info.minor  # the versions allowed: the next two
     (tmp_path / "setup.cfg").write_text(
         f"[options]\npython_requires = >=3.{minor + 1},<3.{minor + 3}\n"
@@ -331,10 +327,9 @@ def test_setup_env_refuses_a_python_out_of_range_before_making_venv_and_after(tm
 def test_setup_env_refuses_a_python_of_another_version_than_the_venv_s(tmp_path):
     # Once .venv existed, PYTHON= was passed over without a word: a set-up or test run
     # asked for on one Python went on with the .venv of another.
-    root = Path(__file__).resolve().parents[1]
     (tmp_path / "scripts").mkdir()
     for script in ("setup_env.sh", "python_check.py"):
-        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
+        shutil.copy(ROOT / "scripts" / script, tmp_path / "scripts")
     minor = sys.version_info.minor
     (tmp_path / "setup.cfg").write_text(
         f"[options]\npython_requires = >=3.{minor},<3.{minor + 3}\n"
@@ -386,11 +381,10 @@ def test_setup_env_refuses_python_2_in_the_one_line_it_gives_python_3_9(tmp_path
     python2 = _python2()
     if python2 is None:
         pytest.skip("no Python 2 on this machine")
-    root = Path(__file__).resolve().parents[1]
     (tmp_path / "scripts").mkdir()
     for script in ("setup_env.sh", "python_check.py"):
-        shutil.copy(root / "scripts" / script, tmp_path / "scripts")
-    shutil.copy(root / "setup.cfg", tmp_path)
+        shutil.copy(ROOT / "scripts" / script, tmp_path / "scripts")
+    shutil.copy(ROOT / "setup.cfg", tmp_path)
     (tmp_path / "pyproject.toml").write_text("")
     done = subprocess.run(["bash", str(tmp_path / "scripts" / "setup_env.sh")],
                           capture_output=True, text=True, timeout=60,
@@ -446,11 +440,10 @@ def test_no_code_of_the_project_forks_with_python_in_the_child():
     process (the `serve` fixture), while they start children: a child forked with Python
     in it aborted there 1 to 3 times in 300 (a CI run failed on one), where `vfork` and
     `posix_spawn`, which `subprocess` uses otherwise, run no Python before exec."""
-    root = Path(__file__).resolve().parent.parent
     sources = [path for folder in ("ofrnn_tf", "serving", "scripts", "benchmarks", "tests")
-               for path in sorted((root / folder).rglob("*.py"))]
-    sources += sorted(root.glob("*.py"))
+               for path in sorted((ROOT / folder).rglob("*.py"))]
+    sources += sorted(ROOT.glob("*.py"))
     assert len(sources) > 100
-    found = {str(path.relative_to(root)): where for path in sources
+    found = {str(path.relative_to(ROOT)): where for path in sources
              if (where := forks_with_python(path.read_text(encoding="utf-8")))}
     assert not found, found
