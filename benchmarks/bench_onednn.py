@@ -88,7 +88,7 @@ def measure_once(workdir: str) -> dict:
                                         features_dir, tf.distribute.get_strategy(),
                                         validate=False)
         step = trainer._make_train_step(2)
-        batches = list(itertools.islice(iter(trainer._epoch_dataset(2, 0, 0)), 4))
+        batches = list(itertools.islice(iter(trainer.inputs.epoch_dataset(2, 0, 0)), 4))
         held = iter(trainer.strategy.distribute_datasets_from_function(
             lambda ctx: tf.data.Dataset.from_tensor_slices(
                 tf.nest.map_structure(lambda *x: tf.stack(x), *batches)).repeat()))

@@ -1,7 +1,7 @@
 """Stage-2 training throughput on cached features, and how long steps wait for input.
 
 Builds the `Trainer` of `ofrnn_tf.pipeline.make_trainer` (serialized records
-shuffled, batched, parsed in parallel and prefetched in `Trainer._epoch_dataset`)
+shuffled, batched, parsed in parallel and prefetched in `TrainingInputs.epoch_dataset`)
 over a features directory: the one of a finished run (``--workdir``, the default the
 main job's `runs/order_free`, with its model and settings) or N synthetic examples
 (``--synthetic``: random float16 ``[m, k]`` maps with a weak label signal, 1–4 of C
@@ -150,7 +150,7 @@ def time_pipeline_epoch(trainer: Trainer, train_step: Callable,
     fill, the last the end of the epoch), and the end alone: dropping the epoch's
     iterator, as the trainer's loop does when the epoch ends."""
     start = time.perf_counter()
-    iterator = iter(trainer._epoch_dataset(2, epoch, 0))
+    iterator = iter(trainer.inputs.epoch_dataset(2, epoch, 0))
     setup = time.perf_counter() - start
     times = run_steps(train_step, iterator, trainer.steps_per_epoch)
     start = time.perf_counter()
@@ -192,10 +192,11 @@ def measure(trainer: Trainer, repeats: int) -> dict:
     train_step = trainer._make_train_step(2)
     steps = trainer.steps_per_epoch
     try:
-        run_steps(train_step, iter(trainer._epoch_dataset(2, 0, 0)), min(FLAGS.warmup_steps, steps))
+        run_steps(train_step, iter(trainer.inputs.epoch_dataset(2, 0, 0)),
+                  min(FLAGS.warmup_steps, steps))
     except tf.errors.OpError as error:  # e.g. the step does not compile with XLA
         return {"error": compile_error_summary(error)}
-    held = list(itertools.islice(iter(trainer._epoch_dataset(2, 0, 0)),
+    held = list(itertools.islice(iter(trainer.inputs.epoch_dataset(2, 0, 0)),
                                  min(FLAGS.memory_batches, steps)))
     memory = memory_iterator(trainer, held)
     run_steps(train_step, memory, 2)  # a new input signature may retrace
@@ -217,7 +218,7 @@ def measure(trainer: Trainer, repeats: int) -> dict:
 
 def buffered_bytes_per_example(trainer: Trainer, record_bytes: float) -> float:
     """What one example takes in the shuffle buffer: its tensors, or its serialized record."""
-    spec = trainer.train_examples_fn(tf.distribute.InputContext()).element_spec
+    spec = trainer.inputs.examples_fn(tf.distribute.InputContext()).element_spec
     total = 0.0
     for leaf in tf.nest.flatten(spec):
         if leaf.dtype == tf.string or not leaf.shape.is_fully_defined():
@@ -304,24 +305,26 @@ def run(work_dir: str) -> None:
     for xla, (source_name, train) in itertools.product(FLAGS.xla, inputs):
         trainer = make_trainer(config.replace(runtime={"jit_compile": xla == "on"}, train=train),
                                facts, features_dir, os.path.join(work_dir, f"workdir_{len(results)}"))
-        if source_name == "M_map outputs" and not trainer.cache_head_outputs:
-            print(f"M_map's outputs ({trainer.head_outputs_mib:.0f} MiB) are not kept (another "
-                  f"decoder, or over train.cache_records_mib): not timed", file=sys.stderr)
+        if source_name == "M_map outputs" and not trainer.inputs.cache_head_outputs:
+            print(f"M_map's outputs ({trainer.inputs.head_outputs_mib:.0f} MiB) are not kept "
+                  f"(another decoder, or over train.cache_records_mib): not timed",
+                  file=sys.stderr)
             continue
         if source_name != "M_map outputs":
-            trainer.cache_head_outputs = False  # the records, as stage 2 reads them otherwise
-        if source_name == "memory" and not trainer.cache_examples:
+            # The records, as stage 2 reads them otherwise.
+            trainer.inputs.cache_head_outputs = False
+        if source_name == "memory" and not trainer.inputs.cache_examples:
             print(f"the split ({shard_mib:.0f} MiB) exceeds train.cache_records_mib: not timed "
                   f"from memory", file=sys.stderr)
             continue
-        buffer = trainer.shuffle_buffer
+        buffer = trainer.inputs.shuffle_buffer
         print(f"timing XLA {xla}, records from {source_name}, shuffle buffer {buffer}: "
               f"{trainer.steps_per_epoch} steps/epoch ...", file=sys.stderr, flush=True)
         results[xla, source_name, buffer] = measure(trainer, FLAGS.repeats)
         if source_name not in readers:
             buffered = buffered_bytes_per_example(trainer, shard_mib * 2 ** 20 / num_train)
             steps = trainer.steps_per_epoch
-            own = [time_reader(trainer._epoch_dataset(2, 100 + r, 0), steps)
+            own = [time_reader(trainer.inputs.epoch_dataset(2, 100 + r, 0), steps)
                    for r in range(FLAGS.repeats)]
             readers[source_name] = statistics.median(n / t for t, n in own)
         del trainer
@@ -364,8 +367,8 @@ def run(work_dir: str) -> None:
             f"{r['epoch_end_max']:.2f} |")
     lines += rows
     lines += [""] + failures + [""] * bool(failures) + [
-        f"Readers alone, examples/s (the trainer's `_epoch_dataset`, batches of {batch}, "
-        f"shuffle fill included, from each source): "
+        f"Readers alone, examples/s (the trainer's `TrainingInputs.epoch_dataset`, batches "
+        f"of {batch}, shuffle fill included, from each source): "
         + "; ".join(f"{name} {rate:,.0f}" for name, rate in readers.items()) + ".",
         "Input-wait share = 1 − t_compute / t_pipeline per step (goal ≤ 5%); a pipeline "
         "epoch is timed from building its dataset to the end of the epoch, when the "

@@ -497,7 +497,7 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
                       progress=validate,
                       validation_logits_fn=validation_logits_fn if validate else None,
                       settings_before=settings_before)
-    if val is not None and trainer.fits_beside_training(
+    if val is not None and trainer.inputs.fits_beside_training(
             tfrecords.parsed_split_mib(features_dir, "val")):
         # Read and parsed at the first validation, then kept: every epoch's validation
         # reads the same records (`validate_fn` and `validation_logits_fn` look `val` up

@@ -93,7 +93,7 @@ def test_every_epoch_reads_the_training_examples_in_another_order(tmp_path):
 
     def order(stage, epoch):
         rows = [batch["features"].numpy()[:, 0, 0] for batch in
-                trainer._epoch_dataset(stage, epoch, 0)]
+                trainer.inputs.epoch_dataset(stage, epoch, 0)]
         return np.concatenate(rows)
 
     first, second = order(1, 0), order(1, 1)
@@ -332,12 +332,12 @@ def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features
             train={"batch_size": BATCH, "cache_records_mib": budget})
         workdir = str(tmp_path / str(budget))
         trainer = make_trainer(workdir, config, data)
-        assert trainer.cache_head_outputs == (budget > 0)
+        assert trainer.inputs.cache_head_outputs == (budget > 0)
         model = trainer.train()
         losses[budget] = [v for _, v in scalars(workdir)["loss/stage2"]]
         finals[budget] = weights(model.decoder_variables)
         if budget:
-            cached = trainer._head_outputs
+            cached = trainer.inputs.head_outputs
             head_features, scores = model.head_outputs(tf.constant(data["features"]))
             assert cached["head_features"].dtype == tf.float16
             np.testing.assert_allclose(cached["head_features"].numpy(), head_features.numpy(),
@@ -345,7 +345,7 @@ def test_stage2_trains_on_head_outputs_computed_once_as_it_would_on_the_features
             np.testing.assert_allclose(cached["scores"].numpy(), scores.numpy(), rtol=1e-5)
             np.testing.assert_array_equal(cached["labels"].numpy(), data["labels"])
         else:
-            assert not trainer._head_outputs
+            assert not trainer.inputs.head_outputs
     assert len(losses[0]) == 2 * STEPS_PER_EPOCH
     np.testing.assert_allclose(losses[2048], losses[0], rtol=1e-2)
     for path, value in finals[0].items():
@@ -384,22 +384,23 @@ def test_an_input_pipeline_of_several_keeps_the_head_outputs_of_its_share(tmp_pa
     data = synthetic_data()
     trainer = residual_trainer(tmp_path, data, mixed_precision)
     ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
-    assert trainer._keep_head_outputs(ctx) == N // 2
-    np.testing.assert_array_equal(trainer._head_outputs["labels"].numpy(), data["labels"][1::2])
+    assert trainer.inputs.keep_head_outputs(ctx) == N // 2
+    np.testing.assert_array_equal(trainer.inputs.head_outputs["labels"].numpy(),
+                                  data["labels"][1::2])
     head_features, _ = trainer.model.head_outputs(tf.constant(data["features"][1::2]))
-    np.testing.assert_allclose(trainer._head_outputs["head_features"].numpy(),
+    np.testing.assert_allclose(trainer.inputs.head_outputs["head_features"].numpy(),
                                tf.cast(head_features, tf.float16).numpy(), rtol=1e-2, atol=1e-2)
 
 
 def test_head_outputs_of_fewer_records_than_counted_or_of_none_are_named(tmp_path):
     short = {key: value[:N - 3] for key, value in synthetic_data().items()}
     with pytest.raises(ValueError, match=f"gave {N - 3} examples where {N} were counted"):
-        residual_trainer(tmp_path / "short", short)._keep_head_outputs(
+        residual_trainer(tmp_path / "short", short).inputs.keep_head_outputs(
             tf.distribute.InputContext())
     trainer = residual_trainer(tmp_path / "empty", synthetic_data())
     with pytest.raises(ValueError, match=f"input pipeline {N + 1} of {N + 1} holds no "
                                          f"training example: train with fewer workers"):
-        trainer._keep_head_outputs(tf.distribute.InputContext(num_input_pipelines=N + 1,
+        trainer.inputs.keep_head_outputs(tf.distribute.InputContext(num_input_pipelines=N + 1,
                                                               input_pipeline_id=N))
 
 
@@ -417,10 +418,10 @@ def test_the_records_and_m_maps_outputs_are_kept_within_one_budget(tmp_path, rec
     config = tiny_config(model=RESIDUAL_MODEL, stage1={"epochs": 1}, stage2={"epochs": 1}
                          ).replace(train={"batch_size": BATCH, "cache_records_mib": 1})
     trainer = make_trainer(str(tmp_path), config, synthetic_data(), records_mib=records_mib)
-    assert trainer.cache_examples and trainer.cache_head_outputs
-    assert trainer.head_outputs_mib == pytest.approx(TINY_HEAD_OUTPUTS_MIB)
-    calls, examples_fn = [], trainer.train_examples_fn
-    trainer.train_examples_fn = lambda ctx: calls.append(ctx) or examples_fn(ctx)
+    assert trainer.inputs.cache_examples and trainer.inputs.cache_head_outputs
+    assert trainer.inputs.head_outputs_mib == pytest.approx(TINY_HEAD_OUTPUTS_MIB)
+    calls, examples_fn = [], trainer.inputs.examples_fn
+    trainer.inputs.examples_fn = lambda ctx: calls.append(ctx) or examples_fn(ctx)
     records_alive, head_outputs = [], trainer.model.head_outputs
 
     def traced_head_outputs(features):  # traced once, at the pass's first batch
@@ -430,10 +431,10 @@ def test_the_records_and_m_maps_outputs_are_kept_within_one_budget(tmp_path, rec
 
     trainer.model.head_outputs = traced_head_outputs
     trainer._adapt()
-    kept_records = weakref.ref(trainer._cached_examples[1, 0])
+    kept_records = weakref.ref(trainer.inputs._cached_examples[1, 0])
     trainer.train()
     assert records_alive == [reads == 1] and len(calls) == reads
-    assert not trainer._cached_examples and kept_records() is None  # let go after the pass
+    assert not trainer.inputs._cached_examples and kept_records() is None  # let go after the pass
 
 
 def test_the_memory_budget_is_capped_at_a_third_of_the_memory_the_process_may_use(tmp_path):
@@ -468,12 +469,12 @@ def test_the_memory_budget_is_capped_at_a_third_of_the_memory_the_process_may_us
 
 
 def test_a_capped_budget_says_what_it_leaves_out_of_memory(tmp_path, monkeypatch, capsys):
-    from ofrnn_tf.training import trainer as trainer_module
-    monkeypatch.setattr(trainer_module, "memory_limit_mib", lambda: (1536, "MemAvailable"))
+    from ofrnn_tf.training import inputs
+    monkeypatch.setattr(inputs, "memory_limit_mib", lambda: (1536, "MemAvailable"))
     config = tiny_config(model=RESIDUAL_MODEL, stage1={"epochs": 1}, stage2={"epochs": 1})
     trainer = make_trainer(str(tmp_path), config, synthetic_data(), records_mib=1000)
-    assert trainer.memory_budget_mib == 512
-    assert not trainer.cache_examples and trainer.cache_head_outputs
+    assert trainer.inputs.memory_budget_mib == 512
+    assert not trainer.inputs.cache_examples and trainer.inputs.cache_head_outputs
     assert ("[train] --train.cache_records_mib=2048 is capped at 512 MiB, a third of the 1536 "
             "MiB this process may use (MemAvailable): the training records (1000 MiB) are not "
             "kept in memory (set --train.cache_records_mib to at most 512 to decide what is)"
@@ -484,9 +485,9 @@ def test_a_capped_budget_says_what_it_leaves_out_of_memory(tmp_path, monkeypatch
 
 def test_the_label_context_reads_the_kept_head_outputs_as_it_reads_the_features(tmp_path):
     trainer = residual_trainer(tmp_path, synthetic_data())
-    logits, labels = trainer._training_map_logits()
-    trainer.cache_head_outputs = False
-    from_features, same_labels = trainer._training_map_logits()
+    logits, labels = trainer.inputs.training_map_logits()
+    trainer.inputs.cache_head_outputs = False
+    from_features, same_labels = trainer.inputs.training_map_logits()
     np.testing.assert_allclose(logits.numpy(), from_features.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(labels.numpy(), same_labels.numpy())
 
@@ -509,7 +510,7 @@ def test_stage2_loss_takes_the_configured_attention_penalty(tmp_path, monkeypatc
         train={"batch_size": BATCH, "cache_records_mib": budget, "attention_penalty": 0.5,
                "attention_penalty_form": "overlap"})
     trainer = make_trainer(str(tmp_path), config, synthetic_data())
-    assert trainer.cache_head_outputs == (decoder == "residual" and budget > 0)  # both paths
+    assert trainer.inputs.cache_head_outputs == (decoder == "residual" and budget > 0)  # both paths
     trainer.train()
     assert seen and set(seen) == {(0.5, "overlap")}
 
@@ -621,9 +622,9 @@ def test_label_context_is_fitted_on_m_maps_logits_of_the_whole_training_split(tm
     data = synthetic_data()
     trainer = make_trainer(str(tmp_path), context_config().replace(
         train={"batch_size": BATCH, "cache_records_mib": cache_mib}), data)
-    assert trainer.cache_head_outputs == bool(cache_mib)
+    assert trainer.inputs.cache_head_outputs == bool(cache_mib)
     trainer._adapt()
-    logits, labels = trainer._training_map_logits()
+    logits, labels = trainer.inputs.training_map_logits()
     want = trainer.model.map_logits(tf.constant(data["features"])).numpy()
     np.testing.assert_allclose(logits.numpy(), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(labels.numpy(), data["labels"])
@@ -859,15 +860,15 @@ def test_a_signal_while_stage_2_builds_its_input_stops_there(tmp_path):
     # a step and a checkpoint: seconds to minutes of a container's grace.
     config = tiny_config(model={"decoder": "residual", "head": "spatial"})
     trainer = make_trainer(str(tmp_path), config, synthetic_data(), scripted_validation([]))
-    assert trainer.cache_head_outputs
-    keep, steps = trainer._keep_head_outputs, []
+    assert trainer.inputs.cache_head_outputs
+    keep, steps = trainer.inputs.keep_head_outputs, []
 
     def keep_interrupted(context):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         return keep(context)
 
-    trainer._keep_head_outputs = keep_interrupted
+    trainer.inputs.keep_head_outputs = keep_interrupted
     make = trainer._make_train_step
 
     def counted(stage):
@@ -1130,7 +1131,7 @@ def test_m_maps_outputs_beyond_float16_stop_stage_2_naming_stage_1s_rate(tmp_pat
     config = tiny_config(model=RESIDUAL_MODEL, stage1={"epochs": 1}, stage2={"epochs": 1}).replace(
         train={"batch_size": BATCH, "cache_records_mib": budget})
     trainer = make_trainer(str(tmp_path), config, synthetic_data())
-    assert trainer.cache_head_outputs == (budget > 0)
+    assert trainer.inputs.cache_head_outputs == (budget > 0)
     trainer.stage.assign(2)  # as a run whose stage 1 diverged, resumed after it
     head_outputs = trainer.model.head_outputs
 
@@ -1499,7 +1500,7 @@ def test_mixed_precision_computes_in_float16_and_trains(tmp_path, parts):
         trainer = make_trainer(str(tmp_path), config, synthetic_data())
         model = trainer.train()
         assert isinstance(trainer.optimizers[2], keras.optimizers.LossScaleOptimizer)
-        assert trainer.cache_head_outputs == (parts.get("decoder") == "residual")
+        assert trainer.inputs.cache_head_outputs == (parts.get("decoder") == "residual")
         logits, alpha, h, _ = model.step(*model.start(tf.constant(synthetic_data()["features"][:2])))
         assert h.dtype == tf.float16  # the LSTM really runs in half precision ...
         assert logits.dtype == tf.float32 and np.isfinite(logits.numpy()).all()  # ... its logits not
@@ -1784,8 +1785,9 @@ def test_the_training_input_runs_without_the_autotuner(tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(trainer.strategy, "distribute_datasets_from_function",
                         lambda fn: built.append(fn(tf.distribute.InputContext())))
-    trainer._epoch_dataset(1, 0, 0)
-    datasets = built + [trainer._parsed_batches(trainer._examples(tf.distribute.InputContext()))]
+    trainer.inputs.epoch_dataset(1, 0, 0)
+    whole = trainer.inputs.examples(tf.distribute.InputContext())
+    datasets = built + [trainer.inputs.parsed_batches(whole)]
     assert [ds.options().autotune.enabled for ds in datasets] == [False, False]
     assert built[0].options().threading.max_intra_op_parallelism == 1
 

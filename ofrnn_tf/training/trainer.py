@@ -9,14 +9,10 @@ the model has no Python control flow over tensors, converting its source cost ev
 training process about 6 s, and the sources AutoGraph writes to the temporary folder are
 removed at exit only, never by a process that is killed.
 
-Stage 2 of the residual decoder reads only M_map's per-position outputs, and M_map is
-frozen then: when they fit in `--train.cache_records_mib` (`memory_budget_mib`), they are
-computed once at the start of stage 2 and kept in memory (in float16), the training
-records kept in memory let go first where both do not fit at once; the input pipeline
-then yields batches of example indices, and each step gathers its rows instead of
-running M_map again.
-Outputs beyond float16's range (a stage 1 that diverged) are refused either way, kept or
-computed at each step, so that setting never decides whether stage 2 trains.
+What the steps read, the records kept in memory and stage 2's M_map outputs computed
+once among it, is `TrainingInputs`'s. M_map's outputs beyond float16's range (a stage 1
+that diverged) are refused either way, kept or computed at each step, so that
+`--train.cache_records_mib` never decides whether stage 2 trains.
 
 Non-finite training stops with `NonFiniteLossError`, before any checkpoint holds it: a
 loss at the step it turns NaN or infinite, and weights before every checkpoint (a fused
@@ -66,8 +62,6 @@ import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
-from ofrnn_tf.features.tfrecords import INPUT_THREADS, count_elements, without_autotuning
-from ofrnn_tf.host_limits import memory_limit_mib
 from ofrnn_tf.metrics import mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
 from ofrnn_tf.checkpoint_files import (
@@ -81,9 +75,9 @@ from ofrnn_tf.training.distribute import (
     check_batch_split, digest, is_chief, num_workers, poisoned_if_any_replica_overflowed,
     settings_parts)
 from ofrnn_tf.training.event_files import date_event_files_before, last_logged_steps
-from ofrnn_tf.training.head_outputs import (
-    beyond_float16, index_batch, records_changed, write_rows)
-from ofrnn_tf.training.memory import give_back_freed_memory, memory_budget_mib
+from ofrnn_tf.training.head_outputs import beyond_float16
+from ofrnn_tf.training.inputs import ExamplesFn, TrainingInputs
+from ofrnn_tf.training.label_context_fit import fit_label_context
 from ofrnn_tf.training.step_log import (
     LoggingWindow, last_step_learning_rate, stage_bar_postfix, variable_value)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
@@ -92,10 +86,6 @@ from ofrnn_tf.training.step_interrupts import StepInterrupts
 # significant digits (a τ of 0.0924 is not "0.09").
 PROBABILITIES = ("tau", "score_mix")
 
-# input_context -> unbatched dataset of {"features", "labels", ...} in a fixed order.
-ExamplesFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
-# Batch size of the whole-split passes that are not training steps (statistics, M_map's outputs).
-_PASS_BATCH = 256
 # (model, stage) -> validation metrics; "score" (higher is better) picks the best epoch.
 ValidateFn = Callable[[OrderFreeRNN, int], dict]
 # model -> (M_map's own logits [N, C], labels [N, C]) of the validation split.
@@ -126,30 +116,19 @@ class Trainer:
         validation_logits_fn: M_map's logits over the validation split: a label
             context fitted over the frozen M_map is then scored on them, computed once,
             rather than by `validate_fn` running M_map again every epoch.
-        parse_batch_fn: when given, `train_examples_fn` yields serialized records and
-            this parses a batch of them into `{"features", "labels"}`: the shuffle
-            buffer then holds the compact records, and parsing runs on whole batches,
-            in parallel with training, instead of while the buffer fills.
+        parse_batch_fn: parses a batch of the records `train_examples_fn` yields, if
+            they come serialized (`TrainingInputs`).
         records_mib: MiB the training split's records take (their shards), or None: when
-            they fit in `memory_budget_mib`, each input pipeline keeps its training
-            examples in memory after their first full pass (`train_examples_fn` is then
-            called once per pipeline), and each epoch shuffles over all of them: later
-            epochs read no file.
+            they fit in the memory budget, each input pipeline keeps its training
+            examples in memory after their first full pass (`TrainingInputs`).
         progress: show a progress bar per epoch (`ofrnn_tf.status.progress_bar`).
         settings_before: the run's settings as its folder held them before this command
             (None for a new run): a change of a stage's epochs is said where it changes
             the stage's learning rate (`_say_if_schedule_changed`).
 
     Attributes:
-        memory_budget_mib: what training keeps in memory at once, the records and M_map's
-            outputs together: `--train.cache_records_mib`, capped at a third of the
-            memory this process may use (`memory_budget_mib`, said in one line where
-            the cap leaves out what the flag would keep).
-        cache_examples: whether the training records are kept in memory (`records_mib`
-            within `memory_budget_mib`).
-        cache_head_outputs: whether stage 2 trains on M_map's outputs computed once
-            (`head_outputs_mib` within `memory_budget_mib`, residual decoder). The records
-            are let go before that pass where both do not fit at once.
+        inputs: what the steps read (`TrainingInputs`): each epoch's batches, the records
+            and M_map's stage-2 outputs it keeps in memory, within one budget.
         loss_scaling: whether the stages' optimizers scale the loss, as the run's
             checkpoints were written (`checkpoints_scale_loss`).
         mixed_precision: whether the model computes in float16: as asked
@@ -169,17 +148,8 @@ class Trainer:
         self.run_dir = run_dir
         self.strategy = strategy
         self.num_train = num_train
-        self.train_examples_fn = train_examples_fn
         self.validate_fn = validate_fn
         self.validation_logits_fn = validation_logits_fn
-        self.parse_batch_fn = parse_batch_fn
-        self.records_mib = records_mib
-        self.memory_budget_mib, capped_by = memory_budget_mib(config.train.cache_records_mib,
-                                                              memory_limit_mib())
-        self.cache_examples = records_mib is not None and records_mib <= self.memory_budget_mib
-        self._cached_examples: dict[tuple, tf.data.Dataset] = {}
-        self._head_outputs_key: Optional[tuple] = None
-        self._head_outputs: dict[str, tf.Variable] = {}
         self.progress = progress
         self.chief = is_chief(strategy)
         self._saved_step: Optional[int] = None  # the newest training checkpoint's step
@@ -216,10 +186,10 @@ class Trainer:
                 self.optimizers[2].build(self.model.decoder_variables)
         # Where every label-context fit starts (`_train_label_context`).
         self._initial_context = [v.numpy() for v in self.model.context_variables]
-        self.cache_head_outputs = (self.model.uses_decoder and self.model.residual
-                                   and self.head_outputs_mib <= self.memory_budget_mib)
-        if capped_by and self.chief:
-            self._say_budget_capped(capped_by)
+        self.inputs = TrainingInputs(
+            config, facts, strategy, self.model, num_train, self.steps_per_epoch,
+            train_examples_fn, self._head_outputs_overflow, parse_batch_fn=parse_batch_fn,
+            records_mib=records_mib, progress=progress)
         # Host-side counters live outside the scope: under MultiWorkerMirroredStrategy a
         # MirroredVariable does not convert with int().
         counter = lambda name, value=0, dtype=tf.int64: tf.Variable(
@@ -257,28 +227,6 @@ class Trainer:
         # The last step of each tag in the run's TensorBoard files, set by `restore`: a
         # run stopped between checkpoints logged steps that its rerun trains again.
         self._logged: dict[str, int] = {}
-
-    def fits_beside_training(self, mib: float) -> bool:
-        """Whether `mib` more fit in `memory_budget_mib` beside everything training may keep
-        (its records and stage 2's M_map outputs, counted as if both were kept at once)."""
-        kept = ((self.records_mib if self.cache_examples else 0.0)
-                + (self.head_outputs_mib if self.cache_head_outputs else 0.0))
-        return kept + mib <= self.memory_budget_mib
-
-    def _say_budget_capped(self, capped_by: str) -> None:
-        """One line where the memory cap (`memory_budget_mib`) leaves out of memory what
-        `--train.cache_records_mib` alone would keep: what, and the flag that decides."""
-        flag, budget = self.config.train.cache_records_mib, self.memory_budget_mib
-        sizes = {"the training records": self.records_mib,
-                 "M_map's stage-2 outputs": (self.head_outputs_mib if self.model.uses_decoder
-                                             and self.model.residual else None)}
-        left_out = [f"{name} ({mib:.0f} MiB)" for name, mib in sizes.items()
-                    if mib is not None and budget < mib <= flag]
-        if left_out:
-            print(f"[train] --train.cache_records_mib={flag} is capped at {int(budget)} MiB, "
-                  f"{capped_by}: {' and '.join(left_out)} are not kept in memory (set "
-                  f"--train.cache_records_mib to at most {int(budget)} to decide what is)",
-                  file=sys.stderr)
 
     def _learning_rate(self, stage: StageConfig):
         """The stage's learning rate: a number, or a cosine schedule over its epochs."""
@@ -322,7 +270,7 @@ class Trainer:
             beyond = tf.zeros([])
             if stage == 2 and model.residual and not isinstance(inputs, tuple):
                 # M_map's outputs, as `start` would compute them, refused beyond float16's
-                # range as the copy `_keep_head_outputs` keeps is.
+                # range as the copy `TrainingInputs.keep_head_outputs` keeps is.
                 inputs = model.head_outputs(inputs)
                 beyond = beyond_float16(inputs[0])
             with tf.GradientTape() as tape:
@@ -334,9 +282,9 @@ class Trainer:
         def replica_step(batch):
             # Inputs may come as stored (float16): cast here, in the step's
             # multi-threaded graph, rather than in the input pipeline.
-            if "index" in batch:  # rows of M_map's outputs computed once (`_keep_head_outputs`)
+            if "index" in batch:  # rows of M_map's outputs computed once (`keep_head_outputs`)
                 rows = {name: tf.gather(values, batch["index"])
-                        for name, values in self._head_outputs.items()}
+                        for name, values in self.inputs.head_outputs.items()}
                 inputs = (tf.cast(rows["head_features"], model.compute_dtype), rows["scores"])
                 labels = rows["labels"]
             else:
@@ -362,87 +310,6 @@ class Trainer:
 
         return train_step
 
-    # -- data -------------------------------------------------------------------
-    def _examples(self, ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        if not self.cache_examples:
-            return self.train_examples_fn(ctx)
-        key = (ctx.num_input_pipelines, ctx.input_pipeline_id)
-        if key not in self._cached_examples:
-            self._cached_examples[key] = self.train_examples_fn(ctx).cache()
-        return self._cached_examples[key]
-
-    def _parsed_batches(self, examples: tf.data.Dataset) -> tf.data.Dataset:
-        """One pass over `examples` in batches of `{"features", "labels", ...}`, in order."""
-        dataset = examples.batch(_PASS_BATCH)
-        if self.parse_batch_fn is not None:
-            dataset = dataset.map(self.parse_batch_fn, num_parallel_calls=INPUT_THREADS)
-        return dataset.prefetch(INPUT_THREADS).with_options(without_autotuning())
-
-    @property
-    def head_outputs_mib(self) -> float:
-        """MiB that M_map's stage-2 outputs for the training split take in memory."""
-        positions, _ = self.facts.positions_and_depth
-        classes = self.facts.num_classes
-        per_example = positions * (2 * self.config.model.head_units + 4 * classes) + 4 * classes
-        return self.num_train * per_example / 2 ** 20
-
-    def _keep_head_outputs(self, ctx: tf.distribute.InputContext) -> int:
-        """Computes M_map's frozen outputs for this input pipeline's training examples once,
-        as `_head_outputs` `{"head_features": A (float16), "scores": S, "labels"}` in the order of
-        the examples; returns how many examples that is. Outputs float16 cannot hold are
-        refused (`_head_outputs_overflow`): cast, they would be ±inf, and stage 2 NaN."""
-        key = (ctx.num_input_pipelines, ctx.input_pipeline_id)
-        if self._head_outputs_key not in (None, key):
-            raise NotImplementedError("M_map's outputs are kept for one input pipeline per "
-                                      "process; set --train.cache_records_mib=0")
-        if self._head_outputs:
-            return int(self._head_outputs["labels"].shape[0])
-        head = tf.function(lambda features: self.model.head_outputs(tf.cast(features, tf.float32)),
-                           autograph=False)
-        examples = self._head_outputs_source(key, ctx)
-        # Each batch is written into variables of the final size (`write_rows`): the
-        # outputs are never held twice (batches and their concatenation). TensorFlow's CPU
-        # allocator keeps the peak of this pass for the rest of the process.
-        count = (self.num_train if ctx.num_input_pipelines == 1
-                 else count_elements(examples))
-        if count == 0:
-            raise ValueError(f"input pipeline {ctx.input_pipeline_id + 1} of "
-                             f"{ctx.num_input_pipelines} holds no training example: train "
-                             f"with fewer workers")
-        kept, done = {}, 0
-        total = math.ceil(self.num_train / ctx.num_input_pipelines / _PASS_BATCH)
-        with progress_bar(self._parsed_batches(examples), total=total, unit="batch",
-                          desc="M_map outputs (once)",
-                          enabled=self.progress and self.chief) as bar:
-            for batch in bar:
-                head_features, scores = head(batch["features"])
-                if float(beyond_float16(head_features)):
-                    raise self._head_outputs_overflow()
-                # float16 halves the memory; the features were stored in float16 anyway.
-                rows = {"head_features": tf.cast(head_features, tf.float16),
-                        "scores": tf.cast(scores, tf.float32), "labels": batch["labels"]}
-                done = write_rows(kept, rows, done, count)
-        if done != count:
-            raise records_changed(done, count)
-        self._head_outputs = kept
-        self._head_outputs_key = key
-        return int(self._head_outputs["labels"].shape[0])
-
-    def _head_outputs_source(self, key: tuple, ctx: tf.distribute.InputContext
-                             ) -> tf.data.Dataset:
-        """The training examples the pass of `_keep_head_outputs` reads: the records kept in
-        memory where they and M_map's outputs fit in `memory_budget_mib` together, else
-        the shards, the records let go first. Either way they are let go once the pass
-        is done: stage 2 reads no record again."""
-        kept = self._cached_examples.pop(key, None)
-        if kept is not None and (self.records_mib + self.head_outputs_mib
-                                 <= self.memory_budget_mib):
-            return kept
-        if kept is not None:
-            del kept
-            give_back_freed_memory()
-        return self.train_examples_fn(ctx)
-
     def _head_outputs_overflow(self) -> NonFiniteLossError:
         """The error for M_map's outputs beyond float16's range at stage 2: the weights
         stage 1 left, not stage 2's, are the cause."""
@@ -456,45 +323,6 @@ class Trainer:
         if self._saved_step:
             return f"the checkpoint of global step {self._saved_step} is kept"
         return "no checkpoint was saved yet"
-
-    @property
-    def shuffle_buffer(self) -> int:
-        """Examples in each epoch's shuffle buffer."""
-        # From memory a buffer of the whole epoch fills in moments, and it reads the
-        # first pass to its end, which is what completes the cache.
-        if self.cache_examples:
-            return self.num_train
-        return min(self.num_train, self.config.train.shuffle_buffer)
-
-    def _epoch_dataset(self, stage: int, epoch: int, skip_steps: int):
-        seed = self.config.train.seed * 1000 + stage * 100 + epoch
-        shuffle_buffer = self.shuffle_buffer
-
-        def dataset_fn(ctx: tf.distribute.InputContext):
-            indices = stage == 2 and self.cache_head_outputs
-            if indices:  # the step gathers the rows of M_map's outputs
-                examples = self._keep_head_outputs(ctx)
-                ds = tf.data.Dataset.range(examples).shuffle(
-                    examples, seed=seed, reshuffle_each_iteration=False)
-            else:
-                ds = self._examples(ctx).shuffle(shuffle_buffer, seed=seed,
-                                                 reshuffle_each_iteration=False)
-            # Workers' shards may differ by a few examples; repeating lets every worker
-            # take exactly `steps_per_epoch` steps, so none waits on the others forever.
-            ds = ds.repeat().batch(ctx.get_per_replica_batch_size(self.global_batch), drop_remainder=True)
-            local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-            # `take` ends the input where the epoch ends; without it the prefetch starts
-            # refilling the shuffle buffer for a pass no step reads.
-            ds = ds.take(self.steps_per_epoch * local_replicas).skip(skip_steps * local_replicas)
-            if indices:
-                ds = ds.map(index_batch)
-            elif self.parse_batch_fn is not None:
-                ds = ds.map(self.parse_batch_fn, num_parallel_calls=INPUT_THREADS)
-            # No autotuner, whose thread held each epoch's end; each op single-threaded.
-            return ds.prefetch(INPUT_THREADS).with_options(
-                without_autotuning(single_threaded_ops=True))
-
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     # -- the run ----------------------------------------------------------------
     def restore(self) -> bool:
@@ -732,40 +560,12 @@ class Trainer:
         which go on from where training left them)."""
         return [v for v in self.model.weights if "seed_generator" not in v.path]
 
-    def _whole_split_batches(self) -> tf.data.Dataset:
-        """One pass over all training examples, in batches, on every worker (each reads
-        them all, so every replica computes the same from them)."""
-        # One worker trains on this same whole-split pass, so it fills the cache; with
-        # several, each keeps only its share, and the whole split is not cached here.
-        examples = self._examples if num_workers(self.strategy) == 1 else self.train_examples_fn
-        return self._parsed_batches(examples(tf.distribute.InputContext()))
-
     def _adapt(self) -> None:
         """Sets the feature standardisation from one pass over all training examples."""
-        batches = (tf.cast(batch["features"], tf.float32) for batch in self._whole_split_batches())
+        batches = (tf.cast(batch["features"], tf.float32)
+                   for batch in self.inputs.whole_split_batches())
         print("[train] feature statistics from the training split", file=sys.stderr)
         self.model.adapt(batches)
-
-    def _training_map_logits(self) -> tuple[tf.Tensor, tf.Tensor]:
-        """M_map's logits (before the label context) and the labels of the whole training
-        split, `[N, C]` each, in the examples' order."""
-        if self.cache_head_outputs and num_workers(self.strategy) == 1:
-            # Stage 2 reads the same per-position scores: compute them once for both.
-            self._keep_head_outputs(tf.distribute.InputContext())
-            scores = self._head_outputs["scores"]
-            count = int(scores.shape[0])
-            # Gathered, not sliced: a variable written in place copies itself whole on a read.
-            logits = tf.concat([self.model.pooled_map_logits(
-                tf.gather(scores, tf.range(i, min(i + _PASS_BATCH, count))))
-                for i in range(0, count, _PASS_BATCH)], axis=0)
-            return logits, tf.cast(self._head_outputs["labels"], tf.float32)
-        logits_of = tf.function(
-            lambda features: self.model.map_logits(tf.cast(features, tf.float32)), autograph=False)
-        logits, labels = [], []
-        for batch in self._whole_split_batches():
-            logits.append(tf.cast(logits_of(batch["features"]), tf.float32))
-            labels.append(tf.cast(batch["labels"], tf.float32))
-        return tf.concat(logits, axis=0), tf.concat(labels, axis=0)
 
     def _context_score_fn(self) -> Optional[Callable[[], float]]:
         """The stage-1 validation score (mAP of `sigmoid(L')`) of the label context being
@@ -781,80 +581,40 @@ class Trainer:
             labels, tf.sigmoid(self.model.label_context(logits, training=False)).numpy())
 
     def _train_label_context(self) -> None:
-        """Fits the `LabelContext` over the frozen best M_map: binary cross-entropy of
-        `L'` on the training split, Adam (`--label_context.*`), its best epoch by the
+        """Fits the `LabelContext` over the frozen best M_map (`fit_label_context`): on the
+        training split's logits, Adam (`--label_context.*`), its best epoch by the
         stage-1 validation score (mAP of `sigmoid(L')`), then kept in ``best/``."""
-        stage_config = self.config.label_context
-        logits, labels = self._training_map_logits()
-        count = int(logits.shape[0])
-        variables = self.model.context_variables
+        logits, labels = self.inputs.training_map_logits()
         # A run stopped after a fit but before the checkpoint ending stage 1 has just
         # restored the fitted context from best/: start from the initial weights again.
-        for variable, value in zip(variables, self._initial_context):
+        for variable, value in zip(self.model.context_variables, self._initial_context):
             variable.assign(value)
         with self.strategy.scope():
             # Fresh on every fit (float32 layer: no loss scaling), so a refit after a
             # resume starts where the interrupted one did.
-            optimizer = self._optimizer(stage_config, loss_scaling=False)
-            optimizer.build(variables)
-
-        def replica_step(x, y):
-            with tf.GradientTape() as tape:
-                per_example = self.model.context_loss(x, y, training=True)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return loss
-
-        @tf.function(autograph=False)
-        def train_step(x, y):
-            loss = self.strategy.run(replica_step, args=(x, y))
-            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-
-        # Epoch 0 is the untrained context, which returns M_map's logits unchanged: a
-        # context that never scores better on validation than M_map alone is left so.
-        best_epoch, best_weights, since_best = 0, [v.numpy() for v in variables], 0
-        score_fn = self._context_score_fn()
-        best = baseline = score_fn() if score_fn else None
-        with progress_bar(range(stage_config.epochs), unit="epoch", desc="label context",
-                          enabled=self.progress and self.chief) as bar:
-            for epoch in bar:
-                batches = tf.data.Dataset.from_tensor_slices((logits, labels)).shuffle(
-                    count, seed=self.config.train.seed * 1000 + 150 + epoch).batch(
-                    self.global_batch, drop_remainder=True)
-                for x, y in self.strategy.experimental_distribute_dataset(batches):
-                    loss = float(train_step(x, y))
-                if score_fn is None:
-                    continue
-                score = score_fn()
-                # By epoch: it has no steps of the stages'.
-                self._scalar("label_context_by_epoch/validation_score", score, epoch + 1)
-                self._scalar("label_context_by_epoch/loss", loss, epoch + 1)
-                bar.set_postfix_str(f"loss={loss:.4f}, validation score={score:.2f}",
-                                    refresh=False)
-                if score > best:
-                    best, best_epoch, since_best = score, epoch + 1, 0
-                    best_weights = [v.numpy() for v in variables]
-                else:
-                    since_best += 1
-                    if stage_config.patience and since_best >= stage_config.patience:
-                        break
-        if self.validate_fn is not None:
-            for variable, value in zip(variables, best_weights):
-                variable.assign(value)
-            if best_epoch:
-                said = (f"best epoch {best_epoch} of {epoch + 1}, validation {best:.2f} (M_map "
-                        f"alone {baseline:.2f})")
-            else:
-                said = (f"no epoch of {epoch + 1} beat M_map alone on validation "
-                        f"({baseline:.2f}): the context is left out (it passes M_map's "
-                        f"logits on unchanged)")
-            print(f"[train] label context: {said}", file=sys.stderr)
-            self.best_manager.save(checkpoint_number=int(self.global_step))
-            if self.chief and os.path.exists(self.run_dir.best_info_file):
-                info = self.run_dir.load_best_info()  # stage 1's best epoch, and now its context
-                info["label_context"] = {"epoch": best_epoch, "score": best}
-                info["validation"].update(score=best, mAP=best)  # the context's, by val. mAP
-                self.run_dir.save_best_info(info)
+            optimizer = self._optimizer(self.config.label_context, loss_scaling=False)
+            optimizer.build(self.model.context_variables)
+        fit = fit_label_context(
+            self.model, self.strategy, optimizer, logits, labels, self.config.label_context,
+            batch_size=self.global_batch, seed=self.config.train.seed,
+            score_fn=self._context_score_fn(), log_scalar=self._scalar,
+            progress=self.progress and self.chief)
+        if self.validate_fn is None:
+            return
+        if fit.best_epoch:
+            said = (f"best epoch {fit.best_epoch} of {fit.epochs}, validation "
+                    f"{fit.best_score:.2f} (M_map alone {fit.map_score:.2f})")
+        else:
+            said = (f"no epoch of {fit.epochs} beat M_map alone on validation "
+                    f"({fit.map_score:.2f}): the context is left out (it passes M_map's "
+                    f"logits on unchanged)")
+        print(f"[train] label context: {said}", file=sys.stderr)
+        self.best_manager.save(checkpoint_number=int(self.global_step))
+        if self.chief and os.path.exists(self.run_dir.best_info_file):
+            info = self.run_dir.load_best_info()  # stage 1's best epoch, and now its context
+            info["label_context"] = {"epoch": fit.best_epoch, "score": fit.best_score}
+            info["validation"].update(score=fit.best_score, mAP=fit.best_score)  # by val. mAP
+            self.run_dir.save_best_info(info)
 
     def _restore_best(self) -> bool:
         """Gives the model the best weights of ``best/``; returns whether there were any."""
@@ -972,7 +732,7 @@ class Trainer:
         """`(train_step, iterator)` for the rest of the current epoch."""
         if stage not in self._train_steps:
             self._train_steps[stage] = self._make_train_step(stage)
-        return self._train_steps[stage], iter(self._epoch_dataset(
+        return self._train_steps[stage], iter(self.inputs.epoch_dataset(
             stage, int(self.epoch), int(self.step_in_epoch)))
 
     def _run_steps(self, stage: int, train_step, iterator, held: StepInterrupts):
