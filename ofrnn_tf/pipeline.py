@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import os
 import random
-import re
 import shlex
-import shutil
 import time
 import unicodedata
 from typing import Optional, Sequence
@@ -32,10 +29,6 @@ from ofrnn_tf.decoding.beam_search import beam_size_problem
 from ofrnn_tf.evaluation import evaluate as evaluation
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
-from ofrnn_tf.features.extract import decode_failure
-from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS
-from ofrnn_tf.inference.predictor import Predictor
-from ofrnn_tf.jsonio import write_json
 from ofrnn_tf.labels import LabelMap, listed_names
 from ofrnn_tf.metrics import SIZE_SPLIT_KEYS, format_table
 from ofrnn_tf.modeling.model import fixed_label_order
@@ -45,10 +38,10 @@ from ofrnn_tf.training.distribute import (
 from ofrnn_tf.training.run_state import (
     check_checkpoints_kept, check_finished_stages, latest_position, training_state)
 from ofrnn_tf.training.trainer import Trainer
-from ofrnn_tf.visualization.attention_maps import CAPTIONS, fitting_stem, render_examples
+from ofrnn_tf.visualization.attention_maps import CAPTIONS
+from ofrnn_tf.visualization.example_images import save_examples
 from ofrnn_tf.status import log
 
-NUM_EXAMPLE_IMAGES = 6
 RESULT_COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "AP-large", "tau")
 
 
@@ -565,83 +558,6 @@ def _note_skipped_images(features_dir: str, split: str, metrics: dict) -> None:
         f"in {os.path.join(features_dir, tfrecords.META_FILENAME)})")
 
 
-def _servable_examples(examples: list[Example], num: int) -> list[Example]:
-    """The first `num` of `examples` stored as files that the served model accepts at its
-    default pixel limit (`decode_failure`), as `ofrnn-predict` draws their pictures and
-    the export warms up on them; the first ones left out are named with their reason."""
-    chosen, left_out = [], 0
-    for example in examples:
-        if len(chosen) == num:
-            break
-        if not isinstance(example.image, str):
-            continue
-        reason = decode_failure(example.image, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS)
-        if reason is None:
-            chosen.append(example)
-            continue
-        left_out += 1
-        if left_out <= _NAMED_LEFT_OUT:
-            log(f"example images: {example.image} left out, the exported model would refuse "
-                f"it: {reason}")
-    if left_out > _NAMED_LEFT_OUT:
-        log(f"example images: {left_out - _NAMED_LEFT_OUT} more test image(s) left out")
-    return chosen
-
-
-_NAMED_LEFT_OUT = 5  # test images left out of the examples that the log names
-
-
-def _copy_name(index: int, image: str) -> str:
-    """The run folder's name for its copy of test image `image`: prefixed with the index,
-    as its attention picture is, so that test images of one name in different folders
-    (class/000.jpg) stay apart; the stem shortened where the name, or its picture's
-    (``.png``), would pass the file systems' 255 bytes."""
-    stem, extension = os.path.splitext(f"{index:03d}_{os.path.basename(image)}")
-    return fitting_stem(stem, extension, ".png") + extension
-
-
-def _unlinked(folder: str) -> str:
-    """`folder`, where a symbolic link there is removed first (not what it points to): the
-    run removes and writes files in its folders."""
-    if os.path.islink(folder):
-        log(f"{folder} was a symbolic link to {os.readlink(folder)}: removed for a folder of "
-            f"the run's own (what it pointed to is left as it was)")
-        os.remove(folder)
-    return folder
-
-
-def save_examples(run_dir: RunDir, data: Data, num: int = NUM_EXAMPLE_IMAGES) -> list[str]:
-    """Copies the first test images the served model accepts into the run folder (export
-    warm-up, demos), says in examples.json which test image each copy is, and draws their
-    attention pictures; returns the copied paths."""
-    chosen = _servable_examples(data.splits["test"], num)
-    os.makedirs(_unlinked(run_dir.examples_dir), exist_ok=True)
-    targets = [os.path.join(run_dir.examples_dir, _copy_name(i, e.image))
-               for i, e in enumerate(chosen)]
-    for stale in set(run_dir.example_images()) - set(targets):  # an earlier call's copies
-        if os.path.isfile(stale):
-            os.remove(stale)
-    copies, truth, index = [], {}, []
-    for example, target in zip(chosen, targets):
-        if os.path.islink(target):  # copied over, it would write where it points
-            os.remove(target)
-        shutil.copyfile(example.image, target)
-        copies.append(target)
-        truth[target] = data.label_map.names_of(example.label_ids)
-        index.append({"file": os.path.relpath(target, run_dir.path),
-                      "image_id": example.image_id, "labels": truth[target]})
-    write_json(run_dir.examples_index_file, index)
-    if os.path.isdir(_unlinked(run_dir.attention_dir)):  # an earlier call's pictures
-        for stale in glob.glob(os.path.join(glob.escape(run_dir.attention_dir), "*.png")):
-            if re.match(r"\d{3}_", os.path.basename(stale)):  # only the run's own
-                os.remove(stale)
-        with contextlib.suppress(FileNotFoundError):  # they described
-            os.remove(os.path.join(run_dir.attention_dir, CAPTIONS))
-    render_examples(Predictor.from_run(run_dir), copies, run_dir.attention_dir,
-                    ground_truth=truth, max_images=num)
-    return copies
-
-
 def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
     """Trains (or resumes) and evaluates a run (``mode="train"``), or only recalibrates τ
     and evaluates a finished one (``mode="eval"``); returns the test metrics.
@@ -823,7 +739,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
             notes={"unfinished_run": f"stopped at {unfinished}"} if unfinished else None)
     if data is not None:
         with timer("examples and attention pictures"):
-            save_examples(run_dir, data)
+            save_examples(run_dir, data.splits["test"], data.label_map)
     print(results_table(config, metrics))
     metrics_file = run_dir.metrics_file("test", config.decoding.beam_size)
     log(f"test metrics written to {metrics_file}"

@@ -5,7 +5,7 @@
   initialised checkpoint, a calibration with τ and a score_mix of 0.3) — fast, no training.
 - `assert_config_holds_every_argument`: a layer's `get_config` names all its arguments.
 - `sample_images`: three real JPEGs of different sizes and one truncated file.
-- `save_examples_unpictured`: `pipeline.save_examples` without a model, with the true
+- `save_examples_unpictured`: `save_examples` without a model, with the true
   labels each attention picture would show.
 - `tiny_export_run`: the embedded benchmark trained at toy size with `train.py` and
   exported with `export.py` (child processes, as a user runs them), once per session
@@ -137,15 +137,18 @@ def tiny_backbone() -> Backbone:
 
 @pytest.fixture
 def save_examples_unpictured(monkeypatch):
-    """`save(run_dir, data) -> (copies, drawn)`: `pipeline.save_examples` without a model;
-    `drawn` maps each copy to the true labels its attention picture would show."""
-    from ofrnn_tf import pipeline
+    """`save(run_dir, data) -> (copies, drawn)`: `save_examples` of the test split of
+    `data` (`pipeline.Data`) without a model; `drawn` maps each copy to the true labels its
+    attention picture would show."""
+    from ofrnn_tf.visualization import example_images
     drawn = {}
-    monkeypatch.setattr(pipeline.Predictor, "from_run", staticmethod(lambda run_dir: None))
-    monkeypatch.setattr(pipeline, "render_examples",
+    monkeypatch.setattr(example_images.Predictor, "from_run",
+                        staticmethod(lambda run_dir: None))
+    monkeypatch.setattr(example_images, "render_examples",
                         lambda predictor, copies, out_dir, ground_truth, max_images:
                         drawn.update(ground_truth))
-    return lambda run_dir, data: (pipeline.save_examples(run_dir, data), drawn)
+    return lambda run_dir, data: (example_images.save_examples(
+        run_dir, data.splits["test"], data.label_map), drawn)
 
 
 @pytest.fixture(scope="session")

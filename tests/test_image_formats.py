@@ -23,6 +23,7 @@ from bmp_files import bit_fields_bmp, os2_bmp, pillow_bmp, rle8_bmp, with_bit_de
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.tf_errors import reason_text
+from ofrnn_tf.visualization import example_images
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -493,7 +494,7 @@ def test_example_images_are_the_first_test_images_the_served_model_accepts(
 def test_only_the_first_test_images_left_out_of_the_examples_are_named(
         tmp_path, save_examples_unpictured, monkeypatch, capsys):
     examples, refused = _test_split(str(tmp_path / "data"))
-    monkeypatch.setattr(pipeline, "_NAMED_LEFT_OUT", 1)
+    monkeypatch.setattr(example_images, "_NAMED_LEFT_OUT", 1)
     data = pipeline.Data({"test": examples}, LabelMap(["a", "b"]))
     save_examples_unpictured(RunDir(str(tmp_path / "run")), data)
     err = capsys.readouterr().err
