@@ -33,12 +33,16 @@ from conftest import FAKE_SCORE_MIX as SCORE_MIX
 from conftest import FAKE_TAU as TAU
 from conftest import ROOT, ctrl_c_as_in_a_terminal, run_checked
 from ofrnn_tf.cli.image_inputs import (
-    expand_inputs, given_inputs, merge_results, open_report, write_report)
+    close_iterable, expand_inputs, given_inputs, merge_results, open_report,
+    pixel_limit_remedied, write_report)
+from ofrnn_tf.cli.client import versions_noted, with_remedies
+from ofrnn_tf.cli.predict import _with_pictures
 from ofrnn_tf.decoding.beam_search import make_decoder, mix_scores
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.inference import Predictor, UncalibratedBeamSizeError
 from ofrnn_tf.inference.module import BeamSizeError
 from ofrnn_tf.run_dir import RunDir
+from ofrnn_tf.status import progress_bar
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +215,41 @@ def test_the_progress_bar_ends_before_the_summary(predictor, images, tmp_path, c
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("[predict] 3 image(s) predicted"), lines
     assert lines[-2].startswith("predicting: 100%") and "3/3" in lines[-2], lines
+
+
+def _inner_results(closed: list):
+    """Three results of a stream that notes in `closed` when it is closed."""
+    try:
+        for name in ("a.jpg", "b.jpg", "c.jpg"):
+            yield {"image": name, "labels": [], "model_version": 1}
+    finally:
+        closed.append(True)
+
+
+def _lines_of_the_client(results):
+    lines = merge_results(["a.jpg", "b.jpg", "c.jpg"], with_remedies(versions_noted(results)))
+    return progress_bar(lines, total=3, enabled=False)
+
+
+@pytest.mark.parametrize("wrap", [
+    versions_noted,
+    lambda results: pixel_limit_remedied(results, " (raise it)"),
+    lambda results: merge_results(["a.jpg", "b.jpg", "c.jpg"], results),
+    lambda results: _with_pictures(results, ["a.jpg", "b.jpg", "c.jpg"], "pictures"),
+    _lines_of_the_client,
+], ids=["versions_noted", "pixel_limit_remedied", "merge_results", "with_pictures",
+        "client_lines_under_a_bar"])
+def test_a_stopped_report_closes_the_stream_its_lines_come_from_at_once(wrap):
+    """A report that stops (`write_report` closes its lines) closes each generator the
+    lines pass through, and the stream they come from (its progress bar, its gRPC
+    channel), then and there: not when CPython collects them, which a reference held
+    elsewhere (here the test's own) puts off."""
+    closed = []
+    results = _inner_results(closed)
+    lines = wrap(results)
+    next(iter(lines))
+    close_iterable(lines)
+    assert closed == [True]
 
 
 def test_a_full_disk_closes_the_progress_bar_before_the_command_says_so(
@@ -684,7 +723,6 @@ def test_expand_inputs_names_every_file_it_skips(tmp_path):
 def test_an_attention_picture_never_overwrites_an_input(predictor, images, tmp_path, capsys):
     # Pictures are named `<place>_<stem>.png`, the stem alone where it starts so (a run's
     # example copies): predicting such a folder into itself would draw over its images.
-    from ofrnn_tf.cli.predict import _with_pictures
 
     folder = tmp_path / "numbered"
     folder.mkdir()
@@ -706,7 +744,6 @@ def test_an_attention_picture_never_overwrites_an_input(predictor, images, tmp_p
 
 def test_a_full_disk_stops_the_pictures_once_and_the_predictions_go_on(tmp_path, monkeypatch,
                                                                        capsys):
-    from ofrnn_tf.cli.predict import _with_pictures
     from ofrnn_tf.visualization import attention_maps
 
     def full(result, out_dir, index, **kwargs):

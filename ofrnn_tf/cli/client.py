@@ -34,7 +34,7 @@ from absl import app, flags
 
 from ofrnn_tf.cli import refuse_below, refuse_unservable_version, refuse_non_probability, runner
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, LineFields, expand_inputs, given_inputs, merge_results,
+    FILES_FROM_HELP, LineFields, close_iterable, expand_inputs, given_inputs, merge_results,
     pixel_limit_remedied, resumable_report, shows_progress, stopped_report, write_report)
 from ofrnn_tf.features.image_headers import GIF_REMEDY
 from ofrnn_tf.serving.server_process import (
@@ -128,16 +128,20 @@ def versions_noted(results: Iterable[dict], previous: int | None = None) -> Iter
     changes from the one before (`previous`: that of the lines ``--resume`` goes on from):
     a version rolled out or back during the run. Each version may hold another label
     map, which the lines' ``label_ids`` and ``all_scores`` index, so a report mixing
-    versions is said to, once for each change."""
-    for result in results:
-        version = result.get("model_version")
-        if version is not None:
-            if previous is not None and version != previous:
-                say(f"[client] version {version} of the model answers from {result['image']} "
-                    f"on, version {previous} before it: each line's label_ids and all_scores "
-                    f"are in the label map of its model_version")
-            previous = version
-        yield result
+    versions is said to, once for each change. Closed, it closes `results`."""
+    results = iter(results)
+    try:
+        for result in results:
+            version = result.get("model_version")
+            if version is not None:
+                if previous is not None and version != previous:
+                    say(f"[client] version {version} of the model answers from "
+                        f"{result['image']} on, version {previous} before it: each line's "
+                        f"label_ids and all_scores are in the label map of its model_version")
+                previous = version
+            yield result
+    finally:
+        close_iterable(results)
 
 
 def kept_version(output: str, keep: int) -> int | None:

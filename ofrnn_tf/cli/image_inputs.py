@@ -142,12 +142,16 @@ def entry_image(entry: str | dict) -> str:
 def pixel_limit_remedied(results: Iterable[dict], remedy: str,
                          unless: str | None = None) -> Iterator[dict]:
     """`results`, each refusal of an image for a pixel limit told what to do about it
-    (`remedy`), unless its error says `unless` already."""
-    for result in results:
-        error = result.get("error", "")
-        if PIXEL_LIMIT_WORDS in error and (unless is None or unless not in error):
-            result["error"] = error + remedy
-        yield result
+    (`remedy`), unless its error says `unless` already. Closed, it closes `results`."""
+    results = iter(results)
+    try:
+        for result in results:
+            error = result.get("error", "")
+            if PIXEL_LIMIT_WORDS in error and (unless is None or unless not in error):
+                result["error"] = error + remedy
+            yield result
+    finally:
+        close_iterable(results)
 
 
 def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
@@ -166,12 +170,17 @@ def merge_results(entries: list, results: Iterable[dict]) -> Iterable[dict]:
 
 
 def close_iterable(results: Iterable) -> None:
-    """Closes the generator `results` (other iterables have nothing to close): its
-    progress bar is drawn a last time now, not when it is collected, which may come after
-    the line that says why the command stopped."""
+    """Closes the generator `results` (other iterables have nothing to close), and a
+    progress bar with what it counts: their progress bars are drawn a last time now, and
+    what they hold open (a gRPC channel) let go, not when they are collected, which may
+    come after the line that says why the command stopped. The generators the lines pass
+    through close what they wrap in turn (`merge_results`, `pixel_limit_remedied`)."""
     close = getattr(results, "close", None)
     if close is not None:
         close()
+    counted = getattr(results, "iterable", None)  # a progress bar's (tqdm's)
+    if counted is not None:
+        close_iterable(counted)
 
 
 class ReportFile:

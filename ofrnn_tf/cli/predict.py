@@ -41,7 +41,7 @@ from ofrnn_tf.cli import (
     input_errors, refusal, refuse_beam_size, refuse_below, refuse_glob_characters,
     refuse_non_probability, refuse_unwritable_folder, runner, trained_run)
 from ofrnn_tf.cli.image_inputs import (
-    FILES_FROM_HELP, LineFields, expand_inputs, file_id, file_ids, given_inputs,
+    FILES_FROM_HELP, LineFields, close_iterable, expand_inputs, file_id, file_ids, given_inputs,
     merge_results, pixel_limit_remedied, resumable_report, shows_progress, stopped_report,
     write_report)
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
@@ -153,38 +153,45 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str, fir
     """Draws each prediction's attention maps into `out_dir`; its line names the PNG
     instead of holding the maps. Pictures are numbered by the input's place among all the
     inputs (the predictions are those of the entries from `first` on, where a resumed
-    report goes on); one that would overwrite an input is not drawn."""
+    report goes on); one that would overwrite an input is not drawn. Closed, it closes
+    `predictions`."""
     from ofrnn_tf.visualization.attention_maps import draw_prediction, picture_path
 
     places = [k for k in range(first, len(entries)) if isinstance(entries[k], str)]
     inputs = None  # the inputs' file identities, found when a picture's file exists
     full = False  # the disk filled: no more pictures, the predictions go on
-    # strict: the predictions are run to their end (their progress bar closes) at the last.
-    for place, result in zip(places, predictions, strict=True):
-        if full:
-            result.pop("attention", None)
-        if "attention" in result:  # not an input that could not be predicted
-            target = picture_path(result["image"], out_dir, place)
-            if os.path.exists(target):
-                inputs = file_ids(entries) if inputs is None else inputs
-                if file_id(target) in inputs:
-                    say(f"[predict] {result['image']}: no attention picture: {target} is one "
-                        f"of the inputs, which it would overwrite")
-                    del result["attention"]
-                    yield result
-                    continue
-            try:
-                result["attention_png"] = draw_prediction(result, out_dir, place)
-            except Exception as error:  # noqa: BLE001 - the prediction stands, not its picture
-                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-                if out_of_room(error):
-                    full = True
-                    say(f"[predict] --attention_dir={out_dir}: {reason} writing {target}: no "
-                        f"more attention pictures are drawn; the predictions go on")
-                else:
-                    say(f"[predict] {result['image']}: no attention picture: {reason}")
-            del result["attention"]
-        yield result
+    predictions = iter(predictions)
+    try:
+        # strict: the predictions are run to their end (their progress bar closes) at the
+        # last.
+        for place, result in zip(places, predictions, strict=True):
+            if full:
+                result.pop("attention", None)
+            if "attention" in result:  # not an input that could not be predicted
+                target = picture_path(result["image"], out_dir, place)
+                if os.path.exists(target):
+                    inputs = file_ids(entries) if inputs is None else inputs
+                    if file_id(target) in inputs:
+                        say(f"[predict] {result['image']}: no attention picture: {target} is "
+                            f"one of the inputs, which it would overwrite")
+                        del result["attention"]
+                        yield result
+                        continue
+                try:
+                    result["attention_png"] = draw_prediction(result, out_dir, place)
+                except Exception as error:  # noqa: BLE001 - the prediction stands, not its picture
+                    reason = (error.strerror if isinstance(error, OSError) and error.strerror
+                              else error)
+                    if out_of_room(error):
+                        full = True
+                        say(f"[predict] --attention_dir={out_dir}: {reason} writing {target}: "
+                            f"no more attention pictures are drawn; the predictions go on")
+                    else:
+                        say(f"[predict] {result['image']}: no attention picture: {reason}")
+                del result["attention"]
+            yield result
+    finally:
+        close_iterable(predictions)
 
 
 run = runner(define_flags, main, on_interrupt=stopped_report,
