@@ -67,7 +67,7 @@ def _first_bad(name: str, arr: np.ndarray, bad: np.ndarray, what: str) -> ValueE
     index = ", ".join(str(i) for i in where)
     return ValueError(
         f"{name} (shape {arr.shape}) must {what}; {int(bad.sum())} entries do not, "
-        f"first at [{index}] = {arr[where]!r}")
+        f"first at [{index}] = {arr[where].item()!r}")
 
 
 def _check_nd(name: str, a, ndim: int) -> np.ndarray:
@@ -90,6 +90,13 @@ def _as_binary(name: str, a, ndim: int = 2) -> np.ndarray:
     if bad.any():
         raise _first_bad(name, arr, bad, "hold only 0 and 1")
     return arr == 1
+
+
+def binary_labels(name: str, a) -> np.ndarray:
+    """`a`, label sets `[N, C]` of 0 and 1 (or bool), as a boolean array, or a ValueError
+    naming `name` and its first other entry: for a caller that scores many predictions
+    against the same true sets, which the metrics then take as they are, unchecked again."""
+    return _as_binary(name, a)
 
 
 def _as_scores(name: str, a, ndim: int = 2) -> np.ndarray:
@@ -293,7 +300,7 @@ def size_split_average_precision(y_true, scores, label_areas,
         i, j = (int(x) for x in np.argwhere(too_big)[0])
         raise ValueError(
             f"label_areas: {int(too_big.sum())} positive labels have an area above 1, first "
-            f"at image {i}, class {j} = {a[i, j]!r}; areas must be fractions of the image "
+            f"at image {i}, class {j} = {a[i, j].item()!r}; areas must be fractions of the image "
             f"area, not pixels")
 
     # Compared at float32, the precision areas are stored in (TFRecords): an object

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import re
 import sys
 import textwrap
 import time
@@ -290,6 +291,22 @@ def test_a_checkout_that_is_not_a_tree_of_the_project_is_refused(tmp_path):
                         f"--checkouts=.,{tmp_path}", "--noappend"], cwd=ROOT,
                        expect_failure=True)
     assert f"{tmp_path} holds no ofrnn_tf/__init__.py: not a tree of this project" in done.stderr
+
+
+def test_the_calibration_benchmark_times_both_searches_and_refuses_a_bad_size():
+    script = str(ROOT / "benchmarks" / "bench_calibration.py")
+    done = run_checked([sys.executable, script, "--sizes=300x6x3", "--repeats=1",
+                        "--noappend"], cwd=ROOT)
+    # Printed as measured, then in the table.
+    row, again = [line for line in done.stdout.splitlines() if line.startswith("| 300 × 6 × 3 |")]
+    assert row == again
+    cells = [cell.strip() for cell in row.split("|")]
+    tau, mix, total = (float(cell) for cell in cells[3:6])
+    assert min(tau, mix) >= 0 and total == pytest.approx(tau + mix, abs=0.011)
+    assert re.fullmatch(r"[0-9a-f]{10}, [0-9a-f]{10}", cells[6])
+    refused = run_checked([sys.executable, script, "--sizes=300x6x7", "--noappend"],
+                          cwd=ROOT, expect_failure=True)
+    assert "--sizes takes comma-separated NxCxT (whole numbers, T at most C)" in refused.stderr
 
 
 def test_a_ctrl_c_under_a_child_run_ends_the_script_without_a_traceback(monkeypatch):

@@ -60,6 +60,47 @@ def test_ties_equal_in_exact_arithmetic_go_to_the_smallest_tau():
     assert best == 0.0
 
 
+def _random_outputs(mode: str, seed: int, n: int = 200, c: int = 6, t: int = 4) -> dict:
+    """Made-up validation outputs of either mode, with tied scores and ended paths."""
+    rng = np.random.default_rng(seed)
+    outputs = {"y_true": (rng.random((n, c)) < 0.3).astype(np.float32),
+               "v_prob": rng.random((n, c)).astype(np.float32)}
+    outputs["v_prob"][:20] = 1.0  # saturated: equal scores, ranked by class index
+    if mode == "decoder":
+        labels = np.full((n, t, t), -1, np.int32)
+        for i in range(n):
+            order = rng.permutation(c)[:t]
+            for step in range(t):
+                labels[i, step, :step + 1] = order[:step + 1]
+        log_prob = np.cumsum(np.log(rng.uniform(0.05, 1.0, (n, t))), axis=1).astype(np.float32)
+        log_prob[rng.random(n) < 0.2, 2:] = -np.inf  # paths that ended before T
+        outputs.update(step_labels=labels, step_log_prob=log_prob,
+                       path_scores=rng.random((n, c)).astype(np.float32))
+    return outputs
+
+
+@pytest.mark.parametrize("mode", ["decoder", "baseline"])
+@pytest.mark.parametrize("min_labels", [0, 1, 2])
+def test_the_threshold_search_scores_each_tau_as_predictions_at_labels_there(mode, min_labels):
+    """The search reads each τ's label sets its own way (without the ranking scores, the
+    baseline's top classes found once, the true sets checked once): every value of its
+    table is still the objective of the label sets `predictions_at` gives at that τ."""
+    outputs = _random_outputs(mode, seed=min_labels)
+    _, table = calibrate_from_outputs(outputs, min_labels=min_labels)
+    assert len(table) == len(default_grid())
+    for tau, value in table:
+        y_pred, _ = predictions_at(outputs, tau, min_labels)
+        assert value == objective_value(label_set_metrics(outputs["y_true"], y_pred),
+                                        "mean_f1"), tau
+
+
+def test_a_true_set_that_is_not_0_and_1_is_named_before_the_search():
+    outputs = dict(recorded_outputs(), y_true=np.array([[1, 2, 0, 0], [0, 0, 1, 0]]))
+    with pytest.raises(ValueError, match=r"^y_true \(shape \(2, 4\)\) must hold only 0 "
+                                         r"and 1; 1 entries do not, first at \[0, 1\] = 2"):
+        calibrate_from_outputs(outputs)
+
+
 def test_objectives_differ_and_are_validated():
     outputs = recorded_outputs()
     outputs["y_true"] = np.array([[1, 1, 1, 0], [0, 0, 1, 1]], np.float32)

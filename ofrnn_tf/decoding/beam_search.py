@@ -465,8 +465,8 @@ def _probabilities_of(probabilities: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
                                            batch_dims=1), 0.0)
 
 
-def labels_to_multi_hot(labels, num_classes: int) -> np.ndarray:
-    """`[N, L]` label ids padded with -1 → int64 multi-hot `[N, C]`."""
+def labels_to_multi_hot(labels, num_classes: int, dtype=np.int64) -> np.ndarray:
+    """`[N, L]` label ids padded with -1 → multi-hot `[N, C]` (int64, or `dtype`)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be [N, L] (-1 padded); got shape {labels.shape}")
@@ -475,13 +475,14 @@ def labels_to_multi_hot(labels, num_classes: int) -> np.ndarray:
         i, j = np.argwhere(bad)[0]
         raise ValueError(f"labels[{i}, {j}] = {labels[i, j]} is not a class id in "
                          f"[0, {num_classes}) nor the padding -1")
-    out = np.zeros((labels.shape[0], num_classes + 1), np.int64)
+    out = np.zeros((labels.shape[0], num_classes + 1), dtype)
     np.put_along_axis(out, np.where(labels < 0, num_classes, labels), 1, axis=1)
     return out[:, :num_classes]
 
 
 def select_for_threshold(step_outputs: Mapping[str, np.ndarray], threshold: float,
-                         min_labels: int = 1, score_mix: float = 0.0) -> Dict[str, np.ndarray]:
+                         min_labels: int = 1, score_mix: float = 0.0, *,
+                         scores: bool = True) -> Dict[str, np.ndarray]:
     """What `beam_search` returns for τ = `threshold`, from an `all_steps` recording.
 
     Per image, picks the last step t whose best path is admissible (t ≤ min_labels,
@@ -494,9 +495,12 @@ def select_for_threshold(step_outputs: Mapping[str, np.ndarray], threshold: floa
         threshold: τ in [0, 1].
         min_labels: as in `beam_search`.
         score_mix: as in `beam_search`.
+        scores: whether to return the ranking scores too (a τ search reads only the
+            labels, and τ does not change the scores).
 
     Returns:
-        dict of numpy arrays `labels`, `num_labels`, `log_prob`, `scores`, as `beam_search`.
+        dict of numpy arrays `labels`, `num_labels`, `log_prob`, `scores` (where asked),
+        as `beam_search`.
     """
     missing = [key for key in STEP_KEYS + ("v_prob",) if key not in step_outputs]
     if missing:
@@ -512,24 +516,34 @@ def select_for_threshold(step_outputs: Mapping[str, np.ndarray], threshold: floa
     rows = np.arange(n)
     empty = num == 0
     labels = np.where(empty[:, None], -1, step_labels[rows, last]).astype(np.int32)
-    scores = mix_scores(np.asarray(step_outputs["v_prob"], np.float32),
-                        np.asarray(step_outputs["path_scores"], np.float32), np.float32(score_mix))
-    return {
+    selected = {
         "labels": labels,
         "num_labels": num,
         "log_prob": np.where(empty, np.float32(0.0), step_log_prob[rows, last]).astype(np.float32),
-        "scores": scores.astype(np.float32),
     }
+    if scores:
+        selected["scores"] = mix_scores(
+            np.asarray(step_outputs["v_prob"], np.float32),
+            np.asarray(step_outputs["path_scores"], np.float32),
+            np.float32(score_mix)).astype(np.float32)
+    return selected
 
 
 def select_baseline(v_prob, threshold: float, min_labels: int = 1) -> np.ndarray:
     """Multi-hot `[N, C]` of `baseline_decode` at `threshold`, from its `v_prob`."""
     v_prob = np.asarray(v_prob, np.float32)
     threshold = np.float32(_check_threshold(threshold))
+    return ((v_prob >= threshold) | top_classes(v_prob, min_labels)).astype(np.int64)
+
+
+def top_classes(v_prob, min_labels: int) -> np.ndarray:
+    """Boolean `[N, C]`: each image's `min_labels` classes of highest `v_prob` (ties to the
+    lower class index), which `baseline_decode` labels whatever the threshold."""
+    v_prob = np.asarray(v_prob, np.float32)
     order = np.argsort(-v_prob, axis=1, kind="stable")
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(v_prob.shape[1])[None, :].repeat(len(v_prob), 0), 1)
-    return ((v_prob >= threshold) | (ranks < min_labels)).astype(np.int64)
+    return ranks < min_labels
 
 
 def decode_dataset(decoder, dataset, progress: bool = True) -> Dict[str, np.ndarray]:

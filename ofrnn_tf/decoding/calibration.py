@@ -14,15 +14,15 @@ choose through `calibrate_outputs`.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ofrnn_tf.config.experiment import OBJECTIVES
 from ofrnn_tf.decoding.beam_search import (
     STEP_KEYS, decode_dataset, labels_to_multi_hot, make_decoder, mix_scores, select_baseline,
-    select_for_threshold)
-from ofrnn_tf.metrics import label_set_metrics, mean_average_precision
+    select_for_threshold, top_classes)
+from ofrnn_tf.metrics import binary_labels, label_set_metrics, mean_average_precision
 
 
 def default_grid() -> np.ndarray:
@@ -67,6 +67,21 @@ def predictions_at(outputs: Mapping[str, np.ndarray], tau: float, min_labels: in
     return select_baseline(outputs["v_prob"], tau, min_labels), np.asarray(outputs["v_prob"])
 
 
+def _label_sets_by_threshold(outputs: Mapping[str, np.ndarray], min_labels: int
+                             ) -> Callable[[float], np.ndarray]:
+    """τ → the label sets `[N, C]` (bool) that `predictions_at` gives at τ, for a search
+    over many τ: without the ranking scores, which τ does not change, and with what
+    does not depend on τ (the baseline's top classes) computed once."""
+    if all(key in outputs for key in STEP_KEYS):
+        num_classes = np.asarray(outputs["v_prob"]).shape[-1]
+        return lambda tau: labels_to_multi_hot(
+            select_for_threshold(outputs, tau, min_labels, scores=False)["labels"],
+            num_classes, dtype=bool)
+    v_prob = np.asarray(outputs["v_prob"], np.float32)
+    top = top_classes(v_prob, min_labels)
+    return lambda tau: (v_prob >= np.float32(tau)) | top
+
+
 def _tie_level(value: float) -> float:
     """A metric rounded so that values equal in exact arithmetic compare equal.
 
@@ -89,7 +104,7 @@ def choose_score_mix(outputs: Mapping[str, np.ndarray], grid: Sequence[float] = 
     """
     if not all(key in outputs for key in STEP_KEYS):
         return 1.0, [(1.0, mean_average_precision(outputs["y_true"], outputs["v_prob"]))]
-    y_true = np.asarray(outputs["y_true"])
+    y_true = binary_labels("y_true", outputs["y_true"])  # checked once, not at every mix
     v_prob = np.asarray(outputs["v_prob"], np.float32)
     path_scores = np.asarray(outputs["path_scores"], np.float32)
     # Mixed in float32, as evaluation and the served graph mix them: near-ties would
@@ -117,14 +132,15 @@ def calibrate_from_outputs(outputs: Mapping[str, np.ndarray], *, min_labels: int
     objective_value({"C-F1": 0.0, "O-F1": 0.0}, objective)  # validates the name
     if "y_true" not in outputs:
         raise ValueError("outputs lack 'y_true': the validation dataset must yield 'labels'")
-    y_true = np.asarray(outputs["y_true"])
+    y_true = binary_labels("y_true", outputs["y_true"])  # checked once, not at every τ
     decoder_mode = all(key in outputs for key in STEP_KEYS)
     if not decoder_mode and "v_prob" not in outputs:
         raise ValueError(f"outputs need either {STEP_KEYS} (decode with all_steps=True, τ = 0) "
                          "or 'v_prob' (baseline)")
+    label_sets_at = _label_sets_by_threshold(outputs, min_labels)
     table = []
     for tau in _check_grid(grid):
-        y_pred, _ = predictions_at(outputs, float(tau), min_labels)
+        y_pred = label_sets_at(float(tau))
         table.append((float(tau), objective_value(label_set_metrics(y_true, y_pred), objective)))
     best = max(range(len(table)), key=lambda i: (_tie_level(table[i][1]), -i))
     return table[best][0], table
