@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import flags
 
@@ -191,6 +191,15 @@ def difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 def one_decimal(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.1f}"
+
+
+def measured_alternately(checkouts: Sequence[str], turn: int,
+                         measure: Callable[[str], dict]) -> dict[str, dict]:
+    """``{checkout: measure(its absolute path)}`` for every checkout, measured in the given
+    order on even turns and in reverse on odd ones, so that none is always measured first
+    on a host whose load drifts."""
+    order = checkouts if turn % 2 == 0 else checkouts[::-1]
+    return {path: measure(os.path.abspath(path)) for path in order}
 
 
 def checkout_label(checkout: str) -> str:

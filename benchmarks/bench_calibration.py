@@ -14,7 +14,6 @@ which a faster search must leave as they were. The checkouts alternate.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import (  # noqa: E402
-    check_checkouts, checkout_label, child_result, publish)
+    check_checkouts, checkout_label, child_result, measured_alternately, publish)
 from benchmarks import _stops as stops  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -99,8 +98,7 @@ def main(argv):
              "digests (τ, mix) |", "|---|---|---:|---:|---:|---|"]
     for turn, text in enumerate(FLAGS.sizes):
         size = _size(text)
-        order = checkouts if turn % 2 == 0 else checkouts[::-1]
-        results = {path: measure(os.path.abspath(path), size) for path in order}
+        results = measured_alternately(checkouts, turn, lambda path: measure(path, size))
         for path in checkouts:
             r = results[path]
             lines.append(f"| {size[0]:,} × {size[1]} × {size[2]} | {checkout_label(path)} | "

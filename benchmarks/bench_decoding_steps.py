@@ -22,7 +22,8 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import (  # noqa: E402
-    check_checkouts, check_int_list, checkout_label, child_result, publish)
+    check_checkouts, check_int_list, checkout_label, child_result, measured_alternately,
+    publish)
 from benchmarks import _stops as stops  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -95,9 +96,9 @@ def main(argv):
     turn = 0
     for steps in (int(t) for t in FLAGS.max_steps):
         for unroll in (False, True):
-            order = checkouts if turn % 2 == 0 else checkouts[::-1]
+            results = measured_alternately(checkouts, turn,
+                                           lambda path: measure(path, steps, unroll))
             turn += 1
-            results = {path: measure(os.path.abspath(path), steps, unroll) for path in order}
             for path in checkouts:
                 r = results[path]
                 lines.append(f"| {steps} | {'unrolled' if unroll else 'loop'} | "

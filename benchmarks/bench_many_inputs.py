@@ -32,7 +32,8 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._results import (  # noqa: E402
-    check_checkouts, check_choices, checkout_label, child_result, host_load, publish)
+    check_checkouts, check_choices, checkout_label, child_result, host_load,
+    measured_alternately, publish)
 from benchmarks import _stops as stops  # noqa: E402
 
 CASES = ("folder", "json_array", "resume", "client_version")
@@ -122,8 +123,8 @@ def main(argv):
         data = Path(tmp)
         write_inputs(data)
         for turn, case in enumerate(FLAGS.cases):
-            order = checkouts if turn % 2 == 0 else checkouts[::-1]
-            results = {path: measure(os.path.abspath(path), case, data) for path in order}
+            results = measured_alternately(checkouts, turn,
+                                           lambda path: measure(path, case, data))
             for path in checkouts:
                 r = results[path]
                 lines.append(f"| {case} | {sizes[case]} | {checkout_label(path)} | "
