@@ -48,10 +48,8 @@ note: the run goes on from the newest one that reads back whole.
 from __future__ import annotations
 
 import functools
-import glob
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -64,20 +62,20 @@ from ofrnn_tf.config.experiment import ExperimentConfig, StageConfig
 from ofrnn_tf.dtype_policy import global_dtype_policy
 from ofrnn_tf.metrics import mean_average_precision
 from ofrnn_tf.modeling.model import OrderFreeRNN, build_model
-from ofrnn_tf.checkpoint_files import (
-    best_checkpoint, checkpoint_list_lost, resumable_checkpoint)
-from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
+from ofrnn_tf.checkpoint_files import best_checkpoint, checkpoint_list_lost
+from ofrnn_tf.run_dir import RunDir, RunFacts
 from ofrnn_tf.status import progress_bar
 from ofrnn_tf.training.checkpoints import (
-    checkpoint_position, checkpoints_scale_loss, describe_position, said_settings,
-    scoring_settings)
+    checkpoints_scale_loss, describe_position, said_settings, scoring_settings)
 from ofrnn_tf.training.distribute import (
-    check_batch_split, digest, is_chief, num_workers, poisoned_if_any_replica_overflowed,
-    settings_parts)
+    check_batch_split, is_chief, num_workers, poisoned_if_any_replica_overflowed)
 from ofrnn_tf.training.event_files import date_event_files_before, last_logged_steps
 from ofrnn_tf.training.head_outputs import beyond_float16
 from ofrnn_tf.training.inputs import ExamplesFn, TrainingInputs
 from ofrnn_tf.training.label_context_fit import fit_label_context
+from ofrnn_tf.training.resume import (
+    check_workers_agree, checkpoint_folders, remove_cut_saves, restore_checkpoint,
+    resume_point, take_chiefs_best)
 from ofrnn_tf.training.step_log import (
     LoggingWindow, last_step_learning_rate, stage_bar_postfix, variable_value)
 from ofrnn_tf.training.step_interrupts import StepInterrupts
@@ -163,11 +161,10 @@ class Trainer:
         runtime = config.runtime
         # Every worker must take part in a save; only the chief's copy is kept.
         worker = None if self.chief else strategy.cluster_resolver.task_id
-        self._resume_dirs = [run_dir.checkpoints_dir()] + (
-            [] if worker is None else [run_dir.checkpoints_dir(worker)])
-        resume_from, _, _ = self._resume_point()
+        self._resume_dirs = checkpoint_folders(run_dir, worker)
+        resume_from = resume_point(self._resume_dirs).latest
         # Before anything is built from the checkpoint (the loss-scaling layout, say).
-        self._check_workers_agree(resume_from)
+        check_workers_agree(strategy, resume_from, config, facts, num_train, run_dir)
         self.loss_scaling = checkpoints_scale_loss(resume_from, runtime.mixed_precision)
         self.mixed_precision = runtime.mixed_precision and self.loss_scaling
         if self.mixed_precision and not tf.config.list_logical_devices("GPU"):
@@ -328,14 +325,10 @@ class Trainer:
     def restore(self) -> bool:
         """Restores the newest checkpoint that reads back whole; returns whether there
         was one. Newer ones that cannot be read (deleted or damaged files) are passed
-        over, each named with a note (`resumable_checkpoint`).
-
-        A save cut short (the process killed while TensorFlow wrote its shards) leaves a
-        ``<prefix>_temp`` folder that no later save reuses: it is removed here."""
-        for manager in (self.manager, self.best_manager):
-            for leftover in glob.glob(os.path.join(glob.escape(manager.directory), "*_temp")):
-                shutil.rmtree(leftover, ignore_errors=True)
-        latest, unreadable, directory = self._resume_point()
+        over, each named with a note (`resume_point`); the leftovers of a save cut short
+        are removed (`remove_cut_saves`)."""
+        remove_cut_saves([self.manager.directory, self.best_manager.directory])
+        latest, unreadable, directory = resume_point(self._resume_dirs)
         for prefix, problem in unreadable:
             print(f"[train] skipped checkpoint {prefix}: {problem}; resuming from the older "
                   f"{latest} (the files {prefix}.* can be deleted)", file=sys.stderr)
@@ -345,81 +338,10 @@ class Trainer:
         self._saved_step = int(latest.rsplit("-", 1)[1]) if latest else None
         if latest:
             if not self.chief and directory == self.run_dir.checkpoints_dir():
-                self._take_the_chiefs_best()
-            self._restore_checkpoint(latest)
+                self.best_manager = take_chiefs_best(self.run_dir, self.best_manager)
+            restore_checkpoint(latest, self.checkpoint, self._checkpointed)
             print(f"[train] resuming from {latest}: {self.position()}", file=sys.stderr)
         return bool(latest)
-
-    def _restore_checkpoint(self, path: str) -> None:
-        """Restores the training checkpoint `path`; one written before the decoding
-        settings of its best score were recorded leaves `best_scored_at` empty."""
-        recorded = any(name.startswith("best_scored_at/")
-                       for name, _ in tf.train.list_variables(path))
-        checkpoint = self.checkpoint if recorded else tf.train.Checkpoint(**{
-            name: part for name, part in self._checkpointed.items() if name != "best_scored_at"})
-        checkpoint.restore(path).assert_existing_objects_matched()
-
-    def _take_the_chiefs_best(self) -> None:
-        """A worker resuming from the chief's checkpoints takes the chief's best weights
-        too (its own copy may be older, or missing): the stages after this one start from
-        them on every worker alike."""
-        own = self.best_manager.directory
-        shutil.rmtree(own, ignore_errors=True)
-        if os.path.isdir(self.run_dir.best_dir()):
-            shutil.copytree(self.run_dir.best_dir(), own)
-        else:
-            os.makedirs(own, exist_ok=True)
-        self.best_manager = tf.train.CheckpointManager(
-            self.best_manager.checkpoint, own, max_to_keep=1)
-
-    def _resume_point(self):
-        """``(latest, unreadable, folder)``: `resumable_checkpoint` of the chief's
-        checkpoints, which every worker resumes from when it sees the run folder the
-        chief writes (a shared folder: the workers then start from one point even if one
-        of them saved less before a kill, or none trained here before); for a worker that
-        does not see them, of its own copy."""
-        for directory in self._resume_dirs:
-            latest, unreadable = resumable_checkpoint(directory)
-            if latest:
-                return latest, unreadable, directory
-        return (*resumable_checkpoint(self._resume_dirs[-1]), self._resume_dirs[-1])
-
-    def _check_workers_agree(self, latest: Optional[str]) -> None:
-        """Refuses, on every worker alike, a multi-worker run whose workers would resume
-        from different points (`latest`), or were started with different settings or
-        data (`settings_parts`): their replicas would train different weights together,
-        or wait on each other's saves and steps until killed."""
-        if num_workers(self.strategy) == 1:
-            return
-        position = checkpoint_position(latest) if latest else {
-            "stage": 1, "epoch": 0, "step_in_epoch": 0}
-        parts = settings_parts(self.config, self.facts, self.num_train)
-        here = tf.constant([position["stage"], position["epoch"], position["step_in_epoch"]]
-                           + [number for part in parts.values() for number in digest(part)],
-                           tf.float64)
-
-        def sums():
-            context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([here, here * here]))
-
-        total = self.strategy.experimental_local_results(
-            tf.function(lambda: self.strategy.run(sums), autograph=False)())[0].numpy()
-        replicas = self.strategy.num_replicas_in_sync
-        differs = replicas * total[1] != total[0] ** 2  # equal only where all agree
-        if differs[:3].any():
-            raise IncompatibleRunError(
-                f"the workers of this multi-worker run resumed from different points (this "
-                f"one from {latest or 'no checkpoint'}): each resumes from the chief's "
-                f"{self.run_dir.checkpoints_dir()} when it sees that folder, else from its own "
-                f"copy under {os.path.join(self.run_dir.path, 'tmp_worker', '<task id>')}. Give "
-                f"every worker the run folder the chief writes, then rerun")
-        per_part = differs[3:].reshape(len(parts), -1).any(axis=1)
-        if per_part.any():
-            named = [name for name, differ in zip(parts, per_part) if differ]
-            raise IncompatibleRunError(
-                f"the workers of this multi-worker run were started with different "
-                f"{', '.join(named)}: start every worker with the same flags (and the same "
-                f"data), then rerun")
 
     def position(self) -> str:
         """Where training stands (`describe_position`), or that it finished."""
