@@ -18,6 +18,7 @@ from benchmarks._results import (
     check_choices, check_int_list, difference, mean_std, one_decimal, publish)
 
 from ofrnn_tf import pipeline
+from ofrnn_tf.features import run_cache
 from ofrnn_tf.cli import interrupts
 from ofrnn_tf.config import flags as config_flags
 from ofrnn_tf.config.experiment import ExperimentConfig, fields
@@ -181,7 +182,7 @@ def run_config(run_dir: RunDir) -> tuple[ExperimentConfig, RunFacts]:
     config, facts = run_dir.load()
     config = config.replace(runtime={"cache_dir": FLAGS.cache_dir})
     try:
-        pipeline.locate_features(config, facts)
+        run_cache.locate_features(config, facts)
     except FileNotFoundError:
         raise app.UsageError(
             f"--cache_dir={FLAGS.cache_dir}: no feature cache {facts.features_name} of the run "
@@ -207,7 +208,7 @@ def decoded_split(run_dir: RunDir, split: str = "test"
     `split`), decoded and selected as the run's test metrics were (M_map's v_prob for the
     head alone, the decoder's mixed scores otherwise)."""
     model, config, facts = load_run(run_dir)
-    dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, split)
+    dataset = pipeline.eval_dataset(run_cache.locate_features(config, facts), facts, split)
     decoding = config.decoding
     calibration = run_dir.calibration(decoding.beam_size)
     outputs = decode_all_steps(model, dataset, beam_size=decoding.beam_size,

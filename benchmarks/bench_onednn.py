@@ -64,6 +64,8 @@ def measure_once(workdir: str) -> dict:
     import tensorflow as tf
 
     from ofrnn_tf import pipeline
+    from ofrnn_tf.data import run_data
+    from ofrnn_tf.features import run_cache
     from ofrnn_tf.export.saved_model import save_inference_module
     from ofrnn_tf.features.backbones import get_backbone
     from ofrnn_tf.features.extract import extract_split
@@ -73,7 +75,7 @@ def measure_once(workdir: str) -> dict:
     config, facts = table_runs.run_config(run_dir)
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench_onednn_") as tmp:
-        data = pipeline.load_data(config)
+        data = run_data.load_data(config)
         examples = data.splits["val"][:FLAGS.num_images]
         backbone = get_backbone(config.features.backbone, config.features.layer)
         extract_split(examples[:64], data.label_map, backbone, os.path.join(tmp, "warm"), "val",
@@ -83,7 +85,7 @@ def measure_once(workdir: str) -> dict:
                                 progress=False)
         out["extract"] = summary.images_per_second
 
-        features_dir = pipeline.locate_features(config, facts)
+        features_dir = run_cache.locate_features(config, facts)
         trainer = pipeline.make_trainer(config, facts, RunDir(os.path.join(tmp, "run")),
                                         features_dir, tf.distribute.get_strategy(),
                                         validate=False)

@@ -59,6 +59,7 @@ from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import host_load, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.features import run_cache  # noqa: E402
 from ofrnn_tf.config.experiment import ExperimentConfig  # noqa: E402
 from ofrnn_tf.features import tfrecords  # noqa: E402
 from ofrnn_tf.labels import LabelMap  # noqa: E402
@@ -260,7 +261,7 @@ def run(work_dir: str) -> None:
     """Writes or opens the features, times every XLA setting, prints and appends."""
     if not FLAGS.synthetic:
         config, facts = table_runs.run_config(table_runs.workdir_run())
-        features_dir = pipeline.locate_features(config, facts)
+        features_dir = run_cache.locate_features(config, facts)
         label_map = LabelMap(facts.label_names)
         source = f"features of the run {FLAGS.workdir} ({features_dir})"
     else:

@@ -50,6 +50,7 @@ from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.features import run_cache  # noqa: E402
 from ofrnn_tf.decoding.beam_search import beam_search  # noqa: E402
 from ofrnn_tf.metrics import format_table  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
@@ -131,7 +132,7 @@ def attention_statistics(run_dir: RunDir, beam_size: int | None = None) -> dict:
         return {}
     beam_size = beam_size or config.decoding.beam_size
     tau = run_dir.calibration(beam_size)["tau"]
-    dataset = pipeline.eval_dataset(pipeline.locate_features(config, facts), facts, "test")
+    dataset = pipeline.eval_dataset(run_cache.locate_features(config, facts), facts, "test")
     peaks, same = [], []
     for batch in dataset:
         paths = beam_search(model, batch["features"], beam_size=beam_size,

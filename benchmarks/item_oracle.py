@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _table_runs as table_runs  # noqa: E402
 from benchmarks import _stops as stops  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.data import run_data  # noqa: E402
+from ofrnn_tf.features import run_cache  # noqa: E402
 from ofrnn_tf.decoding import calibration  # noqa: E402
 from ofrnn_tf.metrics import label_set_metrics  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
@@ -148,8 +150,8 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         run_dir = table_runs.table_run(mode, seed, name)
         y_true, y_pred, _, facts = table_runs.decoded_split(run_dir)
         model, config, _ = table_runs.load_run(run_dir)
-        features_dir = pipeline.locate_features(config, facts)
-        boxes = {e.image_id: e.boxes for e in pipeline.load_data(config).splits["test"]}
+        features_dir = run_cache.locate_features(config, facts)
+        boxes = {e.image_id: e.boxes for e in run_data.load_data(config).splits["test"]}
         test = position_scores(model, pipeline.eval_dataset(features_dir, facts, "test"))
         scores, v_prob, ids = test["scores"], test["v_prob"], test["ids"]
         if not np.array_equal(test["y_true"], y_true):

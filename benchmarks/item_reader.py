@@ -63,6 +63,8 @@ from benchmarks.item_oracle import item_positions, position_scores  # noqa: E402
 from benchmarks.label_context import (canvas_facts, scored_on_test, split_outputs,  # noqa: E402
                                       validation_score)
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.data import run_data  # noqa: E402
+from ofrnn_tf.features import run_cache  # noqa: E402
 from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 import keras  # noqa: E402
@@ -239,9 +241,9 @@ def head_run(mode: str, seed: int) -> tuple:
     the paper table's `spatial_head` run of `mode` and `seed` under `--root`."""
     run_dir = table_runs.table_run(mode, seed, "spatial_head")
     model, config, facts = table_runs.load_run(run_dir)
-    features_dir = pipeline.locate_features(config, facts)
+    features_dir = run_cache.locate_features(config, facts)
     return (Path(run_dir.path).parent, run_dir, model, config, facts,
-            pipeline.load_data(config).splits, features_dir)
+            run_data.load_data(config).splits, features_dir)
 
 
 def run_row(run_dir: RunDir) -> dict:
@@ -327,7 +329,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
                               == count("test"))) for finder in FOUND_THRESHOLDS]
         + [100.0 * float(np.mean(predicted("test") == count("test")))])
     table = SCENE_TABLES.get(config.data.scenes)
-    told = table and {s: canvas_facts(pipeline.benchmark_dir(config), s,
+    told = table and {s: canvas_facts(run_data.benchmark_dir(config), s,
                                       splits[s]["ids"])["scene"] for s in splits}
     rows = {"spatial head": run_row(run_dir),
             "items' boxes, each class alone (oracle places)":

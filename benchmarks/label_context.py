@@ -59,6 +59,8 @@ from benchmarks import _stops as stops  # noqa: E402
 from benchmarks._results import publish  # noqa: E402
 from benchmarks.item_oracle import position_scores  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
+from ofrnn_tf.data import run_data  # noqa: E402
+from ofrnn_tf.features import run_cache  # noqa: E402
 from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
 from ofrnn_tf.evaluation import evaluate as evaluation  # noqa: E402
@@ -108,7 +110,7 @@ def map_logits(run_dir: RunDir, per_position: bool = False) -> tuple[dict, objec
     `per_position`, also the spatial head's `[N, m, C]` position scores `S`); and the
     run's config."""
     model, config, facts = table_runs.load_run(run_dir)
-    features_dir = pipeline.locate_features(config, facts)
+    features_dir = run_cache.locate_features(config, facts)
     splits = {}
     for split in ("train", "val", "test"):
         dataset = pipeline.eval_dataset(features_dir, facts, split)
@@ -349,7 +351,7 @@ def rows_of(mode: str, seed: int) -> dict[str, dict]:
         if name == "spatial_head" and facts.num_classes <= MAX_LABEL_SET_CLASSES:
             rows["spatial head + exact label-set posterior"] = label_set_row(splits, config, facts)
         if FLAGS.scene_oracle and name == "spatial_head" and config.data.scenes != "none":
-            benchmark_dir = pipeline.benchmark_dir(config)
+            benchmark_dir = run_data.benchmark_dir(config)
             told = {split: canvas_facts(benchmark_dir, split, splits[split]["ids"])
                     for split in splits}
             table = [scene.to_dict() for scene in SCENE_TABLES[config.data.scenes]]

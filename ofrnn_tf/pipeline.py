@@ -9,30 +9,29 @@ content fingerprint (`ofrnn_tf.features.cache`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
 import shlex
 import time
-import unicodedata
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig, RuntimeConfig
-from ofrnn_tf.data import DataNotFoundError, ImagesNotFoundError, fashion_canvases
-from ofrnn_tf.data.example import Example
-from ofrnn_tf.data.splits import (
-    check_extracted_sizes, check_split_sizes, label_statistics, load_examples)
-from ofrnn_tf.decoding.beam_search import beam_size_problem
+from ofrnn_tf.data import DataNotFoundError
+from ofrnn_tf.data.run_data import Data, check_beam_size, load_data, say_max_steps, t_max
+from ofrnn_tf.data.splits import check_extracted_sizes, label_statistics
 from ofrnn_tf.evaluation import evaluate as evaluation
 from ofrnn_tf.features import cache, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
+from ofrnn_tf.features.run_cache import (
+    check_evaluated_data, check_resumed_data, feature_cache_key, in_run_spelling,
+    locate_features)
 from ofrnn_tf.labels import LabelMap, listed_names
 from ofrnn_tf.metrics import SIZE_SPLIT_KEYS, format_table
 from ofrnn_tf.modeling.model import fixed_label_order
-from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts, train_command
+from ofrnn_tf.run_dir import RunDir, RunFacts, train_command
 from ofrnn_tf.training.distribute import (
     check_batch_split, is_chief, is_chief_task, make_strategy)
 from ofrnn_tf.training.run_state import (
@@ -70,199 +69,7 @@ class Timer:
         return f"{parts}; total {total:.0f}s ({total / 60:.1f} min)"
 
 
-# -- data -----------------------------------------------------------------------------
-@dataclasses.dataclass
-class Data:
-    """The examples of a run and what was learned loading them."""
-
-    splits: dict[str, list[Example]]
-    label_map: LabelMap
-    small_area: Optional[float] = None
-
-
-def canvas_config(config: ExperimentConfig) -> fashion_canvases.CanvasConfig:
-    """The embedded benchmark's canvases that `config`'s data settings name."""
-    data = config.data
-    return fashion_canvases.CanvasConfig(num_train=data.num_train, num_val=data.num_val,
-                                         num_test=data.num_test, seed=data.seed,
-                                         scenes=data.scenes)
-
-
-def benchmark_dir(config: ExperimentConfig) -> str:
-    """Where the embedded benchmark of `config` is built: one folder per configuration."""
-    key = fashion_canvases.fingerprint(canvas_config(config).to_dict())[:12]
-    return os.path.join(config.runtime.cache_dir, "fashion_canvases", key)
-
-
-def load_data(config: ExperimentConfig, check_files: bool = True) -> Data:
-    """The train / val / test examples (building the benchmark first if it is the data),
-    checked to be large enough for the run, and to hold its ``decoding.min_labels``,
-    before any other work. Without `check_files`, listed images are kept whether or not
-    their files are there."""
-    data = config.data
-    paths = {"data_dir": data.data_dir or None, "check_files": check_files}
-    if data.manifest:
-        paths["manifest"] = data.manifest
-    if data.dataset == "coco":
-        paths["coco_release"] = data.coco_release
-    small_area = None
-    if data.dataset == "fashion_canvases":
-        built = fashion_canvases.build_fashion_canvases(benchmark_dir(config),
-                                                        canvas_config(config))
-        paths = {"data_dir": built["out_dir"], "check_files": check_files}
-        small_area = float(built["small_area_fraction"])
-    splits, label_map = load_examples(data.dataset, paths, data.val_fraction)
-    check_split_sizes(splits, config.train.batch_size)
-    loaded = Data(splits, label_map, small_area)
-    max_steps = _data_t_max(loaded)
-    check_min_labels(config, label_map.num_classes, max_steps)
-    check_beam_size(config, label_map.num_classes, max_steps)
-    return loaded
-
-
 # -- features -------------------------------------------------------------------------
-class RunDataChangedError(IncompatibleRunError):
-    """A rerun on an existing run folder reads other data (images, labels, class names)
-    than the run was trained on."""
-
-
-@dataclasses.dataclass
-class CacheKey:
-    """What a feature cache is known by: its folder name, content fingerprint and what the
-    fingerprint was made of (`cache.describe_inputs`; None for a format-1 cache a run
-    resumes with)."""
-
-    name: str
-    fingerprint: str
-    inputs: Optional[dict]
-
-
-def feature_cache_key(config: ExperimentConfig, data: Data) -> CacheKey:
-    """The `CacheKey` of the feature cache of `config` on `data` (no image is read).
-
-    The user's data are known by their files' sizes as well (cache format 2);
-    the embedded benchmark, whose images its build settings determine, by image ids and
-    labels only (see `ofrnn_tf.features.cache`)."""
-    features = config.features
-    inputs = cache.describe_inputs(data.splits, data.label_map,
-                                   file_stats=config.data.dataset != "fashion_canvases")
-    fingerprint = cache.fingerprint_of(inputs, features.backbone, features.layer)
-    name = cache.cache_name_in_use(config.runtime.cache_dir, config.data.dataset,
-                                   features.backbone, features.layer, fingerprint)
-    return CacheKey(name, fingerprint, inputs)
-
-
-def _label_change(before: tuple, now: tuple) -> str:
-    added = [n for n in now if n not in before]
-    removed = [n for n in before if n not in now]
-    parts = [f"{len(before)} classes in the run, {len(now)} now"]
-    if added:
-        parts.append(f"added {added[:10]}{' ...' if len(added) > 10 else ''}")
-    if removed:
-        parts.append(f"removed {removed[:10]}{' ...' if len(removed) > 10 else ''}")
-    if not added and not removed:
-        parts.append("the same names in another order")
-    nfc = {unicodedata.normalize("NFC", n) for n in removed}
-    if added and nfc == set(added):
-        parts.append(f"the names read now are the run's in Unicode NFC form, in another order "
-                     f"({', '.join(ascii(n) for n in removed[:5])} in the run): train a new run "
-                     f"on these data")
-    return f"class names: {', '.join(parts)}"
-
-
-def _split_changes(inputs: dict, meta: Optional[dict]) -> dict[str, str]:
-    """How each split of `inputs` differs from what the cache of `meta` was built from,
-    by split."""
-    then_inputs = (meta or {}).get(cache.INPUTS_KEY)
-    changes = {}
-    for split, now in inputs["splits"].items():
-        count = now["examples"]
-        if then_inputs and split in then_inputs.get("splits", {}):
-            then = then_inputs["splits"][split]
-            if then["examples"] != count:
-                changes[split] = f"{count} images now, {then['examples']} then"
-            elif then["ids_labels"] != now["ids_labels"]:
-                changes[split] = f"other image ids or labels (as many images, {count})"
-            elif then.get("files") != now["files"]:
-                changes[split] = (f"the same {count} image ids and labels, but image files "
-                                  f"that differ in size (edited, re-encoded or replaced since)")
-        elif meta and split in meta.get("splits", {}):
-            info = meta["splits"][split]
-            then_count = int(info["num_examples"]) + len(info.get("skipped", []))
-            if then_count != count:
-                changes[split] = f"{count} images now, {then_count} then"
-    return changes
-
-
-def in_run_spelling(data: Data, run_dir: RunDir) -> Data:
-    """`data` with its class names spelt as the run spells them, where the two differ in
-    Unicode form only: names are read in NFC form, and a run trained before that kept
-    the form of its files (NFD from macOS file names, say). Anything else is left to
-    `check_resumed_data`."""
-    names = tuple(run_dir.load()[1].label_names)
-    if names != tuple(data.label_map.names) and tuple(
-            unicodedata.normalize("NFC", n) for n in names) == tuple(data.label_map.names):
-        return dataclasses.replace(data, label_map=LabelMap(names, data.label_map.source))
-    return data
-
-
-def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
-                       run_dir: RunDir, *, evaluating: bool = False) -> CacheKey:
-    """The cache key of a rerun on the existing run `run_dir`, checked before any feature
-    extraction: the data must be those the run was trained on, and its feature cache
-    under this ``--runtime.cache_dir``. `evaluating` (eval mode, which reads only the
-    validation and test splits) notes a training split changed since instead.
-
-    Raises:
-        RunDataChangedError: other class names, or other images or labels in a split
-            (each named, with its counts now and when the run's features were extracted).
-        FeatureCacheNotFoundError: the run's cache is not under ``--runtime.cache_dir``
-            (the check of eval mode, `locate_features`): it is not extracted elsewhere.
-    """
-    _, facts = run_dir.load()
-    source = config.data.manifest or config.data.data_dir
-    refuse = (f"{run_dir.run_file}: the data{f' at {source}' if source else ''} differ from "
-              f"those the run was trained on, refused before any feature extraction")
-    remedy = (f"{'Evaluate' if evaluating else 'Resume'} on the data the run was trained "
-              f"with, or start a new run (another --workdir) on these.")
-    if tuple(data.label_map.names) != tuple(facts.label_names):
-        raise RunDataChangedError(
-            f"{refuse}: {_label_change(tuple(facts.label_names), data.label_map.names)}. "
-            f"{remedy}")
-    if key.fingerprint != facts.features_fingerprint:
-        features = config.features
-        old = cache.fingerprint_of(key.inputs, features.backbone, features.layer, cache_format=1)
-        if old != facts.features_fingerprint:
-            directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
-            try:
-                meta = tfrecords.read_meta(directory)
-            except (FileNotFoundError, ValueError):
-                meta = None
-            changed = _split_changes(key.inputs, meta)
-            if evaluating and set(changed) == {"train"} and meta.get(cache.INPUTS_KEY):
-                locate_features(config, facts, run_dir.path)
-                log(f"{source}: train: {changed['train']}, since the run was trained; "
-                    f"--mode=eval reads the validation and test splits of the run's feature "
-                    f"cache, which are the same")
-                return CacheKey(facts.features_name, facts.features_fingerprint, None)
-            changes = [f"{split}: {change}" for split, change in changed.items()]
-            if not changes and meta is None:
-                changes = [f"the images or labels of a split (the run's feature cache "
-                           f"{directory}, not under this --runtime.cache_dir, would say which)"]
-            elif not changes:
-                changes = ["other image ids or labels in a split (as many images in each; "
-                           "the run's cache predates the records that would say which)"]
-            raise RunDataChangedError(f"{refuse}: {'; '.join(changes)}. {remedy}")
-        # Trained on a format-1 cache (an earlier version): the same ids and labels.
-        locate_features(config, facts, run_dir.path)
-        log(f"{run_dir.path}: its feature cache was built before the cache fingerprint "
-            f"covered the image files, so a change to an image file since then goes unseen "
-            f"for this run")
-        return CacheKey(facts.features_name, facts.features_fingerprint, None)
-    locate_features(config, facts, run_dir.path)
-    return key
-
-
 def prepare_features(config: ExperimentConfig, data: Data,
                      resumed: Optional[RunDir] = None) -> tuple[str, RunFacts]:
     """Extracts (or finds) the run's feature cache; returns it and the run's facts.
@@ -302,8 +109,8 @@ def prepare_features(config: ExperimentConfig, data: Data,
         log(f"train: no training image carries {len(untrained)} of the {len(counts)} classes "
             f"({listed_names(untrained, _NAMED_CLASSES)}): the model cannot learn them, and "
             f"they still count in the metrics (C-P counts each as precision 0)")
-    max_steps = _t_max(longest, data.label_map)
-    _say_max_steps(data.splits, max_steps, config.model.variant)
+    max_steps = t_max(longest, data.label_map)
+    say_max_steps(data.splits, max_steps, config.model.variant)
     order = fixed_label_order(counts, config.model.variant)
     facts = RunFacts(
         label_names=data.label_map.names, max_steps=max_steps,
@@ -313,110 +120,6 @@ def prepare_features(config: ExperimentConfig, data: Data,
         image_size=int(meta["image_size"]), feature_layer=layer,
         train_examples=int(extracted["train"]["num_examples"]))
     return directory, facts
-
-
-def check_evaluated_data(config: ExperimentConfig, run_dir: RunDir) -> None:
-    """Eval mode scores the test split held in the run's feature cache; it reads no image.
-    So the data the flags name must be the run's: own data found here are checked as a
-    rerun checks them (`check_resumed_data`: class names, images, labels), listed images
-    that are missing dropped as training dropped them; data not found here must be named
-    as the run names them (a run moved without its data), and lists found without any of
-    their images are not compared (a run moved without its images: the cache is scored,
-    saying so). A training split changed since is noted, not refused: eval mode reads
-    only the validation and test splits. The embedded benchmark is made from the run's
-    settings, checked with its config."""
-    if config.data.dataset == "fashion_canvases":
-        return
-    saved = run_dir.load()[0].data
-    source = config.data.manifest or config.data.data_dir
-    if not os.path.exists(source):
-        trained_on = saved.manifest or saved.data_dir
-        if source != trained_on:
-            raise RunDataChangedError(
-                f"{source or '(no data path)'} not found. --mode=eval scores the test split of "
-                f"the run's feature cache, extracted from {trained_on}: leave the data flags out, "
-                f"or name the data the run was trained on; to score other data, train a run on "
-                f"them")
-        log(f"{source} is not found here: scoring the test split of the run's feature cache")
-        return
-    try:
-        # Listed images that are missing (a NUS-WIDE copy, say) dropped, as training did.
-        data = in_run_spelling(load_data(config), run_dir)
-    except ImagesNotFoundError as error:  # a split none of whose images is here
-        lists = load_data(config, check_files=False)
-        if any(isinstance(e.image, str) and os.path.exists(e.image)
-               for examples in lists.splits.values() for e in examples):
-            raise  # images of other splits are here: the data differ from the run's
-        log(f"{error}, nor any other image it lists (a run moved without its images): "
-            f"scoring the validation and test splits of the run's feature cache, with the "
-            f"labels the run was trained with")
-        return
-    check_resumed_data(config, data, feature_cache_key(config, data), run_dir, evaluating=True)
-
-
-def _t_max(longest: int, label_map: LabelMap) -> int:
-    """T_max, the decoder's steps: the largest label count of a training image
-    (`longest`), at most the number of classes."""
-    return min(longest, label_map.num_classes)
-
-
-def _say_max_steps(splits: dict[str, list[Example]], max_steps: int, variant: str) -> None:
-    """Says T_max and the training images that set it (one image with many labels sets it
-    for the whole run, and decoding runs that many steps), and warns where validation or
-    test images carry more labels than any prediction can hold; nothing for the
-    ``baseline`` variant, M_map alone, which labels every class above τ."""
-    if variant == "baseline":
-        return
-    train = splits["train"]
-    sizes = sorted(len(e.label_ids) for e in train)
-    setters = [e.image_id for e in train if len(e.label_ids) == max_steps]
-    log(f"T_max = {max_steps}, the largest label count of a training image, which bounds the "
-        f"labels of a prediction: {len(setters)} of {len(train)} carry {max_steps}, the first "
-        f"image {setters[0]!r}; 99 % carry at most {sizes[int(0.99 * (len(sizes) - 1))]}")
-    for split in ("val", "test"):
-        examples = splits.get(split, [])
-        beyond = sum(max(len(e.label_ids) - max_steps, 0) for e in examples)
-        if beyond:
-            total = sum(len(e.label_ids) for e in examples)
-            longer = sum(len(e.label_ids) > max_steps for e in examples)
-            log(f"WARNING: {split}: {longer} of {len(examples)} images carry more than "
-                f"T_max = {max_steps} labels: {beyond} of the split's {total} labels "
-                f"({100 * beyond / total:.0f} %) are beyond any prediction, so its recall "
-                f"(O-R) is at most {100 * (1 - beyond / total):.1f} %")
-
-
-def _data_t_max(data: Data) -> int:
-    """T_max of a run on `data` (`_t_max` of its training split)."""
-    _, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
-    return _t_max(longest, data.label_map)
-
-
-def check_min_labels(config: ExperimentConfig, num_classes: int, max_steps: int) -> None:
-    """Refuses (`IncompatibleRunError`) a ``decoding.min_labels`` above what a prediction
-    holds, before any work: `max_steps` (T_max) labels from the beam search (which could
-    not keep more, and would say so only after stage 1), all `num_classes` from M_map alone
-    (``baseline``)."""
-    if config.model.variant == "baseline":
-        most, what = num_classes, f"C = {num_classes} labels (the number of classes)"
-    else:
-        most = max_steps
-        what = (f"T_max = {most} labels (the largest label count of a training image, at "
-                f"most the number of classes)")
-    if config.decoding.min_labels > most:
-        raise IncompatibleRunError(
-            f"--decoding.min_labels={config.decoding.min_labels} cannot hold: a prediction has "
-            f"at most {what}; use at most {most}")
-
-
-def check_beam_size(config: ExperimentConfig, num_classes: int, max_steps: int) -> None:
-    """Refuses (`IncompatibleRunError`) a ``decoding.beam_size`` wider than any beam that
-    can change a prediction of `max_steps` (T_max) labels from `num_classes` classes
-    (`beam_size_problem`), before any work; the ``baseline`` variant has no beam."""
-    beam_size = config.decoding.beam_size
-    too_wide = config.model.variant != "baseline" and beam_size_problem(
-        beam_size, num_classes, max_steps)
-    if too_wide:
-        raise IncompatibleRunError(f"--decoding.beam_size={beam_size} {too_wide}")
 
 
 def note_changed_training_split(run_dir: RunDir, facts: RunFacts) -> None:
@@ -430,17 +133,6 @@ def note_changed_training_split(run_dir: RunDir, facts: RunFacts) -> None:
         f"trained (an image extracted or dropped since): the run goes on from its checkpoint "
         f"over all {facts.train_examples}, its epoch in progress counted in the new number of "
         f"steps, its feature statistics still those of the {before}")
-
-
-def locate_features(config: ExperimentConfig, facts: RunFacts,
-                    workdir: str | None = None) -> str:
-    """The feature cache a run was trained on, under this run's ``runtime.cache_dir``; the
-    run's folder `workdir`, when given, goes into the commands that would extract it again."""
-    directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
-    extract_again = (cache.extract_again_for(workdir, config.runtime.cache_dir) if workdir
-                     else cache.EXTRACT_AGAIN)
-    cache.check_fingerprint(directory, facts.features_fingerprint, extract_again=extract_again)
-    return directory
 
 
 def eval_dataset(features_dir: str, facts: RunFacts, split: str, batch_size: int = 256):

@@ -138,7 +138,7 @@ def tiny_backbone() -> Backbone:
 @pytest.fixture
 def save_examples_unpictured(monkeypatch):
     """`save(run_dir, data) -> (copies, drawn)`: `save_examples` of the test split of
-    `data` (`pipeline.Data`) without a model; `drawn` maps each copy to the true labels its
+    `data` (`run_data.Data`) without a model; `drawn` maps each copy to the true labels its
     attention picture would show."""
     from ofrnn_tf.visualization import example_images
     drawn = {}

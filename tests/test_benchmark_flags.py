@@ -27,7 +27,8 @@ from benchmarks import _results
 from benchmarks._results import mean_std
 from conftest import ROOT, run_checked
 from ofrnn_tf import pipeline
-from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.data import run_data
+from ofrnn_tf.features import cache, run_cache, tfrecords
 from ofrnn_tf.run_dir import RunDir
 
 FLAGS = flags.FLAGS
@@ -157,7 +158,7 @@ def test_a_loaded_run_reads_its_features_under_cache_dir(parse, tmp_path, make_f
     parse(f"--cache_dir={tmp_path / 'elsewhere'}")
     config, _ = table_runs.run_config(run_dir)
     assert config.runtime.cache_dir == str(tmp_path / "elsewhere")
-    assert pipeline.locate_features(config, facts) == str(features)
+    assert run_cache.locate_features(config, facts) == str(features)
     model, config, _ = table_runs.load_run(run_dir)
     assert config.runtime.cache_dir == str(tmp_path / "elsewhere")
     assert model.uses_decoder
@@ -193,7 +194,7 @@ def test_every_reader_takes_the_runs_data_from_cache_dir(parse, tmp_path, monkey
 
     monkeypatch.setattr(RunDir, "load_model", lambda self: (None, *self.load()))
     monkeypatch.setattr(pipeline, "eval_dataset", reached)
-    monkeypatch.setattr(pipeline, "load_data", reached)
+    monkeypatch.setattr(run_data, "load_data", reached)
     parse(f"--root={root}", f"--cache_dir={cache_dir}")
     with pytest.raises(_Reached) as found:
         read(run_dir)

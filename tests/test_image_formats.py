@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ofrnn_tf import pipeline
+from ofrnn_tf.data import run_data
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, check_encoded_images
 from ofrnn_tf.features.images import decode_checked, gif_frames, read_image_header
@@ -480,7 +480,7 @@ def _test_split(folder) -> tuple[list[Example], dict[str, str]]:
 def test_example_images_are_the_first_test_images_the_served_model_accepts(
         tmp_path, save_examples_unpictured, capsys):
     examples, refused = _test_split(str(tmp_path / "data"))
-    data = pipeline.Data({"test": examples}, LabelMap(["a", "b"]))
+    data = run_data.Data({"test": examples}, LabelMap(["a", "b"]))
     run_dir = RunDir(str(tmp_path / "run"))
     copies, drawn = save_examples_unpictured(run_dir, data)
     assert [os.path.basename(c) for c in copies] == [f"{i:03d}_good{i}.png" for i in range(6)]
@@ -495,7 +495,7 @@ def test_only_the_first_test_images_left_out_of_the_examples_are_named(
         tmp_path, save_examples_unpictured, monkeypatch, capsys):
     examples, refused = _test_split(str(tmp_path / "data"))
     monkeypatch.setattr(example_images, "_NAMED_LEFT_OUT", 1)
-    data = pipeline.Data({"test": examples}, LabelMap(["a", "b"]))
+    data = run_data.Data({"test": examples}, LabelMap(["a", "b"]))
     save_examples_unpictured(RunDir(str(tmp_path / "run")), data)
     err = capsys.readouterr().err
     assert sum(path in err for path in refused) == 1

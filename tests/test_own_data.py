@@ -23,6 +23,8 @@ from PIL import Image
 
 from conftest import ROOT, run_checked
 from ofrnn_tf import pipeline
+from ofrnn_tf.data import run_data
+from ofrnn_tf.features import run_cache
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data import (
     DataFileError, DataLabelMapError, DataNotFoundError, ImagesNotFoundError)
@@ -452,7 +454,7 @@ def test_example_images_of_the_same_name_in_two_folders_are_both_kept(
         tmp_path, save_examples_unpictured):
     paths = [_png(tmp_path / colour / "000.png", value) for colour, value in
              (("red", 1), ("blue", 2))]
-    data = pipeline.Data({"test": [Example(str(i), p, (i,)) for i, p in enumerate(paths)]},
+    data = run_data.Data({"test": [Example(str(i), p, (i,)) for i, p in enumerate(paths)]},
                          LabelMap(["red", "blue"]))
     run_dir = RunDir(str(tmp_path / "run"))
     os.makedirs(run_dir.examples_dir)
@@ -477,7 +479,7 @@ def test_only_the_runs_own_copies_and_pictures_are_replaced(tmp_path, save_examp
     paths = [_png(tmp_path / "images" / "a.png", 1), _png(tmp_path / "images" / long, 2)]
     labels = LabelMap(["red", "blue"])
     run_dir = RunDir(str(tmp_path / "run"))
-    both = pipeline.Data({"test": [Example(str(i), p, (i,)) for i, p in enumerate(paths)]},
+    both = run_data.Data({"test": [Example(str(i), p, (i,)) for i, p in enumerate(paths)]},
                          labels)
     first, _ = save_examples_unpictured(run_dir, both)
     assert os.path.basename(first[1]).startswith("001_xxx") and first[1].endswith(".png")
@@ -487,7 +489,7 @@ def test_only_the_runs_own_copies_and_pictures_are_replaced(tmp_path, save_examp
     os.makedirs(run_dir.attention_dir)
     for name in ("figure.png", "001_earlier.png"):
         open(os.path.join(run_dir.attention_dir, name), "wb").close()
-    one = pipeline.Data({"test": [Example("0", paths[0], (0,))]}, labels)
+    one = run_data.Data({"test": [Example("0", paths[0], (0,))]}, labels)
     copies, _ = save_examples_unpictured(run_dir, one)
     assert sorted(os.listdir(run_dir.examples_dir)) == ["000_a.png", "README.txt"]
     assert run_dir.example_images() == copies
@@ -517,7 +519,7 @@ def test_a_run_folder_from_elsewhere_cannot_make_the_run_remove_or_write_files_o
     # What export reads for its warm-up: the one entry naming a file in examples/.
     assert run_dir.example_images() == [os.path.join(run_dir.examples_dir, "000_kept.jpg")]
     os.symlink(home, run_dir.attention_dir)
-    data = pipeline.Data({"test": [Example("0", _png(tmp_path / "images" / "a.png", 1), (0,))]},
+    data = run_data.Data({"test": [Example("0", _png(tmp_path / "images" / "a.png", 1), (0,))]},
                          LabelMap(["red"]))
     copies, _ = save_examples_unpictured(run_dir, data)
     assert sorted(os.listdir(home)) == ["000_kept.jpg", "001_plot.png", "a.txt", "b.txt",
@@ -565,8 +567,8 @@ def test_another_folder_with_the_same_names_and_labels_gets_its_own_cache(tmp_pa
     for name in os.listdir(os.path.join(second, "img")):  # other pictures, same names
         path = os.path.join(second, "img", name)
         _png(path, 999, size=20)
-    keys = [pipeline.feature_cache_key(manifest_config(root, tmp_path / "cache"),
-                                       pipeline.load_data(manifest_config(root, tmp_path)))
+    keys = [run_cache.feature_cache_key(manifest_config(root, tmp_path / "cache"),
+                                       run_data.load_data(manifest_config(root, tmp_path)))
             for root in (first, second)]
     assert keys[0].name != keys[1].name and keys[0].fingerprint != keys[1].fingerprint
     assert keys[0].inputs["splits"]["train"]["ids_labels"] == \
@@ -575,8 +577,8 @@ def test_another_folder_with_the_same_names_and_labels_gets_its_own_cache(tmp_pa
     # A copy of the data (new file times, same bytes) is the same data.
     path = os.path.join(first, "img", "test_001.png")
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))
-    again = pipeline.feature_cache_key(manifest_config(first, tmp_path / "cache"),
-                                       pipeline.load_data(manifest_config(first, tmp_path)))
+    again = run_cache.feature_cache_key(manifest_config(first, tmp_path / "cache"),
+                                       run_data.load_data(manifest_config(first, tmp_path)))
     assert again.fingerprint == keys[0].fingerprint
 
 
@@ -587,13 +589,13 @@ def test_the_benchmarks_fingerprint_is_the_one_its_caches_were_built_with(tmp_pa
                 for i in range(4)]
     splits, label_map = {"train": examples[:3], "test": examples[3:]}, LabelMap(["a", "b"])
     legacy = _legacy_fingerprint(splits, label_map, "efficientnet_lite0", "stage5")
-    data = pipeline.Data(splits, label_map)
-    key = pipeline.feature_cache_key(ExperimentConfig(), data)
+    data = run_data.Data(splits, label_map)
+    key = run_cache.feature_cache_key(ExperimentConfig(), data)
     assert key.fingerprint == legacy and key.inputs["format"] == 1
     os.utime(examples[0].image, ns=(1, 1))
-    assert pipeline.feature_cache_key(ExperimentConfig(), data).fingerprint == legacy
+    assert run_cache.feature_cache_key(ExperimentConfig(), data).fingerprint == legacy
     own = ExperimentConfig().replace(data={"dataset": "manifest", "data_dir": "x"})
-    assert pipeline.feature_cache_key(own, data).fingerprint != legacy
+    assert run_cache.feature_cache_key(own, data).fingerprint != legacy
 
 
 @pytest.fixture
@@ -615,7 +617,7 @@ def test_a_new_run_extracts_beside_a_cache_of_an_earlier_format_saying_why(
         tmp_path, monkeypatch, tiny_backbone, no_backbone, capsys):
     root = manifest_folder(tmp_path / "data")
     config = manifest_config(root, tmp_path / "cache")
-    data = pipeline.load_data(config)
+    data = run_data.load_data(config)
     legacy = _legacy_fingerprint(data.splits, data.label_map, "efficientnet_lite0", "stage5")
     old_dir = cache.features_dir(str(tmp_path / "cache"), cache.cache_name(
         "manifest", "efficientnet_lite0", "stage5", legacy))
@@ -646,7 +648,7 @@ def trained_folder(tmp_path, monkeypatch, tiny_backbone):
     """`(config, workdir)`: a run folder whose features were extracted (no training)."""
     root = manifest_folder(tmp_path / "data", train=12, test=4, val=3)
     config = manifest_config(root, tmp_path / "cache")
-    _, facts = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config))
+    _, facts = _extract(monkeypatch, tiny_backbone, config, run_data.load_data(config))
     RunDir(str(tmp_path / "run")).save(config, facts)
     return config, str(tmp_path / "run")
 
@@ -667,17 +669,17 @@ def test_a_resume_on_changed_data_is_refused_before_any_extraction(
     root = config.data.data_dir
     with open(os.path.join(root, "train.csv"), "w") as f:  # two rows fewer
         f.write(_rows("train", range(10)))
-    with pytest.raises(pipeline.RunDataChangedError,
+    with pytest.raises(run_cache.RunDataChangedError,
                        match=r"run.json: the data at .* differ from those the run was trained "
                              r"on, refused before any feature extraction: train: 10 images "
                              r"now, 12 then\. Resume on the data the run was trained with"):
         pipeline.run(config.replace(stage2={"epochs": 3}), workdir, "train")
-    assert issubclass(pipeline.RunDataChangedError, IncompatibleRunError)  # a usage error
+    assert issubclass(run_cache.RunDataChangedError, IncompatibleRunError)  # a usage error
 
     with open(os.path.join(root, "train.csv"), "w") as f:
         f.write(_rows("train", range(12)))
     _png(os.path.join(root, "img", "val_001.png"), 5, size=24)  # re-encoded in place
-    with pytest.raises(pipeline.RunDataChangedError,
+    with pytest.raises(run_cache.RunDataChangedError,
                        match=r"val: the same 3 image ids and labels, but image files that "
                              r"differ in size"):
         pipeline.run(config, workdir, "train")
@@ -685,7 +687,7 @@ def test_a_resume_on_changed_data_is_refused_before_any_extraction(
     _png(os.path.join(root, "img", "val_001.png"), _seed("val", 1))
     with open(os.path.join(root, "train.csv"), "w") as f:
         f.write(_rows("train", range(12), labels=lambda i: "c" if i == 0 else "ab"[i % 2]))
-    with pytest.raises(pipeline.RunDataChangedError,
+    with pytest.raises(run_cache.RunDataChangedError,
                        match=r"class names: 2 classes in the run, 3 now, added \['c'\]"):
         pipeline.run(config, workdir, "train")
     assert len(os.listdir(tmp_path / "cache" / "features")) == 1  # nothing extracted
@@ -700,7 +702,7 @@ def test_a_resume_whose_cache_is_not_under_cache_dir_is_refused_as_eval_does(
                            match=r"no feature cache at .*default/features/manifest-.*: point "
                                  r"--runtime.cache_dir at the cache the run was trained with"):
             if mode == "eval":  # what eval mode checks first, for a run not trained yet
-                pipeline.locate_features(elsewhere, RunDir(workdir).load()[1])
+                run_cache.locate_features(elsewhere, RunDir(workdir).load()[1])
             else:
                 pipeline.run(elsewhere, workdir, mode)
     # The remedy is the run's own: commands that extract its features again there.
@@ -711,7 +713,7 @@ def test_a_resume_whose_cache_is_not_under_cache_dir_is_refused_as_eval_does(
             in str(refused.value))
     assert not (tmp_path / "default").exists()
     # Where it was trained, the same data resume (up to training, stubbed here).
-    directory, facts = pipeline.prepare_features(config, pipeline.load_data(config),
+    directory, facts = pipeline.prepare_features(config, run_data.load_data(config),
                                                  RunDir(workdir))
     assert facts == RunDir(workdir).load()[1] and os.path.isdir(directory)
 
@@ -733,14 +735,14 @@ def test_eval_mode_refuses_data_other_than_the_runs(tmp_path, trained_folder, no
     root = config.data.data_dir
     with open(os.path.join(root, "test.csv"), "w") as f:  # every test image relabelled
         f.write(_rows("test", range(4), labels=lambda i: "b"))
-    with pytest.raises(pipeline.RunDataChangedError,
+    with pytest.raises(run_cache.RunDataChangedError,
                        match=r"the data at .* differ from those the run was trained on.*test: "):
         pipeline.run(config, workdir, "eval")
     other = manifest_folder(tmp_path / "other", train=12, test=5, val=3)
-    with pytest.raises(pipeline.RunDataChangedError, match=r"test: 5 images now, 4 then"):
+    with pytest.raises(run_cache.RunDataChangedError, match=r"test: 5 images now, 4 then"):
         pipeline.run(config.replace(data={"data_dir": other}), workdir, "eval")
     missing = str(tmp_path / "nonexistent")
-    with pytest.raises(pipeline.RunDataChangedError,
+    with pytest.raises(run_cache.RunDataChangedError,
                        match=rf"{missing} not found\. --mode=eval scores the test split of the "
                              rf"run's feature cache, extracted from {root}"):
         pipeline.run(config.replace(data={"data_dir": missing}), workdir, "eval")
@@ -754,15 +756,15 @@ def test_eval_mode_of_a_run_whose_training_split_grew_since_scores_its_cache(
     _png(os.path.join(root, "img", "train_012.png"), _seed("train", 12))
     with open(os.path.join(root, "train.csv"), "w") as f:
         f.write(_rows("train", range(13)))
-    pipeline.check_evaluated_data(config, RunDir(workdir))
+    run_cache.check_evaluated_data(config, RunDir(workdir))
     assert re.search(r": train: 13 images now, 12 then, since the run was trained; --mode=eval "
                      r"reads the validation and test splits of the run's feature cache",
                      capsys.readouterr().err)
     with open(os.path.join(root, "val.csv"), "w") as f:  # and one split it reads
         f.write(_rows("val", range(2)))
-    with pytest.raises(pipeline.RunDataChangedError, match=r"train: 13 images now, 12 then; "
+    with pytest.raises(run_cache.RunDataChangedError, match=r"train: 13 images now, 12 then; "
                                                            r"val: 2 images now, 3 then"):
-        pipeline.check_evaluated_data(config, RunDir(workdir))
+        run_cache.check_evaluated_data(config, RunDir(workdir))
 
 
 def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
@@ -770,14 +772,14 @@ def test_eval_mode_of_a_run_moved_without_its_images_scores_its_cache(
     config, workdir = trained_folder
     root = config.data.data_dir
     os.rename(os.path.join(root, "img"), tmp_path / "images")  # the lists without the images
-    pipeline.check_evaluated_data(config, RunDir(workdir))
+    run_cache.check_evaluated_data(config, RunDir(workdir))
     said = capsys.readouterr().err
     assert re.search(r"train.csv: none of the 12 labelled images exists \(first: .*img/\w+\.png"
                      r".*, nor any other image it lists \(a run moved without its images\): "
                      r"scoring the validation and test splits of the run's feature cache, "
                      r"with the labels the run was trained with", said), said
     os.rename(root, tmp_path / "elsewhere")
-    pipeline.check_evaluated_data(config, RunDir(workdir))
+    run_cache.check_evaluated_data(config, RunDir(workdir))
     assert "is not found here: scoring the test split of the run's feature cache" in (
         capsys.readouterr().err)
 
@@ -790,29 +792,29 @@ def test_eval_mode_compares_data_whose_missing_images_were_missing_at_training(
     for name in ("train_004.png", "test_001.png"):
         os.remove(os.path.join(root, "img", name))
     config = manifest_config(root, tmp_path / "cache")
-    _, facts = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config))
+    _, facts = _extract(monkeypatch, tiny_backbone, config, run_data.load_data(config))
     run_dir = RunDir(str(tmp_path / "run"))
     run_dir.save(config, facts)
     capsys.readouterr()
-    pipeline.check_evaluated_data(config, run_dir)  # the same data: no refusal
+    run_cache.check_evaluated_data(config, run_dir)  # the same data: no refusal
     assert "scoring the test split of the run's feature cache" not in capsys.readouterr().err
     with open(os.path.join(root, "test.csv"), "w") as f:  # one test image relabelled
         f.write(_rows("test", range(5)).replace("test_000.png,a;b", "test_000.png,b"))
-    with pytest.raises(pipeline.RunDataChangedError,
+    with pytest.raises(run_cache.RunDataChangedError,
                        match=r"test: other image ids or labels \(as many images, 4\)\. "
                              r"Evaluate on the data the run was trained with"):
-        pipeline.check_evaluated_data(config, run_dir)
+        run_cache.check_evaluated_data(config, run_dir)
     with open(os.path.join(root, "test.csv"), "w") as f:
         f.write(_rows("test", range(5)))
     # Images lost since: the labels of those left cannot be told from other labels.
     os.remove(os.path.join(root, "img", "test_002.png"))
-    with pytest.raises(pipeline.RunDataChangedError, match=r"test: 3 images now, 4 then"):
-        pipeline.check_evaluated_data(config, run_dir)
+    with pytest.raises(run_cache.RunDataChangedError, match=r"test: 3 images now, 4 then"):
+        run_cache.check_evaluated_data(config, run_dir)
     for i in range(5):  # every test image lost, the training images still here
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(root, "img", f"test_{i:03d}.png"))
     with pytest.raises(ImagesNotFoundError, match=r"test.csv: none of the \d labelled images"):
-        pipeline.check_evaluated_data(config, run_dir)
+        run_cache.check_evaluated_data(config, run_dir)
 
 
 def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluates(
@@ -827,22 +829,22 @@ def test_a_run_whose_class_names_are_in_another_unicode_form_resumes_and_evaluat
         with open(path, "w") as f:
             f.write(text.replace(",a", f",{nfd}").replace(";a", f";{nfd}").replace("a;", f"{nfd};"))
     config = manifest_config(root, tmp_path / "cache")
-    data = pipeline.load_data(config)
+    data = run_data.load_data(config)
     assert "Café" in data.label_map.names  # read in NFC now
-    old = pipeline.Data(data.splits, LabelMap([nfd if n == "Café" else n
+    old = run_data.Data(data.splits, LabelMap([nfd if n == "Café" else n
                                                for n in data.label_map.names]))
     _, facts = _extract(monkeypatch, tiny_backbone, config, old)
     run_dir = RunDir(str(tmp_path / "run"))
     run_dir.save(config, facts)
-    pipeline.check_evaluated_data(config, run_dir)  # no refusal
+    run_cache.check_evaluated_data(config, run_dir)  # no refusal
     assert "Unicode NFC form, in another order ('Cafe\\u0301' in the run)" in (
-        pipeline._label_change(("Cafe\u0301", "Cafez"), ("Cafez", "Café")))
-    _, again = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config),
+        run_cache._label_change(("Cafe\u0301", "Cafez"), ("Cafez", "Café")))
+    _, again = _extract(monkeypatch, tiny_backbone, config, run_data.load_data(config),
                         resumed=run_dir)
     assert again == facts
     # A new run extracts its own cache (names in NFC), saying why.
     capsys.readouterr()
-    directory, _ = _extract(monkeypatch, tiny_backbone, config, pipeline.load_data(config))
+    directory, _ = _extract(monkeypatch, tiny_backbone, config, run_data.load_data(config))
     assert os.path.basename(directory) != facts.features_name
     assert (f"{cache.features_dir(config.runtime.cache_dir, facts.features_name)} holds these "
             f"image ids and labels, built by an earlier version that kept the class names in "
@@ -854,8 +856,8 @@ def test_a_class_no_training_image_carries_is_named_when_training_starts(
     # As a COCO category no annotation uses, or a rare class all held out for test.
     root = manifest_folder(tmp_path / "data")
     config = manifest_config(root, tmp_path / "cache")
-    data = pipeline.load_data(config)
-    unused = pipeline.Data(data.splits, LabelMap([*data.label_map.names, "unicorn"]))
+    data = run_data.load_data(config)
+    unused = run_data.Data(data.splits, LabelMap([*data.label_map.names, "unicorn"]))
     _extract(monkeypatch, tiny_backbone, config, unused)
     assert ("train: no training image carries 1 of the 3 classes ('unicorn'): the model "
             "cannot learn them") in capsys.readouterr().err
@@ -871,11 +873,11 @@ def test_a_beam_wider_than_the_label_paths_is_refused_before_any_work(
             r"labels from C = 2 classes .*; use at most 3 \(the default 3 is taken on any "
             r"data\)$")
     with pytest.raises(IncompatibleRunError, match=said):
-        pipeline.load_data(wide)
+        run_data.load_data(wide)
     with pytest.raises(IncompatibleRunError, match=said):  # from run.json, before the weights
         pipeline.run(wide, workdir, "eval")
-    pipeline.load_data(config)  # the default width, 3, runs on any data
-    pipeline.check_beam_size(wide.replace(model={"variant": "baseline"}), 2, 2)  # no beam
+    run_data.load_data(config)  # the default width, 3, runs on any data
+    run_data.check_beam_size(wide.replace(model={"variant": "baseline"}), 2, 2)  # no beam
 
 
 def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_backbone):
@@ -888,14 +890,14 @@ def test_min_labels_above_t_max_is_refused_before_any_extraction(tmp_path, no_ba
     assert not (tmp_path / "cache" / "features").exists()
     # M_map alone (the baseline) labels every class above τ: it can give all C = 3 (one
     # class no training image carries, as T_max = 2 stays).
-    data = pipeline.load_data(config.replace(decoding={"min_labels": 1}))
-    wider = pipeline.Data(data.splits, LabelMap([*data.label_map.names, "unicorn"]))
+    data = run_data.load_data(config.replace(decoding={"min_labels": 1}))
+    wider = run_data.Data(data.splits, LabelMap([*data.label_map.names, "unicorn"]))
     baseline = config.replace(model={"variant": "baseline"})
-    classes, t_max = wider.label_map.num_classes, pipeline._data_t_max(wider)
-    pipeline.check_min_labels(baseline, classes, t_max)
+    classes, t_max = wider.label_map.num_classes, run_data.data_t_max(wider)
+    run_data.check_min_labels(baseline, classes, t_max)
     with pytest.raises(IncompatibleRunError, match=r"at most T_max = 2 labels"):
-        pipeline.check_min_labels(config, classes, t_max)
+        run_data.check_min_labels(config, classes, t_max)
     with pytest.raises(IncompatibleRunError,
                        match=r"--decoding.min_labels=4 cannot hold: a prediction has at most "
                              r"C = 3 labels \(the number of classes\); use at most 3"):
-        pipeline.check_min_labels(baseline.replace(decoding={"min_labels": 4}), classes, t_max)
+        run_data.check_min_labels(baseline.replace(decoding={"min_labels": 4}), classes, t_max)

@@ -26,11 +26,12 @@ from PIL import Image
 
 from conftest import ROOT, run_checked
 from ofrnn_tf import pipeline
+from ofrnn_tf.data import run_data
 from ofrnn_tf.cli import InputFileError, refusal
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.data.splits import SplitTooSmallError
-from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.data.splits import SplitTooSmallError, check_split_sizes
+from ofrnn_tf.features import cache, run_cache, tfrecords
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.checkpoint_files import DamagedCheckpointError
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
@@ -141,7 +142,7 @@ def test_data_paths_the_data_set_reads_are_taken():
         assert {field: getattr(taken, field) for field in data} == data
 
 
-def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:
+def images_data(folder, sizes: dict, broken: dict) -> run_data.Data:
     """`sizes[split]` small PNGs a split, the first `broken[split]` of them no image at all."""
     os.makedirs(folder)
     splits = {}
@@ -154,7 +155,7 @@ def images_data(folder, sizes: dict, broken: dict) -> pipeline.Data:
             else:
                 Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(path)
             splits[split].append(Example(f"{split}{i}", path, (i % len(NAMES),)))
-    return pipeline.Data(splits, LabelMap(NAMES))
+    return run_data.Data(splits, LabelMap(NAMES))
 
 
 @pytest.mark.parametrize("broken, message", [
@@ -177,7 +178,7 @@ def test_splits_that_undecodable_images_empty_are_refused_before_training(
     monkeypatch.setattr(cache, "get_backbone", lambda *args, **kwargs: tiny_backbone)
     config = tiny_config(str(tmp_path / "cache")).replace(train={"batch_size": 2})
     data = images_data(str(tmp_path / "images"), {"train": 4, "val": 2, "test": 1}, broken)
-    pipeline.check_split_sizes(data.splits, config.train.batch_size)  # as listed, large enough
+    check_split_sizes(data.splits, config.train.batch_size)  # as listed, large enough
     with pytest.raises(SplitTooSmallError, match=message):
         pipeline.prepare_features(config, data)
     with pytest.raises(SplitTooSmallError, match=message) as refused:  # the same from the cache
@@ -390,6 +391,7 @@ def forbid_data_work(monkeypatch, before: str) -> None:
         raise AssertionError(f"data work before {before}")
 
     monkeypatch.setattr(pipeline, "load_data", no_data)
+    monkeypatch.setattr(run_cache, "load_data", no_data)  # eval mode's check of own data
     monkeypatch.setattr(pipeline, "prepare_features", no_data)
 
 
@@ -874,9 +876,9 @@ def test_t_max_is_said_with_the_images_that_set_it_and_labels_beyond_it_are_warn
     splits = {"train": [example(i, 2) for i in range(199)] + [example(199, 6)],
               "val": [example(i, 2) for i in range(5)],
               "test": [example(0, 8), example(1, 7), example(2, 3)]}
-    pipeline._say_max_steps(splits, 6, "baseline")  # M_map alone: any number of labels
+    run_data.say_max_steps(splits, 6, "baseline")  # M_map alone: any number of labels
     assert capsys.readouterr().err == ""
-    pipeline._say_max_steps(splits, 6, "order_free")
+    run_data.say_max_steps(splits, 6, "order_free")
     said = capsys.readouterr().err
     assert ("T_max = 6, the largest label count of a training image, which bounds the labels "
             "of a prediction: 1 of 200 carry 6, the first image 'img199'; 99 % carry at most "

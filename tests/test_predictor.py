@@ -661,11 +661,12 @@ def test_predict_with_resume_keeps_the_lines_written_and_predicts_the_rest(lite0
 def test_a_predicted_image_gets_what_its_evaluation_counted(tiny_export_run):
     # Evaluation decodes the feature cache (float16); prediction runs the backbone anew.
     from ofrnn_tf import pipeline
+    from ofrnn_tf.features import run_cache
 
     run_dir = RunDir(str(tiny_export_run.workdir))
     config, facts = run_dir.load()
     config = config.replace(runtime={"cache_dir": str(tiny_export_run.cache_dir)})
-    batch = next(iter(pipeline.eval_dataset(pipeline.locate_features(config, facts), facts,
+    batch = next(iter(pipeline.eval_dataset(run_cache.locate_features(config, facts), facts,
                                             "test", batch_size=8)))
     predictor = Predictor.from_run(str(tiny_export_run.workdir))
     height, width, depth = predictor.module.feature_shape

@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ofrnn_tf import pipeline
+from ofrnn_tf.data import run_data
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.features import cache, tfrecords
@@ -25,7 +26,7 @@ NAMES = ("circle", "square", "stripe")
 SIZES = {"train": 6, "val": 3, "test": 3}
 
 
-def own_data(folder) -> pipeline.Data:
+def own_data(folder) -> run_data.Data:
     """Small PNGs, the first training one unreadable (skipped at extraction): a PNG whose
     first bytes are damaged, so that `repair` gives it back at its size."""
     os.makedirs(folder, exist_ok=True)
@@ -39,10 +40,10 @@ def own_data(folder) -> pipeline.Data:
                 data = Path(path).read_bytes()
                 Path(path).write_bytes(b"XXXX" + data[4:])
             splits[split].append(Example(f"{split}/{i}.png", path, (i % len(NAMES),)))
-    return pipeline.Data(splits, LabelMap(NAMES))
+    return run_data.Data(splits, LabelMap(NAMES))
 
 
-def repair(data: pipeline.Data) -> None:
+def repair(data: run_data.Data) -> None:
     """Mends the unreadable image at its size and time (a restore that keeps both)."""
     path = data.splits["train"][0].image
     damaged, stat = Path(path).read_bytes(), os.stat(path)
@@ -50,7 +51,7 @@ def repair(data: pipeline.Data) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def relabelled(data: pipeline.Data, split: str, index: int, label_ids) -> pipeline.Data:
+def relabelled(data: run_data.Data, split: str, index: int, label_ids) -> run_data.Data:
     splits = {s: list(e) for s, e in data.splits.items()}
     splits[split][index] = dataclasses.replace(splits[split][index], label_ids=label_ids)
     return dataclasses.replace(data, splits=splits)

@@ -93,7 +93,7 @@ def test_coco_release_not_in_the_folder_is_refused_naming_the_one_it_holds(tmp_p
 
 
 def test_the_runs_coco_release_setting_reaches_the_loader(tmp_path):
-    from ofrnn_tf import pipeline
+    from ofrnn_tf.data import run_data
     from ofrnn_tf.config.experiment import COCO_RELEASES
     from ofrnn_tf.data.registry import COCO_RELEASES as RELEASES_ON_DISK
 
@@ -104,7 +104,7 @@ def test_the_runs_coco_release_setting_reaches_the_loader(tmp_path):
     _write_coco(str(tmp_path), "val2017", range(500, 540))
     config = ExperimentConfig().replace(data={"dataset": "coco", "data_dir": str(tmp_path)})
     for release, first_test in (("auto", 2000), ("2017", 500)):
-        data = pipeline.load_data(config.replace(data={"coco_release": release}))
+        data = run_data.load_data(config.replace(data={"coco_release": release}))
         assert min(int(e.image_id) for e in data.splits["test"]) == first_test, release
 
 

@@ -58,19 +58,21 @@ def main(argv):
 
 def _extract(config) -> int:
     from ofrnn_tf import pipeline
+    from ofrnn_tf.data import run_data
+    from ofrnn_tf.features import run_cache
     from ofrnn_tf.features import cache
     from ofrnn_tf.features.backbones import check_backbone, get_backbone
     from ofrnn_tf.features.extract import extract_split
 
     check_backbone(config.features.backbone, config.features.layer)
-    data = pipeline.load_data(config)
+    data = run_data.load_data(config)
     if FLAGS.shard_index is None:
         directory, _ = pipeline.prepare_features(config, data)
         print(directory)
         return 0
     features = config.features
     directory = cache.features_dir(config.runtime.cache_dir,
-                                   pipeline.feature_cache_key(config, data).name)
+                                   run_cache.feature_cache_key(config, data).name)
     backbone = get_backbone(features.backbone, features.layer)
     for split, examples in data.splits.items():
         summary = extract_split(examples, data.label_map, backbone, directory, split,
