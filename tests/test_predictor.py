@@ -120,6 +120,15 @@ def test_min_labels_may_be_given_within_what_a_prediction_holds(workdir, tiny_ba
     assert "--min_labels must be 0 or more, got -1" in done.stderr
 
 
+def test_keep_bytes_gives_each_predicted_result_the_bytes_it_read(predictor, images):
+    kept = predictor.predict_files(images, keep_bytes=True)
+    assert [r.get("image_bytes") for r in kept] == [
+        None if i == 1 else p.read_bytes() for i, p in enumerate(images)]  # [1]: an error
+    plain = predictor.predict_files(images)
+    assert not any("image_bytes" in r for r in plain)
+    assert [r.get("labels") for r in plain] == [r.get("labels") for r in kept]
+
+
 def test_predict_files_reports_corrupt_file_and_predicts_the_rest(predictor, images):
     results = predictor.predict_files(images)
     assert [r["image"] for r in results] == [str(p) for p in images]
@@ -589,6 +598,28 @@ def test_cli_refuses_a_decoding_the_run_cannot_give_in_one_line(lite0_run, image
     assert (f"[predict] M_map alone: the classes of score at least τ={TAU:.4g} (chosen on "
             f"validation) are the labels, and at least 1 whatever τ") in done.stderr, (
         done.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_cli_draws_an_image_read_from_a_pipe_from_the_bytes_it_read(lite0_run, images,
+                                                                    tmp_path):
+    """`cat photo.jpg | ofrnn-predict --attention_dir=... /dev/stdin`: the pipe gives its
+    bytes once, so the picture is drawn from those the prediction read, not from the
+    path opened again (which read nothing, and drew no picture)."""
+    pictures = tmp_path / "attention"
+    done = subprocess.run(
+        [sys.executable, "predict.py", f"--workdir={lite0_run}", f"--attention_dir={pictures}",
+         "/dev/stdin", str(images[0])],
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), input=images[0].read_bytes(),
+        capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    piped, from_file = (json.loads(line) for line in done.stdout.splitlines())
+    assert piped["image"] == "/dev/stdin" and piped["labels"] == from_file["labels"]
+    assert piped["attention_png"] == str(pictures / "000_stdin.png"), done.stderr[-2000:]
+    assert b"no attention picture" not in done.stderr
+    with Image.open(piped["attention_png"]) as drawn, \
+            Image.open(from_file["attention_png"]) as reference:
+        assert drawn.size == reference.size  # the same image, the same panels
 
 
 @pytest.mark.slow

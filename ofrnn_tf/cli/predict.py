@@ -130,7 +130,8 @@ def main(argv):
     # Each line is written as its batch is done (a stopped command keeps them); on a
     # terminal the lines show the progress, where a bar would break them.
     predictions = predictor.iter_files(progress.paths, attention=draw,
-                                       all_scores=FLAGS.all_scores, progress=shows_progress(out))
+                                       all_scores=FLAGS.all_scores, progress=shows_progress(out),
+                                       keep_bytes=draw)
     if draw:
         predictions = _with_pictures(predictions, entries, FLAGS.attention_dir,
                                      first=progress.kept.count)
@@ -153,8 +154,10 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str, fir
     """Draws each prediction's attention maps into `out_dir`; its line names the PNG
     instead of holding the maps. Pictures are numbered by the input's place among all the
     inputs (the predictions are those of the entries from `first` on, where a resumed
-    report goes on); one that would overwrite an input is not drawn. Closed, it closes
-    `predictions`."""
+    report goes on); one that would overwrite an input is not drawn. Each picture is drawn
+    from the bytes its prediction read (``image_bytes``, left out of the line): an input
+    read from a pipe is not read again. Closed, it closes `predictions`."""
+    from ofrnn_tf.tf_errors import op_error_text
     from ofrnn_tf.visualization.attention_maps import draw_prediction, picture_path
 
     places = [k for k in range(first, len(entries)) if isinstance(entries[k], str)]
@@ -165,6 +168,7 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str, fir
         # strict: the predictions are run to their end (their progress bar closes) at the
         # last.
         for place, result in zip(places, predictions, strict=True):
+            read = result.pop("image_bytes", None)
             if full:
                 result.pop("attention", None)
             if "attention" in result:  # not an input that could not be predicted
@@ -178,10 +182,11 @@ def _with_pictures(predictions: Iterable[dict], entries: list, out_dir: str, fir
                         yield result
                         continue
                 try:
-                    result["attention_png"] = draw_prediction(result, out_dir, place)
+                    result["attention_png"] = draw_prediction(dict(result, image_bytes=read),
+                                                              out_dir, place)
                 except Exception as error:  # noqa: BLE001 - the prediction stands, not its picture
                     reason = (error.strerror if isinstance(error, OSError) and error.strerror
-                              else error)
+                              else op_error_text(error))
                     if out_of_room(error):
                         full = True
                         say(f"[predict] --attention_dir={out_dir}: {reason} writing {target}: "

@@ -55,6 +55,9 @@ class Predictor:
             the model attends; the `baseline` and `no_attention` variants do not): an
             array, which ``json.dumps`` does not take (``attention=False`` leaves it out).
         all_scores: `{class name: score}` for every class (when requested).
+        image_bytes: the bytes the image was decoded from (`iter_files` and
+            `predict_files` with ``keep_bytes=True``): the image drawn or kept without
+            reading its input again, which a pipe would not give twice.
     or, for an input that cannot be read or decoded, `{"image", "error"}` with
     ``error = "<path>: <reason>"``.
     """
@@ -150,14 +153,17 @@ class Predictor:
                                   all_scores=all_scores, progress=progress))
 
     def predict_files(self, paths: Sequence[str], *, attention: bool = True,
-                      all_scores: bool = True, progress: bool = False) -> list[dict]:
+                      all_scores: bool = True, progress: bool = False,
+                      keep_bytes: bool = False) -> list[dict]:
         """Predicts image files; a file that cannot be read or decoded gets an error entry,
-        as does a device and a pipe nothing writes to (`read_input_file`)."""
+        as does a device and a pipe nothing writes to (`read_input_file`). With
+        `keep_bytes`, each predicted result holds the bytes read (``image_bytes``)."""
         return list(self.iter_files(paths, attention=attention, all_scores=all_scores,
-                                    progress=progress))
+                                    progress=progress, keep_bytes=keep_bytes))
 
     def iter_files(self, paths: Sequence[str], *, attention: bool = True,
-                   all_scores: bool = True, progress: bool = False) -> Iterator[dict]:
+                   all_scores: bool = True, progress: bool = False,
+                   keep_bytes: bool = False) -> Iterator[dict]:
         """`predict_files`, each result given as soon as its batch is predicted: a long
         job's results can be written as they come, and kept when it is stopped."""
         if isinstance(paths, (str, bytes, os.PathLike)):
@@ -165,19 +171,21 @@ class Predictor:
                             f"{os.fsdecode(paths)!r} (pass [path] for a single image)")
         paths = [os.fspath(p) for p in paths]
         return self._predict(paths, lambda i: read_input_file(paths[i]), attention=attention,
-                             all_scores=all_scores, progress=progress)
+                             all_scores=all_scores, progress=progress, keep_bytes=keep_bytes)
 
     def _predict(self, names: list[str], load: Callable[[int], bytes], *, attention: bool,
-                 all_scores: bool, progress: bool) -> Iterator[dict]:
+                 all_scores: bool, progress: bool, keep_bytes: bool = False
+                 ) -> Iterator[dict]:
         with progress_bar(total=len(names), desc="predicting", unit="img",
                           enabled=progress) as bar:
             for start in range(0, len(names), self.batch_size):
                 indices = range(start, min(start + self.batch_size, len(names)))
                 batch: list[Optional[dict]] = []
-                pixels, slots = [], []
+                pixels, slots, read = [], [], []
                 for i in indices:
                     try:
-                        pixels.append(self.decode_image(load(i)))
+                        data = load(i)
+                        pixels.append(self.decode_image(data))
                     except OSError as error:
                         batch.append(_error(names[i], error.strerror or str(error)))
                     except (tf.errors.OpError, ValueError) as error:
@@ -185,11 +193,14 @@ class Predictor:
                     else:
                         slots.append(len(batch))
                         batch.append(None)
+                        read.append(data if keep_bytes else None)
                 if pixels:
                     outputs = self.predict_pixels(np.stack(pixels))
                     for row, slot in enumerate(slots):
                         batch[slot] = self._result(names[indices[slot]], outputs, row,
                                                    attention=attention, all_scores=all_scores)
+                        if keep_bytes:
+                            batch[slot]["image_bytes"] = read[row]
                 bar.update(len(batch))
                 yield from batch
 

@@ -385,7 +385,8 @@ def render_examples(predictor, image_paths: Sequence[str], out_dir: str,
         return []
     paths = list(image_paths)[:max_images]
     written = []
-    for index, result in enumerate(predictor.predict_files(paths, all_scores=False)):
+    for index, result in enumerate(predictor.predict_files(paths, all_scores=False,
+                                                           keep_bytes=True)):
         if "error" in result:
             say(f"[attention] skipped {result['error']}")
             continue
@@ -433,16 +434,20 @@ def picture_path(image_path: str, out_dir: str, index: int) -> str:
 def draw_prediction(result: dict, out_dir: str, index: int,
                     ground_truth: Optional[Sequence[str]] = None) -> str:
     """Draws one prediction of ``Predictor.predict_files(..., attention=True)`` over its
-    image file (``result["image"]``) as `picture_path` says (the paper's Fig. 3); returns
-    the path."""
+    image (the bytes it was decoded from, ``result["image_bytes"]`` where it holds them,
+    else the file ``result["image"]`` read again) as `picture_path` says (the paper's
+    Fig. 3); returns the path."""
     image_path = result["image"]
     log_prob = result["log_prob"]
     if not result["labels"]:
         probability = "  (no label chosen)"
     else:
         probability = "" if log_prob is None else f"  (path probability {math.exp(log_prob):.3f})"
-    with open(image_path, "rb") as f:
-        pixels = decode_rgb(tf.constant(f.read())).numpy()  # what the model saw
+    data = result.get("image_bytes")
+    if data is None:
+        with open(image_path, "rb") as f:
+            data = f.read()
+    pixels = decode_rgb(tf.constant(data)).numpy()  # what the model saw
     picture = _display_size(Image.fromarray(pixels))
     return draw_attention(
         picture, result["attention"], result["labels"], result["step_probabilities"],
