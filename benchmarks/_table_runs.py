@@ -77,13 +77,13 @@ def run_child(command: Sequence[str], cwd) -> None:
     print("+", shlex.join(command), file=sys.stderr, flush=True)
     child = subprocess.Popen(command, cwd=cwd)
     try:
-        status = child.wait()
+        status = interrupts.wait_for(child)
     except KeyboardInterrupt:
         if interrupts.received() == signal.SIGTERM:
             child.send_signal(signal.SIGTERM)
         while True:
             try:
-                child.wait()
+                interrupts.wait_for(child)
                 break
             except KeyboardInterrupt:
                 child.send_signal(interrupts.received() or signal.SIGINT)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -33,6 +36,31 @@ def test_sigterm_raises_keyboard_interrupt_and_ends_as_terminated(handlers):
     assert interrupts.ended_by() == ("terminated", 143)
     with pytest.raises(KeyboardInterrupt):
         interrupts.stop_if_interrupted()  # where the handler's own raise was lost
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_waiting_for_a_child_stops_on_a_signal_another_thread_took(handlers, signum):
+    """A signal the kernel hands to another thread runs its handler once the main thread is
+    back in Python: `wait_for` is within half a second, where `Popen.wait()` held it until
+    the child ended (here, 30 s)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    interrupts.install()
+    parked = threading.Event()
+    other = threading.Thread(target=parked.wait, daemon=True)
+    other.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        threading.Timer(0.5, signal.pthread_kill, (other.ident, signum)).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.wait_for(child)
+        assert time.monotonic() - started < 10
+        assert interrupts.received() == signum and child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+        parked.set()
 
 
 def test_a_keyboard_interrupt_without_a_signal_is_taken_for_ctrl_c(handlers):

@@ -1203,6 +1203,56 @@ def test_ctrl_c_stops_the_server_after_its_grace_as_sigterm_does(model_base):
     assert proc.returncode == 0, err
 
 
+# tgkill(2), which sends a signal to one thread of a process (Python's pthread_kill
+# reaches only the caller's own threads), by machine.
+_TGKILL = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)
+
+
+def _send_to_a_thread_other_than_the_main(pid: int, signum: int) -> None:
+    """Sends `signum` to a thread of process `pid` other than its main one that does not
+    block it, as the kernel may hand a signal sent to the process to any such thread."""
+    import ctypes
+
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        if tid == pid:
+            continue
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            blocked = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+        if not blocked >> (signum - 1) & 1:
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.syscall(_TGKILL, pid, tid, signum) == 0, os.strerror(ctypes.get_errno())
+            return
+    raise AssertionError(f"every thread of {pid} but the main one blocks signal {signum}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_TGKILL is None or not os.path.isdir("/proc"),
+                    reason="sends a signal to one thread: tgkill through /proc, Linux on "
+                           "x86_64 or aarch64")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_a_thread_of_the_server_takes_still_stops_it(model_base, signum):
+    """A signal sent to the process may land on any thread that does not block it (gRPC's,
+    TensorFlow's); its Python handler runs only in the main thread, once it is back in
+    Python: a main thread waiting without a timeout never was, and the server served on."""
+    from conftest import ctrl_c_as_in_a_terminal
+
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    with subprocess.Popen(ctrl_c_as_in_a_terminal([sys.executable, "-m", "ofrnn_tf.cli.serve",
+                                                   f"--model_base_path={model_base}",
+                                                   "--port=0"]),
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert_good_request_works(wait_until_listening(proc))
+            _send_to_a_thread_other_than_the_main(proc.pid, signum)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    said = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"stopping ({said}): requests in flight have 2 s to finish" in err, err
+    assert proc.returncode == 0, err
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the server's process in /proc")
 def test_grpc_demo_stopped_by_sigterm_stops_its_server(model_base, tmp_path):

@@ -7,6 +7,7 @@ code a shell reports for the signal. Imports no TensorFlow."""
 
 import contextlib
 import signal
+import subprocess
 from typing import Optional
 
 # The signals the process has received since `install` (`_note`).
@@ -66,3 +67,15 @@ def ended_by() -> tuple[str, int]:
     none, raised by Python itself, is taken for Ctrl-C)."""
     signum = received() or signal.SIGINT
     return ("terminated" if signum == signal.SIGTERM else "interrupted"), 128 + signum
+
+
+def wait_for(child: subprocess.Popen, poll: float = 0.5) -> int:
+    """`child.wait()`, back in Python every `poll` seconds: the kernel may hand a SIGINT or
+    SIGTERM sent to this process to any of its threads (TensorFlow's), and Python runs the
+    handler, which raises here, in the main thread only once that is back in Python — a
+    wait without a timeout would hold it until the child ended on its own."""
+    while True:
+        try:
+            return child.wait(timeout=poll)
+        except subprocess.TimeoutExpired:
+            pass
