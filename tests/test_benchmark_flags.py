@@ -71,7 +71,7 @@ _DRIVER = inspect.getsource(write_finished_run) + textwrap.dedent('''
             print("trained", flags["workdir"], "cache", flags["runtime.cache_dir"], "with",
                   " ".join(command[3:]), file=sys.stderr)
 
-        def wait(self):
+        def wait(self, timeout=None):
             return 0
 
     def fake_train(command, *args, popen=subprocess.Popen, **kwargs):
@@ -317,7 +317,7 @@ def test_a_ctrl_c_under_a_child_run_ends_the_script_without_a_traceback(monkeypa
         def __init__(self, command, **kwargs):
             pass
 
-        def wait(self):
+        def wait(self, timeout=None):
             Interrupted.waits += 1
             if Interrupted.waits == 1:
                 raise KeyboardInterrupt
