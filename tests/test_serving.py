@@ -1182,9 +1182,10 @@ def test_server_stops_when_the_process_that_started_it_is_killed(model_base, tmp
     _wait_for_servers_of(base, present=False)
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_server_after_its_grace_as_sigterm_does(model_base):
-    """The server takes Ctrl-C as its way to stop, as SIGTERM: it exits with 0."""
+def _stopped_by(model_base: str, send) -> tuple[str, int]:
+    """Starts `ofrnn-serve` on `model_base` (Ctrl-C taken as in a terminal), checks a
+    request, then calls `send(process)`; returns its stderr and exit status once it stops
+    (within 60 s, else the test fails)."""
     from conftest import ctrl_c_as_in_a_terminal
 
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
@@ -1195,12 +1196,19 @@ def test_ctrl_c_stops_the_server_after_its_grace_as_sigterm_does(model_base):
                           text=True) as proc:
         try:
             assert_good_request_works(wait_until_listening(proc))
-            proc.send_signal(signal.SIGINT)
+            send(proc)
             _, err = proc.communicate(timeout=60)
         finally:
             proc.kill()
+    return err, proc.returncode
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_server_after_its_grace_as_sigterm_does(model_base):
+    """The server takes Ctrl-C as its way to stop, as SIGTERM: it exits with 0."""
+    err, status = _stopped_by(model_base, lambda proc: proc.send_signal(signal.SIGINT))
     assert "stopping (Ctrl-C): requests in flight have 2 s to finish" in err, err
-    assert proc.returncode == 0, err
+    assert status == 0, err
 
 
 # tgkill(2), which sends a signal to one thread of a process (Python's pthread_kill
@@ -1234,23 +1242,11 @@ def test_a_stop_signal_a_thread_of_the_server_takes_still_stops_it(model_base, s
     """A signal sent to the process may land on any thread that does not block it (gRPC's,
     TensorFlow's); its Python handler runs only in the main thread, once it is back in
     Python: a main thread waiting without a timeout never was, and the server served on."""
-    from conftest import ctrl_c_as_in_a_terminal
-
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    with subprocess.Popen(ctrl_c_as_in_a_terminal([sys.executable, "-m", "ofrnn_tf.cli.serve",
-                                                   f"--model_base_path={model_base}",
-                                                   "--port=0"]),
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        try:
-            assert_good_request_works(wait_until_listening(proc))
-            _send_to_a_thread_other_than_the_main(proc.pid, signum)
-            _, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
+    err, status = _stopped_by(
+        model_base, lambda proc: _send_to_a_thread_other_than_the_main(proc.pid, signum))
     said = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     assert f"stopping ({said}): requests in flight have 2 s to finish" in err, err
-    assert proc.returncode == 0, err
+    assert status == 0, err
 
 
 @pytest.mark.slow
