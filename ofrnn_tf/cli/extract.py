@@ -59,8 +59,7 @@ def main(argv):
 def _extract(config) -> int:
     from ofrnn_tf import pipeline
     from ofrnn_tf.data import run_data
-    from ofrnn_tf.features import run_cache
-    from ofrnn_tf.features import cache
+    from ofrnn_tf.features import cache, run_cache
     from ofrnn_tf.features.backbones import check_backbone, get_backbone
     from ofrnn_tf.features.extract import extract_split
 

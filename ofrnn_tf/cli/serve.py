@@ -103,11 +103,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         native_stderr = limit_native_stderr()
         print(f"{LISTENING_PREFIX}{grpc_address(FLAGS.host, port)}", flush=True)
-        # Woken twice a second: the kernel may hand SIGINT or SIGTERM to any thread
-        # (gRPC's, TensorFlow's), and Python runs its handler in the main thread only
-        # once that is back in Python, which a wait without a timeout never is.
-        while server.wait_for_termination(timeout=0.5):
-            pass
+        server.wait_for_termination()  # in slices: a signal another thread took is run
     except KeyboardInterrupt:
         stop("Ctrl-C").wait()
     finally:

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent import futures
 
 import grpc
+
+
+# The longest a wait for the server's end goes without returning to Python (see
+# `LoopServer.wait_for_termination`).
+_WAIT_SLICE_S = 0.5
 
 
 class LoopServer:
@@ -49,8 +55,20 @@ class LoopServer:
         return stopped
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Waits until the server has stopped; True if `timeout` seconds passed first."""
-        return not self._stopped.wait(timeout)
+        """Waits until the server has stopped; True if `timeout` seconds passed first.
+
+        In slices of at most half a second, as ``grpc.Server`` waits: the kernel may hand
+        a SIGINT or SIGTERM to any thread (gRPC's, TensorFlow's), and Python runs its
+        handler in the main thread only once that is back in Python, which one wait
+        without a timeout never is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _WAIT_SLICE_S if deadline is None else min(
+                _WAIT_SLICE_S, deadline - time.monotonic())
+            if self._stopped.wait(max(left, 0.0)):
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return True
 
     def __del__(self):
         if not self._loop.is_closed():
