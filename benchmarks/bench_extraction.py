@@ -48,9 +48,10 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks._results import cpu_times, publish, steal_share  # noqa: E402
 from benchmarks import _stops as stops  # noqa: E402
+from ofrnn_tf.data.canvas_config import CanvasConfig  # noqa: E402
+from ofrnn_tf.data.canvas_store import load_benchmark_split  # noqa: E402
 from ofrnn_tf.data.example import Example  # noqa: E402
-from ofrnn_tf.data.fashion_canvases import (  # noqa: E402
-    CanvasConfig, build_fashion_canvases, load_benchmark_split)
+from ofrnn_tf.data.fashion_canvases import build_fashion_canvases  # noqa: E402
 from ofrnn_tf.features import tfrecords  # noqa: E402
 from ofrnn_tf.features.backbones import get_backbone  # noqa: E402
 from ofrnn_tf.features.extract import extract_split  # noqa: E402

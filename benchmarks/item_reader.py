@@ -65,7 +65,7 @@ from benchmarks.label_context import (canvas_facts, scored_on_test, split_output
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.data import run_data  # noqa: E402
 from ofrnn_tf.features import run_cache  # noqa: E402
-from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
+from ofrnn_tf.data.canvas_config import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.run_dir import RunDir  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)

@@ -54,7 +54,7 @@ from benchmarks.item_reader import (TEMPERATURES, at_least_one, best_on_validati
                                     head_run, item_evidence, item_softmax, run_row,
                                     scene_marginals, with_main_job)
 from ofrnn_tf import pipeline  # noqa: E402
-from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
+from ofrnn_tf.data.canvas_config import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.data.fashion_mnist import FASHION_MNIST_CLASSES  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after ofrnn_tf, which sets TensorFlow's CPU options)
 

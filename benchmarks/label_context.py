@@ -61,7 +61,7 @@ from benchmarks.item_oracle import position_scores  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.data import run_data  # noqa: E402
 from ofrnn_tf.features import run_cache  # noqa: E402
-from ofrnn_tf.data.fashion_canvases import SCENE_TABLES  # noqa: E402
+from ofrnn_tf.data.canvas_config import SCENE_TABLES  # noqa: E402
 from ofrnn_tf.decoding.calibration import calibrate_from_outputs  # noqa: E402
 from ofrnn_tf.evaluation import evaluate as evaluation  # noqa: E402
 from ofrnn_tf.modeling.layers import LabelContext  # noqa: E402

@@ -19,7 +19,7 @@ from ofrnn_tf.config.experiment import (
     SCENES, ExperimentConfig, fields, identity_differences)
 from ofrnn_tf.config.flags import (
     config_from_flags, define_config_flags, describe, overrides_from_flags)
-from ofrnn_tf.data.fashion_canvases import SCENE_TABLES
+from ofrnn_tf.data.canvas_config import SCENE_TABLES
 
 
 def parse(*argv: str) -> flags.FlagValues:

@@ -14,7 +14,9 @@ from PIL import Image
 
 from conftest import run_checked
 from ofrnn_tf.data import DataNotFoundError
+from ofrnn_tf.data import canvas_painting as painting, canvas_store as store
 from ofrnn_tf.data import fashion_canvases as fc, fashion_mnist as fm
+from ofrnn_tf.data.canvas_config import OUTFIT_SCENES, SCENE_TABLES, SPLITS, CanvasConfig
 from ofrnn_tf.data.registry import load_split
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
 from ofrnn_tf.processes import owner_tag, remove_dead_leftovers
@@ -57,7 +59,7 @@ def source(tmp_path):
 
 
 def _build(out_dir, source_dir, **overrides):
-    return fc.build_fashion_canvases(str(out_dir), fc.CanvasConfig(**{**CONFIG, **overrides}),
+    return fc.build_fashion_canvases(str(out_dir), CanvasConfig(**{**CONFIG, **overrides}),
                                      source_dir=source_dir, allow_download=False,
                                      progress=False)
 
@@ -88,12 +90,12 @@ def test_layout_labels_and_loading_through_coco(tmp_path, source):
     result = _build(tmp_path / "bench", source_dir)
     out = result["out_dir"]
     assert not result["cached"]
-    assert {s: result["splits"][s]["images"] for s in fc.SPLITS} == {
+    assert {s: result["splits"][s]["images"] for s in SPLITS} == {
         "train": 14, "val": 5, "test": 7}
     assert LabelMap.load(out).names == fm.FASHION_MNIST_CLASSES
 
     sizes = []
-    for split in fc.SPLITS:
+    for split in SPLITS:
         coco = _coco(out, split)
         assert [c["name"] for c in coco["categories"]] == list(fm.FASHION_MNIST_CLASSES)
         src_images, src_labels = data["t10k" if split == "test" else "train"]
@@ -126,7 +128,7 @@ def test_sources_are_disjoint_between_splits(tmp_path, source):
     source_dir, _ = source
     out = _build(tmp_path / "bench", source_dir)["out_dir"]
     used = {s: {(a["source_split"], a["source_index"]) for a in _coco(out, s)["annotations"]}
-            for s in fc.SPLITS}
+            for s in SPLITS}
     assert {sp for sp, _ in used["train"] | used["val"]} == {"train"}
     assert {sp for sp, _ in used["test"]} == {"test"}
     assert all(i < 20 for _, i in used["test"])
@@ -138,7 +140,7 @@ def test_deterministic_for_a_seed(tmp_path, source):
     a = _build(tmp_path / "a", source_dir)["out_dir"]
     b = _build(tmp_path / "b", source_dir)["out_dir"]
     c = _build(tmp_path / "c", source_dir, seed=4)["out_dir"]
-    for split in fc.SPLITS:
+    for split in SPLITS:
         assert _coco(a, split) == _coco(b, split)
         for name in os.listdir(os.path.join(a, "images", split)):
             with open(os.path.join(a, "images", split, name), "rb") as fa, \
@@ -152,18 +154,18 @@ def test_canvases_are_painted_by_one_thread_per_usable_core_into_the_same_files(
     # os.cpu_count() counts the host's cores, not those a container may use: a thread each
     # on one usable core of 64 doubled the memory and slowed the build.
     source_dir, _ = source
-    pools, executor = [], fc.ThreadPoolExecutor
+    pools, executor = [], painting.ThreadPoolExecutor
 
     def counted(max_workers):
         pools.append(max_workers)
         return executor(max_workers=max_workers)
 
-    monkeypatch.setattr(fc, "ThreadPoolExecutor", counted)
-    monkeypatch.setattr(fc, "usable_cpus", lambda: 1)
+    monkeypatch.setattr(painting, "ThreadPoolExecutor", counted)
+    monkeypatch.setattr(painting, "usable_cpus", lambda: 1)
     one = _build(tmp_path / "one", source_dir)["out_dir"]
-    monkeypatch.setattr(fc, "usable_cpus", lambda: 5)
+    monkeypatch.setattr(painting, "usable_cpus", lambda: 5)
     five = _build(tmp_path / "five", source_dir)["out_dir"]
-    assert pools == [1] * len(fc.SPLITS) + [5] * len(fc.SPLITS)
+    assert pools == [1] * len(SPLITS) + [5] * len(SPLITS)
     assert _split_hashes(one) == _split_hashes(five)
 
 
@@ -185,7 +187,7 @@ def test_the_background_is_the_float64_sum_rounded_to_float32_bit_for_bit():
     # exercised by the dark and bright levels among the seeds.
     clipped = set()
     for seed in range(40):
-        level, canvas = fc._background(48, np.random.default_rng(seed))
+        level, canvas = painting._background(48, np.random.default_rng(seed))
         expected_level, expected = _background_in_float64(48, np.random.default_rng(seed))
         assert level == expected_level and canvas.dtype == expected.dtype == np.float32
         assert np.array_equal(canvas.view(np.uint32), expected.view(np.uint32)), seed
@@ -199,11 +201,11 @@ def test_painting_a_canvas_makes_no_full_size_float64_copies():
     import tracemalloc
 
     sources = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
-    items = [fc._Item(i, 4 + 54 * i, 30, 50) for i in range(4)]
-    fc._render(items, sources, 224, np.random.default_rng(1))  # numpy's first-call setup
+    items = [painting._Item(i, 4 + 54 * i, 30, 50) for i in range(4)]
+    painting._render(items, sources, 224, np.random.default_rng(1))  # numpy's first-call setup
     tracemalloc.start()
     try:
-        fc._render(items, sources, 224, np.random.default_rng(1))
+        painting._render(items, sources, 224, np.random.default_rng(1))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -215,7 +217,7 @@ def test_cache_rebuild_and_interrupted_build(tmp_path, source):
     source_dir, _ = source
     out = str(tmp_path / "bench")
     first = _build(out, source_dir)
-    marker = os.path.join(out, fc.BENCHMARK_FILENAME)
+    marker = os.path.join(out, store.BENCHMARK_FILENAME)
     stamp = os.stat(os.path.join(out, "train.json")).st_mtime_ns
 
     again = _build(out, source_dir)
@@ -228,7 +230,7 @@ def test_cache_rebuild_and_interrupted_build(tmp_path, source):
 
     os.remove(marker)  # as if the build had been interrupted before finishing
     with pytest.raises(FileNotFoundError, match="no finished benchmark"):
-        fc.load_benchmark_split(out, "train")
+        store.load_benchmark_split(out, "train")
     assert not _build(out, source_dir, num_train=3)["cached"]
     assert _leftovers(out) == []
 
@@ -244,13 +246,13 @@ def test_a_damaged_split_is_built_again_and_only_it(tmp_path, source, monkeypatc
     open(image("test", 3), "w").close()
     with open(image("train", 1), "r+b") as f:
         f.truncate(os.path.getsize(image("train", 1)) // 2)
-    build_split, built = fc._build_split, []
+    build_split, built = fc.build_split, []
 
     def counted(split, *args, **kwargs):
         built.append(split)
         return build_split(split, *args, **kwargs)
 
-    monkeypatch.setattr(fc, "_build_split", counted)
+    monkeypatch.setattr(fc, "build_split", counted)
     capsys.readouterr()
     rebuilt = _build(out, source_dir)
     err = capsys.readouterr().err
@@ -260,7 +262,7 @@ def test_a_damaged_split_is_built_again_and_only_it(tmp_path, source, monkeypatc
     assert "1 of its 7 canvas files empty (000003.jpg)" in err
     assert "when built (a file cut short or replaced): building the train split again" in err
     for split, n in (("train", 14), ("val", 5), ("test", 7)):
-        examples, _, stats = fc.load_benchmark_split(out, split)
+        examples, _, stats = store.load_benchmark_split(out, split)
         assert len(examples) == n and not stats.dropped_missing
     fresh = _build(tmp_path / "fresh", source_dir)["out_dir"]
     assert _split_hashes(out) == _split_hashes(fresh)
@@ -276,17 +278,17 @@ def test_a_build_recorded_without_file_sizes_gains_them(tmp_path, source):
     source_dir, _ = source
     out = str(tmp_path / "bench")
     _build(out, source_dir)
-    marker = os.path.join(out, fc.BENCHMARK_FILENAME)
+    marker = os.path.join(out, store.BENCHMARK_FILENAME)
     with open(marker) as f:
         record = json.load(f)
-    sizes = record.pop(fc.IMAGE_BYTES_KEY)
+    sizes = record.pop(store.IMAGE_BYTES_KEY)
     assert sizes["train"] == sum(os.path.getsize(os.path.join(out, "images", "train", name))
                                  for name in os.listdir(os.path.join(out, "images", "train")))
     with open(marker, "w") as f:
         json.dump(record, f)
     assert _build(out, source_dir)["cached"]
     with open(marker) as f:
-        assert json.load(f)[fc.IMAGE_BYTES_KEY] == sizes
+        assert json.load(f)[store.IMAGE_BYTES_KEY] == sizes
 
 
 def _leftovers(out):
@@ -299,14 +301,14 @@ def _leftovers(out):
 def test_an_interrupted_build_keeps_its_finished_splits(tmp_path, source, monkeypatch):
     source_dir, _ = source
     out = str(tmp_path / "bench")
-    build_split, built = fc._build_split, []
+    build_split, built = fc.build_split, []
 
     def interrupted(split, *args, **kwargs):
         if split == "test":
             raise KeyboardInterrupt
         return build_split(split, *args, **kwargs)
 
-    monkeypatch.setattr(fc, "_build_split", interrupted)
+    monkeypatch.setattr(fc, "build_split", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _build(out, source_dir)
     assert _leftovers(out) == []  # the split it stopped in leaves no partial folder
@@ -316,14 +318,14 @@ def test_an_interrupted_build_keeps_its_finished_splits(tmp_path, source, monkey
         built.append(split)
         return build_split(split, *args, **kwargs)
 
-    monkeypatch.setattr(fc, "_build_split", counted)
+    monkeypatch.setattr(fc, "build_split", counted)
     resumed = _build(out, source_dir)
     assert built == ["test"] and not resumed["cached"]
     assert {s: os.stat(os.path.join(out, f"{s}.json")).st_mtime_ns for s in stamps} == stamps
     assert _leftovers(out) == []
     fresh = _build(tmp_path / "fresh", source_dir)
     assert _split_hashes(out) == _split_hashes(fresh["out_dir"])
-    assert {s: resumed["splits"][s]["images"] for s in fc.SPLITS} == {
+    assert {s: resumed["splits"][s]["images"] for s in SPLITS} == {
         "train": 14, "val": 5, "test": 7}
 
 
@@ -355,11 +357,12 @@ def test_two_processes_building_one_folder_leave_each_other_alone(tmp_path, sour
                        for suffix in (f"-{os.getppid()}", f"-{dead}", ""))
     for folder in (live, gone, old):
         os.makedirs(folder)
-    build_split = fc._build_split
+    build_split = fc.build_split
     config = CONFIG
     other = [sys.executable, "-c",
              "import json, sys; from ofrnn_tf.data import fashion_canvases as fc; "
-             "fc.build_fashion_canvases(sys.argv[1], fc.CanvasConfig(**json.loads("
+             "from ofrnn_tf.data.canvas_config import CanvasConfig; "
+             "fc.build_fashion_canvases(sys.argv[1], CanvasConfig(**json.loads("
              "sys.argv[3])), source_dir=sys.argv[2], allow_download=False, progress=False)",
              out, source_dir, json.dumps(config)]
 
@@ -368,12 +371,12 @@ def test_two_processes_building_one_folder_leave_each_other_alone(tmp_path, sour
             run_checked(other)
         return build_split(split, *args, **kwargs)
 
-    monkeypatch.setattr(fc, "_build_split", other_process_builds_meanwhile)
+    monkeypatch.setattr(fc, "build_split", other_process_builds_meanwhile)
     result = _build(out, source_dir)
-    assert {s: result["splits"][s]["images"] for s in fc.SPLITS} == {
+    assert {s: result["splits"][s]["images"] for s in SPLITS} == {
         "train": 14, "val": 5, "test": 7}
-    for split in fc.SPLITS:
-        examples, _, stats = fc.load_benchmark_split(out, split)
+    for split in SPLITS:
+        examples, _, stats = store.load_benchmark_split(out, split)
         assert len(examples) == result["splits"][split]["images"] and not stats.dropped_missing
     assert _leftovers(out) == [os.path.basename(live)]  # the live process's own folder
     assert _split_hashes(out) == _split_hashes(_build(tmp_path / "alone", source_dir)["out_dir"])
@@ -390,7 +393,7 @@ def test_leftovers_of_other_machines_sharing_the_folder_are_left_alone(tmp_path)
                f".val.partial-{dead}", ".val.partial"]
     for name in kept + cleared:
         os.makedirs(tmp_path / name)
-    remove_dead_leftovers(str(tmp_path), fc._SPLIT_TMP)  # what a build does first
+    remove_dead_leftovers(str(tmp_path), store.SPLIT_TMP)  # what a build does first
     assert sorted(os.listdir(tmp_path)) == sorted(kept)
 
 
@@ -412,7 +415,7 @@ def test_label_map_mismatch_is_refused_naming_both(tmp_path, source):
     out = _build(tmp_path / "bench", source_dir)["out_dir"]
     LabelMap(list(fm.FASHION_MNIST_CLASSES[:-1]) + ["Boot"]).save(out)
     with pytest.raises(LabelMapMismatchError) as err:
-        fc.load_benchmark_split(out, "val")
+        store.load_benchmark_split(out, "val")
     assert os.path.join(out, "label_map.json") in str(err.value)
     assert os.path.join(out, "val.json") in str(err.value)
 
@@ -423,13 +426,13 @@ def test_missing_source_and_bad_config(tmp_path, keras_caches):
         fc.build_fashion_canvases(str(tmp_path / "x"), source_dir=str(tmp_path / "none"),
                                   allow_download=False, progress=False)
     with pytest.raises(ValueError, match="item_size_range"):
-        fc.CanvasConfig(canvas_size=64, item_size_range=(40, 100))
+        CanvasConfig(canvas_size=64, item_size_range=(40, 100))
     with pytest.raises(ValueError, match="min_items"):
-        fc.CanvasConfig(min_items=0)
+        CanvasConfig(min_items=0)
     for one_number in (40, ("40",), [40]):
         with pytest.raises(ValueError, match=r"item_size_range must be two whole numbers "
                                              r"\(min, max\)"):
-            fc.CanvasConfig(item_size_range=one_number)
+            CanvasConfig(item_size_range=one_number)
 
 
 @pytest.fixture()
@@ -600,10 +603,10 @@ def test_keras_downloads_into_its_cache_and_the_files_are_read_from_there(
     fm.DEFAULT_SOURCE_DIR, "train-images-idx3-ubyte.gz")), reason="no Debian Fashion-MNIST")
 def test_real_fashion_mnist_small_build(tmp_path):
     result = fc.build_fashion_canvases(
-        str(tmp_path / "real"), fc.CanvasConfig(num_train=6, num_val=2, num_test=3),
+        str(tmp_path / "real"), CanvasConfig(num_train=6, num_val=2, num_test=3),
         allow_download=False, progress=False)
     assert result["source"] == fm.DEFAULT_SOURCE_DIR
-    examples, label_map, _ = fc.load_benchmark_split(result["out_dir"], "test")
+    examples, label_map, _ = store.load_benchmark_split(result["out_dir"], "test")
     assert len(examples) == 3 and label_map.num_classes == 10
 
 
@@ -640,7 +643,7 @@ def _lifts(coco):
 
 def _split_hashes(out):
     annotations, pixels = hashlib.sha256(), hashlib.sha256()
-    for split in fc.SPLITS:
+    for split in SPLITS:
         with open(os.path.join(out, f"{split}.json"), "rb") as f:
             annotations.update(f.read())
         image_dir = os.path.join(out, "images", split)
@@ -651,7 +654,7 @@ def _split_hashes(out):
 
 
 def test_default_config_keeps_its_fingerprint_and_output(tmp_path, source):
-    config = fc.CanvasConfig().to_dict()
+    config = CanvasConfig().to_dict()
     assert "scenes" not in config and "scene_table" not in config
     assert fc.fingerprint(config) == DEFAULT_FINGERPRINT
 
@@ -664,8 +667,8 @@ def test_default_config_keeps_its_fingerprint_and_output(tmp_path, source):
 
 
 def test_scene_table_is_well_formed():
-    assert set(fc.SCENE_TABLES) == {"outfits"}
-    scenes = fc.SCENE_TABLES["outfits"]
+    assert set(SCENE_TABLES) == {"outfits"}
+    scenes = SCENE_TABLES["outfits"]
     assert 6 <= len(scenes) <= 8 and len({s.name for s in scenes}) == len(scenes)
     frequencies = [s.frequency for s in scenes]
     assert sum(frequencies) == pytest.approx(1.0) and len(set(frequencies)) > 1
@@ -686,22 +689,22 @@ def test_scene_table_is_well_formed():
 
 def test_scene_config_is_recorded_and_fingerprinted(tmp_path, scene_source):
     with pytest.raises(ValueError, match="scenes must be 'none' or one of"):
-        fc.CanvasConfig(scenes="picnic")
-    config = fc.CanvasConfig(scenes="outfits").to_dict()
+        CanvasConfig(scenes="picnic")
+    config = CanvasConfig(scenes="outfits").to_dict()
     assert config["scenes"] == "outfits"
-    assert config["scene_table"] == [s.to_dict() for s in fc.OUTFIT_SCENES]
+    assert config["scene_table"] == [s.to_dict() for s in OUTFIT_SCENES]
     assert fc.fingerprint(config) != DEFAULT_FINGERPRINT
 
     source_dir, _ = scene_source
     out = str(tmp_path / "bench")
     first = _build(out, source_dir, scenes="outfits")
-    assert first["config"] == fc.CanvasConfig(scenes="outfits", **CONFIG).to_dict()
-    with open(os.path.join(out, fc.BENCHMARK_FILENAME)) as f:
+    assert first["config"] == CanvasConfig(scenes="outfits", **CONFIG).to_dict()
+    with open(os.path.join(out, store.BENCHMARK_FILENAME)) as f:
         assert json.load(f)["config"]["scene_table"] == config["scene_table"]
-    for split in fc.SPLITS:
+    for split in SPLITS:
         coco = _coco(out, split)
         assert coco["info"]["config"]["scene_table"] == config["scene_table"]
-        assert all(im["scene"] in {s.name for s in fc.OUTFIT_SCENES}
+        assert all(im["scene"] in {s.name for s in OUTFIT_SCENES}
                    for im in coco["images"])
     assert _build(out, source_dir, scenes="outfits")["cached"]
     plain = _build(out, source_dir)
@@ -714,7 +717,7 @@ def test_scene_mode_is_seeded_disjoint_and_follows_its_scenes(tmp_path, scene_so
     a = _build(tmp_path / "a", source_dir, scenes="outfits")["out_dir"]
     b = _build(tmp_path / "b", source_dir, scenes="outfits")["out_dir"]
     c = _build(tmp_path / "c", source_dir, scenes="outfits", seed=4)["out_dir"]
-    for split in fc.SPLITS:
+    for split in SPLITS:
         assert _coco(a, split) == _coco(b, split)
         names = sorted(os.listdir(os.path.join(a, "images", split)))
         assert names == sorted(os.listdir(os.path.join(b, "images", split)))
@@ -725,14 +728,14 @@ def test_scene_mode_is_seeded_disjoint_and_follows_its_scenes(tmp_path, scene_so
     assert _coco(a, "train")["annotations"] != _coco(c, "train")["annotations"]
 
     used = {s: {(x["source_split"], x["source_index"]) for x in _coco(a, s)["annotations"]}
-            for s in fc.SPLITS}
+            for s in SPLITS}
     assert {sp for sp, _ in used["train"] | used["val"]} == {"train"}
     assert {sp for sp, _ in used["test"]} == {"test"}
     assert used["train"] and used["val"] and not used["train"] & used["val"]
 
-    scenes = {s.name: s for s in fc.OUTFIT_SCENES}
+    scenes = {s.name: s for s in OUTFIT_SCENES}
     counts, reached_min = [], 0
-    for split in fc.SPLITS:
+    for split in SPLITS:
         coco = _coco(a, split)
         src_labels = data["t10k" if split == "test" else "train"][1]
         items = {im["id"]: [] for im in coco["images"]}

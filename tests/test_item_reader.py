@@ -7,7 +7,7 @@ import numpy as np
 
 from benchmarks.item_reader import (COUNT_INPUTS, at_least_one, found_items, item_evidence,
                                     item_positions, maxima_scores, scene_marginals)
-from ofrnn_tf.data.fashion_canvases import Scene
+from ofrnn_tf.data.canvas_config import Scene
 
 TABLE = (Scene("beach", 0.6, (1, 2), {"Sandal": 0.5, "Bag": 0.3, "Dress": 0.2}),
          Scene("winter", 0.4, (2, 3), {"Coat": 0.6, "Bag": 0.2, "Ankle boot": 0.2}))

@@ -39,7 +39,7 @@ ATTENTION_PENALTIES = ("doubly_stochastic", "overlap")
 SCHEDULES = ("constant", "cosine")
 OBJECTIVES = ("mean_f1", "c_f1", "o_f1")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-SCENES = ("none", "outfits")  # ofrnn_tf.data.fashion_canvases.SCENE_TABLES
+SCENES = ("none", "outfits")  # ofrnn_tf.data.canvas_config.SCENE_TABLES
 COCO_RELEASES = ("auto", "2014", "2017")  # ofrnn_tf.data.registry.COCO_RELEASES
 # The widest beam decoding takes: every image decodes its K beams at once, so memory and
 # time grow with K (`ofrnn_tf.decoding.beam_search.beam_size_problem` bounds it by the data).

@@ -3,7 +3,7 @@
 Each canvas first draws a scene — casual, beach, office, winter, sport, evening or
 laundry, with unequal shares — and each scene has its own class distribution (3–4
 main classes) and item count (2–3 up to 3–5 items); see
-`ofrnn_tf.data.fashion_canvases.OUTFIT_SCENES`. Labels then predict one another
+`ofrnn_tf.data.canvas_config.OUTFIT_SCENES`. Labels then predict one another
 (Coat with Ankle boot: lift 3.4; Sandal never with Trouser), as on MS-COCO or
 NUS-WIDE, which is what the paper's recurrent decoder is meant to exploit.
 

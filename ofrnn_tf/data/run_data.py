@@ -11,6 +11,7 @@ from typing import Optional
 
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data import fashion_canvases
+from ofrnn_tf.data.canvas_config import CanvasConfig
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import check_split_sizes, label_statistics, load_examples
 from ofrnn_tf.decoding.beam_search import beam_size_problem
@@ -28,12 +29,11 @@ class Data:
     small_area: Optional[float] = None
 
 
-def canvas_config(config: ExperimentConfig) -> fashion_canvases.CanvasConfig:
+def canvas_config(config: ExperimentConfig) -> CanvasConfig:
     """The embedded benchmark's canvases that `config`'s data settings name."""
     data = config.data
-    return fashion_canvases.CanvasConfig(num_train=data.num_train, num_val=data.num_val,
-                                         num_test=data.num_test, seed=data.seed,
-                                         scenes=data.scenes)
+    return CanvasConfig(num_train=data.num_train, num_val=data.num_val,
+                        num_test=data.num_test, seed=data.seed, scenes=data.scenes)
 
 
 def benchmark_dir(config: ExperimentConfig) -> str:
