@@ -52,7 +52,7 @@ from ofrnn_tf.data.canvas_config import CanvasConfig  # noqa: E402
 from ofrnn_tf.data.canvas_store import load_benchmark_split  # noqa: E402
 from ofrnn_tf.data.example import Example  # noqa: E402
 from ofrnn_tf.data.fashion_canvases import build_fashion_canvases  # noqa: E402
-from ofrnn_tf.features import tfrecords  # noqa: E402
+from ofrnn_tf.features import shard_meta, tfrecords  # noqa: E402
 from ofrnn_tf.features.backbones import get_backbone  # noqa: E402
 from ofrnn_tf.features.extract import extract_split  # noqa: E402
 from ofrnn_tf.features.images import decode_and_resize  # noqa: E402
@@ -162,7 +162,7 @@ def main(argv) -> None:
         reader_times.append(time.perf_counter() - start)
         assert count == n_img, count
     reader_eps = n_img / min(reader_times[1:])
-    shard_mb = sum(os.path.getsize(p) for p in tfrecords.shard_files(out, "train")) / 2 ** 20
+    shard_mb = sum(os.path.getsize(p) for p in shard_meta.shard_files(out, "train")) / 2 ** 20
 
     kept_rows = []  # the weights' own layout against the folded one
     if unfolded is not None:

@@ -61,7 +61,7 @@ from benchmarks._results import host_load, publish  # noqa: E402
 from ofrnn_tf import pipeline  # noqa: E402
 from ofrnn_tf.features import run_cache  # noqa: E402
 from ofrnn_tf.config.experiment import ExperimentConfig  # noqa: E402
-from ofrnn_tf.features import tfrecords  # noqa: E402
+from ofrnn_tf.features import shard_meta, tfrecords  # noqa: E402
 from ofrnn_tf.labels import LabelMap  # noqa: E402
 from ofrnn_tf.run_dir import RunDir, RunFacts  # noqa: E402
 from ofrnn_tf.training.trainer import Trainer  # noqa: E402
@@ -109,7 +109,7 @@ def write_synthetic_features(features_dir: str, num_examples: int, shape: tuple[
     with tqdm(total=num_examples, desc="writing synthetic features", unit="ex",
               file=sys.stderr, dynamic_ncols=True) as bar:
         for s in range(num_shards):
-            path = os.path.join(features_dir, tfrecords.shard_filename("train", s, num_shards))
+            path = os.path.join(features_dir, shard_meta.shard_filename("train", s, num_shards))
             with tf.io.TFRecordWriter(path) as writer:
                 for i in range(bounds[s], bounds[s + 1]):
                     count = int(rng.integers(1, min(4, num_classes) + 1))
@@ -118,9 +118,9 @@ def write_synthetic_features(features_dir: str, num_examples: int, shape: tuple[
                     maps += class_vectors[labels].sum(0)
                     writer.write(tfrecords.serialize_example(f"synthetic{i:07d}", maps, labels))
                     bar.update(1)
-            tfrecords.write_shard_stats(features_dir, "train", s, num_shards,
+            shard_meta.write_shard_stats(features_dir, "train", s, num_shards,
                                         bounds[s + 1] - bounds[s], [])
-    tfrecords.write_meta(features_dir, {"backbone": "synthetic", "feature_layer": "random",
+    shard_meta.write_meta(features_dir, {"backbone": "synthetic", "feature_layer": "random",
                                         "image_size": 0, "feature_shape": [height, width, depth]})
     return label_map
 
@@ -286,10 +286,10 @@ def run(work_dir: str) -> None:
                          features_fingerprint="synthetic", feature_shape=shape, image_size=0,
                          feature_layer="synthetic")
         source = "synthetic float16 features (1–4 labels, weak label signal)"
-    meta = tfrecords.read_meta(features_dir)
+    meta = shard_meta.read_meta(features_dir)
     height, width, depth = (int(d) for d in meta["feature_shape"])
-    num_train = tfrecords.num_examples(features_dir, "train")
-    files = tfrecords.shard_files(features_dir, "train")
+    num_train = shard_meta.num_examples(features_dir, "train")
+    files = shard_meta.shard_files(features_dir, "train")
     shard_mib = tfrecords.split_bytes(features_dir, "train") / 2 ** 20
 
     rows, results, readers, buffered = [], {}, {}, 0.0

@@ -23,7 +23,7 @@ from ofrnn_tf.data import DataNotFoundError
 from ofrnn_tf.data.run_data import Data, check_beam_size, load_data, say_max_steps, t_max
 from ofrnn_tf.data.splits import check_extracted_sizes, label_statistics
 from ofrnn_tf.evaluation import evaluate as evaluation
-from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.features import cache, shard_checks, shard_meta, tfrecords
 from ofrnn_tf.features.backbones import describe_backbone
 from ofrnn_tf.features.run_cache import (
     check_evaluated_data, check_resumed_data, feature_cache_key, in_run_spelling,
@@ -102,7 +102,7 @@ def prepare_features(config: ExperimentConfig, data: Data,
     check_extracted_sizes({s: int(e["num_examples"]) for s, e in extracted.items()},
                           {s: len(e["skipped"]) for s, e in extracted.items()},
                           config.train.batch_size,
-                          os.path.join(directory, tfrecords.META_FILENAME))
+                          os.path.join(directory, shard_meta.META_FILENAME))
     counts, longest = label_statistics(data.splits["train"], data.label_map.num_classes)
     untrained = [name for name, count in zip(data.label_map.names, counts) if count == 0]
     if untrained:
@@ -157,7 +157,7 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
     split_mib = tfrecords.split_bytes(features_dir, "train") / 2 ** 20
     # Before a checkpoint is restored against the number of examples the shards' records
     # give: a shard cut short or miscounted is named before any step, validation or save.
-    tfrecords.verify_split(features_dir, "train")
+    shard_checks.verify_split(features_dir, "train")
 
     @tf.autograph.experimental.do_not_convert
     def parse_batch(serialized: tf.Tensor) -> dict:
@@ -165,17 +165,17 @@ def make_trainer(config: ExperimentConfig, facts: RunFacts, run_dir: RunDir, fea
         return {"features": batch["features"], "labels": batch["labels"]}
 
     def validate_fn(model, stage):
-        with tfrecords.naming_corrupt_shards(features_dir, "val"):
+        with shard_checks.naming_corrupt_shards(features_dir, "val"):
             return evaluation.validate(model, val, stage, config.decoding, facts.max_steps)
 
     val = eval_dataset(features_dir, facts, "val") if validate else None
     strategy = strategy or make_strategy(config.runtime.strategy)
     def validation_logits_fn(model):
-        with tfrecords.naming_corrupt_shards(features_dir, "val"):
+        with shard_checks.naming_corrupt_shards(features_dir, "val"):
             return evaluation.map_logits(model, val)
 
     trainer = Trainer(config, facts, run_dir, strategy,
-                      tfrecords.num_examples(features_dir, "train"),
+                      shard_meta.num_examples(features_dir, "train"),
                       train_examples, validate_fn=validate_fn if validate else None,
                       parse_batch_fn=parse_batch,
                       records_mib=split_mib,
@@ -198,13 +198,13 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
     then every metric on `split` (saved, with `notes` added, as metrics_<split>.json, or
     metrics_<split>_k<K>.json at a width K other than the run's)."""
     decoding = config.decoding
-    with tfrecords.naming_corrupt_shards(features_dir, "val"):
+    with shard_checks.naming_corrupt_shards(features_dir, "val"):
         calibration = evaluation.calibrate(model, eval_dataset(features_dir, facts, "val"),
                                            decoding, facts.max_steps)
     run_dir.save_calibration(calibration)
     log(f"τ = {calibration['tau']:.4g}"
         + (f" (beam width {decoding.beam_size})" if model.uses_decoder else ""))
-    with tfrecords.naming_corrupt_shards(features_dir, split):
+    with shard_checks.naming_corrupt_shards(features_dir, split):
         metrics = evaluation.evaluate(
             model, eval_dataset(features_dir, facts, split), tau=calibration["tau"],
             beam_size=decoding.beam_size, max_steps=facts.max_steps,
@@ -239,7 +239,7 @@ def _note_skipped_images(features_dir: str, split: str, metrics: dict) -> None:
     """Adds to `metrics` (``images_skipped``) and says how many images of `split` the
     extraction skipped, which its metrics leave out: the data's list counts them, the
     metrics' ``images`` does not, and the extraction named them only when it ran."""
-    skipped = tfrecords.read_meta(features_dir)["splits"].get(split, {}).get("skipped", [])
+    skipped = shard_meta.read_meta(features_dir)["splits"].get(split, {}).get("skipped", [])
     if not skipped:
         return
     metrics["images_skipped"] = len(skipped)
@@ -247,7 +247,7 @@ def _note_skipped_images(features_dir: str, split: str, metrics: dict) -> None:
     log(f"{split}: the metrics are over the {metrics['images']} image(s) of the feature "
         f"cache; {len(skipped)} listed {split} image(s) were skipped when it was extracted "
         f"and are left out (first: {first['path']}: {first['reason']}; all under 'skipped' "
-        f"in {os.path.join(features_dir, tfrecords.META_FILENAME)})")
+        f"in {os.path.join(features_dir, shard_meta.META_FILENAME)})")
 
 
 def run(config: ExperimentConfig, workdir: str, mode: str = "train") -> dict:
@@ -396,7 +396,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
             note_changed_training_split(run_dir, facts)
         if is_chief(strategy):  # workers sharing a run folder must not race on its files
             run_dir.save(config, facts)
-        with timer("training"), tfrecords.naming_corrupt_shards(features_dir, "train"):
+        with timer("training"), shard_checks.naming_corrupt_shards(features_dir, "train"):
             trainer = make_trainer(config, facts, run_dir, features_dir, strategy,
                                    settings_before=settings_before)
             # As the trainer resolved them: a float32 run goes on in float32 whatever asked.

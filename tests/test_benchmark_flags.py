@@ -28,7 +28,7 @@ from benchmarks._results import mean_std
 from conftest import ROOT, run_checked
 from ofrnn_tf import pipeline
 from ofrnn_tf.data import run_data
-from ofrnn_tf.features import cache, run_cache, tfrecords
+from ofrnn_tf.features import cache, run_cache, shard_meta
 from ofrnn_tf.run_dir import RunDir
 
 FLAGS = flags.FLAGS
@@ -103,7 +103,7 @@ def fake_feature_cache(cache_dir: Path, run_dir: RunDir) -> Path:
     _, facts = run_dir.load()
     directory = Path(cache.features_dir(str(cache_dir), facts.features_name))
     directory.mkdir(parents=True)
-    tfrecords.write_meta(str(directory), {cache.FINGERPRINT_KEY: facts.features_fingerprint})
+    shard_meta.write_meta(str(directory), {cache.FINGERPRINT_KEY: facts.features_fingerprint})
     return directory
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ofrnn_tf import processes
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.features import cache, extract, tfrecords
+from ofrnn_tf.features import cache, extract, shard_checks, shard_meta, tfrecords
 from ofrnn_tf.features.backbones import get_backbone
 from ofrnn_tf.features.images import decode_and_resize
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
@@ -97,9 +97,9 @@ def test_extracts_shards_and_reports_bad_images_by_path(tmp_path, backbone, caps
 
     names = sorted(os.listdir(out))
     assert [n for n in names if n.endswith(".tfrecord")] == [
-        tfrecords.shard_filename("train", i, 3) for i in range(3)]
+        shard_meta.shard_filename("train", i, 3) for i in range(3)]
     assert not [n for n in names if "incomplete" in n or ".tmp" in n]
-    meta = tfrecords.read_meta(out)
+    meta = shard_meta.read_meta(out)
     assert meta["backbone"] == "efficientnet_lite0"
     assert meta["feature_layer"] == "block5c_out"
     assert meta["image_size"] == SIZE
@@ -247,7 +247,7 @@ def test_the_image_pipeline_and_a_shard_count_write_no_autograph_sources(tmp_pat
     with tf.io.TFRecordWriter(shard) as writer:
         for record in (b"a", b"b"):
             writer.write(record)
-    assert tfrecords.check_shard(shard, full=True) == 2
+    assert shard_checks.check_shard(shard, full=True) == 2
     assert list(temp.iterdir()) == []
 
 
@@ -290,10 +290,10 @@ def test_an_interrupted_extraction_resumes(tmp_path, backbone, monkeypatch):
                               num_shards=4, progress=False)
     monkeypatch.setattr(tfrecords, "serialize_example", real)
     finished = [n for n in os.listdir(out) if n.endswith(".tfrecord")]
-    assert finished == [tfrecords.shard_filename("train", 0, 4)]
+    assert finished == [shard_meta.shard_filename("train", 0, 4)]
     # The shard it failed in is never resumed from: it does not stay (on a full disk, say).
     assert not [n for n in os.listdir(out) if "incomplete" in n]
-    assert not tfrecords.read_meta(out)["splits"]["train"]["complete"]
+    assert not shard_meta.read_meta(out)["splits"]["train"]["complete"]
 
     summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
                                     num_shards=4, progress=False)
@@ -314,7 +314,7 @@ def test_a_full_disk_at_a_shards_stats_leaves_no_temporary_shard(tmp_path, backb
     def no_space(features_dir, split, index, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tfrecords, "write_shard_stats", no_space)
+    monkeypatch.setattr(shard_meta, "write_shard_stats", no_space)
     with pytest.raises(OSError, match="No space left"):
         extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
                               num_shards=4, progress=False)
@@ -421,7 +421,7 @@ def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backb
     examples = _good_examples(str(tmp_path), n=4)
     out = tmp_path / "features"
     out.mkdir()
-    final = str(out / tfrecords.shard_filename("train", 0, 1))
+    final = str(out / shard_meta.shard_filename("train", 0, 1))
     host, dead = processes.owner_tag().rpartition("-")[0], _dead_pid()
     kept = [f"{final}.incomplete-{host}-{os.getppid()}",
             f"{final}.incomplete-other.machine-{dead}"]
@@ -433,7 +433,7 @@ def test_temporary_shards_of_other_live_processes_are_left_alone(tmp_path, backb
     extract.extract_split(examples, LABELS, backbone, str(out), "train", num_shards=1,
                           progress=False)
     assert [os.path.exists(path) for path in kept + cleared] == [True, True] + [False] * 3
-    assert tfrecords.num_examples(str(out), "train") == 4
+    assert shard_meta.num_examples(str(out), "train") == 4
     # Another host's leftover is named, once: where that host is gone, nothing removes it.
     said = capsys.readouterr().err
     assert said.count("temporary entries of other hosts are left as they are") == 1, said
@@ -448,12 +448,12 @@ def test_a_link_planted_at_a_temporary_shard_name_is_not_written_through(tmp_pat
     out.mkdir()
     victim = tmp_path / "victim.txt"
     victim.write_text("kept")
-    final = str(out / tfrecords.shard_filename("train", 0, 1))
+    final = str(out / shard_meta.shard_filename("train", 0, 1))
     os.symlink(victim, f"{final}.incomplete-{processes.owner_tag()}")
     extract.extract_split(examples, LABELS, backbone, str(out), "train", num_shards=1,
                           progress=False)
     assert victim.read_text() == "kept"
-    assert not os.path.islink(final) and tfrecords.num_examples(str(out), "train") == 3
+    assert not os.path.islink(final) and shard_meta.num_examples(str(out), "train") == 3
 
 
 @pytest.mark.parametrize("mode,refused", [(0o777, True), (0o1777, False), (0o775, False)])
@@ -467,7 +467,7 @@ def test_a_feature_folder_every_user_may_write_in_is_refused_unless_sticky(
                                                num_shards=1, progress=False)
     if not refused:
         extracting()
-        assert tfrecords.num_examples(str(out), "train") == 3
+        assert shard_meta.num_examples(str(out), "train") == 3
         return
     with pytest.raises(extract.UnsafeFeatureFolderError,
                        match=rf"{re.escape(str(out))} may be written by every user \(mode 777\) "
@@ -481,10 +481,10 @@ def test_a_link_at_the_cache_lock_is_refused_not_followed(tmp_path):
     out.mkdir()
     target = tmp_path / "elsewhere"
     os.symlink(target, out / "meta.json.lock")
-    with pytest.raises(tfrecords.FeatureCacheDamagedError,
+    with pytest.raises(shard_meta.FeatureCacheDamagedError,
                        match=r"meta.json.lock is a symbolic link, which this lock is never "
                              r"taken through: remove it"):
-        tfrecords.write_meta(str(out), {"backbone": "x"})
+        shard_meta.write_meta(str(out), {"backbone": "x"})
     assert not target.exists()
 
 
@@ -496,7 +496,7 @@ def test_a_dead_processs_temporary_shard_of_a_split_finished_since_is_removed(tm
     out = str(tmp_path / "features")
     extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=2,
                           progress=False)
-    final = os.path.join(out, tfrecords.shard_filename("train", 1, 2))
+    final = os.path.join(out, shard_meta.shard_filename("train", 1, 2))
     host, dead = processes.owner_tag().rpartition("-")[0], _dead_pid()
     live, gone = f"{final}.incomplete-{host}-{os.getppid()}", f"{final}.incomplete-{host}-{dead}"
     for path in (live, gone):
@@ -513,8 +513,8 @@ def test_a_shard_another_process_finished_first_is_kept(tmp_path, backbone, monk
     # stays and this extraction ends without an error.
     examples = _good_examples(str(tmp_path), n=3)
     out = str(tmp_path / "features")
-    final = os.path.join(out, tfrecords.shard_filename("train", 0, 1))
-    write_shard_stats = tfrecords.write_shard_stats
+    final = os.path.join(out, shard_meta.shard_filename("train", 0, 1))
+    write_shard_stats = shard_meta.write_shard_stats
 
     def another_process_finishes_first(*args, **kwargs):
         write_shard_stats(*args, **kwargs)
@@ -524,7 +524,7 @@ def test_a_shard_another_process_finished_first_is_kept(tmp_path, backbone, monk
             for path in glob.glob(glob.escape(final) + ".incomplete-*"):
                 os.remove(path)
 
-    monkeypatch.setattr(tfrecords, "write_shard_stats", another_process_finishes_first)
+    monkeypatch.setattr(shard_meta, "write_shard_stats", another_process_finishes_first)
     summary = extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
                                     progress=False)
     assert summary.shards_written == [0]
@@ -543,8 +543,8 @@ def test_shard_index_lets_several_machines_share_a_split(tmp_path, backbone):
     for i in (2, 0):
         extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=3,
                               shard_index=i, progress=False)
-    assert tfrecords.num_examples(out, "val") == 7
-    assert tfrecords.read_meta(out)["splits"]["val"]["complete"]
+    assert shard_meta.num_examples(out, "val") == 7
+    assert shard_meta.read_meta(out)["splits"]["val"]["complete"]
 
 
 def test_a_split_begun_in_other_shards_names_the_flag_that_resumes_it(tmp_path, backbone):
@@ -579,8 +579,8 @@ def test_a_split_begun_at_once_in_two_shard_counts_resumes_in_either(tmp_path, b
         extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=3,
                               progress=False)
     extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=4, progress=False)
-    assert tfrecords.read_meta(out)["splits"]["val"]["num_shards"] == 4
-    assert tfrecords.num_examples(out, "val") == 4
+    assert shard_meta.read_meta(out)["splits"]["val"]["num_shards"] == 4
+    assert shard_meta.num_examples(out, "val") == 4
 
 
 def test_more_shards_than_images_gives_empty_shards(tmp_path, backbone):
@@ -626,7 +626,7 @@ def test_a_shard_without_a_readable_stats_file_is_extracted_again(tmp_path, back
     out = str(tmp_path / "features")
     extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=3,
                           progress=False)
-    stats = [os.path.join(out, tfrecords.shard_stats_filename("train", i, 3)) for i in range(3)]
+    stats = [os.path.join(out, shard_meta.shard_stats_filename("train", i, 3)) for i in range(3)]
     os.remove(stats[1])  # lost, or deleted after the reader called it unreadable
     open(stats[2], "w").close()  # a crash before its bytes reached the disk
     with pytest.raises(ValueError) as error:
@@ -642,7 +642,7 @@ def test_a_shard_without_a_readable_stats_file_is_extracted_again(tmp_path, back
     err = capsys.readouterr().err
     assert f"{stats[1]} is missing; extracting that shard again" in err
     assert f"{stats[2]}: not valid JSON" in err
-    assert tfrecords.num_examples(out, "train") == 6
+    assert shard_meta.num_examples(out, "train") == 6
     ids = [i for b in tfrecords.make_dataset(out, "train", 6) for i in b["image_id"].numpy()]
     assert len(ids) == 6
 
@@ -652,7 +652,7 @@ def test_a_corrupt_meta_json_is_named_with_its_remedy(tmp_path, backbone):
     out = str(tmp_path / "features")
     extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
                           progress=False)
-    meta = os.path.join(out, tfrecords.META_FILENAME)
+    meta = os.path.join(out, shard_meta.META_FILENAME)
     with open(meta, "w") as f:
         f.write('{"backbone": "efficientnet_lite0", "feat')
     with pytest.raises(ValueError, match=f"^{meta}: not valid JSON .*delete it and rerun"):
@@ -660,7 +660,7 @@ def test_a_corrupt_meta_json_is_named_with_its_remedy(tmp_path, backbone):
                               progress=False)
     os.remove(meta)
     extract.extract_split(examples, LABELS, backbone, out, "val", num_shards=1, progress=False)
-    assert [tfrecords.num_examples(out, s) for s in ("train", "val")] == [2, 2]
+    assert [shard_meta.num_examples(out, s) for s in ("train", "val")] == [2, 2]
 
 
 def test_a_repaired_image_is_named_on_a_cache_hit(tmp_path, backbone, monkeypatch, capsys):
@@ -680,7 +680,7 @@ def test_a_repaired_image_is_named_on_a_cache_hit(tmp_path, backbone, monkeypatc
         return meta["splits"]["train"]
 
     assert [s["path"] for s in ensure()["skipped"]] == [repaired]
-    shard = os.path.join(out, tfrecords.shard_filename("train", 1, 2))
+    shard = os.path.join(out, shard_meta.shard_filename("train", 1, 2))
     assert f"{repaired}: " in capsys.readouterr().err
     ensure()
     assert "decode now" not in capsys.readouterr().err  # still broken: nothing to say
@@ -711,7 +711,7 @@ def test_a_complete_cache_is_read_without_writing_to_it(tmp_path, backbone, monk
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", path)
 
-    monkeypatch.setattr(tfrecords, "write_json", read_only)
+    monkeypatch.setattr(shard_meta, "write_json", read_only)
     assert ensure() == built
     assert built[cache.INPUTS_KEY] == inputs and built["splits"]["train"]["num_examples"] == 4
 
@@ -721,7 +721,7 @@ def test_a_failed_extraction_reports_its_own_error_not_the_meta_json_write(tmp_p
     # On a full disk the shard's error names the file; meta.json's write fails too after it.
     examples = _good_examples(str(tmp_path), n=4)
     out = str(tmp_path / "features")
-    real_serialize, real_write = tfrecords.serialize_example, tfrecords.write_json
+    real_serialize, real_write = tfrecords.serialize_example, shard_meta.write_json
     full = []
 
     def disk_fills(*args, **kwargs):  # in the second shard, once the first is finished
@@ -736,13 +736,13 @@ def test_a_failed_extraction_reports_its_own_error_not_the_meta_json_write(tmp_p
         return real_write(path, *args, **kwargs)
 
     monkeypatch.setattr(tfrecords, "serialize_example", disk_fills)
-    monkeypatch.setattr(tfrecords, "write_json", write_json)
+    monkeypatch.setattr(shard_meta, "write_json", write_json)
     with pytest.raises(OSError, match="train-00001.tfrecord"):
         extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
                               num_shards=2, progress=False)
     assert f"could not update {os.path.join(out, 'meta.json')}" in capsys.readouterr().err
     monkeypatch.setattr(tfrecords, "serialize_example", real_serialize)
-    monkeypatch.setattr(tfrecords, "write_json", real_write)
+    monkeypatch.setattr(shard_meta, "write_json", real_write)
     full.clear()
     summary = extract.extract_split(examples, LABELS, backbone, out, "train", batch_size=2,
                                     num_shards=2, progress=False)
@@ -756,7 +756,7 @@ def test_the_skip_message_says_how_to_extract_the_image_once_it_is_fixed(tmp_pat
     out = str(tmp_path / "features")
     extract.extract_split(examples, LABELS, backbone, out, "train", num_shards=1,
                           progress=False)
-    shard = os.path.join(out, tfrecords.shard_filename("train", 0, 1))
+    shard = os.path.join(out, shard_meta.shard_filename("train", 0, 1))
     assert (f"once it is fixed, delete {shard}, or its whole folder, and rerun to extract it"
             in capsys.readouterr().err)
 
@@ -805,7 +805,7 @@ def test_command_line_builds_the_cache_training_reads(tmp_path):
     assert os.path.basename(out).startswith("manifest-efficientnet_lite0-top-")
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["feature_shape"] == [7, 7, 1280] and len(meta["content_fingerprint"]) == 64
-    assert [tfrecords.num_examples(out, s) for s in ("train", "val", "test")] == [3, 1, 1]
+    assert [shard_meta.num_examples(out, s) for s in ("train", "val", "test")] == [3, 1, 1]
 
 
 def test_a_layer_spelt_by_its_keras_name_finds_the_cache_of_its_short_name(tmp_path):
@@ -826,9 +826,9 @@ def test_a_layer_spelt_by_its_keras_name_finds_the_cache_of_its_short_name(tmp_p
     assert in_use("block5c_out") == keras_name  # no cache yet: its own name
     directory = Path(cache.features_dir(cache_dir, short))
     directory.mkdir(parents=True)
-    (directory / tfrecords.META_FILENAME).write_text(
+    (directory / shard_meta.META_FILENAME).write_text(
         json.dumps({cache.FINGERPRINT_KEY: "0" * 64, "splits": {}}))
     assert in_use("block5c_out") == keras_name  # the same name's start, other features
-    (directory / tfrecords.META_FILENAME).write_text(
+    (directory / shard_meta.META_FILENAME).write_text(
         json.dumps({cache.FINGERPRINT_KEY: fingerprint, "splits": {}}))
     assert in_use("block5c_out") == short and in_use("stage5") == short

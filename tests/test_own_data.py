@@ -32,7 +32,7 @@ from ofrnn_tf.data.adapters import load_coco, load_manifest, load_nuswide
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data import splits as splits_module
 from ofrnn_tf.data.splits import SPLITS, SplitTooSmallError, load_examples
-from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.features import cache, shard_meta
 from ofrnn_tf.features.backbones import describe_backbone
 from ofrnn_tf.jsonio import read_json
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
@@ -557,7 +557,7 @@ def _legacy_fingerprint(splits, label_map, backbone, layer) -> str:
             digest.update(b"\n")
         digests[split] = digest.hexdigest()
     record = {"backbone": describe_backbone(backbone, layer), "labels": list(label_map.names),
-              "splits": digests, "dtype": tfrecords.FEATURE_DTYPE}
+              "splits": digests, "dtype": shard_meta.FEATURE_DTYPE}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 

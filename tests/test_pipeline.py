@@ -31,7 +31,7 @@ from ofrnn_tf.cli import InputFileError, refusal
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data.example import Example
 from ofrnn_tf.data.splits import SplitTooSmallError, check_split_sizes
-from ofrnn_tf.features import cache, run_cache, tfrecords
+from ofrnn_tf.features import cache, run_cache, shard_checks, shard_meta, tfrecords
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.checkpoint_files import DamagedCheckpointError
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
@@ -57,13 +57,13 @@ def write_features(cache_dir: str) -> str:
                     + (labels @ class_vectors)[:, None, :])
         for shard in range(2):
             rows = range(shard * count // 2, (shard + 1) * count // 2)
-            path = os.path.join(directory, tfrecords.shard_filename(split, shard, 2))
+            path = os.path.join(directory, shard_meta.shard_filename(split, shard, 2))
             with tf.io.TFRecordWriter(path) as writer:
                 for i in rows:
                     writer.write(tfrecords.serialize_example(
                         f"{split}{i}", features[i], np.flatnonzero(labels[i]).tolist()))
-            tfrecords.write_shard_stats(directory, split, shard, 2, len(rows), [])
-    tfrecords.write_meta(directory, {"backbone": "synthetic", "feature_layer": "maps",
+            shard_meta.write_shard_stats(directory, split, shard, 2, len(rows), [])
+    shard_meta.write_meta(directory, {"backbone": "synthetic", "feature_layer": "maps",
                                      "image_size": 32, "feature_shape": list(SHAPE),
                                      cache.FINGERPRINT_KEY: FINGERPRINT})
     return directory
@@ -109,13 +109,13 @@ def copy_run(trained, tmp_path, name: str = "run") -> str:
 
 def garble_payload(features_dir: str, split: str, shard: int = 1) -> str:
     """Overwrites bytes inside the second record's payload (headers stay sound)."""
-    path = os.path.join(features_dir, tfrecords.shard_filename(split, shard, 2))
+    path = os.path.join(features_dir, shard_meta.shard_filename(split, shard, 2))
     data = bytearray(Path(path).read_bytes())
     second = 12 + int.from_bytes(data[:8], "little") + 4
     data[second + 40:second + 50] = b"0123456789"
     with open(path, "wb") as f:
         f.write(bytes(data))
-    tfrecords.check_shard(path)  # the default header walk passes it
+    shard_checks.check_shard(path)  # the default header walk passes it
     return path
 
 
@@ -196,7 +196,7 @@ def test_splits_with_an_undecodable_image_left_large_enough_go_on(tmp_path, monk
     data = images_data(str(tmp_path / "images"), {"train": 4, "val": 2, "test": 1},
                        {"train": 2, "val": 1})
     directory, facts = pipeline.prepare_features(config, data)
-    assert [tfrecords.num_examples(directory, s) for s in ("train", "val", "test")] == [2, 1, 1]
+    assert [shard_meta.num_examples(directory, s) for s in ("train", "val", "test")] == [2, 1, 1]
     assert facts.feature_shape == (4, 4, 8)
 
 
@@ -208,7 +208,7 @@ def train_hiding_the_validation_shards(tmp_path, monkeypatch, **train) -> list[d
     config = tiny_config(str(tmp_path / "cache")).replace(
         stage1={"epochs": 2}, stage2={"epochs": 2}, train={"batch_size": 16, **train})
     validate, scored = pipeline.evaluation.validate, []
-    shards = tfrecords.shard_files(features_dir, "val")
+    shards = shard_meta.shard_files(features_dir, "val")
 
     def validate_then_hide_the_shards(*args, **kwargs):
         scored.append(validate(*args, **kwargs))
@@ -235,7 +235,7 @@ def test_the_validation_split_is_read_once_and_kept_for_every_epoch(tmp_path, mo
 @pytest.mark.slow
 def test_the_validation_split_is_read_each_epoch_where_memory_is_not_given(tmp_path,
                                                                          monkeypatch):
-    with pytest.raises((tf.errors.NotFoundError, tfrecords.CorruptShardError)):
+    with pytest.raises((tf.errors.NotFoundError, shard_checks.CorruptShardError)):
         train_hiding_the_validation_shards(tmp_path, monkeypatch, cache_records_mib=0)
 
 
@@ -329,7 +329,7 @@ def test_test_images_the_extraction_skipped_are_counted_beside_the_metrics(
     copied = str(tmp_path / "features")
     shutil.copytree(features_dir, copied)
     skipped = {"path": "img/broken.jpg", "image_id": "broken", "reason": "not an image"}
-    tfrecords.write_shard_stats(copied, "test", 1, 2, SIZES["test"] // 2, [skipped])
+    shard_meta.write_shard_stats(copied, "test", 1, 2, SIZES["test"] // 2, [skipped])
     model = RunDir(workdir).load_model()[0]
     metrics = pipeline.calibrate_and_evaluate(model, config, FACTS, RunDir(workdir), copied)
     assert metrics["images"] == SIZES["test"] and metrics["images_skipped"] == 1
@@ -450,7 +450,7 @@ def corrupt_copy(trained, tmp_path, monkeypatch):
 def test_training_names_a_shard_with_a_garbled_record(corrupt_copy, tmp_path, split):
     config, features_dir = corrupt_copy
     path = garble_payload(features_dir, split)
-    with pytest.raises(tfrecords.CorruptShardError) as error:
+    with pytest.raises(shard_checks.CorruptShardError) as error:
         pipeline.run(config, str(tmp_path / "run"), "train")
     assert error.value.path == path
     assert f"corrupt feature shard {path}" in str(error.value)
@@ -460,14 +460,14 @@ def test_training_names_a_shard_with_a_garbled_record(corrupt_copy, tmp_path, sp
 def test_a_miscounted_training_shard_is_named_before_the_trainer_is_built(corrupt_copy,
                                                                           tmp_path):
     config, features_dir = corrupt_copy
-    stats = os.path.join(features_dir, tfrecords.shard_stats_filename("train", 1, 2))
+    stats = os.path.join(features_dir, shard_meta.shard_stats_filename("train", 1, 2))
     record = json.loads(Path(stats).read_text())
     record["examples"] -= 1
     with open(stats, "w") as f:
         json.dump(record, f)
     run_dir = RunDir(str(tmp_path / "run"))
     run_dir.save(config, FACTS)
-    with pytest.raises(tfrecords.CorruptShardError, match=r"records, but its .json records"):
+    with pytest.raises(shard_checks.CorruptShardError, match=r"records, but its .json records"):
         pipeline.make_trainer(config, FACTS, run_dir, features_dir)
 
 
@@ -492,7 +492,7 @@ def test_evaluation_names_a_shard_with_a_garbled_record(trained, corrupt_copy, t
     config, features_dir = corrupt_copy
     workdir = copy_run(trained, tmp_path)
     path = garble_payload(features_dir, "test", shard=0)
-    with pytest.raises(tfrecords.CorruptShardError, match=f"delete {path} and rerun"):
+    with pytest.raises(shard_checks.CorruptShardError, match=f"delete {path} and rerun"):
         pipeline.run(config, workdir, "eval")
     assert json.loads(Path(RunDir(workdir).metrics_file("test")).read_text())  # left as it was
 

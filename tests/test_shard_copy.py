@@ -18,7 +18,7 @@ from ofrnn_tf import pipeline
 from ofrnn_tf.data import run_data
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.features import cache, shard_meta
 from ofrnn_tf.features.shard_copy import copy_split
 from ofrnn_tf.labels import LabelMap
 
@@ -60,7 +60,7 @@ def relabelled(data: run_data.Data, split: str, index: int, label_ids) -> run_da
 def records(directory: str, split: str) -> list[tuple[str, bytes, tuple]]:
     """(image id, feature bytes, labels) of every record of a split, in order."""
     out = []
-    for raw in tf.data.TFRecordDataset(tfrecords.shard_files(directory, split)):
+    for raw in tf.data.TFRecordDataset(shard_meta.shard_files(directory, split)):
         fields = tf.train.Example.FromString(raw.numpy()).features.feature
         out.append((fields["image_id"].bytes_list.value[0].decode(),
                     fields["features"].bytes_list.value[0],
@@ -99,9 +99,9 @@ def test_a_fixed_label_copies_every_split_relabelled_without_the_backbone(settin
         want = {e.image_id: e.label_ids for e in fixed.splits[split]}
         assert [labels for i, _, labels in new] == [want[i] for i, _, _ in new]
     assert records(after, "train")[1][2] == (0, 1)
-    meta = tfrecords.read_meta(after)
+    meta = shard_meta.read_meta(after)
     assert [s["image_id"] for s in meta["splits"]["train"]["skipped"]] == ["train/0.png"]
-    assert meta[cache.FINGERPRINT_KEY] != tfrecords.read_meta(before)[cache.FINGERPRINT_KEY]
+    assert meta[cache.FINGERPRINT_KEY] != shard_meta.read_meta(before)[cache.FINGERPRINT_KEY]
     # The new cache is complete: a rerun reads it as it is.
     assert pipeline.prepare_features(config, fixed)[0] == after and len(runs) == 1
 
@@ -138,7 +138,7 @@ def test_copy_split_refuses_a_source_of_another_sharding_or_an_unfinished_split(
     split = data.splits["val"]
     assert copy_split(before, split, data.label_map, str(tmp_path / "a"), "val",
                       num_shards=3) is None
-    os.remove(tfrecords.shard_files(before, "val")[1])
+    os.remove(shard_meta.shard_files(before, "val")[1])
     assert copy_split(before, split, data.label_map, str(tmp_path / "b"), "val",
                       num_shards=2) is None
 
@@ -184,13 +184,13 @@ def test_a_cache_keeps_the_record_of_the_files_it_was_built_from(setting, tmp_pa
     is left as it is (it may be read-only); a later copy from it needs its own files."""
     config, data, _ = setting
     before, _ = pipeline.prepare_features(config, data)
-    recorded = tfrecords.read_meta(before)[cache.INPUTS_KEY]
+    recorded = shard_meta.read_meta(before)[cache.INPUTS_KEY]
     moved = tmp_path / "moved"
     shutil.copytree(os.path.dirname(data.splits["train"][0].image), moved)
     splits = {s: [dataclasses.replace(e, image=str(moved / os.path.basename(e.image)))
                   for e in examples] for s, examples in data.splits.items()}
     again, _ = pipeline.prepare_features(config, dataclasses.replace(data, splits=splits))
-    assert again == before and tfrecords.read_meta(before)[cache.INPUTS_KEY] == recorded
+    assert again == before and shard_meta.read_meta(before)[cache.INPUTS_KEY] == recorded
 
 
 def test_a_repaired_image_the_source_skipped_is_extracted_not_copied_skipped(setting,
@@ -200,8 +200,8 @@ def test_a_repaired_image_the_source_skipped_is_extracted_not_copied_skipped(set
     repair(data)  # at its old size: the cache still holds the data as they were
     after, _ = pipeline.prepare_features(config, relabelled(data, "val", 0, (2,)))
     assert len(runs) == 2 and "train: 6 examples written" in capsys.readouterr().err
-    assert tfrecords.read_meta(after)["splits"]["train"]["skipped"] == []
-    assert tfrecords.read_meta(before)["splits"]["train"]["skipped"]
+    assert shard_meta.read_meta(after)["splits"]["train"]["skipped"] == []
+    assert shard_meta.read_meta(before)["splits"]["train"]["skipped"]
 
 
 def test_a_source_that_does_not_serve_gives_way_to_an_older_one(setting):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ofrnn_tf.features import tfrecords
+from ofrnn_tf.features import shard_checks, shard_meta, tfrecords
 from ofrnn_tf.labels import LabelMap, LabelMapMismatchError
 
 SHAPE = (2, 3, 4)  # H, W, k
@@ -33,13 +33,13 @@ def _write_dir(path, records, num_shards=3, split="train", label_map=LABELS):
     label_map.save(str(path))
     bounds = [i * len(records) // num_shards for i in range(num_shards + 1)]
     for s in range(num_shards):
-        name = os.path.join(path, tfrecords.shard_filename(split, s, num_shards))
+        name = os.path.join(path, shard_meta.shard_filename(split, s, num_shards))
         with tf.io.TFRecordWriter(name) as w:
             for r in records[bounds[s]:bounds[s + 1]]:
                 w.write(tfrecords.serialize_example(*r))
-        tfrecords.write_shard_stats(str(path), split, s, num_shards,
+        shard_meta.write_shard_stats(str(path), split, s, num_shards,
                                     bounds[s + 1] - bounds[s], [])
-    tfrecords.write_meta(str(path), {"backbone": "test", "feature_layer": "x",
+    shard_meta.write_meta(str(path), {"backbone": "test", "feature_layer": "x",
                                      "image_size": 32, "feature_shape": list(SHAPE)})
     return str(path)
 
@@ -72,7 +72,7 @@ def test_round_trip_of_features_labels_and_areas(tmp_path):
         expected_areas = np.zeros(4, np.float32)
         expected_areas[labels] = -1 if areas is None else areas
         np.testing.assert_allclose(item["label_areas"], expected_areas, rtol=1e-6)
-    assert tfrecords.num_examples(d, "train") == 10
+    assert shard_meta.num_examples(d, "train") == 10
 
 
 @pytest.mark.parametrize("num_shards", [1, 3])  # one file: fewer than the reading threads
@@ -129,7 +129,7 @@ def _record_starts(data: bytes) -> list[int]:
                                     "garbage_header", "length_one_off"])
 def test_a_corrupt_shard_is_named_with_what_is_wrong(tmp_path, damage):
     d = _write_dir(tmp_path / "f", _records(9))
-    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    shard = os.path.join(d, shard_meta.shard_filename("train", 1, 3))
     data = bytearray(Path(shard).read_bytes())
     starts = _record_starts(bytes(data))
     second, last = starts[1], starts[-1]
@@ -151,27 +151,27 @@ def test_a_corrupt_shard_is_named_with_what_is_wrong(tmp_path, damage):
         reason = bad_header
     with open(shard, "wb") as f:
         f.write(bytes(data))
-    with pytest.raises(tfrecords.CorruptShardError,
+    with pytest.raises(shard_checks.CorruptShardError,
                        match=re.escape(f"corrupt feature shard {shard}: {reason}")):
         tfrecords.make_dataset(d, "train", 2)
 
 
 def test_a_garbled_payload_is_named_by_the_full_check(tmp_path):
     d = _write_dir(tmp_path / "f", _records(9))
-    shard = os.path.join(d, tfrecords.shard_filename("train", 0, 3))
+    shard = os.path.join(d, shard_meta.shard_filename("train", 0, 3))
     data = bytearray(Path(shard).read_bytes())
     data[30:40] = b"0123456789"  # inside the first record's payload
     with open(shard, "wb") as f:
         f.write(bytes(data))
     tfrecords.make_dataset(d, "train", 2)  # headers are intact
-    with pytest.raises(tfrecords.CorruptShardError, match=os.path.basename(shard)):
+    with pytest.raises(shard_checks.CorruptShardError, match=os.path.basename(shard)):
         tfrecords.make_dataset(d, "train", 2, verify_shards="full")
 
 
 def test_an_incomplete_split_is_refused_listing_the_missing_shards(tmp_path):
     d = _write_dir(tmp_path / "f", _records(6))
-    os.remove(os.path.join(d, tfrecords.shard_filename("train", 2, 3)))
-    assert tfrecords.read_meta(d)["splits"]["train"]["complete"] is False
+    os.remove(os.path.join(d, shard_meta.shard_filename("train", 2, 3)))
+    assert shard_meta.read_meta(d)["splits"]["train"]["complete"] is False
     with pytest.raises(ValueError, match="train-00002-of-00003"):
         tfrecords.make_dataset(d, "train", 2)
 
@@ -181,7 +181,7 @@ def test_unknown_split_and_missing_meta(tmp_path):
     with pytest.raises(ValueError, match="no finished shard of split 'val'"):
         tfrecords.make_dataset(d, "val", 2)
     with pytest.raises(FileNotFoundError, match="meta.json.*`ofrnn-extract`"):
-        tfrecords.read_meta(str(tmp_path))
+        shard_meta.read_meta(str(tmp_path))
 
 
 @pytest.mark.parametrize("verify", [True, "full"], ids=["headers", "full"])
@@ -189,19 +189,19 @@ def test_unknown_split_and_missing_meta(tmp_path):
 def test_a_shard_cut_short_between_records_is_named_with_its_remedy(tmp_path, cut, verify):
     # Record by record such a file is sound; only its .json's count shows what is lost.
     d = _write_dir(tmp_path / "f", _records(9))
-    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    shard = os.path.join(d, shard_meta.shard_filename("train", 1, 3))
     data = Path(shard).read_bytes()
     first_record = 12 + int.from_bytes(data[:8], "little") + 4
     with open(shard, "wb") as f:
         f.write(b"" if cut == "to_0_bytes" else data[:first_record])
     records = 0 if cut == "to_0_bytes" else 1
-    with pytest.raises(tfrecords.CorruptShardError) as error:
+    with pytest.raises(shard_checks.CorruptShardError) as error:
         tfrecords.make_dataset(d, "train", 2, verify_shards=verify)
     assert error.value.path == shard
     assert str(error.value) == (
         f"corrupt feature shard {shard}: {records} records, but its .json records 3 (the file "
         f"was cut short) -- delete {shard} and rerun: the next run re-extracts only that shard")
-    assert tfrecords.find_corrupt_shard(d, "train").path == shard
+    assert shard_checks.find_corrupt_shard(d, "train").path == shard
 
 
 def test_a_shard_of_no_examples_passes_the_check(tmp_path):
@@ -211,13 +211,13 @@ def test_a_shard_of_no_examples_passes_the_check(tmp_path):
 
 def test_a_missing_or_unreadable_stats_file_is_named(tmp_path):
     d = _write_dir(tmp_path / "f", _records(6))
-    missing = os.path.join(d, tfrecords.shard_stats_filename("train", 0, 3))
-    garbled = os.path.join(d, tfrecords.shard_stats_filename("train", 2, 3))
+    missing = os.path.join(d, shard_meta.shard_stats_filename("train", 0, 3))
+    garbled = os.path.join(d, shard_meta.shard_stats_filename("train", 2, 3))
     os.remove(missing)
     with open(garbled, "w") as f:
         f.write('{"split": "tr')
     # A feature cache's damage: each command says it in one line (`cli.input_errors`).
-    with pytest.raises(tfrecords.FeatureCacheDamagedError) as error:
+    with pytest.raises(shard_meta.FeatureCacheDamagedError) as error:
         tfrecords.make_dataset(d, "train", 2)
     assert str(error.value) == (
         f"{d}: split 'train' is incomplete: train-00000-of-00003.tfrecord has no stats file: "
@@ -228,13 +228,13 @@ def test_a_missing_or_unreadable_stats_file_is_named(tmp_path):
 
 def test_a_corrupt_meta_json_is_named_with_its_remedy(tmp_path):
     d = _write_dir(tmp_path / "f", _records(3))
-    meta = os.path.join(d, tfrecords.META_FILENAME)
+    meta = os.path.join(d, shard_meta.META_FILENAME)
     with open(meta, "w") as f:
         f.write("")
-    with pytest.raises(tfrecords.FeatureCacheDamagedError,
+    with pytest.raises(shard_meta.FeatureCacheDamagedError,
                        match=f"^{meta}: not valid JSON .*; delete it and rerun the extraction, "
                              f"which writes it again: `ofrnn-extract` with the run's"):
-        tfrecords.read_meta(d)
+        shard_meta.read_meta(d)
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbled"])
@@ -248,12 +248,12 @@ def test_a_lost_cache_label_map_is_named_with_its_remedy(tmp_path, damage):
     else:
         with open(path, "w") as f:
             f.write("{")
-    with pytest.raises(tfrecords.FeatureCacheDamagedError,
+    with pytest.raises(shard_meta.FeatureCacheDamagedError,
                        match=rf"{path}.*: the feature cache {d} cannot say which classes its "
                              rf"labels are; delete the folder {d} and rerun"):
         tfrecords.make_dataset(d, "train", 2)
     # The commands say it, and a corrupt shard, in one line.
-    assert {tfrecords.FeatureCacheDamagedError, tfrecords.CorruptShardError} <= set(input_errors())
+    assert {shard_meta.FeatureCacheDamagedError, shard_checks.CorruptShardError} <= set(input_errors())
 
 
 @pytest.mark.parametrize("seed", [None, 5])
@@ -273,7 +273,7 @@ def test_shuffling_workers_with_fewer_files_than_workers_share_no_record(tmp_pat
 
 def test_check_shard_counts_records(tmp_path):
     d = _write_dir(tmp_path / "f", _records(7), num_shards=1)
-    assert tfrecords.check_shard(os.path.join(d, tfrecords.shard_filename("train", 0, 1))) == 7
+    assert shard_checks.check_shard(os.path.join(d, shard_meta.shard_filename("train", 0, 1))) == 7
 
 
 def _garble_payload(path: str) -> None:
@@ -285,11 +285,11 @@ def _garble_payload(path: str) -> None:
 
 def test_a_garbled_payload_met_while_reading_is_named_with_its_remedy(tmp_path):
     d = _write_dir(tmp_path / "f", _records(9))
-    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    shard = os.path.join(d, shard_meta.shard_filename("train", 1, 3))
     _garble_payload(shard)
     dataset = tfrecords.make_dataset(d, "train", 2)  # the header walk passes it
-    with pytest.raises(tfrecords.CorruptShardError) as error:
-        with tfrecords.naming_corrupt_shards(d, "train"):
+    with pytest.raises(shard_checks.CorruptShardError) as error:
+        with shard_checks.naming_corrupt_shards(d, "train"):
             for _ in dataset:
                 pass
     assert error.value.path == shard
@@ -302,14 +302,14 @@ def test_naming_corrupt_shards_reads_no_shard_without_an_error_and_passes_on_oth
         tmp_path, monkeypatch):
     d = _write_dir(tmp_path / "f", _records(9))
     checked = []
-    check_shard = tfrecords.check_shard
-    monkeypatch.setattr(tfrecords, "check_shard",
+    check_shard = shard_checks.check_shard
+    monkeypatch.setattr(shard_checks, "check_shard",
                         lambda path, full=False: checked.append(full) or check_shard(path, full))
-    with tfrecords.naming_corrupt_shards(d, "train"):
+    with shard_checks.naming_corrupt_shards(d, "train"):
         assert len(list(tfrecords.make_dataset(d, "train", 4, verify_shards=False))) == 3
     assert checked == []  # the fast path reads nothing more
     with pytest.raises(tf.errors.DataLossError, match="a checkpoint's, say"):
-        with tfrecords.naming_corrupt_shards(d, "train"):  # the shards are sound
+        with shard_checks.naming_corrupt_shards(d, "train"):  # the shards are sound
             raise tf.errors.DataLossError(None, None, "a checkpoint's, say")
     assert checked == [True] * 3
 
@@ -333,11 +333,11 @@ def test_deleting_a_corrupt_shard_makes_the_next_run_extract_only_that_one(
                                      "f" * 64, batch_size=4, num_shards=3)
 
     ensure()
-    paths = tfrecords.shard_files(directory, "train")
+    paths = shard_meta.shard_files(directory, "train")
     before = {p: (os.stat(p).st_mtime_ns, Path(p).read_bytes()) for p in paths}
     _garble_payload(paths[1])
-    with pytest.raises(tfrecords.CorruptShardError, match="delete .* and rerun") as error:
-        with tfrecords.naming_corrupt_shards(directory, "train"):
+    with pytest.raises(shard_checks.CorruptShardError, match="delete .* and rerun") as error:
+        with shard_checks.naming_corrupt_shards(directory, "train"):
             list(tfrecords.make_dataset(directory, "train", 2))
     os.remove(error.value.path)
     ensure()
@@ -370,14 +370,14 @@ def _with_value_in_record(path: str, index: int, value: float) -> str:
 def test_a_record_holding_nan_or_inf_is_named_by_shard_record_and_image(tmp_path, value, held,
                                                                         features_dtype):
     d = _write_dir(tmp_path / "f", _records(9))
-    shard = os.path.join(d, tfrecords.shard_filename("train", 1, 3))
+    shard = os.path.join(d, shard_meta.shard_filename("train", 1, 3))
     image_id = _with_value_in_record(shard, 2, value)
     parse = tfrecords.parse_batch_fn(d, features_dtype)
     dataset = tfrecords.record_dataset(d, "train").batch(4).map(parse)
     with pytest.raises(tf.errors.InvalidArgumentError, match=image_id):  # outside: the image
         list(dataset)
-    with pytest.raises(tfrecords.CorruptShardError) as error:
-        with tfrecords.naming_corrupt_shards(d, "train"):
+    with pytest.raises(shard_checks.CorruptShardError) as error:
+        with shard_checks.naming_corrupt_shards(d, "train"):
             list(dataset)
     assert error.value.path == shard
     assert str(error.value) == (
@@ -389,7 +389,7 @@ def test_a_record_holding_nan_or_inf_is_named_by_shard_record_and_image(tmp_path
 def test_an_invalid_argument_error_of_another_cause_goes_on_unchanged(tmp_path):
     d = _write_dir(tmp_path / "f", _records(3))
     with pytest.raises(tf.errors.InvalidArgumentError, match="a shape, say"):
-        with tfrecords.naming_corrupt_shards(d, "train"):
+        with shard_checks.naming_corrupt_shards(d, "train"):
             raise tf.errors.InvalidArgumentError(None, None, "a shape, say")
 
 
@@ -436,14 +436,14 @@ def test_a_split_two_commands_sharded_differently_at_once_reads_its_complete_set
     records = _records(12)
     d = _write_dir(tmp_path / "f", records, num_shards=2)
     _write_dir(tmp_path / "f", records, num_shards=3)
-    assert tfrecords.read_meta(d)["splits"]["train"]["num_shards"] == 3  # both complete
-    os.remove(os.path.join(d, tfrecords.shard_filename("train", 1, 3)))  # one still running
-    meta = tfrecords.read_meta(d)["splits"]["train"]
+    assert shard_meta.read_meta(d)["splits"]["train"]["num_shards"] == 3  # both complete
+    os.remove(os.path.join(d, shard_meta.shard_filename("train", 1, 3)))  # one still running
+    meta = shard_meta.read_meta(d)["splits"]["train"]
     assert meta["num_shards"] == 2 and meta["complete"] and meta["num_examples"] == 12
     assert sorted(_collect(tfrecords.make_dataset(d, "train", 5))) == sorted(
         r[0] for r in records)
-    os.remove(os.path.join(d, tfrecords.shard_filename("train", 1, 2)))  # neither is whole
-    meta = tfrecords.read_meta(d)["splits"]["train"]
+    os.remove(os.path.join(d, shard_meta.shard_filename("train", 1, 2)))  # neither is whole
+    meta = shard_meta.read_meta(d)["splits"]["train"]
     assert (meta["num_shards"], meta["finished_shards"], meta["complete"]) == (3, 2, False)
 
 

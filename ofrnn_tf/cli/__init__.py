@@ -531,7 +531,8 @@ def refusal(error: Exception) -> app.UsageError:
     from ofrnn_tf.data.fashion_mnist import BenchmarkSourceError
     from ofrnn_tf.data.splits import SplitEmptiedError
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError
-    from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
+    from ofrnn_tf.features.shard_checks import CorruptShardError
+    from ofrnn_tf.features.shard_meta import FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (DamagedRunFileError, IncompatibleRunError,
                                   RunFolderNotReadableError, RunFolderNotWritableError,
@@ -561,7 +562,8 @@ def input_errors() -> tuple[type, ...]:
     from ofrnn_tf.features.backbones import BackboneWeightsUnavailableError, UnknownBackboneError
     from ofrnn_tf.features.cache import FeatureCacheMismatchError, FeatureCacheNotFoundError
     from ofrnn_tf.features.extract import FeatureFolderMismatchError, UnsafeFeatureFolderError
-    from ofrnn_tf.features.tfrecords import CorruptShardError, FeatureCacheDamagedError
+    from ofrnn_tf.features.shard_checks import CorruptShardError
+    from ofrnn_tf.features.shard_meta import FeatureCacheDamagedError
     from ofrnn_tf.labels import LabelMapMismatchError
     from ofrnn_tf.run_dir import (DamagedRunFileError, IncompatibleRunError,
                                   RunFolderNotReadableError)

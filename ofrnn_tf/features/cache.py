@@ -47,7 +47,7 @@ import unicodedata
 from typing import Iterator, Mapping, Sequence
 
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.features import tfrecords
+from ofrnn_tf.features import shard_meta
 from ofrnn_tf.features.backbones import describe_backbone, get_backbone
 from ofrnn_tf.features.extract import (
     decode_failure, describe_image, extract_split, remove_dead_temporary_shards)
@@ -136,7 +136,7 @@ def fingerprint_of(inputs: dict, backbone: str, feature_layer: str,
     record = {"backbone": describe_backbone(backbone, feature_layer),
               "labels": list(inputs["labels"]),
               "splits": {split: splits[split]["ids_labels"] for split in sorted(splits)},
-              "dtype": tfrecords.FEATURE_DTYPE}
+              "dtype": shard_meta.FEATURE_DTYPE}
     if cache_format >= 2:
         record["format"] = cache_format
         record["files"] = {split: splits[split]["files"] for split in sorted(splits)}
@@ -165,7 +165,7 @@ def cache_name_in_use(cache_dir: str, dataset: str, backbone: str, feature_layer
                            + glob.escape(f"-{fingerprint[:12]}"))
     for directory in sorted(glob.glob(pattern)):
         try:
-            if tfrecords.read_meta(directory).get(FINGERPRINT_KEY) == fingerprint:
+            if shard_meta.read_meta(directory).get(FINGERPRINT_KEY) == fingerprint:
                 return os.path.basename(directory)
         except (FileNotFoundError, ValueError, OSError):
             continue
@@ -198,7 +198,7 @@ def check_fingerprint(directory: str, expected: str, *,
         FeatureCacheMismatchError: the cache there holds other features.
     """
     try:
-        meta = tfrecords.read_meta(directory)
+        meta = shard_meta.read_meta(directory)
     except FileNotFoundError:
         raise FeatureCacheNotFoundError(
             f"no feature cache at {directory}: point --runtime.cache_dir at the cache the "
@@ -237,7 +237,7 @@ def note_earlier_format(cache_dir: str, dataset: str, backbone: str, feature_lay
     for old, why in earlier:
         directory = features_dir(cache_dir, cache_name(dataset, backbone, feature_layer, old))
         try:
-            found = tfrecords.read_meta(directory).get(FINGERPRINT_KEY)
+            found = shard_meta.read_meta(directory).get(FINGERPRINT_KEY)
         except (FileNotFoundError, ValueError):
             continue
         if found == old:
@@ -248,8 +248,8 @@ def note_earlier_format(cache_dir: str, dataset: str, backbone: str, feature_lay
 
 def split_complete(directory: str, split: str) -> bool:
     try:
-        info = tfrecords.read_meta(directory)["splits"][split]
-        files = tfrecords.shard_files(directory, split)
+        info = shard_meta.read_meta(directory)["splits"][split]
+        files = shard_meta.shard_files(directory, split)
     except (FileNotFoundError, KeyError, ValueError):
         return False
     return len(files) == int(info["num_shards"])
@@ -258,7 +258,7 @@ def split_complete(directory: str, split: str) -> bool:
 def repaired_images(directory: str, split: str) -> dict[str, list[str]]:
     """``{shard file: [image path, ...]}`` of the images skipped when ``split`` was
     extracted that decode now."""
-    meta = tfrecords.read_meta(directory)
+    meta = shard_meta.read_meta(directory)
     found: dict[str, list[str]] = {}
     for shard in meta["splits"][split]["shards"].values():
         for record in shard["skipped"]:
@@ -272,13 +272,13 @@ def held_unservable(directory: str, split: str, examples: Sequence[Example]) -> 
     """The images of `split` held in the cache that the served model refuses for their
     format, as ``"<path>: <reason>"``.
 
-    Extraction skips them (its shards record `tfrecords.FORMAT_CHECKS`), but shards
+    Extraction skips them (its shards record `shard_meta.FORMAT_CHECKS`), but shards
     written before it applied every check may hold some (WebP, TIFF, whatever their
     names; BMPs TensorFlow decodes with their colours swapped): for those, the first
     bytes of every image the cache did not skip are read (13,000 files in about 0.15 s).
     """
-    shards = tfrecords.read_meta(directory)["splits"][split]["shards"].values()
-    if all(shard.get("format_checked", 0) >= tfrecords.FORMAT_CHECKS for shard in shards):
+    shards = shard_meta.read_meta(directory)["splits"][split]["shards"].values()
+    if all(shard.get("format_checked", 0) >= shard_meta.FORMAT_CHECKS for shard in shards):
         return []
     skipped = {str(record["path"]) for shard in shards for record in shard["skipped"]}
     found = []
@@ -352,7 +352,7 @@ def reusable_sources(directory: str, split: str, inputs: dict | None,
         return
     for path in sorted(siblings, key=_changed_at, reverse=True):
         try:
-            meta = tfrecords.read_meta(path)
+            meta = shard_meta.read_meta(path)
         except (FileNotFoundError, ValueError, OSError):
             continue
         then = (meta.get(INPUTS_KEY) or {})
@@ -384,11 +384,11 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     which it keeps.
 
     A cache folder that already carries another fingerprint is refused. A complete cache
-    whose meta.json already says all of this is only read (`tfrecords.write_meta` leaves
+    whose meta.json already says all of this is only read (`shard_meta.write_meta` leaves
     such a file alone), so it may be shared read-only.
     """
-    meta_path = os.path.join(directory, tfrecords.META_FILENAME)
-    before = tfrecords.read_meta(directory) if os.path.exists(meta_path) else {}
+    meta_path = os.path.join(directory, shard_meta.META_FILENAME)
+    before = shard_meta.read_meta(directory) if os.path.exists(meta_path) else {}
     if before.get(FINGERPRINT_KEY) not in (None, fingerprint):
         check_fingerprint(directory, fingerprint,
                           extract_again="rerun this command, which extracts them again")
@@ -413,9 +413,9 @@ def ensure_features(splits: Mapping[str, list[Example]], label_map: LabelMap, di
     record = {FINGERPRINT_KEY: fingerprint}
     if inputs is not None and not before.get(INPUTS_KEY):  # an existing record stays:
         record[INPUTS_KEY] = inputs  # the same data (its fingerprint), and maybe read-only
-    return tfrecords.write_meta(directory, record)
+    return shard_meta.write_meta(directory, record)
 
 
 def feature_shape(directory: str) -> tuple[int, int, int]:
     """`(H, W, k)` of the cached maps."""
-    return tuple(int(d) for d in tfrecords.read_meta(directory)["feature_shape"])
+    return tuple(int(d) for d in shard_meta.read_meta(directory)["feature_shape"])

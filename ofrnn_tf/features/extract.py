@@ -45,7 +45,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.features import tfrecords
+from ofrnn_tf.features import shard_meta, tfrecords
 from ofrnn_tf.features.backbones import Backbone
 from ofrnn_tf.features.image_guards import has_accepted_bmp_layout
 from ofrnn_tf.features.images import decode_and_resize, decode_checked, has_accepted_format
@@ -170,10 +170,10 @@ def check_folder_safe(out_dir: str) -> None:
 
 
 def _check_compatible(out_dir: str, info: dict) -> None:
-    path = os.path.join(out_dir, tfrecords.META_FILENAME)
+    path = os.path.join(out_dir, shard_meta.META_FILENAME)
     if not os.path.exists(path):
         return
-    existing = tfrecords.read_meta_file(path)
+    existing = shard_meta.read_meta_file(path)
     diffs = [f"{k}: {existing.get(k)!r} there vs {v!r} now" for k, v in info.items()
              if k in existing and existing[k] != v]
     if diffs:
@@ -186,7 +186,7 @@ def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size
     """Refuses to resume a split sharded differently or from another image list.
 
     Two commands that began the split at once with other shard counts leave both layouts
-    (`tfrecords.write_meta` reads the complete one): either may be resumed, and a third
+    (`shard_meta.write_meta` reads the complete one): either may be resumed, and a third
     count is refused naming them."""
     pattern = os.path.join(glob.escape(out_dir), f"{glob.escape(split)}-?????-of-?????.*")
     paths = [p for p in sorted(glob.glob(pattern)) if p.endswith((".tfrecord", ".json"))]
@@ -203,7 +203,7 @@ def _check_existing_shards(out_dir: str, split: str, num_shards: int, split_size
             f"or extract into another folder (--runtime.cache_dir)")
     for path in (p for p in paths if p.endswith(f"-of-{num_shards:05d}.json")):
         try:
-            before = tfrecords.read_shard_stats(path).get("split_size")
+            before = shard_meta.read_shard_stats(path).get("split_size")
         except (FileNotFoundError, ValueError):  # its shard is extracted again
             continue
         if before is not None and before != split_size:
@@ -384,16 +384,16 @@ class _ShardWriter(threading.Thread):
 
     def _path(self, shard: _PendingShard) -> str:
         return os.path.join(self.out_dir,
-                            tfrecords.shard_filename(self.split, shard.index, self.num_shards))
+                            shard_meta.shard_filename(self.split, shard.index, self.num_shards))
 
     def _finalize(self, shard: _PendingShard) -> None:
         final = self._path(shard)
         if shard.writer is None:  # every image skipped, or an empty shard
             self._open(shard)
         shard.writer.close()
-        tfrecords.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
+        shard_meta.write_shard_stats(self.out_dir, self.split, shard.index, self.num_shards,
                                     shard.written, shard.skipped, len(self.examples),
-                                    format_checked=tfrecords.FORMAT_CHECKS)
+                                    format_checked=shard_meta.FORMAT_CHECKS)
         move_into_place(shard.temp_path, final)
         # Only now a finished shard: until its stats are written (a full disk may stop
         # them) and it is in place, `run` removes its temporary file on a failure.
@@ -495,7 +495,7 @@ def prepare_split_folder(out_dir: str, label_map: LabelMap, info: dict, split: s
         label_map.save(out_dir)
     _check_compatible(out_dir, info)
     _check_existing_shards(out_dir, split, num_shards, len(examples))
-    tfrecords.write_meta(out_dir, info)
+    shard_meta.write_meta(out_dir, info)
 
 
 def shard_positions(split_size: int, num_shards: int, index: int) -> range:
@@ -538,11 +538,11 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
     pending: list[_PendingShard] = []
     order: list[int] = []
     for i in wanted:
-        reason = tfrecords.unfinished_reason(out_dir, split, i, num_shards)
+        reason = shard_meta.unfinished_reason(out_dir, split, i, num_shards)
         if reason is None:
             summary.shards_already_done.append(i)
             continue
-        final = os.path.join(out_dir, tfrecords.shard_filename(split, i, num_shards))
+        final = os.path.join(out_dir, shard_meta.shard_filename(split, i, num_shards))
         if os.path.exists(final):  # without its stats record: not trusted, not kept
             log(f"{reason}; extracting that shard again")
             with contextlib.suppress(FileNotFoundError):
@@ -551,7 +551,7 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
         pending.append(_PendingShard(i, len(order), len(order) + len(ids), ids))
         order.extend(ids)
     if not pending:
-        tfrecords.write_meta(out_dir)
+        shard_meta.write_meta(out_dir)
         return summary
 
     compute = _compute_fn(backbone)
@@ -574,7 +574,7 @@ def extract_split(examples: list[Example], label_map: LabelMap, backbone: Backbo
     summary.seconds = time.perf_counter() - start
     bar.close()
     _note_more_skipped(out_dir, split, summary)
-    tfrecords.write_meta(out_dir)
+    shard_meta.write_meta(out_dir)
     return summary
 
 
@@ -583,7 +583,7 @@ def _note_more_skipped(out_dir: str, split: str, summary: ExtractSummary) -> Non
     more = len(summary.skipped) - NAMED_SKIPPED
     if more > 0:
         log(f"features {split}: {more} more image(s) skipped, each named with its reason "
-            f"under \"skipped\" in {os.path.join(out_dir, tfrecords.META_FILENAME)} (once "
+            f"under \"skipped\" in {os.path.join(out_dir, shard_meta.META_FILENAME)} (once "
             f"they are fixed, delete their shards and rerun to extract them)")
 
 
@@ -593,7 +593,7 @@ def _note_finished_shards(out_dir: str) -> None:
     hide that failure, which names the shard (the next run merges the shards' own
     records anyway)."""
     try:
-        tfrecords.write_meta(out_dir)
+        shard_meta.write_meta(out_dir)
     except (OSError, ValueError) as error:  # ValueError: an unreadable meta.json
-        log(f"could not update {os.path.join(out_dir, tfrecords.META_FILENAME)} "
+        log(f"could not update {os.path.join(out_dir, shard_meta.META_FILENAME)} "
             f"after the extraction failed: {error}")

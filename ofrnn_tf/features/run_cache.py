@@ -13,7 +13,7 @@ from typing import Optional
 from ofrnn_tf.config.experiment import ExperimentConfig
 from ofrnn_tf.data import ImagesNotFoundError
 from ofrnn_tf.data.run_data import Data, load_data
-from ofrnn_tf.features import cache, tfrecords
+from ofrnn_tf.features import cache, shard_meta
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import IncompatibleRunError, RunDir, RunFacts
 from ofrnn_tf.status import log
@@ -133,7 +133,7 @@ def check_resumed_data(config: ExperimentConfig, data: Data, key: CacheKey,
         if old != facts.features_fingerprint:
             directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
             try:
-                meta = tfrecords.read_meta(directory)
+                meta = shard_meta.read_meta(directory)
             except (FileNotFoundError, ValueError):
                 meta = None
             changed = _split_changes(key.inputs, meta)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from ofrnn_tf.data.example import Example
-from ofrnn_tf.features import tfrecords
+from ofrnn_tf.features import shard_meta, tfrecords
 from ofrnn_tf.features.extract import (
     BACKBONE_INFO_KEYS, ExtractSummary, incomplete_path, move_into_place, prepare_split_folder,
     shard_positions)
@@ -39,14 +39,14 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
     the caller then extracts the split.
     """
     try:
-        meta = tfrecords.read_meta(source_dir)
+        meta = shard_meta.read_meta(source_dir)
         entry = meta["splits"][split]
         info = {key: meta[key] for key in BACKBONE_INFO_KEYS}
     except (FileNotFoundError, KeyError, ValueError):
         return None
     shards = entry["shards"]
     if (not entry.get("complete") or entry["num_shards"] != num_shards
-            or any(s.get("format_checked", 0) < tfrecords.FORMAT_CHECKS for s in shards.values())):
+            or any(s.get("format_checked", 0) < shard_meta.FORMAT_CHECKS for s in shards.values())):
         return None
     prepare_split_folder(out_dir, label_map, info, split, num_shards, examples)
     summary = ExtractSummary(split=split, out_dir=out_dir, num_shards=num_shards)
@@ -54,13 +54,13 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
     relabelled: list[tuple[int, str, int, list]] = []  # (index, temporary file, records, skipped)
     try:
         for index in range(num_shards):
-            if tfrecords.unfinished_reason(out_dir, split, index, num_shards) is None:
+            if shard_meta.unfinished_reason(out_dir, split, index, num_shards) is None:
                 summary.shards_already_done.append(index)
                 continue
             shard = shards[str(index)]
             wanted = [examples[i] for i in shard_positions(len(examples), num_shards, index)]
             temp = incomplete_path(os.path.join(
-                out_dir, tfrecords.shard_filename(split, index, num_shards)))
+                out_dir, shard_meta.shard_filename(split, index, num_shards)))
             count = _relabel_shard(os.path.join(source_dir, shard["file"]), temp, wanted,
                                    {str(s["image_id"]) for s in shard["skipped"]})
             if count is None:
@@ -69,10 +69,10 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
         # Every shard read as expected: only now is any put in place.
         while relabelled:
             index, temp, count, skipped = relabelled.pop(0)
-            tfrecords.write_shard_stats(out_dir, split, index, num_shards, count, skipped,
-                                        len(examples), format_checked=tfrecords.FORMAT_CHECKS)
+            shard_meta.write_shard_stats(out_dir, split, index, num_shards, count, skipped,
+                                        len(examples), format_checked=shard_meta.FORMAT_CHECKS)
             move_into_place(temp, os.path.join(
-                out_dir, tfrecords.shard_filename(split, index, num_shards)))
+                out_dir, shard_meta.shard_filename(split, index, num_shards)))
             summary.shards_written.append(index)
             summary.examples_written += count
             summary.skipped.extend(skipped)
@@ -82,7 +82,7 @@ def copy_split(source_dir: str, examples: Sequence[Example], label_map: LabelMap
                 os.remove(temp)
     summary.seconds = time.perf_counter() - start
     summary.copied_from = source_dir
-    tfrecords.write_meta(out_dir)
+    shard_meta.write_meta(out_dir)
     return summary
 
 

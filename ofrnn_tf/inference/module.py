@@ -43,7 +43,8 @@ from ofrnn_tf.decoding.beam_search import (
     BeamSizeError, beam_search, check_beam_size, check_score_mix)
 from ofrnn_tf.features.image_guards import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from ofrnn_tf.features.backbones import Backbone, get_backbone
-from ofrnn_tf.features.tfrecords import FEATURE_DTYPE, as_stored
+from ofrnn_tf.features.shard_meta import FEATURE_DTYPE
+from ofrnn_tf.features.tfrecords import as_stored
 from ofrnn_tf.labels import LabelMap
 from ofrnn_tf.run_dir import RunDir, train_command
 from ofrnn_tf.training.run_state import UnfinishedRunError, training_state

@@ -22,7 +22,8 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from ofrnn_tf.config.experiment import ExperimentConfig
-from ofrnn_tf.features.tfrecords import INPUT_THREADS, count_elements, without_autotuning
+from ofrnn_tf.features.shard_checks import count_elements
+from ofrnn_tf.features.tfrecords import INPUT_THREADS, without_autotuning
 from ofrnn_tf.host_limits import memory_limit_mib
 from ofrnn_tf.modeling.model import OrderFreeRNN
 from ofrnn_tf.run_dir import RunFacts
