@@ -109,6 +109,7 @@ def prepare_features(config: ExperimentConfig, data: Data,
         log(f"train: no training image carries {len(untrained)} of the {len(counts)} classes "
             f"({listed_names(untrained, _NAMED_CLASSES)}): the model cannot learn them, and "
             f"they still count in the metrics (C-P counts each as precision 0)")
+    _note_classes_without_validation(data, counts)
     max_steps = t_max(longest, data.label_map)
     say_max_steps(data.splits, max_steps, config.model.variant)
     order = fixed_label_order(counts, config.model.variant)
@@ -233,6 +234,22 @@ def calibrate_and_evaluate(model, config: ExperimentConfig, facts: RunFacts, run
 
 # Class names a log line names before it counts the rest.
 _NAMED_CLASSES = 5
+
+
+def _note_classes_without_validation(data: Data, train_counts) -> None:
+    """Names the trained classes that no validation image carries: validation's scores,
+    which choose the epoch kept and τ, count each as precision 0 (docs/model.md,
+    Metrics)."""
+    num_classes = data.label_map.num_classes
+    val_counts, _ = label_statistics(data.splits["val"], num_classes)
+    absent = [name for name, trained, validated
+              in zip(data.label_map.names, train_counts, val_counts) if trained and not validated]
+    if absent:
+        log(f"val: no validation image carries {len(absent)} of the {num_classes} classes "
+            f"({listed_names(absent, _NAMED_CLASSES)}): the validation scores that choose the "
+            f"epoch kept and τ count each as precision 0, so C-P there is at most "
+            f"{100.0 * (num_classes - len(absent)) / num_classes:.1f}; a validation split "
+            f"with every class chooses them better")
 
 
 def _note_skipped_images(features_dir: str, split: str, metrics: dict) -> None:

@@ -8,6 +8,7 @@ one; a backbone that must not be built raises."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -862,6 +863,27 @@ def test_a_class_no_training_image_carries_is_named_when_training_starts(
     assert ("train: no training image carries 1 of the 3 classes ('unicorn'): the model "
             "cannot learn them") in capsys.readouterr().err
 
+
+
+def test_a_class_no_validation_image_carries_is_named_when_training_starts(
+        tmp_path, monkeypatch, tiny_backbone, capsys):
+    # A val.csv written by hand that misses a class: validation chooses the epoch and τ.
+    root = manifest_folder(tmp_path / "data")
+    config = manifest_config(root, tmp_path / "cache")
+    data = run_data.load_data(config)
+    _extract(monkeypatch, tiny_backbone, config, data)
+    assert "no validation image carries" not in capsys.readouterr().err
+    gone = data.splits["val"][0].label_ids[0]
+    val = [dataclasses.replace(e, label_ids=tuple(k for k in e.label_ids if k != gone),
+                               label_areas=None) for e in data.splits["val"]]
+    val = [e for e in val if e.label_ids]
+    assert val and not any(gone in e.label_ids for e in val)
+    lacking = run_data.Data({**data.splits, "val": val}, data.label_map)
+    _extract(monkeypatch, tiny_backbone, config, lacking)
+    name = data.label_map.names[gone]
+    assert (f"val: no validation image carries 1 of the 2 classes ({name!r}): the validation "
+            f"scores that choose the epoch kept and τ count each as precision 0, so C-P there "
+            f"is at most 50.0") in capsys.readouterr().err
 
 def test_a_beam_wider_than_the_label_paths_is_refused_before_any_work(
         tmp_path, trained_folder, no_backbone):
