@@ -706,12 +706,20 @@ def test_a_resume_whose_cache_is_not_under_cache_dir_is_refused_as_eval_does(
                 run_cache.locate_features(elsewhere, RunDir(workdir).load()[1])
             else:
                 pipeline.run(elsewhere, workdir, mode)
-    # The remedy is the run's own: commands that extract its features again there.
+    # The remedy is the run's own: commands that extract its features again there, from
+    # the data where this command reads them (moved since the run, it may be).
     with pytest.raises(cache.FeatureCacheNotFoundError) as refused:
         pipeline.run(elsewhere, workdir, "train")
-    assert (f"ofrnn-train --workdir={workdir} --runtime.cache_dir={tmp_path / 'default'} "
-            f"--print_config > run_flags.txt && ofrnn-extract --flagfile=run_flags.txt"
-            in str(refused.value))
+    root = config.data.data_dir
+    assert (f"ofrnn-train --workdir={workdir} --data.data_dir={root} "
+            f"--runtime.cache_dir={tmp_path / 'default'} --print_config > run_flags.txt && "
+            f"ofrnn-extract --flagfile=run_flags.txt" in str(refused.value))
+    shutil.copytree(root, tmp_path / "moved data")
+    moved = elsewhere.replace(data={"data_dir": str(tmp_path / "moved data")})
+    with pytest.raises(cache.FeatureCacheNotFoundError) as refused:
+        pipeline.run(moved, workdir, "eval")
+    assert (f"ofrnn-train --workdir={workdir} '--data.data_dir={tmp_path / 'moved data'}' "
+            f"--runtime.cache_dir={tmp_path / 'default'} --print_config" in str(refused.value))
     assert not (tmp_path / "default").exists()
     # Where it was trained, the same data resume (up to training, stubbed here).
     directory, facts = pipeline.prepare_features(config, run_data.load_data(config),

@@ -179,11 +179,16 @@ EXTRACT_AGAIN = ("extract it again with ofrnn-extract and the run's settings (of
                  "with --flagfile)")
 
 
-def extract_again_for(workdir: str, cache_dir: str) -> str:
+def extract_again_for(workdir: str, cache_dir: str,
+                      data_flags: Mapping[str, str] | None = None) -> str:
     """The commands that extract the run at `workdir`'s features again under `cache_dir`
-    (a rerun of the run never extracts: its data are checked against the cache)."""
+    (a rerun of the run never extracts: its data are checked against the cache).
+    `data_flags` (name -> value) say where the data are now, where the run's record of
+    them may say where they were (a run moved, or started from another folder)."""
+    flags = [f"--{name}={value}" for name, value in (data_flags or {}).items()]
+    flags.append(f"--runtime.cache_dir={cache_dir}")
     return (f"extract it again with the run's settings: ofrnn-train "
-            f"--workdir={shlex.quote(workdir)} --runtime.cache_dir={shlex.quote(cache_dir)} "
+            f"--workdir={shlex.quote(workdir)} {' '.join(map(shlex.quote, flags))} "
             f"--print_config > run_flags.txt && ofrnn-extract --flagfile=run_flags.txt")
 
 

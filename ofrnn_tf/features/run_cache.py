@@ -205,7 +205,18 @@ def locate_features(config: ExperimentConfig, facts: RunFacts,
     """The feature cache a run was trained on, under this run's ``runtime.cache_dir``; the
     run's folder `workdir`, when given, goes into the commands that would extract it again."""
     directory = cache.features_dir(config.runtime.cache_dir, facts.features_name)
-    extract_again = (cache.extract_again_for(workdir, config.runtime.cache_dir) if workdir
+    extract_again = (cache.extract_again_for(workdir, config.runtime.cache_dir,
+                                             _data_location_flags(config)) if workdir
                      else cache.EXTRACT_AGAIN)
     cache.check_fingerprint(directory, facts.features_fingerprint, extract_again=extract_again)
     return directory
+
+
+def _data_location_flags(config: ExperimentConfig) -> dict[str, str]:
+    """The flags that say where this command reads the data from (those set), which a
+    rerun may change (moved data) and the run's record then does not hold."""
+    data = config.data
+    where = {"data.data_dir": data.data_dir, "data.manifest": data.manifest}
+    if data.dataset == "coco":
+        where["data.coco_release"] = data.coco_release
+    return {name: value for name, value in where.items() if value}
