@@ -282,6 +282,32 @@ def test_a_flag_the_run_would_not_read_is_refused(argv, refused, reason):
         assert name in message, message
 
 
+def test_a_hold_out_share_for_a_folder_with_its_own_validation_manifest_is_refused(tmp_path):
+    # val.csv is the validation split: --data.val_fraction would be recorded, never read,
+    # and a rerun without it refused as another run.
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "train.csv").write_text("path,labels\na.png,x\n")
+    held_out = parse("--config=manifest", f"--data.data_dir={folder}", "--data.val_fraction=0.1")
+    assert config_from_flags(held_out).data.val_fraction == 0.1  # no val.csv: it is read
+    (folder / "val.jsonl").write_text('{"path": "b.png", "labels": ["x"]}\n')
+    with pytest.raises(ValueError, match=rf"^--data.val_fraction would be ignored: "
+                                         rf"{re.escape(str(folder / 'val.jsonl'))} is the "
+                                         rf"validation split \(without that file"):
+        config_from_flags(held_out)
+    now = config_from_flags(parse("--config=manifest", f"--data.data_dir={folder}"))
+    saved = now.replace(data={"val_fraction": 0.1})  # a run that took the flag before
+    assert identity_differences(saved, now) == []
+    assert "val_fraction" not in now.to_record()["data"]
+    # One manifest file holds out validation and test by that share: read.
+    single = parse("--config=manifest", f"--data.manifest={folder / 'train.csv'}",
+                   "--data.val_fraction=0.2")
+    assert config_from_flags(single).data.val_fraction == 0.2
+    os.remove(folder / "val.jsonl")
+    assert identity_differences(saved, now) == [
+        "data.val_fraction: 0.1 in the run folder vs 0.05 now"]
+
+
 def test_every_preset_and_every_setting_it_reads_pass(tmp_path):
     for name in configs.PRESETS:
         preset = configs.get_config(name)

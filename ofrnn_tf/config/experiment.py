@@ -419,6 +419,10 @@ class ExperimentConfig:
         else:
             mark(["data.val_fraction"], "the embedded benchmark draws its own validation "
                  "canvases (--data.num_val)")
+        val_file = _validation_manifest(data)
+        if val_file:
+            mark(["data.val_fraction"], f"{val_file} is the validation split (without that "
+                 f"file, that share of train is held out instead)")
         return unread
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -481,6 +485,20 @@ def fields(config: ExperimentConfig) -> Iterator[tuple[str, dataclasses.Field, A
         sub = getattr(config, part.name)
         for field in dataclasses.fields(sub):
             yield f"{part.name}.{field.name}", field, getattr(sub, field.name)
+
+
+def _validation_manifest(data: DataConfig) -> Optional[str]:
+    """The validation manifest of a manifest folder (``val.csv`` …), which makes
+    ``data.val_fraction`` unread; None where there is none (or two, which loading
+    refuses)."""
+    if data.dataset != "manifest" or not data.data_dir or data.manifest:
+        return None
+    from ofrnn_tf.data import DataFileError  # the folder is looked at, not read
+    from ofrnn_tf.data.registry import manifest_file
+    try:
+        return manifest_file(data.data_dir, "val")
+    except DataFileError:
+        return None
 
 
 def identity_differences(saved: ExperimentConfig, now: ExperimentConfig) -> list[str]:

@@ -29,8 +29,8 @@ from ofrnn_tf.data import DataFileError, DataNotFoundError
 from ofrnn_tf.data.adapters.coco import load_coco
 from ofrnn_tf.data.adapters.manifest import load_manifest
 from ofrnn_tf.data.adapters.nuswide import load_nuswide
-from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.data.canvas_store import load_benchmark_split
+from ofrnn_tf.data.example import Example, LoadStats
 from ofrnn_tf.labels import LabelMap
 
 DATASETS = ("fashion_canvases", "coco", "nuswide", "manifest")
