@@ -363,6 +363,14 @@ def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_ex
                      rf"--model_base_path={re.escape(str(base))}\n", stderr), stderr[-1000:]
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # no temporary folder left
     assert find_latest_version(str(base)) == (2, str(base / "2"))
+    # The path an export printed, given back as --export_dir: refused, not nested.
+    into_version = run_checked([sys.executable, "export.py",
+                                f"--workdir={tiny_export_run.workdir}",
+                                f"--export_dir={base / '2'}"], expect_failure=True)
+    assert (f"--export_dir={base / '2'} is itself a version folder (it holds a SavedModel): "
+            f"give its parent, {base}, under which each export is a new numbered version"
+            ) in into_version.stderr, into_version.stderr[-2000:]
+    assert "[export]" not in into_version.stderr and not (base / "2" / "1").exists()
 
 
 def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):

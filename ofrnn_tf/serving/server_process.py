@@ -67,6 +67,12 @@ def version_folders(model_base_path: str) -> list[tuple[int, str]]:
                   and os.path.isdir(os.path.join(model_base_path, name)))
 
 
+def holds_saved_model(folder: str) -> bool:
+    """Whether `folder` is a SavedModel (a version folder, not a model base path)."""
+    return any(os.path.isfile(os.path.join(folder, name))
+               for name in ("saved_model.pb", "saved_model.pbtxt"))
+
+
 def find_latest_version(model_base_path: str) -> tuple[int, str]:
     """Returns ``(version, path)`` of the highest integer-named subdirectory."""
     if not os.path.isdir(model_base_path):
@@ -74,7 +80,7 @@ def find_latest_version(model_base_path: str) -> tuple[int, str]:
     versions = version_folders(model_base_path)
     if not versions:
         hint = ""
-        if os.path.isfile(os.path.join(model_base_path, "saved_model.pb")):
+        if holds_saved_model(model_base_path):
             parent = os.path.dirname(os.path.abspath(model_base_path))
             hint = f" (this is itself a version folder: give its parent, {parent})"
         raise FileNotFoundError(
@@ -88,7 +94,7 @@ def find_latest_version(model_base_path: str) -> tuple[int, str]:
         raise PermissionError(f"{path!r} is the newest version but cannot be read by this "
                               f"user{inside}: its owner can open it to every user with "
                               f"{open_to_others_command(path)}")
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+    if not holds_saved_model(path):
         raise FileNotFoundError(f"{path!r} is the newest version but holds no saved_model.pb"
                                 f"{PARTIAL_COPY_HINT}")
     return version, path
