@@ -373,7 +373,7 @@ def _run(config: ExperimentConfig, run_dir: RunDir, mode: str, timer: Timer) -> 
                   if getattr(config.runtime, name) != getattr(RuntimeConfig(), name)]
         if unread:  # run.json keeps no runtime settings to compare them with
             log(f"eval mode decodes in float32 on one device, without XLA: "
-                f"{', '.join(unread)} is not read")
+                f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} not read")
     resuming = run_dir.exists()
     if resuming:
         run_dir.check_config(config)

@@ -470,8 +470,16 @@ def test_registry_manifest_by_split_name(tmp_path):
     (tmp_path / "val.jsonl").write_text(json.dumps({"path": "x.jpg", "labels": ["a"]}))
     examples, _, _ = load_split("manifest", "val", data_dir=str(tmp_path))
     assert examples[0].label_ids == (0,)
-    with pytest.raises(FileNotFoundError, match="train.csv"):
+    with pytest.raises(FileNotFoundError, match="train.csv") as refused:
         load_split("manifest", "train", data_dir=str(tmp_path))
+    assert "is a file" not in str(refused.value)
+    # A manifest file given where its folder goes: the flag that takes one is named.
+    one_file = str(tmp_path / "val.jsonl")
+    with pytest.raises(FileNotFoundError, match=rf"val.jsonl/train.csv.* exists; "
+                                                rf"{re.escape(one_file)} is a file, not a "
+                                                rf"folder: give one manifest file as "
+                                                rf"--data.manifest={re.escape(one_file)}$"):
+        load_split("manifest", "train", data_dir=one_file)
 
 
 def test_label_map_names_every_id_and_skips_the_padding():

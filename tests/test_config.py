@@ -454,11 +454,13 @@ def test_a_preset_other_than_the_runs_is_refused_naming_each_setting_it_changes(
                            "--mode=eval"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert (f"train.py: {run} was trained with other settings than --config=paper: "
-            in done.stderr), done.stderr[-2000:]
+    assert (f"train.py: {run} was trained with other settings than --config=paper and the "
+            f"flags given: " in done.stderr), done.stderr[-2000:]
     for setting in ("model.head: 'spatial' in the run folder vs 'mean_linear' now",
                     "model.lstm_units: 16 in the run folder vs 256 now"):
         assert setting in done.stderr, done.stderr[-2000:]
+    assert ("now. Leave out --config to go on with the run's own settings, or use a new "
+            "--workdir\n") in done.stderr, done.stderr[-500:]
     assert "Traceback" not in done.stderr and (run / "run.json").read_bytes() == before
 
 
@@ -785,8 +787,8 @@ def test_ctrl_c_ends_train_py_with_one_line_that_says_how_to_go_on(tmp_path):
     assert done.returncode == 130, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith(
-        "interrupted; rerun the same command: it keeps what is finished and resumes training "
-        "from its last checkpoint"), done.stderr[-500:]
+        "interrupted; rerun the same command: it keeps what is finished (the data built, the "
+        "features extracted, the last checkpoint) and goes on from there"), done.stderr[-500:]
 
 
 @pytest.mark.slow

@@ -56,7 +56,9 @@ def resolve_config(workdir: str) -> ExperimentConfig:
         diffs = identity_differences(saved, usable_config(config_from_flags))
         if diffs:
             raise app.UsageError(f"{workdir} was trained with other settings than "
-                                 f"--config={FLAGS[CONFIG_FLAG].value}: {'; '.join(diffs)}")
+                                 f"--config={FLAGS[CONFIG_FLAG].value} and the flags given: "
+                                 f"{'; '.join(diffs)}. Leave out --config to go on with the "
+                                 f"run's own settings, or use a new --workdir")
     return usable_config(lambda: with_flags(saved))
 
 
@@ -148,8 +150,9 @@ def _check_buildable(config: ExperimentConfig) -> None:
 
 
 run = runner(define_flags, main,
-             on_interrupt="rerun the same command: it keeps what is finished and resumes "
-                          "training from its last checkpoint")
+             on_interrupt="rerun the same command: it keeps what is finished (the data "
+                          "built, the features extracted, the last checkpoint) and goes on "
+                          "from there")
 
 if __name__ == "__main__":
     run()

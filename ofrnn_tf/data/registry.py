@@ -147,8 +147,12 @@ def load_split(dataset: str, split: str, **paths: Any
             _need(dataset, data_dir=data_dir)
             manifest = manifest_file(data_dir, split)
             if manifest is None:
+                hint = ""
+                if os.path.isfile(data_dir):  # a manifest named where its folder goes
+                    hint = (f"; {data_dir} is a file, not a folder: give one manifest file "
+                            f"as --data.manifest={data_dir}")
                 raise DataNotFoundError(f"no manifest for split {split!r}: none of "
-                                        f"{manifest_candidates(data_dir, split)} exists")
+                                        f"{manifest_candidates(data_dir, split)} exists{hint}")
         return load_manifest(manifest, label_map, check_files=check_files)
 
     raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
