@@ -280,6 +280,20 @@ def test_manifest_csv(tmp_path):
     assert stats.dropped_unlabeled == 1 and "1 dropped with no label" in str(stats)
 
 
+
+def test_manifest_csv_lines_are_counted_by_their_line_feeds_or_old_mac_returns(tmp_path):
+    for name in ("1.jpg", "2.jpg"):
+        _touch(tmp_path / name)
+    (tmp_path / "crcr.csv").write_text("path,labels\r\r\n1.jpg,dog\r\r\ngone.jpg,cat\r\r\n")
+    examples, _, stats = load_manifest(str(tmp_path / "crcr.csv"))
+    assert [e.image_id for e in examples] == ["1.jpg"]
+    assert stats.first_missing.endswith("gone.jpg, line 3"), stats.first_missing
+    (tmp_path / "mac.csv").write_text("path,labels\r1.jpg,dog\r2.jpg,\"cat;x\"\r")
+    examples, label_map, _ = load_manifest(str(tmp_path / "mac.csv"))
+    assert [e.image_id for e in examples] == ["1.jpg", "2.jpg"]
+    assert label_map.names == ("cat", "dog", "x")
+
+
 def test_manifest_jsonl_with_ids_and_given_label_map(tmp_path):
     _touch(tmp_path / "a.png")
     absolute = _touch(tmp_path / "elsewhere" / "b.png")
@@ -347,6 +361,12 @@ def test_manifest_jsonl_null_labels_are_no_label(tmp_path):
      r"it within 131072 characters \(up to line \d+\)"),
     ("open_head.csv", '"path,labels\n' + "img/b.png,y\n" * 12000,
      r"open_head.csv: line 1: a quoted field is not closed"),
+    # A stray carriage return: numbered as editors number lines (a universal-newline
+    # reader counted each as a line, and named a line below the damage).
+    ("crcr.csv", "path,labels\r\r\na.png,x\r\r\nb.png,x,extra\r\r\n",
+     r"crcr.csv: line 3: 3 fields"),
+    ("cr_inside.csv", "path,labels\r\na.png,x\r\nb.png,x\r;y\r\nc.png,z\r\n",
+     r"cr_inside.csv: line 3: a carriage return \('\\r'\) inside the row, not at its end"),
     # Nested deeper than Python's parser goes: a RecursionError.
     ("deep.jsonl", '{"path": "a.png", "labels": ["x"]}\n' + "[" * 100000 + "\n",
      r"deep.jsonl: line 2: JSON nested too deep to read; each item of a manifest is an object"),

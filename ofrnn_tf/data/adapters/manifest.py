@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import io
 import json
 import os
 import re
@@ -278,8 +277,8 @@ def _csv_records(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
     """The CSV rows of `text`, each with the line it starts on. A quote never closed
     (the reader would give the rest of the file as one field, or stop past its field
     size limit) is a DataFileError naming that line."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    lines: list[str] = []  # the file's lines, split only when a row holds a line break
+    lines = _numbered_lines(text)
+    reader = csv.reader(lines)
     while True:
         line_no = reader.line_num + 1
         try:
@@ -290,12 +289,22 @@ def _csv_records(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
         if row is None:
             return
         if any("\n" in cell or "\r" in cell for cell in row):
-            lines = lines or io.StringIO(text, newline="").readlines()
             if _ends_in_quotes(lines[line_no - 1:reader.line_num]):
                 raise DataFileError(_unclosed_quote(
                     path, line_no, f" before the end of the file (line {reader.line_num}), "
                                    f"so the rest of the file was read as one field"))
         yield line_no, row
+
+
+def _numbered_lines(text: str) -> list[str]:
+    """The lines of `text` as an editor numbers them, each with its end: ended by "\n" (a
+    "\r" before it, or a stray one inside, belongs to the line), or by "\r" in a file
+    that holds no "\n" (old Mac line ends). Universal newlines would count every stray
+    "\r" (a CRLF file converted twice ends its lines in "\r\r\n") as a line of its own,
+    and every line number after it would be off."""
+    end = "\n" if "\n" in text or "\r" not in text else "\r"
+    pieces = text.split(end)
+    return [piece + end for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
 
 
 def _unreadable_csv_row(path: str, start: int, stop: int, error: csv.Error) -> str:
@@ -309,6 +318,10 @@ def _unreadable_csv_row(path: str, start: int, stop: int, error: csv.Error) -> s
                                                 f"{stop})")
         return (f"{path}: line {start}: a field longer than {limit} characters, the most a "
                 f"CSV field may hold")
+    if "new-line character seen in unquoted field" in str(error):
+        return (f"{path}: line {start}: a carriage return ('\\r') inside the row, not at its "
+                f"end (left by an edit of a file with Windows line ends, say): remove it, or "
+                f"quote the field that holds it")
     return f"{path}: line {start}: not readable as CSV ({error})"
 
 
