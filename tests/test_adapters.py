@@ -434,14 +434,19 @@ def test_manifest_header_of_another_separator_is_named(tmp_path, sep):
         load_manifest(str(tmp_path / "m.csv"))
 
 
-def test_manifest_class_names_alike_but_for_case_are_warned_of(tmp_path, capsys):
+def test_manifest_class_names_alike_but_for_case_or_spacing_are_warned_of(tmp_path, capsys):
     for name in ("a.png", "b.png"):
         _touch(tmp_path / name)
     (tmp_path / "m.csv").write_text("path,labels\na.png,Cat;dog\nb.png,cat\n")
     _, label_map, _ = load_manifest(str(tmp_path / "m.csv"))
     assert label_map.names == ("Cat", "cat", "dog")
-    assert ("WARNING: class names that differ only in case are distinct classes: 'Cat', "
-            "'cat'") in capsys.readouterr().err
+    assert ("WARNING: class names that differ only in case or spacing are distinct classes: "
+            "'Cat', 'cat'. Write each class one way") in capsys.readouterr().err
+    (tmp_path / "m.csv").write_text("path,labels\na.png,Ankle  boot;dog\nb.png,ankle boot\n")
+    _, label_map, _ = load_manifest(str(tmp_path / "m.csv"))
+    assert label_map.names == ("Ankle  boot", "ankle boot", "dog")
+    assert ("distinct classes: 'Ankle  boot', 'ankle boot'. Write each class one way"
+            ) in capsys.readouterr().err
     (tmp_path / "m.csv").write_text("path,labels\na.png,cat;dog\nb.png,cat\n")
     load_manifest(str(tmp_path / "m.csv"))
     assert "WARNING" not in capsys.readouterr().err

@@ -172,7 +172,8 @@ def _names(labels: Iterable) -> list[str]:
 def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
     """Prints the label map built from `path`, and warns of class names holding a comma
     (``"a,b"`` quoted in CSV, or a JSON string ``"a, b"``: mostly two labels meant) and of
-    names that differ only in case (``Cat`` and ``cat``: mostly one class meant)."""
+    names that differ only in case or in the spaces inside them (``Cat`` and ``cat``,
+    ``Ankle boot`` and ``Ankle  boot``: mostly one class meant)."""
     names = label_map.names
     print(f"{path}: {len(names)} classes: {listed_names(names, _SHOWN_CLASSES)}",
           file=sys.stderr)
@@ -183,14 +184,14 @@ def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
         print(f"{path}: WARNING: class name(s) holding a comma: {with_comma} (first on "
               f"{first}). Labels are separated by ';' or '|', not ','; if the comma was "
               f"meant to separate two labels, write them as 'a;b'", file=sys.stderr)
-    by_case: dict[str, list[str]] = {}
+    by_look: dict[str, list[str]] = {}
     for name in names:
-        by_case.setdefault(name.casefold(), []).append(name)
-    alike = [group for group in by_case.values() if len(group) > 1]
+        by_look.setdefault(" ".join(name.split()).casefold(), []).append(name)
+    alike = [group for group in by_look.values() if len(group) > 1]
     if alike:
-        print(f"{path}: WARNING: class names that differ only in case are distinct classes: "
-              f"{'; '.join(', '.join(repr(n) for n in group) for group in alike)}. Write "
-              f"each class one way if one class is meant", file=sys.stderr)
+        print(f"{path}: WARNING: class names that differ only in case or spacing are distinct "
+              f"classes: {'; '.join(', '.join(repr(n) for n in group) for group in alike)}. "
+              f"Write each class one way if one class is meant", file=sys.stderr)
 
 
 def _read_text(path: str) -> str:
