@@ -380,8 +380,17 @@ def test_eval_of_an_unfinished_run_warns_and_records_where_it_stopped(trained, t
     from ofrnn_tf.cli import trained_run
 
     trained_run(workdir)
+    said = capsys.readouterr().err
     assert (f"WARNING: {workdir} is not finished (stopped at stage 2 epoch 2/2, step 4): its "
-            f"best epoch so far is used") in capsys.readouterr().err
+            f"best epoch so far is used") in said
+    assert "holds no checkpoint" not in said
+    # With best/ gone (deleted as docs/run_folder.md says of a damaged one), the command
+    # says which weights it reads instead.
+    shutil.rmtree(RunDir(workdir).best_dir())
+    trained_run(workdir)
+    newest = os.path.basename(RunDir(workdir).weights_path())
+    assert (f"{RunDir(workdir).best_dir()} holds no checkpoint: the newest training "
+            f"checkpoint, {newest}, is used") in capsys.readouterr().err
 
 
 # -- a rerun with other settings ---------------------------------------------------------

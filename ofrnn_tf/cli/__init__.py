@@ -497,7 +497,7 @@ def trained_run(workdir: str, beam_size: Optional[int] = None):
     run_dir = RunDir(workdir)
     try:
         run_dir.require().check_not_in_use()
-        run_dir.weights_path()
+        weights = run_dir.weights_path()
         run_dir.label_map()
         config = run_dir.load()[0]
     except (FileNotFoundError, RunInUseError, *input_errors()) as error:
@@ -514,6 +514,10 @@ def trained_run(workdir: str, beam_size: Optional[int] = None):
     if stopped:
         say(f"{os.path.basename(sys.argv[0])}: WARNING: {run_dir.path} is not finished "
             f"(stopped at {stopped}): its best epoch so far is used")
+    if os.path.dirname(os.path.abspath(weights)) != os.path.abspath(run_dir.best_dir()):
+        say(f"{os.path.basename(sys.argv[0])}: {run_dir.best_dir()} holds no checkpoint: the "
+            f"newest training checkpoint, {os.path.basename(weights)}, is used (with the τ "
+            f"calibrated for it, if any)")
     return run_dir
 
 
