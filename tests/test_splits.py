@@ -243,6 +243,13 @@ def test_a_class_only_in_test_is_refused_naming_the_remedy(tmp_path):
                              rf"images: remove these labels from the row, or add training images "
                              rf"of the class to {train}"):
         load_examples("manifest", {"data_dir": root}, 0.2)
+    # A class of train written another way (case, spacing): the map's spelling is named.
+    (tmp_path / "cased").mkdir()
+    root = _manifest_folder(tmp_path / "cased", lambda i: "ab"[i % 2] + (";B" if i == 21 else ""))
+    with pytest.raises(DataLabelMapError,
+                       match=r"test.csv: line 3: labels \['B'\] are not in the label map "
+                             r".*train.csv \(2 classes; it has 'b' \(not 'B'\)\), which holds"):
+        load_examples("manifest", {"data_dir": root}, 0.2)
 
 
 def test_labels_unknown_to_the_label_map_are_counted_over_the_whole_file(tmp_path):

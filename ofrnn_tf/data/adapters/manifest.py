@@ -146,8 +146,13 @@ def _unknown_labels_message(path: str, where: str, unknown: list[str],
     manifest folder is its training file's classes (a class must have training images
     to be learnt), so the remedy is an edit of the data: no flag changes the map."""
     source = label_map.source or "<given label map>"
+    by_look = {" ".join(n.split()).casefold(): n for n in label_map.names}
+    alike = {n: by_look[key] for n in unknown
+             if (key := " ".join(n.split()).casefold()) in by_look}
+    held = ("; it has " + ", ".join(f"{alike[n]!r} (not {n!r})" for n in alike)
+            if alike else "")
     text = (f"{path}: {where}: labels {unknown} are not in the label map {source} "
-            f"({label_map.num_classes} classes)")
+            f"({label_map.num_classes} classes{held})")
     known = set(label_map.names)
     counts = collections.Counter(n for *_, labels in rows for n in set(labels) if n not in known)
     holding = sum(any(n not in known for n in labels) for *_, labels in rows)
