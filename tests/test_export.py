@@ -371,6 +371,10 @@ def test_second_export_gets_next_version_and_existing_version_is_refused(tiny_ex
             f"give its parent, {base}, under which each export is a new numbered version"
             ) in into_version.stderr, into_version.stderr[-2000:]
     assert "[export]" not in into_version.stderr and not (base / "2" / "1").exists()
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(base / '2'))} is itself a version "
+                                         rf"folder \(it holds a SavedModel\): give its parent"):
+        export_run(str(tiny_export_run.workdir), str(base / "2"))  # as the library is called
+    assert not (base / "2" / "1").exists()
 
 
 def test_old_versions_are_removed_but_the_highest_and_the_one_written(tmp_path):

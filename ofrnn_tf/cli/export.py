@@ -29,7 +29,7 @@ from ofrnn_tf.cli.image_inputs import IMAGE_KINDS, named_as_image
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import (
-    DEFAULT_MODEL_NAME, holds_saved_model, open_to_others_command, unreadable_part,
+    DEFAULT_MODEL_NAME, open_to_others_command, refuse_version_folder, unreadable_part,
     version_folders)
 from ofrnn_tf.status import say
 
@@ -71,11 +71,10 @@ def main(argv):
     refuse_below("num_warmup_images", minimum=0)
     refuse_below("keep_versions", minimum=0)
     refuse_unwritable_folder("export_dir", FLAGS.export_dir)  # before the model is built
-    if holds_saved_model(FLAGS.export_dir):  # the path the last export printed, say
-        raise app.UsageError(
-            f"--export_dir={FLAGS.export_dir} is itself a version folder (it holds a "
-            f"SavedModel): give its parent, {os.path.dirname(os.path.abspath(FLAGS.export_dir))}, "
-            f"under which each export is a new numbered version")
+    try:  # before TensorFlow is imported; `export_run` refuses it too
+        refuse_version_folder(FLAGS.export_dir)
+    except ValueError as error:
+        raise app.UsageError(f"--export_dir={error}") from None
     refuse_glob_characters("workdir", FLAGS.workdir)
     # TensorFlow Serving is given the absolute base path, and reads the variables by it.
     refuse_glob_characters("export_dir", FLAGS.export_dir, absolute=True)

@@ -39,7 +39,7 @@ from ofrnn_tf.processes import (
     not_removed, owner_tag, remove_dead_leftovers, remove_entry, removal_blocked)
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import (
-    DEFAULT_MODEL_NAME, MAX_VERSION, servable_version, version_folders)
+    DEFAULT_MODEL_NAME, MAX_VERSION, refuse_version_folder, servable_version, version_folders)
 from ofrnn_tf.software import software_versions
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -250,8 +250,10 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
     `WarmupImageError`), by default the first `num_warmup_images` of the run's example
     images that the export accepts, `on_refused(path, reason)` hearing of each one left
     out (a gray square where none is left). A `version` that exists already, or none
-    left above the highest (`next_version`), is refused before the model is built.
+    left above the highest (`next_version`), is refused before the model is built, as is
+    an `export_base` that is itself a version folder (ValueError).
     """
+    refuse_version_folder(export_base)
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if version is None:
         next_version(export_base)

@@ -73,6 +73,16 @@ def holds_saved_model(folder: str) -> bool:
                for name in ("saved_model.pb", "saved_model.pbtxt"))
 
 
+def refuse_version_folder(model_base_path: str) -> None:
+    """ValueError where `model_base_path`, meant as a model base path (the folder of the
+    numbered versions), is itself a version folder: the path an export printed, say."""
+    if holds_saved_model(model_base_path):
+        raise ValueError(
+            f"{model_base_path} is itself a version folder (it holds a SavedModel): give its "
+            f"parent, {os.path.dirname(os.path.abspath(model_base_path))}, under which each "
+            f"export is a new numbered version")
+
+
 def find_latest_version(model_base_path: str) -> tuple[int, str]:
     """Returns ``(version, path)`` of the highest integer-named subdirectory."""
     if not os.path.isdir(model_base_path):
