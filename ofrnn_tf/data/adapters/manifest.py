@@ -146,9 +146,8 @@ def _unknown_labels_message(path: str, where: str, unknown: list[str],
     manifest folder is its training file's classes (a class must have training images
     to be learnt), so the remedy is an edit of the data: no flag changes the map."""
     source = label_map.source or "<given label map>"
-    by_look = {" ".join(n.split()).casefold(): n for n in label_map.names}
-    alike = {n: by_look[key] for n in unknown
-             if (key := " ".join(n.split()).casefold()) in by_look}
+    by_look = {_look(n): n for n in label_map.names}
+    alike = {n: by_look[_look(n)] for n in unknown if _look(n) in by_look}
     held = ("; it has " + ", ".join(f"{alike[n]!r} (not {n!r})" for n in alike)
             if alike else "")
     text = (f"{path}: {where}: labels {unknown} are not in the label map {source} "
@@ -174,6 +173,12 @@ def _names(labels: Iterable) -> list[str]:
     return [n for n in names if n]
 
 
+def _look(name: str) -> str:
+    """What a class name looks like to a reader: its case and inner spacing left out
+    (``Ankle  Boot`` looks like ``ankle boot``)."""
+    return " ".join(name.split()).casefold()
+
+
 def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
     """Prints the label map built from `path`, and warns of class names holding a comma
     (``"a,b"`` quoted in CSV, or a JSON string ``"a, b"``: mostly two labels meant) and of
@@ -191,7 +196,7 @@ def _report_classes(path: str, rows: list[Row], label_map: LabelMap) -> None:
               f"meant to separate two labels, write them as 'a;b'", file=sys.stderr)
     by_look: dict[str, list[str]] = {}
     for name in names:
-        by_look.setdefault(" ".join(name.split()).casefold(), []).append(name)
+        by_look.setdefault(_look(name), []).append(name)
     alike = [group for group in by_look.values() if len(group) > 1]
     if alike:
         print(f"{path}: WARNING: class names that differ only in case or spacing are distinct "
