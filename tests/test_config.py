@@ -323,10 +323,17 @@ def test_every_preset_and_every_setting_it_reads_pass(tmp_path):
     assert config_from_flags(parse("--config=paper", "--model.attention_units=64",
                                    "--train.attention_penalty=0.1",
                                    "--train.attention_penalty_form=overlap"))
-    # The baseline's decoder is never built, but which decoder goes with which head is
-    # still checked: naming the one that goes with the paper's head is allowed.
-    assert config_from_flags(parse("--model.variant=baseline", "--model.head=mean_linear",
-                                   "--model.decoder=paper")).model.head == "mean_linear"
+    # The baseline builds no decoder: the paper's M_map alone is the default command with
+    # its head, and a decoder named for it is refused as unread (the paper's preset names
+    # its own, which the same flag then repeats).
+    assert config_from_flags(parse("--model.variant=baseline",
+                                   "--model.head=mean_linear")).model.head == "mean_linear"
+    with pytest.raises(ValueError, match=r"--model.decoder would be ignored: "
+                                         r"--model.variant=baseline is M_map alone"):
+        config_from_flags(parse("--model.variant=baseline", "--model.head=mean_linear",
+                                "--model.decoder=paper"))
+    assert config_from_flags(parse("--config=paper", "--model.variant=baseline",
+                                   "--model.decoder=paper")).model.decoder == "paper"
 
 
 def test_settings_neither_run_reads_are_no_difference_between_them():

@@ -400,6 +400,10 @@ def test_invalid_arguments_are_named():
         make_model().sequence_loss(features(), LABELS, 3, train_steps="all")
     with pytest.raises(ValueError, match="needs head='spatial'"):
         OrderFreeRNN(num_classes=C, head="mean_linear", decoder="residual")
+    # M_map alone builds no decoder, so the default decoder's head is not asked for.
+    baseline = OrderFreeRNN(num_classes=C, variant="baseline", head="mean_linear",
+                            decoder="residual")
+    assert not baseline.residual and not baseline.uses_decoder
     with pytest.raises(ValueError, match="no_attention ablation is of the paper's decoder"):
         OrderFreeRNN(num_classes=C, variant="no_attention", decoder="residual")
 

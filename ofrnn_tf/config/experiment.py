@@ -210,7 +210,8 @@ class ModelConfig:
         for name in ("dropout", "feature_dropout", "head_dropout", "label_context_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1); got {getattr(self, name)}")
-        if self.decoder == "residual" and self.head != "spatial":
+        # The baseline builds no decoder: which one would go with its head is not asked.
+        if self.decoder == "residual" and self.head != "spatial" and self.variant != "baseline":
             raise ValueError("ModelConfig.decoder=residual reads the spatial head's per-position "
                              "features: it needs head=spatial")
         if self.decoder == "residual" and self.variant == "no_attention":
@@ -382,7 +383,7 @@ class ExperimentConfig:
         if model.variant == "baseline":
             mark([*(f"stage2.{f.name}" for f in dataclasses.fields(StageConfig)),
                   "train.train_steps", "train.loss", "train.attention_penalty",
-                  "train.attention_penalty_form", "model.lstm_units",
+                  "train.attention_penalty_form", "model.decoder", "model.lstm_units",
                   "model.attention_units", "model.fc_units", "model.dropout",
                   "model.feature_dropout", "decoding.beam_size"],
                  "--model.variant=baseline is M_map alone: no decoder, no stage 2, its labels "

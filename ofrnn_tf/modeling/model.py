@@ -72,7 +72,7 @@ class OrderFreeRNN(keras.Model):
             `joint` (trained with M_map in stage 1: `map_loss`, `map_variables`).
         standardize: standardise the feature channels (`FeatureStandardizer`) before
             M_map and the decoder; its statistics are set by `adapt`.
-        decoder: `paper` or `residual` (needs `head="spatial"`).
+        decoder: `paper` or `residual` (needs `head="spatial"`); the baseline builds none.
         lstm_units, attention_units, fc_units, dropout: see the cells.
         feature_dropout: dropout on the maps the decoder reads while training it.
         stage2_loss: `bce` (Eq. 8) or `pla`; a PLA-trained decoder scores a step with a
@@ -124,7 +124,7 @@ class OrderFreeRNN(keras.Model):
                 raise ValueError(
                     f"variant {variant!r} needs label_order, a permutation of "
                     f"0..{num_classes - 1}; got {label_order!r}")
-        if decoder == "residual" and head != "spatial":
+        if decoder == "residual" and head != "spatial" and variant != "baseline":
             raise ValueError("decoder='residual' reads the spatial head: it needs head='spatial'")
         if decoder == "residual" and variant == "no_attention":
             raise ValueError("the no_attention ablation is of the paper's decoder: use "
@@ -188,7 +188,7 @@ class OrderFreeRNN(keras.Model):
 
     @property
     def residual(self) -> bool:
-        return self.decoder == "residual"
+        return self.uses_decoder and self.decoder == "residual"
 
     @property
     def teacher_forced(self) -> bool:
