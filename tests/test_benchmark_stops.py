@@ -126,3 +126,15 @@ def test_every_benchmark_script_runs_under_stops():
     bare = [path.name for path in sorted((ROOT / "benchmarks").glob("*.py"))
             if path.name != "_stops.py" and "app.run(" in path.read_text()]
     assert bare == [], f"use `_stops.run(main)` in {bare}"
+
+
+def test_a_benchmarks_help_exits_with_0_and_a_mistyped_flag_with_1():
+    """absl ends ``--help`` with 1, a refused command's status; a script asking a
+    benchmark for its flags sees 0 (`ofrnn_tf.cli.help_exits_zero`)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    script = str(ROOT / "benchmarks" / "bench_decoding.py")
+    for flag, status in (("--help", 0), ("--helpfull", 0), ("--no_such_flag", 1)):
+        done = subprocess.run([sys.executable, script, flag], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == status, (flag, done.stderr[-1000:])
+        assert ("--[no]append" in done.stdout) == (status == 0), done.stdout[-1000:]

@@ -40,7 +40,8 @@ def test_every_setting_has_one_flag_with_its_default_and_help():
 def test_helpfull_shows_the_main_job_defaults():
     done = subprocess.run([sys.executable, "train.py", "--helpfull"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert "--model.lstm_units" in done.stdout, done.stderr  # absl exits 1 after --helpfull
+    assert "--model.lstm_units" in done.stdout, done.stderr
+    assert done.returncode == 0  # absl's own status after help is 1
     shown = {}
     for block in re.split(r"\n(?=  --)", done.stdout):
         match = re.match(r"\s*--(?:\[no\])?([\w.]+):.*\(default: '([^']*)'\)", block, re.S)
@@ -114,6 +115,7 @@ def test_every_command_shows_help_and_refuses_flags_before_tensorflow_loads(
     helped = subprocess.run([*run, "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
     assert helped.stdout.startswith(f"ofrnn-{command}: "), helped.stdout[:300]
+    assert helped.returncode == 0
     assert "TENSORFLOW IMPORTED" not in helped.stderr
     refused = subprocess.run([*run, *argv], cwd=ROOT, capture_output=True, text=True,
                              timeout=60)

@@ -29,6 +29,30 @@ from ofrnn_tf.tf_errors import op_error_text  # noqa: E402 - imports no TensorFl
 from ofrnn_tf.cli import interrupts  # noqa: E402 - imports no TensorFlow
 
 
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml")
+
+
+def help_exits_zero() -> None:
+    """Make absl's help flags (``--help``, ``-?``, ``--helpshort``, ``--helpfull``,
+    ``--helpxml``) end the command with 0: absl exits with 1 after printing the help, the
+    status of a refused command, so a script that asks for the flags would see a failure.
+    A flag absl cannot parse still exits with 1. Idempotent; before `app.run`."""
+    app.define_help_flags()
+    for name in HELP_FLAGS:
+        flag = flags.FLAGS[name]
+        if getattr(flag.parse, "exits_zero", False):
+            continue
+
+        def parse(argument, printed_help=flag.parse):
+            try:
+                printed_help(argument)
+            except SystemExit as exit_:
+                raise SystemExit(0 if exit_.code == 1 else exit_.code) from None
+
+        parse.exits_zero = True
+        flag.parse = parse
+
+
 def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
            on_disk_full: Callable[[], Optional[str]] = lambda: None):
     """A console script's entry: define the command's flags (only when it runs, so importing
@@ -115,6 +139,7 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
         for name in sorted(set(flags.FLAGS) - before):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
         sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
+        help_exits_zero()
         try:
             app.run(usage_errors_in_one_line)
         except BrokenPipeError:

@@ -218,5 +218,8 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
+    from ofrnn_tf.cli import help_exits_zero
+
     _define_flags()
+    help_exits_zero()
     app.run(_main)

@@ -132,4 +132,7 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("out", None, "model base path; the model goes to OUT/VERSION/", required=True)
     flags.DEFINE_integer("version", 1, "version directory name")
+    from ofrnn_tf.cli import help_exits_zero
+
+    help_exits_zero()
     app.run(_main)
