@@ -61,7 +61,7 @@ def runner(define_flags, main, on_interrupt: Union[str, Callable[[], str]] = "",
     absl's ``--help`` lists the key flags of the module named by ``sys.argv[0]`` under
     ``__main__``'s docstring; the flags here are defined in the command's module, and a
     console-script wrapper has no docstring (a shim such as ``predict.py`` one line), so
-    both are handed over to the script. A
+    both are handed over to the script; the help exits with 0 (`help_exits_zero`). A
     `app.UsageError` from `main` prints its message and a pointer to ``--help``, not the
     whole listing. A flag given as ``~/…`` (which a shell leaves unexpanded after ``=``) is
     expanded as the shell would, so that no folder named ``~`` is made (`expanded_home`:
