@@ -128,19 +128,24 @@ def exhaustive_reference(paths, v_prob, tau, min_labels, max_steps=None):
 
 def python_beam_search(model, x, beam_size, max_steps, tau, min_labels):
     """Beam search for one image as plain Python: beams are objects, every successor of
-    every beam is scored with its own `model.step` call, ties keep generation order."""
+    every beam is scored with its own `model.step` call, ties keep generation order. τ
+    prunes as the search goes (where the batched decoder searches without it and picks
+    the last admissible step afterwards): past `min_labels`, a successor below τ leaves
+    the candidates, the search ends at the first step with none left, and the labels are
+    the best beam of the last step reached. The scores are those of the best beam of a
+    search without τ, at T_max steps."""
     log_tau = -math.inf if tau == 0 else math.log(tau)
     context, state = model.start(x)
     beams = [{"labels": [], "lp": 0.0, "state": state, "scores": np.zeros(C), "attention": []}]
-    best_per_step = []
-    for _ in range(max_steps):
+    chosen = {"labels": [], "lp": 0.0, "attention": [], "scores": np.zeros(C)}
+    for t in range(max_steps):
         candidates = []
         for beam in beams:
             logits, alpha, h, c, step_lp, probs = _step_one(model, context, beam["state"])
             for label in range(C):
-                if np.isfinite(step_lp[label]):
-                    candidates.append((beam, label, beam["lp"] + float(step_lp[label]), logits,
-                                       h, c, alpha, probs))
+                lp = beam["lp"] + float(step_lp[label])
+                if np.isfinite(step_lp[label]) and (t < min_labels or lp >= log_tau):
+                    candidates.append((beam, label, lp, logits, h, c, alpha, probs))
         if not candidates:
             break
         candidates.sort(key=lambda cand: -cand[2])  # stable: generation order breaks ties
@@ -149,10 +154,10 @@ def python_beam_search(model, x, beam_size, max_steps, tau, min_labels):
                   "scores": np.maximum(beam["scores"], probs),
                   "attention": beam["attention"] + [alpha]}
                  for beam, label, lp, logits, h, c, alpha, probs in candidates[:beam_size]]
-        best_per_step.append(beams[0])
-    n = sum(1 for t, b in enumerate(best_per_step) if t < min_labels or b["lp"] >= log_tau)
-    chosen = best_per_step[n - 1] if n else {"labels": [], "lp": 0.0, "attention": []}
-    return chosen["labels"], chosen["lp"], best_per_step[-1]["scores"], chosen["attention"]
+        chosen = beams[0]
+    scores = (chosen["scores"] if tau == 0 else
+              python_beam_search(model, x, beam_size, max_steps, 0.0, 0)[2])
+    return chosen["labels"], chosen["lp"], scores, chosen["attention"]
 
 
 def assert_matches(out, i, reference, max_steps):
@@ -236,7 +241,8 @@ def test_beam_shaped_step_equals_step_on_repeated_context(case, batch):
 @pytest.mark.parametrize("beam_size", [2, 3])
 def test_pruned_beam_equals_plain_python_beam_search(case, beam_size):
     """K smaller than the number of paths: the batched search keeps the same K beams as a
-    plain-Python search over beam objects."""
+    plain-Python search over beam objects, and its rule (the last admissible step, picked
+    after a search without τ) gives what pruning by τ during the search gives."""
     model = model_for(case)
     x = make_features(4, seed=31)
     max_steps = 3

@@ -666,6 +666,25 @@ def test_residual_decoder_reads_the_frozen_spatial_head():
     assert make_model(decoder="residual", stage2_loss="pla").softmax_steps
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_bce_trained_steps_factor_is_the_sigmoid_of_its_logit_and_chosen_labels_are_out(
+        decoder):
+    """Eq. 11: a path's probability is the product of `sigmoid(p_t[l_t])`; a label on the
+    path (ỹ) cannot be chosen again. Computed from the logits here, not through the model's
+    own `step_log_probs`, which the beam-search references use."""
+    model = make_model(decoder=decoder)
+    context, state = model.start(features())
+    for chosen in ([0, 1, 2, 3], [4, 4, 0, 2]):
+        logits, _, h, c = model.step(context, state)
+        expected = np.log(1.0 / (1.0 + np.exp(-logits.numpy().astype("float64"))))
+        taken = state.y_tilde.numpy() > 0
+        step = model.step_log_probs(logits, state, h).numpy()
+        assert np.all(np.isneginf(step[taken]))
+        np.testing.assert_allclose(step[~taken], expected[~taken], rtol=1e-5, atol=1e-6)
+        state = model.advance(state, h, c, logits, tf.constant(chosen))
+    assert state.y_tilde.numpy().sum() == 2 * B
+
+
 @pytest.mark.parametrize("case", [dict(decoder="residual", stage2_loss="pla"),
                                   dict(mode="frequency_first")])
 def test_softmax_steps_leave_the_rest_of_their_mass_to_stop(case):
