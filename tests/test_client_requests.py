@@ -9,7 +9,10 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 import sys
+import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from absl import app
+
+from conftest import ROOT
 
 from ofrnn_tf import input_files
 from ofrnn_tf.cli import client as command
@@ -250,7 +255,8 @@ def test_an_image_above_the_pixel_limit_is_told_what_to_do_in_the_commands_line(
     lines = list(command.with_remedies([over, gif, other, {"image": "d.jpg", "labels": []}]))
     assert lines[0]["error"].endswith(
         "above the limit of 40000000 pixels (scale the image down: the model reads it at its "
-        "input size; or serve an export of a higher --max_image_pixels)")
+        "input size; or raise the server's limit: ofrnn-serve's --max_image_pixels where it "
+        "was started with one, else an export of a higher --max_image_pixels)")
     assert [lines[1]["error"], lines[2]["error"]] == [gif_error, other_error]
     assert "error" not in lines[3]
 
@@ -725,6 +731,8 @@ def test_what_the_server_answered_before_it_went_away_is_yielded(serve, tmp_path
     ("[::1]:", "--server=[::1]: has no port: give host:port, e.g. [::1]:8500"),
     ("127.0.0.1:74137", "--server=127.0.0.1:74137: the port must be in 1..65535, got 74137"),
     ("host:0", "--server=host:0: the port must be in 1..65535, got 0"),
+    ("8571", "--server=8571 has no host: give host:port, e.g. 127.0.0.1:8571 for a server "
+             "on this machine"),
     ("http://host:8500", "--server=http://host:8500 is not host:port: give the model server's "
                          "host and gRPC port, e.g. 127.0.0.1:8500 (an IPv6 address in "
                          "brackets: [::1]:8500; no scheme, no path)"),
@@ -760,6 +768,45 @@ def test_the_client_commands_stop_says_what_happened_and_where_to_go_on():
     assert where_it_stopped(entries, 2, None) == (
         "2 of 3 input(s) have their line; the first without one is b.jpg: give it and the "
         "inputs after it to go on")
+
+
+def test_a_port_that_answers_in_http1_is_named_at_once_not_waited_for(tmp_path):
+    """A REST port (TF Serving's 8501) or a web server answers gRPC's HTTP/2 in HTTP/1:
+    no wait for a server that will never come, and the line says what the port is."""
+    import http.server
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    target = f"127.0.0.1:{web.server_address[1]}"
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as error:
+            list(client.predict_files(target, [str(image)], wait_for_server=60.0))
+        assert time.monotonic() - started < 30
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert client.not_grpc(error.value) and not client.unreachable(error.value)
+    said = command.stop_reason(error.value, target, timeout=30.0, wait_for_server=60.0)
+    assert said.startswith(f"{target} is not a gRPC server: it answered in HTTP/1, as a REST "
+                           "port does (TF Serving's REST API listens on 8501 by default, its "
+                           "gRPC on 8500, as ofrnn-serve does) (UNAVAILABLE: "), said
+
+
+def test_a_threshold_for_a_signature_that_takes_none_is_refused_before_any_call(tmp_path):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from ofrnn_tf.cli.client import run; "
+         "sys.argv[0] = 'ofrnn-client'; run()", "--signature_name=serving_default",
+         "--threshold=0.3", "--server=127.0.0.1:1", "--wait_for_server=0", str(image)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert ("ofrnn-client: --signature_name=serving_default decodes with the export's "
+            "calibrated τ and takes no threshold: leave out --signature_name (--threshold "
+            "sends predict_with_threshold) or --threshold") in done.stderr, done.stderr
 
 
 def test_a_stop_before_the_first_line_says_to_run_the_command_again_not_to_resume():

@@ -189,6 +189,12 @@ def test_local_server_checks_images_against_the_exports_own_limit(tiny_export_ru
     assert ModelServer(servable).max_image_pixels == 5000
     assert ModelServer(servable, 10**9).max_image_pixels == 5000
     assert ModelServer(servable, 1000).max_image_pixels == 1000
+    # ofrnn-serve's start-up line says when its flag asked for more than the export allows.
+    assert ModelServer(servable, 10**9).pixel_limit_note == (
+        ", the export's own: --max_image_pixels=1000000000 can only lower it; export with a "
+        "higher one to raise it")
+    assert ModelServer(servable, 1000).pixel_limit_note == ""
+    assert ModelServer(servable).pixel_limit_note == ""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "ofrnn"
     big = tf.io.encode_png(tf.zeros([100, 100, 3], tf.uint8)).numpy()  # 10,000 pixels

@@ -76,6 +76,11 @@ def main(argv):
     refuse_below("batch_size")
     refuse_below("max_request_bytes")
     refuse_non_probability("threshold", "tau")
+    if FLAGS.threshold is not None and FLAGS.signature_name in CALIBRATED_SIGNATURES:
+        raise app.UsageError(f"--signature_name={FLAGS.signature_name} decodes with the "
+                             f"export's calibrated τ and takes no threshold: leave out "
+                             f"--signature_name (--threshold sends predict_with_threshold) "
+                             f"or --threshold")
     refuse_unservable_version()
     check_server(FLAGS.server)
     if not FLAGS.timeout > 0:
@@ -176,10 +181,14 @@ def _lines_back_from(f, end: int, block: int = 1 << 16) -> Iterator[bytes]:
         yield from reversed(pieces)
 
 
+# The export's signatures that take no threshold (docs/serving.md, "Signatures").
+CALIBRATED_SIGNATURES = ("serving_default", "predict_features")
+
 # What to do about an image the server refuses for its pixel limit, which the client
 # cannot raise (a GIF's refusal says already: send its first frame).
-PIXEL_LIMIT_REMEDY = (" (scale the image down: the model reads it at its input size; or serve "
-                      "an export of a higher --max_image_pixels)")
+PIXEL_LIMIT_REMEDY = (" (scale the image down: the model reads it at its input size; or raise "
+                      "the server's limit: ofrnn-serve's --max_image_pixels where it was "
+                      "started with one, else an export of a higher --max_image_pixels)")
 
 
 def with_remedies(results: Iterable[dict]) -> Iterator[dict]:
@@ -200,6 +209,9 @@ def check_server(server: str) -> None:
         raise app.UsageError(f"--server={server} is not host:port: give the model server's "
                              f"host and gRPC port, e.g. {example} (an IPv6 address in "
                              f"brackets: [::1]:{DEFAULT_PORT}; no scheme, no path)")
+    if not match.group(2) and match.group(1).isdigit():  # a port alone
+        raise app.UsageError(f"--server={server} has no host: give host:port, e.g. "
+                             f"127.0.0.1:{match.group(1)} for a server on this machine")
     if not match.group(2):
         raise app.UsageError(f"--server={server} has no port: give host:port, e.g. "
                              f"{match.group(1)}:{DEFAULT_PORT} (the gRPC port of ofrnn-serve "
@@ -214,9 +226,14 @@ def stop_reason(error: grpc.RpcError, server: str, timeout: float,
     """Why the command stopped, in one line (TF Serving's details of a failed Assert span
     two, with node names): what `server` answered, or that it could not be reached within
     ``--wait_for_server``, or that it did not answer within ``--timeout``."""
-    from ofrnn_tf.serving.client import proxy_note, unreachable
+    from ofrnn_tf.serving.client import not_grpc, proxy_note, unreachable
 
     reason = reason_text(error.details() or "")
+    if not_grpc(error):
+        return (f"{server} is not a gRPC server: it answered in HTTP/1, as a REST port does "
+                f"(TF Serving's REST API listens on 8501 by default, its gRPC on "
+                f"{DEFAULT_PORT}, as ofrnn-serve does) (UNAVAILABLE: {reason}"
+                f"{proxy_note(server)})")
     if unreachable(error):
         waited = f" within --wait_for_server={wait_for_server:g} s" if wait_for_server else ""
         return (f"{server} could not be reached{waited} (UNAVAILABLE: {reason}"

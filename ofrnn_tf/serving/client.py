@@ -223,8 +223,21 @@ def unreachable(error: grpc.RpcError) -> bool:
     """Whether a call failed because the server could not be reached or went away during
     it (UNAVAILABLE: connection refused, the connection lost, a server stopping), which
     waiting may mend, rather than because a server answered (a busy one's UNAVAILABLE,
-    `_busy`, is an answer)."""
-    return error.code() == grpc.StatusCode.UNAVAILABLE and not _busy(error)
+    `_busy`, is an answer; so is one in HTTP/1, `not_grpc`)."""
+    return (error.code() == grpc.StatusCode.UNAVAILABLE and not _busy(error)
+            and not not_grpc(error))
+
+
+# How gRPC names a peer that answered in HTTP/1 (its parser's words, its channel's).
+_HTTP1_ANSWER = ("Failed parsing HTTP/2", "http1.x server")
+
+
+def not_grpc(error: grpc.RpcError) -> bool:
+    """Whether the server answered in HTTP/1 — a REST port (TF Serving's 8501) or a web
+    server, not a gRPC server: waiting does not mend that."""
+    details = error.details() or ""
+    return (error.code() == grpc.StatusCode.UNAVAILABLE
+            and any(words in details for words in _HTTP1_ANSWER))
 
 
 def _check_wait(wait_for_server: float) -> None:

@@ -186,6 +186,11 @@ class ModelServer(prediction_service_pb2_grpc.PredictionServiceServicer,
         self.servable = servable
         limits = [int(n) for n in (max_image_pixels, servable.max_image_pixels) if n is not None]
         self.max_image_pixels = min(limits, default=DEFAULT_MAX_IMAGE_PIXELS)
+        # A limit asked above the export's cannot raise it: said where the limit is logged.
+        self.pixel_limit_note = (
+            "" if max_image_pixels is None or int(max_image_pixels) <= self.max_image_pixels
+            else f", the export's own: --max_image_pixels={int(max_image_pixels)} can only "
+                 f"lower it; export with a higher one to raise it")
         self.max_message_bytes = int(max_message_bytes)
         if int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -544,9 +549,9 @@ def serve(model_base_path: str, model_name: str = DEFAULT_MODEL_NAME, host: str 
                      args=(weakref.ref(server), servable.session,
                            service.refusals.stop_limiting),
                      name="close-session").start()
-    logging.info("serving %r version %d from %s on %s (images up to %d pixels)", model_name,
+    logging.info("serving %r version %d from %s on %s (images up to %d pixels%s)", model_name,
                  servable.version, servable.path, grpc_address(host, bound),
-                 service.max_image_pixels)
+                 service.max_image_pixels, service.pixel_limit_note)
     return server, bound
 
 
