@@ -789,6 +789,21 @@ def test_an_export_into_a_version_that_exists_is_refused_naming_the_flag(tmp_pat
     assert done.stdout == "" and os.listdir(base) == ["0003"]
 
 
+def test_a_taken_version_is_refused_before_tensorflow_loads(tmp_path):
+    """The refusal comes in the time a flag's takes, not after TensorFlow's import."""
+    base = tmp_path / "exports"
+    (base / "3").mkdir(parents=True)
+    command = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
+               "'\\nTENSORFLOW IMPORTED' if 'tensorflow' in sys.modules else '')); "
+               "from ofrnn_tf.cli.export import run; sys.argv[0] = 'ofrnn-export'; run()")
+    done = subprocess.run([sys.executable, "-c", command, f"--workdir={tmp_path}",
+                           f"--export_dir={base}", "--version=3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"ofrnn-export: {base / '3'} exists; pick another version (--version)" in done.stderr
+    assert "TENSORFLOW IMPORTED" not in done.stderr, done.stderr[-2000:]
+
+
 def test_export_leaves_out_run_examples_it_refuses_and_blames_no_flag(tiny_export_run,
                                                                       tmp_path):
     """A run's example images are its first test images: one the export refuses (cut

@@ -29,8 +29,8 @@ from ofrnn_tf.cli.image_inputs import IMAGE_KINDS, named_as_image
 from ofrnn_tf.export.warmup import DEFAULT_NUM_WARMUP_IMAGES
 from ofrnn_tf.features.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, PIXEL_LIMIT_WORDS
 from ofrnn_tf.serving.server_process import (
-    DEFAULT_MODEL_NAME, open_to_others_command, refuse_version_folder, unreadable_part,
-    version_folders)
+    DEFAULT_MODEL_NAME, open_to_others_command, refuse_taken_version, refuse_version_folder,
+    unreadable_part, version_folders)
 from ofrnn_tf.status import say
 
 FLAGS = flags.FLAGS
@@ -75,6 +75,11 @@ def main(argv):
         refuse_version_folder(FLAGS.export_dir)
     except ValueError as error:
         raise app.UsageError(f"--export_dir={error}") from None
+    if FLAGS.version is not None:  # likewise
+        try:
+            refuse_taken_version(os.path.join(FLAGS.export_dir, str(FLAGS.version)))
+        except FileExistsError as error:
+            raise app.UsageError(f"{error} (--version)") from None
     refuse_glob_characters("workdir", FLAGS.workdir)
     # TensorFlow Serving is given the absolute base path, and reads the variables by it.
     refuse_glob_characters("export_dir", FLAGS.export_dir, absolute=True)

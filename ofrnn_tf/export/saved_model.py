@@ -39,7 +39,8 @@ from ofrnn_tf.processes import (
     not_removed, owner_tag, remove_dead_leftovers, remove_entry, removal_blocked)
 from ofrnn_tf.run_dir import RunDir
 from ofrnn_tf.serving.server_process import (
-    DEFAULT_MODEL_NAME, MAX_VERSION, refuse_version_folder, servable_version, version_folders)
+    DEFAULT_MODEL_NAME, MAX_VERSION, refuse_taken_version, refuse_version_folder,
+    servable_version, version_folders)
 from ofrnn_tf.software import software_versions
 from ofrnn_tf.tf_errors import op_error_text
 
@@ -137,7 +138,7 @@ def save_inference_module(module: InferenceModule, export_base: str,
     """
     automatic = version is None
     version = next_version(export_base) if automatic else servable_version(version)
-    _refuse_existing(os.path.join(export_base, str(version)))
+    refuse_taken_version(os.path.join(export_base, str(version)))
     warmup_images = list(warmup_images) or [_gray_jpeg(module)]
     warmup_pixels = check_warmup_images(module, warmup_images)
     tf.io.gfile.makedirs(export_base)
@@ -161,23 +162,12 @@ def save_inference_module(module: InferenceModule, export_base: str,
                 return final
             except OSError:
                 if not (automatic and os.path.isdir(final)):
-                    _refuse_existing(final)
+                    refuse_taken_version(final)
                     raise
                 version = max(version + 1, next_version(export_base))
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _refuse_existing(final: str) -> None:
-    """Refuses a version folder that exists, also under another spelling of its number
-    (TF Serving reads ``0003`` as version 3 too)."""
-    base, name = os.path.split(final)
-    same = [d for d in (os.listdir(base) if os.path.isdir(base) else [])
-            if re.fullmatch(r"\d+", d) and int(d) == int(name)]
-    if os.path.exists(final) or same:
-        taken = final if os.path.exists(final) else os.path.join(base, same[0])
-        raise FileExistsError(f"{taken} exists; pick another version")
 
 
 # An export's temporary folder: ``.tmp-<owner tag>-<random>``, or ``.tmp-<version>`` as
@@ -258,7 +248,7 @@ def export_run(run_dir, export_base: str, *, version: Optional[int] = None,
     if version is None:
         next_version(export_base)
     else:
-        _refuse_existing(os.path.join(export_base, str(servable_version(version))))
+        refuse_taken_version(os.path.join(export_base, str(servable_version(version))))
     module = InferenceModule.from_run(run_dir, **module_kwargs)
     on_module(module)
     if warmup_images is None:

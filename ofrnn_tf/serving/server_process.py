@@ -83,6 +83,17 @@ def refuse_version_folder(model_base_path: str) -> None:
             f"export is a new numbered version")
 
 
+def refuse_taken_version(final: str) -> None:
+    """FileExistsError for a version folder that exists, also under another spelling of
+    its number (TF Serving reads ``0003`` as version 3 too)."""
+    base, name = os.path.split(final)
+    same = [d for d in (os.listdir(base) if os.path.isdir(base) else [])
+            if re.fullmatch(r"\d+", d) and int(d) == int(name)]
+    if os.path.exists(final) or same:
+        taken = final if os.path.exists(final) else os.path.join(base, same[0])
+        raise FileExistsError(f"{taken} exists; pick another version")
+
+
 def find_latest_version(model_base_path: str) -> tuple[int, str]:
     """Returns ``(version, path)`` of the highest integer-named subdirectory."""
     if not os.path.isdir(model_base_path):
