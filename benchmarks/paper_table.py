@@ -32,7 +32,9 @@ order_free (main job)           the main job's model (the mode's preset: `benchm
 
 It prints and appends to benchmarks/RESULTS.md the per-seed numbers, mean ± std over
 seeds, and the differences that the paper and the project claim, each with the spread
-of its per-seed values. Finished runs are skipped, so an interrupted table resumes; one
+of its per-seed values. A seed's table also gives each run's choices on validation: τ,
+and the weight of M_map's v_prob in the ranking scores that mAP and AP-small read (1: a
+decoder row ranks by M_map alone; tables written before 2026-12-08 do not show them). Finished runs are skipped, so an interrupted table resumes; one
 trained with other settings than its row's command gives is refused.
 
     python benchmarks/paper_table.py --root=runs/table                     # 3 seeds, 2 modes
@@ -114,6 +116,9 @@ ROWS = ("baseline (0.5)", "baseline (τ)", "spatial head", "spatial head + label
         "rare_first", "order_free (paper)", "order_free (main job)")
 COLUMNS = ("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1", "mAP", "AP-small", "AP-large",
            "train s")
+# A seed's table also shows what each run chose on validation: τ, and the weight of
+# M_map's v_prob in the ranking scores (1: mAP and AP-small are M_map's own ranking).
+CHOICES = {"τ": "tau", "v_prob weight": "score_mix"}
 # (claim, row, reference row, required margin on C-F1 and O-F1, also not below on mAP and
 # AP-small)
 _NOT_BELOW_THE_SIMPLER = ("main job vs spatial head + label context", "order_free (main job)",
@@ -245,6 +250,11 @@ def claims(mode: str, per_seed: dict[int, dict]) -> list[str]:
     return lines
 
 
+def _choice(value) -> str | None:
+    """A value chosen on validation, with the two decimals of its grid (None: n/a)."""
+    return None if value is None else f"{float(value):.2f}"
+
+
 def mode_section(mode: str, seeds: list[int]) -> str:
     """One mode's markdown: its runs trained (if asked) and tabulated over `seeds`; a usage
     error when none of them is finished."""
@@ -269,7 +279,10 @@ def mode_section(mode: str, seeds: list[int]) -> str:
     for seed, rows in per_seed.items():
         if not rows:
             continue
-        lines += [f"Seed {seed}:", "", format_table(rows, columns=list(COLUMNS),
+        shown = {row: {**metrics, **{column: _choice(metrics.get(key))
+                                     for column, key in CHOICES.items()}}
+                 for row, metrics in rows.items()}
+        lines += [f"Seed {seed}:", "", format_table(shown, columns=[*COLUMNS, *CHOICES],
                                                     name_header="row"), ""]
     return "\n".join(lines)
 

@@ -50,8 +50,9 @@ def write_finished_run(path, args=None) -> None:
     run_dir = RunDir(str(path))
     config = ExperimentConfig().replace(data={"num_train": 64, "num_val": 32, "num_test": 16})
     run_dir.save(config if args is None else train_config(args), facts)
-    run_dir.save_metrics("test", dict.fromkeys(("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1",
-                                                "mAP", "AP-small", "AP-large"), 50.0))
+    run_dir.save_metrics("test", {**dict.fromkeys(("C-P", "C-R", "C-F1", "O-P", "O-R", "O-F1",
+                                                   "mAP", "AP-small", "AP-large"), 50.0),
+                                  "tau": 0.35, "score_mix": 1.0})
     run_dir.save_timing("train", {"training": 1.0})
 
 
@@ -221,6 +222,9 @@ def test_paper_table_trains_and_reads_the_same_folders_from_relative_paths(tmp_p
     assert f"cache {tmp_path / 'cache'}" in done.stderr
     assert "| spatial head (1 seeds) |" in done.stdout
     assert "| order_free (main job) (1 seeds) |" in done.stdout
+    # Each seed's table shows what the run chose on validation.
+    assert "| AP-large | train s | τ | v_prob weight |" in done.stdout
+    assert "| 50.0 | 1 | 0.35 | 1.00 |" in done.stdout, done.stdout
     assert "no_attention" not in done.stdout
     # What the runs' run.json say, not the full-size benchmark's sizes.
     assert "(64 / 32 / 16 canvases; efficientnet_lite0 stage5 maps, layer maps, 4×4×8)" \
