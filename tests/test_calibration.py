@@ -66,6 +66,11 @@ def _random_outputs(mode: str, seed: int, n: int = 200, c: int = 6, t: int = 4) 
     outputs = {"y_true": (rng.random((n, c)) < 0.3).astype(np.float32),
                "v_prob": rng.random((n, c)).astype(np.float32)}
     outputs["v_prob"][:20] = 1.0  # saturated: equal scores, ranked by class index
+    # Scores on the grid itself (a logit of 0, an underflowed sigmoid, a grid value):
+    # a τ takes a class whose score equals it.
+    outputs["v_prob"][20:80:3, :2] = 0.5
+    outputs["v_prob"][21:80:3, 2:4] = 0.0
+    outputs["v_prob"][22:80:3, 4:] = np.float32(default_grid()[30])
     if mode == "decoder":
         labels = np.full((n, t, t), -1, np.int32)
         for i in range(n):

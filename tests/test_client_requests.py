@@ -110,6 +110,30 @@ def test_a_batch_over_the_byte_limit_goes_in_several_requests(serve, tmp_path):
     assert all("error" not in r for r in results)
     assert [len(r) for r in service.requests] == [2, 2, 1]
     assert client._split_by_bytes([(0, b"x" * 50), (1, b"y")], 10) == [[(0, b"x" * 50)], [(1, b"y")]]
+    # At most max_bytes: a run of exactly that many goes in one request.
+    assert client._split_by_bytes([(0, b"x" * 5), (1, b"y" * 5), (2, b"z")], 10) == [
+        [(0, b"x" * 5), (1, b"y" * 5)], [(2, b"z")]]
+
+
+def test_a_labels_score_is_read_by_its_class_id_not_its_place_in_the_path():
+    """`scores` holds a score per class; a label's is at its id (a path [2, 0] gets the
+    scores of classes 2 and 0), whatever its place in the decoding order."""
+    response = predict_pb2.PredictResponse()
+    response.model_spec.version.value = 4
+    outputs = {"labels": np.array([[2, 0, -1], [1, -1, -1]], np.int32),
+               "label_names": np.array([[b"c", b"a", b""], [b"b", b"", b""]], object),
+               "num_labels": np.array([2, 1], np.int32),
+               "scores": np.array([[0.6, 0.1, 0.9], [0.2, 0.7, 0.3]], np.float32),
+               "log_prob": np.array([-0.6, -0.4], np.float32),
+               "attention": np.zeros((2, 3, 2, 2), np.float32)}
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+    first, second = client.parse_predict_response(response, all_scores=True)
+    assert first["label_ids"] == [2, 0] and first["label_names"] == ["c", "a"]
+    np.testing.assert_allclose(first["scores"], [0.9, 0.6])
+    np.testing.assert_allclose(second["scores"], [0.7])
+    np.testing.assert_allclose(first["all_scores"], [0.6, 0.1, 0.9])
+    assert first["model_version"] == 4 and first["log_prob"] == pytest.approx(-0.6)
 
 
 def test_a_named_image_that_is_served_alone_keeps_its_result(serve, tmp_path):
