@@ -70,19 +70,25 @@ def test_a_long_path_goes_on_in_rows_of_eight_panels(tmp_path):
 
 
 def test_attention_overlay_lands_where_the_map_peaks(tmp_path):
-    attention = np.zeros((1, 7, 7), np.float32)
-    attention[0, 1, 5] = 1.0  # top right
-    path = draw_attention(gray_image(140, 140), attention, ["x"], [0.7], str(tmp_path / "p.png"))
+    # Each step looks elsewhere: top right, bottom left, top left; panel t + 1 is step t's.
+    peaks = [(1, 5), (5, 1), (1, 1)]
+    attention = np.zeros((len(peaks), 7, 7), np.float32)
+    for t, (row, column) in enumerate(peaks):
+        attention[t, row, column] = 1.0
+    path = draw_attention(gray_image(140, 140), attention, ["x", "y", "z"], [0.7, 0.6, 0.5],
+                          str(tmp_path / "p.png"))
     png = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    width, height = figure_pixels(1, 140, 140)
+    width, height = figure_pixels(len(peaks), 140, 140)
     side = PANEL_PIXELS - 12
     top = height - 6 - _CAPTION_PIXELS - side
-    panel = png[top:top + side, PANEL_PIXELS + 6:PANEL_PIXELS + 6 + side]
-    y, x = int(side * 1.5 / 7), int(side * 5.5 / 7)
-    peak, far = panel[y, x], panel[side - y, side - x]
-    # jet: the peak is red; where the map is at or below the uniform level, the image.
-    assert peak[0] - peak[2] > 60 and peak[0] - peak[1] > 60
-    assert np.all(np.abs(far - 128) <= 2)
+    for t, (row, column) in enumerate(peaks):
+        left = (t + 1) * PANEL_PIXELS + 6
+        panel = png[top:top + side, left:left + side]
+        y, x = int(side * (row + 0.5) / 7), int(side * (column + 0.5) / 7)
+        peak, far = panel[y, x], panel[side - y, side - x]
+        # jet: the peak is red; where the map is at or below the uniform level, the image.
+        assert peak[0] - peak[2] > 60 and peak[0] - peak[1] > 60, t
+        assert np.all(np.abs(far - 128) <= 2), t
 
 
 # Machado, Oliveira and Fernandes (2009), severity 1, on linear RGB.

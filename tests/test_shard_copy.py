@@ -219,7 +219,9 @@ def test_a_source_that_does_not_serve_gives_way_to_an_older_one(setting):
 def test_copy_split_checks_the_label_ids_as_extraction_does(setting, tmp_path):
     config, data, _ = setting
     before, _ = pipeline.prepare_features(config, data)
-    bad = relabelled(data, "val", 1, (7,)).splits["val"]
-    with pytest.raises(ValueError, match=r"example 1 \(image val/1.png\): label ids \[7\] "
-                                         r"outside the label map's 3 classes"):
-        copy_split(before, bad, data.label_map, str(tmp_path / "c"), "val", num_shards=2)
+    for label in (7, 3, -1):  # 3: one past the last of the 3 classes
+        bad = relabelled(data, "val", 1, (label,)).splits["val"]
+        with pytest.raises(ValueError, match=rf"example 1 \(image val/1.png\): label ids "
+                                             rf"\[{label}\] outside the label map's 3 "
+                                             rf"classes"):
+            copy_split(before, bad, data.label_map, str(tmp_path / "c"), "val", num_shards=2)

@@ -204,6 +204,22 @@ def test_a_shard_cut_short_between_records_is_named_with_its_remedy(tmp_path, cu
     assert shard_checks.find_corrupt_shard(d, "train").path == shard
 
 
+@pytest.mark.parametrize("verify", [True, "full"], ids=["headers", "full"])
+def test_a_shard_with_records_added_is_named_too(tmp_path, verify):
+    # Epochs would be counted from the .json and read from the file: they would disagree.
+    d = _write_dir(tmp_path / "f", _records(9))
+    shard = os.path.join(d, shard_meta.shard_filename("train", 1, 3))
+    data = Path(shard).read_bytes()
+    first_record = 12 + int.from_bytes(data[:8], "little") + 4
+    with open(shard, "ab") as f:
+        f.write(data[:first_record])  # a sound record, once more
+    with pytest.raises(shard_checks.CorruptShardError) as error:
+        tfrecords.make_dataset(d, "train", 2, verify_shards=verify)
+    assert str(error.value).startswith(
+        f"corrupt feature shard {shard}: 4 records, but its .json records 3 (records were "
+        f"added to it) -- delete {shard} and rerun")
+
+
 def test_a_shard_of_no_examples_passes_the_check(tmp_path):
     d = _write_dir(tmp_path / "f", _records(2), num_shards=3)  # shard 0 is empty
     assert len(_collect(tfrecords.make_dataset(d, "train", 2, verify_shards="full"))) == 2

@@ -106,8 +106,9 @@ def verify_shard(path: str, expected: int, full: bool = False) -> None:
     a file cut at a record boundary (or to 0 bytes) is sound record by record."""
     count = check_shard(path, full=full)
     if count != expected:
+        how = "the file was cut short" if count < expected else "records were added to it"
         raise CorruptShardError(f"corrupt feature shard {path}: {count} records, but its "
-                                f".json records {expected} (the file was cut short)", path)
+                                f".json records {expected} ({how})", path)
 
 
 def _with_remedy(error: CorruptShardError) -> CorruptShardError:
