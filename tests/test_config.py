@@ -308,6 +308,15 @@ def test_a_hold_out_share_for_a_folder_with_its_own_validation_manifest_is_refus
     os.remove(folder / "val.jsonl")
     assert identity_differences(saved, now) == [
         "data.val_fraction: 0.1 in the run folder vs 0.05 now"]
+    # Read now, unread where the run's data were (a folder with its own val.csv, the data
+    # moved since: data_dir is resumable): a setting one of them reads is compared.
+    moved_from = tmp_path / "with_val"
+    moved_from.mkdir()
+    (moved_from / "val.csv").write_text("path,labels\nb.png,x\n")
+    saved = saved.replace(data={"data_dir": str(moved_from)})
+    assert "data.val_fraction" in saved.unread_settings()
+    assert identity_differences(saved, now) == [
+        "data.val_fraction: 0.1 in the run folder vs 0.05 now"]
 
 
 def test_every_preset_and_every_setting_it_reads_pass(tmp_path):

@@ -789,6 +789,20 @@ def test_an_export_into_a_version_that_exists_is_refused_naming_the_flag(tmp_pat
     assert done.stdout == "" and os.listdir(base) == ["0003"]
 
 
+def test_the_gray_warm_up_image_is_the_backbones_side_or_the_pixel_limits():
+    """The warm-up image of a run with no usable example images: one the export would
+    take, never larger than the model reads."""
+    import types
+
+    from ofrnn_tf.export import saved_model
+
+    for limit, side in ((40_000_000, 224), (100, 10), (50_175, 223)):
+        module = types.SimpleNamespace(image_size=224, max_image_pixels=tf.constant(limit))
+        image = tf.io.decode_jpeg(saved_model._gray_jpeg(module)).numpy()
+        assert image.shape == (side, side, 3), limit
+        assert np.all(np.abs(image.astype(int) - 128) <= 1)
+
+
 def test_a_taken_version_is_refused_before_tensorflow_loads(tmp_path):
     """The refusal comes in the time a flag's takes, not after TensorFlow's import."""
     base = tmp_path / "exports"

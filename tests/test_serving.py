@@ -583,6 +583,13 @@ def test_a_tiny_request_declaring_a_huge_batch_is_refused_before_its_array_is_fi
                        match=r"^a request of 300000 items is above this server's "
                              r"--max_batch_size of 64: send several requests$"):
         local_server.ModelServer(servable).predict(request)
+    # Within the batch limit, the declared array is bounded by the message limit in bytes:
+    # 60 × 48 float32 values are 11,520 bytes, 2,880 values.
+    request.inputs["features"].tensor_shape.dim[0].size = 60
+    with pytest.raises(local_server.RequestError,
+                       match=r"^input 'features': shape \[60, 4, 4, 3\] is 11520 bytes, more "
+                             r"than a request may carry \(10000\)$"):
+        local_server.ModelServer(servable, max_message_bytes=10_000).predict(request)
 
 
 def test_a_refusal_quoting_megabytes_of_a_request_is_cut_for_the_log_and_the_answer():
