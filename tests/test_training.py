@@ -1638,6 +1638,30 @@ def test_a_rerun_stopped_before_its_first_point_leaves_no_empty_event_file(tmp_p
     assert len(os.listdir(RunDir(str(tmp_path)).tensorboard_dir)) == 1
 
 
+def test_the_last_logged_step_is_the_largest_in_any_event_file_in_any_order(tmp_path,
+                                                                           monkeypatch):
+    """A resumed run logs only past each curve's last step: the largest of every file,
+    whichever the folder lists first (a restart's file holds the lower steps of a rerun
+    that went back to its checkpoint)."""
+    from ofrnn_tf.training import event_files
+
+    for name, steps in (("a", (5, 6, 7)), ("b", (1, 2))):
+        writer = tf.summary.create_file_writer(str(tmp_path / name))
+        with writer.as_default():
+            for step in steps:
+                tf.summary.scalar("loss", 0.5, step=step)
+                if name == "b":
+                    tf.summary.scalar("val/mAP", 80.0, step=step)
+        writer.close()
+        for path in (tmp_path / name).iterdir():
+            path.rename(tmp_path / f"{path.name}.{name}")
+    listed = sorted(glob.glob(str(tmp_path / "events.out.tfevents.*")))
+    assert len(listed) == 2
+    for order in (listed, listed[::-1]):
+        monkeypatch.setattr(event_files.glob, "glob", lambda pattern, order=order: order)
+        assert event_files.last_logged_steps(str(tmp_path)) == {"loss": 7, "val/mAP": 2}
+
+
 def test_event_files_dated_ahead_of_the_clock_are_renamed_below_it_in_their_order(tmp_path):
     from ofrnn_tf.training.event_files import date_event_files_before
 
