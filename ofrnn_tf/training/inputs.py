@@ -106,7 +106,7 @@ class TrainingInputs:
 
     @property
     def _decoder_reads_head_outputs(self) -> bool:
-        return self.model.uses_decoder and self.model.residual
+        return self.model.residual  # False for the baseline, which builds no decoder
 
     def fits_beside_training(self, mib: float) -> bool:
         """Whether `mib` more fit in `memory_budget_mib` beside everything training may keep
